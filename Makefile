@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make test` and `make demo`. Both create .venv, install the
+# pinned CPU torch first (a bare torch requirement would pull a CUDA build), then the package.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.assocmem-installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup test test-slow demo bench lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/torch-cpu.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/torch-cpu.txt
+	$(PY) -m pip install --quiet -c requirements/torch-cpu.txt -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+demo: $(STAMP)
+	$(PY) -m experiments.demo
+
+bench: $(STAMP)
+	$(PY) -m experiments.bench_step
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache .hypothesis

@@ -1,0 +1,55 @@
+"""Delta (Widrow-Hoff) write: one gradient step on the regression objective.
+
+    inner objective   L(M; k, v) = 1/2 ||M k - v||^2
+    write             M <- alpha * M - eta * (M k - v) k^T       (matrix)
+                      m <- alpha * m - eta * (m k - v) * k       (elementwise)
+
+Unlike the Hebbian write, the delta write first reads what the memory already says for ``k``
+and stores only the error ("surprise") ``v - M k``. With ``alpha = 1`` and
+``eta = 1 / ||k||^2`` one write makes ``read(k) == v`` exactly, and keys orthogonal to ``k``
+are untouched. A batch of pairs is written simultaneously (one step on the summed objective).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from assocmem.memory.linear import ElementwiseMemory, LinearMemory, MatrixMemory, as_pairs, read
+
+
+def surprise(state: LinearMemory, key: Tensor | None, value: Tensor) -> Tensor:
+    """The prediction error ``M k - v`` the delta rule writes back (the inner gradient's factor)."""
+    if isinstance(state, ElementwiseMemory):
+        return read(state, key) - value
+    keys, values = as_pairs(key, value)
+    return read(state, keys) - values
+
+
+def delta_write(
+    state: LinearMemory,
+    key: Tensor | None,
+    value: Tensor,
+    *,
+    lr: float = 1.0,
+    retention: float = 1.0,
+) -> LinearMemory:
+    """Return the memory after a delta-rule write of ``(key, value)``.
+
+    Args and shapes as in :func:`assocmem.memory.hebbian_write`.
+
+    Example:
+        >>> import torch
+        >>> from assocmem.memory import matrix_memory, delta_write, read
+        >>> k, v = torch.tensor([3.0, 4.0]), torch.tensor([1.0, -2.0, 0.5])
+        >>> M = delta_write(matrix_memory(2, 3), k, v, lr=1 / k.dot(k).item())
+        >>> torch.allclose(read(M, k), v)
+        True
+    """
+    error = surprise(state, key, value)
+    if isinstance(state, ElementwiseMemory):
+        grad = error if key is None else error * key
+        return ElementwiseMemory(state.m * retention - lr * grad)
+    if key is None:
+        raise ValueError("a matrix memory needs a key to write")
+    keys, _ = as_pairs(key, value)
+    return MatrixMemory(state.M * retention - lr * error.mT @ keys)

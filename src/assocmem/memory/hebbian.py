@@ -1,0 +1,51 @@
+"""Hebbian write: the memory ascends the inner objective ``<M k, v>``.
+
+    inner objective   L(M; k, v) = -<M k, v>
+    write             M <- alpha * M + eta * v k^T        (matrix)
+                      m <- alpha * m + eta * v * k        (elementwise; k = 1 if key-less)
+
+``alpha`` is the retention (how much of the old memory survives a write), ``eta`` the write
+rate. A batch of pairs is written at once as the sum of their outer products, so a read of key
+``k_i`` returns ``sum_j (k_i . k_j) v_j``: the crosstalk the delta rule removes.
+Momentum is the key-less elementwise case with ``alpha = beta, eta = 1``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from assocmem.memory.linear import ElementwiseMemory, LinearMemory, MatrixMemory, as_pairs
+
+
+def hebbian_write(
+    state: LinearMemory,
+    key: Tensor | None,
+    value: Tensor,
+    *,
+    lr: float = 1.0,
+    retention: float = 1.0,
+) -> LinearMemory:
+    """Return the memory after a Hebbian write of ``(key, value)``.
+
+    Args:
+        state: the memory before the write.
+        key: elementwise: ``None`` or a tensor shaped like the memory; matrix: ``(k,)`` or
+            ``(..., n, k)``.
+        value: elementwise: shaped like the memory; matrix: ``(v,)`` or ``(..., n, v)``.
+        lr: write rate ``eta``.
+        retention: ``alpha``; 1 keeps everything, 0 forgets all but this write.
+
+    Example:
+        >>> import torch
+        >>> from assocmem.memory import elementwise_memory, hebbian_write, read
+        >>> m = hebbian_write(elementwise_memory(torch.zeros(3)), None, torch.ones(3), retention=0.9)
+        >>> read(m).tolist()
+        [1.0, 1.0, 1.0]
+    """
+    if isinstance(state, ElementwiseMemory):
+        signal = value if key is None else value * key
+        return ElementwiseMemory(state.m * retention + lr * signal)
+    if key is None:
+        raise ValueError("a matrix memory needs a key to write")
+    keys, values = as_pairs(key, value)
+    return MatrixMemory(state.M * retention + lr * values.mT @ keys)

@@ -1,0 +1,80 @@
+"""Linear associative memories: explicit state plus pure ``read``.
+
+Two shapes of state (see docs/theory.md, "Memories"):
+
+- ``ElementwiseMemory``: one scalar memory per coordinate of a tensor. Keys are per-coordinate
+  scalars (a tensor of the same shape) or ``None`` for a key-less memory (key = 1 everywhere),
+  which is what momentum is.
+- ``MatrixMemory``: a matrix ``M`` of shape ``(..., d_value, d_key)`` that maps keys ``k`` of
+  dimension ``d_key`` to values ``M k``. Leading dims, if any, are independent memories.
+
+Writes live in ``hebbian.py`` and ``delta.py``; both return a new state and never mutate.
+
+Shapes legend: ``n`` pairs written at once, ``k`` key dim, ``v`` value dim.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class ElementwiseMemory(NamedTuple):
+    """One scalar memory per coordinate; ``m`` has the shape of the tensor it serves."""
+
+    m: Tensor
+
+
+class MatrixMemory(NamedTuple):
+    """A linear map ``M: R^d_key -> R^d_value`` (``M`` has shape ``(..., d_value, d_key)``)."""
+
+    M: Tensor
+
+
+LinearMemory = ElementwiseMemory | MatrixMemory
+
+
+def elementwise_memory(like: Tensor) -> ElementwiseMemory:
+    """An empty elementwise memory with the shape, dtype and device of ``like``."""
+    return ElementwiseMemory(torch.zeros_like(like))
+
+
+def matrix_memory(
+    d_key: int,
+    d_value: int,
+    *,
+    batch_shape: tuple[int, ...] = (),
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> MatrixMemory:
+    """An empty matrix memory mapping ``d_key``-dim keys to ``d_value``-dim values."""
+    return MatrixMemory(torch.zeros(*batch_shape, d_value, d_key, dtype=dtype, device=device))
+
+
+def as_pairs(key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+    """View a single pair ``(k,), (v,)`` as a batch of one ``(1, k), (1, v)``."""
+    if key.dim() == 1:
+        key = key.unsqueeze(0)
+    if value.dim() == 1:
+        value = value.unsqueeze(0)
+    if key.shape[:-1] != value.shape[:-1]:
+        raise ValueError(
+            f"key and value must hold the same number of pairs, got {tuple(key.shape)} "
+            f"and {tuple(value.shape)}"
+        )
+    return key, value
+
+
+def read(state: LinearMemory, key: Tensor | None = None) -> Tensor:
+    """Recall the value stored under ``key``.
+
+    Elementwise: ``m * k`` (``m`` itself for a key-less read). Matrix: ``M k`` for a key of
+    shape ``(k,)`` or a batch ``(..., n, k)``, returning ``(..., v)`` or ``(..., n, v)``.
+    """
+    if isinstance(state, ElementwiseMemory):
+        return state.m if key is None else state.m * key
+    if key is None:
+        raise ValueError("a matrix memory needs a key to read")
+    return state.M @ key if key.dim() == 1 else key @ state.M.mT

@@ -1,0 +1,51 @@
+"""Momentum: a key-less elementwise Hebbian memory of past gradients.
+
+    write   m <- beta * m + g                 (hebbian, key = 1, eta = 1, alpha = beta)
+    read    u = m            (Nesterov: u = g + beta * m)
+    step    W <- W - lr * u
+
+Equals ``torch.optim.SGD(momentum=beta, nesterov=...)`` (with ``decoupled_weight_decay=False``
+for its L2 weight decay). torch initialises the buffer to ``g`` on the first step; with
+``m_0 = 0`` the write above gives the same value, so no special case is needed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from assocmem.memory import ElementwiseMemory, hebbian_write, read
+from assocmem.optim import validate
+from assocmem.optim.registry import Group, Hyper, Preset, State, register
+
+
+@register
+class Momentum(Preset):
+    name = "momentum"
+    hyper = {
+        "beta": Hyper(0.9, validate.unit_interval, "retention of the gradient memory"),
+        "nesterov": Hyper(False, validate.boolean, "read g + beta * m instead of m"),
+    }
+
+    def init_state(self, param: Tensor, group: Group) -> State:
+        return {"momentum": torch.zeros_like(param, memory_format=torch.preserve_format)}
+
+    def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
+        memory = hebbian_write(
+            ElementwiseMemory(state["momentum"]), None, grad, lr=1.0, retention=group["beta"]
+        )
+        state["momentum"].copy_(memory.m)
+        update = read(memory)
+        if group["nesterov"]:
+            update = grad + group["beta"] * update
+        param.add_(update, alpha=-group["lr"])
+
+    def foreach_step(
+        self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
+    ) -> None:
+        beta = group["beta"]
+        bufs = [s["momentum"] for s in states]
+        torch._foreach_mul_(bufs, beta)
+        torch._foreach_add_(bufs, grads)
+        updates = torch._foreach_add(grads, bufs, alpha=beta) if group["nesterov"] else bufs
+        torch._foreach_add_(params, updates, alpha=-group["lr"])

@@ -1,0 +1,86 @@
+"""The preset registry: every ``MemoryOptimizer(memory=NAME)`` is an entry here.
+
+A preset is the maths of one optimizer-as-memory, separated from the torch plumbing in
+``MemoryOptimizer`` (gradients, weight decay, ``maximize``, non-finite policy, step counters,
+state_dict). It supplies:
+
+- ``hyper``: its hyperparameters with defaults and validators;
+- ``init_state``: the memory for one parameter (plain tensors, so ``state_dict`` saves them);
+- ``reference_step``: one parameter, written straight from the equations with
+  :mod:`assocmem.memory` writes and reads (``foreach=False``);
+- ``foreach_step``: the fast path over a whole param group; tests hold it equal to the reference.
+
+Both steps receive the step count already incremented (``state["step"]``, a float tensor like
+torch's), gradients already negated for ``maximize`` and L2-decayed when decay is coupled.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from assocmem.optim.validate import Check
+
+State = dict[str, Any]
+Group = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """A hyperparameter: its default, a validator, and one line of documentation."""
+
+    default: Any
+    check: Check
+    doc: str = ""
+
+
+class Preset:
+    """Base class of a preset; subclasses are registered with :func:`register`."""
+
+    name: ClassVar[str]
+    hyper: ClassVar[dict[str, Hyper]] = {}
+
+    def init_state(self, param: Tensor, group: Group) -> State:
+        raise NotImplementedError
+
+    def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
+        raise NotImplementedError
+
+    def foreach_step(
+        self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
+    ) -> None:
+        """Fast path; the default runs the reference per tensor."""
+        for param, grad, state in zip(params, grads, states, strict=True):
+            self.reference_step(param, grad, state, group)
+
+    def check_group(self, group: Group) -> None:
+        """Cross-argument checks beyond the per-argument validators (override if needed)."""
+
+
+_REGISTRY: dict[str, Preset] = {}
+
+
+def register(cls: type[Preset]) -> type[Preset]:
+    """Class decorator adding a preset to the registry under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"preset {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_preset(name: str) -> Preset:
+    """The preset registered as ``name``; an unknown name lists the available ones."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown memory {name!r}; available memories: {', '.join(available_memories())}"
+        ) from None
+
+
+def available_memories(pattern: str = "*") -> list[str]:
+    """Names of the registered presets, sorted, optionally filtered by a glob ``pattern``."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))

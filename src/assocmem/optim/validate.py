@@ -1,0 +1,76 @@
+"""Named validators for hyperparameters: each returns an error message or ``None``.
+
+They are declared next to each preset's defaults, so ``MemoryOptimizer`` can reject a bad value
+eagerly (in ``__init__`` and ``add_param_group``) with a ``ValueError`` naming the argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+Check = Callable[[Any], "str | None"]
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def non_negative(x: Any) -> str | None:
+    return None if _is_real(x) and x >= 0 else f"must be a finite number >= 0, got {x!r}"
+
+
+def positive(x: Any) -> str | None:
+    return None if _is_real(x) and x > 0 else f"must be a finite number > 0, got {x!r}"
+
+
+def unit_interval(x: Any) -> str | None:
+    """``0 <= x < 1``: decay rates, where 1 would never forget and never bias-correct."""
+    return None if _is_real(x) and 0 <= x < 1 else f"must be in [0, 1), got {x!r}"
+
+
+def closed_unit_interval(x: Any) -> str | None:
+    return None if _is_real(x) and 0 <= x <= 1 else f"must be in [0, 1], got {x!r}"
+
+
+def positive_int(x: Any) -> str | None:
+    ok = isinstance(x, int) and not isinstance(x, bool) and x >= 1
+    return None if ok else f"must be an integer >= 1, got {x!r}"
+
+
+def boolean(x: Any) -> str | None:
+    return None if isinstance(x, bool) else f"must be True or False, got {x!r}"
+
+
+def one_of(*choices: Any) -> Check:
+    def check(x: Any) -> str | None:
+        return None if x in choices else f"must be one of {choices}, got {x!r}"
+
+    return check
+
+
+def pair_of(check: Check) -> Check:
+    """A 2-tuple whose entries both pass ``check`` (e.g. Adam's ``betas``)."""
+
+    def check_pair(x: Any) -> str | None:
+        if not isinstance(x, (tuple, list)) or len(x) != 2:
+            return f"must be a pair, got {x!r}"
+        for i, item in enumerate(x):
+            if (msg := check(item)) is not None:
+                return f"[{i}] {msg}"
+        return None
+
+    return check_pair
+
+
+def sequence_of(check: Check, *, min_len: int = 1) -> Check:
+    def check_seq(x: Any) -> str | None:
+        if not isinstance(x, (tuple, list)) or len(x) < min_len:
+            return f"must be a sequence of at least {min_len} entries, got {x!r}"
+        for i, item in enumerate(x):
+            if (msg := check(item)) is not None:
+                return f"[{i}] {msg}"
+        return None
+
+    return check_seq
