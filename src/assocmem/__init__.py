@@ -12,4 +12,11 @@ from assocmem.optim import MemoryOptimizer, available_memories, get_preset, regi
 
 __version__ = "0.1.0"
 
-__all__ = ["MemoryOptimizer", "__version__", "available_memories", "get_preset", "memory", "register"]
+__all__ = [
+    "MemoryOptimizer",
+    "__version__",
+    "available_memories",
+    "get_preset",
+    "memory",
+    "register",
+]

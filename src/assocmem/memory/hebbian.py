@@ -38,7 +38,8 @@ def hebbian_write(
     Example:
         >>> import torch
         >>> from assocmem.memory import elementwise_memory, hebbian_write, read
-        >>> m = hebbian_write(elementwise_memory(torch.zeros(3)), None, torch.ones(3), retention=0.9)
+        >>> empty = elementwise_memory(torch.zeros(3))
+        >>> m = hebbian_write(empty, None, torch.ones(3), retention=0.9)
         >>> read(m).tolist()
         [1.0, 1.0, 1.0]
     """

@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from assocmem.optim import validate
-from assocmem.optim.registry import Group, Preset, get_preset
+from assocmem.optim.registry import Group, Preset, available_memories, get_preset
 
 # Options every preset shares; the preset's own hyperparameters come from its registry entry.
 _COMMON = {
@@ -18,7 +18,9 @@ _COMMON = {
     "weight_decay": validate.non_negative,
     "decoupled_weight_decay": validate.boolean,
     "maximize": validate.boolean,
-    "foreach": lambda x: None if x is None or isinstance(x, bool) else f"must be a bool or None, got {x!r}",
+    "foreach": lambda x: (
+        None if x is None or isinstance(x, bool) else f"must be a bool or None, got {x!r}"
+    ),
 }
 NONFINITE_POLICIES = ("skip", "raise", "ignore")
 
@@ -96,16 +98,16 @@ class MemoryOptimizer(Optimizer):
         return {name: h.default for name, h in get_preset(memory).hyper.items()}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; a group naming another ``memory`` gets that preset's defaults."""
+        """Add a group; a group naming another ``memory`` gets that preset's defaults.
+
+        Like torch, a group may carry extra keys of its own (e.g. ``"name"``), but a
+        hyperparameter that belongs to a different preset (``betas`` on a ``momentum`` group)
+        is a mistake and raises ``ValueError``.
+        """
         memory = param_group.get("memory", self.defaults["memory"])
         preset = get_preset(memory)
+        _reject_foreign(param_group, preset, memory)
         if memory != self.defaults["memory"]:
-            _reject_unknown(
-                {k: v for k, v in param_group.items() if k not in ("params", "memory")},
-                preset,
-                memory,
-                extra=set(self.defaults),
-            )
             param_group = {**self.hyperparameters(memory), **param_group}
         super().add_param_group(param_group)
         _check_group(self.param_groups[-1], preset)
@@ -192,14 +194,21 @@ class MemoryOptimizer(Optimizer):
         self.skipped_steps = int(extra.get("skipped_steps", 0))
 
 
-def _reject_unknown(
-    hyper: dict[str, Any], preset: Preset, memory: str, extra: set[str] = frozenset()
-) -> None:
-    allowed = set(preset.hyper) | set(_COMMON) | set(extra)
-    unknown = sorted(set(hyper) - allowed)
+def _reject_unknown(hyper: dict[str, Any], preset: Preset, memory: str) -> None:
+    unknown = sorted(set(hyper) - set(preset.hyper) - set(_COMMON))
     if unknown:
         raise ValueError(
             f"unknown hyperparameter(s) {unknown} for memory={memory!r}; "
+            f"it takes {sorted(preset.hyper) + sorted(_COMMON)}"
+        )
+
+
+def _reject_foreign(group: Group, preset: Preset, memory: str) -> None:
+    others = {name for m in available_memories() for name in get_preset(m).hyper}
+    foreign = sorted((set(group) & others) - set(preset.hyper))
+    if foreign:
+        raise ValueError(
+            f"hyperparameter(s) {foreign} do not belong to memory={memory!r}; "
             f"it takes {sorted(preset.hyper) + sorted(_COMMON)}"
         )
 

@@ -74,3 +74,17 @@ def sequence_of(check: Check, *, min_len: int = 1) -> Check:
         return None
 
     return check_seq
+
+
+def real(x: Any) -> str | None:
+    """Any finite number (e.g. a read weight, which may be negative)."""
+    return None if _is_real(x) else f"must be a finite number, got {x!r}"
+
+
+def optional(check: Check) -> Check:
+    """``None`` or a value passing ``check`` (``None`` means "derive the default")."""
+
+    def check_optional(x: Any) -> str | None:
+        return None if x is None else check(x)
+
+    return check_optional

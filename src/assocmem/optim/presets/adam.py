@@ -44,7 +44,9 @@ class Adam(Preset):
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         beta1, beta2 = group["betas"]
         t = float(state["step"])
-        m = hebbian_write(ElementwiseMemory(state["exp_avg"]), None, grad, lr=1 - beta1, retention=beta1)
+        m = hebbian_write(
+            ElementwiseMemory(state["exp_avg"]), None, grad, lr=1 - beta1, retention=beta1
+        )
         v = hebbian_write(
             ElementwiseMemory(state["exp_avg_sq"]), None, grad * grad, lr=1 - beta2, retention=beta2
         )

@@ -4,9 +4,10 @@
     read    u = m            (Nesterov: u = g + beta * m)
     step    W <- W - lr * u
 
-Equals ``torch.optim.SGD(momentum=beta, nesterov=...)`` (with ``decoupled_weight_decay=False``
-for its L2 weight decay). torch initialises the buffer to ``g`` on the first step; with
-``m_0 = 0`` the write above gives the same value, so no special case is needed.
+The hyperparameter ``momentum`` is beta. Equals ``torch.optim.SGD(momentum=beta, nesterov=...)``
+(with ``decoupled_weight_decay=False`` for its L2 weight decay). torch initialises the buffer
+to ``g`` on the first step; with ``m_0 = 0`` the write above gives the same value, so no special
+case is needed.
 """
 
 from __future__ import annotations
@@ -23,28 +24,34 @@ from assocmem.optim.registry import Group, Hyper, Preset, State, register
 class Momentum(Preset):
     name = "momentum"
     hyper = {
-        "beta": Hyper(0.9, validate.unit_interval, "retention of the gradient memory"),
+        # Named like torch.optim.SGD's argument so schedulers that cycle momentum (OneCycleLR,
+        # CyclicLR) drive it.
+        "momentum": Hyper(0.9, validate.unit_interval, "retention beta of the gradient memory"),
         "nesterov": Hyper(False, validate.boolean, "read g + beta * m instead of m"),
     }
 
     def init_state(self, param: Tensor, group: Group) -> State:
-        return {"momentum": torch.zeros_like(param, memory_format=torch.preserve_format)}
+        return {"momentum_buffer": torch.zeros_like(param, memory_format=torch.preserve_format)}
 
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         memory = hebbian_write(
-            ElementwiseMemory(state["momentum"]), None, grad, lr=1.0, retention=group["beta"]
+            ElementwiseMemory(state["momentum_buffer"]),
+            None,
+            grad,
+            lr=1.0,
+            retention=group["momentum"],
         )
-        state["momentum"].copy_(memory.m)
+        state["momentum_buffer"].copy_(memory.m)
         update = read(memory)
         if group["nesterov"]:
-            update = grad + group["beta"] * update
+            update = grad + group["momentum"] * update
         param.add_(update, alpha=-group["lr"])
 
     def foreach_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
     ) -> None:
-        beta = group["beta"]
-        bufs = [s["momentum"] for s in states]
+        beta = group["momentum"]
+        bufs = [s["momentum_buffer"] for s in states]
         torch._foreach_mul_(bufs, beta)
         torch._foreach_add_(bufs, grads)
         updates = torch._foreach_add(grads, bufs, alpha=beta) if group["nesterov"] else bufs

@@ -1,0 +1,71 @@
+"""Newton-Schulz orthogonalisation: the read map ``sigma`` of the ``muon`` preset.
+
+For ``G = U S V^T`` the "zeroth power" is ``U V^T``: every singular value set to one, the
+nearest semi-orthogonal matrix to ``G`` (the steepest-descent direction under the spectral
+norm, Bernstein & Newhouse 2024). Computing it with an SVD is slow; an odd polynomial
+``p(X) = a X + b (X X^T) X + c (X X^T)^2 X`` acts on the singular values only
+(``p(G) = U p(S) V^T``), so iterating it pushes them all toward one with matmuls alone.
+
+Shapes legend: ``... r c`` a batch of ``r x c`` matrices.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Keller Jordan's quintic coefficients (Muon, 2024). The scalar map is
+#   s -> a s + b s^3 + c s^5.
+# ``a = 3.4445`` is the slope at zero: a large slope inflates small singular values fast, which
+# is what a cheap 5-step iteration needs after Frobenius normalisation (all s in (0, 1]).
+# ``b, c`` were tuned so that the map sends (0, 1] into a band around one rather than to one
+# exactly: after 5 steps the singular values lie in roughly [0.68, 1.13] instead of converging
+# (a cubic with p'(1) = 0 converges but needs many more steps). The band is harmless for
+# training (the update direction is what matters) and buys speed. Note a + b + c = 1.001, so
+# s = 1 is (almost) a fixed point.
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def zeropower_via_newtonschulz5(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
+    """Approximately orthogonalise ``G`` (``U S V^T -> U S' V^T`` with ``S' ~ 1``).
+
+    ``X <- a X + (b A + c A^2) X`` with ``A = X X^T``, started from ``X = G / (||G||_F + eps)``
+    so that every singular value is at most one (the region where the quintic is designed to
+    work). Computed in fp32 whatever the input dtype (bf16 is slow on CPU and the iteration
+    amplifies rounding); the result is cast back to ``G.dtype``. Tall matrices are transposed so
+    that ``A`` is the smaller Gram matrix (``min(r, c)`` squared).
+
+    Args:
+        G: a matrix ``(r, c)`` or a batch ``(..., r, c)``; leading dims are independent.
+        steps: number of quintic iterations (5 gives singular values in about [0.68, 1.13]).
+        eps: guards the normalisation of an all-zero ``G`` (which maps to zero).
+
+    Returns:
+        a tensor of ``G``'s shape and dtype with singular values close to one.
+
+    Example:
+        >>> import torch
+        >>> O = zeropower_via_newtonschulz5(torch.randn(4, 6))
+        >>> s = torch.linalg.svdvals(O)
+        >>> bool(((s > 0.5) & (s < 1.5)).all())
+        True
+
+    References:
+        K. Jordan et al., "Muon: An optimizer for hidden layers in neural networks" (2024).
+        J. Bernstein, L. Newhouse, "Old optimizer, new norm: an anthology" (2024).
+    """
+    if G.dim() < 2:
+        raise ValueError(f"G must have at least 2 dims, got shape {tuple(G.shape)}")
+    a, b, c = NS_COEFFS
+    X = G.to(torch.float32)
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:
+        X = X.mT
+    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)
+    for _ in range(steps):
+        A = X @ X.mT
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    if transposed:
+        X = X.mT
+    return X.to(G.dtype)

@@ -1,0 +1,125 @@
+"""Recall properties of the linear memories (docs/theory.md, "Memories")."""
+
+import math
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from assocmem.memory import (
+    ElementwiseMemory,
+    delta_write,
+    elementwise_memory,
+    hebbian_write,
+    matrix_memory,
+    read,
+)
+
+dims = st.integers(min_value=2, max_value=12)
+seeds = st.integers(min_value=0, max_value=2**31 - 1)
+
+
+def _randn(*shape, seed):
+    return torch.randn(
+        tuple(shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
+
+
+@given(d_key=dims, d_value=dims, seed=seeds)
+def test_delta_write_with_inverse_key_norm_recalls_value_exactly(d_key, d_value, seed):
+    M0 = matrix_memory(d_key, d_value, dtype=torch.float64)
+    M0 = M0._replace(M=_randn(d_value, d_key, seed=seed))  # a memory that already holds things
+    k, v = _randn(d_key, seed=seed + 1), _randn(d_value, seed=seed + 2)
+    M = delta_write(M0, k, v, lr=1 / k.dot(k).item())
+    torch.testing.assert_close(read(M, k), v)
+
+
+@given(d_key=dims, d_value=dims, seed=seeds)
+def test_delta_write_leaves_orthogonal_keys_untouched(d_key, d_value, seed):
+    M0 = matrix_memory(d_key, d_value, dtype=torch.float64)._replace(
+        M=_randn(d_value, d_key, seed=seed)
+    )
+    q, _ = torch.linalg.qr(_randn(d_key, d_key, seed=seed + 1))
+    k, other = q[:, 0], q[:, 1]
+    M = delta_write(M0, k, _randn(d_value, seed=seed + 2), lr=1.0)
+    torch.testing.assert_close(read(M, other), read(M0, other))
+
+
+@given(d=dims, d_value=dims, seed=seeds, data=st.data())
+def test_orthonormal_keys_are_recalled_without_crosstalk(d, d_value, seed, data):
+    n = data.draw(st.integers(min_value=1, max_value=d))
+    q, _ = torch.linalg.qr(_randn(d, d, seed=seed))
+    keys, values = q[:, :n].T, _randn(n, d_value, seed=seed + 1)
+    for write in (hebbian_write, delta_write):
+        M = write(matrix_memory(d, d_value, dtype=torch.float64), keys, values, lr=1.0)
+        torch.testing.assert_close(read(M, keys), values)
+
+
+@given(d=dims, n=st.integers(1, 10), d_value=dims, seed=seeds)
+def test_hebbian_crosstalk_is_the_key_gram_mixture(d, n, d_value, seed):
+    keys, values = _randn(n, d, seed=seed), _randn(n, d_value, seed=seed + 1)
+    M = hebbian_write(matrix_memory(d, d_value, dtype=torch.float64), keys, values, lr=1.0)
+    # read(k_i) = sum_j (k_i . k_j) v_j
+    torch.testing.assert_close(read(M, keys), (keys @ keys.T) @ values)
+
+
+@given(
+    retention=st.floats(0.05, 0.99),
+    t=st.integers(1, 30),
+    seed=seeds,
+)
+def test_retention_decays_an_old_pair_geometrically(retention, t, seed):
+    d = 6
+    k, v = _randn(d, seed=seed), _randn(d, seed=seed + 1)
+    M = hebbian_write(matrix_memory(d, d, dtype=torch.float64), k, v, lr=1.0)
+    first = read(M, k)
+    zero = torch.zeros(d, dtype=torch.float64)
+    for _ in range(t):  # writes that carry no new pair: only the decay acts
+        M = hebbian_write(M, k, zero, lr=1.0, retention=retention)
+    torch.testing.assert_close(read(M, k), retention**t * first)
+
+
+def test_recall_error_grows_once_pairs_outnumber_key_dimension():
+    d, d_value = 16, 8
+    g = torch.Generator().manual_seed(0)
+    errors = {}
+    for n in (4, 8, 16, 32, 64):
+        keys = torch.nn.functional.normalize(
+            torch.randn(n, d, generator=g, dtype=torch.float64), dim=1
+        )
+        values = torch.randn(n, d_value, generator=g, dtype=torch.float64)
+        M = matrix_memory(d, d_value, dtype=torch.float64)
+        for _ in range(400):  # delta rule to convergence: the least-squares memory
+            M = delta_write(M, keys, values, lr=0.5 / n * d / 4)
+        errors[n] = (read(M, keys) - values).pow(2).mean().item()
+    # Below the key dimension the pairs fit (up to the conditioning of the random keys at n = d);
+    # past it they cannot all be stored and the error climbs toward the value variance.
+    assert errors[4] < 1e-6 and errors[8] < 1e-6, errors
+    assert errors[8] < errors[16] < errors[32] < errors[64], errors
+    assert errors[32] > 0.2, errors
+
+
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=0, max_size=3),
+    seed=seeds,
+    retention=st.floats(0.0, 1.0),
+    lr=st.floats(0.0, 2.0),
+)
+def test_elementwise_writes_follow_their_equations(shape, seed, retention, lr):
+    m0 = _randn(*shape, seed=seed)
+    k, v = _randn(*shape, seed=seed + 1), _randn(*shape, seed=seed + 2)
+    heb = hebbian_write(ElementwiseMemory(m0), k, v, lr=lr, retention=retention)
+    torch.testing.assert_close(heb.m, retention * m0 + lr * v * k)
+    dlt = delta_write(ElementwiseMemory(m0), k, v, lr=lr, retention=retention)
+    torch.testing.assert_close(dlt.m, retention * m0 - lr * (m0 * k - v) * k)
+    keyless = hebbian_write(elementwise_memory(m0), None, v, lr=lr, retention=retention)
+    torch.testing.assert_close(read(keyless), lr * v)
+
+
+def test_writes_are_pure():
+    M0 = matrix_memory(3, 2)
+    before = M0.M.clone()
+    delta_write(M0, torch.ones(3), torch.ones(2))
+    hebbian_write(M0, torch.ones(3), torch.ones(2))
+    assert torch.equal(M0.M, before)
+    assert math.isclose(before.abs().sum().item(), 0.0)

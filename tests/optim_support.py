@@ -1,0 +1,71 @@
+"""Shared fixtures for optimizer tests: a tiny model with every parameter rank, and a loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from assocmem import available_memories
+
+
+class TinyNet(nn.Module):
+    """Conv (4-D), linear (2-D), biases (1-D) and a scalar gain (0-D): every rank a preset meets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 4 * 4, 5)
+        self.out = nn.Linear(5, 1)
+        self.gain = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.conv(x)).flatten(1)
+        return self.gain * self.out(torch.tanh(self.fc(h))).squeeze(-1)
+
+
+def make_model(seed: int = 0) -> TinyNet:
+    torch.manual_seed(seed)
+    return TinyNet()
+
+
+def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + step)
+    x = torch.randn(8, 2, 4, 4, generator=g)
+    return x, x.mean(dim=(1, 2, 3)).sin()
+
+
+def loss_at(model: nn.Module, step: int) -> torch.Tensor:
+    x, y = batch(step)
+    return (model(x) - y).pow(2).mean()
+
+
+def train(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    steps: range,
+    after_step: Callable[[int], None] | None = None,
+) -> None:
+    for t in steps:
+        opt.zero_grad()
+        loss_at(model, t).backward()
+        opt.step()
+        if after_step is not None:
+            after_step(t)
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+# Learning rates at which each preset trains TinyNet stably; presets added later get 1e-3.
+SAFE_LR = {"momentum": 1e-2, "adam": 1e-3}
+
+
+def every_memory() -> list[str]:
+    return available_memories()
+
+
+def safe_lr(memory: str) -> float:
+    return SAFE_LR.get(memory, 1e-3)
