@@ -1,0 +1,97 @@
+"""The fair convergence comparison against Adam, then the report.
+
+    python -m experiments.compare                          # classic tasks, all presets
+    python -m experiments.compare +experiment=smoke        # seconds, for tests
+    python -m experiments.compare name=mine tasks=[digits_mlp] optimizers=[adam,delta]
+
+Protocol, per task and optimizer: ``len(lr_factors)`` tuning runs on ``tuning_seed`` at the
+optimizer's default lr times each factor (the same budget for everyone); the best final
+validation loss picks the LR; then one run per evaluation seed at that LR. The baseline's
+(tuned Adam's) mean final validation loss is every other optimizer's target for
+steps-to-target and time-to-target. A diverged run is recorded as such and never stops the sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra import compose
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.report import write_report
+from experiments.run import execute
+
+
+def run_config(task: str, optimizer: str, lr: float | None, seed: int, extra: list[str], **kw):
+    overrides = [f"task={task}", f"optimizer={optimizer}", f"seed={seed}", "progress=false"]
+    if lr is not None:
+        overrides.append(f"optimizer.lr={lr:.6g}")
+    overrides += [f"{k}={v}" for k, v in kw.items()] + list(extra)
+    return compose(config_name="config", overrides=overrides)
+
+
+def tune(task: str, optimizer: str, cfg: DictConfig, out: Path) -> dict[str, Any]:
+    base_lr = run_config(task, optimizer, None, cfg.tuning_seed, cfg.overrides).optimizer.lr
+    grid = {}
+    for factor in cfg.lr_factors:
+        lr = float(f"{base_lr * factor:.6g}")
+        run = run_config(task, optimizer, lr, cfg.tuning_seed, cfg.overrides)
+        summary = execute(run, out / "tune" / f"lr{lr:g}")
+        grid[lr] = summary["final"]["val_loss"] if summary["status"] == "ok" else math.inf
+    finite = {lr: v for lr, v in grid.items() if math.isfinite(v)}
+    best = min(finite, key=finite.get) if finite else None
+    return {"grid": {str(k): v for k, v in grid.items()}, "best_lr": best}
+
+
+def evaluate(task, optimizer, lr, cfg, out, target) -> list[dict[str, Any]]:
+    runs = []
+    for seed in cfg.seeds:
+        kw = {"target": target} if target is not None else {}
+        run = run_config(task, optimizer, lr, seed, cfg.overrides, **kw)
+        runs.append(execute(run, out / f"seed{seed}"))
+    return runs
+
+
+def compare(cfg: DictConfig) -> Path:
+    root = Path(cfg.out_dir)
+    optimizers = [cfg.baseline] + [o for o in cfg.optimizers if o != cfg.baseline]
+    for task in cfg.tasks:
+        target = None
+        for optimizer in optimizers:
+            out = root / task / optimizer
+            out.mkdir(parents=True, exist_ok=True)
+            protocol = tune(task, optimizer, cfg, out)
+            runs = []
+            if protocol["best_lr"] is not None:
+                runs = evaluate(task, optimizer, protocol["best_lr"], cfg, out, target)
+            finals = [r["final"]["val_loss"] for r in runs if r["status"] == "ok"]
+            if optimizer == cfg.baseline and finals:
+                target = statistics.mean(finals)
+            protocol.update(target=target, seeds=list(cfg.seeds))
+            (out / "protocol.json").write_text(json.dumps(protocol, indent=2))
+            print(f"{task:>18} {optimizer:>10}: best lr {protocol['best_lr']}, finals {finals}")
+    return root
+
+
+@hydra.main(config_path="conf", config_name="compare", version_base=None)
+def main(cfg: DictConfig) -> None:
+    print(OmegaConf.to_yaml(cfg))
+    root = compare(cfg)
+    report = write_report(
+        root,
+        Path(cfg.report.markdown),
+        Path(cfg.report.plots_dir),
+        cfg.name,
+        baseline=cfg.baseline,
+        command=cfg.report.get("command"),
+    )
+    print(f"report: {report}")
+
+
+if __name__ == "__main__":
+    main()

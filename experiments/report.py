@@ -1,0 +1,195 @@
+"""Turn a comparison's run directories into a markdown section and PNG convergence plots.
+
+    python -m experiments.report outputs/compare/classic --name classic
+
+Everything is recomputed from the runs' ``metrics.jsonl`` and ``protocol.json``: the target is
+the baseline's mean final validation loss, steps/time-to-target the first evaluation at or below
+it. The section replaces the one with the same name in the markdown file (between markers), so
+other sections of docs/results.md are left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from experiments.loop import first_reaching  # noqa: E402
+
+
+def load_runs(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{task: {optimizer: {"protocol": ..., "runs": [(summary, history), ...]}}}``."""
+    tasks: dict[str, dict[str, dict[str, Any]]] = {}
+    for protocol_file in sorted(root.glob("*/*/protocol.json")):
+        opt_dir = protocol_file.parent
+        runs = []
+        for seed_dir in sorted(opt_dir.glob("seed*")):
+            summary = json.loads((seed_dir / "summary.json").read_text())
+            history = [json.loads(line) for line in (seed_dir / "metrics.jsonl").open()]
+            runs.append((summary, history))
+        entry = {"protocol": json.loads(protocol_file.read_text()), "runs": runs}
+        tasks.setdefault(opt_dir.parent.name, {})[opt_dir.name] = entry
+    return tasks
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.4g}"
+    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if value is None or base is None or base == 0:
+        return "—"
+    return f"{value / base:.2f}"
+
+
+def task_table(optimizers: dict[str, dict[str, Any]], baseline: str) -> tuple[list[str], float]:
+    base = optimizers.get(baseline, {"runs": []})
+    base_finals = [s["final"]["val_loss"] for s, _ in base["runs"] if s["status"] == "ok"]
+    target = statistics.mean(base_finals) if base_finals else math.nan
+    extra = sorted(
+        {k for o in optimizers.values() for s, _ in o["runs"] for k in s["final"]} - {"val_loss"}
+    )
+
+    def reach(entry):
+        hits = [first_reaching(h, target) for s, h in entry["runs"] if s["status"] == "ok"]
+        hits = [hit for hit in hits if hit[0] is not None]
+        steps = statistics.mean(h[0] for h in hits) if hits else None
+        secs = statistics.mean(h[1] for h in hits) if hits else None
+        return steps, secs, len(hits)
+
+    base_steps, base_secs, _ = reach(base) if base["runs"] else (None, None, 0)
+    header = [
+        "optimizer",
+        "best lr",
+        "final val_loss",
+        *extra,
+        "reached target",
+        "steps-to-target ×Adam",
+        "time-to-target ×Adam",
+        "step ms",
+        "state B/param",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, entry in optimizers.items():
+        runs = entry["runs"]
+        ok = [s for s, _ in runs if s["status"] == "ok"]
+        steps, secs, n_hit = reach(entry)
+        diverged = len(runs) - len(ok)
+        cells = [
+            name,
+            f"{entry['protocol']['best_lr']}" if entry["protocol"]["best_lr"] else "all diverged",
+            _mean_std([s["final"]["val_loss"] for s in ok])
+            + (f" ({diverged} diverged)" if diverged else ""),
+            *[_mean_std([s["final"][k] for s in ok if k in s["final"]]) for k in extra],
+            f"{n_hit}/{len(runs)}",
+            _ratio(steps, base_steps),
+            _ratio(secs, base_secs),
+            f"{statistics.mean(s['mean_step_ms'] for s, _ in runs):.3g}" if runs else "—",
+            f"{runs[0][0]['state_bytes_per_param']:.1f}" if runs else "—",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines, target
+
+
+def plot_task(task: str, optimizers: dict[str, dict[str, Any]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, entry in optimizers.items():
+        curves = [
+            [(r["step"], r["val_loss"]) for r in h if "val_loss" in r]
+            for s, h in entry["runs"]
+            if s["status"] == "ok"
+        ]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        steps = [c[i][0] for c in curves[:1] for i in range(n)]
+        values = [[c[i][1] for c in curves] for i in range(n)]
+        mean = [statistics.mean(v) for v in values]
+        ax.plot(steps, mean, label=name)
+        ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
+    ax.set(
+        title=f"{task}: validation loss (mean, min–max over seeds)",
+        xlabel="step",
+        ylabel="val loss",
+    )
+    if all(v > 0 for line in ax.get_lines() for v in line.get_ydata()):
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def replace_section(markdown: Path, name: str, body: str) -> None:
+    begin, end = f"<!-- report:{name}:begin -->", f"<!-- report:{name}:end -->"
+    text = markdown.read_text() if markdown.exists() else "# Results\n"
+    section = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text(text)
+
+
+def write_report(
+    root: Path,
+    markdown: Path,
+    plots_dir: Path,
+    name: str,
+    baseline: str = "adam",
+    command: str | None = None,
+) -> Path:
+    """Write the ``name`` section of ``markdown`` (tables + plots) from the runs under ``root``."""
+    tasks = load_runs(root)
+    body = [
+        f"## Comparison `{name}`",
+        "",
+        f"Regenerate: `{command or 'python -m experiments.compare name=' + name}` "
+        f"(runs under `{root}`); this section alone from those runs: "
+        f"`python -m experiments.report {root} --name {name}`.",
+        "Protocol: same LR grid budget per optimizer, best LR on a tuning seed, then the "
+        "evaluation seeds; target = tuned Adam's mean final validation loss.",
+    ]
+    for task, optimizers in tasks.items():
+        lines, target = task_table(optimizers, baseline)
+        plot = plots_dir / f"{name}_{task}.png"
+        plot_task(task, optimizers, plot)
+        rel = plot.relative_to(markdown.parent) if plot.is_relative_to(markdown.parent) else plot
+        body += [
+            "",
+            f"### {task} (target val_loss {target:.4g})",
+            "",
+            *lines,
+            "",
+            f"![{task}]({rel})",
+        ]
+    replace_section(markdown, name, "\n".join(body))
+    return markdown
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Report a comparison's runs")
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--markdown", type=Path, default=Path("docs/results.md"))
+    parser.add_argument("--plots-dir", type=Path, default=Path("docs/results"))
+    args = parser.parse_args()
+    print(write_report(args.root, args.markdown, args.plots_dir, args.name))
+
+
+if __name__ == "__main__":
+    main()
