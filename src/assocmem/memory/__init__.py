@@ -3,6 +3,15 @@
 ``write(state, key, value, *, lr, retention) -> state`` and ``read(state, key) -> value``.
 """
 
+from assocmem.memory.deep import (
+    DeepMemory,
+    deep_memory,
+    deep_read,
+    deep_write,
+    inner_grad,
+    inner_loss,
+    per_key_grads,
+)
 from assocmem.memory.delta import delta_write, surprise
 from assocmem.memory.hebbian import hebbian_write
 from assocmem.memory.linear import (
@@ -15,6 +24,13 @@ from assocmem.memory.linear import (
 )
 
 __all__ = [
+    "DeepMemory",
+    "deep_memory",
+    "deep_read",
+    "deep_write",
+    "inner_grad",
+    "inner_loss",
+    "per_key_grads",
     "ElementwiseMemory",
     "LinearMemory",
     "MatrixMemory",

@@ -1,0 +1,246 @@
+"""Deep associative memory: an MLP ``M_phi`` written by inner gradient steps.
+
+    read              M_phi(k) = W2 act(W1 k + b1) + b2 + S k          (S: optional linear skip)
+    inner objective   l(phi; k, v) = 1/2 ||M_phi(k) - v||^2, mean over the pairs
+    write             phi <- alpha * phi - eta * grad_phi l                     (toward zero)
+                      phi <- phi0 + alpha * (phi - phi0) - eta * grad_phi l     (toward an anchor)
+
+The linear memories are the special case ``M_phi(k) = S k``: with the L2 objective the write is
+then exactly the delta rule. The MLP stores a non-linear map at the same cost per write, which
+is what Titans and Nested Learning's deep momentum use. The gradient is taken with
+:func:`torch.func.grad` over the parameters as a dict of tensors, so the write is a pure
+function that also runs under ``torch.no_grad`` and composes with ``vmap``.
+
+Shapes legend: ``n`` pairs written at once, ``k`` key dim, ``h`` hidden width, ``v`` value dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Activation = str | Callable[[Tensor], Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "tanh": torch.tanh,
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "relu": F.relu,
+}
+
+
+class DeepMemory(NamedTuple):
+    """Parameters ``phi`` of a 2-layer MLP memory ``R^k -> R^v`` (``skip`` may be ``None``)."""
+
+    w1: Tensor  # (h, k)
+    b1: Tensor  # (h,)
+    w2: Tensor  # (v, h)
+    b2: Tensor  # (v,)
+    skip: Tensor | None  # (v, k)
+
+
+def deep_memory(
+    d_key: int,
+    d_value: int,
+    hidden: int,
+    *,
+    skip: bool = True,
+    skip_init: Tensor | None = None,
+    zero_output: bool = False,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> DeepMemory:
+    """A fresh MLP memory.
+
+    ``W1 ~ N(0, 1/d_key)`` (unit-variance pre-activations for unit-variance keys), ``b1 = 0``,
+    ``W2 ~ N(0, 1/hidden)`` or zero with ``zero_output=True`` (then the MLP branch reads zero
+    until the first write, and the memory starts as its skip path), ``b2 = 0``, and the skip
+    ``S`` zero unless ``skip_init`` gives it (e.g. a projection that makes the fresh memory an
+    identity or a known linear map). Pass ``generator`` or ``seed`` for a reproducible draw.
+    """
+    if generator is None and seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+
+    def normal(*shape: int, std: float) -> Tensor:
+        # Drawn on the CPU so a seed gives the same memory on every device.
+        return (torch.randn(*shape, generator=generator) * std).to(dtype=dtype, device=device)
+
+    def zeros(*shape: int) -> Tensor:
+        return torch.zeros(*shape, dtype=dtype, device=device)
+
+    w2 = zeros(d_value, hidden) if zero_output else normal(d_value, hidden, std=hidden**-0.5)
+    if skip_init is not None:
+        if tuple(skip_init.shape) != (d_value, d_key):
+            raise ValueError(
+                f"skip_init must have shape {(d_value, d_key)}, got {tuple(skip_init.shape)}"
+            )
+        S = skip_init.to(dtype=dtype, device=device).clone()
+    else:
+        S = zeros(d_value, d_key) if skip else None
+    return DeepMemory(normal(hidden, d_key, std=d_key**-0.5), zeros(hidden), w2, zeros(d_value), S)
+
+
+def _activation(activation: Activation) -> Callable[[Tensor], Tensor]:
+    if callable(activation):
+        return activation
+    try:
+        return ACTIVATIONS[activation]
+    except KeyError:
+        raise ValueError(
+            f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}"
+        ) from None
+
+
+def _params(state: DeepMemory) -> dict[str, Tensor]:
+    # torch.func transforms take tensors only; an absent skip is simply not a parameter.
+    return {name: t for name, t in state._asdict().items() if t is not None}
+
+
+def _forward(params: dict[str, Tensor], keys: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor:
+    hidden = act(keys @ params["w1"].mT + params["b1"])
+    out = hidden @ params["w2"].mT + params["b2"]
+    if "skip" in params:
+        out = out + keys @ params["skip"].mT
+    return out
+
+
+def _l2(pred: Tensor, values: Tensor) -> Tensor:
+    return 0.5 * (pred - values).pow(2).sum(-1).mean()
+
+
+def deep_read(state: DeepMemory, keys: Tensor, *, activation: Activation = "tanh") -> Tensor:
+    """Recall ``M_phi(k)`` for a key ``(k,)`` or a batch ``(..., n, k)``; returns ``(..., v)``."""
+    return _forward(_params(state), keys, _activation(activation))
+
+
+def inner_loss(
+    state: DeepMemory,
+    keys: Tensor,
+    values: Tensor,
+    *,
+    activation: Activation = "tanh",
+    loss: LossFn | None = None,
+) -> Tensor:
+    """The inner objective ``l(phi; k, v)``, default ``1/2 ||M_phi(k) - v||^2`` averaged over pairs.
+
+    ``loss(pred, values) -> scalar`` replaces the L2 objective (any differentiable function).
+    """
+    return _loss(_params(state), keys, values, _activation(activation), loss or _l2)
+
+
+def _loss(
+    params: dict[str, Tensor],
+    keys: Tensor,
+    values: Tensor,
+    act: Callable[[Tensor], Tensor],
+    loss: LossFn,
+) -> Tensor:
+    return loss(_forward(params, keys, act), values)
+
+
+def inner_grad(
+    state: DeepMemory,
+    keys: Tensor,
+    values: Tensor,
+    *,
+    activation: Activation = "tanh",
+    loss: LossFn | None = None,
+) -> DeepMemory:
+    """``grad_phi l`` of the batch objective, as a :class:`DeepMemory` (the "surprise")."""
+    grads = torch.func.grad(_loss)(
+        _params(state), keys, values, _activation(activation), loss or _l2
+    )
+    return DeepMemory(**{name: grads.get(name) for name in DeepMemory._fields})
+
+
+def per_key_grads(
+    state: DeepMemory,
+    keys: Tensor,
+    values: Tensor,
+    *,
+    activation: Activation = "tanh",
+    loss: LossFn | None = None,
+) -> DeepMemory:
+    """``grad_phi l(phi; k_i, v_i)`` for each pair of ``(n, k), (n, v)``: ``vmap(grad)``.
+
+    Each field gains a leading ``n`` dim; their mean over ``n`` is :func:`inner_grad` for the
+    default (mean-reduced) objective. Per-pair surprises are what data-dependent write rates
+    (Titans) weigh.
+    """
+    act, fn = _activation(activation), loss or _l2
+
+    def one(k: Tensor, v: Tensor) -> dict[str, Tensor]:
+        return torch.func.grad(_loss)(_params(state), k[None], v[None], act, fn)
+
+    grads = torch.func.vmap(one)(keys, values)
+    return DeepMemory(**{name: grads.get(name) for name in DeepMemory._fields})
+
+
+def retain_and_step(
+    state: DeepMemory,
+    grads: DeepMemory,
+    *,
+    lr: float,
+    retention: float,
+    anchor: DeepMemory | None = None,
+) -> DeepMemory:
+    """``phi <- alpha phi - eta g`` or, with an anchor, ``phi0 + alpha (phi - phi0) - eta g``."""
+    new = {}
+    for name in DeepMemory._fields:
+        p, g = getattr(state, name), getattr(grads, name)
+        if p is None:
+            new[name] = None
+            continue
+        if anchor is None:
+            kept = p * retention
+        else:
+            p0 = getattr(anchor, name)
+            kept = p0 + retention * (p - p0)
+        new[name] = kept - lr * g
+    return DeepMemory(**new)
+
+
+def deep_write(
+    state: DeepMemory,
+    keys: Tensor,
+    values: Tensor,
+    *,
+    lr: float = 1e-2,
+    retention: float = 1.0,
+    anchor: DeepMemory | None = None,
+    activation: Activation = "tanh",
+    loss: LossFn | None = None,
+) -> DeepMemory:
+    """Return the memory after one inner gradient step on the pairs ``(keys, values)``.
+
+    Args:
+        state: the memory before the write.
+        keys: ``(n, k)`` (or ``(k,)`` for one pair).
+        values: ``(n, v)`` (or ``(v,)``).
+        lr: write rate ``eta``.
+        retention: ``alpha``; 1 keeps everything.
+        anchor: if given, retention decays toward these weights (e.g. the initial memory)
+            instead of toward zero.
+        activation: hidden non-linearity, a name in ``ACTIVATIONS`` or a callable.
+        loss: ``loss(pred, values) -> scalar`` replacing the L2 inner objective.
+
+    Example:
+        >>> import torch
+        >>> from assocmem.memory import deep_memory, deep_write, inner_loss
+        >>> M = deep_memory(3, 2, 16, seed=0)
+        >>> k, v = torch.randn(8, 3), torch.randn(8, 2)
+        >>> before = inner_loss(M, k, v)
+        >>> for _ in range(50):
+        ...     M = deep_write(M, k, v, lr=0.1)
+        >>> bool(inner_loss(M, k, v) < before)
+        True
+    """
+    grads = inner_grad(state, keys, values, activation=activation, loss=loss)
+    return retain_and_step(state, grads, lr=lr, retention=retention, anchor=anchor)

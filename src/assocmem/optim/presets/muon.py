@@ -1,0 +1,132 @@
+"""Muon: a Hebbian momentum memory read through Newton-Schulz orthogonalisation.
+
+    write   m <- beta * m + g                          (hebbian, key-less, eta = 1, alpha = beta)
+    read    u = g + beta * m  (Nesterov, default) or u = m
+            O = NS5(u reshaped to (rows, cols))        (~ U V^T of u = U S V^T)
+    step    W <- W - lr * scale(rows, cols) * O
+
+Matrices (``dim >= 2``; conv kernels ``(out, in, kh, kw)`` read as ``(out, in * kh * kw)``) take
+the orthogonalised step: every singular direction of the momentum moves by the same amount, the
+steepest descent under the spectral norm (Bernstein & Newhouse 2024). ``scale``:
+
+- ``"spectral"`` (default, Keller Jordan's Muon): ``max(1, rows / cols) ** 0.5``, so the
+  update's spectral norm per unit input RMS is the same for tall and wide layers;
+- ``"rms"`` (Moonshot's Muon, Liu et al. 2025): ``0.2 * sqrt(max(rows, cols))``, which gives the
+  update the RMS (~0.2) of a typical AdamW update, so AdamW's ``lr`` and ``weight_decay`` carry
+  over and one ``lr`` suits matrices and the Adam fallback alike.
+
+Orthogonalisation is meaningless for vectors and scalars (a vector's "U V^T" is its sign-free
+direction), so parameters with ``dim < 2`` (biases, gains, scalars) fall back to Adam with its
+own hyperparameters ``adam_betas``, ``adam_eps`` and step ``lr * adam_lr_ratio``; this is
+exactly ``MemoryOptimizer(memory="adam")`` (tested). Muon's authors also keep embeddings and
+the output head on Adam: put those in a param group with ``memory="adam"``.
+
+Since NS normalises its input, the momentum's scale is irrelevant: Muon's EMA form
+``m <- lerp(m, g, 1 - beta)``, ``u = lerp(g, m, beta)`` gives the same update.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import Tensor
+
+from assocmem.memory import ElementwiseMemory, hebbian_write, read
+from assocmem.optim import validate
+from assocmem.optim.newton_schulz import zeropower_via_newtonschulz5
+from assocmem.optim.registry import Group, Hyper, Preset, State, get_preset, register
+
+SCALES = ("spectral", "rms")
+
+
+def update_scale(rows: int, cols: int, scale: str) -> float:
+    """The multiplier of the orthogonalised update of a ``rows x cols`` matrix (see module doc)."""
+    if scale == "spectral":
+        return max(1.0, rows / cols) ** 0.5
+    return 0.2 * max(rows, cols) ** 0.5
+
+
+def as_matrix(t: Tensor) -> Tensor:
+    """``(out, *rest)`` viewed as ``(out, prod(rest))``: conv kernels become matrices."""
+    return t.reshape(t.shape[0], -1)
+
+
+def _adam_group(group: Group) -> Group:
+    return {
+        "betas": group["adam_betas"],
+        "eps": group["adam_eps"],
+        "lr": group["lr"] * group["adam_lr_ratio"],
+    }
+
+
+@register
+class Muon(Preset):
+    name = "muon"
+    hyper = {
+        "beta": Hyper(0.95, validate.unit_interval, "retention of the momentum memory"),
+        "nesterov": Hyper(True, validate.boolean, "read g + beta * m instead of m"),
+        "ns_steps": Hyper(5, validate.positive_int, "Newton-Schulz iterations"),
+        "scale": Hyper("spectral", validate.one_of(*SCALES), "update scale of matrices"),
+        "adam_betas": Hyper(
+            (0.9, 0.95), validate.pair_of(validate.unit_interval), "Adam fallback (dim < 2)"
+        ),
+        "adam_eps": Hyper(1e-8, validate.non_negative, "Adam fallback epsilon"),
+        "adam_lr_ratio": Hyper(1.0, validate.non_negative, "Adam fallback step is lr * ratio"),
+    }
+
+    def init_state(self, param: Tensor, group: Group) -> State:
+        if param.dim() < 2:
+            return get_preset("adam").init_state(param, group)
+        return {"momentum": torch.zeros_like(param, memory_format=torch.preserve_format)}
+
+    def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
+        if param.dim() < 2:
+            get_preset("adam").reference_step(param, grad, state, _adam_group(group))
+            return
+        memory = hebbian_write(
+            ElementwiseMemory(state["momentum"]), None, grad, lr=1.0, retention=group["beta"]
+        )
+        state["momentum"].copy_(memory.m)
+        u = read(memory)
+        if group["nesterov"]:
+            u = grad + group["beta"] * u
+        rows, cols = as_matrix(param).shape
+        ortho = zeropower_via_newtonschulz5(as_matrix(u), steps=group["ns_steps"])
+        step = group["lr"] * update_scale(rows, cols, group["scale"])
+        param.add_(ortho.view_as(param), alpha=-step)
+
+    def foreach_step(
+        self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
+    ) -> None:
+        vectors = [i for i, p in enumerate(params) if p.dim() < 2]
+        if vectors:
+            get_preset("adam").foreach_step(
+                [params[i] for i in vectors],
+                [grads[i] for i in vectors],
+                [states[i] for i in vectors],
+                _adam_group(group),
+            )
+        matrices = [i for i, p in enumerate(params) if p.dim() >= 2]
+        if not matrices:
+            return
+        beta = group["beta"]
+        ps = [params[i] for i in matrices]
+        gs = [grads[i] for i in matrices]
+        bufs = [states[i]["momentum"] for i in matrices]
+        torch._foreach_mul_(bufs, beta)
+        torch._foreach_add_(bufs, gs)
+        updates = torch._foreach_add(gs, bufs, alpha=beta) if group["nesterov"] else bufs
+        # One batched Newton-Schulz per (rows, cols): stacking turns many small matmuls into bmm.
+        by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for j, p in enumerate(ps):
+            by_shape[tuple(as_matrix(p).shape)].append(j)
+        for (rows, cols), idx in by_shape.items():
+            stacked = torch.stack([as_matrix(updates[j]) for j in idx])
+            ortho = zeropower_via_newtonschulz5(stacked, steps=group["ns_steps"])
+            step = group["lr"] * update_scale(rows, cols, group["scale"])
+            torch._foreach_add_(
+                [ps[j] for j in idx],
+                [o.view_as(ps[j]) for o, j in zip(ortho.unbind(0), idx, strict=True)],
+                alpha=-step,
+            )

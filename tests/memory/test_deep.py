@@ -1,0 +1,109 @@
+import pytest
+import torch
+
+from assocmem.memory import (
+    DeepMemory,
+    deep_memory,
+    deep_read,
+    deep_write,
+    inner_grad,
+    inner_loss,
+    per_key_grads,
+)
+
+
+def pairs(n=16, k=4, v=3):
+    return torch.randn(n, k), torch.randn(n, v)
+
+
+def test_inner_loss_falls_over_repeated_writes():
+    keys, values = pairs()
+    M = deep_memory(4, 3, 32, seed=0)
+    losses = [inner_loss(M, keys, values).item()]
+    for _ in range(200):
+        M = deep_write(M, keys, values, lr=0.2)
+        losses.append(inner_loss(M, keys, values).item())
+    assert losses[-1] < 0.2 * losses[0]
+    assert all(
+        b <= a + 1e-6 for a, b in zip(losses[:20], losses[1:21], strict=True)
+    )  # monotone early on
+
+
+def test_retention_toward_zero_shrinks_weights_when_lr_is_zero():
+    keys, values = pairs()
+    M = deep_memory(4, 3, 8, seed=1)
+    M.skip.normal_()
+    out = deep_write(M, keys, values, lr=0.0, retention=0.5)
+    for new, old in zip(out, M, strict=True):
+        torch.testing.assert_close(new, 0.5 * old)
+
+
+def test_retention_toward_an_anchor():
+    keys, values = pairs()
+    anchor = deep_memory(4, 3, 8, seed=1)
+    M = deep_write(anchor, keys, values, lr=0.5)
+    out = deep_write(M, keys, values, lr=0.0, retention=0.25, anchor=anchor)
+    for new, old, p0 in zip(out, M, anchor, strict=True):
+        torch.testing.assert_close(new, p0 + 0.25 * (old - p0))
+    assert all(
+        torch.equal(a, b) for a, b in zip(deep_write(M, keys, values, lr=0.0), M, strict=True)
+    )
+
+
+def test_batched_write_equals_a_per_key_loop_mean():
+    keys, values = pairs(n=6)
+    M = deep_memory(4, 3, 8, seed=2, skip_init=torch.randn(3, 4))
+    M = M._replace(b1=torch.randn(8))
+    batched = deep_write(M, keys, values, lr=0.3, retention=0.9)
+    loop = [inner_grad(M, k[None], v[None]) for k, v in zip(keys, values, strict=True)]
+    by_hand = DeepMemory(
+        *(0.9 * p - 0.3 * torch.stack([g[i] for g in loop]).mean(0) for i, p in enumerate(M))
+    )
+    for a, b in zip(batched, by_hand, strict=True):
+        torch.testing.assert_close(a, b)
+    vmapped = per_key_grads(M, keys, values)
+    for a, b in zip(vmapped, zip(*loop, strict=True), strict=True):
+        torch.testing.assert_close(a, torch.stack(b))
+
+
+def test_skip_gradient_is_the_delta_rule_surprise():
+    keys, values = pairs(n=5)
+    M = deep_memory(4, 3, 8, seed=3, skip_init=torch.randn(3, 4))
+    surprise = deep_read(M, keys) - values
+    torch.testing.assert_close(inner_grad(M, keys, values).skip, surprise.mT @ keys / 5)
+
+
+def test_read_shapes_and_no_skip():
+    M = deep_memory(4, 3, 8, seed=0)
+    assert deep_read(M, torch.randn(4)).shape == (3,)
+    assert deep_read(M, torch.randn(7, 4)).shape == (7, 3)
+    assert deep_read(M, torch.randn(2, 7, 4)).shape == (2, 7, 3)
+    bare = deep_memory(4, 3, 8, skip=False, seed=0)
+    assert bare.skip is None
+    keys, values = pairs()
+    assert deep_write(bare, keys, values, lr=0.1).skip is None
+
+
+def test_fresh_memory_is_reproducible_and_zero_output_reads_the_skip():
+    a, b = deep_memory(4, 3, 8, seed=5), deep_memory(4, 3, 8, seed=5)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a.w1, deep_memory(4, 3, 8, seed=6).w1)
+    S = torch.randn(3, 4)
+    M = deep_memory(4, 3, 8, seed=5, skip_init=S, zero_output=True)
+    keys = torch.randn(9, 4)
+    torch.testing.assert_close(deep_read(M, keys), keys @ S.T)
+
+
+def test_custom_loss_activation_and_no_grad_context():
+    keys, values = pairs()
+    M = deep_memory(4, 3, 8, seed=0)
+    l1 = lambda pred, v: (pred - v).abs().mean()  # noqa: E731
+    with torch.no_grad():
+        out = deep_write(M, keys, values, lr=0.1, loss=l1, activation="silu")
+    assert inner_loss(out, keys, values, loss=l1, activation="silu") < inner_loss(
+        M, keys, values, loss=l1, activation="silu"
+    )
+    with pytest.raises(ValueError, match="activation"):
+        deep_read(M, keys, activation="swish")
+    with pytest.raises(ValueError, match="skip_init"):
+        deep_memory(4, 3, 8, skip_init=torch.zeros(4, 3))

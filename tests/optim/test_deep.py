@@ -1,0 +1,120 @@
+import copy
+
+import pytest
+import torch
+from optim_support import flat_params, make_model, train
+
+from assocmem import MemoryOptimizer
+from assocmem.optim import get_preset
+
+MLP = ("mlp_w1", "mlp_b1", "mlp_w2", "mlp_b2", "mlp_skip")
+
+
+@pytest.mark.parametrize("hyper", [{}, {"retention_target": "zero", "retention": 0.99}])
+def test_reference_equals_fast_path_at_every_step(hyper):
+    fast_model, ref_model = make_model(), make_model()
+    fast = MemoryOptimizer(fast_model.parameters(), "deep", lr=1e-2, foreach=True, **hyper)
+    ref = MemoryOptimizer(ref_model.parameters(), "deep", lr=1e-2, foreach=False, **hyper)
+    for t in range(20):
+        train(fast_model, fast, range(t, t + 1))
+        train(ref_model, ref, range(t, t + 1))
+        torch.testing.assert_close(
+            flat_params(fast_model), flat_params(ref_model), rtol=1e-5, atol=1e-6
+        )
+        for p, q in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
+            for key in (*MLP, "inner_loss", "momentum", "prev_grad", "grad_sq"):
+                torch.testing.assert_close(fast.state[p][key], ref.state[q][key])
+
+
+def run_stream(gradients, n=256, steps=150, **hyper):
+    """Feed a synthetic gradient stream to one tensor; returns its inner losses and state."""
+    p = torch.nn.Parameter(torch.zeros(n))
+    opt = MemoryOptimizer([p], "deep", lr=1e-3, **hyper)
+    losses, snapshots = [], []
+    g = None
+    for t in range(steps):
+        g = gradients(t, g)
+        p.grad = g.clone()
+        opt.step()
+        losses.append(opt.state[p]["inner_loss"].item())
+        snapshots.append({k: opt.state[p][k].clone() for k in MLP})
+    return torch.tensor(losses), snapshots
+
+
+ALTERNATING = torch.randn(256, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        # Oscillating gradients (a too-large step on a stiff direction): momentum forecasts
+        # them badly, the memory learns a negative weight on the last gradient.
+        lambda t, g: (-1) ** t * ALTERNATING + 0.1 * torch.randn(256),
+        # AR(1) gradients: the last gradient carries information momentum smears out.
+        lambda t, g: torch.randn(256) + (0.8 * g if g is not None else 0),
+    ],
+    ids=["alternating", "ar1"],
+)
+def test_the_memory_learns_to_forecast_the_gradient(stream):
+    losses, _ = run_stream(stream)
+    start, end = losses[1:11].mean(), losses[-10:].mean()  # no write (and no loss) at step 1
+    assert end < 0.7 * start, (start, end)
+    torch.manual_seed(0)
+    frozen, _ = run_stream(stream, inner_lr=0.0)  # same stream, memory never written
+    assert end < 0.7 * frozen[-10:].mean()
+
+
+def test_mlp_weights_change_every_step():
+    _, snaps = run_stream(lambda t, g: torch.randn(256) + 0.5, steps=8)
+    fresh = get_preset("deep").init_state(torch.zeros(256), MemoryOptimizer.hyperparameters("deep"))
+    assert all(torch.equal(snaps[0][k], fresh[k]) for k in MLP)  # step 1: no context, no write
+    first_changed = {"mlp_w2": 1, "mlp_b2": 1, "mlp_skip": 1, "mlp_w1": 2, "mlp_b1": 2}
+    for k, start in first_changed.items():  # W1, b1 wait for W2 to leave its zero init
+        for t in range(start, len(snaps)):
+            assert not torch.equal(snaps[t - 1][k], snaps[t][k]), (k, t)
+
+
+def test_first_step_is_normalised_momentum():
+    p = torch.nn.Parameter(torch.zeros(3, 4))
+    g = torch.randn(3, 4)
+    opt = MemoryOptimizer([p], "deep", lr=0.1)
+    p.grad = g.clone()
+    opt.step()
+    torch.testing.assert_close(p.detach(), -0.1 * g / g.pow(2).mean().sqrt())
+
+
+def test_converges_on_an_ill_conditioned_quadratic():
+    A = torch.logspace(0, 2, 20)  # condition number 100
+    x = torch.nn.Parameter(torch.ones(20))
+    opt = MemoryOptimizer([x], "deep", lr=0.1)
+    f0 = 0.5 * (A * x * x).sum().item()
+    for _ in range(300):
+        opt.zero_grad()
+        (0.5 * (A * x * x).sum()).backward()
+        opt.step()
+    assert 0.5 * (A * x * x).sum().item() < 1e-5 * f0
+
+
+def test_fresh_memories_are_identical_and_seeded():
+    p = make_model().fc.weight
+    hyper = MemoryOptimizer.hyperparameters("deep")
+    a = get_preset("deep").init_state(p, hyper)
+    b = get_preset("deep").init_state(p, hyper)
+    c = get_preset("deep").init_state(p, {**hyper, "seed": 1})
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["mlp_w1"], c["mlp_w1"])
+    assert not torch.equal(a["mlp_w1"], get_preset("deep").init_state(p.T, hyper)["mlp_w1"])
+
+
+def test_every_param_rank_and_round_trip():
+    model = make_model()  # conv (4-D), linear (2-D), biases (1-D), a scalar gain (0-D)
+    opt = MemoryOptimizer(model.parameters(), "deep", lr=1e-2)
+    train(model, opt, range(3))
+    clone = make_model(seed=1)
+    clone.load_state_dict(model.state_dict())
+    opt2 = MemoryOptimizer(clone.parameters(), "deep", lr=1e-2)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    train(model, opt, range(3, 8))
+    train(clone, opt2, range(3, 8))
+    assert torch.equal(flat_params(model), flat_params(clone))
+    assert torch.isfinite(flat_params(model)).all()
