@@ -1,3 +1,11 @@
 """Importing this package registers every built-in preset."""
 
-from assocmem.optim.presets import adam, momentum  # noqa: F401
+from assocmem.optim.presets import (  # noqa: F401
+    adam,
+    cms,
+    deep,
+    delta,
+    landscape,
+    momentum,
+    muon,
+)

@@ -64,7 +64,8 @@ def _adam_group(group: Group) -> Group:
 class Muon(Preset):
     name = "muon"
     hyper = {
-        "beta": Hyper(0.95, validate.unit_interval, "retention of the momentum memory"),
+        # Named like torch.optim.Muon's argument (beta in the equations).
+        "momentum": Hyper(0.95, validate.unit_interval, "retention beta of the momentum memory"),
         "nesterov": Hyper(True, validate.boolean, "read g + beta * m instead of m"),
         "ns_steps": Hyper(5, validate.positive_int, "Newton-Schulz iterations"),
         "scale": Hyper("spectral", validate.one_of(*SCALES), "update scale of matrices"),
@@ -85,12 +86,12 @@ class Muon(Preset):
             get_preset("adam").reference_step(param, grad, state, _adam_group(group))
             return
         memory = hebbian_write(
-            ElementwiseMemory(state["momentum"]), None, grad, lr=1.0, retention=group["beta"]
+            ElementwiseMemory(state["momentum"]), None, grad, lr=1.0, retention=group["momentum"]
         )
         state["momentum"].copy_(memory.m)
         u = read(memory)
         if group["nesterov"]:
-            u = grad + group["beta"] * u
+            u = grad + group["momentum"] * u
         rows, cols = as_matrix(param).shape
         ortho = zeropower_via_newtonschulz5(as_matrix(u), steps=group["ns_steps"])
         step = group["lr"] * update_scale(rows, cols, group["scale"])
@@ -110,7 +111,7 @@ class Muon(Preset):
         matrices = [i for i, p in enumerate(params) if p.dim() >= 2]
         if not matrices:
             return
-        beta = group["beta"]
+        beta = group["momentum"]
         ps = [params[i] for i in matrices]
         gs = [grads[i] for i in matrices]
         bufs = [states[i]["momentum"] for i in matrices]

@@ -1,0 +1,273 @@
+"""Continuum Memory System (Nested Learning): gradient memories at several timescales.
+
+``K`` key-less elementwise Hebbian memories ("levels"). Level ``k`` is written only every
+``f_k`` steps, with the mean of the gradients since its last write (``accumulate=True``,
+NL's chunked update: nothing between two writes is lost) or with the current gradient alone
+(``accumulate=False``):
+
+    value     v_k = (1/f_k) sum_{j=t-f_k+1..t} g_j          (or g_t)
+    write     L_k <- alpha_k L_k + eta_k v_k                 when t % f_k == 0   (hebbian)
+    second    s <- beta2 s + (1 - beta2) g^2                 every step (normalize=True)
+    read      r_k = L_k / c_k   if debias[k],   c_k = eta_k (1 - alpha_k^n_k) / (1 - alpha_k)
+              r_k = NS(r_k)     if orthogonalize, for >= 2-D tensors (Newton-Schulz, Muon)
+              u   = sum_k w_k r_k
+              u   = u / (sqrt(s / (1 - beta2^t)) + eps)       if normalize
+    step      W <- W - lr * u
+
+``t`` is the tensor's step count and ``n_k = floor(t / f_k)`` the number of writes level ``k``
+has had. ``c_k`` is the total weight the writes gave a constant value, so a debiased level
+reads a constant gradient back as itself; for the usual ``eta_k = 1 - alpha_k`` it is Adam's
+``1 - alpha_k^n_k``. Every level is a separate memory with its own retention: a slow, rarely
+written level keeps the gradient's long-horizon mean that a fast one forgets.
+
+Configurations (helpers below return the hyperparameters as a dict):
+
+- ``adam``: one level, ``f = 1``, ``debias=(True,)``, ``normalize=True``.
+- ``momentum``: one level, ``eta = 1``, no debias, no normalisation.
+- AdEMAMix (Pagliardini et al. 2024) = :func:`ademamix_config`: a fast bias-corrected EMA
+  (``beta1``) plus ``alpha`` times a slow, not bias-corrected EMA (``beta3 = 0.9999``), over
+  Adam's second moment. The paper's warmup schedules for ``alpha`` and ``beta3`` are not built
+  in (set them per step through ``group["weights"]``/``group["alphas"]`` if needed).
+- M3-like multi-scale Muon = :func:`m3_config`: a fast momentum written every step and a slow one
+  written every ``freq`` steps with the chunk's gradients, each orthogonalised, summed.
+
+The Newton-Schulz output is scaled by ``sqrt(max(1, rows / cols))`` as in Muon; conv weights
+are orthogonalised as ``(out, in * kh * kw)`` matrices; 1-D and 0-D tensors are not
+orthogonalised (as in Muon; pair them with ``normalize=True`` or give them another group).
+
+References:
+    A. Behrouz et al., "Nested Learning: The Illusion of Deep Learning Architectures",
+    NeurIPS 2025 (continuum memory system, multi-scale momentum).
+    M. Pagliardini, P. Ablin, D. Grangier, "The AdEMAMix Optimizer: Better, Faster, Older",
+    2024. docs/theory/cms.md has the derivation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from assocmem.memory import ElementwiseMemory, hebbian_write, read
+from assocmem.optim import validate
+from assocmem.optim.newton_schulz import zeropower_via_newtonschulz5
+from assocmem.optim.registry import Group, Hyper, Preset, State, register
+
+PER_LEVEL = ("freqs", "etas", "weights", "debias")
+
+
+def ademamix_config(
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    beta3: float = 0.9999,
+    alpha: float = 5.0,
+    eps: float = 1e-8,
+) -> dict[str, Any]:
+    """Hyperparameters making ``cms`` AdEMAMix (without its alpha/beta3 warmup).
+
+    ``u = (m1 / (1 - beta1^t) + alpha m2) / (sqrt(v / (1 - beta2^t)) + eps)`` with
+    ``m1, m2`` EMAs of ``g`` at ``beta1, beta3`` and ``v`` the EMA of ``g^2`` at ``beta2``.
+
+    Example:
+        >>> import torch
+        >>> from assocmem import MemoryOptimizer
+        >>> w = torch.nn.Parameter(torch.ones(3))
+        >>> opt = MemoryOptimizer([w], "cms", lr=1e-3, **ademamix_config(alpha=8.0))
+    """
+    return {
+        "alphas": (beta1, beta3),
+        "freqs": (1, 1),
+        "etas": (1 - beta1, 1 - beta3),
+        "weights": (1.0, alpha),
+        "debias": (True, False),
+        "normalize": True,
+        "beta2": beta2,
+        "eps": eps,
+        "orthogonalize": False,
+    }
+
+
+def m3_config(
+    beta1: float = 0.95,
+    beta3: float = 0.9,
+    alpha: float = 0.5,
+    freq: int = 10,
+    normalize: bool = False,
+) -> dict[str, Any]:
+    """Hyperparameters making ``cms`` a two-scale orthogonalised momentum (M3-like).
+
+    ``u = NS(M1) + alpha NS(M2)`` with ``M1 <- beta1 M1 + g`` every step and
+    ``M2 <- beta3 M2 + mean(g over the last freq steps)`` every ``freq`` steps. The scale of
+    each level is irrelevant after Newton-Schulz, so levels are written with ``eta = 1`` and not
+    debiased. ``normalize=True`` divides the sum by Adam's ``sqrt(v_hat) + eps`` afterwards.
+    """
+    return {
+        "alphas": (beta1, beta3),
+        "freqs": (1, freq),
+        "etas": (1.0, 1.0),
+        "weights": (1.0, alpha),
+        "debias": (False, False),
+        "normalize": normalize,
+        "orthogonalize": True,
+        "accumulate": True,
+    }
+
+
+def level_etas(group: Group) -> tuple[float, ...]:
+    """Write rates per level: ``etas`` or, when it is ``None``, ``1 - alpha_k``."""
+    if group["etas"] is None:
+        return tuple(1 - a for a in group["alphas"])
+    return tuple(group["etas"])
+
+
+def debias_factor(alpha: float, eta: float, writes: int) -> float:
+    """``c = eta (1 - alpha^n) / (1 - alpha)``: the weight ``n`` writes gave a constant value.
+
+    1 when the level is still empty (``n = 0``) or never written (``eta = 0``): nothing to undo.
+    """
+    if writes == 0 or eta == 0:
+        return 1.0
+    return (1 - alpha**writes) * (eta / (1 - alpha))
+
+
+def orthogonalize(update: Tensor, steps: int) -> Tensor:
+    """Muon's read ``sigma(u)`` for a >= 2-D tensor (as ``(rows, rest)``), scaled like Muon."""
+    matrix = update.reshape(update.shape[0], -1)
+    scale = math.sqrt(max(1.0, matrix.shape[0] / matrix.shape[1]))
+    return (zeropower_via_newtonschulz5(matrix, steps=steps) * scale).reshape(update.shape)
+
+
+def _uses_acc(group: Group, k: int) -> bool:
+    return group["accumulate"] and group["freqs"][k] > 1
+
+
+@register
+class CMS(Preset):
+    name = "cms"
+    hyper = {
+        "alphas": Hyper(
+            (0.9, 0.9), validate.sequence_of(validate.unit_interval), "retention per level"
+        ),
+        "freqs": Hyper(
+            (1, 10), validate.sequence_of(validate.positive_int), "write period per level"
+        ),
+        "etas": Hyper(
+            None,
+            validate.optional(validate.sequence_of(validate.non_negative)),
+            "write rate per level (None: 1 - alpha_k)",
+        ),
+        "weights": Hyper((0.5, 0.5), validate.sequence_of(validate.real), "read weight per level"),
+        "debias": Hyper(
+            (True, True), validate.sequence_of(validate.boolean), "bias-correct level k's read"
+        ),
+        "accumulate": Hyper(
+            True, validate.boolean, "write the mean gradient since the last write (else g_t)"
+        ),
+        "normalize": Hyper(True, validate.boolean, "divide the read by Adam's sqrt(v_hat) + eps"),
+        "beta2": Hyper(0.999, validate.unit_interval, "retention of the second moment"),
+        "eps": Hyper(1e-8, validate.non_negative, "added to sqrt(v_hat)"),
+        "orthogonalize": Hyper(
+            False, validate.boolean, "Newton-Schulz each level's read (>= 2-D tensors)"
+        ),
+        "ns_steps": Hyper(5, validate.positive_int, "Newton-Schulz iterations"),
+    }
+
+    def check_group(self, group: Group) -> None:
+        levels = len(group["alphas"])
+        for name in PER_LEVEL:
+            value = group[name]
+            if value is not None and len(value) != levels:
+                raise ValueError(
+                    f"invalid {name}: must have one entry per level "
+                    f"(len(alphas) = {levels}), got {len(value)}"
+                )
+
+    def init_state(self, param: Tensor, group: Group) -> State:
+        zeros = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state: State = {}
+        for k in range(len(group["alphas"])):
+            state[f"level{k}"] = zeros.clone()
+            if _uses_acc(group, k):
+                state[f"acc{k}"] = zeros.clone()
+        if group["normalize"]:
+            state["exp_avg_sq"] = zeros.clone()
+        return state
+
+    def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
+        t = int(state["step"])
+        etas = level_etas(group)
+        update = torch.zeros_like(param)
+        for k, (alpha, freq) in enumerate(zip(group["alphas"], group["freqs"], strict=True)):
+            level = ElementwiseMemory(state[f"level{k}"])
+            value = grad
+            if _uses_acc(group, k):
+                state[f"acc{k}"].add_(grad)
+                value = state[f"acc{k}"] / freq
+            if t % freq == 0:
+                level = hebbian_write(level, None, value, lr=etas[k], retention=alpha)
+                state[f"level{k}"].copy_(level.m)
+                if _uses_acc(group, k):
+                    state[f"acc{k}"].zero_()
+            recalled = read(level)
+            if group["debias"][k]:
+                recalled = recalled / debias_factor(alpha, etas[k], t // freq)
+            if group["orthogonalize"] and param.dim() >= 2:
+                recalled = orthogonalize(recalled, group["ns_steps"])
+            update = update + group["weights"][k] * recalled
+        if group["normalize"]:
+            beta2 = group["beta2"]
+            second = hebbian_write(
+                ElementwiseMemory(state["exp_avg_sq"]),
+                None,
+                grad * grad,
+                lr=1 - beta2,
+                retention=beta2,
+            )
+            state["exp_avg_sq"].copy_(second.m)
+            update = update / ((read(second) / (1 - beta2**t)).sqrt() + group["eps"])
+        param.add_(update, alpha=-group["lr"])
+
+    def foreach_step(
+        self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
+    ) -> None:
+        steps = [int(s["step"]) for s in states]
+        etas = level_etas(group)
+        ortho = group["orthogonalize"]
+        updates = [torch.zeros_like(p) for p in params]
+        for k, (alpha, freq) in enumerate(zip(group["alphas"], group["freqs"], strict=True)):
+            levels = [s[f"level{k}"] for s in states]
+            values = grads
+            if _uses_acc(group, k):
+                accs = [s[f"acc{k}"] for s in states]
+                torch._foreach_add_(accs, grads)
+                values = torch._foreach_div(accs, float(freq))
+            due = [i for i, t in enumerate(steps) if t % freq == 0]
+            if due:
+                written = [levels[i] for i in due]
+                torch._foreach_mul_(written, alpha)
+                torch._foreach_add_(written, [values[i] for i in due], alpha=etas[k])
+                if _uses_acc(group, k):
+                    torch._foreach_zero_([accs[i] for i in due])
+            if group["debias"][k]:
+                factors = [debias_factor(alpha, etas[k], t // freq) for t in steps]
+                reads = torch._foreach_div(levels, factors)
+            else:
+                reads = levels
+            if ortho:
+                reads = [orthogonalize(r, group["ns_steps"]) if r.dim() >= 2 else r for r in reads]
+            torch._foreach_add_(updates, torch._foreach_mul(reads, group["weights"][k]))
+        if group["normalize"]:
+            beta2 = group["beta2"]
+            seconds = [s["exp_avg_sq"] for s in states]
+            # The reference's arithmetic, op for op, so both paths agree to the bit.
+            squares = torch._foreach_mul(grads, grads)
+            torch._foreach_mul_(squares, 1 - beta2)
+            torch._foreach_mul_(seconds, beta2)
+            torch._foreach_add_(seconds, squares)
+            denom = torch._foreach_div(seconds, [1 - beta2**t for t in steps])
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, group["eps"])
+            torch._foreach_div_(updates, denom)
+        torch._foreach_add_(params, updates, alpha=-group["lr"])

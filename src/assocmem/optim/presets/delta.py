@@ -1,0 +1,132 @@
+"""Delta-rule momentum (Nested Learning): momentum that erases before it writes.
+
+Momentum is a key-less Hebbian memory of gradients (``m <- beta m + g``). Read the momentum
+buffer ``m`` instead as a linear map ``M = m^T: R^d -> R`` (per tensor, or one map per row) and
+give it the inner objective
+
+    L(m) = -eta <m, g>  +  gamma/2 <m, g_hat>^2,          g_hat = g / ||g||
+
+the Hebbian term (store the new gradient) plus a delta-rule regression of key ``g_hat`` onto
+value 0 (what the memory already holds along the current gradient is "surprise" to be
+removed). One gradient step on ``L`` with retention ``alpha`` is
+
+    write   m <- alpha m - gamma g_hat <g_hat, m> + eta g
+             = (alpha I - gamma g_hat g_hat^T) m + eta g
+    read    u = m
+    step    W <- W - lr * u
+
+Sign convention: we write ``+ eta g`` and step ``W - lr m`` (DESIGN.md's table writes ``- eta g``
+with a sign slip), so that ``gamma = 0, alpha = beta, eta = 1`` is exactly the ``momentum``
+preset. Along the current gradient the old memory is kept with factor ``alpha - gamma``,
+orthogonally to it with ``alpha``: ``<g_hat, m_new> = (alpha - gamma) <g_hat, m> + eta ||g||``.
+Since ``alpha in [0, 1)`` and ``gamma in [0, 1]``, the write map has spectral radius
+``max(alpha, |alpha - gamma|) < 1``, so the memory stays bounded for bounded gradients.
+
+``erase="tensor"`` normalises ``g`` over the whole tensor (one memory ``M: R^numel -> R``);
+``erase="row"`` normalises each row (first dim; ``W[i]`` flattened) separately, one memory
+per output unit, as in a matrix memory over the tensor's rows. 1-D and 0-D tensors are one row.
+A zero gradient (or row) has no direction: nothing is erased.
+
+References:
+    A. Behrouz, M. Razaviyayn, P. Zhong, V. Mirrokni, "Nested Learning: The Illusion of Deep
+    Learning Architectures", NeurIPS 2025 (momentum as an associative memory, delta-rule
+    momentum). docs/theory/delta.md has the derivation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from assocmem.memory import MatrixMemory, delta_write, hebbian_write
+from assocmem.optim import validate
+from assocmem.optim.registry import Group, Hyper, Preset, State, register
+
+
+def as_rows(x: Tensor, erase: str) -> Tensor:
+    """View ``x`` as ``(rows, d)``: one row for ``erase="tensor"`` or tensors of dim <= 1."""
+    if erase == "tensor" or x.dim() <= 1:
+        return x.reshape(1, -1)
+    return x.reshape(x.shape[0], -1)
+
+
+def unit_rows(g: Tensor) -> Tensor:
+    """Each row of ``g`` scaled to unit norm; an all-zero row stays zero (no direction)."""
+    norm = torch.linalg.vector_norm(g, dim=-1, keepdim=True)
+    return torch.where(norm > 0, g / norm, torch.zeros_like(g))
+
+
+def delta_momentum_write(
+    m: Tensor, g: Tensor, *, alpha: float, gamma: float, eta: float, erase: str
+) -> Tensor:
+    """The new memory ``(alpha I - gamma g_hat g_hat^T) m + eta g`` (pure; same shape as ``m``).
+
+    Written as two explicit memory writes on ``M = m^T`` (one ``1 x d`` map per row): a delta
+    write of key ``g_hat``, value 0 at rate ``gamma`` with retention ``alpha`` (erase what the
+    memory recalls for the current gradient direction), then a Hebbian write of key ``g``,
+    value 1 at rate ``eta`` (store the gradient, as momentum does).
+    """
+    rows = as_rows(m, erase)
+    n, d = rows.shape
+    memory = MatrixMemory(rows.reshape(n, 1, d))  # n independent maps R^d -> R
+    key = unit_rows(as_rows(g, erase)).reshape(n, 1, d)
+    zero = m.new_zeros(n, 1, 1)
+    one = m.new_ones(n, 1, 1)
+    memory = delta_write(memory, key, zero, lr=gamma, retention=alpha)
+    memory = hebbian_write(memory, as_rows(g, erase).reshape(n, 1, d), one, lr=eta)
+    return memory.M.reshape(m.shape)
+
+
+@register
+class Delta(Preset):
+    name = "delta"
+    hyper = {
+        "alpha": Hyper(0.9, validate.unit_interval, "retention of the momentum memory"),
+        "gamma": Hyper(
+            0.5,
+            validate.closed_unit_interval,
+            "erase strength: retention along the current gradient is alpha - gamma",
+        ),
+        "eta": Hyper(1.0, validate.non_negative, "write rate of the gradient"),
+        "erase": Hyper(
+            "tensor", validate.one_of("tensor", "row"), "normalise g per tensor or per row"
+        ),
+    }
+
+    def init_state(self, param: Tensor, group: Group) -> State:
+        return {"momentum": torch.zeros_like(param, memory_format=torch.preserve_format)}
+
+    def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
+        m = delta_momentum_write(
+            state["momentum"],
+            grad,
+            alpha=group["alpha"],
+            gamma=group["gamma"],
+            eta=group["eta"],
+            erase=group["erase"],
+        )
+        state["momentum"].copy_(m)
+        param.add_(state["momentum"], alpha=-group["lr"])
+
+    def foreach_step(
+        self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
+    ) -> None:
+        alpha, gamma, eta, erase = group["alpha"], group["gamma"], group["eta"], group["erase"]
+        bufs = [s["momentum"] for s in states]
+        if gamma != 0:
+            # m <- alpha m + (eta - c) g with c = gamma <g, m> / ||g||^2 per tensor or row.
+            prods = torch._foreach_mul(grads, bufs)
+            sq = torch._foreach_mul(grads, grads)
+            coefs = []
+            for g, prod, gg in zip(grads, prods, sq, strict=True):
+                dot = as_rows(prod, erase).sum(-1)
+                norm2 = as_rows(gg, erase).sum(-1)
+                c = torch.where(norm2 > 0, dot / norm2, torch.zeros_like(dot))
+                shape = (-1,) + (1,) * (g.dim() - 1) if erase == "row" and g.dim() > 1 else ()
+                coefs.append(eta - gamma * c.reshape(shape))
+            torch._foreach_mul_(bufs, alpha)
+            torch._foreach_addcmul_(bufs, grads, coefs)
+        else:
+            torch._foreach_mul_(bufs, alpha)
+            torch._foreach_add_(bufs, grads, alpha=eta)
+        torch._foreach_add_(params, bufs, alpha=-group["lr"])

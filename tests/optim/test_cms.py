@@ -1,0 +1,201 @@
+"""The ``cms`` preset: gradient memories at several timescales (AdEMAMix, M3 as configs)."""
+
+import contextlib
+
+import pytest
+import torch
+from optim_support import flat_params, loss_at, make_model, train
+
+from assocmem import MemoryOptimizer
+from assocmem.optim.presets.cms import ademamix_config, debias_factor, m3_config
+
+
+def two_groups(model, lr):
+    return [
+        {"params": [model.conv.weight, model.conv.bias, model.gain]},
+        {
+            "params": [model.fc.weight, model.fc.bias, model.out.weight, model.out.bias],
+            "lr": lr / 2,
+        },
+    ]
+
+
+CONFIGS = {
+    "default": {},
+    "ademamix": ademamix_config(alpha=2.0, beta3=0.99),
+    "m3": m3_config(freq=3),
+    "m3_normalized": m3_config(freq=4, normalize=True),
+    "three_levels_no_acc": dict(
+        alphas=(0.9, 0.8, 0.5),
+        freqs=(1, 3, 7),
+        weights=(1.0, 0.5, -0.2),
+        debias=(True, False, True),
+        etas=(0.1, 1.0, 0.3),
+        accumulate=False,
+    ),
+}
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_foreach_equals_reference_at_every_step(config):
+    fast_model, ref_model = make_model(), make_model()
+    kw = dict(lr=1e-3, weight_decay=0.01, **CONFIGS[config])
+    fast = MemoryOptimizer(two_groups(fast_model, 1e-3), "cms", foreach=True, **kw)
+    ref = MemoryOptimizer(two_groups(ref_model, 1e-3), "cms", foreach=False, **kw)
+    for t in range(30):
+        train(fast_model, fast, range(t, t + 1))
+        train(ref_model, ref, range(t, t + 1))
+        torch.testing.assert_close(
+            flat_params(fast_model), flat_params(ref_model), rtol=0, atol=1e-6
+        )
+
+
+def ademamix_reference(params, steps, lr, beta1, beta2, beta3, alpha, eps, wd):
+    """AdEMAMix (Pagliardini et al. 2024, Alg. 1) without the alpha/beta3 warmup."""
+    m1 = [torch.zeros_like(p) for p in params]
+    m2 = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    for t in range(1, steps + 1):
+        grads = yield
+        for p, g, a, b, c in zip(params, grads, m1, m2, v, strict=True):
+            a.mul_(beta1).add_(g, alpha=1 - beta1)
+            b.mul_(beta3).add_(g, alpha=1 - beta3)
+            c.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            m1_hat = a / (1 - beta1**t)
+            v_hat = c / (1 - beta2**t)
+            p.sub_(lr * ((m1_hat + alpha * b) / (v_hat.sqrt() + eps) + wd * p))
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_ademamix_config_equals_an_independent_ademamix(foreach):
+    hyper = dict(beta1=0.9, beta2=0.999, beta3=0.9999, alpha=5.0, eps=1e-8)
+    lr, wd = 1e-3, 0.1
+    model, twin = make_model(), make_model()
+    opt = MemoryOptimizer(
+        model.parameters(),
+        "cms",
+        lr=lr,
+        weight_decay=wd,
+        foreach=foreach,
+        **ademamix_config(**hyper),
+    )
+    twin_params = list(twin.parameters())
+    reference = ademamix_reference(twin_params, 40, lr, wd=wd, **hyper)
+    next(reference)
+    for t in range(40):
+        train(model, opt, range(t, t + 1))
+        twin.zero_grad()
+        loss_at(twin, t).backward()
+        with torch.no_grad(), contextlib.suppress(StopIteration):
+            reference.send([p.grad for p in twin_params])
+        torch.testing.assert_close(flat_params(model), flat_params(twin), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_one_level_is_momentum_exactly(foreach):
+    a, b = make_model(), make_model()
+    opt_a = MemoryOptimizer(
+        a.parameters(), "cms", lr=1e-2, alphas=(0.9,), freqs=(1,), etas=(1.0,), weights=(1.0,),
+        debias=(False,), normalize=False, foreach=foreach,
+    )  # fmt: skip
+    opt_b = MemoryOptimizer(b.parameters(), "momentum", lr=1e-2, momentum=0.9, foreach=foreach)
+    train(a, opt_a, range(20))
+    train(b, opt_b, range(20))
+    assert torch.equal(flat_params(a), flat_params(b))
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_one_debiased_normalized_level_is_adam(foreach):
+    a, b = make_model(), make_model()
+    opt_a = MemoryOptimizer(
+        a.parameters(), "cms", lr=1e-3, alphas=(0.8,), freqs=(1,), weights=(1.0,), debias=(True,),
+        normalize=True, beta2=0.99, eps=1e-8, foreach=foreach,
+    )  # fmt: skip
+    opt_b = MemoryOptimizer(b.parameters(), "adam", lr=1e-3, betas=(0.8, 0.99), foreach=foreach)
+    train(a, opt_a, range(20))
+    train(b, opt_b, range(20))
+    torch.testing.assert_close(flat_params(a), flat_params(b), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_level_k_changes_only_every_freq_k_steps(foreach, accumulate):
+    w = torch.nn.Parameter(torch.randn(3, 4))
+    freqs = (1, 3, 5)
+    opt = MemoryOptimizer(
+        [w], "cms", lr=1e-2, alphas=(0.9, 0.9, 0.9), freqs=freqs, weights=(1.0, 1.0, 1.0),
+        debias=(True, True, True), accumulate=accumulate, foreach=foreach,
+    )  # fmt: skip
+    previous = [torch.zeros(3, 4)] * 3
+    for t in range(1, 16):
+        opt.zero_grad()
+        (w.sin() * torch.arange(12.0).reshape(3, 4) * t).sum().backward()
+        opt.step()
+        levels = [opt.state[w][f"level{k}"].clone() for k in range(3)]
+        for k, f in enumerate(freqs):
+            assert (not torch.equal(levels[k], previous[k])) == (t % f == 0), (t, k)
+        previous = levels
+
+
+def test_accumulated_level_is_written_with_the_chunk_mean():
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = MemoryOptimizer(
+        [w], "cms", lr=0.0, alphas=(0.0, 0.5), freqs=(1, 3), etas=(1.0, 1.0), weights=(1.0, 1.0),
+        debias=(False, False), normalize=False,
+    )  # fmt: skip
+    grads = [torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0]), torch.tensor([5.0, 9.0])]
+    for g in grads:
+        w.grad = g.clone()
+        opt.step()
+    torch.testing.assert_close(opt.state[w]["level1"], torch.tensor([3.0, 5.0]))
+    assert torch.equal(opt.state[w]["acc1"], torch.zeros(2))
+
+
+def test_debias_factor_undoes_constant_writes():
+    for alpha, eta, n in [(0.9, 0.1, 1), (0.99, 1.0, 7), (0.5, 0.3, 20)]:
+        level = 0.0
+        for _ in range(n):
+            level = alpha * level + eta * 2.5
+        assert abs(level / debias_factor(alpha, eta, n) - 2.5) < 1e-9
+    assert debias_factor(0.9, 0.1, 0) == 1.0
+
+
+def test_m3_orthogonalizes_matrices():
+    w = torch.nn.Parameter(torch.zeros(4, 6))
+    opt = MemoryOptimizer([w], "cms", lr=1.0, **m3_config(alpha=0.0))
+    w.grad = torch.randn(4, 6)
+    opt.step()
+    s = torch.linalg.svdvals(w.detach())
+    assert ((s > 0.6) & (s < 1.2)).all()
+
+
+def test_default_trains_a_model():
+    model = make_model()
+    opt = MemoryOptimizer(model.parameters(), "cms", lr=1e-2)
+    before = loss_at(model, 0).item()
+    for _ in range(40):
+        opt.zero_grad()
+        loss_at(model, 0).backward()
+        opt.step()
+    assert loss_at(model, 0).item() < before
+
+
+@pytest.mark.parametrize(
+    ("kw", "name"),
+    [
+        (dict(freqs=(1, 2, 3)), "freqs"),
+        (dict(weights=(1.0,)), "weights"),
+        (dict(debias=(True,)), "debias"),
+        (dict(etas=(0.1, 0.1, 0.1)), "etas"),
+        (dict(alphas=(0.9, 1.0)), "alphas"),
+        (dict(freqs=(1, 0)), "freqs"),
+        (dict(etas=(0.1, -1.0)), "etas"),
+        (dict(weights=(1.0, float("nan"))), "weights"),
+        (dict(beta2=1.0), "beta2"),
+        (dict(ns_steps=0), "ns_steps"),
+        (dict(alphas=()), "alphas"),
+    ],
+)
+def test_invalid_hyperparameters_name_the_argument(kw, name):
+    with pytest.raises(ValueError, match=name):
+        MemoryOptimizer(make_model().parameters(), "cms", **kw)

@@ -1,0 +1,182 @@
+"""The ``landscape`` preset: a secant memory that recalls inverse curvature."""
+
+import pytest
+import torch
+from optim_support import flat_params, loss_at, make_model, train
+
+from assocmem import MemoryOptimizer
+from assocmem.memory import MatrixMemory, delta_write, read
+from assocmem.optim.presets.landscape import diagonal_write, lowrank_read, lowrank_write
+
+
+def two_groups(model, lr):
+    return [
+        {"params": [model.conv.weight, model.conv.bias, model.gain]},
+        {
+            "params": [model.fc.weight, model.fc.bias, model.out.weight, model.out.bias],
+            "lr": lr / 2,
+        },
+    ]
+
+
+def spd(dim, cond, *, dense, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    eig = torch.logspace(0, torch.log10(torch.tensor(float(cond))).item(), dim, dtype=torch.float64)
+    if not dense:
+        return torch.diag(eig)
+    Q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))
+    return Q @ torch.diag(eig) @ Q.T
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"beta": 0.9, "rho": 0.5},
+        {"form": "lowrank"},
+        {"form": "lowrank", "rank": 2, "beta": 0.5},
+    ],
+)
+def test_foreach_equals_reference_at_every_step(kw):
+    fast_model, ref_model = make_model(), make_model()
+    kw = dict(lr=1e-2, weight_decay=0.01, **kw)
+    fast = MemoryOptimizer(two_groups(fast_model, 1e-2), "landscape", foreach=True, **kw)
+    ref = MemoryOptimizer(two_groups(ref_model, 1e-2), "landscape", foreach=False, **kw)
+    for t in range(30):
+        train(fast_model, fast, range(t, t + 1))
+        train(ref_model, ref, range(t, t + 1))
+        torch.testing.assert_close(
+            flat_params(fast_model), flat_params(ref_model), rtol=0, atol=1e-6
+        )
+
+
+def test_diagonal_memory_recalls_inverse_curvature():
+    a = torch.logspace(-2, 3, 12, dtype=torch.float64)  # diagonal Hessian, condition 1e5
+    H = torch.ones(12, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):  # rho < 1: each write moves H a fraction of the way to s / y
+        s = torch.randn(12, generator=gen, dtype=torch.float64)
+        H = diagonal_write(
+            H, s, a * s, torch.ones(12, dtype=torch.bool), rho=0.5, h_min=1e-4, h_max=1e4
+        )
+    y = torch.randn(12, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(H * y, y / a, rtol=1e-6, atol=0)
+
+
+def test_diagonal_write_skips_masked_and_clamps():
+    H = torch.tensor([1.0, 1.0, 1.0])
+    s, y = torch.tensor([1.0, 1.0, 1e3]), torch.tensor([2.0, 1.0, 1.0])
+    new = diagonal_write(H, s, y, torch.tensor([True, False, True]), rho=1.0, h_min=0.1, h_max=10.0)
+    assert new.tolist() == [0.5, 1.0, 10.0]
+
+
+@pytest.mark.parametrize(("rank", "pairs"), [(6, 6), (8, 20)])
+def test_lowrank_memory_recalls_inverse_hessian(rank, pairs):
+    dim = 6
+    A = spd(dim, 1e3, dense=True)
+    S, Y = torch.zeros(rank, dim, dtype=torch.float64), torch.zeros(rank, dim, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    count = 0
+    for _ in range(pairs):  # beyond the budget the oldest pairs are dropped
+        s = torch.randn(dim, generator=gen, dtype=torch.float64)
+        count = lowrank_write(S, Y, count, s, A @ s)
+    assert count == min(rank, pairs)
+    for _ in range(3):
+        y = torch.randn(dim, generator=gen, dtype=torch.float64)
+        torch.testing.assert_close(
+            lowrank_read(S, Y, count, 0.3, y), torch.linalg.solve(A, y), rtol=1e-6, atol=1e-9
+        )
+
+
+def test_lowrank_read_is_the_delta_write_memory():
+    # With orthogonal keys, sequential Broyden delta writes from h0 I (eta = 1 / |y|^2) build
+    # exactly the multisecant memory the factored form reads.
+    dim, m, h0 = 7, 3, 0.5
+    gen = torch.Generator().manual_seed(2)
+    Q, _ = torch.linalg.qr(torch.randn(dim, m, generator=gen, dtype=torch.float64))
+    Y = (Q * torch.tensor([2.0, 0.5, 3.0], dtype=torch.float64)).T  # orthogonal, unequal norms
+    S = torch.randn(m, dim, generator=gen, dtype=torch.float64)
+    dense = MatrixMemory(h0 * torch.eye(dim, dtype=torch.float64))
+    for s, y in zip(S, Y, strict=True):
+        dense = delta_write(dense, y, s, lr=1 / y.dot(y).item())
+    for y, s in zip(Y, S, strict=True):
+        torch.testing.assert_close(read(dense, y), s)  # every secant condition holds
+    d = torch.randn(dim, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(lowrank_read(S, Y, m, h0, d), read(dense, d))
+
+
+@pytest.mark.parametrize(("form", "dense"), [("diagonal", False), ("lowrank", True)])
+def test_converges_on_an_ill_conditioned_quadratic(form, dense):
+    dim = 8
+    A = spd(dim, 1e3, dense=dense).float()
+    w = torch.nn.Parameter(torch.randn(dim))
+    opt = MemoryOptimizer([w], "landscape", lr=1.0, form=form, rank=dim, h0=1e-3, h_min=1e-4)
+    start = 0.5 * (w @ A @ w).item()
+    for _ in range(60):
+        opt.zero_grad()
+        loss = 0.5 * w @ A @ w
+        loss.backward()
+        opt.step()
+    assert (0.5 * w @ A @ w).item() < 1e-8 * start
+    # and gradient descent at its best fixed step (2 / (L + mu)) is nowhere near after as many steps
+    v = w.detach().clone().normal_()
+    start_gd = 0.5 * (v @ A @ v).item()
+    for _ in range(60):
+        v = v - 2 / (1e3 + 1) * (A @ v)
+    assert (0.5 * v @ A @ v).item() > 1e-3 * start_gd
+
+
+@pytest.mark.parametrize("form", ["diagonal", "lowrank"])
+def test_never_nan_on_hostile_gradients(form):
+    w = torch.nn.Parameter(torch.ones(4, 3))
+    opt = MemoryOptimizer([w], "landscape", lr=1e-1, form=form, beta=0.5)
+    gen = torch.Generator().manual_seed(3)
+    streams = [torch.zeros(4, 3), torch.zeros(4, 3), torch.full((4, 3), 1e-30), torch.ones(4, 3)]
+    streams += [torch.ones(4, 3), -torch.ones(4, 3) * 1e6, torch.full((4, 3), 1e-38)]
+    streams += [torch.randn(4, 3, generator=gen) * 10 ** float(k % 7 - 3) for k in range(20)]
+    for g in streams:
+        w.grad = g.clone()
+        opt.step()
+        assert torch.isfinite(w).all()
+        assert all(torch.isfinite(v).all() for v in opt.state[w].values())
+    if form == "diagonal":
+        H = opt.state[w]["curvature"]
+        assert (H >= 1e-2).all() and (H <= 1e2).all()
+
+
+def test_lr_zero_writes_no_curvature():
+    w = torch.nn.Parameter(torch.ones(5))
+    opt = MemoryOptimizer([w], "landscape", lr=0.0)
+    for k in range(4):
+        w.grad = torch.randn(5) * (k + 1)
+        opt.step()
+    assert torch.equal(opt.state[w]["curvature"], torch.ones(5))  # s = 0: no secant to learn
+
+
+def test_trains_a_model():
+    model = make_model()
+    opt = MemoryOptimizer(model.parameters(), "landscape", lr=1e-2)
+    before = loss_at(model, 0).item()
+    for _ in range(40):
+        opt.zero_grad()
+        loss_at(model, 0).backward()
+        opt.step()
+    assert loss_at(model, 0).item() < before
+
+
+@pytest.mark.parametrize(
+    ("kw", "name"),
+    [
+        (dict(form="full"), "form"),
+        (dict(h0=0.0), "h0"),
+        (dict(h0=1e3), "h0"),
+        (dict(h_max=-1.0), "h_max"),
+        (dict(rank=0), "rank"),
+        (dict(rho=1.5), "rho"),
+        (dict(beta=1.0), "beta"),
+        (dict(y_tol=-1.0), "y_tol"),
+    ],
+)
+def test_invalid_hyperparameters_name_the_argument(kw, name):
+    with pytest.raises(ValueError, match=name):
+        MemoryOptimizer(make_model().parameters(), "landscape", **kw)
