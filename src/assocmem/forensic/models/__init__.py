@@ -1,0 +1,32 @@
+"""Encoders, masked-reconstruction pretraining, detection heads and supervised baselines."""
+
+from assocmem.forensic.models.baselines import F3Net, FADHead, MesoNet4, SmallCNN, dct_matrix
+from assocmem.forensic.models.cnn import CNNEncoder
+from assocmem.forensic.models.heads import (
+    Detector,
+    LinearHead,
+    MLPHead,
+    fine_tune,
+    linear_probe,
+    mlp_probe,
+)
+from assocmem.forensic.models.pretrain import MaskedPretrainer, PixelDecoder
+from assocmem.forensic.models.vit import ViTEncoder
+
+__all__ = [
+    "CNNEncoder",
+    "Detector",
+    "F3Net",
+    "FADHead",
+    "LinearHead",
+    "MLPHead",
+    "MaskedPretrainer",
+    "MesoNet4",
+    "PixelDecoder",
+    "SmallCNN",
+    "ViTEncoder",
+    "dct_matrix",
+    "fine_tune",
+    "linear_probe",
+    "mlp_probe",
+]

@@ -1,0 +1,94 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from assocmem.forensic.metrics import (
+    detection_metrics,
+    equal_error_rate,
+    false_positive_rate,
+    per_family_metrics,
+)
+
+
+def test_perfect_scores():
+    m = detection_metrics([0, 0, 1, 1], [0.1, 0.4, 0.6, 0.9])
+    assert m["auc"] == 1.0 and m["ap"] == 1.0 and m["eer"] == 0.0
+    assert m["acc_0.5"] == 1.0 and m["acc_best"] == 1.0
+    assert (m["n_real"], m["n_fake"]) == (2, 2)
+
+
+def test_reversed_scores():
+    m = detection_metrics([0, 0, 1, 1], [0.9, 0.6, 0.4, 0.1])
+    assert m["auc"] == 0.0 and m["eer"] == 1.0 and m["acc_0.5"] == 0.0
+    # the best threshold calls everything one class: 2 of 4 right
+    assert m["acc_best"] == 0.5
+
+
+def test_hand_computed_case():
+    # reals 0.1, 0.6; fakes 0.4, 0.8: pairs (fake > real) = (0.4>0.1)+(0.8>0.1)+(0.8>0.6) = 3/4
+    m = detection_metrics(np.array([0, 0, 1, 1]), torch.tensor([0.1, 0.6, 0.4, 0.8]))
+    assert m["auc"] == pytest.approx(0.75)
+    # acc@0.5: 0.1 real ok, 0.6 real wrong, 0.4 fake wrong, 0.8 fake ok
+    assert m["acc_0.5"] == 0.5
+    # threshold 0.8 -> 3/4 right; threshold 0.4 -> 3/4 right
+    assert m["acc_best"] == 0.75
+    # ROC: (0,0) (0,.5) (.5,.5) (.5,1) (1,1): fpr = fnr = 0.5 on the segment (0,.5)-(.5,.5)
+    assert m["eer"] == pytest.approx(0.5)
+    # AP = mean precision at each fake's rank: 0.8 -> 1/1, 0.4 -> 2/3
+    assert m["ap"] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_ties_give_half_auc():
+    m = detection_metrics([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5])
+    assert m["auc"] == 0.5 and m["eer"] == pytest.approx(0.5)
+
+
+def test_random_scores_near_chance():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 4000)
+    m = detection_metrics(y, rng.random(4000))
+    assert abs(m["auc"] - 0.5) < 0.03 and abs(m["eer"] - 0.5) < 0.03
+    assert m["acc_best"] >= m["acc_0.5"]
+
+
+def test_eer_interpolates():
+    # segment (0, 0) -> (0.2, 0.9): fpr = 0.2 t, fnr = 1 - 0.9 t, equal at t = 1 / 1.1
+    eer = equal_error_rate(np.array([0.0, 0.2, 1.0]), np.array([0.0, 0.9, 1.0]))
+    assert eer == pytest.approx(0.2 / 1.1)
+
+
+def test_logits_and_invalid_input():
+    m = detection_metrics([0, 1], [-3.0, 2.0], from_logits=True)
+    assert m["auc"] == 1.0 and m["acc_0.5"] == 1.0
+    with pytest.raises(ValueError, match="probabilities"):
+        detection_metrics([0, 1], [-3.0, 2.0])
+    with pytest.raises(ValueError, match="both classes"):
+        detection_metrics([1, 1, 1], [0.2, 0.5, 0.9])
+    with pytest.raises(ValueError, match="length"):
+        detection_metrics([0, 1], [0.5])
+    with pytest.raises(ValueError, match="NaN"):
+        detection_metrics([0, 1], [0.5, math.nan])
+
+
+def test_per_family_metrics():
+    fam = ["real"] * 4 + ["easy"] * 2 + ["hard"] * 2
+    y = [0, 0, 0, 0, 1, 1, 1, 1]
+    s = [0.1, 0.2, 0.3, 0.4, 0.9, 0.8, 0.05, 0.25]
+    out = per_family_metrics(y, s, fam)
+    assert set(out) == {"easy", "hard", "mean"}
+    assert out["easy"]["auc"] == 1.0
+    # hard fakes 0.05 (beats no real) and 0.25 (beats 0.1, 0.2): 2 / 8
+    assert out["hard"]["auc"] == pytest.approx(0.25)
+    assert out["mean"]["auc"] == pytest.approx(0.625)
+    assert out["easy"]["n_real"] == 4 and out["easy"]["n_fake"] == 2
+    with pytest.raises(ValueError, match="family"):
+        per_family_metrics(y, s, ["nature"] * 4 + fam[4:])
+    with pytest.raises(ValueError, match="labels"):
+        per_family_metrics([1] + y[1:], s, fam)
+
+
+def test_false_positive_rate():
+    assert false_positive_rate([0.1, 0.5, 0.7, 0.9], 0.5) == 0.75
+    assert false_positive_rate(torch.tensor([0.1, 0.2]), 0.5) == 0.0
