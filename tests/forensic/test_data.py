@@ -1,0 +1,183 @@
+"""The offline forensic benchmark: determinism, splits, families, cache, shortcut controls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from assocmem.forensic.data import (
+    FAMILY_NAMES,
+    SPLITS,
+    BenchmarkConfig,
+    PostProcessConfig,
+    build_benchmark,
+    hf_energy_baseline,
+    hf_energy_feature,
+    load_photos,
+)
+from assocmem.forensic.data.postprocess import POST_BLUR, POST_JPEG, POST_RESIZE, postprocess
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory):
+    return tmp_path_factory.mktemp("forensic-cache")
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_dir):
+    return build_benchmark(BenchmarkConfig.tiny(), tiny_dir, progress=False)
+
+
+@pytest.fixture(scope="module")
+def clean_bench():
+    """No post-processing: a fake can be compared with its parent real directly."""
+    return build_benchmark(
+        BenchmarkConfig.tiny(post=PostProcessConfig.none()), progress=False, use_cache=False
+    )
+
+
+def test_photos_load_offline_as_rgb_uint8():
+    photos = load_photos()
+    assert len(photos) >= 15
+    for p in photos:
+        assert p.pixels.dtype == np.uint8 and p.pixels.ndim == 3 and p.pixels.shape[2] == 3
+    assert {p.name for p in photos if p.gray} >= {"camera", "moon"}
+
+
+def test_same_seed_same_tensors_different_seed_differs(bench):
+    again = build_benchmark(BenchmarkConfig.tiny(), progress=False, use_cache=False)
+    other = build_benchmark(
+        BenchmarkConfig.tiny(seed=1, families=("resample",)), progress=False, use_cache=False
+    )
+    for s in SPLITS:
+        for field in ("images", "labels", "family", "source", "parent", "post"):
+            assert torch.equal(getattr(bench.arrays(s), field), getattr(again.arrays(s), field))
+    # another seed picks other patches (and other splits): the real images already differ
+    reals = [b.split("train", [], include_real=True).images_uint8 for b in (bench, other)]
+    assert reals[0].shape != reals[1].shape or not torch.equal(*reals)
+
+
+def test_build_leaves_global_rng_untouched():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    build_benchmark(BenchmarkConfig.tiny(families=("ae_nearest",)), progress=False, use_cache=False)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_split_by_photo(bench):
+    sources = [bench.sources(s) for s in SPLITS]
+    assert all(sources)
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not sources[i] & sources[j]
+
+
+def test_labels_families_parents_consistent(bench):
+    assert bench.family_names == ("real", *FAMILY_NAMES)
+    for s in SPLITS:
+        a = bench.arrays(s)
+        assert a.images.dtype == torch.uint8 and a.images.shape[1:] == (3, 32, 32)
+        assert torch.equal(a.labels, (a.family > 0).long())
+        real = a.family == 0
+        assert (a.parent[real] == -1).all()
+        # every fake points at a real of the same split and photo
+        assert (a.family[a.parent[~real]] == 0).all()
+        assert torch.equal(a.source[a.parent[~real]], a.source[~real])
+
+
+def test_subset_api(bench):
+    sub = bench.split("train", ["ae_transconv", "splice"])
+    names = {sub.family_of(i) for i in range(len(sub))}
+    assert names == {"real", "ae_transconv", "splice"}
+    x, y = sub[0]
+    assert x.dtype == torch.float32 and x.shape == (3, 32, 32) and 0 <= x.min() <= x.max() <= 1
+    assert y.dtype == torch.int64
+    images, labels = sub.tensors
+    assert images.shape == (len(sub), 3, 32, 32) and labels.shape == (len(sub),)
+    with pytest.raises(ValueError, match="unknown families"):
+        bench.split("train", ["nope"])
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_every_family_differs_from_its_parent(clean_bench, family):
+    a = clean_bench.arrays("test")
+    code = clean_bench.family_names.index(family)
+    fakes = a.family == code
+    assert fakes.any()
+    x, parent = a.images[fakes].float(), a.images[a.parent[fakes]].float()
+    assert x.shape[1:] == (3, 32, 32) and x.min() >= 0 and x.max() <= 255
+    diff = (x - parent).abs().flatten(1).mean(1)
+    assert (diff > 0).float().mean() >= 0.9, f"{family}: fakes identical to their source"
+
+
+def test_gray_sources_give_gray_fakes(clean_bench):
+    a = clean_bench.arrays("train")
+    gray = [clean_bench.source_names.index(n) for n in clean_bench.meta["gray_sources"]]
+    rows = torch.isin(a.source, torch.tensor(gray))
+    if not rows.any():
+        pytest.skip("no gray photo in the train split of the tiny config")
+    x = a.images[rows]
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
+
+
+def test_postprocessing_hits_both_classes(bench):
+    a = bench.arrays("train")
+    for flag in (POST_RESIZE, POST_BLUR, POST_JPEG):
+        hit = (a.post & flag) > 0
+        assert hit[a.labels == 0].any() and hit[a.labels == 1].any()
+
+
+def test_postprocess_rates_match_probabilities():
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, size=(400, 3, 16, 16), dtype=np.uint8)
+    cfg = PostProcessConfig(p_resize=0.5, p_blur=0.25, p_jpeg=0.75, final_jpeg_quality=90)
+    out, flags = postprocess(imgs, cfg, np.random.default_rng(1))
+    assert out.shape == imgs.shape and out.dtype == np.uint8
+    for flag, p in ((POST_RESIZE, 0.5), (POST_BLUR, 0.25), (POST_JPEG, 0.75)):
+        assert abs(((flags & flag) > 0).mean() - p) < 0.08
+    assert ((flags & 8) > 0).all()
+
+
+def test_cache_hit_and_config_change_rebuilds(bench, tiny_dir):
+    assert bench.meta["loaded_from_cache"] is False
+    again = build_benchmark(BenchmarkConfig.tiny(), tiny_dir, progress=False)
+    assert again.meta["loaded_from_cache"] is True
+    assert torch.equal(again.arrays("val").images, bench.arrays("val").images)
+    assert again.family_names == bench.family_names
+    changed = BenchmarkConfig.tiny(families=("resample",))
+    assert changed.key() != BenchmarkConfig.tiny().key()
+    rebuilt = build_benchmark(changed, tiny_dir, progress=False)
+    assert rebuilt.meta["loaded_from_cache"] is False
+    assert len(list((tiny_dir / "forensic").iterdir())) == 2
+
+
+def test_cache_dir_from_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("ASSOCMEM_CACHE", str(tmp_path))
+    build_benchmark(BenchmarkConfig.tiny(families=("double_jpeg",)), progress=False)
+    assert any((tmp_path / "forensic").iterdir())
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="families"):
+        BenchmarkConfig(families=("gan",))
+    with pytest.raises(ValueError, match="split_fractions"):
+        BenchmarkConfig(split_fractions=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="patch_size"):
+        BenchmarkConfig(patch_size=30)
+
+
+def test_hf_energy_feature_orders_blur_below_noise():
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.rand(8, 3, 32, 32, generator=gen)
+    smooth = torch.nn.functional.avg_pool2d(noise, 5, stride=1, padding=2)
+    assert (hf_energy_feature(smooth) < hf_energy_feature(noise)).all()
+    assert hf_energy_feature((noise * 255).to(torch.uint8)).shape == (8,)
+
+
+def test_hf_energy_baseline_runs(bench):
+    res = hf_energy_baseline(bench.split("train"), bench.split("test"))
+    assert set(res) == {*FAMILY_NAMES, "all"}
+    for m in res.values():
+        assert 0.0 <= m["auc"] <= 1.0 and 0.0 <= m["acc"] <= 1.0 and m["n_test"] > 0
