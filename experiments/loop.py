@@ -104,6 +104,9 @@ def train_run(
         # Process-wide peak resident memory (KiB on Linux), as torch has no CPU allocator stats.
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if status == "ok" and hasattr(task, "final_report"):
+        # Task-specific end-of-run evaluation, e.g. the forensic zero-shot per-family table.
+        summary["report"] = task.final_report()
     if target is not None:
         step_hit, wall_hit = first_reaching(history, target)
         summary.update(target=target, steps_to_target=step_hit, time_to_target=wall_hit)

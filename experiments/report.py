@@ -103,6 +103,40 @@ def task_table(optimizers: dict[str, dict[str, Any]], baseline: str) -> tuple[li
     return lines, target
 
 
+def zero_shot_table(optimizers: dict[str, dict[str, Any]]) -> list[str]:
+    """Held-out (zero-shot) AUC per generator family, mean ± std over seeds, per optimizer."""
+    reports = {
+        name: [s["report"] for s, _ in entry["runs"] if "report" in s]
+        for name, entry in optimizers.items()
+    }
+    reports = {name: r for name, r in reports.items() if r}
+    if not reports:
+        return []
+    families = sorted(
+        {f for rs in reports.values() for r in rs for f in r["heldout"] if f != "mean"}
+    )
+    header = [
+        "optimizer",
+        *families,
+        "held-out mean AUC",
+        "held-out mean EER",
+        "seen mean AUC",
+        "FPR on test reals @0.5",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, rs in reports.items():
+        cells = [name]
+        cells += [_mean_std([r["heldout"][f]["auc"] for r in rs]) for f in families]
+        cells += [
+            _mean_std([r["heldout"]["mean"]["auc"] for r in rs]),
+            _mean_std([r["heldout"]["mean"]["eer"] for r in rs]),
+            _mean_std([r["seen"]["mean"]["auc"] for r in rs]),
+            _mean_std([r["test_real_fpr"] for r in rs]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def plot_task(task: str, optimizers: dict[str, dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, entry in optimizers.items():
@@ -177,6 +211,14 @@ def write_report(
             "",
             f"![{task}]({rel})",
         ]
+        if zero_shot := zero_shot_table(optimizers):
+            body += [
+                "",
+                f"Zero-shot detection on held-out generator families (`{task}`; test split, "
+                "unseen photos; AUC, mean ± std over seeds):",
+                "",
+                *zero_shot,
+            ]
     replace_section(markdown, name, "\n".join(body))
     return markdown
 

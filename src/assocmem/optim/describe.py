@@ -1,11 +1,17 @@
 """Markdown reference of every preset's hyperparameters, generated from the registry.
 
-    python -m assocmem.optim.describe      # prints the table that docs/api.md embeds
+    python -m assocmem.optim.describe             # print the table
+    python -m assocmem.optim.describe --write     # refresh it inside docs/api.md
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from assocmem.optim.registry import available_memories, get_preset
+
+BEGIN, END = "<!-- hyperparameters:begin -->", "<!-- hyperparameters:end -->"
 
 
 def hyperparameter_table() -> str:
@@ -16,5 +22,16 @@ def hyperparameter_table() -> str:
     return "\n".join(lines)
 
 
+def embed(markdown: str) -> str:
+    """``markdown`` with the text between the hyperparameter markers replaced by the table."""
+    head, rest = markdown.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{hyperparameter_table()}\n{END}{tail}"
+
+
 if __name__ == "__main__":
-    print(hyperparameter_table())
+    if "--write" in sys.argv:
+        api = Path("docs/api.md")
+        api.write_text(embed(api.read_text()))
+    else:
+        print(hyperparameter_table())

@@ -6,6 +6,7 @@ from assocmem.optim.presets import (  # noqa: F401
     deep,
     delta,
     landscape,
+    learned,
     momentum,
     muon,
 )

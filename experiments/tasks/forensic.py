@@ -1,0 +1,267 @@
+"""Forensic tasks: masked pretraining of an encoder, and real/fake detection.
+
+Data protocol (``conf/data/*.yaml``): detectors and encoders only ever see the
+``train_families`` (and validation uses the val split of those same families); the
+``heldout_families`` appear only in ``final_report``, on the test split, whose photos are also
+unseen. So model selection (LR tuning on ``val_loss``) never touches what is reported as
+zero-shot generalisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from assocmem.forensic.data import (
+    BenchmarkConfig,
+    ForensicBenchmark,
+    ForensicSubset,
+    build_benchmark,
+)
+from assocmem.forensic.data.benchmark import default_cache_dir
+from assocmem.forensic.masks import FrequencyMasker, PixelMasker
+from assocmem.forensic.metrics import false_positive_rate, per_family_metrics
+from assocmem.forensic.models import (
+    CNNEncoder,
+    F3Net,
+    MaskedPretrainer,
+    MesoNet4,
+    SmallCNN,
+    ViTEncoder,
+    fine_tune,
+    linear_probe,
+    mlp_probe,
+)
+from assocmem.forensic.train import pretrain, pretrain_val_loss, score, train_detector
+
+_BENCHMARKS: dict[str, ForensicBenchmark] = {}
+
+
+def load_benchmark(data: DictConfig | dict[str, Any]) -> ForensicBenchmark:
+    """Build or load (cache) the benchmark of a data config; memoised within the process."""
+    data = _plain(data)
+    overrides = {"patch_size": data["patch_size"], "seed": data["seed"]}
+    config = BenchmarkConfig.tiny(**overrides) if data["tiny"] else BenchmarkConfig(**overrides)
+    key = config.key()
+    if key not in _BENCHMARKS:
+        _BENCHMARKS[key] = build_benchmark(config, data.get("cache_dir"), progress=True)
+    return _BENCHMARKS[key]
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def build_encoder(spec: dict[str, Any], image_size: int) -> nn.Module:
+    spec = dict(spec)
+    arch = spec.pop("arch")
+    if arch == "vit":
+        return ViTEncoder(image_size=image_size, **spec)
+    if arch == "cnn":
+        return CNNEncoder(**spec)
+    raise ValueError(f"encoder.arch must be 'vit' or 'cnn', got {arch!r}")
+
+
+def build_masker(spec: dict[str, Any]) -> FrequencyMasker | PixelMasker:
+    spec = dict(spec)
+    domain = spec.pop("domain")
+    if domain == "frequency":
+        return FrequencyMasker(**spec)
+    if domain == "pixel":
+        return PixelMasker(**spec)
+    raise ValueError(f"masker.domain must be 'frequency' or 'pixel', got {domain!r}")
+
+
+def balanced(subset: ForensicSubset, seed: int) -> tuple[Tensor, Tensor]:
+    """All reals plus as many fakes, drawn evenly at random from the subset's families.
+
+    The built-in benchmark has one fake per real *per family*, so training on a split as is
+    would teach the prior "fake" and wreck accuracy at 0.5 and the false-positive rate.
+    """
+    g = torch.Generator().manual_seed(seed)
+    reals = torch.nonzero(subset.labels == 0).squeeze(1)
+    fakes = torch.nonzero(subset.labels == 1).squeeze(1)
+    fakes = fakes[torch.randperm(len(fakes), generator=g)[: len(reals)]]
+    rows = torch.cat([reals, fakes])
+    images = subset.images_uint8[rows].float().div_(255.0)
+    return images, subset.labels[rows].float()
+
+
+def zero_shot_report(detector: nn.Module, bench: ForensicBenchmark, data: dict) -> dict[str, Any]:
+    """Per-family metrics on the test split: held-out families (zero-shot) and seen ones.
+
+    Also the false-positive rate on the test reals (photos never seen in training) at 0.5.
+    """
+    report: dict[str, Any] = {}
+    for group in ("heldout", "seen"):
+        families = data["heldout_families"] if group == "heldout" else data["train_families"]
+        test = bench.split("test", families)
+        probs = score(detector, test.images)
+        names = [test.family_of(i) for i in range(len(test))]
+        report[group] = per_family_metrics(test.labels, probs, names)
+        if group == "heldout":
+            reals = probs[test.labels == 0]
+            report["test_real_fpr"] = false_positive_rate(reals, 0.5)
+    return report
+
+
+class MaskedPretraining:
+    """Masked-reconstruction pretraining (frequency or pixel masks) of a forensic encoder.
+
+    ``val_loss`` is the reconstruction loss on fixed validation masks. ``final_report`` then
+    measures what the encoder learned for forensics: a linear probe trained with a fixed recipe
+    (Adam, same for every optimizer under test) on the seen families, scored zero-shot on the
+    held-out ones.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        data: DictConfig,
+        encoder: DictConfig,
+        masker: DictConfig,
+        loss: str,
+        batch_size: int,
+        probe: DictConfig,
+        name: str = "masked_pretrain",
+    ) -> None:
+        self.name, self.data, self.probe = name, _plain(data), _plain(probe)
+        self.bench = load_benchmark(self.data)
+        train = self.bench.split("train", self.data["train_families"])
+        self.train_images = train.images
+        self.val_images = self.bench.split("val", self.data["train_families"]).images[:512]
+        torch.manual_seed(seed)
+        size = self.bench.config.patch_size
+        self.pretrainer = MaskedPretrainer(
+            build_encoder(_plain(encoder), size), build_masker(_plain(masker)), loss=loss
+        )
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+
+    def parameters(self) -> Iterable[Tensor]:
+        return self.pretrainer.parameters()
+
+    def train_loss(self, step: int) -> Tensor:
+        idx = torch.randint(len(self.train_images), (self.batch_size,), generator=self.generator)
+        return self.pretrainer.loss(self.train_images[idx], self.generator)
+
+    def evaluate(self) -> dict[str, float]:
+        return {"val_loss": pretrain_val_loss(self.pretrainer, self.val_images)}
+
+    def final_report(self) -> dict[str, Any]:
+        detector = linear_probe(self.pretrainer.encoder)
+        train_x, train_y = balanced(self.bench.split("train", self.data["train_families"]), 0)
+        val_x, val_y = balanced(self.bench.split("val", self.data["train_families"]), 1)
+        torch.manual_seed(self.seed)
+        result = train_detector(
+            detector, train_x, train_y, val_x, val_y,
+            partial(torch.optim.Adam, lr=self.probe["lr"]), self.probe["steps"],
+            self.probe["batch_size"], torch.Generator().manual_seed(self.seed),
+            eval_every=self.probe["steps"],
+        )  # fmt: skip
+        report = zero_shot_report(detector, self.bench, self.data)
+        report["probe_val_auc"] = result.history[-1].get("val_auc")
+        return report
+
+    def encoder_state(self) -> dict[str, Tensor]:
+        return self.pretrainer.encoder.state_dict()
+
+
+def pretrained_encoder(data: dict, spec: dict[str, Any]) -> nn.Module:
+    """An encoder pretrained with a fixed Adam recipe, cached on disk by its config.
+
+    Detection tasks start from it so that every optimizer under test trains the same head on
+    the same features.
+    """
+    bench = load_benchmark(data)
+    recipe = {"data": {k: data[k] for k in ("tiny", "patch_size", "seed", "train_families")}}
+    recipe.update(spec)
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(data.get("cache_dir") or default_cache_dir()) / "encoders" / f"{key}.pt"
+    encoder = build_encoder(spec["encoder"], bench.config.patch_size)
+    if path.exists():
+        encoder.load_state_dict(torch.load(path, weights_only=True))
+        return encoder
+    torch.manual_seed(0)
+    encoder = build_encoder(spec["encoder"], bench.config.patch_size)
+    model = MaskedPretrainer(encoder, build_masker(spec["masker"]), loss=spec["loss"])
+    train = bench.split("train", data["train_families"]).images
+    val = bench.split("val", data["train_families"]).images[:512]
+    result = pretrain(
+        model, train, val, partial(torch.optim.Adam, lr=spec["lr"]), spec["steps"],
+        generator=torch.Generator().manual_seed(0), eval_every=spec["steps"],
+    )  # fmt: skip
+    if result.diverged:
+        raise RuntimeError(f"reference encoder pretraining diverged: {result.message}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(encoder.state_dict(), path)
+    return encoder
+
+
+class Detection:
+    """Real/fake detection on the seen families; ``val_loss`` is BCE on their val split.
+
+    ``model.kind``: ``linear_probe`` / ``mlp_probe`` (frozen pretrained encoder, only the head
+    trains), ``finetune`` (encoder + head), or a baseline trained from scratch: ``mesonet4``,
+    ``f3net``, ``smallcnn``.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        data: DictConfig,
+        model: DictConfig,
+        batch_size: int,
+        pretrained: DictConfig | None = None,
+        name: str = "detection",
+    ) -> None:
+        self.name, self.data = name, _plain(data)
+        self.bench = load_benchmark(self.data)
+        size = self.bench.config.patch_size
+        kind = model["kind"]
+        torch.manual_seed(seed)
+        if kind in ("linear_probe", "mlp_probe", "finetune"):
+            encoder = pretrained_encoder(self.data, _plain(pretrained))
+            make = {"linear_probe": linear_probe, "mlp_probe": mlp_probe, "finetune": fine_tune}
+            self.detector = make[kind](encoder)
+        elif kind in ("mesonet4", "f3net", "smallcnn"):
+            baselines = {
+                "mesonet4": partial(MesoNet4, image_size=size),
+                "f3net": partial(F3Net, image_size=size),
+                "smallcnn": SmallCNN,
+            }
+            self.detector = baselines[kind]()
+        else:
+            raise ValueError(f"unknown detection model kind {kind!r}")
+        families = self.data["train_families"]
+        self.train_images, self.train_labels = balanced(self.bench.split("train", families), 0)
+        self.val_images, self.val_labels = balanced(self.bench.split("val", families), 1)
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def parameters(self) -> Iterable[Tensor]:
+        return [p for p in self.detector.parameters() if p.requires_grad]
+
+    def train_loss(self, step: int) -> Tensor:
+        self.detector.train()
+        idx = torch.randint(len(self.train_images), (self.batch_size,), generator=self.generator)
+        logits = self.detector(self.train_images[idx])
+        return F.binary_cross_entropy_with_logits(logits, self.train_labels[idx])
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        probs = score(self.detector, self.val_images).clamp(1e-7, 1 - 1e-7)
+        return {"val_loss": F.binary_cross_entropy(probs, self.val_labels).item()}
+
+    def final_report(self) -> dict[str, Any]:
+        return zero_shot_report(self.detector, self.bench, self.data)

@@ -1,0 +1,131 @@
+"""Checkpoints of learned memories: safetensors tensors + a JSON header, never pickle.
+
+Layout of a file:
+
+- tensors ``meta.<name>``: the meta-parameters (:func:`assocmem.meta.network.init_meta_params`);
+- training checkpoints add ``optim.<i>.<key>`` (the meta-optimizer's state) and ``rng.<name>``
+  (``torch.Generator`` states as uint8 tensors), so meta-training resumes bit-exactly;
+- metadata ``{"assocmem": json}`` with ``format``, ``version``, ``config`` (the
+  :class:`~assocmem.meta.config.LearnedConfig`) and free-form ``info`` (training config,
+  step, the command that made it).
+
+:func:`load_checkpoint` refuses, with a ``ValueError`` naming the difference, a file of another
+format version, another config than the network it is loaded into, or tensors of the wrong
+shape, so a checkpoint can never silently drive a different network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from assocmem.meta.config import LearnedConfig
+from assocmem.meta.network import MetaParams, init_meta_params
+
+FORMAT = "assocmem.learned_memory"
+FORMAT_VERSION = 1
+DEFAULT_CHECKPOINT = Path(__file__).with_name("checkpoints") / "default.safetensors"
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds, in memory."""
+
+    meta_params: MetaParams
+    config: LearnedConfig
+    info: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Tensor] = field(default_factory=dict)  # optim.* and rng.* tensors
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    meta_params: MetaParams,
+    config: LearnedConfig,
+    *,
+    info: dict[str, Any] | None = None,
+    extra: dict[str, Tensor] | None = None,
+) -> None:
+    """Write ``meta_params`` (and optional ``extra`` tensors) with their config, atomically."""
+    _check_shapes(meta_params, config)
+    tensors = {f"meta.{k}": v.detach().contiguous().cpu() for k, v in meta_params.items()}
+    for k, v in (extra or {}).items():
+        if not (k.startswith("optim.") or k.startswith("rng.")):
+            raise ValueError(f"extra tensor names must start with 'optim.' or 'rng.', got {k!r}")
+        tensors[k] = v.detach().contiguous().cpu()
+    header = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "info": info or {},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"assocmem": json.dumps(header, sort_keys=True)})
+    os.replace(tmp, path)  # an interrupted save leaves the previous checkpoint intact
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str] | None = None, config: LearnedConfig | None = None
+) -> Checkpoint:
+    """Read a checkpoint; ``path=None`` is the shipped default.
+
+    Args:
+        path: a ``.safetensors`` file written by :func:`save_checkpoint`.
+        config: the network the parameters are meant for; ``None`` accepts the saved one.
+
+    Raises:
+        ValueError: not an assocmem checkpoint, another format version, a config different
+            from ``config``, or tensors whose names/shapes do not fit the config.
+    """
+    path = Path(DEFAULT_CHECKPOINT if path is None else path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    if "assocmem" not in metadata:
+        raise ValueError(f"{path} is not an assocmem learned-memory checkpoint (no header)")
+    header = json.loads(metadata["assocmem"])
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
+    if header.get("version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint format version {header.get('version')!r}, this assocmem reads "
+            f"version {FORMAT_VERSION}"
+        )
+    saved = LearnedConfig.from_dict(header["config"])
+    if config is not None and saved != config:
+        diff = {
+            k: (v, config.to_dict()[k])
+            for k, v in saved.to_dict().items()
+            if v != config.to_dict()[k]
+        }
+        raise ValueError(
+            f"{path}: checkpoint config does not match the network it is loaded into; "
+            f"differences (saved, expected): {diff}"
+        )
+    meta = {k[len("meta.") :]: v for k, v in tensors.items() if k.startswith("meta.")}
+    _check_shapes(meta, saved, where=str(path))
+    extra = {k: v for k, v in tensors.items() if not k.startswith("meta.")}
+    return Checkpoint(meta, saved, header.get("info", {}), extra)
+
+
+def _check_shapes(meta: MetaParams, config: LearnedConfig, where: str = "meta_params") -> None:
+    expected = init_meta_params(config)
+    if set(meta) != set(expected):
+        raise ValueError(
+            f"{where}: meta-parameter names {sorted(meta)} do not match the config's "
+            f"{sorted(expected)}"
+        )
+    for k, v in expected.items():
+        if tuple(meta[k].shape) != tuple(v.shape):
+            raise ValueError(
+                f"{where}: meta-parameter {k!r} has shape {tuple(meta[k].shape)}, the config "
+                f"expects {tuple(v.shape)}"
+            )

@@ -1,0 +1,99 @@
+r"""Per-coordinate features of a learned memory: pure functions of its state and the gradient.
+
+The memory of one parameter tensor ``W`` holds ``B`` momenta at several timescales and a second
+moment (all key-less elementwise Hebbian memories, like Adam's):
+
+.. math::
+    m_b \leftarrow \beta_b m_b + (1-\beta_b) g, \qquad
+    v \leftarrow \beta_2 v + (1-\beta_2) g^2 .
+
+Each coordinate ``i`` is then described by ``F`` numbers (``x in {g, m_hat_b}``, hats are bias
+corrected, ``rms(y) = sqrt(mean_tensor(y^2))``):
+
+- ``x_i / sqrt(v_hat_i + eps^2)``: Adam-normalised (invariant to the loss scale per coordinate);
+- ``x_i / rms(x)``: normalised by the tensor's RMS, as in small_fc_lopt (keeps the relative size
+  of a coordinate inside its tensor, which the Adam normalisation erases);
+- ``W_i / rms(W)``: the parameter value relative to its tensor;
+- ``sqrt(v_hat_i) / rms(sqrt(v_hat))``: relative gradient scale (a curvature proxy);
+- ``tanh(t / tau)`` for each ``tau``: where in training we are.
+
+Every feature is invariant to rescaling the loss (and the parameter feature to rescaling the
+tensor), so one network serves tensors of any scale. Features are clamped to
+``[-feature_clip, feature_clip]``. All functions are pure and differentiable (twice, which the
+meta-gradient needs), so meta-training can unroll them.
+
+Shapes legend: ``n`` coordinates of one tensor, ``F`` features, ``B`` momenta.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from assocmem.meta.config import LearnedConfig
+
+MemoryState = dict[str, Tensor]
+
+# Floor under a mean square: tiny enough not to break scale invariance for any sane tensor,
+# and a normal fp32 number (so no denormal slow paths).
+_TINY = 1e-30
+
+
+def init_memory(param: Tensor, config: LearnedConfig) -> MemoryState:
+    """Empty memories for one parameter: ``momenta (B, *shape)`` and ``second_moment``."""
+    zeros = torch.zeros_like(param, memory_format=torch.contiguous_format)
+    return {
+        "momenta": zeros.unsqueeze(0).repeat(len(config.betas), *([1] * param.dim())),
+        "second_moment": zeros.clone(),
+    }
+
+
+def write(state: MemoryState, grad: Tensor, config: LearnedConfig) -> MemoryState:
+    """Hebbian writes of ``g`` into every momentum and of ``g^2`` into the second moment."""
+    betas = torch.tensor(config.betas, dtype=grad.dtype, device=grad.device)
+    betas = betas.view(-1, *([1] * grad.dim()))
+    momenta = betas * state["momenta"] + (1 - betas) * grad.unsqueeze(0)
+    second = config.beta2 * state["second_moment"] + (1 - config.beta2) * grad * grad
+    return {"momenta": momenta, "second_moment": second}
+
+
+def time_embedding(step: float, config: LearnedConfig) -> list[float]:
+    """``tanh(t / tau)`` for each timescale (the same for every coordinate)."""
+    return [math.tanh(step / tau) for tau in config.time_scales]
+
+
+def features(
+    state: MemoryState, grad: Tensor, param: Tensor, step: float, config: LearnedConfig
+) -> Tensor:
+    """The ``(n, F)`` feature matrix of one tensor, after ``state`` was written with ``grad``.
+
+    Args:
+        state: the memory *after* :func:`write` (so step ``t`` is already in it).
+        grad: this step's gradient, shaped like ``param``.
+        param: the parameter before the step.
+        step: ``t >= 1``, the number of writes so far (bias correction and time embedding).
+        config: the learned memory's configuration.
+
+    Returns:
+        ``(param.numel(), config.num_features)``, in the order documented in the module.
+    """
+    n = param.numel()
+    t = float(step)
+    corr = torch.tensor(
+        [1.0 - b**t for b in config.betas], dtype=grad.dtype, device=grad.device
+    ).view(-1, 1)
+    m_hat = state["momenta"].reshape(len(config.betas), n) / corr
+    v_hat = state["second_moment"].reshape(n) / (1.0 - config.beta2**t)
+    signals = torch.cat([grad.reshape(1, n), m_hat], dim=0)  # (1 + B, n)
+    root_v = torch.sqrt(v_hat + config.eps**2)
+    adam_normalised = signals / root_v
+    rms_normalised = signals * torch.rsqrt(signals.square().mean(dim=1, keepdim=True) + _TINY)
+    p = param.reshape(1, n)
+    param_feature = p * torch.rsqrt(p.square().mean() + _TINY)
+    curvature = (root_v * torch.rsqrt(root_v.square().mean() + _TINY)).view(1, n)
+    time = torch.tensor(time_embedding(t, config), dtype=grad.dtype, device=grad.device)
+    time = time.view(-1, 1).expand(-1, n)
+    x = torch.cat([adam_normalised, rms_normalised, param_feature, curvature, time], dim=0)
+    return x.clamp(-config.feature_clip, config.feature_clip).T

@@ -1,0 +1,90 @@
+r"""The learned read: a small MLP shared by every coordinate, mapping features to a step.
+
+For a coordinate with features ``x`` (``F`` numbers, :mod:`assocmem.meta.features`):
+
+.. math::
+    h = \mathrm{MLP}_\phi(x), \quad o = W_{out} h + b_{out} + W_{skip} x \in \mathbb{R}^2, \\
+    d = D \tanh(o_0 / D), \quad s = S \tanh(\lambda_s o_1 / S), \quad
+    u = d \, e^{s}, \qquad W \leftarrow W - \mathrm{lr} \cdot u .
+
+``d`` is the direction, ``s`` the log-magnitude (small_fc_lopt's ``direction * exp(magnitude *
+exp_mult) * step_mult`` with ``step_mult = lr``). The tanh bounds cap any single step at
+``lr * D * e^S``, and a non-finite ``u`` becomes 0, so a bad input can stall a coordinate but
+never blow up a parameter. The linear skip starts as a copy of the Adam-direction feature and
+the MLP's output layer starts near zero, so an untrained memory is Adam(lr); meta-training
+learns the corrections. Meta-parameters are a flat ``dict[str, Tensor]``, which is what
+``safetensors`` stores and ``torch.func`` differentiates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from assocmem.meta.config import LearnedConfig
+
+MetaParams = dict[str, Tensor]
+
+# Rows per MLP call in the optimizer's no-grad path: bounds the (rows, hidden) activations.
+CHUNK_ROWS = 1 << 16
+
+
+def init_meta_params(
+    config: LearnedConfig,
+    generator: torch.Generator | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    out_scale: float = 1e-2,
+) -> MetaParams:
+    """Fresh meta-parameters: He-uniform hidden layers, a small output layer, an Adam skip."""
+    sizes = (config.num_features, *config.hidden)
+    params: MetaParams = {}
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        bound = math.sqrt(6.0 / fan_in)
+        w = torch.rand(fan_out, fan_in, generator=generator, dtype=dtype) * 2 - 1
+        params[f"layers.{i}.weight"] = w * bound
+        params[f"layers.{i}.bias"] = torch.zeros(fan_out, dtype=dtype)
+    w_out = torch.randn(2, sizes[-1], generator=generator, dtype=dtype) * out_scale
+    params["out.weight"] = w_out / math.sqrt(sizes[-1])
+    params["out.bias"] = torch.zeros(2, dtype=dtype)
+    skip = torch.zeros(2, config.num_features, dtype=dtype)
+    skip[0, config.init_skip] = 1.0
+    params["skip.weight"] = skip
+    return params
+
+
+def num_meta_params(params: MetaParams) -> int:
+    return sum(p.numel() for p in params.values())
+
+
+def learned_update(meta_params: MetaParams, features: Tensor, config: LearnedConfig) -> Tensor:
+    """The update ``u = d * exp(s)`` for each row of ``features`` (``(N, F) -> (N,)``).
+
+    Differentiable in ``meta_params`` and ``features``; the caller steps ``W <- W - lr * u``.
+    """
+    h = features
+    for i in range(len(config.hidden)):
+        h = torch.relu(
+            torch.nn.functional.linear(
+                h, meta_params[f"layers.{i}.weight"], meta_params[f"layers.{i}.bias"]
+            )
+        )
+    out = torch.nn.functional.linear(h, meta_params["out.weight"], meta_params["out.bias"])
+    out = out + torch.nn.functional.linear(features, meta_params["skip.weight"])
+    bound_d, bound_s = config.direction_bound, config.log_scale_bound
+    direction = bound_d * torch.tanh(out[:, 0] / bound_d)
+    log_scale = bound_s * torch.tanh(config.exp_mult * out[:, 1] / bound_s)
+    update = direction * torch.exp(log_scale)
+    return torch.where(torch.isfinite(update), update, torch.zeros_like(update))
+
+
+@torch.no_grad()
+def learned_update_chunked(
+    meta_params: MetaParams, features: Tensor, config: LearnedConfig, chunk: int = CHUNK_ROWS
+) -> Tensor:
+    """:func:`learned_update` in row chunks (no grad), so activations stay ``O(chunk)``."""
+    if features.shape[0] <= chunk:
+        return learned_update(meta_params, features, config)
+    return torch.cat([learned_update(meta_params, part, config) for part in features.split(chunk)])

@@ -1,0 +1,314 @@
+r"""Meta-training: gradient descent on the meta-parameters through truncated inner unrolls.
+
+For a task with inner parameters :math:`\theta`, one truncation of ``K`` inner steps from
+:math:`\theta_0` (detached) is
+
+.. math::
+    g_k = \nabla_\theta L(\theta_k; b_k), \quad
+    \theta_{k+1} = \theta_k - \mathrm{lr}\, u_\phi(\mathrm{features}(g_k, \theta_k, m_k)),
+    \qquad \mathcal{L}(\phi) = \frac1K \sum_{k=1}^{K} \log \frac{L(\theta_k; b_k)}{L_0},
+
+with :math:`L_0` the task's loss at its initialisation (a constant: the log makes tasks of any
+loss scale mix, and its gradient is already scale-free). The inner step is applied
+functionally (``torch.func.functional_call`` on a dict of tensors), so
+:math:`\nabla_\phi \mathcal{L}` is exact back-propagation through the unroll, including the
+second-order term through :math:`g_k` (``second_order=False`` drops it, Andrychowicz et al.
+2016's cheaper choice). Each task runs ``horizon`` inner steps as ``horizon / unroll``
+truncations with one meta-update each (truncated BPTT; biased towards short horizons, the
+usual trade). Meta-updates: Adam on the mean over ``tasks_per_step`` tasks, gradient norm
+clipped at ``clip``; a non-finite meta-gradient skips the update.
+
+Checkpoints are written only at task boundaries (every worker starts a fresh task), so a
+checkpoint is meta-parameters + Adam state + the task sampler's RNG state + the step, and a
+resumed run is bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from assocmem.meta.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from assocmem.meta.config import LearnedConfig
+from assocmem.meta.features import MemoryState, features, init_memory, write
+from assocmem.meta.network import MetaParams, init_meta_params, learned_update
+from assocmem.meta.tasks import FAMILIES, TRAIN_FAMILIES, Params, Task, sample_task
+
+# TrainConfig fields that may change between an interrupted run and its resumption.
+_RESUMABLE_CHANGES = {"meta_steps", "checkpoint_every"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Meta-training hyperparameters (see the module docstring for the objective)."""
+
+    meta_steps: int = 600
+    unroll: int = 20
+    horizon: int = 200
+    tasks_per_step: int = 4
+    families: tuple[str, ...] = TRAIN_FAMILIES
+    meta_lr: float = 3e-3
+    clip: float = 1.0
+    second_order: bool = False
+    seed: int = 0
+    checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "families", tuple(self.families))
+        if self.horizon % self.unroll:
+            raise ValueError(
+                f"horizon ({self.horizon}) must be a multiple of unroll ({self.unroll})"
+            )
+        unknown = set(self.families) - set(FAMILIES)
+        if unknown:
+            raise ValueError(f"unknown task families {sorted(unknown)}")
+
+    @property
+    def truncations(self) -> int:
+        return self.horizon // self.unroll
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+        )
+
+
+def learned_step(
+    meta_params: MetaParams,
+    config: LearnedConfig,
+    params: Params,
+    grads: Params,
+    memory: dict[str, MemoryState],
+    step: int,
+    lr: float,
+) -> tuple[Params, dict[str, MemoryState]]:
+    """One functional step of the learned memory on a parameter dict (all tensors batched
+    into one MLP call, as the optimizer's fast path does)."""
+    memory = {k: write(memory[k], grads[k], config) for k in params}
+    x = torch.cat([features(memory[k], grads[k], params[k], step, config) for k in params])
+    updates = learned_update(meta_params, x, config).split([p.numel() for p in params.values()])
+    new = {k: p - lr * u.view_as(p) for (k, p), u in zip(params.items(), updates, strict=True)}
+    return new, memory
+
+
+def unroll(
+    meta_params: MetaParams,
+    config: LearnedConfig,
+    task: Task,
+    params: Params,
+    memory: dict[str, MemoryState],
+    step: int,
+    n_steps: int,
+    *,
+    second_order: bool = True,
+) -> tuple[Tensor, Params, dict[str, MemoryState], int]:
+    """Run ``n_steps`` differentiable inner steps from ``(params, memory, step)``.
+
+    Returns ``(mean log loss of theta_1..theta_K, params, memory, step)``; the log-loss mean
+    is differentiable in ``meta_params`` (and in the starting ``params`` if they require grad).
+    """
+    params = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
+    log_losses = []
+    for k in range(n_steps + 1):
+        loss = task.loss(params, task.batch())
+        if k > 0:
+            log_losses.append(torch.log(loss))
+        if k == n_steps:
+            break
+        grads = torch.autograd.grad(
+            loss, list(params.values()), create_graph=second_order, retain_graph=True
+        )
+        grads = {n: g if second_order else g.detach() for n, g in zip(params, grads, strict=True)}
+        step += 1
+        params, memory = learned_step(meta_params, config, params, grads, memory, step, config.lr)
+    return torch.stack(log_losses).mean(), params, memory, step
+
+
+@dataclass
+class _Worker:
+    task: Task
+    params: Params
+    memory: dict[str, MemoryState]
+    step: int
+    log_loss0: float
+
+
+@dataclass
+class TrainResult:
+    meta_params: MetaParams
+    meta_step: int
+    history: list[float] = field(default_factory=list)  # mean log(L_t / L_0) per meta-step
+    seconds: float = 0.0
+
+
+def _new_worker(train: TrainConfig, config: LearnedConfig, rng: torch.Generator) -> _Worker:
+    family = train.families[int(torch.randint(len(train.families), (), generator=rng))]
+    task = sample_task(family, int(torch.randint(2**31 - 1, (), generator=rng)))
+    params = {k: v.detach().clone() for k, v in task.params.items()}
+    with torch.no_grad():
+        loss0 = float(task.loss(params, task.batch()))
+    memory = {k: init_memory(v, config) for k, v in params.items()}
+    return _Worker(task, params, memory, 0, math.log(max(loss0, 1e-30)))
+
+
+def _optim_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors = {
+        f"optim.{i}.{key}": value
+        for i, state in sd["state"].items()
+        for key, value in state.items()
+    }
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _load_optim(opt: torch.optim.Optimizer, extra: dict[str, Tensor], groups: Any) -> None:
+    state: dict[int, dict[str, Tensor]] = {}
+    for name, value in extra.items():
+        if name.startswith("optim."):
+            _, i, key = name.split(".", 2)
+            state.setdefault(int(i), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def meta_train(
+    config: LearnedConfig,
+    train: TrainConfig,
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    info: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Meta-train a learned memory; checkpoint to (and resume from) ``checkpoint``.
+
+    Args:
+        config: the learned memory's features and network.
+        train: the meta-training hyperparameters.
+        checkpoint: a ``.safetensors`` path written every ``checkpoint_every`` meta-steps
+            (rounded up to a task boundary) and at the end; ``None`` keeps nothing.
+        resume: continue from ``checkpoint`` if it exists (it must hold the same ``config``
+            and the same ``train`` up to ``meta_steps``/``checkpoint_every``).
+        progress: show a tqdm bar.
+        info: extra JSON-able metadata stored in the checkpoints (e.g. the command).
+
+    Returns:
+        The meta-parameters, the meta-step reached and the per-step meta-loss history.
+    """
+    rng = torch.Generator().manual_seed(train.seed)
+    meta = init_meta_params(config, rng)
+    names = sorted(meta)
+    leaves = [meta[k].requires_grad_() for k in names]
+    opt = torch.optim.Adam(leaves, lr=train.meta_lr)
+    start, history, seconds = 0, [], 0.0
+    if checkpoint is not None and resume and Path(checkpoint).exists():
+        ckpt = load_checkpoint(checkpoint, config)
+        _check_resumable(ckpt, train, checkpoint)
+        with torch.no_grad():
+            for k in names:
+                meta[k].copy_(ckpt.meta_params[k])
+        _load_optim(opt, ckpt.extra, ckpt.info["optim"]["param_groups"])
+        rng.set_state(ckpt.extra["rng.tasks"])
+        start = int(ckpt.info["meta_step"])
+        history = list(ckpt.info.get("history", []))
+        seconds = float(ckpt.info.get("seconds", 0.0))
+
+    def save(step: int) -> None:
+        if checkpoint is None:
+            return
+        tensors, groups = _optim_tensors(opt)
+        tensors["rng.tasks"] = rng.get_state()
+        meta_info = {
+            **(info or {}),
+            "train": train.to_dict(),
+            "meta_step": step,
+            "history": history,
+            "seconds": seconds,
+            "optim": groups,
+        }
+        save_checkpoint(checkpoint, meta, config, info=meta_info, extra=tensors)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=train.meta_steps, initial=start, desc="meta-train", dynamic_ncols=True)
+    every = max(1, math.ceil(train.checkpoint_every / train.truncations)) * train.truncations
+    workers: list[_Worker] = []
+    ema = None
+    for step in range(start, train.meta_steps):
+        t0 = time.perf_counter()
+        if step % train.truncations == 0:
+            if step > start and step % every == 0:
+                save(step)
+            workers = [_new_worker(train, config, rng) for _ in range(train.tasks_per_step)]
+        meta_loss = torch.zeros(())
+        report = 0.0
+        for w in workers:
+            loss, params, memory, w.step = unroll(
+                meta,
+                config,
+                w.task,
+                w.params,
+                w.memory,
+                w.step,
+                train.unroll,
+                second_order=train.second_order,
+            )
+            meta_loss = meta_loss + loss / len(workers)
+            report += (float(loss.detach()) - w.log_loss0) / len(workers)
+            w.params = {k: v.detach() for k, v in params.items()}
+            w.memory = {k: {n: t.detach() for n, t in m.items()} for k, m in memory.items()}
+        opt.zero_grad(set_to_none=True)
+        meta_loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(leaves, train.clip)
+        if torch.isfinite(norm) and math.isfinite(report):
+            opt.step()
+        history.append(round(report, 5))
+        seconds += time.perf_counter() - t0
+        ema = report if ema is None else 0.95 * ema + 0.05 * report
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(log_loss_ratio=f"{ema:.3f}")
+    if bar is not None:
+        bar.close()
+    final = max(start, train.meta_steps)
+    save(final)
+    return TrainResult({k: v.detach().clone() for k, v in meta.items()}, final, history, seconds)
+
+
+def _check_resumable(ckpt: Checkpoint, train: TrainConfig, path: Any) -> None:
+    saved = TrainConfig.from_dict(ckpt.info["train"]).to_dict()
+    now = train.to_dict()
+    diff = {
+        k: (saved[k], now[k]) for k in now if k not in _RESUMABLE_CHANGES and saved[k] != now[k]
+    }
+    if diff:
+        raise ValueError(
+            f"{path}: cannot resume, the training config differs (saved, now): {diff}; "
+            "use another checkpoint path or resume=False"
+        )
+
+
+def export(
+    path: str | os.PathLike[str],
+    meta_params: MetaParams,
+    config: LearnedConfig,
+    info: dict[str, Any],
+) -> None:
+    """Write a meta-parameters-only checkpoint and a ``.json`` sidecar with ``info``."""
+    save_checkpoint(path, meta_params, config, info=info)
+    sidecar = Path(path).with_suffix(".json")
+    sidecar.write_text(json.dumps({"config": config.to_dict(), **info}, indent=2) + "\n")

@@ -1,0 +1,101 @@
+"""Learned: a meta-learned read of multi-timescale gradient memories (small_fc_lopt style).
+
+    write   m_b <- b m_b + (1 - b) g   for b in config.betas;   v <- beta2 v + (1 - beta2) g^2
+    read    x = features(m, v, g, W, t)          (per coordinate, scale-free; meta/features.py)
+            u = d(x) * exp(s(x))                 (a shared MLP; meta/network.py)
+    step    W <- W - lr * u
+
+The network comes from a checkpoint (``checkpoint=None`` is the one shipped in
+``assocmem/meta/checkpoints``). ``lr`` multiplies the learned step: the network was
+meta-trained at ``lr = config.lr`` (1e-3 for the shipped checkpoint, equal to
+``MemoryOptimizer``'s default), so the default reproduces meta-training and ``lr=2e-3`` doubles
+every step. The reference path runs the MLP per tensor; the fast path batches every coordinate
+of the group into one (chunked) MLP call. Rows are independent, so both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from assocmem.meta.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from assocmem.meta.config import LearnedConfig
+from assocmem.meta.features import features, init_memory, write
+from assocmem.meta.network import MetaParams, learned_update_chunked
+from assocmem.optim.registry import Group, Hyper, Preset, State, register
+
+_CACHE: dict[tuple[Any, ...], tuple[MetaParams, LearnedConfig]] = {}
+
+
+def _checkpoint_or_none(x: Any) -> str | None:
+    if x is None or isinstance(x, (str, os.PathLike)):
+        return None
+    return f"must be None (the shipped checkpoint) or a path, got {x!r}"
+
+
+def load_learned(
+    checkpoint: str | os.PathLike[str] | None, dtype: torch.dtype, device: torch.device
+) -> tuple[MetaParams, LearnedConfig]:
+    """Meta-parameters (cast to ``dtype``/``device``) and config, cached per file version."""
+    path = Path(DEFAULT_CHECKPOINT if checkpoint is None else checkpoint).resolve()
+    key = (str(path), path.stat().st_mtime_ns, dtype, str(device))
+    if key not in _CACHE:
+        ckpt = load_checkpoint(path)
+        meta = {k: v.to(dtype=dtype, device=device) for k, v in ckpt.meta_params.items()}
+        _CACHE[key] = (meta, ckpt.config)
+    return _CACHE[key]
+
+
+@register
+class Learned(Preset):
+    name = "learned"
+    hyper = {
+        "checkpoint": Hyper(
+            None, _checkpoint_or_none, "safetensors file of the learned memory; None = shipped"
+        ),
+    }
+
+    def check_group(self, group: Group) -> None:
+        # Fail at construction, not at the first step, on a missing or mismatched file.
+        load_learned(group["checkpoint"], torch.float32, torch.device("cpu"))
+
+    def init_state(self, param: Tensor, group: Group) -> State:
+        _, config = load_learned(group["checkpoint"], param.dtype, param.device)
+        return init_memory(param, config)
+
+    def _write(
+        self, param: Tensor, grad: Tensor, state: State, group: Group
+    ) -> tuple[Tensor, MetaParams, LearnedConfig]:
+        meta, config = load_learned(group["checkpoint"], param.dtype, param.device)
+        t = float(state["step"])
+        memory = write(
+            {"momenta": state["momenta"], "second_moment": state["second_moment"]}, grad, config
+        )
+        state["momenta"].copy_(memory["momenta"])
+        state["second_moment"].copy_(memory["second_moment"])
+        return features(memory, grad, param, t, config), meta, config
+
+    def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
+        x, meta, config = self._write(param, grad, state, group)
+        update = learned_update_chunked(meta, x, config)
+        param.add_(update.view_as(param), alpha=-group["lr"])
+
+    def foreach_step(
+        self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
+    ) -> None:
+        if len({(p.dtype, p.device) for p in params}) > 1:
+            return super().foreach_step(params, grads, states, group)
+        xs, meta, config = [], None, None
+        for p, g, s in zip(params, grads, states, strict=True):
+            x, meta, config = self._write(p, g, s, group)
+            xs.append(x)
+        updates = learned_update_chunked(meta, torch.cat(xs), config)
+        pieces = [
+            u.view_as(p)
+            for u, p in zip(updates.split([p.numel() for p in params]), params, strict=True)
+        ]
+        torch._foreach_add_(params, pieces, alpha=-group["lr"])

@@ -1,0 +1,199 @@
+"""The learned memory: meta-gradients, checkpoints, the preset's contract, meta-training."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from assocmem import MemoryOptimizer
+from assocmem.meta import (
+    DEFAULT_CHECKPOINT,
+    LearnedConfig,
+    init_memory,
+    init_meta_params,
+    load_checkpoint,
+    save_checkpoint,
+)
+from assocmem.meta.tasks import HELD_OUT_FAMILIES, TRAIN_FAMILIES, Task, sample_task
+from assocmem.meta.train import TrainConfig, meta_train, unroll
+
+TINY = LearnedConfig(hidden=(8,))
+
+
+def _tiny_quadratic(dtype: torch.dtype) -> Task:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(5, 5, generator=g, dtype=dtype)
+    hessian = a @ a.T / 5 + 0.1 * torch.eye(5, dtype=dtype)
+    noise = [0.1 * torch.randn(5, generator=g, dtype=dtype) for _ in range(8)]
+    counter = iter(range(10**6))
+
+    def loss(params, xi):
+        r = params["w"] - xi
+        return 0.5 * r @ hessian @ r + 0.1 * params["b"].square().sum()
+
+    params = {
+        "w": torch.randn(5, generator=g, dtype=dtype),
+        "b": torch.randn(2, 3, generator=g, dtype=dtype),
+    }
+    # a fixed batch sequence, so every unroll sees the same data (needed by finite differences)
+    return Task("tiny", params, loss, lambda: noise[next(counter) % 8], g)
+
+
+def _meta_loss(meta, config, second_order=True):
+    task = _tiny_quadratic(torch.float64)
+    memory = {k: init_memory(v, config) for k, v in task.params.items()}
+    loss, *_ = unroll(meta, config, task, task.params, memory, 0, 4, second_order=second_order)
+    return loss
+
+
+def test_meta_gradient_matches_finite_differences():
+    config = LearnedConfig(hidden=(8,), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    meta = init_meta_params(config, g, dtype=torch.float64, out_scale=1.0)
+    meta = {k: v.requires_grad_() for k, v in meta.items()}
+    grads = torch.autograd.grad(_meta_loss(meta, config), list(meta.values()))
+    direction = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in meta.items()}
+    analytic = sum((gr * direction[k]).sum() for k, gr in zip(meta, grads, strict=True))
+    h = 1e-6
+    plus = {k: (v + h * direction[k]).detach() for k, v in meta.items()}
+    minus = {k: (v - h * direction[k]).detach() for k, v in meta.items()}
+    numeric = (_meta_loss(plus, config) - _meta_loss(minus, config)).detach() / (2 * h)
+    assert float(analytic) == pytest.approx(float(numeric), rel=1e-5, abs=1e-9)
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path):
+    meta = init_meta_params(TINY, torch.Generator().manual_seed(0))
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, meta, TINY, info={"note": "x"})
+    ckpt = load_checkpoint(path, TINY)
+    assert ckpt.config == TINY and ckpt.info == {"note": "x"}
+    assert set(ckpt.meta_params) == set(meta)
+    assert all(torch.equal(ckpt.meta_params[k], meta[k]) for k in meta)
+    with pytest.raises(ValueError, match="does not match the network"):
+        load_checkpoint(path, LearnedConfig(hidden=(16,)))
+    with pytest.raises(ValueError, match="do not match the config"):
+        save_checkpoint(path, init_meta_params(LearnedConfig()), TINY)
+    header = {"format": "assocmem.learned_memory", "version": 99, "config": TINY.to_dict()}
+    tensors = {f"meta.{k}": v for k, v in meta.items()}
+    save_file(tensors, str(tmp_path / "v99.safetensors"), {"assocmem": json.dumps(header)})
+    with pytest.raises(ValueError, match="version"):
+        load_checkpoint(tmp_path / "v99.safetensors")
+    save_file(tensors, str(tmp_path / "bare.safetensors"))
+    with pytest.raises(ValueError, match="not an assocmem"):
+        load_checkpoint(tmp_path / "bare.safetensors")
+
+
+def test_held_out_family_is_not_trained_on():
+    assert not set(HELD_OUT_FAMILIES) & set(TRAIN_FAMILIES)
+    assert set(TrainConfig().families) == set(TRAIN_FAMILIES)
+
+
+def test_shipped_checkpoint_trains_a_held_out_problem():
+    assert DEFAULT_CHECKPOINT.exists()
+    task = sample_task("breast_cancer_mlp", 7)
+    params = {k: v.clone().requires_grad_() for k, v in task.params.items()}
+    opt = MemoryOptimizer(params.values(), memory="learned")
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = task.loss(params, task.batch())
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.5 * losses[0]
+    assert all(bool(p.isfinite().all()) for p in params.values())
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+
+
+def _train(model, opt, steps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(16, 6, generator=g)
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+
+
+def test_reference_equals_foreach():
+    a, b = _model(), _model()
+    opt_a = MemoryOptimizer(a.parameters(), memory="learned", lr=3e-3, foreach=False)
+    opt_b = MemoryOptimizer(b.parameters(), memory="learned", lr=3e-3, foreach=True)
+    for step in range(6):
+        _train(a, opt_a, 1, seed=step)
+        _train(b, opt_b, 1, seed=step)
+        for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+            torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_state_dict_resume_is_bit_exact(foreach):
+    model = _model()
+    opt = MemoryOptimizer(model.parameters(), memory="learned", foreach=foreach, weight_decay=0.1)
+    _train(model, opt, 3)
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_opt = copy.deepcopy(opt.state_dict())
+    _train(model, opt, 3, seed=1)
+    resumed = _model(seed=5)
+    resumed.load_state_dict(saved_model)
+    opt2 = MemoryOptimizer(resumed.parameters(), memory="learned", foreach=foreach)
+    opt2.load_state_dict(saved_opt)
+    _train(resumed, opt2, 3, seed=1)
+    for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_preset_hyper_validation_and_custom_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="checkpoint"):
+        MemoryOptimizer(_model().parameters(), memory="learned", checkpoint=3)
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, init_meta_params(TINY, torch.Generator().manual_seed(0)), TINY)
+    model = _model()
+    opt = MemoryOptimizer(model.parameters(), memory="learned", checkpoint=str(path))
+    _train(model, opt, 2)
+    assert opt.state[next(model.parameters())]["momenta"].shape[0] == len(TINY.betas)
+
+
+def test_untrained_memory_steps_like_adam(tmp_path):
+    """Zero output layer + Adam skip: the step is D*tanh(adam_dir / D), about Adam's."""
+    config = LearnedConfig()
+    meta = init_meta_params(config, torch.Generator().manual_seed(0), out_scale=0.0)
+    a, b = _model(), _model()
+    path = tmp_path / "untrained.safetensors"
+    save_checkpoint(path, meta, config)
+    opt_a = MemoryOptimizer(a.parameters(), memory="learned", lr=1e-2, checkpoint=str(path))
+    opt_b = torch.optim.Adam(b.parameters(), lr=1e-2, betas=(0.9, 0.999), eps=1e-12)
+    _train(a, opt_a, 5)
+    _train(b, opt_b, 5)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=5e-4)
+
+
+def test_meta_train_smoke_and_resume(tmp_path):
+    train = TrainConfig(
+        meta_steps=4,
+        unroll=2,
+        horizon=4,
+        tasks_per_step=1,
+        families=("quadratic", "logistic"),
+        checkpoint_every=2,
+        second_order=True,
+    )
+    full = meta_train(TINY, train, checkpoint=tmp_path / "a.safetensors", progress=False)
+    assert full.meta_step == 4 and len(full.history) == 4
+    half = TrainConfig(**{**train.to_dict(), "families": train.families, "meta_steps": 2})
+    meta_train(TINY, half, checkpoint=tmp_path / "b.safetensors", progress=False)
+    resumed = meta_train(TINY, train, checkpoint=tmp_path / "b.safetensors", progress=False)
+    assert resumed.history == full.history
+    for k, v in full.meta_params.items():
+        assert torch.equal(v, resumed.meta_params[k]), k
+    other = TrainConfig(**{**train.to_dict(), "families": train.families, "meta_lr": 1.0})
+    with pytest.raises(ValueError, match="cannot resume"):
+        meta_train(TINY, other, checkpoint=tmp_path / "b.safetensors", progress=False)
