@@ -23,10 +23,11 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 demo: $(STAMP)
-	$(PY) -m experiments.demo
+	OMP_NUM_THREADS=2 $(PY) -m experiments.compare +experiment=demo
 
 bench: $(STAMP)
 	$(PY) -m experiments.bench_step
+	$(PY) -m experiments.compare +experiment=bench
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

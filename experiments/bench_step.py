@@ -5,19 +5,24 @@ parameters and gradients, so the numbers travel across machines better than seco
 
     python -m experiments.bench_step                     # both model sizes, markdown table
     python -m experiments.bench_step --sizes small --repeats 20
+    python -m experiments.bench_step --write docs/results.md   # refresh that section
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from assocmem import MemoryOptimizer, available_memories
+from experiments.report import replace_section
 
 # Layer widths giving ~0.1M and ~5M parameters, with biases (1-D) beside the matrices (2-D).
 SIZES = {"small": [128, 256, 256, 64], "large": [1024, 2048, 1536, 512]}
@@ -95,8 +100,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument(
+        "--write", type=Path, help="markdown file whose step-cost section to refresh"
+    )
     args = parser.parse_args()
-    print(run(args.sizes, args.repeats))
+    table = run(args.sizes, args.repeats)
+    print(table)
+    if args.write:
+        command = "python -m experiments.bench_step " + " ".join(sys.argv[1:])
+        body = (
+            f"## Step cost\n\nCommand: `{command}` ({platform.processor() or platform.machine()}, "
+        )
+        body += f"torch {torch.__version__}).\n{table}"
+        replace_section(args.write, "step-cost", body)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import hydra
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.report import write_report
+from experiments.report import section, write_report
 from experiments.run import execute
 
 
@@ -90,6 +90,7 @@ def main(cfg: DictConfig) -> None:
         baseline=cfg.baseline,
         command=cfg.report.get("command"),
     )
+    print(section(report, cfg.name))
     print(f"report: {report}")
 
 

@@ -167,6 +167,13 @@ def plot_task(task: str, optimizers: dict[str, dict[str, Any]], path: Path) -> N
     plt.close(fig)
 
 
+def section(markdown: Path, name: str) -> str:
+    """The text of report section ``name`` in ``markdown``."""
+    text = markdown.read_text()
+    begin, end = f"<!-- report:{name}:begin -->", f"<!-- report:{name}:end -->"
+    return text[text.index(begin) + len(begin) : text.index(end)].strip()
+
+
 def replace_section(markdown: Path, name: str, body: str) -> None:
     begin, end = f"<!-- report:{name}:begin -->", f"<!-- report:{name}:end -->"
     text = markdown.read_text() if markdown.exists() else "# Results\n"

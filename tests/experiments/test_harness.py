@@ -97,3 +97,39 @@ def test_smoke_comparison_and_report(tmp_path):
         "<!-- report:smoke:begin -->" in report and "| adam |" in report and "| delta |" in report
     )
     assert (tmp_path / "plots" / "smoke_quadratic.png").stat().st_size > 1000
+
+
+FORENSIC_TASKS = [t for t in names("task") if t not in ("quadratic", "rosenbrock", "digits_mlp")]
+
+
+@pytest.mark.parametrize("task", FORENSIC_TASKS)
+def test_forensic_task_trains_and_reports_zero_shot(task, tmp_path_factory):
+    """Every forensic task runs end to end on the tiny benchmark (built once per session)."""
+    import torch
+
+    cache = tmp_path_factory.getbasetemp() / "forensic-cache"
+    overrides = [
+        f"task={task}",
+        "data=tiny",
+        f"data.cache_dir={cache}",
+        "progress=false",
+        "task.steps=3",
+        "task.eval_every=3",
+    ]
+    with initialize_config_dir(str(CONF), version_base=None):
+        cfg = compose("config", overrides=overrides)
+    build = cfg.task.build
+    if "probe" in build:
+        build.probe.steps = 2
+    if "pretrained" in build:
+        build.pretrained.steps = 2
+    task_obj = instantiate(build, seed=0)
+    summary = train_run(task_obj, lambda ps: torch.optim.Adam(ps, lr=1e-3), steps=3, eval_every=3)
+    assert summary["status"] == "ok"
+    report = summary["report"]
+    heldout = set(cfg.data.heldout_families)
+    assert set(report["heldout"]) == heldout | {"mean"}
+    assert set(report["seen"]) == set(cfg.data.train_families) | {"mean"}
+    assert 0.0 <= report["heldout"]["mean"]["auc"] <= 1.0
+    assert 0.0 <= report["test_real_fpr"] <= 1.0
+    assert not heldout & set(cfg.data.train_families)
