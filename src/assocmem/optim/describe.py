@@ -1,7 +1,7 @@
 """Markdown reference of every preset's hyperparameters, generated from the registry.
 
-    python -m assocmem.optim.describe             # print the table
-    python -m assocmem.optim.describe --write     # refresh it inside docs/api.md
+python -m assocmem.optim.describe             # print the table
+python -m assocmem.optim.describe --write     # refresh it inside docs/api.md
 """
 
 from __future__ import annotations
