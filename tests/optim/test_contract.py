@@ -255,3 +255,15 @@ def test_group_can_name_its_own_memory():
                 "betas": (0.9, 0.9),
             }
         )
+
+
+@pytest.mark.parametrize("memory", MEMORIES)
+def test_empty_parameter_is_harmless(memory):
+    model = make_model()
+    empty = torch.nn.Parameter(torch.zeros(0, 3))
+    opt = MemoryOptimizer([*model.parameters(), empty], memory, lr=safe_lr(memory))
+    for t in range(3):
+        opt.zero_grad()
+        (loss_at(model, t) + empty.sum()).backward()
+        opt.step()
+    assert torch.isfinite(flat_params(model)).all() and empty.shape == (0, 3)

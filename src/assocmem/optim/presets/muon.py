@@ -52,6 +52,12 @@ def as_matrix(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1)
 
 
+def orthogonalized(param: Tensor) -> bool:
+    """Matrices (and reshaped conv kernels) take the Newton-Schulz read; the rest, including
+    empty tensors (nothing to orthogonalise), take the Adam fallback."""
+    return param.dim() >= 2 and param.numel() > 0
+
+
 def _adam_group(group: Group) -> Group:
     return {
         "betas": group["adam_betas"],
@@ -77,12 +83,12 @@ class Muon(Preset):
     }
 
     def init_state(self, param: Tensor, group: Group) -> State:
-        if param.dim() < 2:
+        if not orthogonalized(param):
             return get_preset("adam").init_state(param, group)
         return {"momentum": torch.zeros_like(param, memory_format=torch.preserve_format)}
 
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
-        if param.dim() < 2:
+        if not orthogonalized(param):
             get_preset("adam").reference_step(param, grad, state, _adam_group(group))
             return
         memory = hebbian_write(
@@ -100,7 +106,7 @@ class Muon(Preset):
     def foreach_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
     ) -> None:
-        vectors = [i for i, p in enumerate(params) if p.dim() < 2]
+        vectors = [i for i, p in enumerate(params) if not orthogonalized(p)]
         if vectors:
             get_preset("adam").foreach_step(
                 [params[i] for i in vectors],
@@ -108,7 +114,7 @@ class Muon(Preset):
                 [states[i] for i in vectors],
                 _adam_group(group),
             )
-        matrices = [i for i, p in enumerate(params) if p.dim() >= 2]
+        matrices = [i for i, p in enumerate(params) if orthogonalized(p)]
         if not matrices:
             return
         beta = group["momentum"]
