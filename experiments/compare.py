@@ -21,7 +21,8 @@ from typing import Any
 
 import hydra
 from hydra import compose
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
 
 from experiments.report import section, write_report
 from experiments.run import execute
@@ -35,52 +36,60 @@ def run_config(task: str, optimizer: str, lr: float | None, seed: int, extra: li
     return compose(config_name="config", overrides=overrides)
 
 
-def tune(task: str, optimizer: str, cfg: DictConfig, out: Path) -> dict[str, Any]:
+def tune(task: str, optimizer: str, cfg: DictConfig, out: Path, bar: tqdm) -> dict[str, Any]:
     base_lr = run_config(task, optimizer, None, cfg.tuning_seed, cfg.overrides).optimizer.lr
     grid = {}
     for factor in cfg.lr_factors:
         lr = float(f"{base_lr * factor:.6g}")
         run = run_config(task, optimizer, lr, cfg.tuning_seed, cfg.overrides)
+        bar.set_postfix_str(f"{task} / {optimizer} / tune lr={lr:g}")
         summary = execute(run, out / "tune" / f"lr{lr:g}")
+        bar.update()
         grid[lr] = summary["final"]["val_loss"] if summary["status"] == "ok" else math.inf
     finite = {lr: v for lr, v in grid.items() if math.isfinite(v)}
     best = min(finite, key=finite.get) if finite else None
     return {"grid": {str(k): v for k, v in grid.items()}, "best_lr": best}
 
 
-def evaluate(task, optimizer, lr, cfg, out, target) -> list[dict[str, Any]]:
+def evaluate(task, optimizer, lr, cfg, out, target, bar: tqdm) -> list[dict[str, Any]]:
     runs = []
     for seed in cfg.seeds:
         kw = {"target": target} if target is not None else {}
         run = run_config(task, optimizer, lr, seed, cfg.overrides, **kw)
+        bar.set_postfix_str(f"{task} / {optimizer} / seed {seed}")
         runs.append(execute(run, out / f"seed{seed}"))
+        bar.update()
     return runs
 
 
 def compare(cfg: DictConfig) -> Path:
     root = Path(cfg.out_dir)
     optimizers = [cfg.baseline] + [o for o in cfg.optimizers if o != cfg.baseline]
+    total = len(cfg.tasks) * len(optimizers) * (len(cfg.lr_factors) + len(cfg.seeds))
+    bar = tqdm(total=total, desc=f"compare {cfg.name}", unit="run")
     for task in cfg.tasks:
         target = None
         for optimizer in optimizers:
             out = root / task / optimizer
             out.mkdir(parents=True, exist_ok=True)
-            protocol = tune(task, optimizer, cfg, out)
+            protocol = tune(task, optimizer, cfg, out, bar)
             runs = []
             if protocol["best_lr"] is not None:
-                runs = evaluate(task, optimizer, protocol["best_lr"], cfg, out, target)
+                runs = evaluate(task, optimizer, protocol["best_lr"], cfg, out, target, bar)
+            else:
+                bar.update(len(cfg.seeds))
             finals = [r["final"]["val_loss"] for r in runs if r["status"] == "ok"]
             if optimizer == cfg.baseline and finals:
                 target = statistics.mean(finals)
             protocol.update(target=target, seeds=list(cfg.seeds))
             (out / "protocol.json").write_text(json.dumps(protocol, indent=2))
-            print(f"{task:>18} {optimizer:>10}: best lr {protocol['best_lr']}, finals {finals}")
+            bar.write(f"{task:>18} {optimizer:>10}: best lr {protocol['best_lr']}, finals {finals}")
+    bar.close()
     return root
 
 
 @hydra.main(config_path="conf", config_name="compare", version_base=None)
 def main(cfg: DictConfig) -> None:
-    print(OmegaConf.to_yaml(cfg))
     root = compare(cfg)
     report = write_report(
         root,
