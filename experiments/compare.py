@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import statistics
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra import compose
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
@@ -88,6 +90,12 @@ def compare(cfg: DictConfig) -> Path:
     return root
 
 
+def invocation() -> str:
+    """The command line that made this comparison, quoted for a POSIX shell."""
+    overrides = HydraConfig.get().overrides.task
+    return " ".join(["python -m experiments.compare", *map(shlex.quote, overrides)])
+
+
 @hydra.main(config_path="conf", config_name="compare", version_base=None)
 def main(cfg: DictConfig) -> None:
     root = compare(cfg)
@@ -97,7 +105,7 @@ def main(cfg: DictConfig) -> None:
         Path(cfg.report.plots_dir),
         cfg.name,
         baseline=cfg.baseline,
-        command=cfg.report.get("command"),
+        command=cfg.report.get("command") or invocation(),
     )
     print(section(report, cfg.name))
     print(f"report: {report}")
