@@ -216,12 +216,11 @@ def pretrained_encoder(data: dict, spec: dict[str, Any]) -> nn.Module:
     recipe.update(spec)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(data.get("cache_dir") or default_cache_dir()) / "encoders" / f"{key}.pt"
+    torch.manual_seed(0)
     encoder = build_encoder(spec["encoder"], bench.config.patch_size)
     if path.exists():
         encoder.load_state_dict(torch.load(path, weights_only=True))
         return encoder
-    torch.manual_seed(0)
-    encoder = build_encoder(spec["encoder"], bench.config.patch_size)
     model = MaskedPretrainer(encoder, build_masker(spec["masker"]), loss=spec["loss"])
     train = bench.split("train", data["train_families"]).images
     val = bench.split("val", data["train_families"]).images[:512]

@@ -36,6 +36,15 @@ def test_step_returns_the_closure_loss_and_moves_params(memory):
 
 
 @pytest.mark.parametrize("memory", MEMORIES)
+def test_default_hyperparameters_reduce_the_loss(memory):
+    model = make_model()
+    opt = make_opt(model, memory, lr=1e-3 if memory == "learned" else 1e-2)
+    before = loss_at(model, 0).item()
+    train(model, opt, [0] * 40)  # the same batch: a deterministic objective to descend
+    assert loss_at(model, 0).item() < before
+
+
+@pytest.mark.parametrize("memory", MEMORIES)
 def test_save_load_continue_is_bit_identical(memory):
     reference = make_model()
     ref_opt = make_opt(reference, memory, weight_decay=0.01)
