@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from assocmem import MemoryOptimizer, available_memories
+from experiments.loop import state_bytes_per_param
 from experiments.report import replace_section
 
 # Layer widths giving ~0.1M and ~5M parameters, with biases (1-D) beside the matrices (2-D).
@@ -35,15 +36,6 @@ def make_params(widths: list[int], seed: int = 0) -> list[nn.Parameter]:
     for p in params:
         p.grad = torch.randn_like(p) * 1e-2
     return params
-
-
-def state_bytes(opt: torch.optim.Optimizer) -> int:
-    return sum(
-        v.numel() * v.element_size()
-        for s in opt.state.values()
-        for k, v in s.items()
-        if torch.is_tensor(v) and k != "step"
-    )
 
 
 def time_steps(opt: torch.optim.Optimizer, repeats: int, warmup: int = 3) -> float:
@@ -73,13 +65,12 @@ def candidates() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimiz
 def run(sizes: list[str], repeats: int) -> str:
     lines = []
     for size in sizes:
-        params = make_params(SIZES[size])
-        n = sum(p.numel() for p in params)
         rows = {}
         for name, make in candidates().items():
             ps = make_params(SIZES[size])
             opt = make(ps)
-            rows[name] = (time_steps(opt, repeats), state_bytes(opt) / n)
+            rows[name] = (time_steps(opt, repeats), state_bytes_per_param(opt))
+        n = sum(p.numel() for p in ps)
         base_foreach = rows["torch Adam (foreach)"][0]
         base_fused = rows["torch Adam (fused)"][0]
         lines += [
