@@ -45,8 +45,10 @@ def test_foreach_equals_reference_at_every_step(config):
     for t in range(30):
         train(fast_model, fast, range(t, t + 1))
         train(ref_model, ref, range(t, t + 1))
+        # The fast path folds bias corrections into eps and the step size (same maths,
+        # other rounding), so equal to float rounding rather than to the bit.
         torch.testing.assert_close(
-            flat_params(fast_model), flat_params(ref_model), rtol=0, atol=1e-6
+            flat_params(fast_model), flat_params(ref_model), rtol=1e-5, atol=1e-6
         )
 
 

@@ -125,7 +125,11 @@ def test_non_finite_gradient_touches_nothing(memory, policy):
     opt = make_opt(model, memory, nonfinite=policy)
     train(model, opt, range(3))
     params = flat_params(model)
-    state = {k: v.clone() for s in opt.state.values() for k, v in s.items() if torch.is_tensor(v)}
+
+    def snapshot():
+        return [v.clone() for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+
+    state = snapshot()
     opt.zero_grad()
     loss_at(model, 3).backward()
     model.fc.weight.grad[0, 0] = float("nan")
@@ -137,11 +141,35 @@ def test_non_finite_gradient_touches_nothing(memory, policy):
         opt.step()
     assert opt.skipped_steps == 1
     assert torch.equal(flat_params(model), params)
-    after = {k: v for s in opt.state.values() for k, v in s.items() if torch.is_tensor(v)}
-    assert all(torch.equal(after[k], state[k]) for k in state)
+    after = snapshot()
+    assert len(after) == len(state)
+    assert all(torch.equal(a, b) for a, b in zip(after, state, strict=True))
     train(model, opt, range(4, 6))  # and training goes on
     assert torch.isfinite(flat_params(model)).all()
     assert opt.state_dict()["assocmem"]["skipped_steps"] == 1
+
+
+BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("dtype", list(BITS))
+def test_finiteness_check_catches_every_kind_and_leaves_gradients_bitwise(bad, dtype):
+    w = torch.nn.Parameter(torch.zeros(3, 4, dtype=dtype))
+    v = torch.nn.Parameter(torch.zeros(5, dtype=dtype))
+    opt = MemoryOptimizer([w, v], "momentum", lr=0.1)
+    tiny = torch.finfo(dtype).tiny / 4  # subnormal
+    # A transposed (non-contiguous) gradient with -0.0 and subnormals in it.
+    w.grad = torch.tensor([[-0.0, tiny, -tiny], [1.0, -2.5, 3e-3]] * 2, dtype=dtype).t()
+    v.grad = torch.arange(5, dtype=dtype)
+    before = [g.clone().view(BITS[dtype]) for g in (w.grad, v.grad)]
+    opt.step()
+    assert opt.skipped_steps == 0
+    for g, b in zip((w.grad, v.grad), before, strict=True):
+        assert torch.equal(g.clone().view(BITS[dtype]), b)
+    v.grad[3] = bad
+    opt.step()
+    assert opt.skipped_steps == 1
 
 
 @pytest.mark.parametrize("memory", MEMORIES)

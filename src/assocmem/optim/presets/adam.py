@@ -19,12 +19,8 @@ from torch import Tensor
 
 from assocmem.memory import ElementwiseMemory, hebbian_write, read
 from assocmem.optim import validate
+from assocmem.optim.blocks import blocks, split_by_step
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
-
-
-def bias_corrections(beta: float, steps: list[Tensor]) -> list[float]:
-    """``1 - beta^t`` per tensor (tensors that first got a gradient late have a smaller t)."""
-    return [1 - beta ** float(t) for t in steps]
 
 
 @register
@@ -59,17 +55,18 @@ class Adam(Preset):
     def foreach_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
     ) -> None:
+        # torch's foreach Adam, op for op (so the two agree to the bit), run on cache-sized
+        # blocks (assocmem.optim.blocks) with the bias corrections of each step count.
         beta1, beta2 = group["betas"]
-        exp_avgs = [s["exp_avg"] for s in states]
-        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-        steps = [s["step"] for s in states]
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-        bc1 = bias_corrections(beta1, steps)
-        bc2_sqrt = [math.sqrt(b) for b in bias_corrections(beta2, steps)]
-        step_sizes = [-group["lr"] / b for b in bc1]
-        denom = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denom, bc2_sqrt)
-        torch._foreach_add_(denom, group["eps"])
-        torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
+        lists = [params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]]
+        for t, index in split_by_step([float(s["step"]) for s in states]).items():
+            step_size = -group["lr"] / (1 - beta1**t)
+            bc2_sqrt = math.sqrt(1 - beta2**t)
+            for p, g, m, v in blocks(lists, index):
+                torch._foreach_lerp_(m, g, 1 - beta1)
+                torch._foreach_mul_(v, beta2)
+                torch._foreach_addcmul_(v, g, g, 1 - beta2)
+                denom = torch._foreach_sqrt(v)
+                torch._foreach_div_(denom, bc2_sqrt)
+                torch._foreach_add_(denom, group["eps"])
+                torch._foreach_addcdiv_(p, m, denom, step_size)

@@ -52,6 +52,7 @@ from torch import Tensor
 
 from assocmem.memory import ElementwiseMemory, hebbian_write, read
 from assocmem.optim import validate
+from assocmem.optim.blocks import blocks, split_by_step
 from assocmem.optim.newton_schulz import zeropower_via_newtonschulz5
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
@@ -232,42 +233,112 @@ class CMS(Preset):
     def foreach_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
     ) -> None:
-        steps = [int(s["step"]) for s in states]
-        etas = level_etas(group)
-        ortho = group["orthogonalize"]
-        updates = [torch.zeros_like(p) for p in params]
-        for k, (alpha, freq) in enumerate(zip(group["alphas"], group["freqs"], strict=True)):
-            levels = [s[f"level{k}"] for s in states]
-            values = grads
-            if _uses_acc(group, k):
-                accs = [s[f"acc{k}"] for s in states]
-                torch._foreach_add_(accs, grads)
-                values = torch._foreach_div(accs, float(freq))
-            due = [i for i, t in enumerate(steps) if t % freq == 0]
-            if due:
-                written = [levels[i] for i in due]
-                torch._foreach_mul_(written, alpha)
-                torch._foreach_add_(written, [values[i] for i in due], alpha=etas[k])
-                if _uses_acc(group, k):
-                    torch._foreach_zero_([accs[i] for i in due])
-            if group["debias"][k]:
-                factors = [debias_factor(alpha, etas[k], t // freq) for t in steps]
-                reads = torch._foreach_div(levels, factors)
+        levels = range(len(group["alphas"]))
+        acc_levels = [k for k in levels if _uses_acc(group, k)]
+        lists = [params, grads]
+        lists += [[s[f"level{k}"] for s in states] for k in levels]
+        lists += [[s[f"acc{k}"] for s in states] for k in acc_levels]
+        if group["normalize"]:
+            lists.append([s["exp_avg_sq"] for s in states])
+        for t, index in split_by_step([float(s["step"]) for s in states]).items():
+            if group["orthogonalize"]:
+                # Newton-Schulz needs whole matrices: write in blocks, read per tensor.
+                for block in blocks(lists, index):
+                    self._write_levels(block, int(t), group)
+                self._read_whole(lists, index, int(t), group)
             else:
-                reads = levels
-            if ortho:
-                reads = [orthogonalize(r, group["ns_steps"]) if r.dim() >= 2 else r for r in reads]
-            torch._foreach_add_(updates, torch._foreach_mul(reads, group["weights"][k]))
+                for block in blocks(lists, index):
+                    self._write_levels(block, int(t), group)
+                    self._read_block(block, int(t), group)
+
+    def _write_levels(self, block: list[list[Tensor]], t: int, group: Group) -> None:
+        """Every level due at step ``t`` takes its write; accumulators collect ``g``."""
+        K = len(group["alphas"])
+        grads, levels = block[1], block[2 : 2 + K]
+        accs = iter(block[2 + K :])
+        for k, (alpha, freq, eta) in enumerate(
+            zip(group["alphas"], group["freqs"], level_etas(group), strict=True)
+        ):
+            value, scale = grads, eta
+            if _uses_acc(group, k):
+                value = next(accs)
+                torch._foreach_add_(value, grads)
+                scale = eta / freq
+            if t % freq:
+                continue
+            if scale == 1 - alpha:
+                torch._foreach_lerp_(levels[k], value, scale)  # one pass instead of two
+            else:
+                torch._foreach_mul_(levels[k], alpha)
+                torch._foreach_add_(levels[k], value, alpha=scale)
+            if value is not grads:
+                torch._foreach_zero_(value)
         if group["normalize"]:
             beta2 = group["beta2"]
-            seconds = [s["exp_avg_sq"] for s in states]
-            # The reference's arithmetic, op for op, so both paths agree to the bit.
-            squares = torch._foreach_mul(grads, grads)
-            torch._foreach_mul_(squares, 1 - beta2)
-            torch._foreach_mul_(seconds, beta2)
-            torch._foreach_add_(seconds, squares)
-            denom = torch._foreach_div(seconds, [1 - beta2**t for t in steps])
-            torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, group["eps"])
-            torch._foreach_div_(updates, denom)
-        torch._foreach_add_(params, updates, alpha=-group["lr"])
+            torch._foreach_mul_(block[-1], beta2)
+            torch._foreach_addcmul_(block[-1], grads, grads, 1 - beta2)
+
+    def _debias(self, t: int, group: Group) -> list[float]:
+        """Each level's debias factor ``c_k`` at step ``t`` (1 where debias is off)."""
+        return [
+            debias_factor(alpha, eta, t // freq) if debias else 1.0
+            for alpha, freq, eta, debias in zip(
+                group["alphas"], group["freqs"], level_etas(group), group["debias"], strict=True
+            )
+        ]
+
+    def _apply(
+        self, params: list[Tensor], updates: list[Tensor], scale: float,
+        block: list[list[Tensor]], t: int, group: Group,
+    ) -> None:  # fmt: skip
+        """``W -= lr * scale * u``, through Adam's denominator when ``normalize``.
+
+        ``u / (sqrt(v / bc2) + eps) == sqrt(bc2) u / (sqrt(v) + eps sqrt(bc2))``: the right
+        side saves a pass over ``v`` (as torch's capturable Adam does).
+        """
+        if not group["normalize"]:
+            torch._foreach_add_(params, updates, alpha=-group["lr"] * scale)
+            return
+        bc2_sqrt = math.sqrt(1 - group["beta2"] ** t)
+        denom = torch._foreach_sqrt(block[-1])
+        torch._foreach_add_(denom, group["eps"] * bc2_sqrt)
+        torch._foreach_addcdiv_(params, updates, denom, -group["lr"] * bc2_sqrt * scale)
+
+    def _read_block(self, block: list[list[Tensor]], t: int, group: Group) -> None:
+        """``u = sum_k (w_k / c_k) L_k``, written as ``s_b (L_b + sum_k (s_k / s_b) L_k)``.
+
+        Factoring out the first nonzero scale ``s_b`` folds it into the step size: one pass
+        fewer, and a single level is read in place (so one plain level is ``momentum``'s bits).
+        """
+        levels = block[2 : 2 + len(group["alphas"])]
+        scales = [w / c for w, c in zip(group["weights"], self._debias(t, group), strict=True)]
+        read = [(level, s) for level, s in zip(levels, scales, strict=True) if s != 0]
+        if not read:
+            return
+        (base, s_base), rest = read[0], read[1:]
+        updates = base
+        for i, (level, s) in enumerate(rest):
+            if i == 0:
+                updates = torch._foreach_add(base, level, alpha=s / s_base)
+            else:
+                torch._foreach_add_(updates, level, alpha=s / s_base)
+        self._apply(block[0], updates, s_base, block, t, group)
+
+    def _read_whole(
+        self, lists: list[list[Tensor]], index: list[int], t: int, group: Group
+    ) -> None:
+        whole = [[tensors[i] for i in index] for tensors in lists]
+        levels = whole[2 : 2 + len(group["alphas"])]
+        updates = [torch.zeros_like(p) for p in whole[0]]
+        for level, weight, debias in zip(
+            levels, group["weights"], self._debias(t, group), strict=True
+        ):
+            # Newton-Schulz of the debiased read, then the weight (which may be negative).
+            reads = [
+                weight * orthogonalize(m / debias, group["ns_steps"])
+                if m.dim() >= 2
+                else m * (weight / debias)
+                for m in level
+            ]
+            torch._foreach_add_(updates, reads)
+        self._apply(whole[0], updates, 1.0, whole, t, group)

@@ -1,0 +1,71 @@
+"""Cache-sized blocks for the elementwise fast paths.
+
+Eager PyTorch on CPU runs every ``torch._foreach_*`` op as one full pass over memory, so a
+preset whose update takes ten ops streams every tensor through DRAM ten times; torch's
+foreach Adam takes seven. Running the same ops on blocks of about a megabyte per tensor keeps
+the block in cache between ops: DRAM then sees each tensor about once per step whatever the
+number of ops, and the op count costs only dispatch. That is what lets the multi-pass
+memories (cms, landscape) run as fast as Adam without a compiler (docs/results.md, step cost).
+
+Blocks cut the flattened tensors into aligned 1-D views, so an elementwise update on the
+blocks writes straight into the parameters and their state. A tensor that is not contiguous
+in every list (a ``channels_last`` weight, say) cannot be flattened as a view and is passed
+whole: still correct, just not blocked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from torch import Tensor
+
+# Elements per block and per list. With the ~6 tensors a step touches this is ~6 MB in fp32:
+# inside a shared L3, and measured best of 2^15..2^20 for cms and Adam on this machine.
+BLOCK_NUMEL = 1 << 18
+
+
+def split_by_step(steps: Sequence[float]) -> dict[float, list[int]]:
+    """Indices of the tensors grouped by step count, so per-step scalars are plain floats.
+
+    All tensors of a group share one count unless some got their first gradient late.
+    """
+    groups: dict[float, list[int]] = {}
+    for i, t in enumerate(steps):
+        groups.setdefault(t, []).append(i)
+    return groups
+
+
+def blocks(
+    lists: Sequence[Sequence[Tensor]],
+    index: Sequence[int] | None = None,
+    numel: int = BLOCK_NUMEL,
+) -> Iterator[list[list[Tensor]]]:
+    """Aligned blocks of the tensors ``lists[k][i]`` for ``i`` in ``index`` (default: all).
+
+    Every list holds tensors of the same shapes in the same order (params, grads, states).
+    Each yielded block is one list per input list; together the blocks cover every element
+    exactly once. A tensor no larger than ``numel`` is yielded as itself (no view), larger
+    contiguous tensors as consecutive flat slices of at most ``numel`` elements, and a block
+    holds at most about ``numel`` elements per list.
+    """
+    if index is None:
+        index = range(len(lists[0]))
+    block: list[list[Tensor]] = [[] for _ in lists]
+    size = 0
+    for i in index:
+        column = [tensors[i] for tensors in lists]
+        n = column[0].numel()
+        if n <= numel or not all(t.is_contiguous() for t in column):
+            pieces = [column]
+        else:
+            flat = [t.view(-1) for t in column]
+            pieces = [[f[start : start + numel] for f in flat] for start in range(0, n, numel)]
+        for piece in pieces:
+            if size and size + piece[0].numel() > numel:
+                yield block
+                block, size = [[] for _ in lists], 0
+            for out, t in zip(block, piece, strict=True):
+                out.append(t)
+            size += piece[0].numel()
+    if size or block[0]:
+        yield block

@@ -1,0 +1,42 @@
+"""Cache-sized blocks: aligned views that cover every element exactly once."""
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from assocmem.optim.blocks import blocks, split_by_step
+
+shapes = st.lists(
+    st.lists(st.integers(0, 9), min_size=0, max_size=3).map(tuple), min_size=1, max_size=6
+)
+
+
+@given(shapes=shapes, numel=st.integers(1, 40), transpose=st.booleans())
+def test_blocks_cover_every_element_once_and_stay_aligned(shapes, numel, transpose):
+    params = [torch.randn(s) for s in shapes]
+    if transpose:  # non-contiguous tensors are passed whole
+        params = [p.t() if p.dim() == 2 else p for p in params]
+    original = [p.clone() for p in params]
+    states = [torch.zeros_like(p) for p in params]
+    for block_params, block_states in blocks([params, states], numel=numel):
+        sizes = [p.numel() for p in block_params]
+        assert sizes == [s.numel() for s in block_states]
+        assert sum(sizes) <= numel or len(sizes) == 1  # only an unsplittable tensor exceeds it
+        for p, s in zip(block_params, block_states, strict=True):
+            s.add_(p)  # aligned views: each state element receives its own parameter's value
+            p.add_(1)  # and the writes land in the original tensors, once per element
+    for p, s, o in zip(params, states, original, strict=True):
+        assert torch.equal(s, o)
+        assert torch.equal(p, o + 1)
+
+
+def test_a_subset_of_indices_touches_only_those_tensors():
+    params = [torch.zeros(5) for _ in range(4)]
+    for (block,) in blocks([params], index=[1, 3], numel=2):
+        for p in block:
+            p.add_(1)
+    assert [p.sum().item() for p in params] == [0, 5, 0, 5]
+
+
+def test_split_by_step_groups_equal_counts_in_order():
+    assert split_by_step([3.0, 1.0, 3.0, 2.0]) == {3.0: [0, 2], 1.0: [1], 2.0: [3]}
