@@ -111,22 +111,39 @@ class Delta(Preset):
     def foreach_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
     ) -> None:
+        # m <- alpha m + (eta - gamma c) g,  c = <g, m> / ||g||^2 per tensor or per row: the
+        # erase along g_hat folded into the gradient's write rate, so m is read twice (the
+        # dot products) and written once.
         alpha, gamma, eta, erase = group["alpha"], group["gamma"], group["eta"], group["erase"]
         bufs = [s["momentum"] for s in states]
-        if gamma != 0:
-            # m <- alpha m + (eta - c) g with c = gamma <g, m> / ||g||^2 per tensor or row.
-            prods = torch._foreach_mul(grads, bufs)
-            sq = torch._foreach_mul(grads, grads)
-            coefs = []
-            for g, prod, gg in zip(grads, prods, sq, strict=True):
-                dot = as_rows(prod, erase).sum(-1)
-                norm2 = as_rows(gg, erase).sum(-1)
-                c = torch.where(norm2 > 0, dot / norm2, torch.zeros_like(dot))
-                shape = (-1,) + (1,) * (g.dim() - 1) if erase == "row" and g.dim() > 1 else ()
-                coefs.append(eta - gamma * c.reshape(shape))
-            torch._foreach_mul_(bufs, alpha)
-            torch._foreach_addcmul_(bufs, grads, coefs)
-        else:
+        if gamma == 0:
             torch._foreach_mul_(bufs, alpha)
             torch._foreach_add_(bufs, grads, alpha=eta)
+        elif erase == "tensor":
+            rates = (eta - gamma * tensor_overlaps(grads, bufs)).tolist()
+            torch._foreach_mul_(bufs, alpha)
+            for m, g, rate in zip(bufs, grads, rates, strict=True):
+                m.add_(g, alpha=rate)
+        else:
+            rates = [eta - gamma * row_overlaps(g, m) for g, m in zip(grads, bufs, strict=True)]
+            torch._foreach_mul_(bufs, alpha)
+            torch._foreach_addcmul_(bufs, grads, rates)
         torch._foreach_add_(params, bufs, alpha=-group["lr"])
+
+
+def tensor_overlaps(grads: list[Tensor], bufs: list[Tensor]) -> Tensor:
+    """``<g, m> / ||g||^2`` per tensor (0 for a zero gradient: it has no direction)."""
+    dots = torch.stack(
+        [torch.dot(g.reshape(-1), m.reshape(-1)) for g, m in zip(grads, bufs, strict=True)]
+    )
+    norms2 = torch.stack(torch._foreach_norm(grads)).square()
+    return torch.where(norms2 > 0, dots / norms2, torch.zeros_like(dots))
+
+
+def row_overlaps(g: Tensor, m: Tensor) -> Tensor:
+    """``<g_i, m_i> / ||g_i||^2`` per row, shaped to broadcast against ``g``."""
+    rows_g, rows_m = as_rows(g, "row"), as_rows(m, "row")
+    dots = torch.linalg.vecdot(rows_g, rows_m)
+    norms2 = torch.linalg.vecdot(rows_g, rows_g)
+    c = torch.where(norms2 > 0, dots / norms2, torch.zeros_like(dots))
+    return c.reshape((-1,) + (1,) * (g.dim() - 1)) if g.dim() > 1 else c.reshape(())
