@@ -44,28 +44,28 @@ def blocks(
 
     Every list holds tensors of the same shapes in the same order (params, grads, states).
     Each yielded block is one list per input list; together the blocks cover every element
-    exactly once. A tensor no larger than ``numel`` is yielded as itself (no view), larger
-    contiguous tensors as consecutive flat slices of at most ``numel`` elements, and a block
-    holds at most about ``numel`` elements per list.
+    exactly once. Tensors no larger than ``numel`` are yielded as themselves (no view),
+    gathered while they fit in ``numel`` elements; a larger contiguous tensor is yielded as
+    consecutive flat slices of at most ``numel`` elements, one slice per block.
     """
     if index is None:
         index = range(len(lists[0]))
-    block: list[list[Tensor]] = [[] for _ in lists]
+    whole: list[int] = []  # consecutive tensors passed as themselves
     size = 0
     for i in index:
-        column = [tensors[i] for tensors in lists]
-        n = column[0].numel()
-        if n <= numel or not all(t.is_contiguous() for t in column):
-            pieces = [column]
-        else:
-            flat = [t.view(-1) for t in column]
-            pieces = [[f[start : start + numel] for f in flat] for start in range(0, n, numel)]
-        for piece in pieces:
-            if size and size + piece[0].numel() > numel:
-                yield block
-                block, size = [[] for _ in lists], 0
-            for out, t in zip(block, piece, strict=True):
-                out.append(t)
-            size += piece[0].numel()
-    if size or block[0]:
-        yield block
+        n = lists[0][i].numel()
+        if n <= numel or not all(tensors[i].is_contiguous() for tensors in lists):
+            if whole and size + n > numel:
+                yield [[tensors[j] for j in whole] for tensors in lists]
+                whole, size = [], 0
+            whole.append(i)
+            size += n
+            continue
+        if whole:
+            yield [[tensors[j] for j in whole] for tensors in lists]
+            whole, size = [], 0
+        flat = [tensors[i].view(-1) for tensors in lists]
+        for start in range(0, n, numel):
+            yield [[f[start : start + numel]] for f in flat]
+    if whole:
+        yield [[tensors[j] for j in whole] for tensors in lists]

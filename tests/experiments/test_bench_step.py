@@ -1,0 +1,40 @@
+"""The step-cost benchmark runs and reports every preset against torch's Adam."""
+
+import pytest
+
+from assocmem import available_memories
+from experiments import bench_step
+
+
+def test_table_has_every_preset_and_ratios_to_torch_adam(monkeypatch):
+    monkeypatch.setitem(bench_step.SIZES, "small", [6, 8, 3])  # a 0.0001M-parameter model
+    table = bench_step.run(["small"], repeats=2)
+    rows = {
+        line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")
+    }
+    for name in [*available_memories(), "torch Adam (foreach)", "torch Adam (fused)"]:
+        assert name in rows
+    foreach_ratio = rows["torch Adam (foreach)"].split("|")[3].strip()
+    assert foreach_ratio == "1.00"  # the baseline against itself
+
+
+def test_round_robin_times_every_candidate(monkeypatch):
+    calls = []
+
+    class Counting:
+        def __init__(self, name):
+            self.name = name
+
+        def step(self):
+            calls.append(self.name)
+
+    seconds = bench_step.time_round_robin({"a": Counting("a"), "b": Counting("b")}, 3, warmup=1)
+    assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
+    assert calls == ["a", "b"] * 4  # interleaved, warm-up included
+
+
+@pytest.mark.parametrize("size", list(bench_step.SIZES))
+def test_sizes_match_the_issue(size):
+    widths = bench_step.SIZES[size]
+    n = sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    assert (0.05e6 < n < 0.2e6) if size == "small" else (4e6 < n < 8e6)
