@@ -30,7 +30,7 @@ def test_round_robin_times_every_candidate(monkeypatch):
 
     seconds = bench_step.time_round_robin({"a": Counting("a"), "b": Counting("b")}, 3, warmup=1)
     assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
-    assert calls == ["a", "b"] * 4  # interleaved, warm-up included
+    assert calls == ["a", "a", "b", "b"] * 4  # in turns: an untimed and a timed step each
 
 
 @pytest.mark.parametrize("size", list(bench_step.SIZES))
@@ -38,3 +38,9 @@ def test_sizes_match_the_issue(size):
     widths = bench_step.SIZES[size]
     n = sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
     assert (0.05e6 < n < 0.2e6) if size == "small" else (4e6 < n < 8e6)
+
+
+def test_verdict_names_who_meets_the_target():
+    ratios = {"momentum": 0.5, "adam": 1.0, "delta": 0.9, "cms": 1.2, "landscape": 1.6}
+    line = bench_step.target_verdict(ratios)
+    assert "momentum 0.50×, adam 1.00×, delta 0.90×; over it: cms 1.20×, landscape 1.60×" in line
