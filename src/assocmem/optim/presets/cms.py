@@ -140,6 +140,11 @@ def orthogonalize(update: Tensor, steps: int) -> Tensor:
     return (zeropower_via_newtonschulz5(matrix, steps=steps) * scale).reshape(update.shape)
 
 
+def _second_moment(lists: list[list[Tensor]], group: Group) -> list[Tensor]:
+    """The ``exp_avg_sq`` list (last in the step's lists) when ``normalize``, else none."""
+    return lists[-1] if group["normalize"] else []
+
+
 def _uses_acc(group: Group, k: int) -> bool:
     return group["accumulate"] and group["freqs"][k] > 1
 
@@ -275,8 +280,9 @@ class CMS(Preset):
                 torch._foreach_zero_(value)
         if group["normalize"]:
             beta2 = group["beta2"]
-            torch._foreach_mul_(block[-1], beta2)
-            torch._foreach_addcmul_(block[-1], grads, grads, 1 - beta2)
+            second = _second_moment(block, group)
+            torch._foreach_mul_(second, beta2)
+            torch._foreach_addcmul_(second, grads, grads, 1 - beta2)
 
     def _debias(self, t: int, group: Group) -> list[float]:
         """Each level's debias factor ``c_k`` at step ``t`` (1 where debias is off)."""
@@ -289,9 +295,9 @@ class CMS(Preset):
 
     def _apply(
         self, params: list[Tensor], updates: list[Tensor], scale: float,
-        block: list[list[Tensor]], t: int, group: Group,
+        second: list[Tensor], t: int, group: Group,
     ) -> None:  # fmt: skip
-        """``W -= lr * scale * u``, through Adam's denominator when ``normalize``.
+        """``W -= lr * scale * u``, through Adam's denominator (``second``) when ``normalize``.
 
         ``u / (sqrt(v / bc2) + eps) == sqrt(bc2) u / (sqrt(v) + eps sqrt(bc2))``: the right
         side saves a pass over ``v`` (as torch's capturable Adam does).
@@ -300,7 +306,7 @@ class CMS(Preset):
             torch._foreach_add_(params, updates, alpha=-group["lr"] * scale)
             return
         bc2_sqrt = math.sqrt(1 - group["beta2"] ** t)
-        denom = torch._foreach_sqrt(block[-1])
+        denom = torch._foreach_sqrt(second)
         torch._foreach_add_(denom, group["eps"] * bc2_sqrt)
         torch._foreach_addcdiv_(params, updates, denom, -group["lr"] * bc2_sqrt * scale)
 
@@ -315,14 +321,13 @@ class CMS(Preset):
         read = [(level, s) for level, s in zip(levels, scales, strict=True) if s != 0]
         if not read:
             return
-        (base, s_base), rest = read[0], read[1:]
-        updates = base
+        (updates, s_base), rest = read[0], read[1:]
         for i, (level, s) in enumerate(rest):
-            if i == 0:
-                updates = torch._foreach_add(base, level, alpha=s / s_base)
+            if i == 0:  # the first sum allocates; the base level itself is never written
+                updates = torch._foreach_add(updates, level, alpha=s / s_base)
             else:
                 torch._foreach_add_(updates, level, alpha=s / s_base)
-        self._apply(block[0], updates, s_base, block, t, group)
+        self._apply(block[0], updates, s_base, _second_moment(block, group), t, group)
 
     def _read_whole(
         self, lists: list[list[Tensor]], index: list[int], t: int, group: Group
@@ -341,4 +346,4 @@ class CMS(Preset):
                 for m in level
             ]
             torch._foreach_add_(updates, reads)
-        self._apply(whole[0], updates, 1.0, whole, t, group)
+        self._apply(whole[0], updates, 1.0, _second_moment(whole, group), t, group)
