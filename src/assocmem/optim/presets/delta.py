@@ -137,6 +137,11 @@ def tensor_overlaps(grads: list[Tensor], bufs: list[Tensor]) -> Tensor:
         [torch.dot(g.reshape(-1), m.reshape(-1)) for g, m in zip(grads, bufs, strict=True)]
     )
     norms2 = torch.stack(torch._foreach_norm(grads)).square()
+    return _overlap(dots, norms2)
+
+
+def _overlap(dots: Tensor, norms2: Tensor) -> Tensor:
+    """``dots / norms2``, and 0 where the gradient is zero (it has no direction to erase)."""
     return torch.where(norms2 > 0, dots / norms2, torch.zeros_like(dots))
 
 
@@ -145,5 +150,5 @@ def row_overlaps(g: Tensor, m: Tensor) -> Tensor:
     rows_g, rows_m = as_rows(g, "row"), as_rows(m, "row")
     dots = torch.linalg.vecdot(rows_g, rows_m)
     norms2 = torch.linalg.vecdot(rows_g, rows_g)
-    c = torch.where(norms2 > 0, dots / norms2, torch.zeros_like(dots))
+    c = _overlap(dots, norms2)
     return c.reshape((-1,) + (1,) * (g.dim() - 1)) if g.dim() > 1 else c.reshape(())
