@@ -4,7 +4,7 @@ import contextlib
 
 import pytest
 import torch
-from optim_support import flat_params, loss_at, make_model, train
+from optim_support import batch, flat_params, loss_at, make_model, train
 
 from assocmem import MemoryOptimizer
 from assocmem.optim.presets.cms import ademamix_config, debias_factor, m3_config
@@ -33,6 +33,13 @@ CONFIGS = {
         etas=(0.1, 1.0, 0.3),
         accumulate=False,
     ),
+    # The fused Adam kernel takes the first level written every step as lerp(L, g, 1 - alpha):
+    # here level 1, and not bias-corrected; level 0 accumulates.
+    "fused_base_is_level1": dict(
+        alphas=(0.9, 0.8), freqs=(2, 1), weights=(0.3, 1.0), debias=(True, False)
+    ),
+    # No level can be fused (alpha = 0 carries nothing, freq 4 is not written every step).
+    "nothing_to_fuse": dict(alphas=(0.0, 0.9), freqs=(1, 4), weights=(1.0, -0.5)),
 }
 
 
@@ -50,6 +57,9 @@ def test_foreach_equals_reference_at_every_step(config):
         torch.testing.assert_close(
             flat_params(fast_model), flat_params(ref_model), rtol=1e-5, atol=1e-6
         )
+        for p, q in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
+            for key, value in ref.state[q].items():
+                torch.testing.assert_close(fast.state[p][key], value, rtol=1e-5, atol=1e-6)
 
 
 def ademamix_reference(params, steps, lr, beta1, beta2, beta3, alpha, eps, wd):
@@ -190,3 +200,59 @@ def test_m3_orthogonalizes_matrices():
 def test_invalid_hyperparameters_name_the_argument(kw, name):
     with pytest.raises(ValueError, match=name):
         MemoryOptimizer(make_model().parameters(), "cms", **kw)
+
+
+class FusedAdamSpy:
+    """Counts the tensors handed to torch's fused Adam kernel (and still runs it)."""
+
+    def __init__(self, monkeypatch):
+        self.tensors = 0
+        kernel = torch._fused_adam_
+
+        def spy(params, *args, **kwargs):
+            self.tensors += len(params)
+            return kernel(params, *args, **kwargs)
+
+        monkeypatch.setattr(torch, "_fused_adam_", spy)
+
+
+@pytest.mark.parametrize(
+    ("config", "fused"),
+    [
+        ({}, True),
+        (ademamix_config(), True),
+        (CONFIGS["fused_base_is_level1"], True),
+        (CONFIGS["nothing_to_fuse"], False),
+        (dict(normalize=False), False),
+        (m3_config(normalize=True), False),
+    ],
+)
+def test_fused_kernel_takes_exactly_the_adam_like_configurations(monkeypatch, config, fused):
+    spy = FusedAdamSpy(monkeypatch)
+    model = make_model()
+    train(model, MemoryOptimizer(model.parameters(), "cms", lr=1e-3, **config), range(3))
+    assert (spy.tensors > 0) == fused
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_fused_path_in_other_dtypes_and_layouts_equals_reference(monkeypatch, dtype):
+    """A channels_last conv weight is not contiguous: the kernel must not take it (it indexes
+    raw memory), the rest of the model still goes through the kernel."""
+    spy = FusedAdamSpy(monkeypatch)
+    fast_model, ref_model = make_model().to(dtype), make_model().to(dtype)
+    for model in (fast_model, ref_model):
+        model.conv.weight.data = model.conv.weight.data.to(memory_format=torch.channels_last)
+    assert not fast_model.conv.weight.is_contiguous()
+    fast = MemoryOptimizer(fast_model.parameters(), "cms", lr=1e-3, foreach=True)
+    ref = MemoryOptimizer(ref_model.parameters(), "cms", lr=1e-3, foreach=False)
+    # bf16 rounds every op (the kernel computes in fp32 inside): equal to bf16 precision
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float64 else dict(rtol=2e-2, atol=1e-3)
+    for t in range(10):
+        x, y = (v.to(dtype) for v in batch(t))
+        for model, opt in ((fast_model, fast), (ref_model, ref)):
+            opt.zero_grad()
+            (model(x) - y).pow(2).mean().backward()
+            opt.step()
+        torch.testing.assert_close(flat_params(fast_model), flat_params(ref_model), **tol)
+    n_params = len(list(fast_model.parameters()))
+    assert spy.tensors == 10 * (n_params - 1)

@@ -149,6 +149,30 @@ def _uses_acc(group: Group, k: int) -> bool:
     return group["accumulate"] and group["freqs"][k] > 1
 
 
+def _fused_base(group: Group) -> int | None:
+    """The level torch's fused Adam kernel can write and read together with ``v``, if any.
+
+    It must be an Adam first moment: written every step as ``lerp(L, g, 1 - alpha)``, read
+    with a nonzero weight through Adam's denominator (``normalize``, no Newton-Schulz), and
+    keep some of its past (``alpha > 0``) so that it can carry the other levels' reads.
+    """
+    if not group["normalize"] or group["orthogonalize"]:
+        return None
+    levels = zip(group["alphas"], group["freqs"], level_etas(group), group["weights"], strict=True)
+    for k, (alpha, freq, eta, weight) in enumerate(levels):
+        if freq == 1 and eta == 1 - alpha and weight != 0 and alpha > 0:
+            return k
+    return None
+
+
+def _fusable(lists: list[list[Tensor]], i: int) -> bool:
+    """Whether the fused kernel may take tensor ``i``: it indexes raw memory, so the parameter,
+    gradient and state must be contiguous, and it is torch's CPU kernel. (Gradient and state
+    always share the parameter's dtype and device: torch checks ``.grad``, and
+    ``load_state_dict`` casts the state.)"""
+    return lists[0][i].is_cpu and all(tensors[i].is_contiguous() for tensors in lists)
+
+
 @register
 class CMS(Preset):
     name = "cms"
@@ -252,12 +276,23 @@ class CMS(Preset):
                     self._write_levels(block, int(t), group)
                 self._read_whole(lists, index, int(t), group)
             else:
-                for block in blocks(lists, index):
+                base = _fused_base(group)
+                fused = {i for i in index if _fusable(lists, i)} if base is not None else set()
+                step = states[index[0]]["step"]  # = t; the fused kernel reads it from a tensor
+                for block in blocks(lists, [i for i in index if i in fused]):
+                    self._fused_step(block, int(t), group, base, step)
+                for block in blocks(lists, [i for i in index if i not in fused]):
                     self._write_levels(block, int(t), group)
                     self._read_block(block, int(t), group)
 
-    def _write_levels(self, block: list[list[Tensor]], t: int, group: Group) -> None:
-        """Every level due at step ``t`` takes its write; accumulators collect ``g``."""
+    def _write_levels(
+        self, block: list[list[Tensor]], t: int, group: Group, fused: int | None = None
+    ) -> None:
+        """Every level due at step ``t`` takes its write; accumulators collect ``g``.
+
+        ``fused`` names the level that torch's fused Adam kernel writes (with the second
+        moment), so both are left to it.
+        """
         K = len(group["alphas"])
         grads, levels = block[1], block[2 : 2 + K]
         accs = iter(block[2 + K :])
@@ -269,7 +304,7 @@ class CMS(Preset):
                 value = next(accs)
                 torch._foreach_add_(value, grads)
                 scale = eta / freq
-            if t % freq:
+            if t % freq or k == fused:
                 continue
             if scale == 1 - alpha:
                 torch._foreach_lerp_(levels[k], value, scale)  # one pass instead of two
@@ -278,7 +313,7 @@ class CMS(Preset):
                 torch._foreach_add_(levels[k], value, alpha=scale)
             if value is not grads:
                 torch._foreach_zero_(value)
-        if group["normalize"]:
+        if group["normalize"] and fused is None:
             beta2 = group["beta2"]
             second = _second_moment(block, group)
             torch._foreach_mul_(second, beta2)
@@ -292,6 +327,48 @@ class CMS(Preset):
                 group["alphas"], group["freqs"], level_etas(group), group["debias"], strict=True
             )
         ]
+
+    def _scales(self, t: int, group: Group) -> list[float]:
+        """Each level's read scale ``w_k / c_k`` at step ``t``."""
+        return [w / c for w, c in zip(group["weights"], self._debias(t, group), strict=True)]
+
+    def _fused_step(
+        self, block: list[list[Tensor]], t: int, group: Group, base: int, step: Tensor
+    ) -> None:
+        """One step in which torch's fused Adam kernel writes the ``base`` level and takes the step.
+
+        The base level is an EMA written every step, ``L_b <- alpha L_b + (1 - alpha) g``, read
+        through Adam's denominator: with the second moment, that is one Adam step with
+        ``beta1 = alpha``, which the kernel does in one pass over memory instead of five. The
+        other levels ride along: for the kernel's step to be the whole read
+        ``s_b (L_b + sum_k r_k L_k)`` (``r_k = s_k / s_b``), ``L_b`` holds
+        ``L_b + sum_k (r_k / alpha) L_k`` going in, which the kernel's write turns into
+        ``L_b' + sum_k r_k L_k``; subtracting ``r_k L_k`` afterwards leaves ``L_b'`` to float
+        rounding (an error the size of the rounding of the read itself). Two passes per
+        other level instead of the three passes of a separate read.
+        """
+        self._write_levels(block, t, group, fused=base)
+        params, grads = block[0], block[1]
+        levels = block[2 : 2 + len(group["alphas"])]
+        scales = self._scales(t, group)
+        alpha = group["alphas"][base]
+        rest = [
+            (level, s / scales[base])
+            for k, (level, s) in enumerate(zip(levels, scales, strict=True))
+            if k != base and s != 0
+        ]
+        for level, ratio in rest:
+            torch._foreach_add_(levels[base], level, alpha=ratio / alpha)
+        torch._fused_adam_(
+            params, grads, levels[base], _second_moment(block, group), [],
+            [step] * len(params),
+            # the kernel divides by its bias correction 1 - alpha^t: multiply it back
+            lr=group["lr"] * scales[base] * (1 - alpha**t),
+            beta1=alpha, beta2=group["beta2"], weight_decay=0.0, eps=group["eps"],
+            amsgrad=False, maximize=False,
+        )  # fmt: skip
+        for level, ratio in rest:
+            torch._foreach_add_(levels[base], level, alpha=-ratio)
 
     def _apply(
         self, params: list[Tensor], updates: list[Tensor], scale: float,
@@ -317,8 +394,9 @@ class CMS(Preset):
         fewer, and a single level is read in place (so one plain level is ``momentum``'s bits).
         """
         levels = block[2 : 2 + len(group["alphas"])]
-        scales = [w / c for w, c in zip(group["weights"], self._debias(t, group), strict=True)]
-        read = [(level, s) for level, s in zip(levels, scales, strict=True) if s != 0]
+        read = [
+            (level, s) for level, s in zip(levels, self._scales(t, group), strict=True) if s != 0
+        ]
         if not read:
             return
         (updates, s_base), rest = read[0], read[1:]
