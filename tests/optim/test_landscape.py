@@ -35,6 +35,8 @@ def spd(dim, cond, *, dense, seed=0):
         {"beta": 0.9, "rho": 0.5},
         {"form": "lowrank"},
         {"form": "lowrank", "rank": 2, "beta": 0.5},
+        {"period": 3},
+        {"period": 4, "beta": 0.5, "form": "lowrank"},
     ],
 )
 def test_foreach_equals_reference_at_every_step(kw):
@@ -144,6 +146,45 @@ def test_never_nan_on_hostile_gradients(form):
         assert (H >= 1e-2).all() and (H <= 1e2).all()
 
 
+@pytest.mark.parametrize("foreach", [False, True])
+def test_period_writes_once_per_period_a_pair_spanning_it(foreach):
+    """On f(w) = sum(w^4) / 4 the secant s / y = (w - w') / (w^3 - w'^3) depends on both ends:
+    the memory changes only at steps 1 + k * period (k >= 1), to the secant over the period."""
+    w = torch.nn.Parameter(torch.tensor([1.0, -0.8, 0.6, 1.2], dtype=torch.float64))
+    period = 3
+    opt = MemoryOptimizer([w], "landscape", lr=0.1, period=period, y_tol=0.0, foreach=foreach)
+    seen, previous = [], torch.ones(4, dtype=torch.float64)
+    for t in range(1, 11):
+        seen.append(w.detach().clone())  # where the gradient of step t is taken
+        opt.zero_grad()
+        (w**4 / 4).sum().backward()
+        opt.step()
+        H = opt.state[w]["curvature"].clone()
+        if t > 1 and (t - 1) % period == 0:
+            now, then = seen[-1], seen[-1 - period]
+            torch.testing.assert_close(H, (now - then) / (now**3 - then**3))
+        else:
+            assert torch.equal(H, previous), t
+        previous = H
+
+
+def test_period_save_load_mid_period_continues_bit_identically():
+    def run(steps, opt=None, model=None):
+        model = model or make_model()
+        opt = opt or MemoryOptimizer(model.parameters(), "landscape", lr=1e-2, period=4)
+        train(model, opt, steps)
+        return model, opt
+
+    reference, _ = run(range(11))
+    model, opt = run(range(6))  # two steps into the second period
+    resumed = make_model(seed=1)
+    resumed.load_state_dict(model.state_dict())
+    resumed_opt = MemoryOptimizer(resumed.parameters(), "landscape", lr=1e-2, period=4)
+    resumed_opt.load_state_dict(opt.state_dict())
+    run(range(6, 11), resumed_opt, resumed)
+    assert torch.equal(flat_params(resumed), flat_params(reference))
+
+
 def test_lr_zero_writes_no_curvature():
     w = torch.nn.Parameter(torch.ones(5))
     opt = MemoryOptimizer([w], "landscape", lr=0.0)
@@ -164,6 +205,8 @@ def test_lr_zero_writes_no_curvature():
         (dict(rho=1.5), "rho"),
         (dict(beta=1.0), "beta"),
         (dict(y_tol=-1.0), "y_tol"),
+        (dict(period=0), "period"),
+        (dict(period=2.5), "period"),
     ],
 )
 def test_invalid_hyperparameters_name_the_argument(kw, name):

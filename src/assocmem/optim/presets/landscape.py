@@ -36,6 +36,16 @@ Two forms (``form``):
   (``<d, g> >= h_min ||g||^2`` and ``||d|| <= h_max ||g||``); otherwise the step falls back to
   ``h0 g``. The small ``(rank x rank)`` solve is done in float64.
 
+Write period (``period = P``, both forms): the memory is written only every ``P`` steps, with
+the pair spanning them, ``s = W_t - W_{t-P}`` and ``y = g_t - g_{t-P}`` (steps ``1, 1 + P,
+1 + 2P, ...`` start and end the pairs); between writes a step only reads ``H``. The secant
+then measures the mean curvature along the last ``P`` steps: with minibatch gradients the
+signal in ``y`` grows with the baseline while its noise does not (the stochastic quasi-Newton
+method of Byrd et al. 2016 likewise collects curvature pairs only every 10-20 steps), and
+steps in between are a single pass. ``P = 1`` (default) is the per-step secant. On the
+classic tasks ``P = 10`` helped digits and hurt the deterministic problems
+(docs/results.md, landscape-period), so it is not the default.
+
 ``lr`` scales the secant step: ``lr = 1`` is the full quasi-Newton step, smaller values damp it;
 ``h0`` is the step per unit gradient before any curvature has been written (``h0 = 1``: the
 first steps are SGD with ``lr``). The parameter difference ``s`` is measured on the tensor
@@ -44,7 +54,9 @@ itself, so it includes decoupled weight decay (a factor ``1 - lr wd`` on both en
 References:
     C. G. Broyden, "A class of methods for solving nonlinear simultaneous equations",
     Math. Comp. 19 (1965). J. Nocedal, S. Wright, "Numerical Optimization", 2nd ed., ch. 6-7
-    (secant methods, limited memory). docs/theory/landscape.md has the derivation.
+    (secant methods, limited memory). R. H. Byrd, S. L. Hansen, J. Nocedal, Y. Singer, "A
+    stochastic quasi-Newton method for large-scale optimization", SIAM J. Optim. 26 (2016).
+    docs/theory/landscape.md has the derivation.
 """
 
 from __future__ import annotations
@@ -120,6 +132,7 @@ class Landscape(Preset):
         "rho": Hyper(1.0, validate.closed_unit_interval, "fraction of the secant error written"),
         "beta": Hyper(0.0, validate.unit_interval, "momentum on g before the read (0: none)"),
         "y_tol": Hyper(1e-6, validate.non_negative, "skip writes with |y| <= y_tol * |g|"),
+        "period": Hyper(1, validate.positive_int, "steps between writes; each pair spans them"),
     }
 
     def check_group(self, group: Group) -> None:
@@ -163,6 +176,10 @@ class Landscape(Preset):
         if group["form"] == "lowrank":
             self._lowrank_step(param, grad, state, group)
             return
+        if not _due(state, group):  # between writes: the step reads H only
+            d = self._direction(grad, state, group)
+            param.add_(read(ElementwiseMemory(state["curvature"]), d), alpha=-group["lr"])
+            return
         if state["has_prev"]:
             s, y = param - state["prev_param"], grad - state["prev_grad"]
             mask = secant_mask(s, y, grad, state["prev_grad"], group["y_tol"])
@@ -179,14 +196,16 @@ class Landscape(Preset):
         S, Y = state["secant_s"], state["secant_y"]
         pairs = int(state["pairs"])
         g = grad.reshape(-1)
-        if state["has_prev"]:
+        due = _due(state, group)
+        if due and state["has_prev"]:
             s = (param - state["prev_param"]).reshape(-1)
             y = g - state["prev_grad"].reshape(-1)
             floor = group["y_tol"] * torch.maximum(g.norm(), state["prev_grad"].norm())
             if s.dot(y) > 0 and y.norm() > floor and bool(torch.isfinite(s).all()):
                 pairs = lowrank_write(S, Y, pairs, s, y)
                 state["pairs"].fill_(pairs)
-        self._remember(param, grad, state)
+        if due:
+            self._remember(param, grad, state)
         d = self._direction(grad, state, group).reshape(-1)
         step = lowrank_direction(
             S, Y, pairs, d, h0=group["h0"], h_min=group["h_min"], h_max=group["h_max"]
@@ -204,24 +223,33 @@ class Landscape(Preset):
         lists = [params, grads] + [[st[k] for st in states] for k in _DIAGONAL_STATE]
         if group["beta"] > 0:
             lists.append([st["momentum"] for st in states])
-        ready = [i for i, st in enumerate(states) if st["has_prev"]]
-        fresh = [i for i, st in enumerate(states) if not st["has_prev"]]
-        for index, write in ((ready, True), (fresh, False)):
+        due = [i for i, st in enumerate(states) if _due(st, group)]
+        write = [i for i in due if states[i]["has_prev"]]
+        first = [i for i in due if not states[i]["has_prev"]]
+        between = [i for i, st in enumerate(states) if not _due(st, group)]
+        for index, kind in ((write, "write"), (first, "remember"), (between, "read")):
             for block in blocks(lists, index):
-                if write:
-                    _diagonal_write_block(*block[:5], group)
                 p, g, H, g_prev, p_prev = block[:5]
-                torch._foreach_copy_(g_prev + p_prev, g + p)
+                if kind == "write":
+                    _diagonal_write_block(p, g, H, g_prev, p_prev, group)
+                if kind != "read":
+                    torch._foreach_copy_(g_prev + p_prev, g + p)
                 directions = g
                 if group["beta"] > 0:
                     directions = block[5]
                     torch._foreach_lerp_(directions, g, 1 - group["beta"])
                 torch._foreach_addcmul_(p, H, directions, value=-group["lr"])
-        for st in states:
-            st["has_prev"].fill_(1)
+        for i in first:
+            states[i]["has_prev"].fill_(1)
 
 
 _DIAGONAL_STATE = ("curvature", "prev_grad", "prev_param")
+
+
+def _due(state: State, group: Group) -> bool:
+    """Whether this step ends a period: it writes the pair since the last such step (if any)
+    and becomes the next pair's start. Steps ``1, 1 + period, 1 + 2 period, ...``."""
+    return (int(state["step"]) - 1) % group["period"] == 0
 
 
 def _diagonal_write_block(
