@@ -8,7 +8,7 @@ from experiments import bench_step
 
 def test_table_has_every_preset_and_ratios_to_torch_adam(monkeypatch):
     monkeypatch.setitem(bench_step.SIZES, "small", [6, 8, 3])  # a 0.0001M-parameter model
-    table = bench_step.run(["small"], repeats=2)
+    table = bench_step.run(["small"], samples=2)
     rows = {
         line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")
     }
@@ -28,9 +28,12 @@ def test_round_robin_times_every_candidate(monkeypatch):
         def step(self):
             calls.append(self.name)
 
-    seconds = bench_step.time_round_robin({"a": Counting("a"), "b": Counting("b")}, 3, warmup=1)
+    seconds = bench_step.time_round_robin(
+        {"a": Counting("a"), "b": Counting("b")}, 3, span=2, warmup=1
+    )
     assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
-    assert calls == ["a", "a", "b", "b"] * 4  # in turns: an untimed and a timed step each
+    # in turns: an untimed step, then a timed span of two, each
+    assert calls == ["a", "a", "a", "b", "b", "b"] * 4
 
 
 @pytest.mark.parametrize("size", list(bench_step.SIZES))
