@@ -280,13 +280,17 @@ def _diagonal_write_block(
     torch._foreach_mul_(floor, y_tol / (2 - y_tol))
     # and |y| above float underflow, like the reference's y^2 > tiny
     torch._foreach_clamp_min_(floor, [math.sqrt(torch.finfo(t.dtype).tiny) for t in floor])
-    written = torch._foreach_abs(y)
+    written = y  # |y| - floor, in place: y itself is not needed after q
+    torch._foreach_abs_(written)
     torch._foreach_sub_(written, floor)
     torch._foreach_minimum_(written, q)
     torch._foreach_sign_(written)
     torch._foreach_clamp_min_(written, 0.0)
     if group["rho"] != 1:
         q = torch._foreach_lerp(H, q, group["rho"])
-    torch._foreach_clamp_min_(q, group["h_min"])
-    torch._foreach_clamp_max_(q, group["h_max"])
+    if len(q) == 1:  # a slice of a large tensor: one pass for both bounds
+        q[0].clamp_(group["h_min"], group["h_max"])
+    else:
+        torch._foreach_clamp_min_(q, group["h_min"])
+        torch._foreach_clamp_max_(q, group["h_max"])
     torch._foreach_lerp_(H, q, written)
