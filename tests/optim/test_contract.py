@@ -301,3 +301,15 @@ def test_empty_parameter_is_harmless(memory):
         (loss_at(model, t) + empty.sum()).backward()
         opt.step()
     assert torch.isfinite(flat_params(model)).all() and empty.shape == (0, 3)
+
+
+def test_checkpoint_without_a_newer_hyperparameter_keeps_the_constructed_value():
+    model = make_model()
+    opt = MemoryOptimizer(model.parameters(), "landscape", lr=1e-2, period=3)
+    train(model, opt, range(2))
+    saved = opt.state_dict()
+    del saved["param_groups"][0]["period"]  # as written before `period` existed
+    resumed = MemoryOptimizer(model.parameters(), "landscape", lr=1e-2, period=3)
+    resumed.load_state_dict(saved)
+    assert resumed.param_groups[0]["period"] == 3
+    train(model, resumed, range(2, 4))

@@ -190,7 +190,12 @@ class MemoryOptimizer(Optimizer):
         _check_state_shapes(state_dict, self.param_groups)
         extra = state_dict.get("assocmem", {})
         state_dict = {k: v for k, v in state_dict.items() if k != "assocmem"}
+        current = [dict(group) for group in self.param_groups]
         super().load_state_dict(state_dict)
+        # A checkpoint from before a hyperparameter existed lacks it: keep this optimizer's value.
+        for group, before in zip(self.param_groups, current, strict=True):
+            for key, value in before.items():
+                group.setdefault(key, value)
         self.skipped_steps = int(extra.get("skipped_steps", 0))
 
 
