@@ -4,6 +4,8 @@ import contextlib
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from optim_support import batch, flat_params, loss_at, make_model, train
 
 from assocmem import MemoryOptimizer
@@ -256,3 +258,36 @@ def test_fused_path_in_other_dtypes_and_layouts_equals_reference(monkeypatch, dt
         torch.testing.assert_close(flat_params(fast_model), flat_params(ref_model), **tol)
     n_params = len(list(fast_model.parameters()))
     assert spy.tensors == 10 * (n_params - 1)
+
+
+@st.composite
+def cms_configs(draw):
+    """Any configuration without Newton-Schulz: the fused path or the plain one, whichever
+    applies, must stay equal to the reference."""
+    levels = draw(st.integers(1, 3))
+    alphas = tuple(draw(st.sampled_from([0.0, 0.3, 0.9, 0.99])) for _ in range(levels))
+    return dict(
+        alphas=alphas,
+        freqs=tuple(draw(st.integers(1, 3)) for _ in range(levels)),
+        etas=draw(st.none() | st.just(tuple(1.0 for _ in range(levels)))),
+        weights=tuple(draw(st.sampled_from([-0.5, 0.0, 0.25, 1.0, 4.0])) for _ in range(levels)),
+        debias=tuple(draw(st.booleans()) for _ in range(levels)),
+        accumulate=draw(st.booleans()),
+        normalize=draw(st.booleans()),
+    )
+
+
+@given(config=cms_configs())
+def test_any_configuration_foreach_equals_reference(config):
+    fast_model, ref_model = make_model(), make_model()
+    fast = MemoryOptimizer(fast_model.parameters(), "cms", lr=1e-3, foreach=True, **config)
+    ref = MemoryOptimizer(ref_model.parameters(), "cms", lr=1e-3, foreach=False, **config)
+    for t in range(8):
+        train(fast_model, fast, range(t, t + 1))
+        train(ref_model, ref, range(t, t + 1))
+    torch.testing.assert_close(
+        flat_params(fast_model), flat_params(ref_model), rtol=1e-5, atol=1e-6
+    )
+    for p, q in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
+        for key, value in ref.state[q].items():
+            torch.testing.assert_close(fast.state[p][key], value, rtol=1e-5, atol=1e-6)
