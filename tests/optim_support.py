@@ -69,3 +69,24 @@ def every_memory() -> list[str]:
 
 def safe_lr(memory: str) -> float:
     return SAFE_LR.get(memory, 1e-3)
+
+
+def assert_lockstep(
+    fast_model: nn.Module,
+    fast: torch.optim.Optimizer,
+    ref_model: nn.Module,
+    ref: torch.optim.Optimizer,
+    steps: int,
+    *,
+    state_keys: tuple[str, ...] | None = None,
+    **tol: float,
+) -> None:
+    """Train both models one step at a time; after every step their parameters and their
+    optimizer state (``state_keys``, default all of it) agree within ``tol``."""
+    for t in range(steps):
+        train(fast_model, fast, range(t, t + 1))
+        train(ref_model, ref, range(t, t + 1))
+        torch.testing.assert_close(flat_params(fast_model), flat_params(ref_model), **tol)
+        for p, q in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
+            for key in state_keys or ref.state[q]:
+                torch.testing.assert_close(fast.state[p][key], ref.state[q][key], **tol)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from optim_support import batch, flat_params, loss_at, make_model, train
+from optim_support import assert_lockstep, batch, flat_params, loss_at, make_model, train
 
 from assocmem import MemoryOptimizer
 from assocmem.optim.presets.cms import ademamix_config, debias_factor, m3_config
@@ -51,17 +51,9 @@ def test_foreach_equals_reference_at_every_step(config):
     kw = dict(lr=1e-3, weight_decay=0.01, **CONFIGS[config])
     fast = MemoryOptimizer(two_groups(fast_model, 1e-3), "cms", foreach=True, **kw)
     ref = MemoryOptimizer(two_groups(ref_model, 1e-3), "cms", foreach=False, **kw)
-    for t in range(30):
-        train(fast_model, fast, range(t, t + 1))
-        train(ref_model, ref, range(t, t + 1))
-        # The fast path folds bias corrections into eps and the step size (same maths,
-        # other rounding), so equal to float rounding rather than to the bit.
-        torch.testing.assert_close(
-            flat_params(fast_model), flat_params(ref_model), rtol=1e-5, atol=1e-6
-        )
-        for p, q in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
-            for key, value in ref.state[q].items():
-                torch.testing.assert_close(fast.state[p][key], value, rtol=1e-5, atol=1e-6)
+    # The fast paths fold bias corrections into eps and the step size, or run the fused Adam
+    # kernel (same maths, other rounding): equal to float rounding rather than to the bit.
+    assert_lockstep(fast_model, fast, ref_model, ref, 30, rtol=1e-5, atol=1e-6)
 
 
 def ademamix_reference(params, steps, lr, beta1, beta2, beta3, alpha, eps, wd):
@@ -282,12 +274,4 @@ def test_any_configuration_foreach_equals_reference(config):
     fast_model, ref_model = make_model(), make_model()
     fast = MemoryOptimizer(fast_model.parameters(), "cms", lr=1e-3, foreach=True, **config)
     ref = MemoryOptimizer(ref_model.parameters(), "cms", lr=1e-3, foreach=False, **config)
-    for t in range(8):
-        train(fast_model, fast, range(t, t + 1))
-        train(ref_model, ref, range(t, t + 1))
-    torch.testing.assert_close(
-        flat_params(fast_model), flat_params(ref_model), rtol=1e-5, atol=1e-6
-    )
-    for p, q in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
-        for key, value in ref.state[q].items():
-            torch.testing.assert_close(fast.state[p][key], value, rtol=1e-5, atol=1e-6)
+    assert_lockstep(fast_model, fast, ref_model, ref, 8, rtol=1e-5, atol=1e-6)

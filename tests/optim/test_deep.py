@@ -2,7 +2,7 @@ import copy
 
 import pytest
 import torch
-from optim_support import flat_params, make_model, train
+from optim_support import assert_lockstep, flat_params, make_model, train
 
 from assocmem import MemoryOptimizer
 from assocmem.optim import get_preset
@@ -15,15 +15,8 @@ def test_reference_equals_fast_path_at_every_step(hyper):
     fast_model, ref_model = make_model(), make_model()
     fast = MemoryOptimizer(fast_model.parameters(), "deep", lr=1e-2, foreach=True, **hyper)
     ref = MemoryOptimizer(ref_model.parameters(), "deep", lr=1e-2, foreach=False, **hyper)
-    for t in range(20):
-        train(fast_model, fast, range(t, t + 1))
-        train(ref_model, ref, range(t, t + 1))
-        torch.testing.assert_close(
-            flat_params(fast_model), flat_params(ref_model), rtol=1e-5, atol=1e-6
-        )
-        for p, q in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
-            for key in (*MLP, "inner_loss", "momentum", "prev_grad", "grad_sq"):
-                torch.testing.assert_close(fast.state[p][key], ref.state[q][key])
+    keys = (*MLP, "inner_loss", "momentum", "prev_grad", "grad_sq")
+    assert_lockstep(fast_model, fast, ref_model, ref, 20, state_keys=keys, rtol=1e-5, atol=1e-6)
 
 
 def run_stream(gradients, n=256, steps=150, **hyper):
