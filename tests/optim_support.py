@@ -88,5 +88,5 @@ def assert_lockstep(
         train(ref_model, ref, range(t, t + 1))
         torch.testing.assert_close(flat_params(fast_model), flat_params(ref_model), **tol)
         for p, q in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
-            for key in state_keys or ref.state[q]:
+            for key in ref.state[q] if state_keys is None else state_keys:
                 torch.testing.assert_close(fast.state[p][key], ref.state[q][key], **tol)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from optim_support import flat_params, make_model, train
+from optim_support import assert_lockstep, flat_params, make_model, train
 
 from assocmem import MemoryOptimizer
 from assocmem.optim.presets.delta import delta_momentum_write, unit_rows
@@ -27,12 +27,7 @@ def test_foreach_equals_reference_at_every_step(erase, gamma):
     kw = dict(lr=1e-2, gamma=gamma, erase=erase, alpha=0.8, eta=0.7, weight_decay=0.01)
     fast = MemoryOptimizer(two_groups(fast_model, 1e-2), "delta", foreach=True, **kw)
     ref = MemoryOptimizer(two_groups(ref_model, 1e-2), "delta", foreach=False, **kw)
-    for t in range(30):
-        train(fast_model, fast, range(t, t + 1))
-        train(ref_model, ref, range(t, t + 1))
-        torch.testing.assert_close(
-            flat_params(fast_model), flat_params(ref_model), rtol=0, atol=1e-6
-        )
+    assert_lockstep(fast_model, fast, ref_model, ref, 30, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("foreach", [False, True])

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from optim_support import flat_params, make_model, train
+from optim_support import assert_lockstep, flat_params, make_model, train
 
 from assocmem import MemoryOptimizer
 from assocmem.memory import MatrixMemory, delta_write, read
@@ -44,12 +44,7 @@ def test_foreach_equals_reference_at_every_step(kw):
     kw = dict(lr=1e-2, weight_decay=0.01, **kw)
     fast = MemoryOptimizer(two_groups(fast_model, 1e-2), "landscape", foreach=True, **kw)
     ref = MemoryOptimizer(two_groups(ref_model, 1e-2), "landscape", foreach=False, **kw)
-    for t in range(30):
-        train(fast_model, fast, range(t, t + 1))
-        train(ref_model, ref, range(t, t + 1))
-        torch.testing.assert_close(
-            flat_params(fast_model), flat_params(ref_model), rtol=0, atol=1e-6
-        )
+    assert_lockstep(fast_model, fast, ref_model, ref, 30, rtol=0, atol=1e-6)
 
 
 def test_diagonal_memory_recalls_inverse_curvature():
