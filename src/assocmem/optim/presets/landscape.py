@@ -223,10 +223,11 @@ class Landscape(Preset):
         lists = [params, grads] + [[st[k] for st in states] for k in _DIAGONAL_STATE]
         if group["beta"] > 0:
             lists.append([st["momentum"] for st in states])
-        due = [i for i, st in enumerate(states) if _due(st, group)]
+        is_due = [_due(st, group) for st in states]
+        due = [i for i, d in enumerate(is_due) if d]
         write = [i for i in due if states[i]["has_prev"]]
         first = [i for i in due if not states[i]["has_prev"]]
-        between = [i for i, st in enumerate(states) if not _due(st, group)]
+        between = [i for i, d in enumerate(is_due) if not d]
         for index, kind in ((write, "write"), (first, "remember"), (between, "read")):
             for block in blocks(lists, index):
                 p, g, H, g_prev, p_prev = block[:5]
