@@ -8,7 +8,7 @@ from experiments import bench_step
 
 def test_table_has_every_preset_and_ratios_to_torch_adam(monkeypatch):
     monkeypatch.setitem(bench_step.SIZES, "small", [6, 8, 3])  # a 0.0001M-parameter model
-    table = bench_step.run(["small"], samples=2)
+    table = bench_step.run(["small"], samples=2, compile=False)  # compiling: tests/optim
     rows = {
         line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")
     }
@@ -47,4 +47,7 @@ def test_verdict_names_who_meets_the_target():
     ratios = {"momentum": 0.5, "adam": 1.0004, "delta": 0.9, "cms": 1.006, "landscape": 1.6}
     line = bench_step.target_verdict(ratios)
     # 1.0004 prints as 1.00 in the table, so it meets the target; 1.006 prints as 1.01
-    assert "momentum 0.50×, adam 1.00×, delta 0.90×; over it: cms 1.01×, landscape 1.60×" in line
+    assert "momentum 0.50×, adam 1.00×, delta 0.90×; over it: cms 1.01×, landscape 1.60×." in line
+    assert "compile" not in line
+    ratios["landscape (compile=True)"] = 0.456
+    assert bench_step.target_verdict(ratios).endswith(" With compile=True: landscape 0.46×.")

@@ -8,7 +8,9 @@ state_dict). It supplies:
 - ``init_state``: the memory for one parameter (plain tensors, so ``state_dict`` saves them);
 - ``reference_step``: one parameter, written straight from the equations with
   :mod:`assocmem.memory` writes and reads (``foreach=False``);
-- ``foreach_step``: the fast path over a whole param group; tests hold it equal to the reference.
+- ``foreach_step``: the fast path over a whole param group; tests hold it equal to the reference;
+- ``compiled_step`` (optional): a fast path fused by ``torch.compile``, run when a group sets
+  ``compile=True``; tests hold it equal to the reference too.
 
 Both steps receive the step count already incremented (``state["step"]``, a float tensor like
 torch's), gradients already negated for ``maximize`` and L2-decayed when decay is coupled.
@@ -55,6 +57,17 @@ class Preset:
         """Fast path; the default runs the reference per tensor."""
         for param, grad, state in zip(params, grads, states, strict=True):
             self.reference_step(param, grad, state, group)
+
+    def compiled_step(
+        self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
+    ) -> None:
+        """Fast path fused by ``torch.compile`` (``compile=True``); only some presets have one."""
+        raise NotImplementedError(f"memory={self.name!r} has no compiled path")
+
+    @classmethod
+    def compiles(cls) -> bool:
+        """Whether the preset has a :meth:`compiled_step`."""
+        return cls.compiled_step is not Preset.compiled_step
 
     def check_group(self, group: Group) -> None:
         """Cross-argument checks beyond the per-argument validators (override if needed)."""

@@ -69,6 +69,7 @@ from torch import Tensor
 from assocmem.memory import ElementwiseMemory, delta_write, read
 from assocmem.optim import validate
 from assocmem.optim.blocks import blocks
+from assocmem.optim.compiled import compiled
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
 
@@ -134,13 +135,6 @@ class Landscape(Preset):
         "y_tol": Hyper(1e-6, validate.non_negative, "skip writes with |y| <= y_tol * |g|"),
         "period": Hyper(1, validate.positive_int, "steps between writes; each pair spans them"),
     }
-
-    def check_group(self, group: Group) -> None:
-        if not group["h_min"] <= group["h0"] <= group["h_max"]:
-            raise ValueError(
-                f"invalid h0: must lie in [h_min, h_max] = [{group['h_min']}, {group['h_max']}], "
-                f"got {group['h0']}"
-            )
 
     def init_state(self, param: Tensor, group: Group) -> State:
         zeros = torch.zeros_like(param, memory_format=torch.preserve_format)
@@ -220,6 +214,28 @@ class Landscape(Preset):
             for p, g, st in zip(params, grads, states, strict=True):
                 self._lowrank_step(p, g, st, group)
             return
+        self._diagonal_step(params, grads, states, group, compile=False)
+
+    def compiled_step(
+        self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
+    ) -> None:
+        self._diagonal_step(params, grads, states, group, compile=True)
+
+    def check_group(self, group: Group) -> None:
+        if not group["h_min"] <= group["h0"] <= group["h_max"]:
+            raise ValueError(
+                f"invalid h0: must lie in [h_min, h_max] = [{group['h_min']}, {group['h_max']}], "
+                f"got {group['h0']}"
+            )
+        if group["compile"] and group["form"] != "diagonal":
+            raise ValueError("invalid compile: landscape compiles its diagonal form only")
+
+    def _diagonal_step(
+        self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group,
+        *, compile: bool,
+    ) -> None:  # fmt: skip
+        """Write steps run the secant write in cache-sized blocks of eager passes, or as
+        :func:`secant_step` fused by torch.compile; the other steps are one or two passes."""
         lists = [params, grads] + [[st[k] for st in states] for k in _DIAGONAL_STATE]
         if group["beta"] > 0:
             lists.append([st["momentum"] for st in states])
@@ -228,6 +244,15 @@ class Landscape(Preset):
         write = [i for i in due if states[i]["has_prev"]]
         first = [i for i in due if not states[i]["has_prev"]]
         between = [i for i, d in enumerate(is_due) if not d]
+        if compile and write:
+            chosen = [[tensors[i] for i in write] for tensors in lists]
+            compiled(secant_step)(
+                *chosen[:5], chosen[5] if group["beta"] > 0 else None,
+                # a tensor, so that a changing lr (a scheduler) is data, not a recompile
+                lr=torch.tensor(group["lr"], dtype=torch.float64),
+                **{k: group[k] for k in ("beta", "rho", "h_min", "h_max", "y_tol")},
+            )  # fmt: skip
+            write = []
         for index, kind in ((write, "write"), (first, "remember"), (between, "read")):
             for block in blocks(lists, index):
                 p, g, H, g_prev, p_prev = block[:5]
@@ -242,6 +267,30 @@ class Landscape(Preset):
                 torch._foreach_addcmul_(p, H, directions, value=-group["lr"])
         for i in first:
             states[i]["has_prev"].fill_(1)
+
+
+def secant_step(
+    params: list[Tensor], grads: list[Tensor], curvatures: list[Tensor],
+    prev_grads: list[Tensor], prev_params: list[Tensor], momenta: list[Tensor] | None,
+    *, lr: float | Tensor, beta: float, rho: float, h_min: float, h_max: float, y_tol: float,
+) -> None:  # fmt: skip
+    """One diagonal write and step per tensor, in place, as the reference writes it.
+
+    The body of the ``compile=True`` path: inductor fuses these ~20 ops into one pass per
+    tensor, where eager PyTorch makes a pass per op.
+    """
+    for i, (p, g, H, g_prev, p_prev) in enumerate(
+        zip(params, grads, curvatures, prev_grads, prev_params, strict=True)
+    ):
+        s, y = p - p_prev, g - g_prev
+        mask = secant_mask(s, y, g, g_prev, y_tol)
+        H.copy_(diagonal_write(H, s, y, mask, rho=rho, h_min=h_min, h_max=h_max))
+        g_prev.copy_(g)
+        # p_prev <- p, as a select: torch 2.13's inductor miscompiles a plain copy_ here (it
+        # stores the *updated* p, because it aliases the copy to p, which is mutated below).
+        p_prev.copy_(torch.where(mask | ~mask, p, p))
+        d = g if momenta is None else momenta[i].lerp_(g, 1 - beta)
+        p.sub_(lr * H * d)
 
 
 _DIAGONAL_STATE = ("curvature", "prev_grad", "prev_param")

@@ -1,0 +1,119 @@
+"""``compile=True``: the preset's update fused by torch.compile equals the reference.
+
+Compiling takes ~5-15 s per graph on 2 cores, so the tests that compile are marked ``slow``
+(``make test-slow``, which ``.ci/run`` also runs); the argument checks run by default.
+"""
+
+import pytest
+import torch
+from optim_support import assert_lockstep, make_model, train
+
+from assocmem import MemoryOptimizer
+from assocmem.optim.compiled import compiled
+from assocmem.optim.presets.landscape import secant_step
+
+
+def two_groups(model, lr):
+    return [
+        {"params": [model.conv.weight, model.conv.bias, model.gain]},
+        {
+            "params": [model.fc.weight, model.fc.bias, model.out.weight, model.out.bias],
+            "lr": lr / 2,
+        },
+    ]
+
+
+def landscape_pair(channels_last=False, **kw):
+    models = make_model(), make_model()
+    if channels_last:  # a non-contiguous layout is compiled as it is, not flattened
+        for m in models:
+            m.conv.to(memory_format=torch.channels_last)
+    kw = dict(lr=1e-2, weight_decay=0.01, **kw)
+    compiled_opt = MemoryOptimizer(two_groups(models[0], 1e-2), "landscape", compile=True, **kw)
+    reference = MemoryOptimizer(two_groups(models[1], 1e-2), "landscape", foreach=False, **kw)
+    return models[0], compiled_opt, models[1], reference
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kw", [{}, {"beta": 0.9, "rho": 0.5, "channels_last": True}, {"period": 3}]
+)
+def test_compiled_equals_reference_at_every_step(kw):
+    # state included: torch 2.13's inductor once stored the updated parameter as prev_param
+    assert_lockstep(*landscape_pair(**kw), 30, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_follows_an_lr_schedule_without_recompiling():
+    model, opt, ref_model, ref = landscape_pair()
+    schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: 1 / (1 + t)) for o in (opt, ref)]
+    train(model, opt, range(2))  # the first write compiles
+    train(ref_model, ref, range(2))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for t in range(2, 12):
+            for m, o, sched in zip((model, ref_model), (opt, ref), schedules, strict=True):
+                train(m, o, range(t, t + 1))
+                sched.step()
+    assert opt.param_groups[0]["lr"] < 1e-3  # the schedule did change lr
+    for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_write_is_one_graph_without_breaks():
+    torch.manual_seed(0)
+    lists = [[torch.randn(n) for n in (300, 7)] for _ in range(5)]
+    explained = torch._dynamo.explain(secant_step)(
+        *lists, None, lr=0.1, beta=0.0, rho=1.0, h_min=1e-2, h_max=1e2, y_tol=1e-6
+    )
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+
+
+@pytest.mark.slow
+def test_compiled_secant_step_equals_eager_bit_for_bit():
+    torch.manual_seed(1)
+    base = [torch.randn(1000) for _ in range(5)]
+    base[2] = torch.rand(1000) * 10  # curvature memory
+    base[4][:50] = base[0][:50]  # s = 0: no write there
+    base[3][50:100] = base[1][50:100]  # y = 0: no write there
+    eager, fused = [[t.clone()] for t in base], [[t.clone()] for t in base]
+    kw = dict(lr=0.1, beta=0.0, rho=0.7, h_min=1e-2, h_max=1e2, y_tol=1e-6)
+    secant_step(*eager, None, **kw)
+    compiled(secant_step)(*fused, None, **kw)
+    for a, b in zip(eager, fused, strict=True):
+        assert torch.equal(a[0], b[0])
+
+
+@pytest.mark.parametrize(
+    ("memory", "kw", "needle"),
+    [
+        (
+            "adam",
+            {},
+            "memory='adam' has no compiled path (compile=True is available for: landscape)",
+        ),
+        ("landscape", {"foreach": False}, "foreach=False"),
+        ("landscape", {"form": "lowrank"}, "diagonal form only"),
+        ("landscape", {"compile": 1}, "invalid compile"),
+    ],
+)
+def test_compile_refuses_what_it_cannot_do(memory, kw, needle):
+    kw = {"compile": True, **kw}
+    with pytest.raises(ValueError, match="invalid compile") as err:
+        MemoryOptimizer(make_model().parameters(), memory, **kw)
+    assert needle in str(err.value)
+
+
+def test_compile_is_per_group():
+    model = make_model()
+    opt = MemoryOptimizer(
+        [
+            {"params": [model.gain], "memory": "adam", "compile": False},
+            {"params": [model.out.bias]},
+        ],
+        "landscape",
+        compile=True,
+    )
+    assert [g["compile"] for g in opt.param_groups] == [False, True]
+    with pytest.raises(ValueError, match="no compiled path"):
+        opt.add_param_group({"params": [model.fc.bias], "memory": "momentum", "compile": True})
