@@ -5,6 +5,7 @@ parameters and gradients, so the numbers travel across machines better than seco
 
     python -m experiments.bench_step                     # both model sizes, markdown table
     python -m experiments.bench_step --sizes small --samples 5
+    python -m experiments.bench_step --no-compile        # without the compile=True rows
     python -m experiments.bench_step --write docs/results.md   # refresh that section
 """
 
@@ -93,7 +94,7 @@ def candidates(
 SPAN = 10
 # Samples per optimizer and size by default: a 0.1M-parameter step takes well under a
 # millisecond, where scheduler noise on a shared VM is a large fraction of it.
-SAMPLES = {"small": 20, "large": 5}
+SAMPLES = {"small": 60, "large": 5}
 
 
 def run(sizes: list[str], samples: int | None = None, compile: bool = True) -> str:
