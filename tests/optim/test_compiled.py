@@ -4,6 +4,8 @@ Compiling takes ~5-15 s per graph on 2 cores, so the tests that compile are mark
 (``make test-slow``, which ``.ci/run`` also runs); the argument checks run by default.
 """
 
+import warnings
+
 import pytest
 import torch
 from optim_support import assert_lockstep, make_model, train
@@ -82,6 +84,24 @@ def test_compiled_secant_step_equals_eager_bit_for_bit():
     compiled(secant_step)(*fused, None, **kw)
     for a, b in zip(eager, fused, strict=True):
         assert torch.equal(a[0], b[0])
+
+
+@pytest.mark.slow
+def test_without_a_compiler_it_warns_and_runs_eagerly(monkeypatch):
+    def double_into(x, out):  # a new graph: inductor's cache cannot serve it
+        out.copy_(x * 2)
+
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "/nonexistent/c++"))
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
+    x, out = torch.arange(4.0), torch.zeros(4)
+    run = compiled(double_into)
+    with pytest.warns(RuntimeWarning, match="could not build double_into.*same numbers"):
+        run(x, out)
+    assert out.tolist() == [0.0, 2.0, 4.0, 6.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second attempt, no second warning
+        run(x + 1, out)
+    assert out.tolist() == [2.0, 4.0, 6.0, 8.0]
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,12 @@ structure, which is why it is opt-in rather than the default.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch._dynamo.exc import BackendCompilerFailed
 
 
 @functools.cache
@@ -29,5 +31,27 @@ def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     many param groups of different tensor counts) dynamo runs ``fn`` eagerly with a warning,
     slower but with the same numbers, where ``fullgraph=True`` would raise mid-training. Tests
     hold the compiled path free of graph breaks.
+
+    If the compiler cannot be built (no working C++ compiler, say), the call raises before any
+    tensor is touched; ``fn`` then runs eagerly, with one warning, for the rest of the process:
+    the same numbers, only slower, instead of an optimizer that fails mid-training.
     """
-    return torch.compile(fn)
+    fast = torch.compile(fn)
+    broken: list[str] = []
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if not broken:
+            try:
+                return fast(*args, **kwargs)
+            except BackendCompilerFailed as err:
+                broken.append(str(err).splitlines()[0])
+                warnings.warn(
+                    f"torch.compile could not build {fn.__name__} ({broken[0]}); running it "
+                    "eagerly from now on: same numbers, slower",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return fn(*args, **kwargs)
+
+    return run
