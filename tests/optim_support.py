@@ -25,6 +25,17 @@ class TinyNet(nn.Module):
         return self.gain * self.out(torch.tanh(self.fc(h))).squeeze(-1)
 
 
+def two_groups(model: TinyNet, lr: float) -> list[dict]:
+    """TinyNet's parameters in two param groups, the second at half the learning rate."""
+    return [
+        {"params": [model.conv.weight, model.conv.bias, model.gain]},
+        {
+            "params": [model.fc.weight, model.fc.bias, model.out.weight, model.out.bias],
+            "lr": lr / 2,
+        },
+    ]
+
+
 def make_model(seed: int = 0) -> TinyNet:
     torch.manual_seed(seed)
     return TinyNet()

@@ -6,21 +6,18 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from optim_support import assert_lockstep, batch, flat_params, loss_at, make_model, train
+from optim_support import (
+    assert_lockstep,
+    batch,
+    flat_params,
+    loss_at,
+    make_model,
+    train,
+    two_groups,
+)
 
 from assocmem import MemoryOptimizer
 from assocmem.optim.presets.cms import ademamix_config, debias_factor, m3_config
-
-
-def two_groups(model, lr):
-    return [
-        {"params": [model.conv.weight, model.conv.bias, model.gain]},
-        {
-            "params": [model.fc.weight, model.fc.bias, model.out.weight, model.out.bias],
-            "lr": lr / 2,
-        },
-    ]
-
 
 CONFIGS = {
     "default": {},

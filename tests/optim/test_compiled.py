@@ -8,21 +8,11 @@ import warnings
 
 import pytest
 import torch
-from optim_support import assert_lockstep, make_model, train
+from optim_support import assert_lockstep, make_model, train, two_groups
 
 from assocmem import MemoryOptimizer
 from assocmem.optim.compiled import compiled
 from assocmem.optim.presets.landscape import secant_step
-
-
-def two_groups(model, lr):
-    return [
-        {"params": [model.conv.weight, model.conv.bias, model.gain]},
-        {
-            "params": [model.fc.weight, model.fc.bias, model.out.weight, model.out.bias],
-            "lr": lr / 2,
-        },
-    ]
 
 
 def landscape_pair(channels_last=False, **kw):

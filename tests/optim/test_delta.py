@@ -4,20 +4,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from optim_support import assert_lockstep, flat_params, make_model, train
+from optim_support import assert_lockstep, flat_params, make_model, train, two_groups
 
 from assocmem import MemoryOptimizer
 from assocmem.optim.presets.delta import delta_momentum_write, unit_rows
-
-
-def two_groups(model, lr):
-    return [
-        {"params": [model.conv.weight, model.conv.bias, model.gain]},
-        {
-            "params": [model.fc.weight, model.fc.bias, model.out.weight, model.out.bias],
-            "lr": lr / 2,
-        },
-    ]
 
 
 @pytest.mark.parametrize("erase", ["tensor", "row"])

@@ -2,21 +2,11 @@
 
 import pytest
 import torch
-from optim_support import assert_lockstep, flat_params, make_model, train
+from optim_support import assert_lockstep, flat_params, make_model, train, two_groups
 
 from assocmem import MemoryOptimizer
 from assocmem.memory import MatrixMemory, delta_write, read
 from assocmem.optim.presets.landscape import diagonal_write, lowrank_read, lowrank_write
-
-
-def two_groups(model, lr):
-    return [
-        {"params": [model.conv.weight, model.conv.bias, model.gain]},
-        {
-            "params": [model.fc.weight, model.fc.bias, model.out.weight, model.out.bias],
-            "lr": lr / 2,
-        },
-    ]
 
 
 def spd(dim, cond, *, dense, seed=0):
