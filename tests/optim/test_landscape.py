@@ -2,11 +2,19 @@
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from optim_support import assert_lockstep, flat_params, make_model, train, two_groups
 
 from assocmem import MemoryOptimizer
 from assocmem.memory import MatrixMemory, delta_write, read
-from assocmem.optim.presets.landscape import diagonal_write, lowrank_read, lowrank_write
+from assocmem.optim.presets.landscape import (
+    diagonal_write,
+    lowrank_read,
+    lowrank_write,
+    scalar_write,
+    secant_trusted,
+)
 
 
 def spd(dim, cond, *, dense, seed=0):
@@ -27,6 +35,8 @@ def spd(dim, cond, *, dense, seed=0):
         {"form": "lowrank", "rank": 2, "beta": 0.5},
         {"period": 3},
         {"period": 4, "beta": 0.5, "form": "lowrank"},
+        {"form": "scalar"},
+        {"form": "scalar", "period": 3, "beta": 0.5, "rho": 0.5},
     ],
 )
 def test_foreach_equals_reference_at_every_step(kw):
@@ -92,6 +102,55 @@ def test_lowrank_read_is_the_delta_write_memory():
     torch.testing.assert_close(lowrank_read(S, Y, m, h0, d), read(dense, d))
 
 
+@given(
+    cond=st.floats(1.0, 1e4),
+    seed=st.integers(0, 2**16),
+)
+def test_scalar_memory_recalls_a_step_inside_the_inverse_spectrum(cond, seed):
+    """One write stores s^T A s / s^T A^2 s (Barzilai-Borwein): a Rayleigh quotient of A^-1
+    under the weight A s, so it lies in [1 / lambda_max, 1 / lambda_min]; for A = c I it
+    is exactly 1 / c."""
+    A = spd(6, cond, dense=True, seed=seed)
+    s = torch.randn(6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    h = scalar_write(torch.tensor(1.0, dtype=torch.float64), s, A @ s, torch.tensor(True),
+                     rho=1.0, h_min=1e-9, h_max=1e9)  # fmt: skip
+    eig = torch.linalg.eigvalsh(A)
+    assert 1 / eig[-1] * (1 - 1e-9) <= h <= 1 / eig[0] * (1 + 1e-9)
+    y = A @ s  # h minimises 1/2 ||h y - s||^2: the recall error is orthogonal to the key
+    assert abs(torch.dot(h * y - s, y)) <= 1e-9 * torch.dot(s, y)
+    h_iso = scalar_write(torch.tensor(1.0, dtype=torch.float64), s, 3.0 * s, torch.tensor(True),
+                         rho=1.0, h_min=1e-9, h_max=1e9)  # fmt: skip
+    torch.testing.assert_close(h_iso, torch.tensor(1 / 3, dtype=torch.float64))
+
+
+def test_scalar_write_keeps_h_on_an_untrusted_pair_and_clamps():
+    s, y = torch.tensor([1.0, 2.0]), torch.tensor([-1.0, -2.0])  # s^T y < 0: negative curvature
+    assert not secant_trusted(s, y, y, torch.zeros(2), 1e-6)
+    h = torch.tensor(0.5)
+    assert scalar_write(h, s, y, torch.tensor(False), rho=1.0, h_min=0.1, h_max=10.0) == 0.5
+    tiny_y = torch.tensor([1e-3, 0.0])  # a secant of 1000, above h_max
+    assert secant_trusted(s, tiny_y, tiny_y, torch.zeros(2), 1e-6)
+    assert scalar_write(h, s, tiny_y, torch.tensor(True), rho=1.0, h_min=0.1, h_max=10.0) == 10.0
+    assert not secant_trusted(s, tiny_y, tiny_y + 1e9, torch.full((2,), 1e9), 1e-6)  # noise
+
+
+def test_scalar_form_beats_the_best_fixed_step_on_a_dense_quadratic():
+    dim = 20
+    A = spd(dim, 1e3, dense=True).float()
+    w = torch.nn.Parameter(torch.randn(dim, generator=torch.Generator().manual_seed(0)))
+    v = w.detach().clone()
+    opt = MemoryOptimizer([w], "landscape", lr=1.0, form="scalar", h0=1e-3, h_min=1e-4)
+    start = 0.5 * (w @ A @ w).item()
+    for _ in range(200):
+        opt.zero_grad()
+        (0.5 * w @ A @ w).backward()
+        opt.step()
+    for _ in range(200):  # gradient descent at its best fixed step, 2 / (L + mu)
+        v = v - 2 / (1e3 + 1) * (A @ v)
+    final, final_gd = (0.5 * w @ A @ w).item(), (0.5 * v @ A @ v).item()
+    assert final < 1e-6 * start and final < 1e-4 * final_gd
+
+
 @pytest.mark.parametrize(("form", "dense"), [("diagonal", False), ("lowrank", True)])
 def test_converges_on_an_ill_conditioned_quadratic(form, dense):
     dim = 8
@@ -113,7 +172,7 @@ def test_converges_on_an_ill_conditioned_quadratic(form, dense):
     assert (0.5 * v @ A @ v).item() > 1e-3 * start_gd
 
 
-@pytest.mark.parametrize("form", ["diagonal", "lowrank"])
+@pytest.mark.parametrize("form", ["diagonal", "lowrank", "scalar"])
 def test_never_nan_on_hostile_gradients(form):
     w = torch.nn.Parameter(torch.ones(4, 3))
     opt = MemoryOptimizer([w], "landscape", lr=1e-1, form=form, beta=0.5)
@@ -126,7 +185,7 @@ def test_never_nan_on_hostile_gradients(form):
         opt.step()
         assert torch.isfinite(w).all()
         assert all(torch.isfinite(v).all() for v in opt.state[w].values())
-    if form == "diagonal":
+    if form != "lowrank":
         H = opt.state[w]["curvature"]
         assert (H >= 1e-2).all() and (H <= 1e2).all()
 
@@ -153,10 +212,11 @@ def test_period_writes_once_per_period_a_pair_spanning_it(foreach):
         previous = H
 
 
-def test_period_save_load_mid_period_continues_bit_identically():
+@pytest.mark.parametrize("form", ["diagonal", "scalar"])
+def test_period_save_load_mid_period_continues_bit_identically(form):
     def run(steps, opt=None, model=None):
         model = model or make_model()
-        opt = opt or MemoryOptimizer(model.parameters(), "landscape", lr=1e-2, period=4)
+        opt = opt or MemoryOptimizer(model.parameters(), "landscape", lr=1e-2, period=4, form=form)
         train(model, opt, steps)
         return model, opt
 
@@ -164,7 +224,7 @@ def test_period_save_load_mid_period_continues_bit_identically():
     model, opt = run(range(6))  # two steps into the second period
     resumed = make_model(seed=1)
     resumed.load_state_dict(model.state_dict())
-    resumed_opt = MemoryOptimizer(resumed.parameters(), "landscape", lr=1e-2, period=4)
+    resumed_opt = MemoryOptimizer(resumed.parameters(), "landscape", lr=1e-2, period=4, form=form)
     resumed_opt.load_state_dict(opt.state_dict())
     run(range(6, 11), resumed_opt, resumed)
     assert torch.equal(flat_params(resumed), flat_params(reference))

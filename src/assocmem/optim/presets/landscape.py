@@ -14,7 +14,7 @@ With ``rho = 1`` one write makes ``H y == s`` exactly (the secant condition). Th
 Broyden's second ("bad") method: the delta rule on the inverse directly, so it is cheap and
 reads like the memory it is. The retention is 1: old curvature is kept until overwritten.
 
-Two forms (``form``):
+Three forms (``form``):
 
 - ``"diagonal"``: one scalar memory per coordinate (elementwise key ``y_i``, value ``s_i``),
   so a write moves ``H_i`` toward the per-coordinate secant ``s_i / y_i``. Safeguards: a
@@ -36,7 +36,15 @@ Two forms (``form``):
   (``<d, g> >= h_min ||g||^2`` and ``||d|| <= h_max ||g||``); otherwise the step falls back to
   ``h0 g``. The small ``(rank x rank)`` solve is done in float64.
 
-Write period (``period = P``, both forms): the memory is written only every ``P`` steps, with
+- ``"scalar"``: one number per tensor, ``H = h I``: the delta write of the whole-tensor pair
+  with ``eta = rho / (y^T y)`` moves ``h`` toward ``s^T y / y^T y``, the step size of
+  Barzilai and Borwein (1988; their second formula). A pair is written only if ``s^T y > 0``
+  and ``||y||`` is above noise; ``h`` is clamped into ``[h_min, h_max]``. It cannot scale
+  coordinates apart, but the step it learns is exact along any eigenvector of the Hessian the
+  pair lies on, and it needs no per-coordinate secant: the one that won the deterministic
+  quadratic of the classic tasks (docs/results.md, landscape-forms).
+
+Write period (``period = P``, every form): the memory is written only every ``P`` steps, with
 the pair spanning them, ``s = W_t - W_{t-P}`` and ``y = g_t - g_{t-P}`` (steps ``1, 1 + P,
 1 + 2P, ...`` start and end the pairs); between writes a step only reads ``H``. The secant
 then measures the mean curvature along the last ``P`` steps: with minibatch gradients the
@@ -56,6 +64,8 @@ References:
     Math. Comp. 19 (1965). J. Nocedal, S. Wright, "Numerical Optimization", 2nd ed., ch. 6-7
     (secant methods, limited memory). R. H. Byrd, S. L. Hansen, J. Nocedal, Y. Singer, "A
     stochastic quasi-Newton method for large-scale optimization", SIAM J. Optim. 26 (2016).
+    J. Barzilai, J. M. Borwein, "Two-point step size gradient methods", IMA J. Numer. Anal. 8
+    (1988).
     docs/theory/landscape.md has the derivation.
 """
 
@@ -87,6 +97,29 @@ def diagonal_write(
     rate = torch.where(mask, rho / torch.where(mask, y * y, 1), 0)
     written = delta_write(ElementwiseMemory(H), y, s, lr=rate, retention=1.0)
     return torch.where(mask, read(written).clamp(h_min, h_max), H)
+
+
+def secant_trusted(s: Tensor, y: Tensor, g: Tensor, g_prev: Tensor, y_tol: float) -> Tensor:
+    """Whether a whole-tensor secant pair is trustworthy (0-d bool): positive curvature
+    ``s^T y > 0``, ``||y||`` above ``y_tol`` times the gradients' norm, and finite."""
+    floor = y_tol * torch.maximum(g.norm(), g_prev.norm())
+    sy = torch.sum(s * y)
+    return (sy > 0) & (y.norm() > floor) & torch.isfinite(sy)
+
+
+def scalar_write(
+    h: Tensor, s: Tensor, y: Tensor, trusted: Tensor, *, rho: float, h_min: float, h_max: float
+) -> Tensor:
+    """Delta write of ``(key y, value s)`` into the scalar memory ``H = h I`` where ``trusted``.
+
+    The inner objective ``1/2 ||h y - s||^2`` has gradient ``(h y^T y - s^T y)`` in ``h``; a
+    step of ``rho / (y^T y)`` moves ``h`` a fraction ``rho`` of the way to its minimiser
+    ``s^T y / y^T y``, the Barzilai-Borwein step (their second, "short" one).
+    """
+    yy = torch.sum(y * y)
+    secant = torch.sum(s * y) / torch.where(trusted, yy, 1)
+    written = (h + rho * (secant - h)).clamp(h_min, h_max)
+    return torch.where(trusted, written, h)
 
 
 def lowrank_read(S: Tensor, Y: Tensor, pairs: int, h0: float, d: Tensor) -> Tensor:
@@ -125,7 +158,11 @@ def lowrank_direction(
 class Landscape(Preset):
     name = "landscape"
     hyper = {
-        "form": Hyper("diagonal", validate.one_of("diagonal", "lowrank"), "shape of H"),
+        "form": Hyper(
+            "diagonal",
+            validate.one_of("diagonal", "lowrank", "scalar"),
+            "shape of H: per coordinate, low rank, or one number per tensor",
+        ),
         "h0": Hyper(1.0, validate.positive, "initial inverse curvature (step per unit grad)"),
         "h_min": Hyper(1e-2, validate.non_negative, "lower bound on H (diag) / on <Hg,g>/|g|^2"),
         "h_max": Hyper(1e2, validate.positive, "upper bound on H (diag) / on |Hg|/|g|"),
@@ -145,6 +182,8 @@ class Landscape(Preset):
         }
         if group["form"] == "diagonal":
             state["curvature"] = torch.full_like(zeros, group["h0"])
+        elif group["form"] == "scalar":
+            state["curvature"] = torch.full((), group["h0"], dtype=param.dtype, device=param.device)
         else:
             n = param.numel()
             state["secant_s"] = param.new_zeros(group["rank"], n)
@@ -176,11 +215,13 @@ class Landscape(Preset):
             return
         if state["has_prev"]:
             s, y = param - state["prev_param"], grad - state["prev_grad"]
-            mask = secant_mask(s, y, grad, state["prev_grad"], group["y_tol"])
-            H = diagonal_write(
-                state["curvature"], s, y, mask,
-                rho=group["rho"], h_min=group["h_min"], h_max=group["h_max"],
-            )  # fmt: skip
+            bounds = {k: group[k] for k in ("rho", "h_min", "h_max")}
+            if group["form"] == "scalar":
+                trusted = secant_trusted(s, y, grad, state["prev_grad"], group["y_tol"])
+                H = scalar_write(state["curvature"], s, y, trusted, **bounds)
+            else:
+                mask = secant_mask(s, y, grad, state["prev_grad"], group["y_tol"])
+                H = diagonal_write(state["curvature"], s, y, mask, **bounds)
             state["curvature"].copy_(H)
         self._remember(param, grad, state)
         d = self._direction(grad, state, group)
@@ -209,10 +250,11 @@ class Landscape(Preset):
     def foreach_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
     ) -> None:
-        if group["form"] == "lowrank":
-            # Per-tensor small solves: nothing to batch across tensors of different sizes.
+        if group["form"] != "diagonal":
+            # One or a few reductions per tensor (lowrank: a small solve): whole-tensor ops
+            # already, nothing to batch across tensors of different sizes.
             for p, g, st in zip(params, grads, states, strict=True):
-                self._lowrank_step(p, g, st, group)
+                self.reference_step(p, g, st, group)
             return
         self._diagonal_step(params, grads, states, group, compile=False)
 
