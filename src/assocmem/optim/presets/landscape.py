@@ -164,8 +164,10 @@ class Landscape(Preset):
             "shape of H: per coordinate, low rank, or one number per tensor",
         ),
         "h0": Hyper(1.0, validate.positive, "initial inverse curvature (step per unit grad)"),
-        "h_min": Hyper(1e-2, validate.non_negative, "lower bound on H (diag) / on <Hg,g>/|g|^2"),
-        "h_max": Hyper(1e2, validate.positive, "upper bound on H (diag) / on |Hg|/|g|"),
+        "h_min": Hyper(
+            1e-2, validate.non_negative, "lower bound on H (diag, scalar) / <Hg,g>/|g|^2"
+        ),
+        "h_max": Hyper(1e2, validate.positive, "upper bound on H (diag, scalar) / |Hg|/|g|"),
         "rank": Hyper(4, validate.positive_int, "number of secant pairs kept (lowrank)"),
         "rho": Hyper(1.0, validate.closed_unit_interval, "fraction of the secant error written"),
         "beta": Hyper(0.0, validate.unit_interval, "momentum on g before the read (0: none)"),
@@ -235,8 +237,7 @@ class Landscape(Preset):
         if due and state["has_prev"]:
             s = (param - state["prev_param"]).reshape(-1)
             y = g - state["prev_grad"].reshape(-1)
-            floor = group["y_tol"] * torch.maximum(g.norm(), state["prev_grad"].norm())
-            if s.dot(y) > 0 and y.norm() > floor and bool(torch.isfinite(s).all()):
+            if secant_trusted(s, y, g, state["prev_grad"].reshape(-1), group["y_tol"]):
                 pairs = lowrank_write(S, Y, pairs, s, y)
                 state["pairs"].fill_(pairs)
         if due:
