@@ -94,6 +94,21 @@ def test_without_a_compiler_it_warns_and_runs_eagerly(monkeypatch):
     assert out.tolist() == [2.0, 4.0, 6.0, 8.0]
 
 
+def test_without_torch_compile_it_warns_and_runs_eagerly(monkeypatch):
+    def unsupported(fn):
+        raise RuntimeError("torch.compile is not supported on this Python")
+
+    def add_one(x):  # a function of its own: compiled() caches per function
+        x.add_(1)
+
+    monkeypatch.setattr(torch, "compile", unsupported)
+    with pytest.warns(RuntimeWarning, match="could not build add_one .*not supported"):
+        run = compiled(add_one)
+    x = torch.zeros(3)
+    run(x)
+    assert run is add_one and x.tolist() == [1.0, 1.0, 1.0]
+
+
 @pytest.mark.parametrize(
     ("memory", "kw", "needle"),
     [

@@ -32,12 +32,17 @@ def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     slower but with the same numbers, where ``fullgraph=True`` would raise mid-training. Tests
     hold the compiled path free of graph breaks.
 
-    If the compiler cannot be built (no working C++ compiler, say), the call raises before any
-    tensor is touched; ``fn`` then runs eagerly, with one warning, for the rest of the process:
-    the same numbers, only slower, instead of an optimizer that fails mid-training.
+    If torch.compile is unavailable (a Python version dynamo does not support) or the
+    compiler cannot be built (no working C++ compiler, say), ``fn`` runs eagerly, with one
+    warning, for the rest of the process: the same numbers, only slower, instead of an
+    optimizer that fails mid-training. A failed build raises before any tensor is touched.
     """
-    fast = torch.compile(fn)
-    broken: list[str] = []
+    try:
+        fast = torch.compile(fn)
+    except RuntimeError as err:
+        _warn_eager(fn, err)
+        return fn
+    broken: list[BackendCompilerFailed] = []
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -45,13 +50,18 @@ def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 return fast(*args, **kwargs)
             except BackendCompilerFailed as err:
-                broken.append(str(err).splitlines()[0])
-                warnings.warn(
-                    f"torch.compile could not build {fn.__name__} ({broken[0]}); running it "
-                    "eagerly from now on: same numbers, slower",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                broken.append(err)
+                _warn_eager(fn, err)
         return fn(*args, **kwargs)
 
     return run
+
+
+def _warn_eager(fn: Callable[..., Any], err: Exception) -> None:
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    warnings.warn(
+        f"torch.compile could not build {fn.__name__} ({reason}); running it eagerly from now "
+        "on: same numbers, slower",
+        RuntimeWarning,
+        stacklevel=3,
+    )
