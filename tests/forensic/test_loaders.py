@@ -134,16 +134,18 @@ def test_manifest(tmp_path):
         manifest_samples(tmp_path / "empty.csv")
 
 
-def test_lazy_mode_falls_back_instead_of_crashing(tmp_path):
+def test_lazy_mode_replaces_a_bad_file_by_one_of_the_same_label(tmp_path):
     _write_good(tmp_path / "0_real", 2)
     _write_good(tmp_path / "1_fake", 1)
     samples = cnndetection_samples(tmp_path)
     ds = ImageFileDataset(samples, size=32, validate=False)
     samples[0].path.write_bytes(b"corrupted after listing")
-    with pytest.warns(UserWarning, match="skipped"):
-        x, _ = ds[0]
-    assert x.shape == (3, 32, 32)
-    assert ds.skipped["unreadable_at_access"] == 1
+    with pytest.warns(UserWarning, match="skipping unreadable file .*0_real/good0.png"):
+        x, y = ds[0]
+    assert x.shape == (3, 32, 32) and y.item() == 0
+    assert torch.equal(x, ds[1][0])  # the only other real
+    assert dict(ds.skipped) == {"unreadable": 1}
+    assert ds.skipped_files == [(samples[0].path, "unreadable")]
 
 
 def test_all_unusable_raises(tmp_path):

@@ -5,30 +5,42 @@ Three layouts, each a function returning ``Sample``s that ``ImageFileDataset`` s
 - ``cnndetection_samples(root)``: ``root/0_real`` + ``root/1_fake``, or one level of categories
   ``root/<category>/{0_real,1_fake}`` (CNNDetection / ForenSynths); family = category;
 - ``genimage_samples(root)``: ``root/{nature,ai}``, or ``root/<generator>/[<split>/]{nature,ai}``
-  (GenImage); family = generator;
-- ``manifest_samples(csv)``: rows ``path,label[,family]`` (header optional, paths relative to the
-  CSV; labels 0/1 or real/fake).
+  (GenImage; folder names matched case-insensitively); family = generator. A generator folder
+  that lacks the split or one of ``nature``/``ai`` is an error naming it, never silently dropped;
+- ``manifest_samples(csv)``: UTF-8 rows ``path,label[,family]`` (header optional, a BOM is
+  ignored, paths relative to the CSV; labels 0/1 or real/fake).
 
-Robustness policy (never crash mid-epoch): ``ImageFileDataset`` decodes every file once in
-``__init__`` (``validate=True``, the default). Unreadable or truncated files and images smaller
-than ``min_size`` are dropped and counted in ``skipped``; grayscale, 16-bit, CMYK, palette and
-alpha images are converted to RGB (alpha composited on white) and counted in ``converted``; one
-``UserWarning`` summarises both. With ``validate=False`` (huge folders), a file that fails at
-``__getitem__`` is replaced by the next readable index, counted, and warned about once.
+Robustness policy (never crash mid-epoch, never change the label balance):
+``ImageFileDataset`` decodes every file once in ``__init__`` (``validate=True``, the default).
+Unreadable files (not an image, truncated, corrupt, a decompression bomb, not a regular file
+such as a FIFO) and images smaller than ``min_size`` are dropped and counted in ``skipped``;
+grayscale, 16-bit, float, CMYK, palette and alpha images are converted to RGB (alpha composited
+on white, EXIF orientation applied) and counted in ``converted``; one ``UserWarning``
+summarises both. With ``validate=False`` (huge folders), a file that fails at ``__getitem__`` is
+replaced by a seeded choice among the readable files **of the same label**, so the labels an
+epoch yields are exactly those of ``samples``. Such a file is counted once (however often it is
+drawn), its name is warned about once, and the finding is kept in shared memory, so
+``skipped``/``skipped_files`` in the main process include what ``DataLoader`` workers found.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
+import random
+import stat
+import struct
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -44,6 +56,23 @@ __all__ = [
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+)
+
+# What decoding a corrupt or hostile file can raise. Pillow's own errors are OSError (including
+# UnidentifiedImageError), SyntaxError and ValueError, but DecompressionBombError is none of
+# those, and malformed headers reach struct/index/EOF errors inside the format plugins.
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    struct.error,
+    MemoryError,
+    Image.DecompressionBombError,
 )
 
 
@@ -62,7 +91,15 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def _subdirs(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _child(folder: Path, name: str) -> Path | None:
+    """The subfolder of ``folder`` called ``name``, compared case-insensitively."""
+    matches = [folder / d for d in _subdirs(folder) if d.lower() == name.lower()]
+    if len(matches) > 1:
+        raise ValueError(f"{folder}: ambiguous folders {[m.name for m in matches]} for {name!r}")
+    return matches[0] if matches else None
 
 
 def _check_root(root: str | os.PathLike[str]) -> Path:
@@ -72,17 +109,16 @@ def _check_root(root: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _pair_samples(
-    roots: Sequence[tuple[Path, str]], real: str, fake: str, layout: str
-) -> list[Sample]:
+def _pair_samples(pairs: Sequence[tuple[Path, Path, str]], layout: str) -> list[Sample]:
+    """``pairs``: (real folder, fake folder, family of the fakes)."""
     samples: list[Sample] = []
-    for folder, family in roots:
-        for sub, label in ((real, 0), (fake, 1)):
-            files = _images_in(folder / sub)
+    for real, fake, family in pairs:
+        for folder, label in ((real, 0), (fake, 1)):
+            files = _images_in(folder)
             if not files:
                 raise ValueError(
                     f"{layout}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
-                    f"under {folder / sub}"
+                    f"under {folder}"
                 )
             samples += [Sample(p, label, family if label else "real") for p in files]
     return samples
@@ -94,7 +130,7 @@ def cnndetection_samples(root: str | os.PathLike[str]) -> list[Sample]:
     pair = {"0_real", "1_fake"}
     found = _subdirs(path)
     if pair <= set(found):
-        return _pair_samples([(path, path.name)], "0_real", "1_fake", "CNNDetection layout")
+        return _pair_samples([(path / "0_real", path / "1_fake", path.name)], "CNNDetection layout")
     cats = [c for c in found if pair <= set(_subdirs(path / c))]
     partial = [c for c in found if c in pair or (pair & set(_subdirs(path / c)))]
     if not cats or set(partial) - set(cats):
@@ -103,41 +139,80 @@ def cnndetection_samples(root: str | os.PathLike[str]) -> list[Sample]:
             f"(or under each category, e.g. {path}/car/0_real); found {found}"
             + (f"; incomplete: {sorted(set(partial) - set(cats))}" if partial else "")
         )
-    return _pair_samples([(path / c, c) for c in cats], "0_real", "1_fake", "CNNDetection layout")
+    return _pair_samples(
+        [(path / c / "0_real", path / c / "1_fake", c) for c in cats], "CNNDetection layout"
+    )
 
 
 def genimage_samples(root: str | os.PathLike[str], split: str | None = None) -> list[Sample]:
-    """``nature``/``ai`` folders under ``root``, or under ``root/<generator>[/<split>]``."""
+    """``nature``/``ai`` folders under ``root``, or under ``root/<generator>[/<split>]``.
+
+    Folder names (``nature``, ``ai``, the split) match case-insensitively (``AI/``, ``Train/``).
+    Every generator folder must hold the split (when given) and both ``nature`` and ``ai``; one
+    that does not is reported by name in the ``ValueError`` instead of being left out.
+    """
     path = _check_root(root)
-    pair = {"nature", "ai"}
-    found = _subdirs(path)
-    if pair <= set(found):
-        return _pair_samples([(path, path.name)], "nature", "ai", "GenImage layout")
-    roots = []
-    for gen in found:
-        base = path / gen / split if split else path / gen
-        if base.is_dir() and pair <= set(_subdirs(base)):
-            roots.append((base, gen))
-    if not roots:
+    nature, ai = _child(path, "nature"), _child(path, "ai")
+    if nature and ai:
+        return _pair_samples([(nature, ai, path.name)], "GenImage layout")
+    if nature or ai:
+        have, lack = ("nature", "ai") if nature else ("ai", "nature")
+        raise ValueError(f"GenImage layout: {path} has a {have}/ folder but no {lack}/ folder")
+    pairs, problems = [], []
+    for gen in _subdirs(path):
+        base: Path | None = path / gen
+        if split:
+            base = _child(path / gen, split)
+            if base is None:
+                problems.append(f"{gen}/ has no {split}/ (found {_subdirs(path / gen)})")
+                continue
+        nature, ai = _child(base, "nature"), _child(base, "ai")
+        missing = [name for name, p in (("nature", nature), ("ai", ai)) if p is None]
+        if missing:
+            where = base.relative_to(path)
+            problems.append(f"{where}/ lacks {'/ and '.join(missing)}/ (found {_subdirs(base)})")
+            continue
+        pairs.append((nature, ai, gen))
+    if problems or not pairs:
         where = f"{path}/<generator>/{split}" if split else f"{path}/<generator>"
+        hint = "" if split else " (pass split= if each generator has train/val folders)"
         raise ValueError(
-            f"GenImage layout: expected subfolders nature and ai under {path} or {where}; "
-            f"found {found}"
+            f"GenImage layout: expected subfolders nature and ai under {path} or {where}{hint}; "
+            + (f"unusable generator folders: {'; '.join(problems)}" if problems else "")
+            + ("" if problems else f"found {_subdirs(path)}")
         )
-    return _pair_samples(roots, "nature", "ai", "GenImage layout")
+    return _pair_samples(pairs, "GenImage layout")
 
 
 _LABELS = {"0": 0, "1": 1, "real": 0, "fake": 1, "nature": 0, "ai": 1}
 
 
 def manifest_samples(csv_path: str | os.PathLike[str]) -> list[Sample]:
-    """CSV rows ``path,label[,family]``; a header row (first cell ``path``) is optional."""
+    """UTF-8 CSV rows ``path,label[,family]``; a header row (first cell ``path``) is optional.
+
+    A byte-order mark is ignored. Listed paths are not opened here: a missing or unreadable one
+    (or a FIFO) is skipped and counted by ``ImageFileDataset``.
+    """
     manifest = Path(csv_path)
-    if not manifest.is_file():
+    if not manifest.exists():
         raise FileNotFoundError(f"manifest {manifest} does not exist")
+    if not manifest.is_file():
+        raise ValueError(f"manifest {manifest} is not a regular file")
+    raw = manifest.read_bytes()
+    try:
+        # utf-8-sig: spreadsheet programs save UTF-8 CSVs with a BOM that would otherwise become
+        # part of the first path (or hide the header).
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"{manifest}:{line}: not UTF-8 text (byte {raw[e.start]:#04x}); save the manifest "
+            "as UTF-8"
+        ) from None
     samples = []
-    with manifest.open(newline="") as fh:
-        for line_no, row in enumerate(csv.reader(fh), start=1):
+    line_no = 0
+    try:
+        for line_no, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
             if not row or not "".join(row).strip() or row[0].startswith("#"):
                 continue
             if line_no == 1 and row[0].strip().lower() == "path":
@@ -148,41 +223,116 @@ def manifest_samples(csv_path: str | os.PathLike[str]) -> list[Sample]:
                     f"{sorted(_LABELS)}, got {row}"
                 )
             label = _LABELS[row[1].strip().lower()]
-            family = (
-                row[2].strip() if len(row) > 2 and row[2].strip() else ("fake" if label else "real")
-            )
+            family = row[2].strip() if len(row) > 2 and row[2].strip() else None
             p = Path(row[0].strip())
-            samples.append(Sample(p if p.is_absolute() else manifest.parent / p, label, family))
+            samples.append(
+                Sample(
+                    p if p.is_absolute() else manifest.parent / p,
+                    label,
+                    family or ("fake" if label else "real"),
+                )
+            )
+    except csv.Error as e:
+        raise ValueError(f"{manifest}:{line_no + 1}: not a readable CSV ({e})") from None
     if not samples:
         raise ValueError(f"manifest {manifest} lists no images")
     return samples
 
 
-def load_rgb(path: str | os.PathLike[str]) -> tuple[Image.Image, str]:
-    """Decode fully (so truncation raises here) and convert to RGB; returns (image, original
-    mode). Alpha is composited on white, the usual display convention."""
+def _require_regular_file(path: str | os.PathLike[str]) -> None:
+    # Opening a FIFO (or a character device) for reading blocks until a writer appears.
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise OSError(f"{path} is not a regular file")
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any decoded mode -> 8-bit RGB, keeping the picture's brightness."""
+    if im.mode == "RGB":
+        return im
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if im.mode.startswith("I;16"):  # 16-bit gray: 65535 is white
+        a = np.asarray(im, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "I":  # 32-bit int gray: 16-bit data (e.g. older PNG decoders) or 8-bit data
+        a = np.asarray(im, dtype=np.float64)
+        a = a / 257.0 if a.size and a.max() > 255 else a
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "F":
+        # Float images (TIFF, scientific formats) are in [0, 1] by convention; one whose values
+        # exceed 1 is taken as [0, 255]. Non-finite values become black.
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        a = a * 255.0 if a.size and a.max() <= 1.0 else a
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr; unsupported modes raise ValueError
+
+
+def _decode(
+    path: str | os.PathLike[str], shorter: int | None = None
+) -> tuple[Image.Image, str, tuple[int, int]]:
+    """(RGB image, original mode, original size after EXIF rotation).
+
+    ``shorter``: a JPEG may be decoded at a reduced scale (``Image.draft``) as long as its
+    shorter side stays >= ``shorter``, so a huge photo bound for a small resize never needs its
+    full-resolution bitmap.
+    """
+    _require_regular_file(path)
     with Image.open(path) as im:
-        im.load()
-        mode = im.mode
-        if mode == "RGB":
-            return im.copy(), mode
-        if mode == "P" and "transparency" in im.info:
-            im = im.convert("RGBA")
-        if im.mode in ("RGBA", "LA", "PA"):
-            rgba = im.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(white, rgba).convert("RGB"), mode
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit gray: scale to 8 bit
-            im = im.point(lambda v: v / 256).convert("L")
-        return im.convert("RGB"), mode
+        mode, size = im.mode, im.size
+        if shorter is not None and im.format == "JPEG":
+            m = min(size)
+            im.draft(None, (math.ceil(size[0] * shorter / m), math.ceil(size[1] * shorter / m)))
+        im.load()  # decode fully, so truncation raises here
+        try:
+            # Orientation 5-8 swaps width and height; a malformed EXIF block is ignored.
+            oriented = ImageOps.exif_transpose(im)
+        except Exception:  # noqa: BLE001 (the pixels are fine; only the tag is broken)
+            oriented = im
+        if oriented is not im and oriented.size != im.size:
+            size = (size[1], size[0])
+        rgb = _to_rgb(oriented)
+        return (rgb.copy() if rgb is im else rgb), mode, size
+
+
+def load_rgb(path: str | os.PathLike[str]) -> tuple[Image.Image, str]:
+    """Decode fully (so truncation raises here), apply EXIF orientation and convert to RGB;
+    returns (image, original mode). Alpha is composited on white, the usual display convention;
+    16-bit images are scaled by 1/257 and float images from [0, 1] (see ``_to_rgb``).
+
+    Raises one of ``DECODE_ERRORS`` for anything that is not a readable image, including
+    non-regular files (FIFOs are refused, never opened) and decompression bombs."""
+    im, mode, _ = _decode(path)
+    return im, mode
+
+
+_REASONS = ("", "unreadable", "tiny")  # codes kept per sample in shared memory
+_NAMED_WARNINGS = 10  # per process; the rest are in ``skipped_files``
+
+
+class _Skip(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 class ImageFileDataset(Dataset):
     """Yields ``(image float32 (3, size, size) in [0, 1], label int64)`` from ``Sample``s.
 
-    ``resize="shorter"`` scales the shorter side to ``size`` (bilinear, antialiased) then
-    centre-crops; ``resize="crop"`` only centre-crops, keeping pixel-level traces intact that
-    resizing would wash out (images smaller than ``size`` are then skipped as tiny).
+    ``resize="shorter"`` resamples the centred square of side ``min(width, height)`` to
+    ``size`` × ``size`` (bilinear, antialiased; the same picture as scaling the shorter side to
+    ``size`` and centre-cropping, without ever building the scaled whole image, so a 32×150000
+    strip costs no more than its square); ``resize="crop"`` only centre-crops, keeping
+    pixel-level traces intact that resizing would wash out (images smaller than ``size`` are
+    then skipped as tiny).
+
+    ``seed`` fixes which same-label file replaces a file that fails at access (see the module
+    docstring). ``skipped`` counts skipped files by reason and ``skipped_files`` lists them,
+    including those found by ``DataLoader`` workers.
     """
 
     def __init__(
@@ -193,6 +343,7 @@ class ImageFileDataset(Dataset):
         resize: Literal["shorter", "crop"] = "shorter",
         min_size: int = 32,
         validate: bool = True,
+        seed: int = 0,
     ) -> None:
         if size <= 0:
             raise ValueError(f"size must be positive, got {size}")
@@ -200,48 +351,76 @@ class ImageFileDataset(Dataset):
             raise ValueError(f"resize must be 'shorter' or 'crop', got {resize!r}")
         if not samples:
             raise ValueError("no samples given")
-        self.size, self.resize, self.validate = size, resize, validate
+        self.size, self.resize, self.validate, self.seed = size, resize, validate, seed
         self.min_size = max(min_size, size) if resize == "crop" else min_size
-        self.skipped: Counter[str] = Counter()
         self.converted: Counter[str] = Counter()
-        self._warned = False
+        self._dropped: list[tuple[Path, str]] = []  # found by the validation pass
+        self._named = 0
+        self._bad = torch.zeros(0, dtype=torch.uint8)  # sized once the samples are final
         if validate:
             kept = []
             for s in samples:
-                reason = self._check(s.path)
-                if reason is None:
-                    kept.append(s)
-                else:
-                    self.skipped[reason] += 1
+                try:
+                    _, mode = self._load(s.path)
+                except _Skip as e:
+                    self._dropped.append((s.path, e.reason))
+                    continue
+                if mode != "RGB":
+                    self.converted[mode] += 1
+                kept.append(s)
             if not kept:
                 raise ValueError(
-                    f"none of the {len(samples)} images is usable: {dict(self.skipped)}"
+                    f"none of the {len(samples)} images is usable: {dict(self.skipped)}; "
+                    f"first: {self._dropped[0][0]}"
                 )
             samples = kept
-            if self.skipped or self.converted:
-                self._warn()
+            if self._dropped or self.converted:
+                self._warn_summary()
         self.samples: list[Sample] = list(samples)
+        self._same_label: dict[int, list[int]] = {}
+        for i, s in enumerate(self.samples):
+            self._same_label.setdefault(s.label, []).append(i)
+        # One code per sample (0 fine, else an index into _REASONS) in shared memory: what a
+        # DataLoader worker finds is seen by the main process and by the other workers.
+        self._bad = torch.zeros(len(self.samples), dtype=torch.uint8).share_memory_()
 
-    def _check(self, path: Path) -> str | None:
-        try:
-            im, mode = load_rgb(path)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            return "unreadable"  # not an image, truncated, or corrupt
-        if min(im.size) < self.min_size:
-            return "tiny"
-        if mode != "RGB":
-            self.converted[mode] += 1
-        return None
+    @property
+    def skipped(self) -> Counter[str]:
+        """Skipped files by reason (``unreadable``, ``tiny``), each file counted once."""
+        counts = Counter(reason for _, reason in self._dropped)
+        for code, n in zip(*torch.unique(self._bad, return_counts=True), strict=True):
+            if code:
+                counts[_REASONS[int(code)]] += int(n)
+        return counts
 
-    def _warn(self) -> None:
-        self._warned = True
+    @property
+    def skipped_files(self) -> list[tuple[Path, str]]:
+        """(path, reason) of every skipped file: at validation, then those found at access."""
+        found = [
+            (self.samples[int(i)].path, _REASONS[int(self._bad[i])]) for i in self._bad.nonzero()
+        ]
+        return self._dropped + found
+
+    def _warn_summary(self) -> None:
+        shown = ", ".join(str(p) for p, _ in self._dropped[:3])
+        more = " ..." if len(self._dropped) > 3 else ""
         warnings.warn(
-            f"ImageFileDataset: skipped {sum(self.skipped.values())} files "
-            f"{dict(self.skipped)}; converted to RGB {sum(self.converted.values())} "
-            f"{dict(self.converted)}",
+            f"ImageFileDataset: skipped {len(self._dropped)} files {dict(self.skipped)}"
+            + (f" ({shown}{more}; all in .skipped_files)" if self._dropped else "")
+            + f"; converted to RGB {sum(self.converted.values())} {dict(self.converted)}",
             UserWarning,
             stacklevel=3,
         )
+
+    def _load(self, path: Path) -> tuple[Image.Image, str]:
+        shorter = self.size if self.resize == "shorter" else None
+        try:
+            im, mode, size = _decode(path, shorter)
+        except DECODE_ERRORS as e:
+            raise _Skip("unreadable", f"{type(e).__name__}: {e}") from None
+        if min(size) < self.min_size:
+            raise _Skip("tiny", f"{size[0]}x{size[1]} is smaller than {self.min_size}")
+        return im, mode
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -252,28 +431,57 @@ class ImageFileDataset(Dataset):
 
     def _transform(self, im: Image.Image) -> Tensor:
         s = self.size
-        if self.resize == "shorter":
-            w, h = im.size
-            scale = s / min(w, h)
-            im = im.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.BILINEAR)
         w, h = im.size
-        left, top = (w - s) // 2, (h - s) // 2
-        im = im.crop((left, top, left + s, top + s))
+        if self.resize == "shorter":
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            im = im.resize((s, s), Image.BILINEAR, box=(left, top, left + side, top + side))
+        else:
+            left, top = (w - s) // 2, (h - s) // 2
+            im = im.crop((left, top, left + s, top + s))
         x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
         return x.view(s, s, 3).permute(2, 0, 1).float().div_(255.0)
 
+    def _candidates(self, index: int) -> Iterator[int]:
+        """``index``, then same-label indices in an order fixed by (seed, index): random draws,
+        then a scan of them all from a random start, so a readable one is always found."""
+        pool = self._same_label[self.samples[index].label]
+        rng = random.Random(f"{self.seed}/{index}")
+        yield index
+        for _ in range(min(32, len(pool))):
+            yield pool[rng.randrange(len(pool))]
+        start = rng.randrange(len(pool))
+        for k in range(len(pool)):
+            yield pool[(start + k) % len(pool)]
+
+    def _mark_bad(self, index: int, skip: _Skip) -> None:
+        if self._bad[index]:
+            return
+        self._bad[index] = _REASONS.index(skip.reason)
+        self._named += 1
+        if self._named <= _NAMED_WARNINGS:
+            tail = "" if self._named < _NAMED_WARNINGS else "; further ones are not named here"
+            sample = self.samples[index]
+            warnings.warn(
+                f"ImageFileDataset: skipping {skip.reason} file {sample.path} ({skip}); its "
+                f"index now serves another label-{sample.label} file. All skipped files: "
+                f".skipped_files{tail}",
+                UserWarning,
+                stacklevel=3,
+            )
+
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        for k in range(len(self.samples)):
-            sample = self.samples[(index + k) % len(self.samples)]
+        label = self.samples[index].label
+        for candidate in self._candidates(index):
+            if self._bad[candidate]:
+                continue  # known bad (maybe found by another worker): not decoded again
             try:
-                im, _ = load_rgb(sample.path)
-                if min(im.size) < self.min_size:
-                    raise ValueError("tiny")
-                return self._transform(im), torch.tensor(sample.label, dtype=torch.int64)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-                if self.validate:
-                    raise  # validated at init: a failure now means the file changed on disk
-                self.skipped["unreadable_at_access"] += 1
-                if not self._warned:
-                    self._warn()
-        raise RuntimeError("no readable image in the dataset")
+                im, _ = self._load(self.samples[candidate].path)
+            except _Skip as skip:
+                self._mark_bad(candidate, skip)
+                continue
+            return self._transform(im), torch.tensor(label, dtype=torch.int64)
+        raise RuntimeError(
+            f"ImageFileDataset: no readable image with label {label} is left "
+            f"({len(self._same_label[label])} listed); see .skipped_files"
+        )
