@@ -10,19 +10,22 @@ Layout of a file:
   step, the command that made it).
 
 :func:`load_checkpoint` refuses, with a ``ValueError`` naming the difference, a file of another
-format version, another config than the network it is loaded into, or tensors of the wrong
-shape, so a checkpoint can never silently drive a different network.
+format version, a config that is invalid or other than the network it is loaded into, or
+tensors of the wrong names, shape or dtype or holding non-finite values, so a checkpoint can
+never silently drive a different (or broken) network; a path that is no regular file is refused
+without being opened.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -82,16 +85,23 @@ def load_checkpoint(
         config: the network the parameters are meant for; ``None`` accepts the saved one.
 
     Raises:
-        ValueError: not an assocmem checkpoint, another format version, a config different
-            from ``config``, or tensors whose names/shapes do not fit the config.
+        FileNotFoundError: no file at ``path``.
+        ValueError: not a regular file (a directory or FIFO is never opened), not safetensors,
+            not an assocmem checkpoint, another format version, a malformed header, a missing or
+            invalid config (see :class:`LearnedConfig`: e.g. non-finite bounds, non-positive
+            time scales), a config different from ``config``, or tensors whose names, shapes,
+            dtypes or values (non-finite) do not fit the config.
     """
     path = Path(DEFAULT_CHECKPOINT if path is None else path)
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    metadata, tensors = _read(path)
     if "assocmem" not in metadata:
         raise ValueError(f"{path} is not an assocmem learned-memory checkpoint (no header)")
-    header = json.loads(metadata["assocmem"])
+    try:
+        header = json.loads(metadata["assocmem"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: the checkpoint's JSON header is malformed ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: the checkpoint's header is {type(header).__name__}, not a dict")
     if header.get("format") != FORMAT:
         raise ValueError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
     if header.get("version") != FORMAT_VERSION:
@@ -99,7 +109,15 @@ def load_checkpoint(
             f"{path}: checkpoint format version {header.get('version')!r}, this assocmem reads "
             f"version {FORMAT_VERSION}"
         )
-    saved = LearnedConfig.from_dict(header["config"])
+    if "config" not in header:
+        raise ValueError(f"{path}: the checkpoint's header has no 'config'")
+    try:
+        saved = LearnedConfig.from_dict(header["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: invalid config in the checkpoint: {e}") from None
+    info = header.get("info", {})
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: the checkpoint's 'info' is {type(info).__name__}, not a dict")
     if config is not None and saved != config:
         diff = {
             k: (v, config.to_dict()[k])
@@ -112,8 +130,41 @@ def load_checkpoint(
         )
     meta = {k[len("meta.") :]: v for k, v in tensors.items() if k.startswith("meta.")}
     _check_shapes(meta, saved, where=str(path))
+    for k, v in meta.items():
+        if not v.is_floating_point() or not bool(v.isfinite().all()):
+            raise ValueError(
+                f"{path}: meta-parameter {k!r} must be finite floating point, got "
+                f"{v.dtype} with {int((~v.isfinite()).sum()) if v.is_floating_point() else 0} "
+                "non-finite values"
+            )
     extra = {k: v for k, v in tensors.items() if not k.startswith("meta.")}
-    return Checkpoint(meta, saved, header.get("info", {}), extra)
+    stray = sorted(k for k in extra if not k.startswith(("optim.", "rng.")))
+    if stray:
+        raise ValueError(f"{path}: unexpected tensors {stray} (expected meta.*, optim.*, rng.*)")
+    return Checkpoint(meta, saved, info, extra)
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """Metadata and tensors of a safetensors file, every failure a clear error naming it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"learned-memory checkpoint {path} does not exist") from None
+    except OSError as e:
+        raise ValueError(f"learned-memory checkpoint {path} cannot be read: {e}") from None
+    if not stat.S_ISREG(mode):
+        # Never opened: reading a FIFO would block until some writer appears.
+        raise ValueError(
+            f"learned-memory checkpoint {path} is not a regular file (a directory, FIFO or "
+            "device); expected a .safetensors file"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+    return metadata, tensors
 
 
 def _check_shapes(meta: MetaParams, config: LearnedConfig, where: str = "meta_params") -> None:

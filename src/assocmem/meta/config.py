@@ -8,6 +8,7 @@ every checkpoint; loading meta-parameters into a network of another config is re
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -49,16 +50,32 @@ class LearnedConfig:
     init_skip: int = 2
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        object.__setattr__(self, "time_scales", tuple(float(t) for t in self.time_scales))
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        for b in (*self.betas, self.beta2):
+        # Checked here, so a config from any source (a checkpoint's JSON header included) that
+        # would divide by zero, never move (NaN bounds) or index out of range is refused by name.
+        object.__setattr__(self, "betas", _reals("betas", self.betas))
+        object.__setattr__(self, "time_scales", _reals("time_scales", self.time_scales))
+        object.__setattr__(self, "hidden", _ints("hidden", self.hidden))
+        for b in (*self.betas, _real("beta2", self.beta2)):
             if not 0 <= b < 1:
                 raise ValueError(f"betas and beta2 must be in [0, 1), got {b!r}")
+        for t in self.time_scales:
+            if not (math.isfinite(t) and t > 0):
+                raise ValueError(f"time_scales must be finite and > 0 (tanh(t / tau)), got {t!r}")
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(
                 f"hidden must be a non-empty sequence of widths >= 1, got {self.hidden}"
             )
+        for name in ("eps", "feature_clip", "direction_bound", "log_scale_bound", "lr"):
+            value = _real(name, getattr(self, name))
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+            object.__setattr__(self, name, value)
+        exp_mult = _real("exp_mult", self.exp_mult)
+        if not math.isfinite(exp_mult):
+            raise ValueError(f"exp_mult must be finite, got {exp_mult!r}")
+        object.__setattr__(self, "exp_mult", exp_mult)
+        if isinstance(self.init_skip, bool) or not isinstance(self.init_skip, int):
+            raise ValueError(f"init_skip must be an integer, got {self.init_skip!r}")
         if not 0 <= self.init_skip < self.num_features:
             raise ValueError(f"init_skip must index a feature (< {self.num_features})")
 
@@ -76,8 +93,30 @@ class LearnedConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LearnedConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"a LearnedConfig is a mapping of fields, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown LearnedConfig field(s) {unknown}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _real(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _reals(name: str, values: Any) -> tuple[float, ...]:
+    if not isinstance(values, (tuple, list)):
+        raise ValueError(f"{name} must be a sequence of numbers, got {values!r}")
+    return tuple(_real(name, v) for v in values)
+
+
+def _ints(name: str, values: Any) -> tuple[int, ...]:
+    if not isinstance(values, (tuple, list)) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values
+    ):
+        raise ValueError(f"{name} must be a sequence of integers, got {values!r}")
+    return tuple(values)

@@ -1,0 +1,212 @@
+"""Tampered and malformed learned-memory checkpoints: each is refused at load with an error that
+names the file and the problem; none loads to train silently wrong, none hangs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from assocmem import MemoryOptimizer
+from assocmem.meta import LearnedConfig, init_meta_params, load_checkpoint, save_checkpoint
+from assocmem.meta.checkpoint import FORMAT, FORMAT_VERSION
+
+TINY = LearnedConfig(hidden=(8,))
+
+
+@contextlib.contextmanager
+def unblocking(path: Path, seconds: int):
+    """If ``path`` is a FIFO, a helper process opens it (read-write, which never blocks) after
+    ``seconds`` and closes it, so a reader still blocked on it sees end-of-file: a hang becomes a
+    test failure. In-process signals and threads cannot do this, as safetensors' native open
+    holds the GIL while it blocks."""
+    if not stat.S_ISFIFO(os.lstat(path).st_mode):
+        yield
+        return
+    helper = subprocess.Popen(["sh", "-c", f'sleep {seconds} && : <> "$1"', "sh", str(path)])
+    try:
+        yield
+    finally:
+        rescued = helper.poll() is not None
+        helper.kill()
+        helper.wait()
+        assert not rescued, f"reading {path} blocked for {seconds} s"
+
+
+def _tensors() -> dict[str, torch.Tensor]:
+    meta = init_meta_params(TINY, torch.Generator().manual_seed(0))
+    return {f"meta.{k}": v.contiguous() for k, v in meta.items()}
+
+
+def _header(**config_changes: Any) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "config": {**TINY.to_dict(), **config_changes},
+        "info": {},
+    }
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], header: Any | str) -> Path:
+    """Write a file as a tamperer would: straight through safetensors, no validation."""
+    text = header if isinstance(header, str) else json.dumps(header)
+    save_file(tensors, str(path), metadata={"assocmem": text})
+    return path
+
+
+def _config_case(**changes: Any) -> Callable[[Path], Path]:
+    return lambda p: _write(p, _tensors(), _header(**changes))
+
+
+def _tensor_case(change: Callable[[dict[str, torch.Tensor]], None]) -> Callable[[Path], Path]:
+    def make(p: Path) -> Path:
+        tensors = _tensors()
+        change(tensors)
+        return _write(p, tensors, _header())
+
+    return make
+
+
+def _set(name: str, value: torch.Tensor) -> Callable[[dict[str, torch.Tensor]], None]:
+    return lambda t: t.__setitem__(name, value)
+
+
+def _nan_in(name: str) -> Callable[[dict[str, torch.Tensor]], None]:
+    def change(t: dict[str, torch.Tensor]) -> None:
+        t[name] = t[name].clone()
+        t[name].view(-1)[0] = math.nan
+
+    return change
+
+
+def _without_config(p: Path) -> Path:
+    header = _header()
+    del header["config"]
+    return _write(p, _tensors(), header)
+
+
+def _fifo(p: Path) -> Path:
+    os.mkfifo(p)
+    return p
+
+
+def _directory(p: Path) -> Path:
+    p.mkdir()
+    return p
+
+
+def _truncated(p: Path) -> Path:
+    _write(p, _tensors(), _header())
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) - 100])
+    return p
+
+
+BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
+    # the config: each of these used to load, then train wrong or divide by zero
+    "nan direction_bound": (_config_case(direction_bound=math.nan), "direction_bound"),
+    "nan log_scale_bound": (_config_case(log_scale_bound=math.nan), "log_scale_bound"),
+    "inf exp_mult": (_config_case(exp_mult=math.inf), "exp_mult"),
+    "zero time scales": (_config_case(time_scales=[0, 0, 0]), "time_scales"),
+    "negative time scale": (_config_case(time_scales=[10, -1, 100]), "time_scales"),
+    "zero direction_bound": (_config_case(direction_bound=0), "direction_bound"),
+    "zero log_scale_bound": (_config_case(log_scale_bound=0.0), "log_scale_bound"),
+    "zero eps": (_config_case(eps=0.0), "eps"),
+    "negative lr": (_config_case(lr=-1e-3), "lr"),
+    "string lr": (_config_case(lr="abc"), "lr"),
+    "boolean lr": (_config_case(lr=True), "lr"),
+    "zero feature_clip": (_config_case(feature_clip=0.0), "feature_clip"),
+    "nan beta": (_config_case(betas=[0.5, math.nan, 0.99]), "betas"),
+    "string betas": (_config_case(betas="abc"), "betas"),
+    "fractional width": (_config_case(hidden=[8.5]), "hidden"),
+    "float init_skip": (_config_case(init_skip=2.5), "init_skip"),
+    "unknown field": (_config_case(bogus=1), "bogus"),
+    "config is a list": (lambda p: _write(p, _tensors(), {**_header(), "config": [1]}), "mapping"),
+    "config is null": (lambda p: _write(p, _tensors(), {**_header(), "config": None}), "mapping"),
+    # the header
+    "missing config": (_without_config, "no 'config'"),
+    "malformed json": (lambda p: _write(p, _tensors(), '{"format": '), "malformed"),
+    "header is a list": (lambda p: _write(p, _tensors(), "[1, 2]"), "not a dict"),
+    "info is a list": (lambda p: _write(p, _tensors(), {**_header(), "info": []}), "'info'"),
+    "no header": (lambda p: save_file(_tensors(), str(p)) or p, "no header"),
+    "other format": (lambda p: _write(p, _tensors(), {**_header(), "format": "x"}), "format"),
+    # the tensors
+    "nan weight": (_tensor_case(_nan_in("meta.out.weight")), "non-finite"),
+    "inf bias": (
+        _tensor_case(lambda t: t.__setitem__("meta.out.bias", torch.full((2,), math.inf))),
+        "non-finite",
+    ),
+    "integer weight": (
+        _tensor_case(lambda t: t.__setitem__("meta.out.bias", torch.zeros(2, dtype=torch.int64))),
+        "floating point",
+    ),
+    "wrong shape": (_tensor_case(_set("meta.out.bias", torch.zeros(3))), "shape"),
+    "extra meta tensor": (_tensor_case(_set("meta.junk", torch.zeros(1))), "names"),
+    "missing meta tensor": (_tensor_case(lambda t: t.pop("meta.out.bias")), "names"),
+    "stray tensor": (_tensor_case(_set("junk", torch.zeros(1))), "unexpected tensors"),
+    # the file
+    "directory": (_directory, "not a regular file"),
+    "fifo": (_fifo, "not a regular file"),
+    "garbage bytes": (lambda p: p.write_bytes(b"not safetensors at all") and p, "safetensors"),
+    "empty file": (lambda p: p.write_bytes(b"") or p, "safetensors"),
+    "truncated": (_truncated, "safetensors"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_checkpoint_is_refused_with_a_clear_error(tmp_path, case):
+    make, expected = BAD[case]
+    path = make(tmp_path / "ckpt.safetensors")
+    with unblocking(path, 10), pytest.raises(ValueError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert str(path) in message and expected in message, message
+    assert type(err.value) is ValueError  # not a JSONDecodeError or other raw subclass
+
+
+def test_missing_checkpoint_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="learned-memory checkpoint .*missing.safetensors"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("case", ["nan direction_bound", "zero time scales", "nan weight"])
+def test_the_learned_preset_refuses_a_tampered_checkpoint_at_construction(tmp_path, case):
+    path = BAD[case][0](tmp_path / "ckpt.safetensors")
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=BAD[case][1]):
+        MemoryOptimizer(model.parameters(), memory="learned", checkpoint=str(path))
+
+
+def test_a_valid_checkpoint_still_round_trips(tmp_path):
+    path = tmp_path / "ok.safetensors"
+    meta = init_meta_params(TINY, torch.Generator().manual_seed(0))
+    save_checkpoint(path, meta, TINY, extra={"rng.cpu": torch.zeros(4, dtype=torch.uint8)})
+    ckpt = load_checkpoint(path, TINY)
+    assert ckpt.config == TINY and set(ckpt.extra) == {"rng.cpu"}
+    assert all(torch.equal(ckpt.meta_params[k], v) for k, v in meta.items())
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"time_scales": (0.0,)},
+        {"direction_bound": math.nan},
+        {"log_scale_bound": -1.0},
+        {"lr": math.inf},
+        {"hidden": (8.0,)},
+        {"beta2": math.nan},
+    ],
+)
+def test_learned_config_refuses_values_that_break_the_network(changes):
+    with pytest.raises(ValueError, match=next(iter(changes))):
+        LearnedConfig(**changes)
