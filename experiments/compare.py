@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from experiments.report import section, write_report
 from experiments.run import execute
+from experiments.validate_config import exit_on_error, validate_compare
 
 
 def run_config(task: str, optimizer: str, lr: float | None, seed: int, extra: list[str], **kw):
@@ -98,6 +99,7 @@ def invocation() -> str:
 
 @hydra.main(config_path="conf", config_name="compare", version_base=None)
 def main(cfg: DictConfig) -> None:
+    exit_on_error(validate_compare, cfg)  # every run's config, before the first one starts
     root = compare(cfg)
     report = write_report(
         root,

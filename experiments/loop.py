@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from experiments.guard import record_skipped_steps
 from experiments.tasks import Task
 
 OptimizerFactory = Callable[[Iterable[torch.Tensor]], torch.optim.Optimizer]
@@ -110,6 +111,7 @@ def train_run(
     if target is not None:
         step_hit, wall_hit = first_reaching(history, target)
         summary.update(target=target, steps_to_target=step_hit, time_to_target=wall_hit)
+    record_skipped_steps(summary, opt)
     if out_dir:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

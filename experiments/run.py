@@ -5,6 +5,9 @@
 
 Writes the resolved config, ``metrics.jsonl`` (one record per step, validation metrics at
 intervals) and ``summary.json`` into hydra's output directory.
+A config value that cannot work (``task.steps=abc``, an unwritable ``data.cache_dir``, ...)
+ends the command before anything is built, with one line naming it and exit status 2
+(``experiments/validate_config.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.loop import train_run
+from experiments.validate_config import exit_on_error, validate_run
 
 
 def execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -47,6 +51,7 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> float:
+    exit_on_error(validate_run, cfg)  # before anything is built: one line naming a bad key
     summary = execute(cfg, Path(HydraConfig.get().runtime.output_dir))
     print(
         f"{summary['task']} / {summary['optimizer']} lr={summary['lr']} seed={summary['seed']}: "

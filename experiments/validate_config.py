@@ -1,0 +1,213 @@
+"""Up-front checks of a composed hydra config, before anything is built or trained.
+
+A typo in an override (``task.steps=abc``, ``seed=abc``, ``task.eval_every=0``) or an unusable
+path (``data.cache_dir`` that cannot be written) used to surface as a traceback deep in the run,
+or only after the whole forensic benchmark was built; ``task.steps=-5`` even finished as "ok".
+Each check here raises :class:`ConfigError` with one line that names the key, the value and
+what is expected; :func:`exit_on_error` prints that line and exits with status 2.
+
+    from experiments.validate_config import exit_on_error, validate_run
+    exit_on_error(validate_run, cfg)
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+__all__ = ["ConfigError", "exit_on_error", "validate_compare", "validate_run"]
+
+CONF = Path(__file__).resolve().parent / "conf"
+
+
+class ConfigError(ValueError):
+    """An invalid config value; the message is one line naming the key."""
+
+    def __init__(self, key: str, value: Any, expected: str, *, refused: str | None = None):
+        detail = f"refused: {refused}" if refused else f"expected {expected}"
+        super().__init__(f"{key} = {value!r}: {detail}")
+        self.key, self.value, self.expected, self.refused = key, value, expected, refused
+
+
+def exit_on_error(check: Callable[[DictConfig], None], cfg: DictConfig) -> None:
+    """Run ``check(cfg)``; on a :class:`ConfigError` print ``config error: <line>`` to stderr and
+    exit with status 2 (no traceback: the line says what to fix)."""
+    try:
+        check(cfg)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(cfg, key, throw_on_missing=True)
+    except Exception as e:  # noqa: BLE001 (an interpolation that cannot resolve, a missing ???)
+        raise ConfigError(key, "<unresolvable>", f"a value ({type(e).__name__}: {e})") from None
+
+
+def _int(cfg: DictConfig, key: str, minimum: int) -> int:
+    value = _get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(key, value, f"an integer >= {minimum}")
+    return value
+
+
+def _positive(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(key, value, "a finite number > 0")
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(key, value, "a finite number > 0")
+    return float(value)
+
+
+def _bool(cfg: DictConfig, key: str) -> bool:
+    value = _get(cfg, key)
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "true or false")
+    return value
+
+
+def _names(cfg: DictConfig, key: str, allowed: set[str] | tuple[str, ...]) -> list[str]:
+    value = _get(cfg, key)
+    if not isinstance(value, (list, ListConfig)) or not value:
+        raise ConfigError(key, value, f"a non-empty list from {sorted(allowed)}")
+    unknown = [v for v in value if v not in allowed]
+    if unknown:
+        raise ConfigError(key, unknown, f"names from {sorted(allowed)}")
+    return list(value)
+
+
+def _writable_dir(key: str, value: Any, directory: Path | None = None) -> None:
+    """Create the directory ``value`` (or ``directory``, where ``value`` is a file to be written
+    there) if needed, and write a temporary file in it."""
+    what = "a writable directory" if directory is None else "a path in a writable directory"
+    try:
+        path = Path(directory if directory is not None else value).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ConfigError(key, value, f"{what} ({path} is a file)")
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except (OSError, TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ConfigError(key, value, f"{what} ({reason})") from None
+
+
+def _group_names(group: str) -> set[str]:
+    return {p.stem for p in (CONF / group).glob("*.yaml")}
+
+
+def validate_run(cfg: DictConfig) -> None:
+    """Checks of ``conf/config.yaml`` (one run of ``python -m experiments.run``)."""
+    _int(cfg, "seed", 0)
+    _int(cfg, "task.steps", 0)
+    _int(cfg, "task.eval_every", 1)
+    _bool(cfg, "progress")
+    target = _get(cfg, "target")
+    if target is not None and (
+        isinstance(target, bool)
+        or not isinstance(target, (int, float))
+        or not math.isfinite(target)
+    ):
+        raise ConfigError("target", target, "null or a finite number")
+    _positive("optimizer.lr", _get(cfg, "optimizer.lr"))
+    _check_optimizer(cfg)
+    if _get(cfg, "task.build.data") is not None:  # a forensic task: it reads cfg.data
+        _check_data(cfg)
+
+
+def _check_optimizer(cfg: DictConfig) -> None:
+    """Build the optimizer on one dummy parameter, so its own argument checks (every preset
+    validates its hyperparameters eagerly) run before the task is built."""
+    import torch
+    from hydra.utils import instantiate
+
+    try:
+        instantiate(cfg.optimizer.factory)([torch.zeros(1, requires_grad=True)])
+    except Exception as e:  # noqa: BLE001 (hydra wraps the optimizer's own error)
+        cause = e.__cause__ or e
+        message = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
+        raise ConfigError(
+            "optimizer.factory", _get(cfg, "optimizer.name"), "", refused=message
+        ) from None
+
+
+def _check_data(cfg: DictConfig) -> None:
+    from assocmem.forensic.data import FAMILY_NAMES, default_cache_dir
+
+    _bool(cfg, "data.tiny")
+    patch = _int(cfg, "data.patch_size", 8)
+    if patch % 4:
+        raise ConfigError("data.patch_size", patch, "a multiple of 4, >= 8")
+    _int(cfg, "data.seed", 0)
+    train = _names(cfg, "data.train_families", FAMILY_NAMES)
+    heldout = _names(cfg, "data.heldout_families", FAMILY_NAMES)
+    if set(train) & set(heldout):
+        raise ConfigError(
+            "data.heldout_families", heldout, f"no family also in train_families {train}"
+        )
+    cache = _get(cfg, "data.cache_dir")
+    _writable_dir("data.cache_dir", default_cache_dir() if cache is None else cache)
+
+
+def validate_compare(cfg: DictConfig) -> None:
+    """Checks of ``conf/compare.yaml``, then of every run it will make (composed with its
+    overrides), so a bad value fails now rather than hours into the sweep.
+
+    Must run inside a hydra app (``compose`` needs the initialised config search path)."""
+    from hydra import compose
+
+    tasks = _names(cfg, "tasks", _group_names("task"))
+    optimizers = _names(cfg, "optimizers", _group_names("optimizer"))
+    baseline = _get(cfg, "baseline")
+    if baseline not in _group_names("optimizer"):
+        raise ConfigError("baseline", baseline, f"one of {sorted(_group_names('optimizer'))}")
+    factors = _get(cfg, "lr_factors")
+    if not isinstance(factors, (list, ListConfig)) or not factors:
+        raise ConfigError("lr_factors", factors, "a non-empty list of finite numbers > 0")
+    for f in factors:
+        _positive("lr_factors", f)
+    _int(cfg, "tuning_seed", 0)
+    seeds = _get(cfg, "seeds")
+    if not isinstance(seeds, (list, ListConfig)) or not seeds:
+        raise ConfigError("seeds", seeds, "a non-empty list of integers >= 0")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ConfigError("seeds", s, "integers >= 0")
+    overrides = _get(cfg, "overrides")
+    if not isinstance(overrides, (list, ListConfig)) or not all(
+        isinstance(o, str) for o in overrides
+    ):
+        raise ConfigError("overrides", overrides, 'a list of "key=value" strings')
+    _writable_dir("out_dir", _get(cfg, "out_dir"))
+    markdown = _get(cfg, "report.markdown")
+    _writable_dir("report.markdown", markdown, Path(str(markdown)).parent)
+    _writable_dir("report.plots_dir", _get(cfg, "report.plots_dir"))
+    for task in tasks:
+        for optimizer in dict.fromkeys([baseline, *optimizers]):
+            run = [f"task={task}", f"optimizer={optimizer}", *overrides]
+            try:
+                run_cfg = compose(config_name="config", overrides=run)
+            except Exception as e:  # noqa: BLE001 (hydra's override grammar and key errors)
+                first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+                raise ConfigError(
+                    "overrides", list(overrides), f"valid overrides ({first})"
+                ) from None
+            try:
+                validate_run(run_cfg)
+            except ConfigError as e:
+                raise ConfigError(
+                    f"{e.key} (task={task} optimizer={optimizer})",
+                    e.value,
+                    e.expected,
+                    refused=e.refused,
+                ) from None

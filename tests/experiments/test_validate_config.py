@@ -1,0 +1,224 @@
+"""Bad hydra overrides fail up front, with one line naming the key and what it expects, and a
+non-zero exit; a run whose guard skipped every step is not reported as "ok"."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from assocmem import MemoryOptimizer
+from experiments.guard import ALL_SKIPPED
+from experiments.loop import train_run
+from experiments.validate_config import ConfigError, validate_compare, validate_run
+
+CONF = Path(__file__).resolve().parents[2] / "experiments" / "conf"
+REPO = CONF.parents[1]
+
+
+def _run_cfg(*overrides: str):
+    with initialize_config_dir(str(CONF), version_base=None):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.fixture
+def not_a_dir(tmp_path) -> Path:
+    (tmp_path / "a_file").write_text("x")
+    return tmp_path / "a_file" / "cache"
+
+
+BAD_RUNS = [
+    (["task.steps=abc"], "task.steps = 'abc': expected an integer >= 0"),
+    (["task.steps=-5"], "task.steps = -5: expected an integer >= 0"),
+    (["task.steps=2.5"], "task.steps = 2.5: expected an integer >= 0"),
+    (["task.eval_every=0"], "task.eval_every = 0: expected an integer >= 1"),
+    (["task.eval_every=abc"], "task.eval_every = 'abc': expected an integer >= 1"),
+    (["seed=abc"], "seed = 'abc': expected an integer >= 0"),
+    (["seed=-1"], "seed = -1: expected an integer >= 0"),
+    (["seed=true"], "seed = True: expected an integer >= 0"),
+    (["optimizer.lr=abc"], "optimizer.lr = 'abc': expected a finite number > 0"),
+    (["optimizer.lr=0"], "optimizer.lr = 0: expected a finite number > 0"),
+    (["optimizer.lr=nan"], "optimizer.lr = nan: expected a finite number > 0"),
+    (["target=abc"], "target = 'abc': expected null or a finite number"),
+    (["progress=maybe"], "progress = 'maybe': expected true or false"),
+    (["optimizer=delta", "+optimizer.factory.bogus=1"], "optimizer.factory = 'delta': refused"),
+    (["optimizer=delta", "optimizer.factory.memory=nope"], "optimizer.factory = 'delta': refused"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_RUNS, ids=lambda v: str(v))
+def test_bad_run_override_is_one_line_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        validate_run(_run_cfg(*overrides))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+FORENSIC = ["task=detect_head", "data=tiny"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["data.patch_size=10"], "data.patch_size = 10"),
+        (["data.patch_size=abc"], "data.patch_size = 'abc'"),
+        (["data.seed=-3"], "data.seed = -3"),
+        (["data.tiny=abc"], "data.tiny = 'abc'"),
+        (["data.train_families=[nope]"], "data.train_families = ['nope']"),
+        (["data.train_families=[]"], "data.train_families = []"),
+        (["data.heldout_families=[splice]"], "data.heldout_families = ['splice']"),
+    ],
+)
+def test_bad_data_override_is_named(tmp_path, overrides, key):
+    cfg = _run_cfg(*FORENSIC, f"data.cache_dir={tmp_path}", *overrides)
+    with pytest.raises(ConfigError, match="^" + key.replace("[", r"\[").replace("]", r"\]")):
+        validate_run(cfg)
+
+
+def test_unwritable_cache_dir_is_named(not_a_dir):
+    with pytest.raises(ConfigError, match=r"^data.cache_dir = .*: expected a writable directory"):
+        validate_run(_run_cfg(*FORENSIC, f"data.cache_dir={not_a_dir}"))
+
+
+def test_cache_dir_is_not_checked_for_tasks_that_do_not_read_it(not_a_dir):
+    validate_run(_run_cfg("task=quadratic", f"data.cache_dir={not_a_dir}"))
+
+
+@pytest.mark.parametrize("task", sorted(p.stem for p in (CONF / "task").glob("*.yaml")))
+def test_every_shipped_task_config_is_valid(task, tmp_path):
+    validate_run(_run_cfg(f"task={task}", f"data.cache_dir={tmp_path}"))
+
+
+@pytest.mark.parametrize("optimizer", sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml")))
+def test_every_shipped_optimizer_config_is_valid(optimizer):
+    validate_run(_run_cfg(f"optimizer={optimizer}"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (['overrides=["task.steps=abc"]'], "task.steps (task=quadratic optimizer=adam) = 'abc'"),
+        (['overrides=["optimizer.lr=-1"]'], "optimizer.lr (task=quadratic optimizer=adam) = -1"),
+        (['overrides=["task.nope=3"]'], "overrides = ['task.nope=3']: expected valid overrides"),
+        (["lr_factors=[1.0,0]"], "lr_factors = 0"),
+        (["lr_factors=[]"], "lr_factors = []"),
+        (["seeds=[0,abc]"], "seeds = 'abc'"),
+        (["tuning_seed=-1"], "tuning_seed = -1"),
+        (["tasks=[nope]"], "tasks = ['nope']"),
+        (["optimizers=[adam,nope]"], "optimizers = ['nope']"),
+        (["baseline=nope"], "baseline = 'nope'"),
+    ],
+)
+def test_bad_compare_override_is_named(tmp_path, overrides, message):
+    base = ["+experiment=smoke", f"out_dir={tmp_path}"]
+    with initialize_config_dir(str(CONF), version_base=None):
+        cfg = compose("compare", overrides=base + overrides)
+        with pytest.raises(ConfigError) as err:
+            validate_compare(cfg)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_compare_report_path_must_be_writable(tmp_path, not_a_dir):
+    with initialize_config_dir(str(CONF), version_base=None):
+        cfg = compose(
+            "compare",
+            overrides=["+experiment=smoke", f"out_dir={tmp_path}", f"report.plots_dir={not_a_dir}"],
+        )
+        with pytest.raises(ConfigError, match="^report.plots_dir = "):
+            validate_compare(cfg)
+
+
+def _cli(module: str, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_bad_override_exits_2_with_one_line(tmp_path):
+    done = _cli("experiments.run", "task.steps=-5", "progress=false", f"hydra.run.dir={tmp_path}")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "config error: task.steps = -5: expected an integer >= 0"
+    ]
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_cli_unwritable_cache_dir_fails_before_the_benchmark_is_built(tmp_path, not_a_dir):
+    done = _cli(
+        "experiments.run",
+        *FORENSIC,
+        f"data.cache_dir={not_a_dir}",
+        "progress=false",
+        f"hydra.run.dir={tmp_path}/run",
+    )
+    assert done.returncode == 2
+    # One line: no traceback and no benchmark-building progress before it.
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"config error: data.cache_dir = '{not_a_dir}': expected a writable")
+
+
+def test_cli_compare_checks_every_run_before_the_first(tmp_path):
+    done = _cli(
+        "experiments.compare", "+experiment=smoke", f"out_dir={tmp_path}", 'overrides=["seed=x"]'
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("config error: seed (task=quadratic")
+    assert not list(tmp_path.glob("**/summary.json"))
+
+
+# --- summary.json: skipped_steps -------------------------------------------------------------
+
+
+class _NaNGradient:
+    """A finite loss whose gradient is NaN (d/dx sqrt(x) at 0, times 0): the optimizer's guard
+    skips every step and the parameters never move."""
+
+    name = "nan_gradient"
+
+    def __init__(self) -> None:
+        self.w = torch.zeros(3, requires_grad=True)
+
+    def parameters(self):
+        return [self.w]
+
+    def train_loss(self, step: int) -> torch.Tensor:
+        return torch.sqrt(self.w * 0).sum()
+
+    def evaluate(self) -> dict[str, float]:
+        return {"val_loss": float((self.w - 1).pow(2).sum())}
+
+
+def test_a_run_whose_guard_skipped_every_step_is_not_ok(tmp_path):
+    task = _NaNGradient()
+    factory = lambda ps: MemoryOptimizer(ps, memory="adam", lr=0.1)  # noqa: E731
+    summary = train_run(task, factory, steps=6, eval_every=3, out_dir=tmp_path)
+    assert summary["skipped_steps"] == 6 and summary["status"] == ALL_SKIPPED
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["skipped_steps"] == 6 and saved["status"] == ALL_SKIPPED
+    assert torch.equal(task.w, torch.zeros(3))
+
+
+def test_skipped_steps_is_recorded_for_every_run(tmp_path):
+    from experiments.tasks.classic import Quadratic
+
+    ours = train_run(
+        Quadratic(seed=0, dim=4),
+        lambda ps: MemoryOptimizer(ps, memory="adam", lr=0.01),
+        steps=4,
+        eval_every=2,
+    )
+    torch_sgd = train_run(
+        Quadratic(seed=0, dim=4), lambda ps: torch.optim.SGD(ps, lr=0.01), steps=4, eval_every=2
+    )
+    assert ours["status"] == torch_sgd["status"] == "ok"
+    assert ours["skipped_steps"] == torch_sgd["skipped_steps"] == 0
+    assert math.isfinite(ours["final"]["val_loss"])
