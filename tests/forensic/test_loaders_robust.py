@@ -201,6 +201,17 @@ def test_lazy_skip_counts_reach_the_main_process_from_workers(tmp_path):
     assert {p for p, _ in ds.skipped_files} == bad
 
 
+def test_a_file_that_breaks_after_validation_is_replaced_not_raised(tmp_path):
+    samples, _ = _lazy_folder(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = ImageFileDataset(samples, size=32)  # validated: the 5 bad reals are dropped
+    ds.samples[0].path.write_bytes(b"")  # then one more breaks mid-training
+    with pytest.warns(UserWarning, match="skipping unreadable file .*good0.png"):
+        labels = [ds[i][1].item() for i in range(len(ds))]
+    assert labels == ds.labels.tolist() and dict(ds.skipped) == {"unreadable": 6}
+
+
 def test_lazy_all_files_of_a_label_bad_raises_naming_the_label(tmp_path):
     samples, _ = _lazy_folder(tmp_path)
     for s in samples:
