@@ -53,7 +53,7 @@ from torch import Tensor
 from assocmem.memory import ElementwiseMemory, hebbian_write, read
 from assocmem.optim import validate
 from assocmem.optim.blocks import blocks, split_by_step
-from assocmem.optim.newton_schulz import zeropower_via_newtonschulz5
+from assocmem.optim.reads import adam_denominator, orthogonal_read
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
 PER_LEVEL = ("freqs", "etas", "weights", "debias")
@@ -134,10 +134,9 @@ def debias_factor(alpha: float, eta: float, writes: int) -> float:
 
 
 def orthogonalize(update: Tensor, steps: int) -> Tensor:
-    """Muon's read ``sigma(u)`` for a >= 2-D tensor (as ``(rows, rest)``), scaled like Muon."""
-    matrix = update.reshape(update.shape[0], -1)
-    scale = math.sqrt(max(1.0, matrix.shape[0] / matrix.shape[1]))
-    return (zeropower_via_newtonschulz5(matrix, steps=steps) * scale).reshape(update.shape)
+    """Muon's read ``s NS(u)`` for a >= 2-D tensor (as ``(rows, rest)``), spectral scale ``s``."""
+    ortho, scale = orthogonal_read(update, steps=steps)
+    return ortho * scale
 
 
 def _second_moment(lists: list[list[Tensor]], group: Group) -> list[Tensor]:
@@ -256,7 +255,7 @@ class CMS(Preset):
                 retention=beta2,
             )
             state["exp_avg_sq"].copy_(second.m)
-            update = update / ((read(second) / (1 - beta2**t)).sqrt() + group["eps"])
+            update = update / adam_denominator(read(second), beta2, t, group["eps"])
         param.add_(update, alpha=-group["lr"])
 
     def foreach_step(
