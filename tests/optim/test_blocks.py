@@ -53,7 +53,7 @@ class _Buffers(NamedTuple):
 def test_named_blocks_are_blocks_by_name():
     params = [torch.arange(10.0), torch.arange(3.0), torch.arange(7.0)]
     levels = ([p + 100 for p in params], [p + 200 for p in params])
-    buffers = _Buffers(params, levels, None)
+    buffers = _Buffers(tuple(params), levels, None)  # a tuple of tensors is a buffer too
     flat = [params, *levels]
     named = list(named_blocks(buffers, [0, 2], numel=4))
     plain = list(blocks(flat, [0, 2], numel=4))

@@ -77,11 +77,16 @@ def blocks(
         yield [[tensors[j] for j in whole] for tensors in lists]
 
 
-def _lists(tree: Any) -> list[list[Tensor]]:
-    """The lists of ``tree`` in field order: a list is a leaf, a tuple a node, None empty."""
+def _is_buffer(tree: Any) -> bool:
+    """A list (or tuple) of tensors: one kind of buffer, one entry per parameter."""
+    return not hasattr(tree, "_fields") and all(isinstance(t, Tensor) for t in tree)
+
+
+def _lists(tree: Any) -> list[Sequence[Tensor]]:
+    """The buffers of ``tree`` in field order; tuples of buffers are walked, None is empty."""
     if tree is None:
         return []
-    if isinstance(tree, list):
+    if _is_buffer(tree):
         return [tree]
     return [leaf for field in tree for leaf in _lists(field)]
 
@@ -89,7 +94,7 @@ def _lists(tree: Any) -> list[list[Tensor]]:
 def _rebuild(tree: Any, lists: Iterator[list[Tensor]]) -> Any:
     if tree is None:
         return None
-    if isinstance(tree, list):
+    if _is_buffer(tree):
         return next(lists)
     fields = [_rebuild(field, lists) for field in tree]
     return type(tree)(*fields) if hasattr(tree, "_fields") else tuple(fields)
@@ -105,8 +110,9 @@ def named_blocks(
 ) -> Iterator[Buffers]:
     """:func:`blocks` of a NamedTuple of buffers, yielded as the same NamedTuple.
 
-    Each field is a list of tensors (one per parameter, like ``params``), a tuple of such lists
-    (one per memory level, say) or None (a buffer this configuration does not keep).
+    Each field is a list (or tuple) of tensors, one per parameter like ``params``; a tuple of
+    such lists (one per memory level, say); or None (a buffer this configuration does not
+    keep). Every list in a yielded block is a list.
     """
     for block in blocks(_lists(buffers), index, numel):
         yield _rebuild(buffers, iter(block))
