@@ -78,8 +78,14 @@ def blocks(
 
 
 def _is_buffer(tree: Any) -> bool:
-    """A list (or tuple) of tensors: one kind of buffer, one entry per parameter."""
-    return not hasattr(tree, "_fields") and all(isinstance(t, Tensor) for t in tree)
+    """A list of tensors, or a plain tuple of them: one kind of buffer, one entry per parameter.
+
+    Lists are always buffers (nesting uses tuples); O(1), so cutting blocks costs no pass over
+    the lists.
+    """
+    if isinstance(tree, list):
+        return True
+    return not hasattr(tree, "_fields") and (not tree or isinstance(tree[0], Tensor))
 
 
 def _lists(tree: Any) -> list[Sequence[Tensor]]:
@@ -97,7 +103,7 @@ def _rebuild(tree: Any, lists: Iterator[list[Tensor]]) -> Any:
     if _is_buffer(tree):
         return next(lists)
     fields = [_rebuild(field, lists) for field in tree]
-    return type(tree)(*fields) if hasattr(tree, "_fields") else tuple(fields)
+    return tree._make(fields) if hasattr(tree, "_fields") else tuple(fields)
 
 
 def select(buffers: Buffers, index: Sequence[int]) -> Buffers:
@@ -114,5 +120,7 @@ def named_blocks(
     such lists (one per memory level, say); or None (a buffer this configuration does not
     keep). Every list in a yielded block is a list.
     """
+    if index is not None and not index:
+        return  # nothing to cut, and no need to walk the buffers
     for block in blocks(_lists(buffers), index, numel):
         yield _rebuild(buffers, iter(block))
