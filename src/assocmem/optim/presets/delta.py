@@ -15,9 +15,10 @@ removed). One gradient step on ``L`` with retention ``alpha`` is
     read    u = m
     step    W <- W - lr * u
 
-Sign convention: we write ``+ eta g`` and step ``W - lr m`` (DESIGN.md's table writes ``- eta g``
-with a sign slip), so that ``gamma = 0, alpha = beta, eta = 1`` is exactly the ``momentum``
-preset. Along the current gradient the old memory is kept with factor ``alpha - gamma``,
+Sign convention: the write stores ``+ eta g`` and the step subtracts the read,
+``W - lr m`` (writing ``- eta g`` and adding the read is the same optimizer with the sign moved),
+so that ``gamma = 0, alpha = beta, eta = 1`` is exactly the ``momentum`` preset. Along the
+current gradient the old memory is kept with factor ``alpha - gamma``,
 orthogonally to it with ``alpha``: ``<g_hat, m_new> = (alpha - gamma) <g_hat, m> + eta ||g||``.
 Since ``alpha in [0, 1)`` and ``gamma in [0, 1]``, the write map has spectral radius
 ``max(alpha, |alpha - gamma|) < 1``, so the memory stays bounded for bounded gradients.
