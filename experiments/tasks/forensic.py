@@ -137,9 +137,6 @@ class MaskedPretraining:
         score_fn = linear_probe_scorer(self.pretrainer.encoder, x, y)
         return zero_shot_report(score_fn, self.bench, families_of(self.data))
 
-    def encoder_state(self) -> dict[str, Tensor]:
-        return self.pretrainer.encoder.state_dict()
-
 
 def pretrained_encoder(data: dict, spec: dict[str, Any]) -> nn.Module:
     """An encoder pretrained with a fixed Adam recipe, cached on disk by its config.

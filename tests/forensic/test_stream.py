@@ -30,7 +30,7 @@ def take(stream, n, **kw):
 def test_batches_are_balanced_and_shaped(bench):
     images, labels, family = take(TrainStream(bench, SEEN, batch_size=10, seed=0), 1)[0]
     assert images.shape == (10, 3, 32, 32) and images.dtype == torch.float32
-    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
     assert int(labels.sum()) == 5
     assert torch.equal(labels, (family > 0).float())
     allowed = {bench.family_names.index(f) for f in SEEN}
@@ -81,9 +81,7 @@ def test_every_crop_is_a_window_of_a_train_photo(bench):
                         # undo: rotate back, then flip back
                         cand = np.rot90(crop, -turns, axes=(1, 2))
                         cand = cand[:, :, ::-1] if flip else cand
-                        win = np.lib.stride_tricks.sliding_window_view(
-                            level, (32, 32), axis=(0, 1)
-                        )
+                        win = np.lib.stride_tricks.sliding_window_view(level, (32, 32), axis=(0, 1))
                         hits = (win == cand[None, None]).all(axis=(2, 3, 4))
                         found = found or bool(hits.any())
         assert found
