@@ -12,8 +12,9 @@ settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
-# Two 2-thread workers on 2 cores run slower than two 1-thread workers.
-torch.set_num_threads(1)
+# Two 2-thread workers on 2 cores run slower than two 1-thread workers. ASSOCMEM_TEST_THREADS
+# lets `make test-portability` run the numerics with intra-op parallel reductions too.
+torch.set_num_threads(int(os.environ.get("ASSOCMEM_TEST_THREADS", "1")))
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -80,6 +81,28 @@ def every_memory() -> list[str]:
 
 def safe_lr(memory: str) -> float:
     return SAFE_LR.get(memory, 1e-3)
+
+
+# Tolerance for "fast path == reference" checks, which run in float64 (``in_float64``): they test
+# that two codings compute the same algorithm, not how fp32 matmul kernels round (that differs
+# between CPUs: AVX2 vs AVX-512 vs the default kernels reorder sums; fp32 tolerances tuned on one
+# machine failed on another). Budget: fp64 unit roundoff 1.1e-16, times the largest per-step
+# amplification in any preset (Newton-Schulz's slope at zero, a^5 = 3.4445^5 ~ 490), times 30
+# steps, times parameters of order 1: ~2e-12 (measured: at most 1.8e-14, ATEN_CPU_CAPABILITY=default
+# and avx2). atol 1e-10 leaves a 50x margin on the bound, yet any algorithmic
+# difference (a missed bias correction, a stale buffer) moves parameters by >= lr * 1e-3 ~ 1e-6.
+LOCKSTEP_TOL = {"rtol": 0.0, "atol": 1e-10}
+
+
+@contextlib.contextmanager
+def in_float64() -> Iterator[None]:
+    """Models, data and optimizer state created inside are float64 (torch's default dtype)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def assert_lockstep(

@@ -6,7 +6,17 @@ test_optimizer_info.py; these are the ones that need the full TinyNet or a secon
 
 import pytest
 import torch
-from optim_support import every_memory, flat_params, loss_at, make_model, safe_lr, train
+from optim_support import (
+    LOCKSTEP_TOL,
+    every_memory,
+    flat_params,
+    in_float64,
+    loss_at,
+    make_model,
+    safe_lr,
+    train,
+    two_groups,
+)
 
 from assocmem import MemoryOptimizer, available_memories
 
@@ -30,19 +40,17 @@ def test_default_hyperparameters_reduce_the_loss(memory):
 
 @pytest.mark.parametrize("memory", MEMORIES)
 def test_foreach_path_equals_reference_at_every_step(memory):
-    fast_model, ref_model = make_model(), make_model()
-    groups = lambda m: [  # noqa: E731
-        {"params": [m.conv.weight, m.conv.bias, m.gain]},
-        {"params": [m.fc.weight, m.fc.bias, m.out.weight, m.out.bias], "lr": safe_lr(memory) / 2},
-    ]
-    fast = MemoryOptimizer(groups(fast_model), memory, lr=safe_lr(memory), foreach=True)
-    ref = MemoryOptimizer(groups(ref_model), memory, lr=safe_lr(memory), foreach=False)
-    for t in range(25):
-        train(fast_model, fast, range(t, t + 1))
-        train(ref_model, ref, range(t, t + 1))
-        torch.testing.assert_close(
-            flat_params(fast_model), flat_params(ref_model), rtol=1e-5, atol=1e-6
-        )
+    with in_float64():
+        fast_model, ref_model = make_model(), make_model()
+        lr = safe_lr(memory)
+        fast = MemoryOptimizer(two_groups(fast_model, lr), memory, lr=lr, foreach=True)
+        ref = MemoryOptimizer(two_groups(ref_model, lr), memory, lr=lr, foreach=False)
+        for t in range(25):
+            train(fast_model, fast, range(t, t + 1))
+            train(ref_model, ref, range(t, t + 1))
+            torch.testing.assert_close(
+                flat_params(fast_model), flat_params(ref_model), **LOCKSTEP_TOL
+            )
 
 
 @pytest.mark.parametrize("memory", MEMORIES)

@@ -2,7 +2,7 @@ import copy
 
 import pytest
 import torch
-from optim_support import assert_lockstep, flat_params, make_model, train
+from optim_support import LOCKSTEP_TOL, assert_lockstep, flat_params, in_float64, make_model, train
 
 from assocmem import MemoryOptimizer
 from assocmem.optim import get_preset
@@ -12,11 +12,12 @@ MLP = ("mlp_w1", "mlp_b1", "mlp_w2", "mlp_b2", "mlp_skip")
 
 @pytest.mark.parametrize("hyper", [{}, {"retention_target": "zero", "retention": 0.99}])
 def test_reference_equals_fast_path_at_every_step(hyper):
-    fast_model, ref_model = make_model(), make_model()
-    fast = MemoryOptimizer(fast_model.parameters(), "deep", lr=1e-2, foreach=True, **hyper)
-    ref = MemoryOptimizer(ref_model.parameters(), "deep", lr=1e-2, foreach=False, **hyper)
-    keys = (*MLP, "inner_loss", "momentum", "prev_grad", "grad_sq")
-    assert_lockstep(fast_model, fast, ref_model, ref, 20, state_keys=keys, rtol=1e-5, atol=1e-6)
+    with in_float64():
+        fast_model, ref_model = make_model(), make_model()
+        fast = MemoryOptimizer(fast_model.parameters(), "deep", lr=1e-2, foreach=True, **hyper)
+        ref = MemoryOptimizer(ref_model.parameters(), "deep", lr=1e-2, foreach=False, **hyper)
+        keys = (*MLP, "inner_loss", "momentum", "prev_grad", "grad_sq")
+        assert_lockstep(fast_model, fast, ref_model, ref, 20, state_keys=keys, **LOCKSTEP_TOL)
 
 
 def run_stream(gradients, n=256, steps=150, **hyper):

@@ -4,7 +4,15 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from optim_support import assert_lockstep, flat_params, make_model, train, two_groups
+from optim_support import (
+    LOCKSTEP_TOL,
+    assert_lockstep,
+    flat_params,
+    in_float64,
+    make_model,
+    train,
+    two_groups,
+)
 
 from assocmem import MemoryOptimizer
 from assocmem.optim.presets.delta import delta_momentum_write, unit_rows
@@ -13,11 +21,12 @@ from assocmem.optim.presets.delta import delta_momentum_write, unit_rows
 @pytest.mark.parametrize("erase", ["tensor", "row"])
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0])
 def test_foreach_equals_reference_at_every_step(erase, gamma):
-    fast_model, ref_model = make_model(), make_model()
-    kw = dict(lr=1e-2, gamma=gamma, erase=erase, alpha=0.8, eta=0.7, weight_decay=0.01)
-    fast = MemoryOptimizer(two_groups(fast_model, 1e-2), "delta", foreach=True, **kw)
-    ref = MemoryOptimizer(two_groups(ref_model, 1e-2), "delta", foreach=False, **kw)
-    assert_lockstep(fast_model, fast, ref_model, ref, 30, rtol=0, atol=1e-6)
+    with in_float64():
+        fast_model, ref_model = make_model(), make_model()
+        kw = dict(lr=1e-2, gamma=gamma, erase=erase, alpha=0.8, eta=0.7, weight_decay=0.01)
+        fast = MemoryOptimizer(two_groups(fast_model, 1e-2), "delta", foreach=True, **kw)
+        ref = MemoryOptimizer(two_groups(ref_model, 1e-2), "delta", foreach=False, **kw)
+        assert_lockstep(fast_model, fast, ref_model, ref, 30, **LOCKSTEP_TOL)
 
 
 @pytest.mark.parametrize("foreach", [False, True])

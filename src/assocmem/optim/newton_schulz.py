@@ -32,9 +32,10 @@ def zeropower_via_newtonschulz5(G: Tensor, steps: int = 5, eps: float = 1e-7) ->
 
     ``X <- a X + (b A + c A^2) X`` with ``A = X X^T``, started from ``X = G / (||G||_F + eps)``
     so that every singular value is at most one (the region where the quintic is designed to
-    work). Computed in fp32 whatever the input dtype (bf16 is slow on CPU and the iteration
-    amplifies rounding); the result is cast back to ``G.dtype``. Tall matrices are transposed so
-    that ``A`` is the smaller Gram matrix (``min(r, c)`` squared).
+    work). Computed in fp32 for lower-precision inputs (bf16 is slow on CPU and the iteration
+    amplifies rounding) and in fp64 for fp64 inputs, so that float64 tests check the algorithm
+    rather than fp32 rounding; the result is cast back to ``G.dtype``. Tall matrices are
+    transposed so that ``A`` is the smaller Gram matrix (``min(r, c)`` squared).
 
     Args:
         G: a matrix ``(r, c)`` or a batch ``(..., r, c)``; leading dims are independent.
@@ -59,7 +60,7 @@ def zeropower_via_newtonschulz5(G: Tensor, steps: int = 5, eps: float = 1e-7) ->
     if G.dim() < 2:
         raise ValueError(f"G must have at least 2 dims, got shape {tuple(G.shape)}")
     a, b, c = NS_COEFFS
-    X = G.to(torch.float32)
+    X = G.to(torch.promote_types(G.dtype, torch.float32))
     transposed = X.size(-2) > X.size(-1)
     if transposed:
         X = X.mT

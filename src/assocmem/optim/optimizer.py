@@ -444,7 +444,9 @@ def _all_finite(grads: list[Tensor]) -> bool:
         by_device.setdefault(g.device, []).append(g)
     flags = []
     for device, group in by_device.items():
-        found = torch.zeros(1, device=device)
-        torch._amp_foreach_non_finite_check_and_unscale_(group, found, torch.ones(1, device=device))
+        # The kernel takes float32 flags whatever torch's default dtype is (float64 tests).
+        found = torch.zeros(1, device=device, dtype=torch.float32)
+        unit = torch.ones(1, device=device, dtype=torch.float32)
+        torch._amp_foreach_non_finite_check_and_unscale_(group, found, unit)
         flags.append(found)
     return not any(bool(f) for f in flags)
