@@ -210,8 +210,6 @@ def test_step_without_gradients_is_a_no_op_and_creates_no_state(info, config, fo
 def test_zero_gradients_from_the_start_move_nothing(info, config, foreach):
     # torch's test_step_is_noop_for_zero_grads: an optimizer with an empty memory and zero
     # gradients (no weight decay) leaves the parameters where they are.
-    if info.memory == "learned":
-        pytest.xfail("the learned preset still moves with zero gradients")
     params = tensors(SHAPES)
     before = [p.detach().clone() for p in params]
     opt = make_opt(params, info, config, foreach, weight_decay=0.0)
