@@ -27,9 +27,12 @@ _COMMON = {
     "compile": validate.boolean,
 }
 NONFINITE_POLICIES = ("skip", "raise", "ignore")
-# Stepped through an fp32 copy: fp16 cannot hold eps = 1e-8 or a squared gradient above 256,
-# and bf16's 8-bit mantissa loses the sums (norms, secant pairs) the memories are built from.
+# Stepped through an fp32 master copy: fp16 cannot hold eps = 1e-8 or a squared gradient above
+# 256, bf16's 8-bit mantissa loses the sums (norms) the memories are built from, and steps
+# below half an ulp of the parameter vanish, which leaves landscape's secant pairs
+# s = W_t - W_{t-1} mostly zero (its bf16 step kept cosine 0.1-0.3 to the fp32 one).
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+MASTER = "master_param"
 
 
 class MemoryOptimizer(Optimizer):
@@ -62,9 +65,11 @@ class MemoryOptimizer(Optimizer):
         **hyper: the preset's hyperparameters (see ``MemoryOptimizer.hyperparameters(memory)``).
 
     Parameters of any floating dtype work: fp32/fp64 are stepped as they are; fp16/bf16 through
-    an fp32 copy, with fp32 state (the result is rounded to the parameter's dtype once per
-    step); a complex parameter as its real view ``torch.view_as_real(p)`` (so it equals
-    optimizing that real view; its state is real). Empty parameters are left alone.
+    an fp32 master copy kept in the state (``state["master_param"]``, 4 bytes per coordinate),
+    with fp32 state: the parameter is the fp32 trajectory rounded to its dtype, and a change
+    made to it outside the optimizer is picked up at the next step. A complex parameter is
+    stepped as its real view ``torch.view_as_real(p)`` (so it equals optimizing that real
+    view; its state is real). Empty parameters are left alone.
 
     Example:
         >>> import torch
@@ -128,8 +133,14 @@ class MemoryOptimizer(Optimizer):
         _reject_foreign(param_group, preset, memory)
         if memory != self.defaults["memory"]:
             param_group = {**self.hyperparameters(memory), **param_group}
+        params = param_group.get("params")
+        if not isinstance(params, (Tensor, set)) and params is not None:
+            param_group = {**param_group, "params": list(params)}  # a generator is read once
         # Checked before the group joins, so a refused group leaves the optimizer as it was.
-        _check_group({**self.defaults, **param_group}, preset)
+        merged = {**self.defaults, **param_group}
+        _check_group(merged, preset)
+        for p in _tensors(param_group.get("params")):
+            _check_param(p, merged, preset)
         super().add_param_group(param_group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -164,14 +175,17 @@ class MemoryOptimizer(Optimizer):
 
     def _step_group(self, group: Group, params: list[Tensor], grads: list[Tensor]) -> None:
         preset = get_preset(group["memory"])
-        work = [_working(p) for p in params]
-        states = []
-        for p, w in zip(params, work, strict=True):
+        states, work = [], []
+        for p in params:
             state = self.state[p]
             if not state:
+                _check_param(p, group, preset)
                 state["step"] = torch.zeros((), dtype=torch.float32)
-                state.update(preset.init_state(w, group))
+                state.update(_fresh_state(preset, p, group))
+            elif MASTER in state and not torch.equal(state[MASTER].to(p.dtype), _real(p)):
+                state[MASTER].copy_(_real(p))  # the parameter was changed outside the optimizer
             states.append(state)
+            work.append(state.get(MASTER, _real(p)))
         steps = [s["step"] for s in states]
         torch._foreach_add_(steps, 1)
         # An empty tensor has nothing to step (and a mean over it is NaN): the preset never
@@ -189,8 +203,8 @@ class MemoryOptimizer(Optimizer):
             [states[i] for i in kept],
         )
         for i in kept:
-            if work[i] is not params[i] and work[i].dtype != _real(params[i]).dtype:
-                _real(params[i]).copy_(work[i])  # the fp32 copy of an fp16/bf16 parameter
+            if MASTER in states[i]:
+                _real(params[i]).copy_(states[i][MASTER])
 
     def _step_tensors(
         self,
@@ -323,6 +337,29 @@ def _check_group(group: Group, preset: Preset) -> None:
     preset.check_group(group)
 
 
+def _check_param(param: Tensor, group: Group, preset: Preset) -> None:
+    if (msg := preset.check_param(param, group)) is not None:
+        raise ValueError(
+            f"memory={preset.name!r} cannot step a {param.dtype} parameter of shape "
+            f"{tuple(param.shape)}: {msg}"
+        )
+
+
+def _tensors(params: Any) -> list[Tensor]:
+    """The tensors of a group's ``params``: a tensor, or a list of tensors or (name, tensor)."""
+    if isinstance(params, Tensor):
+        return [params]
+    if not isinstance(params, list):
+        return []
+    out = []
+    for p in params:
+        if isinstance(p, tuple) and len(p) == 2:
+            p = p[1]
+        if isinstance(p, Tensor):
+            out.append(p)
+    return out
+
+
 def _loaded_group(i: int, saved: Any, group: Group) -> Group:
     """The group ``saved`` makes of ``group``, checked like a constructor argument.
 
@@ -364,7 +401,11 @@ def _loaded_state(where: str, saved: Any, param: Tensor, group: Group) -> dict[s
     if not saved:
         return {}
     preset = get_preset(group["memory"])
-    expected = preset.init_state(_working(param.detach()), group)
+    try:
+        _check_param(param, group, preset)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    expected = _fresh_state(preset, param.detach(), group)
     if set(saved) != {"step", *expected}:
         raise ValueError(
             f"{where}: saved state keys {sorted(map(str, saved))} do not match "
@@ -411,6 +452,16 @@ def _step_tensor(step: Any) -> Tensor:
 def _real(t: Tensor) -> Tensor:
     """A complex tensor as its real view ``(..., 2)``; a real one as itself."""
     return torch.view_as_real(t) if t.is_complex() else t
+
+
+def _fresh_state(preset: Preset, param: Tensor, group: Group) -> dict[str, Any]:
+    """The state of a parameter before its first step (without ``step``): the preset's
+    memory, and for an fp16/bf16 parameter its fp32 master copy, which the preset steps."""
+    real = _real(param)
+    if real.dtype not in LOW_PRECISION:
+        return preset.init_state(real, group)
+    master = real.float()
+    return {MASTER: master, **preset.init_state(master, group)}
 
 
 def _working(t: Tensor) -> Tensor:

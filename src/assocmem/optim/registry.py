@@ -80,6 +80,14 @@ class Preset:
     def check_group(self, group: Group) -> None:
         """Cross-argument checks beyond the per-argument validators (override if needed)."""
 
+    def check_param(self, param: Tensor, group: Group) -> str | None:
+        """Why ``param`` (its dtype, shape) cannot be stepped with ``group``, or ``None``.
+
+        Checked when a group is added and again before a parameter's first step (a module's
+        ``.to(dtype)`` changes its parameters in place after the optimizer was built).
+        """
+        return None
+
     def check_state(self, state: State, group: Group) -> str | None:
         """Why a loaded per-parameter ``state`` cannot be stepped with ``group``, or ``None``.
 
