@@ -176,6 +176,7 @@ def _fusable(lists: list[list[Tensor]], i: int) -> bool:
 @register
 class CMS(Preset):
     name = "cms"
+    non_negative_state = ("exp_avg_sq",)
     hyper = {
         "alphas": Hyper(
             (0.9, 0.9), validate.sequence_of(validate.unit_interval), "retention per level"

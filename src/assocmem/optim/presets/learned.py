@@ -57,6 +57,7 @@ def load_learned(
 @register
 class Learned(Preset):
     name = "learned"
+    non_negative_state = ("second_moment",)
     hyper = {
         "checkpoint": Hyper(
             None, _checkpoint_or_none, "safetensors file of the learned memory; None = shipped"
