@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from assocmem import MemoryOptimizer
+from assocmem import MemoryOptimizer, get_preset
 from assocmem.meta import (
     DEFAULT_CHECKPOINT,
     LearnedConfig,
@@ -164,8 +165,7 @@ def test_preset_hyper_validation_and_custom_checkpoint(tmp_path):
 def test_building_the_preset_leaves_the_global_rng_alone(monkeypatch):
     # The first optimizer in a process loads the checkpoint; that drew from torch's global
     # RNG, so two identically seeded runs differed by whether one had built it before.
-    from assocmem.optim.presets import learned
-
+    learned = sys.modules[type(get_preset("learned")).__module__]
     monkeypatch.setattr(learned, "_CACHE", {})  # as in a fresh process
     params = list(_model().parameters())
     torch.manual_seed(0)
