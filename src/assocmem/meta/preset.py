@@ -49,7 +49,11 @@ def load_learned(
     path = Path(DEFAULT_CHECKPOINT if checkpoint is None else checkpoint).resolve()
     key = (str(path), path.stat().st_mtime_ns, dtype, str(device))
     if key not in _CACHE:
-        ckpt = load_checkpoint(path)
+        # Loading checks the tensors' shapes against a freshly initialised network, which
+        # draws from torch's global RNG: fork it, so building an optimizer leaves a seeded
+        # run's random numbers alone.
+        with torch.random.fork_rng(devices=[]):
+            ckpt = load_checkpoint(path)
         meta = {k: v.to(dtype=dtype, device=device) for k, v in ckpt.meta_params.items()}
         _CACHE[key] = (meta, ckpt.config)
     return _CACHE[key]
@@ -58,6 +62,7 @@ def load_learned(
 @register
 class Learned(Preset):
     name = "learned"
+    non_negative_state = ("second_moment",)
     hyper = {
         "checkpoint": Hyper(
             None, _checkpoint_or_none, "safetensors file of the learned memory; None = shipped"

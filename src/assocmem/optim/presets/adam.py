@@ -27,6 +27,7 @@ from assocmem.optim.registry import Group, Hyper, Preset, State, register
 @register
 class Adam(Preset):
     name = "adam"
+    non_negative_state = ("exp_avg_sq",)
     hyper = {
         "betas": Hyper(
             (0.9, 0.999), validate.pair_of(validate.unit_interval), "retentions of m and v"

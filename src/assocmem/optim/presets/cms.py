@@ -149,6 +149,7 @@ def accumulates(group: Group, k: int) -> bool:
 @register
 class CMS(Preset):
     name = "cms"
+    non_negative_state = ("exp_avg_sq",)
     hyper = {
         "alphas": Hyper(
             (0.9, 0.9), validate.sequence_of(validate.unit_interval), "retention per level"

@@ -156,6 +156,7 @@ def lowrank_direction(
 @register
 class Landscape(Preset):
     name = "landscape"
+    non_negative_state = ("curvature",)  # clamped into [h_min, h_max], h_min >= 0
     hyper = {
         "form": Hyper(
             "diagonal",
@@ -267,6 +268,28 @@ class Landscape(Preset):
         from assocmem.optim.presets.landscape_fast import diagonal_step
 
         diagonal_step(params, grads, states, group, compile=True)
+
+    def check_param(self, param: Tensor, group: Group) -> str | None:
+        # y = g_t - g_{t-1} of fp16/bf16 gradients carries their rounding, ~eps |g| each: a
+        # noise floor below 2 eps lets that noise be written as curvature (the bf16 step kept
+        # cosine 0.1-0.3 to the fp32 one at y_tol = 1e-6, 0.96-0.99 at 2 eps).
+        if param.dtype in (torch.float16, torch.bfloat16):
+            floor = 2 * torch.finfo(param.dtype).eps
+            if group["y_tol"] < floor:
+                return (
+                    f"its secant pairs need y_tol >= 2 * eps = {floor:g} (the gradients' "
+                    f"rounding), got y_tol={group['y_tol']!r}"
+                )
+        return None
+
+    def check_state(self, state: State, group: Group) -> str | None:
+        if float(state["has_prev"]) not in (0.0, 1.0):
+            return f"'has_prev' must be 0 or 1, got {float(state['has_prev'])}"
+        if "pairs" in state:
+            pairs = float(state["pairs"])
+            if not (pairs.is_integer() and 0 <= pairs <= group["rank"]):
+                return f"'pairs' must be a whole number in [0, rank={group['rank']}], got {pairs}"
+        return super().check_state(state, group)
 
     def check_group(self, group: Group) -> None:
         if not group["h_min"] <= group["h0"] <= group["h_max"]:

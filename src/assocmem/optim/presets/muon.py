@@ -59,6 +59,7 @@ def _adam_group(group: Group) -> Group:
 @register
 class Muon(Preset):
     name = "muon"
+    non_negative_state = ("exp_avg_sq",)  # the Adam fallback's
     hyper = {
         # Named like torch.optim.Muon's argument (beta in the equations).
         "momentum": Hyper(0.95, validate.unit_interval, "retention beta of the momentum memory"),
