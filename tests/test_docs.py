@@ -1,5 +1,6 @@
 """Docs that are generated stay in sync with the code."""
 
+import re
 from pathlib import Path
 
 from assocmem.optim.describe import embed
@@ -18,3 +19,18 @@ def test_every_preset_has_a_theory_section():
     theory = (DOCS / "theory.md").read_text()
     for name in available_memories():
         assert f"### `{name}`" in theory, name
+
+
+def test_architecture_map_matches_the_tree():
+    """Every module of the library and the harness is on the map, and the map names no file
+    that is gone."""
+    root = DOCS.parent
+    text = (DOCS / "architecture.md").read_text()
+    files = [*(root / "src" / "assocmem").rglob("*.py"), *(root / "experiments").rglob("*.py")]
+    names = {p.name for p in files}
+    missing = sorted(str(p.relative_to(root)) for p in files if p.name != "__init__.py")
+    missing = [f for f in missing if Path(f).name not in text]
+    assert missing == [], "add these to docs/architecture.md"
+    tables = "\n".join(line for line in text.splitlines() if line.startswith("|"))
+    stale = sorted(set(re.findall(r"(\w+\.py)", tables)) - names)
+    assert stale == [], "docs/architecture.md names files that do not exist"

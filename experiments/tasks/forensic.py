@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,10 @@ from torch import Tensor, nn
 from assocmem.forensic.data import (
     BenchmarkConfig,
     ForensicBenchmark,
-    ForensicSubset,
     build_benchmark,
 )
 from assocmem.forensic.data.benchmark import default_cache_dir
 from assocmem.forensic.masks import FrequencyMasker, PixelMasker
-from assocmem.forensic.metrics import false_positive_rate, per_family_metrics
 from assocmem.forensic.models import (
     CNNEncoder,
     F3Net,
@@ -40,6 +38,12 @@ from assocmem.forensic.models import (
     fine_tune,
     linear_probe,
     mlp_probe,
+)
+from assocmem.forensic.protocol import (
+    FamilySplit,
+    balanced,
+    linear_probe_scorer,
+    zero_shot_report,
 )
 from assocmem.forensic.train import pretrain, pretrain_val_loss, score
 
@@ -55,6 +59,11 @@ def load_benchmark(data: DictConfig | dict[str, Any]) -> ForensicBenchmark:
     if key not in _BENCHMARKS:
         _BENCHMARKS[key] = build_benchmark(config, data.get("cache_dir"), progress=True)
     return _BENCHMARKS[key]
+
+
+def families_of(data: dict[str, Any]) -> FamilySplit:
+    """The data config's seen/held-out families (refused if a family is on both sides)."""
+    return FamilySplit(tuple(data["train_families"]), tuple(data["heldout_families"]))
 
 
 def _plain(cfg: Any) -> dict[str, Any]:
@@ -79,79 +88,6 @@ def build_masker(spec: dict[str, Any]) -> FrequencyMasker | PixelMasker:
     if domain == "pixel":
         return PixelMasker(**spec)
     raise ValueError(f"masker.domain must be 'frequency' or 'pixel', got {domain!r}")
-
-
-def balanced(subset: ForensicSubset, seed: int) -> tuple[Tensor, Tensor]:
-    """All reals plus as many fakes, drawn evenly at random from the subset's families.
-
-    The built-in benchmark has one fake per real *per family*, so training on a split as is
-    would teach the prior "fake" and wreck accuracy at 0.5 and the false-positive rate.
-    """
-    g = torch.Generator().manual_seed(seed)
-    reals = torch.nonzero(subset.labels == 0).squeeze(1)
-    fakes = torch.nonzero(subset.labels == 1).squeeze(1)
-    fakes = fakes[torch.randperm(len(fakes), generator=g)[: len(reals)]]
-    rows = torch.cat([reals, fakes])
-    images = subset.images_uint8[rows].float().div_(255.0)
-    return images, subset.labels[rows].float()
-
-
-def zero_shot_report(
-    score_fn: Callable[[Tensor], Tensor], bench: ForensicBenchmark, data: dict
-) -> dict[str, Any]:
-    """Per-family metrics on the test split: held-out families (zero-shot) and seen ones.
-
-    ``score_fn(images) -> P(fake)``. Also the false-positive rate on the test reals (photos never
-    seen in training) at threshold 0.5.
-    """
-    report: dict[str, Any] = {}
-    for group in ("heldout", "seen"):
-        families = data["heldout_families"] if group == "heldout" else data["train_families"]
-        test = bench.split("test", families)
-        probs = score_fn(test.images)
-        names = [test.family_of(i) for i in range(len(test))]
-        report[group] = per_family_metrics(test.labels, probs, names)
-        if group == "heldout":
-            report["test_real_fpr"] = false_positive_rate(probs[test.labels == 0], 0.5)
-    return report
-
-
-@torch.no_grad()
-def texture_features(encoder: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
-    """Mean and standard deviation of each feature channel over positions: (N, 2 * channels).
-
-    Generation traces are second-order statistics of local responses, which mean pooling alone
-    averages away; the std keeps them (a random ViT's probe AUC rises from 0.60 to 0.68 on the
-    seen families with it).
-    """
-    encoder.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        fmap = encoder.feature_map(images[start : start + batch_size]).flatten(2)
-        out.append(torch.cat([fmap.mean(2), fmap.std(2)], dim=1))
-    return torch.cat(out)
-
-
-def linear_probe_scorer(
-    encoder: nn.Module, images: Tensor, labels: Tensor
-) -> Callable[[Tensor], Tensor]:
-    """Fit an L2-regularised logistic regression (L-BFGS, to convergence) on frozen features.
-
-    A probe solved to its optimum measures the features, not the probe's own optimisation, so
-    the same recipe serves every optimizer under test.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-    probe.fit(texture_features(encoder, images).numpy(), labels.numpy())
-
-    def score_fn(x: Tensor) -> Tensor:
-        feats = texture_features(encoder, x).numpy()
-        return torch.from_numpy(probe.predict_proba(feats)[:, 1]).float()
-
-    return score_fn
 
 
 class MaskedPretraining:
@@ -199,10 +135,7 @@ class MaskedPretraining:
     def final_report(self) -> dict[str, Any]:
         x, y = balanced(self.bench.split("train", self.data["train_families"]), 0)
         score_fn = linear_probe_scorer(self.pretrainer.encoder, x, y)
-        return zero_shot_report(score_fn, self.bench, self.data)
-
-    def encoder_state(self) -> dict[str, Tensor]:
-        return self.pretrainer.encoder.state_dict()
+        return zero_shot_report(score_fn, self.bench, families_of(self.data))
 
 
 def pretrained_encoder(data: dict, spec: dict[str, Any]) -> nn.Module:
@@ -291,4 +224,4 @@ class Detection:
         return {"val_loss": F.binary_cross_entropy(probs, self.val_labels).item()}
 
     def final_report(self) -> dict[str, Any]:
-        return zero_shot_report(partial(score, self.detector), self.bench, self.data)
+        return zero_shot_report(partial(score, self.detector), self.bench, families_of(self.data))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from assocmem import MemoryOptimizer
+from assocmem import MemoryOptimizer, get_preset
 from assocmem.meta import (
     DEFAULT_CHECKPOINT,
     LearnedConfig,
@@ -159,6 +160,41 @@ def test_preset_hyper_validation_and_custom_checkpoint(tmp_path):
     opt = MemoryOptimizer(model.parameters(), memory="learned", checkpoint=str(path))
     _train(model, opt, 2)
     assert opt.state[next(model.parameters())]["momenta"].shape[0] == len(TINY.betas)
+
+
+def test_building_the_preset_leaves_the_global_rng_alone(monkeypatch):
+    # The first optimizer in a process loads the checkpoint; that drew from torch's global
+    # RNG, so two identically seeded runs differed by whether one had built it before.
+    learned = sys.modules[type(get_preset("learned")).__module__]
+    monkeypatch.setattr(learned, "_CACHE", {})  # as in a fresh process
+    params = list(_model().parameters())
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    MemoryOptimizer(params, memory="learned")
+    assert learned._CACHE  # the checkpoint was loaded here
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_zero_gradient_moves_only_what_the_memory_holds(foreach):
+    # Zero gradients into an empty memory move nothing (torch.optim's rule; it drifted by
+    # ~0.3 lr per step); a coordinate that saw a gradient before keeps moving on its
+    # momentum, as with Adam.
+    w = torch.nn.Parameter(torch.randn(4, 5, generator=torch.Generator().manual_seed(0)))
+    opt = MemoryOptimizer([w], memory="learned", foreach=foreach)
+    start = w.detach().clone()
+    for _ in range(3):
+        w.grad = torch.zeros_like(w)
+        opt.step()
+    assert torch.equal(w, start)
+    w.grad = torch.zeros_like(w)
+    w.grad[0] = 1.0  # row 0 gets one gradient, then zeros again
+    opt.step()
+    moved = w.detach().clone()
+    w.grad = torch.zeros_like(w)
+    opt.step()
+    assert torch.equal(w[1:], start[1:])
+    assert (w[0] != moved[0]).all()
 
 
 def test_untrained_memory_steps_like_adam(tmp_path):

@@ -1,10 +1,12 @@
 """Cache-sized blocks: aligned views that cover every element exactly once."""
 
+from typing import NamedTuple
+
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from assocmem.optim.blocks import blocks, split_by_step
+from assocmem.optim.blocks import blocks, named_blocks, select, split_by_step
 
 shapes = st.lists(
     st.lists(st.integers(0, 9), min_size=0, max_size=3).map(tuple), min_size=1, max_size=6
@@ -40,3 +42,26 @@ def test_a_subset_of_indices_touches_only_those_tensors():
 
 def test_split_by_step_groups_equal_counts_in_order():
     assert split_by_step([3.0, 1.0, 3.0, 2.0]) == {3.0: [0, 2], 1.0: [1], 2.0: [3]}
+
+
+class _Buffers(NamedTuple):
+    params: list[torch.Tensor]
+    levels: tuple[list[torch.Tensor], ...]
+    second: list[torch.Tensor] | None
+
+
+def test_named_blocks_are_blocks_by_name():
+    params = [torch.arange(10.0), torch.arange(3.0), torch.arange(7.0)]
+    levels = ([p + 100 for p in params], [p + 200 for p in params])
+    buffers = _Buffers(tuple(params), levels, None)  # a tuple of tensors is a buffer too
+    flat = [params, *levels]
+    named = list(named_blocks(buffers, [0, 2], numel=4))
+    plain = list(blocks(flat, [0, 2], numel=4))
+    assert len(named) == len(plain) > 1
+    for b, lists in zip(named, plain, strict=True):
+        assert isinstance(b, _Buffers) and b.second is None
+        for got, expected in zip([b.params, *b.levels], lists, strict=True):
+            assert all(torch.equal(x, y) for x, y in zip(got, expected, strict=True))
+    chosen = select(buffers, [2, 0])
+    assert chosen.params[0] is params[2] and chosen.params[1] is params[0]
+    assert chosen.levels[1][0] is levels[1][2] and chosen.second is None

@@ -12,7 +12,7 @@ from optim_support import assert_lockstep, make_model, train, two_groups
 
 from assocmem import MemoryOptimizer
 from assocmem.optim.compiled import compiled
-from assocmem.optim.presets.landscape import secant_step
+from assocmem.optim.presets.landscape_fast import secant_step
 
 
 def landscape_pair(channels_last=False, **kw):

@@ -110,3 +110,28 @@ def test_trains_a_model_and_handles_every_rank():
 def test_invalid_hyperparameters_name_the_argument(name, value):
     with pytest.raises(ValueError, match=name):
         MemoryOptimizer(make_model().parameters(), "delta", **{name: value})
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("erase", ["tensor", "row"])
+@pytest.mark.parametrize("scale", [2e16, 1e18, 1e-25])
+def test_extreme_gradients_are_erased_along_like_float64(scale, erase, foreach):
+    # |g| = 2e16 on 1000x1000: ||g||^2 ~ 4e38 overflows fp32 (it wrote NaN, where SGD stays
+    # finite; 1e18 overflows a row's too); |g| = 1e-25: g^2 ~ 1e-50 flushes to 0 (it erased
+    # nothing). All must give the float64 numbers. Each step is a few fp32 operations, each
+    # within eps32 relative to the memory's scale (an entry where terms cancel can be off by
+    # that much in absolute terms), over 3 steps: 16 * eps32 * max|m| covers it.
+    gen = torch.Generator().manual_seed(0)
+    grads = [scale * (1 + torch.rand(1000, 1000, generator=gen)) for _ in range(3)]
+    runs = {}
+    for dtype in (torch.float32, torch.float64):
+        p = torch.nn.Parameter(torch.zeros(1000, 1000, dtype=dtype))
+        opt = MemoryOptimizer([p], "delta", lr=1.0, erase=erase, foreach=foreach)
+        for g in grads:
+            p.grad = g.to(dtype)
+            opt.step()
+        runs[dtype] = opt.state[p]["momentum"]
+    assert torch.isfinite(runs[torch.float32]).all()
+    exact = runs[torch.float64]
+    atol = 16 * torch.finfo(torch.float32).eps * exact.abs().max().item()
+    torch.testing.assert_close(runs[torch.float32].double(), exact, rtol=0.0, atol=atol)

@@ -266,3 +266,40 @@ def test_lr_zero_writes_no_curvature():
 def test_invalid_hyperparameters_name_the_argument(kw, name):
     with pytest.raises(ValueError, match=name):
         MemoryOptimizer(make_model().parameters(), "landscape", **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_needs_a_noise_floor_above_the_gradients_rounding(dtype):
+    # y = g_t - g_{t-1} of bf16 gradients is mostly their rounding: at the default y_tol the
+    # bf16 step kept cosine 0.1-0.3 to the fp32 one. Refused with the y_tol that works.
+    floor = 2 * torch.finfo(dtype).eps
+    w = torch.nn.Parameter(torch.zeros(4, 3, dtype=dtype))
+    with pytest.raises(ValueError, match=f"y_tol >= 2 \\* eps = {floor:g}"):
+        MemoryOptimizer([w], "landscape")
+    opt = MemoryOptimizer([w], "landscape", y_tol=floor)
+    w.grad = torch.ones_like(w)
+    opt.step()
+    model = torch.nn.Linear(3, 2)
+    late = MemoryOptimizer(model.parameters(), "landscape")
+    model.to(dtype)  # after the optimizer was built: refused before the first step
+    model(torch.ones(1, 3, dtype=dtype)).sum().backward()
+    with pytest.raises(ValueError, match="y_tol"):
+        late.step()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "form"),
+    [("has_prev", 0.5, "diagonal"), ("pairs", 5.0, "lowrank"), ("pairs", 1.5, "lowrank")],
+)
+def test_load_refuses_broken_counters(key, value, form):
+    model = make_model()
+    opt = MemoryOptimizer(model.parameters(), "landscape", form=form, rank=4)
+    train(model, opt, range(3))
+    saved = opt.state_dict()
+    before = {k: v.clone() for k, v in opt.state[model.fc.weight].items()}
+    corrupt = {**saved, "state": {**saved["state"]}}
+    corrupt["state"][0] = {**saved["state"][0], key: torch.tensor(value)}
+    with pytest.raises(ValueError, match=key):
+        opt.load_state_dict(corrupt)
+    for k, v in opt.state[model.fc.weight].items():
+        assert torch.equal(v, before[k])

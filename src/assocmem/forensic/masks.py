@@ -67,19 +67,6 @@ def mirror(mask: Tensor) -> Tensor:
     return torch.roll(out, shifts=((h + 1) % 2, (w + 1) % 2), dims=(-2, -1))
 
 
-def hermitian_symmetrize(mask: Tensor, reduce: Literal["min", "max", "mean"] = "min") -> Tensor:
-    """Make a mask symmetric under :func:`mirror`: ``min`` removes a frequency if either of the
-    pair is removed, ``max`` keeps it if either is kept, ``mean`` averages (soft masks)."""
-    m = mirror(mask)
-    if reduce == "min":
-        return torch.minimum(mask, m)
-    if reduce == "max":
-        return torch.maximum(mask, m)
-    if reduce == "mean":
-        return 0.5 * (mask + m)
-    raise ValueError(f"reduce must be 'min', 'max' or 'mean', got {reduce!r}")
-
-
 def is_hermitian_symmetric(mask: Tensor, atol: float = 0.0) -> bool:
     """Whether ``mask[u, v] == mask[-u, -v]`` (centred frame) within ``atol``."""
     return bool(torch.allclose(mask, mirror(mask), atol=atol, rtol=0.0))

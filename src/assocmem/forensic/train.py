@@ -14,6 +14,11 @@ steps and at the end; ``time`` excludes evaluations, so it is comparable across 
 and stops
 cleanly when a loss is not finite, returning ``status="diverged"`` instead of raising. With the
 same global seed (model init) and generator seed the runs are bit-identical on CPU.
+
+Early stopping: with ``patience=k`` a loop ends once ``k`` evaluations in a row have not lowered
+the best validation loss, and (``restore_best=True``, the default) the model leaves the loop
+with the weights of its best evaluation, whether it stopped early or ran out of steps; the
+result records ``best_step`` and ``best_val_loss``.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ class TrainResult:
     wall_time: float
     history: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
+    best_step: int = 0
+    best_val_loss: float = math.nan
+    stopped_early: bool = False
 
     @property
     def diverged(self) -> bool:
@@ -138,9 +146,13 @@ def _loop(
     log: Logger | None,
     progress: bool,
     desc: str,
+    patience: int | None = None,
+    restore_best: bool = True,
 ) -> TrainResult:
     if steps < 0 or eval_every < 1:
         raise ValueError(f"need steps >= 0 and eval_every >= 1, got {steps}, {eval_every}")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience must be None or >= 1 evaluations, got {patience}")
     params = trainable_parameters(model)
     if not params:
         raise ValueError("the model has no trainable parameters")
@@ -168,10 +180,23 @@ def _loop(
     def elapsed() -> float:
         return time.perf_counter() - start - eval_time
 
+    best = {"step": 0, "val_loss": math.inf, "state": None, "stale": 0}
+
+    def remember(step: int, loss: float) -> None:
+        """Track the best evaluation; a copy of its weights is kept only if we may restore."""
+        if loss < best["val_loss"]:
+            best.update(step=step, val_loss=loss, stale=0)
+            if restore_best:
+                best["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            best["stale"] += 1
+
     # Step 0: the untrained model, so curves start at initialisation.
     initial = timed_evaluate()
     val_loss = initial["val_loss"]
+    remember(0, val_loss)
     record({"step": 0, "time": elapsed(), **initial})
+    stopped_early = False
     model.train()
     # Line-search optimizers (LBFGS) re-evaluate the loss on the same batch through a closure.
     needs_closure = isinstance(optimizer, torch.optim.LBFGS)
@@ -199,9 +224,11 @@ def _loop(
             break
         done = step
         rec: dict[str, Any] = {"step": step, "time": elapsed(), "train_loss": train_loss}
-        if step % eval_every == 0 or step == steps:
+        evaluated = step % eval_every == 0 or step == steps
+        if evaluated:
             rec.update(timed_evaluate())
             val_loss = rec["val_loss"]
+            remember(step, val_loss)
             model.train()
         record(rec)
         if bar is not None:
@@ -210,11 +237,21 @@ def _loop(
         if not math.isfinite(val_loss):
             status, message = "diverged", f"non-finite validation loss at step {step}"
             break
+        if evaluated and patience is not None and best["stale"] >= patience:
+            stopped_early = True
+            message = (
+                f"early stop at step {step}: {patience} evaluations without a lower val_loss "
+                f"than {best['val_loss']:.4g} (step {best['step']})"
+            )
+            break
     if bar is not None:
         bar.close()
+    if restore_best and best["state"] is not None:
+        model.load_state_dict(best["state"])
     return TrainResult(
-        status, done, train_loss, val_loss, time.perf_counter() - start, history, message
-    )
+        status, done, train_loss, val_loss, time.perf_counter() - start, history, message,
+        best_step=best["step"], best_val_loss=best["val_loss"], stopped_early=stopped_early,
+    )  # fmt: skip
 
 
 def pretrain(
@@ -229,6 +266,8 @@ def pretrain(
     eval_every: int = 50,
     log: Logger | None = None,
     progress: bool = False,
+    patience: int | None = None,
+    restore_best: bool = True,
 ) -> TrainResult:
     """Masked-reconstruction pretraining for ``steps`` optimizer steps.
 
@@ -250,7 +289,7 @@ def pretrain(
 
     return _loop(
         pretrainer, pretrainer.loss_on, evaluate, masked_batches(), optimizer_factory, steps,
-        eval_every, log, progress, "pretrain",
+        eval_every, log, progress, "pretrain", patience, restore_best,
     )  # fmt: skip
 
 
@@ -284,6 +323,8 @@ def train_detector(
     eval_every: int = 50,
     log: Logger | None = None,
     progress: bool = False,
+    patience: int | None = None,
+    restore_best: bool = True,
 ) -> TrainResult:
     """Binary cross-entropy training of a detector returning logits (N,); labels 1 = fake.
 
@@ -308,7 +349,7 @@ def train_detector(
     y_val = val_labels.float()
 
     def step_loss(batch: Any) -> Tensor:
-        images, labels = batch
+        images, labels = batch[0], batch[1]  # a stream's batches also carry family codes
         out = detector(images.to(device))
         return F.binary_cross_entropy_with_logits(out, labels.to(out.device, out.dtype))
 
@@ -323,5 +364,5 @@ def train_detector(
     batches = _stream(train, batch_size, generator)
     return _loop(
         detector, step_loss, evaluate, batches, optimizer_factory, steps, eval_every, log,
-        progress, "detector",
+        progress, "detector", patience, restore_best,
     )  # fmt: skip

@@ -30,8 +30,8 @@ def delta_write(
     key: Tensor | None,
     value: Tensor,
     *,
-    lr: float = 1.0,
-    retention: float = 1.0,
+    lr: float | Tensor = 1.0,
+    retention: float | Tensor = 1.0,
 ) -> LinearMemory:
     """Return the memory after a delta-rule write of ``(key, value)``.
 

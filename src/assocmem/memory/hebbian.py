@@ -22,8 +22,8 @@ def hebbian_write(
     key: Tensor | None,
     value: Tensor,
     *,
-    lr: float = 1.0,
-    retention: float = 1.0,
+    lr: float | Tensor = 1.0,
+    retention: float | Tensor = 1.0,
 ) -> LinearMemory:
     """Return the memory after a Hebbian write of ``(key, value)``.
 
@@ -32,8 +32,10 @@ def hebbian_write(
         key: elementwise: ``None`` or a tensor shaped like the memory; matrix: ``(k,)`` or
             ``(..., n, k)``.
         value: elementwise: shaped like the memory; matrix: ``(v,)`` or ``(..., n, v)``.
-        lr: write rate ``eta``.
-        retention: ``alpha``; 1 keeps everything, 0 forgets all but this write.
+        lr: write rate ``eta``; a float, or a tensor that broadcasts against the memory (one
+            rate per coordinate or per stacked memory).
+        retention: ``alpha``; 1 keeps everything, 0 forgets all but this write (a float or a
+            broadcasting tensor, like ``lr``).
 
     Example:
         >>> import torch

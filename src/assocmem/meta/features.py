@@ -32,7 +32,9 @@ import math
 import torch
 from torch import Tensor
 
+from assocmem.memory import ElementwiseMemory, hebbian_write, read
 from assocmem.meta.config import LearnedConfig
+from assocmem.optim.reads import bias_corrected
 
 MemoryState = dict[str, Tensor]
 
@@ -51,12 +53,25 @@ def init_memory(param: Tensor, config: LearnedConfig) -> MemoryState:
 
 
 def write(state: MemoryState, grad: Tensor, config: LearnedConfig) -> MemoryState:
-    """Hebbian writes of ``g`` into every momentum and of ``g^2`` into the second moment."""
+    """Hebbian writes of ``g`` into every momentum and of ``g^2`` into the second moment.
+
+    Key-less for the momenta (one retention per timescale, broadcast over the stack); the
+    second moment is written as value ``(1 - beta2) g`` under key ``g`` at rate 1, which is
+    ``(1 - beta2) g^2`` in the operation order the shipped checkpoint was meta-trained with.
+    """
     betas = torch.tensor(config.betas, dtype=grad.dtype, device=grad.device)
     betas = betas.view(-1, *([1] * grad.dim()))
-    momenta = betas * state["momenta"] + (1 - betas) * grad.unsqueeze(0)
-    second = config.beta2 * state["second_moment"] + (1 - config.beta2) * grad * grad
-    return {"momenta": momenta, "second_moment": second}
+    momenta = hebbian_write(
+        ElementwiseMemory(state["momenta"]), None, grad.unsqueeze(0), lr=1 - betas, retention=betas
+    )
+    second = hebbian_write(
+        ElementwiseMemory(state["second_moment"]),
+        grad,
+        (1 - config.beta2) * grad,
+        lr=1.0,
+        retention=config.beta2,
+    )
+    return {"momenta": read(momenta), "second_moment": read(second)}
 
 
 def time_embedding(step: float, config: LearnedConfig) -> list[float]:
@@ -85,7 +100,7 @@ def features(
         [1.0 - b**t for b in config.betas], dtype=grad.dtype, device=grad.device
     ).view(-1, 1)
     m_hat = state["momenta"].reshape(len(config.betas), n) / corr
-    v_hat = state["second_moment"].reshape(n) / (1.0 - config.beta2**t)
+    v_hat = bias_corrected(state["second_moment"].reshape(n), config.beta2, t)
     signals = torch.cat([grad.reshape(1, n), m_hat], dim=0)  # (1 + B, n)
     root_v = torch.sqrt(v_hat + config.eps**2)
     adam_normalised = signals / root_v

@@ -10,7 +10,11 @@ For a coordinate with features ``x`` (``F`` numbers, :mod:`assocmem.meta.feature
 ``d`` is the direction, ``s`` the log-magnitude (small_fc_lopt's ``direction * exp(magnitude *
 exp_mult) * step_mult`` with ``step_mult = lr``). The tanh bounds cap any single step at
 ``lr * D * e^S``, and a non-finite ``u`` becomes 0, so a bad input can stall a coordinate but
-never blow up a parameter. The linear skip starts as a copy of the Adam-direction feature and
+never blow up a parameter. A coordinate with nothing in its memory (gradient and every
+momentum exactly 0, i.e. its Adam-normalised features are 0) gets ``u = 0``: as torch.optim's
+rules, zero gradients from the start move nothing, where the network would otherwise step
+from the parameter, curvature and time features alone (~0.3 lr per step for the shipped
+checkpoint). The linear skip starts as a copy of the Adam-direction feature and
 the MLP's output layer starts near zero, so an untrained memory is Adam(lr); meta-training
 learns the corrections. Meta-parameters are a flat ``dict[str, Tensor]``, which is what
 ``safetensors`` stores and ``torch.func`` differentiates.
@@ -77,7 +81,9 @@ def learned_update(meta_params: MetaParams, features: Tensor, config: LearnedCon
     direction = bound_d * torch.tanh(out[:, 0] / bound_d)
     log_scale = bound_s * torch.tanh(config.exp_mult * out[:, 1] / bound_s)
     update = direction * torch.exp(log_scale)
-    return torch.where(torch.isfinite(update), update, torch.zeros_like(update))
+    signals = features[:, : 1 + len(config.betas)]  # g and m_hat_b, Adam-normalised
+    moved = torch.isfinite(update) & (signals != 0).any(dim=1)
+    return torch.where(moved, update, torch.zeros_like(update))
 
 
 @torch.no_grad()

@@ -38,8 +38,9 @@ from torch import Tensor
 
 from assocmem.meta.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from assocmem.meta.config import LearnedConfig
-from assocmem.meta.features import MemoryState, features, init_memory, write
-from assocmem.meta.network import MetaParams, init_meta_params, learned_update
+from assocmem.meta.features import MemoryState, init_memory
+from assocmem.meta.network import MetaParams, init_meta_params
+from assocmem.meta.step import learned_step
 from assocmem.meta.tasks import FAMILIES, TRAIN_FAMILIES, Params, Task, sample_task
 
 # TrainConfig fields that may change between an interrupted run and its resumption.
@@ -86,24 +87,6 @@ class TrainConfig:
         )
 
 
-def learned_step(
-    meta_params: MetaParams,
-    config: LearnedConfig,
-    params: Params,
-    grads: Params,
-    memory: dict[str, MemoryState],
-    step: int,
-    lr: float,
-) -> tuple[Params, dict[str, MemoryState]]:
-    """One functional step of the learned memory on a parameter dict (all tensors batched
-    into one MLP call, as the optimizer's fast path does)."""
-    memory = {k: write(memory[k], grads[k], config) for k in params}
-    x = torch.cat([features(memory[k], grads[k], params[k], step, config) for k in params])
-    updates = learned_update(meta_params, x, config).split([p.numel() for p in params.values()])
-    new = {k: p - lr * u.view_as(p) for (k, p), u in zip(params.items(), updates, strict=True)}
-    return new, memory
-
-
 def unroll(
     meta_params: MetaParams,
     config: LearnedConfig,
@@ -133,7 +116,17 @@ def unroll(
         )
         grads = {n: g if second_order else g.detach() for n, g in zip(params, grads, strict=True)}
         step += 1
-        params, memory = learned_step(meta_params, config, params, grads, memory, step, config.lr)
+        names = list(params)
+        updates, written = learned_step(
+            meta_params,
+            config,
+            [params[n] for n in names],
+            [grads[n] for n in names],
+            [memory[n] for n in names],
+            [step] * len(names),
+        )
+        params = {n: params[n] - config.lr * u for n, u in zip(names, updates, strict=True)}
+        memory = dict(zip(names, written, strict=True))
     return torch.stack(log_losses).mean(), params, memory, step
 
 

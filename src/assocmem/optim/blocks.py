@@ -11,13 +11,19 @@ Blocks cut the flattened tensors into aligned 1-D views, so an elementwise updat
 blocks writes straight into the parameters and their state. A tensor that is not contiguous
 in every list (a ``channels_last`` weight, say) cannot be flattened as a view and is passed
 whole: still correct, just not blocked.
+
+Fast paths keep their buffers in a NamedTuple of lists (``params``, ``grads``, one field per
+kind of state) and cut it with :func:`named_blocks`, so they address buffers by name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 from torch import Tensor
+
+Buffers = TypeVar("Buffers", bound=tuple)
 
 # Elements per block and per list. With the ~6 tensors a step touches this is ~6 MB in fp32:
 # inside a shared L3, and measured best of 2^15..2^20 for cms and Adam on this machine.
@@ -69,3 +75,52 @@ def blocks(
             yield [[f[start : start + numel]] for f in flat]
     if whole:
         yield [[tensors[j] for j in whole] for tensors in lists]
+
+
+def _is_buffer(tree: Any) -> bool:
+    """A list of tensors, or a plain tuple of them: one kind of buffer, one entry per parameter.
+
+    Lists are always buffers (nesting uses tuples); O(1), so cutting blocks costs no pass over
+    the lists.
+    """
+    if isinstance(tree, list):
+        return True
+    return not hasattr(tree, "_fields") and (not tree or isinstance(tree[0], Tensor))
+
+
+def _lists(tree: Any) -> list[Sequence[Tensor]]:
+    """The buffers of ``tree`` in field order; tuples of buffers are walked, None is empty."""
+    if tree is None:
+        return []
+    if _is_buffer(tree):
+        return [tree]
+    return [leaf for field in tree for leaf in _lists(field)]
+
+
+def _rebuild(tree: Any, lists: Iterator[list[Tensor]]) -> Any:
+    if tree is None:
+        return None
+    if _is_buffer(tree):
+        return next(lists)
+    fields = [_rebuild(field, lists) for field in tree]
+    return tree._make(fields) if hasattr(tree, "_fields") else tuple(fields)
+
+
+def select(buffers: Buffers, index: Sequence[int]) -> Buffers:
+    """``buffers`` (a NamedTuple of lists) with every list restricted to ``index``."""
+    return _rebuild(buffers, iter([[t[i] for i in index] for t in _lists(buffers)]))
+
+
+def named_blocks(
+    buffers: Buffers, index: Sequence[int] | None = None, numel: int = BLOCK_NUMEL
+) -> Iterator[Buffers]:
+    """:func:`blocks` of a NamedTuple of buffers, yielded as the same NamedTuple.
+
+    Each field is a list (or tuple) of tensors, one per parameter like ``params``; a tuple of
+    such lists (one per memory level, say); or None (a buffer this configuration does not
+    keep). Every list in a yielded block is a list.
+    """
+    if index is not None and not index:
+        return  # nothing to cut, and no need to walk the buffers
+    for block in blocks(_lists(buffers), index, numel):
+        yield _rebuild(buffers, iter(block))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterable
+from copy import deepcopy
+from itertools import chain
 from typing import Any
 
 import torch
@@ -14,7 +17,7 @@ from assocmem.optim.registry import Group, Preset, available_memories, get_prese
 
 # Options every preset shares; the preset's own hyperparameters come from its registry entry.
 _COMMON = {
-    "lr": validate.non_negative,
+    "lr": validate.learning_rate,
     "weight_decay": validate.non_negative,
     "decoupled_weight_decay": validate.boolean,
     "maximize": validate.boolean,
@@ -24,6 +27,12 @@ _COMMON = {
     "compile": validate.boolean,
 }
 NONFINITE_POLICIES = ("skip", "raise", "ignore")
+# Stepped through an fp32 master copy: fp16 cannot hold eps = 1e-8 or a squared gradient above
+# 256, bf16's 8-bit mantissa loses the sums (norms) the memories are built from, and steps
+# below half an ulp of the parameter vanish, which leaves landscape's secant pairs
+# s = W_t - W_{t-1} mostly zero (its bf16 step kept cosine 0.1-0.3 to the fp32 one).
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+MASTER = "master_param"
 
 
 class MemoryOptimizer(Optimizer):
@@ -54,6 +63,13 @@ class MemoryOptimizer(Optimizer):
             ``"raise"`` raises ``FloatingPointError`` (also untouched); ``"ignore"`` does no
             check (fastest; NaN then propagates as in torch.optim).
         **hyper: the preset's hyperparameters (see ``MemoryOptimizer.hyperparameters(memory)``).
+
+    Parameters of any floating dtype work: fp32/fp64 are stepped as they are; fp16/bf16 through
+    an fp32 master copy kept in the state (``state["master_param"]``, 4 bytes per coordinate),
+    with fp32 state: the parameter is the fp32 trajectory rounded to its dtype, and a change
+    made to it outside the optimizer is picked up at the next step. A complex parameter is
+    stepped as its real view ``torch.view_as_real(p)`` (so it equals optimizing that real
+    view; its state is real). Empty parameters are left alone.
 
     Example:
         >>> import torch
@@ -94,6 +110,8 @@ class MemoryOptimizer(Optimizer):
             foreach=foreach,
             compile=compile,
         )
+        # Every argument is checked before any parameter is looked at, as torch.optim does.
+        _check_group(defaults, preset)
         self.nonfinite = nonfinite
         self.skipped_steps = 0
         super().__init__(params, defaults)
@@ -115,13 +133,23 @@ class MemoryOptimizer(Optimizer):
         _reject_foreign(param_group, preset, memory)
         if memory != self.defaults["memory"]:
             param_group = {**self.hyperparameters(memory), **param_group}
+        params = param_group.get("params")
+        if not isinstance(params, (Tensor, set)) and params is not None:
+            param_group = {**param_group, "params": list(params)}  # a generator is read once
+        # Checked before the group joins, so a refused group leaves the optimizer as it was.
+        merged = {**self.defaults, **param_group}
+        _check_group(merged, preset)
+        for p in _tensors(param_group.get("params")):
+            _check_param(p, merged, preset)
         super().add_param_group(param_group)
-        _check_group(self.param_groups[-1], preset)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("nonfinite", "skip")
         self.__dict__.setdefault("skipped_steps", 0)
+        for per_param in self.state.values():  # a plain-number step, as torch.optim converts it
+            if "step" in per_param and not isinstance(per_param["step"], Tensor):
+                per_param["step"] = _step_tensor(per_param["step"])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -132,7 +160,7 @@ class MemoryOptimizer(Optimizer):
                 loss = closure()
         gathered = [_with_grads(group) for group in self.param_groups]
         if self.nonfinite != "ignore" and not _all_finite(
-            [g for _, grads in gathered for g in grads]
+            [_real(g) for _, grads in gathered for g in grads]
         ):
             self.skipped_steps += 1
             if self.nonfinite == "raise":
@@ -147,15 +175,45 @@ class MemoryOptimizer(Optimizer):
 
     def _step_group(self, group: Group, params: list[Tensor], grads: list[Tensor]) -> None:
         preset = get_preset(group["memory"])
-        states = []
+        states, work = [], []
         for p in params:
             state = self.state[p]
             if not state:
+                _check_param(p, group, preset)
                 state["step"] = torch.zeros((), dtype=torch.float32)
-                state.update(preset.init_state(p, group))
+                state.update(_fresh_state(preset, p, group))
+            elif MASTER in state and not torch.equal(state[MASTER].to(p.dtype), _real(p)):
+                state[MASTER].copy_(_real(p))  # the parameter was changed outside the optimizer
             states.append(state)
+            work.append(state.get(MASTER, _real(p)))
         steps = [s["step"] for s in states]
         torch._foreach_add_(steps, 1)
+        # An empty tensor has nothing to step (and a mean over it is NaN): the preset never
+        # sees it; it keeps its empty state and its step count.
+        kept = [i for i, w in enumerate(work) if w.numel() > 0]
+        if not kept:
+            return
+        if isinstance(group["lr"], Tensor):  # torch accepts a tensor lr; presets take a float
+            group = {**group, "lr": group["lr"].item()}
+        self._step_tensors(
+            group,
+            preset,
+            [work[i] for i in kept],
+            [_working(grads[i]) for i in kept],
+            [states[i] for i in kept],
+        )
+        for i in kept:
+            if MASTER in states[i]:
+                _real(params[i]).copy_(states[i][MASTER])
+
+    def _step_tensors(
+        self,
+        group: Group,
+        preset: Preset,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+    ) -> None:
         if group["maximize"]:
             grads = torch._foreach_neg(grads)
         wd, lr = group["weight_decay"], group["lr"]
@@ -180,31 +238,63 @@ class MemoryOptimizer(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict saved by an optimizer with the same groups, presets and shapes.
 
-        Raises ``ValueError`` (and changes nothing) when a group's memory or a state tensor's
-        shape does not match, so a mismatched checkpoint never silently resumes.
+        Everything is checked before anything is replaced: the groups' hyperparameters by the
+        validators ``__init__`` uses, each state's keys and shapes, that its tensors are finite
+        floating tensors, its ``step`` a whole number ``>= 0`` (a plain number is accepted and
+        made a tensor, as torch does), the preset's own invariants (``Preset.check_state``, e.g.
+        no negative second moment) and the ``assocmem`` entry (``skipped_steps``). A refusal
+        raises ``ValueError`` naming the group, parameter and key, and leaves the optimizer
+        exactly as it was, so a mismatched or corrupt checkpoint never silently resumes. State
+        tensors are cast to the dtype and device the optimizer would create them with (the
+        parameter's, fp32 for fp16/bf16 parameters).
         """
+        state_dict = dict(state_dict)  # shallow, like torch's: hooks may edit it
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        skipped = _skipped_steps(state_dict.get("assocmem", {}))
+        for key in ("state", "param_groups"):
+            if not isinstance(state_dict.get(key), (dict, list) if key == "param_groups" else dict):
+                raise ValueError(f"state dict has no valid {key!r} entry")
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
                 f"state dict has {len(saved_groups)} param groups, optimizer has "
                 f"{len(self.param_groups)}"
             )
-        for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
-            if saved.get("memory") != group["memory"]:
+        groups = [
+            _loaded_group(i, saved, group)
+            for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True))
+        ]
+        id_map = dict(
+            zip(
+                chain.from_iterable(saved["params"] for saved in saved_groups),
+                chain.from_iterable(group["params"] for group in groups),
+                strict=True,
+            )
+        )
+        where = {
+            saved_id: (gi, pi)
+            for gi, saved in enumerate(saved_groups)
+            for pi, saved_id in enumerate(saved["params"])
+        }
+        state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
+        for saved_id, saved_state in state_dict["state"].items():
+            if saved_id not in id_map:
                 raise ValueError(
-                    f"param group {i}: state dict was saved with memory={saved.get('memory')!r}, "
-                    f"this optimizer uses memory={group['memory']!r}"
+                    f"state dict holds state for parameter id {saved_id!r}, which no param "
+                    "group lists"
                 )
-        _check_state_shapes(state_dict, self.param_groups)
-        extra = state_dict.get("assocmem", {})
-        state_dict = {k: v for k, v in state_dict.items() if k != "assocmem"}
-        current = [dict(group) for group in self.param_groups]
-        super().load_state_dict(state_dict)
-        # A checkpoint from before a hyperparameter existed lacks it: keep this optimizer's value.
-        for group, before in zip(self.param_groups, current, strict=True):
-            for key, value in before.items():
-                group.setdefault(key, value)
-        self.skipped_steps = int(extra.get("skipped_steps", 0))
+            gi, pi = where[saved_id]
+            state[id_map[saved_id]] = _loaded_state(
+                f"param group {gi}, parameter {pi}", saved_state, id_map[saved_id], groups[gi]
+            )
+        # Nothing was changed above; from here on nothing can fail.
+        self.__setstate__({"state": state, "param_groups": groups})
+        self.skipped_steps = skipped
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
 
 def _reject_unknown(hyper: dict[str, Any], preset: Preset, memory: str) -> None:
@@ -229,6 +319,8 @@ def _reject_foreign(group: Group, preset: Preset, memory: str) -> None:
 def _check_group(group: Group, preset: Preset) -> None:
     checks = {**_COMMON, **{name: h.check for name, h in preset.hyper.items()}}
     for name, check in checks.items():
+        if name not in group:
+            raise ValueError(f"missing {name}: memory={preset.name!r} needs it")
         if (msg := check(group[name])) is not None:
             raise ValueError(f"invalid {name}: {msg}")
     if group["compile"]:
@@ -243,6 +335,139 @@ def _check_group(group: Group, preset: Preset) -> None:
                 "invalid compile: compile=True is a fast path, foreach=False the reference"
             )
     preset.check_group(group)
+
+
+def _check_param(param: Tensor, group: Group, preset: Preset) -> None:
+    if (msg := preset.check_param(param, group)) is not None:
+        raise ValueError(
+            f"memory={preset.name!r} cannot step a {param.dtype} parameter of shape "
+            f"{tuple(param.shape)}: {msg}"
+        )
+
+
+def _tensors(params: Any) -> list[Tensor]:
+    """The tensors of a group's ``params``: a tensor, or a list of tensors or (name, tensor)."""
+    if isinstance(params, Tensor):
+        return [params]
+    if not isinstance(params, list):
+        return []
+    out = []
+    for p in params:
+        if isinstance(p, tuple) and len(p) == 2:
+            p = p[1]
+        if isinstance(p, Tensor):
+            out.append(p)
+    return out
+
+
+def _loaded_group(i: int, saved: Any, group: Group) -> Group:
+    """The group ``saved`` makes of ``group``, checked like a constructor argument.
+
+    A checkpoint from before a hyperparameter existed lacks it: the group keeps this
+    optimizer's value.
+    """
+    if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
+        raise ValueError(f"param group {i} of the state dict is not a dict with a 'params' list")
+    if len(saved["params"]) != len(group["params"]):
+        raise ValueError(
+            f"param group {i}: state dict holds {len(saved['params'])} parameters, "
+            f"optimizer has {len(group['params'])}"
+        )
+    if saved.get("memory") != group["memory"]:
+        raise ValueError(
+            f"param group {i}: state dict was saved with memory={saved.get('memory')!r}, "
+            f"this optimizer uses memory={group['memory']!r}"
+        )
+    loaded = {k: deepcopy(v) for k, v in saved.items() if k != "params"}
+    loaded["params"] = group["params"]
+    for key, value in group.items():
+        loaded.setdefault(key, value)
+    preset = get_preset(group["memory"])
+    try:
+        _check_group(loaded, preset)
+    except ValueError as err:
+        raise ValueError(f"param group {i} of the state dict: {err}") from None
+    return loaded
+
+
+def _loaded_state(where: str, saved: Any, param: Tensor, group: Group) -> dict[str, Any]:
+    """``saved`` checked against what a fresh step would create for ``param``, and cast to it.
+
+    Raises ``ValueError`` on other keys or shapes, a non-floating or non-finite tensor, a
+    ``step`` that is not a whole number ``>= 0`` or a broken preset invariant.
+    """
+    if not isinstance(saved, dict):
+        raise ValueError(f"{where}: state must be a dict, got {type(saved).__name__}")
+    if not saved:
+        return {}
+    preset = get_preset(group["memory"])
+    try:
+        _check_param(param, group, preset)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    expected = _fresh_state(preset, param.detach(), group)
+    if set(saved) != {"step", *expected}:
+        raise ValueError(
+            f"{where}: saved state keys {sorted(map(str, saved))} do not match "
+            f"memory={group['memory']!r}'s {sorted(['step', *expected])}"
+        )
+    if (msg := validate.count(saved["step"])) is not None:
+        raise ValueError(f"{where}: invalid state 'step': {msg}")
+    loaded: dict[str, Any] = {"step": _step_tensor(saved["step"])}
+    for key, want in expected.items():
+        value = saved[key]
+        if not isinstance(want, Tensor):
+            loaded[key] = deepcopy(value)
+            continue
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            got = f"a {value.dtype} tensor" if isinstance(value, Tensor) else repr(value)
+            raise ValueError(f"{where}: state {key!r} must be a floating tensor, got {got}")
+        if tuple(value.shape) != tuple(want.shape):
+            raise ValueError(
+                f"{where}: state {key!r} has shape {tuple(value.shape)}, expected "
+                f"{tuple(want.shape)} for a parameter of shape {tuple(param.shape)}"
+            )
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{where}: state {key!r} holds NaN or inf")
+        loaded[key] = value.to(dtype=want.dtype, device=want.device)
+    if (msg := preset.check_state(loaded, group)) is not None:
+        raise ValueError(f"{where}: invalid state: {msg}")
+    return loaded
+
+
+def _skipped_steps(extra: Any) -> int:
+    """The ``assocmem`` entry of a state dict, parsed before anything is replaced."""
+    if not isinstance(extra, dict):
+        raise ValueError(f"state dict entry 'assocmem' must be a dict, got {extra!r}")
+    value = extra.get("skipped_steps", 0)
+    if (msg := validate.count(value)) is not None:
+        raise ValueError(f"state dict entry 'assocmem': invalid skipped_steps: {msg}")
+    return int(value)
+
+
+def _step_tensor(step: Any) -> Tensor:
+    return torch.tensor(float(step), dtype=torch.float32)
+
+
+def _real(t: Tensor) -> Tensor:
+    """A complex tensor as its real view ``(..., 2)``; a real one as itself."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def _fresh_state(preset: Preset, param: Tensor, group: Group) -> dict[str, Any]:
+    """The state of a parameter before its first step (without ``step``): the preset's
+    memory, and for an fp16/bf16 parameter its fp32 master copy, which the preset steps."""
+    real = _real(param)
+    if real.dtype not in LOW_PRECISION:
+        return preset.init_state(real, group)
+    master = real.float()
+    return {MASTER: master, **preset.init_state(master, group)}
+
+
+def _working(t: Tensor) -> Tensor:
+    """The tensor a preset steps for ``t``: its real view, in fp32 if ``t`` is fp16/bf16."""
+    t = _real(t)
+    return t.float() if t.dtype in LOW_PRECISION else t
 
 
 def _with_grads(group: Group) -> tuple[list[Tensor], list[Tensor]]:
@@ -276,32 +501,3 @@ def _all_finite(grads: list[Tensor]) -> bool:
         torch._amp_foreach_non_finite_check_and_unscale_(group, found, unit)
         flags.append(found)
     return not any(bool(f) for f in flags)
-
-
-def _check_state_shapes(state_dict: dict[str, Any], groups: list[Group]) -> None:
-    """Each saved per-parameter state must have the keys and shapes a fresh init would."""
-    saved_groups = state_dict["param_groups"]
-    for gi, (saved, group) in enumerate(zip(saved_groups, groups, strict=True)):
-        if len(saved["params"]) != len(group["params"]):
-            raise ValueError(
-                f"param group {gi}: state dict holds {len(saved['params'])} parameters, "
-                f"optimizer has {len(group['params'])}"
-            )
-        preset = get_preset(group["memory"])
-        for saved_id, p in zip(saved["params"], group["params"], strict=True):
-            saved_state = state_dict["state"].get(saved_id)
-            if not saved_state:
-                continue
-            expected = {"step": torch.zeros(()), **preset.init_state(p.detach(), group)}
-            if set(saved_state) != set(expected):
-                raise ValueError(
-                    f"param group {gi}: saved state keys {sorted(saved_state)} do not match "
-                    f"memory={group['memory']!r}'s {sorted(expected)}"
-                )
-            for key, value in saved_state.items():
-                want = expected[key]
-                if isinstance(want, Tensor) and tuple(value.shape) != tuple(want.shape):
-                    raise ValueError(
-                        f"param group {gi}: state {key!r} has shape {tuple(value.shape)}, "
-                        f"expected {tuple(want.shape)} for a parameter of shape {tuple(p.shape)}"
-                    )

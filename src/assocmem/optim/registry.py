@@ -10,10 +10,16 @@ state_dict). It supplies:
   :mod:`assocmem.memory` writes and reads (``foreach=False``);
 - ``foreach_step``: the fast path over a whole param group; tests hold it equal to the reference;
 - ``compiled_step`` (optional): a fast path fused by ``torch.compile``, run when a group sets
-  ``compile=True``; tests hold it equal to the reference too.
+  ``compile=True``; tests hold it equal to the reference too;
+- ``check_state`` (optional): what a loaded state must satisfy beyond the keys, shapes and
+  finite values ``load_state_dict`` checks for every preset (``non_negative_state`` names the
+  entries that must be ``>= 0``, e.g. a second moment).
 
 Both steps receive the step count already incremented (``state["step"]``, a float tensor like
-torch's), gradients already negated for ``maximize`` and L2-decayed when decay is coupled.
+torch's), gradients already negated for ``maximize`` and L2-decayed when decay is coupled, and
+only real fp32/fp64 tensors with at least one element: ``MemoryOptimizer`` steps a complex
+parameter as its ``torch.view_as_real`` view, an fp16/bf16 one as an fp32 copy (written back
+after the step), and skips empty ones.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ class Preset:
 
     name: ClassVar[str]
     hyper: ClassVar[dict[str, Hyper]] = {}
+    # State entries that must hold no negative value (second moments, sums of squares).
+    non_negative_state: ClassVar[tuple[str, ...]] = ()
 
     def init_state(self, param: Tensor, group: Group) -> State:
         raise NotImplementedError
@@ -71,6 +79,26 @@ class Preset:
 
     def check_group(self, group: Group) -> None:
         """Cross-argument checks beyond the per-argument validators (override if needed)."""
+
+    def check_param(self, param: Tensor, group: Group) -> str | None:
+        """Why ``param`` (its dtype, shape) cannot be stepped with ``group``, or ``None``.
+
+        Checked when a group is added and again before a parameter's first step (a module's
+        ``.to(dtype)`` changes its parameters in place after the optimizer was built).
+        """
+        return None
+
+    def check_state(self, state: State, group: Group) -> str | None:
+        """Why a loaded per-parameter ``state`` cannot be stepped with ``group``, or ``None``.
+
+        Called by ``load_state_dict`` after the generic checks (keys, shapes, floating and
+        finite tensors, a whole ``step >= 0``). The default checks ``non_negative_state``;
+        override to add invariants (and call ``super()``).
+        """
+        for key in self.non_negative_state:
+            if key in state and bool((state[key] < 0).any()):
+                return f"{key!r} holds negative values (it is a sum of squares)"
+        return None
 
 
 _REGISTRY: dict[str, Preset] = {}

@@ -1,7 +1,8 @@
 """Named validators for hyperparameters: each returns an error message or ``None``.
 
 They are declared next to each preset's defaults, so ``MemoryOptimizer`` can reject a bad value
-eagerly (in ``__init__`` and ``add_param_group``) with a ``ValueError`` naming the argument.
+eagerly (in ``__init__``, ``add_param_group`` and ``load_state_dict``, the same checks in all
+three) with a ``ValueError`` naming the argument.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from typing import Any
+
+import torch
 
 Check = Callable[[Any], "str | None"]
 
@@ -19,6 +22,30 @@ def _is_real(x: Any) -> bool:
 
 def non_negative(x: Any) -> str | None:
     return None if _is_real(x) and x >= 0 else f"must be a finite number >= 0, got {x!r}"
+
+
+def learning_rate(x: Any) -> str | None:
+    """A finite number ``>= 0``, or a one-element real floating tensor holding one (torch
+    accepts a tensor ``lr``; schedulers then update it in place)."""
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1 or not x.is_floating_point():
+            return f"must be a number or a one-element floating tensor, got {_describe(x)}"
+        x = x.item()
+    return non_negative(x)
+
+
+def count(x: Any) -> str | None:
+    """A whole number ``>= 0`` (a step or skip counter)."""
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1 or x.is_complex() or x.dtype == torch.bool:
+            return f"must be a whole number >= 0, got {_describe(x)}"
+        x = x.item()
+    ok = _is_real(x) and x >= 0 and float(x).is_integer()
+    return None if ok else f"must be a whole number >= 0, got {x!r}"
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"a {t.dtype} tensor of shape {tuple(t.shape)}"
 
 
 def positive(x: Any) -> str | None:

@@ -26,12 +26,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from assocmem.forensic.data.autoencoders import make_generator
 from assocmem.forensic.data.families import (
     FAMILY_NAMES,
     LEARNED_FAMILIES,
@@ -40,7 +42,7 @@ from assocmem.forensic.data.families import (
     generate,
 )
 from assocmem.forensic.data.patches import cut_patches
-from assocmem.forensic.data.photos import load_photos
+from assocmem.forensic.data.photos import Photo, load_photos
 from assocmem.forensic.data.postprocess import PostProcessConfig, postprocess
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "SplitArrays",
     "build_benchmark",
     "default_cache_dir",
+    "fitted_generators",
 ]
 
 FORMAT_VERSION = 1
@@ -182,6 +185,10 @@ class ForensicBenchmark:
         self.family_names = tuple(family_names)
         self.source_names = tuple(source_names)
         self.meta = meta or {}
+        # The fitted learned families (set by a build, or read back by ``fitted_generators``):
+        # the training stream makes its fakes with the very models that made the cached ones.
+        self.generators: dict[str, nn.Module] | None = None
+        self.cache_entry: Path | None = None
 
     def arrays(self, name: str) -> SplitArrays:
         if name not in self.splits:
@@ -264,38 +271,7 @@ def _generate_benchmark(config: BenchmarkConfig, progress: bool) -> ForensicBenc
     photos = load_photos(config.photos)
     learned = [f for f in config.families if f in LEARNED_FAMILIES]
     bar = _progress(len(photos) + len(learned) + len(SPLITS) * (len(config.families) + 1), progress)
-    stride = config.stride or config.patch_size
-
-    patches, gray = [], []
-    for i, photo in enumerate(photos):
-        bar.set_postfix_str(f"patches {photo.name}")
-        p = cut_patches(
-            photo.pixels,
-            config.patch_size,
-            stride,
-            scales=config.scales,
-            min_std=config.min_std,
-            max_patches=config.max_patches_per_photo,
-            rng=np.random.default_rng([seed, 1, i]),
-        )
-        patches.append(p)
-        gray.append(photo.gray)
-        bar.update()
-
-    group_sizes: dict[str, int] = {}
-    for photo, p in zip(photos, patches, strict=True):
-        group_sizes[photo.group] = group_sizes.get(photo.group, 0) + len(p)
-    assignment = _assign_groups(
-        group_sizes, config.split_fractions, np.random.default_rng([seed, 2])
-    )
-
-    reals: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for split in SPLITS:
-        idx = [i for i, ph in enumerate(photos) if assignment[ph.group] == split]
-        imgs = np.concatenate([patches[i] for i in idx])
-        src = np.concatenate([np.full(len(patches[i]), i, np.int64) for i in idx])
-        is_gray = np.array([gray[i] for i in src], dtype=bool)
-        reals[split] = (imgs, src, is_gray)
+    patches, assignment, reals = _clean_reals(config, photos, bar)
 
     models = {}
     for k, fam in enumerate(learned):
@@ -355,7 +331,52 @@ def _generate_benchmark(config: BenchmarkConfig, progress: bool) -> ForensicBenc
         "gray_sources": [ph.name for ph in photos if ph.gray],
         "source_formats": {ph.name: ph.file_format for ph in photos},
     }
-    return ForensicBenchmark(config, splits, family_names, [p.name for p in photos], meta)
+    bench = ForensicBenchmark(config, splits, family_names, [p.name for p in photos], meta)
+    bench.generators = models
+    return bench
+
+
+def _clean_reals(
+    config: BenchmarkConfig, photos: Sequence[Photo], bar: Any = None
+) -> tuple[list[np.ndarray], dict[str, str], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Steps 1-2 of the pipeline: every photo's patches, the split of each photo group, and per
+    split the clean real patches with their photo index and gray flag (before any fake or
+    post-processing). Deterministic in ``config``; the learned families are fitted on
+    ``reals["train"][0]``."""
+    seed = config.seed
+    bar = bar if bar is not None else _progress(0, False)
+    stride = config.stride or config.patch_size
+    patches, gray = [], []
+    for i, photo in enumerate(photos):
+        bar.set_postfix_str(f"patches {photo.name}")
+        p = cut_patches(
+            photo.pixels,
+            config.patch_size,
+            stride,
+            scales=config.scales,
+            min_std=config.min_std,
+            max_patches=config.max_patches_per_photo,
+            rng=np.random.default_rng([seed, 1, i]),
+        )
+        patches.append(p)
+        gray.append(photo.gray)
+        bar.update()
+
+    group_sizes: dict[str, int] = {}
+    for photo, p in zip(photos, patches, strict=True):
+        group_sizes[photo.group] = group_sizes.get(photo.group, 0) + len(p)
+    assignment = _assign_groups(
+        group_sizes, config.split_fractions, np.random.default_rng([seed, 2])
+    )
+
+    reals: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for split in SPLITS:
+        idx = [i for i, ph in enumerate(photos) if assignment[ph.group] == split]
+        imgs = np.concatenate([patches[i] for i in idx])
+        src = np.concatenate([np.full(len(patches[i]), i, np.int64) for i in idx])
+        is_gray = np.array([gray[i] for i in src], dtype=bool)
+        reals[split] = (imgs, src, is_gray)
+    return patches, assignment, reals
 
 
 _FIELDS = ("images", "labels", "family", "source", "parent", "post")
@@ -380,6 +401,8 @@ def _save(bench: ForensicBenchmark, directory: Path, build_seconds: float) -> No
             **bench.meta,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        if bench.generators is not None:
+            _save_generators(bench.generators, tmp / _GENERATORS)
         # rename is atomic: a concurrent reader sees either no entry or a complete one
         try:
             tmp.rename(directory)
@@ -403,6 +426,61 @@ def _load(config: BenchmarkConfig, directory: Path) -> ForensicBenchmark:
     return ForensicBenchmark(config, splits, meta["family_names"], meta["source_names"], extra)
 
 
+_GENERATORS = "generators.safetensors"
+
+
+def _save_generators(models: dict[str, nn.Module], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {
+        f"{fam}/{name}": t.detach().contiguous()
+        for fam, model in models.items()
+        for name, t in model.state_dict().items()
+    }
+    save_file(tensors, str(path))
+
+
+def _load_generators(config: BenchmarkConfig, path: Path) -> dict[str, nn.Module]:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    models = {}
+    for fam in (f for f in config.families if f in LEARNED_FAMILIES):
+        model = make_generator(LEARNED_FAMILIES[fam], 0, config.generators.ae_width)
+        prefix = f"{fam}/"
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        model.load_state_dict(state)  # strict: a missing or extra tensor is an error
+        models[fam] = model.eval()
+    return models
+
+
+def fitted_generators(bench: ForensicBenchmark) -> dict[str, nn.Module]:
+    """The learned families' models that made ``bench``'s fakes.
+
+    Taken from the build, else read from the cache entry (safetensors, no unpickling), else
+    (an entry written before generators were cached) refitted with the build's own seeds on the
+    same clean train reals, and saved into the entry for next time.
+    """
+    if bench.generators is not None:
+        return bench.generators
+    path = bench.cache_entry / _GENERATORS if bench.cache_entry is not None else None
+    if path is not None and path.exists():
+        bench.generators = _load_generators(bench.config, path)
+        return bench.generators
+    config = bench.config
+    _, _, reals = _clean_reals(config, load_photos(config.photos))
+    learned = [f for f in config.families if f in LEARNED_FAMILIES]
+    bench.generators = {
+        fam: fit_generator(fam, reals["train"][0], config.generators, config.seed * 1000 + k)
+        for k, fam in enumerate(learned)
+    }
+    if path is not None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        _save_generators(bench.generators, tmp)
+        tmp.replace(path)  # atomic, like the entry itself
+    return bench.generators
+
+
 def build_benchmark(
     config: BenchmarkConfig | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -418,7 +496,9 @@ def build_benchmark(
     config = config or BenchmarkConfig()
     directory = Path(cache_dir or default_cache_dir()) / "forensic" / config.key()
     if use_cache and (directory / "meta.json").exists():
-        return _load(config, directory)
+        bench = _load(config, directory)
+        bench.cache_entry = directory
+        return bench
     start = time.perf_counter()
     bench = _generate_benchmark(config, progress)
     seconds = time.perf_counter() - start
@@ -426,4 +506,5 @@ def build_benchmark(
     bench.meta["loaded_from_cache"] = False
     if use_cache:
         _save(bench, directory, seconds)
+        bench.cache_entry = directory
     return bench

@@ -17,13 +17,21 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 
-def _stage(c_in: int, c_out: int, groups: int) -> nn.Sequential:
+def _norm(kind: str, channels: int, groups: int) -> nn.Module:
+    if kind == "group":
+        return nn.GroupNorm(groups, channels)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    raise ValueError(f"norm must be 'group' or 'batch', got {kind!r}")
+
+
+def _stage(c_in: int, c_out: int, groups: int, norm: str = "group") -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, padding=1),
-        nn.GroupNorm(groups, c_out),
+        _norm(norm, c_out, groups),
         nn.GELU(),
         nn.Conv2d(c_out, c_out, 3, stride=2, padding=1),
-        nn.GroupNorm(groups, c_out),
+        _norm(norm, c_out, groups),
         nn.GELU(),
     )
 
@@ -35,12 +43,16 @@ class CNNEncoder(nn.Module):
     """
 
     def __init__(
-        self, widths: tuple[int, ...] = (16, 32, 64), channels: int = 3, groups: int = 8
+        self,
+        widths: tuple[int, ...] = (16, 32, 64),
+        channels: int = 3,
+        groups: int = 8,
+        norm: str = "group",
     ) -> None:
         super().__init__()
         stages, c = [], channels
         for wdt in widths:
-            stages.append(_stage(c, wdt, groups))
+            stages.append(_stage(c, wdt, groups, norm))
             c = wdt
         self.stages = nn.Sequential(*stages)
         self.embed_dim = self.feature_dim = c

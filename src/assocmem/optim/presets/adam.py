@@ -20,12 +20,14 @@ from torch import Tensor
 from assocmem.memory import ElementwiseMemory, hebbian_write, read
 from assocmem.optim import validate
 from assocmem.optim.blocks import blocks, split_by_step
+from assocmem.optim.reads import adam_denominator, bias_corrected
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
 
 @register
 class Adam(Preset):
     name = "adam"
+    non_negative_state = ("exp_avg_sq",)
     hyper = {
         "betas": Hyper(
             (0.9, 0.999), validate.pair_of(validate.unit_interval), "retentions of m and v"
@@ -48,9 +50,10 @@ class Adam(Preset):
         )
         state["exp_avg"].copy_(m.m)
         state["exp_avg_sq"].copy_(v.m)
-        m_hat = read(m) / (1 - beta1**t)
-        v_hat = read(v) / (1 - beta2**t)
-        param.add_(m_hat / (v_hat.sqrt() + group["eps"]), alpha=-group["lr"])
+        update = bias_corrected(read(m), beta1, t) / adam_denominator(
+            read(v), beta2, t, group["eps"]
+        )
+        param.add_(update, alpha=-group["lr"])
 
     def foreach_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group

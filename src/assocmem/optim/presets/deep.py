@@ -95,6 +95,7 @@ def _write_rate(keys: Tensor, inner_lr: float) -> Tensor:
 @register
 class Deep(Preset):
     name = "deep"
+    non_negative_state = ("grad_sq",)
     hyper = {
         "beta": Hyper(0.9, validate.unit_interval, "retention of the momentum key feature"),
         "rms_beta": Hyper(0.99, validate.unit_interval, "retention of the gradient RMS"),

@@ -15,9 +15,10 @@ removed). One gradient step on ``L`` with retention ``alpha`` is
     read    u = m
     step    W <- W - lr * u
 
-Sign convention: we write ``+ eta g`` and step ``W - lr m`` (DESIGN.md's table writes ``- eta g``
-with a sign slip), so that ``gamma = 0, alpha = beta, eta = 1`` is exactly the ``momentum``
-preset. Along the current gradient the old memory is kept with factor ``alpha - gamma``,
+Sign convention: the write stores ``+ eta g`` and the step subtracts the read,
+``W - lr m`` (writing ``- eta g`` and adding the read is the same optimizer with the sign moved),
+so that ``gamma = 0, alpha = beta, eta = 1`` is exactly the ``momentum`` preset. Along the
+current gradient the old memory is kept with factor ``alpha - gamma``,
 orthogonally to it with ``alpha``: ``<g_hat, m_new> = (alpha - gamma) <g_hat, m> + eta ||g||``.
 Since ``alpha in [0, 1)`` and ``gamma in [0, 1]``, the write map has spectral radius
 ``max(alpha, |alpha - gamma|) < 1``, so the memory stays bounded for bounded gradients.
@@ -25,7 +26,10 @@ Since ``alpha in [0, 1)`` and ``gamma in [0, 1]``, the write map has spectral ra
 ``erase="tensor"`` normalises ``g`` over the whole tensor (one memory ``M: R^numel -> R``);
 ``erase="row"`` normalises each row (first dim; ``W[i]`` flattened) separately, one memory
 per output unit, as in a matrix memory over the tensor's rows. 1-D and 0-D tensors are one row.
-A zero gradient (or row) has no direction: nothing is erased.
+A zero gradient (or row) has no direction: nothing is erased. ``g_hat`` and the overlap
+``<g, m> / ||g||^2`` are computed without overflow or underflow for any finite gradient (rows
+scaled by their largest entry before squaring), so a gradient of 1e16 or 1e-25 in fp32 is
+erased along as exactly as one of 1.
 
 References:
     A. Behrouz, M. Razaviyayn, P. Zhong, V. Mirrokni, "Nested Learning: The Illusion of Deep
@@ -34,6 +38,8 @@ References:
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -47,11 +53,27 @@ def as_rows(x: Tensor, erase: str) -> Tensor:
     """View ``x`` as ``(rows, d)``: one row for ``erase="tensor"`` or tensors of dim <= 1."""
     if erase == "tensor" or x.dim() <= 1:
         return x.reshape(1, -1)
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: (rows, 0) is valid
+
+
+def _max_abs(rows: Tensor) -> Tensor:
+    """``max |x|`` per row, keepdim; 0 for an all-zero or empty row."""
+    if rows.shape[-1] == 0:
+        return rows.new_zeros(*rows.shape[:-1], 1)
+    return rows.abs().amax(dim=-1, keepdim=True)
+
+
+def _scaled(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """``(rows / s, s)`` with ``s`` the max-abs of each row (1 where a row is zero): entries of
+    at most 1, so their squares neither overflow nor, for the largest, underflow."""
+    scale = _max_abs(rows)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return rows / scale, scale
 
 
 def unit_rows(g: Tensor) -> Tensor:
     """Each row of ``g`` scaled to unit norm; an all-zero row stays zero (no direction)."""
+    g, _ = _scaled(g)  # ||g||^2 of the raw row overflows fp32 from |g| ~ 1e19 / sqrt(d)
     norm = torch.linalg.vector_norm(g, dim=-1, keepdim=True)
     return torch.where(norm > 0, g / norm, torch.zeros_like(g))
 
@@ -137,12 +159,46 @@ def tensor_overlaps(grads: list[Tensor], bufs: list[Tensor]) -> Tensor:
         [torch.dot(g.reshape(-1), m.reshape(-1)) for g, m in zip(grads, bufs, strict=True)]
     )
     norms2 = torch.stack(torch._foreach_norm(grads)).square()
-    return _overlap(dots, norms2)
+    c = _overlap(dots, norms2)
+    for i in _out_of_range(dots, norms2, grads).nonzero().flatten().tolist():
+        c[i] = _scaled_overlap(grads[i].reshape(1, -1), bufs[i].reshape(1, -1))[0]
+    return c
 
 
 def _overlap(dots: Tensor, norms2: Tensor) -> Tensor:
     """``dots / norms2``, and 0 where the gradient is zero (it has no direction to erase)."""
     return torch.where(norms2 > 0, dots / norms2, torch.zeros_like(dots))
+
+
+def _out_of_range(dots: Tensor, norms2: Tensor, grads: list[Tensor] | Tensor) -> Tensor:
+    """Where the plain sums cannot be trusted: a sum overflowed, or ``||g||^2`` is so small
+    that squares flushed to subnormals could have lost more than a rounding of it.
+
+    ``n`` squares below ``tiny`` lose at most ``n * tiny`` in all; that is within one rounding
+    (``eps * ||g||^2``) when ``||g||^2 >= n * tiny / eps``. For gradients of any usual scale
+    both hold, and the one extra pass of :func:`_scaled_overlap` is never taken.
+    """
+    if isinstance(grads, Tensor):  # rows of one tensor
+        n = grads.shape[-1] if grads.dim() else 1
+        info = torch.finfo(grads.dtype)
+        floor = torch.full_like(norms2, n * info.tiny / info.eps)
+    else:
+        floor = torch.tensor(
+            [g.numel() * torch.finfo(g.dtype).tiny / torch.finfo(g.dtype).eps for g in grads],
+            dtype=norms2.dtype,
+            device=norms2.device,
+        )
+    return ~(torch.isfinite(dots) & torch.isfinite(norms2)) | (norms2 < floor)
+
+
+def _scaled_overlap(rows_g: Tensor, rows_m: Tensor) -> Tensor:
+    """``<g_i, m_i> / ||g_i||^2`` per row of ``(rows, d)`` inputs, without overflow or underflow:
+    ``(<g/s_g, m/s_m> / ||g/s_g||^2) * (s_m / s_g)`` with ``s`` each row's max-abs."""
+    g, scale_g = _scaled(rows_g)
+    m, scale_m = _scaled(rows_m)
+    ratio = torch.linalg.vecdot(g, m) / torch.linalg.vecdot(g, g)
+    c = ratio * (scale_m / scale_g).squeeze(-1)
+    return torch.where(_max_abs(rows_g).squeeze(-1) > 0, c, torch.zeros_like(c))
 
 
 def row_overlaps(g: Tensor, m: Tensor) -> Tensor:
@@ -151,4 +207,7 @@ def row_overlaps(g: Tensor, m: Tensor) -> Tensor:
     dots = torch.linalg.vecdot(rows_g, rows_m)
     norms2 = torch.linalg.vecdot(rows_g, rows_g)
     c = _overlap(dots, norms2)
+    bad = _out_of_range(dots, norms2, rows_g)
+    if bool(bad.any()):
+        c = torch.where(bad, _scaled_overlap(rows_g, rows_m), c)
     return c.reshape((-1,) + (1,) * (g.dim() - 1)) if g.dim() > 1 else c.reshape(())

@@ -41,8 +41,8 @@ Three forms (``form``):
   Barzilai and Borwein (1988; their second formula). A pair is written only if ``s^T y > 0``
   and ``||y||`` is above noise; ``h`` is clamped into ``[h_min, h_max]``. It cannot scale
   coordinates apart, but the step it learns is exact along any eigenvector of the Hessian the
-  pair lies on, and it needs no per-coordinate secant: the one that won the deterministic
-  quadratic of the classic tasks (docs/results.md, landscape-forms).
+  pair lies on, and it needs no per-coordinate secant. docs/results.md (landscape-forms)
+  compares the three forms.
 
 Write period (``period = P``, every form): the memory is written only every ``P`` steps, with
 the pair spanning them, ``s = W_t - W_{t-P}`` and ``y = g_t - g_{t-P}`` (steps ``1, 1 + P,
@@ -50,14 +50,17 @@ the pair spanning them, ``s = W_t - W_{t-P}`` and ``y = g_t - g_{t-P}`` (steps `
 then measures the mean curvature along the last ``P`` steps: with minibatch gradients the
 signal in ``y`` grows with the baseline while its noise does not (the stochastic quasi-Newton
 method of Byrd et al. 2016 likewise collects curvature pairs only every 10-20 steps), and
-steps in between are a single pass. ``P = 1`` (default) is the per-step secant. On the
-classic tasks ``P = 10`` helped digits and hurt the deterministic problems
-(docs/results.md, landscape-period), so it is not the default.
+steps in between are a single pass. ``P = 1`` (default) is the per-step secant;
+docs/results.md (landscape-period) has the measured trade-off of longer periods.
 
 ``lr`` scales the secant step: ``lr = 1`` is the full quasi-Newton step, smaller values damp it;
 ``h0`` is the step per unit gradient before any curvature has been written (``h0 = 1``: the
 first steps are SGD with ``lr``). The parameter difference ``s`` is measured on the tensor
 itself, so it includes decoupled weight decay (a factor ``1 - lr wd`` on both ends).
+
+This file is the preset and its reference step, written from the equations above
+(docs/theory/landscape.md); ``landscape_fast.py`` is the diagonal form's fast path (blocked
+eager passes, or one pass fused by ``torch.compile``), held equal to it at every step.
 
 References:
     C. G. Broyden, "A class of methods for solving nonlinear simultaneous equations",
@@ -71,15 +74,11 @@ References:
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from assocmem.memory import ElementwiseMemory, delta_write, read
 from assocmem.optim import validate
-from assocmem.optim.blocks import blocks
-from assocmem.optim.compiled import compiled
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
 
@@ -157,6 +156,7 @@ def lowrank_direction(
 @register
 class Landscape(Preset):
     name = "landscape"
+    non_negative_state = ("curvature",)  # clamped into [h_min, h_max], h_min >= 0
     hyper = {
         "form": Hyper(
             "diagonal",
@@ -211,7 +211,7 @@ class Landscape(Preset):
         if group["form"] == "lowrank":
             self._lowrank_step(param, grad, state, group)
             return
-        if not _due(state, group):  # between writes: the step reads H only
+        if not due(state, group):  # between writes: the step reads H only
             d = self._direction(grad, state, group)
             param.add_(read(ElementwiseMemory(state["curvature"]), d), alpha=-group["lr"])
             return
@@ -233,14 +233,14 @@ class Landscape(Preset):
         S, Y = state["secant_s"], state["secant_y"]
         pairs = int(state["pairs"])
         g = grad.reshape(-1)
-        due = _due(state, group)
-        if due and state["has_prev"]:
+        writes = due(state, group)
+        if writes and state["has_prev"]:
             s = (param - state["prev_param"]).reshape(-1)
             y = g - state["prev_grad"].reshape(-1)
             if secant_trusted(s, y, g, state["prev_grad"].reshape(-1), group["y_tol"]):
                 pairs = lowrank_write(S, Y, pairs, s, y)
                 state["pairs"].fill_(pairs)
-        if due:
+        if writes:
             self._remember(param, grad, state)
         d = self._direction(grad, state, group).reshape(-1)
         step = lowrank_direction(
@@ -257,12 +257,39 @@ class Landscape(Preset):
             for p, g, st in zip(params, grads, states, strict=True):
                 self.reference_step(p, g, st, group)
             return
-        self._diagonal_step(params, grads, states, group, compile=False)
+        # The fast path builds on this file's equations, so it is imported when first run.
+        from assocmem.optim.presets.landscape_fast import diagonal_step
+
+        diagonal_step(params, grads, states, group, compile=False)
 
     def compiled_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
     ) -> None:
-        self._diagonal_step(params, grads, states, group, compile=True)
+        from assocmem.optim.presets.landscape_fast import diagonal_step
+
+        diagonal_step(params, grads, states, group, compile=True)
+
+    def check_param(self, param: Tensor, group: Group) -> str | None:
+        # y = g_t - g_{t-1} of fp16/bf16 gradients carries their rounding, ~eps |g| each: a
+        # noise floor below 2 eps lets that noise be written as curvature (the bf16 step kept
+        # cosine 0.1-0.3 to the fp32 one at y_tol = 1e-6, 0.96-0.99 at 2 eps).
+        if param.dtype in (torch.float16, torch.bfloat16):
+            floor = 2 * torch.finfo(param.dtype).eps
+            if group["y_tol"] < floor:
+                return (
+                    f"its secant pairs need y_tol >= 2 * eps = {floor:g} (the gradients' "
+                    f"rounding), got y_tol={group['y_tol']!r}"
+                )
+        return None
+
+    def check_state(self, state: State, group: Group) -> str | None:
+        if float(state["has_prev"]) not in (0.0, 1.0):
+            return f"'has_prev' must be 0 or 1, got {float(state['has_prev'])}"
+        if "pairs" in state:
+            pairs = float(state["pairs"])
+            if not (pairs.is_integer() and 0 <= pairs <= group["rank"]):
+                return f"'pairs' must be a whole number in [0, rank={group['rank']}], got {pairs}"
+        return super().check_state(state, group)
 
     def check_group(self, group: Group) -> None:
         if not group["h_min"] <= group["h0"] <= group["h_max"]:
@@ -273,117 +300,8 @@ class Landscape(Preset):
         if group["compile"] and group["form"] != "diagonal":
             raise ValueError("invalid compile: landscape compiles its diagonal form only")
 
-    def _diagonal_step(
-        self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group,
-        *, compile: bool,
-    ) -> None:  # fmt: skip
-        """Write steps run the secant write in cache-sized blocks of eager passes, or as
-        :func:`secant_step` fused by torch.compile; the other steps are one or two passes."""
-        lists = [params, grads] + [[st[k] for st in states] for k in _DIAGONAL_STATE]
-        if group["beta"] > 0:
-            lists.append([st["momentum"] for st in states])
-        is_due = [_due(st, group) for st in states]
-        due = [i for i, d in enumerate(is_due) if d]
-        write = [i for i in due if states[i]["has_prev"]]
-        first = [i for i in due if not states[i]["has_prev"]]
-        between = [i for i, d in enumerate(is_due) if not d]
-        if compile and write:
-            chosen = [[tensors[i] for i in write] for tensors in lists]
-            compiled(secant_step)(
-                *chosen[:5], chosen[5] if group["beta"] > 0 else None,
-                # a tensor, so that a changing lr (a scheduler) is data, not a recompile
-                lr=torch.tensor(group["lr"], dtype=torch.float64),
-                **{k: group[k] for k in ("beta", "rho", "h_min", "h_max", "y_tol")},
-            )  # fmt: skip
-            write = []
-        for index, kind in ((write, "write"), (first, "remember"), (between, "read")):
-            for block in blocks(lists, index):
-                p, g, H, g_prev, p_prev = block[:5]
-                if kind == "write":
-                    _diagonal_write_block(p, g, H, g_prev, p_prev, group)
-                if kind != "read":
-                    torch._foreach_copy_(g_prev + p_prev, g + p)
-                directions = g
-                if group["beta"] > 0:
-                    directions = block[5]
-                    torch._foreach_lerp_(directions, g, 1 - group["beta"])
-                torch._foreach_addcmul_(p, H, directions, value=-group["lr"])
-        for i in first:
-            states[i]["has_prev"].fill_(1)
 
-
-def secant_step(
-    params: list[Tensor], grads: list[Tensor], curvatures: list[Tensor],
-    prev_grads: list[Tensor], prev_params: list[Tensor], momenta: list[Tensor] | None,
-    *, lr: float | Tensor, beta: float, rho: float, h_min: float, h_max: float, y_tol: float,
-) -> None:  # fmt: skip
-    """One diagonal write and step per tensor, in place, as the reference writes it.
-
-    The body of the ``compile=True`` path: inductor fuses these ~20 ops into one pass per
-    tensor, where eager PyTorch makes a pass per op.
-    """
-    for i, (p, g, H, g_prev, p_prev) in enumerate(
-        zip(params, grads, curvatures, prev_grads, prev_params, strict=True)
-    ):
-        s, y = p - p_prev, g - g_prev
-        mask = secant_mask(s, y, g, g_prev, y_tol)
-        H.copy_(diagonal_write(H, s, y, mask, rho=rho, h_min=h_min, h_max=h_max))
-        g_prev.copy_(g)
-        # p_prev <- p, as a select: torch 2.13's inductor miscompiles a plain copy_ here (it
-        # stores the *updated* p, because it aliases the copy to p, which is mutated below).
-        p_prev.copy_(torch.where(mask | ~mask, p, p))
-        d = g if momenta is None else momenta[i].lerp_(g, 1 - beta)
-        p.sub_(lr * H * d)
-
-
-_DIAGONAL_STATE = ("curvature", "prev_grad", "prev_param")
-
-
-def _due(state: State, group: Group) -> bool:
+def due(state: State, group: Group) -> bool:
     """Whether this step ends a period: it writes the pair since the last such step (if any)
     and becomes the next pair's start. Steps ``1, 1 + period, 1 + 2 period, ...``."""
     return (int(state["step"]) - 1) % group["period"] == 0
-
-
-def _diagonal_write_block(
-    p: list[Tensor], g: list[Tensor], H: list[Tensor], g_prev: list[Tensor],
-    p_prev: list[Tensor], group: Group,
-) -> None:  # fmt: skip
-    """:func:`diagonal_write` under :func:`secant_mask`, in a few cheap passes.
-
-    With ``rate = rho / y^2`` the delta write is ``H + rho (s / y - H)``: a step toward the
-    per-coordinate secant ``q = s / y``. ``s y > 0`` is ``q > 0``, and since
-    ``max(|a|, |b|) = (|a + b| + |a - b|) / 2`` the noise test ``|y| > y_tol max(|g|, |g'|)``
-    is ``|y| > c |g + g'|`` with ``c = y_tol / (2 - y_tol)``. Both tests are the sign of
-    ``min(q, |y| - floor)``, turned into a 0/1 weight by ``clamp(sign(.), 0)``: ``lerp`` with
-    weight exactly 0 or 1 returns ``H`` or the clamped secant bit for bit. (``torch.where``
-    would be the obvious select, but it measured ~15x slower than these passes on CPU.)
-    """
-    y_tol = group["y_tol"]
-    if y_tol >= 2:  # |y| <= 2 max(|g|, |g'|): no coordinate can pass the noise test
-        return
-    n = len(p)
-    sy = torch._foreach_sub(p + g, p_prev + g_prev)  # one call for both differences
-    s, y = sy[:n], sy[n:]
-    q = torch._foreach_div(s, y)
-    for qi in q:  # y = 0 gives +-inf or NaN; the noise test below rejects those coordinates
-        torch.nan_to_num_(qi, nan=0.0)
-    floor = torch._foreach_add(g, g_prev)
-    torch._foreach_abs_(floor)
-    torch._foreach_mul_(floor, y_tol / (2 - y_tol))
-    # and |y| above float underflow, like the reference's y^2 > tiny
-    torch._foreach_clamp_min_(floor, [math.sqrt(torch.finfo(t.dtype).tiny) for t in floor])
-    written = y  # |y| - floor, in place: y itself is not needed after q
-    torch._foreach_abs_(written)
-    torch._foreach_sub_(written, floor)
-    torch._foreach_minimum_(written, q)
-    torch._foreach_sign_(written)
-    torch._foreach_clamp_min_(written, 0.0)
-    if group["rho"] != 1:
-        q = torch._foreach_lerp(H, q, group["rho"])
-    if len(q) == 1:  # a slice of a large tensor: one pass for both bounds
-        q[0].clamp_(group["h_min"], group["h_max"])
-    else:
-        torch._foreach_clamp_min_(q, group["h_min"])
-        torch._foreach_clamp_max_(q, group["h_max"])
-    torch._foreach_lerp_(H, q, written)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from assocmem.memory import ElementwiseMemory, hebbian_write, read
+from assocmem.memory import ElementwiseMemory, hebbian_write
 from assocmem.optim import validate
+from assocmem.optim.reads import foreach_momentum_, momentum_read
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
 
@@ -42,17 +43,16 @@ class Momentum(Preset):
             retention=group["momentum"],
         )
         state["momentum_buffer"].copy_(memory.m)
-        update = read(memory)
-        if group["nesterov"]:
-            update = grad + group["momentum"] * update
+        update = momentum_read(memory, grad, beta=group["momentum"], nesterov=group["nesterov"])
         param.add_(update, alpha=-group["lr"])
 
     def foreach_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
     ) -> None:
-        beta = group["momentum"]
-        bufs = [s["momentum_buffer"] for s in states]
-        torch._foreach_mul_(bufs, beta)
-        torch._foreach_add_(bufs, grads)
-        updates = torch._foreach_add(grads, bufs, alpha=beta) if group["nesterov"] else bufs
+        updates = foreach_momentum_(
+            [s["momentum_buffer"] for s in states],
+            grads,
+            beta=group["momentum"],
+            nesterov=group["nesterov"],
+        )
         torch._foreach_add_(params, updates, alpha=-group["lr"])

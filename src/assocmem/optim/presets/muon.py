@@ -27,29 +27,19 @@ Since NS normalises its input, the momentum's scale is irrelevant: Muon's EMA fo
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 from torch import Tensor
 
-from assocmem.memory import ElementwiseMemory, hebbian_write, read
+from assocmem.memory import ElementwiseMemory, hebbian_write
 from assocmem.optim import validate
-from assocmem.optim.newton_schulz import zeropower_via_newtonschulz5
+from assocmem.optim.reads import (
+    SCALES,
+    foreach_momentum_,
+    momentum_read,
+    orthogonal_read,
+    orthogonal_reads,
+)
 from assocmem.optim.registry import Group, Hyper, Preset, State, get_preset, register
-
-SCALES = ("spectral", "rms")
-
-
-def update_scale(rows: int, cols: int, scale: str) -> float:
-    """The multiplier of the orthogonalised update of a ``rows x cols`` matrix (see module doc)."""
-    if scale == "spectral":
-        return max(1.0, rows / cols) ** 0.5
-    return 0.2 * max(rows, cols) ** 0.5
-
-
-def as_matrix(t: Tensor) -> Tensor:
-    """``(out, *rest)`` viewed as ``(out, prod(rest))``: conv kernels become matrices."""
-    return t.reshape(t.shape[0], -1)
 
 
 def orthogonalized(param: Tensor) -> bool:
@@ -69,6 +59,7 @@ def _adam_group(group: Group) -> Group:
 @register
 class Muon(Preset):
     name = "muon"
+    non_negative_state = ("exp_avg_sq",)  # the Adam fallback's
     hyper = {
         # Named like torch.optim.Muon's argument (beta in the equations).
         "momentum": Hyper(0.95, validate.unit_interval, "retention beta of the momentum memory"),
@@ -95,13 +86,9 @@ class Muon(Preset):
             ElementwiseMemory(state["momentum"]), None, grad, lr=1.0, retention=group["momentum"]
         )
         state["momentum"].copy_(memory.m)
-        u = read(memory)
-        if group["nesterov"]:
-            u = grad + group["momentum"] * u
-        rows, cols = as_matrix(param).shape
-        ortho = zeropower_via_newtonschulz5(as_matrix(u), steps=group["ns_steps"])
-        step = group["lr"] * update_scale(rows, cols, group["scale"])
-        param.add_(ortho.view_as(param), alpha=-step)
+        u = momentum_read(memory, grad, beta=group["momentum"], nesterov=group["nesterov"])
+        ortho, scale = orthogonal_read(u, steps=group["ns_steps"], scale=group["scale"])
+        param.add_(ortho, alpha=-group["lr"] * scale)
 
     def foreach_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
@@ -117,23 +104,14 @@ class Muon(Preset):
         matrices = [i for i, p in enumerate(params) if orthogonalized(p)]
         if not matrices:
             return
-        beta = group["momentum"]
         ps = [params[i] for i in matrices]
-        gs = [grads[i] for i in matrices]
-        bufs = [states[i]["momentum"] for i in matrices]
-        torch._foreach_mul_(bufs, beta)
-        torch._foreach_add_(bufs, gs)
-        updates = torch._foreach_add(gs, bufs, alpha=beta) if group["nesterov"] else bufs
-        # One batched Newton-Schulz per (rows, cols): stacking turns many small matmuls into bmm.
-        by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for j, p in enumerate(ps):
-            by_shape[tuple(as_matrix(p).shape)].append(j)
-        for (rows, cols), idx in by_shape.items():
-            stacked = torch.stack([as_matrix(updates[j]) for j in idx])
-            ortho = zeropower_via_newtonschulz5(stacked, steps=group["ns_steps"])
-            step = group["lr"] * update_scale(rows, cols, group["scale"])
-            torch._foreach_add_(
-                [ps[j] for j in idx],
-                [o.view_as(ps[j]) for o, j in zip(ortho.unbind(0), idx, strict=True)],
-                alpha=-step,
-            )
+        updates = foreach_momentum_(
+            [states[i]["momentum"] for i in matrices],
+            [grads[i] for i in matrices],
+            beta=group["momentum"],
+            nesterov=group["nesterov"],
+        )
+        for index, orthos, scale in orthogonal_reads(
+            updates, steps=group["ns_steps"], scale=group["scale"]
+        ):
+            torch._foreach_add_([ps[j] for j in index], orthos, alpha=-group["lr"] * scale)

@@ -1,4 +1,4 @@
-"""Held-out evaluation of a learned memory against Adam (``python -m assocmem.meta.evaluate``).
+"""Held-out evaluation of a learned memory vs Adam (``python -m experiments.meta_evaluate``).
 
 Protocol (the project's fair-comparison rule, on a task family never seen in meta-training):
 each optimizer gets the same 4-point grid of step sizes (Adam's ``lr`` in

@@ -1,9 +1,13 @@
-"""Learned: a meta-learned read of multi-timescale gradient memories (small_fc_lopt style).
+"""The ``learned`` preset: the learned memory behind ``MemoryOptimizer(memory="learned")``.
 
     write   m_b <- b m_b + (1 - b) g   for b in config.betas;   v <- beta2 v + (1 - beta2) g^2
     read    x = features(m, v, g, W, t)          (per coordinate, scale-free; meta/features.py)
             u = d(x) * exp(s(x))                 (a shared MLP; meta/network.py)
     step    W <- W - lr * u
+
+It lives with the learned memory and registers itself when :mod:`assocmem.meta` is imported
+(``import assocmem`` does that), so :mod:`assocmem.optim` knows nothing of meta-learning.
+Both paths run :func:`assocmem.meta.step.learned_step`, the step meta-training unrolls.
 
 The network comes from a checkpoint (``checkpoint=None`` is the one shipped in
 ``assocmem/meta/checkpoints``). ``lr`` multiplies the learned step: the network was
@@ -24,8 +28,9 @@ from torch import Tensor
 
 from assocmem.meta.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from assocmem.meta.config import LearnedConfig
-from assocmem.meta.features import features, init_memory, write
-from assocmem.meta.network import MetaParams, learned_update_chunked
+from assocmem.meta.features import init_memory
+from assocmem.meta.network import CHUNK_ROWS, MetaParams
+from assocmem.meta.step import learned_step
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
 _CACHE: dict[tuple[Any, ...], tuple[MetaParams, LearnedConfig]] = {}
@@ -44,7 +49,11 @@ def load_learned(
     path = Path(DEFAULT_CHECKPOINT if checkpoint is None else checkpoint).resolve()
     key = (str(path), path.stat().st_mtime_ns, dtype, str(device))
     if key not in _CACHE:
-        ckpt = load_checkpoint(path)
+        # Loading checks the tensors' shapes against a freshly initialised network, which
+        # draws from torch's global RNG: fork it, so building an optimizer leaves a seeded
+        # run's random numbers alone.
+        with torch.random.fork_rng(devices=[]):
+            ckpt = load_checkpoint(path)
         meta = {k: v.to(dtype=dtype, device=device) for k, v in ckpt.meta_params.items()}
         _CACHE[key] = (meta, ckpt.config)
     return _CACHE[key]
@@ -53,6 +62,7 @@ def load_learned(
 @register
 class Learned(Preset):
     name = "learned"
+    non_negative_state = ("second_moment",)
     hyper = {
         "checkpoint": Hyper(
             None, _checkpoint_or_none, "safetensors file of the learned memory; None = shipped"
@@ -67,35 +77,27 @@ class Learned(Preset):
         _, config = load_learned(group["checkpoint"], param.dtype, param.device)
         return init_memory(param, config)
 
-    def _write(
-        self, param: Tensor, grad: Tensor, state: State, group: Group
-    ) -> tuple[Tensor, MetaParams, LearnedConfig]:
-        meta, config = load_learned(group["checkpoint"], param.dtype, param.device)
-        t = float(state["step"])
-        memory = write(
-            {"momenta": state["momenta"], "second_moment": state["second_moment"]}, grad, config
-        )
-        state["momenta"].copy_(memory["momenta"])
-        state["second_moment"].copy_(memory["second_moment"])
-        return features(memory, grad, param, t, config), meta, config
-
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
-        x, meta, config = self._write(param, grad, state, group)
-        update = learned_update_chunked(meta, x, config)
-        param.add_(update.view_as(param), alpha=-group["lr"])
+        self._step([param], [grad], [state], group, batch=False)
 
     def foreach_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
     ) -> None:
         if len({(p.dtype, p.device) for p in params}) > 1:
             return super().foreach_step(params, grads, states, group)
-        xs, meta, config = [], None, None
-        for p, g, s in zip(params, grads, states, strict=True):
-            x, meta, config = self._write(p, g, s, group)
-            xs.append(x)
-        updates = learned_update_chunked(meta, torch.cat(xs), config)
-        pieces = [
-            u.view_as(p)
-            for u, p in zip(updates.split([p.numel() for p in params]), params, strict=True)
-        ]
-        torch._foreach_add_(params, pieces, alpha=-group["lr"])
+        self._step(params, grads, states, group, batch=True)
+
+    def _step(
+        self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group,
+        *, batch: bool,
+    ) -> None:  # fmt: skip
+        meta, config = load_learned(group["checkpoint"], params[0].dtype, params[0].device)
+        memories = [{"momenta": s["momenta"], "second_moment": s["second_moment"]} for s in states]
+        steps = [float(s["step"]) for s in states]
+        updates, written = learned_step(
+            meta, config, params, grads, memories, steps, chunk=CHUNK_ROWS, batch=batch
+        )
+        for state, memory in zip(states, written, strict=True):
+            state["momenta"].copy_(memory["momenta"])
+            state["second_moment"].copy_(memory["second_moment"])
+        torch._foreach_add_(params, updates, alpha=-group["lr"])

@@ -1,0 +1,189 @@
+"""Training data that does not run out: fresh crops of the train photos, fakes made on the fly.
+
+The cached benchmark (``benchmark.py``) holds a few thousand fixed patches per split, cut from
+about fifteen train photos; a detector memorises them within a few hundred steps and its
+validation loss then rises. ``TrainStream`` draws every training batch anew instead:
+
+1. a crop of ``patch_size`` at a random position of a random train-split photo, at a random
+   level of the benchmark's pyramid (``config.scales``), redrawn while it is near-flat
+   (``config.min_std``, as the cached sets filter);
+2. a random flip and rotation by a multiple of 90 degrees (both classes alike);
+3. half of the batch becomes fake, each by a family drawn uniformly from ``families`` and
+   applied to *that same crop* with the models that made the cached fakes
+   (``fitted_generators``), so the pair differs only by the family's trace; fakes of gray photos
+   are projected back to gray, as in the cached sets;
+4. the whole batch then goes through the benchmark's shared post-processing with one set of
+   coin flips drawn independently of the labels, so no processing step is a label shortcut.
+
+Only photos of the train split are ever opened, so nothing of the validation or test photos
+(and nothing of a held-out family, unless it is named in ``families``) reaches training.
+
+Shapes: batches are ``(images float32 (B, 3, P, P) in [0, 1], labels float32 (B,), family
+int64 (B,))``, ``family`` coding into ``bench.family_names`` (0 = real).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import IterableDataset, get_worker_info
+
+from assocmem.forensic.data.benchmark import ForensicBenchmark, fitted_generators
+from assocmem.forensic.data.families import LEARNED_FAMILIES, generate
+from assocmem.forensic.data.patches import rescale
+from assocmem.forensic.data.photos import load_photos
+from assocmem.forensic.data.postprocess import postprocess
+
+__all__ = ["TrainStream", "augment", "stream_loader"]
+
+# Redraws allowed for a near-flat crop before the flat one is kept (retina's black border and
+# hubble's sky are mostly flat; a bounded loop keeps a batch's cost bounded).
+_FLAT_RETRIES = 20
+
+
+def augment(crop: np.ndarray, flip: bool, quarter_turns: int) -> np.ndarray:
+    """Horizontal flip then ``quarter_turns`` rotations by 90 degrees of a (3, P, P) crop: the
+    eight symmetries of the square, none of which resamples a pixel (so no new trace)."""
+    if flip:
+        crop = crop[:, :, ::-1]
+    return np.ascontiguousarray(np.rot90(crop, quarter_turns, axes=(1, 2)))
+
+
+class TrainStream(IterableDataset):
+    """Endless balanced training batches from ``bench``'s train photos (see module docstring).
+
+    Args:
+        bench: a built benchmark; its config gives patch size, pyramid, generators and
+            post-processing, its split assignment which photos are train photos.
+        families: the families fakes are drawn from (the seen families; held-out ones must not
+            be named here).
+        batch_size: images per batch, half real and half fake (an odd size rounds fakes down).
+        seed: with the same seed (and the same ``num_workers``) the stream is identical.
+
+    Use it with ``DataLoader(stream, batch_size=None, num_workers=k)``: each worker draws from its
+    own generator ``(seed, worker id)``, and the loader interleaves workers in a fixed order.
+    """
+
+    def __init__(
+        self,
+        bench: ForensicBenchmark,
+        families: Sequence[str],
+        *,
+        batch_size: int = 64,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        fams = tuple(families)
+        unknown = [f for f in fams if f not in bench.config.families]
+        if not fams or unknown:
+            raise ValueError(
+                f"families must be a non-empty subset of {bench.config.families}, got {fams}"
+            )
+        if batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (half real, half fake), got {batch_size}")
+        split_of_group = bench.meta.get("split_of_group")
+        if not split_of_group:
+            raise ValueError("the benchmark has no photo split (meta['split_of_group'])")
+        self.config = bench.config
+        self.families = fams
+        self.family_codes = {f: bench.family_names.index(f) for f in fams}
+        self.batch_size = batch_size
+        self.seed = seed
+        photos = [p for p in load_photos(self.config.photos) if split_of_group[p.group] == "train"]
+        self.photo_names = tuple(p.name for p in photos)
+        size = self.config.patch_size
+        # the pyramid of every train photo, levels too small for one crop left out
+        self.levels: list[list[np.ndarray]] = []
+        for photo in photos:
+            levels = [rescale(photo.pixels, s) for s in self.config.scales]
+            self.levels.append([lv for lv in levels if min(lv.shape[:2]) >= size])
+        self.gray = np.array([p.gray for p in photos], dtype=bool)
+        learned = [f for f in fams if f in LEARNED_FAMILIES]
+        all_models = fitted_generators(bench) if learned else {}
+        self.models = {f: all_models[f] for f in learned}
+
+    def _crop(self, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        size = self.config.patch_size
+        crop, photo = None, 0
+        for _ in range(_FLAT_RETRIES):
+            photo = int(rng.integers(len(self.levels)))
+            levels = self.levels[photo]
+            level = levels[int(rng.integers(len(levels)))]
+            i = int(rng.integers(level.shape[0] - size + 1))
+            j = int(rng.integers(level.shape[1] - size + 1))
+            crop = level[i : i + size, j : j + size].transpose(2, 0, 1)
+            if crop.std() >= self.config.min_std:
+                break
+        crop = augment(crop, bool(rng.integers(2)), int(rng.integers(4)))
+        return crop, photo
+
+    def batch(self, rng: np.random.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """One batch drawn from ``rng`` (the iterator calls this with its worker's generator)."""
+        n = self.batch_size
+        crops, photos = zip(*(self._crop(rng) for _ in range(n)), strict=True)
+        images = np.stack(crops)
+        sources = np.array(photos, dtype=np.int64)
+        family = np.zeros(n, np.int64)
+        n_fake = n // 2
+        fake_rows = np.sort(rng.choice(n, size=n_fake, replace=False))
+        chosen = rng.integers(len(self.families), size=n_fake)
+        for k, fam in enumerate(self.families):
+            rows = fake_rows[chosen == k]
+            if len(rows) == 0:
+                continue
+            donors, donor_sources = None, None
+            if fam == "splice":  # donors: fresh real crops, preferably of other photos
+                donors_list, src_list = zip(
+                    *(self._crop(rng) for _ in range(len(rows))), strict=True
+                )
+                donors, donor_sources = np.stack(donors_list), np.array(src_list, np.int64)
+            fakes = generate(
+                fam,
+                images[rows],
+                rng=rng,
+                settings=self.config.generators,
+                models=self.models,
+                donors=donors,
+                sources=sources[rows],
+                donor_sources=donor_sources,
+            )
+            gray = self.gray[sources[rows]]
+            if gray.any():  # gray photo -> gray fake, as in the cached sets
+                mean = fakes[gray].astype(np.float32).mean(axis=1, keepdims=True)
+                fakes[gray] = np.repeat(np.round(mean).astype(np.uint8), 3, axis=1)
+            images[rows] = fakes
+            family[rows] = self.family_codes[fam]
+        images, _ = postprocess(images, self.config.post, rng)
+        return (
+            torch.from_numpy(images).float().div_(255.0),
+            torch.from_numpy((family > 0).astype(np.float32)),
+            torch.from_numpy(family),
+        )
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        info = get_worker_info()
+        worker = 0 if info is None else info.id
+        rng = np.random.default_rng([self.seed, worker])
+        while True:
+            yield self.batch(rng)
+
+
+def _one_thread(_: int) -> None:
+    # Each worker makes its fakes with small convs: one intra-op thread per worker, or k
+    # workers x all-cores threads oversubscribe the machine the training step runs on.
+    torch.set_num_threads(1)
+
+
+def stream_loader(stream: TrainStream, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """A ``DataLoader`` over ``stream``'s batches (already batched: ``batch_size=None``), with
+    ``num_workers`` background processes of one thread each (0: batches made in-process)."""
+    return torch.utils.data.DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        worker_init_fn=_one_thread if num_workers else None,
+        persistent_workers=num_workers > 0,
+    )

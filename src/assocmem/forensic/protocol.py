@@ -1,0 +1,178 @@
+"""The zero-shot protocol: what a detector may see, how it is scored, and how its threshold is set.
+
+The workload's science lives here so that every caller (the experiments harness, the demo, a
+user's script) measures the same thing:
+
+- **Training and model selection see only the seen families.** Detectors train on the train
+  split's photos with fakes of ``seen`` families (:func:`balanced` or the training stream) and
+  are selected (early stopping, LR) on the validation split's reals and ``seen`` fakes. The
+  ``heldout`` families appear only in :func:`zero_shot_report`, on the test split, whose photos
+  are also unseen. :class:`FamilySplit` refuses a family on both sides.
+- **Balanced sets.** The built-in benchmark has one fake per real *per family*; training on a
+  split as is would teach the prior "fake" and wreck the false-positive rate.
+- **Per-family scores.** Each fake family is scored against all the reals of the test split
+  (``metrics.per_family_metrics``): AUC, AP, EER, accuracy at 0.5.
+- **Calibrated decisions.** The threshold is set on the validation reals for ``target_fpr``
+  (``calibration.threshold_at_fpr``); the report gives each family's TPR and the test reals'
+  FPR at it, beside the FPR at 0.5.
+- **Frozen features** are measured by a probe solved to its optimum (:func:`linear_probe_scorer`)
+  so that what is compared is the features, not the probe's own optimisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from assocmem.forensic.calibration import rates_at_threshold, threshold_at_fpr
+from assocmem.forensic.data.benchmark import ForensicBenchmark, ForensicSubset
+from assocmem.forensic.metrics import false_positive_rate, per_family_metrics
+
+__all__ = [
+    "FamilySplit",
+    "balanced",
+    "linear_probe_scorer",
+    "texture_features",
+    "zero_shot_report",
+]
+
+ScoreFn = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class FamilySplit:
+    """Which generator families train (``seen``) and which are only tested (``heldout``)."""
+
+    seen: tuple[str, ...]
+    heldout: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seen", tuple(self.seen))
+        object.__setattr__(self, "heldout", tuple(self.heldout))
+        if not self.seen:
+            raise ValueError("at least one seen (training) family is needed")
+        both = sorted(set(self.seen) & set(self.heldout))
+        if both:
+            raise ValueError(f"families {both} are both seen and held out: held out means unseen")
+
+    def check(self, bench: ForensicBenchmark) -> None:
+        unknown = [f for f in (*self.seen, *self.heldout) if f not in bench.config.families]
+        if unknown:
+            raise ValueError(
+                f"unknown families {unknown}; the benchmark has {bench.config.families}"
+            )
+
+
+def balanced(subset: ForensicSubset, seed: int) -> tuple[Tensor, Tensor]:
+    """All reals of ``subset`` plus as many of its fakes, drawn at random (seeded): float images
+    in [0, 1] (N, 3, P, P) and float labels (N,)."""
+    g = torch.Generator().manual_seed(seed)
+    reals = torch.nonzero(subset.labels == 0).squeeze(1)
+    fakes = torch.nonzero(subset.labels == 1).squeeze(1)
+    fakes = fakes[torch.randperm(len(fakes), generator=g)[: len(reals)]]
+    rows = torch.cat([reals, fakes])
+    images = subset.images_uint8[rows].float().div_(255.0)
+    return images, subset.labels[rows].float()
+
+
+def _scores(score_fn: ScoreFn, images: Tensor) -> np.ndarray:
+    s = score_fn(images)
+    return (s.detach().cpu().numpy() if isinstance(s, Tensor) else np.asarray(s)).astype(np.float64)
+
+
+def zero_shot_report(
+    score_fn: ScoreFn,
+    bench: ForensicBenchmark,
+    families: FamilySplit,
+    *,
+    target_fpr: float = 0.05,
+) -> dict[str, Any]:
+    """Score a detector on the test split, seen and held-out families, with a calibrated threshold.
+
+    ``score_fn(images) -> scores`` (higher = more fake; probabilities or logits, the threshold is
+    set on the same scale). The threshold comes from the *validation* reals at ``target_fpr``;
+    nothing of the test split is used to choose it.
+
+    Returns:
+        ``{"threshold", "target_fpr", "val_real_fpr", "test_real_fpr", "test_real_fpr_0.5",
+        "seen": per-family metrics, "heldout": per-family metrics}``, each family's metrics
+        with ``tpr`` and ``fpr`` at the threshold added (``"mean"`` averages them too).
+    """
+    families.check(bench)
+    val_real = bench.split("val", families.seen)
+    val_real_scores = _scores(score_fn, val_real.images[val_real.labels == 0])
+    threshold = threshold_at_fpr(val_real_scores, target_fpr)
+    report: dict[str, Any] = {"threshold": threshold, "target_fpr": target_fpr}
+    report["val_real_fpr"] = false_positive_rate(val_real_scores, threshold)
+    probabilities = True
+    for group, fams in (("seen", families.seen), ("heldout", families.heldout)):
+        if not fams:
+            continue
+        test = bench.split("test", fams)
+        s = _scores(score_fn, test.images)
+        probabilities = probabilities and bool(((s >= 0) & (s <= 1)).all())
+        names = [test.family_of(i) for i in range(len(test))]
+        labels = test.labels.numpy()
+        metrics = per_family_metrics(labels, s, names, from_logits=not probabilities)
+        real = labels == 0
+        for fam, m in metrics.items():
+            if fam == "mean":
+                continue
+            keep = real | (np.asarray(names, dtype=object) == fam)
+            m.update(rates_at_threshold(labels[keep], s[keep], threshold))
+        per_fam = [m for f, m in metrics.items() if f != "mean"]
+        metrics["mean"]["tpr"] = float(np.mean([m["tpr"] for m in per_fam]))
+        metrics["mean"]["fpr"] = float(np.mean([m["fpr"] for m in per_fam]))
+        report[group] = metrics
+        report["test_real_fpr"] = false_positive_rate(s[real], threshold)
+        if probabilities:
+            report["test_real_fpr_0.5"] = false_positive_rate(s[real], 0.5)
+    return report
+
+
+@torch.no_grad()
+def texture_features(encoder: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
+    """Mean and standard deviation of each feature channel over positions: (N, 2 * channels).
+
+    Generation traces are second-order statistics of local responses, which mean pooling alone
+    averages away; the std keeps them.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        fmap = encoder.feature_map(images[start : start + batch_size]).flatten(2)
+        out.append(torch.cat([fmap.mean(2), fmap.std(2)], dim=1))
+    encoder.train(was_training)
+    return torch.cat(out)
+
+
+def linear_probe_scorer(encoder: nn.Module, images: Tensor, labels: Tensor) -> ScoreFn:
+    """Fit an L2-regularised logistic regression (L-BFGS, to convergence) on frozen features and
+    return ``images -> P(fake)``.
+
+    A probe solved to its optimum measures the features, not the probe's own optimisation, so
+    the same recipe serves every optimizer and every pretraining under test.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    probe.fit(texture_features(encoder, images).numpy(), labels.numpy())
+
+    def score_fn(x: Tensor) -> Tensor:
+        feats = texture_features(encoder, x).numpy()
+        return torch.from_numpy(probe.predict_proba(feats)[:, 1]).float()
+
+    return score_fn
+
+
+def family_split(seen: Sequence[str], heldout: Sequence[str]) -> FamilySplit:
+    """Shorthand for :class:`FamilySplit` from any sequences (e.g. hydra lists)."""
+    return FamilySplit(tuple(seen), tuple(heldout))

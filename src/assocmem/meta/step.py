@@ -1,0 +1,72 @@
+r"""One step of the learned memory on a list of tensors: write, features, learned read.
+
+.. math::
+    m, v \leftarrow \mathrm{write}(m, v, g), \quad
+    x = \mathrm{features}(m, v, g, W, t), \quad
+    u = d_\phi(x)\, e^{s_\phi(x)}
+
+for every tensor, by default with one MLP call over the concatenated coordinates of all of
+them (rows are independent: batching changes the maths of no row). The caller steps
+``W <- W - lr * u``: meta-training builds new tensors (:mod:`assocmem.meta.train`,
+differentiable), the ``learned`` preset adds in place (:mod:`assocmem.meta.preset`, no grad,
+chunked rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from assocmem.meta.config import LearnedConfig
+from assocmem.meta.features import MemoryState, features, write
+from assocmem.meta.network import MetaParams, learned_update, learned_update_chunked
+
+
+def learned_step(
+    meta_params: MetaParams,
+    config: LearnedConfig,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    memories: Sequence[MemoryState],
+    steps: Sequence[float],
+    *,
+    chunk: int | None = None,
+    batch: bool = True,
+) -> tuple[list[Tensor], list[MemoryState]]:
+    """The learned update of every tensor and its memory after the write.
+
+    Args:
+        meta_params: the network (:func:`assocmem.meta.network.init_meta_params`).
+        config: the learned memory's configuration.
+        params: the tensors before the step.
+        grads: their gradients.
+        memories: their memories before the write (not modified).
+        steps: each tensor's step count ``t >= 1`` including this step.
+        chunk: ``None`` makes one differentiable MLP call (meta-training); an int runs the
+            network without grad in chunks of that many rows (the optimizer).
+        batch: one MLP call over every tensor's rows (``True``) or one call per tensor (the
+            preset's reference path). The same maths; the layout of the MLP's input differs,
+            so the two agree to float rounding rather than to the bit.
+
+    Returns:
+        ``(updates, memories)``: ``u`` shaped like each parameter, and the written memories.
+    """
+    written = [write(m, g, config) for m, g in zip(memories, grads, strict=True)]
+    xs = [
+        features(m, g, p, t, config)
+        for m, g, p, t in zip(written, grads, params, steps, strict=True)
+    ]
+
+    def read(x: Tensor) -> Tensor:
+        if chunk is None:
+            return learned_update(meta_params, x, config)
+        return learned_update_chunked(meta_params, x, config, chunk)
+
+    if batch:
+        pieces = read(torch.cat(xs)).split([p.numel() for p in params])
+    else:
+        pieces = [read(x) for x in xs]
+    updates = [u.view_as(p) for u, p in zip(pieces, params, strict=True)]
+    return updates, written

@@ -1,0 +1,126 @@
+"""Reads that several presets share, as pure functions (the equation is in each docstring).
+
+- momentum read (``momentum``, ``muon``): ``u = m`` or, Nesterov, ``u = g + beta m``;
+- orthogonalised read (``muon``, ``cms``): ``u = s O`` with ``O = NS(m)`` and ``s`` its scale;
+- Adam's denominator (``adam``, ``cms``, the learned memory's features): the bias-corrected
+  second moment ``v_hat = v / (1 - beta2^t)`` under ``sqrt(v_hat) + eps``.
+
+The memories they read are written with :mod:`assocmem.memory` (momentum is a key-less
+Hebbian write, ``m <- beta m + g``). Fast paths write the same equations as foreach passes;
+where a preset must match torch to the bit (``adam``) or fuses the bias correction into its
+step size (``cms``), it keeps its own pass order, and tests hold it equal to these references.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import Tensor
+
+from assocmem.memory import ElementwiseMemory, read
+from assocmem.optim.newton_schulz import zeropower_via_newtonschulz5
+
+SCALES = ("spectral", "rms")
+
+
+def momentum_read(
+    memory: ElementwiseMemory, grad: Tensor, *, beta: float, nesterov: bool
+) -> Tensor:
+    """``u = g + beta m`` (Nesterov: the read looks one write ahead) or ``u = m``.
+
+    Args:
+        memory: the momentum ``m`` *after* this step's write ``m <- beta m + g``.
+        grad: this step's gradient ``g``.
+        beta: the momentum's retention.
+        nesterov: read ``g + beta m`` instead of ``m``.
+    """
+    m = read(memory)
+    return grad + beta * m if nesterov else m
+
+
+def foreach_momentum_(
+    buffers: list[Tensor], grads: list[Tensor], *, beta: float, nesterov: bool
+) -> list[Tensor]:
+    """The fast path of ``m <- beta m + g`` (in place on ``buffers``) then :func:`momentum_read`.
+
+    torch's ``SGD(momentum=beta)`` operation order, so ``momentum`` equals it to the bit.
+    Returns the reads (the buffers themselves when not Nesterov).
+    """
+    torch._foreach_mul_(buffers, beta)
+    torch._foreach_add_(buffers, grads)
+    return torch._foreach_add(grads, buffers, alpha=beta) if nesterov else buffers
+
+
+def as_matrix(t: Tensor) -> Tensor:
+    """``(out, *rest)`` viewed as ``(out, prod(rest))``: conv kernels become matrices."""
+    return t.reshape(t.shape[0], -1)
+
+
+def spectral_scale(rows: int, cols: int, scale: str = "spectral") -> float:
+    """The multiplier ``s`` of the orthogonalised read of a ``rows x cols`` matrix.
+
+    - ``"spectral"`` (Keller Jordan's Muon): ``s = max(1, rows / cols) ** 0.5``, so the update's
+      spectral norm per unit input RMS is the same for tall and wide layers;
+    - ``"rms"`` (Moonshot's Muon, Liu et al. 2025): ``s = 0.2 sqrt(max(rows, cols))``, which gives
+      the update the RMS (~0.2) of a typical AdamW update.
+    """
+    if scale == "spectral":
+        return max(1.0, rows / cols) ** 0.5
+    return 0.2 * max(rows, cols) ** 0.5
+
+
+def orthogonal_read(update: Tensor, *, steps: int, scale: str = "spectral") -> tuple[Tensor, float]:
+    """``u = s O`` with ``O = NS(m) ~ U V^T`` for ``m = U S V^T`` read as ``(rows, cols)``.
+
+    Every singular direction of ``m`` moves by the same amount: the steepest-descent direction
+    under the spectral norm (Bernstein & Newhouse 2024), computed by ``steps`` Newton-Schulz
+    iterations (:func:`assocmem.optim.newton_schulz.zeropower_via_newtonschulz5`).
+
+    Args:
+        update: the tensor ``m`` to orthogonalise (``dim >= 2``; conv kernels as matrices).
+        steps: Newton-Schulz iterations.
+        scale: :func:`spectral_scale`'s rule.
+
+    Returns:
+        ``(O, s)``: ``O`` shaped like ``update`` and the scale ``s``, apart, so that a caller can
+        fold ``s`` into its step size (muon) or its level weight (cms).
+    """
+    rows, cols = as_matrix(update).shape
+    ortho = zeropower_via_newtonschulz5(as_matrix(update), steps=steps)
+    return ortho.view_as(update), spectral_scale(rows, cols, scale)
+
+
+def orthogonal_reads(
+    updates: list[Tensor], *, steps: int, scale: str = "spectral"
+) -> list[tuple[list[int], list[Tensor], float]]:
+    """:func:`orthogonal_read` of many tensors, one batched Newton-Schulz per matrix shape.
+
+    Stacking the matrices of one shape turns many small matmuls into one ``bmm``. Returns, per
+    shape, ``(indices into updates, their O, s)``.
+    """
+    by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, u in enumerate(updates):
+        by_shape[tuple(as_matrix(u).shape)].append(i)
+    reads = []
+    for (rows, cols), index in by_shape.items():
+        stacked = torch.stack([as_matrix(updates[i]) for i in index])
+        ortho = zeropower_via_newtonschulz5(stacked, steps=steps)
+        pieces = [o.view_as(updates[i]) for o, i in zip(ortho.unbind(0), index, strict=True)]
+        reads.append((index, pieces, spectral_scale(rows, cols, scale)))
+    return reads
+
+
+def bias_corrected(memory: Tensor, retention: float, t: float) -> Tensor:
+    """``x_hat = x / (1 - alpha^t)``: an EMA ``x <- alpha x + (1 - alpha) y`` started at zero,
+    after ``t`` writes, with the weight it has not yet given its values divided back out."""
+    return memory / (1 - retention**t)
+
+
+def adam_denominator(second_moment: Tensor, beta2: float, t: float, eps: float) -> Tensor:
+    """``sqrt(v_hat) + eps`` with ``v_hat = v / (1 - beta2^t)``: Adam's per-coordinate scale.
+
+    ``v <- beta2 v + (1 - beta2) g^2`` is a key-less Hebbian memory of the squared gradient;
+    dividing a read by this makes it invariant to the gradient's scale per coordinate.
+    """
+    return bias_corrected(second_moment, beta2, t).sqrt() + eps

@@ -1,0 +1,138 @@
+"""The training stream: fresh crops of train photos only, fakes made on the fly by the families
+that made the cached sets, deterministic for a seed, usable with DataLoader workers."""
+
+import numpy as np
+import pytest
+import torch
+
+from assocmem.forensic.data import BenchmarkConfig, PostProcessConfig, build_benchmark
+from assocmem.forensic.data.benchmark import _clean_reals, fitted_generators
+from assocmem.forensic.data.families import generate
+from assocmem.forensic.data.photos import load_photos
+from assocmem.forensic.data.stream import TrainStream, augment, stream_loader
+
+SEEN = ("ae_nearest", "double_jpeg", "splice")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    config = BenchmarkConfig.tiny(
+        families=("ae_nearest", "double_jpeg", "splice", "resample"), post=PostProcessConfig.none()
+    )
+    return build_benchmark(config, tmp_path_factory.mktemp("cache"), progress=False)
+
+
+def take(stream, n, **kw):
+    it = iter(stream_loader(stream, **kw))
+    return [next(it) for _ in range(n)]
+
+
+def test_batches_are_balanced_and_shaped(bench):
+    images, labels, family = take(TrainStream(bench, SEEN, batch_size=10, seed=0), 1)[0]
+    assert images.shape == (10, 3, 32, 32) and images.dtype == torch.float32
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    assert int(labels.sum()) == 5
+    assert torch.equal(labels, (family > 0).float())
+    allowed = {bench.family_names.index(f) for f in SEEN}
+    assert set(family[family > 0].tolist()) <= allowed
+
+
+def test_same_seed_same_stream_other_seed_other_stream(bench):
+    a = take(TrainStream(bench, SEEN, batch_size=8, seed=3), 3)
+    b = take(TrainStream(bench, SEEN, batch_size=8, seed=3), 3)
+    c = take(TrainStream(bench, SEEN, batch_size=8, seed=4), 1)
+    for x, y in zip(a, b, strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(x, y, strict=True))
+    assert not torch.equal(a[0][0], c[0][0])
+
+
+def test_workers_are_seeded_apart_and_deterministic(bench):
+    stream = TrainStream(bench, SEEN, batch_size=8, seed=0)
+    first = take(stream, 4, num_workers=2)
+    again = take(stream, 4, num_workers=2)
+    for x, y in zip(first, again, strict=True):
+        assert torch.equal(x[0], y[0])
+    # the loader alternates workers: batches 0 and 1 come from different generators
+    assert not torch.equal(first[0][0], first[1][0])
+
+
+def test_only_train_photos_are_ever_opened(bench):
+    stream = TrainStream(bench, SEEN, batch_size=4, seed=0)
+    split = bench.meta["split_of_group"]
+    groups = {p.name: p.group for p in load_photos(bench.config.photos)}
+    assert stream.photo_names
+    assert all(split[groups[name]] == "train" for name in stream.photo_names)
+    assert bench.sources("val").isdisjoint(stream.photo_names)
+    assert bench.sources("test").isdisjoint(stream.photo_names)
+
+
+def test_every_crop_is_a_window_of_a_train_photo(bench):
+    """With no post-processing a real crop is, up to the 8 square symmetries, a window of one of
+    the train photos' pyramid levels."""
+    stream = TrainStream(bench, SEEN, batch_size=6, seed=1)
+    images, labels, _ = stream.batch(np.random.default_rng(5))
+    for img in images[labels == 0]:
+        crop = (img * 255).round().to(torch.uint8).numpy()
+        found = False
+        for levels in stream.levels:
+            for level in levels:
+                for flip in (False, True):
+                    for turns in range(4):
+                        # undo: rotate back, then flip back
+                        cand = np.rot90(crop, -turns, axes=(1, 2))
+                        cand = cand[:, :, ::-1] if flip else cand
+                        win = np.lib.stride_tricks.sliding_window_view(level, (32, 32), axis=(0, 1))
+                        hits = (win == cand[None, None]).all(axis=(2, 3, 4))
+                        found = found or bool(hits.any())
+        assert found
+
+
+def test_held_out_families_are_refused_or_absent(bench):
+    with pytest.raises(ValueError, match="families"):
+        TrainStream(bench, ("denoiser",), batch_size=4)  # not a family of this benchmark
+    with pytest.raises(ValueError, match="families"):
+        TrainStream(bench, (), batch_size=4)
+    stream = TrainStream(bench, ("double_jpeg",), batch_size=8, seed=0)
+    _, _, family = stream.batch(np.random.default_rng(0))
+    assert set(family.tolist()) == {0, bench.family_names.index("double_jpeg")}
+
+
+def test_on_the_fly_fakes_are_the_cached_family_functions(bench):
+    """The stream's learned family is the very model that made the cached fakes: applied to the
+    cached clean reals it reproduces the cached fakes bit for bit (no post-processing here)."""
+    models = fitted_generators(bench)
+    _, _, reals = _clean_reals(bench.config, load_photos(bench.config.photos))
+    arrays = bench.arrays("train")
+    code = bench.family_names.index("ae_nearest")
+    rows = (arrays.family == code).nonzero().flatten()
+    parents = arrays.parent[rows].numpy()
+    remade = generate(
+        "ae_nearest",
+        reals["train"][0][parents],
+        rng=np.random.default_rng(0),
+        settings=bench.config.generators,
+        models=models,
+    )
+    gray = reals["train"][2][parents]
+    assert np.array_equal(remade[~gray], arrays.images[rows].numpy()[~gray])
+
+
+def test_generators_round_trip_through_the_cache(bench, tmp_path):
+    """A cache entry read back gives the same models (safetensors), and an entry without the
+    file refits them deterministically."""
+    again = build_benchmark(bench.config, bench.cache_entry.parent.parent, progress=False)
+    assert again.meta["loaded_from_cache"] and again.generators is None
+    loaded = fitted_generators(again)
+    for name, model in fitted_generators(bench).items():
+        for p, q in zip(model.parameters(), loaded[name].parameters(), strict=True):
+            assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+def test_augment_is_a_square_symmetry(flip, turns):
+    x = np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4)
+    y = augment(x, flip, turns)
+    assert sorted(y.ravel()) == sorted(x.ravel())  # a permutation of the pixels
+    assert y.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(y[:, 1:3, 1:3].sum(), x[:, 1:3, 1:3].sum())  # centre stays
