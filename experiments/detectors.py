@@ -43,6 +43,7 @@ HELDOUT = ("ae_bilinear", "ae_pixelshuffle", "resample", "denoiser")
 
 MODELS: dict[str, Callable[[int], nn.Module]] = {
     "npr": lambda size: NPR(),
+    "npr_bn": lambda size: NPR(norm="batch"),
     "smallcnn": lambda size: SmallCNN(),
     "f3net": lambda size: F3Net(image_size=size),
     "mesonet4": lambda size: MesoNet4(image_size=size),
@@ -179,7 +180,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
     parser.add_argument("--json", type=Path, help="write every run's report here")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        help="only write the table, from the --json files of earlier runs (e.g. run in parallel)",
+    )
     args = parser.parse_args(argv)
+    command = "python -m experiments.detectors " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.from_json:
+        runs = [run for path in args.from_json for run in json.loads(path.read_text())]
+        text = markdown(runs, command.strip(), args.target_fpr)
+        print(text)
+        if args.write:
+            replace_section(args.write, "detectors", text)
+        return
     if len(args.lr) not in (1, len(args.optimizers)):
         parser.error("--lr takes one value, or one per optimizer")
     lrs = args.lr * len(args.optimizers) if len(args.lr) == 1 else args.lr
@@ -203,7 +218,6 @@ def main(argv: list[str] | None = None) -> None:
                     f" (best step {run['best_step']} of {run['steps']}, {run['seconds']:.0f} s)",
                     flush=True,
                 )
-    command = "python -m experiments.detectors " + " ".join(sys.argv[1:] if argv is None else argv)
     text = markdown(runs, command.strip(), args.target_fpr)
     print(text)
     if args.json:

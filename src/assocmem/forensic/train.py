@@ -16,9 +16,10 @@ cleanly when a loss is not finite, returning ``status="diverged"`` instead of ra
 same global seed (model init) and generator seed the runs are bit-identical on CPU.
 
 Early stopping: with ``patience=k`` a loop ends once ``k`` evaluations in a row have not lowered
-the best validation loss, and (``restore_best=True``, the default) the model leaves the loop
-with the weights of its best evaluation, whether it stopped early or ran out of steps; the
-result records ``best_step`` and ``best_val_loss``.
+the best validation loss, and the model leaves the loop with the weights of its best evaluation,
+whether it stopped early or ran out of steps (``restore_best``, default: on with ``patience``,
+off for a fixed budget, whose final weights are the point); the result records ``best_step``
+and ``best_val_loss`` either way.
 """
 
 from __future__ import annotations
@@ -147,12 +148,14 @@ def _loop(
     progress: bool,
     desc: str,
     patience: int | None = None,
-    restore_best: bool = True,
+    restore_best: bool | None = None,
 ) -> TrainResult:
     if steps < 0 or eval_every < 1:
         raise ValueError(f"need steps >= 0 and eval_every >= 1, got {steps}, {eval_every}")
     if patience is not None and patience < 1:
         raise ValueError(f"patience must be None or >= 1 evaluations, got {patience}")
+    if restore_best is None:  # early stopping restores the best weights; a fixed budget does not
+        restore_best = patience is not None
     params = trainable_parameters(model)
     if not params:
         raise ValueError("the model has no trainable parameters")
@@ -267,7 +270,7 @@ def pretrain(
     log: Logger | None = None,
     progress: bool = False,
     patience: int | None = None,
-    restore_best: bool = True,
+    restore_best: bool | None = None,
 ) -> TrainResult:
     """Masked-reconstruction pretraining for ``steps`` optimizer steps.
 
@@ -324,7 +327,7 @@ def train_detector(
     log: Logger | None = None,
     progress: bool = False,
     patience: int | None = None,
-    restore_best: bool = True,
+    restore_best: bool | None = None,
 ) -> TrainResult:
     """Binary cross-entropy training of a detector returning logits (N,); labels 1 = fake.
 

@@ -38,14 +38,21 @@ class NPR(nn.Module):
     The residual of an image in [0, 1] is small (a few 1e-2 on textured photos), so it is
     scaled by ``gain`` before the first convolution; the encoder's normalisation layers make the
     exact value unimportant, it only keeps the first activations away from zero at init.
+    ``norm="batch"`` normalises with batch statistics instead of per image: the residual's
+    *amplitude* (how much fine detail an image has, which smoothing generators remove) then
+    reaches the classifier, while GroupNorm divides it out image by image.
     """
 
     def __init__(
-        self, widths: tuple[int, ...] = (16, 32, 64), channels: int = 3, gain: float = 10.0
+        self,
+        widths: tuple[int, ...] = (16, 32, 64),
+        channels: int = 3,
+        gain: float = 10.0,
+        norm: str = "group",
     ) -> None:
         super().__init__()
         self.gain = gain
-        self.encoder = CNNEncoder(widths, channels=channels)
+        self.encoder = CNNEncoder(widths, channels=channels, norm=norm)
         self.fc = nn.Linear(self.encoder.embed_dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:

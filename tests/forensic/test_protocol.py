@@ -1,0 +1,137 @@
+"""Calibration, the zero-shot protocol and early stopping: the workload's science."""
+
+import math
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from assocmem.forensic.calibration import rates_at_threshold, threshold_at_fpr
+from assocmem.forensic.data import BenchmarkConfig, PostProcessConfig, build_benchmark
+from assocmem.forensic.models.npr import NPR, neighbouring_pixel_residual
+from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
+from assocmem.forensic.train import train_detector
+
+
+@given(
+    scores=st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=200),
+    target=st.floats(0.0, 0.99),
+)
+def test_calibration_hits_its_target_on_the_data_it_was_fit_on(scores, target):
+    t = threshold_at_fpr(scores, target)
+    s = np.asarray(scores)
+    fpr = float(np.mean(s >= t))
+    assert fpr <= target
+    # as close as the scores allow: lowering t to the next score below would exceed the target
+    below = s[s < t]
+    if below.size:
+        assert float(np.mean(s >= below.max())) > target or math.isclose(
+            float(np.mean(s >= below.max())), fpr
+        )
+
+
+def test_calibration_examples_and_errors():
+    reals = np.linspace(0, 1, 100, endpoint=False)  # 0.00 .. 0.99
+    t = threshold_at_fpr(reals, 0.05)
+    assert np.mean(reals >= t) == 0.05 and 0.94 < t <= 0.95
+    assert threshold_at_fpr(reals, 0.0) > reals.max()  # nothing flagged
+    rates = rates_at_threshold([0, 0, 1, 1], [0.1, 0.9, 0.8, 0.2], 0.5)
+    assert rates == {"tpr": 0.5, "fpr": 0.5}
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="target_fpr"):
+            threshold_at_fpr(reals, bad)
+    with pytest.raises(ValueError, match="no real"):
+        threshold_at_fpr([], 0.05)
+    with pytest.raises(ValueError, match="NaN"):
+        threshold_at_fpr([0.1, float("nan")], 0.05)
+
+
+def test_a_family_cannot_be_seen_and_held_out():
+    with pytest.raises(ValueError, match="both seen and held out"):
+        FamilySplit(("splice", "resample"), ("resample",))
+    with pytest.raises(ValueError, match="seen"):
+        FamilySplit((), ("resample",))
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    config = BenchmarkConfig.tiny(
+        families=("ae_nearest", "resample", "splice"), post=PostProcessConfig.none()
+    )
+    return build_benchmark(config, tmp_path_factory.mktemp("cache"), progress=False)
+
+
+def test_report_scores_seen_and_held_out_on_the_test_split_with_a_val_threshold(bench):
+    families = FamilySplit(("ae_nearest",), ("resample", "splice"))
+    seen_images = []
+
+    def score_fn(images):
+        seen_images.append(images)
+        return images.std(dim=(1, 2, 3))  # any score: the protocol, not the detector, is tested
+
+    report = zero_shot_report(score_fn, bench, families, target_fpr=0.1)
+    assert set(report["seen"]) == {"ae_nearest", "mean"}
+    assert set(report["heldout"]) == {"resample", "splice", "mean"}
+    assert report["val_real_fpr"] <= 0.1
+    # the threshold is the val reals' own: recomputing it from them gives the same number
+    val = bench.split("val", ["ae_nearest"])
+    val_reals = val.images[val.labels == 0]
+    assert report["threshold"] == threshold_at_fpr(score_fn(val_reals).numpy(), 0.1)
+    for fam in ("resample", "splice"):
+        assert {"auc", "tpr", "fpr"} <= set(report["heldout"][fam])
+    # scored sets: the val reals (calibration), then the test split only
+    assert seen_images[0].shape[0] == len(val_reals)
+    assert sum(x.shape[0] for x in seen_images[1:3]) == len(
+        bench.split("test", ["ae_nearest"])
+    ) + len(bench.split("test", ["resample", "splice"]))
+
+
+def test_report_refuses_a_family_the_benchmark_lacks(bench):
+    with pytest.raises(ValueError, match="unknown families"):
+        zero_shot_report(lambda x: x.mean((1, 2, 3)), bench, FamilySplit(("denoiser",), ()))
+
+
+def test_balanced_takes_every_real_and_as_many_fakes(bench):
+    x, y = balanced(bench.split("train", ["ae_nearest", "resample"]), seed=0)
+    assert int(y.sum()) * 2 == len(y) and x.dtype == torch.float32
+
+
+def test_early_stopping_restores_the_best_weights():
+    """A model whose validation loss is best at the first evaluation and then rises: the loop
+    stops after ``patience`` worse evaluations and leaves the model as it was at that best."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 4, 4)
+    y = (x.mean((1, 2, 3)) > 0).float()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 1), torch.nn.Flatten(0))
+    snapshots = {}
+
+    def log(rec):
+        if "val_loss" in rec:
+            snapshots[rec["step"]] = [p.detach().clone() for p in model.parameters()]
+
+    # training on flipped labels: validation (true labels) gets worse step after step
+    result = train_detector(
+        model, x, 1 - y, x, y, partial(torch.optim.SGD, lr=0.5), steps=100, eval_every=5,
+        patience=3, log=log,
+    )  # fmt: skip
+    assert result.stopped_early and result.steps == 15
+    assert result.best_step == 0
+    for p, q in zip(model.parameters(), snapshots[0], strict=True):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="patience"):
+        train_detector(model, x, y, x, y, partial(torch.optim.SGD, lr=0.1), 5, patience=0)
+
+
+def test_npr_residual_is_zero_on_block_constant_images_and_at_block_corners():
+    blocks = torch.rand(2, 3, 4, 4).repeat_interleave(2, -1).repeat_interleave(2, -2)
+    assert torch.equal(neighbouring_pixel_residual(blocks), torch.zeros_like(blocks))
+    x = torch.rand(2, 3, 8, 8)
+    r = neighbouring_pixel_residual(x)
+    assert torch.equal(r[..., ::2, ::2], torch.zeros_like(r[..., ::2, ::2]))
+    assert torch.equal(r[..., 1::2, 1::2], x[..., 1::2, 1::2] - x[..., ::2, ::2])
+    assert NPR()(x.repeat(1, 1, 4, 4)).shape == (2,)
+    with pytest.raises(ValueError, match="even"):
+        neighbouring_pixel_residual(torch.rand(1, 3, 5, 5))
