@@ -194,7 +194,7 @@ class _NaNGradient:
         return torch.sqrt(self.w * 0).sum()
 
     def evaluate(self) -> dict[str, float]:
-        return {"val_loss": float((self.w - 1).pow(2).sum())}
+        return {"val_loss": float((self.w.detach() - 1).pow(2).sum())}
 
 
 def test_a_run_whose_guard_skipped_every_step_is_not_ok(tmp_path):
