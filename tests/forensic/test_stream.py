@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from assocmem.forensic.data import BenchmarkConfig, PostProcessConfig, build_benchmark
-from assocmem.forensic.data.benchmark import _clean_reals, fitted_generators
+from assocmem.forensic.data.benchmark import fitted_generators
 from assocmem.forensic.data.families import generate
 from assocmem.forensic.data.photos import load_photos
+from assocmem.forensic.data.pipeline import _clean_reals
 from assocmem.forensic.data.stream import TrainStream, augment, stream_loader
 
 SEEN = ("ae_nearest", "double_jpeg", "splice")
