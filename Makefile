@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.assocmem-installed
 PYTEST_WORKERS ?= 2
+DEMO_MODEL ?= npr_bn
 
-.PHONY: setup test test-slow test-portability demo bench lint format clean
+.PHONY: setup test test-slow test-portability demo demo-pretrain bench lint format clean
 
 setup: $(STAMP)
 
@@ -28,7 +29,16 @@ test-portability: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# The main job: a forensic detector (NPR) trained on the built-in benchmark's stream with torch's
+# Adam and with our muon, early-stopped, threshold calibrated for 5 % FPR on validation reals,
+# scored zero-shot on held-out generator families. Under 10 minutes on 2 cores.
 demo: $(STAMP)
+	$(PY) -m experiments.detectors --models $(DEMO_MODEL) --optimizers adam muon --lr 1e-3 \
+		--seeds 0 --max-steps 1500 --eval-every 150 --patience 3 --workers 1 --progress \
+		--json outputs/demo/detectors.json
+
+# The previous demo: frequency-masked pretraining, Adam vs muon on a 3-point LR grid.
+demo-pretrain: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m experiments.compare +experiment=demo
 
 bench: $(STAMP)

@@ -27,6 +27,7 @@ from assocmem.forensic.data import (
     build_benchmark,
 )
 from assocmem.forensic.data.benchmark import default_cache_dir
+from assocmem.forensic.data.stream import TrainStream, stream_loader
 from assocmem.forensic.masks import FrequencyMasker, PixelMasker
 from assocmem.forensic.models import (
     CNNEncoder,
@@ -39,6 +40,7 @@ from assocmem.forensic.models import (
     linear_probe,
     mlp_probe,
 )
+from assocmem.forensic.models.npr import NPR
 from assocmem.forensic.protocol import (
     FamilySplit,
     balanced,
@@ -173,7 +175,8 @@ class Detection:
 
     ``model.kind``: ``linear_probe`` / ``mlp_probe`` (frozen pretrained encoder, only the head
     trains), ``finetune`` (encoder + head), or a baseline trained from scratch: ``mesonet4``,
-    ``f3net``, ``smallcnn``.
+    ``f3net``, ``smallcnn``, ``npr``, ``npr_bn``. Training batches come from the training stream
+    (``assocmem.forensic.data.stream``); validation is the fixed, balanced val split.
     """
 
     def __init__(
@@ -194,29 +197,32 @@ class Detection:
             encoder = pretrained_encoder(self.data, _plain(pretrained))
             make = {"linear_probe": linear_probe, "mlp_probe": mlp_probe, "finetune": fine_tune}
             self.detector = make[kind](encoder)
-        elif kind in ("mesonet4", "f3net", "smallcnn"):
+        elif kind in ("mesonet4", "f3net", "smallcnn", "npr", "npr_bn"):
             baselines = {
                 "mesonet4": partial(MesoNet4, image_size=size),
                 "f3net": partial(F3Net, image_size=size),
                 "smallcnn": SmallCNN,
+                "npr": NPR,
+                "npr_bn": partial(NPR, norm="batch"),
             }
             self.detector = baselines[kind]()
         else:
             raise ValueError(f"unknown detection model kind {kind!r}")
         families = self.data["train_families"]
-        self.train_images, self.train_labels = balanced(self.bench.split("train", families), 0)
+        # Fresh crops and on-the-fly fakes every step: a fixed patch set is memorised within a
+        # few hundred steps, after which the comparison would measure overfitting.
+        stream = TrainStream(self.bench, families, batch_size=batch_size, seed=seed)
+        self.batches = iter(stream_loader(stream))
         self.val_images, self.val_labels = balanced(self.bench.split("val", families), 1)
         self.batch_size = batch_size
-        self.generator = torch.Generator().manual_seed(seed)
 
     def parameters(self) -> Iterable[Tensor]:
         return [p for p in self.detector.parameters() if p.requires_grad]
 
     def train_loss(self, step: int) -> Tensor:
         self.detector.train()
-        idx = torch.randint(len(self.train_images), (self.batch_size,), generator=self.generator)
-        logits = self.detector(self.train_images[idx])
-        return F.binary_cross_entropy_with_logits(logits, self.train_labels[idx])
+        images, labels, _ = next(self.batches)
+        return F.binary_cross_entropy_with_logits(self.detector(images), labels)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
