@@ -210,3 +210,24 @@ def test_a_valid_checkpoint_still_round_trips(tmp_path):
 def test_learned_config_refuses_values_that_break_the_network(changes):
     with pytest.raises(ValueError, match=next(iter(changes))):
         LearnedConfig(**changes)
+
+
+def test_loading_a_checkpoint_leaves_the_global_rng_alone():
+    """Shape checks build a reference network from a private generator, not torch's global
+    one: a seeded run that loads a checkpoint draws the same numbers as one that does not."""
+    from assocmem.meta.checkpoint import load_checkpoint
+    from assocmem.meta.preset import DEFAULT_CHECKPOINT
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    load_checkpoint(DEFAULT_CHECKPOINT)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_missing_learned_checkpoint_is_named(tmp_path):
+    from assocmem import MemoryOptimizer
+
+    missing = tmp_path / "nope.safetensors"
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        MemoryOptimizer([torch.nn.Parameter(torch.ones(2))], "learned", checkpoint=str(missing))

@@ -47,6 +47,8 @@ def load_learned(
 ) -> tuple[MetaParams, LearnedConfig]:
     """Meta-parameters (cast to ``dtype``/``device``) and config, cached per file version."""
     path = Path(DEFAULT_CHECKPOINT if checkpoint is None else checkpoint).resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"learned memory checkpoint {path} does not exist")
     key = (str(path), path.stat().st_mtime_ns, dtype, str(device))
     if key not in _CACHE:
         # Loading checks the tensors' shapes against a freshly initialised network, which
