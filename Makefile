@@ -34,7 +34,7 @@ test-slow: $(STAMP)
 # scored zero-shot on held-out generator families. Under 10 minutes on 2 cores.
 demo: $(STAMP)
 	$(PY) -m experiments.detectors --models $(DEMO_MODEL) --optimizers adam muon --lr 1e-3 \
-		--seeds 0 --max-steps 1500 --eval-every 150 --patience 3 --workers 1 --progress \
+		--seeds 0 --max-steps 800 --eval-every 100 --patience 3 --workers 1 --progress \
 		--json outputs/demo/detectors.json
 
 # The previous demo: frequency-masked pretraining, Adam vs muon on a 3-point LR grid.

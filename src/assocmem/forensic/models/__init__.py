@@ -10,6 +10,7 @@ from assocmem.forensic.models.heads import (
     linear_probe,
     mlp_probe,
 )
+from assocmem.forensic.models.npr import NPR, neighbouring_pixel_residual
 from assocmem.forensic.models.pretrain import MaskedPretrainer, PixelDecoder
 from assocmem.forensic.models.vit import ViTEncoder
 
@@ -22,6 +23,7 @@ __all__ = [
     "MLPHead",
     "MaskedPretrainer",
     "MesoNet4",
+    "NPR",
     "PixelDecoder",
     "SmallCNN",
     "ViTEncoder",
@@ -29,4 +31,5 @@ __all__ = [
     "fine_tune",
     "linear_probe",
     "mlp_probe",
+    "neighbouring_pixel_residual",
 ]

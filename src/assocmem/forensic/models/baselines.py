@@ -119,9 +119,11 @@ class F3Net(nn.Module):
 class SmallCNN(nn.Module):
     """:class:`CNNEncoder` + linear layer, all trained from scratch (~0.15M params)."""
 
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64), channels: int = 3) -> None:
+    def __init__(
+        self, widths: tuple[int, ...] = (16, 32, 64), channels: int = 3, norm: str = "group"
+    ) -> None:
         super().__init__()
-        self.encoder = CNNEncoder(widths, channels=channels)
+        self.encoder = CNNEncoder(widths, channels=channels, norm=norm)
         self.fc = nn.Linear(self.encoder.embed_dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:

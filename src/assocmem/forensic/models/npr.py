@@ -9,16 +9,16 @@ for Generalizable Deepfake Detection", CVPR 2024) exposes that tie with one fixe
 
 i.e. each pixel minus the top-left pixel of its ``2 x 2`` block, and trains a small CNN on the
 residual instead of the image, so content hardly reaches the classifier. The paper uses the
-first stages of a ResNet-50 on 224 px; here the same residual feeds :class:`CNNEncoder` sized for
+first stages of a ResNet-50 on 224 px; here the same residual feeds :class:`SmallCNN`, sized for
 32 px patches on a CPU (~0.15M parameters).
 """
 
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from assocmem.forensic.models.cnn import CNNEncoder
+from assocmem.forensic.models.baselines import SmallCNN
 
 __all__ = ["NPR", "neighbouring_pixel_residual"]
 
@@ -32,8 +32,8 @@ def neighbouring_pixel_residual(x: Tensor) -> Tensor:
     return x - F.interpolate(down, scale_factor=2.0, mode="nearest")
 
 
-class NPR(nn.Module):
-    """Neighbouring-pixel residual -> :class:`CNNEncoder` -> linear logit.
+class NPR(SmallCNN):
+    """Neighbouring-pixel residual -> :class:`SmallCNN` (its encoder and linear logit).
 
     The residual of an image in [0, 1] is small (a few 1e-2 on textured photos), so it is
     scaled by ``gain`` before the first convolution; the encoder's normalisation layers make the
@@ -50,10 +50,8 @@ class NPR(nn.Module):
         gain: float = 10.0,
         norm: str = "group",
     ) -> None:
-        super().__init__()
+        super().__init__(widths, channels, norm)
         self.gain = gain
-        self.encoder = CNNEncoder(widths, channels=channels, norm=norm)
-        self.fc = nn.Linear(self.encoder.embed_dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.encoder(self.gain * neighbouring_pixel_residual(x))).squeeze(-1)
+        return super().forward(self.gain * neighbouring_pixel_residual(x))
