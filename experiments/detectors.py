@@ -116,7 +116,7 @@ def markdown(runs: list[dict[str, Any]], command: str, target_fpr: float) -> str
     lines = [
         "## Forensic detectors (training stream, early stopping, calibrated threshold)",
         "",
-        f"Regenerate: `{command}`",
+        f"Regenerate: {command}",
         "",
         f"Trained on the seen families {', '.join(SEEN)} (fresh stream batches of the train "
         f"photos), early-stopped on the validation split, threshold set on the validation reals "
@@ -190,7 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m experiments.detectors " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.from_json:
         runs = [run for path in args.from_json for run in json.loads(path.read_text())]
-        text = markdown(runs, command.strip(), args.target_fpr)
+        made_by = sorted({run.get("command", "?") for run in runs})
+        sources = " and ".join(f"`{c}`" for c in made_by)
+        text = markdown(runs, f"{sources}, then `{command.strip()}`", args.target_fpr)
         print(text)
         if args.write:
             replace_section(args.write, "detectors", text)
@@ -218,7 +220,9 @@ def main(argv: list[str] | None = None) -> None:
                     f" (best step {run['best_step']} of {run['steps']}, {run['seconds']:.0f} s)",
                     flush=True,
                 )
-    text = markdown(runs, command.strip(), args.target_fpr)
+    for run in runs:
+        run["command"] = command.strip()
+    text = markdown(runs, f"`{command.strip()}`", args.target_fpr)
     print(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
