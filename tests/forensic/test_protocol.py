@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from assocmem.forensic.calibration import rates_at_threshold, threshold_at_fpr
 from assocmem.forensic.data import BenchmarkConfig, PostProcessConfig, build_benchmark
-from assocmem.forensic.models.npr import NPR, neighbouring_pixel_residual
+from assocmem.forensic.models.npr import NPR, NPRWithPixels, neighbouring_pixel_residual
 from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
 from assocmem.forensic.train import train_detector
 
@@ -135,3 +135,15 @@ def test_npr_residual_is_zero_on_block_constant_images_and_at_block_corners():
     assert NPR()(x.repeat(1, 1, 4, 4)).shape == (2,)
     with pytest.raises(ValueError, match="even"):
         neighbouring_pixel_residual(torch.rand(1, 3, 5, 5))
+
+
+def test_npr_with_pixels_sees_both_the_residual_and_the_image():
+    """On block-constant images the residual branch sees zeros, so two such images that differ
+    only in brightness are told apart by the pixel branch alone."""
+    torch.manual_seed(0)
+    model = NPRWithPixels().eval()
+    flat = torch.full((2, 3, 32, 32), 0.2)
+    flat[1] = 0.8
+    out = model(flat)
+    assert out.shape == (2,) and out[0] != out[1]
+    assert torch.equal(neighbouring_pixel_residual(flat), torch.zeros_like(flat))

@@ -15,12 +15,13 @@ first stages of a ResNet-50 on 224 px; here the same residual feeds :class:`Smal
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from assocmem.forensic.models.baselines import SmallCNN
 
-__all__ = ["NPR", "neighbouring_pixel_residual"]
+__all__ = ["NPR", "NPRWithPixels", "neighbouring_pixel_residual"]
 
 
 def neighbouring_pixel_residual(x: Tensor) -> Tensor:
@@ -55,3 +56,26 @@ class NPR(SmallCNN):
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(self.gain * neighbouring_pixel_residual(x))
+
+
+class NPRWithPixels(nn.Module):
+    """Two :class:`SmallCNN` encoders side by side, one on the neighbouring-pixel residual and
+    one on the image itself, their embeddings concatenated into one linear logit.
+
+    NPR alone sees only what happens inside ``2 x 2`` blocks; traces that are not an up-sampling
+    tie (a JPEG grid on 8 x 8 blocks, a pasted region's boundary, an over-smoothed texture) are
+    visible to the pixel branch. Both use batch statistics (see :class:`NPR`).
+    """
+
+    def __init__(
+        self, widths: tuple[int, ...] = (16, 32, 64), channels: int = 3, gain: float = 10.0
+    ) -> None:
+        super().__init__()
+        self.residual = NPR(widths, channels, gain, norm="batch")
+        self.pixels = SmallCNN(widths, channels, norm="batch")
+        dim = self.residual.encoder.embed_dim + self.pixels.encoder.embed_dim
+        self.fc = nn.Linear(dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        r = self.residual.encoder(self.residual.gain * neighbouring_pixel_residual(x))
+        return self.fc(torch.cat([r, self.pixels.encoder(x)], dim=1)).squeeze(-1)
