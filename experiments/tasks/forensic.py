@@ -214,7 +214,6 @@ class Detection:
         stream = TrainStream(self.bench, families, batch_size=batch_size, seed=seed)
         self.batches = iter(stream_loader(stream))
         self.val_images, self.val_labels = balanced(self.bench.split("val", families), 1)
-        self.batch_size = batch_size
 
     def parameters(self) -> Iterable[Tensor]:
         return [p for p in self.detector.parameters() if p.requires_grad]

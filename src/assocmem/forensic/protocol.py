@@ -21,7 +21,7 @@ user's script) measures the same thing:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,8 +171,3 @@ def linear_probe_scorer(encoder: nn.Module, images: Tensor, labels: Tensor) -> S
         return torch.from_numpy(probe.predict_proba(feats)[:, 1]).float()
 
     return score_fn
-
-
-def family_split(seen: Sequence[str], heldout: Sequence[str]) -> FamilySplit:
-    """Shorthand for :class:`FamilySplit` from any sequences (e.g. hydra lists)."""
-    return FamilySplit(tuple(seen), tuple(heldout))

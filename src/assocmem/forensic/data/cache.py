@@ -20,9 +20,9 @@ from torch import nn
 
 from assocmem.forensic.data.autoencoders import make_generator
 from assocmem.forensic.data.config import FORMAT_VERSION, SPLITS, BenchmarkConfig
-from assocmem.forensic.data.families import LEARNED_FAMILIES, fit_generator
+from assocmem.forensic.data.families import LEARNED_FAMILIES
 from assocmem.forensic.data.photos import load_photos
-from assocmem.forensic.data.pipeline import _clean_reals, _generate_benchmark
+from assocmem.forensic.data.pipeline import _clean_reals, _generate_benchmark, fit_families
 from assocmem.forensic.data.splits import ForensicBenchmark, SplitArrays
 
 __all__ = ["build_benchmark", "default_cache_dir", "fitted_generators"]
@@ -124,11 +124,7 @@ def fitted_generators(bench: ForensicBenchmark) -> dict[str, nn.Module]:
         return bench.generators
     config = bench.config
     _, _, reals = _clean_reals(config, load_photos(config.photos))
-    learned = [f for f in config.families if f in LEARNED_FAMILIES]
-    bench.generators = {
-        fam: fit_generator(fam, reals["train"][0], config.generators, config.seed * 1000 + k)
-        for k, fam in enumerate(learned)
-    }
+    bench.generators = fit_families(config, reals["train"][0])
     if path is not None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         _save_generators(bench.generators, tmp)

@@ -63,11 +63,7 @@ def _generate_benchmark(config: BenchmarkConfig, progress: bool) -> ForensicBenc
     bar = _progress(len(photos) + len(learned) + len(SPLITS) * (len(config.families) + 1), progress)
     patches, assignment, reals = _clean_reals(config, photos, bar)
 
-    models = {}
-    for k, fam in enumerate(learned):
-        bar.set_postfix_str(f"train {fam}")
-        models[fam] = fit_generator(fam, reals["train"][0], config.generators, seed * 1000 + k)
-        bar.update()
+    models = fit_families(config, reals["train"][0], bar)
 
     family_names = (REAL, *config.families)
     splits: dict[str, SplitArrays] = {}
@@ -91,10 +87,7 @@ def _generate_benchmark(config: BenchmarkConfig, progress: bool) -> ForensicBenc
                 sources=src[rows],
                 donor_sources=src,
             )
-            g = is_gray[rows]
-            if g.any():  # gray photo -> gray fake: colour is not allowed to be the label
-                mean = fakes[g].astype(np.float32).mean(axis=1, keepdims=True)
-                fakes[g] = np.repeat(np.round(mean).astype(np.uint8), 3, axis=1)
+            fakes = gray_where(fakes, is_gray[rows])
             parts_img.append(fakes)
             parts_fam.append(np.full(m, f_idx + 1, np.int64))
             parts_src.append(src[rows])
@@ -124,6 +117,29 @@ def _generate_benchmark(config: BenchmarkConfig, progress: bool) -> ForensicBenc
     bench = ForensicBenchmark(config, splits, family_names, [p.name for p in photos], meta)
     bench.generators = models
     return bench
+
+
+def fit_families(
+    config: BenchmarkConfig, train_reals: np.ndarray, bar: Any = None
+) -> dict[str, torch.nn.Module]:
+    """Step 3: the learned families' models, fitted on the clean train reals with the build's
+    seeds (``seed * 1000 + k`` for the k-th learned family), so a refit equals the build's."""
+    bar = bar if bar is not None else _progress(0, False)
+    models = {}
+    learned = [f for f in config.families if f in LEARNED_FAMILIES]
+    for k, fam in enumerate(learned):
+        bar.set_postfix_str(f"train {fam}")
+        models[fam] = fit_generator(fam, train_reals, config.generators, config.seed * 1000 + k)
+        bar.update()
+    return models
+
+
+def gray_where(fakes: np.ndarray, gray: np.ndarray) -> np.ndarray:
+    """Fakes of gray photos projected back to gray (in place): colour must not be the label."""
+    if gray.any():
+        mean = fakes[gray].astype(np.float32).mean(axis=1, keepdims=True)
+        fakes[gray] = np.repeat(np.round(mean).astype(np.uint8), 3, axis=1)
+    return fakes
 
 
 def _clean_reals(

@@ -35,6 +35,7 @@ from assocmem.forensic.data.benchmark import ForensicBenchmark, fitted_generator
 from assocmem.forensic.data.families import LEARNED_FAMILIES, generate
 from assocmem.forensic.data.patches import rescale
 from assocmem.forensic.data.photos import load_photos
+from assocmem.forensic.data.pipeline import gray_where
 from assocmem.forensic.data.postprocess import postprocess
 
 __all__ = ["TrainStream", "augment", "stream_loader"]
@@ -150,11 +151,7 @@ class TrainStream(IterableDataset):
                 sources=sources[rows],
                 donor_sources=donor_sources,
             )
-            gray = self.gray[sources[rows]]
-            if gray.any():  # gray photo -> gray fake, as in the cached sets
-                mean = fakes[gray].astype(np.float32).mean(axis=1, keepdims=True)
-                fakes[gray] = np.repeat(np.round(mean).astype(np.uint8), 3, axis=1)
-            images[rows] = fakes
+            images[rows] = gray_where(fakes, self.gray[sources[rows]])
             family[rows] = self.family_codes[fam]
         images, _ = postprocess(images, self.config.post, rng)
         return (
