@@ -94,6 +94,7 @@ def zero_shot_report(
 ) -> dict[str, Any]:
     """Score a detector on the test split, seen and held-out families, with a calibrated threshold.
 
+    ``bench`` may be the clip benchmark (``data.clips``), whose ``images`` are clips.
     ``score_fn(images) -> scores`` (higher = more fake; probabilities or logits, the threshold is
     set on the same scale). The threshold comes from the *validation* reals at ``target_fpr``;
     nothing of the test split is used to choose it.

@@ -334,7 +334,8 @@ def train_detector(
     Evaluations add ``val_loss`` (BCE) and ``val_auc`` (NaN if the validation set has a single
     class). Only parameters with ``requires_grad`` reach the optimizer, so a frozen encoder
     (linear probe) stays exactly as it was. ``train_images`` may instead be a DataLoader-like
-    iterable of ``(images, labels)`` batches, with ``train_labels=None``.
+    iterable of ``(images, labels)`` batches, with ``train_labels=None``. Images may be clips
+    (N, T, C, H, W) for a clip detector: the loop only ever indexes the first axis.
     """
     from sklearn.metrics import roc_auc_score
 

@@ -12,7 +12,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ from assocmem.forensic.data.photos import load_photos
 from assocmem.forensic.data.pipeline import _clean_reals, _generate_benchmark, fit_families
 from assocmem.forensic.data.splits import ForensicBenchmark, SplitArrays
 
-__all__ = ["build_benchmark", "default_cache_dir", "fitted_generators"]
+__all__ = ["build_benchmark", "cached_build", "default_cache_dir", "fitted_generators"]
 
 
 def default_cache_dir() -> Path:
@@ -46,7 +48,7 @@ def _save(bench: ForensicBenchmark, directory: Path, build_seconds: float) -> No
         }
         np.savez_compressed(tmp / "arrays.npz", **arrays)
         meta = {
-            "format_version": FORMAT_VERSION,
+            "format_version": getattr(bench.config, "FORMAT_VERSION", FORMAT_VERSION),
             "key": bench.config.key(),
             "config": bench.config.to_dict(),
             "family_names": list(bench.family_names),
@@ -145,13 +147,28 @@ def build_benchmark(
     writes it. ``bench.meta["loaded_from_cache"]`` tells whether this call rebuilt anything.
     """
     config = config or BenchmarkConfig()
-    directory = Path(cache_dir or default_cache_dir()) / "forensic" / config.key()
+    return cached_build(
+        config, "forensic", lambda: _generate_benchmark(config, progress), cache_dir, use_cache
+    )
+
+
+def cached_build(
+    config: Any,
+    kind: str,
+    generate: Callable[[], ForensicBenchmark],
+    cache_dir: str | os.PathLike[str] | None,
+    use_cache: bool,
+) -> ForensicBenchmark:
+    """The entry ``<cache_dir>/<kind>/<config.key()>`` if it exists, else ``generate()`` saved
+    there (atomically). ``config`` is any frozen config with ``key()`` and ``to_dict()``: the
+    image benchmark's ``BenchmarkConfig`` (kind ``forensic``) or the clip benchmark's."""
+    directory = Path(cache_dir or default_cache_dir()) / kind / config.key()
     if use_cache and (directory / "meta.json").exists():
         bench = _load(config, directory)
         bench.cache_entry = directory
         return bench
     start = time.perf_counter()
-    bench = _generate_benchmark(config, progress)
+    bench = generate()
     seconds = time.perf_counter() - start
     bench.meta["build_seconds"] = round(seconds, 2)
     bench.meta["loaded_from_cache"] = False

@@ -32,6 +32,7 @@ __all__ = [
     "FAMILY_NAMES",
     "LEARNED_FAMILIES",
     "GeneratorSettings",
+    "ellipse_mask",
     "fit_generator",
     "generate",
 ]
@@ -119,6 +120,16 @@ def _resample(patches: np.ndarray, rng: np.random.Generator, s: GeneratorSetting
     return out
 
 
+def ellipse_mask(
+    size: int, cy: float, cx: float, ry: float, rx: float, feather: float
+) -> np.ndarray:
+    """A soft elliptical mask (size, size) float64: 1 inside the ellipse of centre (cy, cx) and
+    semi-axes (ry, rx) in pixels, 0 outside, a logistic edge about ``feather`` pixels wide."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    dist = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
+    return 1.0 / (1.0 + np.exp((dist - 1.0) * min(ry, rx) / feather))
+
+
 def _splice(
     patches: np.ndarray,
     rng: np.random.Generator,
@@ -128,7 +139,6 @@ def _splice(
     donor_sources: np.ndarray,
 ) -> np.ndarray:
     n, size = len(patches), patches.shape[-1]
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     out = np.empty_like(patches)
     for k in range(n):
         # prefer a donor from another photo; a few tries, then accept any (one-photo splits)
@@ -140,9 +150,7 @@ def _splice(
         cy, cx = rng.uniform(0.3, 0.7, size=2) * size
         ry, rx = rng.uniform(*s.splice_radius, size=2) * size
         feather = rng.uniform(*s.splice_feather)
-        dist = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
-        # logistic edge: mask 1 inside, 0 outside, width ~feather pixels at the boundary
-        mask = 1.0 / (1.0 + np.exp((dist - 1.0) * min(ry, rx) / feather))
+        mask = ellipse_mask(size, cy, cx, ry, rx, feather)
         mixed = mask * donors[j] + (1.0 - mask) * patches[k]
         out[k] = np.clip(np.round(mixed), 0, 255).astype(np.uint8)
     return out

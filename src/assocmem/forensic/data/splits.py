@@ -17,7 +17,8 @@ __all__ = ["ForensicBenchmark", "ForensicSubset", "SplitArrays"]
 
 @dataclass(frozen=True)
 class SplitArrays:
-    """One split, all rows aligned: ``images`` uint8 (N, 3, P, P); ``labels`` 0 real / 1 fake;
+    """One split, all rows aligned: ``images`` uint8 (N, 3, P, P) (clips: (N, T, 3, P, P), see
+    ``clips/``); ``labels`` 0 real / 1 fake;
     ``family`` codes into ``ForensicBenchmark.family_names`` (0 = "real"); ``source`` codes into
     ``source_names`` (the photo); ``parent`` the row of the real a fake was made from (-1 for
     reals); ``post`` the POST_* flags of the shared post-processing."""

@@ -1,0 +1,95 @@
+"""What determines the clip benchmark's bytes: its config (hashed into the cache key).
+
+A clip benchmark is made *from* an image benchmark: it reuses that benchmark's photos, its split
+of photo groups (so a photo is never in two splits, in either benchmark), its fitted generator
+families and its post-processing, all named by ``ClipConfig.images``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from assocmem.forensic.data.config import BenchmarkConfig
+
+__all__ = ["CLIP_FORMAT_VERSION", "ClipConfig"]
+
+CLIP_FORMAT_VERSION = 1
+
+
+def _range(name: str, value: tuple[float, float], low: float) -> None:
+    if len(value) != 2 or not low <= value[0] <= value[1]:
+        raise ValueError(
+            f"{name} must be a (low, high) pair with {low} <= low <= high, got {value}"
+        )
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """Everything that determines the clip benchmark (hashed into the cache key).
+
+    Lengths are in pixels of the photo's pyramid level unless stated; noise in 0..255 units.
+    """
+
+    FORMAT_VERSION: ClassVar[int] = CLIP_FORMAT_VERSION
+
+    images: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    frames: int = 8
+    clips_per_photo: int = 48
+    # Window side over the patch size. >= 1, so a real frame is only ever *down*-scaled
+    # (antialiased Lanczos): an up-scaled real would carry the resample family's trace.
+    zoom: tuple[float, float] = (1.0, 1.5)
+    zoom_change: float = 0.15  # the window side changes by a factor in [1/(1+z), 1+z] per clip
+    pan: float = 0.5  # largest displacement over a clip, in patch sizes (16 px at P = 32)
+    shake: float = 0.3  # per-frame camera jitter, std in pixels (small: frames still overlap)
+    noise_std: tuple[float, float] = (1.0, 3.0)  # temporal sensor noise, fresh every frame
+    pattern_std: tuple[float, float] = (0.5, 2.0)  # fixed-pattern noise, the same every frame
+    splice_jitter: float = 1.5  # per-frame jitter of a pasted region's centre, std in pixels
+    fake_fraction: float = 0.5  # per family, this fraction of each split's real clips
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.frames < 2:
+            raise ValueError(f"frames must be >= 2 (a clip moves), got {self.frames}")
+        if self.clips_per_photo < 1:
+            raise ValueError(f"clips_per_photo must be >= 1, got {self.clips_per_photo}")
+        _range("zoom", self.zoom, 1.0)
+        _range("noise_std", self.noise_std, 0.0)
+        _range("pattern_std", self.pattern_std, 0.0)
+        for name in ("zoom_change", "pan", "shake", "splice_jitter"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.fake_fraction <= 1.0:
+            raise ValueError(f"fake_fraction must be in (0, 1], got {self.fake_fraction}")
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The generator families: the image benchmark's (their fitted models are reused)."""
+        return self.images.families
+
+    @property
+    def patch_size(self) -> int:
+        return self.images.patch_size
+
+    @classmethod
+    def tiny(cls, **overrides: object) -> ClipConfig:
+        """On the tiny image benchmark, a few clips per photo: builds in seconds, for tests and
+        smoke runs. Keyword overrides replace any field."""
+        base: dict[str, object] = {
+            "images": BenchmarkConfig.tiny(),
+            "clips_per_photo": 6,
+            "fake_fraction": 1.0,
+        }
+        base.update(overrides)
+        return cls(**base)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """Hash of the config (the image benchmark's included) and the storage format."""
+        blob = json.dumps({"v": CLIP_FORMAT_VERSION, **self.to_dict()}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
