@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from assocmem.forensic.data.config import REAL, SPLITS, BenchmarkConfig
+
+if TYPE_CHECKING:  # a type only: clips/ imports this module
+    from assocmem.forensic.data.clips.config import ClipConfig
 
 __all__ = ["ForensicBenchmark", "ForensicSubset", "SplitArrays"]
 
@@ -68,11 +72,14 @@ class ForensicSubset(Dataset):
 
 
 class ForensicBenchmark:
-    """A built benchmark: per-split arrays plus the name tables, and ``split`` to subset."""
+    """A built benchmark: per-split arrays plus the name tables, and ``split`` to subset.
+
+    ``config`` is the image benchmark's :class:`BenchmarkConfig`, or a ``ClipConfig`` for the
+    clip benchmark (``clips/``), whose images are clips (N, T, 3, P, P)."""
 
     def __init__(
         self,
-        config: BenchmarkConfig,
+        config: BenchmarkConfig | ClipConfig,
         splits: dict[str, SplitArrays],
         family_names: Sequence[str],
         source_names: Sequence[str],

@@ -63,11 +63,11 @@ def _generate(config: ClipConfig, images: ForensicBenchmark, progress: bool) -> 
     need = min_level_side(config)
     levels = []
     for photo in photos:
-        fits = [
-            lv
-            for s in config.images.scales
-            if min((lv := rescale(photo.pixels, s)).shape[:2]) >= need
-        ]
+        fits = []
+        for scale in config.images.scales:
+            level = rescale(photo.pixels, scale)
+            if min(level.shape[:2]) >= need:
+                fits.append(level)
         if not fits:
             raise ValueError(f"photo {photo.name!r} is smaller than a camera path ({need:.0f} px)")
         levels.append(fits)
@@ -130,7 +130,7 @@ def _generate(config: ClipConfig, images: ForensicBenchmark, progress: bool) -> 
         "source_formats": {ph.name: ph.file_format for ph in photos},
     }
     names = [p.name for p in photos]
-    return ForensicBenchmark(config, splits, (REAL, *config.families), names, meta)  # type: ignore[arg-type]
+    return ForensicBenchmark(config, splits, (REAL, *config.families), names, meta)
 
 
 def build_clip_benchmark(
