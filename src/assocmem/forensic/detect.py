@@ -131,7 +131,7 @@ def _table(rows: list[dict[str, Any]], labelled: bool) -> str:
     return "\n".join(lines)
 
 
-def _summary(rows: list[dict[str, Any]], detector: Detector) -> dict[str, Any]:
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in rows if r["status"] == "ok"]
     summary: dict[str, Any] = {
         "images": len(rows),
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except DECODE_ERRORS as e:  # one bad file never stops the run
             rows.append(_row(item, None, f"{type(e).__name__}: {e}"))
     labelled = any(item.label is not None for item in items)
-    summary = _summary(rows, detector)
+    summary = _summary(rows)
 
     table = _table(rows, labelled)
     if table:

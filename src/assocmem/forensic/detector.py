@@ -1,9 +1,11 @@
 """The runnable detector: a checkpoint's network applied to images of any size.
 
+    >>> import torch
     >>> from assocmem.forensic import Detector
-    >>> detector = Detector.load()                      # the weights shipped in the package
-    >>> detector.score(["photo.jpg", "folder/x.png"])   # doctest: +SKIP
-    [ImageScore(score=-2.1, probability=0.11, fake=False, tiles=1200, ...), ...]
+    >>> detector = Detector.load()  # the weights shipped in the package
+    >>> results = detector.score(torch.rand(2, 3, 40, 70))  # or paths, or PIL images
+    >>> [(r.tiles, r.height, r.width, r.fake in (True, False)) for r in results]
+    [(6, 40, 70, True), (6, 40, 70, True)]
 
 Each image is cut into the checkpoint's ``patch_size`` tiles (stride ``patch_size`` by default),
 every tile is scored, and the tile logits are averaged (``assocmem.forensic.tiling`` states and
@@ -13,9 +15,10 @@ false-positive rate), or one recalibrated for another rate from the validation l
 checkpoint stores (:meth:`Detector.with_fpr`), or one given (:meth:`Detector.with_threshold`).
 
 Calibration caveat: the threshold was set on single 32 x 32 patches. An image of many tiles is
-scored by their mean, whose spread over real photos is narrower than one patch's, so on large
-real images the false-positive rate at that threshold is typically *below* the target, not at
-it; nothing here has measured it on full-size images.
+scored by their mean, which varies less over real photos than one patch's logit does (as far as
+its tiles vary independently), so on large real images the false-positive rate at that threshold
+is expected to be *below* the target rather than at it; it has not been measured on full-size
+images.
 
 Images are read like the dataset loaders read them (``assocmem.forensic.data.loaders.load_rgb``:
 EXIF orientation, grayscale, alpha on white, CMYK, 16-bit, float TIFF, decompression bombs).
@@ -50,8 +53,8 @@ class ImageScore(NamedTuple):
     """One image's result.
 
     ``score``: the mean of its tile logits (higher = more likely generated); ``probability``:
-    ``sigmoid(score)``, a readable squashing of it, calibrated only for one-tile images;
-    ``fake``: ``score >= threshold``; ``tiles``: how many tiles were scored; ``height``,
+    ``sigmoid(score)``, a readable squashing of it, not a calibrated probability (decide with
+    ``fake``); ``fake``: ``score >= threshold``; ``tiles``: how many tiles were scored; ``height``,
     ``width``: the image as read (after EXIF rotation); ``undersized``: a side was shorter than
     a tile and was filled by reflection (a weaker score).
     """
