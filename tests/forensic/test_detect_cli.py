@@ -152,6 +152,8 @@ def test_manifest_with_a_missing_file(weights, folder, tmp_path, capsys):
         (["{folder}", "--batch", "0"], "--batch"),
         (["{folder}", "--weights", "{folder}/good.png"], "safetensors"),
         (["{empty}"], "no image files"),
+        (["{folder}", "--csv", "{folder}/good.png/out.csv"], "cannot create the folder"),
+        (["{folder}", "--json", "{folder}"], "is a directory"),
         ([], "required"),
     ],
 )

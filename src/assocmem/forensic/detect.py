@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -153,6 +154,19 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def _unwritable(path: Path) -> str:
+    """Why ``path`` cannot be written ("" if it can); creates its missing parent folders."""
+    if path.is_dir():
+        return f"{path} is a directory, not a file to write"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot create the folder of {path}: {e}"
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"{path} is not writable"
+    return ""
+
+
 def _describe_threshold(detector: Detector) -> str:
     t = f"threshold {detector.threshold:+.4f} on the mean tile logit"
     if detector.target_fpr is None:
@@ -214,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return usage(str(e))
     if not items:
         return usage(f"no image files under {', '.join(map(str, args.paths))}")
+    for out in (args.csv, args.json):
+        # checked before scoring: a long run must not end in a traceback over its output path
+        if out is not None and (problem := _unwritable(out)):
+            return usage(problem)
 
     from tqdm import tqdm
 
@@ -223,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for item in bar:
         try:
             rows.append(_row(item, detector.score_one(item.path)))
-        except DECODE_ERRORS as e:  # one bad file never stops the run
+        # one bad file never stops the run; RuntimeError: torch failing to allocate its tiles
+        except (*DECODE_ERRORS, RuntimeError) as e:
             rows.append(_row(item, None, f"{type(e).__name__}: {e}"))
     labelled = any(item.label is not None for item in items)
     summary = _summary(rows)
@@ -243,13 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in bad:
             print(f"  {r['path']}: {r['reason']}", file=sys.stderr)
     if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
         with args.csv.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         report = {"detector": detector.describe(), "summary": summary, "images": rows}
         args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     return EXIT_UNREADABLE if bad else EXIT_OK
