@@ -51,7 +51,9 @@ def train_run(
     """Train ``task`` for ``steps`` steps; a non-finite loss ends the run as ``diverged``.
 
     ``wall`` in the records counts training time only (evaluation excluded), so time-to-target
-    compares optimizers, not evaluation costs.
+    compares optimizers, not evaluation costs. It is this run's own clock: the comparison's
+    report derives time-to-target from steps x an interleaved step cost instead
+    (``experiments/step_cost.py``), as runs made one after another absorb the machine's load.
     """
     opt = optimizer_factory(task.parameters())
     history: list[dict[str, Any]] = []
