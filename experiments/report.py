@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from experiments.budget import budget_verdict, tail_fall  # noqa: E402
 from experiments.loop import first_reaching  # noqa: E402
 from experiments.step_cost import time_to_target  # noqa: E402
 
@@ -151,6 +152,16 @@ def task_table(
     return lines, target
 
 
+def budget_line(optimizers: dict[str, dict[str, Any]], baseline: str) -> str:
+    """Whether the baseline's validation curve had flattened when the budget ended."""
+    runs = [
+        (s, h) for s, h in optimizers.get(baseline, {"runs": []})["runs"] if s["status"] == "ok"
+    ]
+    falls = [f for _, h in runs if (f := tail_fall(h)) is not None]
+    finals = [s["final"]["val_loss"] for s, _ in runs]
+    return f"Budget: tuned `{baseline}`'s validation loss {budget_verdict(falls, finals)}."
+
+
 def zero_shot_table(optimizers: dict[str, dict[str, Any]]) -> list[str]:
     """Held-out (zero-shot) AUC per generator family, mean ± std over seeds, per optimizer."""
     reports = {
@@ -278,6 +289,8 @@ def write_report(
             f"### {task} (target val_loss {target:.4g})",
             "",
             *lines,
+            "",
+            budget_line(optimizers, baseline),
             "",
             f"Step cost: {cost['method']}, {cost['threads']} thread(s)."
             if cost
