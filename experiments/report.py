@@ -133,8 +133,9 @@ def task_table(
         ok = [s for s, _ in runs if s["status"] == "ok"]
         steps, secs = reach(name)
         diverged = len(runs) - len(ok)
+        config = entry["protocol"].get("config", name)
         cells = [
-            name,
+            name if config == name else f"{name}: `{config}`",
             f"{entry['protocol']['best_lr']}" if entry["protocol"]["best_lr"] else "all diverged",
             grid_note(entry["protocol"]),
             _mean_std([s["final"]["val_loss"] for s in ok])
@@ -150,6 +151,33 @@ def task_table(
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines, target
+
+
+def recommended_lines(optimizers: dict[str, dict[str, Any]]) -> list[str]:
+    """Which configuration each preset with variants was evaluated in, and why (tuning seed)."""
+    lines = []
+    for name, entry in optimizers.items():
+        variants = entry["protocol"].get("variants")
+        if not variants:
+            continue
+        tried = "; ".join(
+            f"`{c}` {v['best_loss']:.4g} at lr {v['best_lr']}"
+            if v["best_lr"] is not None
+            else f"`{c}` diverged at every lr"
+            for c, v in variants.items()
+        )
+        runs = sum(v["grid_runs"] for v in variants.values())
+        lines.append(
+            f"- `{name}`: recommended `{entry['protocol']['config']}` (best tuning loss: {tried}; "
+            f"{runs} tuning runs in all)"
+        )
+    if lines:
+        lines.insert(
+            0,
+            "Recommended configurations, chosen on the tuning seed only (each variant tuned "
+            "like a lone optimizer, so a preset with k variants had k times its tuning runs):",
+        )
+    return lines
 
 
 def budget_line(optimizers: dict[str, dict[str, Any]], baseline: str) -> str:
@@ -290,6 +318,7 @@ def write_report(
             "",
             *lines,
             "",
+            *(recommended + [""] if (recommended := recommended_lines(optimizers)) else []),
             budget_line(optimizers, baseline),
             "",
             f"Step cost: {cost['method']}, {cost['threads']} thread(s)."

@@ -186,6 +186,19 @@ def _check_data(cfg: DictConfig) -> None:
     _writable_dir("data.cache_dir", default_cache_dir() if cache is None else cache)
 
 
+def _variants(cfg: DictConfig) -> dict[str, list[str]]:
+    value = _get(cfg, "variants")
+    expected = "a mapping of names to non-empty lists of optimizer configs"
+    if not isinstance(value, DictConfig):
+        raise ConfigError("variants", value, expected)
+    out = {}
+    for name, configs in value.items():
+        out[str(name)] = _names(cfg, f"variants.{name}", _group_names("optimizer"))
+        if len(set(configs)) != len(configs):
+            raise ConfigError(f"variants.{name}", list(configs), "distinct configs")
+    return out
+
+
 def validate_compare(cfg: DictConfig) -> None:
     """Checks of ``conf/compare.yaml``, then of every run it will make (composed with its
     overrides), so a bad value fails now rather than hours into the sweep.
@@ -194,10 +207,13 @@ def validate_compare(cfg: DictConfig) -> None:
     from hydra import compose
 
     tasks = _names(cfg, "tasks", _group_names("task"))
-    optimizers = _names(cfg, "optimizers", _group_names("optimizer"))
+    variants = _variants(cfg)
+    optimizers = _names(cfg, "optimizers", _group_names("optimizer") | set(variants))
     baseline = _get(cfg, "baseline")
-    if baseline not in _group_names("optimizer"):
+    if baseline not in _group_names("optimizer") | set(variants):
         raise ConfigError("baseline", baseline, f"one of {sorted(_group_names('optimizer'))}")
+    if unused := sorted(set(variants) - {baseline, *optimizers}):
+        raise ConfigError("variants", unused, "keys that name an entry of optimizers")
     factors = _get(cfg, "lr_factors")
     if not isinstance(factors, (list, ListConfig)) or not factors:
         raise ConfigError("lr_factors", factors, "a non-empty list of finite numbers > 0")
@@ -229,7 +245,8 @@ def validate_compare(cfg: DictConfig) -> None:
     _writable_dir("report.markdown", markdown, Path(str(markdown)).parent)
     _writable_dir("report.plots_dir", _get(cfg, "report.plots_dir"))
     for task in tasks:
-        for optimizer in dict.fromkeys([baseline, *optimizers]):
+        configs = [c for o in [baseline, *optimizers] for c in variants.get(o, [o])]
+        for optimizer in dict.fromkeys(configs):
             run = [f"task={task}", f"optimizer={optimizer}", *overrides]
             try:
                 run_cfg = compose(config_name="config", overrides=run)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from experiments.loop import first_reaching, train_run
 from experiments.tasks.classic import Quadratic
@@ -147,6 +148,16 @@ def test_smoke_comparison_and_report(tmp_path):
         if not extensions:
             assert protocol["edge"] is None
         assert len(list((tmp_path / "quadratic" / optimizer).glob("seed*/summary.json"))) == 2
+    # delta's variants: both tuned on the tuning seed, the lower tuning loss evaluated.
+    protocol = json.loads((tmp_path / "quadratic" / "delta" / "protocol.json").read_text())
+    variants = protocol["variants"]
+    assert set(variants) == {"delta", "momentum"}
+    assert protocol["config"] == min(variants, key=lambda c: variants[c]["best_loss"])
+    for seed_dir in (tmp_path / "quadratic" / "delta").glob("seed*"):
+        run = OmegaConf.load(seed_dir / "config.yaml")
+        assert run.optimizer.name == protocol["config"] and run.optimizer.lr == protocol["best_lr"]
+    for config in variants:
+        assert (tmp_path / "quadratic" / "delta" / "variants" / config / "tune").is_dir()
     costs = json.loads((tmp_path / "quadratic" / "step_cost.json").read_text())
     assert set(costs["optimizers"]) == {"adam", "delta"}
     assert all(len(c["samples_s"]) == 3 for c in costs["optimizers"].values())
@@ -155,6 +166,7 @@ def test_smoke_comparison_and_report(tmp_path):
         "<!-- report:smoke:begin -->" in report and "| adam |" in report and "| delta |" in report
     )
     assert "step ms (IQR)" in report and "interleaved" in report and " ± " in report
+    assert f"- `delta`: recommended `{protocol['config']}`" in report
     assert (tmp_path / "plots" / "smoke_quadratic.png").stat().st_size > 1000
 
 
