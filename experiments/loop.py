@@ -53,7 +53,9 @@ def train_run(
 
     ``wall`` in the records counts training time only (evaluation excluded), so time-to-target
     compares optimizers, not evaluation costs; ``mean_step_ms`` is the time inside
-    ``optimizer.step`` alone.
+    ``optimizer.step`` alone. Both are this run's own clock: the comparison's report derives
+    time-to-target from steps x an interleaved step cost instead (``experiments/step_cost.py``),
+    as runs made one after another absorb the machine's load.
     """
     log = (out_dir / "metrics.jsonl").open("w") if out_dir else None
 
