@@ -15,8 +15,7 @@ import argparse
 import platform
 import statistics
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from torch import nn
 from assocmem import MemoryOptimizer, available_memories
 from experiments.loop import state_bytes_per_param
 from experiments.report import replace_section
+from experiments.step_cost import Steppable, round_robin_samples
 
 # Layer widths giving ~0.1M and ~5M parameters, with biases (1-D) beside the matrices (2-D).
 SIZES = {"small": [128, 256, 256, 64], "large": [1024, 2048, 1536, 512]}
@@ -40,27 +40,10 @@ def make_params(widths: list[int], seed: int = 0) -> list[nn.Parameter]:
 
 
 def time_round_robin(
-    optimizers: dict[str, torch.optim.Optimizer], samples: int, span: int = 1, warmup: int = 1
+    optimizers: Mapping[str, Steppable], samples: int, span: int = 1, warmup: int = 1
 ) -> dict[str, float]:
-    """Median seconds per ``step()`` for each optimizer, timed in turns over ``span`` steps.
-
-    Each round gives every candidate one untimed step, then ``span`` consecutive timed steps;
-    a sample is their mean. Taking turns puts all candidates under the same machine load (a
-    burst of noise on a shared VM moves all of them, not whichever ran then); the untimed
-    step first brings the candidate's tensors back into cache and wakes the thread pool after
-    the previous candidate. A span of a whole write period counts the work a preset does only
-    every few steps (cms's slow level, landscape with ``period``), which a median over single
-    steps would leave out.
-    """
-    times: dict[str, list[float]] = {name: [] for name in optimizers}
-    for round_ in range(warmup + samples):
-        for name, opt in optimizers.items():
-            opt.step()
-            start = time.perf_counter()
-            for _ in range(span):
-                opt.step()
-            if round_ >= warmup:
-                times[name].append((time.perf_counter() - start) / span)
+    """Median seconds per ``step()`` of each candidate (:func:`round_robin_samples`)."""
+    times = round_robin_samples(optimizers, samples, span, warmup)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

@@ -35,7 +35,7 @@ from assocmem.forensic.data.clips import ClipConfig, build_clip_benchmark
 from assocmem.forensic.models.temporal import FrameDetector, TemporalDetector
 from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
 from assocmem.forensic.train import score, train_detector
-from experiments.detectors import HELDOUT, SEEN, _ms, optimizer_factory
+from experiments.detectors import HELDOUT, SEEN, _ms, family_split, optimizer_factory
 from experiments.report import replace_section
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
@@ -180,10 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     config = (ClipConfig.tiny if args.tiny else ClipConfig)(frames=args.frames)
     bench = build_clip_benchmark(config, args.cache_dir, progress=args.progress)
-    families = FamilySplit(
-        tuple(f for f in SEEN if f in config.families),
-        tuple(f for f in HELDOUT if f in config.families),
-    )
+    families = family_split(config)  # type: ignore[arg-type] (a ClipConfig has .families too)
     runs = []
     for model in args.models:
         for seed in args.seeds:

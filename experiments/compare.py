@@ -3,12 +3,19 @@
     python -m experiments.compare                          # classic tasks, all presets
     python -m experiments.compare +experiment=smoke        # seconds, for tests
     python -m experiments.compare name=mine tasks=[digits_mlp] optimizers=[adam,delta]
+    python -m experiments.compare optimizers=[adam,muon] '+variants.muon=[muon,muon_nosplit]'
 
 Protocol, per task and optimizer: ``len(lr_factors)`` tuning runs on ``tuning_seed`` at the
-optimizer's default lr times each factor (the same budget for everyone); the best final
-validation loss picks the LR; then one run per evaluation seed at that LR. The baseline's
-(tuned Adam's) mean final validation loss is every other optimizer's target for
-steps-to-target and time-to-target. A diverged run is recorded as such and never stops the sweep.
+optimizer's default lr times each factor (the same budget for everyone), extended by one grid
+step past the edge while the best LR is on it, at most ``lr_extensions`` times (the same rule
+for everyone, ``experiments/lr_grid.py``); the best final validation loss picks the LR; then
+one run per evaluation seed at that LR. A preset listed in ``variants`` has each of its
+configurations tuned so, and only the one recommended on the tuning seed is evaluated
+(``experiments/variants.py``). The baseline's (tuned Adam's) mean final validation
+loss is every other optimizer's target for steps-to-target. After a task's runs, the cost of a
+training step is measured with the optimizers interleaved (``experiments/step_cost.py``), and
+time-to-target is steps-to-target times that cost. A diverged run is recorded as such and
+never stops the sweep.
 """
 
 from __future__ import annotations
@@ -21,14 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from experiments.lr_grid import best_factor, edge_side, next_factor
 from experiments.report import section, write_report
-from experiments.run import execute
+from experiments.run import execute, optimizer_factory
+from experiments.step_cost import measure
 from experiments.validate_config import exit_on_error, validate_compare
+from experiments.variants import configurations, recommend
 
 
 def run_config(task: str, optimizer: str, lr: float | None, seed: int, extra: list[str], **kw):
@@ -40,18 +52,54 @@ def run_config(task: str, optimizer: str, lr: float | None, seed: int, extra: li
 
 
 def tune(task: str, optimizer: str, cfg: DictConfig, out: Path, bar: tqdm) -> dict[str, Any]:
+    """The LR grid on the tuning seed, extended past an edge optimum (``experiments.lr_grid``)."""
     base_lr = run_config(task, optimizer, None, cfg.tuning_seed, cfg.overrides).optimizer.lr
-    grid = {}
-    for factor in cfg.lr_factors:
+    results: dict[float, float] = {}  # factor -> final val_loss (inf: diverged)
+    lrs: dict[float, float] = {}
+
+    def tune_at(factor: float) -> None:
         lr = float(f"{base_lr * factor:.6g}")
         run = run_config(task, optimizer, lr, cfg.tuning_seed, cfg.overrides)
         bar.set_postfix_str(f"{task} / {optimizer} / tune lr={lr:g}")
         summary = execute(run, out / "tune" / f"lr{lr:g}")
         bar.update()
-        grid[lr] = summary["final"]["val_loss"] if summary["status"] == "ok" else math.inf
-    finite = {lr: v for lr, v in grid.items() if math.isfinite(v)}
-    best = min(finite, key=finite.get) if finite else None
-    return {"grid": {str(k): v for k, v in grid.items()}, "best_lr": best}
+        results[factor] = summary["final"]["val_loss"] if summary["status"] == "ok" else math.inf
+        lrs[factor] = lr
+
+    for factor in cfg.lr_factors:
+        tune_at(float(factor))
+    extensions = []
+    while (factor := next_factor(results, len(extensions), cfg.lr_extensions)) is not None:
+        bar.total += 1  # the sweep's length is known only as it goes
+        side = "low" if factor < min(results) else "high"
+        tune_at(factor)
+        extensions.append({"factor": factor, "lr": lrs[factor], "side": side})
+    best = best_factor(results)
+    return {
+        "grid": {str(lrs[f]): results[f] for f in sorted(results)},
+        "best_lr": lrs[best] if best is not None else None,
+        "best_loss": results[best] if best is not None else math.inf,
+        "extensions": extensions,
+        "max_extensions": cfg.lr_extensions,
+        # Still on an edge after the last extension: the report says so, not "optimum".
+        "edge": edge_side(results) if best is not None else "all diverged",
+    }
+
+
+def tune_preset(task: str, name: str, cfg: DictConfig, out: Path, bar: tqdm) -> dict[str, Any]:
+    """``tune`` for an optimizer, or for each of a preset's variants (``experiments.variants``):
+    the protocol of the configuration recommended on the tuning seed, with ``config`` naming
+    it and ``variants`` what each variant reached."""
+    if name not in cfg.variants:
+        return {**tune(task, name, cfg, out, bar), "config": name}
+    configs = configurations(name, cfg.variants)
+    tuned = {c: tune(task, c, cfg, out / "variants" / c, bar) for c in configs}
+    chosen = recommend({c: p["best_loss"] for c, p in tuned.items()})
+    summary = {
+        c: {k: p[k] for k in ("best_lr", "best_loss", "edge")} | {"grid_runs": len(p["grid"])}
+        for c, p in tuned.items()
+    }
+    return {**tuned[chosen or configs[0]], "config": chosen or configs[0], "variants": summary}
 
 
 def evaluate(task, optimizer, lr, cfg, out, target, bar: tqdm) -> list[dict[str, Any]]:
@@ -65,20 +113,46 @@ def evaluate(task, optimizer, lr, cfg, out, target, bar: tqdm) -> list[dict[str,
     return runs
 
 
+def step_costs(task: str, tuned: dict[str, tuple[str, float]], cfg: DictConfig) -> dict[str, Any]:
+    """Each optimizer's cost of a training step (``name: (config, tuned lr)``) on this task,
+    interleaved (``experiments.step_cost``), on the task built with the tuning seed."""
+    candidates = {}
+    for optimizer, (config, lr) in tuned.items():
+        run = run_config(task, config, lr, cfg.tuning_seed, cfg.overrides)
+        torch.manual_seed(run.seed)
+        task_obj = instantiate(run.task.build, seed=run.seed)
+        candidates[optimizer] = (task_obj, optimizer_factory(run, task_obj)(task_obj.parameters()))
+    samples, span = cfg.step_cost.samples, cfg.step_cost.span
+    return {
+        "method": (
+            f"training step (batch, forward, backward, opt.step) at the tuned lr, tuning seed "
+            f"{cfg.tuning_seed}; optimizers interleaved; {samples} samples of {span} steps"
+        ),
+        "threads": torch.get_num_threads(),
+        "optimizers": measure(candidates, samples, span),
+    }
+
+
 def compare(cfg: DictConfig) -> Path:
     root = Path(cfg.out_dir)
     optimizers = [cfg.baseline] + [o for o in cfg.optimizers if o != cfg.baseline]
-    total = len(cfg.tasks) * len(optimizers) * (len(cfg.lr_factors) + len(cfg.seeds))
-    bar = tqdm(total=total, desc=f"compare {cfg.name}", unit="run")
+    per_task = sum(
+        len(configurations(o, cfg.variants)) * len(cfg.lr_factors) + len(cfg.seeds)
+        for o in optimizers
+    )
+    bar = tqdm(total=len(cfg.tasks) * per_task, desc=f"compare {cfg.name}", unit="run")
     for task in cfg.tasks:
         target = None
+        tuned = {}
         for optimizer in optimizers:
             out = root / task / optimizer
             out.mkdir(parents=True, exist_ok=True)
-            protocol = tune(task, optimizer, cfg, out, bar)
+            protocol = tune_preset(task, optimizer, cfg, out, bar)
+            config, lr = protocol["config"], protocol["best_lr"]
             runs = []
-            if protocol["best_lr"] is not None:
-                runs = evaluate(task, optimizer, protocol["best_lr"], cfg, out, target, bar)
+            if lr is not None:
+                tuned[optimizer] = (config, lr)
+                runs = evaluate(task, config, lr, cfg, out, target, bar)
             else:
                 bar.update(len(cfg.seeds))
             finals = [r["final"]["val_loss"] for r in runs if r["status"] == "ok"]
@@ -87,6 +161,9 @@ def compare(cfg: DictConfig) -> Path:
             protocol.update(target=target, seeds=list(cfg.seeds))
             (out / "protocol.json").write_text(json.dumps(protocol, indent=2))
             bar.write(f"{task:>18} {optimizer:>10}: best lr {protocol['best_lr']}, finals {finals}")
+        bar.set_postfix_str(f"{task} / step cost")
+        costs = step_costs(task, tuned, cfg)
+        (root / task / "step_cost.json").write_text(json.dumps(costs, indent=2))
     bar.close()
     return root
 

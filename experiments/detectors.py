@@ -58,17 +58,25 @@ def optimizer_factory(name: str, lr: float) -> Callable[[Any], torch.optim.Optim
     return partial(MemoryOptimizer, memory=name, lr=lr)
 
 
-def run_one(
+def family_split(config: BenchmarkConfig) -> FamilySplit:
+    """:data:`SEEN` and :data:`HELDOUT`, restricted to the families ``config`` builds."""
+    return FamilySplit(
+        tuple(f for f in SEEN if f in config.families),
+        tuple(f for f in HELDOUT if f in config.families),
+    )
+
+
+def train_one(
     bench: Any,
     families: FamilySplit,
-    model_name: str,
+    model: nn.Module,
     optimizer: str,
     lr: float,
     seed: int,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    torch.manual_seed(seed)
-    model = MODELS[model_name](bench.config.patch_size)
+    """Train ``model`` in place on the stream of ``families.seen`` to early stopping; the run's
+    record without its test report (``experiments.ship_detector`` reuses it)."""
     stream = TrainStream(bench, families.seen, batch_size=args.batch_size, seed=seed)
     x_val, y_val = balanced(bench.split("val", families.seen), seed=1000 + seed)
     start = time.perf_counter()
@@ -85,10 +93,8 @@ def run_one(
         progress=args.progress,
     )
     seconds = time.perf_counter() - start
-    report = zero_shot_report(partial(score, model), bench, families, target_fpr=args.target_fpr)
     curve = [(r["step"], r["val_loss"]) for r in result.history if "val_loss" in r]
     return {
-        "model": model_name,
         "optimizer": optimizer,
         "lr": lr,
         "seed": seed,
@@ -99,8 +105,23 @@ def run_one(
         "stopped_early": result.stopped_early,
         "seconds": round(seconds, 1),
         "val_curve": curve,
-        "report": report,
     }
+
+
+def run_one(
+    bench: Any,
+    families: FamilySplit,
+    model_name: str,
+    optimizer: str,
+    lr: float,
+    seed: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    model = MODELS[model_name](bench.config.patch_size)
+    run = train_one(bench, families, model, optimizer, lr, seed, args)
+    report = zero_shot_report(partial(score, model), bench, families, target_fpr=args.target_fpr)
+    return {"model": model_name, **run, "report": report}
 
 
 def _ms(values: list[float], digits: int = 3) -> str:
@@ -204,8 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
     bench = build_benchmark(config, args.cache_dir, progress=args.progress)
-    seen = [f for f in SEEN if f in config.families]
-    families = FamilySplit(tuple(seen), tuple(f for f in HELDOUT if f in config.families))
+    families = family_split(config)
     runs = []
     for model in args.models:
         for seed in args.seeds:

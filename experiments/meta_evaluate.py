@@ -14,9 +14,9 @@ Adam) to check that it keeps training and does not blow up. Prints a markdown ta
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +26,7 @@ from torch import Tensor
 from assocmem.meta.checkpoint import load_checkpoint
 from assocmem.meta.tasks import HELD_OUT_FAMILIES, sample_task
 from assocmem.optim import MemoryOptimizer
+from assocmem.training import fit
 
 ADAM_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
 LEARNED_MULTIPLIERS = (0.3, 1.0, 3.0, 10.0)
@@ -45,28 +46,26 @@ def evaluate_on_task(
     """
     task = sample_task(family, seed)
     params = {k: v.clone().requires_grad_() for k, v in task.params.items()}
-    opt = make_optimizer(list(params.values()))
-    losses = []
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        loss = task.loss(params, task.batch())
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    seconds = time.perf_counter() - t0
+    result = fit(
+        list(params.values()),
+        lambda batch: task.loss(params, batch),
+        (task.batch() for _ in itertools.count()),  # a fresh minibatch per step
+        make_optimizer,
+        steps=steps,
+    )
+    losses = [rec["train_loss"] for rec in result.history]
     tail = losses[-max(1, steps // 10) :]
     with torch.no_grad():
         val = float(task.eval_loss(params)) if task.eval_loss is not None else float("nan")
-    finite = all(math.isfinite(x) for x in losses) and all(
-        bool(p.isfinite().all()) for p in params.values()
-    )
+    # The loop ends a run at its first non-finite loss (status "diverged"): its tail is then
+    # non-finite, so it scores as the worst grid point.
+    finite = result.status == "ok" and all(bool(p.isfinite().all()) for p in params.values())
     return {
         "train_loss": sum(tail) / len(tail),
         "val_loss": val,
         "first_loss": losses[0],
         "finite": finite,
-        "seconds": seconds,
+        "seconds": result.wall_time,
     }
 
 

@@ -22,7 +22,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from experiments.budget import budget_verdict, tail_fall  # noqa: E402
 from experiments.loop import first_reaching  # noqa: E402
+from experiments.step_cost import time_to_target  # noqa: E402
 
 
 def load_runs(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
@@ -40,11 +42,17 @@ def load_runs(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
     return tasks
 
 
+def load_step_costs(root: Path) -> dict[str, dict[str, Any]]:
+    """``{task: step_cost.json}`` for the tasks whose step cost was measured."""
+    return {f.parent.name: json.loads(f.read_text()) for f in sorted(root.glob("*/step_cost.json"))}
+
+
 def _mean_std(values: list[float]) -> str:
+    """Mean ± standard deviation over seeds; a lone value is marked as such (no spread)."""
     if not values:
         return "—"
     if len(values) == 1:
-        return f"{values[0]:.4g}"
+        return f"{values[0]:.4g} (n=1)"
     return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
 
 
@@ -54,7 +62,38 @@ def _ratio(value: float | None, base: float | None) -> str:
     return f"{value / base:.2f}"
 
 
-def task_table(optimizers: dict[str, dict[str, Any]], baseline: str) -> tuple[list[str], float]:
+def grid_note(protocol: dict[str, Any]) -> str:
+    """How the LR was tuned: grid points, extensions past an edge, an optimum still on one."""
+    extensions = protocol.get("extensions", [])
+    note = f"{len(protocol['grid']) - len(extensions)} pts"
+    sides = [e["side"] for e in extensions]
+    for side in dict.fromkeys(sides):
+        note += f", +{sides.count(side)} {side}"
+    edge = protocol.get("edge")
+    if edge in ("low", "high"):
+        note += f", best at {edge} edge"
+    elif edge == "all diverged":
+        note += ", all diverged"
+    return note
+
+
+def _cost_cell(cost: dict[str, Any] | None) -> str:
+    if cost is None:
+        return "—"
+    return f"{1e3 * cost['median_s']:.3g} ({1e3 * cost['q1_s']:.3g}–{1e3 * cost['q3_s']:.3g})"
+
+
+def task_table(
+    optimizers: dict[str, dict[str, Any]],
+    baseline: str,
+    costs: dict[str, dict[str, Any]] | None = None,
+) -> tuple[list[str], float]:
+    """The task's table: one row per optimizer, spreads over the evaluation seeds.
+
+    ``costs`` maps optimizer -> its measured training-step cost (``step_cost.json``); without
+    it (runs from before the measurement) time-to-target is not printed.
+    """
+    costs = costs or {}
     base = optimizers.get(baseline, {"runs": []})
     base_finals = [s["final"]["val_loss"] for s, _ in base["runs"] if s["status"] == "ok"]
     target = statistics.mean(base_finals) if base_finals else math.nan
@@ -62,45 +101,93 @@ def task_table(optimizers: dict[str, dict[str, Any]], baseline: str) -> tuple[li
         {k for o in optimizers.values() for s, _ in o["runs"] for k in s["final"]} - {"val_loss"}
     )
 
-    def reach(entry):
-        hits = [first_reaching(h, target) for s, h in entry["runs"] if s["status"] == "ok"]
-        hits = [hit for hit in hits if hit[0] is not None]
-        steps = statistics.mean(h[0] for h in hits) if hits else None
-        secs = statistics.mean(h[1] for h in hits) if hits else None
-        return steps, secs, len(hits)
+    def reach(name: str) -> tuple[list[int], list[float]]:
+        """Steps and seconds to the target of the seeds that reached it."""
+        entry = optimizers[name]
+        hits = [first_reaching(h, target)[0] for s, h in entry["runs"] if s["status"] == "ok"]
+        steps = [hit for hit in hits if hit is not None]
+        cost = costs.get(name)
+        return steps, time_to_target(steps, cost["median_s"]) if cost else []
 
-    base_steps, base_secs, _ = reach(base) if base["runs"] else (None, None, 0)
+    def mean(values: list[float]) -> float | None:
+        return statistics.mean(values) if values else None
+
+    base_steps, base_secs = reach(baseline) if baseline in optimizers else ([], [])
     header = [
         "optimizer",
         "best lr",
+        "LR grid",
         "final val_loss",
         *extra,
         "reached target",
-        "steps-to-target ×Adam",
-        "time-to-target ×Adam",
-        "step ms",
+        "steps-to-target",
+        "×Adam",
+        "time-to-target s",
+        "×Adam",
+        "step ms (IQR)",
         "state B/param",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, entry in optimizers.items():
         runs = entry["runs"]
         ok = [s for s, _ in runs if s["status"] == "ok"]
-        steps, secs, n_hit = reach(entry)
+        steps, secs = reach(name)
         diverged = len(runs) - len(ok)
+        config = entry["protocol"].get("config", name)
         cells = [
-            name,
+            name if config == name else f"{name}: `{config}`",
             f"{entry['protocol']['best_lr']}" if entry["protocol"]["best_lr"] else "all diverged",
+            grid_note(entry["protocol"]),
             _mean_std([s["final"]["val_loss"] for s in ok])
             + (f" ({diverged} diverged)" if diverged else ""),
             *[_mean_std([s["final"][k] for s in ok if k in s["final"]]) for k in extra],
-            f"{n_hit}/{len(runs)}",
-            _ratio(steps, base_steps),
-            _ratio(secs, base_secs),
-            f"{statistics.mean(s['mean_step_ms'] for s, _ in runs):.3g}" if runs else "—",
+            f"{len(steps)}/{len(runs)}",
+            _mean_std(steps),
+            _ratio(mean(steps), mean(base_steps)),
+            _mean_std(secs),
+            _ratio(mean(secs), mean(base_secs)),
+            _cost_cell(costs.get(name)),
             f"{runs[0][0]['state_bytes_per_param']:.1f}" if runs else "—",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines, target
+
+
+def recommended_lines(optimizers: dict[str, dict[str, Any]]) -> list[str]:
+    """Which configuration each preset with variants was evaluated in, and why (tuning seed)."""
+    lines = []
+    for name, entry in optimizers.items():
+        variants = entry["protocol"].get("variants")
+        if not variants:
+            continue
+        tried = "; ".join(
+            f"`{c}` {v['best_loss']:.4g} at lr {v['best_lr']}"
+            if v["best_lr"] is not None
+            else f"`{c}` diverged at every lr"
+            for c, v in variants.items()
+        )
+        runs = sum(v["grid_runs"] for v in variants.values())
+        lines.append(
+            f"- `{name}`: recommended `{entry['protocol']['config']}` (best tuning loss: {tried}; "
+            f"{runs} tuning runs in all)"
+        )
+    if lines:
+        lines.insert(
+            0,
+            "Recommended configurations, chosen on the tuning seed only (each variant tuned "
+            "like a lone optimizer, so a preset with k variants had k times its tuning runs):",
+        )
+    return lines
+
+
+def budget_line(optimizers: dict[str, dict[str, Any]], baseline: str) -> str:
+    """Whether the baseline's validation curve had flattened when the budget ended."""
+    runs = [
+        (s, h) for s, h in optimizers.get(baseline, {"runs": []})["runs"] if s["status"] == "ok"
+    ]
+    falls = [f for _, h in runs if (f := tail_fall(h)) is not None]
+    finals = [s["final"]["val_loss"] for s, _ in runs]
+    return f"Budget: tuned `{baseline}`'s validation loss {budget_verdict(falls, finals)}."
 
 
 def zero_shot_table(optimizers: dict[str, dict[str, Any]]) -> list[str]:
@@ -196,17 +283,32 @@ def write_report(
 ) -> Path:
     """Write the ``name`` section of ``markdown`` (tables + plots) from the runs under ``root``."""
     tasks = load_runs(root)
+    costs = load_step_costs(root)
     body = [
         f"## Comparison `{name}`",
         "",
         f"Regenerate: `{command or 'python -m experiments.compare name=' + name}` "
         f"(runs under `{root}`); this section alone from those runs: "
         f"`python -m experiments.report {root} --name {name}`.",
-        "Protocol: same LR grid budget per optimizer, best LR on a tuning seed, then the "
-        "evaluation seeds; target = tuned Adam's mean final validation loss.",
+        "",
+        "Protocol: the same LR grid per optimizer on a tuning seed; when the best LR is the "
+        "grid's smallest or largest, one more tuning run a grid step beyond it, repeated while "
+        "the best stays on an edge, up to the same bound for every optimizer (column *LR grid*: "
+        "points, extensions, and *best at … edge* when the bound was reached first); then the "
+        "evaluation seeds at the best LR. Target = tuned Adam's mean final validation loss; "
+        "steps-to-target counts the first evaluation at or below it.",
+        "",
+        "Time-to-target is not the runs' wall clock (runs made one after another absorb "
+        "whatever else the machine was doing): it is each seed's steps-to-target × the cost of "
+        "one training step (batch, forward, backward, `opt.step()`), measured after the task's "
+        "runs with all optimizers taking turns on the same model at their tuned LR "
+        "(`experiments/step_cost.py`); *step ms* is that cost's median and interquartile range "
+        "over the samples. Cells are mean ± std over the evaluation seeds (over those that "
+        "reached the target, for steps and time); ×Adam is the ratio of the means.",
     ]
     for task, optimizers in tasks.items():
-        lines, target = task_table(optimizers, baseline)
+        cost = costs.get(task)
+        lines, target = task_table(optimizers, baseline, cost["optimizers"] if cost else None)
         plot = plots_dir / f"{name}_{task}.png"
         plot_task(task, optimizers, plot)
         rel = plot.relative_to(markdown.parent) if plot.is_relative_to(markdown.parent) else plot
@@ -215,6 +317,13 @@ def write_report(
             f"### {task} (target val_loss {target:.4g})",
             "",
             *lines,
+            "",
+            *(recommended + [""] if (recommended := recommended_lines(optimizers)) else []),
+            budget_line(optimizers, baseline),
+            "",
+            f"Step cost: {cost['method']}, {cost['threads']} thread(s)."
+            if cost
+            else "Step cost: not measured for these runs (time-to-target not shown).",
             "",
             f"![{task}]({rel})",
         ]

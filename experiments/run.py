@@ -12,6 +12,7 @@ ends the command before anything is built, with one line naming it and exit stat
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,48 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
 
-from experiments.loop import train_run
+from assocmem.optim import param_groups
+from experiments.loop import OptimizerFactory, train_run
 from experiments.validate_config import exit_on_error, validate_run
+
+
+def task_module(task: Any) -> nn.Module:
+    """The module whose parameters ``task`` trains: its ``model``, or, for a task that holds
+    bare tensors (the quadratic, Rosenbrock), those tensors in an ``nn.ParameterList``."""
+    model = getattr(task, "model", None)
+    if isinstance(model, nn.Module):
+        return model
+    return nn.ParameterList(list(task.parameters()))
+
+
+def optimizer_factory(cfg: DictConfig, task: Any) -> OptimizerFactory:
+    """The run's optimizer maker. A config with ``split`` (Muon-style presets) builds its param
+    groups with :func:`assocmem.optim.param_groups` from the task's module: hidden matrices in
+    the preset's group, the rest in ``split.rest`` (e.g. ``memory: adam``) at
+    ``lr * split.rest_lr_ratio``."""
+    make = instantiate(cfg.optimizer.factory)
+    split = cfg.optimizer.get("split")
+    if not split:
+        return make
+    rest = {
+        **OmegaConf.to_container(split.rest, resolve=True),
+        "lr": cfg.optimizer.lr * split.rest_lr_ratio,
+    }
+    groups = param_groups(task_module(task), rest=rest, trainable_only=True)
+
+    def split_factory(params: Iterable[Tensor]) -> torch.optim.Optimizer:
+        wanted = {id(p) for p in params}
+        grouped = {id(p) for g in groups for p in g["params"]}
+        if grouped != wanted:  # the module and the task disagree on what trains
+            raise ValueError(
+                f"optimizer.split: the task's module has {len(grouped)} trainable parameters, "
+                f"the task trains {len(wanted)}; give the task a `model` holding exactly those"
+            )
+        return make(groups)
+
+    return split_factory
 
 
 def execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -33,7 +73,7 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     task = instantiate(cfg.task.build, seed=cfg.seed)
     summary = train_run(
         task,
-        instantiate(cfg.optimizer.factory),
+        optimizer_factory(cfg, task),
         steps=cfg.task.steps,
         eval_every=cfg.task.eval_every,
         out_dir=out_dir,

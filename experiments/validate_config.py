@@ -125,14 +125,41 @@ def validate_run(cfg: DictConfig) -> None:
         _check_data(cfg)
 
 
-def _check_optimizer(cfg: DictConfig) -> None:
-    """Build the optimizer on one dummy parameter, so its own argument checks (every preset
-    validates its hyperparameters eagerly) run before the task is built."""
-    import torch
-    from hydra.utils import instantiate
+class _DummyTask:
+    """Two layers: a hidden matrix and a head, so a split config builds both of its groups."""
 
+    def __init__(self) -> None:
+        from torch import nn
+
+        self.model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+
+    def parameters(self):
+        return list(self.model.parameters())
+
+
+def _check_split(cfg: DictConfig) -> None:
+    split = _get(cfg, "optimizer.split")
+    if split is None:
+        return
+    if not isinstance(split, DictConfig) or set(split) != {"rest", "rest_lr_ratio"}:
+        raise ConfigError(
+            "optimizer.split", split, "null or {rest: {memory: ..., ...}, rest_lr_ratio: > 0}"
+        )
+    _positive("optimizer.split.rest_lr_ratio", _get(cfg, "optimizer.split.rest_lr_ratio"))
+    if not isinstance(_get(cfg, "optimizer.split.rest"), DictConfig):
+        raise ConfigError("optimizer.split.rest", split.rest, "a mapping of group options")
+
+
+def _check_optimizer(cfg: DictConfig) -> None:
+    """Build the optimizer on a dummy two-layer model, so its own argument checks (every preset
+    validates its hyperparameters eagerly, a split's rest group too) run before the task is
+    built."""
+    from experiments.run import optimizer_factory  # run.py imports this module
+
+    _check_split(cfg)
     try:
-        instantiate(cfg.optimizer.factory)([torch.zeros(1, requires_grad=True)])
+        task = _DummyTask()
+        optimizer_factory(cfg, task)(task.parameters())
     except Exception as e:  # noqa: BLE001 (hydra wraps the optimizer's own error)
         cause = e.__cause__ or e
         message = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
@@ -159,6 +186,19 @@ def _check_data(cfg: DictConfig) -> None:
     _writable_dir("data.cache_dir", default_cache_dir() if cache is None else cache)
 
 
+def _variants(cfg: DictConfig) -> dict[str, list[str]]:
+    value = _get(cfg, "variants")
+    expected = "a mapping of names to non-empty lists of optimizer configs"
+    if not isinstance(value, DictConfig):
+        raise ConfigError("variants", value, expected)
+    out = {}
+    for name, configs in value.items():
+        out[str(name)] = _names(cfg, f"variants.{name}", _group_names("optimizer"))
+        if len(set(configs)) != len(configs):
+            raise ConfigError(f"variants.{name}", list(configs), "distinct configs")
+    return out
+
+
 def validate_compare(cfg: DictConfig) -> None:
     """Checks of ``conf/compare.yaml``, then of every run it will make (composed with its
     overrides), so a bad value fails now rather than hours into the sweep.
@@ -167,15 +207,27 @@ def validate_compare(cfg: DictConfig) -> None:
     from hydra import compose
 
     tasks = _names(cfg, "tasks", _group_names("task"))
-    optimizers = _names(cfg, "optimizers", _group_names("optimizer"))
+    variants = _variants(cfg)
+    optimizers = _names(cfg, "optimizers", _group_names("optimizer") | set(variants))
     baseline = _get(cfg, "baseline")
-    if baseline not in _group_names("optimizer"):
+    if baseline not in _group_names("optimizer") | set(variants):
         raise ConfigError("baseline", baseline, f"one of {sorted(_group_names('optimizer'))}")
+    if unused := sorted(set(variants) - {baseline, *optimizers}):
+        raise ConfigError("variants", unused, "keys that name an entry of optimizers")
     factors = _get(cfg, "lr_factors")
     if not isinstance(factors, (list, ListConfig)) or not factors:
         raise ConfigError("lr_factors", factors, "a non-empty list of finite numbers > 0")
     for f in factors:
         _positive("lr_factors", f)
+    if len(set(map(float, factors))) != len(factors):
+        raise ConfigError("lr_factors", list(factors), "distinct factors")
+    extensions = _int(cfg, "lr_extensions", 0)
+    if extensions and len(factors) < 2:
+        raise ConfigError(
+            "lr_extensions", extensions, "0 for a one-point LR grid (no spacing to extend by)"
+        )
+    _int(cfg, "step_cost.samples", 1)
+    _int(cfg, "step_cost.span", 1)
     _int(cfg, "tuning_seed", 0)
     seeds = _get(cfg, "seeds")
     if not isinstance(seeds, (list, ListConfig)) or not seeds:
@@ -193,7 +245,8 @@ def validate_compare(cfg: DictConfig) -> None:
     _writable_dir("report.markdown", markdown, Path(str(markdown)).parent)
     _writable_dir("report.plots_dir", _get(cfg, "report.plots_dir"))
     for task in tasks:
-        for optimizer in dict.fromkeys([baseline, *optimizers]):
+        configs = [c for o in [baseline, *optimizers] for c in variants.get(o, [o])]
+        for optimizer in dict.fromkeys(configs):
             run = [f"task={task}", f"optimizer={optimizer}", *overrides]
             try:
                 run_cfg = compose(config_name="config", overrides=run)

@@ -15,15 +15,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("memory", "optim", "meta", "forensic")
+PARTS = ("memory", "optim", "meta", "forensic", "training")
 ALLOWED = {
     "memory": set(),
+    # the one training loop: any model, any torch.optim optimizer; nothing of ours
+    "training": set(),
     "optim": {"memory"},
-    "meta": {"memory", "optim"},
+    "meta": {"memory", "optim", "training"},
     # forensic takes any torch.optim optimizer: never ours, never the learned memory's
-    "forensic": {"memory"},
-    "root": {"memory", "optim", "meta", "forensic"},
-    "experiments": {"root", "memory", "optim", "meta", "forensic", "experiments"},
+    "forensic": {"memory", "training"},
+    "root": {"memory", "optim", "meta", "forensic", "training"},
+    "experiments": {"root", "memory", "optim", "meta", "forensic", "training", "experiments"},
 }
 HARNESS_ONLY = ("hydra", "omegaconf")
 

@@ -124,6 +124,10 @@ class MaskedPretraining:
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
+    @property
+    def model(self) -> nn.Module:
+        return self.pretrainer
+
     def parameters(self) -> Iterable[Tensor]:
         return self.pretrainer.parameters()
 
@@ -214,6 +218,10 @@ class Detection:
         stream = TrainStream(self.bench, families, batch_size=batch_size, seed=seed)
         self.batches = iter(stream_loader(stream))
         self.val_images, self.val_labels = balanced(self.bench.split("val", families), 1)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.detector
 
     def parameters(self) -> Iterable[Tensor]:
         return [p for p in self.detector.parameters() if p.requires_grad]

@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from experiments.loop import first_reaching, train_run
 from experiments.tasks.classic import Quadratic
@@ -31,6 +33,54 @@ def test_every_optimizer_config_composes_and_builds(optimizer):
     assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
 
 
+def split_optimizer(optimizer: str, task: str, cache):
+    from experiments.run import optimizer_factory
+
+    overrides = [f"optimizer={optimizer}", f"task={task}", "data=tiny"]
+    overrides += [f"data.cache_dir={cache}", "task.build.pretrained.steps=2"] * (
+        task == "detect_head"
+    )
+    with initialize_config_dir(str(CONF), version_base=None):
+        cfg = compose("config", overrides=overrides)
+    task_obj = instantiate(cfg.task.build, seed=0)
+    return cfg, task_obj, optimizer_factory(cfg, task_obj)(task_obj.parameters())
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "cms_m3"])
+def test_muon_style_configs_step_hidden_matrices_and_give_the_rest_to_adam(optimizer, tmp_path):
+    cfg, task, opt = split_optimizer(optimizer, "digits_mlp", tmp_path)
+    hidden, rest = opt.param_groups
+    assert hidden["name"] == "hidden"
+    assert [id(p) for p in hidden["params"]] == [id(task.model[0].weight)]
+    assert hidden["memory"] == cfg.optimizer.factory.memory and hidden["lr"] == cfg.optimizer.lr
+    # The head (last Linear, weight and bias) and the biases: Adam at lr / 10.
+    assert {id(p) for p in rest["params"]} == {
+        id(task.model[0].bias), id(task.model[2].weight), id(task.model[2].bias)
+    }  # fmt: skip
+    assert rest["memory"] == "adam" and rest["betas"] == [0.9, 0.95]
+    assert rest["lr"] == pytest.approx(cfg.optimizer.lr * 0.1, rel=1e-12)
+
+
+def test_cms_m3_config_is_m3_config():
+    from assocmem.optim.presets.cms import m3_config
+
+    with initialize_config_dir(str(CONF), version_base=None):
+        cfg = compose("config", overrides=["optimizer=cms_m3"])
+    opt = instantiate(cfg.optimizer.factory)([torch.nn.Parameter(torch.ones(2, 2))])
+    group = opt.param_groups[0]
+    assert {k: tuple(v) if isinstance(v, list) else v for k, v in m3_config().items()} == {
+        k: tuple(group[k]) if isinstance(group[k], list) else group[k] for k in m3_config()
+    }
+
+
+def test_a_split_on_a_task_with_a_frozen_encoder_trains_only_its_head(tmp_path_factory):
+    cache = tmp_path_factory.getbasetemp() / "forensic-cache"  # shared with the tests below
+    _, task, opt = split_optimizer("muon", "detect_head", cache)
+    grouped = [p for g in opt.param_groups for p in g["params"]]
+    assert {id(p) for p in grouped} == {id(p) for p in task.parameters()}
+    assert [g["name"] for g in opt.param_groups] == ["rest"]  # a linear probe is all head
+
+
 @pytest.mark.parametrize("task", names("task"))
 def test_every_task_config_composes(task):
     with initialize_config_dir(str(CONF), version_base=None):
@@ -47,8 +97,6 @@ def test_every_experiment_config_composes(experiment):
 
 
 def test_divergence_ends_the_run_cleanly(tmp_path):
-    import torch
-
     task = Quadratic(seed=0, dim=10, condition=100.0)
     summary = train_run(
         task, lambda ps: torch.optim.SGD(ps, lr=10.0), steps=200, eval_every=5, out_dir=tmp_path
@@ -90,12 +138,35 @@ def test_smoke_comparison_and_report(tmp_path):
     )
     for optimizer in ("adam", "delta"):
         protocol = json.loads((tmp_path / "quadratic" / optimizer / "protocol.json").read_text())
-        assert len(protocol["grid"]) == 2  # the same LR budget for both
+        # The same budget for both: the 2-point grid plus at most lr_extensions=1 extension,
+        # which the rule takes only for an optimum on the edge.
+        extensions = protocol["extensions"]
+        assert len(protocol["grid"]) == 2 + len(extensions) and len(extensions) <= 1
+        grid = {float(lr): loss for lr, loss in protocol["grid"].items()}
+        best = min(grid, key=grid.get)
+        assert protocol["best_lr"] == best
+        if not extensions:
+            assert protocol["edge"] is None
         assert len(list((tmp_path / "quadratic" / optimizer).glob("seed*/summary.json"))) == 2
+    # delta's variants: both tuned on the tuning seed, the lower tuning loss evaluated.
+    protocol = json.loads((tmp_path / "quadratic" / "delta" / "protocol.json").read_text())
+    variants = protocol["variants"]
+    assert set(variants) == {"delta", "momentum"}
+    assert protocol["config"] == min(variants, key=lambda c: variants[c]["best_loss"])
+    for seed_dir in (tmp_path / "quadratic" / "delta").glob("seed*"):
+        run = OmegaConf.load(seed_dir / "config.yaml")
+        assert run.optimizer.name == protocol["config"] and run.optimizer.lr == protocol["best_lr"]
+    for config in variants:
+        assert (tmp_path / "quadratic" / "delta" / "variants" / config / "tune").is_dir()
+    costs = json.loads((tmp_path / "quadratic" / "step_cost.json").read_text())
+    assert set(costs["optimizers"]) == {"adam", "delta"}
+    assert all(len(c["samples_s"]) == 3 for c in costs["optimizers"].values())
     report = (tmp_path / "results.md").read_text()
     assert (
         "<!-- report:smoke:begin -->" in report and "| adam |" in report and "| delta |" in report
     )
+    assert "step ms (IQR)" in report and "interleaved" in report and " ± " in report
+    assert f"- `delta`: recommended `{protocol['config']}`" in report
     assert (tmp_path / "plots" / "smoke_quadratic.png").stat().st_size > 1000
 
 
@@ -105,8 +176,6 @@ FORENSIC_TASKS = [t for t in names("task") if t not in ("quadratic", "rosenbrock
 @pytest.mark.parametrize("task", FORENSIC_TASKS)
 def test_forensic_task_trains_and_reports_zero_shot(task, tmp_path_factory):
     """Every forensic task runs end to end on the tiny benchmark (built once per session)."""
-    import torch
-
     cache = tmp_path_factory.getbasetemp() / "forensic-cache"
     overrides = [
         f"task={task}",

@@ -49,6 +49,15 @@ BAD_RUNS = [
     (["progress=maybe"], "progress = 'maybe': expected true or false"),
     (["optimizer=delta", "+optimizer.factory.bogus=1"], "optimizer.factory = 'delta': refused"),
     (["optimizer=delta", "optimizer.factory.memory=nope"], "optimizer.factory = 'delta': refused"),
+    (
+        ["optimizer=muon", "optimizer.split.rest_lr_ratio=0"],
+        "optimizer.split.rest_lr_ratio = 0: expected a finite number > 0",
+    ),
+    (["optimizer=muon", "optimizer.split.rest=3"], "optimizer.split.rest = 3: expected a mapping"),
+    (["optimizer=muon", "+optimizer.split.extra=1"], "optimizer.split = "),
+    # The rest group's own options are checked by the optimizer, before the task is built.
+    (["optimizer=muon", "optimizer.split.rest.memory=nope"], "optimizer.factory = 'muon': refused"),
+    (["optimizer=muon", "+optimizer.split.rest.momentum=0.9"], "optimizer.factory = 'muon'"),
 ]
 
 
@@ -112,6 +121,19 @@ def test_every_shipped_optimizer_config_is_valid(optimizer):
         (["tasks=[nope]"], "tasks = ['nope']"),
         (["optimizers=[adam,nope]"], "optimizers = ['nope']"),
         (["baseline=nope"], "baseline = 'nope'"),
+        (["lr_extensions=-1"], "lr_extensions = -1"),
+        (["variants={delta: [nope]}"], "variants.delta = ['nope']"),
+        (["variants={delta: []}"], "variants.delta = []"),
+        (
+            ["variants={delta: [adam, adam]}"],
+            "variants.delta = ['adam', 'adam']: expected distinct",
+        ),
+        (["variants=3"], "variants = 3"),
+        (["+variants.sgd=[adam]"], "variants = ['sgd']: expected keys that name an entry"),
+        (["lr_factors=[1.0]", "lr_extensions=1"], "lr_extensions = 1: expected 0 for a one-point"),
+        (["lr_factors=[1.0,1.0]"], "lr_factors = [1.0, 1.0]: expected distinct"),
+        (["step_cost.samples=0"], "step_cost.samples = 0"),
+        (["step_cost.span=abc"], "step_cost.span = 'abc'"),
     ],
 )
 def test_bad_compare_override_is_named(tmp_path, overrides, message):

@@ -197,6 +197,37 @@ def test_zero_gradient_moves_only_what_the_memory_holds(foreach):
     assert (w[0] != moved[0]).all()
 
 
+@pytest.mark.parametrize("foreach", [False, True])
+def test_zeroed_nonfinite_updates_are_counted(foreach):
+    # A finite gradient of 1e30 overflows g^2 in the fp32 second moment: from then on the
+    # features hold NaN and the network's u is zeroed. The step is not lost silently: every
+    # stalled coordinate is counted, once per step, in the parameter's state.
+    w = torch.nn.Parameter(torch.ones(3, 4))
+    healthy = torch.nn.Parameter(torch.ones(5))
+    opt = MemoryOptimizer([w, healthy], memory="learned", foreach=foreach)
+    for step, g in enumerate([1e30, 1.0, 1.0], start=1):
+        w.grad = torch.full_like(w, g)
+        healthy.grad = torch.ones_like(healthy)
+        opt.step()
+        assert int(opt.state[w]["nonfinite_updates"]) == step * w.numel()
+        assert int(opt.state[healthy]["nonfinite_updates"]) == 0
+    assert torch.equal(w, torch.ones_like(w)) and (healthy < 1).all()
+
+
+def test_nonfinite_counter_is_validated_on_load():
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = MemoryOptimizer([w], memory="learned")
+    w.grad = torch.ones_like(w)
+    opt.step()
+    for bad, match in [(torch.tensor(-1), "count"), (torch.tensor(1.5), "integer tensor")]:
+        sd = copy.deepcopy(opt.state_dict())
+        sd["state"][0]["nonfinite_updates"] = bad
+        before = copy.deepcopy(opt.state_dict())
+        with pytest.raises(ValueError, match=match):
+            opt.load_state_dict(sd)
+        assert torch.equal(opt.state[w]["momenta"], before["state"][0]["momenta"])
+
+
 def test_untrained_memory_steps_like_adam(tmp_path):
     """Zero output layer + Adam skip: the step is D*tanh(adam_dir / D), about Adam's."""
     config = LearnedConfig()

@@ -5,3 +5,17 @@ so that ``import assocmem`` never pulls in Pillow, scikit-learn, scikit-image or
 ``forensic`` extra). It takes any ``torch.optim`` optimizer and imports nothing of
 ``assocmem.optim`` or ``assocmem.meta`` (tests/test_architecture.py).
 """
+
+from typing import Any
+
+__all__ = ["Detector"]
+
+
+def __getattr__(name: str) -> Any:
+    # ``from assocmem.forensic import Detector`` without importing Pillow and scikit-learn on
+    # ``import assocmem.forensic`` (PEP 562 module __getattr__)
+    if name == "Detector":
+        from assocmem.forensic.detector import Detector
+
+        return Detector
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,27 +7,19 @@ frozen encoder's are never handed to it)::
     from functools import partial
     result = train_detector(det, x, y, xv, yv, partial(torch.optim.Adam, lr=1e-3), steps=500)
 
-Each loop draws batches from ``generator`` (epochs of random permutations), logs one record per
-step through ``log`` (``step``, ``time`` = wall seconds since the start, ``train_loss``, plus
-``val_loss`` and, for detectors, ``val_auc`` at step 0 (no ``train_loss``), every ``eval_every``
-steps and at the end; ``time`` excludes evaluations, so it is comparable across eval schedules),
-and stops
-cleanly when a loss is not finite, returning ``status="diverged"`` instead of raising. With the
-same global seed (model init) and generator seed the runs are bit-identical on CPU.
-
-Early stopping: with ``patience=k`` a loop ends once ``k`` evaluations in a row have not lowered
-the best validation loss, and the model leaves the loop with the weights of its best evaluation,
-whether it stopped early or ran out of steps (``restore_best``, default: on with ``patience``,
-off for a fixed budget, whose final weights are the point); the result records ``best_step``
-and ``best_val_loss`` either way.
+Each trainer draws batches from ``generator`` (epochs of random permutations) or from a
+DataLoader-like stream and steps through the library's one loop, :func:`assocmem.training.fit`:
+its records (``step``, ``time``, ``train_loss``; ``val_loss`` and, for detectors, ``val_auc``
+at step 0, every ``eval_every`` steps and at the end), its divergence handling (a non-finite
+loss returns ``status="diverged"``) and its early stopping (``patience``, ``restore_best``)
+are documented there. With the same global seed (model init) and generator seed the runs are
+bit-identical on CPU.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -37,33 +29,24 @@ from torch.nn import Parameter
 
 from assocmem.forensic.masks import MaskedBatch
 from assocmem.forensic.models.pretrain import MaskedPretrainer
+from assocmem.training import Logger, OptimizerFactory, TrainResult, fit
 
-OptimizerFactory = Callable[[Iterable[Parameter]], torch.optim.Optimizer]
-Logger = Callable[[dict[str, Any]], None]
+__all__ = [
+    "Logger",
+    "OptimizerFactory",
+    "TrainResult",
+    "batch_indices",
+    "logits",
+    "pretrain",
+    "pretrain_val_loss",
+    "score",
+    "train_detector",
+    "trainable_parameters",
+]
+
 
 # A fixed mask seed for validation: every evaluation sees the same masks, so val losses compare.
 VAL_MASK_SEED = 12345
-
-
-@dataclass
-class TrainResult:
-    """Outcome of a loop: ``status`` is ``"ok"`` or ``"diverged"``; ``history`` holds the
-    per-step records that were passed to ``log``."""
-
-    status: str
-    steps: int
-    final_train_loss: float
-    final_val_loss: float
-    wall_time: float
-    history: list[dict[str, Any]] = field(default_factory=list)
-    message: str = ""
-    best_step: int = 0
-    best_val_loss: float = math.nan
-    stopped_early: bool = False
-
-    @property
-    def diverged(self) -> bool:
-        return self.status == "diverged"
 
 
 def trainable_parameters(model: nn.Module) -> list[Parameter]:
@@ -88,14 +71,6 @@ def _chunks(n: int, batch_size: int) -> Iterator[slice]:
 def _model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-def _progress(steps: int, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=steps, desc=desc, leave=False)
 
 
 @torch.no_grad()
@@ -136,127 +111,6 @@ def _stream(
                 raise ValueError("the training loader yielded no batch")
 
 
-def _loop(
-    model: nn.Module,
-    step_loss: Callable[[Any], Tensor],
-    evaluate: Callable[[], dict[str, float]],
-    batches: Iterator[Any],
-    optimizer_factory: OptimizerFactory,
-    steps: int,
-    eval_every: int,
-    log: Logger | None,
-    progress: bool,
-    desc: str,
-    patience: int | None = None,
-    restore_best: bool | None = None,
-) -> TrainResult:
-    if steps < 0 or eval_every < 1:
-        raise ValueError(f"need steps >= 0 and eval_every >= 1, got {steps}, {eval_every}")
-    if patience is not None and patience < 1:
-        raise ValueError(f"patience must be None or >= 1 evaluations, got {patience}")
-    if restore_best is None:  # early stopping restores the best weights; a fixed budget does not
-        restore_best = patience is not None
-    params = trainable_parameters(model)
-    if not params:
-        raise ValueError("the model has no trainable parameters")
-    optimizer = optimizer_factory(params)
-    history: list[dict[str, Any]] = []
-    bar = _progress(steps, progress, desc)
-    start = time.perf_counter()
-    train_loss = val_loss = math.nan
-    status, message, done = "ok", "", 0
-
-    def record(rec: dict[str, Any]) -> None:
-        history.append(rec)
-        if log is not None:
-            log(rec)
-
-    eval_time = 0.0
-
-    def timed_evaluate() -> dict[str, float]:
-        nonlocal eval_time
-        t0 = time.perf_counter()
-        out = evaluate()
-        eval_time += time.perf_counter() - t0
-        return out
-
-    def elapsed() -> float:
-        return time.perf_counter() - start - eval_time
-
-    best = {"step": 0, "val_loss": math.inf, "state": None, "stale": 0}
-
-    def remember(step: int, loss: float) -> None:
-        """Track the best evaluation; a copy of its weights is kept only if we may restore."""
-        if loss < best["val_loss"]:
-            best.update(step=step, val_loss=loss, stale=0)
-            if restore_best:
-                best["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            best["stale"] += 1
-
-    # Step 0: the untrained model, so curves start at initialisation.
-    initial = timed_evaluate()
-    val_loss = initial["val_loss"]
-    remember(0, val_loss)
-    record({"step": 0, "time": elapsed(), **initial})
-    stopped_early = False
-    model.train()
-    # Line-search optimizers (LBFGS) re-evaluate the loss on the same batch through a closure.
-    needs_closure = isinstance(optimizer, torch.optim.LBFGS)
-    for step in range(1, steps + 1):
-        batch = next(batches)
-        if needs_closure:
-
-            def closure(batch: Any = batch) -> Tensor:
-                optimizer.zero_grad(set_to_none=True)
-                loss = step_loss(batch)
-                loss.backward()
-                return loss.detach()
-
-            train_loss = float(optimizer.step(closure))
-        else:
-            optimizer.zero_grad(set_to_none=True)
-            loss = step_loss(batch)
-            train_loss = float(loss.detach())
-            if math.isfinite(train_loss):
-                loss.backward()
-                optimizer.step()
-        if not math.isfinite(train_loss):
-            status, message = "diverged", f"non-finite train loss {train_loss} at step {step}"
-            record({"step": step, "time": elapsed(), "train_loss": train_loss})
-            break
-        done = step
-        rec: dict[str, Any] = {"step": step, "time": elapsed(), "train_loss": train_loss}
-        evaluated = step % eval_every == 0 or step == steps
-        if evaluated:
-            rec.update(timed_evaluate())
-            val_loss = rec["val_loss"]
-            remember(step, val_loss)
-            model.train()
-        record(rec)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
-        if not math.isfinite(val_loss):
-            status, message = "diverged", f"non-finite validation loss at step {step}"
-            break
-        if evaluated and patience is not None and best["stale"] >= patience:
-            stopped_early = True
-            message = (
-                f"early stop at step {step}: {patience} evaluations without a lower val_loss "
-                f"than {best['val_loss']:.4g} (step {best['step']})"
-            )
-            break
-    if bar is not None:
-        bar.close()
-    if restore_best and best["state"] is not None:
-        model.load_state_dict(best["state"])
-    return TrainResult(
-        status, done, train_loss, val_loss, time.perf_counter() - start, history, message,
-        best_step=best["step"], best_val_loss=best["val_loss"], stopped_early=stopped_early,
-    )  # fmt: skip
-
-
 def pretrain(
     pretrainer: MaskedPretrainer,
     train_images: Tensor | Iterable[Tensor],
@@ -290,9 +144,10 @@ def pretrain(
     def evaluate() -> dict[str, float]:
         return {"val_loss": pretrain_val_loss(pretrainer, val_images, max(batch_size, 256))}
 
-    return _loop(
-        pretrainer, pretrainer.loss_on, evaluate, masked_batches(), optimizer_factory, steps,
-        eval_every, log, progress, "pretrain", patience, restore_best,
+    return fit(
+        pretrainer, pretrainer.loss_on, masked_batches(), optimizer_factory, steps=steps,
+        eval_every=eval_every, evaluate=evaluate, log=log, progress=progress, desc="pretrain",
+        patience=patience, restore_best=restore_best,
     )  # fmt: skip
 
 
@@ -366,7 +221,8 @@ def train_detector(
         return {"val_loss": val_loss, "val_auc": auc}
 
     batches = _stream(train, batch_size, generator)
-    return _loop(
-        detector, step_loss, evaluate, batches, optimizer_factory, steps, eval_every, log,
-        progress, "detector", patience, restore_best,
+    return fit(
+        detector, step_loss, batches, optimizer_factory, steps=steps, eval_every=eval_every,
+        evaluate=evaluate, log=log, progress=progress, desc="detector", patience=patience,
+        restore_best=restore_best,
     )  # fmt: skip

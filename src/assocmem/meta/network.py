@@ -10,19 +10,21 @@ For a coordinate with features ``x`` (``F`` numbers, :mod:`assocmem.meta.feature
 ``d`` is the direction, ``s`` the log-magnitude (small_fc_lopt's ``direction * exp(magnitude *
 exp_mult) * step_mult`` with ``step_mult = lr``). The tanh bounds cap any single step at
 ``lr * D * e^S``, and a non-finite ``u`` becomes 0, so a bad input can stall a coordinate but
-never blow up a parameter. A coordinate with nothing in its memory (gradient and every
-momentum exactly 0, i.e. its Adam-normalised features are 0) gets ``u = 0``: as torch.optim's
-rules, zero gradients from the start move nothing, where the network would otherwise step
-from the parameter, curvature and time features alone (~0.3 lr per step for the shipped
-checkpoint). The linear skip starts as a copy of the Adam-direction feature and
-the MLP's output layer starts near zero, so an untrained memory is Adam(lr); meta-training
-learns the corrections. Meta-parameters are a flat ``dict[str, Tensor]``, which is what
-``safetensors`` stores and ``torch.func`` differentiates.
+never blow up a parameter; the preset counts those coordinates in each parameter's
+``nonfinite_updates`` state, so a stall is never silent. A coordinate with nothing in its
+memory (gradient and every momentum exactly 0, i.e. its Adam-normalised features are 0) gets
+``u = 0``: as torch.optim's rules, zero gradients from the start move nothing, where the
+network would otherwise step from the parameter, curvature and time features alone (~0.3 lr
+per step for the shipped checkpoint). The linear skip starts as a copy of the Adam-direction
+feature and the MLP's output layer starts near zero, so an untrained memory is Adam(lr);
+meta-training learns the corrections. Meta-parameters are a flat ``dict[str, Tensor]``, which
+is what ``safetensors`` stores and ``torch.func`` differentiates.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -63,7 +65,14 @@ def num_meta_params(params: MetaParams) -> int:
     return sum(p.numel() for p in params.values())
 
 
-def learned_update(meta_params: MetaParams, features: Tensor, config: LearnedConfig) -> Tensor:
+class Update(NamedTuple):
+    """The learned update of each row and which rows' raw update was finite."""
+
+    value: Tensor  # (N,): u, with non-finite rows (and rows with empty memories) set to 0
+    finite: Tensor  # (N,) bool: False where u was NaN/inf and was zeroed (counted by the preset)
+
+
+def learned_update(meta_params: MetaParams, features: Tensor, config: LearnedConfig) -> Update:
     """The update ``u = d * exp(s)`` for each row of ``features`` (``(N, F) -> (N,)``).
 
     Differentiable in ``meta_params`` and ``features``; the caller steps ``W <- W - lr * u``.
@@ -82,15 +91,17 @@ def learned_update(meta_params: MetaParams, features: Tensor, config: LearnedCon
     log_scale = bound_s * torch.tanh(config.exp_mult * out[:, 1] / bound_s)
     update = direction * torch.exp(log_scale)
     signals = features[:, : 1 + len(config.betas)]  # g and m_hat_b, Adam-normalised
-    moved = torch.isfinite(update) & (signals != 0).any(dim=1)
-    return torch.where(moved, update, torch.zeros_like(update))
+    finite = torch.isfinite(update)
+    moved = finite & (signals != 0).any(dim=1)
+    return Update(torch.where(moved, update, torch.zeros_like(update)), finite)
 
 
 @torch.no_grad()
 def learned_update_chunked(
     meta_params: MetaParams, features: Tensor, config: LearnedConfig, chunk: int = CHUNK_ROWS
-) -> Tensor:
+) -> Update:
     """:func:`learned_update` in row chunks (no grad), so activations stay ``O(chunk)``."""
     if features.shape[0] <= chunk:
         return learned_update(meta_params, features, config)
-    return torch.cat([learned_update(meta_params, part, config) for part in features.split(chunk)])
+    parts = [learned_update(meta_params, part, config) for part in features.split(chunk)]
+    return Update(torch.cat([u.value for u in parts]), torch.cat([u.finite for u in parts]))

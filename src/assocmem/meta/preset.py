@@ -77,7 +77,10 @@ class Learned(Preset):
 
     def init_state(self, param: Tensor, group: Group) -> State:
         _, config = load_learned(group["checkpoint"], param.dtype, param.device)
-        return init_memory(param, config)
+        # Coordinates whose learned update came out non-finite and was zeroed: counted, on the
+        # device, so a memory that stalls (e.g. a second moment overflowed to inf) shows it.
+        counter = torch.zeros((), dtype=torch.int64, device=param.device)
+        return {**init_memory(param, config), "nonfinite_updates": counter}
 
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         self._step([param], [grad], [state], group, batch=False)
@@ -96,10 +99,11 @@ class Learned(Preset):
         meta, config = load_learned(group["checkpoint"], params[0].dtype, params[0].device)
         memories = [{"momenta": s["momenta"], "second_moment": s["second_moment"]} for s in states]
         steps = [float(s["step"]) for s in states]
-        updates, written = learned_step(
+        updates, written, nonfinite = learned_step(
             meta, config, params, grads, memories, steps, chunk=CHUNK_ROWS, batch=batch
         )
-        for state, memory in zip(states, written, strict=True):
+        for state, memory, bad in zip(states, written, nonfinite, strict=True):
             state["momenta"].copy_(memory["momenta"])
             state["second_moment"].copy_(memory["second_moment"])
+            state["nonfinite_updates"].add_(bad)
         torch._foreach_add_(params, updates, alpha=-group["lr"])

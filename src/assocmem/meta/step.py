@@ -15,13 +15,20 @@ chunked rows).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from assocmem.meta.config import LearnedConfig
 from assocmem.meta.features import MemoryState, features, write
-from assocmem.meta.network import MetaParams, learned_update, learned_update_chunked
+from assocmem.meta.network import MetaParams, Update, learned_update, learned_update_chunked
+
+
+class LearnedStep(NamedTuple):
+    updates: list[Tensor]  # u, shaped like each parameter
+    memories: list[MemoryState]  # the memories after the write
+    nonfinite: list[Tensor]  # per tensor: how many coordinates' u was non-finite (zeroed)
 
 
 def learned_step(
@@ -34,7 +41,7 @@ def learned_step(
     *,
     chunk: int | None = None,
     batch: bool = True,
-) -> tuple[list[Tensor], list[MemoryState]]:
+) -> LearnedStep:
     """The learned update of every tensor and its memory after the write.
 
     Args:
@@ -51,7 +58,9 @@ def learned_step(
             so the two agree to float rounding rather than to the bit.
 
     Returns:
-        ``(updates, memories)``: ``u`` shaped like each parameter, and the written memories.
+        ``(updates, memories, nonfinite)``: ``u`` shaped like each parameter, the written
+        memories, and per tensor the number of coordinates whose ``u`` was non-finite and was
+        zeroed (0-dim int64 tensors: counted on the device, no host sync).
     """
     written = [write(m, g, config) for m, g in zip(memories, grads, strict=True)]
     xs = [
@@ -59,14 +68,17 @@ def learned_step(
         for m, g, p, t in zip(written, grads, params, steps, strict=True)
     ]
 
-    def read(x: Tensor) -> Tensor:
+    def read(x: Tensor) -> Update:
         if chunk is None:
             return learned_update(meta_params, x, config)
         return learned_update_chunked(meta_params, x, config, chunk)
 
     if batch:
-        pieces = read(torch.cat(xs)).split([p.numel() for p in params])
+        whole = read(torch.cat(xs))
+        sizes = [p.numel() for p in params]
+        pieces = list(zip(whole.value.split(sizes), whole.finite.split(sizes), strict=True))
     else:
-        pieces = [read(x) for x in xs]
-    updates = [u.view_as(p) for u, p in zip(pieces, params, strict=True)]
-    return updates, written
+        pieces = [tuple(read(x)) for x in xs]
+    updates = [u.view_as(p) for (u, _), p in zip(pieces, params, strict=True)]
+    nonfinite = [(~finite).sum() for _, finite in pieces]
+    return LearnedStep(updates, written, nonfinite)

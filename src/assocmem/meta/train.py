@@ -117,7 +117,7 @@ def unroll(
         grads = {n: g if second_order else g.detach() for n, g in zip(params, grads, strict=True)}
         step += 1
         names = list(params)
-        updates, written = learned_step(
+        updates, written, _ = learned_step(
             meta_params,
             config,
             [params[n] for n in names],

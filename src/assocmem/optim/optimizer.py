@@ -419,9 +419,17 @@ def _loaded_state(where: str, saved: Any, param: Tensor, group: Group) -> dict[s
         if not isinstance(want, Tensor):
             loaded[key] = deepcopy(value)
             continue
-        if not isinstance(value, Tensor) or not value.is_floating_point():
+        # A floating state (a memory) must load as floating; a counter (an integer tensor,
+        # e.g. the learned memory's nonfinite_updates) as an integer.
+        kind = "floating" if want.is_floating_point() else "integer"
+        if (
+            not isinstance(value, Tensor)
+            or value.is_floating_point() != want.is_floating_point()
+            or value.is_complex()
+            or value.dtype == torch.bool
+        ):
             got = f"a {value.dtype} tensor" if isinstance(value, Tensor) else repr(value)
-            raise ValueError(f"{where}: state {key!r} must be a floating tensor, got {got}")
+            raise ValueError(f"{where}: state {key!r} must be a {kind} tensor, got {got}")
         if tuple(value.shape) != tuple(want.shape):
             raise ValueError(
                 f"{where}: state {key!r} has shape {tuple(value.shape)}, expected "
@@ -429,6 +437,8 @@ def _loaded_state(where: str, saved: Any, param: Tensor, group: Group) -> dict[s
             )
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"{where}: state {key!r} holds NaN or inf")
+        if kind == "integer" and bool((value < 0).any()):
+            raise ValueError(f"{where}: state {key!r} is a count and must be >= 0")
         loaded[key] = value.to(dtype=want.dtype, device=want.device)
     if (msg := preset.check_state(loaded, group)) is not None:
         raise ValueError(f"{where}: invalid state: {msg}")

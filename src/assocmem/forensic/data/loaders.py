@@ -45,13 +45,16 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 __all__ = [
+    "DECODE_ERRORS",
     "IMAGE_EXTENSIONS",
     "ImageFileDataset",
     "Sample",
     "cnndetection_samples",
     "genimage_samples",
+    "image_files",
     "load_rgb",
     "manifest_samples",
+    "to_rgb",
 ]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -82,7 +85,9 @@ class Sample(NamedTuple):
     family: str
 
 
-def _images_in(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """Image files (by extension, :data:`IMAGE_EXTENSIONS`) under ``folder``, recursively, sorted;
+    hidden files are left out."""
     return sorted(
         p
         for p in folder.rglob("*")
@@ -114,7 +119,7 @@ def _pair_samples(pairs: Sequence[tuple[Path, Path, str]], layout: str) -> list[
     samples: list[Sample] = []
     for real, fake, family in pairs:
         for folder, label in ((real, 0), (fake, 1)):
-            files = _images_in(folder)
+            files = image_files(folder)
             if not files:
                 raise ValueError(
                     f"{layout}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
@@ -246,7 +251,7 @@ def _require_regular_file(path: str | os.PathLike[str]) -> None:
         raise OSError(f"{path} is not a regular file")
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
     """Any decoded mode -> 8-bit RGB, keeping the picture's brightness."""
     if im.mode == "RGB":
         return im
@@ -295,14 +300,14 @@ def _decode(
             oriented = im
         if oriented is not im and oriented.size != im.size:
             size = (size[1], size[0])
-        rgb = _to_rgb(oriented)
+        rgb = to_rgb(oriented)
         return (rgb.copy() if rgb is im else rgb), mode, size
 
 
 def load_rgb(path: str | os.PathLike[str]) -> tuple[Image.Image, str]:
     """Decode fully (so truncation raises here), apply EXIF orientation and convert to RGB;
     returns (image, original mode). Alpha is composited on white, the usual display convention;
-    16-bit images are scaled by 1/257 and float images from [0, 1] (see ``_to_rgb``).
+    16-bit images are scaled by 1/257 and float images from [0, 1] (see ``to_rgb``).
 
     Raises one of ``DECODE_ERRORS`` for anything that is not a readable image, including
     non-regular files (FIFOs are refused, never opened) and decompression bombs."""

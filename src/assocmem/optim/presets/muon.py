@@ -19,7 +19,8 @@ Orthogonalisation is meaningless for vectors and scalars (a vector's "U V^T" is 
 direction), so parameters with ``dim < 2`` (biases, gains, scalars) fall back to Adam with its
 own hyperparameters ``adam_betas``, ``adam_eps`` and step ``lr * adam_lr_ratio``; this is
 exactly ``MemoryOptimizer(memory="adam")`` (tested). Muon's authors also keep embeddings and
-the output head on Adam: put those in a param group with ``memory="adam"``.
+the output head on Adam: ``assocmem.optim.param_groups(model)`` puts those, norms and biases in
+a param group with ``memory="adam"``.
 
 Since NS normalises its input, the momentum's scale is irrelevant: Muon's EMA form
 ``m <- lerp(m, g, 1 - beta)``, ``u = lerp(g, m, beta)`` gives the same update.

@@ -1,0 +1,236 @@
+"""Does frequency masking help? Frequency vs pixel vs no pretraining, same detector recipe.
+
+For every (arm, seed): a ViT encoder (the encoder of ``task/freqmask_pretrain.yaml``) is
+pretrained by masked reconstruction on fresh training-stream crops (seen families' fakes and
+reals alike, labels unused) for the same number of steps in the ``frequency`` and ``pixel`` arms
+(equal compute), not at all in ``none``. Then, from that encoder,
+
+* **probe**: a logistic regression solved to convergence on its frozen features (balanced
+  train split), which measures what pretraining alone gave, and
+* **fine-tune**: encoder + linear head trained end to end on the stream with Adam, early-stopped
+  on the validation split (the recipe of ``experiments.detectors``),
+
+are scored zero-shot with the threshold calibrated on validation reals
+(``assocmem.forensic.protocol.zero_shot_report``). Held-out families never reach pretraining,
+training, early stopping or calibration.
+
+    python -m experiments.pretraining_study --arms frequency --json outputs/pretrain/freq.json
+    python -m experiments.pretraining_study --from-json outputs/pretrain/*.json \
+        --write docs/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from assocmem.forensic.data import BenchmarkConfig, build_benchmark
+from assocmem.forensic.data.stream import TrainStream, stream_loader
+from assocmem.forensic.models.heads import fine_tune
+from assocmem.forensic.models.pretrain import MaskedPretrainer
+from assocmem.forensic.protocol import FamilySplit, balanced, linear_probe_scorer, zero_shot_report
+from assocmem.forensic.train import pretrain, score, train_detector
+from experiments.detectors import HELDOUT, SEEN
+from experiments.report import replace_section
+from experiments.tasks.forensic import build_encoder, build_masker
+
+ENCODER = {"arch": "vit", "patch": 4, "dim": 64, "depth": 2, "heads": 4}
+# The maskers and losses of task/freqmask_pretrain.yaml and task/pixelmask_pretrain.yaml.
+ARMS: dict[str, dict[str, Any] | None] = {
+    "frequency": {
+        "masker": {"domain": "frequency", "kind": "spectral", "ratio": 0.5, "patch": 4},
+        "loss": "both",
+    },
+    "pixel": {"masker": {"domain": "pixel", "ratio": 0.75, "patch": 4}, "loss": "pixel"},
+    "none": None,
+}
+
+
+def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    encoder = build_encoder(ENCODER, bench.config.patch_size)
+    out: dict[str, Any] = {"arm": arm, "seed": seed}
+    start = time.perf_counter()
+    if ARMS[arm] is not None:
+        spec = ARMS[arm]
+        pretrainer = MaskedPretrainer(encoder, build_masker(spec["masker"]), loss=spec["loss"])
+        # Its own stream seed: the fine-tuning stream below must not replay these crops.
+        crops = TrainStream(bench, families.seen, batch_size=args.batch_size, seed=10_000 + seed)
+        val = bench.split("val", families.seen).images[:512]
+        result = pretrain(
+            pretrainer, stream_loader(crops, args.workers), val,
+            partial(torch.optim.Adam, lr=args.pretrain_lr), args.pretrain_steps,
+            generator=torch.Generator().manual_seed(seed), eval_every=args.eval_every,
+            progress=args.progress,
+        )  # fmt: skip
+        curve = [(r["step"], r["val_loss"]) for r in result.history if "val_loss" in r]
+        out.update(pretrain_status=result.status, pretrain_curve=curve)
+    out["pretrain_seconds"] = round(time.perf_counter() - start, 1)
+    x, y = balanced(bench.split("train", families.seen), 0)
+    out["probe"] = zero_shot_report(
+        linear_probe_scorer(encoder, x, y), bench, families, target_fpr=args.target_fpr
+    )
+    detector = fine_tune(encoder)
+    stream = TrainStream(bench, families.seen, batch_size=args.batch_size, seed=seed)
+    x_val, y_val = balanced(bench.split("val", families.seen), seed=1000 + seed)
+    start = time.perf_counter()
+    result = train_detector(
+        detector, stream_loader(stream, args.workers), None, x_val, y_val,
+        partial(torch.optim.Adam, lr=args.lr), args.max_steps, eval_every=args.eval_every,
+        patience=args.patience, progress=args.progress,
+    )  # fmt: skip
+    out.update(
+        status=result.status,
+        steps=result.steps,
+        best_step=result.best_step,
+        best_val_loss=result.best_val_loss,
+        finetune_seconds=round(time.perf_counter() - start, 1),
+        report=zero_shot_report(
+            partial(score, detector), bench, families, target_fpr=args.target_fpr
+        ),
+    )
+    return out
+
+
+def _ms(values: list[float], digits: int = 3) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _flattening(curve: list[list[float]]) -> float:
+    """Relative drop of the validation reconstruction loss over the second half of the budget:
+    near 0 means the loss had flattened."""
+    last = curve[-1][1]
+    half = min(curve, key=lambda point: abs(point[0] - curve[-1][0] / 2))[1]
+    return (half - last) / half
+
+
+def markdown(runs: list[dict[str, Any]], command: str) -> str:
+    arms: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        arms.setdefault(r["arm"], []).append(r)
+    lines = [
+        "## Frequency vs pixel vs no pretraining (same detector recipe)",
+        "",
+        f"Regenerate: {command}",
+        "",
+        "ViT encoder (dim 64, depth 2, 4×4 patches). Pretraining: masked reconstruction on "
+        "fresh stream crops of the train photos (seen families and reals, labels unused), "
+        "Adam, the same number of steps for both masking arms. Probe: logistic regression on "
+        "the frozen features. Fine-tune: encoder + linear head on the stream, Adam, "
+        "early-stopped on validation. Threshold on validation reals for 5 % FPR; test split. "
+        f"Seen: {', '.join(SEEN)}; held out: {', '.join(HELDOUT)}. Mean ± std over seeds.",
+        "",
+        "| pretraining | seeds | pretrain steps (val loss drop over 2nd half) | probe seen AUC "
+        "| probe held-out AUC | fine-tuned seen AUC | fine-tuned held-out AUC | test-real FPR "
+        "| best step / steps run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, rs in arms.items():
+        if "pretrain_curve" in rs[0]:
+            drops = [_flattening(r["pretrain_curve"]) for r in rs]
+            budget = f"{rs[0]['pretrain_curve'][-1][0]} ({_ms([100 * d for d in drops], 1)} %)"
+        else:
+            budget = "0"
+        probe, tuned = [r["probe"] for r in rs], [r["report"] for r in rs]
+        lines.append(
+            f"| {arm} | {len(rs)} | {budget} "
+            f"| {_ms([p['seen']['mean']['auc'] for p in probe])} "
+            f"| {_ms([p['heldout']['mean']['auc'] for p in probe])} "
+            f"| {_ms([t['seen']['mean']['auc'] for t in tuned])} "
+            f"| {_ms([t['heldout']['mean']['auc'] for t in tuned])} "
+            f"| {_ms([t['test_real_fpr'] for t in tuned])} "
+            f"| {', '.join(str(r['best_step']) + '/' + str(r['steps']) for r in rs)} |"
+        )
+    fams = [*SEEN, *HELDOUT]
+    lines += [
+        "",
+        "Per-family test AUC of the fine-tuned detectors:",
+        "",
+        "| pretraining | "
+        + " | ".join(f"{f}{' (held out)' if f in HELDOUT else ''}" for f in fams)
+        + " |",
+        "|---|" + "---|" * len(fams),
+    ]
+    for arm, rs in arms.items():
+        cells = []
+        for f in fams:
+            group = "heldout" if f in HELDOUT else "seen"
+            cells.append(_ms([r["report"][group][f]["auc"] for r in rs]))
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--pretrain-steps", type=int, default=1500)
+    parser.add_argument("--pretrain-lr", type=float, default=3e-3)
+    parser.add_argument("--max-steps", type=int, default=1500, help="fine-tuning cap")
+    parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning Adam lr")
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=0, help="stream worker processes")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--target-fpr", type=float, default=0.05)
+    parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
+    parser.add_argument("--from-json", type=Path, nargs="+")
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args(argv)
+    command = "python -m experiments.pretraining_study " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    if args.from_json:
+        runs = [run for path in args.from_json for run in json.loads(path.read_text())]
+        made_by = " and ".join(f"`{c}`" for c in sorted({r.get("command", "?") for r in runs}))
+        text = markdown(runs, f"{made_by}, then `{command.strip()}`")
+        print(text)
+        if args.write:
+            replace_section(args.write, "pretraining", text)
+        return
+    torch.set_num_threads(args.threads)
+    config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
+    bench = build_benchmark(config, args.cache_dir, progress=args.progress)
+    families = FamilySplit(
+        tuple(f for f in SEEN if f in config.families),
+        tuple(f for f in HELDOUT if f in config.families),
+    )
+    runs = []
+    for arm in args.arms:
+        for seed in args.seeds:
+            run = run_one(bench, families, arm, seed, args)
+            run["command"] = command.strip()
+            runs.append(run)
+            print(
+                f"{arm} seed {seed}: probe held-out "
+                f"{run['probe']['heldout']['mean']['auc']:.3f}, fine-tuned seen "
+                f"{run['report']['seen']['mean']['auc']:.3f} held-out "
+                f"{run['report']['heldout']['mean']['auc']:.3f} "
+                f"({run['best_step']}/{run['steps']} steps)",
+                flush=True,
+            )
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(runs, indent=1, default=float))
+    text = markdown(runs, f"`{command.strip()}`")
+    print(text)
+    if args.write:
+        replace_section(args.write, "pretraining", text)
+
+
+if __name__ == "__main__":
+    main()

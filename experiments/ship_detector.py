@@ -1,0 +1,173 @@
+"""Train, calibrate and write the detector that ships inside the package (``Detector.load()``).
+
+The run is the one of ``experiments.detectors`` (its :func:`~experiments.detectors.train_one`:
+training stream of the seen families, Adam, early stopping on the validation split), for one
+detector and one seed; then the threshold is calibrated on the validation reals' *logits* for
+``--target-fpr`` (the scale ``assocmem.forensic.Detector`` decides on), the test split is scored
+per family, seen and held out, and the weights are written with that table, the data config and
+this command (``assocmem.forensic.checkpoint``).
+
+    python -m experiments.ship_detector --max-steps 3000 --eval-every 250 --patience 4 \\
+        --write docs/results.md
+    python -m experiments.ship_detector --table-only --write docs/results.md   # from the file
+
+Trains single-threaded (``--threads 1``); on this project's 2-core machine ~15-30 min.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from assocmem.forensic.checkpoint import (
+    DEFAULT_CHECKPOINT,
+    build_model,
+    load_detector,
+    save_detector,
+)
+from assocmem.forensic.data import BenchmarkConfig, build_benchmark
+from assocmem.forensic.protocol import zero_shot_report
+from assocmem.forensic.train import logits
+from experiments.detectors import HELDOUT, SEEN, family_split, train_one
+from experiments.report import replace_section
+
+# name -> (architecture in assocmem.forensic.checkpoint.ARCHITECTURES, its keyword arguments);
+# each builds the same network as experiments.detectors.MODELS[name]
+SHIPPABLE: dict[str, tuple[str, dict[str, Any]]] = {
+    "npr_bn": ("npr", {"norm": "batch"}),
+    "npr": ("npr", {}),
+    "npr_pixels": ("npr_pixels", {}),
+}
+
+
+def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """Train ``args.model`` (seed ``args.seed``), calibrate, score and write ``args.out``;
+    returns the header written."""
+    torch.set_num_threads(args.threads)
+    config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
+    bench = build_benchmark(config, args.cache_dir, progress=args.progress)
+    families = family_split(config)
+    architecture, kwargs = SHIPPABLE[args.model]
+    torch.manual_seed(args.seed)  # before the network is built: its initialisation is seeded
+    model = build_model(architecture, kwargs)
+    run = train_one(bench, families, model, args.optimizer, args.lr, args.seed, args)
+    val = bench.split("val", families.seen)
+    val_real_logits = logits(model, val.images[val.labels == 0])
+    report = zero_shot_report(partial(logits, model), bench, families, target_fpr=args.target_fpr)
+    info = {
+        "command": command,
+        "model": args.model,
+        "train": {
+            **run,
+            **{k: getattr(args, k) for k in ("batch_size", "max_steps", "eval_every", "patience")},
+        },
+        "data": {
+            "config": config.to_dict(),
+            "key": config.key(),
+            "seen": list(families.seen),
+            "heldout": list(families.heldout),
+        },
+        "test": {k: report[k] for k in ("seen", "heldout", "test_real_fpr") if k in report},
+    }
+    header = save_detector(
+        args.out,
+        model,
+        architecture=architecture,
+        arch_kwargs=kwargs,
+        patch_size=config.patch_size,
+        val_real_logits=val_real_logits,
+        target_fpr=args.target_fpr,
+        info=info,
+    )
+    # the protocol's threshold and the shipped one are the same computation on the same logits
+    if header["calibration"]["threshold"] != report["threshold"]:
+        raise RuntimeError(
+            f"shipped threshold {header['calibration']['threshold']} differs from the "
+            f"protocol's {report['threshold']}"
+        )
+    return header
+
+
+def markdown(header: dict[str, Any], path: Path) -> str:
+    """The results section for a written checkpoint, from its header alone."""
+    info, cal = header["info"], header["calibration"]
+    train, test = info["train"], info["test"]
+    pct = f"{100 * cal['target_fpr']:g} %"
+    lines = [
+        "## Shipped detector (`Detector.load()`, `assocmem-detect`)",
+        "",
+        f"Regenerate: `{info['command']}` (writes `{path}` and its `.json`), then "
+        f"`python -m experiments.ship_detector --table-only --write docs/results.md`.",
+        "",
+        f"`{info['model']}` ({header['architecture']} {header['arch_kwargs']}), seed "
+        f"{train['seed']}, {train['optimizer']} lr {train['lr']:g}, batch {train['batch_size']}: "
+        f"best validation loss at step {train['best_step']} of {train['steps']} run "
+        f"({'stopped early' if train['stopped_early'] else 'step cap'}; {train['seconds']:.0f} s "
+        f"on one thread). Inputs: {header['patch_size']} × {header['patch_size']} RGB tiles in "
+        f"[0, 1]. Threshold on the logit {cal['threshold']:.4f}, set on the "
+        f"{len(cal['val_real_logits'])} validation reals for a {pct} false-positive rate "
+        f"(their FPR at it: {cal['val_real_fpr']:.3f}); test-real FPR at it: "
+        f"{test['test_real_fpr']:.3f}. Per tile (one benchmark patch = one tile); scores of the "
+        "test split (unseen photos), each family against all test reals; TPR at the threshold.",
+        "",
+        "| family | trained on | AUC | AP | TPR | FPR |",
+        "|---|---|---|---|---|---|",
+    ]
+    for group, fams in (("seen", SEEN), ("heldout", HELDOUT)):
+        if group not in test:
+            continue
+        for fam in [*(f for f in fams if f in test[group]), "mean"]:
+            m = test[group][fam]
+            side = "seen" if group == "seen" else "held out"
+            name = f"**mean ({side})**" if fam == "mean" else fam
+            lines.append(
+                f"| {name} | {'yes' if group == 'seen' else 'no (held out)'} | {m['auc']:.3f} "
+                f"| {m['ap']:.3f} | {m['tpr']:.3f} | {m['fpr']:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="npr_bn", choices=SHIPPABLE)
+    parser.add_argument("--optimizer", default="adam")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-steps", type=int, default=3000)
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--patience", type=int, default=4, help="evaluations without progress")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1, help="stream worker processes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
+    parser.add_argument("--target-fpr", type=float, default=0.05)
+    parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
+    parser.add_argument("--table-only", action="store_true", help="no training: read --out")
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.table_only:
+        header = load_detector(args.out).header
+    else:
+        rest = sys.argv[1:] if argv is None else argv
+        command = "python -m experiments.ship_detector " + " ".join(shlex.quote(a) for a in rest)
+        header = ship(args, command.strip())
+    try:
+        shown = args.out.resolve().relative_to(Path.cwd())
+    except ValueError:
+        shown = args.out
+    text = markdown(header, shown)
+    print(text)
+    if args.write:
+        replace_section(args.write, "shipped-detector", text)
+
+
+if __name__ == "__main__":
+    main()

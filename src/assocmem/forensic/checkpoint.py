@@ -1,0 +1,308 @@
+"""Detector checkpoints: safetensors weights + a JSON header (and sidecar), never pickle.
+
+Layout of a ``<name>.safetensors`` file:
+
+- tensors ``model.<key>``: the detector's ``state_dict`` (BatchNorm running statistics included);
+- metadata ``{"assocmem": json}``, the header:
+
+  - ``format``, ``version``: :data:`FORMAT`, :data:`FORMAT_VERSION`;
+  - ``architecture`` (a name in :data:`ARCHITECTURES`) and ``arch_kwargs`` (its constructor's
+    keyword arguments): what network the tensors fill;
+  - ``patch_size``: the side of the square RGB tiles in [0, 1] the detector was trained on;
+  - ``calibration``: ``target_fpr``, ``val_real_logits`` (every validation-real patch's logit,
+    sorted ascending), ``threshold`` (on the logit scale, ``threshold_at_fpr`` of those logits at
+    ``target_fpr``) and ``val_real_fpr`` (the FPR it gives on them). The logits are kept so a
+    threshold for another false-positive rate can be recomputed (``assocmem-detect --fpr``);
+  - ``info``: free-form provenance (the training command, the data config, the test table).
+
+:func:`save_detector` also writes ``<name>.json``, the same header indented for people.
+
+:func:`load_detector` refuses with a ``ValueError`` naming the problem: a path that is no regular
+file (never opened), a file that is not safetensors, a missing or non-JSON header, another format
+or version, missing keys, an unknown architecture or constructor arguments it rejects, a bad
+patch size, a non-finite or inconsistent calibration (the threshold and its FPR are recomputed
+from the stored logits and must agree: an edited threshold is caught), tensors whose names,
+shapes or dtypes differ from the network's or that hold non-finite values, and a ``.json``
+sidecar that is not JSON or differs from the header.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from assocmem.forensic.calibration import threshold_at_fpr
+from assocmem.forensic.metrics import false_positive_rate
+from assocmem.forensic.models.baselines import SmallCNN
+from assocmem.forensic.models.npr import NPR, NPRWithPixels
+
+__all__ = [
+    "ARCHITECTURES",
+    "DEFAULT_CHECKPOINT",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "DetectorCheckpoint",
+    "build_model",
+    "load_detector",
+    "save_detector",
+]
+
+FORMAT = "assocmem.detector"
+FORMAT_VERSION = 1
+DEFAULT_CHECKPOINT = Path(__file__).with_name("checkpoints") / "npr_bn.safetensors"
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "npr": NPR,
+    "npr_pixels": NPRWithPixels,
+    "smallcnn": SmallCNN,
+}
+_REQUIRED = ("format", "version", "architecture", "arch_kwargs", "patch_size", "calibration")
+_CALIBRATION = ("target_fpr", "threshold", "val_real_fpr", "val_real_logits")
+
+
+@dataclass
+class DetectorCheckpoint:
+    """What a detector checkpoint holds, in memory; ``model`` is in eval mode."""
+
+    model: nn.Module
+    architecture: str
+    arch_kwargs: dict[str, Any]
+    patch_size: int
+    target_fpr: float
+    threshold: float
+    val_real_fpr: float
+    val_real_logits: tuple[float, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+    header: dict[str, Any] = field(default_factory=dict)
+
+
+def build_model(architecture: str, arch_kwargs: dict[str, Any]) -> nn.Module:
+    """The network ``ARCHITECTURES[architecture](**arch_kwargs)``; a ``ValueError`` otherwise."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
+    if not isinstance(arch_kwargs, dict):
+        raise ValueError(f"arch_kwargs must be a dict, got {type(arch_kwargs).__name__}")
+    # JSON has no tuples; the constructors take tuples of widths
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in arch_kwargs.items()}
+    try:
+        return ARCHITECTURES[architecture](**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{architecture}({arch_kwargs}) cannot be built: {e}") from None
+
+
+def save_detector(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    architecture: str,
+    arch_kwargs: dict[str, Any],
+    patch_size: int,
+    val_real_logits: Sequence[float] | Tensor,
+    target_fpr: float = 0.05,
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``model``'s weights with its calibrated header (and the ``.json`` sidecar) atomically.
+
+    The threshold is calibrated here, on ``val_real_logits`` (the detector's logits on validation
+    reals, which took no part in training) at ``target_fpr``. Returns the header written.
+    """
+    reference = build_model(architecture, arch_kwargs)
+    _check_tensors(model.state_dict(), reference.state_dict(), "model")
+    logits = sorted(float(v) for v in torch.as_tensor(val_real_logits).flatten().tolist())
+    threshold = threshold_at_fpr(logits, target_fpr)
+    header = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "architecture": architecture,
+        "arch_kwargs": arch_kwargs,
+        "patch_size": int(patch_size),
+        "calibration": {
+            "target_fpr": float(target_fpr),
+            "threshold": threshold,
+            "val_real_fpr": false_positive_rate(logits, threshold),
+            "val_real_logits": logits,
+        },
+        "info": info or {},
+    }
+    # one JSON round trip, so the sidecar and the embedded header are the same text's values
+    header = json.loads(json.dumps(header, default=str))
+    _check_header(header, Path(path))
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"assocmem": json.dumps(header, sort_keys=True)})
+    os.replace(tmp, path)  # an interrupted save leaves the previous checkpoint intact
+    path.with_suffix(".json").write_text(json.dumps(header, indent=1, sort_keys=True) + "\n")
+    return header
+
+
+def load_detector(path: str | os.PathLike[str] | None = None) -> DetectorCheckpoint:
+    """Read and validate a detector checkpoint; ``path=None`` is the shipped one.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: anything else wrong with it (see the module docstring).
+    """
+    path = Path(DEFAULT_CHECKPOINT if path is None else path)
+    metadata, tensors = _read(path)
+    if "assocmem" not in metadata:
+        raise ValueError(f"{path} is not an assocmem detector checkpoint (no header)")
+    try:
+        header = json.loads(metadata["assocmem"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: the checkpoint's header is not JSON ({e})") from None
+    _check_header(header, path)
+    _check_sidecar(path, header)
+    model = build_model(header["architecture"], header["arch_kwargs"])
+    saved = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    stray = sorted(k for k in tensors if not k.startswith("model."))
+    if stray:
+        raise ValueError(f"{path}: unexpected tensors {stray} (expected model.*)")
+    _check_tensors(saved, model.state_dict(), str(path))
+    model.load_state_dict(saved, strict=True)
+    model.eval()
+    cal = header["calibration"]
+    return DetectorCheckpoint(
+        model=model,
+        architecture=header["architecture"],
+        arch_kwargs=dict(header["arch_kwargs"]),
+        patch_size=header["patch_size"],
+        target_fpr=cal["target_fpr"],
+        threshold=cal["threshold"],
+        val_real_fpr=cal["val_real_fpr"],
+        val_real_logits=tuple(cal["val_real_logits"]),
+        info=header.get("info", {}),
+        header=header,
+    )
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_header(header: Any, path: Path) -> None:
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: the checkpoint's header is {type(header).__name__}, not a dict")
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
+    if header.get("version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: detector checkpoint format version {header.get('version')!r}, this "
+            f"assocmem reads version {FORMAT_VERSION}"
+        )
+    missing = [k for k in _REQUIRED if k not in header]
+    if missing:
+        raise ValueError(f"{path}: the checkpoint's header lacks {missing}")
+    p = header["patch_size"]
+    # NPR's residual pairs pixels in 2 x 2 blocks, so tiles must have even sides
+    if not isinstance(p, int) or isinstance(p, bool) or p < 8 or p % 2:
+        raise ValueError(f"{path}: patch_size must be an even integer >= 8, got {p!r}")
+    if not isinstance(header.get("info", {}), dict):
+        raise ValueError(f"{path}: the checkpoint's 'info' is not a dict")
+    cal = header["calibration"]
+    if not isinstance(cal, dict):
+        raise ValueError(f"{path}: 'calibration' is {type(cal).__name__}, not a dict")
+    missing = [k for k in _CALIBRATION if k not in cal]
+    if missing:
+        raise ValueError(f"{path}: the checkpoint's calibration lacks {missing}")
+    for k in ("target_fpr", "threshold", "val_real_fpr"):
+        if not _is_number(cal[k]) or not math.isfinite(cal[k]):
+            raise ValueError(f"{path}: calibration {k} must be a finite number, got {cal[k]!r}")
+    if not 0.0 <= cal["target_fpr"] < 1.0:
+        raise ValueError(
+            f"{path}: calibration target_fpr must be in [0, 1), got {cal['target_fpr']}"
+        )
+    logits = cal["val_real_logits"]
+    if (
+        not isinstance(logits, list)
+        or not logits
+        or not all(_is_number(v) and math.isfinite(v) for v in logits)
+    ):
+        raise ValueError(
+            f"{path}: calibration val_real_logits must be finite numbers, at least one"
+        )
+    if any(a > b for a, b in zip(logits[:-1], logits[1:], strict=True)):
+        raise ValueError(f"{path}: calibration val_real_logits must be sorted ascending")
+    # The threshold and its FPR follow from the stored logits: recomputing them catches an
+    # edited threshold (or table) instead of silently deciding at a number nobody calibrated.
+    expected = threshold_at_fpr(logits, cal["target_fpr"])
+    if cal["threshold"] != expected:
+        raise ValueError(
+            f"{path}: calibration threshold {cal['threshold']!r} is not the one its validation "
+            f"logits give at target_fpr {cal['target_fpr']} ({expected!r}); the file was edited"
+        )
+    if cal["val_real_fpr"] != false_positive_rate(logits, expected):
+        raise ValueError(f"{path}: calibration val_real_fpr does not match its validation logits")
+
+
+def _check_sidecar(path: Path, header: dict[str, Any]) -> None:
+    sidecar = path.with_suffix(".json")
+    if not sidecar.exists():
+        return  # the header inside the .safetensors file is the checkpoint; the sidecar is a copy
+    try:
+        text = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"{sidecar}: the checkpoint's sidecar is not readable JSON ({e})"
+        ) from None
+    if text != header:
+        keys = sorted(
+            k
+            for k in set(text) | set(header)
+            if not isinstance(text, dict) or text.get(k) != header.get(k)
+        )
+        raise ValueError(
+            f"{sidecar} differs from the header inside {path.name} (keys {keys}); one of them was "
+            "edited: restore it or delete the sidecar"
+        )
+
+
+def _check_tensors(saved: dict[str, Tensor], expected: dict[str, Tensor], where: str) -> None:
+    if set(saved) != set(expected):
+        extra, lacking = sorted(set(saved) - set(expected)), sorted(set(expected) - set(saved))
+        raise ValueError(
+            f"{where}: tensors do not fit the architecture (unexpected {extra}, missing {lacking})"
+        )
+    for k, v in expected.items():
+        s = saved[k]
+        if tuple(s.shape) != tuple(v.shape) or s.dtype != v.dtype:
+            raise ValueError(
+                f"{where}: tensor {k!r} is {s.dtype} {tuple(s.shape)}, the architecture expects "
+                f"{v.dtype} {tuple(v.shape)}"
+            )
+        if s.is_floating_point() and not bool(s.isfinite().all()):
+            raise ValueError(f"{where}: tensor {k!r} holds non-finite values")
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """Metadata and tensors of a safetensors file, every failure a clear error naming it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"detector checkpoint {path} does not exist") from None
+    except OSError as e:
+        raise ValueError(f"detector checkpoint {path} cannot be read: {e}") from None
+    if not stat.S_ISREG(mode):
+        # Never opened: reading a FIFO would block until some writer appears.
+        raise ValueError(
+            f"detector checkpoint {path} is not a regular file; expected a .safetensors file"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+    return metadata, tensors

@@ -1,0 +1,276 @@
+"""``assocmem-detect``: score images, folders or labelled datasets with a detector checkpoint.
+
+    assocmem-detect PATH... [--weights FILE] [--threshold T | --fpr F] [--csv OUT] [--json OUT]
+                    [--batch N] [--stride S] [--threads N]
+    python -m assocmem.forensic.detect PATH...        # the same
+
+``PATH`` is an image file (any format Pillow reads, whatever its extension), a folder (every
+image file under it, recursively: ``loaders.IMAGE_EXTENSIONS``), or a labelled dataset the
+loaders read: a folder in the CNNDetection layout (``0_real``/``1_fake``, optionally per
+category) or the GenImage layout (``nature``/``ai``, optionally per generator), or a ``.csv``
+manifest (``path,label[,family]``). Labelled inputs add a ``label`` column and the TPR/FPR (and
+AUC) of the decisions to the summary.
+
+Each image is tiled, its tiles scored and their logits averaged (``assocmem.forensic.tiling``);
+the table shows that score, ``P(fake) = sigmoid(score)``, the decision at the threshold and the
+number of tiles. The threshold is the checkpoint's (calibrated on validation real patches for its
+target false-positive rate), ``--fpr F`` recalibrates it for another rate from the validation
+logits the checkpoint stores, ``--threshold T`` sets it on the score's (logit) scale.
+
+Exit status:
+    0  every image was scored;
+    2  nothing was scored: a usage error (bad option, a PATH that does not exist, a malformed
+       manifest, a checkpoint that is refused, an ``--fpr`` the checkpoint cannot calibrate);
+    3  the readable images were scored, but some files were not (each is listed on stderr and in
+       the CSV/JSON, with the reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from assocmem.forensic.data.loaders import (
+    DECODE_ERRORS,
+    cnndetection_samples,
+    genimage_samples,
+    image_files,
+    manifest_samples,
+)
+from assocmem.forensic.detector import Detector, ImageScore
+
+__all__ = ["EXIT_OK", "EXIT_UNREADABLE", "EXIT_USAGE", "Item", "collect", "main"]
+
+EXIT_OK, EXIT_USAGE, EXIT_UNREADABLE = 0, 2, 3
+_PROGRESS_FROM = 50  # images; fewer finish before a bar would help
+
+
+class Item(NamedTuple):
+    path: Path
+    label: int | None  # 0 real, 1 fake, None unlabelled
+    family: str | None
+
+
+def collect(path: Path) -> list[Item]:
+    """The images one ``PATH`` argument names (see the module docstring).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: a malformed ``.csv`` manifest.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return [Item(s.path, s.label, s.family) for s in manifest_samples(path)]
+    if not path.is_dir():
+        return [Item(path, None, None)]  # named explicitly: tried whatever its extension
+    for layout in (cnndetection_samples, genimage_samples):
+        try:
+            return [Item(s.path, s.label, s.family) for s in layout(path)]
+        except ValueError:
+            continue  # not that layout: a plain folder is scored without labels
+    return [Item(p, None, None) for p in image_files(path)]
+
+
+def _row(item: Item, result: ImageScore | None, reason: str = "") -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "path": str(item.path),
+        "label": "" if item.label is None else item.label,
+        "family": item.family or "",
+        "status": "ok" if result else "unreadable",
+        "reason": reason,
+    }
+    if result:
+        row.update(
+            score=round(result.score, 6),
+            probability=round(result.probability, 6),
+            decision="fake" if result.fake else "real",
+            tiles=result.tiles,
+            width=result.width,
+            height=result.height,
+            undersized=result.undersized,
+        )
+    else:
+        row.update(score="", probability="", decision="", tiles="", width="", height="")
+        row["undersized"] = ""
+    return row
+
+
+def _table(rows: list[dict[str, Any]], labelled: bool) -> str:
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return ""
+    head = ["decision", "score", "P(fake)", "tiles", "size"] + (["label"] if labelled else [])
+    cells = [
+        [
+            r["decision"] + ("*" if r["undersized"] else ""),
+            f"{r['score']:+.3f}",
+            f"{r['probability']:.3f}",
+            str(r["tiles"]),
+            f"{r['width']}x{r['height']}",
+        ]
+        + ([{0: "real", 1: "fake", "": "-"}[r["label"]]] if labelled else [])
+        for r in ok
+    ]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+    path_w = max(len("path"), *(len(r["path"]) for r in ok))
+
+    def line(path: str, values: list[str]) -> str:
+        return "  ".join(
+            [f"{path:<{path_w}}"] + [f"{v:>{w}}" for v, w in zip(values, widths, strict=True)]
+        )
+
+    lines = [line("path", head)] + [line(r["path"], c) for r, c in zip(ok, cells, strict=True)]
+    if any(r["undersized"] for r in ok):
+        lines.append("* smaller than one tile on a side: filled by reflection, a weaker score")
+    return "\n".join(lines)
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in rows if r["status"] == "ok"]
+    summary: dict[str, Any] = {
+        "images": len(rows),
+        "scored": len(ok),
+        "unreadable": len(rows) - len(ok),
+        "flagged_fake": sum(r["decision"] == "fake" for r in ok),
+    }
+    labelled = [r for r in ok if r["label"] != ""]
+    for name, label in (("tpr", 1), ("fpr", 0)):
+        group = [r for r in labelled if r["label"] == label]
+        if group:
+            summary[name] = sum(r["decision"] == "fake" for r in group) / len(group)
+    if {r["label"] for r in labelled} == {0, 1}:
+        from sklearn.metrics import roc_auc_score
+
+        summary["auc"] = float(
+            roc_auc_score([r["label"] for r in labelled], [r["score"] for r in labelled])
+        )
+    return summary
+
+
+def _unwritable(path: Path) -> str:
+    """Why ``path`` cannot be written ("" if it can); creates its missing parent folders."""
+    if path.is_dir():
+        return f"{path} is a directory, not a file to write"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot create the folder of {path}: {e}"
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"{path} is not writable"
+    return ""
+
+
+def _describe_threshold(detector: Detector) -> str:
+    t = f"threshold {detector.threshold:+.4f} on the mean tile logit"
+    if detector.target_fpr is None:
+        return f"{t} (given)"
+    return f"{t} (calibrated for a {100 * detector.target_fpr:g} % FPR on validation reals)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    doc = __doc__ or ""
+    parser = argparse.ArgumentParser(
+        prog="assocmem-detect",
+        description="Score images (files, folders, CNNDetection/GenImage folders, CSV manifests) "
+        "as real or generated with a detector checkpoint.",
+        epilog=doc[doc.index("Exit status:") :],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    parser.add_argument("--weights", type=Path, help="a detector checkpoint (default: shipped)")
+    decide = parser.add_mutually_exclusive_group()
+    decide.add_argument("--threshold", type=float, help="decide at this mean tile logit")
+    decide.add_argument("--fpr", type=float, help="recalibrate for this false-positive rate")
+    parser.add_argument("--csv", type=Path, help="write every row here")
+    parser.add_argument("--json", type=Path, help="write the rows, detector and summary here")
+    parser.add_argument("--batch", type=int, default=256, help="tiles per forward pass")
+    parser.add_argument("--stride", type=int, help="tile stride (default: the tile size)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns its exit status (module docstring)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (2) and --help (0), as a return value
+        return int(e.code or 0)
+
+    def usage(message: str) -> int:
+        parser.print_usage(sys.stderr)
+        print(f"assocmem-detect: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    if args.batch < 1:
+        return usage(f"--batch must be >= 1, got {args.batch}")
+    if args.threads is not None:
+        if args.threads < 1:
+            return usage(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        detector = Detector.load(args.weights, stride=args.stride, batch_size=args.batch)
+        if args.fpr is not None:
+            detector = detector.with_fpr(args.fpr)
+        elif args.threshold is not None:
+            detector = detector.with_threshold(args.threshold)
+        items = [item for p in args.paths for item in collect(p)]
+    except (FileNotFoundError, ValueError) as e:
+        return usage(str(e))
+    if not items:
+        return usage(f"no image files under {', '.join(map(str, args.paths))}")
+    for out in (args.csv, args.json):
+        # checked before scoring: a long run must not end in a traceback over its output path
+        if out is not None and (problem := _unwritable(out)):
+            return usage(problem)
+
+    from tqdm import tqdm
+
+    rows = []
+    bar = tqdm(items, desc="scoring", unit="image", file=sys.stderr,
+               disable=True if len(items) < _PROGRESS_FROM else None)  # fmt: skip
+    for item in bar:
+        try:
+            rows.append(_row(item, detector.score_one(item.path)))
+        # one bad file never stops the run; RuntimeError: torch failing to allocate its tiles
+        except (*DECODE_ERRORS, RuntimeError) as e:
+            rows.append(_row(item, None, f"{type(e).__name__}: {e}"))
+    labelled = any(item.label is not None for item in items)
+    summary = _summary(rows)
+
+    table = _table(rows, labelled)
+    if table:
+        print(table)
+    line = (
+        f"{summary['scored']} of {summary['images']} images scored, {summary['flagged_fake']} "
+        f"flagged fake at {_describe_threshold(detector)}"
+    )
+    rates = [f"{k.upper()} {summary[k]:.3f}" for k in ("tpr", "fpr", "auc") if k in summary]
+    print(line + (f"; on the labelled ones: {', '.join(rates)}" if rates else ""))
+    bad = [r for r in rows if r["status"] != "ok"]
+    if bad:
+        print(f"{len(bad)} unreadable file(s):", file=sys.stderr)
+        for r in bad:
+            print(f"  {r['path']}: {r['reason']}", file=sys.stderr)
+    if args.csv:
+        with args.csv.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    if args.json:
+        report = {"detector": detector.describe(), "summary": summary, "images": rows}
+        args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return EXIT_UNREADABLE if bad else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""The runnable detector: a checkpoint's network applied to images of any size.
+
+    >>> import torch
+    >>> from assocmem.forensic import Detector
+    >>> detector = Detector.load()  # the weights shipped in the package
+    >>> results = detector.score(torch.rand(2, 3, 40, 70))  # or paths, or PIL images
+    >>> [(r.tiles, r.height, r.width, r.fake in (True, False)) for r in results]
+    [(6, 40, 70, True), (6, 40, 70, True)]
+
+Each image is cut into the checkpoint's ``patch_size`` tiles (stride ``patch_size`` by default),
+every tile is scored, and the tile logits are averaged (``assocmem.forensic.tiling`` states and
+documents the padding, tiling and combining rule). The decision is ``score >= threshold`` where
+the threshold is the checkpoint's (calibrated on validation real patches for its target
+false-positive rate), or one recalibrated for another rate from the validation logits the
+checkpoint stores (:meth:`Detector.with_fpr`), or one given (:meth:`Detector.with_threshold`).
+
+Calibration caveat: the threshold was set on single 32 x 32 patches. An image of many tiles is
+scored by their mean, which varies less over real photos than one patch's logit does (as far as
+its tiles vary independently), so on large real images the false-positive rate at that threshold
+is expected to be *below* the target rather than at it; it has not been measured on full-size
+images.
+
+Images are read like the dataset loaders read them (``assocmem.forensic.data.loaders.load_rgb``:
+EXIF orientation, grayscale, alpha on white, CMYK, 16-bit, float TIFF, decompression bombs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, NamedTuple, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor, nn
+
+from assocmem.forensic.calibration import threshold_at_fpr
+from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT, load_detector
+from assocmem.forensic.data.loaders import load_rgb, to_rgb
+from assocmem.forensic.tiling import combine_logits, tiles
+
+__all__ = ["Detector", "ImageInput", "ImageScore"]
+
+ImageInput = Union[str, os.PathLike, Image.Image, Tensor]  # noqa: UP007 (a runtime alias)
+
+
+class ImageScore(NamedTuple):
+    """One image's result.
+
+    ``score``: the mean of its tile logits (higher = more likely generated); ``probability``:
+    ``sigmoid(score)``, a readable squashing of it, not a calibrated probability (decide with
+    ``fake``); ``fake``: ``score >= threshold``; ``tiles``: how many tiles were scored; ``height``,
+    ``width``: the image as read (after EXIF rotation); ``undersized``: a side was shorter than
+    a tile and was filled by reflection (a weaker score).
+    """
+
+    score: float
+    probability: float
+    fake: bool
+    tiles: int
+    height: int
+    width: int
+    undersized: bool
+
+
+@dataclass(frozen=True)
+class Detector:
+    """A detector network with its tile size, stride and decision threshold.
+
+    Build one with :meth:`load`; ``threshold`` is on the logit scale of ``score``.
+    """
+
+    model: nn.Module
+    patch_size: int
+    threshold: float
+    stride: int
+    target_fpr: float | None = None  # the FPR the threshold was calibrated for, if it was
+    val_real_logits: tuple[float, ...] = ()
+    batch_size: int = 256  # tiles per forward pass
+    source: str = ""  # where the weights came from
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"threshold must be finite, got {self.threshold}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        tiles(torch.zeros(1, self.patch_size, self.patch_size), self.patch_size, self.stride)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        stride: int | None = None,
+        batch_size: int = 256,
+    ) -> Detector:
+        """The detector in checkpoint ``path`` (``None``: the one shipped in the package), at its
+        calibrated threshold; ``stride`` defaults to the patch size (non-overlapping tiles)."""
+        ckpt = load_detector(path)
+        return cls(
+            model=ckpt.model,
+            patch_size=ckpt.patch_size,
+            threshold=ckpt.threshold,
+            stride=ckpt.patch_size if stride is None else stride,
+            target_fpr=ckpt.target_fpr,
+            val_real_logits=ckpt.val_real_logits,
+            batch_size=batch_size,
+            source=str(Path(DEFAULT_CHECKPOINT if path is None else path)),
+        )
+
+    def with_threshold(self, threshold: float) -> Detector:
+        """The same detector deciding at ``threshold`` (logit scale; no calibration claimed)."""
+        return replace(self, threshold=float(threshold), target_fpr=None)
+
+    def with_fpr(self, fpr: float) -> Detector:
+        """The same detector with its threshold recalibrated on the stored validation-real logits
+        for a false-positive rate of ``fpr``.
+
+        Raises:
+            ValueError: no validation logits stored, or ``fpr`` outside ``[1/n, 1)`` for ``n``
+                stored logits (a smaller rate cannot be told apart from 0 on ``n`` reals).
+        """
+        n = len(self.val_real_logits)
+        if n == 0:
+            raise ValueError(
+                f"{self.source or 'this detector'} stores no validation-real logits, so no "
+                "threshold can be calibrated for another FPR; give a threshold instead"
+            )
+        if not 1.0 / n <= fpr < 1.0:
+            raise ValueError(
+                f"fpr must be in [1/{n}, 1) = [{1.0 / n:.2g}, 1): the checkpoint's {n} "
+                f"validation reals cannot calibrate {fpr}"
+            )
+        return replace(self, threshold=threshold_at_fpr(self.val_real_logits, fpr), target_fpr=fpr)
+
+    @torch.no_grad()
+    def tile_logits(self, image: ImageInput) -> Tensor:
+        """The logits of ``image``'s tiles, shape (n,), in ``tiling.tile_grid`` order."""
+        return self._tile_logits(_as_image(image))
+
+    def _tile_logits(self, image: Tensor) -> Tensor:
+        cut = tiles(image, self.patch_size, self.stride)
+        was_training = self.model.training
+        self.model.eval()  # BatchNorm's running statistics: a tile's score ignores its batch
+        try:
+            device = next(self.model.parameters()).device
+            out = []
+            for start in range(0, len(cut), self.batch_size):
+                batch = cut[start : start + self.batch_size]
+                # the benchmark's convention: uint8 pixels / 255, float32
+                x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
+                out.append(self.model(x.to(device)).float().cpu())
+        finally:
+            self.model.train(was_training)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def score_one(self, image: ImageInput) -> ImageScore:
+        """One image (a path, a PIL image, or a tensor (3, H, W): uint8, or float in [0, 1])."""
+        x = _as_image(image)
+        tile_logits = self._tile_logits(x)
+        logit = combine_logits(tile_logits)
+        _, h, w = x.shape
+        return ImageScore(
+            score=logit,
+            probability=float(torch.sigmoid(torch.tensor(logit))),
+            fake=logit >= self.threshold,
+            tiles=len(tile_logits),
+            height=h,
+            width=w,
+            undersized=min(h, w) < self.patch_size,
+        )
+
+    def score(self, images: ImageInput | Sequence[ImageInput]) -> list[ImageScore]:
+        """Per-image results of one image or a sequence of them (a 4-D tensor is a batch).
+
+        Raises on the first unreadable file (``assocmem-detect`` instead lists each and goes on).
+        """
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            return [self.score_one(images)]
+        if isinstance(images, Tensor) and images.dim() == 3:
+            return [self.score_one(images)]
+        return [self.score_one(x) for x in images]
+
+    def describe(self) -> dict[str, Any]:
+        """What decides: weights, tile size and stride, threshold and how it was chosen."""
+        return {
+            "weights": self.source,
+            "patch_size": self.patch_size,
+            "stride": self.stride,
+            "threshold": self.threshold,
+            "target_fpr": self.target_fpr,
+            "combine": "mean tile logit",
+        }
+
+
+def _as_image(image: ImageInput) -> Tensor:
+    """(3, H, W): uint8 as decoded, or float in [0, 1] as given."""
+    if isinstance(image, (str, os.PathLike)):
+        im, _ = load_rgb(image)
+        return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+    if isinstance(image, Image.Image):
+        with contextlib.suppress(Exception):  # a malformed EXIF block: the pixels are fine
+            image = ImageOps.exif_transpose(image)
+        return torch.from_numpy(np.asarray(to_rgb(image)).copy()).permute(2, 0, 1)
+    if isinstance(image, Tensor):
+        if image.dim() != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
+            raise ValueError(f"an image tensor must be (3, H, W), got {tuple(image.shape)}")
+        if image.dtype == torch.uint8:
+            return image
+        if not image.is_floating_point():
+            raise ValueError(f"an image tensor must be uint8 or float in [0, 1], got {image.dtype}")
+        if not bool(image.isfinite().all()) or image.min() < 0 or image.max() > 1:
+            raise ValueError("a float image tensor must hold finite values in [0, 1]")
+        return image
+    raise TypeError(
+        f"cannot score a {type(image).__name__}: give a path, a PIL image or a (3, H, W) tensor"
+    )

@@ -1,0 +1,119 @@
+"""Cutting an image of any size into a detector's square tiles, and combining the tile scores.
+
+The rule (pure functions, so tests and docs can state it exactly), for a tile side ``P`` and a
+stride ``S`` (both even, ``S <= P``; ``assocmem-detect`` uses ``S = P``):
+
+1. **Pad** (:func:`padded_size`, :func:`reflect_indices`): a side ``L`` becomes
+   ``L' = max(P, L + L % 2)`` by reflecting the image at its bottom and right edges (``numpy``'s
+   ``"reflect"``: the edge pixel is not repeated, repeated reflection when ``L' > 2 L - 1``).
+   Only the bottom and right are padded, and only to an even size, so every tile starts at an
+   even offset from the image's top-left corner: NPR's residual compares the pixels of each
+   ``2 x 2`` block, and the up-sampling trace it reads sits on the generator's grid, anchored at
+   that corner; a tile starting at an odd offset would pair pixels across blocks. Reflection,
+   not up-scaling, for images smaller than a tile: interpolation would itself write the
+   up-sampling trace the detector looks for; and not edge replication either: repeated pixels
+   are a copy tie, i.e. a nearest-neighbour up-sampling trace. A reflected image is still a
+   weaker witness (fewer distinct pixels), so :class:`~assocmem.forensic.detector.ImageScore`
+   flags such images ``undersized``.
+2. **Tile** (:func:`tile_starts`, :func:`tile_grid`): along each padded side, tiles start at
+   ``0, S, 2 S, ...`` while they fit, and one more tile ends exactly at the edge
+   (start ``L' - P``) if the last regular one does not: every pixel lies in at least one tile,
+   the edge tile overlaps its neighbour rather than leaving a strip out, and all starts stay even.
+   Tiles are taken row-major: ``(top, left)`` for ``top`` in the row starts, ``left`` in the
+   column starts.
+3. **Combine** (:func:`combine_logits`): the image's score is the **mean of its tile logits**.
+   A logit is a log-likelihood ratio; summing independent tiles' evidence would grow with the
+   image's area, the mean keeps the score on one tile's scale, so the threshold calibrated on
+   single patches applies to it, and one odd tile cannot decide a large image on its own.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "combine_logits",
+    "pad",
+    "padded_size",
+    "reflect_indices",
+    "tile_grid",
+    "tile_starts",
+    "tiles",
+]
+
+
+def _check_patch(patch: int, stride: int) -> None:
+    if patch < 2 or patch % 2:
+        raise ValueError(f"patch must be an even integer >= 2, got {patch}")
+    if stride < 2 or stride % 2 or stride > patch:
+        raise ValueError(
+            f"stride must be even and in [2, patch={patch}] (a larger one skips pixels), "
+            f"got {stride}"
+        )
+
+
+def padded_size(length: int, patch: int) -> int:
+    """``max(patch, length + length % 2)``: the side after padding (rule 1)."""
+    if length < 1:
+        raise ValueError(f"an image side must be >= 1 pixel, got {length}")
+    return max(patch, length + length % 2)
+
+
+def reflect_indices(length: int, new_length: int) -> Tensor:
+    """Source index of each of ``new_length`` positions along a side of ``length`` pixels,
+    reflected at the far edge without repeating it (``0 1 2 3 2 1 0 1 ...``); a 1-pixel side
+    repeats its pixel, the only choice."""
+    if length < 1 or new_length < length:
+        raise ValueError(f"cannot pad a side of {length} to {new_length}")
+    i = torch.arange(new_length)
+    if length == 1:
+        return torch.zeros(new_length, dtype=torch.long)
+    period = 2 * (length - 1)
+    i = i % period
+    return torch.where(i < length, i, period - i)
+
+
+def tile_starts(length: int, patch: int, stride: int) -> list[int]:
+    """Tile starts along a side of ``length >= patch`` pixels (rule 2)."""
+    _check_patch(patch, stride)
+    if length < patch:
+        raise ValueError(f"a side of {length} pixels is shorter than the tile ({patch}): pad it")
+    starts = list(range(0, length - patch + 1, stride))
+    if starts[-1] != length - patch:
+        starts.append(length - patch)
+    return starts
+
+
+def tile_grid(height: int, width: int, patch: int, stride: int) -> list[tuple[int, int]]:
+    """``(top, left)`` of every tile of an image of ``height x width`` (before padding),
+    row-major, in padded coordinates (rules 1 and 2)."""
+    rows = tile_starts(padded_size(height, patch), patch, stride)
+    cols = tile_starts(padded_size(width, patch), patch, stride)
+    return [(t, c) for t in rows for c in cols]
+
+
+def pad(image: Tensor, patch: int) -> Tensor:
+    """``image`` (C, H, W) reflected at its bottom and right edges to the padded size (rule 1)."""
+    _, h, w = image.shape
+    hp, wp = padded_size(h, patch), padded_size(w, patch)
+    if (hp, wp) == (h, w):
+        return image
+    return image[:, reflect_indices(h, hp)][:, :, reflect_indices(w, wp)]
+
+
+def tiles(image: Tensor, patch: int, stride: int) -> Tensor:
+    """All tiles of ``image`` (C, H, W) as (n, C, patch, patch), in :func:`tile_grid` order,
+    same dtype as ``image``."""
+    if image.dim() != 3:
+        raise ValueError(f"expected one image (C, H, W), got shape {tuple(image.shape)}")
+    grid = tile_grid(image.shape[1], image.shape[2], patch, stride)
+    padded = pad(image, patch)
+    return torch.stack([padded[:, t : t + patch, c : c + patch] for t, c in grid])
+
+
+def combine_logits(tile_logits: Tensor) -> float:
+    """The image's score from its tiles' logits: their mean (rule 3)."""
+    if tile_logits.numel() == 0:
+        raise ValueError("no tile logits to combine")
+    return float(tile_logits.double().mean())

@@ -1,0 +1,227 @@
+"""``fit``: step an optimizer on batches, evaluate on a schedule, stop early, restore the best.
+
+One record per step goes to ``log`` and into ``TrainResult.history``: ``step``, ``time`` (wall
+seconds of training since the start, evaluations excluded, so it compares across evaluation
+schedules), ``train_loss``, plus whatever ``evaluate()`` returns (at least ``val_loss``) at step
+0 (no ``train_loss``), every ``eval_every`` steps and at the last step. A non-finite training or
+validation loss ends the run with ``status="diverged"`` instead of raising.
+
+Early stopping: with ``patience=k`` the run ends once ``k`` evaluations in a row have not lowered
+the best validation loss, and the model leaves with the weights of its best evaluation whether
+it stopped early or ran out of steps (``restore_best``: default on with ``patience``, off for a
+fixed budget, whose final weights are the point). ``best_step``/``best_val_loss`` are recorded
+either way.
+
+The optimizer is a factory ``params -> Optimizer`` (the loop then hands it exactly the
+trainable parameters) or an optimizer already built; ``TrainResult.optimizer`` is the one used.
+Line-search optimizers (``torch.optim.LBFGS``) get a closure that re-evaluates the same batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+OptimizerFactory = Callable[[Iterable[Tensor]], torch.optim.Optimizer]
+Logger = Callable[[dict[str, Any]], None]
+Trainable = nn.Module | Sequence[Tensor]
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`fit`: ``status`` is ``"ok"`` or ``"diverged"``; ``history`` holds the
+    records that were passed to ``log``; ``optimizer_seconds`` is the time spent inside
+    ``optimizer.step`` (the optimizer's own cost, without forward and backward)."""
+
+    status: str
+    steps: int
+    final_train_loss: float
+    final_val_loss: float
+    wall_time: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+    best_step: int = 0
+    best_val_loss: float = math.nan
+    stopped_early: bool = False
+    optimizer_seconds: float = 0.0
+    optimizer: torch.optim.Optimizer | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == "diverged"
+
+
+def _trainable(model: Trainable) -> list[Tensor]:
+    params = model.parameters() if isinstance(model, nn.Module) else model
+    return [p for p in params if p.requires_grad]
+
+
+def _snapshot(model: Trainable) -> Any:
+    # A module's state_dict includes its buffers (BatchNorm statistics belong to the weights).
+    if isinstance(model, nn.Module):
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return [p.detach().clone() for p in model]
+
+
+@torch.no_grad()
+def _restore(model: Trainable, snapshot: Any) -> None:
+    if isinstance(model, nn.Module):
+        model.load_state_dict(snapshot)
+    else:
+        for p, saved in zip(model, snapshot, strict=True):
+            p.copy_(saved)
+
+
+def _train_mode(model: Trainable, mode: bool = True) -> None:
+    if isinstance(model, nn.Module):
+        model.train(mode)
+
+
+def _progress(steps: int, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc=desc, leave=False)
+
+
+def fit(
+    model: Trainable,
+    step_loss: Callable[[Any], Tensor],
+    batches: Iterator[Any],
+    optimizer: torch.optim.Optimizer | OptimizerFactory,
+    *,
+    steps: int,
+    eval_every: int = 50,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    log: Logger | None = None,
+    progress: bool = False,
+    desc: str = "train",
+    patience: int | None = None,
+    restore_best: bool | None = None,
+) -> TrainResult:
+    """Train ``model`` for up to ``steps`` steps of ``step_loss(next(batches))``.
+
+    Args:
+        model: an ``nn.Module`` or a list of tensors (its ``requires_grad`` ones train).
+        step_loss: the training loss of one batch (a scalar tensor to backpropagate).
+        batches: an endless iterator of batches (``itertools.count(1)`` for step-indexed tasks).
+        optimizer: a factory ``params -> Optimizer`` or a built optimizer.
+        evaluate: returns metrics with ``val_loss``; ``None`` runs without evaluations (then
+            ``patience`` and ``restore_best`` do not apply and ``final_val_loss`` is NaN).
+        patience, restore_best: early stopping, as in the module docstring.
+    """
+    if not (isinstance(steps, int) and steps >= 0) or not (
+        isinstance(eval_every, int) and eval_every >= 1
+    ):
+        raise ValueError(f"need steps >= 0 and eval_every >= 1, got {steps!r}, {eval_every!r}")
+    if patience is not None and (evaluate is None or patience < 1):
+        raise ValueError(
+            f"patience must be None or >= 1 evaluations (with an evaluate), got {patience!r}"
+        )
+    if restore_best is None:  # early stopping restores the best weights; a fixed budget does not
+        restore_best = patience is not None
+    params = _trainable(model)
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer(params)
+    history: list[dict[str, Any]] = []
+    bar = _progress(steps, progress, desc)
+    start = time.perf_counter()
+    eval_time = opt_time = 0.0
+    train_loss = val_loss = math.nan
+    status, message, done, stopped_early = "ok", "", 0, False
+    best: dict[str, Any] = {"step": 0, "val_loss": math.inf, "state": None, "stale": 0}
+
+    def record(rec: dict[str, Any]) -> None:
+        history.append(rec)
+        if log is not None:
+            log(rec)
+
+    def elapsed() -> float:
+        return time.perf_counter() - start - eval_time
+
+    def timed_evaluate(step: int) -> dict[str, float]:
+        """Evaluate, then track the best evaluation (its weights only if we may restore)."""
+        nonlocal eval_time
+        t0 = time.perf_counter()
+        metrics = evaluate()  # type: ignore[misc]
+        eval_time += time.perf_counter() - t0
+        loss = metrics["val_loss"]
+        if loss < best["val_loss"]:
+            best.update(step=step, val_loss=loss, stale=0)
+            if restore_best:
+                best["state"] = _snapshot(model)
+        else:
+            best["stale"] += 1
+        _train_mode(model)
+        return metrics
+
+    # Step 0: the untrained model, so curves start at initialisation.
+    if evaluate is not None:
+        initial = timed_evaluate(0)
+        val_loss = initial["val_loss"]
+        record({"step": 0, "time": elapsed(), **initial})
+    _train_mode(model)
+    needs_closure = isinstance(opt, torch.optim.LBFGS)
+    for step in range(1, steps + 1):
+        batch = next(batches)
+        if needs_closure:
+
+            def closure(batch: Any = batch) -> Tensor:
+                opt.zero_grad(set_to_none=True)
+                loss = step_loss(batch)
+                loss.backward()
+                return loss.detach()
+
+            t0 = time.perf_counter()
+            train_loss = float(opt.step(closure))
+            opt_time += time.perf_counter() - t0
+        else:
+            opt.zero_grad(set_to_none=True)
+            loss = step_loss(batch)
+            train_loss = float(loss.detach())
+            if math.isfinite(train_loss):
+                loss.backward()
+                t0 = time.perf_counter()
+                opt.step()
+                opt_time += time.perf_counter() - t0
+        if not math.isfinite(train_loss):
+            status, message = "diverged", f"non-finite train loss {train_loss} at step {step}"
+            record({"step": step, "time": elapsed(), "train_loss": train_loss})
+            break
+        done = step
+        rec: dict[str, Any] = {"step": step, "time": elapsed(), "train_loss": train_loss}
+        evaluated = evaluate is not None and (step % eval_every == 0 or step == steps)
+        if evaluated:
+            rec.update(timed_evaluate(step))
+            val_loss = rec["val_loss"]
+        record(rec)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
+        if evaluated and not math.isfinite(val_loss):
+            status, message = "diverged", f"non-finite validation loss at step {step}"
+            break
+        if evaluated and patience is not None and best["stale"] >= patience:
+            stopped_early = True
+            message = (
+                f"early stop at step {step}: {patience} evaluations without a lower val_loss "
+                f"than {best['val_loss']:.4g} (step {best['step']})"
+            )
+            break
+    if bar is not None:
+        bar.close()
+    if restore_best and best["state"] is not None:
+        _restore(model, best["state"])
+    return TrainResult(
+        status, done, train_loss, val_loss, time.perf_counter() - start, history, message,
+        best_step=best["step"], best_val_loss=best["val_loss"] if evaluate else math.nan,
+        stopped_early=stopped_early, optimizer_seconds=opt_time, optimizer=opt,
+    )  # fmt: skip

@@ -1,0 +1,43 @@
+"""The budget check: how much the validation loss still fell at the end, against seed noise."""
+
+import math
+
+import pytest
+
+from experiments.budget import budget_verdict, tail_fall
+
+
+def curve(values: list[float], every: int = 10) -> list[dict]:
+    records = [{"step": i * every, "val_loss": v} for i, v in enumerate(values)]
+    records.insert(1, {"step": 1, "train_loss": 9.0})  # training-only records are skipped
+    return records
+
+
+def test_tail_fall_is_measured_from_the_start_of_the_last_fifth():
+    # Steps 0..100; the tail starts at step 80 (value 1.5); final value 1.0.
+    values = [5.0, 4.0, 3.0, 2.5, 2.2, 2.0, 1.9, 1.7, 1.5, 1.2, 1.0]
+    assert tail_fall(curve(values)) == pytest.approx(0.5)
+    assert tail_fall(curve(values), tail=0.5) == pytest.approx(1.0)  # from step 50 (2.0)
+
+
+def test_window_is_at_least_the_tail_when_evaluations_are_sparse():
+    # Evaluations at 0, 60, 100: the last one at or before step 80 is step 60.
+    history = [{"step": 0, "val_loss": 3.0}, {"step": 60, "val_loss": 2.0},
+               {"step": 100, "val_loss": 1.5}]  # fmt: skip
+    assert tail_fall(history) == pytest.approx(0.5)
+
+
+def test_a_rising_curve_has_a_negative_fall_and_unusable_curves_give_none():
+    assert tail_fall(curve([2.0, 1.0, 1.5])) == pytest.approx(-0.5, abs=1e-12)
+    assert tail_fall(curve([2.0])) is None
+    assert tail_fall(curve([2.0, math.inf, 1.0])) is None
+    with pytest.raises(ValueError, match="tail must be in"):
+        tail_fall(curve([2.0, 1.0]), tail=0.0)
+
+
+def test_verdict_compares_the_fall_with_the_seed_spread():
+    finals = [1.0, 1.2, 1.1]  # std 0.1
+    assert budget_verdict([0.05, 0.07], finals).endswith("flattened")
+    assert "still falling" in budget_verdict([0.3, 0.5], finals)
+    assert "no spread" in budget_verdict([0.3], [1.0])
+    assert "no evaluation curve" in budget_verdict([], finals)

@@ -1,0 +1,186 @@
+"""``assocmem-detect`` on folders of awkward files: table, CSV, JSON, exit codes, layouts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomllib
+from detector_support import save_tiny_detector
+from PIL import Image
+
+from assocmem.forensic import Detector
+from assocmem.forensic.detect import EXIT_OK, EXIT_UNREADABLE, EXIT_USAGE, main
+
+ROOT = Path(__file__).resolve().parents[2]
+# name -> (width, height) as the detector reads it; tiles = the padded grid of 32 x 32 tiles
+GOOD = {
+    "good.png": ((77, 100), 3 * 4),  # 78 -> 0, 32, 46; 100 -> 0, 32, 64, 68
+    "huge.png": ((5000, 2), 157),  # 2 rows reflected to 32; 5000 -> 156 regular + 1 edge
+    "tiny.png": ((7, 5), 1),
+    "gray.png": ((40, 40), 4),
+    "cmyk.jpg": ((40, 40), 4),
+    "rgba.png": ((40, 40), 4),
+    "gray16.png": ((40, 40), 4),
+    "sub/deeper.png": ((64, 64), 4),
+}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_detector(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+
+    def noise(*shape: int, dtype=np.uint8, high=256):
+        return rng.integers(0, high, shape, dtype=dtype)
+
+    Image.fromarray(noise(100, 77, 3)).save(d / "good.png")
+    Image.fromarray(noise(2, 5000, 3)).save(d / "huge.png")  # 10 kpixels: cheap, extreme shape
+    Image.fromarray(noise(5, 7, 3)).save(d / "tiny.png")
+    Image.fromarray(noise(40, 40)).save(d / "gray.png")
+    Image.fromarray(noise(40, 40, 4), "RGBA").convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray(noise(40, 40, 4), "RGBA").save(d / "rgba.png")
+    Image.fromarray(noise(40, 40, dtype=np.uint16, high=65536)).save(d / "gray16.png")
+    (d / "sub").mkdir()
+    Image.fromarray(noise(64, 64, 3)).save(d / "sub" / "deeper.png")
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (d / "notes.txt").write_text("not an image: not listed")
+    return d
+
+
+def test_folder_table_csv_json_and_exit_code(weights, folder, tmp_path, capsys):
+    out_csv, out_json = tmp_path / "out.csv", tmp_path / "out.json"
+    code = main([str(folder), "--weights", str(weights), "--csv", str(out_csv),
+                 "--json", str(out_json), "--batch", "7"])  # fmt: skip
+    assert code == EXIT_UNREADABLE  # one corrupt file, the others scored
+    captured = capsys.readouterr()
+    table = captured.out.splitlines()
+    assert table[0].split() == ["path", "decision", "score", "P(fake)", "tiles", "size"]
+    detector = Detector.load(weights)
+    for name, ((w, h), n_tiles) in GOOD.items():
+        [line] = [row for row in table if row.startswith(str(folder / name) + " ")]
+        decision, score, prob, tiles, size = line.split()[1:]
+        result = detector.score_one(folder / name)
+        assert decision.rstrip("*") == ("fake" if result.fake else "real")
+        assert decision.endswith("*") == (min(w, h) < 32)  # flagged undersized
+        assert (int(tiles), size) == (n_tiles, f"{w}x{h}")
+        assert float(score) == pytest.approx(result.score, abs=5e-4)  # printed to 3 decimals
+    assert "corrupt" not in captured.out and "notes.txt" not in captured.out
+    assert f"{len(GOOD)} of {len(GOOD) + 1} images scored" in captured.out
+    assert "calibrated for a 5 % FPR" in captured.out
+    assert f"{folder / 'corrupt.png'}: " in captured.err  # listed with its reason
+
+    with out_csv.open(newline="") as f:
+        rows = {Path(r["path"]).relative_to(folder).as_posix(): r for r in csv.DictReader(f)}
+    assert set(rows) == {*GOOD, "corrupt.png"}
+    bad = rows["corrupt.png"]
+    assert bad["status"] == "unreadable" and bad["reason"] and bad["score"] == ""
+    for name, ((w, h), n_tiles) in GOOD.items():
+        r = rows[name]
+        assert r["status"] == "ok" and r["reason"] == ""
+        assert (int(r["width"]), int(r["height"]), int(r["tiles"])) == (w, h, n_tiles)
+        assert float(r["score"]) == pytest.approx(detector.score_one(folder / name).score, abs=1e-5)
+        assert r["decision"] == ("fake" if float(r["score"]) >= detector.threshold else "real")
+
+    report = json.loads(out_json.read_text())
+    assert report["summary"]["scored"] == len(GOOD) and report["summary"]["unreadable"] == 1
+    assert report["detector"]["threshold"] == detector.threshold
+    assert len(report["images"]) == len(GOOD) + 1
+
+
+def test_all_readable_exits_zero(weights, folder, capsys):
+    files = [str(folder / name) for name in GOOD]
+    assert main([*files, "--weights", str(weights)]) == EXIT_OK
+    assert capsys.readouterr().err == ""
+
+
+def test_a_named_file_is_tried_whatever_its_extension(weights, folder, tmp_path, capsys):
+    odd = tmp_path / "picture.data"
+    odd.write_bytes((folder / "good.png").read_bytes())
+    assert main([str(odd), "--weights", str(weights)]) == EXIT_OK
+    assert "77x100" in capsys.readouterr().out
+
+
+def test_threshold_and_fpr_options(weights, folder, capsys):
+    good = str(folder / "good.png")
+    assert main([good, "--weights", str(weights), "--threshold", "-1000"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert " fake " in out and "(given)" in out  # everything is above -1000
+    assert main([good, "--weights", str(weights), "--fpr", "0.5"]) == EXIT_OK
+    assert "calibrated for a 50 % FPR" in capsys.readouterr().out
+
+
+def test_labelled_layout_reports_rates(weights, folder, tmp_path, capsys):
+    root = tmp_path / "cnndet"
+    for sub, names in (("0_real", ["good.png", "gray.png"]), ("1_fake", ["rgba.png"])):
+        (root / sub).mkdir(parents=True)
+        for n in names:
+            (root / sub / n).write_bytes((folder / n).read_bytes())
+    out_csv = tmp_path / "l.csv"
+    assert main([str(root), "--weights", str(weights), "--csv", str(out_csv)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[-1] == "label"
+    assert "TPR" in out and "FPR" in out and "AUC" in out
+    with out_csv.open(newline="") as f:
+        labels = {Path(r["path"]).name + r["label"] for r in csv.DictReader(f)}
+    assert labels == {"good.png0", "gray.png0", "rgba.png1"}
+
+
+def test_manifest_with_a_missing_file(weights, folder, tmp_path, capsys):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label\n{folder / 'good.png'},real\nabsent.png,fake\n")
+    assert main([str(manifest), "--weights", str(weights)]) == EXIT_UNREADABLE
+    assert "absent.png: FileNotFoundError" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["/nonexistent/dir"], "does not exist"),
+        (["{folder}", "--threshold", "1", "--fpr", "0.1"], "not allowed with"),
+        (["{folder}", "--fpr", "0.001"], "cannot calibrate"),  # 40 validation logits
+        (["{folder}", "--batch", "0"], "--batch"),
+        (["{folder}", "--weights", "{folder}/good.png"], "safetensors"),
+        (["{empty}"], "no image files"),
+        (["{folder}", "--csv", "{folder}/good.png/out.csv"], "cannot create the folder"),
+        (["{folder}", "--json", "{folder}"], "is a directory"),
+        ([], "required"),
+    ],
+)
+def test_usage_errors_exit_2(weights, folder, tmp_path, capsys, args, message):
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(folder=folder, empty=tmp_path / "empty") for a in args]
+    if "--weights" not in argv and argv:
+        argv += ["--weights", str(weights)]
+    assert main(argv) == EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_console_script_and_shipped_files_are_declared():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["assocmem-detect"] == "assocmem.forensic.detect:main"
+    shipped = project["tool"]["setuptools"]["package-data"]["assocmem"]
+    assert {"forensic/checkpoints/*.safetensors", "forensic/checkpoints/*.json"} <= set(shipped)
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and scikit-learn: 3-40 s on a busy machine
+def test_python_dash_m_runs(weights, folder):
+    done = subprocess.run(
+        [sys.executable, "-m", "assocmem.forensic.detect", str(folder / "tiny.png")]
+        + ["--weights", str(weights), "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "7x5" in done.stdout

@@ -1,0 +1,252 @@
+"""``Detector`` and its checkpoint format: round trip, scores, refusals, the shipped weights."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detector_support import save_tiny_detector
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from assocmem.forensic import Detector
+from assocmem.forensic.calibration import threshold_at_fpr
+from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT, FORMAT_VERSION, load_detector
+from assocmem.forensic.tiling import tiles
+
+# Logits of the same float32 network on the same tiles, batched differently: the convolution
+# kernels may sum in another order. A logit here is an O(1) sum of a few thousand float32
+# products (rounding ~1e-7 each, relative), so orders differ by well under 1e-5.
+LOGIT_TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_detector(tmp_path_factory.mktemp("det") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def detector(ckpt: Path) -> Detector:
+    return Detector.load(ckpt)
+
+
+def test_round_trip_keeps_weights_and_calibration(ckpt: Path, detector: Detector):
+    loaded = load_detector(ckpt)
+    assert loaded.architecture == "npr" and loaded.patch_size == 32
+    assert not loaded.model.training  # BatchNorm decides on its running statistics
+    assert list(loaded.val_real_logits) == sorted(loaded.val_real_logits)
+    assert loaded.threshold == threshold_at_fpr(loaded.val_real_logits, 0.05)
+    assert detector.threshold == loaded.threshold and detector.stride == 32
+    sidecar = json.loads(ckpt.with_suffix(".json").read_text())
+    assert sidecar == loaded.header  # the readable copy is the header
+
+
+def test_score_is_the_mean_of_the_tile_logits(detector: Detector):
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(3, 70, 45, generator=g)
+    result = detector.score_one(image)
+    with torch.no_grad():
+        by_hand = detector.model(tiles(image, 32, 32))  # every tile in one batch
+    assert result.tiles == len(by_hand) == 3 * 2  # rows 0, 32, 38; columns 0, 14 (45 -> 46)
+    assert result.score == pytest.approx(float(by_hand.double().mean()), abs=LOGIT_TOL)
+    assert result.probability == pytest.approx(1 / (1 + math.exp(-result.score)), abs=1e-6)
+    assert result.fake == (result.score >= detector.threshold)
+    assert (result.height, result.width, result.undersized) == (70, 45, False)
+
+
+def test_scores_do_not_depend_on_the_batch(detector: Detector):
+    image = torch.rand(3, 100, 100, generator=torch.Generator().manual_seed(2))
+    one = Detector.load(detector.source, batch_size=1).tile_logits(image)
+    many = detector.tile_logits(image)
+    torch.testing.assert_close(one, many, rtol=0, atol=LOGIT_TOL)
+
+
+def test_inputs_paths_pil_tensors_agree(detector: Detector, tmp_path: Path):
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    as_uint8 = torch.from_numpy(pixels).permute(2, 0, 1)
+    results = detector.score(
+        [tmp_path / "x.png", Image.fromarray(pixels), as_uint8, as_uint8.float() / 255]
+    )
+    scores = [r.score for r in results]
+    assert scores[:3] == [scores[0]] * 3  # the same uint8 pixels, the same computation
+    assert scores[3] == pytest.approx(scores[0], abs=LOGIT_TOL)
+    assert len(detector.score(as_uint8)) == 1  # one (3, H, W) tensor is one image
+
+
+def test_exif_rotation_is_applied(detector: Detector, tmp_path: Path):
+    im = Image.fromarray(np.zeros((20, 60, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": width and height swap
+    im.save(tmp_path / "r.jpg", exif=exif)
+    result = detector.score_one(tmp_path / "r.jpg")
+    assert (result.height, result.width) == (60, 20)
+
+
+def test_bad_inputs_are_refused(detector: Detector):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        detector.score_one(torch.full((3, 32, 32), 2.0))
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        detector.score_one(torch.zeros(1, 32, 32))
+    with pytest.raises(TypeError, match="cannot score"):
+        detector.score_one(3.0)  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError):
+        detector.score_one("/nonexistent/image.png")
+
+
+def test_thresholds_from_another_fpr_or_given(detector: Detector):
+    n = len(detector.val_real_logits)
+    other = detector.with_fpr(0.25)
+    assert other.threshold == threshold_at_fpr(detector.val_real_logits, 0.25)
+    flagged = np.mean(np.asarray(detector.val_real_logits) >= other.threshold)
+    assert flagged <= 0.25 and other.target_fpr == 0.25
+    with pytest.raises(ValueError, match="cannot calibrate"):
+        detector.with_fpr(0.5 / n)  # below one real in n
+    given_ = detector.with_threshold(1.5)
+    assert given_.threshold == 1.5 and given_.target_fpr is None
+
+
+def _rewrite(src: Path, dst: Path, edit_header=None, edit_tensors=None, raw_header=None) -> Path:
+    """Copy a checkpoint with its header and/or tensors edited (no sidecar)."""
+    from safetensors import safe_open
+
+    with safe_open(str(src), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(src))
+    header = json.loads(metadata["assocmem"])
+    if edit_header:
+        edit_header(header)
+    if edit_tensors:
+        edit_tensors(tensors)
+    text = raw_header if raw_header is not None else json.dumps(header)
+    save_file(tensors, str(dst), metadata={"assocmem": text})
+    return dst
+
+
+def _set(keys, value):
+    def edit(h):
+        d = h
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+
+    return edit
+
+
+def _drop(key):
+    return lambda h: h.pop(key)
+
+
+TAMPERED = {
+    "version": (dict(edit_header=_set(["version"], FORMAT_VERSION + 1)), "format version"),
+    "format": (dict(edit_header=_set(["format"], "other")), "format"),
+    "missing calibration": (dict(edit_header=_drop("calibration")), "lacks"),
+    "missing arch_kwargs": (dict(edit_header=_drop("arch_kwargs")), "lacks"),
+    "NaN threshold": (
+        dict(edit_header=_set(["calibration", "threshold"], float("nan"))),
+        "finite",
+    ),
+    "edited threshold": (
+        dict(edit_header=_set(["calibration", "threshold"], -100.0)),
+        "was edited",
+    ),
+    "unsorted table": (
+        dict(edit_header=_set(["calibration", "val_real_logits"], [1.0, 0.0])),
+        "sorted",
+    ),
+    "shapes": (dict(edit_header=_set(["arch_kwargs", "widths"], [4, 16])), "expects"),
+    "unknown architecture": (dict(edit_header=_set(["architecture"], "resnet")), "unknown"),
+    "bad constructor args": (dict(edit_header=_set(["arch_kwargs", "depth"], 3)), "built"),
+    "odd patch": (dict(edit_header=_set(["patch_size"], 31)), "patch_size"),
+    "not JSON": (dict(raw_header="{not json"), "not JSON"),
+    "not a dict": (dict(raw_header="[1, 2]"), "not a dict"),
+    "NaN weight": (
+        dict(edit_tensors=lambda t: t["model.fc.bias"].fill_(float("nan"))),
+        "non-finite",
+    ),
+    "stray tensor": (
+        dict(edit_tensors=lambda t: t.update({"extra": torch.zeros(1)})),
+        "unexpected",
+    ),
+    "missing tensor": (dict(edit_tensors=lambda t: t.pop("model.fc.bias")), "missing"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_tampered_checkpoints_are_refused(ckpt: Path, tmp_path: Path, case: str):
+    edits, match = TAMPERED[case]
+    bad = _rewrite(ckpt, tmp_path / "bad.safetensors", **edits)
+    with pytest.raises(ValueError, match=match):
+        load_detector(bad)
+
+
+def test_a_sidecar_that_disagrees_is_refused(ckpt: Path, tmp_path: Path):
+    copy = tmp_path / "c.safetensors"
+    copy.write_bytes(ckpt.read_bytes())
+    header = json.loads(ckpt.with_suffix(".json").read_text())
+    header["calibration"]["target_fpr"] = 0.01
+    copy.with_suffix(".json").write_text(json.dumps(header))
+    with pytest.raises(ValueError, match="differs from the header"):
+        load_detector(copy)
+    copy.with_suffix(".json").write_text("{oops")
+    with pytest.raises(ValueError, match="not readable JSON"):
+        load_detector(copy)
+    copy.with_suffix(".json").unlink()
+    assert load_detector(copy).patch_size == 32  # the header inside the file is the checkpoint
+
+
+def test_not_a_checkpoint_is_refused(tmp_path: Path):
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_detector(tmp_path / "junk.safetensors")
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_detector(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_detector(tmp_path / "absent.safetensors")
+    save_file({"model.x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ValueError, match="no header"):
+        load_detector(tmp_path / "plain.safetensors")
+
+
+def test_the_shipped_checkpoint_loads():
+    assert DEFAULT_CHECKPOINT.is_file(), "python -m experiments.ship_detector writes it"
+    shipped = load_detector()
+    assert shipped.architecture == "npr" and shipped.arch_kwargs == {"norm": "batch"}
+    assert shipped.patch_size == 32 and shipped.target_fpr == 0.05
+    assert shipped.val_real_fpr <= 0.05
+    assert shipped.info["command"].startswith("python -m experiments.ship_detector")
+    assert Detector.load().source == str(DEFAULT_CHECKPOINT)
+
+
+# The shipped detector's mean AUCs on the built-in test split, as written into its checkpoint by
+# `python -m experiments.ship_detector` (docs/results.md, "Shipped detector"). MARGIN: a patch is
+# one tile, so the Detector reproduces the logits that table was made from; what can move is the
+# benchmark itself, whose fakes come from generators trained on the machine that builds it
+# (another CPU kernel rounds differently). 0.03 is about 4x the seed-to-seed std of npr_bn's mean
+# AUCs (0.007-0.008, docs/results.md "Forensic detectors").
+SHIPPED_SEEN_AUC, SHIPPED_HELDOUT_AUC, MARGIN = 0.905, 0.846, 0.03
+
+
+@pytest.mark.slow  # builds the full built-in benchmark (minutes) unless it is cached
+def test_the_shipped_detector_scores_the_test_split():
+    from assocmem.forensic.data import BenchmarkConfig, build_benchmark
+    from assocmem.forensic.metrics import per_family_metrics
+
+    shipped = load_detector()
+    data = shipped.info["data"]
+    config = BenchmarkConfig()
+    assert config.key() == data["key"], "the benchmark changed: rerun experiments.ship_detector"
+    bench = build_benchmark(config, progress=False)
+    detector = Detector.load()
+    for group, bound in (("seen", SHIPPED_SEEN_AUC), ("heldout", SHIPPED_HELDOUT_AUC)):
+        test = bench.split("test", tuple(data[group]))
+        results = detector.score(test.images_uint8)  # (N, 3, 32, 32): one tile per image
+        assert {r.tiles for r in results} == {1}
+        names = [test.family_of(i) for i in range(len(test))]
+        scores = np.array([r.score for r in results])
+        metrics = per_family_metrics(test.labels.numpy(), scores, names, from_logits=True)
+        assert metrics["mean"]["auc"] >= bound - MARGIN, (group, metrics["mean"]["auc"])
