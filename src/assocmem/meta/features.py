@@ -34,6 +34,7 @@ from torch import Tensor
 
 from assocmem.memory import ElementwiseMemory, hebbian_write, read
 from assocmem.meta.config import LearnedConfig
+from assocmem.optim import sharded
 from assocmem.optim.reads import bias_corrected
 
 MemoryState = dict[str, Tensor]
@@ -104,11 +105,39 @@ def features(
     signals = torch.cat([grad.reshape(1, n), m_hat], dim=0)  # (1 + B, n)
     root_v = torch.sqrt(v_hat + config.eps**2)
     adam_normalised = signals / root_v
-    rms_normalised = signals * torch.rsqrt(signals.square().mean(dim=1, keepdim=True) + _TINY)
     p = param.reshape(1, n)
-    param_feature = p * torch.rsqrt(p.square().mean() + _TINY)
-    curvature = (root_v * torch.rsqrt(root_v.square().mean() + _TINY)).view(1, n)
+    ms_signals, ms_param, ms_root_v = _mean_squares(signals, p, root_v)
+    rms_normalised = signals * torch.rsqrt(ms_signals + _TINY)
+    param_feature = p * torch.rsqrt(ms_param + _TINY)
+    curvature = (root_v * torch.rsqrt(ms_root_v + _TINY)).view(1, n)
     time = torch.tensor(time_embedding(t, config), dtype=grad.dtype, device=grad.device)
     time = time.view(-1, 1).expand(-1, n)
     x = torch.cat([adam_normalised, rms_normalised, param_feature, curvature, time], dim=0)
     return x.clamp(-config.feature_clip, config.feature_clip).T
+
+
+def _mean_squares(signals: Tensor, p: Tensor, root_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The tensor-wide mean squares under the RMS features: of each signal ``(1 + B, 1)``, of
+    the parameter and of ``sqrt(v_hat)``.
+
+    When the optimizer steps an FSDP2 shard (:mod:`assocmem.optim.sharded`), the rank's sums
+    of squares and its element count are all-reduced (``B + 4`` floats per tensor) so every
+    shard is normalised by the whole tensor's RMS, as in one process.
+    """
+    if not sharded.active():
+        return (
+            signals.square().mean(dim=1, keepdim=True),
+            p.square().mean(),
+            root_v.square().mean(),
+        )
+    sums = torch.cat(
+        [
+            signals.square().sum(dim=1),
+            p.square().sum().view(1),
+            root_v.square().sum().view(1),
+            p.new_full((1,), p.numel()),
+        ]
+    )
+    sums = sharded.all_sum(sums)
+    means = sums[:-1] / sums[-1]
+    return means[:-2].view(-1, 1), means[-2], means[-1]

@@ -79,6 +79,9 @@ class Learned(Preset):
         _, config = load_learned(group["checkpoint"], param.dtype, param.device)
         return init_memory(param, config)
 
+    def shards_locally(self, group: Group) -> bool:
+        return True  # the features' tensor-wide mean squares are all-reduced
+
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         self._step([param], [grad], [state], group, batch=False)
 

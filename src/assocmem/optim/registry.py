@@ -72,6 +72,15 @@ class Preset:
         """Fast path fused by ``torch.compile`` (``compile=True``); only some presets have one."""
         raise NotImplementedError(f"memory={self.name!r} has no compiled path")
 
+    def shards_locally(self, group: Group) -> bool:
+        """Whether the fast path steps an FSDP2-sharded tensor from this rank's rows alone.
+
+        True only for a preset whose fast path is elementwise, or completes every whole-tensor
+        quantity with :func:`assocmem.optim.sharded.all_sum`; otherwise (the default, always
+        correct) ``MemoryOptimizer`` all-gathers each sharded tensor and its state to step it.
+        """
+        return False
+
     @classmethod
     def compiles(cls) -> bool:
         """Whether the preset has a :meth:`compiled_step`."""
