@@ -28,6 +28,7 @@ Shapes legend: ``n`` coordinates of one tensor, ``F`` features, ``B`` momenta.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -60,8 +61,7 @@ def write(state: MemoryState, grad: Tensor, config: LearnedConfig) -> MemoryStat
     second moment is written as value ``(1 - beta2) g`` under key ``g`` at rate 1, which is
     ``(1 - beta2) g^2`` in the operation order the shipped checkpoint was meta-trained with.
     """
-    betas = torch.tensor(config.betas, dtype=grad.dtype, device=grad.device)
-    betas = betas.view(-1, *([1] * grad.dim()))
+    betas = _constants(config.betas, grad).view(-1, *([1] * grad.dim()))
     momenta = hebbian_write(
         ElementwiseMemory(state["momenta"]), None, grad.unsqueeze(0), lr=1 - betas, retention=betas
     )
@@ -97,9 +97,7 @@ def features(
     """
     n = param.numel()
     t = float(step)
-    corr = torch.tensor(
-        [1.0 - b**t for b in config.betas], dtype=grad.dtype, device=grad.device
-    ).view(-1, 1)
+    corr = _constants([1.0 - b**t for b in config.betas], grad).view(-1, 1)
     m_hat = state["momenta"].reshape(len(config.betas), n) / corr
     v_hat = bias_corrected(state["second_moment"].reshape(n), config.beta2, t)
     signals = torch.cat([grad.reshape(1, n), m_hat], dim=0)  # (1 + B, n)
@@ -110,10 +108,17 @@ def features(
     rms_normalised = signals * torch.rsqrt(ms_signals + _TINY)
     param_feature = p * torch.rsqrt(ms_param + _TINY)
     curvature = (root_v * torch.rsqrt(ms_root_v + _TINY)).view(1, n)
-    time = torch.tensor(time_embedding(t, config), dtype=grad.dtype, device=grad.device)
-    time = time.view(-1, 1).expand(-1, n)
+    time = _constants(time_embedding(t, config), grad).view(-1, 1).expand(-1, n)
     x = torch.cat([adam_normalised, rms_normalised, param_feature, curvature, time], dim=0)
     return x.clamp(-config.feature_clip, config.feature_clip).T
+
+
+def _constants(values: Sequence[float], like: Tensor) -> Tensor:
+    """``values`` as a vector of ``like``'s dtype on its device, made there by fill kernels:
+    ``torch.tensor(values, device=...)`` would copy from pageable host memory, which waits for
+    the device's queue, several times per tensor per step. The same numbers (each value is
+    rounded to the dtype as ``torch.tensor`` rounds it)."""
+    return torch.stack([like.new_full((), v) for v in values])
 
 
 def _mean_squares(signals: Tensor, p: Tensor, root_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:

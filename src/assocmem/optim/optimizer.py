@@ -160,6 +160,8 @@ class MemoryOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         gathered = [_with_grads(group) for group in self.param_groups]
+        if torch.compiler.is_compiling():  # read while dynamo traces; eagerly never called
+            _refuse_uncompilable(self.param_groups, gathered, self.state)
         if self.nonfinite != "ignore" and not _all_finite(
             [_real(g) for _, grads in gathered for g in grads]
         ):
@@ -181,8 +183,7 @@ class MemoryOptimizer(Optimizer):
             state = self.state[p]
             if not state:
                 _check_param(p, group, preset)
-                state["step"] = torch.zeros((), dtype=torch.float32)
-                state.update(_fresh_state(preset, p, group))
+                state.update(_first_state(preset, p, group))
             elif MASTER in state and not torch.equal(state[MASTER].to(p.dtype), _real(p)):
                 state[MASTER].copy_(_real(p))  # the parameter was changed outside the optimizer
             states.append(state)
@@ -337,6 +338,31 @@ class MemoryOptimizer(Optimizer):
         self.skipped_steps = skipped
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
+
+
+# Run eagerly from the compiled step: a raise inside the traced graph is only a graph break,
+# after which dynamo would run (and miscompile) the rest anyway.
+@torch.compiler.disable
+def _refuse_uncompilable(
+    groups: list[Group], gathered: list[tuple[list[Tensor], list[Tensor]]], state: Any
+) -> None:
+    """Raise where ``torch.compile(opt.step)`` would compute something else than eager.
+
+    torch 2.13's AOTAutograd drops in-place writes to 0-d float64 tensors that enter the graph
+    (a float64 scalar parameter, or a preset's scalar state such as deep's RMS): the step
+    would silently leave them unchanged (learned moved 0.09 off the eager run in one step).
+    """
+    for group, (params, _) in zip(groups, gathered, strict=True):
+        for p in params:
+            # before its first step: the state that step will create (traced once, so cheap)
+            own = state.get(p) or _fresh_state(get_preset(group["memory"]), p.detach(), group)
+            tensors = [p, *(v for v in own.values() if isinstance(v, Tensor))]
+            if any(t.dim() == 0 and t.dtype == torch.float64 for t in tensors):
+                raise RuntimeError(
+                    "torch.compile of MemoryOptimizer.step cannot step float64 scalars (0-d "
+                    "parameters or state): torch's AOTAutograd drops in-place writes to them. "
+                    "Step such a model eagerly, or in float32."
+                )
 
 
 def _reject_unknown(hyper: dict[str, Any], preset: Preset, memory: str) -> None:
@@ -505,6 +531,17 @@ def _step_tensor(step: Any) -> Tensor:
 def _real(t: Tensor) -> Tensor:
     """A complex tensor as its real view ``(..., 2)``; a real one as itself."""
     return torch.view_as_real(t) if t.is_complex() else t
+
+
+# Run eagerly even inside torch.compile(opt.step): torch 2.13's inductor returns one buffer for
+# equal fresh outputs (two `zeros.clone()`, every parameter's `torch.zeros(())` step), so state
+# built in a compiled graph aliased: landscape's prev_grad and prev_param were one tensor (its
+# compiled step came out wrong from step 2), cms's step list held one tensor per tensor stepped
+# (torch._fused_adam_ asserted). Built once per parameter, so the graph break costs nothing.
+@torch.compiler.disable
+def _first_state(preset: Preset, param: Tensor, group: Group) -> dict[str, Any]:
+    """``step`` and :func:`_fresh_state`: a parameter's state, created at its first step."""
+    return {"step": torch.zeros((), dtype=torch.float32), **_fresh_state(preset, param, group)}
 
 
 def _fresh_state(preset: Preset, param: Tensor, group: Group) -> dict[str, Any]:

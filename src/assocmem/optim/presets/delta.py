@@ -145,10 +145,10 @@ class Delta(Preset):
             torch._foreach_mul_(bufs, alpha)
             torch._foreach_add_(bufs, grads, alpha=eta)
         elif erase == "tensor":
-            rates = (eta - gamma * tensor_overlaps(grads, bufs)).tolist()
+            # the rates stay on the device (a .tolist() here waited for it every step)
+            rates = (eta - gamma * tensor_overlaps(grads, bufs)).unbind()
             torch._foreach_mul_(bufs, alpha)
-            for m, g, rate in zip(bufs, grads, rates, strict=True):
-                m.add_(g, alpha=rate)
+            torch._foreach_addcmul_(bufs, grads, list(rates))
         else:
             rates = [eta - gamma * row_overlaps(g, m) for g, m in zip(grads, bufs, strict=True)]
             torch._foreach_mul_(bufs, alpha)
@@ -173,8 +173,11 @@ def tensor_overlaps(grads: list[Tensor], bufs: list[Tensor]) -> Tensor:
         [_underflow_floor(g.dtype) for g in grads], dtype=dots.dtype, device=dots.device
     )
     c = _overlap(dots, norms2)
-    for i in _out_of_range(dots, norms2, floor).nonzero().flatten().tolist():
-        c[i] = _scaled_overlap(grads[i].reshape(1, -1), bufs[i].reshape(1, -1), whole=True)[0]
+    bad = _out_of_range(dots, norms2, floor)
+    if bool(bad.any()):  # one host read per step; the indices only in the rare fallback
+        for i in bad.nonzero().flatten().tolist():
+            rows = grads[i].reshape(1, -1), bufs[i].reshape(1, -1)
+            c[i] = _scaled_overlap(*rows, whole=True)[0]
     return c
 
 
