@@ -77,7 +77,7 @@ def optimizer(net: nn.Module, case: str) -> MemoryOptimizer:
     kw: dict[str, object] = {}
     for option in options:
         key, value = option.split("=")
-        kw[key] = bool(int(value)) if key == "foreach" else value
+        kw[key] = bool(int(value)) if key in ("foreach", "orthogonalize") else value
     return MemoryOptimizer(net.parameters(), memory, lr=safe_lr(memory), **kw)
 
 

@@ -23,14 +23,14 @@ import pytest
 import torch
 from optim_support import LOCKSTEP_TOL
 
-from assocmem import get_preset
+from assocmem import MemoryOptimizer, get_preset
 
 pytestmark = pytest.mark.slow
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 # Every preset with its defaults, plus the options that change what a sharded step
-# communicates: delta's per-row erase (1-D tensors are one row split across ranks), landscape's
-# scalar form and deep's reference path (both gathered).
+# communicates: delta's per-row erase (1-D tensors are one row split across ranks), cms's
+# Newton-Schulz read, landscape's scalar form and deep's reference path (all three gathered).
 CASES = [
     "momentum",
     "adam",
@@ -38,6 +38,7 @@ CASES = [
     "delta:erase=row",
     "muon",
     "cms",
+    "cms:orthogonalize=1",
     "deep",
     "deep:foreach=0",
     "learned",
@@ -90,6 +91,8 @@ def test_sharded_training_equals_one_process_and_resumes_bit_exactly(results, ca
 @pytest.mark.parametrize("case", CASES)
 def test_sharded_tensors_are_gathered_only_when_the_memory_needs_them_whole(results, case):
     memory, *options = case.split(":")
-    group = {"form": "diagonal", **dict(o.split("=") for o in options)}
+    group = MemoryOptimizer.hyperparameters(memory)
+    for key, value in (o.split("=") for o in options):
+        group[key] = bool(int(value)) if value.isdigit() else value
     local = "foreach=0" not in options and get_preset(memory).shards_locally(group)
     assert (results[case]["gathered"] == 0) == local

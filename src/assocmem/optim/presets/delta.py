@@ -167,11 +167,14 @@ def tensor_overlaps(grads: list[Tensor], bufs: list[Tensor]) -> Tensor:
         [torch.dot(g.reshape(-1), m.reshape(-1)) for g, m in zip(grads, bufs, strict=True)]
     )
     norms2 = torch.stack(torch._foreach_norm(grads)).square()
-    counts = torch.tensor([g.numel() for g in grads], dtype=dots.dtype, device=dots.device)
-    dots, norms2, counts = sharded.all_sum(torch.stack([dots, norms2, counts])).unbind(0)
-    floor = counts * torch.tensor(
-        [_underflow_floor(g.dtype) for g in grads], dtype=dots.dtype, device=dots.device
-    )
+    floors = [_underflow_floor(g.dtype) for g in grads]  # per element of the tensor
+    if sharded.active():
+        counts = torch.tensor([g.numel() for g in grads], dtype=dots.dtype, device=dots.device)
+        dots, norms2, counts = sharded.all_sum(torch.stack([dots, norms2, counts])).unbind(0)
+        floor = counts * torch.tensor(floors, dtype=dots.dtype, device=dots.device)
+    else:
+        per_tensor = [g.numel() * f for g, f in zip(grads, floors, strict=True)]
+        floor = torch.tensor(per_tensor, dtype=dots.dtype, device=dots.device)
     c = _overlap(dots, norms2)
     bad = _out_of_range(dots, norms2, floor)
     if bool(bad.any()):  # one host read per step; the indices only in the rare fallback
