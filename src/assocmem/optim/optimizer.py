@@ -209,11 +209,12 @@ class MemoryOptimizer(Optimizer):
                 and preset.shards_locally(group)
                 and sharded.steps_locally(key)
             ):
-                with sharded.reducing(key):
+                local_ws = [sharded.local(w) for w in ws]
+                with sharded.reducing(key, list(zip(local_ws, ws, strict=True))):
                     self._step_tensors(
                         group,
                         preset,
-                        [sharded.local(w) for w in ws],
+                        local_ws,
                         [sharded.local(g) for g in gs],
                         [sharded.local_state(s) for s in ss],
                     )

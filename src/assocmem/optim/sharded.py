@@ -24,6 +24,7 @@ or ``Replicate`` (HSDP); any other placement (tensor parallel ``Shard(1)``, say)
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -39,6 +40,8 @@ except ImportError:  # pragma: no cover
 
 # The process groups a local step reduces over (one per sharded mesh dimension); empty outside.
 _GROUPS: ContextVar[tuple[Any, ...]] = ContextVar("assocmem_shard_groups", default=())
+# The whole tensor's row count of each local piece being stepped, by id of the piece.
+_ROWS: ContextVar[dict[int, int]] = ContextVar("assocmem_shard_rows", default={})  # noqa: B039
 
 
 def is_sharded(t: Any) -> bool:
@@ -81,14 +84,19 @@ def _shard_groups(key: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 @contextlib.contextmanager
-def reducing(key: tuple[Any, ...]) -> Iterator[None]:
+def reducing(key: tuple[Any, ...], pieces: Sequence[tuple[Tensor, Tensor]] = ()) -> Iterator[None]:
     """Inside, :func:`all_sum` and :func:`all_max` complete partial results over the shards of
-    ``key``'s layout."""
-    token = _GROUPS.set(_shard_groups(key))
+    ``key``'s layout, and :func:`gather_rows` knows the whole row count of each ``(local,
+    dtensor)`` piece in ``pieces``."""
+    tokens = (
+        _GROUPS.set(_shard_groups(key)),
+        _ROWS.set({id(piece): whole.shape[0] for piece, whole in pieces}),
+    )
     try:
         yield
     finally:
-        _GROUPS.reset(token)
+        _ROWS.reset(tokens[1])
+        _GROUPS.reset(tokens[0])
 
 
 def active() -> bool:
@@ -105,6 +113,49 @@ def means(xs: Sequence[Tensor]) -> list[Tensor]:
     partial = torch.stack([torch.stack([x.sum(), x.new_full((), x.numel())]) for x in xs])
     total = all_sum(partial.to(dtype))
     return [(s / n).to(x.dtype) for (s, n), x in zip(total.unbind(0), xs, strict=True)]
+
+
+def whole_numel(local_param: Tensor) -> int:
+    """The element count of the whole tensor whose rows ``local_param`` holds (its own outside
+    a sharded step): a rank's piece may be empty where the tensor is not."""
+    rows = _ROWS.get().get(id(local_param))
+    if rows is None or local_param.dim() == 0:
+        return local_param.numel()
+    return rows * math.prod(local_param.shape[1:])
+
+
+def _row_layout(local_param: Tensor) -> tuple[Any, int, int, int]:
+    """``(group, rank, world, chunk)`` of a sharded parameter's rows: FSDP2 (like
+    ``torch.chunk``) gives rank ``r`` rows ``[r c, min((r + 1) c, n))``, ``c = ceil(n / W)``."""
+    groups = _GROUPS.get()
+    if len(groups) != 1:
+        raise NotImplementedError(f"rows sharded over {len(groups)} mesh dimensions")
+    group = groups[0]
+    world = dist.get_world_size(group)
+    rows = _ROWS.get()[id(local_param)]
+    return group, dist.get_rank(group), world, -(-rows // world)
+
+
+def gather_rows(x: Tensor, local_param: Tensor) -> Tensor:
+    """The whole tensor of which ``x`` holds this rank's rows, on every rank (sharded like
+    ``local_param``, the local piece of a parameter being stepped).
+
+    One all-gather of ``W x ceil(n / W)`` rows: each piece padded to the largest, so uneven and
+    empty pieces gather alike; the rows then are the first ``n``.
+    """
+    group, _, world, chunk = _row_layout(local_param)
+    rows = _ROWS.get()[id(local_param)]
+    padded = x.new_zeros(chunk, *x.shape[1:])
+    padded[: x.shape[0]] = x
+    pieces = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(pieces, padded.contiguous(), group=group)
+    return torch.cat(pieces)[:rows]
+
+
+def own_rows(whole: Tensor, local_param: Tensor) -> Tensor:
+    """This rank's rows of ``whole`` (a view), sharded like ``local_param``."""
+    _, rank, _, chunk = _row_layout(local_param)
+    return whole[min(rank * chunk, whole.shape[0]) : (rank + 1) * chunk]
 
 
 def all_sum(x: Tensor) -> Tensor:
