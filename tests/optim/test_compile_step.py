@@ -1,4 +1,5 @@
-"""``torch.compile(opt.step)``, the whole step as a user compiles it, gives the eager numbers.
+"""``torch.compile(opt.step)``, the whole step as a user compiles it, gives the eager numbers,
+or the preset refuses it (``Preset.uncompilable``: ``learned``).
 
 One test per preset, behind the slow marker (a cold compile of a step is 10-150 s here). The
 runs are float32: torch 2.13's AOTAutograd drops in-place writes to 0-d float64 inputs (TinyNet's
@@ -16,7 +17,7 @@ import pytest
 import torch
 from optim_support import every_memory, flat_params, in_float64, loss_at, make_model
 
-from assocmem import MemoryOptimizer
+from assocmem import MemoryOptimizer, get_preset
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +41,10 @@ def _run(memory: str, compile_step: bool) -> tuple[list[torch.Tensor], list[torc
 @pytest.mark.parametrize("memory", every_memory())
 def test_compiled_step_gives_the_eager_numbers(memory):
     torch._dynamo.reset()  # no graphs or recompile budget left over from another preset
+    if get_preset(memory).uncompilable is not None:
+        with pytest.raises(RuntimeError, match=f"not supported for memory='{memory}'"):
+            _run(memory, compile_step=True)
+        return
     eager_params, eager_state = _run(memory, compile_step=False)
     params, state = _run(memory, compile_step=True)
     torch.testing.assert_close(params, eager_params, **TOL)

@@ -351,14 +351,21 @@ def _refuse_uncompilable(
 ) -> None:
     """Raise where ``torch.compile(opt.step)`` would compute something else than eager.
 
-    torch 2.13's AOTAutograd drops in-place writes to 0-d float64 tensors that enter the graph
-    (a float64 scalar parameter, or a preset's scalar state such as deep's RMS): the step
-    would silently leave them unchanged (learned moved 0.09 off the eager run in one step).
+    A preset may declare itself uncompilable (``Preset.uncompilable``). And torch 2.13's
+    AOTAutograd drops in-place writes to 0-d float64 tensors that enter the graph (a float64
+    scalar parameter, or a preset's scalar state such as deep's RMS): the step would silently
+    leave them unchanged (a float64 learned step moved 0.09 off the eager one).
     """
     for group, (params, _) in zip(groups, gathered, strict=True):
+        preset = get_preset(group["memory"])
+        if params and preset.uncompilable is not None:
+            raise RuntimeError(
+                f"torch.compile of MemoryOptimizer.step is not supported for "
+                f"memory={preset.name!r} ({preset.uncompilable}); step it eagerly"
+            )
         for p in params:
             # before its first step: the state that step will create (traced once, so cheap)
-            own = state.get(p) or _fresh_state(get_preset(group["memory"]), p.detach(), group)
+            own = state.get(p) or _fresh_state(preset, p.detach(), group)
             tensors = [p, *(v for v in own.values() if isinstance(v, Tensor))]
             if any(t.dim() == 0 and t.dtype == torch.float64 for t in tensors):
                 raise RuntimeError(

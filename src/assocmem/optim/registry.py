@@ -52,6 +52,9 @@ class Preset:
     hyper: ClassVar[dict[str, Hyper]] = {}
     # State entries that must hold no negative value (second moments, sums of squares).
     non_negative_state: ClassVar[tuple[str, ...]] = ()
+    # Why torch.compile(opt.step) is refused for this preset (it would not give the eager
+    # numbers), or None where it does (tests/optim/test_compile_step.py).
+    uncompilable: ClassVar[str | None] = None
 
     def init_state(self, param: Tensor, group: Group) -> State:
         raise NotImplementedError
