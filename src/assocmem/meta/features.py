@@ -28,12 +28,14 @@ Shapes legend: ``n`` coordinates of one tensor, ``F`` features, ``B`` momenta.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from assocmem.memory import ElementwiseMemory, hebbian_write, read
 from assocmem.meta.config import LearnedConfig
+from assocmem.optim import sharded
 from assocmem.optim.reads import bias_corrected
 
 MemoryState = dict[str, Tensor]
@@ -59,8 +61,7 @@ def write(state: MemoryState, grad: Tensor, config: LearnedConfig) -> MemoryStat
     second moment is written as value ``(1 - beta2) g`` under key ``g`` at rate 1, which is
     ``(1 - beta2) g^2`` in the operation order the shipped checkpoint was meta-trained with.
     """
-    betas = torch.tensor(config.betas, dtype=grad.dtype, device=grad.device)
-    betas = betas.view(-1, *([1] * grad.dim()))
+    betas = _constants(config.betas, grad).view(-1, *([1] * grad.dim()))
     momenta = hebbian_write(
         ElementwiseMemory(state["momenta"]), None, grad.unsqueeze(0), lr=1 - betas, retention=betas
     )
@@ -96,19 +97,52 @@ def features(
     """
     n = param.numel()
     t = float(step)
-    corr = torch.tensor(
-        [1.0 - b**t for b in config.betas], dtype=grad.dtype, device=grad.device
-    ).view(-1, 1)
+    corr = _constants([1.0 - b**t for b in config.betas], grad).view(-1, 1)
     m_hat = state["momenta"].reshape(len(config.betas), n) / corr
     v_hat = bias_corrected(state["second_moment"].reshape(n), config.beta2, t)
     signals = torch.cat([grad.reshape(1, n), m_hat], dim=0)  # (1 + B, n)
     root_v = torch.sqrt(v_hat + config.eps**2)
     adam_normalised = signals / root_v
-    rms_normalised = signals * torch.rsqrt(signals.square().mean(dim=1, keepdim=True) + _TINY)
     p = param.reshape(1, n)
-    param_feature = p * torch.rsqrt(p.square().mean() + _TINY)
-    curvature = (root_v * torch.rsqrt(root_v.square().mean() + _TINY)).view(1, n)
-    time = torch.tensor(time_embedding(t, config), dtype=grad.dtype, device=grad.device)
-    time = time.view(-1, 1).expand(-1, n)
+    ms_signals, ms_param, ms_root_v = _mean_squares(signals, p, root_v)
+    rms_normalised = signals * torch.rsqrt(ms_signals + _TINY)
+    param_feature = p * torch.rsqrt(ms_param + _TINY)
+    curvature = (root_v * torch.rsqrt(ms_root_v + _TINY)).view(1, n)
+    time = _constants(time_embedding(t, config), grad).view(-1, 1).expand(-1, n)
     x = torch.cat([adam_normalised, rms_normalised, param_feature, curvature, time], dim=0)
     return x.clamp(-config.feature_clip, config.feature_clip).T
+
+
+def _constants(values: Sequence[float], like: Tensor) -> Tensor:
+    """``values`` as a vector of ``like``'s dtype on its device, made there by fill kernels:
+    ``torch.tensor(values, device=...)`` would copy from pageable host memory, which waits for
+    the device's queue, several times per tensor per step. The same numbers (each value is
+    rounded to the dtype as ``torch.tensor`` rounds it)."""
+    return torch.stack([like.new_full((), v) for v in values])
+
+
+def _mean_squares(signals: Tensor, p: Tensor, root_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The tensor-wide mean squares under the RMS features: of each signal ``(1 + B, 1)``, of
+    the parameter and of ``sqrt(v_hat)``.
+
+    When the optimizer steps an FSDP2 shard (:mod:`assocmem.optim.sharded`), the rank's sums
+    of squares and its element count are all-reduced (``B + 4`` floats per tensor) so every
+    shard is normalised by the whole tensor's RMS, as in one process.
+    """
+    if not sharded.active():
+        return (
+            signals.square().mean(dim=1, keepdim=True),
+            p.square().mean(),
+            root_v.square().mean(),
+        )
+    sums = torch.cat(
+        [
+            signals.square().sum(dim=1),
+            p.square().sum().view(1),
+            root_v.square().sum().view(1),
+            p.new_full((1,), p.numel()),
+        ]
+    )
+    sums = sharded.all_sum(sums)
+    means = sums[:-1] / sums[-1]
+    return means[:-2].view(-1, 1), means[-2], means[-1]

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from assocmem.optim import validate
+from assocmem.optim import sharded, validate
 from assocmem.optim.registry import Group, Preset, available_memories, get_preset
 
 # Options every preset shares; the preset's own hyperparameters come from its registry entry.
@@ -33,6 +33,7 @@ NONFINITE_POLICIES = ("skip", "raise", "ignore")
 # s = W_t - W_{t-1} mostly zero (its bf16 step kept cosine 0.1-0.3 to the fp32 one).
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 MASTER = "master_param"
+SKIPPED = "skipped_steps"  # the optimizer-wide count, also saved in each param group
 
 
 class MemoryOptimizer(Optimizer):
@@ -69,7 +70,9 @@ class MemoryOptimizer(Optimizer):
     with fp32 state: the parameter is the fp32 trajectory rounded to its dtype, and a change
     made to it outside the optimizer is picked up at the next step. A complex parameter is
     stepped as its real view ``torch.view_as_real(p)`` (so it equals optimizing that real
-    view; its state is real). Empty parameters are left alone.
+    view; its state is real). Empty parameters are left alone. Parameters sharded by FSDP2
+    (``fully_shard``, ``DTensor``) are stepped shard by shard, and the state goes through
+    ``torch.distributed.checkpoint`` (docs/api.md, "Sharded training").
 
     Example:
         >>> import torch
@@ -159,6 +162,8 @@ class MemoryOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         gathered = [_with_grads(group) for group in self.param_groups]
+        if torch.compiler.is_compiling():  # read while dynamo traces; eagerly never called
+            _refuse_uncompilable(self.param_groups, gathered, self.state)
         if self.nonfinite != "ignore" and not _all_finite(
             [_real(g) for _, grads in gathered for g in grads]
         ):
@@ -180,8 +185,7 @@ class MemoryOptimizer(Optimizer):
             state = self.state[p]
             if not state:
                 _check_param(p, group, preset)
-                state["step"] = torch.zeros((), dtype=torch.float32)
-                state.update(_fresh_state(preset, p, group))
+                state.update(_first_state(preset, p, group))
             elif MASTER in state and not torch.equal(state[MASTER].to(p.dtype), _real(p)):
                 state[MASTER].copy_(_real(p))  # the parameter was changed outside the optimizer
             states.append(state)
@@ -195,16 +199,54 @@ class MemoryOptimizer(Optimizer):
             return
         if isinstance(group["lr"], Tensor):  # torch accepts a tensor lr; presets take a float
             group = {**group, "lr": group["lr"].item()}
-        self._step_tensors(
-            group,
-            preset,
-            [work[i] for i in kept],
-            [_working(grads[i]) for i in kept],
-            [states[i] for i in kept],
-        )
+        kept_work = [work[i] for i in kept]
+        kept_grads = [_working(grads[i]) for i in kept]
+        kept_states = [states[i] for i in kept]
+        for key, index in sharded.by_layout(kept_work):
+            ws, gs, ss = ([xs[j] for j in index] for xs in (kept_work, kept_grads, kept_states))
+            if key is None:
+                self._step_tensors(group, preset, ws, gs, ss)
+            elif (
+                group["foreach"] is not False
+                and preset.shards_locally(group)
+                and sharded.steps_locally(key)
+            ):
+                local_ws = [sharded.local(w) for w in ws]
+                with sharded.reducing(key, list(zip(local_ws, ws, strict=True))):
+                    self._step_tensors(
+                        group,
+                        preset,
+                        local_ws,
+                        [sharded.local(g) for g in gs],
+                        [sharded.local_state(s) for s in ss],
+                    )
+            else:
+                self._step_gathered(group, preset, ws, gs, ss)
         for i in kept:
             if MASTER in states[i]:
                 _real(params[i]).copy_(states[i][MASTER])
+
+    def _step_gathered(
+        self,
+        group: Group,
+        preset: Preset,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+    ) -> None:
+        """Sharded tensors whose memory needs them whole: all-gathered one at a time (so at most
+        one whole tensor's state is held), stepped as in one process, each rank keeping its
+        slice (docs/api.md, "Sharded training")."""
+        for p, g, state in zip(params, grads, states, strict=True):
+            whole_state = sharded.gathered_state(state)
+            # An fp16/bf16 parameter steps its fp32 master, which is a state entry itself.
+            same = [k for k, v in state.items() if v is p]
+            whole_p = whole_state[same[0]] if same else p.full_tensor()
+            self._step_tensors(group, preset, [whole_p], [g.full_tensor()], [whole_state])
+            sharded.keep_shard(p, whole_p)
+            for key, value in state.items():
+                if sharded.is_sharded(value):
+                    sharded.keep_shard(value, whole_state[key])
 
     def _step_tensors(
         self,
@@ -233,6 +275,10 @@ class MemoryOptimizer(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         sd["assocmem"] = {"skipped_steps": self.skipped_steps}
+        # torch.distributed.checkpoint's get/set_optimizer_state_dict keep only "state" and
+        # "param_groups": the count rides along in every group too, so a DCP resume keeps it.
+        for group in sd["param_groups"]:
+            group[SKIPPED] = self.skipped_steps
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -253,7 +299,7 @@ class MemoryOptimizer(Optimizer):
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        skipped = _skipped_steps(state_dict.get("assocmem", {}))
+        skipped = _skipped_steps(_skipped_entry(state_dict))
         for key in ("state", "param_groups"):
             if not isinstance(state_dict.get(key), (dict, list) if key == "param_groups" else dict):
                 raise ValueError(f"state dict has no valid {key!r} entry")
@@ -295,6 +341,38 @@ class MemoryOptimizer(Optimizer):
         self.skipped_steps = skipped
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
+
+
+# Run eagerly from the compiled step: a raise inside the traced graph is only a graph break,
+# after which dynamo would run (and miscompile) the rest anyway.
+@torch.compiler.disable
+def _refuse_uncompilable(
+    groups: list[Group], gathered: list[tuple[list[Tensor], list[Tensor]]], state: Any
+) -> None:
+    """Raise where ``torch.compile(opt.step)`` would compute something else than eager.
+
+    A preset may declare itself uncompilable (``Preset.uncompilable``). And torch 2.13's
+    AOTAutograd drops in-place writes to 0-d float64 tensors that enter the graph (a float64
+    scalar parameter, or a preset's scalar state such as deep's RMS): the step would silently
+    leave them unchanged (a float64 learned step moved 0.09 off the eager one).
+    """
+    for group, (params, _) in zip(groups, gathered, strict=True):
+        preset = get_preset(group["memory"])
+        if params and preset.uncompilable is not None:
+            raise RuntimeError(
+                f"torch.compile of MemoryOptimizer.step is not supported for "
+                f"memory={preset.name!r} ({preset.uncompilable}); step it eagerly"
+            )
+        for p in params:
+            # before its first step: the state that step will create (traced once, so cheap)
+            own = state.get(p) or _fresh_state(preset, p.detach(), group)
+            tensors = [p, *(v for v in own.values() if isinstance(v, Tensor))]
+            if any(t.dim() == 0 and t.dtype == torch.float64 for t in tensors):
+                raise RuntimeError(
+                    "torch.compile of MemoryOptimizer.step cannot step float64 scalars (0-d "
+                    "parameters or state): torch's AOTAutograd drops in-place writes to them. "
+                    "Step such a model eagerly, or in float32."
+                )
 
 
 def _reject_unknown(hyper: dict[str, Any], preset: Preset, memory: str) -> None:
@@ -378,7 +456,7 @@ def _loaded_group(i: int, saved: Any, group: Group) -> Group:
             f"param group {i}: state dict was saved with memory={saved.get('memory')!r}, "
             f"this optimizer uses memory={group['memory']!r}"
         )
-    loaded = {k: deepcopy(v) for k, v in saved.items() if k != "params"}
+    loaded = {k: deepcopy(v) for k, v in saved.items() if k not in ("params", SKIPPED)}
     loaded["params"] = group["params"]
     for key, value in group.items():
         loaded.setdefault(key, value)
@@ -445,6 +523,17 @@ def _loaded_state(where: str, saved: Any, param: Tensor, group: Group) -> dict[s
     return loaded
 
 
+def _skipped_entry(state_dict: dict[str, Any]) -> Any:
+    """Where a state dict keeps ``skipped_steps``: its ``assocmem`` entry, or (after a round
+    trip through DCP's ``get/set_optimizer_state_dict``) its first param group."""
+    if "assocmem" in state_dict:
+        return state_dict["assocmem"]
+    groups = state_dict.get("param_groups")
+    if isinstance(groups, list) and groups and isinstance(groups[0], dict) and SKIPPED in groups[0]:
+        return {"skipped_steps": groups[0][SKIPPED]}
+    return {}
+
+
 def _skipped_steps(extra: Any) -> int:
     """The ``assocmem`` entry of a state dict, parsed before anything is replaced."""
     if not isinstance(extra, dict):
@@ -462,6 +551,17 @@ def _step_tensor(step: Any) -> Tensor:
 def _real(t: Tensor) -> Tensor:
     """A complex tensor as its real view ``(..., 2)``; a real one as itself."""
     return torch.view_as_real(t) if t.is_complex() else t
+
+
+# Run eagerly even inside torch.compile(opt.step): torch 2.13's inductor returns one buffer for
+# equal fresh outputs (two `zeros.clone()`, every parameter's `torch.zeros(())` step), so state
+# built in a compiled graph aliased: landscape's prev_grad and prev_param were one tensor (its
+# compiled step came out wrong from step 2), cms's step list held one tensor per tensor stepped
+# (torch._fused_adam_ asserted). Built once per parameter, so the graph break costs nothing.
+@torch.compiler.disable
+def _first_state(preset: Preset, param: Tensor, group: Group) -> dict[str, Any]:
+    """``step`` and :func:`_fresh_state`: a parameter's state, created at its first step."""
+    return {"step": torch.zeros((), dtype=torch.float32), **_fresh_state(preset, param, group)}
 
 
 def _fresh_state(preset: Preset, param: Tensor, group: Group) -> dict[str, Any]:
@@ -500,14 +600,16 @@ def _all_finite(grads: list[Tensor]) -> bool:
     # "unscale" multiplies by exactly 1, which leaves every gradient bit as it was. On the
     # bench_step models it measured 2x cheaper than per-tensor aminmax at 0.1M parameters and
     # as cheap at 6M; a plain isfinite() would allocate a mask per tensor.
+    # A sharded gradient is checked on this rank's piece; the flag is then max-reduced over its
+    # mesh, so every rank skips (or steps) together.
     by_device: dict[torch.device, list[Tensor]] = {}
     for g in grads:
-        by_device.setdefault(g.device, []).append(g)
+        by_device.setdefault(g.device, []).append(sharded.local(g))
     flags = []
     for device, group in by_device.items():
         # The kernel takes float32 flags whatever torch's default dtype is (float64 tests).
         found = torch.zeros(1, device=device, dtype=torch.float32)
         unit = torch.ones(1, device=device, dtype=torch.float32)
         torch._amp_foreach_non_finite_check_and_unscale_(group, found, unit)
-        flags.append(found)
+        flags.append(sharded.any_flag(found, grads))
     return not any(bool(f) for f in flags)

@@ -52,6 +52,9 @@ class Preset:
     hyper: ClassVar[dict[str, Hyper]] = {}
     # State entries that must hold no negative value (second moments, sums of squares).
     non_negative_state: ClassVar[tuple[str, ...]] = ()
+    # Why torch.compile(opt.step) is refused for this preset (it would not give the eager
+    # numbers), or None where it does (tests/optim/test_compile_step.py).
+    uncompilable: ClassVar[str | None] = None
 
     def init_state(self, param: Tensor, group: Group) -> State:
         raise NotImplementedError
@@ -71,6 +74,15 @@ class Preset:
     ) -> None:
         """Fast path fused by ``torch.compile`` (``compile=True``); only some presets have one."""
         raise NotImplementedError(f"memory={self.name!r} has no compiled path")
+
+    def shards_locally(self, group: Group) -> bool:
+        """Whether the fast path steps an FSDP2-sharded tensor from this rank's rows alone.
+
+        True only for a preset whose fast path is elementwise, or completes every whole-tensor
+        quantity with :func:`assocmem.optim.sharded.all_sum`; otherwise (the default, always
+        correct) ``MemoryOptimizer`` all-gathers each sharded tensor and its state to step it.
+        """
+        return False
 
     @classmethod
     def compiles(cls) -> bool:

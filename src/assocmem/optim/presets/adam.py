@@ -39,6 +39,9 @@ class Adam(Preset):
         zeros = torch.zeros_like(param, memory_format=torch.preserve_format)
         return {"exp_avg": zeros, "exp_avg_sq": zeros.clone()}
 
+    def shards_locally(self, group: Group) -> bool:
+        return True  # elementwise
+
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         beta1, beta2 = group["betas"]
         t = float(state["step"])

@@ -178,6 +178,9 @@ class CMS(Preset):
         "ns_steps": Hyper(5, validate.positive_int, "Newton-Schulz iterations"),
     }
 
+    def shards_locally(self, group: Group) -> bool:
+        return not group["orthogonalize"]  # elementwise unless Newton-Schulz reads a level
+
     def check_group(self, group: Group) -> None:
         levels = len(group["alphas"])
         for name in PER_LEVEL:

@@ -63,7 +63,7 @@ from assocmem.memory import (
     inner_loss,
     read,
 )
-from assocmem.optim import validate
+from assocmem.optim import sharded, validate
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
 _FIELDS = DeepMemory._fields  # w1 (h, 2), b1 (h,), w2 (1, h), b2 (1,), skip (1, 2)
@@ -129,6 +129,9 @@ class Deep(Preset):
             state["mlp0_" + f] = t.clone()
         return state
 
+    def shards_locally(self, group: Group) -> bool:
+        return True  # the fast path's per-tensor sums are all-reduced
+
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         beta, rho, t = group["beta"], group["rms_beta"], float(state["step"])
         r = hebbian_write(
@@ -165,7 +168,8 @@ class Deep(Preset):
         beta, rho = group["beta"], group["rms_beta"]
         grad_sq = [s["grad_sq"] for s in states]
         torch._foreach_mul_(grad_sq, rho)
-        torch._foreach_add_(grad_sq, [g.pow(2).mean() * (1 - rho) for g in grads])
+        means = sharded.means([g.pow(2) for g in grads])  # over the whole tensor if sharded
+        torch._foreach_add_(grad_sq, [m * (1 - rho) for m in means])
         for p, g, s in zip(params, grads, states, strict=True):
             t = float(s["step"])
             grad_hat = g / _rms(s["grad_sq"], t, group)
@@ -198,15 +202,22 @@ def _closed_form_write(state: State, keys: Tensor, values: Tensor, group: Group)
     ``keys (2, n)``, ``values (1, n)``; the gradients are taken at the pre-write weights.
     """
     w1, b1, w2, b2, skip = (state["mlp_" + f] for f in _FIELDS)
-    n = keys.shape[1]
     hidden = _tanh(torch.addmm(b1[:, None], w1, keys))  # (h, n)
     error = torch.addmm(b2[:, None], w2, hidden).addmm_(skip, keys).sub_(values)  # (1, n)
-    state["inner_loss"].copy_(0.5 * error.pow(2).mean())
-    d_out = error.div_(n)
-    # d/d pre = w2^T d_out * tanh'(pre), tanh' = 1 - tanh^2
-    d_pre = (hidden * hidden).neg_().add_(1).mul_(w2.T).mul_(d_out)  # (h, n)
-    grads = (d_pre @ keys.T, d_pre.sum(1), d_out @ hidden.T, d_out.sum(1), d_out @ keys.T)
-    eta = group["inner_lr"] / (keys.pow(2).sum() / n + 1)
+    # d/d pre = w2^T error * tanh'(pre), tanh' = 1 - tanh^2 (the mean's 1/n applied below)
+    d_pre = (hidden * hidden).neg_().add_(1).mul_(w2.T).mul_(error)  # (h, n)
+    sums = (d_pre @ keys.T, d_pre.sum(1), error @ hidden.T, error.sum(1), error @ keys.T)
+    # Every quantity of the write is a sum over the coordinates. FSDP2-sharded, each rank sums
+    # its rows and one all-reduce of 4h + 6 floats completes them (identity unsharded).
+    counts = torch.stack([keys.new_full((), keys.shape[1]), keys.pow(2).sum(), error.pow(2).sum()])
+    total = sharded.all_sum(torch.cat([counts, *(x.reshape(-1) for x in sums)]))
+    n, keys_sq, error_sq = total[:3].unbind()
+    grads = [
+        x.view_as(like) / n
+        for x, like in zip(total[3:].split([x.numel() for x in sums]), sums, strict=True)
+    ]
+    state["inner_loss"].copy_(0.5 * error_sq / n)
+    eta = group["inner_lr"] / (keys_sq / n + 1)
     alpha = group["retention"]
     for f, g in zip(_FIELDS, grads, strict=True):
         phi = state["mlp_" + f]

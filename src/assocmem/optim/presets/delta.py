@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from assocmem.memory import MatrixMemory, delta_write, hebbian_write
-from assocmem.optim import validate
+from assocmem.optim import sharded, validate
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
 
@@ -118,6 +118,9 @@ class Delta(Preset):
     def init_state(self, param: Tensor, group: Group) -> State:
         return {"momentum": torch.zeros_like(param, memory_format=torch.preserve_format)}
 
+    def shards_locally(self, group: Group) -> bool:
+        return True  # the overlaps' sums are all-reduced (tensor_overlaps, row_overlaps)
+
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         m = delta_momentum_write(
             state["momentum"],
@@ -142,10 +145,10 @@ class Delta(Preset):
             torch._foreach_mul_(bufs, alpha)
             torch._foreach_add_(bufs, grads, alpha=eta)
         elif erase == "tensor":
-            rates = (eta - gamma * tensor_overlaps(grads, bufs)).tolist()
+            # the rates stay on the device (a .tolist() here waited for it every step)
+            rates = (eta - gamma * tensor_overlaps(grads, bufs)).unbind()
             torch._foreach_mul_(bufs, alpha)
-            for m, g, rate in zip(bufs, grads, rates, strict=True):
-                m.add_(g, alpha=rate)
+            torch._foreach_addcmul_(bufs, grads, list(rates))
         else:
             rates = [eta - gamma * row_overlaps(g, m) for g, m in zip(grads, bufs, strict=True)]
             torch._foreach_mul_(bufs, alpha)
@@ -154,14 +157,30 @@ class Delta(Preset):
 
 
 def tensor_overlaps(grads: list[Tensor], bufs: list[Tensor]) -> Tensor:
-    """``<g, m> / ||g||^2`` per tensor (0 for a zero gradient: it has no direction)."""
+    """``<g, m> / ||g||^2`` per tensor (0 for a zero gradient: it has no direction).
+
+    Sharded by FSDP2, each rank sums its rows and one all-reduce of three floats per tensor
+    (the two sums and the element count) completes every tensor's sums at once
+    (:mod:`assocmem.optim.sharded`); unsharded it is the identity.
+    """
     dots = torch.stack(
         [torch.dot(g.reshape(-1), m.reshape(-1)) for g, m in zip(grads, bufs, strict=True)]
     )
     norms2 = torch.stack(torch._foreach_norm(grads)).square()
+    floors = [_underflow_floor(g.dtype) for g in grads]  # per element of the tensor
+    if sharded.active():
+        counts = torch.tensor([g.numel() for g in grads], dtype=dots.dtype, device=dots.device)
+        dots, norms2, counts = sharded.all_sum(torch.stack([dots, norms2, counts])).unbind(0)
+        floor = counts * torch.tensor(floors, dtype=dots.dtype, device=dots.device)
+    else:
+        per_tensor = [g.numel() * f for g, f in zip(grads, floors, strict=True)]
+        floor = torch.tensor(per_tensor, dtype=dots.dtype, device=dots.device)
     c = _overlap(dots, norms2)
-    for i in _out_of_range(dots, norms2, grads).nonzero().flatten().tolist():
-        c[i] = _scaled_overlap(grads[i].reshape(1, -1), bufs[i].reshape(1, -1))[0]
+    bad = _out_of_range(dots, norms2, floor)
+    if bool(bad.any()):  # one host read per step; the indices only in the rare fallback
+        for i in bad.nonzero().flatten().tolist():
+            rows = grads[i].reshape(1, -1), bufs[i].reshape(1, -1)
+            c[i] = _scaled_overlap(*rows, whole=True)[0]
     return c
 
 
@@ -170,44 +189,61 @@ def _overlap(dots: Tensor, norms2: Tensor) -> Tensor:
     return torch.where(norms2 > 0, dots / norms2, torch.zeros_like(dots))
 
 
-def _out_of_range(dots: Tensor, norms2: Tensor, grads: list[Tensor] | Tensor) -> Tensor:
+def _underflow_floor(dtype: torch.dtype) -> float:
+    """``tiny / eps``: per summed square, the ``||g||^2`` below which flushed subnormals could
+    have lost more than a rounding of it (see :func:`_out_of_range`)."""
+    info = torch.finfo(dtype)
+    return info.tiny / info.eps
+
+
+def _out_of_range(dots: Tensor, norms2: Tensor, floor: Tensor) -> Tensor:
     """Where the plain sums cannot be trusted: a sum overflowed, or ``||g||^2`` is so small
     that squares flushed to subnormals could have lost more than a rounding of it.
 
     ``n`` squares below ``tiny`` lose at most ``n * tiny`` in all; that is within one rounding
-    (``eps * ||g||^2``) when ``||g||^2 >= n * tiny / eps``. For gradients of any usual scale
+    (``eps * ||g||^2``) when ``||g||^2 >= n * tiny / eps`` (``floor``, from the whole tensor's
+    ``n``, so every rank of a sharded tensor decides alike). For gradients of any usual scale
     both hold, and the one extra pass of :func:`_scaled_overlap` is never taken.
     """
-    if isinstance(grads, Tensor):  # rows of one tensor
-        n = grads.shape[-1] if grads.dim() else 1
-        info = torch.finfo(grads.dtype)
-        floor = torch.full_like(norms2, n * info.tiny / info.eps)
-    else:
-        floor = torch.tensor(
-            [g.numel() * torch.finfo(g.dtype).tiny / torch.finfo(g.dtype).eps for g in grads],
-            dtype=norms2.dtype,
-            device=norms2.device,
-        )
     return ~(torch.isfinite(dots) & torch.isfinite(norms2)) | (norms2 < floor)
 
 
-def _scaled_overlap(rows_g: Tensor, rows_m: Tensor) -> Tensor:
+def _scaled_overlap(rows_g: Tensor, rows_m: Tensor, *, whole: bool) -> Tensor:
     """``<g_i, m_i> / ||g_i||^2`` per row of ``(rows, d)`` inputs, without overflow or underflow:
-    ``(<g/s_g, m/s_m> / ||g/s_g||^2) * (s_m / s_g)`` with ``s`` each row's max-abs."""
-    g, scale_g = _scaled(rows_g)
-    m, scale_m = _scaled(rows_m)
-    ratio = torch.linalg.vecdot(g, m) / torch.linalg.vecdot(g, g)
-    c = ratio * (scale_m / scale_g).squeeze(-1)
-    return torch.where(_max_abs(rows_g).squeeze(-1) > 0, c, torch.zeros_like(c))
+    ``(<g/s_g, m/s_m> / ||g/s_g||^2) * (s_m / s_g)`` with ``s`` each row's max-abs.
+
+    ``whole``: the rows are pieces of rows sharded across ranks (a whole tensor read as one
+    row), so the max-abs and the sums are completed across them (no-ops when unsharded).
+    """
+    scale_g, scale_m = _max_abs(rows_g), _max_abs(rows_m)
+    if whole:
+        scale_g, scale_m = sharded.all_max(torch.stack([scale_g, scale_m])).unbind(0)
+    moves = scale_g > 0
+    scale_g = torch.where(moves, scale_g, torch.ones_like(scale_g))
+    scale_m = torch.where(scale_m > 0, scale_m, torch.ones_like(scale_m))
+    g, m = rows_g / scale_g, rows_m / scale_m
+    sums = torch.stack([torch.linalg.vecdot(g, m), torch.linalg.vecdot(g, g)])
+    if whole:
+        sums = sharded.all_sum(sums)
+    c = sums[0] / sums[1] * (scale_m / scale_g).squeeze(-1)
+    return torch.where(moves.squeeze(-1), c, torch.zeros_like(c))
 
 
 def row_overlaps(g: Tensor, m: Tensor) -> Tensor:
-    """``<g_i, m_i> / ||g_i||^2`` per row, shaped to broadcast against ``g``."""
+    """``<g_i, m_i> / ||g_i||^2`` per row, shaped to broadcast against ``g``.
+
+    FSDP2 shards rows, so a matrix's rows are whole on their rank; a 1-D tensor is one row
+    split across ranks, whose sums (and length) are all-reduced as in :func:`tensor_overlaps`.
+    """
+    whole = g.dim() <= 1
     rows_g, rows_m = as_rows(g, "row"), as_rows(m, "row")
     dots = torch.linalg.vecdot(rows_g, rows_m)
     norms2 = torch.linalg.vecdot(rows_g, rows_g)
+    n = torch.full_like(dots, rows_g.shape[-1])
+    if whole:
+        dots, norms2, n = sharded.all_sum(torch.stack([dots, norms2, n])).unbind(0)
     c = _overlap(dots, norms2)
-    bad = _out_of_range(dots, norms2, rows_g)
+    bad = _out_of_range(dots, norms2, n * _underflow_floor(g.dtype))
     if bool(bad.any()):
-        c = torch.where(bad, _scaled_overlap(rows_g, rows_m), c)
+        c = torch.where(bad, _scaled_overlap(rows_g, rows_m, whole=whole), c)
     return c.reshape((-1,) + (1,) * (g.dim() - 1)) if g.dim() > 1 else c.reshape(())

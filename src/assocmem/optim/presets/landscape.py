@@ -195,6 +195,11 @@ class Landscape(Preset):
             state["momentum"] = zeros.clone()
         return state
 
+    def shards_locally(self, group: Group) -> bool:
+        # The diagonal form is elementwise; the scalar and low-rank forms' whole-tensor sums
+        # and solves are stepped on gathered tensors.
+        return group["form"] == "diagonal"
+
     def _remember(self, param: Tensor, grad: Tensor, state: State) -> None:
         state["prev_grad"].copy_(grad)
         state["prev_param"].copy_(param)

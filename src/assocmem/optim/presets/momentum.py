@@ -34,6 +34,9 @@ class Momentum(Preset):
     def init_state(self, param: Tensor, group: Group) -> State:
         return {"momentum_buffer": torch.zeros_like(param, memory_format=torch.preserve_format)}
 
+    def shards_locally(self, group: Group) -> bool:
+        return True  # elementwise
+
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         memory = hebbian_write(
             ElementwiseMemory(state["momentum_buffer"]),

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from assocmem.memory import ElementwiseMemory, hebbian_write
-from assocmem.optim import validate
+from assocmem.optim import sharded, validate
 from assocmem.optim.reads import (
     SCALES,
     foreach_momentum_,
@@ -46,7 +46,7 @@ from assocmem.optim.registry import Group, Hyper, Preset, State, get_preset, reg
 def orthogonalized(param: Tensor) -> bool:
     """Matrices (and reshaped conv kernels) take the Newton-Schulz read; the rest, including
     empty tensors (nothing to orthogonalise), take the Adam fallback."""
-    return param.dim() >= 2 and param.numel() > 0
+    return param.dim() >= 2 and sharded.whole_numel(param) > 0  # decided alike on every rank
 
 
 def _adam_group(group: Group) -> Group:
@@ -78,6 +78,9 @@ class Muon(Preset):
         if not orthogonalized(param):
             return get_preset("adam").init_state(param, group)
         return {"momentum": torch.zeros_like(param, memory_format=torch.preserve_format)}
+
+    def shards_locally(self, group: Group) -> bool:
+        return True  # the Adam fallback is elementwise; a matrix's read u is gathered
 
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         if not orthogonalized(param):
@@ -112,7 +115,14 @@ class Muon(Preset):
             beta=group["momentum"],
             nesterov=group["nesterov"],
         )
+        if sharded.active():
+            # FSDP2 rows: Newton-Schulz needs the whole matrix. Only the read u is gathered
+            # (one all-gather of numel per matrix), each rank orthogonalises it and keeps its
+            # rows of O: a third of gathering parameter, gradient and momentum.
+            updates = [sharded.gather_rows(u, p) for u, p in zip(updates, ps, strict=True)]
         for index, orthos, scale in orthogonal_reads(
             updates, steps=group["ns_steps"], scale=group["scale"]
         ):
+            if sharded.active():
+                orthos = [sharded.own_rows(o, ps[j]) for o, j in zip(orthos, index, strict=True)]
             torch._foreach_add_([ps[j] for j in index], orthos, alpha=-group["lr"] * scale)

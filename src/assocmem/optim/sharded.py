@@ -1,0 +1,208 @@
+"""Parameters sharded by FSDP2 (``DTensor``): each rank steps its shard; whole-tensor sums are
+all-reduced.
+
+``torch.distributed.fsdp.fully_shard`` turns every parameter into a ``DTensor`` whose rank-local
+piece is a slice of rows (``Shard(0)``, uneven when rows do not divide by the world size, even
+empty). ``MemoryOptimizer`` steps such a tensor in one of two ways:
+
+- **local** (the fast path of a preset whose :meth:`Preset.shards_locally` says so): the preset
+  gets the local pieces of parameter, gradient and state. Elementwise updates need nothing
+  else. A quantity over the whole tensor (a norm, a dot product, a mean, an MLP memory's inner
+  gradient) is computed as the rank's partial sum and completed by :func:`all_sum` (one
+  ``all_reduce`` of a few floats per tensor, or per group of tensors), so every rank holds the
+  same value and takes the same branch. Outside a sharded step :func:`all_sum` is the identity.
+- **gather** (the reference path, and presets whose memory needs the whole matrix, such as
+  Newton-Schulz): parameter, gradient and every sharded state tensor are all-gathered
+  (``full_tensor()``), the step runs on the whole tensors on every rank (the same numbers as
+  one process), and each rank keeps its own slice. It moves ``(2 + k) x numel`` elements per
+  tensor per step (``k`` sharded state buffers) and needs one whole tensor's memory at a time.
+
+Only the layouts FSDP2 makes by default are stepped locally: every mesh dimension ``Shard(0)``
+or ``Replicate`` (HSDP); any other placement (tensor parallel ``Shard(1)``, say) is gathered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+try:  # a torch built without distributed support has no DTensor: nothing is ever sharded
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # pragma: no cover
+    DTensor = None  # type: ignore[assignment,misc]
+
+# The process groups a local step reduces over (one per sharded mesh dimension); empty outside.
+_GROUPS: ContextVar[tuple[Any, ...]] = ContextVar("assocmem_shard_groups", default=())
+# The whole tensor's row count of each local piece being stepped, by id of the piece.
+_ROWS: ContextVar[dict[int, int]] = ContextVar("assocmem_shard_rows", default={})  # noqa: B039
+
+
+def is_sharded(t: Any) -> bool:
+    """Whether ``t`` is a ``DTensor`` (a parameter or state tensor that FSDP2 distributes)."""
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def local(t: Any) -> Any:
+    """The rank's own piece of a ``DTensor`` (a view: in-place writes reach the parameter);
+    anything else as it is."""
+    return t.to_local() if is_sharded(t) else t
+
+
+def layout(t: Tensor) -> tuple[Any, ...] | None:
+    """What decides how ``t`` is stepped: ``(mesh, placements)``, or None for a plain tensor."""
+    if not is_sharded(t):
+        return None
+    return (t.device_mesh, tuple(t.placements))
+
+
+def by_layout(tensors: Sequence[Tensor]) -> list[tuple[tuple[Any, ...] | None, list[int]]]:
+    """Indices of ``tensors`` grouped by :func:`layout`, in order of first appearance (the same
+    order on every rank, so the collectives of the groups' steps line up)."""
+    groups: dict[Any, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault(layout(t), []).append(i)
+    return list(groups.items())
+
+
+def steps_locally(key: tuple[Any, ...]) -> bool:
+    """Whether a layout keeps whole rows on each rank: every placement ``Shard(0)`` or
+    ``Replicate``, so the shard is a row slice and elementwise maths needs no communication."""
+    _, placements = key
+    return all(p.is_replicate() or (p.is_shard() and p.dim == 0) for p in placements)
+
+
+def _shard_groups(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    mesh, placements = key
+    return tuple(mesh.get_group(i) for i, p in enumerate(placements) if p.is_shard())
+
+
+@contextlib.contextmanager
+def reducing(key: tuple[Any, ...], pieces: Sequence[tuple[Tensor, Tensor]] = ()) -> Iterator[None]:
+    """Inside, :func:`all_sum` and :func:`all_max` complete partial results over the shards of
+    ``key``'s layout, and :func:`gather_rows` knows the whole row count of each ``(local,
+    dtensor)`` piece in ``pieces``."""
+    tokens = (
+        _GROUPS.set(_shard_groups(key)),
+        _ROWS.set({id(piece): whole.shape[0] for piece, whole in pieces}),
+    )
+    try:
+        yield
+    finally:
+        _ROWS.reset(tokens[1])
+        _GROUPS.reset(tokens[0])
+
+
+def active() -> bool:
+    """Whether a sharded tensor is being stepped from its local rows (inside :func:`reducing`)."""
+    return bool(_GROUPS.get())
+
+
+def means(xs: Sequence[Tensor]) -> list[Tensor]:
+    """The mean of each ``x`` over its whole tensor: ``x.mean()`` unsharded; sharded, each
+    rank's sum and element count, all-reduced together for every ``x`` (one all-reduce)."""
+    if not active():
+        return [x.mean() for x in xs]
+    dtype = xs[0].dtype
+    partial = torch.stack([torch.stack([x.sum(), x.new_full((), x.numel())]) for x in xs])
+    total = all_sum(partial.to(dtype))
+    return [(s / n).to(x.dtype) for (s, n), x in zip(total.unbind(0), xs, strict=True)]
+
+
+def whole_numel(local_param: Tensor) -> int:
+    """The element count of the whole tensor whose rows ``local_param`` holds (its own outside
+    a sharded step): a rank's piece may be empty where the tensor is not."""
+    rows = _ROWS.get().get(id(local_param))
+    if rows is None or local_param.dim() == 0:
+        return local_param.numel()
+    return rows * math.prod(local_param.shape[1:])
+
+
+def _row_layout(local_param: Tensor) -> tuple[Any, int, int, int]:
+    """``(group, rank, world, chunk)`` of a sharded parameter's rows: FSDP2 (like
+    ``torch.chunk``) gives rank ``r`` rows ``[r c, min((r + 1) c, n))``, ``c = ceil(n / W)``."""
+    groups = _GROUPS.get()
+    if len(groups) != 1:
+        raise NotImplementedError(f"rows sharded over {len(groups)} mesh dimensions")
+    group = groups[0]
+    world = dist.get_world_size(group)
+    rows = _ROWS.get()[id(local_param)]
+    return group, dist.get_rank(group), world, -(-rows // world)
+
+
+def gather_rows(x: Tensor, local_param: Tensor) -> Tensor:
+    """The whole tensor of which ``x`` holds this rank's rows, on every rank (sharded like
+    ``local_param``, the local piece of a parameter being stepped).
+
+    One all-gather of ``W x ceil(n / W)`` rows: each piece padded to the largest, so uneven and
+    empty pieces gather alike; the rows then are the first ``n``.
+    """
+    group, _, world, chunk = _row_layout(local_param)
+    rows = _ROWS.get()[id(local_param)]
+    padded = x.new_zeros(chunk, *x.shape[1:])
+    padded[: x.shape[0]] = x
+    pieces = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(pieces, padded.contiguous(), group=group)
+    return torch.cat(pieces)[:rows]
+
+
+def own_rows(whole: Tensor, local_param: Tensor) -> Tensor:
+    """This rank's rows of ``whole`` (a view), sharded like ``local_param``."""
+    _, rank, _, chunk = _row_layout(local_param)
+    return whole[min(rank * chunk, whole.shape[0]) : (rank + 1) * chunk]
+
+
+def all_sum(x: Tensor) -> Tensor:
+    """``x`` summed over the shards of the tensors being stepped (a new tensor; ``x`` itself
+    outside a sharded step). ``x`` holds this rank's partial sums, e.g. of squares."""
+    groups = _GROUPS.get()
+    if not groups:
+        return x
+    x = x.clone()
+    for group in groups:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
+    return x
+
+
+def all_max(x: Tensor) -> Tensor:
+    """``x``'s elementwise maximum over the shards (``x`` itself outside a sharded step)."""
+    groups = _GROUPS.get()
+    if not groups:
+        return x
+    x = x.clone()
+    for group in groups:
+        dist.all_reduce(x, op=dist.ReduceOp.MAX, group=group)
+    return x
+
+
+def any_flag(flag: Tensor, tensors: Sequence[Tensor]) -> Tensor:
+    """A float flag (``> 0``: some rank saw a non-finite value) made the same on every rank of
+    every mesh that shards one of ``tensors``, so all ranks skip or step together."""
+    meshes = {t.device_mesh for t in tensors if is_sharded(t)}
+    for mesh in meshes:
+        for i in range(mesh.ndim):
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=mesh.get_group(i))
+    return flag
+
+
+def gathered_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with every ``DTensor`` all-gathered into a whole plain tensor."""
+    return {k: v.full_tensor() if is_sharded(v) else v for k, v in state.items()}
+
+
+def keep_shard(target: Tensor, whole: Tensor) -> None:
+    """Copy this rank's slice of ``whole`` into the ``DTensor`` ``target`` (no communication:
+    every rank computed the same ``whole``)."""
+    piece = distribute_tensor(whole, target.device_mesh, target.placements, src_data_rank=None)
+    target.to_local().copy_(piece.to_local())
+
+
+def local_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with every ``DTensor`` replaced by its local piece (views: writes persist)."""
+    return {k: local(v) for k, v in state.items()}

@@ -1,0 +1,180 @@
+"""Two gloo ranks on 127.0.0.1 training every preset under FSDP2, for tests/optim/test_fsdp.py.
+
+``python fsdp_worker.py OUT PORT CASE [CASE ...]`` (a case: a memory and options, see
+:func:`optimizer`) spawns two processes; for each memory
+both ranks train the same sharded TinyNet on the same batches (so FSDP's reduce-scatter
+averages two identical gradients: exact, and the gradients equal one process's bit for bit),
+save optimizer and model with ``get_*_state_dict`` + ``dcp.save`` midway, train on, then load
+the checkpoint into a fresh sharded model and optimizer and train the same steps again. Rank
+0 also trains an unsharded model. Rank 0 saves, per memory, the three runs' whole parameters
+(or the error raised) to ``OUT``. Every collective times out (``init_process_group``), so a
+bug that leaves one rank waiting fails instead of hanging; the test adds a subprocess timeout.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.multiprocessing as mp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # optim_support
+
+from optim_support import loss_at, safe_lr  # noqa: E402
+
+from assocmem import MemoryOptimizer  # noqa: E402
+
+WORLD = 2
+BEFORE_SAVE, AFTER_SAVE = 3, 2  # steps: enough for every memory's second-step branches
+
+
+class ShardNet(nn.Module):
+    """TinyNet's layers without its 0-d gain (FSDP2 shards dim 0, a scalar has none).
+
+    Dim 0 of 3 and 5 splits 2 + 1 and 3 + 2 (uneven); the output layer's 1 row leaves rank 1
+    an empty shard.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 4 * 4, 5)
+        self.out = nn.Linear(5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.conv(x)).flatten(1)
+        return self.out(torch.tanh(self.fc(h))).sum(-1)  # not a view (FSDP warns)
+
+
+def model(sharded: bool) -> nn.Module:
+    torch.manual_seed(0)
+    net = ShardNet()
+    if sharded:
+        for layer in (net.conv, net.fc, net.out):
+            fully_shard(layer)
+        fully_shard(net)
+    return net
+
+
+def optimizer(net: nn.Module, case: str) -> MemoryOptimizer:
+    """``case``: a memory, optionally with options (``"delta:erase=row"``, ``"deep:foreach=0"``)."""
+    memory, *options = case.split(":")
+    kw: dict[str, object] = {}
+    for option in options:
+        key, value = option.split("=")
+        kw[key] = bool(int(value)) if key in ("foreach", "orthogonalize") else value
+    return MemoryOptimizer(net.parameters(), memory, lr=safe_lr(memory), **kw)
+
+
+GATHERED: list[int] = []  # tensors stepped whole (all-gathered) in the current case
+
+
+def count_gathers() -> None:
+    step_gathered = MemoryOptimizer._step_gathered
+
+    def counted(self, group, preset, params, grads, states):  # noqa: ANN001, ANN202
+        GATHERED.append(len(params))
+        return step_gathered(self, group, preset, params, grads, states)
+
+    MemoryOptimizer._step_gathered = counted  # type: ignore[method-assign]
+
+
+NAN_STEP = 1  # rank 0 alone sees a NaN in its shard: every rank must skip this step
+
+
+def train(net: nn.Module, opt: MemoryOptimizer, steps: range) -> None:
+    for t in steps:
+        opt.zero_grad()
+        loss_at(net, t).backward()
+        if t == NAN_STEP and dist.get_rank() == 0:
+            grad = net.fc.weight.grad
+            (grad.to_local() if hasattr(grad, "to_local") else grad)[0, 0] = float("nan")
+        opt.step()
+
+
+def whole(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+        for name, p in net.named_parameters()
+    }
+
+
+def run_memory(memory: str, ckpt: str) -> dict[str, object]:
+    GATHERED.clear()
+    single = model(sharded=False)
+    opt = optimizer(single, memory)
+    train(single, opt, range(BEFORE_SAVE + AFTER_SAVE))
+
+    net = model(sharded=True)
+    opt = optimizer(net, memory)
+    train(net, opt, range(BEFORE_SAVE))
+    dcp.save(
+        {"model": get_model_state_dict(net), "optim": get_optimizer_state_dict(net, opt)},
+        checkpoint_id=ckpt,
+    )
+    train(net, opt, range(BEFORE_SAVE, BEFORE_SAVE + AFTER_SAVE))
+
+    resumed = model(sharded=True)
+    opt2 = optimizer(resumed, memory)
+    loaded = {
+        "model": get_model_state_dict(resumed),
+        "optim": get_optimizer_state_dict(resumed, opt2),
+    }
+    dcp.load(loaded, checkpoint_id=ckpt)
+    set_model_state_dict(resumed, loaded["model"])
+    set_optimizer_state_dict(resumed, opt2, loaded["optim"])
+    train(resumed, opt2, range(BEFORE_SAVE, BEFORE_SAVE + AFTER_SAVE))
+    return {
+        "single": whole(single),
+        "sharded": whole(net),
+        "resumed": whole(resumed),
+        "skipped": (opt.skipped_steps, opt2.skipped_steps),
+        "gathered": sum(GATHERED),
+    }
+
+
+def rank_main(rank: int, out: str, port: int, memories: list[str], root: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60)
+    )
+    torch.set_default_dtype(torch.float64)  # compared as fast path vs reference (LOCKSTEP_TOL)
+    count_gathers()
+    results: dict[str, object] = {}
+    try:
+        for memory in memories:
+            try:
+                results[memory] = run_memory(memory, os.path.join(root, memory.replace(":", "_")))
+            except Exception:  # noqa: BLE001 - reported per memory; the other rank fails too
+                results[memory] = {"error": traceback.format_exc()}
+            dist.barrier()
+        if rank == 0:
+            torch.save(results, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def main() -> None:
+    out, port, memories = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    with tempfile.TemporaryDirectory() as root:
+        mp.spawn(rank_main, args=(out, port, memories, root), nprocs=WORLD, join=True)
+
+
+if __name__ == "__main__":
+    main()

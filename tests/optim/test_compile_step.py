@@ -1,0 +1,75 @@
+"""``torch.compile(opt.step)``, the whole step as a user compiles it, gives the eager numbers,
+or the preset refuses it (``Preset.uncompilable``: ``learned``).
+
+One test per preset, behind the slow marker (a cold compile of a step is 10-150 s here). The
+runs are float32: torch 2.13's AOTAutograd drops in-place writes to 0-d float64 inputs (TinyNet's
+gain, deep's scalar state), so a float64 compiled step is refused (``MemoryOptimizer.step``). The
+two runs differ only where inductor reorders or fuses arithmetic: a few float32 roundings
+(6e-8 each) of O(1) values per step, measured at most 2e-8 over these steps; ``TOL`` leaves 50x
+on that, while the bugs this guards against moved parameters by 1e-4 to 0.1 or crashed: state
+created inside the compiled graph aliased (landscape's previous gradient and parameter were one
+buffer), cms's fused Adam kernel could not be traced.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from optim_support import every_memory, flat_params, in_float64, loss_at, make_model
+
+from assocmem import MemoryOptimizer, get_preset
+
+pytestmark = pytest.mark.slow
+
+STEPS = 3  # step 1 creates the state, steps 2 and 3 read what step 1 wrote
+TOL = {"rtol": 0.0, "atol": 1e-6}
+
+
+def _run(memory: str, compile_step: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    torch.manual_seed(0)
+    model = make_model()
+    opt = MemoryOptimizer(model.parameters(), memory, lr=1e-2 if memory != "learned" else 1e-3)
+    step = torch.compile(opt.step) if compile_step else opt.step
+    for t in range(STEPS):
+        opt.zero_grad()
+        loss_at(model, t).backward()
+        step()
+    state = [v for p in model.parameters() for v in opt.state[p].values() if torch.is_tensor(v)]
+    return [flat_params(model)], state
+
+
+@pytest.mark.parametrize("memory", every_memory())
+def test_compiled_step_gives_the_eager_numbers(memory):
+    torch._dynamo.reset()  # no graphs or recompile budget left over from another preset
+    if get_preset(memory).uncompilable is not None:
+        with pytest.raises(RuntimeError, match=f"not supported for memory='{memory}'"):
+            _run(memory, compile_step=True)
+        return
+    eager_params, eager_state = _run(memory, compile_step=False)
+    params, state = _run(memory, compile_step=True)
+    torch.testing.assert_close(params, eager_params, **TOL)
+    assert len(state) == len(eager_state)
+    for got, want in zip(state, eager_state, strict=True):
+        torch.testing.assert_close(got, want, **TOL)
+    storages = [t.untyped_storage().data_ptr() for t in state if t.numel() > 0]
+    assert len(set(storages)) == len(storages)  # no two state tensors share memory
+
+
+def test_a_compiled_step_refuses_float64_scalars():
+    torch._dynamo.reset()
+    with in_float64():
+        model = make_model()  # its gain is a 0-d float64 parameter
+        opt = MemoryOptimizer(model.parameters(), "momentum")
+        loss_at(model, 0).backward()
+        with pytest.raises(RuntimeError, match="cannot step float64 scalars"):
+            torch.compile(opt.step)()
+        opt.step()  # eagerly it steps
+        assert opt.state[model.gain]["step"] == 1
+        # no 0-d parameter, but deep's state would hold float64 scalars: refused before the
+        # first step writes them
+        layer = torch.nn.Linear(3, 2)
+        opt = MemoryOptimizer(layer.parameters(), "deep")
+        layer(torch.ones(1, 3)).sum().backward()
+        with pytest.raises(RuntimeError, match="cannot step float64 scalars"):
+            torch.compile(opt.step)()
+        assert not opt.state

@@ -1,0 +1,98 @@
+"""Every preset under FSDP2 (``fully_shard``) with 2 gloo ranks, and its DCP resume.
+
+One spawn (fsdp_worker.py) runs every case; each test reads its case's result. Both ranks see
+the same batches, so FSDP's averaged gradients equal one process's bit for bit, and the only
+difference left to a sharded step is the order of the sums a memory completes across ranks
+(delta's overlaps, deep's inner gradient, learned's RMS features): the fast-path-vs-reference
+situation of ``LOCKSTEP_TOL`` (float64, reordered sums; see tests/optim_support.py). Elementwise
+presets and gathered ones (the whole tensor stepped as in one process) come out bit-exact. A
+rank that saw no NaN must skip the step another rank's shard made non-finite, else the sharded
+run leaves the single one by a whole step (far beyond the tolerance).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from optim_support import LOCKSTEP_TOL
+
+from assocmem import MemoryOptimizer, get_preset
+
+pytestmark = pytest.mark.slow
+
+WORKER = Path(__file__).with_name("fsdp_worker.py")
+# Every preset with its defaults, plus the options that change what a sharded step
+# communicates: delta's per-row erase (1-D tensors are one row split across ranks), cms's
+# Newton-Schulz read, landscape's scalar form and deep's reference path (all three gathered).
+CASES = [
+    "momentum",
+    "adam",
+    "delta",
+    "delta:erase=row",
+    "muon",
+    "cms",
+    "cms:orthogonalize=1",
+    "deep",
+    "deep:foreach=0",
+    "learned",
+    "landscape",
+    "landscape:form=scalar",
+]
+TIMEOUT_S = 600  # the whole spawn; ~45 s on 2 shared cores. Collectives time out after 60 s.
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("fsdp") / "results.pt"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [*sys.path, os.environ.get("PYTHONPATH")])),
+    }
+    cmd = [sys.executable, str(WORKER), str(out), str(_free_port()), *CASES]
+    # Its own session, so that on a timeout the spawned ranks are killed with it.
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE)
+    try:
+        _, err = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"the FSDP worker did not finish in {TIMEOUT_S} s")
+    if proc.returncode != 0:
+        pytest.fail(f"the FSDP worker failed:\n{err.decode()[-4000:]}")
+    return torch.load(out)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sharded_training_equals_one_process_and_resumes_bit_exactly(results, case):
+    result = results[case]
+    assert "error" not in result, result.get("error")
+    for name, single in result["single"].items():
+        # every parameter, uneven shards (3 = 2 + 1, 5 = 3 + 2) and an empty one (1 = 1 + 0)
+        torch.testing.assert_close(result["sharded"][name], single, **LOCKSTEP_TOL, msg=name)
+        assert torch.equal(result["resumed"][name], result["sharded"][name]), name
+    # one NaN step skipped by both ranks, and the count survives the DCP round trip
+    assert result["skipped"] == (1, 1)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sharded_tensors_are_gathered_only_when_the_memory_needs_them_whole(results, case):
+    memory, *options = case.split(":")
+    group = MemoryOptimizer.hyperparameters(memory)
+    for key, value in (o.split("=") for o in options):
+        group[key] = bool(int(value)) if value.isdigit() else value
+    local = "foreach=0" not in options and get_preset(memory).shards_locally(group)
+    assert (results[case]["gathered"] == 0) == local
