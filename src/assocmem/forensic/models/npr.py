@@ -21,7 +21,13 @@ from torch import Tensor, nn
 
 from assocmem.forensic.models.baselines import SmallCNN
 
-__all__ = ["NPR", "NPRWithPixels", "neighbouring_pixel_residual"]
+__all__ = [
+    "NPR",
+    "NPRWithPixels",
+    "NPRWithSpectrum",
+    "high_pass_amplitude",
+    "neighbouring_pixel_residual",
+]
 
 
 def neighbouring_pixel_residual(x: Tensor) -> Tensor:
@@ -79,3 +85,58 @@ class NPRWithPixels(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         r = self.residual.encoder(self.residual.gain * neighbouring_pixel_residual(x))
         return self.fc(torch.cat([r, self.pixels.encoder(x)], dim=1)).squeeze(-1)
+
+
+def high_pass_amplitude(x: Tensor) -> Tensor:
+    """``log(1 + |rfft2(x - box3(x))|)`` per channel: (N, C, H, W) -> (N, C, H, W // 2 + 1).
+
+    The 3 x 3 box-filter residual keeps the fine texture and drops most of the content; its
+    amplitude spectrum is shift-invariant and turns periodic traces into peaks at fixed
+    frequencies: the 8 x 8 JPEG grid at multiples of H / 8, a resampling's period at its
+    factor's frequencies, and a smoothing generator as missing energy at high frequencies.
+    """
+    smooth = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
+    return torch.log1p(torch.fft.rfft2(x - smooth, norm="ortho").abs())
+
+
+class NPRWithSpectrum(nn.Module):
+    """:class:`NPR`'s residual encoder beside a spectral branch, one linear logit on both.
+
+    The spectral branch reads :func:`high_pass_amplitude` with an MLP (positions in the
+    spectrum are frequencies, so they are kept, not pooled away). It exists for the families
+    NPR alone misses: double JPEG (grid peaks), resampling by non-integer factors (periodic
+    correlations off the 2 x 2 grid) and denoising (missing high-frequency energy). Both
+    branches use batch statistics (see :class:`NPR`).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        widths: tuple[int, ...] = (16, 32, 64),
+        channels: int = 3,
+        gain: float = 10.0,
+        hidden: int = 128,
+        embed: int = 64,
+    ) -> None:
+        super().__init__()
+        self.residual = NPR(widths, channels, gain, norm="batch")
+        freq = channels * image_size * (image_size // 2 + 1)
+        self.image_size = image_size
+        self.spectrum = nn.Sequential(
+            nn.BatchNorm1d(freq),
+            nn.Linear(freq, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, embed),
+            nn.ReLU(),
+        )
+        self.fc = nn.Linear(self.residual.encoder.embed_dim + embed, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"NPRWithSpectrum reads {self.image_size} x {self.image_size} patches (its "
+                f"spectral layer is sized for them), got {tuple(x.shape[-2:])}"
+            )
+        r = self.residual.encoder(self.residual.gain * neighbouring_pixel_residual(x))
+        s = self.spectrum(high_pass_amplitude(x).flatten(1))
+        return self.fc(torch.cat([r, s], dim=1)).squeeze(-1)
