@@ -36,6 +36,7 @@ from assocmem.forensic.models import F3Net, MesoNet4, SmallCNN
 from assocmem.forensic.models.npr import NPR, NPRWithPixels, NPRWithSpectrum
 from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
 from assocmem.forensic.train import score, train_detector
+from assocmem.optim import param_groups
 from experiments.report import replace_section
 
 SEEN = ("ae_transconv", "ae_nearest", "double_jpeg", "splice")
@@ -52,11 +53,38 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
 }
 
 
-def optimizer_factory(name: str, lr: float) -> Callable[[Any], torch.optim.Optimizer]:
-    """``adam`` is torch's own Adam (the baseline); any other name is a MemoryOptimizer preset."""
+# Muon's recipe for the ``/split`` optimizers, as the harness's optimizer/muon.yaml: the preset
+# on the hidden matrices, Adam at lr * 0.1 with betas (0.9, 0.95) on the head, norms and biases.
+SPLIT_REST_LR_RATIO = 0.1
+SPLIT_REST_BETAS = (0.9, 0.95)
+
+
+def optimizer_factory(
+    name: str, lr: float, model: nn.Module | None = None
+) -> Callable[[Any], torch.optim.Optimizer]:
+    """``adam`` is torch's own Adam (the baseline); any other name is a MemoryOptimizer preset.
+
+    ``PRESET/split`` (e.g. ``muon/split``) builds the preset's param groups from ``model`` with
+    :func:`assocmem.optim.param_groups`: the preset on the hidden weight matrices, Adam on the
+    rest (see :data:`SPLIT_REST_LR_RATIO`).
+    """
     if name == "adam":
         return partial(torch.optim.Adam, lr=lr)
-    return partial(MemoryOptimizer, memory=name, lr=lr)
+    preset, _, split = name.partition("/")
+    if not split:
+        return partial(MemoryOptimizer, memory=preset, lr=lr)
+    if split != "split" or model is None:
+        raise ValueError(f"optimizer {name!r}: expected PRESET or PRESET/split with a model")
+    rest = {"memory": "adam", "lr": lr * SPLIT_REST_LR_RATIO, "betas": SPLIT_REST_BETAS}
+
+    def make(params: Any) -> torch.optim.Optimizer:
+        groups = param_groups(model, rest=rest, trainable_only=True)
+        given = {id(p) for p in params}
+        if given != {id(p) for g in groups for p in g["params"]}:
+            raise ValueError(f"optimizer {name!r}: the split must cover exactly the trained params")
+        return MemoryOptimizer(groups, memory=preset, lr=lr)
+
+    return make
 
 
 def family_split(config: BenchmarkConfig) -> FamilySplit:
@@ -87,7 +115,7 @@ def train_one(
         None,
         x_val,
         y_val,
-        optimizer_factory(optimizer, lr),
+        optimizer_factory(optimizer, lr, model),
         args.max_steps,
         eval_every=args.eval_every,
         patience=args.patience,

@@ -1,0 +1,41 @@
+"""experiments.detectors' optimizer names: a preset, or a preset with Muon's param split."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from assocmem import MemoryOptimizer
+from assocmem.forensic.models.npr import NPR
+from experiments.detectors import SPLIT_REST_LR_RATIO, optimizer_factory
+
+
+def test_adam_is_torchs_and_a_preset_name_is_a_memory_optimizer():
+    model = NPR(norm="batch")
+    assert isinstance(optimizer_factory("adam", 1e-3)(model.parameters()), torch.optim.Adam)
+    opt = optimizer_factory("muon", 2e-2)(model.parameters())
+    assert isinstance(opt, MemoryOptimizer) and len(opt.param_groups) == 1
+
+
+def test_split_puts_hidden_convolutions_on_the_preset_and_the_rest_on_adam():
+    model = NPR(norm="batch")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = optimizer_factory("muon/split", 2e-2, model)(params)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["hidden"]["memory"] == "muon" and groups["hidden"]["lr"] == 2e-2
+    assert groups["rest"]["memory"] == "adam"
+    assert groups["rest"]["lr"] == pytest.approx(2e-2 * SPLIT_REST_LR_RATIO)
+    # every conv kernel but none of the head, norms or biases is orthogonalised
+    assert all(p.dim() == 4 for p in groups["hidden"]["params"])
+    assert any(p is model.fc.weight for p in groups["rest"]["params"])  # `in` compares values
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(params)
+
+
+def test_split_refuses_what_it_cannot_build():
+    model = NPR(norm="batch")
+    with pytest.raises(ValueError, match="PRESET/split"):
+        optimizer_factory("muon/split", 2e-2)
+    with pytest.raises(ValueError, match="PRESET/split"):
+        optimizer_factory("muon/halves", 2e-2, model)
+    with pytest.raises(ValueError, match="exactly the trained params"):
+        optimizer_factory("muon/split", 2e-2, model)(list(model.parameters())[:2])
