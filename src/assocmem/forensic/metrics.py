@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
 
@@ -82,6 +81,10 @@ def detection_metrics(
         raise ValueError(
             f"need both classes, got {n_real} real and {n_fake} fake: AUC, AP and EER undefined"
         )
+    # scikit-learn costs ~1.5 s to import: only the functions that compute curves load it, so
+    # scoring images (assocmem-detect) starts without it.
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
     fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
     # Accuracy of every threshold on the curve: (TP + TN) / N with TP = tpr P, TN = (1 - fpr) R.
     acc_best = float(np.max((tpr * n_fake + (1.0 - fpr) * n_real) / y.size))

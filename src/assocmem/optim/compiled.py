@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch._dynamo.exc import BackendCompilerFailed
 
 
 @functools.cache
@@ -37,6 +36,10 @@ def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     warning, for the rest of the process: the same numbers, only slower, instead of an
     optimizer that fails mid-training. A failed build raises before any tensor is touched.
     """
+    # Imported here, not at module level: torch._dynamo costs about a second to import, and
+    # only compile=True needs it.
+    from torch._dynamo.exc import BackendCompilerFailed
+
     try:
         fast = torch.compile(fn)
     except RuntimeError as err:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -33,10 +34,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-try:  # a torch built without distributed support has no DTensor: nothing is ever sharded
-    from torch.distributed.tensor import DTensor, distribute_tensor
-except ImportError:  # pragma: no cover
-    DTensor = None  # type: ignore[assignment,misc]
+# ``torch.distributed.tensor`` costs about a second to import; a DTensor cannot exist before
+# something (FSDP2, the user) imported it, so until then nothing is sharded and the optimizer
+# does not pay that second (``import assocmem`` stays fast for everyone who never shards).
+_DTENSOR_MODULE = "torch.distributed.tensor"
 
 # The process groups a local step reduces over (one per sharded mesh dimension); empty outside.
 _GROUPS: ContextVar[tuple[Any, ...]] = ContextVar("assocmem_shard_groups", default=())
@@ -46,7 +47,8 @@ _ROWS: ContextVar[dict[int, int]] = ContextVar("assocmem_shard_rows", default={}
 
 def is_sharded(t: Any) -> bool:
     """Whether ``t`` is a ``DTensor`` (a parameter or state tensor that FSDP2 distributes)."""
-    return DTensor is not None and isinstance(t, DTensor)
+    module = sys.modules.get(_DTENSOR_MODULE)
+    return module is not None and isinstance(t, module.DTensor)
 
 
 def local(t: Any) -> Any:
@@ -199,6 +201,8 @@ def gathered_state(state: dict[str, Any]) -> dict[str, Any]:
 def keep_shard(target: Tensor, whole: Tensor) -> None:
     """Copy this rank's slice of ``whole`` into the ``DTensor`` ``target`` (no communication:
     every rank computed the same ``whole``)."""
+    from torch.distributed.tensor import distribute_tensor  # loaded: target is a DTensor
+
     piece = distribute_tensor(whole, target.device_mesh, target.placements, src_data_rank=None)
     target.to_local().copy_(piece.to_local())
 
