@@ -65,7 +65,7 @@ def run_one(
         y,
         x_val,
         y_val,
-        optimizer_factory(optimizer, lr),
+        optimizer_factory(optimizer, lr, model),
         args.max_steps,
         batch_size=args.batch_size,
         generator=torch.Generator().manual_seed(seed),
