@@ -15,17 +15,28 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("memory", "optim", "meta", "forensic", "training")
+PARTS = ("memory", "optim", "meta", "forensic", "training", "storage")
 ALLOWED = {
     "memory": set(),
     # the one training loop: any model, any torch.optim optimizer; nothing of ours
     "training": set(),
+    # checkpoint files (safetensors + JSON header); nothing of ours
+    "storage": set(),
     "optim": {"memory"},
-    "meta": {"memory", "optim", "training"},
+    "meta": {"memory", "optim", "training", "storage"},
     # forensic takes any torch.optim optimizer: never ours, never the learned memory's
-    "forensic": {"memory", "training"},
-    "root": {"memory", "optim", "meta", "forensic", "training"},
-    "experiments": {"root", "memory", "optim", "meta", "forensic", "training", "experiments"},
+    "forensic": {"memory", "training", "storage"},
+    "root": {"memory", "optim", "meta", "forensic", "training", "storage"},
+    "experiments": {
+        "root",
+        "memory",
+        "optim",
+        "meta",
+        "forensic",
+        "training",
+        "storage",
+        "experiments",
+    },
 }
 HARNESS_ONLY = ("hydra", "omegaconf")
 

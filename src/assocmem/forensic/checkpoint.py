@@ -31,21 +31,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from assocmem.forensic.calibration import threshold_at_fpr
 from assocmem.forensic.metrics import false_positive_rate
 from assocmem.forensic.models.baselines import SmallCNN
 from assocmem.forensic.models.npr import NPR, NPRWithPixels
+from assocmem.storage import read_safetensors, write_safetensors
 
 __all__ = [
     "ARCHITECTURES",
@@ -140,10 +138,7 @@ def save_detector(
     _check_header(header, Path(path))
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"assocmem": json.dumps(header, sort_keys=True)})
-    os.replace(tmp, path)  # an interrupted save leaves the previous checkpoint intact
+    write_safetensors(path, tensors, header)
     path.with_suffix(".json").write_text(json.dumps(header, indent=1, sort_keys=True) + "\n")
     return header
 
@@ -156,7 +151,7 @@ def load_detector(path: str | os.PathLike[str] | None = None) -> DetectorCheckpo
         ValueError: anything else wrong with it (see the module docstring).
     """
     path = Path(DEFAULT_CHECKPOINT if path is None else path)
-    metadata, tensors = _read(path)
+    metadata, tensors = read_safetensors(path, "detector checkpoint")
     if "assocmem" not in metadata:
         raise ValueError(f"{path} is not an assocmem detector checkpoint (no header)")
     try:
@@ -284,25 +279,3 @@ def _check_tensors(saved: dict[str, Tensor], expected: dict[str, Tensor], where:
             )
         if s.is_floating_point() and not bool(s.isfinite().all()):
             raise ValueError(f"{where}: tensor {k!r} holds non-finite values")
-
-
-def _read(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
-    """Metadata and tensors of a safetensors file, every failure a clear error naming it."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise FileNotFoundError(f"detector checkpoint {path} does not exist") from None
-    except OSError as e:
-        raise ValueError(f"detector checkpoint {path} cannot be read: {e}") from None
-    if not stat.S_ISREG(mode):
-        # Never opened: reading a FIFO would block until some writer appears.
-        raise ValueError(
-            f"detector checkpoint {path} is not a regular file; expected a .safetensors file"
-        )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
-    return metadata, tensors

@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from assocmem.meta.config import LearnedConfig
 from assocmem.meta.network import MetaParams, init_meta_params
+from assocmem.storage import read_safetensors, write_safetensors
 
 FORMAT = "assocmem.learned_memory"
 FORMAT_VERSION = 1
@@ -70,10 +68,7 @@ def save_checkpoint(
         "info": info or {},
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"assocmem": json.dumps(header, sort_keys=True)})
-    os.replace(tmp, path)  # an interrupted save leaves the previous checkpoint intact
+    write_safetensors(path, tensors, header)
 
 
 def load_checkpoint(
@@ -94,7 +89,7 @@ def load_checkpoint(
             dtypes or values (non-finite) do not fit the config.
     """
     path = Path(DEFAULT_CHECKPOINT if path is None else path)
-    metadata, tensors = _read(path)
+    metadata, tensors = read_safetensors(path, "learned-memory checkpoint")
     if "assocmem" not in metadata:
         raise ValueError(f"{path} is not an assocmem learned-memory checkpoint (no header)")
     try:
@@ -143,29 +138,6 @@ def load_checkpoint(
     if stray:
         raise ValueError(f"{path}: unexpected tensors {stray} (expected meta.*, optim.*, rng.*)")
     return Checkpoint(meta, saved, info, extra)
-
-
-def _read(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
-    """Metadata and tensors of a safetensors file, every failure a clear error naming it."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise FileNotFoundError(f"learned-memory checkpoint {path} does not exist") from None
-    except OSError as e:
-        raise ValueError(f"learned-memory checkpoint {path} cannot be read: {e}") from None
-    if not stat.S_ISREG(mode):
-        # Never opened: reading a FIFO would block until some writer appears.
-        raise ValueError(
-            f"learned-memory checkpoint {path} is not a regular file (a directory, FIFO or "
-            "device); expected a .safetensors file"
-        )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
-    return metadata, tensors
 
 
 def _check_shapes(meta: MetaParams, config: LearnedConfig, where: str = "meta_params") -> None:

@@ -1,0 +1,10 @@
+"""Checkpoint files: safetensors tensors with a JSON header, written atomically, read safely.
+
+The learned memory's checkpoints (:mod:`assocmem.meta.checkpoint`) and the detectors'
+(:mod:`assocmem.forensic.checkpoint`) validate different contents but share how a file is
+written and read; this part holds that and imports nothing of ours.
+"""
+
+from assocmem.storage.safetensors_file import read_safetensors, write_safetensors
+
+__all__ = ["read_safetensors", "write_safetensors"]

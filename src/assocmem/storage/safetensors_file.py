@@ -1,0 +1,58 @@
+"""Writing and reading one safetensors checkpoint file (never unpickling anything).
+
+``write_safetensors`` stores the tensors with the JSON ``header`` under the metadata key
+``"assocmem"``, through a temporary file and ``os.replace``, so an interrupted save leaves the
+previous checkpoint intact. ``read_safetensors`` returns the metadata and tensors; every failure
+(missing, unreadable, not a regular file, not safetensors) is a clear error naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+HEADER_KEY = "assocmem"
+
+
+def write_safetensors(path: Path, tensors: dict[str, Tensor], header: dict[str, Any]) -> None:
+    """Save ``tensors`` with ``header`` (JSON) to ``path``, atomically; parents are created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
+    os.replace(tmp, path)  # an interrupted save leaves the previous checkpoint intact
+
+
+def read_safetensors(path: Path, what: str) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """Metadata and tensors of the safetensors file ``path``; ``what`` names it in errors
+    (e.g. ``"detector checkpoint"``).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: it cannot be stat-ed, is not a regular file, or is not safetensors.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise ValueError(f"{what} {path} cannot be read: {e}") from None
+    if not stat.S_ISREG(mode):
+        # Never opened: reading a FIFO would block until some writer appears.
+        raise ValueError(
+            f"{what} {path} is not a regular file (a directory, FIFO or device); expected a "
+            ".safetensors file"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+    return metadata, tensors
