@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +34,14 @@ from assocmem.forensic.data.clips import ClipConfig, build_clip_benchmark
 from assocmem.forensic.models.temporal import FrameDetector, TemporalDetector
 from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
 from assocmem.forensic.train import score, train_detector
-from experiments.detectors import HELDOUT, SEEN, _ms, family_split, optimizer_factory
+from experiments.detectors import (
+    HELDOUT,
+    SEEN,
+    _ms,
+    family_split,
+    optimizer_factory,
+    per_family_table,
+)
 from experiments.report import replace_section
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
@@ -131,24 +137,7 @@ def markdown(runs: list[dict[str, Any]], command: str, args: argparse.Namespace)
             f"| {_ms([x['test_real_fpr'] for x in rep])} "
             f"| {budget} | {seconds} |"
         )
-    fams = [*SEEN, *HELDOUT]
-    lines += [
-        "",
-        "Per-family test AUC (and TPR at the calibrated threshold):",
-        "",
-        "| detector | optimizer | "
-        + " | ".join(f"{f}{' (held out)' if f in HELDOUT else ''}" for f in fams)
-        + " |",
-        "|---|---|" + "---|" * len(fams),
-    ]
-    for (model, opt), rs in groups.items():
-        cells = []
-        for f in fams:
-            group = "heldout" if f in HELDOUT else "seen"
-            aucs = [r["report"][group][f]["auc"] for r in rs]
-            tprs = [r["report"][group][f]["tpr"] for r in rs]
-            cells.append(f"{_ms(aucs)} ({statistics.mean(tprs):.2f})")
-        lines.append(f"| {model} | {opt} | " + " | ".join(cells) + " |")
+    lines += per_family_table(groups)
     return "\n".join(lines) + "\n"
 
 
