@@ -98,14 +98,8 @@ def _generate_benchmark(config: BenchmarkConfig, progress: bool) -> ForensicBenc
         all_imgs, flags = postprocess(
             all_imgs, config.post, np.random.default_rng([seed, 4, s_idx])
         )
-        fam_codes = np.concatenate(parts_fam)
-        splits[split] = SplitArrays(
-            images=torch.from_numpy(all_imgs),
-            labels=torch.from_numpy((fam_codes > 0).astype(np.int64)),
-            family=torch.from_numpy(fam_codes),
-            source=torch.from_numpy(np.concatenate(parts_src)),
-            parent=torch.from_numpy(np.concatenate(parts_parent)),
-            post=torch.from_numpy(flags),
+        splits[split] = SplitArrays.from_parts(
+            all_imgs, np.concatenate(parts_fam), parts_src, parts_parent, flags
         )
         bar.update()
     bar.close()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -36,6 +37,26 @@ class SplitArrays:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @classmethod
+    def from_parts(
+        cls,
+        images: np.ndarray,
+        family: np.ndarray,
+        sources: Sequence[np.ndarray],
+        parents: Sequence[np.ndarray],
+        post: np.ndarray,
+    ) -> SplitArrays:
+        """A split from the build's numpy pieces: labels follow from the family codes (0 is
+        real), ``sources`` and ``parents`` are concatenated in the order of the rows."""
+        return cls(
+            images=torch.from_numpy(images),
+            labels=torch.from_numpy((family > 0).astype(np.int64)),
+            family=torch.from_numpy(family),
+            source=torch.from_numpy(np.concatenate(sources)),
+            parent=torch.from_numpy(np.concatenate(parents)),
+            post=torch.from_numpy(post),
+        )
 
 
 class ForensicSubset(Dataset):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import torch
 
 from assocmem.forensic.data.cache import build_benchmark, cached_build, fitted_generators
 from assocmem.forensic.data.clips.camera import min_level_side, real_clip
@@ -113,14 +112,8 @@ def _generate(config: ClipConfig, images: ForensicBenchmark, progress: bool) -> 
         all_clips, flags = postprocess_clips(
             np.concatenate(parts_clip), config.images.post, (seed, 4, s_idx)
         )
-        codes = np.concatenate(parts_fam)
-        splits[split] = SplitArrays(
-            images=torch.from_numpy(all_clips),
-            labels=torch.from_numpy((codes > 0).astype(np.int64)),
-            family=torch.from_numpy(codes),
-            source=torch.from_numpy(np.concatenate(parts_src)),
-            parent=torch.from_numpy(np.concatenate(parts_parent)),
-            post=torch.from_numpy(flags),
+        splits[split] = SplitArrays.from_parts(
+            all_clips, np.concatenate(parts_fam), parts_src, parts_parent, flags
         )
         bar.update()
     bar.close()
