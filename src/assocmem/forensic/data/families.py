@@ -130,6 +130,17 @@ def ellipse_mask(
     return 1.0 / (1.0 + np.exp((dist - 1.0) * min(ry, rx) / feather))
 
 
+def pick_donor(rng: np.random.Generator, donor_sources: np.ndarray, source: int) -> int:
+    """A splice donor's row, preferably from another photo than ``source``: a few random tries,
+    then any (a split with one photo has no other)."""
+    j = int(rng.integers(len(donor_sources)))
+    for _ in range(8):
+        if donor_sources[j] != source:
+            break
+        j = int(rng.integers(len(donor_sources)))
+    return j
+
+
 def _splice(
     patches: np.ndarray,
     rng: np.random.Generator,
@@ -141,12 +152,7 @@ def _splice(
     n, size = len(patches), patches.shape[-1]
     out = np.empty_like(patches)
     for k in range(n):
-        # prefer a donor from another photo; a few tries, then accept any (one-photo splits)
-        j = int(rng.integers(len(donors)))
-        for _ in range(8):
-            if donor_sources[j] != sources[k]:
-                break
-            j = int(rng.integers(len(donors)))
+        j = pick_donor(rng, donor_sources, sources[k])
         cy, cx = rng.uniform(0.3, 0.7, size=2) * size
         ry, rx = rng.uniform(*s.splice_radius, size=2) * size
         feather = rng.uniform(*s.splice_feather)

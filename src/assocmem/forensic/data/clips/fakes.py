@@ -17,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from assocmem.forensic.data.clips.config import ClipConfig
-from assocmem.forensic.data.families import ellipse_mask, generate
+from assocmem.forensic.data.families import ellipse_mask, generate, pick_donor
 
 __all__ = ["fake_clips", "jittered_splice"]
 
@@ -35,12 +35,7 @@ def jittered_splice(
     s = config.images.generators
     out = np.empty_like(clips)
     for k in range(n):
-        # prefer a donor from another photo; a few tries, then accept any (one-photo splits)
-        j = int(rng.integers(len(donors)))
-        for _ in range(8):
-            if donor_sources[j] != sources[k]:
-                break
-            j = int(rng.integers(len(donors)))
+        j = pick_donor(rng, donor_sources, sources[k])
         cy, cx = rng.uniform(0.3, 0.7, size=2) * size
         ry, rx = rng.uniform(*s.splice_radius, size=2) * size
         feather = rng.uniform(*s.splice_feather)
