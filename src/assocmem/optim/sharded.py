@@ -160,27 +160,27 @@ def own_rows(whole: Tensor, local_param: Tensor) -> Tensor:
     return whole[min(rank * chunk, whole.shape[0]) : (rank + 1) * chunk]
 
 
-def all_sum(x: Tensor) -> Tensor:
-    """``x`` summed over the shards of the tensors being stepped (a new tensor; ``x`` itself
-    outside a sharded step). ``x`` holds this rank's partial sums, e.g. of squares."""
+def _all_reduce(x: Tensor, op: Any) -> Tensor:
+    """``x`` reduced by ``op`` over every group of the sharded step in progress (a new tensor;
+    ``x`` itself outside a sharded step)."""
     groups = _GROUPS.get()
     if not groups:
         return x
     x = x.clone()
     for group in groups:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
+        dist.all_reduce(x, op=op, group=group)
     return x
+
+
+def all_sum(x: Tensor) -> Tensor:
+    """``x`` summed over the shards of the tensors being stepped (a new tensor; ``x`` itself
+    outside a sharded step). ``x`` holds this rank's partial sums, e.g. of squares."""
+    return _all_reduce(x, dist.ReduceOp.SUM)
 
 
 def all_max(x: Tensor) -> Tensor:
     """``x``'s elementwise maximum over the shards (``x`` itself outside a sharded step)."""
-    groups = _GROUPS.get()
-    if not groups:
-        return x
-    x = x.clone()
-    for group in groups:
-        dist.all_reduce(x, op=dist.ReduceOp.MAX, group=group)
-    return x
+    return _all_reduce(x, dist.ReduceOp.MAX)
 
 
 def any_flag(flag: Tensor, tensors: Sequence[Tensor]) -> Tensor:
