@@ -25,11 +25,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn import Parameter
 
 from assocmem.forensic.masks import MaskedBatch
 from assocmem.forensic.models.pretrain import MaskedPretrainer
-from assocmem.training import Logger, OptimizerFactory, TrainResult, fit
+from assocmem.training import Logger, OptimizerFactory, TrainResult, fit, trainable_parameters
 
 __all__ = [
     "Logger",
@@ -47,11 +46,6 @@ __all__ = [
 
 # A fixed mask seed for validation: every evaluation sees the same masks, so val losses compare.
 VAL_MASK_SEED = 12345
-
-
-def trainable_parameters(model: nn.Module) -> list[Parameter]:
-    """Parameters with ``requires_grad`` (a frozen encoder's are excluded)."""
-    return [p for p in model.parameters() if p.requires_grad]
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[Tensor]:

@@ -6,6 +6,12 @@ The forensic trainers (:mod:`assocmem.forensic.train`), the harness's runs
 handling, timing and logging mean the same thing everywhere.
 """
 
-from assocmem.training.loop import Logger, OptimizerFactory, TrainResult, fit
+from assocmem.training.loop import (
+    Logger,
+    OptimizerFactory,
+    TrainResult,
+    fit,
+    trainable_parameters,
+)
 
-__all__ = ["Logger", "OptimizerFactory", "TrainResult", "fit"]
+__all__ = ["Logger", "OptimizerFactory", "TrainResult", "fit", "trainable_parameters"]

@@ -57,7 +57,8 @@ class TrainResult:
         return self.status == "diverged"
 
 
-def _trainable(model: Trainable) -> list[Tensor]:
+def trainable_parameters(model: Trainable) -> list[Tensor]:
+    """The tensors that train: those with ``requires_grad`` (a frozen encoder's are excluded)."""
     params = model.parameters() if isinstance(model, nn.Module) else model
     return [p for p in params if p.requires_grad]
 
@@ -127,7 +128,7 @@ def fit(
         )
     if restore_best is None:  # early stopping restores the best weights; a fixed budget does not
         restore_best = patience is not None
-    params = _trainable(model)
+    params = trainable_parameters(model)
     if not params:
         raise ValueError("the model has no trainable parameters")
     opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer(params)
