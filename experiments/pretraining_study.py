@@ -37,8 +37,8 @@ from assocmem.forensic.data.stream import TrainStream, stream_loader
 from assocmem.forensic.models.heads import fine_tune
 from assocmem.forensic.models.pretrain import MaskedPretrainer
 from assocmem.forensic.protocol import FamilySplit, balanced, linear_probe_scorer, zero_shot_report
-from assocmem.forensic.train import pretrain, score, train_detector
-from experiments.detectors import HELDOUT, SEEN
+from assocmem.forensic.train import pretrain, score
+from experiments.detectors import HELDOUT, SEEN, train_one
 from experiments.report import replace_section
 from experiments.tasks.forensic import build_encoder, build_masker
 
@@ -79,23 +79,10 @@ def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -
         linear_probe_scorer(encoder, x, y), bench, families, target_fpr=args.target_fpr
     )
     detector = fine_tune(encoder)
-    stream = TrainStream(bench, families.seen, batch_size=args.batch_size, seed=seed)
-    x_val, y_val = balanced(bench.split("val", families.seen), seed=1000 + seed)
-    start = time.perf_counter()
-    result = train_detector(
-        detector, stream_loader(stream, args.workers), None, x_val, y_val,
-        partial(torch.optim.Adam, lr=args.lr), args.max_steps, eval_every=args.eval_every,
-        patience=args.patience, progress=args.progress,
-    )  # fmt: skip
-    out.update(
-        status=result.status,
-        steps=result.steps,
-        best_step=result.best_step,
-        best_val_loss=result.best_val_loss,
-        finetune_seconds=round(time.perf_counter() - start, 1),
-        report=zero_shot_report(
-            partial(score, detector), bench, families, target_fpr=args.target_fpr
-        ),
+    # the image detectors' recipe, verbatim: stream of the seen families, early stopping
+    out.update(train_one(bench, families, detector, "adam", args.lr, seed, args))
+    out["report"] = zero_shot_report(
+        partial(score, detector), bench, families, target_fpr=args.target_fpr
     )
     return out
 
