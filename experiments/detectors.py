@@ -33,7 +33,7 @@ from assocmem import MemoryOptimizer
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.stream import TrainStream, stream_loader
 from assocmem.forensic.models import F3Net, MesoNet4, SmallCNN
-from assocmem.forensic.models.npr import NPR, NPRWithPixels, NPRWithSpectrum
+from assocmem.forensic.models.npr import NPR, NPRWithDCT, NPRWithPixels, NPRWithSpectrum
 from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
 from assocmem.forensic.train import score, train_detector
 from assocmem.optim import param_groups
@@ -47,6 +47,7 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
     "npr_bn": lambda size: NPR(norm="batch"),
     "npr_pixels": lambda size: NPRWithPixels(),
     "npr_spectrum": lambda size: NPRWithSpectrum(image_size=size),
+    "npr_dct": lambda size: NPRWithDCT(),
     "smallcnn": lambda size: SmallCNN(),
     "f3net": lambda size: F3Net(image_size=size),
     "mesonet4": lambda size: MesoNet4(image_size=size),

@@ -20,9 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from assocmem.forensic.models.baselines import SmallCNN
+from assocmem.forensic.models.block_dct import BlockDCTBranch
 
 __all__ = [
     "NPR",
+    "NPRWithDCT",
     "NPRWithPixels",
     "NPRWithSpectrum",
     "high_pass_amplitude",
@@ -140,3 +142,32 @@ class NPRWithSpectrum(nn.Module):
         r = self.residual.encoder(self.residual.gain * neighbouring_pixel_residual(x))
         s = self.spectrum(high_pass_amplitude(x).flatten(1))
         return self.fc(torch.cat([r, s], dim=1)).squeeze(-1)
+
+
+class NPRWithDCT(nn.Module):
+    """:class:`NPR`'s residual encoder beside a :class:`~assocmem.forensic.models.block_dct.
+    BlockDCTBranch`, one linear logit on both embeddings.
+
+    The two traces do not overlap: NPR sees ties inside ``2 x 2`` cells (up-sampling), the
+    block-DCT branch sees what a JPEG encoder leaves on its 8 x 8 grid (coefficients on a
+    quantisation lattice, zeroed high frequencies, re-quantisation by a second encoder), which
+    falls between NPR's cells. Both branches use batch statistics (see :class:`NPR`); inputs
+    need sides that are multiples of 8.
+    """
+
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (16, 32, 64),
+        channels: int = 3,
+        gain: float = 10.0,
+        hidden: int = 128,
+        embed: int = 64,
+    ) -> None:
+        super().__init__()
+        self.residual = NPR(widths, channels, gain, norm="batch")
+        self.dct = BlockDCTBranch(hidden, embed)
+        self.fc = nn.Linear(self.residual.encoder.embed_dim + self.dct.embed_dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        r = self.residual.encoder(self.residual.gain * neighbouring_pixel_residual(x))
+        return self.fc(torch.cat([r, self.dct(x)], dim=1)).squeeze(-1)
