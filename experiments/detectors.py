@@ -121,6 +121,7 @@ def train_one(
         eval_every=args.eval_every,
         patience=args.patience,
         progress=args.progress,
+        lr_drops=getattr(args, "lr_drops", 0),
     )
     seconds = time.perf_counter() - start
     curve = [(r["step"], r["val_loss"]) for r in result.history if "val_loss" in r]
@@ -133,6 +134,7 @@ def train_one(
         "best_step": result.best_step,
         "best_val_loss": result.best_val_loss,
         "stopped_early": result.stopped_early,
+        "lr_drop_steps": result.lr_drop_steps,
         "seconds": round(seconds, 1),
         "val_curve": curve,
     }
@@ -230,6 +232,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=4000)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--patience", type=int, default=4, help="evaluations without progress")
+    parser.add_argument(
+        "--lr-drops",
+        type=int,
+        default=0,
+        help="divide the lr by 10 at a plateau this many times before stopping early",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="stream worker processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")

@@ -54,6 +54,43 @@ def test_early_stopping_restores_the_best_tensors():
     assert torch.equal(w, seen[2]) and not torch.equal(w, seen[4])
 
 
+def test_a_plateau_drops_the_learning_rate_before_it_stops_the_run():
+    # Validation losses 5, 4, 4, 4, 3, 3, 3 (then flat): with patience 2 and one drop, the
+    # plateau at steps 2-3 drops every group's lr by 10 at step 3 (the run goes on), step 4
+    # improves, and the second plateau (steps 5-6) ends the run at step 6 with step 4's weights.
+    w = torch.zeros(2, requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    curve = iter([5.0, 4.0, 4.0, 4.0, 3.0, 3.0, 3.0] + [3.0] * 10)
+    lrs = []
+    opt = torch.optim.SGD([{"params": [w], "lr": 1.0}, {"params": [b], "lr": torch.tensor(0.5)}])
+
+    def evaluate():
+        lrs.append((opt.param_groups[0]["lr"], float(opt.param_groups[1]["lr"])))
+        return {"val_loss": next(curve)}
+
+    result = fit(
+        [w, b], lambda _b: -(w.sum() + b.sum()), itertools.count(1), opt, steps=20,
+        eval_every=1, evaluate=evaluate, patience=2, lr_drops=1,
+    )  # fmt: skip
+    assert result.lr_drop_steps == [3]
+    assert result.stopped_early and result.steps == 6 and result.best_step == 4
+    # lr at evaluations 0..6: 1.0 up to the drop at step 3, 0.1 after (the tensor lr in place).
+    assert [round(a, 6) for a, _ in lrs] == [1.0] * 4 + [0.1] * 3
+    assert [round(c, 6) for _, c in lrs] == [0.5] * 4 + [0.05] * 3
+    # Step 4's weights: the gradient of -sum(w) is -1, so three SGD steps at lr 1 and one at
+    # lr 0.1 move each entry to 3.1.
+    torch.testing.assert_close(w, torch.full((2,), 3.1))
+
+
+def test_lr_drops_need_patience_and_a_factor_below_one():
+    w, loss = quadratic()
+    opt = lambda ps: torch.optim.SGD(ps, lr=0.1)  # noqa: E731
+    with pytest.raises(ValueError, match="needs patience"):
+        fit([w], loss, itertools.count(1), opt, steps=2, lr_drops=1)
+    with pytest.raises(ValueError, match="lr_drop_factor"):
+        fit([w], loss, itertools.count(1), opt, steps=2, lr_drops=1, lr_drop_factor=1.5)
+
+
 def test_non_finite_loss_diverges_without_stepping():
     w = torch.ones(2, requires_grad=True)
     losses = iter([1.0, float("nan")])

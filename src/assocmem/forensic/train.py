@@ -177,6 +177,7 @@ def train_detector(
     progress: bool = False,
     patience: int | None = None,
     restore_best: bool | None = None,
+    lr_drops: int = 0,
 ) -> TrainResult:
     """Binary cross-entropy training of a detector returning logits (N,); labels 1 = fake.
 
@@ -185,6 +186,8 @@ def train_detector(
     (linear probe) stays exactly as it was. ``train_images`` may instead be a DataLoader-like
     iterable of ``(images, labels)`` batches, with ``train_labels=None``. Images may be clips
     (N, T, C, H, W) for a clip detector: the loop only ever indexes the first axis.
+    ``lr_drops``: learning-rate drops by 10 at a plateau before early stopping (see
+    :func:`assocmem.training.fit`).
     """
     from sklearn.metrics import roc_auc_score
 
@@ -218,5 +221,5 @@ def train_detector(
     return fit(
         detector, step_loss, batches, optimizer_factory, steps=steps, eval_every=eval_every,
         evaluate=evaluate, log=log, progress=progress, desc="detector", patience=patience,
-        restore_best=restore_best,
+        restore_best=restore_best, lr_drops=lr_drops,
     )  # fmt: skip

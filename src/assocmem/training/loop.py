@@ -12,6 +12,13 @@ it stopped early or ran out of steps (``restore_best``: default on with ``patien
 fixed budget, whose final weights are the point). ``best_step``/``best_val_loss`` are recorded
 either way.
 
+Learning-rate drops on a plateau (``lr_drops=n``, CNNDetection's recipe): when ``patience``
+evaluations in a row have not improved, the run does not end while drops remain; every group's
+learning rate is multiplied by ``lr_drop_factor`` instead, the count of stale evaluations starts
+again, and training goes on from the current weights and optimizer state. The run ends at the
+next plateau after the last drop (or at ``steps``). A noisy validation curve at a high learning
+rate then gets the lower-noise steps it needs before the loop gives up on it.
+
 The optimizer is a factory ``params -> Optimizer`` (the loop then hands it exactly the
 trainable parameters) or an optimizer already built; ``TrainResult.optimizer`` is the one used.
 Line-search optimizers (``torch.optim.LBFGS``) get a closure that re-evaluates the same batch.
@@ -50,6 +57,7 @@ class TrainResult:
     best_val_loss: float = math.nan
     stopped_early: bool = False
     optimizer_seconds: float = 0.0
+    lr_drop_steps: list[int] = field(default_factory=list)
     optimizer: torch.optim.Optimizer | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -84,6 +92,17 @@ def _train_mode(model: Trainable, mode: bool = True) -> None:
         model.train(mode)
 
 
+@torch.no_grad()
+def _scale_learning_rates(opt: torch.optim.Optimizer, factor: float) -> None:
+    # A tensor lr (capturable / compiled setups) is scaled in place, so a compiled step that
+    # closed over it sees the new value; a float lr is replaced.
+    for group in opt.param_groups:
+        if isinstance(group["lr"], Tensor):
+            group["lr"].mul_(factor)
+        else:
+            group["lr"] = group["lr"] * factor
+
+
 def _progress(steps: int, enabled: bool, desc: str) -> Any:
     if not enabled:
         return None
@@ -106,6 +125,8 @@ def fit(
     desc: str = "train",
     patience: int | None = None,
     restore_best: bool | None = None,
+    lr_drops: int = 0,
+    lr_drop_factor: float = 0.1,
 ) -> TrainResult:
     """Train ``model`` for up to ``steps`` steps of ``step_loss(next(batches))``.
 
@@ -117,6 +138,8 @@ def fit(
         evaluate: returns metrics with ``val_loss``; ``None`` runs without evaluations (then
             ``patience`` and ``restore_best`` do not apply and ``final_val_loss`` is NaN).
         patience, restore_best: early stopping, as in the module docstring.
+        lr_drops, lr_drop_factor: learning-rate drops at a plateau before stopping, as in the
+            module docstring (they need ``patience``).
     """
     if not (isinstance(steps, int) and steps >= 0) or not (
         isinstance(eval_every, int) and eval_every >= 1
@@ -126,6 +149,12 @@ def fit(
         raise ValueError(
             f"patience must be None or >= 1 evaluations (with an evaluate), got {patience!r}"
         )
+    if not (isinstance(lr_drops, int) and lr_drops >= 0) or not 0.0 < lr_drop_factor < 1.0:
+        raise ValueError(
+            f"need lr_drops >= 0 and 0 < lr_drop_factor < 1, got {lr_drops!r}, {lr_drop_factor!r}"
+        )
+    if lr_drops and patience is None:
+        raise ValueError("lr_drops needs patience (a drop happens where early stopping would)")
     if restore_best is None:  # early stopping restores the best weights; a fixed budget does not
         restore_best = patience is not None
     params = trainable_parameters(model)
@@ -139,6 +168,7 @@ def fit(
     train_loss = val_loss = math.nan
     status, message, done, stopped_early = "ok", "", 0, False
     best: dict[str, Any] = {"step": 0, "val_loss": math.inf, "state": None, "stale": 0}
+    drop_steps: list[int] = []
 
     def record(rec: dict[str, Any]) -> None:
         history.append(rec)
@@ -210,6 +240,12 @@ def fit(
         if evaluated and not math.isfinite(val_loss):
             status, message = "diverged", f"non-finite validation loss at step {step}"
             break
+        if evaluated and patience is not None and best["stale"] >= patience and lr_drops:
+            lr_drops -= 1
+            _scale_learning_rates(opt, lr_drop_factor)
+            drop_steps.append(step)
+            best["stale"] = 0
+            continue
         if evaluated and patience is not None and best["stale"] >= patience:
             stopped_early = True
             message = (
@@ -224,5 +260,6 @@ def fit(
     return TrainResult(
         status, done, train_loss, val_loss, time.perf_counter() - start, history, message,
         best_step=best["step"], best_val_loss=best["val_loss"] if evaluate else math.nan,
-        stopped_early=stopped_early, optimizer_seconds=opt_time, optimizer=opt,
+        stopped_early=stopped_early, optimizer_seconds=opt_time, lr_drop_steps=drop_steps,
+        optimizer=opt,
     )  # fmt: skip
