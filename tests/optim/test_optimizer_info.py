@@ -62,9 +62,24 @@ INFOS = [
     ),
     OptimizerInfo(
         "muon",
-        ({}, {"scale": "rms", "nesterov": False}),
+        (
+            {},
+            {"scale": "rms", "nesterov": False},
+            {"ns_coefficients": "polar_express", "ns_steps": 4, "ns_lower": 1e-2},
+            {"gamma": 0.5, "erase": "row", "row_norm": True},
+        ),
         lr=1e-3,
-        bad={"ns_steps": (0,), "scale": ("frobenius",), "adam_betas": ((NAN, 0.9),)},
+        bad={
+            "ns_steps": (0,),
+            "scale": ("frobenius",),
+            "adam_betas": ((NAN, 0.9),),
+            "ns_coefficients": ("cubic",),
+            "ns_lower": (0.0, 1.0),
+            "gamma": (1.5, NAN),
+            "erase": ("column",),
+            "row_norm": (1,),
+            "row_beta2": (1.0,),
+        },
     ),
     OptimizerInfo(
         "cms",
