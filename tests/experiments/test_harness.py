@@ -46,7 +46,9 @@ def split_optimizer(optimizer: str, task: str, cache):
     return cfg, task_obj, optimizer_factory(cfg, task_obj)(task_obj.parameters())
 
 
-@pytest.mark.parametrize("optimizer", ["muon", "cms_m3"])
+@pytest.mark.parametrize(
+    "optimizer", ["muon", "cms_m3", "muon_pe", "muon_pe4", "muon_delta", "muon_rownorm"]
+)
 def test_muon_style_configs_step_hidden_matrices_and_give_the_rest_to_adam(optimizer, tmp_path):
     cfg, task, opt = split_optimizer(optimizer, "digits_mlp", tmp_path)
     hidden, rest = opt.param_groups
@@ -59,6 +61,17 @@ def test_muon_style_configs_step_hidden_matrices_and_give_the_rest_to_adam(optim
     }  # fmt: skip
     assert rest["memory"] == "adam" and rest["betas"] == [0.9, 0.95]
     assert rest["lr"] == pytest.approx(cfg.optimizer.lr * 0.1, rel=1e-12)
+    # the option a muon_* config names reaches the hidden group
+    for key, value in cfg.optimizer.factory.items():
+        if key not in ("_target_", "_partial_", "_convert_", "memory", "lr"):
+            assert hidden[key] == value, key
+
+
+def test_deep_digits_task_gives_muon_three_hidden_matrices(tmp_path):
+    cfg, task, opt = split_optimizer("muon", "digits_mlp_deep", tmp_path)
+    hidden, _ = opt.param_groups
+    assert [tuple(p.shape) for p in hidden["params"]] == [(128, 64), (128, 128), (128, 128)]
+    assert task.model[-1].out_features == 10
 
 
 def test_cms_m3_config_is_m3_config():
@@ -170,7 +183,8 @@ def test_smoke_comparison_and_report(tmp_path):
     assert (tmp_path / "plots" / "smoke_quadratic.png").stat().st_size > 1000
 
 
-FORENSIC_TASKS = [t for t in names("task") if t not in ("quadratic", "rosenbrock", "digits_mlp")]
+CLASSIC_TASKS = ("quadratic", "rosenbrock", "digits_mlp", "digits_mlp_deep")
+FORENSIC_TASKS = [t for t in names("task") if t not in CLASSIC_TASKS]
 
 
 @pytest.mark.parametrize("task", FORENSIC_TASKS)
