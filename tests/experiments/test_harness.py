@@ -47,7 +47,8 @@ def split_optimizer(optimizer: str, task: str, cache):
 
 
 @pytest.mark.parametrize(
-    "optimizer", ["muon", "cms_m3", "muon_pe", "muon_pe4", "muon_delta", "muon_rownorm"]
+    "optimizer",
+    ["muon", "cms_m3", "muon_pe", "muon_pe4", "muon_delta", "muon_rownorm", "muon_rest1"],
 )
 def test_muon_style_configs_step_hidden_matrices_and_give_the_rest_to_adam(optimizer, tmp_path):
     cfg, task, opt = split_optimizer(optimizer, "digits_mlp", tmp_path)
@@ -55,12 +56,14 @@ def test_muon_style_configs_step_hidden_matrices_and_give_the_rest_to_adam(optim
     assert hidden["name"] == "hidden"
     assert [id(p) for p in hidden["params"]] == [id(task.model[0].weight)]
     assert hidden["memory"] == cfg.optimizer.factory.memory and hidden["lr"] == cfg.optimizer.lr
-    # The head (last Linear, weight and bias) and the biases: Adam at lr / 10.
+    # The head (last Linear, weight and bias) and the biases: Adam at lr * rest_lr_ratio.
     assert {id(p) for p in rest["params"]} == {
         id(task.model[0].bias), id(task.model[2].weight), id(task.model[2].bias)
     }  # fmt: skip
     assert rest["memory"] == "adam" and rest["betas"] == [0.9, 0.95]
-    assert rest["lr"] == pytest.approx(cfg.optimizer.lr * 0.1, rel=1e-12)
+    ratio = 1.0 if optimizer == "muon_rest1" else 0.1
+    assert cfg.optimizer.split.rest_lr_ratio == ratio
+    assert rest["lr"] == pytest.approx(cfg.optimizer.lr * ratio, rel=1e-12)
     # the option a muon_* config names reaches the hidden group
     for key, value in cfg.optimizer.factory.items():
         if key not in ("_target_", "_partial_", "_convert_", "memory", "lr"):
