@@ -48,7 +48,16 @@ def split_optimizer(optimizer: str, task: str, cache):
 
 @pytest.mark.parametrize(
     "optimizer",
-    ["muon", "cms_m3", "muon_pe", "muon_pe4", "muon_delta", "muon_rownorm", "muon_rest1"],
+    [
+        "muon",
+        "cms_m3",
+        "cms_m3_pe",
+        "muon_pe",
+        "muon_pe4",
+        "muon_delta",
+        "muon_rownorm",
+        "muon_rest1",
+    ],
 )
 def test_muon_style_configs_step_hidden_matrices_and_give_the_rest_to_adam(optimizer, tmp_path):
     cfg, task, opt = split_optimizer(optimizer, "digits_mlp", tmp_path)

@@ -83,7 +83,12 @@ INFOS = [
     ),
     OptimizerInfo(
         "cms",
-        ({}, m3_config(freq=2), {"normalize": False, "accumulate": False, "freqs": (1, 3)}),
+        (
+            {},
+            m3_config(freq=2),
+            {"normalize": False, "accumulate": False, "freqs": (1, 3)},
+            {**m3_config(freq=2), "ns_coefficients": "polar_express"},
+        ),
         lr=1e-3,
         bad={"alphas": ((NAN, 0.9),), "freqs": ((1, 0),), "eps": (INF,), "beta2": (NAN,)},
     ),
