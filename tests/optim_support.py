@@ -124,3 +124,17 @@ def assert_lockstep(
         for p, q in zip(fast_model.parameters(), ref_model.parameters(), strict=True):
             for key in ref.state[q] if state_keys is None else state_keys:
                 torch.testing.assert_close(fast.state[p][key], ref.state[q][key], **tol)
+
+
+FLAGS = ("foreach", "orthogonalize", "row_norm")
+
+
+def option_value(key: str, value: str) -> object:
+    """A ``key=value`` option of a test case string (``"muon:gamma=0.5:row_norm=1"``): ``"1"``
+    for a flag is True, a number is a float, anything else stays a string."""
+    if key in FLAGS:
+        return bool(int(value))
+    try:
+        return float(value)
+    except ValueError:
+        return value

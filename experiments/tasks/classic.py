@@ -73,12 +73,21 @@ class Rosenbrock:
 
 
 class DigitsMLP:
-    """A 2-layer MLP on scikit-learn's 8x8 digits (ships in the wheel), minibatch cross-entropy."""
+    """An MLP on scikit-learn's 8x8 digits (ships in the wheel), minibatch cross-entropy.
+
+    ``depth`` hidden layers of width ``hidden`` (default 1: the 2-layer MLP of ``digits_mlp``);
+    deeper and wider, it gives Muon several hidden matrices, one of them tall (``hidden x 64``).
+    """
 
     name = "digits_mlp"
 
     def __init__(
-        self, seed: int, hidden: int = 64, batch_size: int = 64, val_fraction: float = 0.25
+        self,
+        seed: int,
+        hidden: int = 64,
+        batch_size: int = 64,
+        val_fraction: float = 0.25,
+        depth: int = 1,
     ):
         from sklearn.datasets import load_digits
 
@@ -91,7 +100,10 @@ class DigitsMLP:
         self.x_val, self.y_val = x[perm[:n_val]], y[perm[:n_val]]
         self.x_train, self.y_train = x[perm[n_val:]], y[perm[n_val:]]
         torch.manual_seed(seed)
-        self.model = nn.Sequential(nn.Linear(64, hidden), nn.GELU(), nn.Linear(hidden, 10))
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [nn.Linear(64 if i == 0 else hidden, hidden), nn.GELU()]
+        self.model = nn.Sequential(*layers, nn.Linear(hidden, 10))
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
 

@@ -46,19 +46,44 @@ def split_optimizer(optimizer: str, task: str, cache):
     return cfg, task_obj, optimizer_factory(cfg, task_obj)(task_obj.parameters())
 
 
-@pytest.mark.parametrize("optimizer", ["muon", "cms_m3"])
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        "muon",
+        "cms_m3",
+        "cms_m3_pe",
+        "muon_pe",
+        "muon_pe4",
+        "muon_delta",
+        "muon_rownorm",
+        "muon_rest1",
+    ],
+)
 def test_muon_style_configs_step_hidden_matrices_and_give_the_rest_to_adam(optimizer, tmp_path):
     cfg, task, opt = split_optimizer(optimizer, "digits_mlp", tmp_path)
     hidden, rest = opt.param_groups
     assert hidden["name"] == "hidden"
     assert [id(p) for p in hidden["params"]] == [id(task.model[0].weight)]
     assert hidden["memory"] == cfg.optimizer.factory.memory and hidden["lr"] == cfg.optimizer.lr
-    # The head (last Linear, weight and bias) and the biases: Adam at lr / 10.
+    # The head (last Linear, weight and bias) and the biases: Adam at lr * rest_lr_ratio.
     assert {id(p) for p in rest["params"]} == {
         id(task.model[0].bias), id(task.model[2].weight), id(task.model[2].bias)
     }  # fmt: skip
     assert rest["memory"] == "adam" and rest["betas"] == [0.9, 0.95]
-    assert rest["lr"] == pytest.approx(cfg.optimizer.lr * 0.1, rel=1e-12)
+    ratio = 1.0 if optimizer == "muon_rest1" else 0.1
+    assert cfg.optimizer.split.rest_lr_ratio == ratio
+    assert rest["lr"] == pytest.approx(cfg.optimizer.lr * ratio, rel=1e-12)
+    # the option a muon_* config names reaches the hidden group
+    for key, value in cfg.optimizer.factory.items():
+        if key not in ("_target_", "_partial_", "_convert_", "memory", "lr"):
+            assert hidden[key] == value, key
+
+
+def test_deep_digits_task_gives_muon_three_hidden_matrices(tmp_path):
+    cfg, task, opt = split_optimizer("muon", "digits_mlp_deep", tmp_path)
+    hidden, _ = opt.param_groups
+    assert [tuple(p.shape) for p in hidden["params"]] == [(128, 64), (128, 128), (128, 128)]
+    assert task.model[-1].out_features == 10
 
 
 def test_cms_m3_config_is_m3_config():
@@ -170,7 +195,8 @@ def test_smoke_comparison_and_report(tmp_path):
     assert (tmp_path / "plots" / "smoke_quadratic.png").stat().st_size > 1000
 
 
-FORENSIC_TASKS = [t for t in names("task") if t not in ("quadratic", "rosenbrock", "digits_mlp")]
+CLASSIC_TASKS = ("quadratic", "rosenbrock", "digits_mlp", "digits_mlp_deep")
+FORENSIC_TASKS = [t for t in names("task") if t not in CLASSIC_TASKS]
 
 
 @pytest.mark.parametrize("task", FORENSIC_TASKS)

@@ -35,7 +35,7 @@ from torch.distributed.fsdp import fully_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # optim_support
 
-from optim_support import loss_at, safe_lr  # noqa: E402
+from optim_support import loss_at, option_value, safe_lr  # noqa: E402
 
 from assocmem import MemoryOptimizer  # noqa: E402
 
@@ -77,7 +77,7 @@ def optimizer(net: nn.Module, case: str) -> MemoryOptimizer:
     kw: dict[str, object] = {}
     for option in options:
         key, value = option.split("=")
-        kw[key] = bool(int(value)) if key in ("foreach", "orthogonalize") else value
+        kw[key] = option_value(key, value)
     return MemoryOptimizer(net.parameters(), memory, lr=safe_lr(memory), **kw)
 
 

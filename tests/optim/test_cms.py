@@ -26,6 +26,7 @@ CONFIGS = {
     "ademamix": ademamix_config(alpha=2.0, beta3=0.99),
     "m3": m3_config(freq=3),
     "m3_normalized": m3_config(freq=4, normalize=True),
+    "m3_polar_express": {**m3_config(freq=3), "ns_coefficients": "polar_express", "ns_steps": 4},
     "three_levels_no_acc": dict(
         alphas=(0.9, 0.8, 0.5),
         freqs=(1, 3, 7),

@@ -286,3 +286,23 @@ def test_converges(memory: str, problem_name: str) -> None:
         f"{memory} on {problem_name} with {config}: error {err:.3g} > tol {problem.tol:g} "
         f"after {problem.steps} steps (start {start:.3g})"
     )
+
+
+# Muon's options on ``logreg``, where muon runs its matrix path. Swept like CONFIGS over
+# {3e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2}: each met the goal over 1e-2 .. 0.1, as plain muon does.
+MUON_OPTIONS = {
+    "polar_express": {"ns_coefficients": "polar_express"},
+    "polar_express_4_steps": {"ns_coefficients": "polar_express", "ns_steps": 4, "ns_lower": 1e-2},
+    "delta_erase": {"gamma": 0.5},
+    "delta_erase_rows": {"gamma": 0.5, "erase": "row"},
+    "row_norm": {"row_norm": True},
+    "all": {"ns_coefficients": "polar_express", "gamma": 0.5, "row_norm": True},
+}
+
+
+@pytest.mark.parametrize("option", MUON_OPTIONS)
+def test_muon_options_converge(option: str) -> None:
+    problem = get_problem("logreg")
+    w = run("muon", problem, {"lr": 2e-2, **MUON_OPTIONS[option]})
+    assert problem.error(problem.w0) > problem.tol
+    assert problem.error(w) <= problem.tol, f"muon {option}: error {problem.error(w):.3g}"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from optim_support import LOCKSTEP_TOL
+from optim_support import LOCKSTEP_TOL, option_value
 
 from assocmem import MemoryOptimizer, get_preset
 
@@ -30,13 +30,16 @@ pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 # Every preset with its defaults, plus the options that change what a sharded step
 # communicates: delta's per-row erase (1-D tensors are one row split across ranks), cms's
-# Newton-Schulz read, landscape's scalar form and deep's reference path (all three gathered).
+# Newton-Schulz read, landscape's scalar form and deep's reference path (all three gathered),
+# muon's Polar Express schedule (local) and its delta erase with row normalisation (gathered).
 CASES = [
     "momentum",
     "adam",
     "delta",
     "delta:erase=row",
     "muon",
+    "muon:ns_coefficients=polar_express",
+    "muon:gamma=0.5:row_norm=1",
     "cms",
     "cms:orthogonalize=1",
     "deep",
@@ -93,6 +96,6 @@ def test_sharded_tensors_are_gathered_only_when_the_memory_needs_them_whole(resu
     memory, *options = case.split(":")
     group = MemoryOptimizer.hyperparameters(memory)
     for key, value in (o.split("=") for o in options):
-        group[key] = bool(int(value)) if value.isdigit() else value
+        group[key] = option_value(key, value)
     local = "foreach=0" not in options and get_preset(memory).shards_locally(group)
     assert (results[case]["gathered"] == 0) == local

@@ -25,7 +25,19 @@ class TwinNet(TinyNet):
 
 
 @pytest.mark.parametrize(
-    "hyper", [{}, {"nesterov": False, "scale": "rms"}, {"momentum": 0.0, "adam_lr_ratio": 0.1}]
+    "hyper",
+    [
+        {},
+        {"nesterov": False, "scale": "rms"},
+        {"momentum": 0.0, "adam_lr_ratio": 0.1},
+        {"ns_coefficients": "polar_express"},
+        {"ns_coefficients": "polar_express", "ns_steps": 3, "ns_lower": 1e-2},
+        {"gamma": 0.5},
+        {"gamma": 0.3, "erase": "row", "nesterov": False},
+        {"row_norm": True},
+        {"row_norm": True, "row_beta2": 0.0, "scale": "rms"},
+        {"gamma": 1.0, "erase": "row", "row_norm": True, "ns_coefficients": "polar_express"},
+    ],
 )
 def test_reference_equals_fast_path_at_every_step(hyper):
     with in_float64():
@@ -138,3 +150,41 @@ def test_matches_torch_muon_up_to_its_bfloat16_orthogonalisation(nesterov):
     got = run(lambda ps: MemoryOptimizer(ps, "muon", **kw))
     torch.testing.assert_close(got, expected, rtol=0, atol=5e-3)
     assert (got - expected).abs().max() > 0  # fp32 vs bf16: equal would mean we are bf16 too
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("erase", ["tensor", "row"])
+def test_delta_rule_erase_writes_the_nested_learning_momentum(foreach, erase):
+    """``m <- (beta I - gamma g_hat g_hat^T) m + g`` (per tensor, or per row), then the read."""
+    beta, gamma = 0.9, 0.6
+    gen = torch.Generator().manual_seed(0)
+    w = nn.Parameter(torch.randn(4, 6, generator=gen, dtype=torch.float64))
+    opt = MemoryOptimizer([w], "muon", lr=0.1, momentum=beta, gamma=gamma, erase=erase,
+                          foreach=foreach)  # fmt: skip
+    w.grad = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    opt.step()
+    m = opt.state[w]["momentum"].clone()
+    torch.testing.assert_close(m, w.grad)  # an empty memory has nothing to erase
+    g = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    w.grad = g
+    opt.step()
+    rows_g, rows_m = (g.reshape(1, -1), m.reshape(1, -1)) if erase == "tensor" else (g, m)
+    g_hat = rows_g / torch.linalg.vector_norm(rows_g, dim=1, keepdim=True)
+    erased = beta * rows_m - gamma * g_hat * (g_hat * rows_m).sum(dim=1, keepdim=True)
+    torch.testing.assert_close(opt.state[w]["momentum"], erased.reshape(4, 6) + g)
+    # along g_hat the old memory is kept with factor beta - gamma, the rest with beta
+    along = (g_hat * (opt.state[w]["momentum"].reshape(rows_g.shape) - rows_g)).sum(dim=1)
+    torch.testing.assert_close(along, (beta - gamma) * (g_hat * rows_m).sum(dim=1))
+
+
+@pytest.mark.parametrize(
+    "hyper",
+    [{"ns_coefficients": "polar_express"}, {"gamma": 0.5}, {"row_norm": True}],
+)
+def test_each_option_changes_the_trajectory(hyper):
+    def run(**kw):
+        model = make_model()
+        train(model, MemoryOptimizer(model.parameters(), "muon", lr=0.02, **kw), range(5))
+        return flat_params(model)
+
+    assert (run(**hyper) - run()).abs().max() > 1e-4

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from assocmem.memory import ElementwiseMemory, read
 from assocmem.optim.newton_schulz import zeropower_via_newtonschulz5
+from assocmem.optim.polar_express import LOWER
 
 SCALES = ("spectral", "rms")
 
@@ -70,7 +71,14 @@ def spectral_scale(rows: int, cols: int, scale: str = "spectral") -> float:
     return 0.2 * max(rows, cols) ** 0.5
 
 
-def orthogonal_read(update: Tensor, *, steps: int, scale: str = "spectral") -> tuple[Tensor, float]:
+def orthogonal_read(
+    update: Tensor,
+    *,
+    steps: int,
+    scale: str = "spectral",
+    coefficients: str = "jordan",
+    lower: float = LOWER,
+) -> tuple[Tensor, float]:
     """``u = s O`` with ``O = NS(m) ~ U V^T`` for ``m = U S V^T`` read as ``(rows, cols)``.
 
     Every singular direction of ``m`` moves by the same amount: the steepest-descent direction
@@ -81,18 +89,27 @@ def orthogonal_read(update: Tensor, *, steps: int, scale: str = "spectral") -> t
         update: the tensor ``m`` to orthogonalise (``dim >= 2``; conv kernels as matrices).
         steps: Newton-Schulz iterations.
         scale: :func:`spectral_scale`'s rule.
+        coefficients, lower: the Newton-Schulz schedule
+            (:func:`assocmem.optim.newton_schulz.schedule`).
 
     Returns:
         ``(O, s)``: ``O`` shaped like ``update`` and the scale ``s``, apart, so that a caller can
         fold ``s`` into its step size (muon) or its level weight (cms).
     """
     rows, cols = as_matrix(update).shape
-    ortho = zeropower_via_newtonschulz5(as_matrix(update), steps=steps)
+    ortho = zeropower_via_newtonschulz5(
+        as_matrix(update), steps=steps, coefficients=coefficients, lower=lower
+    )
     return ortho.view_as(update), spectral_scale(rows, cols, scale)
 
 
 def orthogonal_reads(
-    updates: list[Tensor], *, steps: int, scale: str = "spectral"
+    updates: list[Tensor],
+    *,
+    steps: int,
+    scale: str = "spectral",
+    coefficients: str = "jordan",
+    lower: float = LOWER,
 ) -> list[tuple[list[int], list[Tensor], float]]:
     """:func:`orthogonal_read` of many tensors, one batched Newton-Schulz per matrix shape.
 
@@ -105,7 +122,9 @@ def orthogonal_reads(
     reads = []
     for (rows, cols), index in by_shape.items():
         stacked = torch.stack([as_matrix(updates[i]) for i in index])
-        ortho = zeropower_via_newtonschulz5(stacked, steps=steps)
+        ortho = zeropower_via_newtonschulz5(
+            stacked, steps=steps, coefficients=coefficients, lower=lower
+        )
         pieces = [o.view_as(updates[i]) for o, i in zip(ortho.unbind(0), index, strict=True)]
         reads.append((index, pieces, spectral_scale(rows, cols, scale)))
     return reads

@@ -57,6 +57,11 @@ def unit_interval(x: Any) -> str | None:
     return None if _is_real(x) and 0 <= x < 1 else f"must be in [0, 1), got {x!r}"
 
 
+def open_unit_interval(x: Any) -> str | None:
+    """``0 < x < 1``: a fraction that must be neither nothing nor everything."""
+    return None if _is_real(x) and 0 < x < 1 else f"must be in (0, 1), got {x!r}"
+
+
 def closed_unit_interval(x: Any) -> str | None:
     return None if _is_real(x) and 0 <= x <= 1 else f"must be in [0, 1], got {x!r}"
 

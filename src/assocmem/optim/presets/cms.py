@@ -9,7 +9,8 @@ NL's chunked update: nothing between two writes is lost) or with the current gra
     write     L_k <- alpha_k L_k + eta_k v_k                 when t % f_k == 0   (hebbian)
     second    s <- beta2 s + (1 - beta2) g^2                 every step (normalize=True)
     read      r_k = L_k / c_k   if debias[k],   c_k = eta_k (1 - alpha_k^n_k) / (1 - alpha_k)
-              r_k = NS(r_k)     if orthogonalize, for >= 2-D tensors (Newton-Schulz, Muon)
+              r_k = NS(r_k)     if orthogonalize, for >= 2-D tensors (Newton-Schulz, Muon;
+                                ns_coefficients="polar_express": Polar Express)
               u   = sum_k w_k r_k
               u   = u / (sqrt(s / (1 - beta2^t)) + eps)       if normalize
     step      W <- W - lr * u
@@ -54,6 +55,8 @@ from torch import Tensor
 
 from assocmem.memory import ElementwiseMemory, hebbian_write, read
 from assocmem.optim import validate
+from assocmem.optim.newton_schulz import COEFFICIENTS
+from assocmem.optim.polar_express import LOWER
 from assocmem.optim.reads import adam_denominator, orthogonal_read
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
@@ -134,9 +137,15 @@ def debias_factor(alpha: float, eta: float, writes: int) -> float:
     return (1 - alpha**writes) * (eta / (1 - alpha))
 
 
-def orthogonalize(update: Tensor, steps: int) -> Tensor:
-    """Muon's read ``s NS(u)`` for a >= 2-D tensor (as ``(rows, rest)``), spectral scale ``s``."""
-    ortho, scale = orthogonal_read(update, steps=steps)
+def orthogonalize(update: Tensor, group: Group) -> Tensor:
+    """Muon's read ``s NS(u)`` for a >= 2-D tensor (as ``(rows, rest)``), spectral scale ``s``,
+    with the group's Newton-Schulz steps and coefficient schedule."""
+    ortho, scale = orthogonal_read(
+        update,
+        steps=group["ns_steps"],
+        coefficients=group["ns_coefficients"],
+        lower=group["ns_lower"],
+    )
     return ortho * scale
 
 
@@ -176,6 +185,12 @@ class CMS(Preset):
             False, validate.boolean, "Newton-Schulz each level's read (>= 2-D tensors)"
         ),
         "ns_steps": Hyper(5, validate.positive_int, "Newton-Schulz iterations"),
+        "ns_coefficients": Hyper(
+            "jordan", validate.one_of(*COEFFICIENTS), "NS: one quintic repeated, or one per step"
+        ),
+        "ns_lower": Hyper(
+            LOWER, validate.open_unit_interval, "polar_express: smallest relative s.v. lifted"
+        ),
     }
 
     def shards_locally(self, group: Group) -> bool:
@@ -221,7 +236,7 @@ class CMS(Preset):
             if group["debias"][k]:
                 recalled = recalled / debias_factor(alpha, etas[k], t // freq)
             if group["orthogonalize"] and param.dim() >= 2:
-                recalled = orthogonalize(recalled, group["ns_steps"])
+                recalled = orthogonalize(recalled, group)
             update = update + group["weights"][k] * recalled
         if group["normalize"]:
             beta2 = group["beta2"]

@@ -238,9 +238,7 @@ def _read_whole(whole: Buffers, t: int, group: Group) -> None:
     ):
         # Newton-Schulz of the debiased read, then the weight (which may be negative).
         reads = [
-            weight * orthogonalize(m / debias, group["ns_steps"])
-            if m.dim() >= 2
-            else m * (weight / debias)
+            weight * orthogonalize(m / debias, group) if m.dim() >= 2 else m * (weight / debias)
             for m in level
         ]
         torch._foreach_add_(updates, reads)

@@ -24,6 +24,20 @@ a param group with ``memory="adam"``.
 
 Since NS normalises its input, the momentum's scale is irrelevant: Muon's EMA form
 ``m <- lerp(m, g, 1 - beta)``, ``u = lerp(g, m, beta)`` gives the same update.
+
+Options (all off by default, so the default is Keller Jordan's Muon):
+
+- ``ns_coefficients="polar_express"`` (with ``ns_lower``): an optimal quintic per Newton-Schulz
+  iteration (Amsel et al. 2025, :mod:`assocmem.optim.polar_express`) instead of one repeated;
+  a tighter band around 1 at the same number of matmuls, or the same band in fewer;
+- ``gamma > 0``: the momentum memory is written with the delta rule instead of the Hebbian
+  rule (Nested Learning's combination of the two memories): before storing ``g`` it erases
+  what it holds along ``g_hat``,
+  ``m <- (beta I - gamma g_hat g_hat^T) m + g`` (``erase="tensor"`` or per ``"row"``;
+  :func:`assocmem.optim.presets.delta.delta_momentum_write`), then the same read and NS;
+- ``row_norm=True``: each row (output neuron) of the orthogonalised update is divided by the
+  root of a running mean square of that row, the update's Frobenius norm kept
+  (NorMuon, Li et al. 2025, :mod:`assocmem.optim.neuron_norm`; second moment ``row_beta2``).
 """
 
 from __future__ import annotations
@@ -33,6 +47,10 @@ from torch import Tensor
 
 from assocmem.memory import ElementwiseMemory, hebbian_write
 from assocmem.optim import sharded, validate
+from assocmem.optim.neuron_norm import foreach_row_normalize_, row_normalized
+from assocmem.optim.newton_schulz import COEFFICIENTS
+from assocmem.optim.polar_express import LOWER
+from assocmem.optim.presets.delta import delta_momentum_write, row_overlaps, tensor_overlaps
 from assocmem.optim.reads import (
     SCALES,
     foreach_momentum_,
@@ -60,13 +78,27 @@ def _adam_group(group: Group) -> Group:
 @register
 class Muon(Preset):
     name = "muon"
-    non_negative_state = ("exp_avg_sq",)  # the Adam fallback's
+    non_negative_state = ("exp_avg_sq", "row_sq")  # the Adam fallback's, the row norm's
     hyper = {
         # Named like torch.optim.Muon's argument (beta in the equations).
         "momentum": Hyper(0.95, validate.unit_interval, "retention beta of the momentum memory"),
         "nesterov": Hyper(True, validate.boolean, "read g + beta * m instead of m"),
         "ns_steps": Hyper(5, validate.positive_int, "Newton-Schulz iterations"),
         "scale": Hyper("spectral", validate.one_of(*SCALES), "update scale of matrices"),
+        "ns_coefficients": Hyper(
+            "jordan", validate.one_of(*COEFFICIENTS), "one quintic repeated, or one per step"
+        ),
+        "ns_lower": Hyper(
+            LOWER, validate.open_unit_interval, "polar_express: smallest relative s.v. lifted"
+        ),
+        "gamma": Hyper(
+            0.0, validate.closed_unit_interval, "delta-rule erase of the momentum (0: Hebbian)"
+        ),
+        "erase": Hyper(
+            "tensor", validate.one_of("tensor", "row"), "erase along g per tensor or per row"
+        ),
+        "row_norm": Hyper(False, validate.boolean, "normalise each row of O (NorMuon)"),
+        "row_beta2": Hyper(0.95, validate.unit_interval, "retention of the rows' mean square"),
         "adam_betas": Hyper(
             (0.9, 0.95), validate.pair_of(validate.unit_interval), "Adam fallback (dim < 2)"
         ),
@@ -77,21 +109,43 @@ class Muon(Preset):
     def init_state(self, param: Tensor, group: Group) -> State:
         if not orthogonalized(param):
             return get_preset("adam").init_state(param, group)
-        return {"momentum": torch.zeros_like(param, memory_format=torch.preserve_format)}
+        state = {"momentum": torch.zeros_like(param, memory_format=torch.preserve_format)}
+        if group["row_norm"]:
+            state["row_sq"] = torch.zeros(param.shape[0], dtype=param.dtype, device=param.device)
+        return state
 
     def shards_locally(self, group: Group) -> bool:
-        return True  # the Adam fallback is elementwise; a matrix's read u is gathered
+        # The Adam fallback is elementwise; a matrix's read u is gathered. The erase's and the
+        # row norm's whole-tensor sums are not all-reduced here: those options step gathered.
+        return group["gamma"] == 0 and not group["row_norm"]
 
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         if not orthogonalized(param):
             get_preset("adam").reference_step(param, grad, state, _adam_group(group))
             return
-        memory = hebbian_write(
-            ElementwiseMemory(state["momentum"]), None, grad, lr=1.0, retention=group["momentum"]
-        )
+        beta = group["momentum"]
+        if group["gamma"] > 0:
+            m = delta_momentum_write(
+                state["momentum"], grad, alpha=beta, gamma=group["gamma"], eta=1.0,
+                erase=group["erase"],
+            )  # fmt: skip
+            memory = ElementwiseMemory(m)
+        else:
+            memory = hebbian_write(
+                ElementwiseMemory(state["momentum"]), None, grad, lr=1.0, retention=beta
+            )
         state["momentum"].copy_(memory.m)
-        u = momentum_read(memory, grad, beta=group["momentum"], nesterov=group["nesterov"])
-        ortho, scale = orthogonal_read(u, steps=group["ns_steps"], scale=group["scale"])
+        u = momentum_read(memory, grad, beta=beta, nesterov=group["nesterov"])
+        ortho, scale = orthogonal_read(
+            u,
+            steps=group["ns_steps"],
+            scale=group["scale"],
+            coefficients=group["ns_coefficients"],
+            lower=group["ns_lower"],
+        )
+        if group["row_norm"]:
+            ortho, v = row_normalized(ortho, state["row_sq"], beta2=group["row_beta2"])
+            state["row_sq"].copy_(v)
         param.add_(ortho, alpha=-group["lr"] * scale)
 
     def foreach_step(
@@ -109,20 +163,43 @@ class Muon(Preset):
         if not matrices:
             return
         ps = [params[i] for i in matrices]
-        updates = foreach_momentum_(
-            [states[i]["momentum"] for i in matrices],
-            [grads[i] for i in matrices],
-            beta=group["momentum"],
-            nesterov=group["nesterov"],
-        )
+        bufs = [states[i]["momentum"] for i in matrices]
+        gs = [grads[i] for i in matrices]
+        if group["gamma"] > 0:
+            updates = _foreach_delta_momentum_(bufs, gs, group)
+        else:
+            updates = foreach_momentum_(
+                bufs, gs, beta=group["momentum"], nesterov=group["nesterov"]
+            )
         if sharded.active():
             # FSDP2 rows: Newton-Schulz needs the whole matrix. Only the read u is gathered
             # (one all-gather of numel per matrix), each rank orthogonalises it and keeps its
             # rows of O: a third of gathering parameter, gradient and momentum.
             updates = [sharded.gather_rows(u, p) for u, p in zip(updates, ps, strict=True)]
         for index, orthos, scale in orthogonal_reads(
-            updates, steps=group["ns_steps"], scale=group["scale"]
+            updates,
+            steps=group["ns_steps"],
+            scale=group["scale"],
+            coefficients=group["ns_coefficients"],
+            lower=group["ns_lower"],
         ):
+            if group["row_norm"]:
+                row_sqs = [states[matrices[j]]["row_sq"] for j in index]
+                orthos = foreach_row_normalize_(orthos, row_sqs, beta2=group["row_beta2"])
             if sharded.active():
                 orthos = [sharded.own_rows(o, ps[j]) for o, j in zip(orthos, index, strict=True)]
             torch._foreach_add_([ps[j] for j in index], orthos, alpha=-group["lr"] * scale)
+
+
+def _foreach_delta_momentum_(bufs: list[Tensor], grads: list[Tensor], group: Group) -> list[Tensor]:
+    """The fast path of the delta-rule write ``m <- beta m + (1 - gamma c) g`` (``c`` the
+    overlap ``<g, m> / ||g||^2`` per tensor or per row: the erase along ``g_hat`` folded into
+    the gradient's write rate, as in the ``delta`` preset), in place, then the momentum read."""
+    beta, gamma = group["momentum"], group["gamma"]
+    if group["erase"] == "tensor":
+        rates = list((1.0 - gamma * tensor_overlaps(grads, bufs)).unbind())
+    else:
+        rates = [1.0 - gamma * row_overlaps(g, m) for g, m in zip(grads, bufs, strict=True)]
+    torch._foreach_mul_(bufs, beta)
+    torch._foreach_addcmul_(bufs, grads, rates)
+    return torch._foreach_add(grads, bufs, alpha=beta) if group["nesterov"] else bufs
