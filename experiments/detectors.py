@@ -48,6 +48,7 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
     "npr_pixels": lambda size: NPRWithPixels(),
     "npr_spectrum": lambda size: NPRWithSpectrum(image_size=size),
     "npr_dct": lambda size: NPRWithDCT(),
+    "npr_dct_dropout": lambda size: NPRWithDCT(feature_dropout=0.5),
     "smallcnn": lambda size: SmallCNN(),
     "f3net": lambda size: F3Net(image_size=size),
     "mesonet4": lambda size: MesoNet4(image_size=size),

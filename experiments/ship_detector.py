@@ -43,6 +43,7 @@ SHIPPABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "npr_bn": ("npr", {"norm": "batch"}),
     "npr": ("npr", {}),
     "npr_pixels": ("npr_pixels", {}),
+    "npr_dct": ("npr_dct", {}),
 }
 
 
@@ -65,7 +66,10 @@ def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "model": args.model,
         "train": {
             **run,
-            **{k: getattr(args, k) for k in ("batch_size", "max_steps", "eval_every", "patience")},
+            **{
+                k: getattr(args, k)
+                for k in ("batch_size", "max_steps", "eval_every", "patience", "lr_drops")
+            },
         },
         "data": {
             "config": config.to_dict(),
@@ -142,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=3000)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--patience", type=int, default=4, help="evaluations without progress")
+    parser.add_argument(
+        "--lr-drops", type=int, default=0, help="lr drops by 10 at a plateau before stopping"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="stream worker processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")

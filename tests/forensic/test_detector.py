@@ -58,6 +58,34 @@ def test_score_is_the_mean_of_the_tile_logits(detector: Detector):
     assert (result.height, result.width, result.undersized) == (70, 45, False)
 
 
+def test_a_jpeg_grid_detector_tiles_on_its_8_x_8_grid(tmp_path: Path):
+    # npr_dct reads the 8 x 8 block DCT anchored at the tile's corner: its tiles must start at
+    # multiples of 8 of the image, and the image is padded to a multiple of 8, not of 2.
+    from assocmem.forensic.checkpoint import build_model, save_detector
+
+    torch.manual_seed(0)
+    model = build_model("npr_dct", {"widths": [4, 8], "hidden": 8, "embed": 4}).eval()
+    with torch.no_grad():
+        val = model(torch.rand(20, 3, 32, 32))
+    path = tmp_path / "dct.safetensors"
+    save_detector(
+        path, model, architecture="npr_dct",
+        arch_kwargs={"widths": [4, 8], "hidden": 8, "embed": 4}, patch_size=32,
+        val_real_logits=val, target_fpr=0.05, info={},
+    )  # fmt: skip
+    det = Detector.load(path)
+    assert det.alignment == 8 and det.describe()["alignment"] == 8
+    image = torch.rand(3, 70, 45)
+    result = det.score_one(image)
+    # rows 0, 32, 40 (70 -> 72), columns 0, 16 (45 -> 48): every start a multiple of 8
+    with torch.no_grad():
+        by_hand = det.model(tiles(image, 32, 32, align=8))
+    assert result.tiles == len(by_hand) == 3 * 2
+    assert result.score == pytest.approx(float(by_hand.double().mean()), abs=LOGIT_TOL)
+    with pytest.raises(ValueError, match="multiple of align=8"):
+        Detector.load(path, stride=4)
+
+
 def test_scores_do_not_depend_on_the_batch(detector: Detector):
     image = torch.rand(3, 100, 100, generator=torch.Generator().manual_seed(2))
     one = Detector.load(detector.source, batch_size=1).tile_logits(image)

@@ -33,6 +33,8 @@ def test_padded_size_examples():
     assert padded_size(101, 32) == 102  # odd: one reflected column, so starts stay even
     assert padded_size(5, 32) == 32  # smaller than a tile: reflected up to one tile
     assert padded_size(1, 32) == 32
+    assert padded_size(101, 32, align=8) == 104  # the JPEG grid: a multiple of 8
+    assert padded_size(100, 32, align=4) == 100
 
 
 @given(length=st.integers(2, 200), extra=st.integers(0, 300))
@@ -53,15 +55,18 @@ def test_reflect_indices_of_one_pixel_repeats_it():
     height=st.integers(1, 130),
     width=st.integers(1, 130),
     patch=st.sampled_from([8, 16, 32]),
-    stride_halves=st.integers(1, 16),
+    align=st.sampled_from([2, 4, 8]),
+    stride_steps=st.integers(1, 16),
 )
-def test_tiles_cover_every_pixel_at_even_offsets(height, width, patch, stride_halves):
-    stride = min(2 * stride_halves, patch)
-    hp, wp = padded_size(height, patch), padded_size(width, patch)
-    grid = tile_grid(height, width, patch, stride)
+def test_tiles_cover_every_pixel_at_aligned_offsets(height, width, patch, align, stride_steps):
+    stride = min(align * stride_steps, patch)
+    hp, wp = padded_size(height, patch, align), padded_size(width, patch, align)
+    assert hp % align == 0 and 0 <= hp - max(height, patch) < align
+    grid = tile_grid(height, width, patch, stride, align)
     covered = np.zeros((hp, wp), dtype=int)
     for top, left in grid:
-        assert top % 2 == 0 and left % 2 == 0  # the 2 x 2 grid keeps its phase in every tile
+        # the 2 x 2 (NPR) or 8 x 8 (JPEG) grid keeps its phase in every tile
+        assert top % align == 0 and left % align == 0
         assert 0 <= top <= hp - patch and 0 <= left <= wp - patch
         covered[top : top + patch, left : left + patch] += 1
     assert (covered[:height, :width] >= 1).all()  # every pixel of the image is in a tile
@@ -97,6 +102,12 @@ def test_bad_tiling_arguments_are_refused():
         tile_starts(64, 31, 2)
     with pytest.raises(ValueError, match="pad it"):
         tile_starts(20, 32, 32)
+    with pytest.raises(ValueError, match="multiple of 8: pad it"):
+        tile_starts(100, 32, 32, align=8)
+    with pytest.raises(ValueError, match="stride must be a multiple of align=8"):
+        tile_starts(96, 32, 4, align=8)
+    with pytest.raises(ValueError, match="align"):
+        tile_starts(96, 32, 32, align=3)
     with pytest.raises(ValueError, match=">= 1 pixel"):
         padded_size(0, 32)
     with pytest.raises(ValueError, match="no tile logits"):

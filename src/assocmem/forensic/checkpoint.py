@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from assocmem.forensic.calibration import threshold_at_fpr
 from assocmem.forensic.metrics import false_positive_rate
 from assocmem.forensic.models.baselines import SmallCNN
-from assocmem.forensic.models.npr import NPR, NPRWithPixels
+from assocmem.forensic.models.npr import NPR, NPRWithDCT, NPRWithPixels
 from assocmem.storage import read_safetensors, write_safetensors
 
 __all__ = [
@@ -62,6 +62,7 @@ DEFAULT_CHECKPOINT = Path(__file__).with_name("checkpoints") / "npr_bn.safetenso
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "npr": NPR,
+    "npr_dct": NPRWithDCT,
     "npr_pixels": NPRWithPixels,
     "smallcnn": SmallCNN,
 }

@@ -89,7 +89,18 @@ class Detector:
             raise ValueError(f"threshold must be finite, got {self.threshold}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        tiles(torch.zeros(1, self.patch_size, self.patch_size), self.patch_size, self.stride)
+        tiles(
+            torch.zeros(1, self.patch_size, self.patch_size),
+            self.patch_size,
+            self.stride,
+            self.alignment,
+        )
+
+    @property
+    def alignment(self) -> int:
+        """Tiles start at multiples of this from the image's corner: the model's ``alignment``
+        (8 for one that reads the JPEG grid), else 2 (NPR's ``2 x 2`` cells)."""
+        return int(getattr(self.model, "alignment", 2))
 
     @classmethod
     def load(
@@ -144,7 +155,7 @@ class Detector:
         return self._tile_logits(_as_image(image))
 
     def _tile_logits(self, image: Tensor) -> Tensor:
-        cut = tiles(image, self.patch_size, self.stride)
+        cut = tiles(image, self.patch_size, self.stride, self.alignment)
         was_training = self.model.training
         self.model.eval()  # BatchNorm's running statistics: a tile's score ignores its batch
         try:
@@ -193,6 +204,7 @@ class Detector:
             "weights": self.source,
             "patch_size": self.patch_size,
             "stride": self.stride,
+            "alignment": self.alignment,
             "threshold": self.threshold,
             "target_fpr": self.target_fpr,
             "combine": "mean tile logit",

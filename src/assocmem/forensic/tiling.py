@@ -1,15 +1,18 @@
 """Cutting an image of any size into a detector's square tiles, and combining the tile scores.
 
-The rule (pure functions, so tests and docs can state it exactly), for a tile side ``P`` and a
-stride ``S`` (both even, ``S <= P``; ``assocmem-detect`` uses ``S = P``):
+The rule (pure functions, so tests and docs can state it exactly), for a tile side ``P``, a
+stride ``S`` and an alignment ``A`` (``P`` and ``S`` multiples of ``A``, ``S <= P``;
+``assocmem-detect`` uses ``S = P`` and the detector's own ``A``: 2 for NPR, 8 for a detector
+that reads the JPEG grid):
 
 1. **Pad** (:func:`padded_size`, :func:`reflect_indices`): a side ``L`` becomes
-   ``L' = max(P, L + L % 2)`` by reflecting the image at its bottom and right edges (``numpy``'s
-   ``"reflect"``: the edge pixel is not repeated, repeated reflection when ``L' > 2 L - 1``).
-   Only the bottom and right are padded, and only to an even size, so every tile starts at an
-   even offset from the image's top-left corner: NPR's residual compares the pixels of each
-   ``2 x 2`` block, and the up-sampling trace it reads sits on the generator's grid, anchored at
-   that corner; a tile starting at an odd offset would pair pixels across blocks. Reflection,
+   ``L' = max(P, A * ceil(L / A))`` by reflecting the image at its bottom and right edges
+   (``numpy``'s ``"reflect"``: the edge pixel is not repeated, repeated reflection when
+   ``L' > 2 L - 1``). Only the bottom and right are padded, and only to a multiple of ``A``, so
+   every tile starts at a multiple of ``A`` from the image's top-left corner: NPR's residual
+   compares the pixels of each ``2 x 2`` block, and the up-sampling trace it reads sits on the
+   generator's grid, anchored at that corner; a tile starting at an odd offset would pair pixels
+   across blocks. A JPEG encoder's 8 x 8 grid is anchored at the same corner. Reflection,
    not up-scaling, for images smaller than a tile: interpolation would itself write the
    up-sampling trace the detector looks for; and not edge replication either: repeated pixels
    are a copy tie, i.e. a nearest-neighbour up-sampling trace. A reflected image is still a
@@ -18,7 +21,8 @@ stride ``S`` (both even, ``S <= P``; ``assocmem-detect`` uses ``S = P``):
 2. **Tile** (:func:`tile_starts`, :func:`tile_grid`): along each padded side, tiles start at
    ``0, S, 2 S, ...`` while they fit, and one more tile ends exactly at the edge
    (start ``L' - P``) if the last regular one does not: every pixel lies in at least one tile,
-   the edge tile overlaps its neighbour rather than leaving a strip out, and all starts stay even.
+   the edge tile overlaps its neighbour rather than leaving a strip out, and all starts stay
+   multiples of ``A``.
    Tiles are taken row-major: ``(top, left)`` for ``top`` in the row starts, ``left`` in the
    column starts.
 3. **Combine** (:func:`combine_logits`): the image's score is the **mean of its tile logits**.
@@ -43,21 +47,23 @@ __all__ = [
 ]
 
 
-def _check_patch(patch: int, stride: int) -> None:
-    if patch < 2 or patch % 2:
-        raise ValueError(f"patch must be an even integer >= 2, got {patch}")
-    if stride < 2 or stride % 2 or stride > patch:
+def _check_patch(patch: int, stride: int, align: int = 2) -> None:
+    if align < 2 or align % 2:
+        raise ValueError(f"align must be an even integer >= 2, got {align}")
+    if patch < align or patch % align:
+        raise ValueError(f"patch must be a multiple of align={align}, got {patch}")
+    if stride < align or stride % align or stride > patch:
         raise ValueError(
-            f"stride must be even and in [2, patch={patch}] (a larger one skips pixels), "
-            f"got {stride}"
+            f"stride must be a multiple of align={align} in [{align}, patch={patch}] (a larger "
+            f"one skips pixels), got {stride}"
         )
 
 
-def padded_size(length: int, patch: int) -> int:
-    """``max(patch, length + length % 2)``: the side after padding (rule 1)."""
+def padded_size(length: int, patch: int, align: int = 2) -> int:
+    """``max(patch, align * ceil(length / align))``: the side after padding (rule 1)."""
     if length < 1:
         raise ValueError(f"an image side must be >= 1 pixel, got {length}")
-    return max(patch, length + length % 2)
+    return max(patch, length + (-length) % align)
 
 
 def reflect_indices(length: int, new_length: int) -> Tensor:
@@ -74,9 +80,11 @@ def reflect_indices(length: int, new_length: int) -> Tensor:
     return torch.where(i < length, i, period - i)
 
 
-def tile_starts(length: int, patch: int, stride: int) -> list[int]:
-    """Tile starts along a side of ``length >= patch`` pixels (rule 2)."""
-    _check_patch(patch, stride)
+def tile_starts(length: int, patch: int, stride: int, align: int = 2) -> list[int]:
+    """Tile starts along a side of ``length >= patch`` pixels, a multiple of ``align`` (rule 2)."""
+    _check_patch(patch, stride, align)
+    if length % align:
+        raise ValueError(f"a side of {length} pixels is not a multiple of {align}: pad it")
     if length < patch:
         raise ValueError(f"a side of {length} pixels is shorter than the tile ({patch}): pad it")
     starts = list(range(0, length - patch + 1, stride))
@@ -85,30 +93,32 @@ def tile_starts(length: int, patch: int, stride: int) -> list[int]:
     return starts
 
 
-def tile_grid(height: int, width: int, patch: int, stride: int) -> list[tuple[int, int]]:
+def tile_grid(
+    height: int, width: int, patch: int, stride: int, align: int = 2
+) -> list[tuple[int, int]]:
     """``(top, left)`` of every tile of an image of ``height x width`` (before padding),
     row-major, in padded coordinates (rules 1 and 2)."""
-    rows = tile_starts(padded_size(height, patch), patch, stride)
-    cols = tile_starts(padded_size(width, patch), patch, stride)
+    rows = tile_starts(padded_size(height, patch, align), patch, stride, align)
+    cols = tile_starts(padded_size(width, patch, align), patch, stride, align)
     return [(t, c) for t in rows for c in cols]
 
 
-def pad(image: Tensor, patch: int) -> Tensor:
+def pad(image: Tensor, patch: int, align: int = 2) -> Tensor:
     """``image`` (C, H, W) reflected at its bottom and right edges to the padded size (rule 1)."""
     _, h, w = image.shape
-    hp, wp = padded_size(h, patch), padded_size(w, patch)
+    hp, wp = padded_size(h, patch, align), padded_size(w, patch, align)
     if (hp, wp) == (h, w):
         return image
     return image[:, reflect_indices(h, hp)][:, :, reflect_indices(w, wp)]
 
 
-def tiles(image: Tensor, patch: int, stride: int) -> Tensor:
+def tiles(image: Tensor, patch: int, stride: int, align: int = 2) -> Tensor:
     """All tiles of ``image`` (C, H, W) as (n, C, patch, patch), in :func:`tile_grid` order,
     same dtype as ``image``."""
     if image.dim() != 3:
         raise ValueError(f"expected one image (C, H, W), got shape {tuple(image.shape)}")
-    grid = tile_grid(image.shape[1], image.shape[2], patch, stride)
-    padded = pad(image, patch)
+    grid = tile_grid(image.shape[1], image.shape[2], patch, stride, align)
+    padded = pad(image, patch, align)
     return torch.stack([padded[:, t : t + patch, c : c + patch] for t, c in grid])
 
 

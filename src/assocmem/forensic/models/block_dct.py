@@ -75,15 +75,20 @@ class BlockDCTBranch(nn.Module):
     :func:`coefficient_features` of the Y, Cb and Cr block DCTs, normalised with batch
     statistics, go through an MLP shared by all blocks (1 x 1 convolutions over the block grid),
     and the block embeddings are averaged: a set function of the blocks, independent of the
-    image size.
+    image size. ``feature_dropout`` zeroes whole features (one coefficient's one statistic, in
+    every block of an image) while training, so no single coefficient of the few training
+    photos carries the decision.
     """
 
-    def __init__(self, hidden: int = 128, embed_dim: int = 64) -> None:
+    def __init__(
+        self, hidden: int = 128, embed_dim: int = 64, feature_dropout: float = 0.0
+    ) -> None:
         super().__init__()
         features = 3 * BLOCK * BLOCK * (1 + len(LATTICE_STEPS))
         self.embed_dim = embed_dim
         self.mlp = nn.Sequential(
             nn.BatchNorm2d(features),
+            nn.Dropout2d(feature_dropout),
             nn.Conv2d(features, hidden, 1),
             nn.ReLU(),
             nn.Conv2d(hidden, embed_dim, 1),

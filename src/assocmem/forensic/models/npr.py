@@ -152,8 +152,11 @@ class NPRWithDCT(nn.Module):
     block-DCT branch sees what a JPEG encoder leaves on its 8 x 8 grid (coefficients on a
     quantisation lattice, zeroed high frequencies, re-quantisation by a second encoder), which
     falls between NPR's cells. Both branches use batch statistics (see :class:`NPR`); inputs
-    need sides that are multiples of 8.
+    need sides that are multiples of 8, and tiles of a larger image must start at multiples of
+    8 (``alignment``, read by :class:`~assocmem.forensic.detector.Detector`'s tiling).
     """
+
+    alignment = 8
 
     def __init__(
         self,
@@ -162,10 +165,11 @@ class NPRWithDCT(nn.Module):
         gain: float = 10.0,
         hidden: int = 128,
         embed: int = 64,
+        feature_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.residual = NPR(widths, channels, gain, norm="batch")
-        self.dct = BlockDCTBranch(hidden, embed)
+        self.dct = BlockDCTBranch(hidden, embed, feature_dropout)
         self.fc = nn.Linear(self.residual.encoder.embed_dim + self.dct.embed_dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
