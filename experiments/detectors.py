@@ -135,6 +135,7 @@ def train_one(
         "best_step": result.best_step,
         "best_val_loss": result.best_val_loss,
         "stopped_early": result.stopped_early,
+        "lr_drops": getattr(args, "lr_drops", 0),
         "lr_drop_steps": result.lr_drop_steps,
         "seconds": round(seconds, 1),
         "val_curve": curve,
@@ -163,10 +164,25 @@ def _ms(values: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def lr_drops_of(run: dict[str, Any]) -> int:
+    """How many lr drops ``run`` allowed: its ``lr_drops`` entry, or (runs recorded before the
+    entry existed) the ``--lr-drops`` of the command that made it; 0 if neither says."""
+    if "lr_drops" in run:
+        return int(run["lr_drops"])
+    words = run.get("command", "").split()
+    return int(words[words.index("--lr-drops") + 1]) if "--lr-drops" in words else 0
+
+
+def run_label(run: dict[str, Any]) -> str:
+    """The detector column: the model, and its lr drops when it had any (a different recipe)."""
+    drops = lr_drops_of(run)
+    return run["model"] + (f" (lr drops {drops})" if drops else "")
+
+
 def markdown(runs: list[dict[str, Any]], command: str, target_fpr: float) -> str:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in runs:
-        groups.setdefault((r["model"], r["optimizer"]), []).append(r)
+        groups.setdefault((run_label(r), r["optimizer"]), []).append(r)
     pct = f"{100 * target_fpr:g} %"
     lines = [
         "## Forensic detectors (training stream, early stopping, calibrated threshold)",

@@ -44,6 +44,7 @@ SHIPPABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "npr": ("npr", {}),
     "npr_pixels": ("npr_pixels", {}),
     "npr_dct": ("npr_dct", {}),
+    "npr_dct_dropout": ("npr_dct", {"feature_dropout": 0.5}),
 }
 
 

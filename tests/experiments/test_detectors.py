@@ -39,3 +39,13 @@ def test_split_refuses_what_it_cannot_build():
         optimizer_factory("muon/halves", 2e-2, model)
     with pytest.raises(ValueError, match="exactly the trained params"):
         optimizer_factory("muon/split", 2e-2, model)(list(model.parameters())[:2])
+
+
+def test_runs_with_lr_drops_are_their_own_row():
+    from experiments.detectors import lr_drops_of, run_label
+
+    plain = {"model": "npr_bn", "command": "python -m experiments.detectors --models npr_bn"}
+    old = {"model": "npr_bn", "command": "python -m experiments.detectors --lr-drops 2 --seeds 0"}
+    new = {"model": "npr_bn", "lr_drops": 1, "command": "--lr-drops 2"}  # the entry wins
+    assert [lr_drops_of(r) for r in (plain, old, new)] == [0, 2, 1]
+    assert run_label(plain) == "npr_bn" and run_label(old) == "npr_bn (lr drops 2)"
