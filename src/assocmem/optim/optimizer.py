@@ -178,7 +178,9 @@ class MemoryOptimizer(Optimizer):
                 loss = closure()
         gathered = [_with_grads(group) for group in self.param_groups]
         if torch.compiler.is_compiling():  # read while dynamo traces; eagerly never called
-            _refuse_uncompilable(self.param_groups, gathered, self.state)
+            reason = _uncompilable(self.param_groups, gathered, self.state)
+            if reason is not None:
+                _refuse(reason)
         found = None
         if self.nonfinite != "ignore":
             flags = _nonfinite_flags([_real(g) for _, grads in gathered for g in grads])
@@ -392,23 +394,21 @@ class MemoryOptimizer(Optimizer):
             post_hook(self)
 
 
-# Run eagerly from the compiled step: a raise inside the traced graph is only a graph break,
-# after which dynamo would run (and miscompile) the rest anyway.
-@torch.compiler.disable
-def _refuse_uncompilable(
+def _uncompilable(
     groups: list[Group], gathered: list[tuple[list[Tensor], list[Tensor]]], state: Any
-) -> None:
-    """Raise where ``torch.compile(opt.step)`` would compute something else than eager.
+) -> str | None:
+    """Why ``torch.compile(opt.step)`` would compute something else than eager, or ``None``.
 
     A preset may declare itself uncompilable (``Preset.uncompilable``). And torch 2.13's
     AOTAutograd drops in-place writes to 0-d float64 tensors that enter the graph (a float64
     scalar parameter, or a preset's scalar state such as deep's RMS): the step would silently
-    leave them unchanged (a float64 learned step moved 0.09 off the eager one).
+    leave them unchanged (a float64 learned step moved 0.09 off the eager one). Read while
+    dynamo traces, on metadata only, so it costs no graph break.
     """
     for group, (params, _) in zip(groups, gathered, strict=True):
         preset = get_preset(group["memory"])
         if params and preset.uncompilable is not None:
-            raise RuntimeError(
+            return (
                 f"torch.compile of MemoryOptimizer.step is not supported for "
                 f"memory={preset.name!r} ({preset.uncompilable}); step it eagerly"
             )
@@ -417,11 +417,19 @@ def _refuse_uncompilable(
             own = state.get(p) or _fresh_state(preset, p.detach(), group)
             tensors = [p, *(v for v in own.values() if isinstance(v, Tensor))]
             if any(t.dim() == 0 and t.dtype == torch.float64 for t in tensors):
-                raise RuntimeError(
+                return (
                     "torch.compile of MemoryOptimizer.step cannot step float64 scalars (0-d "
                     "parameters or state): torch's AOTAutograd drops in-place writes to them. "
                     "Step such a model eagerly, or in float32."
                 )
+    return None
+
+
+# Run eagerly from the compiled step: a raise inside the traced graph is only a graph break,
+# after which dynamo would run (and miscompile) the rest anyway.
+@torch.compiler.disable
+def _refuse(reason: str) -> None:
+    raise RuntimeError(reason)
 
 
 def _reject_unknown(hyper: dict[str, Any], preset: Preset, memory: str) -> None:
