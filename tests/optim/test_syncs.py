@@ -26,8 +26,8 @@ READS = ("__bool__", "item", "tolist", "__float__", "__int__")
 # tensor's overlap needs its overflow-safe fallback.
 REMAINING = {"delta": 1}
 # With nonfinite="skip" (the default), the presets whose fused kernels take the non-finite flag
-# skip on the device (adam); the others decide on the host, one flag read per device per step.
-DEVICE_SKIP = ("adam",)
+# skip on the device; the others decide on the host, one flag read per device per step.
+DEVICE_SKIP = ("adam", "momentum")
 
 
 @contextlib.contextmanager

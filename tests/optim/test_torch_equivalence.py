@@ -56,8 +56,8 @@ CASES = {
 @pytest.mark.parametrize("foreach", [True, False])
 def test_preset_matches_torch(case, foreach):
     torch_cls, memory, torch_kw, ours_kw = CASES[case]
-    # adam's fast path is torch's fused kernel; momentum's is torch's foreach SGD, op for op
-    path = {"foreach": False} if not foreach else {"fused": True} if memory == "adam" else {}
+    # the fast path is torch's fused kernel (adam: _fused_adam(w)_, momentum: _fused_sgd_)
+    path = {"fused": True} if foreach else {"foreach": False}
     expected = run(lambda m: torch_cls(groups(m, 0.01), lr=0.01, **path, **torch_kw))
     got = run(
         lambda m: MemoryOptimizer(groups(m, 0.01), memory, lr=0.01, foreach=foreach, **ours_kw)
@@ -77,9 +77,9 @@ def transposed(model):
     return model
 
 
-@pytest.mark.parametrize("case", ["adam", "adamw"])
-def test_tensors_the_fused_kernel_cannot_take_step_as_torchs_foreach(case):
-    # A non-contiguous tensor goes through adam's foreach path, op for op torch's: the same bits.
+@pytest.mark.parametrize("case", ["adam", "adamw", "sgd_momentum", "sgd_nesterov"])
+def test_tensors_the_fused_kernels_cannot_take_step_as_torchs_foreach(case):
+    # A non-contiguous tensor goes through the foreach path, op for op torch's: the same bits.
     torch_cls, memory, torch_kw, ours_kw = CASES[case]
 
     def run_transposed(make_opt):

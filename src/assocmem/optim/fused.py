@@ -1,5 +1,5 @@
-"""torch's fused optimizer kernels (Adam, AdamW, SGD), as the ``adam``, ``momentum`` and ``cms``
-fast paths call them.
+"""torch's fused optimizer kernels (Adam, AdamW, SGD), as the fast paths of ``adam``,
+``momentum``, and the configurations of ``delta`` and ``cms`` that are momentum or Adam, call them.
 
 One pass over memory per tensor, where the foreach path makes one per operation, and each
 takes a ``found_inf`` flag on the parameters' device: when it is 1 the kernel leaves the
@@ -58,6 +58,47 @@ def adam_(decoupled: bool, *args: Any, **kwargs: Any) -> None:
 def sgd_(*args: Any, **kwargs: Any) -> None:
     """``torch._fused_sgd_``."""
     _run(torch._fused_sgd_, *args, **kwargs)
+
+
+def momentum_sgd_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    buffers: list[Tensor],
+    group: dict[str, Any],
+    found_inf: dict[Any, Tensor] | None,
+    *,
+    momentum: float,
+    write_rate: float,
+    lr: float,
+    nesterov: bool = False,
+) -> None:
+    """``m <- momentum m + write_rate g``, ``W <- W - lr m`` by ``torch._fused_sgd_``, with the
+    group's L2 weight decay and ``maximize`` (see :func:`momentum_fuses`).
+
+    ``momentum``, ``delta`` with ``gamma = 0`` and a one-level ``cms`` are this one write; they
+    all step through it, so that they stay equal to the bit (torch's fused SGD rounds the
+    last few elements of a tensor differently from its foreach SGD).
+    """
+    for index in by_device_and_dtype(params):
+        device = params[index[0]].device
+        # dampening = 1 - write_rate; is_first_step=False: the buffer starts at 0, and
+        # 0 * momentum + g is g to the bit, the value torch copies in at its first step.
+        sgd_(
+            [params[i] for i in index],
+            [grads[i] for i in index],
+            [buffers[i] for i in index],
+            weight_decay=group["weight_decay"], momentum=momentum, lr=lr,
+            dampening=1 - write_rate, nesterov=nesterov, maximize=group["maximize"],
+            is_first_step=False, found_inf=None if found_inf is None else found_inf[device],
+        )  # fmt: skip
+
+
+def momentum_fuses(group: dict[str, Any], momentum: float) -> bool:
+    """Whether :func:`momentum_sgd_` can take the group: the kernel has L2 weight decay only,
+    and with ``momentum == 0`` it would leave the buffer unwritten (torch keeps none), where the
+    presets store ``g`` in it."""
+    decoupled = group["decoupled_weight_decay"] and group["weight_decay"] != 0
+    return momentum > 0 and not decoupled
 
 
 def _run(kernel: Any, *args: Any, **kwargs: Any) -> None:

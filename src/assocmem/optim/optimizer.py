@@ -229,7 +229,7 @@ class MemoryOptimizer(Optimizer):
         steps = [s["step"] for s in states]
         torch._foreach_add_(steps, 1)
         if found is not None:  # a skipped step does not count, as in torch's fused Adam
-            torch._foreach_sub_(steps, [found[s.device].reshape(()) for s in steps])
+            torch._foreach_sub_(steps, [_flag_on(found, s.device).reshape(()) for s in steps])
         # An empty tensor has nothing to step (and a mean over it is NaN): the preset never
         # sees it; it keeps its empty state and its step count.
         kept = [i for i, w in enumerate(work) if w.numel() > 0]
@@ -548,7 +548,8 @@ def _loaded_state(where: str, saved: Any, param: Tensor, group: Group) -> dict[s
         )
     if (msg := validate.count(saved["step"])) is not None:
         raise ValueError(f"{where}: invalid state 'step': {msg}")
-    loaded: dict[str, Any] = {"step": _step_tensor(saved["step"], _step_device(preset, param))}
+    step = _step_tensor(saved["step"], _step_device(preset, param, group))
+    loaded: dict[str, Any] = {"step": step}
     for key, want in expected.items():
         value = saved[key]
         if not isinstance(want, Tensor):
@@ -605,10 +606,12 @@ def _step_tensor(step: Any, device: torch.device | str = "cpu") -> Tensor:
     return torch.tensor(float(step), dtype=torch.float32, device=device)
 
 
-def _step_device(preset: Preset, param: Tensor) -> torch.device:
-    """Where a parameter's ``step`` counter lives: on the CPU, as in torch.optim, except for a
-    preset with a fused path, whose kernels read it (and a skip moves it) on the device."""
-    return param.device if preset.has_fused_step() else torch.device("cpu")
+def _step_device(preset: Preset, param: Tensor, group: Group) -> torch.device:
+    """Where a parameter's ``step`` counter lives: on the CPU, as in torch.optim, except where
+    the group steps through a fused kernel, which reads it (Adam) and whose on-device skip
+    takes it back (as torch's fused optimizers keep it). A preset that reads the count as a
+    Python number keeps it on the CPU in every other configuration."""
+    return param.device if preset.fuses(group) else torch.device("cpu")
 
 
 def _stepped_tensors(
@@ -632,7 +635,7 @@ def _real(t: Tensor) -> Tensor:
 @torch.compiler.disable
 def _first_state(preset: Preset, param: Tensor, group: Group) -> dict[str, Any]:
     """``step`` and :func:`_fresh_state`: a parameter's state, created at its first step."""
-    step = torch.zeros((), dtype=torch.float32, device=_step_device(preset, param))
+    step = torch.zeros((), dtype=torch.float32, device=_step_device(preset, param, group))
     return {"step": step, **_fresh_state(preset, param, group)}
 
 
@@ -682,6 +685,14 @@ def _skips_on_device(
         for group, (params, _) in zip(groups, gathered, strict=True)
         if params
     )
+
+
+def _flag_on(found: dict[torch.device, Tensor], device: torch.device) -> Tensor:
+    """The flag on ``device``; copied there if no gradient lives on it (a counter left on the
+    CPU by a group whose configuration changed: correct, at the price of a wait)."""
+    if device in found:
+        return found[device]
+    return next(iter(found.values())).to(device)
 
 
 def _on_every_device(flags: list[Tensor]) -> dict[torch.device, Tensor]:

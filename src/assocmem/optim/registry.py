@@ -97,15 +97,9 @@ class Preset:
         decay itself (inside the kernel), and ``found_inf`` (a 0/1 flag per device, or
         ``None``): where the flag is 1 it must leave every parameter and state tensor untouched,
         so that ``nonfinite="skip"`` needs no host read. ``state["step"]`` lives on the
-        parameter's device for such a preset, as in torch's fused optimizers.
+        parameter's device where the group fuses, as in torch's fused optimizers.
         """
         raise NotImplementedError(f"memory={self.name!r} has no fused path")
-
-    @classmethod
-    def has_fused_step(cls) -> bool:
-        """Whether the preset has a :meth:`fused_step` (its ``step`` counters then live on the
-        parameter's device)."""
-        return cls.fused_step is not Preset.fused_step
 
     def shards_locally(self, group: Group) -> bool:
         """Whether the fast path steps an FSDP2-sharded tensor from this rank's rows alone.

@@ -40,12 +40,13 @@ References:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from assocmem.memory import MatrixMemory, delta_write, hebbian_write
-from assocmem.optim import sharded, validate
+from assocmem.optim import fused, sharded, validate
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
 
@@ -120,6 +121,24 @@ class Delta(Preset):
 
     def shards_locally(self, group: Group) -> bool:
         return True  # the overlaps' sums are all-reduced (tensor_overlaps, row_overlaps)
+
+    def fuses(self, group: Group) -> bool:
+        # gamma = 0 erases nothing: the write is momentum's, through its kernel
+        return group["gamma"] == 0 and fused.momentum_fuses(group, group["alpha"])
+
+    def fused_step(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[State],
+        group: Group,
+        found_inf: dict[Any, Tensor] | None,
+    ) -> None:
+        buffers = [s["momentum"] for s in states]
+        fused.momentum_sgd_(
+            params, grads, buffers, group, found_inf,
+            momentum=group["alpha"], write_rate=group["eta"], lr=group["lr"],
+        )  # fmt: skip
 
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         m = delta_momentum_write(
