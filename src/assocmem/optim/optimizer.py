@@ -699,8 +699,12 @@ def _on_every_device(flags: list[Tensor]) -> dict[torch.device, Tensor]:
     """The non-finite flag (1 if any device's is) on each device: a kernel reads its own."""
     if len(flags) == 1:
         return {flags[0].device: flags[0]}
+    # Non-blocking only onto an accelerator: a non-blocking copy to the CPU may not have
+    # landed when the CPU reads it.
     return {
-        f.device: torch.stack([g.to(f.device, non_blocking=True) for g in flags]).amax(0)
+        f.device: torch.stack(
+            [g.to(f.device, non_blocking=f.device.type != "cpu") for g in flags]
+        ).amax(0)
         for f in flags
     }
 
