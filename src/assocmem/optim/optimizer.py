@@ -61,8 +61,9 @@ class MemoryOptimizer(Optimizer):
             first step compiles (~15 s cold on a 2-core CPU); same numbers to float rounding.
         nonfinite: what to do when any gradient holds NaN/inf: ``"skip"`` (default) leaves
             every parameter and memory untouched and counts the step in ``skipped_steps``
-            (decided on the device where the preset's fused kernel takes the flag, ``adam``;
-            elsewhere one host read of a flag per device and step);
+            (decided on the device where every group steps through a fused kernel that takes
+            the flag: ``adam``, ``momentum``; elsewhere one host read of a flag per device and
+            step);
             ``"raise"`` raises ``FloatingPointError`` (also untouched); ``"ignore"`` does no
             check (fastest; NaN then propagates as in torch.optim).
         **hyper: the preset's hyperparameters (see ``MemoryOptimizer.hyperparameters(memory)``).
