@@ -51,3 +51,10 @@ def test_verdict_names_who_meets_the_target():
     assert "compile" not in line
     ratios["landscape (compile=True)"] = 0.456
     assert bench_step.target_verdict(ratios).endswith(" With compile=True: landscape 0.46×.")
+
+
+def test_verdict_at_6m_is_against_fused_adam_times_1_2():
+    ratios = {"momentum": 1.1, "adam": 1.2, "delta": 1.204, "cms": 1.3, "landscape": 4.0}
+    line = bench_step.target_verdict(ratios, 1.2, "fused")
+    assert line.startswith("Linear presets at or under torch's fused Adam × 1.2 by default: ")
+    assert "momentum 1.10×, adam 1.20×, delta 1.20×; over it: cms 1.30×, landscape 4.00×." in line

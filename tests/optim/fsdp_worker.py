@@ -87,9 +87,9 @@ GATHERED: list[int] = []  # tensors stepped whole (all-gathered) in the current 
 def count_gathers() -> None:
     step_gathered = MemoryOptimizer._step_gathered
 
-    def counted(self, group, preset, params, grads, states):  # noqa: ANN001, ANN202
+    def counted(self, group, preset, params, *rest):  # noqa: ANN001, ANN002, ANN202
         GATHERED.append(len(params))
-        return step_gathered(self, group, preset, params, grads, states)
+        return step_gathered(self, group, preset, params, *rest)
 
     MemoryOptimizer._step_gathered = counted  # type: ignore[method-assign]
 

@@ -19,6 +19,7 @@ from optim_support import (
 )
 
 from assocmem import MemoryOptimizer
+from assocmem.optim import fused
 from assocmem.optim.presets.cms import ademamix_config, debias_factor, m3_config
 
 CONFIGS = {
@@ -42,7 +43,29 @@ CONFIGS = {
     ),
     # No level can be fused (alpha = 0 carries nothing, freq 4 is not written every step).
     "nothing_to_fuse": dict(alphas=(0.0, 0.9), freqs=(1, 4), weights=(1.0, -0.5)),
+    # One plain level is momentum: torch's fused SGD kernel steps it (with L2 weight decay).
+    "one_plain_level": dict(
+        alphas=(0.85,),
+        freqs=(1,),
+        etas=(0.3,),
+        weights=(2.0,),
+        debias=(False,),
+        normalize=False,
+        decoupled_weight_decay=False,
+    ),  # fmt: skip
 }
+
+
+def test_one_plain_level_steps_through_the_fused_sgd_kernel(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        fused, "sgd_", lambda *a, **k: calls.append(k) or torch._fused_sgd_(*a, **k)
+    )
+    model = make_model()
+    opt = MemoryOptimizer(model.parameters(), "cms", lr=1e-2, **CONFIGS["one_plain_level"])
+    train(model, opt, range(2))
+    assert len(calls) == 2
+    assert calls[0]["dampening"] == pytest.approx(0.7) and calls[0]["lr"] == pytest.approx(2e-2)
 
 
 @pytest.mark.parametrize("config", CONFIGS)

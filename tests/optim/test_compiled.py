@@ -42,6 +42,30 @@ def test_compiled_equals_reference_at_every_step(kw):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kw", [{}, {"gamma": 1.0, "eta": 0.5, "channels_last": True}])
+def test_compiled_delta_equals_reference_at_every_step(kw):
+    models = make_model(), make_model()
+    if kw.pop("channels_last", False):
+        for m in models:
+            m.conv.to(memory_format=torch.channels_last)
+    kw = dict(lr=1e-2, weight_decay=0.01, alpha=0.8, **kw)
+    fast = MemoryOptimizer(two_groups(models[0], 1e-2), "delta", compile=True, **kw)
+    ref = MemoryOptimizer(two_groups(models[1], 1e-2), "delta", foreach=False, **kw)
+    # float32, O(1) values: inductor's order of m * alpha + r * g rounds a few ulps apart
+    assert_lockstep(models[0], fast, models[1], ref, 30, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_delta_write_is_one_graph_without_breaks():
+    from assocmem.optim.presets.delta import write_and_step
+
+    lists = [[torch.randn(n) for n in (300, 7)] for _ in range(3)]
+    rates = [torch.tensor(0.3), torch.tensor(-0.2)]
+    explained = torch._dynamo.explain(write_and_step)(*lists, rates, alpha=0.9, lr=0.1)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+
+
+@pytest.mark.slow
 def test_compiled_follows_an_lr_schedule_without_recompiling():
     model, opt, ref_model, ref = landscape_pair()
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: 1 / (1 + t)) for o in (opt, ref)]
@@ -121,7 +145,7 @@ def test_without_torch_compile_it_warns_and_runs_eagerly(monkeypatch):
         (
             "adam",
             {},
-            "memory='adam' has no compiled path (compile=True is available for: landscape)",
+            "memory='adam' has no compiled path (compile=True is available for: delta, landscape)",
         ),
         ("landscape", {"foreach": False}, "foreach=False"),
         ("landscape", {"form": "lowrank"}, "diagonal form only"),

@@ -20,10 +20,12 @@ from assocmem.optim.presets.delta import delta_momentum_write, unit_rows
 
 @pytest.mark.parametrize("erase", ["tensor", "row"])
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0])
-def test_foreach_equals_reference_at_every_step(erase, gamma):
+@pytest.mark.parametrize("decoupled", [True, False])  # gamma = 0, L2: torch's fused SGD kernel
+def test_foreach_equals_reference_at_every_step(erase, gamma, decoupled):
     with in_float64():
         fast_model, ref_model = make_model(), make_model()
         kw = dict(lr=1e-2, gamma=gamma, erase=erase, alpha=0.8, eta=0.7, weight_decay=0.01)
+        kw["decoupled_weight_decay"] = decoupled
         fast = MemoryOptimizer(two_groups(fast_model, 1e-2), "delta", foreach=True, **kw)
         ref = MemoryOptimizer(two_groups(ref_model, 1e-2), "delta", foreach=False, **kw)
         assert_lockstep(fast_model, fast, ref_model, ref, 30, **LOCKSTEP_TOL)

@@ -56,11 +56,41 @@ CASES = {
 @pytest.mark.parametrize("foreach", [True, False])
 def test_preset_matches_torch(case, foreach):
     torch_cls, memory, torch_kw, ours_kw = CASES[case]
-    expected = run(lambda m: torch_cls(groups(m, 0.01), lr=0.01, foreach=foreach, **torch_kw))
+    # the fast path is torch's fused kernel (adam: _fused_adam(w)_, momentum: _fused_sgd_)
+    path = {"fused": True} if foreach else {"foreach": False}
+    expected = run(lambda m: torch_cls(groups(m, 0.01), lr=0.01, **path, **torch_kw))
     got = run(
         lambda m: MemoryOptimizer(groups(m, 0.01), memory, lr=0.01, foreach=foreach, **ours_kw)
     )
-    if foreach:  # the fast path follows torch's operation order: bit-identical
+    if foreach:  # the same kernels: bit-identical
         assert torch.equal(got, expected)
     else:  # the reference path is written from the equations: equal to float rounding
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def transposed(model):
+    """The model's 2-D parameters replaced by transposed (non-contiguous) copies."""
+    for module in model.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            if p.dim() == 2:
+                setattr(module, name, torch.nn.Parameter(p.detach().t().contiguous().t()))
+    return model
+
+
+@pytest.mark.parametrize("case", ["adam", "adamw", "sgd_momentum", "sgd_nesterov"])
+def test_tensors_the_fused_kernels_cannot_take_step_as_torchs_foreach(case):
+    # A non-contiguous tensor goes through the foreach path, op for op torch's: the same bits.
+    torch_cls, memory, torch_kw, ours_kw = CASES[case]
+
+    def run_transposed(make_opt):
+        model = transposed(make_model())
+        assert not model.fc.weight.is_contiguous()
+        opt = make_opt(model)
+        train(model, opt, range(20))
+        return flat_params(model)
+
+    expected = run_transposed(
+        lambda m: torch_cls(m.parameters(), lr=0.01, foreach=True, **torch_kw)
+    )
+    got = run_transposed(lambda m: MemoryOptimizer(m.parameters(), memory, lr=0.01, **ours_kw))
+    assert torch.equal(got, expected)

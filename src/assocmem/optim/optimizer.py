@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from assocmem.optim import sharded, validate
+from assocmem.optim import fused, sharded, validate
 from assocmem.optim.registry import Group, Preset, available_memories, get_preset
 
 # Options every preset shares; the preset's own hyperparameters come from its registry entry.
@@ -57,10 +57,13 @@ class MemoryOptimizer(Optimizer):
         foreach: ``True``/``None`` the fast multi-tensor path, ``False`` the per-tensor reference
             written from the equations. Both give the same numbers (tested).
         compile: ``True`` runs the preset's update fused by ``torch.compile`` (one pass per
-            tensor; presets with ``Preset.compiles()``, today ``landscape`` diagonal). The
+            tensor; presets with ``Preset.compiles()``: ``landscape`` diagonal, ``delta``). The
             first step compiles (~15 s cold on a 2-core CPU); same numbers to float rounding.
         nonfinite: what to do when any gradient holds NaN/inf: ``"skip"`` (default) leaves
-            every parameter and memory untouched and counts the step in ``skipped_steps``;
+            every parameter and memory untouched and counts the step in ``skipped_steps``
+            (decided on the device where every group steps through a fused kernel that takes
+            the flag: ``adam``, ``momentum``; elsewhere one host read of a flag per device and
+            step);
             ``"raise"`` raises ``FloatingPointError`` (also untouched); ``"ignore"`` does no
             check (fastest; NaN then propagates as in torch.optim).
         **hyper: the preset's hyperparameters (see ``MemoryOptimizer.hyperparameters(memory)``).
@@ -119,6 +122,18 @@ class MemoryOptimizer(Optimizer):
         self.skipped_steps = 0
         super().__init__(params, defaults)
 
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for a non-finite gradient. Counted on the device where the skip is
+        decided there (the fused presets): reading it waits for the steps queued so far."""
+        on_device = self.__dict__.get("_skipped_on_device")
+        return self._skipped_on_host + (int(on_device) if on_device is not None else 0)
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        self._skipped_on_host = int(value)
+        self._skipped_on_device: Tensor | None = None
+
     @staticmethod
     def hyperparameters(memory: str) -> dict[str, Any]:
         """The preset's own hyperparameters and their defaults."""
@@ -149,7 +164,8 @@ class MemoryOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("nonfinite", "skip")
-        self.__dict__.setdefault("skipped_steps", 0)
+        self.__dict__.setdefault("_skipped_on_host", self.__dict__.pop("skipped_steps", 0))
+        self.__dict__.setdefault("_skipped_on_device", None)
         for per_param in self.state.values():  # a plain-number step, as torch.optim converts it
             if "step" in per_param and not isinstance(per_param["step"], Tensor):
                 per_param["step"] = _step_tensor(per_param["step"])
@@ -163,22 +179,43 @@ class MemoryOptimizer(Optimizer):
                 loss = closure()
         gathered = [_with_grads(group) for group in self.param_groups]
         if torch.compiler.is_compiling():  # read while dynamo traces; eagerly never called
-            _refuse_uncompilable(self.param_groups, gathered, self.state)
-        if self.nonfinite != "ignore" and not _all_finite(
-            [_real(g) for _, grads in gathered for g in grads]
-        ):
-            self.skipped_steps += 1
-            if self.nonfinite == "raise":
-                raise FloatingPointError(
-                    "non-finite gradient; parameters and optimizer state were left untouched"
-                )
-            return loss
+            reason = _uncompilable(self.param_groups, gathered, self.state)
+            if reason is not None:
+                _refuse(reason)
+        found = None
+        if self.nonfinite != "ignore":
+            flags = _nonfinite_flags([_real(g) for _, grads in gathered for g in grads])
+            if flags and self.nonfinite == "skip" and _skips_on_device(self.param_groups, gathered):
+                # The kernels read the flag on the device and leave everything untouched
+                # where it is set; nothing waits for the gradients here.
+                found = _on_every_device(flags)
+                self._count_skipped(found)
+            elif any(bool(f) for f in flags):  # decided on the host: one read per device
+                self._skipped_on_host += 1
+                if self.nonfinite == "raise":
+                    raise FloatingPointError(
+                        "non-finite gradient; parameters and optimizer state were left untouched"
+                    )
+                return loss
         for group, (params, grads) in zip(self.param_groups, gathered, strict=True):
             if params:
-                self._step_group(group, params, grads)
+                self._step_group(group, params, grads, found)
         return loss
 
-    def _step_group(self, group: Group, params: list[Tensor], grads: list[Tensor]) -> None:
+    def _count_skipped(self, found: dict[torch.device, Tensor]) -> None:
+        flag = next(iter(found.values()))
+        skipped = flag.reshape(()).to(torch.int64)
+        if self._skipped_on_device is not None:
+            skipped = skipped + self._skipped_on_device.to(flag.device)
+        self._skipped_on_device = skipped
+
+    def _step_group(
+        self,
+        group: Group,
+        params: list[Tensor],
+        grads: list[Tensor],
+        found: dict[torch.device, Tensor] | None = None,
+    ) -> None:
         preset = get_preset(group["memory"])
         states, work = [], []
         for p in params:
@@ -192,6 +229,8 @@ class MemoryOptimizer(Optimizer):
             work.append(state.get(MASTER, _real(p)))
         steps = [s["step"] for s in states]
         torch._foreach_add_(steps, 1)
+        if found is not None:  # a skipped step does not count, as in torch's fused Adam
+            torch._foreach_sub_(steps, [_flag_on(found, s.device).reshape(()) for s in steps])
         # An empty tensor has nothing to step (and a mean over it is NaN): the preset never
         # sees it; it keeps its empty state and its step count.
         kept = [i for i, w in enumerate(work) if w.numel() > 0]
@@ -205,7 +244,7 @@ class MemoryOptimizer(Optimizer):
         for key, index in sharded.by_layout(kept_work):
             ws, gs, ss = ([xs[j] for j in index] for xs in (kept_work, kept_grads, kept_states))
             if key is None:
-                self._step_tensors(group, preset, ws, gs, ss)
+                self._step_tensors(group, preset, ws, gs, ss, found)
             elif (
                 group["foreach"] is not False
                 and preset.shards_locally(group)
@@ -219,9 +258,10 @@ class MemoryOptimizer(Optimizer):
                         local_ws,
                         [sharded.local(g) for g in gs],
                         [sharded.local_state(s) for s in ss],
+                        found,
                     )
             else:
-                self._step_gathered(group, preset, ws, gs, ss)
+                self._step_gathered(group, preset, ws, gs, ss, found)
         for i in kept:
             if MASTER in states[i]:
                 _real(params[i]).copy_(states[i][MASTER])
@@ -233,6 +273,7 @@ class MemoryOptimizer(Optimizer):
         params: list[Tensor],
         grads: list[Tensor],
         states: list[dict[str, Any]],
+        found: dict[torch.device, Tensor] | None = None,
     ) -> None:
         """Sharded tensors whose memory needs them whole: all-gathered one at a time (so at most
         one whole tensor's state is held), stepped as in one process, each rank keeping its
@@ -242,7 +283,7 @@ class MemoryOptimizer(Optimizer):
             # An fp16/bf16 parameter steps its fp32 master, which is a state entry itself.
             same = [k for k, v in state.items() if v is p]
             whole_p = whole_state[same[0]] if same else p.full_tensor()
-            self._step_tensors(group, preset, [whole_p], [g.full_tensor()], [whole_state])
+            self._step_tensors(group, preset, [whole_p], [g.full_tensor()], [whole_state], found)
             sharded.keep_shard(p, whole_p)
             for key, value in state.items():
                 if sharded.is_sharded(value):
@@ -255,7 +296,18 @@ class MemoryOptimizer(Optimizer):
         params: list[Tensor],
         grads: list[Tensor],
         states: list[dict[str, Any]],
+        found: dict[torch.device, Tensor] | None = None,
     ) -> None:
+        if (
+            group["foreach"] is not False
+            and not group["compile"]
+            and preset.fuses(group)
+            and fused.fusable(_stepped_tensors(params, grads, states))
+        ):
+            preset.fused_step(params, grads, states, group, found)
+            return
+        if found is not None and any(bool(f) for f in found.values()):
+            return  # a path that cannot take the flag: decided on the host after all
         if group["maximize"]:
             grads = torch._foreach_neg(grads)
         wd, lr = group["weight_decay"], group["lr"]
@@ -343,23 +395,21 @@ class MemoryOptimizer(Optimizer):
             post_hook(self)
 
 
-# Run eagerly from the compiled step: a raise inside the traced graph is only a graph break,
-# after which dynamo would run (and miscompile) the rest anyway.
-@torch.compiler.disable
-def _refuse_uncompilable(
+def _uncompilable(
     groups: list[Group], gathered: list[tuple[list[Tensor], list[Tensor]]], state: Any
-) -> None:
-    """Raise where ``torch.compile(opt.step)`` would compute something else than eager.
+) -> str | None:
+    """Why ``torch.compile(opt.step)`` would compute something else than eager, or ``None``.
 
     A preset may declare itself uncompilable (``Preset.uncompilable``). And torch 2.13's
     AOTAutograd drops in-place writes to 0-d float64 tensors that enter the graph (a float64
     scalar parameter, or a preset's scalar state such as deep's RMS): the step would silently
-    leave them unchanged (a float64 learned step moved 0.09 off the eager one).
+    leave them unchanged (a float64 learned step moved 0.09 off the eager one). Read while
+    dynamo traces, on metadata only, so it costs no graph break.
     """
     for group, (params, _) in zip(groups, gathered, strict=True):
         preset = get_preset(group["memory"])
         if params and preset.uncompilable is not None:
-            raise RuntimeError(
+            return (
                 f"torch.compile of MemoryOptimizer.step is not supported for "
                 f"memory={preset.name!r} ({preset.uncompilable}); step it eagerly"
             )
@@ -368,11 +418,19 @@ def _refuse_uncompilable(
             own = state.get(p) or _fresh_state(preset, p.detach(), group)
             tensors = [p, *(v for v in own.values() if isinstance(v, Tensor))]
             if any(t.dim() == 0 and t.dtype == torch.float64 for t in tensors):
-                raise RuntimeError(
+                return (
                     "torch.compile of MemoryOptimizer.step cannot step float64 scalars (0-d "
                     "parameters or state): torch's AOTAutograd drops in-place writes to them. "
                     "Step such a model eagerly, or in float32."
                 )
+    return None
+
+
+# Run eagerly from the compiled step: a raise inside the traced graph is only a graph break,
+# after which dynamo would run (and miscompile) the rest anyway.
+@torch.compiler.disable
+def _refuse(reason: str) -> None:
+    raise RuntimeError(reason)
 
 
 def _reject_unknown(hyper: dict[str, Any], preset: Preset, memory: str) -> None:
@@ -491,7 +549,8 @@ def _loaded_state(where: str, saved: Any, param: Tensor, group: Group) -> dict[s
         )
     if (msg := validate.count(saved["step"])) is not None:
         raise ValueError(f"{where}: invalid state 'step': {msg}")
-    loaded: dict[str, Any] = {"step": _step_tensor(saved["step"])}
+    step = _step_tensor(saved["step"], _step_device(preset, param, group))
+    loaded: dict[str, Any] = {"step": step}
     for key, want in expected.items():
         value = saved[key]
         if not isinstance(want, Tensor):
@@ -544,8 +603,24 @@ def _skipped_steps(extra: Any) -> int:
     return int(value)
 
 
-def _step_tensor(step: Any) -> Tensor:
-    return torch.tensor(float(step), dtype=torch.float32)
+def _step_tensor(step: Any, device: torch.device | str = "cpu") -> Tensor:
+    return torch.tensor(float(step), dtype=torch.float32, device=device)
+
+
+def _step_device(preset: Preset, param: Tensor, group: Group) -> torch.device:
+    """Where a parameter's ``step`` counter lives: on the CPU, as in torch.optim, except where
+    the group steps through a fused kernel, which reads it (Adam) and whose on-device skip
+    takes it back (as torch's fused optimizers keep it). A preset that reads the count as a
+    Python number keeps it on the CPU in every other configuration."""
+    return param.device if preset.fuses(group) else torch.device("cpu")
+
+
+def _stepped_tensors(
+    params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]
+) -> list[Tensor]:
+    """Every tensor a step reads or writes: parameters, gradients and tensor state."""
+    state = [v for s in states for v in s.values() if isinstance(v, Tensor)]
+    return [*params, *grads, *state]
 
 
 def _real(t: Tensor) -> Tensor:
@@ -561,7 +636,8 @@ def _real(t: Tensor) -> Tensor:
 @torch.compiler.disable
 def _first_state(preset: Preset, param: Tensor, group: Group) -> dict[str, Any]:
     """``step`` and :func:`_fresh_state`: a parameter's state, created at its first step."""
-    return {"step": torch.zeros((), dtype=torch.float32), **_fresh_state(preset, param, group)}
+    step = torch.zeros((), dtype=torch.float32, device=_step_device(preset, param, group))
+    return {"step": step, **_fresh_state(preset, param, group)}
 
 
 def _fresh_state(preset: Preset, param: Tensor, group: Group) -> dict[str, Any]:
@@ -595,7 +671,46 @@ def _with_grads(group: Group) -> tuple[list[Tensor], list[Tensor]]:
     return params, grads
 
 
-def _all_finite(grads: list[Tensor]) -> bool:
+def _skips_on_device(
+    groups: list[Group], gathered: list[tuple[list[Tensor], list[Tensor]]]
+) -> bool:
+    """Whether every group that steps takes the non-finite flag on the device (a fused path).
+
+    A tensor the kernels cannot take (non-contiguous) still falls back to a host read of the
+    flag when its turn comes (``_step_tensors``), so this only decides where to start.
+    """
+    return all(
+        group["foreach"] is not False
+        and not group["compile"]
+        and get_preset(group["memory"]).fuses(group)
+        for group, (params, _) in zip(groups, gathered, strict=True)
+        if params
+    )
+
+
+def _flag_on(found: dict[torch.device, Tensor], device: torch.device) -> Tensor:
+    """The flag on ``device``; copied there if no gradient lives on it (a counter left on the
+    CPU by a group whose configuration changed: correct, at the price of a wait)."""
+    if device in found:
+        return found[device]
+    return next(iter(found.values())).to(device)
+
+
+def _on_every_device(flags: list[Tensor]) -> dict[torch.device, Tensor]:
+    """The non-finite flag (1 if any device's is) on each device: a kernel reads its own."""
+    if len(flags) == 1:
+        return {flags[0].device: flags[0]}
+    # Non-blocking only onto an accelerator: a non-blocking copy to the CPU may not have
+    # landed when the CPU reads it.
+    return {
+        f.device: torch.stack(
+            [g.to(f.device, non_blocking=f.device.type != "cpu") for g in flags]
+        ).amax(0)
+        for f in flags
+    }
+
+
+def _nonfinite_flags(grads: list[Tensor]) -> list[Tensor]:
     # torch's GradScaler check: one fused pass per device that flags any NaN/inf. Its
     # "unscale" multiplies by exactly 1, which leaves every gradient bit as it was. On the
     # bench_step models it measured 2x cheaper than per-tensor aminmax at 0.1M parameters and
@@ -612,4 +727,4 @@ def _all_finite(grads: list[Tensor]) -> bool:
         unit = torch.ones(1, device=device, dtype=torch.float32)
         torch._amp_foreach_non_finite_check_and_unscale_(group, found, unit)
         flags.append(sharded.any_flag(found, grads))
-    return not any(bool(f) for f in flags)
+    return flags

@@ -11,6 +11,9 @@ state_dict). It supplies:
 - ``foreach_step``: the fast path over a whole param group; tests hold it equal to the reference;
 - ``compiled_step`` (optional): a fast path fused by ``torch.compile``, run when a group sets
   ``compile=True``; tests hold it equal to the reference too;
+- ``fused_step`` (optional, with ``fuses``): a fast path in torch's fused kernels, which takes
+  the raw gradients and the non-finite flag itself (so ``nonfinite="skip"`` reads nothing on
+  the host); tests hold it equal to torch's fused optimizer and to the reference;
 - ``check_state`` (optional): what a loaded state must satisfy beyond the keys, shapes and
   finite values ``load_state_dict`` checks for every preset (``non_negative_state`` names the
   entries that must be ``>= 0``, e.g. a second moment).
@@ -74,6 +77,29 @@ class Preset:
     ) -> None:
         """Fast path fused by ``torch.compile`` (``compile=True``); only some presets have one."""
         raise NotImplementedError(f"memory={self.name!r} has no compiled path")
+
+    def fuses(self, group: Group) -> bool:
+        """Whether :meth:`fused_step` can step this group's configuration (default: no)."""
+        return False
+
+    def fused_step(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[State],
+        group: Group,
+        found_inf: dict[Any, Tensor] | None,
+    ) -> None:
+        """The fast path in torch's fused kernels (:mod:`assocmem.optim.fused`), run instead of
+        :meth:`foreach_step` where :meth:`fuses` and the tensors are dense and contiguous.
+
+        Unlike the other steps it gets the raw gradients and applies ``maximize`` and weight
+        decay itself (inside the kernel), and ``found_inf`` (a 0/1 flag per device, or
+        ``None``): where the flag is 1 it must leave every parameter and state tensor untouched,
+        so that ``nonfinite="skip"`` needs no host read. ``state["step"]`` lives on the
+        parameter's device where the group fuses, as in torch's fused optimizers.
+        """
+        raise NotImplementedError(f"memory={self.name!r} has no fused path")
 
     def shards_locally(self, group: Group) -> bool:
         """Whether the fast path steps an FSDP2-sharded tensor from this rank's rows alone.

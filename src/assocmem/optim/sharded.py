@@ -26,8 +26,8 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import threading
 from collections.abc import Iterator, Sequence
-from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -39,10 +39,20 @@ from torch import Tensor
 # does not pay that second (``import assocmem`` stays fast for everyone who never shards).
 _DTENSOR_MODULE = "torch.distributed.tensor"
 
-# The process groups a local step reduces over (one per sharded mesh dimension); empty outside.
-_GROUPS: ContextVar[tuple[Any, ...]] = ContextVar("assocmem_shard_groups", default=())
-# The whole tensor's row count of each local piece being stepped, by id of the piece.
-_ROWS: ContextVar[dict[int, int]] = ContextVar("assocmem_shard_rows", default={})  # noqa: B039
+# Per thread, the sharded step in progress: ``groups``, the process groups a local step reduces
+# over (one per sharded mesh dimension; empty outside), and ``rows``, the whole tensor's row
+# count of each local piece being stepped, by id of the piece. A threading.local, not a
+# ContextVar: torch.compile traces reads of the former, while ContextVar.get broke the graph of
+# every preset step that asks whether it is sharded.
+_STEP = threading.local()
+
+
+def _groups() -> tuple[Any, ...]:
+    return getattr(_STEP, "groups", ())
+
+
+def _rows() -> dict[int, int]:
+    return getattr(_STEP, "rows", {})
 
 
 def is_sharded(t: Any) -> bool:
@@ -90,20 +100,18 @@ def reducing(key: tuple[Any, ...], pieces: Sequence[tuple[Tensor, Tensor]] = ())
     """Inside, :func:`all_sum` and :func:`all_max` complete partial results over the shards of
     ``key``'s layout, and :func:`gather_rows` knows the whole row count of each ``(local,
     dtensor)`` piece in ``pieces``."""
-    tokens = (
-        _GROUPS.set(_shard_groups(key)),
-        _ROWS.set({id(piece): whole.shape[0] for piece, whole in pieces}),
-    )
+    outer = _groups(), _rows()
+    _STEP.groups = _shard_groups(key)
+    _STEP.rows = {id(piece): whole.shape[0] for piece, whole in pieces}
     try:
         yield
     finally:
-        _ROWS.reset(tokens[1])
-        _GROUPS.reset(tokens[0])
+        _STEP.groups, _STEP.rows = outer
 
 
 def active() -> bool:
     """Whether a sharded tensor is being stepped from its local rows (inside :func:`reducing`)."""
-    return bool(_GROUPS.get())
+    return bool(_groups())
 
 
 def means(xs: Sequence[Tensor]) -> list[Tensor]:
@@ -120,7 +128,7 @@ def means(xs: Sequence[Tensor]) -> list[Tensor]:
 def whole_numel(local_param: Tensor) -> int:
     """The element count of the whole tensor whose rows ``local_param`` holds (its own outside
     a sharded step): a rank's piece may be empty where the tensor is not."""
-    rows = _ROWS.get().get(id(local_param))
+    rows = _rows().get(id(local_param))
     if rows is None or local_param.dim() == 0:
         return local_param.numel()
     return rows * math.prod(local_param.shape[1:])
@@ -129,12 +137,12 @@ def whole_numel(local_param: Tensor) -> int:
 def _row_layout(local_param: Tensor) -> tuple[Any, int, int, int]:
     """``(group, rank, world, chunk)`` of a sharded parameter's rows: FSDP2 (like
     ``torch.chunk``) gives rank ``r`` rows ``[r c, min((r + 1) c, n))``, ``c = ceil(n / W)``."""
-    groups = _GROUPS.get()
+    groups = _groups()
     if len(groups) != 1:
         raise NotImplementedError(f"rows sharded over {len(groups)} mesh dimensions")
     group = groups[0]
     world = dist.get_world_size(group)
-    rows = _ROWS.get()[id(local_param)]
+    rows = _rows()[id(local_param)]
     return group, dist.get_rank(group), world, -(-rows // world)
 
 
@@ -146,7 +154,7 @@ def gather_rows(x: Tensor, local_param: Tensor) -> Tensor:
     empty pieces gather alike; the rows then are the first ``n``.
     """
     group, _, world, chunk = _row_layout(local_param)
-    rows = _ROWS.get()[id(local_param)]
+    rows = _rows()[id(local_param)]
     padded = x.new_zeros(chunk, *x.shape[1:])
     padded[: x.shape[0]] = x
     pieces = [torch.empty_like(padded) for _ in range(world)]
@@ -163,7 +171,7 @@ def own_rows(whole: Tensor, local_param: Tensor) -> Tensor:
 def _all_reduce(x: Tensor, op: Any) -> Tensor:
     """``x`` reduced by ``op`` over every group of the sharded step in progress (a new tensor;
     ``x`` itself outside a sharded step)."""
-    groups = _GROUPS.get()
+    groups = _groups()
     if not groups:
         return x
     x = x.clone()

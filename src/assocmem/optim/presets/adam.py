@@ -6,19 +6,21 @@
     step    W <- W - lr * u
 
 With the default decoupled weight decay this is ``torch.optim.AdamW``; with
-``decoupled_weight_decay=False`` it is ``torch.optim.Adam``. The fast path follows torch's own
-operation order, so the two agree to float rounding.
+``decoupled_weight_decay=False`` it is ``torch.optim.Adam``. The fast path is torch's fused
+Adam kernel (``torch.optim.Adam(fused=True)``'s, to the bit); tensors it cannot take
+(non-contiguous ones) go through torch's foreach Adam, op for op (``fused=False``'s bits).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from assocmem.memory import ElementwiseMemory, hebbian_write, read
-from assocmem.optim import validate
+from assocmem.optim import fused, validate
 from assocmem.optim.blocks import blocks, split_by_step
 from assocmem.optim.reads import adam_denominator, bias_corrected
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
@@ -41,6 +43,33 @@ class Adam(Preset):
 
     def shards_locally(self, group: Group) -> bool:
         return True  # elementwise
+
+    def fuses(self, group: Group) -> bool:
+        return True  # Adam is the kernel's own equation, weight decay and maximize included
+
+    def fused_step(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[State],
+        group: Group,
+        found_inf: dict[Any, Tensor] | None,
+    ) -> None:
+        beta1, beta2 = group["betas"]
+        for index in fused.by_device_and_dtype(params):
+            device = params[index[0]].device
+            fused.adam_(
+                group["decoupled_weight_decay"],
+                [params[i] for i in index],
+                [grads[i] for i in index],
+                [states[i]["exp_avg"] for i in index],
+                [states[i]["exp_avg_sq"] for i in index],
+                [],
+                [states[i]["step"] for i in index],
+                lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                eps=group["eps"], amsgrad=False, maximize=group["maximize"],
+                found_inf=None if found_inf is None else found_inf[device],
+            )  # fmt: skip
 
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         beta1, beta2 = group["betas"]

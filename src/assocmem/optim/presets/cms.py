@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 
 from assocmem.memory import ElementwiseMemory, hebbian_write, read
-from assocmem.optim import validate
+from assocmem.optim import fused, validate
 from assocmem.optim.newton_schulz import COEFFICIENTS
 from assocmem.optim.polar_express import LOWER
 from assocmem.optim.reads import adam_denominator, orthogonal_read
@@ -250,6 +250,31 @@ class CMS(Preset):
             state["exp_avg_sq"].copy_(second.m)
             update = update / adam_denominator(read(second), beta2, t, group["eps"])
         param.add_(update, alpha=-group["lr"])
+
+    def fuses(self, group: Group) -> bool:
+        # One plain level (written every step with g, read as it is) is momentum: its kernel.
+        plain = (
+            len(group["alphas"]) == 1
+            and group["freqs"][0] == 1
+            and not group["debias"][0]
+            and not group["normalize"]
+            and not group["orthogonalize"]
+        )
+        return plain and fused.momentum_fuses(group, group["alphas"][0])
+
+    def fused_step(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[State],
+        group: Group,
+        found_inf: dict[Any, Tensor] | None,
+    ) -> None:
+        fused.momentum_sgd_(
+            params, grads, [s["level0"] for s in states], group, found_inf,
+            momentum=group["alphas"][0], write_rate=level_etas(group)[0],
+            lr=group["lr"] * group["weights"][0],
+        )  # fmt: skip
 
     def foreach_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group

@@ -17,11 +17,12 @@ tensor.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from assocmem.optim import fused
 from assocmem.optim.blocks import named_blocks, select, split_by_step
 from assocmem.optim.presets.cms import accumulates, debias_factor, level_etas, orthogonalize
 from assocmem.optim.registry import Group, State
@@ -167,8 +168,8 @@ def _fused_step(block: Buffers, t: int, group: Group, base: int, step: Tensor) -
     ]
     for level, ratio in rest:
         torch._foreach_add_(carried, level, alpha=ratio / alpha)
-    _fused_adam_(
-        block.params, block.grads, carried, block.second, [],
+    fused.adam_(
+        False, block.params, block.grads, carried, block.second, [],
         [step] * len(block.params),
         # the kernel divides by its bias correction 1 - alpha^t: multiply it back
         lr=group["lr"] * scales[base] * (1 - alpha**t),
@@ -177,21 +178,6 @@ def _fused_step(block: Buffers, t: int, group: Group, base: int, step: Tensor) -
     )  # fmt: skip
     for level, ratio in rest:
         torch._foreach_add_(carried, level, alpha=-ratio)
-
-
-def _fused_adam_(*args: Any, **kwargs: Any) -> None:
-    """``torch._fused_adam_``; inside torch.compile(opt.step), run eagerly: torch 2.13's
-    functionalization fails an internal assert on this kernel. The same numbers, at the price
-    of a graph break (eagerly, no wrapper: it is called once per block)."""
-    if torch.compiler.is_compiling():
-        _fused_adam_eagerly(*args, **kwargs)
-    else:
-        torch._fused_adam_(*args, **kwargs)
-
-
-@torch.compiler.disable
-def _fused_adam_eagerly(*args: Any, **kwargs: Any) -> None:
-    torch._fused_adam_(*args, **kwargs)
 
 
 def _apply(

@@ -40,12 +40,14 @@ References:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from assocmem.memory import MatrixMemory, delta_write, hebbian_write
-from assocmem.optim import sharded, validate
+from assocmem.optim import fused, sharded, validate
+from assocmem.optim.compiled import compiled
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
 
@@ -121,6 +123,24 @@ class Delta(Preset):
     def shards_locally(self, group: Group) -> bool:
         return True  # the overlaps' sums are all-reduced (tensor_overlaps, row_overlaps)
 
+    def fuses(self, group: Group) -> bool:
+        # gamma = 0 erases nothing: the write is momentum's, through its kernel
+        return group["gamma"] == 0 and fused.momentum_fuses(group, group["alpha"])
+
+    def fused_step(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[State],
+        group: Group,
+        found_inf: dict[Any, Tensor] | None,
+    ) -> None:
+        buffers = [s["momentum"] for s in states]
+        fused.momentum_sgd_(
+            params, grads, buffers, group, found_inf,
+            momentum=group["alpha"], write_rate=group["eta"], lr=group["lr"],
+        )  # fmt: skip
+
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         m = delta_momentum_write(
             state["momentum"],
@@ -132,6 +152,24 @@ class Delta(Preset):
         )
         state["momentum"].copy_(m)
         param.add_(state["momentum"], alpha=-group["lr"])
+
+    def compiled_step(
+        self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
+    ) -> None:
+        # torch.compile fuses the two sums of the overlaps into one read of g and m per tensor
+        # (eagerly: a dot product and a norm), and the write and the step into one loop per
+        # tensor that reads W, g, m once and writes W, m once (eagerly: three passes).
+        if group["gamma"] == 0 or group["erase"] != "tensor" or sharded.active():
+            self.foreach_step(params, grads, states, group)
+            return
+        bufs = [s["momentum"] for s in states]
+        overlaps = tensor_overlaps(grads, bufs, compile=True)
+        rates = (group["eta"] - group["gamma"] * overlaps).unbind()
+        compiled(write_and_step)(
+            params, grads, bufs, list(rates), alpha=group["alpha"],
+            # a tensor, so that a changing lr (a scheduler) is data, not a recompile
+            lr=torch.tensor(group["lr"], dtype=torch.float64),
+        )  # fmt: skip
 
     def foreach_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
@@ -156,17 +194,46 @@ class Delta(Preset):
         torch._foreach_add_(params, bufs, alpha=-group["lr"])
 
 
-def tensor_overlaps(grads: list[Tensor], bufs: list[Tensor]) -> Tensor:
+def write_and_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    bufs: list[Tensor],
+    rates: list[Tensor],
+    *,
+    alpha: float,
+    lr: float | Tensor,
+) -> None:
+    """``m <- alpha m + r g`` and ``W <- W - lr m`` per tensor, in place (``r = eta - gamma c``,
+    the erase folded into the write rate as in the foreach path): the body of ``compile=True``."""
+    for p, g, m, r in zip(params, grads, bufs, rates, strict=True):
+        m.copy_(m * alpha + r * g)
+        p.sub_(lr * m)
+
+
+def plain_sums(grads: list[Tensor], bufs: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """``(<g, m>, ||g||^2)`` per tensor, stacked: a dot product and a norm per tensor."""
+    dots = torch.stack(
+        [torch.dot(g.reshape(-1), m.reshape(-1)) for g, m in zip(grads, bufs, strict=True)]
+    )
+    return dots, torch.stack(torch._foreach_norm(grads)).square()
+
+
+def fused_sums(grads: list[Tensor], bufs: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """:func:`plain_sums` as one reduction over ``g`` and ``m`` per tensor (the body that
+    ``compile=True`` compiles: each tensor is read once for both sums)."""
+    dots = torch.stack([(g * m).sum() for g, m in zip(grads, bufs, strict=True)])
+    return dots, torch.stack([(g * g).sum() for g in grads])
+
+
+def tensor_overlaps(grads: list[Tensor], bufs: list[Tensor], *, compile: bool = False) -> Tensor:
     """``<g, m> / ||g||^2`` per tensor (0 for a zero gradient: it has no direction).
 
     Sharded by FSDP2, each rank sums its rows and one all-reduce of three floats per tensor
     (the two sums and the element count) completes every tensor's sums at once
-    (:mod:`assocmem.optim.sharded`); unsharded it is the identity.
+    (:mod:`assocmem.optim.sharded`); unsharded it is the identity. ``compile``: the sums by
+    :func:`fused_sums` compiled (the same sums, summed in another order).
     """
-    dots = torch.stack(
-        [torch.dot(g.reshape(-1), m.reshape(-1)) for g, m in zip(grads, bufs, strict=True)]
-    )
-    norms2 = torch.stack(torch._foreach_norm(grads)).square()
+    dots, norms2 = (compiled(fused_sums) if compile else plain_sums)(grads, bufs)
     floors = [_underflow_floor(g.dtype) for g in grads]  # per element of the tensor
     if sharded.active():
         counts = torch.tensor([g.numel() for g in grads], dtype=dots.dtype, device=dots.device)

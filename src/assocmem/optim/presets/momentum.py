@@ -5,18 +5,22 @@
     step    W <- W - lr * u
 
 The hyperparameter ``momentum`` is beta. Equals ``torch.optim.SGD(momentum=beta, nesterov=...)``
-(with ``decoupled_weight_decay=False`` for its L2 weight decay). torch initialises the buffer
-to ``g`` on the first step; with ``m_0 = 0`` the write above gives the same value, so no special
-case is needed.
+(with ``decoupled_weight_decay=False`` for its L2 weight decay): its fast path is torch's
+fused SGD kernel, ``SGD(fused=True)``'s bits, where that applies (``momentum > 0``, no
+decoupled weight decay, contiguous tensors); elsewhere torch's foreach SGD's. torch
+initialises the buffer to ``g`` on the first step; with ``m_0 = 0`` the write above gives the
+same value, so no special case is needed.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from assocmem.memory import ElementwiseMemory, hebbian_write
-from assocmem.optim import validate
+from assocmem.optim import fused, validate
 from assocmem.optim.reads import foreach_momentum_, momentum_read
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
@@ -36,6 +40,24 @@ class Momentum(Preset):
 
     def shards_locally(self, group: Group) -> bool:
         return True  # elementwise
+
+    def fuses(self, group: Group) -> bool:
+        return fused.momentum_fuses(group, group["momentum"])
+
+    def fused_step(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[State],
+        group: Group,
+        found_inf: dict[Any, Tensor] | None,
+    ) -> None:
+        buffers = [s["momentum_buffer"] for s in states]
+        fused.momentum_sgd_(
+            params, grads, buffers, group, found_inf,
+            momentum=group["momentum"], write_rate=1.0, lr=group["lr"],
+            nesterov=group["nesterov"],
+        )  # fmt: skip
 
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         memory = hebbian_write(

@@ -1,0 +1,113 @@
+"""torch's fused optimizer kernels (Adam, AdamW, SGD), as the fast paths of ``adam``,
+``momentum``, and the configurations of ``delta`` and ``cms`` that are momentum or Adam, call them.
+
+One pass over memory per tensor, where the foreach path makes one per operation, and each
+takes a ``found_inf`` flag on the parameters' device: when it is 1 the kernel leaves the
+parameter and its state untouched, which is how ``nonfinite="skip"`` skips a step without
+reading the flag on the host (``MemoryOptimizer.step``). The kernels index raw memory, so
+they take dense contiguous tensors only (:func:`fusable`).
+
+Inside ``torch.compile(opt.step)`` they run eagerly: torch 2.13's functionalization fails an
+internal assert on ``_fused_adam_``. The same numbers, at the price of a graph break.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def supported_devices() -> tuple[str, ...]:
+    """Device types with fused optimizer kernels (torch's own list)."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    return tuple(_get_fused_kernels_supported_devices())
+
+
+def fusable(tensors: Sequence[Tensor]) -> bool:
+    """Whether the fused kernels can take ``tensors``: dense, contiguous, floating, on a device
+    type that has them (the kernels index raw memory)."""
+    devices = supported_devices()
+    return all(
+        t.layout == torch.strided
+        and t.is_contiguous()
+        and t.is_floating_point()
+        and t.device.type in devices
+        for t in tensors
+    )
+
+
+def by_device_and_dtype(tensors: Sequence[Tensor]) -> list[list[int]]:
+    """Indices of ``tensors`` grouped by device and dtype: a kernel call takes one of each."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        groups[(t.device, t.dtype)].append(i)
+    return list(groups.values())
+
+
+def adam_(decoupled: bool, *args: Any, **kwargs: Any) -> None:
+    """``torch._fused_adamw_`` (decoupled weight decay) or ``torch._fused_adam_``."""
+    kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+    _run(kernel, *args, **kwargs)
+
+
+def sgd_(*args: Any, **kwargs: Any) -> None:
+    """``torch._fused_sgd_``."""
+    _run(torch._fused_sgd_, *args, **kwargs)
+
+
+def momentum_sgd_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    buffers: list[Tensor],
+    group: dict[str, Any],
+    found_inf: dict[Any, Tensor] | None,
+    *,
+    momentum: float,
+    write_rate: float,
+    lr: float,
+    nesterov: bool = False,
+) -> None:
+    """``m <- momentum m + write_rate g``, ``W <- W - lr m`` by ``torch._fused_sgd_``, with the
+    group's L2 weight decay and ``maximize`` (see :func:`momentum_fuses`).
+
+    ``momentum``, ``delta`` with ``gamma = 0`` and a one-level ``cms`` are this one write; they
+    all step through it, so that they stay equal to the bit (torch's fused SGD rounds the
+    last few elements of a tensor differently from its foreach SGD).
+    """
+    for index in by_device_and_dtype(params):
+        device = params[index[0]].device
+        # dampening = 1 - write_rate; is_first_step=False: the buffer starts at 0, and
+        # 0 * momentum + g is g to the bit, the value torch copies in at its first step.
+        sgd_(
+            [params[i] for i in index],
+            [grads[i] for i in index],
+            [buffers[i] for i in index],
+            weight_decay=group["weight_decay"], momentum=momentum, lr=lr,
+            dampening=1 - write_rate, nesterov=nesterov, maximize=group["maximize"],
+            is_first_step=False, found_inf=None if found_inf is None else found_inf[device],
+        )  # fmt: skip
+
+
+def momentum_fuses(group: dict[str, Any], momentum: float) -> bool:
+    """Whether :func:`momentum_sgd_` can take the group: the kernel has L2 weight decay only,
+    and with ``momentum == 0`` it would leave the buffer unwritten (torch keeps none), where the
+    presets store ``g`` in it."""
+    decoupled = group["decoupled_weight_decay"] and group["weight_decay"] != 0
+    return momentum > 0 and not decoupled
+
+
+def _run(kernel: Any, *args: Any, **kwargs: Any) -> None:
+    if torch.compiler.is_compiling():
+        _eagerly(kernel, *args, **kwargs)
+    else:  # no wrapper eagerly: it is called once per block
+        kernel(*args, **kwargs)
+
+
+@torch.compiler.disable
+def _eagerly(kernel: Any, *args: Any, **kwargs: Any) -> None:
+    kernel(*args, **kwargs)

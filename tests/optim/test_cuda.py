@@ -1,0 +1,104 @@
+"""On a CUDA device: every preset equals its CPU run, the fused presets skip a non-finite step
+without a host sync, and a model split across the CPU and a GPU steps and skips as one.
+
+Skipped where there is no CUDA device (this project's CI machine has none; docs/api.md says
+what has been run where). The runs are float64, so they compare the algorithm on both devices,
+not how each device's float32 kernels round.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from optim_support import LOCKSTEP_TOL, batch, every_memory, in_float64, make_model
+
+from assocmem import MemoryOptimizer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+STEPS = 5
+# The presets whose fused kernels take the non-finite flag on the device (test_syncs.py).
+DEVICE_SKIP = ("adam", "momentum")
+
+
+def _flat(model: torch.nn.Module) -> torch.Tensor:
+    """Every parameter, flattened onto the CPU (a model may span devices)."""
+    return torch.cat([p.detach().flatten().cpu() for p in model.parameters()])
+
+
+def _backward(model: torch.nn.Module, t: int) -> None:
+    x, y = batch(t)  # the same batch on every device
+    like = {"device": model.gain.device, "dtype": model.gain.dtype}
+    (model(x.to(**like)) - y.to(**like)).pow(2).mean().backward()
+
+
+def _trained(memory: str, device: str, steps: int = STEPS):
+    with in_float64():
+        model = make_model().to(device)
+        opt = MemoryOptimizer(model.parameters(), memory, lr=1e-3)
+        for t in range(steps):
+            opt.zero_grad()
+            _backward(model, t)
+            opt.step()
+    return model, opt
+
+
+@pytest.mark.parametrize("memory", every_memory())
+def test_every_preset_on_cuda_equals_its_cpu_run(memory):
+    cpu_model, cpu_opt = _trained(memory, "cpu")
+    cuda_model, cuda_opt = _trained(memory, "cuda")
+    # LOCKSTEP_TOL: float64 roundoff times the presets' per-step amplification (optim_support)
+    torch.testing.assert_close(_flat(cuda_model), _flat(cpu_model), **LOCKSTEP_TOL)
+    for p, q in zip(cuda_model.parameters(), cpu_model.parameters(), strict=True):
+        for key, value in cpu_opt.state[q].items():
+            if isinstance(value, torch.Tensor):
+                got = cuda_opt.state[p][key]
+                torch.testing.assert_close(got.cpu(), value, **LOCKSTEP_TOL)
+
+
+@pytest.mark.parametrize("memory", DEVICE_SKIP)
+def test_a_skipped_step_waits_for_nothing(memory):
+    model, opt = _trained(memory, "cuda", steps=2)
+    opt.zero_grad()
+    _backward(model, 2)
+    model.fc.weight.grad[0, 0] = float("nan")
+    before = [v.clone() for s in opt.state.values() for v in s.values()]
+    params = _flat(model)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host-device sync inside step() raises
+    try:
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert opt.skipped_steps == 1  # read after: this read is the sync
+    assert torch.equal(_flat(model), params)
+    after = [v for s in opt.state.values() for v in s.values()]
+    assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+
+
+@pytest.mark.parametrize("memory", DEVICE_SKIP)
+def test_a_model_across_cpu_and_cuda_steps_and_skips_as_one(memory):
+    model = make_model()
+    model.fc.to("cuda")
+    opt = MemoryOptimizer(model.parameters(), memory, lr=1e-2)
+
+    def backward(t, nan=False):
+        opt.zero_grad()
+        x = torch.randn(4, 2, 4, 4)
+        h = model.conv(x).flatten(1).cuda()
+        out = model.out(torch.tanh(model.fc(h)).cpu()) * model.gain
+        out.pow(2).mean().backward()
+        if nan:
+            model.fc.weight.grad[0, 0] = float("nan")  # on the GPU; the CPU groups must skip too
+
+    backward(0)
+    opt.step()
+    params = _flat(model)
+    backward(1, nan=True)
+    opt.step()
+    assert opt.skipped_steps == 1
+    assert torch.equal(_flat(model), params)
+    assert all(int(s["step"]) == 1 for s in opt.state.values())
+    backward(2)
+    opt.step()
+    assert not torch.equal(_flat(model), params)
