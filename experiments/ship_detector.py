@@ -107,7 +107,8 @@ def markdown(header: dict[str, Any], path: Path) -> str:
     lines = [
         "## Shipped detector (`Detector.load()`, `assocmem-detect`)",
         "",
-        f"Regenerate: `{info['command']}` (writes `{path}` and its `.json`), then "
+        f"Regenerate: `{info['command']}` (the checkpoint: `{path}` and its `.json`; the "
+        f"default `--out`), then "
         f"`python -m experiments.ship_detector --table-only --write docs/results.md`.",
         "",
         f"`{info['model']}` ({header['architecture']} {header['arch_kwargs']}), seed "
@@ -140,7 +141,7 @@ def markdown(header: dict[str, Any], path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="npr_bn", choices=SHIPPABLE)
+    parser.add_argument("--model", default="npr_dct_dropout", choices=SHIPPABLE)
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)

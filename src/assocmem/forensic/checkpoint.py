@@ -58,7 +58,7 @@ __all__ = [
 
 FORMAT = "assocmem.detector"
 FORMAT_VERSION = 1
-DEFAULT_CHECKPOINT = Path(__file__).with_name("checkpoints") / "npr_bn.safetensors"
+DEFAULT_CHECKPOINT = Path(__file__).with_name("checkpoints") / "npr_dct_dropout.safetensors"
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "npr": NPR,
