@@ -209,5 +209,9 @@ def test_the_split_changes_what_muon_does_to_the_head():
     steps(split, MemoryOptimizer(param_groups(split, rest=rest), memory="muon", lr=0.02), n=1)
     for i in (0, 3):
         assert torch.equal(plain[i].weight, split[i].weight)  # hidden: the same muon step
-        assert torch.equal(plain[i].bias, split[i].bias)  # a vector: Adam in both
+        # A vector: Adam's equations in both, but the split's Adam group steps through torch's
+        # fused kernel and muon's fallback through foreach ops, which round differently: one
+        # step moves a bias by ~lr = 0.02 (|m_hat / sqrt(v_hat)| = 1 at step 1), so the two
+        # differ by a few ulps of that move and of the bias itself (|b| < 1: ulp <= 1.2e-7).
+        torch.testing.assert_close(plain[i].bias, split[i].bias, rtol=0, atol=2.5e-7)
     assert not torch.allclose(plain[5].weight, split[5].weight)
