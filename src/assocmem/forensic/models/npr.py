@@ -145,8 +145,8 @@ class NPRWithSpectrum(nn.Module):
 
 
 class NPRWithDCT(nn.Module):
-    """:class:`NPR`'s residual encoder beside a :class:`~assocmem.forensic.models.block_dct.
-    BlockDCTBranch`, one linear logit on both embeddings.
+    """:class:`NPR`'s residual encoder beside a block-DCT branch
+    (:class:`~assocmem.forensic.models.block_dct.BlockDCTBranch`), one linear logit on both.
 
     The two traces do not overlap: NPR sees ties inside ``2 x 2`` cells (up-sampling), the
     block-DCT branch sees what a JPEG encoder leaves on its 8 x 8 grid (coefficients on a
