@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.assocmem-installed
 PYTEST_WORKERS ?= 2
-DEMO_MODEL ?= npr_bn
+DEMO_MODEL ?= npr_dct_dropout
 
 .PHONY: setup test test-slow test-portability demo demo-pretrain bench lint format clean
 
@@ -29,7 +29,7 @@ test-portability: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-# The main job: a forensic detector (NPR) trained on the built-in benchmark's stream with torch's
+# The main job: the shipped detector's network (NPR + block DCT) trained on the built-in benchmark's stream with torch's
 # Adam and with our muon (Muon's recipe: muon on the hidden matrices, Adam on head, norms and
 # biases; each at its customary lr, untuned), early-stopped, threshold calibrated for 5 % FPR
 # on validation reals, scored zero-shot on held-out generator families. Under 10 min on 2 cores.
