@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from assocmem.forensic.data.postprocess import jpeg
 from assocmem.forensic.models.block_dct import (
     LATTICE_STEPS,
     BlockDCTBranch,
@@ -112,14 +113,10 @@ def test_dct_detector_learns_a_single_versus_double_compression_trace():
     def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
         for k in range(n):
-            pixels = texture()
-            if k % 2:
-                once, _ = _jpeg_round_trip(pixels, 60)
-                twice = (once[0].permute(1, 2, 0) * 255).round().byte().numpy()
-                x, _ = _jpeg_round_trip(twice, 90)
-            else:
-                x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0
-            xs.append(x)
+            chw = texture().transpose(2, 0, 1)
+            if k % 2:  # the double_jpeg family's two round trips
+                chw = jpeg(jpeg(chw, 60), 90)
+            xs.append(torch.from_numpy(np.ascontiguousarray(chw))[None].float() / 255.0)
             ys.append(float(k % 2))
         return torch.cat(xs), torch.tensor(ys)
 

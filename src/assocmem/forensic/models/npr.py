@@ -62,8 +62,12 @@ class NPR(SmallCNN):
         super().__init__(widths, channels, norm)
         self.gain = gain
 
+    def embed(self, x: Tensor) -> Tensor:
+        """The encoder's embedding of the scaled residual (what the two-branch detectors read)."""
+        return self.encoder(self.gain * neighbouring_pixel_residual(x))
+
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(self.gain * neighbouring_pixel_residual(x))
+        return self.fc(self.embed(x)).squeeze(-1)
 
 
 class NPRWithPixels(nn.Module):
@@ -85,7 +89,7 @@ class NPRWithPixels(nn.Module):
         self.fc = nn.Linear(dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        r = self.residual.encoder(self.residual.gain * neighbouring_pixel_residual(x))
+        r = self.residual.embed(x)
         return self.fc(torch.cat([r, self.pixels.encoder(x)], dim=1)).squeeze(-1)
 
 
@@ -139,7 +143,7 @@ class NPRWithSpectrum(nn.Module):
                 f"NPRWithSpectrum reads {self.image_size} x {self.image_size} patches (its "
                 f"spectral layer is sized for them), got {tuple(x.shape[-2:])}"
             )
-        r = self.residual.encoder(self.residual.gain * neighbouring_pixel_residual(x))
+        r = self.residual.embed(x)
         s = self.spectrum(high_pass_amplitude(x).flatten(1))
         return self.fc(torch.cat([r, s], dim=1)).squeeze(-1)
 
@@ -173,5 +177,5 @@ class NPRWithDCT(nn.Module):
         self.fc = nn.Linear(self.residual.encoder.embed_dim + self.dct.embed_dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        r = self.residual.encoder(self.residual.gain * neighbouring_pixel_residual(x))
+        r = self.residual.embed(x)
         return self.fc(torch.cat([r, self.dct(x)], dim=1)).squeeze(-1)
