@@ -240,13 +240,12 @@ def fit(
         if evaluated and not math.isfinite(val_loss):
             status, message = "diverged", f"non-finite validation loss at step {step}"
             break
-        if evaluated and patience is not None and best["stale"] >= patience and lr_drops:
-            lr_drops -= 1
-            _scale_learning_rates(opt, lr_drop_factor)
-            drop_steps.append(step)
-            best["stale"] = 0
-            continue
         if evaluated and patience is not None and best["stale"] >= patience:
+            if len(drop_steps) < lr_drops:  # a plateau: drop the lr and go on
+                _scale_learning_rates(opt, lr_drop_factor)
+                drop_steps.append(step)
+                best["stale"] = 0
+                continue
             stopped_early = True
             message = (
                 f"early stop at step {step}: {patience} evaluations without a lower val_loss "
