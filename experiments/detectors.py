@@ -30,26 +30,39 @@ import torch
 from torch import nn
 
 from assocmem import MemoryOptimizer
+from assocmem.forensic.checkpoint import build_model
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.stream import TrainStream, stream_loader
-from assocmem.forensic.models import F3Net, MesoNet4, SmallCNN
-from assocmem.forensic.models.npr import NPR, NPRWithDCT, NPRWithPixels, NPRWithSpectrum
+from assocmem.forensic.models import F3Net, MesoNet4
+from assocmem.forensic.models.npr import NPRWithSpectrum
 from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
 from assocmem.forensic.train import score, train_detector
 from assocmem.optim import param_groups
 from experiments.report import replace_section
 
+
+def _shippable(name: str, size: int) -> nn.Module:
+    return build_model(*SHIPPABLE[name])
+
+
 SEEN = ("ae_transconv", "ae_nearest", "double_jpeg", "splice")
 HELDOUT = ("ae_bilinear", "ae_pixelshuffle", "resample", "denoiser")
 
+# The detectors a checkpoint can hold: name -> (architecture in the checkpoint format's
+# registry, its constructor arguments). ``experiments.ship_detector`` ships from this table.
+SHIPPABLE: dict[str, tuple[str, dict[str, Any]]] = {
+    "npr": ("npr", {}),
+    "npr_bn": ("npr", {"norm": "batch"}),
+    "npr_pixels": ("npr_pixels", {}),
+    "npr_dct": ("npr_dct", {}),
+    "npr_dct_dropout": ("npr_dct", {"feature_dropout": 0.5}),
+    "smallcnn": ("smallcnn", {}),
+}
+
+# Every detector by name, built for a patch size (the shippable ones ignore it).
 MODELS: dict[str, Callable[[int], nn.Module]] = {
-    "npr": lambda size: NPR(),
-    "npr_bn": lambda size: NPR(norm="batch"),
-    "npr_pixels": lambda size: NPRWithPixels(),
+    **{name: partial(_shippable, name) for name in SHIPPABLE},
     "npr_spectrum": lambda size: NPRWithSpectrum(image_size=size),
-    "npr_dct": lambda size: NPRWithDCT(),
-    "npr_dct_dropout": lambda size: NPRWithDCT(feature_dropout=0.5),
-    "smallcnn": lambda size: SmallCNN(),
     "f3net": lambda size: F3Net(image_size=size),
     "mesonet4": lambda size: MesoNet4(image_size=size),
 }

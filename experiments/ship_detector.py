@@ -34,18 +34,8 @@ from assocmem.forensic.checkpoint import (
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.train import logits
-from experiments.detectors import HELDOUT, SEEN, family_split, train_one
+from experiments.detectors import HELDOUT, SEEN, SHIPPABLE, family_split, train_one
 from experiments.report import replace_section
-
-# name -> (architecture in assocmem.forensic.checkpoint.ARCHITECTURES, its keyword arguments);
-# each builds the same network as experiments.detectors.MODELS[name]
-SHIPPABLE: dict[str, tuple[str, dict[str, Any]]] = {
-    "npr_bn": ("npr", {"norm": "batch"}),
-    "npr": ("npr", {}),
-    "npr_pixels": ("npr_pixels", {}),
-    "npr_dct": ("npr_dct", {}),
-    "npr_dct_dropout": ("npr_dct", {"feature_dropout": 0.5}),
-}
 
 
 def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:

@@ -1,0 +1,334 @@
+"""Steps and time to tuned Adam's validation loss on the detector task (issue 16).
+
+Reads the run records that ``experiments.detectors --json`` writes (one file per run or many
+runs per file) and answers, per evaluation seed: how many training steps does a memory
+optimizer need to reach the best validation loss that torch's Adam reaches at its tuned
+learning rate, against Adam's own steps to it?
+
+- **Tuning** uses the tuning seed only: each optimizer's learning rate is the one with the
+  lowest best validation loss among its runs on that seed. An optimum on the edge of what was
+  tried is flagged (``experiments.lr_grid``'s rule: run one more point beyond that edge).
+- **Target** per seed: Adam's best validation loss at its tuned lr on that seed (the weights
+  early stopping restores). Adam's steps to it are its best step; a candidate's are the first
+  evaluation at which its validation loss is at or below it (``None``: never, within its run).
+  Evaluations are every ``eval_every`` steps, so each count is known to that resolution.
+- **Time** = steps x the cost of one training step (batch, forward, backward, ``opt.step()``),
+  measured here with the candidates interleaved on the same model, initialisation and batches
+  (``experiments.step_cost``), not read off the runs' wall clocks, which absorbed whatever else
+  the machine was doing.
+
+    python -m experiments.detector_race --runs docs/results/detectors-npr_bn-*.json \\
+        --candidate muon/split --write docs/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from experiments.lr_grid import edge_side
+from experiments.report import replace_section
+from experiments.step_cost import measure, time_to_target
+
+BASELINE = "adam"
+
+
+def load_runs(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """Every run record in ``paths`` (each file holds a list of runs, as ``--json`` writes)."""
+    runs = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        runs.extend(data if isinstance(data, list) else [data])
+    return runs
+
+
+def select(
+    runs: Sequence[Mapping[str, Any]], model: str, optimizer: str, lr_drops: int = 0
+) -> list[Mapping[str, Any]]:
+    """The runs of ``model`` with ``optimizer`` and without learning-rate drops (a drop is a
+    different recipe)."""
+    return [
+        r
+        for r in runs
+        if r["model"] == model and r["optimizer"] == optimizer and r.get("lr_drops", 0) == lr_drops
+    ]
+
+
+def tune(
+    runs: Sequence[Mapping[str, Any]], seed: int
+) -> tuple[float, dict[float, float], str | None]:
+    """The learning rate with the lowest best validation loss on ``seed``, every lr tried there
+    with its loss, and the edge (``"low"``/``"high"``) the optimum sits on, if any.
+
+    Raises:
+        ValueError: no run on ``seed``, or two runs of one lr on it (ambiguous).
+    """
+    grid: dict[float, float] = {}
+    for r in runs:
+        if r["seed"] != seed:
+            continue
+        lr = float(r["lr"])
+        if lr in grid:
+            raise ValueError(f"two runs at lr {lr} on seed {seed}: keep one")
+        grid[lr] = float(r["best_val_loss"])
+    if not grid:
+        raise ValueError(f"no run on the tuning seed {seed}")
+    best = min(grid, key=lambda lr: (grid[lr], lr))
+    return best, grid, edge_side(grid) if len(grid) > 1 else None
+
+
+def steps_to_target(curve: Sequence[Sequence[float]], target: float) -> int | None:
+    """The first evaluated step (after step 0) whose validation loss is at or below ``target``.
+
+    Example:
+        >>> steps_to_target([(0, 0.69), (250, 0.5), (500, 0.39), (750, 0.38)], 0.39)
+        500
+        >>> steps_to_target([(0, 0.69), (250, 0.5)], 0.39) is None
+        True
+    """
+    for step, loss in curve:
+        if step > 0 and loss <= target:
+            return int(step)
+    return None
+
+
+def race(
+    baseline: Sequence[Mapping[str, Any]],
+    candidate: Sequence[Mapping[str, Any]],
+    baseline_lr: float,
+    candidate_lr: float,
+) -> list[dict[str, Any]]:
+    """Per seed both optimizers ran at their tuned lr: the target (the baseline's best
+    validation loss), the baseline's steps to it (its best step) and the candidate's."""
+    base = {r["seed"]: r for r in baseline if float(r["lr"]) == baseline_lr}
+    cand = {r["seed"]: r for r in candidate if float(r["lr"]) == candidate_lr}
+    rows = []
+    for seed in sorted(set(base) & set(cand)):
+        b, c = base[seed], cand[seed]
+        target = float(b["best_val_loss"])
+        rows.append(
+            {
+                "seed": seed,
+                "target": target,
+                "baseline_steps": int(b["best_step"]),
+                "baseline_run": int(b["steps"]),
+                "candidate_steps": steps_to_target(c["val_curve"], target),
+                "candidate_run": int(c["steps"]),
+                "candidate_best": float(c["best_val_loss"]),
+            }
+        )
+    return rows
+
+
+def summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Ratios of steps per seed, their mean over seeds that reached the target, and whether the
+    two optimizers' steps-to-target are apart by more than their spreads (mean ± std over the
+    seeds; a seed that never reached the target counts as not apart)."""
+    ratios = [
+        r["candidate_steps"] / r["baseline_steps"] if r["candidate_steps"] is not None else None
+        for r in rows
+    ]
+    reached = [x for x in ratios if x is not None]
+    base = [r["baseline_steps"] for r in rows]
+    cand = [r["candidate_steps"] for r in rows]
+    apart = False
+    if rows and all(s is not None for s in cand) and len(rows) > 1:
+        b_lo = statistics.mean(base) - statistics.stdev(base)
+        c_hi = statistics.mean(cand) + statistics.stdev(cand)  # type: ignore[arg-type]
+        apart = c_hi < b_lo
+    return {
+        "ratios": ratios,
+        "mean_ratio": statistics.mean(reached) if reached else None,
+        "reached": len(reached),
+        "seeds": len(rows),
+        "apart": apart,
+    }
+
+
+class FixedBatches:
+    """A detector and a fixed list of training batches as a ``train_loss(step)`` task, so that
+    :func:`experiments.step_cost.measure` times whole training steps on the same data."""
+
+    def __init__(self, model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]]) -> None:
+        self.model, self.batches = model, list(batches)
+
+    def parameters(self) -> Iterable[nn.Parameter]:
+        return self.model.parameters()
+
+    def train_loss(self, step: int) -> Tensor:
+        images, labels = self.batches[step % len(self.batches)][:2]
+        out = self.model(images)
+        return F.binary_cross_entropy_with_logits(out, labels.to(out.dtype))
+
+
+def step_costs(
+    model_name: str,
+    tuned: Mapping[str, float],
+    *,
+    samples: int,
+    span: int,
+    batch_size: int = 64,
+    tiny: bool = False,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """Seconds per training step of each ``optimizer: lr``, interleaved, on ``model_name``
+    (same initialisation for all) and the same stream batches (seed 0)."""
+    from assocmem.forensic.data import BenchmarkConfig, build_benchmark
+    from assocmem.forensic.data.stream import TrainStream
+    from experiments.detectors import MODELS, family_split, optimizer_factory
+
+    config = BenchmarkConfig.tiny() if tiny else BenchmarkConfig()
+    bench = build_benchmark(config, cache_dir)
+    stream = iter(TrainStream(bench, family_split(config).seen, batch_size=batch_size, seed=0))
+    batches = [next(stream) for _ in range(span + 1)]
+    candidates = {}
+    for name, lr in tuned.items():
+        torch.manual_seed(0)
+        model = MODELS[model_name](config.patch_size)
+        model.train()
+        task = FixedBatches(model, batches)
+        candidates[name] = (task, optimizer_factory(name, lr, model)(model.parameters()))
+    return {
+        "method": (
+            f"training step (batch, forward, backward, opt.step) of {model_name}, batch "
+            f"{batch_size}, at the tuned lr; optimizers interleaved; {samples} samples of "
+            f"{span} steps; {torch.get_num_threads()} thread(s)"
+        ),
+        "optimizers": measure(candidates, samples, span),
+    }
+
+
+def _steps(values: Sequence[int | None]) -> str:
+    hits = [v for v in values if v is not None]
+    if not hits:
+        return "never"
+    text = f"{statistics.mean(hits):.0f}"
+    if len(hits) > 1:
+        text += f" ± {statistics.stdev(hits):.0f}"
+    missed = len(values) - len(hits)
+    return text + (f" ({missed} never)" if missed else "")
+
+
+def markdown(
+    model: str,
+    candidate: str,
+    grids: Mapping[str, tuple[float, dict[float, float], str | None]],
+    rows: Sequence[Mapping[str, Any]],
+    costs: Mapping[str, Any] | None,
+    command: str,
+    tuning_seed: int,
+) -> str:
+    out = [
+        f"## Detector task: steps to tuned Adam's validation loss (`{model}`, {candidate})",
+        "",
+        f"Regenerate: {command}",
+        "",
+        f"LR tuned on seed {tuning_seed} only (best validation loss of each run, early stopping "
+        "restores it):",
+        "",
+        "| optimizer | lr tried: best validation loss | tuned lr | on the grid's edge |",
+        "|---|---|---|---|",
+    ]
+    for name, (lr, grid, edge) in grids.items():
+        tried = ", ".join(f"{k:g}: {v:.3f}" for k, v in sorted(grid.items()))
+        out.append(f"| {name} | {tried} | {lr:g} | {edge or 'no'} |")
+    out += [
+        "",
+        "Per evaluation seed: the target is Adam's best validation loss at its tuned lr; steps are "
+        "evaluation steps (every 250), so each count is known to ± one evaluation.",
+        "",
+        f"| seed | target (Adam's best) | Adam steps (run) | {candidate} steps (run) | ratio | "
+        f"{candidate}'s own best |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = (
+            f"{r['candidate_steps'] / r['baseline_steps']:.2f}"
+            if r["candidate_steps"] is not None
+            else "never"
+        )
+        cs = r["candidate_steps"] if r["candidate_steps"] is not None else "never"
+        out.append(
+            f"| {r['seed']} | {r['target']:.3f} | {r['baseline_steps']} ({r['baseline_run']}) | "
+            f"{cs} ({r['candidate_run']}) | {ratio} | {r['candidate_best']:.3f} |"
+        )
+    s = summary(rows)
+    mean_ratio = "n/a" if s["mean_ratio"] is None else f"{s['mean_ratio']:.2f}×"
+    out += [
+        "",
+        f"Steps to target, mean ± std: Adam {_steps([r['baseline_steps'] for r in rows])}, "
+        f"{candidate} {_steps([r['candidate_steps'] for r in rows])}; mean ratio over the "
+        f"{s['reached']} of {s['seeds']} seeds that reached it: {mean_ratio}; spreads apart: "
+        f"{'yes' if s['apart'] else 'no'}.",
+    ]
+    if costs:
+        per = {k: v["median_s"] for k, v in costs["optimizers"].items()}
+        base_cost = per[BASELINE]
+        base_time = time_to_target([r["baseline_steps"] for r in rows], base_cost)
+        cand_time = time_to_target([r["candidate_steps"] for r in rows], per[candidate])
+        line = (
+            f"Step cost ({costs['method']}): Adam {base_cost * 1e3:.1f} ms, {candidate} "
+            f"{per[candidate] * 1e3:.1f} ms ({per[candidate] / base_cost:.2f}×)."
+        )
+        if base_time and cand_time:
+            ratio = statistics.mean(cand_time) / statistics.mean(base_time)
+            line += (
+                f" Time to target = steps × step cost: Adam {statistics.mean(base_time):.0f} s, "
+                f"{candidate} {statistics.mean(cand_time):.0f} s (mean over the seeds that "
+                f"reached it): {ratio:.2f}×."
+            )
+        out += ["", line]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, nargs="+", required=True)
+    parser.add_argument("--model", default="npr_bn")
+    parser.add_argument("--candidate", default="muon/split")
+    parser.add_argument("--tuning-seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=15, help="step-cost samples")
+    parser.add_argument("--span", type=int, default=5, help="steps per step-cost sample")
+    parser.add_argument("--threads", type=int, default=1, help="as the runs (--threads 1)")
+    parser.add_argument("--no-step-cost", action="store_true")
+    parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--json", type=Path, help="write the rows and step costs here")
+    parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
+    args = parser.parse_args(argv)
+    runs = load_runs(args.runs)
+    chosen = {name: select(runs, args.model, name) for name in (BASELINE, args.candidate)}
+    grids = {name: tune(rs, args.tuning_seed) for name, rs in chosen.items()}
+    lrs = {name: grid[0] for name, grid in grids.items()}
+    rows = race(chosen[BASELINE], chosen[args.candidate], lrs[BASELINE], lrs[args.candidate])
+    costs = None
+    if not args.no_step_cost:
+        torch.set_num_threads(args.threads)
+        costs = step_costs(
+            args.model, lrs, samples=args.samples, span=args.span, tiny=args.tiny,
+            cache_dir=args.cache_dir,
+        )  # fmt: skip
+    command = "python -m experiments.detector_race " + " ".join(
+        str(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    text = markdown(
+        args.model, args.candidate, grids, rows, costs, f"`{command}`", args.tuning_seed
+    )
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "costs": costs}, indent=1, default=float))
+    if args.write:
+        replace_section(args.write, "detector-race", text)
+
+
+if __name__ == "__main__":
+    main()

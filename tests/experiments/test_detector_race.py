@@ -1,0 +1,105 @@
+"""experiments.detector_race: tuning on one seed, steps to Adam's target, the step-cost report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments.detector_race import load_runs, main, race, select, steps_to_target, summary, tune
+
+
+def _run(optimizer, lr, seed, curve, model="npr_bn", lr_drops=0):
+    best_step, best = min(((s, v) for s, v in curve if s > 0), key=lambda sv: (sv[1], sv[0]))
+    return {
+        "model": model, "optimizer": optimizer, "lr": lr, "seed": seed, "lr_drops": lr_drops,
+        "best_val_loss": best, "best_step": best_step, "steps": curve[-1][0], "val_curve": curve,
+    }  # fmt: skip
+
+
+def test_steps_to_target_is_the_first_evaluation_at_or_below_it():
+    curve = [(0, 0.69), (250, 0.5), (500, 0.40), (750, 0.45), (1000, 0.39)]
+    assert steps_to_target(curve, 0.40) == 500  # "at" counts
+    assert steps_to_target(curve, 0.395) == 1000
+    assert steps_to_target(curve, 0.38) is None
+    assert steps_to_target([(0, 0.1)], 0.5) is None  # step 0 is the initial model, not a step
+
+
+def test_tune_uses_only_the_tuning_seed_and_flags_an_edge_optimum():
+    runs = [
+        _run("adam", 1e-3, 0, [(0, 0.7), (250, 0.40)]),
+        _run("adam", 3e-3, 0, [(0, 0.7), (250, 0.39)]),
+        _run("adam", 1e-2, 0, [(0, 0.7), (250, 0.42)]),
+        _run("adam", 1e-2, 1, [(0, 0.7), (250, 0.10)]),  # another seed: must not decide
+    ]
+    lr, grid, edge = tune(runs, seed=0)
+    assert lr == 3e-3 and grid == {1e-3: 0.40, 3e-3: 0.39, 1e-2: 0.42} and edge is None
+    lr, _, edge = tune(runs[1:], seed=0)
+    assert lr == 3e-3 and edge == "low"
+    with pytest.raises(ValueError, match="no run on the tuning seed"):
+        tune(runs, seed=5)
+    with pytest.raises(ValueError, match="two runs"):
+        tune(runs + [runs[0]], seed=0)
+
+
+def test_select_leaves_out_other_models_and_lr_drop_recipes():
+    runs = [
+        _run("adam", 1e-3, 0, [(0, 0.7), (250, 0.4)]),
+        _run("adam", 1e-3, 0, [(0, 0.7), (250, 0.4)], model="npr"),
+        _run("adam", 1e-3, 0, [(0, 0.7), (250, 0.4)], lr_drops=2),
+        _run("muon/split", 2e-2, 0, [(0, 0.7), (250, 0.4)]),
+    ]
+    assert select(runs, "npr_bn", "adam") == [runs[0]]
+
+
+def test_race_targets_adams_best_per_seed_and_summary_says_whether_spreads_are_apart():
+    base = [
+        _run("adam", 3e-3, s, [(0, 0.7), (1000, 0.45), (2000, 0.40), (2500, 0.41)])
+        for s in range(3)
+    ]
+    fast = [_run("muon/split", 2e-2, s, [(0, 0.7), (500 + 50 * s, 0.39)]) for s in range(3)]
+    rows = race(base, fast, 3e-3, 2e-2)
+    assert [r["baseline_steps"] for r in rows] == [2000] * 3
+    assert [r["candidate_steps"] for r in rows] == [500, 550, 600]
+    assert all(r["target"] == 0.40 for r in rows)
+    s = summary(rows)
+    assert s["mean_ratio"] == pytest.approx(0.275) and s["apart"] and s["reached"] == 3
+    slow = [_run("muon/split", 2e-2, s, [(0, 0.7), (3000, 0.41)]) for s in range(3)]
+    s = summary(race(base, slow, 3e-3, 2e-2))
+    assert s["mean_ratio"] is None and not s["apart"] and s["ratios"] == [None] * 3
+    # a run at another lr is not the tuned one
+    assert race(base, fast, 1e-3, 2e-2) == []
+
+
+def test_main_writes_a_section_from_run_files(tmp_path):
+    runs = [
+        _run("adam", 1e-3, 0, [(0, 0.7), (500, 0.45)]),
+        _run("adam", 3e-3, 0, [(0, 0.7), (500, 0.41), (1000, 0.40)]),
+        _run("adam", 1e-2, 0, [(0, 0.7), (500, 0.44)]),
+        _run("adam", 3e-3, 1, [(0, 0.7), (750, 0.42)]),
+        _run("muon/split", 2e-2, 0, [(0, 0.7), (500, 0.38)]),
+        _run("muon/split", 2e-2, 1, [(0, 0.7), (250, 0.43), (500, 0.41)]),
+    ]
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps(runs))
+    assert load_runs([path]) == json.loads(json.dumps(runs))  # tuples come back as lists
+    md, out = tmp_path / "results.md", tmp_path / "race.json"
+    main(["--runs", str(path), "--no-step-cost", "--write", str(md), "--json", str(out)])
+    text = md.read_text()
+    assert "<!-- report:detector-race:begin -->" in text
+    assert "| adam | 0.001: 0.450, 0.003: 0.400, 0.01: 0.440 | 0.003 | no |" in text
+    assert "| 0 | 0.400 | 1000 (1000) | 500 (500) | 0.50 | 0.380 |" in text
+    assert "| 1 | 0.420 | 750 (750) | 500 (500) | 0.67 | 0.410 |" in text
+    assert [r["seed"] for r in json.loads(out.read_text())["rows"]] == [0, 1]
+
+
+def test_step_costs_time_both_optimizers_on_the_tiny_benchmark(tmp_path):
+    from experiments.detector_race import step_costs
+
+    costs = step_costs(
+        "npr_bn", {"adam": 3e-3, "muon/split": 2e-2}, samples=2, span=1, batch_size=8,
+        tiny=True, cache_dir=str(tmp_path),
+    )  # fmt: skip
+    per = costs["optimizers"]
+    assert set(per) == {"adam", "muon/split"}
+    assert all(v["median_s"] > 0 and len(v["samples_s"]) == 2 for v in per.values())
