@@ -1,7 +1,8 @@
 """Steps and time to tuned Adam's validation loss on the detector task (issue 16).
 
-Reads the run records that ``experiments.detectors --json`` writes (one file per run or many
-runs per file) and answers, per evaluation seed: how many training steps does a memory
+Reads the run records that ``experiments.detectors --json`` writes (or the fine-tuning runs of
+``experiments.pretraining_study --json``, model ``vit/ARM``; one file per run or many runs per
+file) and answers, per evaluation seed: how many training steps does a memory
 optimizer need to reach the best validation loss that torch's Adam reaches at its tuned
 learning rate, against Adam's own steps to it?
 
@@ -170,6 +171,21 @@ class FixedBatches:
         return F.binary_cross_entropy_with_logits(out, labels.to(out.dtype))
 
 
+def build(model_name: str, image_size: int) -> nn.Module:
+    """A freshly initialised network of the runs named ``model_name``: a detector of
+    ``experiments.detectors``, or ``vit/ARM``, the fine-tuned ViT of
+    ``experiments.pretraining_study`` (the step costs the same whatever the pretraining)."""
+    from experiments.detectors import MODELS
+    from experiments.pretraining_study import ARMS, finetune_model
+
+    if model_name in MODELS:
+        return MODELS[model_name](image_size)
+    kind, _, arm = model_name.partition("/")
+    if kind == "vit" and arm in ARMS:
+        return finetune_model(image_size)
+    raise ValueError(f"unknown model {model_name!r}: one of {sorted(MODELS)} or vit/ARM")
+
+
 def step_costs(
     model_name: str,
     tuned: Mapping[str, float],
@@ -184,7 +200,7 @@ def step_costs(
     (same initialisation for all) and the same stream batches (seed 0)."""
     from assocmem.forensic.data import BenchmarkConfig, build_benchmark
     from assocmem.forensic.data.stream import TrainStream
-    from experiments.detectors import MODELS, family_split, optimizer_factory
+    from experiments.detectors import family_split, optimizer_factory
 
     config = BenchmarkConfig.tiny() if tiny else BenchmarkConfig()
     bench = build_benchmark(config, cache_dir)
@@ -193,7 +209,7 @@ def step_costs(
     candidates = {}
     for name, lr in tuned.items():
         torch.manual_seed(0)
-        model = MODELS[model_name](config.patch_size)
+        model = build(model_name, config.patch_size)
         model.train()
         task = FixedBatches(model, batches)
         candidates[name] = (task, optimizer_factory(name, lr, model)(model.parameters()))

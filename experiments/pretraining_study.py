@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.stream import TrainStream, stream_loader
@@ -54,12 +55,20 @@ ARMS: dict[str, dict[str, Any] | None] = {
 }
 
 
+def finetune_model(image_size: int) -> torch.nn.Module:
+    """The fine-tuned detector's network (encoder + linear head), freshly initialised."""
+    return fine_tune(build_encoder(ENCODER, image_size))
+
+
 def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -> dict[str, Any]:
     torch.manual_seed(seed)
     encoder = build_encoder(ENCODER, bench.config.patch_size)
-    out: dict[str, Any] = {"arm": arm, "seed": seed}
+    out: dict[str, Any] = {"arm": arm, "seed": seed, "model": f"vit/{arm}"}
     start = time.perf_counter()
-    if ARMS[arm] is not None:
+    if args.encoder is not None:  # a given pretrained encoder: the fine-tuning task alone
+        encoder.load_state_dict(load_file(args.encoder))
+        out["encoder"] = str(args.encoder)
+    elif ARMS[arm] is not None:
         spec = ARMS[arm]
         pretrainer = MaskedPretrainer(encoder, build_masker(spec["masker"]), loss=spec["loss"])
         # Its own stream seed: the fine-tuning stream below must not replay these crops.
@@ -73,14 +82,18 @@ def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -
         )  # fmt: skip
         curve = [(r["step"], r["val_loss"]) for r in result.history if "val_loss" in r]
         out.update(pretrain_status=result.status, pretrain_curve=curve)
+        if args.save_encoders is not None:
+            args.save_encoders.mkdir(parents=True, exist_ok=True)
+            save_file(encoder.state_dict(), args.save_encoders / f"{arm}-seed{seed}.safetensors")
     out["pretrain_seconds"] = round(time.perf_counter() - start, 1)
-    x, y = balanced(bench.split("train", families.seen), 0)
-    out["probe"] = zero_shot_report(
-        linear_probe_scorer(encoder, x, y), bench, families, target_fpr=args.target_fpr
-    )
+    if not args.no_probe:
+        x, y = balanced(bench.split("train", families.seen), 0)
+        out["probe"] = zero_shot_report(
+            linear_probe_scorer(encoder, x, y), bench, families, target_fpr=args.target_fpr
+        )
     detector = fine_tune(encoder)
     # the image detectors' recipe, verbatim: stream of the seen families, early stopping
-    out.update(train_one(bench, families, detector, "adam", args.lr, seed, args))
+    out.update(train_one(bench, families, detector, args.optimizer, args.lr, seed, args))
     out["report"] = zero_shot_report(
         partial(score, detector), bench, families, target_fpr=args.target_fpr
     )
@@ -164,7 +177,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pretrain-steps", type=int, default=1500)
     parser.add_argument("--pretrain-lr", type=float, default=3e-3)
     parser.add_argument("--max-steps", type=int, default=1500, help="fine-tuning cap")
-    parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning Adam lr")
+    parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning lr")
+    parser.add_argument(
+        "--optimizer",
+        default="adam",
+        help="fine-tuning optimizer, as in experiments.detectors (adam, a preset, PRESET/split)",
+    )
+    parser.add_argument(
+        "--encoder",
+        type=Path,
+        help="fine-tune this pretrained encoder (safetensors from --save-encoders) instead of "
+        "pretraining one; --arms then only labels the runs",
+    )
+    parser.add_argument(
+        "--save-encoders", type=Path, help="write each pretrained encoder here (ARM-seedS)"
+    )
+    parser.add_argument(
+        "--no-probe", action="store_true", help="skip the probe (fine-tuning runs only)"
+    )
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -202,9 +232,9 @@ def main(argv: list[str] | None = None) -> None:
             run = run_one(bench, families, arm, seed, args)
             run["command"] = command.strip()
             runs.append(run)
+            probe = f"{run['probe']['heldout']['mean']['auc']:.3f}" if "probe" in run else "-"
             print(
-                f"{arm} seed {seed}: probe held-out "
-                f"{run['probe']['heldout']['mean']['auc']:.3f}, fine-tuned seen "
+                f"{arm} seed {seed}: probe held-out {probe}, fine-tuned seen "
                 f"{run['report']['seen']['mean']['auc']:.3f} held-out "
                 f"{run['report']['heldout']['mean']['auc']:.3f} "
                 f"({run['best_step']}/{run['steps']} steps)",
@@ -213,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.json:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(runs, indent=1, default=float))
+    if args.no_probe or args.encoder is not None:  # not the study: the table needs both
+        return
     text = markdown(runs, f"`{command.strip()}`")
     print(text)
     if args.write:

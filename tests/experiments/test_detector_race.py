@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from experiments.detector_race import load_runs, main, race, select, steps_to_target, summary, tune
 
@@ -103,3 +104,13 @@ def test_step_costs_time_both_optimizers_on_the_tiny_benchmark(tmp_path):
     per = costs["optimizers"]
     assert set(per) == {"adam", "muon/split"}
     assert all(v["median_s"] > 0 and len(v["samples_s"]) == 2 for v in per.values())
+
+
+def test_build_knows_the_detectors_and_the_fine_tuned_vit():
+    from experiments.detector_race import build
+
+    assert type(build("npr_bn", 32)).__name__ == "NPR"
+    vit = build("vit/frequency", 32)
+    assert vit(torch.rand(2, 3, 32, 32)).shape == (2,)
+    with pytest.raises(ValueError, match="unknown model"):
+        build("vit/nonsense", 32)

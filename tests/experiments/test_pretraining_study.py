@@ -38,3 +38,29 @@ def test_table_rows_are_mean_and_std_over_seeds():
     # fine-tuned seen AUC over the two seeds: mean 0.85, sample std 0.0707
     assert "| 0.850 ± 0.071 |" in freq and "1500 (10.0 ± 0.0 %)" in freq
     assert "| none | 1 | 0 | 0.500 | 0.400 | 0.700 | 0.600 |" in text
+
+
+def test_saved_encoder_is_fine_tuned_by_the_named_optimizer_without_pretraining(tmp_path):
+    """--save-encoders writes the pretrained encoder; --encoder fine-tunes exactly that one
+    (no pretraining, no probe) with --optimizer; the records carry model/optimizer/lr/curve."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from experiments.pretraining_study import main
+
+    common = ["--tiny", "--cache-dir", str(tmp_path / "cache"), "--seeds", "0", "--batch-size",
+              "8", "--eval-every", "2", "--patience", "1", "--workers", "0"]  # fmt: skip
+    encoders, first = tmp_path / "enc", tmp_path / "first.json"
+    pretrain = ["--arms", "frequency", "--pretrain-steps", "2", "--max-steps", "2"]
+    main(common + pretrain + ["--save-encoders", str(encoders), "--no-probe", "--json", str(first)])
+    saved = encoders / "frequency-seed0.safetensors"
+    assert saved.exists() and "probe" not in json.loads(first.read_text())[0]
+    again = tmp_path / "again.json"
+    main(common + ["--arms", "frequency", "--encoder", str(saved), "--max-steps", "2",
+                   "--optimizer", "muon/split", "--lr", "0.02", "--no-probe",
+                   "--json", str(again)])  # fmt: skip
+    rec = json.loads(again.read_text())[0]
+    assert rec["model"] == "vit/frequency" and rec["optimizer"] == "muon/split"
+    assert rec["lr"] == 0.02 and rec["encoder"] == str(saved) and "pretrain_curve" not in rec
+    assert rec["val_curve"][0][0] == 0 and len(load_file(saved)) > 0
