@@ -36,7 +36,8 @@ from assocmem.forensic.data.stream import TrainStream, stream_loader
 from assocmem.forensic.models import F3Net, MesoNet4
 from assocmem.forensic.models.npr import NPRWithSpectrum
 from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
-from assocmem.forensic.train import score, train_detector
+from assocmem.forensic.train import train_detector
+from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.optim import param_groups
 from experiments.report import replace_section
 
@@ -164,11 +165,21 @@ def run_one(
     seed: int,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
+    """Train one detector; one record per view set in ``args.views`` (the same trained
+    weights scored, and calibrated, with each)."""
     torch.manual_seed(seed)
     model = MODELS[model_name](bench.config.patch_size)
     run = train_one(bench, families, model, optimizer, lr, seed, args)
-    report = zero_shot_report(partial(score, model), bench, families, target_fpr=args.target_fpr)
-    return {"model": model_name, **run, "report": report}
+    records = []
+    for views in getattr(args, "views", ["one"]):
+
+        def scorer(images: torch.Tensor, views: str = views) -> torch.Tensor:
+            # probabilities, so that the report also gives the FPR at 0.5
+            return torch.sigmoid(view_logits(model, images, views))
+
+        report = zero_shot_report(scorer, bench, families, target_fpr=args.target_fpr)
+        records.append({"model": model_name, **run, "views": views, "report": report})
+    return records
 
 
 def _ms(values: list[float], digits: int = 3) -> str:
@@ -187,9 +198,15 @@ def lr_drops_of(run: dict[str, Any]) -> int:
 
 
 def run_label(run: dict[str, Any]) -> str:
-    """The detector column: the model, and its lr drops when it had any (a different recipe)."""
+    """The detector column: the model, its lr drops when it had any (a different recipe), and
+    its test-time views when they are not the image alone (``assocmem.forensic.views``)."""
     drops = lr_drops_of(run)
-    return run["model"] + (f" (lr drops {drops})" if drops else "")
+    views = run.get("views", "one")
+    return (
+        run["model"]
+        + (f" (lr drops {drops})" if drops else "")
+        + (f" ({views} views)" if views != "one" else "")
+    )
 
 
 def markdown(runs: list[dict[str, Any]], command: str, target_fpr: float) -> str:
@@ -272,6 +289,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="stream worker processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
     parser.add_argument("--target-fpr", type=float, default=0.05)
+    parser.add_argument(
+        "--views",
+        nargs="+",
+        default=["one"],
+        choices=VIEWS,
+        help="test-time views to score with (one record each): the image alone, or the mean "
+        "logit over its eight dihedral views",
+    )
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
@@ -306,16 +331,17 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             # optimizers interleaved per seed, so a slow spell of the machine hits all alike
             for opt, lr in zip(args.optimizers, lrs, strict=True):
-                run = run_one(bench, families, model, opt, lr, seed, args)
-                runs.append(run)
-                rep = run["report"]
-                print(
-                    f"{model:9s} {opt:8s} seed {seed}: seen AUC {rep['seen']['mean']['auc']:.3f}"
-                    f" held-out AUC {rep['heldout']['mean']['auc']:.3f}"
-                    f" test-real FPR {rep['test_real_fpr']:.3f}"
-                    f" (best step {run['best_step']} of {run['steps']}, {run['seconds']:.0f} s)",
-                    flush=True,
-                )
+                for run in run_one(bench, families, model, opt, lr, seed, args):
+                    runs.append(run)
+                    rep = run["report"]
+                    print(
+                        f"{model:9s} {opt:8s} seed {seed} views {run['views']}: seen AUC "
+                        f"{rep['seen']['mean']['auc']:.3f} held-out AUC "
+                        f"{rep['heldout']['mean']['auc']:.3f} test-real FPR "
+                        f"{rep['test_real_fpr']:.3f} (best step {run['best_step']} of "
+                        f"{run['steps']}, {run['seconds']:.0f} s)",
+                        flush=True,
+                    )
     for run in runs:
         run["command"] = command.strip()
     text = markdown(runs, f"`{command.strip()}`", args.target_fpr)

@@ -49,3 +49,20 @@ def test_runs_with_lr_drops_are_their_own_row():
     new = {"model": "npr_bn", "lr_drops": 1, "command": "--lr-drops 2"}  # the entry wins
     assert [lr_drops_of(r) for r in (plain, old, new)] == [0, 2, 1]
     assert run_label(plain) == "npr_bn" and run_label(old) == "npr_bn (lr drops 2)"
+
+
+def test_each_view_set_is_a_record_of_the_same_training_and_its_own_row(tmp_path):
+    import json
+
+    from experiments.detectors import main, run_label
+
+    out = tmp_path / "runs.json"
+    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0",
+          "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--workers", "0",
+          "--views", "one", "d4", "--json", str(out)])  # fmt: skip
+    one, d4 = json.loads(out.read_text())
+    assert (one["views"], d4["views"]) == ("one", "d4")
+    assert one["val_curve"] == d4["val_curve"] and one["best_step"] == d4["best_step"]
+    assert one["report"] != d4["report"]  # the same weights, scored two ways
+    assert "test_real_fpr_0.5" in d4["report"]  # scored as probabilities
+    assert run_label(one) == "npr_bn" and run_label(d4) == "npr_bn (d4 views)"
