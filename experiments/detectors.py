@@ -212,7 +212,8 @@ def run_label(run: dict[str, Any]) -> str:
 def markdown(runs: list[dict[str, Any]], command: str, target_fpr: float) -> str:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in runs:
-        groups.setdefault((run_label(r), r["optimizer"]), []).append(r)
+        # one row per recipe: the same optimizer at another learning rate is another row
+        groups.setdefault((run_label(r), f"{r['optimizer']} (lr {r['lr']:g})"), []).append(r)
     pct = f"{100 * target_fpr:g} %"
     lines = [
         "## Forensic detectors (training stream, early stopping, calibrated threshold)",
@@ -233,7 +234,7 @@ def markdown(runs: list[dict[str, Any]], command: str, target_fpr: float) -> str
         rep = [r["report"] for r in rs]
         budget = ", ".join(f"{r['best_step']}/{r['steps']}" for r in rs)
         lines.append(
-            f"| {model} | {opt} (lr {rs[0]['lr']:g}) | {len(rs)} "
+            f"| {model} | {opt} | {len(rs)} "
             f"| {_ms([x['seen']['mean']['auc'] for x in rep])} "
             f"| {_ms([x['heldout']['mean']['auc'] for x in rep])} "
             f"| {_ms([x['heldout']['mean']['tpr'] for x in rep])} "

@@ -66,3 +66,21 @@ def test_each_view_set_is_a_record_of_the_same_training_and_its_own_row(tmp_path
     assert one["report"] != d4["report"]  # the same weights, scored two ways
     assert "test_real_fpr_0.5" in d4["report"]  # scored as probabilities
     assert run_label(one) == "npr_bn" and run_label(d4) == "npr_bn (d4 views)"
+
+
+def test_the_same_optimizer_at_another_lr_is_another_row():
+    from experiments.detectors import HELDOUT, SEEN, markdown
+
+    def run(lr, auc):
+        fams = {f: {"auc": auc, "tpr": 0.5} for f in (*SEEN, *HELDOUT)}
+        groups = {
+            g: {"mean": {"auc": auc, "tpr": 0.5}, **{f: fams[f] for f in fs}}
+            for g, fs in (("seen", SEEN), ("heldout", HELDOUT))
+        }
+        report = {**groups, "test_real_fpr": 0.03, "test_real_fpr_0.5": 0.1}
+        return {"model": "npr_bn", "optimizer": "adam", "lr": lr, "seed": 0, "best_step": 250,
+                "steps": 500, "report": report}  # fmt: skip
+
+    text = markdown([run(1e-3, 0.9), run(3e-3, 0.8), run(3e-3, 0.7)], "`cmd`", 0.05)
+    assert "| npr_bn | adam (lr 0.001) | 1 | 0.900 |" in text
+    assert "| npr_bn | adam (lr 0.003) | 2 | 0.750 ± 0.071 |" in text
