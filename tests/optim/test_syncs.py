@@ -4,9 +4,15 @@ On CPU nothing waits, so the tests count the reads instead: ``Tensor.__bool__``,
 ``tolist``, ``__float__`` and ``__int__`` are wrapped during ``step()`` and every call on a
 tensor that is not host-side bookkeeping is counted. Host-side by design, as in
 ``torch.optim``: the per-parameter ``step`` counters (and landscape's ``has_prev``/``pairs``
-flags), which live on the CPU whatever the parameter's device (or, for the presets with a
-fused path, on the parameter's device, read there by the kernel). The counts are pinned, so a
-new per-step read fails here; the ones left are named in ``REMAINING`` and ``HOST_SKIP``.
+flags) of presets that read them as Python numbers, which live on the CPU whatever the
+parameter's device. The counters of the other presets live on the parameter's device (fused
+kernels read them there; a skip decided on the device takes them back), so a read of one is
+counted. The counts are pinned, so a new per-step read fails here; the ones left are named in
+``REMAINING``, ``DEVICE_SKIP`` and ``READS_STEP_COUNT``.
+
+``sync_free=True`` forces on the CPU what ``sync_free=None`` does on an accelerator: the
+non-finite skip decided on the device (step, then select) and delta's overflow fallback
+selected there. Those runs must read nothing and give the host decisions' bits.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import pytest
 import torch
 from optim_support import every_memory, loss_at, make_model
 
-from assocmem import MemoryOptimizer
+from assocmem import MemoryOptimizer, get_preset
 
 HOST_STATE = ("step", "has_prev", "pairs")
 READS = ("__bool__", "item", "tolist", "__float__", "__int__")
@@ -28,11 +34,21 @@ REMAINING = {"delta": 1}
 # With nonfinite="skip" (the default), the presets whose fused kernels take the non-finite flag
 # skip on the device; the others decide on the host, one flag read per device per step.
 DEVICE_SKIP = ("adam", "momentum")
+# With sync_free=True every other preset skips on the device too (step, then select), but
+# those that read their step count on the host (a bias correction, a write period, a first-step
+# branch): a skip decided on the device could not take that count back, so they read the flag
+# (one read per step). TinyNet has biases, so muon's Adam fallback counts here.
+READS_STEP_COUNT = ("cms", "deep", "landscape", "learned", "muon")
 
 
 @contextlib.contextmanager
 def counting_reads(opt: MemoryOptimizer) -> Iterator[list[str]]:
-    host = {id(s[k]) for s in opt.state.values() for k in HOST_STATE if k in s}
+    host = {
+        id(state[k])
+        for p, state, group in _stepped(opt)
+        for k in HOST_STATE
+        if k in state and _on_host(p, group)
+    }
     calls: list[str] = []
     originals = {name: getattr(torch.Tensor, name) for name in READS}
 
@@ -55,11 +71,25 @@ def counting_reads(opt: MemoryOptimizer) -> Iterator[list[str]]:
             setattr(torch.Tensor, name, original)
 
 
+def _stepped(opt: MemoryOptimizer) -> Iterator[tuple[torch.Tensor, dict, dict]]:
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if opt.state.get(p):
+                yield p, opt.state[p], group
+
+
+def _on_host(p: torch.Tensor, group: dict) -> bool:
+    """Whether the optimizer keeps ``p``'s counters on the host by design: its preset reads
+    them as Python numbers (the rule of ``optimizer._step_device``, restated)."""
+    preset = get_preset(group["memory"])
+    return not preset.fuses(group) and preset.reads_state_on_host(p, group)
+
+
 def _reads_per_step(
-    memory: str, nonfinite: str, nan_at: int | None = None
+    memory: str, nonfinite: str, nan_at: int | None = None, **options
 ) -> tuple[list[list[str]], MemoryOptimizer]:
     model = make_model()
-    opt = MemoryOptimizer(model.parameters(), memory, lr=1e-3, nonfinite=nonfinite)
+    opt = MemoryOptimizer(model.parameters(), memory, lr=1e-3, nonfinite=nonfinite, **options)
     counts = []
     for t in range(4):
         opt.zero_grad()
@@ -96,16 +126,39 @@ def test_the_non_finite_skip_reads_a_flag_only_where_no_kernel_takes_it(memory):
     assert all(s["step"] == 3 for s in opt.state.values())  # the skipped step did not count
 
 
-def test_a_tensor_the_kernel_cannot_take_falls_back_to_a_host_read():
+def _non_contiguous_model() -> torch.nn.Module:
     model = make_model()
     model.fc.weight = torch.nn.Parameter(model.fc.weight.detach().t().contiguous().t())
-    opt = MemoryOptimizer(model.parameters(), "adam", lr=1e-3)
+    return model
+
+
+def test_a_tensor_the_kernel_cannot_take_falls_back_to_a_host_read():
+    model = _non_contiguous_model()
+    opt = MemoryOptimizer(model.parameters(), "adam", lr=1e-3, sync_free=True)
     loss_at(model, 0).backward()
     opt.step()
     loss_at(model, 1).backward()
     with counting_reads(opt) as calls:
         opt.step()
-    assert calls == ["__bool__"]
+    # The flag, then Adam's foreach path reads each step count (kept on the device for the
+    # kernel) for its bias corrections: one read per tensor of the group, which the kernel
+    # could not take as a whole.
+    n = len(list(model.parameters()))
+    assert calls == ["__bool__"] + ["__float__"] * n
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_momentum_off_its_kernel_selects_where_sync_free(sync_free):
+    # A non-contiguous tensor keeps momentum off the fused kernel; momentum reads no step
+    # count, so with sync_free it steps, then selects, and reads nothing.
+    model = _non_contiguous_model()
+    opt = MemoryOptimizer(model.parameters(), "momentum", lr=1e-2, sync_free=sync_free)
+    loss_at(model, 0).backward()
+    opt.step()
+    loss_at(model, 1).backward()
+    with counting_reads(opt) as calls:
+        opt.step()
+    assert calls == ([] if sync_free else ["__bool__"])
 
 
 def test_the_counter_sees_a_read():
@@ -115,3 +168,122 @@ def test_the_counter_sees_a_read():
         bool(torch.ones(()))
         model.fc.weight.sum().item()
     assert calls == ["__bool__", "item"]
+
+
+@pytest.mark.parametrize("nonfinite", ["skip", "ignore"])
+@pytest.mark.parametrize("memory", every_memory())
+def test_sync_free_reads_nothing_but_the_flag_of_presets_that_count_on_the_host(memory, nonfinite):
+    # A NaN at step 2: skipped on the device by every preset that reads no state on the host,
+    # with no read on the skipped step either. delta's overflow check is selected on the
+    # device, so its REMAINING read is gone too.
+    counts, opt = _reads_per_step(memory, nonfinite, nan_at=2, sync_free=True)
+    flag = int(nonfinite == "skip" and memory in READS_STEP_COUNT)
+    for calls in counts:
+        assert len(calls) == flag, calls
+    if nonfinite == "skip":
+        assert opt.skipped_steps == 1
+        assert all(s["step"] == 3 for s in opt.state.values())
+
+
+def test_muon_on_matrices_beside_adam_reads_nothing_with_sync_free():
+    # The recommended split (docs/api.md): Newton-Schulz on the hidden matrices, which read no
+    # step count, and Adam's fused kernel for the rest.
+    model = make_model()
+    mats = [model.conv.weight, model.fc.weight]
+    rest = [p for p in model.parameters() if all(p is not m for m in mats)]
+    groups = [{"params": mats, "memory": "muon", "lr": 0.02}, {"params": rest}]
+    opt = MemoryOptimizer(groups, "adam", lr=1e-3, sync_free=True)
+    for t in range(3):
+        opt.zero_grad()
+        loss_at(model, t).backward()
+        if t == 2:
+            model.fc.weight.grad[0, 0] = float("nan")
+        if t == 0:
+            opt.step()
+            continue
+        with counting_reads(opt) as calls:
+            opt.step()
+        assert calls == []
+    assert opt.skipped_steps == 1
+
+
+def _bits(opt: MemoryOptimizer, model: torch.nn.Module) -> list[torch.Tensor]:
+    """Every parameter and state tensor, copied (torch.equal compares them bit for bit but
+    NaN; there is none in a state that a skipped step left as it was)."""
+    state = [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    return [t.detach().clone() for t in (*model.parameters(), *state)]
+
+
+CONFIGS = {
+    "default": {},
+    "L2 decay, maximize": {"weight_decay": 0.1, "decoupled_weight_decay": False, "maximize": True},
+    "decoupled decay (momentum off its kernel)": {"weight_decay": 0.1},
+    "reference path": {"foreach": False},
+}
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("memory", every_memory())
+def test_sync_free_steps_and_skips_to_the_bit_of_the_host_decision(memory, config):
+    # Finite steps give the host path's bits; the NaN step (3) leaves every parameter and
+    # state bit as it was, step counters included, and counts once.
+    runs = {}
+    for sync_free in (False, True):
+        model = make_model()
+        opt = MemoryOptimizer(
+            model.parameters(), memory, lr=1e-3, sync_free=sync_free, **CONFIGS[config]
+        )
+        trace = []
+        for t in range(6):
+            opt.zero_grad()
+            loss_at(model, t).backward()
+            if t == 3:
+                model.fc.weight.grad[0, 0] = float("nan")
+                model.out.bias.grad[0] = float("-inf")
+                before = _bits(opt, model)
+            opt.step()
+            if t == 3:
+                after = _bits(opt, model)
+                assert len(after) == len(before)
+                assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+            trace.append(_bits(opt, model))
+        assert opt.skipped_steps == 1
+        assert all(int(s["step"]) == 5 for s in opt.state.values())
+        runs[sync_free] = trace
+    for host, device in zip(runs[False], runs[True], strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(host, device, strict=True))
+
+
+@pytest.mark.parametrize("erase", ["tensor", "row"])
+@pytest.mark.parametrize("scale", [1e20, 1e-25])
+def test_delta_selects_its_overflow_fallback_on_the_device(erase, scale):
+    # Gradients whose plain sums overflow (1e20: g^2 = 1e40 > fp32 max) or flush to zero
+    # (1e-25): the fallback is taken. Selected on the device, it gives the host branch's bits
+    # and reads nothing.
+    runs = {}
+    for sync_free in (False, True):
+        model = make_model()
+        # lr / scale: steps of the usual size, so no later gradient overflows (and is skipped)
+        opt = MemoryOptimizer(
+            model.parameters(), "delta", lr=1e-3 / scale, erase=erase, sync_free=sync_free
+        )
+        for t in range(3):
+            opt.zero_grad()
+            loss_at(model, t).backward()
+            for p in model.parameters():
+                p.grad.mul_(scale)
+            with counting_reads(opt) as calls:
+                opt.step()
+            if sync_free:
+                assert calls == []
+        assert opt.skipped_steps == 0
+        runs[sync_free] = _bits(opt, model)
+    assert all(torch.isfinite(t).all() for t in runs[True])
+    assert all(torch.equal(a, b) for a, b in zip(runs[False], runs[True], strict=True))
+
+
+def test_sync_free_is_validated_and_defaults_to_the_host_on_the_cpu():
+    with pytest.raises(ValueError, match="sync_free"):
+        MemoryOptimizer(make_model().parameters(), sync_free="yes")
+    counts, _ = _reads_per_step("delta", "ignore")
+    assert all(len(calls) == REMAINING["delta"] for calls in counts)  # None: CPU decides on host

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from assocmem.optim import fused, sharded, validate
+from assocmem.optim import fused, sharded, sync_free, validate
 from assocmem.optim.registry import Group, Preset, available_memories, get_preset
 
 # Options every preset shares; the preset's own hyperparameters come from its registry entry.
@@ -61,11 +61,23 @@ class MemoryOptimizer(Optimizer):
             first step compiles (~15 s cold on a 2-core CPU); same numbers to float rounding.
         nonfinite: what to do when any gradient holds NaN/inf: ``"skip"`` (default) leaves
             every parameter and memory untouched and counts the step in ``skipped_steps``
-            (decided on the device where every group steps through a fused kernel that takes
-            the flag: ``adam``, ``momentum``; elsewhere one host read of a flag per device and
-            step);
+            (where it is decided: ``sync_free``);
             ``"raise"`` raises ``FloatingPointError`` (also untouched); ``"ignore"`` does no
             check (fastest; NaN then propagates as in torch.optim).
+        sync_free: whether ``step()`` may read device values on the host (each read makes the
+            host wait for an accelerator's queue). ``False`` (default): the non-finite skip
+            reads one flag per device and step, except in groups whose fused kernel takes it
+            (``adam``, ``momentum``), and ``delta`` asks once whether an overlap needs its
+            overflow-safe form; on the CPU these reads cost nothing. ``True``: no read where
+            the presets allow it: the other groups step, then select the old values where the
+            flag is set, and ``delta`` selects its overflow-safe overlap on the device, at the
+            price of extra passes over the state every step (measured on the CPU: ``delta``
+            5-6x, ``momentum`` off its kernel 1.8x at 6M parameters; docs/api.md). Opt in on
+            an accelerator when a wait per step costs more than that (not measured: no GPU
+            here). ``None``: ``True`` when a gradient lives on an accelerator, else ``False``.
+            Presets that read their step count on the host (``cms``, ``deep``, ``landscape``,
+            ``learned``, the Adam fallback of ``muon``, ``adam`` off its fused kernel) still
+            read the flag (docs/api.md, "Host reads per step").
         **hyper: the preset's hyperparameters (see ``MemoryOptimizer.hyperparameters(memory)``).
 
     Parameters of any floating dtype work: fp32/fp64 are stepped as they are; fp16/bf16 through
@@ -99,11 +111,14 @@ class MemoryOptimizer(Optimizer):
         foreach: bool | None = None,
         compile: bool = False,
         nonfinite: str = "skip",
+        sync_free: bool | None = False,
         **hyper: Any,
     ) -> None:
         preset = get_preset(memory)
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        if sync_free is not None and not isinstance(sync_free, bool):
+            raise ValueError(f"sync_free must be a bool or None, got {sync_free!r}")
         _reject_unknown(hyper, preset, memory)
         defaults = {name: h.default for name, h in preset.hyper.items()}
         defaults.update(hyper)
@@ -119,6 +134,7 @@ class MemoryOptimizer(Optimizer):
         # Every argument is checked before any parameter is looked at, as torch.optim does.
         _check_group(defaults, preset)
         self.nonfinite = nonfinite
+        self.sync_free = sync_free
         self.skipped_steps = 0
         super().__init__(params, defaults)
 
@@ -164,6 +180,7 @@ class MemoryOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("nonfinite", "skip")
+        self.__dict__.setdefault("sync_free", False)
         self.__dict__.setdefault("_skipped_on_host", self.__dict__.pop("skipped_steps", 0))
         self.__dict__.setdefault("_skipped_on_device", None)
         for per_param in self.state.values():  # a plain-number step, as torch.optim converts it
@@ -182,12 +199,20 @@ class MemoryOptimizer(Optimizer):
             reason = _uncompilable(self.param_groups, gathered, self.state)
             if reason is not None:
                 _refuse(reason)
+        all_grads = [_real(g) for _, grads in gathered for g in grads]
+        on_device = self.sync_free
+        if on_device is None:  # a host read costs nothing on the CPU: nothing is queued
+            on_device = sync_free.on_accelerator(all_grads)
         found = None
         if self.nonfinite != "ignore":
-            flags = _nonfinite_flags([_real(g) for _, grads in gathered for g in grads])
-            if flags and self.nonfinite == "skip" and _skips_on_device(self.param_groups, gathered):
-                # The kernels read the flag on the device and leave everything untouched
-                # where it is set; nothing waits for the gradients here.
+            flags = _nonfinite_flags(all_grads)
+            if (
+                flags
+                and self.nonfinite == "skip"
+                and _skips_on_device(self.param_groups, gathered, select=on_device)
+            ):
+                # The kernels read the flag on the device, and the other groups select their
+                # old values where it is set; nothing waits for the gradients here.
                 found = _on_every_device(flags)
                 self._count_skipped(found)
             elif any(bool(f) for f in flags):  # decided on the host: one read per device
@@ -197,9 +222,10 @@ class MemoryOptimizer(Optimizer):
                         "non-finite gradient; parameters and optimizer state were left untouched"
                     )
                 return loss
-        for group, (params, grads) in zip(self.param_groups, gathered, strict=True):
-            if params:
-                self._step_group(group, params, grads, found)
+        with sync_free.deciding_on_device(on_device):
+            for group, (params, grads) in zip(self.param_groups, gathered, strict=True):
+                if params:
+                    self._step_group(group, params, grads, found)
         return loss
 
     def _count_skipped(self, found: dict[torch.device, Tensor]) -> None:
@@ -306,8 +332,29 @@ class MemoryOptimizer(Optimizer):
         ):
             preset.fused_step(params, grads, states, group, found)
             return
-        if found is not None and any(bool(f) for f in found.values()):
-            return  # a path that cannot take the flag: decided on the host after all
+        if found is None:
+            self._step_unfused(group, preset, params, grads, states)
+        elif sync_free.active() and not any(preset.reads_state_on_host(p, group) for p in params):
+            # Step, then select the old values where the flag is set (sync_free.py).
+            written = _written_tensors(params, states)
+            saved = sync_free.snapshot(written)
+            self._step_unfused(group, preset, params, grads, states)
+            sync_free.keep_where_skipped_(written, saved, sync_free.as_conditions(found))
+        elif not any(bool(f) for f in found.values()):
+            # A fused group's tensors the kernel cannot take (non-contiguous), with sync_free
+            # off or a preset that reads its step count on the host: the flag is read on the
+            # host after all.
+            self._step_unfused(group, preset, params, grads, states)
+
+    def _step_unfused(
+        self,
+        group: Group,
+        preset: Preset,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+    ) -> None:
+        """Maximize, weight decay and the preset's own step (reference, compiled or foreach)."""
         if group["maximize"]:
             grads = torch._foreach_neg(grads)
         wd, lr = group["weight_decay"], group["lr"]
@@ -610,9 +657,13 @@ def _step_tensor(step: Any, device: torch.device | str = "cpu") -> Tensor:
 def _step_device(preset: Preset, param: Tensor, group: Group) -> torch.device:
     """Where a parameter's ``step`` counter lives: on the CPU, as in torch.optim, except where
     the group steps through a fused kernel, which reads it (Adam) and whose on-device skip
-    takes it back (as torch's fused optimizers keep it). A preset that reads the count as a
-    Python number keeps it on the CPU in every other configuration."""
-    return param.device if preset.fuses(group) else torch.device("cpu")
+    takes it back (as torch's fused optimizers keep it), and where the preset never reads it
+    on the host (``Preset.reads_state_on_host``), so that a skip decided on the device can
+    take it back without a copy. A preset that reads the count as a Python number keeps it
+    on the CPU in every other configuration."""
+    if preset.fuses(group) or not preset.reads_state_on_host(_real(param), group):
+        return param.device
+    return torch.device("cpu")
 
 
 def _stepped_tensors(
@@ -621,6 +672,19 @@ def _stepped_tensors(
     """Every tensor a step reads or writes: parameters, gradients and tensor state."""
     state = [v for s in states for v in s.values() if isinstance(v, Tensor)]
     return [*params, *grads, *state]
+
+
+def _written_tensors(params: list[Tensor], states: list[dict[str, Any]]) -> list[Tensor]:
+    """Every tensor a step may write: the parameters and each tensor of their state, once
+    (an fp16/bf16 parameter's work tensor is its master copy, a state entry too), but the
+    ``step`` counters, which ``_step_group`` advances by ``1 - flag`` itself."""
+    seen: set[int] = set()
+    out = []
+    for t in chain(params, (v for s in states for k, v in s.items() if k != "step")):
+        if isinstance(t, Tensor) and id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
 
 
 def _real(t: Tensor) -> Tensor:
@@ -672,17 +736,25 @@ def _with_grads(group: Group) -> tuple[list[Tensor], list[Tensor]]:
 
 
 def _skips_on_device(
-    groups: list[Group], gathered: list[tuple[list[Tensor], list[Tensor]]]
+    groups: list[Group], gathered: list[tuple[list[Tensor], list[Tensor]]], *, select: bool
 ) -> bool:
-    """Whether every group that steps takes the non-finite flag on the device (a fused path).
+    """Whether every group that steps takes the non-finite flag on the device: a fused path,
+    or (``select``, the ``sync_free`` steps) a preset that reads none of its parameters'
+    state on the host, whose step is undone by a select where the flag is set.
 
     A tensor the kernels cannot take (non-contiguous) still falls back to a host read of the
-    flag when its turn comes (``_step_tensors``), so this only decides where to start.
+    flag when its turn comes (``_step_tensors``) if its preset reads its step count on the
+    host, so this only decides where to start.
     """
+
+    def on_device(group: Group, params: list[Tensor]) -> bool:
+        preset = get_preset(group["memory"])
+        if group["foreach"] is not False and not group["compile"] and preset.fuses(group):
+            return True
+        return select and not any(preset.reads_state_on_host(_real(p), group) for p in params)
+
     return all(
-        group["foreach"] is not False
-        and not group["compile"]
-        and get_preset(group["memory"]).fuses(group)
+        on_device(group, params)
         for group, (params, _) in zip(groups, gathered, strict=True)
         if params
     )

@@ -14,6 +14,9 @@ state_dict). It supplies:
 - ``fused_step`` (optional, with ``fuses``): a fast path in torch's fused kernels, which takes
   the raw gradients and the non-finite flag itself (so ``nonfinite="skip"`` reads nothing on
   the host); tests hold it equal to torch's fused optimizer and to the reference;
+- ``reads_state_on_host`` (optional, default yes): whether a step reads its state as a Python
+  number; a preset that does not can skip a non-finite step on the device (step, then select)
+  and keeps its step counter there;
 - ``check_state`` (optional): what a loaded state must satisfy beyond the keys, shapes and
   finite values ``load_state_dict`` checks for every preset (``non_negative_state`` names the
   entries that must be ``>= 0``, e.g. a second moment).
@@ -100,6 +103,18 @@ class Preset:
         parameter's device where the group fuses, as in torch's fused optimizers.
         """
         raise NotImplementedError(f"memory={self.name!r} has no fused path")
+
+    def reads_state_on_host(self, param: Tensor, group: Group) -> bool:
+        """Whether stepping ``param`` reads any of its state as a Python number (the step
+        count for a bias correction or a write period, a host-side flag). Default: yes, the
+        safe answer.
+
+        Where it does not, its ``step`` counter lives on the parameter's device, and
+        ``nonfinite="skip"`` can skip a step there without a host read (step, then select:
+        :mod:`assocmem.optim.sync_free`). Where it does, a skip decided on the device could not
+        keep that host state as it was, so the flag is read on the host.
+        """
+        return True
 
     def shards_locally(self, group: Group) -> bool:
         """Whether the fast path steps an FSDP2-sharded tensor from this rank's rows alone.

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from assocmem.memory import MatrixMemory, delta_write, hebbian_write
-from assocmem.optim import fused, sharded, validate
+from assocmem.optim import fused, sharded, sync_free, validate
 from assocmem.optim.compiled import compiled
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
@@ -122,6 +122,9 @@ class Delta(Preset):
 
     def shards_locally(self, group: Group) -> bool:
         return True  # the overlaps' sums are all-reduced (tensor_overlaps, row_overlaps)
+
+    def reads_state_on_host(self, param: Tensor, group: Group) -> bool:
+        return False  # no step count; the overflow fallback is selected on the device
 
     def fuses(self, group: Group) -> bool:
         # gamma = 0 erases nothing: the write is momentum's, through its kernel
@@ -244,6 +247,12 @@ def tensor_overlaps(grads: list[Tensor], bufs: list[Tensor], *, compile: bool = 
         floor = torch.tensor(per_tensor, dtype=dots.dtype, device=dots.device)
     c = _overlap(dots, norms2)
     bad = _out_of_range(dots, norms2, floor)
+    if sync_free.active():  # no host read: the safe form of every tensor, selected where bad
+        safe = [
+            _scaled_overlap(g.reshape(1, -1), m.reshape(1, -1), whole=True)[0]
+            for g, m in zip(grads, bufs, strict=True)
+        ]
+        return torch.where(bad, torch.stack(safe), c)
     if bool(bad.any()):  # one host read per step; the indices only in the rare fallback
         for i in bad.nonzero().flatten().tolist():
             rows = grads[i].reshape(1, -1), bufs[i].reshape(1, -1)
@@ -311,6 +320,6 @@ def row_overlaps(g: Tensor, m: Tensor) -> Tensor:
         dots, norms2, n = sharded.all_sum(torch.stack([dots, norms2, n])).unbind(0)
     c = _overlap(dots, norms2)
     bad = _out_of_range(dots, norms2, n * _underflow_floor(g.dtype))
-    if bool(bad.any()):
+    if sync_free.active() or bool(bad.any()):  # on the device: always computed, selected
         c = torch.where(bad, _scaled_overlap(rows_g, rows_m, whole=whole), c)
     return c.reshape((-1,) + (1,) * (g.dim() - 1)) if g.dim() > 1 else c.reshape(())

@@ -41,6 +41,9 @@ class Momentum(Preset):
     def shards_locally(self, group: Group) -> bool:
         return True  # elementwise
 
+    def reads_state_on_host(self, param: Tensor, group: Group) -> bool:
+        return False  # no step count: the write and the read are the same every step
+
     def fuses(self, group: Group) -> bool:
         return fused.momentum_fuses(group, group["momentum"])
 

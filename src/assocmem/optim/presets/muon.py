@@ -114,6 +114,11 @@ class Muon(Preset):
             state["row_sq"] = torch.zeros(param.shape[0], dtype=param.dtype, device=param.device)
         return state
 
+    def reads_state_on_host(self, param: Tensor, group: Group) -> bool:
+        # Matrices: momentum and Newton-Schulz, no step count. The Adam fallback of the other
+        # tensors reads its step count for the bias corrections.
+        return not orthogonalized(param)
+
     def shards_locally(self, group: Group) -> bool:
         # The Adam fallback is elementwise; a matrix's read u is gathered. The erase's and the
         # row norm's whole-tensor sums are not all-reduced here: those options step gathered.
