@@ -77,7 +77,7 @@ def test_folder_table_csv_json_and_exit_code(weights, folder, tmp_path, capsys):
         assert float(score) == pytest.approx(result.score, abs=5e-4)  # printed to 3 decimals
     assert "corrupt" not in captured.out and "notes.txt" not in captured.out
     assert f"{len(GOOD)} of {len(GOOD) + 1} images scored" in captured.out
-    assert "calibrated for a 5 % FPR" in captured.out
+    assert "calibrated for a 5 % FPR on validation reals), views: one" in captured.out
     assert f"{folder / 'corrupt.png'}: " in captured.err  # listed with its reason
 
     with out_csv.open(newline="") as f:
@@ -95,7 +95,20 @@ def test_folder_table_csv_json_and_exit_code(weights, folder, tmp_path, capsys):
     report = json.loads(out_json.read_text())
     assert report["summary"]["scored"] == len(GOOD) and report["summary"]["unreadable"] == 1
     assert report["detector"]["threshold"] == detector.threshold
+    assert report["detector"]["views"] == "one"
     assert len(report["images"]) == len(GOOD) + 1
+
+
+def test_a_d4_checkpoint_is_scored_and_reported_with_its_views(folder, tmp_path, capsys):
+    weights = save_tiny_detector(tmp_path / "d4.safetensors", views="d4")
+    out_json = tmp_path / "report.json"  # not d4.json: that is the checkpoint's sidecar
+    good = folder / "good.png"
+    assert main([str(good), "--weights", str(weights), "--json", str(out_json)]) == EXIT_OK
+    assert "views: d4 (each tile's logit the mean over its 8 rotations" in capsys.readouterr().out
+    report = json.loads(out_json.read_text())
+    assert report["detector"]["views"] == "d4"
+    expected = Detector.load(weights).score_one(good).score
+    assert report["images"][0]["score"] == pytest.approx(expected, abs=1e-6)  # rounded to 6
 
 
 def test_all_readable_exits_zero(weights, folder, capsys):

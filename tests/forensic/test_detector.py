@@ -15,8 +15,15 @@ from safetensors.torch import load_file, save_file
 
 from assocmem.forensic import Detector
 from assocmem.forensic.calibration import threshold_at_fpr
-from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT, FORMAT_VERSION, load_detector
+from assocmem.forensic.checkpoint import (
+    DEFAULT_CHECKPOINT,
+    FORMAT_VERSION,
+    READABLE_VERSIONS,
+    load_detector,
+    save_detector,
+)
 from assocmem.forensic.tiling import tiles
+from assocmem.forensic.views import view_logits
 
 # Logits of the same float32 network on the same tiles, batched differently: the convolution
 # kernels may sum in another order. A logit here is an O(1) sum of a few thousand float32
@@ -37,6 +44,8 @@ def detector(ckpt: Path) -> Detector:
 def test_round_trip_keeps_weights_and_calibration(ckpt: Path, detector: Detector):
     loaded = load_detector(ckpt)
     assert loaded.architecture == "npr" and loaded.patch_size == 32
+    assert loaded.header["version"] == FORMAT_VERSION == 2
+    assert loaded.views == loaded.header["views"] == detector.views == "one"
     assert not loaded.model.training  # BatchNorm decides on its running statistics
     assert list(loaded.val_real_logits) == sorted(loaded.val_real_logits)
     assert loaded.threshold == threshold_at_fpr(loaded.val_real_logits, 0.05)
@@ -170,7 +179,13 @@ def _drop(key):
 
 
 TAMPERED = {
-    "version": (dict(edit_header=_set(["version"], FORMAT_VERSION + 1)), "format version"),
+    "version 3": (dict(edit_header=_set(["version"], 3)), "format version 3"),
+    "version 0": (dict(edit_header=_set(["version"], 0)), "format version 0"),
+    "version true": (dict(edit_header=_set(["version"], True)), "format version True"),
+    "unknown views": (dict(edit_header=_set(["views"], "d8")), "views 'd8' is not one"),
+    "views not a name": (dict(edit_header=_set(["views"], ["d4"])), r"views \['d4'\] is not"),
+    # a version-1 reader ignores the key: such a file would be scored with other views
+    "views in version 1": (dict(edit_header=_set(["version"], 1)), "version-1 header names views"),
     "format": (dict(edit_header=_set(["format"], "other")), "format"),
     "missing calibration": (dict(edit_header=_drop("calibration")), "lacks"),
     "missing arch_kwargs": (dict(edit_header=_drop("arch_kwargs")), "lacks"),
@@ -212,6 +227,77 @@ def test_tampered_checkpoints_are_refused(ckpt: Path, tmp_path: Path, case: str)
         load_detector(bad)
 
 
+def test_a_version_1_checkpoint_loads_with_one_view(ckpt: Path, detector: Detector, tmp_path):
+    # what a version-1 writer wrote: the same header, without views
+    def to_v1(h):
+        h["version"] = 1
+        del h["views"]
+
+    old = _rewrite(ckpt, tmp_path / "v1.safetensors", edit_header=to_v1)
+    loaded = load_detector(old)
+    assert loaded.header["version"] == 1 and loaded.views == "one"
+    image = torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(4))
+    v1 = Detector.load(old)
+    assert v1.views == "one" and v1.threshold == detector.threshold
+    assert v1.score_one(image).score == detector.score_one(image).score
+
+
+def test_save_refuses_unknown_views(tmp_path: Path):
+    model = load_detector(save_tiny_detector(tmp_path / "t.safetensors")).model
+    with pytest.raises(ValueError, match="views must be one of"):
+        save_detector(
+            tmp_path / "x.safetensors", model, architecture="npr",
+            arch_kwargs={"widths": [4, 8], "norm": "batch"}, patch_size=32,
+            val_real_logits=[0.0, 1.0], views="d8",
+        )  # fmt: skip
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def d4_detector(tmp_path_factory: pytest.TempPathFactory) -> Detector:
+    # the same weights as ``detector`` (save_tiny_detector seeds them), calibrated on d4 logits
+    return Detector.load(save_tiny_detector(tmp_path_factory.mktemp("d4") / "d4.safetensors",
+                                            views="d4"))  # fmt: skip
+
+
+def test_a_d4_checkpoint_scores_the_mean_over_the_eight_views(
+    d4_detector: Detector, detector: Detector
+):
+    assert d4_detector.views == "d4" and d4_detector.describe()["views"] == "d4"
+    assert load_detector(d4_detector.source).header["views"] == "d4"
+    image = torch.rand(3, 70, 45, generator=torch.Generator().manual_seed(3))
+    result = d4_detector.score_one(image)
+    t = tiles(image, 32, 32)
+    # the eight symmetries built apart from views.dihedral: the four rotations of the tile and
+    # of its transpose (a reflection)
+    views = [torch.rot90(u, k, dims=(2, 3)) for u in (t, t.transpose(2, 3)) for k in range(4)]
+    with torch.no_grad():
+        per_view = torch.stack([d4_detector.model(v) for v in views]).double()  # (8, tiles)
+    assert result.tiles == per_view.shape[1] == 3 * 2
+    assert result.score == pytest.approx(float(per_view.mean()), abs=LOGIT_TOL)
+    # the tile logits are those the threshold was calibrated with (views.view_logits)
+    torch.testing.assert_close(
+        d4_detector.tile_logits(image),
+        view_logits(d4_detector.model, t, "d4"),
+        rtol=0,
+        atol=LOGIT_TOL,
+    )
+    # the same weights, one view: other tile logits, so the views were really applied (this
+    # untrained net's views of a noise tile differ by ~1e-3, far above the rounding tolerance)
+    one_view = detector.tile_logits(image) - d4_detector.tile_logits(image)
+    assert float(one_view.abs().max()) > 10 * LOGIT_TOL
+    assert result.fake == (result.score >= d4_detector.threshold)
+
+
+def test_a_d4_detector_keeps_its_views_when_its_threshold_changes(d4_detector: Detector):
+    other = d4_detector.with_fpr(0.25)  # recalibrated on the stored (d4) logits
+    assert other.views == "d4"
+    assert other.threshold == threshold_at_fpr(d4_detector.val_real_logits, 0.25)
+    assert d4_detector.with_threshold(0.0).views == "d4"
+    with pytest.raises(ValueError, match="views must be one of"):
+        Detector(model=d4_detector.model, patch_size=32, threshold=0.0, stride=32, views="d8")
+
+
 def test_a_sidecar_that_disagrees_is_refused(ckpt: Path, tmp_path: Path):
     copy = tmp_path / "c.safetensors"
     copy.write_bytes(ckpt.read_bytes())
@@ -242,7 +328,9 @@ def test_not_a_checkpoint_is_refused(tmp_path: Path):
 
 def test_the_shipped_checkpoint_loads():
     assert DEFAULT_CHECKPOINT.is_file(), "python -m experiments.ship_detector writes it"
-    shipped = load_detector()
+    shipped = load_detector()  # written as format version 1 (no views): it must keep loading
+    assert shipped.header["version"] in READABLE_VERSIONS
+    assert Detector.load().views == shipped.views == shipped.header.get("views", "one")
     assert shipped.architecture == "npr_dct" and shipped.arch_kwargs == {"feature_dropout": 0.5}
     assert Detector.load().alignment == 8  # its tiles sit on the images' JPEG grid
     assert shipped.patch_size == 32 and shipped.target_fpr == 0.05

@@ -9,8 +9,14 @@ Layout of a ``<name>.safetensors`` file:
   - ``architecture`` (a name in :data:`ARCHITECTURES`) and ``arch_kwargs`` (its constructor's
     keyword arguments): what network the tensors fill;
   - ``patch_size``: the side of the square RGB tiles in [0, 1] the detector was trained on;
-  - ``calibration``: ``target_fpr``, ``val_real_logits`` (every validation-real patch's logit,
-    sorted ascending), ``threshold`` (on the logit scale, ``threshold_at_fpr`` of those logits at
+  - ``views`` (version 2): the test-time views a tile's logit is averaged over, a name in
+    ``views.VIEWS``: ``"one"`` (the tile as it is) or ``"d4"`` (the mean logit over its eight
+    dihedral views, ``assocmem.forensic.views``). Absent means ``"one"``; version 1 files predate
+    the key and are read as ``"one"`` (one that names views is refused: no version-1 writer made
+    it, and an older reader would ignore the key and decide at a threshold set on other logits);
+  - ``calibration``: ``target_fpr``, ``val_real_logits`` (every validation-real patch's logit
+    under ``views``, sorted ascending: the threshold only holds for logits computed the same
+    way), ``threshold`` (on the logit scale, ``threshold_at_fpr`` of those logits at
     ``target_fpr``) and ``val_real_fpr`` (the FPR it gives on them). The logits are kept so a
     threshold for another false-positive rate can be recomputed (``assocmem-detect --fpr``);
   - ``info``: free-form provenance (the training command, the data config, the test table).
@@ -19,11 +25,12 @@ Layout of a ``<name>.safetensors`` file:
 
 :func:`load_detector` refuses with a ``ValueError`` naming the problem: a path that is no regular
 file (never opened), a file that is not safetensors, a missing or non-JSON header, another format
-or version, missing keys, an unknown architecture or constructor arguments it rejects, a bad
-patch size, a non-finite or inconsistent calibration (the threshold and its FPR are recomputed
-from the stored logits and must agree: an edited threshold is caught), tensors whose names,
-shapes or dtypes differ from the network's or that hold non-finite values, and a ``.json``
-sidecar that is not JSON or differs from the header.
+or a version outside :data:`READABLE_VERSIONS`, missing keys, ``views`` that are not in
+``views.VIEWS`` (or named by a version-1 header), an unknown architecture or constructor
+arguments it rejects, a bad patch size, a non-finite or inconsistent calibration (the threshold
+and its FPR are recomputed from the stored logits and must agree: an edited threshold is
+caught), tensors whose names, shapes or dtypes differ from the network's or that hold
+non-finite values, and a ``.json`` sidecar that is not JSON or differs from the header.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from assocmem.forensic.calibration import threshold_at_fpr
 from assocmem.forensic.metrics import false_positive_rate
 from assocmem.forensic.models.baselines import SmallCNN
 from assocmem.forensic.models.npr import NPR, NPRWithDCT, NPRWithPixels
+from assocmem.forensic.views import VIEWS
 from assocmem.storage import read_safetensors, write_safetensors
 
 __all__ = [
@@ -50,6 +58,7 @@ __all__ = [
     "DEFAULT_CHECKPOINT",
     "FORMAT",
     "FORMAT_VERSION",
+    "READABLE_VERSIONS",
     "DetectorCheckpoint",
     "build_model",
     "load_detector",
@@ -57,7 +66,9 @@ __all__ = [
 ]
 
 FORMAT = "assocmem.detector"
-FORMAT_VERSION = 1
+# 2 added ``views``; a version-1 reader must refuse such a file rather than ignore the key
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 DEFAULT_CHECKPOINT = Path(__file__).with_name("checkpoints") / "npr_dct_dropout.safetensors"
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
@@ -82,6 +93,7 @@ class DetectorCheckpoint:
     threshold: float
     val_real_fpr: float
     val_real_logits: tuple[float, ...]
+    views: str = "one"  # the views the logits (and so the threshold) are averaged over
     info: dict[str, Any] = field(default_factory=dict)
     header: dict[str, Any] = field(default_factory=dict)
 
@@ -109,13 +121,18 @@ def save_detector(
     patch_size: int,
     val_real_logits: Sequence[float] | Tensor,
     target_fpr: float = 0.05,
+    views: str = "one",
     info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``model``'s weights with its calibrated header (and the ``.json`` sidecar) atomically.
 
     The threshold is calibrated here, on ``val_real_logits`` (the detector's logits on validation
-    reals, which took no part in training) at ``target_fpr``. Returns the header written.
+    reals, which took no part in training) at ``target_fpr``. Those logits must be computed under
+    ``views`` (``views.view_logits(model, val_reals, views)``): the checkpoint's users score
+    with them, and the threshold means nothing on another scale. Returns the header written.
     """
+    if views not in VIEWS:
+        raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
     reference = build_model(architecture, arch_kwargs)
     _check_tensors(model.state_dict(), reference.state_dict(), "model")
     logits = sorted(float(v) for v in torch.as_tensor(val_real_logits).flatten().tolist())
@@ -126,6 +143,7 @@ def save_detector(
         "architecture": architecture,
         "arch_kwargs": arch_kwargs,
         "patch_size": int(patch_size),
+        "views": views,
         "calibration": {
             "target_fpr": float(target_fpr),
             "threshold": threshold,
@@ -179,6 +197,7 @@ def load_detector(path: str | os.PathLike[str] | None = None) -> DetectorCheckpo
         threshold=cal["threshold"],
         val_real_fpr=cal["val_real_fpr"],
         val_real_logits=tuple(cal["val_real_logits"]),
+        views=header.get("views", "one"),
         info=header.get("info", {}),
         header=header,
     )
@@ -193,14 +212,26 @@ def _check_header(header: Any, path: Path) -> None:
         raise ValueError(f"{path}: the checkpoint's header is {type(header).__name__}, not a dict")
     if header.get("format") != FORMAT:
         raise ValueError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
-    if header.get("version") != FORMAT_VERSION:
+    version = header.get("version")
+    if type(version) is not int or version not in READABLE_VERSIONS:  # True == 1: no bools
         raise ValueError(
-            f"{path}: detector checkpoint format version {header.get('version')!r}, this "
-            f"assocmem reads version {FORMAT_VERSION}"
+            f"{path}: detector checkpoint format version {version!r}, this assocmem reads "
+            f"versions {list(READABLE_VERSIONS)}"
         )
     missing = [k for k in _REQUIRED if k not in header]
     if missing:
         raise ValueError(f"{path}: the checkpoint's header lacks {missing}")
+    if "views" in header:
+        if version < 2:
+            raise ValueError(
+                f"{path}: a version-{version} header names views {header['views']!r}, which "
+                "that version does not have (views came with version 2); the file was edited"
+            )
+        if not isinstance(header["views"], str) or header["views"] not in VIEWS:
+            raise ValueError(
+                f"{path}: views {header['views']!r} is not one this assocmem scores with "
+                f"({list(VIEWS)}); its threshold was calibrated on logits it cannot reproduce"
+            )
     p = header["patch_size"]
     # NPR's residual pairs pixels in 2 x 2 blocks, so tiles must have even sides
     if not isinstance(p, int) or isinstance(p, bool) or p < 8 or p % 2:

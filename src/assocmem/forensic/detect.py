@@ -11,8 +11,10 @@ category) or the GenImage layout (``nature``/``ai``, optionally per generator), 
 manifest (``path,label[,family]``). Labelled inputs add a ``label`` column and the TPR/FPR (and
 AUC) of the decisions to the summary.
 
-Each image is tiled, its tiles scored and their logits averaged (``assocmem.forensic.tiling``);
-the table shows that score, ``P(fake) = sigmoid(score)``, the decision at the threshold and the
+Each image is tiled, its tiles scored and their logits averaged (``assocmem.forensic.tiling``;
+a checkpoint calibrated on ``d4`` views scores each tile as the mean over its eight dihedral
+views; the summary line and the JSON's ``detector`` say which views); the table shows that
+score, ``P(fake) = sigmoid(score)``, the decision at the threshold and the
 number of tiles. The threshold is the checkpoint's (calibrated on validation real patches for its
 target false-positive rate), ``--fpr F`` recalibrates it for another rate from the validation
 logits the checkpoint stores, ``--threshold T`` sets it on the score's (logit) scale.
@@ -167,11 +169,21 @@ def _unwritable(path: Path) -> str:
     return ""
 
 
+# how each tile's logit is formed, per checkpoint views (``views.VIEWS``)
+_VIEWS_TEXT = {
+    "one": "views: one (each tile as it is)",
+    "d4": "views: d4 (each tile's logit the mean over its 8 rotations and flips)",
+}
+
+
 def _describe_threshold(detector: Detector) -> str:
     t = f"threshold {detector.threshold:+.4f} on the mean tile logit"
     if detector.target_fpr is None:
-        return f"{t} (given)"
-    return f"{t} (calibrated for a {100 * detector.target_fpr:g} % FPR on validation reals)"
+        t = f"{t} (given)"
+    else:
+        t = f"{t} (calibrated for a {100 * detector.target_fpr:g} % FPR on validation reals)"
+    # the views belong with the threshold: it holds for tile logits formed that way only
+    return f"{t}, {_VIEWS_TEXT[detector.views]}"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -9,10 +9,14 @@
 
 Each image is cut into the checkpoint's ``patch_size`` tiles (stride ``patch_size`` by default),
 every tile is scored, and the tile logits are averaged (``assocmem.forensic.tiling`` states and
-documents the padding, tiling and combining rule). The decision is ``score >= threshold`` where
-the threshold is the checkpoint's (calibrated on validation real patches for its target
-false-positive rate), or one recalibrated for another rate from the validation logits the
-checkpoint stores (:meth:`Detector.with_fpr`), or one given (:meth:`Detector.with_threshold`).
+documents the padding, tiling and combining rule). A checkpoint calibrated on ``"d4"`` views
+(``assocmem.forensic.views``) scores each tile as the mean logit over its eight dihedral views
+(eight times the compute); the views come from the checkpoint and cannot be changed on loading,
+since its threshold was set on logits computed that way. The decision is
+``score >= threshold`` where the threshold is the checkpoint's (calibrated on validation real
+patches for its target false-positive rate), or one recalibrated for another rate from the
+validation logits the checkpoint stores (:meth:`Detector.with_fpr`), or one given
+(:meth:`Detector.with_threshold`).
 
 Calibration caveat: the threshold was set on single 32 x 32 patches. An image of many tiles is
 scored by their mean, which varies less over real photos than one patch's logit does (as far as
@@ -43,6 +47,7 @@ from assocmem.forensic.calibration import threshold_at_fpr
 from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT, load_detector
 from assocmem.forensic.data.loaders import load_rgb, to_rgb
 from assocmem.forensic.tiling import combine_logits, tiles
+from assocmem.forensic.views import VIEWS, dihedral
 
 __all__ = ["Detector", "ImageInput", "ImageScore"]
 
@@ -70,9 +75,11 @@ class ImageScore(NamedTuple):
 
 @dataclass(frozen=True)
 class Detector:
-    """A detector network with its tile size, stride and decision threshold.
+    """A detector network with its tile size, stride, test-time views and decision threshold.
 
-    Build one with :meth:`load`; ``threshold`` is on the logit scale of ``score``.
+    Build one with :meth:`load`; ``threshold`` is on the logit scale of ``score``. ``views``
+    (``"one"`` or ``"d4"``, ``views.VIEWS``) is the checkpoint's: a tile's logit is the mean over
+    those views of the tile, the computation its threshold was calibrated on.
     """
 
     model: nn.Module
@@ -83,8 +90,11 @@ class Detector:
     val_real_logits: tuple[float, ...] = ()
     batch_size: int = 256  # tiles per forward pass
     source: str = ""  # where the weights came from
+    views: str = "one"  # the test-time views each tile's logit is averaged over
 
     def __post_init__(self) -> None:
+        if self.views not in VIEWS:
+            raise ValueError(f"views must be one of {VIEWS}, got {self.views!r}")
         if not math.isfinite(self.threshold):
             raise ValueError(f"threshold must be finite, got {self.threshold}")
         if self.batch_size < 1:
@@ -111,7 +121,12 @@ class Detector:
         batch_size: int = 256,
     ) -> Detector:
         """The detector in checkpoint ``path`` (``None``: the one shipped in the package), at its
-        calibrated threshold; ``stride`` defaults to the patch size (non-overlapping tiles)."""
+        calibrated threshold and with its views; ``stride`` defaults to the patch size
+        (non-overlapping tiles).
+
+        There is no ``views`` argument on purpose: the threshold (and the validation logits
+        :meth:`with_fpr` recalibrates on) hold for logits under the checkpoint's views only.
+        """
         ckpt = load_detector(path)
         return cls(
             model=ckpt.model,
@@ -122,6 +137,7 @@ class Detector:
             val_real_logits=ckpt.val_real_logits,
             batch_size=batch_size,
             source=str(Path(DEFAULT_CHECKPOINT if path is None else path)),
+            views=ckpt.views,
         )
 
     def with_threshold(self, threshold: float) -> Detector:
@@ -130,7 +146,7 @@ class Detector:
 
     def with_fpr(self, fpr: float) -> Detector:
         """The same detector with its threshold recalibrated on the stored validation-real logits
-        for a false-positive rate of ``fpr``.
+        for a false-positive rate of ``fpr`` (they are under the detector's views, as its scores).
 
         Raises:
             ValueError: no validation logits stored, or ``fpr`` outside ``[1/n, 1)`` for ``n``
@@ -151,7 +167,8 @@ class Detector:
 
     @torch.no_grad()
     def tile_logits(self, image: ImageInput) -> Tensor:
-        """The logits of ``image``'s tiles, shape (n,), in ``tiling.tile_grid`` order."""
+        """The logits of ``image``'s tiles, shape (n,), in ``tiling.tile_grid`` order; each one the
+        mean over the detector's views of that tile."""
         return self._tile_logits(_as_image(image))
 
     def _tile_logits(self, image: Tensor) -> Tensor:
@@ -165,10 +182,24 @@ class Detector:
                 batch = cut[start : start + self.batch_size]
                 # the benchmark's convention: uint8 pixels / 255, float32
                 x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
-                out.append(self.model(x.to(device)).float().cpu())
+                out.append(self._view_mean(x.to(device)).float().cpu())
         finally:
             self.model.train(was_training)
         return torch.cat(out)
+
+    def _view_mean(self, x: Tensor) -> Tensor:
+        """The model's logits of tiles ``x`` (n, 3, P, P), averaged over ``self.views``.
+
+        The same computation as ``views.view_logits`` (the mean of the stacked per-view logits),
+        which calibrated the threshold. The views of a tile keep its grids: a tile starts at a
+        multiple of the ``alignment`` A from the image's corner and its side P is a multiple of A
+        (``tiling`` requires it), so a rotation or flip maps the cell ``[kA, (k+1)A)`` of a side
+        onto ``[P-(k+1)A, P-kA)``, again a cell: NPR's ``2 x 2`` blocks and, for A = 8, the JPEG
+        ``8 x 8`` blocks the DCT branch reads are moved and turned, never cut.
+        """
+        if self.views == "one":
+            return self.model(x)
+        return torch.stack([self.model(v) for v in dihedral(x)]).mean(0)
 
     @torch.no_grad()
     def score_one(self, image: ImageInput) -> ImageScore:
@@ -199,12 +230,13 @@ class Detector:
         return [self.score_one(x) for x in images]
 
     def describe(self) -> dict[str, Any]:
-        """What decides: weights, tile size and stride, threshold and how it was chosen."""
+        """What decides: weights, tile size and stride, views, threshold and how it was chosen."""
         return {
             "weights": self.source,
             "patch_size": self.patch_size,
             "stride": self.stride,
             "alignment": self.alignment,
+            "views": self.views,
             "threshold": self.threshold,
             "target_fpr": self.target_fpr,
             "combine": "mean tile logit",
