@@ -5,7 +5,9 @@ training stream of the seen families, Adam, early stopping on the validation spl
 detector and one seed; then the threshold is calibrated on the validation reals' *logits* for
 ``--target-fpr`` (the scale ``assocmem.forensic.Detector`` decides on), the test split is scored
 per family, seen and held out, and the weights are written with that table, the data config and
-this command (``assocmem.forensic.checkpoint``).
+this command (``assocmem.forensic.checkpoint``). ``--views d4`` makes every logit of that
+calibration and table the mean over a patch's eight dihedral views (``assocmem.forensic.views``)
+and records ``views: d4`` in the header, so ``Detector`` scores each tile that way.
 
     python -m experiments.ship_detector --max-steps 3000 --eval-every 250 --patience 4 \\
         --write docs/results.md
@@ -33,7 +35,7 @@ from assocmem.forensic.checkpoint import (
 )
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.protocol import zero_shot_report
-from assocmem.forensic.train import logits
+from assocmem.forensic.views import VIEWS, view_logits
 from experiments.detectors import HELDOUT, SEEN, SHIPPABLE, family_split, train_one
 from experiments.report import replace_section
 
@@ -50,8 +52,10 @@ def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
     model = build_model(architecture, kwargs)
     run = train_one(bench, families, model, args.optimizer, args.lr, args.seed, args)
     val = bench.split("val", families.seen)
-    val_real_logits = logits(model, val.images[val.labels == 0])
-    report = zero_shot_report(partial(logits, model), bench, families, target_fpr=args.target_fpr)
+    # the views the checkpoint will score with: the calibration and the table use the same logits
+    score = partial(view_logits, model, views=args.views)
+    val_real_logits = score(val.images[val.labels == 0])
+    report = zero_shot_report(score, bench, families, target_fpr=args.target_fpr)
     info = {
         "command": command,
         "model": args.model,
@@ -78,6 +82,7 @@ def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
         patch_size=config.patch_size,
         val_real_logits=val_real_logits,
         target_fpr=args.target_fpr,
+        views=args.views,
         info=info,
     )
     # the protocol's threshold and the shipped one are the same computation on the same logits
@@ -94,6 +99,13 @@ def markdown(header: dict[str, Any], path: Path) -> str:
     info, cal = header["info"], header["calibration"]
     train, test = info["train"], info["test"]
     pct = f"{100 * cal['target_fpr']:g} %"
+    views = header.get("views", "one")  # version-1 checkpoints predate the key: one view
+    per_tile = "Per tile (one benchmark patch = one tile), " + (
+        "views `one`: the tile as it is"
+        if views == "one"
+        else f"views `{views}`: each logit, the validation ones the threshold was set on "
+        "included, is the mean over the tile's eight rotations and flips, as `Detector` scores"
+    )
     lines = [
         "## Shipped detector (`Detector.load()`, `assocmem-detect`)",
         "",
@@ -109,8 +121,8 @@ def markdown(header: dict[str, Any], path: Path) -> str:
         f"[0, 1]. Threshold on the logit {cal['threshold']:.4f}, set on the "
         f"{len(cal['val_real_logits'])} validation reals for a {pct} false-positive rate "
         f"(their FPR at it: {cal['val_real_fpr']:.3f}); test-real FPR at it: "
-        f"{test['test_real_fpr']:.3f}. Per tile (one benchmark patch = one tile); scores of the "
-        "test split (unseen photos), each family against all test reals; TPR at the threshold.",
+        f"{test['test_real_fpr']:.3f}. {per_tile}; scores of the test split (unseen photos), "
+        "each family against all test reals; TPR at the threshold.",
         "",
         "| family | trained on | AUC | AP | TPR | FPR |",
         "|---|---|---|---|---|---|",
@@ -145,6 +157,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="stream worker processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
     parser.add_argument("--target-fpr", type=float, default=0.05)
+    parser.add_argument(
+        "--views",
+        default="one",
+        choices=VIEWS,
+        help="test-time views of the calibration, the table and the shipped detector's scores: "
+        "the tile alone, or the mean logit over its eight dihedral views",
+    )
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT)
