@@ -10,7 +10,9 @@ lower-variance score of the same image at eight times the inference cost, with n
 
 The mean is of logits, not probabilities, as the tiles of an image are combined
 (``tiling.combine``): a calibrated threshold is set on the same averaged logit
-(``protocol.zero_shot_report`` calibrates on whatever score function it is given).
+(``protocol.zero_shot_report`` calibrates on whatever score function it is given), and a
+detector checkpoint names the views its threshold was calibrated under (``checkpoint``'s
+``views``), which ``Detector`` then scores each tile with.
 """
 
 from __future__ import annotations
