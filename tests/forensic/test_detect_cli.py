@@ -179,6 +179,18 @@ def test_usage_errors_exit_2(weights, folder, tmp_path, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["--json", "--csv"])
+def test_a_report_never_overwrites_the_checkpoint_or_its_sidecar(weights, folder, capsys, flag):
+    sidecar = weights.with_suffix(".json")
+    before = (weights.read_bytes(), sidecar.read_bytes())
+    for target in (sidecar, weights):
+        argv = [str(folder / "good.png"), "--weights", str(weights), flag, str(target)]
+        assert main(argv) == EXIT_USAGE
+        assert "checkpoint or its sidecar" in capsys.readouterr().err
+    assert (weights.read_bytes(), sidecar.read_bytes()) == before
+    main([str(folder / "good.png"), "--weights", str(weights)])  # still loads
+
+
 def test_console_script_and_shipped_files_are_declared():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["assocmem-detect"] == "assocmem.forensic.detect:main"

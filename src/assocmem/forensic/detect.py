@@ -240,8 +240,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return usage(str(e))
     if not items:
         return usage(f"no image files under {', '.join(map(str, args.paths))}")
+    # The checkpoint and its JSON sidecar: writing a report over the sidecar would make the
+    # checkpoint refuse to load next time (the sidecar must equal its header).
+    weights = Path(detector.source).resolve()
+    protected = {weights, weights.with_suffix(".json")}
     for out in (args.csv, args.json):
         # checked before scoring: a long run must not end in a traceback over its output path
+        if out is not None and out.resolve() in protected:
+            return usage(f"{out} is the detector checkpoint or its sidecar; write elsewhere")
         if out is not None and (problem := _unwritable(out)):
             return usage(problem)
 
