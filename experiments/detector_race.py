@@ -306,6 +306,12 @@ def markdown(
     return "\n".join(out)
 
 
+def section_name(model: str) -> str:
+    """The docs/results.md section of a model's race (one per model: ``vit/frequency`` ->
+    ``race-vit-frequency``)."""
+    return "race-" + model.replace("/", "-")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, nargs="+", required=True)
@@ -343,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "costs": costs}, indent=1, default=float))
     if args.write:
-        replace_section(args.write, "detector-race", text)
+        replace_section(args.write, section_name(args.model), text)
 
 
 if __name__ == "__main__":

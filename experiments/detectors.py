@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -183,9 +184,16 @@ def run_one(
 
 
 def _ms(values: list[float], digits: int = 3) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    """Mean ± std of the finite values; ``(k of n)`` where only k of the n runs have one (a
+    run scored as logits has no FPR at 0.5)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "n/a"
+    if len(finite) == 1:
+        text = f"{finite[0]:.{digits}f}"
+    else:
+        text = f"{statistics.mean(finite):.{digits}f} ± {statistics.stdev(finite):.{digits}f}"
+    return text + (f" ({len(finite)} of {len(values)})" if len(finite) < len(values) else "")
 
 
 def lr_drops_of(run: dict[str, Any]) -> int:

@@ -87,7 +87,7 @@ def test_main_writes_a_section_from_run_files(tmp_path):
     md, out = tmp_path / "results.md", tmp_path / "race.json"
     main(["--runs", str(path), "--no-step-cost", "--write", str(md), "--json", str(out)])
     text = md.read_text()
-    assert "<!-- report:detector-race:begin -->" in text
+    assert "<!-- report:race-npr_bn:begin -->" in text
     assert "| adam | 0.001: 0.450, 0.003: 0.400, 0.01: 0.440 | 0.003 | no |" in text
     assert "| 0 | 0.400 | 1000 (1000) | 500 (500) | 0.50 | 0.380 |" in text
     assert "| 1 | 0.420 | 750 (750) | 500 (500) | 0.67 | 0.410 |" in text

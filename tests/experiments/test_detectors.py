@@ -84,3 +84,11 @@ def test_the_same_optimizer_at_another_lr_is_another_row():
     text = markdown([run(1e-3, 0.9), run(3e-3, 0.8), run(3e-3, 0.7)], "`cmd`", 0.05)
     assert "| npr_bn | adam (lr 0.001) | 1 | 0.900 |" in text
     assert "| npr_bn | adam (lr 0.003) | 2 | 0.750 ± 0.071 |" in text
+
+
+def test_mean_and_spread_leave_out_runs_without_the_number():
+    from experiments.detectors import _ms
+
+    assert _ms([0.1, 0.3]) == "0.200 ± 0.141"
+    assert _ms([0.1, 0.3, float("nan")]) == "0.200 ± 0.141 (2 of 3)"
+    assert _ms([float("nan")]) == "n/a" and _ms([0.25]) == "0.250"
