@@ -243,8 +243,9 @@ def markdown(
     command: str,
     tuning_seed: int,
 ) -> str:
+    task = "Fine-tuning task" if model.startswith("vit/") else "Detector task"
     out = [
-        f"## Detector task: steps to tuned Adam's validation loss (`{model}`, {candidate})",
+        f"## {task}: steps to tuned Adam's validation loss (`{model}`, {candidate})",
         "",
         f"Regenerate: {command}",
         "",
