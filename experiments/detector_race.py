@@ -156,17 +156,25 @@ def summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 class FixedBatches:
-    """A detector and a fixed list of training batches as a ``train_loss(step)`` task, so that
-    :func:`experiments.step_cost.measure` times whole training steps on the same data."""
+    """A network and a fixed list of training batches as a ``train_loss(step)`` task, so that
+    :func:`experiments.step_cost.measure` times whole training steps on the same data.
 
-    def __init__(self, model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]]) -> None:
-        self.model, self.batches = model, list(batches)
+    A detector's loss is the binary cross-entropy of its logits; a masked pretrainer
+    (``vit/ARM-pretrain``) returns its own reconstruction loss on the images.
+    """
+
+    def __init__(
+        self, model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], pretraining: bool = False
+    ) -> None:
+        self.model, self.batches, self.pretraining = model, list(batches), pretraining
 
     def parameters(self) -> Iterable[nn.Parameter]:
         return self.model.parameters()
 
     def train_loss(self, step: int) -> Tensor:
         images, labels = self.batches[step % len(self.batches)][:2]
+        if self.pretraining:
+            return self.model(images)
         out = self.model(images)
         return F.binary_cross_entropy_with_logits(out, labels.to(out.dtype))
 
@@ -174,16 +182,21 @@ class FixedBatches:
 def build(model_name: str, image_size: int) -> nn.Module:
     """A freshly initialised network of the runs named ``model_name``: a detector of
     ``experiments.detectors``, or ``vit/ARM``, the fine-tuned ViT of
-    ``experiments.pretraining_study`` (the step costs the same whatever the pretraining)."""
+    ``experiments.pretraining_study`` (the step costs the same whatever the pretraining), or
+    ``vit/ARM-pretrain``, that study's masked pretrainer of the ``ARM`` masking."""
     from experiments.detectors import MODELS
-    from experiments.pretraining_study import ARMS, finetune_model
+    from experiments.pretraining_study import ARMS, finetune_model, pretrainer_model
 
     if model_name in MODELS:
         return MODELS[model_name](image_size)
     kind, _, arm = model_name.partition("/")
     if kind == "vit" and arm in ARMS:
         return finetune_model(image_size)
-    raise ValueError(f"unknown model {model_name!r}: one of {sorted(MODELS)} or vit/ARM")
+    if kind == "vit" and arm.endswith("-pretrain") and ARMS.get(arm[: -len("-pretrain")]):
+        return pretrainer_model(arm[: -len("-pretrain")], image_size)
+    raise ValueError(
+        f"unknown model {model_name!r}: one of {sorted(MODELS)}, vit/ARM or vit/ARM-pretrain"
+    )
 
 
 def step_costs(
@@ -211,7 +224,7 @@ def step_costs(
         torch.manual_seed(0)
         model = build(model_name, config.patch_size)
         model.train()
-        task = FixedBatches(model, batches)
+        task = FixedBatches(model, batches, pretraining=model_name.endswith("-pretrain"))
         candidates[name] = (task, optimizer_factory(name, lr, model)(model.parameters()))
     return {
         "method": (

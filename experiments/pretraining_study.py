@@ -39,7 +39,7 @@ from assocmem.forensic.models.heads import fine_tune
 from assocmem.forensic.models.pretrain import MaskedPretrainer
 from assocmem.forensic.protocol import FamilySplit, balanced, linear_probe_scorer, zero_shot_report
 from assocmem.forensic.train import pretrain, score
-from experiments.detectors import HELDOUT, SEEN, train_one
+from experiments.detectors import HELDOUT, SEEN, optimizer_factory, train_one
 from experiments.report import replace_section
 from experiments.tasks.forensic import build_encoder, build_masker
 
@@ -60,6 +60,31 @@ def finetune_model(image_size: int) -> torch.nn.Module:
     return fine_tune(build_encoder(ENCODER, image_size))
 
 
+def pretrainer_model(arm: str, image_size: int) -> MaskedPretrainer:
+    """The masked pretrainer of ``arm`` (its encoder, masker and loss), freshly initialised."""
+    spec = ARMS[arm]
+    if spec is None:
+        raise ValueError(f"arm {arm!r} does not pretrain")
+    encoder = build_encoder(ENCODER, image_size)
+    return MaskedPretrainer(encoder, build_masker(spec["masker"]), loss=spec["loss"])
+
+
+def pretraining_record(arm: str, curve: list[tuple[int, float]], args: Any) -> dict[str, Any]:
+    """The pretraining run as the run record ``experiments.detector_race`` reads: model
+    ``vit/ARM-pretrain``, its optimizer and lr, the validation reconstruction-loss curve, and
+    the best evaluation on it (after step 0)."""
+    best_step, best = min(((s, v) for s, v in curve if s > 0), key=lambda sv: (sv[1], sv[0]))
+    return {
+        "model": f"vit/{arm}-pretrain",
+        "optimizer": args.pretrain_optimizer,
+        "lr": args.pretrain_lr,
+        "best_val_loss": best,
+        "best_step": best_step,
+        "steps": curve[-1][0],
+        "val_curve": curve,
+    }
+
+
 def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -> dict[str, Any]:
     torch.manual_seed(seed)
     encoder = build_encoder(ENCODER, bench.config.patch_size)
@@ -76,12 +101,20 @@ def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -
         val = bench.split("val", families.seen).images[:512]
         result = pretrain(
             pretrainer, stream_loader(crops, args.workers), val,
-            partial(torch.optim.Adam, lr=args.pretrain_lr), args.pretrain_steps,
+            optimizer_factory(args.pretrain_optimizer, args.pretrain_lr, pretrainer),
+            args.pretrain_steps,
             generator=torch.Generator().manual_seed(seed), eval_every=args.eval_every,
             progress=args.progress,
         )  # fmt: skip
         curve = [(r["step"], r["val_loss"]) for r in result.history if "val_loss" in r]
-        out.update(pretrain_status=result.status, pretrain_curve=curve)
+        out.update(
+            pretrain_status=result.status,
+            pretrain_curve=curve,
+            pretrain_optimizer=args.pretrain_optimizer,
+            pretrain_lr=args.pretrain_lr,
+        )
+        if args.pretrain_only:
+            return {**out, **pretraining_record(arm, curve, args), "status": result.status}
         if args.save_encoders is not None:
             args.save_encoders.mkdir(parents=True, exist_ok=True)
             save_file(encoder.state_dict(), args.save_encoders / f"{arm}-seed{seed}.safetensors")
@@ -176,6 +209,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--pretrain-steps", type=int, default=1500)
     parser.add_argument("--pretrain-lr", type=float, default=3e-3)
+    parser.add_argument(
+        "--pretrain-optimizer",
+        default="adam",
+        help="pretraining optimizer, as --optimizer (adam is torch's Adam)",
+    )
+    parser.add_argument(
+        "--pretrain-only",
+        action="store_true",
+        help="stop after pretraining: one race record per run (experiments.detector_race)",
+    )
     parser.add_argument("--max-steps", type=int, default=1500, help="fine-tuning cap")
     parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning lr")
     parser.add_argument(
@@ -219,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.write:
             replace_section(args.write, "pretraining", text)
         return
+    if args.pretrain_only and (args.encoder is not None or "none" in args.arms):
+        parser.error("--pretrain-only pretrains: no --encoder, no 'none' arm")
     torch.set_num_threads(args.threads)
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
     bench = build_benchmark(config, args.cache_dir, progress=args.progress)
@@ -232,6 +277,13 @@ def main(argv: list[str] | None = None) -> None:
             run = run_one(bench, families, arm, seed, args)
             run["command"] = command.strip()
             runs.append(run)
+            if args.json:  # after every run: a long study keeps what it finished
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(runs, indent=1, default=float))
+            if args.pretrain_only:
+                print(f"{arm} seed {seed}: best validation loss {run['best_val_loss']:.4f} "
+                      f"at step {run['best_step']}", flush=True)  # fmt: skip
+                continue
             probe = f"{run['probe']['heldout']['mean']['auc']:.3f}" if "probe" in run else "-"
             print(
                 f"{arm} seed {seed}: probe held-out {probe}, fine-tuned seen "
@@ -240,10 +292,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"({run['best_step']}/{run['steps']} steps)",
                 flush=True,
             )
-            if args.json:
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(runs, indent=1, default=float))
-    if args.no_probe or args.encoder is not None:  # not the study: the table needs both
+    if args.no_probe or args.pretrain_only or args.encoder is not None:  # not the study
         return
     text = markdown(runs, f"`{command.strip()}`")
     print(text)

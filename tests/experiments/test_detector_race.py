@@ -114,3 +114,17 @@ def test_build_knows_the_detectors_and_the_fine_tuned_vit():
     assert vit(torch.rand(2, 3, 32, 32)).shape == (2,)
     with pytest.raises(ValueError, match="unknown model"):
         build("vit/nonsense", 32)
+
+
+def test_build_knows_the_masked_pretrainer_and_its_step_cost_uses_its_own_loss(tmp_path):
+    from experiments.detector_race import build, step_costs
+
+    pretrainer = build("vit/frequency-pretrain", 32)
+    assert pretrainer(torch.rand(2, 3, 32, 32)).dim() == 0  # its forward is the loss
+    with pytest.raises(ValueError, match="unknown model"):
+        build("vit/none-pretrain", 32)  # the "none" arm does not pretrain
+    costs = step_costs(
+        "vit/frequency-pretrain", {"adam": 3e-3, "muon/split": 2e-2}, samples=1, span=1,
+        batch_size=8, tiny=True, cache_dir=str(tmp_path),
+    )  # fmt: skip
+    assert all(v["median_s"] > 0 for v in costs["optimizers"].values())

@@ -64,3 +64,23 @@ def test_saved_encoder_is_fine_tuned_by_the_named_optimizer_without_pretraining(
     assert rec["model"] == "vit/frequency" and rec["optimizer"] == "muon/split"
     assert rec["lr"] == 0.02 and rec["encoder"] == str(saved) and "pretrain_curve" not in rec
     assert rec["val_curve"][0][0] == 0 and len(load_file(saved)) > 0
+
+
+def test_pretrain_only_writes_a_race_record_per_run(tmp_path):
+    import json
+
+    from experiments.pretraining_study import main
+
+    out = tmp_path / "pt.json"
+    main(["--tiny", "--cache-dir", str(tmp_path / "cache"), "--arms", "frequency", "--seeds",
+          "0", "--pretrain-steps", "4", "--eval-every", "2", "--batch-size", "8", "--workers",
+          "0", "--pretrain-only", "--pretrain-optimizer", "muon/split", "--pretrain-lr", "0.02",
+          "--json", str(out)])  # fmt: skip
+    (rec,) = json.loads(out.read_text())
+    assert rec["model"] == "vit/frequency-pretrain" and rec["optimizer"] == "muon/split"
+    assert rec["lr"] == 0.02 and rec["steps"] == 4 and "report" not in rec
+    steps = [s for s, _ in rec["val_curve"]]
+    assert steps == [0, 2, 4] and rec["best_step"] in (2, 4)
+    assert rec["best_val_loss"] == min(v for s, v in rec["val_curve"] if s > 0)
+    with pytest.raises(SystemExit):
+        main(["--tiny", "--arms", "none", "--pretrain-only"])
