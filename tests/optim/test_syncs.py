@@ -298,3 +298,35 @@ def test_sync_free_is_validated_and_defaults_to_the_host_on_the_cpu():
         MemoryOptimizer(make_model().parameters(), sync_free="yes")
     counts, _ = _reads_per_step("delta", "ignore")
     assert all(len(calls) == REMAINING["delta"] for calls in counts)  # None: CPU decides on host
+
+
+# The presets that read their count on the host without sync_free and on the device with it.
+COUNTS_ON_DEVICE = ("adam", "muon")
+
+
+@pytest.mark.parametrize("resumed_with", [False, True])
+@pytest.mark.parametrize("saved_with", [False, True])
+@pytest.mark.parametrize("memory", COUNTS_ON_DEVICE)
+def test_a_state_dict_resumes_across_sync_free(memory, saved_with, resumed_with):
+    # The step counter lives on the CPU without sync_free and on the parameter's device with
+    # it; a state dict saved either way resumes either way, to the bits of never stopping.
+    # adam on a transposed weight: its foreach path, where the count matters.
+    def run(sync_free, opt=None, model=None, steps=range(6)):
+        model = model or _non_contiguous_model()
+        opt = opt or MemoryOptimizer(model.parameters(), memory, lr=1e-3, sync_free=sync_free)
+        for t in steps:
+            opt.zero_grad()
+            loss_at(model, t).backward()
+            opt.step()
+        return opt, model
+
+    _, straight = run(False)
+    first, model = run(saved_with, steps=range(3))
+    saved = first.state_dict()
+    resumed = MemoryOptimizer(model.parameters(), memory, lr=1e-3, sync_free=resumed_with)
+    resumed.load_state_dict(saved)
+    assert all(s["step"].dtype == torch.float32 for s in resumed.state.values())
+    run(resumed_with, resumed, model, range(3, 6))
+    assert all(int(s["step"]) == 6 for s in resumed.state.values())
+    for a, b in zip(straight.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
