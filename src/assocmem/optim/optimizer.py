@@ -75,8 +75,9 @@ class MemoryOptimizer(Optimizer):
             5-6x, ``momentum`` off its kernel 1.8x at 6M parameters; docs/api.md). Opt in on
             an accelerator when a wait per step costs more than that (not measured: no GPU
             here). ``None``: ``True`` when a gradient lives on an accelerator, else ``False``.
-            Presets that read their step count on the host (``cms``, ``deep``, ``landscape``,
-            ``learned``, the Adam fallback of ``muon``, ``adam`` off its fused kernel) still
+            ``adam`` off its fused kernel and muon's Adam fallback then take their step count
+            as a device tensor (``assocmem.optim.counts``, torch's capturable form); ``cms``,
+            ``deep``, ``landscape`` and ``learned`` read theirs on the host, so they still
             read the flag (docs/api.md, "Host reads per step").
         **hyper: the preset's hyperparameters (see ``MemoryOptimizer.hyperparameters(memory)``).
 
