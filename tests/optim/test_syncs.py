@@ -38,7 +38,7 @@ DEVICE_SKIP = ("adam", "momentum")
 # those that read their step count on the host (a bias correction, a write period, a first-step
 # branch): a skip decided on the device could not take that count back, so they read the flag
 # (one read per step). TinyNet has biases, so muon's Adam fallback counts here.
-READS_STEP_COUNT = ("cms", "deep", "landscape", "learned", "muon")
+READS_STEP_COUNT = ("cms", "deep", "landscape", "learned")
 
 
 @contextlib.contextmanager
@@ -47,7 +47,7 @@ def counting_reads(opt: MemoryOptimizer) -> Iterator[list[str]]:
         id(state[k])
         for p, state, group in _stepped(opt)
         for k in HOST_STATE
-        if k in state and _on_host(p, group)
+        if k in state and _on_host(p, group, opt.sync_free)
     }
     calls: list[str] = []
     originals = {name: getattr(torch.Tensor, name) for name in READS}
@@ -78,11 +78,14 @@ def _stepped(opt: MemoryOptimizer) -> Iterator[tuple[torch.Tensor, dict, dict]]:
                 yield p, opt.state[p], group
 
 
-def _on_host(p: torch.Tensor, group: dict) -> bool:
+def _on_host(p: torch.Tensor, group: dict, sync_free: bool | None) -> bool:
     """Whether the optimizer keeps ``p``'s counters on the host by design: its preset reads
-    them as Python numbers (the rule of ``optimizer._step_device``, restated)."""
+    them as Python numbers, and with ``sync_free`` on does not take them on the device
+    instead (the rule of ``optimizer._step_device``, restated)."""
     preset = get_preset(group["memory"])
-    return not preset.fuses(group) and preset.reads_state_on_host(p, group)
+    if preset.fuses(group) or not preset.reads_state_on_host(p, group):
+        return False
+    return sync_free is False or not preset.counts_on_device(p, group)
 
 
 def _reads_per_step(
@@ -132,19 +135,21 @@ def _non_contiguous_model() -> torch.nn.Module:
     return model
 
 
-def test_a_tensor_the_kernel_cannot_take_falls_back_to_a_host_read():
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_a_tensor_the_kernel_cannot_take_reads_its_count_only_without_sync_free(sync_free):
     model = _non_contiguous_model()
-    opt = MemoryOptimizer(model.parameters(), "adam", lr=1e-3, sync_free=True)
+    opt = MemoryOptimizer(model.parameters(), "adam", lr=1e-3, sync_free=sync_free)
     loss_at(model, 0).backward()
     opt.step()
     loss_at(model, 1).backward()
     with counting_reads(opt) as calls:
         opt.step()
-    # The flag, then Adam's foreach path reads each step count (kept on the device for the
-    # kernel) for its bias corrections: one read per tensor of the group, which the kernel
-    # could not take as a whole.
+    # Without sync_free: the flag, then Adam's foreach path reads each step count (kept on the
+    # device for the kernel) for its bias corrections, one read per tensor of the group, which
+    # the kernel could not take as a whole. With it: the counts stay tensors (counts.py), and
+    # the skip is a select.
     n = len(list(model.parameters()))
-    assert calls == ["__bool__"] + ["__float__"] * n
+    assert calls == ([] if sync_free else ["__bool__"] + ["__float__"] * n)
 
 
 @pytest.mark.parametrize("sync_free", [False, True])
@@ -219,7 +224,13 @@ CONFIGS = {
     "L2 decay, maximize": {"weight_decay": 0.1, "decoupled_weight_decay": False, "maximize": True},
     "decoupled decay (momentum off its kernel)": {"weight_decay": 0.1},
     "reference path": {"foreach": False},
+    # a transposed weight: adam (and the presets' fused levels) off the kernel, on foreach
+    "non-contiguous weight": {},
 }
+
+
+def _model_for(config: str) -> torch.nn.Module:
+    return _non_contiguous_model() if config == "non-contiguous weight" else make_model()
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
@@ -229,7 +240,7 @@ def test_sync_free_steps_and_skips_to_the_bit_of_the_host_decision(memory, confi
     # state bit as it was, step counters included, and counts once.
     runs = {}
     for sync_free in (False, True):
-        model = make_model()
+        model = _model_for(config)
         opt = MemoryOptimizer(
             model.parameters(), memory, lr=1e-3, sync_free=sync_free, **CONFIGS[config]
         )
@@ -287,3 +298,35 @@ def test_sync_free_is_validated_and_defaults_to_the_host_on_the_cpu():
         MemoryOptimizer(make_model().parameters(), sync_free="yes")
     counts, _ = _reads_per_step("delta", "ignore")
     assert all(len(calls) == REMAINING["delta"] for calls in counts)  # None: CPU decides on host
+
+
+# The presets that read their count on the host without sync_free and on the device with it.
+COUNTS_ON_DEVICE = ("adam", "muon")
+
+
+@pytest.mark.parametrize("resumed_with", [False, True])
+@pytest.mark.parametrize("saved_with", [False, True])
+@pytest.mark.parametrize("memory", COUNTS_ON_DEVICE)
+def test_a_state_dict_resumes_across_sync_free(memory, saved_with, resumed_with):
+    # The step counter lives on the CPU without sync_free and on the parameter's device with
+    # it; a state dict saved either way resumes either way, to the bits of never stopping.
+    # adam on a transposed weight: its foreach path, where the count matters.
+    def run(sync_free, opt=None, model=None, steps=range(6)):
+        model = model or _non_contiguous_model()
+        opt = opt or MemoryOptimizer(model.parameters(), memory, lr=1e-3, sync_free=sync_free)
+        for t in steps:
+            opt.zero_grad()
+            loss_at(model, t).backward()
+            opt.step()
+        return opt, model
+
+    _, straight = run(False)
+    first, model = run(saved_with, steps=range(3))
+    saved = first.state_dict()
+    resumed = MemoryOptimizer(model.parameters(), memory, lr=1e-3, sync_free=resumed_with)
+    resumed.load_state_dict(saved)
+    assert all(s["step"].dtype == torch.float32 for s in resumed.state.values())
+    run(resumed_with, resumed, model, range(3, 6))
+    assert all(int(s["step"]) == 6 for s in resumed.state.values())
+    for a, b in zip(straight.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -54,6 +54,17 @@ def blocks(
     gathered while they fit in ``numel`` elements; a larger contiguous tensor is yielded as
     consecutive flat slices of at most ``numel`` elements, one slice per block.
     """
+    for _, block in indexed_blocks(lists, index, numel):
+        yield block
+
+
+def indexed_blocks(
+    lists: Sequence[Sequence[Tensor]],
+    index: Sequence[int] | None = None,
+    numel: int = BLOCK_NUMEL,
+) -> Iterator[tuple[list[int], list[list[Tensor]]]]:
+    """:func:`blocks`, each with the index of the tensor every piece comes from, so that a
+    per-tensor value (a 0-d constant) can go along with its pieces."""
     if index is None:
         index = range(len(lists[0]))
     whole: list[int] = []  # consecutive tensors passed as themselves
@@ -62,19 +73,19 @@ def blocks(
         n = lists[0][i].numel()
         if n <= numel or not all(tensors[i].is_contiguous() for tensors in lists):
             if whole and size + n > numel:
-                yield [[tensors[j] for j in whole] for tensors in lists]
+                yield whole, [[tensors[j] for j in whole] for tensors in lists]
                 whole, size = [], 0
             whole.append(i)
             size += n
             continue
         if whole:
-            yield [[tensors[j] for j in whole] for tensors in lists]
+            yield whole, [[tensors[j] for j in whole] for tensors in lists]
             whole, size = [], 0
         flat = [tensors[i].view(-1) for tensors in lists]
         for start in range(0, n, numel):
-            yield [[f[start : start + numel]] for f in flat]
+            yield [i], [[f[start : start + numel]] for f in flat]
     if whole:
-        yield [[tensors[j] for j in whole] for tensors in lists]
+        yield whole, [[tensors[j] for j in whole] for tensors in lists]
 
 
 def _is_buffer(tree: Any) -> bool:

@@ -75,8 +75,9 @@ class MemoryOptimizer(Optimizer):
             5-6x, ``momentum`` off its kernel 1.8x at 6M parameters; docs/api.md). Opt in on
             an accelerator when a wait per step costs more than that (not measured: no GPU
             here). ``None``: ``True`` when a gradient lives on an accelerator, else ``False``.
-            Presets that read their step count on the host (``cms``, ``deep``, ``landscape``,
-            ``learned``, the Adam fallback of ``muon``, ``adam`` off its fused kernel) still
+            ``adam`` off its fused kernel and muon's Adam fallback then take their step count
+            as a device tensor (``assocmem.optim.counts``, torch's capturable form); ``cms``,
+            ``deep``, ``landscape`` and ``learned`` read theirs on the host, so they still
             read the flag (docs/api.md, "Host reads per step").
         **hyper: the preset's hyperparameters (see ``MemoryOptimizer.hyperparameters(memory)``).
 
@@ -248,7 +249,7 @@ class MemoryOptimizer(Optimizer):
             state = self.state[p]
             if not state:
                 _check_param(p, group, preset)
-                state.update(_first_state(preset, p, group))
+                state.update(_first_state(preset, p, group, self.sync_free))
             elif MASTER in state and not torch.equal(state[MASTER].to(p.dtype), _real(p)):
                 state[MASTER].copy_(_real(p))  # the parameter was changed outside the optimizer
             states.append(state)
@@ -334,7 +335,7 @@ class MemoryOptimizer(Optimizer):
             return
         if found is None:
             self._step_unfused(group, preset, params, grads, states)
-        elif sync_free.active() and not any(preset.reads_state_on_host(p, group) for p in params):
+        elif sync_free.active() and not any(_reads_on_host(preset, p, group, True) for p in params):
             # Step, then select the old values where the flag is set (sync_free.py).
             written = _written_tensors(params, states)
             saved = sync_free.snapshot(written)
@@ -433,7 +434,11 @@ class MemoryOptimizer(Optimizer):
                 )
             gi, pi = where[saved_id]
             state[id_map[saved_id]] = _loaded_state(
-                f"param group {gi}, parameter {pi}", saved_state, id_map[saved_id], groups[gi]
+                f"param group {gi}, parameter {pi}",
+                saved_state,
+                id_map[saved_id],
+                groups[gi],
+                self.sync_free,
             )
         # Nothing was changed above; from here on nothing can fail.
         self.__setstate__({"state": state, "param_groups": groups})
@@ -573,7 +578,9 @@ def _loaded_group(i: int, saved: Any, group: Group) -> Group:
     return loaded
 
 
-def _loaded_state(where: str, saved: Any, param: Tensor, group: Group) -> dict[str, Any]:
+def _loaded_state(
+    where: str, saved: Any, param: Tensor, group: Group, sync_free_setting: bool | None
+) -> dict[str, Any]:
     """``saved`` checked against what a fresh step would create for ``param``, and cast to it.
 
     Raises ``ValueError`` on other keys or shapes, a non-floating or non-finite tensor, a
@@ -596,7 +603,7 @@ def _loaded_state(where: str, saved: Any, param: Tensor, group: Group) -> dict[s
         )
     if (msg := validate.count(saved["step"])) is not None:
         raise ValueError(f"{where}: invalid state 'step': {msg}")
-    step = _step_tensor(saved["step"], _step_device(preset, param, group))
+    step = _step_tensor(saved["step"], _step_device(preset, param, group, sync_free_setting))
     loaded: dict[str, Any] = {"step": step}
     for key, want in expected.items():
         value = saved[key]
@@ -654,16 +661,30 @@ def _step_tensor(step: Any, device: torch.device | str = "cpu") -> Tensor:
     return torch.tensor(float(step), dtype=torch.float32, device=device)
 
 
-def _step_device(preset: Preset, param: Tensor, group: Group) -> torch.device:
+def _step_device(
+    preset: Preset, param: Tensor, group: Group, sync_free_setting: bool | None
+) -> torch.device:
     """Where a parameter's ``step`` counter lives: on the CPU, as in torch.optim, except where
     the group steps through a fused kernel, which reads it (Adam) and whose on-device skip
-    takes it back (as torch's fused optimizers keep it), and where the preset never reads it
-    on the host (``Preset.reads_state_on_host``), so that a skip decided on the device can
-    take it back without a copy. A preset that reads the count as a Python number keeps it
-    on the CPU in every other configuration."""
-    if preset.fuses(group) or not preset.reads_state_on_host(_real(param), group):
+    takes it back (as torch's fused optimizers keep it), and where the preset does not read it
+    on the host (:func:`_reads_on_host`; ``sync_free`` ``True`` or ``None``, which is on
+    wherever a parameter is off the CPU), so that a skip decided on the device can take it
+    back without a copy. A preset that reads the count as a Python number keeps it on the CPU
+    in every other configuration."""
+    if preset.fuses(group) or not _reads_on_host(preset, _real(param), group, sync_free_setting):
         return param.device
     return torch.device("cpu")
+
+
+def _reads_on_host(
+    preset: Preset, param: Tensor, group: Group, sync_free_setting: bool | None
+) -> bool:
+    """Whether stepping ``param`` reads its state as a Python number: the preset says so
+    (``Preset.reads_state_on_host``) and, with ``sync_free`` on (or ``None``), does not take
+    its count on the device instead (``Preset.counts_on_device``)."""
+    if not preset.reads_state_on_host(param, group):
+        return False
+    return sync_free_setting is False or not preset.counts_on_device(param, group)
 
 
 def _stepped_tensors(
@@ -698,9 +719,12 @@ def _real(t: Tensor) -> Tensor:
 # compiled step came out wrong from step 2), cms's step list held one tensor per tensor stepped
 # (torch._fused_adam_ asserted). Built once per parameter, so the graph break costs nothing.
 @torch.compiler.disable
-def _first_state(preset: Preset, param: Tensor, group: Group) -> dict[str, Any]:
+def _first_state(
+    preset: Preset, param: Tensor, group: Group, sync_free_setting: bool | None
+) -> dict[str, Any]:
     """``step`` and :func:`_fresh_state`: a parameter's state, created at its first step."""
-    step = torch.zeros((), dtype=torch.float32, device=_step_device(preset, param, group))
+    device = _step_device(preset, param, group, sync_free_setting)
+    step = torch.zeros((), dtype=torch.float32, device=device)
     return {"step": step, **_fresh_state(preset, param, group)}
 
 
@@ -751,7 +775,7 @@ def _skips_on_device(
         preset = get_preset(group["memory"])
         if group["foreach"] is not False and not group["compile"] and preset.fuses(group):
             return True
-        return select and not any(preset.reads_state_on_host(_real(p), group) for p in params)
+        return select and not any(_reads_on_host(preset, _real(p), group, True) for p in params)
 
     return all(
         on_device(group, params)

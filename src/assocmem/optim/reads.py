@@ -130,13 +130,21 @@ def orthogonal_reads(
     return reads
 
 
-def bias_corrected(memory: Tensor, retention: float, t: float) -> Tensor:
+def bias_corrected(memory: Tensor, retention: float, t: float | Tensor) -> Tensor:
     """``x_hat = x / (1 - alpha^t)``: an EMA ``x <- alpha x + (1 - alpha) y`` started at zero,
-    after ``t`` writes, with the weight it has not yet given its values divided back out."""
-    return memory / (1 - retention**t)
+    after ``t`` writes, with the weight it has not yet given its values divided back out.
+
+    ``t`` is a Python number, or a 0-d float64 tensor (a step count kept on the device,
+    :mod:`assocmem.optim.counts`): then ``1 - alpha^t`` is computed as the host computes it
+    and cast to the memory's dtype, as the host's float is, so both give the same bits.
+    """
+    correction = 1 - retention**t
+    if isinstance(correction, Tensor):
+        correction = correction.to(memory.dtype)
+    return memory / correction
 
 
-def adam_denominator(second_moment: Tensor, beta2: float, t: float, eps: float) -> Tensor:
+def adam_denominator(second_moment: Tensor, beta2: float, t: float | Tensor, eps: float) -> Tensor:
     """``sqrt(v_hat) + eps`` with ``v_hat = v / (1 - beta2^t)``: Adam's per-coordinate scale.
 
     ``v <- beta2 v + (1 - beta2) g^2`` is a key-less Hebbian memory of the squared gradient;

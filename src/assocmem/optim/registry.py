@@ -17,6 +17,9 @@ state_dict). It supplies:
 - ``reads_state_on_host`` (optional, default yes): whether a step reads its state as a Python
   number; a preset that does not can skip a non-finite step on the device (step, then select)
   and keeps its step counter there;
+- ``counts_on_device`` (optional, default no): whether, under ``sync_free``, the step takes its
+  count as a device tensor instead (:mod:`assocmem.optim.counts`) and reads nothing on the
+  host; such a preset then skips on the device too, its counter on the parameter's device;
 - ``check_state`` (optional): what a loaded state must satisfy beyond the keys, shapes and
   finite values ``load_state_dict`` checks for every preset (``non_negative_state`` names the
   entries that must be ``>= 0``, e.g. a second moment).
@@ -115,6 +118,19 @@ class Preset:
         keep that host state as it was, so the flag is read on the host.
         """
         return True
+
+    def counts_on_device(self, param: Tensor, group: Group) -> bool:
+        """Whether, while :func:`assocmem.optim.sync_free.active`, stepping ``param`` reads
+        none of its state on the host after all: it derives what it would read (bias
+        corrections, write periods) from its ``step`` counter as tensor ops
+        (:mod:`assocmem.optim.counts`). Default: no.
+
+        Only consulted where :meth:`reads_state_on_host` is true. Where it holds, an optimizer
+        with ``sync_free`` on keeps the counter on the parameter's device and skips a
+        non-finite step there (step, then select); with ``sync_free`` off the preset reads
+        its count on the host as before, and the counter stays on the CPU.
+        """
+        return False
 
     def shards_locally(self, group: Group) -> bool:
         """Whether the fast path steps an FSDP2-sharded tensor from this rank's rows alone.

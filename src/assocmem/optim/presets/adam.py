@@ -9,6 +9,10 @@ With the default decoupled weight decay this is ``torch.optim.AdamW``; with
 ``decoupled_weight_decay=False`` it is ``torch.optim.Adam``. The fast path is torch's fused
 Adam kernel (``torch.optim.Adam(fused=True)``'s, to the bit); tensors it cannot take
 (non-contiguous ones) go through torch's foreach Adam, op for op (``fused=False``'s bits).
+
+Under ``sync_free`` both paths take the step count as a tensor on the parameter's device
+(:mod:`assocmem.optim.counts`, torch's ``capturable`` form), so that they read nothing on the
+host, with the host path's bits.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import torch
 from torch import Tensor
 
 from assocmem.memory import ElementwiseMemory, hebbian_write, read
-from assocmem.optim import fused, validate
-from assocmem.optim.blocks import blocks, split_by_step
+from assocmem.optim import counts, fused, sync_free, validate
+from assocmem.optim.blocks import blocks, indexed_blocks, split_by_step
 from assocmem.optim.reads import adam_denominator, bias_corrected
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
@@ -43,6 +47,9 @@ class Adam(Preset):
 
     def shards_locally(self, group: Group) -> bool:
         return True  # elementwise
+
+    def counts_on_device(self, param: Tensor, group: Group) -> bool:
+        return True  # its bias corrections as tensor ops under sync_free (counts.py)
 
     def fuses(self, group: Group) -> bool:
         return True  # Adam is the kernel's own equation, weight decay and maximize included
@@ -73,7 +80,8 @@ class Adam(Preset):
 
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         beta1, beta2 = group["betas"]
-        t = float(state["step"])
+        # the count on the device under sync_free: bias_corrected takes a 0-d tensor too
+        t = counts.as_counts([state["step"]])[0] if sync_free.active() else float(state["step"])
         m = hebbian_write(
             ElementwiseMemory(state["exp_avg"]), None, grad, lr=1 - beta1, retention=beta1
         )
@@ -94,6 +102,9 @@ class Adam(Preset):
         # blocks (assocmem.optim.blocks) with the bias corrections of each step count.
         beta1, beta2 = group["betas"]
         lists = [params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]]
+        if sync_free.active():
+            _foreach_counted_on_device(lists, [s["step"] for s in states], group)
+            return
         for t, index in split_by_step([float(s["step"]) for s in states]).items():
             step_size = -group["lr"] / (1 - beta1**t)
             bc2_sqrt = math.sqrt(1 - beta2**t)
@@ -105,3 +116,28 @@ class Adam(Preset):
                 torch._foreach_div_(denom, bc2_sqrt)
                 torch._foreach_add_(denom, group["eps"])
                 torch._foreach_addcdiv_(p, m, denom, step_size)
+
+
+def _foreach_counted_on_device(
+    lists: list[list[Tensor]], steps: list[Tensor], group: Group
+) -> None:
+    """:meth:`Adam.foreach_step` with its step sizes and bias corrections as 0-d tensors made
+    from the counters on their device (no host read), one per tensor.
+
+    The same passes with the same roundings: ``addcdiv(p, m, d, value=s)`` computes
+    ``p + (s m) / d``, so ``s m`` is formed first (``addcdiv`` takes a tensor value only as a
+    Python number) and added with value 1: one pass more than the host path, as torch's
+    capturable Adam spends on its ``div_(denom, step_size)``.
+    """
+    beta1, beta2 = group["betas"]
+    t = counts.as_counts(steps)
+    step_size = counts.like(counts.quotients(-group["lr"], counts.corrections(beta1, t)), lists[0])
+    bc2_sqrt = counts.like(torch._foreach_sqrt(counts.corrections(beta2, t)), lists[0])
+    for index, (p, g, m, v) in indexed_blocks(lists):
+        torch._foreach_lerp_(m, g, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, g, g, 1 - beta2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, [bc2_sqrt[i] for i in index])
+        torch._foreach_add_(denom, group["eps"])
+        torch._foreach_addcdiv_(p, torch._foreach_mul(m, [step_size[i] for i in index]), denom)

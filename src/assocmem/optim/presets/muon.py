@@ -119,6 +119,9 @@ class Muon(Preset):
         # tensors reads its step count for the bias corrections.
         return not orthogonalized(param)
 
+    def counts_on_device(self, param: Tensor, group: Group) -> bool:
+        return True  # the Adam fallback's, as adam's (assocmem.optim.counts)
+
     def shards_locally(self, group: Group) -> bool:
         # The Adam fallback is elementwise; a matrix's read u is gathered. The erase's and the
         # row norm's whole-tensor sums are not all-reduced here: those options step gathered.
