@@ -114,6 +114,7 @@ def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -
             pretrain_lr=args.pretrain_lr,
         )
         if args.pretrain_only:
+            out["pretrain_seconds"] = round(time.perf_counter() - start, 1)
             return {**out, **pretraining_record(arm, curve, args), "status": result.status}
         if args.save_encoders is not None:
             args.save_encoders.mkdir(parents=True, exist_ok=True)
