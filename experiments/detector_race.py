@@ -256,7 +256,12 @@ def markdown(
     command: str,
     tuning_seed: int,
 ) -> str:
-    task = "Fine-tuning task" if model.startswith("vit/") else "Detector task"
+    if model.endswith("-pretrain"):
+        task = "Masked pretraining task"
+    elif model.startswith("vit/"):
+        task = "Fine-tuning task"
+    else:
+        task = "Detector task"
     out = [
         f"## {task}: steps to tuned Adam's validation loss (`{model}`, {candidate})",
         "",
@@ -269,7 +274,7 @@ def markdown(
         "|---|---|---|---|",
     ]
     for name, (lr, grid, edge) in grids.items():
-        tried = ", ".join(f"{k:g}: {v:.3f}" for k, v in sorted(grid.items()))
+        tried = ", ".join(f"{k:g}: {v:.4g}" for k, v in sorted(grid.items()))
         out.append(f"| {name} | {tried} | {lr:g} | {edge or 'no'} |")
     out += [
         "",
@@ -288,8 +293,8 @@ def markdown(
         )
         cs = r["candidate_steps"] if r["candidate_steps"] is not None else "never"
         out.append(
-            f"| {r['seed']} | {r['target']:.3f} | {r['baseline_steps']} ({r['baseline_run']}) | "
-            f"{cs} ({r['candidate_run']}) | {ratio} | {r['candidate_best']:.3f} |"
+            f"| {r['seed']} | {r['target']:.4g} | {r['baseline_steps']} ({r['baseline_run']}) | "
+            f"{cs} ({r['candidate_run']}) | {ratio} | {r['candidate_best']:.4g} |"
         )
     s = summary(rows)
     mean_ratio = "n/a" if s["mean_ratio"] is None else f"{s['mean_ratio']:.2f}×"
@@ -303,8 +308,10 @@ def markdown(
     if costs:
         per = {k: v["median_s"] for k, v in costs["optimizers"].items()}
         base_cost = per[BASELINE]
-        base_time = time_to_target([r["baseline_steps"] for r in rows], base_cost)
-        cand_time = time_to_target([r["candidate_steps"] for r in rows], per[candidate])
+        # over the seeds the candidate reached, so both means cover the same seeds
+        reached = [r for r in rows if r["candidate_steps"] is not None]
+        base_time = time_to_target([r["baseline_steps"] for r in reached], base_cost)
+        cand_time = time_to_target([r["candidate_steps"] for r in reached], per[candidate])
         line = (
             f"Step cost ({costs['method']}): Adam {base_cost * 1e3:.1f} ms, {candidate} "
             f"{per[candidate] * 1e3:.1f} ms ({per[candidate] / base_cost:.2f}×)."
@@ -313,8 +320,8 @@ def markdown(
             ratio = statistics.mean(cand_time) / statistics.mean(base_time)
             line += (
                 f" Time to target = steps × step cost: Adam {statistics.mean(base_time):.0f} s, "
-                f"{candidate} {statistics.mean(cand_time):.0f} s (mean over the seeds that "
-                f"reached it): {ratio:.2f}×."
+                f"{candidate} {statistics.mean(cand_time):.0f} s (mean over the "
+                f"{len(reached)} of {len(rows)} seeds {candidate} reached it on): {ratio:.2f}×."
             )
         out += ["", line]
     return "\n".join(out)

@@ -88,9 +88,9 @@ def test_main_writes_a_section_from_run_files(tmp_path):
     main(["--runs", str(path), "--no-step-cost", "--write", str(md), "--json", str(out)])
     text = md.read_text()
     assert "<!-- report:race-npr_bn:begin -->" in text
-    assert "| adam | 0.001: 0.450, 0.003: 0.400, 0.01: 0.440 | 0.003 | no |" in text
-    assert "| 0 | 0.400 | 1000 (1000) | 500 (500) | 0.50 | 0.380 |" in text
-    assert "| 1 | 0.420 | 750 (750) | 500 (500) | 0.67 | 0.410 |" in text
+    assert "| adam | 0.001: 0.45, 0.003: 0.4, 0.01: 0.44 | 0.003 | no |" in text
+    assert "| 0 | 0.4 | 1000 (1000) | 500 (500) | 0.50 | 0.38 |" in text
+    assert "| 1 | 0.42 | 750 (750) | 500 (500) | 0.67 | 0.41 |" in text
     assert [r["seed"] for r in json.loads(out.read_text())["rows"]] == [0, 1]
 
 
@@ -128,3 +128,21 @@ def test_build_knows_the_masked_pretrainer_and_its_step_cost_uses_its_own_loss(t
         batch_size=8, tiny=True, cache_dir=str(tmp_path),
     )  # fmt: skip
     assert all(v["median_s"] > 0 for v in costs["optimizers"].values())
+
+
+def test_time_to_target_compares_the_same_seeds():
+    """A seed the candidate never reached leaves Adam's time on it out too: Adam 1000 and
+    3000 steps, the candidate 500 on the first seed only -> 500 x 2 s / (1000 x 1 s) = 1.00x."""
+    from experiments.detector_race import markdown
+
+    rows = [
+        {"seed": 0, "target": 0.4, "baseline_steps": 1000, "baseline_run": 1000,
+         "candidate_steps": 500, "candidate_run": 500, "candidate_best": 0.39},
+        {"seed": 1, "target": 0.4, "baseline_steps": 3000, "baseline_run": 3000,
+         "candidate_steps": None, "candidate_run": 3000, "candidate_best": 0.41},
+    ]  # fmt: skip
+    costs = {"method": "m", "optimizers": {"adam": {"median_s": 1.0}, "muon": {"median_s": 2.0}}}
+    grids = {"adam": (1e-3, {1e-3: 0.4}, None), "muon": (1e-2, {1e-2: 0.39}, None)}
+    text = markdown("vit/frequency-pretrain", "muon", grids, rows, costs, "`cmd`", 0)
+    assert "Masked pretraining task" in text
+    assert "Adam 1000 s, muon 1000 s (mean over the 1 of 2 seeds muon reached it on): 1.00×" in text
