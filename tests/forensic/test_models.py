@@ -4,7 +4,7 @@ import torch
 from assocmem.forensic.masks import FrequencyMasker, PixelMasker
 from assocmem.forensic.models import (
     CNNEncoder,
-    Detector,
+    EncoderDetector,
     F3Net,
     FADHead,
     LinearHead,
@@ -92,7 +92,7 @@ def test_fine_tune_and_mlp_head_train_everything():
     assert all(p.grad is not None for p in det.parameters())
     probe = mlp_probe(ViTEncoder())
     assert probe(torch.rand(2, 3, 32, 32)).shape == (2,)
-    assert isinstance(Detector(CNNEncoder(), LinearHead(64), freeze=False).head, LinearHead)
+    assert isinstance(EncoderDetector(CNNEncoder(), LinearHead(64), freeze=False).head, LinearHead)
 
 
 @pytest.mark.parametrize("loss", ["pixel", "freq", "both"])

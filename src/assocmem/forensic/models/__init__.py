@@ -3,7 +3,7 @@
 from assocmem.forensic.models.baselines import F3Net, FADHead, MesoNet4, SmallCNN, dct_matrix
 from assocmem.forensic.models.cnn import CNNEncoder
 from assocmem.forensic.models.heads import (
-    Detector,
+    EncoderDetector,
     LinearHead,
     MLPHead,
     fine_tune,
@@ -16,7 +16,7 @@ from assocmem.forensic.models.vit import ViTEncoder
 
 __all__ = [
     "CNNEncoder",
-    "Detector",
+    "EncoderDetector",
     "F3Net",
     "FADHead",
     "LinearHead",

@@ -1,9 +1,12 @@
 """Detection heads on an encoder: linear probe, MLP head, frozen or fine-tuned.
 
-``Detector(encoder, head, freeze=True)`` is the probe protocol: the encoder's parameters get
-``requires_grad=False``, its forward runs under ``no_grad`` and it stays in eval mode even when
-the detector is put in train mode, so only the head learns. ``freeze=False`` is full fine-tuning.
-Every detector returns one logit per image, ``(N,)``; ``sigmoid(logit) = P(fake)``.
+(``EncoderDetector`` is a network; ``assocmem.forensic.Detector`` is the product that tiles
+images, applies a checkpoint's threshold and views, and may hold any detector network.)
+
+``EncoderDetector(encoder, head, freeze=True)`` is the probe protocol: the encoder's parameters
+get ``requires_grad=False``, its forward runs under ``no_grad`` and it stays in eval mode even
+when the detector is put in train mode, so only the head learns. ``freeze=False`` is full
+fine-tuning. Every detector returns one logit per image, ``(N,)``; ``sigmoid(logit) = P(fake)``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ class MLPHead(nn.Sequential):
         super().__init__(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
 
-class Detector(nn.Module):
+class EncoderDetector(nn.Module):
     """``logit = head(encoder(x))``, shape (N,)."""
 
     def __init__(self, encoder: nn.Module, head: nn.Module, freeze: bool = True) -> None:
@@ -39,7 +42,7 @@ class Detector(nn.Module):
             self.encoder.requires_grad_(False)
             self.encoder.eval()
 
-    def train(self, mode: bool = True) -> Detector:
+    def train(self, mode: bool = True) -> EncoderDetector:
         super().train(mode)
         if self.freeze:
             self.encoder.eval()
@@ -54,16 +57,16 @@ class Detector(nn.Module):
         return self.head(z).squeeze(-1)
 
 
-def linear_probe(encoder: nn.Module) -> Detector:
+def linear_probe(encoder: nn.Module) -> EncoderDetector:
     """Frozen ``encoder`` + :class:`LinearHead`."""
-    return Detector(encoder, LinearHead(encoder.embed_dim), freeze=True)
+    return EncoderDetector(encoder, LinearHead(encoder.embed_dim), freeze=True)
 
 
-def mlp_probe(encoder: nn.Module, hidden: int = 64) -> Detector:
+def mlp_probe(encoder: nn.Module, hidden: int = 64) -> EncoderDetector:
     """Frozen ``encoder`` + :class:`MLPHead`."""
-    return Detector(encoder, MLPHead(encoder.embed_dim, hidden), freeze=True)
+    return EncoderDetector(encoder, MLPHead(encoder.embed_dim, hidden), freeze=True)
 
 
-def fine_tune(encoder: nn.Module, head: nn.Module | None = None) -> Detector:
+def fine_tune(encoder: nn.Module, head: nn.Module | None = None) -> EncoderDetector:
     """Trainable ``encoder`` + head (linear by default)."""
-    return Detector(encoder, head or LinearHead(encoder.embed_dim), freeze=False)
+    return EncoderDetector(encoder, head or LinearHead(encoder.embed_dim), freeze=False)
