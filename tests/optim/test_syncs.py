@@ -135,15 +135,24 @@ def _non_contiguous_model() -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("sync_free", [False, True])
-def test_a_tensor_the_kernel_cannot_take_reads_its_count_only_without_sync_free(sync_free):
+def _second_step_reads_off_the_kernel(
+    memory: str, lr: float, sync_free: bool
+) -> tuple[list[str], torch.nn.Module]:
+    """Host reads of the second step (the first creates the state) of ``memory`` on a model
+    with one non-contiguous weight, which keeps the group off its fused kernel."""
     model = _non_contiguous_model()
-    opt = MemoryOptimizer(model.parameters(), "adam", lr=1e-3, sync_free=sync_free)
+    opt = MemoryOptimizer(model.parameters(), memory, lr=lr, sync_free=sync_free)
     loss_at(model, 0).backward()
     opt.step()
     loss_at(model, 1).backward()
     with counting_reads(opt) as calls:
         opt.step()
+    return calls, model
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_a_tensor_the_kernel_cannot_take_reads_its_count_only_without_sync_free(sync_free):
+    calls, model = _second_step_reads_off_the_kernel("adam", 1e-3, sync_free)
     # Without sync_free: the flag, then Adam's foreach path reads each step count (kept on the
     # device for the kernel) for its bias corrections, one read per tensor of the group, which
     # the kernel could not take as a whole. With it: the counts stay tensors (counts.py), and
@@ -156,13 +165,7 @@ def test_a_tensor_the_kernel_cannot_take_reads_its_count_only_without_sync_free(
 def test_momentum_off_its_kernel_selects_where_sync_free(sync_free):
     # A non-contiguous tensor keeps momentum off the fused kernel; momentum reads no step
     # count, so with sync_free it steps, then selects, and reads nothing.
-    model = _non_contiguous_model()
-    opt = MemoryOptimizer(model.parameters(), "momentum", lr=1e-2, sync_free=sync_free)
-    loss_at(model, 0).backward()
-    opt.step()
-    loss_at(model, 1).backward()
-    with counting_reads(opt) as calls:
-        opt.step()
+    calls, _ = _second_step_reads_off_the_kernel("momentum", 1e-2, sync_free)
     assert calls == ([] if sync_free else ["__bool__"])
 
 
