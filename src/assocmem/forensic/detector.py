@@ -47,7 +47,7 @@ from assocmem.forensic.calibration import threshold_at_fpr
 from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT, load_detector
 from assocmem.forensic.data.loaders import load_rgb, to_rgb
 from assocmem.forensic.tiling import combine_logits, tiles
-from assocmem.forensic.views import VIEWS, dihedral
+from assocmem.forensic.views import VIEWS, view_mean
 
 __all__ = ["Detector", "ImageInput", "ImageScore"]
 
@@ -190,16 +190,14 @@ class Detector:
     def _view_mean(self, x: Tensor) -> Tensor:
         """The model's logits of tiles ``x`` (n, 3, P, P), averaged over ``self.views``.
 
-        The same computation as ``views.view_logits`` (the mean of the stacked per-view logits),
-        which calibrated the threshold. The views of a tile keep its grids: a tile starts at a
+        ``views.view_mean``, the computation ``views.view_logits`` calibrated the threshold
+        with. The views of a tile keep its grids: a tile starts at a
         multiple of the ``alignment`` A from the image's corner and its side P is a multiple of A
         (``tiling`` requires it), so a rotation or flip maps the cell ``[kA, (k+1)A)`` of a side
         onto ``[P-(k+1)A, P-kA)``, again a cell: NPR's ``2 x 2`` blocks and, for A = 8, the JPEG
         ``8 x 8`` blocks the DCT branch reads are moved and turned, never cut.
         """
-        if self.views == "one":
-            return self.model(x)
-        return torch.stack([self.model(v) for v in dihedral(x)]).mean(0)
+        return view_mean(self.model, x, self.views)
 
     @torch.no_grad()
     def score_one(self, image: ImageInput) -> ImageScore:

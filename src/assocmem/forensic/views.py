@@ -20,12 +20,14 @@ detector checkpoint names the views its threshold was calibrated under (``checkp
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
 from assocmem.forensic.train import logits
 
-__all__ = ["VIEWS", "dihedral", "view_logits"]
+__all__ = ["VIEWS", "dihedral", "view_logits", "view_mean"]
 
 # Names of the view sets: ``one`` is the image as it is, ``d4`` its eight dihedral views.
 VIEWS = ("one", "d4")
@@ -41,12 +43,19 @@ def dihedral(images: Tensor) -> list[Tensor]:
     return views
 
 
+def view_mean(forward: Callable[[Tensor], Tensor], images: Tensor, views: str = "one") -> Tensor:
+    """``forward(images)`` averaged over ``views`` of the images: the mean of the stacked
+    per-view outputs (``one``: the output itself). One computation for calibration
+    (:func:`view_logits`) and for scoring (``Detector``), so both see the same numbers."""
+    if views not in VIEWS:
+        raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
+    if views == "one":
+        return forward(images)
+    return torch.stack([forward(v) for v in dihedral(images)]).mean(0)
+
+
 def view_logits(
     model: nn.Module, images: Tensor, views: str = "one", batch_size: int = 256
 ) -> Tensor:
     """Logits (N,) of ``model`` on ``images`` (N, C, H, W), averaged over ``views``."""
-    if views not in VIEWS:
-        raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
-    if views == "one":
-        return logits(model, images, batch_size)
-    return torch.stack([logits(model, v, batch_size) for v in dihedral(images)]).mean(0)
+    return view_mean(lambda x: logits(model, x, batch_size), images, views)
