@@ -60,13 +60,17 @@ def finetune_model(image_size: int) -> torch.nn.Module:
     return fine_tune(build_encoder(ENCODER, image_size))
 
 
-def pretrainer_model(arm: str, image_size: int) -> MaskedPretrainer:
-    """The masked pretrainer of ``arm`` (its encoder, masker and loss), freshly initialised."""
+def pretrainer_for(arm: str, encoder: torch.nn.Module) -> MaskedPretrainer:
+    """``encoder`` under ``arm``'s masker and reconstruction loss."""
     spec = ARMS[arm]
     if spec is None:
         raise ValueError(f"arm {arm!r} does not pretrain")
-    encoder = build_encoder(ENCODER, image_size)
     return MaskedPretrainer(encoder, build_masker(spec["masker"]), loss=spec["loss"])
+
+
+def pretrainer_model(arm: str, image_size: int) -> MaskedPretrainer:
+    """The masked pretrainer of ``arm`` (its encoder, masker and loss), freshly initialised."""
+    return pretrainer_for(arm, build_encoder(ENCODER, image_size))
 
 
 def pretraining_record(arm: str, curve: list[tuple[int, float]], args: Any) -> dict[str, Any]:
@@ -94,8 +98,7 @@ def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -
         encoder.load_state_dict(load_file(args.encoder))
         out["encoder"] = str(args.encoder)
     elif ARMS[arm] is not None:
-        spec = ARMS[arm]
-        pretrainer = MaskedPretrainer(encoder, build_masker(spec["masker"]), loss=spec["loss"])
+        pretrainer = pretrainer_for(arm, encoder)
         # Its own stream seed: the fine-tuning stream below must not replay these crops.
         crops = TrainStream(bench, families.seen, batch_size=args.batch_size, seed=10_000 + seed)
         val = bench.split("val", families.seen).images[:512]
@@ -113,12 +116,12 @@ def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -
             pretrain_optimizer=args.pretrain_optimizer,
             pretrain_lr=args.pretrain_lr,
         )
-        if args.pretrain_only:
-            out["pretrain_seconds"] = round(time.perf_counter() - start, 1)
-            return {**out, **pretraining_record(arm, curve, args), "status": result.status}
         if args.save_encoders is not None:
             args.save_encoders.mkdir(parents=True, exist_ok=True)
             save_file(encoder.state_dict(), args.save_encoders / f"{arm}-seed{seed}.safetensors")
+        if args.pretrain_only:
+            out["pretrain_seconds"] = round(time.perf_counter() - start, 1)
+            return {**out, **pretraining_record(arm, curve, args), "status": result.status}
     out["pretrain_seconds"] = round(time.perf_counter() - start, 1)
     if not args.no_probe:
         x, y = balanced(bench.split("train", families.seen), 0)
