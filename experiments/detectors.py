@@ -17,6 +17,7 @@ Prints a markdown section (mean ± std over seeds) and, with ``--json``, every r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -49,6 +50,9 @@ def _shippable(name: str, size: int) -> nn.Module:
 
 SEEN = ("ae_transconv", "ae_nearest", "double_jpeg", "splice")
 HELDOUT = ("ae_bilinear", "ae_pixelshuffle", "resample", "denoiser")
+# The benchmark's patch side unless --patch-size says otherwise (runs recorded before the
+# option existed were all at this size).
+DEFAULT_PATCH = BenchmarkConfig.patch_size
 
 # The detectors a checkpoint can hold: name -> (architecture in the checkpoint format's
 # registry, its constructor arguments). ``experiments.ship_detector`` ships from this table.
@@ -179,7 +183,15 @@ def run_one(
             return torch.sigmoid(view_logits(model, images, views))
 
         report = zero_shot_report(scorer, bench, families, target_fpr=args.target_fpr)
-        records.append({"model": model_name, **run, "views": views, "report": report})
+        records.append(
+            {
+                "model": model_name,
+                "patch_size": bench.config.patch_size,
+                **run,
+                "views": views,
+                "report": report,
+            }
+        )
     return records
 
 
@@ -206,12 +218,15 @@ def lr_drops_of(run: dict[str, Any]) -> int:
 
 
 def run_label(run: dict[str, Any]) -> str:
-    """The detector column: the model, its lr drops when it had any (a different recipe), and
-    its test-time views when they are not the image alone (``assocmem.forensic.views``)."""
+    """The detector column: the model, its patch size when not the default benchmark's, its lr
+    drops when it had any (a different recipe), and its test-time views when they are not the
+    image alone (``assocmem.forensic.views``)."""
     drops = lr_drops_of(run)
     views = run.get("views", "one")
+    size = run.get("patch_size", DEFAULT_PATCH)
     return (
         run["model"]
+        + (f" ({size} px)" if size != DEFAULT_PATCH else "")
         + (f" (lr drops {drops})" if drops else "")
         + (f" ({views} views)" if views != "one" else "")
     )
@@ -307,6 +322,12 @@ def main(argv: list[str] | None = None) -> None:
         "logit over its eight dihedral views",
     )
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        default=DEFAULT_PATCH,
+        help="side of the benchmark's patches in pixels (its own cached build per size)",
+    )
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
     parser.add_argument("--json", type=Path, help="write every run's report here")
@@ -333,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     lrs = args.lr * len(args.optimizers) if len(args.lr) == 1 else args.lr
     torch.set_num_threads(args.threads)
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
+    if args.patch_size != config.patch_size:
+        config = dataclasses.replace(config, patch_size=args.patch_size)
     bench = build_benchmark(config, args.cache_dir, progress=args.progress)
     families = family_split(config)
     runs = []

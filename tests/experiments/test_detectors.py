@@ -92,3 +92,18 @@ def test_mean_and_spread_leave_out_runs_without_the_number():
     assert _ms([0.1, 0.3]) == "0.200 ± 0.141"
     assert _ms([0.1, 0.3, float("nan")]) == "0.200 ± 0.141 (2 of 3)"
     assert _ms([float("nan")]) == "n/a" and _ms([0.25]) == "0.250"
+
+
+def test_patch_size_builds_its_own_benchmark_and_labels_the_row(tmp_path):
+    import json
+
+    from experiments.detectors import main, run_label
+
+    out = tmp_path / "runs.json"
+    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0",
+          "--max-steps", "2", "--eval-every", "2", "--batch-size", "8", "--workers", "0",
+          "--patch-size", "16", "--json", str(out)])  # fmt: skip
+    (run,) = json.loads(out.read_text())
+    assert run["patch_size"] == 16 and run_label(run) == "npr_bn (16 px)"
+    # runs recorded before the option existed were at the default size: no suffix
+    assert run_label({"model": "npr_bn"}) == "npr_bn"
