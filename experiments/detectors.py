@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
-from assocmem import MemoryOptimizer
+from assocmem import MemoryOptimizer, available_memories
 from assocmem.forensic.checkpoint import build_model
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.stream import TrainStream, stream_loader
@@ -42,6 +43,7 @@ from assocmem.forensic.train import train_detector
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.optim import param_groups
 from experiments.report import replace_section
+from experiments.validate_config import CONF
 
 
 def _shippable(name: str, size: int) -> nn.Module:
@@ -91,9 +93,10 @@ def optimizer_factory(
     """
     if name == "adam":
         return partial(torch.optim.Adam, lr=lr)
-    preset, _, split = name.partition("/")
+    named, _, split = name.partition("/")
+    preset, hyper = preset_and_hyper(named)
     if not split:
-        return partial(MemoryOptimizer, memory=preset, lr=lr)
+        return partial(MemoryOptimizer, memory=preset, lr=lr, **hyper)
     if split != "split" or model is None:
         raise ValueError(f"optimizer {name!r}: expected PRESET or PRESET/split with a model")
     rest = {"memory": "adam", "lr": lr * SPLIT_REST_LR_RATIO, "betas": SPLIT_REST_BETAS}
@@ -103,9 +106,32 @@ def optimizer_factory(
         given = {id(p) for p in params}
         if given != {id(p) for g in groups for p in g["params"]}:
             raise ValueError(f"optimizer {name!r}: the split must cover exactly the trained params")
+        for group in groups:  # the configuration's hyperparameters on the preset's groups only
+            if "memory" not in group:
+                group.update(hyper)
         return MemoryOptimizer(groups, memory=preset, lr=lr)
 
     return make
+
+
+def preset_and_hyper(name: str) -> tuple[str, dict[str, Any]]:
+    """A preset name as it is, or a named configuration of the harness
+    (``experiments/conf/optimizer/NAME.yaml``, e.g. ``muon_delta``): its preset and the
+    hyperparameters it sets besides the lr."""
+    if name in available_memories():
+        return name, {}
+    path = CONF / "optimizer" / f"{name}.yaml"
+    if not path.exists():
+        raise ValueError(
+            f"optimizer {name!r}: neither a preset ({', '.join(available_memories())}) nor a "
+            f"configuration in {path.parent}"
+        )
+    factory = OmegaConf.to_container(OmegaConf.load(path).factory)
+    assert isinstance(factory, dict)
+    if factory.pop("_target_", None) != "assocmem.MemoryOptimizer":
+        raise ValueError(f"optimizer {name!r}: {path} does not configure a MemoryOptimizer")
+    hyper = {k: v for k, v in factory.items() if k not in ("_partial_", "lr", "memory")}
+    return str(factory["memory"]), hyper
 
 
 def family_split(config: BenchmarkConfig) -> FamilySplit:

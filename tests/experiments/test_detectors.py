@@ -107,3 +107,20 @@ def test_patch_size_builds_its_own_benchmark_and_labels_the_row(tmp_path):
     assert run["patch_size"] == 16 and run_label(run) == "npr_bn (16 px)"
     # runs recorded before the option existed were at the default size: no suffix
     assert run_label({"model": "npr_bn"}) == "npr_bn"
+
+
+def test_a_named_configuration_sets_its_hyperparameters_on_the_presets_groups_only():
+    from experiments.detectors import preset_and_hyper
+
+    assert preset_and_hyper("muon") == ("muon", {})
+    assert preset_and_hyper("muon_delta") == ("muon", {"gamma": 0.5})  # conf/optimizer/*.yaml
+    model = NPR(norm="batch")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = optimizer_factory("muon_delta/split", 5e-3, model)(params)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["hidden"]["memory"] == "muon" and groups["hidden"]["gamma"] == 0.5
+    assert groups["rest"]["memory"] == "adam" and groups["rest"].get("gamma", 0) != 0.5
+    plain = optimizer_factory("muon_delta", 5e-3)(params)
+    assert plain.param_groups[0]["gamma"] == 0.5
+    with pytest.raises(ValueError, match="neither a preset"):
+        optimizer_factory("no_such_optimizer", 1e-3)
