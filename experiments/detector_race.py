@@ -327,17 +327,23 @@ def markdown(
     return "\n".join(out)
 
 
-def section_name(model: str) -> str:
-    """The docs/results.md section of a model's race (one per model: ``vit/frequency`` ->
-    ``race-vit-frequency``)."""
-    return "race-" + model.replace("/", "-")
+# The candidate whose races name their sections by the model alone (they were first).
+FIRST_CANDIDATE = "muon/split"
+
+
+def section_name(model: str, candidate: str = FIRST_CANDIDATE) -> str:
+    """The docs/results.md section of a race: one per model for :data:`FIRST_CANDIDATE`
+    (``vit/frequency`` -> ``race-vit-frequency``), one per model and candidate for any other
+    (``npr_bn``, ``muon_delta/split`` -> ``race-npr_bn-muon_delta-split``)."""
+    name = "race-" + model.replace("/", "-")
+    return name if candidate == FIRST_CANDIDATE else f"{name}-{candidate.replace('/', '-')}"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, nargs="+", required=True)
     parser.add_argument("--model", default="npr_bn")
-    parser.add_argument("--candidate", default="muon/split")
+    parser.add_argument("--candidate", default=FIRST_CANDIDATE)
     parser.add_argument("--tuning-seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=15, help="step-cost samples")
     parser.add_argument("--span", type=int, default=5, help="steps per step-cost sample")
@@ -370,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "costs": costs}, indent=1, default=float))
     if args.write:
-        replace_section(args.write, section_name(args.model), text)
+        replace_section(args.write, section_name(args.model, args.candidate), text)
 
 
 if __name__ == "__main__":

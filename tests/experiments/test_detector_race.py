@@ -146,3 +146,21 @@ def test_time_to_target_compares_the_same_seeds():
     text = markdown("vit/frequency-pretrain", "muon", grids, rows, costs, "`cmd`", 0)
     assert "Masked pretraining task" in text
     assert "Adam 1000 s, muon 1000 s (mean over the 1 of 2 seeds muon reached it on): 1.00×" in text
+
+
+def test_another_candidate_gets_its_own_section(tmp_path):
+    from experiments.detector_race import section_name
+
+    assert section_name("vit/frequency") == "race-vit-frequency"  # the first races keep theirs
+    assert section_name("npr_bn", "muon_delta/split") == "race-npr_bn-muon_delta-split"
+    runs = [
+        _run("adam", 3e-3, 0, [(0, 0.7), (500, 0.41)]),
+        _run("muon_delta/split", 5e-3, 0, [(0, 0.7), (250, 0.40)]),
+    ]
+    path, md = tmp_path / "runs.json", tmp_path / "results.md"
+    path.write_text(json.dumps(runs))
+    main(["--runs", str(path), "--candidate", "muon_delta/split", "--no-step-cost",
+          "--write", str(md)])  # fmt: skip
+    text = md.read_text()
+    assert "<!-- report:race-npr_bn-muon_delta-split:begin -->" in text
+    assert "| 0 | 0.41 | 500 (500) | 250 (250) | 0.50 | 0.4 |" in text
