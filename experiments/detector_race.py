@@ -185,15 +185,20 @@ def build(model_name: str, image_size: int) -> nn.Module:
     ``experiments.pretraining_study`` (the step costs the same whatever the pretraining), or
     ``vit/ARM-pretrain``, that study's masked pretrainer of the ``ARM`` masking."""
     from experiments.detectors import MODELS
-    from experiments.pretraining_study import ARMS, finetune_model, pretrainer_model
+    from experiments.pretraining_study import (
+        ARMS,
+        finetune_model,
+        pretrained_arm,
+        pretrainer_model,
+    )
 
     if model_name in MODELS:
         return MODELS[model_name](image_size)
     kind, _, arm = model_name.partition("/")
     if kind == "vit" and arm in ARMS:
         return finetune_model(image_size)
-    if kind == "vit" and arm.endswith("-pretrain") and ARMS.get(arm[: -len("-pretrain")]):
-        return pretrainer_model(arm[: -len("-pretrain")], image_size)
+    if (pretrained := pretrained_arm(model_name)) is not None:
+        return pretrainer_model(pretrained, image_size)
     raise ValueError(
         f"unknown model {model_name!r}: one of {sorted(MODELS)}, vit/ARM or vit/ARM-pretrain"
     )
@@ -214,6 +219,7 @@ def step_costs(
     from assocmem.forensic.data import BenchmarkConfig, build_benchmark
     from assocmem.forensic.data.stream import TrainStream
     from experiments.detectors import family_split, optimizer_factory
+    from experiments.pretraining_study import PRETRAIN_SUFFIX
 
     config = BenchmarkConfig.tiny() if tiny else BenchmarkConfig()
     bench = build_benchmark(config, cache_dir)
@@ -224,7 +230,7 @@ def step_costs(
         torch.manual_seed(0)
         model = build(model_name, config.patch_size)
         model.train()
-        task = FixedBatches(model, batches, pretraining=model_name.endswith("-pretrain"))
+        task = FixedBatches(model, batches, pretraining=model_name.endswith(PRETRAIN_SUFFIX))
         candidates[name] = (task, optimizer_factory(name, lr, model)(model.parameters()))
     return {
         "method": (
@@ -256,7 +262,9 @@ def markdown(
     command: str,
     tuning_seed: int,
 ) -> str:
-    if model.endswith("-pretrain"):
+    from experiments.pretraining_study import PRETRAIN_SUFFIX
+
+    if model.endswith(PRETRAIN_SUFFIX):
         task = "Masked pretraining task"
     elif model.startswith("vit/"):
         task = "Fine-tuning task"

@@ -73,13 +73,30 @@ def pretrainer_model(arm: str, image_size: int) -> MaskedPretrainer:
     return pretrainer_for(arm, build_encoder(ENCODER, image_size))
 
 
+# Run records of a masked pretrainer name their model ``vit/ARM`` + this suffix.
+PRETRAIN_SUFFIX = "-pretrain"
+
+
+def pretrainer_name(arm: str) -> str:
+    """The model name of ``arm``'s masked pretrainer in run records: ``vit/ARM-pretrain``."""
+    return f"vit/{arm}{PRETRAIN_SUFFIX}"
+
+
+def pretrained_arm(model_name: str) -> str | None:
+    """The arm whose pretrainer ``model_name`` names (:func:`pretrainer_name`); ``None`` for
+    any other name, the ``none`` arm's included (it does not pretrain)."""
+    kind, _, rest = model_name.partition("/")
+    arm = rest.removesuffix(PRETRAIN_SUFFIX)
+    return arm if kind == "vit" and arm != rest and ARMS.get(arm) else None
+
+
 def pretraining_record(arm: str, curve: list[tuple[int, float]], args: Any) -> dict[str, Any]:
     """The pretraining run as the run record ``experiments.detector_race`` reads: model
     ``vit/ARM-pretrain``, its optimizer and lr, the validation reconstruction-loss curve, and
     the best evaluation on it (after step 0)."""
     best_step, best = min(((s, v) for s, v in curve if s > 0), key=lambda sv: (sv[1], sv[0]))
     return {
-        "model": f"vit/{arm}-pretrain",
+        "model": pretrainer_name(arm),
         "optimizer": args.pretrain_optimizer,
         "lr": args.pretrain_lr,
         "best_val_loss": best,
