@@ -8,7 +8,9 @@ times {0.3, 1, 3, 10}), the best point is chosen by mean final training loss ove
 rewards early stopping, so it is reported but not used to choose), and the table reports
 mean ± std over the seeds at that point. The learned memory is also run for
 10x the meta-training horizon (at the tuned and at the meta-trained ``lr``, next to tuned
-Adam) to check that it keeps training and does not blow up. Prints a markdown table.
+Adam) to check that it keeps training and does not blow up. The first step's size is reported
+too: every weight's ``|W_1 - W_0| / lr`` after one step (Adam's is about 1), median and max
+over the weights and the seeds. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -69,6 +71,23 @@ def evaluate_on_task(
     }
 
 
+def first_step_movement(
+    family: str,
+    seed: int,
+    make_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer],
+) -> Tensor:
+    """``|W_1 - W_0| / lr`` of every weight after one step on task ``(family, seed)``."""
+    task = sample_task(family, seed)
+    params = {k: v.clone().requires_grad_() for k, v in task.params.items()}
+    opt = make_optimizer(list(params.values()))
+    before = [p.detach().clone() for p in params.values()]
+    task.loss(params, task.batch()).backward()
+    opt.step()
+    lr = opt.param_groups[0]["lr"]
+    moved = [(p.detach() - b).abs().flatten() for p, b in zip(params.values(), before, strict=True)]
+    return torch.cat(moved) / lr
+
+
 def _sweep(
     family: str, seeds: list[int], steps: int, grid: dict[str, Callable[[list[Tensor]], Any]]
 ) -> tuple[str, list[dict[str, Any]]]:
@@ -95,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--family", default=HELD_OUT_FAMILIES[0])
     parser.add_argument("--steps", type=int, default=None, help="default: meta-train horizon")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--long-steps", type=int, default=None, help="the long runs' steps (default: 10x horizon)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     ckpt = load_checkpoint(args.checkpoint)
@@ -115,26 +137,31 @@ def main(argv: list[str] | None = None) -> None:
     for grid in (adam, learned):
         label, runs = _sweep(args.family, seeds, steps, grid)
         rows.append((label, steps, runs))
-    long_steps = 10 * horizon
+    long_steps = args.long_steps or 10 * horizon
+    long = f"{long_steps / horizon:g}x horizon"
     long_grid = {
-        f"{rows[0][0]} (10x horizon)": adam[rows[0][0]],
-        f"{rows[1][0]} (10x horizon)": learned[rows[1][0]],
-        f"learned lr={base_lr:g} (meta-trained lr, 10x horizon)": learned[
-            f"learned lr={base_lr:g}"
-        ],
+        f"{rows[0][0]} ({long})": adam[rows[0][0]],
+        f"{rows[1][0]} ({long})": learned[rows[1][0]],
+        f"learned lr={base_lr:g} (meta-trained lr, {long})": learned[f"learned lr={base_lr:g}"],
     }
     for name, make in long_grid.items():
         rows.append(
             (name, long_steps, [evaluate_on_task(args.family, s, make, long_steps) for s in seeds])
         )
     print(f"Held-out task `{args.family}`, seeds {seeds}, best grid point by final train loss.\n")
-    print("| optimizer | steps | first loss | final train loss | val loss | all finite |")
-    print("|---|---|---|---|---|---|")
+    makers = {**adam, **learned, **long_grid}
+    print(
+        "| optimizer | steps | first loss | final train loss | val loss | all finite "
+        "| first step \\|ΔW\\| / lr: median (max) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name, n, runs in rows:
+        moved = torch.cat([first_step_movement(args.family, s, makers[name]) for s in seeds])
         print(
             f"| {name} | {n} | {_fmt([r['first_loss'] for r in runs])} | "
             f"{_fmt([r['train_loss'] for r in runs])} | {_fmt([r['val_loss'] for r in runs])} | "
-            f"{all(r['finite'] for r in runs)} |"
+            f"{all(r['finite'] for r in runs)} | "
+            f"{float(moved.median()):.2f} ({float(moved.max()):.2f}) |"
         )
 
 

@@ -34,6 +34,12 @@ class LearnedConfig:
         init_skip: feature index copied to ``d`` by the linear skip at initialisation (the
             default is the Adam direction ``m_hat_0.9 / sqrt(v_hat)``), so an untrained network
             steps like Adam with step size ``lr``.
+        warmup: ``T``; when > 0, each coordinate's update at step ``t < T`` is clamped to
+            ``[-c_t, c_t]`` with ``c_t = D e^S t / T`` (a linear warm-up of the largest step
+            the bounds allow), so the first update moves a weight by at most
+            ``lr D e^S / T``; from step ``T`` on nothing is clamped (``|u| < D e^S`` holds by
+            the tanh bounds). ``0`` (the default, and what checkpoints without the field
+            mean) clamps nothing.
     """
 
     betas: tuple[float, ...] = (0.5, 0.9, 0.99)
@@ -47,6 +53,7 @@ class LearnedConfig:
     exp_mult: float = 1.0
     lr: float = 1e-3
     init_skip: int = 2
+    warmup: float = 0.0
 
     def __post_init__(self) -> None:
         # Checked here, so a config from any source (a checkpoint's JSON header included) that
@@ -69,6 +76,10 @@ class LearnedConfig:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be finite and > 0, got {value!r}")
             object.__setattr__(self, name, value)
+        warmup = _real("warmup", self.warmup)
+        if not (math.isfinite(warmup) and warmup >= 0):
+            raise ValueError(f"warmup must be finite and >= 0, got {warmup!r}")
+        object.__setattr__(self, "warmup", warmup)
         exp_mult = _real("exp_mult", self.exp_mult)
         if not math.isfinite(exp_mult):
             raise ValueError(f"exp_mult must be finite, got {exp_mult!r}")

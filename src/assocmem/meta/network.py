@@ -7,6 +7,11 @@ For a coordinate with features ``x`` (``F`` numbers, :mod:`assocmem.meta.feature
     d = D \tanh(o_0 / D), \quad s = S \tanh(\lambda_s o_1 / S), \quad
     u = d \, e^{s}, \qquad W \leftarrow W - \mathrm{lr} \cdot u .
 
+During a warm-up of ``T = config.warmup`` steps (off when 0), ``u`` at step ``t < T`` is then
+clamped to ``[-c_t, c_t]``, ``c_t = D e^S t / T`` (:func:`warmup_clamp`): a memory whose network
+learned large first steps (short unrolls reward them) cannot move a weight by more than
+``lr D e^S / T`` on its first step.
+
 ``d`` is the direction, ``s`` the log-magnitude (small_fc_lopt's ``direction * exp(magnitude *
 exp_mult) * step_mult`` with ``step_mult = lr``). The tanh bounds cap any single step at
 ``lr * D * e^S``, and a non-finite ``u`` becomes 0, so a bad input can stall a coordinate but
@@ -94,6 +99,20 @@ def learned_update(meta_params: MetaParams, features: Tensor, config: LearnedCon
     finite = torch.isfinite(update)
     moved = finite & (signals != 0).any(dim=1)
     return Update(torch.where(moved, update, torch.zeros_like(update)), finite)
+
+
+def warmup_limit(step: float, config: LearnedConfig) -> float | None:
+    """``c_t``, the largest ``|u|`` allowed at step ``t`` during the warm-up; ``None`` when
+    nothing is clamped (no warm-up, or ``t >= T``, where the tanh bounds already hold)."""
+    if config.warmup <= 0 or step >= config.warmup:
+        return None
+    return config.direction_bound * math.exp(config.log_scale_bound) * step / config.warmup
+
+
+def warmup_clamp(update: Tensor, step: float, config: LearnedConfig) -> Tensor:
+    """``update`` clamped to ``[-c_t, c_t]`` at step ``t`` (:func:`warmup_limit`)."""
+    limit = warmup_limit(step, config)
+    return update if limit is None else update.clamp(-limit, limit)
 
 
 @torch.no_grad()

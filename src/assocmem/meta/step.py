@@ -5,8 +5,9 @@ r"""One step of the learned memory on a list of tensors: write, features, learne
     x = \mathrm{features}(m, v, g, W, t), \quad
     u = d_\phi(x)\, e^{s_\phi(x)}
 
-for every tensor, by default with one MLP call over the concatenated coordinates of all of
-them (rows are independent: batching changes the maths of no row). The caller steps
+(clamped during the warm-up, :func:`assocmem.meta.network.warmup_clamp`) for every tensor,
+by default with one MLP call over the concatenated coordinates of all of them (rows are
+independent: batching changes the maths of no row). The caller steps
 ``W <- W - lr * u``: meta-training builds new tensors (:mod:`assocmem.meta.train`,
 differentiable), the ``learned`` preset adds in place (:mod:`assocmem.meta.preset`, no grad,
 chunked rows).
@@ -22,7 +23,13 @@ from torch import Tensor
 
 from assocmem.meta.config import LearnedConfig
 from assocmem.meta.features import MemoryState, features, write
-from assocmem.meta.network import MetaParams, Update, learned_update, learned_update_chunked
+from assocmem.meta.network import (
+    MetaParams,
+    Update,
+    learned_update,
+    learned_update_chunked,
+    warmup_clamp,
+)
 
 
 class LearnedStep(NamedTuple):
@@ -79,6 +86,9 @@ def learned_step(
         pieces = list(zip(whole.value.split(sizes), whole.finite.split(sizes), strict=True))
     else:
         pieces = [tuple(read(x)) for x in xs]
-    updates = [u.view_as(p) for (u, _), p in zip(pieces, params, strict=True)]
+    updates = [
+        warmup_clamp(u.view_as(p), t, config)
+        for (u, _), p, t in zip(pieces, params, steps, strict=True)
+    ]
     nonfinite = [(~finite).sum() for _, finite in pieces]
     return LearnedStep(updates, written, nonfinite)

@@ -12,7 +12,18 @@ Meta-training families (:data:`TRAIN_FAMILIES`), each with random sizes, scales 
 - ``logistic``: logistic regression on synthetic data with random feature scales;
 - ``digits_mlp``: 1-2 hidden-layer MLPs on ``sklearn.datasets.load_digits``;
 - ``field_autoencoder``: a strided conv autoencoder on smooth random fields (8x8 patches of
-  Gaussian-filtered noise of random correlation length).
+  Gaussian-filtered noise of random correlation length);
+- ``digits_conv``: a two-layer conv net (the second strided) with a linear read-out, on the
+  digits as 8x8 images;
+- ``pointer_attention``: one self-attention layer over token and position embeddings on a
+  pointer task (the first token names a position; the label is the token found there), the
+  smallest problem that attention, and not a per-position map, solves.
+
+Every family also holds validation data (``Task.val_batch``: a fixed held-out set drawn from a
+generator of its own, so adding it changed none of the training draws), which meta-training's
+validation objective scores (:mod:`assocmem.meta.train`): the digits' held-out quarter
+(a per-task split of the 1797 images), fresh samples of the synthetic problems (logistic
+regression's 256 training rows are then a finite training set that can be over-fit).
 
 Held out (never seen in meta-training): ``breast_cancer_mlp``, an MLP classifier on
 ``sklearn.datasets.load_breast_cancer`` (a different dataset, input size and class count), and
@@ -35,7 +46,14 @@ from torch.func import functional_call
 Params = dict[str, Tensor]
 Batch = Any
 
-TRAIN_FAMILIES = ("quadratic", "logistic", "digits_mlp", "field_autoencoder")
+TRAIN_FAMILIES = (
+    "quadratic",
+    "logistic",
+    "digits_mlp",
+    "field_autoencoder",
+    "digits_conv",
+    "pointer_attention",
+)
 HELD_OUT_FAMILIES = ("breast_cancer_mlp",)
 
 
@@ -49,6 +67,9 @@ class Task:
     batch: Callable[[], Batch]
     generator: torch.Generator
     eval_loss: Callable[[Params], Tensor] | None = None  # held-out data, when there is any
+    # A batch of held-out data for meta-training's validation objective: the same batch every
+    # call (the whole validation set), so its loss measures the parameters, not the draw.
+    val_batch: Callable[[], Batch] | None = None
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
@@ -62,6 +83,23 @@ def _log_uniform(g: torch.Generator, lo: float, hi: float) -> float:
 def _randint(g: torch.Generator, lo: int, hi: int) -> int:
     """Uniform integer in ``[lo, hi]``."""
     return int(torch.randint(lo, hi + 1, (), generator=g))
+
+
+def _validation_generator(g: torch.Generator) -> torch.Generator:
+    """A generator for a task's validation data, seeded from ``g``'s seed without drawing from
+    ``g``: the training draws (sizes, inits, minibatches) stay what they were without it."""
+    return torch.Generator().manual_seed((g.initial_seed() + 1) % 2**63)
+
+
+def _fixed(batch: Batch) -> Callable[[], Batch]:
+    return lambda: batch
+
+
+def _split(n: int, g: torch.Generator, train_fraction: float = 0.75) -> tuple[Tensor, Tensor]:
+    """A random split of ``range(n)`` into train and validation rows."""
+    perm = torch.randperm(n, generator=g)
+    cut = int(train_fraction * n)
+    return perm[:cut], perm[cut:]
 
 
 def _module_params(module: nn.Module, g: torch.Generator, scale: float) -> Params:
@@ -101,11 +139,21 @@ def quadratic(g: torch.Generator) -> Task:
     noise = _log_uniform(g, 1e-3, 1e-1)
 
     def loss(params: Params, xi: Tensor) -> Tensor:
-        r = params["x"] - target - xi
-        return 0.5 * r @ hessian @ r
+        # xi: one noise draw (dim,) or a stack of them (n, dim), whose losses are averaged
+        r = (params["x"] - target - xi).reshape(-1, dim)
+        return 0.5 * ((r @ hessian) * r).sum(dim=1).mean()
 
     x0 = torch.randn(dim, generator=g) * _log_uniform(g, 0.1, 3.0)
-    return Task("quadratic", {"x": x0}, loss, lambda: noise * torch.randn(dim, generator=g), g)
+    # validation: the mean loss over 64 fresh noise draws (an estimate of the expected loss)
+    val_noise = noise * torch.randn(64, dim, generator=_validation_generator(g))
+    return Task(
+        "quadratic",
+        {"x": x0},
+        loss,
+        lambda: noise * torch.randn(dim, generator=g),
+        g,
+        val_batch=_fixed(val_noise),
+    )
 
 
 def logistic(g: torch.Generator) -> Task:
@@ -117,7 +165,17 @@ def logistic(g: torch.Generator) -> Task:
     module = nn.Linear(dim, 1)
     params = _module_params(module, g, _log_uniform(g, 0.3, 3.0))
     loss = _module_loss(module, F.binary_cross_entropy_with_logits)
-    return Task("logistic", params, loss, _minibatches(x, y, _randint(g, 16, 128), g), g)
+    vg = _validation_generator(g)
+    x_val = torch.randn(n, dim, generator=vg) * feature_scale
+    y_val = (torch.rand(n, generator=vg) < torch.sigmoid(x_val @ w_true)).float().unsqueeze(1)
+    return Task(
+        "logistic",
+        params,
+        loss,
+        _minibatches(x, y, _randint(g, 16, 128), g),
+        g,
+        val_batch=_fixed((x_val, y_val)),
+    )
 
 
 @cache
@@ -147,7 +205,67 @@ def digits_mlp(g: torch.Generator) -> Task:
     module = _mlp([64, *widths, 10], activation)
     params = _module_params(module, g, _log_uniform(g, 0.5, 2.0))
     loss = _module_loss(module, F.cross_entropy)
-    return Task("digits_mlp", params, loss, _minibatches(x, y, _randint(g, 32, 128), g), g)
+    tr, va = _split(x.shape[0], _validation_generator(g))
+    batches = _minibatches(x[tr], y[tr], _randint(g, 32, 128), g)
+    return Task("digits_mlp", params, loss, batches, g, val_batch=_fixed((x[va], y[va])))
+
+
+def digits_conv(g: torch.Generator) -> Task:
+    x, y = _sklearn_data("digits")
+    images = x.view(-1, 1, 8, 8)
+    channels = int(2 ** _randint(g, 2, 3))
+    activation = (nn.ReLU, nn.Tanh)[_randint(g, 0, 1)]
+    module = nn.Sequential(
+        nn.Conv2d(1, channels, 3, padding=1),
+        activation(),
+        nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1),
+        activation(),
+        nn.Flatten(),
+        nn.Linear(2 * channels * 16, 10),
+    )
+    params = _module_params(module, g, _log_uniform(g, 0.5, 2.0))
+    loss = _module_loss(module, F.cross_entropy)
+    tr, va = _split(x.shape[0], _validation_generator(g))
+    batches = _minibatches(images[tr], y[tr], _randint(g, 32, 128), g)
+    return Task("digits_conv", params, loss, batches, g, val_batch=_fixed((images[va], y[va])))
+
+
+class PointerAttention(nn.Module):
+    """Token + position embeddings, one single-head self-attention layer with a residual, and
+    a linear read-out of the first position's output (the position that holds the pointer)."""
+
+    def __init__(self, vocab: int, length: int, width: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.position = nn.Parameter(torch.zeros(length, width))
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, vocab)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        h = self.embed(tokens) + self.position
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+        return self.out((h + weights @ v)[:, 0])
+
+
+def pointer_sequences(n: int, length: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``n`` sequences of ``length`` tokens in ``[0, length)``: the first is a pointer in
+    ``[1, length)``, the rest are random; the label is the token at the pointed-to position."""
+    tokens = torch.randint(0, length, (n, length), generator=g)
+    tokens[:, 0] = torch.randint(1, length, (n,), generator=g)
+    return tokens, tokens.gather(1, tokens[:, :1]).squeeze(1)
+
+
+def pointer_attention(g: torch.Generator) -> Task:
+    length = _randint(g, 6, 10)
+    width = int(2 ** _randint(g, 3, 4))
+    module = PointerAttention(length, length, width)
+    params = _module_params(module, g, _log_uniform(g, 0.5, 2.0))
+    loss = _module_loss(module, F.cross_entropy)
+    x, y = pointer_sequences(512, length, g)
+    batches = _minibatches(x, y, _randint(g, 32, 128), g)
+    val = pointer_sequences(256, length, _validation_generator(g))
+    return Task("pointer_attention", params, loss, batches, g, val_batch=_fixed(val))
 
 
 def smooth_fields(n: int, size: int, length: float, g: torch.Generator) -> Tensor:
@@ -176,7 +294,12 @@ def field_autoencoder(g: torch.Generator) -> Task:
         return F.mse_loss(functional_call(module, params, (batch,)), batch)
 
     return Task(
-        "field_autoencoder", params, loss, lambda: smooth_fields(batch_size, 8, length, g), g
+        "field_autoencoder",
+        params,
+        loss,
+        lambda: smooth_fields(batch_size, 8, length, g),
+        g,
+        val_batch=_fixed(smooth_fields(64, 8, length, _validation_generator(g))),
     )
 
 
@@ -200,6 +323,7 @@ def breast_cancer_mlp(g: torch.Generator, *, hidden: int = 32, batch_size: int =
         _minibatches(x[tr], y[tr], batch_size, g),
         g,
         eval_loss,
+        val_batch=_fixed((x[va], y[va])),
     )
 
 
@@ -208,6 +332,8 @@ FAMILIES: dict[str, Callable[[torch.Generator], Task]] = {
     "logistic": logistic,
     "digits_mlp": digits_mlp,
     "field_autoencoder": field_autoencoder,
+    "digits_conv": digits_conv,
+    "pointer_attention": pointer_attention,
     "breast_cancer_mlp": breast_cancer_mlp,
 }
 

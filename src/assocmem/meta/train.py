@@ -9,7 +9,10 @@ For a task with inner parameters :math:`\theta`, one truncation of ``K`` inner s
     \qquad \mathcal{L}(\phi) = \frac1K \sum_{k=1}^{K} \log \frac{L(\theta_k; b_k)}{L_0},
 
 with :math:`L_0` the task's loss at its initialisation (a constant: the log makes tasks of any
-loss scale mix, and its gradient is already scale-free). The inner step is applied
+loss scale mix, and its gradient is already scale-free). With ``objective="validation"`` the
+summand is the loss on the task's held-out data instead, :math:`L(\theta_k; b_{val})`
+(``Task.val_batch``, the same batch every step): the memory is then rewarded for steps that
+generalise, not for fitting the minibatches it saw. The inner step is applied
 functionally (``torch.func.functional_call`` on a dict of tensors), so
 :math:`\nabla_\phi \mathcal{L}` is exact back-propagation through the unroll, including the
 second-order term through :math:`g_k` (``second_order=False`` drops it, Andrychowicz et al.
@@ -45,6 +48,14 @@ from assocmem.meta.tasks import FAMILIES, TRAIN_FAMILIES, Params, Task, sample_t
 
 # TrainConfig fields that may change between an interrupted run and its resumption.
 _RESUMABLE_CHANGES = {"meta_steps", "checkpoint_every"}
+# What each meta-loss summand scores: the minibatch just drawn, or the task's held-out data.
+OBJECTIVES = ("train", "validation")
+# Each meta-loss summand is log(L + LOSS_FLOOR * L_0): gains below a millionth of a task's
+# initial loss no longer count (its log-ratio is bounded below by log 1e-6, about -13.8), so a
+# loss of exactly 0 (a small classifier fitting its minibatch in float32, measured from the
+# first meta-steps on the digits and pointer tasks) neither makes the meta-loss -inf nor lets
+# one task's last digits dominate the mean.
+LOSS_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -61,9 +72,12 @@ class TrainConfig:
     second_order: bool = False
     seed: int = 0
     checkpoint_every: int = 50
+    objective: str = "train"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "families", tuple(self.families))
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.horizon % self.unroll:
             raise ValueError(
                 f"horizon ({self.horizon}) must be a multiple of unroll ({self.unroll})"
@@ -97,18 +111,26 @@ def unroll(
     n_steps: int,
     *,
     second_order: bool = True,
+    objective: str = "train",
+    floor: float = 0.0,
 ) -> tuple[Tensor, Params, dict[str, MemoryState], int]:
     """Run ``n_steps`` differentiable inner steps from ``(params, memory, step)``.
 
-    Returns ``(mean log loss of theta_1..theta_K, params, memory, step)``; the log-loss mean
-    is differentiable in ``meta_params`` (and in the starting ``params`` if they require grad).
+    Returns ``(mean log(loss + floor) of theta_1..theta_K, params, memory, step)``, the loss
+    being the minibatch's (``objective="train"``) or the task's validation batch's
+    (``"validation"``); the mean is differentiable in ``meta_params`` (and in the starting
+    ``params`` if they require grad). ``floor > 0`` keeps a loss that reaches exactly 0 (a
+    classifier fitting its batch in float32) from making the log, and the meta-gradient, -inf.
     """
+    if objective == "validation" and task.val_batch is None:
+        raise ValueError(f"task {task.name!r} has no validation data (Task.val_batch)")
     params = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
     log_losses = []
     for k in range(n_steps + 1):
         loss = task.loss(params, task.batch())
         if k > 0:
-            log_losses.append(torch.log(loss))
+            scored = loss if objective == "train" else _validation_loss(task, params)
+            log_losses.append(torch.log(scored + floor) if floor else torch.log(scored))
         if k == n_steps:
             break
         grads = torch.autograd.grad(
@@ -130,6 +152,11 @@ def unroll(
     return torch.stack(log_losses).mean(), params, memory, step
 
 
+def _validation_loss(task: Task, params: Params) -> Tensor:
+    assert task.val_batch is not None
+    return task.loss(params, task.val_batch())
+
+
 @dataclass
 class _Worker:
     task: Task
@@ -144,6 +171,7 @@ class TrainResult:
     meta_params: MetaParams
     meta_step: int
     history: list[float] = field(default_factory=list)  # mean log(L_t / L_0) per meta-step
+    # (L: the objective's loss, minibatch or validation)
     seconds: float = 0.0
 
 
@@ -153,6 +181,8 @@ def _new_worker(train: TrainConfig, config: LearnedConfig, rng: torch.Generator)
     params = {k: v.detach().clone() for k, v in task.params.items()}
     with torch.no_grad():
         loss0 = float(task.loss(params, task.batch()))
+        if train.objective == "validation":  # the minibatch above is still drawn: same stream
+            loss0 = float(_validation_loss(task, params))
     memory = {k: init_memory(v, config) for k, v in params.items()}
     return _Worker(task, params, memory, 0, math.log(max(loss0, 1e-30)))
 
@@ -259,6 +289,8 @@ def meta_train(
                 w.step,
                 train.unroll,
                 second_order=train.second_order,
+                objective=train.objective,
+                floor=LOSS_FLOOR * math.exp(w.log_loss0),
             )
             meta_loss = meta_loss + loss / len(workers)
             report += (float(loss.detach()) - w.log_loss0) / len(workers)
