@@ -94,6 +94,36 @@ def count_gathers() -> None:
     MemoryOptimizer._step_gathered = counted  # type: ignore[method-assign]
 
 
+# Elements this rank received through the optimizer's own row collectives
+# (assocmem.optim.sharded: gather_rows, gather_rows_to, scatter_rows) in the current case,
+# counted from each call's semantics; FSDP's and DTensor's collectives are other functions.
+RECEIVED: dict[str, int] = {}
+
+
+def _count(collective: str, elements: int) -> None:
+    RECEIVED[collective] = RECEIVED.get(collective, 0) + elements
+
+
+def count_received() -> None:
+    all_gather, gather, scatter = dist.all_gather, dist.gather, dist.scatter
+
+    def counted_all_gather(tensor_list, tensor, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        _count("all_gather", (len(tensor_list) - 1) * tensor.numel())
+        return all_gather(tensor_list, tensor, *args, **kwargs)
+
+    def counted_gather(tensor, gather_list=None, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if gather_list is not None:  # the destination receives every other rank's piece
+            _count("gather", (len(gather_list) - 1) * tensor.numel())
+        return gather(tensor, gather_list, *args, **kwargs)
+
+    def counted_scatter(tensor, scatter_list=None, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if scatter_list is None:  # every rank but the source receives its piece
+            _count("scatter", tensor.numel())
+        return scatter(tensor, scatter_list, *args, **kwargs)
+
+    dist.all_gather, dist.gather, dist.scatter = counted_all_gather, counted_gather, counted_scatter
+
+
 NAN_STEP = 1  # rank 0 alone sees a NaN in its shard: every rank must skip this step
 
 
@@ -116,6 +146,7 @@ def whole(net: nn.Module) -> dict[str, torch.Tensor]:
 
 def run_memory(memory: str, ckpt: str) -> dict[str, object]:
     GATHERED.clear()
+    RECEIVED.clear()
     single = model(sharded=False)
     opt = optimizer(single, memory)
     train(single, opt, range(BEFORE_SAVE + AFTER_SAVE))
@@ -139,12 +170,16 @@ def run_memory(memory: str, ckpt: str) -> dict[str, object]:
     set_model_state_dict(resumed, loaded["model"])
     set_optimizer_state_dict(resumed, opt2, loaded["optim"])
     train(resumed, opt2, range(BEFORE_SAVE, BEFORE_SAVE + AFTER_SAVE))
+    kinds = ("all_gather", "gather", "scatter")
+    received = torch.tensor([RECEIVED.get(k, 0) for k in kinds], dtype=torch.int64)
+    dist.all_reduce(received)  # summed over both ranks
     return {
         "single": whole(single),
         "sharded": whole(net),
         "resumed": whole(resumed),
         "skipped": (opt.skipped_steps, opt2.skipped_steps),
         "gathered": sum(GATHERED),
+        "received": dict(zip(kinds, received.tolist(), strict=True)),
     }
 
 
@@ -156,6 +191,7 @@ def rank_main(rank: int, out: str, port: int, memories: list[str], root: str) ->
     )
     torch.set_default_dtype(torch.float64)  # compared as fast path vs reference (LOCKSTEP_TOL)
     count_gathers()
+    count_received()
     results: dict[str, object] = {}
     try:
         for memory in memories:

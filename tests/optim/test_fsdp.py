@@ -31,7 +31,8 @@ WORKER = Path(__file__).with_name("fsdp_worker.py")
 # Every preset with its defaults, plus the options that change what a sharded step
 # communicates: delta's per-row erase (1-D tensors are one row split across ranks), cms's
 # Newton-Schulz read, landscape's scalar form and deep's reference path (all three gathered),
-# muon's Polar Express schedule (local) and its delta erase with row normalisation (gathered).
+# muon's Polar Express schedule (local), its delta erase with row normalisation (gathered) and
+# its Newton-Schulz on one rank per matrix (ns_placement=owner: gather and scatter).
 CASES = [
     "momentum",
     "adam",
@@ -40,6 +41,7 @@ CASES = [
     "muon",
     "muon:ns_coefficients=polar_express",
     "muon:gamma=0.5:row_norm=1",
+    "muon:ns_placement=owner",
     "cms",
     "cms:orthogonalize=1",
     "deep",
@@ -99,3 +101,19 @@ def test_sharded_tensors_are_gathered_only_when_the_memory_needs_them_whole(resu
         group[key] = option_value(key, value)
     local = "foreach=0" not in options and get_preset(memory).shards_locally(group)
     assert (results[case]["gathered"] == 0) == local
+
+
+def test_newton_schulz_on_one_rank_per_matrix_is_the_all_gathers_step(results):
+    # ns_placement="owner": each matrix orthogonalised on its owner and scattered back gives
+    # the numbers of every rank orthogonalising it (each shape holds one matrix here, so the
+    # batched Newton-Schulz sees the same stack), and at W = 2 the same traffic: per matrix
+    # the all-gather brings each of the 2 ranks the other's padded rows (2 pieces in all),
+    # the gather brings the owner 1 piece and the scatter the other rank 1.
+    owner, every = results["muon:ns_placement=owner"], results["muon"]
+    for name, value in every["sharded"].items():
+        assert torch.equal(owner["sharded"][name], value), name
+        assert torch.equal(owner["resumed"][name], every["resumed"][name]), name
+    assert every["received"]["gather"] == every["received"]["scatter"] == 0
+    assert owner["received"]["all_gather"] == 0
+    assert owner["received"]["gather"] == owner["received"]["scatter"] > 0
+    assert sum(owner["received"].values()) == every["received"]["all_gather"]

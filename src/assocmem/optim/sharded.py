@@ -162,6 +162,48 @@ def gather_rows(x: Tensor, local_param: Tensor) -> Tensor:
     return torch.cat(pieces)[:rows]
 
 
+def shard_world(local_param: Tensor) -> int:
+    """How many ranks share the rows of the parameter whose local piece is ``local_param``."""
+    return _row_layout(local_param)[2]
+
+
+def gather_rows_to(x: Tensor, local_param: Tensor, owner: int) -> Tensor | None:
+    """:func:`gather_rows` onto one rank: the whole tensor on rank ``owner`` of the shard group,
+    ``None`` on the others. One gather of ``W x ceil(n / W)`` rows (padded as there), so each
+    rank sends its rows once and only the owner receives: ``(W - 1) ceil(n / W)`` rows in all,
+    against ``W (W - 1) ceil(n / W)`` for the all-gather."""
+    group, rank, world, chunk = _row_layout(local_param)
+    rows = _rows()[id(local_param)]
+    padded = x.new_zeros(chunk, *x.shape[1:])
+    padded[: x.shape[0]] = x
+    pieces = [torch.empty_like(padded) for _ in range(world)] if rank == owner else None
+    dist.gather(padded.contiguous(), pieces, group=group, group_dst=owner)
+    return None if pieces is None else torch.cat(pieces)[:rows]
+
+
+def scatter_rows(whole: Tensor | None, local_param: Tensor, owner: int, like: Tensor) -> Tensor:
+    """This rank's rows of ``whole``, which rank ``owner`` holds (``None`` elsewhere): one
+    scatter of ``W x ceil(n / W)`` padded rows, the inverse of :func:`gather_rows_to`. ``like``
+    is this rank's piece of a tensor shaped as ``whole`` (its dtype, device and trailing
+    dimensions)."""
+    group, rank, world, chunk = _row_layout(local_param)
+    rows = _rows()[id(local_param)]
+    out = like.new_empty(chunk, *like.shape[1:])
+    pieces = None
+    if rank == owner:
+        assert whole is not None
+        padded = whole.new_zeros(world * chunk, *whole.shape[1:])
+        padded[:rows] = whole
+        pieces = list(padded.split(chunk))
+    dist.scatter(out, pieces, group=group, group_src=owner)
+    return out[: max(0, min(chunk, rows - rank * chunk))]
+
+
+def whole_rows(local_param: Tensor) -> int:
+    """The whole row count of the parameter whose local piece is ``local_param``."""
+    return _rows()[id(local_param)]
+
+
 def own_rows(whole: Tensor, local_param: Tensor) -> Tensor:
     """This rank's rows of ``whole`` (a view), sharded like ``local_param``."""
     _, rank, _, chunk = _row_layout(local_param)

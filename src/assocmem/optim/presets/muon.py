@@ -38,9 +38,19 @@ Options (all off by default, so the default is Keller Jordan's Muon):
 - ``row_norm=True``: each row (output neuron) of the orthogonalised update is divided by the
   root of a running mean square of that row, the update's Frobenius norm kept
   (NorMuon, Li et al. 2025, :mod:`assocmem.optim.neuron_norm`; second moment ``row_beta2``).
+
+Under FSDP2 (:mod:`assocmem.optim.sharded`) Newton-Schulz needs each matrix whole;
+``ns_placement`` says where it runs. ``"all"`` (default): the read ``u`` is all-gathered and
+every rank orthogonalises every matrix, keeping its rows. ``"owner"``: matrix ``j`` (in the
+order of the param group) is gathered onto rank ``j mod W`` alone, orthogonalised there, and
+its rows are scattered back: about ``2 / W`` of the all-gather's traffic and ``1 / W`` of its
+Newton-Schulz work per rank (the same traffic at ``W = 2``), at two collectives per matrix
+instead of one. Both give the same numbers; outside FSDP2 the option changes nothing.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -57,6 +67,7 @@ from assocmem.optim.reads import (
     momentum_read,
     orthogonal_read,
     orthogonal_reads,
+    spectral_scale,
 )
 from assocmem.optim.registry import Group, Hyper, Preset, State, get_preset, register
 
@@ -65,6 +76,10 @@ def orthogonalized(param: Tensor) -> bool:
     """Matrices (and reshaped conv kernels) take the Newton-Schulz read; the rest, including
     empty tensors (nothing to orthogonalise), take the Adam fallback."""
     return param.dim() >= 2 and sharded.whole_numel(param) > 0  # decided alike on every rank
+
+
+# Where Newton-Schulz runs under FSDP2: on every rank (all-gather), or on one rank per matrix.
+NS_PLACEMENTS = ("all", "owner")
 
 
 def _adam_group(group: Group) -> Group:
@@ -99,6 +114,9 @@ class Muon(Preset):
         ),
         "row_norm": Hyper(False, validate.boolean, "normalise each row of O (NorMuon)"),
         "row_beta2": Hyper(0.95, validate.unit_interval, "retention of the rows' mean square"),
+        "ns_placement": Hyper(
+            "all", validate.one_of(*NS_PLACEMENTS), "FSDP2: NS on every rank, or on one per matrix"
+        ),
         "adam_betas": Hyper(
             (0.9, 0.95), validate.pair_of(validate.unit_interval), "Adam fallback (dim < 2)"
         ),
@@ -179,6 +197,9 @@ class Muon(Preset):
             updates = foreach_momentum_(
                 bufs, gs, beta=group["momentum"], nesterov=group["nesterov"]
             )
+        if sharded.active() and group["ns_placement"] == "owner":
+            _orthogonal_steps_by_owner(ps, updates, group)
+            return
         if sharded.active():
             # FSDP2 rows: Newton-Schulz needs the whole matrix. Only the read u is gathered
             # (one all-gather of numel per matrix), each rank orthogonalises it and keeps its
@@ -197,6 +218,38 @@ class Muon(Preset):
             if sharded.active():
                 orthos = [sharded.own_rows(o, ps[j]) for o, j in zip(orthos, index, strict=True)]
             torch._foreach_add_([ps[j] for j in index], orthos, alpha=-group["lr"] * scale)
+
+
+def _orthogonal_steps_by_owner(ps: list[Tensor], updates: list[Tensor], group: Group) -> None:
+    """FSDP2, ``ns_placement="owner"``: matrix ``j``'s read is gathered onto rank
+    ``j mod W``, orthogonalised there (one batched Newton-Schulz per shape over the matrices a
+    rank owns), and its rows scattered back; every rank then steps its rows. The assignment
+    depends only on the order of the matrices, the same on every rank."""
+    world = sharded.shard_world(ps[0])
+    owners = [j % world for j in range(len(ps))]
+    wholes = [
+        sharded.gather_rows_to(u, p, owner) for u, p, owner in zip(updates, ps, owners, strict=True)
+    ]
+    mine = [j for j, whole in enumerate(wholes) if whole is not None]
+    orthos: dict[int, Tensor] = {}
+    for index, pieces, _ in orthogonal_reads(
+        [wholes[j] for j in mine],
+        steps=group["ns_steps"],
+        scale=group["scale"],
+        coefficients=group["ns_coefficients"],
+        lower=group["ns_lower"],
+    ):
+        orthos.update((mine[k], o) for k, o in zip(index, pieces, strict=True))
+    by_scale: dict[float, list[tuple[Tensor, Tensor]]] = {}
+    for j, (u, p) in enumerate(zip(updates, ps, strict=True)):
+        local = sharded.scatter_rows(orthos.get(j), p, owners[j], like=u)
+        # every rank knows the whole matrix's shape, so its scale, without receiving it
+        scale = spectral_scale(sharded.whole_rows(p), math.prod(p.shape[1:]), group["scale"])
+        by_scale.setdefault(scale, []).append((p, local))
+    for scale, pairs in by_scale.items():
+        torch._foreach_add_(
+            [p for p, _ in pairs], [o for _, o in pairs], alpha=-group["lr"] * scale
+        )
 
 
 def _foreach_delta_momentum_(bufs: list[Tensor], grads: list[Tensor], group: Group) -> list[Tensor]:
