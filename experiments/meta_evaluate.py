@@ -19,7 +19,9 @@ import argparse
 import itertools
 import math
 import statistics
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +31,7 @@ from assocmem.meta.checkpoint import load_checkpoint
 from assocmem.meta.tasks import HELD_OUT_FAMILIES, sample_task
 from assocmem.optim import MemoryOptimizer
 from assocmem.training import fit
+from experiments.report import replace_section
 
 ADAM_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
 LEARNED_MULTIPLIERS = (0.3, 1.0, 3.0, 10.0)
@@ -117,6 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--long-steps", type=int, default=None, help="the long runs' steps (default: 10x horizon)"
     )
+    parser.add_argument(
+        "--write", type=Path, help="markdown file whose learned-classic section to refresh"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     ckpt = load_checkpoint(args.checkpoint)
@@ -142,27 +148,57 @@ def main(argv: list[str] | None = None) -> None:
     long_grid = {
         f"{rows[0][0]} ({long})": adam[rows[0][0]],
         f"{rows[1][0]} ({long})": learned[rows[1][0]],
-        f"learned lr={base_lr:g} (meta-trained lr, {long})": learned[f"learned lr={base_lr:g}"],
     }
+    if rows[1][0] != f"learned lr={base_lr:g}":  # else the same runs again
+        long_grid[f"learned lr={base_lr:g} (meta-trained lr, {long})"] = learned[
+            f"learned lr={base_lr:g}"
+        ]
     for name, make in long_grid.items():
         rows.append(
             (name, long_steps, [evaluate_on_task(args.family, s, make, long_steps) for s in seeds])
         )
-    print(f"Held-out task `{args.family}`, seeds {seeds}, best grid point by final train loss.\n")
     makers = {**adam, **learned, **long_grid}
-    print(
+    lines = [
+        f"Held-out task `{args.family}`, seeds {seeds}, best grid point by final train loss.",
+        "",
         "| optimizer | steps | first loss | final train loss | val loss | all finite "
-        "| first step \\|ΔW\\| / lr: median (max) |"
-    )
-    print("|---|---|---|---|---|---|---|")
+        "| first step \\|ΔW\\| / lr: median (max) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, n, runs in rows:
         moved = torch.cat([first_step_movement(args.family, s, makers[name]) for s in seeds])
-        print(
+        lines.append(
             f"| {name} | {n} | {_fmt([r['first_loss'] for r in runs])} | "
             f"{_fmt([r['train_loss'] for r in runs])} | {_fmt([r['val_loss'] for r in runs])} | "
             f"{all(r['finite'] for r in runs)} | "
             f"{float(moved.median()):.2f} ({float(moved.max()):.2f}) |"
         )
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        replace_section(args.write, SECTION, _section(ckpt.info, horizon, long_steps, argv) + table)
+
+
+SECTION = "learned-classic"
+
+
+def _section(info: dict[str, Any], horizon: int, long_steps: int, argv: list[str] | None) -> str:
+    """The section's heading and protocol, from the checkpoint's own training record."""
+    train = info.get("train", {})
+    families = ", ".join(f"`{f}`" for f in train.get("families", []))
+    objective = train.get("objective", "train")
+    command = " ".join(["python -m experiments.meta_evaluate", *(argv or sys.argv[1:])])
+    return (
+        "## Learned memory on a held-out classic task and a "
+        f"{long_steps / horizon:g}× horizon\n\n"
+        f"Command: `{command}`. The checkpoint was meta-trained with {horizon}-step horizons "
+        f"on {families} ({objective} objective); `breast_cancer_mlp` and every forensic task "
+        "were held out. Each optimizer gets the same 4-point LR grid; the grid point is chosen "
+        "by final training loss (on 569 samples validation loss mostly rewards stopping "
+        "early), validation loss is reported. The last column is the first step's size: "
+        "every weight's `|W_1 - W_0| / lr` (Adam's is 1), median and max over weights and "
+        "seeds.\n\n"
+    )
 
 
 if __name__ == "__main__":
