@@ -208,3 +208,22 @@ def test_a_loss_of_exactly_zero_keeps_the_meta_loss_finite():
     assert floored.item() == pytest.approx(math.log(1e-6))
     grads = torch.autograd.grad(floored, list(meta.values()), allow_unused=True)
     assert all(g is None or bool(g.isfinite().all()) for g in grads)
+
+
+@pytest.mark.parametrize("warmup", [0.0, 100.0])
+def test_a_count_on_the_device_gives_the_hosts_constants(warmup):
+    # sync_free: the step count stays a tensor; the bias corrections, time features and the
+    # warm-up bound computed from it must be the float32 bits the host's numbers give.
+    from assocmem.meta.features import step_constants
+
+    config = LearnedConfig(warmup=warmup)
+    like = torch.zeros(3)
+    u = torch.linspace(-600.0, 600.0, 241)
+    for t in (1, 2, 3, 7, 50, 99, 100, 101, 999, 1000, 4321, 10**5):
+        count = torch.tensor(float(t))  # a step counter, as the optimizer keeps it
+        for host, device in zip(
+            step_constants(t, config, like), step_constants(count, config, like), strict=True
+        ):
+            assert host.dtype == device.dtype == torch.float32
+            assert torch.equal(host, device), t
+        assert torch.equal(warmup_clamp(u, t, config), warmup_clamp(u, count, config)), t

@@ -38,7 +38,7 @@ DEVICE_SKIP = ("adam", "momentum")
 # those that read their step count on the host (a bias correction, a write period, a first-step
 # branch): a skip decided on the device could not take that count back, so they read the flag
 # (one read per step). TinyNet has biases, so muon's Adam fallback counts here.
-READS_STEP_COUNT = ("cms", "deep", "landscape", "learned")
+READS_STEP_COUNT = ("cms", "deep", "landscape")
 
 
 @contextlib.contextmanager

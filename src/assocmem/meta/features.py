@@ -35,7 +35,7 @@ from torch import Tensor
 
 from assocmem.memory import ElementwiseMemory, hebbian_write, read
 from assocmem.meta.config import LearnedConfig
-from assocmem.optim import sharded
+from assocmem.optim import counts, sharded
 from assocmem.optim.reads import bias_corrected
 
 MemoryState = dict[str, Tensor]
@@ -80,8 +80,32 @@ def time_embedding(step: float, config: LearnedConfig) -> list[float]:
     return [math.tanh(step / tau) for tau in config.time_scales]
 
 
+def step_constants(
+    step: float | Tensor, config: LearnedConfig, like: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``1 - b^t`` per momentum ``(B,)`` and ``tanh(t / tau)`` per timescale, in ``like``'s dtype
+    on its device.
+
+    ``step`` is a Python number (computed on the host, put on the device by fill kernels) or a
+    0-d count tensor (``sync_free``: the count lives on the device and is never read on the
+    host), from which the same float64 operations run as tensor ops and are cast to ``like``'s
+    dtype (:mod:`assocmem.optim.counts`; ``tanh`` is the device's, within an ulp of the host's
+    in float64, so a float32 constant may differ only where the float64 value lies within an
+    ulp of a float32 rounding boundary)."""
+    if not isinstance(step, Tensor):
+        t = float(step)
+        return (
+            _constants([1.0 - b**t for b in config.betas], like),
+            _constants(time_embedding(t, config), like),
+        )
+    (t,) = counts.as_counts([step])
+    corr = torch.stack([counts.corrections(b, [t])[0] for b in config.betas])
+    time = torch.stack([torch.tanh(t / tau) for tau in config.time_scales])
+    return corr.to(like.dtype).to(like.device), time.to(like.dtype).to(like.device)
+
+
 def features(
-    state: MemoryState, grad: Tensor, param: Tensor, step: float, config: LearnedConfig
+    state: MemoryState, grad: Tensor, param: Tensor, step: float | Tensor, config: LearnedConfig
 ) -> Tensor:
     """The ``(n, F)`` feature matrix of one tensor, after ``state`` was written with ``grad``.
 
@@ -89,16 +113,17 @@ def features(
         state: the memory *after* :func:`write` (so step ``t`` is already in it).
         grad: this step's gradient, shaped like ``param``.
         param: the parameter before the step.
-        step: ``t >= 1``, the number of writes so far (bias correction and time embedding).
+        step: ``t >= 1``, the number of writes so far (bias correction and time embedding): a
+            number, or a 0-d count tensor on the device (:func:`step_constants`).
         config: the learned memory's configuration.
 
     Returns:
         ``(param.numel(), config.num_features)``, in the order documented in the module.
     """
     n = param.numel()
-    t = float(step)
-    corr = _constants([1.0 - b**t for b in config.betas], grad).view(-1, 1)
-    m_hat = state["momenta"].reshape(len(config.betas), n) / corr
+    corr, time = step_constants(step, config, grad)
+    m_hat = state["momenta"].reshape(len(config.betas), n) / corr.view(-1, 1)
+    t = counts.as_counts([step])[0] if isinstance(step, Tensor) else float(step)
     v_hat = bias_corrected(state["second_moment"].reshape(n), config.beta2, t)
     signals = torch.cat([grad.reshape(1, n), m_hat], dim=0)  # (1 + B, n)
     root_v = torch.sqrt(v_hat + config.eps**2)
@@ -108,7 +133,7 @@ def features(
     rms_normalised = signals * torch.rsqrt(ms_signals + _TINY)
     param_feature = p * torch.rsqrt(ms_param + _TINY)
     curvature = (root_v * torch.rsqrt(ms_root_v + _TINY)).view(1, n)
-    time = _constants(time_embedding(t, config), grad).view(-1, 1).expand(-1, n)
+    time = time.view(-1, 1).expand(-1, n)
     x = torch.cat([adam_normalised, rms_normalised, param_feature, curvature, time], dim=0)
     return x.clamp(-config.feature_clip, config.feature_clip).T
 

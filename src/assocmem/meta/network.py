@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from assocmem.meta.config import LearnedConfig
+from assocmem.optim import counts
 
 MetaParams = dict[str, Tensor]
 
@@ -109,10 +110,22 @@ def warmup_limit(step: float, config: LearnedConfig) -> float | None:
     return config.direction_bound * math.exp(config.log_scale_bound) * step / config.warmup
 
 
-def warmup_clamp(update: Tensor, step: float, config: LearnedConfig) -> Tensor:
-    """``update`` clamped to ``[-c_t, c_t]`` at step ``t`` (:func:`warmup_limit`)."""
-    limit = warmup_limit(step, config)
-    return update if limit is None else update.clamp(-limit, limit)
+def warmup_clamp(update: Tensor, step: float | Tensor, config: LearnedConfig) -> Tensor:
+    """``update`` clamped to ``[-c_t, c_t]`` at step ``t`` (:func:`warmup_limit`).
+
+    ``step`` may be a 0-d count tensor on the device (``sync_free``): ``c_t`` is then computed
+    there by the same float64 operations, and is infinite from ``T`` on (a clamp to
+    ``[-inf, inf]`` changes no bit), so nothing is read on the host."""
+    if not isinstance(step, Tensor):
+        limit = warmup_limit(step, config)
+        return update if limit is None else update.clamp(-limit, limit)
+    if config.warmup <= 0:
+        return update
+    (t,) = counts.as_counts([step])
+    ramp = config.direction_bound * math.exp(config.log_scale_bound) * t / config.warmup
+    limit = torch.where(t >= config.warmup, torch.full_like(t, math.inf), ramp)
+    limit = limit.to(update.dtype).to(update.device)
+    return update.clamp(-limit, limit)
 
 
 @torch.no_grad()

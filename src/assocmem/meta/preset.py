@@ -31,6 +31,7 @@ from assocmem.meta.config import LearnedConfig
 from assocmem.meta.features import init_memory
 from assocmem.meta.network import CHUNK_ROWS, MetaParams
 from assocmem.meta.step import learned_step
+from assocmem.optim import sync_free
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
 _CACHE: dict[tuple[Any, ...], tuple[MetaParams, LearnedConfig]] = {}
@@ -88,6 +89,9 @@ class Learned(Preset):
     def shards_locally(self, group: Group) -> bool:
         return True  # the features' tensor-wide mean squares are all-reduced
 
+    def counts_on_device(self, param: Tensor, group: Group) -> bool:
+        return True  # bias corrections, time features and warm-up bound as tensor ops
+
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         self._step([param], [grad], [state], group, batch=False)
 
@@ -104,7 +108,8 @@ class Learned(Preset):
     ) -> None:  # fmt: skip
         meta, config = load_learned(group["checkpoint"], params[0].dtype, params[0].device)
         memories = [{"momenta": s["momenta"], "second_moment": s["second_moment"]} for s in states]
-        steps = [float(s["step"]) for s in states]
+        # the counters on the device under sync_free (nothing read on the host), else numbers
+        steps = [s["step"] if sync_free.active() else float(s["step"]) for s in states]
         updates, written, nonfinite = learned_step(
             meta, config, params, grads, memories, steps, chunk=CHUNK_ROWS, batch=batch
         )

@@ -44,7 +44,7 @@ def learned_step(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
     memories: Sequence[MemoryState],
-    steps: Sequence[float],
+    steps: Sequence[float | Tensor],
     *,
     chunk: int | None = None,
     batch: bool = True,
@@ -57,7 +57,8 @@ def learned_step(
         params: the tensors before the step.
         grads: their gradients.
         memories: their memories before the write (not modified).
-        steps: each tensor's step count ``t >= 1`` including this step.
+        steps: each tensor's step count ``t >= 1`` including this step: a number, or its
+            0-d counter on the device (``sync_free``; nothing is then read on the host).
         chunk: ``None`` makes one differentiable MLP call (meta-training); an int runs the
             network without grad in chunks of that many rows (the optimizer).
         batch: one MLP call over every tensor's rows (``True``) or one call per tensor (the

@@ -3,12 +3,14 @@
 A preset that reads its step count as a Python number (``float(state["step"])``) makes the
 host wait for the queue on an accelerator, and a skip decided on the device (step, then
 select: :mod:`assocmem.optim.sync_free`) could not take that count back. Under
-:func:`assocmem.optim.sync_free.active` the presets that count (``adam``'s foreach and
-reference paths, muon's Adam fallback, ``cms``, ``landscape``'s diagonal and scalar forms)
-derive their per-step constants from the counter itself, as torch's ``capturable=True`` Adam
-does: one 0-d tensor per parameter for a bias correction ``1 - beta^t``, a 0-d bool for a write
-period ``t % P == 0``. With ``sync_free`` off they read the count on the host as before, so
-their bits and speed are as they were.
+:func:`assocmem.optim.sync_free.active` the presets that count on the device
+(``Preset.counts_on_device``: ``adam``'s foreach and reference paths, muon's Adam fallback,
+``learned``) derive their per-step constants from the counter itself, as torch's
+``capturable=True`` Adam does: one 0-d tensor per parameter for a bias correction
+``1 - beta^t``. :func:`due` and :func:`floor_divide` give a write period's mask
+``t % P == 0`` the same way, for presets with write periods (``cms``, ``landscape``), which
+do not use them yet: they still read their count on the host. With ``sync_free`` off every
+preset reads the count on the host as before, so their bits and speed are as they were.
 
 Why the same bits as the host path: the host computes each constant in Python floats (IEEE
 float64) and a torch op casts it to the tensor's dtype. Here every constant is computed in
