@@ -19,9 +19,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 STEPS = 5
 # The presets that skip a non-finite step on the device on TinyNet (test_syncs.py): the fused
-# kernels take the flag (adam, momentum); delta and learned (its count on the device) step,
-# then select (sync_free, on by default on an accelerator).
-DEVICE_SKIP = ("adam", "momentum", "delta", "learned")
+# kernels take the flag (adam, momentum); delta, learned and deep (their counts on the device)
+# step, then select (sync_free, on by default on an accelerator).
+DEVICE_SKIP = ("adam", "momentum", "delta", "learned", "deep")
 
 
 def _flat(model: torch.nn.Module) -> torch.Tensor:

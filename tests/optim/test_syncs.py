@@ -35,10 +35,11 @@ REMAINING = {"delta": 1}
 # skip on the device; the others decide on the host, one flag read per device per step.
 DEVICE_SKIP = ("adam", "momentum")
 # With sync_free=True every other preset skips on the device too (step, then select), but
-# those that read their step count on the host (a bias correction, a write period, a first-step
+# those that read their step count on the host (a write period, landscape's first-step
 # branch): a skip decided on the device could not take that count back, so they read the flag
-# (one read per step). TinyNet has biases, so muon's Adam fallback counts here.
-READS_STEP_COUNT = ("cms", "deep", "landscape")
+# (one read per step). adam off its kernel, muon's Adam fallback (TinyNet has biases), learned
+# and deep take their counts on the device instead (Preset.counts_on_device).
+READS_STEP_COUNT = ("cms", "landscape")
 
 
 @contextlib.contextmanager

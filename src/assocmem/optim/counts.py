@@ -5,7 +5,7 @@ host wait for the queue on an accelerator, and a skip decided on the device (ste
 select: :mod:`assocmem.optim.sync_free`) could not take that count back. Under
 :func:`assocmem.optim.sync_free.active` the presets that count on the device
 (``Preset.counts_on_device``: ``adam``'s foreach and reference paths, muon's Adam fallback,
-``learned``) derive their per-step constants from the counter itself, as torch's
+``learned``, ``deep``) derive their per-step constants from the counter itself, as torch's
 ``capturable=True`` Adam does: one 0-d tensor per parameter for a bias correction
 ``1 - beta^t``. :func:`due` and :func:`floor_divide` give a write period's mask
 ``t % P == 0`` the same way, for presets with write periods (``cms``, ``landscape``), which

@@ -63,7 +63,7 @@ from assocmem.memory import (
     inner_loss,
     read,
 )
-from assocmem.optim import sharded, validate
+from assocmem.optim import counts, sharded, sync_free, validate
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
 _FIELDS = DeepMemory._fields  # w1 (h, 2), b1 (h,), w2 (1, h), b2 (1,), skip (1, 2)
@@ -79,13 +79,41 @@ def _memory(state: State, prefix: str = "mlp_") -> DeepMemory:
     return DeepMemory(*(state[prefix + f] for f in _FIELDS))
 
 
-def _rms(r: Tensor, t: float, group: Group) -> Tensor:
-    return (r / (1 - group["rms_beta"] ** t)).sqrt() + group["eps"]
+# A step count: a Python number (the host reads it), or, under sync_free, the 0-d float64
+# count on the parameter's device (assocmem.optim.counts), never read on the host.
+Count = float | Tensor
 
 
-def _keys(momentum: Tensor, grad_hat: Tensor, t: float, beta: float) -> Tensor:
+def _correction(retention: float, t: Count, like: Tensor) -> float | Tensor:
+    """``1 - retention^t``: a number, or from a device count the same float64 operations cast
+    to ``like``'s dtype, as the host's number is cast when it meets ``like`` (same bits)."""
+    if not isinstance(t, Tensor):
+        return 1 - retention**t
+    return counts.like(counts.corrections(retention, [t]), [like])[0]
+
+
+def _rms(r: Tensor, t: Count, group: Group) -> Tensor:
+    return (r / _correction(group["rms_beta"], t, r)).sqrt() + group["eps"]
+
+
+def _keys(momentum: Tensor, grad_hat: Tensor, t: Count, beta: float) -> Tensor:
     """Per-coordinate keys ``(n, 2) = [m_hat, g_hat]`` (``m`` bias-corrected at step ``t``)."""
-    return torch.stack([momentum.reshape(-1) / (1 - beta**t), grad_hat.reshape(-1)], -1)
+    m_hat = momentum.reshape(-1) / _correction(beta, t, momentum)
+    return torch.stack([m_hat, grad_hat.reshape(-1)], -1)
+
+
+def _count(state: State) -> Count:
+    """The step count as the step takes it: on the device under sync_free, else a number."""
+    return counts.as_counts([state["step"]])[0] if sync_free.active() else float(state["step"])
+
+
+def _keep_first_step_(written: list[Tensor], saved: list[Tensor], t: Tensor) -> None:
+    """Where ``t`` is the first step (no context yet: the host path writes nothing), put the
+    saved values back (a select: it copies bits, even over the NaN the write made from the
+    empty context's ``0 / 0``)."""
+    first = t <= 1
+    for x, old in zip(written, saved, strict=True):
+        torch.where(first, old, x, out=x)
 
 
 def _write_rate(keys: Tensor, inner_lr: float) -> Tensor:
@@ -132,16 +160,24 @@ class Deep(Preset):
     def shards_locally(self, group: Group) -> bool:
         return True  # the fast path's per-tensor sums are all-reduced
 
+    def counts_on_device(self, param: Tensor, group: Group) -> bool:
+        # bias corrections from the count on the device; the first step's "no write" selected
+        return True
+
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
-        beta, rho, t = group["beta"], group["rms_beta"], float(state["step"])
+        beta, rho, t = group["beta"], group["rms_beta"], _count(state)
         r = hebbian_write(
             ElementwiseMemory(state["grad_sq"]), None, grad.pow(2).mean(), lr=1 - rho, retention=rho
         )
         grad_hat = grad / _rms(read(r), t, group)
         mlp = _memory(state)
-        if t > 1:
+        on_device = isinstance(t, Tensor)
+        if on_device or t > 1:
             keys = _keys(state["momentum"], state["prev_grad"], t - 1, beta)
             values = grad_hat.reshape(-1, 1)
+            # under sync_free: the pre-write memory (deep_write returns new tensors, so the
+            # state's are it) and inner loss, put back at step 1
+            saved = [state["inner_loss"].clone(), *mlp] if on_device else []
             state["inner_loss"].copy_(inner_loss(mlp, keys, values))
             mlp = deep_write(
                 mlp,
@@ -151,6 +187,8 @@ class Deep(Preset):
                 retention=group["retention"],
                 anchor=_memory(state, "mlp0_") if group["retention_target"] == "init" else None,
             )
+            if on_device:
+                _keep_first_step_([state["inner_loss"], *mlp], saved, t)
         m = hebbian_write(
             ElementwiseMemory(state["momentum"]), None, grad_hat, lr=1 - beta, retention=beta
         )
@@ -171,9 +209,15 @@ class Deep(Preset):
         means = sharded.means([g.pow(2) for g in grads])  # over the whole tensor if sharded
         torch._foreach_add_(grad_sq, [m * (1 - rho) for m in means])
         for p, g, s in zip(params, grads, states, strict=True):
-            t = float(s["step"])
+            t = _count(s)
             grad_hat = g / _rms(s["grad_sq"], t, group)
-            if t > 1:
+            if isinstance(t, Tensor):  # sync_free: write, then keep the old memory at step 1
+                written = [s["inner_loss"], *(s["mlp_" + f] for f in _FIELDS)]
+                saved = [x.clone() for x in written]
+                keys = _keys_t(s["momentum"], s["prev_grad"], t - 1, beta)
+                _closed_form_write(s, keys, grad_hat.reshape(1, -1), group)
+                _keep_first_step_(written, saved, t)
+            elif t > 1:
                 keys = _keys_t(s["momentum"], s["prev_grad"], t - 1, beta)
                 _closed_form_write(s, keys, grad_hat.reshape(1, -1), group)
             s["momentum"].lerp_(grad_hat, 1 - beta)
@@ -187,8 +231,10 @@ class Deep(Preset):
 
 # The fast path keeps coordinates last, ``(2, n)`` keys and ``(h, n)`` hidden units: skinny
 # ``(h, 2) @ (2, n)`` products run faster than ``(n, 2) @ (2, h)`` on CPU.
-def _keys_t(momentum: Tensor, grad_hat: Tensor, t: float, beta: float) -> Tensor:
-    return torch.stack([momentum.reshape(-1) / (1 - beta**t), grad_hat.reshape(-1)])
+def _keys_t(momentum: Tensor, grad_hat: Tensor, t: Count, beta: float) -> Tensor:
+    return torch.stack(
+        [momentum.reshape(-1) / _correction(beta, t, momentum), grad_hat.reshape(-1)]
+    )
 
 
 def _tanh(x: Tensor) -> Tensor:
