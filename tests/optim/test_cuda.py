@@ -20,7 +20,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 STEPS = 5
 # The presets that skip a non-finite step on the device on TinyNet (test_syncs.py): the fused
 # kernels take the flag (adam, momentum); delta, learned and deep (their counts on the device)
-# step, then select (sync_free, on by default on an accelerator).
+# step, then select. The last three need sync_free on: these tests pass sync_free=None, which
+# turns it on where a gradient lives on an accelerator (the default, False, decides on the host).
 DEVICE_SKIP = ("adam", "momentum", "delta", "learned", "deep")
 
 
@@ -35,10 +36,10 @@ def _backward(model: torch.nn.Module, t: int) -> None:
     (model(x.to(**like)) - y.to(**like)).pow(2).mean().backward()
 
 
-def _trained(memory: str, device: str, steps: int = STEPS):
+def _trained(memory: str, device: str, steps: int = STEPS, sync_free: bool | None = False):
     with in_float64():
         model = make_model().to(device)
-        opt = MemoryOptimizer(model.parameters(), memory, lr=1e-3)
+        opt = MemoryOptimizer(model.parameters(), memory, lr=1e-3, sync_free=sync_free)
         for t in range(steps):
             opt.zero_grad()
             _backward(model, t)
@@ -61,7 +62,7 @@ def test_every_preset_on_cuda_equals_its_cpu_run(memory):
 
 @pytest.mark.parametrize("memory", DEVICE_SKIP)
 def test_a_skipped_step_waits_for_nothing(memory):
-    model, opt = _trained(memory, "cuda", steps=2)
+    model, opt = _trained(memory, "cuda", steps=2, sync_free=None)
     opt.zero_grad()
     _backward(model, 2)
     model.fc.weight.grad[0, 0] = float("nan")
@@ -83,7 +84,7 @@ def test_a_skipped_step_waits_for_nothing(memory):
 def test_a_model_across_cpu_and_cuda_steps_and_skips_as_one(memory):
     model = make_model()
     model.fc.to("cuda")
-    opt = MemoryOptimizer(model.parameters(), memory, lr=1e-2)
+    opt = MemoryOptimizer(model.parameters(), memory, lr=1e-2, sync_free=None)
 
     def backward(t, nan=False):
         opt.zero_grad()
