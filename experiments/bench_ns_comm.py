@@ -135,6 +135,9 @@ def _rank_main(rank: int, world: int, port: int, steps: int, out: str) -> None:
         dist.all_gather_object(per_rank, stats)
         if rank == 0:
             torch.save(per_rank, out)
+        # every rank leaves together: a rank that tears its connections down while another
+        # still uses them can make gloo abort that one (seen once in CI as SIGABRT)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -22,7 +22,7 @@ STEPS = 5
 # kernels take the flag (adam, momentum); delta, learned and deep (their counts on the device)
 # step, then select. The last three need sync_free on: these tests pass sync_free=None, which
 # turns it on where a gradient lives on an accelerator (the default, False, decides on the host).
-DEVICE_SKIP = ("adam", "momentum", "delta", "learned", "deep")
+DEVICE_SKIP = ("adam", "momentum", "delta", "learned", "deep", "landscape")
 
 
 def _flat(model: torch.nn.Module) -> torch.Tensor:

@@ -39,7 +39,7 @@ DEVICE_SKIP = ("adam", "momentum")
 # branch): a skip decided on the device could not take that count back, so they read the flag
 # (one read per step). adam off its kernel, muon's Adam fallback (TinyNet has biases), learned
 # and deep take their counts on the device instead (Preset.counts_on_device).
-READS_STEP_COUNT = ("cms", "landscape")
+READS_STEP_COUNT = ("cms",)
 
 
 @contextlib.contextmanager
@@ -334,3 +334,40 @@ def test_a_state_dict_resumes_across_sync_free(memory, saved_with, resumed_with)
     assert all(int(s["step"]) == 6 for s in resumed.state.values())
     for a, b in zip(straight.parameters(), model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"period": 3}, {"beta": 0.9, "rho": 0.5}, {"period": 2, "beta": 0.5}],
+    ids=["period 3", "momentum, rho 0.5", "period 2, momentum"],
+)
+def test_landscape_gates_its_write_on_the_device_to_the_bit(options):
+    # landscape's diagonal form under sync_free writes every step, gated by "due and t > 1",
+    # and remembers where due: the host's bits, with a write period, momentum and a partial
+    # write (rho < 1), through a skipped very first step (has_prev must stay 0) and a later one.
+    runs = {}
+    for sync_free in (False, True):
+        model = make_model()
+        opt = MemoryOptimizer(
+            model.parameters(), "landscape", lr=1e-2, sync_free=sync_free, **options
+        )
+        trace = []
+        for t in range(9):
+            opt.zero_grad()
+            loss_at(model, t).backward()
+            if t in (0, 4):
+                model.fc.weight.grad[0, 0] = float("nan")
+            if sync_free:
+                with counting_reads(opt) as calls:
+                    opt.step()
+                assert calls == [], (t, calls)
+            else:
+                opt.step()
+            trace.append(_bits(opt, model))
+        assert opt.skipped_steps == 2
+        runs[sync_free] = trace
+    # from step 1 on (a first step skipped on the host creates no state; on the device it
+    # creates the fresh state and selects it back)
+    for t, (host, device) in enumerate(zip(runs[False], runs[True], strict=True)):
+        if t > 0:
+            assert all(torch.equal(a, b) for a, b in zip(host, device, strict=True)), t

@@ -180,7 +180,8 @@ class Landscape(Preset):
         state: State = {
             "prev_grad": zeros.clone(),
             "prev_param": zeros.clone(),
-            "has_prev": torch.zeros((), dtype=torch.float32),
+            # on the parameter's device: a step skipped there (sync_free) selects it back
+            "has_prev": torch.zeros((), dtype=torch.float32, device=param.device),
         }
         if group["form"] == "diagonal":
             state["curvature"] = torch.full_like(zeros, group["h0"])
@@ -194,6 +195,14 @@ class Landscape(Preset):
         if group["beta"] > 0:
             state["momentum"] = zeros.clone()
         return state
+
+    def counts_on_device(self, param: Tensor, group: Group) -> bool:
+        # The eager diagonal fast path gates its write and selects its remembering on the
+        # device (landscape_fast); the other forms, the compiled path and the reference path
+        # read the count on the host.
+        return (
+            group["form"] == "diagonal" and not group["compile"] and group["foreach"] is not False
+        )
 
     def shards_locally(self, group: Group) -> bool:
         # The diagonal form is elementwise; the scalar and low-rank forms' whole-tensor sums
@@ -220,7 +229,7 @@ class Landscape(Preset):
             d = self._direction(grad, state, group)
             param.add_(read(ElementwiseMemory(state["curvature"]), d), alpha=-group["lr"])
             return
-        if state["has_prev"]:
+        if has_prev(state):
             s, y = param - state["prev_param"], grad - state["prev_grad"]
             bounds = {k: group[k] for k in ("rho", "h_min", "h_max")}
             if group["form"] == "scalar":
@@ -239,7 +248,7 @@ class Landscape(Preset):
         pairs = int(state["pairs"])
         g = grad.reshape(-1)
         writes = due(state, group)
-        if writes and state["has_prev"]:
+        if writes and has_prev(state):
             s = (param - state["prev_param"]).reshape(-1)
             y = g - state["prev_grad"].reshape(-1)
             if secant_trusted(s, y, g, state["prev_grad"].reshape(-1), group["y_tol"]):
@@ -304,6 +313,13 @@ class Landscape(Preset):
             )
         if group["compile"] and group["form"] != "diagonal":
             raise ValueError("invalid compile: landscape compiles its diagonal form only")
+
+
+def has_prev(state: State) -> bool:
+    """Whether a pair has a start: ``t > 1``, since step 1 is always due and remembers. Read
+    from the step count, not from ``state["has_prev"]`` (the same bit, kept in the state for
+    checkpoints), which lives on the parameter's device, where a read would wait for it."""
+    return float(state["step"]) > 1
 
 
 def due(state: State, group: Group) -> bool:

@@ -16,9 +16,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from assocmem.optim.blocks import named_blocks, select
+from assocmem.optim import counts, sync_free
+from assocmem.optim.blocks import indexed_blocks, named_blocks, select
 from assocmem.optim.compiled import compiled
-from assocmem.optim.presets.landscape import diagonal_write, due, secant_mask
+from assocmem.optim.presets.landscape import diagonal_write, due, has_prev, secant_mask
 from assocmem.optim.registry import Group, State
 
 
@@ -47,9 +48,13 @@ def diagonal_step(
         [st["prev_param"] for st in states],
         [st["momentum"] for st in states] if group["beta"] > 0 else None,
     )
+    if sync_free.active() and not compile:
+        _diagonal_step_on_device(every, states, group)
+        return
     is_due = [due(st, group) for st in states]
-    write = [i for i, d in enumerate(is_due) if d and states[i]["has_prev"]]
-    first = [i for i, d in enumerate(is_due) if d and not states[i]["has_prev"]]
+    # has_prev is t > 1 (step 1 is always due): read from the host count, not the flag
+    write = [i for i, d in enumerate(is_due) if d and has_prev(states[i])]
+    first = [i for i, d in enumerate(is_due) if d and not has_prev(states[i])]
     between = [i for i, d in enumerate(is_due) if not d]
     if compile and write:
         chosen = select(every, write)
@@ -76,6 +81,38 @@ def diagonal_step(
         states[i]["has_prev"].fill_(1)
 
 
+def _diagonal_step_on_device(every: Buffers, states: list[State], group: Group) -> None:
+    """:func:`diagonal_step` without reading the step count or ``has_prev`` on the host
+    (``sync_free``): every tensor takes the secant write, gated per tensor by "due and not the
+    first step" (``t > 1``, which is what ``has_prev`` records: step 1 is always due) as a 0/1
+    factor on the write's final ``lerp`` weight, which returns ``H`` bit for bit where it is 0;
+    the pair's start is remembered where due (a select), and every tensor reads. The same
+    blocks and passes per tensor as the host's path, so the same bits; the write's passes are
+    spent on every step, not only on write steps."""
+    t = counts.as_counts([st["step"] for st in states])
+    is_due = counts.due(t, group["period"], offset=1)
+    gates = [(d & (c > 1)).to(H.dtype) for d, c, H in zip(is_due, t, every.curvature, strict=True)]
+    lists = [every.params, every.grads, every.curvature, every.prev_grad, every.prev_param]
+    if every.momentum is not None:
+        lists.append(every.momentum)
+    for index, pieces in indexed_blocks(lists):
+        b = Buffers(*pieces[:5], pieces[5] if every.momentum is not None else None)
+        _diagonal_write_block(b, group, gate=[gates[i] for i in index])
+        for i, g, p, g_prev, p_prev in zip(
+            index, b.grads, b.params, b.prev_grad, b.prev_param, strict=True
+        ):
+            torch.where(is_due[i], g, g_prev, out=g_prev)
+            torch.where(is_due[i], p, p_prev, out=p_prev)
+        directions = b.grads
+        if b.momentum is not None:
+            directions = b.momentum
+            torch._foreach_lerp_(directions, b.grads, 1 - group["beta"])
+        torch._foreach_addcmul_(b.params, b.curvature, directions, value=-group["lr"])
+    for st, d in zip(states, is_due, strict=True):
+        flag = st["has_prev"]
+        torch.where(d, torch.ones_like(flag), flag, out=flag)
+
+
 def secant_step(
     params: list[Tensor], grads: list[Tensor], curvatures: list[Tensor],
     prev_grads: list[Tensor], prev_params: list[Tensor], momenta: list[Tensor] | None,
@@ -100,7 +137,7 @@ def secant_step(
         p.sub_(lr * H * d)
 
 
-def _diagonal_write_block(block: Buffers, group: Group) -> None:
+def _diagonal_write_block(block: Buffers, group: Group, gate: list[Tensor] | None = None) -> None:
     """:func:`diagonal_write` under :func:`secant_mask`, in a few cheap passes.
 
     With ``rate = rho / y^2`` the delta write is ``H + rho (s / y - H)``: a step toward the
@@ -109,7 +146,9 @@ def _diagonal_write_block(block: Buffers, group: Group) -> None:
     is ``|y| > c |g + g'|`` with ``c = y_tol / (2 - y_tol)``. Both tests are the sign of
     ``min(q, |y| - floor)``, turned into a 0/1 weight by ``clamp(sign(.), 0)``: ``lerp`` with
     weight exactly 0 or 1 returns ``H`` or the clamped secant bit for bit. (``torch.where``
-    would be the obvious select, but on CPU it is much slower than these passes.)
+    would be the obvious select, but on CPU it is much slower than these passes.) ``gate``
+    (``sync_free``: a 0-d 0/1 per tensor) multiplies that weight, so a tensor gated off keeps
+    ``H`` bit for bit.
     """
     p, g, H = block.params, block.grads, block.curvature
     p_prev, g_prev = block.prev_param, block.prev_grad
@@ -133,6 +172,8 @@ def _diagonal_write_block(block: Buffers, group: Group) -> None:
     torch._foreach_minimum_(written, q)
     torch._foreach_sign_(written)
     torch._foreach_clamp_min_(written, 0.0)
+    if gate is not None:
+        torch._foreach_mul_(written, gate)
     if group["rho"] != 1:
         q = torch._foreach_lerp(H, q, group["rho"])
     if len(q) == 1:  # a slice of a large tensor: one pass for both bounds
