@@ -155,8 +155,7 @@ def gather_rows(x: Tensor, local_param: Tensor) -> Tensor:
     """
     group, _, world, chunk = _row_layout(local_param)
     rows = _rows()[id(local_param)]
-    padded = x.new_zeros(chunk, *x.shape[1:])
-    padded[: x.shape[0]] = x
+    padded = _padded(x, chunk)
     pieces = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(pieces, padded.contiguous(), group=group)
     return torch.cat(pieces)[:rows]
@@ -173,9 +172,8 @@ def gather_rows_to(x: Tensor, local_param: Tensor, owner: int) -> Tensor | None:
     rank sends its rows once and only the owner receives: ``(W - 1) ceil(n / W)`` rows in all,
     against ``W (W - 1) ceil(n / W)`` for the all-gather."""
     group, rank, world, chunk = _row_layout(local_param)
-    rows = _rows()[id(local_param)]
-    padded = x.new_zeros(chunk, *x.shape[1:])
-    padded[: x.shape[0]] = x
+    rows = whole_rows(local_param)
+    padded = _padded(x, chunk)
     pieces = [torch.empty_like(padded) for _ in range(world)] if rank == owner else None
     dist.gather(padded.contiguous(), pieces, group=group, group_dst=owner)
     return None if pieces is None else torch.cat(pieces)[:rows]
@@ -187,14 +185,12 @@ def scatter_rows(whole: Tensor | None, local_param: Tensor, owner: int, like: Te
     is this rank's piece of a tensor shaped as ``whole`` (its dtype, device and trailing
     dimensions)."""
     group, rank, world, chunk = _row_layout(local_param)
-    rows = _rows()[id(local_param)]
+    rows = whole_rows(local_param)
     out = like.new_empty(chunk, *like.shape[1:])
     pieces = None
     if rank == owner:
         assert whole is not None
-        padded = whole.new_zeros(world * chunk, *whole.shape[1:])
-        padded[:rows] = whole
-        pieces = list(padded.split(chunk))
+        pieces = list(_padded(whole, world * chunk).split(chunk))
     dist.scatter(out, pieces, group=group, group_src=owner)
     return out[: max(0, min(chunk, rows - rank * chunk))]
 
@@ -202,6 +198,13 @@ def scatter_rows(whole: Tensor | None, local_param: Tensor, owner: int, like: Te
 def whole_rows(local_param: Tensor) -> int:
     """The whole row count of the parameter whose local piece is ``local_param``."""
     return _rows()[id(local_param)]
+
+
+def _padded(x: Tensor, rows: int) -> Tensor:
+    """``x`` with zero rows appended up to ``rows`` (the equal pieces gloo's collectives need)."""
+    padded = x.new_zeros(rows, *x.shape[1:])
+    padded[: x.shape[0]] = x
+    return padded
 
 
 def own_rows(whole: Tensor, local_param: Tensor) -> Tensor:
