@@ -168,6 +168,7 @@ def train_one(
         patience=args.patience,
         progress=args.progress,
         lr_drops=getattr(args, "lr_drops", 0),
+        average=getattr(args, "average", None),
     )
     seconds = time.perf_counter() - start
     curve = [(r["step"], r["val_loss"]) for r in result.history if "val_loss" in r]
@@ -182,6 +183,7 @@ def train_one(
         "stopped_early": result.stopped_early,
         "lr_drops": getattr(args, "lr_drops", 0),
         "lr_drop_steps": result.lr_drop_steps,
+        "average": getattr(args, "average", None),
         "seconds": round(seconds, 1),
         "val_curve": curve,
     }
@@ -245,7 +247,8 @@ def lr_drops_of(run: dict[str, Any]) -> int:
 
 def run_label(run: dict[str, Any]) -> str:
     """The detector column: the model, its patch size when not the default benchmark's, its lr
-    drops when it had any (a different recipe), and its test-time views when they are not the
+    drops when it had any (a different recipe), its weight average's decay when it was
+    evaluated on one, and its test-time views when they are not the
     image alone (``assocmem.forensic.views``)."""
     drops = lr_drops_of(run)
     views = run.get("views", "one")
@@ -254,6 +257,7 @@ def run_label(run: dict[str, Any]) -> str:
         run["model"]
         + (f" ({size} px)" if size != DEFAULT_PATCH else "")
         + (f" (lr drops {drops})" if drops else "")
+        + (f" (EMA {run['average']:g})" if run.get("average") else "")
         + (f" ({views} views)" if views != "one" else "")
     )
 
@@ -334,6 +338,13 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=0,
         help="divide the lr by 10 at a plateau this many times before stopping early",
+    )
+    parser.add_argument(
+        "--average",
+        type=float,
+        default=None,
+        help="evaluate, early-stop on and keep an exponential moving average of the weights "
+        "with this decay (e.g. 0.998); default: the raw weights",
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="stream worker processes")

@@ -128,3 +128,86 @@ def test_nothing_to_train_is_refused():
     frozen = torch.zeros(2)
     with pytest.raises(ValueError, match="no trainable parameters"):
         fit([frozen], lambda _b: frozen.sum(), itertools.count(1), torch.optim.SGD, steps=1)
+
+
+class Drift(torch.nn.Module):
+    """A weight that SGD on -w moves by +lr per step, and a BatchNorm whose running mean and
+    batch count a forward pass in training mode updates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+        self.norm = torch.nn.BatchNorm1d(2, momentum=None).double()  # running mean: plain mean
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.norm(x) * 0).sum() - self.w.sum()
+
+
+def manual_average(values: list[float], decay: float) -> float:
+    """The loop's average of a sequence of weights, written out: the first value, then
+    lerps with the warmed-up decay ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates."""
+    avg = values[0]
+    for n, v in enumerate(values[1:], start=1):
+        d = min(decay, (1 + n) / (10 + n))
+        avg = avg + (1 - d) * (v - avg)
+    return avg
+
+
+def test_a_weight_average_is_what_leaves_a_fixed_budget():
+    # Raw weights after steps 1..30 are 0.5, 1.0, ..., 15.0 (lr 0.5, gradient -1): the model
+    # leaves with their warmed-up EMA (decay 0.9), float64 so the two sums round alike to
+    # ~1e-15, and the BatchNorm statistics are averaged with it.
+    torch.manual_seed(0)
+    model = Drift()
+    xs = [torch.full((4, 2), float(k)) + torch.arange(4.0).double()[:, None] for k in range(30)]
+    result = fit(
+        model, lambda x: model(x), iter(xs), lambda ps: torch.optim.SGD(ps, lr=0.5),
+        steps=30, average=0.9,
+    )  # fmt: skip
+    assert result.status == "ok"
+    expected = manual_average([0.5 * k for k in range(1, 31)], 0.9)
+    torch.testing.assert_close(model.w.detach(), torch.full((2,), expected, dtype=torch.float64))
+    # BatchNorm with momentum=None keeps the running mean of the batch means (k + 1.5): after
+    # step s it is the mean over k < s, 1.5 + (s - 1) / 2; the model leaves with its average.
+    means = [1.5 + (s - 1) / 2 for s in range(1, 31)]
+    torch.testing.assert_close(
+        model.norm.running_mean, torch.full((2,), manual_average(means, 0.9), dtype=torch.float64)
+    )
+    assert int(model.norm.num_batches_tracked) == 30  # integer buffers: the current value
+
+
+def test_evaluations_and_early_stopping_see_the_averaged_weights():
+    # Every evaluation sees the average (not the raw weight), training goes on from the raw
+    # weights, and early stopping restores the best evaluation's average.
+    torch.manual_seed(0)
+    model = Drift()
+    seen: list[float] = []
+    curve = iter([3.0, 2.0, 1.0, 2.0, 2.0, 2.0])
+
+    def evaluate():
+        seen.append(float(model.w[0].detach()))
+        return {"val_loss": next(curve)}
+
+    xs = itertools.repeat(torch.ones(4, 2, dtype=torch.float64))
+    result = fit(
+        model, lambda x: model(x), xs, lambda ps: torch.optim.SGD(ps, lr=1.0), steps=20,
+        eval_every=2, evaluate=evaluate, patience=3, average=0.5,
+    )  # fmt: skip
+    assert result.stopped_early and result.best_step == 4 and result.steps == 10
+    raw = [float(k) for k in range(1, 11)]  # the raw weight after each step
+    averages = [0.0] + [manual_average(raw[:s], 0.5) for s in (2, 4, 6, 8, 10)]
+    assert seen == pytest.approx(averages, rel=1e-12)
+    assert seen[2] < raw[3]  # the average lags the raw weight: it is not the raw one
+    assert float(model.w[0].detach()) == pytest.approx(averages[2], rel=1e-12)
+
+
+@pytest.mark.parametrize("average", [0.0, 1.0, 2, -0.5])
+def test_a_bad_average_is_refused(average):
+    with pytest.raises(ValueError, match="average must be a decay"):
+        fit(Drift(), lambda x: x, iter([]), torch.optim.SGD, steps=1, average=average)
+
+
+def test_an_average_needs_a_module():
+    w, loss = quadratic()
+    with pytest.raises(ValueError, match="needs an nn.Module"):
+        fit([w], loss, itertools.count(1), torch.optim.SGD, steps=1, average=0.9)

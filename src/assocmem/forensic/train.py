@@ -178,6 +178,7 @@ def train_detector(
     patience: int | None = None,
     restore_best: bool | None = None,
     lr_drops: int = 0,
+    average: float | None = None,
 ) -> TrainResult:
     """Binary cross-entropy training of a detector returning logits (N,); labels 1 = fake.
 
@@ -187,7 +188,8 @@ def train_detector(
     iterable of ``(images, labels)`` batches, with ``train_labels=None``. Images may be clips
     (N, T, C, H, W) for a clip detector: the loop only ever indexes the first axis.
     ``lr_drops``: learning-rate drops by 10 at a plateau before early stopping (see
-    :func:`assocmem.training.fit`).
+    :func:`assocmem.training.fit`). ``average``: evaluate, stop on and return an exponential
+    moving average of the weights with this decay (:func:`assocmem.training.fit`).
     """
     from sklearn.metrics import roc_auc_score
 
@@ -221,5 +223,5 @@ def train_detector(
     return fit(
         detector, step_loss, batches, optimizer_factory, steps=steps, eval_every=eval_every,
         evaluate=evaluate, log=log, progress=progress, desc="detector", patience=patience,
-        restore_best=restore_best, lr_drops=lr_drops,
+        restore_best=restore_best, lr_drops=lr_drops, average=average,
     )  # fmt: skip

@@ -19,6 +19,14 @@ again, and training goes on from the current weights and optimizer state. The ru
 next plateau after the last drop (or at ``steps``). A noisy validation curve at a high learning
 rate then gets the lower-noise steps it needs before the loop gives up on it.
 
+Weight averaging (``average=decay``, Polyak averaging as an exponential moving average of the
+weights, BatchNorm statistics included): the loop keeps ``W_avg <- d_n W_avg + (1 - d_n) W``
+after every step, with ``d_n = min(decay, (1 + n) / (10 + n))`` after ``n`` updates (the
+usual warm-up, so the average is not dominated by the initial weights early on). Evaluations,
+early stopping and the weights the model leaves with are the averaged ones; training steps from
+the raw ones. An average has the noise of single steps smoothed out, so its validation curve
+is the smoother one to stop on (``torch.optim.swa_utils.AveragedModel`` keeps it).
+
 The optimizer is a factory ``params -> Optimizer`` (the loop then hands it exactly the
 trainable parameters) or an optimizer already built; ``TrainResult.optimizer`` is the one used.
 Line-search optimizers (``torch.optim.LBFGS``) get a closure that re-evaluates the same batch.
@@ -103,6 +111,34 @@ def _scale_learning_rates(opt: torch.optim.Optimizer, factor: float) -> None:
             group["lr"] = group["lr"] * factor
 
 
+def warmed_decay(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
+    """An ``AveragedModel`` ``multi_avg_fn``: EMA with decay ``min(decay, (1 + n) / (10 + n))``
+    after ``n`` updates (``n`` is read on the host: the loop already reads the loss every step)."""
+
+    @torch.no_grad()
+    def update(averaged: list[Tensor], current: list[Tensor], n: Tensor) -> None:
+        count = float(n)
+        d = min(decay, (1.0 + count) / (10.0 + count))
+        if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
+        else:  # integer buffers (BatchNorm's batch count): the current value
+            torch._foreach_copy_(averaged, current)
+
+    return update
+
+
+def _averager(model: Trainable, decay: float | None) -> Any:
+    if decay is None:
+        return None
+    if not isinstance(model, nn.Module):
+        raise ValueError("average needs an nn.Module (its buffers are averaged with it)")
+    if not (isinstance(decay, float) and 0.0 < decay < 1.0):
+        raise ValueError(f"average must be a decay in (0, 1), got {decay!r}")
+    from torch.optim.swa_utils import AveragedModel
+
+    return AveragedModel(model, multi_avg_fn=warmed_decay(decay), use_buffers=True)
+
+
 def _progress(steps: int, enabled: bool, desc: str) -> Any:
     if not enabled:
         return None
@@ -127,6 +163,7 @@ def fit(
     restore_best: bool | None = None,
     lr_drops: int = 0,
     lr_drop_factor: float = 0.1,
+    average: float | None = None,
 ) -> TrainResult:
     """Train ``model`` for up to ``steps`` steps of ``step_loss(next(batches))``.
 
@@ -140,6 +177,8 @@ def fit(
         patience, restore_best: early stopping, as in the module docstring.
         lr_drops, lr_drop_factor: learning-rate drops at a plateau before stopping, as in the
             module docstring (they need ``patience``).
+        average: EMA decay of the weights that are evaluated, stopped on and returned
+            (module docstring); ``None`` evaluates the raw weights.
     """
     if not (isinstance(steps, int) and steps >= 0) or not (
         isinstance(eval_every, int) and eval_every >= 1
@@ -160,6 +199,7 @@ def fit(
     params = trainable_parameters(model)
     if not params:
         raise ValueError("the model has no trainable parameters")
+    averaged = _averager(model, average)
     opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer(params)
     history: list[dict[str, Any]] = []
     bar = _progress(steps, progress, desc)
@@ -182,8 +222,11 @@ def fit(
         """Evaluate, then track the best evaluation (its weights only if we may restore)."""
         nonlocal eval_time
         t0 = time.perf_counter()
+        raw = None
+        if averaged is not None:  # evaluate the average: swap it in, then the raw weights back
+            raw = _snapshot(model)
+            _restore(model, averaged.module.state_dict())
         metrics = evaluate()  # type: ignore[misc]
-        eval_time += time.perf_counter() - t0
         loss = metrics["val_loss"]
         if loss < best["val_loss"]:
             best.update(step=step, val_loss=loss, stale=0)
@@ -191,6 +234,9 @@ def fit(
                 best["state"] = _snapshot(model)
         else:
             best["stale"] += 1
+        if raw is not None:
+            _restore(model, raw)
+        eval_time += time.perf_counter() - t0
         _train_mode(model)
         return metrics
 
@@ -223,6 +269,8 @@ def fit(
                 t0 = time.perf_counter()
                 opt.step()
                 opt_time += time.perf_counter() - t0
+        if averaged is not None and math.isfinite(train_loss):
+            averaged.update_parameters(model)
         if not math.isfinite(train_loss):
             status, message = "diverged", f"non-finite train loss {train_loss} at step {step}"
             record({"step": step, "time": elapsed(), "train_loss": train_loss})
@@ -256,6 +304,8 @@ def fit(
         bar.close()
     if restore_best and best["state"] is not None:
         _restore(model, best["state"])
+    elif averaged is not None:  # a fixed budget with averaging leaves with the average
+        _restore(model, averaged.module.state_dict())
     return TrainResult(
         status, done, train_loss, val_loss, time.perf_counter() - start, history, message,
         best_step=best["step"], best_val_loss=best["val_loss"] if evaluate else math.nan,
