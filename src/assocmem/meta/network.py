@@ -102,12 +102,18 @@ def learned_update(meta_params: MetaParams, features: Tensor, config: LearnedCon
     return Update(torch.where(moved, update, torch.zeros_like(update)), finite)
 
 
+def _ramp(step: float | Tensor, config: LearnedConfig) -> float | Tensor:
+    """``D e^S t / T`` for a Python count or a 0-d float64 count tensor: the same operations
+    in the same order, so both round alike."""
+    return config.direction_bound * math.exp(config.log_scale_bound) * step / config.warmup
+
+
 def warmup_limit(step: float, config: LearnedConfig) -> float | None:
     """``c_t``, the largest ``|u|`` allowed at step ``t`` during the warm-up; ``None`` when
     nothing is clamped (no warm-up, or ``t >= T``, where the tanh bounds already hold)."""
     if config.warmup <= 0 or step >= config.warmup:
         return None
-    return config.direction_bound * math.exp(config.log_scale_bound) * step / config.warmup
+    return _ramp(step, config)
 
 
 def warmup_clamp(update: Tensor, step: float | Tensor, config: LearnedConfig) -> Tensor:
@@ -122,8 +128,7 @@ def warmup_clamp(update: Tensor, step: float | Tensor, config: LearnedConfig) ->
     if config.warmup <= 0:
         return update
     (t,) = counts.as_counts([step])
-    ramp = config.direction_bound * math.exp(config.log_scale_bound) * t / config.warmup
-    limit = torch.where(t >= config.warmup, torch.full_like(t, math.inf), ramp)
+    limit = torch.where(t >= config.warmup, torch.full_like(t, math.inf), _ramp(t, config))
     limit = limit.to(update.dtype).to(update.device)
     return update.clamp(-limit, limit)
 

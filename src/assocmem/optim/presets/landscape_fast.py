@@ -72,11 +72,7 @@ def diagonal_step(
                 _diagonal_write_block(b, group)
             if kind != "read":
                 torch._foreach_copy_(b.prev_grad + b.prev_param, b.grads + b.params)
-            directions = b.grads
-            if b.momentum is not None:
-                directions = b.momentum
-                torch._foreach_lerp_(directions, b.grads, 1 - group["beta"])
-            torch._foreach_addcmul_(b.params, b.curvature, directions, value=-group["lr"])
+            _read_block(b, group)
     for i in first:
         states[i]["has_prev"].fill_(1)
 
@@ -103,14 +99,20 @@ def _diagonal_step_on_device(every: Buffers, states: list[State], group: Group) 
         ):
             torch.where(is_due[i], g, g_prev, out=g_prev)
             torch.where(is_due[i], p, p_prev, out=p_prev)
-        directions = b.grads
-        if b.momentum is not None:
-            directions = b.momentum
-            torch._foreach_lerp_(directions, b.grads, 1 - group["beta"])
-        torch._foreach_addcmul_(b.params, b.curvature, directions, value=-group["lr"])
+        _read_block(b, group)
     for st, d in zip(states, is_due, strict=True):
         flag = st["has_prev"]
         torch.where(d, torch.ones_like(flag), flag, out=flag)
+
+
+def _read_block(block: Buffers, group: Group) -> None:
+    """The read and step ``W <- W - lr H d``, ``d`` the gradient or its momentum (written
+    here, ``m <- lerp(m, g, 1 - beta)``, when ``beta > 0``)."""
+    directions = block.grads
+    if block.momentum is not None:
+        directions = block.momentum
+        torch._foreach_lerp_(directions, block.grads, 1 - group["beta"])
+    torch._foreach_addcmul_(block.params, block.curvature, directions, value=-group["lr"])
 
 
 def secant_step(

@@ -205,19 +205,26 @@ class Muon(Preset):
             # (one all-gather of numel per matrix), each rank orthogonalises it and keeps its
             # rows of O: a third of gathering parameter, gradient and momentum.
             updates = [sharded.gather_rows(u, p) for u, p in zip(updates, ps, strict=True)]
-        for index, orthos, scale in orthogonal_reads(
-            updates,
-            steps=group["ns_steps"],
-            scale=group["scale"],
-            coefficients=group["ns_coefficients"],
-            lower=group["ns_lower"],
-        ):
+        for index, orthos, scale in _group_reads(updates, group):
             if group["row_norm"]:
                 row_sqs = [states[matrices[j]]["row_sq"] for j in index]
                 orthos = foreach_row_normalize_(orthos, row_sqs, beta2=group["row_beta2"])
             if sharded.active():
                 orthos = [sharded.own_rows(o, ps[j]) for o, j in zip(orthos, index, strict=True)]
             torch._foreach_add_([ps[j] for j in index], orthos, alpha=-group["lr"] * scale)
+
+
+def _group_reads(
+    updates: list[Tensor], group: Group
+) -> list[tuple[list[int], list[Tensor], float]]:
+    """:func:`orthogonal_reads` of ``updates`` with the group's Newton-Schulz settings."""
+    return orthogonal_reads(
+        updates,
+        steps=group["ns_steps"],
+        scale=group["scale"],
+        coefficients=group["ns_coefficients"],
+        lower=group["ns_lower"],
+    )
 
 
 def _orthogonal_steps_by_owner(ps: list[Tensor], updates: list[Tensor], group: Group) -> None:
@@ -232,13 +239,7 @@ def _orthogonal_steps_by_owner(ps: list[Tensor], updates: list[Tensor], group: G
     ]
     mine = [j for j, whole in enumerate(wholes) if whole is not None]
     orthos: dict[int, Tensor] = {}
-    for index, pieces, _ in orthogonal_reads(
-        [wholes[j] for j in mine],
-        steps=group["ns_steps"],
-        scale=group["scale"],
-        coefficients=group["ns_coefficients"],
-        lower=group["ns_lower"],
-    ):
+    for index, pieces, _ in _group_reads([wholes[j] for j in mine], group):
         orthos.update((mine[k], o) for k, o in zip(index, pieces, strict=True))
     by_scale: dict[float, list[tuple[Tensor, Tensor]]] = {}
     for j, (u, p) in enumerate(zip(updates, ps, strict=True)):
