@@ -115,7 +115,12 @@ def markdown(header: dict[str, Any], path: Path) -> str:
         "",
         f"`{info['model']}` ({header['architecture']} {header['arch_kwargs']}), seed "
         f"{train['seed']}, {train['optimizer']} lr {train['lr']:g}, batch {train['batch_size']}: "
-        f"best validation loss at step {train['best_step']} of {train['steps']} run "
+        + (
+            f"weights: their exponential moving average (decay {train['average']:g}), "
+            if train.get("average")
+            else ""
+        )
+        + f"best validation loss at step {train['best_step']} of {train['steps']} run "
         f"({'stopped early' if train['stopped_early'] else 'step cap'}; {train['seconds']:.0f} s "
         f"on one thread). Inputs: {header['patch_size']} × {header['patch_size']} RGB tiles in "
         f"[0, 1]. Threshold on the logit {cal['threshold']:.4f}, set on the "
@@ -152,6 +157,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patience", type=int, default=4, help="evaluations without progress")
     parser.add_argument(
         "--lr-drops", type=int, default=0, help="lr drops by 10 at a plateau before stopping"
+    )
+    parser.add_argument(
+        "--average",
+        type=float,
+        default=None,
+        help="evaluate, early-stop on and ship an exponential moving average of the weights "
+        "with this decay (experiments.detectors --average)",
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="stream worker processes")

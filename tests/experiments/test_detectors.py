@@ -124,3 +124,18 @@ def test_a_named_configuration_sets_its_hyperparameters_on_the_presets_groups_on
     assert plain.param_groups[0]["gamma"] == 0.5
     with pytest.raises(ValueError, match="neither a preset"):
         optimizer_factory("no_such_optimizer", 1e-3)
+
+
+def test_a_weight_average_is_recorded_and_labels_its_row(tmp_path):
+    import json
+
+    from experiments.detectors import main, run_label
+
+    out = tmp_path / "runs.json"
+    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0",
+          "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--workers", "0",
+          "--average", "0.99", "--json", str(out)])  # fmt: skip
+    (run,) = json.loads(out.read_text())
+    assert run["average"] == 0.99 and run_label(run) == "npr_bn (EMA 0.99)"
+    assert run_label({**run, "average": None}) == "npr_bn"  # runs without one (or before it)
+    assert run_label({"model": "npr_bn"}) == "npr_bn"

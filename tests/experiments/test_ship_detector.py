@@ -49,3 +49,12 @@ def test_ship_with_d4_views_calibrates_on_the_averaged_logits(tmp_path):
     one = sorted(view_logits(shipped.model, reals, "one").tolist())
     assert shipped.val_real_logits == pytest.approx(d4, abs=1e-5)
     assert shipped.val_real_logits != pytest.approx(one, abs=1e-5)
+
+
+@pytest.mark.slow  # trains a detector for 20 steps and builds the tiny benchmark: ~15 s
+def test_ship_with_a_weight_average_says_so(tmp_path):
+    out, md, cache = tmp_path / "ema.safetensors", tmp_path / "results.md", tmp_path / "cache"
+    main(["--tiny", "--max-steps", "20", "--eval-every", "10", "--workers", "0", "--average",
+          "0.9", "--out", str(out), "--write", str(md), "--cache-dir", str(cache)])  # fmt: skip
+    assert load_detector(out).info["train"]["average"] == 0.9
+    assert "exponential moving average (decay 0.9)" in md.read_text()
