@@ -19,10 +19,10 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 STEPS = 5
 # The presets that skip a non-finite step on the device on TinyNet (test_syncs.py): the fused
-# kernels take the flag (adam, momentum); delta, learned and deep (their counts on the device)
-# step, then select. The last three need sync_free on: these tests pass sync_free=None, which
+# kernels take the flag (adam, momentum); the others (their counts on the device, or none to
+# read) step, then select. Those need sync_free on: these tests pass sync_free=None, which
 # turns it on where a gradient lives on an accelerator (the default, False, decides on the host).
-DEVICE_SKIP = ("adam", "momentum", "delta", "learned", "deep", "landscape")
+DEVICE_SKIP = ("adam", "momentum", "delta", "muon", "cms", "learned", "deep", "landscape")
 
 
 def _flat(model: torch.nn.Module) -> torch.Tensor:

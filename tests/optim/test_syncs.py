@@ -25,6 +25,7 @@ import torch
 from optim_support import every_memory, loss_at, make_model
 
 from assocmem import MemoryOptimizer, get_preset
+from assocmem.optim.presets.cms import ademamix_config, m3_config
 
 HOST_STATE = ("step", "has_prev", "pairs")
 READS = ("__bool__", "item", "tolist", "__float__", "__int__")
@@ -35,11 +36,11 @@ REMAINING = {"delta": 1}
 # skip on the device; the others decide on the host, one flag read per device per step.
 DEVICE_SKIP = ("adam", "momentum")
 # With sync_free=True every other preset skips on the device too (step, then select), but
-# those that read their step count on the host (a write period, landscape's first-step
-# branch): a skip decided on the device could not take that count back, so they read the flag
-# (one read per step). adam off its kernel, muon's Adam fallback (TinyNet has biases), learned
-# and deep take their counts on the device instead (Preset.counts_on_device).
-READS_STEP_COUNT = ("cms",)
+# those that read their step count on the host: a skip decided on the device could not take
+# that count back, so they would read the flag (one read per step). None does in its default
+# form: adam off its kernel, muon's Adam fallback (TinyNet has biases), learned, deep, cms and
+# landscape's diagonal form take their counts on the device instead (Preset.counts_on_device).
+READS_STEP_COUNT: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -305,7 +306,7 @@ def test_sync_free_is_validated_and_defaults_to_the_host_on_the_cpu():
 
 
 # The presets that read their count on the host without sync_free and on the device with it.
-COUNTS_ON_DEVICE = ("adam", "muon")
+COUNTS_ON_DEVICE = ("adam", "muon", "cms")
 
 
 @pytest.mark.parametrize("resumed_with", [False, True])
@@ -370,4 +371,56 @@ def test_landscape_gates_its_write_on_the_device_to_the_bit(options):
     # creates the fresh state and selects it back)
     for t, (host, device) in enumerate(zip(runs[False], runs[True], strict=True)):
         if t > 0:
+            assert all(torch.equal(a, b) for a, b in zip(host, device, strict=True)), t
+
+
+CMS_OPTIONS = {
+    "period 3, accumulate, debias, Adam's denominator": {"freqs": (1, 3)},
+    "AdEMAMix": ademamix_config(),
+    "M3, period 3": m3_config(freq=3),
+    "M3, period 2, normalised": m3_config(freq=2, normalize=True),
+    "periods 2 and 3, no accumulator, rates and a negative weight": {
+        "freqs": (2, 3), "accumulate": False, "etas": (1.0, 0.5), "weights": (1.0, -0.5),
+        "normalize": False,
+    },
+    "a level read with weight 0": {"freqs": (1, 2), "weights": (0.0, 1.0)},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["kernel", "foreach"])
+@pytest.mark.parametrize("options", list(CMS_OPTIONS))
+def test_cms_takes_its_periods_and_constants_on_the_device_to_the_bit(options, contiguous):
+    # cms under sync_free computes a periodic level's write every step and selects it where
+    # due, with every per-step constant a tensor from the counter: the host's bits through
+    # write periods, skipped steps (the very first one and a later one) and a tensor whose
+    # count lags the others (no gradient at step 2), on and off torch's fused Adam kernel.
+    runs = {}
+    for sync_free in (False, True):
+        model = make_model() if contiguous else _non_contiguous_model()
+        opt = MemoryOptimizer(
+            model.parameters(), "cms", lr=1e-2, sync_free=sync_free, **CMS_OPTIONS[options]
+        )
+        trace = []
+        for t in range(10):
+            opt.zero_grad()
+            loss_at(model, t).backward()
+            if t in (0, 5):
+                model.fc.weight.grad[0, 0] = float("nan")
+            if t == 2:
+                model.out.bias.grad = None
+            if sync_free:
+                with counting_reads(opt) as calls:
+                    opt.step()
+                assert calls == [], (t, calls)
+            else:
+                opt.step()
+            trace.append(_bits(opt, model))
+        assert opt.skipped_steps == 2
+        assert float(opt.state[model.out.bias]["step"]) == 7  # 10 steps, 2 skipped, 1 absent
+        runs[sync_free] = trace
+    # from step 1 on (a first step skipped on the host creates no state; on the device it
+    # creates the fresh state and selects it back)
+    for t, (host, device) in enumerate(zip(runs[False], runs[True], strict=True)):
+        if t > 0:
+            assert len(host) == len(device)
             assert all(torch.equal(a, b) for a, b in zip(host, device, strict=True)), t

@@ -135,3 +135,14 @@ def named_blocks(
         return  # nothing to cut, and no need to walk the buffers
     for block in blocks(_lists(buffers), index, numel):
         yield _rebuild(buffers, iter(block))
+
+
+def indexed_named_blocks(
+    buffers: Buffers, index: Sequence[int] | None = None, numel: int = BLOCK_NUMEL
+) -> Iterator[tuple[list[int], Buffers]]:
+    """:func:`named_blocks`, each with the index of the tensor every piece comes from
+    (:func:`indexed_blocks`), so that per-tensor 0-d constants can go along with the pieces."""
+    if index is not None and not index:
+        return
+    for pieces_index, block in indexed_blocks(_lists(buffers), index, numel):
+        yield pieces_index, _rebuild(buffers, iter(block))

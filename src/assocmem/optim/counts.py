@@ -5,11 +5,11 @@ host wait for the queue on an accelerator, and a skip decided on the device (ste
 select: :mod:`assocmem.optim.sync_free`) could not take that count back. Under
 :func:`assocmem.optim.sync_free.active` the presets that count on the device
 (``Preset.counts_on_device``: ``adam``'s foreach and reference paths, muon's Adam fallback,
-``learned``, ``deep``) derive their per-step constants from the counter itself, as torch's
-``capturable=True`` Adam does: one 0-d tensor per parameter for a bias correction
-``1 - beta^t``. :func:`due` and :func:`floor_divide` give a write period's mask
-``t % P == 0`` the same way, for presets with write periods (``cms``, ``landscape``), which
-do not use them yet: they still read their count on the host. With ``sync_free`` off every
+``learned``, ``deep``, ``cms``'s fast path, ``landscape``'s eager diagonal form) derive their
+per-step constants from the counter itself, as torch's ``capturable=True`` Adam does: one
+0-d tensor per parameter for a bias correction ``1 - beta^t``. :func:`due` and
+:func:`floor_divide` give a write period's mask ``t % P == 0`` and a level's write count the
+same way. With ``sync_free`` off every
 preset reads the count on the host as before, so their bits and speed are as they were.
 
 Why the same bits as the host path: the host computes each constant in Python floats (IEEE

@@ -193,6 +193,11 @@ class CMS(Preset):
         ),
     }
 
+    def counts_on_device(self, param: Tensor, group: Group) -> bool:
+        # The fast path's per-step constants and write periods come from the counter on the
+        # device under sync_free (cms_fast._step_on_device); the reference path reads it.
+        return group["foreach"] is not False
+
     def shards_locally(self, group: Group) -> bool:
         return not group["orthogonalize"]  # elementwise unless Newton-Schulz reads a level
 

@@ -12,6 +12,14 @@ the reference at every step:
 
 Newton-Schulz needs whole matrices, so ``orthogonalize=True`` writes in blocks and reads per
 tensor.
+
+Under :func:`assocmem.optim.sync_free.active` the step count is not read on the host
+(:func:`_step_on_device`): a level written every ``f > 1`` steps computes its write every step
+and keeps it where ``t % f == 0`` (a select on the device), and every per-step constant (debias
+factors, read ratios, Adam's ``sqrt(1 - beta2^t)``, the fused kernel's step size) is a 0-d
+tensor computed from the counter by the host's float64 operations
+(:mod:`assocmem.optim.counts`), entering each pass where the host passes a Python number: the
+same passes, the same roundings.
 """
 
 from __future__ import annotations
@@ -22,8 +30,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from assocmem.optim import fused
-from assocmem.optim.blocks import named_blocks, select, split_by_step
+from assocmem.optim import counts, fused, sync_free
+from assocmem.optim.blocks import indexed_named_blocks, named_blocks, select, split_by_step
 from assocmem.optim.presets.cms import accumulates, debias_factor, level_etas, orthogonalize
 from assocmem.optim.registry import Group, State
 
@@ -56,6 +64,9 @@ def foreach_step(
 ) -> None:
     """One ``cms`` step of every tensor of the group, in place."""
     every = buffers(params, grads, states, group)
+    if sync_free.active():
+        _step_on_device(every, states, group)
+        return
     for t, index in split_by_step([float(s["step"]) for s in states]).items():
         if group["orthogonalize"]:
             for block in named_blocks(every, index):
@@ -229,3 +240,210 @@ def _read_whole(whole: Buffers, t: int, group: Group) -> None:
         ]
         torch._foreach_add_(updates, reads)
     _apply(whole.params, updates, 1.0, whole.second, t, group)
+
+
+# --- sync_free: the same step with the count kept on the device -------------------------------
+# Per-tensor lists of 0-d tensors stand where the host path has one Python float per step
+# count. Each is computed in float64 by the host's operations (assocmem.optim.counts) and cast
+# to the parameter's dtype where it meets a tensor, as a Python float is. ``add(x, y,
+# alpha=a)`` becomes ``addcmul(x, y, a)`` and ``addcdiv(p, u, d, value=v)`` becomes
+# ``addcdiv(p, v u, d)``: the same roundings (the first fused, the second ``(v u) / d`` both
+# ways; tested to the bit against the host path). On CUDA torch divides by a Python number as a
+# multiplication by its reciprocal, by a tensor truly: there the Newton-Schulz input
+# ``L / c`` of a debiased level may differ from the host path's by an ulp.
+
+Scales = list[Tensor]  # one 0-d tensor per parameter
+
+
+def _step_on_device(every: Buffers, states: list[State], group: Group) -> None:
+    """:func:`foreach_step` without reading the step counts on the host."""
+    t = counts.as_counts([s["step"] for s in states])
+    due = [counts.due(t, freq) if freq > 1 else None for freq in group["freqs"]]
+    debias = _device_debias(t, group)
+
+    def at(values: list[Tensor] | None, index: list[int]) -> list[Tensor] | None:
+        return None if values is None else [values[i] for i in index]
+
+    if group["orthogonalize"]:
+        for index, block in indexed_named_blocks(every):
+            _write_levels_on_device(block, [at(d, index) for d in due], group)
+        _read_whole_on_device(every, t, debias, group)
+        return
+    scales = [counts.quotients(w, c) for w, c in zip(group["weights"], debias, strict=True)]
+    base = _fused_base(group)
+    everything = range(len(every.params))
+    fused_index = [i for i in everything if base is not None and _fusable(every, i)]
+    for index, block in indexed_named_blocks(every, fused_index):
+        _write_levels_on_device(block, [at(d, index) for d in due], group, fused=base)
+        _fused_step_on_device(
+            block, [at(s, index) for s in scales], [states[i]["step"] for i in index],
+            [t[i] for i in index], group, base,
+        )  # fmt: skip
+    for index, block in indexed_named_blocks(
+        every, [i for i in everything if i not in fused_index]
+    ):
+        _write_levels_on_device(block, [at(d, index) for d in due], group)
+        _read_block_on_device(block, [at(s, index) for s in scales], [t[i] for i in index], group)
+
+
+def _device_debias(t: list[Tensor], group: Group) -> list[Scales]:
+    """Each level's ``c_k`` per tensor (:func:`debias_factor` as tensor ops): ``(1 -
+    alpha^n) (eta / (1 - alpha))`` with ``n = t // f``, and 1 where ``n = 0``, where debias is
+    off or ``eta = 0``."""
+    out = []
+    for alpha, freq, eta, debias in zip(
+        group["alphas"], group["freqs"], level_etas(group), group["debias"], strict=True
+    ):
+        if not debias or eta == 0:
+            out.append([torch.ones_like(c) for c in t])
+            continue
+        writes = counts.floor_divide(t, freq)
+        corr = torch._foreach_mul(counts.corrections(alpha, writes), eta / (1 - alpha))
+        out.append(
+            [torch.where(n == 0, torch.ones_like(c), c) for n, c in zip(writes, corr, strict=True)]
+        )
+    return out
+
+
+def _ratios(
+    numerators: Scales, denominators: Scales, like: list[Tensor], *,
+    divisor: float | None = None, negate: bool = False,
+) -> Scales:  # fmt: skip
+    """``n / d`` per tensor (then ``/ divisor``, or negated, as the host's ``ratio / alpha``
+    and ``-ratio``), cast to each tensor's dtype: the host's ``alpha=`` argument."""
+    out = torch._foreach_div(list(numerators), list(denominators))
+    if divisor is not None:
+        torch._foreach_div_(out, divisor)
+    if negate:
+        torch._foreach_neg_(out)
+    return counts.like(out, like)
+
+
+def _write_levels_on_device(
+    block: Buffers, due: list[list[Tensor] | None], group: Group, fused: int | None = None
+) -> None:
+    """:func:`_write_levels` with a level of period ``f > 1`` written where ``t % f == 0``:
+    the write computed out of place, then selected (its bits where due, the old level
+    elsewhere), and its accumulator emptied there. Levels written every step (``due`` None)
+    take the host's passes."""
+    grads = block.grads
+    for k, (alpha, freq, eta) in enumerate(
+        zip(group["alphas"], group["freqs"], level_etas(group), strict=True)
+    ):
+        level, value, scale = block.levels[k], grads, eta
+        if block.accs[k] is not None:
+            value = block.accs[k]
+            torch._foreach_add_(value, grads)
+            scale = eta / freq
+        if k == fused:
+            continue
+        mask = due[k]
+        if scale == 1 - alpha:
+            written = torch._foreach_lerp(level, value, scale) if mask else level
+            if not mask:
+                torch._foreach_lerp_(level, value, scale)
+        else:
+            written = torch._foreach_mul(level, alpha) if mask else level
+            if not mask:
+                torch._foreach_mul_(level, alpha)
+            torch._foreach_add_(written, value, alpha=scale)
+        if mask:
+            for m, new, d in zip(level, written, mask, strict=True):
+                torch.where(d, new, m, out=m)
+        if value is not grads:
+            if mask:
+                for acc, d in zip(value, mask, strict=True):
+                    acc.masked_fill_(d, 0.0)
+            else:
+                torch._foreach_zero_(value)
+    if block.second is not None and fused is None:
+        beta2 = group["beta2"]
+        torch._foreach_mul_(block.second, beta2)
+        torch._foreach_addcmul_(block.second, grads, grads, 1 - beta2)
+
+
+def _read_block_on_device(
+    block: Buffers, scales: list[Scales], t: list[Tensor], group: Group
+) -> None:
+    """:func:`_read_block` with per-tensor scales. A level is read where its weight is
+    nonzero: ``w_k / c_k`` is zero exactly when ``w_k`` is (``c_k`` is finite and nonzero)."""
+    read = [
+        (level, s)
+        for level, s, w in zip(block.levels, scales, group["weights"], strict=True)
+        if w != 0
+    ]
+    if not read:
+        return
+    (updates, s_base), rest = read[0], read[1:]
+    for i, (level, s) in enumerate(rest):
+        ratio = _ratios(s, s_base, level)
+        if i == 0:  # the first sum allocates; the base level itself is never written
+            updates = torch._foreach_addcmul(updates, level, ratio)
+        else:
+            torch._foreach_addcmul_(updates, level, ratio)
+    _apply_on_device(block.params, updates, s_base, block.second, t, group)
+
+
+def _apply_on_device(
+    params: list[Tensor], updates: list[Tensor], scale: Scales,
+    second: list[Tensor] | None, t: list[Tensor], group: Group,
+) -> None:  # fmt: skip
+    """:func:`_apply` with a per-tensor ``scale`` and ``sqrt(1 - beta2^t)``."""
+    lr = group["lr"]
+    if second is None:
+        steps = counts.like(torch._foreach_mul(list(scale), -lr), params)
+        torch._foreach_addcmul_(params, updates, steps)
+        return
+    bc2_sqrt = torch._foreach_sqrt(counts.corrections(group["beta2"], t))
+    denom = torch._foreach_sqrt(second)
+    torch._foreach_add_(denom, counts.like(torch._foreach_mul(bc2_sqrt, group["eps"]), params))
+    value = torch._foreach_mul(torch._foreach_mul(bc2_sqrt, -lr), list(scale))
+    scaled = torch._foreach_mul(updates, counts.like(value, params))
+    torch._foreach_addcdiv_(params, scaled, denom)
+
+
+def _fused_step_on_device(
+    block: Buffers, scales: list[Scales], steps: list[Tensor], t: list[Tensor],
+    group: Group, base: int,
+) -> None:  # fmt: skip
+    """:func:`_fused_step` with per-tensor constants: the kernel once per tensor, its step
+    size a float64 tensor (which the kernel takes as the host's Python float). CPU only, as
+    the kernel."""
+    alpha = group["alphas"][base]
+    carried = block.levels[base]
+    s_base = scales[base]
+    rest = [
+        (level, s)
+        for k, (level, s, w) in enumerate(zip(block.levels, scales, group["weights"], strict=True))
+        if k != base and w != 0
+    ]
+    for level, s in rest:
+        torch._foreach_addcmul_(carried, level, _ratios(s, s_base, level, divisor=alpha))
+    lrs = torch._foreach_mul(list(s_base), group["lr"])
+    torch._foreach_mul_(lrs, counts.corrections(alpha, t))
+    assert block.second is not None  # a fused base needs normalize
+    for j in range(len(block.params)):
+        fused.adam_(
+            False, [block.params[j]], [block.grads[j]], [carried[j]], [block.second[j]], [],
+            [steps[j]], lr=lrs[j], beta1=alpha, beta2=group["beta2"], weight_decay=0.0,
+            eps=group["eps"], amsgrad=False, maximize=False,
+        )  # fmt: skip
+    for level, s in rest:
+        torch._foreach_addcmul_(carried, level, _ratios(s, s_base, level, negate=True))
+
+
+def _read_whole_on_device(
+    whole: Buffers, t: list[Tensor], debias: list[Scales], group: Group
+) -> None:
+    """:func:`_read_whole` with per-tensor debias factors."""
+    updates = [torch.zeros_like(p) for p in whole.params]
+    for level, weight, c in zip(whole.levels, group["weights"], debias, strict=True):
+        divisors = counts.like(c, level)
+        factors = counts.like(counts.quotients(weight, c), level)
+        reads = [
+            weight * orthogonalize(m / ci, group) if m.dim() >= 2 else m * wc
+            for m, ci, wc in zip(level, divisors, factors, strict=True)
+        ]
+        torch._foreach_add_(updates, reads)
+    ones = [torch.ones_like(x) for x in t]
+    _apply_on_device(whole.params, updates, ones, whole.second, t, group)
