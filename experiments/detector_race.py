@@ -53,14 +53,22 @@ def load_runs(paths: Iterable[Path]) -> list[dict[str, Any]]:
 
 
 def select(
-    runs: Sequence[Mapping[str, Any]], model: str, optimizer: str, lr_drops: int = 0
+    runs: Sequence[Mapping[str, Any]],
+    model: str,
+    optimizer: str,
+    lr_drops: int = 0,
+    average: float | None = None,
 ) -> list[Mapping[str, Any]]:
-    """The runs of ``model`` with ``optimizer`` and without learning-rate drops (a drop is a
-    different recipe)."""
+    """The runs of ``model`` with ``optimizer``, without learning-rate drops and evaluated on
+    the weights themselves or on their average of decay ``average`` (each a different
+    recipe; runs recorded before weight averaging existed evaluated the weights)."""
     return [
         r
         for r in runs
-        if r["model"] == model and r["optimizer"] == optimizer and r.get("lr_drops", 0) == lr_drops
+        if r["model"] == model
+        and r["optimizer"] == optimizer
+        and r.get("lr_drops", 0) == lr_drops
+        and r.get("average") == average
     ]
 
 
@@ -261,6 +269,7 @@ def markdown(
     costs: Mapping[str, Any] | None,
     command: str,
     tuning_seed: int,
+    average: float | None = None,
 ) -> str:
     from experiments.pretraining_study import PRETRAIN_SUFFIX
 
@@ -271,10 +280,22 @@ def markdown(
     else:
         task = "Detector task"
     out = [
-        f"## {task}: steps to tuned Adam's validation loss (`{model}`, {candidate})",
+        f"## {task}: steps to tuned Adam's validation loss (`{model}`, {candidate}"
+        + (f", weight average {average:g})" if average is not None else ")"),
         "",
         f"Regenerate: {command}",
         "",
+        *(
+            [
+                f"Every run, Adam's included, is evaluated, early-stopped and scored on the "
+                f"exponential moving average of its weights (decay {average:g}, "
+                "`assocmem.training.fit`'s `average`); the step costs below leave out the "
+                "average's update, the same pass for every optimizer.",
+                "",
+            ]
+            if average is not None
+            else []
+        ),
         f"LR tuned on seed {tuning_seed} only (best validation loss of each run, early stopping "
         "restores it):",
         "",
@@ -339,12 +360,14 @@ def markdown(
 FIRST_CANDIDATE = "muon/split"
 
 
-def section_name(model: str, candidate: str = FIRST_CANDIDATE) -> str:
+def section_name(model: str, candidate: str = FIRST_CANDIDATE, average: float | None = None) -> str:
     """The docs/results.md section of a race: one per model for :data:`FIRST_CANDIDATE`
     (``vit/frequency`` -> ``race-vit-frequency``), one per model and candidate for any other
     (``npr_bn``, ``muon_delta/split`` -> ``race-npr_bn-muon_delta-split``)."""
     name = "race-" + model.replace("/", "-")
-    return name if candidate == FIRST_CANDIDATE else f"{name}-{candidate.replace('/', '-')}"
+    if candidate != FIRST_CANDIDATE or average is not None:
+        name = f"{name}-{candidate.replace('/', '-')}"
+    return name if average is None else f"{name}-ema{average:g}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -352,6 +375,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, nargs="+", required=True)
     parser.add_argument("--model", default="npr_bn")
     parser.add_argument("--candidate", default=FIRST_CANDIDATE)
+    parser.add_argument(
+        "--average",
+        type=float,
+        default=None,
+        help="race the runs evaluated on their weight average of this decay (--average of "
+        "experiments.detectors); default: the runs evaluated on the weights",
+    )
     parser.add_argument("--tuning-seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=15, help="step-cost samples")
     parser.add_argument("--span", type=int, default=5, help="steps per step-cost sample")
@@ -363,7 +393,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
     runs = load_runs(args.runs)
-    chosen = {name: select(runs, args.model, name) for name in (BASELINE, args.candidate)}
+    chosen = {
+        name: select(runs, args.model, name, average=args.average)
+        for name in (BASELINE, args.candidate)
+    }
     grids = {name: tune(rs, args.tuning_seed) for name, rs in chosen.items()}
     lrs = {name: grid[0] for name, grid in grids.items()}
     rows = race(chosen[BASELINE], chosen[args.candidate], lrs[BASELINE], lrs[args.candidate])
@@ -378,13 +411,14 @@ def main(argv: list[str] | None = None) -> None:
         str(a) for a in (sys.argv[1:] if argv is None else argv)
     )
     text = markdown(
-        args.model, args.candidate, grids, rows, costs, f"`{command}`", args.tuning_seed
-    )
+        args.model, args.candidate, grids, rows, costs, f"`{command}`", args.tuning_seed,
+        args.average,
+    )  # fmt: skip
     print(text)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "costs": costs}, indent=1, default=float))
     if args.write:
-        replace_section(args.write, section_name(args.model, args.candidate), text)
+        replace_section(args.write, section_name(args.model, args.candidate, args.average), text)
 
 
 if __name__ == "__main__":

@@ -164,3 +164,28 @@ def test_another_candidate_gets_its_own_section(tmp_path):
     text = md.read_text()
     assert "<!-- report:race-npr_bn-muon_delta-split:begin -->" in text
     assert "| 0 | 0.41 | 500 (500) | 250 (250) | 0.50 | 0.4 |" in text
+
+
+def test_runs_on_a_weight_average_race_among_themselves_in_their_own_section(tmp_path):
+    from experiments.detector_race import section_name
+
+    plain = [
+        _run("adam", 3e-3, 0, [(0, 0.7), (500, 0.41)]),
+        _run("muon_delta/split", 5e-3, 0, [(0, 0.7), (250, 0.40)]),
+    ]
+    averaged = [
+        {**_run("adam", 3e-3, 0, [(0, 0.7), (750, 0.36)]), "average": 0.995},
+        {**_run("muon_delta/split", 5e-3, 0, [(0, 0.7), (250, 0.38), (500, 0.35)]),
+         "average": 0.995},
+    ]  # fmt: skip
+    assert select(plain + averaged, "npr_bn", "adam") == [plain[0]]
+    assert select(plain + averaged, "npr_bn", "adam", average=0.995) == [averaged[0]]
+    assert section_name("npr_bn", "muon/split", 0.995) == "race-npr_bn-muon-split-ema0.995"
+    path, md = tmp_path / "runs.json", tmp_path / "results.md"
+    path.write_text(json.dumps(plain + averaged))
+    main(["--runs", str(path), "--candidate", "muon_delta/split", "--average", "0.995",
+          "--no-step-cost", "--write", str(md)])  # fmt: skip
+    text = md.read_text()
+    assert "<!-- report:race-npr_bn-muon_delta-split-ema0.995:begin -->" in text
+    assert "weight average 0.995" in text and "moving average of its weights" in text
+    assert "| 0 | 0.36 | 750 (750) | 500 (500) | 0.67 | 0.35 |" in text
