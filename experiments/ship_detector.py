@@ -114,11 +114,12 @@ def markdown(header: dict[str, Any], path: Path) -> str:
         f"`python -m experiments.ship_detector --table-only --write docs/results.md`.",
         "",
         f"`{info['model']}` ({header['architecture']} {header['arch_kwargs']}), seed "
-        f"{train['seed']}, {train['optimizer']} lr {train['lr']:g}, batch {train['batch_size']}: "
+        f"{train['seed']}, {train['optimizer']} lr {train['lr']:g}, batch {train['batch_size']}"
         + (
-            f"weights: their exponential moving average (decay {train['average']:g}), "
+            f", shipped as the exponential moving average of its weights (decay "
+            f"{train['average']:g}): "
             if train.get("average")
-            else ""
+            else ": "
         )
         + f"best validation loss at step {train['best_step']} of {train['steps']} run "
         f"({'stopped early' if train['stopped_early'] else 'step cap'}; {train['seconds']:.0f} s "

@@ -57,4 +57,4 @@ def test_ship_with_a_weight_average_says_so(tmp_path):
     main(["--tiny", "--max-steps", "20", "--eval-every", "10", "--workers", "0", "--average",
           "0.9", "--out", str(out), "--write", str(md), "--cache-dir", str(cache)])  # fmt: skip
     assert load_detector(out).info["train"]["average"] == 0.9
-    assert "exponential moving average (decay 0.9)" in md.read_text()
+    assert "exponential moving average of its weights (decay 0.9)" in md.read_text()

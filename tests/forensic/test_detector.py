@@ -346,7 +346,7 @@ def test_the_shipped_checkpoint_loads():
 # (another CPU kernel rounds differently). 0.03 is about 1.5x the seed-to-seed std of
 # npr_dct_dropout's mean AUCs (0.008-0.019, docs/results.md "Forensic detectors"), far more
 # than a rebuilt benchmark moves one set of weights.
-SHIPPED_SEEN_AUC, SHIPPED_HELDOUT_AUC, MARGIN = 0.957, 0.870, 0.03
+SHIPPED_SEEN_AUC, SHIPPED_HELDOUT_AUC, MARGIN = 0.966, 0.870, 0.03
 
 
 @pytest.mark.slow  # builds the full built-in benchmark (minutes) unless it is cached
