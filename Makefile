@@ -36,7 +36,8 @@ test-slow: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m experiments.detectors --models $(DEMO_MODEL) --optimizers adam muon/split \
 		--lr 1e-3 2e-2 \
-		--seeds 0 --max-steps 800 --eval-every 100 --patience 3 --workers 1 --progress \
+		--seeds 0 --max-steps 800 --eval-every 100 --patience 3 --average 0.995 --workers 1 \
+		--progress \
 		--json outputs/demo/detectors.json
 
 # The previous demo: frequency-masked pretraining, Adam vs muon on a 3-point LR grid.
