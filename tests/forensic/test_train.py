@@ -137,3 +137,36 @@ def test_lbfgs_goes_through_a_closure():
         batch_size=16, eval_every=2,
     )  # fmt: skip
     assert res.status == "ok" and res.steps == 2
+
+
+def test_pretraining_and_detector_training_hand_their_weight_average_to_the_loop():
+    # The same runs with and without average: the loop's average is what is evaluated and
+    # kept, so the evaluations and the final weights differ, and the frozen encoder of a probe
+    # stays frozen (only trainable parameters are averaged into it, buffers copied back).
+    x, y, _ = synthetic(64, seed=5)
+
+    def pretrained(average):
+        torch.manual_seed(0)
+        pre = MaskedPretrainer(ViTEncoder(), FrequencyMasker("spectral", 0.5), loss="both")
+        res = pretrain(
+            pre, x, x, adam(3e-3), steps=6, batch_size=16,
+            generator=torch.Generator().manual_seed(0), eval_every=3, average=average,
+        )  # fmt: skip
+        return res, pre
+
+    (plain, raw), (averaged, avg) = pretrained(None), pretrained(0.9)
+    assert plain.history[0]["val_loss"] == averaged.history[0]["val_loss"]  # step 0: same model
+    assert plain.history[-1]["val_loss"] != averaged.history[-1]["val_loss"]
+    assert any(
+        not torch.equal(a, b) for a, b in zip(raw.parameters(), avg.parameters(), strict=True)
+    )
+
+    encoder = ViTEncoder()
+    det = linear_probe(encoder)
+    frozen = {k: v.clone() for k, v in encoder.state_dict().items()}
+    res = train_detector(
+        det, x, y, x, y, adam(1e-2), steps=6, batch_size=16,
+        generator=torch.Generator().manual_seed(1), eval_every=3, average=0.9,
+    )  # fmt: skip
+    assert res.status == "ok"
+    assert all(torch.equal(v, frozen[k]) for k, v in encoder.state_dict().items())

@@ -119,6 +119,7 @@ def pretrain(
     progress: bool = False,
     patience: int | None = None,
     restore_best: bool | None = None,
+    average: float | None = None,
 ) -> TrainResult:
     """Masked-reconstruction pretraining for ``steps`` optimizer steps.
 
@@ -126,6 +127,8 @@ def pretrain(
     (:data:`VAL_MASK_SEED`), so ``val_loss`` is comparable across steps and runs.
     ``train_images`` is an (N, C, H, W) tensor or a DataLoader-like iterable of image batches
     (``batch_size`` then unused; a ``(images, labels)`` batch is accepted and its labels ignored).
+    ``average``: evaluate, stop on and return an exponential moving average of the weights with
+    this decay (:func:`assocmem.training.fit`).
     """
     device = _model_device(pretrainer)
 
@@ -141,7 +144,7 @@ def pretrain(
     return fit(
         pretrainer, pretrainer.loss_on, masked_batches(), optimizer_factory, steps=steps,
         eval_every=eval_every, evaluate=evaluate, log=log, progress=progress, desc="pretrain",
-        patience=patience, restore_best=restore_best,
+        patience=patience, restore_best=restore_best, average=average,
     )  # fmt: skip
 
 
