@@ -98,6 +98,7 @@ def pretraining_record(arm: str, curve: list[tuple[int, float]], args: Any) -> d
     return {
         "model": pretrainer_name(arm),
         "optimizer": args.pretrain_optimizer,
+        "average": getattr(args, "average", None),
         "lr": args.pretrain_lr,
         "best_val_loss": best,
         "best_step": best_step,
@@ -124,7 +125,7 @@ def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -
             optimizer_factory(args.pretrain_optimizer, args.pretrain_lr, pretrainer),
             args.pretrain_steps,
             generator=torch.Generator().manual_seed(seed), eval_every=args.eval_every,
-            progress=args.progress,
+            progress=args.progress, average=getattr(args, "average", None),
         )  # fmt: skip
         curve = [(r["step"], r["val_loss"]) for r in result.history if "val_loss" in r]
         out.update(
@@ -258,6 +259,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--no-probe", action="store_true", help="skip the probe (fine-tuning runs only)"
+    )
+    parser.add_argument(
+        "--average",
+        type=float,
+        default=None,
+        help="evaluate, early-stop on and keep the weights' exponential moving average of this "
+        "decay, in pretraining and fine-tuning (experiments.detectors --average)",
     )
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--patience", type=int, default=3)

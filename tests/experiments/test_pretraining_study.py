@@ -84,3 +84,20 @@ def test_pretrain_only_writes_a_race_record_per_run(tmp_path):
     assert rec["best_val_loss"] == min(v for s, v in rec["val_curve"] if s > 0)
     with pytest.raises(SystemExit):
         main(["--tiny", "--arms", "none", "--pretrain-only"])
+
+
+def test_a_weight_average_is_recorded_for_pretraining_and_fine_tuning(tmp_path):
+    import json
+
+    from experiments.pretraining_study import main
+
+    common = ["--tiny", "--cache-dir", str(tmp_path / "cache"), "--arms", "frequency",
+              "--seeds", "0", "--eval-every", "2", "--batch-size", "8", "--workers", "0",
+              "--average", "0.9"]  # fmt: skip
+    pre, fine, enc = tmp_path / "pt.json", tmp_path / "ft.json", tmp_path / "enc"
+    main(common + ["--pretrain-steps", "4", "--pretrain-only", "--save-encoders", str(enc),
+                   "--json", str(pre)])  # fmt: skip
+    assert json.loads(pre.read_text())[0]["average"] == 0.9
+    main(common + ["--encoder", str(enc / "frequency-seed0.safetensors"), "--max-steps", "2",
+                   "--no-probe", "--json", str(fine)])  # fmt: skip
+    assert json.loads(fine.read_text())[0]["average"] == 0.9
