@@ -171,8 +171,9 @@ def _flattening(curve: list[list[float]]) -> float:
 
 def markdown(runs: list[dict[str, Any]], command: str) -> str:
     arms: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:
-        arms.setdefault(r["arm"], []).append(r)
+    for r in runs:  # a weight-averaged run is another recipe: its own row
+        label = r["arm"] + (f" (EMA {r['average']:g})" if r.get("average") else "")
+        arms.setdefault(label, []).append(r)
     lines = [
         "## Frequency vs pixel vs no pretraining (same detector recipe)",
         "",

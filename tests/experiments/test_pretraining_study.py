@@ -38,6 +38,8 @@ def test_table_rows_are_mean_and_std_over_seeds():
     # fine-tuned seen AUC over the two seeds: mean 0.85, sample std 0.0707
     assert "| 0.850 ± 0.071 |" in freq and "1500 (10.0 ± 0.0 %)" in freq
     assert "| none | 1 | 0 | 0.500 | 0.400 | 0.700 | 0.600 |" in text
+    averaged = markdown([*runs, {**run("frequency", 0, 0.95, curve), "average": 0.995}], "`c`")
+    assert "| frequency | 2 |" in averaged and "| frequency (EMA 0.995) | 1 |" in averaged
 
 
 def test_saved_encoder_is_fine_tuned_by_the_named_optimizer_without_pretraining(tmp_path):
