@@ -6,7 +6,7 @@ STAMP := $(VENV)/.assocmem-installed
 PYTEST_WORKERS ?= 2
 DEMO_MODEL ?= npr_dct_dropout
 
-.PHONY: setup test test-slow test-portability demo demo-pretrain bench lint format clean
+.PHONY: setup test test-slow test-portability demo demo-pretrain bench gpu-check lint format clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,11 @@ demo-pretrain: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m experiments.bench_step
 	$(PY) -m experiments.compare +experiment=bench
+
+# Issue 15's GPU checks (CUDA tests, then the step benchmark on the device) with a CUDA build of
+# torch that is already installed: scripts/gpu_check.sh says what it needs and writes.
+gpu-check:
+	PYTHON=$(or $(GPU_PYTHON),python3) OUT=outputs/gpu scripts/gpu_check.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -7,6 +7,7 @@ parameters and gradients, so the numbers travel across machines better than seco
     python -m experiments.bench_step --sizes small --samples 5
     python -m experiments.bench_step --no-compile        # without the compile=True rows
     python -m experiments.bench_step --write docs/results.md   # refresh that section
+    python -m experiments.bench_step --device cuda       # on an accelerator: step-cost-cuda
 """
 
 from __future__ import annotations
@@ -30,21 +31,43 @@ from experiments.step_cost import Steppable, round_robin_samples
 SIZES = {"small": [128, 256, 256, 64], "large": [1024, 2048, 1536, 512]}
 
 
-def make_params(widths: list[int], seed: int = 0) -> list[nn.Parameter]:
+def make_params(widths: list[int], seed: int = 0, device: str = "cpu") -> list[nn.Parameter]:
+    """The layers' parameters on ``device``, each with a gradient; drawn on the CPU, so every
+    device gets the same numbers."""
     torch.manual_seed(seed)
     layers = [nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)]
-    params = [p for layer in layers for p in layer.parameters()]
+    params = [nn.Parameter(p.detach().to(device)) for layer in layers for p in layer.parameters()]
     for p in params:
-        p.grad = torch.randn_like(p) * 1e-2
+        p.grad = (torch.randn(p.shape) * 1e-2).to(device)
     return params
 
 
 def time_round_robin(
-    optimizers: Mapping[str, Steppable], samples: int, span: int = 1, warmup: int = 1
+    optimizers: Mapping[str, Steppable],
+    samples: int,
+    span: int = 1,
+    warmup: int = 1,
+    device: str = "cpu",
 ) -> dict[str, float]:
-    """Median seconds per ``step()`` of each candidate (:func:`round_robin_samples`)."""
-    times = round_robin_samples(optimizers, samples, span, warmup)
+    """Median seconds per ``step()`` of each candidate (:func:`round_robin_samples`); on an
+    accelerator each sample waits for the device's queue before and after it."""
+    wait = None if torch.device(device).type == "cpu" else torch.accelerator.synchronize
+    times = round_robin_samples(optimizers, samples, span, warmup, wait=wait)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def where(device: str) -> str:
+    """What the steps ran on, for the table's heading."""
+    if torch.device(device).type == "cpu":
+        return f"{torch.get_num_threads()} threads"
+    return f"{device} ({torch.cuda.get_device_name(device)})" if "cuda" in device else device
+
+
+def section_name(device: str) -> str:
+    """The results section a run refreshes: ``step-cost`` on the CPU, one per device type
+    otherwise, so a GPU run never overwrites the CPU table."""
+    kind = torch.device(device).type
+    return "step-cost" if kind == "cpu" else f"step-cost-{kind}"
 
 
 def candidates(
@@ -81,14 +104,17 @@ SPAN = 10
 SAMPLES = {"small": 60, "large": 5}
 
 
-def run(sizes: list[str], samples: int | None = None, compile: bool = True) -> str:
+def run(
+    sizes: list[str], samples: int | None = None, compile: bool = True, device: str = "cpu"
+) -> str:
     lines = []
     for size in sizes:
         samples_here = samples or SAMPLES[size]
         optimizers = {
-            name: make(make_params(SIZES[size])) for name, make in candidates(compile).items()
+            name: make(make_params(SIZES[size], device=device))
+            for name, make in candidates(compile).items()
         }
-        seconds = time_round_robin(optimizers, samples_here, SPAN)
+        seconds = time_round_robin(optimizers, samples_here, SPAN, device=device)
         rows = {
             name: (seconds[name], state_bytes_per_param(opt)) for name, opt in optimizers.items()
         }
@@ -97,7 +123,7 @@ def run(sizes: list[str], samples: int | None = None, compile: bool = True) -> s
         base_foreach = rows["torch Adam (foreach)"][0]
         base_fused = rows["torch Adam (fused)"][0]
         lines += [
-            f"\n### {size}: {n / 1e6:.2f}M parameters, {torch.get_num_threads()} threads, "
+            f"\n### {size}: {n / 1e6:.2f}M parameters, {where(device)}, "
             f"median of {samples_here} samples, each the mean of {SPAN} consecutive warm steps; "
             "candidates take turns\n",
             "| optimizer | step ms | × Adam foreach | × Adam fused | state bytes/param |",
@@ -156,18 +182,27 @@ def main() -> None:
         "--no-compile", action="store_true", help="leave out the compile=True rows (no compile)"
     )
     parser.add_argument(
-        "--write", type=Path, help="markdown file whose step-cost section to refresh"
+        "--device",
+        default="cpu",
+        help="where parameters, gradients and state live (e.g. cuda); default cpu",
+    )
+    parser.add_argument(
+        "--write",
+        type=Path,
+        help="markdown file whose step-cost section (step-cost-DEVICE off the CPU) to refresh",
     )
     args = parser.parse_args()
-    table = run(args.sizes, args.samples, compile=not args.no_compile)
+    table = run(args.sizes, args.samples, compile=not args.no_compile, device=args.device)
     print(table)
     if args.write:
         command = "python -m experiments.bench_step " + " ".join(sys.argv[1:])
+        on = "" if section_name(args.device) == "step-cost" else f" on {args.device}"
         body = (
-            f"## Step cost\n\nCommand: `{command}` ({platform.processor() or platform.machine()}, "
+            f"## Step cost{on}\n\nCommand: `{command}` "
+            f"({platform.processor() or platform.machine()}, "
         )
         body += f"torch {torch.__version__}).\n{table}"
-        replace_section(args.write, "step-cost", body)
+        replace_section(args.write, section_name(args.device), body)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -33,7 +33,11 @@ class Steppable(Protocol):
 
 
 def round_robin_samples(
-    candidates: Mapping[str, Steppable], samples: int, span: int = 1, warmup: int = 1
+    candidates: Mapping[str, Steppable],
+    samples: int,
+    span: int = 1,
+    warmup: int = 1,
+    wait: Callable[[], object] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per ``step()`` of each candidate, ``samples`` samples each, timed in turns.
 
@@ -45,14 +49,22 @@ def round_robin_samples(
     every few steps (cms's slow level, landscape with ``period``), which a median over single
     steps would leave out. A candidate is anything with ``step()``: an optimizer
     (``experiments.bench_step``) or a whole training step (:class:`TrainingStep`).
+
+    ``wait``: called before the clock starts and before it stops, e.g. to wait for an
+    accelerator's queue (its kernels run after ``step()`` returns): without it a sample would
+    time how fast the host queues the work, not the work.
     """
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for round_ in range(warmup + samples):
         for name, candidate in candidates.items():
             candidate.step()
+            if wait is not None:
+                wait()
             start = time.perf_counter()
             for _ in range(span):
                 candidate.step()
+            if wait is not None:
+                wait()
             if round_ >= warmup:
                 times[name].append((time.perf_counter() - start) / span)
     return times

@@ -1,9 +1,10 @@
 """The step-cost benchmark runs and reports every preset against torch's Adam."""
 
 import pytest
+import torch
 
 from assocmem import available_memories
-from experiments import bench_step
+from experiments import bench_step, step_cost
 
 
 def test_table_has_every_preset_and_ratios_to_torch_adam(monkeypatch):
@@ -58,3 +59,31 @@ def test_verdict_at_6m_is_against_fused_adam_times_1_2():
     line = bench_step.target_verdict(ratios, 1.2, "fused")
     assert line.startswith("Linear presets at or under torch's fused Adam × 1.2 by default: ")
     assert "momentum 1.10×, adam 1.20×, delta 1.20×; over it: cms 1.30×, landscape 4.00×." in line
+
+
+def test_a_sample_waits_for_the_device_before_and_after_its_steps():
+    # On an accelerator step() returns before its kernels ran: the clock must start and stop
+    # on an empty queue, or a sample times how fast the host queues work.
+    events = []
+
+    class Queued:
+        def step(self):
+            events.append("step")
+
+    step_cost.round_robin_samples(
+        {"a": Queued()}, 1, span=2, warmup=0, wait=lambda: events.append("wait")
+    )
+    assert events == ["step", "wait", "step", "step", "wait"]
+
+
+def test_each_device_refreshes_its_own_section_and_params_match_across_devices():
+    assert bench_step.section_name("cpu") == "step-cost"
+    assert bench_step.section_name("cuda:0") == "step-cost-cuda"
+    assert bench_step.where("cpu").endswith("threads")
+    a = bench_step.make_params([6, 8, 3], device="cpu")
+    b = bench_step.make_params([6, 8, 3], device="meta")  # shapes only: no data to compare
+    assert [p.shape for p in a] == [p.shape for p in b] and all(p.is_meta for p in b)
+    again = bench_step.make_params([6, 8, 3])
+    assert all(
+        torch.equal(p, q) and torch.equal(p.grad, q.grad) for p, q in zip(a, again, strict=True)
+    )

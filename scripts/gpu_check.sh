@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Issue 15's GPU checks as one script, for a machine with a CUDA device (none in CI): every
+# preset on CUDA against its CPU run, the skip of a non-finite step without a host sync, a model
+# across CPU and GPU (tests/optim/test_cuda.py), then the step-cost benchmark on the device.
+#
+#   PYTHON=python3 OUT=outputs/gpu scripts/gpu_check.sh      # or: make gpu-check
+#
+# Uses $PYTHON's torch as it is (a CUDA build; this project's .venv holds the CPU wheel) and
+# installs nothing: the accelerator machines may have no network. Writes the test log and the
+# benchmark's markdown section (step-cost-cuda) under $OUT; copy the section into
+# docs/results.md with the command it prints. Exits non-zero if a test fails or there is no GPU.
+set -uo pipefail
+PYTHON=${PYTHON:-python3}
+OUT=${OUT:-outputs/gpu}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+"$PYTHON" - <<'PY' | tee "$OUT/device.txt" || exit 1
+import sys, torch
+if not torch.cuda.is_available():
+    sys.exit(f"no CUDA device for torch {torch.__version__}")
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}")
+PY
+
+status=0
+if "$PYTHON" -c "import pytest, hypothesis" 2>/dev/null; then
+    "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/optim/test_cuda.py \
+        2>&1 | tee "$OUT/test_cuda.log" || status=1
+else
+    echo "pytest or hypothesis missing for $PYTHON: tests/optim/test_cuda.py not run" \
+        | tee "$OUT/test_cuda.log"
+    status=1
+fi
+
+cp docs/results.md "$OUT/results.md"
+"$PYTHON" -m experiments.bench_step --device cuda --write "$OUT/results.md" \
+    2>&1 | tee "$OUT/bench_step.log" || status=1
+echo "benchmark section written to $OUT/results.md (section step-cost-cuda)"
+exit $status
