@@ -71,7 +71,7 @@ def section_name(device: str) -> str:
 
 
 def candidates(
-    compile: bool = True,
+    compile: bool = True, device: str = "cpu"
 ) -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]]:
     makers: dict[str, Callable] = {
         "torch Adam (foreach)": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
@@ -87,6 +87,13 @@ def candidates(
     makers["landscape (period=10)"] = lambda ps: MemoryOptimizer(
         ps, memory="landscape", lr=1e-3, period=10
     )
+    if torch.device(device).type != "cpu":
+        # Off the CPU a host read waits for the device's queue: each preset also with its
+        # decisions made on the device (sync_free), which costs passes over memory instead.
+        for name in available_memories():
+            makers[f"{name} (sync_free=True)"] = lambda ps, name=name: MemoryOptimizer(
+                ps, memory=name, lr=1e-3, sync_free=True
+            )
     if not compile:
         return makers
     # The opt-in compiled paths (the first step compiles; the timed steps are warm).
@@ -112,7 +119,7 @@ def run(
         samples_here = samples or SAMPLES[size]
         optimizers = {
             name: make(make_params(SIZES[size], device=device))
-            for name, make in candidates(compile).items()
+            for name, make in candidates(compile, device).items()
         }
         seconds = time_round_robin(optimizers, samples_here, SPAN, device=device)
         rows = {

@@ -87,3 +87,10 @@ def test_each_device_refreshes_its_own_section_and_params_match_across_devices()
     assert all(
         torch.equal(p, q) and torch.equal(p.grad, q.grad) for p, q in zip(a, again, strict=True)
     )
+
+
+def test_off_the_cpu_every_preset_is_also_timed_deciding_on_the_device():
+    on_cpu, on_gpu = bench_step.candidates(False), bench_step.candidates(False, "cuda")
+    assert not any("sync_free" in name for name in on_cpu)
+    extra = set(on_gpu) - set(on_cpu)
+    assert extra == {f"{name} (sync_free=True)" for name in available_memories()}
