@@ -58,9 +58,10 @@ def time_round_robin(
 
 def where(device: str) -> str:
     """What the steps ran on, for the table's heading."""
-    if torch.device(device).type == "cpu":
+    kind = torch.device(device).type
+    if kind == "cpu":
         return f"{torch.get_num_threads()} threads"
-    return f"{device} ({torch.cuda.get_device_name(device)})" if "cuda" in device else device
+    return f"{device} ({torch.cuda.get_device_name(device)})" if kind == "cuda" else device
 
 
 def section_name(device: str) -> str:
@@ -203,7 +204,7 @@ def main() -> None:
     print(table)
     if args.write:
         command = "python -m experiments.bench_step " + " ".join(sys.argv[1:])
-        on = "" if section_name(args.device) == "step-cost" else f" on {args.device}"
+        on = "" if torch.device(args.device).type == "cpu" else f" on {args.device}"
         body = (
             f"## Step cost{on}\n\nCommand: `{command}` "
             f"({platform.processor() or platform.machine()}, "

@@ -6,9 +6,10 @@
 #   PYTHON=python3 OUT=outputs/gpu scripts/gpu_check.sh      # or: make gpu-check
 #
 # Uses $PYTHON's torch as it is (a CUDA build; this project's .venv holds the CPU wheel) and
-# installs nothing: the accelerator machines may have no network. Writes the test log and the
-# benchmark's markdown section (step-cost-cuda) under $OUT; copy the section into
-# docs/results.md with the command it prints. Exits non-zero if a test fails or there is no GPU.
+# installs nothing: the accelerator machines may have no network. Writes the test log, the
+# benchmark's log and a copy of docs/results.md with its step-cost-cuda section filled in under
+# $OUT (move that section into docs/results.md by hand). Exits non-zero if a test fails or
+# there is no GPU.
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-outputs/gpu}
