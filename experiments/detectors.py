@@ -42,6 +42,7 @@ from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
 from assocmem.forensic.train import train_detector
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.optim import param_groups
+from assocmem.storage import write_safetensors
 from experiments.report import replace_section
 from experiments.validate_config import CONF
 
@@ -203,6 +204,8 @@ def run_one(
     torch.manual_seed(seed)
     model = MODELS[model_name](bench.config.patch_size)
     run = train_one(bench, families, model, optimizer, lr, seed, args)
+    if getattr(args, "save_weights", None):
+        run["weights"] = str(save_weights(args.save_weights, model_name, bench, run, model))
     records = []
     for views in getattr(args, "views", ["one"]):
 
@@ -221,6 +224,31 @@ def run_one(
             }
         )
     return records
+
+
+def weights_name(model_name: str, run: dict[str, Any]) -> str:
+    """The file name of a run's kept weights: model, optimizer, lr, average and seed, so that
+    the runs of one table never share a name."""
+    average = f"-ema{run['average']:g}" if run.get("average") else ""
+    optimizer = run["optimizer"].replace("/", "")
+    return f"{model_name}-{optimizer}-lr{run['lr']:g}{average}-seed{run['seed']}.safetensors"
+
+
+def save_weights(
+    directory: Path, model_name: str, bench: Any, run: dict[str, Any], model: nn.Module
+) -> Path:
+    """Write the weights ``run`` kept (the early-stopping choice, averaged when it was) to
+    ``directory``, with the recipe in the file's header; ``experiments.detector_ensemble``
+    reads them back. Returns the file's path."""
+    path = Path(directory) / weights_name(model_name, run)
+    header = {
+        "model": model_name,
+        "patch_size": bench.config.patch_size,
+        **{k: run[k] for k in ("optimizer", "lr", "seed", "average", "best_step", "steps")},
+    }
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    write_safetensors(path, tensors, header)
+    return path
 
 
 def _ms(values: list[float], digits: int = 3) -> str:
@@ -248,7 +276,8 @@ def lr_drops_of(run: dict[str, Any]) -> int:
 def run_label(run: dict[str, Any]) -> str:
     """The detector column: the model, its patch size when not the default benchmark's, its lr
     drops when it had any (a different recipe), its weight average's decay when it was
-    evaluated on one, and its test-time views when they are not the
+    evaluated on one, its member count when it is an ensemble
+    (``experiments.detector_ensemble``), and its test-time views when they are not the
     image alone (``assocmem.forensic.views``)."""
     drops = lr_drops_of(run)
     views = run.get("views", "one")
@@ -258,6 +287,7 @@ def run_label(run: dict[str, Any]) -> str:
         + (f" ({size} px)" if size != DEFAULT_PATCH else "")
         + (f" (lr drops {drops})" if drops else "")
         + (f" (EMA {run['average']:g})" if run.get("average") else "")
+        + (f" (ensemble of {len(run['ensemble'])})" if run.get("ensemble") else "")
         + (f" ({views} views)" if views != "one" else "")
     )
 
@@ -368,6 +398,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
     parser.add_argument("--json", type=Path, help="write every run's report here")
+    parser.add_argument(
+        "--save-weights",
+        type=Path,
+        help="write each run's kept weights to this folder (for experiments.detector_ensemble)",
+    )
     parser.add_argument("--progress", action="store_true")
     parser.add_argument(
         "--from-json",

@@ -139,3 +139,60 @@ def test_a_weight_average_is_recorded_and_labels_its_row(tmp_path):
     assert run["average"] == 0.99 and run_label(run) == "npr_bn (EMA 0.99)"
     assert run_label({**run, "average": None}) == "npr_bn"  # runs without one (or before it)
     assert run_label({"model": "npr_bn"}) == "npr_bn"
+
+
+def test_saved_weights_make_an_ensemble_that_scores_like_the_protocol(tmp_path):
+    import json
+
+    from experiments.detector_ensemble import ensemble_of
+    from experiments.detector_ensemble import main as ensemble_main
+    from experiments.detectors import main, run_label
+
+    runs = tmp_path / "runs.json"
+    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0", "1",
+          "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--workers", "0",
+          "--average", "0.99", "--save-weights", str(tmp_path / "w"),
+          "--json", str(runs)])  # fmt: skip
+    first, second = json.loads(runs.read_text())
+    paths = [first["weights"], second["weights"]]
+    assert [p.rsplit("/", 1)[1] for p in paths] == [
+        "npr_bn-adam-lr0.001-ema0.99-seed0.safetensors",
+        "npr_bn-adam-lr0.001-ema0.99-seed1.safetensors",
+    ]
+    # one member reproduces its run's own scores: the saved weights are the ones scored
+    recipe, alone = ensemble_of([tmp_path / "w" / paths[0].rsplit("/", 1)[1]])
+    assert recipe["seed"] == "0" and recipe["average"] == 0.99
+    out = tmp_path / "ensemble.json"
+    ensemble_main(["--tiny", "--cache-dir", str(tmp_path), "--members", paths[0],
+                   "--json", str(out)])  # fmt: skip
+    (single,) = json.loads(out.read_text())
+    assert single["report"] == first["report"]
+    ensemble_main(["--tiny", "--cache-dir", str(tmp_path), "--members", *paths,
+                   "--views", "one", "d4", "--json", str(out)])  # fmt: skip
+    one, d4 = json.loads(out.read_text())
+    assert one["ensemble"] == [0, 1] and one["seed"] == "0+1" and d4["views"] == "d4"
+    assert one["report"] != first["report"]
+    assert run_label(one) == "npr_bn (EMA 0.99) (ensemble of 2)"
+    assert run_label(d4) == "npr_bn (EMA 0.99) (ensemble of 2) (d4 views)"
+
+
+def test_an_ensemble_refuses_members_of_different_recipes_or_repeated_seeds(tmp_path):
+    import json
+
+    import pytest
+
+    from experiments.detector_ensemble import ensemble_of
+    from experiments.detectors import main
+
+    runs = tmp_path / "runs.json"
+    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0",
+          "--optimizers", "adam", "muon", "--lr", "1e-3", "--max-steps", "2", "--eval-every", "2",
+          "--batch-size", "8", "--workers", "0", "--save-weights", str(tmp_path / "w"),
+          "--json", str(runs)])  # fmt: skip
+    adam, muon = (json.loads(runs.read_text())[i]["weights"] for i in (0, 1))
+    with pytest.raises(ValueError, match="differ in optimizer"):
+        ensemble_of([adam, muon])
+    with pytest.raises(ValueError, match="repeat a seed"):
+        ensemble_of([adam, adam])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ensemble_of([tmp_path / "nothing.safetensors"])
