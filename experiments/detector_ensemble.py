@@ -22,10 +22,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.models.ensemble import LogitEnsemble
-from assocmem.forensic.protocol import zero_shot_report
+from assocmem.forensic.protocol import balanced, zero_shot_report
+from assocmem.forensic.train import logits
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.storage import read_safetensors
 from experiments.detectors import MODELS, family_split
@@ -76,6 +78,12 @@ def ensemble_of(paths: list[Path]) -> tuple[dict[str, Any], LogitEnsemble]:
     return recipe, LogitEnsemble(members).eval()
 
 
+def validation_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Binary cross-entropy of ``model``'s logits (eval mode) on ``images``: the loss the
+    members were early-stopped on."""
+    return float(F.binary_cross_entropy_with_logits(logits(model, images), labels))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=Path, nargs="+", required=True)
@@ -99,6 +107,12 @@ def main(argv: list[str] | None = None) -> None:
         config = dataclasses.replace(config, patch_size=recipe["patch_size"])
     bench = build_benchmark(config, args.cache_dir)
     families = family_split(config)
+    # The selection criterion the members were early-stopped on (seen families only): the
+    # validation loss, here on one balanced draw (the first member's) for the ensemble and each
+    # member alike, so the three numbers compare.
+    x_val, y_val = balanced(bench.split("val", families.seen), seed=1000 + recipe["ensemble"][0])
+    recipe["val_loss"] = validation_loss(ensemble, x_val, y_val)
+    recipe["member_val_losses"] = [validation_loss(m, x_val, y_val) for m in ensemble.members]
     records = []
     for views in args.views:
 
@@ -111,7 +125,10 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"ensemble of {len(args.members)} ({recipe['seed']}) views {views}: seen AUC "
             f"{report['seen']['mean']['auc']:.3f} held-out AUC "
-            f"{report['heldout']['mean']['auc']:.3f} test-real FPR {report['test_real_fpr']:.3f}",
+            f"{report['heldout']['mean']['auc']:.3f} test-real FPR {report['test_real_fpr']:.3f}; "
+            f"validation loss {recipe['val_loss']:.4f} (members "
+            + ", ".join(f"{v:.4f}" for v in recipe["member_val_losses"])
+            + ")",
             flush=True,
         )
     if args.json:

@@ -144,6 +144,8 @@ def test_a_weight_average_is_recorded_and_labels_its_row(tmp_path):
 def test_saved_weights_make_an_ensemble_that_scores_like_the_protocol(tmp_path):
     import json
 
+    import pytest
+
     from experiments.detector_ensemble import ensemble_of
     from experiments.detector_ensemble import main as ensemble_main
     from experiments.detectors import main, run_label
@@ -167,6 +169,9 @@ def test_saved_weights_make_an_ensemble_that_scores_like_the_protocol(tmp_path):
                    "--json", str(out)])  # fmt: skip
     (single,) = json.loads(out.read_text())
     assert single["report"] == first["report"]
+    # the validation loss the run was stopped on, recomputed from the saved weights
+    assert single["val_loss"] == pytest.approx(first["best_val_loss"], rel=1e-6)
+    assert single["member_val_losses"] == [single["val_loss"]]
     ensemble_main(["--tiny", "--cache-dir", str(tmp_path), "--members", *paths,
                    "--views", "one", "d4", "--json", str(out)])  # fmt: skip
     one, d4 = json.loads(out.read_text())
