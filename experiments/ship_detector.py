@@ -14,6 +14,13 @@ and records ``views: d4`` in the header, so ``Detector`` scores each tile that w
     python -m experiments.ship_detector --table-only --write docs/results.md   # from the file
 
 Trains single-threaded (``--threads 1``); on this project's 2-core machine ~15-30 min.
+
+``--members W ...`` ships a deep ensemble instead (architecture ``ensemble``, the mean logit of
+its members, ``assocmem.forensic.models.ensemble``) from weights already trained by
+``experiments.detectors --save-weights`` (one recipe, different seeds): no training here, the
+same calibration and table.
+
+    python -m experiments.ship_detector --members W0 W1 W2 --views d4 --write docs/results.md
 """
 
 from __future__ import annotations
@@ -36,21 +43,48 @@ from assocmem.forensic.checkpoint import (
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.views import VIEWS, view_logits
+from experiments.detector_ensemble import ensemble_of
 from experiments.detectors import HELDOUT, SEEN, SHIPPABLE, family_split, train_one
 from experiments.report import replace_section
 
 
 def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
-    """Train ``args.model`` (seed ``args.seed``), calibrate, score and write ``args.out``;
-    returns the header written."""
+    """Train ``args.model`` (seed ``args.seed``), or with ``args.members`` assemble the weights
+    ``experiments.detectors --save-weights`` kept into a deep ensemble (no training); then
+    calibrate, score and write ``args.out``. Returns the header written."""
     torch.set_num_threads(args.threads)
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
     bench = build_benchmark(config, args.cache_dir, progress=args.progress)
     families = family_split(config)
-    architecture, kwargs = SHIPPABLE[args.model]
-    torch.manual_seed(args.seed)  # before the network is built: its initialisation is seeded
-    model = build_model(architecture, kwargs)
-    run = train_one(bench, families, model, args.optimizer, args.lr, args.seed, args)
+    if args.members:
+        recipe, model = ensemble_of(args.members)
+        if recipe["model"] not in SHIPPABLE:
+            raise ValueError(f"{recipe['model']!r} is not a detector a checkpoint can hold")
+        if recipe["patch_size"] != config.patch_size:
+            raise ValueError(
+                f"the members were trained on {recipe['patch_size']} px patches, the benchmark "
+                f"has {config.patch_size}"
+            )
+        member, member_kwargs = SHIPPABLE[recipe["model"]]
+        architecture = "ensemble"
+        kwargs: dict[str, Any] = {
+            "members": [{"architecture": member, "arch_kwargs": member_kwargs}] * len(model.members)
+        }
+        label = f"{recipe['model']} (ensemble of {len(model.members)})"
+        train = recipe
+    else:
+        architecture, kwargs = SHIPPABLE[args.model]
+        torch.manual_seed(args.seed)  # before the network is built: its initialisation is seeded
+        model = build_model(architecture, kwargs)
+        run = train_one(bench, families, model, args.optimizer, args.lr, args.seed, args)
+        label = args.model
+        train = {
+            **run,
+            **{
+                k: getattr(args, k)
+                for k in ("batch_size", "max_steps", "eval_every", "patience", "lr_drops")
+            },
+        }
     val = bench.split("val", families.seen)
     # the views the checkpoint will score with: the calibration and the table use the same logits
     score = partial(view_logits, model, views=args.views)
@@ -58,14 +92,8 @@ def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
     report = zero_shot_report(score, bench, families, target_fpr=args.target_fpr)
     info = {
         "command": command,
-        "model": args.model,
-        "train": {
-            **run,
-            **{
-                k: getattr(args, k)
-                for k in ("batch_size", "max_steps", "eval_every", "patience", "lr_drops")
-            },
-        },
+        "model": label,
+        "train": train,
         "data": {
             "config": config.to_dict(),
             "key": config.key(),
@@ -94,10 +122,46 @@ def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
     return header
 
 
+def training_sentence(header: dict[str, Any]) -> str:
+    """How the shipped weights were trained, from the header: one run, or an ensemble's."""
+    info = header["info"]
+    train = info["train"]
+    if header["architecture"] == "ensemble":
+        n = len(header["arch_kwargs"]["members"])
+        member = header["arch_kwargs"]["members"][0]
+        return (
+            f"`{info['model']}`: the mean logit of {n} networks ({member['architecture']} "
+            f"{member['arch_kwargs']}) trained alike on seeds {train['seed'].replace('+', ', ')}, "
+            f"{train['optimizer']} lr {train['lr']:g}"
+            + (
+                f", each kept as the exponential moving average of its weights (decay "
+                f"{train['average']:g})"
+                if train.get("average")
+                else ""
+            )
+            + f"; best validation loss at steps {train['best_step'].replace('+', ', ')} "
+            f"(of {train['steps'].replace('+', ', ')} run; `experiments.detectors "
+            f"--save-weights`, members listed in the checkpoint's `info`)."
+        )
+    return (
+        f"`{info['model']}` ({header['architecture']} {header['arch_kwargs']}), seed "
+        f"{train['seed']}, {train['optimizer']} lr {train['lr']:g}, batch {train['batch_size']}"
+        + (
+            f", shipped as the exponential moving average of its weights (decay "
+            f"{train['average']:g}): "
+            if train.get("average")
+            else ": "
+        )
+        + f"best validation loss at step {train['best_step']} of {train['steps']} run "
+        f"({'stopped early' if train['stopped_early'] else 'step cap'}; {train['seconds']:.0f} s "
+        "on one thread)."
+    )
+
+
 def markdown(header: dict[str, Any], path: Path) -> str:
     """The results section for a written checkpoint, from its header alone."""
     info, cal = header["info"], header["calibration"]
-    train, test = info["train"], info["test"]
+    test = info["test"]
     pct = f"{100 * cal['target_fpr']:g} %"
     views = header.get("views", "one")  # version-1 checkpoints predate the key: one view
     per_tile = "Per tile (one benchmark patch = one tile), " + (
@@ -113,17 +177,8 @@ def markdown(header: dict[str, Any], path: Path) -> str:
         f"default `--out`), then "
         f"`python -m experiments.ship_detector --table-only --write docs/results.md`.",
         "",
-        f"`{info['model']}` ({header['architecture']} {header['arch_kwargs']}), seed "
-        f"{train['seed']}, {train['optimizer']} lr {train['lr']:g}, batch {train['batch_size']}"
-        + (
-            f", shipped as the exponential moving average of its weights (decay "
-            f"{train['average']:g}): "
-            if train.get("average")
-            else ": "
-        )
-        + f"best validation loss at step {train['best_step']} of {train['steps']} run "
-        f"({'stopped early' if train['stopped_early'] else 'step cap'}; {train['seconds']:.0f} s "
-        f"on one thread). Inputs: {header['patch_size']} × {header['patch_size']} RGB tiles in "
+        training_sentence(header)
+        + f" Inputs: {header['patch_size']} × {header['patch_size']} RGB tiles in "
         f"[0, 1]. Threshold on the logit {cal['threshold']:.4f}, set on the "
         f"{len(cal['val_real_logits'])} validation reals for a {pct} false-positive rate "
         f"(their FPR at it: {cal['val_real_fpr']:.3f}); test-real FPR at it: "
@@ -177,6 +232,13 @@ def main(argv: list[str] | None = None) -> None:
         help="test-time views of the calibration, the table and the shipped detector's scores: "
         "the tile alone, or the mean logit over its eight dihedral views",
     )
+    parser.add_argument(
+        "--members",
+        type=Path,
+        nargs="+",
+        help="no training: ship the deep ensemble of these weights files (written by "
+        "experiments.detectors --save-weights from runs of one recipe)",
+    )
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT)
@@ -189,7 +251,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         rest = sys.argv[1:] if argv is None else argv
         command = "python -m experiments.ship_detector " + " ".join(shlex.quote(a) for a in rest)
-        header = ship(args, command.strip())
+        try:
+            header = ship(args, command.strip())
+        except (ValueError, FileNotFoundError) as e:  # bad members: say which, write nothing
+            parser.error(str(e))
     try:
         shown = args.out.resolve().relative_to(Path.cwd())
     except ValueError:

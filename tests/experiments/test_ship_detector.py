@@ -58,3 +58,44 @@ def test_ship_with_a_weight_average_says_so(tmp_path):
           "0.9", "--out", str(out), "--write", str(md), "--cache-dir", str(cache)])  # fmt: skip
     assert load_detector(out).info["train"]["average"] == 0.9
     assert "exponential moving average of its weights (decay 0.9)" in md.read_text()
+
+
+@pytest.mark.slow  # trains two detectors for 4 steps and builds the tiny benchmark: ~15 s
+def test_ship_an_ensemble_of_saved_members(tmp_path):
+    import json
+
+    import torch
+
+    from assocmem.forensic.checkpoint import save_detector
+    from assocmem.forensic.models.ensemble import LogitEnsemble
+    from experiments.detectors import main as detectors_main
+
+    cache, runs = tmp_path / "cache", tmp_path / "runs.json"
+    detectors_main(["--tiny", "--cache-dir", str(cache), "--models", "npr_bn", "--seeds", "0", "1",
+                    "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--workers",
+                    "0", "--save-weights", str(tmp_path / "w"), "--json", str(runs)])  # fmt: skip
+    members = [r["weights"] for r in json.loads(runs.read_text())]
+    out, md = tmp_path / "ens.safetensors", tmp_path / "results.md"
+    main(["--tiny", "--cache-dir", str(cache), "--members", *members, "--views", "d4",
+          "--out", str(out), "--write", str(md)])  # fmt: skip
+    shipped = load_detector(out)
+    assert shipped.architecture == "ensemble" and isinstance(shipped.model, LogitEnsemble)
+    npr_bn = {"architecture": "npr", "arch_kwargs": {"norm": "batch"}}
+    assert shipped.arch_kwargs["members"] == [npr_bn, npr_bn]
+    assert shipped.info["model"] == "npr_bn (ensemble of 2)" and shipped.views == "d4"
+    assert shipped.info["train"]["seed"] == "0+1"
+    text = md.read_text()
+    assert "the mean logit of 2 networks" in text and "seeds 0, 1" in text
+    x = torch.rand(2, 3, 32, 32)
+    single = [load_detector(out).model.members[i](x) for i in range(2)]
+    torch.testing.assert_close(shipped.model(x), (single[0] + single[1]) / 2, rtol=0, atol=1e-6)
+    assert Detector.load(out).score(torch.rand(1, 3, 40, 40))[0].tiles == 4
+    # an ensemble of ensembles is refused when the file is read, as any unbuildable network
+    nested = {"members": [{"architecture": "ensemble", "arch_kwargs": {}}]}
+    with pytest.raises(ValueError, match="itself an ensemble"):
+        save_detector(tmp_path / "bad.safetensors", shipped.model, architecture="ensemble",
+                      arch_kwargs=nested, patch_size=32, val_real_logits=[0.0, 1.0])  # fmt: skip
+    with pytest.raises(SystemExit):  # members of two recipes: a clear error, nothing written
+        main(["--tiny", "--cache-dir", str(cache), "--members", members[0], members[0],
+              "--out", str(tmp_path / "none.safetensors")])  # fmt: skip
+    assert not (tmp_path / "none.safetensors").exists()

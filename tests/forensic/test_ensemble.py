@@ -59,3 +59,21 @@ def test_bad_ensembles_are_refused():
 
     with pytest.raises(ValueError, match="differ in shape"):
         LogitEnsemble([Affine(1.0, 0.0), Wide()])(torch.rand(2, 3, 4, 4))
+
+
+def test_the_checkpoint_format_builds_an_ensemble_and_refuses_malformed_members():
+    from assocmem.forensic.checkpoint import build_model
+
+    npr_bn = {"architecture": "npr", "arch_kwargs": {"norm": "batch"}}
+    built = build_model("ensemble", {"members": [npr_bn, npr_bn, npr_bn]})
+    assert isinstance(built, LogitEnsemble) and len(built.members) == 3
+    assert all(isinstance(m, NPR) for m in built.members)
+    for members, match in [
+        ([], "non-empty list"),
+        ("npr", "non-empty list"),
+        ([{"architecture": "npr"}], "member 0 must be"),
+        ([npr_bn, {"architecture": "ensemble", "arch_kwargs": {}}], "member 1 is itself"),
+        ([{"architecture": "nope", "arch_kwargs": {}}], "unknown architecture"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            build_model("ensemble", {"members": members})

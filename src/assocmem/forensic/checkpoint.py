@@ -7,7 +7,10 @@ Layout of a ``<name>.safetensors`` file:
 
   - ``format``, ``version``: :data:`FORMAT`, :data:`FORMAT_VERSION`;
   - ``architecture`` (a name in :data:`ARCHITECTURES`) and ``arch_kwargs`` (its constructor's
-    keyword arguments): what network the tensors fill;
+    keyword arguments): what network the tensors fill. ``ensemble`` is a deep ensemble
+    (``models.ensemble.LogitEnsemble``, the mean of its members' logits) with ``arch_kwargs``
+    ``{"members": [{"architecture": ..., "arch_kwargs": ...}, ...]}`` and tensors
+    ``model.members.K.<key>``;
   - ``patch_size``: the side of the square RGB tiles in [0, 1] the detector was trained on;
   - ``views`` (version 2): the test-time views a tile's logit is averaged over, a name in
     ``views.VIEWS``: ``"one"`` (the tile as it is) or ``"d4"`` (the mean logit over its eight
@@ -49,6 +52,7 @@ from torch import Tensor, nn
 from assocmem.forensic.calibration import threshold_at_fpr
 from assocmem.forensic.metrics import false_positive_rate
 from assocmem.forensic.models.baselines import SmallCNN
+from assocmem.forensic.models.ensemble import LogitEnsemble
 from assocmem.forensic.models.npr import NPR, NPRWithDCT, NPRWithPixels
 from assocmem.forensic.views import VIEWS
 from assocmem.storage import read_safetensors, write_safetensors
@@ -71,11 +75,29 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 DEFAULT_CHECKPOINT = Path(__file__).with_name("checkpoints") / "npr_dct_dropout.safetensors"
 
+
+def _ensemble(members: Sequence[Any]) -> LogitEnsemble:
+    """``ensemble``'s constructor: ``members`` is a list of ``{"architecture", "arch_kwargs"}``
+    (any architecture but another ensemble); the network is their :class:`LogitEnsemble`."""
+    if not isinstance(members, Sequence) or isinstance(members, str) or not members:
+        raise ValueError("members must be a non-empty list of {architecture, arch_kwargs}")
+    networks = []
+    for i, member in enumerate(members):
+        if not isinstance(member, dict) or set(member) != {"architecture", "arch_kwargs"}:
+            raise ValueError(f"member {i} must be {{architecture, arch_kwargs}}, got {member!r}")
+        if member["architecture"] == "ensemble":
+            raise ValueError(f"member {i} is itself an ensemble; list its members instead")
+        networks.append(build_model(member["architecture"], member["arch_kwargs"]))
+    return LogitEnsemble(networks)
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "npr": NPR,
     "npr_dct": NPRWithDCT,
     "npr_pixels": NPRWithPixels,
     "smallcnn": SmallCNN,
+    # the mean logit of several networks (a deep ensemble of seeds); tensors members.K.*
+    "ensemble": _ensemble,
 }
 _REQUIRED = ("format", "version", "architecture", "arch_kwargs", "patch_size", "calibration")
 _CALIBRATION = ("target_fpr", "threshold", "val_real_fpr", "val_real_logits")
