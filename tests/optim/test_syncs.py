@@ -424,3 +424,85 @@ def test_cms_takes_its_periods_and_constants_on_the_device_to_the_bit(options, c
         if t > 0:
             assert len(host) == len(device)
             assert all(torch.equal(a, b) for a, b in zip(host, device, strict=True)), t
+
+
+@contextlib.contextmanager
+def counting_device_copies() -> Iterator[list[str]]:
+    """Records every ``torch.tensor``/``torch.as_tensor`` call that names a device: host data
+    copied to that device. Off the CPU such a copy is blocking (torch synchronises the stream
+    for a copy from pageable memory), so a step must make its host numbers device vectors with
+    ``sync_free.host_constants`` instead, which names no device on the CPU."""
+    calls: list[str] = []
+    originals = {name: getattr(torch, name) for name in ("tensor", "as_tensor")}
+
+    def wrap(name: str):  # noqa: ANN202
+        original = originals[name]
+
+        def make(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if kwargs.get("device") is not None:
+                calls.append(f"{name}(device={kwargs['device']})")
+            return original(*args, **kwargs)
+
+        return make
+
+    try:
+        for name in originals:
+            setattr(torch, name, wrap(name))
+        yield calls
+    finally:
+        for name, original in originals.items():
+            setattr(torch, name, original)
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+@pytest.mark.parametrize("memory", every_memory())
+def test_a_step_copies_no_host_data_to_the_device(memory, sync_free):
+    model = make_model()
+    opt = MemoryOptimizer(model.parameters(), memory, lr=1e-3, sync_free=sync_free)
+    for t in range(3):
+        opt.zero_grad()
+        loss_at(model, t).backward()
+        if t == 0:
+            opt.step()  # creates the state
+            continue
+        with counting_device_copies() as calls:
+            opt.step()
+        assert calls == [], calls
+
+
+def test_the_copy_counter_sees_a_copy_and_host_constants_make_none():
+    from assocmem.optim import sync_free
+
+    like = torch.zeros(2, dtype=torch.float64)
+    with counting_device_copies() as calls:
+        torch.tensor([1.0], device="cpu")
+        made = sync_free.host_constants([0.1, 3.0], like)
+    assert calls == ["tensor(device=cpu)"]
+    assert torch.equal(made, torch.tensor([0.1, 3.0], dtype=torch.float64))  # dtype included
+
+
+def test_host_constants_off_the_cpu_stage_through_pinned_memory(monkeypatch):
+    # No accelerator here: the pinned staging is checked by what it asks torch for (pinned
+    # memory, a non-blocking copy), on the meta device. tests/optim/test_cuda.py runs it for real.
+    from assocmem.optim import sync_free
+
+    asked: list[dict] = []
+    tensor, to = torch.tensor, torch.Tensor.to
+
+    def fake_tensor(values, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        asked.append(dict(kwargs))
+        kwargs.pop("pin_memory", None)  # no pinned allocator on a CPU-only build
+        return tensor(values, **kwargs)
+
+    def fake_to(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        asked.append({"to": args, **kwargs})
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "tensor", fake_tensor)
+    monkeypatch.setattr(torch.Tensor, "to", fake_to)
+    made = sync_free.host_constants([1.0, 2.0], torch.empty(3, device="meta"))
+    assert made.device.type == "meta" and made.dtype == torch.float32
+    assert asked == [
+        {"dtype": torch.float32, "pin_memory": True},
+        {"to": (torch.device("meta"),), "non_blocking": True},
+    ]

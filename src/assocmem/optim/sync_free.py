@@ -60,6 +60,22 @@ def on_accelerator(tensors: Sequence[Tensor]) -> bool:
     return any(t.device.type != "cpu" for t in tensors)
 
 
+def host_constants(values: Sequence[float], like: Tensor) -> Tensor:
+    """``values`` (numbers known on the host) as a vector of ``like``'s dtype on its device,
+    without waiting for the device.
+
+    ``torch.tensor(values, device=...)`` copies from pageable host memory, and torch makes such
+    a copy blocking: it synchronises the device's stream (``memcpy_and_sync``), a full stall
+    per call. Off the CPU the values go through pinned memory with ``non_blocking=True``: the
+    copy is queued like a kernel (torch keeps the pinned block until it has run). The same
+    numbers either way (each value rounded to the dtype as ``torch.tensor`` rounds it).
+    """
+    if like.device.type == "cpu":
+        return torch.tensor(values, dtype=like.dtype)
+    staged = torch.tensor(values, dtype=like.dtype, pin_memory=True)
+    return staged.to(like.device, non_blocking=True)
+
+
 def snapshot(tensors: Sequence[Tensor]) -> list[Tensor]:
     """A copy of each tensor, to be selected back by :func:`keep_where_skipped_`."""
     return [t.clone() for t in tensors]

@@ -238,13 +238,14 @@ def tensor_overlaps(grads: list[Tensor], bufs: list[Tensor], *, compile: bool = 
     """
     dots, norms2 = (compiled(fused_sums) if compile else plain_sums)(grads, bufs)
     floors = [_underflow_floor(g.dtype) for g in grads]  # per element of the tensor
+    # host numbers made device vectors without a blocking copy (sync_free.host_constants)
     if sharded.active():
-        counts = torch.tensor([g.numel() for g in grads], dtype=dots.dtype, device=dots.device)
+        counts = sync_free.host_constants([g.numel() for g in grads], dots)
         dots, norms2, counts = sharded.all_sum(torch.stack([dots, norms2, counts])).unbind(0)
-        floor = counts * torch.tensor(floors, dtype=dots.dtype, device=dots.device)
+        floor = counts * sync_free.host_constants(floors, dots)
     else:
         per_tensor = [g.numel() * f for g, f in zip(grads, floors, strict=True)]
-        floor = torch.tensor(per_tensor, dtype=dots.dtype, device=dots.device)
+        floor = sync_free.host_constants(per_tensor, dots)
     c = _overlap(dots, norms2)
     bad = _out_of_range(dots, norms2, floor)
     if sync_free.active():  # no host read: the safe form of every tensor, selected where bad
