@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from optim_support import every_memory, loss_at, make_model
+from optim_support import batch, every_memory, loss_at, make_model
 
 from assocmem import MemoryOptimizer, get_preset
 from assocmem.optim.presets.cms import ademamix_config, m3_config
@@ -64,13 +64,21 @@ def counting_reads(opt: MemoryOptimizer) -> Iterator[list[str]]:
 
         return read
 
+    equal = torch.equal
+
+    def equal_read(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append("equal")  # answers on the host: a wait, as a read is
+        return equal(*args, **kwargs)
+
     try:
         for name in READS:
             setattr(torch.Tensor, name, wrap(name))
+        torch.equal = equal_read
         yield calls
     finally:
         for name, original in originals.items():
             setattr(torch.Tensor, name, original)
+        torch.equal = equal
 
 
 def _stepped(opt: MemoryOptimizer) -> Iterator[tuple[torch.Tensor, dict, dict]]:
@@ -506,3 +514,33 @@ def test_host_constants_off_the_cpu_stage_through_pinned_memory(monkeypatch):
         {"dtype": torch.float32, "pin_memory": True},
         {"to": (torch.device("meta"),), "non_blocking": True},
     ]
+
+
+@pytest.mark.parametrize("memory", ["delta", "muon", "cms"])
+def test_a_low_precision_parameters_master_is_resynced_on_the_device(memory):
+    # A bf16 parameter steps an fp32 master; a change made to the parameter outside the
+    # optimizer is taken into the master at the next step. Decided on the host, that is a
+    # torch.equal per tensor and step; with sync_free it is a select, to the same bits.
+    runs = {}
+    for sync_free in (False, True):
+        torch.manual_seed(0)
+        model = make_model().to(torch.bfloat16)
+        opt = MemoryOptimizer(model.parameters(), memory, lr=1e-2, sync_free=sync_free)
+        reads = []
+        for t in range(4):
+            opt.zero_grad()
+            x, y = batch(t)
+            (model(x.bfloat16()) - y.bfloat16()).float().pow(2).mean().backward()
+            if t == 2:
+                with torch.no_grad():
+                    model.fc.weight.mul_(0.5)  # outside the optimizer
+            with counting_reads(opt) as calls:
+                opt.step()
+            reads.append(calls)
+        runs[sync_free] = (model, opt, reads)
+    (host, host_opt, host_reads), (dev, dev_opt, dev_reads) = runs[False], runs[True]
+    assert all("equal" in calls for calls in host_reads[1:])  # the host decision reads
+    assert all(calls == [] for calls in dev_reads), dev_reads
+    for p, q in zip(host.parameters(), dev.parameters(), strict=True):
+        assert torch.equal(p, q)
+        assert torch.equal(host_opt.state[p]["master_param"], dev_opt.state[q]["master_param"])

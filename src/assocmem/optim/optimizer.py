@@ -250,8 +250,8 @@ class MemoryOptimizer(Optimizer):
             if not state:
                 _check_param(p, group, preset)
                 state.update(_first_state(preset, p, group, self.sync_free))
-            elif MASTER in state and not torch.equal(state[MASTER].to(p.dtype), _real(p)):
-                state[MASTER].copy_(_real(p))  # the parameter was changed outside the optimizer
+            elif MASTER in state:  # the parameter may have been changed outside the optimizer
+                _resync_master(state[MASTER], _real(p))
             states.append(state)
             work.append(state.get(MASTER, _real(p)))
         steps = [s["step"] for s in states]
@@ -655,6 +655,19 @@ def _skipped_steps(extra: Any) -> int:
     if (msg := validate.count(value)) is not None:
         raise ValueError(f"state dict entry 'assocmem': invalid skipped_steps: {msg}")
     return int(value)
+
+
+def _resync_master(master: Tensor, param: Tensor) -> None:
+    """Take ``param`` (fp16/bf16) into its fp32 ``master`` if anything outside the optimizer
+    changed it since the last step (the master rounds to something else): the whole tensor, as
+    a user's ``p.copy_(...)`` or ``mul_`` means. ``torch.equal`` answers on the host, a wait per
+    tensor and step on an accelerator; deciding on the device (``sync_free``) selects instead,
+    to the same bits, at the price of a pass over both."""
+    if sync_free.active():
+        changed = (master.to(param.dtype) != param).any()
+        torch.where(changed, param.to(master.dtype), master, out=master)
+    elif not torch.equal(master.to(param.dtype), param):
+        master.copy_(param)
 
 
 def _step_tensor(step: Any, device: torch.device | str = "cpu") -> Tensor:
