@@ -491,7 +491,8 @@ def test_the_copy_counter_sees_a_copy_and_host_constants_make_none():
 
 def test_host_constants_off_the_cpu_stage_through_pinned_memory(monkeypatch):
     # No accelerator here: the pinned staging is checked by what it asks torch for (pinned
-    # memory, a non-blocking copy), on the meta device. tests/optim/test_cuda.py runs it for real.
+    # memory, a non-blocking copy), with the meta device standing in; tests/optim/test_cuda.py
+    # runs it for real (delta's step, with the sync debug mode set to error).
     from assocmem.optim import sync_free
 
     asked: list[dict] = []
@@ -506,9 +507,15 @@ def test_host_constants_off_the_cpu_stage_through_pinned_memory(monkeypatch):
         asked.append({"to": args, **kwargs})
         return to(self, *args, **kwargs)
 
+    like = torch.empty(3, device="meta")
+    # a device without pinned memory: fill kernels there, no host data copied
+    filled = sync_free.host_constants([1.0, 2.0], like)
+    assert filled.device.type == "meta" and filled.shape == (2,)
+    # a device with it (here the meta device stands in for CUDA): staged and copied async
+    monkeypatch.setattr(sync_free, "PINNED_DEVICES", ("meta",))
     monkeypatch.setattr(torch, "tensor", fake_tensor)
     monkeypatch.setattr(torch.Tensor, "to", fake_to)
-    made = sync_free.host_constants([1.0, 2.0], torch.empty(3, device="meta"))
+    made = sync_free.host_constants([1.0, 2.0], like)
     assert made.device.type == "meta" and made.dtype == torch.float32
     assert asked == [
         {"dtype": torch.float32, "pin_memory": True},

@@ -60,20 +60,28 @@ def on_accelerator(tensors: Sequence[Tensor]) -> bool:
     return any(t.device.type != "cpu" for t in tensors)
 
 
+# Device types whose torch build stages host memory as pinned and copies it asynchronously.
+PINNED_DEVICES = ("cuda", "xpu")
+
+
 def host_constants(values: Sequence[float], like: Tensor) -> Tensor:
     """``values`` (numbers known on the host) as a vector of ``like``'s dtype on its device,
     without waiting for the device.
 
     ``torch.tensor(values, device=...)`` copies from pageable host memory, and torch makes such
     a copy blocking: it synchronises the device's stream (``memcpy_and_sync``), a full stall
-    per call. Off the CPU the values go through pinned memory with ``non_blocking=True``: the
-    copy is queued like a kernel (torch keeps the pinned block until it has run). The same
-    numbers either way (each value rounded to the dtype as ``torch.tensor`` rounds it).
+    per call. On CUDA (and XPU) the values go through pinned memory with ``non_blocking=True``:
+    the copy is queued like a kernel (torch keeps the pinned block until it has run); on other
+    devices each value is a fill kernel there. The same numbers every way (each value rounded
+    to the dtype as ``torch.tensor`` rounds it).
     """
     if like.device.type == "cpu":
         return torch.tensor(values, dtype=like.dtype)
-    staged = torch.tensor(values, dtype=like.dtype, pin_memory=True)
-    return staged.to(like.device, non_blocking=True)
+    if like.device.type in PINNED_DEVICES:
+        staged = torch.tensor(values, dtype=like.dtype, pin_memory=True)
+        return staged.to(like.device, non_blocking=True)
+    # elsewhere (e.g. mps, without a pinned-memory allocator): fill kernels on the device
+    return torch.stack([like.new_full((), v) for v in values])
 
 
 def snapshot(tensors: Sequence[Tensor]) -> list[Tensor]:
