@@ -28,14 +28,13 @@ Shapes legend: ``n`` coordinates of one tensor, ``F`` features, ``B`` momenta.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from assocmem.memory import ElementwiseMemory, hebbian_write, read
 from assocmem.meta.config import LearnedConfig
-from assocmem.optim import counts, sharded
+from assocmem.optim import counts, sharded, sync_free
 from assocmem.optim.reads import bias_corrected
 
 MemoryState = dict[str, Tensor]
@@ -61,7 +60,7 @@ def write(state: MemoryState, grad: Tensor, config: LearnedConfig) -> MemoryStat
     second moment is written as value ``(1 - beta2) g`` under key ``g`` at rate 1, which is
     ``(1 - beta2) g^2`` in the operation order the shipped checkpoint was meta-trained with.
     """
-    betas = _constants(config.betas, grad).view(-1, *([1] * grad.dim()))
+    betas = sync_free.host_constants(config.betas, grad).view(-1, *([1] * grad.dim()))
     momenta = hebbian_write(
         ElementwiseMemory(state["momenta"]), None, grad.unsqueeze(0), lr=1 - betas, retention=betas
     )
@@ -86,7 +85,8 @@ def step_constants(
     """``1 - b^t`` per momentum ``(B,)`` and ``tanh(t / tau)`` per timescale, in ``like``'s dtype
     on its device.
 
-    ``step`` is a Python number (computed on the host, put on the device by fill kernels) or a
+    ``step`` is a Python number (computed on the host, put on the device without a blocking
+    copy by :func:`assocmem.optim.sync_free.host_constants`) or a
     0-d count tensor (``sync_free``: the count lives on the device and is never read on the
     host), from which the same float64 operations run as tensor ops and are cast to ``like``'s
     dtype (:mod:`assocmem.optim.counts`; ``tanh`` is the device's, within an ulp of the host's
@@ -95,8 +95,8 @@ def step_constants(
     if not isinstance(step, Tensor):
         t = float(step)
         return (
-            _constants([1.0 - b**t for b in config.betas], like),
-            _constants(time_embedding(t, config), like),
+            sync_free.host_constants([1.0 - b**t for b in config.betas], like),
+            sync_free.host_constants(time_embedding(t, config), like),
         )
     (t,) = counts.as_counts([step])
     corr = torch.stack([counts.corrections(b, [t])[0] for b in config.betas])
@@ -136,14 +136,6 @@ def features(
     time = time.view(-1, 1).expand(-1, n)
     x = torch.cat([adam_normalised, rms_normalised, param_feature, curvature, time], dim=0)
     return x.clamp(-config.feature_clip, config.feature_clip).T
-
-
-def _constants(values: Sequence[float], like: Tensor) -> Tensor:
-    """``values`` as a vector of ``like``'s dtype on its device, made there by fill kernels:
-    ``torch.tensor(values, device=...)`` would copy from pageable host memory, which waits for
-    the device's queue, several times per tensor per step. The same numbers (each value is
-    rounded to the dtype as ``torch.tensor`` rounds it)."""
-    return torch.stack([like.new_full((), v) for v in values])
 
 
 def _mean_squares(signals: Tensor, p: Tensor, root_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
