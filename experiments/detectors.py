@@ -5,7 +5,8 @@ For every (detector, optimizer, seed): train on fresh stream batches of the seen
 seen fakes, balanced), calibrate the threshold on the validation reals for ``--target-fpr``, and
 score the test split per family, seen and held out (``assocmem.forensic.protocol``). Nothing of
 the held-out families or of the test photos takes part in training, early stopping or the
-threshold.
+threshold. ``--seen`` trains on other families (all eight: the ceiling runs of
+``experiments.detector_ceiling``, which measure the benchmark and choose nothing here).
 
     python -m experiments.detectors                                   # the results table
     python -m experiments.detectors --models npr --seeds 0 --max-steps 600 --optimizers adam muon
@@ -23,7 +24,7 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -135,12 +136,26 @@ def preset_and_hyper(name: str) -> tuple[str, dict[str, Any]]:
     return str(factory["memory"]), hyper
 
 
-def family_split(config: BenchmarkConfig) -> FamilySplit:
-    """:data:`SEEN` and :data:`HELDOUT`, restricted to the families ``config`` builds."""
+def family_split(config: BenchmarkConfig, seen: Sequence[str] | None = None) -> FamilySplit:
+    """:data:`SEEN` and :data:`HELDOUT`, restricted to the families ``config`` builds.
+
+    ``seen``: train on these families instead (a ceiling study trains on every family); the
+    held-out families are then the rest of :data:`HELDOUT`, so a family is never both.
+    """
+    trained = tuple(dict.fromkeys(SEEN if seen is None else seen))  # in order, once each
+    unknown = sorted(set(trained) - set(config.families))
+    if unknown:
+        raise ValueError(f"unknown families {unknown}; the benchmark has {config.families}")
     return FamilySplit(
-        tuple(f for f in SEEN if f in config.families),
-        tuple(f for f in HELDOUT if f in config.families),
+        tuple(f for f in trained if f in config.families),
+        tuple(f for f in HELDOUT if f in config.families and f not in trained),
     )
+
+
+def is_default_split(run: dict[str, Any]) -> bool:
+    """Whether ``run`` trained on the default seen families (records made before the ``seen``
+    entry existed all did)."""
+    return tuple(run.get("seen", SEEN)) == SEEN
 
 
 def train_one(
@@ -177,6 +192,7 @@ def train_one(
         "optimizer": optimizer,
         "lr": lr,
         "seed": seed,
+        "seen": list(families.seen),
         "status": result.status,
         "steps": result.steps,
         "best_step": result.best_step,
@@ -231,7 +247,10 @@ def weights_name(model_name: str, run: dict[str, Any]) -> str:
     the runs of one table never share a name."""
     average = f"-ema{run['average']:g}" if run.get("average") else ""
     optimizer = run["optimizer"].replace("/", "")
-    return f"{model_name}-{optimizer}-lr{run['lr']:g}{average}-seed{run['seed']}.safetensors"
+    trained = "" if is_default_split(run) else "-seen-" + "+".join(run["seen"])
+    return (
+        f"{model_name}-{optimizer}-lr{run['lr']:g}{average}{trained}-seed{run['seed']}.safetensors"
+    )
 
 
 def save_weights(
@@ -289,7 +308,28 @@ def run_label(run: dict[str, Any]) -> str:
         + (f" (EMA {run['average']:g})" if run.get("average") else "")
         + (f" (ensemble of {len(run['ensemble'])})" if run.get("ensemble") else "")
         + (f" ({views} views)" if views != "one" else "")
+        + ("" if is_default_split(run) else f" (trained on {trained_on(run['seen'])})")
     )
+
+
+def trained_on(seen: Sequence[str]) -> str:
+    """A label for a run's training families: ``every family`` when it saw them all."""
+    return "every family" if set(seen) >= {*SEEN, *HELDOUT} else "+".join(seen)
+
+
+def group_auc(report: dict[str, Any], group: str, key: str = "auc") -> float:
+    """The mean ``key`` over ``group``'s families in a run's report; NaN when the run has no
+    such group (a run trained on every family has no held-out one)."""
+    return report[group]["mean"][key] if group in report else math.nan
+
+
+def family_metric(report: dict[str, Any], family: str, key: str = "auc") -> float:
+    """``family``'s ``key`` in a run's report, whichever group it was scored in (NaN if in
+    none)."""
+    for group in ("seen", "heldout"):
+        if family in report.get(group, {}):
+            return report[group][family][key]
+    return math.nan
 
 
 def markdown(runs: list[dict[str, Any]], command: str, target_fpr: float) -> str:
@@ -318,10 +358,10 @@ def markdown(runs: list[dict[str, Any]], command: str, target_fpr: float) -> str
         budget = ", ".join(f"{r['best_step']}/{r['steps']}" for r in rs)
         lines.append(
             f"| {model} | {opt} | {len(rs)} "
-            f"| {_ms([x['seen']['mean']['auc'] for x in rep])} "
-            f"| {_ms([x['heldout']['mean']['auc'] for x in rep])} "
-            f"| {_ms([x['heldout']['mean']['tpr'] for x in rep])} "
-            f"| {_ms([x['seen']['mean']['tpr'] for x in rep])} "
+            f"| {_ms([group_auc(x, 'seen') for x in rep])} "
+            f"| {_ms([group_auc(x, 'heldout') for x in rep])} "
+            f"| {_ms([group_auc(x, 'heldout', 'tpr') for x in rep])} "
+            f"| {_ms([group_auc(x, 'seen', 'tpr') for x in rep])} "
             f"| {_ms([x['test_real_fpr'] for x in rep])} "
             f"| {_ms([x.get('test_real_fpr_0.5', float('nan')) for x in rep])} "
             f"| {budget} |"
@@ -346,9 +386,8 @@ def per_family_table(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> lis
     for (model, opt), rs in groups.items():
         cells = []
         for f in fams:
-            group = "heldout" if f in HELDOUT else "seen"
-            aucs = [r["report"][group][f]["auc"] for r in rs]
-            tprs = [r["report"][group][f]["tpr"] for r in rs]
+            aucs = [family_metric(r["report"], f) for r in rs]
+            tprs = [family_metric(r["report"], f, "tpr") for r in rs]
             cells.append(f"{_ms(aucs)} ({statistics.mean(tprs):.2f})")
         lines.append(f"| {model} | {opt} | " + " | ".join(cells) + " |")
     return lines
@@ -375,6 +414,14 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="evaluate, early-stop on and keep an exponential moving average of the weights "
         "with this decay (e.g. 0.998); default: the raw weights",
+    )
+    parser.add_argument(
+        "--seen",
+        nargs="+",
+        default=None,
+        help=f"train (and early-stop and calibrate) on these families instead of {SEEN}; the "
+        "held-out report keeps the rest. Every family: the ceiling study "
+        "(experiments.detector_ceiling)",
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="stream worker processes")
@@ -429,7 +476,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.patch_size != config.patch_size:
         config = dataclasses.replace(config, patch_size=args.patch_size)
     bench = build_benchmark(config, args.cache_dir, progress=args.progress)
-    families = family_split(config)
+    try:
+        families = family_split(config, args.seen)
+    except ValueError as error:
+        parser.error(str(error))
     runs = []
     for model in args.models:
         for seed in args.seeds:
@@ -438,10 +488,11 @@ def main(argv: list[str] | None = None) -> None:
                 for run in run_one(bench, families, model, opt, lr, seed, args):
                     runs.append(run)
                     rep = run["report"]
+                    heldout = group_auc(rep, "heldout")
                     print(
                         f"{model:9s} {opt:8s} seed {seed} views {run['views']}: seen AUC "
                         f"{rep['seen']['mean']['auc']:.3f} held-out AUC "
-                        f"{rep['heldout']['mean']['auc']:.3f} test-real FPR "
+                        f"{heldout:.3f} test-real FPR "
                         f"{rep['test_real_fpr']:.3f} (best step {run['best_step']} of "
                         f"{run['steps']}, {run['seconds']:.0f} s)",
                         flush=True,

@@ -201,3 +201,97 @@ def test_an_ensemble_refuses_members_of_different_recipes_or_repeated_seeds(tmp_
         ensemble_of([adam, adam])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ensemble_of([tmp_path / "nothing.safetensors"])
+
+
+def test_a_chosen_training_split_holds_out_the_rest_and_never_both():
+    from assocmem.forensic.data import BenchmarkConfig
+    from experiments.detectors import HELDOUT, SEEN, family_split
+
+    config = BenchmarkConfig.tiny()
+    default = family_split(config)
+    assert default.seen == tuple(f for f in SEEN if f in config.families)
+    assert default.heldout == tuple(f for f in HELDOUT if f in config.families)
+    every = family_split(config, config.families)
+    assert set(every.seen) == set(config.families) and every.heldout == ()
+    held = HELDOUT[0]
+    one_more = family_split(config, (*SEEN, held, held))  # repeats count once
+    assert one_more.seen == (*SEEN, held) and held not in one_more.heldout
+    with pytest.raises(ValueError, match="unknown families"):
+        family_split(config, ["no_such_family"])
+
+
+def _report(aucs: dict[str, float], groups: dict[str, tuple[str, ...]], fpr: float) -> dict:
+    report = {"test_real_fpr": fpr}
+    for group, fams in groups.items():
+        if fams:
+            mean = sum(aucs[f] for f in fams) / len(fams)
+            report[group] = {"mean": {"auc": mean, "tpr": 0.5}}
+            report[group].update({f: {"auc": aucs[f], "tpr": 0.5} for f in fams})
+    return report
+
+
+def _ceiling_runs():
+    from experiments.detectors import HELDOUT, SEEN
+
+    recipe = {"model": "npr_bn", "optimizer": "adam", "lr": 1e-3, "best_step": 250, "steps": 500}
+    zero = [
+        {**recipe, "seed": s, "report": _report(
+            {**dict.fromkeys(SEEN, 0.95), **dict.fromkeys(HELDOUT, 0.7 + 0.1 * s)},
+            {"seen": SEEN, "heldout": HELDOUT}, 0.02)}
+        for s in (0, 1)
+    ]  # fmt: skip
+    every = (*SEEN, *HELDOUT)
+    ceiling = [
+        {**recipe, "seed": s, "seen": list(every),
+         "report": _report(dict.fromkeys(every, 0.97), {"seen": every, "heldout": ()}, 0.03)}
+        for s in (0, 1)
+    ]  # fmt: skip
+    return zero, ceiling
+
+
+def test_the_ceiling_table_sets_each_family_beside_its_in_distribution_auc():
+    from experiments.detector_ceiling import markdown
+    from experiments.detectors import HELDOUT, SEEN, run_label
+
+    zero, ceiling = _ceiling_runs()
+    assert run_label(ceiling[0]) == "npr_bn (trained on every family)"
+    text = markdown(zero, ceiling, "cmd")
+    assert f"| {HELDOUT[0]} (held out) | 0.750 ± 0.071 | 0.970 ± 0.000 | +0.220 |" in text
+    assert f"| {SEEN[0]} | 0.950 ± 0.000 | 0.970 ± 0.000 | +0.020 |" in text
+    assert "| **held-out mean** | 0.750 | 0.970 | +0.220 |" in text
+    assert "| **seen mean** | 0.950 | 0.970 | +0.020 |" in text
+
+
+def test_the_ceiling_table_refuses_what_is_not_a_like_for_like_comparison():
+    from experiments.detector_ceiling import markdown
+
+    zero, ceiling = _ceiling_runs()
+    with pytest.raises(ValueError, match="one recipe"):
+        markdown(zero, [{**ceiling[0], "lr": 3e-3}], "cmd")
+    with pytest.raises(ValueError, match="every family"):
+        markdown(zero, [{**ceiling[0], "seen": ceiling[0]["seen"][:-1]}], "cmd")
+    with pytest.raises(ValueError, match="default seen families"):
+        markdown(ceiling, ceiling, "cmd")
+    with pytest.raises(ValueError, match="repeats a seed"):
+        markdown(zero, [ceiling[0], ceiling[0]], "cmd")
+    with pytest.raises(ValueError, match="both sides"):
+        markdown(zero, [], "cmd")
+
+
+def test_a_run_on_every_family_records_its_split_and_reports_no_held_out_group(tmp_path):
+    import json
+
+    from assocmem.forensic.data import BenchmarkConfig
+    from experiments.detectors import main, weights_name
+
+    every = list(BenchmarkConfig.tiny().families)
+    out = tmp_path / "runs.json"
+    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0",
+          "--max-steps", "2", "--eval-every", "2", "--batch-size", "8", "--workers", "0",
+          "--seen", *every, "--json", str(out)])  # fmt: skip
+    (run,) = json.loads(out.read_text())
+    assert run["seen"] == every and "heldout" not in run["report"]
+    assert set(run["report"]["seen"]) == {*every, "mean"}
+    assert "-seen-" in weights_name("npr_bn", run)
+    default = {k: v for k, v in run.items() if k != "seen"}  # records made before the entry
+    assert "-seen-" not in weights_name("npr_bn", default)

@@ -1,0 +1,124 @@
+"""How far the held-out families are from what the recipe reaches when it trains on them.
+
+Zero-shot AUC on a held-out family mixes two things: whether the detector generalises to a trace
+it never saw, and how separable that family is from the real photos at all after the shared
+post-processing (resize, blur and JPEG drawn alike for both classes). This report separates
+them: the same recipe trained on *every* family (``python -m experiments.detectors ... --seen``
+with all eight; early stopping and calibration then also see every family) gives each family's
+in-distribution AUC, the ceiling a zero-shot detector of this recipe could approach on it. The
+ceiling runs are a measurement of the benchmark, never a detector for the held-out table: no
+choice of the zero-shot recipe is made from them.
+
+    python -m experiments.detector_ceiling --zero-shot Z.json ... --ceiling C.json ... \\
+        [--views one] [--write docs/results.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from experiments.detectors import (
+    HELDOUT,
+    SEEN,
+    _ms,
+    family_metric,
+    is_default_split,
+    run_label,
+)
+from experiments.report import replace_section
+
+SECTION = "detector-ceiling"
+
+
+def _load(paths: list[Path], views: str) -> list[dict[str, Any]]:
+    runs = [run for path in paths for run in json.loads(path.read_text())]
+    return [r for r in runs if r.get("views", "one") == views]
+
+
+def check_groups(zero_shot: list[dict[str, Any]], ceiling: list[dict[str, Any]]) -> None:
+    """Refuse a comparison that would not be one: each side a single recipe (the same model,
+    optimizer, lr and average), the zero-shot side trained on the default seen families, the
+    ceiling side on every family."""
+    if not zero_shot or not ceiling:
+        raise ValueError("need runs on both sides (--zero-shot and --ceiling, for the views)")
+    if not all(is_default_split(r) for r in zero_shot):
+        raise ValueError(f"--zero-shot runs must train on the default seen families {SEEN}")
+    every = {*SEEN, *HELDOUT}
+    if not all(set(r.get("seen", ())) >= every for r in ceiling):
+        raise ValueError("--ceiling runs must train on every family (--seen with all eight)")
+    recipe = {(r["model"], r["optimizer"], r["lr"], r.get("average")) for r in zero_shot + ceiling}
+    if len(recipe) != 1:
+        raise ValueError(f"both sides must be one recipe, got {sorted(recipe, key=str)}")
+    for side, runs in (("--zero-shot", zero_shot), ("--ceiling", ceiling)):
+        seeds = [r["seed"] for r in runs]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{side} repeats a seed: {sorted(seeds)}")
+
+
+def markdown(zero_shot: list[dict[str, Any]], ceiling: list[dict[str, Any]], command: str) -> str:
+    check_groups(zero_shot, ceiling)
+    first = zero_shot[0]
+
+    def cells(runs: list[dict[str, Any]], family: str) -> tuple[str, float]:
+        aucs = [family_metric(r["report"], family) for r in runs]
+        return _ms(aucs), statistics.mean(aucs)
+
+    lines = [
+        "## Held-out families against a detector trained on them (ceiling)",
+        "",
+        f"Regenerate: `{command}`",
+        "",
+        f"Recipe: {run_label(first)}, {first['optimizer']} (lr {first['lr']:g}). "
+        f"*Zero-shot*: trained on {', '.join(SEEN)} ({len(zero_shot)} seeds). *Trained on it*: "
+        f"the same recipe trained, early-stopped and calibrated on all eight families "
+        f"({len(ceiling)} seeds). Test AUC per family (unseen photos), mean ± std over seeds.",
+        "",
+        "| family | zero-shot | trained on it | gap |",
+        "|---|---|---|---|",
+    ]
+    means: dict[str, list[tuple[float, float]]] = {"seen": [], "heldout": []}
+    for family in (*SEEN, *HELDOUT):
+        z_text, z = cells(zero_shot, family)
+        c_text, c = cells(ceiling, family)
+        held = family in HELDOUT
+        means["heldout" if held else "seen"].append((z, c))
+        name = f"{family} (held out)" if held else family
+        lines.append(f"| {name} | {z_text} | {c_text} | {c - z:+.3f} |")
+    for group, label in (("seen", "seen mean"), ("heldout", "held-out mean")):
+        z = statistics.mean(p[0] for p in means[group])
+        c = statistics.mean(p[1] for p in means[group])
+        lines.append(f"| **{label}** | {z:.3f} | {c:.3f} | {c - z:+.3f} |")
+    fpr_z = _ms([r["report"]["test_real_fpr"] for r in zero_shot])
+    fpr_c = _ms([r["report"]["test_real_fpr"] for r in ceiling])
+    lines.append(f"| test-real FPR at the calibrated threshold | {fpr_z} | {fpr_c} | |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zero-shot", type=Path, nargs="+", required=True)
+    parser.add_argument("--ceiling", type=Path, nargs="+", required=True)
+    parser.add_argument("--views", default="one", help="which records of the runs to compare")
+    parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
+    args = parser.parse_args(argv)
+    command = "python -m experiments.detector_ceiling " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    try:
+        text = markdown(
+            _load(args.zero_shot, args.views), _load(args.ceiling, args.views), command.strip()
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    print(text)
+    if args.write:
+        replace_section(args.write, SECTION, text)
+
+
+if __name__ == "__main__":
+    main()
