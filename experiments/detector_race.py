@@ -61,7 +61,8 @@ def select(
 ) -> list[Mapping[str, Any]]:
     """The runs of ``model`` with ``optimizer``, without learning-rate drops and evaluated on
     the weights themselves or on their average of decay ``average`` (each a different
-    recipe; runs recorded before weight averaging existed evaluated the weights)."""
+    recipe; runs recorded before weight averaging existed evaluated the weights). Runs with a
+    learning-rate decay (``lr_decay``) are another recipe too, and no race takes them yet."""
     return [
         r
         for r in runs
@@ -69,6 +70,7 @@ def select(
         and r["optimizer"] == optimizer
         and r.get("lr_drops", 0) == lr_drops
         and r.get("average") == average
+        and r.get("lr_decay") is None
     ]
 
 

@@ -100,6 +100,7 @@ def pretraining_record(arm: str, curve: list[tuple[int, float]], args: Any) -> d
         "optimizer": args.pretrain_optimizer,
         "average": getattr(args, "average", None),
         "lr": args.pretrain_lr,
+        "lr_decay": getattr(args, "pretrain_lr_decay", None),
         "best_val_loss": best,
         "best_step": best_step,
         "steps": curve[-1][0],
@@ -126,6 +127,7 @@ def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -
             args.pretrain_steps,
             generator=torch.Generator().manual_seed(seed), eval_every=args.eval_every,
             progress=args.progress, average=getattr(args, "average", None),
+            lr_decay=getattr(args, "pretrain_lr_decay", None),
         )  # fmt: skip
         curve = [(r["step"], r["val_loss"]) for r in result.history if "val_loss" in r]
         out.update(
@@ -133,6 +135,7 @@ def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -
             pretrain_curve=curve,
             pretrain_optimizer=args.pretrain_optimizer,
             pretrain_lr=args.pretrain_lr,
+            pretrain_lr_decay=getattr(args, "pretrain_lr_decay", None),
         )
         if args.save_encoders is not None:
             args.save_encoders.mkdir(parents=True, exist_ok=True)
@@ -232,6 +235,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--pretrain-steps", type=int, default=1500)
     parser.add_argument("--pretrain-lr", type=float, default=3e-3)
+    parser.add_argument(
+        "--pretrain-lr-decay",
+        choices=["linear"],
+        default=None,
+        help="decay the pretraining learning rate linearly to 0 at --pretrain-steps",
+    )
     parser.add_argument(
         "--pretrain-optimizer",
         default="adam",

@@ -43,12 +43,13 @@ def test_tune_uses_only_the_tuning_seed_and_flags_an_edge_optimum():
         tune(runs + [runs[0]], seed=0)
 
 
-def test_select_leaves_out_other_models_and_lr_drop_recipes():
+def test_select_leaves_out_other_models_and_lr_drop_and_decay_recipes():
     runs = [
         _run("adam", 1e-3, 0, [(0, 0.7), (250, 0.4)]),
         _run("adam", 1e-3, 0, [(0, 0.7), (250, 0.4)], model="npr"),
         _run("adam", 1e-3, 0, [(0, 0.7), (250, 0.4)], lr_drops=2),
         _run("muon/split", 2e-2, 0, [(0, 0.7), (250, 0.4)]),
+        {**_run("adam", 1e-3, 0, [(0, 0.7), (250, 0.4)]), "lr_decay": "linear"},
     ]
     assert select(runs, "npr_bn", "adam") == [runs[0]]
 

@@ -80,6 +80,7 @@ def test_pretrain_only_writes_a_race_record_per_run(tmp_path):
           "--json", str(out)])  # fmt: skip
     (rec,) = json.loads(out.read_text())
     assert rec["model"] == "vit/frequency-pretrain" and rec["optimizer"] == "muon/split"
+    assert rec["lr_decay"] is None
     assert rec["lr"] == 0.02 and rec["steps"] == 4 and "report" not in rec
     steps = [s for s, _ in rec["val_curve"]]
     assert steps == [0, 2, 4] and rec["best_step"] in (2, 4)
@@ -103,3 +104,16 @@ def test_a_weight_average_is_recorded_for_pretraining_and_fine_tuning(tmp_path):
     main(common + ["--encoder", str(enc / "frequency-seed0.safetensors"), "--max-steps", "2",
                    "--no-probe", "--json", str(fine)])  # fmt: skip
     assert json.loads(fine.read_text())[0]["average"] == 0.9
+
+
+def test_a_pretraining_lr_decay_is_recorded(tmp_path):
+    import json
+
+    from experiments.pretraining_study import main
+
+    out = tmp_path / "pt.json"
+    main(["--tiny", "--cache-dir", str(tmp_path / "cache"), "--arms", "frequency", "--seeds",
+          "0", "--pretrain-steps", "4", "--eval-every", "2", "--batch-size", "8", "--workers",
+          "0", "--pretrain-only", "--pretrain-lr-decay", "linear", "--json", str(out)])  # fmt: skip
+    (rec,) = json.loads(out.read_text())
+    assert rec["lr_decay"] == "linear" and rec["pretrain_lr_decay"] == "linear"

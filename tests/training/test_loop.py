@@ -91,6 +91,35 @@ def test_lr_drops_need_patience_and_a_factor_below_one():
         fit([w], loss, itertools.count(1), opt, steps=2, lr_drops=1, lr_drop_factor=1.5)
 
 
+def test_a_linear_decay_steps_at_lr_times_one_minus_the_steps_done_over_the_budget():
+    # -sum(w) has gradient -1 everywhere, so SGD moves each entry by exactly the lr of each
+    # step: lr (1 - (t - 1) / T) at step t, summing to lr (T + 1) / 2 over T steps. Two groups
+    # (one with a tensor lr, as torch accepts) decay alike, and the lr ends at 0.
+    w = torch.zeros(2, requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([{"params": [w], "lr": 1.0}, {"params": [b], "lr": torch.tensor(0.5)}])
+    moves = []
+    result = fit(
+        [w, b], lambda _b: -(w.sum() + b.sum()), itertools.count(1), opt, steps=4,
+        log=lambda rec: moves.append(float(w[0].detach())), lr_decay="linear",
+    )  # fmt: skip
+    assert result.status == "ok" and result.steps == 4
+    # per step 1, 0.75, 0.5, 0.25 (dyadic: exact in float32)
+    assert moves == [1.0, 1.75, 2.25, 2.5]
+    torch.testing.assert_close(b, torch.tensor([0.5 * 2.5]))
+    assert opt.param_groups[0]["lr"] == 0.0 and float(opt.param_groups[1]["lr"]) == 0.0
+
+
+def test_a_decay_is_one_schedule_and_no_other_is_known():
+    w, loss = quadratic()
+    opt = lambda ps: torch.optim.SGD(ps, lr=0.1)  # noqa: E731
+    with pytest.raises(ValueError, match="lr_decay must be one of"):
+        fit([w], loss, itertools.count(1), opt, steps=2, lr_decay="cosine")
+    with pytest.raises(ValueError, match="use one"):
+        fit([w], loss, itertools.count(1), opt, steps=2, lr_decay="linear", lr_drops=1,
+            patience=1, evaluate=lambda: {"val_loss": 1.0})  # fmt: skip
+
+
 def test_non_finite_loss_diverges_without_stepping():
     w = torch.ones(2, requires_grad=True)
     losses = iter([1.0, float("nan")])

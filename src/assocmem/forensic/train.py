@@ -120,6 +120,7 @@ def pretrain(
     patience: int | None = None,
     restore_best: bool | None = None,
     average: float | None = None,
+    lr_decay: str | None = None,
 ) -> TrainResult:
     """Masked-reconstruction pretraining for ``steps`` optimizer steps.
 
@@ -128,7 +129,8 @@ def pretrain(
     ``train_images`` is an (N, C, H, W) tensor or a DataLoader-like iterable of image batches
     (``batch_size`` then unused; a ``(images, labels)`` batch is accepted and its labels ignored).
     ``average``: evaluate, stop on and return an exponential moving average of the weights with
-    this decay (:func:`assocmem.training.fit`).
+    this decay (:func:`assocmem.training.fit`). ``lr_decay``: ``"linear"`` decays the learning
+    rate to 0 at ``steps`` (:func:`assocmem.training.fit`).
     """
     device = _model_device(pretrainer)
 
@@ -144,7 +146,7 @@ def pretrain(
     return fit(
         pretrainer, pretrainer.loss_on, masked_batches(), optimizer_factory, steps=steps,
         eval_every=eval_every, evaluate=evaluate, log=log, progress=progress, desc="pretrain",
-        patience=patience, restore_best=restore_best, average=average,
+        patience=patience, restore_best=restore_best, average=average, lr_decay=lr_decay,
     )  # fmt: skip
 
 

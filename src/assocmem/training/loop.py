@@ -19,6 +19,11 @@ again, and training goes on from the current weights and optimizer state. The ru
 next plateau after the last drop (or at ``steps``). A noisy validation curve at a high learning
 rate then gets the lower-noise steps it needs before the loop gives up on it.
 
+Learning-rate decay (``lr_decay="linear"``): every group's learning rate falls linearly from its
+value at the start to 0 at ``steps`` (``lr_t = lr (1 - (t - 1) / steps)`` at step ``t``; torch's
+``LambdaLR``), the schedule most Muon recipes run with. It needs a fixed budget to decay over, so
+it does not combine with ``lr_drops``; early stopping still keeps the best evaluation.
+
 Weight averaging (``average=decay``, Polyak averaging as an exponential moving average of the
 weights, BatchNorm statistics included): the loop keeps ``W_avg <- d_n W_avg + (1 - d_n) W``
 after every step, with ``d_n = min(decay, (1 + n) / (10 + n))`` after ``n`` updates (the
@@ -44,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 OptimizerFactory = Callable[[Iterable[Tensor]], torch.optim.Optimizer]
+LR_DECAYS = (None, "linear")
 Logger = Callable[[dict[str, Any]], None]
 Trainable = nn.Module | Sequence[Tensor]
 
@@ -164,6 +170,7 @@ def fit(
     lr_drops: int = 0,
     lr_drop_factor: float = 0.1,
     average: float | None = None,
+    lr_decay: str | None = None,
 ) -> TrainResult:
     """Train ``model`` for up to ``steps`` steps of ``step_loss(next(batches))``.
 
@@ -179,6 +186,8 @@ def fit(
             module docstring (they need ``patience``).
         average: EMA decay of the weights that are evaluated, stopped on and returned
             (module docstring); ``None`` evaluates the raw weights.
+        lr_decay: ``"linear"`` decays every group's learning rate to 0 at ``steps`` (module
+            docstring); ``None`` keeps it.
     """
     if not (isinstance(steps, int) and steps >= 0) or not (
         isinstance(eval_every, int) and eval_every >= 1
@@ -194,6 +203,10 @@ def fit(
         )
     if lr_drops and patience is None:
         raise ValueError("lr_drops needs patience (a drop happens where early stopping would)")
+    if lr_decay not in LR_DECAYS:
+        raise ValueError(f"lr_decay must be one of {LR_DECAYS}, got {lr_decay!r}")
+    if lr_decay is not None and lr_drops:
+        raise ValueError("lr_decay and lr_drops both set the learning rate: use one")
     if restore_best is None:  # early stopping restores the best weights; a fixed budget does not
         restore_best = patience is not None
     params = trainable_parameters(model)
@@ -201,6 +214,7 @@ def fit(
         raise ValueError("the model has no trainable parameters")
     averaged = _averager(model, average)
     opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer(params)
+    schedule = _lr_schedule(opt, lr_decay, steps)
     history: list[dict[str, Any]] = []
     bar = _progress(steps, progress, desc)
     start = time.perf_counter()
@@ -269,6 +283,8 @@ def fit(
                 t0 = time.perf_counter()
                 opt.step()
                 opt_time += time.perf_counter() - t0
+        if schedule is not None and math.isfinite(train_loss):
+            schedule.step()
         if averaged is not None and math.isfinite(train_loss):
             averaged.update_parameters(model)
         if not math.isfinite(train_loss):
@@ -312,3 +328,13 @@ def fit(
         stopped_early=stopped_early, optimizer_seconds=opt_time, lr_drop_steps=drop_steps,
         optimizer=opt,
     )  # fmt: skip
+
+
+def _lr_schedule(
+    opt: torch.optim.Optimizer, lr_decay: str | None, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """torch's ``LambdaLR`` for ``lr_decay`` (called after every step), or ``None``. Step ``t``
+    runs at ``lr (1 - (t - 1) / steps)``: the first at the full rate, the last at ``lr / steps``."""
+    if lr_decay is None or steps == 0:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda done: max(0.0, 1.0 - done / steps))
