@@ -143,10 +143,13 @@ def family_split(config: BenchmarkConfig, seen: Sequence[str] | None = None) -> 
     held-out families are then the rest of :data:`HELDOUT`, so a family is never both, and a
     family of :data:`SEEN` left out of ``seen`` is not scored at all.
     """
-    trained = tuple(dict.fromkeys(SEEN if seen is None else seen))  # in order, once each
-    unknown = sorted(set(trained) - set(config.families))
-    if unknown:
-        raise ValueError(f"unknown families {unknown}; the benchmark has {config.families}")
+    if seen is None:  # the default split, cut to what the benchmark builds
+        trained = SEEN
+    else:  # named families must exist: a typo would train on fewer families unnoticed
+        trained = tuple(dict.fromkeys(seen))  # in order, once each
+        unknown = sorted(set(trained) - set(config.families))
+        if unknown:
+            raise ValueError(f"unknown families {unknown}; the benchmark has {config.families}")
     return FamilySplit(
         tuple(f for f in trained if f in config.families),
         tuple(f for f in HELDOUT if f in config.families and f not in trained),

@@ -204,7 +204,10 @@ def test_an_ensemble_refuses_members_of_different_recipes_or_repeated_seeds(tmp_
 
 
 def test_a_chosen_training_split_holds_out_the_rest_and_never_both():
+    import dataclasses
+
     from assocmem.forensic.data import BenchmarkConfig
+    from assocmem.forensic.protocol import FamilySplit
     from experiments.detectors import HELDOUT, SEEN, family_split
 
     config = BenchmarkConfig.tiny()
@@ -218,6 +221,11 @@ def test_a_chosen_training_split_holds_out_the_rest_and_never_both():
     assert one_more.seen == (*SEEN, held) and held not in one_more.heldout
     with pytest.raises(ValueError, match="unknown families"):
         family_split(config, ["no_such_family"])
+    # a benchmark built with fewer families: the default split is cut to them, as before
+    few = dataclasses.replace(config, families=(SEEN[0], HELDOUT[0]))
+    assert family_split(few) == FamilySplit((SEEN[0],), (HELDOUT[0],))
+    with pytest.raises(ValueError, match="unknown families"):
+        family_split(few, [SEEN[1]])
 
 
 def _report(aucs: dict[str, float], groups: dict[str, tuple[str, ...]], fpr: float) -> dict:
