@@ -283,10 +283,11 @@ def fit(
                 t0 = time.perf_counter()
                 opt.step()
                 opt_time += time.perf_counter() - t0
-        if schedule is not None and math.isfinite(train_loss):
-            schedule.step()
-        if averaged is not None and math.isfinite(train_loss):
-            averaged.update_parameters(model)
+        if math.isfinite(train_loss):  # a step was taken: advance what follows the steps
+            if schedule is not None:
+                schedule.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
         if not math.isfinite(train_loss):
             status, message = "diverged", f"non-finite train loss {train_loss} at step {step}"
             record({"step": step, "time": elapsed(), "train_loss": train_loss})
