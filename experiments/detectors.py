@@ -66,6 +66,7 @@ SHIPPABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "npr_pixels": ("npr_pixels", {}),
     "npr_dct": ("npr_dct", {}),
     "npr_dct_dropout": ("npr_dct", {"feature_dropout": 0.5}),
+    "npr_dct_pe": ("npr_dct", {"feature_dropout": 0.5, "prediction_filters": 4}),
     "smallcnn": ("smallcnn", {}),
 }
 
@@ -173,7 +174,14 @@ def train_one(
 ) -> dict[str, Any]:
     """Train ``model`` in place on the stream of ``families.seen`` to early stopping; the run's
     record without its test report (``experiments.ship_detector`` reuses it)."""
-    stream = TrainStream(bench, families.seen, batch_size=args.batch_size, seed=seed)
+    strength = getattr(args, "trace_strength", None)
+    stream = TrainStream(
+        bench,
+        families.seen,
+        batch_size=args.batch_size,
+        seed=seed,
+        trace_strength=tuple(strength) if strength else None,
+    )
     x_val, y_val = balanced(bench.split("val", families.seen), seed=1000 + seed)
     start = time.perf_counter()
     result = train_detector(
@@ -205,6 +213,7 @@ def train_one(
         "lr_drops": getattr(args, "lr_drops", 0),
         "lr_drop_steps": result.lr_drop_steps,
         "average": getattr(args, "average", None),
+        "trace_strength": list(strength) if strength else None,
         "seconds": round(seconds, 1),
         "val_curve": curve,
     }
@@ -252,8 +261,11 @@ def weights_name(model_name: str, run: dict[str, Any]) -> str:
     average = f"-ema{run['average']:g}" if run.get("average") else ""
     optimizer = run["optimizer"].replace("/", "")
     trained = "" if is_default_split(run) else "-seen-" + "+".join(run["seen"])
+    strength = run.get("trace_strength")
+    traces = f"-trace{strength[0]:g}-{strength[1]:g}" if strength else ""
     return (
-        f"{model_name}-{optimizer}-lr{run['lr']:g}{average}{trained}-seed{run['seed']}.safetensors"
+        f"{model_name}-{optimizer}-lr{run['lr']:g}{average}{traces}{trained}"
+        f"-seed{run['seed']}.safetensors"
     )
 
 
@@ -299,17 +311,19 @@ def lr_drops_of(run: dict[str, Any]) -> int:
 def run_label(run: dict[str, Any]) -> str:
     """The detector column: the model, its patch size when not the default benchmark's, its lr
     drops when it had any (a different recipe), its weight average's decay when it was
-    evaluated on one, its member count when it is an ensemble
-    (``experiments.detector_ensemble``), and its test-time views when they are not the
-    image alone (``assocmem.forensic.views``)."""
+    evaluated on one, its training fakes' trace strength when they were blended, its member
+    count when it is an ensemble (``experiments.detector_ensemble``), and its test-time views
+    when they are not the image alone (``assocmem.forensic.views``)."""
     drops = lr_drops_of(run)
     views = run.get("views", "one")
     size = run.get("patch_size", DEFAULT_PATCH)
+    strength = run.get("trace_strength")
     return (
         run["model"]
         + (f" ({size} px)" if size != DEFAULT_PATCH else "")
         + (f" (lr drops {drops})" if drops else "")
         + (f" (EMA {run['average']:g})" if run.get("average") else "")
+        + (f" (trace strength {strength[0]:g}–{strength[1]:g})" if strength else "")
         + (f" (ensemble of {len(run['ensemble'])})" if run.get("ensemble") else "")
         + (f" ({views} views)" if views != "one" else "")
         + ("" if is_default_split(run) else f" (trained on {trained_on(run['seen'])})")
@@ -418,6 +432,15 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="evaluate, early-stop on and keep an exponential moving average of the weights "
         "with this decay (e.g. 0.998); default: the raw weights",
+    )
+    parser.add_argument(
+        "--trace-strength",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="train on fakes blended with their real crop at a strength drawn from [LO, HI] "
+        "(TrainStream's trace_strength); validation and test fakes stay at full strength",
     )
     parser.add_argument(
         "--seen",

@@ -4,13 +4,15 @@ that made the cached sets, deterministic for a seed, usable with DataLoader work
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from assocmem.forensic.data import BenchmarkConfig, PostProcessConfig, build_benchmark
 from assocmem.forensic.data.benchmark import fitted_generators
 from assocmem.forensic.data.families import generate
 from assocmem.forensic.data.photos import load_photos
 from assocmem.forensic.data.pipeline import _clean_reals
-from assocmem.forensic.data.stream import TrainStream, augment, stream_loader
+from assocmem.forensic.data.stream import TrainStream, augment, blend, stream_loader
 
 SEEN = ("ae_nearest", "double_jpeg", "splice")
 
@@ -149,3 +151,47 @@ def test_augment_is_a_square_symmetry(flip, turns):
     assert sorted(y.ravel()) == sorted(x.ravel())  # a permutation of the pixels
     assert y.flags["C_CONTIGUOUS"]
     np.testing.assert_array_equal(y[:, 1:3, 1:3].sum(), x[:, 1:3, 1:3].sum())  # centre stays
+
+
+@settings(max_examples=50, deadline=None)
+@given(a=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+def test_blend_scales_the_trace_and_keeps_the_content(a, seed):
+    rng = np.random.default_rng(seed)
+    reals = rng.integers(0, 256, (3, 3, 8, 8), dtype=np.uint8)
+    fakes = rng.integers(0, 256, (3, 3, 8, 8), dtype=np.uint8)
+    out = blend(reals, fakes, np.full(3, a))
+    assert out.dtype == np.uint8
+    lo, hi = np.minimum(reals, fakes), np.maximum(reals, fakes)
+    assert ((out >= lo) & (out <= hi)).all()  # on the segment from the real to the fake
+    # the trace (fake - real) scaled by a, up to the rounding to uint8 (half a level)
+    base = reals.astype(np.float64)
+    assert np.abs(out - base - a * (fakes - base)).max() <= 0.5 + 1e-4
+    assert np.array_equal(blend(reals, fakes, np.zeros(3)), reals)
+    assert np.array_equal(blend(reals, fakes, np.ones(3)), fakes)
+
+
+def test_trace_strength_blends_each_fake_with_its_own_crop_and_nothing_else(bench):
+    """Strengths have a generator of their own: the stream's crops, families and reals are the
+    same at any strength; a strength near 0 gives back each fake's parent crop, and a strength
+    a gives exactly ``blend(parent, full-strength fake, a)`` (no post-processing here)."""
+
+    def first(strength):
+        stream = TrainStream(bench, SEEN, batch_size=12, seed=5, trace_strength=strength)
+        return take(stream, 2)
+
+    full, parents, half = first(None), first((1e-6, 1e-6)), first((0.5, 0.5))
+    for f, p, h in zip(full, parents, half, strict=True):
+        assert torch.equal(f[1], p[1]) and torch.equal(f[2], h[2])  # same labels, families
+        real = f[1] == 0
+        assert torch.equal(f[0][real], h[0][real]) and torch.equal(f[0][real], p[0][real])
+        fake = ~real
+        to_u8 = lambda x: (x * 255).round().to(torch.uint8).numpy()  # noqa: E731
+        expect = blend(to_u8(p[0][fake]), to_u8(f[0][fake]), np.full(int(fake.sum()), 0.5))
+        assert np.array_equal(to_u8(h[0][fake]), expect)
+        assert not torch.equal(f[0][fake], h[0][fake])
+
+
+@pytest.mark.parametrize("bad", [(0.0, 1.0), (0.6, 0.5), (0.5, 1.5)])
+def test_bad_trace_strengths_are_refused(bench, bad):
+    with pytest.raises(ValueError, match="trace_strength"):
+        TrainStream(bench, SEEN, trace_strength=bad)

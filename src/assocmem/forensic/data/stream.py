@@ -12,6 +12,11 @@ validation loss then rises. ``TrainStream`` draws every training batch anew inst
    applied to *that same crop* with the models that made the cached fakes
    (``fitted_generators``), so the pair differs only by the family's trace; fakes of gray photos
    are projected back to gray, as in the cached sets;
+   With ``trace_strength=(lo, hi)`` each fake is moved back towards its crop,
+   ``crop + a (fake - crop)`` with ``a`` uniform in ``[lo, hi]`` per fake (rounded to uint8):
+   the family's trace at a fraction of its strength, so the detector must also catch faint
+   traces, not only the strongest cue of each family (off by default; the stream is then
+   the same as without the option);
 4. the whole batch then goes through the benchmark's shared post-processing with one set of
    coin flips drawn independently of the labels, so no processing step is a label shortcut.
 
@@ -38,7 +43,7 @@ from assocmem.forensic.data.photos import load_photos
 from assocmem.forensic.data.pipeline import gray_where
 from assocmem.forensic.data.postprocess import postprocess
 
-__all__ = ["TrainStream", "augment", "stream_loader"]
+__all__ = ["TrainStream", "augment", "blend", "stream_loader"]
 
 # Redraws allowed for a near-flat crop before the flat one is kept (retina's black border and
 # hubble's sky are mostly flat; a bounded loop keeps a batch's cost bounded).
@@ -53,6 +58,15 @@ def augment(crop: np.ndarray, flip: bool, quarter_turns: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(crop, quarter_turns, axes=(1, 2)))
 
 
+def blend(reals: np.ndarray, fakes: np.ndarray, strength: np.ndarray) -> np.ndarray:
+    """``real + a (fake - real)`` per image (uint8 in, uint8 out, rounded to nearest): the
+    fake's trace scaled by ``a`` in [0, 1] (one per image), content unchanged."""
+    a = strength.astype(np.float32).reshape(-1, *([1] * (reals.ndim - 1)))
+    base = reals.astype(np.float32)
+    out = np.rint(base + a * (fakes.astype(np.float32) - base))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
 class TrainStream(IterableDataset):
     """Endless balanced training batches from ``bench``'s train photos (see module docstring).
 
@@ -63,6 +77,8 @@ class TrainStream(IterableDataset):
             be named here).
         batch_size: images per batch, half real and half fake (an odd size rounds fakes down).
         seed: with the same seed (and the same ``num_workers``) the stream is identical.
+        trace_strength: ``(lo, hi)`` with ``0 < lo <= hi <= 1``: blend each fake with its crop
+            at a strength drawn from ``[lo, hi]`` (step 3 above); ``None``: full-strength fakes.
 
     Use it with ``DataLoader(stream, batch_size=None, num_workers=k)``: each worker draws from its
     own generator ``(seed, worker id)``, and the loader interleaves workers in a fixed order.
@@ -75,8 +91,17 @@ class TrainStream(IterableDataset):
         *,
         batch_size: int = 64,
         seed: int = 0,
+        trace_strength: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
+        if trace_strength is not None:
+            lo, hi = (float(v) for v in trace_strength)
+            if not 0.0 < lo <= hi <= 1.0:
+                raise ValueError(
+                    f"trace_strength must be (lo, hi), 0 < lo <= hi <= 1, got {trace_strength}"
+                )
+            trace_strength = (lo, hi)
+        self.trace_strength = trace_strength
         fams = tuple(families)
         unknown = [f for f in fams if f not in bench.config.families]
         if not fams or unknown:
@@ -121,8 +146,15 @@ class TrainStream(IterableDataset):
         crop = augment(crop, bool(rng.integers(2)), int(rng.integers(4)))
         return crop, photo
 
-    def batch(self, rng: np.random.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        """One batch drawn from ``rng`` (the iterator calls this with its worker's generator)."""
+    def batch(
+        self, rng: np.random.Generator, strengths: np.random.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One batch drawn from ``rng`` (the iterator calls this with its worker's generator).
+
+        Trace strengths come from ``strengths`` (default: ``rng``); the iterator keeps them on
+        a generator of their own, so every crop, family and post-processing draw is the same
+        with and without ``trace_strength``."""
+        strengths = rng if strengths is None else strengths
         n = self.batch_size
         crops, photos = zip(*(self._crop(rng) for _ in range(n)), strict=True)
         images = np.stack(crops)
@@ -151,7 +183,11 @@ class TrainStream(IterableDataset):
                 sources=sources[rows],
                 donor_sources=donor_sources,
             )
-            images[rows] = gray_where(fakes, self.gray[sources[rows]])
+            fakes = gray_where(fakes, self.gray[sources[rows]])
+            if self.trace_strength is not None:  # after the gray projection: both are gray
+                a = strengths.uniform(*self.trace_strength, len(rows))
+                fakes = blend(images[rows], fakes, a)
+            images[rows] = fakes
             family[rows] = self.family_codes[fam]
         images, _ = postprocess(images, self.config.post, rng)
         return (
@@ -164,8 +200,9 @@ class TrainStream(IterableDataset):
         info = get_worker_info()
         worker = 0 if info is None else info.id
         rng = np.random.default_rng([self.seed, worker])
+        strengths = np.random.default_rng([self.seed, worker, 1])
         while True:
-            yield self.batch(rng)
+            yield self.batch(rng, strengths)
 
 
 def _one_thread(_: int) -> None:

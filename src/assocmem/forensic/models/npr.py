@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from assocmem.forensic.models.baselines import SmallCNN
 from assocmem.forensic.models.block_dct import BlockDCTBranch
+from assocmem.forensic.models.prediction_error import PredictionErrorBranch
 
 __all__ = [
     "NPR",
@@ -158,6 +159,12 @@ class NPRWithDCT(nn.Module):
     falls between NPR's cells. Both branches use batch statistics (see :class:`NPR`); inputs
     need sides that are multiples of 8, and tiles of a larger image must start at multiples of
     8 (``alignment``, read by :class:`~assocmem.forensic.detector.Detector`'s tiling).
+
+    ``prediction_filters > 0`` adds a third branch,
+    :class:`~assocmem.forensic.models.prediction_error.PredictionErrorBranch` (that many learned
+    prediction-error filters per colour channel, Bayar and Stamm's general-purpose
+    manipulation layer): it sees how predictable each pixel is from its neighbours, which
+    interpolation and smoothing change off NPR's ``2 x 2`` grid and off JPEG's ``8 x 8`` one.
     """
 
     alignment = 8
@@ -170,12 +177,27 @@ class NPRWithDCT(nn.Module):
         hidden: int = 128,
         embed: int = 64,
         feature_dropout: float = 0.0,
+        prediction_filters: int = 0,
     ) -> None:
         super().__init__()
+        if prediction_filters < 0:
+            raise ValueError(f"prediction_filters must be >= 0, got {prediction_filters}")
         self.residual = NPR(widths, channels, gain, norm="batch")
         self.dct = BlockDCTBranch(hidden, embed, feature_dropout)
-        self.fc = nn.Linear(self.residual.encoder.embed_dim + self.dct.embed_dim, 1)
+        dim = self.residual.encoder.embed_dim + self.dct.embed_dim
+        # registered after the other two branches so their parameters (and so their random
+        # initialisation for a given seed) are the same with and without it
+        self.prediction = (
+            PredictionErrorBranch(prediction_filters, widths=widths, channels=channels, gain=gain)
+            if prediction_filters
+            else None
+        )
+        if self.prediction is not None:
+            dim += self.prediction.embed_dim
+        self.fc = nn.Linear(dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        r = self.residual.embed(x)
-        return self.fc(torch.cat([r, self.dct(x)], dim=1)).squeeze(-1)
+        embeddings = [self.residual.embed(x), self.dct(x)]
+        if self.prediction is not None:
+            embeddings.append(self.prediction(x))
+        return self.fc(torch.cat(embeddings, dim=1)).squeeze(-1)
