@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from trace_support import auc_after_training, with_linear_head
 
 from assocmem.forensic.data.postprocess import jpeg
 from assocmem.forensic.models.block_dct import (
@@ -100,8 +101,6 @@ def test_dct_detector_learns_a_single_versus_double_compression_trace():
     # Reals: random smooth textures, never compressed; fakes: the same kind of texture
     # compressed twice (quality 60 then 90). 80 Adam steps on fresh batches must separate them
     # on fresh data (AUC > 0.9; chance 0.5): the lattice is what differs, not the content.
-    from sklearn.metrics import roc_auc_score
-
     rng = np.random.default_rng(0)
 
     def texture() -> np.ndarray:
@@ -121,17 +120,5 @@ def test_dct_detector_learns_a_single_versus_double_compression_trace():
         return torch.cat(xs), torch.tensor(ys)
 
     torch.manual_seed(0)
-    model = BlockDCTBranch(hidden=32, embed_dim=16)
-    head = torch.nn.Linear(16, 1)
-    opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=1e-3)
-    for _ in range(40):
-        x, y = batch(32)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(model(x)).squeeze(-1), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    x, y = batch(128)
-    with torch.no_grad():
-        auc = roc_auc_score(y.numpy(), head(model(x)).squeeze(-1).numpy())
-    assert auc > 0.9
+    model = with_linear_head(BlockDCTBranch(hidden=32, embed_dim=16), 16)
+    assert auc_after_training(model, batch, steps=40, batch_size=32, eval_size=128) > 0.9

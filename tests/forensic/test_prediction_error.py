@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from trace_support import auc_after_training, with_linear_head
 
 from assocmem.forensic.models.npr import NPRWithDCT
 from assocmem.forensic.models.prediction_error import (
@@ -107,8 +108,6 @@ def test_the_branch_learns_an_interpolation_trace_in_a_few_steps():
     # Reals: noisy random textures; fakes: the same kind of texture resized to 0.6 and back
     # (bilinear), the resample family's operation. 40 Adam steps on fresh batches must separate
     # fresh data (AUC > 0.9; chance 0.5): interpolated pixels are predictable from neighbours.
-    from sklearn.metrics import roc_auc_score
-
     rng = np.random.default_rng(0)
 
     def texture(fake: bool) -> np.ndarray:
@@ -126,17 +125,6 @@ def test_the_branch_learns_an_interpolation_trace_in_a_few_steps():
         return torch.from_numpy(xs).float() / 255.0, torch.from_numpy(ys).float()
 
     torch.manual_seed(0)
-    model = PredictionErrorBranch(filters=2, widths=(8, 16))
-    head = torch.nn.Linear(model.embed_dim, 1)
-    opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=1e-3)
-    for _ in range(40):
-        x, y = batch(32)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(model(x)).squeeze(-1), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    x, y = batch(128)
-    with torch.no_grad():
-        auc = roc_auc_score(y.numpy(), head(model(x)).squeeze(-1).numpy())
-    assert auc > 0.9
+    branch = PredictionErrorBranch(filters=2, widths=(8, 16))
+    model = with_linear_head(branch, branch.embed_dim)
+    assert auc_after_training(model, batch, steps=40, batch_size=32, eval_size=128) > 0.9
