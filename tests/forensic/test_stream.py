@@ -191,7 +191,7 @@ def test_trace_strength_blends_each_fake_with_its_own_crop_and_nothing_else(benc
         assert not torch.equal(f[0][fake], h[0][fake])
 
 
-@pytest.mark.parametrize("bad", [(0.0, 1.0), (0.6, 0.5), (0.5, 1.5)])
+@pytest.mark.parametrize("bad", [(0.0, 1.0), (0.6, 0.5), (0.5, 1.5), (0.5,)])
 def test_bad_trace_strengths_are_refused(bench, bad):
     with pytest.raises(ValueError, match="trace_strength"):
         TrainStream(bench, SEEN, trace_strength=bad)

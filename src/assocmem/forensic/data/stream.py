@@ -11,12 +11,12 @@ validation loss then rises. ``TrainStream`` draws every training batch anew inst
 3. half of the batch becomes fake, each by a family drawn uniformly from ``families`` and
    applied to *that same crop* with the models that made the cached fakes
    (``fitted_generators``), so the pair differs only by the family's trace; fakes of gray photos
-   are projected back to gray, as in the cached sets;
-   With ``trace_strength=(lo, hi)`` each fake is moved back towards its crop,
-   ``crop + a (fake - crop)`` with ``a`` uniform in ``[lo, hi]`` per fake (rounded to uint8):
-   the family's trace at a fraction of its strength, so the detector must also catch faint
-   traces, not only the strongest cue of each family (off by default; the stream is then
-   the same as without the option);
+   are projected back to gray, as in the cached sets. With ``trace_strength=(lo, hi)`` each
+   fake is then moved back towards its crop, ``crop + a (fake - crop)`` with ``a`` uniform in
+   ``[lo, hi]`` per fake (rounded to uint8): the family's trace at a fraction of its strength,
+   so the detector must also catch faint traces, not only each family's strongest cue. Off
+   by default; with it only the strengths are new draws, from a generator of their own, so
+   crops, families and post-processing are the same as without it;
 4. the whole batch then goes through the benchmark's shared post-processing with one set of
    coin flips drawn independently of the labels, so no processing step is a label shortcut.
 
@@ -95,6 +95,8 @@ class TrainStream(IterableDataset):
     ) -> None:
         super().__init__()
         if trace_strength is not None:
+            if len(trace_strength) != 2:
+                raise ValueError(f"trace_strength must be (lo, hi), got {trace_strength}")
             lo, hi = (float(v) for v in trace_strength)
             if not 0.0 < lo <= hi <= 1.0:
                 raise ValueError(
