@@ -498,6 +498,8 @@ def main(argv: list[str] | None = None) -> None:
     if len(args.lr) not in (1, len(args.optimizers)):
         parser.error("--lr takes one value, or one per optimizer")
     lrs = args.lr * len(args.optimizers) if len(args.lr) == 1 else args.lr
+    if args.trace_strength and not 0.0 < args.trace_strength[0] <= args.trace_strength[1] <= 1.0:
+        parser.error(f"--trace-strength needs 0 < LO <= HI <= 1, got {args.trace_strength}")
     torch.set_num_threads(args.threads)
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
     if args.patch_size != config.patch_size:

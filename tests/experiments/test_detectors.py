@@ -7,7 +7,7 @@ import torch
 
 from assocmem import MemoryOptimizer
 from assocmem.forensic.models.npr import NPR
-from experiments.detectors import SPLIT_REST_LR_RATIO, optimizer_factory
+from experiments.detectors import SHIPPABLE, SPLIT_REST_LR_RATIO, optimizer_factory
 
 
 def test_adam_is_torchs_and_a_preset_name_is_a_memory_optimizer():
@@ -303,3 +303,42 @@ def test_a_run_on_every_family_records_its_split_and_reports_no_held_out_group(t
     assert "-seen-" in weights_name("npr_bn", run)
     default = {k: v for k, v in run.items() if k != "seen"}  # records made before the entry
     assert "-seen-" not in weights_name("npr_bn", default)
+
+
+def test_a_trace_strength_run_records_it_and_gets_its_own_row_and_weights(tmp_path):
+    import json
+
+    from experiments.detectors import main, run_label, weights_name
+
+    out = tmp_path / "runs.json"
+    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0",
+          "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--workers", "0",
+          "--trace-strength", "0.25", "1", "--json", str(out)])  # fmt: skip
+    (run,) = json.loads(out.read_text())
+    assert run["trace_strength"] == [0.25, 1.0]
+    assert run_label(run) == "npr_bn (trace strength 0.25–1)"
+    assert run_label({**run, "trace_strength": None}) == "npr_bn"
+    assert "-trace0.25-1-" in weights_name("npr_bn", run)
+    assert "trace" not in weights_name("npr_bn", {**run, "trace_strength": None})
+    with pytest.raises(SystemExit):  # a strength out of (0, 1] is refused before any build
+        main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0",
+              "--max-steps", "2", "--workers", "0", "--trace-strength", "0", "1"])  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPABLE))
+def test_every_shippable_detector_survives_its_checkpoint(tmp_path, name):
+    from assocmem.forensic.checkpoint import build_model, load_detector, save_detector
+
+    architecture, kwargs = SHIPPABLE[name]
+    torch.manual_seed(0)
+    model = build_model(architecture, kwargs).eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+    path = tmp_path / f"{name}.safetensors"
+    save_detector(path, model, architecture=architecture, arch_kwargs=kwargs, patch_size=32,
+                  val_real_logits=logits, info={})  # fmt: skip
+    loaded = load_detector(path)
+    assert loaded.architecture == architecture and loaded.arch_kwargs == kwargs
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), logits)
