@@ -36,7 +36,7 @@ from torch import nn
 from assocmem import MemoryOptimizer, available_memories
 from assocmem.forensic.checkpoint import build_model
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
-from assocmem.forensic.data.stream import TrainStream, stream_loader
+from assocmem.forensic.data.stream import TrainStream, checked_strength, stream_loader
 from assocmem.forensic.models import F3Net, MesoNet4
 from assocmem.forensic.models.npr import NPRWithSpectrum
 from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
@@ -498,8 +498,11 @@ def main(argv: list[str] | None = None) -> None:
     if len(args.lr) not in (1, len(args.optimizers)):
         parser.error("--lr takes one value, or one per optimizer")
     lrs = args.lr * len(args.optimizers) if len(args.lr) == 1 else args.lr
-    if args.trace_strength and not 0.0 < args.trace_strength[0] <= args.trace_strength[1] <= 1.0:
-        parser.error(f"--trace-strength needs 0 < LO <= HI <= 1, got {args.trace_strength}")
+    if args.trace_strength is not None:  # refused before the benchmark is built
+        try:
+            checked_strength(args.trace_strength)
+        except ValueError as error:
+            parser.error(str(error))
     torch.set_num_threads(args.threads)
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
     if args.patch_size != config.patch_size:

@@ -283,15 +283,15 @@ def fit(
                 t0 = time.perf_counter()
                 opt.step()
                 opt_time += time.perf_counter() - t0
-        if math.isfinite(train_loss):  # a step was taken: advance what follows the steps
-            if schedule is not None:
-                schedule.step()
-            if averaged is not None:
-                averaged.update_parameters(model)
         if not math.isfinite(train_loss):
             status, message = "diverged", f"non-finite train loss {train_loss} at step {step}"
             record({"step": step, "time": elapsed(), "train_loss": train_loss})
             break
+        # a step was taken: advance what follows the steps
+        if schedule is not None:
+            schedule.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
         done = step
         rec: dict[str, Any] = {"step": step, "time": elapsed(), "train_loss": train_loss}
         evaluated = evaluate is not None and (step % eval_every == 0 or step == steps)

@@ -43,7 +43,7 @@ from assocmem.forensic.data.photos import load_photos
 from assocmem.forensic.data.pipeline import gray_where
 from assocmem.forensic.data.postprocess import postprocess
 
-__all__ = ["TrainStream", "augment", "blend", "stream_loader"]
+__all__ = ["TrainStream", "augment", "blend", "checked_strength", "stream_loader"]
 
 # Redraws allowed for a near-flat crop before the flat one is kept (retina's black border and
 # hubble's sky are mostly flat; a bounded loop keeps a batch's cost bounded).
@@ -65,6 +65,18 @@ def blend(reals: np.ndarray, fakes: np.ndarray, strength: np.ndarray) -> np.ndar
     base = reals.astype(np.float32)
     out = np.rint(base + a * (fakes.astype(np.float32) - base))
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def checked_strength(trace_strength: Sequence[float]) -> tuple[float, float]:
+    """``(lo, hi)`` as floats, or a ``ValueError`` unless ``0 < lo <= hi <= 1``."""
+    if len(trace_strength) != 2:
+        raise ValueError(f"trace_strength must be (lo, hi), got {trace_strength}")
+    lo, hi = (float(v) for v in trace_strength)
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ValueError(
+            f"trace_strength must be (lo, hi), 0 < lo <= hi <= 1, got {trace_strength}"
+        )
+    return lo, hi
 
 
 class TrainStream(IterableDataset):
@@ -94,16 +106,7 @@ class TrainStream(IterableDataset):
         trace_strength: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
-        if trace_strength is not None:
-            if len(trace_strength) != 2:
-                raise ValueError(f"trace_strength must be (lo, hi), got {trace_strength}")
-            lo, hi = (float(v) for v in trace_strength)
-            if not 0.0 < lo <= hi <= 1.0:
-                raise ValueError(
-                    f"trace_strength must be (lo, hi), 0 < lo <= hi <= 1, got {trace_strength}"
-                )
-            trace_strength = (lo, hi)
-        self.trace_strength = trace_strength
+        self.trace_strength = None if trace_strength is None else checked_strength(trace_strength)
         fams = tuple(families)
         unknown = [f for f in fams if f not in bench.config.families]
         if not fams or unknown:
