@@ -1,0 +1,80 @@
+"""The spectral-prior fusion and its leave-one-family-out weight choice (issue 13)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments.detector_prior import choose_weight, fused, real_stats
+
+
+def test_the_prior_adds_the_smoothness_direction_in_units_of_the_reals_spread():
+    z_real, f_real = np.array([-1.0, 1.0]), np.array([-3.0, -1.0])
+    stats = real_stats(z_real, f_real)
+    assert (stats.sd_z, stats.mu_f, stats.sd_f) == (1.0, -2.0, 1.0)
+    z, f = np.array([0.0, 0.0]), np.array([-4.0, 0.0])  # same logit, the first smoother
+    assert list(fused(z, f, stats, 0.0)) == [0.0, 0.0]  # w = 0: the detector alone
+    assert list(fused(z, f, stats, 0.5)) == [1.0, -1.0]  # smoother = more fake
+
+
+def test_constant_reals_have_no_scale_and_are_refused():
+    with pytest.raises(ValueError, match="must vary"):
+        real_stats(np.zeros(4), np.arange(4.0))
+
+
+def test_the_weight_is_the_best_mean_over_folds_and_ties_go_to_less_prior():
+    # fold a is best alone, fold b with the prior: the means are 0.75, 0.875, 0.8125
+    # (binary fractions, so the tie below is exact)
+    folds = {"a": {0.0: 0.875, 1.0: 0.75, 2.0: 0.625}, "b": {0.0: 0.625, 1.0: 1.0, 2.0: 1.0}}
+    assert choose_weight(folds) == 1.0
+    folds["a"][2.0] = 0.75  # now 0.875 at both 1 and 2: the smaller
+    assert choose_weight(folds) == 1.0
+    folds["a"][2.0] = 0.875
+    assert choose_weight(folds) == 2.0
+    assert choose_weight({"a": {0.0: 0.8, 0.5: 0.8}}) == 0.0
+    with pytest.raises(ValueError, match="different weights"):
+        choose_weight({"a": {0.0: 0.8}, "b": {0.5: 0.8}})
+
+
+def test_the_experiment_scores_members_alone_and_with_the_chosen_prior(tmp_path):
+    from experiments.detector_prior import main as prior_main
+    from experiments.detectors import main
+
+    runs = tmp_path / "runs.json"
+    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0",
+          "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--workers", "0",
+          "--average", "0.99", "--save-weights", str(tmp_path / "w"),
+          "--json", str(runs)])  # fmt: skip
+    (run,) = json.loads(runs.read_text())
+    w = run["weights"]
+    folds = [f"{fam}={w}" for fam in ("ae_transconv", "ae_nearest", "double_jpeg", "splice")]
+    out, doc = tmp_path / "prior.json", tmp_path / "results.md"
+    doc.write_text("<!-- report:detector-prior:begin -->\n<!-- report:detector-prior:end -->\n")
+    prior_main(["--tiny", "--cache-dir", str(tmp_path), "--fold", *folds, "--members", w,
+                "--weights", "0", "1", "--json", str(out), "--write", str(doc)])  # fmt: skip
+    record = json.loads(out.read_text())
+    assert [f["family"] for f in record["folds"]] == [
+        "ae_transconv",
+        "ae_nearest",
+        "double_jpeg",
+        "splice",
+    ]
+    assert record["chosen_weight"] in (0.0, 1.0)
+    alone = [m for m in record["members"] if m["weight"] == 0.0]
+    assert len(alone) == 1
+    # w = 0 is the detector alone: a rescaled logit ranks and thresholds like the logit
+    for group in ("seen", "heldout"):
+        for fam, metrics in run["report"][group].items():
+            assert alone[0]["report"][group][fam]["auc"] == pytest.approx(metrics["auc"])
+    assert "Chosen weight" in doc.read_text()
+    # the record renders again without recomputing
+    prior_main(["--from-json", str(out)])
+
+
+def test_a_fold_must_name_a_seen_family():
+    from experiments.detector_prior import main as prior_main
+
+    with pytest.raises(SystemExit):
+        prior_main(["--fold", "resample=x.safetensors", "--members", "x.safetensors"])
