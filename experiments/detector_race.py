@@ -41,6 +41,9 @@ from experiments.report import replace_section
 from experiments.step_cost import measure, time_to_target
 
 BASELINE = "adam"
+# The evaluation interval of the first races (the runs' CLIs' default); others name their
+# sections.
+DEFAULT_INTERVAL = 250
 
 
 def load_runs(paths: Iterable[Path]) -> list[dict[str, Any]]:
@@ -112,6 +115,19 @@ def steps_to_target(curve: Sequence[Sequence[float]], target: float) -> int | No
     return None
 
 
+def evaluation_interval(run: Mapping[str, Any]) -> int:
+    """The steps between a run's evaluations, the resolution of every step count read off it:
+    its ``eval_every`` entry, else the ``--eval-every`` of the command that made it, else
+    :data:`DEFAULT_INTERVAL` (the default of ``experiments.detectors`` and
+    ``experiments.pretraining_study``)."""
+    if "eval_every" in run:
+        return int(run["eval_every"])
+    words = str(run.get("command", "")).split()
+    if "--eval-every" in words:
+        return int(words[words.index("--eval-every") + 1])
+    return DEFAULT_INTERVAL
+
+
 def race(
     baseline: Sequence[Mapping[str, Any]],
     candidate: Sequence[Mapping[str, Any]],
@@ -119,12 +135,20 @@ def race(
     candidate_lr: float,
 ) -> list[dict[str, Any]]:
     """Per seed both optimizers ran at their tuned lr: the target (the baseline's best
-    validation loss), the baseline's steps to it (its best step) and the candidate's."""
+    validation loss), the baseline's steps to it (its best step) and the candidate's, counted
+    at the runs' evaluation interval (``ValueError`` if the two runs' intervals differ: the
+    counts would not be at one resolution)."""
     base = {r["seed"]: r for r in baseline if float(r["lr"]) == baseline_lr}
     cand = {r["seed"]: r for r in candidate if float(r["lr"]) == candidate_lr}
     rows = []
     for seed in sorted(set(base) & set(cand)):
         b, c = base[seed], cand[seed]
+        interval = evaluation_interval(b)
+        if evaluation_interval(c) != interval:
+            raise ValueError(
+                f"seed {seed}: the baseline is evaluated every {interval} steps, the candidate "
+                f"every {evaluation_interval(c)}: race runs of one resolution"
+            )
         target = float(b["best_val_loss"])
         rows.append(
             {
@@ -135,6 +159,7 @@ def race(
                 "candidate_steps": steps_to_target(c["val_curve"], target),
                 "candidate_run": int(c["steps"]),
                 "candidate_best": float(c["best_val_loss"]),
+                "interval": interval,
             }
         )
     return rows
@@ -281,9 +306,14 @@ def markdown(
         task = "Fine-tuning task"
     else:
         task = "Detector task"
+    interval = race_interval(rows)
+    details = [candidate]
+    if average is not None:
+        details.append(f"weight average {average:g}")
+    if interval != DEFAULT_INTERVAL:
+        details.append(f"evaluated every {interval} steps")
     out = [
-        f"## {task}: steps to tuned Adam's validation loss (`{model}`, {candidate}"
-        + (f", weight average {average:g})" if average is not None else ")"),
+        f"## {task}: steps to tuned Adam's validation loss (`{model}`, {', '.join(details)})",
         "",
         f"Regenerate: {command}",
         "",
@@ -310,7 +340,7 @@ def markdown(
     out += [
         "",
         "Per evaluation seed: the target is Adam's best validation loss at its tuned lr; steps are "
-        "evaluation steps (every 250), so each count is known to ± one evaluation.",
+        f"evaluation steps (every {interval}), so each count is known to ± one evaluation.",
         "",
         f"| seed | target (Adam's best) | Adam steps (run) | {candidate} steps (run) | ratio | "
         f"{candidate}'s own best |",
@@ -362,14 +392,32 @@ def markdown(
 FIRST_CANDIDATE = "muon/split"
 
 
-def section_name(model: str, candidate: str = FIRST_CANDIDATE, average: float | None = None) -> str:
+def race_interval(rows: Sequence[Mapping[str, Any]]) -> int:
+    """The one evaluation interval of a race's rows (:data:`DEFAULT_INTERVAL` for rows recorded
+    before rows carried it); ``ValueError`` if the seeds were evaluated at different ones."""
+    intervals = {int(r.get("interval", DEFAULT_INTERVAL)) for r in rows} or {DEFAULT_INTERVAL}
+    if len(intervals) > 1:
+        raise ValueError(f"the seeds were evaluated at different intervals {sorted(intervals)}")
+    return intervals.pop()
+
+
+def section_name(
+    model: str,
+    candidate: str = FIRST_CANDIDATE,
+    average: float | None = None,
+    interval: int = DEFAULT_INTERVAL,
+) -> str:
     """The docs/results.md section of a race: one per model for :data:`FIRST_CANDIDATE`
     (``vit/frequency`` -> ``race-vit-frequency``), one per model and candidate for any other
-    (``npr_bn``, ``muon_delta/split`` -> ``race-npr_bn-muon_delta-split``)."""
+    (``npr_bn``, ``muon_delta/split`` -> ``race-npr_bn-muon_delta-split``), and one more for
+    each weight average and each evaluation interval other than :data:`DEFAULT_INTERVAL`
+    (``-ema0.995``, ``-every125``)."""
     name = "race-" + model.replace("/", "-")
     if candidate != FIRST_CANDIDATE or average is not None:
         name = f"{name}-{candidate.replace('/', '-')}"
-    return name if average is None else f"{name}-ema{average:g}"
+    if average is not None:
+        name = f"{name}-ema{average:g}"
+    return name if interval == DEFAULT_INTERVAL else f"{name}-every{interval}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -401,7 +449,11 @@ def main(argv: list[str] | None = None) -> None:
     }
     grids = {name: tune(rs, args.tuning_seed) for name, rs in chosen.items()}
     lrs = {name: grid[0] for name, grid in grids.items()}
-    rows = race(chosen[BASELINE], chosen[args.candidate], lrs[BASELINE], lrs[args.candidate])
+    try:
+        rows = race(chosen[BASELINE], chosen[args.candidate], lrs[BASELINE], lrs[args.candidate])
+        interval = race_interval(rows)
+    except ValueError as e:
+        parser.error(str(e))
     costs = None
     if not args.no_step_cost:
         torch.set_num_threads(args.threads)
@@ -420,7 +472,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "costs": costs}, indent=1, default=float))
     if args.write:
-        replace_section(args.write, section_name(args.model, args.candidate, args.average), text)
+        name = section_name(args.model, args.candidate, args.average, interval)
+        replace_section(args.write, name, text)
 
 
 if __name__ == "__main__":

@@ -213,6 +213,7 @@ def train_one(
         "lr_drops": getattr(args, "lr_drops", 0),
         "lr_drop_steps": result.lr_drop_steps,
         "average": getattr(args, "average", None),
+        "eval_every": args.eval_every,
         "trace_strength": list(strength) if strength else None,
         "seconds": round(seconds, 1),
         "val_curve": curve,

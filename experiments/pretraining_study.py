@@ -111,7 +111,12 @@ def pretraining_record(arm: str, curve: list[tuple[int, float]], args: Any) -> d
 def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -> dict[str, Any]:
     torch.manual_seed(seed)
     encoder = build_encoder(ENCODER, bench.config.patch_size)
-    out: dict[str, Any] = {"arm": arm, "seed": seed, "model": f"vit/{arm}"}
+    out: dict[str, Any] = {
+        "arm": arm,
+        "seed": seed,
+        "model": f"vit/{arm}",
+        "eval_every": args.eval_every,
+    }
     start = time.perf_counter()
     if args.encoder is not None:  # a given pretrained encoder: the fine-tuning task alone
         encoder.load_state_dict(load_file(args.encoder))

@@ -190,3 +190,31 @@ def test_runs_on_a_weight_average_race_among_themselves_in_their_own_section(tmp
     assert "<!-- report:race-npr_bn-muon_delta-split-ema0.995:begin -->" in text
     assert "weight average 0.995" in text and "moving average of its weights" in text
     assert "| 0 | 0.36 | 750 (750) | 500 (500) | 0.67 | 0.35 |" in text
+
+
+def test_a_finer_evaluation_grid_races_in_its_own_section_and_never_mixes_resolutions(tmp_path):
+    from experiments.detector_race import evaluation_interval, section_name
+
+    every = {"command": "python -m experiments.pretraining_study --eval-every 125 --seeds 0"}
+    assert evaluation_interval(every) == 125
+    assert evaluation_interval({"eval_every": 50, **every}) == 50  # the record's own entry
+    assert evaluation_interval({}) == 250  # the CLIs' default, as in the first records
+    assert (
+        section_name("npr_bn", "muon/split", 0.995, 125)
+        == "race-npr_bn-muon-split-ema0.995-every125"
+    )
+    base = {**_run("adam", 3e-3, 0, [(0, 0.7), (125, 0.5), (250, 0.41)]), **every}
+    fine = {**_run("muon/split", 2e-2, 0, [(0, 0.7), (125, 0.40)]), **every}
+    coarse = _run("muon/split", 2e-2, 0, [(0, 0.7), (250, 0.40)])
+    assert [r["candidate_steps"] for r in race([base], [fine], 3e-3, 2e-2)] == [125]
+    with pytest.raises(ValueError, match="one resolution"):
+        race([base], [coarse], 3e-3, 2e-2)
+    path, md = tmp_path / "runs.json", tmp_path / "results.md"
+    path.write_text(json.dumps([base, fine]))
+    main(["--runs", str(path), "--no-step-cost", "--write", str(md)])
+    text = md.read_text()
+    assert "<!-- report:race-npr_bn-every125:begin -->" in text
+    assert "evaluated every 125 steps" in text and "(every 125)" in text
+    path.write_text(json.dumps([base, coarse]))
+    with pytest.raises(SystemExit):
+        main(["--runs", str(path), "--no-step-cost"])
