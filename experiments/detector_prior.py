@@ -1,23 +1,27 @@
 """A training-free spectral prior beside the detector, weighted without the held-out families.
 
-The held-out misses are the smoothing families (``resample``, ``denoiser``); the shortcut
-baseline's one feature, the log fraction of spectral energy above half Nyquist
-(``assocmem.forensic.data.baseline.hf_energy_feature``, lower = smoother), needs no training.
-Fused with the detector's logit ``z`` it gives the score
+The held-out misses are the smoothing families (``resample``, ``denoiser``). A prior that says
+"smoother than a real photo" needs no fakes. Two are offered (:data:`PRIORS`): ``hf``, the
+shortcut baseline's one feature, the log fraction of spectral energy above half Nyquist
+(``assocmem.forensic.data.baseline.hf_energy_feature``); and ``residual``, a patch's fine
+detail measured against what its coarser content predicts for a real photo (a line from the
+lower radial bands of the spectrum to the upper ones, fit on the train split's reals). Fused
+with the detector's logit ``z`` a prior ``f`` gives the score
 
     s_w(x) = z(x) / sd_z  -  w (f(x) - mu_f) / sd_f,
 
 ``sd_z``, ``mu_f``, ``sd_f`` over the validation reals (no family sets them). The question is
-``w``, and it must be answered without the held-out families. A fit on the seen families' own
-validation fakes asks the wrong question (the network already detects them, so the prior adds
-nothing there); what matters is what the prior adds on a family the network never saw. So
-``w`` is chosen by leave-one-family-out validation over the seen families (the "leave one
+the prior and ``w``, and it must be answered without the held-out families. A fit on the seen
+families' own validation fakes asks the wrong question (the network already detects them, so a
+prior adds nothing there); what matters is what it adds on a family the network never saw. So
+both are chosen by leave-one-family-out validation over the seen families (the "leave one
 domain out" model selection of domain generalisation): for each seen family ``k`` a detector of
 the same recipe is trained on the other seen families only (``experiments.detectors --seen``),
-and ``s_w``'s validation AUC on the reals against ``k``'s fakes measures ``w`` on a family that
-network did not train on. ``w`` = the grid point with the best mean over the folds (ties to the
-smaller). The members, networks of the recipe trained on every seen family, are then scored
-on the test split at ``w = 0`` (the detector alone) and at the chosen ``w``, threshold from the
+and ``s_w``'s validation AUC on the reals against ``k``'s fakes measures a prior and weight on
+a family that network did not train on. Each prior's ``w`` = the grid point with the best mean
+over the folds (ties to the smaller), and the prior = the one whose weight scores best (ties to
+the first). The members, networks of the recipe trained on every seen family, are then scored
+on the test split alone (``w = 0``) and with each prior at its weight, threshold from the
 validation reals as always (``assocmem.forensic.protocol``). Nothing here reads a held-out
 family before the members' test scores.
 
@@ -52,6 +56,8 @@ from experiments.report import replace_section
 
 SECTION = "detector-prior"
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
+PRIORS = ("hf", "residual")
+BANDS = 8  # radial bands of the residual prior: the lower half predicts the upper half
 
 
 @dataclass(frozen=True)
@@ -92,34 +98,119 @@ def choose_weight(fold_aucs: Mapping[str, Mapping[float, float]]) -> float:
     return min(weights, key=lambda w: (-means[w], w))
 
 
-def _features(model: torch.nn.Module, images: Tensor, views: str) -> tuple[np.ndarray, ...]:
+def radial_band_log_energy(images: Tensor, bands: int = BANDS) -> np.ndarray:
+    """Each image's spectrum in ``bands`` equal radial bands over (0, sqrt 2] Nyquist units (DC
+    left out): the log of a band's mean power minus the log of the total power, so brightness
+    and contrast cancel. ``images`` (N, 3, H, W) in [0, 1] or uint8; gray = channel mean minus
+    its own mean, as ``hf_energy_feature``. Returns float64 (N, bands)."""
+    x = torch.as_tensor(images)
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    gray = x.mean(dim=1)
+    gray = gray - gray.mean(dim=(-2, -1), keepdim=True)
+    power = torch.fft.fft2(gray).abs().square().double()
+    h, w = gray.shape[-2:]
+    fy = torch.fft.fftfreq(h).abs()[:, None] * 2.0
+    fx = torch.fft.fftfreq(w).abs()[None, :] * 2.0
+    radius = torch.sqrt(fy**2 + fx**2).double()
+    edges = torch.linspace(0.0, 2.0**0.5, bands + 1, dtype=torch.float64)
+    total = power.sum(dim=(-2, -1)).clamp_min(1e-20)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        band = ((radius > lo) & (radius <= hi)).double()
+        mean = (power * band).sum(dim=(-2, -1)) / band.sum()
+        out.append(torch.log(mean + 1e-20) - torch.log(total))
+    return torch.stack(out, dim=1).numpy()
+
+
+def fit_residual(train_reals: Tensor, ridge: float = 1e-3) -> np.ndarray:
+    """Least squares (with intercept, a small ridge) from the lower half of the radial bands to
+    the mean of the upper half, over real patches: what a real photo's fine detail is for its
+    coarser content. Returns the coefficients (1 + BANDS // 2,)."""
+    e = radial_band_log_energy(train_reals)
+    low, high = e[:, : BANDS // 2], e[:, BANDS // 2 :].mean(axis=1)
+    design = np.hstack([np.ones((len(e), 1)), low])
+    gram = design.T @ design + ridge * len(e) * np.eye(design.shape[1])
+    return np.linalg.solve(gram, design.T @ high)
+
+
+def residual_feature(images: Tensor, coef: np.ndarray) -> np.ndarray:
+    """The upper bands' mean log energy minus what :func:`fit_residual`'s line predicts from
+    the lower bands: below 0 = smoother than real photos with this content."""
+    e = radial_band_log_energy(images)
+    design = np.hstack([np.ones((len(e), 1)), e[:, : BANDS // 2]])
+    return e[:, BANDS // 2 :].mean(axis=1) - design @ coef
+
+
+def prior_feature(name: str, images: Tensor, coef: np.ndarray | None) -> np.ndarray:
+    """The prior ``name`` of :data:`PRIORS` (lower = smoother = the fake direction)."""
+    if name == "hf":
+        return hf_energy_feature(images)
+    if name == "residual":
+        if coef is None:
+            raise ValueError("the residual prior needs its fit on real patches (fit_residual)")
+        return residual_feature(images, coef)
+    raise ValueError(f"unknown prior {name!r}; expected one of {PRIORS}")
+
+
+def _logits(model: torch.nn.Module, images: Tensor, views: str) -> np.ndarray:
     with torch.no_grad():
-        z = view_logits(model, images, views).double().numpy()
-    return z, hf_energy_feature(images)
+        return view_logits(model, images, views).double().numpy()
 
 
-def fold_aucs(bench: Any, family: str, model: torch.nn.Module, weights: Sequence[float]) -> dict:
-    """Validation AUC of ``fused`` at each weight, reals against ``family``'s fakes, for a
-    network that did not train on ``family`` (one view)."""
+def fold_aucs(
+    bench: Any,
+    family: str,
+    model: torch.nn.Module,
+    priors: Mapping[str, np.ndarray | None],
+    weights: Sequence[float],
+) -> dict[str, dict[float, float]]:
+    """Per prior, the validation AUC of ``fused`` at each weight, reals against ``family``'s
+    fakes, for a network that did not train on ``family`` (one view). ``priors``: name -> its
+    fit (``None`` for ``hf``)."""
     val = bench.split("val", [family])
-    z, f = _features(model, val.images, "one")
-    labels = val.labels.numpy()
-    stats = real_stats(z[labels == 0], f[labels == 0])
-    return {w: float(roc_auc_score(labels, fused(z, f, stats, w))) for w in weights}
+    z, labels = _logits(model, val.images, "one"), val.labels.numpy()
+    out = {}
+    for name, coef in priors.items():
+        f = prior_feature(name, val.images, coef)
+        stats = real_stats(z[labels == 0], f[labels == 0])
+        out[name] = {w: float(roc_auc_score(labels, fused(z, f, stats, w))) for w in weights}
+    return out
 
 
-def member_report(bench: Any, model: torch.nn.Module, views: str, weight: float) -> dict:
-    """The protocol's zero-shot report of ``fused`` at ``weight``, with the real statistics
-    taken from the validation reals."""
+def member_report(
+    bench: Any,
+    model: torch.nn.Module,
+    views: str,
+    prior: str,
+    coef: np.ndarray | None,
+    weight: float,
+) -> dict:
+    """The protocol's zero-shot report of ``fused`` with ``prior`` at ``weight``, with the real
+    statistics taken from the validation reals."""
     families = family_split(bench.config)
     val = bench.split("val", families.seen)
     reals = val.images[val.labels == 0]
-    stats = real_stats(*_features(model, reals, views))
+    stats = real_stats(_logits(model, reals, views), prior_feature(prior, reals, coef))
 
     def scorer(images: Tensor) -> np.ndarray:
-        return fused(*_features(model, images, views), stats, weight)
+        z = _logits(model, images, views)
+        return fused(z, prior_feature(prior, images, coef), stats, weight)
 
     return {"stats": asdict(stats), **zero_shot_report(scorer, bench, families)}
+
+
+def choose(fold_aucs: Mapping[str, Mapping[str, Mapping[float, float]]]) -> tuple[str, float]:
+    """The (prior, weight) with the best mean AUC over the folds: each prior's weight by
+    :func:`choose_weight`, then the prior whose weight scores best (ties: the earlier prior
+    in the folds' order)."""
+    priors = list(next(iter(fold_aucs.values())))
+    best = {}
+    for name in priors:
+        per_fold = {fam: aucs[name] for fam, aucs in fold_aucs.items()}
+        w = choose_weight(per_fold)
+        best[name] = (w, statistics.mean(a[w] for a in per_fold.values()))
+    name = max(priors, key=lambda n: (best[n][1], -priors.index(n)))
+    return name, best[name][0]
 
 
 def _fold_spec(text: str) -> tuple[str, Path]:
@@ -130,44 +221,58 @@ def _fold_spec(text: str) -> tuple[str, Path]:
 
 
 def markdown(record: dict[str, Any], command: str) -> str:
-    """The section: the folds' AUC at each weight, the choice, and the members' test scores at
-    ``w = 0`` and at the chosen weight."""
-    folds, chosen = record["folds"], record["chosen_weight"]
-    weights = sorted({float(w) for f in folds for w in f["aucs"]})
+    """The section: the folds' AUC for each prior and weight, the choice, and the members'
+    test scores alone and with each prior at its fold-chosen weight."""
+    folds, best, chosen = record["folds"], record["best"], record["chosen"]
+    priors = list(best)
+    weights = sorted({float(w) for f in folds for w in f["aucs"][priors[0]]})
     lines = [
         "## Detector with a spectral prior, weighted by leave-one-family-out validation",
         "",
         f"Regenerate: {command}",
         "",
-        "Fused score `z / sd_z - w (f - mu_f) / sd_f`: `z` the detector's logit, `f` the shortcut "
-        "section's feature (log fraction of spectral energy above half Nyquist), statistics over "
-        "the validation reals. `w` is chosen on the seen families only: each fold's network "
-        "(same recipe) trained on three of the four seen families, scored on the validation "
-        "reals against the fourth's fakes.",
+        "Fused score `z / sd_z - w (f - mu_f) / sd_f`: `z` the detector's logit, `f` a prior "
+        "feature (lower = smoother), statistics over the validation reals. Priors: `hf`, the "
+        "shortcut section's feature (log fraction of spectral energy above half Nyquist); "
+        "`residual`, the upper four of eight radial bands' mean log energy minus what a line "
+        "fit on the train split's reals predicts from the lower four. `w` and the prior are "
+        "chosen on the seen families only: each fold's network (same recipe) trained on three "
+        "of the four seen families, scored on the validation reals against the fourth's fakes.",
         "",
-        "| left-out seen family | " + " | ".join(f"w = {w:g}" for w in weights) + " |",
-        "|---|" + "---:|" * len(weights),
+        "| left-out seen family | prior | " + " | ".join(f"w = {w:g}" for w in weights) + " |",
+        "|---|---|" + "---:|" * len(weights),
     ]
-    for f in folds:
-        cells = " | ".join(f"{f['aucs'][str(w)]:.3f}" for w in weights)
-        lines.append(f"| {f['family']} (seed {f['seed']}) | {cells} |")
-    means = [statistics.mean(f["aucs"][str(w)] for f in folds) for w in weights]
-    lines.append("| **mean** | " + " | ".join(f"{m:.3f}" for m in means) + " |")
-    lines += ["", f"Chosen weight: **w = {chosen:g}**.", ""]
+    for name in priors:
+        for f in folds:
+            cells = " | ".join(f"{f['aucs'][name][str(w)]:.3f}" for w in weights)
+            lines.append(f"| {f['family']} (seed {f['seed']}) | {name} | {cells} |")
+        means = [statistics.mean(f["aucs"][name][str(w)] for f in folds) for w in weights]
+        lines.append(f"| **mean** | {name} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
+    lines += [
+        "",
+        "Best weight per prior: "
+        + ", ".join(f"`{name}` {w:g}" for name, w in best.items())
+        + f". Chosen: **`{chosen['prior']}` at w = {chosen['weight']:g}**.",
+        "",
+    ]
     members = record["members"]
     seeds = sorted({m["seed"] for m in members})
     lines += [
         f"Members: {members[0]['recipe_label']}, trained on every seen family, seeds "
         f"{', '.join(map(str, seeds))}; test split, mean ± std over the members.",
         "",
-        "| views | w | seen AUC | held-out AUC | test-real FPR | "
+        "| views | prior | w | seen AUC | held-out AUC | test-real FPR | "
         + " | ".join(f"{f}{' (held out)' if f in HELDOUT else ''}" for f in (*SEEN, *HELDOUT))
         + " |",
-        "|---|---|---|---|---|" + "---|" * (len(SEEN) + len(HELDOUT)),
+        "|---|---|---|---|---|---|" + "---|" * (len(SEEN) + len(HELDOUT)),
     ]
     for views in dict.fromkeys(m["views"] for m in members):
-        for w in dict.fromkeys(sorted(m["weight"] for m in members)):
-            rows = [m["report"] for m in members if m["views"] == views and m["weight"] == w]
+        for prior, w in dict.fromkeys((m["prior"], m["weight"]) for m in members):
+            rows = [
+                m["report"]
+                for m in members
+                if (m["views"], m["prior"], m["weight"]) == (views, prior, w)
+            ]
             cells = [
                 _ms([r["seen"]["mean"]["auc"] for r in rows]),
                 _ms([r["heldout"]["mean"]["auc"] for r in rows]),
@@ -176,7 +281,9 @@ def markdown(record: dict[str, Any], command: str) -> str:
             for fam in (*SEEN, *HELDOUT):
                 group = "seen" if fam in SEEN else "heldout"
                 cells.append(_ms([r[group][fam]["auc"] for r in rows]))
-            lines.append(f"| {views} | {w:g} | " + " | ".join(cells) + " |")
+            mark = " (chosen)" if (prior, w) == (chosen["prior"], chosen["weight"]) else ""
+            label = "none" if w == 0 else prior
+            lines.append(f"| {views} | {label}{mark} | {w:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -185,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fold", type=_fold_spec, nargs="+", default=[], metavar="FAMILY=PATH")
     parser.add_argument("--members", type=Path, nargs="+", default=[])
     parser.add_argument("--weights", type=float, nargs="+", default=list(WEIGHTS))
+    parser.add_argument("--priors", nargs="+", default=list(PRIORS), choices=PRIORS)
     parser.add_argument("--views", nargs="+", default=["one"], choices=VIEWS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
@@ -225,34 +333,50 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
     header = members[0][0]
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
     bench = build_benchmark(config, args.cache_dir)
+    train = bench.split("train", [SEEN[0]])
+    train_reals = train.images[train.labels == 0]
+    fits = {name: fit_residual(train_reals) if name == "residual" else None for name in args.priors}
     folds, by_family = [], {}
     for fam, (head, model) in loaded.items():
-        by_family[fam] = aucs = fold_aucs(bench, fam, model, args.weights)
-        folds.append(
-            {"family": fam, "seed": head["seed"], "aucs": {str(w): a for w, a in aucs.items()}}
-        )
-        print(f"fold {fam}: " + ", ".join(f"w {w:g} {a:.3f}" for w, a in aucs.items()), flush=True)
-    chosen = choose_weight(by_family)
+        by_family[fam] = aucs = fold_aucs(bench, fam, model, fits, args.weights)
+        folds.append({
+            "family": fam, "seed": head["seed"],
+            "aucs": {n: {str(w): a for w, a in per.items()} for n, per in aucs.items()},
+        })  # fmt: skip
+        for name, per in aucs.items():
+            print(f"fold {fam} {name}: " + ", ".join(f"w {w:g} {a:.3f}" for w, a in per.items()))
+    best = {
+        name: choose_weight({fam: aucs[name] for fam, aucs in by_family.items()})
+        for name in args.priors
+    }
+    prior, weight = choose(by_family)
     label = (
         f"{header['model']}, {header['optimizer']} (lr {header['lr']:g}), "
         f"weight average {header['average']}"
     )
+    settings = [(args.priors[0], 0.0)] + [(n, w) for n, w in best.items() if w > 0]
     scored = []
     for (head, model), path in zip(members, args.members, strict=True):
         for views in args.views:
-            for w in dict.fromkeys((0.0, chosen)):
-                report = member_report(bench, model, views, w)
+            for name, w in settings:
+                report = member_report(bench, model, views, name, fits[name], w)
                 scored.append({
-                    "seed": head["seed"], "path": str(path), "views": views, "weight": w,
-                    "recipe_label": label, "report": report,
+                    "seed": head["seed"], "path": str(path), "views": views, "prior": name,
+                    "weight": w, "recipe_label": label, "report": report,
                 })  # fmt: skip
                 print(
-                    f"member seed {head['seed']} views {views} w {w:g}: seen "
+                    f"member seed {head['seed']} views {views} {name} w {w:g}: seen "
                     f"{report['seen']['mean']['auc']:.3f} held out "
                     f"{report['heldout']['mean']['auc']:.3f}",
                     flush=True,
                 )
-    return {"folds": folds, "chosen_weight": chosen, "members": scored}
+    return {
+        "priors": {n: None if c is None else c.tolist() for n, c in fits.items()},
+        "folds": folds,
+        "best": best,
+        "chosen": {"prior": prior, "weight": weight},
+        "members": scored,
+    }
 
 
 if __name__ == "__main__":

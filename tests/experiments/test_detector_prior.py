@@ -6,8 +6,17 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from experiments.detector_prior import choose_weight, fused, real_stats
+from experiments.detector_prior import (
+    choose,
+    choose_weight,
+    fit_residual,
+    fused,
+    radial_band_log_energy,
+    real_stats,
+    residual_feature,
+)
 
 
 def test_the_prior_adds_the_smoothness_direction_in_units_of_the_reals_spread():
@@ -38,6 +47,44 @@ def test_the_weight_is_the_best_mean_over_folds_and_ties_go_to_less_prior():
         choose_weight({"a": {0.0: 0.8}, "b": {0.5: 0.8}})
 
 
+def test_the_prior_is_the_one_whose_fold_chosen_weight_scores_best_ties_to_the_first():
+    def folds(residual_a: float) -> dict:
+        return {
+            "a": {"hf": {0.0: 0.5, 1.0: 0.75}, "residual": {0.0: 0.5, 1.0: residual_a}},
+            "b": {"hf": {0.0: 0.5, 1.0: 0.75}, "residual": {0.0: 0.5, 1.0: 0.75}},
+        }
+
+    assert choose(folds(0.875)) == ("residual", 1.0)  # mean 0.8125 against 0.75
+    assert choose(folds(0.75)) == ("hf", 1.0)  # a tie: the first prior
+    assert choose(folds(0.625)) == ("hf", 1.0)  # 0.6875 against 0.75
+
+
+def _textured(n: int = 16, size: int = 32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 3, size, size, generator=g)
+
+
+def test_the_band_energies_ignore_brightness_and_contrast_and_drop_up_top_when_smoothed():
+    x = _textured()
+    e = radial_band_log_energy(x)
+    assert e.shape == (16, 8)
+    # a brighter, lower-contrast copy has the same normalised spectrum (up to rounding)
+    assert np.allclose(radial_band_log_energy(0.5 * x + 0.25), e, atol=1e-4)
+    blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    eb = radial_band_log_energy(blurred)
+    assert (eb[:, 4:].mean(axis=1) < e[:, 4:].mean(axis=1) - 1.0).all()
+
+
+def test_the_residual_is_near_zero_on_the_reals_it_was_fit_on_and_negative_when_smoothed():
+    x = _textured(64)
+    coef = fit_residual(x)
+    assert coef.shape == (5,)
+    r = residual_feature(x, coef)
+    assert abs(r.mean()) < 1e-2  # least squares with an intercept: mean residual ~ 0
+    blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    assert (residual_feature(blurred, coef) < r.min()).all()
+
+
 def test_the_experiment_scores_members_alone_and_with_the_chosen_prior(tmp_path):
     from experiments.detector_prior import main as prior_main
     from experiments.detectors import main
@@ -61,14 +108,16 @@ def test_the_experiment_scores_members_alone_and_with_the_chosen_prior(tmp_path)
         "double_jpeg",
         "splice",
     ]
-    assert record["chosen_weight"] in (0.0, 1.0)
+    assert record["chosen"]["prior"] in ("hf", "residual")
+    assert record["chosen"]["weight"] in (0.0, 1.0)
+    assert set(record["best"]) == {"hf", "residual"} and len(record["priors"]["residual"]) == 5
     alone = [m for m in record["members"] if m["weight"] == 0.0]
     assert len(alone) == 1
     # w = 0 is the detector alone: a rescaled logit ranks and thresholds like the logit
     for group in ("seen", "heldout"):
         for fam, metrics in run["report"][group].items():
             assert alone[0]["report"][group][fam]["auc"] == pytest.approx(metrics["auc"])
-    assert "Chosen weight" in doc.read_text()
+    assert "Chosen: **`" in doc.read_text()
     # the record renders again without recomputing
     prior_main(["--from-json", str(out)])
 
