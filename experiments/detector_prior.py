@@ -47,7 +47,7 @@ from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
-from assocmem.forensic.data.baseline import hf_energy_feature
+from assocmem.forensic.data.baseline import gray_power_spectrum, hf_energy_feature
 from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.views import VIEWS, view_logits
 from experiments.detector_ensemble import RECIPE, load_member
@@ -101,17 +101,9 @@ def choose_weight(fold_aucs: Mapping[str, Mapping[float, float]]) -> float:
 def radial_band_log_energy(images: Tensor, bands: int = BANDS) -> np.ndarray:
     """Each image's spectrum in ``bands`` equal radial bands over (0, sqrt 2] Nyquist units (DC
     left out): the log of a band's mean power minus the log of the total power, so brightness
-    and contrast cancel. ``images`` (N, 3, H, W) in [0, 1] or uint8; gray = channel mean minus
-    its own mean, as ``hf_energy_feature``. Returns float64 (N, bands)."""
-    x = torch.as_tensor(images)
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    gray = x.mean(dim=1)
-    gray = gray - gray.mean(dim=(-2, -1), keepdim=True)
-    power = torch.fft.fft2(gray).abs().square().double()
-    h, w = gray.shape[-2:]
-    fy = torch.fft.fftfreq(h).abs()[:, None] * 2.0
-    fx = torch.fft.fftfreq(w).abs()[None, :] * 2.0
-    radius = torch.sqrt(fy**2 + fx**2).double()
+    and contrast cancel. ``images`` as ``gray_power_spectrum``. Returns float64 (N, bands)."""
+    power, radius = gray_power_spectrum(images)
+    power, radius = power.double(), radius.double()
     edges = torch.linspace(0.0, 2.0**0.5, bands + 1, dtype=torch.float64)
     total = power.sum(dim=(-2, -1)).clamp_min(1e-20)
     out = []

@@ -14,15 +14,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["hf_energy_baseline", "hf_energy_feature"]
+__all__ = ["gray_power_spectrum", "hf_energy_baseline", "hf_energy_feature"]
 
 
-def hf_energy_feature(images: Tensor | np.ndarray, cutoff: float = 0.5) -> np.ndarray:
-    """log of the fraction of spectral energy above ``cutoff`` x Nyquist, per image.
+def gray_power_spectrum(images: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
+    """Each image's power spectrum ``|fft2(gray)|^2`` (N, H, W) float32, and every frequency's
+    radius (H, W) in Nyquist units (1.0 = Nyquist along an axis, sqrt 2 in the corners).
 
     ``images``: (N, 3, H, W) float in [0, 1] or uint8. Gray = channel mean, minus its own mean
-    (DC carries brightness, not trace). A *fraction* rather than an absolute energy so contrast
-    of the content does not dominate. Returns float64 (N,).
+    (DC carries brightness, not trace).
     """
     x = torch.as_tensor(images)
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
@@ -32,9 +32,19 @@ def hf_energy_feature(images: Tensor | np.ndarray, cutoff: float = 0.5) -> np.nd
     gray = gray - gray.mean(dim=(-2, -1), keepdim=True)
     power = torch.fft.fft2(gray).abs().square()
     h, w = gray.shape[-2:]
-    fy = torch.fft.fftfreq(h).abs()[:, None] * 2.0  # 1.0 = Nyquist
+    fy = torch.fft.fftfreq(h).abs()[:, None] * 2.0
     fx = torch.fft.fftfreq(w).abs()[None, :] * 2.0
-    high = (torch.sqrt(fy**2 + fx**2) > cutoff).to(power.dtype)
+    return power, torch.sqrt(fy**2 + fx**2)
+
+
+def hf_energy_feature(images: Tensor | np.ndarray, cutoff: float = 0.5) -> np.ndarray:
+    """log of the fraction of spectral energy above ``cutoff`` x Nyquist, per image.
+
+    ``images``: as :func:`gray_power_spectrum`. A *fraction* rather than an absolute energy so
+    contrast of the content does not dominate. Returns float64 (N,).
+    """
+    power, radius = gray_power_spectrum(images)
+    high = (radius > cutoff).to(power.dtype)
     frac = (power * high).sum(dim=(-2, -1)) / power.sum(dim=(-2, -1)).clamp_min(1e-12)
     return torch.log(frac + 1e-8).double().numpy()
 
