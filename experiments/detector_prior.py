@@ -85,16 +85,16 @@ def fused(z: np.ndarray, f: np.ndarray, stats: RealStats, weight: float) -> np.n
     return z / stats.sd_z - weight * (f - stats.mu_f) / stats.sd_f
 
 
-def choose_weight(fold_aucs: Mapping[str, Mapping[float, float]]) -> float:
-    """The weight with the best mean AUC over the folds (ties: the smaller weight, i.e. the
-    less prior). Every fold must have tried the same weights."""
-    if not fold_aucs:
+def choose_weight(folds: Mapping[str, Mapping[float, float]]) -> float:
+    """The weight with the best mean AUC over the folds (``{family: {weight: AUC}}``; ties: the
+    smaller weight, i.e. the less prior). Every fold must have tried the same weights."""
+    if not folds:
         raise ValueError("no folds")
-    grids = {tuple(sorted(a)) for a in fold_aucs.values()}
+    grids = {tuple(sorted(a)) for a in folds.values()}
     if len(grids) != 1:
         raise ValueError(f"the folds tried different weights: {sorted(grids)}")
     weights = next(iter(grids))
-    means = {w: statistics.mean(a[w] for a in fold_aucs.values()) for w in weights}
+    means = {w: statistics.mean(a[w] for a in folds.values()) for w in weights}
     return min(weights, key=lambda w: (-means[w], w))
 
 
@@ -191,18 +191,22 @@ def member_report(
     return {"stats": asdict(stats), **zero_shot_report(scorer, bench, families)}
 
 
-def choose(fold_aucs: Mapping[str, Mapping[str, Mapping[float, float]]]) -> tuple[str, float]:
-    """The (prior, weight) with the best mean AUC over the folds: each prior's weight by
-    :func:`choose_weight`, then the prior whose weight scores best (ties: the earlier prior
-    in the folds' order)."""
-    priors = list(next(iter(fold_aucs.values())))
-    best = {}
-    for name in priors:
-        per_fold = {fam: aucs[name] for fam, aucs in fold_aucs.items()}
-        w = choose_weight(per_fold)
-        best[name] = (w, statistics.mean(a[w] for a in per_fold.values()))
-    name = max(priors, key=lambda n: (best[n][1], -priors.index(n)))
-    return name, best[name][0]
+def best_weights(folds: Mapping[str, Mapping[str, Mapping[float, float]]]) -> dict[str, float]:
+    """Each prior's weight by :func:`choose_weight` (``folds``: ``{family: {prior: {weight:
+    AUC}}}``), in the folds' order of priors."""
+    priors = list(next(iter(folds.values())))
+    return {n: choose_weight({fam: aucs[n] for fam, aucs in folds.items()}) for n in priors}
+
+
+def choose(folds: Mapping[str, Mapping[str, Mapping[float, float]]]) -> tuple[str, float]:
+    """The (prior, weight) with the best mean AUC over the folds: each prior at its
+    :func:`best_weights` weight, then the prior that scores best there (ties: the earlier
+    prior in the folds' order)."""
+    best = best_weights(folds)
+    priors = list(best)
+    mean = {n: statistics.mean(aucs[n][best[n]] for aucs in folds.values()) for n in priors}
+    name = max(priors, key=lambda n: (mean[n], -priors.index(n)))
+    return name, best[name]
 
 
 def _fold_spec(text: str) -> tuple[str, Path]:
@@ -337,10 +341,7 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
         })  # fmt: skip
         for name, per in aucs.items():
             print(f"fold {fam} {name}: " + ", ".join(f"w {w:g} {a:.3f}" for w, a in per.items()))
-    best = {
-        name: choose_weight({fam: aucs[name] for fam, aucs in by_family.items()})
-        for name in args.priors
-    }
+    best = best_weights(by_family)
     prior, weight = choose(by_family)
     label = (
         f"{header['model']}, {header['optimizer']} (lr {header['lr']:g}), "
