@@ -16,7 +16,8 @@ families' own validation fakes asks the wrong question (the network already dete
 prior adds nothing there); what matters is what it adds on a family the network never saw. So
 both are chosen by leave-one-family-out validation over the seen families (the "leave one
 domain out" model selection of domain generalisation): for each seen family ``k`` a detector of
-the same recipe is trained on the other seen families only (``experiments.detectors --seen``),
+the same recipe is trained on the other seen families only (``experiments.detectors --seen``;
+one or more seeds, as many for every family, each a fold of its own),
 and ``s_w``'s validation AUC on the reals against ``k``'s fakes measures a prior and weight on
 a family that network did not train on. Each prior's ``w`` = the grid point with the best mean
 over the folds (ties to the smaller), and the prior = the one whose weight scores best (ties to
@@ -318,12 +319,20 @@ def main(argv: list[str] | None = None) -> None:
 
 def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
     families = [family for family, _ in args.fold]
-    if sorted(families) != sorted(SEEN) or not args.members:
-        parser.error(f"need one --fold per seen family {SEEN} and at least one --members")
+    counts = {fam: families.count(fam) for fam in SEEN}
+    if set(families) != set(SEEN) or len(set(counts.values())) != 1 or not args.members:
+        parser.error(
+            f"need the same number of --fold networks for every seen family {SEEN} "
+            f"(got {counts}) and at least one --members"
+        )
     torch.set_num_threads(args.threads)
-    loaded = {fam: load_member(path) for fam, path in args.fold}
+    loaded = [(fam, *load_member(path)) for fam, path in args.fold]
+    runs = [(fam, head["seed"]) for fam, head, _ in loaded]
+    if len(set(runs)) != len(runs):
+        parser.error(f"a fold network repeats a family and seed: {sorted(runs)}")
     members = [load_member(path) for path in args.members]
-    recipes = {json.dumps([h[k] for k in RECIPE]) for h, _ in (*loaded.values(), *members)}
+    heads = [h for _, h, _ in loaded] + [h for h, _ in members]
+    recipes = {json.dumps([h[k] for k in RECIPE]) for h in heads}
     if len(recipes) != 1:
         parser.error(f"the folds and members must be one recipe, got {sorted(recipes)}")
     header = members[0][0]
@@ -332,17 +341,22 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
     train = bench.split("train", [SEEN[0]])
     train_reals = train.images[train.labels == 0]
     fits = {name: fit_residual(train_reals) if name == "residual" else None for name in args.priors}
-    folds, by_family = [], {}
-    for fam, (head, model) in loaded.items():
-        by_family[fam] = aucs = fold_aucs(bench, fam, model, fits, args.weights)
+    folds, by_fold = [], {}
+    for fam, head, model in loaded:
+        by_fold[f"{fam} seed {head['seed']}"] = aucs = fold_aucs(
+            bench, fam, model, fits, args.weights
+        )
         folds.append({
             "family": fam, "seed": head["seed"],
             "aucs": {n: {str(w): a for w, a in per.items()} for n, per in aucs.items()},
         })  # fmt: skip
         for name, per in aucs.items():
-            print(f"fold {fam} {name}: " + ", ".join(f"w {w:g} {a:.3f}" for w, a in per.items()))
-    best = best_weights(by_family)
-    prior, weight = choose(by_family)
+            print(
+                f"fold {fam} seed {head['seed']} {name}: "
+                + ", ".join(f"w {w:g} {a:.3f}" for w, a in per.items())
+            )
+    best = best_weights(by_fold)
+    prior, weight = choose(by_fold)
     label = (
         f"{header['model']}, {header['optimizer']} (lr {header['lr']:g}), "
         f"weight average {header['average']}"

@@ -90,23 +90,22 @@ def test_the_experiment_scores_members_alone_and_with_the_chosen_prior(tmp_path)
     from experiments.detectors import main
 
     runs = tmp_path / "runs.json"
-    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0",
+    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0", "1",
           "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--workers", "0",
           "--average", "0.99", "--save-weights", str(tmp_path / "w"),
           "--json", str(runs)])  # fmt: skip
-    (run,) = json.loads(runs.read_text())
+    run, other = json.loads(runs.read_text())
     w = run["weights"]
-    folds = [f"{fam}={w}" for fam in ("ae_transconv", "ae_nearest", "double_jpeg", "splice")]
+    # two fold networks per family (seeds 0 and 1), every family alike
+    fams = ("ae_transconv", "ae_nearest", "double_jpeg", "splice")
+    folds = [f"{fam}={path}" for path in (w, other["weights"]) for fam in fams]
     out, doc = tmp_path / "prior.json", tmp_path / "results.md"
     doc.write_text("<!-- report:detector-prior:begin -->\n<!-- report:detector-prior:end -->\n")
     prior_main(["--tiny", "--cache-dir", str(tmp_path), "--fold", *folds, "--members", w,
                 "--weights", "0", "1", "--json", str(out), "--write", str(doc)])  # fmt: skip
     record = json.loads(out.read_text())
-    assert [f["family"] for f in record["folds"]] == [
-        "ae_transconv",
-        "ae_nearest",
-        "double_jpeg",
-        "splice",
+    assert [(f["family"], f["seed"]) for f in record["folds"]] == [
+        (fam, seed) for seed in (0, 1) for fam in fams
     ]
     assert record["chosen"]["prior"] in ("hf", "residual")
     assert record["chosen"]["weight"] in (0.0, 1.0)
@@ -122,8 +121,12 @@ def test_the_experiment_scores_members_alone_and_with_the_chosen_prior(tmp_path)
     prior_main(["--from-json", str(out)])
 
 
-def test_a_fold_must_name_a_seen_family():
+def test_a_fold_must_name_a_seen_family_and_every_family_gets_as_many():
     from experiments.detector_prior import main as prior_main
 
     with pytest.raises(SystemExit):
         prior_main(["--fold", "resample=x.safetensors", "--members", "x.safetensors"])
+    seen = ["ae_transconv", "ae_nearest", "double_jpeg", "splice"]
+    uneven = [f"{fam}=x.safetensors" for fam in seen] + ["splice=y.safetensors"]
+    with pytest.raises(SystemExit):
+        prior_main(["--fold", *uneven, "--members", "x.safetensors"])
