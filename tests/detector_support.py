@@ -32,3 +32,18 @@ def save_tiny_detector(path: Path, n_val: int = 40, views: str = "one") -> Path:
         info={"command": "tests/detector_support.py"},
     )
     return path
+
+
+def train_tiny_runs(tmp_path: Path, seeds: tuple[int, ...] = (0,)) -> list[dict]:
+    """``experiments.detectors`` on the tiny benchmark: ``npr_bn`` with Adam, 4 steps on a weight
+    average 0.99, one run per seed, weights saved under ``tmp_path / "w"``; the run records."""
+    import json
+
+    from experiments.detectors import main
+
+    runs = tmp_path / "runs.json"
+    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn",
+          "--seeds", *map(str, seeds), "--max-steps", "4", "--eval-every", "2",
+          "--batch-size", "8", "--workers", "0", "--average", "0.99",
+          "--save-weights", str(tmp_path / "w"), "--json", str(runs)])  # fmt: skip
+    return json.loads(runs.read_text())

@@ -86,15 +86,11 @@ def test_the_residual_is_near_zero_on_the_reals_it_was_fit_on_and_negative_when_
 
 
 def test_the_experiment_scores_members_alone_and_with_the_chosen_prior(tmp_path):
-    from experiments.detector_prior import main as prior_main
-    from experiments.detectors import main
+    from detector_support import train_tiny_runs
 
-    runs = tmp_path / "runs.json"
-    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0", "1",
-          "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--workers", "0",
-          "--average", "0.99", "--save-weights", str(tmp_path / "w"),
-          "--json", str(runs)])  # fmt: skip
-    run, other = json.loads(runs.read_text())
+    from experiments.detector_prior import main as prior_main
+
+    run, other = train_tiny_runs(tmp_path, seeds=(0, 1))
     w = run["weights"]
     # two fold networks per family (seeds 0 and 1), every family alike
     fams = ("ae_transconv", "ae_nearest", "double_jpeg", "splice")

@@ -145,17 +145,13 @@ def test_saved_weights_make_an_ensemble_that_scores_like_the_protocol(tmp_path):
     import json
 
     import pytest
+    from detector_support import train_tiny_runs
 
     from experiments.detector_ensemble import ensemble_of
     from experiments.detector_ensemble import main as ensemble_main
-    from experiments.detectors import main, run_label
+    from experiments.detectors import run_label
 
-    runs = tmp_path / "runs.json"
-    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0", "1",
-          "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--workers", "0",
-          "--average", "0.99", "--save-weights", str(tmp_path / "w"),
-          "--json", str(runs)])  # fmt: skip
-    first, second = json.loads(runs.read_text())
+    first, second = train_tiny_runs(tmp_path, seeds=(0, 1))
     paths = [first["weights"], second["weights"]]
     assert [p.rsplit("/", 1)[1] for p in paths] == [
         "npr_bn-adam-lr0.001-ema0.99-seed0.safetensors",

@@ -200,8 +200,9 @@ def rank_main(rank: int, out: str, port: int, memories: list[str], root: str) ->
             except Exception:  # noqa: BLE001 - reported per memory; the other rank fails too
                 results[memory] = {"error": traceback.format_exc()}
             dist.barrier()
-        if rank == 0:
-            torch.save(results, out)
+        if rank == 0:  # whole or absent: written aside, then renamed into place
+            torch.save(results, out + ".partial")
+            os.replace(out + ".partial", out)
     finally:
         dist.destroy_process_group()
 
