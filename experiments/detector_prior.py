@@ -120,18 +120,23 @@ def fit_residual(train_reals: Tensor, ridge: float = 1e-3) -> np.ndarray:
     the mean of the upper half, over real patches: what a real photo's fine detail is for its
     coarser content. Returns the coefficients (1 + BANDS // 2,)."""
     e = radial_band_log_energy(train_reals)
-    low, high = e[:, : BANDS // 2], e[:, BANDS // 2 :].mean(axis=1)
-    design = np.hstack([np.ones((len(e), 1)), low])
+    design, high = _split_bands(e)
     gram = design.T @ design + ridge * len(e) * np.eye(design.shape[1])
     return np.linalg.solve(gram, design.T @ high)
+
+
+def _split_bands(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The residual line's inputs (a 1 for the intercept, then the lower half of the bands)
+    and its target (the upper half's mean), from :func:`radial_band_log_energy`'s rows."""
+    design = np.hstack([np.ones((len(e), 1)), e[:, : BANDS // 2]])
+    return design, e[:, BANDS // 2 :].mean(axis=1)
 
 
 def residual_feature(images: Tensor, coef: np.ndarray) -> np.ndarray:
     """The upper bands' mean log energy minus what :func:`fit_residual`'s line predicts from
     the lower bands: below 0 = smoother than real photos with this content."""
-    e = radial_band_log_energy(images)
-    design = np.hstack([np.ones((len(e), 1)), e[:, : BANDS // 2]])
-    return e[:, BANDS // 2 :].mean(axis=1) - design @ coef
+    design, high = _split_bands(radial_band_log_energy(images))
+    return high - design @ coef
 
 
 def prior_feature(name: str, images: Tensor, coef: np.ndarray | None) -> np.ndarray:

@@ -120,12 +120,9 @@ def evaluation_interval(run: Mapping[str, Any]) -> int:
     its ``eval_every`` entry, else the ``--eval-every`` of the command that made it, else
     :data:`DEFAULT_INTERVAL` (the default of ``experiments.detectors`` and
     ``experiments.pretraining_study``)."""
-    if "eval_every" in run:
-        return int(run["eval_every"])
-    words = str(run.get("command", "")).split()
-    if "--eval-every" in words:
-        return int(words[words.index("--eval-every") + 1])
-    return DEFAULT_INTERVAL
+    from experiments.detectors import recorded_option
+
+    return int(recorded_option(run, "eval_every", "--eval-every", DEFAULT_INTERVAL))
 
 
 def race(

@@ -24,7 +24,7 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -300,13 +300,18 @@ def _ms(values: list[float], digits: int = 3) -> str:
     return text + (f" ({len(finite)} of {len(values)})" if len(finite) < len(values) else "")
 
 
+def recorded_option(run: Mapping[str, Any], key: str, flag: str, default: Any) -> Any:
+    """A run's ``key`` entry, or (runs recorded before the entry existed) the value of ``flag``
+    in the command that made it, or ``default`` if neither says (the CLI's default)."""
+    if key in run:
+        return run[key]
+    words = str(run.get("command", "")).split()
+    return words[words.index(flag) + 1] if flag in words else default
+
+
 def lr_drops_of(run: dict[str, Any]) -> int:
-    """How many lr drops ``run`` allowed: its ``lr_drops`` entry, or (runs recorded before the
-    entry existed) the ``--lr-drops`` of the command that made it; 0 if neither says."""
-    if "lr_drops" in run:
-        return int(run["lr_drops"])
-    words = run.get("command", "").split()
-    return int(words[words.index("--lr-drops") + 1]) if "--lr-drops" in words else 0
+    """How many lr drops ``run`` allowed (:func:`recorded_option`, default 0)."""
+    return int(recorded_option(run, "lr_drops", "--lr-drops", 0))
 
 
 def run_label(run: dict[str, Any]) -> str:
