@@ -133,7 +133,10 @@ def preset_and_hyper(name: str) -> tuple[str, dict[str, Any]]:
     assert isinstance(factory, dict)
     if factory.pop("_target_", None) != "assocmem.MemoryOptimizer":
         raise ValueError(f"optimizer {name!r}: {path} does not configure a MemoryOptimizer")
-    hyper = {k: v for k, v in factory.items() if k not in ("_partial_", "lr", "memory")}
+    # hydra's own keys (_partial_, _convert_, ...) say how to instantiate, not what to set
+    hyper = {
+        k: v for k, v in factory.items() if not k.startswith("_") and k not in ("lr", "memory")
+    }
     return str(factory["memory"]), hyper
 
 

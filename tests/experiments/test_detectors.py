@@ -114,6 +114,12 @@ def test_a_named_configuration_sets_its_hyperparameters_on_the_presets_groups_on
 
     assert preset_and_hyper("muon") == ("muon", {})
     assert preset_and_hyper("muon_delta") == ("muon", {"gamma": 0.5})  # conf/optimizer/*.yaml
+    # hydra's instantiation keys (cms_m3.yaml's _convert_) are not hyperparameters
+    preset, hyper = preset_and_hyper("cms_m3")
+    assert preset == "cms" and hyper["freqs"] == [1, 10]
+    assert not any(key.startswith("_") for key in hyper)
+    ademamix = optimizer_factory("ademamix", 1e-3)([torch.nn.Parameter(torch.ones(3))])
+    assert ademamix.param_groups[0]["weights"] == [1.0, 5.0]
     model = NPR(norm="batch")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = optimizer_factory("muon_delta/split", 5e-3, model)(params)
