@@ -92,7 +92,8 @@ def optimizer_factory(
 
     ``PRESET/split`` (e.g. ``muon/split``) builds the preset's param groups from ``model`` with
     :func:`assocmem.optim.param_groups`: the preset on the hidden weight matrices, Adam on the
-    rest (see :data:`SPLIT_REST_LR_RATIO`).
+    rest, as a named configuration's ``split`` block says (``rest_lr_ratio``, ``rest``; e.g.
+    ``muon_rest03``), else Muon's recipe (:data:`SPLIT_REST_LR_RATIO`).
     """
     if name == "adam":
         return partial(torch.optim.Adam, lr=lr)
@@ -102,7 +103,8 @@ def optimizer_factory(
         return partial(MemoryOptimizer, memory=preset, lr=lr, **hyper)
     if split != "split" or model is None:
         raise ValueError(f"optimizer {name!r}: expected PRESET or PRESET/split with a model")
-    rest = {"memory": "adam", "lr": lr * SPLIT_REST_LR_RATIO, "betas": SPLIT_REST_BETAS}
+    ratio, rest_hyper = split_of(named)
+    rest = {**rest_hyper, "lr": lr * ratio}
 
     def make(params: Any) -> torch.optim.Optimizer:
         groups = param_groups(model, rest=rest, trainable_only=True)
@@ -138,6 +140,22 @@ def preset_and_hyper(name: str) -> tuple[str, dict[str, Any]]:
         k: v for k, v in factory.items() if not k.startswith("_") and k not in ("lr", "memory")
     }
     return str(factory["memory"]), hyper
+
+
+def split_of(name: str) -> tuple[float, dict[str, Any]]:
+    """The rest group's lr ratio and hyperparameters for ``NAME/split``: the ``split`` block of
+    the named configuration ``experiments/conf/optimizer/NAME.yaml`` where it has one (as
+    ``experiments.run`` reads it), else Muon's recipe (Adam at ``lr * 0.1``, betas (0.9, 0.95))."""
+    default = (SPLIT_REST_LR_RATIO, {"memory": "adam", "betas": SPLIT_REST_BETAS})
+    path = CONF / "optimizer" / f"{name}.yaml"
+    if name in available_memories() or not path.exists():
+        return default
+    split = OmegaConf.load(path).get("split")
+    if not split:
+        return default
+    rest = OmegaConf.to_container(split.rest, resolve=True)
+    assert isinstance(rest, dict)
+    return float(split.rest_lr_ratio), {str(k): v for k, v in rest.items()}
 
 
 def family_split(config: BenchmarkConfig, seen: Sequence[str] | None = None) -> FamilySplit:

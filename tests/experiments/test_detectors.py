@@ -126,6 +126,10 @@ def test_a_named_configuration_sets_its_hyperparameters_on_the_presets_groups_on
     groups = {g["name"]: g for g in opt.param_groups}
     assert groups["hidden"]["memory"] == "muon" and groups["hidden"]["gamma"] == 0.5
     assert groups["rest"]["memory"] == "adam" and groups["rest"].get("gamma", 0) != 0.5
+    # a configuration's own split block sets the rest group (muon_rest03: Adam at lr * 0.3)
+    rest03 = optimizer_factory("muon_rest03/split", 1e-2, model)(params)
+    rest_group = {g["name"]: g for g in rest03.param_groups}["rest"]
+    assert rest_group["lr"] == pytest.approx(3e-3) and rest_group["betas"] == [0.9, 0.95]
     plain = optimizer_factory("muon_delta", 5e-3)(params)
     assert plain.param_groups[0]["gamma"] == 0.5
     with pytest.raises(ValueError, match="neither a preset"):
