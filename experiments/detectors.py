@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from assocmem import MemoryOptimizer, available_memories
@@ -98,12 +98,13 @@ def optimizer_factory(
     if name == "adam":
         return partial(torch.optim.Adam, lr=lr)
     named, _, split = name.partition("/")
-    preset, hyper = preset_and_hyper(named)
+    config = named_configuration(named)
+    preset, hyper = _preset_and_hyper(named, config)
     if not split:
         return partial(MemoryOptimizer, memory=preset, lr=lr, **hyper)
     if split != "split" or model is None:
         raise ValueError(f"optimizer {name!r}: expected PRESET or PRESET/split with a model")
-    ratio, rest_hyper = split_of(named)
+    ratio, rest_hyper = split_of(config)
     rest = {**rest_hyper, "lr": lr * ratio}
 
     def make(params: Any) -> torch.optim.Optimizer:
@@ -119,21 +120,36 @@ def optimizer_factory(
     return make
 
 
-def preset_and_hyper(name: str) -> tuple[str, dict[str, Any]]:
-    """A preset name as it is, or a named configuration of the harness
-    (``experiments/conf/optimizer/NAME.yaml``, e.g. ``muon_delta``): its preset and the
-    hyperparameters it sets besides the lr."""
+def named_configuration(name: str) -> DictConfig | None:
+    """``experiments/conf/optimizer/NAME.yaml``, loaded; ``None`` for a preset's own name.
+    Raises ``ValueError`` for a name that is neither."""
     if name in available_memories():
-        return name, {}
+        return None
     path = CONF / "optimizer" / f"{name}.yaml"
     if not path.exists():
         raise ValueError(
             f"optimizer {name!r}: neither a preset ({', '.join(available_memories())}) nor a "
             f"configuration in {path.parent}"
         )
-    factory = OmegaConf.to_container(OmegaConf.load(path).factory)
+    config = OmegaConf.load(path)
+    assert isinstance(config, DictConfig)
+    return config
+
+
+def preset_and_hyper(name: str) -> tuple[str, dict[str, Any]]:
+    """A preset name as it is, or a named configuration of the harness
+    (``experiments/conf/optimizer/NAME.yaml``, e.g. ``muon_delta``): its preset and the
+    hyperparameters it sets besides the lr."""
+    return _preset_and_hyper(name, named_configuration(name))
+
+
+def _preset_and_hyper(name: str, config: DictConfig | None) -> tuple[str, dict[str, Any]]:
+    if config is None:
+        return name, {}
+    factory = OmegaConf.to_container(config.factory)
     assert isinstance(factory, dict)
     if factory.pop("_target_", None) != "assocmem.MemoryOptimizer":
+        path = CONF / "optimizer" / f"{name}.yaml"
         raise ValueError(f"optimizer {name!r}: {path} does not configure a MemoryOptimizer")
     # hydra's own keys (_partial_, _convert_, ...) say how to instantiate, not what to set
     hyper = {
@@ -142,17 +158,13 @@ def preset_and_hyper(name: str) -> tuple[str, dict[str, Any]]:
     return str(factory["memory"]), hyper
 
 
-def split_of(name: str) -> tuple[float, dict[str, Any]]:
+def split_of(config: DictConfig | None) -> tuple[float, dict[str, Any]]:
     """The rest group's lr ratio and hyperparameters for ``NAME/split``: the ``split`` block of
-    the named configuration ``experiments/conf/optimizer/NAME.yaml`` where it has one (as
+    the named configuration (:func:`named_configuration`) where it has one (as
     ``experiments.run`` reads it), else Muon's recipe (Adam at ``lr * 0.1``, betas (0.9, 0.95))."""
-    default = (SPLIT_REST_LR_RATIO, {"memory": "adam", "betas": SPLIT_REST_BETAS})
-    path = CONF / "optimizer" / f"{name}.yaml"
-    if name in available_memories() or not path.exists():
-        return default
-    split = OmegaConf.load(path).get("split")
+    split = None if config is None else config.get("split")
     if not split:
-        return default
+        return SPLIT_REST_LR_RATIO, {"memory": "adam", "betas": SPLIT_REST_BETAS}
     rest = OmegaConf.to_container(split.rest, resolve=True)
     assert isinstance(rest, dict)
     return float(split.rest_lr_ratio), {str(k): v for k, v in rest.items()}
