@@ -13,6 +13,10 @@ learning rate, against Adam's own steps to it?
   early stopping restores). Adam's steps to it are its best step; a candidate's are the first
   evaluation at which its validation loss is at or below it (``None``: never, within its run).
   Evaluations are every ``eval_every`` steps, so each count is known to that resolution.
+- **Budget** (``--budget N``): runs trained for a fixed ``N`` steps without early stopping
+  (``--patience`` above the number of evaluations). The target is then Adam's best over the
+  whole budget, so Adam's steps to it do not depend on where patience would have ended its
+  run; the race is checked to hold only such runs and gets a section of its own.
 - **Time** = steps x the cost of one training step (batch, forward, backward, ``opt.step()``),
   measured here with the candidates interleaved on the same model, initialisation and batches
   (``experiments.step_cost``), not read off the runs' wall clocks, which absorbed whatever else
@@ -123,6 +127,17 @@ def evaluation_interval(run: Mapping[str, Any]) -> int:
     from experiments.detectors import recorded_option
 
     return int(recorded_option(run, "eval_every", "--eval-every", DEFAULT_INTERVAL))
+
+
+def check_budget(runs: Iterable[Mapping[str, Any]], budget: int) -> None:
+    """``ValueError`` unless every run trained exactly ``budget`` steps without stopping early."""
+    for r in runs:
+        if r.get("stopped_early", False) or int(r["steps"]) != budget:
+            raise ValueError(
+                f"{r['optimizer']} lr {r['lr']:g} seed {r['seed']} ran {r['steps']} steps"
+                f"{' and stopped early' if r.get('stopped_early') else ''}: a --budget {budget} "
+                f"race takes runs of exactly {budget} steps without early stopping"
+            )
 
 
 def race(
@@ -294,6 +309,7 @@ def markdown(
     command: str,
     tuning_seed: int,
     average: float | None = None,
+    budget: int | None = None,
 ) -> str:
     from experiments.pretraining_study import PRETRAIN_SUFFIX
 
@@ -309,6 +325,11 @@ def markdown(
         details.append(f"weight average {average:g}")
     if interval != DEFAULT_INTERVAL:
         details.append(f"evaluated every {interval} steps")
+    if budget is not None:
+        details.append(f"a fixed {budget} steps")
+    stopping = (
+        "evaluated and scored" if budget is not None else "evaluated, early-stopped and scored"
+    )
     out = [
         f"## {task}: steps to tuned Adam's validation loss (`{model}`, {', '.join(details)})",
         "",
@@ -316,7 +337,7 @@ def markdown(
         "",
         *(
             [
-                f"Every run, Adam's included, is evaluated, early-stopped and scored on the "
+                f"Every run, Adam's included, is {stopping} on the "
                 f"exponential moving average of its weights (decay {average:g}, "
                 "`assocmem.training.fit`'s `average`); the step costs below leave out the "
                 "average's update, the same pass for every optimizer.",
@@ -325,18 +346,37 @@ def markdown(
             if average is not None
             else []
         ),
-        f"LR tuned on seed {tuning_seed} only (best validation loss of each run, early stopping "
-        "restores it):",
+        *(
+            [
+                f"Every run trained for a fixed budget of {budget} steps, without early "
+                "stopping: the target is Adam's best validation loss over the whole budget, "
+                "and Adam's steps are where it first reached it, wherever patience would have "
+                "ended the run.",
+                "",
+                f"LR: the rates these runs used (each optimizer's lr tuned on seed {tuning_seed} "
+                "in its early-stopped race, not re-tuned here), with their best validation "
+                f"loss over the budget on seed {tuning_seed}:",
+            ]
+            if budget is not None
+            else [
+                f"LR tuned on seed {tuning_seed} only (best validation loss of each run, early "
+                "stopping restores it):"
+            ]
+        ),
         "",
         "| optimizer | lr tried: best validation loss | tuned lr | on the grid's edge |",
         "|---|---|---|---|",
     ]
     for name, (lr, grid, edge) in grids.items():
         tried = ", ".join(f"{k:g}: {v:.4g}" for k, v in sorted(grid.items()))
-        out.append(f"| {name} | {tried} | {lr:g} | {edge or 'no'} |")
+        out.append(
+            f"| {name} | {tried} | {lr:g} | {edge or ('no' if len(grid) > 1 else 'one lr run')} |"
+        )
+    over = " over the budget" if budget is not None else ""
     out += [
         "",
-        "Per evaluation seed: the target is Adam's best validation loss at its tuned lr; steps are "
+        f"Per evaluation seed: the target is Adam's best validation loss{over} at its tuned lr; "
+        "steps are "
         f"evaluation steps (every {interval}), so each count is known to ± one evaluation.",
         "",
         f"| seed | target (Adam's best) | Adam steps (run) | {candidate} steps (run) | ratio | "
@@ -403,18 +443,21 @@ def section_name(
     candidate: str = FIRST_CANDIDATE,
     average: float | None = None,
     interval: int = DEFAULT_INTERVAL,
+    budget: int | None = None,
 ) -> str:
     """The docs/results.md section of a race: one per model for :data:`FIRST_CANDIDATE`
     (``vit/frequency`` -> ``race-vit-frequency``), one per model and candidate for any other
     (``npr_bn``, ``muon_delta/split`` -> ``race-npr_bn-muon_delta-split``), and one more for
-    each weight average and each evaluation interval other than :data:`DEFAULT_INTERVAL`
-    (``-ema0.995``, ``-every125``)."""
+    each weight average, each evaluation interval other than :data:`DEFAULT_INTERVAL` and each
+    fixed budget (``-ema0.995``, ``-every125``, ``-budget6000``)."""
     name = "race-" + model.replace("/", "-")
     if candidate != FIRST_CANDIDATE or average is not None:
         name = f"{name}-{candidate.replace('/', '-')}"
     if average is not None:
         name = f"{name}-ema{average:g}"
-    return name if interval == DEFAULT_INTERVAL else f"{name}-every{interval}"
+    if interval != DEFAULT_INTERVAL:
+        name = f"{name}-every{interval}"
+    return name if budget is None else f"{name}-budget{budget}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -428,6 +471,13 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="race the runs evaluated on their weight average of this decay (--average of "
         "experiments.detectors); default: the runs evaluated on the weights",
+    )
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help="the runs trained this many steps without early stopping (checked): the target "
+        "is Adam's best over the budget; a section of its own",
     )
     parser.add_argument("--tuning-seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=15, help="step-cost samples")
@@ -447,6 +497,8 @@ def main(argv: list[str] | None = None) -> None:
     grids = {name: tune(rs, args.tuning_seed) for name, rs in chosen.items()}
     lrs = {name: grid[0] for name, grid in grids.items()}
     try:
+        if args.budget is not None:
+            check_budget([r for rs in chosen.values() for r in rs], args.budget)
         rows = race(chosen[BASELINE], chosen[args.candidate], lrs[BASELINE], lrs[args.candidate])
         interval = race_interval(rows)
     except ValueError as e:
@@ -463,13 +515,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     text = markdown(
         args.model, args.candidate, grids, rows, costs, f"`{command}`", args.tuning_seed,
-        args.average,
+        args.average, args.budget,
     )  # fmt: skip
     print(text)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "costs": costs}, indent=1, default=float))
     if args.write:
-        name = section_name(args.model, args.candidate, args.average, interval)
+        name = section_name(args.model, args.candidate, args.average, interval, args.budget)
         replace_section(args.write, name, text)
 
 

@@ -218,3 +218,35 @@ def test_a_finer_evaluation_grid_races_in_its_own_section_and_never_mixes_resolu
     path.write_text(json.dumps([base, coarse]))
     with pytest.raises(SystemExit):
         main(["--runs", str(path), "--no-step-cost"])
+
+
+def test_a_fixed_budget_race_takes_only_full_runs_and_gets_its_own_section(tmp_path):
+    """Runs of a fixed budget: Adam's target is its best over the whole budget (here at step
+    1500, after a level stretch where patience 2 would have stopped it at 1000), and a run that
+    stopped early or ran another length is refused."""
+    from experiments.detector_race import check_budget, section_name
+
+    curve = [(0, 0.7), (250, 0.45), (500, 0.42), (750, 0.43), (1000, 0.44), (1250, 0.43),
+             (1500, 0.41), (1750, 0.42), (2000, 0.42)]  # fmt: skip
+    base = {**_run("adam", 1e-3, 0, curve), "stopped_early": False}
+    cand = {**_run("muon/split", 2e-2, 0, [(0, 0.7), (250, 0.43), (500, 0.40)]),
+            "stopped_early": False, "steps": 2000}  # fmt: skip
+    check_budget([base, cand], 2000)
+    with pytest.raises(ValueError, match="ran 1500 steps"):
+        check_budget([base, {**cand, "steps": 1500}], 2000)
+    with pytest.raises(ValueError, match="stopped early"):
+        check_budget([{**base, "stopped_early": True}], 2000)
+    assert section_name("npr_bn", "muon/split", 0.995, 125, 6000) == (
+        "race-npr_bn-muon-split-ema0.995-every125-budget6000"
+    )
+    path, md = tmp_path / "runs.json", tmp_path / "results.md"
+    path.write_text(json.dumps([base, cand]))
+    main(["--runs", str(path), "--budget", "2000", "--no-step-cost", "--write", str(md)])
+    text = md.read_text()
+    assert "<!-- report:race-npr_bn-budget2000:begin -->" in text
+    assert "a fixed 2000 steps" in text and "without early stopping" in text
+    assert "early stopping restores it" not in text
+    assert "| 0 | 0.41 | 1500 (2000) | 500 (2000) | 0.33 | 0.4 |" in text
+    path.write_text(json.dumps([base, {**cand, "stopped_early": True, "steps": 500}]))
+    with pytest.raises(SystemExit):
+        main(["--runs", str(path), "--budget", "2000", "--no-step-cost"])
