@@ -376,8 +376,8 @@ def markdown(
     out += [
         "",
         f"Per evaluation seed: the target is Adam's best validation loss{over} at its tuned lr; "
-        "steps are "
-        f"evaluation steps (every {interval}), so each count is known to ± one evaluation.",
+        f"steps are evaluation steps (every {interval}), so each count is known to ± one "
+        "evaluation.",
         "",
         f"| seed | target (Adam's best) | Adam steps (run) | {candidate} steps (run) | ratio | "
         f"{candidate}'s own best |",

@@ -120,12 +120,17 @@ def optimizer_factory(
     return make
 
 
+def configuration_path(name: str) -> Path:
+    """Where the harness keeps the named optimizer configuration ``name``."""
+    return CONF / "optimizer" / f"{name}.yaml"
+
+
 def named_configuration(name: str) -> DictConfig | None:
     """``experiments/conf/optimizer/NAME.yaml``, loaded; ``None`` for a preset's own name.
     Raises ``ValueError`` for a name that is neither."""
     if name in available_memories():
         return None
-    path = CONF / "optimizer" / f"{name}.yaml"
+    path = configuration_path(name)
     if not path.exists():
         raise ValueError(
             f"optimizer {name!r}: neither a preset ({', '.join(available_memories())}) nor a "
@@ -149,8 +154,9 @@ def _preset_and_hyper(name: str, config: DictConfig | None) -> tuple[str, dict[s
     factory = OmegaConf.to_container(config.factory)
     assert isinstance(factory, dict)
     if factory.pop("_target_", None) != "assocmem.MemoryOptimizer":
-        path = CONF / "optimizer" / f"{name}.yaml"
-        raise ValueError(f"optimizer {name!r}: {path} does not configure a MemoryOptimizer")
+        raise ValueError(
+            f"optimizer {name!r}: {configuration_path(name)} does not configure a MemoryOptimizer"
+        )
     # hydra's own keys (_partial_, _convert_, ...) say how to instantiate, not what to set
     hyper = {
         k: v for k, v in factory.items() if not k.startswith("_") and k not in ("lr", "memory")
