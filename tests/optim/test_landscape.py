@@ -22,6 +22,8 @@ from assocmem.optim.presets.landscape import (
     lowrank_write,
     scalar_write,
     secant_trusted,
+    weak_read,
+    weak_secant_write,
 )
 
 
@@ -45,6 +47,8 @@ def spd(dim, cond, *, dense, seed=0):
         {"period": 4, "beta": 0.5, "form": "lowrank"},
         {"form": "scalar"},
         {"form": "scalar", "period": 3, "beta": 0.5, "rho": 0.5},
+        {"form": "weak"},
+        {"form": "weak", "beta": 0.9, "rho": 0.5, "sigma": 0.1},
     ],
 )
 def test_foreach_equals_reference_at_every_step(kw):
@@ -181,7 +185,78 @@ def test_converges_on_an_ill_conditioned_quadratic(form, dense):
     assert (0.5 * v @ A @ v).item() > 1e-3 * start_gd
 
 
-@pytest.mark.parametrize("form", ["diagonal", "lowrank", "scalar"])
+@given(
+    dim=st.integers(1, 12),
+    seed=st.integers(0, 2**16),
+    log_scale=st.floats(-20, 20),
+    rho=st.floats(0.05, 1.0),
+)
+def test_weak_write_is_the_least_change_that_recalls_the_weak_secant(dim, seed, log_scale, rho):
+    """After one write ``d^T B d`` has moved a fraction ``rho`` of the way to ``-d^T y`` (all of
+    it at ``rho = 1``), and ``B`` changed only along ``d * d``: the least change (Frobenius)
+    that does so. Any scale of ``d``: the write rescales it, so ``d^4`` never overflows."""
+    gen = torch.Generator().manual_seed(seed)
+    B = torch.randn(dim, generator=gen, dtype=torch.float64)
+    d = torch.randn(dim, generator=gen, dtype=torch.float64) * 10.0**log_scale
+    y = torch.randn(dim, generator=gen, dtype=torch.float64) * 10.0**-log_scale
+    new = weak_secant_write(B, d, y, rho=rho)
+    before, target = d @ (B * d), -(d @ y)
+    # float64 sums of dim terms, each rounded: relative error a few ulp per term
+    tol = 1e-12 * (abs(before) + abs(target) + (d * d) @ (B.abs() + (new - B).abs()))
+    assert abs(d @ (new * d) - (before + rho * (target - before))) <= tol
+    change, key = new - B, d * d
+    # new - B subtracts numbers of B's size: each element of the change carries ~eps |B|
+    atol = 8 * torch.finfo(B.dtype).eps * B.abs().max().item()
+    torch.testing.assert_close(change, (change @ key) / (key @ key) * key, rtol=1e-9, atol=atol)
+
+
+def test_weak_write_of_a_zero_or_non_finite_direction_keeps_the_memory():
+    B = torch.tensor([0.5, -1.0, 2.0])
+    assert torch.equal(weak_secant_write(B, torch.zeros(3), torch.ones(3), rho=1.0), B)
+    bad = torch.tensor([1.0, float("inf"), 0.0])
+    assert torch.equal(weak_secant_write(B, bad, torch.ones(3), rho=1.0), B)
+    assert torch.equal(weak_read(B, torch.ones(3), 1.0), torch.tensor([1.0, 1.0, 0.5]))
+
+
+def test_weak_form_learns_lr_times_the_curvature_and_converges_on_a_diagonal_quadratic():
+    """f(w) = 1/2 w^T A w, A diagonal (condition 1e3), no momentum, lr = sigma = 1: the memory
+    settles at ``lr A`` (the weak secant of an exact quadratic, written along ever-new
+    directions) wherever ``lr a > sigma``, so the step there is Newton's (and at ``lr a = 1``
+    the floor's step is Newton's too): the loss falls below 1e-12 of its start, where gradient
+    descent at its best fixed step keeps more than a tenth of it (its flat coordinates shrink
+    by about 1 - 2 a / 1001 per step) after as many steps."""
+    a = torch.logspace(0, 3, 10, dtype=torch.float64)
+    w = torch.nn.Parameter(torch.ones(10, dtype=torch.float64))
+    opt = MemoryOptimizer([w], "landscape", lr=1.0, form="weak")
+    start = 0.5 * (a * w * w).sum().item()
+    for _ in range(100):
+        opt.zero_grad()
+        (0.5 * (a * w * w).sum()).backward()
+        opt.step()
+    assert 0.5 * (a * w * w).sum().item() < 1e-12 * start
+    stiff = a > 1  # where the read divides by B
+    torch.testing.assert_close(opt.state[w]["hessian"][stiff], a[stiff], rtol=0.02, atol=0)
+    v = torch.ones(10, dtype=torch.float64)
+    for _ in range(100):
+        v = v - 2 / (1e3 + 1) * (a * v)
+    assert 0.5 * (a * v * v).sum().item() > 0.1 * start  # 0.36 of it
+
+
+def test_weak_form_step_is_bounded_by_lr_times_momentum_over_sigma():
+    w = torch.nn.Parameter(torch.zeros(6))
+    opt = MemoryOptimizer([w], "landscape", lr=0.1, form="weak", beta=0.5, sigma=0.5)
+    gen = torch.Generator().manual_seed(4)
+    for k in range(30):
+        before = w.detach().clone()
+        w.grad = torch.randn(6, generator=gen) * 10.0 ** (k % 9 - 4)
+        opt.step()
+        bound = 0.1 * opt.state[w]["momentum"].abs() / 0.5
+        # the measured step w - before is rounded to w's ulp (w grows to ~1e3 here)
+        rounding = 2 * torch.finfo(w.dtype).eps * w.detach().abs()
+        assert ((w.detach() - before).abs() <= bound * (1 + 1e-6) + rounding).all()
+
+
+@pytest.mark.parametrize("form", ["diagonal", "lowrank", "scalar", "weak"])
 def test_never_nan_on_hostile_gradients(form):
     w = torch.nn.Parameter(torch.ones(4, 3))
     opt = MemoryOptimizer([w], "landscape", lr=1e-1, form=form, beta=0.5)
@@ -194,7 +269,7 @@ def test_never_nan_on_hostile_gradients(form):
         opt.step()
         assert torch.isfinite(w).all()
         assert all(torch.isfinite(v).all() for v in opt.state[w].values())
-    if form != "lowrank":
+    if form in ("diagonal", "scalar"):
         H = opt.state[w]["curvature"]
         assert (H >= 1e-2).all() and (H <= 1e2).all()
 
@@ -261,6 +336,8 @@ def test_lr_zero_writes_no_curvature():
         (dict(y_tol=-1.0), "y_tol"),
         (dict(period=0), "period"),
         (dict(period=2.5), "period"),
+        (dict(form="weak", period=2), "period"),
+        (dict(form="weak", sigma=0.0), "sigma"),
     ],
 )
 def test_invalid_hyperparameters_name_the_argument(kw, name):

@@ -94,8 +94,13 @@ INFOS = [
     ),
     OptimizerInfo(
         "landscape",
-        ({}, {"form": "lowrank", "rank": 2}, {"form": "scalar", "period": 2, "beta": 0.5}),
-        bad={"form": ("dense",), "h_max": (NAN,), "rho": (2.0,), "period": (0,)},
+        (
+            {},
+            {"form": "lowrank", "rank": 2},
+            {"form": "scalar", "period": 2, "beta": 0.5},
+            {"form": "weak", "beta": 0.9},
+        ),
+        bad={"form": ("dense",), "h_max": (NAN,), "rho": (2.0,), "period": (0,), "sigma": (0.0,)},
     ),
     OptimizerInfo("learned", lr=1e-3, bad={"checkpoint": (3,)}),
 ]

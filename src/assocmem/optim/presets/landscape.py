@@ -14,7 +14,7 @@ With ``rho = 1`` one write makes ``H y == s`` exactly (the secant condition). Th
 Broyden's second ("bad") method: the delta rule on the inverse directly, so it is cheap and
 reads like the memory it is. The retention is 1: old curvature is kept until overwritten.
 
-Three forms (``form``):
+Four forms (``form``):
 
 - ``"diagonal"``: one scalar memory per coordinate (elementwise key ``y_i``, value ``s_i``),
   so a write moves ``H_i`` toward the per-coordinate secant ``s_i / y_i``. Safeguards: a
@@ -44,14 +44,38 @@ Three forms (``form``):
   pair lies on, and it needs no per-coordinate secant. docs/results.md (landscape-forms)
   compares the three forms.
 
-Write period (``period = P``, every form): the memory is written only every ``P`` steps, with
-the pair spanning them, ``s = W_t - W_{t-P}`` and ``y = g_t - g_{t-P}`` (steps ``1, 1 + P,
-1 + 2P, ...`` start and end the pairs); between writes a step only reads ``H``. The secant
-then measures the mean curvature along the last ``P`` steps: with minibatch gradients the
-signal in ``y`` grows with the baseline while its noise does not (the stochastic quasi-Newton
-method of Byrd et al. 2016 likewise collects curvature pairs only every 10-20 steps), and
-steps in between are a single pass. ``P = 1`` (default) is the per-step secant;
-docs/results.md (landscape-period) has the measured trade-off of longer periods.
+- ``"weak"``: the Apollo form (Ma 2020): a diagonal memory ``B`` of the curvature itself
+  (not its inverse), written by the *weak* secant condition, one equation per tensor instead
+  of one per coordinate. With ``m`` the bias-corrected moving average of ``g`` (decay
+  ``beta``), its change ``y = m_t - m_{t-1}`` as key-side signal and ``d`` the previous step's
+  direction (``W_t - W_{t-1} = -lr d`` without weight decay), the write is the least change of
+  ``B`` (Frobenius) with ``d^T B d = -d^T y``: a delta write into the row memory ``B`` with
+  key ``k = d * d`` and value ``-d^T y``,
+
+        B <- B + rho (-d^T y - <B, k>) k / ||k||^2,
+
+  which is the Dennis-Wolkowicz weak secant update restricted to diagonals. Since ``d``
+  carries no ``lr``, ``B`` holds ``lr`` times the curvature. The read divides by ``B``
+  rectified, ``d = m / max(|B|, sigma)``: where ``lr`` times the curvature is below ``sigma``
+  the step is momentum SGD at ``lr / sigma``, above it the Newton step ``m / curvature``
+  (``|B|``: a negative-curvature direction is stepped by its magnitude, not climbed). So a
+  coordinate's step never exceeds ``lr |m| / sigma``, whatever the memory holds (bounded, but
+  not stable by itself: where one tensor mixes very different curvatures the one equation
+  can under-estimate the stiff coordinates, and their Newton step then overshoots). One
+  equation per tensor averages the secant's noise over its coordinates (the per-coordinate
+  form's ``s_i / y_i`` is mostly noise on minibatch gradients), and ``y`` is taken from the
+  moving average rather than the raw gradients. ``period`` must be 1; ``h0``, ``h_min``,
+  ``h_max`` and ``y_tol`` do not apply.
+
+Write period (``period = P``, every form but ``"weak"``): the memory is written only every
+``P`` steps, with the pair spanning them, ``s = W_t - W_{t-P}`` and ``y = g_t - g_{t-P}``
+(steps ``1, 1 + P, 1 + 2P, ...`` start and end the pairs); between writes a step only reads
+``H``. The secant then measures the mean curvature along the last ``P`` steps: with minibatch
+gradients the signal in ``y`` grows with the baseline while its noise does not (the
+stochastic quasi-Newton method of Byrd et al. 2016 likewise collects curvature pairs only
+every 10-20 steps), and steps in between are a single pass. ``P = 1`` (default) is the
+per-step secant; docs/results.md (landscape-period) has the measured trade-off of longer
+periods.
 
 ``lr`` scales the secant step: ``lr = 1`` is the full quasi-Newton step, smaller values damp it;
 ``h0`` is the step per unit gradient before any curvature has been written (``h0 = 1``: the
@@ -68,7 +92,9 @@ References:
     (secant methods, limited memory). R. H. Byrd, S. L. Hansen, J. Nocedal, Y. Singer, "A
     stochastic quasi-Newton method for large-scale optimization", SIAM J. Optim. 26 (2016).
     J. Barzilai, J. M. Borwein, "Two-point step size gradient methods", IMA J. Numer. Anal. 8
-    (1988).
+    (1988). J. E. Dennis, H. Wolkowicz, "Sizing and least-change secant methods", SIAM J.
+    Numer. Anal. 30 (1993). X. Ma, "Apollo: An adaptive parameter-wise diagonal quasi-Newton
+    method for nonconvex stochastic optimization", arXiv:2009.13586 (2020).
     docs/theory/landscape.md has the derivation.
 """
 
@@ -77,7 +103,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from assocmem.memory import ElementwiseMemory, delta_write, read
+from assocmem.memory import ElementwiseMemory, MatrixMemory, delta_write, read
 from assocmem.optim import validate
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
@@ -121,6 +147,32 @@ def scalar_write(
     return torch.where(trusted, written, h)
 
 
+def weak_secant_write(B: Tensor, d: Tensor, y: Tensor, *, rho: float) -> Tensor:
+    """Delta write of the weak secant pair into the diagonal curvature memory ``B``.
+
+    The row memory ``B`` is read with the key ``k = d * d`` (``<B, k> = d^T B d``) and written
+    toward the value ``-d^T y`` at rate ``rho / ||k||^2``: with ``rho = 1`` the memory then
+    recalls ``d^T B d = -d^T y`` exactly, by the least change of ``B``. ``d`` is scaled by its
+    largest magnitude first (the condition is homogeneous in it), so ``d^4`` neither
+    overflows nor underflows; a zero or non-finite ``d`` (the first step) writes nothing.
+    """
+    scale = d.abs().amax()
+    ok = (scale > 0) & torch.isfinite(scale)
+    scale = torch.where(ok, scale, 1)
+    u = (d / scale).reshape(-1)
+    key = u * u  # sum(key^2) >= 1: the coordinate of largest |d| contributes 1
+    value = -torch.sum(u * y.reshape(-1)) / scale  # u^T B u = -u^T y / scale <=> d^T B d = -d^T y
+    memory = MatrixMemory(B.reshape(1, -1))
+    written = delta_write(memory, key, value.reshape(1), lr=rho / torch.sum(key * key))
+    new = written.M.reshape(B.shape)
+    return torch.where(ok & torch.isfinite(new).all(), new, B)
+
+
+def weak_read(B: Tensor, m: Tensor, sigma: float) -> Tensor:
+    """The step direction ``m / max(|B|, sigma)``: the rectified inverse of the memory."""
+    return m / B.abs().clamp(min=sigma)
+
+
 def lowrank_read(S: Tensor, Y: Tensor, pairs: int, h0: float, d: Tensor) -> Tensor:
     """``H d`` with ``H = h0 I + (S - h0 Y)^T (Y Y^T)^+ Y`` over the first ``pairs`` rows."""
     if pairs == 0:
@@ -160,8 +212,8 @@ class Landscape(Preset):
     hyper = {
         "form": Hyper(
             "diagonal",
-            validate.one_of("diagonal", "lowrank", "scalar"),
-            "shape of H: per coordinate, low rank, or one number per tensor",
+            validate.one_of("diagonal", "lowrank", "scalar", "weak"),
+            "shape of H: per coordinate, low rank, one number per tensor, or weak secant",
         ),
         "h0": Hyper(1.0, validate.positive, "initial inverse curvature (step per unit grad)"),
         "h_min": Hyper(
@@ -173,10 +225,16 @@ class Landscape(Preset):
         "beta": Hyper(0.0, validate.unit_interval, "momentum on g before the read (0: none)"),
         "y_tol": Hyper(1e-6, validate.non_negative, "skip writes with |y| <= y_tol * |g|"),
         "period": Hyper(1, validate.positive_int, "steps between writes; each pair spans them"),
+        "sigma": Hyper(
+            1.0, validate.positive, "weak form: floor of |B| in the read (steps <= lr |m| / sigma)"
+        ),
     }
 
     def init_state(self, param: Tensor, group: Group) -> State:
         zeros = torch.zeros_like(param, memory_format=torch.preserve_format)
+        if group["form"] == "weak":
+            # the moving average of g, the last direction d, and the curvature memory B
+            return {"momentum": zeros.clone(), "direction": zeros.clone(), "hessian": zeros}
         state: State = {
             "prev_grad": zeros.clone(),
             "prev_param": zeros.clone(),
@@ -222,6 +280,9 @@ class Landscape(Preset):
         return state["momentum"]
 
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
+        if group["form"] == "weak":
+            self._weak_step(param, grad, state, group)
+            return
         if group["form"] == "lowrank":
             self._lowrank_step(param, grad, state, group)
             return
@@ -242,6 +303,18 @@ class Landscape(Preset):
         self._remember(param, grad, state)
         d = self._direction(grad, state, group)
         param.add_(read(ElementwiseMemory(state["curvature"]), d), alpha=-group["lr"])
+
+    def _weak_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
+        beta, m = group["beta"], state["momentum"]
+        # bias-corrected moving average: m_1 = g_1, and m = g at every step when beta = 0
+        rate = (1 - beta) / (1 - beta ** float(state["step"]))
+        y = rate * (grad - m)  # m_t - m_{t-1}
+        m.add_(y)
+        B = weak_secant_write(state["hessian"], state["direction"], y, rho=group["rho"])
+        state["hessian"].copy_(B)
+        d = weak_read(B, m, group["sigma"])
+        state["direction"].copy_(d)
+        param.add_(d, alpha=-group["lr"])
 
     def _lowrank_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         S, Y = state["secant_s"], state["secant_y"]
@@ -297,7 +370,7 @@ class Landscape(Preset):
         return None
 
     def check_state(self, state: State, group: Group) -> str | None:
-        if float(state["has_prev"]) not in (0.0, 1.0):
+        if "has_prev" in state and float(state["has_prev"]) not in (0.0, 1.0):
             return f"'has_prev' must be 0 or 1, got {float(state['has_prev'])}"
         if "pairs" in state:
             pairs = float(state["pairs"])
@@ -310,6 +383,10 @@ class Landscape(Preset):
             raise ValueError(
                 f"invalid h0: must lie in [h_min, h_max] = [{group['h_min']}, {group['h_max']}], "
                 f"got {group['h0']}"
+            )
+        if group["form"] == "weak" and group["period"] != 1:
+            raise ValueError(
+                f"invalid period: the weak form writes every step, got period={group['period']}"
             )
         if group["compile"] and group["form"] != "diagonal":
             raise ValueError("invalid compile: landscape compiles its diagonal form only")
