@@ -20,7 +20,7 @@ def landscape_pair(channels_last=False, **kw):
     if channels_last:  # a non-contiguous layout is compiled as it is, not flattened
         for m in models:
             m.conv.to(memory_format=torch.channels_last)
-    kw = dict(lr=1e-2, weight_decay=0.01, **kw)
+    kw = dict(lr=1e-2, weight_decay=0.01, form="diagonal", **kw)  # the form it compiles
     compiled_opt = MemoryOptimizer(two_groups(models[0], 1e-2), "landscape", compile=True, **kw)
     reference = MemoryOptimizer(two_groups(models[1], 1e-2), "landscape", foreach=False, **kw)
     return models[0], compiled_opt, models[1], reference
@@ -149,6 +149,7 @@ def test_without_torch_compile_it_warns_and_runs_eagerly(monkeypatch):
         ),
         ("landscape", {"foreach": False}, "foreach=False"),
         ("landscape", {"form": "lowrank"}, "diagonal form only"),
+        ("landscape", {}, "diagonal form only"),  # the default is the weak form
         ("landscape", {"compile": 1}, "invalid compile"),
     ],
 )
@@ -168,6 +169,7 @@ def test_compile_is_per_group():
         ],
         "landscape",
         compile=True,
+        form="diagonal",
     )
     assert [g["compile"] for g in opt.param_groups] == [False, True]
     with pytest.raises(ValueError, match="no compiled path"):

@@ -186,11 +186,11 @@ def test_group_can_name_its_own_memory():
 
 def test_checkpoint_without_a_newer_hyperparameter_keeps_the_constructed_value():
     model = make_model()
-    opt = MemoryOptimizer(model.parameters(), "landscape", lr=1e-2, period=3)
+    opt = MemoryOptimizer(model.parameters(), "landscape", lr=1e-2, form="diagonal", period=3)
     train(model, opt, range(2))
     saved = opt.state_dict()
     del saved["param_groups"][0]["period"]  # as written before `period` existed
-    resumed = MemoryOptimizer(model.parameters(), "landscape", lr=1e-2, period=3)
+    resumed = MemoryOptimizer(model.parameters(), "landscape", lr=1e-2, form="diagonal", period=3)
     resumed.load_state_dict(saved)
     assert resumed.param_groups[0]["period"] == 3
     train(model, resumed, range(2, 4))

@@ -31,7 +31,8 @@ pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 # Every preset with its defaults, plus the options that change what a sharded step
 # communicates: delta's per-row erase (1-D tensors are one row split across ranks), cms's
-# Newton-Schulz read, landscape's scalar and weak forms and deep's reference path (all gathered),
+# Newton-Schulz read, landscape's weak (default) and scalar forms and deep's reference path
+# (all gathered; landscape's diagonal form is local),
 # muon's Polar Express schedule (local), its delta erase with row normalisation (gathered) and
 # its Newton-Schulz on one rank per matrix (ns_placement=owner: gather and scatter).
 CASES = [
@@ -49,8 +50,8 @@ CASES = [
     "deep:foreach=0",
     "learned",
     "landscape",
+    "landscape:form=diagonal",
     "landscape:form=scalar",
-    "landscape:form=weak:beta=0.9",
 ]
 TIMEOUT_S = 600  # the whole spawn; ~45 s on 2 shared cores. Collectives time out after 60 s.
 

@@ -98,7 +98,7 @@ INFOS = [
             {},
             {"form": "lowrank", "rank": 2},
             {"form": "scalar", "period": 2, "beta": 0.5},
-            {"form": "weak", "beta": 0.9},
+            {"form": "diagonal", "beta": 0.5},
         ),
         bad={"form": ("dense",), "h_max": (NAN,), "rho": (2.0,), "period": (0,), "sigma": (0.0,)},
     ),

@@ -358,7 +358,12 @@ def test_landscape_gates_its_write_on_the_device_to_the_bit(options):
     for sync_free in (False, True):
         model = make_model()
         opt = MemoryOptimizer(
-            model.parameters(), "landscape", lr=1e-2, sync_free=sync_free, **options
+            model.parameters(),
+            "landscape",
+            lr=1e-2,
+            form="diagonal",
+            sync_free=sync_free,
+            **options,
         )
         trace = []
         for t in range(9):

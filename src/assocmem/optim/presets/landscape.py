@@ -14,7 +14,8 @@ With ``rho = 1`` one write makes ``H y == s`` exactly (the secant condition). Th
 Broyden's second ("bad") method: the delta rule on the inverse directly, so it is cheap and
 reads like the memory it is. The retention is 1: old curvature is kept until overwritten.
 
-Four forms (``form``):
+Four forms (``form``); the secant forms (the first three) read ``g`` itself unless ``beta`` is
+set, the weak form a moving average of decay 0.9 (``beta=None``: each form's own default):
 
 - ``"diagonal"``: one scalar memory per coordinate (elementwise key ``y_i``, value ``s_i``),
   so a write moves ``H_i`` toward the per-coordinate secant ``s_i / y_i``. Safeguards: a
@@ -42,11 +43,11 @@ Four forms (``form``):
   and ``||y||`` is above noise; ``h`` is clamped into ``[h_min, h_max]``. It cannot scale
   coordinates apart, but the step it learns is exact along any eigenvector of the Hessian the
   pair lies on, and it needs no per-coordinate secant. docs/results.md (landscape-forms)
-  compares the three forms.
+  compares the first three forms; landscape-weak adds the weak form.
 
-- ``"weak"``: the Apollo form (Ma 2020): a diagonal memory ``B`` of the curvature itself
-  (not its inverse), written by the *weak* secant condition, one equation per tensor instead
-  of one per coordinate. With ``m`` the bias-corrected moving average of ``g`` (decay
+- ``"weak"`` (the default): the Apollo form (Ma 2020): a diagonal memory ``B`` of the
+  curvature itself (not its inverse), written by the *weak* secant condition, one equation per
+  tensor instead of one per coordinate. With ``m`` the bias-corrected moving average of ``g`` (decay
   ``beta``), its change ``y = m_t - m_{t-1}`` as key-side signal and ``d`` the previous step's
   direction (``W_t - W_{t-1} = -lr d`` without weight decay), the write is the least change of
   ``B`` (Frobenius) with ``d^T B d = -d^T y``: a delta write into the row memory ``B`` with
@@ -104,7 +105,7 @@ import torch
 from torch import Tensor
 
 from assocmem.memory import ElementwiseMemory, MatrixMemory, delta_write, read
-from assocmem.optim import validate
+from assocmem.optim import counts, sync_free, validate
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
 
@@ -211,7 +212,7 @@ class Landscape(Preset):
     non_negative_state = ("curvature",)  # clamped into [h_min, h_max], h_min >= 0
     hyper = {
         "form": Hyper(
-            "diagonal",
+            "weak",
             validate.one_of("diagonal", "lowrank", "scalar", "weak"),
             "shape of H: per coordinate, low rank, one number per tensor, or weak secant",
         ),
@@ -222,7 +223,11 @@ class Landscape(Preset):
         "h_max": Hyper(1e2, validate.positive, "upper bound on H (diag, scalar) / |Hg|/|g|"),
         "rank": Hyper(4, validate.positive_int, "number of secant pairs kept (lowrank)"),
         "rho": Hyper(1.0, validate.closed_unit_interval, "fraction of the secant error written"),
-        "beta": Hyper(0.0, validate.unit_interval, "momentum on g before the read (0: none)"),
+        "beta": Hyper(
+            None,
+            validate.optional(validate.unit_interval),
+            "momentum on g before the read (None: 0.9 for the weak form, 0 for the others)",
+        ),
         "y_tol": Hyper(1e-6, validate.non_negative, "skip writes with |y| <= y_tol * |g|"),
         "period": Hyper(1, validate.positive_int, "steps between writes; each pair spans them"),
         "sigma": Hyper(
@@ -250,7 +255,7 @@ class Landscape(Preset):
             state["secant_s"] = param.new_zeros(group["rank"], n)
             state["secant_y"] = param.new_zeros(group["rank"], n)
             state["pairs"] = torch.zeros((), dtype=torch.float32)
-        if group["beta"] > 0:
+        if momentum_decay(group) > 0:
             state["momentum"] = zeros.clone()
         return state
 
@@ -258,6 +263,9 @@ class Landscape(Preset):
         # The eager diagonal fast path gates its write and selects its remembering on the
         # device (landscape_fast); the other forms, the compiled path and the reference path
         # read the count on the host.
+        # The weak form takes its bias correction from the count on the device on every path.
+        if group["form"] == "weak":
+            return True
         return (
             group["form"] == "diagonal" and not group["compile"] and group["foreach"] is not False
         )
@@ -273,7 +281,7 @@ class Landscape(Preset):
         state["has_prev"].fill_(1)
 
     def _direction(self, grad: Tensor, state: State, group: Group) -> Tensor:
-        beta = group["beta"]
+        beta = momentum_decay(group)
         if beta == 0:
             return grad
         state["momentum"].lerp_(grad, 1 - beta)
@@ -305,9 +313,14 @@ class Landscape(Preset):
         param.add_(read(ElementwiseMemory(state["curvature"]), d), alpha=-group["lr"])
 
     def _weak_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
-        beta, m = group["beta"], state["momentum"]
-        # bias-corrected moving average: m_1 = g_1, and m = g at every step when beta = 0
-        rate = (1 - beta) / (1 - beta ** float(state["step"]))
+        beta, m = momentum_decay(group), state["momentum"]
+        # bias-corrected moving average: m_1 = g_1, and m = g at every step when beta = 0.
+        # Under sync_free the rate comes from the count on the device (the host's bits).
+        if sync_free.active():
+            t = counts.as_counts([state["step"]])
+            rate = counts.like(counts.quotients(1 - beta, counts.corrections(beta, t)), [m])[0]
+        else:
+            rate = (1 - beta) / (1 - beta ** float(state["step"]))
         y = rate * (grad - m)  # m_t - m_{t-1}
         m.add_(y)
         B = weak_secant_write(state["hessian"], state["direction"], y, rho=group["rho"])
@@ -360,7 +373,7 @@ class Landscape(Preset):
         # y = g_t - g_{t-1} of fp16/bf16 gradients carries their rounding, ~eps |g| each: a
         # noise floor below 2 eps lets that noise be written as curvature (the bf16 step kept
         # cosine 0.1-0.3 to the fp32 one at y_tol = 1e-6, 0.96-0.99 at 2 eps).
-        if param.dtype in (torch.float16, torch.bfloat16):
+        if param.dtype in (torch.float16, torch.bfloat16) and group["form"] != "weak":
             floor = 2 * torch.finfo(param.dtype).eps
             if group["y_tol"] < floor:
                 return (
@@ -390,6 +403,15 @@ class Landscape(Preset):
             )
         if group["compile"] and group["form"] != "diagonal":
             raise ValueError("invalid compile: landscape compiles its diagonal form only")
+
+
+def momentum_decay(group: Group) -> float:
+    """The group's ``beta``; unset (``None``), the form's own default: the weak form's secant is
+    taken on the moving average, so it keeps Apollo's 0.9; the other forms read ``g`` itself."""
+    beta = group["beta"]
+    if beta is None:
+        return 0.9 if group["form"] == "weak" else 0.0
+    return beta
 
 
 def has_prev(state: State) -> bool:

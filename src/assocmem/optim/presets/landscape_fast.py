@@ -19,7 +19,13 @@ from torch import Tensor
 from assocmem.optim import counts, sync_free
 from assocmem.optim.blocks import indexed_blocks, named_blocks, select
 from assocmem.optim.compiled import compiled
-from assocmem.optim.presets.landscape import diagonal_write, due, has_prev, secant_mask
+from assocmem.optim.presets.landscape import (
+    diagonal_write,
+    due,
+    has_prev,
+    momentum_decay,
+    secant_mask,
+)
 from assocmem.optim.registry import Group, State
 
 
@@ -46,7 +52,7 @@ def diagonal_step(
         [st["curvature"] for st in states],
         [st["prev_grad"] for st in states],
         [st["prev_param"] for st in states],
-        [st["momentum"] for st in states] if group["beta"] > 0 else None,
+        [st["momentum"] for st in states] if momentum_decay(group) > 0 else None,
     )
     if sync_free.active() and not compile:
         _diagonal_step_on_device(every, states, group)
@@ -63,7 +69,8 @@ def diagonal_step(
             chosen.momentum,
             # a tensor, so that a changing lr (a scheduler) is data, not a recompile
             lr=torch.tensor(group["lr"], dtype=torch.float64),
-            **{k: group[k] for k in ("beta", "rho", "h_min", "h_max", "y_tol")},
+            beta=momentum_decay(group),
+            **{k: group[k] for k in ("rho", "h_min", "h_max", "y_tol")},
         )  # fmt: skip
         write = []
     for index, kind in ((write, "write"), (first, "remember"), (between, "read")):
@@ -111,7 +118,7 @@ def _read_block(block: Buffers, group: Group) -> None:
     directions = block.grads
     if block.momentum is not None:
         directions = block.momentum
-        torch._foreach_lerp_(directions, block.grads, 1 - group["beta"])
+        torch._foreach_lerp_(directions, block.grads, 1 - momentum_decay(group))
     torch._foreach_addcmul_(block.params, block.curvature, directions, value=-group["lr"])
 
 
