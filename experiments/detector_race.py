@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -97,7 +98,8 @@ def tune(
         lr = float(r["lr"])
         if lr in grid:
             raise ValueError(f"two runs at lr {lr} on seed {seed}: keep one")
-        grid[lr] = float(r["best_val_loss"])
+        # a run that diverged before its first evaluation has no best: never the tuned lr
+        grid[lr] = math.inf if r["best_val_loss"] is None else float(r["best_val_loss"])
     if not grid:
         raise ValueError(f"no run on the tuning seed {seed}")
     best = min(grid, key=lambda lr: (grid[lr], lr))

@@ -93,8 +93,10 @@ def pretrained_arm(model_name: str) -> str | None:
 def pretraining_record(arm: str, curve: list[tuple[int, float]], args: Any) -> dict[str, Any]:
     """The pretraining run as the run record ``experiments.detector_race`` reads: model
     ``vit/ARM-pretrain``, its optimizer and lr, the validation reconstruction-loss curve, and
-    the best evaluation on it (after step 0)."""
-    best_step, best = min(((s, v) for s, v in curve if s > 0), key=lambda sv: (sv[1], sv[0]))
+    the best evaluation on it (after step 0). A run that diverged before its first evaluation
+    has none: its best loss and step are ``None`` (a race reads that lr as infinitely bad)."""
+    evaluated = [(s, v) for s, v in curve if s > 0]
+    best_step, best = min(evaluated, key=lambda sv: (sv[1], sv[0])) if evaluated else (None, None)
     return {
         "model": pretrainer_name(arm),
         "optimizer": args.pretrain_optimizer,
@@ -147,7 +149,10 @@ def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -
             save_file(encoder.state_dict(), args.save_encoders / f"{arm}-seed{seed}.safetensors")
         if args.pretrain_only:
             out["pretrain_seconds"] = round(time.perf_counter() - start, 1)
-            return {**out, **pretraining_record(arm, curve, args), "status": result.status}
+            record = pretraining_record(arm, curve, args)
+            if result.history:  # a run that diverged early ran past its last evaluation
+                record["steps"] = max(record["steps"], result.history[-1]["step"])
+            return {**out, **record, "status": result.status}
     out["pretrain_seconds"] = round(time.perf_counter() - start, 1)
     if not args.no_probe:
         x, y = balanced(bench.split("train", families.seen), 0)

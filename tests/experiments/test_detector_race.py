@@ -41,6 +41,21 @@ def test_tune_uses_only_the_tuning_seed_and_flags_an_edge_optimum():
         tune(runs, seed=5)
     with pytest.raises(ValueError, match="two runs"):
         tune(runs + [runs[0]], seed=0)
+    diverged = {**_run("adam", 3e-2, 0, [(0, 0.7), (250, 0.9)]), "best_val_loss": None}
+    lr, grid, edge = tune([*runs[:3], diverged], seed=0)  # diverged before its first evaluation
+    assert lr == 3e-3 and grid[3e-2] == float("inf") and edge is None
+
+
+def test_a_pretraining_run_that_diverged_before_its_first_evaluation_is_recorded():
+    from types import SimpleNamespace
+
+    from experiments.pretraining_study import pretraining_record
+
+    args = SimpleNamespace(pretrain_optimizer="adam", pretrain_lr=3.0, average=None)
+    record = pretraining_record("frequency", [(0, 0.15)], args)
+    assert record["best_val_loss"] is None and record["best_step"] is None
+    record = pretraining_record("frequency", [(0, 0.15), (250, 0.05), (500, 0.04)], args)
+    assert (record["best_step"], record["best_val_loss"], record["steps"]) == (500, 0.04, 500)
 
 
 def test_select_leaves_out_other_models_and_lr_drop_and_decay_recipes():
