@@ -260,10 +260,10 @@ class Landscape(Preset):
         return state
 
     def counts_on_device(self, param: Tensor, group: Group) -> bool:
-        # The eager diagonal fast path gates its write and selects its remembering on the
-        # device (landscape_fast); the other forms, the compiled path and the reference path
-        # read the count on the host.
-        # The weak form takes its bias correction from the count on the device on every path.
+        # The weak form takes its bias correction from the count on the device on every path;
+        # the eager diagonal fast path gates its write and selects its remembering there
+        # (landscape_fast). The scalar and low-rank forms, the diagonal form's compiled path
+        # and its reference path read the count on the host.
         if group["form"] == "weak":
             return True
         return (
