@@ -90,11 +90,14 @@ def pretrained_arm(model_name: str) -> str | None:
     return arm if kind == "vit" and arm != rest and ARMS.get(arm) else None
 
 
-def pretraining_record(arm: str, curve: list[tuple[int, float]], args: Any) -> dict[str, Any]:
+def pretraining_record(
+    arm: str, curve: list[tuple[int, float]], args: Any, ran: int = 0
+) -> dict[str, Any]:
     """The pretraining run as the run record ``experiments.detector_race`` reads: model
     ``vit/ARM-pretrain``, its optimizer and lr, the validation reconstruction-loss curve, and
     the best evaluation on it (after step 0). A run that diverged before its first evaluation
-    has none: its best loss and step are ``None`` (a race reads that lr as infinitely bad)."""
+    has none: its best loss and step are ``None`` (a race reads that lr as infinitely bad).
+    ``ran``: the last step the run took, past its last evaluation when it diverged early."""
     evaluated = [(s, v) for s, v in curve if s > 0]
     best_step, best = min(evaluated, key=lambda sv: (sv[1], sv[0])) if evaluated else (None, None)
     return {
@@ -105,7 +108,7 @@ def pretraining_record(arm: str, curve: list[tuple[int, float]], args: Any) -> d
         "lr_decay": getattr(args, "pretrain_lr_decay", None),
         "best_val_loss": best,
         "best_step": best_step,
-        "steps": curve[-1][0],
+        "steps": max(curve[-1][0], ran),
         "val_curve": curve,
     }
 
@@ -149,9 +152,8 @@ def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -
             save_file(encoder.state_dict(), args.save_encoders / f"{arm}-seed{seed}.safetensors")
         if args.pretrain_only:
             out["pretrain_seconds"] = round(time.perf_counter() - start, 1)
-            record = pretraining_record(arm, curve, args)
-            if result.history:  # a run that diverged early ran past its last evaluation
-                record["steps"] = max(record["steps"], result.history[-1]["step"])
+            ran = result.history[-1]["step"] if result.history else 0
+            record = pretraining_record(arm, curve, args, ran)
             return {**out, **record, "status": result.status}
     out["pretrain_seconds"] = round(time.perf_counter() - start, 1)
     if not args.no_probe:

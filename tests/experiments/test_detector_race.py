@@ -52,8 +52,9 @@ def test_a_pretraining_run_that_diverged_before_its_first_evaluation_is_recorded
     from experiments.pretraining_study import pretraining_record
 
     args = SimpleNamespace(pretrain_optimizer="adam", pretrain_lr=3.0, average=None)
-    record = pretraining_record("frequency", [(0, 0.15)], args)
+    record = pretraining_record("frequency", [(0, 0.15)], args, ran=7)
     assert record["best_val_loss"] is None and record["best_step"] is None
+    assert record["steps"] == 7  # where it diverged, past its only evaluation
     record = pretraining_record("frequency", [(0, 0.15), (250, 0.05), (500, 0.04)], args)
     assert (record["best_step"], record["best_val_loss"], record["steps"]) == (500, 0.04, 500)
 
