@@ -351,6 +351,12 @@ class Landscape(Preset):
     def foreach_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
     ) -> None:
+        if group["form"] == "weak":
+            # The fast path builds on this file's equations, so it is imported when first run.
+            from assocmem.optim.presets.landscape_weak_fast import weak_step
+
+            weak_step(params, grads, states, group)
+            return
         if group["form"] != "diagonal":
             # One or a few reductions per tensor (lowrank: a small solve): whole-tensor ops
             # already, nothing to batch across tensors of different sizes.
