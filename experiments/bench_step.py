@@ -105,6 +105,9 @@ def candidates(
     makers["delta (compile=True)"] = lambda ps: MemoryOptimizer(
         ps, memory="delta", lr=1e-3, compile=True
     )
+    makers["landscape (compile=True)"] = lambda ps: MemoryOptimizer(
+        ps, memory="landscape", lr=1e-3, compile=True
+    )
     makers["landscape (diagonal, compile=True)"] = lambda ps: MemoryOptimizer(
         ps, memory="landscape", lr=1e-3, form="diagonal", compile=True
     )

@@ -50,10 +50,11 @@ def test_verdict_names_who_meets_the_target():
     # 1.0004 prints as 1.00 in the table, so it meets the target; 1.006 prints as 1.01
     assert "momentum 0.50×, adam 1.00×, delta 0.90×; over it: cms 1.01×, landscape 1.60×." in line
     assert "compile" not in line
+    ratios["landscape (compile=True)"] = 0.7
     ratios["landscape (diagonal, compile=True)"] = 0.456
     ratios["delta (compile=True)"] = 0.8
     assert bench_step.target_verdict(ratios).endswith(
-        " With compile=True: delta 0.80×, landscape (diagonal) 0.46×."
+        " With compile=True: delta 0.80×, landscape 0.70×, landscape (diagonal) 0.46×."
     )
 
 

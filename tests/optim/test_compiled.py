@@ -20,7 +20,7 @@ def landscape_pair(channels_last=False, **kw):
     if channels_last:  # a non-contiguous layout is compiled as it is, not flattened
         for m in models:
             m.conv.to(memory_format=torch.channels_last)
-    kw = dict(lr=1e-2, weight_decay=0.01, form="diagonal", **kw)  # the form it compiles
+    kw = dict(lr=1e-2, weight_decay=0.01, **{"form": "diagonal", **kw})
     compiled_opt = MemoryOptimizer(two_groups(models[0], 1e-2), "landscape", compile=True, **kw)
     reference = MemoryOptimizer(two_groups(models[1], 1e-2), "landscape", foreach=False, **kw)
     return models[0], compiled_opt, models[1], reference
@@ -39,6 +39,44 @@ def test_compiled_equals_reference_at_every_step(kw):
     # absolute one sized to a single machine. A wrong stored value (the bug above) is off by
     # the size of a step, ~1e-2.
     assert_lockstep(*landscape_pair(**kw), 30, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kw", [{}, {"beta": 0.5, "rho": 0.5, "sigma": 0.1, "channels_last": True}])
+def test_compiled_weak_form_equals_reference_at_every_step(kw):
+    # The weak form's compiled body (elementwise ops and whole-tensor sums) against its
+    # reference (a matrix-memory write): the sums run in another order and inductor may
+    # contract into FMAs, so each step's scalars differ by ulps; the read divides by B and the
+    # next write reads that step, so 30 steps compound them (relative 1e-5 as for the diagonal
+    # form). A wrong stored momentum or direction is off by a step's size, ~1e-2.
+    assert_lockstep(*landscape_pair(form="weak", **kw), 30, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_weak_form_follows_an_lr_schedule_without_recompiling():
+    model, opt, ref_model, ref = landscape_pair(form="weak")
+    schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: 1 / (1 + t)) for o in (opt, ref)]
+    train(model, opt, range(2))  # compiles; from step 2 the bias correction's rate changes too
+    train(ref_model, ref, range(2))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for t in range(2, 12):
+            for m, o, sched in zip((model, ref_model), (opt, ref), schedules, strict=True):
+                train(m, o, range(t, t + 1))
+                sched.step()
+    for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_weak_step_is_one_graph_without_breaks():
+    from assocmem.optim.presets.landscape_weak_fast import weak_secant_step
+
+    lists = [[torch.randn(n) for n in (300, 7)] for _ in range(5)]
+    rates = [torch.tensor(0.3), torch.tensor(0.3)]
+    explained = torch._dynamo.explain(weak_secant_step)(
+        *lists, rates, lr=torch.tensor(0.1, dtype=torch.float64), rho=1.0, sigma=1.0
+    )
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
 
 
 @pytest.mark.slow
@@ -148,8 +186,8 @@ def test_without_torch_compile_it_warns_and_runs_eagerly(monkeypatch):
             "memory='adam' has no compiled path (compile=True is available for: delta, landscape)",
         ),
         ("landscape", {"foreach": False}, "foreach=False"),
-        ("landscape", {"form": "lowrank"}, "diagonal form only"),
-        ("landscape", {}, "diagonal form only"),  # the default is the weak form
+        ("landscape", {"form": "lowrank"}, "diagonal and weak forms only"),
+        ("landscape", {"form": "scalar"}, "diagonal and weak forms only"),
         ("landscape", {"compile": 1}, "invalid compile"),
     ],
 )

@@ -85,7 +85,9 @@ itself, so it includes decoupled weight decay (a factor ``1 - lr wd`` on both en
 
 This file is the preset and its reference step, written from the equations above
 (docs/theory/landscape.md); ``landscape_fast.py`` is the diagonal form's fast path (blocked
-eager passes, or one pass fused by ``torch.compile``), held equal to it at every step.
+eager passes, or one pass fused by ``torch.compile``) and ``landscape_weak_fast.py`` the weak
+form's (dot products and one ``addcmul`` per tensor, or fused by ``torch.compile``), each held
+equal to it at every step.
 
 References:
     C. G. Broyden, "A class of methods for solving nonlinear simultaneous equations",
@@ -371,6 +373,11 @@ class Landscape(Preset):
     def compiled_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
     ) -> None:
+        if group["form"] == "weak":
+            from assocmem.optim.presets.landscape_weak_fast import weak_step
+
+            weak_step(params, grads, states, group, compile=True)
+            return
         from assocmem.optim.presets.landscape_fast import diagonal_step
 
         diagonal_step(params, grads, states, group, compile=True)
@@ -407,8 +414,8 @@ class Landscape(Preset):
             raise ValueError(
                 f"invalid period: the weak form writes every step, got period={group['period']}"
             )
-        if group["compile"] and group["form"] != "diagonal":
-            raise ValueError("invalid compile: landscape compiles its diagonal form only")
+        if group["compile"] and group["form"] not in ("diagonal", "weak"):
+            raise ValueError("invalid compile: landscape compiles its diagonal and weak forms only")
 
 
 def momentum_decay(group: Group) -> float:

@@ -25,18 +25,62 @@ import torch
 from torch import Tensor
 
 from assocmem.optim import counts, sync_free
+from assocmem.optim.compiled import compiled
 from assocmem.optim.fused import by_device_and_dtype
 from assocmem.optim.presets.landscape import momentum_decay
 from assocmem.optim.registry import Group, State
 
 
-def weak_step(params: list[Tensor], grads: list[Tensor], states: list[State], group: Group) -> None:
-    """One weak-secant write, read and step for every tensor of the group, in place."""
+def weak_step(
+    params: list[Tensor], grads: list[Tensor], states: list[State], group: Group,
+    *, compile: bool = False,
+) -> None:  # fmt: skip
+    """One weak-secant write, read and step for every tensor of the group, in place: eagerly
+    as below, or (``compile=True``) as :func:`weak_secant_step` fused by torch.compile."""
+    if compile:
+        beta, t = momentum_decay(group), counts.as_counts([st["step"] for st in states])
+        rates = counts.quotients(1 - beta, counts.corrections(beta, t))
+        compiled(weak_secant_step)(
+            params, grads,
+            [st["momentum"] for st in states],
+            [st["direction"] for st in states],
+            [st["hessian"] for st in states],
+            counts.like(rates, params),
+            # a tensor, so that a changing lr (a scheduler) is data, not a recompile
+            lr=torch.tensor(group["lr"], dtype=torch.float64),
+            rho=group["rho"], sigma=group["sigma"],
+        )  # fmt: skip
+        return
     for index in by_device_and_dtype(params):
         _weak_step_bucket(
             [params[i] for i in index], [grads[i] for i in index], [states[i] for i in index],
             group,
         )  # fmt: skip
+
+
+def weak_secant_step(
+    params: list[Tensor], grads: list[Tensor], momenta: list[Tensor], directions: list[Tensor],
+    memories: list[Tensor], rates: list[Tensor], *, lr: Tensor, rho: float, sigma: float,
+) -> None:  # fmt: skip
+    """The weak form's write, read and step per tensor, in place, as elementwise operations and
+    whole-tensor sums: the body of the ``compile=True`` path, which inductor fuses into a pass
+    for ``max|d|`` and ``y``, one for the three sums and one for the write, read and step."""
+    for p, g, m, d, B, rate in zip(
+        params, grads, momenta, directions, memories, rates, strict=True
+    ):
+        y = rate * (g - m)
+        m.add_(y)
+        scale = d.abs().amax()
+        ok = (scale > 0) & torch.isfinite(scale)
+        scale = torch.where(ok, scale, 1)
+        u = d / scale
+        key = u * u
+        value = -(u * y).sum() / scale
+        c = -(rho / (key * key).sum()) * ((B * key).sum() - value)
+        keep = ok & torch.isfinite(c) & (c.abs() <= torch.finfo(c.dtype).max / 2)
+        B.add_(torch.where(keep, c, 0) * key)
+        d.copy_(m / B.abs().clamp(min=sigma))
+        p.sub_(lr * d)
 
 
 def _weak_step_bucket(
