@@ -16,7 +16,10 @@ the reference's matrix products): tests hold it to the reference
 within float64 rounding at every step. One difference by design: the reference rejects a write
 whose *written memory* holds a non-finite value (a whole-tensor check); here a write is rejected
 when its coefficient ``c`` is non-finite or beyond half the dtype's range, so that ``B + c k``
-(``0 <= k <= 1``) can only overflow where ``|B|`` already exceeds half the range.
+(``0 <= k <= 1``) can only overflow where ``|B|`` already exceeds half the range. A rejected
+write adds ``0 * k``, which leaves ``B`` as it was unless ``d`` itself is non-finite: that takes
+a non-finite momentum (``nonfinite="ignore"`` lets one in, and it never leaves ``m``), and then
+``B`` turns NaN a step after ``m`` and ``W`` have, where the reference would keep it.
 """
 
 from __future__ import annotations
