@@ -53,21 +53,6 @@ def test_compiled_weak_form_equals_reference_at_every_step(kw):
 
 
 @pytest.mark.slow
-def test_compiled_weak_form_follows_an_lr_schedule_without_recompiling():
-    model, opt, ref_model, ref = landscape_pair(form="weak")
-    schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: 1 / (1 + t)) for o in (opt, ref)]
-    train(model, opt, range(2))  # compiles; from step 2 the bias correction's rate changes too
-    train(ref_model, ref, range(2))
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        for t in range(2, 12):
-            for m, o, sched in zip((model, ref_model), (opt, ref), schedules, strict=True):
-                train(m, o, range(t, t + 1))
-                sched.step()
-    for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.slow
 def test_compiled_weak_step_is_one_graph_without_breaks():
     from assocmem.optim.presets.landscape_weak_fast import weak_secant_step
 
@@ -104,8 +89,14 @@ def test_compiled_delta_write_is_one_graph_without_breaks():
 
 
 @pytest.mark.slow
-def test_compiled_follows_an_lr_schedule_without_recompiling():
-    model, opt, ref_model, ref = landscape_pair()
+@pytest.mark.parametrize(
+    ("form", "rtol"),
+    # the weak form's sums run in another order than its reference's (the test above)
+    [("diagonal", 0.0), ("weak", 1e-5)],
+)
+def test_compiled_follows_an_lr_schedule_without_recompiling(form, rtol):
+    # the weak form's bias-correction rate changes every step too: data, like lr
+    model, opt, ref_model, ref = landscape_pair(form=form)
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: 1 / (1 + t)) for o in (opt, ref)]
     train(model, opt, range(2))  # the first write compiles
     train(ref_model, ref, range(2))
@@ -116,7 +107,7 @@ def test_compiled_follows_an_lr_schedule_without_recompiling():
                 sched.step()
     assert opt.param_groups[0]["lr"] < 1e-3  # the schedule did change lr
     for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+        torch.testing.assert_close(p, q, rtol=rtol, atol=1e-6)
 
 
 @pytest.mark.slow
