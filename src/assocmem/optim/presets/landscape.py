@@ -315,14 +315,8 @@ class Landscape(Preset):
         param.add_(read(ElementwiseMemory(state["curvature"]), d), alpha=-group["lr"])
 
     def _weak_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
-        beta, m = momentum_decay(group), state["momentum"]
-        # bias-corrected moving average: m_1 = g_1, and m = g at every step when beta = 0.
-        # Under sync_free the rate comes from the count on the device (the host's bits).
-        if sync_free.active():
-            t = counts.as_counts([state["step"]])
-            rate = counts.like(counts.quotients(1 - beta, counts.corrections(beta, t)), [m])[0]
-        else:
-            rate = (1 - beta) / (1 - beta ** float(state["step"]))
+        m = state["momentum"]
+        rate = average_rates([state], [m], momentum_decay(group))[0]
         y = rate * (grad - m)  # m_t - m_{t-1}
         m.add_(y)
         B = weak_secant_write(state["hessian"], state["direction"], y, rho=group["rho"])
@@ -425,6 +419,22 @@ def momentum_decay(group: Group) -> float:
     if beta is None:
         return 0.9 if group["form"] == "weak" else 0.0
     return beta
+
+
+def average_rates(
+    states: list[State], tensors: list[Tensor], beta: float, *, on_device: bool | None = None
+) -> list[float] | list[Tensor]:
+    """The weak form's bias-corrected moving average's rate ``(1 - beta) / (1 - beta^t)`` per
+    tensor (``m_1 = g_1``; ``m = g`` at every step when ``beta = 0``): Python floats from the
+    host's count, or (``on_device``; by default under ``sync_free``) 0-d tensors in each
+    tensor's dtype computed from the count on the device by the same float64 operations (the
+    host's bits, :mod:`assocmem.optim.counts`)."""
+    if on_device is None:
+        on_device = sync_free.active()
+    if on_device:
+        t = counts.as_counts([st["step"] for st in states])
+        return counts.like(counts.quotients(1 - beta, counts.corrections(beta, t)), tensors)
+    return [(1 - beta) / (1 - beta ** float(st["step"])) for st in states]
 
 
 def has_prev(state: State) -> bool:

@@ -27,10 +27,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from assocmem.optim import counts, sync_free
 from assocmem.optim.compiled import compiled
 from assocmem.optim.fused import by_device_and_dtype
-from assocmem.optim.presets.landscape import momentum_decay
+from assocmem.optim.presets.landscape import average_rates, momentum_decay
 from assocmem.optim.registry import Group, State
 
 
@@ -41,14 +40,14 @@ def weak_step(
     """One weak-secant write, read and step for every tensor of the group, in place: eagerly
     as below, or (``compile=True``) as :func:`weak_secant_step` fused by torch.compile."""
     if compile:
-        beta, t = momentum_decay(group), counts.as_counts([st["step"] for st in states])
-        rates = counts.quotients(1 - beta, counts.corrections(beta, t))
+        # rates as tensors even off sync_free: a float that changes every step would recompile
+        rates = average_rates(states, params, momentum_decay(group), on_device=True)
         compiled(weak_secant_step)(
             params, grads,
             [st["momentum"] for st in states],
             [st["direction"] for st in states],
             [st["hessian"] for st in states],
-            counts.like(rates, params),
+            rates,
             # a tensor, so that a changing lr (a scheduler) is data, not a recompile
             lr=torch.tensor(group["lr"], dtype=torch.float64),
             rho=group["rho"], sigma=group["sigma"],
@@ -73,15 +72,11 @@ def weak_secant_step(
     ):
         y = rate * (g - m)
         m.add_(y)
-        scale = d.abs().amax()
-        ok = (scale > 0) & torch.isfinite(scale)
-        scale = torch.where(ok, scale, 1)
+        scale, ok = _usable_scale(d.abs().amax())
         u = d / scale
         key = u * u
-        value = -(u * y).sum() / scale
-        c = -(rho / (key * key).sum()) * ((B * key).sum() - value)
-        keep = ok & torch.isfinite(c) & (c.abs() <= torch.finfo(c.dtype).max / 2)
-        B.add_(torch.where(keep, c, 0) * key)
+        c = _coefficient((u * y).sum(), (key * key).sum(), (B * key).sum(), scale, ok, rho)
+        B.add_(c * key)
         d.copy_(m / B.abs().clamp(min=sigma))
         p.sub_(lr * d)
 
@@ -94,22 +89,20 @@ def _weak_step_bucket(
     momenta = [st["momentum"] for st in states]
     directions = [st["direction"] for st in states]  # d, the last step's direction
     memories = [st["hessian"] for st in states]  # B
-    rates = _rates(states, momenta, momentum_decay(group))
+    rates = average_rates(states, momenta, momentum_decay(group))  # floats, or 0-d tensors
 
     # y = rate (g - m), m's change; m <- m + y. (As m.add_(g - m, alpha=rate) instead,
     # torch.compile(opt.step) in torch 2.13 gave wrong momenta from step 3 on, where the
     # rate first changes between compiled calls; a list of rates is data to it.)
     y = torch._foreach_sub(grads, momenta)
-    torch._foreach_mul_(y, list(rates.unbind()) if isinstance(rates, Tensor) else rates)
+    torch._foreach_mul_(y, rates)
     torch._foreach_add_(momenta, y)
 
     # The key k = u * u with u = d / max|d| (so k <= 1 and sum k^2 >= 1: no overflow), built
     # in d's own buffer: the read below overwrites d anyway. max|d| from aminmax: one pass,
     # where an inf-norm or abs().amax() costs 5-20x more here.
     low, high = (torch.stack(x) for x in zip(*(torch.aminmax(d) for d in directions), strict=True))
-    scale = torch.maximum(-low, high)
-    ok = (scale > 0) & torch.isfinite(scale)
-    scale = torch.where(ok, scale, 1)
+    scale, ok = _usable_scale(torch.maximum(-low, high))
     torch._foreach_div_(directions, list(scale.unbind()))
     u = directions
     uy = torch.stack([_dot(ui, yi) for ui, yi in zip(u, y, strict=True)])
@@ -119,11 +112,7 @@ def _weak_step_bucket(
     kk = torch.stack([_dot(k, k) for k in keys])
     bk = torch.stack([_dot(B, k) for B, k in zip(memories, keys, strict=True)])
 
-    # c = -rho (<B, k> - v) / <k, k>, with the value v = -<u, y> / max|d|
-    value = -uy / scale
-    c = -(group["rho"] / kk) * (bk - value)
-    keep = ok & torch.isfinite(c) & (c.abs() <= torch.finfo(c.dtype).max / 2)
-    c = torch.where(keep, c, 0)
+    c = _coefficient(uy, kk, bk, scale, ok, group["rho"])
     torch._foreach_addcmul_(memories, keys, list(c.unbind()))
 
     # d <- m / max(|B|, sigma); W <- W - lr d
@@ -138,13 +127,21 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return torch.dot(a.reshape(-1), b.reshape(-1))
 
 
-def _rates(states: list[State], momenta: list[Tensor], beta: float) -> Tensor | list[float]:
-    """The bias-corrected moving average's rate ``(1 - beta) / (1 - beta^t)`` per tensor: from
-    the host's count, or under ``sync_free`` from the count on the device (the same bits), as
-    one vector in the tensors' dtype."""
-    if sync_free.active():
-        t = counts.as_counts([st["step"] for st in states])
-        return torch.stack(
-            counts.like(counts.quotients(1 - beta, counts.corrections(beta, t)), momenta)
-        )
-    return [(1 - beta) / (1 - beta ** float(st["step"])) for st in states]
+def _usable_scale(max_abs: Tensor) -> tuple[Tensor, Tensor]:
+    """``max|d|`` as the key's scale and whether ``d`` can be written along (non-zero and
+    finite: the first step's zero direction writes nothing); 1 where it cannot, so the
+    division stays finite."""
+    ok = (max_abs > 0) & torch.isfinite(max_abs)
+    return torch.where(ok, max_abs, 1), ok
+
+
+def _coefficient(
+    uy: Tensor, kk: Tensor, bk: Tensor, scale: Tensor, ok: Tensor, rho: float
+) -> Tensor:
+    """The write ``B <- B + c k``'s ``c = -rho (<B, k> - v) / <k, k>`` with the value
+    ``v = -<u, y> / max|d|``, from the sums ``uy = <u, y>``, ``kk = <k, k>``, ``bk = <B, k>``;
+    0 (the write rejected) where ``d`` cannot be written along or ``c`` is non-finite or beyond
+    half the dtype's range. Elementwise: one tensor's 0-d sums or a vector of them."""
+    c = -(rho / kk) * (bk + uy / scale)
+    keep = ok & torch.isfinite(c) & (c.abs() <= torch.finfo(c.dtype).max / 2)
+    return torch.where(keep, c, 0)
