@@ -5,7 +5,10 @@ The held-out misses are the smoothing families (``resample``, ``denoiser``). A p
 shortcut baseline's one feature, the log fraction of spectral energy above half Nyquist
 (``assocmem.forensic.data.baseline.hf_energy_feature``); and ``residual``, a patch's fine
 detail measured against what its coarser content predicts for a real photo (a line from the
-lower radial bands of the spectrum to the upper ones, fit on the train split's reals). Fused
+lower radial bands of the spectrum to the upper ones, fit on the train split's reals); and
+``surprise``, how much less predictable a patch is than a blind-spot pixel predictor fit on the
+train split's reals expects (``assocmem.forensic.models.blind_spot``: ZED's coding-cost
+statistic, Cozzolino et al. 2024). Fused
 with the detector's logit ``z`` a prior ``f`` gives the score
 
     s_w(x) = z(x) / sd_z  -  w (f(x) - mu_f) / sd_f,
@@ -49,6 +52,7 @@ from torch import Tensor
 
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.baseline import gray_power_spectrum, hf_energy_feature
+from assocmem.forensic.models.blind_spot import BlindSpotPredictor, coding_surprise, fit_blind_spot
 from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.views import VIEWS, view_logits
 from experiments.detector_ensemble import RECIPE, load_member
@@ -57,7 +61,9 @@ from experiments.report import replace_section
 
 SECTION = "detector-prior"
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
-PRIORS = ("hf", "residual")
+PRIORS = ("hf", "residual", "surprise")
+# The blind-spot predictor's fit (fixed before any fold was scored with it: plan of 2026-12-04).
+SURPRISE_FIT = {"steps": 3000, "batch_size": 64, "lr": 1e-3, "width": 32, "kernel": 5, "seed": 0}
 BANDS = 8  # radial bands of the residual prior: the lower half predicts the upper half
 
 
@@ -139,14 +145,36 @@ def residual_feature(images: Tensor, coef: np.ndarray) -> np.ndarray:
     return high - design @ coef
 
 
-def prior_feature(name: str, images: Tensor, coef: np.ndarray | None) -> np.ndarray:
-    """The prior ``name`` of :data:`PRIORS` (lower = smoother = the fake direction)."""
+Fit = np.ndarray | BlindSpotPredictor | None
+
+
+def fit_prior(
+    name: str, train_reals: Tensor, surprise_fit: Mapping[str, Any] = SURPRISE_FIT
+) -> Fit:
+    """What the prior ``name`` learns from the train split's real patches (nothing for
+    ``hf``); ``surprise_fit``: :func:`fit_blind_spot`'s settings."""
+    if name == "residual":
+        return fit_residual(train_reals)
+    if name == "surprise":
+        return fit_blind_spot(train_reals, **surprise_fit)
+    if name == "hf":
+        return None
+    raise ValueError(f"unknown prior {name!r}; expected one of {PRIORS}")
+
+
+def prior_feature(name: str, images: Tensor, fit: Fit) -> np.ndarray:
+    """The prior ``name`` of :data:`PRIORS` (lower = smoother = the fake direction), with
+    ``fit`` from :func:`fit_prior`."""
     if name == "hf":
         return hf_energy_feature(images)
     if name == "residual":
-        if coef is None:
+        if not isinstance(fit, np.ndarray):
             raise ValueError("the residual prior needs its fit on real patches (fit_residual)")
-        return residual_feature(images, coef)
+        return residual_feature(images, fit)
+    if name == "surprise":
+        if not isinstance(fit, BlindSpotPredictor):
+            raise ValueError("the surprise prior needs its predictor (fit_blind_spot)")
+        return coding_surprise(fit, images)
     raise ValueError(f"unknown prior {name!r}; expected one of {PRIORS}")
 
 
@@ -159,12 +187,12 @@ def fold_aucs(
     bench: Any,
     family: str,
     model: torch.nn.Module,
-    priors: Mapping[str, np.ndarray | None],
+    priors: Mapping[str, Fit],
     weights: Sequence[float],
 ) -> dict[str, dict[float, float]]:
     """Per prior, the validation AUC of ``fused`` at each weight, reals against ``family``'s
     fakes, for a network that did not train on ``family`` (one view). ``priors``: name -> its
-    fit (``None`` for ``hf``)."""
+    :func:`fit_prior`."""
     val = bench.split("val", [family])
     z, labels = _logits(model, val.images, "one"), val.labels.numpy()
     out = {}
@@ -180,7 +208,7 @@ def member_report(
     model: torch.nn.Module,
     views: str,
     prior: str,
-    coef: np.ndarray | None,
+    coef: Fit,
     weight: float,
 ) -> dict:
     """The protocol's zero-shot report of ``fused`` with ``prior`` at ``weight``, with the real
@@ -237,7 +265,9 @@ def markdown(record: dict[str, Any], command: str) -> str:
         "feature (lower = smoother), statistics over the validation reals. Priors: `hf`, the "
         "shortcut section's feature (log fraction of spectral energy above half Nyquist); "
         "`residual`, the upper four of eight radial bands' mean log energy minus what a line "
-        "fit on the train split's reals predicts from the lower four. `w` and the prior are "
+        "fit on the train split's reals predicts from the lower four; `surprise`, the mean "
+        "`abs(x - mu) / b` of a blind-spot Laplace pixel predictor fit on the train split's "
+        "reals (ZED's coding-cost statistic). `w` and the prior are "
         "chosen on the seen families only: each fold's network (same recipe) trained on three "
         "of the four seen families, scored on the validation reals against the fourth's fakes.",
         "",
@@ -345,7 +375,9 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
     bench = build_benchmark(config, args.cache_dir)
     train = bench.split("train", [SEEN[0]])
     train_reals = train.images[train.labels == 0]
-    fits = {name: fit_residual(train_reals) if name == "residual" else None for name in args.priors}
+    # --tiny: a few predictor steps, for the seconds-long test benchmark
+    surprise_fit = {**SURPRISE_FIT, "steps": 20} if args.tiny else SURPRISE_FIT
+    fits = {name: fit_prior(name, train_reals, surprise_fit) for name in args.priors}
     folds, by_fold = [], {}
     for fam, head, model in loaded:
         by_fold[f"{fam} seed {head['seed']}"] = aucs = fold_aucs(
@@ -383,7 +415,12 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
                     flush=True,
                 )
     return {
-        "priors": {n: None if c is None else c.tolist() for n, c in fits.items()},
+        # what each fit was: the residual line's coefficients, the predictor's settings (its
+        # weights are refit from them, deterministically)
+        "priors": {
+            n: c.tolist() if isinstance(c, np.ndarray) else surprise_fit if c is not None else None
+            for n, c in fits.items()
+        },
         "folds": folds,
         "best": best,
         "chosen": {"prior": prior, "weight": weight},

@@ -103,9 +103,11 @@ def test_the_experiment_scores_members_alone_and_with_the_chosen_prior(tmp_path)
     assert [(f["family"], f["seed"]) for f in record["folds"]] == [
         (fam, seed) for seed in (0, 1) for fam in fams
     ]
-    assert record["chosen"]["prior"] in ("hf", "residual")
+    assert record["chosen"]["prior"] in ("hf", "residual", "surprise")
     assert record["chosen"]["weight"] in (0.0, 1.0)
-    assert set(record["best"]) == {"hf", "residual"} and len(record["priors"]["residual"]) == 5
+    assert set(record["best"]) == {"hf", "residual", "surprise"}
+    assert len(record["priors"]["residual"]) == 5
+    assert record["priors"]["surprise"]["steps"] == 20  # --tiny's, as it was fit
     alone = [m for m in record["members"] if m["weight"] == 0.0]
     assert len(alone) == 1
     # w = 0 is the detector alone: a rescaled logit ranks and thresholds like the logit
