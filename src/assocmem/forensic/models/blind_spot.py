@@ -109,10 +109,9 @@ def fit_blind_spot(
     seed: int = 0,
 ) -> BlindSpotPredictor:
     """Fit a :class:`BlindSpotPredictor` on real patches ((N, 3, H, W), float in [0, 1] or
-    uint8) by :func:`laplace_nll`, with the ``adam`` memory; deterministic for a seed (its own
-    generator; torch's global RNG is left as it was). Returns it in eval mode."""
-    from assocmem.optim import MemoryOptimizer  # forensic sits above optim
-
+    uint8) by :func:`laplace_nll` with Adam (a fixed fit like the families' generators, not a
+    workload the optimizers are compared on); deterministic for a seed (its own generator;
+    torch's global RNG is left as it was). Returns it in eval mode."""
     x = _float_images(reals)
     if len(x) == 0:
         raise ValueError("cannot fit the predictor on zero images")
@@ -122,7 +121,7 @@ def fit_blind_spot(
         torch.manual_seed(seed)
         model = BlindSpotPredictor(width, kernel)
     gen = torch.Generator().manual_seed(seed)
-    opt = MemoryOptimizer(model.parameters(), memory="adam", lr=lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(steps):
         idx = torch.randint(len(x), (min(batch_size, len(x)),), generator=gen)
