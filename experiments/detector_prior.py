@@ -196,8 +196,8 @@ def fold_aucs(
     val = bench.split("val", [family])
     z, labels = _logits(model, val.images, "one"), val.labels.numpy()
     out = {}
-    for name, coef in priors.items():
-        f = prior_feature(name, val.images, coef)
+    for name, fit in priors.items():
+        f = prior_feature(name, val.images, fit)
         stats = real_stats(z[labels == 0], f[labels == 0])
         out[name] = {w: float(roc_auc_score(labels, fused(z, f, stats, w))) for w in weights}
     return out
@@ -208,7 +208,7 @@ def member_report(
     model: torch.nn.Module,
     views: str,
     prior: str,
-    coef: Fit,
+    fit: Fit,
     weight: float,
 ) -> dict:
     """The protocol's zero-shot report of ``fused`` with ``prior`` at ``weight``, with the real
@@ -216,11 +216,11 @@ def member_report(
     families = family_split(bench.config)
     val = bench.split("val", families.seen)
     reals = val.images[val.labels == 0]
-    stats = real_stats(_logits(model, reals, views), prior_feature(prior, reals, coef))
+    stats = real_stats(_logits(model, reals, views), prior_feature(prior, reals, fit))
 
     def scorer(images: Tensor) -> np.ndarray:
         z = _logits(model, images, views)
-        return fused(z, prior_feature(prior, images, coef), stats, weight)
+        return fused(z, prior_feature(prior, images, fit), stats, weight)
 
     return {"stats": asdict(stats), **zero_shot_report(scorer, bench, families)}
 
@@ -257,7 +257,7 @@ def markdown(record: dict[str, Any], command: str) -> str:
     priors = list(best)
     weights = sorted({float(w) for f in folds for w in f["aucs"][priors[0]]})
     lines = [
-        "## Detector with a spectral prior, weighted by leave-one-family-out validation",
+        "## Detector with a training-free prior, weighted by leave-one-family-out validation",
         "",
         f"Regenerate: {command}",
         "",
@@ -415,17 +415,23 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
                     flush=True,
                 )
     return {
-        # what each fit was: the residual line's coefficients, the predictor's settings (its
-        # weights are refit from them, deterministically)
-        "priors": {
-            n: c.tolist() if isinstance(c, np.ndarray) else surprise_fit if c is not None else None
-            for n, c in fits.items()
-        },
+        "priors": {n: _fit_record(c, surprise_fit) for n, c in fits.items()},
         "folds": folds,
         "best": best,
         "chosen": {"prior": prior, "weight": weight},
         "members": scored,
     }
+
+
+def _fit_record(fit: Fit, surprise_fit: Mapping[str, Any]) -> Any:
+    """What the record keeps of a prior's fit: the residual line's coefficients; the
+    predictor's settings (its weights are refit from them, deterministically); nothing for
+    ``hf``."""
+    if isinstance(fit, np.ndarray):
+        return fit.tolist()
+    if isinstance(fit, BlindSpotPredictor):
+        return dict(surprise_fit)
+    return None
 
 
 if __name__ == "__main__":
