@@ -1,6 +1,8 @@
-"""Encoders, masked-reconstruction pretraining, detection heads and supervised baselines."""
+"""Encoders, masked-reconstruction pretraining, detection heads, supervised baselines, and a
+blind-spot pixel predictor of real photos (a training-free prior)."""
 
 from assocmem.forensic.models.baselines import F3Net, FADHead, MesoNet4, SmallCNN, dct_matrix
+from assocmem.forensic.models.blind_spot import BlindSpotPredictor, coding_surprise, fit_blind_spot
 from assocmem.forensic.models.cnn import CNNEncoder
 from assocmem.forensic.models.heads import (
     EncoderDetector,
@@ -15,6 +17,7 @@ from assocmem.forensic.models.pretrain import MaskedPretrainer, PixelDecoder
 from assocmem.forensic.models.vit import ViTEncoder
 
 __all__ = [
+    "BlindSpotPredictor",
     "CNNEncoder",
     "EncoderDetector",
     "F3Net",
@@ -27,7 +30,9 @@ __all__ = [
     "PixelDecoder",
     "SmallCNN",
     "ViTEncoder",
+    "coding_surprise",
     "dct_matrix",
+    "fit_blind_spot",
     "fine_tune",
     "linear_probe",
     "mlp_probe",
