@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from assocmem.forensic.data.patches import as_float_images
+
 __all__ = ["gray_power_spectrum", "hf_energy_baseline", "hf_energy_feature"]
 
 
@@ -24,8 +26,7 @@ def gray_power_spectrum(images: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
     ``images``: (N, 3, H, W) float in [0, 1] or uint8. Gray = channel mean, minus its own mean
     (DC carries brightness, not trace).
     """
-    x = torch.as_tensor(images)
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    x = as_float_images(images)
     if x.ndim != 4:
         raise ValueError(f"expected (N, C, H, W) images, got shape {tuple(x.shape)}")
     gray = x.mean(dim=1)

@@ -8,9 +8,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from PIL import Image
+from torch import Tensor
 
-__all__ = ["cut_patches", "rescale"]
+__all__ = ["as_float_images", "cut_patches", "rescale"]
+
+
+def as_float_images(images: Tensor | np.ndarray) -> Tensor:
+    """Patches as float32 in [0, 1]: uint8 divided by 255, anything else read as already in
+    [0, 1] (what the features and models that take either convention see)."""
+    x = torch.as_tensor(images)
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
 def rescale(pixels: np.ndarray, scale: float) -> np.ndarray:

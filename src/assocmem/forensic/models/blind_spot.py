@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from assocmem.forensic.data.patches import as_float_images
+
 __all__ = ["BlindSpotPredictor", "coding_surprise", "fit_blind_spot"]
 
 # Pixels are multiples of 1/255: a residual under half a step is not observable, so the scale
@@ -68,11 +70,6 @@ class BlindSpotPredictor(nn.Module):
         return images[..., r : images.shape[-2] - r, r : images.shape[-1] - r]
 
 
-def _float_images(images: Tensor | np.ndarray) -> Tensor:
-    x = torch.as_tensor(images)
-    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-
-
 def laplace_nll(model: BlindSpotPredictor, images: Tensor) -> Tensor:
     """Mean ``|x - mu| / b + log b`` over the interior pixels and channels (the fit's loss)."""
     mu, b = model(images)
@@ -86,7 +83,7 @@ def coding_surprise(
     """Per image, the mean of ``|x - mu| / b`` over interior pixels and channels: about 1 for
     the real photos the model was fit on, lower for a patch more predictable than they are.
     ``images``: (N, 3, H, W) float in [0, 1] or uint8. Returns float64 (N,)."""
-    x = _float_images(images)
+    x = as_float_images(images)
     was_training = model.training
     model.eval()
     out = []
@@ -112,7 +109,7 @@ def fit_blind_spot(
     uint8) by :func:`laplace_nll` with Adam (a fixed fit like the families' generators, not a
     workload the optimizers are compared on); deterministic for a seed (its own generator;
     torch's global RNG is left as it was). Returns it in eval mode."""
-    x = _float_images(reals)
+    x = as_float_images(reals)
     if len(x) == 0:
         raise ValueError("cannot fit the predictor on zero images")
     if steps < 1 or batch_size < 1:
