@@ -70,10 +70,17 @@ class BlindSpotPredictor(nn.Module):
         return images[..., r : images.shape[-2] - r, r : images.shape[-1] - r]
 
 
+def normalised_residuals(model: BlindSpotPredictor, images: Tensor) -> tuple[Tensor, Tensor]:
+    """``(|x - mu| / b, b)`` at every interior pixel and channel: the coding cost's data term
+    and the scale it was measured in."""
+    mu, b = model(images)
+    return (model.interior(images) - mu).abs() / b, b
+
+
 def laplace_nll(model: BlindSpotPredictor, images: Tensor) -> Tensor:
     """Mean ``|x - mu| / b + log b`` over the interior pixels and channels (the fit's loss)."""
-    mu, b = model(images)
-    return ((model.interior(images) - mu).abs() / b + b.log()).mean()
+    residuals, b = normalised_residuals(model, images)
+    return (residuals + b.log()).mean()
 
 
 @torch.no_grad()
@@ -88,9 +95,8 @@ def coding_surprise(
     model.eval()
     out = []
     for start in range(0, len(x), batch_size):
-        batch = x[start : start + batch_size]
-        mu, b = model(batch)
-        out.append(((model.interior(batch) - mu).abs() / b).mean(dim=(1, 2, 3)))
+        residuals, _ = normalised_residuals(model, x[start : start + batch_size])
+        out.append(residuals.mean(dim=(1, 2, 3)))
     model.train(was_training)
     return torch.cat(out).double().numpy() if out else np.zeros(0)
 
