@@ -275,7 +275,25 @@ def test_sync_free_steps_and_skips_to_the_bit_of_the_host_decision(memory, confi
         assert all(int(s["step"]) == 5 for s in opt.state.values())
         runs[sync_free] = trace
     for host, device in zip(runs[False], runs[True], strict=True):
-        assert all(torch.equal(a, b) for a, b in zip(host, device, strict=True))
+        _assert_same_step(memory, host, device)
+
+
+# On the CPU the host decision lets delta read its sums back, take each tensor's write rate in
+# double precision and hand the tensor to torch's fused SGD kernel (presets/delta.py,
+# takes_host_rates); decided on the device it stays in float32 on foreach. The rate differs by
+# a float32 rounding, and the kernel rounds a tensor's last elements (past its vector width)
+# in a scalar loop: each step may differ by a few ulp of the memory's largest entry, so over
+# these few steps a tensor differs by far less than 1e-5 of its own scale (whatever that
+# scale: the overflow test's gradients are 1e20 and 1e-25).
+KERNEL_ON_HOST = ("delta",)
+
+
+def _assert_same_step(memory: str, host: list[torch.Tensor], device: list[torch.Tensor]) -> None:
+    for a, b in zip(host, device, strict=True):
+        if memory in KERNEL_ON_HOST:
+            assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+        else:
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("erase", ["tensor", "row"])
@@ -303,7 +321,7 @@ def test_delta_selects_its_overflow_fallback_on_the_device(erase, scale):
         assert opt.skipped_steps == 0
         runs[sync_free] = _bits(opt, model)
     assert all(torch.isfinite(t).all() for t in runs[True])
-    assert all(torch.equal(a, b) for a, b in zip(runs[False], runs[True], strict=True))
+    _assert_same_step("delta" if erase == "tensor" else "delta rows", runs[False], runs[True])
 
 
 def test_sync_free_is_validated_and_defaults_to_the_host_on_the_cpu():
@@ -555,4 +573,5 @@ def test_a_low_precision_parameters_master_is_resynced_on_the_device(memory):
     assert all(calls == [] for calls in dev_reads), dev_reads
     for p, q in zip(host.parameters(), dev.parameters(), strict=True):
         assert torch.equal(p, q)
-        assert torch.equal(host_opt.state[p]["master_param"], dev_opt.state[q]["master_param"])
+        masters = host_opt.state[p]["master_param"], dev_opt.state[q]["master_param"]
+        _assert_same_step(memory, [masters[0]], [masters[1]])

@@ -185,6 +185,16 @@ class Delta(Preset):
         if gamma == 0:
             torch._foreach_mul_(bufs, alpha)
             torch._foreach_add_(bufs, grads, alpha=eta)
+        elif erase == "tensor" and takes_host_rates(params, grads, bufs, alpha):
+            # On the CPU a host read costs nothing: each tensor's write and step in one pass
+            # of torch's fused SGD kernel, its dampening 1 - r (bufs <- alpha bufs + r g).
+            rates = host_rates(grads, bufs, eta, gamma)
+            for p, g, m, r in zip(params, grads, bufs, rates, strict=True):
+                fused.sgd_(
+                    [p], [g], [m], weight_decay=0.0, momentum=alpha, lr=group["lr"],
+                    dampening=1.0 - r, nesterov=False, maximize=False, is_first_step=False,
+                )  # fmt: skip
+            return
         elif erase == "tensor":
             # the rates stay on the device (a .tolist() here waited for it every step)
             rates = (eta - gamma * tensor_overlaps(grads, bufs)).unbind()
@@ -195,6 +205,43 @@ class Delta(Preset):
             torch._foreach_mul_(bufs, alpha)
             torch._foreach_addcmul_(bufs, grads, rates)
         torch._foreach_add_(params, bufs, alpha=-group["lr"])
+
+
+def takes_host_rates(
+    params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], alpha: float
+) -> bool:
+    """Whether the foreach step may read the write rates on the host and hand each tensor to
+    torch's fused SGD kernel: CPU tensors (a host read waits for nothing), not while a step
+    must decide on the device or is traced, unsharded, and tensors the kernel takes
+    (``alpha > 0``: with momentum 0 the kernel leaves the buffer unwritten)."""
+    tensors = [*params, *grads, *bufs]
+    return (
+        alpha > 0
+        and not sync_free.active()
+        and not sharded.active()
+        and not torch.compiler.is_compiling()
+        and all(t.device.type == "cpu" for t in tensors)
+        and fused.fusable(tensors)
+    )
+
+
+def host_rates(grads: list[Tensor], bufs: list[Tensor], eta: float, gamma: float) -> list[float]:
+    """The write rates ``eta - gamma <g, m> / ||g||^2`` per tensor as host numbers.
+
+    The sums of :func:`plain_sums`, read in one go, then the overflow check and the overlap of
+    :func:`tensor_overlaps` in Python floats (a few host operations where the device path
+    launches a dozen small kernels), its scaled fallback only where a sum cannot be trusted.
+    """
+    dots, norms2 = torch.stack(plain_sums(grads, bufs)).tolist()
+    rates = []
+    for g, m, dot, norm2 in zip(grads, bufs, dots, norms2, strict=True):
+        floor = g.numel() * _underflow_floor(g.dtype)  # as _out_of_range
+        if math.isfinite(dot) and math.isfinite(norm2) and norm2 >= floor:
+            c = dot / norm2
+        else:  # overflowed, underflowed or zero: the scaled form (0 for a zero gradient)
+            c = float(_scaled_overlap(g.reshape(1, -1), m.reshape(1, -1), whole=True)[0])
+        rates.append(eta - gamma * c)
+    return rates
 
 
 def write_and_step(
@@ -214,11 +261,14 @@ def write_and_step(
 
 
 def plain_sums(grads: list[Tensor], bufs: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """``(<g, m>, ||g||^2)`` per tensor, stacked: a dot product and a norm per tensor."""
-    dots = torch.stack(
-        [torch.dot(g.reshape(-1), m.reshape(-1)) for g, m in zip(grads, bufs, strict=True)]
-    )
-    return dots, torch.stack(torch._foreach_norm(grads)).square()
+    """``(<g, m>, ||g||^2)`` per tensor, stacked: two dot products per tensor.
+
+    ``torch.dot(g, g)`` rather than ``torch._foreach_norm``: on the CPU it reads ``g`` at twice
+    the speed (0.31 against 0.70 ms for the 6M parameters of ``experiments.bench_step``).
+    """
+    flat = [(g.reshape(-1), m.reshape(-1)) for g, m in zip(grads, bufs, strict=True)]
+    dots = torch.stack([torch.dot(g, m) for g, m in flat])
+    return dots, torch.stack([torch.dot(g, g) for g, _ in flat])
 
 
 def fused_sums(grads: list[Tensor], bufs: list[Tensor]) -> tuple[Tensor, Tensor]:
