@@ -16,7 +16,7 @@ import argparse
 import platform
 import statistics
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -45,7 +45,7 @@ def make_params(widths: list[int], seed: int = 0, device: str = "cpu") -> list[n
 def time_round_robin(
     optimizers: Mapping[str, Steppable],
     samples: int,
-    span: int = 1,
+    span: int | Mapping[str, int] = 1,
     warmup: int = 1,
     device: str = "cpu",
 ) -> dict[str, float]:
@@ -116,9 +116,20 @@ def candidates(
 
 # Steps per timed sample: one write period of cms's slow level (freqs=(1, 10)).
 SPAN = 10
+# Presets timed one step per sample: nothing in them happens every few steps (no write
+# period), and at 6M parameters a step takes about a second, so ten-step spans made each
+# round ~30 s and left the other candidates five samples in a four-minute run.
+ONE_STEP = ("deep", "learned", "muon")
 # Samples per optimizer and size by default: a 0.1M-parameter step takes well under a
-# millisecond, where scheduler noise on a shared VM is a large fraction of it.
-SAMPLES = {"small": 60, "large": 5}
+# millisecond, where scheduler noise on a shared VM is a large fraction of it; at 6M the
+# ratios moved by up to 0.4x between runs of five samples.
+SAMPLES = {"small": 60, "large": 20}
+
+
+def spans(names: Iterable[str]) -> dict[str, int]:
+    """Timed steps per sample for each candidate: :data:`SPAN`, or one for :data:`ONE_STEP`
+    (with or without options, e.g. ``muon (sync_free=True)``)."""
+    return {n: 1 if n.split(" (")[0] in ONE_STEP else SPAN for n in names}
 
 
 def run(
@@ -131,7 +142,7 @@ def run(
             name: make(make_params(SIZES[size], device=device))
             for name, make in candidates(compile, device).items()
         }
-        seconds = time_round_robin(optimizers, samples_here, SPAN, device=device)
+        seconds = time_round_robin(optimizers, samples_here, spans(optimizers), device=device)
         rows = {
             name: (seconds[name], state_bytes_per_param(opt)) for name, opt in optimizers.items()
         }
@@ -141,8 +152,8 @@ def run(
         base_fused = rows["torch Adam (fused)"][0]
         lines += [
             f"\n### {size}: {n / 1e6:.2f}M parameters, {where(device)}, "
-            f"median of {samples_here} samples, each the mean of {SPAN} consecutive warm steps; "
-            "candidates take turns\n",
+            f"median of {samples_here} samples, each the mean of {SPAN} consecutive warm steps "
+            f"(one for {', '.join(ONE_STEP)}); candidates take turns\n",
             "| optimizer | step ms | × Adam foreach | × Adam fused | state bytes/param |",
             "|---|---:|---:|---:|---:|",
         ]

@@ -35,7 +35,7 @@ class Steppable(Protocol):
 def round_robin_samples(
     candidates: Mapping[str, Steppable],
     samples: int,
-    span: int = 1,
+    span: int | Mapping[str, int] = 1,
     warmup: int = 1,
     wait: Callable[[], object] | None = None,
 ) -> dict[str, list[float]]:
@@ -53,7 +53,12 @@ def round_robin_samples(
     ``wait``: called before the clock starts and before it stops, e.g. to wait for an
     accelerator's queue (its kernels run after ``step()`` returns): without it a sample would
     time how fast the host queues the work, not the work.
+
+    ``span`` may differ per candidate (a mapping by name): a candidate whose step takes a
+    second needs no ten-step span to be timed well, and its rounds would otherwise set how
+    few samples the fast candidates get in the time a run has.
     """
+    spans = span if isinstance(span, Mapping) else dict.fromkeys(candidates, span)
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for round_ in range(warmup + samples):
         for name, candidate in candidates.items():
@@ -61,12 +66,12 @@ def round_robin_samples(
             if wait is not None:
                 wait()
             start = time.perf_counter()
-            for _ in range(span):
+            for _ in range(spans[name]):
                 candidate.step()
             if wait is not None:
                 wait()
             if round_ >= warmup:
-                times[name].append((time.perf_counter() - start) / span)
+                times[name].append((time.perf_counter() - start) / spans[name])
     return times
 
 

@@ -98,3 +98,31 @@ def test_off_the_cpu_every_preset_is_also_timed_deciding_on_the_device():
     assert not any("sync_free" in name for name in on_cpu)
     extra = set(on_gpu) - set(on_cpu)
     assert extra == {f"{name} (sync_free=True)" for name in available_memories()}
+
+
+def test_a_span_may_differ_per_candidate():
+    calls = []
+
+    class Counting:
+        def __init__(self, name):
+            self.name = name
+
+        def step(self):
+            calls.append(self.name)
+
+    step_cost.round_robin_samples(
+        {"fast": Counting("fast"), "slow": Counting("slow")}, 2, span={"fast": 3, "slow": 1}
+    )
+    # per round: an untimed step, then the candidate's own span
+    assert (
+        calls
+        == ["fast"] * 4 + ["slow"] * 2 + ["fast"] * 4 + ["slow"] * 2 + ["fast"] * 4 + ["slow"] * 2
+    )
+
+
+def test_the_second_long_presets_take_one_step_per_sample_and_the_rest_a_write_period():
+    names = [*bench_step.candidates(False, "cuda")]
+    got = bench_step.spans(names)
+    assert got["muon"] == got["deep"] == got["learned"] == got["muon (sync_free=True)"] == 1
+    assert got["cms"] == got["torch Adam (fused)"] == got["landscape (diagonal, period=10)"] == 10
+    assert set(got.values()) == {1, bench_step.SPAN}
