@@ -78,3 +78,14 @@ def test_a_norm_is_kept_for_its_step_only():
         assert grad_norms.squared_norm(g.clone()) is not kept  # another tensor: computed
     assert grad_norms.squared_norm(g) is not kept  # after the step: computed anew
     assert float(kept) == LARGE
+
+
+def test_a_strided_large_gradient_goes_to_the_kernel_and_is_still_checked():
+    g = torch.ones(512, 512).t()  # 2^18 elements, not contiguous
+    assert grad_norms.settle_large([g]) == [g]  # left to the kernel, not copied to a vector
+    w = torch.nn.Parameter(torch.zeros(512, 512).t())
+    opt = MemoryOptimizer([w], "momentum", lr=0.1)
+    w.grad = g.clone()
+    w.grad[3, 7] = float("nan")
+    opt.step()
+    assert opt.skipped_steps == 1

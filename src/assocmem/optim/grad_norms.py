@@ -54,11 +54,17 @@ def squared_norm(g: Tensor) -> Tensor:
     return torch.dot(flat, flat)
 
 
+def _large(g: Tensor) -> bool:
+    # contiguous only: a strided gradient would be copied to be read as a vector, where the
+    # kernel reads it in place
+    return g.numel() >= LARGE and g.is_contiguous()
+
+
 def settle_large(grads: list[Tensor]) -> list[Tensor]:
-    """The gradients whose finiteness is still open after each large one's ``<g, g>`` is read
-    on the host (one read for all): the small ones, and a large one whose norm is not finite.
-    CPU tensors only, outside torch.compile."""
-    large = [g for g in grads if g.numel() >= LARGE]
+    """The gradients whose finiteness is still open after each large (contiguous) one's
+    ``<g, g>`` is read on the host (one read for all): the others, and a large one whose norm
+    is not finite. CPU tensors only, outside torch.compile."""
+    large = [g for g in grads if _large(g)]
     if not large:
         return grads
     norms = [squared_norm(g) for g in large]
@@ -66,6 +72,6 @@ def settle_large(grads: list[Tensor]) -> list[Tensor]:
     kept = getattr(_STEP, "norms", None)
     if kept is not None:
         kept.update((id(g), (g, n)) for g, n in zip(large, norms, strict=True))
-    return [g for g in grads if g.numel() < LARGE] + [
+    return [g for g in grads if not _large(g)] + [
         g for g, ok in zip(large, finite, strict=True) if not ok
     ]
