@@ -19,18 +19,20 @@ def test_table_has_every_preset_and_ratios_to_torch_adam(monkeypatch):
     assert foreach_ratio == "1.00"  # the baseline against itself
 
 
+class Counting:
+    """A candidate that records its name in ``calls`` at every step."""
+
+    def __init__(self, name, calls):
+        self.name, self.calls = name, calls
+
+    def step(self):
+        self.calls.append(self.name)
+
+
 def test_round_robin_times_every_candidate(monkeypatch):
     calls = []
-
-    class Counting:
-        def __init__(self, name):
-            self.name = name
-
-        def step(self):
-            calls.append(self.name)
-
     seconds = bench_step.time_round_robin(
-        {"a": Counting("a"), "b": Counting("b")}, 3, span=2, warmup=1
+        {"a": Counting("a", calls), "b": Counting("b", calls)}, 3, span=2, warmup=1
     )
     assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
     # in turns: an untimed step, then a timed span of two, each
@@ -102,16 +104,10 @@ def test_off_the_cpu_every_preset_is_also_timed_deciding_on_the_device():
 
 def test_a_span_may_differ_per_candidate():
     calls = []
-
-    class Counting:
-        def __init__(self, name):
-            self.name = name
-
-        def step(self):
-            calls.append(self.name)
-
     step_cost.round_robin_samples(
-        {"fast": Counting("fast"), "slow": Counting("slow")}, 2, span={"fast": 3, "slow": 1}
+        {"fast": Counting("fast", calls), "slow": Counting("slow", calls)},
+        2,
+        span={"fast": 3, "slow": 1},
     )
     # per round: an untimed step, then the candidate's own span
     assert (

@@ -1,11 +1,11 @@
 """The non-finite check of large CPU gradients as squared norms, kept for the step that follows.
 
 On the CPU, where a host read waits for nothing, ``MemoryOptimizer`` checks a contiguous
-gradient of at least :data:`LARGE` elements by reading ``<g, g>`` back instead of running torch's GradScaler
-kernel over it. The check stays exact: the sum of squares is finite only if every element is
-(NaN and infinities stay non-finite under squaring and addition), so a finite value settles the
-tensor; a non-finite one may be an overflow of finite elements (``|g|`` near 1e19 and up in
-fp32), and that tensor goes to the exact kernel.
+gradient of at least :data:`LARGE` elements by reading ``<g, g>`` back instead of running
+torch's GradScaler kernel over it. The check stays exact: the sum of squares is finite only
+if every element is (NaN and infinities stay non-finite under squaring and addition), so a
+finite value settles the tensor; a non-finite one may be an overflow of finite elements
+(``|g|`` near 1e19 and up in fp32), and that tensor goes to the exact kernel.
 
 ``delta`` (and ``muon``'s delta-rule momentum) needs the same ``||g||^2`` for its erase rate:
 :func:`squared_norm` hands it the value the check computed for that very tensor in this step,
