@@ -25,6 +25,7 @@ import torch
 from optim_support import batch, every_memory, loss_at, make_model
 
 from assocmem import MemoryOptimizer, get_preset
+from assocmem.optim import optimizer as optimizer_module
 from assocmem.optim.presets.cms import ademamix_config, m3_config
 
 HOST_STATE = ("step", "has_prev", "pairs")
@@ -125,10 +126,19 @@ def test_a_step_reads_nothing_back_but_what_is_listed(memory):
         assert len(calls) == expected, calls
 
 
+def _as_on_an_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the optimizer treat the CPU gradients as an accelerator's for where the skip is
+    decided: on the CPU itself the host decides for every preset (a read waits for nothing
+    there; ``optimizer._all_on_cpu``)."""
+    monkeypatch.setattr(optimizer_module, "_all_on_cpu", lambda tensors: False)
+
+
 @pytest.mark.parametrize("memory", every_memory())
-def test_the_non_finite_skip_reads_a_flag_only_where_no_kernel_takes_it(memory):
-    # docs/api.md, "Non-finite gradients": the fused presets skip on the device, a NaN step
-    # included; the others read one flag per device per step, on top of their own reads.
+def test_the_non_finite_skip_reads_a_flag_only_where_no_kernel_takes_it(memory, monkeypatch):
+    # docs/api.md, "Non-finite gradients": on an accelerator the fused presets skip on the
+    # device, a NaN step included; the others read one flag per device per step, on top of
+    # their own reads.
+    _as_on_an_accelerator(monkeypatch)
     flag = 0 if memory in DEVICE_SKIP else 1
     counts, opt = _reads_per_step(memory, nonfinite="skip", nan_at=2)
     for t, calls in enumerate(counts, start=1):
@@ -137,6 +147,24 @@ def test_the_non_finite_skip_reads_a_flag_only_where_no_kernel_takes_it(memory):
         assert len(calls) == expected, calls
     assert opt.skipped_steps == 1  # exact, read after the steps
     assert all(s["step"] == 3 for s in opt.state.values())  # the skipped step did not count
+
+
+@pytest.mark.parametrize("memory", DEVICE_SKIP)
+def test_on_the_cpu_the_fused_presets_skip_on_the_host_with_the_same_result(memory, monkeypatch):
+    # On the CPU the flag is read (one read per step) and a skipped step returns before the
+    # kernels; the parameters, state and skip count are those of the skip decided in the kernel.
+    counts, host = _reads_per_step(memory, nonfinite="skip", nan_at=2)
+    assert [len(calls) for calls in counts] == [1, 1, 1]
+    _as_on_an_accelerator(monkeypatch)
+    _, device = _reads_per_step(memory, nonfinite="skip", nan_at=2)
+    assert host.skipped_steps == device.skipped_steps == 1
+    for a, b in zip(host.state.values(), device.state.values(), strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    params = (opt.param_groups[0]["params"] for opt in (host, device))
+    for pa, pb in zip(*params, strict=True):
+        assert torch.equal(pa, pb)
 
 
 def _non_contiguous_model() -> torch.nn.Module:
