@@ -8,7 +8,8 @@ detail measured against what its coarser content predicts for a real photo (a li
 lower radial bands of the spectrum to the upper ones, fit on the train split's reals); and
 ``surprise``, how much less predictable a patch is than a blind-spot pixel predictor fit on the
 train split's reals expects (``assocmem.forensic.models.blind_spot``: ZED's coding-cost
-statistic, Cozzolino et al. 2024). Fused
+statistic, Cozzolino et al. 2024). Each also has a one-sided form (``hf/one-sided``, ...),
+in which only a patch smoother than the validation reals' mean moves. Fused
 with the detector's logit ``z`` a prior ``f`` gives the score
 
     s_w(x) = z(x) / sd_z  -  w (f(x) - mu_f) / sd_f,
@@ -61,7 +62,11 @@ from experiments.report import replace_section
 
 SECTION = "detector-prior"
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
-PRIORS = ("hf", "residual", "surprise")
+# The linear forms, then each one-sided (ONE_SIDED), added 2026-12-04 after the linear ones'
+# results were known; the rule's ties go to the earlier, i.e. to the linear forms.
+ONE_SIDED = "/one-sided"
+BASE_PRIORS = ("hf", "residual", "surprise")
+PRIORS = (*BASE_PRIORS, *(f"{name}{ONE_SIDED}" for name in BASE_PRIORS))
 # The blind-spot predictor's fit (fixed before any fold was scored with it: plan of 2026-12-04).
 SURPRISE_FIT = {"steps": 3000, "batch_size": 64, "lr": 1e-3, "width": 32, "kernel": 5, "seed": 0}
 BANDS = 8  # radial bands of the residual prior: the lower half predicts the upper half
@@ -85,11 +90,25 @@ def real_stats(z_real: np.ndarray, f_real: np.ndarray) -> RealStats:
     return RealStats(sd_z, float(np.mean(f_real)), sd_f)
 
 
-def fused(z: np.ndarray, f: np.ndarray, stats: RealStats, weight: float) -> np.ndarray:
+def fused(
+    z: np.ndarray, f: np.ndarray, stats: RealStats, weight: float, one_sided: bool = False
+) -> np.ndarray:
     """``z / sd_z - weight (f - mu_f) / sd_f``: higher = more fake, both terms in units of the
     reals' spread; the feature enters negated because smoother (lower ``f``) is the fake
-    direction for every family the shortcut baseline measures."""
-    return z / stats.sd_z - weight * (f - stats.mu_f) / stats.sd_f
+    direction for every family the shortcut baseline measures. ``one_sided``: only a patch
+    smoother than the reals' mean moves (``min(0, (f - mu_f) / sd_f)``): more detail than a
+    real photo is not taken as evidence of a real one, which the premise does not say."""
+    deviation = (f - stats.mu_f) / stats.sd_f
+    if one_sided:
+        deviation = np.minimum(deviation, 0.0)
+    return z / stats.sd_z - weight * deviation
+
+
+def base_prior(name: str) -> tuple[str, bool]:
+    """``name``'s feature (one of :data:`BASE_PRIORS`) and whether it enters one-sided."""
+    if name.endswith(ONE_SIDED):
+        return name[: -len(ONE_SIDED)], True
+    return name, False
 
 
 def choose_weight(folds: Mapping[str, Mapping[float, float]]) -> float:
@@ -153,6 +172,7 @@ def fit_prior(
 ) -> Fit:
     """What the prior ``name`` learns from the train split's real patches (nothing for
     ``hf``); ``surprise_fit``: :func:`fit_blind_spot`'s settings."""
+    name, _ = base_prior(name)
     if name == "residual":
         return fit_residual(train_reals)
     if name == "surprise":
@@ -165,6 +185,7 @@ def fit_prior(
 def prior_feature(name: str, images: Tensor, fit: Fit) -> np.ndarray:
     """The prior ``name`` of :data:`PRIORS` (lower = smoother = the fake direction), with
     ``fit`` from :func:`fit_prior`."""
+    name, _ = base_prior(name)
     if name == "hf":
         return hf_energy_feature(images)
     if name == "residual":
@@ -199,7 +220,10 @@ def fold_aucs(
     for name, fit in priors.items():
         f = prior_feature(name, val.images, fit)
         stats = real_stats(z[labels == 0], f[labels == 0])
-        out[name] = {w: float(roc_auc_score(labels, fused(z, f, stats, w))) for w in weights}
+        one_sided = base_prior(name)[1]
+        out[name] = {
+            w: float(roc_auc_score(labels, fused(z, f, stats, w, one_sided))) for w in weights
+        }
     return out
 
 
@@ -220,7 +244,7 @@ def member_report(
 
     def scorer(images: Tensor) -> np.ndarray:
         z = _logits(model, images, views)
-        return fused(z, prior_feature(prior, images, fit), stats, weight)
+        return fused(z, prior_feature(prior, images, fit), stats, weight, base_prior(prior)[1])
 
     return {"stats": asdict(stats), **zero_shot_report(scorer, bench, families)}
 
@@ -267,7 +291,9 @@ def markdown(record: dict[str, Any], command: str) -> str:
         "`residual`, the upper four of eight radial bands' mean log energy minus what a line "
         "fit on the train split's reals predicts from the lower four; `surprise`, the mean "
         "`abs(x - mu) / b` of a blind-spot Laplace pixel predictor fit on the train split's "
-        "reals (ZED's coding-cost statistic). `w` and the prior are "
+        "reals (ZED's coding-cost statistic). A prior marked `/one-sided` enters as "
+        "`min(0, (f - mu_f) / sd_f)`: only patches smoother than the reals' mean move "
+        "(added 2026-12-04, after the linear forms' results). `w` and the prior are "
         "chosen on the seen families only: each fold's network (same recipe) trained on three "
         "of the four seen families, scored on the validation reals against the fourth's fakes.",
         "",
@@ -377,7 +403,11 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
     train_reals = train.images[train.labels == 0]
     # --tiny: a few predictor steps, for the seconds-long test benchmark
     surprise_fit = {**SURPRISE_FIT, "steps": 20} if args.tiny else SURPRISE_FIT
-    fits = {name: fit_prior(name, train_reals, surprise_fit) for name in args.priors}
+    base_fits = {
+        base: fit_prior(base, train_reals, surprise_fit)
+        for base in dict.fromkeys(base_prior(name)[0] for name in args.priors)
+    }
+    fits = {name: base_fits[base_prior(name)[0]] for name in args.priors}
     folds, by_fold = [], {}
     for fam, head, model in loaded:
         by_fold[f"{fam} seed {head['seed']}"] = aucs = fold_aucs(

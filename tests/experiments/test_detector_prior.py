@@ -9,10 +9,14 @@ import pytest
 import torch
 
 from experiments.detector_prior import (
+    BASE_PRIORS,
+    PRIORS,
+    base_prior,
     choose,
     choose_weight,
     fit_residual,
     fused,
+    prior_feature,
     radial_band_log_energy,
     real_stats,
     residual_feature,
@@ -26,6 +30,24 @@ def test_the_prior_adds_the_smoothness_direction_in_units_of_the_reals_spread():
     z, f = np.array([0.0, 0.0]), np.array([-4.0, 0.0])  # same logit, the first smoother
     assert list(fused(z, f, stats, 0.0)) == [0.0, 0.0]  # w = 0: the detector alone
     assert list(fused(z, f, stats, 0.5)) == [1.0, -1.0]  # smoother = more fake
+
+
+def test_the_one_sided_prior_moves_only_patches_smoother_than_the_reals_mean():
+    stats = real_stats(np.array([-1.0, 1.0]), np.array([-3.0, -1.0]))  # mu_f -2, sd_f 1
+    z, f = np.zeros(3), np.array([-4.0, -2.0, 0.0])  # smoother, at the mean, more detail
+    assert list(fused(z, f, stats, 0.5)) == [1.0, 0.0, -1.0]
+    assert list(fused(z, f, stats, 0.5, one_sided=True)) == [1.0, 0.0, 0.0]
+    assert list(fused(z, f, stats, 0.0, one_sided=True)) == [0.0, 0.0, 0.0]
+
+
+def test_every_prior_has_a_one_sided_form_on_the_same_feature():
+    assert PRIORS[: len(BASE_PRIORS)] == BASE_PRIORS  # ties go to the linear forms
+    for name in BASE_PRIORS:
+        assert base_prior(name) == (name, False)
+        assert base_prior(f"{name}/one-sided") == (name, True)
+        assert f"{name}/one-sided" in PRIORS
+    x = _textured(4)
+    assert np.array_equal(prior_feature("hf/one-sided", x, None), prior_feature("hf", x, None))
 
 
 def test_constant_reals_have_no_scale_and_are_refused():
@@ -103,9 +125,9 @@ def test_the_experiment_scores_members_alone_and_with_the_chosen_prior(tmp_path)
     assert [(f["family"], f["seed"]) for f in record["folds"]] == [
         (fam, seed) for seed in (0, 1) for fam in fams
     ]
-    assert record["chosen"]["prior"] in ("hf", "residual", "surprise")
+    assert record["chosen"]["prior"] in PRIORS
     assert record["chosen"]["weight"] in (0.0, 1.0)
-    assert set(record["best"]) == {"hf", "residual", "surprise"}
+    assert set(record["best"]) == set(PRIORS)
     assert len(record["priors"]["residual"]) == 5
     assert record["priors"]["surprise"]["steps"] == 20  # --tiny's, as it was fit
     alone = [m for m in record["members"] if m["weight"] == 0.0]
