@@ -33,8 +33,9 @@ READS = ("__bool__", "item", "tolist", "__float__", "__int__")
 # Reads per step that remain, by preset (with nonfinite="ignore"): delta asks once whether any
 # tensor's overlap needs its overflow-safe fallback.
 REMAINING = {"delta": 1}
-# With nonfinite="skip" (the default), the presets whose fused kernels take the non-finite flag
-# skip on the device; the others decide on the host, one flag read per device per step.
+# With nonfinite="skip" (the default), on an accelerator the presets whose fused kernels take
+# the non-finite flag skip on the device; the others decide on the host, one flag read per
+# device per step. On the CPU the host decides for all of them (optimizer._all_on_cpu).
 DEVICE_SKIP = ("adam", "momentum")
 # With sync_free=True every other preset skips on the device too (step, then select), but
 # those that read their step count on the host: a skip decided on the device could not take
