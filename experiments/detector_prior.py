@@ -56,7 +56,7 @@ from assocmem.forensic.data.baseline import gray_power_spectrum, hf_energy_featu
 from assocmem.forensic.models.blind_spot import BlindSpotPredictor, coding_surprise, fit_blind_spot
 from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.views import VIEWS, view_logits
-from experiments.detector_ensemble import RECIPE, load_member
+from experiments.detector_ensemble import RECIPE, ensemble_of, load_member
 from experiments.detectors import HELDOUT, SEEN, _ms, family_split
 from experiments.report import replace_section
 
@@ -313,12 +313,34 @@ def markdown(record: dict[str, Any], command: str) -> str:
         + f". Chosen: **`{chosen['prior']}` at w = {chosen['weight']:g}**.",
         "",
     ]
-    members = record["members"]
-    seeds = sorted({m["seed"] for m in members})
-    lines += [
-        f"Members: {members[0]['recipe_label']}, trained on every seen family, seeds "
-        f"{', '.join(map(str, seeds))}; test split, mean ± std over the members.",
-        "",
+    members = [m for m in record["members"] if m.get("kind", "network") == "network"]
+    ensembles = [m for m in record["members"] if m.get("kind") == "ensemble"]
+    if members:
+        seeds = sorted({str(m["seed"]) for m in members}, key=lambda s: (len(s), s))
+        lines += [
+            f"Members: {members[0]['recipe_label']}, trained on every seen family, seeds "
+            f"{', '.join(seeds)}; test split, mean ± std over the members.",
+            "",
+            *_member_table(members, chosen),
+        ]
+    if ensembles:
+        groups = sorted({str(m["seed"]) for m in ensembles}, key=lambda s: (len(s), s))
+        lines += [
+            "",
+            f"Ensembles (mean logit of the members, `experiments.detector_ensemble`): "
+            f"{ensembles[0]['recipe_label']}, seeds {'; '.join(groups)}; the prior enters at the "
+            "weight its folds chose for one network (not re-chosen: the folds are single "
+            "networks); test split, mean ± std over the ensembles.",
+            "",
+            *_member_table(ensembles, chosen),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _member_table(members: list[dict[str, Any]], chosen: dict[str, Any]) -> list[str]:
+    """One row per (views, prior, weight): mean ± std over ``members`` of the seen and held-out
+    means, the test-real FPR and each family's AUC."""
+    lines = [
         "| views | prior | w | seen AUC | held-out AUC | test-real FPR | "
         + " | ".join(f"{f}{' (held out)' if f in HELDOUT else ''}" for f in (*SEEN, *HELDOUT))
         + " |",
@@ -342,13 +364,28 @@ def markdown(record: dict[str, Any], command: str) -> str:
             mark = " (chosen)" if (prior, w) == (chosen["prior"], chosen["weight"]) else ""
             label = "none" if w == 0 else prior
             lines.append(f"| {views} | {label}{mark} | {w:g} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _ensemble_spec(text: str) -> list[Path]:
+    paths = [Path(p) for p in text.split(",") if p]
+    if len(paths) < 2:
+        raise argparse.ArgumentTypeError(f"an ensemble is W1,W2[,...] (two or more), got {text!r}")
+    return paths
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fold", type=_fold_spec, nargs="+", default=[], metavar="FAMILY=PATH")
     parser.add_argument("--members", type=Path, nargs="+", default=[])
+    parser.add_argument(
+        "--ensemble",
+        type=_ensemble_spec,
+        nargs="+",
+        default=[],
+        metavar="W1,W2,...",
+        help="also score deep ensembles of members (each a comma-separated list of weights)",
+    )
     parser.add_argument("--weights", type=float, nargs="+", default=list(WEIGHTS))
     parser.add_argument("--priors", nargs="+", default=list(PRIORS), choices=PRIORS)
     parser.add_argument("--views", nargs="+", default=["one"], choices=VIEWS)
@@ -392,7 +429,8 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
     if len(set(runs)) != len(runs):
         parser.error(f"a fold network repeats a family and seed: {sorted(runs)}")
     members = [load_member(path) for path in args.members]
-    heads = [h for _, h, _ in loaded] + [h for h, _ in members]
+    ensembles = [ensemble_of(paths) for paths in args.ensemble]
+    heads = [h for _, h, _ in loaded] + [h for h, _ in (*members, *ensembles)]
     recipes = {json.dumps([h[k] for k in RECIPE]) for h in heads}
     if len(recipes) != 1:
         parser.error(f"the folds and members must be one recipe, got {sorted(recipes)}")
@@ -430,12 +468,20 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
     )
     settings = [(args.priors[0], 0.0)] + [(n, w) for n, w in best.items() if w > 0]
     scored = []
-    for (head, model), path in zip(members, args.members, strict=True):
+    to_score = [
+        ("network", head, model, str(path))
+        for (head, model), path in zip(members, args.members, strict=True)
+    ] + [
+        ("ensemble", head, model, ",".join(map(str, paths)))
+        for (head, model), paths in zip(ensembles, args.ensemble, strict=True)
+    ]
+    for kind, head, model, path in to_score:
         for views in args.views:
             for name, w in settings:
                 report = member_report(bench, model, views, name, fits[name], w)
                 scored.append({
-                    "seed": head["seed"], "path": str(path), "views": views, "prior": name,
+                    "kind": kind, "seed": head["seed"], "path": path, "views": views,
+                    "prior": name,
                     "weight": w, "recipe_label": label, "report": report,
                 })  # fmt: skip
                 print(

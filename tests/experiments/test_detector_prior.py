@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch
 from experiments.detector_prior import (
     BASE_PRIORS,
     PRIORS,
+    _ensemble_spec,
     base_prior,
     choose,
     choose_weight,
@@ -81,6 +84,15 @@ def test_the_prior_is_the_one_whose_fold_chosen_weight_scores_best_ties_to_the_f
     assert choose(folds(0.625)) == ("hf", 1.0)  # 0.6875 against 0.75
 
 
+def test_an_ensemble_names_two_or_more_weights_files():
+    assert _ensemble_spec("a.safetensors,b.safetensors") == [
+        Path("a.safetensors"),
+        Path("b.safetensors"),
+    ]
+    with pytest.raises(argparse.ArgumentTypeError, match="two or more"):
+        _ensemble_spec("a.safetensors")
+
+
 def _textured(n: int = 16, size: int = 32) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.rand(n, 3, size, size, generator=g)
@@ -119,8 +131,10 @@ def test_the_experiment_scores_members_alone_and_with_the_chosen_prior(tmp_path)
     folds = [f"{fam}={path}" for path in (w, other["weights"]) for fam in fams]
     out, doc = tmp_path / "prior.json", tmp_path / "results.md"
     doc.write_text("<!-- report:detector-prior:begin -->\n<!-- report:detector-prior:end -->\n")
+    pair = f"{w},{other['weights']}"
     prior_main(["--tiny", "--cache-dir", str(tmp_path), "--fold", *folds, "--members", w,
-                "--weights", "0", "1", "--json", str(out), "--write", str(doc)])  # fmt: skip
+                "--ensemble", pair, "--weights", "0", "1", "--json", str(out),
+                "--write", str(doc)])  # fmt: skip
     record = json.loads(out.read_text())
     assert [(f["family"], f["seed"]) for f in record["folds"]] == [
         (fam, seed) for seed in (0, 1) for fam in fams
@@ -130,7 +144,12 @@ def test_the_experiment_scores_members_alone_and_with_the_chosen_prior(tmp_path)
     assert set(record["best"]) == set(PRIORS)
     assert len(record["priors"]["residual"]) == 5
     assert record["priors"]["surprise"]["steps"] == 20  # --tiny's, as it was fit
-    alone = [m for m in record["members"] if m["weight"] == 0.0]
+    networks = [m for m in record["members"] if m["kind"] == "network"]
+    ensembles = [m for m in record["members"] if m["kind"] == "ensemble"]
+    assert len(networks) == len(ensembles) >= 1  # the same settings for both
+    assert {m["seed"] for m in ensembles} == {"0+1"} and {m["path"] for m in ensembles} == {pair}
+    assert "Ensembles (mean logit" in doc.read_text()
+    alone = [m for m in networks if m["weight"] == 0.0]
     assert len(alone) == 1
     # w = 0 is the detector alone: a rescaled logit ranks and thresholds like the logit
     for group in ("seen", "heldout"):
