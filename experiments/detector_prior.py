@@ -38,6 +38,7 @@ family before the members' test scores.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -227,6 +228,29 @@ def fold_aucs(
     return out
 
 
+class Scores:
+    """Logits and prior features computed once per model (or fit) and image set, however many
+    priors and weights are scored on them: the same numbers as computing them each time (the
+    evaluation is deterministic), keyed by the images' bytes since each split is built anew."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[Any, ...], np.ndarray] = {}
+
+    def _get(self, key: tuple[Any, ...], images: Tensor, compute: Any) -> np.ndarray:
+        digest = hashlib.blake2b(images.numpy().tobytes(), digest_size=16).hexdigest()
+        full = (*key, tuple(images.shape), digest)
+        if full not in self._seen:
+            self._seen[full] = compute()
+        return self._seen[full]
+
+    def logits(self, model: torch.nn.Module, images: Tensor, views: str) -> np.ndarray:
+        return self._get(("z", id(model), views), images, lambda: _logits(model, images, views))
+
+    def feature(self, name: str, images: Tensor, fit: Fit) -> np.ndarray:
+        base = base_prior(name)[0]
+        return self._get(("f", base, id(fit)), images, lambda: prior_feature(base, images, fit))
+
+
 def member_report(
     bench: Any,
     model: torch.nn.Module,
@@ -234,17 +258,21 @@ def member_report(
     prior: str,
     fit: Fit,
     weight: float,
+    scores: Scores | None = None,
 ) -> dict:
     """The protocol's zero-shot report of ``fused`` with ``prior`` at ``weight``, with the real
-    statistics taken from the validation reals."""
+    statistics taken from the validation reals. ``scores``: a :class:`Scores` shared by the
+    calls on one model (the models and fits must outlive it)."""
+    scores = Scores() if scores is None else scores
     families = family_split(bench.config)
     val = bench.split("val", families.seen)
     reals = val.images[val.labels == 0]
-    stats = real_stats(_logits(model, reals, views), prior_feature(prior, reals, fit))
+    stats = real_stats(scores.logits(model, reals, views), scores.feature(prior, reals, fit))
 
     def scorer(images: Tensor) -> np.ndarray:
-        z = _logits(model, images, views)
-        return fused(z, prior_feature(prior, images, fit), stats, weight, base_prior(prior)[1])
+        z = scores.logits(model, images, views)
+        f = scores.feature(prior, images, fit)
+        return fused(z, f, stats, weight, base_prior(prior)[1])
 
     return {"stats": asdict(stats), **zero_shot_report(scorer, bench, families)}
 
@@ -475,10 +503,11 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
         ("ensemble", head, model, ",".join(map(str, paths)))
         for (head, model), paths in zip(ensembles, args.ensemble, strict=True)
     ]
+    scores = Scores()  # the models and fits live until the end of this function
     for kind, head, model, path in to_score:
         for views in args.views:
             for name, w in settings:
-                report = member_report(bench, model, views, name, fits[name], w)
+                report = member_report(bench, model, views, name, fits[name], w, scores)
                 scored.append({
                     "kind": kind, "seed": head["seed"], "path": path, "views": views,
                     "prior": name,

@@ -13,6 +13,7 @@ import torch
 from experiments.detector_prior import (
     BASE_PRIORS,
     PRIORS,
+    Scores,
     _ensemble_spec,
     base_prior,
     choose,
@@ -91,6 +92,26 @@ def test_an_ensemble_names_two_or_more_weights_files():
     ]
     with pytest.raises(argparse.ArgumentTypeError, match="two or more"):
         _ensemble_spec("a.safetensors")
+
+
+def test_scores_are_computed_once_per_model_views_and_image_content():
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(x.shape[0])
+            return x.mean(dim=(1, 2, 3))
+
+    scores, model, x = Scores(), Counting(), _textured(4)
+    first = scores.logits(model, x, "one")
+    again = scores.logits(model, x.clone(), "one")  # a new tensor, the same bytes
+    assert np.array_equal(first, again) and len(calls) == 1
+    scores.logits(model, x + 1e-3, "one")  # other images
+    scores.logits(model, x, "d4")  # other views: eight forward passes
+    assert len(calls) == 1 + 1 + 8
+    f = scores.feature("hf/one-sided", x, None)  # one feature for both forms of a prior
+    assert np.array_equal(f, scores.feature("hf", x.clone(), None))
+    assert np.array_equal(f, prior_feature("hf", x, None))
 
 
 def _textured(n: int = 16, size: int = 32) -> torch.Tensor:
