@@ -25,7 +25,6 @@ import torch
 from optim_support import batch, every_memory, loss_at, make_model
 
 from assocmem import MemoryOptimizer, get_preset
-from assocmem.optim import optimizer as optimizer_module
 from assocmem.optim.presets.cms import ademamix_config, m3_config
 
 HOST_STATE = ("step", "has_prev", "pairs")
@@ -35,7 +34,7 @@ READS = ("__bool__", "item", "tolist", "__float__", "__int__")
 REMAINING = {"delta": 1}
 # With nonfinite="skip" (the default), on an accelerator the presets whose fused kernels take
 # the non-finite flag skip on the device; the others decide on the host, one flag read per
-# device per step. On the CPU the host decides for all of them (optimizer._all_on_cpu).
+# device per step. On the CPU the host decides for all of them (sync_free.on_accelerator).
 DEVICE_SKIP = ("adam", "momentum")
 # With sync_free=True every other preset skips on the device too (step, then select), but
 # those that read their step count on the host: a skip decided on the device could not take
@@ -128,10 +127,12 @@ def test_a_step_reads_nothing_back_but_what_is_listed(memory):
 
 
 def _as_on_an_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the optimizer treat the CPU gradients as an accelerator's for where the skip is
-    decided: on the CPU itself the host decides for every preset (a read waits for nothing
-    there; ``optimizer._all_on_cpu``)."""
-    monkeypatch.setattr(optimizer_module, "_all_on_cpu", lambda tensors: False)
+    """Make the optimizer treat the CPU tensors as an accelerator's (``sync_free.on_accelerator``)
+    where it decides what a host read costs: on the CPU itself the host decides the skip for
+    every preset (a read waits for nothing there)."""
+    from assocmem.optim import sync_free
+
+    monkeypatch.setattr(sync_free, "on_accelerator", lambda tensors: True)
 
 
 @pytest.mark.parametrize("memory", every_memory())

@@ -64,7 +64,9 @@ def settle_large(grads: list[Tensor]) -> list[Tensor]:
     """The gradients whose finiteness is still open after each large (contiguous) one's
     ``<g, g>`` is read on the host (one read for all): the others, and a large one whose norm
     is not finite. CPU tensors only, outside torch.compile."""
-    large = [g for g in grads if _large(g)]
+    large, small = [], []
+    for g in grads:
+        (large if _large(g) else small).append(g)
     if not large:
         return grads
     norms = [squared_norm(g) for g in large]
@@ -72,6 +74,4 @@ def settle_large(grads: list[Tensor]) -> list[Tensor]:
     kept = getattr(_STEP, "norms", None)
     if kept is not None:
         kept.update((id(g), (g, n)) for g, n in zip(large, norms, strict=True))
-    return [g for g in grads if not _large(g)] + [
-        g for g, ok in zip(large, finite, strict=True) if not ok
-    ]
+    return small + [g for g, ok in zip(large, finite, strict=True) if not ok]

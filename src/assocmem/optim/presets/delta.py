@@ -220,7 +220,7 @@ def takes_host_rates(
         and not sync_free.active()
         and not sharded.active()
         and not torch.compiler.is_compiling()
-        and all(t.device.type == "cpu" for t in tensors)
+        and not sync_free.on_accelerator(tensors)
         and fused.fusable(tensors)
     )
 
