@@ -211,15 +211,18 @@ def fold_aucs(
     model: torch.nn.Module,
     priors: Mapping[str, Fit],
     weights: Sequence[float],
+    scores: Scores | None = None,
 ) -> dict[str, dict[float, float]]:
     """Per prior, the validation AUC of ``fused`` at each weight, reals against ``family``'s
     fakes, for a network that did not train on ``family`` (one view). ``priors``: name -> its
-    :func:`fit_prior`."""
+    :func:`fit_prior`; ``scores``: as for :func:`member_report` (a prior's two forms share
+    one feature)."""
+    scores = Scores() if scores is None else scores
     val = bench.split("val", [family])
-    z, labels = _logits(model, val.images, "one"), val.labels.numpy()
+    z, labels = scores.logits(model, val.images, "one"), val.labels.numpy()
     out = {}
     for name, fit in priors.items():
-        f = prior_feature(name, val.images, fit)
+        f = scores.feature(name, val.images, fit)
         stats = real_stats(z[labels == 0], f[labels == 0])
         one_sided = base_prior(name)[1]
         out[name] = {
@@ -474,10 +477,11 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
         for base in dict.fromkeys(base_prior(name)[0] for name in args.priors)
     }
     fits = {name: base_fits[base_prior(name)[0]] for name in args.priors}
+    scores = Scores()  # the models and fits live until the end of this function
     folds, by_fold = [], {}
     for fam, head, model in loaded:
         by_fold[f"{fam} seed {head['seed']}"] = aucs = fold_aucs(
-            bench, fam, model, fits, args.weights
+            bench, fam, model, fits, args.weights, scores
         )
         folds.append({
             "family": fam, "seed": head["seed"],
@@ -503,7 +507,6 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
         ("ensemble", head, model, ",".join(map(str, paths)))
         for (head, model), paths in zip(ensembles, args.ensemble, strict=True)
     ]
-    scores = Scores()  # the models and fits live until the end of this function
     for kind, head, model, path in to_score:
         for views in args.views:
             for name, w in settings:
