@@ -33,7 +33,7 @@ from assocmem.storage import read_safetensors
 from experiments.detectors import MODELS, family_split
 
 # What every member must share: an ensemble row stands for one recipe.
-RECIPE = ("model", "patch_size", "optimizer", "lr", "average")
+RECIPE = ("model", "patch_size", "optimizer", "lr", "average", "attribution")
 
 
 def load_member(path: Path) -> tuple[dict[str, Any], nn.Module]:
@@ -43,6 +43,8 @@ def load_member(path: Path) -> tuple[dict[str, Any], nn.Module]:
     if "assocmem" not in metadata:
         raise ValueError(f"{path} has no assocmem header: not written by --save-weights")
     header = json.loads(metadata["assocmem"])
+    # weights saved before the family-attribution option existed were trained without it
+    header.setdefault("attribution", 0.0)
     missing = [k for k in (*RECIPE, "seed") if k not in header]
     if missing:
         raise ValueError(f"{path}: its header lacks {', '.join(missing)}")

@@ -38,6 +38,7 @@ from assocmem.forensic.checkpoint import build_model
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.stream import TrainStream, checked_strength, stream_loader
 from assocmem.forensic.models import F3Net, MesoNet4
+from assocmem.forensic.models.attribution import FamilyAttribution
 from assocmem.forensic.models.npr import NPRWithSpectrum
 from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
 from assocmem.forensic.train import train_detector
@@ -222,6 +223,10 @@ def train_one(
         trace_strength=tuple(strength) if strength else None,
     )
     x_val, y_val = balanced(bench.split("val", families.seen), seed=1000 + seed)
+    weight = getattr(args, "attribution", 0.0) or 0.0
+    attribution = (
+        FamilyAttribution(model, list(stream.family_codes.values()), weight) if weight else None
+    )
     start = time.perf_counter()
     result = train_detector(
         model,
@@ -229,13 +234,14 @@ def train_one(
         None,
         x_val,
         y_val,
-        optimizer_factory(optimizer, lr, model),
+        optimizer_factory(optimizer, lr, model if attribution is None else attribution),
         args.max_steps,
         eval_every=args.eval_every,
         patience=args.patience,
         progress=args.progress,
         lr_drops=getattr(args, "lr_drops", 0),
         average=getattr(args, "average", None),
+        attribution=attribution,
     )
     seconds = time.perf_counter() - start
     curve = [(r["step"], r["val_loss"]) for r in result.history if "val_loss" in r]
@@ -254,6 +260,7 @@ def train_one(
         "average": getattr(args, "average", None),
         "eval_every": args.eval_every,
         "trace_strength": list(strength) if strength else None,
+        "attribution": weight,
         "seconds": round(seconds, 1),
         "val_curve": curve,
     }
@@ -303,8 +310,9 @@ def weights_name(model_name: str, run: dict[str, Any]) -> str:
     trained = "" if is_default_split(run) else "-seen-" + "+".join(run["seen"])
     strength = run.get("trace_strength")
     traces = f"-trace{strength[0]:g}-{strength[1]:g}" if strength else ""
+    attribution = f"-attr{run['attribution']:g}" if run.get("attribution") else ""
     return (
-        f"{model_name}-{optimizer}-lr{run['lr']:g}{average}{traces}{trained}"
+        f"{model_name}-{optimizer}-lr{run['lr']:g}{average}{traces}{attribution}{trained}"
         f"-seed{run['seed']}.safetensors"
     )
 
@@ -320,6 +328,7 @@ def save_weights(
         "model": model_name,
         "patch_size": bench.config.patch_size,
         **{k: run[k] for k in ("optimizer", "lr", "seed", "average", "best_step", "steps")},
+        "attribution": run.get("attribution", 0.0),
     }
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     write_safetensors(path, tensors, header)
@@ -356,7 +365,8 @@ def lr_drops_of(run: dict[str, Any]) -> int:
 def run_label(run: dict[str, Any]) -> str:
     """The detector column: the model, its patch size when not the default benchmark's, its lr
     drops when it had any (a different recipe), its weight average's decay when it was
-    evaluated on one, its training fakes' trace strength when they were blended, its member
+    evaluated on one, its training fakes' trace strength when they were blended, the weight of
+    its family-attribution loss when it had one, its member
     count when it is an ensemble (``experiments.detector_ensemble``), and its test-time views
     when they are not the image alone (``assocmem.forensic.views``)."""
     drops = lr_drops_of(run)
@@ -369,6 +379,7 @@ def run_label(run: dict[str, Any]) -> str:
         + (f" (lr drops {drops})" if drops else "")
         + (f" (EMA {run['average']:g})" if run.get("average") else "")
         + (f" (trace strength {strength[0]:g}–{strength[1]:g})" if strength else "")
+        + (f" (attribution {run['attribution']:g})" if run.get("attribution") else "")
         + (f" (ensemble of {len(run['ensemble'])})" if run.get("ensemble") else "")
         + (f" ({views} views)" if views != "one" else "")
         + ("" if is_default_split(run) else f" (trained on {trained_on(run['seen'])})")
@@ -488,6 +499,14 @@ def main(argv: list[str] | None = None) -> None:
         "(TrainStream's trace_strength); validation and test fakes stay at full strength",
     )
     parser.add_argument(
+        "--attribution",
+        type=float,
+        default=0.0,
+        help="also train a head that names each image's family (real or which seen family), "
+        "its cross-entropy at this weight beside the detection loss (FamilyAttribution); the "
+        "head is dropped after training. Default 0: detection loss only",
+    )
+    parser.add_argument(
         "--seen",
         nargs="+",
         default=None,
@@ -543,6 +562,8 @@ def main(argv: list[str] | None = None) -> None:
     if len(args.lr) not in (1, len(args.optimizers)):
         parser.error("--lr takes one value, or one per optimizer")
     lrs = args.lr * len(args.optimizers) if len(args.lr) == 1 else args.lr
+    if not (math.isfinite(args.attribution) and args.attribution >= 0):
+        parser.error(f"--attribution must be a finite weight >= 0, got {args.attribution}")
     if args.trace_strength is not None:  # refused before the benchmark is built
         try:
             checked_strength(args.trace_strength)

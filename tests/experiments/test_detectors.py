@@ -331,6 +331,48 @@ def test_a_trace_strength_run_records_it_and_gets_its_own_row_and_weights(tmp_pa
               "--max-steps", "2", "--workers", "0", "--trace-strength", "0", "1"])  # fmt: skip
 
 
+def test_an_attribution_run_records_it_and_keeps_only_the_detectors_weights(tmp_path):
+    import json
+
+    from assocmem.storage import write_safetensors
+    from experiments.detector_ensemble import ensemble_of, load_member
+    from experiments.detectors import MODELS, main, run_label, weights_name
+
+    out = tmp_path / "runs.json"
+    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_dct_dropout", "--seeds", "0",
+          "--optimizers", "muon_delta/split", "--lr", "5e-3", "--max-steps", "4",
+          "--eval-every", "2", "--batch-size", "8", "--workers", "0", "--attribution", "0.5",
+          "--save-weights", str(tmp_path / "w"), "--json", str(out)])  # fmt: skip
+    (run,) = json.loads(out.read_text())
+    assert run["attribution"] == 0.5
+    assert run_label(run) == "npr_dct_dropout (attribution 0.5)"
+    assert run_label({**run, "attribution": 0.0}) == "npr_dct_dropout"
+    assert (
+        "-attr0.5-" in run["weights"] == str(tmp_path / "w" / weights_name("npr_dct_dropout", run))
+    )
+    assert "attr" not in weights_name("npr_dct_dropout", {**run, "attribution": 0.0})
+    header, model = load_member(run["weights"])  # strict: the detector alone, head dropped
+    assert header["attribution"] == 0.5 and type(model) is type(MODELS["npr_dct_dropout"](32))
+    # the same recipe without attribution is another recipe: no ensemble of the two
+    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_dct_dropout", "--seeds", "1",
+          "--optimizers", "muon_delta/split", "--lr", "5e-3", "--max-steps", "2",
+          "--eval-every", "2", "--batch-size", "8", "--workers", "0",
+          "--save-weights", str(tmp_path / "w"), "--json", str(out)])  # fmt: skip
+    (plain,) = json.loads(out.read_text())
+    assert load_member(plain["weights"])[0]["attribution"] == 0.0
+    with pytest.raises(ValueError, match="differ in attribution"):
+        ensemble_of([run["weights"], plain["weights"]])
+    # weights saved before the option existed have no entry: trained without attribution
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    old = tmp_path / "old.safetensors"
+    write_safetensors(old, tensors, {k: v for k, v in header.items() if k != "attribution"})
+    assert load_member(old)[0]["attribution"] == 0.0
+    for bad in ("-1", "nan"):  # refused before any build
+        with pytest.raises(SystemExit):
+            main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0",
+                  "--max-steps", "2", "--workers", "0", "--attribution", bad])  # fmt: skip
+
+
 @pytest.mark.parametrize("name", sorted(SHIPPABLE))
 def test_every_shippable_detector_survives_its_checkpoint(tmp_path, name):
     from assocmem.forensic.checkpoint import build_model, load_detector, save_detector

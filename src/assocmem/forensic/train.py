@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from assocmem.forensic.masks import MaskedBatch
+from assocmem.forensic.models.attribution import FamilyAttribution
 from assocmem.forensic.models.pretrain import MaskedPretrainer
 from assocmem.training import Logger, OptimizerFactory, TrainResult, fit, trainable_parameters
 
@@ -184,6 +185,7 @@ def train_detector(
     restore_best: bool | None = None,
     lr_drops: int = 0,
     average: float | None = None,
+    attribution: FamilyAttribution | None = None,
 ) -> TrainResult:
     """Binary cross-entropy training of a detector returning logits (N,); labels 1 = fake.
 
@@ -195,6 +197,10 @@ def train_detector(
     ``lr_drops``: learning-rate drops by 10 at a plateau before early stopping (see
     :func:`assocmem.training.fit`). ``average``: evaluate, stop on and return an exponential
     moving average of the weights with this decay (:func:`assocmem.training.fit`).
+    ``attribution``: a :class:`~assocmem.forensic.models.attribution.FamilyAttribution` around
+    ``detector``; its loss (detection plus family attribution, from the family codes a stream's
+    batches carry) is the one trained, its parameters reach the optimizer (build the optimizer
+    factory on it), and ``detector`` keeps the trained (or averaged) weights as without it.
     """
     from sklearn.metrics import roc_auc_score
 
@@ -208,11 +214,17 @@ def train_detector(
         train = train_images
     if val_images.shape[0] != val_labels.shape[0]:
         raise ValueError("val_images and val_labels differ in length")
+    if attribution is not None and attribution.detector is not detector:
+        raise ValueError("attribution must wrap the detector being trained")
     device = _model_device(detector)
     y_val = val_labels.float()
 
     def step_loss(batch: Any) -> Tensor:
         images, labels = batch[0], batch[1]  # a stream's batches also carry family codes
+        if attribution is not None:
+            if len(batch) < 3:
+                raise ValueError("attribution needs batches with family codes (a TrainStream)")
+            return attribution.loss(images.to(device), labels, batch[2])
         out = detector(images.to(device))
         return F.binary_cross_entropy_with_logits(out, labels.to(out.device, out.dtype))
 
@@ -225,8 +237,9 @@ def train_detector(
         return {"val_loss": val_loss, "val_auc": auc}
 
     batches = _stream(train, batch_size, generator)
+    trained = detector if attribution is None else attribution
     return fit(
-        detector, step_loss, batches, optimizer_factory, steps=steps, eval_every=eval_every,
+        trained, step_loss, batches, optimizer_factory, steps=steps, eval_every=eval_every,
         evaluate=evaluate, log=log, progress=progress, desc="detector", patience=patience,
         restore_best=restore_best, lr_drops=lr_drops, average=average,
     )  # fmt: skip

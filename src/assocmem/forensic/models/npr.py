@@ -196,8 +196,12 @@ class NPRWithDCT(nn.Module):
             dim += self.prediction.embed_dim
         self.fc = nn.Linear(dim, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def embed(self, x: Tensor) -> Tensor:
+        """The branches' embeddings side by side, (N, ``fc.in_features``): what the logit reads."""
         embeddings = [self.residual.embed(x), self.dct(x)]
         if self.prediction is not None:
             embeddings.append(self.prediction(x))
-        return self.fc(torch.cat(embeddings, dim=1)).squeeze(-1)
+        return torch.cat(embeddings, dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.embed(x)).squeeze(-1)
