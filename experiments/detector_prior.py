@@ -311,8 +311,11 @@ def markdown(record: dict[str, Any], command: str) -> str:
     folds, best, chosen = record["folds"], record["best"], record["chosen"]
     priors = list(best)
     weights = sorted({float(w) for f in folds for w in f["aucs"][priors[0]]})
+    attribution = record.get("attribution", 0.0)  # records before the option had none
+    trained = f" (networks trained with family attribution {attribution:g})" if attribution else ""
     lines = [
-        "## Detector with a training-free prior, weighted by leave-one-family-out validation",
+        "## Detector with a training-free prior, weighted by leave-one-family-out validation"
+        + trained,
         "",
         f"Regenerate: {command}",
         "",
@@ -426,6 +429,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="write the record here")
     parser.add_argument("--from-json", type=Path, help="render a record written before")
     parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
+    parser.add_argument(
+        "--section",
+        default=SECTION,
+        help=f"the section of --write to refresh (default {SECTION}; another name keeps a second "
+        "study, e.g. of other fold networks, beside it)",
+    )
     args = parser.parse_args(argv)
     command = "`python -m experiments.detector_prior " + " ".join(
         sys.argv[1:] if argv is None else argv
@@ -443,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(record, command)
     print(text)
     if args.write:
-        replace_section(args.write, SECTION, text)
+        replace_section(args.write, args.section, text)
 
 
 def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
@@ -497,6 +506,7 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
     label = (
         f"{header['model']}, {header['optimizer']} (lr {header['lr']:g}), "
         f"weight average {header['average']}"
+        + (f", family attribution {header['attribution']:g}" if header["attribution"] else "")
     )
     settings = [(args.priors[0], 0.0)] + [(n, w) for n, w in best.items() if w > 0]
     scored = []
@@ -527,6 +537,7 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
         "folds": folds,
         "best": best,
         "chosen": {"prior": prior, "weight": weight},
+        "attribution": header["attribution"],
         "members": scored,
     }
 

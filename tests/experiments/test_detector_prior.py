@@ -179,6 +179,18 @@ def test_the_experiment_scores_members_alone_and_with_the_chosen_prior(tmp_path)
     assert "Chosen: **`" in doc.read_text()
     # the record renders again without recomputing
     prior_main(["--from-json", str(out)])
+    assert record["attribution"] == 0.0  # the tiny runs trained without it
+    # a study of other fold networks goes to a section of its own, titled by its recipe
+    before = doc.read_text()
+    other_study = tmp_path / "attribution.json"
+    other_study.write_text(json.dumps({**record, "attribution": 0.5}))
+    prior_main(["--from-json", str(other_study), "--write", str(doc),
+                "--section", "detector-prior-attribution"])  # fmt: skip
+    after = doc.read_text()
+    assert after.startswith(before.rstrip())  # the first section as it was
+    assert "<!-- report:detector-prior-attribution:begin -->" in after
+    assert "(networks trained with family attribution 0.5)" in after[len(before) :]
+    assert "family attribution" not in before
 
 
 def test_a_fold_must_name_a_seen_family_and_every_family_gets_as_many():
