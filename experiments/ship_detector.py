@@ -26,6 +26,7 @@ same calibration and table.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from functools import partial
@@ -152,6 +153,12 @@ def training_sentence(header: dict[str, Any]) -> str:
             if train.get("average")
             else ": "
         )
+        + (
+            f"trained beside a family-attribution head (weight {train['attribution']:g}, "
+            "not shipped); "
+            if train.get("attribution")
+            else ""
+        )
         + f"best validation loss at step {train['best_step']} of {train['steps']} run "
         f"({'stopped early' if train['stopped_early'] else 'step cap'}; {train['seconds']:.0f} s "
         "on one thread)."
@@ -221,6 +228,13 @@ def main(argv: list[str] | None = None) -> None:
         help="evaluate, early-stop on and ship an exponential moving average of the weights "
         "with this decay (experiments.detectors --average)",
     )
+    parser.add_argument(
+        "--attribution",
+        type=float,
+        default=0.0,
+        help="train with a family-attribution head at this weight beside the detection loss, "
+        "dropped before shipping (experiments.detectors --attribution)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="stream worker processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
@@ -246,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table-only", action="store_true", help="no training: read --out")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
+    if not (math.isfinite(args.attribution) and args.attribution >= 0):
+        parser.error(f"--attribution must be a finite weight >= 0, got {args.attribution}")
     if args.table_only:
         header = load_detector(args.out).header
     else:

@@ -60,6 +60,20 @@ def test_ship_with_a_weight_average_says_so(tmp_path):
     assert "exponential moving average of its weights (decay 0.9)" in md.read_text()
 
 
+@pytest.mark.slow  # trains a detector for 20 steps and builds the tiny benchmark: ~15 s
+def test_ship_with_family_attribution_ships_the_detector_alone_and_says_so(tmp_path):
+    out, md, cache = tmp_path / "attr.safetensors", tmp_path / "results.md", tmp_path / "cache"
+    main(["--tiny", "--max-steps", "20", "--eval-every", "10", "--workers", "0",
+          "--attribution", "1", "--out", str(out), "--write", str(md),
+          "--cache-dir", str(cache)])  # fmt: skip
+    shipped = load_detector(out)  # strict load: no attribution weights in the file
+    assert shipped.info["train"]["attribution"] == 1.0
+    assert "family-attribution head (weight 1, not shipped)" in md.read_text()
+    assert not any("attribution" in k for k in shipped.model.state_dict())
+    with pytest.raises(SystemExit):  # refused before any build
+        main(["--tiny", "--attribution", "-1", "--out", str(tmp_path / "x.safetensors")])
+
+
 @pytest.mark.slow  # trains two detectors for 4 steps and builds the tiny benchmark: ~15 s
 def test_ship_an_ensemble_of_saved_members(tmp_path):
     import json
