@@ -197,6 +197,17 @@ def family_split(config: BenchmarkConfig, seen: Sequence[str] | None = None) -> 
     )
 
 
+def attribution_weight(text: str) -> float:
+    """``--attribution``'s value: a finite weight >= 0 (0: no attribution head)."""
+    try:
+        weight = float(text)
+    except ValueError:
+        weight = math.nan
+    if not (math.isfinite(weight) and weight >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite weight >= 0, got {text!r}")
+    return weight
+
+
 def is_default_split(run: dict[str, Any]) -> bool:
     """Whether ``run`` trained on the default seen families (records made before the ``seen``
     entry existed all did)."""
@@ -500,7 +511,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--attribution",
-        type=float,
+        type=attribution_weight,
         default=0.0,
         help="also train a head that names each image's family (real or which seen family), "
         "its cross-entropy at this weight beside the detection loss (FamilyAttribution); the "
@@ -562,8 +573,6 @@ def main(argv: list[str] | None = None) -> None:
     if len(args.lr) not in (1, len(args.optimizers)):
         parser.error("--lr takes one value, or one per optimizer")
     lrs = args.lr * len(args.optimizers) if len(args.lr) == 1 else args.lr
-    if not (math.isfinite(args.attribution) and args.attribution >= 0):
-        parser.error(f"--attribution must be a finite weight >= 0, got {args.attribution}")
     if args.trace_strength is not None:  # refused before the benchmark is built
         try:
             checked_strength(args.trace_strength)

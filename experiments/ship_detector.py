@@ -26,7 +26,6 @@ same calibration and table.
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 from functools import partial
@@ -45,7 +44,14 @@ from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.views import VIEWS, view_logits
 from experiments.detector_ensemble import ensemble_of
-from experiments.detectors import HELDOUT, SEEN, SHIPPABLE, family_split, train_one
+from experiments.detectors import (
+    HELDOUT,
+    SEEN,
+    SHIPPABLE,
+    attribution_weight,
+    family_split,
+    train_one,
+)
 from experiments.report import replace_section
 
 
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--attribution",
-        type=float,
+        type=attribution_weight,
         default=0.0,
         help="train with a family-attribution head at this weight beside the detection loss, "
         "dropped before shipping (experiments.detectors --attribution)",
@@ -260,8 +266,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table-only", action="store_true", help="no training: read --out")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
-    if not (math.isfinite(args.attribution) and args.attribution >= 0):
-        parser.error(f"--attribution must be a finite weight >= 0, got {args.attribution}")
     if args.table_only:
         header = load_detector(args.out).header
     else:
