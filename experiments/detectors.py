@@ -58,6 +58,8 @@ HELDOUT = ("ae_bilinear", "ae_pixelshuffle", "resample", "denoiser")
 # The benchmark's patch side unless --patch-size says otherwise (runs recorded before the
 # option existed were all at this size).
 DEFAULT_PATCH = BenchmarkConfig.patch_size
+# what tells two runs of a --from-json table apart: a file copied or named twice repeats all of it
+RUN_IDENTITY = ("command", "model", "optimizer", "lr", "seed", "views", "seen", "patch_size")
 
 # The detectors a checkpoint can hold: name -> (architecture in the checkpoint format's
 # registry, its constructor arguments). ``experiments.ship_detector`` ships from this table.
@@ -562,7 +564,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = "python -m experiments.detectors " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.from_json:
+        # a record given twice would count its seeds twice and shrink the spreads
+        twice = sorted({str(p) for p in args.from_json if args.from_json.count(p) > 1})
+        if twice:
+            parser.error(f"--from-json names a file more than once: {twice}")
         runs = [run for path in args.from_json for run in json.loads(path.read_text())]
+        keys = [json.dumps([run.get(k) for k in RUN_IDENTITY]) for run in runs]
+        if len(set(keys)) != len(keys):
+            parser.error("--from-json holds the same run (command, seed and views) twice")
         made_by = sorted({run.get("command", "?") for run in runs})
         sources = " and ".join(f"`{c}`" for c in made_by)
         text = markdown(runs, f"{sources}, then `{command.strip()}`", args.target_fpr)

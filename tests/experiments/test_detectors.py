@@ -68,6 +68,22 @@ def test_each_view_set_is_a_record_of_the_same_training_and_its_own_row(tmp_path
     assert run_label(one) == "npr_bn" and run_label(d4) == "npr_bn (d4 views)"
 
 
+def test_a_table_from_records_refuses_to_count_a_run_twice(tmp_path, capsys):
+    import json
+
+    from experiments.detectors import main
+
+    run = {"command": "python -m experiments.detectors --seeds 0 1", "model": "npr_bn",
+           "optimizer": "adam", "lr": 1e-3, "seed": 0, "views": "one"}  # fmt: skip
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([run, {**run, "seed": 1}]))
+    b.write_text(json.dumps([run]))  # a copy of one of a's runs
+    for paths, says in (([a, a], "more than once"), ([a, b], "the same run")):
+        with pytest.raises(SystemExit):
+            main(["--from-json", *map(str, paths)])
+        assert says in capsys.readouterr().err
+
+
 def test_the_same_optimizer_at_another_lr_is_another_row():
     from experiments.detectors import HELDOUT, SEEN, markdown
 
