@@ -564,14 +564,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = "python -m experiments.detectors " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.from_json:
-        # a record given twice would count its seeds twice and shrink the spreads
-        twice = sorted({str(p) for p in args.from_json if args.from_json.count(p) > 1})
-        if twice:
-            parser.error(f"--from-json names a file more than once: {twice}")
         runs = [run for path in args.from_json for run in json.loads(path.read_text())]
+        # a run given twice (its file named more than once, or copied) would count its seeds
+        # twice and shrink the spreads
         keys = [json.dumps([run.get(k) for k in RUN_IDENTITY]) for run in runs]
         if len(set(keys)) != len(keys):
-            parser.error("--from-json holds the same run (command, seed and views) twice")
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            parser.error(
+                f"--from-json holds the same run ({', '.join(RUN_IDENTITY)}) more than once "
+                f"(a file named twice, or a copy): {twice}"
+            )
         made_by = sorted({run.get("command", "?") for run in runs})
         sources = " and ".join(f"`{c}`" for c in made_by)
         text = markdown(runs, f"{sources}, then `{command.strip()}`", args.target_fpr)
