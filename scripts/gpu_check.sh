@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Issue 15's GPU checks as one script, for a machine with a CUDA device (none in CI): every
 # preset on CUDA against its CPU run, the skip of a non-finite step without a host sync, a model
-# across CPU and GPU (tests/optim/test_cuda.py), then the step-cost benchmark on the device.
+# across CPU and GPU (tests/optim/test_cuda.py), the syncs per step counted (scripts/cuda_syncs.py),
+# launches and busy time per step (scripts/cuda_profile.py), then the step-cost benchmark there.
 #
 #   PYTHON=python3 OUT=outputs/gpu scripts/gpu_check.sh      # or: make gpu-check
 #
 # Uses $PYTHON's torch as it is (a CUDA build; this project's .venv holds the CPU wheel) and
 # installs nothing: the accelerator machines may have no network. Writes the test log, the
 # benchmark's log and a copy of docs/results.md with its step-cost-cuda section filled in under
-# $OUT (move that section into docs/results.md by hand). Exits non-zero if a test fails or
+# $OUT (copy that section into docs/results.md with experiments.report.section and
+# replace_section, not by hand). Exits non-zero if a test fails or
 # there is no GPU.
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
@@ -33,8 +35,13 @@ else
     status=1
 fi
 
+"$PYTHON" scripts/cuda_syncs.py 2>&1 | tee "$OUT/syncs.md" || status=1
+"$PYTHON" scripts/cuda_profile.py 2>&1 | tee "$OUT/profile.md" || status=1
+
+# BENCH_ARGS, e.g. "--no-compile": cold compiles of the compile=True rows take minutes
 cp docs/results.md "$OUT/results.md"
-"$PYTHON" -m experiments.bench_step --device cuda --write "$OUT/results.md" \
+# shellcheck disable=SC2086
+"$PYTHON" -m experiments.bench_step --device cuda ${BENCH_ARGS:-} --write "$OUT/results.md" \
     2>&1 | tee "$OUT/bench_step.log" || status=1
 echo "benchmark section written to $OUT/results.md (section step-cost-cuda)"
 exit $status

@@ -19,6 +19,13 @@ from assocmem.meta import (
     load_checkpoint,
     save_checkpoint,
 )
+from assocmem.meta.network import (
+    ACCELERATOR_CHUNK_ROWS,
+    CHUNK_ROWS,
+    chunk_rows,
+    learned_update,
+    learned_update_chunked,
+)
 from assocmem.meta.tasks import HELD_OUT_FAMILIES, TRAIN_FAMILIES, Task, sample_task
 from assocmem.meta.train import TrainConfig, meta_train, unroll
 
@@ -264,3 +271,16 @@ def test_meta_train_smoke_and_resume(tmp_path):
     other = TrainConfig(**{**train.to_dict(), "families": train.families, "meta_lr": 1.0})
     with pytest.raises(ValueError, match="cannot resume"):
         meta_train(TINY, other, checkpoint=tmp_path / "b.safetensors", progress=False)
+
+
+def test_the_chunked_update_is_the_whole_update_and_chunks_grow_off_the_cpu():
+    config = LearnedConfig()
+    meta = init_meta_params(config, torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = torch.randn(1000, config.num_features, dtype=torch.float64)
+    whole = learned_update(meta, x, config)
+    parts = learned_update_chunked(meta, x, config, chunk=64)  # 16 chunks, the last short
+    # rows are independent: each row's MLP is the same arithmetic whatever its neighbours
+    torch.testing.assert_close(parts.value, whole.value, rtol=0, atol=1e-12)
+    assert torch.equal(parts.finite, whole.finite)
+    assert chunk_rows(torch.device("cpu")) == CHUNK_ROWS
+    assert chunk_rows(torch.device("meta")) == ACCELERATOR_CHUNK_ROWS > CHUNK_ROWS

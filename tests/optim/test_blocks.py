@@ -65,3 +65,14 @@ def test_named_blocks_are_blocks_by_name():
     chosen = select(buffers, [2, 0])
     assert chosen.params[0] is params[2] and chosen.params[1] is params[0]
     assert chosen.levels[1][0] is levels[1][2] and chosen.second is None
+
+
+def test_off_the_cpu_the_tensors_go_whole_in_one_block():
+    # the meta device stands in for an accelerator: one block, each tensor itself (no views),
+    # where on the CPU the same tensors are cut into cache-sized pieces
+    shapes = [(3, 1 << 18), (7,), (1 << 19,)]
+    on_cpu = [torch.empty(s) for s in shapes]
+    assert len(list(blocks([on_cpu], numel=1 << 18))) > 1
+    on_meta = [torch.empty(s, device="meta") for s in shapes]
+    (block,) = list(blocks([on_meta, on_meta], numel=1 << 18))
+    assert all(a is b for a, b in zip(block[0], on_meta, strict=True))

@@ -1,6 +1,6 @@
-"""On a CUDA device: every preset equals its CPU run, the presets that skip on the device skip a
-non-finite step without a host sync, and a model split across the CPU and a GPU steps and skips
-as one.
+"""On a CUDA device: every preset equals its CPU run and steps without a host sync, the presets
+that skip on the device skip a non-finite step without a host sync, and a model split across the
+CPU and a GPU steps and skips as one.
 
 Skipped where there is no CUDA device (this project's CI machine has none; docs/api.md says
 what has been run where). The runs are float64, so they compare the algorithm on both devices,
@@ -106,3 +106,20 @@ def test_a_model_across_cpu_and_cuda_steps_and_skips_as_one(memory):
     backward(2)
     opt.step()
     assert not torch.equal(_flat(model), params)
+
+
+@pytest.mark.parametrize("memory", every_memory())
+def test_a_finite_step_waits_for_nothing(memory):
+    # Past the first step (which creates the state): steady-state steps of every preset, with
+    # the decisions on the device (sync_free=None turns it on for a CUDA gradient).
+    model, opt = _trained(memory, "cuda", steps=2, sync_free=None)
+    torch.cuda.synchronize()
+    for t in range(2, 4):
+        opt.zero_grad()
+        _backward(model, t)
+        torch.cuda.set_sync_debug_mode("error")  # any host-device sync inside step() raises
+        try:
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert opt.skipped_steps == 0

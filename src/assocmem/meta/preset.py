@@ -29,7 +29,7 @@ from torch import Tensor
 from assocmem.meta.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from assocmem.meta.config import LearnedConfig
 from assocmem.meta.features import init_memory
-from assocmem.meta.network import CHUNK_ROWS, MetaParams
+from assocmem.meta.network import MetaParams, chunk_rows
 from assocmem.meta.step import learned_step
 from assocmem.optim import sync_free
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
@@ -111,7 +111,14 @@ class Learned(Preset):
         # the counters on the device under sync_free (nothing read on the host), else numbers
         steps = [s["step"] if sync_free.active() else float(s["step"]) for s in states]
         updates, written, nonfinite = learned_step(
-            meta, config, params, grads, memories, steps, chunk=CHUNK_ROWS, batch=batch
+            meta,
+            config,
+            params,
+            grads,
+            memories,
+            steps,
+            chunk=chunk_rows(params[0].device),
+            batch=batch,
         )
         for state, memory, bad in zip(states, written, nonfinite, strict=True):
             state["momenta"].copy_(memory["momenta"])

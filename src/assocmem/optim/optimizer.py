@@ -286,7 +286,12 @@ class MemoryOptimizer(Optimizer):
         for key, index in sharded.by_layout(kept_work):
             ws, gs, ss = ([xs[j] for j in index] for xs in (kept_work, kept_grads, kept_states))
             if key is None:
-                self._step_tensors(group, preset, ws, gs, ss, found)
+                # one device at a time: a preset's per-tensor sums are stacked into one
+                # vector (delta's overlaps), which cannot hold a CPU and a CUDA tensor
+                for on in _by_device(ws):
+                    self._step_tensors(
+                        group, preset, *([xs[j] for j in on] for xs in (ws, gs, ss)), found
+                    )
             elif (
                 group["foreach"] is not False
                 and preset.shards_locally(group)
@@ -739,6 +744,15 @@ def _written_tensors(params: list[Tensor], states: list[dict[str, Any]]) -> list
 def _real(t: Tensor) -> Tensor:
     """A complex tensor as its real view ``(..., 2)``; a real one as itself."""
     return torch.view_as_real(t) if t.is_complex() else t
+
+
+def _by_device(tensors: list[Tensor]) -> list[list[int]]:
+    """Indices of ``tensors`` grouped by device, in order of first appearance (one group for
+    a model on one device, the usual case)."""
+    groups: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault(t.device, []).append(i)
+    return list(groups.values())
 
 
 # Run eagerly even inside torch.compile(opt.step): torch 2.13's inductor returns one buffer for
