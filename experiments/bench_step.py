@@ -99,6 +99,10 @@ def candidates(
             makers[f"{name} (sync_free=True)"] = lambda ps, name=name: MemoryOptimizer(
                 ps, memory=name, lr=1e-3, sync_free=True
             )
+        # Newton-Schulz in bf16, as torch.optim.Muon: for accelerators (on a CPU far slower)
+        makers["muon (ns_dtype=bfloat16)"] = lambda ps: MemoryOptimizer(
+            ps, memory="muon", lr=1e-3, ns_dtype="bfloat16"
+        )
     if not compile:
         return makers
     # The opt-in compiled paths (the first step compiles; the timed steps are warm).

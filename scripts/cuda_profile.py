@@ -54,6 +54,9 @@ def main() -> None:
     }
     for name in available_memories():
         makers[name] = lambda ps, name=name: MemoryOptimizer(ps, memory=name, lr=1e-3)
+    makers["muon (ns_dtype=bfloat16)"] = lambda ps: MemoryOptimizer(
+        ps, memory="muon", lr=1e-3, ns_dtype="bfloat16"
+    )
     rows = [
         "| optimizer | step ms | kernels per step | device busy ms | busy / step |",
         "|---|---:|---:|---:|---:|",

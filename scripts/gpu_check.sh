@@ -2,7 +2,8 @@
 # Issue 15's GPU checks as one script, for a machine with a CUDA device (none in CI): every
 # preset on CUDA against its CPU run, the skip of a non-finite step without a host sync, a model
 # across CPU and GPU (tests/optim/test_cuda.py), the syncs per step counted (scripts/cuda_syncs.py),
-# launches and busy time per step (scripts/cuda_profile.py), then the step-cost benchmark there.
+# launches and busy time per step (scripts/cuda_profile.py), the step-cost benchmark there, and
+# last the compiled steps against the eager ones (the slow tests of test_cuda.py).
 #
 #   PYTHON=python3 OUT=outputs/gpu scripts/gpu_check.sh      # or: make gpu-check
 #
@@ -27,7 +28,7 @@ PY
 
 status=0
 if "$PYTHON" -c "import pytest, hypothesis" 2>/dev/null; then
-    "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/optim/test_cuda.py \
+    "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m "not slow" tests/optim/test_cuda.py \
         2>&1 | tee "$OUT/test_cuda.log" || status=1
 else
     echo "pytest or hypothesis missing for $PYTHON: tests/optim/test_cuda.py not run" \
@@ -44,4 +45,8 @@ cp docs/results.md "$OUT/results.md"
 "$PYTHON" -m experiments.bench_step --device cuda ${BENCH_ARGS:-} --write "$OUT/results.md" \
     2>&1 | tee "$OUT/bench_step.log" || status=1
 echo "benchmark section written to $OUT/results.md (section step-cost-cuda)"
+
+# last: the compiled steps (a cold compile per preset)
+"$PYTHON" -m pytest -q -rs -p no:cacheprovider -m slow tests/optim/test_cuda.py \
+    2>&1 | tee "$OUT/test_cuda_compiled.log" || status=1
 exit $status

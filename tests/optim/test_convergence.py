@@ -297,6 +297,7 @@ MUON_OPTIONS = {
     "delta_erase": {"gamma": 0.5},
     "delta_erase_rows": {"gamma": 0.5, "erase": "row"},
     "row_norm": {"row_norm": True},
+    "bfloat16_newton_schulz": {"ns_dtype": "bfloat16"},  # at 2e-2 only
     "all": {"ns_coefficients": "polar_express", "gamma": 0.5, "row_norm": True},
 }
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from optim_support import LOCKSTEP_TOL, batch, every_memory, in_float64, make_model
 
-from assocmem import MemoryOptimizer
+from assocmem import MemoryOptimizer, get_preset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -123,3 +123,48 @@ def test_a_finite_step_waits_for_nothing(memory):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert opt.skipped_steps == 0
+
+
+def test_muon_with_bfloat16_newton_schulz_on_cuda_agrees_with_its_cpu_run():
+    def trained(device):
+        torch.manual_seed(0)
+        model = make_model().to(device)
+        opt = MemoryOptimizer(model.parameters(), "muon", lr=2e-2, ns_dtype="bfloat16")
+        for t in range(STEPS):
+            opt.zero_grad()
+            _backward(model, t)
+            opt.step()
+        return _flat(model)
+
+    # the two devices' bf16 products round differently: a few bf16 ulps (~2^-6 of entries of O
+    # <= 1) per step, over 5 steps of lr * s <= 2e-2 * sqrt(2) (TinyNet): ~2e-3
+    torch.testing.assert_close(trained("cuda"), trained("cpu"), rtol=0, atol=5e-3)
+
+
+@pytest.mark.slow  # a cold compile per preset; scripts/gpu_check.sh runs these last
+@pytest.mark.parametrize("memory", every_memory())
+def test_a_compiled_step_on_cuda_gives_the_eager_numbers(memory):
+    # as tests/optim/test_compile_step.py on the CPU (its TOL: a few float32 roundings of O(1)
+    # values per step, with 50x to spare), here with inductor's GPU kernels
+    if get_preset(memory).uncompilable is not None:
+        pytest.skip(f"{memory} refuses a compiled step (tested on the CPU)")
+
+    def run(compile_step: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        model = make_model().cuda()
+        opt = MemoryOptimizer(model.parameters(), memory, lr=1e-2)
+        step = torch.compile(opt.step) if compile_step else opt.step
+        for t in range(3):  # step 1 creates the state, steps 2 and 3 read it
+            opt.zero_grad()
+            _backward(model, t)
+            step()
+        state = [v for p in model.parameters() for v in opt.state[p].values() if torch.is_tensor(v)]
+        return _flat(model), state
+
+    torch._dynamo.reset()
+    eager_params, eager_state = run(False)
+    params, state = run(True)
+    torch.testing.assert_close(params, eager_params, rtol=0.0, atol=1e-6)
+    assert len(state) == len(eager_state)
+    for got, want in zip(state, eager_state, strict=True):
+        torch.testing.assert_close(got, want, rtol=0.0, atol=1e-6)

@@ -6,6 +6,7 @@ from optim_support import LOCKSTEP_TOL, TinyNet, flat_params, in_float64, make_m
 from torch import nn
 
 from assocmem import MemoryOptimizer
+from assocmem.optim.newton_schulz import zeropower_via_newtonschulz5
 from assocmem.optim.reads import spectral_scale
 
 
@@ -188,3 +189,51 @@ def test_each_option_changes_the_trajectory(hyper):
         return flat_params(model)
 
     assert (run(**hyper) - run()).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("shape", [(16, 32), (40, 24), (3, 16, 32)])
+def test_bfloat16_newton_schulz_keeps_the_band_and_the_input_dtype(shape):
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    full = zeropower_via_newtonschulz5(g)
+    half = zeropower_via_newtonschulz5(g, dtype=torch.bfloat16)
+    assert half.dtype == torch.float32
+    s = torch.linalg.svdvals(half)
+    # Jordan's quintic puts these matrices' singular values (all above 5 % of ||G||_F) into
+    # about [0.68, 1.2] in exact arithmetic; bf16's 2^-8 rounding per product moves them ~1 %
+    assert ((s > 0.6) & (s < 1.3)).all(), s
+    # entries of O are about 1/sqrt(cols) <= 0.25 here: a few bf16 ulps of them apart
+    torch.testing.assert_close(half, full, rtol=0, atol=2e-2)
+    assert not torch.equal(half, full)  # the iteration did run in bf16
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_bfloat16_newton_schulz_agrees_with_torch_muon(nesterov):
+    """``ns_dtype="bfloat16"`` iterates as torch.optim.Muon does (bf16, its fused products).
+    Not bit-for-bit: our momentum is Hebbian (``m <- beta m + g``), torch's an EMA, and NS's
+    input rounds to bf16 differently at the two scales. Bound: each step's O may differ by a few
+    bf16 ulps (~2^-6 of entries <= 1), over 30 steps of ``lr * s <= 0.02 * sqrt(2)``: ~0.013."""
+
+    def run(make):
+        torch.manual_seed(0)
+        ws = [torch.nn.Parameter(torch.randn(6, 4)), torch.nn.Parameter(torch.randn(3, 8))]
+        opt = make(ws)
+        for t in range(30):
+            g = torch.Generator().manual_seed(t)
+            loss = sum((w * torch.randn(w.shape, generator=g)).sum() + w.pow(2).sum() for w in ws)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return torch.cat([w.detach().flatten() for w in ws])
+
+    kw = {"lr": 0.02, "weight_decay": 0.1, "momentum": 0.9, "nesterov": nesterov}
+    expected = run(lambda ps: torch.optim.Muon(ps, **kw))
+    half = run(lambda ps: MemoryOptimizer(ps, "muon", ns_dtype="bfloat16", **kw))
+    full = run(lambda ps: MemoryOptimizer(ps, "muon", **kw))
+    torch.testing.assert_close(half, expected, rtol=0, atol=1.5e-2)
+    assert not torch.equal(half, full)
+
+
+def test_ns_dtype_is_validated():
+    w = torch.nn.Parameter(torch.randn(4, 4))
+    with pytest.raises(ValueError, match="ns_dtype"):
+        MemoryOptimizer([w], "muon", ns_dtype="float16")

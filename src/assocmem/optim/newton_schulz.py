@@ -59,6 +59,7 @@ def zeropower_via_newtonschulz5(
     *,
     coefficients: str = "jordan",
     lower: float = polar_express.LOWER,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Approximately orthogonalise ``G`` (``U S V^T -> U S' V^T`` with ``S' ~ 1``).
 
@@ -80,6 +81,9 @@ def zeropower_via_newtonschulz5(
             about [0.86, 1.14]); :func:`schedule`.
         lower: the smallest relative singular value the ``"polar_express"`` table is designed
             to lift (with fewer steps a larger ``lower`` gives a much tighter band above it).
+        dtype: the dtype the iterations run in; ``None``: ``G``'s promoted to at least fp32
+            (above). ``torch.bfloat16`` is what Keller Jordan's Muon and ``torch.optim.Muon``
+            do: on an accelerator several times faster, on a CPU far slower.
 
     Returns:
         a tensor of ``G``'s shape and dtype with singular values close to one.
@@ -98,7 +102,7 @@ def zeropower_via_newtonschulz5(
     if G.dim() < 2:
         raise ValueError(f"G must have at least 2 dims, got shape {tuple(G.shape)}")
     quintics, factor = schedule(coefficients, steps, lower)
-    X = G.to(torch.promote_types(G.dtype, torch.float32))
+    X = G.to(torch.promote_types(G.dtype, torch.float32) if dtype is None else dtype)
     transposed = X.size(-2) > X.size(-1)
     if transposed:
         X = X.mT
@@ -107,6 +111,12 @@ def zeropower_via_newtonschulz5(
     X = X / ((norm if factor == 1.0 else norm * factor) + eps)
     for a, b, c in quintics:
         A = X @ X.mT
+        if X.dtype == torch.bfloat16 and X.dim() in (2, 3):
+            # torch.optim.Muon's form: each line one fused product, one bf16 rounding
+            mm = torch.addmm if X.dim() == 2 else torch.baddbmm
+            B = mm(A, A, A, beta=b, alpha=c)
+            X = mm(X, B, X, beta=a)
+            continue
         B = b * A + c * (A @ A)
         X = a * X + B @ X
     if transposed:

@@ -78,6 +78,7 @@ def orthogonal_read(
     scale: str = "spectral",
     coefficients: str = "jordan",
     lower: float = LOWER,
+    dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, float]:
     """``u = s O`` with ``O = NS(m) ~ U V^T`` for ``m = U S V^T`` read as ``(rows, cols)``.
 
@@ -91,6 +92,7 @@ def orthogonal_read(
         scale: :func:`spectral_scale`'s rule.
         coefficients, lower: the Newton-Schulz schedule
             (:func:`assocmem.optim.newton_schulz.schedule`).
+        dtype: the dtype Newton-Schulz runs in (``None``: at least fp32; ``torch.bfloat16``).
 
     Returns:
         ``(O, s)``: ``O`` shaped like ``update`` and the scale ``s``, apart, so that a caller can
@@ -98,7 +100,7 @@ def orthogonal_read(
     """
     rows, cols = as_matrix(update).shape
     ortho = zeropower_via_newtonschulz5(
-        as_matrix(update), steps=steps, coefficients=coefficients, lower=lower
+        as_matrix(update), steps=steps, coefficients=coefficients, lower=lower, dtype=dtype
     )
     return ortho.view_as(update), spectral_scale(rows, cols, scale)
 
@@ -110,6 +112,7 @@ def orthogonal_reads(
     scale: str = "spectral",
     coefficients: str = "jordan",
     lower: float = LOWER,
+    dtype: torch.dtype | None = None,
 ) -> list[tuple[list[int], list[Tensor], float]]:
     """:func:`orthogonal_read` of many tensors, one batched Newton-Schulz per matrix shape.
 
@@ -123,7 +126,7 @@ def orthogonal_reads(
     for (rows, cols), index in by_shape.items():
         stacked = torch.stack([as_matrix(updates[i]) for i in index])
         ortho = zeropower_via_newtonschulz5(
-            stacked, steps=steps, coefficients=coefficients, lower=lower
+            stacked, steps=steps, coefficients=coefficients, lower=lower, dtype=dtype
         )
         pieces = [o.view_as(updates[i]) for o, i in zip(ortho.unbind(0), index, strict=True)]
         reads.append((index, pieces, spectral_scale(rows, cols, scale)))

@@ -35,6 +35,9 @@ Options (all off by default, so the default is Keller Jordan's Muon):
   what it holds along ``g_hat``,
   ``m <- (beta I - gamma g_hat g_hat^T) m + g`` (``erase="tensor"`` or per ``"row"``;
   :func:`assocmem.optim.presets.delta.delta_momentum_write`), then the same read and NS;
+- ``ns_dtype="bfloat16"``: Newton-Schulz iterates in bf16, as Keller Jordan's Muon and
+  ``torch.optim.Muon`` do (the default, ``"float32"``, is fp32, fp64 for fp64 parameters):
+  for accelerators, where bf16 matrix products are several times faster; on a CPU far slower;
 - ``row_norm=True``: each row (output neuron) of the orthogonalised update is divided by the
   root of a running mean square of that row, the update's Frobenius norm kept
   (NorMuon, Li et al. 2025, :mod:`assocmem.optim.neuron_norm`; second moment ``row_beta2``).
@@ -70,6 +73,11 @@ from assocmem.optim.reads import (
     spectral_scale,
 )
 from assocmem.optim.registry import Group, Hyper, Preset, State, get_preset, register
+
+# ns_dtype: the dtype Newton-Schulz iterates in. "float32" is at least fp32 (fp64 parameters
+# iterate in fp64, so float64 tests check the algorithm); "bfloat16" is what Keller Jordan's Muon
+# and torch.optim.Muon do, for accelerators (on a CPU bf16 matrix products are far slower).
+NS_DTYPES: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 def orthogonalized(param: Tensor) -> bool:
@@ -114,6 +122,11 @@ class Muon(Preset):
         ),
         "row_norm": Hyper(False, validate.boolean, "normalise each row of O (NorMuon)"),
         "row_beta2": Hyper(0.95, validate.unit_interval, "retention of the rows' mean square"),
+        "ns_dtype": Hyper(
+            "float32",
+            validate.one_of(*NS_DTYPES),
+            "dtype of Newton-Schulz (bfloat16: accelerators)",
+        ),
         "ns_placement": Hyper(
             "all", validate.one_of(*NS_PLACEMENTS), "FSDP2: NS on every rank, or on one per matrix"
         ),
@@ -168,6 +181,7 @@ class Muon(Preset):
             scale=group["scale"],
             coefficients=group["ns_coefficients"],
             lower=group["ns_lower"],
+            dtype=NS_DTYPES[group["ns_dtype"]],
         )
         if group["row_norm"]:
             ortho, v = row_normalized(ortho, state["row_sq"], beta2=group["row_beta2"])
@@ -224,6 +238,7 @@ def _group_reads(
         scale=group["scale"],
         coefficients=group["ns_coefficients"],
         lower=group["ns_lower"],
+        dtype=NS_DTYPES[group["ns_dtype"]],
     )
 
 
