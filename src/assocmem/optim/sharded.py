@@ -38,6 +38,8 @@ from torch import Tensor
 # something (FSDP2, the user) imported it, so until then nothing is sharded and the optimizer
 # does not pay that second (``import assocmem`` stays fast for everyone who never shards).
 _DTENSOR_MODULE = "torch.distributed.tensor"
+# Exactly these types are never a DTensor (a DTensor parameter's type is DTensor itself).
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 # Per thread, the sharded step in progress: ``groups``, the process groups a local step reduces
 # over (one per sharded mesh dimension; empty outside), and ``rows``, the whole tensor's row
@@ -57,6 +59,8 @@ def _rows() -> dict[int, int]:
 
 def is_sharded(t: Any) -> bool:
     """Whether ``t`` is a ``DTensor`` (a parameter or state tensor that FSDP2 distributes)."""
+    if type(t) in _PLAIN:  # asked a few times per tensor per step: the common answer first
+        return False
     module = sys.modules.get(_DTENSOR_MODULE)
     return module is not None and isinstance(t, module.DTensor)
 
