@@ -1,5 +1,6 @@
 """Where a step's time goes on a CUDA device: kernel launches per step and the device's busy
-time against the step's wall time, every preset and torch's Adam, at 6M parameters.
+time against the step's wall time, every preset (and bench_step's other default-path rows)
+and torch's Adam, at 6M parameters.
 
 A step whose device is busy for a small part of its wall time waits on the host (Python and
 kernel launches), not on memory: more launches, not more bytes, is then what costs. Part of
@@ -15,8 +16,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from assocmem import MemoryOptimizer, available_memories
-from experiments.bench_step import SIZES, make_params
+from experiments.bench_step import SIZES, candidates, make_params
 
 WARM, TIMED = 3, 5
 
@@ -48,15 +48,12 @@ def profiled(make) -> tuple[float, float, float]:  # noqa: ANN001
 
 
 def main() -> None:
+    # bench_step's candidates on the device, but the sync_free twins (the defaults' profile)
     makers = {
-        "torch Adam (fused)": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
-        "torch Adam (foreach)": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
+        name: make
+        for name, make in candidates(compile=False, device="cuda").items()
+        if "sync_free" not in name
     }
-    for name in available_memories():
-        makers[name] = lambda ps, name=name: MemoryOptimizer(ps, memory=name, lr=1e-3)
-    makers["muon (ns_dtype=bfloat16)"] = lambda ps: MemoryOptimizer(
-        ps, memory="muon", lr=1e-3, ns_dtype="bfloat16"
-    )
     rows = [
         "| optimizer | step ms | kernels per step | device busy ms | busy / step |",
         "|---|---:|---:|---:|---:|",

@@ -129,26 +129,28 @@ def test_state_layout_and_round_trip():
     assert torch.equal(flat_params(model), flat_params(clone))
 
 
+def _thirty_steps(make) -> torch.Tensor:  # noqa: ANN001
+    """Two matrices after 30 steps of ``make(params)`` on a seeded linear + quadratic loss."""
+    torch.manual_seed(0)
+    ws = [torch.nn.Parameter(torch.randn(6, 4)), torch.nn.Parameter(torch.randn(3, 8))]
+    opt = make(ws)
+    for t in range(30):
+        g = torch.Generator().manual_seed(t)
+        loss = sum((w * torch.randn(w.shape, generator=g)).sum() + w.pow(2).sum() for w in ws)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return torch.cat([w.detach().flatten() for w in ws])
+
+
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_matches_torch_muon_up_to_its_bfloat16_orthogonalisation(nesterov):
     """torch.optim.Muon runs Newton-Schulz in bf16; we run it in fp32 (bf16 is ~20x slower on
     CPU and less exact), so the two agree to bf16 rounding, not bit-for-bit."""
 
-    def run(make):
-        torch.manual_seed(0)
-        ws = [torch.nn.Parameter(torch.randn(6, 4)), torch.nn.Parameter(torch.randn(3, 8))]
-        opt = make(ws)
-        for t in range(30):
-            g = torch.Generator().manual_seed(t)
-            loss = sum((w * torch.randn(w.shape, generator=g)).sum() + w.pow(2).sum() for w in ws)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return torch.cat([w.detach().flatten() for w in ws])
-
     kw = {"lr": 0.02, "weight_decay": 0.1, "momentum": 0.9, "nesterov": nesterov}
-    expected = run(lambda ps: torch.optim.Muon(ps, **kw))
-    got = run(lambda ps: MemoryOptimizer(ps, "muon", **kw))
+    expected = _thirty_steps(lambda ps: torch.optim.Muon(ps, **kw))
+    got = _thirty_steps(lambda ps: MemoryOptimizer(ps, "muon", **kw))
     torch.testing.assert_close(got, expected, rtol=0, atol=5e-3)
     assert (got - expected).abs().max() > 0  # fp32 vs bf16: equal would mean we are bf16 too
 
@@ -213,22 +215,10 @@ def test_bfloat16_newton_schulz_agrees_with_torch_muon(nesterov):
     input rounds to bf16 differently at the two scales. Bound: each step's O may differ by a few
     bf16 ulps (~2^-6 of entries <= 1), over 30 steps of ``lr * s <= 0.02 * sqrt(2)``: ~0.013."""
 
-    def run(make):
-        torch.manual_seed(0)
-        ws = [torch.nn.Parameter(torch.randn(6, 4)), torch.nn.Parameter(torch.randn(3, 8))]
-        opt = make(ws)
-        for t in range(30):
-            g = torch.Generator().manual_seed(t)
-            loss = sum((w * torch.randn(w.shape, generator=g)).sum() + w.pow(2).sum() for w in ws)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return torch.cat([w.detach().flatten() for w in ws])
-
     kw = {"lr": 0.02, "weight_decay": 0.1, "momentum": 0.9, "nesterov": nesterov}
-    expected = run(lambda ps: torch.optim.Muon(ps, **kw))
-    half = run(lambda ps: MemoryOptimizer(ps, "muon", ns_dtype="bfloat16", **kw))
-    full = run(lambda ps: MemoryOptimizer(ps, "muon", **kw))
+    expected = _thirty_steps(lambda ps: torch.optim.Muon(ps, **kw))
+    half = _thirty_steps(lambda ps: MemoryOptimizer(ps, "muon", ns_dtype="bfloat16", **kw))
+    full = _thirty_steps(lambda ps: MemoryOptimizer(ps, "muon", **kw))
     torch.testing.assert_close(half, expected, rtol=0, atol=1.5e-2)
     assert not torch.equal(half, full)
 
