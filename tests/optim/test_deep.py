@@ -6,6 +6,7 @@ from optim_support import LOCKSTEP_TOL, assert_lockstep, flat_params, in_float64
 
 from assocmem import MemoryOptimizer
 from assocmem.optim import get_preset
+from assocmem.optim.presets import deep as deep_preset
 
 MLP = ("mlp_w1", "mlp_b1", "mlp_w2", "mlp_b2", "mlp_skip")
 
@@ -112,3 +113,63 @@ def test_every_param_rank_and_round_trip():
     train(clone, opt2, range(3, 8))
     assert torch.equal(flat_params(model), flat_params(clone))
     assert torch.isfinite(flat_params(model)).all()
+
+
+@pytest.mark.parametrize("hyper", [{}, {"retention_target": "zero", "retention": 0.99}])
+def test_repeated_layers_step_as_one_batch_with_the_per_tensor_numbers(hyper, monkeypatch):
+    # Four 6x6 layers (and four biases of 6) share a size: the fast path steps each size as
+    # one batch of MLPs (bmm). In float64 it gives the reference's numbers to LOCKSTEP_TOL,
+    # as the per-tensor fast path does; a transposed weight (no flat view) steps alone.
+    def model():
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(*(torch.nn.Linear(6, 6) for _ in range(4)))
+        net[2].weight = torch.nn.Parameter(net[2].weight.detach().t().contiguous().t())
+        return net
+
+    def run(foreach, one_group):
+        with in_float64():
+            net = model()
+            params = list(net.parameters())
+            groups = [{"params": params}] if one_group else [{"params": [p]} for p in params]
+            opt = MemoryOptimizer(groups, "deep", lr=1e-2, foreach=foreach, **hyper)
+            x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
+            for t in range(12):
+                opt.zero_grad()
+                (net(x + 0.1 * t).sin().sum()).backward()
+                opt.step()
+            state = [v for p in params for v in opt.state[p].values()]
+            return flat_params(net), state
+
+    sizes = []
+    step_batch = deep_preset._batched_step
+    monkeypatch.setattr(
+        deep_preset, "_batched_step", lambda ps, *a: (sizes.append(len(ps)), step_batch(ps, *a))
+    )
+    batched = run(True, True)
+    assert sorted(set(sizes)) == [3, 4]  # three 6x6 weights (one transposed), four biases
+    per_tensor, reference = run(True, False), run(False, True)
+    for got in (batched, per_tensor):
+        torch.testing.assert_close(got[0], reference[0], **LOCKSTEP_TOL)
+        for a, b in zip(got[1], reference[1], strict=True):
+            torch.testing.assert_close(a, b, **LOCKSTEP_TOL)
+
+
+def test_the_batched_step_decided_on_the_device_gives_the_host_decisions_bits():
+    # sync_free=True on the CPU does what an accelerator does: the counts stay on the device,
+    # the write always runs and step 1's is undone by a select. Same bits as the host's
+    # decisions (tests/optim/test_syncs.py holds this for every preset on TinyNet, whose
+    # tensors all differ in size; these repeat, so they step in batches).
+    def run(sync_free):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(*(torch.nn.Linear(6, 6) for _ in range(3)))
+        opt = MemoryOptimizer(net.parameters(), "deep", lr=1e-2, sync_free=sync_free)
+        x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
+        for t in range(6):
+            opt.zero_grad()
+            (net(x + 0.1 * t).sin().sum()).backward()
+            opt.step()
+        return flat_params(net), [v for p in net.parameters() for v in opt.state[p].values()]
+
+    (host, host_state), (device, device_state) = run(False), run(True)
+    assert torch.equal(host, device)
+    assert all(torch.equal(a, b) for a, b in zip(host_state, device_state, strict=True))

@@ -49,6 +49,7 @@ Reference: Behrouz et al., "Nested Learning: The Illusion of Deep Learning Archi
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -208,7 +209,18 @@ class Deep(Preset):
         torch._foreach_mul_(grad_sq, rho)
         means = sharded.means([g.pow(2) for g in grads])  # over the whole tensor if sharded
         torch._foreach_add_(grad_sq, [m * (1 - rho) for m in means])
-        for p, g, s in zip(params, grads, states, strict=True):
+        alone = list(range(len(params)))
+        if not sharded.active():
+            # Tensors of one size at one step count (a deep model's repeated layers) step as
+            # one batch of MLPs: a few batched products instead of a dozen ops per tensor.
+            alone = []
+            for index in _same_size_and_count(params, states):
+                if len(index) == 1:
+                    alone += index
+                    continue
+                _batched_step(*([xs[i] for i in index] for xs in (params, grads, states)), group)
+        for i in alone:
+            p, g, s = params[i], grads[i], states[i]
             t = _count(s)
             grad_hat = g / _rms(s["grad_sq"], t, group)
             if isinstance(t, Tensor):  # sync_free: write, then keep the old memory at step 1
@@ -227,6 +239,108 @@ class Deep(Preset):
             direction.addmm_(s["mlp_skip"], keys)
             p.add_(direction.view_as(p), alpha=-group["lr"])
             s["prev_grad"].copy_(grad_hat)
+
+
+def _same_size_and_count(params: list[Tensor], states: list[State]) -> list[list[int]]:
+    """Indices grouped by element count, dtype, device and MLP shape, and by step count where
+    the host reads it (under ``sync_free`` the counts stay on the device and a batch may mix
+    them), in order of first appearance: the tensors one batched step takes together."""
+    groups: dict[Any, list[int]] = {}
+    host = not sync_free.active()
+    for i, (p, s) in enumerate(zip(params, states, strict=True)):
+        flat = all(x.is_contiguous() for x in (p, s["momentum"], s["prev_grad"]))
+        size = (p.numel(), p.dtype, p.device, s["mlp_w1"].shape)
+        # a tensor that is not contiguous has no flat view to write through: alone
+        key = (*size, float(s["step"]) if host else None) if flat else i
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _batched_step(
+    params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
+) -> None:
+    """:meth:`Deep.foreach_step`'s per-tensor step for ``B`` tensors of one size at once:
+    keys ``(B, 2, n)``, the MLPs' weights stacked along ``B``, ``bmm`` for ``addmm``. The same
+    sums over each tensor's coordinates, so the same numbers to rounding. With the counts on
+    the device (``sync_free``) the write always runs and step 1's is undone by a select, as
+    in the per-tensor path; corrections are then per tensor, ``(B, 1)``."""
+    beta = group["beta"]
+    ts = [_count(s) for s in states]
+    grad_sq = torch.stack([s["grad_sq"] for s in states])
+    scale = (grad_sq / _corrections(group["rms_beta"], ts, grad_sq)).sqrt_().add_(group["eps"])
+    grad_hat = torch.stack([g.reshape(-1) for g in grads]).div_(scale[:, None])  # (B, n)
+    momentum = [s["momentum"].view(-1) for s in states]
+    prev = [s["prev_grad"].view(-1) for s in states]
+    mlp = {f: torch.stack([s["mlp_" + f] for s in states]) for f in _FIELDS}
+    on_device = isinstance(ts[0], Tensor)
+    if on_device or ts[0] > 1:
+        before = [ts_ - 1 for ts_ in ts] if on_device else [ts[0] - 1]
+        m_hat = torch.stack(momentum) / _rows(_corrections(beta, before, grad_sq))
+        keys = torch.stack([m_hat, torch.stack(prev)], 1)
+        saved = {f: x.clone() for f, x in mlp.items()} if on_device else {}
+        losses = _batched_write(mlp, keys, grad_hat[:, None, :], states, group)
+        if on_device:  # step 1 has no context: keep the old memory and inner loss
+            first = torch.stack([t <= 1 for t in ts])
+            for f, x in mlp.items():
+                torch.where(first.view(-1, *[1] * (x.dim() - 1)), saved[f], x, out=x)
+            losses = torch.where(first, torch.stack([s["inner_loss"] for s in states]), losses)
+        torch._foreach_copy_([s["inner_loss"] for s in states], list(losses.unbind()))
+    torch._foreach_lerp_(momentum, list(grad_hat.unbind()), 1 - beta)
+    m_hat = torch.stack(momentum) / _rows(_corrections(beta, ts, grad_sq))
+    keys = torch.stack([m_hat, grad_hat], 1)  # (B, 2, n)
+    hidden = _tanh(torch.baddbmm(mlp["b1"][..., None], mlp["w1"], keys))
+    direction = torch.baddbmm(mlp["b2"][..., None], mlp["w2"], hidden)
+    direction.baddbmm_(mlp["skip"], keys)
+    torch._foreach_add_(
+        params, [d.view_as(p) for d, p in zip(direction.unbind(), params, strict=True)],
+        alpha=-group["lr"],
+    )  # fmt: skip
+    torch._foreach_copy_(prev, list(grad_hat.unbind()))
+    for f in _FIELDS:
+        torch._foreach_copy_([s["mlp_" + f] for s in states], list(mlp[f].unbind()))
+
+
+def _rows(c: Tensor | float) -> Tensor | float:
+    """A per-tensor ``(B,)`` constant as a column, to divide ``(B, n)`` rows; a number as is."""
+    return c[:, None] if isinstance(c, Tensor) else c
+
+
+def _corrections(retention: float, ts: list[Count], like: Tensor) -> Tensor | float:
+    """``1 - retention^t``: one number for a batch at one host count, else ``(B,)`` from the
+    device counts, cast to ``like``'s dtype as :func:`_correction` casts them (same bits)."""
+    if not isinstance(ts[0], Tensor):
+        return 1 - retention ** ts[0]
+    return torch.stack(counts.like(counts.corrections(retention, ts), [like] * len(ts)))
+
+
+def _batched_write(
+    mlp: dict[str, Tensor], keys: Tensor, values: Tensor, states: list[State], group: Group
+) -> Tensor:
+    """:func:`_closed_form_write` for a batch (``keys (B, 2, n)``, ``values (B, 1, n)``), on
+    the stacked weights ``mlp`` in place; returns each tensor's inner loss (before the write)."""
+    hidden = _tanh(torch.baddbmm(mlp["b1"][..., None], mlp["w1"], keys))  # (B, h, n)
+    error = torch.baddbmm(mlp["b2"][..., None], mlp["w2"], hidden)
+    error = error.baddbmm_(mlp["skip"], keys).sub_(values)  # (B, 1, n)
+    d_pre = (hidden * hidden).neg_().add_(1).mul_(mlp["w2"].mT).mul_(error)  # (B, h, n)
+    n = keys.shape[-1]
+    grads = {
+        "w1": d_pre @ keys.mT / n,
+        "b1": d_pre.sum(-1) / n,
+        "w2": error @ hidden.mT / n,
+        "b2": error.sum(-1) / n,
+        "skip": error @ keys.mT / n,
+    }
+    eta = group["inner_lr"] / (keys.pow(2).sum((1, 2)) / n + 1)  # (B,)
+    alpha = group["retention"]
+    for f in _FIELDS:
+        phi = mlp[f]
+        if group["retention_target"] == "init":
+            anchor = torch.stack([s["mlp0_" + f] for s in states])
+            phi.sub_(anchor).mul_(alpha).add_(anchor)
+        else:
+            phi.mul_(alpha)
+        phi.sub_(eta.view(-1, *[1] * (phi.dim() - 1)) * grads[f])
+    return 0.5 * error.pow(2).sum((1, 2)) / n
 
 
 # The fast path keeps coordinates last, ``(2, n)`` keys and ``(h, n)`` hidden units: skinny
