@@ -40,7 +40,9 @@ Choices and why:
 The reference path writes with :func:`assocmem.memory.deep_write` (``torch.func.grad``); the
 fast path uses the closed-form gradient of the 2-layer MLP (no autograd); tests hold them equal.
 Cost: about ``10 * hidden`` flops and ``hidden`` floats of scratch per coordinate per step, and
-two param-sized buffers of state (like Adam).
+two param-sized buffers of state (like Adam). Tensors of one size (a deep model's repeated
+layers) step as one batch of MLPs, a few batched products per size instead of a dozen ops per
+tensor: the host's cost per tensor is what a step of many small tensors pays.
 
 Reference: Behrouz et al., "Nested Learning: The Illusion of Deep Learning Architectures"
 (NeurIPS 2025), deep momentum gradient descent; Behrouz et al., "Titans" (2024).
