@@ -284,3 +284,54 @@ def test_the_chunked_update_is_the_whole_update_and_chunks_grow_off_the_cpu():
     assert torch.equal(parts.finite, whole.finite)
     assert chunk_rows(torch.device("cpu")) == CHUNK_ROWS
     assert chunk_rows(torch.device("meta")) == ACCELERATOR_CHUNK_ROWS > CHUNK_ROWS
+
+
+def _tensors(shapes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g) for s in shapes]
+
+
+def test_batched_write_and_features_give_the_per_tensor_bits():
+    from assocmem.meta.features import features, features_batch, write, write_batch
+
+    config = LearnedConfig()
+    shapes = [(5, 7)] * 3
+    params, grads = _tensors(shapes, 0), _tensors(shapes, 1)
+    memories = [init_memory(p, config) for p in params]
+    for m, g in zip(memories, _tensors(shapes, 2), strict=True):  # a non-empty history
+        m.update(write(m, g, config))
+    alone = [write(m, g, config) for m, g in zip(memories, grads, strict=True)]
+    together = write_batch(memories, grads, config)
+    for a, b in zip(alone, together, strict=True):
+        assert torch.equal(a["momenta"], b["momenta"])
+        assert torch.equal(a["second_moment"], b["second_moment"])
+    xs = [features(m, g, p, 3.0, config) for m, g, p in zip(alone, grads, params, strict=True)]
+    for a, b in zip(xs, features_batch(together, grads, params, 3.0, config), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_learned_step_batches_tensors_of_one_shape_to_the_same_bits(monkeypatch):
+    from assocmem.meta import step as step_module
+
+    config = LearnedConfig()
+    meta = init_meta_params(config, torch.Generator().manual_seed(0))
+    shapes = [(4, 4), (3,), (4, 4), (4, 4), (3,)]
+    params, grads = _tensors(shapes, 0), _tensors(shapes, 1)
+
+    def run():
+        memories = [init_memory(p, config) for p in params]
+        with torch.no_grad():
+            return step_module.learned_step(
+                meta, config, params, grads, memories, [2.0] * 5, chunk=1 << 16
+            )
+
+    batched = run()
+    with torch.no_grad():  # the optimizer's step; meta-training (with grad) stays per tensor
+        assert step_module._batches(params, [2.0] * 5) == [[0, 2, 3], [1, 4]]
+    assert step_module._batches(params, [2.0] * 5) == [[i] for i in range(5)]
+    monkeypatch.setattr(step_module, "_batches", lambda ps, ts: [[i] for i in range(len(ps))])
+    alone = run()
+    for a, b in zip(batched.updates, alone.updates, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(batched.memories, alone.memories, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)

@@ -28,6 +28,7 @@ Shapes legend: ``n`` coordinates of one tensor, ``F`` features, ``B`` momenta.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -136,6 +137,70 @@ def features(
     time = time.view(-1, 1).expand(-1, n)
     x = torch.cat([adam_normalised, rms_normalised, param_feature, curvature, time], dim=0)
     return x.clamp(-config.feature_clip, config.feature_clip).T
+
+
+def write_batch(
+    states: Sequence[MemoryState], grads: Sequence[Tensor], config: LearnedConfig
+) -> list[MemoryState]:
+    """:func:`write` of tensors of one shape, dtype and device at once: the same elementwise
+    operations on their stacked memories (so the same bits), a few ops instead of a few per
+    tensor. The memories returned are views into the stacked result."""
+    grad = torch.stack(list(grads))  # (T, *shape)
+    betas = sync_free.host_constants(config.betas, grad).view(1, -1, *([1] * grads[0].dim()))
+    momenta = hebbian_write(
+        ElementwiseMemory(torch.stack([s["momenta"] for s in states])),
+        None,
+        grad.unsqueeze(1),
+        lr=1 - betas,
+        retention=betas,
+    )
+    second = hebbian_write(
+        ElementwiseMemory(torch.stack([s["second_moment"] for s in states])),
+        grad,
+        (1 - config.beta2) * grad,
+        lr=1.0,
+        retention=config.beta2,
+    )
+    return [
+        {"momenta": m, "second_moment": v}
+        for m, v in zip(read(momenta).unbind(), read(second).unbind(), strict=True)
+    ]
+
+
+def features_batch(
+    states: Sequence[MemoryState],
+    grads: Sequence[Tensor],
+    params: Sequence[Tensor],
+    step: float,
+    config: LearnedConfig,
+) -> list[Tensor]:
+    """:func:`features` of tensors of one size, dtype and device at one host step count, at
+    once: the elementwise operations on stacked rows, the tensor-wide mean squares per tensor
+    as there (so every feature has the same bits). Unsharded only; returns each tensor's
+    ``(n, F)`` matrix (a view)."""
+    rows, n = len(params), params[0].numel()
+    grad = torch.stack([g.reshape(n) for g in grads])  # (T, n)
+    corr, time = step_constants(step, config, grad)
+    m_hat = torch.stack([s["momenta"].reshape(len(config.betas), n) for s in states])
+    m_hat = m_hat / corr.view(1, -1, 1)
+    second = torch.stack([s["second_moment"].reshape(n) for s in states])
+    v_hat = bias_corrected(second, config.beta2, float(step))
+    signals = torch.cat([grad.view(rows, 1, n), m_hat], dim=1)  # (T, 1 + B, n)
+    root_v = torch.sqrt(v_hat + config.eps**2)  # (T, n)
+    adam_normalised = signals / root_v.view(rows, 1, n)
+    p = torch.stack([q.reshape(n) for q in params]).view(rows, 1, n)
+    means = [
+        _mean_squares(sig, q, r)
+        for sig, q, r in zip(signals.unbind(), p.unbind(), root_v.unbind(), strict=True)
+    ]
+    ms_signals, ms_param, ms_root_v = (torch.stack(m) for m in zip(*means, strict=True))
+    rms_normalised = signals * torch.rsqrt(ms_signals + _TINY)
+    param_feature = p * torch.rsqrt(ms_param.view(rows, 1, 1) + _TINY)
+    curvature = (root_v * torch.rsqrt(ms_root_v.view(rows, 1) + _TINY)).view(rows, 1, n)
+    time = time.view(1, -1, 1).expand(rows, -1, n)
+    x = torch.cat([adam_normalised, rms_normalised, param_feature, curvature, time], dim=1)
+    x = x.clamp(-config.feature_clip, config.feature_clip)
+    return [xi.T for xi in x.unbind()]
 
 
 def _mean_squares(signals: Tensor, p: Tensor, root_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:

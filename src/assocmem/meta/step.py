@@ -22,7 +22,13 @@ import torch
 from torch import Tensor
 
 from assocmem.meta.config import LearnedConfig
-from assocmem.meta.features import MemoryState, features, write
+from assocmem.meta.features import (
+    MemoryState,
+    features,
+    features_batch,
+    write,
+    write_batch,
+)
 from assocmem.meta.network import (
     MetaParams,
     Update,
@@ -30,6 +36,7 @@ from assocmem.meta.network import (
     learned_update_chunked,
     warmup_clamp,
 )
+from assocmem.optim import sharded
 
 
 class LearnedStep(NamedTuple):
@@ -70,11 +77,21 @@ def learned_step(
         memories, and per tensor the number of coordinates whose ``u`` was non-finite and was
         zeroed (0-dim int64 tensors: counted on the device, no host sync).
     """
-    written = [write(m, g, config) for m, g in zip(memories, grads, strict=True)]
-    xs = [
-        features(m, g, p, t, config)
-        for m, g, p, t in zip(written, grads, params, steps, strict=True)
-    ]
+    written: list[MemoryState] = [{}] * len(params)
+    xs: list[Tensor] = [torch.empty(0)] * len(params)
+    for index in _batches(params, steps):
+        if len(index) == 1:
+            (i,) = index
+            written[i] = write(memories[i], grads[i], config)
+            xs[i] = features(written[i], grads[i], params[i], steps[i], config)
+            continue
+        # Tensors of one shape at one host count: written and featurised stacked, the same
+        # bits with a few ops per batch instead of a few dozen per tensor.
+        some = [grads[i] for i in index]
+        mems = write_batch([memories[i] for i in index], some, config)
+        feats = features_batch(mems, some, [params[i] for i in index], steps[index[0]], config)
+        for i, m, x in zip(index, mems, feats, strict=True):
+            written[i], xs[i] = m, x
 
     def read(x: Tensor) -> Update:
         if chunk is None:
@@ -93,3 +110,15 @@ def learned_step(
     ]
     nonfinite = [(~finite).sum() for _, finite in pieces]
     return LearnedStep(updates, written, nonfinite)
+
+
+def _batches(params: Sequence[Tensor], steps: Sequence[float | Tensor]) -> list[list[int]]:
+    """Indices grouped by shape, dtype, device and step count, in order of first appearance;
+    alone where a count is on the device (``sync_free``: reading it would wait for it) or the
+    step is sharded (the mean squares are all-reduced per tensor)."""
+    groups: dict[object, list[int]] = {}
+    for i, (p, t) in enumerate(zip(params, steps, strict=True)):
+        alone = isinstance(t, Tensor) or sharded.active() or torch.is_grad_enabled()
+        key = i if alone else (tuple(p.shape), p.dtype, p.device, float(t))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
