@@ -7,7 +7,10 @@ r"""One step of the learned memory on a list of tensors: write, features, learne
 
 (clamped during the warm-up, :func:`assocmem.meta.network.warmup_clamp`) for every tensor,
 by default with one MLP call over the concatenated coordinates of all of them (rows are
-independent: batching changes the maths of no row). The caller steps
+independent: batching changes the maths of no row). In the optimizer (no grad), tensors of one
+shape at one host step count are also written and featurised stacked
+(:func:`assocmem.meta.features.write_batch`, :func:`~assocmem.meta.features.features_batch`),
+to the same bits. The caller steps
 ``W <- W - lr * u``: meta-training builds new tensors (:mod:`assocmem.meta.train`,
 differentiable), the ``learned`` preset adds in place (:mod:`assocmem.meta.preset`, no grad,
 chunked rows).
