@@ -60,19 +60,9 @@ def write(state: MemoryState, grad: Tensor, config: LearnedConfig) -> MemoryStat
     Key-less for the momenta (one retention per timescale, broadcast over the stack); the
     second moment is written as value ``(1 - beta2) g`` under key ``g`` at rate 1, which is
     ``(1 - beta2) g^2`` in the operation order the shipped checkpoint was meta-trained with.
+    (:func:`write_batch` of one tensor.)
     """
-    betas = sync_free.host_constants(config.betas, grad).view(-1, *([1] * grad.dim()))
-    momenta = hebbian_write(
-        ElementwiseMemory(state["momenta"]), None, grad.unsqueeze(0), lr=1 - betas, retention=betas
-    )
-    second = hebbian_write(
-        ElementwiseMemory(state["second_moment"]),
-        grad,
-        (1 - config.beta2) * grad,
-        lr=1.0,
-        retention=config.beta2,
-    )
-    return {"momenta": read(momenta), "second_moment": read(second)}
+    return write_batch([state], [grad], config)[0]
 
 
 def time_embedding(step: float, config: LearnedConfig) -> list[float]:
@@ -119,24 +109,10 @@ def features(
         config: the learned memory's configuration.
 
     Returns:
-        ``(param.numel(), config.num_features)``, in the order documented in the module.
+        ``(param.numel(), config.num_features)``, in the order documented in the module
+        (:func:`features_batch` of one tensor).
     """
-    n = param.numel()
-    corr, time = step_constants(step, config, grad)
-    m_hat = state["momenta"].reshape(len(config.betas), n) / corr.view(-1, 1)
-    t = counts.as_counts([step])[0] if isinstance(step, Tensor) else float(step)
-    v_hat = bias_corrected(state["second_moment"].reshape(n), config.beta2, t)
-    signals = torch.cat([grad.reshape(1, n), m_hat], dim=0)  # (1 + B, n)
-    root_v = torch.sqrt(v_hat + config.eps**2)
-    adam_normalised = signals / root_v
-    p = param.reshape(1, n)
-    ms_signals, ms_param, ms_root_v = _mean_squares(signals, p, root_v)
-    rms_normalised = signals * torch.rsqrt(ms_signals + _TINY)
-    param_feature = p * torch.rsqrt(ms_param + _TINY)
-    curvature = (root_v * torch.rsqrt(ms_root_v + _TINY)).view(1, n)
-    time = time.view(-1, 1).expand(-1, n)
-    x = torch.cat([adam_normalised, rms_normalised, param_feature, curvature, time], dim=0)
-    return x.clamp(-config.feature_clip, config.feature_clip).T
+    return features_batch([state], [grad], [param], step, config)[0]
 
 
 def write_batch(
@@ -145,17 +121,17 @@ def write_batch(
     """:func:`write` of tensors of one shape, dtype and device at once: the same elementwise
     operations on their stacked memories (so the same bits), a few ops instead of a few per
     tensor. The memories returned are views into the stacked result."""
-    grad = torch.stack(list(grads))  # (T, *shape)
+    grad = _stacked(list(grads))  # (T, *shape)
     betas = sync_free.host_constants(config.betas, grad).view(1, -1, *([1] * grads[0].dim()))
     momenta = hebbian_write(
-        ElementwiseMemory(torch.stack([s["momenta"] for s in states])),
+        ElementwiseMemory(_stacked([s["momenta"] for s in states])),
         None,
         grad.unsqueeze(1),
         lr=1 - betas,
         retention=betas,
     )
     second = hebbian_write(
-        ElementwiseMemory(torch.stack([s["second_moment"] for s in states])),
+        ElementwiseMemory(_stacked([s["second_moment"] for s in states])),
         grad,
         (1 - config.beta2) * grad,
         lr=1.0,
@@ -171,24 +147,26 @@ def features_batch(
     states: Sequence[MemoryState],
     grads: Sequence[Tensor],
     params: Sequence[Tensor],
-    step: float,
+    step: float | Tensor,
     config: LearnedConfig,
 ) -> list[Tensor]:
-    """:func:`features` of tensors of one size, dtype and device at one host step count, at
-    once: the elementwise operations on stacked rows, the tensor-wide mean squares per tensor
-    as there (so every feature has the same bits). Unsharded only; returns each tensor's
-    ``(n, F)`` matrix (a view)."""
+    """:func:`features` of tensors of one size, dtype and device at one step count, at once:
+    the elementwise operations on stacked rows, the tensor-wide mean squares per tensor (so
+    every feature has the bits it has alone); returns each tensor's ``(n, F)`` matrix (a view).
+    ``step`` is a number, or (one tensor, ``sync_free``) its count on the device."""
     rows, n = len(params), params[0].numel()
-    grad = torch.stack([g.reshape(n) for g in grads])  # (T, n)
+    grad = _stacked([g.reshape(n) for g in grads])  # (T, n)
     corr, time = step_constants(step, config, grad)
-    m_hat = torch.stack([s["momenta"].reshape(len(config.betas), n) for s in states])
+    m_hat = _stacked([s["momenta"].reshape(len(config.betas), n) for s in states])
     m_hat = m_hat / corr.view(1, -1, 1)
-    second = torch.stack([s["second_moment"].reshape(n) for s in states])
-    v_hat = bias_corrected(second, config.beta2, float(step))
+    t = counts.as_counts([step])[0] if isinstance(step, Tensor) else float(step)
+    v_hat = bias_corrected(
+        _stacked([s["second_moment"].reshape(n) for s in states]), config.beta2, t
+    )
     signals = torch.cat([grad.view(rows, 1, n), m_hat], dim=1)  # (T, 1 + B, n)
     root_v = torch.sqrt(v_hat + config.eps**2)  # (T, n)
     adam_normalised = signals / root_v.view(rows, 1, n)
-    p = torch.stack([q.reshape(n) for q in params]).view(rows, 1, n)
+    p = _stacked([q.reshape(n) for q in params]).view(rows, 1, n)
     means = [
         _mean_squares(sig, q, r)
         for sig, q, r in zip(signals.unbind(), p.unbind(), root_v.unbind(), strict=True)
@@ -201,6 +179,11 @@ def features_batch(
     x = torch.cat([adam_normalised, rms_normalised, param_feature, curvature, time], dim=1)
     x = x.clamp(-config.feature_clip, config.feature_clip)
     return [xi.T for xi in x.unbind()]
+
+
+def _stacked(tensors: list[Tensor]) -> Tensor:
+    """``torch.stack``, but one tensor as a view (no copy: the path of every tensor alone)."""
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
 def _mean_squares(signals: Tensor, p: Tensor, root_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:

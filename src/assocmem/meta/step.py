@@ -120,8 +120,9 @@ def _batches(params: Sequence[Tensor], steps: Sequence[float | Tensor]) -> list[
     alone where a count is on the device (``sync_free``: reading it would wait for it) or the
     step is sharded (the mean squares are all-reduced per tensor)."""
     groups: dict[object, list[int]] = {}
+    every_alone = sharded.active() or torch.is_grad_enabled()
     for i, (p, t) in enumerate(zip(params, steps, strict=True)):
-        alone = isinstance(t, Tensor) or sharded.active() or torch.is_grad_enabled()
+        alone = every_alone or isinstance(t, Tensor)
         key = i if alone else (tuple(p.shape), p.dtype, p.device, float(t))
         groups.setdefault(key, []).append(i)
     return list(groups.values())
