@@ -112,6 +112,9 @@ def candidates(
     if not compile:
         return makers
     # The opt-in compiled paths (the first step compiles; the timed steps are warm).
+    makers["cms (compile=True)"] = lambda ps: MemoryOptimizer(
+        ps, memory="cms", lr=1e-3, compile=True
+    )
     makers["delta (compile=True)"] = lambda ps: MemoryOptimizer(
         ps, memory="delta", lr=1e-3, compile=True
     )

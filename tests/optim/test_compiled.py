@@ -12,6 +12,7 @@ from optim_support import assert_lockstep, make_model, train, two_groups
 
 from assocmem import MemoryOptimizer
 from assocmem.optim.compiled import compiled
+from assocmem.optim.presets.cms import ademamix_config
 from assocmem.optim.presets.landscape_fast import secant_step
 
 
@@ -76,6 +77,88 @@ def test_compiled_delta_equals_reference_at_every_step(kw):
     ref = MemoryOptimizer(two_groups(models[1], 1e-2), "delta", foreach=False, **kw)
     # float32, O(1) values: inductor's order of m * alpha + r * g rounds a few ulps apart
     assert_lockstep(models[0], fast, models[1], ref, 30, rtol=0, atol=1e-6)
+
+
+def cms_pair(channels_last=False, **kw):
+    models = make_model(), make_model()
+    if channels_last:
+        for m in models:
+            m.conv.to(memory_format=torch.channels_last)
+    kw = dict(lr=1e-2, weight_decay=0.01, **kw)
+    fast = MemoryOptimizer(two_groups(models[0], 1e-2), "cms", compile=True, **kw)
+    ref = MemoryOptimizer(two_groups(models[1], 1e-2), "cms", foreach=False, **kw)
+    return models[0], fast, models[1], ref
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},  # two levels, the slow one written every 10 steps with the mean gradient
+        ademamix_config(),  # a debiased and a plain level, both every step
+        {"accumulate": False, "freqs": (1, 3), "normalize": False, "debias": (False, True)},
+        {"alphas": (0.8, 0.9, 0.99), "freqs": (1, 2, 5), "weights": (1.0, -0.5, 0.25),
+         "debias": (True, False, True),
+         "channels_last": True},
+    ],
+)  # fmt: skip
+def test_compiled_cms_equals_reference_at_every_step(kw):
+    torch._dynamo.reset()  # graphs of another configuration must not spend the recompile budget
+    # Inductor fuses the writes, the read and Adam's denominator, may contract a * b + c into
+    # an FMA and applies the 0-d float64 constants in another order than eager: each op can
+    # round an ulp apart (6e-8 relative in float32), and 30 steps compound that through the
+    # levels and the second moment. Measured at most 9e-8 absolute on state and parameters of
+    # size 1e-3..1; atol 1e-6 (a dozen ulps of O(1) values) with rtol 1e-5. A wrong write or
+    # a level written at the wrong step is off by a step's size, ~1e-2.
+    assert_lockstep(*cms_pair(**kw), 30, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_cms_without_host_reads_takes_the_eager_fast_path():
+    # sync_free: the count stays on the device, so the write pattern (a graph constant) is
+    # unknown on the host; the step is cms_fast's device-count path, nothing is compiled.
+    models = make_model(), make_model()
+    fast = MemoryOptimizer(two_groups(models[0], 1e-2), "cms", compile=True, sync_free=True)
+    ref = MemoryOptimizer(two_groups(models[1], 1e-2), "cms", foreach=False)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        torch._dynamo.reset()
+        assert_lockstep(models[0], fast, models[1], ref, 12, rtol=1e-5, atol=1e-6)
+        assert not torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.slow
+def test_compiled_cms_follows_schedules_without_recompiling():
+    # lr and the read weights (AdEMAMix's alpha warmup sets group["weights"] per step) are
+    # data; only the write pattern shapes the graph: two graphs for freqs=(1, 10), both made
+    # by step 10.
+    torch._dynamo.reset()
+    model, opt, ref_model, ref = cms_pair()
+    train(model, opt, range(10))
+    train(ref_model, ref, range(10))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for t in range(10, 22):
+            for m, o in ((model, opt), (ref_model, ref)):
+                for group in o.param_groups:
+                    group["lr"] = 1e-2 / (1 + t)
+                    group["weights"] = (0.5, 0.5 * t / 20)
+                train(m, o, range(t, t + 1))
+    for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_cms_step_is_one_graph_without_breaks():
+    from assocmem.optim.presets.cms_compiled import level_step
+
+    tensors = [[torch.randn(n) for n in (300, 7)] for _ in range(5)]
+    params, grads, fast, slow, second = tensors
+    second = [s.abs() for s in second]
+    numbers = [torch.tensor(x, dtype=torch.float64) for x in (0.9, 0.1, 0.5)]
+    explained = torch._dynamo.explain(level_step)(
+        params, grads, [fast, slow], [None, [torch.zeros_like(g) for g in grads]], second,
+        numbers[:1] * 2, numbers[1:2] * 2, numbers[2:] * 2,
+        lr=numbers[1], beta2=numbers[0], bc2=numbers[1], eps=numbers[1], due=(True, False),
+    )  # fmt: skip
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
 
 
 @pytest.mark.slow
@@ -174,12 +257,14 @@ def test_without_torch_compile_it_warns_and_runs_eagerly(monkeypatch):
         (
             "adam",
             {},
-            "memory='adam' has no compiled path (compile=True is available for: delta, landscape)",
+            "memory='adam' has no compiled path (compile=True is available for: cms, delta, "
+            "landscape)",
         ),
         ("landscape", {"foreach": False}, "foreach=False"),
         ("landscape", {"form": "lowrank"}, "diagonal and weak forms only"),
         ("landscape", {"form": "scalar"}, "diagonal and weak forms only"),
         ("landscape", {"compile": 1}, "invalid compile"),
+        ("cms", {"orthogonalize": True}, "elementwise configurations only"),
     ],
 )
 def test_compile_refuses_what_it_cannot_do(memory, kw, needle):

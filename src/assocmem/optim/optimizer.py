@@ -57,7 +57,8 @@ class MemoryOptimizer(Optimizer):
         foreach: ``True``/``None`` the fast multi-tensor path, ``False`` the per-tensor reference
             written from the equations. Both give the same numbers (tested).
         compile: ``True`` runs the preset's update fused by ``torch.compile`` (one pass per
-            tensor; presets with ``Preset.compiles()``: ``landscape`` diagonal, ``delta``). The
+            tensor; presets with ``Preset.compiles()``: ``cms`` without Newton-Schulz, ``delta``,
+            ``landscape`` diagonal and weak). The
             first step compiles (~15 s cold on a 2-core CPU); same numbers to float rounding.
         nonfinite: what to do when any gradient holds NaN/inf: ``"skip"`` (default) leaves
             every parameter and memory untouched and counts the step in ``skipped_steps``

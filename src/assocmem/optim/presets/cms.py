@@ -37,7 +37,8 @@ are orthogonalised as ``(out, in * kh * kw)`` matrices; 1-D and 0-D tensors are 
 orthogonalised (as in Muon; pair them with ``normalize=True`` or give them another group).
 
 This file is the preset and its reference step, written from the equations above
-(docs/theory/cms.md); ``cms_fast.py`` is the fast path, held equal to it at every step.
+(docs/theory/cms.md); ``cms_fast.py`` is the fast path and ``cms_compiled.py`` the
+``compile=True`` one, each held equal to it at every step.
 
 References:
     A. Behrouz et al., "Nested Learning: The Illusion of Deep Learning Architectures",
@@ -210,6 +211,11 @@ class CMS(Preset):
                     f"invalid {name}: must have one entry per level "
                     f"(len(alphas) = {levels}), got {len(value)}"
                 )
+        if group["compile"] and group["orthogonalize"]:
+            raise ValueError(
+                "invalid compile: cms compiles its elementwise configurations only "
+                "(orthogonalize=False); Newton-Schulz reads whole matrices"
+            )
 
     def init_state(self, param: Tensor, group: Group) -> State:
         zeros = torch.zeros_like(param, memory_format=torch.preserve_format)
@@ -280,6 +286,14 @@ class CMS(Preset):
             momentum=group["alphas"][0], write_rate=level_etas(group)[0],
             lr=group["lr"] * group["weights"][0],
         )  # fmt: skip
+
+    def compiled_step(
+        self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
+    ) -> None:
+        # The reference's equations fused by torch.compile into one pass per tensor.
+        from assocmem.optim.presets.cms_compiled import compiled_step
+
+        compiled_step(params, grads, states, group)
 
     def foreach_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
