@@ -238,6 +238,33 @@ def test_weak_fast_path_follows_the_reference_at_any_scale_and_dtype_mix(scale):
         torch.testing.assert_close(fast, ref, rtol=1000 * eps, atol=0)
 
 
+def test_weak_fast_path_steps_small_and_large_tensors_to_the_same_bits(monkeypatch):
+    """Tensors under ``SMALL`` elements take ``max|d|`` and the read through foreach calls for
+    all of them, larger ones per tensor (``aminmax``, in-place passes): the same operations,
+    so routing every tensor either way gives the same bits (a strided and an empty tensor
+    among them, float32 and float64, the gradient of one tensor zero at one step)."""
+    from assocmem.optim.presets import landscape_weak_fast
+
+    out = {}
+    for small in (0, 1 << 30):  # every tensor per tensor, then every tensor through foreach
+        monkeypatch.setattr(landscape_weak_fast, "SMALL", small)
+        gen = torch.Generator().manual_seed(0)
+        params = [
+            torch.nn.Parameter(torch.randn(4, 6, generator=gen).t()),  # strided
+            torch.nn.Parameter(torch.randn(7, generator=gen)),
+            torch.nn.Parameter(torch.zeros(0)),
+            torch.nn.Parameter(torch.randn(3, 3, dtype=torch.float64, generator=gen)),
+        ]
+        opt = MemoryOptimizer(params, "landscape", lr=0.1)
+        for t in range(8):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype) + 0.5 * p.detach()
+            params[1].grad.zero_() if t == 3 else None
+            opt.step()
+        out[small] = [t.clone() for p in params for t in (p.detach(), *opt.state[p].values())]
+    assert all(torch.equal(a, b) for a, b in zip(out[0], out[1 << 30], strict=True))
+
+
 def test_weak_write_of_a_zero_or_non_finite_direction_keeps_the_memory():
     B = torch.tensor([0.5, -1.0, 2.0])
     assert torch.equal(weak_secant_write(B, torch.zeros(3), torch.ones(3), rho=1.0), B)
