@@ -40,6 +40,7 @@ from assocmem.meta.network import (
     warmup_clamp,
 )
 from assocmem.optim import sharded
+from assocmem.optim.indices import grouped
 
 
 class LearnedStep(NamedTuple):
@@ -119,10 +120,9 @@ def _batches(params: Sequence[Tensor], steps: Sequence[float | Tensor]) -> list[
     """Indices grouped by shape, dtype, device and step count, in order of first appearance;
     alone where a count is on the device (``sync_free``: reading it would wait for it) or the
     step is sharded (the mean squares are all-reduced per tensor)."""
-    groups: dict[object, list[int]] = {}
     every_alone = sharded.active() or torch.is_grad_enabled()
-    for i, (p, t) in enumerate(zip(params, steps, strict=True)):
-        alone = every_alone or isinstance(t, Tensor)
-        key = i if alone else (tuple(p.shape), p.dtype, p.device, float(t))
-        groups.setdefault(key, []).append(i)
-    return list(groups.values())
+    keys = (
+        i if every_alone or isinstance(t, Tensor) else (tuple(p.shape), p.dtype, p.device, float(t))
+        for i, (p, t) in enumerate(zip(params, steps, strict=True))
+    )
+    return list(grouped(keys).values())

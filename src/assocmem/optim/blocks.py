@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 
 from torch import Tensor
 
+from assocmem.optim.indices import grouped
+
 Buffers = TypeVar("Buffers", bound=tuple)
 
 # Elements per block and per list. With the ~6 tensors a step touches this is ~6 MB in fp32:
@@ -37,10 +39,7 @@ def split_by_step(steps: Sequence[float]) -> dict[float, list[int]]:
 
     All tensors of a group share one count unless some got their first gradient late.
     """
-    groups: dict[float, list[int]] = {}
-    for i, t in enumerate(steps):
-        groups.setdefault(t, []).append(i)
-    return groups
+    return grouped(steps)
 
 
 def blocks(

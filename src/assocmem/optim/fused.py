@@ -14,12 +14,13 @@ internal assert on ``_fused_adam_``. The same numbers, at the price of a graph b
 from __future__ import annotations
 
 import functools
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from assocmem.optim.indices import grouped
 
 
 @functools.cache
@@ -53,10 +54,7 @@ def fusable(tensors: Sequence[Tensor]) -> bool:
 
 def by_device_and_dtype(tensors: Sequence[Tensor]) -> list[list[int]]:
     """Indices of ``tensors`` grouped by device and dtype: a kernel call takes one of each."""
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
-    for i, t in enumerate(tensors):
-        groups[(t.device, t.dtype)].append(i)
-    return list(groups.values())
+    return list(grouped((t.device, t.dtype) for t in tensors).values())
 
 
 def adam_(decoupled: bool, *args: Any, **kwargs: Any) -> None:

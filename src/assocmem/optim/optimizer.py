@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from assocmem.optim import fused, grad_norms, sharded, sync_free, validate
+from assocmem.optim.indices import grouped
 from assocmem.optim.registry import Group, Preset, available_memories, get_preset
 
 # Options every preset shares; the preset's own hyperparameters come from its registry entry.
@@ -750,10 +751,7 @@ def _real(t: Tensor) -> Tensor:
 def _by_device(tensors: list[Tensor]) -> list[list[int]]:
     """Indices of ``tensors`` grouped by device, in order of first appearance (one group for
     a model on one device, the usual case)."""
-    groups: dict[torch.device, list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault(t.device, []).append(i)
-    return list(groups.values())
+    return list(grouped(t.device for t in tensors).values())
 
 
 # Run eagerly even inside torch.compile(opt.step): torch 2.13's inductor returns one buffer for

@@ -13,12 +13,11 @@ step size (``cms``), it keeps its own pass order, and tests hold it equal to the
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 from torch import Tensor
 
 from assocmem.memory import ElementwiseMemory, read
+from assocmem.optim.indices import grouped
 from assocmem.optim.newton_schulz import zeropower_via_newtonschulz5
 from assocmem.optim.polar_express import LOWER
 
@@ -119,9 +118,7 @@ def orthogonal_reads(
     Stacking the matrices of one shape turns many small matmuls into one ``bmm``. Returns, per
     shape, ``(indices into updates, their O, s)``.
     """
-    by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, u in enumerate(updates):
-        by_shape[tuple(as_matrix(u).shape)].append(i)
+    by_shape = grouped(tuple(as_matrix(u).shape) for u in updates)
     reads = []
     for (rows, cols), index in by_shape.items():
         stacked = torch.stack([as_matrix(updates[i]) for i in index])

@@ -34,6 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from assocmem.optim.indices import grouped
+
 # ``torch.distributed.tensor`` costs about a second to import; a DTensor cannot exist before
 # something (FSDP2, the user) imported it, so until then nothing is sharded and the optimizer
 # does not pay that second (``import assocmem`` stays fast for everyone who never shards).
@@ -81,10 +83,7 @@ def layout(t: Tensor) -> tuple[Any, ...] | None:
 def by_layout(tensors: Sequence[Tensor]) -> list[tuple[tuple[Any, ...] | None, list[int]]]:
     """Indices of ``tensors`` grouped by :func:`layout`, in order of first appearance (the same
     order on every rank, so the collectives of the groups' steps line up)."""
-    groups: dict[Any, list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault(layout(t), []).append(i)
-    return list(groups.items())
+    return list(grouped(layout(t) for t in tensors).items())
 
 
 def steps_locally(key: tuple[Any, ...]) -> bool:

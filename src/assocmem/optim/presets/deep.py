@@ -67,6 +67,7 @@ from assocmem.memory import (
     read,
 )
 from assocmem.optim import counts, sharded, sync_free, validate
+from assocmem.optim.indices import grouped
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
 _FIELDS = DeepMemory._fields  # w1 (h, 2), b1 (h,), w2 (1, h), b2 (1,), skip (1, 2)
@@ -247,15 +248,16 @@ def _same_size_and_count(params: list[Tensor], states: list[State]) -> list[list
     """Indices grouped by element count, dtype, device and MLP shape, and by step count where
     the host reads it (under ``sync_free`` the counts stay on the device and a batch may mix
     them), in order of first appearance: the tensors one batched step takes together."""
-    groups: dict[Any, list[int]] = {}
     host = not sync_free.active()
-    for i, (p, s) in enumerate(zip(params, states, strict=True)):
+
+    def key(i: int, p: Tensor, s: State) -> Any:
         flat = all(x.is_contiguous() for x in (p, s["momentum"], s["prev_grad"]))
         size = (p.numel(), p.dtype, p.device, s["mlp_w1"].shape)
         # a tensor that is not contiguous has no flat view to write through: alone
-        key = (*size, float(s["step"]) if host else None) if flat else i
-        groups.setdefault(key, []).append(i)
-    return list(groups.values())
+        return (*size, float(s["step"]) if host else None) if flat else i
+
+    keys = (key(i, p, s) for i, (p, s) in enumerate(zip(params, states, strict=True)))
+    return list(grouped(keys).values())
 
 
 def _batched_step(
