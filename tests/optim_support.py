@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
 from assocmem import available_memories
+
+# A training run's parameters (flattened, on the CPU) and its optimizer's state tensors.
+Run = tuple[torch.Tensor, list[torch.Tensor]]
 
 
 class TinyNet(nn.Module):
@@ -69,6 +72,46 @@ def train(
 
 def flat_params(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def compiled_against_eager(
+    make: Callable[[], nn.Module],
+    make_opt: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
+    backward: Callable[[nn.Module, int], None],
+    steps: int = 3,
+) -> tuple[Run, Run]:
+    """The same training run eagerly and under ``torch.compile(opt.step)`` (after a dynamo
+    reset, so no other test's graphs or recompile budget carry over): each run's parameters
+    (flattened, on the CPU) and its optimizer's state tensors, in parameter order. Three steps
+    by default: step 1 creates the state, steps 2 and 3 read what step 1 wrote."""
+
+    def run(compile_step: bool) -> Run:
+        torch.manual_seed(0)
+        model = make()
+        opt = make_opt(model.parameters())
+        step = torch.compile(opt.step) if compile_step else opt.step
+        for t in range(steps):
+            opt.zero_grad()
+            backward(model, t)
+            step()
+        params = torch.cat([p.detach().flatten().cpu() for p in model.parameters()])
+        state = [v for p in model.parameters() for v in opt.state[p].values() if torch.is_tensor(v)]
+        return params, state
+
+    torch._dynamo.reset()
+    return run(False), run(True)
+
+
+def assert_same_run(got: Run, want: Run, **tol: float) -> None:
+    """Two runs of :func:`compiled_against_eager` agree within ``tol``: parameters and every
+    state tensor, and the state holds no two tensors in one storage (state created inside a
+    compiled graph once came out aliased)."""
+    torch.testing.assert_close(got[0], want[0], **tol)
+    assert len(got[1]) == len(want[1])
+    for a, b in zip(got[1], want[1], strict=True):
+        torch.testing.assert_close(a, b, **tol)
+    storages = [t.untyped_storage().data_ptr() for t in got[1] if t.numel() > 0]
+    assert len(set(storages)) == len(storages)
 
 
 # Learning rates at which each preset trains TinyNet stably; presets added later get 1e-3.

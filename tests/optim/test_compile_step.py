@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from optim_support import every_memory, flat_params, in_float64, loss_at, make_model
+from optim_support import (
+    assert_same_run,
+    compiled_against_eager,
+    every_memory,
+    in_float64,
+    loss_at,
+    make_model,
+)
 
 from assocmem import MemoryOptimizer, get_preset
 
@@ -25,34 +32,24 @@ STEPS = 3  # step 1 creates the state, steps 2 and 3 read what step 1 wrote
 TOL = {"rtol": 0.0, "atol": 1e-6}
 
 
-def _run(memory: str, compile_step: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    torch.manual_seed(0)
-    model = make_model()
-    opt = MemoryOptimizer(model.parameters(), memory, lr=1e-2 if memory != "learned" else 1e-3)
-    step = torch.compile(opt.step) if compile_step else opt.step
-    for t in range(STEPS):
-        opt.zero_grad()
-        loss_at(model, t).backward()
-        step()
-    state = [v for p in model.parameters() for v in opt.state[p].values() if torch.is_tensor(v)]
-    return [flat_params(model)], state
+def _backward(model: torch.nn.Module, t: int) -> None:
+    loss_at(model, t).backward()
 
 
 @pytest.mark.parametrize("memory", every_memory())
 def test_compiled_step_gives_the_eager_numbers(memory):
-    torch._dynamo.reset()  # no graphs or recompile budget left over from another preset
+    def make_opt(params):
+        return MemoryOptimizer(params, memory, lr=1e-2 if memory != "learned" else 1e-3)
+
     if get_preset(memory).uncompilable is not None:
+        torch._dynamo.reset()
+        model = make_model()
+        loss_at(model, 0).backward()
         with pytest.raises(RuntimeError, match=f"not supported for memory='{memory}'"):
-            _run(memory, compile_step=True)
+            torch.compile(make_opt(model.parameters()).step)()
         return
-    eager_params, eager_state = _run(memory, compile_step=False)
-    params, state = _run(memory, compile_step=True)
-    torch.testing.assert_close(params, eager_params, **TOL)
-    assert len(state) == len(eager_state)
-    for got, want in zip(state, eager_state, strict=True):
-        torch.testing.assert_close(got, want, **TOL)
-    storages = [t.untyped_storage().data_ptr() for t in state if t.numel() > 0]
-    assert len(set(storages)) == len(storages)  # no two state tensors share memory
+    eager, compiled = compiled_against_eager(make_model, make_opt, _backward, STEPS)
+    assert_same_run(compiled, eager, **TOL)
 
 
 def test_a_compiled_step_refuses_float64_scalars():
@@ -80,22 +77,15 @@ def test_deep_repeated_layers_compile_to_the_eager_numbers():
     # MLPs (bmm), which the compiled step must give too. Relative: the normalised gradients
     # (state "prev_grad", up to ~2.6 here) came out up to 3 float32 ulps apart (3.6e-7) where
     # inductor fused the RMS's reduction; 1e-5 leaves ~30x on that
-    def run(compile_step: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        torch.manual_seed(0)
-        net = torch.nn.Sequential(*(torch.nn.Linear(6, 6) for _ in range(3)))
-        opt = MemoryOptimizer(net.parameters(), "deep", lr=1e-2)
-        step = torch.compile(opt.step) if compile_step else opt.step
-        x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
-        for t in range(STEPS):
-            opt.zero_grad()
-            net(x + 0.1 * t).sin().sum().backward()
-            step()
-        state = [v for p in net.parameters() for v in opt.state[p].values()]
-        return [flat_params(net)], state
+    def make():
+        return torch.nn.Sequential(*(torch.nn.Linear(6, 6) for _ in range(3)))
 
-    torch._dynamo.reset()
-    eager_params, eager_state = run(False)
-    params, state = run(True)
-    torch.testing.assert_close(params, eager_params, rtol=1e-5, atol=1e-6)
-    for got, want in zip(state, eager_state, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
+
+    def backward(net, t):
+        net(x + 0.1 * t).sin().sum().backward()
+
+    eager, compiled = compiled_against_eager(
+        make, lambda ps: MemoryOptimizer(ps, "deep", lr=1e-2), backward, STEPS
+    )
+    assert_same_run(compiled, eager, rtol=1e-5, atol=1e-6)

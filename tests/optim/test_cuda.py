@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from optim_support import LOCKSTEP_TOL, batch, every_memory, in_float64, make_model
+from optim_support import (
+    LOCKSTEP_TOL,
+    assert_same_run,
+    batch,
+    compiled_against_eager,
+    every_memory,
+    in_float64,
+    make_model,
+)
 
 from assocmem import MemoryOptimizer, get_preset
 
@@ -149,22 +157,9 @@ def test_a_compiled_step_on_cuda_gives_the_eager_numbers(memory):
     if get_preset(memory).uncompilable is not None:
         pytest.skip(f"{memory} refuses a compiled step (tested on the CPU)")
 
-    def run(compile_step: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        torch.manual_seed(0)
-        model = make_model().cuda()
-        opt = MemoryOptimizer(model.parameters(), memory, lr=1e-2)
-        step = torch.compile(opt.step) if compile_step else opt.step
-        for t in range(3):  # step 1 creates the state, steps 2 and 3 read it
-            opt.zero_grad()
-            _backward(model, t)
-            step()
-        state = [v for p in model.parameters() for v in opt.state[p].values() if torch.is_tensor(v)]
-        return _flat(model), state
-
-    torch._dynamo.reset()
-    eager_params, eager_state = run(False)
-    params, state = run(True)
-    torch.testing.assert_close(params, eager_params, rtol=0.0, atol=1e-6)
-    assert len(state) == len(eager_state)
-    for got, want in zip(state, eager_state, strict=True):
-        torch.testing.assert_close(got, want, rtol=0.0, atol=1e-6)
+    eager, compiled = compiled_against_eager(
+        lambda: make_model().cuda(),
+        lambda ps: MemoryOptimizer(ps, memory, lr=1e-2),
+        _backward,
+    )
+    assert_same_run(compiled, eager, rtol=0.0, atol=1e-6)
