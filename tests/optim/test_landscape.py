@@ -265,6 +265,53 @@ def test_weak_fast_path_steps_small_and_large_tensors_to_the_same_bits(monkeypat
     assert all(torch.equal(a, b) for a, b in zip(out[0], out[1 << 30], strict=True))
 
 
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_weak_fast_path_stacks_small_tensors_of_one_shape_and_follows_the_reference(
+    monkeypatch, sync_free
+):
+    """Small tensors of one shape step as one stacked tensor per kind (from ``STACK_MIN`` of
+    them; 2 here to keep the test small): 0-d, 1-D and 2-D ones, float32 and float64, a
+    strided one that must step alone, the rates as host floats or device tensors. The sums
+    run along the stack's rows instead of dot products, so against the reference they differ
+    as the per-tensor path does (its test above): within 1000 eps after 20 steps."""
+    from assocmem.optim.presets import landscape_weak_fast
+
+    monkeypatch.setattr(landscape_weak_fast, "STACK_MIN", 2)
+    stacked = []
+    real = landscape_weak_fast._stacked_step
+    monkeypatch.setattr(
+        landscape_weak_fast,
+        "_stacked_step",
+        lambda params, *rest: stacked.append(len(params)) or real(params, *rest),
+    )
+
+    def make(gen):
+        def randn(*shape, dtype=torch.float64):
+            return torch.nn.Parameter(torch.randn(shape, generator=gen, dtype=dtype))
+
+        return [
+            *(randn(3, 5) for _ in range(3)),
+            *(randn() for _ in range(2)),
+            *(randn(4, dtype=torch.float32) for _ in range(3)),
+            torch.nn.Parameter(randn(5, 3).detach().t()),  # strided: alone
+        ]
+
+    out = {}
+    for foreach in (None, False):
+        gen = torch.Generator().manual_seed(0)
+        params = make(gen)
+        opt = MemoryOptimizer(params, "landscape", lr=0.1, foreach=foreach, sync_free=sync_free)
+        for _ in range(20):  # noise plus a curvature 0.5, so every memory has one to learn
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype) + 0.5 * p.detach()
+            opt.step()
+        out[foreach] = [t for p in params for t in (p.detach(), opt.state[p]["hessian"])]
+    assert sorted(stacked[:3]) == [2, 3, 3]  # (3, 5), () and (4,) stacked; the strided alone
+    for fast, ref in zip(out[None], out[False], strict=True):
+        assert torch.isfinite(fast).all()
+        torch.testing.assert_close(fast, ref, rtol=1000 * torch.finfo(ref.dtype).eps, atol=0)
+
+
 def test_weak_write_of_a_zero_or_non_finite_direction_keeps_the_memory():
     B = torch.tensor([0.5, -1.0, 2.0])
     assert torch.equal(weak_secant_write(B, torch.zeros(3), torch.ones(3), rho=1.0), B)
