@@ -137,3 +137,75 @@ def test_extreme_gradients_are_erased_along_like_float64(scale, erase, foreach):
     exact = runs[torch.float64]
     atol = 16 * torch.finfo(torch.float32).eps * exact.abs().max().item()
     torch.testing.assert_close(runs[torch.float32].double(), exact, rtol=0.0, atol=atol)
+
+
+def _spy_stacked(monkeypatch):
+    """STACK_MIN lowered to 2 (tests keep few tensors) and the sizes of the stacked groups."""
+    from assocmem.optim.presets import delta
+
+    monkeypatch.setattr(delta, "STACK_MIN", 2)
+    sizes = []
+    real = delta._stacked_step
+    monkeypatch.setattr(
+        delta,
+        "_stacked_step",
+        lambda params, *rest: sizes.append(len(params)) or real(params, *rest),
+    )
+    return sizes
+
+
+def test_small_tensors_of_one_shape_step_stacked_and_follow_the_reference(monkeypatch):
+    # Each tensor is a row of its stack, so the per-tensor erase is the per-row one; float64,
+    # so the only difference from the reference is the order of each sum: LOCKSTEP_TOL. (The
+    # host path, where stacking happens, takes contiguous tensors: a strided one sends the
+    # group to the device-rate path.)
+    sizes = _spy_stacked(monkeypatch)
+    with in_float64():
+
+        def make():
+            torch.manual_seed(0)
+            return [
+                *(torch.nn.Parameter(torch.randn(3, 5)) for _ in range(4)),
+                *(torch.nn.Parameter(torch.randn(())) for _ in range(2)),
+                torch.nn.Parameter(torch.randn(4)),  # alone: no other of its shape
+            ]
+
+        runs = []
+        for foreach in (True, False):
+            params = make()
+            opt = MemoryOptimizer(params, "delta", lr=0.1, alpha=0.8, eta=0.7, foreach=foreach)
+            gen = torch.Generator().manual_seed(1)
+            for _ in range(20):
+                for p in params:
+                    p.grad = torch.randn(p.shape, generator=gen) + 0.5 * p.detach()
+                opt.step()
+            runs.append([t for p in params for t in (p.detach(), opt.state[p]["momentum"])])
+    assert sorted(sizes[:2]) == [2, 4]
+    for fast, ref in zip(*runs, strict=True):
+        torch.testing.assert_close(fast, ref, **LOCKSTEP_TOL)
+
+
+@pytest.mark.parametrize("scale", [3e18, 1e-25])
+def test_stacked_small_tensors_with_extreme_gradients_are_erased_along_like_float64(
+    monkeypatch, scale
+):
+    # 8 x 8 tensors at |g| ~ 3e18: ||g||^2 ~ 1e39 overflows fp32; at 1e-25 the squares flush
+    # to 0. The stacked rows take row_overlaps's scaled fallback; the tolerance is the one
+    # argued in test_extreme_gradients_are_erased_along_like_float64.
+    sizes = _spy_stacked(monkeypatch)
+    gen = torch.Generator().manual_seed(0)
+    grads = [[scale * (1 + torch.rand(8, 8, generator=gen)) for _ in range(4)] for _ in range(3)]
+    runs = {}
+    for dtype in (torch.float32, torch.float64):
+        params = [torch.nn.Parameter(torch.zeros(8, 8, dtype=dtype)) for _ in range(4)]
+        opt = MemoryOptimizer(params, "delta", lr=1.0)
+        for step in grads:
+            for p, g in zip(params, step, strict=True):
+                p.grad = g.to(dtype)
+            opt.step()
+        runs[dtype] = torch.stack([opt.state[p]["momentum"] for p in params])
+    assert sizes and set(sizes) == {4}
+    assert torch.isfinite(runs[torch.float32]).all()
+    exact = runs[torch.float64]
+    atol = 16 * torch.finfo(torch.float32).eps * exact.abs().max().item()
+    torch.testing.assert_close(runs[torch.float32].double(), exact, rtol=0.0, atol=atol)

@@ -31,9 +31,9 @@ from torch import Tensor
 
 from assocmem.optim.compiled import compiled
 from assocmem.optim.fused import by_device_and_dtype
-from assocmem.optim.indices import grouped
 from assocmem.optim.presets.landscape import average_rates, momentum_decay
 from assocmem.optim.registry import Group, State
+from assocmem.optim.stacks import SMALL, stack_groups
 
 
 def weak_step(
@@ -87,28 +87,15 @@ def weak_secant_step(
 def _weak_step_bucket(
     params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
 ) -> None:
-    """:func:`weak_step` for tensors of one device and dtype: small tensors of one shape as
-    one stacked tensor per kind (:func:`_stacked_step`), the others one by one with their
-    per-tensor scalars computed as one small vector each (:func:`_per_tensor_step`)."""
-    keys = [_stack_key(p, g, st) for p, g, st in zip(params, grads, states, strict=True)]
-    alone: list[int] = []
-    for key, index in grouped(keys).items():
-        if key is not None and len(index) >= STACK_MIN:
-            _stacked_step(*([x[i] for i in index] for x in (params, grads, states)), group)
-        else:
-            alone += index
+    """:func:`weak_step` for tensors of one device and dtype: many small tensors of one shape
+    as one stacked tensor per kind (:func:`_stacked_step`, :mod:`assocmem.optim.stacks`), the
+    others one by one with their per-tensor scalars computed as one small vector each
+    (:func:`_per_tensor_step`)."""
+    groups, alone = stack_groups(params, STACK_MIN)
+    for index in groups:
+        _stacked_step(*([x[i] for i in index] for x in (params, grads, states)), group)
     if alone:
-        _per_tensor_step(*([x[i] for i in sorted(alone)] for x in (params, grads, states)), group)
-
-
-def _stack_key(param: Tensor, grad: Tensor, state: State) -> tuple[int, ...] | None:
-    """The shape under which a tensor is stacked with others, or None (stepped alone): small
-    (under :data:`SMALL` elements, where a step is dispatch and a copy costs little), not
-    empty, and contiguous throughout, so that a stacked slice copies back as it was."""
-    tensors = (param, grad, state["momentum"], state["direction"], state["hessian"])
-    if not 0 < param.numel() < SMALL or not all(t.is_contiguous() for t in tensors):
-        return None
-    return tuple(param.shape)
+        _per_tensor_step(*([x[i] for i in alone] for x in (params, grads, states)), group)
 
 
 def _stacked_step(
@@ -187,12 +174,9 @@ def _per_tensor_step(
     torch._foreach_add_(params, directions, alpha=-group["lr"])
 
 
-# Below this many elements a tensor's elementwise passes are dispatch, not memory traffic:
+# Below stacks.SMALL elements a tensor's elementwise passes are dispatch, not memory traffic:
 # such tensors take one foreach call per op for all of them instead of one call per tensor
 # (with 300 tiny tensors, half of a step was per-tensor calls), at the price of a temporary.
-SMALL = 1 << 14
-
-
 # From this many small tensors of one shape they are stepped stacked. The stacked step costs
 # ~100 us of calls plus ~12 us per tensor (the copies in and out), one by one a tensor costs
 # ~25 us: one large and k 8 x 8 tensors stepped, one-off, interleaved: k = 8 607 against
