@@ -11,9 +11,17 @@ import torch
 from optim_support import assert_lockstep, make_model, train, two_groups
 
 from assocmem import MemoryOptimizer
+from assocmem.optim import optimizer
 from assocmem.optim.compiled import compiled
 from assocmem.optim.presets.cms import ademamix_config
 from assocmem.optim.presets.landscape_fast import secant_step
+
+
+@pytest.fixture(autouse=True)
+def compile_every_tensor(monkeypatch):
+    """TinyNet's tensors are all small, which ``compile=True`` steps eagerly
+    (``COMPILED_FROM``): here every tensor is compiled, so the tests test the compiled code."""
+    monkeypatch.setattr(optimizer, "COMPILED_FROM", 0)
 
 
 def landscape_pair(channels_last=False, **kw):
@@ -119,8 +127,9 @@ def test_compiled_cms_without_host_reads_takes_the_eager_fast_path():
     models = make_model(), make_model()
     fast = MemoryOptimizer(two_groups(models[0], 1e-2), "cms", compile=True, sync_free=True)
     ref = MemoryOptimizer(two_groups(models[1], 1e-2), "cms", foreach=False)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # counts of the tests before
     with torch._dynamo.config.patch(error_on_recompile=True):
-        torch._dynamo.reset()
         assert_lockstep(models[0], fast, models[1], ref, 12, rtol=1e-5, atol=1e-6)
         assert not torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
@@ -272,6 +281,42 @@ def test_compile_refuses_what_it_cannot_do(memory, kw, needle):
     with pytest.raises(ValueError, match="invalid compile") as err:
         MemoryOptimizer(make_model().parameters(), memory, **kw)
     assert needle in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("memory", ["cms", "delta", "landscape"])
+def test_compile_steps_small_tensors_eagerly_and_large_ones_compiled(monkeypatch, memory):
+    # From COMPILED_FROM elements a tensor's update is compiled; the smaller ones take the
+    # eager fast path, in the same step. Both follow the reference (float32, O(1) values: the
+    # tolerance of the lockstep tests above).
+    from assocmem.optim.registry import get_preset
+
+    monkeypatch.undo()  # the default threshold
+    preset = type(get_preset(memory))
+    compiled_sizes = []
+    real = preset.compiled_step
+
+    def spy(self, params, *rest):
+        compiled_sizes.append(sorted(p.numel() for p in params))
+        return real(self, params, *rest)
+
+    monkeypatch.setattr(preset, "compiled_step", spy)
+    torch._dynamo.reset()
+    big = optimizer.COMPILED_FROM
+    runs = []
+    for kw in ({"compile": True}, {"foreach": False}):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(n) * 0.1) for n in (big, 7, big + 3, 5)]
+        opt = MemoryOptimizer(params, memory, lr=1e-2, **kw)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(12):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen) + p.detach()
+            opt.step()
+        runs.append([t.detach().clone() for p in params for t in (p, *opt.state[p].values())])
+    assert compiled_sizes and all(sizes == [big, big + 3] for sizes in compiled_sizes)
+    for fast, ref in zip(*runs, strict=True):
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_compile_is_per_group():
