@@ -163,3 +163,26 @@ def test_a_compiled_step_on_cuda_gives_the_eager_numbers(memory):
         _backward,
     )
     assert_same_run(compiled, eager, rtol=0.0, atol=1e-6)
+
+
+@pytest.mark.slow  # a cold compile per preset; scripts/gpu_check.sh runs these last
+@pytest.mark.parametrize("memory", [m for m in every_memory() if get_preset(m).compiles()])
+def test_compile_true_on_cuda_follows_the_cpu_reference(monkeypatch, memory):
+    # compile=True's inductor kernels on the GPU (Triton) against the CPU reference, float32:
+    # the tolerance of tests/optim/test_compiled.py (inductor may contract into FMAs and
+    # reorder the sums: ulps of O(1) values per step, compounded over the steps). TinyNet's
+    # tensors are all small, which compile=True would step eagerly: every tensor compiled.
+    from assocmem.optim import optimizer
+
+    monkeypatch.setattr(optimizer, "COMPILED_FROM", 0)
+    torch._dynamo.reset()
+    runs = []
+    for device, kw in (("cuda", {"compile": True}), ("cpu", {"foreach": False})):
+        model = make_model().to(device)
+        opt = MemoryOptimizer(model.parameters(), memory, lr=1e-2, **kw)
+        for t in range(STEPS):
+            opt.zero_grad()
+            _backward(model, t)
+            opt.step()
+        runs.append(_flat(model))
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-5, atol=1e-6)
