@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -112,6 +113,22 @@ def assert_same_run(got: Run, want: Run, **tol: float) -> None:
         torch.testing.assert_close(a, b, **tol)
     storages = [t.untyped_storage().data_ptr() for t in got[1] if t.numel() > 0]
     assert len(set(storages)) == len(storages)
+
+
+def spy_stacked(monkeypatch: Any, module: Any) -> list[int]:
+    """A preset module's ``STACK_MIN`` lowered to 2 (tests keep few tensors) and its
+    ``_stacked_step`` wrapped: the returned list collects the size of every stacked group
+    (:mod:`assocmem.optim.stacks`)."""
+    monkeypatch.setattr(module, "STACK_MIN", 2)
+    sizes: list[int] = []
+    real = module._stacked_step
+
+    def counted(params: list[torch.Tensor], *rest: Any) -> None:
+        sizes.append(len(params))
+        real(params, *rest)
+
+    monkeypatch.setattr(module, "_stacked_step", counted)
+    return sizes
 
 
 # Learning rates at which each preset trains TinyNet stably; presets added later get 1e-3.

@@ -10,11 +10,13 @@ from optim_support import (
     flat_params,
     in_float64,
     make_model,
+    spy_stacked,
     train,
     two_groups,
 )
 
 from assocmem import MemoryOptimizer
+from assocmem.optim.presets import delta
 from assocmem.optim.presets.delta import delta_momentum_write, unit_rows
 
 
@@ -139,27 +141,12 @@ def test_extreme_gradients_are_erased_along_like_float64(scale, erase, foreach):
     torch.testing.assert_close(runs[torch.float32].double(), exact, rtol=0.0, atol=atol)
 
 
-def _spy_stacked(monkeypatch):
-    """STACK_MIN lowered to 2 (tests keep few tensors) and the sizes of the stacked groups."""
-    from assocmem.optim.presets import delta
-
-    monkeypatch.setattr(delta, "STACK_MIN", 2)
-    sizes = []
-    real = delta._stacked_step
-    monkeypatch.setattr(
-        delta,
-        "_stacked_step",
-        lambda params, *rest: sizes.append(len(params)) or real(params, *rest),
-    )
-    return sizes
-
-
 def test_small_tensors_of_one_shape_step_stacked_and_follow_the_reference(monkeypatch):
     # Each tensor is a row of its stack, so the per-tensor erase is the per-row one; float64,
     # so the only difference from the reference is the order of each sum: LOCKSTEP_TOL. (The
     # host path, where stacking happens, takes contiguous tensors: a strided one sends the
     # group to the device-rate path.)
-    sizes = _spy_stacked(monkeypatch)
+    sizes = spy_stacked(monkeypatch, delta)
     with in_float64():
 
         def make():
@@ -192,7 +179,7 @@ def test_stacked_small_tensors_with_extreme_gradients_are_erased_along_like_floa
     # 8 x 8 tensors at |g| ~ 3e18: ||g||^2 ~ 1e39 overflows fp32; at 1e-25 the squares flush
     # to 0. The stacked rows take row_overlaps's scaled fallback; the tolerance is the one
     # argued in test_extreme_gradients_are_erased_along_like_float64.
-    sizes = _spy_stacked(monkeypatch)
+    sizes = spy_stacked(monkeypatch, delta)
     gen = torch.Generator().manual_seed(0)
     grads = [[scale * (1 + torch.rand(8, 8, generator=gen)) for _ in range(4)] for _ in range(3)]
     runs = {}

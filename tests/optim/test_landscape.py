@@ -10,6 +10,7 @@ from optim_support import (
     flat_params,
     in_float64,
     make_model,
+    spy_stacked,
     train,
     two_groups,
 )
@@ -272,19 +273,12 @@ def test_weak_fast_path_stacks_small_tensors_of_one_shape_and_follows_the_refere
     """Small tensors of one shape step as one stacked tensor per kind (from ``STACK_MIN`` of
     them; 2 here to keep the test small): 0-d, 1-D and 2-D ones, float32 and float64, a
     strided one among them (copied back through its strides), the rates as host floats or
-    device tensors. The sums
-    run along the stack's rows instead of dot products, so against the reference they differ
-    as the per-tensor path does (its test above): within 1000 eps after 20 steps."""
+    device tensors. The sums run along the stack's rows instead of dot products, so against
+    the reference they differ as the per-tensor path does (its test above): within 1000 eps
+    after 20 steps."""
     from assocmem.optim.presets import landscape_weak_fast
 
-    monkeypatch.setattr(landscape_weak_fast, "STACK_MIN", 2)
-    stacked = []
-    real = landscape_weak_fast._stacked_step
-    monkeypatch.setattr(
-        landscape_weak_fast,
-        "_stacked_step",
-        lambda params, *rest: stacked.append(len(params)) or real(params, *rest),
-    )
+    stacked = spy_stacked(monkeypatch, landscape_weak_fast)
 
     def make(gen):
         def randn(*shape, dtype=torch.float64):
