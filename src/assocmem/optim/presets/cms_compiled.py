@@ -27,8 +27,8 @@ from torch import Tensor
 from assocmem.optim import sharded, sync_free
 from assocmem.optim.blocks import split_by_step
 from assocmem.optim.compiled import compiled
-from assocmem.optim.presets.cms import accumulates, debias_factor, level_etas
-from assocmem.optim.presets.cms_fast import foreach_step
+from assocmem.optim.presets.cms import accumulates, level_etas
+from assocmem.optim.presets.cms_fast import foreach_step, level_read_scales
 from assocmem.optim.registry import Group, State
 
 
@@ -41,26 +41,17 @@ def compiled_step(
         return
     levels = range(len(group["alphas"]))
     etas = level_etas(group)
+    # write scale of level k: its eta, over f_k when it is written with the f_k-step sum
+    write_scales = [
+        etas[k] / group["freqs"][k] if accumulates(group, k) else etas[k] for k in levels
+    ]
+
+    def number(x: float) -> Tensor:
+        return torch.tensor(x, dtype=torch.float64)
+
     for t_float, index in split_by_step([float(s["step"]) for s in states]).items():
         t = int(t_float)
         chosen = [states[i] for i in index]
-
-        def number(x: float) -> Tensor:
-            return torch.tensor(x, dtype=torch.float64)
-
-        # write scale of level k: its eta, over f_k when it is written with the f_k-step sum
-        write_scales = [
-            etas[k] / group["freqs"][k] if accumulates(group, k) else etas[k] for k in levels
-        ]
-        read_scales = [
-            group["weights"][k]
-            / (
-                debias_factor(group["alphas"][k], etas[k], t // group["freqs"][k])
-                if group["debias"][k]
-                else 1.0
-            )
-            for k in levels
-        ]
         compiled(level_step)(
             [params[i] for i in index],
             [grads[i] for i in index],
@@ -69,7 +60,7 @@ def compiled_step(
             [s["exp_avg_sq"] for s in chosen] if group["normalize"] else None,
             [number(a) for a in group["alphas"]],
             [number(w) for w in write_scales],
-            [number(r) for r in read_scales],
+            [number(r) for r in level_read_scales(t, group)],  # w_k / c_k
             lr=number(group["lr"]),
             beta2=number(group["beta2"]),
             bc2=number(1 - group["beta2"] ** t),

@@ -150,7 +150,7 @@ def _debias(t: int, group: Group) -> list[float]:
     ]
 
 
-def _scales(t: int, group: Group) -> list[float]:
+def level_read_scales(t: int, group: Group) -> list[float]:
     """Each level's read scale ``w_k / c_k`` at step ``t``."""
     return [w / c for w, c in zip(group["weights"], _debias(t, group), strict=True)]
 
@@ -169,7 +169,7 @@ def _fused_step(block: Buffers, t: int, group: Group, base: int, step: Tensor) -
     other level instead of the three passes of a separate read.
     """
     _write_levels(block, t, group, fused=base)
-    scales = _scales(t, group)
+    scales = level_read_scales(t, group)
     alpha = group["alphas"][base]
     carried = block.levels[base]
     rest = [
@@ -215,7 +215,11 @@ def _read_block(block: Buffers, t: int, group: Group) -> None:
     Factoring out the first nonzero scale ``s_b`` folds it into the step size: one pass
     fewer, and a single level is read in place (so one plain level is ``momentum``'s bits).
     """
-    read = [(level, s) for level, s in zip(block.levels, _scales(t, group), strict=True) if s != 0]
+    read = [
+        (level, s)
+        for level, s in zip(block.levels, level_read_scales(t, group), strict=True)
+        if s != 0
+    ]
     if not read:
         return
     (updates, s_base), rest = read[0], read[1:]
