@@ -196,3 +196,29 @@ def test_stacked_small_tensors_with_extreme_gradients_are_erased_along_like_floa
     exact = runs[torch.float64]
     atol = 16 * torch.finfo(torch.float32).eps * exact.abs().max().item()
     torch.testing.assert_close(runs[torch.float32].double(), exact, rtol=0.0, atol=atol)
+
+
+def test_a_strided_tensor_leaves_the_others_on_the_cpu_host_path(monkeypatch):
+    # The host path's fused SGD kernel takes contiguous tensors only; a channels_last weight
+    # steps on the device-rate path while the other tensors of its group stay on the host
+    # path (they used to follow it there). Both routes against the reference, float64.
+    from assocmem.optim import fused
+
+    calls = []
+    real = fused.sgd_
+    monkeypatch.setattr(
+        fused,
+        "sgd_",
+        lambda params, *a, **k: calls.append(params[0].shape) or real(params, *a, **k),
+    )
+    with in_float64():
+        models = make_model(), make_model()
+        for m in models:
+            m.conv.to(memory_format=torch.channels_last)
+        kw = dict(lr=1e-2, alpha=0.8, eta=0.7)
+        fast = MemoryOptimizer(two_groups(models[0], 1e-2), "delta", **kw)
+        ref = MemoryOptimizer(two_groups(models[1], 1e-2), "delta", foreach=False, **kw)
+        assert_lockstep(models[0], fast, models[1], ref, 10, **LOCKSTEP_TOL)
+    stepped = set(calls)
+    assert models[0].fc.weight.shape in stepped  # contiguous: the host path
+    assert models[0].conv.weight.shape not in stepped  # strided: the device-rate path

@@ -183,26 +183,22 @@ class Delta(Preset):
         # dot products) and written once.
         alpha, gamma, eta, erase = group["alpha"], group["gamma"], group["eta"], group["erase"]
         bufs = [s["momentum"] for s in states]
+        if gamma != 0 and erase == "tensor" and takes_host_rates(params, grads, bufs, alpha):
+            # On the CPU a host read costs nothing: the tensors the fused kernel takes step
+            # on the host path; any others (non-contiguous) take the device-rate path below.
+            if fused.fusable([*params, *grads, *bufs]):  # the usual case: every tensor
+                on_host = list(range(len(params)))
+            else:
+                on_host = [i for i, p in enumerate(params) if fused.fusable([p, grads[i], bufs[i]])]
+            _host_step(*([x[i] for i in on_host] for x in (params, grads, bufs)), group)
+            if len(on_host) == len(params):
+                return
+            taken = set(on_host)
+            rest = [i for i in range(len(params)) if i not in taken]
+            params, grads, bufs = ([x[i] for i in rest] for x in (params, grads, bufs))
         if gamma == 0:
             torch._foreach_mul_(bufs, alpha)
             torch._foreach_add_(bufs, grads, alpha=eta)
-        elif erase == "tensor" and takes_host_rates(params, grads, bufs, alpha):
-            # On the CPU a host read costs nothing: each tensor's write and step in one pass
-            # of torch's fused SGD kernel, its dampening 1 - r (bufs <- alpha bufs + r g).
-            # Many small tensors of one shape: stacked, a few calls for all of them.
-            stacked, alone = stack_groups(params, STACK_MIN)
-            for index in stacked:
-                _stacked_step(*([x[i] for i in index] for x in (params, grads, bufs)), group)
-            if not alone:
-                return
-            rates = host_rates([grads[i] for i in alone], [bufs[i] for i in alone], eta, gamma)
-            for i, r in zip(alone, rates, strict=True):
-                fused.sgd_(
-                    [params[i]], [grads[i]], [bufs[i]], weight_decay=0.0, momentum=alpha,
-                    lr=group["lr"], dampening=1.0 - r, nesterov=False, maximize=False,
-                    is_first_step=False,
-                )  # fmt: skip
-            return
         elif erase == "tensor":
             # the rates stay on the device (a .tolist() here waited for it every step)
             rates = (eta - gamma * tensor_overlaps(grads, bufs)).unbind()
@@ -220,6 +216,26 @@ class Delta(Preset):
 # one by one a tensor costs ~17 us: one large and k 8 x 8 tensors, one-off, interleaved:
 # k = 12 398 against 341 us, 16 432 / 409, 32 589 / 684.
 STACK_MIN = 24
+
+
+def _host_step(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], group: Group) -> None:
+    """The CPU host path: each tensor's write and step in one pass of torch's fused SGD
+    kernel, its dampening ``1 - r`` (``m <- alpha m + r g``) with ``r`` taken in double
+    precision from the sums read back; many small tensors of one shape stacked instead
+    (:func:`_stacked_step`), a few calls for all of them. Contiguous CPU tensors."""
+    stacked, alone = stack_groups(params, STACK_MIN)
+    for index in stacked:
+        _stacked_step(*([x[i] for i in index] for x in (params, grads, bufs)), group)
+    if not alone:
+        return
+    eta, gamma = group["eta"], group["gamma"]
+    rates = host_rates([grads[i] for i in alone], [bufs[i] for i in alone], eta, gamma)
+    for i, r in zip(alone, rates, strict=True):
+        fused.sgd_(
+            [params[i]], [grads[i]], [bufs[i]], weight_decay=0.0, momentum=group["alpha"],
+            lr=group["lr"], dampening=1.0 - r, nesterov=False, maximize=False,
+            is_first_step=False,
+        )  # fmt: skip
 
 
 def _stacked_step(
@@ -244,10 +260,11 @@ def _stacked_step(
 def takes_host_rates(
     params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], alpha: float
 ) -> bool:
-    """Whether the foreach step may read the write rates on the host and hand each tensor to
-    torch's fused SGD kernel: CPU tensors (a host read waits for nothing), not while a step
-    must decide on the device or is traced, unsharded, and tensors the kernel takes
-    (``alpha > 0``: with momentum 0 the kernel leaves the buffer unwritten)."""
+    """Whether the foreach step may read the write rates on the host and hand the tensors the
+    fused SGD kernel takes (contiguous ones, :func:`fused.fusable` per tensor) to it: CPU
+    tensors (a host read waits for nothing), not while a step must decide on the device or is
+    traced, unsharded, and ``alpha > 0`` (with momentum 0 the kernel leaves the buffer
+    unwritten)."""
     tensors = [*params, *grads, *bufs]
     return (
         alpha > 0
@@ -255,7 +272,7 @@ def takes_host_rates(
         and not sharded.active()
         and not torch.compiler.is_compiling()
         and not sync_free.on_accelerator(tensors)
-        and fused.fusable(tensors)
+        and all(t.is_cpu for t in params)
     )
 
 
