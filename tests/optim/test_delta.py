@@ -141,11 +141,11 @@ def test_extreme_gradients_are_erased_along_like_float64(scale, erase, foreach):
     torch.testing.assert_close(runs[torch.float32].double(), exact, rtol=0.0, atol=atol)
 
 
-def test_small_tensors_of_one_shape_step_stacked_and_follow_the_reference(monkeypatch):
+@pytest.mark.parametrize("sync_free", [False, True])  # the host path, the device-rate path
+def test_small_tensors_of_one_shape_step_stacked_and_follow_the_reference(monkeypatch, sync_free):
     # Each tensor is a row of its stack, so the per-tensor erase is the per-row one; float64,
-    # so the only difference from the reference is the order of each sum: LOCKSTEP_TOL. (The
-    # host path, where stacking happens, takes contiguous tensors: a strided one sends the
-    # group to the device-rate path.)
+    # so the only difference from the reference is the order of each sum: LOCKSTEP_TOL. With
+    # sync_free the rates stay on the device (row_overlaps' fallback selected, not branched).
     sizes = spy_stacked(monkeypatch, delta)
     with in_float64():
 
@@ -160,7 +160,9 @@ def test_small_tensors_of_one_shape_step_stacked_and_follow_the_reference(monkey
         runs = []
         for foreach in (True, False):
             params = make()
-            opt = MemoryOptimizer(params, "delta", lr=0.1, alpha=0.8, eta=0.7, foreach=foreach)
+            opt = MemoryOptimizer(
+                params, "delta", lr=0.1, alpha=0.8, eta=0.7, foreach=foreach, sync_free=sync_free
+            )
             gen = torch.Generator().manual_seed(1)
             for _ in range(20):
                 for p in params:

@@ -183,6 +183,16 @@ class Delta(Preset):
         # dot products) and written once.
         alpha, gamma, eta, erase = group["alpha"], group["gamma"], group["eta"], group["erase"]
         bufs = [s["momentum"] for s in states]
+        if gamma != 0 and erase == "tensor" and not sharded.active():
+            # Many small tensors of one shape: stacked, a few calls for all of them (on any
+            # device; sharded, each tensor's sums must be completed across ranks).
+            stacked, alone = stack_groups(params, STACK_MIN)
+            for index in stacked:
+                _stacked_step(*([x[i] for i in index] for x in (params, grads, bufs)), group)
+            if not alone:
+                return
+            if stacked:
+                params, grads, bufs = ([x[i] for i in alone] for x in (params, grads, bufs))
         if gamma != 0 and erase == "tensor" and takes_host_rates(params, grads, bufs, alpha):
             # On the CPU a host read costs nothing: the tensors the fused kernel takes step
             # on the host path; any others (non-contiguous) take the device-rate path below.
@@ -211,30 +221,25 @@ class Delta(Preset):
         torch._foreach_add_(params, bufs, alpha=-group["lr"])
 
 
-# From this many small tensors of one shape (assocmem.optim.stacks) the host path steps them
-# stacked. The stacked step costs ~120 us of calls plus ~10 us per tensor (copies in and out),
-# one by one a tensor costs ~17 us: one large and k 8 x 8 tensors, one-off, interleaved:
-# k = 12 398 against 341 us, 16 432 / 409, 32 589 / 684.
+# From this many small tensors of one shape (assocmem.optim.stacks) the step takes them
+# stacked. Measured against the CPU host path: the stacked step costs ~120 us of calls plus
+# ~10 us per tensor (copies in and out), one by one a tensor costs ~17 us (one large and k
+# 8 x 8 tensors, one-off, interleaved: k = 12 398 against 341 us, 16 432 / 409, 32 589 / 684).
+# Off the CPU (not measured: no accelerator yet) the same threshold, conservatively.
 STACK_MIN = 24
 
 
 def _host_step(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], group: Group) -> None:
     """The CPU host path: each tensor's write and step in one pass of torch's fused SGD
     kernel, its dampening ``1 - r`` (``m <- alpha m + r g``) with ``r`` taken in double
-    precision from the sums read back; many small tensors of one shape stacked instead
-    (:func:`_stacked_step`), a few calls for all of them. Contiguous CPU tensors."""
-    stacked, alone = stack_groups(params, STACK_MIN)
-    for index in stacked:
-        _stacked_step(*([x[i] for i in index] for x in (params, grads, bufs)), group)
-    if not alone:
+    precision from the sums read back. Contiguous CPU tensors."""
+    if not params:
         return
-    eta, gamma = group["eta"], group["gamma"]
-    rates = host_rates([grads[i] for i in alone], [bufs[i] for i in alone], eta, gamma)
-    for i, r in zip(alone, rates, strict=True):
+    rates = host_rates(grads, bufs, group["eta"], group["gamma"])
+    for p, g, m, r in zip(params, grads, bufs, rates, strict=True):
         fused.sgd_(
-            [params[i]], [grads[i]], [bufs[i]], weight_decay=0.0, momentum=group["alpha"],
-            lr=group["lr"], dampening=1.0 - r, nesterov=False, maximize=False,
-            is_first_step=False,
+            [p], [g], [m], weight_decay=0.0, momentum=group["alpha"], lr=group["lr"],
+            dampening=1.0 - r, nesterov=False, maximize=False, is_first_step=False,
         )  # fmt: skip
 
 
