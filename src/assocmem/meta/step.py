@@ -27,9 +27,7 @@ from torch import Tensor
 from assocmem.meta.config import LearnedConfig
 from assocmem.meta.features import (
     MemoryState,
-    features,
     features_batch,
-    write,
     write_batch,
 )
 from assocmem.meta.network import (
@@ -84,13 +82,9 @@ def learned_step(
     written: list[MemoryState] = [{}] * len(params)
     xs: list[Tensor] = [torch.empty(0)] * len(params)
     for index in _batches(params, steps):
-        if len(index) == 1:
-            (i,) = index
-            written[i] = write(memories[i], grads[i], config)
-            xs[i] = features(written[i], grads[i], params[i], steps[i], config)
-            continue
         # Tensors of one shape at one host count: written and featurised stacked, the same
-        # bits with a few ops per batch instead of a few dozen per tensor.
+        # bits with a few ops per batch instead of a few dozen per tensor (a lone tensor is
+        # a batch of one: write and features themselves).
         some = [grads[i] for i in index]
         mems = write_batch([memories[i] for i in index], some, config)
         feats = features_batch(mems, some, [params[i] for i in index], steps[index[0]], config)

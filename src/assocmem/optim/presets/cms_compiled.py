@@ -25,10 +25,10 @@ import torch
 from torch import Tensor
 
 from assocmem.optim import sharded, sync_free
-from assocmem.optim.blocks import split_by_step
+from assocmem.optim.blocks import select, split_by_step
 from assocmem.optim.compiled import compiled
 from assocmem.optim.presets.cms import accumulates, level_etas
-from assocmem.optim.presets.cms_fast import foreach_step, level_read_scales
+from assocmem.optim.presets.cms_fast import buffers, foreach_step, level_read_scales
 from assocmem.optim.registry import Group, State
 
 
@@ -39,25 +39,26 @@ def compiled_step(
     if sync_free.active() or sharded.active():
         foreach_step(params, grads, states, group)
         return
-    levels = range(len(group["alphas"]))
     etas = level_etas(group)
     # write scale of level k: its eta, over f_k when it is written with the f_k-step sum
     write_scales = [
-        etas[k] / group["freqs"][k] if accumulates(group, k) else etas[k] for k in levels
+        eta / freq if accumulates(group, k) else eta
+        for k, (eta, freq) in enumerate(zip(etas, group["freqs"], strict=True))
     ]
 
     def number(x: float) -> Tensor:
         return torch.tensor(x, dtype=torch.float64)
 
+    every = buffers(params, grads, states, group)
     for t_float, index in split_by_step([float(s["step"]) for s in states]).items():
         t = int(t_float)
-        chosen = [states[i] for i in index]
+        chosen = select(every, index)
         compiled(level_step)(
-            [params[i] for i in index],
-            [grads[i] for i in index],
-            [[s[f"level{k}"] for s in chosen] for k in levels],
-            [[s[f"acc{k}"] for s in chosen] if accumulates(group, k) else None for k in levels],
-            [s["exp_avg_sq"] for s in chosen] if group["normalize"] else None,
+            chosen.params,
+            chosen.grads,
+            list(chosen.levels),
+            list(chosen.accs),
+            chosen.second,
             [number(a) for a in group["alphas"]],
             [number(w) for w in write_scales],
             [number(r) for r in level_read_scales(t, group)],  # w_k / c_k

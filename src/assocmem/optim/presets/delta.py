@@ -197,14 +197,13 @@ class Delta(Preset):
             # On the CPU a host read costs nothing: the tensors the fused kernel takes step
             # on the host path; any others (non-contiguous) take the device-rate path below.
             if fused.fusable([*params, *grads, *bufs]):  # the usual case: every tensor
-                on_host = list(range(len(params)))
-            else:
-                on_host = [i for i, p in enumerate(params) if fused.fusable([p, grads[i], bufs[i]])]
-            _host_step(*([x[i] for i in on_host] for x in (params, grads, bufs)), group)
-            if len(on_host) == len(params):
+                _host_step(params, grads, bufs, group)
                 return
-            taken = set(on_host)
-            rest = [i for i in range(len(params)) if i not in taken]
+            on_host: list[int] = []
+            rest: list[int] = []
+            for i, p in enumerate(params):
+                (on_host if fused.fusable([p, grads[i], bufs[i]]) else rest).append(i)
+            _host_step(*([x[i] for i in on_host] for x in (params, grads, bufs)), group)
             params, grads, bufs = ([x[i] for i in rest] for x in (params, grads, bufs))
         if gamma == 0:
             torch._foreach_mul_(bufs, alpha)
@@ -277,7 +276,6 @@ def takes_host_rates(
         and not sharded.active()
         and not torch.compiler.is_compiling()
         and not sync_free.on_accelerator(tensors)
-        and all(t.is_cpu for t in params)
     )
 
 
