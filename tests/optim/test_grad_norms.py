@@ -40,33 +40,92 @@ def test_a_large_gradients_check_is_exact(bad, dtype, sync_free):
     assert torch.isfinite(big).all()
 
 
-def _delta_run(nonfinite: str, monkeypatch) -> tuple[list[torch.Tensor], int]:
+def _delta_run(
+    nonfinite: str, monkeypatch, size: int = LARGE + 5, **options
+) -> tuple[list[torch.Tensor], int]:
     gen = torch.Generator().manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(LARGE + 5, generator=gen))
+    w = torch.nn.Parameter(torch.randn(size, generator=gen))
     b = torch.nn.Parameter(torch.randn(7, generator=gen))
-    opt = MemoryOptimizer([w, b], "delta", lr=1e-2, nonfinite=nonfinite)
-    calls = []
-    dot = torch.dot
-    monkeypatch.setattr(torch, "dot", lambda x, y: calls.append(x.numel()) or dot(x, y))
+    opt = MemoryOptimizer([w, b], "delta", lr=1e-2, nonfinite=nonfinite, **options)
+    calls, checked = _spy_sums(monkeypatch)
     for _ in range(3):
         w.grad = torch.randn(w.shape, generator=gen)
         b.grad = torch.randn(b.shape, generator=gen)
         opt.step()
-    monkeypatch.setattr(torch, "dot", dot)
+    monkeypatch.undo()
+    assert checked.count(size) == 0  # the kernel's pass over w replaced by the dot product
     state = [opt.state[p]["momentum"].clone() for p in (w, b)]
-    return [w.detach().clone(), b.detach().clone(), *state], calls.count(LARGE + 5)
+    return [w.detach().clone(), b.detach().clone(), *state], calls.count(size)
 
 
-def test_delta_takes_the_checks_norm_and_the_same_bits(monkeypatch):
-    # With the check (the default) the large gradient's <g, g> is computed once per step, by
-    # the check, and delta reads it from there: two dot products of the large tensor per step
-    # (the check's and <g, m>) instead of three. The bits are those of a run without the check
-    # (nonfinite="ignore"), which computes <g, g> itself: the same dot product.
-    checked, dots_checked = _delta_run("skip", monkeypatch)
-    unchecked, dots_unchecked = _delta_run("ignore", monkeypatch)
+def _spy_sums(monkeypatch) -> tuple[list[int], list[int]]:
+    """The sizes of the vectors torch.dot is called on, and of the tensors torch's check
+    kernel is handed, as they happen."""
+    dots: list[int] = []
+    checked: list[int] = []
+    dot, kernel = torch.dot, torch._amp_foreach_non_finite_check_and_unscale_
+
+    def check(grads, found, scale):
+        checked.extend(g.numel() for g in grads)
+        return kernel(grads, found, scale)
+
+    monkeypatch.setattr(torch, "dot", lambda x, y: dots.append(x.numel()) or dot(x, y))
+    monkeypatch.setattr(torch, "_amp_foreach_non_finite_check_and_unscale_", check)
+    return dots, checked
+
+
+@pytest.mark.parametrize("size", [LARGE + 5, grad_norms.REUSED, grad_norms.REUSED + 5])
+def test_delta_takes_the_checks_norm_and_the_same_bits(monkeypatch, size):
+    # With the check (the default) the gradient's <g, g> is computed once per step, by the
+    # check, and delta reads it from there: two dot products of the tensor per step (the
+    # check's and <g, m>) instead of three, and no pass of the check kernel over it: from
+    # REUSED elements on, below the check's own threshold LARGE, since delta reads the norm.
+    # The bits are those of a run without the check (nonfinite="ignore"), which computes
+    # <g, g> itself: the same dot product.
+    checked, dots_checked = _delta_run("skip", monkeypatch, size)
+    unchecked, dots_unchecked = _delta_run("ignore", monkeypatch, size)
     assert dots_checked == 2 * 3
     assert dots_unchecked == 2 * 3
     assert all(torch.equal(a, b) for a, b in zip(checked, unchecked, strict=True))
+
+
+@pytest.mark.parametrize(
+    "options", [{"maximize": True}, {"weight_decay": 0.1, "decoupled_weight_decay": False}]
+)
+def test_a_replaced_gradient_is_left_to_the_kernel_below_large(monkeypatch, options):
+    # maximize and L2 decay hand delta a new tensor, whose norm it computes itself: the check
+    # does not compute one for it (it would be read by nobody), so one dot per step is delta's
+    # <g, g> and one its <g, m>.
+    gen = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(grad_norms.REUSED + 5, generator=gen))
+    opt = MemoryOptimizer([w], "delta", lr=1e-2, **options)
+    dots, checked = _spy_sums(monkeypatch)
+    for _ in range(3):
+        w.grad = torch.randn(w.shape, generator=gen)
+        opt.step()
+    assert dots.count(w.numel()) == 2 * 3
+    assert checked.count(w.numel()) == 3
+
+
+def test_below_large_only_a_step_that_reads_the_norm_takes_it_from_the_check():
+    g = torch.ones(grad_norms.REUSED)
+    assert grad_norms.settle_large([g]) == [g]  # momentum: the kernel's pass is cheaper
+    with grad_norms.kept_for_step():
+        assert grad_norms.settle_large([g], reused={id(g)}) == []
+        assert float(grad_norms.squared_norm(g)) == grad_norms.REUSED
+    small = torch.ones(grad_norms.REUSED - 1)  # may be stacked: never settled by its norm
+    assert grad_norms.settle_large([small], reused={id(small)}) == [small]
+
+
+def test_muons_delta_momentum_takes_the_checks_norm(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(128, 128, generator=gen))  # 2^14 elements
+    opt = MemoryOptimizer([w], "muon", lr=1e-2, gamma=0.5)
+    calls, checked = _spy_sums(monkeypatch)
+    w.grad = torch.randn(w.shape, generator=gen)
+    opt.step()
+    assert calls.count(w.numel()) == 2  # the check's <g, g>, then <g, m>
+    assert checked == []
 
 
 def test_a_norm_is_kept_for_its_step_only():

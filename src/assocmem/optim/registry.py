@@ -119,6 +119,14 @@ class Preset:
         """
         return True
 
+    def squares_grads(self, group: Group) -> bool:
+        """Whether the fast path reads ``||g||^2`` of each whole gradient it is handed through
+        :func:`assocmem.optim.grad_norms.squared_norm` (default: no). Where it does, the CPU
+        non-finite check computes that norm for the step from a smaller size on
+        (:data:`assocmem.optim.grad_norms.REUSED`) instead of reading the gradient once more
+        in torch's check kernel."""
+        return False
+
     def counts_on_device(self, param: Tensor, group: Group) -> bool:
         """Whether, while :func:`assocmem.optim.sync_free.active`, stepping ``param`` reads
         none of its state on the host after all: it derives what it would read (bias

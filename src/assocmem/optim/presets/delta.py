@@ -127,6 +127,10 @@ class Delta(Preset):
     def reads_state_on_host(self, param: Tensor, group: Group) -> bool:
         return False  # no step count; the overflow fallback is selected on the device
 
+    def squares_grads(self, group: Group) -> bool:
+        # the whole-tensor erase rate reads ||g||^2 (plain_sums); rows sum their own squares
+        return group["gamma"] != 0 and group["erase"] == "tensor"
+
     def fuses(self, group: Group) -> bool:
         # gamma = 0 erases nothing: the write is momentum's, through its kernel
         return group["gamma"] == 0 and fused.momentum_fuses(group, group["alpha"])

@@ -153,6 +153,10 @@ class Muon(Preset):
     def counts_on_device(self, param: Tensor, group: Group) -> bool:
         return True  # the Adam fallback's, as adam's (assocmem.optim.counts)
 
+    def squares_grads(self, group: Group) -> bool:
+        # the delta-rule momentum's whole-tensor erase reads ||g||^2 of each matrix
+        return group["gamma"] > 0 and group["erase"] == "tensor"
+
     def shards_locally(self, group: Group) -> bool:
         # The Adam fallback is elementwise; a matrix's read u is gathered. The erase's and the
         # row norm's whole-tensor sums are not all-reduced here: those options step gathered.
