@@ -365,7 +365,7 @@ class MemoryOptimizer(Optimizer):
             group["foreach"] is not False
             and not group["compile"]
             and preset.fuses(group)
-            and fused.fusable(_stepped_tensors(params, grads, states))
+            and fused.fusable(params, alike=_grads_and_state(grads, states))
         ):
             preset.fused_step(params, grads, states, group, found)
             return
@@ -736,12 +736,9 @@ def _reads_on_host(
     return sync_free_setting is False or not preset.counts_on_device(param, group)
 
 
-def _stepped_tensors(
-    params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]
-) -> list[Tensor]:
-    """Every tensor a step reads or writes: parameters, gradients and tensor state."""
-    state = [v for s in states for v in s.values() if isinstance(v, Tensor)]
-    return [*params, *grads, *state]
+def _grads_and_state(grads: list[Tensor], states: list[dict[str, Any]]) -> list[Tensor]:
+    """Every tensor a step reads or writes beside the parameters: gradients and tensor state."""
+    return [*grads, *(v for s in states for v in s.values() if isinstance(v, Tensor))]
 
 
 def _written_tensors(params: list[Tensor], states: list[dict[str, Any]]) -> list[Tensor]:
@@ -808,17 +805,13 @@ def _working(t: Tensor) -> Tensor:
 
 
 def _with_grads(group: Group) -> tuple[list[Tensor], list[Tensor]]:
-    params, grads = [], []
-    for p in group["params"]:
-        if p.grad is None:
-            continue
-        if p.grad.is_sparse:
-            raise RuntimeError(
-                f"memory={group['memory']!r} does not support sparse gradients; "
-                "use dense embeddings (sparse=False) or torch.optim.SparseAdam"
-            )
-        params.append(p)
-        grads.append(p.grad)
+    params = [p for p in group["params"] if p.grad is not None]
+    grads = [p.grad for p in params]
+    if any(g.is_sparse for g in grads):
+        raise RuntimeError(
+            f"memory={group['memory']!r} does not support sparse gradients; "
+            "use dense embeddings (sparse=False) or torch.optim.SparseAdam"
+        )
     return params, grads
 
 
@@ -898,11 +891,10 @@ def _nonfinite_flags(
     # as cheap at 6M; a plain isfinite() would allocate a mask per tensor.
     # A sharded gradient is checked on this rank's piece; the flag is then max-reduced over its
     # mesh, so every rank skips (or steps) together.
-    by_device: dict[torch.device, list[Tensor]] = {}
-    for g in grads:
-        by_device.setdefault(g.device, []).append(sharded.local(g))
+    local = [sharded.local(g) for g in grads]
     flags = []
-    for device, group in by_device.items():
+    for device, index in grouped(g.device for g in local).items():
+        group = [local[i] for i in index]
         # The kernel takes float32 flags whatever torch's default dtype is (float64 tests).
         found = torch.zeros(1, device=device, dtype=torch.float32)
         unit = torch.ones(1, device=device, dtype=torch.float32)

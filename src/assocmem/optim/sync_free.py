@@ -57,7 +57,8 @@ def active() -> bool:
 
 def on_accelerator(tensors: Sequence[Tensor]) -> bool:
     """Whether any of ``tensors`` lives off the CPU, where a host read would wait for it."""
-    return any(t.device.type != "cpu" for t in tensors)
+    # is_cpu: a flag, where t.device.type builds a device and a string (~0.3 us a tensor)
+    return not all(t.is_cpu for t in tensors)
 
 
 # Device types whose torch build stages host memory as pinned and copies it asynchronously.
