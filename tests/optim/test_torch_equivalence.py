@@ -94,3 +94,26 @@ def test_tensors_the_fused_kernels_cannot_take_step_as_torchs_foreach(case):
     )
     got = run_transposed(lambda m: MemoryOptimizer(m.parameters(), memory, lr=0.01, **ours_kw))
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("case", ["adam", "adamw", "sgd_momentum", "sgd_nesterov"])
+def test_a_strided_gradient_of_a_contiguous_parameter_steps_as_torchs_foreach(case):
+    # The fused-kernel check asks only contiguity of gradients and state (they share their
+    # parameter's dtype and device): a contiguous parameter whose gradient is a transposed view
+    # must still leave the kernels, which index raw memory (torch 2.13's CPU fused Adam and SGD
+    # step such a pair silently wrong).
+    torch_cls, memory, torch_kw, ours_kw = CASES[case]
+
+    def run(make_opt):
+        gen = torch.Generator().manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(6, 5, generator=gen))
+        opt = make_opt([w])
+        for _ in range(5):
+            w.grad = torch.randn(5, 6, generator=gen).t()
+            assert not w.grad.is_contiguous()
+            opt.step()
+        return w.detach().clone()
+
+    expected = run(lambda ps: torch_cls(ps, lr=0.01, foreach=True, **torch_kw))
+    got = run(lambda ps: MemoryOptimizer(ps, memory, lr=0.01, **ours_kw))
+    assert torch.equal(got, expected)
