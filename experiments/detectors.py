@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file
 from torch import nn
 
 from assocmem import MemoryOptimizer, available_memories
@@ -292,7 +293,10 @@ def run_one(
     weights scored, and calibrated, with each)."""
     torch.manual_seed(seed)
     model = MODELS[model_name](bench.config.patch_size)
+    template = getattr(args, "init_residual", None)
+    init = initial_residual(model, template, seed) if template else None
     run = train_one(bench, families, model, optimizer, lr, seed, args)
+    run["init_residual"] = init
     if getattr(args, "save_weights", None):
         run["weights"] = str(save_weights(args.save_weights, model_name, bench, run, model))
     records = []
@@ -324,10 +328,28 @@ def weights_name(model_name: str, run: dict[str, Any]) -> str:
     strength = run.get("trace_strength")
     traces = f"-trace{strength[0]:g}-{strength[1]:g}" if strength else ""
     attribution = f"-attr{run['attribution']:g}" if run.get("attribution") else ""
+    init = f"-init-{pretraining_of(run)}" if run.get("init_residual") else ""
     return (
-        f"{model_name}-{optimizer}-lr{run['lr']:g}{average}{traces}{attribution}{trained}"
-        f"-seed{run['seed']}.safetensors"
+        f"{model_name}-{optimizer}-lr{run['lr']:g}{average}{traces}{attribution}{init}"
+        f"{trained}-seed{run['seed']}.safetensors"
     )
+
+
+def pretraining_of(run: Mapping[str, Any]) -> str:
+    """The pretraining arm a run's residual encoder started from, read from the file name that
+    ``experiments.pretraining_study --save-encoders`` gives it (``ARM-seedS.safetensors``)."""
+    return Path(run["init_residual"]).name.split("-seed")[0]
+
+
+def initial_residual(model: nn.Module, template: str, seed: int) -> str:
+    """Load the pretrained residual encoder of ``seed`` (``template`` with ``{seed}`` filled in)
+    into ``model``'s NPR branch; the path loaded. Every tensor must match: an encoder of another
+    shape or architecture is an error, not a partial start."""
+    path = template.format(seed=seed)
+    if not hasattr(model, "residual"):
+        raise ValueError(f"--init-residual needs a detector with an NPR branch, not {model}")
+    model.residual.load_state_dict(load_file(path), strict=True)
+    return path
 
 
 def save_weights(
@@ -393,6 +415,7 @@ def run_label(run: dict[str, Any]) -> str:
         + (f" (EMA {run['average']:g})" if run.get("average") else "")
         + (f" (trace strength {strength[0]:g}–{strength[1]:g})" if strength else "")
         + (f" (attribution {run['attribution']:g})" if run.get("attribution") else "")
+        + (f" (residual pretrained: {pretraining_of(run)})" if run.get("init_residual") else "")
         + (f" (ensemble of {len(run['ensemble'])})" if run.get("ensemble") else "")
         + (f" ({views} views)" if views != "one" else "")
         + ("" if is_default_split(run) else f" (trained on {trained_on(run['seen'])})")
@@ -526,6 +549,14 @@ def main(argv: list[str] | None = None) -> None:
         help=f"train (and early-stop and calibrate) on these families instead of {SEEN}; the "
         "held-out report scores the families of the default held-out set not named here. All "
         "eight: the ceiling runs of experiments.detector_ceiling",
+    )
+    parser.add_argument(
+        "--init-residual",
+        default=None,
+        metavar="TEMPLATE",
+        help="start the NPR branch from a pretrained residual encoder, this file with {seed} "
+        "filled in (experiments.pretraining_study --arch npr --pretrain-only --save-encoders "
+        "DIR writes DIR/ARM-seedS.safetensors)",
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="stream worker processes")

@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.stream import TrainStream, stream_loader
 from assocmem.forensic.models.heads import fine_tune
+from assocmem.forensic.models.npr import NPR
 from assocmem.forensic.models.pretrain import MaskedPretrainer
 from assocmem.forensic.protocol import FamilySplit, balanced, linear_probe_scorer, zero_shot_report
 from assocmem.forensic.train import pretrain, score
@@ -53,6 +54,20 @@ ARMS: dict[str, dict[str, Any] | None] = {
     "pixel": {"masker": {"domain": "pixel", "ratio": 0.75, "patch": 4}, "loss": "pixel"},
     "none": None,
 }
+
+
+# Encoders the study pretrains: the ViT of task/freqmask_pretrain.yaml, or the residual
+# encoder of the best image detector (NPR's, with batch statistics, as in NPRWithDCT), whose
+# pretrained weights `experiments.detectors --init-residual` fine-tunes with that detector's
+# own recipe.
+ARCHS = ("vit", "npr")
+
+
+def study_encoder(arch: str, image_size: int) -> torch.nn.Module:
+    """A freshly initialised encoder of ``arch`` (:data:`ARCHS`)."""
+    if arch == "npr":
+        return NPR(norm="batch")  # NPRWithDCT's residual branch at its defaults
+    return build_encoder(ENCODER, image_size)
 
 
 def finetune_model(image_size: int) -> torch.nn.Module:
@@ -77,9 +92,9 @@ def pretrainer_model(arm: str, image_size: int) -> MaskedPretrainer:
 PRETRAIN_SUFFIX = "-pretrain"
 
 
-def pretrainer_name(arm: str) -> str:
-    """The model name of ``arm``'s masked pretrainer in run records: ``vit/ARM-pretrain``."""
-    return f"vit/{arm}{PRETRAIN_SUFFIX}"
+def pretrainer_name(arm: str, arch: str = "vit") -> str:
+    """The model name of ``arm``'s masked pretrainer in run records: ``ARCH/ARM-pretrain``."""
+    return f"{arch}/{arm}{PRETRAIN_SUFFIX}"
 
 
 def pretrained_arm(model_name: str) -> str | None:
@@ -101,7 +116,7 @@ def pretraining_record(
     evaluated = [(s, v) for s, v in curve if s > 0]
     best_step, best = min(evaluated, key=lambda sv: (sv[1], sv[0])) if evaluated else (None, None)
     return {
-        "model": pretrainer_name(arm),
+        "model": pretrainer_name(arm, getattr(args, "arch", "vit")),
         "optimizer": args.pretrain_optimizer,
         "average": getattr(args, "average", None),
         "lr": args.pretrain_lr,
@@ -115,11 +130,12 @@ def pretraining_record(
 
 def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -> dict[str, Any]:
     torch.manual_seed(seed)
-    encoder = build_encoder(ENCODER, bench.config.patch_size)
+    arch = getattr(args, "arch", "vit")
+    encoder = study_encoder(arch, bench.config.patch_size)
     out: dict[str, Any] = {
         "arm": arm,
         "seed": seed,
-        "model": f"vit/{arm}",
+        "model": f"{arch}/{arm}",
         "eval_every": args.eval_every,
     }
     start = time.perf_counter()
@@ -245,6 +261,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--arch",
+        choices=ARCHS,
+        default="vit",
+        help="the encoder to pretrain: the study's ViT, or (with --pretrain-only) the residual "
+        "encoder of npr_dct_dropout, fine-tuned by experiments.detectors --init-residual",
+    )
     parser.add_argument("--pretrain-steps", type=int, default=1500)
     parser.add_argument("--pretrain-lr", type=float, default=3e-3)
     parser.add_argument(
@@ -315,6 +338,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.pretrain_only and (args.encoder is not None or "none" in args.arms):
         parser.error("--pretrain-only pretrains: no --encoder, no 'none' arm")
+    if args.arch != "vit" and not args.pretrain_only:
+        parser.error(
+            f"--arch {args.arch} only pretrains (--pretrain-only): its detector is fine-tuned "
+            "by experiments.detectors --init-residual"
+        )
     torch.set_num_threads(args.threads)
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
     bench = build_benchmark(config, args.cache_dir, progress=args.progress)

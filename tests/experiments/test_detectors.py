@@ -406,3 +406,36 @@ def test_every_shippable_detector_survives_its_checkpoint(tmp_path, name):
     assert loaded.architecture == architecture and loaded.arch_kwargs == kwargs
     with torch.no_grad():
         assert torch.equal(loaded.model(x), logits)
+
+
+def test_a_pretrained_residual_encoder_starts_the_npr_branch_and_labels_its_row(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from experiments.detectors import MODELS, initial_residual, main, run_label, weights_name
+
+    encoder = NPR(norm="batch")
+    torch.nn.init.constant_(encoder.encoder.stages[0][0].weight, 0.125)  # recognisable
+    save_file(encoder.state_dict(), tmp_path / "frequency-seed0.safetensors")
+    template = str(tmp_path / "frequency-seed{seed}.safetensors")
+    model = MODELS["npr_dct_dropout"](32)
+    assert initial_residual(model, template, 0) == str(tmp_path / "frequency-seed0.safetensors")
+    loaded = load_file(tmp_path / "frequency-seed0.safetensors")
+    assert all(torch.equal(v, loaded[k]) for k, v in model.residual.state_dict().items())
+    with pytest.raises(ValueError, match="NPR branch"):  # no residual branch to start
+        initial_residual(MODELS["smallcnn"](32), template, 0)
+    save_file(NPR(widths=(8, 16, 32), norm="batch").state_dict(), tmp_path / "x-seed0.safetensors")
+    with pytest.raises(RuntimeError):  # another encoder's shapes: refused, not a partial start
+        initial_residual(model, str(tmp_path / "x-seed{seed}.safetensors"), 0)
+
+    out = tmp_path / "runs.json"
+    main(["--tiny", "--cache-dir", str(tmp_path / "cache"), "--models", "npr_dct_dropout",
+          "--seeds", "0", "--max-steps", "2", "--eval-every", "2", "--batch-size", "8",
+          "--workers", "0", "--init-residual", template, "--json", str(out)])  # fmt: skip
+    (run,) = json.loads(out.read_text())
+    assert run["init_residual"] == str(tmp_path / "frequency-seed0.safetensors")
+    assert run_label(run) == "npr_dct_dropout (residual pretrained: frequency)"
+    assert run_label({**run, "init_residual": None}) == "npr_dct_dropout"
+    assert "-init-frequency-" in weights_name("npr_dct_dropout", run)
+    assert "init" not in weights_name("npr_dct_dropout", {**run, "init_residual": None})

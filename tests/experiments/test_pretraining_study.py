@@ -117,3 +117,43 @@ def test_a_pretraining_lr_decay_is_recorded(tmp_path):
           "0", "--pretrain-only", "--pretrain-lr-decay", "linear", "--json", str(out)])  # fmt: skip
     (rec,) = json.loads(out.read_text())
     assert rec["lr_decay"] == "linear" and rec["pretrain_lr_decay"] == "linear"
+
+
+def test_the_npr_residual_encoder_pretrains_and_saves_what_the_detector_loads(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from experiments.detectors import MODELS
+    from experiments.pretraining_study import main
+
+    out = tmp_path / "pt.json"
+    main(["--tiny", "--cache-dir", str(tmp_path / "cache"), "--arch", "npr", "--arms", "pixel",
+          "--seeds", "0", "--pretrain-steps", "4", "--eval-every", "2", "--batch-size", "8",
+          "--workers", "0", "--pretrain-only", "--save-encoders", str(tmp_path / "enc"),
+          "--json", str(out)])  # fmt: skip
+    (rec,) = json.loads(out.read_text())
+    assert rec["model"] == "npr/pixel-pretrain" and rec["steps"] == 4
+    saved = load_file(tmp_path / "enc" / "pixel-seed0.safetensors")
+    detector = MODELS["npr_dct_dropout"](32)
+    detector.residual.load_state_dict(saved, strict=True)  # the detector's NPR branch exactly
+    with pytest.raises(SystemExit):  # its fine-tuning is experiments.detectors --init-residual
+        main(["--tiny", "--arch", "npr", "--arms", "pixel"])
+
+
+def test_the_residual_encoder_is_what_the_pretrainer_reconstructs_from():
+    import torch
+
+    from assocmem.forensic.masks import FrequencyMasker
+    from assocmem.forensic.models.npr import NPR, neighbouring_pixel_residual
+    from assocmem.forensic.models.pretrain import MaskedPretrainer
+
+    torch.manual_seed(0)
+    npr = NPR(norm="batch")
+    x = torch.rand(4, 3, 32, 32)
+    expected = npr.encoder.feature_map(npr.gain * neighbouring_pixel_residual(x))
+    assert torch.equal(npr.feature_map(x), expected)
+    assert npr.feature_map(x).shape == (4, npr.feature_dim, 32 // npr.stride, 32 // npr.stride)
+    model = MaskedPretrainer(npr, FrequencyMasker(ratio=0.5), loss="both")
+    model.loss(x, torch.Generator().manual_seed(0)).backward()
+    assert npr.encoder.stages[0][0].weight.grad.abs().sum() > 0  # the encoder learns

@@ -63,6 +63,21 @@ class NPR(SmallCNN):
         super().__init__(widths, channels, norm)
         self.gain = gain
 
+    @property
+    def feature_dim(self) -> int:
+        return self.encoder.feature_dim
+
+    @property
+    def stride(self) -> int:
+        return self.encoder.stride
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The encoder's feature map of the scaled residual, (N, C, H / stride, W / stride): with
+        ``feature_dim`` and ``stride``, what
+        :class:`~assocmem.forensic.models.pretrain.MaskedPretrainer` reads, so the residual
+        encoder can be pretrained by masked reconstruction of the image it sees the residual of."""
+        return self.encoder.feature_map(self.gain * neighbouring_pixel_residual(x))
+
     def embed(self, x: Tensor) -> Tensor:
         """The encoder's embedding of the scaled residual (what the two-branch detectors read)."""
         return self.encoder(self.gain * neighbouring_pixel_residual(x))
