@@ -15,6 +15,11 @@ are scored zero-shot with the threshold calibrated on validation reals
 training, early stopping or calibration.
 
     python -m experiments.pretraining_study --arms frequency --json outputs/pretrain/freq.json
+
+``--arch npr --pretrain-only --save-encoders DIR`` pretrains the residual encoder of the best
+image detector (``npr_dct_dropout``'s NPR branch) instead, which ``experiments.detectors
+--init-residual 'DIR/ARM-seed{seed}.safetensors'`` then fine-tunes with that detector's own
+recipe, so the masking question is also asked of the detector that detects.
     python -m experiments.pretraining_study --from-json outputs/pretrain/*.json \
         --write docs/results.md
 """
