@@ -34,9 +34,9 @@ def supported_devices() -> tuple[str, ...]:
 def fusable(tensors: Sequence[Tensor], alike: Sequence[Tensor] = ()) -> bool:
     """Whether the fused kernels can take ``tensors`` and ``alike``: dense, contiguous,
     floating, on a device type that has them. Contiguous matters: the kernels index raw
-    memory, and torch 2.13's CPU fused Adam and SGD kernels step a transposed parameter with a
-    contiguous gradient silently wrong (one-off check against the foreach kernels: off by
-    0.8 in five steps), where both transposed is right.
+    memory, and torch 2.13's CPU fused Adam and SGD kernels step a parameter and gradient of
+    different strides (either one transposed) silently wrong (one-off check against the
+    foreach kernels: off by 0.8 in five steps), where both transposed is right.
 
     ``alike``: tensors that share the dtype, device and layout of the ``tensors`` they belong
     to (their gradients, which torch checks on assignment, and their state, which
