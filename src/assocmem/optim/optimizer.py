@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable
 from copy import deepcopy
@@ -279,14 +280,18 @@ class MemoryOptimizer(Optimizer):
             torch._foreach_sub_(steps, [_flag_on(found, s.device).reshape(()) for s in steps])
         # An empty tensor has nothing to step (and a mean over it is NaN): the preset never
         # sees it; it keeps its empty state and its step count.
-        kept = [i for i, w in enumerate(work) if w.numel() > 0]
-        if not kept:
-            return
+        if all(map(Tensor.numel, work)):  # the usual case, without a list copy per kind
+            kept, kept_work, kept_states = range(len(work)), work, states
+            kept_grads = _working_all(grads)
+        else:
+            kept = [i for i, w in enumerate(work) if w.numel() > 0]
+            if not kept:
+                return
+            kept_work = [work[i] for i in kept]
+            kept_grads = [_working(grads[i]) for i in kept]
+            kept_states = [states[i] for i in kept]
         if isinstance(group["lr"], Tensor):  # torch accepts a tensor lr; presets take a float
             group = {**group, "lr": group["lr"].item()}
-        kept_work = [work[i] for i in kept]
-        kept_grads = [_working(grads[i]) for i in kept]
-        kept_states = [states[i] for i in kept]
         for key, index in sharded.by_layout(kept_work):
             ws, gs, ss = ([xs[j] for j in index] for xs in (kept_work, kept_grads, kept_states))
             if key is None:
@@ -804,6 +809,17 @@ def _working(t: Tensor) -> Tensor:
     return t.float() if t.dtype in LOW_PRECISION else t
 
 
+def _working_all(tensors: list[Tensor]) -> list[Tensor]:
+    """:func:`_working` of each of ``tensors``: asked of their dtypes once first, since in the
+    usual case (real fp32 or fp64 tensors) each is itself."""
+    if all(not d.is_complex and d not in LOW_PRECISION for d in set(map(_dtype, tensors))):
+        return tensors
+    return [_working(t) for t in tensors]
+
+
+_dtype = operator.attrgetter("dtype")
+
+
 def _with_grads(group: Group) -> tuple[list[Tensor], list[Tensor]]:
     params = [p for p in group["params"] if p.grad is not None]
     grads = [p.grad for p in params]
@@ -891,7 +907,7 @@ def _nonfinite_flags(
     # as cheap at 6M; a plain isfinite() would allocate a mask per tensor.
     # A sharded gradient is checked on this rank's piece; the flag is then max-reduced over its
     # mesh, so every rank skips (or steps) together.
-    local = [sharded.local(g) for g in grads]
+    local = grads if sharded.plain(grads) else [sharded.local(g) for g in grads]
     flags = []
     for device, index in grouped(g.device for g in local).items():
         group = [local[i] for i in index]

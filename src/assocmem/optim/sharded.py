@@ -42,6 +42,7 @@ from assocmem.optim.indices import grouped
 _DTENSOR_MODULE = "torch.distributed.tensor"
 # Exactly these types are never a DTensor (a DTensor parameter's type is DTensor itself).
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+_PLAIN_SET = frozenset(_PLAIN)
 
 # Per thread, the sharded step in progress: ``groups``, the process groups a local step reduces
 # over (one per sharded mesh dimension; empty outside), and ``rows``, the whole tensor's row
@@ -67,6 +68,13 @@ def is_sharded(t: Any) -> bool:
     return module is not None and isinstance(t, module.DTensor)
 
 
+def plain(tensors: Sequence[Any]) -> bool:
+    """Whether none of ``tensors`` can be a DTensor: each exactly a ``Tensor`` or ``Parameter``,
+    asked once for a whole step's tensors (an unsharded model's answer) so that the per-tensor
+    questions below need not be asked one by one (~6 us for 300 tensors)."""
+    return set(map(type, tensors)) <= _PLAIN_SET
+
+
 def local(t: Any) -> Any:
     """The rank's own piece of a ``DTensor`` (a view: in-place writes reach the parameter);
     anything else as it is."""
@@ -83,6 +91,8 @@ def layout(t: Tensor) -> tuple[Any, ...] | None:
 def by_layout(tensors: Sequence[Tensor]) -> list[tuple[tuple[Any, ...] | None, list[int]]]:
     """Indices of ``tensors`` grouped by :func:`layout`, in order of first appearance (the same
     order on every rank, so the collectives of the groups' steps line up)."""
+    if tensors and plain(tensors):
+        return [(None, list(range(len(tensors))))]
     return list(grouped(layout(t) for t in tensors).items())
 
 
@@ -242,6 +252,8 @@ def all_max(x: Tensor) -> Tensor:
 def any_flag(flag: Tensor, tensors: Sequence[Tensor]) -> Tensor:
     """A float flag (``> 0``: some rank saw a non-finite value) made the same on every rank of
     every mesh that shards one of ``tensors``, so all ranks skip or step together."""
+    if plain(tensors):
+        return flag
     meshes = {t.device_mesh for t in tensors if is_sharded(t)}
     for mesh in meshes:
         for i in range(mesh.ndim):
