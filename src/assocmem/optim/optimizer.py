@@ -405,6 +405,7 @@ class MemoryOptimizer(Optimizer):
                 torch._foreach_mul_(params, 1 - lr * wd)
             else:
                 grads = torch._foreach_add(grads, params, alpha=wd)
+        # the two cases above hand the preset new gradient tensors: _replaces_grads
         if group["foreach"] is False:
             for p, g, s in zip(params, grads, states, strict=True):
                 preset.reference_step(p, g, s, group)
@@ -809,15 +810,15 @@ def _working(t: Tensor) -> Tensor:
     return t.float() if t.dtype in LOW_PRECISION else t
 
 
+_dtype = operator.attrgetter("dtype")
+
+
 def _working_all(tensors: list[Tensor]) -> list[Tensor]:
     """:func:`_working` of each of ``tensors``: asked of their dtypes once first, since in the
     usual case (real fp32 or fp64 tensors) each is itself."""
     if all(not d.is_complex and d not in LOW_PRECISION for d in set(map(_dtype, tensors))):
         return tensors
     return [_working(t) for t in tensors]
-
-
-_dtype = operator.attrgetter("dtype")
 
 
 def _with_grads(group: Group) -> tuple[list[Tensor], list[Tensor]]:
@@ -878,6 +879,12 @@ def _on_every_device(flags: list[Tensor]) -> dict[torch.device, Tensor]:
     }
 
 
+def _replaces_grads(group: Group) -> bool:
+    """Whether :meth:`MemoryOptimizer._step_unfused` hands the preset new gradient tensors
+    instead of the ``.grad`` ones: ``maximize`` negates them, L2 weight decay adds ``wd W``."""
+    return group["maximize"] or (group["weight_decay"] != 0 and not group["decoupled_weight_decay"])
+
+
 def _norms_the_step_reads(
     groups: list[Group], gathered: list[tuple[list[Tensor], list[Tensor]]]
 ) -> set[int]:
@@ -890,8 +897,7 @@ def _norms_the_step_reads(
             grads
             and group["foreach"] is not False
             and not group["compile"]
-            and not group["maximize"]
-            and (group["weight_decay"] == 0 or group["decoupled_weight_decay"])
+            and not _replaces_grads(group)
             and get_preset(group["memory"]).squares_grads(group)
         ):
             ids.update(id(g) for g in grads)
