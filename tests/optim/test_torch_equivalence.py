@@ -117,3 +117,14 @@ def test_a_strided_gradient_of_a_contiguous_parameter_steps_as_torchs_foreach(ca
     expected = run(lambda ps: torch_cls(ps, lr=0.01, foreach=True, **torch_kw))
     got = run(lambda ps: MemoryOptimizer(ps, memory, lr=0.01, **ours_kw))
     assert torch.equal(got, expected)
+
+
+def test_fusable_indices_asks_all_at_once_then_tensor_by_tensor():
+    from assocmem.optim import fused
+
+    params = [torch.zeros(4, 3), torch.zeros(3, 4), torch.zeros(5)]
+    grads = [torch.zeros(4, 3), torch.zeros(4, 3).t(), torch.zeros(5)]  # the second strided
+    state = [torch.zeros(4, 3), torch.zeros(3, 4), torch.zeros(5)]
+    assert fused.fusable_indices(params, (grads, state)) == [0, 2]
+    assert fused.fusable_indices(params, (state, state)) == [0, 1, 2]
+    assert fused.fusable_indices([params[1].t()], ([grads[1]],)) == []  # a strided parameter

@@ -61,6 +61,15 @@ def fusable(tensors: Sequence[Tensor], alike: Sequence[Tensor] = ()) -> bool:
     return True
 
 
+def fusable_indices(tensors: Sequence[Tensor], alike: Sequence[Sequence[Tensor]]) -> list[int]:
+    """The positions of ``tensors`` that :func:`fusable` takes together with their ``alike``
+    tensors (one sequence per kind, each aligned with ``tensors``: gradients, state): asked of
+    all of them at once first, the usual answer, then tensor by tensor."""
+    if fusable(tensors, alike=[t for kind in alike for t in kind]):
+        return list(range(len(tensors)))
+    return [i for i, t in enumerate(tensors) if fusable([t], alike=[kind[i] for kind in alike])]
+
+
 def by_device_and_dtype(tensors: Sequence[Tensor]) -> list[list[int]]:
     """Indices of ``tensors`` grouped by device and dtype: a kernel call takes one of each."""
     return list(grouped((t.device, t.dtype) for t in tensors).values())

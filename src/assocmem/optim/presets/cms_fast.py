@@ -100,22 +100,14 @@ def _fused_base(group: Group) -> int | None:
 
 
 def _fusable(every: Buffers, index: list[int]) -> list[int]:
-    """The tensors of ``index`` the fused kernel may take: it indexes raw memory, so the
-    parameter, gradient and state must be contiguous, and it is torch's CPU kernel. (Gradient
-    and state always share the parameter's dtype and device: torch checks ``.grad``, and
-    ``load_state_dict`` casts the state.) Asked of all of them at once first, the usual
-    answer, then tensor by tensor: at 0.1M parameters a question per tensor was ~5 % of the
-    step."""
-    kinds = [every.params, every.grads, *every.levels]
-    kinds += [acc for acc in every.accs if acc is not None]
+    """The tensors of ``index`` the fused kernel may take (:func:`fused.fusable_indices`: the
+    parameter, gradient and state contiguous), on the CPU only: the fused path is written for
+    torch's CPU kernel."""
+    kinds = [every.grads, *every.levels, *(acc for acc in every.accs if acc is not None)]
     kinds += [every.second] if every.second is not None else []
-
-    def takes(chosen: list[int]) -> bool:
-        return all(every.params[i].is_cpu for i in chosen) and all(
-            kind[i].is_contiguous() for kind in kinds for i in chosen
-        )
-
-    return list(index) if takes(index) else [i for i in index if takes([i])]
+    params = [every.params[i] for i in index]
+    taken = fused.fusable_indices(params, [[kind[i] for i in index] for kind in kinds])
+    return [index[j] for j in taken if params[j].is_cpu]
 
 
 def _write_levels(block: Buffers, t: int, group: Group, fused: int | None = None) -> None:

@@ -200,14 +200,13 @@ class Delta(Preset):
         if gamma != 0 and erase == "tensor" and takes_host_rates(params, grads, bufs, alpha):
             # On the CPU a host read costs nothing: the tensors the fused kernel takes step
             # on the host path; any others (non-contiguous) take the device-rate path below.
-            if fused.fusable(params, alike=[*grads, *bufs]):  # the usual case: every tensor
+            on_host = fused.fusable_indices(params, (grads, bufs))
+            if len(on_host) == len(params):  # the usual case: every tensor
                 _host_step(params, grads, bufs, group)
                 return
-            on_host: list[int] = []
-            rest: list[int] = []
-            for i, p in enumerate(params):
-                (on_host if fused.fusable([p], alike=[grads[i], bufs[i]]) else rest).append(i)
             _host_step(*([x[i] for i in on_host] for x in (params, grads, bufs)), group)
+            taken = set(on_host)
+            rest = [i for i in range(len(params)) if i not in taken]
             params, grads, bufs = ([x[i] for i in rest] for x in (params, grads, bufs))
         if gamma == 0:
             torch._foreach_mul_(bufs, alpha)
