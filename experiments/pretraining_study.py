@@ -15,13 +15,13 @@ are scored zero-shot with the threshold calibrated on validation reals
 training, early stopping or calibration.
 
     python -m experiments.pretraining_study --arms frequency --json outputs/pretrain/freq.json
+    python -m experiments.pretraining_study --from-json outputs/pretrain/*.json \
+        --write docs/results.md
 
 ``--arch npr --pretrain-only --save-encoders DIR`` pretrains the residual encoder of the best
 image detector (``npr_dct_dropout``'s NPR branch) instead, which ``experiments.detectors
 --init-residual 'DIR/ARM-seed{seed}.safetensors'`` then fine-tunes with that detector's own
 recipe, so the masking question is also asked of the detector that detects.
-    python -m experiments.pretraining_study --from-json outputs/pretrain/*.json \
-        --write docs/results.md
 """
 
 from __future__ import annotations
@@ -41,11 +41,10 @@ from safetensors.torch import load_file, save_file
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.stream import TrainStream, stream_loader
 from assocmem.forensic.models.heads import fine_tune
-from assocmem.forensic.models.npr import NPR
 from assocmem.forensic.models.pretrain import MaskedPretrainer
 from assocmem.forensic.protocol import FamilySplit, balanced, linear_probe_scorer, zero_shot_report
 from assocmem.forensic.train import pretrain, score
-from experiments.detectors import HELDOUT, SEEN, optimizer_factory, train_one
+from experiments.detectors import HELDOUT, MODELS, SEEN, optimizer_factory, train_one
 from experiments.report import replace_section
 from experiments.tasks.forensic import build_encoder, build_masker
 
@@ -71,7 +70,9 @@ ARCHS = ("vit", "npr")
 def study_encoder(arch: str, image_size: int) -> torch.nn.Module:
     """A freshly initialised encoder of ``arch`` (:data:`ARCHS`)."""
     if arch == "npr":
-        return NPR(norm="batch")  # NPRWithDCT's residual branch at its defaults
+        # the detector's own branch, so the saved weights always fit it (built first inside
+        # the detector: the same initial draw as an NPR made alone)
+        return MODELS["npr_dct_dropout"](image_size).residual
     return build_encoder(ENCODER, image_size)
 
 
