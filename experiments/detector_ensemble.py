@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.models.ensemble import LogitEnsemble
 from assocmem.forensic.protocol import balanced, zero_shot_report
-from assocmem.forensic.train import logits
+from assocmem.forensic.train import fake_probability, logits
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.storage import read_safetensors
 from experiments.detectors import MODELS, family_split
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
 
         def scorer(images: torch.Tensor, views: str = views) -> torch.Tensor:
             # probabilities, so that the report also gives the FPR at 0.5
-            return torch.sigmoid(view_logits(ensemble, images, views))
+            return fake_probability(view_logits(ensemble, images, views))
 
         report = zero_shot_report(scorer, bench, families, target_fpr=args.target_fpr)
         records.append({**recipe, "views": views, "report": report, "command": command.strip()})

@@ -42,7 +42,7 @@ from assocmem.forensic.models import F3Net, MesoNet4
 from assocmem.forensic.models.attribution import FamilyAttribution
 from assocmem.forensic.models.npr import NPRWithSpectrum
 from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
-from assocmem.forensic.train import train_detector
+from assocmem.forensic.train import fake_probability, train_detector
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.optim import param_groups
 from assocmem.storage import write_safetensors
@@ -304,7 +304,7 @@ def run_one(
 
         def scorer(images: torch.Tensor, views: str = views) -> torch.Tensor:
             # probabilities, so that the report also gives the FPR at 0.5
-            return torch.sigmoid(view_logits(model, images, views))
+            return fake_probability(view_logits(model, images, views))
 
         report = zero_shot_report(scorer, bench, families, target_fpr=args.target_fpr)
         records.append(

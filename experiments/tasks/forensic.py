@@ -47,7 +47,7 @@ from assocmem.forensic.protocol import (
     linear_probe_scorer,
     zero_shot_report,
 )
-from assocmem.forensic.train import pretrain, pretrain_val_loss, score
+from assocmem.forensic.train import logits, pretrain, pretrain_val_loss, score
 
 _BENCHMARKS: dict[str, ForensicBenchmark] = {}
 
@@ -233,7 +233,8 @@ class Detection:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        probs = score(self.detector, self.val_images).clamp(1e-7, 1 - 1e-7)
+        # float32 probabilities, clamped: the validation loss every recorded run was selected on
+        probs = torch.sigmoid(logits(self.detector, self.val_images)).clamp(1e-7, 1 - 1e-7)
         return {"val_loss": F.binary_cross_entropy(probs, self.val_labels).item()}
 
     def final_report(self) -> dict[str, Any]:

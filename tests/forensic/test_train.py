@@ -9,7 +9,7 @@ from assocmem import MemoryOptimizer
 from assocmem.forensic.masks import FrequencyMasker
 from assocmem.forensic.metrics import detection_metrics, per_family_metrics
 from assocmem.forensic.models import MaskedPretrainer, MesoNet4, SmallCNN, ViTEncoder, linear_probe
-from assocmem.forensic.train import pretrain, score, train_detector
+from assocmem.forensic.train import fake_probability, pretrain, score, train_detector
 
 SIZE = 32
 
@@ -170,3 +170,16 @@ def test_pretraining_and_detector_training_hand_their_weight_average_to_the_loop
     )  # fmt: skip
     assert res.status == "ok"
     assert all(torch.equal(v, frozen[k]) for k, v in encoder.state_dict().items())
+
+
+def test_fake_probability_keeps_the_logits_ranking():
+    # logits 1e-7 apart near 0 (a quarter of the slope times half an ulp of 0.5 rounds them
+    # together in float32) and confident ones above 16.6 (float32 sigmoid gives exactly 1)
+    z = torch.tensor([0.0, 1e-7, 2e-7, 3e-7, 17.0, 18.0, 19.0, 20.0])
+    labels = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    assert torch.sigmoid(z).unique().numel() < z.numel()  # what float32 would do
+    p = fake_probability(z)
+    assert p.dtype == torch.float64 and p.unique().numel() == z.numel()
+    assert torch.equal(p.argsort(), z.argsort())
+    from_logits = detection_metrics(labels, z, from_logits=True)["auc"]
+    assert detection_metrics(labels, p)["auc"] == from_logits

@@ -162,9 +162,22 @@ def logits(model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
     return out
 
 
+def fake_probability(logit: Tensor) -> Tensor:
+    """``P(fake) = sigmoid(logit)``, in float64.
+
+    In float32 the squashing ties scores the logits keep apart: two logits near 0 that differ
+    by less than ~2.4e-7 (a quarter of the slope times half an ulp of 0.5) round to one
+    probability, and every logit above ~16.6 to exactly 1. Tied scores count half in AUC and
+    AP, so a float32 probability would score a detector differently from its own logits (and
+    differently on CPUs whose kernels round those logits apart). float64 keeps every distinct
+    float32 logit distinct up to ~36.
+    """
+    return torch.sigmoid(logit.double())
+
+
 def score(detector: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
-    """``P(fake) = sigmoid(logit)`` per image, shape (N,)."""
-    return torch.sigmoid(logits(detector, images, batch_size))
+    """``P(fake)`` per image (:func:`fake_probability`, float64), shape (N,)."""
+    return fake_probability(logits(detector, images, batch_size))
 
 
 def train_detector(
