@@ -7,16 +7,21 @@ parameters and gradients, so the numbers travel across machines better than seco
     python -m experiments.bench_step --sizes small --samples 5
     python -m experiments.bench_step --no-compile        # without the compile=True rows
     python -m experiments.bench_step --write docs/results.md   # refresh that section
+    python -m experiments.bench_step --processes 3       # median and range over 3 processes
     python -m experiments.bench_step --device cuda       # on an accelerator: step-cost-cuda
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -145,42 +150,114 @@ def spans(names: Iterable[str]) -> dict[str, int]:
     return {n: 1 if n.split(" (")[0] in ONE_STEP else SPAN for n in names}
 
 
+@dataclass
+class Measured:
+    """One process's timing of one size: per candidate, median seconds per step and state
+    bytes per parameter."""
+
+    size: str
+    params: int
+    tensors: int
+    samples: int
+    rows: dict[str, tuple[float, float]]
+
+    def ratios(self, baseline: str) -> dict[str, float]:
+        base = self.rows[baseline][0]
+        return {name: seconds / base for name, (seconds, _) in self.rows.items()}
+
+
+def measure(size: str, samples: int | None, compile: bool, device: str) -> Measured:
+    """Every candidate on its own copy of ``size``'s model, timed in turns in this process."""
+    samples_here = samples or SAMPLES[size]
+    optimizers = {
+        name: make(make_params(SIZES[size], device=device))
+        for name, make in candidates(compile, device).items()
+    }
+    seconds = time_round_robin(optimizers, samples_here, spans(optimizers), device=device)
+    ps = optimizers["torch Adam (foreach)"].param_groups[0]["params"]
+    return Measured(
+        size,
+        sum(p.numel() for p in ps),
+        len(ps),
+        samples_here,
+        {name: (seconds[name], state_bytes_per_param(opt)) for name, opt in optimizers.items()},
+    )
+
+
+def _cell(values: list[float]) -> str:
+    """The median over processes, and their range when there are several."""
+    mid = f"{statistics.median(values):.2f}"
+    return mid if len(values) == 1 else f"{mid} ({min(values):.2f}–{max(values):.2f})"
+
+
+def render(runs: list[Measured], device: str = "cpu") -> list[str]:
+    """The markdown table of one size from one process's run or several (the same size).
+
+    With several processes each ratio is taken inside its process (the candidates took turns
+    there) and the table gives their median and range: a memory-bound kernel's speed is set
+    per process (where its memory lands), and a single process's baseline can be lucky as a
+    whole (docs/results.md, step cost).
+    """
+    first = runs[0]
+    processes = "" if len(runs) == 1 else f" in each of {len(runs)} processes"
+    spread = "" if len(runs) == 1 else "; ratios: median (range) of the processes' own ratios"
+    lines = [
+        f"\n### {first.size}: {first.params / 1e6:.2f}M parameters in {first.tensors} tensors, "
+        f"{where(device)}, median of {first.samples} samples{processes}, each the mean of {SPAN} "
+        f"consecutive warm steps (one for {', '.join(ONE_STEP)}); candidates take turns{spread}\n",
+        "| optimizer | step ms | × Adam foreach | × Adam fused | state bytes/param |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    foreach = [r.ratios("torch Adam (foreach)") for r in runs]
+    fused = [r.ratios("torch Adam (fused)") for r in runs]
+    for name, (_, bpp) in first.rows.items():
+        ms = statistics.median(r.rows[name][0] for r in runs) * 1e3
+        lines.append(
+            f"| {name} | {ms:.2f} | {_cell([f[name] for f in foreach])} | "
+            f"{_cell([f[name] for f in fused])} | {bpp:.1f} |"
+        )
+    if first.size in TARGETS:  # issue 15's targets are set at 0.1M and 6M parameters
+        against, limit = TARGETS[first.size]
+        per_run = fused if against == "fused" else foreach
+        ratios = {name: statistics.median(r[name] for r in per_run) for name in first.rows}
+        lines.append("\n" + target_verdict(ratios, limit, against))
+    return lines
+
+
 def run(
-    sizes: list[str], samples: int | None = None, compile: bool = True, device: str = "cpu"
+    sizes: list[str],
+    samples: int | None = None,
+    compile: bool = True,
+    device: str = "cpu",
+    processes: int = 1,
 ) -> str:
-    lines = []
-    for size in sizes:
-        samples_here = samples or SAMPLES[size]
-        optimizers = {
-            name: make(make_params(SIZES[size], device=device))
-            for name, make in candidates(compile, device).items()
-        }
-        seconds = time_round_robin(optimizers, samples_here, spans(optimizers), device=device)
-        rows = {
-            name: (seconds[name], state_bytes_per_param(opt)) for name, opt in optimizers.items()
-        }
-        ps = optimizers["torch Adam (foreach)"].param_groups[0]["params"]
-        n = sum(p.numel() for p in ps)
-        base_foreach = rows["torch Adam (foreach)"][0]
-        base_fused = rows["torch Adam (fused)"][0]
-        lines += [
-            f"\n### {size}: {n / 1e6:.2f}M parameters in {len(ps)} tensors, {where(device)}, "
-            f"median of {samples_here} samples, each the mean of {SPAN} consecutive warm steps "
-            f"(one for {', '.join(ONE_STEP)}); candidates take turns\n",
-            "| optimizer | step ms | × Adam foreach | × Adam fused | state bytes/param |",
-            "|---|---:|---:|---:|---:|",
+    """The tables of ``sizes``, measured in this process, or in ``processes`` fresh ones one
+    after another (each times every size; the table gives the median and range over them)."""
+    if processes == 1:
+        runs = {size: [measure(size, samples, compile, device)] for size in sizes}
+    else:
+        runs = {size: [] for size in sizes}
+        for _ in range(processes):
+            for measured in _in_fresh_process(sizes, samples, compile, device):
+                runs[measured.size].append(measured)
+    return "\n".join(line for size in sizes for line in render(runs[size], device))
+
+
+def _in_fresh_process(
+    sizes: list[str], samples: int | None, compile: bool, device: str
+) -> list[Measured]:
+    """:func:`measure` of every size in a new Python process (this module's ``--record``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        record = Path(tmp) / "measured.json"
+        argv = [sys.executable, "-m", "experiments.bench_step", "--sizes", *sizes]
+        argv += ["--device", device, "--record", str(record)]
+        argv += ["--samples", str(samples)] if samples else []
+        argv += [] if compile else ["--no-compile"]
+        subprocess.run(argv, check=True, cwd=Path(__file__).resolve().parents[1])
+        return [
+            Measured(**{**m, "rows": {k: tuple(v) for k, v in m["rows"].items()}})
+            for m in json.loads(record.read_text())
         ]
-        for name, (seconds, bpp) in rows.items():
-            lines.append(
-                f"| {name} | {seconds * 1e3:.2f} | {seconds / base_foreach:.2f} | "
-                f"{seconds / base_fused:.2f} | {bpp:.1f} |"
-            )
-        if size in TARGETS:  # issue 15's targets are set at 0.1M and 6M parameters
-            against, limit = TARGETS[size]
-            base = base_fused if against == "fused" else base_foreach
-            ratios = {name: rows[name][0] / base for name in rows}
-            lines.append("\n" + target_verdict(ratios, limit, against))
-    return "\n".join(lines)
 
 
 # The presets whose memories are linear in the gradient; issue 15's target: each steps in at
@@ -232,12 +309,30 @@ def main() -> None:
         help="where parameters, gradients and state live (e.g. cuda); default cpu",
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="measure in this many fresh processes, one after another, and report the median "
+        "and range of their ratios (a kernel's speed varies per process)",
+    )
+    parser.add_argument("--record", type=Path, help=argparse.SUPPRESS)  # a --processes child
+    parser.add_argument(
         "--write",
         type=Path,
         help="markdown file whose step-cost section (step-cost-DEVICE off the CPU) to refresh",
     )
     args = parser.parse_args()
-    table = run(args.sizes, args.samples, compile=not args.no_compile, device=args.device)
+    if args.processes < 1:
+        parser.error(f"--processes must be at least 1, got {args.processes}")
+    if args.record:
+        measured = [
+            measure(size, args.samples, not args.no_compile, args.device) for size in args.sizes
+        ]
+        args.record.write_text(json.dumps([asdict(m) for m in measured]))
+        return
+    table = run(
+        args.sizes, args.samples, not args.no_compile, args.device, processes=args.processes
+    )
     print(table)
     if args.write:
         command = "python -m experiments.bench_step " + " ".join(sys.argv[1:])

@@ -130,3 +130,51 @@ def test_the_second_long_presets_take_one_step_per_sample_and_the_rest_a_write_p
     assert got["muon"] == got["deep"] == got["learned"] == got["muon (sync_free=True)"] == 1
     assert got["cms"] == got["torch Adam (fused)"] == got["landscape (diagonal, period=10)"] == 10
     assert set(got.values()) == {1, bench_step.SPAN}
+
+
+def _measured(size, fused_ms, momentum_ms):
+    rows = {
+        "torch Adam (foreach)": (4e-3, 8.0),
+        "torch Adam (fused)": (fused_ms * 1e-3, 8.0),
+        **{name: (momentum_ms * 1e-3, 4.0) for name in bench_step.LINEAR},
+    }
+    return bench_step.Measured(size, 6_000_000, 6, 20, rows)
+
+
+def test_several_processes_give_the_median_and_range_of_their_own_ratios():
+    # each process's ratio is taken inside it; a lucky baseline in one process (fused Adam at
+    # 1 ms there) moves its ratio, not the median
+    runs = [
+        _measured("large", 2.0, 2.2),
+        _measured("large", 1.0, 2.0),
+        _measured("large", 2.5, 2.5),
+    ]
+    lines = bench_step.render(runs)
+    assert "in each of 3 processes" in lines[0] and "median (range)" in lines[0]
+    rows = {line.split("|")[1].strip(): line.split("|") for line in lines if line.startswith("| ")}
+    # fused ratios 1.1, 2.0, 1.0: median 1.1; step ms is the median of the processes' medians
+    assert rows["momentum"][2].strip() == "2.20"
+    assert rows["momentum"][4].strip() == "1.10 (1.00–2.00)"
+    assert rows["torch Adam (fused)"][4].strip() == "1.00 (1.00–1.00)"
+    assert "momentum 1.10×" in lines[-1] and "at or under torch's fused Adam × 1.2" in lines[-1]
+    one = bench_step.render(runs[:1])
+    assert "processes" not in one[0] and one[5].split("|")[4].strip() == "1.10"
+
+
+def test_each_process_measures_in_a_child_and_hands_back_its_record(monkeypatch):
+    # the child (--record) runs in this process here: what it writes is what the parent reads
+    monkeypatch.setitem(bench_step.SIZES, "small", [6, 8, 3])
+    children = []
+
+    def child(argv, check, cwd):
+        assert argv[1:3] == ["-m", "experiments.bench_step"] and check
+        children.append(argv)
+        monkeypatch.setattr("sys.argv", argv[2:])
+        bench_step.main()
+
+    monkeypatch.setattr(bench_step.subprocess, "run", child)
+    table = bench_step.run(["small"], samples=2, compile=False, processes=2)
+    assert len(children) == 2 and all("--no-compile" in argv for argv in children)
+    assert "in each of 2 processes" in table
+    row = next(line for line in table.splitlines() if line.startswith("| torch Adam (foreach)"))
+    assert row.split("|")[3].strip() == "1.00 (1.00–1.00)"
