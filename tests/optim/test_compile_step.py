@@ -89,3 +89,24 @@ def test_deep_repeated_layers_compile_to_the_eager_numbers():
         make, lambda ps: MemoryOptimizer(ps, "deep", lr=1e-2), backward, STEPS
     )
     assert_same_run(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("memory", ["adam", "delta"])
+def test_a_compiled_step_after_eager_ones_counts_their_packed_counters(memory):
+    # eager steps pack the counters into one vector (assocmem.optim.packed_steps); a compiled
+    # step then gets views of one storage as its state and must count them as eager does
+    def run(compiled_from: int) -> tuple[torch.Tensor, list[float]]:
+        torch._dynamo.reset()
+        model = make_model()
+        opt = MemoryOptimizer(model.parameters(), memory, lr=1e-2)
+        step = torch.compile(opt.step)
+        for t in range(5):
+            opt.zero_grad()
+            loss_at(model, t).backward()
+            (step if t >= compiled_from else opt.step)()
+        params = torch.cat([p.detach().flatten() for p in model.parameters()])
+        return params, [float(opt.state[p]["step"]) for p in model.parameters()]
+
+    eager, mixed = run(5), run(3)
+    torch.testing.assert_close(mixed[0], eager[0], **TOL)
+    assert mixed[1] == eager[1] == [5.0] * len(eager[1])

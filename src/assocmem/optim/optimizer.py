@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from assocmem.optim import fused, grad_norms, sharded, sync_free, validate
+from assocmem.optim import fused, grad_norms, packed_steps, sharded, sync_free, validate
 from assocmem.optim.indices import grouped
 from assocmem.optim.registry import Group, Preset, available_memories, get_preset
 from assocmem.optim.stacks import SMALL
@@ -141,6 +141,8 @@ class MemoryOptimizer(Optimizer):
         self.nonfinite = nonfinite
         self.sync_free = sync_free
         self.skipped_steps = 0
+        # per group (by id): its step counters packed into one vector (packed_steps)
+        self._step_packs: dict[int, packed_steps.StepPack] = {}
         super().__init__(params, defaults)
 
     @property
@@ -188,6 +190,7 @@ class MemoryOptimizer(Optimizer):
         self.__dict__.setdefault("sync_free", False)
         self.__dict__.setdefault("_skipped_on_host", self.__dict__.pop("skipped_steps", 0))
         self.__dict__.setdefault("_skipped_on_device", None)
+        self.__dict__.setdefault("_step_packs", {})
         for per_param in self.state.values():  # a plain-number step, as torch.optim converts it
             if "step" in per_param and not isinstance(per_param["step"], Tensor):
                 per_param["step"] = _step_tensor(per_param["step"])
@@ -274,9 +277,12 @@ class MemoryOptimizer(Optimizer):
                 _resync_master(state[MASTER], _real(p))
             states.append(state)
             work.append(state.get(MASTER, _real(p)))
-        steps = [s["step"] for s in states]
-        torch._foreach_add_(steps, 1)
+        packs = self._step_packs
+        pack = packed_steps.count_step_(states, [s["step"] for s in states], packs.get(id(group)))
+        if pack is not None:
+            packs[id(group)] = pack
         if found is not None:  # a skipped step does not count, as in torch's fused Adam
+            steps = [s["step"] for s in states]
             torch._foreach_sub_(steps, [_flag_on(found, s.device).reshape(()) for s in steps])
         # An empty tensor has nothing to step (and a mean over it is NaN): the preset never
         # sees it; it keeps its empty state and its step count.
@@ -416,6 +422,8 @@ class MemoryOptimizer(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
+        # a packed counter is a view of its group's vector: the checkpoint gets its own copy
+        sd["state"] = {k: packed_steps.unpacked(v) for k, v in sd["state"].items()}
         sd["assocmem"] = {"skipped_steps": self.skipped_steps}
         # torch.distributed.checkpoint's get/set_optimizer_state_dict keep only "state" and
         # "param_groups": the count rides along in every group too, so a DCP resume keeps it.
