@@ -71,6 +71,11 @@ SHIPPABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "npr_dct": ("npr_dct", {}),
     "npr_dct_dropout": ("npr_dct", {"feature_dropout": 0.5}),
     "npr_dct_pe": ("npr_dct", {"feature_dropout": 0.5, "prediction_filters": 4}),
+    # the residual encoder truncated to two stages: a 13-pixel receptive field instead of 29,
+    # so the logit averages local evidence (Chai et al., ECCV 2020: truncated detectors with
+    # small receptive fields generalise better to unseen generators); widths as a list, as a
+    # checkpoint's JSON header gives them back
+    "npr_dct_local": ("npr_dct", {"feature_dropout": 0.5, "widths": [16, 32]}),
     "smallcnn": ("smallcnn", {}),
 }
 
