@@ -76,6 +76,8 @@ SHIPPABLE: dict[str, tuple[str, dict[str, Any]]] = {
     # small receptive fields generalise better to unseen generators); widths as a list, as a
     # checkpoint's JSON header gives them back
     "npr_dct_local": ("npr_dct", {"feature_dropout": 0.5, "widths": [16, 32]}),
+    # a one-class cosine head (models/one_class.py: OC-softmax, made for unseen spoofing attacks)
+    "npr_dct_oc": ("npr_dct", {"feature_dropout": 0.5, "head": "one_class"}),
     "smallcnn": ("smallcnn", {}),
 }
 

@@ -23,11 +23,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from assocmem.forensic.masks import MaskedBatch
 from assocmem.forensic.models.attribution import FamilyAttribution
+from assocmem.forensic.models.one_class import margin_bce
 from assocmem.forensic.models.pretrain import MaskedPretrainer
 from assocmem.training import Logger, OptimizerFactory, TrainResult, fit, trainable_parameters
 
@@ -201,6 +201,8 @@ def train_detector(
     attribution: FamilyAttribution | None = None,
 ) -> TrainResult:
     """Binary cross-entropy training of a detector returning logits (N,); labels 1 = fake.
+    A detector with a ``margin`` attribute (a one-class head) trains and is validated on the
+    cross-entropy with that margin (:func:`~assocmem.forensic.models.one_class.margin_bce`).
 
     Evaluations add ``val_loss`` (BCE) and ``val_auc`` (NaN if the validation set has a single
     class). Only parameters with ``requires_grad`` reach the optimizer, so a frozen encoder
@@ -231,6 +233,7 @@ def train_detector(
         raise ValueError("attribution must wrap the detector being trained")
     device = _model_device(detector)
     y_val = val_labels.float()
+    margin = float(getattr(detector, "margin", 0.0))  # a one-class head's (models/one_class.py)
 
     def step_loss(batch: Any) -> Tensor:
         images, labels = batch[0], batch[1]  # a stream's batches also carry family codes
@@ -238,12 +241,11 @@ def train_detector(
             if len(batch) < 3:
                 raise ValueError("attribution needs batches with family codes (a TrainStream)")
             return attribution.loss(images.to(device), labels, batch[2])
-        out = detector(images.to(device))
-        return F.binary_cross_entropy_with_logits(out, labels.to(out.device, out.dtype))
+        return margin_bce(detector(images.to(device)), labels, margin)
 
     def evaluate() -> dict[str, float]:
         z = logits(detector, val_images, max(batch_size, 256))
-        val_loss = float(F.binary_cross_entropy_with_logits(z, y_val))
+        val_loss = float(margin_bce(z, y_val, margin))
         auc = math.nan
         if torch.isfinite(z).all() and 0 < int(y_val.sum()) < len(y_val):
             auc = float(roc_auc_score(y_val.numpy(), z.numpy()))

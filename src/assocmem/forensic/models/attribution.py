@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from assocmem.forensic.models.one_class import margin_bce
+
 
 class FamilyAttribution(nn.Module):
     """``detector`` with a softmax head over ``[real, *families]`` on its embedding.
@@ -75,11 +77,13 @@ class FamilyAttribution(nn.Module):
         return out
 
     def loss(self, x: Tensor, labels: Tensor, codes: Tensor) -> Tensor:
-        """Binary cross-entropy of the detector's logit plus ``weight`` times the attribution's
-        cross-entropy, from one pass through the embedding."""
+        """Binary cross-entropy of the detector's logit (with its ``margin``, if it has one:
+        :func:`~assocmem.forensic.models.one_class.margin_bce`) plus ``weight`` times the
+        attribution's cross-entropy, from one pass through the embedding."""
         z = self.detector.embed(x)
-        logit = self.detector.fc(z).squeeze(-1)
-        detection = F.binary_cross_entropy_with_logits(logit, labels.to(logit.device, logit.dtype))
+        head = getattr(self.detector, "logit", None)  # a detector's own head, if not linear
+        logit = head(z) if head is not None else self.detector.fc(z).squeeze(-1)
+        detection = margin_bce(logit, labels, getattr(self.detector, "margin", 0.0))
         scores = F.linear(z, self.attribution_weight, self.attribution_bias)
         attribution = F.cross_entropy(scores, self.classes(codes).to(scores.device))
         return detection + self.weight * attribution

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from assocmem.forensic.models import one_class
 from assocmem.forensic.models.baselines import SmallCNN
 from assocmem.forensic.models.block_dct import BlockDCTBranch
 from assocmem.forensic.models.prediction_error import PredictionErrorBranch
@@ -180,9 +181,15 @@ class NPRWithDCT(nn.Module):
     prediction-error filters per colour channel, Bayar and Stamm's general-purpose
     manipulation layer): it sees how predictable each pixel is from its neighbours, which
     interpolation and smoothing change off NPR's ``2 x 2`` grid and off JPEG's ``8 x 8`` one.
+
+    ``head="one_class"`` reads the embedding with a cosine head instead of a linear one
+    (:mod:`~assocmem.forensic.models.one_class`: ``fc`` without bias holds the direction, the
+    logit is bounded and the reals are trained into a narrow cone); ``margin`` is what training
+    adds to the binary cross-entropy for it (0 for the linear head).
     """
 
     alignment = 8
+    HEADS = ("linear", "one_class")
 
     def __init__(
         self,
@@ -193,10 +200,13 @@ class NPRWithDCT(nn.Module):
         embed: int = 64,
         feature_dropout: float = 0.0,
         prediction_filters: int = 0,
+        head: str = "linear",
     ) -> None:
         super().__init__()
         if prediction_filters < 0:
             raise ValueError(f"prediction_filters must be >= 0, got {prediction_filters}")
+        if head not in self.HEADS:
+            raise ValueError(f"head must be one of {self.HEADS}, got {head!r}")
         self.residual = NPR(widths, channels, gain, norm="batch")
         self.dct = BlockDCTBranch(hidden, embed, feature_dropout)
         dim = self.residual.encoder.embed_dim + self.dct.embed_dim
@@ -209,7 +219,10 @@ class NPRWithDCT(nn.Module):
         )
         if self.prediction is not None:
             dim += self.prediction.embed_dim
-        self.fc = nn.Linear(dim, 1)
+        self.head = head
+        # a cosine has no offset to learn: its centre and scale are the loss's (one_class.py)
+        self.fc = nn.Linear(dim, 1, bias=head == "linear")
+        self.margin = one_class.margin() if head == "one_class" else 0.0
 
     def embed(self, x: Tensor) -> Tensor:
         """The branches' embeddings side by side, (N, ``fc.in_features``): what the logit reads."""
@@ -218,5 +231,11 @@ class NPRWithDCT(nn.Module):
             embeddings.append(self.prediction(x))
         return torch.cat(embeddings, dim=1)
 
+    def logit(self, embedding: Tensor) -> Tensor:
+        """The logit (N,) of embeddings from :meth:`embed`, through the chosen head."""
+        if self.head == "one_class":
+            return one_class.cosine_logit(embedding, self.fc.weight)
+        return self.fc(embedding).squeeze(-1)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.embed(x)).squeeze(-1)
+        return self.logit(self.embed(x))
