@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sklearn.metrics import roc_auc_score
 from torch import nn
-from torch.nn import functional as F
 
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.models.ensemble import LogitEnsemble
+from assocmem.forensic.models.one_class import margin_bce
 from assocmem.forensic.protocol import balanced, zero_shot_report
 from assocmem.forensic.train import fake_probability, logits
 from assocmem.forensic.views import VIEWS, view_logits
@@ -80,10 +81,19 @@ def ensemble_of(paths: list[Path]) -> tuple[dict[str, Any], LogitEnsemble]:
     return recipe, LogitEnsemble(members).eval()
 
 
-def validation_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Binary cross-entropy of ``model``'s logits (eval mode) on ``images``: the loss the
-    members were early-stopped on."""
-    return float(F.binary_cross_entropy_with_logits(logits(model, images), labels))
+def validation_loss(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, margin: float = 0.0
+) -> float:
+    """Binary cross-entropy of ``model``'s logits (eval mode) on ``images``, with the members'
+    ``margin`` (a one-class head's, 0 for a linear one): the loss the members were
+    early-stopped on."""
+    return float(margin_bce(logits(model, images), labels, margin))
+
+
+def validation_auc(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """ROC AUC of ``model``'s logits on ``images``: unlike the loss, comparable between
+    detectors trained on different losses."""
+    return float(roc_auc_score(labels.numpy(), logits(model, images).numpy()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,8 +123,13 @@ def main(argv: list[str] | None = None) -> None:
     # validation loss, here on one balanced draw (the first member's) for the ensemble and each
     # member alike, so the three numbers compare.
     x_val, y_val = balanced(bench.split("val", families.seen), seed=1000 + recipe["ensemble"][0])
-    recipe["val_loss"] = validation_loss(ensemble, x_val, y_val)
-    recipe["member_val_losses"] = [validation_loss(m, x_val, y_val) for m in ensemble.members]
+    margin = float(getattr(ensemble.members[0], "margin", 0.0))  # one recipe: one margin
+    recipe["val_loss"] = validation_loss(ensemble, x_val, y_val, margin)
+    recipe["member_val_losses"] = [
+        validation_loss(m, x_val, y_val, margin) for m in ensemble.members
+    ]
+    recipe["val_auc"] = validation_auc(ensemble, x_val, y_val)
+    recipe["member_val_aucs"] = [validation_auc(m, x_val, y_val) for m in ensemble.members]
     records = []
     for views in args.views:
 
@@ -130,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{report['heldout']['mean']['auc']:.3f} test-real FPR {report['test_real_fpr']:.3f}; "
             f"validation loss {recipe['val_loss']:.4f} (members "
             + ", ".join(f"{v:.4f}" for v in recipe["member_val_losses"])
+            + f"), validation AUC {recipe['val_auc']:.4f} (members "
+            + ", ".join(f"{v:.4f}" for v in recipe["member_val_aucs"])
             + ")",
             flush=True,
         )

@@ -266,6 +266,9 @@ def train_one(
     )
     seconds = time.perf_counter() - start
     curve = [(r["step"], r["val_loss"]) for r in result.history if "val_loss" in r]
+    # the seen families' validation AUC of the kept weights: unlike the loss, comparable
+    # between detectors trained on different losses (a one-class head's margin)
+    kept = [r for r in result.history if r.get("step") == result.best_step and "val_auc" in r]
     return {
         "optimizer": optimizer,
         "lr": lr,
@@ -275,6 +278,7 @@ def train_one(
         "steps": result.steps,
         "best_step": result.best_step,
         "best_val_loss": result.best_val_loss,
+        "best_val_auc": kept[-1]["val_auc"] if kept else None,
         "stopped_early": result.stopped_early,
         "lr_drops": getattr(args, "lr_drops", 0),
         "lr_drop_steps": result.lr_drop_steps,

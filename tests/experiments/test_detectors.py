@@ -194,6 +194,9 @@ def test_saved_weights_make_an_ensemble_that_scores_like_the_protocol(tmp_path):
     # the validation loss the run was stopped on, recomputed from the saved weights
     assert single["val_loss"] == pytest.approx(first["best_val_loss"], rel=1e-6)
     assert single["member_val_losses"] == [single["val_loss"]]
+    # and the validation AUC at the kept step, which the run records beside it
+    assert single["val_auc"] == pytest.approx(first["best_val_auc"], rel=1e-6)
+    assert single["member_val_aucs"] == [single["val_auc"]]
     ensemble_main(["--tiny", "--cache-dir", str(tmp_path), "--members", *paths,
                    "--views", "one", "d4", "--json", str(out)])  # fmt: skip
     one, d4 = json.loads(out.read_text())
