@@ -62,6 +62,8 @@ from experiments.detectors import HELDOUT, SEEN, _ms, family_split
 from experiments.report import replace_section
 
 SECTION = "detector-prior"
+# the detector the sections before the "model" field were measured on (their titles omit it)
+DEFAULT_MODEL = "npr_dct_dropout"
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
 # The linear forms, then each one-sided (ONE_SIDED), added 2026-12-04 after the linear ones'
 # results were known; the rule's ties go to the earlier, i.e. to the linear forms.
@@ -313,6 +315,11 @@ def markdown(record: dict[str, Any], command: str) -> str:
     weights = sorted({float(w) for f in folds for w in f["aucs"][priors[0]]})
     attribution = record.get("attribution", 0.0)  # records before the option had none
     trained = f" (networks trained with family attribution {attribution:g})" if attribution else ""
+    model = record.get("model", DEFAULT_MODEL)  # records before the field: the default's
+    if model != DEFAULT_MODEL:
+        trained = f" ({model} networks" + (
+            f", trained with family attribution {attribution:g})" if attribution else ")"
+        )
     lines = [
         "## Detector with a training-free prior, weighted by leave-one-family-out validation"
         + trained,
@@ -538,6 +545,7 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
         "best": best,
         "chosen": {"prior": prior, "weight": weight},
         "attribution": header["attribution"],
+        "model": header["model"],
         "members": scored,
     }
 

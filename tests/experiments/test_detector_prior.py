@@ -189,8 +189,15 @@ def test_the_experiment_scores_members_alone_and_with_the_chosen_prior(tmp_path)
     after = doc.read_text()
     assert after.startswith(before.rstrip())  # the first section as it was
     assert "<!-- report:detector-prior-attribution:begin -->" in after
-    assert "(networks trained with family attribution 0.5)" in after[len(before) :]
+    # the title names the networks' model when it is not the default (npr_dct_dropout) ...
+    assert "(npr_bn networks, trained with family attribution 0.5)" in after[len(before) :]
     assert "family attribution" not in before
+    # ... and a record from before the model was recorded keeps the title it had
+    old_record = {k: v for k, v in record.items() if k != "model"}
+    other_study.write_text(json.dumps({**old_record, "attribution": 0.5}))
+    prior_main(["--from-json", str(other_study), "--write", str(doc),
+                "--section", "detector-prior-attribution"])  # fmt: skip
+    assert "(networks trained with family attribution 0.5)" in doc.read_text()[len(before) :]
 
 
 def test_a_fold_must_name_a_seen_family_and_every_family_gets_as_many():
