@@ -73,7 +73,7 @@ FORMAT = "assocmem.detector"
 # 2 added ``views``; a version-1 reader must refuse such a file rather than ignore the key
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-DEFAULT_CHECKPOINT = Path(__file__).with_name("checkpoints") / "npr_dct_dropout.safetensors"
+DEFAULT_CHECKPOINT = Path(__file__).with_name("checkpoints") / "detector.safetensors"
 
 
 def _ensemble(members: Sequence[Any]) -> LogitEnsemble:
