@@ -34,7 +34,8 @@ test-portability: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-# The main job: the shipped detector's network (NPR + block DCT) trained on the built-in benchmark's stream with torch's
+# The main job: the shipped detector's network (NPR + block DCT; with the linear head, the shipped one has a
+# one-class head) trained on the built-in benchmark's stream with torch's
 # Adam and with our muon (Muon's recipe: muon on the hidden matrices, Adam on head, norms and
 # biases; each at its customary lr, untuned), early-stopped, threshold calibrated for 5 % FPR
 # on validation reals, scored zero-shot on held-out generator families. Under 10 min on 2 cores.
