@@ -26,7 +26,7 @@ from torch import nn
 
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.models.ensemble import LogitEnsemble
-from assocmem.forensic.models.one_class import margin_bce
+from assocmem.forensic.models.one_class import margin_bce, margin_of
 from assocmem.forensic.protocol import balanced, zero_shot_report
 from assocmem.forensic.train import fake_probability, logits
 from assocmem.forensic.views import VIEWS, view_logits
@@ -81,19 +81,15 @@ def ensemble_of(paths: list[Path]) -> tuple[dict[str, Any], LogitEnsemble]:
     return recipe, LogitEnsemble(members).eval()
 
 
-def validation_loss(
+def validation_scores(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, margin: float = 0.0
-) -> float:
-    """Binary cross-entropy of ``model``'s logits (eval mode) on ``images``, with the members'
-    ``margin`` (a one-class head's, 0 for a linear one): the loss the members were
-    early-stopped on."""
-    return float(margin_bce(logits(model, images), labels, margin))
-
-
-def validation_auc(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """ROC AUC of ``model``'s logits on ``images``: unlike the loss, comparable between
-    detectors trained on different losses."""
-    return float(roc_auc_score(labels.numpy(), logits(model, images).numpy()))
+) -> tuple[float, float]:
+    """From one pass of ``model`` (eval mode) over ``images``: the binary cross-entropy of its
+    logits with the members' ``margin`` (a one-class head's, 0 for a linear one), the loss the
+    members were early-stopped on; and their ROC AUC, which unlike the loss compares detectors
+    trained on different losses."""
+    z = logits(model, images)
+    return float(margin_bce(z, labels, margin)), float(roc_auc_score(labels.numpy(), z.numpy()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,13 +119,11 @@ def main(argv: list[str] | None = None) -> None:
     # validation loss, here on one balanced draw (the first member's) for the ensemble and each
     # member alike, so the three numbers compare.
     x_val, y_val = balanced(bench.split("val", families.seen), seed=1000 + recipe["ensemble"][0])
-    margin = float(getattr(ensemble.members[0], "margin", 0.0))  # one recipe: one margin
-    recipe["val_loss"] = validation_loss(ensemble, x_val, y_val, margin)
-    recipe["member_val_losses"] = [
-        validation_loss(m, x_val, y_val, margin) for m in ensemble.members
-    ]
-    recipe["val_auc"] = validation_auc(ensemble, x_val, y_val)
-    recipe["member_val_aucs"] = [validation_auc(m, x_val, y_val) for m in ensemble.members]
+    margin = margin_of(ensemble.members[0])  # one recipe: one margin
+    recipe["val_loss"], recipe["val_auc"] = validation_scores(ensemble, x_val, y_val, margin)
+    members = [validation_scores(m, x_val, y_val, margin) for m in ensemble.members]
+    recipe["member_val_losses"] = [loss for loss, _ in members]
+    recipe["member_val_aucs"] = [auc for _, auc in members]
     records = []
     for views in args.views:
 

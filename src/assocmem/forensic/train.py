@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from assocmem.forensic.masks import MaskedBatch
 from assocmem.forensic.models.attribution import FamilyAttribution
-from assocmem.forensic.models.one_class import margin_bce
+from assocmem.forensic.models.one_class import margin_bce, margin_of
 from assocmem.forensic.models.pretrain import MaskedPretrainer
 from assocmem.training import Logger, OptimizerFactory, TrainResult, fit, trainable_parameters
 
@@ -233,7 +233,7 @@ def train_detector(
         raise ValueError("attribution must wrap the detector being trained")
     device = _model_device(detector)
     y_val = val_labels.float()
-    margin = float(getattr(detector, "margin", 0.0))  # a one-class head's (models/one_class.py)
+    margin = margin_of(detector)  # a one-class head's (models/one_class.py), else 0
 
     def step_loss(batch: Any) -> Tensor:
         images, labels = batch[0], batch[1]  # a stream's batches also carry family codes

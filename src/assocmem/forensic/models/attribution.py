@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from assocmem.forensic.models.one_class import margin_bce
+from assocmem.forensic.models.one_class import margin_bce, margin_of
 
 
 class FamilyAttribution(nn.Module):
@@ -83,7 +83,7 @@ class FamilyAttribution(nn.Module):
         z = self.detector.embed(x)
         head = getattr(self.detector, "logit", None)  # a detector's own head, if not linear
         logit = head(z) if head is not None else self.detector.fc(z).squeeze(-1)
-        detection = margin_bce(logit, labels, getattr(self.detector, "margin", 0.0))
+        detection = margin_bce(logit, labels, margin_of(self.detector))
         scores = F.linear(z, self.attribution_weight, self.attribution_bias)
         attribution = F.cross_entropy(scores, self.classes(codes).to(scores.device))
         return detection + self.weight * attribution

@@ -222,7 +222,12 @@ class NPRWithDCT(nn.Module):
         self.head = head
         # a cosine has no offset to learn: its centre and scale are the loss's (one_class.py)
         self.fc = nn.Linear(dim, 1, bias=head == "linear")
-        self.margin = one_class.margin() if head == "one_class" else 0.0
+
+    @property
+    def margin(self) -> float:
+        """What training adds to the binary cross-entropy: the one-class head's margin, 0 for
+        the linear head."""
+        return one_class.margin() if self.head == "one_class" else 0.0
 
     def embed(self, x: Tensor) -> Tensor:
         """The branches' embeddings side by side, (N, ``fc.in_features``): what the logit reads."""

@@ -50,6 +50,12 @@ def margin(*, alpha: float = ALPHA, m_real: float = M_REAL, m_fake: float = M_FA
     return alpha * (m_real - m_fake) / 2
 
 
+def margin_of(detector: object) -> float:
+    """The ``margin`` a detector's training adds to its cross-entropy: its own attribute (a
+    one-class head's), 0 for a detector without one (a linear head)."""
+    return float(getattr(detector, "margin", 0.0))
+
+
 def margin_bce(logit: Tensor, labels: Tensor, margin: float = 0.0) -> Tensor:
     """Mean binary cross-entropy of ``logit`` (labels 1 = fake), each logit moved by ``margin``
     towards the wrong side of its label first; ``margin = 0`` is plain binary cross-entropy
