@@ -14,7 +14,7 @@ ARCH_KWARGS = {"widths": [4, 8], "norm": "batch"}
 
 def save_tiny_detector(path: Path, n_val: int = 40, views: str = "one") -> Path:
     """An NPR with 4 and 8 channels (fast), calibrated on its logits under ``views`` of ``n_val``
-    noise patches."""
+    noise patches; its "fakes" for the map to ``P(fake)`` are those logits plus 1."""
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = build_model("npr", ARCH_KWARGS).eval()
@@ -30,6 +30,7 @@ def save_tiny_detector(path: Path, n_val: int = 40, views: str = "one") -> Path:
         target_fpr=0.05,
         views=views,
         info={"command": "tests/detector_support.py"},
+        val_fake_logits=val + 1.0,
     )
     return path
 

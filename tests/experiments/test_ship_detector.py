@@ -22,6 +22,10 @@ def test_ship_writes_a_checkpoint_and_its_table(tmp_path):
     first = md.read_text()
     assert "<!-- report:shipped-detector:begin -->" in first and "**mean (held out)**" in first
     assert load_detector(out).views == "one" and "views `one`" in first  # the default
+    # P(fake) is Platt's map of the validation logits, judged on the test split in the table
+    assert shipped.probability is not None and "Platt's map" in first
+    assert set(shipped.info["test"]["probability"]) == {"seen", "heldout"}
+    assert Detector.load(out).probability_scaling == shipped.probability
     md.write_text("# Results\n")
     main(["--table-only", *common])  # the section again, from the checkpoint alone
     assert md.read_text().strip() == first.strip()

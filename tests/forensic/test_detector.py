@@ -62,7 +62,8 @@ def test_score_is_the_mean_of_the_tile_logits(detector: Detector):
         by_hand = detector.model(tiles(image, 32, 32))  # every tile in one batch
     assert result.tiles == len(by_hand) == 3 * 2  # rows 0, 32, 38; columns 0, 14 (45 -> 46)
     assert result.score == pytest.approx(float(by_hand.double().mean()), abs=LOGIT_TOL)
-    assert result.probability == pytest.approx(1 / (1 + math.exp(-result.score)), abs=1e-6)
+    a, b = detector.probability_scaling
+    assert result.probability == pytest.approx(1 / (1 + math.exp(-(a * result.score + b))))
     assert result.fake == (result.score >= detector.threshold)
     assert (result.height, result.width, result.undersized) == (70, 45, False)
 
@@ -216,6 +217,30 @@ TAMPERED = {
         "unexpected",
     ),
     "missing tensor": (dict(edit_tensors=lambda t: t.pop("model.fc.bias")), "missing"),
+    "edited probability slope": (
+        dict(edit_header=lambda h: h["calibration"]["probability"].update(slope=9.0)),
+        "not the Platt fit",
+    ),
+    "probability without its fakes": (
+        dict(edit_header=lambda h: h["calibration"].pop("val_fake_logits")),
+        "without 'val_fake_logits'",
+    ),
+    "fakes without the probability": (
+        dict(edit_header=lambda h: h["calibration"].pop("probability")),
+        "without 'probability'",
+    ),
+    "probability not a map": (
+        dict(edit_header=_set(["calibration", "probability"], [1.0, 0.0])),
+        "slope', 'intercept'",
+    ),
+    "unsorted fakes": (
+        dict(edit_header=_set(["calibration", "val_fake_logits"], [2.0, 1.0])),
+        "val_fake_logits must be sorted",
+    ),
+    "NaN fake": (
+        dict(edit_header=_set(["calibration", "val_fake_logits"], [float("nan")])),
+        "val_fake_logits must be finite",
+    ),
 }
 
 
@@ -225,6 +250,36 @@ def test_tampered_checkpoints_are_refused(ckpt: Path, tmp_path: Path, case: str)
     bad = _rewrite(ckpt, tmp_path / "bad.safetensors", **edits)
     with pytest.raises(ValueError, match=match):
         load_detector(bad)
+
+
+def test_probability_is_the_platt_map_of_the_stored_logits(ckpt: Path, detector: Detector):
+    from assocmem.forensic.calibration import platt_scaling
+
+    loaded = load_detector(ckpt)
+    fakes = loaded.header["calibration"]["val_fake_logits"]
+    assert loaded.probability == platt_scaling(loaded.val_real_logits, fakes)
+    assert detector.probability_scaling == loaded.probability
+    assert "Platt" in detector.describe()["probability"]
+    # the untrained network's 40 real logits lie within 0.006 of each other and the "fakes" 1
+    # above them: two near-points, so the fit meets Platt's targets, 1/42 for the reals and
+    # 41/42 for the fakes (to ~1e-3: the slope times the spread times p(1 - p)), and crosses
+    # 0.5 half-way between them
+    n, real, fake = len(fakes), np.mean(loaded.val_real_logits), np.mean(fakes)
+    assert detector.probability(float(real)) == pytest.approx(1 / (n + 2), abs=2e-3)
+    assert detector.probability(float(fake)) == pytest.approx((n + 1) / (n + 2), abs=2e-3)
+    assert detector.probability(float((real + fake) / 2)) == pytest.approx(0.5, abs=2e-3)
+    # recalibrating the threshold keeps the map (it is not a threshold)
+    assert detector.with_fpr(0.1).probability_scaling == detector.probability_scaling
+
+
+def test_a_checkpoint_without_a_probability_map_reads_the_sigmoid(ckpt: Path, tmp_path: Path):
+    def strip(h):
+        del h["calibration"]["probability"], h["calibration"]["val_fake_logits"]
+
+    plain = Detector.load(_rewrite(ckpt, tmp_path / "plain.safetensors", edit_header=strip))
+    assert plain.probability_scaling is None and "uncalibrated" in plain.describe()["probability"]
+    result = plain.score_one(torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(2)))
+    assert result.probability == pytest.approx(1 / (1 + math.exp(-result.score)), abs=1e-12)
 
 
 def test_a_version_1_checkpoint_loads_with_one_view(ckpt: Path, detector: Detector, tmp_path):
@@ -338,6 +393,9 @@ def test_the_shipped_checkpoint_loads():
     assert shipped.val_real_fpr <= 0.05
     assert shipped.info["command"].startswith("python -m experiments.ship_detector")
     assert Detector.load().source == str(DEFAULT_CHECKPOINT)
+    # P(fake) is its Platt map, and at the threshold a decision "fake" reads above even odds
+    assert shipped.probability is not None and shipped.probability.slope > 0
+    assert 0.5 < Detector.load().probability(shipped.threshold) < 1.0
 
 
 # The shipped detector's mean AUCs on the built-in test split, as written into its checkpoint by

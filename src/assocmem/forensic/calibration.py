@@ -8,16 +8,32 @@ reals), take the threshold above which at most ``target_fpr`` of them score, the
 split's TPR and FPR at that threshold. The FPR on test reals then measures how well the
 calibration transfers to photos never seen.
 
+A threshold answers "fake or not"; a user reading one image's score also asks "how sure". The
+raw logit does not say: a detector trained on balanced batches with a margin (the one-class head,
+``models.one_class``) puts its logits on no probability scale at all. :func:`platt_scaling`
+maps scores to ``P(fake)`` by Platt's method, a logistic regression of the label on the score fit
+on the same held-apart validation patches (reals and the seen families' fakes, the two classes
+weighted equally): a probability *at even odds, for fakes like the seen families*. It is
+monotone, so it never changes a ranking (AUC) or the decision at a threshold.
+
 Convention as in ``metrics.py``: higher score = more fake; fake when ``score >= threshold``.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from assocmem.forensic.metrics import ArrayLike, _np
 
-__all__ = ["rates_at_threshold", "threshold_at_fpr"]
+__all__ = [
+    "ProbabilityScaling",
+    "platt_scaling",
+    "probability_losses",
+    "rates_at_threshold",
+    "threshold_at_fpr",
+]
 
 
 def threshold_at_fpr(real_scores: ArrayLike, target_fpr: float = 0.05) -> float:
@@ -53,4 +69,96 @@ def rates_at_threshold(labels: ArrayLike, scores: ArrayLike, threshold: float) -
     return {
         "tpr": float(flagged[fake].mean()) if fake.any() else float("nan"),
         "fpr": float(flagged[real].mean()) if real.any() else float("nan"),
+    }
+
+
+class ProbabilityScaling(NamedTuple):
+    """``P(fake) = sigmoid(slope * score + intercept)``, computed in float64."""
+
+    slope: float
+    intercept: float
+
+    def __call__(self, scores: ArrayLike) -> np.ndarray:
+        z = self.slope * _np(scores) + self.intercept
+        # sigmoid without overflow: exp of a non-positive number only
+        e = np.exp(-np.abs(z))
+        return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def platt_scaling(real_scores: ArrayLike, fake_scores: ArrayLike) -> ProbabilityScaling:
+    """Platt's probability map for a detector's scores, fit on held-apart reals and fakes.
+
+    The maximum-likelihood logistic regression of the label on the score, with Platt's (1999)
+    regularised targets ``(n_fake + 1) / (n_fake + 2)`` for fakes and ``1 / (n_real + 2)`` for
+    reals (a finite fit even when the scores separate the classes, where plain maximum likelihood
+    has no optimum), each class's rows weighted to half the total: the probability at even odds,
+    whatever the two counts. Solved by Newton's method (scikit-learn's ``newton-cholesky``) to a
+    gradient tolerance of 1e-12: two parameters, a strictly convex loss, so a refit on the same
+    scores agrees to far below any printed digit.
+
+    Raises:
+        ValueError: a class without scores, non-finite scores, or fakes whose mean score is not
+            above the reals' (the fitted slope is then not positive: no increasing map exists).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    real, fake = _np(real_scores), _np(fake_scores)
+    if real.size == 0 or fake.size == 0:
+        raise ValueError(
+            f"Platt scaling needs reals and fakes, got {real.size} reals and {fake.size} fakes"
+        )
+    if not (np.isfinite(real).all() and np.isfinite(fake).all()):
+        raise ValueError("scores contain NaN or inf")
+    t_fake = (fake.size + 1.0) / (fake.size + 2.0)
+    t_real = 1.0 / (real.size + 2.0)
+    # a soft target t as two rows, label 1 with weight t and label 0 with weight 1 - t
+    scores = np.concatenate([fake, fake, real, real])[:, None]
+    labels = np.concatenate(
+        [np.ones(fake.size), np.zeros(fake.size), np.ones(real.size), np.zeros(real.size)]
+    )
+    weights = np.concatenate(
+        [
+            np.full(fake.size, t_fake / fake.size),
+            np.full(fake.size, (1.0 - t_fake) / fake.size),
+            np.full(real.size, t_real / real.size),
+            np.full(real.size, (1.0 - t_real) / real.size),
+        ]
+    )
+    # fit on standardised scores (the solver's Newton steps are then well scaled whatever the
+    # detector's logit range), and map the parameters back: a s + b = a' (s - mu) / sd + b'
+    mu, sd = float(scores.mean()), float(scores.std())
+    sd = sd if sd > 0 else 1.0
+    # the scale of the weights is the regulariser's, and there is none (C = inf)
+    fit = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-12, max_iter=100)
+    fit.fit((scores - mu) / sd, labels, sample_weight=weights * scores.shape[0])
+    # At slope 0 the loss's slope derivative is proportional to mean(real) - mean(fake), so the
+    # optimal slope is positive exactly when the fakes' mean score is above the reals'; one at 0
+    # to rounding says nothing about the label. Either way no increasing map follows.
+    if not float(fit.coef_[0, 0]) > 1e-9:
+        raise ValueError(
+            f"the scores do not rank fakes above reals (mean fake {fake.mean():.4g}, mean real "
+            f"{real.mean():.4g}; Platt slope {fit.coef_[0, 0] / sd:.3g}): no increasing map to "
+            "P(fake)"
+        )
+    slope = float(fit.coef_[0, 0]) / sd
+    intercept = float(fit.intercept_[0]) - slope * mu
+    return ProbabilityScaling(slope, intercept)
+
+
+def probability_losses(labels: ArrayLike, probabilities: ArrayLike) -> dict[str, float]:
+    """``{"brier", "log_loss"}`` of ``P(fake)`` against the labels, the two classes weighted
+    equally (the even odds :func:`platt_scaling` fits for), so that a split's real/fake ratio does
+    not decide the number. Lower is better; guessing 0.5 scores 0.25 and ln 2 = 0.693."""
+    from sklearn.metrics import brier_score_loss, log_loss
+
+    y, p = _np(labels), _np(probabilities)
+    if y.shape != p.shape:
+        raise ValueError(f"labels and probabilities differ in length: {y.size} vs {p.size}")
+    fake, real = y == 1.0, y == 0.0
+    if not fake.any() or not real.any() or not (fake | real).all():
+        raise ValueError("labels must be 0 (real) and 1 (fake), with both present")
+    w = np.where(fake, 0.5 / fake.sum(), 0.5 / real.sum())
+    return {
+        "brier": float(brier_score_loss(y, p, sample_weight=w)),
+        "log_loss": float(log_loss(y, p, sample_weight=w, labels=[0, 1])),
     }

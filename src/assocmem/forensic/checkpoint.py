@@ -21,7 +21,11 @@ Layout of a ``<name>.safetensors`` file:
     under ``views``, sorted ascending: the threshold only holds for logits computed the same
     way), ``threshold`` (on the logit scale, ``threshold_at_fpr`` of those logits at
     ``target_fpr``) and ``val_real_fpr`` (the FPR it gives on them). The logits are kept so a
-    threshold for another false-positive rate can be recomputed (``assocmem-detect --fpr``);
+    threshold for another false-positive rate can be recomputed (``assocmem-detect --fpr``).
+    Optionally (both or neither) ``val_fake_logits`` (the seen families' validation fakes' logits
+    under ``views``, sorted ascending) and ``probability`` (``{"slope", "intercept"}``: Platt's
+    map of a score to ``P(fake)``, ``calibration.platt_scaling`` of the two sets of logits; a
+    file without them reads ``P(fake)`` as the logit's sigmoid);
   - ``info``: free-form provenance (the training command, the data config, the test table).
 
 :func:`save_detector` also writes ``<name>.json``, the same header indented for people.
@@ -31,9 +35,10 @@ file (never opened), a file that is not safetensors, a missing or non-JSON heade
 or a version outside :data:`READABLE_VERSIONS`, missing keys, ``views`` that are not in
 ``views.VIEWS`` (or named by a version-1 header), an unknown architecture or constructor
 arguments it rejects, a bad patch size, a non-finite or inconsistent calibration (the threshold
-and its FPR are recomputed from the stored logits and must agree: an edited threshold is
-caught), tensors whose names, shapes or dtypes differ from the network's or that hold
-non-finite values, and a ``.json`` sidecar that is not JSON or differs from the header.
+and its FPR, and the probability map where there is one, are recomputed from the stored logits
+and must agree: an edited threshold or map is caught), tensors whose names, shapes or dtypes
+differ from the network's or that hold non-finite values, and a ``.json`` sidecar that is not
+JSON or differs from the header.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from assocmem.forensic.calibration import threshold_at_fpr
+from assocmem.forensic.calibration import ProbabilityScaling, platt_scaling, threshold_at_fpr
 from assocmem.forensic.metrics import false_positive_rate
 from assocmem.forensic.models.baselines import SmallCNN
 from assocmem.forensic.models.ensemble import LogitEnsemble
@@ -116,6 +121,7 @@ class DetectorCheckpoint:
     val_real_fpr: float
     val_real_logits: tuple[float, ...]
     views: str = "one"  # the views the logits (and so the threshold) are averaged over
+    probability: ProbabilityScaling | None = None  # score -> P(fake); None: the logit's sigmoid
     info: dict[str, Any] = field(default_factory=dict)
     header: dict[str, Any] = field(default_factory=dict)
 
@@ -145,13 +151,16 @@ def save_detector(
     target_fpr: float = 0.05,
     views: str = "one",
     info: dict[str, Any] | None = None,
+    val_fake_logits: Sequence[float] | Tensor | None = None,
 ) -> dict[str, Any]:
     """Write ``model``'s weights with its calibrated header (and the ``.json`` sidecar) atomically.
 
     The threshold is calibrated here, on ``val_real_logits`` (the detector's logits on validation
     reals, which took no part in training) at ``target_fpr``. Those logits must be computed under
     ``views`` (``views.view_logits(model, val_reals, views)``): the checkpoint's users score
-    with them, and the threshold means nothing on another scale. Returns the header written.
+    with them, and the threshold means nothing on another scale. With ``val_fake_logits`` (the
+    validation fakes of the families it was trained on, same views) the header also holds Platt's
+    map from a score to ``P(fake)``, fit here on the two sets. Returns the header written.
     """
     if views not in VIEWS:
         raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
@@ -174,6 +183,11 @@ def save_detector(
         },
         "info": info or {},
     }
+    if val_fake_logits is not None:
+        fakes = sorted(float(v) for v in torch.as_tensor(val_fake_logits).flatten().tolist())
+        scaling = platt_scaling(logits, fakes)
+        header["calibration"]["val_fake_logits"] = fakes
+        header["calibration"]["probability"] = scaling._asdict()
     # one JSON round trip, so the sidecar and the embedded header are the same text's values
     header = json.loads(json.dumps(header, default=str))
     _check_header(header, Path(path))
@@ -220,6 +234,7 @@ def load_detector(path: str | os.PathLike[str] | None = None) -> DetectorCheckpo
         val_real_fpr=cal["val_real_fpr"],
         val_real_logits=tuple(cal["val_real_logits"]),
         views=header.get("views", "one"),
+        probability=(ProbabilityScaling(**cal["probability"]) if "probability" in cal else None),
         info=header.get("info", {}),
         header=header,
     )
@@ -294,6 +309,52 @@ def _check_header(header: Any, path: Path) -> None:
         )
     if cal["val_real_fpr"] != false_positive_rate(logits, expected):
         raise ValueError(f"{path}: calibration val_real_fpr does not match its validation logits")
+    _check_probability(cal, logits, path)
+
+
+def _check_probability(cal: dict[str, Any], real_logits: list[float], path: Path) -> None:
+    """The optional Platt map: present with its fakes' logits, and the fit of the stored logits."""
+    has = [k for k in ("val_fake_logits", "probability") if k in cal]
+    if not has:
+        return
+    if len(has) == 1:
+        raise ValueError(
+            f"{path}: calibration has {has[0]!r} without "
+            f"{'probability' if has[0] == 'val_fake_logits' else 'val_fake_logits'!r}: the map "
+            "to P(fake) and the validation fakes' logits it was fit on come together"
+        )
+    fakes, prob = cal["val_fake_logits"], cal["probability"]
+    if (
+        not isinstance(fakes, list)
+        or not fakes
+        or not all(_is_number(v) and math.isfinite(v) for v in fakes)
+    ):
+        raise ValueError(
+            f"{path}: calibration val_fake_logits must be finite numbers, at least one"
+        )
+    if any(a > b for a, b in zip(fakes[:-1], fakes[1:], strict=True)):
+        raise ValueError(f"{path}: calibration val_fake_logits must be sorted ascending")
+    if (
+        not isinstance(prob, dict)
+        or sorted(prob) != ["intercept", "slope"]
+        or not all(_is_number(v) and math.isfinite(v) for v in prob.values())
+    ):
+        raise ValueError(
+            f"{path}: calibration probability must be {{'slope', 'intercept'}}, finite numbers; "
+            f"got {prob!r}"
+        )
+    try:
+        expected = platt_scaling(real_logits, fakes)
+    except ValueError as e:
+        raise ValueError(f"{path}: calibration probability cannot be refit: {e}") from None
+    # Newton's method to a gradient of 1e-12 on a strictly convex two-parameter loss: refits
+    # on other machines (other BLAS summation orders) agree to ~1e-10; 1e-6 only catches edits
+    for k in ("slope", "intercept"):
+        if not math.isclose(prob[k], getattr(expected, k), rel_tol=1e-6, abs_tol=1e-9):
+            raise ValueError(
+                f"{path}: calibration probability {k} {prob[k]!r} is not the Platt fit of its "
+                f"validation logits ({getattr(expected, k)!r}); the file was edited"
+            )
 
 
 def _check_sidecar(path: Path, header: dict[str, Any]) -> None:

@@ -11,13 +11,15 @@ category) or the GenImage layout (``nature``/``ai``, optionally per generator), 
 manifest (``path,label[,family]``). Labelled inputs add a ``label`` column and the TPR/FPR (and
 AUC) of the decisions to the summary.
 
-Each image is tiled, its tiles scored and their logits averaged (``assocmem.forensic.tiling``;
-a checkpoint calibrated on ``d4`` views scores each tile as the mean over its eight dihedral
-views; the summary line and the JSON's ``detector`` say which views); the table shows that
-score, ``P(fake) = sigmoid(score)``, the decision at the threshold and the
-number of tiles. The threshold is the checkpoint's (calibrated on validation real patches for its
-target false-positive rate), ``--fpr F`` recalibrates it for another rate from the validation
-logits the checkpoint stores, ``--threshold T`` sets it on the score's (logit) scale.
+Each image is tiled, its tiles scored and their logits averaged (``assocmem.forensic.tiling``; a
+checkpoint calibrated on ``d4`` views scores each tile as the mean over its eight dihedral views;
+the summary line and the JSON's ``detector`` say which views); the table shows that score,
+``P(fake)`` (the checkpoint's Platt map of it, fit on validation reals and the seen families' fakes
+at even odds; the sigmoid of the score for a checkpoint without one: ``Detector.probability``), the
+decision at the threshold and the number of tiles. The threshold is the checkpoint's (calibrated on
+validation real patches for its target false-positive rate), ``--fpr F`` recalibrates it for another
+rate from the validation logits the checkpoint stores, ``--threshold T`` sets it on the score's
+(logit) scale.
 
 Exit status:
     0  every image was scored;

@@ -18,11 +18,16 @@ patches for its target false-positive rate), or one recalibrated for another rat
 validation logits the checkpoint stores (:meth:`Detector.with_fpr`), or one given
 (:meth:`Detector.with_threshold`).
 
-Calibration caveat: the threshold was set on single 32 x 32 patches. An image of many tiles is
-scored by their mean, which varies less over real photos than one patch's logit does (as far as
-its tiles vary independently), so on large real images the false-positive rate at that threshold
-is expected to be *below* the target rather than at it; it has not been measured on full-size
-images.
+``P(fake)`` (``ImageScore.probability``): where the checkpoint holds one, Platt's map of the score
+(``calibration.platt_scaling``, fit on the validation reals and the seen families' validation
+fakes, the classes weighted equally): a probability at even odds for fakes like those it was
+trained on, monotone in the score; otherwise the logit's sigmoid, which is no probability.
+
+Calibration caveat: the threshold (and the probability map) were set on single 32 x 32 patches. An
+image of many tiles is scored by their mean, which varies less over real photos than one patch's
+logit does (as far as its tiles vary independently), so on large real images the false-positive rate
+at that threshold is expected to be *below* the target rather than at it; it has not been measured
+on full-size images.
 
 Images are read like the dataset loaders read them (``assocmem.forensic.data.loaders.load_rgb``:
 EXIF orientation, grayscale, alpha on white, CMYK, 16-bit, float TIFF, decompression bombs).
@@ -43,7 +48,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from assocmem.forensic.calibration import threshold_at_fpr
+from assocmem.forensic.calibration import ProbabilityScaling, threshold_at_fpr
 from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT, load_detector
 from assocmem.forensic.data.loaders import load_rgb, to_rgb
 from assocmem.forensic.tiling import combine_logits, tiles
@@ -58,10 +63,11 @@ class ImageScore(NamedTuple):
     """One image's result.
 
     ``score``: the mean of its tile logits (higher = more likely generated); ``probability``:
-    ``sigmoid(score)``, a readable squashing of it, not a calibrated probability (decide with
-    ``fake``); ``fake``: ``score >= threshold``; ``tiles``: how many tiles were scored; ``height``,
-    ``width``: the image as read (after EXIF rotation); ``undersized``: a side was shorter than
-    a tile and was filled by reflection (a weaker score).
+    ``P(fake)`` from the checkpoint's Platt map (at even odds, for fakes like the seen families;
+    ``sigmoid(score)`` for a checkpoint without one); the decision is ``fake``, and ``probability``
+    at the threshold need not be 0.5; ``fake``: ``score >= threshold``; ``tiles``: how many tiles
+    were scored; ``height``, ``width``: the image as read (after EXIF rotation); ``undersized``: a
+    side was shorter than a tile and was filled by reflection (a weaker score).
     """
 
     score: float
@@ -91,6 +97,7 @@ class Detector:
     batch_size: int = 256  # tiles per forward pass
     source: str = ""  # where the weights came from
     views: str = "one"  # the test-time views each tile's logit is averaged over
+    probability_scaling: ProbabilityScaling | None = None  # score -> P(fake); None: sigmoid
 
     def __post_init__(self) -> None:
         if self.views not in VIEWS:
@@ -138,6 +145,7 @@ class Detector:
             batch_size=batch_size,
             source=str(Path(DEFAULT_CHECKPOINT if path is None else path)),
             views=ckpt.views,
+            probability_scaling=ckpt.probability,
         )
 
     def with_threshold(self, threshold: float) -> Detector:
@@ -208,13 +216,19 @@ class Detector:
         _, h, w = x.shape
         return ImageScore(
             score=logit,
-            probability=float(torch.sigmoid(torch.tensor(logit))),
+            probability=self.probability(logit),
             fake=logit >= self.threshold,
             tiles=len(tile_logits),
             height=h,
             width=w,
             undersized=min(h, w) < self.patch_size,
         )
+
+    def probability(self, score: float) -> float:
+        """``P(fake)`` of an image score (:attr:`probability_scaling`, else the sigmoid)."""
+        if self.probability_scaling is None:
+            return float(torch.sigmoid(torch.tensor(score, dtype=torch.float64)))
+        return float(self.probability_scaling([score])[0])
 
     def score(self, images: ImageInput | Sequence[ImageInput]) -> list[ImageScore]:
         """Per-image results of one image or a sequence of them (a 4-D tensor is a batch).
@@ -238,6 +252,12 @@ class Detector:
             "threshold": self.threshold,
             "target_fpr": self.target_fpr,
             "combine": "mean tile logit",
+            "probability": (
+                "sigmoid(score), uncalibrated"
+                if self.probability_scaling is None
+                else "Platt: sigmoid({:.6g} * score + {:.6g}), fit on validation reals and "
+                "seen-family fakes".format(*self.probability_scaling)
+            ),
         }
 
 
