@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.assocmem-installed
 PYTEST_WORKERS ?= 2
-DEMO_MODEL ?= npr_dct_dropout
+DEMO_MODEL ?= npr_dct_oc
 
 .PHONY: setup test test-slow test-portability demo demo-pretrain bench gpu-check lint format clean
 
@@ -34,11 +34,11 @@ test-portability: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-# The main job: the shipped detector's network (NPR + block DCT; with the linear head, the shipped one has a
-# one-class head) trained on the built-in benchmark's stream with torch's
-# Adam and with our muon (Muon's recipe: muon on the hidden matrices, Adam on head, norms and
-# biases; each at its customary lr, untuned), early-stopped, threshold calibrated for 5 % FPR
-# on validation reals, scored zero-shot on held-out generator families. Under 10 min on 2 cores.
+# The main job: the shipped detector's network (NPR + block DCT read by a one-class head) trained
+# on the built-in benchmark's stream with torch's Adam and with our muon (Muon's recipe: muon on
+# the hidden matrices, Adam on head, norms and biases; each at its customary lr, untuned),
+# early-stopped, threshold calibrated for 5 % FPR on validation reals, scored zero-shot on
+# held-out generator families. Under 10 min on 2 cores.
 demo: $(STAMP)
 	$(PY) -m experiments.detectors --models $(DEMO_MODEL) --optimizers adam muon/split \
 		--lr 1e-3 2e-2 \
