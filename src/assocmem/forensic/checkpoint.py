@@ -288,17 +288,7 @@ def _check_header(header: Any, path: Path) -> None:
         raise ValueError(
             f"{path}: calibration target_fpr must be in [0, 1), got {cal['target_fpr']}"
         )
-    logits = cal["val_real_logits"]
-    if (
-        not isinstance(logits, list)
-        or not logits
-        or not all(_is_number(v) and math.isfinite(v) for v in logits)
-    ):
-        raise ValueError(
-            f"{path}: calibration val_real_logits must be finite numbers, at least one"
-        )
-    if any(a > b for a, b in zip(logits[:-1], logits[1:], strict=True)):
-        raise ValueError(f"{path}: calibration val_real_logits must be sorted ascending")
+    logits = _sorted_logits(cal, "val_real_logits", path)
     # The threshold and its FPR follow from the stored logits: recomputing them catches an
     # edited threshold (or table) instead of silently deciding at a number nobody calibrated.
     expected = threshold_at_fpr(logits, cal["target_fpr"])
@@ -312,6 +302,20 @@ def _check_header(header: Any, path: Path) -> None:
     _check_probability(cal, logits, path)
 
 
+def _sorted_logits(cal: dict[str, Any], key: str, path: Path) -> list[float]:
+    """``cal[key]``: a non-empty list of finite numbers in ascending order, or a ValueError."""
+    logits = cal[key]
+    if (
+        not isinstance(logits, list)
+        or not logits
+        or not all(_is_number(v) and math.isfinite(v) for v in logits)
+    ):
+        raise ValueError(f"{path}: calibration {key} must be finite numbers, at least one")
+    if any(a > b for a, b in zip(logits[:-1], logits[1:], strict=True)):
+        raise ValueError(f"{path}: calibration {key} must be sorted ascending")
+    return logits
+
+
 def _check_probability(cal: dict[str, Any], real_logits: list[float], path: Path) -> None:
     """The optional Platt map: present with its fakes' logits, and the fit of the stored logits."""
     has = [k for k in ("val_fake_logits", "probability") if k in cal]
@@ -323,17 +327,7 @@ def _check_probability(cal: dict[str, Any], real_logits: list[float], path: Path
             f"{'probability' if has[0] == 'val_fake_logits' else 'val_fake_logits'!r}: the map "
             "to P(fake) and the validation fakes' logits it was fit on come together"
         )
-    fakes, prob = cal["val_fake_logits"], cal["probability"]
-    if (
-        not isinstance(fakes, list)
-        or not fakes
-        or not all(_is_number(v) and math.isfinite(v) for v in fakes)
-    ):
-        raise ValueError(
-            f"{path}: calibration val_fake_logits must be finite numbers, at least one"
-        )
-    if any(a > b for a, b in zip(fakes[:-1], fakes[1:], strict=True)):
-        raise ValueError(f"{path}: calibration val_fake_logits must be sorted ascending")
+    fakes, prob = _sorted_logits(cal, "val_fake_logits", path), cal["probability"]
     if (
         not isinstance(prob, dict)
         or sorted(prob) != ["intercept", "slope"]
