@@ -468,7 +468,10 @@ def markdown(runs: list[dict[str, Any]], command: str, target_fpr: float) -> str
         f"photos), early-stopped on the validation split, threshold set on the validation reals "
         f"for a {pct} false-positive rate; scored on the test split (unseen photos). Held-out "
         f"families {', '.join(HELDOUT)} are never trained on, stopped on or calibrated on. "
-        "Mean ± std over seeds. TPR and FPR are at the calibrated threshold.",
+        'Mean ± std over seeds. TPR and FPR are at the calibrated threshold; "FPR at 0.5" '
+        "flags a real patch when `sigmoid(logit) >= 0.5`, which is a decision only for a "
+        "logit trained as log-odds (the linear heads), not for a one-class head's "
+        "(`*_oc`, a cosine logit with a margin, whose sigmoid is no probability).",
         "",
         "| detector | optimizer | seeds | seen AUC | held-out AUC | held-out TPR | seen TPR "
         "| test-real FPR | FPR at 0.5 | best step / steps run |",
