@@ -35,7 +35,12 @@ from typing import Any
 
 import torch
 
-from assocmem.forensic.calibration import ProbabilityScaling, platt_scaling, probability_losses
+from assocmem.forensic.calibration import (
+    ProbabilityScaling,
+    platt_scaling,
+    probability_losses,
+    threshold_at_fpr,
+)
 from assocmem.forensic.checkpoint import (
     DEFAULT_CHECKPOINT,
     build_model,
@@ -43,6 +48,8 @@ from assocmem.forensic.checkpoint import (
     save_detector,
 )
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
+from assocmem.forensic.detector import Detector
+from assocmem.forensic.image_level import real_image_scores
 from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.views import VIEWS, view_logits
 from experiments.detector_ensemble import ensemble_of
@@ -105,6 +112,7 @@ def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
     except ValueError as e:  # a detector that ranks its own validation fakes below the reals
         warnings.warn(f"no map to P(fake) in the checkpoint: {e}", stacklevel=2)
         scaling = None
+    image_scores = image_calibration(model, bench, args)
     info = {
         "command": command,
         "model": label,
@@ -114,6 +122,11 @@ def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "key": config.key(),
             "seen": list(families.seen),
             "heldout": list(families.heldout),
+        },
+        "image_calibration": {
+            "split": "val",
+            "n": args.image_n,
+            "sizes": {str(k): size for k, (size, _) in image_scores.items()},
         },
         "test": {
             **{k: report[k] for k in ("seen", "heldout", "test_real_fpr") if k in report},
@@ -135,6 +148,7 @@ def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
         views=args.views,
         info=info,
         val_fake_logits=val_fake_logits if scaling is not None else None,
+        image_real_scores={k: scores for k, (_, scores) in image_scores.items()},
     )
     # the protocol's threshold and the shipped one are the same computation on the same logits
     if header["calibration"]["threshold"] != report["threshold"]:
@@ -143,6 +157,26 @@ def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
             f"protocol's {report['threshold']}"
         )
     return header
+
+
+def image_calibration(
+    model: torch.nn.Module, bench: Any, args: argparse.Namespace
+) -> dict[int, tuple[int, list[float]]]:
+    """Tile count -> (crop size, the scores of ``args.image_n`` real crops of that size of the
+    **validation** photos), for each ``args.image_sizes`` the validation photos can give (the
+    others are skipped with a warning): what ``Detector`` calibrates larger images' thresholds
+    on (``assocmem.forensic.detector``)."""
+    patch = bench.config.patch_size
+    scorer = Detector(model=model, patch_size=patch, threshold=0.0, stride=patch, views=args.views)
+    out: dict[int, tuple[int, list[float]]] = {}
+    for size in args.image_sizes:
+        try:
+            scores = real_image_scores(scorer, bench, size=size, n=args.image_n, split="val")
+        except ValueError as e:
+            warnings.warn(f"no image threshold for {size} px: {e}", stacklevel=2)
+            continue
+        out[scorer.area_tiles(size, size)] = (size, scores.tolist())
+    return out
 
 
 def probability_report(
@@ -249,7 +283,25 @@ def markdown(header: dict[str, Any], path: Path) -> str:
             )
     if "probability" in cal and "probability" in test:
         lines += ["", probability_markdown(cal, test["probability"])]
+    if cal.get("image_real_scores") and "image_calibration" in info:
+        lines += ["", image_markdown(cal, info["image_calibration"])]
     return "\n".join(lines) + "\n"
+
+
+def image_markdown(cal: dict[str, Any], calibration: dict[str, Any]) -> str:
+    """The sentence on the thresholds of larger images, from the header."""
+    pct = f"{100 * cal['target_fpr']:g} %"
+    parts = []
+    for k, scores in sorted(cal["image_real_scores"].items(), key=lambda kv: int(kv[0])):
+        size = calibration["sizes"][k]
+        t = threshold_at_fpr(scores, cal["target_fpr"])
+        parts.append(f"{size} × {size} px ({k} tiles) {t:.4f}")
+    return (
+        f"Larger images (`Detector.threshold_for`): thresholds for a {pct} false-positive rate "
+        f"set on {calibration['n']} real crops per size of the validation photos, post-processed "
+        f"like the benchmark: {'; '.join(parts)}; an image is decided at the threshold of the "
+        "largest size whose tile count is not above its own (docs/results.md, `image-level`)."
+    )
 
 
 def probability_markdown(cal: dict[str, Any], losses: dict[str, Any]) -> str:
@@ -311,6 +363,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
     parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument(
+        "--image-sizes",
+        type=int,
+        nargs="*",
+        default=[64, 128, 256],
+        help="square image sizes (multiples of the patch) whose thresholds are calibrated on "
+        "real crops of the validation photos; none: the patch threshold for every size",
+    )
+    parser.add_argument("--image-n", type=int, default=200, help="real crops per image size")
+    parser.add_argument(
         "--views",
         default="one",
         choices=VIEWS,
@@ -331,6 +392,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table-only", action="store_true", help="no training: read --out")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.image_n < 1:
+        parser.error(f"--image-n must be >= 1, got {args.image_n}")
+    if any(size <= 32 for size in args.image_sizes):  # 32: the benchmark's patch, 1 tile
+        parser.error(f"--image-sizes must be larger than one patch (32), got {args.image_sizes}")
     if args.table_only:
         header = load_detector(args.out).header
     else:

@@ -9,12 +9,14 @@ from assocmem.forensic import Detector
 from assocmem.forensic.checkpoint import load_detector
 from experiments.ship_detector import main
 
+SMALL = ["--image-sizes", "64", "--image-n", "4"]  # a small image calibration: 4 crops of 4 tiles
+
 
 @pytest.mark.slow  # trains a detector for 20 steps and builds the tiny benchmark: ~15 s
 def test_ship_writes_a_checkpoint_and_its_table(tmp_path):
     out, md = tmp_path / "ckpt" / "tiny.safetensors", tmp_path / "results.md"
     common = ["--out", str(out), "--write", str(md), "--cache-dir", str(tmp_path / "cache")]
-    main(["--tiny", "--max-steps", "20", "--eval-every", "10", "--workers", "0", *common])
+    main(["--tiny", "--max-steps", "20", "--eval-every", "10", "--workers", "0", *SMALL, *common])
     shipped = load_detector(out)
     assert shipped.info["command"].startswith("python -m experiments.ship_detector --tiny")
     assert shipped.info["train"]["steps"] <= 20 and shipped.info["data"]["seen"]
@@ -26,6 +28,14 @@ def test_ship_writes_a_checkpoint_and_its_table(tmp_path):
     assert shipped.probability is not None and "Platt's map" in first
     assert set(shipped.info["test"]["probability"]) == {"seen", "heldout"}
     assert Detector.load(out).probability_scaling == shipped.probability
+    # the thresholds of larger images, calibrated on 4 real 64 px crops of the validation photos
+    assert [k for k, _ in shipped.image_real_scores] == [4]
+    assert shipped.info["image_calibration"] == {"split": "val", "n": 4, "sizes": {"4": 64}}
+    assert "64 × 64 px (4 tiles)" in first
+    detector = Detector.load(out)
+    assert detector.threshold_for(4) != detector.threshold == detector.threshold_for(3)
+    with pytest.raises(SystemExit):  # one patch is not a larger image
+        main(["--tiny", "--image-sizes", "32", "--out", str(tmp_path / "x.safetensors")])
     md.write_text("# Results\n")
     main(["--table-only", *common])  # the section again, from the checkpoint alone
     assert md.read_text().strip() == first.strip()
@@ -39,8 +49,9 @@ def test_ship_with_d4_views_calibrates_on_the_averaged_logits(tmp_path):
     from experiments.detectors import family_split
 
     out, md, cache = tmp_path / "d4.safetensors", tmp_path / "results.md", tmp_path / "cache"
-    main(["--tiny", "--max-steps", "20", "--eval-every", "10", "--workers", "0", "--views", "d4",
-          "--out", str(out), "--write", str(md), "--cache-dir", str(cache)])  # fmt: skip
+    main(["--tiny", "--max-steps", "20", "--eval-every", "10", "--workers", "0", *SMALL,
+          "--views", "d4", "--out", str(out), "--write", str(md),
+          "--cache-dir", str(cache)])  # fmt: skip
     shipped = load_detector(out)
     assert shipped.views == shipped.header["views"] == "d4" and Detector.load(out).views == "d4"
     assert "views `d4`" in md.read_text()
@@ -58,8 +69,9 @@ def test_ship_with_d4_views_calibrates_on_the_averaged_logits(tmp_path):
 @pytest.mark.slow  # trains a detector for 20 steps and builds the tiny benchmark: ~15 s
 def test_ship_with_a_weight_average_says_so(tmp_path):
     out, md, cache = tmp_path / "ema.safetensors", tmp_path / "results.md", tmp_path / "cache"
-    main(["--tiny", "--max-steps", "20", "--eval-every", "10", "--workers", "0", "--average",
-          "0.9", "--out", str(out), "--write", str(md), "--cache-dir", str(cache)])  # fmt: skip
+    main(["--tiny", "--max-steps", "20", "--eval-every", "10", "--workers", "0", *SMALL,
+          "--average", "0.9", "--out", str(out), "--write", str(md),
+          "--cache-dir", str(cache)])  # fmt: skip
     assert load_detector(out).info["train"]["average"] == 0.9
     assert "exponential moving average of its weights (decay 0.9)" in md.read_text()
 
@@ -67,7 +79,7 @@ def test_ship_with_a_weight_average_says_so(tmp_path):
 @pytest.mark.slow  # trains a detector for 20 steps and builds the tiny benchmark: ~15 s
 def test_ship_with_family_attribution_ships_the_detector_alone_and_says_so(tmp_path):
     out, md, cache = tmp_path / "attr.safetensors", tmp_path / "results.md", tmp_path / "cache"
-    main(["--tiny", "--max-steps", "20", "--eval-every", "10", "--workers", "0",
+    main(["--tiny", "--max-steps", "20", "--eval-every", "10", "--workers", "0", *SMALL,
           "--attribution", "1", "--out", str(out), "--write", str(md),
           "--cache-dir", str(cache)])  # fmt: skip
     shipped = load_detector(out)  # strict load: no attribution weights in the file
@@ -94,7 +106,7 @@ def test_ship_an_ensemble_of_saved_members(tmp_path):
                     "0", "--save-weights", str(tmp_path / "w"), "--json", str(runs)])  # fmt: skip
     members = [r["weights"] for r in json.loads(runs.read_text())]
     out, md = tmp_path / "ens.safetensors", tmp_path / "results.md"
-    main(["--tiny", "--cache-dir", str(cache), "--members", *members, "--views", "d4",
+    main(["--tiny", "--cache-dir", str(cache), "--members", *members, "--views", "d4", *SMALL,
           "--out", str(out), "--write", str(md)])  # fmt: skip
     shipped = load_detector(out)
     assert shipped.architecture == "ensemble" and isinstance(shipped.model, LogitEnsemble)

@@ -90,7 +90,10 @@ def test_folder_table_csv_json_and_exit_code(weights, folder, tmp_path, capsys):
         assert r["status"] == "ok" and r["reason"] == ""
         assert (int(r["width"]), int(r["height"]), int(r["tiles"])) == (w, h, n_tiles)
         assert float(r["score"]) == pytest.approx(detector.score_one(folder / name).score, abs=1e-5)
-        assert r["decision"] == ("fake" if float(r["score"]) >= detector.threshold else "real")
+        # each image at the threshold of its size (detector.threshold_for), written beside it
+        expected = detector.score_one(folder / name)
+        assert float(r["threshold"]) == pytest.approx(expected.threshold, abs=1e-6)
+        assert r["decision"] == ("fake" if expected.fake else "real")
 
     report = json.loads(out_json.read_text())
     assert report["summary"]["scored"] == len(GOOD) and report["summary"]["unreadable"] == 1

@@ -64,7 +64,9 @@ def test_score_is_the_mean_of_the_tile_logits(detector: Detector):
     assert result.score == pytest.approx(float(by_hand.double().mean()), abs=LOGIT_TOL)
     a, b = detector.probability_scaling
     assert result.probability == pytest.approx(1 / (1 + math.exp(-(a * result.score + b))))
-    assert result.fake == (result.score >= detector.threshold)
+    # 3 x 2 tiles: decided at the threshold calibrated on 4-tile images (the largest count <= 6)
+    assert result.threshold == detector.threshold_for(6) == detector.image_thresholds[0][1]
+    assert result.fake == (result.score >= result.threshold)
     assert (result.height, result.width, result.undersized) == (70, 45, False)
 
 
@@ -237,6 +239,18 @@ TAMPERED = {
         dict(edit_header=_set(["calibration", "val_fake_logits"], [2.0, 1.0])),
         "val_fake_logits must be sorted",
     ),
+    "image scores for one tile": (
+        dict(edit_header=lambda h: h["calibration"]["image_real_scores"].update({"1": [0.0]})),
+        "not a tile count above 1",
+    ),
+    "unsorted image scores": (
+        dict(edit_header=_set(["calibration", "image_real_scores"], {"4": [1.0, 0.0]})),
+        r"image_real_scores\['4'\] must be sorted",
+    ),
+    "image scores not a dict": (
+        dict(edit_header=_set(["calibration", "image_real_scores"], [0.0])),
+        "must be a non-empty dict",
+    ),
     "NaN fake": (
         dict(edit_header=_set(["calibration", "val_fake_logits"], [float("nan")])),
         "val_fake_logits must be finite",
@@ -270,6 +284,33 @@ def test_probability_is_the_platt_map_of_the_stored_logits(ckpt: Path, detector:
     assert detector.probability(float((real + fake) / 2)) == pytest.approx(0.5, abs=2e-3)
     # recalibrating the threshold keeps the map (it is not a threshold)
     assert detector.with_fpr(0.1).probability_scaling == detector.probability_scaling
+
+
+def test_larger_images_are_decided_at_their_own_calibrated_threshold(ckpt: Path):
+    loaded = load_detector(ckpt)
+    assert [k for k, _ in loaded.image_real_scores] == [4]
+    detector = Detector.load(ckpt)
+    four = threshold_at_fpr(dict(loaded.image_real_scores)[4], 0.05)
+    assert detector.image_thresholds == ((4, four),) and four != detector.threshold
+    # fewer tiles than any stored count: the patch threshold; 4 or more: the 4-tile one
+    assert [detector.threshold_for(t) for t in (1, 3, 4, 9, 100)] == [detector.threshold] * 2 + [
+        four
+    ] * 3
+    assert (detector.area_tiles(32, 32), detector.area_tiles(64, 64)) == (1, 4)
+    assert (detector.area_tiles(40, 70), detector.area_tiles(10, 10)) == (6, 1)  # partial: whole
+    g = torch.Generator().manual_seed(5)
+    small, large = (
+        detector.score_one(torch.rand(3, 32, 32, generator=g)),
+        detector.score_one(torch.rand(3, 64, 64, generator=g)),
+    )
+    assert small.threshold == detector.threshold and large.threshold == four
+    assert large.fake == (large.score >= four)
+    assert detector.describe()["image_thresholds"] == {"4": four}
+    # a threshold given by hand holds for every size; another FPR recalibrates every size
+    fixed = detector.with_threshold(0.25)
+    assert fixed.threshold_for(4) == fixed.threshold_for(1) == 0.25
+    refit = detector.with_fpr(0.1)
+    assert refit.threshold_for(4) == threshold_at_fpr(dict(loaded.image_real_scores)[4], 0.1)
 
 
 def test_a_checkpoint_without_a_probability_map_reads_the_sigmoid(ckpt: Path, tmp_path: Path):
@@ -341,7 +382,7 @@ def test_a_d4_checkpoint_scores_the_mean_over_the_eight_views(
     # untrained net's views of a noise tile differ by ~1e-3, far above the rounding tolerance)
     one_view = detector.tile_logits(image) - d4_detector.tile_logits(image)
     assert float(one_view.abs().max()) > 10 * LOGIT_TOL
-    assert result.fake == (result.score >= d4_detector.threshold)
+    assert result.fake == (result.score >= d4_detector.threshold_for(result.tiles))
 
 
 def test_a_d4_detector_keeps_its_views_when_its_threshold_changes(d4_detector: Detector):

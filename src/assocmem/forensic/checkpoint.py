@@ -25,7 +25,10 @@ Layout of a ``<name>.safetensors`` file:
     Optionally (both or neither) ``val_fake_logits`` (the seen families' validation fakes' logits
     under ``views``, sorted ascending) and ``probability`` (``{"slope", "intercept"}``: Platt's
     map of a score to ``P(fake)``, ``calibration.platt_scaling`` of the two sets of logits; a
-    file without them reads ``P(fake)`` as the logit's sigmoid);
+    file without them reads ``P(fake)`` as the logit's sigmoid). Optionally
+    ``image_real_scores`` (``{"k": [...]}``: the scores, mean tile logits under ``views``, of
+    real images of ``k > 1`` non-overlapping tiles, sorted ascending), from which ``Detector``
+    calibrates the thresholds of larger images at ``target_fpr`` (``detector.py``);
   - ``info``: free-form provenance (the training command, the data config, the test table).
 
 :func:`save_detector` also writes ``<name>.json``, the same header indented for people.
@@ -46,7 +49,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +125,8 @@ class DetectorCheckpoint:
     val_real_logits: tuple[float, ...]
     views: str = "one"  # the views the logits (and so the threshold) are averaged over
     probability: ProbabilityScaling | None = None  # score -> P(fake); None: the logit's sigmoid
+    # real images' scores by tile count, ascending counts: ((k, sorted scores), ...)
+    image_real_scores: tuple[tuple[int, tuple[float, ...]], ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
     header: dict[str, Any] = field(default_factory=dict)
 
@@ -152,6 +157,7 @@ def save_detector(
     views: str = "one",
     info: dict[str, Any] | None = None,
     val_fake_logits: Sequence[float] | Tensor | None = None,
+    image_real_scores: Mapping[int, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """Write ``model``'s weights with its calibrated header (and the ``.json`` sidecar) atomically.
 
@@ -160,7 +166,9 @@ def save_detector(
     ``views`` (``views.view_logits(model, val_reals, views)``): the checkpoint's users score
     with them, and the threshold means nothing on another scale. With ``val_fake_logits`` (the
     validation fakes of the families it was trained on, same views) the header also holds Platt's
-    map from a score to ``P(fake)``, fit here on the two sets. Returns the header written.
+    map from a score to ``P(fake)``, fit here on the two sets. ``image_real_scores`` (tile
+    count ``k > 1`` -> the scores of real images of ``k`` tiles, same views) lets ``Detector``
+    calibrate larger images' thresholds. Returns the header written.
     """
     if views not in VIEWS:
         raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
@@ -188,6 +196,11 @@ def save_detector(
         scaling = platt_scaling(logits, fakes)
         header["calibration"]["val_fake_logits"] = fakes
         header["calibration"]["probability"] = scaling._asdict()
+    if image_real_scores:
+        header["calibration"]["image_real_scores"] = {
+            str(int(k)): sorted(float(v) for v in torch.as_tensor(scores).flatten().tolist())
+            for k, scores in sorted(image_real_scores.items())
+        }
     # one JSON round trip, so the sidecar and the embedded header are the same text's values
     header = json.loads(json.dumps(header, default=str))
     _check_header(header, Path(path))
@@ -235,6 +248,9 @@ def load_detector(path: str | os.PathLike[str] | None = None) -> DetectorCheckpo
         val_real_logits=tuple(cal["val_real_logits"]),
         views=header.get("views", "one"),
         probability=(ProbabilityScaling(**cal["probability"]) if "probability" in cal else None),
+        image_real_scores=tuple(
+            sorted((int(k), tuple(v)) for k, v in cal.get("image_real_scores", {}).items())
+        ),
         info=header.get("info", {}),
         header=header,
     )
@@ -288,7 +304,7 @@ def _check_header(header: Any, path: Path) -> None:
         raise ValueError(
             f"{path}: calibration target_fpr must be in [0, 1), got {cal['target_fpr']}"
         )
-    logits = _sorted_logits(cal, "val_real_logits", path)
+    logits = _sorted_logits(cal["val_real_logits"], "val_real_logits", path)
     # The threshold and its FPR follow from the stored logits: recomputing them catches an
     # edited threshold (or table) instead of silently deciding at a number nobody calibrated.
     expected = threshold_at_fpr(logits, cal["target_fpr"])
@@ -300,11 +316,27 @@ def _check_header(header: Any, path: Path) -> None:
     if cal["val_real_fpr"] != false_positive_rate(logits, expected):
         raise ValueError(f"{path}: calibration val_real_fpr does not match its validation logits")
     _check_probability(cal, logits, path)
+    _check_image_scores(cal, path)
 
 
-def _sorted_logits(cal: dict[str, Any], key: str, path: Path) -> list[float]:
-    """``cal[key]``: a non-empty list of finite numbers in ascending order, or a ValueError."""
-    logits = cal[key]
+def _check_image_scores(cal: dict[str, Any], path: Path) -> None:
+    """The optional real images' scores: ``{"k": sorted finite scores}`` with ``k > 1``."""
+    if "image_real_scores" not in cal:
+        return
+    scores = cal["image_real_scores"]
+    if not isinstance(scores, dict) or not scores:
+        raise ValueError(f"{path}: calibration image_real_scores must be a non-empty dict")
+    for k in scores:
+        if not (isinstance(k, str) and k.isdigit() and int(k) > 1):
+            raise ValueError(
+                f"{path}: calibration image_real_scores key {k!r} is not a tile count above 1"
+            )
+        _sorted_logits(scores[k], f"image_real_scores[{k!r}]", path)
+
+
+def _sorted_logits(logits: Any, key: str, path: Path) -> list[float]:
+    """``logits`` (calibration ``key``): a non-empty list of finite numbers in ascending order,
+    or a ValueError."""
     if (
         not isinstance(logits, list)
         or not logits
@@ -327,7 +359,10 @@ def _check_probability(cal: dict[str, Any], real_logits: list[float], path: Path
             f"{'probability' if has[0] == 'val_fake_logits' else 'val_fake_logits'!r}: the map "
             "to P(fake) and the validation fakes' logits it was fit on come together"
         )
-    fakes, prob = _sorted_logits(cal, "val_fake_logits", path), cal["probability"]
+    fakes, prob = (
+        _sorted_logits(cal["val_fake_logits"], "val_fake_logits", path),
+        cal["probability"],
+    )
     if (
         not isinstance(prob, dict)
         or sorted(prob) != ["intercept", "slope"]

@@ -95,13 +95,15 @@ def _row(item: Item, result: ImageScore | None, reason: str = "") -> dict[str, A
             score=round(result.score, 6),
             probability=round(result.probability, 6),
             decision="fake" if result.fake else "real",
+            threshold=round(result.threshold, 6),
             tiles=result.tiles,
             width=result.width,
             height=result.height,
             undersized=result.undersized,
         )
     else:
-        row.update(score="", probability="", decision="", tiles="", width="", height="")
+        row.update(score="", probability="", decision="", threshold="", tiles="", width="")
+        row["height"] = ""
         row["undersized"] = ""
     return row
 
@@ -180,6 +182,9 @@ _VIEWS_TEXT = {
 
 def _describe_threshold(detector: Detector) -> str:
     t = f"threshold {detector.threshold:+.4f} on the mean tile logit"
+    if detector.image_thresholds:
+        larger = ", ".join(f"{k}+ tiles {v:+.4f}" for k, v in detector.image_thresholds)
+        t = f"thresholds by image size ({t[len('threshold ') :]}; {larger})"
     if detector.target_fpr is None:
         t = f"{t} (given)"
     else:

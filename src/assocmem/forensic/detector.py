@@ -23,11 +23,19 @@ validation logits the checkpoint stores (:meth:`Detector.with_fpr`), or one give
 fakes, the classes weighted equally): a probability at even odds for fakes like those it was
 trained on, monotone in the score; otherwise the logit's sigmoid, which is no probability.
 
-Calibration caveat: the threshold (and the probability map) were set on single 32 x 32 patches. An
-image of many tiles is scored by their mean, which varies less over real photos than one patch's
-logit does (as far as its tiles vary independently), so on large real images the false-positive rate
-at that threshold is expected to be *below* the target rather than at it; it has not been measured
-on full-size images.
+Thresholds by image size: the checkpoint's threshold was set on single patches, and an image of
+many tiles is scored by their mean, which varies less over real photos than one patch's logit;
+measured on the test photos, no real image of 64 x 64 pixels or more was flagged at that
+threshold (docs/results.md, "image-level"), so it decides larger images at far below its target
+rate, and misses fakes for it. A checkpoint that also stores the scores of real *images* of a few
+tile counts (``calibration.image_real_scores``: crops of the validation photos, made by
+``experiments.ship_detector``) decides an image of ``a`` tiles (``a`` counted on the
+non-overlapping grid, partial tiles as whole) at the threshold calibrated on the largest stored
+count ``k <= a``, for the same target rate (:meth:`Detector.threshold_for`); fewer tiles than
+any stored count use the patch threshold. Taking the largest count *not above* ``a`` errs
+towards fewer false positives: fewer tiles, more spread, a higher threshold. A threshold given
+by hand (:meth:`Detector.with_threshold`) holds for every size. The probability map stays a
+per-patch one.
 
 Images are read like the dataset loaders read them (``assocmem.forensic.data.loaders.load_rgb``:
 EXIF orientation, grayscale, alpha on white, CMYK, 16-bit, float TIFF, decompression bombs).
@@ -62,6 +70,7 @@ ImageInput = Union[str, os.PathLike, Image.Image, Tensor]  # noqa: UP007 (a runt
 class ImageScore(NamedTuple):
     """One image's result.
 
+    ``threshold``: the threshold its decision used (:meth:`Detector.threshold_for` of its size);
     ``score``: the mean of its tile logits (higher = more likely generated); ``probability``:
     ``P(fake)`` from the checkpoint's Platt map (at even odds, for fakes like the seen families;
     ``sigmoid(score)`` for a checkpoint without one); the decision is ``fake``, and ``probability``
@@ -77,6 +86,7 @@ class ImageScore(NamedTuple):
     height: int
     width: int
     undersized: bool
+    threshold: float
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,10 @@ class Detector:
     source: str = ""  # where the weights came from
     views: str = "one"  # the test-time views each tile's logit is averaged over
     probability_scaling: ProbabilityScaling | None = None  # score -> P(fake); None: sigmoid
+    # real images' scores by tile count, sorted ((k, scores), ...), and the thresholds they give
+    # at target_fpr; () when the checkpoint has none or a threshold was given by hand
+    image_real_scores: tuple[tuple[int, tuple[float, ...]], ...] = ()
+    image_thresholds: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.views not in VIEWS:
@@ -146,11 +160,14 @@ class Detector:
             source=str(Path(DEFAULT_CHECKPOINT if path is None else path)),
             views=ckpt.views,
             probability_scaling=ckpt.probability,
+            image_real_scores=ckpt.image_real_scores,
+            image_thresholds=_image_thresholds(ckpt.image_real_scores, ckpt.target_fpr),
         )
 
     def with_threshold(self, threshold: float) -> Detector:
-        """The same detector deciding at ``threshold`` (logit scale; no calibration claimed)."""
-        return replace(self, threshold=float(threshold), target_fpr=None)
+        """The same detector deciding at ``threshold`` (logit scale; no calibration claimed), for
+        images of every size."""
+        return replace(self, threshold=float(threshold), target_fpr=None, image_thresholds=())
 
     def with_fpr(self, fpr: float) -> Detector:
         """The same detector with its threshold recalibrated on the stored validation-real logits
@@ -171,7 +188,28 @@ class Detector:
                 f"fpr must be in [1/{n}, 1) = [{1.0 / n:.2g}, 1): the checkpoint's {n} "
                 f"validation reals cannot calibrate {fpr}"
             )
-        return replace(self, threshold=threshold_at_fpr(self.val_real_logits, fpr), target_fpr=fpr)
+        return replace(
+            self,
+            threshold=threshold_at_fpr(self.val_real_logits, fpr),
+            target_fpr=fpr,
+            image_thresholds=_image_thresholds(self.image_real_scores, fpr),
+        )
+
+    def threshold_for(self, tiles: int) -> float:
+        """The threshold an image of ``tiles`` non-overlapping tiles is decided at: the one
+        calibrated on real images of the largest stored tile count not above ``tiles``, else the
+        patch threshold (module docstring)."""
+        chosen = self.threshold
+        for count, threshold in self.image_thresholds:  # ascending counts
+            if count <= tiles:
+                chosen = threshold
+        return chosen
+
+    def area_tiles(self, height: int, width: int) -> int:
+        """How many tiles of the non-overlapping grid cover an image of this size (partial tiles
+        counted whole): the count :meth:`threshold_for` reads, whatever the stride."""
+        p = self.patch_size
+        return max(1, math.ceil(height / p)) * max(1, math.ceil(width / p))
 
     @torch.no_grad()
     def tile_logits(self, image: ImageInput) -> Tensor:
@@ -214,14 +252,16 @@ class Detector:
         tile_logits = self._tile_logits(x)
         logit = combine_logits(tile_logits)
         _, h, w = x.shape
+        threshold = self.threshold_for(self.area_tiles(h, w))
         return ImageScore(
             score=logit,
             probability=self.probability(logit),
-            fake=logit >= self.threshold,
+            fake=logit >= threshold,
             tiles=len(tile_logits),
             height=h,
             width=w,
             undersized=min(h, w) < self.patch_size,
+            threshold=threshold,
         )
 
     def probability(self, score: float) -> float:
@@ -251,6 +291,8 @@ class Detector:
             "views": self.views,
             "threshold": self.threshold,
             "target_fpr": self.target_fpr,
+            # the thresholds of larger images (JSON keys are strings): tile count -> threshold
+            "image_thresholds": {str(k): t for k, t in self.image_thresholds},
             "combine": "mean tile logit",
             "probability": (
                 "sigmoid(score), uncalibrated"
@@ -259,6 +301,15 @@ class Detector:
                 "seen-family fakes".format(*self.probability_scaling)
             ),
         }
+
+
+def _image_thresholds(
+    scores: tuple[tuple[int, tuple[float, ...]], ...], target_fpr: float | None
+) -> tuple[tuple[int, float], ...]:
+    """Each stored tile count's threshold at ``target_fpr`` (none without a target)."""
+    if target_fpr is None:
+        return ()
+    return tuple((k, threshold_at_fpr(s, target_fpr)) for k, s in scores)
 
 
 def _as_image(image: ImageInput) -> Tensor:

@@ -6,7 +6,7 @@ validation loss then rises. ``TrainStream`` draws every training batch anew inst
 
 1. a crop of ``patch_size`` at a random position of a random train-split photo, at a random
    level of the benchmark's pyramid (``config.scales``), redrawn while it is near-flat
-   (``config.min_std``, as the cached sets filter);
+   (``config.min_std``, as the cached sets filter) (``crops.PhotoCrops``);
 2. a random flip and rotation by a multiple of 90 degrees (both classes alike);
 3. half of the batch becomes fake, each by a family drawn uniformly from ``families`` and
    applied to *that same crop* with the models that made the cached fakes
@@ -37,25 +37,12 @@ from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
 from assocmem.forensic.data.benchmark import ForensicBenchmark, fitted_generators
+from assocmem.forensic.data.crops import PhotoCrops, augment
 from assocmem.forensic.data.families import LEARNED_FAMILIES, generate
-from assocmem.forensic.data.patches import rescale
-from assocmem.forensic.data.photos import load_photos
 from assocmem.forensic.data.pipeline import gray_where
 from assocmem.forensic.data.postprocess import postprocess
 
 __all__ = ["TrainStream", "augment", "blend", "checked_strength", "stream_loader"]
-
-# Redraws allowed for a near-flat crop before the flat one is kept (retina's black border and
-# hubble's sky are mostly flat; a bounded loop keeps a batch's cost bounded).
-_FLAT_RETRIES = 20
-
-
-def augment(crop: np.ndarray, flip: bool, quarter_turns: int) -> np.ndarray:
-    """Horizontal flip then ``quarter_turns`` rotations by 90 degrees of a (3, P, P) crop: the
-    eight symmetries of the square, none of which resamples a pixel (so no new trace)."""
-    if flip:
-        crop = crop[:, :, ::-1]
-    return np.ascontiguousarray(np.rot90(crop, quarter_turns, axes=(1, 2)))
 
 
 def blend(reals: np.ndarray, fakes: np.ndarray, strength: np.ndarray) -> np.ndarray:
@@ -115,41 +102,20 @@ class TrainStream(IterableDataset):
             )
         if batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (half real, half fake), got {batch_size}")
-        split_of_group = bench.meta.get("split_of_group")
-        if not split_of_group:
-            raise ValueError("the benchmark has no photo split (meta['split_of_group'])")
+        self.crops = PhotoCrops(bench, "train")
         self.config = bench.config
         self.families = fams
         self.family_codes = {f: bench.family_names.index(f) for f in fams}
         self.batch_size = batch_size
         self.seed = seed
-        photos = [p for p in load_photos(self.config.photos) if split_of_group[p.group] == "train"]
-        self.photo_names = tuple(p.name for p in photos)
-        size = self.config.patch_size
-        # the pyramid of every train photo, levels too small for one crop left out
-        self.levels: list[list[np.ndarray]] = []
-        for photo in photos:
-            levels = [rescale(photo.pixels, s) for s in self.config.scales]
-            self.levels.append([lv for lv in levels if min(lv.shape[:2]) >= size])
-        self.gray = np.array([p.gray for p in photos], dtype=bool)
+        self.photo_names, self.levels = self.crops.photo_names, self.crops.levels
+        self.gray = self.crops.gray
         learned = [f for f in fams if f in LEARNED_FAMILIES]
         all_models = fitted_generators(bench) if learned else {}
         self.models = {f: all_models[f] for f in learned}
 
     def _crop(self, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        size = self.config.patch_size
-        crop, photo = None, 0
-        for _ in range(_FLAT_RETRIES):
-            photo = int(rng.integers(len(self.levels)))
-            levels = self.levels[photo]
-            level = levels[int(rng.integers(len(levels)))]
-            i = int(rng.integers(level.shape[0] - size + 1))
-            j = int(rng.integers(level.shape[1] - size + 1))
-            crop = level[i : i + size, j : j + size].transpose(2, 0, 1)
-            if crop.std() >= self.config.min_std:
-                break
-        crop = augment(crop, bool(rng.integers(2)), int(rng.integers(4)))
-        return crop, photo
+        return self.crops.crop(rng)
 
     def batch(
         self, rng: np.random.Generator, strengths: np.random.Generator | None = None

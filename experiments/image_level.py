@@ -1,0 +1,163 @@
+"""A detector checkpoint on images larger than a patch: tiles, mean logit, its own threshold.
+
+For each ``--sizes`` S, ``assocmem.forensic.image_level.image_level_report``: ``--n`` real S x S
+crops of the test split's photos and every family's fake of each, post-processed like the
+benchmark, each image scored by ``Detector`` (the checkpoint's views, non-overlapping tiles,
+mean tile logit) and decided at the checkpoint's threshold (calibrated on single validation
+patches). Per size: the reals' FPR, and per family the AUC and the TPR.
+
+    python -m experiments.image_level --sizes 32 64 128 256 --n 200 --json R.json \\
+        --write docs/results.md
+    python -m experiments.image_level --from-json R.json --write docs/results.md
+
+``--patch-threshold`` decides every size at the threshold set on single patches, as ``Detector``
+did before checkpoints stored thresholds for larger images (``--section`` names the section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from assocmem.forensic import Detector
+from assocmem.forensic.data import BenchmarkConfig, build_benchmark
+from assocmem.forensic.image_level import image_level_report
+from experiments.detectors import HELDOUT, SEEN, family_split
+from experiments.report import replace_section
+
+SECTION = "image-level"
+
+
+def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """Every size's report, with the checkpoint and the command that made them."""
+    torch.set_num_threads(args.threads)
+    config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
+    bench = build_benchmark(config, args.cache_dir, progress=False)
+    detector = Detector.load(args.weights)
+    if args.patch_threshold:  # the rule before checkpoints stored image thresholds
+        detector = dataclasses.replace(detector, image_thresholds=())
+    families = family_split(config)
+    reports = [
+        image_level_report(detector, bench, families, size=s, n=args.n, seed=args.seed)
+        for s in args.sizes
+    ]
+    return {
+        "command": command,
+        # the package's checkpoint by name, not by where this machine installed it
+        "weights": SHIPPED if args.weights is None else str(args.weights),
+        "views": detector.views,
+        "target_fpr": detector.target_fpr,
+        "image_thresholds": {str(k): t for k, t in detector.image_thresholds},
+        "seed": args.seed,
+        "reports": reports,
+    }
+
+
+SHIPPED = "shipped (Detector.load())"
+
+
+def _checkpoint_name(weights: str) -> str:
+    return "The shipped checkpoint (`Detector.load()`)" if weights == SHIPPED else f"`{weights}`"
+
+
+def markdown(record: dict[str, Any]) -> str:
+    """The results section of a :func:`measure` record."""
+    reports = record["reports"]
+    first = reports[0]
+    pct = "a given" if record["target_fpr"] is None else f"a {100 * record['target_fpr']:g} %"
+    # records written before checkpoints had image thresholds decided every size at the patch's
+    by_size = record.get("image_thresholds", {})
+    rule = (
+        f"decided at {pct}-FPR threshold set on single validation patches (logit "
+        f"{first['threshold']:.4f}) for every size"
+        if not by_size
+        else f"decided at {pct}-FPR threshold for the image's size (`Detector.threshold_for`: "
+        "set on real crops of the validation photos of "
+        + ", ".join(f"{k}" for k in by_size)
+        + " tiles, the patch threshold below the smallest)"
+    )
+    seen = [f for f in SEEN if f in first.get("seen", {})]
+    held = [f for f in HELDOUT if f in first.get("heldout", {})]
+    lines = [
+        "## A detector on images larger than a patch (tiles, mean logit, "
+        + ("the patch threshold for every size)" if not by_size else "thresholds by size)"),
+        "",
+        f"Regenerate: `{record['command']}`.",
+        "",
+        f"{_checkpoint_name(record['weights'])} (views `{record['views']}`), scored as "
+        f"`Detector` scores images: non-overlapping tiles, the mean tile logit, {rule}. "
+        f"Images: {first['n']} real S × S crops per size of the test split's photos "
+        f"({', '.join(first['photos'])}; crops overlap, so images are not independent photos) "
+        "and each family's fake of every crop, post-processed like the benchmark "
+        "(`assocmem.forensic.image_level`). Per family the AUC of its fakes against all the "
+        "reals, the TPR at the threshold in brackets; FPR: the reals flagged at it.",
+        "",
+        "| S (tiles) | threshold | real FPR | "
+        + " | ".join([*seen, "**seen mean**", *(f"{f} (held out)" for f in held)])
+        + " | **held-out mean** |",
+        "|---|---:|---:|" + "---:|" * (len(seen) + len(held) + 2),
+    ]
+    for r in reports:
+
+        def cell(group: str, fam: str, r: dict[str, Any] = r) -> str:
+            m = r[group][fam]
+            return f"{m['auc']:.3f} ({m['tpr']:.2f})"
+
+        cells = [cell("seen", f) for f in seen] + [cell("seen", "mean")]
+        cells += [cell("heldout", f) for f in held] + [cell("heldout", "mean")]
+        lines.append(
+            f"| {r['size']} ({r['tiles']}) | {r['threshold']:.4f} | {r['real_fpr']:.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, default=None, help="default: the shipped one")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256])
+    parser.add_argument("--n", type=int, default=200, help="real crops per size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--patch-threshold",
+        action="store_true",
+        help="decide every size at the patch threshold, ignoring the checkpoint's image ones",
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true", help="the tiny benchmark (tests)")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, help="write the record here")
+    parser.add_argument("--from-json", type=Path, help="no scoring: render this record")
+    parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
+    parser.add_argument("--section", default=SECTION, help="its name in that file")
+    args = parser.parse_args(argv)
+    if args.from_json:
+        record = json.loads(args.from_json.read_text())
+    else:
+        if args.n < 1 or any(s < 1 for s in args.sizes):
+            parser.error("--n and --sizes must be positive")
+        argv_text = shlex.join(sys.argv[1:] if argv is None else argv)
+        command = f"python -m experiments.image_level {argv_text}"
+        try:
+            record = measure(args, command)
+        except (ValueError, FileNotFoundError) as e:
+            parser.error(str(e))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(record, indent=1) + "\n")
+    text = markdown(record)
+    print(text)
+    if args.write:
+        replace_section(args.write, args.section, text)
+
+
+if __name__ == "__main__":
+    main()

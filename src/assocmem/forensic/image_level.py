@@ -1,0 +1,153 @@
+"""Image-level evaluation: a detector scored the way users run it, on images larger than a patch.
+
+The benchmark's numbers are per 32 x 32 patch. ``Detector`` scores an image by cutting it into
+tiles and averaging their logits, and decides at a threshold calibrated on single validation
+patches (``detector.py``); how that transfers to larger images is a measurement, not a given.
+:func:`image_level_report` makes it on images built like the benchmark's, from photos no
+detector trained, stopped or calibrated on:
+
+1. ``n`` real crops of ``size`` x ``size`` from the **test** split's photos
+   (``data.crops.PhotoCrops``: random photo, pyramid level, position, square symmetry;
+   near-flat crops redrawn);
+2. for every family (seen and held out), its fake of *each* crop (the families are functions
+   of the image, any size; the learned ones with the benchmark's fitted models; splice donors
+   are further crops of the test photos), gray photos' fakes projected back to gray: a paired
+   design, every fake has a real twin with the same content;
+3. the benchmark's post-processing on every image, its coin flips drawn per set, independently
+   of the label;
+4. every image scored by ``detector.score`` (tiles, views, mean tile logit), and per family the
+   AUC of its fakes against all the reals, with the TPR of the detector's decisions (at the
+   threshold it uses for that image size: ``Detector.threshold_for``); the reals' FPR beside.
+
+:func:`real_image_scores` draws the reals alone, from any split: ``experiments.ship_detector``
+calibrates a checkpoint's image-size thresholds on the **validation** photos' crops with it.
+
+With ``size`` equal to the patch size an image is one tile, the benchmark's own setting; larger
+sizes average more tiles. The crops of one run overlap (a test split holds a few photos), so
+``n`` counts images, not independent photos: the report names the photos.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from assocmem.forensic.data.benchmark import ForensicBenchmark, fitted_generators
+from assocmem.forensic.data.crops import PhotoCrops
+from assocmem.forensic.data.families import LEARNED_FAMILIES, generate
+from assocmem.forensic.data.pipeline import gray_where
+from assocmem.forensic.data.postprocess import postprocess
+from assocmem.forensic.detector import Detector
+from assocmem.forensic.metrics import detection_metrics
+from assocmem.forensic.protocol import FamilySplit
+
+__all__ = ["image_level_report", "real_image_scores"]
+
+
+def _crops(crops: PhotoCrops, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [crops.crop(rng) for _ in range(n)]
+    return np.stack([c for c, _ in pairs]), np.array([p for _, p in pairs], dtype=np.int64)
+
+
+class _Scored(NamedTuple):
+    scores: np.ndarray  # float64 (n,)
+    fake: np.ndarray  # bool (n,): the detector's decisions
+    tiles: int  # per image (one size: the same for all)
+
+
+def _score(detector: Detector, images: np.ndarray) -> _Scored:
+    results = detector.score(torch.from_numpy(images))
+    return _Scored(
+        np.array([r.score for r in results], np.float64),
+        np.array([r.fake for r in results], bool),
+        results[0].tiles,
+    )
+
+
+def _reals(
+    bench: ForensicBenchmark, split: str, size: int, n: int, seed: int
+) -> tuple[PhotoCrops, np.ndarray, np.ndarray, np.ndarray]:
+    """The crops, the clean real crops and their photo numbers, and the post-processed reals."""
+    crops = PhotoCrops(bench, split, size)
+    reals, sources = _crops(crops, n, np.random.default_rng([seed, 0]))
+    processed, _ = postprocess(reals, bench.config.post, np.random.default_rng([seed, 2]))
+    return crops, reals, sources, processed
+
+
+def real_image_scores(
+    detector: Detector, bench: ForensicBenchmark, *, size: int, n: int, split: str = "val",
+    seed: int = 0,
+) -> np.ndarray:  # fmt: skip
+    """``detector``'s scores (mean tile logits) of ``n`` real ``size`` x ``size`` crops of the
+    ``split`` photos, post-processed like the benchmark: float64 (n,)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return _score(detector, _reals(bench, split, size, n, seed)[3]).scores
+
+
+def image_level_report(
+    detector: Detector,
+    bench: ForensicBenchmark,
+    families: FamilySplit,
+    *,
+    size: int,
+    n: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score ``detector`` on ``n`` real ``size`` x ``size`` test crops and each family's fakes of
+    them (module docstring).
+
+    Returns:
+        ``{"size", "n", "tiles" (per image), "photos" (the test photos drawn from),
+        "threshold", "real_fpr", "seen" / "heldout": {family: {"auc", "ap", "tpr"}, "mean":
+        {"auc", "tpr"}}}``.
+
+    Raises:
+        ValueError: ``n < 1``, or a size the test photos cannot give.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    families.check(bench)
+    config = bench.config
+    crops, reals, sources, real_post = _reals(bench, "test", size, n, seed)
+    donors, donor_sources = _crops(crops, n, np.random.default_rng([seed, 1]))
+    models = fitted_generators(bench) if any(f in LEARNED_FAMILIES for f in config.families) else {}
+    real = _score(detector, real_post)
+    report: dict[str, Any] = {
+        "size": int(size),
+        "n": int(n),
+        "tiles": real.tiles,
+        "photos": sorted({crops.photo_names[int(p)] for p in sources}),
+        "threshold": detector.threshold_for(real.tiles),
+        "real_fpr": float(real.fake.mean()),
+    }
+    for group, names in (("seen", families.seen), ("heldout", families.heldout)):
+        if not names:
+            continue
+        per: dict[str, dict[str, float]] = {}
+        for name in names:
+            code = config.families.index(name)
+            rng = np.random.default_rng([seed, 3, code])
+            fakes = generate(
+                name,
+                reals,
+                rng=rng,
+                settings=config.generators,
+                models=models,
+                donors=donors,
+                sources=sources,
+                donor_sources=donor_sources,  # another photo where the split has one
+            )
+            fakes = gray_where(fakes, crops.gray[sources])
+            fakes, _ = postprocess(fakes, config.post, np.random.default_rng([seed, 4, code]))
+            fake = _score(detector, fakes)
+            scores = np.concatenate([real.scores, fake.scores])
+            labels = np.concatenate([np.zeros(n), np.ones(n)])
+            metrics = detection_metrics(labels, scores, from_logits=True)
+            tpr = float(fake.fake.mean())
+            per[name] = {"auc": metrics["auc"], "ap": metrics["ap"], "tpr": tpr}
+        per["mean"] = {k: float(np.mean([m[k] for m in per.values()])) for k in ("auc", "tpr")}
+        report[group] = per
+    return report

@@ -1,0 +1,107 @@
+"""Crops of one split's photos (``data.crops``) and the image-level evaluation
+(``forensic.image_level``, ``experiments.image_level``): test photos only, paired fakes, the
+Detector's own scores and threshold, deterministic for a seed."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from detector_support import save_tiny_detector
+
+from assocmem.forensic import Detector
+from assocmem.forensic.data import BenchmarkConfig, PostProcessConfig, build_benchmark
+from assocmem.forensic.data.crops import PhotoCrops
+from assocmem.forensic.data.photos import load_photos
+from assocmem.forensic.image_level import image_level_report
+from assocmem.forensic.protocol import FamilySplit
+
+FAMILIES = FamilySplit(("ae_nearest", "double_jpeg"), ("splice", "resample"))
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    config = BenchmarkConfig.tiny(
+        families=("ae_nearest", "double_jpeg", "splice", "resample"), post=PostProcessConfig()
+    )
+    return build_benchmark(config, tmp_path_factory.mktemp("cache"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    return Detector.load(save_tiny_detector(tmp_path_factory.mktemp("det") / "d.safetensors"))
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_crops_come_from_their_split_only_and_have_the_size(bench, split):
+    crops = PhotoCrops(bench, split, 48)
+    groups = {p.name: p.group for p in load_photos(bench.config.photos)}
+    assert crops.photo_names
+    assert all(bench.meta["split_of_group"][groups[n]] == split for n in crops.photo_names)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        crop, photo = crops.crop(rng)
+        assert crop.shape == (3, 48, 48) and crop.dtype == np.uint8
+        assert 0 <= photo < len(crops.photo_names)
+
+
+def test_crops_refuse_what_they_cannot_give(bench):
+    with pytest.raises(ValueError, match="split must be one of"):
+        PhotoCrops(bench, "holdout")
+    with pytest.raises(ValueError, match="holds a"):
+        PhotoCrops(bench, "test", 100_000)
+    with pytest.raises(ValueError, match="size must be >= 1"):
+        PhotoCrops(bench, "test", 0)
+
+
+def test_the_report_scores_test_crops_at_the_detectors_threshold(bench, detector):
+    report = image_level_report(detector, bench, FAMILIES, size=64, n=6, seed=1)
+    assert report["size"] == 64 and report["n"] == 6
+    assert report["tiles"] == 4  # non-overlapping 32 x 32 tiles of a 64 x 64 image
+    test_photos = set(PhotoCrops(bench, "test").photo_names)
+    assert report["photos"] and set(report["photos"]) <= test_photos
+    assert report["threshold"] == detector.threshold_for(4)  # the 4-tile images' threshold
+    assert set(report["seen"]) == {*FAMILIES.seen, "mean"}
+    assert set(report["heldout"]) == {*FAMILIES.heldout, "mean"}
+    for group in ("seen", "heldout"):
+        for m in report[group].values():
+            assert 0.0 <= m["auc"] <= 1.0 and 0.0 <= m["tpr"] <= 1.0
+    # the same seed draws the same images: the same report, to the bit
+    again = image_level_report(detector, bench, FAMILIES, size=64, n=6, seed=1)
+    assert json.dumps(again, sort_keys=True) == json.dumps(report, sort_keys=True)
+
+
+def test_one_tile_images_are_scored_as_the_detector_scores_a_patch(bench, detector):
+    report = image_level_report(detector, bench, FAMILIES, size=32, n=4, seed=0)
+    assert report["tiles"] == 1
+    # the reals' FPR is the detector's decision on its own scores of those crops
+    from assocmem.forensic.data.postprocess import postprocess
+
+    crops = PhotoCrops(bench, "test", 32)
+    rng = np.random.default_rng([0, 0])
+    reals = np.stack([crops.crop(rng)[0] for _ in range(4)])
+    reals, _ = postprocess(reals, bench.config.post, np.random.default_rng([0, 2]))
+    flagged = [r.fake for r in detector.score(torch.from_numpy(reals))]
+    assert report["real_fpr"] == pytest.approx(np.mean(flagged))
+
+
+def test_the_report_refuses_no_images(bench, detector):
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        image_level_report(detector, bench, FAMILIES, size=32, n=0)
+
+
+def test_the_command_writes_and_rerenders_its_section(tmp_path):
+    from experiments.image_level import main
+
+    ckpt = save_tiny_detector(tmp_path / "d.safetensors")
+    out, md = tmp_path / "r.json", tmp_path / "results.md"
+    cache = str(tmp_path / "cache")  # the command's own tiny benchmark (default families)
+    main(["--tiny", "--cache-dir", cache, "--weights", str(ckpt), "--sizes", "32", "64",
+          "--n", "3", "--json", str(out), "--write", str(md)])  # fmt: skip
+    first = md.read_text()
+    assert "<!-- report:image-level:begin -->" in first and "| 64 (4) |" in first
+    md.write_text("# Results\n")
+    main(["--from-json", str(out), "--write", str(md)])
+    assert md.read_text().strip() == first.strip()
+    with pytest.raises(SystemExit):
+        main(["--tiny", "--cache-dir", cache, "--weights", str(ckpt), "--n", "0"])
