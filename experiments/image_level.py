@@ -10,8 +10,9 @@ patches). Per size: the reals' FPR, and per family the AUC and the TPR.
         --write docs/results.md
     python -m experiments.image_level --from-json R.json --write docs/results.md
 
-``--patch-threshold`` decides every size at the threshold set on single patches, as ``Detector``
-did before checkpoints stored thresholds for larger images (``--section`` names the section).
+``--patch-calibration`` decides every size at the threshold set on single patches and reads
+``P(fake)`` with the patch map, as ``Detector`` did before checkpoints stored calibrations of
+larger images (``--section`` names the section).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
     bench = build_benchmark(config, args.cache_dir, progress=False)
     detector = Detector.load(args.weights)
-    if args.patch_threshold:  # the rule before checkpoints stored image thresholds
-        detector = dataclasses.replace(detector, image_thresholds=())
+    if args.patch_calibration:  # the rule before checkpoints stored image calibrations
+        detector = dataclasses.replace(detector, image_thresholds=(), image_probability=())
     families = family_split(config)
     reports = [
         image_level_report(detector, bench, families, size=s, n=args.n, seed=args.seed)
@@ -55,12 +56,20 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "views": detector.views,
         "target_fpr": detector.target_fpr,
         "image_thresholds": {str(k): t for k, t in detector.image_thresholds},
+        "image_probability": bool(detector.image_probability),
         "seed": args.seed,
         "reports": reports,
     }
 
 
 SHIPPED = "shipped (Detector.load())"
+
+
+def _losses(report: dict[str, Any]) -> str:
+    """The class-balanced log loss of ``P(fake)``, seen / held out (records from before the
+    report had them: n/a)."""
+    p = report.get("probability", {})
+    return " / ".join(f"{p[g]['log_loss']:.3f}" if g in p else "n/a" for g in ("seen", "heldout"))
 
 
 def _checkpoint_name(weights: str) -> str:
@@ -83,6 +92,12 @@ def markdown(record: dict[str, Any]) -> str:
         + ", ".join(f"{k}" for k in by_size)
         + " tiles, the patch threshold below the smallest)"
     )
+    rule += (
+        "; `P(fake)` by the Platt map of the image's size (fit on the same validation crops "
+        "and fakes of the seen families made from them)"
+        if record.get("image_probability")
+        else "; `P(fake)` by the patch map"
+    )
     seen = [f for f in SEEN if f in first.get("seen", {})]
     held = [f for f in HELDOUT if f in first.get("heldout", {})]
     lines = [
@@ -101,8 +116,8 @@ def markdown(record: dict[str, Any]) -> str:
         "",
         "| S (tiles) | threshold | real FPR | "
         + " | ".join([*seen, "**seen mean**", *(f"{f} (held out)" for f in held)])
-        + " | **held-out mean** |",
-        "|---|---:|---:|" + "---:|" * (len(seen) + len(held) + 2),
+        + " | **held-out mean** | P(fake) log loss, seen / held out |",
+        "|---|---:|---:|" + "---:|" * (len(seen) + len(held) + 3),
     ]
     for r in reports:
 
@@ -115,7 +130,7 @@ def markdown(record: dict[str, Any]) -> str:
         lines.append(
             f"| {r['size']} ({r['tiles']}) | {r['threshold']:.4f} | {r['real_fpr']:.3f} | "
             + " | ".join(cells)
-            + " |"
+            + f" | {_losses(r)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -127,9 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=200, help="real crops per size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--patch-threshold",
+        "--patch-calibration",
         action="store_true",
-        help="decide every size at the patch threshold, ignoring the checkpoint's image ones",
+        help="decide every size at the patch threshold and read P(fake) with the patch map, "
+        "ignoring the checkpoint's image calibrations",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="the tiny benchmark (tests)")

@@ -29,9 +29,10 @@ import argparse
 import shlex
 import sys
 import warnings
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -49,7 +50,7 @@ from assocmem.forensic.checkpoint import (
 )
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.detector import Detector
-from assocmem.forensic.image_level import real_image_scores
+from assocmem.forensic.image_level import fake_image_scores, real_image_scores
 from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.views import VIEWS, view_logits
 from experiments.detector_ensemble import ensemble_of
@@ -112,7 +113,7 @@ def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
     except ValueError as e:  # a detector that ranks its own validation fakes below the reals
         warnings.warn(f"no map to P(fake) in the checkpoint: {e}", stacklevel=2)
         scaling = None
-    image_scores = image_calibration(model, bench, args)
+    image_scores = image_calibration(model, bench, families.seen, args)
     info = {
         "command": command,
         "model": label,
@@ -126,7 +127,7 @@ def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "image_calibration": {
             "split": "val",
             "n": args.image_n,
-            "sizes": {str(k): size for k, (size, _) in image_scores.items()},
+            "sizes": {str(k): c.size for k, c in image_scores.items()},
         },
         "test": {
             **{k: report[k] for k in ("seen", "heldout", "test_real_fpr") if k in report},
@@ -148,7 +149,10 @@ def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
         views=args.views,
         info=info,
         val_fake_logits=val_fake_logits if scaling is not None else None,
-        image_real_scores={k: scores for k, (_, scores) in image_scores.items()},
+        image_real_scores={k: c.reals for k, c in image_scores.items()},
+        image_fake_scores={k: c.fakes for k, c in image_scores.items() if c.fakes is not None}
+        if all(c.fakes is not None for c in image_scores.values())
+        else None,
     )
     # the protocol's threshold and the shipped one are the same computation on the same logits
     if header["calibration"]["threshold"] != report["threshold"]:
@@ -159,23 +163,39 @@ def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
     return header
 
 
+class ImageCalibration(NamedTuple):
+    size: int  # the crops' side in pixels
+    reals: list[float]  # scores of real crops of the validation photos
+    fakes: list[float] | None  # of fakes of the seen families, None where no map fits them
+
+
 def image_calibration(
-    model: torch.nn.Module, bench: Any, args: argparse.Namespace
-) -> dict[int, tuple[int, list[float]]]:
-    """Tile count -> (crop size, the scores of ``args.image_n`` real crops of that size of the
-    **validation** photos), for each ``args.image_sizes`` the validation photos can give (the
-    others are skipped with a warning): what ``Detector`` calibrates larger images' thresholds
-    on (``assocmem.forensic.detector``)."""
+    model: torch.nn.Module, bench: Any, seen: Sequence[str], args: argparse.Namespace
+) -> dict[int, ImageCalibration]:
+    """Tile count -> the scores of ``args.image_n`` real crops of one ``args.image_sizes`` size
+    of the **validation** photos and of as many fakes (crops made fake by a ``seen`` family
+    drawn uniformly), for each size the validation photos can give (the others are skipped
+    with a warning): what ``Detector`` calibrates larger images' thresholds and ``P(fake)`` on
+    (``assocmem.forensic.detector``). A size whose fakes do not score above its reals keeps
+    its threshold and reads the patch map (warned)."""
     patch = bench.config.patch_size
     scorer = Detector(model=model, patch_size=patch, threshold=0.0, stride=patch, views=args.views)
-    out: dict[int, tuple[int, list[float]]] = {}
+    out: dict[int, ImageCalibration] = {}
     for size in args.image_sizes:
         try:
-            scores = real_image_scores(scorer, bench, size=size, n=args.image_n, split="val")
+            reals = real_image_scores(scorer, bench, size=size, n=args.image_n, split="val")
         except ValueError as e:
             warnings.warn(f"no image threshold for {size} px: {e}", stacklevel=2)
             continue
-        out[scorer.area_tiles(size, size)] = (size, scores.tolist())
+        fakes = fake_image_scores(scorer, bench, seen, size=size, n=args.image_n, split="val")
+        try:
+            platt_scaling(reals, fakes)
+        except ValueError as e:
+            warnings.warn(f"no map to P(fake) for {size} px: {e}", stacklevel=2)
+            fakes = None
+        out[scorer.area_tiles(size, size)] = ImageCalibration(
+            size, reals.tolist(), None if fakes is None else fakes.tolist()
+        )
     return out
 
 
@@ -300,7 +320,14 @@ def image_markdown(cal: dict[str, Any], calibration: dict[str, Any]) -> str:
         f"Larger images (`Detector.threshold_for`): thresholds for a {pct} false-positive rate "
         f"set on {calibration['n']} real crops per size of the validation photos, post-processed "
         f"like the benchmark: {'; '.join(parts)}; an image is decided at the threshold of the "
-        "largest size whose tile count is not above its own (docs/results.md, `image-level`)."
+        "largest size whose tile count is not above its own (docs/results.md, `image-level`)"
+        + (
+            f", and its `P(fake)` is that size's Platt map, fit on those reals and "
+            f"{calibration['n']} fakes of the seen families made from other crops of the same "
+            "photos."
+            if cal.get("image_fake_scores")
+            else "."
+        )
     )
 
 
@@ -310,8 +337,7 @@ def probability_markdown(cal: dict[str, Any], losses: dict[str, Any]) -> str:
     at_threshold = float(scaling([cal["threshold"]])[0])
     lines = [
         f"`P(fake)` (`ImageScore.probability`, `assocmem-detect`'s column): Platt's map "
-        f"`sigmoid({scaling.slope:.4f} * score {'-' if scaling.intercept < 0 else '+'} "
-        f"{abs(scaling.intercept):.4f})`, fit on the "
+        f"`{scaling.formula(4)}`, fit on the "
         f"{len(cal['val_real_logits'])} validation reals and {len(cal['val_fake_logits'])} "
         f"validation fakes of the seen families, the two classes weighted equally "
         f"(`calibration.platt_scaling`); at the threshold it reads {at_threshold:.3f}. Its losses "

@@ -15,7 +15,7 @@ ARCH_KWARGS = {"widths": [4, 8], "norm": "batch"}
 def save_tiny_detector(path: Path, n_val: int = 40, views: str = "one") -> Path:
     """An NPR with 4 and 8 channels (fast), calibrated on its logits under ``views`` of ``n_val``
     noise patches; its "fakes" for the map to ``P(fake)`` are those logits plus 1, and its real
-    4-tile images' scores half those logits."""
+    4-tile images' scores half those logits (its fake ones those plus 0.5)."""
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = build_model("npr", ARCH_KWARGS).eval()
@@ -34,6 +34,7 @@ def save_tiny_detector(path: Path, n_val: int = 40, views: str = "one") -> Path:
         val_fake_logits=val + 1.0,
         # real images of 4 tiles: less spread than single patches, so a lower threshold
         image_real_scores={4: val * 0.5},
+        image_fake_scores={4: val * 0.5 + 0.5},
     )
     return path
 

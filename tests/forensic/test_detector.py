@@ -62,7 +62,8 @@ def test_score_is_the_mean_of_the_tile_logits(detector: Detector):
         by_hand = detector.model(tiles(image, 32, 32))  # every tile in one batch
     assert result.tiles == len(by_hand) == 3 * 2  # rows 0, 32, 38; columns 0, 14 (45 -> 46)
     assert result.score == pytest.approx(float(by_hand.double().mean()), abs=LOGIT_TOL)
-    a, b = detector.probability_scaling
+    # P(fake) of 6 tiles: the map of the 4-tile images (the largest stored count <= 6)
+    a, b = dict(detector.image_probability)[4]
     assert result.probability == pytest.approx(1 / (1 + math.exp(-(a * result.score + b))))
     # 3 x 2 tiles: decided at the threshold calibrated on 4-tile images (the largest count <= 6)
     assert result.threshold == detector.threshold_for(6) == detector.image_thresholds[0][1]
@@ -251,6 +252,14 @@ TAMPERED = {
         dict(edit_header=_set(["calibration", "image_real_scores"], [0.0])),
         "must be a non-empty dict",
     ),
+    "image fakes of other counts": (
+        dict(edit_header=_set(["calibration", "image_fake_scores"], {"9": [0.0]})),
+        "are not image_real_scores'",
+    ),
+    "image fakes below the reals": (
+        dict(edit_header=_set(["calibration", "image_fake_scores"], {"4": [-1e6]})),
+        "no map to P",
+    ),
     "NaN fake": (
         dict(edit_header=_set(["calibration", "val_fake_logits"], [float("nan")])),
         "val_fake_logits must be finite",
@@ -311,11 +320,22 @@ def test_larger_images_are_decided_at_their_own_calibrated_threshold(ckpt: Path)
     assert fixed.threshold_for(4) == fixed.threshold_for(1) == 0.25
     refit = detector.with_fpr(0.1)
     assert refit.threshold_for(4) == threshold_at_fpr(dict(loaded.image_real_scores)[4], 0.1)
+    # P(fake) of a larger image: the Platt map of its size's real and fake images
+    from assocmem.forensic.calibration import platt_scaling
+
+    four_map = platt_scaling(dict(loaded.image_real_scores)[4], dict(loaded.image_fake_scores)[4])
+    assert detector.image_probability == ((4, four_map),)
+    assert large.probability == pytest.approx(float(four_map([large.score])[0]), abs=1e-12)
+    assert small.probability == detector.probability(small.score, 1)
+    assert small.probability == pytest.approx(
+        float(detector.probability_scaling([small.score])[0]), abs=1e-12
+    )
 
 
 def test_a_checkpoint_without_a_probability_map_reads_the_sigmoid(ckpt: Path, tmp_path: Path):
     def strip(h):
         del h["calibration"]["probability"], h["calibration"]["val_fake_logits"]
+        del h["calibration"]["image_fake_scores"]
 
     plain = Detector.load(_rewrite(ckpt, tmp_path / "plain.safetensors", edit_header=strip))
     assert plain.probability_scaling is None and "uncalibrated" in plain.describe()["probability"]

@@ -66,6 +66,8 @@ def test_the_report_scores_test_crops_at_the_detectors_threshold(bench, detector
     for group in ("seen", "heldout"):
         for m in report[group].values():
             assert 0.0 <= m["auc"] <= 1.0 and 0.0 <= m["tpr"] <= 1.0
+    for group in ("seen", "heldout"):  # P(fake) judged per group, classes weighted equally
+        assert set(report["probability"][group]) == {"brier", "log_loss"}
     # the same seed draws the same images: the same report, to the bit
     again = image_level_report(detector, bench, FAMILIES, size=64, n=6, seed=1)
     assert json.dumps(again, sort_keys=True) == json.dumps(report, sort_keys=True)
@@ -83,6 +85,17 @@ def test_one_tile_images_are_scored_as_the_detector_scores_a_patch(bench, detect
     reals, _ = postprocess(reals, bench.config.post, np.random.default_rng([0, 2]))
     flagged = [r.fake for r in detector.score(torch.from_numpy(reals))]
     assert report["real_fpr"] == pytest.approx(np.mean(flagged))
+
+
+def test_fake_images_come_from_the_named_families_and_are_deterministic(bench, detector):
+    from assocmem.forensic.image_level import fake_image_scores, real_image_scores
+
+    fakes = fake_image_scores(detector, bench, FAMILIES.seen, size=64, n=5, split="val")
+    again = fake_image_scores(detector, bench, FAMILIES.seen, size=64, n=5, split="val")
+    reals = real_image_scores(detector, bench, size=64, n=5, split="val")
+    assert fakes.shape == reals.shape == (5,) and np.array_equal(fakes, again)
+    with pytest.raises(ValueError, match="no families"):
+        fake_image_scores(detector, bench, (), size=64, n=5)
 
 
 def test_the_report_refuses_no_images(bench, detector):

@@ -78,6 +78,11 @@ class ProbabilityScaling(NamedTuple):
     slope: float
     intercept: float
 
+    def formula(self, digits: int = 6) -> str:
+        """``"sigmoid(a * score - b)"``, ``digits`` significant digits, the sign written once."""
+        sign = "-" if self.intercept < 0 else "+"
+        return f"sigmoid({self.slope:.{digits}g} * score {sign} {abs(self.intercept):.{digits}g})"
+
     def __call__(self, scores: ArrayLike) -> np.ndarray:
         z = self.slope * _np(scores) + self.intercept
         # sigmoid without overflow: exp of a non-positive number only

@@ -28,7 +28,9 @@ Layout of a ``<name>.safetensors`` file:
     file without them reads ``P(fake)`` as the logit's sigmoid). Optionally
     ``image_real_scores`` (``{"k": [...]}``: the scores, mean tile logits under ``views``, of
     real images of ``k > 1`` non-overlapping tiles, sorted ascending), from which ``Detector``
-    calibrates the thresholds of larger images at ``target_fpr`` (``detector.py``);
+    calibrates the thresholds of larger images at ``target_fpr`` (``detector.py``), and
+    optionally with it ``image_fake_scores`` (the same keys: fake images' scores, the seen
+    families), from which it fits each size's map to ``P(fake)``;
   - ``info``: free-form provenance (the training command, the data config, the test table).
 
 :func:`save_detector` also writes ``<name>.json``, the same header indented for people.
@@ -127,6 +129,7 @@ class DetectorCheckpoint:
     probability: ProbabilityScaling | None = None  # score -> P(fake); None: the logit's sigmoid
     # real images' scores by tile count, ascending counts: ((k, sorted scores), ...)
     image_real_scores: tuple[tuple[int, tuple[float, ...]], ...] = ()
+    image_fake_scores: tuple[tuple[int, tuple[float, ...]], ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
     header: dict[str, Any] = field(default_factory=dict)
 
@@ -158,6 +161,7 @@ def save_detector(
     info: dict[str, Any] | None = None,
     val_fake_logits: Sequence[float] | Tensor | None = None,
     image_real_scores: Mapping[int, Sequence[float]] | None = None,
+    image_fake_scores: Mapping[int, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """Write ``model``'s weights with its calibrated header (and the ``.json`` sidecar) atomically.
 
@@ -168,7 +172,8 @@ def save_detector(
     validation fakes of the families it was trained on, same views) the header also holds Platt's
     map from a score to ``P(fake)``, fit here on the two sets. ``image_real_scores`` (tile
     count ``k > 1`` -> the scores of real images of ``k`` tiles, same views) lets ``Detector``
-    calibrate larger images' thresholds. Returns the header written.
+    calibrate larger images' thresholds; ``image_fake_scores`` (the same counts, fake images
+    of the seen families) their maps to ``P(fake)``. Returns the header written.
     """
     if views not in VIEWS:
         raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
@@ -196,11 +201,15 @@ def save_detector(
         scaling = platt_scaling(logits, fakes)
         header["calibration"]["val_fake_logits"] = fakes
         header["calibration"]["probability"] = scaling._asdict()
-    if image_real_scores:
-        header["calibration"]["image_real_scores"] = {
-            str(int(k)): sorted(float(v) for v in torch.as_tensor(scores).flatten().tolist())
-            for k, scores in sorted(image_real_scores.items())
-        }
+    for key, by_count in (
+        ("image_real_scores", image_real_scores),
+        ("image_fake_scores", image_fake_scores),
+    ):
+        if by_count:
+            header["calibration"][key] = {
+                str(int(k)): sorted(float(v) for v in torch.as_tensor(scores).flatten().tolist())
+                for k, scores in sorted(by_count.items())
+            }
     # one JSON round trip, so the sidecar and the embedded header are the same text's values
     header = json.loads(json.dumps(header, default=str))
     _check_header(header, Path(path))
@@ -248,9 +257,8 @@ def load_detector(path: str | os.PathLike[str] | None = None) -> DetectorCheckpo
         val_real_logits=tuple(cal["val_real_logits"]),
         views=header.get("views", "one"),
         probability=(ProbabilityScaling(**cal["probability"]) if "probability" in cal else None),
-        image_real_scores=tuple(
-            sorted((int(k), tuple(v)) for k, v in cal.get("image_real_scores", {}).items())
-        ),
+        image_real_scores=_by_count(cal.get("image_real_scores", {})),
+        image_fake_scores=_by_count(cal.get("image_fake_scores", {})),
         info=header.get("info", {}),
         header=header,
     )
@@ -319,19 +327,35 @@ def _check_header(header: Any, path: Path) -> None:
     _check_image_scores(cal, path)
 
 
+def _by_count(scores: dict[str, list[float]]) -> tuple[tuple[int, tuple[float, ...]], ...]:
+    return tuple(sorted((int(k), tuple(v)) for k, v in scores.items()))
+
+
 def _check_image_scores(cal: dict[str, Any], path: Path) -> None:
-    """The optional real images' scores: ``{"k": sorted finite scores}`` with ``k > 1``."""
-    if "image_real_scores" not in cal:
-        return
-    scores = cal["image_real_scores"]
-    if not isinstance(scores, dict) or not scores:
-        raise ValueError(f"{path}: calibration image_real_scores must be a non-empty dict")
-    for k in scores:
-        if not (isinstance(k, str) and k.isdigit() and int(k) > 1):
+    """The optional images' scores: ``{"k": sorted finite scores}`` with ``k > 1``; fakes only
+    beside reals of the same counts, and each count's pair refits a map to ``P(fake)``."""
+    for key in ("image_real_scores", "image_fake_scores"):
+        if key not in cal:
+            continue
+        scores = cal[key]
+        if not isinstance(scores, dict) or not scores:
+            raise ValueError(f"{path}: calibration {key} must be a non-empty dict")
+        for k in scores:
+            if not (isinstance(k, str) and k.isdigit() and int(k) > 1):
+                raise ValueError(f"{path}: calibration {key} key {k!r} is not a tile count above 1")
+            _sorted_logits(scores[k], f"{key}[{k!r}]", path)
+    if "image_fake_scores" in cal:
+        reals = cal.get("image_real_scores", {})
+        if sorted(cal["image_fake_scores"]) != sorted(reals):
             raise ValueError(
-                f"{path}: calibration image_real_scores key {k!r} is not a tile count above 1"
+                f"{path}: calibration image_fake_scores' tile counts "
+                f"{sorted(cal['image_fake_scores'])} are not image_real_scores' {sorted(reals)}"
             )
-        _sorted_logits(scores[k], f"image_real_scores[{k!r}]", path)
+        for k, fakes in cal["image_fake_scores"].items():
+            try:
+                platt_scaling(reals[k], fakes)
+            except ValueError as e:
+                raise ValueError(f"{path}: no map to P(fake) for {k} tiles: {e}") from None
 
 
 def _sorted_logits(logits: Any, key: str, path: Path) -> list[float]:

@@ -34,8 +34,10 @@ non-overlapping grid, partial tiles as whole) at the threshold calibrated on the
 count ``k <= a``, for the same target rate (:meth:`Detector.threshold_for`); fewer tiles than
 any stored count use the patch threshold. Taking the largest count *not above* ``a`` errs
 towards fewer false positives: fewer tiles, more spread, a higher threshold. A threshold given
-by hand (:meth:`Detector.with_threshold`) holds for every size. The probability map stays a
-per-patch one.
+by hand (:meth:`Detector.with_threshold`) holds for every size. Where the checkpoint also
+stores fake images' scores of those counts (``calibration.image_fake_scores``: validation-photo
+crops made fake by the seen families), ``P(fake)`` of an image is the Platt map fit on that
+count's real and fake images, chosen the same way; else the patch map.
 
 Images are read like the dataset loaders read them (``assocmem.forensic.data.loaders.load_rgb``:
 EXIF orientation, grayscale, alpha on white, CMYK, 16-bit, float TIFF, decompression bombs).
@@ -56,7 +58,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from assocmem.forensic.calibration import ProbabilityScaling, threshold_at_fpr
+from assocmem.forensic.calibration import ProbabilityScaling, platt_scaling, threshold_at_fpr
 from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT, load_detector
 from assocmem.forensic.data.loaders import load_rgb, to_rgb
 from assocmem.forensic.tiling import combine_logits, tiles
@@ -112,6 +114,9 @@ class Detector:
     # at target_fpr; () when the checkpoint has none or a threshold was given by hand
     image_real_scores: tuple[tuple[int, tuple[float, ...]], ...] = ()
     image_thresholds: tuple[tuple[int, float], ...] = ()
+    # Platt maps of images by tile count ((k, map), ...), fit on the checkpoint's real and fake
+    # images' scores; () when it stores no fake images
+    image_probability: tuple[tuple[int, ProbabilityScaling], ...] = ()
 
     def __post_init__(self) -> None:
         if self.views not in VIEWS:
@@ -162,6 +167,10 @@ class Detector:
             probability_scaling=ckpt.probability,
             image_real_scores=ckpt.image_real_scores,
             image_thresholds=_image_thresholds(ckpt.image_real_scores, ckpt.target_fpr),
+            image_probability=tuple(
+                (k, platt_scaling(dict(ckpt.image_real_scores)[k], fakes))
+                for k, fakes in ckpt.image_fake_scores
+            ),
         )
 
     def with_threshold(self, threshold: float) -> Detector:
@@ -252,10 +261,11 @@ class Detector:
         tile_logits = self._tile_logits(x)
         logit = combine_logits(tile_logits)
         _, h, w = x.shape
-        threshold = self.threshold_for(self.area_tiles(h, w))
+        area = self.area_tiles(h, w)
+        threshold = self.threshold_for(area)
         return ImageScore(
             score=logit,
-            probability=self.probability(logit),
+            probability=self.probability(logit, area),
             fake=logit >= threshold,
             tiles=len(tile_logits),
             height=h,
@@ -264,11 +274,17 @@ class Detector:
             threshold=threshold,
         )
 
-    def probability(self, score: float) -> float:
-        """``P(fake)`` of an image score (:attr:`probability_scaling`, else the sigmoid)."""
-        if self.probability_scaling is None:
+    def probability(self, score: float, tiles: int = 1) -> float:
+        """``P(fake)`` of the score of an image of ``tiles`` non-overlapping tiles: the map of
+        the largest stored image count not above ``tiles`` (:attr:`image_probability`), else
+        the patch map (:attr:`probability_scaling`), else the sigmoid."""
+        scaling = self.probability_scaling
+        for count, image_map in self.image_probability:  # ascending counts
+            if count <= tiles:
+                scaling = image_map
+        if scaling is None:
             return float(torch.sigmoid(torch.tensor(score, dtype=torch.float64)))
-        return float(self.probability_scaling([score])[0])
+        return float(scaling([score])[0])
 
     def score(self, images: ImageInput | Sequence[ImageInput]) -> list[ImageScore]:
         """Per-image results of one image or a sequence of them (a 4-D tensor is a batch).
@@ -293,12 +309,13 @@ class Detector:
             "target_fpr": self.target_fpr,
             # the thresholds of larger images (JSON keys are strings): tile count -> threshold
             "image_thresholds": {str(k): t for k, t in self.image_thresholds},
+            "image_probability": {str(k): m.formula() for k, m in self.image_probability},
             "combine": "mean tile logit",
             "probability": (
                 "sigmoid(score), uncalibrated"
                 if self.probability_scaling is None
-                else "Platt: sigmoid({:.6g} * score + {:.6g}), fit on validation reals and "
-                "seen-family fakes".format(*self.probability_scaling)
+                else f"Platt: {self.probability_scaling.formula()}, fit on validation reals "
+                "and seen-family fakes"
             ),
         }
 

@@ -29,11 +29,13 @@ sizes average more tiles. The crops of one run overlap (a test split holds a few
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from assocmem.forensic.calibration import probability_losses
 from assocmem.forensic.data.benchmark import ForensicBenchmark, fitted_generators
 from assocmem.forensic.data.crops import PhotoCrops
 from assocmem.forensic.data.families import LEARNED_FAMILIES, generate
@@ -43,7 +45,7 @@ from assocmem.forensic.detector import Detector
 from assocmem.forensic.metrics import detection_metrics
 from assocmem.forensic.protocol import FamilySplit
 
-__all__ = ["image_level_report", "real_image_scores"]
+__all__ = ["fake_image_scores", "image_level_report", "real_image_scores"]
 
 
 def _crops(crops: PhotoCrops, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +56,7 @@ def _crops(crops: PhotoCrops, n: int, rng: np.random.Generator) -> tuple[np.ndar
 class _Scored(NamedTuple):
     scores: np.ndarray  # float64 (n,)
     fake: np.ndarray  # bool (n,): the detector's decisions
+    probability: np.ndarray  # float64 (n,): its P(fake)
     tiles: int  # per image (one size: the same for all)
 
 
@@ -62,6 +65,7 @@ def _score(detector: Detector, images: np.ndarray) -> _Scored:
     return _Scored(
         np.array([r.score for r in results], np.float64),
         np.array([r.fake for r in results], bool),
+        np.array([r.probability for r in results], np.float64),
         results[0].tiles,
     )
 
@@ -87,6 +91,67 @@ def real_image_scores(
     return _score(detector, _reals(bench, split, size, n, seed)[3]).scores
 
 
+def fake_image_scores(
+    detector: Detector,
+    bench: ForensicBenchmark,
+    families: Sequence[str],
+    *,
+    size: int,
+    n: int,
+    split: str = "val",
+    seed: int = 0,
+) -> np.ndarray:
+    """``detector``'s scores of ``n`` fake ``size`` x ``size`` images: real crops of the
+    ``split`` photos, each made fake by a family drawn uniformly from ``families`` (the seen
+    ones), post-processed like the benchmark: float64 (n,). With :func:`real_image_scores` of
+    the same size, what a map from an image's score to ``P(fake)`` is fit on."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not families:
+        raise ValueError("no families to make fakes with")
+    crops = PhotoCrops(bench, split, size)
+    reals, sources = _crops(crops, n, np.random.default_rng([seed, 5]))
+    donors, donor_sources = _crops(crops, n, np.random.default_rng([seed, 6]))
+    rng = np.random.default_rng([seed, 7])
+    chosen = rng.integers(len(families), size=n)
+    models = fitted_generators(bench) if any(f in LEARNED_FAMILIES for f in families) else {}
+    fakes = reals.copy()
+    for k, name in enumerate(families):
+        rows = np.flatnonzero(chosen == k)
+        if rows.size:
+            fakes[rows] = _family_fakes(
+                bench, crops, reals[rows], sources[rows], donors, donor_sources, name, rng, models
+            )
+    fakes, _ = postprocess(fakes, bench.config.post, np.random.default_rng([seed, 8]))
+    return _score(detector, fakes).scores
+
+
+def _family_fakes(
+    bench: ForensicBenchmark,
+    crops: PhotoCrops,
+    reals: np.ndarray,
+    sources: np.ndarray,
+    donors: np.ndarray,
+    donor_sources: np.ndarray,
+    name: str,
+    rng: np.random.Generator,
+    models: dict[str, Any],
+) -> np.ndarray:
+    """``name``'s fakes of clean ``reals`` (gray photos' fakes back to gray), not yet
+    post-processed; splice donors from ``donors``, another photo where the split has one."""
+    fakes = generate(
+        name,
+        reals,
+        rng=rng,
+        settings=bench.config.generators,
+        models=models,
+        donors=donors,
+        sources=sources,
+        donor_sources=donor_sources,
+    )
+    return gray_where(fakes, crops.gray[sources])
+
+
 def image_level_report(
     detector: Detector,
     bench: ForensicBenchmark,
@@ -102,7 +167,8 @@ def image_level_report(
     Returns:
         ``{"size", "n", "tiles" (per image), "photos" (the test photos drawn from),
         "threshold", "real_fpr", "seen" / "heldout": {family: {"auc", "ap", "tpr"}, "mean":
-        {"auc", "tpr"}}}``.
+        {"auc", "tpr"}}, "probability": {"seen" / "heldout": the class-balanced Brier score and
+        log loss of the detector's ``P(fake)`` on the reals and that group's fakes}}``.
 
     Raises:
         ValueError: ``n < 1``, or a size the test photos cannot give.
@@ -127,20 +193,13 @@ def image_level_report(
         if not names:
             continue
         per: dict[str, dict[str, float]] = {}
+        group_p = []
         for name in names:
             code = config.families.index(name)
             rng = np.random.default_rng([seed, 3, code])
-            fakes = generate(
-                name,
-                reals,
-                rng=rng,
-                settings=config.generators,
-                models=models,
-                donors=donors,
-                sources=sources,
-                donor_sources=donor_sources,  # another photo where the split has one
+            fakes = _family_fakes(
+                bench, crops, reals, sources, donors, donor_sources, name, rng, models
             )
-            fakes = gray_where(fakes, crops.gray[sources])
             fakes, _ = postprocess(fakes, config.post, np.random.default_rng([seed, 4, code]))
             fake = _score(detector, fakes)
             scores = np.concatenate([real.scores, fake.scores])
@@ -148,6 +207,11 @@ def image_level_report(
             metrics = detection_metrics(labels, scores, from_logits=True)
             tpr = float(fake.fake.mean())
             per[name] = {"auc": metrics["auc"], "ap": metrics["ap"], "tpr": tpr}
+            group_p.append(fake.probability)
         per["mean"] = {k: float(np.mean([m[k] for m in per.values()])) for k in ("auc", "tpr")}
         report[group] = per
+        fake_p = np.concatenate(group_p)
+        labels = np.concatenate([np.zeros(n), np.ones(len(fake_p))])
+        losses = probability_losses(labels, np.concatenate([real.probability, fake_p]))
+        report.setdefault("probability", {})[group] = losses
     return report
