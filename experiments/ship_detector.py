@@ -176,8 +176,9 @@ def image_calibration(
     of the **validation** photos and of as many fakes (crops made fake by a ``seen`` family
     drawn uniformly), for each size the validation photos can give (the others are skipped
     with a warning): what ``Detector`` calibrates larger images' thresholds and ``P(fake)`` on
-    (``assocmem.forensic.detector``). A size whose fakes do not score above its reals keeps
-    its threshold and reads the patch map (warned)."""
+    (``assocmem.forensic.detector``). If some size's fakes do not score above its reals
+    (warned), no size stores fakes: every threshold is kept and ``P(fake)`` reads the patch
+    map."""
     patch = bench.config.patch_size
     scorer = Detector(model=model, patch_size=patch, threshold=0.0, stride=patch, views=args.views)
     out: dict[int, ImageCalibration] = {}

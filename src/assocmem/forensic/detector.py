@@ -72,13 +72,14 @@ ImageInput = Union[str, os.PathLike, Image.Image, Tensor]  # noqa: UP007 (a runt
 class ImageScore(NamedTuple):
     """One image's result.
 
-    ``threshold``: the threshold its decision used (:meth:`Detector.threshold_for` of its size);
     ``score``: the mean of its tile logits (higher = more likely generated); ``probability``:
-    ``P(fake)`` from the checkpoint's Platt map (at even odds, for fakes like the seen families;
-    ``sigmoid(score)`` for a checkpoint without one); the decision is ``fake``, and ``probability``
-    at the threshold need not be 0.5; ``fake``: ``score >= threshold``; ``tiles``: how many tiles
-    were scored; ``height``, ``width``: the image as read (after EXIF rotation); ``undersized``: a
-    side was shorter than a tile and was filled by reflection (a weaker score).
+    ``P(fake)`` from the checkpoint's Platt map for the image's size (at even odds, for fakes
+    like the seen families; ``sigmoid(score)`` for a checkpoint without one: Detector.probability);
+    the decision is ``fake``, and ``probability`` at the threshold need not be 0.5; ``fake``:
+    ``score >= threshold``; ``tiles``: how many tiles were scored; ``height``, ``width``: the
+    image as read (after EXIF rotation); ``undersized``: a side was shorter than a tile and was
+    filled by reflection (a weaker score); ``threshold``: the one the decision used
+    (:meth:`Detector.threshold_for` of the image's size).
     """
 
     score: float

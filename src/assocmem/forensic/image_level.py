@@ -2,7 +2,8 @@
 
 The benchmark's numbers are per 32 x 32 patch. ``Detector`` scores an image by cutting it into
 tiles and averaging their logits, and decides at a threshold calibrated on single validation
-patches (``detector.py``); how that transfers to larger images is a measurement, not a given.
+patches, or on validation images of the image's size where its checkpoint stores them
+(``detector.py``); how either transfers to other photos is a measurement, not a given.
 :func:`image_level_report` makes it on images built like the benchmark's, from photos no
 detector trained, stopped or calibrated on:
 
@@ -19,8 +20,9 @@ detector trained, stopped or calibrated on:
    AUC of its fakes against all the reals, with the TPR of the detector's decisions (at the
    threshold it uses for that image size: ``Detector.threshold_for``); the reals' FPR beside.
 
-:func:`real_image_scores` draws the reals alone, from any split: ``experiments.ship_detector``
-calibrates a checkpoint's image-size thresholds on the **validation** photos' crops with it.
+:func:`real_image_scores` draws the reals alone and :func:`fake_image_scores` fakes of given
+families, from any split: ``experiments.ship_detector`` calibrates a checkpoint's image-size
+thresholds and ``P(fake)`` maps on the **validation** photos' crops with them.
 
 With ``size`` equal to the patch size an image is one tile, the benchmark's own setting; larger
 sizes average more tiles. The crops of one run overlap (a test split holds a few photos), so
