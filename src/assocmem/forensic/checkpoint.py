@@ -130,6 +130,8 @@ class DetectorCheckpoint:
     # real images' scores by tile count, ascending counts: ((k, sorted scores), ...)
     image_real_scores: tuple[tuple[int, tuple[float, ...]], ...] = ()
     image_fake_scores: tuple[tuple[int, tuple[float, ...]], ...] = ()
+    # each stored count's Platt map, fit on its real and fake images' scores: ((k, map), ...)
+    image_probability: tuple[tuple[int, ProbabilityScaling], ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
     header: dict[str, Any] = field(default_factory=dict)
 
@@ -179,7 +181,7 @@ def save_detector(
         raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
     reference = build_model(architecture, arch_kwargs)
     _check_tensors(model.state_dict(), reference.state_dict(), "model")
-    logits = sorted(float(v) for v in torch.as_tensor(val_real_logits).flatten().tolist())
+    logits = _sorted_floats(val_real_logits)
     threshold = threshold_at_fpr(logits, target_fpr)
     header = {
         "format": FORMAT,
@@ -197,7 +199,7 @@ def save_detector(
         "info": info or {},
     }
     if val_fake_logits is not None:
-        fakes = sorted(float(v) for v in torch.as_tensor(val_fake_logits).flatten().tolist())
+        fakes = _sorted_floats(val_fake_logits)
         scaling = platt_scaling(logits, fakes)
         header["calibration"]["val_fake_logits"] = fakes
         header["calibration"]["probability"] = scaling._asdict()
@@ -207,8 +209,7 @@ def save_detector(
     ):
         if by_count:
             header["calibration"][key] = {
-                str(int(k)): sorted(float(v) for v in torch.as_tensor(scores).flatten().tolist())
-                for k, scores in sorted(by_count.items())
+                str(int(k)): _sorted_floats(scores) for k, scores in sorted(by_count.items())
             }
     # one JSON round trip, so the sidecar and the embedded header are the same text's values
     header = json.loads(json.dumps(header, default=str))
@@ -218,6 +219,11 @@ def save_detector(
     write_safetensors(path, tensors, header)
     path.with_suffix(".json").write_text(json.dumps(header, indent=1, sort_keys=True) + "\n")
     return header
+
+
+def _sorted_floats(values: Sequence[float] | Tensor) -> list[float]:
+    """Scores as the header stores them: Python floats, ascending."""
+    return sorted(float(v) for v in torch.as_tensor(values).flatten().tolist())
 
 
 def load_detector(path: str | os.PathLike[str] | None = None) -> DetectorCheckpoint:
@@ -235,7 +241,7 @@ def load_detector(path: str | os.PathLike[str] | None = None) -> DetectorCheckpo
         header = json.loads(metadata["assocmem"])
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: the checkpoint's header is not JSON ({e})") from None
-    _check_header(header, path)
+    image_probability = _check_header(header, path)
     _check_sidecar(path, header)
     model = build_model(header["architecture"], header["arch_kwargs"])
     saved = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -259,6 +265,7 @@ def load_detector(path: str | os.PathLike[str] | None = None) -> DetectorCheckpo
         probability=(ProbabilityScaling(**cal["probability"]) if "probability" in cal else None),
         image_real_scores=_by_count(cal.get("image_real_scores", {})),
         image_fake_scores=_by_count(cal.get("image_fake_scores", {})),
+        image_probability=image_probability,
         info=header.get("info", {}),
         header=header,
     )
@@ -268,7 +275,9 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _check_header(header: Any, path: Path) -> None:
+def _check_header(header: Any, path: Path) -> tuple[tuple[int, ProbabilityScaling], ...]:
+    """Refuse a malformed or edited header (module docstring); return the images' Platt maps
+    fit while checking them, so a load fits each once."""
     if not isinstance(header, dict):
         raise ValueError(f"{path}: the checkpoint's header is {type(header).__name__}, not a dict")
     if header.get("format") != FORMAT:
@@ -324,16 +333,19 @@ def _check_header(header: Any, path: Path) -> None:
     if cal["val_real_fpr"] != false_positive_rate(logits, expected):
         raise ValueError(f"{path}: calibration val_real_fpr does not match its validation logits")
     _check_probability(cal, logits, path)
-    _check_image_scores(cal, path)
+    return _check_image_scores(cal, path)
 
 
 def _by_count(scores: dict[str, list[float]]) -> tuple[tuple[int, tuple[float, ...]], ...]:
     return tuple(sorted((int(k), tuple(v)) for k, v in scores.items()))
 
 
-def _check_image_scores(cal: dict[str, Any], path: Path) -> None:
+def _check_image_scores(
+    cal: dict[str, Any], path: Path
+) -> tuple[tuple[int, ProbabilityScaling], ...]:
     """The optional images' scores: ``{"k": sorted finite scores}`` with ``k > 1``; fakes only
-    beside reals of the same counts, and each count's pair refits a map to ``P(fake)``."""
+    beside reals of the same counts, and each count's pair fits a map to ``P(fake)``: the maps,
+    by ascending count (none without fakes)."""
     for key in ("image_real_scores", "image_fake_scores"):
         if key not in cal:
             continue
@@ -344,18 +356,21 @@ def _check_image_scores(cal: dict[str, Any], path: Path) -> None:
             if not (isinstance(k, str) and k.isdigit() and int(k) > 1):
                 raise ValueError(f"{path}: calibration {key} key {k!r} is not a tile count above 1")
             _sorted_logits(scores[k], f"{key}[{k!r}]", path)
-    if "image_fake_scores" in cal:
-        reals = cal.get("image_real_scores", {})
-        if sorted(cal["image_fake_scores"]) != sorted(reals):
-            raise ValueError(
-                f"{path}: calibration image_fake_scores' tile counts "
-                f"{sorted(cal['image_fake_scores'])} are not image_real_scores' {sorted(reals)}"
-            )
-        for k, fakes in cal["image_fake_scores"].items():
-            try:
-                platt_scaling(reals[k], fakes)
-            except ValueError as e:
-                raise ValueError(f"{path}: no map to P(fake) for {k} tiles: {e}") from None
+    if "image_fake_scores" not in cal:
+        return ()
+    reals = cal.get("image_real_scores", {})
+    if sorted(cal["image_fake_scores"]) != sorted(reals):
+        raise ValueError(
+            f"{path}: calibration image_fake_scores' tile counts "
+            f"{sorted(cal['image_fake_scores'])} are not image_real_scores' {sorted(reals)}"
+        )
+    maps = []
+    for k, fakes in _by_count(cal["image_fake_scores"]):
+        try:
+            maps.append((k, platt_scaling(reals[str(k)], fakes)))
+        except ValueError as e:
+            raise ValueError(f"{path}: no map to P(fake) for {k} tiles: {e}") from None
+    return tuple(maps)
 
 
 def _sorted_logits(logits: Any, key: str, path: Path) -> list[float]:

@@ -102,9 +102,8 @@ def _row(item: Item, result: ImageScore | None, reason: str = "") -> dict[str, A
             undersized=result.undersized,
         )
     else:
-        row.update(score="", probability="", decision="", threshold="", tiles="", width="")
-        row["height"] = ""
-        row["undersized"] = ""
+        scored = ("score", "probability", "decision", "threshold", "tiles", "width", "height")
+        row.update(dict.fromkeys((*scored, "undersized"), ""))  # the columns in the same order
     return row
 
 
@@ -181,10 +180,11 @@ _VIEWS_TEXT = {
 
 
 def _describe_threshold(detector: Detector) -> str:
-    t = f"threshold {detector.threshold:+.4f} on the mean tile logit"
+    patch = f"{detector.threshold:+.4f} on the mean tile logit"
+    t = f"threshold {patch}"
     if detector.image_thresholds:
         larger = ", ".join(f"{k}+ tiles {v:+.4f}" for k, v in detector.image_thresholds)
-        t = f"thresholds by image size ({t[len('threshold ') :]}; {larger})"
+        t = f"thresholds by image size ({patch}; {larger})"
     if detector.target_fpr is None:
         t = f"{t} (given)"
     else:

@@ -51,20 +51,22 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, TypeVar, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from assocmem.forensic.calibration import ProbabilityScaling, platt_scaling, threshold_at_fpr
+from assocmem.forensic.calibration import ProbabilityScaling, threshold_at_fpr
 from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT, load_detector
 from assocmem.forensic.data.loaders import load_rgb, to_rgb
 from assocmem.forensic.tiling import combine_logits, tiles
 from assocmem.forensic.views import VIEWS, view_mean
 
 __all__ = ["Detector", "ImageInput", "ImageScore"]
+
+T = TypeVar("T")
 
 ImageInput = Union[str, os.PathLike, Image.Image, Tensor]  # noqa: UP007 (a runtime alias)
 
@@ -168,10 +170,7 @@ class Detector:
             probability_scaling=ckpt.probability,
             image_real_scores=ckpt.image_real_scores,
             image_thresholds=_image_thresholds(ckpt.image_real_scores, ckpt.target_fpr),
-            image_probability=tuple(
-                (k, platt_scaling(dict(ckpt.image_real_scores)[k], fakes))
-                for k, fakes in ckpt.image_fake_scores
-            ),
+            image_probability=ckpt.image_probability,
         )
 
     def with_threshold(self, threshold: float) -> Detector:
@@ -209,11 +208,7 @@ class Detector:
         """The threshold an image of ``tiles`` non-overlapping tiles is decided at: the one
         calibrated on real images of the largest stored tile count not above ``tiles``, else the
         patch threshold (module docstring)."""
-        chosen = self.threshold
-        for count, threshold in self.image_thresholds:  # ascending counts
-            if count <= tiles:
-                chosen = threshold
-        return chosen
+        return _by_size(self.image_thresholds, tiles, self.threshold)
 
     def area_tiles(self, height: int, width: int) -> int:
         """How many tiles of the non-overlapping grid cover an image of this size (partial tiles
@@ -279,10 +274,7 @@ class Detector:
         """``P(fake)`` of the score of an image of ``tiles`` non-overlapping tiles: the map of
         the largest stored image count not above ``tiles`` (:attr:`image_probability`), else
         the patch map (:attr:`probability_scaling`), else the sigmoid."""
-        scaling = self.probability_scaling
-        for count, image_map in self.image_probability:  # ascending counts
-            if count <= tiles:
-                scaling = image_map
+        scaling = _by_size(self.image_probability, tiles, self.probability_scaling)
         if scaling is None:
             return float(torch.sigmoid(torch.tensor(score, dtype=torch.float64)))
         return float(scaling([score])[0])
@@ -319,6 +311,16 @@ class Detector:
                 "and seen-family fakes"
             ),
         }
+
+
+def _by_size(by_count: tuple[tuple[int, T], ...], tiles: int, default: T) -> T:
+    """The value of the largest count not above ``tiles`` (``by_count`` ascending), else
+    ``default``: an image takes the calibration of the largest stored size it reaches."""
+    chosen = default
+    for count, value in by_count:
+        if count <= tiles:
+            chosen = value
+    return chosen
 
 
 def _image_thresholds(
