@@ -38,7 +38,6 @@ family before the members' test scores.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import sys
@@ -60,6 +59,7 @@ from assocmem.forensic.views import VIEWS, view_logits
 from experiments.detector_ensemble import RECIPE, ensemble_of, load_member
 from experiments.detectors import HELDOUT, SEEN, _ms, family_split
 from experiments.report import replace_section
+from experiments.score_cache import ScoreCache
 
 SECTION = "detector-prior"
 # the detector the sections before the "model" field were measured on (their titles omit it)
@@ -236,24 +236,22 @@ def fold_aucs(
 class Scores:
     """Logits and prior features computed once per model (or fit) and image set, however many
     priors and weights are scored on them: the same numbers as computing them each time (the
-    evaluation is deterministic), keyed by the images' bytes since each split is built anew."""
+    evaluation is deterministic), keyed by the images' bytes since each split is built anew
+    (:class:`experiments.score_cache.ScoreCache`)."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[Any, ...], np.ndarray] = {}
-
-    def _get(self, key: tuple[Any, ...], images: Tensor, compute: Any) -> np.ndarray:
-        digest = hashlib.blake2b(images.numpy().tobytes(), digest_size=16).hexdigest()
-        full = (*key, tuple(images.shape), digest)
-        if full not in self._seen:
-            self._seen[full] = compute()
-        return self._seen[full]
+        self._cache = ScoreCache()
 
     def logits(self, model: torch.nn.Module, images: Tensor, views: str) -> np.ndarray:
-        return self._get(("z", id(model), views), images, lambda: _logits(model, images, views))
+        return self._cache.get(
+            ("z", id(model), views), images, lambda: _logits(model, images, views)
+        )
 
     def feature(self, name: str, images: Tensor, fit: Fit) -> np.ndarray:
         base = base_prior(name)[0]
-        return self._get(("f", base, id(fit)), images, lambda: prior_feature(base, images, fit))
+        return self._cache.get(
+            ("f", base, id(fit)), images, lambda: prior_feature(base, images, fit)
+        )
 
 
 def member_report(

@@ -63,6 +63,7 @@ from experiments.detectors import (
     train_one,
 )
 from experiments.report import replace_section
+from experiments.score_cache import memoized
 
 
 def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
@@ -103,8 +104,10 @@ def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
             },
         }
     val = bench.split("val", families.seen)
-    # the views the checkpoint will score with: the calibration and the table use the same logits
-    score = partial(view_logits, model, views=args.views)
+    # the views the checkpoint will score with: the calibration and the table use the same
+    # logits, each image set scored once (the report and the probability table share the test
+    # split, the calibration and the report the validation reals)
+    score = memoized(partial(view_logits, model, views=args.views))
     val_real_logits = score(val.images[val.labels == 0])
     val_fake_logits = score(val.images[val.labels == 1])
     report = zero_shot_report(score, bench, families, target_fpr=args.target_fpr)

@@ -69,13 +69,27 @@ def test_ship_with_d4_views_calibrates_on_the_averaged_logits(tmp_path):
 
 
 @pytest.mark.slow  # trains a detector for 20 steps and builds the tiny benchmark: ~15 s
-def test_ship_with_a_weight_average_says_so(tmp_path):
+def test_ship_with_a_weight_average_says_so(tmp_path, monkeypatch):
+    import experiments.ship_detector as ship_module
+    from experiments.score_cache import images_key
+
+    scored = []  # every image set the patch scorer of the calibration and the tables reads
+
+    def counted(model, images, views):
+        scored.append(images_key(images))
+        return view_logits(model, images, views)
+
+    view_logits = ship_module.view_logits
+    monkeypatch.setattr(ship_module, "view_logits", counted)
     out, md, cache = tmp_path / "ema.safetensors", tmp_path / "results.md", tmp_path / "cache"
     main(["--tiny", "--max-steps", "20", "--eval-every", "10", "--workers", "0", *SMALL,
           "--average", "0.9", "--out", str(out), "--write", str(md),
           "--cache-dir", str(cache)])  # fmt: skip
     assert load_detector(out).info["train"]["average"] == 0.9
     assert "exponential moving average of its weights (decay 0.9)" in md.read_text()
+    # validation reals and fakes, test seen, test held out and the report's validation reals
+    # (the same bytes as the calibration's): each set scored once
+    assert len(scored) == len(set(scored)) == 4
 
 
 @pytest.mark.slow  # trains a detector for 20 steps and builds the tiny benchmark: ~15 s
