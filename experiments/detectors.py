@@ -78,6 +78,12 @@ SHIPPABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "npr_dct_local": ("npr_dct", {"feature_dropout": 0.5, "widths": [16, 32]}),
     # a one-class cosine head (models/one_class.py: OC-softmax, made for unseen spoofing attacks)
     "npr_dct_oc": ("npr_dct", {"feature_dropout": 0.5, "head": "one_class"}),
+    # the same with each branch's map pooled into its means and spreads over positions
+    # (models/pooling.py: statistics pooling; a spliced region disagrees with the rest)
+    "npr_dct_oc_std": (
+        "npr_dct",
+        {"feature_dropout": 0.5, "head": "one_class", "pool": "mean_std"},
+    ),
     "smallcnn": ("smallcnn", {}),
 }
 

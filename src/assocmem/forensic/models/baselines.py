@@ -120,10 +120,14 @@ class SmallCNN(nn.Module):
     """:class:`CNNEncoder` + linear layer, all trained from scratch (~0.15M params)."""
 
     def __init__(
-        self, widths: tuple[int, ...] = (16, 32, 64), channels: int = 3, norm: str = "group"
+        self,
+        widths: tuple[int, ...] = (16, 32, 64),
+        channels: int = 3,
+        norm: str = "group",
+        pool: str = "mean",
     ) -> None:
         super().__init__()
-        self.encoder = CNNEncoder(widths, channels=channels, norm=norm)
+        self.encoder = CNNEncoder(widths, channels=channels, norm=norm, pool=pool)
         self.fc = nn.Linear(self.encoder.embed_dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:

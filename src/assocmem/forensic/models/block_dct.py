@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from assocmem.forensic.models.baselines import dct_matrix
+from assocmem.forensic.models.pooling import check_pool, pooled_dim, spatial_pool
 
 __all__ = ["LATTICE_STEPS", "BlockDCTBranch", "block_dct", "coefficient_features", "ycbcr"]
 
@@ -74,18 +75,24 @@ class BlockDCTBranch(nn.Module):
 
     :func:`coefficient_features` of the Y, Cb and Cr block DCTs, normalised with batch
     statistics, go through an MLP shared by all blocks (1 x 1 convolutions over the block grid),
-    and the block embeddings are averaged: a set function of the blocks, independent of the
-    image size. ``feature_dropout`` zeroes whole features (one coefficient's one statistic, in
-    every block of an image) while training, so no single coefficient of the few training
-    photos carries the decision.
+    and the block embeddings are averaged (``pool="mean_std"``: averaged and their spread over
+    the blocks appended, :mod:`~assocmem.forensic.models.pooling`): a set function of the
+    blocks, independent of the image size. ``feature_dropout`` zeroes whole features (one
+    coefficient's one statistic, in every block of an image) while training, so no single
+    coefficient of the few training photos carries the decision.
     """
 
     def __init__(
-        self, hidden: int = 128, embed_dim: int = 64, feature_dropout: float = 0.0
+        self,
+        hidden: int = 128,
+        embed_dim: int = 64,
+        feature_dropout: float = 0.0,
+        pool: str = "mean",
     ) -> None:
         super().__init__()
         features = 3 * BLOCK * BLOCK * (1 + len(LATTICE_STEPS))
-        self.embed_dim = embed_dim
+        self.pool = check_pool(pool)
+        self.embed_dim = pooled_dim(embed_dim, pool)
         self.mlp = nn.Sequential(
             nn.BatchNorm2d(features),
             nn.Dropout2d(feature_dropout),
@@ -97,4 +104,4 @@ class BlockDCTBranch(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         feats = coefficient_features(block_dct(ycbcr(x)))  # (N, 3, 64 (1 + S), h, w)
-        return self.mlp(feats.flatten(1, 2)).mean(dim=(-2, -1))
+        return spatial_pool(self.mlp(feats.flatten(1, 2)), self.pool)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from assocmem.forensic.models.pooling import check_pool, pooled_dim, spatial_pool
+
 
 def _norm(kind: str, channels: int, groups: int) -> nn.Module:
     if kind == "group":
@@ -39,6 +41,9 @@ def _stage(c_in: int, c_out: int, groups: int, norm: str = "group") -> nn.Sequen
 class CNNEncoder(nn.Module):
     """``forward(x) -> (b, embed_dim)``; :meth:`feature_map` gives (b, widths[-1], H/8, W/8).
 
+    ``pool`` reads the map as its mean over positions (``embed_dim = widths[-1]``) or as its
+    mean and spread (``"mean_std"``, twice as wide; :mod:`~assocmem.forensic.models.pooling`).
+
     Default widths (16, 32, 64) give ~0.15M parameters.
     """
 
@@ -48,18 +53,21 @@ class CNNEncoder(nn.Module):
         channels: int = 3,
         groups: int = 8,
         norm: str = "group",
+        pool: str = "mean",
     ) -> None:
         super().__init__()
+        self.pool = check_pool(pool)
         stages, c = [], channels
         for wdt in widths:
             stages.append(_stage(c, wdt, groups, norm))
             c = wdt
         self.stages = nn.Sequential(*stages)
-        self.embed_dim = self.feature_dim = c
+        self.feature_dim = c
+        self.embed_dim = pooled_dim(c, pool)
         self.stride = 2 ** len(widths)
 
     def feature_map(self, x: Tensor) -> Tensor:
         return self.stages(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.stages(x).mean(dim=(-2, -1))
+        return spatial_pool(self.stages(x), self.pool)

@@ -60,8 +60,9 @@ class NPR(SmallCNN):
         channels: int = 3,
         gain: float = 10.0,
         norm: str = "group",
+        pool: str = "mean",
     ) -> None:
-        super().__init__(widths, channels, norm)
+        super().__init__(widths, channels, norm, pool)
         self.gain = gain
 
     @property
@@ -182,6 +183,10 @@ class NPRWithDCT(nn.Module):
     manipulation layer): it sees how predictable each pixel is from its neighbours, which
     interpolation and smoothing change off NPR's ``2 x 2`` grid and off JPEG's ``8 x 8`` one.
 
+    ``pool="mean_std"`` pools both branches' maps into their means and spreads over positions
+    (:mod:`~assocmem.forensic.models.pooling`: a spliced region disagrees with the rest of the
+    patch), doubling the embedding; the default keeps the means only.
+
     ``head="one_class"`` reads the embedding with a cosine head instead of a linear one
     (:mod:`~assocmem.forensic.models.one_class`: ``fc`` without bias holds the direction, the
     logit is bounded and the reals are trained into a narrow cone); ``margin`` is what training
@@ -201,14 +206,15 @@ class NPRWithDCT(nn.Module):
         feature_dropout: float = 0.0,
         prediction_filters: int = 0,
         head: str = "linear",
+        pool: str = "mean",
     ) -> None:
         super().__init__()
         if prediction_filters < 0:
             raise ValueError(f"prediction_filters must be >= 0, got {prediction_filters}")
         if head not in self.HEADS:
             raise ValueError(f"head must be one of {self.HEADS}, got {head!r}")
-        self.residual = NPR(widths, channels, gain, norm="batch")
-        self.dct = BlockDCTBranch(hidden, embed, feature_dropout)
+        self.residual = NPR(widths, channels, gain, norm="batch", pool=pool)
+        self.dct = BlockDCTBranch(hidden, embed, feature_dropout, pool=pool)
         dim = self.residual.encoder.embed_dim + self.dct.embed_dim
         # registered after the other two branches so their parameters (and so their random
         # initialisation for a given seed) are the same with and without it
