@@ -59,6 +59,8 @@ HELDOUT = ("ae_bilinear", "ae_pixelshuffle", "resample", "denoiser")
 # The benchmark's patch side unless --patch-size says otherwise (runs recorded before the
 # option existed were all at this size).
 DEFAULT_PATCH = BenchmarkConfig.patch_size
+# Early stopping's patience (evaluations without progress) unless --patience says otherwise
+DEFAULT_PATIENCE = 4
 # what tells two runs of a --from-json table apart: a file copied or named twice repeats all of it
 RUN_IDENTITY = ("command", "model", "optimizer", "lr", "seed", "views", "seen", "patch_size")
 
@@ -414,14 +416,22 @@ def lr_drops_of(run: dict[str, Any]) -> int:
     return int(recorded_option(run, "lr_drops", "--lr-drops", 0))
 
 
+def patience_of(run: dict[str, Any]) -> int:
+    """How many evaluations without progress ``run``'s early stopping allowed
+    (:func:`recorded_option`, default :data:`DEFAULT_PATIENCE`)."""
+    return int(recorded_option(run, "patience", "--patience", DEFAULT_PATIENCE))
+
+
 def run_label(run: dict[str, Any]) -> str:
     """The detector column: the model, its patch size when not the default benchmark's, its lr
     drops when it had any (a different recipe), its weight average's decay when it was
-    evaluated on one, its training fakes' trace strength when they were blended, the weight of
+    evaluated on one, its early stopping's patience when not the default, its training fakes'
+    trace strength when they were blended, the weight of
     its family-attribution loss when it had one, its member
     count when it is an ensemble (``experiments.detector_ensemble``), and its test-time views
     when they are not the image alone (``assocmem.forensic.views``)."""
     drops = lr_drops_of(run)
+    patience = patience_of(run)
     views = run.get("views", "one")
     size = run.get("patch_size", DEFAULT_PATCH)
     strength = run.get("trace_strength")
@@ -429,6 +439,7 @@ def run_label(run: dict[str, Any]) -> str:
         run["model"]
         + (f" ({size} px)" if size != DEFAULT_PATCH else "")
         + (f" (lr drops {drops})" if drops else "")
+        + (f" (patience {patience})" if patience != DEFAULT_PATIENCE else "")
         + (f" (EMA {run['average']:g})" if run.get("average") else "")
         + (f" (trace strength {strength[0]:g}–{strength[1]:g})" if strength else "")
         + (f" (attribution {run['attribution']:g})" if run.get("attribution") else "")
@@ -531,7 +542,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-steps", type=int, default=4000)
     parser.add_argument("--eval-every", type=int, default=250)
-    parser.add_argument("--patience", type=int, default=4, help="evaluations without progress")
+    parser.add_argument(
+        "--patience", type=int, default=DEFAULT_PATIENCE, help="evaluations without progress"
+    )
     parser.add_argument(
         "--lr-drops",
         type=int,

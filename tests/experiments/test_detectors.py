@@ -51,6 +51,17 @@ def test_runs_with_lr_drops_are_their_own_row():
     assert run_label(plain) == "npr_bn" and run_label(old) == "npr_bn (lr drops 2)"
 
 
+def test_runs_with_another_patience_are_their_own_row():
+    from experiments.detectors import patience_of, run_label
+
+    default = {"model": "npr_bn", "command": "python -m experiments.detectors --patience 4"}
+    longer = {"model": "npr_bn", "command": "python -m experiments.detectors --patience 8"}
+    both = {"model": "npr_bn", "command": "--lr-drops 2 --patience 3"}
+    assert [patience_of(r) for r in (default, longer, both, {"model": "x"})] == [4, 8, 3, 4]
+    assert run_label(default) == "npr_bn" and run_label(longer) == "npr_bn (patience 8)"
+    assert run_label(both) == "npr_bn (lr drops 2) (patience 3)"
+
+
 def test_each_view_set_is_a_record_of_the_same_training_and_its_own_row(tmp_path):
     import json
 
