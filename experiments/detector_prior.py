@@ -318,9 +318,11 @@ def markdown(record: dict[str, Any], command: str) -> str:
         trained = f" ({model} networks" + (
             f", trained with family attribution {attribution:g})" if attribution else ")"
         )
+    note = f" ({record['note']})" if record.get("note") else ""
     lines = [
         "## Detector with a training-free prior, weighted by leave-one-family-out validation"
-        + trained,
+        + trained
+        + note,
         "",
         f"Regenerate: {command}",
         "",
@@ -440,6 +442,11 @@ def main(argv: list[str] | None = None) -> None:
         help=f"the section of --write to refresh (default {SECTION}; another name keeps a second "
         "study, e.g. of other fold networks, beside it)",
     )
+    parser.add_argument(
+        "--note",
+        help="what else sets this study apart, added to its title (e.g. 'members trained with "
+        "patience 8'; a record's own note unless given)",
+    )
     args = parser.parse_args(argv)
     command = "`python -m experiments.detector_prior " + " ".join(
         sys.argv[1:] if argv is None else argv
@@ -447,9 +454,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.from_json:
         record = json.loads(args.from_json.read_text())
         command = f"`{record['command']}`, then " + command.strip() + "`"
+        if args.note:
+            record["note"] = args.note
     else:
         record = _measure(parser, args)
         record["command"] = command.strip()[1:]
+        if args.note:
+            record["note"] = args.note
         command = command.strip() + "`"
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)

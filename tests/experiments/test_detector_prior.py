@@ -198,6 +198,10 @@ def test_the_experiment_scores_members_alone_and_with_the_chosen_prior(tmp_path)
     prior_main(["--from-json", str(other_study), "--write", str(doc),
                 "--section", "detector-prior-attribution"])  # fmt: skip
     assert "(networks trained with family attribution 0.5)" in doc.read_text()[len(before) :]
+    # a note sets a study apart in its title (the members' patience, say)
+    prior_main(["--from-json", str(other_study), "--write", str(doc), "--note", "patience 8",
+                "--section", "detector-prior-attribution"])  # fmt: skip
+    assert "family attribution 0.5) (patience 8)\n" in doc.read_text()[len(before) :]
 
 
 def test_a_fold_must_name_a_seen_family_and_every_family_gets_as_many():
