@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
@@ -448,7 +449,8 @@ def main(argv: list[str] | None = None) -> None:
         "patience 8'; a record's own note unless given)",
     )
     args = parser.parse_args(argv)
-    command = "`python -m experiments.detector_prior " + " ".join(
+    # shlex.join: an argument with spaces (a --note) comes back quoted, ready to paste
+    command = "`python -m experiments.detector_prior " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
     if args.from_json:
