@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.assocmem-installed
 PYTEST_WORKERS ?= 2
-DEMO_MODEL ?= npr_dct_oc
+DEMO_MODEL ?= npr_dct_oc_std
 INDUCTOR_CACHE ?= $(or $(TMPDIR),/tmp)/assocmem-inductor
 
 .PHONY: setup test test-slow test-portability demo demo-pretrain bench gpu-check lint format clean
@@ -43,7 +43,8 @@ test-portability: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-# The main job: the shipped detector's network (NPR + block DCT read by a one-class head) trained
+# The main job: the shipped detector's network (NPR + block DCT, their maps pooled into means and
+# spreads, read by a one-class head) trained
 # on the built-in benchmark's stream with torch's Adam and with our muon (Muon's recipe: muon on
 # the hidden matrices, Adam on head, norms and biases; each at its customary lr, untuned),
 # early-stopped, threshold calibrated for 5 % FPR on validation reals, scored zero-shot on
