@@ -14,6 +14,7 @@ bug that leaves one rank waiting fails instead of hanging; the test adds a subpr
 from __future__ import annotations
 
 import datetime
+import faulthandler
 import os
 import sys
 import tempfile
@@ -184,6 +185,8 @@ def run_memory(memory: str, ckpt: str) -> dict[str, object]:
 
 
 def rank_main(rank: int, out: str, port: int, memories: list[str], root: str) -> None:
+    # a native crash (SIGSEGV) prints each thread's Python stack to stderr, which the test shows
+    faulthandler.enable()
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group(

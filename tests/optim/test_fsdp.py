@@ -62,9 +62,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    out = tmp_path_factory.mktemp("fsdp") / "results.pt"
+def _run_worker(out: Path) -> tuple[int, str]:
+    """One run of the worker on a fresh port: its exit status and the tail of its stderr."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -79,15 +78,31 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         pytest.fail(f"the FSDP worker did not finish in {TIMEOUT_S} s")
-    if proc.returncode != 0:
+    return proc.returncode, err.decode()[-4000:]
+
+
+# A rank killed by a signal (torch.multiprocessing reports "terminated with signal SIGSEGV")
+# is a crash of the native runtime, not a Python error of the code under test: seen once in a
+# fresh-clone CI run (2026-12-05, rank 0, before any result was written) and not in 3 reruns of
+# this module nor in the slow suite's runs before it. Such a run is retried once; an error
+# raised in Python, or a second crash, fails the test.
+NATIVE_CRASH = "terminated with signal"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("fsdp") / "results.pt"
+    status, err = _run_worker(out)
+    if status != 0 and not out.exists() and NATIVE_CRASH in err:
+        warnings.warn(f"the FSDP worker crashed, run again:\n{err}", stacklevel=2)
+        status, err = _run_worker(out)
+    if status != 0:
         # gloo can abort a rank with "terminate called without an active exception" and no
         # Python error of its own; once rank 0 has written every case's result (atomically)
         # the run is complete and the abort came after it.
         if not out.exists():
-            pytest.fail(f"the FSDP worker failed:\n{err.decode()[-4000:]}")
-        warnings.warn(
-            f"the FSDP worker exited {proc.returncode} after writing its results", stacklevel=2
-        )
+            pytest.fail(f"the FSDP worker failed:\n{err}")
+        warnings.warn(f"the FSDP worker exited {status} after writing its results", stacklevel=2)
     return torch.load(out)
 
 
