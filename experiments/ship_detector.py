@@ -55,6 +55,7 @@ from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.views import VIEWS, view_logits
 from experiments.detector_ensemble import ensemble_of
 from experiments.detectors import (
+    DEFAULT_PATIENCE,
     HELDOUT,
     SEEN,
     SHIPPABLE,
@@ -370,7 +371,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, default=3000)
     parser.add_argument("--eval-every", type=int, default=250)
-    parser.add_argument("--patience", type=int, default=4, help="evaluations without progress")
+    parser.add_argument(
+        "--patience", type=int, default=DEFAULT_PATIENCE, help="evaluations without progress"
+    )
     parser.add_argument(
         "--lr-drops", type=int, default=0, help="lr drops by 10 at a plateau before stopping"
     )
