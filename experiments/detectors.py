@@ -86,6 +86,12 @@ SHIPPABLE: dict[str, tuple[str, dict[str, Any]]] = {
         "npr_dct",
         {"feature_dropout": 0.5, "head": "one_class", "pool": "mean_std"},
     ),
+    # the same with branch dropout (models/branch_dropout.py: half of the training patches lose
+    # the NPR or the DCT embedding, so each branch must detect alone)
+    "npr_dct_oc_std_bd": (
+        "npr_dct",
+        {"feature_dropout": 0.5, "head": "one_class", "pool": "mean_std", "branch_dropout": 0.5},
+    ),
     "smallcnn": ("smallcnn", {}),
 }
 

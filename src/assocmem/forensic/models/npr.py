@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from assocmem.forensic.models import one_class
 from assocmem.forensic.models.baselines import SmallCNN
 from assocmem.forensic.models.block_dct import BlockDCTBranch
+from assocmem.forensic.models.branch_dropout import check_branch_dropout, drop_branches
 from assocmem.forensic.models.prediction_error import PredictionErrorBranch
 
 __all__ = [
@@ -187,6 +188,10 @@ class NPRWithDCT(nn.Module):
     (:mod:`~assocmem.forensic.models.pooling`: a spliced region disagrees with the rest of the
     patch), doubling the embedding; the default keeps the means only.
 
+    ``branch_dropout = p`` zeroes one branch's embedding (chosen uniformly) of a fraction ``p`` of
+    the training examples (:mod:`~assocmem.forensic.models.branch_dropout`), so each branch must
+    detect alone where NPR's tie would otherwise decide every up-sampled fake.
+
     ``head="one_class"`` reads the embedding with a cosine head instead of a linear one
     (:mod:`~assocmem.forensic.models.one_class`: ``fc`` without bias holds the direction, the
     logit is bounded and the reals are trained into a narrow cone); ``margin`` is what training
@@ -207,8 +212,10 @@ class NPRWithDCT(nn.Module):
         prediction_filters: int = 0,
         head: str = "linear",
         pool: str = "mean",
+        branch_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.branch_dropout = check_branch_dropout(branch_dropout)
         if prediction_filters < 0:
             raise ValueError(f"prediction_filters must be >= 0, got {prediction_filters}")
         if head not in self.HEADS:
@@ -240,6 +247,8 @@ class NPRWithDCT(nn.Module):
         embeddings = [self.residual.embed(x), self.dct(x)]
         if self.prediction is not None:
             embeddings.append(self.prediction(x))
+        if self.training and self.branch_dropout:
+            embeddings = drop_branches(embeddings, self.branch_dropout)
         return torch.cat(embeddings, dim=1)
 
     def logit(self, embedding: Tensor) -> Tensor:
