@@ -3,13 +3,29 @@ header carries the run, and the results section rebuilt from the file alone."""
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 
 from assocmem.forensic import Detector
-from assocmem.forensic.checkpoint import load_detector
-from experiments.ship_detector import main
+from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT, load_detector
+from experiments.ship_detector import SHIPPED_RECIPE, build_parser, main
 
 SMALL = ["--image-sizes", "64", "--image-n", "4"]  # a small image calibration: 4 crops of 4 tiles
+
+
+def test_the_command_without_options_trains_the_recipe_that_shipped():
+    """The shipped checkpoint records the command that wrote it; every option of the recipe it
+    names parses to the parser's default, so ``python -m experiments.ship_detector`` retrains
+    it (``--workers``, ``--out`` and the like are not the recipe)."""
+    prefix = "python -m experiments.ship_detector"
+    command = load_detector(DEFAULT_CHECKPOINT).info["command"]
+    assert command.startswith(prefix)
+    shipped = vars(build_parser().parse_args(shlex.split(command[len(prefix) :])))
+    default = vars(build_parser().parse_args([]))
+    assert {k: shipped[k] for k in SHIPPED_RECIPE} == {k: default[k] for k in SHIPPED_RECIPE}
+    assert {k: default[k] for k in SHIPPED_RECIPE} == SHIPPED_RECIPE
+    assert build_parser().parse_args(["--average", "0"]).average is None  # the raw weights
 
 
 @pytest.mark.slow  # trains a detector for 20 steps and builds the tiny benchmark: ~15 s
@@ -23,7 +39,7 @@ def test_ship_writes_a_checkpoint_and_its_table(tmp_path):
     assert out.with_suffix(".json").is_file()
     first = md.read_text()
     assert "<!-- report:shipped-detector:begin -->" in first and "**mean (held out)**" in first
-    assert load_detector(out).views == "one" and "views `one`" in first  # the default
+    assert load_detector(out).views == "d4" and "views `d4`" in first  # the shipped recipe's
     # P(fake) is Platt's map of the validation logits, judged on the test split in the table
     assert shipped.probability is not None and "Platt's map" in first
     assert set(shipped.info["test"]["probability"]) == {"seen", "heldout"}
