@@ -256,6 +256,7 @@ def train_one(
         batch_size=args.batch_size,
         seed=seed,
         trace_strength=tuple(strength) if strength else None,
+        paired=getattr(args, "paired", False),
     )
     x_val, y_val = balanced(bench.split("val", families.seen), seed=1000 + seed)
     weight = getattr(args, "attribution", 0.0) or 0.0
@@ -299,6 +300,7 @@ def train_one(
         "average": getattr(args, "average", None),
         "eval_every": args.eval_every,
         "trace_strength": list(strength) if strength else None,
+        "paired": getattr(args, "paired", False),
         "attribution": weight,
         "seconds": round(seconds, 1),
         "val_curve": curve,
@@ -353,6 +355,7 @@ def weights_name(model_name: str, run: dict[str, Any]) -> str:
     strength = run.get("trace_strength")
     traces = f"-trace{strength[0]:g}-{strength[1]:g}" if strength else ""
     attribution = f"-attr{run['attribution']:g}" if run.get("attribution") else ""
+    traces += "-paired" if run.get("paired") else ""
     init = f"-init-{pretraining_of(run)}" if run.get("init_residual") else ""
     return (
         f"{model_name}-{optimizer}-lr{run['lr']:g}{average}{traces}{attribution}{init}"
@@ -432,9 +435,9 @@ def run_label(run: dict[str, Any]) -> str:
     """The detector column: the model, its patch size when not the default benchmark's, its lr
     drops when it had any (a different recipe), its weight average's decay when it was
     evaluated on one, its early stopping's patience when not the default, its training fakes'
-    trace strength when they were blended, the weight of
-    its family-attribution loss when it had one, its member
-    count when it is an ensemble (``experiments.detector_ensemble``), and its test-time views
+    trace strength when they were blended, whether its batches were real/fake pairs, the
+    weight of its family-attribution loss when it had one, its member count when it is an
+    ensemble (``experiments.detector_ensemble``), and its test-time views
     when they are not the image alone (``assocmem.forensic.views``)."""
     drops = lr_drops_of(run)
     patience = patience_of(run)
@@ -448,6 +451,7 @@ def run_label(run: dict[str, Any]) -> str:
         + (f" (patience {patience})" if patience != DEFAULT_PATIENCE else "")
         + (f" (EMA {run['average']:g})" if run.get("average") else "")
         + (f" (trace strength {strength[0]:g}–{strength[1]:g})" if strength else "")
+        + (" (paired)" if run.get("paired") else "")
         + (f" (attribution {run['attribution']:g})" if run.get("attribution") else "")
         + (f" (residual pretrained: {pretraining_of(run)})" if run.get("init_residual") else "")
         + (f" (ensemble of {len(run['ensemble'])})" if run.get("ensemble") else "")
@@ -572,6 +576,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar=("LO", "HI"),
         help="train on fakes blended with their real crop at a strength drawn from [LO, HI] "
         "(TrainStream's trace_strength); validation and test fakes stay at full strength",
+    )
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="train on batches of pairs: each crop as its real and as its fake, post-processed "
+        "alike (TrainStream's paired)",
     )
     parser.add_argument(
         "--attribution",

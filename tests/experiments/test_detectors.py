@@ -361,6 +361,22 @@ def test_a_trace_strength_run_records_it_and_gets_its_own_row_and_weights(tmp_pa
               "--max-steps", "2", "--workers", "0", "--trace-strength", "0", "1"])  # fmt: skip
 
 
+def test_a_paired_run_records_it_and_gets_its_own_row_and_weights(tmp_path):
+    import json
+
+    from experiments.detectors import main, run_label, weights_name
+
+    out = tmp_path / "runs.json"
+    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0",
+          "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--workers", "0",
+          "--paired", "--json", str(out)])  # fmt: skip
+    (run,) = json.loads(out.read_text())
+    assert run["paired"] is True and run_label(run) == "npr_bn (paired)"
+    assert "-paired-" in weights_name("npr_bn", run)
+    before = {k: v for k, v in run.items() if k != "paired"}  # records made before the entry
+    assert run_label(before) == "npr_bn" and "paired" not in weights_name("npr_bn", before)
+
+
 def test_an_attribution_run_records_it_and_keeps_only_the_detectors_weights(tmp_path):
     import json
 

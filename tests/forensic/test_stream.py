@@ -195,3 +195,43 @@ def test_trace_strength_blends_each_fake_with_its_own_crop_and_nothing_else(benc
 def test_bad_trace_strengths_are_refused(bench, bad):
     with pytest.raises(ValueError, match="trace_strength"):
         TrainStream(bench, SEEN, trace_strength=bad)
+
+
+def test_paired_batches_hold_each_crop_as_its_real_and_its_fake(bench):
+    """``paired=True``: reals first, their fakes after in the same order, one family per pair;
+    an ``ae_nearest`` fake is exactly the cached family function of the real beside it (no
+    post-processing in this benchmark); deterministic for a seed."""
+    stream = TrainStream(bench, ("ae_nearest",), batch_size=10, seed=7, paired=True)
+    images, labels, family = take(stream, 1)[0]
+    assert images.shape == (10, 3, 32, 32)
+    assert labels.tolist() == [0.0] * 5 + [1.0] * 5
+    assert (family[:5] == 0).all() and (family[5:] == bench.family_names.index("ae_nearest")).all()
+    to_u8 = lambda x: (x * 255).round().to(torch.uint8).numpy()  # noqa: E731
+    reals, fakes = to_u8(images[:5]), to_u8(images[5:])
+    models = fitted_generators(bench)
+    expect = generate("ae_nearest", reals, rng=np.random.default_rng(0),
+                      settings=bench.config.generators, models=models)  # fmt: skip
+    gray = np.array([np.array_equal(r[0], r[1]) and np.array_equal(r[1], r[2]) for r in reals])
+    expect[gray] = expect[gray].mean(axis=1, keepdims=True).round().astype(np.uint8)
+    assert np.abs(fakes.astype(int) - expect.astype(int)).max() <= 1  # gray projection rounding
+    again = take(TrainStream(bench, ("ae_nearest",), batch_size=10, seed=7, paired=True), 1)[0]
+    assert all(torch.equal(u, v) for u, v in zip(again, (images, labels, family), strict=True))
+
+
+def test_a_pair_goes_through_the_same_post_processing(bench):
+    """With every processing step on (zoom, blur, JPEG at drawn scales, sigmas and qualities)
+    and fakes blended back to their crop (strength 1e-6: the fake *is* its crop), a pair is the
+    same image after processing only if both halves got the same draws; unpaired, the same
+    stream's reals and fakes are different crops and differ."""
+    from dataclasses import replace
+
+    post = PostProcessConfig(p_resize=1.0, p_blur=1.0, p_jpeg=1.0)
+    stream = TrainStream(bench, SEEN, batch_size=16, seed=1, paired=True,
+                         trace_strength=(1e-6, 1e-6))  # fmt: skip
+    stream.config = replace(stream.config, post=post)
+    images, labels, _ = take(stream, 1)[0]
+    assert torch.equal(images[:8], images[8:]) and labels[8:].all()
+    crops = TrainStream(bench, SEEN, batch_size=16, seed=1, paired=True)
+    crops.config = stream.config
+    processed_fakes = take(crops, 1)[0][0][8:]
+    assert not torch.equal(processed_fakes, images[8:])  # full-strength traces survive it

@@ -20,6 +20,12 @@ validation loss then rises. ``TrainStream`` draws every training batch anew inst
 4. the whole batch then goes through the benchmark's shared post-processing with one set of
    coin flips drawn independently of the labels, so no processing step is a label shortcut.
 
+With ``paired=True`` a batch is ``batch_size // 2`` crops, each present twice: as the real
+and as its fake (a family drawn per crop), both through the *same* post-processing draws. The
+only difference within a pair is then the family's trace, so the gradient of a pair carries
+no content and no processing difference (unpaired, a fake's content and processing differ
+from every real of its batch); the price is half as many distinct crops per batch.
+
 Only photos of the train split are ever opened, so nothing of the validation or test photos
 (and nothing of a held-out family, unless it is named in ``families``) reaches training.
 
@@ -78,6 +84,7 @@ class TrainStream(IterableDataset):
         seed: with the same seed (and the same ``num_workers``) the stream is identical.
         trace_strength: ``(lo, hi)`` with ``0 < lo <= hi <= 1``: blend each fake with its crop
             at a strength drawn from ``[lo, hi]`` (step 3 above); ``None``: full-strength fakes.
+        paired: each crop in the batch as its real and as its fake, processed alike (above).
 
     Use it with ``DataLoader(stream, batch_size=None, num_workers=k)``: each worker draws from its
     own generator ``(seed, worker id)``, and the loader interleaves workers in a fixed order.
@@ -91,8 +98,10 @@ class TrainStream(IterableDataset):
         batch_size: int = 64,
         seed: int = 0,
         trace_strength: tuple[float, float] | None = None,
+        paired: bool = False,
     ) -> None:
         super().__init__()
+        self.paired = bool(paired)
         self.trace_strength = None if trace_strength is None else checked_strength(trace_strength)
         fams = tuple(families)
         unknown = [f for f in fams if f not in bench.config.families]
@@ -126,6 +135,8 @@ class TrainStream(IterableDataset):
         a generator of their own, so every crop, family and post-processing draw is the same
         with and without ``trace_strength``."""
         strengths = rng if strengths is None else strengths
+        if self.paired:
+            return self._paired_batch(rng, strengths)
         n = self.batch_size
         crops, photos = zip(*(self._crop(rng) for _ in range(n)), strict=True)
         images = np.stack(crops)
@@ -133,7 +144,42 @@ class TrainStream(IterableDataset):
         family = np.zeros(n, np.int64)
         n_fake = n // 2
         fake_rows = np.sort(rng.choice(n, size=n_fake, replace=False))
-        chosen = rng.integers(len(self.families), size=n_fake)
+        self._make_fakes(images, sources, family, fake_rows, rng, strengths)
+        images, _ = postprocess(images, self.config.post, rng)
+        return _tensors(images, family)
+
+    def _paired_batch(
+        self, rng: np.random.Generator, strengths: np.random.Generator
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``batch_size // 2`` crops, each as its real and its fake, the pair post-processed
+        by the same draws (``paired=True``); reals first, then their fakes in the same order."""
+        n = self.batch_size // 2
+        crops, photos = zip(*(self._crop(rng) for _ in range(n)), strict=True)
+        reals = np.stack(crops)
+        sources = np.array(photos, dtype=np.int64)
+        fakes, family = reals.copy(), np.zeros(n, np.int64)
+        self._make_fakes(fakes, sources, family, np.arange(n), rng, strengths)
+        # one seed for both halves: the same coin flips, scales, offsets, sigmas and qualities
+        # for a crop's real and its fake (postprocess draws them up front, per row)
+        seed = int(rng.integers(2**63))
+        reals, _ = postprocess(reals, self.config.post, np.random.default_rng(seed))
+        fakes, _ = postprocess(fakes, self.config.post, np.random.default_rng(seed))
+        return _tensors(
+            np.concatenate([reals, fakes]), np.concatenate([np.zeros_like(family), family])
+        )
+
+    def _make_fakes(
+        self,
+        images: np.ndarray,
+        sources: np.ndarray,
+        family: np.ndarray,
+        fake_rows: np.ndarray,
+        rng: np.random.Generator,
+        strengths: np.random.Generator,
+    ) -> None:
+        """Replace ``images[fake_rows]`` in place by fakes of their own crops, each by a family
+        drawn uniformly, and write the families' codes into ``family``."""
+        chosen = rng.integers(len(self.families), size=len(fake_rows))
         for k, fam in enumerate(self.families):
             rows = fake_rows[chosen == k]
             if len(rows) == 0:
@@ -160,12 +206,6 @@ class TrainStream(IterableDataset):
                 fakes = blend(images[rows], fakes, a)
             images[rows] = fakes
             family[rows] = self.family_codes[fam]
-        images, _ = postprocess(images, self.config.post, rng)
-        return (
-            torch.from_numpy(images).float().div_(255.0),
-            torch.from_numpy((family > 0).astype(np.float32)),
-            torch.from_numpy(family),
-        )
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         info = get_worker_info()
@@ -174,6 +214,15 @@ class TrainStream(IterableDataset):
         strengths = np.random.default_rng([self.seed, worker, 1])
         while True:
             yield self.batch(rng, strengths)
+
+
+def _tensors(images: np.ndarray, family: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
+    """A batch's ``(images in [0, 1], labels, family codes)`` as tensors."""
+    return (
+        torch.from_numpy(images).float().div_(255.0),
+        torch.from_numpy((family > 0).astype(np.float32)),
+        torch.from_numpy(family),
+    )
 
 
 def _one_thread(_: int) -> None:
