@@ -416,6 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="train with a family-attribution head at this weight beside the detection loss, "
         "dropped before shipping (experiments.detectors --attribution)",
     )
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="train on batches of real/fake pairs processed alike (experiments.detectors --paired)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="stream worker processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")

@@ -26,6 +26,7 @@ def test_the_command_without_options_trains_the_recipe_that_shipped():
     assert {k: shipped[k] for k in SHIPPED_RECIPE} == {k: default[k] for k in SHIPPED_RECIPE}
     assert {k: default[k] for k in SHIPPED_RECIPE} == SHIPPED_RECIPE
     assert build_parser().parse_args(["--average", "0"]).average is None  # the raw weights
+    assert build_parser().parse_args(["--paired"]).paired and not default["paired"]
 
 
 @pytest.mark.slow  # trains a detector for 20 steps and builds the tiny benchmark: ~15 s
