@@ -354,11 +354,11 @@ def weights_name(model_name: str, run: dict[str, Any]) -> str:
     trained = "" if is_default_split(run) else "-seen-" + "+".join(run["seen"])
     strength = run.get("trace_strength")
     traces = f"-trace{strength[0]:g}-{strength[1]:g}" if strength else ""
+    paired = "-paired" if run.get("paired") else ""
     attribution = f"-attr{run['attribution']:g}" if run.get("attribution") else ""
-    traces += "-paired" if run.get("paired") else ""
     init = f"-init-{pretraining_of(run)}" if run.get("init_residual") else ""
     return (
-        f"{model_name}-{optimizer}-lr{run['lr']:g}{average}{traces}{attribution}{init}"
+        f"{model_name}-{optimizer}-lr{run['lr']:g}{average}{traces}{paired}{attribution}{init}"
         f"{trained}-seed{run['seed']}.safetensors"
     )
 
