@@ -1,7 +1,11 @@
 """Score a deep ensemble of trained detectors (the mean of their logits) zero-shot.
 
 The members are weights files written by ``experiments.detectors --save-weights`` from runs of
-one recipe (same detector, optimizer, lr and weight average; different seeds). Their mean logit
+one recipe (every entry of ``WEIGHTS_RECIPE`` the same: detector, optimizer, lr, weight average,
+training families, paired batches, patience, ...; different seeds). Files written before their
+header held the whole recipe take the missing entries from their run records (``--records``,
+the JSON files ``experiments.detectors --json`` wrote, matched by the weights path they name),
+or else the values those runs had by default (patience then stays unknown). Their mean logit
 (``assocmem.forensic.models.ensemble.LogitEnsemble``) is calibrated on the validation reals and
 scored on the test split exactly as one detector is (``assocmem.forensic.protocol``), so the
 records render in the detectors table (``python -m experiments.detectors --from-json``) as the
@@ -9,6 +13,10 @@ row "DETECTOR (ensemble of K)". Nothing is trained here: the members' training, 
 and weight choice saw only the seen families, and so does the ensemble's threshold.
 
     python -m experiments.detector_ensemble --members W0 W3 W6 --views one d4 --json E0.json
+    python -m experiments.detector_ensemble --members W0 W1 --records R0.json R1.json --json E.json
+
+The ensemble is scored on its members' split: trained on other families than the default seen
+ones (``--seen``), its held-out group is theirs, never a family they trained on.
 """
 
 from __future__ import annotations
@@ -31,24 +39,72 @@ from assocmem.forensic.protocol import balanced, zero_shot_report
 from assocmem.forensic.train import fake_probability, logits
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.storage import read_safetensors
-from experiments.detectors import MODELS, family_split
+from experiments.detectors import (
+    MODELS,
+    SEEN,
+    WEIGHTS_RECIPE,
+    family_split,
+    group_mean,
+    lr_drops_of,
+    patience_of,
+)
 
 # What every member must share: an ensemble row stands for one recipe.
-RECIPE = ("model", "patch_size", "optimizer", "lr", "average", "attribution")
+RECIPE = WEIGHTS_RECIPE
+# What every weights file's header has held since ``--save-weights`` existed.
+ALWAYS_RECORDED = ("model", "patch_size", "optimizer", "lr", "average", "seed")
+# The entries a header written before them lacks, as those runs had them by default; patience is
+# not among them (its default changed between recipes): unknown, it is left out of the record.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "attribution": 0.0,
+    "seen": list(SEEN),
+    "paired": False,
+    "trace_strength": None,
+    "lr_drops": 0,
+    "patience": None,
+    "init_residual": None,
+}
 
 
-def load_member(path: Path) -> tuple[dict[str, Any], nn.Module]:
+def recipe_from_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`RECIPE` entries of a run record (``experiments.detectors --json``), with the
+    options older records hold only in their command read from it."""
+    recipe = {k: record.get(k, LEGACY_DEFAULTS.get(k)) for k in RECIPE}
+    return recipe | {"lr_drops": lr_drops_of(record), "patience": patience_of(record)}
+
+
+def records_by_weights(paths: list[Path]) -> dict[Path, dict[str, Any]]:
+    """The run records in the JSON files ``paths`` that name a weights file, keyed by its
+    resolved path."""
+    found: dict[Path, dict[str, Any]] = {}
+    for path in paths:
+        for record in json.loads(Path(path).read_text()):
+            if record.get("weights"):
+                found[Path(record["weights"]).resolve()] = record
+    return found
+
+
+def load_member(
+    path: Path, record: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], nn.Module]:
     """The recipe header and the network of one weights file (strict: every tensor present,
-    none extra, shapes equal)."""
+    none extra, shapes equal). Entries the header lacks (written before it held them) come from
+    ``record``, the run record that wrote the file, if given, else from
+    :data:`LEGACY_DEFAULTS`; an entry both hold must agree."""
     metadata, tensors = read_safetensors(path, "detector weights")
     if "assocmem" not in metadata:
         raise ValueError(f"{path} has no assocmem header: not written by --save-weights")
     header = json.loads(metadata["assocmem"])
-    # weights saved before the family-attribution option existed were trained without it
-    header.setdefault("attribution", 0.0)
-    missing = [k for k in (*RECIPE, "seed") if k not in header]
+    missing = [k for k in ALWAYS_RECORDED if k not in header]
     if missing:
         raise ValueError(f"{path}: its header lacks {', '.join(missing)}")
+    if record is not None:
+        from_record = recipe_from_record(record) | {"seed": record.get("seed")}
+        clash = [k for k in (*RECIPE, "seed") if k in header and header[k] != from_record[k]]
+        if clash:
+            raise ValueError(f"{path}: its header and its run record differ in {clash}")
+        header = from_record | header
+    header = LEGACY_DEFAULTS | header
     if header["model"] not in MODELS:
         raise ValueError(f"{path}: unknown detector {header['model']!r}")
     model = MODELS[header["model"]](header["patch_size"])
@@ -56,13 +112,20 @@ def load_member(path: Path) -> tuple[dict[str, Any], nn.Module]:
     return header, model.eval()
 
 
-def ensemble_of(paths: list[Path]) -> tuple[dict[str, Any], LogitEnsemble]:
+def ensemble_of(
+    paths: list[Path], records: dict[Path, dict[str, Any]] | None = None
+) -> tuple[dict[str, Any], LogitEnsemble]:
     """The shared recipe (with the members' seeds, steps and files) and the ensemble of the
-    weights at ``paths``. Raises ``ValueError`` if the members differ in recipe or repeat a
-    seed (two copies of one run are not an ensemble)."""
+    weights at ``paths``; ``records``: run records by resolved weights path
+    (:func:`records_by_weights`), for headers written before they held the whole recipe.
+    Raises ``ValueError`` if the members differ in recipe or repeat a seed (two copies of one
+    run are not an ensemble)."""
     if not paths:
         raise ValueError("an ensemble needs at least one member")
-    headers, members = zip(*(load_member(p) for p in paths), strict=True)
+    records = records or {}
+    headers, members = zip(
+        *(load_member(p, records.get(Path(p).resolve())) for p in paths), strict=True
+    )
     for key in RECIPE:
         values = {json.dumps(h[key]) for h in headers}
         if len(values) > 1:
@@ -71,6 +134,8 @@ def ensemble_of(paths: list[Path]) -> tuple[dict[str, Any], LogitEnsemble]:
     if len(set(seeds)) < len(seeds):
         raise ValueError(f"the members repeat a seed: {seeds}")
     recipe = {key: headers[0][key] for key in RECIPE}
+    if recipe["patience"] is None:  # unknown (an old header, no record): not claimed
+        del recipe["patience"]
     recipe |= {
         "seed": "+".join(str(s) for s in seeds),
         "ensemble": seeds,
@@ -95,6 +160,14 @@ def validation_scores(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=Path, nargs="+", required=True)
+    parser.add_argument(
+        "--records",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="the members' run records (experiments.detectors --json), for weights whose header "
+        "predates the whole recipe",
+    )
     parser.add_argument("--views", nargs="+", default=["one"], choices=VIEWS)
     parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=1)
@@ -107,14 +180,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     torch.set_num_threads(args.threads)
     try:
-        recipe, ensemble = ensemble_of(args.members)
-    except (ValueError, FileNotFoundError) as e:
+        recipe, ensemble = ensemble_of(args.members, records_by_weights(args.records))
+    except (ValueError, FileNotFoundError, json.JSONDecodeError) as e:
         parser.error(str(e))
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
     if recipe["patch_size"] != config.patch_size:
         config = dataclasses.replace(config, patch_size=recipe["patch_size"])
     bench = build_benchmark(config, args.cache_dir)
-    families = family_split(config)
+    # the members' split; the default one cut to what this benchmark builds
+    seen = None if tuple(recipe["seen"]) == SEEN else recipe["seen"]
+    families = family_split(config, seen)
     # The selection criterion the members were early-stopped on (seen families only): the
     # validation loss, here on one balanced draw (the first member's) for the ensemble and each
     # member alike, so the three numbers compare.
@@ -136,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"ensemble of {len(args.members)} ({recipe['seed']}) views {views}: seen AUC "
             f"{report['seen']['mean']['auc']:.3f} held-out AUC "
-            f"{report['heldout']['mean']['auc']:.3f} test-real FPR {report['test_real_fpr']:.3f}; "
+            f"{group_mean(report, 'heldout'):.3f} test-real FPR {report['test_real_fpr']:.3f}; "
             f"validation loss {recipe['val_loss']:.4f} (members "
             + ", ".join(f"{v:.4f}" for v in recipe["member_val_losses"])
             + f"), validation AUC {recipe['val_auc']:.4f} (members "

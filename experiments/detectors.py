@@ -61,6 +61,23 @@ HELDOUT = ("ae_bilinear", "ae_pixelshuffle", "resample", "denoiser")
 DEFAULT_PATCH = BenchmarkConfig.patch_size
 # Early stopping's patience (evaluations without progress) unless --patience says otherwise
 DEFAULT_PATIENCE = 4
+# What a run's weights file records of how they were trained (``save_weights``'s header), so that
+# ``experiments.detector_ensemble`` joins only members of one recipe, labels its row as theirs
+# and scores it on their split: every option that makes a row of its own, and the families seen.
+WEIGHTS_RECIPE = (
+    "model",
+    "patch_size",
+    "optimizer",
+    "lr",
+    "average",
+    "attribution",
+    "seen",
+    "paired",
+    "trace_strength",
+    "lr_drops",
+    "patience",
+    "init_residual",
+)
 # what tells two runs of a --from-json table apart: a file copied or named twice repeats all of it
 RUN_IDENTITY = ("command", "model", "optimizer", "lr", "seed", "views", "seen", "patch_size")
 
@@ -299,6 +316,7 @@ def train_one(
         "lr_drop_steps": result.lr_drop_steps,
         "average": getattr(args, "average", None),
         "eval_every": args.eval_every,
+        "patience": args.patience,
         "trace_strength": list(strength) if strength else None,
         "paired": getattr(args, "paired", False),
         "attribution": weight,
@@ -385,12 +403,15 @@ def save_weights(
 ) -> Path:
     """Write the weights ``run`` kept (the early-stopping choice, averaged when it was) to
     ``directory``, with the recipe in the file's header; ``experiments.detector_ensemble``
-    reads them back. Returns the file's path."""
+    reads them back (:data:`WEIGHTS_RECIPE`, the seed, the kept step and the steps run).
+    Returns the file's path."""
     path = Path(directory) / weights_name(model_name, run)
     header = {
+        **{k: run.get(k) for k in WEIGHTS_RECIPE},
         "model": model_name,
         "patch_size": bench.config.patch_size,
-        **{k: run[k] for k in ("optimizer", "lr", "seed", "average", "best_step", "steps")},
+        "seen": list(run.get("seen", SEEN)),
+        **{k: run[k] for k in ("seed", "best_step", "steps")},
         "attribution": run.get("attribution", 0.0),
     }
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

@@ -239,6 +239,63 @@ def test_an_ensemble_refuses_members_of_different_recipes_or_repeated_seeds(tmp_
         ensemble_of([tmp_path / "nothing.safetensors"])
 
 
+def test_an_ensemble_holds_its_members_whole_recipe_and_scores_them_on_their_split(tmp_path):
+    import json
+
+    import pytest
+
+    from assocmem.forensic.data import BenchmarkConfig
+    from assocmem.storage import read_safetensors, write_safetensors
+    from experiments.detector_ensemble import ensemble_of, records_by_weights
+    from experiments.detector_ensemble import main as ensemble_main
+    from experiments.detectors import main, run_label
+
+    def train(name, *options, seeds=("0",)):
+        out = tmp_path / f"{name}.json"
+        main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", *seeds,
+              "--max-steps", "2", "--eval-every", "2", "--batch-size", "8", "--workers", "0",
+              "--save-weights", str(tmp_path / name), "--json", str(out), *options])  # fmt: skip
+        return out, [run["weights"] for run in json.loads(out.read_text())]
+
+    paired_runs, paired = train("paired", "--paired", "--patience", "3", seeds=("0", "1"))
+    _, (plain,) = train("plain")
+    header = json.loads(read_safetensors(paired[0], "w")[0]["assocmem"])
+    seen = json.loads(paired_runs.read_text())[0]["seen"]
+    assert header["paired"] is True and header["patience"] == 3 and header["seen"] == seen
+    # the weights of another recipe never join: paired batches make a row of their own
+    with pytest.raises(ValueError, match="differ in paired"):
+        ensemble_of([paired[0], plain])
+    out = tmp_path / "ensemble.json"
+    ensemble_main(["--tiny", "--cache-dir", str(tmp_path), "--members", *paired,
+                   "--json", str(out)])  # fmt: skip
+    (record,) = json.loads(out.read_text())
+    assert run_label(record) == "npr_bn (patience 3) (paired) (ensemble of 2)"
+
+    # a header written before it held the whole recipe: its run record supplies the rest
+    metadata, tensors = read_safetensors(paired[0], "w")
+    old = {k: v for k, v in header.items() if k not in ("paired", "patience", "seen")}
+    legacy = tmp_path / "legacy" / "old-seed0.safetensors"
+    write_safetensors(legacy, tensors, old)
+    recipe, _ = ensemble_of([legacy])  # no record: the defaults those runs had, no patience
+    assert recipe["paired"] is False and "patience" not in recipe
+    (first, *_) = json.loads(paired_runs.read_text())
+    (tmp_path / "legacy.json").write_text(json.dumps([{**first, "weights": str(legacy)}]))
+    recipe, _ = ensemble_of([legacy], records_by_weights([tmp_path / "legacy.json"]))
+    assert recipe["paired"] is True and recipe["patience"] == 3
+    (tmp_path / "wrong.json").write_text(json.dumps([{**first, "weights": str(legacy), "lr": 1}]))
+    with pytest.raises(ValueError, match=r"run record differ in \['lr'\]"):
+        ensemble_of([legacy], records_by_weights([tmp_path / "wrong.json"]))
+
+    # members trained on every family are scored on their split: nothing is held out
+    every = list(BenchmarkConfig.tiny().families)
+    _, (everything,) = train("every", "--seen", *every)
+    ensemble_main(["--tiny", "--cache-dir", str(tmp_path), "--members", everything,
+                   "--json", str(out)])  # fmt: skip
+    (record,) = json.loads(out.read_text())
+    assert record["seen"] == every and "heldout" not in record["report"]
+    assert run_label(record).endswith("(trained on every family)")
+
+
 def test_a_chosen_training_split_holds_out_the_rest_and_never_both():
     import dataclasses
 
