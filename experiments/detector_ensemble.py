@@ -107,6 +107,9 @@ def load_member(
     header = LEGACY_DEFAULTS | header
     if header["model"] not in MODELS:
         raise ValueError(f"{path}: unknown detector {header['model']!r}")
+    seen = header["seen"]
+    if not (isinstance(seen, list) and seen and all(isinstance(f, str) for f in seen)):
+        raise ValueError(f"{path}: its training families are not a list of names: {seen!r}")
     model = MODELS[header["model"]](header["patch_size"])
     model.load_state_dict(tensors, strict=True)
     return header, model.eval()
@@ -189,7 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     bench = build_benchmark(config, args.cache_dir)
     # the members' split; the default one cut to what this benchmark builds
     seen = None if tuple(recipe["seen"]) == SEEN else recipe["seen"]
-    families = family_split(config, seen)
+    try:
+        families = family_split(config, seen)
+    except ValueError as e:  # families this benchmark does not build
+        parser.error(str(e))
     # The selection criterion the members were early-stopped on (seen families only): the
     # validation loss, here on one balanced draw (the first member's) for the ensemble and each
     # member alike, so the three numbers compare.
