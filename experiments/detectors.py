@@ -249,6 +249,62 @@ def attribution_weight(text: str) -> float:
     return weight
 
 
+def average_decay(text: str) -> float | None:
+    """``--average``'s value: a decay in (0, 1), or ``None`` (the raw weights) for 0."""
+    try:
+        decay = float(text)
+    except ValueError:
+        decay = math.nan
+    if decay == 0.0:
+        return None
+    if not 0.0 < decay < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a decay in (0, 1), or 0, got {text!r}")
+    return decay
+
+
+def add_training_options(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+    """The options of how a detector is trained, stopped and calibrated that
+    ``experiments.detectors`` and ``experiments.ship_detector`` share, so that the two commands
+    read a recipe alike; ``defaults`` overrides an option's default by its ``dest`` (the
+    shipped recipe's, in ``experiments.ship_detector``)."""
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument(
+        "--patience", type=int, default=DEFAULT_PATIENCE, help="evaluations without progress"
+    )
+    parser.add_argument(
+        "--lr-drops",
+        type=int,
+        default=0,
+        help="divide the lr by 10 at a plateau this many times before stopping early",
+    )
+    parser.add_argument(
+        "--average",
+        type=average_decay,
+        default=None,
+        help="evaluate, early-stop on and keep an exponential moving average of the weights "
+        "with this decay (e.g. 0.995); 0: the raw weights",
+    )
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="train on batches of pairs: each crop as its real and as its fake, post-processed "
+        "alike (TrainStream's paired)",
+    )
+    parser.add_argument(
+        "--attribution",
+        type=attribution_weight,
+        default=0.0,
+        help="also train a head that names each image's family (real or which seen family), "
+        "its cross-entropy at this weight beside the detection loss (FamilyAttribution); the "
+        "head is dropped after training. 0: detection loss only",
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1, help="stream worker processes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
+    parser.add_argument("--target-fpr", type=float, default=0.05)
+    parser.set_defaults(**defaults)
+
+
 def is_default_split(run: dict[str, Any]) -> bool:
     """Whether ``run`` trained on the default seen families (records made before the ``seen``
     entry existed all did)."""
@@ -565,30 +621,15 @@ def per_family_table(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> lis
     return lines
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (its training options are :func:`add_training_options`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["npr", "smallcnn"], choices=MODELS)
     parser.add_argument("--optimizers", nargs="+", default=["adam"])
     parser.add_argument("--lr", type=float, nargs="+", default=[1e-3], help="one per optimizer")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-steps", type=int, default=4000)
-    parser.add_argument("--eval-every", type=int, default=250)
-    parser.add_argument(
-        "--patience", type=int, default=DEFAULT_PATIENCE, help="evaluations without progress"
-    )
-    parser.add_argument(
-        "--lr-drops",
-        type=int,
-        default=0,
-        help="divide the lr by 10 at a plateau this many times before stopping early",
-    )
-    parser.add_argument(
-        "--average",
-        type=float,
-        default=None,
-        help="evaluate, early-stop on and keep an exponential moving average of the weights "
-        "with this decay (e.g. 0.998); default: the raw weights",
-    )
+    add_training_options(parser)
     parser.add_argument(
         "--trace-strength",
         type=float,
@@ -597,20 +638,6 @@ def main(argv: list[str] | None = None) -> None:
         metavar=("LO", "HI"),
         help="train on fakes blended with their real crop at a strength drawn from [LO, HI] "
         "(TrainStream's trace_strength); validation and test fakes stay at full strength",
-    )
-    parser.add_argument(
-        "--paired",
-        action="store_true",
-        help="train on batches of pairs: each crop as its real and as its fake, post-processed "
-        "alike (TrainStream's paired)",
-    )
-    parser.add_argument(
-        "--attribution",
-        type=attribution_weight,
-        default=0.0,
-        help="also train a head that names each image's family (real or which seen family), "
-        "its cross-entropy at this weight beside the detection loss (FamilyAttribution); the "
-        "head is dropped after training. Default 0: detection loss only",
     )
     parser.add_argument(
         "--seen",
@@ -628,10 +655,6 @@ def main(argv: list[str] | None = None) -> None:
         "filled in (experiments.pretraining_study --arch npr --pretrain-only --save-encoders "
         "DIR writes DIR/ARM-seedS.safetensors)",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=1, help="stream worker processes")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
-    parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument(
         "--views",
         nargs="+",
@@ -662,6 +685,11 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         help="only write the table, from the --json files of earlier runs (e.g. run in parallel)",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     command = "python -m experiments.detectors " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.from_json:

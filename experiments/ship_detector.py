@@ -58,7 +58,7 @@ from experiments.detectors import (
     HELDOUT,
     SEEN,
     SHIPPABLE,
-    attribution_weight,
+    add_training_options,
     family_split,
     train_one,
 )
@@ -382,12 +382,6 @@ SHIPPED_RECIPE: dict[str, Any] = {
 }
 
 
-def average_decay(text: str) -> float | None:
-    """``--average``'s value: a decay, or ``None`` (the raw weights) for 0."""
-    decay = float(text)
-    return None if decay == 0.0 else decay
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line; its defaults are :data:`SHIPPED_RECIPE`."""
     recipe = SHIPPED_RECIPE
@@ -397,36 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=recipe["lr"])
     parser.add_argument("--seed", type=int, default=recipe["seed"])
     parser.add_argument("--max-steps", type=int, default=recipe["max_steps"])
-    parser.add_argument("--eval-every", type=int, default=recipe["eval_every"])
-    parser.add_argument(
-        "--patience", type=int, default=recipe["patience"], help="evaluations without progress"
+    add_training_options(
+        parser,
+        **{k: recipe[k] for k in ("eval_every", "patience", "average", "attribution")},
     )
-    parser.add_argument(
-        "--lr-drops", type=int, default=0, help="lr drops by 10 at a plateau before stopping"
-    )
-    parser.add_argument(
-        "--average",
-        type=average_decay,
-        default=recipe["average"],
-        help="evaluate, early-stop on and ship an exponential moving average of the weights "
-        "with this decay (experiments.detectors --average; 0: the raw weights)",
-    )
-    parser.add_argument(
-        "--attribution",
-        type=attribution_weight,
-        default=recipe["attribution"],
-        help="train with a family-attribution head at this weight beside the detection loss, "
-        "dropped before shipping (experiments.detectors --attribution)",
-    )
-    parser.add_argument(
-        "--paired",
-        action="store_true",
-        help="train on batches of real/fake pairs processed alike (experiments.detectors --paired)",
-    )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=1, help="stream worker processes")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
-    parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument(
         "--image-sizes",
         type=int,

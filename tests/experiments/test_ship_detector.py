@@ -29,6 +29,35 @@ def test_the_command_without_options_trains_the_recipe_that_shipped():
     assert build_parser().parse_args(["--paired"]).paired and not default["paired"]
 
 
+def test_the_two_commands_read_the_training_options_alike():
+    """``experiments.detectors`` and ``experiments.ship_detector`` share their training options
+    (``add_training_options``): the same flags, types and actions; only the defaults differ
+    (the shipped recipe's). A decay of 0 is the raw weights, one outside (0, 1) is refused."""
+    import argparse
+
+    from experiments import detectors
+
+    shared = argparse.ArgumentParser()
+    detectors.add_training_options(shared)
+    options = [a for a in shared._actions if a.dest != "help"]
+    assert len(options) >= 10
+    for parser in (detectors.build_parser(), build_parser()):
+        by_dest = {a.dest: a for a in parser._actions}
+        for action in options:
+            mine = by_dest[action.dest]
+            assert (mine.option_strings, mine.type, type(mine)) == (
+                action.option_strings,
+                action.type,
+                type(action),
+            )
+    for parse in (detectors.build_parser().parse_args, build_parser().parse_args):
+        assert parse(["--average", "0"]).average is None
+        assert parse(["--average", "0.99"]).average == 0.99
+        for bad in ("1", "-0.5", "nan", "x"):
+            with pytest.raises(SystemExit):
+                parse(["--average", bad])
+
+
 @pytest.mark.slow  # trains a detector for 20 steps and builds the tiny benchmark: ~15 s
 def test_ship_writes_a_checkpoint_and_its_table(tmp_path):
     out, md = tmp_path / "ckpt" / "tiny.safetensors", tmp_path / "results.md"
