@@ -82,6 +82,46 @@ def select(
     ]
 
 
+# What the runs of one race must share besides the model and the weight average (which
+# ``select`` matches): the rest of the recipe, so that a race never sets runs trained on other
+# families, batches, losses or stopping rules against each other.
+SHARED = ("patch_size", "attribution", "seen", "paired", "trace_strength", "patience")
+
+
+def recipe_details(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What the runs of a race share of :data:`SHARED` that their title should say (family
+    attribution, paired batches, a patience other than the default, another training split,
+    blended fakes); ``ValueError`` naming the entry if they do not all share it."""
+    from experiments.detectors import DEFAULT_PATIENCE, is_default_split, patience_of
+
+    def entry(run: Mapping[str, Any], key: str) -> Any:
+        if key == "patience":
+            return patience_of(dict(run))
+        if key == "seen":
+            return "default" if is_default_split(dict(run)) else list(run["seen"])
+        return run.get(key) or None  # absent, False, 0.0: the recipe without it
+
+    shared = {}
+    for key in SHARED:
+        values = {json.dumps(entry(r, key)) for r in runs}
+        if len(values) > 1:
+            raise ValueError(f"the runs differ in {key}: {sorted(values)}; race one recipe")
+        shared[key] = entry(runs[0], key) if runs else None
+    details = []
+    if shared["attribution"]:
+        details.append(f"family attribution {shared['attribution']:g}")
+    if shared["paired"]:
+        details.append("paired batches")
+    if shared["patience"] is not None and shared["patience"] != DEFAULT_PATIENCE:
+        details.append(f"patience {shared['patience']}")
+    if shared["trace_strength"]:
+        low, high = shared["trace_strength"]
+        details.append(f"trace strength {low:g}–{high:g}")
+    if shared["seen"] not in (None, "default"):
+        details.append("trained on " + "+".join(shared["seen"]))
+    return details
+
+
 def tune(
     runs: Sequence[Mapping[str, Any]], seed: int
 ) -> tuple[float, dict[float, float], str | None]:
@@ -312,7 +352,10 @@ def markdown(
     tuning_seed: int,
     average: float | None = None,
     budget: int | None = None,
+    recipe: Sequence[str] = (),
 ) -> str:
+    """The race's section; ``recipe``: what else its runs share that the title says
+    (:func:`recipe_details`)."""
     from experiments.pretraining_study import PRETRAIN_SUFFIX
 
     if model.endswith(PRETRAIN_SUFFIX):
@@ -329,6 +372,7 @@ def markdown(
         details.append(f"evaluated every {interval} steps")
     if budget is not None:
         details.append(f"a fixed {budget} steps")
+    details += recipe
     stopping = (
         "evaluated and scored" if budget is not None else "evaluated, early-stopped and scored"
     )
@@ -342,7 +386,13 @@ def markdown(
                 f"Every run, Adam's included, is {stopping} on the "
                 f"exponential moving average of its weights (decay {average:g}, "
                 "`assocmem.training.fit`'s `average`); the step costs below leave out the "
-                "average's update, the same pass for every optimizer.",
+                "average's update, the same pass for every optimizer"
+                + (
+                    ", and the family-attribution head (a linear layer on the embedding, "
+                    "stepped by every optimizer alike)."
+                    if any(r.startswith("family attribution") for r in recipe)
+                    else "."
+                ),
                 "",
             ]
             if average is not None
@@ -499,6 +549,7 @@ def main(argv: list[str] | None = None) -> None:
     grids = {name: tune(rs, args.tuning_seed) for name, rs in chosen.items()}
     lrs = {name: grid[0] for name, grid in grids.items()}
     try:
+        recipe = recipe_details([r for rs in chosen.values() for r in rs])
         if args.budget is not None:
             check_budget([r for rs in chosen.values() for r in rs], args.budget)
         rows = race(chosen[BASELINE], chosen[args.candidate], lrs[BASELINE], lrs[args.candidate])
@@ -517,7 +568,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     text = markdown(
         args.model, args.candidate, grids, rows, costs, f"`{command}`", args.tuning_seed,
-        args.average, args.budget,
+        args.average, args.budget, recipe,
     )  # fmt: skip
     print(text)
     if args.json:

@@ -266,3 +266,34 @@ def test_a_fixed_budget_race_takes_only_full_runs_and_gets_its_own_section(tmp_p
     path.write_text(json.dumps([base, {**cand, "stopped_early": True, "steps": 500}]))
     with pytest.raises(SystemExit):
         main(["--runs", str(path), "--budget", "2000", "--no-step-cost"])
+
+
+def test_a_race_takes_runs_of_one_recipe_and_its_title_says_what_they_share(tmp_path):
+    """Runs trained with family attribution, paired batches or another patience are another
+    recipe: a race that would set them against the rest is refused, and one made of them
+    says so in its title."""
+    from experiments.detector_race import recipe_details
+
+    recipe = {"attribution": 3.0, "patience": 8, "average": 0.995}
+    runs = [
+        {**_run("adam", 1e-3, 0, [(0, 0.7), (500, 0.41)]), **recipe},
+        {**_run("muon_delta/split", 5e-3, 0, [(0, 0.7), (250, 0.40)]), **recipe},
+    ]
+    assert recipe_details(runs) == ["family attribution 3", "patience 8"]
+    # a run recorded before the entry: its command says the patience
+    legacy = {k: v for k, v in runs[1].items() if k != "patience"}
+    assert recipe_details([runs[0], {**legacy, "command": "x --patience 8"}])[1] == "patience 8"
+    for key, other in (("attribution", 0.0), ("paired", True), ("patience", 4)):
+        with pytest.raises(ValueError, match=f"differ in {key}"):
+            recipe_details([runs[0], {**runs[1], key: other}])
+    path, md = tmp_path / "runs.json", tmp_path / "results.md"
+    path.write_text(json.dumps(runs))
+    main(["--runs", str(path), "--model", "npr_bn", "--candidate", "muon_delta/split",
+          "--average", "0.995", "--no-step-cost", "--write", str(md)])  # fmt: skip
+    text = md.read_text()
+    assert "weight average 0.995, family attribution 3, patience 8)" in text
+    assert "and the family-attribution head" in text
+    path.write_text(json.dumps([runs[0], {**runs[1], "paired": True}]))
+    with pytest.raises(SystemExit):
+        main(["--runs", str(path), "--candidate", "muon_delta/split", "--average", "0.995",
+              "--no-step-cost"])  # fmt: skip
