@@ -78,7 +78,11 @@ def records_by_weights(paths: list[Path]) -> dict[Path, dict[str, Any]]:
     resolved path."""
     found: dict[Path, dict[str, Any]] = {}
     for path in paths:
-        for record in json.loads(Path(path).read_text()):
+        data = json.loads(Path(path).read_text())
+        records = data if isinstance(data, list) else [data]
+        if not all(isinstance(record, dict) for record in records):
+            raise ValueError(f"{path}: not run records (a list of objects)")
+        for record in records:
             if record.get("weights"):
                 found[Path(record["weights"]).resolve()] = record
     return found
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     try:
         recipe, ensemble = ensemble_of(args.members, records_by_weights(args.records))
-    except (ValueError, FileNotFoundError, json.JSONDecodeError) as e:
+    except (ValueError, OSError) as e:  # a JSONDecodeError is a ValueError
         parser.error(str(e))
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
     if recipe["patch_size"] != config.patch_size:

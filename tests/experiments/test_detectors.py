@@ -285,6 +285,9 @@ def test_an_ensemble_holds_its_members_whole_recipe_and_scores_them_on_their_spl
     (tmp_path / "wrong.json").write_text(json.dumps([{**first, "weights": str(legacy), "lr": 1}]))
     with pytest.raises(ValueError, match=r"run record differ in \['lr'\]"):
         ensemble_of([legacy], records_by_weights([tmp_path / "wrong.json"]))
+    (tmp_path / "bad.json").write_text(json.dumps(["not a record"]))
+    with pytest.raises(ValueError, match="not run records"):
+        records_by_weights([tmp_path / "bad.json"])
     write_safetensors(legacy, tensors, {**header, "seen": "splice"})  # a tampered header
     with pytest.raises(ValueError, match="not a list of names"):
         ensemble_of([legacy])
