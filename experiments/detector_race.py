@@ -70,11 +70,15 @@ def select(
     """The runs of ``model`` with ``optimizer``, without learning-rate drops and evaluated on
     the weights themselves or on their average of decay ``average`` (each a different
     recipe; runs recorded before weight averaging existed evaluated the weights). Runs with a
-    learning-rate decay (``lr_decay``) are another recipe too, and no race takes them yet."""
+    learning-rate decay (``lr_decay``) are another recipe too, and no race takes them yet.
+    A run scored with several test-time view sets (``experiments.detectors --views one d4``)
+    has one record per set, of the same training and validation curve: the race reads its
+    single-view record."""
     return [
         r
         for r in runs
-        if r["model"] == model
+        if r.get("views", "one") == "one"
+        and r["model"] == model
         and r["optimizer"] == optimizer
         and r.get("lr_drops", 0) == lr_drops
         and r.get("average") == average

@@ -68,6 +68,9 @@ def test_select_leaves_out_other_models_and_lr_drop_and_decay_recipes():
         {**_run("adam", 1e-3, 0, [(0, 0.7), (250, 0.4)]), "lr_decay": "linear"},
     ]
     assert select(runs, "npr_bn", "adam") == [runs[0]]
+    # a run scored with eight views too: one training, raced once (its single-view record)
+    views = [{**runs[0], "views": "one"}, {**runs[0], "views": "d4"}]
+    assert select(views, "npr_bn", "adam") == [views[0]]
 
 
 def test_race_targets_adams_best_per_seed_and_summary_says_whether_spreads_are_apart():
