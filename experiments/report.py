@@ -261,16 +261,62 @@ def section(markdown: Path, name: str) -> str:
     return text[text.index(begin) + len(begin) : text.index(end)].strip()
 
 
-def replace_section(markdown: Path, name: str, body: str) -> None:
+def _replaced(text: str, name: str, body: str) -> str:
+    """``text`` with its section ``name`` (between its markers) holding ``body``; appended at
+    the end if it has no such section."""
     begin, end = f"<!-- report:{name}:begin -->", f"<!-- report:{name}:end -->"
-    text = markdown.read_text() if markdown.exists() else "# Results\n"
     section = f"{begin}\n{body.rstrip()}\n{end}"
     if begin in text and end in text:
-        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
+        return text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
+    return text.rstrip() + "\n\n" + section + "\n"
+
+
+def replace_section(markdown: Path, name: str, body: str) -> None:
+    """Write ``body`` into the section ``name`` of ``markdown``, leaving the rest alone but for
+    its list of contents (:func:`contents`), if it has one, which follows the new headings."""
+    text = markdown.read_text() if markdown.exists() else "# Results\n"
+    text = _replaced(text, name, body)
+    if CONTENTS_BEGIN in text:
+        text = _replaced(text, CONTENTS, contents(text))
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text(text)
+
+
+# The section that lists the others; a file without its markers has none.
+CONTENTS = "contents"
+CONTENTS_BEGIN = f"<!-- report:{CONTENTS}:begin -->"
+
+
+def anchor(heading: str, taken: dict[str, int]) -> str:
+    """GitHub's link anchor of a markdown heading's text: lower case, every character but
+    letters, digits, spaces, hyphens and underscores dropped, spaces made hyphens, and ``-1``,
+    ``-2``, ... after an anchor already ``taken`` (counted in place).
+
+    Example:
+        >>> taken = {}
+        >>> anchor("Step cost", taken), anchor("Comparison `classic`", taken)
+        ('step-cost', 'comparison-classic')
+        >>> anchor("Step cost", taken)
+        'step-cost-1'
+    """
+    slug = "".join(c for c in heading.strip().lower() if c.isalnum() or c in " -_")
+    slug = slug.replace(" ", "-")
+    count = taken.get(slug, 0)
+    taken[slug] = count + 1
+    return slug if count == 0 else f"{slug}-{count}"
+
+
+def contents(text: str) -> str:
+    """The list of ``text``'s second-level headings (``## ...``) outside code blocks, each a
+    link to its anchor, in order: the body of its contents section."""
+    lines, taken, fenced = ["## Contents", ""], {"contents": 1}, False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("## ") and line[3:].strip() != "Contents":
+            title = line[3:].strip()
+            lines.append(f"- [{title.replace('`', '')}](#{anchor(title, taken)})")
+    return "\n".join(lines)
 
 
 def write_report(
