@@ -40,37 +40,19 @@ from assocmem.forensic.train import fake_probability, logits
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.storage import read_safetensors
 from experiments.detectors import (
+    LEGACY_DEFAULTS,
     MODELS,
     SEEN,
     WEIGHTS_RECIPE,
     family_split,
     group_mean,
-    lr_drops_of,
-    patience_of,
+    recipe_of,
 )
 
 # What every member must share: an ensemble row stands for one recipe.
 RECIPE = WEIGHTS_RECIPE
 # What every weights file's header has held since ``--save-weights`` existed.
 ALWAYS_RECORDED = ("model", "patch_size", "optimizer", "lr", "average", "seed")
-# The entries a header written before them lacks, as those runs had them by default; patience is
-# not among them (its default changed between recipes): unknown, it is left out of the record.
-LEGACY_DEFAULTS: dict[str, Any] = {
-    "attribution": 0.0,
-    "seen": list(SEEN),
-    "paired": False,
-    "trace_strength": None,
-    "lr_drops": 0,
-    "patience": None,
-    "init_residual": None,
-}
-
-
-def recipe_from_record(record: dict[str, Any]) -> dict[str, Any]:
-    """The :data:`RECIPE` entries of a run record (``experiments.detectors --json``), with the
-    options older records hold only in their command read from it."""
-    recipe = {k: record.get(k, LEGACY_DEFAULTS.get(k)) for k in RECIPE}
-    return recipe | {"lr_drops": lr_drops_of(record), "patience": patience_of(record)}
 
 
 def records_by_weights(paths: list[Path]) -> dict[Path, dict[str, Any]]:
@@ -94,7 +76,7 @@ def load_member(
     """The recipe header and the network of one weights file (strict: every tensor present,
     none extra, shapes equal). Entries the header lacks (written before it held them) come from
     ``record``, the run record that wrote the file, if given, else from
-    :data:`LEGACY_DEFAULTS`; an entry both hold must agree."""
+    :data:`experiments.detectors.LEGACY_DEFAULTS`; an entry both hold must agree."""
     metadata, tensors = read_safetensors(path, "detector weights")
     if "assocmem" not in metadata:
         raise ValueError(f"{path} has no assocmem header: not written by --save-weights")
@@ -103,7 +85,7 @@ def load_member(
     if missing:
         raise ValueError(f"{path}: its header lacks {', '.join(missing)}")
     if record is not None:
-        from_record = recipe_from_record(record) | {"seed": record.get("seed")}
+        from_record = recipe_of(record) | {"seed": record.get("seed")}
         clash = [k for k in (*RECIPE, "seed") if k in header and header[k] != from_record[k]]
         if clash:
             raise ValueError(f"{path}: its header and its run record differ in {clash}")

@@ -88,29 +88,26 @@ def select(
 
 # What the runs of one race must share besides the model and the weight average (which
 # ``select`` matches): the rest of the recipe, so that a race never sets runs trained on other
-# families, batches, losses or stopping rules against each other.
+# families, batches, losses or stopping rules against each other. Patience is asked of the
+# raced runs (each optimizer's at its tuned lr) only: a grid may be tuned at a shorter patience
+# than the seeds are raced at, the same for both optimizers.
 SHARED = ("patch_size", "attribution", "seen", "paired", "trace_strength", "patience")
+TUNING_SHARED = tuple(k for k in SHARED if k != "patience")
 
 
-def recipe_details(runs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """What the runs of a race share of :data:`SHARED` that their title should say (family
+def recipe_details(runs: Sequence[Mapping[str, Any]], keys: Sequence[str] = SHARED) -> list[str]:
+    """What the runs of a race share of ``keys`` that their title should say (family
     attribution, paired batches, a patience other than the default, another training split,
     blended fakes); ``ValueError`` naming the entry if they do not all share it."""
-    from experiments.detectors import DEFAULT_PATIENCE, is_default_split, patience_of
+    from experiments.detectors import DEFAULT_PATIENCE, SEEN, recipe_of
 
-    def entry(run: Mapping[str, Any], key: str) -> Any:
-        if key == "patience":
-            return patience_of(dict(run))
-        if key == "seen":
-            return "default" if is_default_split(dict(run)) else list(run["seen"])
-        return run.get(key) or None  # absent, False, 0.0: the recipe without it
-
-    shared = {}
-    for key in SHARED:
-        values = {json.dumps(entry(r, key)) for r in runs}
+    recipes = [recipe_of(r) for r in runs]
+    shared = dict.fromkeys(SHARED)
+    for key in keys:
+        values = {json.dumps(recipe[key]) for recipe in recipes}
         if len(values) > 1:
             raise ValueError(f"the runs differ in {key}: {sorted(values)}; race one recipe")
-        shared[key] = entry(runs[0], key) if runs else None
+        shared[key] = recipes[0][key] if recipes else None
     details = []
     if shared["attribution"]:
         details.append(f"family attribution {shared['attribution']:g}")
@@ -121,7 +118,7 @@ def recipe_details(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     if shared["trace_strength"]:
         low, high = shared["trace_strength"]
         details.append(f"trace strength {low:g}–{high:g}")
-    if shared["seen"] not in (None, "default"):
+    if shared["seen"] is not None and tuple(shared["seen"]) != SEEN:
         details.append("trained on " + "+".join(shared["seen"]))
     return details
 
@@ -376,7 +373,8 @@ def markdown(
         details.append(f"evaluated every {interval} steps")
     if budget is not None:
         details.append(f"a fixed {budget} steps")
-    details += recipe
+    # a fixed budget's patience only turns early stopping off: the budget says it
+    details += [d for d in recipe if budget is None or not d.startswith("patience ")]
     stopping = (
         "evaluated and scored" if budget is not None else "evaluated, early-stopped and scored"
     )
@@ -553,7 +551,9 @@ def main(argv: list[str] | None = None) -> None:
     grids = {name: tune(rs, args.tuning_seed) for name, rs in chosen.items()}
     lrs = {name: grid[0] for name, grid in grids.items()}
     try:
-        recipe = recipe_details([r for rs in chosen.values() for r in rs])
+        recipe_details([r for rs in chosen.values() for r in rs], TUNING_SHARED)
+        raced = [r for name, rs in chosen.items() for r in rs if float(r["lr"]) == lrs[name]]
+        recipe = recipe_details(raced)
         if args.budget is not None:
             check_budget([r for rs in chosen.values() for r in rs], args.budget)
         rows = race(chosen[BASELINE], chosen[args.candidate], lrs[BASELINE], lrs[args.candidate])

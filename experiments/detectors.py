@@ -78,6 +78,19 @@ WEIGHTS_RECIPE = (
     "patience",
     "init_residual",
 )
+# The WEIGHTS_RECIPE entries a record or header written before them lacks, as those runs had
+# them by default; patience is not among them (its default changed between recipes), and a
+# record's command says it (recipe_of).
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "patch_size": DEFAULT_PATCH,
+    "attribution": 0.0,
+    "seen": list(SEEN),
+    "paired": False,
+    "trace_strength": None,
+    "lr_drops": 0,
+    "patience": None,
+    "init_residual": None,
+}
 # what tells two runs of a --from-json table apart: a file copied or named twice repeats all of it
 RUN_IDENTITY = ("command", "model", "optimizer", "lr", "seed", "views", "seen", "patch_size")
 
@@ -500,6 +513,14 @@ def recorded_option(run: Mapping[str, Any], key: str, flag: str, default: Any) -
 def lr_drops_of(run: dict[str, Any]) -> int:
     """How many lr drops ``run`` allowed (:func:`recorded_option`, default 0)."""
     return int(recorded_option(run, "lr_drops", "--lr-drops", 0))
+
+
+def recipe_of(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`WEIGHTS_RECIPE` entries of a run record (``--json``), absent ones as those runs
+    had them by default (:data:`LEGACY_DEFAULTS`), the options older records hold only in their
+    command (lr drops, patience) read from it: what two runs must share to be one recipe."""
+    recipe = {k: run.get(k, LEGACY_DEFAULTS.get(k)) for k in WEIGHTS_RECIPE}
+    return recipe | {"lr_drops": lr_drops_of(dict(run)), "patience": patience_of(dict(run))}
 
 
 def patience_of(run: dict[str, Any]) -> int:

@@ -247,9 +247,9 @@ def test_a_fixed_budget_race_takes_only_full_runs_and_gets_its_own_section(tmp_p
 
     curve = [(0, 0.7), (250, 0.45), (500, 0.42), (750, 0.43), (1000, 0.44), (1250, 0.43),
              (1500, 0.41), (1750, 0.42), (2000, 0.42)]  # fmt: skip
-    base = {**_run("adam", 1e-3, 0, curve), "stopped_early": False}
+    base = {**_run("adam", 1e-3, 0, curve), "stopped_early": False, "patience": 1000}
     cand = {**_run("muon/split", 2e-2, 0, [(0, 0.7), (250, 0.43), (500, 0.40)]),
-            "stopped_early": False, "steps": 2000}  # fmt: skip
+            "stopped_early": False, "steps": 2000, "patience": 1000}  # fmt: skip
     check_budget([base, cand], 2000)
     with pytest.raises(ValueError, match="ran 1500 steps"):
         check_budget([base, {**cand, "steps": 1500}], 2000)
@@ -264,6 +264,8 @@ def test_a_fixed_budget_race_takes_only_full_runs_and_gets_its_own_section(tmp_p
     text = md.read_text()
     assert "<!-- report:race-npr_bn-budget2000:begin -->" in text
     assert "a fixed 2000 steps" in text and "without early stopping" in text
+    title = next(line for line in text.splitlines() if line.startswith("## "))
+    assert "patience" not in title  # the budget's patience only turns early stopping off
     assert "early stopping restores it" not in text
     assert "| 0 | 0.41 | 1500 (2000) | 500 (2000) | 0.33 | 0.4 |" in text
     path.write_text(json.dumps([base, {**cand, "stopped_early": True, "steps": 500}]))
@@ -300,3 +302,26 @@ def test_a_race_takes_runs_of_one_recipe_and_its_title_says_what_they_share(tmp_
     with pytest.raises(SystemExit):
         main(["--runs", str(path), "--candidate", "muon_delta/split", "--average", "0.995",
               "--no-step-cost"])  # fmt: skip
+
+
+def test_a_grid_tuned_at_a_shorter_patience_races_its_seeds_at_the_longer_one(tmp_path):
+    """Both optimizers' lr grids at patience 4 and their tuned-lr seeds at patience 8 (as the
+    races at 125-step evaluations ran): one recipe, titled by the raced runs' patience. Raced
+    runs of different patience are refused; so are grids of another family attribution."""
+
+    def run(optimizer, lr, seed, patience, best):
+        return {**_run(optimizer, lr, seed, [(0, 0.7), (500, best)]), "patience": patience}
+
+    runs = [
+        run("adam", 1e-3, 0, 8, 0.40), run("adam", 1e-3, 1, 8, 0.41),
+        run("adam", 3e-3, 0, 4, 0.45), run("muon/split", 2e-2, 0, 8, 0.38),
+        run("muon/split", 2e-2, 1, 8, 0.39), run("muon/split", 5e-3, 0, 4, 0.42),
+    ]  # fmt: skip
+    path, md = tmp_path / "runs.json", tmp_path / "results.md"
+    path.write_text(json.dumps(runs))
+    main(["--runs", str(path), "--no-step-cost", "--write", str(md)])
+    assert "(`npr_bn`, muon/split, patience 8)" in md.read_text()
+    for k, changed in ((4, {"patience": 4}), (5, {"attribution": 1.0})):
+        path.write_text(json.dumps([r if i != k else {**r, **changed} for i, r in enumerate(runs)]))
+        with pytest.raises(SystemExit):
+            main(["--runs", str(path), "--no-step-cost"])
