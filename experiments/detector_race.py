@@ -91,14 +91,23 @@ def select(
 # families, batches, losses or stopping rules against each other. Patience is asked of the
 # raced runs (each optimizer's at its tuned lr) only: a grid may be tuned at a shorter patience
 # than the seeds are raced at, the same for both optimizers.
-SHARED = ("patch_size", "attribution", "seen", "paired", "trace_strength", "patience")
+SHARED = (
+    "patch_size",
+    "attribution",
+    "seen",
+    "paired",
+    "train_postprocess",
+    "trace_strength",
+    "patience",
+)
 TUNING_SHARED = tuple(k for k in SHARED if k != "patience")
 
 
 def recipe_details(runs: Sequence[Mapping[str, Any]], keys: Sequence[str] = SHARED) -> list[str]:
     """What the runs of a race share of ``keys`` that their title should say (family
-    attribution, paired batches, a patience other than the default, another training split,
-    blended fakes); ``ValueError`` naming the entry if they do not all share it."""
+    attribution, paired batches, training batches without post-processing, a patience other
+    than the default, another training split, blended fakes); ``ValueError`` naming the entry
+    if they do not all share it."""
     from experiments.detectors import DEFAULT_PATIENCE, SEEN, recipe_of
 
     recipes = [recipe_of(r) for r in runs]
@@ -113,6 +122,8 @@ def recipe_details(runs: Sequence[Mapping[str, Any]], keys: Sequence[str] = SHAR
         details.append(f"family attribution {shared['attribution']:g}")
     if shared["paired"]:
         details.append("paired batches")
+    if shared["train_postprocess"] not in (None, "shared"):
+        details.append("trained without post-processing")
     if shared["patience"] is not None and shared["patience"] != DEFAULT_PATIENCE:
         details.append(f"patience {shared['patience']}")
     if shared["trace_strength"]:

@@ -37,6 +37,7 @@ from torch import nn
 from assocmem import MemoryOptimizer, available_memories
 from assocmem.forensic.checkpoint import build_model
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
+from assocmem.forensic.data.postprocess import PostProcessConfig
 from assocmem.forensic.data.stream import TrainStream, checked_strength, stream_loader
 from assocmem.forensic.models import F3Net, MesoNet4
 from assocmem.forensic.models.attribution import FamilyAttribution
@@ -73,6 +74,7 @@ WEIGHTS_RECIPE = (
     "attribution",
     "seen",
     "paired",
+    "train_postprocess",
     "trace_strength",
     "lr_drops",
     "patience",
@@ -86,10 +88,16 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "attribution": 0.0,
     "seen": list(SEEN),
     "paired": False,
+    "train_postprocess": "shared",
     "trace_strength": None,
     "lr_drops": 0,
     "patience": None,
     "init_residual": None,
+}
+# --train-postprocess: name -> the training stream's post-processing for a benchmark
+TRAIN_POSTPROCESS: dict[str, Callable[[Any], PostProcessConfig]] = {
+    "shared": lambda bench: bench.config.post,
+    "none": lambda bench: PostProcessConfig.none(),
 }
 # what tells two runs of a --from-json table apart: a file copied or named twice repeats all of it
 RUN_IDENTITY = ("command", "model", "optimizer", "lr", "seed", "views", "seen", "patch_size")
@@ -304,6 +312,13 @@ def add_training_options(parser: argparse.ArgumentParser, **defaults: Any) -> No
         "alike (TrainStream's paired)",
     )
     parser.add_argument(
+        "--train-postprocess",
+        choices=TRAIN_POSTPROCESS,
+        default="shared",
+        help="post-processing of the training batches: 'shared', the benchmark's (resize, blur, "
+        "JPEG, as validation and test); 'none', crops and fakes as made (TrainStream's post)",
+    )
+    parser.add_argument(
         "--attribution",
         type=attribution_weight,
         default=0.0,
@@ -316,6 +331,11 @@ def add_training_options(parser: argparse.ArgumentParser, **defaults: Any) -> No
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
     parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.set_defaults(**defaults)
+
+
+def train_postprocess_of(args: argparse.Namespace) -> str:
+    """The ``--train-postprocess`` of ``args`` ('shared' where a caller's namespace lacks it)."""
+    return getattr(args, "train_postprocess", "shared")
 
 
 def is_default_split(run: dict[str, Any]) -> bool:
@@ -343,6 +363,7 @@ def train_one(
         seed=seed,
         trace_strength=tuple(strength) if strength else None,
         paired=getattr(args, "paired", False),
+        post=TRAIN_POSTPROCESS[train_postprocess_of(args)](bench),
     )
     x_val, y_val = balanced(bench.split("val", families.seen), seed=1000 + seed)
     weight = getattr(args, "attribution", 0.0) or 0.0
@@ -388,6 +409,7 @@ def train_one(
         "patience": args.patience,
         "trace_strength": list(strength) if strength else None,
         "paired": getattr(args, "paired", False),
+        "train_postprocess": train_postprocess_of(args),
         "attribution": weight,
         "seconds": round(seconds, 1),
         "val_curve": curve,
@@ -442,6 +464,7 @@ def weights_name(model_name: str, run: dict[str, Any]) -> str:
     strength = run.get("trace_strength")
     traces = f"-trace{strength[0]:g}-{strength[1]:g}" if strength else ""
     paired = "-paired" if run.get("paired") else ""
+    paired += "" if run.get("train_postprocess", "shared") == "shared" else "-nopost"
     attribution = f"-attr{run['attribution']:g}" if run.get("attribution") else ""
     init = f"-init-{pretraining_of(run)}" if run.get("init_residual") else ""
     return (
@@ -550,6 +573,11 @@ def run_label(run: dict[str, Any]) -> str:
         + (f" (EMA {run['average']:g})" if run.get("average") else "")
         + (f" (trace strength {strength[0]:g}–{strength[1]:g})" if strength else "")
         + (" (paired)" if run.get("paired") else "")
+        + (
+            " (trained without post-processing)"
+            if run.get("train_postprocess", "shared") == "none"
+            else ""
+        )
         + (f" (attribution {run['attribution']:g})" if run.get("attribution") else "")
         + (f" (residual pretrained: {pretraining_of(run)})" if run.get("init_residual") else "")
         + (f" (ensemble of {len(run['ensemble'])})" if run.get("ensemble") else "")

@@ -378,6 +378,7 @@ SHIPPED_RECIPE: dict[str, Any] = {
     "patience": 8,
     "average": 0.995,
     "attribution": 3.0,
+    "train_postprocess": "shared",
     "views": "d4",
 }
 

@@ -440,6 +440,33 @@ def test_a_paired_run_records_it_and_gets_its_own_row_and_weights(tmp_path):
     assert run_label(before) == "npr_bn" and "paired" not in weights_name("npr_bn", before)
 
 
+def test_a_run_without_training_post_processing_records_it_and_is_a_recipe_of_its_own(tmp_path):
+    """``--train-postprocess none`` is recorded, labelled and named; records and headers made
+    before the entry read as the shared post-processing; an ensemble or a race never mixes the
+    two (the entry is in WEIGHTS_RECIPE and the race's shared entries)."""
+    import json
+
+    from experiments.detector_race import recipe_details
+    from experiments.detectors import main, recipe_of, run_label, weights_name
+
+    out = tmp_path / "runs.json"
+    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0",
+          "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--workers", "0",
+          "--train-postprocess", "none", "--json", str(out)])  # fmt: skip
+    (run,) = json.loads(out.read_text())
+    assert run["train_postprocess"] == "none"
+    assert run_label(run) == "npr_bn (trained without post-processing)"
+    assert "-nopost-" in weights_name("npr_bn", run)
+    before = {k: v for k, v in run.items() if k != "train_postprocess"}
+    assert run_label(before) == "npr_bn" and "nopost" not in weights_name("npr_bn", before)
+    assert recipe_of(before)["train_postprocess"] == "shared"
+    assert recipe_details([run, run]) == ["trained without post-processing"]
+    with pytest.raises(ValueError, match="differ in train_postprocess"):
+        recipe_details([run, before])
+    with pytest.raises(SystemExit):
+        main(["--tiny", "--models", "npr_bn", "--train-postprocess", "jpeg"])
+
+
 def test_an_attribution_run_records_it_and_keeps_only_the_detectors_weights(tmp_path):
     import json
 

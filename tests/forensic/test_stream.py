@@ -223,15 +223,30 @@ def test_a_pair_goes_through_the_same_post_processing(bench):
     and fakes blended back to their crop (strength 1e-6: the fake *is* its crop), a pair is the
     same image after processing only if both halves got the same draws; unpaired, the same
     stream's reals and fakes are different crops and differ."""
-    from dataclasses import replace
-
     post = PostProcessConfig(p_resize=1.0, p_blur=1.0, p_jpeg=1.0)
-    stream = TrainStream(bench, SEEN, batch_size=16, seed=1, paired=True,
+    stream = TrainStream(bench, SEEN, batch_size=16, seed=1, paired=True, post=post,
                          trace_strength=(1e-6, 1e-6))  # fmt: skip
-    stream.config = replace(stream.config, post=post)
     images, labels, _ = take(stream, 1)[0]
     assert torch.equal(images[:8], images[8:]) and labels[8:].all()
-    crops = TrainStream(bench, SEEN, batch_size=16, seed=1, paired=True)
-    crops.config = stream.config
+    crops = TrainStream(bench, SEEN, batch_size=16, seed=1, paired=True, post=post)
     processed_fakes = take(crops, 1)[0][0][8:]
     assert not torch.equal(processed_fakes, images[8:])  # full-strength traces survive it
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_training_post_processing_changes_the_pixels_and_nothing_else(bench, paired):
+    """``post`` is the training batches' own post-processing: every step on changes the images;
+    the coin flips are drawn either way, so with ``PostProcessConfig.none()`` the stream is,
+    batch for batch, the one of a benchmark made without post-processing (this one), and the
+    labels and families are those of the processed stream."""
+    every = PostProcessConfig(p_resize=1.0, p_blur=1.0, p_jpeg=1.0)
+    own = take(TrainStream(bench, SEEN, batch_size=12, seed=3, paired=paired), 2)
+    none = take(TrainStream(bench, SEEN, batch_size=12, seed=3, paired=paired,
+                            post=PostProcessConfig.none()), 2)  # fmt: skip
+    processed = take(TrainStream(bench, SEEN, batch_size=12, seed=3, paired=paired,
+                                 post=every), 2)  # fmt: skip
+    for a, b, c in zip(own, none, processed, strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+        assert torch.equal(a[1], c[1]) and torch.equal(a[2], c[2])
+        assert not torch.equal(a[0], c[0])
+    assert TrainStream(bench, SEEN).post == bench.config.post

@@ -19,6 +19,9 @@ validation loss then rises. ``TrainStream`` draws every training batch anew inst
    crops, families and post-processing are the same as without it;
 4. the whole batch then goes through the benchmark's shared post-processing with one set of
    coin flips drawn independently of the labels, so no processing step is a label shortcut.
+   ``post`` replaces it for training only (``PostProcessConfig.none()``: none at all, so a
+   blurred or zoomed crop never appears as a real); the draws are made either way, so the
+   crops, families and fakes are the same as with the shared post-processing.
 
 With ``paired=True`` a batch is ``batch_size // 2`` crops, each present twice: as the real
 and as its fake (a family drawn per crop), both through the *same* post-processing draws. The
@@ -46,7 +49,7 @@ from assocmem.forensic.data.benchmark import ForensicBenchmark, fitted_generator
 from assocmem.forensic.data.crops import PhotoCrops, augment
 from assocmem.forensic.data.families import LEARNED_FAMILIES, generate
 from assocmem.forensic.data.pipeline import gray_where
-from assocmem.forensic.data.postprocess import postprocess
+from assocmem.forensic.data.postprocess import PostProcessConfig, postprocess
 
 __all__ = ["TrainStream", "augment", "blend", "checked_strength", "stream_loader"]
 
@@ -85,6 +88,8 @@ class TrainStream(IterableDataset):
         trace_strength: ``(lo, hi)`` with ``0 < lo <= hi <= 1``: blend each fake with its crop
             at a strength drawn from ``[lo, hi]`` (step 3 above); ``None``: full-strength fakes.
         paired: each crop in the batch as its real and as its fake, processed alike (above).
+        post: the post-processing of training batches (step 4); ``None``: the benchmark's
+            (``bench.config.post``), which its validation and test sets went through.
 
     Use it with ``DataLoader(stream, batch_size=None, num_workers=k)``: each worker draws from its
     own generator ``(seed, worker id)``, and the loader interleaves workers in a fixed order.
@@ -99,9 +104,11 @@ class TrainStream(IterableDataset):
         seed: int = 0,
         trace_strength: tuple[float, float] | None = None,
         paired: bool = False,
+        post: PostProcessConfig | None = None,
     ) -> None:
         super().__init__()
         self.paired = bool(paired)
+        self.post = bench.config.post if post is None else post
         self.trace_strength = None if trace_strength is None else checked_strength(trace_strength)
         fams = tuple(families)
         unknown = [f for f in fams if f not in bench.config.families]
@@ -145,7 +152,7 @@ class TrainStream(IterableDataset):
         n_fake = n // 2
         fake_rows = np.sort(rng.choice(n, size=n_fake, replace=False))
         self._make_fakes(images, sources, family, fake_rows, rng, strengths)
-        images, _ = postprocess(images, self.config.post, rng)
+        images, _ = postprocess(images, self.post, rng)
         return _tensors(images, family)
 
     def _paired_batch(
@@ -162,8 +169,8 @@ class TrainStream(IterableDataset):
         # one seed for both halves: the same coin flips, scales, offsets, sigmas and qualities
         # for a crop's real and its fake (postprocess draws them up front, per row)
         seed = int(rng.integers(2**63))
-        reals, _ = postprocess(reals, self.config.post, np.random.default_rng(seed))
-        fakes, _ = postprocess(fakes, self.config.post, np.random.default_rng(seed))
+        reals, _ = postprocess(reals, self.post, np.random.default_rng(seed))
+        fakes, _ = postprocess(fakes, self.post, np.random.default_rng(seed))
         return _tensors(
             np.concatenate([reals, fakes]), np.concatenate([np.zeros_like(family), family])
         )
