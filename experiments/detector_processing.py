@@ -1,0 +1,215 @@
+"""Test AUC split by the post-processing of the test patches: what the shared processing hides.
+
+The benchmark post-processes reals and fakes alike (zoom, blur, JPEG, each by its own coin
+flip; ``assocmem.forensic.data.postprocess``), so a family's test AUC mixes patches that went
+through some of it with patches that went through none. This command scores trained detectors
+(weights files of ``experiments.detectors --save-weights``) on the test split and gives each
+family's AUC on subsets chosen by the patches' recorded processing (``ForensicSubset.post``):
+
+- ``all``: every test real against the family's fakes (the AUC of the detectors table);
+- ``neither processed``: the reals that went through no step against the fakes that went
+  through none;
+- ``unprocessed reals``: the reals that went through no step against every fake;
+- ``zoomed reals``, ``blurred reals``, ``JPEG reals``: the reals that went through that step
+  (and perhaps others) against every fake.
+
+A group is the weights of one recipe (``experiments.detector_ensemble``'s check: every
+``WEIGHTS_RECIPE`` entry the same, seeds different; ``--records`` gives the run records of
+weights whose header predates an entry); each cell is the mean ± std of its
+members' AUCs, each member scored alone. Nothing is trained or chosen here.
+
+    python -m experiments.detector_processing --group shared W0 W1 W2 \\
+        --group "no training post-processing" V0 V1 V2 --write docs/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from assocmem.forensic.data import BenchmarkConfig, build_benchmark
+from assocmem.forensic.data.postprocess import POST_BLUR, POST_JPEG, POST_RESIZE
+from assocmem.forensic.views import VIEWS, view_logits
+from experiments.detector_ensemble import ensemble_of, records_by_weights
+from experiments.detectors import SEEN, family_split, run_label
+from experiments.report import replace_section
+
+SECTION = "detector-processing"
+
+# subset name -> (which reals, which fakes), each a mask over the test patches' POST_* flags
+Subset = Callable[[np.ndarray], np.ndarray]
+SUBSETS: dict[str, tuple[Subset, Subset]] = {
+    "all": (lambda post: post >= 0, lambda post: post >= 0),
+    "neither processed": (lambda post: post == 0, lambda post: post == 0),
+    "unprocessed reals": (lambda post: post == 0, lambda post: post >= 0),
+    "zoomed reals": (lambda post: (post & POST_RESIZE) != 0, lambda post: post >= 0),
+    "blurred reals": (lambda post: (post & POST_BLUR) != 0, lambda post: post >= 0),
+    "JPEG reals": (lambda post: (post & POST_JPEG) != 0, lambda post: post >= 0),
+}
+
+
+def subset_aucs(
+    scores: np.ndarray, family: np.ndarray, post: np.ndarray, code: int
+) -> dict[str, float]:
+    """The AUC of ``scores`` (higher = more fake) for the family coded ``code`` against the
+    reals (code 0) on each of :data:`SUBSETS`; NaN where a subset holds no real or no fake."""
+    real, fake = family == 0, family == code
+    out = {}
+    for name, (reals, fakes) in SUBSETS.items():
+        r, f = real & reals(post), fake & fakes(post)
+        if not r.any() or not f.any():
+            out[name] = float("nan")
+            continue
+        y = np.r_[np.zeros(int(r.sum())), np.ones(int(f.sum()))]
+        out[name] = float(roc_auc_score(y, np.r_[scores[r], scores[f]]))
+    return out
+
+
+def member_table(
+    model: nn.Module, images: torch.Tensor, family: np.ndarray, post: np.ndarray,
+    codes: dict[str, int], views: str = "one", chunk: int = 2048,
+) -> dict[str, dict[str, float]]:  # fmt: skip
+    """``{family: {subset: AUC}}`` of one network's logits (``views``) on the test patches."""
+    with torch.no_grad():
+        z = torch.cat(
+            [view_logits(model, images[i : i + chunk], views) for i in range(0, len(images), chunk)]
+        ).numpy()
+    return {name: subset_aucs(z, family, post, code) for name, code in codes.items()}
+
+
+def _cell(values: Sequence[float]) -> str:
+    if any(np.isnan(values)):
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def render(
+    groups: dict[str, tuple[str, list[dict[str, dict[str, float]]]]],
+    heldout: Sequence[str],
+    counts: dict[str, int],
+    command: str,
+    views: str,
+) -> str:
+    """The section: one table per group (families as rows, subsets as columns)."""
+    lines = [
+        "## Test AUC by the post-processing of the test patches",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Each family's test AUC on subsets of the test patches chosen by the post-processing "
+        "they went through (zoom, blur, JPEG: the benchmark's, for reals and fakes alike): "
+        "*all* is the detectors table's AUC; *neither processed* sets the reals that went "
+        "through no step against the family's fakes that went through none; the other columns "
+        "set the reals named (that went through no step, or through that step among others) "
+        "against all of the family's fakes. Mean ± std over each group's members, each scored "
+        f"alone, {'one view' if views == 'one' else f'{views} views'}. Test reals: "
+        + ", ".join(f"{n} {k}" for k, n in counts.items())
+        + ".",
+        "",
+    ]
+    for label, (recipe, tables) in groups.items():
+        lines += [f"### {label}: {recipe}, {len(tables)} members", ""]
+        lines.append("| family | " + " | ".join(SUBSETS) + " |")
+        lines.append("|---" * (len(SUBSETS) + 1) + "|")
+        for fam in tables[0]:
+            name = f"{fam} (held out)" if fam in heldout else fam
+            cells = [_cell([t[fam][s] for t in tables]) for s in SUBSETS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--group",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar=("LABEL", "WEIGHTS"),
+        help="a label, then the weights files of one recipe (experiments.detectors "
+        "--save-weights); repeat for another group",
+    )
+    parser.add_argument(
+        "--records",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="the members' run records (experiments.detectors --json), for weights whose header "
+        "predates the whole recipe",
+    )
+    parser.add_argument("--views", default="one", choices=VIEWS)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
+    args = parser.parse_args(argv)
+    command = "python -m experiments.detector_processing " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    torch.set_num_threads(args.threads)
+    try:
+        records = records_by_weights(args.records)
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
+    loaded = {}
+    for label, *paths in args.group:
+        if not paths:
+            parser.error(f"--group {label!r} names no weights file")
+        try:
+            loaded[label] = ensemble_of([Path(p) for p in paths], records)
+        except (ValueError, OSError) as e:
+            parser.error(f"--group {label!r}: {e}")
+    sizes = {recipe["patch_size"] for recipe, _ in loaded.values()}
+    splits = {tuple(recipe["seen"]) for recipe, _ in loaded.values()}
+    if len(sizes) > 1 or len(splits) > 1:
+        parser.error("the groups differ in patch size or training families: one test split")
+    config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
+    (size,), (seen,) = sizes, splits
+    if size != config.patch_size:
+        config = dataclasses.replace(config, patch_size=size)
+    bench = build_benchmark(config, args.cache_dir, progress=False)
+    families = family_split(config, None if seen == SEEN else list(seen))
+    scored = (*families.seen, *families.heldout)
+    test = bench.split("test", scored)
+    family, post = test.family.numpy(), test.post.numpy()
+    codes = {f: bench.family_names.index(f) for f in scored}
+    real_post = post[family == 0]
+    counts = {
+        "all": len(real_post),
+        "unprocessed": int((real_post == 0).sum()),
+        "zoomed": int(((real_post & POST_RESIZE) != 0).sum()),
+        "blurred": int(((real_post & POST_BLUR) != 0).sum()),
+        "JPEG": int(((real_post & POST_JPEG) != 0).sum()),
+    }
+    groups = {}
+    for label, (recipe, ensemble) in loaded.items():
+        tables = [
+            member_table(m, test.images, family, post, codes, args.views) for m in ensemble.members
+        ]
+        groups[label] = (run_label({**recipe, "ensemble": None}), tables)
+        for fam in scored:
+            print(
+                f"{label} {fam}: "
+                + ", ".join(f"{s} {_cell([t[fam][s] for t in tables])}" for s in SUBSETS),
+                flush=True,
+            )
+    if args.write:
+        body = render(groups, families.heldout, counts, command.strip(), args.views)
+        replace_section(args.write, SECTION, body)
+
+
+if __name__ == "__main__":
+    main()
