@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from assocmem.forensic.models.attribution import FamilyAttribution
+from assocmem.forensic.models.one_class import margin_bce, margin_of
 from experiments.lr_grid import edge_side
 from experiments.report import replace_section
 from experiments.step_cost import measure, time_to_target
@@ -101,6 +102,14 @@ SHARED = (
     "patience",
 )
 TUNING_SHARED = tuple(k for k in SHARED if k != "patience")
+
+
+def shared_recipe(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The recipe (``experiments.detectors.recipe_of``) of the raced runs, which
+    :func:`recipe_details` has checked they share; ``None`` without runs."""
+    from experiments.detectors import recipe_of
+
+    return recipe_of(runs[0]) if runs else None
 
 
 def recipe_details(runs: Sequence[Mapping[str, Any]], keys: Sequence[str] = SHARED) -> list[str]:
@@ -260,24 +269,35 @@ class FixedBatches:
     """A network and a fixed list of training batches as a ``train_loss(step)`` task, so that
     :func:`experiments.step_cost.measure` times whole training steps on the same data.
 
-    A detector's loss is the binary cross-entropy of its logits; a masked pretrainer
-    (``vit/ARM-pretrain``) returns its own reconstruction loss on the images.
+    A detector's loss is the one ``assocmem.forensic.train.train_detector`` trains it on: the
+    binary cross-entropy of its logit (with a one-class head's margin), plus, with
+    ``attribution`` (a ``FamilyAttribution`` around it), the family head's cross-entropy from
+    the batches' family codes, its head stepped too; a masked pretrainer (``vit/ARM-pretrain``)
+    returns its own reconstruction loss on the images.
     """
 
     def __init__(
-        self, model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], pretraining: bool = False
+        self,
+        model: nn.Module,
+        batches: Sequence[tuple[Tensor, ...]],
+        pretraining: bool = False,
+        attribution: FamilyAttribution | None = None,
     ) -> None:
         self.model, self.batches, self.pretraining = model, list(batches), pretraining
+        self.attribution = attribution
+        self.trained = model if attribution is None else attribution
 
     def parameters(self) -> Iterable[nn.Parameter]:
-        return self.model.parameters()
+        return self.trained.parameters()
 
     def train_loss(self, step: int) -> Tensor:
-        images, labels = self.batches[step % len(self.batches)][:2]
+        batch = self.batches[step % len(self.batches)]
+        images, labels = batch[0], batch[1]
         if self.pretraining:
             return self.model(images)
-        out = self.model(images)
-        return F.binary_cross_entropy_with_logits(out, labels.to(out.dtype))
+        if self.attribution is not None:
+            return self.attribution.loss(images, labels, batch[2])
+        return margin_bce(self.model(images), labels, margin_of(self.model))
 
 
 def build(model_name: str, image_size: int) -> nn.Module:
@@ -314,30 +334,48 @@ def step_costs(
     batch_size: int = 64,
     tiny: bool = False,
     cache_dir: str | None = None,
+    recipe: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Seconds per training step of each ``optimizer: lr``, interleaved, on ``model_name``
-    (same initialisation for all) and the same stream batches (seed 0)."""
+    (same initialisation for all) and the same stream batches (seed 0). ``recipe``: the raced
+    runs' shared entries (``experiments.detectors.recipe_of``): a family-attribution weight
+    trains the attribution head beside the detector, paired batches and the training
+    post-processing make the batches, as in the runs."""
     from assocmem.forensic.data import BenchmarkConfig, build_benchmark
     from assocmem.forensic.data.stream import TrainStream
-    from experiments.detectors import family_split, optimizer_factory
+    from experiments.detectors import TRAIN_POSTPROCESS, family_split, optimizer_factory
     from experiments.pretraining_study import PRETRAIN_SUFFIX
 
+    recipe = recipe or {}
     config = BenchmarkConfig.tiny() if tiny else BenchmarkConfig()
     bench = build_benchmark(config, cache_dir)
-    stream = iter(TrainStream(bench, family_split(config).seen, batch_size=batch_size, seed=0))
-    batches = [next(stream) for _ in range(span + 1)]
+    post = TRAIN_POSTPROCESS[recipe.get("train_postprocess") or "shared"](bench)
+    paired = bool(recipe.get("paired"))
+    stream = TrainStream(
+        bench, family_split(config).seen, batch_size=batch_size, seed=0, paired=paired, post=post
+    )
+    batches = [batch for batch, _ in zip(stream, range(span + 1), strict=False)]
+    weight = float(recipe.get("attribution") or 0.0)
+    pretraining = model_name.endswith(PRETRAIN_SUFFIX)
     candidates = {}
     for name, lr in tuned.items():
         torch.manual_seed(0)
         model = build(model_name, config.patch_size)
         model.train()
-        task = FixedBatches(model, batches, pretraining=model_name.endswith(PRETRAIN_SUFFIX))
-        candidates[name] = (task, optimizer_factory(name, lr, model)(model.parameters()))
+        attribution = None
+        if weight and not pretraining:
+            attribution = FamilyAttribution(model, list(stream.family_codes.values()), weight)
+            attribution.train()
+        task = FixedBatches(model, batches, pretraining=pretraining, attribution=attribution)
+        candidates[name] = (task, optimizer_factory(name, lr, task.trained)(task.parameters()))
+    extras = [f"family attribution {weight:g}"] if weight and not pretraining else []
+    extras += ["paired batches"] if paired else []
     return {
         "method": (
-            f"training step (batch, forward, backward, opt.step) of {model_name}, batch "
-            f"{batch_size}, at the tuned lr; optimizers interleaved; {samples} samples of "
-            f"{span} steps; {torch.get_num_threads()} thread(s)"
+            f"training step (batch, forward, backward, opt.step) of {model_name}"
+            + (f" with {', '.join(extras)}" if extras else "")
+            + f", batch {batch_size}, at the tuned lr; optimizers interleaved; {samples} "
+            f"samples of {span} steps; {torch.get_num_threads()} thread(s)"
         ),
         "optimizers": measure(candidates, samples, span),
     }
@@ -401,8 +439,7 @@ def markdown(
                 "`assocmem.training.fit`'s `average`); the step costs below leave out the "
                 "average's update, the same pass for every optimizer"
                 + (
-                    ", and the family-attribution head (a linear layer on the embedding, "
-                    "stepped by every optimizer alike)."
+                    "; they train the family-attribution head beside the detector, as the runs did."
                     if any(r.startswith("family attribution") for r in recipe)
                     else "."
                 ),
@@ -576,7 +613,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
         costs = step_costs(
             args.model, lrs, samples=args.samples, span=args.span, tiny=args.tiny,
-            cache_dir=args.cache_dir,
+            cache_dir=args.cache_dir, recipe=shared_recipe(raced),
         )  # fmt: skip
     command = "python -m experiments.detector_race " + " ".join(
         str(a) for a in (sys.argv[1:] if argv is None else argv)

@@ -464,11 +464,11 @@ def weights_name(model_name: str, run: dict[str, Any]) -> str:
     strength = run.get("trace_strength")
     traces = f"-trace{strength[0]:g}-{strength[1]:g}" if strength else ""
     paired = "-paired" if run.get("paired") else ""
-    paired += "" if run.get("train_postprocess", "shared") == "shared" else "-nopost"
+    post = "" if run.get("train_postprocess", "shared") == "shared" else "-nopost"
     attribution = f"-attr{run['attribution']:g}" if run.get("attribution") else ""
     init = f"-init-{pretraining_of(run)}" if run.get("init_residual") else ""
     return (
-        f"{model_name}-{optimizer}-lr{run['lr']:g}{average}{traces}{paired}{attribution}{init}"
+        f"{model_name}-{optimizer}-lr{run['lr']:g}{average}{traces}{paired}{post}{attribution}{init}"
         f"{trained}-seed{run['seed']}.safetensors"
     )
 

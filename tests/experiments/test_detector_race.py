@@ -126,6 +126,46 @@ def test_step_costs_time_both_optimizers_on_the_tiny_benchmark(tmp_path):
     assert all(v["median_s"] > 0 and len(v["samples_s"]) == 2 for v in per.values())
 
 
+def test_the_step_cost_trains_the_runs_loss_and_heads(tmp_path):
+    """A one-class detector's step is its margin cross-entropy; with family attribution the
+    step is the attribution's loss and its head is among the stepped parameters; the method
+    says what the step holds."""
+    from assocmem.forensic.data import BenchmarkConfig, build_benchmark
+    from assocmem.forensic.data.stream import TrainStream
+    from assocmem.forensic.models.attribution import FamilyAttribution
+    from assocmem.forensic.models.one_class import margin_bce, margin_of
+    from experiments.detector_race import FixedBatches, build, step_costs
+
+    bench = build_benchmark(BenchmarkConfig.tiny(), str(tmp_path), progress=False)
+    stream = TrainStream(bench, ("ae_nearest", "double_jpeg"), batch_size=8, seed=0)
+    batch = next(iter(stream))
+    torch.manual_seed(0)
+    model = build("npr_dct_oc", 32).train()
+    assert margin_of(model) > 0
+    plain = FixedBatches(model, [batch])
+
+    def seeded(loss):  # the same dropout masks for both sides
+        torch.manual_seed(1)
+        return loss()
+
+    expect = seeded(lambda: margin_bce(model(batch[0]), batch[1], margin_of(model)))
+    assert torch.allclose(seeded(lambda: plain.train_loss(0)), expect)
+    attribution = FamilyAttribution(model, list(stream.family_codes.values()), 3.0)
+    task = FixedBatches(model, [batch], attribution=attribution)
+    expect = seeded(lambda: attribution.loss(batch[0], batch[1], batch[2]))
+    assert torch.allclose(seeded(lambda: task.train_loss(0)), expect)
+    stepped = {id(p) for p in task.parameters()}
+    assert id(attribution.attribution_weight) in stepped and stepped >= {
+        id(p) for p in model.parameters()
+    }
+    costs = step_costs(
+        "npr_dct_oc", {"adam": 1e-3}, samples=1, span=1, batch_size=8, tiny=True,
+        cache_dir=str(tmp_path), recipe={"attribution": 3.0, "paired": True},
+    )  # fmt: skip
+    assert "with family attribution 3, paired batches, batch 8" in costs["method"]
+    assert costs["optimizers"]["adam"]["median_s"] > 0
+
+
 def test_build_knows_the_detectors_and_the_fine_tuned_vit():
     from experiments.detector_race import build
 
@@ -297,7 +337,7 @@ def test_a_race_takes_runs_of_one_recipe_and_its_title_says_what_they_share(tmp_
           "--average", "0.995", "--no-step-cost", "--write", str(md)])  # fmt: skip
     text = md.read_text()
     assert "weight average 0.995, family attribution 3, patience 8)" in text
-    assert "and the family-attribution head" in text
+    assert "they train the family-attribution head beside the detector" in text
     path.write_text(json.dumps([runs[0], {**runs[1], "paired": True}]))
     with pytest.raises(SystemExit):
         main(["--runs", str(path), "--candidate", "muon_delta/split", "--average", "0.995",

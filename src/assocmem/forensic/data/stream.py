@@ -19,8 +19,8 @@ validation loss then rises. ``TrainStream`` draws every training batch anew inst
    crops, families and post-processing are the same as without it;
 4. the whole batch then goes through the benchmark's shared post-processing with one set of
    coin flips drawn independently of the labels, so no processing step is a label shortcut.
-   ``post`` replaces it for training only (``PostProcessConfig.none()``: none at all, so a
-   blurred or zoomed crop never appears as a real); the draws are made either way, so the
+   ``post`` replaces it for training only (``PostProcessConfig.none()``: no crop is zoomed,
+   blurred or compressed); ``postprocess`` makes the same draws whatever its config, so the
    crops, families and fakes are the same as with the shared post-processing.
 
 With ``paired=True`` a batch is ``batch_size // 2`` crops, each present twice: as the real
