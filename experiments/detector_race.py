@@ -31,9 +31,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import statistics
 import sys
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +383,51 @@ def step_costs(
     }
 
 
+def _step_costs_alone(threads: int, model_name: str, tuned: Mapping[str, float], kw: dict) -> dict:
+    """:func:`step_costs` with ``threads`` torch threads: the body of one fresh process."""
+    torch.set_num_threads(threads)
+    return step_costs(model_name, tuned, **kw)
+
+
+def step_costs_in_processes(
+    model_name: str, tuned: Mapping[str, float], *, processes: int, threads: int, **kw: Any
+) -> dict[str, Any]:
+    """:func:`step_costs` measured in ``processes`` fresh Python processes, one after another
+    (the same kernels on the same sizes take a different time in each process, while inside
+    one they agree: one process's pair of times can be unlucky as a whole). Per optimizer the
+    median over the processes of each one's median step; ``ratios``: each process's own
+    ``optimizer / adam`` ratio, whose median and range the section reports."""
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    context = multiprocessing.get_context("spawn")  # a new interpreter, not a fork of this one
+    runs = []
+    for _ in range(processes):
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            runs.append(pool.submit(_step_costs_alone, threads, model_name, tuned, kw).result())
+    names = list(runs[0]["optimizers"])
+    return {
+        "method": runs[0]["method"]
+        + f"; {processes} fresh processes one after another, each step cost the median of the "
+        "processes' medians and each ratio the median (range) of the processes' own",
+        "optimizers": {
+            name: {
+                "median_s": statistics.median(r["optimizers"][name]["median_s"] for r in runs),
+                "process_medians_s": [r["optimizers"][name]["median_s"] for r in runs],
+            }
+            for name in names
+        },
+        "ratios": {
+            name: [
+                r["optimizers"][name]["median_s"] / r["optimizers"][BASELINE]["median_s"]
+                for r in runs
+            ]
+            for name in names
+            if BASELINE in names
+        },
+        "processes": processes,
+    }
+
+
 def _steps(values: Sequence[int | None]) -> str:
     hits = [v for v in values if v is not None]
     if not hits:
@@ -512,16 +559,27 @@ def markdown(
         reached = [r for r in rows if r["candidate_steps"] is not None]
         base_time = time_to_target([r["baseline_steps"] for r in reached], base_cost)
         cand_time = time_to_target([r["candidate_steps"] for r in reached], per[candidate])
+        # several processes: the median of their own ratios, and their range
+        ratios = costs.get("ratios", {}).get(candidate)
+        cost_ratio = statistics.median(ratios) if ratios else per[candidate] / base_cost
+        spread = f", range {min(ratios):.2f}–{max(ratios):.2f}×" if ratios else ""
         line = (
             f"Step cost ({costs['method']}): Adam {base_cost * 1e3:.1f} ms, {candidate} "
-            f"{per[candidate] * 1e3:.1f} ms ({per[candidate] / base_cost:.2f}×)."
+            f"{per[candidate] * 1e3:.1f} ms ({cost_ratio:.2f}×{spread})."
         )
         if base_time and cand_time:
-            ratio = statistics.mean(cand_time) / statistics.mean(base_time)
+            steps_ratio = statistics.mean(cand_time) / statistics.mean(base_time)
+            steps_ratio *= base_cost / per[candidate]  # the steps' share of the time ratio
+            ratio = steps_ratio * cost_ratio
             line += (
                 f" Time to target = steps × step cost: Adam {statistics.mean(base_time):.0f} s, "
                 f"{candidate} {statistics.mean(cand_time):.0f} s (mean over the "
-                f"{len(reached)} of {len(rows)} seeds {candidate} reached it on): {ratio:.2f}×."
+                f"{len(reached)} of {len(rows)} seeds {candidate} reached it on): {ratio:.2f}×"
+                + (
+                    f" (range {steps_ratio * min(ratios):.2f}–{steps_ratio * max(ratios):.2f}×)."
+                    if ratios
+                    else "."
+                )
             )
         out += ["", line]
     return "\n".join(out)
@@ -585,12 +643,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=15, help="step-cost samples")
     parser.add_argument("--span", type=int, default=5, help="steps per step-cost sample")
     parser.add_argument("--threads", type=int, default=1, help="as the runs (--threads 1)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="measure the step cost in this many fresh processes, one after another, and "
+        "report the median and range of their ratios",
+    )
     parser.add_argument("--no-step-cost", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--json", type=Path, help="write the rows and step costs here")
     parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
+    if args.processes < 1:
+        parser.error(f"--processes must be >= 1, got {args.processes}")
     runs = load_runs(args.runs)
     chosen = {
         name: select(runs, args.model, name, average=args.average)
@@ -611,10 +678,16 @@ def main(argv: list[str] | None = None) -> None:
     costs = None
     if not args.no_step_cost:
         torch.set_num_threads(args.threads)
-        costs = step_costs(
-            args.model, lrs, samples=args.samples, span=args.span, tiny=args.tiny,
-            cache_dir=args.cache_dir, recipe=shared_recipe(raced),
-        )  # fmt: skip
+        options = {
+            "samples": args.samples, "span": args.span, "tiny": args.tiny,
+            "cache_dir": args.cache_dir, "recipe": shared_recipe(raced),
+        }  # fmt: skip
+        if args.processes > 1:
+            costs = step_costs_in_processes(
+                args.model, lrs, processes=args.processes, threads=args.threads, **options
+            )
+        else:
+            costs = step_costs(args.model, lrs, **options)
     command = "python -m experiments.detector_race " + " ".join(
         str(a) for a in (sys.argv[1:] if argv is None else argv)
     )

@@ -166,6 +166,37 @@ def test_the_step_cost_trains_the_runs_loss_and_heads(tmp_path):
     assert costs["optimizers"]["adam"]["median_s"] > 0
 
 
+def test_step_costs_in_fresh_processes_report_each_processes_ratio(tmp_path):
+    """Two fresh processes: per optimizer the median of the processes' medians, each process's
+    own ratio to Adam, and the section gives their median and range (and the time ratio's)."""
+    import statistics
+
+    from experiments.detector_race import markdown, step_costs_in_processes
+
+    costs = step_costs_in_processes(
+        "npr_bn", {"adam": 3e-3, "muon/split": 2e-2}, processes=2, threads=1, samples=2,
+        span=1, batch_size=8, tiny=True, cache_dir=str(tmp_path),
+    )  # fmt: skip
+    assert costs["processes"] == 2 and "2 fresh processes" in costs["method"]
+    adam, muon = (costs["optimizers"][k] for k in ("adam", "muon/split"))
+    assert len(adam["process_medians_s"]) == 2
+    assert muon["median_s"] == statistics.median(muon["process_medians_s"])
+    ratios = costs["ratios"]["muon/split"]
+    medians = zip(muon["process_medians_s"], adam["process_medians_s"], strict=True)
+    expect = [m / a for m, a in medians]
+    assert ratios == pytest.approx(expect) and costs["ratios"]["adam"] == [1.0, 1.0]
+    rows = [{"seed": 0, "target": 0.4, "baseline_steps": 1000, "baseline_run": 1000,
+             "candidate_steps": 500, "candidate_run": 500, "candidate_best": 0.39}]  # fmt: skip
+    grids = {"adam": (1e-3, {1e-3: 0.4}, None), "muon/split": (2e-2, {2e-2: 0.39}, None)}
+    text = markdown("npr_bn", "muon/split", grids, rows, costs, "`cmd`", 0)
+    low, high = min(ratios), max(ratios)
+    assert f"({statistics.median(ratios):.2f}×, range {low:.2f}–{high:.2f}×)" in text
+    assert f"(range {0.5 * low:.2f}–{0.5 * high:.2f}×)." in text
+    with pytest.raises(ValueError, match="processes"):
+        step_costs_in_processes("npr_bn", {"adam": 1e-3}, processes=0, threads=1, samples=1,
+                                span=1)  # fmt: skip
+
+
 def test_build_knows_the_detectors_and_the_fine_tuned_vit():
     from experiments.detector_race import build
 
