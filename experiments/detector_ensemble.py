@@ -70,6 +70,19 @@ def records_by_weights(paths: list[Path]) -> dict[Path, dict[str, Any]]:
     return found
 
 
+def add_records_option(parser: argparse.ArgumentParser) -> None:
+    """``--records``: the run records of weights files whose header predates the whole recipe
+    (read by :func:`records_by_weights`), for every command that loads members by recipe."""
+    parser.add_argument(
+        "--records",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="the members' run records (experiments.detectors --json), for weights whose header "
+        "predates the whole recipe",
+    )
+
+
 def load_member(
     path: Path, record: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], nn.Module]:
@@ -149,14 +162,7 @@ def validation_scores(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=Path, nargs="+", required=True)
-    parser.add_argument(
-        "--records",
-        type=Path,
-        nargs="+",
-        default=[],
-        help="the members' run records (experiments.detectors --json), for weights whose header "
-        "predates the whole recipe",
-    )
+    add_records_option(parser)
     parser.add_argument("--views", nargs="+", default=["one"], choices=VIEWS)
     parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=1)

@@ -40,7 +40,7 @@ from torch import nn
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.postprocess import POST_BLUR, POST_JPEG, POST_RESIZE
 from assocmem.forensic.views import VIEWS, view_logits
-from experiments.detector_ensemble import ensemble_of, records_by_weights
+from experiments.detector_ensemble import add_records_option, ensemble_of, records_by_weights
 from experiments.detectors import SEEN, family_split, run_label
 from experiments.report import replace_section
 
@@ -142,14 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         help="a label, then the weights files of one recipe (experiments.detectors "
         "--save-weights); repeat for another group",
     )
-    parser.add_argument(
-        "--records",
-        type=Path,
-        nargs="+",
-        default=[],
-        help="the members' run records (experiments.detectors --json), for weights whose header "
-        "predates the whole recipe",
-    )
+    add_records_option(parser)
     parser.add_argument("--views", default="one", choices=VIEWS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
