@@ -13,6 +13,11 @@ family's AUC on subsets chosen by the patches' recorded processing (``ForensicSu
 - ``zoomed reals``, ``blurred reals``, ``JPEG reals``: the reals that went through that step
   (and perhaps others) against every fake.
 
+Beside the AUCs, the share of each kind of test real (all, unprocessed, zoomed, blurred,
+JPEG) that a member flags at its calibrated threshold (the one that flags ``--target-fpr`` of
+the validation reals, as ``assocmem.forensic.protocol`` sets it): what a user whose real
+images went through one kind of processing would see.
+
 A group is the weights of one recipe (``experiments.detector_ensemble``'s check: every
 ``WEIGHTS_RECIPE`` entry the same, seeds different; ``--records`` gives the run records of
 weights whose header predates an entry); each cell is the mean ± std of its
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shlex
 import statistics
 import sys
@@ -37,8 +43,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from assocmem.forensic.calibration import threshold_at_fpr
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
+from assocmem.forensic.data.benchmark import ForensicSubset
 from assocmem.forensic.data.postprocess import POST_BLUR, POST_JPEG, POST_RESIZE
+from assocmem.forensic.metrics import false_positive_rate
 from assocmem.forensic.views import VIEWS, view_logits
 from experiments.detector_ensemble import add_records_option, ensemble_of, records_by_weights
 from experiments.detectors import SEEN, family_split, run_label
@@ -58,6 +67,28 @@ SUBSETS: dict[str, tuple[Subset, Subset]] = {
 }
 
 
+# the test reals by what they went through: the subsets whose share flagged the section reports
+REAL_SUBSETS: dict[str, Subset] = {
+    "all": lambda post: post >= 0,
+    "unprocessed": lambda post: post == 0,
+    "zoomed": lambda post: (post & POST_RESIZE) != 0,
+    "blurred": lambda post: (post & POST_BLUR) != 0,
+    "JPEG": lambda post: (post & POST_JPEG) != 0,
+}
+
+
+def flagged(real_scores: np.ndarray, real_post: np.ndarray, threshold: float) -> dict[str, float]:
+    """The share of each of :data:`REAL_SUBSETS` of real patches scored at or above
+    ``threshold`` (called fake); NaN for an empty subset."""
+    out = {}
+    for name, subset in REAL_SUBSETS.items():
+        chosen = subset(real_post)
+        out[name] = (
+            false_positive_rate(real_scores[chosen], threshold) if chosen.any() else math.nan
+        )
+    return out
+
+
 def subset_aucs(
     scores: np.ndarray, family: np.ndarray, post: np.ndarray, code: int
 ) -> dict[str, float]:
@@ -75,16 +106,26 @@ def subset_aucs(
     return out
 
 
-def member_table(
-    model: nn.Module, images: torch.Tensor, family: np.ndarray, post: np.ndarray,
-    codes: dict[str, int], views: str = "one", chunk: int = 2048,
-) -> dict[str, dict[str, float]]:  # fmt: skip
-    """``{family: {subset: AUC}}`` of one network's logits (``views``) on the test patches."""
+def _logits(model: nn.Module, images: torch.Tensor, views: str, chunk: int = 2048) -> np.ndarray:
     with torch.no_grad():
-        z = torch.cat(
+        return torch.cat(
             [view_logits(model, images[i : i + chunk], views) for i in range(0, len(images), chunk)]
         ).numpy()
-    return {name: subset_aucs(z, family, post, code) for name, code in codes.items()}
+
+
+def member_table(
+    model: nn.Module, test: ForensicSubset, val_reals: torch.Tensor, codes: dict[str, int],
+    views: str = "one", target_fpr: float = 0.05,
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:  # fmt: skip
+    """One network's logits (``views``) on the test patches: ``{family: {subset: AUC}}``, and
+    the share of each kind of test real it flags at the threshold that flags ``target_fpr`` of
+    the validation reals ``val_reals`` (as ``assocmem.forensic.protocol`` calibrates)."""
+    z = _logits(model, test.images, views)
+    family, post = test.family.numpy(), test.post.numpy()
+    aucs = {name: subset_aucs(z, family, post, code) for name, code in codes.items()}
+    threshold = threshold_at_fpr(_logits(model, val_reals, views), target_fpr)
+    real = family == 0
+    return aucs, flagged(z[real], post[real], threshold)
 
 
 def _cell(values: Sequence[float]) -> str:
@@ -95,12 +136,16 @@ def _cell(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+Tables = list[tuple[dict[str, dict[str, float]], dict[str, float]]]
+
+
 def render(
-    groups: dict[str, tuple[str, list[dict[str, dict[str, float]]]]],
+    groups: dict[str, tuple[str, Tables]],
     heldout: Sequence[str],
     counts: dict[str, int],
     command: str,
     views: str,
+    target_fpr: float,
 ) -> str:
     """The section: one table per group (families as rows, subsets as columns)."""
     lines = [
@@ -114,7 +159,9 @@ def render(
         "through no step against the family's fakes that went through none; the other columns "
         "set the reals named (that went through no step, or through that step among others) "
         "against all of the family's fakes. Mean ± std over each group's members, each scored "
-        f"alone, {'one view' if views == 'one' else f'{views} views'}. Test reals: "
+        f"alone, {'one view' if views == 'one' else f'{views} views'}. Below each table, the "
+        "share of the test reals of each kind that the member flags at its threshold, the one "
+        f"that flags {target_fpr:.0%} of the validation reals. Test reals: "
         + ", ".join(f"{n} {k}" for k, n in counts.items())
         + ".",
         "",
@@ -123,11 +170,17 @@ def render(
         lines += [f"### {label}: {recipe}, {len(tables)} members", ""]
         lines.append("| family | " + " | ".join(SUBSETS) + " |")
         lines.append("|---" * (len(SUBSETS) + 1) + "|")
-        for fam in tables[0]:
+        for fam in tables[0][0]:
             name = f"{fam} (held out)" if fam in heldout else fam
-            cells = [_cell([t[fam][s] for t in tables]) for s in SUBSETS]
+            cells = [_cell([aucs[fam][s] for aucs, _ in tables]) for s in SUBSETS]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += [
+            "",
+            "Test reals flagged: "
+            + ", ".join(f"{k} {_cell([rates[k] for _, rates in tables])}" for k in REAL_SUBSETS)
+            + ".",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -144,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_records_option(parser)
     parser.add_argument("--views", default="one", choices=VIEWS)
+    parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
     parser.add_argument("--cache-dir", default=None)
@@ -177,30 +231,33 @@ def main(argv: list[str] | None = None) -> None:
     families = family_split(config, None if seen == SEEN else list(seen))
     scored = (*families.seen, *families.heldout)
     test = bench.split("test", scored)
-    family, post = test.family.numpy(), test.post.numpy()
     codes = {f: bench.family_names.index(f) for f in scored}
-    real_post = post[family == 0]
-    counts = {
-        "all": len(real_post),
-        "unprocessed": int((real_post == 0).sum()),
-        "zoomed": int(((real_post & POST_RESIZE) != 0).sum()),
-        "blurred": int(((real_post & POST_BLUR) != 0).sum()),
-        "JPEG": int(((real_post & POST_JPEG) != 0).sum()),
-    }
+    val = bench.split("val", families.seen)
+    val_reals = val.images[val.labels == 0]
+    real_post = test.post.numpy()[test.family.numpy() == 0]
+    counts = {name: int(subset(real_post).sum()) for name, subset in REAL_SUBSETS.items()}
     groups = {}
     for label, (recipe, ensemble) in loaded.items():
         tables = [
-            member_table(m, test.images, family, post, codes, args.views) for m in ensemble.members
+            member_table(m, test, val_reals, codes, args.views, args.target_fpr)
+            for m in ensemble.members
         ]
         groups[label] = (run_label({**recipe, "ensemble": None}), tables)
         for fam in scored:
             print(
                 f"{label} {fam}: "
-                + ", ".join(f"{s} {_cell([t[fam][s] for t in tables])}" for s in SUBSETS),
+                + ", ".join(f"{s} {_cell([a[fam][s] for a, _ in tables])}" for s in SUBSETS),
                 flush=True,
             )
+        print(
+            f"{label} test reals flagged: "
+            + ", ".join(f"{k} {_cell([r[k] for _, r in tables])}" for k in REAL_SUBSETS),
+            flush=True,
+        )
     if args.write:
-        body = render(groups, families.heldout, counts, command.strip(), args.views)
+        body = render(
+            groups, families.heldout, counts, command.strip(), args.views, args.target_fpr
+        )
         replace_section(args.write, SECTION, body)
 
 

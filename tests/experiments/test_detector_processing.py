@@ -33,6 +33,19 @@ def test_each_subset_sets_the_named_reals_against_the_named_fakes():
     assert math.isnan(none["neither processed"]) and math.isnan(none["zoomed reals"])
 
 
+def test_flagged_counts_each_kind_of_real_at_the_threshold():
+    """Reals at or above the threshold are flagged, per kind; a kind with no real is NaN."""
+    from experiments.detector_processing import REAL_SUBSETS, flagged
+
+    post = np.array([0, 0, POST_JPEG, POST_JPEG | POST_BLUR, POST_RESIZE])
+    scores = np.array([0.0, 2.0, 1.0, 3.0, -1.0])
+    rates = flagged(scores, post, threshold=1.0)
+    assert set(rates) == set(REAL_SUBSETS)
+    assert rates["all"] == 3 / 5 and rates["unprocessed"] == 0.5 and rates["JPEG"] == 1.0
+    assert rates["blurred"] == 1.0 and rates["zoomed"] == 0.0
+    assert math.isnan(flagged(scores, np.zeros(5, np.int64), 1.0)["JPEG"])
+
+
 def test_the_command_scores_a_recipe_by_subset_and_its_all_column_is_the_table(tmp_path):
     """End to end on the tiny benchmark: two seeds of one recipe trained and saved, scored by
     subset; a member's "all" AUC is its detectors-table AUC (the same test patches, one view),
@@ -60,6 +73,11 @@ def test_the_command_scores_a_recipe_by_subset_and_its_all_column_is_the_table(t
     all_cell = row.split("|")[2].strip()
     mean = sum(r["report"]["seen"][name]["auc"] for r in records) / 2
     assert float(all_cell.split(" ± ")[0]) == pytest.approx(mean, abs=5e-4)
+    # every test real at the calibrated threshold: the detectors table's test-real FPR
+    flagged_line = next(line for line in text.splitlines() if line.startswith("Test reals flag"))
+    share = float(flagged_line.split("all ")[1].split(" ")[0].rstrip(","))
+    fpr = sum(r["report"]["test_real_fpr"] for r in records) / 2
+    assert share == pytest.approx(fpr, abs=5e-4)
     other = tmp_path / "other.json"
     train(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "2",
            "--max-steps", "2", "--eval-every", "2", "--batch-size", "8", "--workers", "0",
