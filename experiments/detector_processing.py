@@ -35,7 +35,7 @@ import math
 import shlex
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ from torch import nn
 from assocmem.forensic.calibration import threshold_at_fpr
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.benchmark import ForensicSubset
-from assocmem.forensic.data.postprocess import POST_BLUR, POST_JPEG, POST_RESIZE
+from assocmem.forensic.data.postprocess import processing_kinds
 from assocmem.forensic.metrics import false_positive_rate
 from assocmem.forensic.views import VIEWS, view_logits
 from experiments.detector_ensemble import add_records_option, ensemble_of, records_by_weights
@@ -55,38 +55,34 @@ from experiments.report import replace_section
 
 SECTION = "detector-processing"
 
-# subset name -> (which reals, which fakes), each a mask over the test patches' POST_* flags
-Subset = Callable[[np.ndarray], np.ndarray]
-SUBSETS: dict[str, tuple[Subset, Subset]] = {
-    "all": (lambda post: post >= 0, lambda post: post >= 0),
-    "neither processed": (lambda post: post == 0, lambda post: post == 0),
-    "unprocessed reals": (lambda post: post == 0, lambda post: post >= 0),
-    "zoomed reals": (lambda post: (post & POST_RESIZE) != 0, lambda post: post >= 0),
-    "blurred reals": (lambda post: (post & POST_BLUR) != 0, lambda post: post >= 0),
-    "JPEG reals": (lambda post: (post & POST_JPEG) != 0, lambda post: post >= 0),
+# subset name -> (which reals, which fakes), each a kind of :func:`kinds`
+SUBSETS: dict[str, tuple[str, str]] = {
+    "all": ("all", "all"),
+    "neither processed": ("unprocessed", "unprocessed"),
+    "unprocessed reals": ("unprocessed", "all"),
+    "zoomed reals": ("zoomed", "all"),
+    "blurred reals": ("blurred", "all"),
+    "JPEG reals": ("JPEG", "all"),
 }
+# the kinds of test real whose share flagged at the threshold the section reports
+REAL_SUBSETS = ("all", "unprocessed", "zoomed", "blurred", "JPEG")
 
 
-# the test reals by what they went through: the subsets whose share flagged the section reports
-REAL_SUBSETS: dict[str, Subset] = {
-    "all": lambda post: post >= 0,
-    "unprocessed": lambda post: post == 0,
-    "zoomed": lambda post: (post & POST_RESIZE) != 0,
-    "blurred": lambda post: (post & POST_BLUR) != 0,
-    "JPEG": lambda post: (post & POST_JPEG) != 0,
-}
+def kinds(post: np.ndarray) -> dict[str, np.ndarray]:
+    """Every patch (``all``) and ``processing_kinds``' masks of the ``POST_*`` flags ``post``."""
+    return {"all": np.ones(len(post), bool), **processing_kinds(post)}
 
 
 def flagged(real_scores: np.ndarray, real_post: np.ndarray, threshold: float) -> dict[str, float]:
     """The share of each of :data:`REAL_SUBSETS` of real patches scored at or above
     ``threshold`` (called fake); NaN for an empty subset."""
-    out = {}
-    for name, subset in REAL_SUBSETS.items():
-        chosen = subset(real_post)
-        out[name] = (
-            false_positive_rate(real_scores[chosen], threshold) if chosen.any() else math.nan
-        )
-    return out
+    masks = kinds(real_post)
+    return {
+        name: false_positive_rate(real_scores[masks[name]], threshold)
+        if masks[name].any()
+        else math.nan
+        for name in REAL_SUBSETS
+    }
 
 
 def subset_aucs(
@@ -95,9 +91,10 @@ def subset_aucs(
     """The AUC of ``scores`` (higher = more fake) for the family coded ``code`` against the
     reals (code 0) on each of :data:`SUBSETS`; NaN where a subset holds no real or no fake."""
     real, fake = family == 0, family == code
+    masks = kinds(post)
     out = {}
     for name, (reals, fakes) in SUBSETS.items():
-        r, f = real & reals(post), fake & fakes(post)
+        r, f = real & masks[reals], fake & masks[fakes]
         if not r.any() or not f.any():
             out[name] = float("nan")
             continue
@@ -235,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     val = bench.split("val", families.seen)
     val_reals = val.images[val.labels == 0]
     real_post = test.post.numpy()[test.family.numpy() == 0]
-    counts = {name: int(subset(real_post).sum()) for name, subset in REAL_SUBSETS.items()}
+    counts = {name: int(mask.sum()) for name, mask in kinds(real_post).items()}
     groups = {}
     for label, (recipe, ensemble) in loaded.items():
         tables = [

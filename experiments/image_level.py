@@ -132,7 +132,30 @@ def markdown(record: dict[str, Any]) -> str:
             + " | ".join(cells)
             + f" | {_losses(r)} |"
         )
+    # records written before the report split the reals' FPR by processing have no such table
+    by_kind = [r for r in reports if "real_fpr_by_kind" in r]
+    if by_kind:
+        names = list(by_kind[0]["real_fpr_by_kind"])
+        lines += [
+            "",
+            "The real images flagged, by what they went through (share flagged, and how many of "
+            "the reals: an image that went through several steps counts under each):",
+            "",
+            "| S (tiles) | all | " + " | ".join(names) + " |",
+            "|---|---:|" + "---:|" * len(names),
+        ]
+        for r in by_kind:
+            cells = [_share(r["real_fpr_by_kind"][k]) for k in names]
+            lines.append(
+                f"| {r['size']} ({r['tiles']}) | {r['real_fpr']:.3f} ({r['n']}) | "
+                + " | ".join(cells)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _share(entry: dict[str, Any]) -> str:
+    return "–" if entry["fpr"] is None else f"{entry['fpr']:.3f} ({entry['n']})"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -140,6 +140,19 @@ def test_postprocess_rates_match_probabilities():
     assert ((flags & 8) > 0).all()
 
 
+def test_processing_kinds_sort_images_by_their_flags():
+    """An image is in the mask of every step it went through; 'unprocessed' only when none;
+    the final JPEG counts as JPEG."""
+    from assocmem.forensic.data.postprocess import POST_FINAL_JPEG, processing_kinds
+
+    flags = np.array([0, POST_RESIZE, POST_BLUR | POST_JPEG, POST_FINAL_JPEG])
+    kinds = processing_kinds(flags)
+    assert kinds["unprocessed"].tolist() == [True, False, False, False]
+    assert kinds["zoomed"].tolist() == [False, True, False, False]
+    assert kinds["blurred"].tolist() == [False, False, True, False]
+    assert kinds["JPEG"].tolist() == [False, False, True, True]
+
+
 def test_cache_hit_and_config_change_rebuilds(bench, tiny_dir):
     assert bench.meta["loaded_from_cache"] is False
     again = build_benchmark(BenchmarkConfig.tiny(), tiny_dir, progress=False)

@@ -82,9 +82,15 @@ def test_one_tile_images_are_scored_as_the_detector_scores_a_patch(bench, detect
     crops = PhotoCrops(bench, "test", 32)
     rng = np.random.default_rng([0, 0])
     reals = np.stack([crops.crop(rng)[0] for _ in range(4)])
-    reals, _ = postprocess(reals, bench.config.post, np.random.default_rng([0, 2]))
-    flagged = [r.fake for r in detector.score(torch.from_numpy(reals))]
+    reals, flags = postprocess(reals, bench.config.post, np.random.default_rng([0, 2]))
+    flagged = np.array([r.fake for r in detector.score(torch.from_numpy(reals))])
     assert report["real_fpr"] == pytest.approx(np.mean(flagged))
+    # and split by what each real went through, from the same decisions
+    from assocmem.forensic.data.postprocess import processing_kinds
+
+    for kind, mask in processing_kinds(flags).items():
+        expect = {"fpr": float(flagged[mask].mean()) if mask.any() else None, "n": int(mask.sum())}
+        assert report["real_fpr_by_kind"][kind] == expect
 
 
 def test_fake_images_come_from_the_named_families_and_are_deterministic(bench, detector):
@@ -113,6 +119,15 @@ def test_the_command_writes_and_rerenders_its_section(tmp_path):
           "--n", "3", "--json", str(out), "--write", str(md)])  # fmt: skip
     first = md.read_text()
     assert "<!-- report:image-level:begin -->" in first and "| 64 (4) |" in first
+    # the reals flagged by what they went through, and none of that for an older record
+    assert "| S (tiles) | all | unprocessed | zoomed | blurred | JPEG |" in first
+    record = json.loads(out.read_text())
+    for report in record["reports"]:
+        report.pop("real_fpr_by_kind")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(record))
+    main(["--from-json", str(old), "--write", str(tmp_path / "old.md")])
+    assert "| unprocessed |" not in (tmp_path / "old.md").read_text()
     md.write_text("# Results\n")
     main(["--from-json", str(out), "--write", str(md)])
     assert md.read_text().strip() == first.strip()

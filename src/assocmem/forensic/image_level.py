@@ -42,7 +42,7 @@ from assocmem.forensic.data.benchmark import ForensicBenchmark, fitted_generator
 from assocmem.forensic.data.crops import PhotoCrops
 from assocmem.forensic.data.families import LEARNED_FAMILIES, generate
 from assocmem.forensic.data.pipeline import gray_where
-from assocmem.forensic.data.postprocess import postprocess
+from assocmem.forensic.data.postprocess import postprocess, processing_kinds
 from assocmem.forensic.detector import Detector
 from assocmem.forensic.metrics import detection_metrics
 from assocmem.forensic.protocol import FamilySplit
@@ -74,12 +74,13 @@ def _score(detector: Detector, images: np.ndarray) -> _Scored:
 
 def _reals(
     bench: ForensicBenchmark, split: str, size: int, n: int, seed: int
-) -> tuple[PhotoCrops, np.ndarray, np.ndarray, np.ndarray]:
-    """The crops, the clean real crops and their photo numbers, and the post-processed reals."""
+) -> tuple[PhotoCrops, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The crops, the clean real crops and their photo numbers, the post-processed reals and
+    their ``POST_*`` flags."""
     crops = PhotoCrops(bench, split, size)
     reals, sources = _crops(crops, n, np.random.default_rng([seed, 0]))
-    processed, _ = postprocess(reals, bench.config.post, np.random.default_rng([seed, 2]))
-    return crops, reals, sources, processed
+    processed, flags = postprocess(reals, bench.config.post, np.random.default_rng([seed, 2]))
+    return crops, reals, sources, processed, flags
 
 
 def real_image_scores(
@@ -168,9 +169,11 @@ def image_level_report(
 
     Returns:
         ``{"size", "n", "tiles" (per image), "photos" (the test photos drawn from),
-        "threshold", "real_fpr", "seen" / "heldout": {family: {"auc", "ap", "tpr"}, "mean":
-        {"auc", "tpr"}}, "probability": {"seen" / "heldout": the class-balanced Brier score and
-        log loss of the detector's ``P(fake)`` on the reals and that group's fakes}}``.
+        "threshold", "real_fpr", "real_fpr_by_kind" ({kind: {"fpr", "n"}} for the kinds of
+        ``processing_kinds``; ``fpr`` None where no real is of that kind), "seen" / "heldout":
+        {family: {"auc", "ap", "tpr"}, "mean": {"auc", "tpr"}}, "probability": {"seen" /
+        "heldout": the class-balanced Brier score and log loss of the detector's ``P(fake)`` on
+        the reals and that group's fakes}}``.
 
     Raises:
         ValueError: ``n < 1``, or a size the test photos cannot give.
@@ -179,7 +182,7 @@ def image_level_report(
         raise ValueError(f"n must be >= 1, got {n}")
     families.check(bench)
     config = bench.config
-    crops, reals, sources, real_post = _reals(bench, "test", size, n, seed)
+    crops, reals, sources, real_post, real_flags = _reals(bench, "test", size, n, seed)
     donors, donor_sources = _crops(crops, n, np.random.default_rng([seed, 1]))
     models = fitted_generators(bench) if any(f in LEARNED_FAMILIES for f in config.families) else {}
     real = _score(detector, real_post)
@@ -190,6 +193,14 @@ def image_level_report(
         "photos": sorted({crops.photo_names[int(p)] for p in sources}),
         "threshold": detector.threshold_for(real.tiles),
         "real_fpr": float(real.fake.mean()),
+        # the reals flagged by what they went through (most photos are JPEG files)
+        "real_fpr_by_kind": {
+            kind: {
+                "fpr": float(real.fake[mask].mean()) if mask.any() else None,
+                "n": int(mask.sum()),
+            }
+            for kind, mask in processing_kinds(real_flags).items()
+        },
     }
     for group, names in (("seen", families.seen), ("heldout", families.heldout)):
         if not names:

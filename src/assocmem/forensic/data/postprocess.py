@@ -26,6 +26,7 @@ __all__ = [
     "PostProcessConfig",
     "jpeg",
     "postprocess",
+    "processing_kinds",
 ]
 
 # bit flags recorded per image, so tests and analyses can condition on what was applied
@@ -33,6 +34,21 @@ POST_RESIZE = 1
 POST_BLUR = 2
 POST_JPEG = 4
 POST_FINAL_JPEG = 8
+
+
+def processing_kinds(flags: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean masks of images by what :func:`postprocess` did to them, from their ``POST_*``
+    flags: ``unprocessed`` (nothing), ``zoomed``, ``blurred``, ``JPEG`` (the shared round trip
+    or the final one); an image that went through several steps is in each of their masks.
+    Analyses split a detector's errors by them (a JPEG round trip is what most photos went
+    through)."""
+    flags = np.asarray(flags)
+    return {
+        "unprocessed": flags == 0,
+        "zoomed": (flags & POST_RESIZE) != 0,
+        "blurred": (flags & POST_BLUR) != 0,
+        "JPEG": (flags & (POST_JPEG | POST_FINAL_JPEG)) != 0,
+    }
 
 
 @dataclass(frozen=True)
