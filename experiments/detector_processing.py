@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m experiments.detector_processing " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
+    if not 0.0 <= args.target_fpr < 1.0:
+        parser.error(f"--target-fpr must be in [0, 1), got {args.target_fpr}")
     torch.set_num_threads(args.threads)
     try:
         records = records_by_weights(args.records)
