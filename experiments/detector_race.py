@@ -119,7 +119,7 @@ def recipe_details(runs: Sequence[Mapping[str, Any]], keys: Sequence[str] = SHAR
     attribution, paired batches, training batches without post-processing, a patience other
     than the default, another training split, blended fakes); ``ValueError`` naming the entry
     if they do not all share it."""
-    from experiments.detectors import DEFAULT_PATIENCE, SEEN, recipe_of
+    from experiments.detectors import DEFAULT_PATIENCE, SEEN, recipe_of, trained_postprocess
 
     recipes = [recipe_of(r) for r in runs]
     shared = dict.fromkeys(SHARED)
@@ -133,7 +133,7 @@ def recipe_details(runs: Sequence[Mapping[str, Any]], keys: Sequence[str] = SHAR
         details.append(f"family attribution {shared['attribution']:g}")
     if shared["paired"]:
         details.append("paired batches")
-    if shared["train_postprocess"] not in (None, "shared"):
+    if trained_postprocess(shared) == "none":
         details.append("trained without post-processing")
     if shared["patience"] is not None and shared["patience"] != DEFAULT_PATIENCE:
         details.append(f"patience {shared['patience']}")
@@ -345,13 +345,18 @@ def step_costs(
     post-processing make the batches, as in the runs."""
     from assocmem.forensic.data import BenchmarkConfig, build_benchmark
     from assocmem.forensic.data.stream import TrainStream
-    from experiments.detectors import TRAIN_POSTPROCESS, family_split, optimizer_factory
+    from experiments.detectors import (
+        TRAIN_POSTPROCESS,
+        family_split,
+        optimizer_factory,
+        trained_postprocess,
+    )
     from experiments.pretraining_study import PRETRAIN_SUFFIX
 
     recipe = recipe or {}
     config = BenchmarkConfig.tiny() if tiny else BenchmarkConfig()
     bench = build_benchmark(config, cache_dir)
-    post = TRAIN_POSTPROCESS[recipe.get("train_postprocess") or "shared"](bench)
+    post = TRAIN_POSTPROCESS[trained_postprocess(recipe)](bench)
     paired = bool(recipe.get("paired"))
     stream = TrainStream(
         bench, family_split(config).seen, batch_size=batch_size, seed=0, paired=paired, post=post

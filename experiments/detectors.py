@@ -338,6 +338,12 @@ def train_postprocess_of(args: argparse.Namespace) -> str:
     return getattr(args, "train_postprocess", "shared")
 
 
+def trained_postprocess(entries: Mapping[str, Any]) -> str:
+    """The training post-processing (a :data:`TRAIN_POSTPROCESS` name) of a run record or a
+    recipe: 'shared' for records made before the entry existed."""
+    return entries.get("train_postprocess") or "shared"
+
+
 def is_default_split(run: dict[str, Any]) -> bool:
     """Whether ``run`` trained on the default seen families (records made before the ``seen``
     entry existed all did)."""
@@ -464,7 +470,7 @@ def weights_name(model_name: str, run: dict[str, Any]) -> str:
     strength = run.get("trace_strength")
     traces = f"-trace{strength[0]:g}-{strength[1]:g}" if strength else ""
     paired = "-paired" if run.get("paired") else ""
-    post = "" if run.get("train_postprocess", "shared") == "shared" else "-nopost"
+    post = "-nopost" if trained_postprocess(run) == "none" else ""
     attribution = f"-attr{run['attribution']:g}" if run.get("attribution") else ""
     init = f"-init-{pretraining_of(run)}" if run.get("init_residual") else ""
     return (
@@ -573,11 +579,7 @@ def run_label(run: dict[str, Any]) -> str:
         + (f" (EMA {run['average']:g})" if run.get("average") else "")
         + (f" (trace strength {strength[0]:g}–{strength[1]:g})" if strength else "")
         + (" (paired)" if run.get("paired") else "")
-        + (
-            " (trained without post-processing)"
-            if run.get("train_postprocess", "shared") == "none"
-            else ""
-        )
+        + (" (trained without post-processing)" if trained_postprocess(run) == "none" else "")
         + (f" (attribution {run['attribution']:g})" if run.get("attribution") else "")
         + (f" (residual pretrained: {pretraining_of(run)})" if run.get("init_residual") else "")
         + (f" (ensemble of {len(run['ensemble'])})" if run.get("ensemble") else "")
