@@ -42,8 +42,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from assocmem.forensic.detector_loss import detector_loss
 from assocmem.forensic.models.attribution import FamilyAttribution
-from assocmem.forensic.models.one_class import margin_bce, margin_of
 from experiments.lr_grid import edge_side
 from experiments.report import replace_section
 from experiments.step_cost import measure, time_to_target
@@ -100,6 +100,7 @@ SHARED = (
     "seen",
     "paired",
     "train_postprocess",
+    "real_consistency",
     "trace_strength",
     "patience",
 )
@@ -116,9 +117,9 @@ def shared_recipe(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
 
 def recipe_details(runs: Sequence[Mapping[str, Any]], keys: Sequence[str] = SHARED) -> list[str]:
     """What the runs of a race share of ``keys`` that their title should say (family
-    attribution, paired batches, training batches without post-processing, a patience other
-    than the default, another training split, blended fakes); ``ValueError`` naming the entry
-    if they do not all share it."""
+    attribution, paired batches, training batches without post-processing, the reals' logit
+    pairing, a patience other than the default, another training split, blended fakes);
+    ``ValueError`` naming the entry if they do not all share it."""
     from experiments.detectors import DEFAULT_PATIENCE, SEEN, recipe_of, trained_postprocess
 
     recipes = [recipe_of(r) for r in runs]
@@ -135,6 +136,8 @@ def recipe_details(runs: Sequence[Mapping[str, Any]], keys: Sequence[str] = SHAR
         details.append("paired batches")
     if trained_postprocess(shared) == "none":
         details.append("trained without post-processing")
+    if shared["real_consistency"]:
+        details.append(f"real consistency {shared['real_consistency']:g}")
     if shared["patience"] is not None and shared["patience"] != DEFAULT_PATIENCE:
         details.append(f"patience {shared['patience']}")
     if shared["trace_strength"]:
@@ -271,11 +274,12 @@ class FixedBatches:
     """A network and a fixed list of training batches as a ``train_loss(step)`` task, so that
     :func:`experiments.step_cost.measure` times whole training steps on the same data.
 
-    A detector's loss is the one ``assocmem.forensic.train.train_detector`` trains it on: the
-    binary cross-entropy of its logit (with a one-class head's margin), plus, with
-    ``attribution`` (a ``FamilyAttribution`` around it), the family head's cross-entropy from
-    the batches' family codes, its head stepped too; a masked pretrainer (``vit/ARM-pretrain``)
-    returns its own reconstruction loss on the images.
+    A detector's loss is the one ``assocmem.forensic.train.train_detector`` trains it on
+    (``assocmem.forensic.detector_loss``): the binary cross-entropy of its logit (with a
+    one-class head's margin), plus, with ``attribution`` (a ``FamilyAttribution`` around it),
+    the family head's cross-entropy from the batches' family codes, its head stepped too, and
+    with ``real_consistency`` the reals' logit pairing with their twin views; a masked
+    pretrainer (``vit/ARM-pretrain``) returns its own reconstruction loss on the images.
     """
 
     def __init__(
@@ -284,9 +288,10 @@ class FixedBatches:
         batches: Sequence[tuple[Tensor, ...]],
         pretraining: bool = False,
         attribution: FamilyAttribution | None = None,
+        real_consistency: float = 0.0,
     ) -> None:
         self.model, self.batches, self.pretraining = model, list(batches), pretraining
-        self.attribution = attribution
+        self.attribution, self.real_consistency = attribution, real_consistency
         self.trained = model if attribution is None else attribution
 
     def parameters(self) -> Iterable[nn.Parameter]:
@@ -294,12 +299,14 @@ class FixedBatches:
 
     def train_loss(self, step: int) -> Tensor:
         batch = self.batches[step % len(self.batches)]
-        images, labels = batch[0], batch[1]
         if self.pretraining:
-            return self.model(images)
-        if self.attribution is not None:
-            return self.attribution.loss(images, labels, batch[2])
-        return margin_bce(self.model(images), labels, margin_of(self.model))
+            return self.model(batch[0])
+        return detector_loss(
+            self.model,
+            batch,
+            attribution=self.attribution,
+            real_consistency=self.real_consistency,
+        )
 
 
 def build(model_name: str, image_size: int) -> nn.Module:
@@ -341,8 +348,9 @@ def step_costs(
     """Seconds per training step of each ``optimizer: lr``, interleaved, on ``model_name``
     (same initialisation for all) and the same stream batches (seed 0). ``recipe``: the raced
     runs' shared entries (``experiments.detectors.recipe_of``): a family-attribution weight
-    trains the attribution head beside the detector, paired batches and the training
-    post-processing make the batches, as in the runs."""
+    trains the attribution head beside the detector, the reals' logit pairing adds their twin
+    views, paired batches and the training post-processing make the batches, as in the
+    runs."""
     from assocmem.forensic.data import BenchmarkConfig, build_benchmark
     from assocmem.forensic.data.stream import TrainStream
     from experiments.detectors import (
@@ -358,12 +366,19 @@ def step_costs(
     bench = build_benchmark(config, cache_dir)
     post = TRAIN_POSTPROCESS[trained_postprocess(recipe)](bench)
     paired = bool(recipe.get("paired"))
+    consistency = float(recipe.get("real_consistency") or 0.0)
+    pretraining = model_name.endswith(PRETRAIN_SUFFIX)
     stream = TrainStream(
-        bench, family_split(config).seen, batch_size=batch_size, seed=0, paired=paired, post=post
+        bench,
+        family_split(config).seen,
+        batch_size=batch_size,
+        seed=0,
+        paired=paired,
+        post=post,
+        real_twins=bool(consistency) and not pretraining,
     )
     batches = [batch for batch, _ in zip(stream, range(span + 1), strict=False)]
     weight = float(recipe.get("attribution") or 0.0)
-    pretraining = model_name.endswith(PRETRAIN_SUFFIX)
     candidates = {}
     for name, lr in tuned.items():
         torch.manual_seed(0)
@@ -373,10 +388,17 @@ def step_costs(
         if weight and not pretraining:
             attribution = FamilyAttribution(model, list(stream.family_codes.values()), weight)
             attribution.train()
-        task = FixedBatches(model, batches, pretraining=pretraining, attribution=attribution)
+        task = FixedBatches(
+            model,
+            batches,
+            pretraining=pretraining,
+            attribution=attribution,
+            real_consistency=0.0 if pretraining else consistency,
+        )
         candidates[name] = (task, optimizer_factory(name, lr, task.trained)(task.parameters()))
     extras = [f"family attribution {weight:g}"] if weight and not pretraining else []
     extras += ["paired batches"] if paired else []
+    extras += [f"real consistency {consistency:g}"] if consistency and not pretraining else []
     return {
         "method": (
             f"training step (batch, forward, backward, opt.step) of {model_name}"

@@ -75,6 +75,7 @@ WEIGHTS_RECIPE = (
     "seen",
     "paired",
     "train_postprocess",
+    "real_consistency",
     "trace_strength",
     "lr_drops",
     "patience",
@@ -89,6 +90,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "seen": list(SEEN),
     "paired": False,
     "train_postprocess": "shared",
+    "real_consistency": 0.0,
     "trace_strength": None,
     "lr_drops": 0,
     "patience": None,
@@ -260,7 +262,8 @@ def family_split(config: BenchmarkConfig, seen: Sequence[str] | None = None) -> 
 
 
 def attribution_weight(text: str) -> float:
-    """``--attribution``'s value: a finite weight >= 0 (0: no attribution head)."""
+    """``--attribution``'s (and ``--real-consistency``'s) value: a finite weight >= 0 (0: no
+    attribution head, no consistency term)."""
     try:
         weight = float(text)
     except ValueError:
@@ -319,6 +322,14 @@ def add_training_options(parser: argparse.ArgumentParser, **defaults: Any) -> No
         "JPEG, as validation and test); 'none', crops and fakes as made (TrainStream's post)",
     )
     parser.add_argument(
+        "--real-consistency",
+        type=attribution_weight,
+        default=0.0,
+        help="train each real crop to score alike under two independent post-processings: "
+        "this weight times the mean squared difference of their logits (detector_loss's "
+        "logit pairing; TrainStream's real_twins). 0: off",
+    )
+    parser.add_argument(
         "--attribution",
         type=attribution_weight,
         default=0.0,
@@ -362,6 +373,7 @@ def train_one(
     """Train ``model`` in place on the stream of ``families.seen`` to early stopping; the run's
     record without its test report (``experiments.ship_detector`` reuses it)."""
     strength = getattr(args, "trace_strength", None)
+    consistency = getattr(args, "real_consistency", 0.0) or 0.0
     stream = TrainStream(
         bench,
         families.seen,
@@ -370,6 +382,7 @@ def train_one(
         trace_strength=tuple(strength) if strength else None,
         paired=getattr(args, "paired", False),
         post=TRAIN_POSTPROCESS[train_postprocess_of(args)](bench),
+        real_twins=bool(consistency),
     )
     x_val, y_val = balanced(bench.split("val", families.seen), seed=1000 + seed)
     weight = getattr(args, "attribution", 0.0) or 0.0
@@ -391,6 +404,7 @@ def train_one(
         lr_drops=getattr(args, "lr_drops", 0),
         average=getattr(args, "average", None),
         attribution=attribution,
+        real_consistency=consistency,
     )
     seconds = time.perf_counter() - start
     curve = [(r["step"], r["val_loss"]) for r in result.history if "val_loss" in r]
@@ -416,6 +430,7 @@ def train_one(
         "trace_strength": list(strength) if strength else None,
         "paired": getattr(args, "paired", False),
         "train_postprocess": train_postprocess_of(args),
+        "real_consistency": consistency,
         "attribution": weight,
         "seconds": round(seconds, 1),
         "val_curve": curve,
@@ -471,6 +486,7 @@ def weights_name(model_name: str, run: dict[str, Any]) -> str:
     traces = f"-trace{strength[0]:g}-{strength[1]:g}" if strength else ""
     paired = "-paired" if run.get("paired") else ""
     post = "-nopost" if trained_postprocess(run) == "none" else ""
+    post += f"-rc{run['real_consistency']:g}" if run.get("real_consistency") else ""
     attribution = f"-attr{run['attribution']:g}" if run.get("attribution") else ""
     init = f"-init-{pretraining_of(run)}" if run.get("init_residual") else ""
     return (
@@ -563,6 +579,7 @@ def run_label(run: dict[str, Any]) -> str:
     drops when it had any (a different recipe), its weight average's decay when it was
     evaluated on one, its early stopping's patience when not the default, its training fakes'
     trace strength when they were blended, whether its batches were real/fake pairs, the
+    weight of its reals' logit pairing when it had one, the
     weight of its family-attribution loss when it had one, its member count when it is an
     ensemble (``experiments.detector_ensemble``), and its test-time views
     when they are not the image alone (``assocmem.forensic.views``)."""
@@ -580,6 +597,11 @@ def run_label(run: dict[str, Any]) -> str:
         + (f" (trace strength {strength[0]:g}–{strength[1]:g})" if strength else "")
         + (" (paired)" if run.get("paired") else "")
         + (" (trained without post-processing)" if trained_postprocess(run) == "none" else "")
+        + (
+            f" (real consistency {run['real_consistency']:g})"
+            if run.get("real_consistency")
+            else ""
+        )
         + (f" (attribution {run['attribution']:g})" if run.get("attribution") else "")
         + (f" (residual pretrained: {pretraining_of(run)})" if run.get("init_residual") else "")
         + (f" (ensemble of {len(run['ensemble'])})" if run.get("ensemble") else "")

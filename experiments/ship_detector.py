@@ -379,6 +379,7 @@ SHIPPED_RECIPE: dict[str, Any] = {
     "average": 0.995,
     "attribution": 3.0,
     "train_postprocess": "shared",
+    "real_consistency": 0.0,
     "views": "d4",
 }
 

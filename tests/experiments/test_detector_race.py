@@ -132,6 +132,7 @@ def test_the_step_cost_trains_the_runs_loss_and_heads(tmp_path):
     says what the step holds."""
     from assocmem.forensic.data import BenchmarkConfig, build_benchmark
     from assocmem.forensic.data.stream import TrainStream
+    from assocmem.forensic.detector_loss import detector_loss
     from assocmem.forensic.models.attribution import FamilyAttribution
     from assocmem.forensic.models.one_class import margin_bce, margin_of
     from experiments.detector_race import FixedBatches, build, step_costs
@@ -164,6 +165,19 @@ def test_the_step_cost_trains_the_runs_loss_and_heads(tmp_path):
     )  # fmt: skip
     assert "with family attribution 3, paired batches, batch 8" in costs["method"]
     assert costs["optimizers"]["adam"]["median_s"] > 0
+    # the reals' logit pairing: the step is detector_loss's with the twins the runs had
+    twinned = next(iter(TrainStream(bench, ("ae_nearest",), batch_size=8, seed=0, real_twins=True)))
+    task = FixedBatches(model, [twinned], attribution=attribution, real_consistency=2.0)
+    expect = seeded(
+        lambda: detector_loss(model, twinned, attribution=attribution, real_consistency=2.0)
+    )
+    assert torch.allclose(seeded(lambda: task.train_loss(0)), expect)
+    assert not torch.allclose(expect, seeded(lambda: attribution.loss(*twinned[:3])))
+    costs = step_costs(
+        "npr_dct_oc", {"adam": 1e-3}, samples=1, span=1, batch_size=8, tiny=True,
+        cache_dir=str(tmp_path), recipe={"real_consistency": 1.0},
+    )  # fmt: skip
+    assert "with real consistency 1, batch 8" in costs["method"]
 
 
 def test_step_costs_in_fresh_processes_report_each_processes_ratio(tmp_path):

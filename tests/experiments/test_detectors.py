@@ -467,6 +467,34 @@ def test_a_run_without_training_post_processing_records_it_and_is_a_recipe_of_it
         main(["--tiny", "--models", "npr_bn", "--train-postprocess", "jpeg"])
 
 
+def test_a_real_consistency_run_records_it_and_is_a_recipe_of_its_own(tmp_path):
+    """``--real-consistency W`` trains on the reals' twin views (a tiny run finishes), is
+    recorded, labelled and named; records and headers made before the entry read as 0; an
+    ensemble or a race never mixes the two; a negative or non-number weight is refused."""
+    import json
+
+    from experiments.detector_race import recipe_details
+    from experiments.detectors import main, recipe_of, run_label, weights_name
+
+    out = tmp_path / "runs.json"
+    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0",
+          "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--workers", "0",
+          "--real-consistency", "0.5", "--json", str(out)])  # fmt: skip
+    (run,) = json.loads(out.read_text())
+    assert run["real_consistency"] == 0.5 and run["steps"] == 4
+    assert run_label(run) == "npr_bn (real consistency 0.5)"
+    assert "-rc0.5-" in weights_name("npr_bn", run)
+    before = {k: v for k, v in run.items() if k != "real_consistency"}
+    assert run_label(before) == "npr_bn" and "-rc" not in weights_name("npr_bn", before)
+    assert recipe_of(before)["real_consistency"] == 0.0
+    assert recipe_details([run, run]) == ["real consistency 0.5"]
+    with pytest.raises(ValueError, match="differ in real_consistency"):
+        recipe_details([run, before])
+    for bad in ("-1", "nan", "x"):
+        with pytest.raises(SystemExit):
+            main(["--tiny", "--models", "npr_bn", "--real-consistency", bad])
+
+
 def test_an_attribution_run_records_it_and_keeps_only_the_detectors_weights(tmp_path):
     import json
 

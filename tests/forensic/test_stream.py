@@ -250,3 +250,31 @@ def test_training_post_processing_changes_the_pixels_and_nothing_else(bench, pai
         assert torch.equal(a[1], c[1]) and torch.equal(a[2], c[2])
         assert not torch.equal(a[0], c[0])
     assert TrainStream(bench, SEEN).post == bench.config.post
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_real_twins_are_each_real_crop_again_and_leave_the_batch_as_it_was(bench, paired):
+    """``real_twins=True`` appends one view per real (row order) and changes nothing else: the
+    batch is the stream's without it. Without post-processing a twin *is* its real; with
+    every step on (zoom at its own offset, blur, JPEG at drawn settings) it is another image
+    of the same crop, and the same for a seed."""
+    plain = take(TrainStream(bench, SEEN, batch_size=12, seed=4, paired=paired), 2)
+    twinned = take(TrainStream(bench, SEEN, batch_size=12, seed=4, paired=paired,
+                               real_twins=True), 2)  # fmt: skip
+    for a, b in zip(plain, twinned, strict=True):
+        assert len(a) == 3 and len(b) == 4
+        assert all(torch.equal(u, v) for u, v in zip(a, b[:3], strict=True))
+        images, labels, _, twins = b
+        assert twins.shape == (int((labels == 0).sum()), *images.shape[1:])
+        assert torch.equal(twins, images[labels == 0])  # this benchmark does not post-process
+    every = PostProcessConfig(p_resize=1.0, p_blur=1.0, p_jpeg=1.0)
+    kw = dict(batch_size=12, seed=4, paired=paired, post=every, real_twins=True)
+    images, labels, _, twins = take(TrainStream(bench, SEEN, **kw), 1)[0]
+    assert not torch.equal(twins, images[labels == 0])
+    # the same crops: a twin is far closer to its own real than to another real of the batch
+    reals = images[labels == 0]
+    own = (twins - reals).abs().mean(dim=(1, 2, 3))
+    other = (twins - reals.roll(1, dims=0)).abs().mean(dim=(1, 2, 3))
+    assert (own < other).all()
+    again = take(TrainStream(bench, SEEN, **kw), 1)[0]
+    assert torch.equal(again[3], twins)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from assocmem.forensic.detector_loss import detector_loss
 from assocmem.forensic.masks import MaskedBatch
 from assocmem.forensic.models.attribution import FamilyAttribution
 from assocmem.forensic.models.one_class import margin_bce, margin_of
@@ -199,6 +200,7 @@ def train_detector(
     lr_drops: int = 0,
     average: float | None = None,
     attribution: FamilyAttribution | None = None,
+    real_consistency: float = 0.0,
 ) -> TrainResult:
     """Binary cross-entropy training of a detector returning logits (N,); labels 1 = fake.
     A detector with a ``margin`` attribute (a one-class head) trains and is validated on the
@@ -216,6 +218,9 @@ def train_detector(
     ``detector``; its loss (detection plus family attribution, from the family codes a stream's
     batches carry) is the one trained, its parameters reach the optimizer (build the optimizer
     factory on it), and ``detector`` keeps the trained (or averaged) weights as without it.
+    ``real_consistency``: the weight of the logit pairing of each real with its twin view
+    (batches of a ``TrainStream(real_twins=True)``; :mod:`assocmem.forensic.detector_loss`,
+    which computes every step's loss).
     """
     from sklearn.metrics import roc_auc_score
 
@@ -236,12 +241,13 @@ def train_detector(
     margin = margin_of(detector)  # a one-class head's (models/one_class.py), else 0
 
     def step_loss(batch: Any) -> Tensor:
-        images, labels = batch[0], batch[1]  # a stream's batches also carry family codes
-        if attribution is not None:
-            if len(batch) < 3:
-                raise ValueError("attribution needs batches with family codes (a TrainStream)")
-            return attribution.loss(images.to(device), labels, batch[2])
-        return margin_bce(detector(images.to(device)), labels, margin)
+        return detector_loss(
+            detector,
+            batch,
+            attribution=attribution,
+            real_consistency=real_consistency,
+            device=device,
+        )
 
     def evaluate() -> dict[str, float]:
         z = logits(detector, val_images, max(batch_size, 256))

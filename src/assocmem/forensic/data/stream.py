@@ -29,11 +29,18 @@ only difference within a pair is then the family's trace, so the gradient of a p
 no content and no processing difference (unpaired, a fake's content and processing differ
 from every real of its batch); the price is half as many distinct crops per batch.
 
+With ``real_twins=True`` a batch also carries, as a fourth tensor, a second view of each of its
+reals (in row order): the same crop through an independent draw of the same post-processing,
+from a generator of its own, so the batch itself is the same as without it. A training loss
+can then ask a real to score alike however it was processed
+(:mod:`assocmem.forensic.detector_loss`).
+
 Only photos of the train split are ever opened, so nothing of the validation or test photos
 (and nothing of a held-out family, unless it is named in ``families``) reaches training.
 
 Shapes: batches are ``(images float32 (B, 3, P, P) in [0, 1], labels float32 (B,), family
-int64 (B,))``, ``family`` coding into ``bench.family_names`` (0 = real).
+int64 (B,)[, twins float32 (R, 3, P, P)])``, ``family`` coding into ``bench.family_names``
+(0 = real), ``R`` the batch's reals.
 """
 
 from __future__ import annotations
@@ -90,6 +97,7 @@ class TrainStream(IterableDataset):
         paired: each crop in the batch as its real and as its fake, processed alike (above).
         post: the post-processing of training batches (step 4); ``None``: the benchmark's
             (``bench.config.post``), which its validation and test sets went through.
+        real_twins: each batch also carries a second post-processed view of each real (above).
 
     Use it with ``DataLoader(stream, batch_size=None, num_workers=k)``: each worker draws from its
     own generator ``(seed, worker id)``, and the loader interleaves workers in a fixed order.
@@ -105,9 +113,11 @@ class TrainStream(IterableDataset):
         trace_strength: tuple[float, float] | None = None,
         paired: bool = False,
         post: PostProcessConfig | None = None,
+        real_twins: bool = False,
     ) -> None:
         super().__init__()
         self.paired = bool(paired)
+        self.real_twins = bool(real_twins)
         self.post = bench.config.post if post is None else post
         self.trace_strength = None if trace_strength is None else checked_strength(trace_strength)
         fams = tuple(families)
@@ -134,16 +144,21 @@ class TrainStream(IterableDataset):
         return self.crops.crop(rng)
 
     def batch(
-        self, rng: np.random.Generator, strengths: np.random.Generator | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        self,
+        rng: np.random.Generator,
+        strengths: np.random.Generator | None = None,
+        twins: np.random.Generator | None = None,
+    ) -> tuple[Tensor, ...]:
         """One batch drawn from ``rng`` (the iterator calls this with its worker's generator).
 
-        Trace strengths come from ``strengths`` (default: ``rng``); the iterator keeps them on
-        a generator of their own, so every crop, family and post-processing draw is the same
-        with and without ``trace_strength``."""
+        Trace strengths come from ``strengths`` and the reals' twin views' post-processing from
+        ``twins`` (default: ``rng``, each); the iterator keeps both on generators of their own,
+        so every crop, family and post-processing draw is the same with and without
+        ``trace_strength`` and ``real_twins``."""
         strengths = rng if strengths is None else strengths
+        twins = rng if twins is None else twins
         if self.paired:
-            return self._paired_batch(rng, strengths)
+            return self._paired_batch(rng, strengths, twins)
         n = self.batch_size
         crops, photos = zip(*(self._crop(rng) for _ in range(n)), strict=True)
         images = np.stack(crops)
@@ -152,12 +167,13 @@ class TrainStream(IterableDataset):
         n_fake = n // 2
         fake_rows = np.sort(rng.choice(n, size=n_fake, replace=False))
         self._make_fakes(images, sources, family, fake_rows, rng, strengths)
+        extra = self._twins(images[family == 0], twins)
         images, _ = postprocess(images, self.post, rng)
-        return _tensors(images, family)
+        return _tensors(images, family) + extra
 
     def _paired_batch(
-        self, rng: np.random.Generator, strengths: np.random.Generator
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        self, rng: np.random.Generator, strengths: np.random.Generator, twins: np.random.Generator
+    ) -> tuple[Tensor, ...]:
         """``batch_size // 2`` crops, each as its real and its fake, the pair post-processed
         by the same draws (``paired=True``); reals first, then their fakes in the same order."""
         n = self.batch_size // 2
@@ -166,14 +182,26 @@ class TrainStream(IterableDataset):
         sources = np.array(photos, dtype=np.int64)
         fakes, family = reals.copy(), np.zeros(n, np.int64)
         self._make_fakes(fakes, sources, family, np.arange(n), rng, strengths)
+        extra = self._twins(reals, twins)
         # one seed for both halves: the same coin flips, scales, offsets, sigmas and qualities
         # for a crop's real and its fake (postprocess draws them up front, per row)
         seed = int(rng.integers(2**63))
         reals, _ = postprocess(reals, self.post, np.random.default_rng(seed))
         fakes, _ = postprocess(fakes, self.post, np.random.default_rng(seed))
-        return _tensors(
-            np.concatenate([reals, fakes]), np.concatenate([np.zeros_like(family), family])
+        return (
+            _tensors(
+                np.concatenate([reals, fakes]), np.concatenate([np.zeros_like(family), family])
+            )
+            + extra
         )
+
+    def _twins(self, reals: np.ndarray, rng: np.random.Generator) -> tuple[Tensor, ...]:
+        """``(twin views,)`` of ``reals`` (unprocessed crops) under post-processing drawn from
+        ``rng`` with ``real_twins``; ``()`` without."""
+        if not self.real_twins:
+            return ()
+        views, _ = postprocess(reals, self.post, rng)
+        return (torch.from_numpy(views).float().div_(255.0),)
 
     def _make_fakes(
         self,
@@ -214,13 +242,14 @@ class TrainStream(IterableDataset):
             images[rows] = fakes
             family[rows] = self.family_codes[fam]
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         info = get_worker_info()
         worker = 0 if info is None else info.id
         rng = np.random.default_rng([self.seed, worker])
         strengths = np.random.default_rng([self.seed, worker, 1])
+        twins = np.random.default_rng([self.seed, worker, 2])
         while True:
-            yield self.batch(rng, strengths)
+            yield self.batch(rng, strengths, twins)
 
 
 def _tensors(images: np.ndarray, family: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:

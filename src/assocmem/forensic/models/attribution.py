@@ -76,14 +76,23 @@ class FamilyAttribution(nn.Module):
             raise ValueError("a batch holds a family this attribution head was not built for")
         return out
 
-    def loss(self, x: Tensor, labels: Tensor, codes: Tensor) -> Tensor:
-        """Binary cross-entropy of the detector's logit (with its ``margin``, if it has one:
-        :func:`~assocmem.forensic.models.one_class.margin_bce`) plus ``weight`` times the
-        attribution's cross-entropy, from one pass through the embedding."""
+    def outputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The detector's logit (N,) and the attribution scores (N, classes), from one pass
+        through the embedding."""
         z = self.detector.embed(x)
         head = getattr(self.detector, "logit", None)  # a detector's own head, if not linear
         logit = head(z) if head is not None else self.detector.fc(z).squeeze(-1)
+        return logit, F.linear(z, self.attribution_weight, self.attribution_bias)
+
+    def loss_of(self, logit: Tensor, scores: Tensor, labels: Tensor, codes: Tensor) -> Tensor:
+        """Binary cross-entropy of the detector's ``logit`` (with its ``margin``, if it has
+        one: :func:`~assocmem.forensic.models.one_class.margin_bce`) plus ``weight`` times the
+        attribution's cross-entropy of ``scores`` (both from :meth:`outputs`)."""
         detection = margin_bce(logit, labels, margin_of(self.detector))
-        scores = F.linear(z, self.attribution_weight, self.attribution_bias)
         attribution = F.cross_entropy(scores, self.classes(codes).to(scores.device))
         return detection + self.weight * attribution
+
+    def loss(self, x: Tensor, labels: Tensor, codes: Tensor) -> Tensor:
+        """:meth:`loss_of` the :meth:`outputs` of ``x``: detection plus attribution, from one
+        pass through the embedding."""
+        return self.loss_of(*self.outputs(x), labels, codes)
