@@ -12,8 +12,9 @@ view of that crop under an independent draw of the same post-processing, and the
 
 ``z`` the detector's logit: adversarial logit pairing's form (Kannan, Kurakin and Goodfellow,
 2018), here between processings of one photo crop rather than between an image and its
-adversarial twin. The twins pass through the network in the same forward as the batch and are
-in neither cross-entropy, so the batch's own loss is the one it has without them.
+adversarial twin. The twins pass through the network in the same forward as the batch, so both
+views of a crop are normalised alike (a BatchNorm layer's batch statistics, and so its running
+ones, then include the twins), and they are in neither cross-entropy.
 
 Batches are the stream's ``(images, labels, family codes[, twins])``, labels 1 = fake.
 """
