@@ -261,9 +261,9 @@ def family_split(config: BenchmarkConfig, seen: Sequence[str] | None = None) -> 
     )
 
 
-def attribution_weight(text: str) -> float:
-    """``--attribution``'s (and ``--real-consistency``'s) value: a finite weight >= 0 (0: no
-    attribution head, no consistency term)."""
+def nonnegative_weight(text: str) -> float:
+    """The value of a loss weight's option (``--attribution``, ``--real-consistency``): a
+    finite weight >= 0 (0: no attribution head, no consistency term)."""
     try:
         weight = float(text)
     except ValueError:
@@ -323,7 +323,7 @@ def add_training_options(parser: argparse.ArgumentParser, **defaults: Any) -> No
     )
     parser.add_argument(
         "--real-consistency",
-        type=attribution_weight,
+        type=nonnegative_weight,
         default=0.0,
         help="train each real crop to score alike under two independent post-processings: "
         "this weight times the mean squared difference of their logits (detector_loss's "
@@ -331,7 +331,7 @@ def add_training_options(parser: argparse.ArgumentParser, **defaults: Any) -> No
     )
     parser.add_argument(
         "--attribution",
-        type=attribution_weight,
+        type=nonnegative_weight,
         default=0.0,
         help="also train a head that names each image's family (real or which seen family), "
         "its cross-entropy at this weight beside the detection loss (FamilyAttribution); the "
