@@ -366,8 +366,10 @@ def step_costs(
     bench = build_benchmark(config, cache_dir)
     post = TRAIN_POSTPROCESS[trained_postprocess(recipe)](bench)
     paired = bool(recipe.get("paired"))
-    consistency = float(recipe.get("real_consistency") or 0.0)
     pretraining = model_name.endswith(PRETRAIN_SUFFIX)
+    # a masked pretrainer trains its own loss: no attribution head, no logits to pair
+    weight = 0.0 if pretraining else float(recipe.get("attribution") or 0.0)
+    consistency = 0.0 if pretraining else float(recipe.get("real_consistency") or 0.0)
     stream = TrainStream(
         bench,
         family_split(config).seen,
@@ -375,17 +377,16 @@ def step_costs(
         seed=0,
         paired=paired,
         post=post,
-        real_twins=bool(consistency) and not pretraining,
+        real_twins=bool(consistency),
     )
     batches = [batch for batch, _ in zip(stream, range(span + 1), strict=False)]
-    weight = float(recipe.get("attribution") or 0.0)
     candidates = {}
     for name, lr in tuned.items():
         torch.manual_seed(0)
         model = build(model_name, config.patch_size)
         model.train()
         attribution = None
-        if weight and not pretraining:
+        if weight:
             attribution = FamilyAttribution(model, list(stream.family_codes.values()), weight)
             attribution.train()
         task = FixedBatches(
@@ -393,12 +394,12 @@ def step_costs(
             batches,
             pretraining=pretraining,
             attribution=attribution,
-            real_consistency=0.0 if pretraining else consistency,
+            real_consistency=consistency,
         )
         candidates[name] = (task, optimizer_factory(name, lr, task.trained)(task.parameters()))
-    extras = [f"family attribution {weight:g}"] if weight and not pretraining else []
+    extras = [f"family attribution {weight:g}"] if weight else []
     extras += ["paired batches"] if paired else []
-    extras += [f"real consistency {consistency:g}"] if consistency and not pretraining else []
+    extras += [f"real consistency {consistency:g}"] if consistency else []
     return {
         "method": (
             f"training step (batch, forward, backward, opt.step) of {model_name}"

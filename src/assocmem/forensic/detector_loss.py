@@ -21,6 +21,7 @@ Batches are the stream's ``(images, labels, family codes[, twins])``, labels 1 =
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -53,23 +54,25 @@ def detector_loss(
     moved to ``device`` (default: where they are)."""
     if attribution is not None and attribution.detector is not detector:
         raise ValueError("attribution must wrap the detector being trained")
-    if not (real_consistency >= 0 and torch.isfinite(torch.tensor(real_consistency))):
+    # math, not a tensor: this runs every step
+    if not (math.isfinite(real_consistency) and real_consistency >= 0):
         raise ValueError(f"real_consistency must be a finite weight >= 0, got {real_consistency}")
     images, labels = batch[0].to(device), batch[1].to(device)
     if attribution is not None and len(batch) < 3:
         raise ValueError("attribution needs batches with family codes (a TrainStream)")
-    twins = None
+    twins, real = None, None
     if real_consistency:
         if len(batch) < 4:
             raise ValueError(
                 "real_consistency needs batches with twin views of the reals "
                 "(TrainStream(real_twins=True))"
             )
-        twins = batch[3].to(device)
-        if twins.shape[0] != int((labels == 0).sum()) or twins.shape[1:] != images.shape[1:]:
+        twins, real = batch[3].to(device), labels == 0
+        n_real = int(real.sum())
+        if twins.shape[0] != n_real or twins.shape[1:] != images.shape[1:]:
             raise ValueError(
                 f"twins {tuple(twins.shape)} must be one image per real of the batch "
-                f"({int((labels == 0).sum())} of shape {tuple(images.shape[1:])})"
+                f"({n_real} of shape {tuple(images.shape[1:])})"
             )
         images = torch.cat([images, twins])
     n = labels.shape[0]
@@ -80,5 +83,5 @@ def detector_loss(
         logit = detector(images)
         loss = margin_bce(logit[:n], labels, margin_of(detector))
     if twins is not None:
-        loss = loss + real_consistency * logit_pairing(logit[:n][labels == 0], logit[n:])
+        loss = loss + real_consistency * logit_pairing(logit[:n][real], logit[n:])
     return loss
