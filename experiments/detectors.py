@@ -344,14 +344,10 @@ def add_training_options(parser: argparse.ArgumentParser, **defaults: Any) -> No
     parser.set_defaults(**defaults)
 
 
-def train_postprocess_of(args: argparse.Namespace) -> str:
-    """The ``--train-postprocess`` of ``args`` ('shared' where a caller's namespace lacks it)."""
-    return getattr(args, "train_postprocess", "shared")
-
-
 def trained_postprocess(entries: Mapping[str, Any]) -> str:
-    """The training post-processing (a :data:`TRAIN_POSTPROCESS` name) of a run record or a
-    recipe: 'shared' for records made before the entry existed."""
+    """The training post-processing (a :data:`TRAIN_POSTPROCESS` name) of a run record, a
+    recipe or a command line's ``vars(args)``: 'shared' for records made before the entry
+    existed and for a caller's namespace without the option."""
     return entries.get("train_postprocess") or "shared"
 
 
@@ -381,7 +377,7 @@ def train_one(
         seed=seed,
         trace_strength=tuple(strength) if strength else None,
         paired=getattr(args, "paired", False),
-        post=TRAIN_POSTPROCESS[train_postprocess_of(args)](bench),
+        post=TRAIN_POSTPROCESS[trained_postprocess(vars(args))](bench),
         real_twins=bool(consistency),
     )
     x_val, y_val = balanced(bench.split("val", families.seen), seed=1000 + seed)
@@ -429,7 +425,7 @@ def train_one(
         "patience": args.patience,
         "trace_strength": list(strength) if strength else None,
         "paired": getattr(args, "paired", False),
-        "train_postprocess": train_postprocess_of(args),
+        "train_postprocess": trained_postprocess(vars(args)),
         "real_consistency": consistency,
         "attribution": weight,
         "seconds": round(seconds, 1),
