@@ -194,3 +194,145 @@ def test_checkpoint_without_a_newer_hyperparameter_keeps_the_constructed_value()
     resumed.load_state_dict(saved)
     assert resumed.param_groups[0]["period"] == 3
     train(model, resumed, range(2, 4))
+
+
+def test_group_of_another_memory_carries_none_of_the_default_presets_hyperparameters():
+    # torch fills a new group from the optimizer's defaults; those of the default preset (muon's
+    # momentum, nesterov, ...) would be dead keys on an adam group, cycled by OneCycleLR and
+    # refused when the groups are handed back to a constructor.
+    model = make_model()
+    opt = MemoryOptimizer(
+        [
+            {"params": [model.fc.weight, model.out.weight]},
+            {"params": [model.fc.bias, model.out.bias], "memory": "adam"},
+        ],
+        memory="muon",
+        lr=1e-3,
+    )
+    adam_group = opt.param_groups[1]
+    assert not {"momentum", "nesterov", "ns_steps"} & set(adam_group)
+    assert set(MemoryOptimizer.hyperparameters("adam")) <= set(adam_group)
+    train(model, opt, range(2))
+    rebuilt = MemoryOptimizer(opt.param_groups, memory="muon", lr=1e-3)  # its own groups
+    assert [sorted(g) for g in rebuilt.param_groups] == [sorted(g) for g in opt.param_groups]
+    # a checkpoint written while groups still carried them loads, without them
+    saved = opt.state_dict()
+    saved["param_groups"][1]["momentum"] = 0.95
+    rebuilt.load_state_dict(saved)
+    assert "momentum" not in rebuilt.param_groups[1]
+
+
+def test_add_param_group_refuses_a_non_dict_with_a_type_error():
+    opt = MemoryOptimizer(make_model().parameters(), "adam")
+    with pytest.raises(TypeError, match="param_group must be a dict"):
+        opt.add_param_group([torch.nn.Parameter(torch.ones(2))])
+
+
+def test_numpy_scalar_hyperparameters_are_accepted_and_their_checkpoint_resumes():
+    # A LambdaLR whose table is np.float32 puts an np.float32 into group["lr"]; torch
+    # accepts it, so the run's own checkpoint must load back.
+    np = pytest.importorskip("numpy")
+    model = make_model()
+    opt = MemoryOptimizer(
+        model.parameters(), "adam", lr=np.float32(1e-3), weight_decay=np.float64(0.0)
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: np.float32(0.5))
+    train(model, opt, range(2), after_step=lambda _: sched.step())
+    resumed = MemoryOptimizer(make_model().parameters(), "adam", lr=1e-3)
+    resumed.load_state_dict(opt.state_dict())
+    assert resumed.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    landscape = MemoryOptimizer(model.parameters(), "landscape", form="lowrank", rank=np.int64(2))
+    assert landscape.param_groups[0]["rank"] == 2
+    with pytest.raises(ValueError, match="lr"):
+        MemoryOptimizer(model.parameters(), "adam", lr=np.float32("nan"))
+
+
+@pytest.mark.parametrize("memory", ["adam", "cms"])
+def test_checkpoint_with_an_overflowed_second_moment_loads(memory):
+    # A finite gradient of 1e30 is not skipped, and overflows the second moment to +inf as it
+    # does torch's Adam's; the run goes on, so its checkpoint must load. NaN, and inf in any
+    # other entry, stay refused.
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = MemoryOptimizer([w], memory, lr=1e-3)
+    w.grad = torch.full((3,), 1e30)
+    opt.step()
+    saved = opt.state_dict()
+    assert opt.skipped_steps == 0 and torch.isinf(saved["state"][0]["exp_avg_sq"]).all()
+    resumed = MemoryOptimizer([w], memory, lr=1e-3)
+    resumed.load_state_dict(saved)
+    assert torch.equal(resumed.state[w]["exp_avg_sq"], saved["state"][0]["exp_avg_sq"])
+    for key, bad in (("exp_avg_sq", float("nan")), ("exp_avg_sq", -float("inf"))):
+        tampered = opt.state_dict()
+        tampered["state"][0][key] = tampered["state"][0][key].clone()
+        tampered["state"][0][key][0] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            MemoryOptimizer([w], memory, lr=1e-3).load_state_dict(tampered)
+    tampered = opt.state_dict()
+    other = next(k for k, v in tampered["state"][0].items() if torch.is_tensor(v) and v.numel() > 1
+                 and k != "exp_avg_sq")  # fmt: skip
+    tampered["state"][0][other] = torch.full_like(tampered["state"][0][other], float("inf"))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        MemoryOptimizer([w], memory, lr=1e-3).load_state_dict(tampered)
+
+
+def test_state_dict_post_hooks_see_the_finished_dict_and_may_replace_it():
+    model = make_model()
+    opt = make_opt(model, "adam")
+    train(model, opt, range(2))
+    seen = {}
+
+    def record(optimizer, sd):
+        seen.update(sd)
+
+    opt.register_state_dict_post_hook(record)
+    opt.register_state_dict_post_hook(lambda optimizer, sd: {"wrapped": sd})
+    out = opt.state_dict()
+    assert "assocmem" in seen and set(out) == {"wrapped"}
+    assert out["wrapped"]["assocmem"] == {"skipped_steps": 0}
+
+
+@pytest.mark.parametrize("memory", MEMORIES)
+def test_expanded_gradient_is_checked_and_stepped(memory):
+    # An expanded gradient (stride 0) cannot take the finiteness kernel's in-place write; it
+    # is still checked (a NaN skips the step) and stepped as torch's optimizers step it.
+    w = torch.nn.Parameter(torch.randn(4, 6, generator=torch.Generator().manual_seed(0)))
+    opt = MemoryOptimizer([w], memory, lr=safe_lr(memory))
+    w.grad = torch.full((1, 1), 0.5).expand(4, 6)
+    opt.step()
+    stepped = w.detach().clone()
+    w.grad = torch.full((1, 1), float("nan")).expand(4, 6)
+    opt.step()
+    assert opt.skipped_steps == 1 and torch.equal(w.detach(), stepped)
+    dense = torch.nn.Parameter(torch.randn(4, 6, generator=torch.Generator().manual_seed(0)))
+    ref = MemoryOptimizer([dense], memory, lr=safe_lr(memory))
+    dense.grad = torch.full((4, 6), 0.5)
+    ref.step()
+    assert torch.equal(dense.detach(), stepped)
+
+
+@pytest.mark.parametrize("memory", ["adam", "delta", "cms"])
+@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
+def test_checkpoint_moves_between_fp32_and_low_precision_parameters(memory, low):
+    # AdamW loads its state across a change of parameter precision (cast); so does this
+    # optimizer: an fp16/bf16 parameter gets its fp32 master copy from the parameter, an fp32
+    # one loses it, and the moments carry over.
+    torch.manual_seed(0)
+    w32 = torch.nn.Parameter(torch.randn(4, 3))
+    opt32 = MemoryOptimizer([w32], memory, lr=1e-2)
+    for _ in range(2):
+        w32.grad = torch.randn(4, 3)
+        opt32.step()
+    w_low = torch.nn.Parameter(w32.detach().to(low))
+    opt_low = MemoryOptimizer([w_low], memory, lr=1e-2)
+    opt_low.load_state_dict(opt32.state_dict())
+    state = opt_low.state[w_low]
+    assert torch.equal(state["master_param"], w_low.detach().float())
+    for key, value in opt32.state[w32].items():
+        assert torch.equal(state[key], value), key
+    w_low.grad = torch.randn(4, 3).to(low)
+    opt_low.step()
+    back = torch.nn.Parameter(w_low.detach().float())
+    opt_back = MemoryOptimizer([back], memory, lr=1e-2)
+    opt_back.load_state_dict(opt_low.state_dict())
+    assert "master_param" not in opt_back.state[back]
+    assert torch.equal(opt_back.state[back]["step"], torch.tensor(3.0))

@@ -482,3 +482,23 @@ def test_load_refuses_broken_counters(key, value, form):
         opt.load_state_dict(corrupt)
     for k, v in opt.state[model.fc.weight].items():
         assert torch.equal(v, before[k])
+
+
+@pytest.mark.parametrize("form", ["diagonal", "scalar"])
+def test_loaded_curvature_outside_its_bounds_is_refused(form):
+    # Every write clamps H into [h_min, h_max] (h0 starts there), which bounds the step by
+    # lr * h_max * |g|; a checkpoint whose H leaves the bounds would step past that.
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = MemoryOptimizer([w], "landscape", form=form, lr=1e-3)
+    for g in (1.0, 2.0):
+        w.grad = torch.full((3,), g)
+        opt.step()
+    saved = opt.state_dict()
+    MemoryOptimizer([w], "landscape", form=form, lr=1e-3).load_state_dict(saved)
+    for bad in (1e6, 1e-4, float("inf")):
+        tampered = opt.state_dict()
+        tampered["state"][0]["curvature"] = torch.full_like(saved["state"][0]["curvature"], bad)
+        fresh = MemoryOptimizer([w], "landscape", form=form, lr=1e-3)
+        with pytest.raises(ValueError, match="curvature"):
+            fresh.load_state_dict(tampered)
+        assert fresh.state_dict()["state"] == {}

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import operator
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Collection, Iterable
 from copy import deepcopy
 from itertools import chain
@@ -169,6 +170,8 @@ class MemoryOptimizer(Optimizer):
         hyperparameter that belongs to a different preset (``betas`` on a ``momentum`` group)
         is a mistake and raises ``ValueError``.
         """
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         memory = param_group.get("memory", self.defaults["memory"])
         preset = get_preset(memory)
         _reject_foreign(param_group, preset, memory)
@@ -183,6 +186,12 @@ class MemoryOptimizer(Optimizer):
         for p in _tensors(param_group.get("params")):
             _check_param(p, merged, preset)
         super().add_param_group(param_group)
+        # torch fills a new group from ``self.defaults``, the default preset's hyperparameters
+        # among them; a group of another preset must not carry those (a ``momentum`` key on an
+        # ``adam`` group would be cycled by OneCycleLR and never read).
+        added = self.param_groups[-1]
+        for name in _foreign_names(preset):
+            added.pop(name, None)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -421,7 +430,14 @@ class MemoryOptimizer(Optimizer):
             preset.foreach_step(params, grads, states, group)
 
     def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
+        # torch's state_dict runs the post-hooks last; ours finishes the dict first, so a hook
+        # sees (and may restructure) the dict this method returns, as with torch.optim.
+        hooks = self._optimizer_state_dict_post_hooks
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        try:
+            sd = super().state_dict()
+        finally:
+            self._optimizer_state_dict_post_hooks = hooks
         # a packed counter is a view of its group's vector: the checkpoint gets its own copy
         sd["state"] = {k: packed_steps.unpacked(v) for k, v in sd["state"].items()}
         sd["assocmem"] = {"skipped_steps": self.skipped_steps}
@@ -429,6 +445,10 @@ class MemoryOptimizer(Optimizer):
         # "param_groups": the count rides along in every group too, so a DCP resume keeps it.
         for group in sd["param_groups"]:
             group[SKIPPED] = self.skipped_steps
+        for post_hook in hooks.values():
+            result = post_hook(self, sd)
+            if result is not None:
+                sd = result
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -442,7 +462,9 @@ class MemoryOptimizer(Optimizer):
         raises ``ValueError`` naming the group, parameter and key, and leaves the optimizer
         exactly as it was, so a mismatched or corrupt checkpoint never silently resumes. State
         tensors are cast to the dtype and device the optimizer would create them with (the
-        parameter's, fp32 for fp16/bf16 parameters).
+        parameter's, fp32 for fp16/bf16 parameters; a checkpoint moved between fp32 and
+        fp16/bf16 parameters gets or loses the fp32 master copy). A sum of squares that a
+        finite gradient overflowed to ``+inf`` loads (torch's Adam reaches it too).
         """
         state_dict = dict(state_dict)  # shallow, like torch's: hooks may edit it
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
@@ -544,9 +566,14 @@ def _reject_unknown(hyper: dict[str, Any], preset: Preset, memory: str) -> None:
         )
 
 
-def _reject_foreign(group: Group, preset: Preset, memory: str) -> None:
+def _foreign_names(preset: Preset) -> set[str]:
+    """The hyperparameter names of every other preset that ``preset`` does not take."""
     others = {name for m in available_memories() for name in get_preset(m).hyper}
-    foreign = sorted((set(group) & others) - set(preset.hyper))
+    return others - set(preset.hyper)
+
+
+def _reject_foreign(group: Group, preset: Preset, memory: str) -> None:
+    foreign = sorted(set(group) & _foreign_names(preset))
     if foreign:
         raise ValueError(
             f"hyperparameter(s) {foreign} do not belong to memory={memory!r}; "
@@ -616,11 +643,14 @@ def _loaded_group(i: int, saved: Any, group: Group) -> Group:
             f"param group {i}: state dict was saved with memory={saved.get('memory')!r}, "
             f"this optimizer uses memory={group['memory']!r}"
         )
-    loaded = {k: deepcopy(v) for k, v in saved.items() if k not in ("params", SKIPPED)}
+    preset = get_preset(group["memory"])
+    # Groups saved before add_param_group stopped copying the default preset's
+    # hyperparameters into groups of other presets may carry them: they were never read.
+    dropped = {"params", SKIPPED, *_foreign_names(preset)}
+    loaded = {k: deepcopy(v) for k, v in saved.items() if k not in dropped}
     loaded["params"] = group["params"]
     for key, value in group.items():
         loaded.setdefault(key, value)
-    preset = get_preset(group["memory"])
     try:
         _check_group(loaded, preset)
     except ValueError as err:
@@ -646,6 +676,14 @@ def _loaded_state(
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
     expected = _fresh_state(preset, param.detach(), group)
+    # A checkpoint moved between fp32 and fp16/bf16 parameters: an fp16/bf16 parameter's fp32
+    # master copy is made from the parameter, as at its first step; an fp32 parameter needs
+    # none (the parameter, restored from the model's checkpoint, is what goes on). Every other
+    # state is fp32 either way.
+    if MASTER in expected and MASTER not in saved:
+        saved = {**saved, MASTER: expected[MASTER]}
+    elif MASTER in saved and MASTER not in expected:
+        saved = {k: v for k, v in saved.items() if k != MASTER}
     if set(saved) != {"step", *expected}:
         raise ValueError(
             f"{where}: saved state keys {sorted(map(str, saved))} do not match "
@@ -676,7 +714,7 @@ def _loaded_state(
                 f"{where}: state {key!r} has shape {tuple(value.shape)}, expected "
                 f"{tuple(want.shape)} for a parameter of shape {tuple(param.shape)}"
             )
-        if not bool(torch.isfinite(value).all()):
+        if not bool(torch.isfinite(value).all()) and not _overflowed_square(preset, key, value):
             raise ValueError(f"{where}: state {key!r} holds NaN or inf")
         if kind == "integer" and bool((value < 0).any()):
             raise ValueError(f"{where}: state {key!r} is a count and must be >= 0")
@@ -684,6 +722,16 @@ def _loaded_state(
     if (msg := preset.check_state(loaded, group)) is not None:
         raise ValueError(f"{where}: invalid state: {msg}")
     return loaded
+
+
+def _overflowed_square(preset: Preset, key: str, value: Tensor) -> bool:
+    """Whether the non-finite entries of ``value`` are ``+inf`` in a sum of squares: a finite
+    gradient of 1e30 overflows Adam's second moment, here as in torch (the step is not
+    skipped: every gradient was finite), and the run goes on, so its checkpoints must load.
+    NaN, and ``-inf`` or ``inf`` anywhere else, stay refused."""
+    return key in preset.non_negative_state and bool(
+        (torch.isfinite(value) | (value == math.inf)).all()
+    )
 
 
 def _skipped_entry(state_dict: dict[str, Any]) -> Any:
@@ -912,6 +960,12 @@ def _norms_the_step_reads(
     return ids
 
 
+def _overlaps_itself(t: Tensor) -> bool:
+    """Whether two elements of ``t`` are one memory location (a stride 0 over a dimension of
+    size > 1, as ``expand`` makes)."""
+    return any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape, strict=True))
+
+
 def _nonfinite_flags(
     grads: list[Tensor], *, host_reads: bool = False, reused: Collection[int] = ()
 ) -> list[Tensor]:
@@ -930,6 +984,13 @@ def _nonfinite_flags(
         unit = torch.ones(1, device=device, dtype=torch.float32)
         if host_reads and device.type == "cpu" and not torch.compiler.is_compiling():
             group = grad_norms.settle_large(group, reused)  # large ones by <g, g>, read back
+        # The kernel writes its "unscale" back, which a gradient whose elements share memory
+        # (an expanded one: stride 0) refuses; those few are checked by a plain reduction.
+        shared = [g for g in group if _overlaps_itself(g)]
+        if shared:
+            group = [g for g in group if not _overlaps_itself(g)]
+            for g in shared:
+                torch.maximum(found, torch.isfinite(g).logical_not().any(), out=found)
         if group:
             torch._amp_foreach_non_finite_check_and_unscale_(group, found, unit)
         flags.append(sharded.any_flag(found, grads))

@@ -8,6 +8,7 @@ three) with a ``ValueError`` naming the argument.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,9 @@ Check = Callable[[Any], "str | None"]
 
 
 def _is_real(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    # numbers.Real admits numpy's scalars too (a LambdaLR table of np.float32 puts one in
+    # group["lr"], and the checkpoint must load back); a bool is not a hyperparameter value.
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def non_negative(x: Any) -> str | None:
@@ -67,7 +70,7 @@ def closed_unit_interval(x: Any) -> str | None:
 
 
 def positive_int(x: Any) -> str | None:
-    ok = isinstance(x, int) and not isinstance(x, bool) and x >= 1
+    ok = isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= 1
     return None if ok else f"must be an integer >= 1, got {x!r}"
 
 

@@ -396,6 +396,13 @@ class Landscape(Preset):
             pairs = float(state["pairs"])
             if not (pairs.is_integer() and 0 <= pairs <= group["rank"]):
                 return f"'pairs' must be a whole number in [0, rank={group['rank']}], got {pairs}"
+        if "curvature" in state:  # h0 starts inside the bounds and every write clamps into them
+            h, lo, hi = state["curvature"], group["h_min"], group["h_max"]
+            if bool(((h < lo) | (h > hi)).any()):
+                return (
+                    f"'curvature' must lie in [h_min, h_max] = [{lo}, {hi}], holds values in "
+                    f"[{float(h.min())}, {float(h.max())}]"
+                )
         return super().check_state(state, group)
 
     def check_group(self, group: Group) -> None:
