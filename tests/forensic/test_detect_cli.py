@@ -212,3 +212,90 @@ def test_python_dash_m_runs(weights, folder):
     )
     assert done.returncode == EXIT_OK, done.stderr
     assert "7x5" in done.stdout
+
+
+def _copy(folder: Path, root: Path, layout: dict[str, list[str]]) -> None:
+    for sub, names in layout.items():
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        for n in names:
+            (root / sub / n).write_bytes((folder / "good.png").read_bytes())
+
+
+def _labels(out_csv: Path) -> dict[str, str]:
+    with out_csv.open(newline="") as f:
+        return {r["path"]: r["label"] for r in csv.DictReader(f)}
+
+
+def test_images_beside_a_labelled_layout_are_scored_without_a_label(
+    weights, folder, tmp_path, capsys
+):
+    root = tmp_path / "cnndet"
+    layout = {"0_real": ["r.png"], "1_fake": ["f.png"], "misc": ["m.png"], "": ["t.png"]}
+    _copy(folder, root, layout)
+    out_csv = tmp_path / "l.csv"
+    assert main([str(root), "--weights", str(weights), "--csv", str(out_csv)]) == EXIT_OK
+    labels = {Path(p).relative_to(root).as_posix(): v for p, v in _labels(out_csv).items()}
+    assert labels == {"0_real/r.png": "0", "1_fake/f.png": "1", "misc/m.png": "", "t.png": ""}
+    assert "4 of 4 images scored" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("layout", "problem"),
+    [
+        ({"car/0_real": ["a.png"], "car/1_fake": ["b.png"], "cat/0_real": ["c.png"]}, "cat"),
+        ({"sd/nature": ["a.png"], "sd/ai": ["b.png"], "notes": ["c.png"]}, "notes"),
+    ],
+)
+def test_a_malformed_labelled_layout_is_scored_without_labels_and_said_so(
+    weights, folder, tmp_path, capsys, layout, problem
+):
+    root = tmp_path / "data"
+    _copy(folder, root, layout)
+    out_csv = tmp_path / "l.csv"
+    assert main([str(root), "--weights", str(weights), "--csv", str(out_csv)]) == EXIT_OK
+    assert set(_labels(out_csv).values()) == {""} and len(_labels(out_csv)) == 3
+    captured = capsys.readouterr()
+    assert "not read as a labelled dataset" in captured.err and problem in captured.err
+
+
+def test_folder_scan_follows_symlinked_folders_and_skips_hidden_ones(weights, folder, tmp_path):
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    _copy(folder, elsewhere, {"": ["linked.png"]})
+    _copy(folder, root, {"": ["top.png", ".hidden.png"], ".thumbs": ["t.png"]})
+    (root / "link").symlink_to(elsewhere, target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)  # a loop ends
+    out_csv = tmp_path / "l.csv"
+    assert main([str(root), "--weights", str(weights), "--csv", str(out_csv)]) == EXIT_OK
+    names = sorted(Path(p).relative_to(root).as_posix() for p in _labels(out_csv))
+    assert names == ["link/linked.png", "top.png"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs a file system that takes any bytes")
+def test_a_file_name_that_is_not_utf8_is_reported_in_every_output(weights, folder, tmp_path):
+    root = tmp_path / "names"
+    root.mkdir()
+    (root / "ok.png").write_bytes((folder / "good.png").read_bytes())
+    (root / "x\udcff.png").write_bytes((folder / "good.png").read_bytes())  # bytes b"x\xff.png"
+    out_csv, out_json = tmp_path / "n.csv", tmp_path / "n.json"
+    cmd = [sys.executable, "-m", "assocmem.forensic.detect", str(root), "--weights", str(weights)]
+    cmd += ["--csv", str(out_csv), "--json", str(out_json)]
+    run = subprocess.run(cmd, capture_output=True, timeout=120, cwd=ROOT, check=False)
+    assert run.returncode == EXIT_OK, run.stderr.decode(errors="replace")
+    rows = out_csv.read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 3 and any("x\\udcff.png" in r for r in rows)
+    assert len(json.loads(out_json.read_text(encoding="utf-8"))["images"]) == 2
+
+
+def test_reports_are_written_even_when_stdout_is_closed_early(weights, folder, tmp_path):
+    # `assocmem-detect ... --csv out.csv | head -1`: the reader leaves after one line; the
+    # reports come first and the command ends quietly.
+    out_csv = tmp_path / "p.csv"
+    cmd = [sys.executable, "-m", "assocmem.forensic.detect", str(folder), "--weights", str(weights)]
+    cmd += ["--csv", str(out_csv)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before anything is read: every write to stdout fails
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == EXIT_UNREADABLE  # corrupt.png, as without the pipe
+    assert "Traceback" not in err
+    assert len(_labels(out_csv)) == len(GOOD) + 1

@@ -119,13 +119,23 @@ def test_inputs_paths_pil_tensors_agree(detector: Detector, tmp_path: Path):
     assert len(detector.score(as_uint8)) == 1  # one (3, H, W) tensor is one image
 
 
-def test_exif_rotation_is_applied(detector: Detector, tmp_path: Path):
-    im = Image.fromarray(np.zeros((20, 60, 3), dtype=np.uint8))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 CW to display": width and height swap
-    im.save(tmp_path / "r.jpg", exif=exif)
-    result = detector.score_one(tmp_path / "r.jpg")
-    assert (result.height, result.width) == (60, 20)
+def test_exif_orientation_does_not_move_the_tiles_off_the_jpeg_grid(
+    detector: Detector, tmp_path: Path
+):
+    # The same stored JPEG pixels tagged with each orientation score alike: the tiles are cut
+    # from the pixels as stored, where the 8 x 8 block grid starts at the top-left pixel (a
+    # side of 100 is not a multiple of 8, so rotating first would move the grid off the tiles).
+    pixels = np.random.default_rng(0).integers(0, 256, (100, 60, 3), dtype=np.uint8)
+    results = []
+    for orientation in (1, 3, 6, 8):
+        exif = Image.Exif()
+        exif[0x0112] = orientation  # 6, 8: width and height swap for display
+        path = tmp_path / f"o{orientation}.jpg"
+        Image.fromarray(pixels).save(path, quality=90, exif=exif)
+        results.append(detector.score_one(path))
+        with Image.open(path) as opened:  # a PIL image is scored as given, tag and all
+            assert detector.score_one(opened).score == results[-1].score
+    assert {(r.score, r.height, r.width) for r in results} == {(results[0].score, 100, 60)}
 
 
 def test_bad_inputs_are_refused(detector: Detector):

@@ -5,11 +5,15 @@
     python -m assocmem.forensic.detect PATH...        # the same
 
 ``PATH`` is an image file (any format Pillow reads, whatever its extension), a folder (every
-image file under it, recursively: ``loaders.IMAGE_EXTENSIONS``), or a labelled dataset the
-loaders read: a folder in the CNNDetection layout (``0_real``/``1_fake``, optionally per
-category) or the GenImage layout (``nature``/``ai``, optionally per generator), or a ``.csv``
-manifest (``path,label[,family]``). Labelled inputs add a ``label`` column and the TPR/FPR (and
-AUC) of the decisions to the summary.
+image file under it, recursively: ``loaders.image_files``, which follows symlinked folders and
+leaves out hidden files and folders), or a labelled dataset the loaders read: a folder in the
+CNNDetection layout (``0_real``/``1_fake``, optionally per category) or the GenImage layout
+(``nature``/``ai``, optionally per generator), or a ``.csv`` manifest (``path,label[,family]``).
+Labelled inputs add a ``label`` column and the TPR/FPR (and AUC) of the decisions to the
+summary; images beside a layout's folders are scored without a label. A folder that holds a
+layout's folders but not in its shape (a category with ``0_real`` and no ``1_fake``) is scored
+without labels, with a warning on stderr saying why. A multi-frame file (an animated GIF, a
+multi-page TIFF) is scored on its first frame.
 
 Each image is tiled, its tiles scored and their logits averaged (``assocmem.forensic.tiling``; a
 checkpoint calibrated on ``d4`` views scores each tile as the mean over its eight dihedral views;
@@ -23,6 +27,8 @@ rate from the validation logits the checkpoint stores, ``--threshold T`` sets it
 
 Exit status:
     0  every image was scored;
+    1  the table could not be written to stdout (other than a reader that left, as ``| head``
+       does, which is not an error); the ``--csv``/``--json`` reports are written first;
     2  nothing was scored: a usage error (bad option, a PATH that does not exist, a malformed
        manifest, a checkpoint that is refused, an ``--fpr`` the checkpoint cannot calibrate);
     3  the readable images were scored, but some files were not (each is listed on stderr and in
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -49,9 +56,9 @@ from assocmem.forensic.data.loaders import (
 )
 from assocmem.forensic.detector import Detector, ImageScore
 
-__all__ = ["EXIT_OK", "EXIT_UNREADABLE", "EXIT_USAGE", "Item", "collect", "main"]
+__all__ = ["EXIT_OK", "EXIT_STDOUT", "EXIT_UNREADABLE", "EXIT_USAGE", "Item", "collect", "main"]
 
-EXIT_OK, EXIT_USAGE, EXIT_UNREADABLE = 0, 2, 3
+EXIT_OK, EXIT_STDOUT, EXIT_USAGE, EXIT_UNREADABLE = 0, 1, 2, 3
 _PROGRESS_FROM = 50  # images; fewer finish before a bar would help
 
 
@@ -74,12 +81,43 @@ def collect(path: Path) -> list[Item]:
         return [Item(s.path, s.label, s.family) for s in manifest_samples(path)]
     if not path.is_dir():
         return [Item(path, None, None)]  # named explicitly: tried whatever its extension
-    for layout in (cnndetection_samples, genimage_samples):
+    every = image_files(path)
+    for layout, folders in _LAYOUTS:
+        if not _holds_any(path, folders):
+            continue  # not that layout
         try:
-            return [Item(s.path, s.label, s.family) for s in layout(path)]
-        except ValueError:
-            continue  # not that layout: a plain folder is scored without labels
-    return [Item(p, None, None) for p in image_files(path)]
+            samples = layout(path)
+        except ValueError as e:  # that layout's folders, but not in its shape: say so
+            print(
+                f"assocmem-detect: warning: {path} is not read as a labelled dataset ({e}); "
+                "its images are scored without labels",
+                file=sys.stderr,
+            )
+            return [Item(p, None, None) for p in every]
+        labelled = {s.path for s in samples}
+        # images beside the layout's folders are scored too, without a label
+        return [Item(s.path, s.label, s.family) for s in samples] + [
+            Item(p, None, None) for p in every if p not in labelled
+        ]
+    return [Item(p, None, None) for p in every]
+
+
+# each labelled layout and the folder names that mark a folder as meant to be one
+_LAYOUTS = (
+    (cnndetection_samples, frozenset({"0_real", "1_fake"})),
+    (genimage_samples, frozenset({"nature", "ai"})),
+)
+
+
+def _holds_any(root: Path, names: frozenset[str], depth: int = 3) -> bool:
+    """Whether a folder named one of ``names`` (any case) lies within ``depth`` levels of
+    ``root`` (GenImage's deepest: ``root/<generator>/<split>/nature``)."""
+    level = [root]
+    for _ in range(depth):
+        level = [d for folder in level for d in folder.iterdir() if d.is_dir()]
+        if any(d.name.lower() in names for d in level):
+            return True
+    return False
 
 
 def _row(item: Item, result: ImageScore | None, reason: str = "") -> dict[str, Any]:
@@ -228,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"assocmem-detect: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a file name that is not valid UTF-8
+        sys.stdout.reconfigure(errors="backslashreplace")
     if args.batch < 1:
         return usage(f"--batch must be >= 1, got {args.batch}")
     if args.threads is not None:
@@ -273,27 +313,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = _summary(rows)
 
     table = _table(rows, labelled)
-    if table:
-        print(table)
     line = (
         f"{summary['scored']} of {summary['images']} images scored, {summary['flagged_fake']} "
         f"flagged fake at {_describe_threshold(detector)}"
     )
     rates = [f"{k.upper()} {summary[k]:.3f}" for k in ("tpr", "fpr", "auc") if k in summary]
-    print(line + (f"; on the labelled ones: {', '.join(rates)}" if rates else ""))
     bad = [r for r in rows if r["status"] != "ok"]
-    if bad:
-        print(f"{len(bad)} unreadable file(s):", file=sys.stderr)
-        for r in bad:
-            print(f"  {r['path']}: {r['reason']}", file=sys.stderr)
+    # The reports first: a closed or full stdout (``| head``) must not lose them.
     if args.csv:
-        with args.csv.open("w", newline="", encoding="utf-8") as f:
+        # a file name that is not valid UTF-8 is written with backslash escapes (\udcff)
+        with args.csv.open("w", newline="", encoding="utf-8", errors="backslashreplace") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
     if args.json:
         report = {"detector": detector.describe(), "summary": summary, "images": rows}
         args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    try:
+        if table:
+            print(table)
+        print(line + (f"; on the labelled ones: {', '.join(rates)}" if rates else ""))
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader left (| head): the reports are written, stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as e:  # e.g. a full disk behind stdout
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"assocmem-detect: error: cannot write the table to stdout: {e}", file=sys.stderr)
+        return EXIT_STDOUT
+    if bad:
+        print(f"{len(bad)} unreadable file(s):", file=sys.stderr)
+        for r in bad:
+            print(f"  {r['path']}: {r['reason']}", file=sys.stderr)
     return EXIT_UNREADABLE if bad else EXIT_OK
 
 

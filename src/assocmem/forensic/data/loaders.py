@@ -86,13 +86,25 @@ class Sample(NamedTuple):
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Image files (by extension, :data:`IMAGE_EXTENSIONS`) under ``folder``, recursively, sorted;
-    hidden files are left out."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
+    """Image files (by extension, :data:`IMAGE_EXTENSIONS`) under ``folder``, recursively, sorted.
+
+    Symlinked folders are followed (``Path.rglob`` before Python 3.13 does not), each real
+    folder once, so a link loop ends; hidden files and folders (a name starting with ``.``,
+    e.g. ``.thumbs/``) are left out."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:  # reached again through a link
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            path = Path(root, name)
+            wanted = not name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+            if wanted and path.is_file():  # not a dead link, a FIFO or a socket
+                found.append(path)
+    return sorted(found)
 
 
 def _subdirs(folder: Path) -> list[str]:
@@ -278,13 +290,14 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def _decode(
-    path: str | os.PathLike[str], shorter: int | None = None
+    path: str | os.PathLike[str], shorter: int | None = None, *, orient: bool = True
 ) -> tuple[Image.Image, str, tuple[int, int]]:
     """(RGB image, original mode, original size after EXIF rotation).
 
     ``shorter``: a JPEG may be decoded at a reduced scale (``Image.draft``) as long as its
     shorter side stays >= ``shorter``, so a huge photo bound for a small resize never needs its
-    full-resolution bitmap.
+    full-resolution bitmap. ``orient=False`` keeps the pixels as stored (the size is then the
+    stored one too).
     """
     _require_regular_file(path)
     with Image.open(path) as im:
@@ -293,6 +306,9 @@ def _decode(
             m = min(size)
             im.draft(None, (math.ceil(size[0] * shorter / m), math.ceil(size[1] * shorter / m)))
         im.load()  # decode fully, so truncation raises here
+        if not orient:
+            rgb = to_rgb(im)
+            return (rgb.copy() if rgb is im else rgb), mode, size
         try:
             # Orientation 5-8 swaps width and height; a malformed EXIF block is ignored.
             oriented = ImageOps.exif_transpose(im)
@@ -304,14 +320,16 @@ def _decode(
         return (rgb.copy() if rgb is im else rgb), mode, size
 
 
-def load_rgb(path: str | os.PathLike[str]) -> tuple[Image.Image, str]:
+def load_rgb(path: str | os.PathLike[str], *, orient: bool = True) -> tuple[Image.Image, str]:
     """Decode fully (so truncation raises here), apply EXIF orientation and convert to RGB;
     returns (image, original mode). Alpha is composited on white, the usual display convention;
     16-bit images are scaled by 1/257 and float images from [0, 1] (see ``to_rgb``).
+    ``orient=False`` keeps the pixels as stored, where a JPEG's 8 x 8 block grid starts at the
+    top-left pixel (an EXIF rotation moves it to another corner).
 
     Raises one of ``DECODE_ERRORS`` for anything that is not a readable image, including
     non-regular files (FIFOs are refused, never opened) and decompression bombs."""
-    im, mode, _ = _decode(path)
+    im, mode, _ = _decode(path, orient=orient)
     return im, mode
 
 
