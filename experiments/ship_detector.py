@@ -40,7 +40,7 @@ from assocmem.forensic.calibration import (
     ProbabilityScaling,
     platt_scaling,
     probability_losses,
-    threshold_at_fpr,
+    size_thresholds,
 )
 from assocmem.forensic.checkpoint import (
     DEFAULT_CHECKPOINT,
@@ -315,11 +315,14 @@ def markdown(header: dict[str, Any], path: Path) -> str:
 def image_markdown(cal: dict[str, Any], calibration: dict[str, Any]) -> str:
     """The sentence on the thresholds of larger images, from the header."""
     pct = f"{100 * cal['target_fpr']:g} %"
+    stored = [(int(k), scores) for k, scores in cal["image_real_scores"].items()]
+    thresholds = dict(size_thresholds(stored, cal["target_fpr"]))  # as Detector reads them
     parts = []
-    for k, scores in sorted(cal["image_real_scores"].items(), key=lambda kv: int(kv[0])):
-        size = calibration["sizes"][k]
-        t = threshold_at_fpr(scores, cal["target_fpr"])
-        parts.append(f"{size} × {size} px ({k} tiles) {t:.4f}")
+    for k, _ in sorted(stored):
+        size = calibration["sizes"][str(k)]
+        t = thresholds.get(k)
+        decided = f"{t:.4f}" if t is not None else "none (too few crops: a smaller size's)"
+        parts.append(f"{size} × {size} px ({k} tiles) {decided}")
     return (
         f"Larger images (`Detector.threshold_for`): thresholds for a {pct} false-positive rate "
         f"set on {calibration['n']} real crops per size of the validation photos, post-processed "
@@ -434,6 +437,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.image_n < 1:
         parser.error(f"--image-n must be >= 1, got {args.image_n}")
+    if args.image_n * args.target_fpr < 1:  # calibration.size_thresholds leaves such sizes out
+        warnings.warn(
+            f"--image-n {args.image_n} real crops cannot calibrate a {args.target_fpr} "
+            "false-positive rate: those sizes fall back to the patch threshold",
+            stacklevel=2,
+        )
     if any(size <= 32 for size in args.image_sizes):  # 32: the benchmark's patch, 1 tile
         parser.error(f"--image-sizes must be larger than one patch (32), got {args.image_sizes}")
     if args.table_only:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -56,19 +57,19 @@ def test_round_trip_keeps_weights_and_calibration(ckpt: Path, detector: Detector
 
 def test_score_is_the_mean_of_the_tile_logits(detector: Detector):
     g = torch.Generator().manual_seed(1)
-    image = torch.rand(3, 70, 45, generator=g)
+    image = torch.rand(3, 70, 77, generator=g)
     result = detector.score_one(image)
     with torch.no_grad():
         by_hand = detector.model(tiles(image, 32, 32))  # every tile in one batch
-    assert result.tiles == len(by_hand) == 3 * 2  # rows 0, 32, 38; columns 0, 14 (45 -> 46)
+    assert result.tiles == len(by_hand) == 3 * 3  # rows 0, 32, 38; columns 0, 32, 46 (77 -> 78)
     assert result.score == pytest.approx(float(by_hand.double().mean()), abs=LOGIT_TOL)
-    # P(fake) of 6 tiles: the map of the 4-tile images (the largest stored count <= 6)
+    # 2 x 2 whole tiles: P(fake) from the map of the 4-tile images, decided at their threshold
+    assert detector.area_tiles(70, 77) == 4
     a, b = dict(detector.image_probability)[4]
     assert result.probability == pytest.approx(1 / (1 + math.exp(-(a * result.score + b))))
-    # 3 x 2 tiles: decided at the threshold calibrated on 4-tile images (the largest count <= 6)
-    assert result.threshold == detector.threshold_for(6) == detector.image_thresholds[0][1]
+    assert result.threshold == detector.threshold_for(4) == detector.image_thresholds[0][1]
     assert result.fake == (result.score >= result.threshold)
-    assert (result.height, result.width, result.undersized) == (70, 45, False)
+    assert (result.height, result.width, result.undersized) == (70, 77, False)
 
 
 def test_a_jpeg_grid_detector_tiles_on_its_8_x_8_grid(tmp_path: Path):
@@ -136,6 +137,16 @@ def test_exif_orientation_does_not_move_the_tiles_off_the_jpeg_grid(
         with Image.open(path) as opened:  # a PIL image is scored as given, tag and all
             assert detector.score_one(opened).score == results[-1].score
     assert {(r.score, r.height, r.width) for r in results} == {(results[0].score, 100, 60)}
+
+
+def test_score_names_what_it_takes_for_inputs_it_cannot_iterate_into_images(detector: Detector):
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\) for a batch, got \(96, 128\)"):
+        detector.score(torch.zeros(96, 128))  # not iterated into 96 rows
+    for bad in (b"\x89PNG", None, 3):
+        with pytest.raises(TypeError, match="give a path, a PIL image"):
+            detector.score(bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"permute\(2, 0, 1\)"):
+        detector.score(np.zeros((40, 40, 3), dtype=np.uint8))  # type: ignore[arg-type]
 
 
 def test_bad_inputs_are_refused(detector: Detector):
@@ -305,6 +316,21 @@ def test_probability_is_the_platt_map_of_the_stored_logits(ckpt: Path, detector:
     assert detector.with_fpr(0.1).probability_scaling == detector.probability_scaling
 
 
+def test_recalibrated_size_thresholds_err_towards_fewer_false_positives(ckpt: Path):
+    # 200 stored scores of 4- and 16-tile images, 100 of 64-tile ones; the 16-tile scores run
+    # higher than the 4-tile ones (sampling noise at small rates does that).
+    rng = np.random.default_rng(0)
+    four, sixteen, many = rng.normal(0, 1, 200), rng.normal(1, 1, 200), rng.normal(0, 1, 20)
+    scores = ((4, tuple(four)), (16, tuple(sixteen)), (64, tuple(many)))
+    detector = replace(Detector.load(ckpt), image_real_scores=scores)
+    refit = detector.with_fpr(0.03)  # 6 of 200 scores, 0.6 of 20
+    t16 = threshold_at_fpr(sixteen, 0.03)
+    assert t16 > threshold_at_fpr(four, 0.03)  # so the 4-tile images take the higher one
+    assert refit.image_thresholds == ((4, t16), (16, t16))  # 64 tiles: too few scores
+    assert refit.threshold_for(64) == t16
+    assert refit.threshold_for(1) == threshold_at_fpr(detector.val_real_logits, 0.03)
+
+
 def test_larger_images_are_decided_at_their_own_calibrated_threshold(ckpt: Path):
     loaded = load_detector(ckpt)
     assert [k for k, _ in loaded.image_real_scores] == [4]
@@ -316,7 +342,9 @@ def test_larger_images_are_decided_at_their_own_calibrated_threshold(ckpt: Path)
         four
     ] * 3
     assert (detector.area_tiles(32, 32), detector.area_tiles(64, 64)) == (1, 4)
-    assert (detector.area_tiles(40, 70), detector.area_tiles(10, 10)) == (6, 1)  # partial: whole
+    # whole tiles only: a partial tile overlaps its neighbour (a 40 px image varies like one)
+    assert (detector.area_tiles(40, 70), detector.area_tiles(10, 10)) == (2, 1)
+    assert (detector.area_tiles(63, 63), detector.area_tiles(100, 96)) == (1, 9)
     g = torch.Generator().manual_seed(5)
     small, large = (
         detector.score_one(torch.rand(3, 32, 32, generator=g)),
@@ -412,7 +440,9 @@ def test_a_d4_checkpoint_scores_the_mean_over_the_eight_views(
     # untrained net's views of a noise tile differ by ~1e-3, far above the rounding tolerance)
     one_view = detector.tile_logits(image) - d4_detector.tile_logits(image)
     assert float(one_view.abs().max()) > 10 * LOGIT_TOL
-    assert result.fake == (result.score >= d4_detector.threshold_for(result.tiles))
+    area = d4_detector.area_tiles(result.height, result.width)
+    assert result.threshold == d4_detector.threshold_for(area)
+    assert result.fake == (result.score >= result.threshold)
 
 
 def test_a_d4_detector_keeps_its_views_when_its_threshold_changes(d4_detector: Detector):

@@ -32,8 +32,12 @@ def test_clips_in_one_logit_per_clip_out(make):
 
 def test_wrong_layouts_are_refused_with_the_expected_one():
     model = TemporalDetector()
-    with pytest.raises(ValueError, match=r"\(B, T, C, H, W\).*time axis"):
-        model(torch.rand(2, 3, 32, 32))  # an image batch
+    with pytest.raises(ValueError, match=r"\(B, T, C, H, W\).*unsqueeze\(0\).*unsqueeze\(1\)"):
+        model(torch.rand(2, 3, 32, 32))  # an image batch, or one clip: both ways are named
+    with pytest.raises(ValueError, match=r"floating.*x.float\(\) / 255"):
+        FrameDetector()(torch.zeros(2, 8, 3, 32, 32, dtype=torch.uint8))  # would wrap around
+    with pytest.raises(ValueError, match="at least one clip"):
+        model(torch.rand(0, 8, 3, 32, 32))
     with pytest.raises(ValueError, match=r"Conv3d layout: pass x.transpose\(1, 2\)"):
         model(torch.rand(2, 3, 8, 32, 32))  # channels before time
     with pytest.raises(ValueError, match=r"C=3"):

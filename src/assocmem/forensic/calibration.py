@@ -21,6 +21,7 @@ Convention as in ``metrics.py``: higher score = more fake; fake when ``score >= 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = [
     "platt_scaling",
     "probability_losses",
     "rates_at_threshold",
+    "size_thresholds",
     "threshold_at_fpr",
 ]
 
@@ -57,6 +59,30 @@ def threshold_at_fpr(real_scores: ArrayLike, target_fpr: float = 0.05) -> float:
     k = int(np.floor(target_fpr * s.size))
     highest_first = np.sort(s)[::-1]
     return float(np.nextafter(highest_first[k], np.inf))
+
+
+def size_thresholds(
+    scores: Sequence[tuple[int, Sequence[float]]], target_fpr: float | None
+) -> tuple[tuple[int, float], ...]:
+    """``(tile count, threshold)`` for each ``(tile count, real images' scores)`` at
+    ``target_fpr`` (none without a target): the thresholds by image size of a detector
+    (``Detector.threshold_for``).
+
+    A count whose ``n`` scores cannot resolve the rate (``target_fpr < 1/n``: the threshold
+    would only sit above the highest of them) gets none, so its images fall back to a smaller
+    count's or the patch threshold, which flag fewer. The thresholds may not rise with the
+    count: a larger image's mean logit varies less, so where a few hundred scores put a larger
+    count's threshold above a smaller one's (sampling noise at small rates), the smaller count
+    takes the larger one's, the direction with fewer false positives.
+    """
+    if target_fpr is None:
+        return ()
+    kept = [(k, threshold_at_fpr(s, target_fpr)) for k, s in scores if target_fpr * len(s) >= 1]
+    out, floor = [], -np.inf
+    for k, t in sorted(kept, reverse=True):  # from the largest count down
+        floor = max(floor, t)
+        out.append((k, float(floor)))
+    return tuple(sorted(out))
 
 
 def rates_at_threshold(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, float]:

@@ -121,10 +121,11 @@ def _holds_any(root: Path, names: frozenset[str], depth: int = 3) -> bool:
 
 
 def _row(item: Item, result: ImageScore | None, reason: str = "") -> dict[str, Any]:
+    # a missing value is None: null in the JSON, an empty cell in the CSV
     row: dict[str, Any] = {
         "path": str(item.path),
-        "label": "" if item.label is None else item.label,
-        "family": item.family or "",
+        "label": item.label,
+        "family": item.family,
         "status": "ok" if result else "unreadable",
         "reason": reason,
     }
@@ -141,7 +142,7 @@ def _row(item: Item, result: ImageScore | None, reason: str = "") -> dict[str, A
         )
     else:
         scored = ("score", "probability", "decision", "threshold", "tiles", "width", "height")
-        row.update(dict.fromkeys((*scored, "undersized"), ""))  # the columns in the same order
+        row.update(dict.fromkeys((*scored, "undersized")))  # the columns in the same order
     return row
 
 
@@ -158,7 +159,7 @@ def _table(rows: list[dict[str, Any]], labelled: bool) -> str:
             str(r["tiles"]),
             f"{r['width']}x{r['height']}",
         ]
-        + ([{0: "real", 1: "fake", "": "-"}[r["label"]]] if labelled else [])
+        + ([{0: "real", 1: "fake", None: "-"}[r["label"]]] if labelled else [])
         for r in ok
     ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
@@ -183,7 +184,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "unreadable": len(rows) - len(ok),
         "flagged_fake": sum(r["decision"] == "fake" for r in ok),
     }
-    labelled = [r for r in ok if r["label"] != ""]
+    labelled = [r for r in ok if r["label"] is not None]
     for name, label in (("tpr", 1), ("fpr", 0)):
         group = [r for r in labelled if r["label"] == label]
         if group:

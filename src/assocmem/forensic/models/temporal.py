@@ -25,16 +25,24 @@ __all__ = ["FrameCNN", "FrameDetector", "TemporalDetector", "check_clips"]
 
 
 def check_clips(x: Tensor, channels: int) -> None:
-    """Raise ``ValueError`` naming the expected layout unless ``x`` is ``(B, T, C, H, W)``."""
+    """Raise ``ValueError`` naming the expected layout unless ``x`` is ``(B, T, C, H, W)``
+    floating clips (pixels in [0, 1], as the image benchmark's), ``B, T >= 1``."""
     shape = tuple(x.shape)
     if x.ndim != 5:
         hint = (
-            " (an image batch (B, C, H, W)? a clip detector needs a time axis: "
-            "x.unsqueeze(1) makes one-frame clips)"
+            " (one clip (T, C, H, W)? x.unsqueeze(0) makes a batch of one; a batch of images "
+            "(B, C, H, W)? x.unsqueeze(1) makes one-frame clips)"
             if x.ndim == 4
             else ""
         )
         raise ValueError(f"expected clips (B, T, C, H, W), got shape {shape}{hint}")
+    if not x.is_floating_point():
+        # uint8 pixels would wrap around in the residual's subtraction
+        raise ValueError(
+            f"clips must be floating, pixels in [0, 1] (x.float() / 255), got {x.dtype}"
+        )
+    if shape[0] < 1:
+        raise ValueError(f"expected at least one clip, got shape {shape}")
     if shape[2] != channels:
         hint = (
             " (this looks like (B, C, T, H, W), the Conv3d layout: pass x.transpose(1, 2))"
