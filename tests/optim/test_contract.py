@@ -336,3 +336,31 @@ def test_checkpoint_moves_between_fp32_and_low_precision_parameters(memory, low)
     opt_back.load_state_dict(opt_low.state_dict())
     assert "master_param" not in opt_back.state[back]
     assert torch.equal(opt_back.state[back]["step"], torch.tensor(3.0))
+
+
+@pytest.mark.parametrize("memory", MEMORIES)
+def test_a_model_cast_to_low_precision_mid_run_keeps_its_memory(memory):
+    # model.to(bfloat16) after some steps, then back: each parameter gets an fp32 master copy
+    # from its new value (as at a first step) and loses it again; the memory goes on.
+    model = make_model()
+    opt = make_opt(model, memory)
+    train(model, opt, range(2))
+    memory_before = {
+        k: v.clone() for k, v in opt.state[model.fc.weight].items() if torch.is_tensor(v)
+    }
+    model.to(torch.bfloat16)
+    p = model.fc.weight
+    assert p.dtype == torch.bfloat16
+    opt.zero_grad()
+    p.grad = torch.ones_like(p)
+    before = p.detach().clone()
+    opt.step()
+    state = opt.state[p]
+    assert state["master_param"].dtype == torch.float32
+    assert torch.equal(state["master_param"].to(torch.bfloat16), p.detach())
+    assert not torch.equal(p.detach(), before)
+    assert {k for k in state if k != "master_param"} == set(memory_before)
+    model.float()
+    p.grad = torch.ones_like(p)
+    opt.step()
+    assert "master_param" not in opt.state[p] and torch.isfinite(p).all()

@@ -282,6 +282,8 @@ class MemoryOptimizer(Optimizer):
             if not state:
                 _check_param(p, group, preset)
                 state.update(_first_state(preset, p, group, self.sync_free))
+            elif (MASTER in state) != (p.dtype in LOW_PRECISION):
+                _match_precision(state, _real(p))  # model.half() / .float() after a step
             elif MASTER in state:  # the parameter may have been changed outside the optimizer
                 _resync_master(state[MASTER], _real(p))
             states.append(state)
@@ -753,6 +755,16 @@ def _skipped_steps(extra: Any) -> int:
     if (msg := validate.count(value)) is not None:
         raise ValueError(f"state dict entry 'assocmem': invalid skipped_steps: {msg}")
     return int(value)
+
+
+def _match_precision(state: dict[str, Any], param: Tensor) -> None:
+    """A parameter cast between fp32 and fp16/bf16 after its first step (``model.half()``)
+    keeps its memory, which is fp32 either way: it gets an fp32 master copy made from it, as
+    at a first step, or, cast up to fp32, loses the copy and is stepped itself."""
+    if param.dtype in LOW_PRECISION:
+        state[MASTER] = param.float()
+    else:
+        del state[MASTER]
 
 
 def _resync_master(master: Tensor, param: Tensor) -> None:
