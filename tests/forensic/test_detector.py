@@ -407,6 +407,61 @@ def test_save_refuses_unknown_views(tmp_path: Path):
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def _save(tmp_path: Path, model, name: str = "x.safetensors", **kwargs):
+    args = {"architecture": "npr", "arch_kwargs": {"widths": [4, 8], "norm": "batch"},
+            "patch_size": 32, "val_real_logits": [0.0, 1.0]}  # fmt: skip
+    return save_detector(tmp_path / name, model, **{**args, **kwargs})
+
+
+def test_save_refuses_a_header_that_would_not_rebuild_the_model(tmp_path: Path):
+    from assocmem.forensic.checkpoint import build_model
+
+    model = build_model("npr", {"widths": [4, 8], "norm": "batch", "gain": 1.0}).eval()
+    # arch_kwargs without the gain: the same tensors, but the rebuilt net scales by 10
+    with pytest.raises(ValueError, match="computes other outputs"):
+        _save(tmp_path, model)
+    # numpy scalars are stored as numbers, and the checkpoint loads and computes the same
+    header = _save(
+        tmp_path,
+        model,
+        arch_kwargs={
+            "widths": (np.int64(4), np.int64(8)),
+            "norm": "batch",
+            "gain": np.float32(1.0),
+        },  # fmt: skip
+        patch_size=np.int64(32),
+    )
+    assert header["arch_kwargs"] == {"widths": [4, 8], "norm": "batch", "gain": 1.0}
+    loaded = load_detector(tmp_path / "x.safetensors").model
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    with pytest.raises(ValueError, match="cannot be stored in a checkpoint header"):
+        _save(tmp_path, model, name="y.safetensors",
+              arch_kwargs={"widths": [4, 8], "norm": "batch", "gain": object()})  # fmt: skip
+    for bad, match in ((32.7, "patch_size must be an integer"), (True, "patch_size")):
+        with pytest.raises(ValueError, match=match):
+            _save(tmp_path, model, name="z.safetensors", patch_size=bad)
+    with pytest.raises(ValueError, match="its own sidecar"):
+        _save(tmp_path, model, name="w.json")
+    assert not any((tmp_path / n).exists() for n in ("y.safetensors", "z.safetensors", "w.json"))
+
+
+def test_a_header_asking_for_huge_widths_is_refused_before_allocating(ckpt: Path, tmp_path):
+    # the header says 3e8 channels (43 GB: an allocator error if built); the tensors are
+    # the tiny net's
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    header = json.loads(meta["assocmem"])
+    header["arch_kwargs"]["widths"] = [4, 3 * 10**8]
+    edited = tmp_path / "huge.safetensors"
+    save_file(tensors, str(edited), metadata={"assocmem": json.dumps(header)})
+    with pytest.raises(ValueError, match="tensors do not fit|expects"):
+        load_detector(edited)
+
+
 @pytest.fixture(scope="module")
 def d4_detector(tmp_path_factory: pytest.TempPathFactory) -> Detector:
     # the same weights as ``detector`` (save_tiny_detector seeds them), calibrated on d4 logits

@@ -40,6 +40,13 @@ def test_calibration_examples_and_errors():
     assert threshold_at_fpr(reals, 0.0) > reals.max()  # nothing flagged
     rates = rates_at_threshold([0, 0, 1, 1], [0.1, 0.9, 0.8, 0.2], 0.5)
     assert rates == {"tpr": 0.5, "fpr": 0.5}
+    for labels, scores, threshold, match in (
+        ([0, 0, 1, 2], [0.1, 0.9, 0.8, 0.2], 0.5, "labels"),
+        ([0, 0, 1, 1], [0.1, math.nan, 0.8, 0.2], 0.5, "finite"),  # NaN: never flagged
+        ([0, 0, 1, 1], [0.1, 0.9, 0.8, 0.2], math.nan, "finite"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            rates_at_threshold(labels, scores, threshold)
     for bad in (-0.1, 1.0, float("nan")):
         with pytest.raises(ValueError, match="target_fpr"):
             threshold_at_fpr(reals, bad)
@@ -54,6 +61,8 @@ def test_a_family_cannot_be_seen_and_held_out():
         FamilySplit(("splice", "resample"), ("resample",))
     with pytest.raises(ValueError, match="seen"):
         FamilySplit((), ("resample",))
+    with pytest.raises(ValueError, match="sequence of names"):  # not the letters of "splice"
+        FamilySplit("splice", ("resample",))
 
 
 @pytest.fixture(scope="module")

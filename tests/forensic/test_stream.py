@@ -112,6 +112,22 @@ def test_held_out_families_are_refused_or_absent(bench):
     assert set(family.tolist()) == {0, bench.family_names.index("double_jpeg")}
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"families": "double_jpeg"}, "sequence of names"),  # not its letters
+        ({"seed": -1}, "seed"),
+        ({"seed": 1.5}, "seed"),
+        ({"seed": None}, "seed"),
+        ({"batch_size": 2.5}, "batch_size"),
+    ],
+)
+def test_bad_arguments_are_refused_at_construction_not_at_the_first_batch(bench, kwargs, match):
+    args = {"families": ("double_jpeg",), "batch_size": 4, "seed": 0, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        TrainStream(bench, args.pop("families"), **args)
+
+
 def test_on_the_fly_fakes_are_the_cached_family_functions(bench):
     """The stream's learned family is the very model that made the cached fakes: applied to the
     cached clean reals it reproduces the cached fakes bit for bit (no post-processing here)."""

@@ -231,3 +231,11 @@ def test_a_missing_learned_checkpoint_is_named(tmp_path):
     missing = tmp_path / "nope.safetensors"
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         MemoryOptimizer([torch.nn.Parameter(torch.ones(2))], "learned", checkpoint=str(missing))
+
+
+def test_a_header_asking_for_a_huge_network_is_refused_without_building_it(tmp_path):
+    # hidden sizes of 10^6 would be a 4 TB first matrix if built to check the tensors' shapes;
+    # they are checked on the meta device, so the refusal is the shape mismatch, at once
+    path = _write(tmp_path / "huge.safetensors", _tensors(), _header(hidden=[10**6, 10**6]))
+    with pytest.raises(ValueError, match="shape|names"):
+        load_checkpoint(path)

@@ -273,6 +273,74 @@ def test_meta_train_smoke_and_resume(tmp_path):
         meta_train(TINY, other, checkpoint=tmp_path / "b.safetensors", progress=False)
 
 
+def _small(**changes):
+    base = {"meta_steps": 4, "unroll": 2, "horizon": 4, "tasks_per_step": 1,
+            "families": ("quadratic",), "checkpoint_every": 2}  # fmt: skip
+    return TrainConfig(**{**base, **changes})
+
+
+def test_a_checkpoint_that_cannot_be_resumed_is_refused_with_the_reason(tmp_path):
+    from assocmem.meta.checkpoint import load_checkpoint, save_checkpoint
+    from assocmem.meta.train import export
+
+    # a run that ends inside a task (2 meta-steps per task): warned, and its file refused
+    with pytest.warns(UserWarning, match="ends inside a task"):
+        meta_train(TINY, _small(meta_steps=3), checkpoint=tmp_path / "m.safetensors",
+                   progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="inside a task"):
+        meta_train(TINY, _small(meta_steps=5), checkpoint=tmp_path / "m.safetensors",
+                   progress=False)  # fmt: skip
+    # a meta-parameters-only file (export) holds no training state
+    done = meta_train(TINY, _small(), checkpoint=tmp_path / "a.safetensors", progress=False)
+    export(tmp_path / "e.safetensors", done.meta_params, TINY, {"command": "test"})
+    with pytest.raises(ValueError, match="no training state"):
+        meta_train(TINY, _small(meta_steps=6), checkpoint=tmp_path / "e.safetensors",
+                   progress=False)  # fmt: skip
+    # a corrupt optimizer state: refused before anything is replaced
+    ckpt = load_checkpoint(tmp_path / "a.safetensors")
+    for name, bad in (("optim.0.exp_avg", torch.zeros(3)), ("optim.0.exp_avg", None)):
+        extra = dict(ckpt.extra)
+        extra[name] = bad if bad is not None else torch.full_like(extra[name], float("nan"))
+        path = tmp_path / "t.safetensors"
+        save_checkpoint(path, ckpt.meta_params, TINY, info=ckpt.info, extra=extra)
+        with pytest.raises(ValueError, match="cannot be resumed"):
+            meta_train(TINY, _small(meta_steps=6), checkpoint=path, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"families": "quadratic"}, "sequence of names"),
+        ({"families": ()}, "at least one"),
+        ({"tasks_per_step": 0}, "tasks_per_step"),
+        ({"unroll": 0}, "unroll"),
+        ({"horizon": 0}, "horizon"),
+        ({"meta_lr": float("nan")}, "meta_lr"),
+        ({"clip": -1.0}, "clip"),
+        ({"seed": -1}, "seed"),
+        ({"meta_steps": 2.5}, "meta_steps"),
+    ],
+)
+def test_train_config_refuses_values_that_would_fail_later(changes, match):
+    with pytest.raises(ValueError, match=match):
+        _small(**changes)
+
+
+def test_meta_training_on_the_held_out_family_is_warned_about():
+    with pytest.warns(UserWarning, match="holds out"):
+        _small(families=("quadratic", *HELD_OUT_FAMILIES))
+
+
+def test_meta_parameters_that_are_not_finite_are_never_written(tmp_path):
+    from assocmem.meta.checkpoint import save_checkpoint
+
+    meta = init_meta_params(TINY, torch.Generator().manual_seed(0))
+    meta["out.bias"][0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        save_checkpoint(tmp_path / "n.safetensors", meta, TINY)
+    assert not (tmp_path / "n.safetensors").exists()
+
+
 def test_the_chunked_update_is_the_whole_update_and_chunks_grow_off_the_cpu():
     config = LearnedConfig()
     meta = init_meta_params(config, torch.Generator().manual_seed(0), dtype=torch.float64)

@@ -131,6 +131,27 @@ def test_non_finite_loss_diverges_without_stepping():
     assert torch.equal(w, torch.full((2,), 0.9))  # one step of lr 0.1 on grad 1, then nothing
 
 
+def test_a_diverging_forward_leaves_no_trace_in_the_batchnorm_statistics():
+    # The batch whose loss is NaN still ran a training-mode forward, which wrote NaN into the
+    # running statistics; the model leaves as it was after the last step taken.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    data = [torch.randn(8, 3), torch.randn(8, 3), torch.full((8, 3), math.nan)]
+    batches = iter(data)
+    after_step: dict[str, torch.Tensor] = {}
+
+    def step_loss(x):
+        after_step.update({k: v.clone() for k, v in model.state_dict().items()})
+        return model(x).square().mean()
+
+    result = fit(model, step_loss, batches, lambda ps: torch.optim.SGD(ps, lr=0.1), steps=3)
+    assert result.diverged and result.steps == 2
+    state = model.state_dict()
+    assert all(torch.isfinite(v.float()).all() for v in state.values())
+    # what the third call saw: the weights and statistics after step 2
+    assert all(torch.equal(state[k], after_step[k]) for k in state)
+
+
 def test_lbfgs_gets_a_closure_on_the_same_batch():
     w, loss = quadratic()
     opt = torch.optim.LBFGS([w], lr=1.0)

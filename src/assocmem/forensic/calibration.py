@@ -44,7 +44,9 @@ def threshold_at_fpr(real_scores: ArrayLike, target_fpr: float = 0.05) -> float:
     With ``k = floor(target_fpr * n)`` false positives allowed, the threshold is the smallest
     float above the ``(k + 1)``-th highest real score, so exactly the ``k`` highest (fewer where
     scores tie) are at or above it: the FPR on the data it was fit on is ``<= target_fpr``, and
-    as close to it as the ``n`` scores allow.
+    as close to it as the ``n`` scores allow. "Above" is in float64: compare float32 scores
+    with it in float64 (``torch.Tensor.double``), because a float32 comparison rounds the
+    threshold back onto that score and flags it too.
 
     Raises:
         ValueError: ``target_fpr`` outside [0, 1), no scores, or non-finite scores.
@@ -86,10 +88,19 @@ def size_thresholds(
 
 
 def rates_at_threshold(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, float]:
-    """``{"tpr", "fpr"}`` of the decision ``score >= threshold`` (NaN for an absent class)."""
+    """``{"tpr", "fpr"}`` of the decision ``score >= threshold`` (NaN for an absent class).
+
+    Raises:
+        ValueError: labels other than 0 and 1, non-finite scores or threshold (a NaN score
+            would silently count as "not flagged"), or lengths that differ.
+    """
     y, s = _np(labels), _np(scores)
     if y.shape != s.shape:
         raise ValueError(f"labels and scores differ in length: {y.shape[0]} vs {s.shape[0]}")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError(f"labels must be 0 (real) or 1 (fake), got {sorted(set(y.tolist()))}")
+    if not np.isfinite(s).all() or not np.isfinite(threshold):
+        raise ValueError("scores and threshold must be finite (a NaN is never flagged)")
     flagged = s >= threshold
     fake, real = y == 1.0, y == 0.0
     return {

@@ -50,12 +50,14 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -150,6 +152,46 @@ def build_model(architecture: str, arch_kwargs: dict[str, Any]) -> nn.Module:
         raise ValueError(f"{architecture}({arch_kwargs}) cannot be built: {e}") from None
 
 
+def _shapes(architecture: str, arch_kwargs: dict[str, Any]) -> dict[str, Tensor]:
+    """The state dict ``build_model`` would make, as meta tensors (shapes and dtypes only)."""
+    try:
+        with torch.device("meta"):
+            return build_model(architecture, arch_kwargs).state_dict()
+    except RuntimeError as e:  # e.g. a size whose byte count overflows
+        raise ValueError(f"{architecture}({arch_kwargs}) cannot be built: {e}") from None
+
+
+def _json_value(x: Any) -> Any:
+    """What the header stores for a value JSON has no type for: a numpy scalar's number, a
+    path's text; anything else is refused (``str()`` of it would not build the model back)."""
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    raise TypeError(f"a {type(x).__name__} ({x!r}) cannot be stored in a checkpoint header")
+
+
+def _info_value(x: Any) -> Any:
+    """``info`` is a record for people (a run's options): what JSON cannot hold is its text."""
+    try:
+        return _json_value(x)
+    except TypeError:
+        return str(x)
+
+
+def _probe_outputs(model: nn.Module, patch_size: int) -> Tensor:
+    """``model``'s eval-mode output on a fixed noise batch of two patches, on the CPU."""
+    device = next(model.parameters()).device
+    probe = torch.rand(2, 3, patch_size, patch_size, generator=torch.Generator().manual_seed(0))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(probe.to(device)).float().cpu()
+    finally:
+        model.train(was_training)
+
+
 def save_detector(
     path: str | os.PathLike[str],
     model: nn.Module,
@@ -179,8 +221,32 @@ def save_detector(
     """
     if views not in VIEWS:
         raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
+    if Path(path).suffix.lower() == ".json":
+        raise ValueError(f"{path}: a checkpoint ending in .json would be its own sidecar")
+    if not isinstance(patch_size, numbers.Integral) or isinstance(patch_size, bool):
+        raise ValueError(f"patch_size must be an integer, got {patch_size!r}")
+    try:  # as the header will hold them: numpy scalars become numbers, other types are refused
+        arch_kwargs = json.loads(json.dumps(arch_kwargs, default=_json_value))
+    except TypeError as e:
+        raise ValueError(f"arch_kwargs: {e}") from None
     reference = build_model(architecture, arch_kwargs)
     _check_tensors(model.state_dict(), reference.state_dict(), "model")
+    # A constructor argument that no tensor shows (a residual's gain, say) must be in
+    # arch_kwargs too, or the loaded network computes something else: the rebuilt network on
+    # the same weights must give the model's outputs. Same code and weights: only the kernels'
+    # rounding can differ (another device), far below the 1e-4 allowed.
+    reference.load_state_dict(model.state_dict())
+    ours, rebuilt = (
+        _probe_outputs(model, int(patch_size)),
+        _probe_outputs(reference, int(patch_size)),
+    )
+    if not torch.allclose(ours, rebuilt, rtol=1e-4, atol=1e-4):
+        gap = float((ours - rebuilt).abs().max())
+        raise ValueError(
+            f"{architecture}(**arch_kwargs) rebuilt with the model's weights computes other "
+            f"outputs (up to {gap:.3g} apart): arch_kwargs lacks or differs in a constructor "
+            "argument of the model"
+        )
     logits = _sorted_floats(val_real_logits)
     threshold = threshold_at_fpr(logits, target_fpr)
     header = {
@@ -212,7 +278,7 @@ def save_detector(
                 str(int(k)): _sorted_floats(scores) for k, scores in sorted(by_count.items())
             }
     # one JSON round trip, so the sidecar and the embedded header are the same text's values
-    header = json.loads(json.dumps(header, default=str))
+    header = json.loads(json.dumps(header, default=_info_value))
     _check_header(header, Path(path))
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     path = Path(path)
@@ -243,11 +309,14 @@ def load_detector(path: str | os.PathLike[str] | None = None) -> DetectorCheckpo
         raise ValueError(f"{path}: the checkpoint's header is not JSON ({e})") from None
     image_probability = _check_header(header, path)
     _check_sidecar(path, header)
-    model = build_model(header["architecture"], header["arch_kwargs"])
     saved = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     stray = sorted(k for k in tensors if not k.startswith("model."))
     if stray:
         raise ValueError(f"{path}: unexpected tensors {stray} (expected model.*)")
+    # The header's shapes are checked on the meta device first (no memory), so an edited
+    # header asking for huge widths is refused before anything that size is allocated.
+    _check_tensors(saved, _shapes(header["architecture"], header["arch_kwargs"]), str(path))
+    model = build_model(header["architecture"], header["arch_kwargs"])
     _check_tensors(saved, model.state_dict(), str(path))
     model.load_state_dict(saved, strict=True)
     model.eval()

@@ -52,6 +52,9 @@ class FamilySplit:
     heldout: tuple[str, ...]
 
     def __post_init__(self) -> None:
+        for name in ("seen", "heldout"):
+            if isinstance(getattr(self, name), str):  # tuple("splice") would be its letters
+                raise ValueError(f"{name} must be a sequence of names, got {getattr(self, name)!r}")
         object.__setattr__(self, "seen", tuple(self.seen))
         object.__setattr__(self, "heldout", tuple(self.heldout))
         if not self.seen:

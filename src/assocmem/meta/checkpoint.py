@@ -54,8 +54,14 @@ def save_checkpoint(
     info: dict[str, Any] | None = None,
     extra: dict[str, Tensor] | None = None,
 ) -> None:
-    """Write ``meta_params`` (and optional ``extra`` tensors) with their config, atomically."""
+    """Write ``meta_params`` (and optional ``extra`` tensors) with their config, atomically.
+
+    Non-finite meta-parameters are refused here, as :func:`load_checkpoint` would refuse
+    them: a file is never written that cannot be read back."""
     _check_shapes(meta_params, config)
+    bad = sorted(k for k, v in meta_params.items() if not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ValueError(f"meta-parameters {bad} hold NaN or inf; nothing was written")
     tensors = {f"meta.{k}": v.detach().contiguous().cpu() for k, v in meta_params.items()}
     for k, v in (extra or {}).items():
         if not (k.startswith("optim.") or k.startswith("rng.")):
@@ -141,8 +147,10 @@ def load_checkpoint(
 
 
 def _check_shapes(meta: MetaParams, config: LearnedConfig, where: str = "meta_params") -> None:
-    # a private generator: checking shapes must not draw from torch's global RNG
-    expected = init_meta_params(config, torch.Generator().manual_seed(0))
+    # on the meta device: shapes without memory (an edited header asking for hidden sizes of
+    # 10^6 is refused, not allocated) and without drawing from any generator
+    with torch.device("meta"):
+        expected = init_meta_params(config)
     if set(meta) != set(expected):
         raise ValueError(
             f"{where}: meta-parameter names {sorted(meta)} do not match the config's "

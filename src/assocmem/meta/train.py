@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,14 @@ from assocmem.meta.config import LearnedConfig
 from assocmem.meta.features import MemoryState, init_memory
 from assocmem.meta.network import MetaParams, init_meta_params
 from assocmem.meta.step import learned_step
-from assocmem.meta.tasks import FAMILIES, TRAIN_FAMILIES, Params, Task, sample_task
+from assocmem.meta.tasks import (
+    FAMILIES,
+    HELD_OUT_FAMILIES,
+    TRAIN_FAMILIES,
+    Params,
+    Task,
+    sample_task,
+)
 
 # TrainConfig fields that may change between an interrupted run and its resumption.
 _RESUMABLE_CHANGES = {"meta_steps", "checkpoint_every"}
@@ -75,7 +84,22 @@ class TrainConfig:
     objective: str = "train"
 
     def __post_init__(self) -> None:
+        if isinstance(self.families, str):  # tuple("quadratic") would be its letters
+            raise ValueError(f"families must be a sequence of names, got {self.families!r}")
         object.__setattr__(self, "families", tuple(self.families))
+        if not self.families:
+            raise ValueError("families must name at least one task family")
+        for name, least in (
+            ("meta_steps", 0), ("unroll", 1), ("horizon", 1), ("tasks_per_step", 1),
+            ("checkpoint_every", 1), ("seed", 0),
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        for name in ("meta_lr", "clip"):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.horizon % self.unroll:
@@ -85,6 +109,13 @@ class TrainConfig:
         unknown = set(self.families) - set(FAMILIES)
         if unknown:
             raise ValueError(f"unknown task families {sorted(unknown)}")
+        reserved = sorted(set(self.families) & set(HELD_OUT_FAMILIES))
+        if reserved:
+            warnings.warn(
+                f"meta-training on {reserved}, which the project holds out to test learned "
+                "memories on tasks they never saw",
+                stacklevel=3,
+            )
 
     @property
     def truncations(self) -> int:
@@ -198,12 +229,50 @@ def _optim_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[
 
 
 def _load_optim(opt: torch.optim.Optimizer, extra: dict[str, Tensor], groups: Any) -> None:
+    params = [p for group in opt.param_groups for p in group["params"]]
     state: dict[int, dict[str, Tensor]] = {}
     for name, value in extra.items():
         if name.startswith("optim."):
             _, i, key = name.split(".", 2)
+            if value.is_floating_point() and not bool(value.isfinite().all()):
+                raise ValueError(f"the saved meta-optimizer state {name!r} holds NaN or inf")
+            if not 0 <= int(i) < len(params):
+                raise ValueError(f"the saved meta-optimizer state {name!r} names no parameter")
+            if value.dim() and value.shape != params[int(i)].shape:  # torch's load casts only
+                raise ValueError(
+                    f"the saved meta-optimizer state {name!r} has shape {tuple(value.shape)}, "
+                    f"its parameter {tuple(params[int(i)].shape)}"
+                )
             state.setdefault(int(i), {})[key] = value
     opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _resume_state(ckpt: Checkpoint, train: TrainConfig, path: Any) -> tuple[int, dict[str, Any]]:
+    """The meta-step a checkpoint resumes at and its training record, checked: a file without
+    a training state (``export``), one written inside a task, or a corrupt one is refused with
+    a ``ValueError`` naming what is wrong."""
+    info = ckpt.info
+    missing = [k for k in ("train", "meta_step", "optim") if k not in info]
+    missing += [k for k in ("rng.tasks",) if k not in ckpt.extra]
+    if missing:
+        raise ValueError(
+            f"{path}: no training state to resume from (it lacks {missing}; a file from "
+            "export() holds only the meta-parameters): use another checkpoint path or "
+            "resume=False"
+        )
+    _check_resumable(ckpt, train, path)
+    step = info["meta_step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"{path}: meta_step must be a whole number >= 0, got {step!r}")
+    if step % train.truncations:
+        # the tasks in flight (their parameters and memories) are not saved: only a task
+        # boundary can be resumed bit for bit
+        raise ValueError(
+            f"{path}: written at meta-step {step}, inside a task (every task runs "
+            f"horizon / unroll = {train.truncations} meta-steps), so it cannot be resumed; "
+            f"meta_steps that are multiples of {train.truncations} end on a boundary"
+        )
+    return step, info
 
 
 def meta_train(
@@ -238,15 +307,20 @@ def meta_train(
     start, history, seconds = 0, [], 0.0
     if checkpoint is not None and resume and Path(checkpoint).exists():
         ckpt = load_checkpoint(checkpoint, config)
-        _check_resumable(ckpt, train, checkpoint)
+        start, saved = _resume_state(ckpt, train, checkpoint)
+        try:  # everything that can fail, before anything is replaced
+            probe = torch.optim.Adam([torch.zeros_like(v) for v in leaves], lr=train.meta_lr)
+            _load_optim(probe, ckpt.extra, saved["optim"]["param_groups"])
+            torch.Generator().set_state(ckpt.extra["rng.tasks"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{checkpoint}: its training state cannot be resumed: {e}") from None
         with torch.no_grad():
             for k in names:
                 meta[k].copy_(ckpt.meta_params[k])
-        _load_optim(opt, ckpt.extra, ckpt.info["optim"]["param_groups"])
+        _load_optim(opt, ckpt.extra, saved["optim"]["param_groups"])
         rng.set_state(ckpt.extra["rng.tasks"])
-        start = int(ckpt.info["meta_step"])
-        history = list(ckpt.info.get("history", []))
-        seconds = float(ckpt.info.get("seconds", 0.0))
+        history = list(saved.get("history", []))
+        seconds = float(saved.get("seconds", 0.0))
 
     def save(step: int) -> None:
         if checkpoint is None:
@@ -268,6 +342,12 @@ def meta_train(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=train.meta_steps, initial=start, desc="meta-train", dynamic_ncols=True)
+    if train.meta_steps % train.truncations and checkpoint is not None:
+        warnings.warn(
+            f"meta_steps={train.meta_steps} ends inside a task (each runs "
+            f"{train.truncations} meta-steps): the final checkpoint will not be resumable",
+            stacklevel=2,
+        )
     every = max(1, math.ceil(train.checkpoint_every / train.truncations)) * train.truncations
     workers: list[_Worker] = []
     ema = None

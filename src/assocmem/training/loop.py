@@ -4,7 +4,10 @@ One record per step goes to ``log`` and into ``TrainResult.history``: ``step``, 
 seconds of training since the start, evaluations excluded, so it compares across evaluation
 schedules), ``train_loss``, plus whatever ``evaluate()`` returns (at least ``val_loss``) at step
 0 (no ``train_loss``), every ``eval_every`` steps and at the last step. A non-finite training or
-validation loss ends the run with ``status="diverged"`` instead of raising.
+validation loss ends the run with ``status="diverged"`` instead of raising. A non-finite
+training loss takes no step, and the forward that produced it leaves nothing behind either:
+the BatchNorm running statistics it updated are put back, so the model is that of the last
+step taken (``TrainResult.steps``).
 
 Early stopping: with ``patience=k`` the run ends once ``k`` evaluations in a row have not lowered
 the best validation loss, and the model leaves with the weights of its best evaluation whether
@@ -99,6 +102,19 @@ def _restore(model: Trainable, snapshot: Any) -> None:
     else:
         for p, saved in zip(model, snapshot, strict=True):
             p.copy_(saved)
+
+
+def _running_statistics(model: Trainable) -> list[Tensor]:
+    """The BatchNorm running statistics a training-mode forward of ``model`` updates."""
+    if not isinstance(model, nn.Module):
+        return []
+    stats = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            stats += [
+                t for t in (m.running_mean, m.running_var, m.num_batches_tracked) if t is not None
+            ]
+    return stats
 
 
 def _train_mode(model: Trainable, mode: bool = True) -> None:
@@ -260,6 +276,7 @@ def fit(
         val_loss = initial["val_loss"]
         record({"step": 0, "time": elapsed(), **initial})
     _train_mode(model)
+    statistics = _running_statistics(model)
     needs_closure = isinstance(opt, torch.optim.LBFGS)
     for step in range(1, steps + 1):
         batch = next(batches)
@@ -276,6 +293,7 @@ def fit(
             opt_time += time.perf_counter() - t0
         else:
             opt.zero_grad(set_to_none=True)
+            before = [t.clone() for t in statistics]  # a few vectors: cheap next to a forward
             loss = step_loss(batch)
             train_loss = float(loss.detach())
             if math.isfinite(train_loss):
@@ -283,6 +301,10 @@ def fit(
                 t0 = time.perf_counter()
                 opt.step()
                 opt_time += time.perf_counter() - t0
+            else:  # the forward ran on the batch that diverged: undo what it wrote
+                with torch.no_grad():
+                    for t, saved in zip(statistics, before, strict=True):
+                        t.copy_(saved)
         if not math.isfinite(train_loss):
             status, message = "diverged", f"non-finite train loss {train_loss} at step {step}"
             record({"step": step, "time": elapsed(), "train_loss": train_loss})

@@ -45,6 +45,7 @@ int64 (B,)[, twins float32 (R, 3, P, P)])``, ``family`` coding into ``bench.fami
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -120,6 +121,11 @@ class TrainStream(IterableDataset):
         self.real_twins = bool(real_twins)
         self.post = bench.config.post if post is None else post
         self.trace_strength = None if trace_strength is None else checked_strength(trace_strength)
+        if isinstance(families, str):  # tuple("splice") would be its letters
+            raise ValueError(f"families must be a sequence of names, got {families!r}")
+        for name, value in (("batch_size", batch_size), ("seed", seed)):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
         fams = tuple(families)
         unknown = [f for f in fams if f not in bench.config.families]
         if not fams or unknown:
