@@ -24,6 +24,7 @@ import json
 import math
 import shlex
 import statistics
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +134,14 @@ def step_costs(task: str, tuned: dict[str, tuple[str, float]], cfg: DictConfig) 
     }
 
 
-def compare(cfg: DictConfig) -> Path:
+def compare(cfg: DictConfig, command: str | None = None) -> Path:
     root = Path(cfg.out_dir)
+    # Every file this invocation writes carries its id: a report refuses a folder whose files
+    # come from several invocations (a re-run into the same out_dir, interrupted or with other
+    # seeds, leaves the last one's runs beside this one's).
+    run_id = uuid.uuid4().hex
+    for stale in (*root.glob("*/*/protocol.json"), *root.glob("*/step_cost.json")):
+        stale.unlink()  # a re-run's old records must not outlive its new runs
     optimizers = [cfg.baseline] + [o for o in cfg.optimizers if o != cfg.baseline]
     per_task = sum(
         len(configurations(o, cfg.variants)) * len(cfg.lr_factors) + len(cfg.seeds)
@@ -158,11 +165,14 @@ def compare(cfg: DictConfig) -> Path:
             finals = [r["final"]["val_loss"] for r in runs if r["status"] == "ok"]
             if optimizer == cfg.baseline and finals:
                 target = statistics.mean(finals)
-            protocol.update(target=target, seeds=list(cfg.seeds))
+            protocol.update(
+                target=target, seeds=list(cfg.seeds), run_id=run_id, baseline=cfg.baseline,
+                command=command,
+            )  # fmt: skip
             (out / "protocol.json").write_text(json.dumps(protocol, indent=2))
             bar.write(f"{task:>18} {optimizer:>10}: best lr {protocol['best_lr']}, finals {finals}")
         bar.set_postfix_str(f"{task} / step cost")
-        costs = step_costs(task, tuned, cfg)
+        costs = {**step_costs(task, tuned, cfg), "run_id": run_id}
         (root / task / "step_cost.json").write_text(json.dumps(costs, indent=2))
     bar.close()
     return root
@@ -177,14 +187,15 @@ def invocation() -> str:
 @hydra.main(config_path="conf", config_name="compare", version_base=None)
 def main(cfg: DictConfig) -> None:
     exit_on_error(validate_compare, cfg)  # every run's config, before the first one starts
-    root = compare(cfg)
+    command = cfg.report.get("command") or invocation()
+    root = compare(cfg, command)
     report = write_report(
         root,
         Path(cfg.report.markdown),
         Path(cfg.report.plots_dir),
         cfg.name,
         baseline=cfg.baseline,
-        command=cfg.report.get("command") or invocation(),
+        command=command,
     )
     print(section(report, cfg.name))
     print(f"report: {report}")

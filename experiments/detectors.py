@@ -757,12 +757,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The image-detector runs of a ``--json`` file, or a ``ValueError`` saying why not."""
+    try:
+        runs = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--from-json {path}: not JSON ({e})") from None
+    if not isinstance(runs, list):
+        raise ValueError(f"--from-json {path}: expected a list of runs, got {type(runs).__name__}")
+    for i, run in enumerate(runs):
+        ok = isinstance(run, dict) and {"command", "model", "optimizer", "seed", "report"} <= set(
+            run
+        )
+        if not ok or run["model"] not in MODELS:
+            raise ValueError(
+                f"--from-json {path}: entry {i} is not a run of this command (an image "
+                "detector's record from --json: command, model, optimizer, seed, report)"
+            )
+    return runs
+
+
+def _bad_training_options(args: argparse.Namespace, lrs: list[float]) -> str | None:
+    """Why the training options cannot all run, or ``None``: checked before anything is built,
+    so a typo in the last optimizer never costs the runs before it."""
+    for name in args.optimizers:
+        if name == "adam":
+            continue
+        named, _, split = name.partition("/")
+        if split not in ("", "split"):
+            return f"optimizer {name!r}: expected PRESET or PRESET/split"
+        try:
+            named_configuration(named)
+        except ValueError as e:
+            return str(e)
+    if any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
+        return f"--lr must be finite and > 0, got {lrs}"
+    if any(seed < 0 for seed in args.seeds):
+        return f"--seeds must be >= 0, got {args.seeds}"
+    for option in ("max_steps", "eval_every", "patience"):
+        value = getattr(args, option, None)
+        if value is not None and value < 1:
+            return f"--{option.replace('_', '-')} must be >= 1, got {value}"
+    if args.json is not None and args.json.is_dir():
+        return f"--json {args.json} is a directory"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     command = "python -m experiments.detectors " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.from_json:
-        runs = [run for path in args.from_json for run in json.loads(path.read_text())]
+        try:
+            runs = [run for path in args.from_json for run in _records(path)]
+        except (OSError, ValueError) as error:
+            parser.error(str(error))
+        if not runs:
+            parser.error("--from-json holds no runs: the section would be empty tables")
         # a run given twice (its file named more than once, or copied) would count its seeds
         # twice and shrink the spreads
         keys = [json.dumps([run.get(k) for k in RUN_IDENTITY]) for run in runs]
@@ -782,6 +833,9 @@ def main(argv: list[str] | None = None) -> None:
     if len(args.lr) not in (1, len(args.optimizers)):
         parser.error("--lr takes one value, or one per optimizer")
     lrs = args.lr * len(args.optimizers) if len(args.lr) == 1 else args.lr
+    problem = _bad_training_options(args, lrs)  # before the benchmark and any run: no run lost
+    if problem:
+        parser.error(problem)
     if args.trace_strength is not None:  # refused before the benchmark is built
         try:
             checked_strength(args.trace_strength)

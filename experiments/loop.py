@@ -57,6 +57,8 @@ def train_run(
     time-to-target from steps x an interleaved step cost instead (``experiments/step_cost.py``),
     as runs made one after another absorb the machine's load.
     """
+    if out_dir:  # a run into a folder that held one: its summary goes before its metrics do
+        (out_dir / "summary.json").unlink(missing_ok=True)
     log = (out_dir / "metrics.jsonl").open("w") if out_dir else None
 
     def record(entry: dict[str, Any]) -> None:

@@ -28,17 +28,40 @@ from experiments.step_cost import time_to_target  # noqa: E402
 
 
 def load_runs(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{task: {optimizer: {"protocol": ..., "runs": [(summary, history), ...]}}}``."""
+    """``{task: {optimizer: {"protocol": ..., "runs": [(summary, history), ...]}}}``: the
+    evaluation seeds each ``protocol.json`` names, and no other folder.
+
+    Raises:
+        ValueError: no ``protocol.json`` under ``root`` (nothing to report: a section is never
+            overwritten with empty tables), a named seed without its summary, or files from
+            more than one ``experiments.compare`` invocation (a re-run into the same folder).
+    """
     tasks: dict[str, dict[str, dict[str, Any]]] = {}
-    for protocol_file in sorted(root.glob("*/*/protocol.json")):
+    protocols = sorted(root.glob("*/*/protocol.json"))
+    if not protocols:
+        raise ValueError(f"no comparison under {root} (no <task>/<optimizer>/protocol.json)")
+    for protocol_file in protocols:
         opt_dir = protocol_file.parent
+        protocol = json.loads(protocol_file.read_text())
         runs = []
-        for seed_dir in sorted(opt_dir.glob("seed*")):
+        for seed in protocol.get("seeds", []):
+            seed_dir = opt_dir / f"seed{seed}"
+            if not (seed_dir / "summary.json").is_file():
+                raise ValueError(f"{seed_dir}: the protocol names seed {seed} but it has no run")
             summary = json.loads((seed_dir / "summary.json").read_text())
             history = [json.loads(line) for line in (seed_dir / "metrics.jsonl").open()]
             runs.append((summary, history))
-        entry = {"protocol": json.loads(protocol_file.read_text()), "runs": runs}
-        tasks.setdefault(opt_dir.parent.name, {})[opt_dir.name] = entry
+        tasks.setdefault(opt_dir.parent.name, {})[opt_dir.name] = {
+            "protocol": protocol,
+            "runs": runs,
+        }
+    files = [*protocols, *root.glob("*/step_cost.json")]
+    ids = {json.loads(f.read_text()).get("run_id") for f in files}
+    if len(ids) > 1:
+        raise ValueError(
+            f"{root} holds the files of {len(ids)} comparisons (a re-run into the same out_dir, "
+            "interrupted or changed): run the comparison again, into a fresh out_dir"
+        )
     return tasks
 
 
@@ -266,8 +289,14 @@ def _replaced(text: str, name: str, body: str) -> str:
     the end if it has no such section."""
     begin, end = f"<!-- report:{name}:begin -->", f"<!-- report:{name}:end -->"
     section = f"{begin}\n{body.rstrip()}\n{end}"
-    if begin in text and end in text:
+    counts = text.count(begin), text.count(end)
+    if counts == (1, 1) and text.index(begin) < text.index(end):
         return text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
+    if counts != (0, 0):  # replacing from a lone marker would take what follows it
+        raise ValueError(
+            f"section {name!r}: {counts[0]} begin and {counts[1]} end markers, expected one "
+            "of each in that order; mend the file by hand"
+        )
     return text.rstrip() + "\n\n" + section + "\n"
 
 
@@ -386,13 +415,26 @@ def write_report(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Report a comparison's runs")
+    parser = argparse.ArgumentParser(
+        description="Write the section of a comparison's runs (experiments.compare's out_dir) "
+        "into a markdown file, with the baseline and command the comparison recorded"
+    )
     parser.add_argument("root", type=Path)
     parser.add_argument("--name", required=True)
-    parser.add_argument("--markdown", type=Path, default=Path("docs/results.md"))
+    parser.add_argument(
+        "--markdown", type=Path, default=Path("docs/results.md"), help="default docs/results.md"
+    )
     parser.add_argument("--plots-dir", type=Path, default=Path("docs/results"))
     args = parser.parse_args()
-    print(write_report(args.root, args.markdown, args.plots_dir, args.name))
+    try:
+        protocol = json.loads(next(iter(sorted(args.root.glob("*/*/protocol.json")))).read_text())
+        report = write_report(
+            args.root, args.markdown, args.plots_dir, args.name,
+            baseline=protocol.get("baseline", "adam"), command=protocol.get("command"),
+        )  # fmt: skip
+    except (StopIteration, ValueError) as e:
+        parser.error(str(e) if isinstance(e, ValueError) else f"no comparison under {args.root}")
+    print(report)
 
 
 if __name__ == "__main__":

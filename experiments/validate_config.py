@@ -102,6 +102,20 @@ def _writable_dir(key: str, value: Any, directory: Path | None = None) -> None:
         raise ConfigError(key, value, f"{what} ({reason})") from None
 
 
+def _writable_file(key: str, value: Any) -> None:
+    """An existing ``value`` must be a file this process may rewrite (it is written after the
+    whole sweep: a folder or a read-only file must not end hours of runs in a traceback)."""
+    path = Path(str(value)).expanduser()
+    if path.is_dir():
+        raise ConfigError(key, value, f"a markdown file ({path} is a directory)")
+    if path.exists():
+        try:
+            with path.open("r+"):  # opened for writing, nothing written
+                pass
+        except OSError as e:
+            raise ConfigError(key, value, f"a writable file ({e.strerror or e})") from None
+
+
 def _group_names(group: str) -> set[str]:
     return {p.stem for p in (CONF / group).glob("*.yaml")}
 
@@ -243,6 +257,7 @@ def validate_compare(cfg: DictConfig) -> None:
     _writable_dir("out_dir", _get(cfg, "out_dir"))
     markdown = _get(cfg, "report.markdown")
     _writable_dir("report.markdown", markdown, Path(str(markdown)).parent)
+    _writable_file("report.markdown", markdown)
     _writable_dir("report.plots_dir", _get(cfg, "report.plots_dir"))
     for task in tasks:
         configs = [c for o in [baseline, *optimizers] for c in variants.get(o, [o])]

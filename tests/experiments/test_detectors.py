@@ -85,7 +85,7 @@ def test_a_table_from_records_refuses_to_count_a_run_twice(tmp_path, capsys):
     from experiments.detectors import main
 
     run = {"command": "python -m experiments.detectors --seeds 0 1", "model": "npr_bn",
-           "optimizer": "adam", "lr": 1e-3, "seed": 0, "views": "one"}  # fmt: skip
+           "optimizer": "adam", "lr": 1e-3, "seed": 0, "views": "one", "report": {}}  # fmt: skip
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps([run, {**run, "seed": 1}]))
     b.write_text(json.dumps([run]))  # a copy of one of a's runs
@@ -587,3 +587,36 @@ def test_a_pretrained_residual_encoder_starts_the_npr_branch_and_labels_its_row(
     assert run_label({**run, "init_residual": None}) == "npr_dct_dropout"
     assert "-init-frequency-" in weights_name("npr_dct_dropout", run)
     assert "init" not in weights_name("npr_dct_dropout", {**run, "init_residual": None})
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--optimizers", "adam", "adamz"], "adamz"),  # refused before adam trains
+        (["--seeds", "0", "-1"], "--seeds"),
+        (["--lr", "nan"], "--lr"),
+        (["--eval-every", "0"], "--eval-every"),
+    ],
+)
+def test_training_options_are_checked_before_any_run(tmp_path, capsys, argv, message):
+    from experiments.detectors import main
+
+    with pytest.raises(SystemExit):
+        main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", *argv])
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.glob("**/*.json"))  # nothing built or trained first
+
+
+@pytest.mark.parametrize(
+    "content", ["[]", "{}", "not json", '[{"model": "gru", "optimizer": "adam", "seed": 0}]']
+)
+def test_from_json_refuses_what_is_not_a_detector_run(tmp_path, capsys, content):
+    from experiments.detectors import main
+
+    record = tmp_path / "r.json"
+    record.write_text(content)
+    md = tmp_path / "results.md"
+    md.write_text("# R\n")
+    with pytest.raises(SystemExit):
+        main(["--from-json", str(record), "--write", str(md)])
+    assert md.read_text() == "# R\n"

@@ -195,6 +195,38 @@ def test_smoke_comparison_and_report(tmp_path):
     assert (tmp_path / "plots" / "smoke_quadratic.png").stat().st_size > 1000
 
 
+def test_a_rerun_into_the_same_folder_reports_only_its_own_runs(tmp_path):
+    # Two comparisons into one out_dir, the second with fewer seeds: its report must not count
+    # the first one's seed 2, and a report that would mix two invocations is refused.
+    from experiments.report import load_runs, replace_section
+
+    def compare(*overrides):
+        cmd = [sys.executable, "-m", "experiments.compare", "+experiment=smoke",
+               f"out_dir={tmp_path}", *overrides]  # fmt: skip
+        subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=300)
+
+    compare("seeds=[0,1,2]")
+    compare("seeds=[0,1]")
+    runs = load_runs(tmp_path)["quadratic"]
+    assert all(len(entry["runs"]) == 2 for entry in runs.values())
+    protocol = runs["adam"]["protocol"]
+    assert protocol["seeds"] == [0, 1] and protocol["baseline"] == "adam"
+    assert protocol["command"].startswith("python -m experiments.compare")
+    # an interrupted re-run: one optimizer's protocol from another invocation
+    delta = tmp_path / "quadratic" / "delta" / "protocol.json"
+    delta.write_text(json.dumps({**json.loads(delta.read_text()), "run_id": "another"}))
+    with pytest.raises(ValueError, match="files of 2 comparisons"):
+        load_runs(tmp_path)
+    with pytest.raises(ValueError, match="no comparison"):
+        load_runs(tmp_path / "nothing")
+    # a file whose section has a begin marker and no end: refused, not cut short
+    md = tmp_path / "orphan.md"
+    md.write_text("# R\n<!-- report:smoke:begin -->\nold\n## Other\nkeep me\n")
+    with pytest.raises(ValueError, match="1 begin and 0 end markers"):
+        replace_section(md, "smoke", "new")
+    assert "keep me" in md.read_text()
+
+
 CLASSIC_TASKS = ("quadratic", "rosenbrock", "digits_mlp", "digits_mlp_deep")
 FORENSIC_TASKS = [t for t in names("task") if t not in CLASSIC_TASKS]
 

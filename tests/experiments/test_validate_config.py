@@ -155,6 +155,19 @@ def test_compare_report_path_must_be_writable(tmp_path, not_a_dir):
             validate_compare(cfg)
 
 
+def test_compare_report_markdown_must_be_a_writable_file(tmp_path):
+    # checked before the sweep: the report is written after every run has finished
+    folder = tmp_path / "a_folder.md"
+    folder.mkdir()
+    with initialize_config_dir(str(CONF), version_base=None):
+        cfg = compose(
+            "compare",
+            overrides=["+experiment=smoke", f"out_dir={tmp_path}", f"report.markdown={folder}"],
+        )
+        with pytest.raises(ConfigError, match="^report.markdown = .*is a directory"):
+            validate_compare(cfg)
+
+
 def _cli(module: str, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", module, *overrides],
