@@ -38,6 +38,7 @@ from experiments.detectors import (
     HELDOUT,
     SEEN,
     _ms,
+    bad_training_options,
     family_split,
     optimizer_factory,
     per_family_table,
@@ -166,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     if len(args.lr) not in (1, len(args.optimizers)):
         parser.error("--lr takes one value, or one per optimizer")
     lrs = args.lr * len(args.optimizers) if len(args.lr) == 1 else args.lr
+    problem = bad_training_options(args, lrs)  # before the benchmark and any run: no run lost
+    if problem:
+        parser.error(problem)
     torch.set_num_threads(args.threads)
     config = (ClipConfig.tiny if args.tiny else ClipConfig)(frames=args.frames)
     bench = build_clip_benchmark(config, args.cache_dir, progress=args.progress)

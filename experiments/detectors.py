@@ -777,7 +777,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return runs
 
 
-def _bad_training_options(args: argparse.Namespace, lrs: list[float]) -> str | None:
+def bad_training_options(args: argparse.Namespace, lrs: list[float]) -> str | None:
     """Why the training options cannot all run, or ``None``: checked before anything is built,
     so a typo in the last optimizer never costs the runs before it."""
     for name in args.optimizers:
@@ -833,7 +833,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(args.lr) not in (1, len(args.optimizers)):
         parser.error("--lr takes one value, or one per optimizer")
     lrs = args.lr * len(args.optimizers) if len(args.lr) == 1 else args.lr
-    problem = _bad_training_options(args, lrs)  # before the benchmark and any run: no run lost
+    problem = bad_training_options(args, lrs)  # before the benchmark and any run: no run lost
     if problem:
         parser.error(problem)
     if args.trace_strength is not None:  # refused before the benchmark is built
