@@ -103,6 +103,25 @@ def test_report_refuses_a_family_the_benchmark_lacks(bench):
         zero_shot_report(lambda x: x.mean((1, 2, 3)), bench, FamilySplit(("denoiser",), ()))
 
 
+def test_report_refuses_a_score_function_that_drops_images(bench):
+    split = FamilySplit(("ae_nearest",), ("resample",))
+    with pytest.raises(ValueError, match="scores of shape"):
+        zero_shot_report(lambda x: x.mean((1, 2, 3))[1:], bench, split)
+
+
+def test_one_report_reads_its_scores_on_one_scale(bench):
+    # scores in [0, 1] on the seen families' test split but not on the held-out ones: the
+    # whole report treats them as logits (no accuracy at 0.5 for one group only)
+    calls = iter(range(3))
+
+    def score(x):
+        s = x.mean((1, 2, 3))
+        return s if next(calls) < 2 else s * 10 - 5  # val reals, seen test, then held out
+
+    report = zero_shot_report(score, bench, FamilySplit(("ae_nearest",), ("resample",)))
+    assert "test_real_fpr_0.5" not in report
+
+
 def test_balanced_takes_every_real_and_as_many_fakes(bench):
     x, y = balanced(bench.split("train", ["ae_nearest", "resample"]), seed=0)
     assert int(y.sum()) * 2 == len(y) and x.dtype == torch.float32

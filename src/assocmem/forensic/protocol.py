@@ -85,7 +85,10 @@ def balanced(subset: ForensicSubset, seed: int) -> tuple[Tensor, Tensor]:
 
 def _scores(score_fn: ScoreFn, images: Tensor) -> np.ndarray:
     s = score_fn(images)
-    return (s.detach().cpu().numpy() if isinstance(s, Tensor) else np.asarray(s)).astype(np.float64)
+    s = (s.detach().cpu().numpy() if isinstance(s, Tensor) else np.asarray(s)).astype(np.float64)
+    if s.shape != (len(images),):
+        raise ValueError(f"score_fn gave scores of shape {s.shape} for {len(images)} images")
+    return s
 
 
 def zero_shot_report(
@@ -113,13 +116,15 @@ def zero_shot_report(
     threshold = threshold_at_fpr(val_real_scores, target_fpr)
     report: dict[str, Any] = {"threshold": threshold, "target_fpr": target_fpr}
     report["val_real_fpr"] = false_positive_rate(val_real_scores, threshold)
-    probabilities = True
-    for group, fams in (("seen", families.seen), ("heldout", families.heldout)):
-        if not fams:
-            continue
-        test = bench.split("test", fams)
-        s = _scores(score_fn, test.images)
-        probabilities = probabilities and bool(((s >= 0) & (s <= 1)).all())
+    groups = [
+        (group, bench.split("test", fams))
+        for group, fams in (("seen", families.seen), ("heldout", families.heldout))
+        if fams
+    ]
+    scores = [_scores(score_fn, test.images) for _, test in groups]
+    # one scale for the whole report: probabilities only if every score is in [0, 1]
+    probabilities = all(bool(((s >= 0) & (s <= 1)).all()) for s in (val_real_scores, *scores))
+    for (group, test), s in zip(groups, scores, strict=True):
         names = [test.family_of(i) for i in range(len(test))]
         labels = test.labels.numpy()
         metrics = per_family_metrics(labels, s, names, from_logits=not probabilities)
