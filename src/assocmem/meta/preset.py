@@ -71,7 +71,10 @@ class Learned(Preset):
     uncompilable = "a compiled step moved a 0-d parameter 2e-2 away from the eager step"
     hyper = {
         "checkpoint": Hyper(
-            None, _checkpoint_or_none, "safetensors file of the learned memory; None = shipped"
+            None,
+            _checkpoint_or_none,
+            "safetensors file of the learned memory (a relative path is found from the working "
+            "directory at every step); None = shipped",
         ),
     }
 
