@@ -145,27 +145,22 @@ def test_bad_compare_override_is_named(tmp_path, overrides, message):
     assert str(err.value).startswith(message), str(err.value)
 
 
-def test_compare_report_path_must_be_writable(tmp_path, not_a_dir):
+def _compare_refuses(tmp_path, override: str, match: str) -> None:
     with initialize_config_dir(str(CONF), version_base=None):
-        cfg = compose(
-            "compare",
-            overrides=["+experiment=smoke", f"out_dir={tmp_path}", f"report.plots_dir={not_a_dir}"],
-        )
-        with pytest.raises(ConfigError, match="^report.plots_dir = "):
+        cfg = compose("compare", overrides=["+experiment=smoke", f"out_dir={tmp_path}", override])
+        with pytest.raises(ConfigError, match=match):
             validate_compare(cfg)
+
+
+def test_compare_report_path_must_be_writable(tmp_path, not_a_dir):
+    _compare_refuses(tmp_path, f"report.plots_dir={not_a_dir}", "^report.plots_dir = ")
 
 
 def test_compare_report_markdown_must_be_a_writable_file(tmp_path):
     # checked before the sweep: the report is written after every run has finished
     folder = tmp_path / "a_folder.md"
     folder.mkdir()
-    with initialize_config_dir(str(CONF), version_base=None):
-        cfg = compose(
-            "compare",
-            overrides=["+experiment=smoke", f"out_dir={tmp_path}", f"report.markdown={folder}"],
-        )
-        with pytest.raises(ConfigError, match="^report.markdown = .*is a directory"):
-            validate_compare(cfg)
+    _compare_refuses(tmp_path, f"report.markdown={folder}", "^report.markdown = .*is a directory")
 
 
 def _cli(module: str, *overrides: str) -> subprocess.CompletedProcess:
