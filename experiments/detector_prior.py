@@ -42,6 +42,7 @@ import json
 import shlex
 import statistics
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ from assocmem.forensic.data.baseline import gray_power_spectrum, hf_energy_featu
 from assocmem.forensic.models.blind_spot import BlindSpotPredictor, coding_surprise, fit_blind_spot
 from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.views import VIEWS, view_logits
+from assocmem.storage import read_safetensors
 from experiments.detector_ensemble import RECIPE, ensemble_of, load_member
 from experiments.detectors import HELDOUT, SEEN, _ms, family_split
 from experiments.report import replace_section
@@ -473,6 +475,26 @@ def main(argv: list[str] | None = None) -> None:
         replace_section(args.write, args.section, text)
 
 
+def _fold_problem(family: str, path: Any, head: dict[str, Any]) -> str | None:
+    """Why ``path`` cannot be the fold network that leaves ``family`` out, or ``None``. Its
+    header's families must be the seen ones but ``family``; a header from before it recorded
+    them (``load_member`` then fills in every seen family) is taken on trust, with a warning."""
+    recorded = json.loads(read_safetensors(Path(path), "detector weights")[0]["assocmem"])
+    if "seen" not in recorded:
+        warnings.warn(
+            f"{path} records no training families: cannot check that it left {family} out",
+            stacklevel=2,
+        )
+        return None
+    want = sorted(set(SEEN) - {family})
+    if sorted(head["seen"]) != want:
+        return (
+            f"--fold {family}={path} trained on {head['seen']}, not on the seen families but "
+            f"{family} ({want}): leave-one-family-out validation would leak"
+        )
+    return None
+
+
 def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
     families = [family for family, _ in args.fold]
     counts = {fam: families.count(fam) for fam in SEEN}
@@ -489,9 +511,18 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
     members = [load_member(path) for path in args.members]
     ensembles = [ensemble_of(paths) for paths in args.ensemble]
     heads = [h for _, h, _ in loaded] + [h for h, _ in (*members, *ensembles)]
-    recipes = {json.dumps([h[k] for k in RECIPE]) for h in heads}
+    # one recipe but for the families seen: a fold network leaves its own family out
+    shared = [k for k in RECIPE if k != "seen"]
+    recipes = {json.dumps([h[k] for k in shared]) for h in heads}
     if len(recipes) != 1:
         parser.error(f"the folds and members must be one recipe, got {sorted(recipes)}")
+    for head, _ in (*members, *ensembles):
+        if sorted(head["seen"]) != sorted(SEEN):
+            parser.error(f"a member must have trained on every seen family {SEEN}: {head['seen']}")
+    for (fam, path), (_, head, _) in zip(args.fold, loaded, strict=True):
+        problem = _fold_problem(fam, path, head)
+        if problem:
+            parser.error(problem)
     header = members[0][0]
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
     bench = build_benchmark(config, args.cache_dir)

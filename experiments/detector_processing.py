@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     for label, *paths in args.group:
         if not paths:
             parser.error(f"--group {label!r} names no weights file")
+        if label in loaded:  # a second group of one label would replace the first
+            parser.error(f"--group {label!r} is given twice: each group needs its own label")
         try:
             loaded[label] = ensemble_of([Path(p) for p in paths], records)
         except (ValueError, OSError) as e:

@@ -39,16 +39,20 @@ def save_tiny_detector(path: Path, n_val: int = 40, views: str = "one") -> Path:
     return path
 
 
-def train_tiny_runs(tmp_path: Path, seeds: tuple[int, ...] = (0,)) -> list[dict]:
+def train_tiny_runs(
+    tmp_path: Path, seeds: tuple[int, ...] = (0,), seen: tuple[str, ...] = ()
+) -> list[dict]:
     """``experiments.detectors`` on the tiny benchmark: ``npr_bn`` with Adam, 4 steps on a weight
-    average 0.99, one run per seed, weights saved under ``tmp_path / "w"``; the run records."""
+    average 0.99, one run per seed, weights saved under ``tmp_path / "w"``; the run records.
+    ``seen``: the families trained on (default: the benchmark's seen ones)."""
     import json
 
     from experiments.detectors import main
 
-    runs = tmp_path / "runs.json"
+    runs = tmp_path / f"runs{'-' + '+'.join(seen) if seen else ''}.json"
     main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn",
           "--seeds", *map(str, seeds), "--max-steps", "4", "--eval-every", "2",
           "--batch-size", "8", "--workers", "0", "--average", "0.99",
+          *(["--seen", *seen] if seen else []),
           "--save-weights", str(tmp_path / "w"), "--json", str(runs)])  # fmt: skip
     return json.loads(runs.read_text())

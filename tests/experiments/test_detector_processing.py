@@ -87,5 +87,8 @@ def test_the_command_scores_a_recipe_by_subset_and_its_all_column_is_the_table(t
         main(["--tiny", "--cache-dir", str(tmp_path), "--group", "mixed", weights[0], paired])
     with pytest.raises(SystemExit):
         main(["--tiny", "--cache-dir", str(tmp_path), "--group", "empty"])
+    with pytest.raises(SystemExit):  # one label twice would keep only the second group
+        main(["--tiny", "--cache-dir", str(tmp_path), "--group", "g", weights[0],
+              "--group", "g", weights[1]])  # fmt: skip
     with pytest.raises(SystemExit):  # refused before anything is loaded
         main(["--tiny", "--group", "recipe", *weights, "--target-fpr", "1.5"])

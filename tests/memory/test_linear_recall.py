@@ -123,3 +123,24 @@ def test_writes_are_pure():
     hebbian_write(M0, torch.ones(3), torch.ones(2))
     assert torch.equal(M0.M, before)
     assert math.isclose(before.abs().sum().item(), 0.0)
+
+
+def test_a_write_that_does_not_fit_the_memory_is_refused_with_the_shapes():
+    import pytest
+
+    m = elementwise_memory(torch.zeros(4))
+    for write in (hebbian_write, delta_write):
+        # a value of another shape would broadcast the memory into a batch; an f64 value
+        # would promote it: both are refused, not done silently
+        with pytest.raises(ValueError, match="shape"):
+            write(m, None, torch.ones(2, 4))
+        with pytest.raises(ValueError, match="float64"):
+            write(m, None, torch.ones(4, dtype=torch.float64))
+    M = matrix_memory(3, 2)
+    for write in (hebbian_write, delta_write):
+        with pytest.raises(ValueError, match="needs a key"):
+            write(M, None, torch.ones(2))
+        with pytest.raises(ValueError, match="mapping 3 -> 2"):
+            write(M, torch.ones(4), torch.ones(2))
+        with pytest.raises(ValueError, match="float64"):
+            write(M, torch.ones(3, dtype=torch.float64), torch.ones(2, dtype=torch.float64))

@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from assocmem.memory.linear import ElementwiseMemory, LinearMemory, MatrixMemory, as_pairs, read
+from assocmem.memory.linear import (
+    ElementwiseMemory,
+    LinearMemory,
+    MatrixMemory,
+    as_pairs,
+    check_pairs,
+    kept,
+    read,
+)
 
 
 def surprise(state: LinearMemory, key: Tensor | None, value: Tensor) -> Tensor:
@@ -22,6 +30,7 @@ def surprise(state: LinearMemory, key: Tensor | None, value: Tensor) -> Tensor:
     if isinstance(state, ElementwiseMemory):
         return read(state, key) - value
     keys, values = as_pairs(key, value)
+    check_pairs(state, keys, values)
     return read(state, keys) - values
 
 
@@ -45,11 +54,11 @@ def delta_write(
         >>> torch.allclose(read(M, k), v)
         True
     """
+    if key is None and not isinstance(state, ElementwiseMemory):
+        raise ValueError("a matrix memory needs a key to write")
     error = surprise(state, key, value)
     if isinstance(state, ElementwiseMemory):
         grad = error if key is None else error * key
-        return ElementwiseMemory(state.m * retention - lr * grad)
-    if key is None:
-        raise ValueError("a matrix memory needs a key to write")
+        return ElementwiseMemory(kept(state, state.m * retention - lr * grad))
     keys, _ = as_pairs(key, value)
-    return MatrixMemory(state.M * retention - lr * error.mT @ keys)
+    return MatrixMemory(kept(state, state.M * retention - lr * error.mT @ keys))

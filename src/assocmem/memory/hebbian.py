@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from assocmem.memory.linear import ElementwiseMemory, LinearMemory, MatrixMemory, as_pairs
+from assocmem.memory.linear import (
+    ElementwiseMemory,
+    LinearMemory,
+    MatrixMemory,
+    as_pairs,
+    check_pairs,
+    kept,
+)
 
 
 def hebbian_write(
@@ -47,8 +54,9 @@ def hebbian_write(
     """
     if isinstance(state, ElementwiseMemory):
         signal = value if key is None else value * key
-        return ElementwiseMemory(state.m * retention + lr * signal)
+        return ElementwiseMemory(kept(state, state.m * retention + lr * signal))
     if key is None:
         raise ValueError("a matrix memory needs a key to write")
     keys, values = as_pairs(key, value)
-    return MatrixMemory(state.M * retention + lr * values.mT @ keys)
+    check_pairs(state, keys, values)
+    return MatrixMemory(kept(state, state.M * retention + lr * values.mT @ keys))

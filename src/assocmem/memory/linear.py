@@ -67,6 +67,33 @@ def as_pairs(key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
     return key, value
 
 
+def check_pairs(state: MatrixMemory, keys: Tensor, values: Tensor) -> None:
+    """Refuse keys and values (as :func:`as_pairs` shapes them) that do not fit ``state``'s map
+    ``(d_value, d_key)`` or its dtype, naming them (torch's matmul error names neither)."""
+    d_value, d_key = state.M.shape[-2:]
+    if keys.shape[-1] != d_key or values.shape[-1] != d_value:
+        raise ValueError(
+            f"a memory mapping {d_key} -> {d_value} cannot take keys {tuple(keys.shape)} and "
+            f"values {tuple(values.shape)}"
+        )
+    if keys.dtype != state.M.dtype or values.dtype != state.M.dtype:
+        raise ValueError(
+            f"a {state.M.dtype} memory cannot take {keys.dtype} keys and {values.dtype} values"
+        )
+
+
+def kept(state: LinearMemory, new: Tensor) -> Tensor:
+    """``new``, the written state, if it has ``state``'s shape and dtype: a write never grows a
+    memory by broadcasting a key or value of another shape, nor promotes its dtype."""
+    old = state.m if isinstance(state, ElementwiseMemory) else state.M
+    if new.shape != old.shape or new.dtype != old.dtype:
+        raise ValueError(
+            f"the write would turn a {old.dtype} memory of shape {tuple(old.shape)} into a "
+            f"{new.dtype} one of shape {tuple(new.shape)}: key and value must match it"
+        )
+    return new
+
+
 def read(state: LinearMemory, key: Tensor | None = None) -> Tensor:
     """Recall the value stored under ``key``.
 
