@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import statistics
 import sys
@@ -456,7 +457,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv[1:] if argv is None else argv
     )
     if args.from_json:
-        record = json.loads(args.from_json.read_text())
+        try:
+            record = json.loads(args.from_json.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            parser.error(f"--from-json {args.from_json}: {e}")
+        if not isinstance(record, dict) or not {"command", "folds", "members"} <= set(record):
+            parser.error(f"--from-json {args.from_json}: not a record of this command")
         command = f"`{record['command']}`, then " + command.strip() + "`"
         if args.note:
             record["note"] = args.note
@@ -496,6 +502,8 @@ def _fold_problem(family: str, path: Any, head: dict[str, Any]) -> str | None:
 
 
 def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    if not all(math.isfinite(w) and w >= 0 for w in args.weights):
+        parser.error(f"--weights must be finite and >= 0 (0 is the detector alone): {args.weights}")
     families = [family for family, _ in args.fold]
     counts = {fam: families.count(fam) for fam in SEEN}
     if set(families) != set(SEEN) or len(set(counts.values())) != 1 or not args.members:
@@ -504,12 +512,15 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
             f"(got {counts}) and at least one --members"
         )
     torch.set_num_threads(args.threads)
-    loaded = [(fam, *load_member(path)) for fam, path in args.fold]
+    try:  # a missing or foreign file is a usage error, named, before anything is scored
+        loaded = [(fam, *load_member(path)) for fam, path in args.fold]
+        members = [load_member(path) for path in args.members]
+        ensembles = [ensemble_of(paths) for paths in args.ensemble]
+    except (OSError, ValueError) as e:
+        parser.error(str(e))
     runs = [(fam, head["seed"]) for fam, head, _ in loaded]
     if len(set(runs)) != len(runs):
         parser.error(f"a fold network repeats a family and seed: {sorted(runs)}")
-    members = [load_member(path) for path in args.members]
-    ensembles = [ensemble_of(paths) for paths in args.ensemble]
     heads = [h for _, h, _ in loaded] + [h for h, _ in (*members, *ensembles)]
     # one recipe but for the families seen: a fold network leaves its own family out
     shared = [k for k in RECIPE if k != "seen"]

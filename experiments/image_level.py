@@ -179,7 +179,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--section", default=SECTION, help="its name in that file")
     args = parser.parse_args(argv)
     if args.from_json:
-        record = json.loads(args.from_json.read_text())
+        try:
+            record = json.loads(args.from_json.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            parser.error(f"--from-json {args.from_json}: {e}")
+        if not (isinstance(record, dict) and record.get("reports") and "command" in record):
+            parser.error(f"--from-json {args.from_json}: not a record of this command")
     else:
         if args.n < 1 or any(s < 1 for s in args.sizes):
             parser.error("--n and --sizes must be positive")

@@ -220,3 +220,32 @@ def test_a_fold_must_name_a_seen_family_and_every_family_gets_as_many():
     uneven = [f"{fam}=x.safetensors" for fam in seen] + ["splice=y.safetensors"]
     with pytest.raises(SystemExit):
         prior_main(["--fold", *uneven, "--members", "x.safetensors"])
+
+
+SEEN_FAMILIES = ("ae_transconv", "ae_nearest", "double_jpeg", "splice")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--fold", *[f"{f}=missing.safetensors" for f in SEEN_FAMILIES], "--members", "x"],
+        ["--fold", *[f"{f}=x" for f in SEEN_FAMILIES], "--members", "x", "--weights", "nan"],
+    ],
+)
+def test_bad_files_and_weights_are_usage_errors(argv, capsys):
+    from experiments.detector_prior import main as prior_main
+
+    with pytest.raises(SystemExit):
+        prior_main(argv)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_from_json_refuses_what_is_not_its_record(tmp_path, capsys):
+    from experiments.detector_prior import main as prior_main
+
+    for content in ("not json", "{}", '{"command": "x"}'):
+        record = tmp_path / "r.json"
+        record.write_text(content)
+        with pytest.raises(SystemExit):
+            prior_main(["--from-json", str(record)])
+        assert "--from-json" in capsys.readouterr().err

@@ -133,3 +133,14 @@ def test_the_command_writes_and_rerenders_its_section(tmp_path):
     assert md.read_text().strip() == first.strip()
     with pytest.raises(SystemExit):
         main(["--tiny", "--cache-dir", cache, "--weights", str(ckpt), "--n", "0"])
+
+
+@pytest.mark.parametrize("content", ["not json", "{}", '{"command": "x", "reports": []}'])
+def test_the_command_refuses_a_record_it_did_not_write(tmp_path, capsys, content):
+    from experiments.image_level import main
+
+    record = tmp_path / "r.json"
+    record.write_text(content)
+    with pytest.raises(SystemExit):
+        main(["--from-json", str(record)])
+    assert "--from-json" in capsys.readouterr().err
