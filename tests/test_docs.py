@@ -34,3 +34,17 @@ def test_architecture_map_matches_the_tree():
     tables = "\n".join(line for line in text.splitlines() if line.startswith("|"))
     stale = sorted(set(re.findall(r"(\w+\.py)", tables)) - names)
     assert stale == [], "docs/architecture.md names files that do not exist"
+
+
+def test_the_table_command_refuses_a_file_without_its_markers(tmp_path, capsys):
+    import pytest
+
+    from assocmem.optim.describe import main
+
+    doc = tmp_path / "api.md"
+    doc.write_text("# API\n")
+    with pytest.raises(SystemExit):
+        main(["--write", str(doc)])
+    assert "expected one" in capsys.readouterr().err and doc.read_text() == "# API\n"
+    with pytest.raises(SystemExit):  # a typo is an error, not the table
+        main(["--wrte"])

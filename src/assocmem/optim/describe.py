@@ -6,7 +6,7 @@ python -m assocmem.optim.describe --write     # refresh it inside docs/api.md
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from assocmem.optim.registry import available_memories, get_preset
@@ -23,15 +23,40 @@ def hyperparameter_table() -> str:
 
 
 def embed(markdown: str) -> str:
-    """``markdown`` with the text between the hyperparameter markers replaced by the table."""
+    """``markdown`` with the text between the hyperparameter markers replaced by the table.
+
+    Raises:
+        ValueError: ``markdown`` lacks the pair of markers, in order.
+    """
+    if (
+        markdown.count(BEGIN) != 1
+        or markdown.count(END) != 1
+        or (markdown.index(BEGIN) > markdown.index(END))
+    ):
+        raise ValueError(f"expected one {BEGIN} and one {END} after it")
     head, rest = markdown.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{BEGIN}\n{hyperparameter_table()}\n{END}{tail}"
 
 
-if __name__ == "__main__":
-    if "--write" in sys.argv:
-        api = Path("docs/api.md")
-        api.write_text(embed(api.read_text()))
-    else:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Print every preset's hyperparameters as a markdown table, or refresh it "
+        "between its markers in a markdown file"
+    )
+    parser.add_argument(
+        "--write", nargs="?", type=Path, const=Path("docs/api.md"), default=None,
+        metavar="FILE", help="the file to refresh (default docs/api.md)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.write is None:
         print(hyperparameter_table())
+        return
+    try:
+        args.write.write_text(embed(args.write.read_text()))
+    except (OSError, ValueError) as e:
+        parser.error(f"{args.write}: {e}")
+
+
+if __name__ == "__main__":
+    main()
