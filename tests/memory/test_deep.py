@@ -107,3 +107,11 @@ def test_custom_loss_activation_and_no_grad_context():
         deep_read(M, keys, activation="swish")
     with pytest.raises(ValueError, match="skip_init"):
         deep_memory(4, 3, 8, skip_init=torch.zeros(4, 3))
+
+
+def test_values_that_do_not_match_the_recall_are_refused():
+    state = deep_memory(3, 2, 4, generator=torch.Generator().manual_seed(0))
+    keys = torch.ones(4, 3)
+    for values in (torch.ones(1, 2), torch.ones(4, 1)):  # would broadcast to (4, 2)
+        with pytest.raises(ValueError, match="do not match"):
+            deep_write(state, keys, values, lr=0.1)

@@ -112,6 +112,11 @@ def _forward(params: dict[str, Tensor], keys: Tensor, act: Callable[[Tensor], Te
 
 
 def _l2(pred: Tensor, values: Tensor) -> Tensor:
+    if pred.shape != values.shape:  # a (1, v) or (n, 1) value would broadcast silently
+        raise ValueError(
+            f"values of shape {tuple(values.shape)} do not match the memory's recall "
+            f"{tuple(pred.shape)} of those keys"
+        )
     return 0.5 * (pred - values).pow(2).sum(-1).mean()
 
 
