@@ -324,6 +324,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.processes < 1:
         parser.error(f"--processes must be at least 1, got {args.processes}")
+    if args.samples is not None and args.samples < 2:  # a median and a range need two
+        parser.error(f"--samples must be at least 2, got {args.samples}")
     if args.record:
         measured = [
             measure(size, args.samples, not args.no_compile, args.device) for size in args.sizes

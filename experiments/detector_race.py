@@ -686,12 +686,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.processes < 1:
         parser.error(f"--processes must be >= 1, got {args.processes}")
-    runs = load_runs(args.runs)
-    chosen = {
-        name: select(runs, args.model, name, average=args.average)
-        for name in (BASELINE, args.candidate)
-    }
-    grids = {name: tune(rs, args.tuning_seed) for name, rs in chosen.items()}
+    try:  # a missing or malformed record, or a name with no runs, is a usage error
+        runs = load_runs(args.runs)
+        chosen = {
+            name: select(runs, args.model, name, average=args.average)
+            for name in (BASELINE, args.candidate)
+        }
+        for name, rs in chosen.items():
+            if not rs:
+                raise ValueError(
+                    f"no run of {args.model} with {name} in --runs (optimizers there: "
+                    f"{sorted({str(r.get('optimizer')) for r in runs})})"
+                )
+        grids = {name: tune(rs, args.tuning_seed) for name, rs in chosen.items()}
+    except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        parser.error(str(e))
     lrs = {name: grid[0] for name, grid in grids.items()}
     try:
         recipe_details([r for rs in chosen.values() for r in rs], TUNING_SHARED)

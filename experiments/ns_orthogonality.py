@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
     args = parser.parse_args()
+    if args.seeds < 2:  # each cell is a mean and a spread over seeds
+        parser.error(f"--seeds must be at least 2, got {args.seeds}")
     torch.set_num_threads(1)  # deterministic and light; the sizes are small
     table = run(seeds=args.seeds)
     print(table)

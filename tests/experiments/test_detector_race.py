@@ -114,6 +114,18 @@ def test_main_writes_a_section_from_run_files(tmp_path):
     assert [r["seed"] for r in json.loads(out.read_text())["rows"]] == [0, 1]
 
 
+def test_a_candidate_without_runs_or_a_bad_record_is_a_usage_error(tmp_path, capsys):
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps([_run("adam", 1e-3, 0, [(0, 0.7), (500, 0.45)])]))
+    with pytest.raises(SystemExit):  # a typo: "muon" for "muon/split"
+        main(["--runs", str(path), "--candidate", "muon", "--no-step-cost"])
+    assert "no run of npr_bn with muon" in capsys.readouterr().err
+    path.write_text("not json")
+    with pytest.raises(SystemExit):
+        main(["--runs", str(path), "--no-step-cost"])
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_step_costs_time_both_optimizers_on_the_tiny_benchmark(tmp_path):
     from experiments.detector_race import step_costs
 
