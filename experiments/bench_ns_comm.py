@@ -27,14 +27,13 @@ import sys
 import tempfile
 import time
 import warnings
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from experiments.report import replace_section
+from experiments.report import output_path, replace_section
 
 # Matrices of the stack: square, tall, wide and one whose rows do not divide by W.
 LAYERS = [(512, 512), (512, 1024), (1024, 512), (512, 510), (510, 512)]
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worlds", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
+    parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
     results = {w: measure(w, args.steps) for w in args.worlds}
     body = table(results, args.steps)

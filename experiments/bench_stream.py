@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.stream import TrainStream, stream_loader
 from experiments.detectors import MODELS, SEEN
-from experiments.report import replace_section
+from experiments.report import output_path, replace_section
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loop-steps", type=int, default=60)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--write", type=Path)
+    parser.add_argument("--write", type=output_path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     bench = build_benchmark(

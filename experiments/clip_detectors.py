@@ -24,7 +24,6 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,7 +42,7 @@ from experiments.detectors import (
     optimizer_factory,
     per_family_table,
 )
-from experiments.report import replace_section
+from experiments.report import output_path, replace_section
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "gru": lambda: TemporalDetector(cell="gru"),
@@ -157,8 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
-    parser.add_argument("--json", type=Path, help="write every run's report here")
+    parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
+    parser.add_argument("--json", type=output_path, help="write every run's report here")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     command = "python -m experiments.clip_detectors " + " ".join(

@@ -48,6 +48,7 @@ from experiments.detectors import (
     group_mean,
     recipe_of,
 )
+from experiments.report import output_path
 
 # What every member must share: an ensemble row stands for one recipe.
 RECIPE = WEIGHTS_RECIPE
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--json", type=Path, help="write the records here")
+    parser.add_argument("--json", type=output_path, help="write the records here")
     args = parser.parse_args(argv)
     command = "python -m experiments.detector_ensemble " + " ".join(
         sys.argv[1:] if argv is None else argv

@@ -62,7 +62,7 @@ from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.storage import read_safetensors
 from experiments.detector_ensemble import RECIPE, ensemble_of, load_member
 from experiments.detectors import HELDOUT, SEEN, _ms, family_split
-from experiments.report import replace_section
+from experiments.report import output_path, replace_section
 from experiments.score_cache import ScoreCache
 
 SECTION = "detector-prior"
@@ -437,9 +437,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--json", type=Path, help="write the record here")
+    parser.add_argument("--json", type=output_path, help="write the record here")
     parser.add_argument("--from-json", type=Path, help="render a record written before")
-    parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
+    parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     parser.add_argument(
         "--section",
         default=SECTION,

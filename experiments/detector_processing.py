@@ -51,7 +51,7 @@ from assocmem.forensic.metrics import false_positive_rate
 from assocmem.forensic.views import VIEWS, view_logits
 from experiments.detector_ensemble import add_records_option, ensemble_of, records_by_weights
 from experiments.detectors import SEEN, family_split, run_label
-from experiments.report import replace_section
+from experiments.report import output_path, replace_section
 
 SECTION = "detector-processing"
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
+    parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
     command = "python -m experiments.detector_processing " + shlex.join(
         sys.argv[1:] if argv is None else argv

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from assocmem.forensic.detector_loss import detector_loss
 from assocmem.forensic.models.attribution import FamilyAttribution
 from experiments.lr_grid import edge_side
-from experiments.report import replace_section
+from experiments.report import output_path, replace_section
 from experiments.step_cost import measure, time_to_target
 
 BASELINE = "adam"
@@ -681,8 +681,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-step-cost", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--json", type=Path, help="write the rows and step costs here")
-    parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
+    parser.add_argument("--json", type=output_path, help="write the rows and step costs here")
+    parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
     if args.processes < 1:
         parser.error(f"--processes must be >= 1, got {args.processes}")

@@ -47,7 +47,7 @@ from assocmem.forensic.train import fake_probability, train_detector
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.optim import param_groups
 from assocmem.storage import write_safetensors
-from experiments.report import replace_section
+from experiments.report import output_path, replace_section
 from experiments.validate_config import CONF
 
 
@@ -740,8 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="side of the benchmark's patches in pixels (its own cached build per size)",
     )
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
-    parser.add_argument("--json", type=Path, help="write every run's report here")
+    parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
+    parser.add_argument("--json", type=output_path, help="write every run's report here")
     parser.add_argument(
         "--save-weights",
         type=Path,

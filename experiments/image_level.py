@@ -31,7 +31,7 @@ from assocmem.forensic import Detector
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.image_level import image_level_report
 from experiments.detectors import HELDOUT, SEEN, family_split
-from experiments.report import replace_section
+from experiments.report import output_path, replace_section
 
 SECTION = "image-level"
 
@@ -173,9 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="the tiny benchmark (tests)")
     parser.add_argument("--cache-dir", type=Path, default=None)
-    parser.add_argument("--json", type=Path, help="write the record here")
+    parser.add_argument("--json", type=output_path, help="write the record here")
     parser.add_argument("--from-json", type=Path, help="no scoring: render this record")
-    parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
+    parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     parser.add_argument("--section", default=SECTION, help="its name in that file")
     args = parser.parse_args(argv)
     if args.from_json:

@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
 from assocmem.optim.newton_schulz import zeropower_via_newtonschulz5
-from experiments.report import replace_section
+from experiments.report import output_path, replace_section
 
 SHAPES = ((64, 64), (256, 64), (64, 256), (256, 256))
 SPECTRA = ("gaussian", "decaying")
@@ -97,7 +96,7 @@ def run(shapes=SHAPES, seeds: int = 3, schedules=SCHEDULES) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
+    parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args()
     if args.seeds < 2:  # each cell is a mean and a spread over seeds
         parser.error(f"--seeds must be at least 2, got {args.seeds}")

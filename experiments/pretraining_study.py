@@ -45,7 +45,7 @@ from assocmem.forensic.models.pretrain import MaskedPretrainer
 from assocmem.forensic.protocol import FamilySplit, balanced, linear_probe_scorer, zero_shot_report
 from assocmem.forensic.train import pretrain, score
 from experiments.detectors import HELDOUT, MODELS, SEEN, optimizer_factory, train_one
-from experiments.report import replace_section
+from experiments.report import output_path, replace_section
 from experiments.tasks.forensic import build_encoder, build_masker
 
 ENCODER = {"arch": "vit", "patch": 4, "dim": 64, "depth": 2, "heads": 4}
@@ -326,8 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
+    parser.add_argument("--json", type=output_path)
+    parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     parser.add_argument("--from-json", type=Path, nargs="+")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -298,6 +299,23 @@ def _replaced(text: str, name: str, body: str) -> str:
             "of each in that order; mend the file by hand"
         )
     return text.rstrip() + "\n\n" + section + "\n"
+
+
+def output_path(text: str) -> Path:
+    """argparse ``type`` of a file a command writes when its work is done (``--json``,
+    ``--write``): a folder, a path under a regular file or in a folder that cannot be written is
+    a usage error at once, not a traceback after the work."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a directory")
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise argparse.ArgumentTypeError(f"{path}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK):
+                raise argparse.ArgumentTypeError(f"{path}: cannot write in {folder}")
+            break
+    return path
 
 
 def replace_section(markdown: Path, name: str, body: str) -> None:

@@ -62,7 +62,7 @@ from experiments.detectors import (
     family_split,
     train_one,
 )
-from experiments.report import replace_section
+from experiments.report import output_path, replace_section
 from experiments.score_cache import memoized
 
 
@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT)
-    parser.add_argument("--write", type=Path, help="markdown file whose section to refresh")
+    parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     parser.add_argument("--table-only", action="store_true", help="no training: read --out")
     parser.add_argument("--progress", action="store_true")
     return parser

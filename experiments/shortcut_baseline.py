@@ -11,10 +11,9 @@ family; a detector's score there says little about forensic features.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark, hf_energy_baseline
-from experiments.report import replace_section
+from experiments.report import output_path, replace_section
 
 
 def table() -> str:
@@ -31,7 +30,7 @@ def table() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", type=Path, help="markdown file to refresh the section of")
+    parser.add_argument("--write", type=output_path, help="markdown file to refresh the section of")
     args = parser.parse_args()
     text = table()
     print(text)

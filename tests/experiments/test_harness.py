@@ -258,3 +258,20 @@ def test_forensic_task_trains_and_reports_zero_shot(task, tmp_path_factory):
     assert 0.0 <= report["heldout"]["mean"]["auc"] <= 1.0
     assert 0.0 <= report["test_real_fpr"] <= 1.0
     assert not heldout & set(cfg.data.train_families)
+
+
+def test_an_output_path_that_cannot_be_written_is_a_usage_error_before_any_work(tmp_path):
+    import argparse
+
+    from experiments.report import output_path
+
+    (tmp_path / "a_file").write_text("")
+    for bad in (tmp_path, tmp_path / "a_file" / "out.json"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            output_path(str(bad))
+    assert output_path(str(tmp_path / "new" / "out.json")) == tmp_path / "new" / "out.json"
+    # the commands take it: a folder given as --json ends at parsing, before any scoring
+    cmd = [sys.executable, "-m", "experiments.detector_ensemble", "--members", "x.safetensors",
+           "--json", str(tmp_path)]  # fmt: skip
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "is a directory" in run.stderr
