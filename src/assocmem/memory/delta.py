@@ -19,7 +19,6 @@ from assocmem.memory.linear import (
     LinearMemory,
     MatrixMemory,
     as_pairs,
-    check_pairs,
     kept,
     read,
 )
@@ -29,8 +28,7 @@ def surprise(state: LinearMemory, key: Tensor | None, value: Tensor) -> Tensor:
     """The prediction error ``M k - v`` the delta rule writes back (the inner gradient's factor)."""
     if isinstance(state, ElementwiseMemory):
         return read(state, key) - value
-    keys, values = as_pairs(key, value)
-    check_pairs(state, keys, values)
+    keys, values = as_pairs(state, key, value)
     return read(state, keys) - values
 
 
@@ -60,5 +58,5 @@ def delta_write(
     if isinstance(state, ElementwiseMemory):
         grad = error if key is None else error * key
         return ElementwiseMemory(kept(state, state.m * retention - lr * grad))
-    keys, _ = as_pairs(key, value)
+    keys, _ = as_pairs(state, key, value)
     return MatrixMemory(kept(state, state.M * retention - lr * error.mT @ keys))

@@ -14,14 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from assocmem.memory.linear import (
-    ElementwiseMemory,
-    LinearMemory,
-    MatrixMemory,
-    as_pairs,
-    check_pairs,
-    kept,
-)
+from assocmem.memory.linear import ElementwiseMemory, LinearMemory, MatrixMemory, as_pairs, kept
 
 
 def hebbian_write(
@@ -57,6 +50,5 @@ def hebbian_write(
         return ElementwiseMemory(kept(state, state.m * retention + lr * signal))
     if key is None:
         raise ValueError("a matrix memory needs a key to write")
-    keys, values = as_pairs(key, value)
-    check_pairs(state, keys, values)
+    keys, values = as_pairs(state, key, value)
     return MatrixMemory(kept(state, state.M * retention + lr * values.mT @ keys))

@@ -53,8 +53,10 @@ def matrix_memory(
     return MatrixMemory(torch.zeros(*batch_shape, d_value, d_key, dtype=dtype, device=device))
 
 
-def as_pairs(key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
-    """View a single pair ``(k,), (v,)`` as a batch of one ``(1, k), (1, v)``."""
+def as_pairs(state: MatrixMemory, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+    """``(key, value)`` as the batch of pairs ``state`` takes: a single pair ``(k,), (v,)`` viewed
+    as a batch of one ``(1, k), (1, v)``. Keys and values that do not fit ``state``'s map
+    ``(d_value, d_key)`` or its dtype are refused, named (torch's matmul error names neither)."""
     if key.dim() == 1:
         key = key.unsqueeze(0)
     if value.dim() == 1:
@@ -64,22 +66,17 @@ def as_pairs(key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
             f"key and value must hold the same number of pairs, got {tuple(key.shape)} "
             f"and {tuple(value.shape)}"
         )
-    return key, value
-
-
-def check_pairs(state: MatrixMemory, keys: Tensor, values: Tensor) -> None:
-    """Refuse keys and values (as :func:`as_pairs` shapes them) that do not fit ``state``'s map
-    ``(d_value, d_key)`` or its dtype, naming them (torch's matmul error names neither)."""
     d_value, d_key = state.M.shape[-2:]
-    if keys.shape[-1] != d_key or values.shape[-1] != d_value:
+    if key.shape[-1] != d_key or value.shape[-1] != d_value:
         raise ValueError(
-            f"a memory mapping {d_key} -> {d_value} cannot take keys {tuple(keys.shape)} and "
-            f"values {tuple(values.shape)}"
+            f"a memory mapping {d_key} -> {d_value} cannot take keys {tuple(key.shape)} and "
+            f"values {tuple(value.shape)}"
         )
-    if keys.dtype != state.M.dtype or values.dtype != state.M.dtype:
+    if key.dtype != state.M.dtype or value.dtype != state.M.dtype:
         raise ValueError(
-            f"a {state.M.dtype} memory cannot take {keys.dtype} keys and {values.dtype} values"
+            f"a {state.M.dtype} memory cannot take {key.dtype} keys and {value.dtype} values"
         )
+    return key, value
 
 
 def kept(state: LinearMemory, new: Tensor) -> Tensor:
