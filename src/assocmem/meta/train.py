@@ -308,17 +308,14 @@ def meta_train(
     if checkpoint is not None and resume and Path(checkpoint).exists():
         ckpt = load_checkpoint(checkpoint, config)
         start, saved = _resume_state(ckpt, train, checkpoint)
-        try:  # everything that can fail, before anything is replaced
-            probe = torch.optim.Adam([torch.zeros_like(v) for v in leaves], lr=train.meta_lr)
-            _load_optim(probe, ckpt.extra, saved["optim"]["param_groups"])
-            torch.Generator().set_state(ckpt.extra["rng.tasks"])
+        try:  # meta, opt and rng are this call's own: a refusal leaves nothing of the user's
+            _load_optim(opt, ckpt.extra, saved["optim"]["param_groups"])
+            rng.set_state(ckpt.extra["rng.tasks"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{checkpoint}: its training state cannot be resumed: {e}") from None
         with torch.no_grad():
             for k in names:
                 meta[k].copy_(ckpt.meta_params[k])
-        _load_optim(opt, ckpt.extra, saved["optim"]["param_groups"])
-        rng.set_state(ckpt.extra["rng.tasks"])
         history = list(saved.get("history", []))
         seconds = float(saved.get("seconds", 0.0))
 
