@@ -317,7 +317,6 @@ def load_detector(path: str | os.PathLike[str] | None = None) -> DetectorCheckpo
     # header asking for huge widths is refused before anything that size is allocated.
     _check_tensors(saved, _shapes(header["architecture"], header["arch_kwargs"]), str(path))
     model = build_model(header["architecture"], header["arch_kwargs"])
-    _check_tensors(saved, model.state_dict(), str(path))
     model.load_state_dict(saved, strict=True)
     model.eval()
     cal = header["calibration"]
