@@ -779,7 +779,8 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 def bad_training_options(args: argparse.Namespace, lrs: list[float]) -> str | None:
     """Why the training options cannot all run, or ``None``: checked before anything is built,
-    so a typo in the last optimizer never costs the runs before it."""
+    so a typo in the last optimizer never costs the runs before it (``--json`` and ``--write``
+    are checked by their argparse type, ``report.output_path``)."""
     for name in args.optimizers:
         if name == "adam":
             continue
@@ -798,8 +799,6 @@ def bad_training_options(args: argparse.Namespace, lrs: list[float]) -> str | No
         value = getattr(args, option, None)
         if value is not None and value < 1:
             return f"--{option.replace('_', '-')} must be >= 1, got {value}"
-    if args.json is not None and args.json.is_dir():
-        return f"--json {args.json} is a directory"
     return None
 
 
