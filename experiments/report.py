@@ -371,11 +371,16 @@ def write_report(
     markdown: Path,
     plots_dir: Path,
     name: str,
-    baseline: str = "adam",
+    baseline: str | None = None,
     command: str | None = None,
 ) -> Path:
-    """Write the ``name`` section of ``markdown`` (tables + plots) from the runs under ``root``."""
+    """Write the ``name`` section of ``markdown`` (tables + plots) from the runs under ``root``;
+    ``baseline`` and ``command`` default to what the comparison recorded in its protocols
+    (``adam`` and none for one recorded before them)."""
     tasks = load_runs(root)
+    recorded = next(iter(next(iter(tasks.values())).values()))["protocol"]
+    baseline = baseline or recorded.get("baseline", "adam")
+    command = command or recorded.get("command")
     costs = load_step_costs(root)
     body = [
         f"## Comparison `{name}`",
@@ -445,13 +450,9 @@ def main() -> None:
     parser.add_argument("--plots-dir", type=Path, default=Path("docs/results"))
     args = parser.parse_args()
     try:
-        protocol = json.loads(next(iter(sorted(args.root.glob("*/*/protocol.json")))).read_text())
-        report = write_report(
-            args.root, args.markdown, args.plots_dir, args.name,
-            baseline=protocol.get("baseline", "adam"), command=protocol.get("command"),
-        )  # fmt: skip
-    except (StopIteration, ValueError) as e:
-        parser.error(str(e) if isinstance(e, ValueError) else f"no comparison under {args.root}")
+        report = write_report(args.root, args.markdown, args.plots_dir, args.name)
+    except ValueError as e:
+        parser.error(str(e))
     print(report)
 
 

@@ -212,6 +212,11 @@ def test_a_rerun_into_the_same_folder_reports_only_its_own_runs(tmp_path):
     protocol = runs["adam"]["protocol"]
     assert protocol["seeds"] == [0, 1] and protocol["baseline"] == "adam"
     assert protocol["command"].startswith("python -m experiments.compare")
+    # the report of those runs alone takes the baseline and command they recorded
+    from experiments.report import write_report
+
+    alone = write_report(tmp_path, tmp_path / "alone.md", tmp_path / "plots", "smoke")
+    assert f"Regenerate: `{protocol['command']}`" in alone.read_text()
     # an interrupted re-run: one optimizer's protocol from another invocation
     delta = tmp_path / "quadratic" / "delta" / "protocol.json"
     delta.write_text(json.dumps({**json.loads(delta.read_text()), "run_id": "another"}))
