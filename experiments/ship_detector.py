@@ -432,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What --table-only reads: the checkpoint (--out) and where the section goes; the rest of these
+# shape nothing in the table (the benchmark is not built).
+TABLE_ONLY_READS = frozenset({"table_only", "out", "write", "progress", "tiny", "cache_dir"})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -446,6 +451,18 @@ def main(argv: list[str] | None = None) -> None:
     if any(size <= 32 for size in args.image_sizes):  # 32: the benchmark's patch, 1 tile
         parser.error(f"--image-sizes must be larger than one patch (32), got {args.image_sizes}")
     if args.table_only:
+        # the table is the checkpoint's own record: an option that would shape the detector is
+        # not read, so a command that sets one is refused rather than answered from --out
+        ignored = [
+            "--" + dest.replace("_", "-")
+            for dest, value in vars(args).items()
+            if dest not in TABLE_ONLY_READS and value != parser.get_default(dest)
+        ]
+        if ignored:
+            parser.error(
+                f"--table-only writes the table of --out as it was shipped; it does not read "
+                f"{', '.join(ignored)} (ship first, without --table-only)"
+            )
         header = load_detector(args.out).header
     else:
         rest = sys.argv[1:] if argv is None else argv

@@ -88,6 +88,11 @@ def test_ship_writes_a_checkpoint_and_its_table(tmp_path):
     md.write_text("# Results\n")
     main(["--table-only", *common])  # the section again, from the checkpoint alone
     assert md.read_text().strip() == first.strip()
+    # options that shape a detector are not what --table-only reads: refused, named
+    for extra in (["--lr", "0.5"], ["--members", str(out)], ["--views", "one"]):
+        with pytest.raises(SystemExit):
+            main(["--table-only", *common, *extra])
+        assert md.read_text().strip() == first.strip()
     assert Detector.load(out).threshold == shipped.threshold
 
 
