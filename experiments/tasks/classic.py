@@ -9,6 +9,27 @@ import torch
 from torch import Tensor, nn
 
 
+def _require(task: str, name: str, value: object, ok: bool, expected: str) -> None:
+    """Refuse a ``task.build`` value that would fail later with an unrelated message
+    (``math domain error`` for a negative condition) or quietly train nothing (an empty
+    validation split)."""
+    if not ok:
+        raise ValueError(f"{task}: {name} must be {expected}, got {value!r}")
+
+
+def _count(value: object, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _finite_at_least(value: object, least: float) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= least
+    )
+
+
 class Quadratic:
     """``f(w) = 1/2 (w - w*)^T A (w - w*)`` with eigenvalues log-spaced over ``condition``.
 
@@ -19,6 +40,9 @@ class Quadratic:
     name = "quadratic"
 
     def __init__(self, seed: int, dim: int = 50, condition: float = 1e3, noise: float = 0.0):
+        _require("quadratic", "dim", dim, _count(dim, 1), "an integer >= 1")
+        _require("quadratic", "condition", condition, _finite_at_least(condition, 1), "finite >= 1")
+        _require("quadratic", "noise", noise, _finite_at_least(noise, 0), "finite >= 0")
         g = torch.Generator().manual_seed(seed)
         q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g))
         eig = torch.logspace(0, math.log10(condition), dim)
@@ -53,6 +77,9 @@ class Rosenbrock:
     name = "rosenbrock"
 
     def __init__(self, seed: int, dim: int = 2, jitter: float = 0.0):
+        # with one coordinate the sum over neighbouring pairs is empty: the loss is 0 everywhere
+        _require("rosenbrock", "dim", dim, _count(dim, 2), "an integer >= 2")
+        _require("rosenbrock", "jitter", jitter, _finite_at_least(jitter, 0), "finite >= 0")
         g = torch.Generator().manual_seed(seed)
         start = torch.tensor([-1.2, 1.0] * (dim // 2) + [-1.2] * (dim % 2))
         self.x = nn.Parameter(start + jitter * torch.randn(dim, generator=g))
@@ -89,6 +116,10 @@ class DigitsMLP:
         val_fraction: float = 0.25,
         depth: int = 1,
     ):
+        for name, value in (("hidden", hidden), ("batch_size", batch_size), ("depth", depth)):
+            _require("digits_mlp", name, value, _count(value, 1), "an integer >= 1")
+        ok = isinstance(val_fraction, float | int) and 0 < val_fraction < 1
+        _require("digits_mlp", "val_fraction", val_fraction, ok, "in (0, 1)")
         from sklearn.datasets import load_digits
 
         digits = load_digits()
@@ -97,6 +128,7 @@ class DigitsMLP:
         # The split is fixed across seeds so every seed is judged on the same validation set.
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
         n_val = int(len(x) * val_fraction)
+        _require("digits_mlp", "val_fraction", val_fraction, n_val >= 1, f">= 1/{len(x)}")
         self.x_val, self.y_val = x[perm[:n_val]], y[perm[:n_val]]
         self.x_train, self.y_train = x[perm[n_val:]], y[perm[n_val:]]
         torch.manual_seed(seed)

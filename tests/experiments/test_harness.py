@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from experiments.loop import first_reaching, train_run
-from experiments.tasks.classic import Quadratic
+from experiments.tasks.classic import DigitsMLP, Quadratic, Rosenbrock
 
 CONF = Path(__file__).resolve().parents[2] / "experiments" / "conf"
 REPO = CONF.parents[1]
@@ -119,6 +119,37 @@ def test_every_experiment_config_composes(experiment):
         cfg = compose("compare", overrides=[f"+experiment={experiment}"])
     assert set(cfg.optimizers) <= set(names("optimizer"))
     assert set(cfg.tasks) <= set(names("task"))
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: Quadratic(0, dim=0), "dim must be an integer >= 1"),
+        (lambda: Quadratic(0, dim=2.5), "dim must be an integer >= 1"),
+        (lambda: Quadratic(0, condition=-1.0), "condition must be finite >= 1"),  # was a math error
+        (lambda: Quadratic(0, condition=math.inf), "condition must be finite >= 1"),
+        (lambda: Quadratic(0, noise=-0.1), "noise must be finite >= 0"),
+        (lambda: Rosenbrock(0, dim=1), "dim must be an integer >= 2"),  # an empty sum: loss 0
+        (lambda: Rosenbrock(0, jitter=math.nan), "jitter must be finite >= 0"),
+        (lambda: DigitsMLP(0, hidden=0), "hidden must be an integer >= 1"),
+        (lambda: DigitsMLP(0, batch_size=True), "batch_size must be an integer >= 1"),
+        (lambda: DigitsMLP(0, val_fraction=1.0), r"val_fraction must be in \(0, 1\)"),
+        (lambda: DigitsMLP(0, val_fraction=1e-4), "val_fraction must be >= 1/1797"),  # empty val
+    ],
+)
+def test_a_classic_task_refuses_build_values_it_cannot_train_on(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_a_bad_build_value_from_the_command_line_names_the_task_and_the_value(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "task=quadratic", "optimizer=adam",
+         "task.build.condition=-1", f"hydra.run.dir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert "quadratic: condition must be finite >= 1, got -1" in run.stderr
 
 
 def test_divergence_ends_the_run_cleanly(tmp_path):
