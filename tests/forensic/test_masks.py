@@ -154,3 +154,24 @@ def test_invalid_arguments_raise():
     with pytest.raises(ValueError, match="divide"):
         pixel_patch_mask(10, 0.5, 4)
     assert math.isclose(float(random_spectral_mask(8, 1.0).sum()), 0.0)
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: FrequencyMasker(ratio=1.5), "ratio must be in"),
+        (lambda: FrequencyMasker(ratio=math.nan), "ratio must be in"),
+        (lambda: FrequencyMasker(kind="spectrum"), "kind must be"),
+        (lambda: FrequencyMasker(patch=0), "patch must be an integer >= 1"),
+        (lambda: FrequencyMasker(patch=2.5), "patch must be an integer >= 1"),
+        (lambda: FrequencyMasker(kind="band", bands=()), "at least one band"),
+        (lambda: FrequencyMasker(kind="band", bands=("ultra",)), "band must be"),
+        (lambda: FrequencyMasker(kind="band", radii=(0.5, 0.25)), "radii must satisfy"),
+        (lambda: PixelMasker(ratio=-0.1), "ratio must be in"),
+        (lambda: PixelMasker(patch=True), "patch must be an integer >= 1"),
+    ],
+)
+def test_a_masker_refuses_bad_settings_when_built_not_at_its_first_batch(build, match):
+    # a config's bad ratio surfaced as a traceback from the first evaluation, after the data
+    with pytest.raises(ValueError, match=match):
+        build()

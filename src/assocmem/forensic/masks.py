@@ -46,6 +46,12 @@ def _check_ratio(ratio: float) -> None:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
 
 
+def _check_patch(patch: int) -> None:
+    # whether it divides an image's size is known only with the image (pixel_patch_mask)
+    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
+        raise ValueError(f"patch must be an integer >= 1, got {patch!r}")
+
+
 # ---------------------------------------------------------------- spectrum and symmetry
 
 
@@ -278,6 +284,19 @@ class FrequencyMasker:
     bands: tuple[Band, ...] = ("low", "mid", "high")
     radii: tuple[float, float] = DEFAULT_RADII
 
+    def __post_init__(self) -> None:
+        # checked when built (a config is read), not at the first batch: a bad ratio used to
+        # surface as a traceback from the first evaluation, after the data was built
+        if self.kind not in ("spectral", "band"):
+            raise ValueError(f"kind must be 'spectral' or 'band', got {self.kind!r}")
+        _check_ratio(self.ratio)
+        _check_patch(self.patch)
+        if self.kind == "band":
+            if not self.bands:
+                raise ValueError("bands must name at least one band")
+            for band in self.bands:
+                band_limits(band, self.radii)
+
     def masks(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         n, (h, w) = images.shape[0], images.shape[-2:]
         if self.kind == "spectral":
@@ -303,6 +322,10 @@ class PixelMasker:
 
     ratio: float = 0.75
     patch: int = 4
+
+    def __post_init__(self) -> None:
+        _check_ratio(self.ratio)
+        _check_patch(self.patch)
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> MaskedBatch:
         n, (h, w) = images.shape[0], images.shape[-2:]
