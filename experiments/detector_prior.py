@@ -521,12 +521,19 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
     runs = [(fam, head["seed"]) for fam, head, _ in loaded]
     if len(set(runs)) != len(runs):
         parser.error(f"a fold network repeats a family and seed: {sorted(runs)}")
-    heads = [h for _, h, _ in loaded] + [h for h, _ in (*members, *ensembles)]
-    # one recipe but for the families seen: a fold network leaves its own family out
-    shared = [k for k in RECIPE if k != "seen"]
-    recipes = {json.dumps([h[k] for k in shared]) for h in heads}
+    fold_heads = [h for _, h, _ in loaded]
+    member_heads = [h for h, _ in (*members, *ensembles)]
+    # one recipe but for the families seen (a fold network leaves its own family out) and the
+    # early-stopping patience: the folds that choose a prior are the adoption rule's (patience
+    # 4) and the members may be trained longer (the recipe's 8), but each side agrees within
+    shared = [k for k in RECIPE if k not in ("seen", "patience")]
+    recipes = {json.dumps([h[k] for k in shared]) for h in fold_heads + member_heads}
     if len(recipes) != 1:
         parser.error(f"the folds and members must be one recipe, got {sorted(recipes)}")
+    for side, side_heads in (("fold networks", fold_heads), ("members", member_heads)):
+        patiences = sorted({json.dumps(h["patience"]) for h in side_heads})
+        if len(patiences) > 1:
+            parser.error(f"the {side} must share one patience, got {', '.join(patiences)}")
     for head, _ in (*members, *ensembles):
         if sorted(head["seen"]) != sorted(SEEN):
             parser.error(f"a member must have trained on every seen family {SEEN}: {head['seen']}")

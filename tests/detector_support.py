@@ -40,11 +40,15 @@ def save_tiny_detector(path: Path, n_val: int = 40, views: str = "one") -> Path:
 
 
 def train_tiny_runs(
-    tmp_path: Path, seeds: tuple[int, ...] = (0,), seen: tuple[str, ...] = ()
+    tmp_path: Path,
+    seeds: tuple[int, ...] = (0,),
+    seen: tuple[str, ...] = (),
+    patience: int | None = None,
 ) -> list[dict]:
     """``experiments.detectors`` on the tiny benchmark: ``npr_bn`` with Adam, 4 steps on a weight
     average 0.99, one run per seed, weights saved under ``tmp_path / "w"``; the run records.
-    ``seen``: the families trained on (default: the benchmark's seen ones)."""
+    ``seen``: the families trained on (default: the benchmark's seen ones); ``patience``: the
+    early-stopping patience (default: the command's)."""
     import json
 
     from experiments.detectors import main
@@ -54,5 +58,6 @@ def train_tiny_runs(
           "--seeds", *map(str, seeds), "--max-steps", "4", "--eval-every", "2",
           "--batch-size", "8", "--workers", "0", "--average", "0.99",
           *(["--seen", *seen] if seen else []),
+          *(["--patience", str(patience)] if patience is not None else []),
           "--save-weights", str(tmp_path / "w"), "--json", str(runs)])  # fmt: skip
     return json.loads(runs.read_text())

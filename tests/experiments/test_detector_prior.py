@@ -162,6 +162,20 @@ def test_the_experiment_scores_members_alone_and_with_the_chosen_prior(tmp_path,
         prior_main(["--tiny", "--cache-dir", str(tmp_path), "--fold",
                     *[f"{fam}={w}" for fam in fams], "--members", w])  # fmt: skip
     assert "would leak" in capsys.readouterr().err
+    # members trained longer than the folds (the documented protocol: folds at patience 4,
+    # members at 8) are one study; members of two patiences are not
+    longer = tmp_path / "p8"
+    longer.mkdir()
+    m8 = train_tiny_runs(longer, seeds=(2,), patience=8)[0]["weights"]
+    p8 = tmp_path / "p8.json"
+    prior_main(["--tiny", "--cache-dir", str(tmp_path), "--fold", *folds, "--members", m8,
+                "--weights", "0", "--priors", "hf", "--json", str(p8)])  # fmt: skip
+    assert json.loads(p8.read_text())["members"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        prior_main(["--tiny", "--cache-dir", str(tmp_path), "--fold", *folds,
+                    "--members", w, m8])  # fmt: skip
+    assert "the members must share one patience" in capsys.readouterr().err
     prior_main(["--tiny", "--cache-dir", str(tmp_path), "--fold", *folds, "--members", w,
                 "--ensemble", pair, "--weights", "0", "1", "--json", str(out),
                 "--write", str(doc)])  # fmt: skip
