@@ -373,13 +373,16 @@ class MemoryOptimizer(Optimizer):
     ) -> None:
         if group["compile"] and group["foreach"] is not False:
             # Small tensors take the eager fast path: compiled, their step is guards and calls
-            # (and every tensor unrolled into the graph lengthens the cold compile).
-            small = [i for i, p in enumerate(params) if p.numel() < COMPILED_FROM]
+            # (and every tensor unrolled into the graph lengthens the cold compile). A 0-d one
+            # always does: torch 2.13's inductor miscompiles the in-place updates of a 0-d
+            # float64 tensor in landscape's compiled bodies (it stored a wrong previous
+            # gradient and parameter, measured with COMPILED_FROM = 0; float32 was right).
+            small = [i for i, p in enumerate(params) if _stepped_eagerly(p)]
             if small:
                 eager = {**group, "compile": False}
                 chosen = ([xs[i] for i in small] for xs in (params, grads, states))
                 self._step_tensors(eager, preset, *chosen, found)
-                large = [i for i in range(len(params)) if params[i].numel() >= COMPILED_FROM]
+                large = [i for i in range(len(params)) if not _stepped_eagerly(params[i])]
                 if not large:
                     return
                 params, grads, states = ([xs[i] for i in large] for xs in (params, grads, states))
@@ -839,6 +842,11 @@ def _real(t: Tensor) -> Tensor:
 # bench_step model "many") cms stepped in 3.16x torch's fused Adam compiled against 2.38x
 # eager, after a cold compile of ~3.5 min (the graph unrolls every tensor).
 COMPILED_FROM = SMALL
+
+
+def _stepped_eagerly(param: Tensor) -> bool:
+    """Whether ``compile=True`` steps ``param`` on the eager fast path (see its caller)."""
+    return param.numel() < COMPILED_FROM or param.dim() == 0
 
 
 def _by_device(tensors: list[Tensor]) -> list[list[int]]:
