@@ -8,26 +8,22 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from assocmem.optim import validate
 
-def _require(task: str, name: str, value: object, ok: bool, expected: str) -> None:
+
+def _require(task: str, name: str, problem: str | None) -> None:
     """Refuse a ``task.build`` value that would fail later with an unrelated message
     (``math domain error`` for a negative condition) or quietly train nothing (an empty
-    validation split)."""
-    if not ok:
-        raise ValueError(f"{task}: {name} must be {expected}, got {value!r}")
+    validation split); ``problem``: a :mod:`assocmem.optim.validate` check's message."""
+    if problem is not None:
+        raise ValueError(f"{task}: {name} {problem}")
 
 
-def _count(value: object, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
-def _finite_at_least(value: object, least: float) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= least
-    )
+def _at_least(value: object, least: float) -> str | None:
+    """:func:`validate.real` and ``>= least`` (a condition number)."""
+    if validate.real(value) is None and value >= least:  # type: ignore[operator]
+        return None
+    return f"must be finite >= {least}, got {value!r}"
 
 
 class Quadratic:
@@ -40,9 +36,9 @@ class Quadratic:
     name = "quadratic"
 
     def __init__(self, seed: int, dim: int = 50, condition: float = 1e3, noise: float = 0.0):
-        _require("quadratic", "dim", dim, _count(dim, 1), "an integer >= 1")
-        _require("quadratic", "condition", condition, _finite_at_least(condition, 1), "finite >= 1")
-        _require("quadratic", "noise", noise, _finite_at_least(noise, 0), "finite >= 0")
+        _require("quadratic", "dim", validate.positive_int(dim))
+        _require("quadratic", "condition", _at_least(condition, 1))
+        _require("quadratic", "noise", validate.non_negative(noise))
         g = torch.Generator().manual_seed(seed)
         q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g))
         eig = torch.logspace(0, math.log10(condition), dim)
@@ -78,8 +74,9 @@ class Rosenbrock:
 
     def __init__(self, seed: int, dim: int = 2, jitter: float = 0.0):
         # with one coordinate the sum over neighbouring pairs is empty: the loss is 0 everywhere
-        _require("rosenbrock", "dim", dim, _count(dim, 2), "an integer >= 2")
-        _require("rosenbrock", "jitter", jitter, _finite_at_least(jitter, 0), "finite >= 0")
+        ok = validate.positive_int(dim) is None and dim >= 2
+        _require("rosenbrock", "dim", None if ok else f"must be an integer >= 2, got {dim!r}")
+        _require("rosenbrock", "jitter", validate.non_negative(jitter))
         g = torch.Generator().manual_seed(seed)
         start = torch.tensor([-1.2, 1.0] * (dim // 2) + [-1.2] * (dim % 2))
         self.x = nn.Parameter(start + jitter * torch.randn(dim, generator=g))
@@ -117,9 +114,8 @@ class DigitsMLP:
         depth: int = 1,
     ):
         for name, value in (("hidden", hidden), ("batch_size", batch_size), ("depth", depth)):
-            _require("digits_mlp", name, value, _count(value, 1), "an integer >= 1")
-        ok = isinstance(val_fraction, float | int) and 0 < val_fraction < 1
-        _require("digits_mlp", "val_fraction", val_fraction, ok, "in (0, 1)")
+            _require("digits_mlp", name, validate.positive_int(value))
+        _require("digits_mlp", "val_fraction", validate.open_unit_interval(val_fraction))
         from sklearn.datasets import load_digits
 
         digits = load_digits()
@@ -128,7 +124,8 @@ class DigitsMLP:
         # The split is fixed across seeds so every seed is judged on the same validation set.
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
         n_val = int(len(x) * val_fraction)
-        _require("digits_mlp", "val_fraction", val_fraction, n_val >= 1, f">= 1/{len(x)}")
+        if n_val < 1:
+            _require("digits_mlp", "val_fraction", f"must be >= 1/{len(x)}, got {val_fraction!r}")
         self.x_val, self.y_val = x[perm[:n_val]], y[perm[:n_val]]
         self.x_train, self.y_train = x[perm[n_val:]], y[perm[n_val:]]
         torch.manual_seed(seed)

@@ -128,9 +128,9 @@ def test_every_experiment_config_composes(experiment):
         (lambda: Quadratic(0, dim=2.5), "dim must be an integer >= 1"),
         (lambda: Quadratic(0, condition=-1.0), "condition must be finite >= 1"),  # was a math error
         (lambda: Quadratic(0, condition=math.inf), "condition must be finite >= 1"),
-        (lambda: Quadratic(0, noise=-0.1), "noise must be finite >= 0"),
+        (lambda: Quadratic(0, noise=-0.1), "noise must be a finite number >= 0"),
         (lambda: Rosenbrock(0, dim=1), "dim must be an integer >= 2"),  # an empty sum: loss 0
-        (lambda: Rosenbrock(0, jitter=math.nan), "jitter must be finite >= 0"),
+        (lambda: Rosenbrock(0, jitter=math.nan), "jitter must be a finite number >= 0"),
         (lambda: DigitsMLP(0, hidden=0), "hidden must be an integer >= 1"),
         (lambda: DigitsMLP(0, batch_size=True), "batch_size must be an integer >= 1"),
         (lambda: DigitsMLP(0, val_fraction=1.0), r"val_fraction must be in \(0, 1\)"),
