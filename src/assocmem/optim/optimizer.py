@@ -377,12 +377,13 @@ class MemoryOptimizer(Optimizer):
             # always does: torch 2.13's inductor miscompiles the in-place updates of a 0-d
             # float64 tensor in landscape's compiled bodies (it stored a wrong previous
             # gradient and parameter, measured with COMPILED_FROM = 0; float32 was right).
-            small = [i for i, p in enumerate(params) if _stepped_eagerly(p)]
+            eagerly = [_stepped_eagerly(p) for p in params]
+            small = [i for i, e in enumerate(eagerly) if e]
             if small:
                 eager = {**group, "compile": False}
                 chosen = ([xs[i] for i in small] for xs in (params, grads, states))
                 self._step_tensors(eager, preset, *chosen, found)
-                large = [i for i in range(len(params)) if not _stepped_eagerly(params[i])]
+                large = [i for i, e in enumerate(eagerly) if not e]
                 if not large:
                     return
                 params, grads, states = ([xs[i] for i in large] for xs in (params, grads, states))
