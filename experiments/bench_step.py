@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from assocmem import MemoryOptimizer, available_memories
+from experiments import strict_json
 from experiments.loop import state_bytes_per_param
 from experiments.report import replace_section
 from experiments.step_cost import Steppable, round_robin_samples
@@ -330,7 +331,7 @@ def main() -> None:
         measured = [
             measure(size, args.samples, not args.no_compile, args.device) for size in args.sizes
         ]
-        args.record.write_text(json.dumps([asdict(m) for m in measured]))
+        args.record.write_text(strict_json.dumps([asdict(m) for m in measured]))
         return
     table = run(
         args.sizes, args.samples, not args.no_compile, args.device, processes=args.processes

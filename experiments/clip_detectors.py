@@ -19,7 +19,6 @@ Models: ``gru`` / ``lstm`` (``TemporalDetector``: per-frame CNN -> 2-layer RNN -
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from assocmem.forensic.data.clips import ClipConfig, build_clip_benchmark
 from assocmem.forensic.models.temporal import FrameDetector, TemporalDetector
 from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
 from assocmem.forensic.train import score, train_detector
+from experiments import strict_json
 from experiments.detectors import (
     HELDOUT,
     SEEN,
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(runs, indent=1, default=float))
+        args.json.write_text(strict_json.dumps(runs, indent=1, default=float))
     if args.write:
         replace_section(args.write, "clip-detectors", text)
 

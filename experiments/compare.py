@@ -20,7 +20,6 @@ never stops the sweep.
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 import statistics
@@ -36,6 +35,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from experiments import strict_json
 from experiments.lr_grid import best_factor, edge_side, next_factor
 from experiments.report import section, write_report
 from experiments.run import execute, optimizer_factory
@@ -169,11 +169,11 @@ def compare(cfg: DictConfig, command: str | None = None) -> Path:
                 target=target, seeds=list(cfg.seeds), run_id=run_id, baseline=cfg.baseline,
                 command=command,
             )  # fmt: skip
-            (out / "protocol.json").write_text(json.dumps(protocol, indent=2))
+            (out / "protocol.json").write_text(strict_json.dumps(protocol, indent=2))
             bar.write(f"{task:>18} {optimizer:>10}: best lr {protocol['best_lr']}, finals {finals}")
         bar.set_postfix_str(f"{task} / step cost")
         costs = {**step_costs(task, tuned, cfg), "run_id": run_id}
-        (root / task / "step_cost.json").write_text(json.dumps(costs, indent=2))
+        (root / task / "step_cost.json").write_text(strict_json.dumps(costs, indent=2))
     bar.close()
     return root
 

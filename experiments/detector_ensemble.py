@@ -39,6 +39,7 @@ from assocmem.forensic.protocol import balanced, zero_shot_report
 from assocmem.forensic.train import fake_probability, logits
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.storage import read_safetensors
+from experiments import strict_json
 from experiments.detectors import (
     LEGACY_DEFAULTS,
     MODELS,
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(records, indent=1, default=float))
+        args.json.write_text(strict_json.dumps(records, indent=1, default=float))
 
 
 if __name__ == "__main__":

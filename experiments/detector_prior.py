@@ -60,6 +60,7 @@ from assocmem.forensic.models.blind_spot import BlindSpotPredictor, coding_surpr
 from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.storage import read_safetensors
+from experiments import strict_json
 from experiments.detector_ensemble import RECIPE, ensemble_of, load_member
 from experiments.detectors import HELDOUT, SEEN, _ms, family_split
 from experiments.report import output_path, replace_section
@@ -474,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
         command = command.strip() + "`"
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(record, indent=1, default=float))
+            args.json.write_text(strict_json.dumps(record, indent=1, default=float))
     text = markdown(record, command)
     print(text)
     if args.write:

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from assocmem.forensic.detector_loss import detector_loss
 from assocmem.forensic.models.attribution import FamilyAttribution
+from experiments import strict_json
 from experiments.lr_grid import edge_side
 from experiments.report import output_path, replace_section
 from experiments.step_cost import measure, time_to_target
@@ -182,7 +183,8 @@ def steps_to_target(curve: Sequence[Sequence[float]], target: float) -> int | No
         True
     """
     for step, loss in curve:
-        if step > 0 and loss <= target:
+        # a record writes a non-finite loss as null (experiments.strict_json): never a hit
+        if step > 0 and loss is not None and loss <= target:
             return int(step)
     return None
 
@@ -734,7 +736,9 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     print(text)
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "costs": costs}, indent=1, default=float))
+        args.json.write_text(
+            strict_json.dumps({"rows": rows, "costs": costs}, indent=1, default=float)
+        )
     if args.write:
         name = section_name(args.model, args.candidate, args.average, interval, args.budget)
         replace_section(args.write, name, text)

@@ -47,6 +47,7 @@ from assocmem.forensic.train import fake_probability, train_detector
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.optim import param_groups
 from assocmem.storage import write_safetensors
+from experiments import strict_json
 from experiments.report import output_path, replace_section
 from experiments.validate_config import CONF
 
@@ -872,7 +873,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(runs, indent=1, default=float))
+        args.json.write_text(strict_json.dumps(runs, indent=1, default=float))
     if args.write:
         replace_section(args.write, "detectors", text)
 

@@ -30,6 +30,7 @@ import torch
 from assocmem.forensic import Detector
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.image_level import image_level_report
+from experiments import strict_json
 from experiments.detectors import HELDOUT, SEEN, family_split
 from experiments.report import output_path, replace_section
 
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(e))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(record, indent=1) + "\n")
+            args.json.write_text(strict_json.dumps(record, indent=1) + "\n")
     text = markdown(record)
     print(text)
     if args.write:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import resource
 from collections.abc import Callable, Iterable
@@ -13,6 +12,7 @@ from typing import Any
 import torch
 
 from assocmem.training import fit
+from experiments import strict_json
 from experiments.guard import record_skipped_steps
 from experiments.tasks import Task
 
@@ -65,7 +65,7 @@ def train_run(
         # The harness's records call the loop's training time "wall" (its reports read that).
         entry["wall"] = entry.pop("time")
         if log:
-            log.write(json.dumps(entry) + "\n")
+            log.write(strict_json.dumps(entry) + "\n")
             log.flush()
 
     try:
@@ -99,5 +99,5 @@ def train_run(
         summary.update(target=target, steps_to_target=step_hit, time_to_target=wall_hit)
     record_skipped_steps(summary, opt)
     if out_dir:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        (out_dir / "summary.json").write_text(strict_json.dumps(summary, indent=2))
     return summary

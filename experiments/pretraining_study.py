@@ -44,6 +44,7 @@ from assocmem.forensic.models.heads import fine_tune
 from assocmem.forensic.models.pretrain import MaskedPretrainer
 from assocmem.forensic.protocol import FamilySplit, balanced, linear_probe_scorer, zero_shot_report
 from assocmem.forensic.train import pretrain, score
+from experiments import strict_json
 from experiments.detectors import HELDOUT, MODELS, SEEN, optimizer_factory, train_one
 from experiments.report import output_path, replace_section
 from experiments.tasks.forensic import build_encoder, build_masker
@@ -364,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(run)
             if args.json:  # after every run: a long study keeps what it finished
                 args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(runs, indent=1, default=float))
+                args.json.write_text(strict_json.dumps(runs, indent=1, default=float))
             if args.pretrain_only:
                 print(f"{arm} seed {seed}: best validation loss {run['best_val_loss']:.4f} "
                       f"at step {run['best_step']}", flush=True)  # fmt: skip

@@ -159,7 +159,15 @@ def test_divergence_ends_the_run_cleanly(tmp_path):
     )
     assert summary["status"] == "diverged"
     assert summary["final"]["val_loss"] == math.inf
-    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+
+    def refuse(token):  # json.loads accepts NaN/Infinity, which strict parsers (jq) refuse
+        raise AssertionError(f"{token} is not JSON")
+
+    saved = json.loads((tmp_path / "summary.json").read_text(), parse_constant=refuse)
+    assert saved["status"] == "diverged"
+    assert saved["final"]["val_loss"] is None and saved["best_val_loss"] is None
+    for line in (tmp_path / "metrics.jsonl").open():
+        json.loads(line, parse_constant=refuse)  # the diverged step's loss is null
 
 
 def test_first_reaching_finds_the_first_evaluation_below_target():
@@ -198,7 +206,8 @@ def test_smoke_comparison_and_report(tmp_path):
         # which the rule takes only for an optimum on the edge.
         extensions = protocol["extensions"]
         assert len(protocol["grid"]) == 2 + len(extensions) and len(extensions) <= 1
-        grid = {float(lr): loss for lr, loss in protocol["grid"].items()}
+        # a diverged grid point is written as null (strict JSON), read as an infinite loss
+        grid = {float(lr): math.inf if v is None else v for lr, v in protocol["grid"].items()}
         best = min(grid, key=grid.get)
         assert protocol["best_lr"] == best
         if not extensions:
@@ -208,7 +217,8 @@ def test_smoke_comparison_and_report(tmp_path):
     protocol = json.loads((tmp_path / "quadratic" / "delta" / "protocol.json").read_text())
     variants = protocol["variants"]
     assert set(variants) == {"delta", "momentum"}
-    assert protocol["config"] == min(variants, key=lambda c: variants[c]["best_loss"])
+    tuned = {c: math.inf if v["best_loss"] is None else v["best_loss"] for c, v in variants.items()}
+    assert protocol["config"] == min(tuned, key=tuned.get)
     for seed_dir in (tmp_path / "quadratic" / "delta").glob("seed*"):
         run = OmegaConf.load(seed_dir / "config.yaml")
         assert run.optimizer.name == protocol["config"] and run.optimizer.lr == protocol["best_lr"]
