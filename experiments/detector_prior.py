@@ -371,15 +371,28 @@ def markdown(record: dict[str, Any], command: str) -> str:
         ]
     if ensembles:
         groups = sorted({str(m["seed"]) for m in ensembles}, key=lambda s: (len(s), s))
+        # Ensembles may share members (seeds 0-4, 5-9 and 0-9), so a spread over them is no
+        # spread over independent draws: several get a table each.
         lines += [
             "",
             f"Ensembles (mean logit of the members, `experiments.detector_ensemble`): "
             f"{ensembles[0]['recipe_label']}, seeds {'; '.join(groups)}; the prior enters at the "
             "weight its folds chose for one network (not re-chosen: the folds are single "
-            "networks); test split, mean ± std over the ensembles.",
-            "",
-            *_member_table(ensembles, chosen),
+            "networks); test split, "
+            + (
+                "mean ± std over the ensembles."
+                if len(groups) == 1
+                else "one table per ensemble (they may share members: no spread is taken "
+                "over them)."
+            ),
         ]
+        for group in groups:
+            heading = [] if len(groups) == 1 else ["", f"Ensemble of seeds {group}:"]
+            lines += [
+                *heading,
+                "",
+                *_member_table([m for m in ensembles if str(m["seed"]) == group], chosen),
+            ]
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,7 @@ from experiments.detector_prior import (
     choose_weight,
     fit_residual,
     fused,
+    markdown,
     prior_feature,
     radial_band_log_energy,
     real_stats,
@@ -263,3 +264,28 @@ def test_from_json_refuses_what_is_not_its_record(tmp_path, capsys):
         with pytest.raises(SystemExit):
             prior_main(["--from-json", str(record)])
         assert "--from-json" in capsys.readouterr().err
+
+
+def test_ensembles_that_share_members_get_a_table_each_not_a_spread():
+    """The ten-member study scored the ensembles of seeds 0-4, 5-9 and 0-9: the ten share every
+    member with the fives, so a mean ± std over the three would be no spread at all."""
+    results = Path(__file__).resolve().parents[2] / "docs" / "results"
+    record = json.loads((results / "detector-prior-oc-std-ten.json").read_text())
+    text = markdown(record, "`cmd`")
+    groups = ("0+1+2+3+4", "5+6+7+8+9", "0+1+2+3+4+5+6+7+8+9")
+    assert "one table per ensemble" in text and "mean ± std over the ensembles" not in text
+    tail = text[text.index("Ensembles (mean logit") :]
+    for group in groups:
+        table = tail[tail.index(f"Ensemble of seeds {group}:") :].split("\n\n")[1]
+        alone = next(
+            m for m in record["members"]
+            if m["kind"] == "ensemble" and m["seed"] == group and m["views"] == "one"
+            and m["weight"] == 0.0
+        )  # fmt: skip
+        row = next(r for r in table.splitlines() if r.startswith("| one | none | 0 |"))
+        seen = alone["report"]["seen"]["mean"]["auc"]
+        assert row.split(" | ")[3] == f"{seen:.3f}"  # this ensemble's own number, no ±
+    # one ensemble alone keeps its single table, as the sections written before
+    single = json.loads((results / "detector-prior-oc-std-rerun.json").read_text())
+    text = markdown(single, "`cmd`")
+    assert "mean ± std over the ensembles." in text and "Ensemble of seeds" not in text
