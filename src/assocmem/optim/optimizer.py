@@ -14,7 +14,15 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from assocmem.optim import fused, grad_norms, packed_steps, sharded, sync_free, validate
+from assocmem.optim import (
+    fused,
+    grad_norms,
+    packed_steps,
+    sharded,
+    sync_free,
+    torch_state,
+    validate,
+)
 from assocmem.optim.indices import grouped
 from assocmem.optim.registry import Group, Preset, available_memories, get_preset
 from assocmem.optim.stacks import SMALL
@@ -471,12 +479,20 @@ class MemoryOptimizer(Optimizer):
         parameter's, fp32 for fp16/bf16 parameters; a checkpoint moved between fp32 and
         fp16/bf16 parameters gets or loses the fp32 master copy). A sum of squares that a
         finite gradient overflowed to ``+inf`` loads (torch's Adam reaches it too).
+
+        A state dict of ``torch.optim.Adam``/``AdamW`` loads into groups of ``memory="adam"``
+        and one of ``torch.optim.SGD`` into ``memory="momentum"``, the presets that equal them
+        (``assocmem.optim.torch_state``): a run switches optimizers without losing its moments.
         """
         state_dict = dict(state_dict)  # shallow, like torch's: hooks may edit it
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
+        if torch_state.is_torch_state_dict(state_dict):
+            state_dict = torch_state.translated(
+                state_dict, [group["memory"] for group in self.param_groups]
+            )
         skipped = _skipped_steps(_skipped_entry(state_dict))
         for key in ("state", "param_groups"):
             if not isinstance(state_dict.get(key), (dict, list) if key == "param_groups" else dict):
@@ -643,6 +659,12 @@ def _loaded_group(i: int, saved: Any, group: Group) -> Group:
         raise ValueError(
             f"param group {i}: state dict holds {len(saved['params'])} parameters, "
             f"optimizer has {len(group['params'])}"
+        )
+    if "memory" not in saved:
+        raise ValueError(
+            f"param group {i} of the state dict names no memory: it was not saved by "
+            "MemoryOptimizer (of torch's optimizers, Adam/AdamW load into memory='adam' and "
+            "SGD into memory='momentum')"
         )
     if saved.get("memory") != group["memory"]:
         raise ValueError(
