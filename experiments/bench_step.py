@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from assocmem import MemoryOptimizer, available_memories
-from experiments import strict_json
+from assocmem.storage import strict_json
 from experiments.loop import state_bytes_per_param
 from experiments.report import replace_section
 from experiments.step_cost import Steppable, round_robin_samples

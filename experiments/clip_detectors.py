@@ -32,7 +32,7 @@ from assocmem.forensic.data.clips import ClipConfig, build_clip_benchmark
 from assocmem.forensic.models.temporal import FrameDetector, TemporalDetector
 from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
 from assocmem.forensic.train import score, train_detector
-from experiments import strict_json
+from assocmem.storage import strict_json
 from experiments.detectors import (
     HELDOUT,
     SEEN,

@@ -35,7 +35,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from experiments import strict_json
+from assocmem.storage import strict_json
 from experiments.lr_grid import best_factor, edge_side, next_factor
 from experiments.report import section, write_report
 from experiments.run import execute, optimizer_factory

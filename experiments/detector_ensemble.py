@@ -38,8 +38,7 @@ from assocmem.forensic.models.one_class import margin_bce, margin_of
 from assocmem.forensic.protocol import balanced, zero_shot_report
 from assocmem.forensic.train import fake_probability, logits
 from assocmem.forensic.views import VIEWS, view_logits
-from assocmem.storage import read_safetensors
-from experiments import strict_json
+from assocmem.storage import read_safetensors, strict_json
 from experiments.detectors import (
     LEGACY_DEFAULTS,
     MODELS,

@@ -59,8 +59,7 @@ from assocmem.forensic.data.baseline import gray_power_spectrum, hf_energy_featu
 from assocmem.forensic.models.blind_spot import BlindSpotPredictor, coding_surprise, fit_blind_spot
 from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.views import VIEWS, view_logits
-from assocmem.storage import read_safetensors
-from experiments import strict_json
+from assocmem.storage import read_safetensors, strict_json
 from experiments.detector_ensemble import RECIPE, ensemble_of, load_member
 from experiments.detectors import HELDOUT, SEEN, _ms, family_split
 from experiments.report import output_path, replace_section

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from assocmem.forensic.detector_loss import detector_loss
 from assocmem.forensic.models.attribution import FamilyAttribution
-from experiments import strict_json
+from assocmem.storage import strict_json
 from experiments.lr_grid import edge_side
 from experiments.report import output_path, replace_section
 from experiments.step_cost import measure, time_to_target
@@ -183,7 +183,7 @@ def steps_to_target(curve: Sequence[Sequence[float]], target: float) -> int | No
         True
     """
     for step, loss in curve:
-        # a record writes a non-finite loss as null (experiments.strict_json): never a hit
+        # a record writes a non-finite loss as null (assocmem.storage.strict_json): never a hit
         if step > 0 and loss is not None and loss <= target:
             return int(step)
     return None

@@ -46,8 +46,7 @@ from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
 from assocmem.forensic.train import fake_probability, train_detector
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.optim import param_groups
-from assocmem.storage import write_safetensors
-from experiments import strict_json
+from assocmem.storage import strict_json, write_safetensors
 from experiments.report import output_path, replace_section
 from experiments.validate_config import CONF
 

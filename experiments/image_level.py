@@ -30,7 +30,7 @@ import torch
 from assocmem.forensic import Detector
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.image_level import image_level_report
-from experiments import strict_json
+from assocmem.storage import strict_json
 from experiments.detectors import HELDOUT, SEEN, family_split
 from experiments.report import output_path, replace_section
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
+from assocmem.storage import strict_json
 from assocmem.training import fit
-from experiments import strict_json
 from experiments.guard import record_skipped_steps
 from experiments.tasks import Task
 

@@ -44,7 +44,7 @@ from assocmem.forensic.models.heads import fine_tune
 from assocmem.forensic.models.pretrain import MaskedPretrainer
 from assocmem.forensic.protocol import FamilySplit, balanced, linear_probe_scorer, zero_shot_report
 from assocmem.forensic.train import pretrain, score
-from experiments import strict_json
+from assocmem.storage import strict_json
 from experiments.detectors import HELDOUT, MODELS, SEEN, optimizer_factory, train_one
 from experiments.report import output_path, replace_section
 from experiments.tasks.forensic import build_encoder, build_masker

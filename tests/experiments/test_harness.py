@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from assocmem.storage import strict_json
 from experiments.loop import first_reaching, train_run
 from experiments.tasks.classic import DigitsMLP, Quadratic, Rosenbrock
 
@@ -160,14 +161,12 @@ def test_divergence_ends_the_run_cleanly(tmp_path):
     assert summary["status"] == "diverged"
     assert summary["final"]["val_loss"] == math.inf
 
-    def refuse(token):  # json.loads accepts NaN/Infinity, which strict parsers (jq) refuse
-        raise AssertionError(f"{token} is not JSON")
-
-    saved = json.loads((tmp_path / "summary.json").read_text(), parse_constant=refuse)
+    # json.loads accepts NaN/Infinity, which strict parsers (jq) refuse
+    saved = strict_json.loads((tmp_path / "summary.json").read_text())
     assert saved["status"] == "diverged"
     assert saved["final"]["val_loss"] is None and saved["best_val_loss"] is None
     for line in (tmp_path / "metrics.jsonl").open():
-        json.loads(line, parse_constant=refuse)  # the diverged step's loss is null
+        strict_json.loads(line)  # the diverged step's loss is null
 
 
 def test_first_reaching_finds_the_first_evaluation_below_target():

@@ -587,3 +587,19 @@ def test_the_shipped_detector_scores_the_test_split():
         scores = np.array([r.score for r in results])
         metrics = per_family_metrics(test.labels.numpy(), scores, names, from_logits=True)
         assert metrics["mean"]["auc"] >= bound - MARGIN, (group, metrics["mean"]["auc"])
+
+
+def test_a_non_finite_info_value_is_null_in_the_header_and_the_sidecar(tmp_path: Path):
+    # An undefined AUC (NaN) or a diverged loss (inf) in the provenance: the sidecar is strict
+    # JSON (jq and JSON.parse refuse NaN/Infinity tokens), the embedded header the same values,
+    # so the load's sidecar check still passes.
+    from assocmem.storage import strict_json
+
+    model = load_detector(save_tiny_detector(tmp_path / "t.safetensors")).model
+    info = {"auc": float("nan"), "loss": float("inf"), "kept": 0.5}
+    header = _save(tmp_path, model, info=info)
+    assert header["info"] == {"auc": None, "loss": None, "kept": 0.5}
+
+    sidecar = strict_json.loads((tmp_path / "x.json").read_text())
+    assert sidecar["info"] == header["info"]
+    assert load_detector(tmp_path / "x.safetensors").info == header["info"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 
 import pytest
@@ -282,6 +283,7 @@ def _small(**changes):
 def test_a_checkpoint_that_cannot_be_resumed_is_refused_with_the_reason(tmp_path):
     from assocmem.meta.checkpoint import load_checkpoint, save_checkpoint
     from assocmem.meta.train import export
+    from assocmem.storage import strict_json
 
     # a run that ends inside a task (2 meta-steps per task): warned, and its file refused
     with pytest.warns(UserWarning, match="ends inside a task"):
@@ -292,7 +294,11 @@ def test_a_checkpoint_that_cannot_be_resumed_is_refused_with_the_reason(tmp_path
                    progress=False)  # fmt: skip
     # a meta-parameters-only file (export) holds no training state
     done = meta_train(TINY, _small(), checkpoint=tmp_path / "a.safetensors", progress=False)
-    export(tmp_path / "e.safetensors", done.meta_params, TINY, {"command": "test"})
+    info = {"command": "test", "loss": math.inf}
+    export(tmp_path / "e.safetensors", done.meta_params, TINY, info)
+    # the sidecar is strict JSON: a diverged loss is null, not an Infinity token jq refuses
+    sidecar = strict_json.loads((tmp_path / "e.json").read_text())
+    assert sidecar["command"] == "test" and sidecar["loss"] is None
     with pytest.raises(ValueError, match="no training state"):
         meta_train(TINY, _small(meta_steps=6), checkpoint=tmp_path / "e.safetensors",
                    progress=False)  # fmt: skip

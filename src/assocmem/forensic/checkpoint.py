@@ -67,7 +67,7 @@ from assocmem.forensic.models.baselines import SmallCNN
 from assocmem.forensic.models.ensemble import LogitEnsemble
 from assocmem.forensic.models.npr import NPR, NPRWithDCT, NPRWithPixels
 from assocmem.forensic.views import VIEWS
-from assocmem.storage import read_safetensors, write_safetensors
+from assocmem.storage import read_safetensors, strict_json, write_safetensors
 
 __all__ = [
     "ARCHITECTURES",
@@ -277,13 +277,15 @@ def save_detector(
             header["calibration"][key] = {
                 str(int(k)): _sorted_floats(scores) for k, scores in sorted(by_count.items())
             }
-    # one JSON round trip, so the sidecar and the embedded header are the same text's values
-    header = json.loads(json.dumps(header, default=_info_value))
+    # one JSON round trip, so the sidecar and the embedded header are the same text's values;
+    # strict JSON: a NaN or inf in ``info`` (an undefined AUC, a diverged loss) becomes null,
+    # which every JSON reader of the sidecar takes (the calibration must be finite anyway)
+    header = json.loads(strict_json.dumps(header, default=_info_value))
     _check_header(header, Path(path))
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     path = Path(path)
     write_safetensors(path, tensors, header)
-    path.with_suffix(".json").write_text(json.dumps(header, indent=1, sort_keys=True) + "\n")
+    path.with_suffix(".json").write_text(strict_json.dumps(header, indent=1, sort_keys=True) + "\n")
     return header
 
 

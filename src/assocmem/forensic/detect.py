@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -55,6 +54,7 @@ from assocmem.forensic.data.loaders import (
     manifest_samples,
 )
 from assocmem.forensic.detector import Detector, ImageScore
+from assocmem.storage import strict_json
 
 __all__ = ["EXIT_OK", "EXIT_STDOUT", "EXIT_UNREADABLE", "EXIT_USAGE", "Item", "collect", "main"]
 
@@ -329,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             writer.writerows(rows)
     if args.json:
         report = {"detector": detector.describe(), "summary": summary, "images": rows}
-        args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        args.json.write_text(strict_json.dumps(report, indent=1) + "\n", encoding="utf-8")
     try:
         if table:
             print(table)

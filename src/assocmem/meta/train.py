@@ -28,7 +28,6 @@ resumed run is bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
@@ -54,6 +53,7 @@ from assocmem.meta.tasks import (
     Task,
     sample_task,
 )
+from assocmem.storage import strict_json
 
 # TrainConfig fields that may change between an interrupted run and its resumption.
 _RESUMABLE_CHANGES = {"meta_steps", "checkpoint_every"}
@@ -413,4 +413,5 @@ def export(
     """Write a meta-parameters-only checkpoint and a ``.json`` sidecar with ``info``."""
     save_checkpoint(path, meta_params, config, info=info)
     sidecar = Path(path).with_suffix(".json")
-    sidecar.write_text(json.dumps({"config": config.to_dict(), **info}, indent=2) + "\n")
+    record = {"config": config.to_dict(), **info}  # a diverged loss in info is null: strict JSON
+    sidecar.write_text(strict_json.dumps(record, indent=2) + "\n")

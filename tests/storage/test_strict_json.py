@@ -11,17 +11,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from experiments import strict_json
+from assocmem.storage import strict_json
 
 
-def strict_loads(text: str):
-    """``json.loads`` as RFC 8259 reads JSON: a NaN/Infinity token is an error (Python's own
-    reader accepts them, which is how such files went unnoticed)."""
-
-    def refuse(token: str):
-        raise ValueError(f"not JSON: {token}")
-
-    return json.loads(text, parse_constant=refuse)
+def test_the_strict_reader_refuses_what_python_accepts():
+    for token in ("NaN", "Infinity", "-Infinity"):
+        assert math.isnan(json.loads(f"[{token}]")[0]) or math.isinf(json.loads(f"[{token}]")[0])
+        with pytest.raises(ValueError, match=token):
+            strict_json.loads(f'{{"x": [1, {token}]}}')
+    assert strict_json.loads('{"x": [1.5, null]}') == {"x": [1.5, None]}
 
 
 leaves = st.one_of(
@@ -51,7 +49,7 @@ def expected(value):
 @given(records)
 def test_every_record_parses_strictly_and_keeps_its_finite_values(record):
     # finite floats round-trip exactly (json writes repr, the shortest exact decimal)
-    assert strict_loads(strict_json.dumps(record)) == expected(record)
+    assert strict_json.loads(strict_json.dumps(record)) == expected(record)
 
 
 def test_numpy_and_torch_scalars_through_default_are_made_finite_or_null():
@@ -59,7 +57,7 @@ def test_numpy_and_torch_scalars_through_default_are_made_finite_or_null():
         "auc": np.float32(0.75), "loss": np.float64("inf"), "n": np.int64(3),
         "z": torch.tensor(float("nan")), "w": torch.tensor(0.5),
     }  # fmt: skip
-    assert strict_loads(strict_json.dumps(record, default=float)) == {
+    assert strict_json.loads(strict_json.dumps(record, default=float)) == {
         "auc": 0.75, "loss": None, "n": 3, "z": None, "w": 0.5,
     }  # fmt: skip
 

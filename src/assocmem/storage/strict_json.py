@@ -4,7 +4,9 @@ Python's ``json`` writes ``NaN``, ``Infinity`` and ``-Infinity`` by default, whi
 not allow: ``jq``, JavaScript's ``JSON.parse``, Go's and Rust's parsers refuse such a file. The
 harness's records hold one wherever a run diverged (a loss of ``inf``), a tuning point diverged
 (the LR grid) or a metric was undefined, so they are written as ``null``; the records that hold
-one also say why in a field a reader checks first (``status``, ``best_lr``, ...).
+one also say why in a field a reader checks first (``status``, ``best_lr``, ...). The library's
+own JSON files for people and other tools (a checkpoint's ``.json`` sidecar, ``assocmem-detect
+--json``) are written the same way.
 """
 
 from __future__ import annotations
@@ -40,3 +42,13 @@ def dumps(value: Any, *, default: Callable[[Any], Any] | None = None, **kwargs: 
             return finite_or_null(convert(obj))
 
     return json.dumps(finite_or_null(value), allow_nan=False, default=default, **kwargs)
+
+
+def loads(text: str) -> Any:
+    """``json.loads`` as RFC 8259 reads JSON: a ``NaN``/``Infinity``/``-Infinity`` token raises
+    ``ValueError`` (Python's own reader accepts them, which is how such files go unnoticed)."""
+
+    def refuse(token: str) -> Any:
+        raise ValueError(f"not JSON: the non-standard token {token}")
+
+    return json.loads(text, parse_constant=refuse)
