@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomllib
+import torch
 from detector_support import save_tiny_detector
 from PIL import Image
 
@@ -136,6 +137,16 @@ def test_threshold_and_fpr_options(weights, folder, capsys):
     assert "calibrated for a 50 % FPR" in capsys.readouterr().out
 
 
+def test_device_option_runs_there_and_says_so(weights, folder, tmp_path, capsys):
+    out_json = tmp_path / "d.json"
+    good = str(folder / "good.png")
+    assert main([good, "--weights", str(weights), "--device", "cpu", "--json", str(out_json)]) == 0
+    assert json.loads(out_json.read_text())["detector"]["device"] == "cpu"
+    if not torch.cuda.is_available():  # a device this machine does not have: refused, named
+        assert main([good, "--weights", str(weights), "--device", "cuda"]) == EXIT_USAGE
+        assert "device 'cuda' is not available here" in capsys.readouterr().err
+
+
 def test_labelled_layout_reports_rates(weights, folder, tmp_path, capsys):
     root = tmp_path / "cnndet"
     for sub, names in (("0_real", ["good.png", "gray.png"]), ("1_fake", ["rgba.png"])):
@@ -170,6 +181,8 @@ def test_manifest_with_a_missing_file(weights, folder, tmp_path, capsys):
         (["{empty}"], "no image files"),
         (["{folder}", "--csv", "{folder}/good.png/out.csv"], "cannot create the folder"),
         (["{folder}", "--json", "{folder}"], "is a directory"),
+        (["{folder}", "--device", "gpu0"], "not a device name"),
+        (["{folder}", "--device", "meta"], "holds no data"),
         ([], "required"),
     ],
 )

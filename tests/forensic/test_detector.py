@@ -603,3 +603,32 @@ def test_a_non_finite_info_value_is_null_in_the_header_and_the_sidecar(tmp_path:
     sidecar = strict_json.loads((tmp_path / "x.json").read_text())
     assert sidecar["info"] == header["info"]
     assert load_detector(tmp_path / "x.safetensors").info == header["info"]
+
+
+def test_load_on_a_device_scores_there_and_refuses_one_this_machine_lacks(ckpt: Path):
+    on_cpu = Detector.load(ckpt, device="cpu")
+    assert next(on_cpu.model.parameters()).device.type == "cpu"
+    assert on_cpu.describe()["device"] == "cpu"
+    image = torch.rand(3, 50, 70, generator=torch.Generator().manual_seed(3))
+    assert on_cpu.score_one(image).score == Detector.load(ckpt).score_one(image).score
+    with pytest.raises(ValueError, match="not a device name"):
+        Detector.load(ckpt, device="gpu0")
+    with pytest.raises(ValueError, match="holds no data"):
+        Detector.load(ckpt, device="meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="not available here"):
+            Detector.load(ckpt, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_scores_agree_with_the_cpu_to_float32_rounding(ckpt: Path):
+    # Same weights, other kernels. cuDNN convolves in TF32 by default (10-bit mantissas), so
+    # the comparison turns that off: then both are float32 sums of a few thousand products in
+    # other orders, LOGIT_TOL's argument, with ten times its margin for cuDNN's algorithms
+    # (Winograd and FFT convolutions round differently from a direct sum).
+    image = torch.rand(3, 100, 90, generator=torch.Generator().manual_seed(4))
+    cpu = Detector.load(ckpt).tile_logits(image)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        cuda = Detector.load(ckpt, device="cuda").tile_logits(image)
+    assert cuda.device.type == "cpu"  # scores come back to the host
+    torch.testing.assert_close(cuda, cpu, rtol=0, atol=10 * LOGIT_TOL)

@@ -1,7 +1,7 @@
 """``assocmem-detect``: score images, folders or labelled datasets with a detector checkpoint.
 
     assocmem-detect PATH... [--weights FILE] [--threshold T | --fpr F] [--csv OUT] [--json OUT]
-                    [--batch N] [--stride S] [--threads N]
+                    [--batch N] [--stride S] [--threads N] [--device D]
     python -m assocmem.forensic.detect PATH...        # the same
 
 ``PATH`` is an image file (any format Pillow reads, whatever its extension), a folder (every
@@ -251,6 +251,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=256, help="tiles per forward pass")
     parser.add_argument("--stride", type=int, help="tile stride (default: the tile size)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--device", help="where the detector runs, e.g. cuda, cuda:1, mps (default: the CPU)"
+    )
     return parser
 
 
@@ -278,7 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        detector = Detector.load(args.weights, stride=args.stride, batch_size=args.batch)
+        detector = Detector.load(
+            args.weights, stride=args.stride, batch_size=args.batch, device=args.device
+        )
         if args.fpr is not None:
             detector = detector.with_fpr(args.fpr)
         elif args.threshold is not None:

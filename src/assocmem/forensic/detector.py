@@ -153,17 +153,27 @@ class Detector:
         *,
         stride: int | None = None,
         batch_size: int = 256,
+        device: str | torch.device | None = None,
     ) -> Detector:
         """The detector in checkpoint ``path`` (``None``: the one shipped in the package), at its
         calibrated threshold and with its views; ``stride`` defaults to the patch size
-        (non-overlapping tiles).
+        (non-overlapping tiles). ``device``: where its forward passes run (default the CPU;
+        ``"cuda"``, ``"mps"``, ...); images stay where they are and only batches of tiles move.
+        The threshold was calibrated on the CPU: another device's kernels round differently (on
+        CUDA, torch's default lets cuDNN convolve in TF32, 10-bit mantissas; turn it off with
+        ``torch.backends.cudnn.allow_tf32 = False`` for float32 scores), so a score that close
+        to the threshold may be decided the other way.
+
+        Raises:
+            ValueError: ``device`` is not a device name, or not one this machine has.
 
         There is no ``views`` argument on purpose: the threshold (and the validation logits
         :meth:`with_fpr` recalibrates on) hold for logits under the checkpoint's views only.
         """
+        where = _available_device(device)  # before the checkpoint is read: a typo fails fast
         ckpt = load_detector(path)
         return cls(
-            model=ckpt.model,
+            model=ckpt.model.to(where),
             patch_size=ckpt.patch_size,
             threshold=ckpt.threshold,
             stride=ckpt.patch_size if stride is None else stride,
@@ -316,6 +326,7 @@ class Detector:
             "stride": self.stride,
             "alignment": self.alignment,
             "views": self.views,
+            "device": str(next(self.model.parameters()).device),
             "threshold": self.threshold,
             "target_fpr": self.target_fpr,
             # the thresholds of larger images (JSON keys are strings): tile count -> threshold
@@ -329,6 +340,26 @@ class Detector:
                 "and seen-family fakes"
             ),
         }
+
+
+def _available_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device`` (``None``: the CPU), refused with a ``ValueError`` that
+    says why when it is no device name or this machine has no such device."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        where = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a device name ({e})") from None
+    if where.type == "meta":
+        raise ValueError("device 'meta' holds no data: a detector cannot score images on it")
+    try:
+        torch.empty(1, device=where)
+    except (RuntimeError, AssertionError) as e:  # CPU builds raise AssertionError for cuda
+        # torch's first sentence says why (no CUDA build, no such ordinal, no backend)
+        reason = (str(e).split(". ")[0].splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"device {device!r} is not available here: {reason}") from None
+    return where
 
 
 def _by_size(by_count: tuple[tuple[int, T], ...], tiles: int, default: T) -> T:
