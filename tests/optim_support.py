@@ -131,6 +131,37 @@ def spy_stacked(monkeypatch: Any, module: Any) -> list[int]:
     return sizes
 
 
+# The presets that equal a torch optimizer, for the equivalence and checkpoint-switch tests:
+# (torch optimizer, assocmem memory, torch kwargs, assocmem kwargs)
+TORCH_EQUIVALENTS = {
+    "adam": (
+        torch.optim.Adam,
+        "adam",
+        {"betas": (0.8, 0.99), "weight_decay": 0.1},
+        {"betas": (0.8, 0.99), "weight_decay": 0.1, "decoupled_weight_decay": False},
+    ),
+    "adamw": (
+        torch.optim.AdamW,
+        "adam",
+        {"betas": (0.9, 0.95), "weight_decay": 0.1, "eps": 1e-6},
+        {"betas": (0.9, 0.95), "weight_decay": 0.1, "eps": 1e-6},
+    ),
+    "adam_maximize": (torch.optim.Adam, "adam", {"maximize": True}, {"maximize": True}),
+    "sgd_momentum": (
+        torch.optim.SGD,
+        "momentum",
+        {"momentum": 0.9, "weight_decay": 1e-2},
+        {"momentum": 0.9, "weight_decay": 1e-2, "decoupled_weight_decay": False},
+    ),
+    "sgd_nesterov": (
+        torch.optim.SGD,
+        "momentum",
+        {"momentum": 0.95, "nesterov": True},
+        {"momentum": 0.95, "nesterov": True},
+    ),
+}
+
+
 # Learning rates at which each preset trains TinyNet stably; presets added later get 1e-3.
 SAFE_LR = {"momentum": 1e-2, "adam": 1e-3}
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from optim_support import flat_params, make_model, train
+from optim_support import TORCH_EQUIVALENTS, flat_params, make_model, train
 
 from assocmem import MemoryOptimizer
 
@@ -22,34 +22,7 @@ def run(make_opt, steps=60):
     return flat_params(model)
 
 
-# (torch optimizer, assocmem memory, torch kwargs, assocmem kwargs)
-CASES = {
-    "adam": (
-        torch.optim.Adam,
-        "adam",
-        {"betas": (0.8, 0.99), "weight_decay": 0.1},
-        {"betas": (0.8, 0.99), "weight_decay": 0.1, "decoupled_weight_decay": False},
-    ),
-    "adamw": (
-        torch.optim.AdamW,
-        "adam",
-        {"betas": (0.9, 0.95), "weight_decay": 0.1, "eps": 1e-6},
-        {"betas": (0.9, 0.95), "weight_decay": 0.1, "eps": 1e-6},
-    ),
-    "adam_maximize": (torch.optim.Adam, "adam", {"maximize": True}, {"maximize": True}),
-    "sgd_momentum": (
-        torch.optim.SGD,
-        "momentum",
-        {"momentum": 0.9, "weight_decay": 1e-2},
-        {"momentum": 0.9, "weight_decay": 1e-2, "decoupled_weight_decay": False},
-    ),
-    "sgd_nesterov": (
-        torch.optim.SGD,
-        "momentum",
-        {"momentum": 0.95, "nesterov": True},
-        {"momentum": 0.95, "nesterov": True},
-    ),
-}
+CASES = TORCH_EQUIVALENTS
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -9,19 +9,13 @@ import io
 
 import pytest
 import torch
-from optim_support import flat_params, make_model, train, two_groups
+from optim_support import TORCH_EQUIVALENTS, flat_params, make_model, train, two_groups
 
 from assocmem import MemoryOptimizer
 from assocmem.optim import torch_state
 
-# (torch optimizer, its kwargs, the preset, the preset's kwargs beyond what the checkpoint holds)
-CASES = {
-    "adam_l2": (torch.optim.Adam, {"betas": (0.8, 0.99), "weight_decay": 0.1}, "adam"),
-    "adamw": (torch.optim.AdamW, {"betas": (0.9, 0.95), "weight_decay": 0.1, "eps": 1e-6}, "adam"),
-    "adam_maximize": (torch.optim.Adam, {"maximize": True}, "adam"),
-    "sgd_momentum": (torch.optim.SGD, {"momentum": 0.9, "weight_decay": 1e-2}, "momentum"),
-    "sgd_nesterov": (torch.optim.SGD, {"momentum": 0.95, "nesterov": True}, "momentum"),
-}
+# every case of the equivalence tests: (torch optimizer, memory, torch kwargs, preset kwargs)
+CASES = TORCH_EQUIVALENTS
 
 
 def roundtrip(state_dict):
@@ -33,7 +27,7 @@ def roundtrip(state_dict):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_torch_checkpoint_resumes_in_the_preset_bit_for_bit(case):
-    torch_cls, kwargs, memory = CASES[case]
+    torch_cls, memory, kwargs, _ = CASES[case]
     # The run that never switches: torch's fused optimizer for 16 steps.
     model = make_model()
     opt = torch_cls(two_groups(model, 0.01), lr=0.01, fused=True, **kwargs)
@@ -62,10 +56,7 @@ def test_a_preset_checkpoint_resumes_in_torch_bit_for_bit(case):
     # torch does not know are carried along unread). It replaces its groups with the saved
     # ones, so its kernel options come from the checkpoint too: ours names none, and torch
     # falls back to its default (foreach) kernel, whose rounding differs from fused's.
-    torch_cls, kwargs, memory = CASES[case]
-    ours_kwargs = dict(kwargs)
-    if torch_cls is not torch.optim.AdamW and "weight_decay" in kwargs:
-        ours_kwargs["decoupled_weight_decay"] = False
+    torch_cls, memory, kwargs, ours_kwargs = CASES[case]
     model = make_model()
     opt = torch_cls(two_groups(model, 0.01), lr=0.01, fused=True, **kwargs)
     train(model, opt, range(8))
