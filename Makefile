@@ -6,6 +6,9 @@ STAMP := $(VENV)/.assocmem-installed
 PYTEST_WORKERS ?= 2
 DEMO_MODEL ?= npr_dct_oc_std
 INDUCTOR_CACHE ?= $(or $(TMPDIR),/tmp)/assocmem-inductor
+# what test-portability runs torch, MKL and oneDNN on (see there)
+PORTABLE_ISA := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41
+AVX2_ISA := ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 
 .PHONY: setup test test-slow test-portability demo demo-pretrain bench gpu-check lint format clean
 
@@ -27,17 +30,24 @@ test: $(STAMP)
 # per worker, as `make test` runs it: a test that compares two computations of one score
 # (a report against its own logits) must not depend on how this CPU rounds.
 # Last, the compiled optimizer tests (slow) on the AVX2 kernels, eager and inductor's alike, as
-# an AVX2-only CPU runs them (this project's machines are AVX2 or AVX-512). torch.compile's
+# an AVX2-only CPU runs them (this project's machines are AVX2 or AVX-512).
+# ATEN_CPU_CAPABILITY reaches torch's own kernels: matrix products go through MKL and
+# convolutions through oneDNN, which pick their code path from the CPU on their own. Checked with
+# torch 2.13 on an AVX-512 Xeon (a 257 x 513 @ 513 x 129 product and a 3 x 3 convolution):
+# under ATEN_CPU_CAPABILITY=avx2 both keep their AVX-512 bits, and MKL_ENABLE_INSTRUCTIONS=AVX2
+# and ONEDNN_MAX_CPU_ISA=AVX2 change them, as do the SSE caps beside the portable kernels. So
+# each run caps those two libraries as well: at their lowest paths beside the portable kernels,
+# at AVX2 beside AVX2 (an AVX2-only CPU emulated whole). torch.compile's
 # on-disk kernel cache is not kept apart by ATEN_CPU_CAPABILITY: measured with torch 2.13 on an
 # AVX-512 machine, kernels cached under one capability and loaded under another made wrong
 # steps (`delta` 0.23 off the reference after one step), so each capability has its own cache.
 test-portability: $(STAMP)
-	ATEN_CPU_CAPABILITY=default TORCHINDUCTOR_CACHE_DIR=$(INDUCTOR_CACHE)-default \
+	$(PORTABLE_ISA) TORCHINDUCTOR_CACHE_DIR=$(INDUCTOR_CACHE)-default \
 		ASSOCMEM_TEST_THREADS=2 $(PY) -m pytest -q -m "not slow" tests/optim tests/memory tests/meta
-	ATEN_CPU_CAPABILITY=default TORCHINDUCTOR_CACHE_DIR=$(INDUCTOR_CACHE)-default \
+	$(PORTABLE_ISA) TORCHINDUCTOR_CACHE_DIR=$(INDUCTOR_CACHE)-default \
 		OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) \
 		-m "not slow" --ignore=tests/optim --ignore=tests/memory --ignore=tests/meta
-	ATEN_CPU_CAPABILITY=avx2 TORCHINDUCTOR_CACHE_DIR=$(INDUCTOR_CACHE)-avx2 \
+	$(AVX2_ISA) TORCHINDUCTOR_CACHE_DIR=$(INDUCTOR_CACHE)-avx2 \
 		$(PY) -m pytest -q -m slow tests/optim
 
 test-slow: $(STAMP)
