@@ -173,3 +173,10 @@ def test_the_batched_step_decided_on_the_device_gives_the_host_decisions_bits():
     (host, host_state), (device, device_state) = run(False), run(True)
     assert torch.equal(host, device)
     assert all(torch.equal(a, b) for a, b in zip(host_state, device_state, strict=True))
+
+
+@pytest.mark.parametrize("seed", [1.5, -1, True, "0"])
+def test_seed_must_be_a_non_negative_integer(seed):
+    # a fractional seed was truncated by int() without a word: seed=1.5 drew seed 1's MLP
+    with pytest.raises(ValueError, match="seed"):
+        MemoryOptimizer([torch.nn.Parameter(torch.zeros(3, 4))], "deep", seed=seed)

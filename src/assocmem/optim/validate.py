@@ -74,6 +74,11 @@ def positive_int(x: Any) -> str | None:
     return None if ok else f"must be an integer >= 1, got {x!r}"
 
 
+def non_negative_int(x: Any) -> str | None:
+    ok = isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= 0
+    return None if ok else f"must be an integer >= 0, got {x!r}"
+
+
 def boolean(x: Any) -> str | None:
     return None if isinstance(x, bool) else f"must be True or False, got {x!r}"
 

@@ -136,7 +136,7 @@ class Deep(Preset):
         "inner_lr": Hyper(0.5, validate.non_negative, "write rate (before NLMS scaling)"),
         "retention": Hyper(0.999, validate.closed_unit_interval, "retention of the MLP"),
         "retention_target": Hyper("init", validate.one_of("init", "zero"), "decay toward"),
-        "seed": Hyper(0, validate.non_negative, "seeds the MLP init (with the param shape)"),
+        "seed": Hyper(0, validate.non_negative_int, "seeds the MLP init (with the param shape)"),
     }
 
     def init_state(self, param: Tensor, group: Group) -> State:
