@@ -16,7 +16,14 @@ from detector_support import save_tiny_detector
 from PIL import Image
 
 from assocmem.forensic import Detector
-from assocmem.forensic.detect import EXIT_OK, EXIT_UNREADABLE, EXIT_USAGE, main
+from assocmem.forensic.detect import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STDOUT,
+    EXIT_UNREADABLE,
+    EXIT_USAGE,
+    main,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 # name -> (width, height) as the detector reads it; tiles = the padded grid of 32 x 32 tiles
@@ -207,6 +214,64 @@ def test_a_report_never_overwrites_the_checkpoint_or_its_sidecar(weights, folder
     main([str(folder / "good.png"), "--weights", str(weights)])  # still loads
 
 
+def test_a_report_never_overwrites_an_input(weights, folder, tmp_path, capsys):
+    # `--csv a.jpg b.jpg`, meant as two images, replaced a.jpg with the report (exit 0)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes((folder / "good.png").read_bytes())
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label\n{photo},0\n")
+    cases = [
+        ([str(photo), "--csv", str(photo)], photo),
+        (
+            [str(folder), "--json", str(folder / "sub" / "deeper.png")],
+            folder / "sub" / "deeper.png",
+        ),
+        ([str(manifest), "--json", str(manifest)], manifest),
+    ]
+    for argv, target in cases:
+        before = target.read_bytes()
+        assert main([*argv, "--weights", str(weights)]) == EXIT_USAGE
+        assert "is one of the inputs" in capsys.readouterr().err
+        assert target.read_bytes() == before
+
+
+def test_csv_and_json_at_one_path_is_a_usage_error(weights, folder, tmp_path, capsys):
+    out = tmp_path / "x.json"
+    argv = [str(folder / "good.png"), "--weights", str(weights), "--csv", str(out)]
+    assert main([*argv, "--json", str(out)]) == EXIT_USAGE
+    assert "same file" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_report_that_cannot_be_written_still_prints_the_table(weights, folder, capsys):
+    # a full disk behind --csv: the run's table is not lost to a traceback
+    argv = [str(folder / "good.png"), "--weights", str(weights), "--csv", "/dev/full"]
+    assert main(argv) == EXIT_STDOUT
+    out, err = capsys.readouterr()
+    assert "good.png" in out and "1 of 1 images scored" in out
+    assert "cannot write the CSV report /dev/full" in err
+
+
+def test_ctrl_c_keeps_what_was_scored(weights, folder, tmp_path, capsys, monkeypatch):
+    scored = []
+    real = Detector.score_one
+
+    def interrupted_on_the_third(self, image):
+        if len(scored) == 2:
+            raise KeyboardInterrupt
+        scored.append(image)
+        return real(self, image)
+
+    monkeypatch.setattr(Detector, "score_one", interrupted_on_the_third)
+    out_csv = tmp_path / "partial.csv"
+    assert main([str(folder), "--weights", str(weights), "--csv", str(out_csv)]) == EXIT_INTERRUPTED
+    out, err = capsys.readouterr()
+    assert "interrupted after 2 of" in err and "Traceback" not in err
+    assert "of 2 images scored" in out  # the two tried (the folder's corrupt.png among them)
+    assert len(_labels(out_csv)) == 2
+
+
 def test_console_script_and_shipped_files_are_declared():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["assocmem-detect"] == "assocmem.forensic.detect:main"
@@ -312,3 +377,19 @@ def test_reports_are_written_even_when_stdout_is_closed_early(weights, folder, t
     assert proc.wait(timeout=120) == EXIT_UNREADABLE  # corrupt.png, as without the pipe
     assert "Traceback" not in err
     assert len(_labels(out_csv)) == len(GOOD) + 1
+
+
+def test_table_rows_stay_one_aligned_line_for_odd_file_names():
+    from assocmem.forensic.detect import _table
+
+    def row(path):
+        return {"path": path, "status": "ok", "decision": "real", "undersized": False,
+                "score": 0.5, "probability": 0.4, "tiles": 1, "width": 32, "height": 32,
+                "label": None}  # fmt: skip
+
+    # a byte that is not UTF-8 prints as a 6-character escape, a newline would break the row
+    names = ["plain.png", "x\udcff.png", "two\nlines.png", "tab\there.png"]
+    lines = _table([row(n) for n in names], labelled=False).splitlines()
+    assert len(lines) == 1 + len(names)
+    assert len({line.index("real") for line in lines[1:]}) == 1  # one column for the decision
+    assert "x\\udcff.png" in lines[2] and "two\\nlines.png" in lines[3]

@@ -22,6 +22,7 @@ from assocmem.forensic.checkpoint import (
     READABLE_VERSIONS,
     load_detector,
     save_detector,
+    weights_digest,
 )
 from assocmem.forensic.tiling import tiles
 from assocmem.forensic.views import view_logits
@@ -285,6 +286,16 @@ TAMPERED = {
         dict(edit_header=_set(["calibration", "val_fake_logits"], [float("nan")])),
         "val_fake_logits must be finite",
     ),
+    # finite, same names, shapes and dtypes, header untouched: decided at a threshold set
+    # for other logits, it loaded without a word before the header held the weights' digest
+    "scaled weights": (
+        dict(edit_tensors=lambda t: [v.mul_(1.5) for k, v in t.items() if k.endswith("weight")]),
+        "not the ones the header was calibrated on",
+    ),
+    "one weight nudged": (
+        dict(edit_tensors=lambda t: t["model.fc.weight"].view(-1)[0].add_(1e-6)),
+        "not the ones the header was calibrated on",
+    ),
 }
 
 
@@ -294,6 +305,14 @@ def test_tampered_checkpoints_are_refused(ckpt: Path, tmp_path: Path, case: str)
     bad = _rewrite(ckpt, tmp_path / "bad.safetensors", **edits)
     with pytest.raises(ValueError, match=match):
         load_detector(bad)
+
+
+def test_a_checkpoint_from_before_the_weights_digest_still_loads(ckpt: Path, tmp_path: Path):
+    old = _rewrite(ckpt, tmp_path / "old.safetensors", edit_header=_drop("weights_sha256"))
+    assert "weights_sha256" not in load_detector(old).header
+    assert load_detector(ckpt).header["weights_sha256"] == weights_digest(
+        {f"model.{k}": v for k, v in load_detector(old).model.state_dict().items()}
+    )
 
 
 def test_probability_is_the_platt_map_of_the_stored_logits(ckpt: Path, detector: Detector):
@@ -345,6 +364,10 @@ def test_larger_images_are_decided_at_their_own_calibrated_threshold(ckpt: Path)
     # whole tiles only: a partial tile overlaps its neighbour (a 40 px image varies like one)
     assert (detector.area_tiles(40, 70), detector.area_tiles(10, 10)) == (2, 1)
     assert (detector.area_tiles(63, 63), detector.area_tiles(100, 96)) == (1, 9)
+    # a strip shorter than a tile is one (reflected) tile, not its length in tiles: it was
+    # decided at the 64 px threshold (1 x 300) or the 256 px one (16 x 2048)
+    assert (detector.area_tiles(1, 300), detector.area_tiles(16, 2048)) == (1, 1)
+    assert detector.area_tiles(2048, 31) == 1
     g = torch.Generator().manual_seed(5)
     small, large = (
         detector.score_one(torch.rand(3, 32, 32, generator=g)),

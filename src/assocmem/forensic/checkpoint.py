@@ -31,7 +31,12 @@ Layout of a ``<name>.safetensors`` file:
     calibrates the thresholds of larger images at ``target_fpr`` (``detector.py``), and
     optionally with it ``image_fake_scores`` (the same keys: fake images' scores, the seen
     families), from which it fits each size's map to ``P(fake)``;
-  - ``info``: free-form provenance (the training command, the data config, the test table).
+  - ``info``: free-form provenance (the training command, the data config, the test table);
+  - ``weights_sha256`` (written since 2026-12-06, read where present): the SHA-256 of the
+    ``model.*`` tensors (:func:`weights_digest`), binding the calibration to the weights it was
+    measured on. Without it, weights changed after calibration (scaled, fine-tuned, another
+    run's file renamed) loaded without a word and were decided at a threshold set for other
+    logits. It guards against such accidents, not against someone who edits both.
 
 :func:`save_detector` also writes ``<name>.json``, the same header indented for people.
 
@@ -43,11 +48,12 @@ arguments it rejects, a bad patch size, a non-finite or inconsistent calibration
 and its FPR, and the probability map where there is one, are recomputed from the stored logits
 and must agree: an edited threshold or map is caught), tensors whose names, shapes or dtypes
 differ from the network's or that hold non-finite values, and a ``.json`` sidecar that is not
-JSON or differs from the header.
+JSON or differs from the header, and tensors whose digest differs from ``weights_sha256``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import numbers
@@ -79,6 +85,7 @@ __all__ = [
     "build_model",
     "load_detector",
     "save_detector",
+    "weights_digest",
 ]
 
 FORMAT = "assocmem.detector"
@@ -192,6 +199,18 @@ def _probe_outputs(model: nn.Module, patch_size: int) -> Tensor:
         model.train(was_training)
 
 
+def weights_digest(tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 (hex) of ``tensors`` by name: each name, dtype, shape and raw bytes, in name
+    order, so the same weights give the same digest on any machine (it reads stored bytes,
+    computes nothing)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_detector(
     path: str | os.PathLike[str],
     model: nn.Module,
@@ -277,12 +296,13 @@ def save_detector(
             header["calibration"][key] = {
                 str(int(k)): _sorted_floats(scores) for k, scores in sorted(by_count.items())
             }
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    header["weights_sha256"] = weights_digest(tensors)
     # one JSON round trip, so the sidecar and the embedded header are the same text's values;
     # strict JSON: a NaN or inf in ``info`` (an undefined AUC, a diverged loss) becomes null,
     # which every JSON reader of the sidecar takes (the calibration must be finite anyway)
     header = json.loads(strict_json.dumps(header, default=_info_value))
     _check_header(header, Path(path))
-    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     path = Path(path)
     write_safetensors(path, tensors, header)
     path.with_suffix(".json").write_text(strict_json.dumps(header, indent=1, sort_keys=True) + "\n")
@@ -318,6 +338,12 @@ def load_detector(path: str | os.PathLike[str] | None = None) -> DetectorCheckpo
     # The header's shapes are checked on the meta device first (no memory), so an edited
     # header asking for huge widths is refused before anything that size is allocated.
     _check_tensors(saved, _shapes(header["architecture"], header["arch_kwargs"]), str(path))
+    if "weights_sha256" in header and weights_digest(tensors) != header["weights_sha256"]:
+        raise ValueError(
+            f"{path}: the weights are not the ones the header was calibrated on (their SHA-256 "
+            "differs from weights_sha256): they were changed after calibration. Re-save the "
+            "network with save_detector, which calibrates it anew"
+        )
     model = build_model(header["architecture"], header["arch_kwargs"])
     model.load_state_dict(saved, strict=True)
     model.eval()

@@ -26,13 +26,16 @@ rate from the validation logits the checkpoint stores, ``--threshold T`` sets it
 (logit) scale.
 
 Exit status:
-    0  every image was scored;
-    1  the table could not be written to stdout (other than a reader that left, as ``| head``
-       does, which is not an error); the ``--csv``/``--json`` reports are written first;
-    2  nothing was scored: a usage error (bad option, a PATH that does not exist, a malformed
-       manifest, a checkpoint that is refused, an ``--fpr`` the checkpoint cannot calibrate);
-    3  the readable images were scored, but some files were not (each is listed on stderr and in
-       the CSV/JSON, with the reason).
+    0    every image was scored;
+    1    an output could not be written: the table to stdout (other than a reader that left, as
+         ``| head`` does, which is not an error; the ``--csv``/``--json`` reports are written
+         first), or a report (a full disk: the table is still printed, the error on stderr);
+    2    nothing was scored: a usage error (bad option, a PATH that does not exist, a malformed
+         manifest, a checkpoint that is refused, an ``--fpr`` the checkpoint cannot calibrate, a
+         ``--csv``/``--json`` path that is an input, the checkpoint, or both reports at once);
+    3    the readable images were scored, but some files were not (each is listed on stderr and
+         in the CSV/JSON, with the reason);
+    130  interrupted (Ctrl-C): the images scored until then are in the table and the reports.
 """
 
 from __future__ import annotations
@@ -56,9 +59,19 @@ from assocmem.forensic.data.loaders import (
 from assocmem.forensic.detector import Detector, ImageScore
 from assocmem.storage import strict_json
 
-__all__ = ["EXIT_OK", "EXIT_STDOUT", "EXIT_UNREADABLE", "EXIT_USAGE", "Item", "collect", "main"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_STDOUT",
+    "EXIT_UNREADABLE",
+    "EXIT_USAGE",
+    "Item",
+    "collect",
+    "main",
+]
 
 EXIT_OK, EXIT_STDOUT, EXIT_USAGE, EXIT_UNREADABLE = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 _PROGRESS_FROM = 50  # images; fewer finish before a bar would help
 
 
@@ -163,17 +176,26 @@ def _table(rows: list[dict[str, Any]], labelled: bool) -> str:
         for r in ok
     ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
-    path_w = max(len("path"), *(len(r["path"]) for r in ok))
+    shown = [_shown(r["path"]) for r in ok]
+    path_w = max(len("path"), *map(len, shown))
 
     def line(path: str, values: list[str]) -> str:
         return "  ".join(
             [f"{path:<{path_w}}"] + [f"{v:>{w}}" for v, w in zip(values, widths, strict=True)]
         )
 
-    lines = [line("path", head)] + [line(r["path"], c) for r, c in zip(ok, cells, strict=True)]
+    lines = [line("path", head)] + [line(p, c) for p, c in zip(shown, cells, strict=True)]
     if any(r["undersized"] for r in ok):
         lines.append("* smaller than one tile on a side: filled by reflection, a weaker score")
     return "\n".join(lines)
+
+
+def _shown(path: str) -> str:
+    """``path`` as the table prints it, one line of the width it takes: a byte that is not
+    UTF-8 as its escape (``\\udcff``, as stdout writes it) and a control character (a newline
+    in a file name) as its Python escape; the CSV and JSON keep the name itself."""
+    text = path.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -293,28 +315,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         return usage(str(e))
     if not items:
         return usage(f"no image files under {', '.join(map(str, args.paths))}")
-    # The checkpoint and its JSON sidecar: writing a report over the sidecar would make the
-    # checkpoint refuse to load next time (the sidecar must equal its header).
+    # Checked before scoring: a long run must not end in a traceback over its output path,
+    # and a report must never replace what it reports on. The checkpoint and its JSON sidecar
+    # (written over, the sidecar would make the checkpoint refuse to load: it must equal its
+    # header); every input, an image or a manifest (``--csv a.jpg b.jpg`` meant as two images
+    # replaced a.jpg with the report).
     weights = Path(detector.source).resolve()
     protected = {weights, weights.with_suffix(".json")}
-    for out in (args.csv, args.json):
-        # checked before scoring: a long run must not end in a traceback over its output path
-        if out is not None and out.resolve() in protected:
+    inputs = {p.resolve() for p in args.paths} | {item.path.resolve() for item in items}
+    outputs = [out for out in (args.csv, args.json) if out is not None]
+    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
+        return usage(f"--csv and --json are the same file ({args.csv}); give each its own")
+    for out in outputs:
+        if out.resolve() in protected:
             return usage(f"{out} is the detector checkpoint or its sidecar; write elsewhere")
-        if out is not None and (problem := _unwritable(out)):
+        if problem := _unwritable(out):
             return usage(problem)
+        if out.resolve() in inputs:
+            return usage(f"{out} is one of the inputs; write the report elsewhere")
 
     from tqdm import tqdm
 
     rows = []
     bar = tqdm(items, desc="scoring", unit="image", file=sys.stderr,
                disable=True if len(items) < _PROGRESS_FROM else None)  # fmt: skip
-    for item in bar:
-        try:
-            rows.append(_row(item, detector.score_one(item.path)))
-        # one bad file never stops the run; RuntimeError: torch failing to allocate its tiles
-        except (*DECODE_ERRORS, RuntimeError) as e:
-            rows.append(_row(item, None, f"{type(e).__name__}: {e}"))
+    interrupted = False
+    try:
+        for item in bar:
+            try:
+                rows.append(_row(item, detector.score_one(item.path)))
+            # one bad file never stops the run; RuntimeError: torch failing to allocate tiles
+            except (*DECODE_ERRORS, RuntimeError) as e:
+                rows.append(_row(item, None, f"{type(e).__name__}: {e}"))
+    except KeyboardInterrupt:  # Ctrl-C: keep what was scored (the table and the reports)
+        interrupted = True
+        bar.close()
+        print(
+            f"assocmem-detect: interrupted after {len(rows)} of {len(items)} images; the "
+            "table and reports hold those",
+            file=sys.stderr,
+        )
+        if not rows:
+            return EXIT_INTERRUPTED
     labelled = any(item.label is not None for item in items)
     summary = _summary(rows)
 
@@ -325,16 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rates = [f"{k.upper()} {summary[k]:.3f}" for k in ("tpr", "fpr", "auc") if k in summary]
     bad = [r for r in rows if r["status"] != "ok"]
-    # The reports first: a closed or full stdout (``| head``) must not lose them.
-    if args.csv:
-        # a file name that is not valid UTF-8 is written with backslash escapes (\udcff)
-        with args.csv.open("w", newline="", encoding="utf-8", errors="backslashreplace") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    if args.json:
-        report = {"detector": detector.describe(), "summary": summary, "images": rows}
-        args.json.write_text(strict_json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    # The reports first: a closed or full stdout (``| head``) must not lose them. A report
+    # that cannot be written (a full disk) does not lose the table either.
+    unwritten = _write_reports(args.csv, args.json, rows, detector, summary)
     try:
         if table:
             print(table)
@@ -350,7 +385,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(bad)} unreadable file(s):", file=sys.stderr)
         for r in bad:
             print(f"  {r['path']}: {r['reason']}", file=sys.stderr)
+    for message in unwritten:
+        print(f"assocmem-detect: error: {message}", file=sys.stderr)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if unwritten:
+        return EXIT_STDOUT
     return EXIT_UNREADABLE if bad else EXIT_OK
+
+
+def _write_reports(
+    csv_path: Path | None,
+    json_path: Path | None,
+    rows: list[dict[str, Any]],
+    detector: Detector,
+    summary: dict[str, Any],
+) -> list[str]:
+    """Write the ``--csv`` and ``--json`` reports; returns why each that failed could not be
+    written (a full disk, a folder removed meanwhile), for stderr after the table."""
+    failed = []
+    if csv_path:
+        try:
+            # a file name that is not valid UTF-8 is written with backslash escapes (\udcff)
+            with csv_path.open("w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        except OSError as e:
+            failed.append(f"cannot write the CSV report {csv_path}: {e}")
+    if json_path:
+        report = {"detector": detector.describe(), "summary": summary, "images": rows}
+        try:
+            json_path.write_text(strict_json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        except OSError as e:
+            failed.append(f"cannot write the JSON report {json_path}: {e}")
+    return failed
 
 
 if __name__ == "__main__":

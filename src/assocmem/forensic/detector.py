@@ -230,9 +230,12 @@ class Detector:
         least one): the count :meth:`threshold_for` reads, whatever the stride. A partial tile
         is not counted: the tile flush with a far edge overlaps its neighbour, so a 40 px image
         (four tiles, mostly the same pixels) varies like one tile, and decided at the 64 px
-        threshold it flagged 6.8 % of validation-photo crops for a 5 % target."""
+        threshold it flagged 6.8 % of validation-photo crops for a 5 % target. An image shorter
+        than a tile on a side (``undersized``) counts as one tile however long it is: its tiles
+        are partly reflection (``tiling``), which no threshold was calibrated on, so it is
+        decided at the patch threshold, as the README says of small images."""
         p = self.patch_size
-        return max(1, height // p) * max(1, width // p)
+        return (height // p) * (width // p) or 1
 
     @torch.no_grad()
     def tile_logits(self, image: ImageInput) -> Tensor:
