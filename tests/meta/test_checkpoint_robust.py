@@ -126,6 +126,12 @@ BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
     "string lr": (_config_case(lr="abc"), "lr"),
     "boolean lr": (_config_case(lr=True), "lr"),
     "zero feature_clip": (_config_case(feature_clip=0.0), "feature_clip"),
+    # finite but beyond float32, the dtype the memory runs in: every step failed unnamed
+    "huge feature_clip": (_config_case(feature_clip=1e300), "feature_clip must fit float32"),
+    "huge eps": (_config_case(eps=1e300), "eps must fit float32"),
+    "eps squared overflows": (_config_case(eps=1e20), "eps must be <="),
+    "largest update overflows": (_config_case(log_scale_bound=100.0), "largest update"),
+    "version true": (lambda p: _write(p, _tensors(), {**_header(), "version": True}), "version"),
     "nan beta": (_config_case(betas=[0.5, math.nan, 0.99]), "betas"),
     "string betas": (_config_case(betas="abc"), "betas"),
     "fractional width": (_config_case(hidden=[8.5]), "hidden"),
@@ -239,3 +245,66 @@ def test_a_header_asking_for_a_huge_network_is_refused_without_building_it(tmp_p
     path = _write(tmp_path / "huge.safetensors", _tensors(), _header(hidden=[10**6, 10**6]))
     with pytest.raises(ValueError, match="shape|names"):
         load_checkpoint(path)
+
+
+def test_a_memory_finite_only_in_float64_is_refused_where_it_runs_in_float32(tmp_path):
+    # stored as float64 with a bias of 1e39: finite in the file, inf once cast to float32,
+    # where every coordinate then stepped by the bound and nothing was counted
+    tensors = {k: v.double() for k, v in _tensors().items()}
+    tensors["meta.out.bias"][0] = 1e39
+    path = _write(tmp_path / "f64.safetensors", tensors, _header())
+    load_checkpoint(path)  # the file itself is finite
+    with pytest.raises(ValueError, match=r"not finite in torch.float32"):
+        MemoryOptimizer(torch.nn.Linear(3, 2).parameters(), "learned", checkpoint=path)
+
+
+def test_a_step_that_cannot_read_its_memory_changes_nothing(tmp_path):
+    # the file is read at every step; once it is gone (or replaced by a memory of other
+    # shapes) the step must raise before counting or decaying, so a retry resumes exactly
+    path = tmp_path / "mem.safetensors"
+    save_checkpoint(path, init_meta_params(TINY, torch.Generator().manual_seed(0)), TINY)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = MemoryOptimizer(model.parameters(), "learned", checkpoint=path, weight_decay=0.1)
+
+    def step() -> None:
+        opt.zero_grad()
+        model(torch.ones(4, 3)).square().sum().backward()
+        opt.step()
+
+    step()
+    before = ([p.clone() for p in model.parameters()], repr(opt.state_dict()))
+    other = LearnedConfig(hidden=(8,), betas=(0.5, 0.9))
+    for replace in (path.unlink, lambda: save_checkpoint(
+        path, init_meta_params(other, torch.Generator().manual_seed(0)), other
+    )):  # fmt: skip
+        replace()
+        with pytest.raises((FileNotFoundError, ValueError), match="does not exist|changed"):
+            step()
+        assert all(torch.equal(a, b) for a, b in zip(before[0], model.parameters(), strict=True))
+        assert repr(opt.state_dict()) == before[1]
+    save_checkpoint(path, init_meta_params(TINY, torch.Generator().manual_seed(0)), TINY)
+    step()  # restored: steps on from where it was
+    assert float(opt.state[model.weight]["step"]) == 2.0
+
+
+def test_a_path_object_is_kept_as_a_string_so_the_state_dict_loads_weights_only(tmp_path):
+    from assocmem.meta.preset import DEFAULT_CHECKPOINT
+
+    model = torch.nn.Linear(3, 2)
+    opt = MemoryOptimizer(model.parameters(), "learned", checkpoint=Path(DEFAULT_CHECKPOINT))
+    opt.add_param_group(
+        {"params": [torch.nn.Parameter(torch.ones(2))], "checkpoint": Path(DEFAULT_CHECKPOINT)}
+    )
+    assert all(isinstance(g["checkpoint"], str) for g in opt.param_groups)
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    torch.load(tmp_path / "opt.pt")  # weights_only=True: a PosixPath would be refused
+
+
+def test_export_refuses_a_json_path(tmp_path):
+    from assocmem.meta.train import export
+
+    meta = init_meta_params(TINY, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="its own sidecar"):
+        export(tmp_path / "memory.json", meta, TINY, info={})
+    assert not list(tmp_path.iterdir())

@@ -325,6 +325,12 @@ def test_a_checkpoint_that_cannot_be_resumed_is_refused_with_the_reason(tmp_path
         ({"clip": -1.0}, "clip"),
         ({"seed": -1}, "seed"),
         ({"meta_steps": 2.5}, "meta_steps"),
+        # accepted before, then a TypeError deep in meta_train (second_order) or a bool read
+        # as 1.0 (meta_lr, clip)
+        ({"second_order": "no"}, "second_order"),
+        ({"second_order": 1}, "second_order"),
+        ({"meta_lr": True}, "meta_lr"),
+        ({"clip": True}, "clip"),
     ],
 )
 def test_train_config_refuses_values_that_would_fail_later(changes, match):

@@ -106,7 +106,7 @@ def load_checkpoint(
         raise ValueError(f"{path}: the checkpoint's header is {type(header).__name__}, not a dict")
     if header.get("format") != FORMAT:
         raise ValueError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
-    if header.get("version") != FORMAT_VERSION:
+    if type(header.get("version")) is not int or header["version"] != FORMAT_VERSION:  # no bools
         raise ValueError(
             f"{path}: checkpoint format version {header.get('version')!r}, this assocmem reads "
             f"version {FORMAT_VERSION}"

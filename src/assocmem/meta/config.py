@@ -11,6 +11,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch
+
 
 @dataclass(frozen=True)
 class LearnedConfig:
@@ -84,10 +86,31 @@ class LearnedConfig:
         if not math.isfinite(exp_mult):
             raise ValueError(f"exp_mult must be finite, got {exp_mult!r}")
         object.__setattr__(self, "exp_mult", exp_mult)
+        self._check_float32_range()
         if isinstance(self.init_skip, bool) or not isinstance(self.init_skip, int):
             raise ValueError(f"init_skip must be an integer, got {self.init_skip!r}")
         if not 0 <= self.init_skip < self.num_features:
             raise ValueError(f"init_skip must index a feature (< {self.num_features})")
+
+    def _check_float32_range(self) -> None:
+        # The memory runs in float32 (an fp16/bf16 parameter's step too, on its fp32 master):
+        # a finite value beyond its range broke every step with an unnamed overflow
+        # (feature_clip=1e300: "value cannot be converted to type float"; eps=1e300: eps^2).
+        for name in ("eps", "feature_clip", "direction_bound", "log_scale_bound", "lr",
+                     "exp_mult", "warmup"):  # fmt: skip
+            if abs(getattr(self, name)) > FLOAT32_MAX:
+                raise ValueError(
+                    f"{name} must fit float32 (|x| <= {FLOAT32_MAX:.4g}), the dtype the memory "
+                    f"runs in, got {getattr(self, name)!r}"
+                )
+        if self.eps > math.sqrt(FLOAT32_MAX):
+            raise ValueError(f"eps must be <= {math.sqrt(FLOAT32_MAX):.4g} (eps^2 fits float32)")
+        # the largest update the bounds allow, D e^S (the warm-up's c_t), must be a float32
+        if self.log_scale_bound > math.log(FLOAT32_MAX / self.direction_bound):
+            raise ValueError(
+                "direction_bound * exp(log_scale_bound), the largest update, must fit float32: "
+                f"got {self.direction_bound!r} * exp({self.log_scale_bound!r})"
+            )
 
     @property
     def num_features(self) -> int:

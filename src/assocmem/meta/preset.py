@@ -20,6 +20,7 @@ of the group into one (chunked) MLP call. Rows are independent, so both give the
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,15 @@ def load_learned(
         with torch.random.fork_rng(devices=[]):
             ckpt = load_checkpoint(path)
         meta = {k: v.to(dtype=dtype, device=device) for k, v in ckpt.meta_params.items()}
+        # The file's own dtype was checked finite; cast to the one it runs in, a float64
+        # 1e39 is inf in float32, and every coordinate would step by the bound with no count.
+        overflown = sorted(k for k, v in meta.items() if not bool(torch.isfinite(v).all()))
+        if overflown:
+            stored = ckpt.meta_params[overflown[0]].dtype
+            raise ValueError(
+                f"learned memory checkpoint {path}: meta-parameters {overflown} are not finite "
+                f"in {dtype}, the dtype it runs in (stored as {stored})"
+            )
         _CACHE[key] = (meta, ckpt.config)
     return _CACHE[key]
 
@@ -81,6 +91,21 @@ class Learned(Preset):
     def check_group(self, group: Group) -> None:
         # Fail at construction, not at the first step, on a missing or mismatched file.
         load_learned(group["checkpoint"], torch.float32, torch.device("cpu"))
+
+    def check_step(self, params: list[Tensor], state: Mapping[Tensor, State], group: Group) -> None:
+        # The file is read at every step (a relative path from the working directory): if it
+        # went missing or now holds a memory of other shapes, say so before the step counts
+        # or decays anything, so that a retry after restoring it resumes exactly.
+        _, config = load_learned(group["checkpoint"], params[0].dtype, params[0].device)
+        for p in params:
+            held = state.get(p)
+            if held and held["momenta"].shape[0] != len(config.betas):
+                raise ValueError(
+                    f"learned memory checkpoint {group['checkpoint'] or DEFAULT_CHECKPOINT} now "
+                    f"holds a memory of {len(config.betas)} momenta, the optimizer's state "
+                    f"{held['momenta'].shape[0]}: the file changed during training. Restore it, "
+                    "or start a new optimizer for the new memory"
+                )
 
     def init_state(self, param: Tensor, group: Group) -> State:
         _, config = load_learned(group["checkpoint"], param.dtype, param.device)

@@ -98,8 +98,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         for name in ("meta_lr", "clip"):
             value = getattr(self, name)
-            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+            real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if not (real and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if not isinstance(self.second_order, bool):
+            raise ValueError(f"second_order must be True or False, got {self.second_order!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.horizon % self.unroll:
@@ -410,7 +413,12 @@ def export(
     config: LearnedConfig,
     info: dict[str, Any],
 ) -> None:
-    """Write a meta-parameters-only checkpoint and a ``.json`` sidecar with ``info``."""
+    """Write a meta-parameters-only checkpoint and a ``.json`` sidecar with ``info``.
+
+    Raises ``ValueError`` for a ``path`` ending in ``.json``: it would be its own sidecar (the
+    memory written, then replaced by the sidecar, without a word)."""
+    if Path(path).suffix.lower() == ".json":
+        raise ValueError(f"{path}: a learned memory ending in .json would be its own sidecar")
     save_checkpoint(path, meta_params, config, info=info)
     sidecar = Path(path).with_suffix(".json")
     record = {"config": config.to_dict(), **info}  # a diverged loss in info is null: strict JSON

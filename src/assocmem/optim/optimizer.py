@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Collection, Iterable
 from copy import deepcopy
@@ -135,7 +136,7 @@ class MemoryOptimizer(Optimizer):
             raise ValueError(f"sync_free must be a bool or None, got {sync_free!r}")
         _reject_unknown(hyper, preset, memory)
         defaults = {name: h.default for name, h in preset.hyper.items()}
-        defaults.update(hyper)
+        defaults.update(_plain_paths(hyper))
         defaults.update(
             memory=memory,
             lr=lr,
@@ -180,6 +181,7 @@ class MemoryOptimizer(Optimizer):
         """
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        param_group = _plain_paths(param_group)
         memory = param_group.get("memory", self.defaults["memory"])
         preset = get_preset(memory)
         _reject_foreign(param_group, preset, memory)
@@ -224,6 +226,11 @@ class MemoryOptimizer(Optimizer):
             reason = _uncompilable(self.param_groups, gathered, self.state)
             if reason is not None:
                 _refuse(reason)
+        # A group that cannot step now says so before anything is counted, decayed or written
+        # (a step that raised halfway left the step counts and decayed weights behind).
+        for group, (params, _) in zip(self.param_groups, gathered, strict=True):
+            if params:
+                get_preset(group["memory"]).check_step(params, self.state, group)
         all_grads = [_real(g) for _, grads in gathered for g in grads]
         on_device = self.sync_free
         if on_device is None:  # a host read costs nothing on the CPU: nothing is queued
@@ -260,7 +267,8 @@ class MemoryOptimizer(Optimizer):
                 self._skipped_on_host += 1
                 if self.nonfinite == "raise":
                     raise FloatingPointError(
-                        "non-finite gradient; parameters and optimizer state were left untouched"
+                        "non-finite gradient; parameters and their states were left untouched "
+                        "(the step is counted in skipped_steps)"
                     )
                 return loss
         with sync_free.deciding_on_device(on_device):
@@ -1001,6 +1009,18 @@ def _norms_the_step_reads(
         ):
             ids.update(id(g) for g in grads)
     return ids
+
+
+def _plain_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with a path object (``pathlib.Path``, any ``os.PathLike``) as its ``str``:
+    ``param_groups`` go into the state dict, and ``torch.load``'s default (``weights_only``)
+    refuses a pickled ``PosixPath``. The parameters themselves are left alone."""
+    if not any(isinstance(v, os.PathLike) for v in values.values()):
+        return values
+    return {
+        k: os.fspath(v) if isinstance(v, os.PathLike) and k != "params" else v
+        for k, v in values.items()
+    }
 
 
 def _overlaps_itself(t: Tensor) -> bool:

@@ -34,6 +34,7 @@ after the step), and skips empty ones.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -156,6 +157,13 @@ class Preset:
 
     def check_group(self, group: Group) -> None:
         """Cross-argument checks beyond the per-argument validators (override if needed)."""
+
+    def check_step(self, params: list[Tensor], state: Mapping[Tensor, State], group: Group) -> None:
+        """Raise if ``group`` cannot be stepped now, before the step changes anything (its step
+        counts, decay, memories): e.g. a file the preset reads at every step went missing.
+        ``params``: the group's parameters with a gradient; ``state``: the optimizer's
+        per-parameter states (a parameter not stepped yet has none). Checks nothing by
+        default; called once per group and step, so keep it cheap."""
 
     def check_param(self, param: Tensor, group: Group) -> str | None:
         """Why ``param`` (its dtype, shape) cannot be stepped with ``group``, or ``None``.

@@ -26,7 +26,18 @@ def write_safetensors(path: Path, tensors: dict[str, Tensor], header: dict[str, 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
+    # safetensors creates its file owner-only (0600) whatever the umask; a checkpoint is a
+    # file like its .json sidecar and gets the mode open() gives one (0644 under umask 022)
+    os.chmod(tmp, _creation_mode())
     os.replace(tmp, path)  # an interrupted save leaves the previous checkpoint intact
+
+
+def _creation_mode() -> int:
+    """``0o666`` less the process's umask: the mode ``open()`` gives a new file. (The umask
+    can only be read by setting it; it is put back at once.)"""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def read_safetensors(path: Path, what: str) -> tuple[dict[str, str], dict[str, Tensor]]:
