@@ -51,7 +51,7 @@ def tail_fall(history: Sequence[dict[str, Any]], tail: float = TAIL) -> float | 
 def budget_verdict(falls: Sequence[float], finals: Sequence[float]) -> str:
     """One sentence: the mean tail fall against the seed spread (std) of the final loss."""
     if not falls:
-        return "no evaluation curve to judge the budget by"
+        return "has no evaluation curve to judge the budget by"
     fall = statistics.mean(falls)
     text = f"fell {fall:.3g} over the last {TAIL:.0%} of its steps (mean over {len(falls)} seeds)"
     if len(finals) < 2:

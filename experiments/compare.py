@@ -21,8 +21,10 @@ never stops the sweep.
 from __future__ import annotations
 
 import math
+import os
 import shlex
 import statistics
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -37,10 +39,10 @@ from tqdm.auto import tqdm
 
 from assocmem.storage import strict_json
 from experiments.lr_grid import best_factor, edge_side, next_factor
-from experiments.report import section, write_report
+from experiments.report import PLAN, section, write_report
 from experiments.run import execute, optimizer_factory
 from experiments.step_cost import measure
-from experiments.validate_config import exit_on_error, validate_compare
+from experiments.validate_config import check_dirs_before_hydra, exit_on_error, validate_compare
 from experiments.variants import configurations, recommend
 
 
@@ -143,6 +145,11 @@ def compare(cfg: DictConfig, command: str | None = None) -> Path:
     for stale in (*root.glob("*/*/protocol.json"), *root.glob("*/step_cost.json")):
         stale.unlink()  # a re-run's old records must not outlive its new runs
     optimizers = [cfg.baseline] + [o for o in cfg.optimizers if o != cfg.baseline]
+    # What this invocation will write, and (rewritten at the end) that it did: a report of a
+    # comparison interrupted (Ctrl-C) halfway is refused, not shown as a complete one.
+    plan = {"run_id": run_id, "tasks": list(cfg.tasks), "optimizers": optimizers}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / PLAN).write_text(strict_json.dumps({**plan, "complete": False}, indent=2))
     per_task = sum(
         len(configurations(o, cfg.variants)) * len(cfg.lr_factors) + len(cfg.seeds)
         for o in optimizers
@@ -175,13 +182,18 @@ def compare(cfg: DictConfig, command: str | None = None) -> Path:
         costs = {**step_costs(task, tuned, cfg), "run_id": run_id}
         (root / task / "step_cost.json").write_text(strict_json.dumps(costs, indent=2))
     bar.close()
+    (root / PLAN).write_text(strict_json.dumps({**plan, "complete": True}, indent=2))
     return root
 
 
 def invocation() -> str:
     """The command line that made this comparison, quoted for a POSIX shell."""
     overrides = HydraConfig.get().overrides.task
-    return " ".join(["python -m experiments.compare", *map(shlex.quote, overrides)])
+    # the thread count sets the step costs the report prints: a command without it measured
+    # another machine's number of threads ("1 thread(s)" in a section, 2 on a re-run)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    env = [f"OMP_NUM_THREADS={shlex.quote(threads)}"] if threads else []
+    return " ".join([*env, "python -m experiments.compare", *map(shlex.quote, overrides)])
 
 
 @hydra.main(config_path="conf", config_name="compare", version_base=None)
@@ -202,4 +214,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_dirs_before_hydra(sys.argv[1:], ("out_dir", "hydra.run.dir"))
     main()

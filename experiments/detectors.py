@@ -795,6 +795,8 @@ def bad_training_options(args: argparse.Namespace, lrs: list[float]) -> str | No
         return f"--lr must be finite and > 0, got {lrs}"
     if any(seed < 0 for seed in args.seeds):
         return f"--seeds must be >= 0, got {args.seeds}"
+    if len(set(args.seeds)) != len(args.seeds):  # one run counted twice: a spread of 0
+        return f"--seeds must be distinct, got {args.seeds}"
     for option in ("max_steps", "eval_every", "patience"):
         value = getattr(args, option, None)
         if value is not None and value < 1:

@@ -27,6 +27,9 @@ from experiments.budget import budget_verdict, tail_fall  # noqa: E402
 from experiments.loop import first_reaching  # noqa: E402
 from experiments.step_cost import time_to_target  # noqa: E402
 
+# ``experiments.compare`` writes what it will run here first and marks it complete at the end.
+PLAN = "plan.json"
+
 
 def load_runs(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
     """``{task: {optimizer: {"protocol": ..., "runs": [(summary, history), ...]}}}``: the
@@ -35,7 +38,10 @@ def load_runs(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
     Raises:
         ValueError: no ``protocol.json`` under ``root`` (nothing to report: a section is never
             overwritten with empty tables), a named seed without its summary, or files from
-            more than one ``experiments.compare`` invocation (a re-run into the same folder).
+            more than one ``experiments.compare`` invocation (a re-run into the same folder),
+            or a comparison that did not finish (its ``plan.json`` is not marked complete: the
+            missing tasks and optimizers are named). A folder without ``plan.json`` (written
+            before it existed) is read as it is.
     """
     tasks: dict[str, dict[str, dict[str, Any]]] = {}
     protocols = sorted(root.glob("*/*/protocol.json"))
@@ -57,6 +63,9 @@ def load_runs(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
             "runs": runs,
         }
     files = [*protocols, *root.glob("*/step_cost.json")]
+    if (root / PLAN).is_file():
+        files.append(root / PLAN)
+        _check_complete(json.loads((root / PLAN).read_text()), tasks, root)
     ids = {json.loads(f.read_text()).get("run_id") for f in files}
     if len(ids) > 1:
         raise ValueError(
@@ -64,6 +73,20 @@ def load_runs(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
             "interrupted or changed): run the comparison again, into a fresh out_dir"
         )
     return tasks
+
+
+def _check_complete(plan: dict[str, Any], tasks: dict[str, dict[str, Any]], root: Path) -> None:
+    if plan.get("complete") is True:
+        return
+    missing = [
+        f"{t}/{o}" for t in plan.get("tasks", []) for o in plan.get("optimizers", [])
+        if o not in tasks.get(t, {})
+    ]  # fmt: skip
+    raise ValueError(
+        f"{root}: the comparison did not finish (interrupted?); "
+        + (f"missing {', '.join(missing)}" if missing else "its step costs were not measured")
+        + ": run it again, into a fresh out_dir"
+    )
 
 
 def load_step_costs(root: Path) -> dict[str, dict[str, Any]]:
@@ -318,6 +341,16 @@ def output_path(text: str) -> Path:
     return path
 
 
+def _plots_dir(text: str) -> Path:
+    """argparse ``type`` of the folder the plots go to: one that is a file, or lies under a
+    file or an unwritable folder, is a usage error at once (:func:`output_path` for folders)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder")
+    output_path(str(path / "plot.png"))  # the same checks of the folders above
+    return path
+
+
 def replace_section(markdown: Path, name: str, body: str) -> None:
     """Write ``body`` into the section ``name`` of ``markdown``, leaving the rest alone but for
     its list of contents (:func:`contents`), if it has one, which follows the new headings."""
@@ -445,9 +478,10 @@ def main() -> None:
     parser.add_argument("root", type=Path)
     parser.add_argument("--name", required=True)
     parser.add_argument(
-        "--markdown", type=Path, default=Path("docs/results.md"), help="default docs/results.md"
-    )
-    parser.add_argument("--plots-dir", type=Path, default=Path("docs/results"))
+        "--markdown", type=output_path, default=Path("docs/results.md"),
+        help="default docs/results.md",
+    )  # fmt: skip
+    parser.add_argument("--plots-dir", type=_plots_dir, default=Path("docs/results"))
     args = parser.parse_args()
     try:
         report = write_report(args.root, args.markdown, args.plots_dir, args.name)

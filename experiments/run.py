@@ -12,6 +12,7 @@ ends the command before anything is built, with one line naming it and exit stat
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 
 from assocmem.optim import param_groups
 from experiments.loop import OptimizerFactory, train_run
-from experiments.validate_config import exit_on_error, validate_run
+from experiments.validate_config import check_dirs_before_hydra, exit_on_error, validate_run
 
 
 def task_module(task: Any) -> nn.Module:
@@ -102,4 +103,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_dirs_before_hydra(sys.argv[1:], ("hydra.run.dir", "hydra.sweep.dir"))
     main()

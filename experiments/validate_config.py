@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,25 @@ def exit_on_error(check: Callable[[DictConfig], None], cfg: DictConfig) -> None:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def check_dirs_before_hydra(argv: Sequence[str], keys: Sequence[str]) -> None:
+    """Exit with a config error if a folder given on the command line as ``key=path`` (one of
+    ``keys``: ``out_dir``, ``hydra.run.dir``) is a file or lies under one. Hydra creates its
+    run folder before the app's checks run, so such a path ended in a traceback
+    (``NotADirectoryError``) instead of :func:`validate_compare`'s line."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") not in keys or not value:
+            continue
+        path = Path(value).expanduser()
+        blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            error = ConfigError(
+                key, value, f"a writable directory ({blocking} is a file, not a folder)"
+            )
+            print(f"config error: {error}", file=sys.stderr)
+            raise SystemExit(2)
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -81,6 +100,8 @@ def _names(cfg: DictConfig, key: str, allowed: set[str] | tuple[str, ...]) -> li
     unknown = [v for v in value if v not in allowed]
     if unknown:
         raise ConfigError(key, unknown, f"names from {sorted(allowed)}")
+    if len(set(value)) != len(value):  # a repeat ran its whole protocol twice, one row kept
+        raise ConfigError(key, list(value), "distinct names")
     return list(value)
 
 
@@ -116,6 +137,10 @@ def _writable_file(key: str, value: Any) -> None:
             raise ConfigError(key, value, f"a writable file ({e.strerror or e})") from None
 
 
+# The keys ``experiments.compare`` sets in every run it composes (``compare.run_config``).
+PROTOCOL_KEYS = ("task", "optimizer", "optimizer.lr", "seed", "progress", "target")
+
+
 def _group_names(group: str) -> set[str]:
     return {p.stem for p in (CONF / group).glob("*.yaml")}
 
@@ -123,7 +148,7 @@ def _group_names(group: str) -> set[str]:
 def validate_run(cfg: DictConfig) -> None:
     """Checks of ``conf/config.yaml`` (one run of ``python -m experiments.run``)."""
     _int(cfg, "seed", 0)
-    _int(cfg, "task.steps", 0)
+    _int(cfg, "task.steps", 0)  # 0: a task with nothing to train (nopretrain_probe)
     _int(cfg, "task.eval_every", 1)
     _bool(cfg, "progress")
     target = _get(cfg, "target")
@@ -242,18 +267,32 @@ def validate_compare(cfg: DictConfig) -> None:
         )
     _int(cfg, "step_cost.samples", 1)
     _int(cfg, "step_cost.span", 1)
-    _int(cfg, "tuning_seed", 0)
+    tuning_seed = _int(cfg, "tuning_seed", 0)
     seeds = _get(cfg, "seeds")
     if not isinstance(seeds, (list, ListConfig)) or not seeds:
         raise ConfigError("seeds", seeds, "a non-empty list of integers >= 0")
     for s in seeds:
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
             raise ConfigError("seeds", s, "integers >= 0")
+    # A repeated seed counts one run twice (a spread of 0); the tuning seed's runs chose the
+    # lr, so reporting one as an evaluation seed scores the tuning on itself.
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError("seeds", list(seeds), "distinct seeds")
+    if tuning_seed in seeds:
+        raise ConfigError("seeds", list(seeds), f"seeds other than tuning_seed ({tuning_seed})")
     overrides = _get(cfg, "overrides")
     if not isinstance(overrides, (list, ListConfig)) or not all(
         isinstance(o, str) for o in overrides
     ):
         raise ConfigError("overrides", overrides, 'a list of "key=value" strings')
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key in PROTOCOL_KEYS:
+            # the protocol sets these per run (the tuned lr, each seed, each optimizer); an
+            # override would win over them in every run and the report would not say so
+            raise ConfigError(
+                "overrides", o, f"overrides of keys the protocol does not set {PROTOCOL_KEYS}"
+            )
     _writable_dir("out_dir", _get(cfg, "out_dir"))
     markdown = _get(cfg, "report.markdown")
     _writable_dir("report.markdown", markdown, Path(str(markdown)).parent)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -251,12 +252,30 @@ def test_a_rerun_into_the_same_folder_reports_only_its_own_runs(tmp_path):
     assert all(len(entry["runs"]) == 2 for entry in runs.values())
     protocol = runs["adam"]["protocol"]
     assert protocol["seeds"] == [0, 1] and protocol["baseline"] == "adam"
-    assert protocol["command"].startswith("python -m experiments.compare")
+    # the thread count that set the step costs is part of the command (make test sets it)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    prefix = f"OMP_NUM_THREADS={threads} " if threads else ""
+    assert protocol["command"].startswith(prefix + "python -m experiments.compare")
     # the report of those runs alone takes the baseline and command they recorded
     from experiments.report import write_report
 
     alone = write_report(tmp_path, tmp_path / "alone.md", tmp_path / "plots", "smoke")
     assert f"Regenerate: `{protocol['command']}`" in alone.read_text()
+    # a comparison stopped halfway (Ctrl-C while delta tuned): its plan is not marked complete
+    # and delta has no protocol; the report said nothing and showed adam's row alone
+    plan_file = tmp_path / "plan.json"
+    plan = json.loads(plan_file.read_text())
+    assert plan["complete"] is True and plan["optimizers"] == ["adam", "delta"]
+    plan_file.write_text(json.dumps({**plan, "complete": False}))
+    delta_protocol = tmp_path / "quadratic" / "delta" / "protocol.json"
+    saved = delta_protocol.read_text()
+    delta_protocol.unlink()
+    with pytest.raises(ValueError, match="did not finish.*missing quadratic/delta"):
+        load_runs(tmp_path)
+    delta_protocol.write_text(saved)  # every protocol, but stopped before the end
+    with pytest.raises(ValueError, match="did not finish"):
+        load_runs(tmp_path)
+    plan_file.write_text(json.dumps(plan))
     # an interrupted re-run: one optimizer's protocol from another invocation
     delta = tmp_path / "quadratic" / "delta" / "protocol.json"
     delta.write_text(json.dumps({**json.loads(delta.read_text()), "run_id": "another"}))
@@ -315,6 +334,11 @@ def test_an_output_path_that_cannot_be_written_is_a_usage_error_before_any_work(
         with pytest.raises(argparse.ArgumentTypeError):
             output_path(str(bad))
     assert output_path(str(tmp_path / "new" / "out.json")) == tmp_path / "new" / "out.json"
+    # the report's own outputs too: a folder as --markdown, a file as --plots-dir
+    for args in (["--markdown", str(tmp_path)], ["--plots-dir", str(tmp_path / "a_file")]):
+        cmd = [sys.executable, "-m", "experiments.report", str(tmp_path), "--name", "x", *args]
+        run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
     # the commands take it: a folder given as --json ends at parsing, before any scoring
     cmd = [sys.executable, "-m", "experiments.detector_ensemble", "--members", "x.safetensors",
            "--json", str(tmp_path)]  # fmt: skip

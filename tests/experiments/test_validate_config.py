@@ -112,7 +112,10 @@ def test_every_shipped_optimizer_config_is_valid(optimizer):
     ("overrides", "message"),
     [
         (['overrides=["task.steps=abc"]'], "task.steps (task=quadratic optimizer=adam) = 'abc'"),
-        (['overrides=["optimizer.lr=-1"]'], "optimizer.lr (task=quadratic optimizer=adam) = -1"),
+        (
+            ['overrides=["task.eval_every=0"]'],
+            "task.eval_every (task=quadratic optimizer=adam) = 0",
+        ),
         (['overrides=["task.nope=3"]'], "overrides = ['task.nope=3']: expected valid overrides"),
         (["lr_factors=[1.0,0]"], "lr_factors = 0"),
         (["lr_factors=[]"], "lr_factors = []"),
@@ -134,6 +137,14 @@ def test_every_shipped_optimizer_config_is_valid(optimizer):
         (["lr_factors=[1.0,1.0]"], "lr_factors = [1.0, 1.0]: expected distinct"),
         (["step_cost.samples=0"], "step_cost.samples = 0"),
         (["step_cost.span=abc"], "step_cost.span = 'abc'"),
+        # each of these ran, and the report read as a fair comparison
+        (["seeds=[0,0]"], "seeds = [0, 0]: expected distinct seeds"),
+        (["seeds=[1000,1]"], "seeds = [1000, 1]: expected seeds other than tuning_seed (1000)"),
+        (["optimizers=[adam,delta,delta]"], "optimizers = ['adam', 'delta', 'delta']: expected"),
+        (['overrides=["optimizer.lr=0.001"]'], "overrides = 'optimizer.lr=0.001': expected"),
+        (['overrides=["seed=5"]'], "overrides = 'seed=5': expected overrides of keys"),
+        (['overrides=["optimizer=sgd"]'], "overrides = 'optimizer=sgd'"),
+        (['overrides=["+target=1.0"]'], "overrides = '+target=1.0'"),
     ],
 )
 def test_bad_compare_override_is_named(tmp_path, overrides, message):
@@ -198,10 +209,15 @@ def test_cli_unwritable_cache_dir_fails_before_the_benchmark_is_built(tmp_path, 
 
 def test_cli_compare_checks_every_run_before_the_first(tmp_path):
     done = _cli(
-        "experiments.compare", "+experiment=smoke", f"out_dir={tmp_path}", 'overrides=["seed=x"]'
-    )
+        "experiments.compare", "+experiment=smoke", f"out_dir={tmp_path}",
+        'overrides=["task.eval_every=x"]',
+    )  # fmt: skip
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("config error: seed (task=quadratic")
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("config error: task.eval_every (task=quadratic")
+    )
     assert not list(tmp_path.glob("**/summary.json"))
 
 
@@ -252,3 +268,17 @@ def test_skipped_steps_is_recorded_for_every_run(tmp_path):
     assert ours["status"] == torch_sgd["status"] == "ok"
     assert ours["skipped_steps"] == torch_sgd["skipped_steps"] == 0
     assert math.isfinite(ours["final"]["val_loss"])
+
+
+@pytest.mark.parametrize(
+    ("module", "key"),
+    [("experiments.compare", "out_dir"), ("experiments.run", "hydra.run.dir")],
+)
+def test_cli_a_run_folder_that_is_a_file_is_a_config_error(tmp_path, module, key):
+    # hydra creates its run folder before the app's checks: this ended in NotADirectoryError
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    args = ["+experiment=smoke"] if module == "experiments.compare" else []
+    done = _cli(module, *args, f"{key}={afile}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"config error: {key} = '{afile}'")
