@@ -119,12 +119,60 @@ def test_one_report_reads_its_scores_on_one_scale(bench):
         return s if next(calls) < 2 else s * 10 - 5  # val reals, seen test, then held out
 
     report = zero_shot_report(score, bench, FamilySplit(("ae_nearest",), ("resample",)))
-    assert "test_real_fpr_0.5" not in report
+    assert report["scale"] == "logits"
+    # P(fake) >= 0.5 is a logit >= 0: held-out test reals' scores are x.mean * 10 - 5
+    test = bench.split("test", ["resample"])
+    reals = test.images[test.labels == 0].mean((1, 2, 3)).double().numpy() * 10 - 5
+    assert report["test_real_fpr_0.5"] == float((reals >= 0).mean())
+
+
+def test_a_declared_scale_is_not_guessed(bench):
+    # an untrained detector's logits can all fall in [0, 1]: "auto" read them as
+    # probabilities (no real flagged at 0.5, where as logits every one is)
+    def score(x):
+        return 0.3 + 0.4 * x.mean((1, 2, 3))
+
+    split = FamilySplit(("ae_nearest",), ("resample",))
+    assert zero_shot_report(score, bench, split)["scale"] == "probabilities"
+    as_logits = zero_shot_report(score, bench, split, scale="logits")
+    assert as_logits["scale"] == "logits" and as_logits["test_real_fpr_0.5"] == 1.0
+    with pytest.raises(ValueError, match="outside"):
+        zero_shot_report(lambda x: score(x) * 10, bench, split, scale="probabilities")
+    with pytest.raises(ValueError, match="scale"):
+        zero_shot_report(score, bench, split, scale="odds")
 
 
 def test_balanced_takes_every_real_and_as_many_fakes(bench):
     x, y = balanced(bench.split("train", ["ae_nearest", "resample"]), seed=0)
     assert int(y.sum()) * 2 == len(y) and x.dtype == torch.float32
+
+
+def test_balanced_is_balanced_with_fewer_fakes_than_reals_and_refuses_one_class(bench):
+    # one family's fakes are half as many as the reals at the default fake fraction (the
+    # tiny benchmark makes as many): the set was 2:1 real, without a word
+    from assocmem.forensic.data.splits import ForensicSubset
+
+    arrays = bench.arrays("train")
+    real = (arrays.family == 0).nonzero().flatten()
+    fake = (arrays.family == bench.family_names.index("ae_nearest")).nonzero().flatten()
+    subset = ForensicSubset(arrays, torch.cat([real, fake[: len(real) // 2]]), bench.family_names)
+    fakes = int((subset.labels == 1).sum())
+    assert 0 < fakes < int((subset.labels == 0).sum())
+    x, y = balanced(subset, seed=0)
+    assert int(y.sum()) == fakes and len(y) == 2 * fakes
+    assert torch.equal(balanced(subset, seed=0)[0], x)  # seeded
+    with pytest.raises(ValueError, match="reals and fakes"):
+        balanced(bench.split("train", []), seed=0)  # reals only
+    for seed in (1.5, -1, True):
+        with pytest.raises(ValueError, match="seed"):
+            balanced(subset, seed=seed)
+
+
+def test_family_names_must_be_a_sequence_of_distinct_names(bench):
+    with pytest.raises(ValueError, match="sequence of names"):
+        bench.split("val", "splice")  # tuple("splice") would be its letters
+    with pytest.raises(ValueError, match="twice"):
+        FamilySplit(("splice", "splice"), ("resample",))
 
 
 def test_early_stopping_restores_the_best_weights():

@@ -116,6 +116,7 @@ def test_held_out_families_are_refused_or_absent(bench):
     ("kwargs", "match"),
     [
         ({"families": "double_jpeg"}, "sequence of names"),  # not its letters
+        ({"families": ("splice", "splice", "double_jpeg")}, "twice"),  # doubled its share
         ({"seed": -1}, "seed"),
         ({"seed": 1.5}, "seed"),
         ({"seed": None}, "seed"),

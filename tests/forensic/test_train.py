@@ -183,3 +183,39 @@ def test_fake_probability_keeps_the_logits_ranking():
     assert torch.equal(p.argsort(), z.argsort())
     from_logits = detection_metrics(labels, z, from_logits=True)["auc"]
     assert detection_metrics(labels, p)["auc"] == from_logits
+
+
+def test_training_inputs_a_detector_cannot_read_are_refused():
+    import pytest
+
+    x, y, _ = synthetic(16, seed=0)
+    xv, yv, _ = synthetic(8, seed=1)
+
+    def train(**changes):
+        kw = dict(train_images=x, train_labels=y, val_images=xv, val_labels=yv, batch_size=8)
+        kw.update(changes)
+        train_detector(SmallCNN(), optimizer_factory=adam(1e-3), steps=1, **kw)
+
+    # uint8 pixels: NPR's residual wraps around (0 - 5 = 251) and training ran on that
+    with pytest.raises(ValueError, match="train_images must be floating point"):
+        train(train_images=(x * 255).to(torch.uint8))
+    with pytest.raises(ValueError, match="val_images must be floating point"):
+        train(val_images=(xv * 255).to(torch.uint8))
+    # family codes as labels: a cross-entropy against 2, 5, 7 ran
+    with pytest.raises(ValueError, match=r"train_labels must be 0 \(real\) or 1"):
+        train(train_labels=y * 3)
+    with pytest.raises(ValueError, match="validation set is empty"):
+        train(val_images=xv[:0], val_labels=yv[:0])
+    with pytest.raises(ValueError, match="batch_size"):
+        train(batch_size=8.0)
+
+
+def test_a_float64_detector_trains_and_scores_on_float32_images():
+    # the inputs follow the model's dtype ("Input type (float) and bias type (double)")
+    x, y, _ = synthetic(16, seed=0)
+    xv, yv, _ = synthetic(8, seed=1)
+    torch.manual_seed(0)
+    model = SmallCNN().double()
+    result = train_detector(model, x, y, xv, yv, adam(1e-3), steps=2, batch_size=8)
+    assert result.status == "ok"
+    assert score(model, xv).dtype == torch.float64 and len(score(model, xv)) == 8

@@ -166,12 +166,39 @@ def test_lbfgs_gets_a_closure_on_the_same_batch():
         ({"steps": 2, "eval_every": 0}, "eval_every >= 1"),
         ({"steps": 2, "patience": 2}, "with an evaluate"),
         ({"steps": 2, "patience": 0, "evaluate": lambda: {"val_loss": 0.0}}, "patience"),
+        # a bool or a fraction was taken: True stopped "after True evaluations"
+        ({"steps": 2, "patience": True, "evaluate": lambda: {"val_loss": 0.0}}, "patience"),
+        ({"steps": 2, "patience": 1.5, "evaluate": lambda: {"val_loss": 0.0}}, "patience"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, match):
     w, loss = quadratic()
     with pytest.raises(ValueError, match=match):
         fit([w], loss, itertools.count(1), lambda ps: torch.optim.SGD(ps, lr=0.1), **kwargs)
+
+
+def test_an_optimizer_that_steps_none_of_the_model_is_refused():
+    # a built optimizer over another model's parameters ran every step, moved nothing and
+    # returned status "ok"; a factory returning something else failed after the first eval
+    w, loss = quadratic()
+    other = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match="none of the model's trainable parameters"):
+        fit([w], loss, itertools.count(1), torch.optim.SGD([other], lr=0.1), steps=2)
+    with pytest.raises(TypeError, match="not an Optimizer"):
+        fit([w], loss, itertools.count(1), lambda ps: list(ps), steps=2)
+
+
+def test_a_divergence_after_early_stopping_restored_the_best_says_so():
+    w = torch.zeros(2, requires_grad=True)
+    losses = iter([1.0, 1.0, float("nan")])
+    result = fit(
+        [w], lambda _b: w.sum() * next(losses), itertools.count(1),
+        lambda ps: torch.optim.SGD(ps, lr=0.1), steps=5, patience=3,
+        evaluate=lambda: {"val_loss": float(w.detach().square().sum())},
+    )  # fmt: skip
+    assert result.diverged and result.best_step == 0
+    assert "restored the weights of step 0" in result.message
+    assert torch.equal(w, torch.zeros(2))  # the best evaluation's, not step 2's
 
 
 def test_nothing_to_train_is_refused():

@@ -49,15 +49,17 @@ def detector_loss(
     attribution: FamilyAttribution | None = None,
     real_consistency: float = 0.0,
     device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """The training loss of ``detector`` on ``batch`` (see the module docstring), its tensors
-    moved to ``device`` (default: where they are)."""
+    moved to ``device`` (default: where they are) and its images cast to ``dtype`` (default:
+    as they are; the detector's own, for a float64 one)."""
     if attribution is not None and attribution.detector is not detector:
         raise ValueError("attribution must wrap the detector being trained")
     # math, not a tensor: this runs every step
     if not (math.isfinite(real_consistency) and real_consistency >= 0):
         raise ValueError(f"real_consistency must be a finite weight >= 0, got {real_consistency}")
-    images, labels = batch[0].to(device), batch[1].to(device)
+    images, labels = batch[0].to(device, dtype), batch[1].to(device)
     if attribution is not None and len(batch) < 3:
         raise ValueError("attribution needs batches with family codes (a TrainStream)")
     twins, real = None, None
@@ -67,7 +69,7 @@ def detector_loss(
                 "real_consistency needs batches with twin views of the reals "
                 "(TrainStream(real_twins=True))"
             )
-        twins, real = batch[3].to(device), labels == 0
+        twins, real = batch[3].to(device, dtype), labels == 0
         n_real = int(real.sum())
         if twins.shape[0] != n_real or twins.shape[1:] != images.shape[1:]:
             raise ValueError(

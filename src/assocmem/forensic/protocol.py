@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 ScoreFn = Callable[[Tensor], Tensor]
+SCALES = ("auto", "probabilities", "logits")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ class FamilySplit:
                 raise ValueError(f"{name} must be a sequence of names, got {getattr(self, name)!r}")
         object.__setattr__(self, "seen", tuple(self.seen))
         object.__setattr__(self, "heldout", tuple(self.heldout))
+        for name in ("seen", "heldout"):
+            names = getattr(self, name)
+            if len(set(names)) != len(names):
+                raise ValueError(f"{name} names a family twice: {names}")
         if not self.seen:
             raise ValueError("at least one seen (training) family is needed")
         both = sorted(set(self.seen) & set(self.heldout))
@@ -73,11 +78,23 @@ class FamilySplit:
 
 def balanced(subset: ForensicSubset, seed: int) -> tuple[Tensor, Tensor]:
     """All reals of ``subset`` plus as many of its fakes, drawn at random (seeded): float images
-    in [0, 1] (N, 3, P, P) and float labels (N,)."""
+    in [0, 1] (N, 3, P, P) and float labels (N,). Where the subset has fewer fakes than reals
+    (one family at the benchmark's default fake fraction of one half), all its fakes and as
+    many reals, drawn at random, so the set is balanced either way. Raises ``ValueError`` for
+    a subset without reals or without fakes, or a seed that is not an integer >= 0."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     g = torch.Generator().manual_seed(seed)
     reals = torch.nonzero(subset.labels == 0).squeeze(1)
     fakes = torch.nonzero(subset.labels == 1).squeeze(1)
+    if not len(reals) or not len(fakes):
+        raise ValueError(
+            f"a balanced set needs reals and fakes, the subset has {len(reals)} and {len(fakes)} "
+            "(no family named?)"
+        )
     fakes = fakes[torch.randperm(len(fakes), generator=g)[: len(reals)]]
+    if len(fakes) < len(reals):  # one family's fakes: as many reals, drawn the same way
+        reals = reals[torch.randperm(len(reals), generator=g)[: len(fakes)]].sort().values
     rows = torch.cat([reals, fakes])
     images = subset.images_uint8[rows].float().div_(255.0)
     return images, subset.labels[rows].float()
@@ -97,6 +114,7 @@ def zero_shot_report(
     families: FamilySplit,
     *,
     target_fpr: float = 0.05,
+    scale: str = "auto",
 ) -> dict[str, Any]:
     """Score a detector on the test split, seen and held-out families, with a calibrated threshold.
 
@@ -105,11 +123,20 @@ def zero_shot_report(
     set on the same scale). The threshold comes from the *validation* reals at ``target_fpr``;
     nothing of the test split is used to choose it.
 
+    ``scale`` says what the scores are, for the fixed-threshold numbers (accuracy and the test
+    reals' FPR at ``P(fake) = 0.5``): ``"probabilities"`` (0.5 is the threshold),
+    ``"logits"`` (0 is: ``sigmoid(z) >= 0.5``), or ``"auto"``, a guess: probabilities if every
+    score is in [0, 1]. The guess reads an untrained detector's logits that all happen to fall
+    in [0, 1] as probabilities: a caller that knows should say.
+
     Returns:
         ``{"threshold", "target_fpr", "val_real_fpr", "test_real_fpr", "test_real_fpr_0.5",
-        "seen": per-family metrics, "heldout": per-family metrics}``, each family's metrics
-        with ``tpr`` and ``fpr`` at the threshold added (``"mean"`` averages them too).
+        "scale", "seen": per-family metrics, "heldout": per-family metrics}``, each family's
+        metrics with ``tpr`` and ``fpr`` at the threshold added (``"mean"`` averages them too);
+        ``scale`` is the one used (``"auto"`` resolved).
     """
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     families.check(bench)
     val_real = bench.split("val", families.seen)
     val_real_scores = _scores(score_fn, val_real.images[val_real.labels == 0])
@@ -122,8 +149,12 @@ def zero_shot_report(
         if fams
     ]
     scores = [_scores(score_fn, test.images) for _, test in groups]
-    # one scale for the whole report: probabilities only if every score is in [0, 1]
-    probabilities = all(bool(((s >= 0) & (s <= 1)).all()) for s in (val_real_scores, *scores))
+    # one scale for the whole report; "auto": probabilities only if every score is in [0, 1]
+    in_unit = all(bool(((s >= 0) & (s <= 1)).all()) for s in (val_real_scores, *scores))
+    if scale == "probabilities" and not in_unit:
+        raise ValueError("scale='probabilities', but some scores are outside [0, 1]")
+    probabilities = in_unit if scale == "auto" else scale == "probabilities"
+    report["scale"] = "probabilities" if probabilities else "logits"
     for (group, test), s in zip(groups, scores, strict=True):
         names = [test.family_of(i) for i in range(len(test))]
         labels = test.labels.numpy()
@@ -139,8 +170,8 @@ def zero_shot_report(
         metrics["mean"]["fpr"] = float(np.mean([m["fpr"] for m in per_fam]))
         report[group] = metrics
         report["test_real_fpr"] = false_positive_rate(s[real], threshold)
-        if probabilities:
-            report["test_real_fpr_0.5"] = false_positive_rate(s[real], 0.5)
+        # P(fake) >= 0.5: a probability at 0.5, a logit at 0
+        report["test_real_fpr_0.5"] = false_positive_rate(s[real], 0.5 if probabilities else 0.0)
     return report
 
 

@@ -69,6 +69,13 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype float inputs are cast to: the model's (a ``model.double()`` refused float32
+    images with "Input type (float) and bias type (double) should be the same")."""
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return p.dtype if p is not None else torch.float32
+
+
 @torch.no_grad()
 def pretrain_val_loss(pretrainer: MaskedPretrainer, images: Tensor, batch_size: int = 256) -> float:
     """Mean reconstruction loss on ``images`` with the fixed validation masks."""
@@ -154,11 +161,18 @@ def pretrain(
 
 @torch.no_grad()
 def logits(model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
-    """Detector logits (N,) in eval mode, computed in chunks; the model's mode is restored."""
+    """Detector logits (N,) in eval mode, computed in chunks; the model's mode is restored.
+    ``images`` are floating point in [0, 1], cast to the model's dtype."""
+    if not images.is_floating_point():
+        raise ValueError(
+            f"images must be floating point in [0, 1] (uint8 pixels / 255), got {images.dtype}"
+        )
     was_training = model.training
     model.eval()
-    device = _model_device(model)
-    out = torch.cat([model(images[sl].to(device)).cpu() for sl in _chunks(len(images), batch_size)])
+    device, dtype = _model_device(model), _model_dtype(model)
+    out = torch.cat(
+        [model(images[sl].to(device, dtype)).cpu() for sl in _chunks(len(images), batch_size)]
+    )
     model.train(was_training)
     return out
 
@@ -179,6 +193,19 @@ def fake_probability(logit: Tensor) -> Tensor:
 def score(detector: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
     """``P(fake)`` per image (:func:`fake_probability`, float64), shape (N,)."""
     return fake_probability(logits(detector, images, batch_size))
+
+
+def _check_images_and_labels(split: str, images: Tensor, labels: Tensor) -> None:
+    """Float images (uint8 ones wrapped around in NPR's residual: ``0 - 5`` is 251) and labels
+    that are 0 (real) or 1 (fake) (family codes trained a cross-entropy against 2, 5, 7)."""
+    if not images.is_floating_point():
+        raise ValueError(
+            f"{split}_images must be floating point in [0, 1] (uint8 pixels / 255), got "
+            f"{images.dtype}"
+        )
+    if not bool(((labels == 0) | (labels == 1)).all()):
+        found = sorted({float(v) for v in labels.unique().tolist()})
+        raise ValueError(f"{split}_labels must be 0 (real) or 1 (fake), got values {found}")
 
 
 def train_detector(
@@ -224,9 +251,12 @@ def train_detector(
     """
     from sklearn.metrics import roc_auc_score
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if isinstance(train_images, Tensor):
         if train_labels is None or train_images.shape[0] != train_labels.shape[0]:
             raise ValueError("train_images and train_labels differ in length")
+        _check_images_and_labels("train", train_images, train_labels)
         train: Any = (train_images, train_labels)
     else:
         if train_labels is not None:
@@ -234,11 +264,16 @@ def train_detector(
         train = train_images
     if val_images.shape[0] != val_labels.shape[0]:
         raise ValueError("val_images and val_labels differ in length")
+    if val_images.shape[0] == 0:
+        raise ValueError("the validation set is empty: early stopping and val_loss need images")
+    _check_images_and_labels("val", val_images, val_labels)
     if attribution is not None and attribution.detector is not detector:
         raise ValueError("attribution must wrap the detector being trained")
     device = _model_device(detector)
     y_val = val_labels.float()
     margin = margin_of(detector)  # a one-class head's (models/one_class.py), else 0
+
+    dtype = _model_dtype(detector)
 
     def step_loss(batch: Any) -> Tensor:
         return detector_loss(
@@ -247,6 +282,7 @@ def train_detector(
             attribution=attribution,
             real_consistency=real_consistency,
             device=device,
+            dtype=dtype,
         )
 
     def evaluate() -> dict[str, float]:

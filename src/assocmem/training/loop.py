@@ -7,7 +7,8 @@ schedules), ``train_loss``, plus whatever ``evaluate()`` returns (at least ``val
 validation loss ends the run with ``status="diverged"`` instead of raising. A non-finite
 training loss takes no step, and the forward that produced it leaves nothing behind either:
 the BatchNorm running statistics it updated are put back, so the model is that of the last
-step taken (``TrainResult.steps``).
+step taken (``TrainResult.steps``), unless early stopping restores its best evaluation's
+weights (``restore_best``), which the run's ``message`` then says.
 
 Early stopping: with ``patience=k`` the run ends once ``k`` evaluations in a row have not lowered
 the best validation loss, and the model leaves with the weights of its best evaluation whether
@@ -209,7 +210,10 @@ def fit(
         isinstance(eval_every, int) and eval_every >= 1
     ):
         raise ValueError(f"need steps >= 0 and eval_every >= 1, got {steps!r}, {eval_every!r}")
-    if patience is not None and (evaluate is None or patience < 1):
+    if patience is not None and (
+        evaluate is None or isinstance(patience, bool) or not isinstance(patience, int)
+        or patience < 1
+    ):  # fmt: skip
         raise ValueError(
             f"patience must be None or >= 1 evaluations (with an evaluate), got {patience!r}"
         )
@@ -230,6 +234,12 @@ def fit(
         raise ValueError("the model has no trainable parameters")
     averaged = _averager(model, average)
     opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer(params)
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise TypeError(f"the optimizer factory returned {type(opt).__name__}, not an Optimizer")
+    stepped = {id(p) for group in opt.param_groups for p in group["params"]}
+    if not any(id(p) in stepped for p in params):
+        # a built optimizer over another model's parameters trained nothing, "ok" all the same
+        raise ValueError("the optimizer holds none of the model's trainable parameters")
     schedule = _lr_schedule(opt, lr_decay, steps)
     history: list[dict[str, Any]] = []
     bar = _progress(steps, progress, desc)
@@ -343,6 +353,8 @@ def fit(
         bar.close()
     if restore_best and best["state"] is not None:
         _restore(model, best["state"])
+        if status == "diverged":  # the model is not the last step's: say whose it is
+            message += f"; restored the weights of step {best['step']}, the best evaluation"
     elif averaged is not None:  # a fixed budget with averaging leaves with the average
         _restore(model, averaged.module.state_dict())
     return TrainResult(

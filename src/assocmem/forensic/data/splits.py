@@ -130,6 +130,8 @@ class ForensicBenchmark:
         family protocol.
         """
         arrays = self.arrays(name)
+        if isinstance(families, str):  # tuple("splice") would be its letters
+            raise ValueError(f"families must be a sequence of names, got {families!r}")
         fams = self.config.families if families is None else tuple(families)
         unknown = [f for f in fams if f not in self.family_names or f == REAL]
         if unknown:

@@ -127,6 +127,8 @@ class TrainStream(IterableDataset):
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
         fams = tuple(families)
+        if len(set(fams)) != len(fams):  # a repeat silently doubled that family's share
+            raise ValueError(f"families names a family twice: {fams}")
         unknown = [f for f in fams if f not in bench.config.families]
         if not fams or unknown:
             raise ValueError(
