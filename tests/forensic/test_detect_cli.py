@@ -257,11 +257,11 @@ def test_ctrl_c_keeps_what_was_scored(weights, folder, tmp_path, capsys, monkeyp
     scored = []
     real = Detector.score_one
 
-    def interrupted_on_the_third(self, image):
+    def interrupted_on_the_third(self, image, **kwargs):
         if len(scored) == 2:
             raise KeyboardInterrupt
         scored.append(image)
-        return real(self, image)
+        return real(self, image, **kwargs)
 
     monkeypatch.setattr(Detector, "score_one", interrupted_on_the_third)
     out_csv = tmp_path / "partial.csv"
@@ -393,3 +393,19 @@ def test_table_rows_stay_one_aligned_line_for_odd_file_names():
     assert len(lines) == 1 + len(names)
     assert len({line.index("real") for line in lines[1:]}) == 1  # one column for the decision
     assert "x\\udcff.png" in lines[2] and "two\\nlines.png" in lines[3]
+
+
+def test_a_large_image_reports_its_tiles_as_they_are_scored(weights):
+    # a 24-megapixel photo is ~23 000 tiles: minutes without a word before the progress hook
+    from assocmem.forensic.detect import _TILE_PROGRESS_FROM, _TileBar
+
+    detector = Detector.load(weights, batch_size=64)
+    image = torch.rand(3, 32 * 10, 32 * 20)  # 200 tiles
+    calls = []
+    result = detector.score_one(image, progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (result.tiles, result.tiles) and len(calls) == 4  # 64, 128, 192, 200
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    bar = _TileBar(Path("big.jpg"))
+    bar(64, _TILE_PROGRESS_FROM - 1)  # a small image: no bar
+    assert bar.bar is None
+    bar.close()

@@ -73,6 +73,9 @@ __all__ = [
 EXIT_OK, EXIT_STDOUT, EXIT_USAGE, EXIT_UNREADABLE = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 _PROGRESS_FROM = 50  # images; fewer finish before a bar would help
+# tiles of one image (about 2 megapixels at 32 px tiles, a minute or more with eight views on
+# a CPU): a large photo scored alone shows its own bar, where it said nothing for minutes
+_TILE_PROGRESS_FROM = 2048
 
 
 class Item(NamedTuple):
@@ -340,10 +343,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar = tqdm(items, desc="scoring", unit="image", file=sys.stderr,
                disable=True if len(items) < _PROGRESS_FROM else None)  # fmt: skip
     interrupted = False
+    tile_bars = bar.disable  # one bar at a time on stderr: the images' or a large image's tiles
     try:
         for item in bar:
             try:
-                rows.append(_row(item, detector.score_one(item.path)))
+                progress = _TileBar(item.path) if tile_bars else None
+                try:
+                    rows.append(_row(item, detector.score_one(item.path, progress=progress)))
+                finally:
+                    if progress is not None:
+                        progress.close()
             # one bad file never stops the run; RuntimeError: torch failing to allocate tiles
             except (*DECODE_ERRORS, RuntimeError) as e:
                 rows.append(_row(item, None, f"{type(e).__name__}: {e}"))
@@ -392,6 +401,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unwritten:
         return EXIT_STDOUT
     return EXIT_UNREADABLE if bad else EXIT_OK
+
+
+class _TileBar:
+    """``Detector.score_one``'s ``progress``: a tqdm bar of one image's tiles on stderr, opened
+    once the image turns out to hold at least :data:`_TILE_PROGRESS_FROM` tiles."""
+
+    def __init__(self, path: Path) -> None:
+        self.name, self.bar = _shown(path.name), None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if total < _TILE_PROGRESS_FROM:
+                return
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, desc=self.name, unit="tile", file=sys.stderr, leave=False, disable=None
+            )  # fmt: skip (None: on a terminal only)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _write_reports(

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, Union
@@ -243,7 +243,9 @@ class Detector:
         mean over the detector's views of that tile."""
         return self._tile_logits(_as_image(image))
 
-    def _tile_logits(self, image: Tensor) -> Tensor:
+    def _tile_logits(
+        self, image: Tensor, progress: Callable[[int, int], None] | None = None
+    ) -> Tensor:
         cut = tiles(image, self.patch_size, self.stride, self.alignment)
         was_training = self.model.training
         self.model.eval()  # BatchNorm's running statistics: a tile's score ignores its batch
@@ -255,6 +257,8 @@ class Detector:
                 # the benchmark's convention: uint8 pixels / 255, float32
                 x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
                 out.append(self._view_mean(x.to(device)).float().cpu())
+                if progress is not None:
+                    progress(start + len(batch), len(cut))
         finally:
             self.model.train(was_training)
         return torch.cat(out)
@@ -272,10 +276,14 @@ class Detector:
         return view_mean(self.model, x, self.views)
 
     @torch.no_grad()
-    def score_one(self, image: ImageInput) -> ImageScore:
-        """One image (a path, a PIL image, or a tensor (3, H, W): uint8, or float in [0, 1])."""
+    def score_one(
+        self, image: ImageInput, *, progress: Callable[[int, int], None] | None = None
+    ) -> ImageScore:
+        """One image (a path, a PIL image, or a tensor (3, H, W): uint8, or float in [0, 1]).
+        ``progress(done, total)`` is called with the tiles scored so far after each batch (a
+        24-megapixel photo is ~23 000 tiles, minutes on a CPU)."""
         x = _as_image(image)
-        tile_logits = self._tile_logits(x)
+        tile_logits = self._tile_logits(x, progress)
         logit = combine_logits(tile_logits)
         _, h, w = x.shape
         area = self.area_tiles(h, w)
