@@ -10,7 +10,7 @@ INDUCTOR_CACHE ?= $(or $(TMPDIR),/tmp)/assocmem-inductor
 PORTABLE_ISA := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41
 AVX2_ISA := ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 
-.PHONY: setup test test-slow test-portability demo demo-pretrain bench gpu-check lint format clean
+.PHONY: setup test test-slow test-portability demo demo-pretrain bench bench-full gpu-check lint format clean
 
 setup: $(STAMP)
 
@@ -70,8 +70,14 @@ demo: $(STAMP)
 demo-pretrain: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m experiments.compare +experiment=demo
 
+# The step-cost benchmark (minutes; prints its tables, writes nothing unless --write is given).
 bench: $(STAMP)
 	$(PY) -m experiments.bench_step
+
+# The full fair comparison for a results refresh (hours on 2 cores; rewrites its sections of
+# docs/results.md). It was the second half of `bench`, which the README calls the step-cost
+# benchmark.
+bench-full: $(STAMP)
 	$(PY) -m experiments.compare +experiment=bench
 
 # Issue 15's GPU checks (CUDA tests, then the step benchmark on the device) with a CUDA build of

@@ -247,7 +247,12 @@ def _describe_threshold(detector: Detector) -> str:
     patch = f"{detector.threshold:+.4f} on the mean tile logit"
     t = f"threshold {patch}"
     if detector.image_thresholds:
-        larger = ", ".join(f"{k}+ tiles {v:+.4f}" for k, v in detector.image_thresholds)
+        # whole tiles that fit (Detector.area_tiles), not the overlapping tiles the table counts:
+        # a 48 px image is scored on 4 tiles but decided as one
+        p = detector.patch_size
+        larger = ", ".join(
+            f"{k}+ whole {p} px tiles {v:+.4f}" for k, v in detector.image_thresholds
+        )
         t = f"thresholds by image size ({patch}; {larger})"
     if detector.target_fpr is None:
         t = f"{t} (given)"
