@@ -96,7 +96,13 @@ class Learned(Preset):
         # The file is read at every step (a relative path from the working directory): if it
         # went missing or now holds a memory of other shapes, say so before the step counts
         # or decays anything, so that a retry after restoring it resumes exactly.
-        _, config = load_learned(group["checkpoint"], params[0].dtype, params[0].device)
+        # the dtype the step runs in: an fp16/bf16 parameter's fp32 master, a complex one's
+        # real view (MemoryOptimizer's working tensors)
+        p0 = params[0]
+        dtype = p0.real.dtype if p0.is_complex() else p0.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            dtype = torch.float32
+        _, config = load_learned(group["checkpoint"], dtype, p0.device)
         for p in params:
             held = state.get(p)
             if held and held["momenta"].shape[0] != len(config.betas):
