@@ -338,6 +338,7 @@ class MemoryOptimizer(Optimizer):
                 group["foreach"] is not False
                 and preset.shards_locally(group)
                 and sharded.steps_locally(key)
+                and (not preset.gathers_rows or sharded.row_mesh_dims(key) <= 1)
             ):
                 local_ws = [sharded.local(w) for w in ws]
                 with sharded.reducing(key, list(zip(local_ws, ws, strict=True))):

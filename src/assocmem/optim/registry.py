@@ -141,6 +141,12 @@ class Preset:
         """
         return False
 
+    # Whether the local path (``shards_locally``) gathers a tensor's rows across ranks
+    # (``sharded.gather_rows``: muon's Newton-Schulz on the whole matrix), which reads rows
+    # sharded over one mesh dimension only; rows sharded over several (FSDP over tensor
+    # parallel's ``Shard(0)``) are then stepped the gathered way.
+    gathers_rows: ClassVar[bool] = False
+
     def shards_locally(self, group: Group) -> bool:
         """Whether the fast path steps an FSDP2-sharded tensor from this rank's rows alone.
 

@@ -103,6 +103,12 @@ def steps_locally(key: tuple[Any, ...]) -> bool:
     return all(p.is_replicate() or (p.is_shard() and p.dim == 0) for p in placements)
 
 
+def row_mesh_dims(key: tuple[Any, ...]) -> int:
+    """Over how many mesh dimensions a layout shards its tensors' rows."""
+    _, placements = key
+    return sum(1 for p in placements if p.is_shard())
+
+
 def _shard_groups(key: tuple[Any, ...]) -> tuple[Any, ...]:
     mesh, placements = key
     return tuple(mesh.get_group(i) for i, p in enumerate(placements) if p.is_shard())

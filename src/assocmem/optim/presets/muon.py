@@ -157,6 +157,8 @@ class Muon(Preset):
         # the delta-rule momentum's whole-tensor erase reads ||g||^2 of each matrix
         return group["gamma"] > 0 and group["erase"] == "tensor"
 
+    gathers_rows = True  # a matrix's read is gathered whole for Newton-Schulz
+
     def shards_locally(self, group: Group) -> bool:
         # The Adam fallback is elementwise; a matrix's read u is gathered. The erase's and the
         # row norm's whole-tensor sums are not all-reduced here: those options step gathered.
