@@ -21,6 +21,7 @@ user's script) measures the same thing:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -82,7 +83,7 @@ def balanced(subset: ForensicSubset, seed: int) -> tuple[Tensor, Tensor]:
     (one family at the benchmark's default fake fraction of one half), all its fakes and as
     many reals, drawn at random, so the set is balanced either way. Raises ``ValueError`` for
     a subset without reals or without fakes, or a seed that is not an integer >= 0."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     g = torch.Generator().manual_seed(seed)
     reals = torch.nonzero(subset.labels == 0).squeeze(1)

@@ -19,6 +19,7 @@ bit-identical on CPU.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -251,7 +252,11 @@ def train_detector(
     """
     from sklearn.metrics import roc_auc_score
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if isinstance(train_images, Tensor):
         if train_labels is None or train_images.shape[0] != train_labels.shape[0]:

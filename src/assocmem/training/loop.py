@@ -44,6 +44,7 @@ Line-search optimizers (``torch.optim.LBFGS``) get a closure that re-evaluates t
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -211,7 +212,7 @@ def fit(
     ):
         raise ValueError(f"need steps >= 0 and eval_every >= 1, got {steps!r}, {eval_every!r}")
     if patience is not None and (
-        evaluate is None or isinstance(patience, bool) or not isinstance(patience, int)
+        evaluate is None or isinstance(patience, bool) or not isinstance(patience, numbers.Integral)
         or patience < 1
     ):  # fmt: skip
         raise ValueError(
