@@ -175,3 +175,9 @@ def test_a_masker_refuses_bad_settings_when_built_not_at_its_first_batch(build, 
     # a config's bad ratio surfaced as a traceback from the first evaluation, after the data
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_a_band_with_a_nan_bound_is_refused():
+    # (nan, 1.0) passed "lo > hi" (False for NaN) and removed nothing
+    with pytest.raises(ValueError, match="lo <= hi"):
+        FrequencyMasker("band", bands=((math.nan, 1.0),))

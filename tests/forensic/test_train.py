@@ -219,3 +219,24 @@ def test_a_float64_detector_trains_and_scores_on_float32_images():
     result = train_detector(model, x, y, xv, yv, adam(1e-3), steps=2, batch_size=8)
     assert result.status == "ok"
     assert score(model, xv).dtype == torch.float64 and len(score(model, xv)) == 8
+
+
+def test_pretraining_refuses_images_it_would_read_wrongly():
+    import pytest
+
+    torch.manual_seed(0)
+    pre = MaskedPretrainer(ViTEncoder(), FrequencyMasker("spectral", 0.5), loss="both")
+    x = torch.rand(8, 3, SIZE, SIZE)
+
+    def run(train, val):
+        return pretrain(pre, train, val, adam(1e-3), steps=1, batch_size=4)
+
+    with pytest.raises(ValueError, match="floating point"):
+        run((x * 255).to(torch.uint8), x)  # trained at 255x the scale, status "ok"
+    with pytest.raises(ValueError, match=r"non-empty batch \(b, 3, H, W\)"):
+        run(x, x[:0])  # a division by zero after the first evaluation
+    with pytest.raises(ValueError, match=r"\(b, 3, H, W\)"):
+        run(x[:, :1], x[:, :1])  # one channel broadcast against a 3-channel prediction
+    # an image of another size with as many tokens: read on another grid's positions
+    with pytest.raises(ValueError, match="built for"):
+        ViTEncoder()(torch.rand(2, 3, SIZE * 2, SIZE // 2))

@@ -115,3 +115,14 @@ def test_values_that_do_not_match_the_recall_are_refused():
     for values in (torch.ones(1, 2), torch.ones(4, 1)):  # would broadcast to (4, 2)
         with pytest.raises(ValueError, match="do not match"):
             deep_write(state, keys, values, lr=0.1)
+
+
+def test_an_anchor_must_match_the_memory():
+    state = deep_memory(3, 2, hidden=4, seed=0)
+    k, v = torch.randn(5, 3), torch.randn(5, 2)
+    other_width = deep_memory(3, 2, hidden=1, seed=0)
+    as_double = DeepMemory(*(None if t is None else t.double() for t in state))
+    for anchor, match in ((other_width, "'w1'"), (as_double, "float64")):
+        with pytest.raises(ValueError, match=match):
+            deep_write(state, k, v, retention=0.9, anchor=anchor)
+    assert deep_write(state, k, v, retention=0.9, anchor=state).w1.shape == state.w1.shape

@@ -144,3 +144,43 @@ def test_a_write_that_does_not_fit_the_memory_is_refused_with_the_shapes():
             write(M, torch.ones(4), torch.ones(2))
         with pytest.raises(ValueError, match="float64"):
             write(M, torch.ones(3, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+
+
+def test_a_per_coordinate_rate_scales_the_update_of_a_matrix_memory():
+    # "lr * V^T @ K" grouped as (lr * V^T) @ K: a (v, k) rate scaled the values instead of
+    # the update (silently wrong for n = k pairs, a matmul error for one pair)
+    g = torch.Generator().manual_seed(0)
+    M0 = matrix_memory(3, 2, dtype=torch.float64)
+    M0 = M0._replace(M=torch.randn(2, 3, generator=g, dtype=torch.float64))
+    lr = torch.rand(2, 3, generator=g, dtype=torch.float64)
+    for n in (1, 3):
+        K = torch.randn(n, 3, generator=g, dtype=torch.float64)
+        V = torch.randn(n, 2, generator=g, dtype=torch.float64)
+        hebb = hebbian_write(M0, K, V, lr=lr).M
+        torch.testing.assert_close(hebb, M0.M + lr * (V.mT @ K), rtol=0, atol=1e-14)
+        delta = delta_write(M0, K, V, lr=lr).M
+        error = K @ M0.M.mT - V
+        torch.testing.assert_close(delta, M0.M - lr * (error.mT @ K), rtol=0, atol=1e-14)
+    # one rate per stacked memory, (B, 1, 1), as before
+    stacked = M0._replace(M=M0.M.expand(4, 2, 3).clone())
+    rates = torch.rand(4, 1, 1, generator=g, dtype=torch.float64)
+    K, V = torch.randn(4, 1, 3, dtype=torch.float64), torch.randn(4, 1, 2, dtype=torch.float64)
+    torch.testing.assert_close(
+        hebbian_write(stacked, K, V, lr=rates).M,
+        stacked.M + rates * (V.mT @ K), rtol=0, atol=1e-14,
+    )  # fmt: skip
+
+
+def test_an_elementwise_read_or_surprise_never_grows_the_memory():
+    import pytest
+
+    from assocmem.memory import surprise
+
+    m = elementwise_memory(torch.ones(4))
+    with pytest.raises(ValueError, match="cannot take a key of shape"):
+        read(m, torch.ones(4, 1))  # was (4, 4)
+    with pytest.raises(ValueError, match="cannot take a value of shape"):
+        surprise(m, None, torch.ones(4, 1))
+    assert read(m, torch.tensor(2.0)).shape == (4,)  # a scalar key broadcasts to it
+    with pytest.raises(ValueError, match="needs a key"):
+        surprise(matrix_memory(3, 2), None, torch.ones(2))  # was an AttributeError

@@ -288,3 +288,16 @@ def test_an_average_needs_a_module():
     w, loss = quadratic()
     with pytest.raises(ValueError, match="needs an nn.Module"):
         fit([w], loss, itertools.count(1), torch.optim.SGD, steps=1, average=0.9)
+
+
+def test_a_non_finite_first_evaluation_ends_the_run_before_any_step():
+    # a NaN pixel in the validation data: the run trained eval_every steps, then blamed the
+    # training ("non-finite validation loss at step 50")
+    w, loss = quadratic()
+    before = w.detach().clone()
+    result = fit(
+        [w], loss, itertools.count(1), lambda ps: torch.optim.SGD(ps, lr=0.1), steps=10,
+        eval_every=5, evaluate=lambda: {"val_loss": math.nan},
+    )  # fmt: skip
+    assert result.diverged and result.steps == 0 and "before any step" in result.message
+    assert torch.equal(w.detach(), before)

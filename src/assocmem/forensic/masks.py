@@ -101,7 +101,7 @@ def band_limits(band: Band, radii: tuple[float, float] = DEFAULT_RADII) -> tuple
         raise ValueError(f"radii must satisfy 0 <= r_low <= r_high, got {radii}")
     if isinstance(band, tuple):
         lo, hi = band
-        if lo > hi:
+        if not lo <= hi:  # NaN too: (nan, 1.0) removed nothing
             raise ValueError(f"band must satisfy lo <= hi, got {band}")
         return float(lo), float(hi)
     limits = {"low": (0.0, r1), "mid": (r1, r2), "high": (r2, math.inf)}

@@ -84,6 +84,8 @@ def pretrain_val_loss(pretrainer: MaskedPretrainer, images: Tensor, batch_size: 
     pretrainer.eval()
     gen = torch.Generator().manual_seed(VAL_MASK_SEED)
     device = _model_device(pretrainer)
+    if images.shape[0] == 0:
+        raise ValueError("the validation set is empty: the validation loss needs images")
     total = 0.0
     for sl in _chunks(images.shape[0], batch_size):
         x = images[sl].to(device)
@@ -143,11 +145,15 @@ def pretrain(
     rate to 0 at ``steps`` (:func:`assocmem.training.fit`).
     """
     device = _model_device(pretrainer)
+    pretrainer.check_images(val_images)  # an empty one divided by zero after the first eval
+    if isinstance(train_images, Tensor):
+        pretrainer.check_images(train_images)
 
     def masked_batches() -> Iterator[MaskedBatch]:
         # Masks are drawn once per step, so a closure re-evaluation sees the same ones.
         for batch in _stream(train_images, batch_size, generator):
             images = batch[0] if isinstance(batch, tuple | list) else batch
+            pretrainer.check_images(images)  # a loader's batches too
             yield pretrainer.masker(images.to(device), generator)
 
     def evaluate() -> dict[str, float]:

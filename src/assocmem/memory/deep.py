@@ -6,8 +6,10 @@
                       phi <- phi0 + alpha * (phi - phi0) - eta * grad_phi l     (toward an anchor)
 
 The linear memories are the special case ``M_phi(k) = S k``: with the L2 objective the write is
-then exactly the delta rule. The MLP stores a non-linear map at the same cost per write, which
-is what Titans and Nested Learning's deep momentum use. The gradient is taken with
+then the delta rule, at ``eta / n`` for ``n`` pairs (the objective is the mean over the pairs,
+:func:`~assocmem.memory.delta_write` steps on their sum; one pair is exactly it). The MLP
+stores a non-linear map at the same cost per write, which is what Titans and Nested Learning's
+deep momentum use. The gradient is taken with
 :func:`torch.func.grad` over the parameters as a dict of tensors, so the write is a pure
 function that also runs under ``torch.no_grad`` and composes with ``vmap``.
 
@@ -207,6 +209,14 @@ def retain_and_step(
             kept = p * retention
         else:
             p0 = getattr(anchor, name)
+            # an anchor of another shape broadcast silently (every row of w1 decayed toward one
+            # anchor row), a float64 one promoted the memory; a missing skip was a TypeError
+            if p0 is None or p0.shape != p.shape or p0.dtype != p.dtype:
+                found = None if p0 is None else f"{p0.dtype} {tuple(p0.shape)}"
+                raise ValueError(
+                    f"the anchor's {name!r} must match the memory's ({p.dtype} "
+                    f"{tuple(p.shape)}), got {found}"
+                )
             kept = p0 + retention * (p - p0)
         new[name] = kept - lr * g
     return DeepMemory(**new)

@@ -21,13 +21,18 @@ from assocmem.memory.linear import (
     as_pairs,
     kept,
     read,
+    same_shape,
 )
 
 
 def surprise(state: LinearMemory, key: Tensor | None, value: Tensor) -> Tensor:
     """The prediction error ``M k - v`` the delta rule writes back (the inner gradient's factor)."""
     if isinstance(state, ElementwiseMemory):
-        return read(state, key) - value
+        recalled = read(state, key)
+        same_shape(recalled, value, "value")
+        return recalled - value
+    if key is None:
+        raise ValueError("a matrix memory needs a key to read")
     keys, values = as_pairs(state, key, value)
     return read(state, keys) - values
 
@@ -59,4 +64,4 @@ def delta_write(
         grad = error if key is None else error * key
         return ElementwiseMemory(kept(state, state.m * retention - lr * grad))
     keys, _ = as_pairs(state, key, value)
-    return MatrixMemory(kept(state, state.M * retention - lr * error.mT @ keys))
+    return MatrixMemory(kept(state, state.M * retention - lr * (error.mT @ keys)))  # as hebbian

@@ -51,4 +51,6 @@ def hebbian_write(
     if key is None:
         raise ValueError("a matrix memory needs a key to write")
     keys, values = as_pairs(state, key, value)
-    return MatrixMemory(kept(state, state.M * retention + lr * values.mT @ keys))
+    # lr times the update: "lr * V^T @ K" groups as (lr * V^T) @ K, which put a per-coordinate
+    # rate on the values (wrong where the shapes fit, a matmul error where they did not)
+    return MatrixMemory(kept(state, state.M * retention + lr * (values.mT @ keys)))

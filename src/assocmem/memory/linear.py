@@ -91,14 +91,34 @@ def kept(state: LinearMemory, new: Tensor) -> Tensor:
     return new
 
 
+def same_shape(held: Tensor, x: Tensor, name: str) -> None:
+    """Refuse ``x`` (a key or value of an elementwise memory) if it and ``held`` (the memory,
+    or what it recalls) broadcast to a shape that is neither's: a (4, 1) key read a (4,) memory
+    as (4, 4) without a word. A 0-d memory reading a whole tensor (``landscape``'s scalar form,
+    ``h k``) and a scalar key are their own shapes broadcast, and read."""
+    if x.shape == held.shape:
+        return
+    shape = torch.broadcast_shapes(held.shape, x.shape)
+    if shape != held.shape and shape != x.shape:
+        raise ValueError(
+            f"an elementwise memory of shape {tuple(held.shape)} cannot take a {name} of "
+            f"shape {tuple(x.shape)}: together they broadcast to {tuple(shape)}"
+        )
+
+
 def read(state: LinearMemory, key: Tensor | None = None) -> Tensor:
     """Recall the value stored under ``key``.
 
-    Elementwise: ``m * k`` (``m`` itself for a key-less read). Matrix: ``M k`` for a key of
-    shape ``(k,)`` or a batch ``(..., n, k)``, returning ``(..., v)`` or ``(..., n, v)``.
+    Elementwise: ``m * k`` (``m`` itself for a key-less read), shaped like ``m`` or ``k``: a
+    scalar key, or a 0-d memory read with a whole tensor, broadcast; a key that would grow both
+    (a (4, 1) key on a (4,) memory) is refused. Matrix: ``M k`` for a key of shape ``(k,)`` or
+    a batch ``(..., n, k)``, returning ``(..., v)`` or ``(..., n, v)``.
     """
     if isinstance(state, ElementwiseMemory):
-        return state.m if key is None else state.m * key
+        if key is None:
+            return state.m
+        same_shape(state.m, key, "key")
+        return state.m * key
     if key is None:
         raise ValueError("a matrix memory needs a key to read")
     return state.M @ key if key.dim() == 1 else key @ state.M.mT

@@ -282,14 +282,19 @@ def fit(
         return metrics
 
     # Step 0: the untrained model, so curves start at initialisation.
+    last = steps
     if evaluate is not None:
         initial = timed_evaluate(0)
         val_loss = initial["val_loss"]
         record({"step": 0, "time": elapsed(), **initial})
+        if not math.isfinite(val_loss):  # before any step: the data, not the training
+            status = "diverged"
+            message = "non-finite validation loss at step 0, before any step: the validation data?"
+            last = 0  # it trained eval_every steps before saying so
     _train_mode(model)
     statistics = _running_statistics(model)
     needs_closure = isinstance(opt, torch.optim.LBFGS)
-    for step in range(1, steps + 1):
+    for step in range(1, last + 1):
         batch = next(batches)
         if needs_closure:
 

@@ -90,6 +90,7 @@ class MaskedPretrainer(nn.Module):
         self.encoder = encoder
         self.masker = masker
         self.loss_kind = loss
+        self.channels = channels
         self.decoder = PixelDecoder(encoder.feature_dim, encoder.stride, decoder_hidden, channels)
 
     def reconstruct(self, batch: MaskedBatch) -> Tensor:
@@ -107,8 +108,24 @@ class MaskedPretrainer(nn.Module):
         return total
 
     def loss(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Scalar reconstruction loss on a fresh random mask per image."""
+        """Scalar reconstruction loss on a fresh random mask per image. ``images``: a non-empty
+        float batch (b, channels, H, W) in [0, 1], ``channels`` the decoder's."""
+        self.check_images(images)
         return self.loss_on(self.masker(images, generator))
+
+    def check_images(self, images: Tensor) -> None:
+        """Refuse what the reconstruction would read wrongly without a word: integer pixels
+        (uint8 trained at 255 times the scale, "ok"), another channel count than the decoder's
+        (broadcast against the prediction), an empty batch (an FFT error, or a loss of 0)."""
+        if not images.is_floating_point():
+            raise ValueError(
+                f"images must be floating point in [0, 1] (uint8 pixels / 255), got {images.dtype}"
+            )
+        if images.dim() != 4 or images.shape[0] == 0 or images.shape[1] != self.channels:
+            raise ValueError(
+                f"images must be a non-empty batch (b, {self.channels}, H, W), got "
+                f"{tuple(images.shape)}"
+            )
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return self.loss(images, generator)

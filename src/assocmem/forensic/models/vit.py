@@ -87,6 +87,13 @@ class ViTEncoder(nn.Module):
 
     def tokens(self, x: Tensor) -> Tensor:
         """Token features (b, n, d) after the final LayerNorm."""
+        side = self.grid * self.patch
+        if x.dim() != 4 or x.shape[-2:] != (side, side):
+            # a 32 x 8 image has as many tokens as a 16 x 16 one: it was read with the position
+            # encodings of another grid, and laid out on it by feature_map
+            raise ValueError(
+                f"the encoder was built for {side} x {side} images, got shape {tuple(x.shape)}"
+            )
         x = rearrange(x, "b c (h p) (w q) -> b (h w) (p q c)", p=self.patch, q=self.patch)
         x = self.to_tokens(x) + self.pos
         for block in self.blocks:
