@@ -12,16 +12,12 @@ run leaves the single one by a whole step (far beyond the tolerance).
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from gloo_support import free_port, run_worker
 from optim_support import LOCKSTEP_TOL, option_value
 
 from assocmem import MemoryOptimizer, get_preset
@@ -56,29 +52,9 @@ CASES = [
 TIMEOUT_S = 600  # the whole spawn; ~45 s on 2 shared cores. Collectives time out after 60 s.
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_worker(out: Path) -> tuple[int, str]:
     """One run of the worker on a fresh port: its exit status and the tail of its stderr."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [*sys.path, os.environ.get("PYTHONPATH")])),
-    }
-    cmd = [sys.executable, str(WORKER), str(out), str(_free_port()), *CASES]
-    # Its own session, so that on a timeout the spawned ranks are killed with it.
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE)
-    try:
-        _, err = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"the FSDP worker did not finish in {TIMEOUT_S} s")
-    return proc.returncode, err.decode()[-4000:]
+    return run_worker(WORKER, [str(out), str(free_port()), *CASES], TIMEOUT_S)
 
 
 # A rank killed by a signal (torch.multiprocessing reports "terminated with signal SIGSEGV")

@@ -6,15 +6,11 @@ keep their local step there. 2 gloo ranks on 127.0.0.1, with timeouts."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from gloo_support import free_port, run_worker
 
 pytestmark = pytest.mark.slow
 
@@ -26,24 +22,9 @@ TIMEOUT_S = 300
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("mesh") / "results.pt"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [*sys.path, os.environ.get("PYTHONPATH")])),
-    }
-    cmd = [sys.executable, str(WORKER), str(out), str(port), *CASES]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE)
-    try:
-        _, err = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"the mesh worker did not finish in {TIMEOUT_S} s")
+    status, err = run_worker(WORKER, [str(out), str(free_port()), *CASES], TIMEOUT_S)
     if not out.exists():  # a gloo abort after rank 0 wrote its results is not a failure
-        pytest.fail(f"the mesh worker failed ({proc.returncode}):\n{err.decode()[-4000:]}")
+        pytest.fail(f"the mesh worker failed ({status}):\n{err}")
     return torch.load(out)
 
 
