@@ -80,12 +80,11 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
 @torch.no_grad()
 def pretrain_val_loss(pretrainer: MaskedPretrainer, images: Tensor, batch_size: int = 256) -> float:
     """Mean reconstruction loss on ``images`` with the fixed validation masks."""
+    pretrainer.check_images(images)  # an empty set divided by zero
     was_training = pretrainer.training
     pretrainer.eval()
     gen = torch.Generator().manual_seed(VAL_MASK_SEED)
     device = _model_device(pretrainer)
-    if images.shape[0] == 0:
-        raise ValueError("the validation set is empty: the validation loss needs images")
     total = 0.0
     for sl in _chunks(images.shape[0], batch_size):
         x = images[sl].to(device)
@@ -145,9 +144,6 @@ def pretrain(
     rate to 0 at ``steps`` (:func:`assocmem.training.fit`).
     """
     device = _model_device(pretrainer)
-    pretrainer.check_images(val_images)  # an empty one divided by zero after the first eval
-    if isinstance(train_images, Tensor):
-        pretrainer.check_images(train_images)
 
     def masked_batches() -> Iterator[MaskedBatch]:
         # Masks are drawn once per step, so a closure re-evaluation sees the same ones.
@@ -170,10 +166,7 @@ def pretrain(
 def logits(model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
     """Detector logits (N,) in eval mode, computed in chunks; the model's mode is restored.
     ``images`` are floating point in [0, 1], cast to the model's dtype."""
-    if not images.is_floating_point():
-        raise ValueError(
-            f"images must be floating point in [0, 1] (uint8 pixels / 255), got {images.dtype}"
-        )
+    _require_float("images", images)
     was_training = model.training
     model.eval()
     device, dtype = _model_device(model), _model_dtype(model)
@@ -202,14 +195,17 @@ def score(detector: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
     return fake_probability(logits(detector, images, batch_size))
 
 
+def _require_float(name: str, images: Tensor) -> None:
+    if not images.is_floating_point():
+        raise ValueError(
+            f"{name} must be floating point in [0, 1] (uint8 pixels / 255), got {images.dtype}"
+        )
+
+
 def _check_images_and_labels(split: str, images: Tensor, labels: Tensor) -> None:
     """Float images (uint8 ones wrapped around in NPR's residual: ``0 - 5`` is 251) and labels
     that are 0 (real) or 1 (fake) (family codes trained a cross-entropy against 2, 5, 7)."""
-    if not images.is_floating_point():
-        raise ValueError(
-            f"{split}_images must be floating point in [0, 1] (uint8 pixels / 255), got "
-            f"{images.dtype}"
-        )
+    _require_float(f"{split}_images", images)
     if not bool(((labels == 0) | (labels == 1)).all()):
         found = sorted({float(v) for v in labels.unique().tolist()})
         raise ValueError(f"{split}_labels must be 0 (real) or 1 (fake), got values {found}")
