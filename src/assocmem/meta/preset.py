@@ -72,6 +72,13 @@ def load_learned(
     return _CACHE[key]
 
 
+def _checked_config(group: Group) -> LearnedConfig:
+    """The config of the group's memory file, read (and cached) as :func:`load_learned` reads
+    it, in float32 on the CPU: any error of the file (missing, corrupt, not finite where the
+    memory runs) is raised here, whatever dtype and device the parameters have."""
+    return load_learned(group["checkpoint"], torch.float32, torch.device("cpu"))[1]
+
+
 @register
 class Learned(Preset):
     name = "learned"
@@ -90,19 +97,13 @@ class Learned(Preset):
 
     def check_group(self, group: Group) -> None:
         # Fail at construction, not at the first step, on a missing or mismatched file.
-        load_learned(group["checkpoint"], torch.float32, torch.device("cpu"))
+        _checked_config(group)
 
     def check_step(self, params: list[Tensor], state: Mapping[Tensor, State], group: Group) -> None:
         # The file is read at every step (a relative path from the working directory): if it
         # went missing or now holds a memory of other shapes, say so before the step counts
         # or decays anything, so that a retry after restoring it resumes exactly.
-        # the dtype the step runs in: an fp16/bf16 parameter's fp32 master, a complex one's
-        # real view (MemoryOptimizer's working tensors)
-        p0 = params[0]
-        dtype = p0.real.dtype if p0.is_complex() else p0.dtype
-        if dtype in (torch.float16, torch.bfloat16):
-            dtype = torch.float32
-        _, config = load_learned(group["checkpoint"], dtype, p0.device)
+        config = _checked_config(group)
         for p in params:
             held = state.get(p)
             if held and held["momenta"].shape[0] != len(config.betas):
