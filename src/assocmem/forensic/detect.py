@@ -330,16 +330,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # replaced a.jpg with the report).
     weights = Path(detector.source).resolve()
     protected = {weights, weights.with_suffix(".json")}
-    inputs = {p.resolve() for p in args.paths} | {item.path.resolve() for item in items}
-    outputs = [out for out in (args.csv, args.json) if out is not None]
-    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
+    outputs = [(out, out.resolve()) for out in (args.csv, args.json) if out is not None]
+    if len({where for _, where in outputs}) < len(outputs):
         return usage(f"--csv and --json are the same file ({args.csv}); give each its own")
-    for out in outputs:
-        if out.resolve() in protected:
+    # every input resolved (a syscall each) only where there is a report to compare it with
+    inputs = (
+        {p.resolve() for p in args.paths} | {item.path.resolve() for item in items}
+        if outputs
+        else set()
+    )
+    for out, where in outputs:
+        if where in protected:
             return usage(f"{out} is the detector checkpoint or its sidecar; write elsewhere")
         if problem := _unwritable(out):
             return usage(problem)
-        if out.resolve() in inputs:
+        if where in inputs:
             return usage(f"{out} is one of the inputs; write the report elsewhere")
 
     from tqdm import tqdm
