@@ -128,6 +128,19 @@ def test_all_readable_exits_zero(weights, folder, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_only_unreadable_files_exit_3_and_list_each(weights, folder, tmp_path, capsys):
+    # exit 3 whenever a file could not be read, even if none could: 2 means a usage error
+    second = tmp_path / "also-corrupt.jpg"
+    second.write_bytes(b"\xff\xd8\xff" + b"\x00" * 20)
+    out_csv = tmp_path / "out.csv"
+    code = main([str(folder / "corrupt.png"), str(second), "--weights", str(weights),
+                 "--csv", str(out_csv)])  # fmt: skip
+    assert code == EXIT_UNREADABLE
+    err = capsys.readouterr().err
+    assert "corrupt.png" in err and "also-corrupt.jpg" in err
+    assert len(out_csv.read_text().splitlines()) == 3  # the header and one row per file
+
+
 def test_a_named_file_is_tried_whatever_its_extension(weights, folder, tmp_path, capsys):
     odd = tmp_path / "picture.data"
     odd.write_bytes((folder / "good.png").read_bytes())

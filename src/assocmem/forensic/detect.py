@@ -33,8 +33,8 @@ Exit status:
     2    nothing was scored: a usage error (bad option, a PATH that does not exist, a malformed
          manifest, a checkpoint that is refused, an ``--fpr`` the checkpoint cannot calibrate, a
          ``--csv``/``--json`` path that is an input, the checkpoint, or both reports at once);
-    3    the readable images were scored, but some files were not (each is listed on stderr and
-         in the CSV/JSON, with the reason);
+    3    some files could not be read (each is listed on stderr and in the CSV/JSON, with the
+         reason); every readable image, if there was one, was scored;
     130  interrupted (Ctrl-C): the images scored until then are in the table and the reports.
 """
 
