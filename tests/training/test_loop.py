@@ -159,6 +159,45 @@ def test_lbfgs_gets_a_closure_on_the_same_batch():
     assert result.status == "ok" and torch.allclose(w, torch.full((4,), 3.0), atol=1e-5)
 
 
+def _lbfgs_bn_run(batches, steps):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1)
+    )
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=5)
+    result = fit(model, lambda b: model(b).square().mean(), batches, opt, steps=steps)
+    return model, opt, result
+
+
+def test_lbfgs_takes_no_step_on_a_non_finite_loss():
+    # LBFGS stepped along the NaN gradient of the batch (weights NaN, BatchNorm statistics
+    # NaN) before the loop read the loss; now the model and the optimizer's state are those
+    # of the last step taken, as with any other optimizer.
+    torch.manual_seed(1)
+    x = torch.randn(16, 4)
+    bad = x.clone()
+    bad[0, 0] = math.nan
+    ref_model, ref_opt, _ = _lbfgs_bn_run(iter([x, x]), steps=2)
+    model, opt, result = _lbfgs_bn_run(iter([x, x, bad, x]), steps=4)
+    assert result.diverged and result.steps == 2 and "non-finite train loss" in result.message
+    state, ref = model.state_dict(), ref_model.state_dict()
+    assert all(torch.equal(state[k], ref[k]) for k in ref)
+    ours, theirs = opt.state_dict()["state"][0], ref_opt.state_dict()["state"][0]
+    assert ours["n_iter"] == theirs["n_iter"] and ours["func_evals"] == theirs["func_evals"]
+    assert torch.equal(ours["d"], theirs["d"])
+
+
+def test_lbfgs_undoes_a_step_whose_trial_point_is_non_finite():
+    # finite where the step starts, NaN at the line search's trial point (w > 2): the weights
+    # had already moved there when the loss came back NaN
+    w = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=5)
+    result = fit([w], lambda _b: (w - 10).square().sum() + (2 - w).sqrt().sum(),
+                 itertools.count(1), opt, steps=3)  # fmt: skip
+    assert result.diverged and result.steps == 0 and math.isnan(result.history[-1]["train_loss"])
+    assert torch.equal(w, torch.zeros(1)) and opt.state_dict()["state"] == {}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

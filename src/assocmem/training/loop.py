@@ -38,11 +38,14 @@ is the smoother one to stop on (``torch.optim.swa_utils.AveragedModel`` keeps it
 
 The optimizer is a factory ``params -> Optimizer`` (the loop then hands it exactly the
 trainable parameters) or an optimizer already built; ``TrainResult.optimizer`` is the one used.
-Line-search optimizers (``torch.optim.LBFGS``) get a closure that re-evaluates the same batch.
+Line-search optimizers (``torch.optim.LBFGS``) get a closure that re-evaluates the same batch;
+a non-finite loss at any of its evaluations undoes the whole step (weights, statistics and the
+optimizer's state), as a non-finite loss takes no step with any other optimizer.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import time
@@ -88,6 +91,14 @@ def trainable_parameters(model: Trainable) -> list[Tensor]:
     """The tensors that train: those with ``requires_grad`` (a frozen encoder's are excluded)."""
     params = model.parameters() if isinstance(model, nn.Module) else model
     return [p for p in params if p.requires_grad]
+
+
+class _NonFiniteEvaluation(Exception):
+    """A closure's loss was not finite: the line-search step is abandoned and undone."""
+
+    def __init__(self, loss: float) -> None:
+        super().__init__(loss)
+        self.loss = loss
 
 
 def _snapshot(model: Trainable) -> Any:
@@ -297,15 +308,28 @@ def fit(
     for step in range(1, last + 1):
         batch = next(batches)
         if needs_closure:
+            # A line search moves the weights between its evaluations, so a non-finite one
+            # (the first, or one at a trial point) is undone from a copy of the weights, their
+            # statistics and the optimizer's state taken before the step (small next to the
+            # step's up to max_iter forward-backward passes).
+            saved = _snapshot(model), copy.deepcopy(opt.state_dict())
 
             def closure(batch: Any = batch) -> Tensor:
                 opt.zero_grad(set_to_none=True)
                 loss = step_loss(batch)
+                value = loss.detach()
+                if not torch.isfinite(value):  # LBFGS reads each loss on the host anyway
+                    raise _NonFiniteEvaluation(float(value))
                 loss.backward()
-                return loss.detach()
+                return value
 
             t0 = time.perf_counter()
-            train_loss = float(opt.step(closure))
+            try:
+                train_loss = float(opt.step(closure))
+            except _NonFiniteEvaluation as bad:
+                train_loss = bad.loss
+                _restore(model, saved[0])
+                opt.load_state_dict(saved[1])
             opt_time += time.perf_counter() - t0
         else:
             opt.zero_grad(set_to_none=True)
