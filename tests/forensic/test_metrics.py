@@ -3,6 +3,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from assocmem.forensic.metrics import (
     detection_metrics,
@@ -70,6 +72,29 @@ def test_logits_and_invalid_input():
         detection_metrics([0, 1], [0.5])
     with pytest.raises(ValueError, match="NaN"):
         detection_metrics([0, 1], [0.5, math.nan])
+
+
+@given(
+    st.lists(st.integers(-120, 120), min_size=2, max_size=20),
+    st.floats(0.01, 500),
+    st.floats(-100, 100),
+)
+def test_logit_metrics_are_invariant_to_an_increasing_affine_map(raw, a, b):
+    # the rank metrics read the logits' order only: a float64 sigmoid tied every logit above
+    # ~36.7 (logits 40, 41 vs 45, 46 scored AUC 0.5); acc@0.5 is the sign, so b stays 0 there
+    labels = [i % 2 for i in range(len(raw))]
+    z = np.array(raw) / 2.0  # logits in [-60, 60], 0.5 apart: a * z + b keeps their order
+    m = detection_metrics(labels, z, from_logits=True)
+    shifted = detection_metrics(labels, a * z + b, from_logits=True)
+    for key in ("auc", "ap", "eer", "acc_best"):
+        assert shifted[key] == pytest.approx(m[key], abs=1e-12)
+    assert detection_metrics(labels, a * z, from_logits=True)["acc_0.5"] == m["acc_0.5"]
+
+
+def test_large_separated_logits_score_perfectly():
+    m = detection_metrics([0, 0, 1, 1], [40.0, 41.0, 45.0, 46.0], from_logits=True)
+    assert (m["auc"], m["ap"], m["eer"], m["acc_best"]) == (1.0, 1.0, 0.0, 1.0)
+    assert m["acc_0.5"] == 0.5  # every logit >= 0: all called fake
 
 
 def test_per_family_metrics():

@@ -71,9 +71,11 @@ def detection_metrics(
         raise ValueError("labels must be 0 (real) or 1 (fake)")
     if not np.isfinite(s).all():
         raise ValueError("scores contain NaN or inf")
-    if from_logits:
-        s = 1.0 / (1.0 + np.exp(-s))
-    elif s.size and (s.min() < 0.0 or s.max() > 1.0):
+    # Logits are ranked as they are: the rank metrics need no probabilities, and a float64
+    # sigmoid ties every logit above ~36.7 at 1.0 (perfectly separated logits 40, 41 vs 45, 46
+    # scored AUC 0.5). The decision p >= 0.5 is logit >= 0.
+    half = 0.0 if from_logits else 0.5
+    if not from_logits and s.size and (s.min() < 0.0 or s.max() > 1.0):
         raise ValueError("scores must be probabilities in [0, 1]; pass from_logits=True for logits")
     n_fake = int(y.sum())
     n_real = int(y.size - n_fake)
@@ -91,7 +93,7 @@ def detection_metrics(
     return {
         "auc": float(roc_auc_score(y, s)),
         "ap": float(average_precision_score(y, s)),
-        "acc_0.5": float(np.mean((s >= 0.5) == (y == 1.0))),
+        "acc_0.5": float(np.mean((s >= half) == (y == 1.0))),
         "acc_best": acc_best,
         "eer": equal_error_rate(fpr, tpr),
         "n_real": n_real,
