@@ -347,7 +347,19 @@ def test_recalibrated_size_thresholds_err_towards_fewer_false_positives(ckpt: Pa
     assert t16 > threshold_at_fpr(four, 0.03)  # so the 4-tile images take the higher one
     assert refit.image_thresholds == ((4, t16), (16, t16))  # 64 tiles: too few scores
     assert refit.threshold_for(64) == t16
-    assert refit.threshold_for(1) == threshold_at_fpr(detector.val_real_logits, 0.03)
+    patch = threshold_at_fpr(detector.val_real_logits, 0.03)
+    assert refit.threshold == patch and refit.threshold_for(1) == max(patch, t16)
+
+
+def test_a_smaller_image_is_never_decided_below_a_larger_ones_threshold(ckpt: Path):
+    # at a high rate the patch threshold (one tile's logits) fell below the 4-tile one: a 48 px
+    # image was decided at a lower threshold than a 64 px one
+    detector = Detector.load(ckpt)
+    high = float(np.max(detector.val_real_logits)) + 1.0  # 4-tile reals above every patch
+    scores = ((4, tuple(high + np.linspace(0, 1, 40))),)
+    refit = replace(detector, image_real_scores=scores).with_fpr(0.3)
+    assert refit.threshold < refit.image_thresholds[0][1]
+    assert refit.threshold_for(1) == refit.threshold_for(4) == refit.image_thresholds[0][1]
 
 
 def test_larger_images_are_decided_at_their_own_calibrated_threshold(ckpt: Path):

@@ -9,7 +9,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from assocmem.forensic.calibration import rates_at_threshold, threshold_at_fpr
+from assocmem.forensic.calibration import (
+    allowed_false_positives,
+    rates_at_threshold,
+    threshold_at_fpr,
+)
 from assocmem.forensic.data import BenchmarkConfig, PostProcessConfig, build_benchmark
 from assocmem.forensic.models.npr import NPR, NPRWithPixels, neighbouring_pixel_residual
 from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
@@ -24,13 +28,22 @@ def test_calibration_hits_its_target_on_the_data_it_was_fit_on(scores, target):
     t = threshold_at_fpr(scores, target)
     s = np.asarray(scores)
     fpr = float(np.mean(s >= t))
-    assert fpr <= target
+    # at most the target, up to the product's rounding that allowed_false_positives forgives
+    assert int(np.sum(s >= t)) <= allowed_false_positives(target, len(s)) <= target * len(s) + 1e-9
     # as close as the scores allow: lowering t to the next score below would exceed the target
     below = s[s < t]
     if below.size:
         assert float(np.mean(s >= below.max())) > target or math.isclose(
             float(np.mean(s >= below.max())), fpr
         )
+
+
+@given(n=st.integers(1, 100_000), data=st.data())
+def test_a_rate_written_as_k_over_n_allows_k(n, data):
+    # in binary 0.29 * 100 is 28.999999999999996: floor allowed 28 of 100, and 1/49 none of 49
+    k = data.draw(st.integers(0, n - 1))
+    assert allowed_false_positives(k / n, n) == k
+    assert allowed_false_positives(0.29, 100) == 29 and allowed_false_positives(1 / 49, 49) == 1
 
 
 def test_calibration_examples_and_errors():

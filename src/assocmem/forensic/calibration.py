@@ -21,6 +21,7 @@ Convention as in ``metrics.py``: higher score = more fake; fake when ``score >= 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -30,6 +31,7 @@ from assocmem.forensic.metrics import ArrayLike, _np
 
 __all__ = [
     "ProbabilityScaling",
+    "allowed_false_positives",
     "platt_scaling",
     "probability_losses",
     "rates_at_threshold",
@@ -38,15 +40,27 @@ __all__ = [
 ]
 
 
+def allowed_false_positives(target_fpr: float, n: int) -> int:
+    """``floor(target_fpr * n)``, the false positives a rate allows among ``n`` reals, with the
+    product's rounding forgiven: in binary ``0.29 * 100`` is ``28.999999999999996``, which
+    allowed 28 of 100 (and ``1/49 * 49`` allowed none). Products within 2^-50 (relative) below
+    an integer count as it, a few units in the last place of the float64 product; at most
+    ``n - 1`` for a rate below 1."""
+    return min(math.floor(float(target_fpr) * n * (1.0 + 2.0**-50)), n - 1)
+
+
 def threshold_at_fpr(real_scores: ArrayLike, target_fpr: float = 0.05) -> float:
     """The lowest threshold that flags at most ``target_fpr`` of ``real_scores`` as fake.
 
-    With ``k = floor(target_fpr * n)`` false positives allowed, the threshold is the smallest
-    float above the ``(k + 1)``-th highest real score, so exactly the ``k`` highest (fewer where
-    scores tie) are at or above it: the FPR on the data it was fit on is ``<= target_fpr``, and
-    as close to it as the ``n`` scores allow. "Above" is in float64: compare float32 scores
-    with it in float64 (``torch.Tensor.double``), because a float32 comparison rounds the
-    threshold back onto that score and flags it too.
+    With ``k = floor(target_fpr * n)`` false positives allowed (:func:`allowed_false_positives`),
+    the threshold is the smallest float above the ``(k + 1)``-th highest real score, so exactly
+    the ``k`` highest (fewer where scores tie) are at or above it: the FPR on the data it was
+    fit on is ``<= target_fpr``, and as close to it as the ``n`` scores allow. "Above" is in
+    float64: compare float32 scores with it in float64 (``torch.Tensor.double``), because a
+    float32 comparison rounds the threshold back onto that score and flags it too. The same
+    scores, that is: the same images scored again in other batches can differ in their last
+    float32 bits (kernels round by batch shape), and a real within that of the threshold can
+    then fall on either side of it.
 
     Raises:
         ValueError: ``target_fpr`` outside [0, 1), no scores, or non-finite scores.
@@ -58,7 +72,7 @@ def threshold_at_fpr(real_scores: ArrayLike, target_fpr: float = 0.05) -> float:
         raise ValueError("no real scores to calibrate on")
     if not np.isfinite(s).all():
         raise ValueError("real scores contain NaN or inf")
-    k = int(np.floor(target_fpr * s.size))
+    k = allowed_false_positives(target_fpr, s.size)
     highest_first = np.sort(s)[::-1]
     return float(np.nextafter(highest_first[k], np.inf))
 
@@ -79,7 +93,11 @@ def size_thresholds(
     """
     if target_fpr is None:
         return ()
-    kept = [(k, threshold_at_fpr(s, target_fpr)) for k, s in scores if target_fpr * len(s) >= 1]
+    kept = [
+        (k, threshold_at_fpr(s, target_fpr))
+        for k, s in scores
+        if allowed_false_positives(target_fpr, len(s)) >= 1
+    ]
     out, floor = [], -np.inf
     for k, t in sorted(kept, reverse=True):  # from the largest count down
         floor = max(floor, t)

@@ -62,7 +62,12 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from assocmem.forensic.calibration import ProbabilityScaling, size_thresholds, threshold_at_fpr
+from assocmem.forensic.calibration import (
+    ProbabilityScaling,
+    allowed_false_positives,
+    size_thresholds,
+    threshold_at_fpr,
+)
 from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT, load_detector
 from assocmem.forensic.data.loaders import load_rgb, to_rgb
 from assocmem.forensic.tiling import combine_logits, tiles
@@ -207,7 +212,7 @@ class Detector:
                 f"{self.source or 'this detector'} stores no validation-real logits, so no "
                 "threshold can be calibrated for another FPR; give a threshold instead"
             )
-        if not 1.0 / n <= fpr < 1.0:
+        if not (0.0 <= fpr < 1.0 and allowed_false_positives(fpr, n) >= 1):
             raise ValueError(
                 f"fpr must be in [1/{n}, 1) = [{1.0 / n:.2g}, 1): the checkpoint's {n} "
                 f"validation reals cannot calibrate {fpr}"
@@ -222,8 +227,11 @@ class Detector:
     def threshold_for(self, tiles: int) -> float:
         """The threshold an image of ``tiles`` non-overlapping tiles is decided at: the one
         calibrated on real images of the largest stored tile count not above ``tiles``, else the
-        patch threshold (module docstring)."""
-        return _by_size(self.image_thresholds, tiles, self.threshold)
+        patch threshold (module docstring), but never below a larger count's: at a high rate
+        (``with_fpr(0.3)``) the patch threshold could fall below the image ones, and a 48 px
+        image was decided at a lower threshold than a 64 px one."""
+        patch = max([self.threshold, *(t for _, t in self.image_thresholds)])
+        return _by_size(self.image_thresholds, tiles, patch)
 
     def area_tiles(self, height: int, width: int) -> int:
         """How many whole tiles of the non-overlapping grid fit in an image of this size (at

@@ -46,7 +46,9 @@ def dihedral(images: Tensor) -> list[Tensor]:
 def view_mean(forward: Callable[[Tensor], Tensor], images: Tensor, views: str = "one") -> Tensor:
     """``forward(images)`` averaged over ``views`` of the images: the mean of the stacked
     per-view outputs (``one``: the output itself). One computation for calibration
-    (:func:`view_logits`) and for scoring (``Detector``), so both see the same numbers."""
+    (:func:`view_logits`) and for scoring (``Detector``), so both compute the same function;
+    their batches differ, and kernels round by batch shape, so a score can differ in its last
+    float32 bits (~1e-7 relative) between the two (``calibration.threshold_at_fpr``)."""
     if views not in VIEWS:
         raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
     if views == "one":
