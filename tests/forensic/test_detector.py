@@ -21,6 +21,7 @@ from assocmem.forensic.checkpoint import (
     FORMAT_VERSION,
     READABLE_VERSIONS,
     load_detector,
+    network_digest,
     save_detector,
     weights_digest,
 )
@@ -231,6 +232,12 @@ TAMPERED = {
     "unknown architecture": (dict(edit_header=_set(["architecture"], "resnet")), "unknown"),
     "bad constructor args": (dict(edit_header=_set(["arch_kwargs", "depth"], 3)), "built"),
     "odd patch": (dict(edit_header=_set(["patch_size"], 31)), "patch_size"),
+    # a Detector tiles a blank image of the patch size: 200000 asked for 160 GB
+    "huge patch": (dict(edit_header=_set(["patch_size"], 200_000)), r"patch_size must be"),
+    # what the logits were computed with: the threshold holds for those logits only
+    "edited views": (dict(edit_header=_set(["views"], "d4")), "network_sha256"),
+    "edited patch size": (dict(edit_header=_set(["patch_size"], 64)), "network_sha256"),
+    "edited gain": (dict(edit_header=_set(["arch_kwargs", "gain"], 100.0)), "network_sha256"),
     "not JSON": (dict(raw_header="{not json"), "not JSON"),
     "not a dict": (dict(raw_header="[1, 2]"), "not a dict"),
     "NaN weight": (
@@ -313,6 +320,42 @@ def test_a_checkpoint_from_before_the_weights_digest_still_loads(ckpt: Path, tmp
     assert load_detector(ckpt).header["weights_sha256"] == weights_digest(
         {f"model.{k}": v for k, v in load_detector(old).model.state_dict().items()}
     )
+
+
+def test_a_checkpoint_from_before_the_network_digest_still_loads(ckpt: Path, tmp_path: Path):
+    old = _rewrite(ckpt, tmp_path / "old.safetensors", edit_header=_drop("network_sha256"))
+    assert "network_sha256" not in load_detector(old).header
+    header = load_detector(ckpt).header
+    assert header["network_sha256"] == network_digest(header["weights_sha256"], header)
+
+
+def test_a_threshold_saved_before_the_rounding_fix_still_loads(ckpt: Path, tmp_path: Path):
+    # 40 reals at a rate just under 0.05: the binary product 1.9999999999999998 allowed one
+    # false positive before allowed_false_positives, two since; both files are genuine
+    rate = float(np.nextafter(0.05, 0.0))
+    logits = load_detector(ckpt).val_real_logits
+    highest_first = sorted(logits, reverse=True)
+    for k in (1, 2):
+        threshold = float(np.nextafter(highest_first[k], np.inf))
+
+        def edit(h, threshold=threshold):
+            h["calibration"].update(
+                target_fpr=rate,
+                threshold=threshold,
+                val_real_fpr=float(np.mean(np.asarray(logits) >= threshold)),
+            )
+
+        loaded = load_detector(_rewrite(ckpt, tmp_path / f"k{k}.safetensors", edit_header=edit))
+        assert loaded.threshold == threshold
+    assert threshold_at_fpr(logits, rate) == float(np.nextafter(highest_first[2], np.inf))
+
+
+def test_saving_to_a_folder_is_refused_and_leaves_nothing(tmp_path: Path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match="directory"):
+        save_tiny_detector(folder)
+    assert list(tmp_path.rglob("*")) == [folder]
 
 
 def test_probability_is_the_platt_map_of_the_stored_logits(ckpt: Path, detector: Detector):

@@ -36,7 +36,12 @@ Layout of a ``<name>.safetensors`` file:
     ``model.*`` tensors (:func:`weights_digest`), binding the calibration to the weights it was
     measured on. Without it, weights changed after calibration (scaled, fine-tuned, another
     run's file renamed) loaded without a word and were decided at a threshold set for other
-    logits. It guards against such accidents, not against someone who edits both.
+    logits. It guards against such accidents, not against someone who edits both;
+  - ``network_sha256`` (written since 2026-12-07, read where present): the SHA-256 of the
+    weights' digest with the header's ``architecture``, ``arch_kwargs``, ``patch_size`` and
+    ``views`` (:func:`network_digest`): everything the calibration's logits were computed
+    with. Without it, a header edited to ``"views": "one"`` (eight times faster) or another
+    ``patch_size`` loaded and was decided at a threshold calibrated on other logits.
 
 :func:`save_detector` also writes ``<name>.json``, the same header indented for people.
 
@@ -48,7 +53,8 @@ arguments it rejects, a bad patch size, a non-finite or inconsistent calibration
 and its FPR, and the probability map where there is one, are recomputed from the stored logits
 and must agree: an edited threshold or map is caught), tensors whose names, shapes or dtypes
 differ from the network's or that hold non-finite values, and a ``.json`` sidecar that is not
-JSON or differs from the header, and tensors whose digest differs from ``weights_sha256``.
+JSON or differs from the header, and tensors whose digest differs from ``weights_sha256``
+(or, with the header's network fields, from ``network_sha256``).
 """
 
 from __future__ import annotations
@@ -80,10 +86,13 @@ __all__ = [
     "DEFAULT_CHECKPOINT",
     "FORMAT",
     "FORMAT_VERSION",
+    "MAX_PATCH_SIZE",
+    "NETWORK_FIELDS",
     "READABLE_VERSIONS",
     "DetectorCheckpoint",
     "build_model",
     "load_detector",
+    "network_digest",
     "save_detector",
     "weights_digest",
 ]
@@ -211,6 +220,19 @@ def weights_digest(tensors: Mapping[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
+# What a checkpoint's logits depend on beside its weights (``views`` absent means "one").
+MAX_PATCH_SIZE = 8192  # a tile side no CPU or GPU detector here comes near (32 and 64 px)
+NETWORK_FIELDS = ("architecture", "arch_kwargs", "patch_size", "views")
+
+
+def network_digest(weights_sha256: str, header: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of the weights' digest and the header's :data:`NETWORK_FIELDS` as compact
+    sorted JSON: binds the calibration to every input of the logits it was measured on."""
+    fields = {k: header.get(k, "one" if k == "views" else None) for k in NETWORK_FIELDS}
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(f"{weights_sha256}\0{text}".encode()).hexdigest()
+
+
 def save_detector(
     path: str | os.PathLike[str],
     model: nn.Module,
@@ -302,6 +324,7 @@ def save_detector(
     # strict JSON: a NaN or inf in ``info`` (an undefined AUC, a diverged loss) becomes null,
     # which every JSON reader of the sidecar takes (the calibration must be finite anyway)
     header = json.loads(strict_json.dumps(header, default=_info_value))
+    header["network_sha256"] = network_digest(header["weights_sha256"], header)  # as read back
     _check_header(header, Path(path))
     path = Path(path)
     write_safetensors(path, tensors, header)
@@ -343,6 +366,16 @@ def load_detector(path: str | os.PathLike[str] | None = None) -> DetectorCheckpo
             f"{path}: the weights are not the ones the header was calibrated on (their SHA-256 "
             "differs from weights_sha256): they were changed after calibration. Re-save the "
             "network with save_detector, which calibrates it anew"
+        )
+    if (
+        "network_sha256" in header
+        and network_digest(weights_digest(tensors), header) != header["network_sha256"]
+    ):
+        raise ValueError(
+            f"{path}: the header's architecture, arch_kwargs, patch_size or views are not the "
+            "ones the calibration was measured with (network_sha256 differs): the file was "
+            "edited. Its threshold holds only for logits computed as they were; re-save the "
+            "network with save_detector to calibrate it for other settings"
         )
     model = build_model(header["architecture"], header["arch_kwargs"])
     model.load_state_dict(saved, strict=True)
@@ -400,8 +433,12 @@ def _check_header(header: Any, path: Path) -> tuple[tuple[int, ProbabilityScalin
             )
     p = header["patch_size"]
     # NPR's residual pairs pixels in 2 x 2 blocks, so tiles must have even sides
-    if not isinstance(p, int) or isinstance(p, bool) or p < 8 or p % 2:
-        raise ValueError(f"{path}: patch_size must be an even integer >= 8, got {p!r}")
+    # ... and at most MAX_PATCH_SIZE: a Detector tiles a blank image of the patch size when
+    # built, and an edited 200000 asked the allocator for 160 GB
+    if not isinstance(p, int) or isinstance(p, bool) or p < 8 or p % 2 or p > MAX_PATCH_SIZE:
+        raise ValueError(
+            f"{path}: patch_size must be an even integer in [8, {MAX_PATCH_SIZE}], got {p!r}"
+        )
     if not isinstance(header.get("info", {}), dict):
         raise ValueError(f"{path}: the checkpoint's 'info' is not a dict")
     cal = header["calibration"]
@@ -421,6 +458,10 @@ def _check_header(header: Any, path: Path) -> tuple[tuple[int, ProbabilityScalin
     # The threshold and its FPR follow from the stored logits: recomputing them catches an
     # edited threshold (or table) instead of silently deciding at a number nobody calibrated.
     expected = threshold_at_fpr(logits, cal["target_fpr"])
+    if cal["threshold"] != expected and cal["threshold"] == _threshold_before_rounding_fix(
+        logits, cal["target_fpr"]
+    ):
+        expected = cal["threshold"]  # saved before 2026-12-07 (calibration.allowed_false_positives)
     if cal["threshold"] != expected:
         raise ValueError(
             f"{path}: calibration threshold {cal['threshold']!r} is not the one its validation "
@@ -430,6 +471,13 @@ def _check_header(header: Any, path: Path) -> tuple[tuple[int, ProbabilityScalin
         raise ValueError(f"{path}: calibration val_real_fpr does not match its validation logits")
     _check_probability(cal, logits, path)
     return _check_image_scores(cal, path)
+
+
+def _threshold_before_rounding_fix(logits: Sequence[float], target_fpr: float) -> float:
+    """The threshold a checkpoint saved before 2026-12-07 holds: ``k`` the floor of the binary
+    product ``target_fpr * n``, which a rate such as 0.29 of 100 rounds one below."""
+    highest_first = sorted(logits, reverse=True)
+    return float(np.nextafter(highest_first[math.floor(target_fpr * len(logits))], np.inf))
 
 
 def _by_count(scores: dict[str, list[float]]) -> tuple[tuple[int, tuple[float, ...]], ...]:

@@ -22,14 +22,26 @@ HEADER_KEY = "assocmem"
 
 
 def write_safetensors(path: Path, tensors: dict[str, Tensor], header: dict[str, Any]) -> None:
-    """Save ``tensors`` with ``header`` (JSON) to ``path``, atomically; parents are created."""
+    """Save ``tensors`` with ``header`` (JSON) to ``path``, atomically; parents are created.
+
+    Raises:
+        IsADirectoryError: ``path`` is a directory (nothing is written).
+        OSError: the file could not be written; the temporary file is removed and a previous
+            checkpoint at ``path`` is left as it was.
+    """
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot save to {path}: it is a directory; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
-    # safetensors creates its file owner-only (0600) whatever the umask; a checkpoint is a
-    # file like its .json sidecar and gets the mode open() gives one (0644 under umask 022)
-    os.chmod(tmp, _creation_mode())
-    os.replace(tmp, path)  # an interrupted save leaves the previous checkpoint intact
+    try:
+        save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
+        # safetensors creates its file owner-only (0600) whatever the umask; a checkpoint is a
+        # file like its .json sidecar and gets the mode open() gives one (0644 under umask 022)
+        os.chmod(tmp, _creation_mode())
+        os.replace(tmp, path)  # an interrupted save leaves the previous checkpoint intact
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _creation_mode() -> int:
