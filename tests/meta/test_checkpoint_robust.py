@@ -130,6 +130,8 @@ BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
     "huge feature_clip": (_config_case(feature_clip=1e300), "feature_clip must fit float32"),
     "huge eps": (_config_case(eps=1e300), "eps must fit float32"),
     "eps squared overflows": (_config_case(eps=1e20), "eps must be <="),
+    # eps^2 underflowed to 0 in float32: a coordinate without gradients had NaN features
+    "eps squared underflows": (_config_case(eps=1e-25), "eps must be >="),
     "largest update overflows": (_config_case(log_scale_bound=100.0), "largest update"),
     "version true": (lambda p: _write(p, _tensors(), {**_header(), "version": True}), "version"),
     "nan beta": (_config_case(betas=[0.5, math.nan, 0.99]), "betas"),

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch
+FLOAT32_TINY = 1.1754943508222875e-38  # torch.finfo(torch.float32).tiny: the least normal
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,15 @@ class LearnedConfig:
                 )
         if self.eps > math.sqrt(FLOAT32_MAX):
             raise ValueError(f"eps must be <= {math.sqrt(FLOAT32_MAX):.4g} (eps^2 fits float32)")
+        # eps^2 is what keeps sqrt(v_hat + eps^2) > 0 where a coordinate never saw a gradient:
+        # below sqrt(tiny) it is a float32 denormal or 0 (eps=1e-25), and such a coordinate's
+        # features are 0/0 = NaN (zeroed, counted updates in the optimizer; a NaN meta-gradient
+        # in meta-training).
+        if self.eps < math.sqrt(FLOAT32_TINY):
+            raise ValueError(
+                f"eps must be >= {math.sqrt(FLOAT32_TINY)!r} (eps^2 a normal float32, the "
+                f"dtype the memory runs in), got {self.eps!r}"
+            )
         # the largest update the bounds allow, D e^S (the warm-up's c_t), must be a float32
         if self.log_scale_bound > math.log(FLOAT32_MAX / self.direction_bound):
             raise ValueError(

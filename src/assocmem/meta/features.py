@@ -86,13 +86,13 @@ def step_constants(
     if not isinstance(step, Tensor):
         t = float(step)
         return (
-            sync_free.host_constants([1.0 - b**t for b in config.betas], like),
-            sync_free.host_constants(time_embedding(t, config), like),
+            _host_vector([1.0 - b**t for b in config.betas], like),
+            _host_vector(time_embedding(t, config), like),
         )
     (t,) = counts.as_counts([step])
-    corr = torch.stack([counts.corrections(b, [t])[0] for b in config.betas])
-    time = torch.stack([torch.tanh(t / tau) for tau in config.time_scales])
-    return corr.to(like.dtype).to(like.device), time.to(like.dtype).to(like.device)
+    corr = [counts.corrections(b, [t])[0] for b in config.betas]
+    time = [torch.tanh(t / tau) for tau in config.time_scales]
+    return _device_vector(corr, like), _device_vector(time, like)
 
 
 def features(
@@ -122,7 +122,7 @@ def write_batch(
     operations on their stacked memories (so the same bits), a few ops instead of a few per
     tensor. The memories returned are views into the stacked result."""
     grad = _stacked(list(grads))  # (T, *shape)
-    betas = sync_free.host_constants(config.betas, grad).view(1, -1, *([1] * grads[0].dim()))
+    betas = _host_vector(list(config.betas), grad).view(1, -1, *([1] * grads[0].dim()))
     momenta = hebbian_write(
         ElementwiseMemory(_stacked([s["momenta"] for s in states])),
         None,
@@ -179,6 +179,21 @@ def features_batch(
     x = torch.cat([adam_normalised, rms_normalised, param_feature, curvature, time], dim=1)
     x = x.clamp(-config.feature_clip, config.feature_clip)
     return [xi.T for xi in x.unbind()]
+
+
+# ``betas=()`` and ``time_scales=()`` are valid configs (no momenta, no time features): their
+# constants are then empty vectors, which ``torch.stack`` refuses ("non-empty TensorList"), so
+# both helpers build the empty vector themselves, as ``torch.tensor([])`` gives it on the host.
+def _host_vector(values: list[float], like: Tensor) -> Tensor:
+    """``values`` as a ``(len(values),)`` vector of ``like``'s dtype on its device."""
+    return sync_free.host_constants(values, like) if values else like.new_empty(0)
+
+
+def _device_vector(values: list[Tensor], like: Tensor) -> Tensor:
+    """0-d count-dtype constants stacked and cast to ``like``'s dtype on its device."""
+    if not values:
+        return like.new_empty(0)
+    return torch.stack(values).to(like.dtype).to(like.device)
 
 
 def _stacked(tensors: list[Tensor]) -> Tensor:

@@ -19,7 +19,10 @@ second-order term through :math:`g_k` (``second_order=False`` drops it, Andrycho
 2016's cheaper choice). Each task runs ``horizon`` inner steps as ``horizon / unroll``
 truncations with one meta-update each (truncated BPTT; biased towards short horizons, the
 usual trade). Meta-updates: Adam on the mean over ``tasks_per_step`` tasks, gradient norm
-clipped at ``clip``; a non-finite meta-gradient skips the update.
+clipped at ``clip``; a non-finite meta-loss or meta-gradient skips the update (one task whose
+unroll blew up does not wreck the meta-parameters of a long run), and the skip is recorded
+(``TrainResult.skipped``, kept in the checkpoints) and warned about, since the meta-loss
+history alone looks normal while the meta-parameters do not move.
 
 Checkpoints are written only at task boundaries (every worker starts a fresh task), so a
 checkpoint is meta-parameters + Adam state + the task sampler's RNG state + the step, and a
@@ -207,6 +210,9 @@ class TrainResult:
     history: list[float] = field(default_factory=list)  # mean log(L_t / L_0) per meta-step
     # (L: the objective's loss, minibatch or validation)
     seconds: float = 0.0
+    # the meta-steps (indices into history) whose meta-update was skipped: a non-finite
+    # meta-loss or meta-gradient, the meta-parameters and Adam's state left as they were
+    skipped: list[int] = field(default_factory=list)
 
 
 def _new_worker(train: TrainConfig, config: LearnedConfig, rng: torch.Generator) -> _Worker:
@@ -267,6 +273,9 @@ def _resume_state(ckpt: Checkpoint, train: TrainConfig, path: Any) -> tuple[int,
     step = info["meta_step"]
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise ValueError(f"{path}: meta_step must be a whole number >= 0, got {step!r}")
+    skipped = info.get("skipped", [])  # absent from checkpoints written before it was kept
+    if not isinstance(skipped, list) or not all(_is_index(s, step) for s in skipped):
+        raise ValueError(f"{path}: skipped must be a list of meta-steps < {step}, got {skipped!r}")
     if step % train.truncations:
         # the tasks in flight (their parameters and memories) are not saved: only a task
         # boundary can be resumed bit for bit
@@ -276,6 +285,10 @@ def _resume_state(ckpt: Checkpoint, train: TrainConfig, path: Any) -> tuple[int,
             f"meta_steps that are multiples of {train.truncations} end on a boundary"
         )
     return step, info
+
+
+def _is_index(value: Any, bound: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < bound
 
 
 def meta_train(
@@ -300,14 +313,16 @@ def meta_train(
         info: extra JSON-able metadata stored in the checkpoints (e.g. the command).
 
     Returns:
-        The meta-parameters, the meta-step reached and the per-step meta-loss history.
+        The meta-parameters, the meta-step reached, the per-step meta-loss history and the
+        meta-steps whose update was skipped (a non-finite meta-loss or meta-gradient; the
+        first one of a call is warned about).
     """
     rng = torch.Generator().manual_seed(train.seed)
     meta = init_meta_params(config, rng)
     names = sorted(meta)
     leaves = [meta[k].requires_grad_() for k in names]
     opt = torch.optim.Adam(leaves, lr=train.meta_lr)
-    start, history, seconds = 0, [], 0.0
+    start, history, seconds, skipped = 0, [], 0.0, []
     if checkpoint is not None and resume and Path(checkpoint).exists():
         ckpt = load_checkpoint(checkpoint, config)
         start, saved = _resume_state(ckpt, train, checkpoint)
@@ -320,6 +335,7 @@ def meta_train(
             for k in names:
                 meta[k].copy_(ckpt.meta_params[k])
         history = list(saved.get("history", []))
+        skipped = list(saved.get("skipped", []))
         seconds = float(saved.get("seconds", 0.0))
 
     def save(step: int) -> None:
@@ -333,6 +349,7 @@ def meta_train(
             "meta_step": step,
             "history": history,
             "seconds": seconds,
+            "skipped": skipped,
             "optim": groups,
         }
         save_checkpoint(checkpoint, meta, config, info=meta_info, extra=tensors)
@@ -381,6 +398,22 @@ def meta_train(
         norm = torch.nn.utils.clip_grad_norm_(leaves, train.clip)
         if torch.isfinite(norm) and math.isfinite(report):
             opt.step()
+        else:
+            # Skipped rather than raised: one task's unroll that overflowed should not end a
+            # long run. But the history holds only the meta-loss, finite when just the
+            # meta-gradient is not (eps^2 underflowing to 0 did that to every step): record
+            # the skip, and warn at the first of this call, so that a run whose meta-parameters
+            # never move is not silent (one warning, not one per meta-step).
+            if all(s < start for s in skipped):  # the first skip of this call
+                warnings.warn(
+                    f"meta-step {step}: the meta-loss ({report:.4g}) or the meta-gradient norm "
+                    f"({float(norm):.4g}) is not finite, so the meta-update was skipped (the "
+                    "meta-parameters do not move); later skips are only recorded, in "
+                    "TrainResult.skipped",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            skipped.append(step)
         history.append(round(report, 5))
         seconds += time.perf_counter() - t0
         ema = report if ema is None else 0.95 * ema + 0.05 * report
@@ -391,7 +424,8 @@ def meta_train(
         bar.close()
     final = max(start, train.meta_steps)
     save(final)
-    return TrainResult({k: v.detach().clone() for k, v in meta.items()}, final, history, seconds)
+    meta_params = {k: v.detach().clone() for k, v in meta.items()}
+    return TrainResult(meta_params, final, history, seconds, skipped)
 
 
 def _check_resumable(ckpt: Checkpoint, train: TrainConfig, path: Any) -> None:
