@@ -4,6 +4,8 @@ torch's generic tests, ported over a table of every preset and configuration, ar
 test_optimizer_info.py; these are the ones that need the full TinyNet or a second preset.
 """
 
+import math
+
 import pytest
 import torch
 from optim_support import (
@@ -364,3 +366,26 @@ def test_a_model_cast_to_low_precision_mid_run_keeps_its_memory(memory):
     p.grad = torch.ones_like(p)
     opt.step()
     assert "master_param" not in opt.state[p] and torch.isfinite(p).all()
+
+
+@pytest.mark.parametrize("copy_by", ["deepcopy", "pickle"])
+def test_a_copied_optimizer_keeps_its_settings_and_counts(copy_by, tmp_path):
+    # torch's __getstate__ keeps defaults, state and param_groups only: a copy of a
+    # nonfinite="raise", sync_free optimizer skipped NaN steps silently, its count reset
+    import copy
+
+    w = torch.ones(3, requires_grad=True)
+    opt = MemoryOptimizer([w], memory="adam", lr=0.1, nonfinite="skip", sync_free=True)
+    w.grad = torch.tensor([1.0, math.nan, 0.0])
+    opt.step()
+    opt.nonfinite = "raise"  # as set by a user after construction
+    if copy_by == "deepcopy":
+        clone = copy.deepcopy(opt)
+    else:
+        torch.save(opt, tmp_path / "opt.pt")
+        clone = torch.load(tmp_path / "opt.pt", weights_only=False)
+    assert (clone.nonfinite, clone.sync_free, clone.skipped_steps) == ("raise", True, 1)
+    (p,) = clone.param_groups[0]["params"]
+    p.grad = torch.tensor([math.inf, 0.0, 0.0])
+    with pytest.raises(FloatingPointError):
+        clone.step()

@@ -176,3 +176,51 @@ def test_recognition_is_by_the_groups_keys():
     assert torch_state.torch_kind(ours["param_groups"][0]) is None
     assert not torch_state.is_torch_state_dict(ours)
     assert not torch_state.is_torch_state_dict({"param_groups": []})
+
+
+def test_tensor_betas_are_taken_as_numbers_from_the_constructor_and_a_torch_checkpoint():
+    # torch's Adam takes betas=(tensor(0.9), tensor(0.999)) and keeps them in its checkpoint;
+    # they were refused with "must be in [0, 1), got tensor(0.9000)"
+    tensor_betas = (torch.tensor(0.9), torch.tensor(0.999))
+    model = make_model()
+    theirs = torch.optim.Adam(model.parameters(), lr=0.01, betas=tensor_betas, fused=True)
+    train(model, theirs, range(8))
+    saved = roundtrip(theirs.state_dict())
+    expected_model = make_model()
+    reference = MemoryOptimizer(expected_model.parameters(), "adam", lr=0.01, betas=tensor_betas)
+    as_numbers = tuple(float(b) for b in tensor_betas)  # float32 0.9 is 0.89999997615...
+    assert reference.param_groups[0]["betas"] == as_numbers
+    assert all(isinstance(b, float) for b in reference.param_groups[0]["betas"])
+    ours = MemoryOptimizer(model.parameters(), "adam", lr=0.01)
+    ours.load_state_dict(saved)
+    assert ours.param_groups[0]["betas"] == as_numbers
+    train(model, ours, range(8, 16))
+    train(expected_model, reference, range(16))
+    assert torch.equal(flat_params(model), flat_params(expected_model))
+
+
+@pytest.mark.parametrize("torch_cls", [torch.optim.Adam, torch.optim.SGD])
+def test_a_torch_checkpoint_of_a_complex_parameter_resumes(torch_cls):
+    # torch keeps a complex parameter's moments complex, the presets as its real view: the
+    # checkpoint was refused ("must be a floating tensor, got a torch.complex64 tensor")
+    kwargs = {"momentum": 0.9} if torch_cls is torch.optim.SGD else {}
+    memory = "momentum" if torch_cls is torch.optim.SGD else "adam"
+
+    def run(switch_at):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.complex64))
+        opt = torch_cls([w], lr=0.01, foreach=False, **kwargs)
+        for s in range(6):
+            if s == switch_at:
+                ours = MemoryOptimizer([w], memory, lr=0.5)
+                ours.load_state_dict(roundtrip(opt.state_dict()))
+                opt = ours
+            x = torch.randn(5, 4, dtype=torch.complex64, generator=torch.Generator().manual_seed(s))
+            opt.zero_grad()
+            (x @ w).abs().pow(2).mean().backward()
+            opt.step()
+        return w.detach()
+
+    # torch's for-loop kernel against the presets' fused ones: equal to their rounding (a
+    # float32 update of size ~lr = 0.01 rounds at ~1e-9; three steps after the switch)
+    torch.testing.assert_close(run(switch_at=3), run(switch_at=None), rtol=0, atol=1e-7)

@@ -136,7 +136,7 @@ class MemoryOptimizer(Optimizer):
             raise ValueError(f"sync_free must be a bool or None, got {sync_free!r}")
         _reject_unknown(hyper, preset, memory)
         defaults = {name: h.default for name, h in preset.hyper.items()}
-        defaults.update(_plain_paths(hyper))
+        defaults.update(_plain_values(hyper))
         defaults.update(
             memory=memory,
             lr=lr,
@@ -181,7 +181,7 @@ class MemoryOptimizer(Optimizer):
         """
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
-        param_group = _plain_paths(param_group)
+        param_group = _plain_values(param_group)
         memory = param_group.get("memory", self.defaults["memory"])
         preset = get_preset(memory)
         _reject_foreign(param_group, preset, memory)
@@ -202,6 +202,16 @@ class MemoryOptimizer(Optimizer):
         added = self.param_groups[-1]
         for name in _foreign_names(preset):
             added.pop(name, None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's keeps defaults, state and param_groups: a deepcopy or pickle of the
+        # optimizer reset the constructor's non-group settings to their defaults (a copy of a
+        # nonfinite="raise" optimizer skipped NaN steps silently)
+        state = super().__getstate__()
+        state.update(
+            nonfinite=self.nonfinite, sync_free=self.sync_free, skipped_steps=self.skipped_steps
+        )
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -684,7 +694,7 @@ def _loaded_group(i: int, saved: Any, group: Group) -> Group:
     # Groups saved before add_param_group stopped copying the default preset's
     # hyperparameters into groups of other presets may carry them: they were never read.
     dropped = {"params", SKIPPED, *_foreign_names(preset)}
-    loaded = {k: deepcopy(v) for k, v in saved.items() if k not in dropped}
+    loaded = _plain_values({k: deepcopy(v) for k, v in saved.items() if k not in dropped})
     loaded["params"] = group["params"]
     for key, value in group.items():
         loaded.setdefault(key, value)
@@ -1012,16 +1022,28 @@ def _norms_the_step_reads(
     return ids
 
 
-def _plain_paths(values: dict[str, Any]) -> dict[str, Any]:
+def _plain_values(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with a path object (``pathlib.Path``, any ``os.PathLike``) as its ``str``:
     ``param_groups`` go into the state dict, and ``torch.load``'s default (``weights_only``)
-    refuses a pickled ``PosixPath``. The parameters themselves are left alone."""
-    if not any(isinstance(v, os.PathLike) for v in values.values()):
-        return values
-    return {
-        k: os.fspath(v) if isinstance(v, os.PathLike) and k != "params" else v
-        for k, v in values.items()
-    }
+    refuses a pickled ``PosixPath``; and a tuple or list of one-element floating tensors
+    (torch's Adam takes ``betas=(tensor(0.9), tensor(0.999))`` and its checkpoints keep them)
+    as Python floats, the numbers the presets compute with. The parameters themselves are
+    left alone, and so is a tensor ``lr`` (schedulers update it in place)."""
+
+    def plain(key: str, value: Any) -> Any:
+        if key == "params":
+            return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, (tuple, list)) and any(_scalar_tensor(x) for x in value):
+            return type(value)(float(x) if _scalar_tensor(x) else x for x in value)
+        return value
+
+    return {k: plain(k, v) for k, v in values.items()}
+
+
+def _scalar_tensor(x: Any) -> bool:
+    return isinstance(x, Tensor) and x.numel() == 1 and x.is_floating_point()
 
 
 def _overlaps_itself(t: Tensor) -> bool:

@@ -123,8 +123,21 @@ def _group(i: int, saved: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def _state(saved: Any, kind: str | None) -> Any:
-    if kind != "momentum" or not isinstance(saved, dict):
+    if not isinstance(saved, dict):
+        return saved
+    # torch keeps a complex parameter's moments complex; the presets keep them as the
+    # parameter's real view (a complex number is two real coordinates to every preset)
+    saved = {k: _real_view(v) for k, v in saved.items()}
+    if kind != "momentum":
         return saved
     if saved.get("momentum_buffer") is None:
         return {}  # momentum 0, or never stepped: the preset makes its buffer on its first step
     return {"step": torch.tensor(0.0), **saved}
+
+
+def _real_view(value: Any) -> Any:
+    return (
+        torch.view_as_real(value)
+        if isinstance(value, torch.Tensor) and value.is_complex()
+        else value
+    )
