@@ -126,3 +126,32 @@ def test_an_anchor_must_match_the_memory():
         with pytest.raises(ValueError, match=match):
             deep_write(state, k, v, retention=0.9, anchor=anchor)
     assert deep_write(state, k, v, retention=0.9, anchor=state).w1.shape == state.w1.shape
+
+
+def test_skip_false_refuses_a_skip_init():
+    # it built the skip path that skip=False turned off
+    with pytest.raises(ValueError, match="skip=False"):
+        deep_memory(4, 3, 8, skip=False, skip_init=torch.ones(3, 4))
+    assert deep_memory(4, 3, 8, skip_init=torch.ones(3, 4)).skip.shape == (3, 4)
+
+
+def test_a_width_that_is_not_a_positive_integer_is_refused():
+    for hidden in (0, -1, 2.0, True):  # 0 was "0.0 cannot be raised to a negative power"
+        with pytest.raises(ValueError, match="hidden must be an integer >= 1"):
+            deep_memory(4, 3, hidden)
+    with pytest.raises(ValueError, match="d_key must be an integer >= 1"):
+        deep_memory(0, 3, 8)
+
+
+def test_keys_that_do_not_fit_the_deep_memory_are_refused():
+    # as the linear memories refuse them, not by an unnamed matmul error
+    state = deep_memory(4, 3, 8, seed=0)
+    values = torch.randn(6, 3)
+    for keys, match in (
+        (torch.randn(6, 5), "mapping 4 -> 3 cannot take keys \\(6, 5\\)"),
+        (torch.randn(6, 4, dtype=torch.float64), "float32 memory cannot take torch.float64 keys"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            deep_write(state, keys, values, lr=0.1)
+        with pytest.raises(ValueError, match=match):
+            deep_read(state, keys)

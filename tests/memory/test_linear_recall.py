@@ -184,3 +184,37 @@ def test_an_elementwise_read_or_surprise_never_grows_the_memory():
     assert read(m, torch.tensor(2.0)).shape == (4,)  # a scalar key broadcasts to it
     with pytest.raises(ValueError, match="needs a key"):
         surprise(matrix_memory(3, 2), None, torch.ones(2))  # was an AttributeError
+
+
+def test_surprise_has_the_shape_of_read_minus_value():
+    # one pair (k,), (v,) came back as the batch of one (1, v) (stacked memories: (B, 1, v))
+    from assocmem.memory import surprise
+
+    g = torch.Generator().manual_seed(0)
+    k, v = torch.randn(4, generator=g), torch.randn(3, generator=g)
+    for batch in ((), (2,)):
+        M = matrix_memory(4, 3)._replace(M=torch.randn(*batch, 3, 4, generator=g))
+        error = surprise(M, k, v)
+        assert error.shape == (*batch, 3)
+        assert torch.equal(error, read(M, k) - v)
+    K, V = torch.randn(5, 4, generator=g), torch.randn(5, 3, generator=g)
+    assert torch.equal(surprise(M, K, V), read(M, K) - V)  # a batch of pairs: as it was
+
+
+def test_a_read_refuses_the_keys_a_write_refuses():
+    import pytest
+
+    M = matrix_memory(4, 3)
+    for key, match in ((torch.ones(5), "mapping 4 -> 3"), (torch.ones(2, 5), "mapping 4 -> 3")):
+        with pytest.raises(ValueError, match=match):  # was torch's "size mismatch"
+            read(M, key)
+    with pytest.raises(ValueError, match="float64"):  # was "addmv input tensors must ..."
+        read(M, torch.ones(4, dtype=torch.float64))
+    half = ElementwiseMemory(torch.ones(3, dtype=torch.float16))
+    with pytest.raises(ValueError, match="float64"):  # recalled float64 without a word
+        read(half, torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="float64"):  # as the write with that key is refused
+        hebbian_write(half, torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float16))
+    # keys that keep the memory's dtype still read: a 0-d float64 key does not promote
+    assert read(half, torch.tensor(2.0, dtype=torch.float64)).dtype == torch.float16
+    assert read(M, torch.ones(2, 4)).shape == (2, 3)

@@ -18,12 +18,15 @@ Shapes legend: ``n`` pairs written at once, ``k`` key dim, ``h`` hidden width, `
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from assocmem.memory.linear import check_fit
 
 Activation = str | Callable[[Tensor], Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -65,8 +68,15 @@ def deep_memory(
     ``W2 ~ N(0, 1/hidden)`` or zero with ``zero_output=True`` (then the MLP branch reads zero
     until the first write, and the memory starts as its skip path), ``b2 = 0``, and the skip
     ``S`` zero unless ``skip_init`` gives it (e.g. a projection that makes the fresh memory an
-    identity or a known linear map). Pass ``generator`` or ``seed`` for a reproducible draw.
+    identity or a known linear map); ``skip=False`` builds no skip path, so it refuses a
+    ``skip_init``. Pass ``generator`` or ``seed`` for a reproducible draw.
     """
+    for name, dim in (("d_key", d_key), ("d_value", d_value), ("hidden", hidden)):
+        # a zero width failed as "0.0 cannot be raised to a negative power" in the init's std
+        if not isinstance(dim, numbers.Integral) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {dim!r}")
+    if not skip and skip_init is not None:  # it built the skip that skip=False turned off
+        raise ValueError("skip=False builds no skip path, so it cannot take a skip_init")
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(seed)
 
@@ -106,6 +116,10 @@ def _params(state: DeepMemory) -> dict[str, Tensor]:
 
 
 def _forward(params: dict[str, Tensor], keys: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor:
+    # Every read, loss and write passes here: keys that do not fit the memory are refused as
+    # the linear memories refuse them, not by an unnamed matmul error. Values are left to the
+    # loss (the L2 one checks their shape; a custom one may take values of any dtype).
+    check_fit((params["w2"].shape[-2], params["w1"].shape[-1]), params["w1"].dtype, keys)
     hidden = act(keys @ params["w1"].mT + params["b1"])
     out = hidden @ params["w2"].mT + params["b2"]
     if "skip" in params:

@@ -26,15 +26,17 @@ from assocmem.memory.linear import (
 
 
 def surprise(state: LinearMemory, key: Tensor | None, value: Tensor) -> Tensor:
-    """The prediction error ``M k - v`` the delta rule writes back (the inner gradient's factor)."""
+    """The prediction error ``M k - v`` the delta rule writes back (the inner gradient's factor),
+    shaped as ``read(state, key) - value``: ``(v,)`` for one pair ``(k,), (v,)``."""
     if isinstance(state, ElementwiseMemory):
         recalled = read(state, key)
         same_shape(recalled, value, "value")
         return recalled - value
     if key is None:
         raise ValueError("a matrix memory needs a key to read")
-    keys, values = as_pairs(state, key, value)
-    return read(state, keys) - values
+    as_pairs(state, key, value)  # refuses, named, the pairs a write refuses
+    # the pair itself, not as_pairs' batch of one: that gave one pair's error as (1, v)
+    return read(state, key) - value
 
 
 def delta_write(
@@ -57,11 +59,12 @@ def delta_write(
         >>> torch.allclose(read(M, k), v)
         True
     """
-    if key is None and not isinstance(state, ElementwiseMemory):
-        raise ValueError("a matrix memory needs a key to write")
-    error = surprise(state, key, value)
     if isinstance(state, ElementwiseMemory):
+        error = surprise(state, key, value)
         grad = error if key is None else error * key
         return ElementwiseMemory(kept(state, state.m * retention - lr * grad))
-    keys, _ = as_pairs(state, key, value)
+    if key is None:
+        raise ValueError("a matrix memory needs a key to write")
+    keys, values = as_pairs(state, key, value)
+    error = surprise(state, keys, values)  # (..., n, v): one pair per row of the outer products
     return MatrixMemory(kept(state, state.M * retention - lr * (error.mT @ keys)))  # as hebbian

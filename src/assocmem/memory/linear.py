@@ -53,10 +53,31 @@ def matrix_memory(
     return MatrixMemory(torch.zeros(*batch_shape, d_value, d_key, dtype=dtype, device=device))
 
 
+def check_fit(
+    shape: tuple[int, ...], dtype: torch.dtype, key: Tensor, value: Tensor | None = None
+) -> None:
+    """Refuse a key (and value) that a map of ``shape`` ``(d_value, d_key)`` and ``dtype`` cannot
+    take, named: torch's matmul errors name neither the memory nor what did not fit. Reads,
+    writes and the deep memory's key all pass through here, so all refuse alike."""
+    d_value, d_key = shape
+    taken = f"keys {tuple(key.shape)}" + (
+        "" if value is None else f" and values {tuple(value.shape)}"
+    )
+    if (
+        key.dim() == 0
+        or key.shape[-1] != d_key
+        or (value is not None and (value.dim() == 0 or value.shape[-1] != d_value))
+    ):
+        raise ValueError(f"a memory mapping {d_key} -> {d_value} cannot take {taken}")
+    if key.dtype != dtype or (value is not None and value.dtype != dtype):
+        kinds = f"{key.dtype} keys" + ("" if value is None else f" and {value.dtype} values")
+        raise ValueError(f"a {dtype} memory cannot take {kinds}")
+
+
 def as_pairs(state: MatrixMemory, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
     """``(key, value)`` as the batch of pairs ``state`` takes: a single pair ``(k,), (v,)`` viewed
     as a batch of one ``(1, k), (1, v)``. Keys and values that do not fit ``state``'s map
-    ``(d_value, d_key)`` or its dtype are refused, named (torch's matmul error names neither)."""
+    ``(d_value, d_key)`` or its dtype are refused (:func:`check_fit`)."""
     if key.dim() == 1:
         key = key.unsqueeze(0)
     if value.dim() == 1:
@@ -66,29 +87,31 @@ def as_pairs(state: MatrixMemory, key: Tensor, value: Tensor) -> tuple[Tensor, T
             f"key and value must hold the same number of pairs, got {tuple(key.shape)} "
             f"and {tuple(value.shape)}"
         )
-    d_value, d_key = state.M.shape[-2:]
-    if key.shape[-1] != d_key or value.shape[-1] != d_value:
-        raise ValueError(
-            f"a memory mapping {d_key} -> {d_value} cannot take keys {tuple(key.shape)} and "
-            f"values {tuple(value.shape)}"
-        )
-    if key.dtype != state.M.dtype or value.dtype != state.M.dtype:
-        raise ValueError(
-            f"a {state.M.dtype} memory cannot take {key.dtype} keys and {value.dtype} values"
-        )
+    check_fit(state.M.shape[-2:], state.M.dtype, key, value)
     return key, value
+
+
+def unpromoted(held: Tensor, new: Tensor, made: str, fix: str) -> Tensor:
+    """``new``, what a write or a read ``made`` of the memory ``held``, if it keeps ``held``'s
+    dtype: a key or value of a wider dtype promotes the result (a float16 memory read with a
+    float64 key recalled float64), which a memory never does silently."""
+    if new.dtype != held.dtype:
+        raise ValueError(
+            f"{made} of a {held.dtype} memory would be {new.dtype}: {fix} must match its dtype"
+        )
+    return new
 
 
 def kept(state: LinearMemory, new: Tensor) -> Tensor:
     """``new``, the written state, if it has ``state``'s shape and dtype: a write never grows a
     memory by broadcasting a key or value of another shape, nor promotes its dtype."""
     old = state.m if isinstance(state, ElementwiseMemory) else state.M
-    if new.shape != old.shape or new.dtype != old.dtype:
+    if new.shape != old.shape:
         raise ValueError(
-            f"the write would turn a {old.dtype} memory of shape {tuple(old.shape)} into a "
-            f"{new.dtype} one of shape {tuple(new.shape)}: key and value must match it"
+            f"the write would turn a memory of shape {tuple(old.shape)} into one of shape "
+            f"{tuple(new.shape)}: key and value must match it"
         )
-    return new
+    return unpromoted(old, new, "the write", "key and value")
 
 
 def same_shape(held: Tensor, x: Tensor, name: str) -> None:
@@ -111,14 +134,17 @@ def read(state: LinearMemory, key: Tensor | None = None) -> Tensor:
 
     Elementwise: ``m * k`` (``m`` itself for a key-less read), shaped like ``m`` or ``k``: a
     scalar key, or a 0-d memory read with a whole tensor, broadcast; a key that would grow both
-    (a (4, 1) key on a (4,) memory) is refused. Matrix: ``M k`` for a key of shape ``(k,)`` or
-    a batch ``(..., n, k)``, returning ``(..., v)`` or ``(..., n, v)``.
+    (a (4, 1) key on a (4,) memory) or promote the recall out of the memory's dtype is refused.
+    Matrix: ``M k`` for a key of shape ``(k,)`` or a batch ``(..., n, k)``, returning ``(..., v)``
+    or ``(..., n, v)``; a key of another size or dtype is refused. A read refuses what a write
+    with the same key refuses, by the same checks.
     """
     if isinstance(state, ElementwiseMemory):
         if key is None:
             return state.m
         same_shape(state.m, key, "key")
-        return state.m * key
+        return unpromoted(state.m, state.m * key, "the recall", "the key")
     if key is None:
         raise ValueError("a matrix memory needs a key to read")
+    check_fit(state.M.shape[-2:], state.M.dtype, key)
     return state.M @ key if key.dim() == 1 else key @ state.M.mT
