@@ -162,6 +162,36 @@ def test_bad_inputs_are_refused(detector: Detector):
         detector.score_one("/nonexistent/image.png")
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"stride": 16.0}, "stride must be an integer"),  # failed in range() at scoring
+        ({"batch_size": 2.5}, "batch_size must be an integer"),  # failed at the first score
+        ({"batch_size": True}, "batch_size must be an integer"),  # was taken as 1
+    ],
+)
+def test_load_refuses_a_tiling_that_is_not_whole_numbers(ckpt: Path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Detector.load(ckpt, **kwargs)
+
+
+@pytest.mark.parametrize("key", [4.7, "16", True])
+def test_save_refuses_an_image_size_that_is_not_a_tile_count(tmp_path: Path, key):
+    # 4.7 was stored as 4 tiles; a str key beside an int one failed to sort (TypeError)
+    loaded = load_detector(save_tiny_detector(tmp_path / "ok.safetensors"))
+    with pytest.raises(ValueError, match="tile count must be an integer"):
+        save_detector(
+            tmp_path / "bad.safetensors",
+            loaded.model,
+            architecture=loaded.architecture,
+            arch_kwargs=loaded.arch_kwargs,
+            patch_size=loaded.patch_size,
+            val_real_logits=loaded.val_real_logits,
+            image_real_scores={4: [0.0, 1.0], key: [0.5, 2.0]},
+        )
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
 def test_thresholds_from_another_fpr_or_given(detector: Detector):
     n = len(detector.val_real_logits)
     other = detector.with_fpr(0.25)

@@ -174,6 +174,7 @@ def test_balanced_is_balanced_with_fewer_fakes_than_reals_and_refuses_one_class(
     x, y = balanced(subset, seed=0)
     assert int(y.sum()) == fakes and len(y) == 2 * fakes
     assert torch.equal(balanced(subset, seed=0)[0], x)  # seeded
+    assert torch.equal(balanced(subset, seed=np.int64(0))[0], x)  # a numpy seed is a seed
     with pytest.raises(ValueError, match="reals and fakes"):
         balanced(bench.split("train", []), seed=0)  # reals only
     for seed in (1.5, -1, True):

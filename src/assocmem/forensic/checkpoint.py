@@ -315,6 +315,9 @@ def save_detector(
         ("image_fake_scores", image_fake_scores),
     ):
         if by_count:
+            for k in by_count:  # 4.7 was stored as 4; a str beside an int failed to sort
+                if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 2:
+                    raise ValueError(f"{key}: a tile count must be an integer > 1, got {k!r}")
             header["calibration"][key] = {
                 str(int(k)): _sorted_floats(scores) for k, scores in sorted(by_count.items())
             }

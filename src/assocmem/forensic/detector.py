@@ -51,6 +51,7 @@ checkpoint's) a tile's logit does not depend on which way up it is, so nothing i
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -136,8 +137,9 @@ class Detector:
             raise ValueError(f"views must be one of {VIEWS}, got {self.views!r}")
         if not math.isfinite(self.threshold):
             raise ValueError(f"threshold must be finite, got {self.threshold}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        b = self.batch_size  # 2.5 failed at the first score, True was taken as 1
+        if not isinstance(b, numbers.Integral) or isinstance(b, bool) or b < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {b!r}")
         tiles(
             torch.zeros(1, self.patch_size, self.patch_size),
             self.patch_size,

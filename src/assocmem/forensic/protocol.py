@@ -85,7 +85,7 @@ def balanced(subset: ForensicSubset, seed: int) -> tuple[Tensor, Tensor]:
     a subset without reals or without fakes, or a seed that is not an integer >= 0."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(int(seed))  # a numpy integer is no int to torch
     reals = torch.nonzero(subset.labels == 0).squeeze(1)
     fakes = torch.nonzero(subset.labels == 1).squeeze(1)
     if not len(reals) or not len(fakes):

@@ -33,6 +33,8 @@ that reads the JPEG grid):
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -48,6 +50,10 @@ __all__ = [
 
 
 def _check_patch(patch: int, stride: int, align: int = 2) -> None:
+    for name, value in (("patch", patch), ("stride", stride), ("align", align)):
+        # a float stride (16.0) failed later in range() with a TypeError
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
     if align < 2 or align % 2:
         raise ValueError(f"align must be an even integer >= 2, got {align}")
     if patch < align or patch % align:
