@@ -18,7 +18,8 @@ def hyperparameter_table() -> str:
     lines = ["| memory | hyperparameter | default | meaning |", "|---|---|---|---|"]
     for name in available_memories():
         for hyper_name, hyper in get_preset(name).hyper.items():
-            lines.append(f"| `{name}` | `{hyper_name}` | `{hyper.default!r}` | {hyper.doc} |")
+            doc = hyper.doc.replace("|", "\\|")  # |y| would end the table cell
+            lines.append(f"| `{name}` | `{hyper_name}` | `{hyper.default!r}` | {doc} |")
     return "\n".join(lines)
 
 

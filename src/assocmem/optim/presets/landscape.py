@@ -230,7 +230,9 @@ class Landscape(Preset):
             validate.optional(validate.unit_interval),
             "momentum on g before the read (None: 0.9 for the weak form, 0 for the others)",
         ),
-        "y_tol": Hyper(1e-6, validate.non_negative, "skip writes with |y| <= y_tol * |g|"),
+        "y_tol": Hyper(
+            1e-6, validate.non_negative, "skip writes with |y| <= y_tol * max(|g_t|, |g_t-1|)"
+        ),
         "period": Hyper(1, validate.positive_int, "steps between writes; each pair spans them"),
         "sigma": Hyper(
             1.0, validate.positive, "weak form: floor of |B| in the read (steps <= lr |m| / sigma)"
