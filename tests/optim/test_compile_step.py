@@ -110,3 +110,24 @@ def test_a_compiled_step_after_eager_ones_counts_their_packed_counters(memory):
     eager, mixed = run(5), run(3)
     torch.testing.assert_close(mixed[0], eager[0], **TOL)
     assert mixed[1] == eager[1] == [5.0] * len(eager[1])
+
+
+def test_a_compiled_sync_free_step_counts_the_step_it_skips():
+    # dynamo dropped the optimizer's attribute write inside the compiled step: the NaN step
+    # was skipped (the parameters agree) but skipped_steps stayed 0, in the state dict too
+    runs = {}
+    for compile_step in (False, True):
+        torch._dynamo.reset()
+        model = make_model()
+        opt = MemoryOptimizer(model.parameters(), "momentum", lr=1e-2, sync_free=True)
+        step = torch.compile(opt.step) if compile_step else opt.step
+        counts = []
+        for t in range(4):
+            opt.zero_grad()
+            loss_at(model, t).backward()
+            if t == 2:
+                model.out.bias.grad[0] = float("nan")
+            step()
+            counts.append(opt.skipped_steps)
+        runs[compile_step] = counts, opt.state_dict()["assocmem"]["skipped_steps"]
+    assert runs[True] == runs[False] == ([0, 0, 1, 1], 1)

@@ -145,7 +145,7 @@ def test_extreme_gradients_are_erased_along_like_float64(scale, erase, foreach):
 def test_small_tensors_of_one_shape_step_stacked_and_follow_the_reference(monkeypatch, sync_free):
     # Each tensor is a row of its stack, so the per-tensor erase is the per-row one; float64,
     # so the only difference from the reference is the order of each sum: LOCKSTEP_TOL. With
-    # sync_free the rates stay on the device (row_overlaps' fallback selected, not branched).
+    # sync_free the rates stay on the device (row_rates' fallback selected, not branched).
     sizes = spy_stacked(monkeypatch, delta)
     with in_float64():
 
@@ -179,7 +179,7 @@ def test_stacked_small_tensors_with_extreme_gradients_are_erased_along_like_floa
     monkeypatch, scale
 ):
     # 8 x 8 tensors at |g| ~ 3e18: ||g||^2 ~ 1e39 overflows fp32; at 1e-25 the squares flush
-    # to 0. The stacked rows take row_overlaps's scaled fallback; the tolerance is the one
+    # to 0. The stacked rows take row_rates' scaled fallback; the tolerance is the one
     # argued in test_extreme_gradients_are_erased_along_like_float64.
     sizes = spy_stacked(monkeypatch, delta)
     gen = torch.Generator().manual_seed(0)
@@ -224,3 +224,45 @@ def test_a_strided_tensor_leaves_the_others_on_the_cpu_host_path(monkeypatch):
     stepped = set(calls)
     assert models[0].fc.weight.shape in stepped  # contiguous: the host path
     assert models[0].conv.weight.shape not in stepped  # strided: the device-rate path
+
+
+@pytest.mark.parametrize("tiny", [1e-37, 1e-45])
+@pytest.mark.parametrize("path", ["host", "device", "sync_free", "stacked", "row", "muon"])
+def test_a_gradient_far_below_the_memory_is_erased_along_like_float64(monkeypatch, path, tiny):
+    # A memory of ~100, then a gradient of 1e-37 (a normal fp32 number) or 1e-45 (subnormal):
+    # the overlap c = <g, m> / ||g||^2 ~ 1e39 overflows fp32 although c g is of |m|'s size,
+    # and the folded rate eta - gamma c made the memory inf; a first step of 1e-45 on the zero
+    # memory made it NaN (0 * inf). SGD and the reference stay finite. Tolerance as in
+    # test_extreme_gradients_are_erased_along_like_float64.
+    from assocmem.optim import sync_free
+
+    if path == "device":  # the device-rate path with its host reads (no fused kernel)
+        monkeypatch.setattr(sync_free, "on_accelerator", lambda tensors: True)
+    shapes = {"stacked": [(3,)] * 30, "muon": [(6, 5), (4, 5)]}.get(path, [(6, 5), (5,)])
+    gen = torch.Generator().manual_seed(0)
+    steps = [tiny] + [100.0] * 3 + [tiny]
+    grads = [[s * (1 + torch.rand(shape, generator=gen)) for shape in shapes] for s in steps]
+    options = {"sync_free": path == "sync_free"}
+    if path == "row":
+        options["erase"] = "row"
+    memory = "muon" if path == "muon" else "delta"
+    if memory == "muon":
+        options["gamma"] = 0.5
+    runs = {}
+    for dtype in (torch.float32, torch.float64):
+        params = [torch.nn.Parameter(torch.zeros(shape, dtype=dtype)) for shape in shapes]
+        opt = MemoryOptimizer(params, memory, lr=1e-2, **options)
+        for step in grads:
+            for p, g in zip(params, step, strict=True):
+                p.grad = g.to(dtype)
+            opt.step()
+        # muon's parameters also went through Newton-Schulz, in fp32 against fp64: its
+        # memory is what the write computed
+        kept = [opt.state[p]["momentum"] for p in params]
+        if memory != "muon":
+            kept += [p.detach() for p in params]
+        runs[dtype] = kept
+    for ours, exact in zip(runs[torch.float32], runs[torch.float64], strict=True):
+        assert torch.isfinite(ours).all()
+        atol = 16 * torch.finfo(torch.float32).eps * exact.abs().max().item()
+        torch.testing.assert_close(ours.double(), exact, rtol=0.0, atol=atol)

@@ -287,6 +287,9 @@ class MemoryOptimizer(Optimizer):
                     self._step_group(group, params, grads, found)
         return loss
 
+    # Run eagerly: dynamo drops attribute writes made on the optimizer inside a compiled
+    # step, so under torch.compile(opt.step) the skip happened and was never counted.
+    @torch.compiler.disable
     def _count_skipped(self, found: dict[torch.device, Tensor]) -> None:
         flag = next(iter(found.values()))
         skipped = flag.reshape(()).to(torch.int64)

@@ -122,7 +122,7 @@ class Delta(Preset):
         return {"momentum": torch.zeros_like(param, memory_format=torch.preserve_format)}
 
     def shards_locally(self, group: Group) -> bool:
-        return True  # the overlaps' sums are all-reduced (tensor_overlaps, row_overlaps)
+        return True  # the overlaps' sums are all-reduced (tensor_rates, row_rates)
 
     def reads_state_on_host(self, param: Tensor, group: Group) -> bool:
         return False  # no step count; the overflow fallback is selected on the device
@@ -171,10 +171,17 @@ class Delta(Preset):
             self.foreach_step(params, grads, states, group)
             return
         bufs = [s["momentum"] for s in states]
-        overlaps = tensor_overlaps(grads, bufs, compile=True)
-        rates = (group["eta"] - group["gamma"] * overlaps).unbind()
+        stacked, _, unfit = tensor_rates(grads, bufs, group["eta"], group["gamma"], compile=True)
+        rates = list(stacked.unbind())
+        safe = None
+        if unfit is None:  # sync_free: every tensor's scaled write, selected where unfit
+            hyper = _write_hyper(group)
+            safe = [scaled_write(g, m, **hyper) for g, m in zip(grads, bufs, strict=True)]
+        elif unfit:
+            self.foreach_step(params, grads, states, group)  # rare: a gradient ~1e-37 of m
+            return
         compiled(write_and_step)(
-            params, grads, bufs, list(rates), alpha=group["alpha"],
+            params, grads, bufs, rates, safe, alpha=group["alpha"],
             # a tensor, so that a changing lr (a scheduler) is data, not a recompile
             lr=torch.tensor(group["lr"], dtype=torch.float64),
         )  # fmt: skip
@@ -211,15 +218,8 @@ class Delta(Preset):
         if gamma == 0:
             torch._foreach_mul_(bufs, alpha)
             torch._foreach_add_(bufs, grads, alpha=eta)
-        elif erase == "tensor":
-            # the rates stay on the device (a .tolist() here waited for it every step)
-            rates = (eta - gamma * tensor_overlaps(grads, bufs)).unbind()
-            torch._foreach_mul_(bufs, alpha)
-            torch._foreach_addcmul_(bufs, grads, list(rates))
         else:
-            rates = [eta - gamma * row_overlaps(g, m) for g, m in zip(grads, bufs, strict=True)]
-            torch._foreach_mul_(bufs, alpha)
-            torch._foreach_addcmul_(bufs, grads, rates)
+            delta_write_(bufs, grads, alpha=alpha, gamma=gamma, eta=eta, erase=erase)
         torch._foreach_add_(params, bufs, alpha=-group["lr"])
 
 
@@ -239,6 +239,10 @@ def _host_step(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], gr
         return
     rates = host_rates(grads, bufs, group["eta"], group["gamma"])
     for p, g, m, r in zip(params, grads, bufs, rates, strict=True):
+        if not _host_fits(r, m.dtype):  # rare: a gradient ~1e-37 of the memory's size
+            m.copy_(scaled_write(g, m, **_write_hyper(group)))
+            p.add_(m, alpha=-group["lr"])
+            continue
         fused.sgd_(
             [p], [g], [m], weight_decay=0.0, momentum=group["alpha"], lr=group["lr"],
             dampening=1.0 - r, nesterov=False, maximize=False, is_first_step=False,
@@ -249,16 +253,25 @@ def _stacked_step(
     params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], group: Group
 ) -> None:
     """The write and step of small tensors of one shape, stacked: each tensor is a row of
-    one ``(n, numel)`` stack, so the per-tensor erase is :func:`row_overlaps`'s per-row one
+    one ``(n, numel)`` stack, so the per-tensor erase is :func:`row_rates`' per-row one
     (its overflow fallback included), then ``m <- alpha m + r g`` and ``W <- W - lr m`` once
     for all, and the rows copied back. The same equations as the fused kernel's per-tensor
     step, rounded differently (float rounding: the sums along rows, the rate in the
     tensors' dtype)."""
     p, g, m = (torch.stack(x) for x in (params, grads, bufs))
     n = len(params)
-    rates = group["eta"] - group["gamma"] * row_overlaps(g.reshape(n, -1), m.reshape(n, -1))
+    rows_g, rows_m = g.reshape(n, -1), m.reshape(n, -1)
+    rates, fits, unfit = row_rates(rows_g, rows_m, group["eta"], group["gamma"])  # (n, 1)
     per_row = (n,) + (1,) * (p.dim() - 1)
-    m.mul_(group["alpha"]).addcmul_(g, rates.reshape(per_row))
+    hyper = {**_write_hyper(group), "erase": "row"}
+    if sync_free.active():  # selected on the device where a row's rate does not fit
+        safe = scaled_write(rows_g, rows_m, **hyper).reshape(m.shape)
+        m.mul_(group["alpha"]).addcmul_(g, rates.reshape(per_row))
+        m.copy_(torch.where(fits.reshape(per_row), m, safe))
+    elif not unfit:
+        m.mul_(group["alpha"]).addcmul_(g, rates.reshape(per_row))
+    else:  # rare: a gradient ~1e-37 of its memory's size; every row scaled, as the reference
+        m.copy_(scaled_write(rows_g, rows_m, **hyper).reshape(m.shape))
     p.add_(m, alpha=-group["lr"])
     torch._foreach_copy_(params, list(p.unbind(0)))
     torch._foreach_copy_(bufs, list(m.unbind(0)))
@@ -286,7 +299,7 @@ def host_rates(grads: list[Tensor], bufs: list[Tensor], eta: float, gamma: float
     """The write rates ``eta - gamma <g, m> / ||g||^2`` per tensor as host numbers.
 
     The sums of :func:`plain_sums`, read in one go, then the overflow check and the overlap of
-    :func:`tensor_overlaps` in Python floats (a few host operations where the device path
+    :func:`tensor_rates` in Python floats (a few host operations where the device path
     launches a dozen small kernels), its scaled fallback only where a sum cannot be trusted.
     """
     dots, norms2 = torch.stack(plain_sums(grads, bufs)).tolist()
@@ -306,14 +319,20 @@ def write_and_step(
     grads: list[Tensor],
     bufs: list[Tensor],
     rates: list[Tensor],
+    safe: list[Tensor] | None = None,
     *,
     alpha: float,
     lr: float | Tensor,
 ) -> None:
     """``m <- alpha m + r g`` and ``W <- W - lr m`` per tensor, in place (``r = eta - gamma c``,
-    the erase folded into the write rate as in the foreach path): the body of ``compile=True``."""
-    for p, g, m, r in zip(params, grads, bufs, rates, strict=True):
-        m.copy_(m * alpha + r * g)
+    the erase folded into the write rate as in the foreach path): the body of ``compile=True``.
+    ``safe``: each tensor's :func:`scaled_write`, taken where its rate does not fit (decided
+    on the device)."""
+    for i, (p, g, m, r) in enumerate(zip(params, grads, bufs, rates, strict=True)):
+        written = m * alpha + r * g
+        if safe is not None:
+            written = torch.where(_fits(r), written, safe[i])
+        m.copy_(written)
         p.sub_(lr * m)
 
 
@@ -338,8 +357,13 @@ def fused_sums(grads: list[Tensor], bufs: list[Tensor]) -> tuple[Tensor, Tensor]
     return dots, torch.stack([(g * g).sum() for g in grads])
 
 
-def tensor_overlaps(grads: list[Tensor], bufs: list[Tensor], *, compile: bool = False) -> Tensor:
-    """``<g, m> / ||g||^2`` per tensor (0 for a zero gradient: it has no direction).
+def tensor_rates(
+    grads: list[Tensor], bufs: list[Tensor], eta: float, gamma: float, *, compile: bool = False
+) -> tuple[Tensor, Tensor, set[int] | None]:
+    """The write rates ``eta - gamma c`` per tensor (``c = <g, m> / ||g||^2``, 0 for a zero
+    gradient: it has no direction), where each fits (:func:`_fits`), and the indices of those
+    that do not: a set read on the host (one read per step), or ``None`` under ``sync_free``,
+    where the caller selects on the device.
 
     Sharded by FSDP2, each rank sums its rows and one all-reduce of three floats per tensor
     (the two sums and the element count) completes every tensor's sums at once
@@ -363,12 +387,19 @@ def tensor_overlaps(grads: list[Tensor], bufs: list[Tensor], *, compile: bool = 
             _scaled_overlap(g.reshape(1, -1), m.reshape(1, -1), whole=True)[0]
             for g, m in zip(grads, bufs, strict=True)
         ]
-        return torch.where(bad, torch.stack(safe), c)
-    if bool(bad.any()):  # one host read per step; the indices only in the rare fallback
-        for i in bad.nonzero().flatten().tolist():
+        rates = eta - gamma * torch.where(bad, torch.stack(safe), c)
+        return rates, _fits(rates), None
+    rates = eta - gamma * c
+    fits = _fits(rates)
+    unfit: set[int] = set()
+    if bool((bad | ~fits).any()):  # one host read per step; the indices only when rare
+        for i in (bad | ~fits).nonzero().flatten().tolist():
             rows = grads[i].reshape(1, -1), bufs[i].reshape(1, -1)
-            c[i] = _scaled_overlap(*rows, whole=True)[0]
-    return c
+            rates[i] = eta - gamma * _scaled_overlap(*rows, whole=True)[0]
+            if not _host_fits(float(rates[i]), rates.dtype):
+                unfit.add(i)
+        fits = _fits(rates)
+    return rates, fits, unfit
 
 
 def _overlap(dots: Tensor, norms2: Tensor) -> Tensor:
@@ -412,15 +443,108 @@ def _scaled_overlap(rows_g: Tensor, rows_m: Tensor, *, whole: bool) -> Tensor:
     sums = torch.stack([torch.linalg.vecdot(g, m), torch.linalg.vecdot(g, g)])
     if whole:
         sums = sharded.all_sum(sums)
-    c = sums[0] / sums[1] * (scale_m / scale_g).squeeze(-1)
+    # (ratio * s_m) / s_g, not ratio * (s_m / s_g): for a memory of 0 and a gradient of 1e-45
+    # the quotient of the scales overflows fp32 and 0 * inf made every parameter NaN
+    c = sums[0] / sums[1] * scale_m.squeeze(-1) / scale_g.squeeze(-1)
     return torch.where(moves.squeeze(-1), c, torch.zeros_like(c))
 
 
-def row_overlaps(g: Tensor, m: Tensor) -> Tensor:
-    """``<g_i, m_i> / ||g_i||^2`` per row, shaped to broadcast against ``g``.
+def delta_write_(
+    bufs: list[Tensor],
+    grads: list[Tensor],
+    *,
+    alpha: float,
+    gamma: float,
+    eta: float,
+    erase: str,
+) -> None:
+    """``m <- alpha m + (eta - gamma c) g`` for every tensor, in place (``c`` the overlap
+    ``<g, m> / ||g||^2`` per tensor or per row: the erase along ``g_hat`` folded into the
+    gradient's write rate, so ``m`` is read twice, by the sums, and written once).
+
+    A rate fits where it is finite and within half the dtype's range (:func:`_fits`); it does
+    not when the gradient is ~1e-37 of the memory's size or less (a subnormal gradient under
+    a memory of order 1: ``c`` ~ ``|m| / |g|`` overflows although ``c g`` is of ``|m|``'s size),
+    and such a tensor (or row) takes :func:`scaled_write`, the same write computed on
+    ``g / max|g|``. Decided with one host read for all tensors, or on the device (both
+    computed, selected) under ``sync_free``.
+    """
+    hyper = {"alpha": alpha, "gamma": gamma, "eta": eta, "erase": erase}
+    if erase == "tensor":
+        # the rates stay on the device (a .tolist() here waited for it every step)
+        stacked, fitting, unfit = tensor_rates(grads, bufs, eta, gamma)
+        rates, fits = list(stacked.unbind()), list(fitting.unbind())
+    else:
+        rated = [row_rates(g, m, eta, gamma) for g, m in zip(grads, bufs, strict=True)]
+        rates, fits = [r for r, _, _ in rated], [f for _, f, _ in rated]
+        unfit = None if sync_free.active() else {i for i, r in enumerate(rated) if r[2]}
+    if unfit is None:  # sync_free: both computed, selected on the device
+        safe = [scaled_write(g, m, **hyper) for g, m in zip(grads, bufs, strict=True)]
+        torch._foreach_mul_(bufs, alpha)
+        torch._foreach_addcmul_(bufs, grads, rates)
+        for m, s, f in zip(bufs, safe, fits, strict=True):
+            m.copy_(torch.where(f, m, s))
+        return
+    for i in unfit:
+        bufs[i].copy_(scaled_write(grads[i], bufs[i], **hyper))
+    keep = [i for i in range(len(bufs)) if i not in unfit]
+    if not keep:
+        return
+    if len(keep) < len(bufs):
+        bufs, grads, rates = ([x[i] for i in keep] for x in (bufs, grads, rates))
+    torch._foreach_mul_(bufs, alpha)
+    torch._foreach_addcmul_(bufs, grads, rates)
+
+
+def _fits(rates: Tensor) -> Tensor:
+    """Where a folded write rate ``r`` can be used: finite and at most half the dtype's range,
+    so that ``r g`` (about ``|m|`` at most) and the fused kernel's dampening ``1 - r`` are too."""
+    return torch.isfinite(rates) & (rates.abs() <= torch.finfo(rates.dtype).max / 2)
+
+
+def _host_fits(rate: float, dtype: torch.dtype) -> bool:
+    """:func:`_fits` of a rate read back to the host (a Python float, double precision)."""
+    return math.isfinite(rate) and abs(rate) <= torch.finfo(dtype).max / 2
+
+
+def _write_hyper(group: Group) -> dict[str, Any]:
+    return {k: group[k] for k in ("alpha", "gamma", "eta", "erase")}
+
+
+def scaled_write(
+    g: Tensor, m: Tensor, *, alpha: float, gamma: float, eta: float, erase: str
+) -> Tensor:
+    """The write ``(alpha I - gamma g_hat g_hat^T) m + eta g`` (pure), computed on
+    ``u = g / max|g|`` per row: ``alpha m + (eta s - gamma <u, m> / ||u||^2) u`` with ``s`` the
+    row's max-abs. Every factor stays within the range of ``g``, ``m`` and 1 (``||u|| >= 1``),
+    so it is finite for any finite ``g`` and ``m``, where the folded rate ``eta - gamma c``
+    overflows for a gradient ~1e-37 of the memory's size. Sharded rows (a whole tensor, or a
+    1-D one) have their max-abs and sums completed across ranks, as :func:`tensor_rates`.
+    """
+    whole = erase == "tensor" or g.dim() <= 1
+    rows_g, rows_m = as_rows(g, erase), as_rows(m, erase)
+    scale_g, scale_m = _max_abs(rows_g), _max_abs(rows_m)
+    if whole:
+        scale_g, scale_m = sharded.all_max(torch.stack([scale_g, scale_m])).unbind(0)
+    scale_g = torch.where(scale_g > 0, scale_g, torch.ones_like(scale_g))
+    scale_m = torch.where(scale_m > 0, scale_m, torch.ones_like(scale_m))
+    u = rows_g / scale_g
+    sums = torch.stack([torch.linalg.vecdot(u, rows_m / scale_m), torch.linalg.vecdot(u, u)])
+    if whole:
+        sums = sharded.all_sum(sums)
+    moves = sums[1] > 0  # a zero row has no direction: nothing is erased (u is 0 there)
+    overlap = torch.where(moves, sums[0] / torch.where(moves, sums[1], 1), 0) * scale_m[..., 0]
+    rate = eta * scale_g[..., 0] - gamma * overlap  # of u: (eta - gamma c) s
+    return (rows_m * alpha + u * rate[..., None]).reshape(m.shape)
+
+
+def row_rates(g: Tensor, m: Tensor, eta: float, gamma: float) -> tuple[Tensor, Tensor, bool]:
+    """The write rates ``eta - gamma c_i`` per row (``c_i = <g_i, m_i> / ||g_i||^2``), shaped to
+    broadcast against ``g``, where each fits (:func:`_fits`), and whether any row does not
+    (read on the host; ``False`` under ``sync_free``, where the caller selects).
 
     FSDP2 shards rows, so a matrix's rows are whole on their rank; a 1-D tensor is one row
-    split across ranks, whose sums (and length) are all-reduced as in :func:`tensor_overlaps`.
+    split across ranks, whose sums (and length) are all-reduced as in :func:`tensor_rates`.
     """
     whole = g.dim() <= 1
     rows_g, rows_m = as_rows(g, "row"), as_rows(m, "row")
@@ -431,6 +555,12 @@ def row_overlaps(g: Tensor, m: Tensor) -> Tensor:
         dots, norms2, n = sharded.all_sum(torch.stack([dots, norms2, n])).unbind(0)
     c = _overlap(dots, norms2)
     bad = _out_of_range(dots, norms2, n * _underflow_floor(g.dtype))
-    if sync_free.active() or bool(bad.any()):  # on the device: always computed, selected
-        c = torch.where(bad, _scaled_overlap(rows_g, rows_m, whole=whole), c)
-    return c.reshape((-1,) + (1,) * (g.dim() - 1)) if g.dim() > 1 else c.reshape(())
+    rates = eta - gamma * c
+    unfit = False
+    if sync_free.active():  # on the device: always computed, selected
+        rates = eta - gamma * torch.where(bad, _scaled_overlap(rows_g, rows_m, whole=whole), c)
+    elif bool((bad | ~_fits(rates)).any()):  # one host read per tensor; rare past it
+        rates = eta - gamma * torch.where(bad, _scaled_overlap(rows_g, rows_m, whole=whole), c)
+        unfit = not bool(_fits(rates).all())
+    shape = (-1,) + (1,) * (g.dim() - 1) if g.dim() > 1 else ()
+    return rates.reshape(shape), _fits(rates).reshape(shape), unfit

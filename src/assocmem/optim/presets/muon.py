@@ -63,7 +63,7 @@ from assocmem.optim import sharded, validate
 from assocmem.optim.neuron_norm import foreach_row_normalize_, row_normalized
 from assocmem.optim.newton_schulz import COEFFICIENTS
 from assocmem.optim.polar_express import LOWER
-from assocmem.optim.presets.delta import delta_momentum_write, row_overlaps, tensor_overlaps
+from assocmem.optim.presets.delta import delta_momentum_write, delta_write_
 from assocmem.optim.reads import (
     SCALES,
     foreach_momentum_,
@@ -278,11 +278,6 @@ def _foreach_delta_momentum_(bufs: list[Tensor], grads: list[Tensor], group: Gro
     """The fast path of the delta-rule write ``m <- beta m + (1 - gamma c) g`` (``c`` the
     overlap ``<g, m> / ||g||^2`` per tensor or per row: the erase along ``g_hat`` folded into
     the gradient's write rate, as in the ``delta`` preset), in place, then the momentum read."""
-    beta, gamma = group["momentum"], group["gamma"]
-    if group["erase"] == "tensor":
-        rates = list((1.0 - gamma * tensor_overlaps(grads, bufs)).unbind())
-    else:
-        rates = [1.0 - gamma * row_overlaps(g, m) for g, m in zip(grads, bufs, strict=True)]
-    torch._foreach_mul_(bufs, beta)
-    torch._foreach_addcmul_(bufs, grads, rates)
+    beta = group["momentum"]
+    delta_write_(bufs, grads, alpha=beta, gamma=group["gamma"], eta=1.0, erase=group["erase"])
     return torch._foreach_add(grads, bufs, alpha=beta) if group["nesterov"] else bufs
