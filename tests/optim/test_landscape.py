@@ -17,6 +17,7 @@ from optim_support import (
 
 from assocmem import MemoryOptimizer
 from assocmem.memory import MatrixMemory, delta_write, read
+from assocmem.optim import optimizer
 from assocmem.optim.presets.landscape import (
     diagonal_write,
     lowrank_read,
@@ -82,6 +83,58 @@ def test_diagonal_write_skips_masked_and_clamps():
     assert new.tolist() == [0.5, 1.0, 10.0]
 
 
+@pytest.mark.parametrize("rho", [1.0, 0.5])
+@pytest.mark.parametrize(("dtype", "scale"), [(torch.float32, 1e20), (torch.float64, 1e160)])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "foreach",
+        "sync_free",
+        pytest.param(
+            "compile",
+            marks=[
+                pytest.mark.slow,
+                # the eager fallback would give the numbers without testing compiled code
+                pytest.mark.filterwarnings("error:torch.compile could not build:RuntimeWarning"),
+            ],
+        ),
+    ],
+)
+def test_diagonal_reference_follows_the_fast_path_where_y_squared_overflows(
+    monkeypatch, path, dtype, scale, rho
+):
+    """Finite gradients whose change ``y`` has ``y^2`` beyond the dtype's range (``|y|`` above
+    1.8e19 in float32, 1.3e154 in float64), among ordinary coordinates: the reference's rate
+    ``rho / y^2`` is 0 there and its delta write was ``0 * inf``, NaN in ``H`` and the
+    parameters from the second step on (the compiled body shares it). It now steps toward
+    ``s / y`` itself there, as the fast path does: every path stays finite and agrees with the
+    reference (to the rounding of the ordinary coordinates' writes, compounded over 6 steps:
+    measured within 4 eps)."""
+    monkeypatch.setattr(optimizer, "COMPILED_FROM", 0)  # compile=True: compile even small ones
+    out = {}
+    for mode in (path, "reference"):
+        gen = torch.Generator().manual_seed(0)
+        shapes = [(4, 5), (5,), ()]
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
+        kw = {"compile": True} if mode == "compile" else {"foreach": mode != "reference"}
+        opt = MemoryOptimizer(
+            params, "landscape", form="diagonal", lr=1e-2, rho=rho, sync_free=mode == "sync_free",
+            **kw,
+        )  # fmt: skip
+        for _ in range(6):
+            for p in params:  # every third coordinate ordinary, the others huge
+                huge = torch.arange(p.numel()).reshape(p.shape) % 3 != 0
+                p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
+                p.grad[huge] *= scale
+            opt.step()
+        out[mode] = [t for p in params for t in (p.detach(), opt.state[p]["curvature"])]
+        H = opt.state[params[0]]["curvature"]
+        assert ((H != 1.0) & (torch.arange(20).reshape(4, 5) % 3 != 0)).any()  # huge y written
+    for fast, ref in zip(out[path], out["reference"], strict=True):
+        assert torch.isfinite(fast).all() and torch.isfinite(ref).all()
+        torch.testing.assert_close(fast, ref, rtol=1000 * torch.finfo(dtype).eps, atol=0)
+
+
 @pytest.mark.parametrize(("rank", "pairs"), [(6, 6), (8, 20)])
 def test_lowrank_memory_recalls_inverse_hessian(rank, pairs):
     dim = 6
@@ -115,6 +168,68 @@ def test_lowrank_read_is_the_delta_write_memory():
         torch.testing.assert_close(read(dense, y), s)  # every secant condition holds
     d = torch.randn(dim, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(lowrank_read(S, Y, m, h0, d), read(dense, d))
+
+
+@pytest.mark.parametrize(("dtype", "power"), [(torch.float32, 70), (torch.float64, 520)])
+def test_lowrank_read_of_keys_that_overflow_their_gram_is_the_unscaled_read(dtype, power):
+    """``H`` is unchanged when every stored pair ``(s_j, y_j)`` is scaled alike. Scaled by
+    2^70 (float32) or 2^520 (float64), the keys' Gram ``Y Y^T`` overflows their dtype and its
+    pseudo-inverse raised (``LinAlgError``); the read then forms it in float64 from the keys
+    rescaled by a power of two, and recalls what the unscaled window recalls."""
+    gen = torch.Generator().manual_seed(5)
+    S, Y = (torch.randn(4, 9, generator=gen, dtype=dtype) for _ in range(2))
+    d = torch.randn(9, generator=gen, dtype=dtype)
+    c = 2.0**power
+    assert not torch.isfinite((c * Y) @ (c * Y).mT).any()
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 0}
+    for pairs in (1, 4):
+        got = lowrank_read(c * S, c * Y, pairs, 0.5, d)
+        torch.testing.assert_close(got, lowrank_read(S, Y, pairs, 0.5, d), **tol)
+
+
+def quadratic(A, w, b, c):
+    return 0.5 * (w @ A @ w + 3 * b * b + 50 * c.sum() ** 2)
+
+
+@pytest.mark.parametrize(("dtype", "scale"), [(torch.float32, 1e20), (torch.float64, 1e160)])
+def test_lowrank_form_steps_gradients_that_overflow_the_gram_and_trains_on(dtype, scale):
+    """Finite gradients of ~1e20 (float32; 1e160 in float64) store pairs whose keys' Gram
+    overflows the dtype (in one-element tensors: in larger ones the noise test's ``||g||``
+    overflows as well and rejects the pair): the read's pseudo-inverse raised, with the step
+    partly applied, and so did every later step while such a pair was in the window. Now no
+    step raises, nothing non-finite is stored, the foreach path gives the reference's bits,
+    and once ordinary gradients return (a quadratic: dense on ``w``, ``3 b^2 / 2`` and
+    ``50 c^2 / 2``) it trains on: the loss converges."""
+    A = spd(8, 1e3, dense=True).to(dtype)
+    out = {}
+    for foreach in (True, False):
+        gen = torch.Generator().manual_seed(0)
+        shapes = [(8,), (), (1, 1)]
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
+        opt = MemoryOptimizer(
+            params, "landscape", form="lowrank", lr=1 / scale, rank=8, h0=1e-3, h_min=1e-4,
+            foreach=foreach,
+        )  # fmt: skip
+        overflowed = False
+        for _ in range(6):  # huge gradients, at an lr that keeps the moves near 1
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=dtype) * scale
+            opt.step()
+            for p in params:
+                st = opt.state[p]
+                Y = st["secant_y"][: int(st["pairs"])]
+                overflowed |= not bool(torch.isfinite(Y @ Y.mT).all())
+                assert all(torch.isfinite(v).all() for v in (p, *st.values()))
+        assert overflowed
+        opt.param_groups[0]["lr"] = 1.0
+        start = quadratic(A, *params).item()
+        for _ in range(80):
+            opt.zero_grad()
+            quadratic(A, *params).backward()
+            opt.step()
+        assert quadratic(A, *params).item() < 1e-8 * start
+        out[foreach] = [t for p in params for t in (p.detach(), *opt.state[p].values())]
+    assert all(torch.equal(a, b) for a, b in zip(out[True], out[False], strict=True))
 
 
 @given(

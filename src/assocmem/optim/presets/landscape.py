@@ -103,6 +103,8 @@ References:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -121,10 +123,22 @@ def secant_mask(s: Tensor, y: Tensor, g: Tensor, g_prev: Tensor, y_tol: float) -
 def diagonal_write(
     H: Tensor, s: Tensor, y: Tensor, mask: Tensor, *, rho: float, h_min: float, h_max: float
 ) -> Tensor:
-    """Elementwise delta write of ``(key y, value s)`` at rate ``rho / y^2`` where ``mask``."""
+    """Elementwise delta write of ``(key y, value s)`` at rate ``rho / y^2`` where ``mask``.
+
+    Where ``y^2`` overflows (``|y|`` above ~1.8e19 in float32, ~1.3e154 in float64) that rate
+    is 0 and the delta write ``0 * inf``: there the same write, a step a fraction ``rho`` of
+    the way to the secant ``q = s / y``, is taken as such, as the fast path takes it
+    (``landscape_fast``), and like it only where ``q > 0`` (``q`` underflows to 0 for a tiny
+    ``s`` and is NaN where ``s`` overflowed too).
+    """
     rate = torch.where(mask, rho / torch.where(mask, y * y, 1), 0)
-    written = delta_write(ElementwiseMemory(H), y, s, lr=rate, retention=1.0)
-    return torch.where(mask, read(written).clamp(h_min, h_max), H)
+    written = read(delta_write(ElementwiseMemory(H), y, s, lr=rate, retention=1.0))
+    q = s / y
+    huge = ~torch.isfinite(y * y)
+    # an infinite q (s overflowed) would make lerp's other end NaN; clamped, it lands on h_max
+    toward = q if rho == 1 else torch.lerp(H, q.clamp(max=torch.finfo(q.dtype).max), rho)
+    written = torch.where(huge, toward, written)
+    return torch.where(mask & (~huge | (q > 0)), written.clamp(h_min, h_max), H)
 
 
 def secant_trusted(s: Tensor, y: Tensor, g: Tensor, g_prev: Tensor, y_tol: float) -> Tensor:
@@ -177,12 +191,25 @@ def weak_read(B: Tensor, m: Tensor, sigma: float) -> Tensor:
 
 
 def lowrank_read(S: Tensor, Y: Tensor, pairs: int, h0: float, d: Tensor) -> Tensor:
-    """``H d`` with ``H = h0 I + (S - h0 Y)^T (Y Y^T)^+ Y`` over the first ``pairs`` rows."""
+    """``H d`` with ``H = h0 I + (S - h0 Y)^T (Y Y^T)^+ Y`` over the first ``pairs`` rows.
+
+    The Gram ``Y Y^T`` is formed in the keys' dtype, then solved in float64. Keys of norm
+    above ~1.8e19 (float32; ~1.3e154 in float64: gradients of that size) overflow it there, and
+    a pseudo-inverse of ``inf`` fails; then it is formed in float64 from the keys scaled by a
+    power of two ``c`` (largest magnitude in ``[1/2, 1)``, so it is finite), which leaves ``H``
+    as it was: ``(S - h0 Y)^T ((cY)(cY)^T)^+ (cY) c``.
+    """
     if pairs == 0:
         return h0 * d
     S, Y = S[:pairs], Y[:pairs]
-    gram = (Y @ Y.mT).double()
-    coef = torch.linalg.pinv(gram, hermitian=True, rtol=1e-7) @ (Y @ d).double()
+    gram, key, scale = (Y @ Y.mT).double(), Y, 1.0
+    if not bool(torch.isfinite(gram).all()):  # the stored pairs are finite: an overflow
+        scale = 2.0 ** -math.frexp(float(Y.abs().amax()))[1]
+        key = Y.double() * scale
+        gram = key @ key.mT
+    coef = torch.linalg.pinv(gram, hermitian=True, rtol=1e-7) @ (key @ d.to(key.dtype)).double()
+    if scale != 1:
+        coef = coef * scale
     return h0 * d + (S - h0 * Y).mT @ coef.to(d.dtype)
 
 
