@@ -40,7 +40,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -358,7 +358,13 @@ def fused_sums(grads: list[Tensor], bufs: list[Tensor]) -> tuple[Tensor, Tensor]
 
 
 def tensor_rates(
-    grads: list[Tensor], bufs: list[Tensor], eta: float, gamma: float, *, compile: bool = False
+    grads: list[Tensor],
+    bufs: list[Tensor],
+    eta: float,
+    gamma: float,
+    *,
+    compile: bool = False,
+    scaled: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, set[int] | None]:
     """The write rates ``eta - gamma c`` per tensor (``c = <g, m> / ||g||^2``, 0 for a zero
     gradient: it has no direction), where each fits (:func:`_fits`), and the indices of those
@@ -368,7 +374,8 @@ def tensor_rates(
     Sharded by FSDP2, each rank sums its rows and one all-reduce of three floats per tensor
     (the two sums and the element count) completes every tensor's sums at once
     (:mod:`assocmem.optim.sharded`); unsharded it is the identity. ``compile``: the sums by
-    :func:`fused_sums` compiled (the same sums, summed in another order).
+    :func:`fused_sums` compiled (the same sums, summed in another order). ``scaled``: the
+    tensors' :func:`_scaled_overlap` where the caller has them (``sync_free`` only).
     """
     dots, norms2 = (compiled(fused_sums) if compile else plain_sums)(grads, bufs)
     floors = [_underflow_floor(g.dtype) for g in grads]  # per element of the tensor
@@ -383,11 +390,14 @@ def tensor_rates(
     c = _overlap(dots, norms2)
     bad = _out_of_range(dots, norms2, floor)
     if sync_free.active():  # no host read: the safe form of every tensor, selected where bad
-        safe = [
-            _scaled_overlap(g.reshape(1, -1), m.reshape(1, -1), whole=True)[0]
-            for g, m in zip(grads, bufs, strict=True)
-        ]
-        rates = eta - gamma * torch.where(bad, torch.stack(safe), c)
+        if scaled is None:
+            scaled = torch.stack(
+                [
+                    _scaled_overlap(g.reshape(1, -1), m.reshape(1, -1), whole=True)[0]
+                    for g, m in zip(grads, bufs, strict=True)
+                ]
+            )
+        rates = eta - gamma * torch.where(bad, scaled, c)
         return rates, _fits(rates), None
     rates = eta - gamma * c
     fits = _fits(rates)
@@ -426,27 +436,44 @@ def _out_of_range(dots: Tensor, norms2: Tensor, floor: Tensor) -> Tensor:
     return ~(torch.isfinite(dots) & torch.isfinite(norms2)) | (norms2 < floor)
 
 
-def _scaled_overlap(rows_g: Tensor, rows_m: Tensor, *, whole: bool) -> Tensor:
-    """``<g_i, m_i> / ||g_i||^2`` per row of ``(rows, d)`` inputs, without overflow or underflow:
-    ``(<g/s_g, m/s_m> / ||g/s_g||^2) * (s_m / s_g)`` with ``s`` each row's max-abs.
+class _Scaled(NamedTuple):
+    """Rows of ``g`` and ``m`` read without overflow or underflow: ``u = g / s_g`` per row
+    (``s`` a row's max-abs, 1 where the row is zero) and ``ratio = <u, m / s_m> / ||u||^2``
+    (0 for a zero gradient row: it has no direction), so ``<g, m> / ||g||^2`` is
+    ``ratio s_m / s_g`` and the erase ``c g`` is ``ratio s_m u``. Per-row vectors."""
 
-    ``whole``: the rows are pieces of rows sharded across ranks (a whole tensor read as one
-    row), so the max-abs and the sums are completed across them (no-ops when unsharded).
-    """
+    u: Tensor
+    scale_g: Tensor
+    scale_m: Tensor
+    ratio: Tensor
+
+
+def _scaled_rows(rows_g: Tensor, rows_m: Tensor, *, whole: bool) -> _Scaled:
+    """:class:`_Scaled` of ``(rows, d)`` inputs. ``whole``: the rows are pieces of rows sharded
+    across ranks (a whole tensor read as one row), so the max-abs and the sums are completed
+    across them (no-ops when unsharded)."""
     scale_g, scale_m = _max_abs(rows_g), _max_abs(rows_m)
     if whole:
         scale_g, scale_m = sharded.all_max(torch.stack([scale_g, scale_m])).unbind(0)
     moves = scale_g > 0
     scale_g = torch.where(moves, scale_g, torch.ones_like(scale_g))
     scale_m = torch.where(scale_m > 0, scale_m, torch.ones_like(scale_m))
-    g, m = rows_g / scale_g, rows_m / scale_m
-    sums = torch.stack([torch.linalg.vecdot(g, m), torch.linalg.vecdot(g, g)])
+    u = rows_g / scale_g
+    sums = torch.stack([torch.linalg.vecdot(u, rows_m / scale_m), torch.linalg.vecdot(u, u)])
     if whole:
         sums = sharded.all_sum(sums)
+    ratio = sums[0] / sums[1]
+    ratio = torch.where(moves.squeeze(-1), ratio, torch.zeros_like(ratio))
+    return _Scaled(u, scale_g.squeeze(-1), scale_m.squeeze(-1), ratio)
+
+
+def _scaled_overlap(rows_g: Tensor, rows_m: Tensor, *, whole: bool) -> Tensor:
+    """``<g_i, m_i> / ||g_i||^2`` per row of ``(rows, d)`` inputs, without overflow or underflow
+    (:func:`_scaled_rows`); ``inf`` only where the overlap itself exceeds the dtype."""
+    parts = _scaled_rows(rows_g, rows_m, whole=whole)
     # (ratio * s_m) / s_g, not ratio * (s_m / s_g): for a memory of 0 and a gradient of 1e-45
     # the quotient of the scales overflows fp32 and 0 * inf made every parameter NaN
-    c = sums[0] / sums[1] * scale_m.squeeze(-1) / scale_g.squeeze(-1)
-    return torch.where(moves.squeeze(-1), c, torch.zeros_like(c))
+    return parts.ratio * parts.scale_m / parts.scale_g
 
 
 def delta_write_(
@@ -469,22 +496,17 @@ def delta_write_(
     ``g / max|g|``. Decided with one host read for all tensors, or on the device (both
     computed, selected) under ``sync_free``.
     """
+    if sync_free.active():
+        _select_write_(bufs, grads, alpha=alpha, gamma=gamma, eta=eta, erase=erase)
+        return
     hyper = {"alpha": alpha, "gamma": gamma, "eta": eta, "erase": erase}
     if erase == "tensor":
         # the rates stay on the device (a .tolist() here waited for it every step)
-        stacked, fitting, unfit = tensor_rates(grads, bufs, eta, gamma)
-        rates, fits = list(stacked.unbind()), list(fitting.unbind())
+        stacked, _, unfit = tensor_rates(grads, bufs, eta, gamma)
+        rates = list(stacked.unbind())
     else:
         rated = [row_rates(g, m, eta, gamma) for g, m in zip(grads, bufs, strict=True)]
-        rates, fits = [r for r, _, _ in rated], [f for _, f, _ in rated]
-        unfit = None if sync_free.active() else {i for i, r in enumerate(rated) if r[2]}
-    if unfit is None:  # sync_free: both computed, selected on the device
-        safe = [scaled_write(g, m, **hyper) for g, m in zip(grads, bufs, strict=True)]
-        torch._foreach_mul_(bufs, alpha)
-        torch._foreach_addcmul_(bufs, grads, rates)
-        for m, s, f in zip(bufs, safe, fits, strict=True):
-            m.copy_(torch.where(f, m, s))
-        return
+        rates, unfit = [r for r, _, _ in rated], {i for i, r in enumerate(rated) if r[2]}
     for i in unfit:
         bufs[i].copy_(scaled_write(grads[i], bufs[i], **hyper))
     keep = [i for i in range(len(bufs)) if i not in unfit]
@@ -494,6 +516,42 @@ def delta_write_(
         bufs, grads, rates = ([x[i] for i in keep] for x in (bufs, grads, rates))
     torch._foreach_mul_(bufs, alpha)
     torch._foreach_addcmul_(bufs, grads, rates)
+
+
+def _select_write_(
+    bufs: list[Tensor],
+    grads: list[Tensor],
+    *,
+    alpha: float,
+    gamma: float,
+    eta: float,
+    erase: str,
+) -> None:
+    """:func:`delta_write_` decided on the device (``sync_free``): every tensor's scaled parts
+    (:func:`_scaled_rows`, the overflow fallback of its overlap, computed here anyway) also give its
+    scaled write's rate of ``u``, and ``m <- alpha m + r' g + k' u`` with ``r'`` the folded
+    rate where it fits (else 0) and ``k'`` the rate of ``u`` where it does not (else 0): one
+    pass more than the folded write, the same bits where every rate fits."""
+    whole = [erase == "tensor" or g.dim() <= 1 for g in grads]
+    parts = [
+        _scaled_rows(as_rows(g, erase), as_rows(m, erase), whole=w)
+        for g, m, w in zip(grads, bufs, whole, strict=True)
+    ]
+    safe = [p.ratio * p.scale_m / p.scale_g for p in parts]  # as _scaled_overlap
+    if erase == "tensor":
+        stacked, fitting, _ = tensor_rates(grads, bufs, eta, gamma, scaled=torch.cat(safe))
+        rated = list(zip(stacked.unbind(), fitting.unbind(), strict=True))
+    else:
+        rated = [
+            row_rates(g, m, eta, gamma, scaled=c)[:2]
+            for g, m, c in zip(grads, bufs, safe, strict=True)
+        ]
+    folded = [torch.where(f, r, 0) for r, f in rated]
+    torch._foreach_mul_(bufs, alpha)
+    torch._foreach_addcmul_(bufs, grads, folded)
+    for m, part, (_, f) in zip(bufs, parts, rated, strict=True):
+        k = torch.where(f.reshape(-1), 0, _rate_of_u(part, eta, gamma))
+        m.add_((part.u * k[..., None]).reshape(m.shape))
 
 
 def _fits(rates: Tensor) -> Tensor:
@@ -515,30 +573,25 @@ def scaled_write(
     g: Tensor, m: Tensor, *, alpha: float, gamma: float, eta: float, erase: str
 ) -> Tensor:
     """The write ``(alpha I - gamma g_hat g_hat^T) m + eta g`` (pure), computed on
-    ``u = g / max|g|`` per row: ``alpha m + (eta s - gamma <u, m> / ||u||^2) u`` with ``s`` the
-    row's max-abs. Every factor stays within the range of ``g``, ``m`` and 1 (``||u|| >= 1``),
-    so it is finite for any finite ``g`` and ``m``, where the folded rate ``eta - gamma c``
-    overflows for a gradient ~1e-37 of the memory's size. Sharded rows (a whole tensor, or a
-    1-D one) have their max-abs and sums completed across ranks, as :func:`tensor_rates`.
+    ``u = g / max|g|`` per row (:func:`_scaled_rows`): ``alpha m + (eta s_g - gamma ratio s_m) u``.
+    Every factor stays within the range of ``g``, ``m`` and 1 (``||u|| >= 1``), so it is
+    finite for any finite ``g`` and ``m``, where the folded rate ``eta - gamma c`` overflows
+    for a gradient ~1e-37 of the memory's size. Sharded rows (a whole tensor, or a 1-D one)
+    have their max-abs and sums completed across ranks, as :func:`tensor_rates`.
     """
-    whole = erase == "tensor" or g.dim() <= 1
     rows_g, rows_m = as_rows(g, erase), as_rows(m, erase)
-    scale_g, scale_m = _max_abs(rows_g), _max_abs(rows_m)
-    if whole:
-        scale_g, scale_m = sharded.all_max(torch.stack([scale_g, scale_m])).unbind(0)
-    scale_g = torch.where(scale_g > 0, scale_g, torch.ones_like(scale_g))
-    scale_m = torch.where(scale_m > 0, scale_m, torch.ones_like(scale_m))
-    u = rows_g / scale_g
-    sums = torch.stack([torch.linalg.vecdot(u, rows_m / scale_m), torch.linalg.vecdot(u, u)])
-    if whole:
-        sums = sharded.all_sum(sums)
-    moves = sums[1] > 0  # a zero row has no direction: nothing is erased (u is 0 there)
-    overlap = torch.where(moves, sums[0] / torch.where(moves, sums[1], 1), 0) * scale_m[..., 0]
-    rate = eta * scale_g[..., 0] - gamma * overlap  # of u: (eta - gamma c) s
-    return (rows_m * alpha + u * rate[..., None]).reshape(m.shape)
+    parts = _scaled_rows(rows_g, rows_m, whole=erase == "tensor" or g.dim() <= 1)
+    return (rows_m * alpha + parts.u * _rate_of_u(parts, eta, gamma)[..., None]).reshape(m.shape)
 
 
-def row_rates(g: Tensor, m: Tensor, eta: float, gamma: float) -> tuple[Tensor, Tensor, bool]:
+def _rate_of_u(parts: _Scaled, eta: float, gamma: float) -> Tensor:
+    """The write rate of ``u`` per row: ``(eta - gamma c) s_g = eta s_g - gamma ratio s_m``."""
+    return eta * parts.scale_g - gamma * parts.ratio * parts.scale_m
+
+
+def row_rates(
+    g: Tensor, m: Tensor, eta: float, gamma: float, *, scaled: Tensor | None = None
+) -> tuple[Tensor, Tensor, bool]:
     """The write rates ``eta - gamma c_i`` per row (``c_i = <g_i, m_i> / ||g_i||^2``), shaped to
     broadcast against ``g``, where each fits (:func:`_fits`), and whether any row does not
     (read on the host; ``False`` under ``sync_free``, where the caller selects).
@@ -558,7 +611,9 @@ def row_rates(g: Tensor, m: Tensor, eta: float, gamma: float) -> tuple[Tensor, T
     rates = eta - gamma * c
     unfit = False
     if sync_free.active():  # on the device: always computed, selected
-        rates = eta - gamma * torch.where(bad, _scaled_overlap(rows_g, rows_m, whole=whole), c)
+        if scaled is None:
+            scaled = _scaled_overlap(rows_g, rows_m, whole=whole)
+        rates = eta - gamma * torch.where(bad, scaled, c)
     elif bool((bad | ~_fits(rates)).any()):  # one host read per tensor; rare past it
         rates = eta - gamma * torch.where(bad, _scaled_overlap(rows_g, rows_m, whole=whole), c)
         unfit = not bool(_fits(rates).all())
