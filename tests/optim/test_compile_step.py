@@ -8,7 +8,8 @@ two runs differ only where inductor reorders or fuses arithmetic: a few float32 
 (6e-8 each) of O(1) values per step, measured at most 2e-8 over these steps; ``TOL`` leaves 50x
 on that, while the bugs this guards against moved parameters by 1e-4 to 0.1 or crashed: state
 created inside the compiled graph aliased (landscape's previous gradient and parameter were one
-buffer), cms's fused Adam kernel could not be traced.
+buffer), cms's fused Adam kernel could not be traced, landscape's scalar, low-rank and reference
+diagonal forms remembered the stepped parameter as the secant's start, so never wrote a pair.
 """
 
 from __future__ import annotations
@@ -131,3 +132,67 @@ def test_a_compiled_sync_free_step_counts_the_step_it_skips():
             counts.append(opt.skipped_steps)
         runs[compile_step] = counts, opt.state_dict()["assocmem"]["skipped_steps"]
     assert runs[True] == runs[False] == ([0, 0, 1, 1], 1)
+
+
+LANDSCAPE_STEPS = 7  # 6 secant pairs per tensor: the low-rank window (rank 4) fills and slides
+
+
+def _landscape_runs(form, foreach, make, backward):
+    """Eager and compiled runs of a landscape form, and each run's optimizer."""
+    opts = []
+
+    def make_opt(params):
+        opts.append(MemoryOptimizer(params, "landscape", lr=1e-2, form=form, foreach=foreach))
+        return opts[-1]
+
+    eager, compiled = compiled_against_eager(make, make_opt, backward, LANDSCAPE_STEPS)
+    return eager, compiled, opts
+
+
+def _assert_memory_written(opt, form):
+    # the secant pairs reached the memory (a compiled step once remembered the *stepped*
+    # parameter as the pair's start: every s was 0, nothing was written, the step stayed h0 g)
+    for st in opt.state.values():
+        if form == "lowrank":
+            assert float(st["pairs"]) > 0
+        else:
+            assert bool((st["curvature"] != 1.0).any())  # h0 = 1
+
+
+@pytest.mark.parametrize(
+    ("form", "foreach"), [("scalar", None), ("lowrank", None), ("diagonal", False)]
+)
+def test_landscape_secant_forms_compile_to_the_eager_numbers(form, foreach):
+    # the forms stepped by the reference (scalar, low-rank; diagonal with foreach=False): the
+    # pair's start prev_param <- W and then W's step in one graph, which torch 2.13's inductor
+    # miscompiled (landscape.remembered)
+    eager, compiled, opts = _landscape_runs(form, foreach, make_model, _backward)
+    assert_same_run(compiled, eager, **TOL)
+    for opt in opts:
+        _assert_memory_written(opt, form)
+
+
+def test_landscape_secant_forms_compile_to_the_eager_numbers_in_float64():
+    # no 0-d parameter, so float64 compiles, except the scalar form, whose memory is a 0-d
+    # float64 tensor: refused (torch 2.13's AOTAutograd drops in-place writes to those)
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def make():
+        return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
+
+    def backward(net, t):
+        (net(x + 0.1 * t) - 0.3).pow(2).mean().backward()
+
+    with in_float64():
+        for form, foreach in (("lowrank", None), ("diagonal", False)):
+            eager, compiled, opts = _landscape_runs(form, foreach, make, backward)
+            # measured at most 1.3e-14 apart (inductor's fused reductions round differently)
+            assert_same_run(compiled, eager, rtol=0.0, atol=1e-10)
+            for opt in opts:
+                _assert_memory_written(opt, form)
+        torch._dynamo.reset()
+        net = make()
+        opt = MemoryOptimizer(net.parameters(), "landscape", form="scalar")
+        backward(net, 0)
+        with pytest.raises(RuntimeError, match="cannot step float64 scalars"):
+            torch.compile(opt.step)()

@@ -308,7 +308,7 @@ class Landscape(Preset):
 
     def _remember(self, param: Tensor, grad: Tensor, state: State) -> None:
         state["prev_grad"].copy_(grad)
-        state["prev_param"].copy_(param)
+        state["prev_param"].copy_(remembered(param, grad))
         state["has_prev"].fill_(1)
 
     def _direction(self, grad: Tensor, state: State, group: Group) -> Tensor:
@@ -484,3 +484,19 @@ def due(state: State, group: Group) -> bool:
     """Whether this step ends a period: it writes the pair since the last such step (if any)
     and becomes the next pair's start. Steps ``1, 1 + period, 1 + 2 period, ...``."""
     return (int(state["step"]) - 1) % group["period"] == 0
+
+
+def remembered(param: Tensor, grad: Tensor) -> Tensor:
+    """``param``, to be copied into the pair's start ``prev_param`` before ``param`` is stepped.
+
+    Eagerly ``param`` itself. Under ``torch.compile`` (the user compiling ``opt.step``), a select
+    of ``param`` on either side of an always-true mask taken from ``grad``: torch 2.13's
+    inductor miscompiles a plain ``prev_param.copy_(param)`` followed by ``param.add_(...)`` in
+    the same graph (it aliases the copy to ``param`` and stores the *stepped* ``param``, so every
+    secant ``s`` was 0 and nothing was ever written), the bug ``landscape_fast.secant_step``
+    works around the same way. Either side is ``param``, so the values are its bits.
+    """
+    if not torch.compiler.is_compiling():
+        return param
+    keep = grad == grad
+    return torch.where(keep | ~keep, param, param)
