@@ -43,6 +43,7 @@ from experiments.detectors import (
     per_family_table,
 )
 from experiments.report import output_path, replace_section
+from experiments.validate_config import output_clash
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "gru": lambda: TemporalDetector(cell="gru"),
@@ -97,17 +98,27 @@ def run_one(
     }
 
 
+def config_of(args: argparse.Namespace) -> ClipConfig:
+    """The clip benchmark the command line asks for (``ValueError`` for one that cannot be)."""
+    return (ClipConfig.tiny if args.tiny else ClipConfig)(frames=args.frames)
+
+
 def markdown(runs: list[dict[str, Any]], command: str, args: argparse.Namespace) -> str:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in runs:
-        groups.setdefault((r["model"], r["optimizer"]), []).append(r)
+        # one row per recipe: the same optimizer at another learning rate is another row
+        groups.setdefault((r["model"], f"{r['optimizer']} (lr {r['lr']:g})"), []).append(r)
     total = sum(r["seconds"] for r in runs)
+    config = config_of(args)
+    built = f"`ClipConfig{'.tiny' if args.tiny else ''}(frames={args.frames})`"
+    threads = "one thread" if args.threads == 1 else f"{args.threads} threads"
     lines = [
         "## Clip detectors (temporal vs frame-only, calibrated threshold)",
         "",
         f"Regenerate: {command}",
         "",
-        f"The built-in clip benchmark (`ClipConfig()`: clips of {args.frames} frames of 32 x 32, "
+        f"The built-in clip benchmark ({built}: clips of {config.frames} frames of "
+        f"{config.patch_size} x {config.patch_size}, "
         "a window panning, zooming and shaking over a photo with fixed-pattern and temporal "
         "sensor noise; fakes made frame by frame, or a splice that jitters; split by photo as "
         "the image benchmark). Trained on the train split's reals and as many fakes of the seen "
@@ -116,7 +127,7 @@ def markdown(runs: list[dict[str, Any]], command: str, args: argparse.Namespace)
         f"the test split (unseen photos); held-out families {', '.join(HELDOUT)} are never "
         "trained on, stopped on or calibrated on. `gru`: per-frame CNN -> 2-layer GRU -> logit; "
         "`frames`: the same per-frame CNN, mean of per-frame logits. Batch "
-        f"{args.batch_size} clips, at most {args.max_steps} steps, one thread; "
+        f"{args.batch_size} clips, at most {args.max_steps} steps, {threads}; "
         f"{total / 60:.1f} min of training and scoring in all. Mean ± std over seeds; TPR and "
         "FPR at the calibrated threshold.",
         "",
@@ -129,7 +140,7 @@ def markdown(runs: list[dict[str, Any]], command: str, args: argparse.Namespace)
         budget = ", ".join(f"{r['best_step']}/{r['steps']}" for r in rs)
         seconds = ", ".join(f"{r['seconds']:.0f}" for r in rs)
         lines.append(
-            f"| {model} | {opt} (lr {rs[0]['lr']:g}) | {len(rs)} | {rs[0]['parameters']} "
+            f"| {model} | {opt} | {len(rs)} | {rs[0]['parameters']} "
             f"| {_ms([x['seen']['mean']['auc'] for x in rep])} "
             f"| {_ms([x['heldout']['mean']['auc'] for x in rep])} "
             f"| {_ms([x['heldout']['mean']['tpr'] for x in rep])} "
@@ -163,14 +174,20 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m experiments.clip_detectors " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
+    clash = output_clash([("--json", args.json), ("--write", args.write)])
+    if clash:
+        parser.error(clash)
     if len(args.lr) not in (1, len(args.optimizers)):
         parser.error("--lr takes one value, or one per optimizer")
     lrs = args.lr * len(args.optimizers) if len(args.lr) == 1 else args.lr
     problem = bad_training_options(args, lrs)  # before the benchmark and any run: no run lost
     if problem:
         parser.error(problem)
+    try:
+        config = config_of(args)
+    except ValueError as error:  # --frames 1: a clip must move
+        parser.error(f"--frames: {error}")
     torch.set_num_threads(args.threads)
-    config = (ClipConfig.tiny if args.tiny else ClipConfig)(frames=args.frames)
     bench = build_clip_benchmark(config, args.cache_dir, progress=args.progress)
     families = family_split(config)  # type: ignore[arg-type] (a ClipConfig has .families too)
     runs = []

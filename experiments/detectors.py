@@ -48,7 +48,7 @@ from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.optim import param_groups
 from assocmem.storage import strict_json, write_safetensors
 from experiments.report import output_path, replace_section
-from experiments.validate_config import CONF
+from experiments.validate_config import CONF, output_clash
 
 
 def _shippable(name: str, size: int) -> nn.Module:
@@ -744,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=output_path, help="write every run's report here")
     parser.add_argument(
         "--save-weights",
-        type=Path,
+        type=weights_folder,
         help="write each run's kept weights to this folder (for experiments.detector_ensemble)",
     )
     parser.add_argument("--progress", action="store_true")
@@ -755,6 +755,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="only write the table, from the --json files of earlier runs (e.g. run in parallel)",
     )
     return parser
+
+
+def weights_folder(text: str) -> Path:
+    """argparse ``type`` of ``--save-weights``: a folder that is a file, or lies under a file or
+    in a folder that cannot be written, is a usage error at once, not a traceback when the
+    first run's training is done (``report.output_path``'s checks, for a folder)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder")
+    output_path(str(path / "weights.safetensors"))  # the folders above it
+    return path
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
@@ -777,10 +788,40 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return runs
 
 
+# option dest -> the least value it takes: what every training command (this one,
+# experiments.ship_detector, experiments.clip_detectors) refuses before anything is built;
+# an option a command does not have is skipped
+LEAST_VALUES = {
+    "max_steps": 1,
+    "eval_every": 1,
+    "patience": 1,
+    "batch_size": 1,
+    "threads": 1,  # torch.set_num_threads(0) raises
+    "workers": 0,  # DataLoader's num_workers
+    "lr_drops": 0,
+}
+
+
+def bad_run_options(args: argparse.Namespace) -> str | None:
+    """Why the numbers of a training command cannot run, or ``None``: each of
+    :data:`LEAST_VALUES` the command has at least its least value, and ``--target-fpr`` a rate in
+    [0, 1) (``calibration.threshold_at_fpr``'s). Checked before anything is built: they used to
+    fail after training, all of it lost (a threshold for a rate of 1.5), or in a traceback."""
+    for option, least in LEAST_VALUES.items():
+        value = getattr(args, option, None)
+        if value is not None and value < least:
+            return f"--{option.replace('_', '-')} must be >= {least}, got {value}"
+    fpr = getattr(args, "target_fpr", None)
+    if fpr is not None and not (math.isfinite(fpr) and 0.0 <= fpr < 1.0):
+        return f"--target-fpr must be a false-positive rate in [0, 1), got {fpr}"
+    return None
+
+
 def bad_training_options(args: argparse.Namespace, lrs: list[float]) -> str | None:
     """Why the training options cannot all run, or ``None``: checked before anything is built,
     so a typo in the last optimizer never costs the runs before it (``--json`` and ``--write``
-    are checked by their argparse type, ``report.output_path``)."""
+    are checked by their argparse type, ``report.output_path``, and against the inputs by
+    ``validate_config.output_clash``)."""
     for name in args.optimizers:
         if name == "adam":
             continue
@@ -797,17 +838,28 @@ def bad_training_options(args: argparse.Namespace, lrs: list[float]) -> str | No
         return f"--seeds must be >= 0, got {args.seeds}"
     if len(set(args.seeds)) != len(args.seeds):  # one run counted twice: a spread of 0
         return f"--seeds must be distinct, got {args.seeds}"
-    for option in ("max_steps", "eval_every", "patience"):
-        value = getattr(args, option, None)
-        if value is not None and value < 1:
-            return f"--{option.replace('_', '-')} must be >= 1, got {value}"
-    return None
+    # an optimizer named twice at one lr runs the same seeds twice, counted as more seeds of
+    # one row (a spread of 0); at two lrs it is two recipes, two rows
+    recipes = [f"{name} (lr {lr:g})" for name, lr in zip(args.optimizers, lrs, strict=True)]
+    if len(set(recipes)) != len(recipes):
+        twice = sorted({r for r in recipes if recipes.count(r) > 1})
+        return (
+            f"--optimizers with --lr name the same run more than once ({', '.join(twice)}): "
+            "each seed would be counted twice; give each optimizer once, or another --lr"
+        )
+    return bad_run_options(args)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     command = "python -m experiments.detectors " + " ".join(sys.argv[1:] if argv is None else argv)
+    clash = output_clash(
+        [("--json", args.json), ("--write", args.write)],
+        [("--from-json", path) for path in args.from_json or ()],
+    )
+    if clash:  # before anything is read or run: an output never replaces an input
+        parser.error(clash)
     if args.from_json:
         try:
             runs = [run for path in args.from_json for run in _records(path)]
@@ -842,15 +894,19 @@ def main(argv: list[str] | None = None) -> None:
             checked_strength(args.trace_strength)
         except ValueError as error:
             parser.error(str(error))
-    torch.set_num_threads(args.threads)
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
+    # a patch size or a family the benchmark cannot have: refused before it is built
     if args.patch_size != config.patch_size:
-        config = dataclasses.replace(config, patch_size=args.patch_size)
-    bench = build_benchmark(config, args.cache_dir, progress=args.progress)
+        try:
+            config = dataclasses.replace(config, patch_size=args.patch_size)
+        except ValueError as error:
+            parser.error(f"--patch-size: {error}")
     try:
         families = family_split(config, args.seen)
     except ValueError as error:
         parser.error(str(error))
+    torch.set_num_threads(args.threads)
+    bench = build_benchmark(config, args.cache_dir, progress=args.progress)
     runs = []
     for model in args.models:
         for seed in args.seeds:

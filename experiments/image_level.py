@@ -28,11 +28,13 @@ from typing import Any
 import torch
 
 from assocmem.forensic import Detector
+from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.image_level import image_level_report
 from assocmem.storage import strict_json
 from experiments.detectors import HELDOUT, SEEN, family_split
 from experiments.report import output_path, replace_section
+from experiments.validate_config import output_clash, sidecar
 
 SECTION = "image-level"
 
@@ -179,6 +181,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     parser.add_argument("--section", default=SECTION, help="its name in that file")
     args = parser.parse_args(argv)
+    weights = DEFAULT_CHECKPOINT if args.weights is None else args.weights
+    clash = output_clash(
+        [("--json", args.json), ("--write", args.write)],
+        [
+            ("--from-json", args.from_json),
+            ("the checkpoint (--weights)", weights),
+            ("the checkpoint's sidecar", sidecar(weights)),
+        ],
+    )
+    if clash:  # before anything is read or scored: an output never replaces an input
+        parser.error(clash)
     if args.from_json:
         try:
             record = json.loads(args.from_json.read_text())
@@ -189,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         if args.n < 1 or any(s < 1 for s in args.sizes):
             parser.error("--n and --sizes must be positive")
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
         argv_text = shlex.join(sys.argv[1:] if argv is None else argv)
         command = f"python -m experiments.image_level {argv_text}"
         try:

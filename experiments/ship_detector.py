@@ -10,8 +10,11 @@ out, and the weights are written with that table, the data config and this comma
 calibration and table the mean over a patch's eight dihedral views (``assocmem.forensic.views``)
 and records ``views: d4`` in the header, so ``Detector`` scores each tile that way.
 
-    python -m experiments.ship_detector --write docs/results.md   # the shipped recipe
+    python -m experiments.ship_detector --replace-shipped --write docs/results.md   # the recipe
     python -m experiments.ship_detector --table-only --write docs/results.md   # from the file
+
+``--out`` defaults to the package's own checkpoint (``Detector.load()``'s), which is written only
+with ``--replace-shipped`` and never by a ``--tiny`` run; ``--out FILE`` writes elsewhere.
 
 Trains single-threaded (``--threads 1``); on this project's 2-core machine ~30-60 min.
 
@@ -20,7 +23,7 @@ its members, ``assocmem.forensic.models.ensemble``) from weights already trained
 ``experiments.detectors --save-weights`` (one recipe, different seeds): no training here, the
 same calibration and table.
 
-    python -m experiments.ship_detector --members W0 W1 W2 --views d4 --write docs/results.md
+    python -m experiments.ship_detector --members W0 W1 W2 --views d4 --out ens.safetensors
 """
 
 from __future__ import annotations
@@ -59,11 +62,13 @@ from experiments.detectors import (
     SEEN,
     SHIPPABLE,
     add_training_options,
+    bad_run_options,
     family_split,
     train_one,
 )
 from experiments.report import output_path, replace_section
 from experiments.score_cache import memoized
+from experiments.validate_config import output_clash, same_file, sidecar
 
 
 def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
@@ -276,12 +281,20 @@ def markdown(header: dict[str, Any], path: Path) -> str:
         else f"views `{views}`: each logit, the validation ones the threshold was set on "
         "included, is the mean over the tile's eight rotations and flips, as `Detector` scores"
     )
+    shipped = same_file(path, DEFAULT_CHECKPOINT)
+    where = f"the checkpoint: `{path}` and its `.json`" + (
+        "; the default `--out`" if shipped else ""
+    )
+    if shipped and "--replace-shipped" not in info["command"].split():
+        # the command as it ran, recorded before writing the package's checkpoint took a flag
+        where = f"recorded before `--replace-shipped` was needed to write it: add it; {where}"
+    table = "python -m experiments.ship_detector --table-only" + (
+        "" if shipped else f" --out {shlex.quote(str(path))}"
+    )
     lines = [
         "## Shipped detector (`Detector.load()`, `assocmem-detect`)",
         "",
-        f"Regenerate: `{info['command']}` (the checkpoint: `{path}` and its `.json`; the "
-        f"default `--out`), then "
-        f"`python -m experiments.ship_detector --table-only --write docs/results.md`.",
+        f"Regenerate: `{info['command']}` ({where}), then `{table} --write docs/results.md`.",
         "",
         training_sentence(header)
         + f" Inputs: {header['patch_size']} × {header['patch_size']} RGB tiles in "
@@ -425,11 +438,82 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_CHECKPOINT,
+        help="the checkpoint to write (with --table-only: to read) and its .json sidecar beside "
+        "it; default: the package's shipped one (src/assocmem/forensic/checkpoints/"
+        "detector.safetensors), which a run writes only with --replace-shipped",
+    )
+    parser.add_argument(
+        "--replace-shipped",
+        action="store_true",
+        help="write the package's shipped checkpoint (the default --out); never with --tiny",
+    )
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     parser.add_argument("--table-only", action="store_true", help="no training: read --out")
     parser.add_argument("--progress", action="store_true")
     return parser
+
+
+def bad_image_sizes(args: argparse.Namespace) -> str | None:
+    """Why ``--image-sizes`` cannot be calibrated, or ``None``: each a multiple of the benchmark's
+    patch larger than one patch, once. A size between multiples is decided at the smaller
+    multiple's tile count (``Detector.area_tiles``): 80 px crops stored as 4 tiles replaced the
+    64 px calibration, and 40 px (1 tile) failed after training."""
+    patch = (BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()).patch_size
+    bad = [size for size in args.image_sizes if size <= patch or size % patch]
+    if bad:
+        return (
+            f"--image-sizes must be multiples of the patch ({patch} px) larger than one patch, "
+            f"got {bad}"
+        )
+    if len(set(args.image_sizes)) != len(args.image_sizes):
+        return f"--image-sizes must be distinct, got {args.image_sizes}"
+    return None
+
+
+def bad_out(args: argparse.Namespace) -> str | None:
+    """Why the checkpoint cannot be written to ``--out`` (with its sidecar, and ``--write``), or
+    ``None``; checked before any work. ``--out`` must be a file name (not a folder, not under a
+    file, not ``.json``: its own sidecar), neither it nor its sidecar another input or output
+    (a member's weights, the ``--write`` file: ``validate_config.output_clash``), and the
+    package's shipped checkpoint is written only with ``--replace-shipped``, never by a
+    ``--tiny`` run."""
+    out = args.out
+    try:
+        output_path(str(out))
+        output_path(str(sidecar(out)))
+    except argparse.ArgumentTypeError as e:
+        return f"--out: {e}"
+    if out.suffix.lower() == ".json":
+        return f"--out {out}: a checkpoint ending in .json would be its own sidecar"
+    shipped = same_file(out, DEFAULT_CHECKPOINT)
+    if shipped and args.tiny:
+        return (
+            f"--out {out} is the package's shipped checkpoint; a --tiny run never replaces it: "
+            "give --out FILE"
+        )
+    if shipped and not args.replace_shipped:
+        return (
+            f"--out {out} is the package's shipped checkpoint (the default --out): give "
+            "--replace-shipped to replace it, or --out FILE to write elsewhere"
+        )
+    if args.replace_shipped and not shipped:
+        return f"--replace-shipped writes the shipped checkpoint, not --out {out}: drop one"
+    protected = (
+        []
+        if shipped
+        else [
+            ("the shipped checkpoint", DEFAULT_CHECKPOINT),
+            ("the shipped checkpoint's sidecar", sidecar(DEFAULT_CHECKPOINT)),
+        ]
+    )
+    return output_clash(
+        [("--out", out), ("--out's sidecar", sidecar(out)), ("--write", args.write)],
+        [*(("--members", member) for member in args.members or ()), *protected],
+    )
 
 
 # What --table-only reads: the checkpoint (--out) and where the section goes; the rest of these
@@ -440,6 +524,9 @@ TABLE_ONLY_READS = frozenset({"table_only", "out", "write", "progress", "tiny", 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    problem = bad_run_options(args) or bad_image_sizes(args)
+    if problem:  # before the benchmark is built and the detector trained: no work lost
+        parser.error(problem)
     if args.image_n < 1:
         parser.error(f"--image-n must be >= 1, got {args.image_n}")
     if args.image_n * args.target_fpr < 1:  # calibration.size_thresholds leaves such sizes out
@@ -448,8 +535,8 @@ def main(argv: list[str] | None = None) -> None:
             "false-positive rate: those sizes fall back to the patch threshold",
             stacklevel=2,
         )
-    if any(size <= 32 for size in args.image_sizes):  # 32: the benchmark's patch, 1 tile
-        parser.error(f"--image-sizes must be larger than one patch (32), got {args.image_sizes}")
+    if not args.table_only and (problem := bad_out(args)):
+        parser.error(problem)
     if args.table_only:
         # the table is the checkpoint's own record: an option that would shape the detector is
         # not read, so a command that sets one is refused rather than answered from --out
@@ -463,7 +550,21 @@ def main(argv: list[str] | None = None) -> None:
                 f"--table-only writes the table of --out as it was shipped; it does not read "
                 f"{', '.join(ignored)} (ship first, without --table-only)"
             )
-        header = load_detector(args.out).header
+        clash = output_clash(
+            [("--write", args.write)],
+            [
+                ("--out", args.out),
+                ("--out's sidecar", sidecar(args.out)),
+                ("the shipped checkpoint", DEFAULT_CHECKPOINT),
+                ("the shipped checkpoint's sidecar", sidecar(DEFAULT_CHECKPOINT)),
+            ],
+        )
+        if clash:
+            parser.error(clash)
+        try:
+            header = load_detector(args.out).header
+        except (ValueError, OSError) as e:  # no checkpoint there, or not one
+            parser.error(f"--out {args.out}: {e}")
     else:
         rest = sys.argv[1:] if argv is None else argv
         command = "python -m experiments.ship_detector " + " ".join(shlex.quote(a) for a in rest)

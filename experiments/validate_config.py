@@ -13,15 +13,24 @@ what is expected; :func:`exit_on_error` prints that line and exits with status 2
 from __future__ import annotations
 
 import math
+import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = ["ConfigError", "exit_on_error", "validate_compare", "validate_run"]
+__all__ = [
+    "ConfigError",
+    "exit_on_error",
+    "output_clash",
+    "same_file",
+    "sidecar",
+    "validate_compare",
+    "validate_run",
+]
 
 CONF = Path(__file__).resolve().parent / "conf"
 
@@ -62,6 +71,49 @@ def check_dirs_before_hydra(argv: Sequence[str], keys: Sequence[str]) -> None:
             )
             print(f"config error: {error}", file=sys.stderr)
             raise SystemExit(2)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same inode where both exist (a hard link, a
+    case-insensitive file system), else the same absolute path with links and ``..`` resolved."""
+    a, b = Path(a).expanduser(), Path(b).expanduser()
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def sidecar(checkpoint: Path) -> Path:
+    """The JSON sidecar of a detector checkpoint (``assocmem.forensic.checkpoint``): written
+    beside it, and it must equal the header inside it or the checkpoint refuses to load."""
+    return Path(checkpoint).with_suffix(".json")
+
+
+Named = Iterable[tuple[str, Path | None]]
+
+
+def output_clash(outputs: Named, inputs: Named = ()) -> str | None:
+    """Why a command must not write its ``outputs``, or ``None``: one of them is another output
+    (two writes to one file, the second replacing the first) or one of the ``inputs`` (the
+    command would replace what it reads, a checkpoint or its sidecar, a record, a member's
+    weights, and still exit 0). Each entry is ``(what, path)``, ``what`` naming the option
+    (``"--write"``, ``"--out's sidecar"``); a ``None`` path is an option not given. Checked
+    before any work, as ``assocmem-detect`` refuses a report path that is one of its inputs,
+    the checkpoint or its sidecar; the caller turns the line into a usage error
+    (``parser.error``: exit status 2)."""
+    outs = [(what, Path(p)) for what, p in outputs if p is not None]
+    ins = [(what, Path(p)) for what, p in inputs if p is not None]
+    for i, (what, path) in enumerate(outs):
+        for other, other_path in [*outs[:i], *ins]:
+            if same_file(path, other_path):
+                same = "" if str(path) == str(other_path) else f" ({other_path})"
+                return (
+                    f"{what} {path} is also {other}{same}: writing it would replace that; "
+                    "give it a path of its own"
+                )
+    return None
 
 
 def _get(cfg: DictConfig, key: str) -> Any:

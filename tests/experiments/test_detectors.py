@@ -596,15 +596,43 @@ def test_a_pretrained_residual_encoder_starts_the_npr_branch_and_labels_its_row(
         (["--seeds", "0", "-1"], "--seeds"),
         (["--lr", "nan"], "--lr"),
         (["--eval-every", "0"], "--eval-every"),
+        # each of these failed after training (all of it lost) or in a traceback
+        (["--target-fpr", "1.5"], "--target-fpr"),
+        (["--target-fpr", "-0.1"], "--target-fpr"),
+        (["--threads", "0"], "--threads"),
+        (["--patch-size", "31"], "--patch-size"),
+        (["--lr-drops", "-1"], "--lr-drops"),
+        (["--workers", "-1"], "--workers"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--save-weights", "{tmp}/afile"], "is a file, not a folder"),
+        (["--save-weights", "{tmp}/afile/w"], "is a file, not a folder"),
+        # one run counted as two seeds of one row (a spread of 0), as a repeated seed would be
+        (["--optimizers", "adam", "adam"], "more than once"),
+        (["--optimizers", "adam", "muon", "adam"], "adam (lr 0.001)"),
+        (["--optimizers", "adam", "adam", "--lr", "1e-3", "0.001"], "more than once"),
     ],
 )
 def test_training_options_are_checked_before_any_run(tmp_path, capsys, argv, message):
     from experiments.detectors import main
 
-    with pytest.raises(SystemExit):
+    (tmp_path / "afile").write_text("")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    with pytest.raises(SystemExit) as exit_:
         main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", *argv])
+    assert exit_.value.code == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.glob("**/*.json"))  # nothing built or trained first
+
+
+def test_one_optimizer_at_two_learning_rates_is_two_recipes():
+    """``--optimizers adam adam --lr A B`` is two rows, not a repeat: accepted."""
+    import argparse
+
+    from experiments.detectors import bad_training_options
+
+    args = argparse.Namespace(optimizers=["adam", "adam"], seeds=[0], max_steps=1)
+    assert bad_training_options(args, [1e-3, 3e-2]) is None
+    assert "more than once" in bad_training_options(args, [1e-3, 1e-3])
 
 
 @pytest.mark.parametrize(

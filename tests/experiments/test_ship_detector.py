@@ -197,3 +197,94 @@ def test_ship_an_ensemble_of_saved_members(tmp_path):
         main(["--tiny", "--cache-dir", str(cache), "--members", members[0], members[0],
               "--out", str(tmp_path / "none.safetensors")])  # fmt: skip
     assert not (tmp_path / "none.safetensors").exists()
+
+
+@pytest.fixture
+def shipped_copy(tmp_path, monkeypatch):
+    """The package's checkpoint path pointed at a copy in ``tmp_path``: a test of what may write
+    it never touches the real one, even where the command would (before it refused)."""
+    import shutil
+
+    import experiments.ship_detector as ship_module
+    from experiments.validate_config import sidecar
+
+    copy = tmp_path / "shipped" / "detector.safetensors"
+    copy.parent.mkdir()
+    shutil.copy(DEFAULT_CHECKPOINT, copy)
+    shutil.copy(sidecar(DEFAULT_CHECKPOINT), sidecar(copy))
+    monkeypatch.setattr(ship_module, "DEFAULT_CHECKPOINT", copy)
+    return copy
+
+
+def test_the_shipped_checkpoint_is_written_only_on_purpose(tmp_path, capsys, shipped_copy):
+    """The default ``--out`` is the package's own checkpoint: a run writes it only with
+    ``--replace-shipped``, and a ``--tiny`` smoke run never does (it used to replace it, exit
+    0); ``--help`` says so. Refused before the benchmark is built."""
+    before = shipped_copy.read_bytes()
+    cache = tmp_path / "cache"
+    for argv, expected in (
+        (["--tiny", "--max-steps", "2"], "--tiny run never replaces it"),
+        (["--tiny", "--max-steps", "2", "--replace-shipped"], "--tiny run never replaces it"),
+        (["--tiny", "--out", str(shipped_copy)], "--tiny run never replaces it"),
+        (["--max-steps", "2"], "--replace-shipped"),
+        (["--tiny", "--out", str(tmp_path / "x.safetensors"), "--replace-shipped"], "drop one"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, "--cache-dir", str(cache)])
+        assert exit_.value.code == 2
+        assert expected in capsys.readouterr().err
+    assert shipped_copy.read_bytes() == before and not cache.exists()
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default: the package's shipped one" in help_text and "--replace-shipped" in help_text
+    # the recorded command still parses; the flag is no part of the recipe
+    assert build_parser().parse_args(["--replace-shipped"]).replace_shipped
+
+
+def test_the_regenerate_line_says_what_writing_the_shipped_checkpoint_takes(tmp_path):
+    """The section's ``Regenerate:`` command is the one recorded; one recorded before
+    ``--replace-shipped`` existed is flagged as needing it, one written elsewhere names its
+    ``--out`` in the ``--table-only`` command."""
+    from experiments.ship_detector import markdown
+
+    header = load_detector(DEFAULT_CHECKPOINT).header
+    text = markdown(header, DEFAULT_CHECKPOINT)
+    assert f"Regenerate: `{header['info']['command']}` (recorded before `--replace-shipped`" in text
+    recorded = {**header, "info": {**header["info"], "command": "x --replace-shipped"}}
+    text = markdown(recorded, DEFAULT_CHECKPOINT)
+    assert "recorded before" not in text and "the default `--out`" in text
+    text = markdown(header, tmp_path / "d.safetensors")
+    assert "the default `--out`" not in text and "recorded before" not in text
+    assert f"--table-only --out {tmp_path / 'd.safetensors'} --write" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--out", "{tmp}"], "is a directory"),
+        (["--out", "{tmp}/afile/x.safetensors"], "is a file, not a folder"),
+        (["--out", "{tmp}/x.json"], "its own sidecar"),
+        (["--target-fpr", "1.5"], "--target-fpr"),
+        (["--target-fpr", "-0.1"], "--target-fpr"),
+        (["--image-sizes", "40"], "multiples of the patch"),
+        (["--image-sizes", "64", "80"], "[80]"),
+        (["--image-sizes", "64", "64"], "distinct"),
+        (["--max-steps", "0"], "--max-steps"),
+        (["--threads", "0"], "--threads"),
+        (["--workers", "-1"], "--workers"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--lr-drops", "-1"], "--lr-drops"),
+    ],
+)
+def test_options_are_refused_before_training(tmp_path, capsys, argv, expected):
+    """Each of these used to fail after the whole training run (a traceback, the work lost) or,
+    for ``--image-sizes 64 80``, store 80 px crops as the 4-tile calibration in place of 64 px."""
+    (tmp_path / "afile").write_text("")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    out = ["--out", str(tmp_path / "ok.safetensors")] if "--out" not in argv else []
+    with pytest.raises(SystemExit) as exit_:
+        main(["--tiny", "--cache-dir", str(tmp_path / "cache"), *out, *argv])
+    assert exit_.value.code == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "ok.safetensors").exists()

@@ -166,11 +166,23 @@ def test_frame_independent_draws_flicker_and_the_splice_jitters():
         ({"clips_per_photo": 0}, "clips_per_photo"),
         ({"fake_fraction": 0.0}, "fake_fraction"),
         ({"shake": -1.0}, "shake"),
+        # accepted before, then failed (or built garbage) when the benchmark was built
+        ({"frames": 2.5}, "frames"),
+        ({"frames": True}, "frames"),
+        ({"pan": float("nan")}, "pan"),
+        ({"shake": float("inf")}, "shake"),
+        ({"zoom": (1.0, float("inf"))}, "zoom"),
+        ({"fake_fraction": float("nan")}, "fake_fraction"),
+        ({"clips_per_photo": 1.5}, "clips_per_photo"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 1.5}, "seed"),
     ],
 )
 def test_bad_config_is_refused(overrides, match):
     with pytest.raises(ValueError, match=match):
         ClipConfig(**overrides)
+    with pytest.raises(ValueError, match=match):
+        ClipConfig.tiny(**overrides)
 
 
 def test_photos_fit_a_camera_path():

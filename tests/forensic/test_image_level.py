@@ -73,6 +73,30 @@ def test_the_report_scores_test_crops_at_the_detectors_threshold(bench, detector
     assert json.dumps(again, sort_keys=True) == json.dumps(report, sort_keys=True)
 
 
+def test_the_threshold_recorded_is_the_one_the_decisions_were_made_at(bench, detector):
+    """A 48 px image is scored as 4 overlapping tiles but decided as 1 (``Detector.area_tiles``:
+    whole tiles of the non-overlapping grid): the report's threshold is the patch one its
+    decisions used, not the 4-tile one (which it printed before, beside TPRs and an FPR that
+    were not at it)."""
+    import dataclasses
+
+    from assocmem.forensic.image_level import _reals
+
+    # a 4-tile calibration below the patch threshold: the two counts decide differently
+    sized = dataclasses.replace(detector, image_thresholds=((4, detector.threshold - 1.0),))
+    assert sized.threshold_for(4) < sized.threshold_for(1) == detector.threshold
+    report = image_level_report(sized, bench, FAMILIES, size=48, n=6, seed=0)
+    assert report["tiles"] == 4  # scored: overlapping tiles included
+    assert report["threshold"] == sized.threshold_for(sized.area_tiles(48, 48)) == sized.threshold
+    results = sized.score(torch.from_numpy(_reals(bench, "test", 48, 6, 0)[3]))
+    assert {r.threshold for r in results} == {report["threshold"]}
+    scores = np.array([r.score for r in results])
+    assert report["real_fpr"] == pytest.approx(np.mean(scores >= report["threshold"]))
+    # at 64 px the scored and the decided counts agree: the 4-tile threshold
+    report = image_level_report(sized, bench, FAMILIES, size=64, n=3, seed=0)
+    assert report["threshold"] == sized.threshold_for(4) < sized.threshold
+
+
 def test_one_tile_images_are_scored_as_the_detector_scores_a_patch(bench, detector):
     report = image_level_report(detector, bench, FAMILIES, size=32, n=4, seed=0)
     assert report["tiles"] == 1

@@ -168,9 +168,11 @@ def image_level_report(
     them (module docstring).
 
     Returns:
-        ``{"size", "n", "tiles" (per image), "photos" (the test photos drawn from),
-        "threshold", "real_fpr", "real_fpr_by_kind" ({kind: {"fpr", "n"}} for the kinds of
-        ``processing_kinds``; ``fpr`` None where no real is of that kind), "seen" / "heldout":
+        ``{"size", "n", "tiles" (scored per image, overlapping ones included), "photos" (the
+        test photos drawn from), "threshold" (the one every decision was made at:
+        ``detector.threshold_for(detector.area_tiles(size, size))``), "real_fpr",
+        "real_fpr_by_kind" ({kind: {"fpr", "n"}} for the kinds of ``processing_kinds``; ``fpr``
+        None where no real is of that kind), "seen" / "heldout":
         {family: {"auc", "ap", "tpr"}, "mean": {"auc", "tpr"}}, "probability": {"seen" /
         "heldout": the class-balanced Brier score and log loss of the detector's ``P(fake)`` on
         the reals and that group's fakes}}``.
@@ -191,7 +193,10 @@ def image_level_report(
         "n": int(n),
         "tiles": real.tiles,
         "photos": sorted({crops.photo_names[int(p)] for p in sources}),
-        "threshold": detector.threshold_for(real.tiles),
+        # the threshold the decisions were made at: Detector counts an image's tiles on the
+        # non-overlapping grid (area_tiles), not the tiles it scored (a 40 px image is scored as
+        # 4 overlapping tiles and decided as 1)
+        "threshold": detector.threshold_for(detector.area_tiles(size, size)),
         "real_fpr": float(real.fake.mean()),
         # the reals flagged by what they went through (most photos are JPEG files)
         "real_fpr_by_kind": {

@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -20,10 +23,27 @@ __all__ = ["CLIP_FORMAT_VERSION", "ClipConfig"]
 CLIP_FORMAT_VERSION = 1
 
 
+def _number(value: object) -> bool:
+    """A real number that is finite (not a bool, a string, NaN or an infinity)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(name: str, value: object, low: int) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 def _range(name: str, value: tuple[float, float], low: float) -> None:
-    if len(value) != 2 or not low <= value[0] <= value[1]:
+    if (
+        not isinstance(value, Sequence)
+        or isinstance(value, str)
+        or len(value) != 2
+        or not all(_number(v) for v in value)
+        or not low <= value[0] <= value[1]
+    ):
         raise ValueError(
-            f"{name} must be a (low, high) pair with {low} <= low <= high, got {value}"
+            f"{name} must be a (low, high) pair of finite numbers with {low} <= low <= high, "
+            f"got {value!r}"
         )
 
 
@@ -52,18 +72,22 @@ class ClipConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.frames < 2:
-            raise ValueError(f"frames must be >= 2 (a clip moves), got {self.frames}")
-        if self.clips_per_photo < 1:
-            raise ValueError(f"clips_per_photo must be >= 1, got {self.clips_per_photo}")
+        # every field checked here, not when the benchmark is built: frames=2.5, pan=nan or
+        # shake=inf used to be accepted and fail (or build garbage) later
+        if not isinstance(self.images, BenchmarkConfig):
+            raise ValueError(f"images must be a BenchmarkConfig, got {self.images!r}")
+        _integer("frames", self.frames, 2)  # a clip moves
+        _integer("clips_per_photo", self.clips_per_photo, 1)
+        _integer("seed", self.seed, 0)
         _range("zoom", self.zoom, 1.0)
         _range("noise_std", self.noise_std, 0.0)
         _range("pattern_std", self.pattern_std, 0.0)
         for name in ("zoom_change", "pan", "shake", "splice_jitter"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 < self.fake_fraction <= 1.0:
-            raise ValueError(f"fake_fraction must be in (0, 1], got {self.fake_fraction}")
+            value = getattr(self, name)
+            if not (_number(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (_number(self.fake_fraction) and 0.0 < self.fake_fraction <= 1.0):
+            raise ValueError(f"fake_fraction must be in (0, 1], got {self.fake_fraction!r}")
 
     @property
     def families(self) -> tuple[str, ...]:

@@ -1,0 +1,135 @@
+"""An output path that is also an input (or another output) is a usage error before any work, in
+every command that writes a record, a section or a checkpoint (``validate_config.output_clash``),
+as ``assocmem-detect`` refuses a report path that is an input, the checkpoint or its sidecar."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from experiments.validate_config import output_clash, same_file, sidecar
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_same_file_sees_through_relative_paths_links_and_dots(tmp_path, monkeypatch):
+    a = tmp_path / "a.json"
+    a.write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert same_file(a, "a.json") and same_file(a, tmp_path / "sub" / ".." / "a.json")
+    os.link(a, tmp_path / "hard.json")
+    (tmp_path / "soft.json").symlink_to(a)
+    assert same_file(a, tmp_path / "hard.json") and same_file(a, tmp_path / "soft.json")
+    assert not same_file(a, tmp_path / "b.json")  # neither need exist
+    assert sidecar(tmp_path / "d.safetensors") == tmp_path / "d.json"
+
+
+def test_output_clash_names_both_options():
+    assert output_clash([("--json", None), ("--write", None)], [("--from-json", None)]) is None
+    assert output_clash([("--json", "x.json"), ("--write", "r.md")], [("--in", "y")]) is None
+    message = output_clash([("--json", "r.json")], [("--from-json", "r.json")])
+    assert message and "--json r.json is also --from-json" in message
+    message = output_clash([("--json", "x"), ("--write", "x")])
+    assert message and "--write x is also --json" in message
+
+
+def _refused(main, argv, capsys, expected):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err, err
+
+
+MEAN = {"mean": {"auc": 0.5, "tpr": 0.5}}
+# the smallest records each command renders (--from-json), as its --json writes them
+RECORDS = {
+    "image_level": {
+        "command": "c", "weights": "w", "views": "one", "target_fpr": 0.05, "seed": 0,
+        "reports": [{"size": 64, "n": 1, "tiles": 4, "photos": ["p"], "threshold": 0.0,
+                     "real_fpr": 0.0, "seen": MEAN, "heldout": MEAN}],
+    },
+    "detectors": [
+        {"command": "c", "model": "npr", "optimizer": "adam", "lr": 1e-3, "seed": 0,
+         "best_step": 1, "steps": 2,
+         "report": {"seen": MEAN, "heldout": MEAN, "test_real_fpr": 0.05}},
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["image_level", "detectors"])
+def test_a_record_is_not_rewritten_by_the_command_that_renders_it(tmp_path, capsys, command):
+    """``--from-json R --write R`` appended the section to the record (exit 0)."""
+    import importlib
+    import json
+
+    main = importlib.import_module(f"experiments.{command}").main
+    record = tmp_path / "r.json"
+    record.write_text(json.dumps(RECORDS[command]) + "\n")
+    main(["--from-json", str(record), "--write", str(tmp_path / "r.md")])  # a record it renders
+    assert (tmp_path / "r.md").is_file()
+    capsys.readouterr()
+    before = _digest(record)
+    _refused(main, ["--from-json", str(record), "--write", str(record)], capsys, "--from-json")
+    assert _digest(record) == before
+
+
+@pytest.mark.parametrize("command", ["image_level", "detectors", "clip_detectors"])
+def test_json_and_write_to_one_file_is_refused_before_any_work(tmp_path, capsys, command):
+    import importlib
+
+    main = importlib.import_module(f"experiments.{command}").main
+    cache, out = tmp_path / "cache", tmp_path / "x"
+    argv = ["--tiny", "--cache-dir", str(cache), "--json", str(out), "--write", str(out)]
+    _refused(main, argv, capsys, "--write")
+    assert not out.exists() and not cache.exists()  # nothing built, nothing written
+
+
+def test_image_level_never_writes_over_the_checkpoint_it_scores(tmp_path, capsys):
+    from experiments.image_level import main
+
+    weights = tmp_path / "d.safetensors"
+    weights.write_bytes(b"weights")
+    sidecar(weights).write_text("{}")
+    for out in (weights, sidecar(weights)):
+        argv = ["--tiny", "--weights", str(weights), "--json", str(out)]
+        _refused(main, [*argv, "--cache-dir", str(tmp_path / "cache")], capsys, "checkpoint")
+    assert weights.read_bytes() == b"weights" and sidecar(weights).read_text() == "{}"
+    # the default --weights is the shipped checkpoint: its sidecar is protected too
+    from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT
+
+    _refused(main, ["--tiny", "--write", str(sidecar(DEFAULT_CHECKPOINT))], capsys, "sidecar")
+
+
+def test_ship_detector_never_writes_over_a_member_or_its_own_sidecar(tmp_path, capsys):
+    from experiments.ship_detector import main
+
+    cache = str(tmp_path / "cache")
+    member = tmp_path / "w" / "a.safetensors"
+    member.parent.mkdir()
+    member.write_bytes(b"member weights")
+    _refused(main, ["--tiny", "--cache-dir", cache, "--members", str(member), "--out",
+                    str(member)], capsys, "--members")  # fmt: skip
+    assert member.read_bytes() == b"member weights"
+    out = tmp_path / "d" / "det.safetensors"
+    for write in (sidecar(out), out):  # markdown over the sidecar made the checkpoint unloadable
+        _refused(main, ["--tiny", "--cache-dir", cache, "--out", str(out), "--write", str(write)],
+                 capsys, "--out")  # fmt: skip
+    assert not (tmp_path / "d").exists() and not (tmp_path / "cache").exists()
+
+
+def test_ship_detector_table_only_never_writes_over_the_checkpoint_it_reads(tmp_path, capsys):
+    from experiments.ship_detector import main
+
+    out = tmp_path / "det.safetensors"
+    out.write_bytes(b"checkpoint")
+    sidecar(out).write_text("{}")
+    for write in (out, sidecar(out)):
+        _refused(main, ["--table-only", "--out", str(out), "--write", str(write)], capsys, "--out")
+    assert out.read_bytes() == b"checkpoint" and sidecar(out).read_text() == "{}"
+    # a checkpoint that is not there is a usage error, not a traceback
+    _refused(main, ["--table-only", "--out", str(tmp_path / "none.safetensors")], capsys, "--out")
