@@ -180,3 +180,69 @@ def test_seed_must_be_a_non_negative_integer(seed):
     # a fractional seed was truncated by int() without a word: seed=1.5 drew seed 1's MLP
     with pytest.raises(ValueError, match="seed"):
         MemoryOptimizer([torch.nn.Parameter(torch.zeros(3, 4))], "deep", seed=seed)
+
+
+def _spiked_run(foreach, sync_free, n, spike, spike_at=1, steps=6):
+    """Two tensors of ``n`` (one batched step on the fast path) and a third of another size:
+    one gradient ~``spike`` at step ``spike_at``, ordinary ones around it. Returns the
+    parameters, each tensor's RMS memory and, per step after the spike, whether each moved."""
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(size)) for size in (n, n, n + 3)]
+    opt = MemoryOptimizer(ps, "deep", lr=1e-2, foreach=foreach, sync_free=sync_free)
+    g = torch.Generator().manual_seed(1)
+    moved = []
+    for t in range(1, steps + 1):
+        before = [p.detach().clone() for p in ps]
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=g) * (spike if t == spike_at else 1.0)
+        opt.step()
+        if t > spike_at:
+            moved.append([not torch.equal(p.detach(), b) for p, b in zip(ps, before, strict=True)])
+    return [p.detach() for p in ps], [opt.state[p]["grad_sq"] for p in ps], moved
+
+
+@pytest.mark.parametrize(
+    "n, spike, spike_at",
+    [
+        (20, 1e20, 1),  # g^2 overflows float32 (|g| > 1.8e19); r / (1 - rho) at step 1 too
+        (20, 1e20, 3),
+        (100_000, 1e18, 2),  # g^2 does not, its sum over the coordinates does
+    ],
+)
+def test_a_gradient_spike_does_not_stop_the_tensor_for_good(n, spike, spike_at):
+    # mean(g^2) once overflowed: r = inf for good, g_hat = g / inf = 0, the tensor never moved
+    # again (torch's Adam steps on through the same spike).
+    ref_p, ref_r, ref_moved = _spiked_run(False, False, n, spike, spike_at)
+    for foreach, sync_free in ((True, False), (True, True), (False, True)):
+        p, r, moved = _spiked_run(foreach, sync_free, n, spike, spike_at)
+        assert moved == ref_moved
+        for a, b in zip(p + r, ref_p + ref_r, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(all(step) for step in ref_moved)
+    assert all(torch.isfinite(x).all() for x in ref_p + ref_r)
+    assert all(r > 1e30 for r in ref_r)  # the spike is remembered (decaying like Adam's v)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_an_rms_beyond_the_float_range_saturates_the_memory(foreach):
+    # An RMS of ~1e30: (1 - rho) mean(g^2) is beyond float32 whatever the order; r stays at
+    # the largest float (from where it decays) instead of inf, and the tensors move on.
+    p, r, moved = _spiked_run(foreach, False, 20, 1e30, 1, steps=3)
+    top = torch.finfo(torch.float32).max
+    assert all(x.item() < top and x.item() > 0.99**2 * top for x in r)
+    assert all(all(step) for step in moved) and all(torch.isfinite(x).all() for x in p)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_the_rms_memory_keeps_its_bits_for_ordinary_gradients(foreach):
+    # Below the overflow the guards select the plain mean square and root: the RMS memory is
+    # (1 - rho) mean(g^2) to the bit, the first step lr * g / sqrt(mean(g^2)) (to rounding:
+    # the skip reads m_hat = ((1 - beta) g_hat) / (1 - beta)).
+    p = torch.nn.Parameter(torch.zeros(3, 4))
+    g = torch.randn(3, 4, generator=torch.Generator().manual_seed(2)) * 1e6
+    opt = MemoryOptimizer([p], "deep", lr=0.1, foreach=foreach)
+    p.grad = g.clone()
+    opt.step()
+    assert torch.equal(opt.state[p]["grad_sq"], g.pow(2).mean() * (1 - 0.99))
+    rms = (opt.state[p]["grad_sq"] / (1 - 0.99)).sqrt() + 1e-8
+    torch.testing.assert_close(p.detach(), -0.1 * g / rms, rtol=1e-6, atol=0)

@@ -227,3 +227,29 @@ def test_ns_dtype_is_validated():
     w = torch.nn.Parameter(torch.randn(4, 4))
     with pytest.raises(ValueError, match="ns_dtype"):
         MemoryOptimizer([w], "muon", ns_dtype="float16")
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_adam_fallback_reference_stays_finite_where_torchs_adam_does(sync_free):
+    # Vector gradients of ~4e19 (float32): g g overflows, (1 - beta2) g g does not at the
+    # fallback's beta2 = 0.95 (torch's order, the fast path's). The reference (adam's) once
+    # squared first: v = inf, and m / inf = 0 stopped the vector for good.
+    def run(foreach):
+        torch.manual_seed(0)
+        ps = [nn.Parameter(torch.randn(20)), nn.Parameter(torch.randn(6, 5))]
+        opt = MemoryOptimizer(ps, "muon", lr=1e-2, foreach=foreach, sync_free=sync_free)
+        g = torch.Generator().manual_seed(1)
+        moved = []
+        for _ in range(3):
+            before = ps[0].detach().clone()
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=g).sign() * 4e19
+            opt.step()
+            moved.append(not torch.equal(ps[0].detach(), before))
+        return [p.detach() for p in ps], opt.state[ps[0]]["exp_avg_sq"], moved
+
+    (ref_p, ref_v, moved), (fast_p, fast_v, _) = run(False), run(True)
+    assert torch.isfinite(ref_v).all() and ref_v.max() > 1e38 and all(moved)
+    torch.testing.assert_close(ref_v, fast_v)
+    for a, b in zip(ref_p, fast_p, strict=True):
+        torch.testing.assert_close(a, b)

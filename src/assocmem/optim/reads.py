@@ -3,7 +3,8 @@
 - momentum read (``momentum``, ``muon``): ``u = m`` or, Nesterov, ``u = g + beta m``;
 - orthogonalised read (``muon``, ``cms``): ``u = s O`` with ``O = NS(m)`` and ``s`` its scale;
 - Adam's denominator (``adam``, ``cms``, the learned memory's features): the bias-corrected
-  second moment ``v_hat = v / (1 - beta2^t)`` under ``sqrt(v_hat) + eps``.
+  second moment ``v_hat = v / (1 - beta2^t)`` under ``sqrt(v_hat) + eps``, and the value
+  ``(1 - beta2) g^2`` that second moment is written with.
 
 The memories they read are written with :mod:`assocmem.memory` (momentum is a key-less
 Hebbian write, ``m <- beta m + g``). Fast paths write the same equations as foreach passes;
@@ -144,10 +145,38 @@ def bias_corrected(memory: Tensor, retention: float, t: float | Tensor) -> Tenso
     return memory / correction
 
 
+def second_moment_value(grad: Tensor, rate: float) -> Tensor:
+    """``rate g^2``: the value Adam's second moment ``v <- beta2 v + (1 - beta2) g^2`` is
+    written with (``rate = 1 - beta2``, the write then at rate 1).
+
+    The order of the products matters at the top of the range. ``rate (g g)`` squares first,
+    and ``g g`` overflows from ``|g| = sqrt(max)`` (1.8e19 in float32); torch's Adam kernels
+    (for-loop, foreach, fused: the fast paths) scale first, ``(rate g) g``, finite up to
+    ``|g| = sqrt(max / rate)`` (5.8e20 at ``beta2 = 0.999``). An infinite ``v`` stops its
+    coordinate for good (``m / inf = 0``). So where ``g g`` overflows the value is taken in
+    torch's order, which overflows exactly where torch's does; elsewhere it is ``rate (g g)``,
+    the bits the references have always had (torch's order would round a third of the entries
+    differently, by an ulp).
+    """
+    square = grad * grad
+    return torch.where(torch.isinf(square), (grad * rate).mul_(grad), square.mul_(rate))
+
+
 def adam_denominator(second_moment: Tensor, beta2: float, t: float | Tensor, eps: float) -> Tensor:
     """``sqrt(v_hat) + eps`` with ``v_hat = v / (1 - beta2^t)``: Adam's per-coordinate scale.
 
     ``v <- beta2 v + (1 - beta2) g^2`` is a key-less Hebbian memory of the squared gradient;
     dividing a read by this makes it invariant to the gradient's scale per coordinate.
+
+    ``v / (1 - beta2^t)`` overflows where a finite ``v`` is within a factor ``1 - beta2^t``
+    of the largest float (a gradient above ~1e19 in float32 in the first steps), while its
+    root does not: there the root is taken first, ``sqrt(v) / sqrt(1 - beta2^t)``, as torch's
+    Adam kernels take it; elsewhere ``sqrt(v_hat)``, the equation's order and bits.
     """
-    return bias_corrected(second_moment, beta2, t).sqrt() + eps
+    root = bias_corrected(second_moment, beta2, t).sqrt_()
+    correction = 1 - beta2**t
+    if isinstance(correction, Tensor):
+        correction = correction.to(second_moment.dtype)
+    # where v is infinite itself, both are
+    root_first = second_moment.sqrt().div_(correction**0.5)
+    return torch.where(torch.isinf(root), root_first, root).add_(eps)

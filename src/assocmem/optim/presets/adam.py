@@ -10,6 +10,13 @@ With the default decoupled weight decay this is ``torch.optim.AdamW``; with
 Adam kernel (``torch.optim.Adam(fused=True)``'s, to the bit); tensors it cannot take
 (non-contiguous ones) go through torch's foreach Adam, op for op (``fused=False``'s bits).
 
+The reference is written from the equations, with torch's order where the equations' own
+would overflow first: ``(1 - beta2) g^2`` as ``((1 - beta2) g) g`` where ``g g`` alone
+overflows (``|g|`` above ~1.8e19 in float32), ``sqrt(v_hat)`` as ``sqrt(v) / sqrt(1 - beta2^t)``
+where ``v / (1 - beta2^t)`` does (:func:`assocmem.optim.reads.second_moment_value`,
+:func:`~assocmem.optim.reads.adam_denominator`). So ``v`` overflows where torch's kernels' does
+(from ~5.8e20 at ``beta2 = 0.999``), and an ordinary step keeps its bits.
+
 Under ``sync_free`` both paths take the step count as a tensor on the parameter's device
 (:mod:`assocmem.optim.counts`, torch's ``capturable`` form), so that they read nothing on the
 host, with the host path's bits.
@@ -26,7 +33,7 @@ from torch import Tensor
 from assocmem.memory import ElementwiseMemory, hebbian_write, read
 from assocmem.optim import counts, fused, sync_free, validate
 from assocmem.optim.blocks import blocks, indexed_blocks, split_by_step
-from assocmem.optim.reads import adam_denominator, bias_corrected
+from assocmem.optim.reads import adam_denominator, bias_corrected, second_moment_value
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
 
@@ -85,8 +92,14 @@ class Adam(Preset):
         m = hebbian_write(
             ElementwiseMemory(state["exp_avg"]), None, grad, lr=1 - beta1, retention=beta1
         )
+        # the write's rate in its value, (1 - beta2) g^2 taken in torch's order where g^2 alone
+        # overflows (reads.second_moment_value), so that v overflows where torch's does
         v = hebbian_write(
-            ElementwiseMemory(state["exp_avg_sq"]), None, grad * grad, lr=1 - beta2, retention=beta2
+            ElementwiseMemory(state["exp_avg_sq"]),
+            None,
+            second_moment_value(grad, 1 - beta2),
+            lr=1.0,
+            retention=beta2,
         )
         state["exp_avg"].copy_(m.m)
         state["exp_avg_sq"].copy_(v.m)

@@ -36,6 +36,13 @@ The Newton-Schulz output is scaled by ``sqrt(max(1, rows / cols))`` as in Muon; 
 are orthogonalised as ``(out, in * kh * kw)`` matrices; 1-D and 0-D tensors are not
 orthogonalised (as in Muon; pair them with ``normalize=True`` or give them another group).
 
+``normalize`` is applied after Newton-Schulz, and it is on by default: ``orthogonalize=True``
+alone divides the orthogonalised read (entries ~``1 / sqrt(max(rows, cols))`` whatever the
+gradient's scale) by ``sqrt(v_hat)`` (the gradient's scale ``|g|`` per coordinate), so the
+step grows as ``lr / |g|`` instead of being scale-free as Muon's and Adam's are (measured in
+docs/theory/cms.md: first-step max ``|dW|`` 1.1 at ``|g| ~ 1``, 1e2 at 1e-2, 9e3 at 1e-4 on a
+32 x 32 matrix at ``lr = 1e-2``). ``m3_config()`` sets ``normalize=False``.
+
 This file is the preset and its reference step, written from the equations above
 (docs/theory/cms.md); ``cms_fast.py`` is the fast path and ``cms_compiled.py`` the
 ``compile=True`` one, each held equal to it at every step.
@@ -58,7 +65,7 @@ from assocmem.memory import ElementwiseMemory, hebbian_write, read
 from assocmem.optim import fused, validate
 from assocmem.optim.newton_schulz import COEFFICIENTS
 from assocmem.optim.polar_express import LOWER
-from assocmem.optim.reads import adam_denominator, orthogonal_read
+from assocmem.optim.reads import adam_denominator, orthogonal_read, second_moment_value
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
 PER_LEVEL = ("freqs", "etas", "weights", "debias")
@@ -107,7 +114,9 @@ def m3_config(
     ``u = NS(M1) + alpha NS(M2)`` with ``M1 <- beta1 M1 + g`` every step and
     ``M2 <- beta3 M2 + mean(g over the last freq steps)`` every ``freq`` steps. The scale of
     each level is irrelevant after Newton-Schulz, so levels are written with ``eta = 1`` and not
-    debiased. ``normalize=True`` divides the sum by Adam's ``sqrt(v_hat) + eps`` afterwards.
+    debiased. ``normalize=True`` divides the sum by Adam's ``sqrt(v_hat) + eps`` afterwards:
+    the step is then no longer scale-free but ``~ lr / |g|`` per coordinate (docs/theory/cms.md),
+    so ``lr`` must follow the gradients' scale.
     """
     return {
         "alphas": (beta1, beta3),
@@ -179,11 +188,18 @@ class CMS(Preset):
         "accumulate": Hyper(
             True, validate.boolean, "write the mean gradient since the last write (else g_t)"
         ),
-        "normalize": Hyper(True, validate.boolean, "divide the read by Adam's sqrt(v_hat) + eps"),
+        "normalize": Hyper(
+            True,
+            validate.boolean,
+            "divide the read by Adam's sqrt(v_hat) + eps (after NS too: the step then ~ lr / |g|)",
+        ),
         "beta2": Hyper(0.999, validate.unit_interval, "retention of the second moment"),
         "eps": Hyper(1e-8, validate.non_negative, "added to sqrt(v_hat)"),
         "orthogonalize": Hyper(
-            False, validate.boolean, "Newton-Schulz each level's read (>= 2-D tensors)"
+            False,
+            validate.boolean,
+            "Newton-Schulz each level's read (>= 2-D tensors); Muon's scale-free step needs "
+            "normalize=False (m3_config)",
         ),
         "ns_steps": Hyper(5, validate.positive_int, "Newton-Schulz iterations"),
         "ns_coefficients": Hyper(
@@ -251,11 +267,13 @@ class CMS(Preset):
             update = update + group["weights"][k] * recalled
         if group["normalize"]:
             beta2 = group["beta2"]
+            # the write's rate in its value, (1 - beta2) g^2 taken in torch's order where g^2
+            # alone overflows (reads.second_moment_value): s overflows where torch's Adam does
             second = hebbian_write(
                 ElementwiseMemory(state["exp_avg_sq"]),
                 None,
-                grad * grad,
-                lr=1 - beta2,
+                second_moment_value(grad, 1 - beta2),
+                lr=1.0,
                 retention=beta2,
             )
             state["exp_avg_sq"].copy_(second.m)

@@ -4,6 +4,7 @@ One small MLP ``M_phi: R^2 -> R`` per parameter tensor, shared by all its coordi
 coordinate's context to a forecast of its next (normalised) gradient. Per step ``t``:
 
     scale     r <- rho r + (1 - rho) mean(g^2);   s = sqrt(r / (1 - rho^t)) + eps
+              (overflow-safe: see "Choices and why")
               g_hat = g / s                                    (per-tensor, scale-free units)
     context   m <- beta m + (1 - beta) g_hat;     m_hat = m / (1 - beta^t)
               u_t = [m_hat_t, g_hat_t]                         (one key per coordinate)
@@ -26,6 +27,15 @@ Choices and why:
 
 - Normalising by a per-tensor RMS makes keys and values O(1) whatever the loss scale, so one
   ``inner_lr`` works for every tensor, and makes ``lr`` an Adam-like step size.
+- No finite gradient makes the RMS infinite: ``mean(g^2)`` is taken of ``g / max|g|`` where
+  its squares or their sum could overflow (:func:`_mean_square_values`; the plain mean's bits
+  elsewhere), the bias-corrected root as ``sqrt(r) / sqrt(1 - rho^t)`` where ``r / (1 - rho^t)``
+  would overflow, and ``r`` saturates at the dtype's largest float (an RMS above ~1.8e20 in
+  float32). An infinite ``r`` once made ``g_hat = 0`` for good after a single spike (the tensor
+  never moved again); now the spike is remembered as Adam's ``v`` remembers one: ordinary
+  gradients read ~0 until ``r`` has decayed, about ``ln(r_spike / r_before) / (1 - rho)`` steps
+  (~9000 after a 1e20 spike at ``rho = 0.99``; Adam at ``beta2 = 0.999`` takes ~10x longer),
+  while the momentum carries the normalised spike meanwhile.
 - The inner write rate is divided by the mean squared key (+1 for the bias input): that bounds
   the linear part's inner curvature, so a gradient spike cannot blow the memory up (NLMS).
 - Retention pulls ``phi`` toward its initial weights (``retention_target="init"``), i.e.
@@ -50,6 +60,7 @@ Reference: Behrouz et al., "Nested Learning: The Illusion of Deep Learning Archi
 
 from __future__ import annotations
 
+import math
 import zlib
 from typing import Any
 
@@ -97,7 +108,72 @@ def _correction(retention: float, t: Count, like: Tensor) -> float | Tensor:
 
 
 def _rms(r: Tensor, t: Count, group: Group) -> Tensor:
-    return (r / _correction(group["rms_beta"], t, r)).sqrt() + group["eps"]
+    return _corrected_root(r, _correction(group["rms_beta"], t, r)) + group["eps"]
+
+
+def _corrected_root(r: Tensor, correction: float | Tensor) -> Tensor:
+    """``sqrt(r / (1 - rho^t))``. The quotient overflows where ``r`` is within a factor
+    ``1 - rho^t`` of the largest float (a spike in the first steps) while its root does not:
+    there the root is taken first, ``sqrt(r) / sqrt(1 - rho^t)``; elsewhere the equation's
+    order and bits."""
+    root = (r / correction).sqrt()
+    return torch.where(torch.isinf(root), r.sqrt() / correction**0.5, root)  # r inf: both
+
+
+def _mean_square_values(
+    grads: list[Tensor], sizes: list[int], rate: float, *, over_shards: bool
+) -> list[Tensor]:
+    """``rate mean(g^2)`` of each gradient: the value the RMS memory ``r`` is written with
+    (``rate = 1 - rho``, the write then at rate 1).
+
+    ``mean(g^2)`` overflows long before the RMS does: its squares from ``|g| = sqrt(max)``
+    (1.8e19 in float32), its sum over ``n`` coordinates from ``sqrt(max / n)`` (1.8e16 for a
+    million), and an infinite ``r`` would divide every later gradient to 0 (the tensor never
+    moves again). So where ``n max|g|^2`` could pass half the largest float (``n`` the
+    largest tensor's size), the gradient is divided by ``a = max|g|`` before squaring (its
+    squares at most 1) and ``a`` put back after the rate, ``((rate mean((g / a)^2)) a) a``:
+    infinite only where the value itself is (an RMS above ``sqrt(max / rate)``, 1.8e20 in
+    float32 at ``rho = 0.99``; :func:`_saturate_` then keeps ``r`` finite). Elsewhere
+    ``a = 1``: the plain mean's bits.
+
+    ``sizes``: each whole tensor's element count (the reference passes one tensor, the fast
+    path a list: the bound may differ, the values only by rounding). ``over_shards``: means
+    and maxima over the whole tensor under FSDP2 (the fast path; :func:`sharded.means`).
+    """
+    # (norm(inf) is slow on CPU, _foreach_max a graph break under torch.compile; a rank's
+    # rows of a sharded tensor may be none)
+    maxima = [x.amax() if x.numel() else x.new_zeros(()) for x in torch._foreach_abs(grads)]
+    if over_shards and sharded.active():
+        dtype = maxima[0].dtype
+        whole = sharded.all_max(torch.stack([m.to(dtype) for m in maxima])).unbind()
+        maxima = [m.to(g.dtype) for m, g in zip(whole, grads, strict=True)]
+    # One bound for the list, the largest tensor's (4e14 in float32 for 1e9 coordinates, far
+    # above ordinary gradients); float32 or float64: fp16/bf16 parameters step through an
+    # fp32 master copy. An infinite g (nonfinite="ignore") is divided by the largest float.
+    n = max(*sizes, 1)
+
+    def scale(m: Tensor) -> Tensor:
+        top = torch.finfo(m.dtype).max
+        return torch.where(m > math.sqrt(top / (2 * n)), m, 1.0).clamp_(max=top)
+
+    def value(mean: Tensor, a: Tensor) -> Tensor:
+        return mean * rate * a * a  # ((rate mean) a) a
+
+    one_kind = len({(m.dtype, m.device) for m in maxima}) == 1  # the usual: a few ops in all
+    scales = list(scale(torch.stack(maxima)).unbind()) if one_kind else list(map(scale, maxima))
+    squares = torch._foreach_div(grads, scales)
+    torch._foreach_pow_(squares, 2)
+    means = sharded.means(squares) if over_shards else [x.mean() for x in squares]
+    if one_kind:
+        return list(value(torch.stack(means), torch.stack(scales)).unbind())
+    return list(map(value, means, scales))
+
+
+def _saturate_(r: list[Tensor]) -> None:
+    """Each RMS memory at most its dtype's largest float, in place: a finite spike whose
+    write overflows (an RMS above ~1.8e20 in float32) leaves ``r`` at the top of the range,
+    from where it decays, rather than infinite for good. A no-op below it (its bits)."""
+    torch._foreach_clamp_max_(r, [torch.finfo(x.dtype).max for x in r])
 
 
 def _keys(momentum: Tensor, grad_hat: Tensor, t: Count, beta: float) -> Tensor:
@@ -170,9 +246,10 @@ class Deep(Preset):
 
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         beta, rho, t = group["beta"], group["rms_beta"], _count(state)
-        r = hebbian_write(
-            ElementwiseMemory(state["grad_sq"]), None, grad.pow(2).mean(), lr=1 - rho, retention=rho
-        )
+        # the write's rate in its value: (1 - rho) mean(g^2), computed without overflow
+        (value,) = _mean_square_values([grad], [grad.numel()], 1 - rho, over_shards=False)
+        r = hebbian_write(ElementwiseMemory(state["grad_sq"]), None, value, lr=1.0, retention=rho)
+        _saturate_([r.m])
         grad_hat = grad / _rms(read(r), t, group)
         mlp = _memory(state)
         on_device = isinstance(t, Tensor)
@@ -210,8 +287,10 @@ class Deep(Preset):
         beta, rho = group["beta"], group["rms_beta"]
         grad_sq = [s["grad_sq"] for s in states]
         torch._foreach_mul_(grad_sq, rho)
-        means = sharded.means([g.pow(2) for g in grads])  # over the whole tensor if sharded
-        torch._foreach_add_(grad_sq, [m * (1 - rho) for m in means])
+        sizes = [sharded.whole_numel(p) for p in params]
+        # over the whole tensor if sharded
+        torch._foreach_add_(grad_sq, _mean_square_values(grads, sizes, 1 - rho, over_shards=True))
+        _saturate_(grad_sq)
         alone = list(range(len(params)))
         if not sharded.active():
             # Tensors of one size at one step count (a deep model's repeated layers) step as
@@ -271,7 +350,9 @@ def _batched_step(
     beta = group["beta"]
     ts = [_count(s) for s in states]
     grad_sq = torch.stack([s["grad_sq"] for s in states])
-    scale = (grad_sq / _corrections(group["rms_beta"], ts, grad_sq)).sqrt_().add_(group["eps"])
+    scale = _corrected_root(grad_sq, _corrections(group["rms_beta"], ts, grad_sq)).add_(
+        group["eps"]
+    )
     grad_hat = torch.stack([g.reshape(-1) for g in grads]).div_(scale[:, None])  # (B, n)
     momentum = [s["momentum"].view(-1) for s in states]
     prev = [s["prev_grad"].view(-1) for s in states]
