@@ -350,3 +350,21 @@ def test_compile_is_per_group():
     assert [g["compile"] for g in opt.param_groups] == [False, True]
     with pytest.raises(ValueError, match="no compiled path"):
         opt.add_param_group({"params": [model.fc.bias], "memory": "momentum", "compile": True})
+
+
+@pytest.mark.slow
+def test_cms_compiled_second_moment_overflows_where_torchs_does():
+    # |g| = 1e20: g * g overflows fp32 (the compiled body squared first: v = inf, the tensor
+    # frozen), (1 - beta2) g g does not (torch's order, the eager paths'). One float32 Adam
+    # step's rounding of O(lr) updates apart, over 4 steps.
+    runs = {}
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(256, 128))  # 2^15 elements: compiled
+        opt = MemoryOptimizer([p], "cms", lr=1e-2, compile=compile_)
+        for t in range(4):
+            p.grad = 1e20 * torch.sin(p.detach() + t)
+            opt.step()
+        assert all(torch.isfinite(v).all() for v in opt.state[p].values() if torch.is_tensor(v))
+        runs[compile_] = p.detach()
+    torch.testing.assert_close(runs[True], runs[False], rtol=0, atol=1e-6)

@@ -112,7 +112,13 @@ def level_step(
                     acc[i].copy_(value)
             update = update + read_scales[k] * memory_now
         if second is not None:
-            moment = second[i] * beta2 + (1 - beta2) * (g * g)
+            # torch's order where the equation's overflows first, as the eager paths
+            # (reads.second_moment_value, reads.adam_denominator): g * g from |g| ~ 1.8e19
+            square = g * g
+            value = torch.where(torch.isinf(square), ((1 - beta2) * g) * g, (1 - beta2) * square)
+            moment = second[i] * beta2 + value
             second[i].copy_(moment)
-            update = update / ((moment / bc2).sqrt() + eps)
+            corrected = moment / bc2
+            root = torch.where(torch.isinf(corrected), moment.sqrt() / bc2.sqrt(), corrected.sqrt())
+            update = update / (root + eps)
         p.sub_(lr * update)
