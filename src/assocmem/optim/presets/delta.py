@@ -493,8 +493,8 @@ def delta_write_(
     not when the gradient is ~1e-37 of the memory's size or less (a subnormal gradient under
     a memory of order 1: ``c`` ~ ``|m| / |g|`` overflows although ``c g`` is of ``|m|``'s size),
     and such a tensor (or row) takes :func:`scaled_write`, the same write computed on
-    ``g / max|g|``. Decided with one host read for all tensors, or on the device (both
-    computed, selected) under ``sync_free``.
+    ``g / max|g|``. Decided with one host read for all tensors, or on the device under
+    ``sync_free`` (:func:`_select_write_`).
     """
     if sync_free.active():
         _select_write_(bufs, grads, alpha=alpha, gamma=gamma, eta=eta, erase=erase)
@@ -528,10 +528,10 @@ def _select_write_(
     erase: str,
 ) -> None:
     """:func:`delta_write_` decided on the device (``sync_free``): every tensor's scaled parts
-    (:func:`_scaled_rows`, the overflow fallback of its overlap, computed here anyway) also give its
-    scaled write's rate of ``u``, and ``m <- alpha m + r' g + k' u`` with ``r'`` the folded
-    rate where it fits (else 0) and ``k'`` the rate of ``u`` where it does not (else 0): one
-    pass more than the folded write, the same bits where every rate fits."""
+    (:func:`_scaled_rows`, the overflow fallback of its overlap, computed here anyway) also
+    give its scaled write's rate of ``u``, and ``m <- alpha m + r' g + k' u`` with ``r'`` the
+    folded rate where it fits (else 0) and ``k'`` the rate of ``u`` where it does not (else 0):
+    one pass more than the folded write, the same bits where every rate fits."""
     whole = [erase == "tensor" or g.dim() <= 1 for g in grads]
     parts = [
         _scaled_rows(as_rows(g, erase), as_rows(m, erase), whole=w)
