@@ -260,18 +260,12 @@ def _stacked_step(
     tensors' dtype)."""
     p, g, m = (torch.stack(x) for x in (params, grads, bufs))
     n = len(params)
-    rows_g, rows_m = g.reshape(n, -1), m.reshape(n, -1)
-    rates, fits, unfit = row_rates(rows_g, rows_m, group["eta"], group["gamma"])  # (n, 1)
-    per_row = (n,) + (1,) * (p.dim() - 1)
-    hyper = {**_write_hyper(group), "erase": "row"}
-    if sync_free.active():  # selected on the device where a row's rate does not fit
-        safe = scaled_write(rows_g, rows_m, **hyper).reshape(m.shape)
-        m.mul_(group["alpha"]).addcmul_(g, rates.reshape(per_row))
-        m.copy_(torch.where(fits.reshape(per_row), m, safe))
-    elif not unfit:
-        m.mul_(group["alpha"]).addcmul_(g, rates.reshape(per_row))
-    else:  # rare: a gradient ~1e-37 of its memory's size; every row scaled, as the reference
-        m.copy_(scaled_write(rows_g, rows_m, **hyper).reshape(m.shape))
+    # the stacks are new contiguous tensors: their (n, numel) views are written in place,
+    # with delta_write_'s per-row rates and its fallback where a row's rate does not fit
+    delta_write_(
+        [m.view(n, -1)], [g.view(n, -1)],
+        alpha=group["alpha"], gamma=group["gamma"], eta=group["eta"], erase="row",
+    )  # fmt: skip
     p.add_(m, alpha=-group["lr"])
     torch._foreach_copy_(params, list(p.unbind(0)))
     torch._foreach_copy_(bufs, list(m.unbind(0)))
@@ -402,8 +396,9 @@ def tensor_rates(
     rates = eta - gamma * c
     fits = _fits(rates)
     unfit: set[int] = set()
-    if bool((bad | ~fits).any()):  # one host read per step; the indices only when rare
-        for i in (bad | ~fits).nonzero().flatten().tolist():
+    suspect = bad | ~fits
+    if bool(suspect.any()):  # one host read per step; the indices only when rare
+        for i in suspect.nonzero().flatten().tolist():
             rows = grads[i].reshape(1, -1), bufs[i].reshape(1, -1)
             rates[i] = eta - gamma * _scaled_overlap(*rows, whole=True)[0]
             if not _host_fits(float(rates[i]), rates.dtype):
@@ -614,8 +609,13 @@ def row_rates(
         if scaled is None:
             scaled = _scaled_overlap(rows_g, rows_m, whole=whole)
         rates = eta - gamma * torch.where(bad, scaled, c)
-    elif bool((bad | ~_fits(rates)).any()):  # one host read per tensor; rare past it
-        rates = eta - gamma * torch.where(bad, _scaled_overlap(rows_g, rows_m, whole=whole), c)
-        unfit = not bool(_fits(rates).all())
+        fits = _fits(rates)
+    else:
+        fits = _fits(rates)
+        if bool((bad | ~fits).any()):  # one host read per tensor; rare past it
+            scaled = _scaled_overlap(rows_g, rows_m, whole=whole)
+            rates = eta - gamma * torch.where(bad, scaled, c)
+            fits = _fits(rates)
+            unfit = not bool(fits.all())
     shape = (-1,) + (1,) * (g.dim() - 1) if g.dim() > 1 else ()
-    return rates.reshape(shape), _fits(rates).reshape(shape), unfit
+    return rates.reshape(shape), fits.reshape(shape), unfit
