@@ -36,6 +36,7 @@ __all__ = [
     "probability_losses",
     "rates_at_threshold",
     "size_thresholds",
+    "threshold_allowing",
     "threshold_at_fpr",
 ]
 
@@ -72,9 +73,15 @@ def threshold_at_fpr(real_scores: ArrayLike, target_fpr: float = 0.05) -> float:
         raise ValueError("no real scores to calibrate on")
     if not np.isfinite(s).all():
         raise ValueError("real scores contain NaN or inf")
-    k = allowed_false_positives(target_fpr, s.size)
-    highest_first = np.sort(s)[::-1]
-    return float(np.nextafter(highest_first[k], np.inf))
+    return threshold_allowing(s, allowed_false_positives(target_fpr, s.size))
+
+
+def threshold_allowing(real_scores: ArrayLike, false_positives: int) -> float:
+    """The smallest float above the ``(k + 1)``-th highest of ``real_scores`` (``k`` the
+    ``false_positives`` allowed, ``0 <= k < n``): exactly the ``k`` highest score at or above
+    it, fewer where scores tie. :func:`threshold_at_fpr` with ``k`` given."""
+    highest_first = np.sort(_np(real_scores))[::-1]
+    return float(np.nextafter(highest_first[false_positives], np.inf))
 
 
 def size_thresholds(

@@ -37,7 +37,7 @@ Layout of a ``<name>.safetensors`` file:
     measured on. Without it, weights changed after calibration (scaled, fine-tuned, another
     run's file renamed) loaded without a word and were decided at a threshold set for other
     logits. It guards against such accidents, not against someone who edits both;
-  - ``network_sha256`` (written since 2026-12-07, read where present): the SHA-256 of the
+  - ``network_sha256`` (written since late 2026-12-06, read where present): the SHA-256 of the
     weights' digest with the header's ``architecture``, ``arch_kwargs``, ``patch_size`` and
     ``views`` (:func:`network_digest`): everything the calibration's logits were computed
     with. Without it, a header edited to ``"views": "one"`` (eight times faster) or another
@@ -73,7 +73,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from assocmem.forensic.calibration import ProbabilityScaling, platt_scaling, threshold_at_fpr
+from assocmem.forensic.calibration import (
+    ProbabilityScaling,
+    platt_scaling,
+    threshold_allowing,
+    threshold_at_fpr,
+)
 from assocmem.forensic.metrics import false_positive_rate
 from assocmem.forensic.models.baselines import SmallCNN
 from assocmem.forensic.models.ensemble import LogitEnsemble
@@ -464,7 +469,7 @@ def _check_header(header: Any, path: Path) -> tuple[tuple[int, ProbabilityScalin
     if cal["threshold"] != expected and cal["threshold"] == _threshold_before_rounding_fix(
         logits, cal["target_fpr"]
     ):
-        expected = cal["threshold"]  # saved before 2026-12-07 (calibration.allowed_false_positives)
+        expected = cal["threshold"]  # saved before calibration.allowed_false_positives
     if cal["threshold"] != expected:
         raise ValueError(
             f"{path}: calibration threshold {cal['threshold']!r} is not the one its validation "
@@ -477,10 +482,10 @@ def _check_header(header: Any, path: Path) -> tuple[tuple[int, ProbabilityScalin
 
 
 def _threshold_before_rounding_fix(logits: Sequence[float], target_fpr: float) -> float:
-    """The threshold a checkpoint saved before 2026-12-07 holds: ``k`` the floor of the binary
-    product ``target_fpr * n``, which a rate such as 0.29 of 100 rounds one below."""
-    highest_first = sorted(logits, reverse=True)
-    return float(np.nextafter(highest_first[math.floor(target_fpr * len(logits))], np.inf))
+    """The threshold a checkpoint saved before the rounding fix (2026-12-06) holds: ``k`` the
+    floor of the binary product ``target_fpr * n``, which a rate such as 0.29 of 100 rounds one
+    below (:func:`~assocmem.forensic.calibration.allowed_false_positives`)."""
+    return threshold_allowing(logits, math.floor(target_fpr * len(logits)))
 
 
 def _by_count(scores: dict[str, list[float]]) -> tuple[tuple[int, tuple[float, ...]], ...]:
