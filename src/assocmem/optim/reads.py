@@ -173,10 +173,17 @@ def adam_denominator(second_moment: Tensor, beta2: float, t: float | Tensor, eps
     root does not: there the root is taken first, ``sqrt(v) / sqrt(1 - beta2^t)``, as torch's
     Adam kernels take it; elsewhere ``sqrt(v_hat)``, the equation's order and bits.
     """
-    root = bias_corrected(second_moment, beta2, t).sqrt_()
-    correction = 1 - beta2**t
+    correction = 1 - beta2**t  # as bias_corrected takes it
     if isinstance(correction, Tensor):
         correction = correction.to(second_moment.dtype)
-    # where v is infinite itself, both are
-    root_first = second_moment.sqrt().div_(correction**0.5)
-    return torch.where(torch.isinf(root), root_first, root).add_(eps)
+    return corrected_root(second_moment, correction).add_(eps)
+
+
+def corrected_root(memory: Tensor, correction: float | Tensor) -> Tensor:
+    """``sqrt(memory / correction)`` (a bias-corrected second moment's root: Adam's ``v``,
+    ``deep``'s ``r``). The quotient overflows where a finite ``memory`` is within a factor
+    ``correction`` of the largest float while its root does not: there the root is taken
+    first, ``sqrt(memory) / sqrt(correction)``; elsewhere the equation's order and bits
+    (where ``memory`` is infinite itself, both are)."""
+    root = (memory / correction).sqrt()
+    return torch.where(torch.isinf(root), memory.sqrt() / correction**0.5, root)

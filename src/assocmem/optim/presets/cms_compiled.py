@@ -29,6 +29,7 @@ from assocmem.optim.blocks import select, split_by_step
 from assocmem.optim.compiled import compiled
 from assocmem.optim.presets.cms import accumulates, level_etas
 from assocmem.optim.presets.cms_fast import buffers, foreach_step, level_read_scales
+from assocmem.optim.reads import corrected_root, second_moment_value
 from assocmem.optim.registry import Group, State
 
 
@@ -113,12 +114,7 @@ def level_step(
             update = update + read_scales[k] * memory_now
         if second is not None:
             # torch's order where the equation's overflows first, as the eager paths
-            # (reads.second_moment_value, reads.adam_denominator): g * g from |g| ~ 1.8e19
-            square = g * g
-            value = torch.where(torch.isinf(square), ((1 - beta2) * g) * g, (1 - beta2) * square)
-            moment = second[i] * beta2 + value
+            moment = second[i] * beta2 + second_moment_value(g, 1 - beta2)
             second[i].copy_(moment)
-            corrected = moment / bc2
-            root = torch.where(torch.isinf(corrected), moment.sqrt() / bc2.sqrt(), corrected.sqrt())
-            update = update / (root + eps)
+            update = update / (corrected_root(moment, bc2) + eps)
         p.sub_(lr * update)

@@ -79,6 +79,7 @@ from assocmem.memory import (
 )
 from assocmem.optim import counts, sharded, sync_free, validate
 from assocmem.optim.indices import grouped
+from assocmem.optim.reads import corrected_root
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
 _FIELDS = DeepMemory._fields  # w1 (h, 2), b1 (h,), w2 (1, h), b2 (1,), skip (1, 2)
@@ -108,16 +109,7 @@ def _correction(retention: float, t: Count, like: Tensor) -> float | Tensor:
 
 
 def _rms(r: Tensor, t: Count, group: Group) -> Tensor:
-    return _corrected_root(r, _correction(group["rms_beta"], t, r)) + group["eps"]
-
-
-def _corrected_root(r: Tensor, correction: float | Tensor) -> Tensor:
-    """``sqrt(r / (1 - rho^t))``. The quotient overflows where ``r`` is within a factor
-    ``1 - rho^t`` of the largest float (a spike in the first steps) while its root does not:
-    there the root is taken first, ``sqrt(r) / sqrt(1 - rho^t)``; elsewhere the equation's
-    order and bits."""
-    root = (r / correction).sqrt()
-    return torch.where(torch.isinf(root), r.sqrt() / correction**0.5, root)  # r inf: both
+    return corrected_root(r, _correction(group["rms_beta"], t, r)) + group["eps"]
 
 
 def _mean_square_values(
@@ -350,9 +342,7 @@ def _batched_step(
     beta = group["beta"]
     ts = [_count(s) for s in states]
     grad_sq = torch.stack([s["grad_sq"] for s in states])
-    scale = _corrected_root(grad_sq, _corrections(group["rms_beta"], ts, grad_sq)).add_(
-        group["eps"]
-    )
+    scale = corrected_root(grad_sq, _corrections(group["rms_beta"], ts, grad_sq)).add_(group["eps"])
     grad_hat = torch.stack([g.reshape(-1) for g in grads]).div_(scale[:, None])  # (B, n)
     momentum = [s["momentum"].view(-1) for s in states]
     prev = [s["prev_grad"].view(-1) for s in states]
