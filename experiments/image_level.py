@@ -32,7 +32,7 @@ from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.image_level import image_level_report
 from assocmem.storage import strict_json
-from experiments.detectors import HELDOUT, SEEN, family_split
+from experiments.detectors import HELDOUT, SEEN, bad_run_options, family_split
 from experiments.report import output_path, replace_section
 from experiments.validate_config import output_clash, sidecar
 
@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         if args.n < 1 or any(s < 1 for s in args.sizes):
             parser.error("--n and --sizes must be positive")
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1, got {args.threads}")
+        if problem := bad_run_options(args):  # --threads 0: as the training commands
+            parser.error(problem)
         argv_text = shlex.join(sys.argv[1:] if argv is None else argv)
         command = f"python -m experiments.image_level {argv_text}"
         try:
