@@ -389,3 +389,103 @@ def test_a_copied_optimizer_keeps_its_settings_and_counts(copy_by, tmp_path):
     p.grad = torch.tensor([math.inf, 0.0, 0.0])
     with pytest.raises(FloatingPointError):
         clone.step()
+
+
+@pytest.mark.parametrize(("memory", "key"), [("adam", "exp_avg"), ("momentum", "momentum_buffer"),
+                                             ("delta", "momentum")])  # fmt: skip
+def test_state_that_overflows_the_parameters_dtype_is_refused_and_changes_nothing(memory, key):
+    # A float64 1e300 is finite; cast for a float32 parameter it is inf, and a step reading it
+    # writes inf/NaN into the weights while every gradient is finite (no skip sees it). The
+    # finiteness check runs on the cast value. Likewise a whole step count of 1e39 is a float32
+    # counter of inf.
+    w64 = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+    opt64 = MemoryOptimizer([w64], memory, lr=1e-3)
+    w64.grad = torch.ones(4, dtype=torch.float64)
+    opt64.step()
+    w = torch.nn.Parameter(torch.ones(4))
+    opt = MemoryOptimizer([w], memory, lr=1e-3)
+    before = opt.state_dict()
+    tampered = opt64.state_dict()
+    tampered["state"][0][key] = tampered["state"][0][key].clone()
+    tampered["state"][0][key][0] = 1e300
+    with pytest.raises(ValueError, match=f"'{key}' overflows torch.float32"):
+        opt.load_state_dict(tampered)
+    tampered = opt64.state_dict()
+    tampered["state"][0]["step"] = 1e39
+    with pytest.raises(ValueError, match="'step': 1e\\+39 overflows float32"):
+        opt.load_state_dict(tampered)
+    assert opt.state_dict() == before and not opt.state
+    opt.load_state_dict(opt64.state_dict())  # the same checkpoint, in range, loads
+    assert opt.state[w][key].dtype == torch.float32
+
+
+@pytest.mark.parametrize("form", ["diagonal", "scalar"])
+def test_landscape_curvature_clamped_in_float32_loads_for_float64_parameters(form):
+    # A float32 write clamps the curvature to float32(h_min) = 0.0099999998; widened to float64
+    # that is under h_min = 0.01, so checking the bounds after the cast refused a valid
+    # checkpoint (docs/api.md promises the move between dtypes). The bounds are checked in the
+    # dtype the state was written in.
+    w = torch.nn.Parameter(torch.ones(4))
+    opt = MemoryOptimizer([w], "landscape", form=form, lr=1e-3, h_min=0.01, h_max=100.0)
+    for _ in range(2):
+        w.grad = torch.ones(4)
+        opt.step()
+    saved = opt.state_dict()
+    saved["state"][0]["curvature"] = torch.full_like(saved["state"][0]["curvature"], 0.01)
+    assert float(saved["state"][0]["curvature"].min()) < 0.01  # float32(0.01), widened
+    w64 = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+    opt64 = MemoryOptimizer([w64], "landscape", form=form, lr=1e-3, h_min=0.01, h_max=100.0)
+    opt64.load_state_dict(saved)
+    assert opt64.state[w64]["curvature"].dtype == torch.float64
+    below = saved["state"][0]["curvature"].double() * (1 - 1e-6)  # truly below its bound: refused
+    saved["state"][0]["curvature"] = below
+    with pytest.raises(ValueError, match="'curvature' must lie in"):
+        MemoryOptimizer([w], "landscape", form=form, lr=1e-3, h_min=0.01).load_state_dict(saved)
+
+
+def test_load_state_dict_takes_the_checkpoints_group_keys_and_copies_its_counters():
+    # As torch: keys only the live group has (a label, a scheduler's initial_lr) are dropped,
+    # so load -> state_dict gives the checkpoint back; a hyperparameter the checkpoint predates
+    # keeps the live value. The saved counters are copies even unpacked (< 4 tensors).
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = MemoryOptimizer([w], "adam", lr=1e-2)
+    w.grad = torch.ones(3)
+    opt.step()
+    saved = opt.state_dict()
+    old = {**saved, "param_groups": [{k: v for k, v in saved["param_groups"][0].items()
+                                      if k != "eps"}]}  # fmt: skip
+    live = MemoryOptimizer([{"params": [w], "name": "trunk", "initial_lr": 5.0}], "adam", lr=0.5,
+                           eps=1e-6)  # fmt: skip
+    live.load_state_dict(old)
+    group = live.param_groups[0]
+    assert "name" not in group and "initial_lr" not in group
+    assert group["lr"] == 1e-2 and group["eps"] == 1e-6
+    saved["state"][0]["extra"] = 1
+    opt.step()
+    assert float(saved["state"][0]["step"]) == 1 and "extra" not in opt.state[w]
+
+
+@pytest.mark.parametrize(
+    ("memory", "options"),
+    [("muon", {}), ("deep", {}), ("deep", {"foreach": False}), ("delta", {"foreach": False}),
+     ("learned", {})],
+)  # fmt: skip
+def test_step_inside_autocast_is_the_step_outside_it(memory, options):
+    # A training step wrapped whole in torch.autocast (scaler.step(opt) inside it) ran the
+    # memories' matrix products in bf16: muon's Newton-Schulz read 2.6 % off, the reference
+    # paths' M @ k and the learned network ~0.2 %, and deep's fast path raised halfway through
+    # a step (its count and momentum already written). torch's elementwise optimizers are not
+    # touched by autocast; the step turns it off, so inside equals outside, bit for bit.
+    torch.manual_seed(0)
+    inside, outside = (torch.nn.Parameter(torch.randn(16, 16)) for _ in range(2))
+    outside.data.copy_(inside.data)
+    a = MemoryOptimizer([inside], memory, lr=1e-2, **options)
+    b = MemoryOptimizer([outside], memory, lr=1e-2, **options)
+    for _ in range(3):
+        g = torch.randn(16, 16)
+        inside.grad, outside.grad = g.clone(), g.clone()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            a.step()
+            assert torch.is_autocast_enabled("cpu")  # the caller's autocast is back
+        b.step()
+    assert torch.equal(inside, outside)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import os
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from copy import deepcopy
 from itertools import chain
 from typing import Any
@@ -245,7 +246,7 @@ class MemoryOptimizer(Optimizer):
         on_device = self.sync_free
         if on_device is None:  # a host read costs nothing on the CPU: nothing is queued
             on_device = sync_free.on_accelerator(all_grads)
-        with grad_norms.kept_for_step():
+        with grad_norms.kept_for_step(), _without_autocast(all_grads):
             return self._check_and_step(gathered, all_grads, on_device, loss)
 
     def _check_and_step(
@@ -474,7 +475,8 @@ class MemoryOptimizer(Optimizer):
             sd = super().state_dict()
         finally:
             self._optimizer_state_dict_post_hooks = hooks
-        # a packed counter is a view of its group's vector: the checkpoint gets its own copy
+        # a packed counter is a view of its group's vector: the checkpoint gets its own copies
+        # (of every counter, and a dict per parameter, so the saved counts stay put)
         sd["state"] = {k: packed_steps.unpacked(v) for k, v in sd["state"].items()}
         sd["assocmem"] = {"skipped_steps": self.skipped_steps}
         # torch.distributed.checkpoint's get/set_optimizer_state_dict keep only "state" and
@@ -669,11 +671,26 @@ def _tensors(params: Any) -> list[Tensor]:
     return out
 
 
+@contextlib.contextmanager
+def _without_autocast(grads: list[Tensor]) -> Iterator[None]:
+    """Autocast off on the gradients' devices while the step runs: a training step wrapped
+    whole in ``torch.autocast`` (``scaler.step(opt)`` inside it) would otherwise run the
+    memories' matrix products in bf16/fp16 (Newton-Schulz, the learned memory's network, the
+    reference paths' ``M @ k``), or make deep's ``addmm_`` of an fp32 memory by a bf16
+    product raise halfway through a step. torch's optimizers are elementwise, which autocast
+    leaves alone; the closure, run before, keeps the caller's autocast."""
+    with contextlib.ExitStack() as stack:
+        for device_type in sorted({g.device.type for g in grads}):
+            if torch.is_autocast_enabled(device_type):
+                stack.enter_context(torch.autocast(device_type, enabled=False))
+        yield
+
+
 def _loaded_group(i: int, saved: Any, group: Group) -> Group:
     """The group ``saved`` makes of ``group``, checked like a constructor argument.
 
     A checkpoint from before a hyperparameter existed lacks it: the group keeps this
-    optimizer's value.
+    optimizer's value. Other keys are the checkpoint's alone, as in torch.
     """
     if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
         raise ValueError(f"param group {i} of the state dict is not a dict with a 'params' list")
@@ -699,8 +716,11 @@ def _loaded_group(i: int, saved: Any, group: Group) -> Group:
     dropped = {"params", SKIPPED, *_foreign_names(preset)}
     loaded = _plain_values({k: deepcopy(v) for k, v in saved.items() if k not in dropped})
     loaded["params"] = group["params"]
-    for key, value in group.items():
-        loaded.setdefault(key, value)
+    # Only hyperparameters (and torch's param_names) fall back to the live group: its other keys
+    # (a label, a scheduler's initial_lr) are replaced by the checkpoint's, as in torch.
+    for key in ("param_names", *_COMMON, *preset.hyper):
+        if key in group:
+            loaded.setdefault(key, group[key])
     try:
         _check_group(loaded, preset)
     except ValueError as err:
@@ -742,11 +762,17 @@ def _loaded_state(
     if (msg := validate.count(saved["step"])) is not None:
         raise ValueError(f"{where}: invalid state 'step': {msg}")
     step = _step_tensor(saved["step"], _step_device(preset, param, group, sync_free_setting))
+    if not bool(torch.isfinite(step)):  # a whole 1e39 is a float32 counter of inf
+        raise ValueError(f"{where}: invalid state 'step': {saved['step']!r} overflows float32")
     loaded: dict[str, Any] = {"step": step}
+    # The preset's invariants are checked on the values as saved, in the dtype they were written
+    # in: a curvature clamped to float32(h_min) reads just under h_min once widened to float64.
+    # Narrowing keeps them (rounding is monotone, and the step clamps to the narrowed bounds).
+    as_saved: dict[str, Any] = {"step": step}
     for key, want in expected.items():
         value = saved[key]
         if not isinstance(want, Tensor):
-            loaded[key] = deepcopy(value)
+            loaded[key] = as_saved[key] = deepcopy(value)
             continue
         # A floating state (a memory) must load as floating; a counter (an integer tensor,
         # e.g. the learned memory's nonfinite_updates) as an integer.
@@ -764,12 +790,16 @@ def _loaded_state(
                 f"{where}: state {key!r} has shape {tuple(value.shape)}, expected "
                 f"{tuple(want.shape)} for a parameter of shape {tuple(param.shape)}"
             )
-        if not bool(torch.isfinite(value).all()) and not _overflowed_square(preset, key, value):
-            raise ValueError(f"{where}: state {key!r} holds NaN or inf")
+        # checked after the cast: a float64 1e300 is finite, and inf once it is float32
+        cast = value.to(dtype=want.dtype, device=want.device)
+        if not bool(torch.isfinite(cast).all()) and not _overflowed_square(preset, key, cast):
+            overflows = bool(torch.isfinite(value).all())
+            why = f"overflows {want.dtype}" if overflows else "holds NaN or inf"
+            raise ValueError(f"{where}: state {key!r} {why}")
         if kind == "integer" and bool((value < 0).any()):
             raise ValueError(f"{where}: state {key!r} is a count and must be >= 0")
-        loaded[key] = value.to(dtype=want.dtype, device=want.device)
-    if (msg := preset.check_state(loaded, group)) is not None:
+        loaded[key], as_saved[key] = cast, value
+    if (msg := preset.check_state(as_saved, group)) is not None:
         raise ValueError(f"{where}: invalid state: {msg}")
     return loaded
 

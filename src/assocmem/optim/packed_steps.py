@@ -15,8 +15,9 @@ they are not (a parameter without a gradient this step, a state loaded or replac
 grown), it counts the old way, repacking first if some counter is not in the pack yet (a
 repack, ~0.2 ms at 300 tensors, costs less than the per-tensor count it replaces).
 
-A view shares its vector's storage: :func:`unpacked` gives a state dict its own copies, so a
-checkpoint never holds the vector (or, through one view, all of it) per parameter.
+A view shares its vector's storage: :func:`unpacked` gives a state dict its own copies (of
+every counter, packed or not), so a checkpoint never holds the vector (or, through one view,
+all of it) per parameter.
 Under ``torch.compile`` the counters are not packed (a compiled step counts as torch does).
 """
 
@@ -82,9 +83,9 @@ def count_step_(
 
 
 def unpacked(per_param: dict[str, Any]) -> dict[str, Any]:
-    """``per_param`` (a parameter's state), with a packed ``step`` replaced by a copy of its
-    own; the state itself is left as it is."""
+    """``per_param`` (a parameter's state) as a new dict whose ``step`` is a copy of its own,
+    packed or not (a checkpoint's counter does not move with the next step, and a key added to
+    the checkpoint's dict is not added to the optimizer's); the other tensors are the state's
+    own, as in torch's state dict, and the state itself is left as it is."""
     step = per_param.get("step")
-    if isinstance(step, Tensor) and step._base is not None:
-        return {**per_param, "step": step.clone()}
-    return per_param
+    return {**per_param, "step": step.clone()} if isinstance(step, Tensor) else dict(per_param)
