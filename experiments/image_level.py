@@ -135,6 +135,31 @@ def markdown(record: dict[str, Any]) -> str:
             + " | ".join(cells)
             + f" | {_losses(r)} |"
         )
+    blank = [
+        f"{r['size']} px: "
+        + ", ".join(
+            [f"{r['real_blank']} of {r['n']} reals"] * bool(r.get("real_blank"))
+            + [
+                f"{m['blank']} {f}"
+                for g in ("seen", "heldout")
+                for f, m in r.get(g, {}).items()
+                if m.get("blank")
+            ]
+        )  # fmt: skip
+        for r in reports
+        if r.get("real_blank")
+        or any(
+            m.get("blank") for g in ("seen", "heldout") for m in r.get(g, {}).values()
+        )  # fmt: skip
+    ]
+    if blank:
+        lines += [
+            "",
+            "Blank images (every tile varies by under one grey level, `Detector.textured_tiles`: "
+            "no score, not flagged, ranked below every scored image, `P(fake)` 0.5): "
+            + "; ".join(blank)
+            + ".",
+        ]
     # records written before the report split the reals' FPR by processing have no such table
     by_kind = [r for r in reports if "real_fpr_by_kind" in r]
     if by_kind:

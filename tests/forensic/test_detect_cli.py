@@ -73,13 +73,16 @@ def test_folder_table_csv_json_and_exit_code(weights, folder, tmp_path, capsys):
     assert code == EXIT_UNREADABLE  # one corrupt file, the others scored
     captured = capsys.readouterr()
     table = captured.out.splitlines()
-    assert table[0].split() == ["path", "decision", "score", "P(fake)", "tiles", "size"]
+    head = ["path", "decision", "score", "threshold", "P(fake)", "tiles", "size"]
+    assert table[0].split() == head
     detector = Detector.load(weights)
     for name, ((w, h), n_tiles) in GOOD.items():
         [line] = [row for row in table if row.startswith(str(folder / name) + " ")]
-        decision, score, prob, tiles, size = line.split()[1:]
+        decision, score, threshold, prob, tiles, size = line.split()[1:]
         result = detector.score_one(folder / name)
         assert decision.rstrip("*") == ("fake" if result.fake else "real")
+        # the threshold of the image's size, the one its decision was made at
+        assert float(threshold) == pytest.approx(result.threshold, abs=5e-4)
         assert decision.endswith("*") == (min(w, h) < 32)  # flagged undersized
         assert (int(tiles), size) == (n_tiles, f"{w}x{h}")
         assert float(score) == pytest.approx(result.score, abs=5e-4)  # printed to 3 decimals
@@ -105,7 +108,8 @@ def test_folder_table_csv_json_and_exit_code(weights, folder, tmp_path, capsys):
 
     report = json.loads(out_json.read_text())
     assert report["summary"]["scored"] == len(GOOD) and report["summary"]["unreadable"] == 1
-    assert report["detector"]["threshold"] == detector.threshold
+    assert report["detector"]["threshold"] == detector.threshold_for(1)
+    assert report["summary"]["not_images"] == 1  # notes.txt
     assert report["detector"]["views"] == "one"
     assert len(report["images"]) == len(GOOD) + 1
 
@@ -281,7 +285,8 @@ def test_ctrl_c_keeps_what_was_scored(weights, folder, tmp_path, capsys, monkeyp
     assert main([str(folder), "--weights", str(weights), "--csv", str(out_csv)]) == EXIT_INTERRUPTED
     out, err = capsys.readouterr()
     assert "interrupted after 2 of" in err and "Traceback" not in err
-    assert "of 2 images scored" in out  # the two tried (the folder's corrupt.png among them)
+    # of every input, not of the two tried (the folder's corrupt.png among them)
+    assert f"1 of {len(GOOD) + 1} images scored" in out
     assert len(_labels(out_csv)) == 2
 
 
@@ -397,8 +402,8 @@ def test_table_rows_stay_one_aligned_line_for_odd_file_names():
 
     def row(path):
         return {"path": path, "status": "ok", "decision": "real", "undersized": False,
-                "score": 0.5, "probability": 0.4, "tiles": 1, "width": 32, "height": 32,
-                "label": None}  # fmt: skip
+                "score": 0.5, "threshold": 1.0, "probability": 0.4, "tiles": 1, "width": 32,
+                "height": 32, "label": None}  # fmt: skip
 
     # a byte that is not UTF-8 prints as a 6-character escape, a newline would break the row
     names = ["plain.png", "x\udcff.png", "two\nlines.png", "tab\there.png"]

@@ -5,8 +5,12 @@
     python -m assocmem.forensic.detect PATH...        # the same
 
 ``PATH`` is an image file (any format Pillow reads, whatever its extension), a folder (every
-image file under it, recursively: ``loaders.image_files``, which follows symlinked folders and
-leaves out hidden files and folders), or a labelled dataset the loaders read: a folder in the
+file under it with the extension of a format the installed Pillow reads,
+``loaders.IMAGE_EXTENSIONS``: ``.jpg``, ``.jfif``, ``.png``, ``.webp``, ``.tif``, ``.tga``,
+``.ppm``, ``.ico``, ...; recursively: ``loaders.scan_folder``, which follows symlinked folders and
+leaves out hidden files and folders; the other files are not scored, and stderr says how many and
+names a few: name one as a PATH to try it whatever its extension; a folder that cannot be listed
+is reported as unreadable), or a labelled dataset the loaders read: a folder in the
 CNNDetection layout (``0_real``/``1_fake``, optionally per category) or the GenImage layout
 (``nature``/``ai``, optionally per generator), or a ``.csv`` manifest (``path,label[,family]``).
 Labelled inputs add a ``label`` column and the TPR/FPR (and AUC) of the decisions to the
@@ -17,13 +21,21 @@ multi-page TIFF) is scored on its first frame.
 
 Each image is tiled, its tiles scored and their logits averaged (``assocmem.forensic.tiling``; a
 checkpoint calibrated on ``d4`` views scores each tile as the mean over its eight dihedral views;
-the summary line and the JSON's ``detector`` say which views); the table shows that score,
+the summary line and the JSON's ``detector`` say which views); the table shows the decision, that
+score, the threshold it was decided at (``fake`` when the score is at least the threshold),
 ``P(fake)`` (the checkpoint's Platt map of it, fit on validation reals and the seen families' fakes
 at even odds; the sigmoid of the score for a checkpoint without one: ``Detector.probability``), the
-decision at the threshold and the number of tiles. The threshold is the checkpoint's (calibrated on
-validation real patches for its target false-positive rate), ``--fpr F`` recalibrates it for another
-rate from the validation logits the checkpoint stores, ``--threshold T`` sets it on the score's
-(logit) scale.
+number of tiles scored and the size. Blank tiles (pixels varying by under one grey level: a flat
+colour, padding bars) are not scored (``Detector.textured_tiles``); an image with nothing else is
+``blank``: no score, not flagged, and left out of the AUC of labelled inputs. The threshold is
+the checkpoint's (calibrated on validation real patches for its target false-positive rate),
+``--fpr F`` recalibrates it for another rate from the validation logits the checkpoint stores,
+``--threshold T`` sets it on the score's (logit)
+scale. A checkpoint that stores real images' scores decides an image by its size: at the
+threshold of the number of whole tiles that fit in it (``Detector.threshold_for``; the table's
+``tiles`` counts the tiles scored, overlapping ones at the edges included), which the summary line
+lists; its patch threshold there (and the JSON's ``detector.threshold``) is the one an image of
+one tile is decided at.
 
 Exit status:
     0    every image was scored;
@@ -33,8 +45,8 @@ Exit status:
     2    nothing was scored: a usage error (bad option, a PATH that does not exist, a malformed
          manifest, a checkpoint that is refused, an ``--fpr`` the checkpoint cannot calibrate, a
          ``--csv``/``--json`` path that is an input, the checkpoint, or both reports at once);
-    3    some files could not be read (each is listed on stderr and in the CSV/JSON, with the
-         reason); every readable image, if there was one, was scored;
+    3    some files or folders could not be read (each is listed on stderr and in the CSV/JSON,
+         with the reason); every readable image, if there was one, was scored;
     130  interrupted (Ctrl-C): the images scored until then are in the table and the reports.
 """
 
@@ -45,6 +57,7 @@ import csv
 import io
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -53,8 +66,8 @@ from assocmem.forensic.data.loaders import (
     DECODE_ERRORS,
     cnndetection_samples,
     genimage_samples,
-    image_files,
     manifest_samples,
+    scan_folder,
 )
 from assocmem.forensic.detector import Detector, ImageScore
 from assocmem.storage import strict_json
@@ -65,6 +78,7 @@ __all__ = [
     "EXIT_STDOUT",
     "EXIT_UNREADABLE",
     "EXIT_USAGE",
+    "Found",
     "Item",
     "collect",
     "main",
@@ -73,6 +87,7 @@ __all__ = [
 EXIT_OK, EXIT_STDOUT, EXIT_USAGE, EXIT_UNREADABLE = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 _PROGRESS_FROM = 50  # images; fewer finish before a bar would help
+_NOT_IMAGES_NAMED = 5  # files left out by extension named on stderr (the rest counted)
 # tiles of one image (about 2 megapixels at 32 px tiles, a minute or more with eight views on
 # a CPU): a large photo scored alone shows its own bar, where it said nothing for minutes
 _TILE_PROGRESS_FROM = 2048
@@ -84,7 +99,16 @@ class Item(NamedTuple):
     family: str | None
 
 
-def collect(path: Path) -> list[Item]:
+class Found(NamedTuple):
+    """What one ``PATH`` argument names: the images to score, and under a folder the files left
+    out as not images (by extension) and the folders that could not be listed, with why."""
+
+    items: list[Item]
+    not_images: list[Path]
+    unreadable: list[tuple[Path, str]]
+
+
+def collect(path: Path) -> Found:
     """The images one ``PATH`` argument names (see the module docstring).
 
     Raises:
@@ -94,28 +118,38 @@ def collect(path: Path) -> list[Item]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     if path.is_file() and path.suffix.lower() == ".csv":
-        return [Item(s.path, s.label, s.family) for s in manifest_samples(path)]
+        return Found([Item(s.path, s.label, s.family) for s in manifest_samples(path)], [], [])
     if not path.is_dir():
-        return [Item(path, None, None)]  # named explicitly: tried whatever its extension
-    every = image_files(path)
+        return Found([Item(path, None, None)], [], [])  # named explicitly: tried whatever it is
+    scan = scan_folder(path)
+    every = scan.images
+
+    def found(items: list[Item]) -> Found:
+        return Found(items, scan.not_images, scan.unreadable)
+
     for layout, folders in _LAYOUTS:
         if not _holds_any(path, folders):
             continue  # not that layout
         try:
-            samples = layout(path)
-        except ValueError as e:  # that layout's folders, but not in its shape: say so
+            with warnings.catch_warnings():  # unreadable folders: in scan.unreadable already
+                warnings.simplefilter("ignore", UserWarning)
+                samples = layout(path)
+        # that layout's folders, but not in its shape, or some not listable: say so
+        except (ValueError, OSError) as e:
+            why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
             print(
-                f"assocmem-detect: warning: {path} is not read as a labelled dataset ({e}); "
+                f"assocmem-detect: warning: {path} is not read as a labelled dataset ({why}); "
                 "its images are scored without labels",
                 file=sys.stderr,
             )
-            return [Item(p, None, None) for p in every]
+            return found([Item(p, None, None) for p in every])
         labelled = {s.path for s in samples}
         # images beside the layout's folders are scored too, without a label
-        return [Item(s.path, s.label, s.family) for s in samples] + [
-            Item(p, None, None) for p in every if p not in labelled
-        ]
-    return [Item(p, None, None) for p in every]
+        return found(
+            [Item(s.path, s.label, s.family) for s in samples]
+            + [Item(p, None, None) for p in every if p not in labelled]
+        )
+    return found([Item(p, None, None) for p in every])
 
 
 # each labelled layout and the folder names that mark a folder as meant to be one
@@ -127,13 +161,22 @@ _LAYOUTS = (
 
 def _holds_any(root: Path, names: frozenset[str], depth: int = 3) -> bool:
     """Whether a folder named one of ``names`` (any case) lies within ``depth`` levels of
-    ``root`` (GenImage's deepest: ``root/<generator>/<split>/nature``)."""
+    ``root`` (GenImage's deepest: ``root/<generator>/<split>/nature``). A folder that cannot be
+    listed is passed over (the folder scan reports it as unreadable)."""
     level = [root]
     for _ in range(depth):
-        level = [d for folder in level for d in folder.iterdir() if d.is_dir()]
+        level = [d for folder in level for d in _listed(folder) if d.is_dir()]
         if any(d.name.lower() in names for d in level):
             return True
     return False
+
+
+def _listed(folder: Path) -> list[Path]:
+    """The entries of ``folder``; none where it cannot be listed (no read permission)."""
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
 
 
 def _row(item: Item, result: ImageScore | None, reason: str = "") -> dict[str, Any]:
@@ -146,19 +189,21 @@ def _row(item: Item, result: ImageScore | None, reason: str = "") -> dict[str, A
         "reason": reason,
     }
     if result:
+        # every tile blank (Detector.textured_tiles): no score, decided neither way
         row.update(
-            score=round(result.score, 6),
-            probability=round(result.probability, 6),
-            decision="fake" if result.fake else "real",
+            score=None if result.blank else round(result.score, 6),
+            probability=None if result.blank else round(result.probability, 6),
+            decision="blank" if result.blank else "fake" if result.fake else "real",
             threshold=round(result.threshold, 6),
             tiles=result.tiles,
             width=result.width,
             height=result.height,
             undersized=result.undersized,
+            blank_tiles=result.blank_tiles,
         )
     else:
         scored = ("score", "probability", "decision", "threshold", "tiles", "width", "height")
-        row.update(dict.fromkeys((*scored, "undersized")))  # the columns in the same order
+        row.update(dict.fromkeys((*scored, "undersized", "blank_tiles")))  # in the same order
     return row
 
 
@@ -166,12 +211,15 @@ def _table(rows: list[dict[str, Any]], labelled: bool) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
         return ""
-    head = ["decision", "score", "P(fake)", "tiles", "size"] + (["label"] if labelled else [])
+    # the threshold of the row's size (Detector.threshold_for): fake when score >= threshold
+    head = ["decision", "score", "threshold", "P(fake)", "tiles", "size"]
+    head += ["label"] if labelled else []
     cells = [
         [
             r["decision"] + ("*" if r["undersized"] else ""),
-            f"{r['score']:+.3f}",
-            f"{r['probability']:.3f}",
+            "-" if r["score"] is None else f"{r['score']:+.3f}",
+            f"{r['threshold']:+.3f}",
+            "-" if r["probability"] is None else f"{r['probability']:.3f}",
             str(r["tiles"]),
             f"{r['width']}x{r['height']}",
         ]
@@ -190,6 +238,11 @@ def _table(rows: list[dict[str, Any]], labelled: bool) -> str:
     lines = [line("path", head)] + [line(p, c) for p, c in zip(shown, cells, strict=True)]
     if any(r["undersized"] for r in ok):
         lines.append("* smaller than one tile on a side: filled by reflection, a weaker score")
+    if any(r["decision"] == "blank" for r in ok):
+        lines.append(
+            "blank: every tile varies by under one grey level (a flat colour): no evidence either "
+            "way, not scored; blank tiles of other images are left out of their score"
+        )
     return "\n".join(lines)
 
 
@@ -201,24 +254,33 @@ def _shown(path: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _summary(
+    rows: list[dict[str, Any]], images: int, not_images: int = 0, unreadable_folders: int = 0
+) -> dict[str, Any]:
+    """``rows``: the images tried (fewer than ``images``, the inputs, after a Ctrl-C)."""
     ok = [r for r in rows if r["status"] == "ok"]
     summary: dict[str, Any] = {
-        "images": len(rows),
+        "images": images,
         "scored": len(ok),
         "unreadable": len(rows) - len(ok),
+        "unreadable_folders": unreadable_folders,
+        "not_images": not_images,  # files under the folders left out by their extension
         "flagged_fake": sum(r["decision"] == "fake" for r in ok),
+        "blank": sum(r["decision"] == "blank" for r in ok),  # no score, not flagged
     }
     labelled = [r for r in ok if r["label"] is not None]
     for name, label in (("tpr", 1), ("fpr", 0)):
         group = [r for r in labelled if r["label"] == label]
         if group:
             summary[name] = sum(r["decision"] == "fake" for r in group) / len(group)
-    if {r["label"] for r in labelled} == {0, 1}:
+    # a blank image counts in the rates above as not flagged; the AUC ranks scores, which it has
+    # none of, so it is over the others
+    ranked = [r for r in labelled if r["score"] is not None]
+    if {r["label"] for r in ranked} == {0, 1}:
         from sklearn.metrics import roc_auc_score
 
         summary["auc"] = float(
-            roc_auc_score([r["label"] for r in labelled], [r["score"] for r in labelled])
+            roc_auc_score([r["label"] for r in ranked], [r["score"] for r in ranked])
         )
     return summary
 
@@ -243,15 +305,22 @@ _VIEWS_TEXT = {
 }
 
 
+def _patch_threshold(detector: Detector) -> float:
+    """The threshold an image of one tile is decided at: ``detector.threshold`` raised to the
+    image-size thresholds where those are higher (``Detector.threshold_for``, at a high FPR)."""
+    return detector.threshold_for(1)
+
+
 def _describe_threshold(detector: Detector) -> str:
-    patch = f"{detector.threshold:+.4f} on the mean tile logit"
+    patch = f"{_patch_threshold(detector):+.4f} on the mean tile logit"
     t = f"threshold {patch}"
     if detector.image_thresholds:
         # whole tiles that fit (Detector.area_tiles), not the overlapping tiles the table counts:
         # a 48 px image is scored on 4 tiles but decided as one
         p = detector.patch_size
         larger = ", ".join(
-            f"{k}+ whole {p} px tiles {v:+.4f}" for k, v in detector.image_thresholds
+            f"{k}+ whole {p} px tiles {detector.threshold_for(k):+.4f}"
+            for k, _ in detector.image_thresholds
         )
         t = f"thresholds by image size ({patch}; {larger})"
     if detector.target_fpr is None:
@@ -318,10 +387,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             detector = detector.with_fpr(args.fpr)
         elif args.threshold is not None:
             detector = detector.with_threshold(args.threshold)
-        items = [item for p in args.paths for item in collect(p)]
+        found = [collect(p) for p in args.paths]
     except (FileNotFoundError, ValueError) as e:
         return usage(str(e))
-    if not items:
+    items = [item for f in found for item in f.items]
+    not_images = [p for f in found for p in f.not_images]
+    # folders that could not be listed: unreadable rows of their own, as unreadable files are
+    folder_rows = [
+        _row(Item(p, None, None), None, f"a folder that cannot be listed: {why}")
+        for f in found
+        for p, why in f.unreadable
+    ]
+    if not items and not folder_rows:
         return usage(f"no image files under {', '.join(map(str, args.paths))}")
     # Checked before scoring: a long run must not end in a traceback over its output path,
     # and a report must never replace what it reports on. The checkpoint and its JSON sidecar
@@ -374,15 +451,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "table and reports hold those",
             file=sys.stderr,
         )
-        if not rows:
+        if not rows and not folder_rows:
             return EXIT_INTERRUPTED
     labelled = any(item.label is not None for item in items)
-    summary = _summary(rows)
+    summary = _summary(rows, len(items), len(not_images), len(folder_rows))
+    rows += folder_rows  # in the reports too, after the images
 
     table = _table(rows, labelled)
     line = (
         f"{summary['scored']} of {summary['images']} images scored, {summary['flagged_fake']} "
         f"flagged fake at {_describe_threshold(detector)}"
+        + (f"; {summary['blank']} blank (no score, not flagged)" if summary["blank"] else "")
     )
     rates = [f"{k.upper()} {summary[k]:.3f}" for k in ("tpr", "fpr", "auc") if k in summary]
     bad = [r for r in rows if r["status"] != "ok"]
@@ -401,9 +480,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"assocmem-detect: error: cannot write the table to stdout: {e}", file=sys.stderr)
         return EXIT_STDOUT
     if bad:
-        print(f"{len(bad)} unreadable file(s):", file=sys.stderr)
+        n_folders = len(folder_rows)
+        what = [f"{len(bad) - n_folders} unreadable file(s)"] if len(bad) > n_folders else []
+        if n_folders:
+            what.append(f"{n_folders} unreadable folder(s) (the images in them not scored)")
+        print(f"{', '.join(what)}:", file=sys.stderr)
         for r in bad:
             print(f"  {r['path']}: {r['reason']}", file=sys.stderr)
+    if not_images:
+        named = ", ".join(_shown(str(p)) for p in not_images[:_NOT_IMAGES_NAMED])
+        more = ", ..." if len(not_images) > _NOT_IMAGES_NAMED else ""
+        print(
+            f"assocmem-detect: {len(not_images)} file(s) under the folders not scored, not an "
+            f"image extension ({named}{more}); name one as a PATH to try it",
+            file=sys.stderr,
+        )
     for message in unwritten:
         print(f"assocmem-detect: error: {message}", file=sys.stderr)
     if interrupted:
@@ -456,7 +547,9 @@ def _write_reports(
         except OSError as e:
             failed.append(f"cannot write the CSV report {csv_path}: {e}")
     if json_path:
-        report = {"detector": detector.describe(), "summary": summary, "images": rows}
+        # the patch threshold an image of one tile is decided at (raised at a high --fpr)
+        described = {**detector.describe(), "threshold": _patch_threshold(detector)}
+        report = {"detector": described, "summary": summary, "images": rows}
         try:
             json_path.write_text(strict_json.dumps(report, indent=1) + "\n", encoding="utf-8")
         except OSError as e:

@@ -56,20 +56,33 @@ def _crops(crops: PhotoCrops, n: int, rng: np.random.Generator) -> tuple[np.ndar
 
 
 class _Scored(NamedTuple):
-    scores: np.ndarray  # float64 (n,)
-    fake: np.ndarray  # bool (n,): the detector's decisions
-    probability: np.ndarray  # float64 (n,): its P(fake)
-    tiles: int  # per image (one size: the same for all)
+    scores: np.ndarray  # float64 (n,); NaN for a blank image (every tile blank: no score)
+    fake: np.ndarray  # bool (n,): the detector's decisions (a blank image: not fake)
+    probability: np.ndarray  # float64 (n,): its P(fake); 0.5 for a blank image (no evidence)
+    tiles: int  # per image (one size: the same for all), blank tiles included
+    blank: np.ndarray  # bool (n,): images with every tile blank (Detector.textured_tiles)
 
 
 def _score(detector: Detector, images: np.ndarray) -> _Scored:
     results = detector.score(torch.from_numpy(images))
+    blank = np.array([r.blank for r in results], bool)
     return _Scored(
         np.array([r.score for r in results], np.float64),
         np.array([r.fake for r in results], bool),
-        np.array([r.probability for r in results], np.float64),
-        results[0].tiles,
+        np.where(blank, 0.5, np.array([r.probability for r in results], np.float64)),
+        results[0].tiles + results[0].blank_tiles,
+        blank,
     )
+
+
+def _ranked(scores: np.ndarray) -> np.ndarray:
+    """``scores`` for the rank metrics: a blank image (NaN: no score) below every scored one,
+    as it is flagged at no threshold; blank images tie with each other."""
+    blank = np.isnan(scores)
+    if not blank.any():
+        return scores
+    floor = float(np.min(scores[~blank])) - 1.0 if (~blank).any() else 0.0
+    return np.where(blank, floor, scores)
 
 
 def _reals(
@@ -198,6 +211,8 @@ def image_level_report(
         # 4 overlapping tiles and decided as 1)
         "threshold": detector.threshold_for(detector.area_tiles(size, size)),
         "real_fpr": float(real.fake.mean()),
+        # images with every tile blank: no score, not flagged (ranked below every scored one)
+        "real_blank": int(real.blank.sum()),
         # the reals flagged by what they went through (most photos are JPEG files)
         "real_fpr_by_kind": {
             kind: {
@@ -220,11 +235,13 @@ def image_level_report(
             )
             fakes, _ = postprocess(fakes, config.post, np.random.default_rng([seed, 4, code]))
             fake = _score(detector, fakes)
-            scores = np.concatenate([real.scores, fake.scores])
+            scores = _ranked(np.concatenate([real.scores, fake.scores]))
             labels = np.concatenate([np.zeros(n), np.ones(n)])
             metrics = detection_metrics(labels, scores, from_logits=True)
             tpr = float(fake.fake.mean())
             per[name] = {"auc": metrics["auc"], "ap": metrics["ap"], "tpr": tpr}
+            if fake.blank.any():
+                per[name]["blank"] = int(fake.blank.sum())
             group_p.append(fake.probability)
         per["mean"] = {k: float(np.mean([m[k] for m in per.values()])) for k in ("auc", "tpr")}
         report[group] = per

@@ -32,6 +32,7 @@ import os
 import random
 import stat
 import struct
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -40,13 +41,14 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
 __all__ = [
     "DECODE_ERRORS",
     "IMAGE_EXTENSIONS",
+    "FolderScan",
     "ImageFileDataset",
     "Sample",
     "cnndetection_samples",
@@ -54,12 +56,33 @@ __all__ = [
     "image_files",
     "load_rgb",
     "manifest_samples",
+    "scan_folder",
     "to_rgb",
 ]
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
-)
+
+def _readable_extensions() -> frozenset[str]:
+    """The file extensions of the formats this Pillow opens and decodes: those registered
+    (``Image.registered_extensions``) with an open plugin, less the ones it only identifies
+    (MPEG: no decoder) and the stubs that need a handler nobody registered (HDF5, GRIB, BUFR,
+    WMF off Windows), whose every file would fail to load."""
+    extensions = set()
+    for ext, fmt in Image.registered_extensions().items():
+        if fmt not in Image.OPEN or fmt == "MPEG":
+            continue
+        factory = Image.OPEN[fmt][0]
+        stub = isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)
+        if stub and getattr(sys.modules.get(factory.__module__), "_handler", None) is None:
+            continue
+        extensions.add(ext.lower())
+    return frozenset(extensions)
+
+
+# What a folder scan (``scan_folder``, ``image_files``) takes for an image: every extension the
+# installed Pillow reads (``.jpg``, ``.jfif``, ``.png``, ``.webp``, ``.tif``, ``.tga``, ``.ppm``,
+# ``.ico``, ``.avif`` where Pillow was built with it, ...), as registered when this module is
+# imported.
+IMAGE_EXTENSIONS: frozenset[str] = _readable_extensions()
 
 # What decoding a corrupt or hostile file can raise. Pillow's own errors are OSError (including
 # UnidentifiedImageError), SyntaxError and ValueError, but DecompressionBombError is none of
@@ -85,26 +108,69 @@ class Sample(NamedTuple):
     family: str
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Image files (by extension, :data:`IMAGE_EXTENSIONS`) under ``folder``, recursively, sorted.
+class FolderScan(NamedTuple):
+    """What :func:`scan_folder` found under a folder, each list sorted."""
+
+    images: list[Path]  # files with an image extension (IMAGE_EXTENSIONS)
+    not_images: list[Path]  # the other files, left out by their extension
+    unreadable: list[tuple[Path, str]]  # folders that could not be listed, and why
+
+
+def scan_folder(folder: str | os.PathLike[str]) -> FolderScan:
+    """The files under ``folder``, recursively: images by extension (:data:`IMAGE_EXTENSIONS`),
+    the other files, and the folders that could not be listed (no read permission), whose
+    files are unknown.
 
     Symlinked folders are followed (``Path.rglob`` before Python 3.13 does not), each real
     folder once, so a link loop ends; hidden files and folders (a name starting with ``.``,
-    e.g. ``.thumbs/``) are left out."""
-    found, seen = [], set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        st = os.stat(root)
+    e.g. ``.thumbs/``) are left out, and so are entries that are not regular files (a dead
+    link, a FIFO, a socket)."""
+    found: list[Path] = []
+    others: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
+    seen = set()
+
+    def failed(e: OSError) -> None:
+        unreadable.append((Path(e.filename or folder), f"{type(e).__name__}: {e}"))
+
+    for root, dirs, files in os.walk(folder, onerror=failed, followlinks=True):
+        try:
+            st = os.stat(root)
+        except OSError as e:  # removed meanwhile
+            failed(e)
+            dirs[:] = []
+            continue
         if (st.st_dev, st.st_ino) in seen:  # reached again through a link
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
+            if name.startswith("."):
+                continue
             path = Path(root, name)
-            wanted = not name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
-            if wanted and path.is_file():  # not a dead link, a FIFO or a socket
-                found.append(path)
-    return sorted(found)
+            if path.is_file():  # not a dead link, a FIFO or a socket
+                (found if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
+    return FolderScan(sorted(found), sorted(others), sorted(unreadable))
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files (by extension, :data:`IMAGE_EXTENSIONS`) under ``folder``, recursively, sorted
+    (:func:`scan_folder`'s ``images``: symlinked folders followed, hidden ones left out).
+
+    A folder that cannot be listed (no read permission) is warned about (``UserWarning``, naming
+    it): the images in it are not among those returned."""
+    scan = scan_folder(folder)
+    if scan.unreadable:
+        shown = "; ".join(f"{p} ({why})" for p, why in scan.unreadable[:3])
+        more = f" and {len(scan.unreadable) - 3} more" if len(scan.unreadable) > 3 else ""
+        warnings.warn(
+            f"image_files: {len(scan.unreadable)} folder(s) under {folder} could not be listed, "
+            f"their images are left out: {shown}{more}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return scan.images
 
 
 def _subdirs(folder: Path) -> list[str]:
@@ -134,8 +200,8 @@ def _pair_samples(pairs: Sequence[tuple[Path, Path, str]], layout: str) -> list[
             files = image_files(folder)
             if not files:
                 raise ValueError(
-                    f"{layout}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
-                    f"under {folder}"
+                    f"{layout}: no image files (by extension, any Pillow reads: .png, .jpg, "
+                    f".webp, ...) under {folder}"
                 )
             samples += [Sample(p, label, family if label else "real") for p in files]
     return samples

@@ -1,0 +1,148 @@
+"""Blank tiles (pixels varying by under one grey level) carry no evidence and are not scored."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detector_support import save_tiny_detector
+from PIL import Image
+
+from assocmem.forensic import Detector
+from assocmem.forensic.detect import EXIT_OK, main
+from assocmem.forensic.detector import BLANK_STD
+from assocmem.forensic.tiling import tiles
+
+# as test_detector.py: the same float32 network on the same tiles, batched differently
+LOGIT_TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_detector(tmp_path_factory.mktemp("det") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def detector(weights: Path) -> Detector:
+    return Detector.load(weights)
+
+
+def textured(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=g)
+
+
+def test_a_blank_image_has_no_score_and_is_not_fake(detector: Detector):
+    for value in (0, 128, 255):
+        result = detector.score_one(torch.full((3, 96, 64), value, dtype=torch.uint8))
+        assert result.blank and result.tiles == 0 and result.blank_tiles == 6
+        assert math.isnan(result.score) and math.isnan(result.probability)
+        assert result.fake is False
+    # the same with float pixels in [0, 1]: the spread is read in grey levels either way
+    result = detector.score_one(torch.full((3, 64, 64), 0.5))
+    assert result.blank and result.blank_tiles == 4
+
+
+def test_blank_margins_leave_the_score_of_the_textured_tiles(detector: Detector):
+    # a textured 64 x 64 picture on a white 128 x 128 canvas (a product shot): its score is
+    # the mean logit of the four textured tiles, and it is decided at the threshold of 4 tiles
+    canvas = torch.full((3, 128, 128), 255, dtype=torch.uint8)
+    canvas[:, 32:96, 32:96] = textured(64, 64)
+    result = detector.score_one(canvas)
+    assert result.tiles == 4 and result.blank_tiles == 12 and not result.blank
+    with torch.no_grad():
+        by_hand = detector.model(tiles(canvas[:, 32:96, 32:96], 32, 32).float() / 255)
+    assert result.score == pytest.approx(float(by_hand.double().mean()), abs=LOGIT_TOL)
+    assert result.threshold == detector.threshold_for(4)
+    assert result.fake == (result.score >= result.threshold)
+    # one textured tile of nine: decided at the one-tile (patch) threshold, not at nine tiles'
+    canvas = torch.full((3, 96, 96), 255, dtype=torch.uint8)
+    canvas[:, 32:64, 32:64] = textured(32, 32, seed=1)
+    result = detector.score_one(canvas)
+    assert result.tiles == 1 and result.blank_tiles == 8
+    assert result.threshold == detector.threshold_for(1) != detector.threshold_for(9)
+
+
+def test_the_blank_line_is_one_grey_level_of_spread():
+    assert BLANK_STD == 1.0
+    d = Detector(model=torch.nn.Identity(), patch_size=32, threshold=0.0, stride=32)
+    tile = torch.full((3, 32, 32), 100, dtype=torch.uint8)
+    tile[0, 0, :] = 100 + 16  # one row of one channel: std = 16 * sqrt(p (1 - p)), p = 1/96
+    spread = 16 * math.sqrt((1 / 96) * (95 / 96))
+    assert spread > BLANK_STD
+    assert d.textured_tiles(tile).tolist() == [True]
+    tile[0, 0, :] = 100 + 8  # half of it: under one grey level
+    assert 8 * math.sqrt((1 / 96) * (95 / 96)) < BLANK_STD
+    assert d.textured_tiles(tile).tolist() == [False]
+    with pytest.raises(ValueError, match="min_std"):
+        Detector(model=torch.nn.Identity(), patch_size=32, threshold=0.0, stride=32, min_std=-1)
+
+
+def test_the_shipped_detector_does_not_call_blank_images_fake():
+    # the audit's case: solid black, white and grey images of 128 px or more were decided fake
+    # at P(fake) 0.72-0.80 (a blank tile's logit is +4 to +5 for the shipped network)
+    shipped = Detector.load()
+    for value in (0, 128, 255):
+        result = shipped.score_one(torch.full((3, 128, 128), value, dtype=torch.uint8))
+        assert result.blank and not result.fake
+
+
+def test_blank_tiles_do_not_reach_the_network(detector: Detector, tmp_path: Path):
+    seen = []
+    model = detector.model
+    hook = model.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    try:
+        canvas = torch.zeros(3, 64, 96, dtype=torch.uint8)
+        canvas[:, :32, :32] = textured(32, 32, seed=3)
+        result = detector.score_one(canvas)
+    finally:
+        hook.remove()
+    assert sum(seen) == 1 and result.tiles == 1 and result.blank_tiles == 5
+
+
+def test_the_command_reports_a_blank_image_as_blank_and_ranks_the_others(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    # a labelled manifest: a blank real, a blank fake and two textured images. The blank ones
+    # are "blank" with no score (empty in the CSV, null in the JSON), count as not flagged in
+    # TPR/FPR, and stay out of the AUC, which ranks scores (a NaN made sklearn raise)
+    rng = np.random.default_rng(0)
+    names = {"blank_real.png": 0, "blank_fake.png": 1, "real.png": 0, "fake.png": 1}
+    for name in names:
+        pixels = (np.full((64, 64, 3), 200, np.uint8) if name.startswith("blank")
+                  else rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))  # fmt: skip
+        Image.fromarray(pixels).save(tmp_path / name)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\n" + "".join(f"{n},{y}\n" for n, y in names.items()))
+    out_csv, out_json = tmp_path / "out.csv", tmp_path / "out.json"
+    code = main([str(manifest), "--weights", str(weights), "--csv", str(out_csv),
+                 "--json", str(out_json)])  # fmt: skip
+    assert code == EXIT_OK
+    out = capsys.readouterr().out
+    assert "2 blank (no score, not flagged)" in out
+    with out_csv.open(newline="") as f:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
+    for name in ("blank_real.png", "blank_fake.png"):
+        assert rows[name]["decision"] == "blank" and rows[name]["score"] == ""
+        assert rows[name]["blank_tiles"] == "4" and rows[name]["tiles"] == "0"
+    report = json.loads(out_json.read_text())
+    assert report["summary"]["blank"] == 2
+    assert [r["score"] for r in report["images"] if r["decision"] == "blank"] == [None, None]
+    assert report["summary"]["auc"] in (0.0, 1.0)  # one real and one fake ranked
+    flagged = rows["fake.png"]["decision"] == "fake"
+    assert report["summary"]["tpr"] == flagged / 2  # the blank fake is not flagged
+
+
+def test_image_level_ranks_a_blank_image_below_every_scored_one():
+    from assocmem.forensic.image_level import _ranked
+
+    scores = np.array([0.3, math.nan, -2.0, math.nan, 5.0])
+    ranked = _ranked(scores)
+    assert np.isfinite(ranked).all() and ranked[1] == ranked[3] < -2.0
+    assert np.array_equal(ranked[[0, 2, 4]], scores[[0, 2, 4]])
+    assert np.array_equal(_ranked(scores[[0, 2]]), scores[[0, 2]])  # nothing blank: as given
