@@ -5,7 +5,9 @@ when the budget ends, the target is an accident of the budget: a longer run move
 optimizer that is "faster to the target" may only be faster early. The report therefore states,
 per task, how much tuned Adam's validation loss fell over the last ``TAIL`` of its steps and
 compares that with the spread of its final loss over the evaluation seeds: a fall within the
-seed spread is indistinguishable from noise (flattened), a larger one says the budget is short.
+seed spread is indistinguishable from noise (flattened), a larger one says the budget is short,
+and a rise larger than the spread says the curve turned up (not converged: overfitting or an
+unstable lr), so the final loss the target is made of is not the run's best.
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ def budget_verdict(falls: Sequence[float], finals: Sequence[float]) -> str:
     if len(finals) < 2:
         return text + "; one seed, so no spread to compare it with"
     spread = statistics.stdev(finals)
+    if fall < -spread:  # not flattened either: the curve turned up (the sign was ignored)
+        return (
+            f"rose {-fall:.3g} over the last {TAIL:.0%} of its steps (mean over {len(falls)} "
+            f"seeds), more than the seed spread of its final loss ({spread:.3g}): not converged "
+            "(rising at the end: overfitting or an unstable lr), the target is not its best loss"
+        )
     if fall <= spread:
         return text + f", within the seed spread of its final loss ({spread:.3g}): flattened"
     return text + (

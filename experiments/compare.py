@@ -172,9 +172,11 @@ def compare(cfg: DictConfig, command: str | None = None) -> Path:
             finals = [r["final"]["val_loss"] for r in runs if r["status"] == "ok"]
             if optimizer == cfg.baseline and finals:
                 target = statistics.mean(finals)
+            # ``seeds``: the evaluation seeds run, none when every lr diverged (the report's
+            # "all diverged" row; it looks for a run of every seed named here)
             protocol.update(
-                target=target, seeds=list(cfg.seeds), run_id=run_id, baseline=cfg.baseline,
-                command=command,
+                target=target, seeds=list(cfg.seeds) if lr is not None else [], run_id=run_id,
+                baseline=cfg.baseline, command=command,
             )  # fmt: skip
             (out / "protocol.json").write_text(strict_json.dumps(protocol, indent=2))
             bar.write(f"{task:>18} {optimizer:>10}: best lr {protocol['best_lr']}, finals {finals}")

@@ -149,6 +149,20 @@ def recipe_details(runs: Sequence[Mapping[str, Any]], keys: Sequence[str] = SHAR
     return details
 
 
+def check_distinct(runs: Sequence[Mapping[str, Any]]) -> None:
+    """``ValueError`` if two of ``runs`` (one optimizer's, as :func:`select` gives them) share a
+    seed and an lr: a rerun beside its first run, or one file given twice. Which of the two a
+    race or a grid kept would depend on the order of ``--runs``."""
+    seen: set[tuple[Any, float]] = set()
+    for r in runs:
+        key = (r["seed"], float(r["lr"]))
+        if key in seen:
+            raise ValueError(
+                f"two runs of {r['optimizer']} at lr {key[1]:g} on seed {key[0]}: keep one"
+            )
+        seen.add(key)
+
+
 def tune(
     runs: Sequence[Mapping[str, Any]], seed: int
 ) -> tuple[float, dict[float, float], str | None]:
@@ -219,7 +233,10 @@ def race(
     """Per seed both optimizers ran at their tuned lr: the target (the baseline's best
     validation loss), the baseline's steps to it (its best step) and the candidate's, counted
     at the runs' evaluation interval (``ValueError`` if the two runs' intervals differ: the
-    counts would not be at one resolution)."""
+    counts would not be at one resolution), and if two runs of one optimizer share a seed
+    and an lr (:func:`check_distinct`: which one counted would depend on their order)."""
+    check_distinct(baseline)
+    check_distinct(candidate)
     base = {r["seed"]: r for r in baseline if float(r["lr"]) == baseline_lr}
     cand = {r["seed"]: r for r in candidate if float(r["lr"]) == candidate_lr}
     rows = []
@@ -551,6 +568,15 @@ def markdown(
         out.append(
             f"| {name} | {tried} | {lr:g} | {edge or ('no' if len(grid) > 1 else 'one lr run')} |"
         )
+    sizes = {name: len(grid) for name, (_, grid, _) in grids.items()}
+    if len(set(sizes.values())) > 1:
+        # the harness's comparisons give every optimizer the same grid; these runs did not
+        out += [
+            "",
+            "The grids are not the same size ("
+            + ", ".join(f"{name} {n} learning rates" for name, n in sizes.items())
+            + "): the larger one had more tries at the tuning seed's best.",
+        ]
     over = " over the budget" if budget is not None else ""
     out += [
         "",
@@ -582,6 +608,21 @@ def markdown(
         f"{s['reached']} of {s['seeds']} seeds that reached it: {mean_ratio}; spreads apart: "
         f"{'yes' if s['apart'] else 'no'}.",
     ]
+    others = [r for r in rows if r["seed"] != tuning_seed]
+    if 0 < len(others) < len(rows):
+        # the tuning seed chose both learning rates on these very runs: its race scores the
+        # tuning on itself (experiments.compare never evaluates on it)
+        o = summary(others)
+        out += [
+            "",
+            f"Without seed {tuning_seed}, which chose both learning rates on these runs (its race "
+            "scores the tuning on itself; `experiments.compare` never evaluates on the tuning "
+            f"seed): Adam {_steps([r['baseline_steps'] for r in others])}, {candidate} "
+            f"{_steps([r['candidate_steps'] for r in others])}; mean ratio over the "
+            f"{o['reached']} of {o['seeds']} seeds that reached it: "
+            + ("n/a" if o["mean_ratio"] is None else f"{o['mean_ratio']:.2f}×")
+            + f"; spreads apart: {'yes' if o['apart'] else 'no'}.",
+        ]
     if costs:
         per = {k: v["median_s"] for k, v in costs["optimizers"].items()}
         base_cost = per[BASELINE]
@@ -681,6 +722,13 @@ def main(argv: list[str] | None = None) -> None:
         "report the median and range of their ratios",
     )
     parser.add_argument("--no-step-cost", action="store_true")
+    parser.add_argument(
+        "--costs-from",
+        type=Path,
+        default=None,
+        help="take the step costs from this race record (--json) instead of measuring them: "
+        "re-render a section with the costs it was written with",
+    )
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--json", type=output_path, help="write the rows and step costs here")
@@ -700,6 +748,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"no run of {args.model} with {name} in --runs (optimizers there: "
                     f"{sorted({str(r.get('optimizer')) for r in runs})})"
                 )
+            check_distinct(rs)  # a rerun of a seed beside its first run: keep one
         grids = {name: tune(rs, args.tuning_seed) for name, rs in chosen.items()}
     except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
         parser.error(str(e))
@@ -715,7 +764,17 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         parser.error(str(e))
     costs = None
-    if not args.no_step_cost:
+    if args.costs_from is not None:
+        try:
+            costs = json.loads(args.costs_from.read_text())["costs"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            parser.error(f"--costs-from {args.costs_from}: no race record with costs ({e!r})")
+        if costs is not None and set(costs.get("optimizers", {})) != set(lrs):
+            parser.error(
+                f"--costs-from {args.costs_from} holds the costs of "
+                f"{sorted(costs.get('optimizers', {}))}, this race is of {sorted(lrs)}"
+            )
+    elif not args.no_step_cost:
         torch.set_num_threads(args.threads)
         options = {
             "samples": args.samples, "span": args.span, "tiny": args.tiny,

@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,10 @@ def load_runs(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
         opt_dir = protocol_file.parent
         protocol = json.loads(protocol_file.read_text())
         runs = []
-        for seed in protocol.get("seeds", []):
+        # every lr diverged: nothing was evaluated (a comparison recorded before its protocol
+        # named no seeds then still names them), and the table says "all diverged"
+        evaluated = protocol.get("seeds", []) if protocol.get("best_lr") is not None else []
+        for seed in evaluated:
             seed_dir = opt_dir / f"seed{seed}"
             if not (seed_dir / "summary.json").is_file():
                 raise ValueError(f"{seed_dir}: the protocol names seed {seed} but it has no run")
@@ -273,6 +277,7 @@ def zero_shot_table(optimizers: dict[str, dict[str, Any]]) -> list[str]:
 
 def plot_task(task: str, optimizers: dict[str, dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
+    plotted: list[float] = []  # the means and the min–max bands: the scale must show them all
     for name, entry in optimizers.items():
         curves = [
             [(r["step"], r["val_loss"]) for r in h if "val_loss" in r]
@@ -287,13 +292,18 @@ def plot_task(task: str, optimizers: dict[str, dict[str, Any]], path: Path) -> N
         mean = [statistics.mean(v) for v in values]
         ax.plot(steps, mean, label=name)
         ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
+        plotted += [x for v in values for x in v]
     ax.set(
         title=f"{task}: validation loss (mean, min–max over seeds)",
         xlabel="step",
         ylabel="val loss",
     )
-    if all(v > 0 for line in ax.get_lines() for v in line.get_ydata()):
+    if plotted and all(v > 0 for v in plotted):
         ax.set_yscale("log")
+    elif nonzero := [abs(v) for v in plotted if v != 0 and math.isfinite(v)]:
+        # a band (or a mean) at or below 0: log would clip it; symlog is logarithmic beyond
+        # the smallest magnitude plotted and linear through 0
+        ax.set_yscale("symlog", linthresh=min(nonzero))
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -399,6 +409,27 @@ def contents(text: str) -> str:
     return "\n".join(lines)
 
 
+# ``main``'s defaults: the files a report command that does not name them writes.
+DEFAULT_MARKDOWN, DEFAULT_PLOTS_DIR = Path("docs/results.md"), Path("docs/results")
+
+
+def report_command(root: Path, name: str, markdown: Path, plots_dir: Path) -> str:
+    """The command that writes this section again from the runs under ``root``, into the same
+    ``markdown`` file and ``plots_dir`` (named unless they are :func:`main`'s defaults: a
+    smoke comparison's section must not land in docs/results.md).
+
+    Example:
+        >>> report_command(Path("out"), "s", Path("o/r.md"), Path("o/my plots"))
+        "python -m experiments.report out --name s --markdown o/r.md --plots-dir 'o/my plots'"
+    """
+    words = ["python -m experiments.report", shlex.quote(str(root)), "--name", shlex.quote(name)]
+    if Path(markdown) != DEFAULT_MARKDOWN:
+        words += ["--markdown", shlex.quote(str(markdown))]
+    if Path(plots_dir) != DEFAULT_PLOTS_DIR:
+        words += ["--plots-dir", shlex.quote(str(plots_dir))]
+    return " ".join(words)
+
+
 def write_report(
     root: Path,
     markdown: Path,
@@ -420,7 +451,7 @@ def write_report(
         "",
         f"Regenerate: `{command or 'python -m experiments.compare name=' + name}` "
         f"(runs under `{root}`); this section alone from those runs: "
-        f"`python -m experiments.report {root} --name {name}`.",
+        f"`{report_command(root, name, markdown, plots_dir)}`.",
         "",
         "Protocol: the same LR grid per optimizer on a tuning seed; when the best LR is the "
         "grid's smallest or largest, one more tuning run a grid step beyond it, repeated while "
@@ -478,10 +509,10 @@ def main() -> None:
     parser.add_argument("root", type=Path)
     parser.add_argument("--name", required=True)
     parser.add_argument(
-        "--markdown", type=output_path, default=Path("docs/results.md"),
-        help="default docs/results.md",
+        "--markdown", type=output_path, default=DEFAULT_MARKDOWN,
+        help=f"default {DEFAULT_MARKDOWN}",
     )  # fmt: skip
-    parser.add_argument("--plots-dir", type=_plots_dir, default=Path("docs/results"))
+    parser.add_argument("--plots-dir", type=_plots_dir, default=DEFAULT_PLOTS_DIR)
     args = parser.parse_args()
     try:
         report = write_report(args.root, args.markdown, args.plots_dir, args.name)

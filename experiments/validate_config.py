@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -191,6 +192,62 @@ def _writable_file(key: str, value: Any) -> None:
 
 # The keys ``experiments.compare`` sets in every run it composes (``compare.run_config``).
 PROTOCOL_KEYS = ("task", "optimizer", "optimizer.lr", "seed", "progress", "target")
+_PROTOCOL_LEAVES = {k.split(".")[-1] for k in PROTOCOL_KEYS}
+
+
+_INTERPOLATION = re.compile(r"^\$\{(\.*)([A-Za-z_][\w.]*)\}$")
+
+
+def _raw(container: Any, key: str) -> Any:
+    """The value at the dotted ``key`` of a config as a plain container, its interpolations
+    unresolved; ``None`` where there is none."""
+    for part in key.split("."):
+        if isinstance(container, dict):
+            container = container.get(part)
+        elif isinstance(container, list) and part.isdigit() and int(part) < len(container):
+            container = container[int(part)]
+        else:
+            return None
+    return container
+
+
+def protocol_key(key: str, run: DictConfig | None = None) -> str | None:
+    """The key of :data:`PROTOCOL_KEYS` that an override of ``key`` would set, or ``None``:
+    the key itself, a ``<...>.factory.<protocol key>`` (what the optimizer is built with:
+    ``optimizer.factory.lr`` is ``${..lr}`` in every ``conf/optimizer`` file) or, in the
+    composed ``run``, a key whose value is an interpolation of a protocol key (followed
+    through chains of them). An override of such a key won over the tuned lr (or the seed)
+    in every run, while the report printed the tuned one."""
+    if key in PROTOCOL_KEYS:
+        return key
+    parts = key.split(".")
+    if len(parts) >= 2 and parts[-2] == "factory" and parts[-1] in _PROTOCOL_LEAVES:
+        return next(k for k in PROTOCOL_KEYS if k.split(".")[-1] == parts[-1])
+    if run is None:
+        return None
+    plain = OmegaConf.to_container(run, resolve=False)
+    for _ in range(16):  # a chain of interpolations, never a cycle
+        match = _INTERPOLATION.match(str(_raw(plain, key))) if key else None
+        if match is None:
+            return None
+        dots, path = len(match.group(1)), match.group(2)
+        parts = key.split(".")[:-1]  # the node's container; each dot past the first goes up
+        key = ".".join([*parts[: len(parts) - (dots - 1)], path] if dots else [path])
+        if key in PROTOCOL_KEYS:
+            return key
+    return None
+
+
+def _check_override_keys(overrides: Iterable[str], run: DictConfig | None = None) -> None:
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if (target := protocol_key(key, run)) is not None:
+            # the protocol sets these per run (the tuned lr, each seed, each optimizer); an
+            # override would win over them in every run and the report would not say so
+            via = "" if target == key else f"; {key} is {target}"
+            raise ConfigError(
+                "overrides", o, f"overrides of keys the protocol does not set {PROTOCOL_KEYS}{via}"
+            )
 
 
 def _group_names(group: str) -> set[str]:
@@ -337,14 +394,7 @@ def validate_compare(cfg: DictConfig) -> None:
         isinstance(o, str) for o in overrides
     ):
         raise ConfigError("overrides", overrides, 'a list of "key=value" strings')
-    for o in overrides:
-        key = o.split("=", 1)[0].lstrip("+~")
-        if key in PROTOCOL_KEYS:
-            # the protocol sets these per run (the tuned lr, each seed, each optimizer); an
-            # override would win over them in every run and the report would not say so
-            raise ConfigError(
-                "overrides", o, f"overrides of keys the protocol does not set {PROTOCOL_KEYS}"
-            )
+    _check_override_keys(overrides)
     _writable_dir("out_dir", _get(cfg, "out_dir"))
     markdown = _get(cfg, "report.markdown")
     _writable_dir("report.markdown", markdown, Path(str(markdown)).parent)
@@ -354,6 +404,8 @@ def validate_compare(cfg: DictConfig) -> None:
         configs = [c for o in [baseline, *optimizers] for c in variants.get(o, [o])]
         for optimizer in dict.fromkeys(configs):
             run = [f"task={task}", f"optimizer={optimizer}", *overrides]
+            # a key that is an interpolation of one the protocol sets, in this run's config
+            _check_override_keys(overrides, compose(config_name="config", overrides=run[:2]))
             try:
                 run_cfg = compose(config_name="config", overrides=run)
             except Exception as e:  # noqa: BLE001 (hydra's override grammar and key errors)

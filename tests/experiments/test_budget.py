@@ -41,3 +41,13 @@ def test_verdict_compares_the_fall_with_the_seed_spread():
     assert "still falling" in budget_verdict([0.3, 0.5], finals)
     assert "no spread" in budget_verdict([0.3], [1.0])
     assert "no evaluation curve" in budget_verdict([], finals)
+
+
+def test_a_loss_that_rose_beyond_the_seed_spread_is_not_called_flattened():
+    # 0.1 -> ~2 over the last fifth, spread of the finals 0.07: it rose, far beyond noise
+    verdict = budget_verdict([-1.9, -2.0], [2.0, 2.1])
+    assert "flattened" not in verdict and "fell" not in verdict
+    assert verdict.startswith("rose 1.95 over the last 20% of its steps (mean over 2 seeds)")
+    assert "more than the seed spread of its final loss (0.0707): not converged" in verdict
+    # a rise within the seed spread is noise, as a fall within it is
+    assert budget_verdict([-0.05, -0.07], [1.0, 1.2, 1.1]).endswith("flattened")

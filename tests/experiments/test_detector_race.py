@@ -126,6 +126,26 @@ def test_a_candidate_without_runs_or_a_bad_record_is_a_usage_error(tmp_path, cap
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_two_records_of_one_seed_are_refused_whatever_their_order(tmp_path, capsys):
+    # a rerun of seed 1 beside its first run: the race kept whichever was listed last
+    base = [_run("adam", 3e-3, s, [(0, 0.7), (1000, 0.40)]) for s in range(2)]
+    first = _run("muon/split", 2e-2, 1, [(0, 0.7), (500, 0.39)])
+    rerun = _run("muon/split", 2e-2, 1, [(0, 0.7), (750, 0.39)])
+    cand = [_run("muon/split", 2e-2, 0, [(0, 0.7), (500, 0.39)])]
+    for pair in ([first, rerun], [rerun, first]):
+        with pytest.raises(ValueError, match="two runs of muon/split at lr 0.02 on seed 1"):
+            race(base, cand + pair, 3e-3, 2e-2)
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps([*base, *cand, first, rerun]))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--runs", str(path), "--tuning-seed", "0", "--no-step-cost"])
+    assert exit_info.value.code == 2
+    assert "two runs of muon/split at lr 0.02 on seed 1: keep one" in capsys.readouterr().err
+    # one seed at several lrs is a grid, not a duplicate
+    grid = [*cand, _run("muon/split", 1e-2, 0, [(0, 0.7), (500, 0.41)])]
+    assert [r["seed"] for r in race(base, grid, 3e-3, 2e-2)] == [0]
+
+
 def test_step_costs_time_both_optimizers_on_the_tiny_benchmark(tmp_path):
     from experiments.detector_race import step_costs
 
@@ -422,3 +442,43 @@ def test_a_grid_tuned_at_a_shorter_patience_races_its_seeds_at_the_longer_one(tm
         path.write_text(json.dumps([r if i != k else {**r, **changed} for i, r in enumerate(runs)]))
         with pytest.raises(SystemExit):
             main(["--runs", str(path), "--no-step-cost"])
+
+
+def test_the_section_says_the_race_without_the_tuning_seed_and_unequal_grids(tmp_path):
+    """The tuning seed chose both lrs on its own runs: its race scores the tuning on itself, so
+    the section gives the mean ratio without it too (seed 0: 0.2, seeds 1 and 2: 1.0 and 0.6 ->
+    0.60x over all, 0.80x without); a grid of another size than Adam's is said. The costs can
+    come from a race record instead of being measured (--costs-from)."""
+    from experiments.detector_race import markdown
+
+    def row(seed, base, cand):
+        return {"seed": seed, "target": 0.4, "baseline_steps": base, "baseline_run": base,
+                "candidate_steps": cand, "candidate_run": cand, "candidate_best": 0.39}  # fmt: skip
+
+    rows = [row(0, 1000, 200), row(1, 1000, 1000), row(2, 1000, 600)]
+    grids = {"adam": (1e-3, {1e-3: 0.4, 3e-3: 0.5}, None),
+             "muon": (1e-2, {1e-2: 0.39, 2e-2: 0.4, 5e-2: 0.5}, None)}  # fmt: skip
+    text = markdown("npr_bn", "muon", grids, rows, None, "`cmd`", 0)
+    assert "seeds that reached it: 0.60×" in text
+    assert "Without seed 0, which chose both learning rates" in text
+    assert "mean ratio over the 2 of 2 seeds that reached it: 0.80×" in text
+    assert "not the same size (adam 2 learning rates, muon 3 learning rates)" in text
+    equal = {"adam": grids["adam"], "muon": (1e-2, {1e-2: 0.39, 2e-2: 0.4}, None)}
+    text = markdown("npr_bn", "muon", equal, rows[1:], None, "`cmd`", 0)  # seed 0 not raced
+    assert "Without seed" not in text and "not the same size" not in text
+
+    runs = [
+        _run("adam", 3e-3, 0, [(0, 0.7), (500, 0.41)]),
+        _run("muon/split", 5e-3, 0, [(0, 0.7), (250, 0.40)]),
+    ]
+    path, record = tmp_path / "runs.json", tmp_path / "race.json"
+    path.write_text(json.dumps(runs))
+    costs = {"method": "recorded", "optimizers": {"adam": {"median_s": 0.01},
+                                                  "muon/split": {"median_s": 0.02}}}  # fmt: skip
+    record.write_text(json.dumps({"rows": [], "costs": costs}))
+    out = tmp_path / "again.json"
+    main(["--runs", str(path), "--costs-from", str(record), "--json", str(out)])
+    assert json.loads(out.read_text())["costs"] == costs
+    record.write_text(json.dumps({"rows": [], "costs": {"optimizers": {"adam": {}}}}))
+    with pytest.raises(SystemExit):
+        main(["--runs", str(path), "--costs-from", str(record)])

@@ -191,6 +191,13 @@ def test_single_run_and_multirun_from_the_command_line(tmp_path):
     sweep = [*run, "-m", *common, "optimizer=adam,momentum", f"hydra.sweep.dir={tmp_path}/multi"]
     subprocess.run(sweep, check=True, cwd=REPO, capture_output=True)
     assert len(list((tmp_path / "multi").glob("**/summary.json"))) == 2
+    # a sweep over a key the folder name does not hold: each job keeps a folder of its own
+    sweep = [*run, "-m", *common[:1], "task.steps=5,10", *common[2:], "optimizer=adam"]
+    subprocess.run(
+        [*sweep, f"hydra.sweep.dir={tmp_path}/steps"], check=True, cwd=REPO, capture_output=True
+    )
+    summaries = list((tmp_path / "steps").glob("**/summary.json"))
+    assert sorted(json.loads(s.read_text())["steps_done"] for s in summaries) == [5, 10]
 
 
 def test_smoke_comparison_and_report(tmp_path):
@@ -234,6 +241,36 @@ def test_smoke_comparison_and_report(tmp_path):
     assert "step ms (IQR)" in report and "interleaved" in report and " ± " in report
     assert f"- `delta`: recommended `{protocol['config']}`" in report
     assert (tmp_path / "plots" / "smoke_quadratic.png").stat().st_size > 1000
+
+
+def test_an_optimizer_that_diverged_at_every_lr_gets_its_row_and_the_command_its_files(
+    tmp_path,
+):
+    # delta diverges at both lrs: nothing evaluated, so its protocol names no seed (it named
+    # every seed, and the report refused the finished comparison: "has no run")
+    from experiments.compare import compare
+    from experiments.report import load_runs, write_report
+
+    overrides = ["+experiment=smoke", f"out_dir={tmp_path}", "lr_factors=[1000,3000]",
+                 "lr_extensions=0", "optimizers=[adam,delta]", "step_cost.samples=1"]  # fmt: skip
+    with initialize_config_dir(str(CONF), version_base=None):
+        cfg = compose("compare", overrides=overrides)
+        root = compare(cfg, command="cmd")
+    delta = json.loads((root / "quadratic" / "delta" / "protocol.json").read_text())
+    assert delta["best_lr"] is None and delta["seeds"] == []
+    markdown, plots = tmp_path / "my results.md", tmp_path / "plots"
+    text = write_report(root, markdown, plots, "smoke").read_text()
+    assert "| delta | all diverged | 2 pts, all diverged | — | 0/0 |" in text
+    # the command that writes this section again names this file and folder, not docs/
+    assert (
+        f"this section alone from those runs: `python -m experiments.report {root} --name smoke "
+        f"--markdown '{markdown}' --plots-dir {plots}`." in text
+    )
+    # a comparison recorded before: its all-diverged protocol named every seed
+    (root / "quadratic" / "delta" / "protocol.json").write_text(
+        json.dumps({**delta, "seeds": [0, 1]})
+    )
+    assert load_runs(root)["quadratic"]["delta"]["runs"] == []
 
 
 def test_a_rerun_into_the_same_folder_reports_only_its_own_runs(tmp_path):

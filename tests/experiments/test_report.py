@@ -47,3 +47,36 @@ def test_replacing_a_section_refreshes_the_contents_and_keeps_the_rest(tmp_path)
     plain = tmp_path / "plain.md"
     replace_section(plain, "a", "## First\nbody")
     assert "Contents" not in plain.read_text()
+
+
+def test_the_report_command_examples_run():
+    runner = doctest.DocTestRunner()
+    finder = doctest.DocTestFinder()
+    for test in finder.find(report.report_command, "report_command", globs=vars(report)):
+        runner.run(test)
+    assert runner.failures == 0 and runner.tries > 0
+
+
+def test_the_report_command_names_the_files_unless_they_are_the_defaults():
+    from pathlib import Path
+
+    default = report.report_command(Path("out"), "a", Path("docs/results.md"), Path("docs/results"))
+    assert default == "python -m experiments.report out --name a"  # committed sections: as before
+
+
+def _entry(curves):
+    runs = [
+        ({"status": "ok"}, [{"step": s, "val_loss": v} for s, v in enumerate(c)]) for c in curves
+    ]
+    return {"protocol": {}, "runs": runs}
+
+
+def test_a_band_that_reaches_zero_is_plotted_on_a_scale_that_shows_it(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(report.plt, "close", figures.append)
+    # the means (1.5, 1.0, 0.55) are positive, the min-max band reaches -0.5: log clipped it
+    report.plot_task("t", {"adam": _entry([[2.0, 1.5, 1.0], [1.0, 0.5, -0.5]])}, tmp_path / "a.png")
+    ax = figures[-1].axes[0]
+    assert ax.get_yscale() != "log" and ax.get_ylim()[0] <= -0.5
+    report.plot_task("t", {"adam": _entry([[2.0, 1.0], [1.0, 0.5]])}, tmp_path / "b.png")
+    assert figures[-1].axes[0].get_yscale() == "log"  # all positive: log, as before

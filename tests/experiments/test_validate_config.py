@@ -145,6 +145,12 @@ def test_every_shipped_optimizer_config_is_valid(optimizer):
         (['overrides=["seed=5"]'], "overrides = 'seed=5': expected overrides of keys"),
         (['overrides=["optimizer=sgd"]'], "overrides = 'optimizer=sgd'"),
         (['overrides=["+target=1.0"]'], "overrides = '+target=1.0'"),
+        # factory.lr is ${..lr}: every run trained at this lr, the report printed a tuned one
+        (
+            ['overrides=["task.steps=20","optimizer.factory.lr=0.001"]'],
+            "overrides = 'optimizer.factory.lr=0.001': expected overrides of keys the protocol",
+        ),
+        (['overrides=["++optimizer.factory.lr=1"]'], "overrides = '++optimizer.factory.lr=1'"),
     ],
 )
 def test_bad_compare_override_is_named(tmp_path, overrides, message):
@@ -154,6 +160,23 @@ def test_bad_compare_override_is_named(tmp_path, overrides, message):
         with pytest.raises(ConfigError) as err:
             validate_compare(cfg)
     assert str(err.value).startswith(message), str(err.value)
+
+
+def test_a_key_that_interpolates_a_protocol_key_is_one_the_protocol_sets():
+    from experiments.validate_config import protocol_key
+
+    with initialize_config_dir(str(CONF), version_base=None):
+        run = compose(
+            "config",
+            overrides=["optimizer=muon_delta", "+a=${optimizer.factory.lr}", "+b.c=${..a}"],
+        )
+    assert protocol_key("optimizer.factory.lr", run) == "optimizer.lr"
+    assert protocol_key("a", run) == "optimizer.lr"  # a chain of interpolations
+    assert protocol_key("b.c", run) == "optimizer.lr"  # relative, from a nested key
+    assert protocol_key("adam.factory.lr") == "optimizer.lr"  # any factory's lr, no config
+    assert protocol_key("seed") == "seed"
+    for free in ("optimizer.factory.gamma", "optimizer.split.rest_lr_ratio", "task.steps"):
+        assert protocol_key(free, run) is None
 
 
 def _compare_refuses(tmp_path, override: str, match: str) -> None:
