@@ -1,6 +1,8 @@
 """Held-out evaluation of a learned memory vs Adam (``python -m experiments.meta_evaluate``).
 
-Protocol (the project's fair-comparison rule, on a task family never seen in meta-training):
+Protocol (the project's fair-comparison rule, on a task family never seen in meta-training;
+a family the checkpoint's training record names is refused, and a checkpoint without a record
+is reported as such, not as held out):
 each optimizer gets the same 4-point grid of step sizes (Adam's ``lr`` in
 {1e-3, 3e-3, 1e-2, 3e-2}; the learned memory's ``lr`` multiplier in the checkpoint's ``lr``
 times {0.3, 1, 3, 10}), the best point is chosen by mean final training loss over the seeds
@@ -28,7 +30,7 @@ import torch
 from torch import Tensor
 
 from assocmem.meta.checkpoint import load_checkpoint
-from assocmem.meta.tasks import HELD_OUT_FAMILIES, sample_task
+from assocmem.meta.tasks import FAMILIES, HELD_OUT_FAMILIES, sample_task
 from assocmem.optim import MemoryOptimizer
 from assocmem.training import fit
 from experiments.report import replace_section
@@ -111,11 +113,31 @@ def _fmt(values: list[float]) -> str:
     return f"{mean:.4f} ± {spread:.4f}"
 
 
+def training_record(info: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint's meta-training record (``info["train"]``, a ``TrainConfig.to_dict()``)
+    if it names the families and horizon trained on, else ``None``: then nothing is known
+    about which tasks the memory saw."""
+    train = info.get("train")
+    if not isinstance(train, dict):
+        return None
+    families, horizon = train.get("families"), train.get("horizon")
+    if not (isinstance(families, list) and all(isinstance(f, str) for f in families)):
+        return None
+    if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
+        return None
+    return train
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None, help="learned memory (default: shipped)")
-    parser.add_argument("--family", default=HELD_OUT_FAMILIES[0])
-    parser.add_argument("--steps", type=int, default=None, help="default: meta-train horizon")
+    parser.add_argument("--family", default=HELD_OUT_FAMILIES[0], choices=sorted(FAMILIES))
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="default: meta-train horizon (required without a training record)",
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
         "--long-steps", type=int, default=None, help="the long runs' steps (default: 10x horizon)"
@@ -125,10 +147,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    ckpt = load_checkpoint(args.checkpoint)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
+    record = training_record(ckpt.info)
+    # Refused before any run: a family the memory was meta-trained on is no held-out task.
+    if record is not None and args.family in record["families"]:
+        unseen = [f for f in FAMILIES if f not in record["families"]]
+        parser.error(
+            f"the checkpoint was meta-trained on {args.family!r} (its families: "
+            f"{', '.join(record['families'])}): that is no held-out evaluation. Pick a family "
+            f"it never saw: {', '.join(unseen) or 'none is left'}"
+        )
+    if record is None and args.steps is None:
+        parser.error(
+            "the checkpoint records no meta-training horizon (no usable info['train']): give "
+            "--steps"
+        )
     base_lr = ckpt.config.lr
-    horizon = int(ckpt.info.get("train", {}).get("horizon", 200))
+    horizon = record["horizon"] if record is not None else None
     steps = args.steps or horizon
+    assert steps is not None
     seeds = list(range(1000, 1000 + args.seeds))  # task seeds no meta-training run draws
     adam = {f"adam lr={lr:g}": (lambda ps, lr=lr: torch.optim.Adam(ps, lr=lr)) for lr in ADAM_GRID}
     learned = {
@@ -143,8 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     for grid in (adam, learned):
         label, runs = _sweep(args.family, seeds, steps, grid)
         rows.append((label, steps, runs))
-    long_steps = args.long_steps or 10 * horizon
-    long = f"{long_steps / horizon:g}x horizon"
+    reference = horizon or steps  # what the long runs are a multiple of
+    long_steps = args.long_steps or 10 * reference
+    long = f"{long_steps / reference:g}x {'horizon' if horizon else 'steps'}"
     long_grid = {
         f"{rows[0][0]} ({long})": adam[rows[0][0]],
         f"{rows[1][0]} ({long})": learned[rows[1][0]],
@@ -158,8 +199,15 @@ def main(argv: list[str] | None = None) -> None:
             (name, long_steps, [evaluate_on_task(args.family, s, make, long_steps) for s in seeds])
         )
     makers = {**adam, **learned, **long_grid}
+    title = (
+        f"Held-out task `{args.family}`"
+        if record is not None
+        else f"Task `{args.family}` (not known to be held out: the checkpoint has no training "
+        "record)"
+    )
+    has_val = any(math.isfinite(r["val_loss"]) for _, _, runs in rows for r in runs)
     lines = [
-        f"Held-out task `{args.family}`, seeds {seeds}, best grid point by final train loss.",
+        f"{title}, seeds {seeds}, best grid point by final train loss.",
         "",
         "| optimizer | steps | first loss | final train loss | val loss | all finite "
         "| first step \\|ΔW\\| / lr: median (max) |",
@@ -167,37 +215,67 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for name, n, runs in rows:
         moved = torch.cat([first_step_movement(args.family, s, makers[name]) for s in seeds])
+        val = _fmt([r["val_loss"] for r in runs]) if has_val else "n/a"
         lines.append(
             f"| {name} | {n} | {_fmt([r['first_loss'] for r in runs])} | "
-            f"{_fmt([r['train_loss'] for r in runs])} | {_fmt([r['val_loss'] for r in runs])} | "
+            f"{_fmt([r['train_loss'] for r in runs])} | {val} | "
             f"{all(r['finite'] for r in runs)} | "
             f"{float(moved.median()):.2f} ({float(moved.max()):.2f}) |"
         )
+    if not has_val:
+        lines += [
+            "",
+            f"Val loss: n/a, no validation loss for this family (`{args.family}` "
+            "has no `eval_loss`).",
+        ]
     table = "\n".join(lines)
     print(table)
     if args.write:
-        replace_section(args.write, SECTION, _section(ckpt.info, horizon, long_steps, argv) + table)
+        replace_section(
+            args.write, SECTION, _section(ckpt.info, args.family, steps, long_steps, argv) + table
+        )
 
 
 SECTION = "learned-classic"
 
 
-def _section(info: dict[str, Any], horizon: int, long_steps: int, argv: list[str] | None) -> str:
-    """The section's heading and protocol, from the checkpoint's own training record."""
-    train = info.get("train", {})
-    families = ", ".join(f"`{f}`" for f in train.get("families", []))
-    objective = train.get("objective", "train")
+def _section(
+    info: dict[str, Any], family: str, steps: int, long_steps: int, argv: list[str] | None
+) -> str:
+    """The section's heading and protocol, from the checkpoint's own training record; where
+    it has none, the text says so and claims nothing held out."""
     command = " ".join(["python -m experiments.meta_evaluate", *(argv or sys.argv[1:])])
+    record = training_record(info)
+    if record is None:
+        heading = (
+            f"## Learned memory on `{family}` and {long_steps / steps:g}× the evaluated steps\n\n"
+        )
+        provenance = (
+            'The checkpoint records no meta-training configuration (no usable `info["train"]`), '
+            f"so which tasks it was meta-trained on is unknown and `{family}` may not be held "
+            "out."
+        )
+    else:
+        horizon = record["horizon"]
+        families = ", ".join(f"`{f}`" for f in record["families"])
+        objective = record.get("objective")
+        objective = (
+            f"{objective} objective" if isinstance(objective, str) else "objective not recorded"
+        )
+        heading = (
+            "## Learned memory on a held-out classic task and a "
+            f"{long_steps / horizon:g}× horizon\n\n"
+        )
+        provenance = (
+            f"The checkpoint was meta-trained with {horizon}-step horizons on {families} "
+            f"({objective}); `{family}` was not among them."
+        )
     return (
-        "## Learned memory on a held-out classic task and a "
-        f"{long_steps / horizon:g}× horizon\n\n"
-        f"Command: `{command}`. The checkpoint was meta-trained with {horizon}-step horizons "
-        f"on {families} ({objective} objective); `breast_cancer_mlp` and every forensic task "
-        "were held out. Each optimizer gets the same 4-point LR grid; the grid point is chosen "
-        "by final training loss (on 569 samples validation loss mostly rewards stopping "
-        "early), validation loss is reported. The last column is the first step's size: "
-        "every weight's `|W_1 - W_0| / lr` (Adam's is 1), median and max over weights and "
-        "seeds.\n\n"
+        heading + f"Command: `{command}`. {provenance} Each optimizer gets the same 4-point LR "
+        "grid; the grid point is chosen by final training loss (on small datasets validation "
+        "loss mostly rewards stopping early), validation loss is reported where the task has "
+        "one. The last column is the first step's size: every weight's `|W_1 - W_0| / lr` "
+        "(Adam's is 1), median and max over weights and seeds.\n\n"
     )
 
 

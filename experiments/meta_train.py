@@ -48,6 +48,9 @@ def main(cfg: DictConfig) -> None:
             "train": train.to_dict(),
             **summary,
             "history": result.history,
+            # the meta-steps whose update was skipped (a non-finite meta-loss or -gradient):
+            # the history alone looks normal while the meta-parameters did not move
+            "skipped": result.skipped,
             "torch": torch.__version__,
         }
         export(cfg.export, result.meta_params, learned, info)

@@ -1,10 +1,15 @@
-"""The held-out evaluation's first-step measurement."""
+"""The held-out evaluation: its first-step measurement, and what it claims about the
+checkpoint (a family it was trained on is refused; the provenance is its record)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from assocmem.meta import LearnedConfig, init_meta_params, save_checkpoint
 from assocmem.meta.tasks import sample_task
+from assocmem.meta.train import TrainConfig
+from experiments import meta_evaluate
 from experiments.meta_evaluate import first_step_movement
 
 
@@ -37,3 +42,77 @@ def test_sgds_first_step_is_the_gradient():
     g, w = _first_gradient("logistic", 3)
     tolerance = 2.0**-23 * (w + lr * g) / lr
     assert bool(((moved - g).abs() <= tolerance).all())
+
+
+# --- what the evaluation claims about the checkpoint ------------------------------------------
+
+TINY = LearnedConfig(hidden=(4,))
+
+
+def _checkpoint(path, info):
+    save_checkpoint(path, init_meta_params(TINY, torch.Generator().manual_seed(0)), TINY, info=info)
+    return str(path)
+
+
+def _no_runs(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a run started before the refusal")
+
+    monkeypatch.setattr(meta_evaluate, "evaluate_on_task", refuse)
+    monkeypatch.setattr(meta_evaluate, "first_step_movement", refuse)
+
+
+def test_a_family_the_shipped_checkpoint_was_trained_on_is_refused(monkeypatch, capsys):
+    _no_runs(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        meta_evaluate.main(["--family", "digits_mlp"])
+    assert exit_.value.code == 2
+    assert "meta-trained on 'digits_mlp'" in capsys.readouterr().err
+
+
+def test_a_family_a_checkpoint_was_trained_on_is_refused_whatever_it_is(
+    tmp_path, monkeypatch, capsys
+):
+    _no_runs(monkeypatch)
+    # as t5 of the audit: a memory meta-trained on the family that is usually held out
+    record = {**TrainConfig().to_dict(), "families": ["breast_cancer_mlp"], "horizon": 4}
+    path = _checkpoint(tmp_path / "bc.safetensors", {"train": record})
+    with pytest.raises(SystemExit) as exit_:
+        meta_evaluate.main(["--checkpoint", path, "--family", "breast_cancer_mlp"])
+    assert exit_.value.code == 2
+    assert "no held-out evaluation" in capsys.readouterr().err
+
+
+def _run(tmp_path, path, family, *extra):
+    out = tmp_path / "results.md"
+    meta_evaluate.main(
+        ["--checkpoint", path, "--family", family, "--seeds", "1", "--write", str(out), *extra]
+    )
+    return out.read_text()
+
+
+def test_the_provenance_is_the_checkpoints_record(tmp_path):
+    record = {**TrainConfig().to_dict(), "families": ["quadratic"], "horizon": 4}
+    record["objective"] = "validation"
+    path = _checkpoint(tmp_path / "q.safetensors", {"train": record})
+    text = _run(tmp_path, path, "breast_cancer_mlp", "--steps", "2", "--long-steps", "8")
+    assert "meta-trained with 4-step horizons on `quadratic` (validation objective)" in text
+    assert "`breast_cancer_mlp` was not among them" in text
+    assert "Held-out task `breast_cancer_mlp`" in text and "2× horizon" in text
+    assert "nan ±" not in text  # breast_cancer_mlp has a validation loss: reported
+
+
+def test_without_a_record_nothing_is_claimed_held_out(tmp_path, monkeypatch, capsys):
+    path = _checkpoint(tmp_path / "none.safetensors", {})
+    _no_runs(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:  # no horizon to default the steps to
+        meta_evaluate.main(["--checkpoint", path, "--family", "logistic"])
+    assert exit_.value.code == 2 and "--steps" in capsys.readouterr().err
+    monkeypatch.undo()
+    text = _run(tmp_path, path, "logistic", "--steps", "2", "--long-steps", "4")
+    assert "records no meta-training configuration" in text
+    assert "may not be held out" in text
+    assert "held-out" not in text.lower() and "were held out" not in text
+    assert "horizons on" not in text  # no made-up provenance
+    # logistic has no eval_loss: said, not printed as nan
+    assert "no validation loss for this family" in text and "nan ±" not in text

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from assocmem import MemoryOptimizer
 from assocmem.meta import LearnedConfig, init_meta_params, load_checkpoint, save_checkpoint
-from assocmem.meta.checkpoint import FORMAT, FORMAT_VERSION
+from assocmem.meta.checkpoint import FORMAT, FORMAT_VERSION, network_digest, weights_digest
 
 TINY = LearnedConfig(hidden=(8,))
 
@@ -57,8 +57,29 @@ def _header(**config_changes: Any) -> dict[str, Any]:
     }
 
 
+def _with_digests(tensors: dict[str, torch.Tensor], header: Any) -> Any:
+    """``header`` with the digests of ``tensors`` and its config, where it is a version-2 header
+    whose config can be read: a tamperer who recomputes them, so that what is tested is the
+    structural check itself (the digests are tested in test_meta_integrity.py)."""
+    if not isinstance(header, dict) or header.get("version") != 2 or "network_sha256" in header:
+        return header
+    try:
+        config = LearnedConfig.from_dict(header["config"])
+    except (KeyError, TypeError, ValueError):
+        return header
+    meta = {k[len("meta.") :]: v for k, v in tensors.items() if k.startswith("meta.")}
+    extra = {k: v for k, v in tensors.items() if not k.startswith("meta.")}
+    return {
+        **header,
+        "network_sha256": network_digest(meta, config),
+        "extra_sha256": weights_digest(extra),
+    }
+
+
 def _write(path: Path, tensors: dict[str, torch.Tensor], header: Any | str) -> Path:
-    """Write a file as a tamperer would: straight through safetensors, no validation."""
+    """Write a file as a tamperer would: straight through safetensors, no validation (but with
+    the digests recomputed, :func:`_with_digests`)."""
+    header = _with_digests(tensors, header)
     text = header if isinstance(header, str) else json.dumps(header)
     save_file(tensors, str(path), metadata={"assocmem": text})
     return path

@@ -15,6 +15,13 @@ meta-trained at ``lr = config.lr`` (1e-3 for the shipped checkpoint, equal to
 ``MemoryOptimizer``'s default), so the default reproduces meta-training and ``lr=2e-3`` doubles
 every step. The reference path runs the MLP per tensor; the fast path batches every coordinate
 of the group into one (chunked) MLP call. Rows are independent, so both give the same numbers.
+
+A group's first step records the memory file's ``network_sha256`` (its meta-parameters and
+config, :func:`assocmem.meta.checkpoint.network_digest`) under the group key
+``checkpoint_sha256``, so the optimizer's state dict names the memory it was saved with:
+``load_state_dict`` refuses a state whose memory file now holds another memory (replaced or
+edited), and a step refuses a file that changed during training. A state dict saved before
+the key existed loads unchecked, and records the file's digest at its next step.
 """
 
 from __future__ import annotations
@@ -35,7 +42,12 @@ from assocmem.meta.step import learned_step
 from assocmem.optim import sync_free
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
-_CACHE: dict[tuple[Any, ...], tuple[MetaParams, LearnedConfig]] = {}
+# (path, mtime, dtype, device) -> (meta-parameters cast, config, the file's network digest)
+_CACHE: dict[tuple[Any, ...], tuple[MetaParams, LearnedConfig, str]] = {}
+# The group key under which a learned group records the network digest of its memory file
+# (its first step writes it); a state dict then carries it, and a load whose file has another
+# digest is refused (Learned.check_group).
+DIGEST_KEY = "checkpoint_sha256"
 
 
 def _checkpoint_or_none(x: Any) -> str | None:
@@ -44,10 +56,9 @@ def _checkpoint_or_none(x: Any) -> str | None:
     return f"must be None (the shipped checkpoint) or a path, got {x!r}"
 
 
-def load_learned(
+def _loaded(
     checkpoint: str | os.PathLike[str] | None, dtype: torch.dtype, device: torch.device
-) -> tuple[MetaParams, LearnedConfig]:
-    """Meta-parameters (cast to ``dtype``/``device``) and config, cached per file version."""
+) -> tuple[MetaParams, LearnedConfig, str]:
     path = Path(DEFAULT_CHECKPOINT if checkpoint is None else checkpoint).resolve()
     if not path.exists():
         raise FileNotFoundError(f"learned memory checkpoint {path} does not exist")
@@ -68,15 +79,41 @@ def load_learned(
                 f"learned memory checkpoint {path}: meta-parameters {overflown} are not finite "
                 f"in {dtype}, the dtype it runs in (stored as {stored})"
             )
-        _CACHE[key] = (meta, ckpt.config)
+        _CACHE[key] = (meta, ckpt.config, ckpt.network_sha256)
     return _CACHE[key]
 
 
+def load_learned(
+    checkpoint: str | os.PathLike[str] | None, dtype: torch.dtype, device: torch.device
+) -> tuple[MetaParams, LearnedConfig]:
+    """Meta-parameters (cast to ``dtype``/``device``) and config, cached per file version."""
+    meta, config, _ = _loaded(checkpoint, dtype, device)
+    return meta, config
+
+
+def _checked(group: Group) -> tuple[LearnedConfig, str]:
+    """The config and network digest of the group's memory file, read (and cached) as
+    :func:`load_learned` reads it, in float32 on the CPU: any error of the file (missing,
+    corrupt, edited, not finite where the memory runs) is raised here, whatever dtype and
+    device the parameters have."""
+    _, config, digest = _loaded(group["checkpoint"], torch.float32, torch.device("cpu"))
+    return config, digest
+
+
 def _checked_config(group: Group) -> LearnedConfig:
-    """The config of the group's memory file, read (and cached) as :func:`load_learned` reads
-    it, in float32 on the CPU: any error of the file (missing, corrupt, not finite where the
-    memory runs) is raised here, whatever dtype and device the parameters have."""
-    return load_learned(group["checkpoint"], torch.float32, torch.device("cpu"))[1]
+    return _checked(group)[0]
+
+
+def _recorded_digest(group: Group) -> str | None:
+    recorded = group.get(DIGEST_KEY)
+    if recorded is None:
+        return None
+    if not isinstance(recorded, str) or len(recorded) != 64:
+        raise ValueError(
+            f"{DIGEST_KEY} must be the 64 hex digits of a learned memory's network_sha256, got "
+            f"{recorded!r}"
+        )
+    return recorded
 
 
 @register
@@ -96,14 +133,37 @@ class Learned(Preset):
     }
 
     def check_group(self, group: Group) -> None:
-        # Fail at construction, not at the first step, on a missing or mismatched file.
-        _checked_config(group)
+        # Fail at construction, not at the first step, on a missing or mismatched file; and at
+        # load_state_dict (which checks the loaded group here before replacing anything) on a
+        # memory file other than the one the state was saved with.
+        _, digest = _checked(group)
+        recorded = _recorded_digest(group)
+        if recorded is not None and recorded != digest:
+            raise ValueError(
+                f"learned memory checkpoint {group['checkpoint'] or DEFAULT_CHECKPOINT} is not "
+                f"the memory this optimizer state was saved with: its network_sha256 "
+                f"{digest[:16]}... differs from the recorded {DIGEST_KEY} {recorded[:16]}... "
+                "(the file was replaced or edited since). Its momenta and steps would resume "
+                "under a different network: restore the memory file the state was saved with, "
+                "or start a new optimizer for this one"
+            )
 
     def check_step(self, params: list[Tensor], state: Mapping[Tensor, State], group: Group) -> None:
         # The file is read at every step (a relative path from the working directory): if it
-        # went missing or now holds a memory of other shapes, say so before the step counts
-        # or decays anything, so that a retry after restoring it resumes exactly.
-        config = _checked_config(group)
+        # went missing or now holds another memory, say so before the step counts or decays
+        # anything, so that a retry after restoring it resumes exactly.
+        config, digest = _checked(group)
+        recorded = _recorded_digest(group)
+        if recorded is None:
+            # the first step records the memory it runs, so that state_dict() carries it
+            group[DIGEST_KEY] = digest
+        elif recorded != digest:
+            raise ValueError(
+                f"learned memory checkpoint {group['checkpoint'] or DEFAULT_CHECKPOINT} now "
+                f"holds another memory (network_sha256 {digest[:16]}..., the optimizer "
+                f"stepped with {recorded[:16]}...): the file changed during training. Restore "
+                "it, or start a new optimizer for the new memory"
+            )
         for p in params:
             held = state.get(p)
             if held and held["momenta"].shape[0] != len(config.betas):

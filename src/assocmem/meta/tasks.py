@@ -28,10 +28,17 @@ regression's 256 training rows are then a finite training set that can be over-f
 Held out (never seen in meta-training): ``breast_cancer_mlp``, an MLP classifier on
 ``sklearn.datasets.load_breast_cancer`` (a different dataset, input size and class count), and
 every forensic task of the project.
+
+Drawing a task leaves torch's global random generator alone: the modules a task is built
+around (``nn.Linear``, ``nn.Conv2d``, ...) initialise their own weights from it, which are never
+used (every weight is redrawn from the task's generator and passed to ``functional_call``),
+so they are built with the global generator forked (:func:`_own_rng`). Meta-training and the
+evaluation then draw no number from a seeded caller's stream.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +77,19 @@ class Task:
     # A batch of held-out data for meta-training's validation objective: the same batch every
     # call (the whole validation set), so its loss measures the parameters, not the draw.
     val_batch: Callable[[], Batch] | None = None
+
+
+def _own_rng(build: Callable[..., Task]) -> Callable[..., Task]:
+    """``build`` run with torch's global CPU generator forked: the default initialisation of
+    the modules it constructs draws from it, then the state is put back. The task's numbers
+    come from its own generator only, so they are the same with or without the fork."""
+
+    @functools.wraps(build)
+    def wrapped(*args: Any, **kwargs: Any) -> Task:
+        with torch.random.fork_rng(devices=[]):
+            return build(*args, **kwargs)
+
+    return wrapped
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
@@ -128,6 +148,7 @@ def _minibatches(x: Tensor, y: Tensor, size: int, g: torch.Generator) -> Callabl
     return batch
 
 
+@_own_rng
 def quadratic(g: torch.Generator) -> Task:
     dim = _randint(g, 4, 32)
     kappa = _log_uniform(g, 1.0, 1e3)
@@ -156,6 +177,7 @@ def quadratic(g: torch.Generator) -> Task:
     )
 
 
+@_own_rng
 def logistic(g: torch.Generator) -> Task:
     n, dim = 256, _randint(g, 5, 40)
     feature_scale = torch.exp(torch.randn(dim, generator=g))
@@ -197,6 +219,7 @@ def _mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+@_own_rng
 def digits_mlp(g: torch.Generator) -> Task:
     x, y = _sklearn_data("digits")
     depth = _randint(g, 1, 2)
@@ -210,6 +233,7 @@ def digits_mlp(g: torch.Generator) -> Task:
     return Task("digits_mlp", params, loss, batches, g, val_batch=_fixed((x[va], y[va])))
 
 
+@_own_rng
 def digits_conv(g: torch.Generator) -> Task:
     x, y = _sklearn_data("digits")
     images = x.view(-1, 1, 8, 8)
@@ -256,6 +280,7 @@ def pointer_sequences(n: int, length: int, g: torch.Generator) -> tuple[Tensor, 
     return tokens, tokens.gather(1, tokens[:, :1]).squeeze(1)
 
 
+@_own_rng
 def pointer_attention(g: torch.Generator) -> Task:
     length = _randint(g, 6, 10)
     width = int(2 ** _randint(g, 3, 4))
@@ -279,6 +304,7 @@ def smooth_fields(n: int, size: int, length: float, g: torch.Generator) -> Tenso
     return field / (field.std(dim=(-2, -1), keepdim=True) + 1e-6)
 
 
+@_own_rng
 def field_autoencoder(g: torch.Generator) -> Task:
     channels = int(2 ** _randint(g, 2, 3))
     length = _uniform(g, 0.5, 2.0)
@@ -303,6 +329,7 @@ def field_autoencoder(g: torch.Generator) -> Task:
     )
 
 
+@_own_rng
 def breast_cancer_mlp(g: torch.Generator, *, hidden: int = 32, batch_size: int = 64) -> Task:
     """Held-out task: MLP 30 -> hidden -> 2 on a fixed 75/25 split of breast-cancer data."""
     x, y = _sklearn_data("breast_cancer")

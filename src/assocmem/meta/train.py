@@ -132,10 +132,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The config of a mapping of fields (absent ones take their defaults); an unknown
+        field (a typo such as ``second_ordre``) is refused, never dropped."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a TrainConfig is a mapping of fields, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
-        return cls(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
-        )
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def unroll(
@@ -308,7 +313,8 @@ def meta_train(
         checkpoint: a ``.safetensors`` path written every ``checkpoint_every`` meta-steps
             (rounded up to a task boundary) and at the end; ``None`` keeps nothing.
         resume: continue from ``checkpoint`` if it exists (it must hold the same ``config``
-            and the same ``train`` up to ``meta_steps``/``checkpoint_every``).
+            and the same ``train`` up to ``meta_steps``/``checkpoint_every``, and no more than
+            ``meta_steps`` meta-steps: a longer run is refused with a ``ValueError``).
         progress: show a tqdm bar.
         info: extra JSON-able metadata stored in the checkpoints (e.g. the command).
 
@@ -326,6 +332,15 @@ def meta_train(
     if checkpoint is not None and resume and Path(checkpoint).exists():
         ckpt = load_checkpoint(checkpoint, config)
         start, saved = _resume_state(ckpt, train, checkpoint)
+        if start > train.meta_steps:
+            # the file's meta-parameters are those of meta-step ``start``: returning them for a
+            # shorter run would silently hand back a longer run than asked for
+            raise ValueError(
+                f"{checkpoint}: already trained for {start} meta-steps, more than "
+                f"meta_steps={train.meta_steps}; its meta-parameters cannot be those of a "
+                f"{train.meta_steps}-step run. Ask for meta_steps >= {start} to continue it, "
+                "or use another checkpoint path (or resume=False) for a shorter run"
+            )
         try:  # meta, opt and rng are this call's own: a refusal leaves nothing of the user's
             _load_optim(opt, ckpt.extra, saved["optim"]["param_groups"])
             rng.set_state(ckpt.extra["rng.tasks"])
@@ -422,14 +437,17 @@ def meta_train(
             bar.set_postfix(log_loss_ratio=f"{ema:.3f}")
     if bar is not None:
         bar.close()
-    final = max(start, train.meta_steps)
+    final = train.meta_steps  # >= start: a longer saved run is refused above
     save(final)
     meta_params = {k: v.detach().clone() for k, v in meta.items()}
     return TrainResult(meta_params, final, history, seconds, skipped)
 
 
 def _check_resumable(ckpt: Checkpoint, train: TrainConfig, path: Any) -> None:
-    saved = TrainConfig.from_dict(ckpt.info["train"]).to_dict()
+    try:
+        saved = TrainConfig.from_dict(ckpt.info["train"]).to_dict()
+    except ValueError as e:
+        raise ValueError(f"{path}: its training config cannot be read: {e}") from None
     now = train.to_dict()
     diff = {
         k: (saved[k], now[k]) for k in now if k not in _RESUMABLE_CHANGES and saved[k] != now[k]
