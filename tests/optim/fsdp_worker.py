@@ -27,6 +27,7 @@ import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -181,7 +182,77 @@ def run_memory(memory: str, ckpt: str) -> dict[str, object]:
         "skipped": (opt.skipped_steps, opt2.skipped_steps),
         "gathered": sum(GATHERED),
         "received": dict(zip(kinds, received.tolist(), strict=True)),
+        **from_one_process(memory),
+        "refused_on": refused_on(opt2),
     }
+
+
+def clean_train(net: nn.Module, opt: MemoryOptimizer, steps: range) -> None:
+    """:func:`train` without its NaN: the same numbers on every rank."""
+    for t in steps:
+        opt.zero_grad()
+        loss_at(net, t).backward()
+        opt.step()
+
+
+def from_one_process(memory: str) -> dict[str, object]:
+    """A one-process ``opt.state_dict()`` (the same on every rank) loaded with
+    ``load_state_dict`` into the optimizer of the sharded model: each rank keeps its slice of
+    every parameter-shaped state, so the sharded state, gathered, is the one-process state bit
+    for bit, and a step from it runs. (Loaded whole, the fused kernels read rows of the other
+    rank's shard, 0.25-0.75 off after two steps, and other presets failed mid-step.)"""
+    plain = model(sharded=False)
+    plain_opt = optimizer(plain, memory)
+    clean_train(plain, plain_opt, range(BEFORE_SAVE))
+    moved = model(sharded=True)
+    set_model_state_dict(moved, plain.state_dict(), options=StateDictOptions(full_state_dict=True))
+    moved_opt = optimizer(moved, memory)
+    moved_opt.load_state_dict(plain_opt.state_dict())
+    differ = []
+    for (name, p), q in zip(moved.named_parameters(), plain.parameters(), strict=True):
+        for key, value in moved_opt.state[p].items():
+            loaded = value.full_tensor() if hasattr(value, "full_tensor") else value
+            saved = plain_opt.state[q][key]
+            if torch.is_tensor(saved) and not torch.equal(loaded, saved):
+                differ.append(f"{name}.{key}")
+            # a memory of the parameter's shape (not the step, nor deep's inner MLP, whose
+            # tensors can share a 1-element bias's shape) is sharded as the parameter is
+            elementwise = key != "step" and not key.startswith("mlp")
+            if elementwise and saved.shape == p.shape and not hasattr(value, "to_local"):
+                differ.append(f"{name}.{key} (whole, not sharded like its parameter)")
+    clean_train(moved, moved_opt, range(BEFORE_SAVE, BEFORE_SAVE + 1))  # it steps
+    return {"from_one_process_differs": differ, "stepped": bool(moved_opt.state)}
+
+
+def refused_on(opt: MemoryOptimizer) -> tuple[int, int] | None:
+    """A state dict whose NaN sits in rank 1's shard of ``fc.weight``'s first sharded state
+    only: both ranks must refuse it (each checks its own shards) and keep their state. Returns
+    (ranks that raised, ranks whose state changed), summed over the ranks; None where that
+    parameter has no sharded state."""
+    saved = opt.state_dict()
+    fc_weight = 2  # conv.weight, conv.bias, fc.weight, ...: its 5 rows split 3 + 2
+    keys = [k for k, v in saved["state"][fc_weight].items() if hasattr(v, "to_local")]
+    if not keys:
+        return None
+    value = saved["state"][fc_weight][keys[0]].clone()
+    if dist.get_rank() == 1:
+        value.to_local().view(-1)[0] = float("nan")
+    tampered = {**saved, "state": {**saved["state"], fc_weight: {
+        **saved["state"][fc_weight], keys[0]: value}}}  # fmt: skip
+    local = {(id(p), k): v.to_local().clone() for p, s in opt.state.items()
+             for k, v in s.items() if hasattr(v, "to_local")}  # fmt: skip
+    raised = 0
+    try:
+        opt.load_state_dict(tampered)
+    except ValueError:
+        raised = 1
+    changed = any(
+        not torch.equal(v.to_local(), local[(id(p), k)])
+        for p, s in opt.state.items() for k, v in s.items() if hasattr(v, "to_local")
+    )  # fmt: skip
+    counts = torch.tensor([raised, int(changed)])
+    dist.all_reduce(counts)
+    return (int(counts[0]), int(counts[1]))
 
 
 def rank_main(rank: int, out: str, port: int, memories: list[str], root: str) -> None:

@@ -95,6 +95,25 @@ def test_sharded_training_equals_one_process_and_resumes_bit_exactly(results, ca
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_a_one_process_state_dict_loads_into_the_sharded_optimizer(results, case):
+    # each rank keeps its slice of the whole state (loaded whole, the fused kernels read rows
+    # of the other rank's shard: adam 0.25 off after two steps; others failed mid-step)
+    result = results[case]
+    assert "error" not in result, result.get("error")
+    assert result["from_one_process_differs"] == [] and result["stepped"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_rank_refuses_a_state_dict_one_rank_finds_bad(results, case):
+    # the NaN is in rank 1's shard only: rank 0 loaded it while rank 1 refused, and a caller
+    # that caught the refusal went on with ranks holding different states
+    result = results[case]
+    assert "error" not in result, result.get("error")
+    if result["refused_on"] is not None:
+        assert result["refused_on"] == (2, 0)  # both raised, neither changed
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_sharded_tensors_are_gathered_only_when_the_memory_needs_them_whole(results, case):
     memory, *options = case.split(":")
     group = MemoryOptimizer.hyperparameters(memory)

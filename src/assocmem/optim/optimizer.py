@@ -513,6 +513,33 @@ class MemoryOptimizer(Optimizer):
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
+        # Under FSDP2 each rank checks its own shards: all ranks refuse together, or a caller
+        # that catches the refusal goes on with ranks holding different states (and a rank that
+        # raised alone left the others waiting at the next collective).
+        refusal: Exception | None = None
+        try:
+            state, groups, skipped = self._checked_state_dict(state_dict)
+        except Exception as e:  # noqa: BLE001 (re-raised below, after the ranks agree)
+            refusal = e
+        params = [p for group in self.param_groups for p in group["params"]]
+        if sharded.any_rank(refusal is not None, params):
+            if refusal is not None:
+                raise refusal
+            raise ValueError(
+                "another rank refused this state dict (its own shards; its error says why): "
+                "nothing was loaded on any rank"
+            )
+        # Nothing was changed above; from here on nothing can fail.
+        self.__setstate__({"state": state, "param_groups": groups})
+        self.skipped_steps = skipped
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _checked_state_dict(
+        self, state_dict: dict[str, Any]
+    ) -> tuple[defaultdict[Tensor, dict[str, Any]], list[Group], int]:
+        """``state_dict``'s per-parameter state, param groups and skipped-step count, checked
+        and cast (:meth:`load_state_dict`); raises ``ValueError`` and changes nothing."""
         if torch_state.is_torch_state_dict(state_dict):
             state_dict = torch_state.translated(
                 state_dict, [group["memory"] for group in self.param_groups]
@@ -558,11 +585,7 @@ class MemoryOptimizer(Optimizer):
                 groups[gi],
                 self.sync_free,
             )
-        # Nothing was changed above; from here on nothing can fail.
-        self.__setstate__({"state": state, "param_groups": groups})
-        self.skipped_steps = skipped
-        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
-            post_hook(self)
+        return state, groups, skipped
 
 
 def _uncompilable(
@@ -790,6 +813,20 @@ def _loaded_state(
                 f"{where}: state {key!r} has shape {tuple(value.shape)}, expected "
                 f"{tuple(want.shape)} for a parameter of shape {tuple(param.shape)}"
             )
+        if sharded.is_sharded(value) != sharded.is_sharded(want) or (
+            sharded.is_sharded(want) and sharded.layout(value) != sharded.layout(want)
+        ):
+            if sharded.is_sharded(want) and not sharded.is_sharded(value):
+                # a one-process checkpoint on every rank: each keeps its slice (as torch's
+                # set_optimizer_state_dict(full_state_dict=True) does); loaded whole, a fused
+                # kernel read rows of another rank's shard, and other presets failed mid-step
+                value = sharded.sharded_like(value, want)
+            else:
+                raise ValueError(
+                    f"{where}: state {key!r} is laid out as {sharded.layout(value)}, its "
+                    f"parameter as {sharded.layout(want)}: load a sharded checkpoint with "
+                    "torch.distributed.checkpoint (set_optimizer_state_dict)"
+                )
         # checked after the cast: a float64 1e300 is finite, and inf once it is float32
         cast = value.to(dtype=want.dtype, device=want.device)
         if not bool(torch.isfinite(cast).all()) and not _overflowed_square(preset, key, cast):

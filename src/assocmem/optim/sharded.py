@@ -260,11 +260,32 @@ def any_flag(flag: Tensor, tensors: Sequence[Tensor]) -> Tensor:
     every mesh that shards one of ``tensors``, so all ranks skip or step together."""
     if plain(tensors):
         return flag
-    meshes = {t.device_mesh for t in tensors if is_sharded(t)}
+    # in first-appearance order, the same on every rank: a set's order follows the meshes'
+    # string hashes, which Python randomises per process, and ranks that all-reduced over two
+    # meshes' groups in different orders hung (4 launches in 10)
+    meshes = dict.fromkeys(t.device_mesh for t in tensors if is_sharded(t))
     for mesh in meshes:
         for i in range(mesh.ndim):
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=mesh.get_group(i))
     return flag
+
+
+def any_rank(failed: bool, tensors: Sequence[Tensor]) -> bool:
+    """Whether ``failed`` holds on some rank of the meshes that shard ``tensors`` (``failed``
+    itself where none is sharded): a decision every rank must take together, such as
+    refusing a state dict of which each rank checked its own shards."""
+    if plain(tensors) or not any(is_sharded(t) for t in tensors):
+        return failed
+    device = next(local(t).device for t in tensors if is_sharded(t))
+    return bool(any_flag(torch.tensor(float(failed), device=device), tensors) > 0)
+
+
+def sharded_like(value: Tensor, like: Any) -> Tensor:
+    """A whole state tensor ``value`` (a one-process checkpoint, the same on every rank) as a
+    ``DTensor`` laid out as ``like``; each rank keeps its own slice (no communication)."""
+    from torch.distributed.tensor import distribute_tensor  # loaded: like is a DTensor
+
+    return distribute_tensor(value, like.device_mesh, like.placements, src_data_rank=None)
 
 
 def gathered_state(state: dict[str, Any]) -> dict[str, Any]:
