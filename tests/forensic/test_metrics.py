@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from assocmem.forensic.metrics import (
@@ -40,6 +40,38 @@ def test_hand_computed_case():
     assert m["eer"] == pytest.approx(0.5)
     # AP = mean precision at each fake's rank: 0.8 -> 1/1, 0.4 -> 2/3
     assert m["ap"] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_acc_best_weighs_each_class_by_its_own_count():
+    # unbalanced: 3 reals, 1 fake. Calling everything real gets 3 of 4; threshold 0.3 flags
+    # 0.9 (real, wrong) and 0.3 (fake, right), also 3 of 4. Swapping the class counts in
+    # (TP + TN) / N would score threshold 0.3 as (1 * 3 + 2/3 * 1) / 4 = 0.917
+    m = detection_metrics([0, 0, 0, 1], [0.9, 0.1, 0.2, 0.3])
+    assert m["acc_best"] == pytest.approx(0.75, abs=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 1), st.integers(0, 8)), min_size=2, max_size=12).filter(
+        lambda pairs: len({y for y, _ in pairs}) == 2
+    )
+)
+def test_acc_best_is_the_best_accuracy_over_all_thresholds(pairs):
+    # unbalanced random labels, scores on a coarse grid so ties are common; the brute force
+    # tries every score as the threshold of ``s >= t`` and +inf (nothing flagged)
+    y = np.array([p[0] for p in pairs], dtype=float)
+    s = np.array([p[1] for p in pairs], dtype=float) / 8.0
+    best = max(float(np.mean((s >= t) == (y == 1.0))) for t in [*np.unique(s), math.inf])
+    # both sides are an integer count of right answers over N; acc_best builds it from the
+    # float rates tpr * P + (1 - fpr) * R, so it may be off by rounding (~1e-16), far below
+    # the 1/N that separates two different counts
+    assert detection_metrics(y, s)["acc_best"] == pytest.approx(best, abs=1e-12)
+
+
+def test_acc_at_half_flags_a_score_of_exactly_half():
+    # the decision is p >= 0.5 (logit >= 0): a fake scored exactly 0.5 is called fake
+    assert detection_metrics([1, 1, 0], [0.5, 0.5, 0.1])["acc_0.5"] == 1.0
+    assert detection_metrics([1, 1, 0], [0.0, 0.0, -1.0], from_logits=True)["acc_0.5"] == 1.0
 
 
 def test_ties_give_half_auc():

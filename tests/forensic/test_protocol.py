@@ -69,6 +69,12 @@ def test_calibration_examples_and_errors():
         threshold_at_fpr([0.1, float("nan")], 0.05)
 
 
+def test_a_score_equal_to_the_threshold_is_flagged():
+    # the decision is score >= threshold: both scores sit on it, so the fake is caught
+    # (tpr 1) and the real is a false positive (fpr 1)
+    assert rates_at_threshold([0, 1], [0.5, 0.5], 0.5) == {"tpr": 1.0, "fpr": 1.0}
+
+
 def test_a_family_cannot_be_seen_and_held_out():
     with pytest.raises(ValueError, match="both seen and held out"):
         FamilySplit(("splice", "resample"), ("resample",))

@@ -41,6 +41,11 @@ CONFIGS = {
     "fused_base_is_level1": dict(
         alphas=(0.9, 0.8), freqs=(2, 1), weights=(0.3, 1.0), debias=(True, False)
     ),
+    # Newton-Schulz reads with every level debiased: the 1-D tensors (biases) skip
+    # Newton-Schulz and take the debias factor with their weight instead.
+    "orthogonalized_debiased": dict(
+        orthogonalize=True, normalize=False, alphas=(0.9, 0.8), freqs=(1, 3), debias=(True, True)
+    ),
     # No level can be fused (alpha = 0 carries nothing, freq 4 is not written every step).
     "nothing_to_fuse": dict(alphas=(0.0, 0.9), freqs=(1, 4), weights=(1.0, -0.5)),
     # One plain level is momentum: torch's fused SGD kernel steps it (with L2 weight decay).

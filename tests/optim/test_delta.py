@@ -78,6 +78,35 @@ def test_write_erases_along_the_gradient(alpha, gamma, eta, seed):
     )
 
 
+@pytest.mark.parametrize("with_safe", [False, True])
+def test_compiled_body_run_eagerly_is_the_reference_write_and_step(with_safe):
+    # write_and_step is what compile=True compiles (tested compiled in the slow tier only):
+    # eagerly, m <- alpha m + r g and W <- W - lr m with r = eta - gamma <g, m> / ||g||^2 is
+    # the reference delta_momentum_write and its step. The same maths summed in another
+    # order (the erase folded into r), in float64: equal to 1e-12, well above its rounding.
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (5,), (2, 3, 2)]
+    params, grads, bufs = (
+        [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(3)
+    )
+    alpha, gamma, eta, lr = 0.8, 0.5, 0.7, 0.1
+    want_m = [
+        delta_momentum_write(m, g, alpha=alpha, gamma=gamma, eta=eta, erase="tensor")
+        for g, m in zip(grads, bufs, strict=True)
+    ]
+    want_p = [p - lr * m for p, m in zip(params, want_m, strict=True)]
+    rates = [eta - gamma * (g * m).sum() / (g * g).sum() for g, m in zip(grads, bufs, strict=True)]
+    safe = None
+    if with_safe:  # the last tensor's rate does not fit: it takes its safe write, given here
+        rates[-1] = torch.tensor(float("inf"), dtype=torch.float64)
+        safe = [torch.full_like(m, float("nan")) for m in bufs[:-1]] + [want_m[-1]]
+    # lr a tensor, as compiled_step passes it
+    lr_tensor = torch.tensor(lr, dtype=torch.float64)
+    delta.write_and_step(params, grads, bufs, rates, safe, alpha=alpha, lr=lr_tensor)
+    for got, want in zip([*bufs, *params], [*want_m, *want_p], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
 def test_row_erase_acts_per_row_and_full_erase_forgets_the_key():
     m, g = torch.randn(3, 2, 2, dtype=torch.float64), torch.randn(3, 2, 2, dtype=torch.float64)
     new = delta_momentum_write(m, g, alpha=0.9, gamma=0.9, eta=0.0, erase="row")

@@ -20,6 +20,7 @@ from assocmem.memory import MatrixMemory, delta_write, read
 from assocmem.optim import optimizer
 from assocmem.optim.presets.landscape import (
     diagonal_write,
+    lowrank_direction,
     lowrank_read,
     lowrank_write,
     scalar_write,
@@ -44,6 +45,9 @@ def spd(dim, cond, *, dense, seed=0):
         {},
         {"form": "diagonal"},
         {"form": "diagonal", "beta": 0.9, "rho": 0.5},
+        # secants above h_max (asserted below), clamped on the fast path's multi-tensor
+        # blocks; h0 below h_max, so a curvature at h_max was clamped there, not left at h0
+        {"form": "diagonal", "h0": 0.01, "h_max": 0.02},
         {"form": "lowrank"},
         {"form": "lowrank", "rank": 2, "beta": 0.5},
         {"form": "diagonal", "period": 3},
@@ -61,6 +65,10 @@ def test_foreach_equals_reference_at_every_step(kw):
         fast = MemoryOptimizer(two_groups(fast_model, 1e-2), "landscape", foreach=True, **kw)
         ref = MemoryOptimizer(two_groups(ref_model, 1e-2), "landscape", foreach=False, **kw)
         assert_lockstep(fast_model, fast, ref_model, ref, 30, **LOCKSTEP_TOL)
+    if "h_max" in kw:  # the bound binds: the reference clamps some coordinate to it
+        ref_h = torch.cat([ref.state[q]["curvature"].flatten() for q in ref_model.parameters()])
+        fast_h = torch.cat([fast.state[p]["curvature"].flatten() for p in fast_model.parameters()])
+        assert ref_h.max() == kw["h_max"] and fast_h.max() <= kw["h_max"]
 
 
 def test_diagonal_memory_recalls_inverse_curvature():
@@ -168,6 +176,16 @@ def test_lowrank_read_is_the_delta_write_memory():
         torch.testing.assert_close(read(dense, y), s)  # every secant condition holds
     d = torch.randn(dim, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(lowrank_read(S, Y, m, h0, d), read(dense, d))
+
+
+def test_lowrank_direction_keeps_a_gain_up_to_h_max_and_falls_back_above_it():
+    # one pair with s = c y along e1: H d = c d for d = e1, a gain of c. The guard bounds
+    # |H d|^2 <= h_max^2 |d|^2, i.e. a gain of at most h_max (100): 50 is kept, 101 is not
+    e1 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    bounds = {"h0": 1.0, "h_min": 0.01, "h_max": 100.0}
+    for c, want in ((50.0, 50.0 * e1), (101.0, 1.0 * e1)):  # above the bound: h0 d
+        out = lowrank_direction((c * e1)[None], e1[None], 1, e1, **bounds)
+        assert torch.equal(out, want), (c, out)
 
 
 @pytest.mark.parametrize(("dtype", "power"), [(torch.float32, 70), (torch.float64, 520)])

@@ -445,6 +445,10 @@ CMS_OPTIONS = {
         "normalize": False,
     },
     "a level read with weight 0": {"freqs": (1, 2), "weights": (0.0, 1.0)},
+    "Newton-Schulz, debiased, 1-D tensors debiased apart": {
+        "orthogonalize": True, "normalize": False, "alphas": (0.9, 0.8), "freqs": (1, 3),
+        "debias": (True, True),
+    },
 }  # fmt: skip
 
 
