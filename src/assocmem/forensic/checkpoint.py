@@ -85,6 +85,7 @@ from assocmem.forensic.models.ensemble import LogitEnsemble
 from assocmem.forensic.models.npr import NPR, NPRWithDCT, NPRWithPixels
 from assocmem.forensic.views import VIEWS
 from assocmem.storage import read_safetensors, strict_json, write_safetensors
+from assocmem.storage.digest import weights_digest
 
 __all__ = [
     "ARCHITECTURES",
@@ -211,18 +212,6 @@ def _probe_outputs(model: nn.Module, patch_size: int) -> Tensor:
             return model(probe.to(device)).float().cpu()
     finally:
         model.train(was_training)
-
-
-def weights_digest(tensors: Mapping[str, Tensor]) -> str:
-    """SHA-256 (hex) of ``tensors`` by name: each name, dtype, shape and raw bytes, in name
-    order, so the same weights give the same digest on any machine (it reads stored bytes,
-    computes nothing)."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 # What a checkpoint's logits depend on beside its weights (``views`` absent means "one").

@@ -50,6 +50,7 @@ from torch import Tensor
 from assocmem.meta.config import LearnedConfig
 from assocmem.meta.network import MetaParams, init_meta_params
 from assocmem.storage import read_safetensors, write_safetensors
+from assocmem.storage.digest import weights_digest
 
 FORMAT = "assocmem.learned_memory"
 # 2 added the digests ``network_sha256`` and ``extra_sha256`` and requires every config field
@@ -76,18 +77,6 @@ class Checkpoint:
 
 class UnverifiedCheckpointWarning(UserWarning):
     """A checkpoint without digests (format version 1) was read: edits cannot be detected."""
-
-
-def weights_digest(tensors: Mapping[str, Tensor]) -> str:
-    """SHA-256 (hex) of ``tensors`` by name: each name, dtype, shape and raw bytes, in name
-    order, so the same tensors give the same digest on any machine (it reads stored bytes,
-    computes nothing)."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def network_digest(meta_params: Mapping[str, Tensor], config: LearnedConfig) -> str:
