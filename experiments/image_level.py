@@ -135,23 +135,13 @@ def markdown(record: dict[str, Any]) -> str:
             + " | ".join(cells)
             + f" | {_losses(r)} |"
         )
-    blank = [
-        f"{r['size']} px: "
-        + ", ".join(
-            [f"{r['real_blank']} of {r['n']} reals"] * bool(r.get("real_blank"))
-            + [
-                f"{m['blank']} {f}"
-                for g in ("seen", "heldout")
-                for f, m in r.get(g, {}).items()
-                if m.get("blank")
-            ]
-        )  # fmt: skip
-        for r in reports
-        if r.get("real_blank")
-        or any(
-            m.get("blank") for g in ("seen", "heldout") for m in r.get(g, {}).values()
-        )  # fmt: skip
-    ]
+    blank = []  # per size, the images with every tile blank, if any
+    for r in reports:
+        counts = [f"{r['real_blank']} of {r['n']} reals"] if r.get("real_blank") else []
+        counts += [f"{m['blank']} {f}" for g in ("seen", "heldout")
+                   for f, m in r.get(g, {}).items() if m.get("blank")]  # fmt: skip
+        if counts:
+            blank.append(f"{r['size']} px: " + ", ".join(counts))
     if blank:
         lines += [
             "",

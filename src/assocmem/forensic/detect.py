@@ -305,14 +305,9 @@ _VIEWS_TEXT = {
 }
 
 
-def _patch_threshold(detector: Detector) -> float:
-    """The threshold an image of one tile is decided at: ``detector.threshold`` raised to the
-    image-size thresholds where those are higher (``Detector.threshold_for``, at a high FPR)."""
-    return detector.threshold_for(1)
-
-
 def _describe_threshold(detector: Detector) -> str:
-    patch = f"{_patch_threshold(detector):+.4f} on the mean tile logit"
+    # the one an image of one tile is decided at (raised to the image ones at a high --fpr)
+    patch = f"{detector.threshold_for(1):+.4f} on the mean tile logit"
     t = f"threshold {patch}"
     if detector.image_thresholds:
         # whole tiles that fit (Detector.area_tiles), not the overlapping tiles the table counts:
@@ -547,9 +542,7 @@ def _write_reports(
         except OSError as e:
             failed.append(f"cannot write the CSV report {csv_path}: {e}")
     if json_path:
-        # the patch threshold an image of one tile is decided at (raised at a high --fpr)
-        described = {**detector.describe(), "threshold": _patch_threshold(detector)}
-        report = {"detector": described, "summary": summary, "images": rows}
+        report = {"detector": detector.describe(), "summary": summary, "images": rows}
         try:
             json_path.write_text(strict_json.dumps(report, indent=1) + "\n", encoding="utf-8")
         except OSError as e:

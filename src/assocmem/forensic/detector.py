@@ -279,17 +279,14 @@ class Detector:
     def tile_logits(self, image: ImageInput) -> Tensor:
         """The logits of ``image``'s tiles, shape (n,), in ``tiling.tile_grid`` order; each one the
         mean over the detector's views of that tile."""
-        return self._tile_logits(_as_image(image))
+        return self._logits(self._tiles(_as_image(image)))
 
-    def _tile_logits(
-        self,
-        image: Tensor,
-        progress: Callable[[int, int], None] | None = None,
-        keep: Tensor | None = None,
-    ) -> Tensor:
-        cut = tiles(image, self.patch_size, self.stride, self.alignment)
-        if keep is not None:
-            cut = cut[keep]
+    def _tiles(self, image: Tensor) -> Tensor:
+        """``image``'s tiles (n, 3, P, P), in ``tiling.tile_grid`` order."""
+        return tiles(image, self.patch_size, self.stride, self.alignment)
+
+    def _logits(self, cut: Tensor, progress: Callable[[int, int], None] | None = None) -> Tensor:
+        """The logits of the tiles ``cut`` (n, 3, P, P), each the mean over the views."""
         if len(cut) == 0:
             return torch.zeros(0)
         was_training = self.model.training
@@ -328,9 +325,10 @@ class Detector:
         ``progress(done, total)`` is called with the tiles scored so far after each batch (a
         24-megapixel photo is ~23 000 tiles, minutes on a CPU)."""
         x = _as_image(image)
-        textured = self.textured_tiles(x)
+        cut = self._tiles(x)  # cut once: the blank test and the network read the same tiles
+        textured = self._textured(cut)
         blank = int((~textured).sum())
-        tile_logits = self._tile_logits(x, progress, keep=textured)
+        tile_logits = self._logits(cut[textured], progress)
         _, h, w = x.shape
         # the count a threshold is chosen by: whole tiles less the blank ones (a mean over fewer
         # tiles varies more: a higher threshold)
@@ -354,7 +352,10 @@ class Detector:
         for a blank tile, one whose pixels' standard deviation (0..255 units) is below
         :attr:`min_std` (:data:`BLANK_STD`): no texture, no evidence either way. They are left
         out of the mean."""
-        cut = tiles(_as_image(image), self.patch_size, self.stride, self.alignment)
+        return self._textured(self._tiles(_as_image(image)))
+
+    def _textured(self, cut: Tensor) -> Tensor:
+        """:meth:`textured_tiles` of the tiles ``cut`` (n, 3, P, P)."""
         scale = 1.0 if cut.dtype == torch.uint8 else 255.0
         spread = cut.reshape(len(cut), -1).double().std(dim=1, correction=0) * scale
         return spread >= self.min_std
@@ -398,10 +399,12 @@ class Detector:
             "alignment": self.alignment,
             "views": self.views,
             "device": str(next(self.model.parameters()).device),
-            "threshold": self.threshold,
+            # the thresholds decisions are made at (threshold_for: at a high FPR the patch
+            # threshold is raised to the image ones)
+            "threshold": self.threshold_for(1),
             "target_fpr": self.target_fpr,
             # the thresholds of larger images (JSON keys are strings): tile count -> threshold
-            "image_thresholds": {str(k): t for k, t in self.image_thresholds},
+            "image_thresholds": {str(k): self.threshold_for(k) for k, _ in self.image_thresholds},
             "image_probability": {str(k): m.formula() for k, m in self.image_probability},
             "combine": "mean tile logit",
             "min_std": self.min_std,  # blank tiles (pixel std below it, 0..255) are left out

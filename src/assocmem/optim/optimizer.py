@@ -813,10 +813,8 @@ def _loaded_state(
                 f"{where}: state {key!r} has shape {tuple(value.shape)}, expected "
                 f"{tuple(want.shape)} for a parameter of shape {tuple(param.shape)}"
             )
-        if sharded.is_sharded(value) != sharded.is_sharded(want) or (
-            sharded.is_sharded(want) and sharded.layout(value) != sharded.layout(want)
-        ):
-            if sharded.is_sharded(want) and not sharded.is_sharded(value):
+        if sharded.layout(value) != sharded.layout(want):  # None: a plain tensor
+            if sharded.layout(value) is None:
                 # a one-process checkpoint on every rank: each keeps its slice (as torch's
                 # set_optimizer_state_dict(full_state_dict=True) does); loaded whole, a fused
                 # kernel read rows of another rank's shard, and other presets failed mid-step

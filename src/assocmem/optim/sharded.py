@@ -296,10 +296,7 @@ def gathered_state(state: dict[str, Any]) -> dict[str, Any]:
 def keep_shard(target: Tensor, whole: Tensor) -> None:
     """Copy this rank's slice of ``whole`` into the ``DTensor`` ``target`` (no communication:
     every rank computed the same ``whole``)."""
-    from torch.distributed.tensor import distribute_tensor  # loaded: target is a DTensor
-
-    piece = distribute_tensor(whole, target.device_mesh, target.placements, src_data_rank=None)
-    target.to_local().copy_(piece.to_local())
+    target.to_local().copy_(sharded_like(whole, target).to_local())
 
 
 def local_state(state: dict[str, Any]) -> dict[str, Any]:
