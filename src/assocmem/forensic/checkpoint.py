@@ -59,7 +59,6 @@ JSON or differs from the header, and tensors whose digest differs from ``weights
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import numbers
@@ -85,7 +84,7 @@ from assocmem.forensic.models.ensemble import LogitEnsemble
 from assocmem.forensic.models.npr import NPR, NPRWithDCT, NPRWithPixels
 from assocmem.forensic.views import VIEWS
 from assocmem.storage import read_safetensors, strict_json, write_safetensors
-from assocmem.storage.digest import weights_digest
+from assocmem.storage.digest import bound_digest, weights_digest
 
 __all__ = [
     "ARCHITECTURES",
@@ -223,8 +222,7 @@ def network_digest(weights_sha256: str, header: Mapping[str, Any]) -> str:
     """SHA-256 (hex) of the weights' digest and the header's :data:`NETWORK_FIELDS` as compact
     sorted JSON: binds the calibration to every input of the logits it was measured on."""
     fields = {k: header.get(k, "one" if k == "views" else None) for k in NETWORK_FIELDS}
-    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(f"{weights_sha256}\0{text}".encode()).hexdigest()
+    return bound_digest(weights_sha256, fields)
 
 
 def save_detector(

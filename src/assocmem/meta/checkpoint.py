@@ -35,7 +35,6 @@ Re-saving one with :func:`save_checkpoint` writes version 2.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -50,7 +49,7 @@ from torch import Tensor
 from assocmem.meta.config import LearnedConfig
 from assocmem.meta.network import MetaParams, init_meta_params
 from assocmem.storage import read_safetensors, write_safetensors
-from assocmem.storage.digest import weights_digest
+from assocmem.storage.digest import bound_digest, weights_digest
 
 FORMAT = "assocmem.learned_memory"
 # 2 added the digests ``network_sha256`` and ``extra_sha256`` and requires every config field
@@ -84,8 +83,7 @@ def network_digest(meta_params: Mapping[str, Tensor], config: LearnedConfig) -> 
     ``meta.`` prefix) and the config as compact sorted JSON: everything the memory computes
     with. The header's ``network_sha256``; the learned preset records it in an optimizer's
     state dict to know the memory file it was saved with."""
-    text = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(f"{weights_digest(meta_params)}\0{text}".encode()).hexdigest()
+    return bound_digest(weights_digest(meta_params), config.to_dict())
 
 
 def save_checkpoint(

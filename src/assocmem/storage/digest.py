@@ -9,12 +9,14 @@ network silently.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["weights_digest"]
+__all__ = ["bound_digest", "weights_digest"]
 
 
 def weights_digest(tensors: Mapping[str, Tensor]) -> str:
@@ -27,3 +29,11 @@ def weights_digest(tensors: Mapping[str, Tensor]) -> str:
         digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def bound_digest(weights_sha256: str, fields: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a :func:`weights_digest` and ``fields`` (what the network computes with
+    beside its tensors: a detector's architecture and views, a learned memory's config) as
+    compact sorted JSON, so an edit to either is seen."""
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(f"{weights_sha256}\0{text}".encode()).hexdigest()
