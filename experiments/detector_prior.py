@@ -28,7 +28,9 @@ over the folds (ties to the smaller), and the prior = the one whose weight score
 the first). The members, networks of the recipe trained on every seen family, are then scored
 on the test split alone (``w = 0``) and with each prior at its weight, threshold from the
 validation reals as always (``assocmem.forensic.protocol``). Nothing here reads a held-out
-family before the members' test scores.
+family before the members' test scores. ``--test-photos fresh`` scores the members on the fresh
+test photos instead (``assocmem.forensic.data.fresh``: the same recipe on photos no study had
+scored); the folds and every statistic still come from the unchanged validation split.
 
     python -m experiments.detector_prior --fold ae_transconv=F1 ... --members W0 W1 W2 \\
         --views one d4 --json P.json [--write docs/results.md]
@@ -56,6 +58,8 @@ from torch import Tensor
 
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.baseline import gray_power_spectrum, hf_energy_feature
+from assocmem.forensic.data.fresh import with_fresh_test
+from assocmem.forensic.data.photos import FRESH_PHOTO_NAMES
 from assocmem.forensic.models.blind_spot import BlindSpotPredictor, coding_surprise, fit_blind_spot
 from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.views import VIEWS, view_logits
@@ -66,6 +70,7 @@ from experiments.report import output_path, replace_section
 from experiments.score_cache import ScoreCache
 
 SECTION = "detector-prior"
+TEST_PHOTOS = ("benchmark", "fresh")  # what the members are scored on (--test-photos)
 # the detector the sections before the "model" field were measured on (their titles omit it)
 DEFAULT_MODEL = "npr_dct_dropout"
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -360,11 +365,18 @@ def markdown(record: dict[str, Any], command: str) -> str:
     ]
     members = [m for m in record["members"] if m.get("kind", "network") == "network"]
     ensembles = [m for m in record["members"] if m.get("kind") == "ensemble"]
+    # records before --test-photos scored the benchmark's test split
+    scored_on = (
+        "the fresh test photos (" + ", ".join(FRESH_PHOTO_NAMES) + ": the benchmark's recipe on "
+        "photos no study had scored, `assocmem.forensic.data.fresh`)"
+        if record.get("test_photos") == "fresh"
+        else "test split"
+    )
     if members:
         seeds = sorted({str(m["seed"]) for m in members}, key=lambda s: (len(s), s))
         lines += [
             f"Members: {members[0]['recipe_label']}, trained on every seen family, seeds "
-            f"{', '.join(seeds)}; test split, mean ± std over the members.",
+            f"{', '.join(seeds)}; {scored_on}, mean ± std over the members.",
             "",
             *_member_table(members, chosen),
         ]
@@ -377,7 +389,7 @@ def markdown(record: dict[str, Any], command: str) -> str:
             f"Ensembles (mean logit of the members, `experiments.detector_ensemble`): "
             f"{ensembles[0]['recipe_label']}, seeds {'; '.join(groups)}; the prior enters at the "
             "weight its folds chose for one network (not re-chosen: the folds are single "
-            "networks); test split, "
+            f"networks); {scored_on}, "
             + (
                 "mean ± std over the ensembles."
                 if len(groups) == 1
@@ -450,6 +462,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tiny", action="store_true", help="the seconds-long test benchmark")
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument(
+        "--test-photos",
+        choices=TEST_PHOTOS,
+        default="benchmark",
+        help="score the members on the benchmark's test split or on the fresh test photos "
+        "(assocmem.forensic.data.fresh); folds, priors and thresholds use validation either way",
+    )
     parser.add_argument("--json", type=output_path, help="write the record here")
     parser.add_argument("--from-json", type=Path, help="render a record written before")
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
@@ -557,6 +576,8 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
     header = members[0][0]
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
     bench = build_benchmark(config, args.cache_dir)
+    if args.test_photos == "fresh":  # the test split replaced; train and validation the same
+        bench = with_fresh_test(bench)
     train = bench.split("train", [SEEN[0]])
     train_reals = train.images[train.labels == 0]
     # --tiny: a few predictor steps, for the seconds-long test benchmark
@@ -619,6 +640,7 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
         "chosen": {"prior": prior, "weight": weight},
         "attribution": header["attribution"],
         "model": header["model"],
+        "test_photos": args.test_photos,
         "members": scored,
     }
 

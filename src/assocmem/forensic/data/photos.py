@@ -10,6 +10,13 @@ Each photo has a ``group``: photos of the same scene share one (the stereo motor
 splits are assigned per group so a scene never appears in two splits. ``skimage.data.cat`` is the
 same array as ``chelsea`` and is therefore not listed twice.
 
+A second, smaller registry (``FRESH_PHOTO_NAMES``) holds the camera-made images that ship in
+the PyWavelets and mahotas wheels: photos added after every detector study had been run, kept
+out of ``PHOTO_NAMES`` (and so out of every split) as a test set no choice was ever made on
+(``fresh.py``). Left out of it: ``pywt.data.camera`` (skimage's ``camera``, array-equal),
+mahotas' ``DepartmentStore.jpg`` (a scanned drawing, not a photo) and ``lena.jpg`` (withdrawn
+from use by journals and societies since 2018-2024).
+
 Grayscale photos are replicated to three channels (``gray=True`` in the record) so every patch is
 (3, H, W); the benchmark projects fakes of gray sources back to gray so saturation is not a
 real-vs-fake shortcut.
@@ -25,7 +32,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["PHOTO_NAMES", "Photo", "available_photos", "load_photos", "photo_path"]
+__all__ = [
+    "FRESH_PHOTO_NAMES",
+    "PHOTO_NAMES",
+    "Photo",
+    "available_photos",
+    "load_fresh_photos",
+    "load_photos",
+    "photo_path",
+]
 
 
 @dataclass(frozen=True)
@@ -34,8 +49,8 @@ class Photo:
 
     name: str
     group: str
-    origin: str  # "skimage", "sklearn", "matplotlib"
-    file_format: str  # "png" or "jpeg": the source's own compression history
+    origin: str  # "skimage", "sklearn", "matplotlib"; fresh photos: "pywt", "mahotas"
+    file_format: str  # "png" or "jpeg": the source's own compression history ("npz": raw array)
     gray: bool
     pixels: np.ndarray
 
@@ -45,7 +60,10 @@ def _package_dir(package: str) -> Path:
     # sklearn.datasets or matplotlib costs seconds; reading a PNG costs milliseconds)
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {package!r} is not installed")
+        raise FileNotFoundError(
+            f"package {package!r} is not installed: it ships photos the benchmark reads "
+            "(pip install 'assocmem[forensic]')"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -53,6 +71,8 @@ _DATA_DIRS: dict[str, tuple[str, ...]] = {
     "skimage": ("skimage", "data"),
     "sklearn": ("sklearn", "datasets", "images"),
     "matplotlib": ("matplotlib", "mpl-data", "sample_data"),
+    "pywt": ("pywt", "data"),
+    "mahotas": ("mahotas", "demos", "data"),
 }
 
 
@@ -64,6 +84,9 @@ def photo_path(origin: str, filename: str) -> Path:
 
 def _read(origin: str, filename: str) -> np.ndarray:
     # the same bytes skimage.data / load_sample_image return (checked array-equal), minus imports
+    if filename.endswith(".npz"):  # PyWavelets keeps its images as arrays (pywt.data.aero())
+        with np.load(photo_path(origin, filename), allow_pickle=False) as z:
+            return z["data"]
     with Image.open(photo_path(origin, filename)) as im:
         return np.asarray(im if im.mode in ("L", "RGB") else im.convert("RGB"))
 
@@ -95,6 +118,16 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
 
 PHOTO_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
+# The fresh test photos (module docstring): never in a split of the built benchmark.
+_FRESH_REGISTRY: dict[str, tuple[str, str, str]] = {
+    "aero": ("aero", "pywt", "aero.npz"),
+    "ascent": ("ascent", "pywt", "ascent.npz"),
+    "luispedro": ("luispedro", "mahotas", "luispedro.jpg"),
+    "nuclear": ("nuclear", "mahotas", "nuclear.png"),
+}
+
+FRESH_PHOTO_NAMES: tuple[str, ...] = tuple(_FRESH_REGISTRY)
+
 
 def _to_rgb_uint8(arr: np.ndarray) -> tuple[np.ndarray, bool]:
     arr = np.asarray(arr)
@@ -118,17 +151,28 @@ def load_photos(names: Sequence[str] | None = None) -> list[Photo]:
     Raises ``KeyError`` for an unknown name. A photo whose loader fails (e.g. an skimage build
     without the file) raises: silently dropping sources would change the splits.
     """
-    wanted = PHOTO_NAMES if names is None else tuple(names)
-    unknown = [n for n in wanted if n not in _REGISTRY]
+    return _load(_REGISTRY, names)
+
+
+def load_fresh_photos(names: Sequence[str] | None = None) -> list[Photo]:
+    """The fresh test photos (default: all of ``FRESH_PHOTO_NAMES``), as :func:`load_photos`.
+
+    They need the ``pywt`` and ``mahotas`` packages (the ``forensic`` extra); a missing one
+    raises ``FileNotFoundError`` naming it."""
+    return _load(_FRESH_REGISTRY, names)
+
+
+def _load(registry: dict[str, tuple[str, str, str]], names: Sequence[str] | None) -> list[Photo]:
+    wanted = tuple(registry) if names is None else tuple(names)
+    unknown = [n for n in wanted if n not in registry]
     if unknown:
-        raise KeyError(f"unknown photo names {unknown}; available: {list(PHOTO_NAMES)}")
+        raise KeyError(f"unknown photo names {unknown}; available: {list(registry)}")
     photos = []
-    for name in PHOTO_NAMES:
+    for name, (group, origin, filename) in registry.items():
         if name not in wanted:
             continue
-        group, origin, filename = _REGISTRY[name]
         pixels, gray = _to_rgb_uint8(_read(origin, filename))
-        fmt = "jpeg" if filename.endswith(".jpg") else "png"
+        fmt = {".jpg": "jpeg", ".npz": "npz"}.get(Path(filename).suffix, "png")
         photos.append(Photo(name, group, origin, fmt, gray, pixels))
     return photos
 

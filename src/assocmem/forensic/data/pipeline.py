@@ -57,7 +57,6 @@ def _progress(total: int, enabled: bool):  # noqa: ANN202 - tqdm or a no-op stan
 
 
 def _generate_benchmark(config: BenchmarkConfig, progress: bool) -> ForensicBenchmark:
-    seed = config.seed
     photos = load_photos(config.photos)
     learned = [f for f in config.families if f in LEARNED_FAMILIES]
     bar = _progress(len(photos) + len(learned) + len(SPLITS) * (len(config.families) + 1), progress)
@@ -69,39 +68,7 @@ def _generate_benchmark(config: BenchmarkConfig, progress: bool) -> ForensicBenc
     splits: dict[str, SplitArrays] = {}
     for s_idx, split in enumerate(SPLITS):
         imgs, src, is_gray = reals[split]
-        n = len(imgs)
-        parts_img, parts_fam, parts_src, parts_parent = [imgs], [np.zeros(n, np.int64)], [src], []
-        parts_parent.append(np.full(n, -1, np.int64))
-        for f_idx, fam in enumerate(config.families):
-            bar.set_postfix_str(f"{split} {fam}")
-            rng = np.random.default_rng([seed, 3, s_idx, f_idx])
-            m = max(1, round(config.fake_fraction * n))
-            rows = np.sort(rng.choice(n, size=m, replace=False))
-            fakes = generate(
-                fam,
-                imgs[rows],
-                rng=rng,
-                settings=config.generators,
-                models=models,
-                donors=imgs,
-                sources=src[rows],
-                donor_sources=src,
-            )
-            fakes = gray_where(fakes, is_gray[rows])
-            parts_img.append(fakes)
-            parts_fam.append(np.full(m, f_idx + 1, np.int64))
-            parts_src.append(src[rows])
-            parts_parent.append(rows.astype(np.int64))
-            bar.update()
-        bar.set_postfix_str(f"{split} post-processing")
-        all_imgs = np.concatenate(parts_img)
-        all_imgs, flags = postprocess(
-            all_imgs, config.post, np.random.default_rng([seed, 4, s_idx])
-        )
-        splits[split] = SplitArrays.from_parts(
-            all_imgs, np.concatenate(parts_fam), parts_src, parts_parent, flags
-        )
-        bar.update()
+        splits[split] = make_split(config, s_idx, imgs, src, is_gray, models, bar, split)
     bar.close()
     meta = {
         "split_of_group": assignment,
@@ -111,6 +78,56 @@ def _generate_benchmark(config: BenchmarkConfig, progress: bool) -> ForensicBenc
     bench = ForensicBenchmark(config, splits, family_names, [p.name for p in photos], meta)
     bench.generators = models
     return bench
+
+
+def make_split(
+    config: BenchmarkConfig,
+    s_idx: int,
+    imgs: np.ndarray,
+    src: np.ndarray,
+    is_gray: np.ndarray,
+    models: dict[str, torch.nn.Module],
+    bar: Any = None,
+    name: str = "",
+) -> SplitArrays:
+    """Steps 4-5 for one split's clean reals: per family a seeded ``fake_fraction`` of them made
+    fake (seeds ``[seed, 3, s_idx, family]``), then every patch post-processed (``[seed, 4,
+    s_idx]``). ``s_idx`` is the split's index in ``SPLITS``; the fresh test split takes the
+    next one, so its draws are its own."""
+    seed = config.seed
+    bar = bar if bar is not None else _progress(0, False)
+    n = len(imgs)
+    parts_img, parts_fam, parts_src, parts_parent = [imgs], [np.zeros(n, np.int64)], [src], []
+    parts_parent.append(np.full(n, -1, np.int64))
+    for f_idx, fam in enumerate(config.families):
+        bar.set_postfix_str(f"{name} {fam}")
+        rng = np.random.default_rng([seed, 3, s_idx, f_idx])
+        m = max(1, round(config.fake_fraction * n))
+        rows = np.sort(rng.choice(n, size=m, replace=False))
+        fakes = generate(
+            fam,
+            imgs[rows],
+            rng=rng,
+            settings=config.generators,
+            models=models,
+            donors=imgs,
+            sources=src[rows],
+            donor_sources=src,
+        )
+        fakes = gray_where(fakes, is_gray[rows])
+        parts_img.append(fakes)
+        parts_fam.append(np.full(m, f_idx + 1, np.int64))
+        parts_src.append(src[rows])
+        parts_parent.append(rows.astype(np.int64))
+        bar.update()
+    bar.set_postfix_str(f"{name} post-processing")
+    all_imgs = np.concatenate(parts_img)
+    all_imgs, flags = postprocess(all_imgs, config.post, np.random.default_rng([seed, 4, s_idx]))
+    split = SplitArrays.from_parts(
+        all_imgs, np.concatenate(parts_fam), parts_src, parts_parent, flags
+    )
+    bar.update()
+    return split
 
 
 def fit_families(
@@ -136,6 +153,19 @@ def gray_where(fakes: np.ndarray, gray: np.ndarray) -> np.ndarray:
     return fakes
 
 
+def photo_patches(config: BenchmarkConfig, photo: Photo, rng: np.random.Generator) -> np.ndarray:
+    """Step 1 for one photo: its patches (uint8 (N, 3, P, P)) as the config cuts them."""
+    return cut_patches(
+        photo.pixels,
+        config.patch_size,
+        config.stride or config.patch_size,
+        scales=config.scales,
+        min_std=config.min_std,
+        max_patches=config.max_patches_per_photo,
+        rng=rng,
+    )
+
+
 def _clean_reals(
     config: BenchmarkConfig, photos: Sequence[Photo], bar: Any = None
 ) -> tuple[list[np.ndarray], dict[str, str], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
@@ -145,20 +175,10 @@ def _clean_reals(
     ``reals["train"][0]``."""
     seed = config.seed
     bar = bar if bar is not None else _progress(0, False)
-    stride = config.stride or config.patch_size
     patches, gray = [], []
     for i, photo in enumerate(photos):
         bar.set_postfix_str(f"patches {photo.name}")
-        p = cut_patches(
-            photo.pixels,
-            config.patch_size,
-            stride,
-            scales=config.scales,
-            min_std=config.min_std,
-            max_patches=config.max_patches_per_photo,
-            rng=np.random.default_rng([seed, 1, i]),
-        )
-        patches.append(p)
+        patches.append(photo_patches(config, photo, np.random.default_rng([seed, 1, i])))
         gray.append(photo.gray)
         bar.update()
 
