@@ -201,6 +201,20 @@ def test_the_experiment_scores_members_alone_and_with_the_chosen_prior(tmp_path,
     assert "Chosen: **`" in doc.read_text()
     # the record renders again without recomputing
     prior_main(["--from-json", str(out)])
+    assert record["test_photos"] == "benchmark" and "; test split, mean" in doc.read_text()
+    # the fresh test photos: the folds (validation) and the thresholds are the same, the
+    # members' test numbers are the fresh photos'
+    fresh_out = tmp_path / "fresh.json"
+    prior_main(["--tiny", "--cache-dir", str(tmp_path), "--fold", *folds, "--members", w,
+                "--weights", "0", "1", "--test-photos", "fresh",
+                "--json", str(fresh_out)])  # fmt: skip
+    fresh = json.loads(fresh_out.read_text())
+    assert fresh["test_photos"] == "fresh"
+    assert fresh["folds"] == record["folds"] and fresh["chosen"] == record["chosen"]
+    pairs = list(zip(networks, fresh["members"], strict=True))
+    assert all(a["report"]["threshold"] == b["report"]["threshold"] for a, b in pairs)
+    assert any(a["report"]["seen"] != b["report"]["seen"] for a, b in pairs)
+    assert "the fresh test photos (aero, ascent" in capsys.readouterr().out
     assert record["attribution"] == 0.0  # the tiny runs trained without it
     # a study of other fold networks goes to a section of its own, titled by its recipe
     before = doc.read_text()
