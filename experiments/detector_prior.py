@@ -286,7 +286,8 @@ def member_report(
         f = scores.feature(prior, images, fit)
         return fused(z, f, stats, weight, base_prior(prior)[1])
 
-    return {"stats": asdict(stats), **zero_shot_report(scorer, bench, families)}
+    report = zero_shot_report(scorer, bench, families, per_photo=True)
+    return {"stats": asdict(stats), **report}
 
 
 def best_weights(folds: Mapping[str, Mapping[str, Mapping[float, float]]]) -> dict[str, float]:
@@ -404,7 +405,48 @@ def markdown(record: dict[str, Any], command: str) -> str:
                 "",
                 *_member_table([m for m in ensembles if str(m["seed"]) == group], chosen),
             ]
+    lines += _photo_table(ensembles or members, chosen)
     return "\n".join(lines) + "\n"
+
+
+def _photo_table(scored: list[dict[str, Any]], chosen: dict[str, Any]) -> list[str]:
+    """Each test photo on its own (``protocol.per_photo_metrics``), for every ensemble (else
+    every network) alone and with the chosen prior: seen and held-out AUC of the photo's reals
+    against the fakes made from them, and its reals' FPR at the threshold. Records from before
+    the per-photo scores have none: no table."""
+    rows = [
+        m
+        for m in scored
+        if "per_photo" in m["report"]
+        and (m["weight"] == 0 or (m["prior"], m["weight"]) == (chosen["prior"], chosen["weight"]))
+    ]
+    if not rows:
+        return []
+    photos = list(rows[0]["report"]["per_photo"])
+    kind = "ensemble" if rows[0].get("kind") == "ensemble" else "network"
+    lines = [
+        "",
+        "Per photo (`protocol.per_photo_metrics`): each photo's reals against the fakes made from "
+        "them, mean AUC over the seen / held-out families, and its reals' FPR at the threshold "
+        "(the pooled tables rank every photo's reals against every photo's fakes).",
+        "",
+        f"| {kind} | views | prior | "
+        + " | ".join(
+            f"{p} ({rows[0]['report']['per_photo'][p]['reals']} reals): seen / held out / FPR"
+            for p in photos
+        )
+        + " |",
+        "|---|---|---|" + "---|" * len(photos),
+    ]
+    for m in rows:
+        cells = []
+        for photo in photos:
+            r = m["report"]["per_photo"][photo]
+            aucs = " / ".join("–" if r[g] is None else f"{r[g]:.3f}" for g in ("seen", "heldout"))
+            cells.append(f"{aucs} / {r['real_fpr']:.3f}")
+        label = "none" if m["weight"] == 0 else f"{m['prior']} (chosen), w = {m['weight']:g}"
+        lines.append(f"| {m['seed']} | {m['views']} | {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _member_table(members: list[dict[str, Any]], chosen: dict[str, Any]) -> list[str]:

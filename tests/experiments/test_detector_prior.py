@@ -214,7 +214,20 @@ def test_the_experiment_scores_members_alone_and_with_the_chosen_prior(tmp_path,
     pairs = list(zip(networks, fresh["members"], strict=True))
     assert all(a["report"]["threshold"] == b["report"]["threshold"] for a, b in pairs)
     assert any(a["report"]["seen"] != b["report"]["seen"] for a, b in pairs)
-    assert "the fresh test photos (aero, ascent" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "the fresh test photos (aero, ascent" in shown
+    # each photo on its own, for the detector alone and the chosen prior
+    assert set(fresh["members"][0]["report"]["per_photo"]) == {
+        "aero", "ascent", "luispedro", "nuclear"
+    }  # fmt: skip
+    assert "Per photo (`protocol.per_photo_metrics`)" in shown
+    assert "| aero (" in shown and "| 0 | one | none |" in shown
+    # a record from before the per-photo scores renders without the table
+    for m in fresh["members"]:
+        del m["report"]["per_photo"]
+    fresh_out.write_text(json.dumps(fresh))
+    prior_main(["--from-json", str(fresh_out)])
+    assert "Per photo" not in capsys.readouterr().out
     assert record["attribution"] == 0.0  # the tiny runs trained without it
     # a study of other fold networks goes to a section of its own, titled by its recipe
     before = doc.read_text()

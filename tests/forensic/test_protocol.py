@@ -117,6 +117,40 @@ def test_report_scores_seen_and_held_out_on_the_test_split_with_a_val_threshold(
     ) + len(bench.split("test", ["resample", "splice"]))
 
 
+def test_per_photo_metrics_score_each_photo_against_its_own_fakes(bench):
+    from assocmem.forensic.data.fresh import with_fresh_test
+
+    bench = with_fresh_test(bench)  # four test photos (the tiny test split has one)
+    families = FamilySplit(("ae_nearest",), ("resample", "splice"))
+    test = bench.split("test")
+    photos = sorted(bench.sources("test"))
+    odd = bench.source_names.index(photos[0])  # its reals score as fakes: every one flagged
+    rows = {img.numpy().tobytes(): i for i, img in enumerate(test.images_uint8)}
+
+    def score_fn(images):  # the truth (a fake 2, a real 0), but the odd photo's reals are 3
+        out = torch.zeros(len(images))  # validation reals (calibration): 0
+        for k, x in enumerate(images):
+            i = rows.get((x * 255).round().to(torch.uint8).numpy().tobytes())
+            if i is not None:
+                label = float(test.labels[i])
+                out[k] = 3.0 if test.source[i] == odd and label == 0 else 2.0 * label
+        return out
+
+    report = zero_shot_report(score_fn, bench, families, per_photo=True, scale="logits")
+    per = report["per_photo"]
+    assert sorted(per) == photos and len(photos) == 4
+    assert per[photos[0]]["real_fpr"] == 1.0 and per[photos[0]]["real_mean"] == 3.0
+    assert per[photos[0]]["seen"] == per[photos[0]]["heldout"] == 0.0  # its fakes score lower
+    for photo in photos[1:]:
+        assert per[photo]["real_fpr"] == 0.0
+        assert per[photo]["seen"] == per[photo]["heldout"] == 1.0
+    n_reals = int((test.labels == 0).sum())
+    assert sum(r["reals"] for r in per.values()) == n_reals
+    # the pooled report: only the odd photo's reals are false positives
+    assert report["test_real_fpr"] == pytest.approx(per[photos[0]]["reals"] / n_reals)
+    assert "per_photo" not in zero_shot_report(score_fn, bench, families, scale="logits")
+
+
 def test_report_refuses_a_family_the_benchmark_lacks(bench):
     with pytest.raises(ValueError, match="unknown families"):
         zero_shot_report(lambda x: x.mean((1, 2, 3)), bench, FamilySplit(("denoiser",), ()))

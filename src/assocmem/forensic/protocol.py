@@ -22,7 +22,7 @@ user's script) measures the same thing:
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "FamilySplit",
     "balanced",
     "linear_probe_scorer",
+    "per_photo_metrics",
     "texture_features",
     "zero_shot_report",
 ]
@@ -116,6 +117,7 @@ def zero_shot_report(
     *,
     target_fpr: float = 0.05,
     scale: str = "auto",
+    per_photo: bool = False,
 ) -> dict[str, Any]:
     """Score a detector on the test split, seen and held-out families, with a calibrated threshold.
 
@@ -134,7 +136,8 @@ def zero_shot_report(
         ``{"threshold", "target_fpr", "val_real_fpr", "test_real_fpr", "test_real_fpr_0.5",
         "scale", "seen": per-family metrics, "heldout": per-family metrics}``, each family's
         metrics with ``tpr`` and ``fpr`` at the threshold added (``"mean"`` averages them too);
-        ``scale`` is the one used (``"auto"`` resolved).
+        ``scale`` is the one used (``"auto"`` resolved). ``per_photo=True`` adds
+        ``"per_photo"``: :func:`per_photo_metrics` of the test split at the same threshold.
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
@@ -173,7 +176,50 @@ def zero_shot_report(
         report["test_real_fpr"] = false_positive_rate(s[real], threshold)
         # P(fake) >= 0.5: a probability at 0.5, a logit at 0
         report["test_real_fpr_0.5"] = false_positive_rate(s[real], 0.5 if probabilities else 0.0)
+    if per_photo:
+        test = bench.split("test", (*families.seen, *families.heldout))
+        report["per_photo"] = per_photo_metrics(
+            _scores(score_fn, test.images), test, bench.source_names, families, threshold
+        )
     return report
+
+
+def per_photo_metrics(
+    scores: np.ndarray,
+    test: ForensicSubset,
+    source_names: Sequence[str],
+    families: FamilySplit,
+    threshold: float,
+) -> dict[str, dict[str, Any]]:
+    """Each test photo on its own: ``{photo: {"reals", "real_fpr", "real_mean", "seen",
+    "heldout"}}``, its reals' count, FPR at ``threshold`` and mean score, and per group the mean
+    over families of the AUC of its reals against the fakes made from them (``None`` for a group
+    without such fakes). The pooled report ranks every photo's reals against every photo's
+    fakes; this says which photos carry its errors (a photo whose reals all score high raises the
+    pooled FPR and lowers every pooled AUC, however well its own fakes are told apart)."""
+    from sklearn.metrics import roc_auc_score  # imported here, as in metrics.py: it is slow
+
+    fam = test.family.numpy()
+    src = test.source.numpy()
+    codes = {f: test.family_names.index(f) for f in (*families.seen, *families.heldout)}
+    out: dict[str, dict[str, Any]] = {}
+    for photo in np.unique(src[fam == 0]).tolist():
+        real = (fam == 0) & (src == photo)
+        row: dict[str, Any] = {
+            "reals": int(real.sum()),
+            "real_fpr": false_positive_rate(scores[real], threshold),
+            "real_mean": float(scores[real].mean()),
+        }
+        for group, names in (("seen", families.seen), ("heldout", families.heldout)):
+            aucs = []
+            for f in names:
+                fake = (fam == codes[f]) & (src == photo)
+                if fake.any():
+                    keep = real | fake
+                    aucs.append(float(roc_auc_score(fam[keep] > 0, scores[keep])))
+            row[group] = float(np.mean(aucs)) if aucs else None
+        out[source_names[photo]] = row
+    return out
 
 
 @torch.no_grad()
