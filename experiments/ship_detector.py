@@ -37,6 +37,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from assocmem.forensic.calibration import (
@@ -197,6 +198,17 @@ def image_calibration(
             warnings.warn(f"no image threshold for {size} px: {e}", stacklevel=2)
             continue
         fakes = fake_image_scores(scorer, bench, seen, size=size, n=args.image_n, split="val")
+        # A blank crop (no textured tile) has no score (NaN) and is never called fake: the
+        # threshold and the map are fit on the crops that get a score (one blank fake made every
+        # size's map fail, so P(fake) of every image fell back to the patch map)
+        reals, fakes = (
+            _scored(x, f"{size} px {name}") for x, name in ((reals, "reals"), (fakes, "fakes"))
+        )
+        if not reals.size:
+            warnings.warn(
+                f"no image threshold for {size} px: every real crop is blank", stacklevel=2
+            )
+            continue
         try:
             platt_scaling(reals, fakes)
         except ValueError as e:
@@ -206,6 +218,14 @@ def image_calibration(
             size, reals.tolist(), None if fakes is None else fakes.tolist()
         )
     return out
+
+
+def _scored(scores: np.ndarray, what: str) -> np.ndarray:
+    """``scores`` without the blank crops' NaN, warning how many were left out."""
+    blank = np.isnan(scores)
+    if blank.any():
+        warnings.warn(f"{what}: {int(blank.sum())} blank crop(s) left out", stacklevel=3)
+    return scores[~blank]
 
 
 def probability_report(

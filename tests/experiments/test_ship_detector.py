@@ -288,3 +288,33 @@ def test_options_are_refused_before_training(tmp_path, capsys, argv, expected):
     assert exit_.value.code == 2
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "cache").exists() and not (tmp_path / "ok.safetensors").exists()
+
+
+def test_blank_crops_are_left_out_of_the_image_calibration(monkeypatch):
+    """A blank crop scores NaN (no textured tile; never called fake). One blank fake made the
+    Platt fit fail, and then no size kept a map to P(fake); the calibration now fits on the
+    crops that have a score, and says how many it left out."""
+    import argparse
+
+    import numpy as np
+    import torch
+
+    import experiments.ship_detector as ship
+
+    reals = np.array([np.nan, *np.linspace(-3.0, 1.0, 40)])
+    fakes = np.array([*np.linspace(0.0, 4.0, 40), np.nan, np.nan])
+    monkeypatch.setattr(ship, "real_image_scores", lambda *a, **k: reals.copy())
+    monkeypatch.setattr(ship, "fake_image_scores", lambda *a, **k: fakes.copy())
+    bench = argparse.Namespace(config=argparse.Namespace(patch_size=32))
+    args = argparse.Namespace(image_sizes=[64], image_n=41, views="one")
+    with pytest.warns(UserWarning, match="blank crop") as caught:
+        out = ship.image_calibration(torch.nn.Identity(), bench, ["splice"], args)
+    assert [str(w.message) for w in caught] == [
+        "64 px reals: 1 blank crop(s) left out", "64 px fakes: 2 blank crop(s) left out"
+    ]  # fmt: skip
+    cal = out[4]
+    assert cal.reals == reals[1:].tolist() and cal.fakes == fakes[:-2].tolist()
+    # every real crop blank: no threshold for that size, not a NaN one
+    monkeypatch.setattr(ship, "real_image_scores", lambda *a, **k: np.full(5, np.nan))
+    with pytest.warns(UserWarning, match="every real crop is blank"):
+        assert ship.image_calibration(torch.nn.Identity(), bench, ["splice"], args) == {}
