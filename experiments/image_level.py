@@ -30,6 +30,7 @@ import torch
 from assocmem.forensic import Detector
 from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
+from assocmem.forensic.data.fresh import with_fresh_test
 from assocmem.forensic.image_level import image_level_report
 from assocmem.storage import strict_json
 from experiments.detectors import HELDOUT, SEEN, bad_run_options, family_split
@@ -44,6 +45,8 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
     bench = build_benchmark(config, args.cache_dir, progress=False)
+    if args.test_photos == "fresh":  # crops of the fresh photos; validation unchanged
+        bench = with_fresh_test(bench)
     detector = Detector.load(args.weights)
     if args.patch_calibration:  # the rule before checkpoints stored image calibrations
         detector = dataclasses.replace(detector, image_thresholds=(), image_probability=())
@@ -61,6 +64,7 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "image_thresholds": {str(k): t for k, t in detector.image_thresholds},
         "image_probability": bool(detector.image_probability),
         "seed": args.seed,
+        "test_photos": args.test_photos,
         "reports": reports,
     }
 
@@ -105,14 +109,20 @@ def markdown(record: dict[str, Any]) -> str:
     held = [f for f in HELDOUT if f in first.get("heldout", {})]
     lines = [
         "## A detector on images larger than a patch (tiles, mean logit, "
-        + ("the patch threshold for every size)" if not by_size else "thresholds by size)"),
+        + ("the patch threshold for every size)" if not by_size else "thresholds by size)")
+        + (" on the fresh test photos" if record.get("test_photos") == "fresh" else ""),
         "",
         f"Regenerate: `{record['command']}`.",
         "",
         f"{_checkpoint_name(record['weights'])} (views `{record['views']}`), scored as "
         f"`Detector` scores images: non-overlapping tiles, the mean tile logit, {rule}. "
-        f"Images: {first['n']} real S × S crops per size of the test split's photos "
-        f"({', '.join(first['photos'])}; crops overlap, so images are not independent photos) "
+        f"Images: {first['n']} real S × S crops per size of the "
+        + (
+            "fresh test photos (photos no study had scored, `assocmem.forensic.data.fresh`) "
+            if record.get("test_photos") == "fresh"
+            else "test split's photos "
+        )
+        + f"({', '.join(first['photos'])}; crops overlap, so images are not independent photos) "
         "and each family's fake of every crop, post-processed like the benchmark "
         "(`assocmem.forensic.image_level`). Per family the AUC of its fakes against all the "
         "reals, the TPR at the threshold in brackets; FPR: the reals flagged at it.",
@@ -190,6 +200,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="the tiny benchmark (tests)")
+    parser.add_argument(
+        "--test-photos",
+        choices=("benchmark", "fresh"),
+        default="benchmark",
+        help="crop the test split's photos or the fresh test photos (assocmem.forensic.data."
+        "fresh); thresholds come from the validation photos either way",
+    )
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--json", type=output_path, help="write the record here")
     parser.add_argument("--from-json", type=Path, help="no scoring: render this record")

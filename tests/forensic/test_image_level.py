@@ -45,6 +45,16 @@ def test_crops_come_from_their_split_only_and_have_the_size(bench, split):
         assert 0 <= photo < len(crops.photo_names)
 
 
+def test_crops_of_a_fresh_test_split_are_the_fresh_photos(bench):
+    from assocmem.forensic.data.fresh import with_fresh_test
+    from assocmem.forensic.data.photos import FRESH_PHOTO_NAMES
+
+    fresh = with_fresh_test(bench)
+    assert set(PhotoCrops(fresh, "test", 48).photo_names) == set(FRESH_PHOTO_NAMES)
+    # validation (the thresholds' photos) stays the benchmark's
+    assert PhotoCrops(fresh, "val", 48).photo_names == PhotoCrops(bench, "val", 48).photo_names
+
+
 def test_crops_refuse_what_they_cannot_give(bench):
     with pytest.raises(ValueError, match="split must be one of"):
         PhotoCrops(bench, "holdout")
@@ -157,6 +167,16 @@ def test_the_command_writes_and_rerenders_its_section(tmp_path):
     assert md.read_text().strip() == first.strip()
     with pytest.raises(SystemExit):
         main(["--tiny", "--cache-dir", cache, "--weights", str(ckpt), "--n", "0"])
+    # the fresh test photos: another section title, the photos named
+    main(["--tiny", "--cache-dir", cache, "--weights", str(ckpt), "--sizes", "64", "--n", "3",
+          "--test-photos", "fresh", "--json", str(tmp_path / "f.json")])  # fmt: skip
+    fresh = json.loads((tmp_path / "f.json").read_text())
+    assert fresh["test_photos"] == "fresh"
+    assert set(fresh["reports"][0]["photos"]) <= {"aero", "ascent", "luispedro", "nuclear"}
+    main(["--from-json", str(tmp_path / "f.json"), "--write", str(tmp_path / "f.md")])
+    text = (tmp_path / "f.md").read_text()
+    assert "thresholds by size) on the fresh test photos" in text
+    assert "crops per size of the fresh test photos" in text
 
 
 @pytest.mark.parametrize("content", ["not json", "{}", '{"command": "x", "reports": []}'])

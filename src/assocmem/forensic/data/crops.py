@@ -6,7 +6,8 @@ it is near-flat (``config.min_std``, as the cached sets filter), then flipped an
 multiple of 90 degrees at random. Only the split's photos are ever opened.
 
 ``TrainStream`` draws its ``patch_size`` crops of the train photos this way; the image-level
-evaluation (``assocmem.forensic.image_level``) draws larger crops of the test photos.
+evaluation (``assocmem.forensic.image_level``) draws larger crops of the test photos (of the
+fresh test photos for a benchmark from ``fresh.with_fresh_test``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from assocmem.forensic.data.config import SPLITS
 from assocmem.forensic.data.patches import rescale
-from assocmem.forensic.data.photos import load_photos
+from assocmem.forensic.data.photos import load_fresh_photos, load_photos
 from assocmem.forensic.data.splits import ForensicBenchmark
 
 __all__ = ["PhotoCrops", "augment"]
@@ -55,7 +56,11 @@ class PhotoCrops:
         self.size = self.config.patch_size if size is None else int(size)
         if self.size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
-        photos = [p for p in load_photos(self.config.photos) if split_of_group[p.group] == split]
+        if split == "test" and bench.meta.get("test_photos") == "fresh":  # fresh.with_fresh_test
+            photos = load_fresh_photos()
+        else:
+            wanted = load_photos(self.config.photos)
+            photos = [p for p in wanted if split_of_group[p.group] == split]
         self.levels: list[list[np.ndarray]] = []
         for photo in photos:
             levels = [rescale(photo.pixels, s) for s in self.config.scales]
