@@ -73,6 +73,9 @@ def test_the_fresh_split_replaces_test_only_and_is_deterministic(bench):
     # the same photos are not re-sourced: a benchmark that already has them is refused
     with pytest.raises(ValueError, match="already sources"):
         fresh_test_split(fresh)
+    clip_like = type(bench)(object(), bench.splits, bench.family_names, bench.source_names)
+    with pytest.raises(ValueError, match="not the clip one"):
+        fresh_test_split(clip_like)
 
 
 def test_fresh_fakes_follow_the_recipe_and_gray_photos_stay_gray():

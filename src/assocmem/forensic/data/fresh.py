@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from assocmem.forensic.data.cache import fitted_generators
-from assocmem.forensic.data.config import SPLITS
+from assocmem.forensic.data.config import SPLITS, BenchmarkConfig
 from assocmem.forensic.data.photos import FRESH_PHOTO_NAMES, load_fresh_photos
 from assocmem.forensic.data.pipeline import make_split, photo_patches
 from assocmem.forensic.data.splits import ForensicBenchmark, SplitArrays
@@ -34,7 +34,7 @@ def fresh_test_split(bench: ForensicBenchmark) -> SplitArrays:
     """The fresh photos as a test split of ``bench``'s recipe. Source codes continue
     ``bench.source_names`` (``len(bench.source_names) + j`` for the j-th fresh photo)."""
     config = bench.config
-    if not hasattr(config, "patch_size"):
+    if not isinstance(config, BenchmarkConfig):  # a ClipConfig: its images are clips
         raise ValueError("the fresh test split is made for the image benchmark, not the clip one")
     taken = sorted(set(FRESH_PHOTO_NAMES) & set(bench.source_names))
     if taken:
