@@ -1,12 +1,14 @@
-"""The fresh test split: the benchmark's recipe applied to photos no study has looked at.
+"""The fresh test split: the benchmark's recipe applied to photos no study had looked at.
 
 The detector studies in docs/results.md chose recipes, priors and ensembles with the test
-split's numbers in view, again and again, so that split no longer measures a choice cleanly. The
-fresh split is what stands in for it once: the camera-made images shipped in the PyWavelets and
-mahotas wheels (``photos.FRESH_PHOTO_NAMES``, never part of ``PHOTO_NAMES``), cut into patches,
-made fake and post-processed exactly as the built benchmark's splits are (the same fitted
-generator models, the same post-processing config), with random draws of their own (those of a
-fourth split after train, val and test).
+split's numbers in view, again and again, so that split no longer measures a choice cleanly.
+The fresh split stood in for it once (2026-12-06, docs/results.md ``detector-prior-fresh``,
+under a plan fixed before the run; a choice made after it and scored here is no clean claim
+either): the camera-made images shipped in the PyWavelets and mahotas wheels
+(``photos.FRESH_PHOTO_NAMES``, never part of ``PHOTO_NAMES``), cut into patches, made fake and
+post-processed exactly as the built benchmark's splits are (the same fitted generator models,
+the same post-processing config), with random draws of their own (those of a fourth split
+after train, val and test).
 
 :func:`with_fresh_test` returns the benchmark with its ``test`` split replaced by the fresh one;
 train and validation are untouched, so everything chosen on them (early stopping, thresholds,

@@ -12,8 +12,9 @@ same array as ``chelsea`` and is therefore not listed twice.
 
 A second, smaller registry (``FRESH_PHOTO_NAMES``) holds the camera-made images that ship in
 the PyWavelets and mahotas wheels: photos added after every detector study had been run, kept
-out of ``PHOTO_NAMES`` (and so out of every split) as a test set no choice was ever made on
-(``fresh.py``). Left out of it: ``pywt.data.camera`` (skimage's ``camera``, array-equal),
+out of ``PHOTO_NAMES`` (and so out of every split) as a test set no choice had been made on
+(``fresh.py``; read once since, under a plan fixed before: docs/results.md,
+``detector-prior-fresh``). Left out of it: ``pywt.data.camera`` (skimage's ``camera``, array-equal),
 mahotas' ``DepartmentStore.jpg`` (a scanned drawing, not a photo) and ``lena.jpg`` (withdrawn
 from use by journals and societies since 2018-2024).
 
