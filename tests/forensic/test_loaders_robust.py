@@ -362,6 +362,26 @@ def test_pillow_modes_come_out_as_rgb_in_unit_range(tmp_path, name, make, expect
     assert _solid(_tensor(path), expect, atol=3 / 255), _tensor(path)[:, 0, 0]
 
 
+def test_float_images_take_the_white_level_their_values_suggest(tmp_path):
+    from assocmem.forensic.data.loaders import load_rgb
+
+    def read(a: np.ndarray) -> np.ndarray:
+        path = tmp_path / "f.tif"
+        Image.fromarray(a.astype(np.float32)).save(path)
+        return np.asarray(load_rgb(path)[0])[..., 0]
+
+    # a [0, 1] image with one overshooting pixel (a sharpening filter's 1.02) stays [0, 1]: read
+    # by its maximum it was taken for a 0-255 image, i.e. black
+    a = np.full((40, 40), 0.5)
+    a[0, 0] = 1.02
+    out = read(a)
+    assert out[1:, 1:].min() == out[1:, 1:].max() == 128 and out[0, 0] == 255
+    assert (read(np.full((40, 40), 51.0)) == 51).all()  # 0-255 floats
+    assert (read(np.full((40, 40), 32896.0)) == 128).all()  # 16-bit range floats
+    with pytest.raises(ValueError, match="not on a 0-1, 0-255 or 0-65535 scale"):
+        read(np.full((40, 40), 1e7))
+
+
 def test_exif_orientation_is_applied(tmp_path):
     """A 60×40 landscape file tagged 'rotate 90° CW' (orientation 6) is a 40×60 portrait."""
     a = np.zeros((40, 60, 3), np.uint8)

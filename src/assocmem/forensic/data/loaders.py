@@ -329,6 +329,26 @@ def _require_regular_file(path: str | os.PathLike[str]) -> None:
         raise OSError(f"{path} is not a regular file")
 
 
+# Float images carry no scale: the white level is guessed from the values, the one of 1, 255 and
+# 65535 that their 99.9th percentile does not exceed by more than half. A percentile, not the
+# maximum: a [0, 1] image with a few overshooting pixels (1.02 after a sharpening filter) read
+# by its maximum was taken for a 0-255 one, i.e. black.
+FLOAT_WHITES = (1.0, 255.0, 65535.0)
+
+
+def float_white(a: np.ndarray) -> float:
+    """The white level of a float image's finite values ``a`` (``FLOAT_WHITES``; values above it
+    are clipped, below 0 too). Raises ``ValueError`` when they are on none of those scales."""
+    level = float(np.percentile(a, 99.9)) if a.size else 0.0
+    for white in FLOAT_WHITES:
+        if level <= 1.5 * white:
+            return white
+    raise ValueError(
+        f"a float image whose values reach {level:g} (99.9th percentile): not on a 0-1, 0-255 or "
+        "0-65535 scale; convert it to 8 or 16 bits first"
+    )
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """Any decoded mode -> 8-bit RGB, keeping the picture's brightness."""
     if im.mode == "RGB":
@@ -347,10 +367,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
         a = a / 257.0 if a.size and a.max() > 255 else a
         return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
     if im.mode == "F":
-        # Float images (TIFF, scientific formats) are in [0, 1] by convention; one whose values
-        # exceed 1 is taken as [0, 255]. Non-finite values become black.
         a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        a = a * 255.0 if a.size and a.max() <= 1.0 else a
+        a = a * (255.0 / float_white(a))
         return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
     return im.convert("RGB")  # L, 1, P, CMYK, YCbCr; unsupported modes raise ValueError
 
@@ -389,7 +407,8 @@ def _decode(
 def load_rgb(path: str | os.PathLike[str], *, orient: bool = True) -> tuple[Image.Image, str]:
     """Decode fully (so truncation raises here), apply EXIF orientation and convert to RGB;
     returns (image, original mode). Alpha is composited on white, the usual display convention;
-    16-bit images are scaled by 1/257 and float images from [0, 1] (see ``to_rgb``).
+    16-bit images are scaled by 1/257 and float images from the white level their values suggest
+    (1, 255 or 65535: ``float_white``; a float image on none of those scales is refused).
     ``orient=False`` keeps the pixels as stored, where a JPEG's 8 x 8 block grid starts at the
     top-left pixel (an EXIF rotation moves it to another corner).
 
