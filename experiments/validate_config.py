@@ -23,6 +23,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from assocmem.forensic.checkpoint import sidecar_path
+
 __all__ = [
     "ConfigError",
     "exit_on_error",
@@ -89,7 +91,7 @@ def same_file(a: Path, b: Path) -> bool:
 def sidecar(checkpoint: Path) -> Path:
     """The JSON sidecar of a detector checkpoint (``assocmem.forensic.checkpoint``): written
     beside it, and it must equal the header inside it or the checkpoint refuses to load."""
-    return Path(checkpoint).with_suffix(".json")
+    return sidecar_path(checkpoint)
 
 
 Named = Iterable[tuple[str, Path | None]]

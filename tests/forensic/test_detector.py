@@ -517,7 +517,7 @@ def test_save_refuses_unknown_views(tmp_path: Path):
 
 def _save(tmp_path: Path, model, name: str = "x.safetensors", **kwargs):
     args = {"architecture": "npr", "arch_kwargs": {"widths": [4, 8], "norm": "batch"},
-            "patch_size": 32, "val_real_logits": [0.0, 1.0]}  # fmt: skip
+            "patch_size": 32, "val_real_logits": [k / 19 for k in range(20)]}  # fmt: skip
     return save_detector(tmp_path / name, model, **{**args, **kwargs})
 
 
@@ -740,3 +740,48 @@ def test_cuda_scores_agree_with_the_cpu_to_float32_rounding(ckpt: Path):
         cuda = Detector.load(ckpt, device="cuda").tile_logits(image)
     assert cuda.device.type == "cpu"  # scores come back to the host
     torch.testing.assert_close(cuda, cpu, rtol=0, atol=10 * LOGIT_TOL)
+
+
+def test_save_warns_of_a_rate_its_reals_cannot_calibrate_and_names_few_tensors(tmp_path: Path):
+    from assocmem.forensic.checkpoint import build_model, save_detector
+
+    torch.manual_seed(0)
+    kwargs = {"widths": [4, 8], "hidden": 8, "embed": 4}
+    model = build_model("npr_dct", kwargs).eval()
+    with torch.no_grad():
+        val = model(torch.rand(24, 3, 32, 32))
+    common = {"architecture": "npr_dct", "arch_kwargs": kwargs, "patch_size": 32, "info": {}}
+    # 1 % of 24 reals allows no false positive: a threshold above every real, a rate that
+    # Detector.with_fpr and assocmem-detect --fpr refuse; saving it says so
+    with pytest.warns(UserWarning, match="allows no false positive among 24 validation reals"):
+        header = save_detector(tmp_path / "a.safetensors", model, val_real_logits=val,
+                               target_fpr=0.01, **common)  # fmt: skip
+    assert header["calibration"]["threshold"] > float(val.max())
+    # the wrong architecture for the weights: a short message, not ~100 tensor names
+    with pytest.raises(ValueError, match="and \\d+ more") as caught:
+        save_detector(tmp_path / "b.safetensors", model, val_real_logits=val,
+                      **{**common, "architecture": "npr", "arch_kwargs": {}})  # fmt: skip
+    assert len(str(caught.value)) < 600
+
+
+def test_checkpoints_named_with_dots_keep_sidecars_of_their_own(tmp_path: Path):
+    from assocmem.forensic.checkpoint import build_model, save_detector, sidecar_path
+
+    assert sidecar_path("d.safetensors") == Path("d.json")
+    assert sidecar_path("detector_v1.0") == Path("detector_v1.0.json")
+    kwargs = {"widths": [4, 8], "hidden": 8, "embed": 4}
+    for seed, name in ((0, "detector_v1.0"), (1, "detector_v1.1")):
+        torch.manual_seed(seed)
+        model = build_model("npr_dct", kwargs).eval()
+        with torch.no_grad():
+            val = model(torch.rand(20, 3, 32, 32))
+        save_detector(tmp_path / name, model, architecture="npr_dct", arch_kwargs=kwargs,
+                      patch_size=32, val_real_logits=val, info={"seed": seed})  # fmt: skip
+    # both were given detector_v1.json: the second save overwrote the first's sidecar, and the
+    # first then refused to load ("differs from the header ... one of them was edited")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "detector_v1.0", "detector_v1.0.json", "detector_v1.1", "detector_v1.1.json"
+    ]  # fmt: skip
+    assert [
+        load_detector(tmp_path / n).info["seed"] for n in ("detector_v1.0", "detector_v1.1")
+    ] == [0, 1]

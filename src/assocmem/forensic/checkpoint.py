@@ -33,17 +33,20 @@ Layout of a ``<name>.safetensors`` file:
     families), from which it fits each size's map to ``P(fake)``;
   - ``info``: free-form provenance (the training command, the data config, the test table);
   - ``weights_sha256`` (written since 2026-12-06, read where present): the SHA-256 of the
-    ``model.*`` tensors (:func:`weights_digest`), binding the calibration to the weights it was
-    measured on. Without it, weights changed after calibration (scaled, fine-tuned, another
-    run's file renamed) loaded without a word and were decided at a threshold set for other
-    logits. It guards against such accidents, not against someone who edits both;
+    ``model.*`` tensors (:func:`weights_digest`), binding the weights to the header that holds
+    their calibration. Without it, weights changed after calibration (scaled, fine-tuned,
+    another run's file renamed) loaded without a word and were decided at a threshold set for
+    other logits. It guards against such accidents, not against someone who edits both. The
+    calibration itself is in no digest: it is checked for consistency (below), so a
+    calibration block copied whole from another run, into header and sidecar alike, loads;
   - ``network_sha256`` (written since late 2026-12-06, read where present): the SHA-256 of the
     weights' digest with the header's ``architecture``, ``arch_kwargs``, ``patch_size`` and
     ``views`` (:func:`network_digest`): everything the calibration's logits were computed
     with. Without it, a header edited to ``"views": "one"`` (eight times faster) or another
     ``patch_size`` loaded and was decided at a threshold calibrated on other logits.
 
-:func:`save_detector` also writes ``<name>.json``, the same header indented for people.
+:func:`save_detector` also writes the sidecar (:func:`sidecar_path`: ``<name>.json``), the same
+header indented for people.
 
 :func:`load_detector` refuses with a ``ValueError`` naming the problem: a path that is no regular
 file (never opened), a file that is not safetensors, a missing or non-JSON header, another format
@@ -63,6 +66,7 @@ import json
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +78,7 @@ from torch import Tensor, nn
 
 from assocmem.forensic.calibration import (
     ProbabilityScaling,
+    allowed_false_positives,
     platt_scaling,
     threshold_allowing,
     threshold_at_fpr,
@@ -99,6 +104,7 @@ __all__ = [
     "load_detector",
     "network_digest",
     "save_detector",
+    "sidecar_path",
     "weights_digest",
 ]
 
@@ -281,6 +287,18 @@ def save_detector(
             "argument of the model"
         )
     logits = _sorted_floats(val_real_logits)
+    n = len(logits)
+    if n and 0.0 < target_fpr < 1.0 and allowed_false_positives(target_fpr, n) < 1:
+        # The threshold then sits above every real: "at most target_fpr of them" holds (none
+        # is flagged), but nothing calibrates the rate itself; Detector.with_fpr and
+        # assocmem-detect --fpr refuse such a rate outright. Saved (the tiny smoke benchmark has
+        # 12 reals), said.
+        warnings.warn(
+            f"target_fpr {target_fpr} allows no false positive among {n} validation reals: the "
+            f"threshold sits above all of them and is not calibrated for {target_fpr} (rates "
+            f"from 1/{n} = {1.0 / n:.2g} are)",
+            stacklevel=2,
+        )
     threshold = threshold_at_fpr(logits, target_fpr)
     header = {
         "format": FORMAT,
@@ -323,7 +341,7 @@ def save_detector(
     _check_header(header, Path(path))
     path = Path(path)
     write_safetensors(path, tensors, header)
-    path.with_suffix(".json").write_text(strict_json.dumps(header, indent=1, sort_keys=True) + "\n")
+    sidecar_path(path).write_text(strict_json.dumps(header, indent=1, sort_keys=True) + "\n")
     return header
 
 
@@ -564,8 +582,19 @@ def _check_probability(cal: dict[str, Any], real_logits: list[float], path: Path
             )
 
 
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """The ``.json`` sidecar of a checkpoint at ``path``: ``x.safetensors`` -> ``x.json``;
+    another name keeps its whole name (``detector_v1.0`` -> ``detector_v1.0.json``: replacing
+    its last suffix gave ``detector_v1.1`` and ``detector_v1.0`` one sidecar, which the second
+    save overwrote)."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        return path.with_suffix(".json")
+    return path.with_name(path.name + ".json")
+
+
 def _check_sidecar(path: Path, header: dict[str, Any]) -> None:
-    sidecar = path.with_suffix(".json")
+    sidecar = sidecar_path(path)
     if not sidecar.exists():
         return  # the header inside the .safetensors file is the checkpoint; the sidecar is a copy
     try:
@@ -586,11 +615,18 @@ def _check_sidecar(path: Path, header: dict[str, Any]) -> None:
         )
 
 
+def _few(names: Sequence[str], shown: int = 5) -> str:
+    """At most ``shown`` names and how many more: a whole state dict's names are no message."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{list(names[:shown])}{more}" if names else "none"
+
+
 def _check_tensors(saved: dict[str, Tensor], expected: dict[str, Tensor], where: str) -> None:
     if set(saved) != set(expected):
         extra, lacking = sorted(set(saved) - set(expected)), sorted(set(expected) - set(saved))
         raise ValueError(
-            f"{where}: tensors do not fit the architecture (unexpected {extra}, missing {lacking})"
+            f"{where}: tensors do not fit the architecture (unexpected {_few(extra)}, missing "
+            f"{_few(lacking)}): another architecture or arch_kwargs than the model's?"
         )
     for k, v in expected.items():
         s = saved[k]

@@ -62,6 +62,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from assocmem.forensic.checkpoint import sidecar_path
 from assocmem.forensic.data.loaders import (
     DECODE_ERRORS,
     cnndetection_samples,
@@ -401,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # header); every input, an image or a manifest (``--csv a.jpg b.jpg`` meant as two images
     # replaced a.jpg with the report).
     weights = Path(detector.source).resolve()
-    protected = {weights, weights.with_suffix(".json")}
+    protected = {weights, sidecar_path(weights)}
     outputs = [(out, out.resolve()) for out in (args.csv, args.json) if out is not None]
     if len({where for _, where in outputs}) < len(outputs):
         return usage(f"--csv and --json are the same file ({args.csv}); give each its own")
