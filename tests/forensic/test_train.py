@@ -208,6 +208,30 @@ def test_training_inputs_a_detector_cannot_read_are_refused():
         train(val_images=xv[:0], val_labels=yv[:0])
     with pytest.raises(ValueError, match="batch_size"):
         train(batch_size=8.0)
+    with pytest.raises(ValueError, match="one class only"):
+        train(train_images=x[:8], train_labels=y[:8])  # the reals of synthetic() alone
+
+
+def test_a_loaders_batches_are_checked_as_a_tensor_set_is():
+    """A DataLoader's batches went to the loss unchecked: uint8 pixels trained at 255 times
+    the scale, labels 0/2 trained a cross-entropy against 2, reals alone trained to "ok"."""
+    import pytest
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y, _ = synthetic(16, seed=0)
+    xv, yv, _ = synthetic(8, seed=1)
+
+    def train(images, labels, steps=1):
+        loader = DataLoader(TensorDataset(images, labels), batch_size=8)
+        return train_detector(SmallCNN(), loader, None, xv, yv, adam(1e-3), steps=steps,
+                              eval_every=2)  # fmt: skip
+
+    with pytest.raises(ValueError, match="train_images must be floating point"):
+        train((x * 255).to(torch.uint8), y)
+    with pytest.raises(ValueError, match=r"train_labels must be 0 \(real\) or 1"):
+        train(x, torch.where(torch.arange(len(y)) == 0, 2, y))  # a family code among them
+    with pytest.warns(UserWarning, match="holds real images only"):
+        train(x[:8], y[:8], steps=2)
 
 
 def test_a_float64_detector_trains_and_scores_on_float32_images():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -264,6 +265,10 @@ def train_detector(
         if train_labels is None or train_images.shape[0] != train_labels.shape[0]:
             raise ValueError("train_images and train_labels differ in length")
         _check_images_and_labels("train", train_images, train_labels)
+        if len(train_labels) and len(train_labels.unique()) < 2:
+            raise ValueError(
+                "train_labels hold one class only: a detector needs reals (0) and fakes (1)"
+            )
         train: Any = (train_images, train_labels)
     else:
         if train_labels is not None:
@@ -282,7 +287,14 @@ def train_detector(
 
     dtype = _model_dtype(detector)
 
+    from_loader = not isinstance(train_images, Tensor)
+    classes_seen: set[int] = set()
+    warned: list[bool] = []
+
     def step_loss(batch: Any) -> Tensor:
+        if from_loader:  # a tensor set was checked whole above; a loader's batches one by one
+            _check_images_and_labels("train", batch[0], batch[1])
+            classes_seen.update(int(v) for v in batch[1].unique().tolist())
         return detector_loss(
             detector,
             batch,
@@ -293,6 +305,14 @@ def train_detector(
         )
 
     def evaluate() -> dict[str, float]:
+        if from_loader and len(classes_seen) == 1 and not warned:
+            warned.append(True)
+            only = "real" if classes_seen == {0} else "fake"
+            warnings.warn(
+                f"every training batch so far holds {only} images only: a detector learns "
+                "nothing from one class (the loader's data, or its sampler?)",
+                stacklevel=3,
+            )
         z = logits(detector, val_images, max(batch_size, 256))
         val_loss = float(margin_bce(z, y_val, margin))
         auc = math.nan
