@@ -66,7 +66,7 @@ from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.storage import read_safetensors, strict_json
 from experiments.detector_ensemble import RECIPE, ensemble_of, load_member
 from experiments.detectors import HELDOUT, SEEN, _ms, family_split
-from experiments.report import output_path, replace_section
+from experiments.report import output_path, read_record, replace_section
 from experiments.score_cache import ScoreCache
 
 SECTION = "detector-prior"
@@ -531,12 +531,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv[1:] if argv is None else argv
     )
     if args.from_json:
-        try:
-            record = json.loads(args.from_json.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            parser.error(f"--from-json {args.from_json}: {e}")
-        if not isinstance(record, dict) or not {"command", "folds", "members"} <= set(record):
-            parser.error(f"--from-json {args.from_json}: not a record of this command")
+        record = read_record(parser, args.from_json, ("command", "folds", "members"))
         command = f"`{record['command']}`, then " + command.strip() + "`"
         if args.note:
             record["note"] = args.note

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -34,7 +33,7 @@ from assocmem.forensic.data.fresh import with_fresh_test
 from assocmem.forensic.image_level import image_level_report
 from assocmem.storage import strict_json
 from experiments.detectors import HELDOUT, SEEN, bad_run_options, family_split
-from experiments.report import output_path, replace_section
+from experiments.report import output_path, read_record, replace_section
 from experiments.validate_config import output_clash, sidecar
 
 SECTION = "image-level"
@@ -225,12 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     if clash:  # before anything is read or scored: an output never replaces an input
         parser.error(clash)
     if args.from_json:
-        try:
-            record = json.loads(args.from_json.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            parser.error(f"--from-json {args.from_json}: {e}")
-        if not (isinstance(record, dict) and record.get("reports") and "command" in record):
-            parser.error(f"--from-json {args.from_json}: not a record of this command")
+        record = read_record(parser, args.from_json, ("command", "reports"))
     else:
         if args.n < 1 or any(s < 1 for s in args.sizes):
             parser.error("--n and --sizes must be positive")

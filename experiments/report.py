@@ -16,6 +16,7 @@ import math
 import os
 import shlex
 import statistics
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -332,6 +333,21 @@ def _replaced(text: str, name: str, body: str) -> str:
             "of each in that order; mend the file by hand"
         )
     return text.rstrip() + "\n\n" + section + "\n"
+
+
+def read_record(
+    parser: argparse.ArgumentParser, path: Path, needed: Iterable[str]
+) -> dict[str, Any]:
+    """The JSON record a command wrote (``--from-json``): a usage error, naming the file, if it
+    is unreadable, not JSON, or not an object with the ``needed`` keys set (a falsy value, an
+    empty list of reports say, counts as missing)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        parser.error(f"--from-json {path}: {e}")
+    if not isinstance(record, dict) or not all(record.get(k) for k in needed):
+        parser.error(f"--from-json {path}: not a record of this command")
+    return record
 
 
 def output_path(text: str) -> Path:

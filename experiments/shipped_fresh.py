@@ -15,7 +15,6 @@ fresh photo on its own beside the pooled table.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 import sys
@@ -32,7 +31,7 @@ from assocmem.forensic.data.photos import FRESH_PHOTO_NAMES
 from assocmem.forensic.protocol import FamilySplit, zero_shot_report
 from assocmem.forensic.views import view_logits
 from assocmem.storage import strict_json
-from experiments.report import output_path, replace_section
+from experiments.report import output_path, read_record, replace_section
 from experiments.score_cache import memoized
 
 SECTION = "shipped-detector-fresh"
@@ -144,14 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv[1:] if argv is None else argv
     )
     if args.from_json:
-        try:
-            record = json.loads(args.from_json.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            parser.error(f"--from-json {args.from_json}: {e}")
-        if not isinstance(record, dict) or not {"command", "fresh", "benchmark_test"} <= set(
-            record
-        ):
-            parser.error(f"--from-json {args.from_json}: not a record of this command")
+        record = read_record(parser, args.from_json, ("command", "fresh", "benchmark_test"))
         shown = f"`{record['command']}`, then `{command.strip()}`"
     else:
         try:
