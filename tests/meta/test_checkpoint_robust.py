@@ -331,3 +331,18 @@ def test_export_refuses_a_json_path(tmp_path):
     with pytest.raises(ValueError, match="its own sidecar"):
         export(tmp_path / "memory.json", meta, TINY, info={})
     assert not list(tmp_path.iterdir())
+
+
+def test_exports_named_with_dots_keep_sidecars_of_their_own(tmp_path):
+    """``mem_v1.0`` and ``mem_v1.1`` both wrote ``mem_v1.json`` (the last suffix replaced):
+    the second export's record replaced the first's. Each name now keeps its own."""
+    from assocmem.meta.train import export
+
+    for seed, name in ((0, "mem_v1.0"), (1, "mem_v1.1")):
+        meta = init_meta_params(TINY, torch.Generator().manual_seed(seed))
+        export(tmp_path / name, meta, TINY, info={"seed": seed})
+    export(tmp_path / "mem.safetensors", meta, TINY, info={"seed": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "mem.json", "mem.safetensors", "mem_v1.0", "mem_v1.0.json", "mem_v1.1", "mem_v1.1.json"
+    ]  # fmt: skip
+    assert json.loads((tmp_path / "mem_v1.0.json").read_text())["seed"] == 0

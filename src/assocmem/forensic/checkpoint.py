@@ -88,7 +88,7 @@ from assocmem.forensic.models.baselines import SmallCNN
 from assocmem.forensic.models.ensemble import LogitEnsemble
 from assocmem.forensic.models.npr import NPR, NPRWithDCT, NPRWithPixels
 from assocmem.forensic.views import VIEWS
-from assocmem.storage import read_safetensors, strict_json, write_safetensors
+from assocmem.storage import read_safetensors, sidecar_path, strict_json, write_safetensors
 from assocmem.storage.digest import bound_digest, weights_digest
 
 __all__ = [
@@ -580,17 +580,6 @@ def _check_probability(cal: dict[str, Any], real_logits: list[float], path: Path
                 f"{path}: calibration probability {k} {prob[k]!r} is not the Platt fit of its "
                 f"validation logits ({getattr(expected, k)!r}); the file was edited"
             )
-
-
-def sidecar_path(path: str | os.PathLike[str]) -> Path:
-    """The ``.json`` sidecar of a checkpoint at ``path``: ``x.safetensors`` -> ``x.json``;
-    another name keeps its whole name (``detector_v1.0`` -> ``detector_v1.0.json``: replacing
-    its last suffix gave ``detector_v1.1`` and ``detector_v1.0`` one sidecar, which the second
-    save overwrote)."""
-    path = Path(path)
-    if path.suffix.lower() == ".safetensors":
-        return path.with_suffix(".json")
-    return path.with_name(path.name + ".json")
 
 
 def _check_sidecar(path: Path, header: dict[str, Any]) -> None:

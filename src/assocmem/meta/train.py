@@ -56,7 +56,7 @@ from assocmem.meta.tasks import (
     Task,
     sample_task,
 )
-from assocmem.storage import strict_json
+from assocmem.storage import sidecar_path, strict_json
 
 # TrainConfig fields that may change between an interrupted run and its resumption.
 _RESUMABLE_CHANGES = {"meta_steps", "checkpoint_every"}
@@ -472,6 +472,6 @@ def export(
     if Path(path).suffix.lower() == ".json":
         raise ValueError(f"{path}: a learned memory ending in .json would be its own sidecar")
     save_checkpoint(path, meta_params, config, info=info)
-    sidecar = Path(path).with_suffix(".json")
+    sidecar = sidecar_path(path)
     record = {"config": config.to_dict(), **info}  # a diverged loss in info is null: strict JSON
     sidecar.write_text(strict_json.dumps(record, indent=2) + "\n")

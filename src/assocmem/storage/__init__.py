@@ -7,6 +7,6 @@ tokens) of every JSON file the project writes (:mod:`assocmem.storage.strict_jso
 nothing of ours.
 """
 
-from assocmem.storage.safetensors_file import read_safetensors, write_safetensors
+from assocmem.storage.safetensors_file import read_safetensors, sidecar_path, write_safetensors
 
-__all__ = ["read_safetensors", "write_safetensors"]
+__all__ = ["read_safetensors", "sidecar_path", "write_safetensors"]

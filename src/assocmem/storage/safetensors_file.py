@@ -21,6 +21,17 @@ from torch import Tensor
 HEADER_KEY = "assocmem"
 
 
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """The ``.json`` sidecar written beside a checkpoint at ``path``: ``x.safetensors`` ->
+    ``x.json``; another name keeps its whole name (``detector_v1.0`` -> ``detector_v1.0.json``:
+    replacing its last suffix gave ``detector_v1.0`` and ``detector_v1.1`` one sidecar, which
+    the second save overwrote)."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        return path.with_suffix(".json")
+    return path.with_name(path.name + ".json")
+
+
 def write_safetensors(path: Path, tensors: dict[str, Tensor], header: dict[str, Any]) -> None:
     """Save ``tensors`` with ``header`` (JSON) to ``path``, atomically; parents are created.
 
