@@ -127,7 +127,10 @@ def test_per_photo_metrics_score_each_photo_against_its_own_fakes(bench):
     odd = bench.source_names.index(photos[0])  # its reals score as fakes: every one flagged
     rows = {img.numpy().tobytes(): i for i, img in enumerate(test.images_uint8)}
 
+    scored = []
+
     def score_fn(images):  # the truth (a fake 2, a real 0), but the odd photo's reals are 3
+        scored.append(len(images))
         out = torch.zeros(len(images))  # validation reals (calibration): 0
         for k, x in enumerate(images):
             i = rows.get((x * 255).round().to(torch.uint8).numpy().tobytes())
@@ -148,7 +151,10 @@ def test_per_photo_metrics_score_each_photo_against_its_own_fakes(bench):
     assert sum(r["reals"] for r in per.values()) == n_reals
     # the pooled report: only the odd photo's reals are false positives
     assert report["test_real_fpr"] == pytest.approx(per[photos[0]]["reals"] / n_reals)
+    with_photos = sum(scored)
+    scored.clear()
     assert "per_photo" not in zero_shot_report(score_fn, bench, families, scale="logits")
+    assert sum(scored) == with_photos  # per photo from the report's own scores, no second pass
 
 
 def test_report_refuses_a_family_the_benchmark_lacks(bench):

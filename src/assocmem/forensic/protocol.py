@@ -176,32 +176,43 @@ def zero_shot_report(
         report["test_real_fpr"] = false_positive_rate(s[real], threshold)
         # P(fake) >= 0.5: a probability at 0.5, a logit at 0
         report["test_real_fpr_0.5"] = false_positive_rate(s[real], 0.5 if probabilities else 0.0)
-    if per_photo:
-        test = bench.split("test", (*families.seen, *families.heldout))
+    if per_photo:  # from the scores above: the reals that set test_real_fpr, and every fake
+        last = groups[-1][1]
+        picks = [(last, scores[-1], last.labels == 0)]
+        picks += [(test, s, test.labels == 1) for (_, test), s in zip(groups, scores, strict=True)]
         report["per_photo"] = per_photo_metrics(
-            _scores(score_fn, test.images), test, bench.source_names, families, threshold
+            np.concatenate([s[rows.numpy()] for _, s, rows in picks]),
+            torch.cat([t.family[rows] for t, _, rows in picks]).numpy(),
+            torch.cat([t.source[rows] for t, _, rows in picks]).numpy(),
+            bench.family_names,
+            bench.source_names,
+            families,
+            threshold,
         )
     return report
 
 
 def per_photo_metrics(
     scores: np.ndarray,
-    test: ForensicSubset,
+    family: np.ndarray,
+    source: np.ndarray,
+    family_names: Sequence[str],
     source_names: Sequence[str],
     families: FamilySplit,
     threshold: float,
 ) -> dict[str, dict[str, Any]]:
-    """Each test photo on its own: ``{photo: {"reals", "real_fpr", "real_mean", "seen",
-    "heldout"}}``, its reals' count, FPR at ``threshold`` and mean score, and per group the mean
-    over families of the AUC of its reals against the fakes made from them (``None`` for a group
-    without such fakes). The pooled report ranks every photo's reals against every photo's
-    fakes; this says which photos carry its errors (a photo whose reals all score high raises the
-    pooled FPR and lowers every pooled AUC, however well its own fakes are told apart)."""
+    """Each test photo on its own, from test images' ``scores`` with their ``family`` codes
+    (into ``family_names``, 0 real) and ``source`` codes (into ``source_names``): ``{photo:
+    {"reals", "real_fpr", "real_mean", "seen", "heldout"}}``, its reals' count, FPR at
+    ``threshold`` and mean score, and per group the mean over families of the AUC of its reals
+    against the fakes made from them (``None`` for a group without such fakes). The pooled
+    report ranks every photo's reals against every photo's fakes; this says which photos carry
+    its errors (a photo whose reals all score high raises the pooled FPR and lowers every pooled
+    AUC, however well its own fakes are told apart)."""
     from sklearn.metrics import roc_auc_score  # imported here, as in metrics.py: it is slow
 
-    fam = test.family.numpy()
-    src = test.source.numpy()
-    codes = {f: test.family_names.index(f) for f in (*families.seen, *families.heldout)}
+    fam, src = np.asarray(family), np.asarray(source)
+    codes = {f: list(family_names).index(f) for f in (*families.seen, *families.heldout)}
     out: dict[str, dict[str, Any]] = {}
     for photo in np.unique(src[fam == 0]).tolist():
         real = (fam == 0) & (src == photo)
