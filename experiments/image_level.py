@@ -31,10 +31,10 @@ from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.fresh import with_fresh_test
 from assocmem.forensic.image_level import image_level_report
-from assocmem.storage import strict_json
+from assocmem.storage import sidecar_path, strict_json
 from experiments.detectors import HELDOUT, SEEN, bad_run_options, family_split
 from experiments.report import output_path, read_record, replace_section
-from experiments.validate_config import output_clash, sidecar
+from experiments.validate_config import output_clash
 
 SECTION = "image-level"
 
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         [
             ("--from-json", args.from_json),
             ("the checkpoint (--weights)", weights),
-            ("the checkpoint's sidecar", sidecar(weights)),
+            ("the checkpoint's sidecar", sidecar_path(weights)),
         ],
     )
     if clash:  # before anything is read or scored: an output never replaces an input

@@ -57,6 +57,7 @@ from assocmem.forensic.detector import Detector
 from assocmem.forensic.image_level import fake_image_scores, real_image_scores
 from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.views import VIEWS, view_logits
+from assocmem.storage import sidecar_path
 from experiments.detector_ensemble import ensemble_of
 from experiments.detectors import (
     HELDOUT,
@@ -69,7 +70,7 @@ from experiments.detectors import (
 )
 from experiments.report import output_path, replace_section
 from experiments.score_cache import memoized
-from experiments.validate_config import output_clash, same_file, sidecar
+from experiments.validate_config import output_clash, same_file
 
 
 def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
@@ -504,7 +505,7 @@ def bad_out(args: argparse.Namespace) -> str | None:
     out = args.out
     try:
         output_path(str(out))
-        output_path(str(sidecar(out)))
+        output_path(str(sidecar_path(out)))
     except argparse.ArgumentTypeError as e:
         return f"--out: {e}"
     if out.suffix.lower() == ".json":
@@ -527,11 +528,11 @@ def bad_out(args: argparse.Namespace) -> str | None:
         if shipped
         else [
             ("the shipped checkpoint", DEFAULT_CHECKPOINT),
-            ("the shipped checkpoint's sidecar", sidecar(DEFAULT_CHECKPOINT)),
+            ("the shipped checkpoint's sidecar", sidecar_path(DEFAULT_CHECKPOINT)),
         ]
     )
     return output_clash(
-        [("--out", out), ("--out's sidecar", sidecar(out)), ("--write", args.write)],
+        [("--out", out), ("--out's sidecar", sidecar_path(out)), ("--write", args.write)],
         [*(("--members", member) for member in args.members or ()), *protected],
     )
 
@@ -574,9 +575,9 @@ def main(argv: list[str] | None = None) -> None:
             [("--write", args.write)],
             [
                 ("--out", args.out),
-                ("--out's sidecar", sidecar(args.out)),
+                ("--out's sidecar", sidecar_path(args.out)),
                 ("the shipped checkpoint", DEFAULT_CHECKPOINT),
-                ("the shipped checkpoint's sidecar", sidecar(DEFAULT_CHECKPOINT)),
+                ("the shipped checkpoint's sidecar", sidecar_path(DEFAULT_CHECKPOINT)),
             ],
         )
         if clash:

@@ -23,14 +23,11 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from assocmem.forensic.checkpoint import sidecar_path
-
 __all__ = [
     "ConfigError",
     "exit_on_error",
     "output_clash",
     "same_file",
-    "sidecar",
     "validate_compare",
     "validate_run",
 ]
@@ -86,12 +83,6 @@ def same_file(a: Path, b: Path) -> bool:
     except OSError:
         pass
     return a.resolve() == b.resolve()
-
-
-def sidecar(checkpoint: Path) -> Path:
-    """The JSON sidecar of a detector checkpoint (``assocmem.forensic.checkpoint``): written
-    beside it, and it must equal the header inside it or the checkpoint refuses to load."""
-    return sidecar_path(checkpoint)
 
 
 Named = Iterable[tuple[str, Path | None]]

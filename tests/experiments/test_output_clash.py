@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from experiments.validate_config import output_clash, same_file, sidecar
+from assocmem.storage import sidecar_path
+from experiments.validate_config import output_clash, same_file
 
 
 def _digest(path):
@@ -25,7 +26,7 @@ def test_same_file_sees_through_relative_paths_links_and_dots(tmp_path, monkeypa
     (tmp_path / "soft.json").symlink_to(a)
     assert same_file(a, tmp_path / "hard.json") and same_file(a, tmp_path / "soft.json")
     assert not same_file(a, tmp_path / "b.json")  # neither need exist
-    assert sidecar(tmp_path / "d.safetensors") == tmp_path / "d.json"
+    assert sidecar_path(tmp_path / "d.safetensors") == tmp_path / "d.json"
 
 
 def test_output_clash_names_both_options():
@@ -94,15 +95,15 @@ def test_image_level_never_writes_over_the_checkpoint_it_scores(tmp_path, capsys
 
     weights = tmp_path / "d.safetensors"
     weights.write_bytes(b"weights")
-    sidecar(weights).write_text("{}")
-    for out in (weights, sidecar(weights)):
+    sidecar_path(weights).write_text("{}")
+    for out in (weights, sidecar_path(weights)):
         argv = ["--tiny", "--weights", str(weights), "--json", str(out)]
         _refused(main, [*argv, "--cache-dir", str(tmp_path / "cache")], capsys, "checkpoint")
-    assert weights.read_bytes() == b"weights" and sidecar(weights).read_text() == "{}"
+    assert weights.read_bytes() == b"weights" and sidecar_path(weights).read_text() == "{}"
     # the default --weights is the shipped checkpoint: its sidecar is protected too
     from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT
 
-    _refused(main, ["--tiny", "--write", str(sidecar(DEFAULT_CHECKPOINT))], capsys, "sidecar")
+    _refused(main, ["--tiny", "--write", str(sidecar_path(DEFAULT_CHECKPOINT))], capsys, "sidecar")
 
 
 def test_ship_detector_never_writes_over_a_member_or_its_own_sidecar(tmp_path, capsys):
@@ -116,7 +117,10 @@ def test_ship_detector_never_writes_over_a_member_or_its_own_sidecar(tmp_path, c
                     str(member)], capsys, "--members")  # fmt: skip
     assert member.read_bytes() == b"member weights"
     out = tmp_path / "d" / "det.safetensors"
-    for write in (sidecar(out), out):  # markdown over the sidecar made the checkpoint unloadable
+    for write in (
+        sidecar_path(out),
+        out,
+    ):  # markdown over the sidecar made the checkpoint unloadable
         _refused(main, ["--tiny", "--cache-dir", cache, "--out", str(out), "--write", str(write)],
                  capsys, "--out")  # fmt: skip
     assert not (tmp_path / "d").exists() and not (tmp_path / "cache").exists()
@@ -127,9 +131,9 @@ def test_ship_detector_table_only_never_writes_over_the_checkpoint_it_reads(tmp_
 
     out = tmp_path / "det.safetensors"
     out.write_bytes(b"checkpoint")
-    sidecar(out).write_text("{}")
-    for write in (out, sidecar(out)):
+    sidecar_path(out).write_text("{}")
+    for write in (out, sidecar_path(out)):
         _refused(main, ["--table-only", "--out", str(out), "--write", str(write)], capsys, "--out")
-    assert out.read_bytes() == b"checkpoint" and sidecar(out).read_text() == "{}"
+    assert out.read_bytes() == b"checkpoint" and sidecar_path(out).read_text() == "{}"
     # a checkpoint that is not there is a usage error, not a traceback
     _refused(main, ["--table-only", "--out", str(tmp_path / "none.safetensors")], capsys, "--out")

@@ -206,12 +206,12 @@ def shipped_copy(tmp_path, monkeypatch):
     import shutil
 
     import experiments.ship_detector as ship_module
-    from experiments.validate_config import sidecar
+    from assocmem.storage import sidecar_path
 
     copy = tmp_path / "shipped" / "detector.safetensors"
     copy.parent.mkdir()
     shutil.copy(DEFAULT_CHECKPOINT, copy)
-    shutil.copy(sidecar(DEFAULT_CHECKPOINT), sidecar(copy))
+    shutil.copy(sidecar_path(DEFAULT_CHECKPOINT), sidecar_path(copy))
     monkeypatch.setattr(ship_module, "DEFAULT_CHECKPOINT", copy)
     return copy
 

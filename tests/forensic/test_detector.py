@@ -765,7 +765,8 @@ def test_save_warns_of_a_rate_its_reals_cannot_calibrate_and_names_few_tensors(t
 
 
 def test_checkpoints_named_with_dots_keep_sidecars_of_their_own(tmp_path: Path):
-    from assocmem.forensic.checkpoint import build_model, save_detector, sidecar_path
+    from assocmem.forensic.checkpoint import build_model, save_detector
+    from assocmem.storage import sidecar_path
 
     assert sidecar_path("d.safetensors") == Path("d.json")
     assert sidecar_path("detector_v1.0") == Path("detector_v1.0.json")

@@ -45,8 +45,8 @@ Layout of a ``<name>.safetensors`` file:
     with. Without it, a header edited to ``"views": "one"`` (eight times faster) or another
     ``patch_size`` loaded and was decided at a threshold calibrated on other logits.
 
-:func:`save_detector` also writes the sidecar (:func:`sidecar_path`: ``<name>.json``), the same
-header indented for people.
+:func:`save_detector` also writes the sidecar (``assocmem.storage.sidecar_path``:
+``<name>.json``), the same header indented for people.
 
 :func:`load_detector` refuses with a ``ValueError`` naming the problem: a path that is no regular
 file (never opened), a file that is not safetensors, a missing or non-JSON header, another format
@@ -104,7 +104,6 @@ __all__ = [
     "load_detector",
     "network_digest",
     "save_detector",
-    "sidecar_path",
     "weights_digest",
 ]
 

@@ -62,7 +62,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from assocmem.forensic.checkpoint import sidecar_path
 from assocmem.forensic.data.loaders import (
     DECODE_ERRORS,
     cnndetection_samples,
@@ -71,7 +70,7 @@ from assocmem.forensic.data.loaders import (
     scan_folder,
 )
 from assocmem.forensic.detector import Detector, ImageScore
-from assocmem.storage import strict_json
+from assocmem.storage import sidecar_path, strict_json
 
 __all__ = [
     "EXIT_INTERRUPTED",

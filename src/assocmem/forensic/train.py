@@ -289,7 +289,7 @@ def train_detector(
 
     from_loader = not isinstance(train_images, Tensor)
     classes_seen: set[int] = set()
-    warned: list[bool] = []
+    warned = False
 
     def step_loss(batch: Any) -> Tensor:
         if from_loader:  # a tensor set was checked whole above; a loader's batches one by one
@@ -305,8 +305,9 @@ def train_detector(
         )
 
     def evaluate() -> dict[str, float]:
+        nonlocal warned
         if from_loader and len(classes_seen) == 1 and not warned:
-            warned.append(True)
+            warned = True
             only = "real" if classes_seen == {0} else "fake"
             warnings.warn(
                 f"every training batch so far holds {only} images only: a detector learns "
