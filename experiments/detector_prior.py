@@ -31,6 +31,9 @@ validation reals as always (``assocmem.forensic.protocol``). Nothing here reads 
 family before the members' test scores. ``--test-photos fresh`` scores the members on the fresh
 test photos instead (``assocmem.forensic.data.fresh``: the same recipe on photos no study had
 scored); the folds and every statistic still come from the unchanged validation split.
+``--test-photos validation`` scores them on the validation split itself, whose held-out
+families' fakes no zero-shot study reads (``assocmem.forensic.data.validation_test``: a third set of
+photos for the held-out families, no test split: its reals set the thresholds).
 
     python -m experiments.detector_prior --fold ae_transconv=F1 ... --members W0 W1 W2 \\
         --views one d4 --json P.json [--write docs/results.md]
@@ -60,6 +63,7 @@ from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.baseline import gray_power_spectrum, hf_energy_feature
 from assocmem.forensic.data.fresh import with_fresh_test
 from assocmem.forensic.data.photos import FRESH_PHOTO_NAMES
+from assocmem.forensic.data.validation_test import with_validation_test
 from assocmem.forensic.models.blind_spot import BlindSpotPredictor, coding_surprise, fit_blind_spot
 from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.views import VIEWS, view_logits
@@ -70,7 +74,7 @@ from experiments.report import output_path, read_record, replace_section
 from experiments.score_cache import ScoreCache
 
 SECTION = "detector-prior"
-TEST_PHOTOS = ("benchmark", "fresh")  # what the members are scored on (--test-photos)
+TEST_PHOTOS = ("benchmark", "fresh", "validation")  # what the members are scored on (--test-photos)
 # the detector the sections before the "model" field were measured on (their titles omit it)
 DEFAULT_MODEL = "npr_dct_dropout"
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -367,12 +371,14 @@ def markdown(record: dict[str, Any], command: str) -> str:
     members = [m for m in record["members"] if m.get("kind", "network") == "network"]
     ensembles = [m for m in record["members"] if m.get("kind") == "ensemble"]
     # records before --test-photos scored the benchmark's test split
-    scored_on = (
-        "the fresh test photos (" + ", ".join(FRESH_PHOTO_NAMES) + ": the benchmark's recipe on "
-        "photos no study had scored, `assocmem.forensic.data.fresh`)"
-        if record.get("test_photos") == "fresh"
-        else "test split"
-    )
+    scored_on = {
+        "fresh": "the fresh test photos (" + ", ".join(FRESH_PHOTO_NAMES) + ": the benchmark's "
+        "recipe on photos no study had scored, `assocmem.forensic.data.fresh`)",
+        "validation": "the validation split in place of the test split (no zero-shot study had "
+        "read its held-out families' fakes; the members early-stopped on its reals and the thresholds are set "
+        "on them, so the FPR column is the calibration's own: "
+        "`assocmem.forensic.data.validation_test`)",
+    }.get(record.get("test_photos"), "test split")
     if members:
         seeds = sorted({str(m["seed"]) for m in members}, key=lambda s: (len(s), s))
         lines += [
@@ -508,8 +514,10 @@ def main(argv: list[str] | None = None) -> None:
         "--test-photos",
         choices=TEST_PHOTOS,
         default="benchmark",
-        help="score the members on the benchmark's test split or on the fresh test photos "
-        "(assocmem.forensic.data.fresh); folds, priors and thresholds use validation either way",
+        help="score the members on the benchmark's test split, on the fresh test photos "
+        "(assocmem.forensic.data.fresh) or on the validation split (its held-out families' "
+        "fakes: assocmem.forensic.data.validation_test); folds, priors and thresholds use "
+        "validation either way",
     )
     parser.add_argument("--json", type=output_path, help="write the record here")
     parser.add_argument("--from-json", type=Path, help="render a record written before")
@@ -615,6 +623,8 @@ def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
     bench = build_benchmark(config, args.cache_dir)
     if args.test_photos == "fresh":  # the test split replaced; train and validation the same
         bench = with_fresh_test(bench)
+    elif args.test_photos == "validation":  # the validation split scored as the test split
+        bench = with_validation_test(bench)
     train = bench.split("train", [SEEN[0]])
     train_reals = train.images[train.labels == 0]
     # --tiny: a few predictor steps, for the seconds-long test benchmark

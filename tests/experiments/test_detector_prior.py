@@ -222,6 +222,19 @@ def test_the_experiment_scores_members_alone_and_with_the_chosen_prior(tmp_path,
     }  # fmt: skip
     assert "Per photo (`protocol.per_photo_metrics`)" in shown
     assert "| aero (" in shown and "| 0 | one | none |" in shown
+    # the validation split as the test split: the same folds and thresholds, its photos scored
+    val_out = tmp_path / "validation.json"
+    prior_main(["--tiny", "--cache-dir", str(tmp_path), "--fold", *folds, "--members", w,
+                "--weights", "0", "1", "--test-photos", "validation",
+                "--json", str(val_out)])  # fmt: skip
+    on_val = json.loads(val_out.read_text())
+    assert on_val["test_photos"] == "validation"
+    assert on_val["folds"] == record["folds"] and on_val["chosen"] == record["chosen"]
+    for a, b in zip(networks, on_val["members"], strict=True):
+        assert a["report"]["threshold"] == b["report"]["threshold"]
+        assert b["report"]["test_real_fpr"] == pytest.approx(b["report"]["val_real_fpr"])
+        assert set(b["report"]["per_photo"]) != set(a["report"]["per_photo"])
+    assert "the validation split in place of the test split" in capsys.readouterr().out
     # a record from before the per-photo scores renders without the table
     for m in fresh["members"]:
         del m["report"]["per_photo"]

@@ -56,6 +56,8 @@ class PhotoCrops:
         self.size = self.config.patch_size if size is None else int(size)
         if self.size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
+        if split == "test" and bench.meta.get("test_photos") == "validation":
+            split = "val"  # validation_test.with_validation_test: its test split is val's
         if split == "test" and bench.meta.get("test_photos") == "fresh":  # fresh.with_fresh_test
             photos = load_fresh_photos()
         else:
