@@ -374,9 +374,9 @@ def markdown(record: dict[str, Any], command: str) -> str:
     scored_on = {
         "fresh": "the fresh test photos (" + ", ".join(FRESH_PHOTO_NAMES) + ": the benchmark's "
         "recipe on photos no study had scored, `assocmem.forensic.data.fresh`)",
-        "validation": "the validation split in place of the test split (no zero-shot study had "
-        "read its held-out families' fakes; the members early-stopped on its reals and the thresholds are set "
-        "on them, so the FPR column is the calibration's own: "
+        "validation": "the validation split in place of the test split (no zero-shot study "
+        "had read its held-out families' fakes; the members early-stopped on its reals and the "
+        "thresholds are set on them, so the FPR column is the calibration's own: "
         "`assocmem.forensic.data.validation_test`)",
     }.get(record.get("test_photos"), "test split")
     if members:

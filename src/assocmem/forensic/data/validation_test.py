@@ -3,11 +3,12 @@
 The zero-shot protocol scores held-out families only on the test split, so their fakes of the
 validation photos exist in every built benchmark and no zero-shot study has read them: no early
 stop, threshold, prior or choice of recipe (those use the validation reals against the *seen*
-families' fakes). Only the ceiling study's networks, trained on all eight families, early-stopped
-on them, and nothing in the recipe was chosen from those runs. The detector studies chose their recipe with the test split's numbers in
-view, and the fresh photos (``fresh.py``) then scored lower; the validation photos are a third
-set on which the held-out families' AUC was never looked at, to tell those two readings apart
-(docs/results.md, ``detector-prior-validation``).
+families' fakes). Only the ceiling study's networks, trained on all eight families,
+early-stopped on them, and nothing in the recipe was chosen from those runs. The detector
+studies chose their recipe with the test split's numbers in view, and the fresh photos
+(``fresh.py``) then scored lower; the validation photos are a third set on which the held-out
+families' AUC was never looked at, to tell those two readings apart (docs/results.md,
+``detector-prior-validation``).
 
 They are not a clean test split, and nothing may be claimed on them: the members were
 early-stopped on these reals and every threshold is set on them (the false-positive rate
