@@ -465,6 +465,37 @@ def test_load_state_dict_takes_the_checkpoints_group_keys_and_copies_its_counter
     assert float(saved["state"][0]["step"]) == 1 and "extra" not in opt.state[w]
 
 
+def test_a_tensor_lr_that_groups_share_stays_shared_when_a_checkpoint_loads():
+    # Groups inheriting the constructor's tensor lr share it (as in torch), and a scheduler
+    # updates it in place; loading copies the groups at once, as torch does, so they share
+    # the copy (group by group they split, and per-group schedules then diverged).
+    def run(resume_at=None):
+        a, b = (torch.nn.Parameter(torch.linspace(-1, 1, 4) * k) for k in (1.0, 2.0))
+
+        def build():
+            opt = MemoryOptimizer([{"params": [a]}, {"params": [b]}], "adam",
+                                  lr=torch.tensor(0.01))  # fmt: skip
+            lambdas = [lambda e: 0.5**e, lambda e: 1.0]
+            return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
+
+        opt, sched = build()
+        for i in range(6):
+            if i == resume_at:
+                saved, saved_sched = opt.state_dict(), sched.state_dict()
+                opt, sched = build()
+                opt.load_state_dict(saved)
+                sched.load_state_dict(saved_sched)
+                lr = opt.param_groups[0]["lr"]
+                assert lr is opt.param_groups[1]["lr"]
+                assert lr is not saved["param_groups"][0]["lr"]  # a copy, not the caller's
+            a.grad, b.grad = a.detach().sin(), b.detach().cos()
+            opt.step()
+            sched.step()
+        return torch.cat([a.detach(), b.detach()])
+
+    assert torch.equal(run(), run(resume_at=3))
+
+
 @pytest.mark.parametrize(
     ("memory", "options"),
     [("muon", {}), ("deep", {}), ("deep", {"foreach": False}), ("delta", {"foreach": False}),

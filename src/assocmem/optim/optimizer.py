@@ -554,9 +554,13 @@ class MemoryOptimizer(Optimizer):
                 f"state dict has {len(saved_groups)} param groups, optimizer has "
                 f"{len(self.param_groups)}"
             )
+        # One deep copy of all groups, as torch makes: groups that shared an object when saved
+        # (a tensor lr they inherited from the constructor, which a scheduler updates in place)
+        # share its copy; copied group by group, a resumed run's groups went separate ways.
+        copied = deepcopy(saved_groups)
         groups = [
             _loaded_group(i, saved, group)
-            for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True))
+            for i, (saved, group) in enumerate(zip(copied, self.param_groups, strict=True))
         ]
         id_map = dict(
             zip(
@@ -710,7 +714,8 @@ def _without_autocast(grads: list[Tensor]) -> Iterator[None]:
 
 
 def _loaded_group(i: int, saved: Any, group: Group) -> Group:
-    """The group ``saved`` makes of ``group``, checked like a constructor argument.
+    """The group ``saved`` (the caller's deep copy of the state dict's) makes of ``group``,
+    checked like a constructor argument.
 
     A checkpoint from before a hyperparameter existed lacks it: the group keeps this
     optimizer's value. Other keys are the checkpoint's alone, as in torch.
@@ -737,7 +742,7 @@ def _loaded_group(i: int, saved: Any, group: Group) -> Group:
     # Groups saved before add_param_group stopped copying the default preset's
     # hyperparameters into groups of other presets may carry them: they were never read.
     dropped = {"params", SKIPPED, *_foreign_names(preset)}
-    loaded = _plain_values({k: deepcopy(v) for k, v in saved.items() if k not in dropped})
+    loaded = _plain_values({k: v for k, v in saved.items() if k not in dropped})  # a copy
     loaded["params"] = group["params"]
     # Only hyperparameters (and torch's param_names) fall back to the live group: its other keys
     # (a label, a scheduler's initial_lr) are replaced by the checkpoint's, as in torch.
