@@ -152,6 +152,25 @@ def test_other_torch_optimizers_are_refused(make_torch):
     refused(make_torch, lambda m: MemoryOptimizer(m.parameters(), "adam"), "names no memory")
 
 
+def test_another_librarys_optimizer_on_sgds_arguments_is_refused():
+    # torch_optimizer's SGDW (decoupled weight decay) saves SGD's group keys and state, but
+    # not the keys every torch optimizer writes: it must not load as SGD (L2 decay)
+    model = make_model()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    train(model, sgd, range(2))
+    saved = sgd.state_dict()
+    for group in saved["param_groups"]:
+        for key in ("maximize", "foreach", "differentiable", "fused"):
+            del group[key]
+    opt = MemoryOptimizer(model.parameters(), "momentum", lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="names no memory"):
+        opt.load_state_dict(saved)
+    # timm's LARS: SGD's keys and its own
+    lars = {**sgd.state_dict()["param_groups"][0], "trust_coeff": 0.001, "trust_clip": False}
+    del lars["maximize"], lars["differentiable"]
+    assert torch_state.torch_kind(lars) is None
+
+
 def test_an_old_checkpoint_that_hides_its_decay_kind_is_refused_unless_it_has_none():
     model = make_model()
     opt = torch.optim.Adam(model.parameters(), weight_decay=0.1)

@@ -27,10 +27,16 @@ import torch
 
 # The keys by which a param group of each torch optimizer is recognised (torch 2.x writes
 # every constructor argument into the group). RAdam and NAdam share Adam's betas and eps but
-# have no ``amsgrad``; Adagrad, RMSprop and ASGD have no ``dampening``.
+# have no ``amsgrad``; Adagrad, RMSprop and ASGD have no ``dampening``. ``maximize`` and
+# ``differentiable`` (in every torch optimizer's groups since 1.13) tell torch's own from
+# optimizers of other libraries built on SGD's arguments (torch_optimizer's SGDW, decoupled
+# decay; timm's LARS, a trust ratio), which would otherwise load as SGD, silently other
+# equations.
+_TORCH_KEYS = frozenset({"maximize", "differentiable"})
 _SIGNATURES = {
-    "adam": frozenset({"lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"}),
-    "momentum": frozenset({"lr", "momentum", "dampening", "nesterov", "weight_decay"}),
+    "adam": frozenset({"lr", "betas", "eps", "weight_decay", "amsgrad"}) | _TORCH_KEYS,
+    "momentum": frozenset({"lr", "momentum", "dampening", "nesterov", "weight_decay"})
+    | _TORCH_KEYS,
 }
 _SOURCES = {"adam": "torch.optim.Adam/AdamW", "momentum": "torch.optim.SGD"}
 # Kernel choices of torch's optimizers, not hyperparameters: the group keeps its own.
