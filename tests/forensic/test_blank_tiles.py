@@ -72,15 +72,63 @@ def test_the_blank_line_is_one_grey_level_of_spread():
     assert BLANK_STD == 1.0
     d = Detector(model=torch.nn.Identity(), patch_size=32, threshold=0.0, stride=32)
     tile = torch.full((3, 32, 32), 100, dtype=torch.uint8)
-    tile[0, 0, :] = 100 + 16  # one row of one channel: std = 16 * sqrt(p (1 - p)), p = 1/96
-    spread = 16 * math.sqrt((1 / 96) * (95 / 96))
-    assert spread > BLANK_STD
+    # one row of one channel: that channel's std = 8 * sqrt(p (1 - p)), p = 1/32 (per channel:
+    # pooled over the three channels it was 8 * sqrt(p (1 - p)) with p = 1/96, under 1)
+    tile[0, 0, :] = 100 + 8
+    assert 8 * math.sqrt((1 / 32) * (31 / 32)) > BLANK_STD > 8 * math.sqrt((1 / 96) * (95 / 96))
     assert d.textured_tiles(tile).tolist() == [True]
-    tile[0, 0, :] = 100 + 8  # half of it: under one grey level
-    assert 8 * math.sqrt((1 / 96) * (95 / 96)) < BLANK_STD
+    tile[0, 0, :] = 100 + 4  # half of it: under one grey level
+    assert 4 * math.sqrt((1 / 32) * (31 / 32)) < BLANK_STD
     assert d.textured_tiles(tile).tolist() == [False]
     with pytest.raises(ValueError, match="min_std"):
         Detector(model=torch.nn.Identity(), patch_size=32, threshold=0.0, stride=32, min_std=-1)
+
+
+def test_a_flat_colour_is_blank_whatever_its_hue():
+    # an audit: flat beige, red, green-screen and sky blue were scored (their channels differ:
+    # a pooled spread of 11 to 120 levels) and called fake; grey and white were blank
+    d = Detector(model=torch.nn.Identity(), patch_size=32, threshold=0.0, stride=32)
+    for rgb in ((245, 245, 220), (255, 0, 0), (0, 177, 64), (135, 206, 235), (128, 128, 128)):
+        tile = torch.tensor(rgb, dtype=torch.uint8).view(3, 1, 1).expand(3, 32, 32).clone()
+        assert d.textured_tiles(tile).tolist() == [False], rgb
+    shipped = Detector.load()
+    for rgb in ((245, 245, 220), (135, 206, 235)):
+        image = torch.tensor(rgb, dtype=torch.uint8).view(3, 1, 1).expand(3, 128, 128)
+        result = shipped.score_one(image.clone())
+        assert result.blank and not result.fake, rgb
+
+
+def test_a_float_image_decides_its_blank_tiles_as_its_uint8_copy():
+    # stripes of levels 100 and 102: a spread of exactly one level, textured; as float32 in
+    # [0, 1] the spread computed fell short of 1 by rounding, and the tile was called blank
+    d = Detector(model=torch.nn.Identity(), patch_size=32, threshold=0.0, stride=32)
+    tile = torch.full((3, 32, 32), 100, dtype=torch.uint8)
+    tile[:, :, ::2] = 102
+    assert d.textured_tiles(tile).tolist() == [True]
+    for dtype in (torch.float16, torch.float32, torch.float64):
+        assert d.textured_tiles(tile.to(dtype) / 255).tolist() == [True], dtype
+    assert d.textured_tiles((tile - 1).float() / 255).tolist() == [True]  # 99 and 101
+    half = torch.full((3, 32, 32), 100, dtype=torch.uint8)
+    half[:, :16, ::2] = 102  # a quarter of the pixels: spread sqrt(3) / 2 levels, blank
+    for image in (half, half.float() / 255):
+        assert d.textured_tiles(image).tolist() == [False]
+
+
+def test_blank_tiles_lower_the_tile_count_at_every_stride():
+    # an audit: a product shot on white is decided at the 16-tile threshold at stride 32,
+    # but at stride 16 or 8 its overlapping textured tiles outnumbered the grid's 64 and it was
+    # decided at the 64-tile (lowest) threshold, as if nothing were blank
+    shipped = Detector.load()
+    image = torch.full((3, 256, 256), 255, dtype=torch.uint8)
+    texture = torch.Generator().manual_seed(0)
+    image[:, 64:192, 64:192] = torch.randint(0, 256, (3, 128, 128), generator=texture).byte()
+    thresholds = {}
+    for stride in (32, 16, 8):
+        result = Detector.load(stride=stride).score_one(image)
+        assert result.blank_tiles > 0 and result.tiles > 0
+        thresholds[stride] = result.threshold
+    assert thresholds[32] == shipped.threshold_for(16)  # 16 textured tiles of 64
+    assert thresholds[16] == thresholds[8] == thresholds[32]
 
 
 def test_the_shipped_detector_does_not_call_blank_images_fake():

@@ -252,6 +252,25 @@ def test_a_report_never_overwrites_an_input(weights, folder, tmp_path, capsys):
         assert target.read_bytes() == before
 
 
+def test_a_refused_run_creates_no_report_folder(weights, folder, tmp_path, capsys):
+    # --csv in a new folder beside --json onto an input: refused (exit 2), and the csv's
+    # folders were created before the refusal
+    image = tmp_path / "photo.png"
+    image.write_bytes((folder / "good.png").read_bytes())
+    argv = [str(image), "--weights", str(weights), "--csv", str(tmp_path / "new" / "x.csv")]
+    assert main([*argv, "--json", str(image)]) == EXIT_USAGE
+    assert "is one of the inputs" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_unreadable_name_with_a_newline_stays_on_one_stderr_line(weights, tmp_path, capsys):
+    bad = tmp_path / "bad\nname.jpg"
+    bad.write_bytes(b"x")
+    assert main([str(bad), "--weights", str(weights)]) == EXIT_UNREADABLE
+    listed = [line for line in capsys.readouterr().err.splitlines() if "name.jpg" in line]
+    assert len(listed) == 1 and "bad\\nname.jpg: " in listed[0]
+
+
 def test_csv_and_json_at_one_path_is_a_usage_error(weights, folder, tmp_path, capsys):
     out = tmp_path / "x.json"
     argv = [str(folder / "good.png"), "--weights", str(weights), "--csv", str(out)]

@@ -76,6 +76,28 @@ def test_rgba_composited_on_white(tmp_path):
     assert y.item() == 1 and torch.allclose(x, torch.ones_like(x))
 
 
+def test_a_png_transparent_colour_is_put_on_white_as_alpha_is(tmp_path):
+    # the same picture, its left half transparent, stored with an alpha channel and with a
+    # tRNS colour key (RGB and gray): the key colour was read as picture before
+    from assocmem.forensic.data.loaders import load_rgb
+
+    pixels = _noise((40, 40), 5)
+    pixels[:, :20] = (10, 200, 30)
+    alpha = np.full((40, 40), 255, np.uint8)
+    alpha[:, :20] = 0
+    Image.fromarray(np.dstack([pixels, alpha]), "RGBA").save(tmp_path / "alpha.png")
+    Image.fromarray(pixels).save(tmp_path / "key.png", transparency=(10, 200, 30))
+    gray = np.where(pixels[..., 0] == 7, 8, pixels[..., 0])  # 7 is the key: nowhere else
+    gray[:, :20] = 7
+    Image.fromarray(np.dstack([gray, alpha]), "LA").save(tmp_path / "gray_alpha.png")
+    Image.fromarray(gray).save(tmp_path / "gray_key.png", transparency=7)
+    read = {p.stem: np.asarray(load_rgb(p, orient=False)[0]) for p in tmp_path.glob("*.png")}
+    assert (read["key"][:, :20] == 255).all() and (read["gray_key"][:, :20] == 255).all()
+    np.testing.assert_array_equal(read["key"], read["alpha"])
+    np.testing.assert_array_equal(read["gray_key"], read["gray_alpha"])
+    np.testing.assert_array_equal(read["key"][:, 20:], pixels[:, 20:])  # the rest as it was
+
+
 def test_cnndetection_nested_categories(tmp_path):
     for cat in ("car", "cat"):
         _write_good(tmp_path / cat / "0_real", 2)

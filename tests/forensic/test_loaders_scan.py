@@ -73,6 +73,40 @@ def test_a_chmod_000_folder_is_reported(tmp_path):
     assert [p for p, _ in scan.unreadable] == [locked]
 
 
+@pytest.mark.parametrize("listing", [sorted, lambda names: sorted(names, reverse=True)])
+def test_a_folder_linked_twice_is_reported_by_one_name_whatever_the_listing(
+    tmp_path, monkeypatch, listing
+):
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "sub" / "b.png")
+    (tmp_path / "sublink").symlink_to("sub")
+    scandir = os.scandir
+
+    class Listed:  # os.scandir's iterator, its entries in the order ``listing`` gives
+        def __init__(self, path):
+            with scandir(path) as it:
+                by_name = {e.name: e for e in it}
+            self.entries = iter([by_name[n] for n in listing(by_name)])
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            return next(self.entries)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(os, "scandir", Listed)
+    assert scan_folder(tmp_path).images == [tmp_path / "sub" / "b.png"]
+
+
 def test_the_dataset_loaders_still_find_their_images(tmp_path):
     # the layouts read folders through image_files: a .jfif real and a .tga fake now count
     from assocmem.forensic.data import cnndetection_samples

@@ -25,10 +25,11 @@ the summary line and the JSON's ``detector`` say which views); the table shows t
 score, the threshold it was decided at (``fake`` when the score is at least the threshold),
 ``P(fake)`` (the checkpoint's Platt map of it, fit on validation reals and the seen families' fakes
 at even odds; the sigmoid of the score for a checkpoint without one: ``Detector.probability``), the
-number of tiles scored and the size. Blank tiles (pixels varying by under one grey level: a flat
-colour, padding bars) are not scored (``Detector.textured_tiles``); an image with nothing else is
-``blank``: no score, not flagged, and left out of the AUC of labelled inputs. The threshold is
-the checkpoint's (calibrated on validation real patches for its target false-positive rate),
+number of tiles scored and the size. Blank tiles (pixels varying by under one grey level in every
+channel: a flat colour, padding bars) are not scored (``Detector.textured_tiles``); an image with
+nothing else is ``blank``: no score, not flagged, and left out of the AUC of labelled inputs.
+The threshold is the checkpoint's (calibrated on validation real patches for its target
+false-positive rate),
 ``--fpr F`` recalibrates it for another rate from the validation logits the checkpoint stores,
 ``--threshold T`` sets it on the score's (logit)
 scale. A checkpoint that stores real images' scores decides an image by its size: at the
@@ -286,9 +287,8 @@ def _summary(
 
 
 def _unwritable(path: Path) -> str:
-    """Why ``path`` cannot be written ("" if it can); creates its missing parent folders."""
-    if path.is_dir():
-        return f"{path} is a directory, not a file to write"
+    """Why ``path`` (no directory: checked before) cannot be written ("" if it can); creates its
+    missing parent folders."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -414,10 +414,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for out, where in outputs:
         if where in protected:
             return usage(f"{out} is the detector checkpoint or its sidecar; write elsewhere")
-        if problem := _unwritable(out):
-            return usage(problem)
+        if out.is_dir():
+            return usage(f"{out} is a directory, not a file to write")
         if where in inputs:
             return usage(f"{out} is one of the inputs; write the report elsewhere")
+    for out, _ in outputs:  # last: it creates missing folders, which a refused run must not
+        if problem := _unwritable(out):
+            return usage(problem)
 
     from tqdm import tqdm
 
@@ -480,8 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if n_folders:
             what.append(f"{n_folders} unreadable folder(s) (the images in them not scored)")
         print(f"{', '.join(what)}:", file=sys.stderr)
-        for r in bad:
-            print(f"  {r['path']}: {r['reason']}", file=sys.stderr)
+        for r in bad:  # one line each, as the table shows names (a newline in one, escaped)
+            print(_shown(f"  {r['path']}: {r['reason']}"), file=sys.stderr)
     if not_images:
         named = ", ".join(_shown(str(p)) for p in not_images[:_NOT_IMAGES_NAMED])
         more = ", ..." if len(not_images) > _NOT_IMAGES_NAMED else ""

@@ -144,7 +144,9 @@ def scan_folder(folder: str | os.PathLike[str]) -> FolderScan:
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        # walked in name order: which name of a folder linked twice is reported (the first
+        # reached) does not depend on the order the file system lists it in
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             if name.startswith("."):
                 continue
@@ -350,11 +352,15 @@ def float_white(a: np.ndarray) -> float:
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    """Any decoded mode -> 8-bit RGB, keeping the picture's brightness."""
+    """Any decoded mode -> 8-bit RGB, keeping the picture's brightness; transparent pixels
+    (an alpha channel, a palette's or a PNG's single transparent colour) on white."""
+    if im.mode in ("RGB", "L", "P") and "transparency" in im.info:
+        # a PNG's tRNS colour key (RGB, L) or a palette's transparent entries: Pillow's
+        # RGBA conversion applies them, as an alpha channel's would be; the key colour itself
+        # was scored as picture before
+        im = im.convert("RGBA")
     if im.mode == "RGB":
         return im
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
     if im.mode in ("RGBA", "RGBa", "LA", "La", "PA"):
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
