@@ -42,7 +42,12 @@ from experiments.lr_grid import best_factor, edge_side, next_factor
 from experiments.report import PLAN, section, write_report
 from experiments.run import execute, optimizer_factory
 from experiments.step_cost import measure
-from experiments.validate_config import check_dirs_before_hydra, exit_on_error, validate_compare
+from experiments.validate_config import (
+    ConfigError,
+    check_dirs_before_hydra,
+    exit_on_error,
+    validate_compare,
+)
 from experiments.variants import configurations, recommend
 
 
@@ -85,7 +90,10 @@ def tune(task: str, optimizer: str, cfg: DictConfig, out: Path, bar: tqdm) -> di
         "extensions": extensions,
         "max_extensions": cfg.lr_extensions,
         # Still on an edge after the last extension: the report says so, not "optimum".
-        "edge": edge_side(results) if best is not None else "all diverged",
+        # a one-point grid tunes nothing: no edge to report (the lr was the config's)
+        "edge": (edge_side(results) if len(results) > 1 else None)
+        if best is not None
+        else "all diverged",
     }
 
 
@@ -202,7 +210,11 @@ def invocation() -> str:
 def main(cfg: DictConfig) -> None:
     exit_on_error(validate_compare, cfg)  # every run's config, before the first one starts
     command = cfg.report.get("command") or invocation()
-    root = compare(cfg, command)
+    try:
+        root = compare(cfg, command)
+    except ConfigError as e:  # a task refused a value (task.build): its run wrote nothing
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     report = write_report(
         root,
         Path(cfg.report.markdown),

@@ -695,7 +695,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["npr", "smallcnn"], choices=MODELS)
     parser.add_argument("--optimizers", nargs="+", default=["adam"])
-    parser.add_argument("--lr", type=float, nargs="+", default=[1e-3], help="one per optimizer")
+    parser.add_argument(
+        "--lr", type=float, nargs="+", default=[1e-3],
+        help="one per optimizer, in --optimizers' order, or one for all of them",
+    )  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-steps", type=int, default=4000)
     add_training_options(parser)

@@ -50,8 +50,9 @@ def next_factor(
         max_extensions: the bound, the same for every optimizer.
 
     Raises:
-        ValueError: fewer than two factors (a one-point grid has no spacing to repeat), a
-            factor that is not a finite number > 0, or a negative count.
+        ValueError: fewer than two factors while an extension is allowed (a one-point grid has
+            no spacing to repeat), a factor that is not a finite number > 0, or a negative
+            count.
 
     Example:
         >>> next_factor({0.1: 3.0, 0.3: 2.0, 1.0: 1.0}, 0, 2)  # best at the high edge
@@ -64,12 +65,12 @@ def next_factor(
             f"extension counts must be >= 0, got {extensions_done} done of {max_extensions}"
         )
     factors = sorted(results)
-    if len(factors) < 2:
-        raise ValueError(f"the LR grid needs at least two factors to extend, got {factors}")
     if any(not (math.isfinite(f) and f > 0) for f in factors):
         raise ValueError(f"LR factors must be finite numbers > 0, got {factors}")
     if extensions_done >= max_extensions:
-        return None
+        return None  # a one-point grid with no extension allowed ends here (nothing to extend)
+    if len(factors) < 2:
+        raise ValueError(f"the LR grid needs at least two factors to extend, got {factors}")
     side = edge_side(results)
     if side == "low":
         return factors[0] * (factors[0] / factors[1])

@@ -6,8 +6,11 @@
 Writes the resolved config, ``metrics.jsonl`` (one record per step, validation metrics at
 intervals) and ``summary.json`` into hydra's output directory.
 A config value that cannot work (``task.steps=abc``, an unwritable ``data.cache_dir``, ...)
-ends the command before anything is built, with one line naming it and exit status 2
-(``experiments/validate_config.py``).
+ends the command before hydra creates a folder, with one line naming it and exit status 2
+(``experiments/validate_config.py``); with ``-m`` every job of the sweep is checked so before
+the first one runs. A value only the task's constructor refuses (``task.build.condition=-1``)
+ends its job the same way, before the job writes a file of its own (hydra has by then made the
+folder and its ``.hydra/`` files; in a sweep, the jobs before it have run).
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ from torch import Tensor, nn
 
 from assocmem.optim import param_groups
 from experiments.loop import OptimizerFactory, train_run
-from experiments.validate_config import check_dirs_before_hydra, exit_on_error, validate_run
+from experiments.validate_config import (
+    ConfigError,
+    build_task,
+    check_dirs_before_hydra,
+    check_jobs_before_hydra,
+    exit_on_error,
+    validate_run,
+)
 
 
 def task_module(task: Any) -> nn.Module:
@@ -67,11 +77,15 @@ def optimizer_factory(cfg: DictConfig, task: Any) -> OptimizerFactory:
 
 
 def execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Build the task and optimizer from ``cfg`` and train; returns the run's summary."""
+    """Build the task and optimizer from ``cfg`` and train; returns the run's summary.
+
+    Raises :class:`~experiments.validate_config.ConfigError` for a value the task's
+    constructor refuses, before anything is written to ``out_dir`` (a folder may hold an earlier
+    run's record)."""
+    torch.manual_seed(cfg.seed)
+    task = build_task(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    torch.manual_seed(cfg.seed)
-    task = instantiate(cfg.task.build, seed=cfg.seed)
     summary = train_run(
         task,
         optimizer_factory(cfg, task),
@@ -93,7 +107,11 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> float:
     exit_on_error(validate_run, cfg)  # before anything is built: one line naming a bad key
-    summary = execute(cfg, Path(HydraConfig.get().runtime.output_dir))
+    try:
+        summary = execute(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except ConfigError as e:  # the task refused a value: nothing written
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(
         f"{summary['task']} / {summary['optimizer']} lr={summary['lr']} seed={summary['seed']}: "
         f"{summary['status']}, final {summary['final']}"
@@ -104,4 +122,5 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     check_dirs_before_hydra(sys.argv[1:], ("hydra.run.dir", "hydra.sweep.dir"))
+    check_jobs_before_hydra(sys.argv[1:], "config", validate_run)
     main()

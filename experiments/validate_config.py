@@ -12,6 +12,7 @@ what is expected; :func:`exit_on_error` prints that line and exits with status 2
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -25,6 +26,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 __all__ = [
     "ConfigError",
+    "build_task",
+    "check_jobs_before_hydra",
     "exit_on_error",
     "output_clash",
     "same_file",
@@ -54,6 +57,23 @@ def exit_on_error(check: Callable[[DictConfig], None], cfg: DictConfig) -> None:
         raise SystemExit(2) from None
 
 
+def build_task(cfg: DictConfig) -> Any:
+    """The task ``cfg.task.build`` makes for ``cfg.seed``; a value the task's constructor refuses
+    (``task.build.condition=-1``) is a :class:`ConfigError` naming ``task.build``, so a run ends
+    with one line (exit status 2) before it writes anything, not with hydra's traceback."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg.task.build, seed=cfg.seed)
+    except InstantiationException as e:
+        cause = e.__cause__ if isinstance(e.__cause__, (ValueError, TypeError)) else None
+        if cause is None:
+            raise
+        build = OmegaConf.to_container(cfg.task.build, resolve=True)
+        raise ConfigError("task.build", build, "", refused=str(cause)) from None
+
+
 def check_dirs_before_hydra(argv: Sequence[str], keys: Sequence[str]) -> None:
     """Exit with a config error if a folder given on the command line as ``key=path`` (one of
     ``keys``: ``out_dir``, ``hydra.run.dir``) is a file or lies under one. Hydra creates its
@@ -71,6 +91,44 @@ def check_dirs_before_hydra(argv: Sequence[str], keys: Sequence[str]) -> None:
             )
             print(f"config error: {error}", file=sys.stderr)
             raise SystemExit(2)
+
+
+def check_jobs_before_hydra(
+    argv: Sequence[str], config_name: str, check: Callable[[DictConfig], None]
+) -> None:
+    """Run ``check`` on the config of every job the command line names (each combination of a
+    ``-m`` sweep's values), composed from ``experiments/conf``, and exit with its config error
+    before hydra starts: hydra creates each job's folder (and writes its ``.hydra/`` files)
+    before the job's own checks run, so a refused value left a stray folder, or rewrote the
+    ``.hydra/`` files of an earlier run in the same folder, and in a sweep the jobs before the
+    bad one had run. A command line this does not read (hydra flags other than ``-m``, sweeps
+    it cannot list, such as an optuna interval) is left to the jobs' own checks."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = [a for a in argv if a not in ("-m", "--multirun")]
+    if any(a.startswith("-") for a in overrides):
+        return
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        choices = [
+            [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+            if o.is_sweep_override()
+            else [o.input_line]
+            for o in parsed
+            if not o.key_or_group.startswith("hydra")  # hydra's own keys: not the job's
+        ]
+    except (HydraException, OmegaConfBaseException, ValueError):
+        return  # hydra says what is wrong with the command line itself
+    with initialize_config_dir(str(Path(__file__).with_name("conf")), version_base=None):
+        for job in itertools.product(*choices):
+            try:
+                cfg = compose(config_name, overrides=list(job))
+            except (HydraException, OmegaConfBaseException):
+                return  # an unknown group or key: hydra's own error, as it starts
+            exit_on_error(check, cfg)
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -150,8 +150,38 @@ def test_a_bad_build_value_from_the_command_line_names_the_task_and_the_value(tm
          "task.build.condition=-1", f"hydra.run.dir={tmp_path}"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert run.returncode != 0
+    assert run.returncode == 2
     assert "quadratic: condition must be finite >= 1, got -1" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1  # one line, not hydra's traceback
+
+
+def test_a_refused_build_leaves_an_earlier_runs_files_in_its_folder(tmp_path):
+    base = [sys.executable, "-m", "experiments.run", "task=quadratic", "task.steps=5",
+            "progress=false", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    subprocess.run(base, check=True, cwd=REPO, capture_output=True, timeout=120)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert {"config.yaml", "summary.json", "metrics.jsonl"} <= set(before)
+    run = subprocess.run([*base, "task.build.condition=-1"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 2
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    # config.yaml was written before the task was built: it described a run that never trained
+    assert {k: v for k, v in after.items() if k in before} == before
+
+
+def test_a_sweep_is_checked_job_by_job_before_its_first_job(tmp_path):
+    sweep = [sys.executable, "-m", "experiments.run", "-m", "optimizer.lr=0.01,-1,0.1",
+             "task.steps=5", "progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    run = subprocess.run(sweep, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "config error: optimizer.lr = -1: expected a finite number > 0"
+    ]
+    assert not (tmp_path / "sweep").exists()  # job 0 trained before, job 1 left a folder
+    one = [sys.executable, "-m", "experiments.run", "optimizer.lr=-1", "progress=false",
+           f"hydra.run.dir={tmp_path / 'one'}"]  # fmt: skip
+    assert subprocess.run(one, cwd=REPO, capture_output=True, timeout=120).returncode == 2
+    assert not (tmp_path / "one").exists()  # hydra made it (and .hydra/) before the check
 
 
 def test_divergence_ends_the_run_cleanly(tmp_path):

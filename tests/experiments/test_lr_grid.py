@@ -65,6 +65,12 @@ def test_ties_go_to_the_smaller_factor():
     assert best_factor({0.3: 1.0, 1.0: 1.0, 3.0: 2.0}) == 0.3
 
 
+def test_a_one_point_grid_without_extensions_just_stops():
+    # what the comparison's config check tells a one-point grid to use (lr_extensions=0):
+    # it raised "needs at least two factors" after the first tuning run
+    assert next_factor({1.0: 1.0}, 0, 0) is None
+
+
 @pytest.mark.parametrize(
     ("results", "done", "bound", "match"),
     [

@@ -57,6 +57,13 @@ def test_round_trip_keeps_weights_and_calibration(ckpt: Path, detector: Detector
     assert sidecar == loaded.header  # the readable copy is the header
 
 
+def test_the_repr_is_a_summary_not_every_stored_logit():
+    # typed in a notebook, the generated repr printed 33 000 characters of logits and layers
+    text = repr(Detector.load())
+    assert len(text) < 400 and "threshold=" in text and "views='d4'" in text
+    assert "64 tiles:" in text and "922 validation logits" in text
+
+
 def test_score_is_the_mean_of_the_tile_logits(detector: Detector):
     g = torch.Generator().manual_seed(1)
     image = torch.rand(3, 70, 77, generator=g)

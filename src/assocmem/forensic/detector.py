@@ -158,9 +158,22 @@ class Detector:
     # Platt maps of images by tile count ((k, map), ...), fit on the checkpoint's real and fake
     # images' scores; () when it stores no fake images
     image_probability: tuple[tuple[int, ProbabilityScaling], ...] = ()
-    # tiles whose pixels' standard deviation (0..255 units, over channels and pixels) is below
-    # this are blank and left out of an image's score (textured_tiles)
+    # tiles whose pixels' standard deviation (0..255 units) is below this in every channel are
+    # blank and left out of an image's score (textured_tiles)
     min_std: float = BLANK_STD
+
+    def __repr__(self) -> str:
+        # a summary: the generated repr printed every stored logit (33 000 characters for the
+        # shipped checkpoint) and the network's layers
+        by_size = ", ".join(f"{k} tiles: {t:.4g}" for k, t in self.image_thresholds)
+        fpr = f", target_fpr={self.target_fpr:g}" if self.target_fpr is not None else ""
+        return (
+            f"Detector({type(self.model).__name__} from {self.source or 'memory'}, "
+            f"patch_size={self.patch_size}, stride={self.stride}, views={self.views!r}, "
+            f"threshold={self.threshold:.4g}{fpr}"
+            + (f", image thresholds {{{by_size}}}" if by_size else "")
+            + f", {len(self.val_real_logits)} validation logits)"
+        )
 
     def __post_init__(self) -> None:
         if self.views not in VIEWS:
