@@ -146,6 +146,12 @@ def main(argv: list[str] | None = None) -> None:
         "--write", type=Path, help="markdown file whose learned-classic section to refresh"
     )
     args = parser.parse_args(argv)
+    # refused here, before the memory loads: 0 read as "the default" (the horizon, 10x it),
+    # no seeds ended in a StatisticsError, negative steps in fit's ValueError
+    for name in ("steps", "long_steps", "seeds"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     torch.set_num_threads(1)
     try:
         ckpt = load_checkpoint(args.checkpoint)
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     base_lr = ckpt.config.lr
     horizon = record["horizon"] if record is not None else None
-    steps = args.steps or horizon
+    steps = args.steps if args.steps is not None else horizon
     assert steps is not None
     seeds = list(range(1000, 1000 + args.seeds))  # task seeds no meta-training run draws
     adam = {f"adam lr={lr:g}": (lambda ps, lr=lr: torch.optim.Adam(ps, lr=lr)) for lr in ADAM_GRID}
@@ -184,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         label, runs = _sweep(args.family, seeds, steps, grid)
         rows.append((label, steps, runs))
     reference = horizon or steps  # what the long runs are a multiple of
-    long_steps = args.long_steps or 10 * reference
+    long_steps = args.long_steps if args.long_steps is not None else 10 * reference
     long = f"{long_steps / reference:g}x {'horizon' if horizon else 'steps'}"
     long_grid = {
         f"{rows[0][0]} ({long})": adam[rows[0][0]],

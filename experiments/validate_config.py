@@ -32,6 +32,7 @@ __all__ = [
     "output_clash",
     "same_file",
     "validate_compare",
+    "validate_meta_train",
     "validate_run",
 ]
 
@@ -396,6 +397,32 @@ def _variants(cfg: DictConfig) -> dict[str, list[str]]:
         if len(set(configs)) != len(configs):
             raise ConfigError(f"variants.{name}", list(configs), "distinct configs")
     return out
+
+
+def validate_meta_train(cfg: DictConfig) -> None:
+    """The output paths of ``conf/meta_train.yaml``, checked before meta-training starts: the
+    export was written only after the whole run, so an ``export`` ending in ``.json`` (its own
+    sidecar) or naming a folder ended the run there (with ``checkpoint=null``, its result lost),
+    and an ``export`` at the ``checkpoint`` path replaced the training state with an export, so
+    the same command could no longer resume."""
+    from assocmem.storage import sidecar_path
+
+    export, checkpoint = _get(cfg, "export"), _get(cfg, "checkpoint")
+    if not export:
+        return
+    path = Path(str(export)).expanduser()
+    if path.suffix.lower() == ".json":
+        raise ConfigError("export", export, "", refused="a memory ending in .json would be its own "
+                          "sidecar")  # fmt: skip
+    if path.is_dir():
+        raise ConfigError("export", export, f"a file path ({path} is a directory)")
+    _writable_dir("export", export, path.parent)
+    clash = output_clash(
+        [("export", path), ("export's sidecar", sidecar_path(path))],
+        [("checkpoint", Path(str(checkpoint)).expanduser() if checkpoint else None)],
+    )
+    if clash:
+        raise ConfigError("export", export, "", refused=clash)
 
 
 def validate_compare(cfg: DictConfig) -> None:

@@ -70,6 +70,23 @@ def test_a_family_the_shipped_checkpoint_was_trained_on_is_refused(monkeypatch, 
     assert "meta-trained on 'digits_mlp'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], "--steps must be >= 1, got 0"),  # was read as the horizon
+        (["--long-steps", "0"], "--long-steps must be >= 1"),  # was 10x the horizon
+        (["--seeds", "0"], "--seeds must be >= 1"),  # a StatisticsError after the runs
+        (["--steps", "-3"], "--steps must be >= 1, got -3"),  # fit's ValueError
+    ],
+)
+def test_counts_below_one_are_usage_errors(monkeypatch, capsys, argv, message):
+    _no_runs(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        meta_evaluate.main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_a_family_a_checkpoint_was_trained_on_is_refused_whatever_it_is(
     tmp_path, monkeypatch, capsys
 ):

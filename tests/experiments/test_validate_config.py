@@ -305,3 +305,26 @@ def test_cli_a_run_folder_that_is_a_file_is_a_config_error(tmp_path, module, key
     done = _cli(module, *args, f"{key}={afile}")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"config error: {key} = '{afile}'")
+
+
+@pytest.mark.parametrize(
+    ("export", "message"),
+    [
+        ("{tmp}/mem.json", "would be its own sidecar"),
+        ("{tmp}", "is a directory"),
+        ("{tmp}/ck.safetensors", "is also checkpoint"),
+    ],
+)
+def test_meta_train_refuses_an_export_path_before_training(tmp_path, export, message):
+    # checked only after the whole meta-training run before (its result lost with
+    # checkpoint=null), and an export onto the checkpoint replaced the training state
+    done = _cli(
+        "experiments.meta_train", "progress=false", "train.meta_steps=4", "train.unroll=2",
+        "train.horizon=4", "train.tasks_per_step=1", "train.families=[quadratic,logistic]",
+        f"checkpoint={tmp_path}/ck.safetensors", f"export={export.format(tmp=tmp_path)}",
+        f"hydra.run.dir={tmp_path}/run",
+    )  # fmt: skip
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("config error: export = ") and message in line
+    assert not (tmp_path / "ck.safetensors").exists()  # no meta-step was run

@@ -132,6 +132,30 @@ def test_a_corrupt_record_of_skips_is_refused_on_resume(tmp_path, bad):
         meta_train(TINY, _small(), checkpoint=path, progress=False)
 
 
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda info: {**info, "meta_step": 0}, "meta_step 0 with 2 history entries"),
+        (lambda info: {**info, "history": info["history"][:1]}, "meta_step 2 with 1 history"),
+        (
+            lambda info: {**info, "optim": {"param_groups": [
+                {**info["optim"]["param_groups"][0], "lr": 100 * info["train"]["meta_lr"]}
+            ]}},
+            "group 0 lr: ",
+        ),
+    ],
+)  # fmt: skip
+def test_an_edited_training_record_is_refused_on_resume(tmp_path, edit, match):
+    # the header's meta_step, history and meta-optimizer settings drive a resume and no digest
+    # covers them: a meta-Adam at 100x meta_lr, or a run resumed at the wrong step, resumed
+    path = tmp_path / "a.safetensors"
+    meta_train(TINY, _small(meta_steps=2), checkpoint=path, progress=False)
+    ckpt = load_checkpoint(path)
+    save_checkpoint(path, ckpt.meta_params, TINY, info=edit(ckpt.info), extra=ckpt.extra)
+    with pytest.raises(ValueError, match=match):
+        meta_train(TINY, _small(), checkpoint=path, progress=False)
+
+
 # -- empty betas / time_scales --------------------------------------------------------------
 
 EMPTY = {

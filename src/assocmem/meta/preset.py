@@ -143,7 +143,8 @@ class Learned(Preset):
                 f"learned memory checkpoint {group['checkpoint'] or DEFAULT_CHECKPOINT} is not "
                 f"the memory this optimizer state was saved with: its network_sha256 "
                 f"{digest[:16]}... differs from the recorded {DIGEST_KEY} {recorded[:16]}... "
-                "(the file was replaced or edited since). Its momenta and steps would resume "
+                "(the file was replaced or edited since, or the group names another memory file "
+                "than the state's). Its momenta and steps would resume "
                 "under a different network: restore the memory file the state was saved with, "
                 "or start a new optimizer for this one"
             )
@@ -161,8 +162,9 @@ class Learned(Preset):
             raise ValueError(
                 f"learned memory checkpoint {group['checkpoint'] or DEFAULT_CHECKPOINT} now "
                 f"holds another memory (network_sha256 {digest[:16]}..., the optimizer "
-                f"stepped with {recorded[:16]}...): the file changed during training. Restore "
-                "it, or start a new optimizer for the new memory"
+                f"stepped with {recorded[:16]}...): the file changed during training, or the "
+                "group's checkpoint now names another memory file. Restore it, or start a new "
+                "optimizer for the new memory"
             )
         for p in params:
             held = state.get(p)
@@ -170,8 +172,9 @@ class Learned(Preset):
                 raise ValueError(
                     f"learned memory checkpoint {group['checkpoint'] or DEFAULT_CHECKPOINT} now "
                     f"holds a memory of {len(config.betas)} momenta, the optimizer's state "
-                    f"{held['momenta'].shape[0]}: the file changed during training. Restore it, "
-                    "or start a new optimizer for the new memory"
+                    f"{held['momenta'].shape[0]}: the file changed during training, or the "
+                    "group's checkpoint now names another memory file. Restore it, or start a "
+                    "new optimizer for the new memory"
                 )
 
     def init_state(self, param: Tensor, group: Group) -> State:

@@ -31,6 +31,7 @@ resumed run is bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import os
@@ -278,6 +279,14 @@ def _resume_state(ckpt: Checkpoint, train: TrainConfig, path: Any) -> tuple[int,
     step = info["meta_step"]
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise ValueError(f"{path}: meta_step must be a whole number >= 0, got {step!r}")
+    history = info.get("history", [None] * step)  # kept by every writer; absent: unchecked
+    if not isinstance(history, list) or len(history) != step:
+        # one entry per meta-step: the header's meta_step and history are the training state
+        # that no digest covers, so an edit to either shows as a mismatch here
+        raise ValueError(
+            f"{path}: meta_step {step} with {len(history) if isinstance(history, list) else None}"
+            " history entries (one per meta-step): edited or corrupted"
+        )
     skipped = info.get("skipped", [])  # absent from checkpoints written before it was kept
     if not isinstance(skipped, list) or not all(_is_index(s, step) for s in skipped):
         raise ValueError(f"{path}: skipped must be a list of meta-steps < {step}, got {skipped!r}")
@@ -290,6 +299,18 @@ def _resume_state(ckpt: Checkpoint, train: TrainConfig, path: Any) -> tuple[int,
             f"meta_steps that are multiples of {train.truncations} end on a boundary"
         )
     return step, info
+
+
+def _group_diff(saved: Any, fresh: list[dict[str, Any]]) -> str:
+    """The keys where ``saved`` param groups differ from ``fresh`` ones, as ``key: (a, b)``."""
+    if not isinstance(saved, list) or len(saved) != len(fresh):
+        return f"{saved!r:.200} against {len(fresh)} group(s)"
+    return "; ".join(
+        f"group {i} {k}: ({s.get(k)!r}, {f.get(k)!r})"
+        for i, (s, f) in enumerate(zip(saved, fresh, strict=True))
+        for k in sorted(set(s) | set(f) if isinstance(s, dict) else f)
+        if not isinstance(s, dict) or s.get(k) != f.get(k)
+    )
 
 
 def _is_index(value: Any, bound: int) -> bool:
@@ -341,7 +362,17 @@ def meta_train(
                 f"{train.meta_steps}-step run. Ask for meta_steps >= {start} to continue it, "
                 "or use another checkpoint path (or resume=False) for a shorter run"
             )
+        fresh = json.loads(json.dumps(opt.state_dict()["param_groups"]))  # as the header has it
         try:  # meta, opt and rng are this call's own: a refusal leaves nothing of the user's
+            if saved["optim"]["param_groups"] != fresh:
+                # nothing changes the meta-optimizer's settings during a run: saved ones other
+                # than train's (an lr 100x meta_lr) were edited into the header, which no
+                # digest covers
+                raise ValueError(
+                    "the meta-optimizer's saved settings are not those train gives (saved, "
+                    f"train): {_group_diff(saved['optim']['param_groups'], fresh)}; edited or "
+                    "corrupted"
+                )
             _load_optim(opt, ckpt.extra, saved["optim"]["param_groups"])
             rng.set_state(ckpt.extra["rng.tasks"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:

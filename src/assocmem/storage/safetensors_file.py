@@ -2,8 +2,9 @@
 
 ``write_safetensors`` stores the tensors with the JSON ``header`` under the metadata key
 ``"assocmem"``, through a temporary file and ``os.replace``, so an interrupted save leaves the
-previous checkpoint intact. ``read_safetensors`` returns the metadata and tensors; every failure
-(missing, unreadable, not a regular file, not safetensors) is a clear error naming the file.
+previous checkpoint intact. ``read_safetensors`` returns the metadata and tensors (copies in
+memory, independent of the file once read); every failure (missing, unreadable, not a regular
+file, not safetensors) is a clear error naming the file.
 """
 
 from __future__ import annotations
@@ -86,7 +87,10 @@ def read_safetensors(path: Path, what: str) -> tuple[dict[str, str], dict[str, T
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+            # copies: safe_open's tensors are views of a memory map of the file, so a loaded
+            # checkpoint changed when the file was overwritten in place, and a process whose
+            # file shrank died of SIGBUS at the next read
+            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118 (no dict)
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
     return metadata, tensors
