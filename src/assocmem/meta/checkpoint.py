@@ -17,7 +17,8 @@ Layout of a file:
 
   Like the detectors' digests they guard against accidents (an edited header, another run's
   tensors, a bad copy), not against someone who edits the tensors and the digest together;
-  ``info`` is a record for people and is not covered.
+  ``info`` is a record for people and is not covered (a resumed meta-training run checks the
+  fields of it that it reads against each other and its config: ``train.py``).
 
 :func:`load_checkpoint` refuses, with a ``ValueError`` naming the difference, a file of another
 format version, a config that is invalid, incomplete or other than the network it is loaded
