@@ -30,6 +30,8 @@ rate needs 20 or more per size; 200 is what the shipped checkpoint used).
 
 from __future__ import annotations
 
+import numbers
+import os
 import warnings
 from collections.abc import Sequence
 
@@ -38,48 +40,109 @@ import torch
 from PIL import Image
 
 from assocmem.forensic.calibration import platt_scaling
+from assocmem.forensic.data.loaders import _require_regular_file
 from assocmem.forensic.detector import Detector, ImageInput, _as_image
 
-__all__ = ["crop_scores", "image_scores_by_size"]
+__all__ = ["NoCropError", "crop_scores", "image_scores_by_size"]
+
+
+_CROPS_AT_ONCE = 64  # crops stacked per call (256 px float crops: 50 MB)
+
+
+class NoCropError(ValueError):
+    """No image holds a crop of the size asked for (a size :func:`image_scores_by_size` then
+    leaves out, with a warning)."""
+
+
+def _checked_images(images: Sequence[ImageInput]) -> Sequence[ImageInput]:
+    if isinstance(images, (str, os.PathLike, Image.Image, torch.Tensor)):
+        raise TypeError(
+            f"images must be a sequence of images, got one {type(images).__name__} (wrap it in a "
+            "list)"
+        )
+    return images
 
 
 def _shape(image: ImageInput) -> tuple[int, int]:
-    """(height, width) without decoding a file's pixels (orientation aside: crops are square)."""
+    """(height, width), a file's without decoding its pixels (orientation aside: crops are
+    square). Refuses what ``Detector`` would: another type or layout, an unreadable file, a
+    file that is not a regular one (a FIFO would block), each error naming the image."""
     if isinstance(image, torch.Tensor):
-        return int(image.shape[-2]), int(image.shape[-1])
+        _, h, w = _as_image(image).shape  # the layout and value checks Detector makes
+        return int(h), int(w)
     if isinstance(image, Image.Image):
         return image.height, image.width
-    with Image.open(image) as im:  # the header only
-        return im.height, im.width
+    if not isinstance(image, (str, os.PathLike)):
+        _as_image(image)  # its TypeError, with the layout hint for an array
+    try:
+        _require_regular_file(image)
+        with Image.open(image) as im:  # the header only
+            return im.height, im.width
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{image}: unreadable ({type(e).__name__}: {e})") from None
+
+
+def _loaded(image: ImageInput) -> torch.Tensor:
+    try:
+        return _as_image(image)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{image}: unreadable ({type(e).__name__}: {e})") from None
+
+
+def _positions(length: int, size: int, step: int) -> int:
+    """How many crop starts a side of ``length`` has: multiples of ``step`` up to
+    ``length - size``."""
+    return (length - size) // step + 1
 
 
 def crop_scores(
     detector: Detector, images: Sequence[ImageInput], *, size: int, n: int, seed: int = 0
 ) -> np.ndarray:
     """``detector``'s scores (mean tile logits) of ``n`` ``size`` x ``size`` crops of
-    ``images`` (paths, PIL images or (3, H, W) tensors as ``Detector.score`` takes them): each
-    from an image drawn uniformly among those whose shorter side is at least ``size``, at a
-    uniform position. float64 (n,), NaN for a blank crop. Each image is read once.
+    ``images`` (a sequence of paths, PIL images or (3, H, W) tensors as ``Detector.score`` takes
+    them): each from an image drawn uniformly among those whose shorter side is at least
+    ``size``, at a uniform position among the multiples of ``detector.alignment``, where
+    ``Detector`` starts its tiles (an image's 2 x 2 or 8 x 8 JPEG grid; a crop off it scores
+    otherwise). float64 (n,), NaN for a blank crop. Each image is read once; a warning says
+    when the images hold fewer distinct crops than ``n`` (repeats are no new evidence).
 
-    Raises ``ValueError`` for ``n < 1``, ``size < 1`` or when no image holds such a crop."""
-    if n < 1 or size < 1:
-        raise ValueError(f"n and size must be >= 1, got n={n}, size={size}")
-    fits = [k for k, im in enumerate(images) if min(_shape(im)) >= size]
+    Raises ``ValueError`` for ``n < 1``, ``size < 1``, an unreadable image (named) or when no
+    image holds such a crop; ``TypeError`` for what ``Detector`` does not take."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise ValueError(f"size must be an integer >= 1, got {size!r}")
+    images = _checked_images(images)
+    shapes = [_shape(im) for im in images]
+    fits = [k for k, (h, w) in enumerate(shapes) if min(h, w) >= size]
     if not fits:
-        raise ValueError(f"none of the {len(images)} images holds a {size} x {size} crop")
+        raise NoCropError(f"none of the {len(images)} images holds a {size} x {size} crop")
+    step = detector.alignment
+    distinct = sum(
+        _positions(shapes[k][0], size, step) * _positions(shapes[k][1], size, step) for k in fits
+    )
+    if distinct < n:
+        warnings.warn(
+            f"{n} crops of {size} px from {distinct} distinct positions: repeated crops count "
+            "as more evidence than they are (more or larger images calibrate better)",
+            stacklevel=2,
+        )
     rng = np.random.default_rng(seed)
     picks = np.asarray(fits)[rng.integers(len(fits), size=n)]
     scores = np.full(n, np.nan)
     for k in np.unique(picks):
-        image = _as_image(images[k])
+        image = _loaded(images[k])
         rows = np.flatnonzero(picks == k)
         _, h, w = image.shape
-        tops = rng.integers(h - size + 1, size=len(rows))
-        lefts = rng.integers(w - size + 1, size=len(rows))
-        crops = torch.stack(
-            [image[:, t : t + size, x : x + size] for t, x in zip(tops, lefts, strict=True)]
-        )
-        scores[rows] = [r.score for r in detector.score(crops)]
+        tops = rng.integers(_positions(h, size, step), size=len(rows)) * step
+        lefts = rng.integers(_positions(w, size, step), size=len(rows)) * step
+        for start in range(0, len(rows), _CROPS_AT_ONCE):  # memory: a bounded batch of crops
+            part = slice(start, start + _CROPS_AT_ONCE)
+            crops = torch.stack(
+                [image[:, t : t + size, x : x + size] for t, x in zip(tops[part], lefts[part],
+                                                                        strict=True)]
+            )  # fmt: skip
+            scores[rows[part]] = [r.score for r in detector.score(crops)]
     return scores
 
 
@@ -95,30 +158,42 @@ def image_scores_by_size(
     """``save_detector``'s ``image_real_scores`` (and, with ``fakes``, ``image_fake_scores``):
     tile count -> :func:`crop_scores` of ``n`` crops of each size, blank crops left out (said in
     a warning). ``detector`` must score as the checkpoint will (its ``views`` and patch size;
-    its threshold is not read). A size no real image holds, or whose real crops are all blank,
-    is left out with a warning; where the fakes cannot give every size the reals give, or their
-    scores do not rank above the reals' (no increasing Platt map), no fake scores are returned
-    (warned): ``save_detector`` stores a map to ``P(fake)`` for every size or for none, and
-    ``P(fake)`` then reads the patch map.
+    its threshold is not read). Each size must be a multiple of the tile size, of two tiles a
+    side or more, and the sizes distinct: an image is decided at the threshold of its whole
+    tiles, so a 95 px size stored as 4 tiles set a threshold for 64 px images on crops whose
+    scores spread less. A size no real image holds, or whose real crops are all blank, is left
+    out with a warning; where the fakes cannot give every size the reals give, or their scores
+    do not rank above the reals' (no increasing Platt map), no fake scores are returned
+    (``None``, warned): ``save_detector`` stores a map to ``P(fake)`` for every size or for
+    none, and ``P(fake)`` then reads the patch map.
 
-    Raises ``ValueError`` for a size of one tile or less (the patch threshold decides those)."""
+    Raises ``ValueError`` for such a size, an unreadable image (named) or ``n < 1``."""
+    p = detector.patch_size
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral):
+            raise ValueError(f"sizes must be integers, got {size!r}")
+        if size < 2 * p or size % p:
+            raise ValueError(
+                f"size {size}: an image size must be a multiple of the {p} px tile of two tiles "
+                "or more a side (the patch threshold decides single tiles)"
+            )
+    if len(set(sizes)) != len(sizes):
+        raise ValueError(f"sizes must be distinct, got {list(sizes)}")
     real_scores: dict[int, list[float]] = {}
     for size in sizes:
         tiles = detector.area_tiles(size, size)
-        if tiles < 2:
-            raise ValueError(f"size {size} holds one {detector.patch_size} px tile: no image size")
         try:
             scores = _scored(crop_scores(detector, reals, size=size, n=n, seed=seed), size, "reals")
-        except ValueError as e:
+        except NoCropError as e:
             warnings.warn(f"no image threshold for {size} px: {e}", stacklevel=2)
             continue
         if scores:
             real_scores[tiles] = scores
         else:
             warnings.warn(
-                f"no image threshold for {size} px: every real crop is blank", stacklevel=2
+                f"no image threshold for {size} px: its real crops are blank", stacklevel=2
             )
-    if fakes is None:
+    if fakes is None or not real_scores:
         return real_scores, None
     fake_scores: dict[int, list[float]] = {}
     for size in sizes:
@@ -128,7 +203,7 @@ def image_scores_by_size(
         try:
             # other draws than the reals': the fakes are other images
             scores = crop_scores(detector, fakes, size=size, n=n, seed=seed + 1)
-        except ValueError as e:
+        except NoCropError as e:
             warnings.warn(f"no fake images' scores (none for {size} px: {e})", stacklevel=2)
             return real_scores, None
         fake_scores[tiles] = _scored(scores, size, "fakes")
