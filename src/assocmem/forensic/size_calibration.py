@@ -83,10 +83,25 @@ def _shape(image: ImageInput) -> tuple[int, int]:
 
 
 def _loaded(image: ImageInput) -> torch.Tensor:
+    """``image`` as ``Detector`` reads it; a file that fails to decode (a truncated PNG whose
+    header read) is named."""
     try:
         return _as_image(image)
     except (OSError, ValueError) as e:
+        if not isinstance(image, (str, os.PathLike)):
+            raise
         raise ValueError(f"{image}: unreadable ({type(e).__name__}: {e})") from None
+
+
+def _shapes(images: Sequence[ImageInput]) -> list[tuple[int, int]]:
+    """Each image's (height, width); an error says which image of the list it is."""
+    out = []
+    for i, image in enumerate(images):
+        try:
+            out.append(_shape(image))
+        except ValueError as e:
+            raise ValueError(f"image {i} of {len(images)}: {e}") from None
+    return out
 
 
 def _positions(length: int, size: int, step: int) -> int:
@@ -113,7 +128,7 @@ def crop_scores(
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
         raise ValueError(f"size must be an integer >= 1, got {size!r}")
     images = _checked_images(images)
-    shapes = [_shape(im) for im in images]
+    shapes = _shapes(images)
     fits = [k for k, (h, w) in enumerate(shapes) if min(h, w) >= size]
     if not fits:
         raise NoCropError(f"none of the {len(images)} images holds a {size} x {size} crop")
