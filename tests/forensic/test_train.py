@@ -1,8 +1,10 @@
 """End-to-end smoke on a synthetic trace: fakes = smooth images + a faint high-frequency pattern."""
 
 import math
+import warnings
 from functools import partial
 
+import pytest
 import torch
 
 from assocmem import MemoryOptimizer
@@ -264,3 +266,29 @@ def test_pretraining_refuses_images_it_would_read_wrongly():
     # an image of another size with as many tokens: read on another grid's positions
     with pytest.raises(ValueError, match="built for"):
         ViTEncoder()(torch.rand(2, 3, SIZE * 2, SIZE // 2))
+
+
+def test_scoring_refuses_non_finite_pixels_warns_of_0_255_and_takes_no_images():
+    # a NaN pixel gave a NaN score (never flagged, skewing every rate); floats on 0-255, the
+    # common slip, were scored at 255 times the scale without a word; an empty set failed in
+    # torch.cat
+    from assocmem.forensic.models.temporal import TemporalDetector
+    from assocmem.forensic.train import logits, score
+
+    torch.manual_seed(0)
+    image_model, clip_model = SmallCNN(), TemporalDetector()
+    images, clips = torch.rand(4, 3, 32, 32), torch.rand(2, 3, 3, 16, 16)
+    for model, x in ((image_model, images), (clip_model, clips)):
+        assert score(model, x).shape == (len(x),)
+        bad = x.clone()
+        bad.view(-1)[5] = float("nan")
+        with pytest.raises(ValueError, match="NaN or inf"):
+            score(model, bad)
+        with pytest.warns(UserWarning, match=r"should be in \[0, 1\], got values in \[.*, 25"):
+            score(model, x * 255)
+        assert logits(model, x[:0]).shape == (0,)
+    with warnings.catch_warnings():  # resampling's rounding overshoot is said nothing of
+        warnings.simplefilter("error")
+        assert torch.isfinite(score(image_model, images.clamp(0, 1) * (1 + 1e-5))).all()
+    with pytest.raises(ValueError, match="frames of at least 1 x 1"):
+        clip_model(torch.rand(1, 2, 3, 0, 0))

@@ -166,8 +166,17 @@ def pretrain(
 @torch.no_grad()
 def logits(model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
     """Detector logits (N,) in eval mode, computed in chunks; the model's mode is restored.
-    ``images`` are floating point in [0, 1], cast to the model's dtype."""
+    ``images`` (or clips) are floating point in [0, 1], cast to the model's dtype; none gives
+    an empty result.
+
+    Raises ``ValueError`` for other dtypes and non-finite pixels (they gave NaN scores, never
+    flagged and skewing every rate); warns of values outside [0, 1] beyond float rounding
+    (0-255 floats, the common slip, are scored at 255 times the scale; a model of one's own
+    may take other inputs, so it is said, not refused)."""
     _require_float("images", images)
+    if len(images) == 0:
+        return torch.zeros(0)
+    _require_unit_range("images", images)
     was_training = model.training
     model.eval()
     device, dtype = _model_device(model), _model_dtype(model)
@@ -200,6 +209,23 @@ def _require_float(name: str, images: Tensor) -> None:
     if not images.is_floating_point():
         raise ValueError(
             f"{name} must be floating point in [0, 1] (uint8 pixels / 255), got {images.dtype}"
+        )
+
+
+# How far outside [0, 1] a float pixel may lie: resampling and float arithmetic overshoot by
+# rounding, far less than this; 0-255 values and NaN are far beyond it.
+_RANGE_SLACK = 1e-3
+
+
+def _require_unit_range(name: str, images: Tensor) -> None:
+    lo, hi = (float(v) for v in torch.aminmax(images.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} hold NaN or inf pixels; expected floating point in [0, 1]")
+    if lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
+        warnings.warn(
+            f"{name} should be in [0, 1], got values in [{lo:.4g}, {hi:.4g}] (uint8 pixels / "
+            "255): the detectors here were trained on [0, 1] pixels",
+            stacklevel=3,
         )
 
 

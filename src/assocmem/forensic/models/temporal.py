@@ -52,6 +52,8 @@ def check_clips(x: Tensor, channels: int) -> None:
         raise ValueError(f"expected clips (B, T, C={channels}, H, W), got shape {shape}{hint}")
     if shape[1] < 1:
         raise ValueError(f"expected at least one frame per clip, got shape {shape}")
+    if shape[3] < 1 or shape[4] < 1:
+        raise ValueError(f"expected frames of at least 1 x 1 pixels, got shape {shape}")
 
 
 class FrameCNN(nn.Module):
