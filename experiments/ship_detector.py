@@ -37,7 +37,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 
 from assocmem.forensic.calibration import (
@@ -56,6 +55,7 @@ from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.detector import Detector
 from assocmem.forensic.image_level import fake_image_scores, real_image_scores
 from assocmem.forensic.protocol import zero_shot_report
+from assocmem.forensic.size_calibration import without_blank
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.storage import sidecar_path
 from experiments.detector_ensemble import ensemble_of
@@ -203,7 +203,8 @@ def image_calibration(
         # threshold and the map are fit on the crops that get a score (one blank fake made every
         # size's map fail, so P(fake) of every image fell back to the patch map)
         reals, fakes = (
-            _scored(x, f"{size} px {name}") for x, name in ((reals, "reals"), (fakes, "fakes"))
+            without_blank(x, f"{size} px {name}")
+            for x, name in ((reals, "reals"), (fakes, "fakes"))
         )
         if not reals.size:
             warnings.warn(
@@ -219,14 +220,6 @@ def image_calibration(
             size, reals.tolist(), None if fakes is None else fakes.tolist()
         )
     return out
-
-
-def _scored(scores: np.ndarray, what: str) -> np.ndarray:
-    """``scores`` without the blank crops' NaN, warning how many were left out."""
-    blank = np.isnan(scores)
-    if blank.any():
-        warnings.warn(f"{what}: {int(blank.sum())} blank crop(s) left out", stacklevel=3)
-    return scores[~blank]
 
 
 def probability_report(

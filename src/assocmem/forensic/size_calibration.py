@@ -43,7 +43,7 @@ from assocmem.forensic.calibration import platt_scaling
 from assocmem.forensic.data.loaders import _require_regular_file
 from assocmem.forensic.detector import Detector, ImageInput, _as_image
 
-__all__ = ["NoCropError", "crop_scores", "image_scores_by_size"]
+__all__ = ["NoCropError", "crop_scores", "image_scores_by_size", "without_blank"]
 
 
 _CROPS_AT_ONCE = 64  # crops stacked per call (256 px float crops: 50 MB)
@@ -198,10 +198,11 @@ def image_scores_by_size(
     for size in sizes:
         tiles = detector.area_tiles(size, size)
         try:
-            scores = _scored(crop_scores(detector, reals, size=size, n=n, seed=seed), size, "reals")
+            crops = crop_scores(detector, reals, size=size, n=n, seed=seed)
         except NoCropError as e:
             warnings.warn(f"no image threshold for {size} px: {e}", stacklevel=2)
             continue
+        scores = without_blank(crops, f"{size} px reals").tolist()
         if scores:
             real_scores[tiles] = scores
         else:
@@ -221,7 +222,7 @@ def image_scores_by_size(
         except NoCropError as e:
             warnings.warn(f"no fake images' scores (none for {size} px: {e})", stacklevel=2)
             return real_scores, None
-        fake_scores[tiles] = _scored(scores, size, "fakes")
+        fake_scores[tiles] = without_blank(scores, f"{size} px fakes").tolist()
         if not fake_scores[tiles]:
             warnings.warn(f"no fake images' scores (every {size} px crop blank)", stacklevel=2)
             return real_scores, None
@@ -234,13 +235,10 @@ def image_scores_by_size(
     return real_scores, fake_scores
 
 
-def _scored(scores: np.ndarray, size: int, what: str) -> list[float]:
-    """``scores`` less the blank crops (NaN), counted in a warning."""
+def without_blank(scores: np.ndarray, what: str) -> np.ndarray:
+    """``scores`` less the blank crops' NaN (no textured tile: no score), a warning counting
+    them (``what`` names the set); also what ``experiments.ship_detector`` calibrates with."""
     blank = np.isnan(scores)
     if blank.any():
-        warnings.warn(
-            f"{size} px {what}: {int(blank.sum())} of {len(scores)} crops blank (no textured "
-            "tile), left out",
-            stacklevel=3,
-        )
-    return scores[~blank].tolist()
+        warnings.warn(f"{what}: {int(blank.sum())} blank crop(s) left out", stacklevel=3)
+    return scores[~blank]
