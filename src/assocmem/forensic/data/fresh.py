@@ -61,15 +61,9 @@ def with_fresh_test(bench: ForensicBenchmark) -> ForensicBenchmark:
     """``bench`` with its ``test`` split replaced by :func:`fresh_test_split`: the train and
     validation arrays are the same objects, the source names gain the fresh photos, and
     ``meta["test_photos"]`` says ``"fresh"`` (with the photo names in ``meta["fresh_photos"]``)."""
-    splits = {**bench.splits, "test": fresh_test_split(bench)}
-    meta = {**bench.meta, "test_photos": "fresh", "fresh_photos": list(FRESH_PHOTO_NAMES)}
-    out = ForensicBenchmark(
-        bench.config,
-        splits,
-        bench.family_names,
-        [*bench.source_names, *FRESH_PHOTO_NAMES],
-        meta,
+    return bench.with_test(
+        fresh_test_split(bench),
+        "fresh",
+        sources=FRESH_PHOTO_NAMES,
+        fresh_photos=list(FRESH_PHOTO_NAMES),
     )
-    out.generators = bench.generators
-    out.cache_entry = bench.cache_entry  # its train and validation arrays are the entry's
-    return out

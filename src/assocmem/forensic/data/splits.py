@@ -116,6 +116,25 @@ class ForensicBenchmark:
         self.generators: dict[str, nn.Module] | None = None
         self.cache_entry: Path | None = None
 
+    def with_test(
+        self, test: SplitArrays, test_photos: str, *, sources: Sequence[str] = (), **meta: object
+    ) -> ForensicBenchmark:
+        """This benchmark with ``test`` in place of its test split (``fresh.with_fresh_test``,
+        ``validation_test.with_validation_test``): train and validation the same arrays, the
+        fitted generators and cache entry kept (they are those arrays'), ``sources`` appended to
+        the source names and ``meta["test_photos"]`` (which ``crops.PhotoCrops`` reads) set, with
+        ``meta``'s other entries."""
+        out = ForensicBenchmark(
+            self.config,
+            {**self.splits, "test": test},
+            self.family_names,
+            [*self.source_names, *sources],
+            {**self.meta, "test_photos": test_photos, **meta},
+        )
+        out.generators = self.generators
+        out.cache_entry = self.cache_entry
+        return out
+
     def arrays(self, name: str) -> SplitArrays:
         if name not in self.splits:
             raise KeyError(f"unknown split {name!r}; expected one of {SPLITS}")

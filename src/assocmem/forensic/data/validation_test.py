@@ -34,14 +34,4 @@ def with_validation_test(bench: ForensicBenchmark) -> ForensicBenchmark:
         raise ValueError(
             f"the test split is already replaced ({bench.meta['test_photos']!r} photos)"
         )
-    splits = {**bench.splits, "test": bench.splits["val"]}
-    out = ForensicBenchmark(
-        bench.config,
-        splits,
-        bench.family_names,
-        list(bench.source_names),
-        {**bench.meta, "test_photos": "validation"},
-    )
-    out.generators = bench.generators
-    out.cache_entry = bench.cache_entry
-    return out
+    return bench.with_test(bench.splits["val"], "validation")
