@@ -382,6 +382,39 @@ def test_float_images_take_the_white_level_their_values_suggest(tmp_path):
         read(np.full((40, 40), 1e7))
 
 
+def test_signed_16_bit_tiffs_take_32767_as_white(tmp_path):
+    """A TIFF of signed 16-bit samples decodes as 32-bit ``I`` with values up to 32767: read as
+    unsigned 16-bit data (white 65535) it came out half as bright, its full scale mid grey. Also
+    through an EXIF rotation (a transposed copy carries no TIFF tags) and a PIL image handed to
+    ``to_rgb`` directly; negative samples are black."""
+    from assocmem.forensic.data.loaders import load_rgb, to_rgb
+
+    def save(a: np.ndarray, name: str, orientation: int | None = None) -> Path:
+        # Pillow writes I;16 samples; the SampleFormat tag (339) = 2 makes them signed
+        path = tmp_path / name
+        im = Image.fromarray(a.astype(np.uint16))
+        im.save(path, tiffinfo={339: 2, **({274: orientation} if orientation else {})})
+        return path
+
+    a = np.full((40, 24), 32767)
+    a[:, :8] = 16384
+    a[:, 8:16] = 0x8000  # -32768 as signed
+    path = save(a, "signed.tif")
+    with Image.open(path) as im:
+        assert im.mode == "I" and np.asarray(im).max() == 32767
+        direct = np.asarray(to_rgb(im))[..., 0]
+    read = np.asarray(load_rgb(path)[0])[..., 0]
+    for out in (read, direct):
+        assert (out[:, 16:] == 255).all() and (out[:, :8] == 128).all()
+        assert (out[:, 8:16] == 0).all()
+    rotated = np.asarray(load_rgb(save(a, "rotated.tif", orientation=6))[0])[..., 0]
+    assert rotated.shape == (24, 40) and (rotated[16:] == 255).all()
+    # unsigned 16-bit data keep 65535 as white
+    unsigned = tmp_path / "unsigned.tif"
+    Image.fromarray(np.full((40, 40), 32767, np.uint16)).save(unsigned)
+    assert (np.asarray(load_rgb(unsigned)[0]) == 127).all()
+
+
 def test_exif_orientation_is_applied(tmp_path):
     """A 60×40 landscape file tagged 'rotate 90° CW' (orientation 6) is a 40×60 portrait."""
     a = np.zeros((40, 60, 3), np.uint8)

@@ -57,6 +57,7 @@ __all__ = [
     "load_rgb",
     "manifest_samples",
     "scan_folder",
+    "signed_white",
     "to_rgb",
 ]
 
@@ -351,9 +352,25 @@ def float_white(a: np.ndarray) -> float:
     )
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
+def signed_white(im: Image.Image) -> float | None:
+    """32767 for a TIFF of signed 16-bit samples (Pillow decodes it as 32-bit mode ``I``, values
+    -32768..32767, where an unsigned 16-bit image's white is 65535), else ``None``."""
+    tags = getattr(im, "tag_v2", None)
+    if im.mode != "I" or tags is None:
+        return None
+    formats, bits = tags.get(339, (1,)), tags.get(258, ())
+    formats = formats if isinstance(formats, tuple) else (formats,)
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return 32767.0 if 2 in formats and 16 in bits else None
+
+
+def to_rgb(im: Image.Image, *, white: float | None = None) -> Image.Image:
     """Any decoded mode -> 8-bit RGB, keeping the picture's brightness; transparent pixels
-    (an alpha channel, a palette's or a PNG's single transparent colour) on white."""
+    (an alpha channel, a palette's or a PNG's single transparent colour) on white.
+
+    ``white``: a 32-bit int image's white level when its tags are not at hand (an EXIF-rotated
+    copy of a signed 16-bit TIFF: :func:`signed_white` of the decoded file); negative values
+    are black."""
     if im.mode in ("RGB", "L", "P") and "transparency" in im.info:
         # a PNG's tRNS colour key (RGB, L) or a palette's transparent entries: Pillow's
         # RGBA conversion applies them, as an alpha channel's would be; the key colour itself
@@ -370,7 +387,11 @@ def to_rgb(im: Image.Image) -> Image.Image:
         return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
     if im.mode == "I":  # 32-bit int gray: 16-bit data (e.g. older PNG decoders) or 8-bit data
         a = np.asarray(im, dtype=np.float64)
-        a = a / 257.0 if a.size and a.max() > 255 else a
+        white = white if white is not None else signed_white(im)
+        if white is not None:  # signed 16-bit: read by the max, 65535, it was half as bright
+            a = a * (255.0 / white)
+        elif a.size and a.max() > 255:
+            a = a / 257.0
         return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
     if im.mode == "F":
         a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
@@ -396,8 +417,9 @@ def _decode(
             m = min(size)
             im.draft(None, (math.ceil(size[0] * shorter / m), math.ceil(size[1] * shorter / m)))
         im.load()  # decode fully, so truncation raises here
+        white = signed_white(im)  # the tags a rotated copy no longer carries
         if not orient:
-            rgb = to_rgb(im)
+            rgb = to_rgb(im, white=white)
             return (rgb.copy() if rgb is im else rgb), mode, size
         try:
             # Orientation 5-8 swaps width and height; a malformed EXIF block is ignored.
@@ -406,7 +428,7 @@ def _decode(
             oriented = im
         if oriented is not im and oriented.size != im.size:
             size = (size[1], size[0])
-        rgb = to_rgb(oriented)
+        rgb = to_rgb(oriented, white=white)
         return (rgb.copy() if rgb is im else rgb), mode, size
 
 
