@@ -78,7 +78,7 @@ from assocmem.forensic.data.loaders import load_rgb, to_rgb
 from assocmem.forensic.tiling import combine_logits, tiles
 from assocmem.forensic.views import VIEWS, view_mean
 
-__all__ = ["Detector", "ImageInput", "ImageScore"]
+__all__ = ["Detector", "ImageInput", "ImageScore", "as_image_tensor"]
 
 T = TypeVar("T")
 
@@ -296,7 +296,7 @@ class Detector:
     def tile_logits(self, image: ImageInput) -> Tensor:
         """The logits of ``image``'s tiles, shape (n,), in ``tiling.tile_grid`` order; each one the
         mean over the detector's views of that tile."""
-        return self._logits(self._tiles(_as_image(image)))
+        return self._logits(self._tiles(as_image_tensor(image)))
 
     def _tiles(self, image: Tensor) -> Tensor:
         """``image``'s tiles (n, 3, P, P), in ``tiling.tile_grid`` order."""
@@ -341,7 +341,7 @@ class Detector:
         """One image (a path, a PIL image, or a tensor (3, H, W): uint8, or float in [0, 1]).
         ``progress(done, total)`` is called with the tiles scored so far after each batch (a
         24-megapixel photo is ~23 000 tiles, minutes on a CPU)."""
-        x = _as_image(image)
+        x = as_image_tensor(image)
         cut = self._tiles(x)  # cut once: the blank test and the network read the same tiles
         textured = self._textured(cut)
         blank = int((~textured).sum())
@@ -373,7 +373,7 @@ class Detector:
         for a blank tile, one whose pixels' standard deviation (0..255 units) is below
         :attr:`min_std` (:data:`BLANK_STD`) in every channel: no texture, no evidence either
         way (a flat colour, grey or not). They are left out of the mean."""
-        return self._textured(self._tiles(_as_image(image)))
+        return self._textured(self._tiles(as_image_tensor(image)))
 
     def _textured(self, cut: Tensor) -> Tensor:
         """:meth:`textured_tiles` of the tiles ``cut`` (n, 3, P, P)."""
@@ -419,7 +419,7 @@ class Detector:
         elif isinstance(images, (bytes, bytearray, memoryview, np.ndarray)) or not isinstance(
             images, Iterable
         ):
-            _as_image(images)  # raises its TypeError, naming what is accepted
+            as_image_tensor(images)  # raises its TypeError, naming what is accepted
         return [self.score_one(x) for x in images]
 
     def describe(self) -> dict[str, Any]:
@@ -479,8 +479,11 @@ def _by_size(by_count: tuple[tuple[int, T], ...], tiles: int, default: T) -> T:
     return chosen
 
 
-def _as_image(image: ImageInput) -> Tensor:
-    """(3, H, W): uint8 as decoded, or float in [0, 1] as given."""
+def as_image_tensor(image: ImageInput) -> Tensor:
+    """``image`` as :class:`Detector` reads it, (3, H, W): uint8 as decoded (a file as stored,
+    a PIL image as given: no EXIF rotation, so a JPEG's block grid stays at the top left), or a
+    float tensor in [0, 1] as given. Raises ``ValueError``/``TypeError`` for another layout,
+    dtype or type, with a hint for an (H, W, 3) array."""
     if isinstance(image, (str, os.PathLike)):
         im, _ = load_rgb(image, orient=False)  # as stored: on the JPEG grid (module docstring)
         return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)

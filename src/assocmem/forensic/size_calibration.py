@@ -40,8 +40,8 @@ import torch
 from PIL import Image
 
 from assocmem.forensic.calibration import platt_scaling
-from assocmem.forensic.data.loaders import _require_regular_file
-from assocmem.forensic.detector import Detector, ImageInput, _as_image
+from assocmem.forensic.data.loaders import require_regular_file
+from assocmem.forensic.detector import Detector, ImageInput, as_image_tensor
 
 __all__ = ["NoCropError", "crop_scores", "image_scores_by_size", "without_blank"]
 
@@ -68,14 +68,14 @@ def _shape(image: ImageInput) -> tuple[int, int]:
     square). Refuses what ``Detector`` would: another type or layout, an unreadable file, a
     file that is not a regular one (a FIFO would block), each error naming the image."""
     if isinstance(image, torch.Tensor):
-        _, h, w = _as_image(image).shape  # the layout and value checks Detector makes
+        _, h, w = as_image_tensor(image).shape  # the layout and value checks Detector makes
         return int(h), int(w)
     if isinstance(image, Image.Image):
         return image.height, image.width
     if not isinstance(image, (str, os.PathLike)):
-        _as_image(image)  # its TypeError, with the layout hint for an array
+        as_image_tensor(image)  # its TypeError, with the layout hint for an array
     try:
-        _require_regular_file(image)
+        require_regular_file(image)
         with Image.open(image) as im:  # the header only
             return im.height, im.width
     except (OSError, ValueError) as e:
@@ -86,7 +86,7 @@ def _loaded(image: ImageInput) -> torch.Tensor:
     """``image`` as ``Detector`` reads it; a file that fails to decode (a truncated PNG whose
     header read) is named."""
     try:
-        return _as_image(image)
+        return as_image_tensor(image)
     except (OSError, ValueError) as e:
         if not isinstance(image, (str, os.PathLike)):
             raise

@@ -57,6 +57,7 @@ __all__ = [
     "load_rgb",
     "manifest_samples",
     "scan_folder",
+    "require_regular_file",
     "signed_white",
     "to_rgb",
 ]
@@ -325,8 +326,9 @@ def manifest_samples(csv_path: str | os.PathLike[str]) -> list[Sample]:
     return samples
 
 
-def _require_regular_file(path: str | os.PathLike[str]) -> None:
-    # Opening a FIFO (or a character device) for reading blocks until a writer appears.
+def require_regular_file(path: str | os.PathLike[str]) -> None:
+    """Raises ``OSError`` unless ``path`` is a regular file: opening a FIFO (or a character
+    device) for reading blocks until a writer appears."""
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
         raise OSError(f"{path} is not a regular file")
@@ -410,7 +412,7 @@ def _decode(
     full-resolution bitmap. ``orient=False`` keeps the pixels as stored (the size is then the
     stored one too).
     """
-    _require_regular_file(path)
+    require_regular_file(path)
     with Image.open(path) as im:
         mode, size = im.mode, im.size
         if shorter is not None and im.format == "JPEG":
