@@ -4,6 +4,7 @@ raise errors that say what was expected."""
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,29 @@ def test_cnndetection_nested_categories(tmp_path):
     assert len(ImageFileDataset(samples, size=32, resize="crop")) == 8
 
 
+def test_cnndetection_mixed_levels_keep_every_pair(tmp_path):
+    """CNNDetection's test set holds ``crn/{0_real,1_fake}`` beside
+    ``progan/<category>/{0_real,1_fake}``: the progan pairs were dropped without a word, as
+    was a category beside a pair at the root."""
+    for pair in ("crn", "progan/car", "progan/cat"):
+        _write_good(tmp_path / pair / "0_real", 1)
+        _write_good(tmp_path / pair / "1_fake", 2)
+    samples = cnndetection_samples(tmp_path)
+    assert Counter(s.family for s in samples) == {
+        "real": 3, "crn": 2, "progan/car": 2, "progan/cat": 2
+    }  # fmt: skip
+    _write_good(tmp_path / "root" / "0_real", 1)
+    _write_good(tmp_path / "root" / "1_fake", 1)
+    _write_good(tmp_path / "root" / "extra" / "0_real", 1)
+    _write_good(tmp_path / "root" / "extra" / "1_fake", 1)
+    assert Counter(s.family for s in cnndetection_samples(tmp_path / "root")) == {
+        "real": 2, "root": 1, "extra": 1
+    }  # fmt: skip
+    _write_good(tmp_path / "progan" / "dog" / "1_fake", 1)  # no reals: named, not dropped
+    with pytest.raises(ValueError, match=r"incomplete .*\['progan/dog'\]"):
+        cnndetection_samples(tmp_path)
+
+
 def test_cnndetection_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         cnndetection_samples(tmp_path / "missing")
@@ -151,6 +175,13 @@ def test_manifest(tmp_path):
     (tmp_path / "bad.csv").write_text("imgs/good0.png,maybe\n")
     with pytest.raises(ValueError, match="expected 'path,label"):
         manifest_samples(tmp_path / "bad.csv")
+    # no comment rows: a file name may start with '#' (such a row was dropped, label and all)
+    (tmp_path / "imgs" / "good1.png").rename(tmp_path / "imgs" / "#1.png")
+    (tmp_path / "hash.csv").write_text("imgs/#1.png,1\nimgs/good0.png,0\n")
+    assert [s.path.name for s in manifest_samples(tmp_path / "hash.csv")] == ["#1.png", "good0.png"]
+    (tmp_path / "comment.csv").write_text("# made by hand\nimgs/good0.png,0\n")
+    with pytest.raises(ValueError, match=r"comment.csv:1: expected 'path,label"):
+        manifest_samples(tmp_path / "comment.csv")
     (tmp_path / "empty.csv").write_text("path,label\n")
     with pytest.raises(ValueError, match="lists no images"):
         manifest_samples(tmp_path / "empty.csv")

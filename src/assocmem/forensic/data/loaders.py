@@ -2,8 +2,9 @@
 
 Three layouts, each a function returning ``Sample``s that ``ImageFileDataset`` serves:
 
-- ``cnndetection_samples(root)``: ``root/0_real`` + ``root/1_fake``, or one level of categories
-  ``root/<category>/{0_real,1_fake}`` (CNNDetection / ForenSynths); family = category;
+- ``cnndetection_samples(root)``: ``{0_real,1_fake}`` pairs at ``root``, under
+  ``root/<category>`` or ``root/<generator>/<category>``, in any mix (CNNDetection /
+  ForenSynths); family = the pair's folder relative to ``root``;
 - ``genimage_samples(root)``: ``root/{nature,ai}``, or ``root/<generator>/[<split>/]{nature,ai}``
   (GenImage; folder names matched case-insensitively); family = generator. A generator folder
   that lacks the split or one of ``nature``/``ai`` is an error naming it, never silently dropped;
@@ -212,23 +213,40 @@ def _pair_samples(pairs: Sequence[tuple[Path, Path, str]], layout: str) -> list[
 
 
 def cnndetection_samples(root: str | os.PathLike[str]) -> list[Sample]:
-    """``0_real``/``1_fake`` folders, directly under ``root`` or under each category folder."""
+    """``0_real``/``1_fake`` folder pairs under ``root``: at ``root`` itself, under a
+    category (``root/car/0_real``) or under a generator's category (``root/progan/car/0_real``),
+    in any mix, as CNNDetection's test set mixes them (``crn/0_real`` beside
+    ``progan/airplane/0_real``). A pair's family is its folder relative to ``root``
+    (``car``, ``progan/car``; ``root``'s name for the pair at ``root``).
+
+    Every pair is taken: a layout mixing levels lost the pairs of every level but the first it
+    found. A folder holding one of ``0_real``/``1_fake`` without the other is an error naming
+    it, as is a ``root`` with no pair at all; other folders (no pair within two levels) are not
+    part of the layout and are left alone."""
     path = _check_root(root)
     pair = {"0_real", "1_fake"}
-    found = _subdirs(path)
-    if pair <= set(found):
-        return _pair_samples([(path / "0_real", path / "1_fake", path.name)], "CNNDetection layout")
-    cats = [c for c in found if pair <= set(_subdirs(path / c))]
-    partial = [c for c in found if c in pair or (pair & set(_subdirs(path / c)))]
-    if not cats or set(partial) - set(cats):
+    pairs: list[tuple[Path, Path, str]] = []
+    incomplete: list[str] = []
+
+    def visit(folder: Path, family: str, depth: int) -> None:
+        found = set(_subdirs(folder))
+        if pair <= found:
+            pairs.append((folder / "0_real", folder / "1_fake", family))
+        elif pair & found:
+            incomplete.append(str(folder.relative_to(path)) if folder != path else str(path))
+        if depth < 2:
+            for sub in sorted(found - pair):
+                visit(folder / sub, sub if folder == path else f"{family}/{sub}", depth + 1)
+
+    visit(path, path.name, 0)
+    if incomplete or not pairs:
         raise ValueError(
             f"CNNDetection layout: expected subfolders 0_real and 1_fake under {path} "
-            f"(or under each category, e.g. {path}/car/0_real); found {found}"
-            + (f"; incomplete: {sorted(set(partial) - set(cats))}" if partial else "")
+            f"(or under each category, e.g. {path}/car/0_real, or {path}/progan/car/0_real); "
+            f"found {_subdirs(path)}"
+            + (f"; incomplete (one of 0_real/1_fake only): {incomplete}" if incomplete else "")
         )
-    return _pair_samples(
-        [(path / c / "0_real", path / c / "1_fake", c) for c in cats], "CNNDetection layout"
-    )
+    return _pair_samples(pairs, "CNNDetection layout")
 
 
 def genimage_samples(root: str | os.PathLike[str], split: str | None = None) -> list[Sample]:
@@ -300,7 +318,8 @@ def manifest_samples(csv_path: str | os.PathLike[str]) -> list[Sample]:
     line_no = 0
     try:
         for line_no, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
-            if not row or not "".join(row).strip() or row[0].startswith("#"):
+            # no comment rows: a file may start with '#' ('#1.png,1' was dropped, label and all)
+            if not row or not "".join(row).strip():
                 continue
             if line_no == 1 and row[0].strip().lower() == "path":
                 continue
