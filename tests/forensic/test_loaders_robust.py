@@ -427,8 +427,27 @@ def test_exif_orientation_is_applied(tmp_path):
     im.save(path, exif=exif)
     ref = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
     assert ref.size == (40, 60)
-    x = _tensor(path, size=40)  # crop 40×40 from the portrait's centre: red top, blue bottom
-    assert _solid(x[:, :8], (1, 0, 0)) and _solid(x[:, -8:], (0, 0, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        shorter = ImageFileDataset([Sample(path, 0, "real")], size=40)[0][0]
+    # the portrait's centre square: red top, blue bottom
+    assert _solid(shorter[:, :8], (1, 0, 0)) and _solid(shorter[:, -8:], (0, 0, 1))
+    # resize="crop" reads the pixels as stored, as Detector does (the JPEG grid stays at the
+    # corner): the centred start 10 moved onto the grid, 8: columns 8-47, red up to 29
+    stored = _tensor(path, size=40)
+    assert _solid(stored[:, :, :22], (1, 0, 0)) and _solid(stored[:, :, 22:], (0, 0, 1))
+
+
+def test_crops_start_on_the_jpeg_grid_of_the_stored_pixels(tmp_path):
+    """``resize="crop"`` crops where Detector starts its tiles (multiples of 8 of the pixels as
+    stored): a centred crop off the grid trained a block-DCT network on traces it never
+    scored."""
+    a = _noise(75, 61, 3)  # 75 wide, 61 high: the centred 32 px crop starts at 21, 14
+    path = tmp_path / "noise.png"
+    Image.fromarray(a).save(path)
+    x = _tensor(path, size=32)
+    expect = torch.from_numpy(a[8:40, 16:48]).permute(2, 0, 1).float() / 255  # moved to 16, 8
+    assert torch.equal(x, expect)
 
 
 # --- the sweep: generated corrupt folders end in a counted skip or a right image ---------------
