@@ -78,7 +78,7 @@ from assocmem.forensic.data.loaders import load_rgb, to_rgb
 from assocmem.forensic.tiling import combine_logits, tiles
 from assocmem.forensic.views import VIEWS, view_mean
 
-__all__ = ["Detector", "ImageInput", "ImageScore", "as_image_tensor"]
+__all__ = ["Detector", "ImageInput", "ImageScore", "as_image_tensor", "textured_patches"]
 
 T = TypeVar("T")
 
@@ -377,20 +377,7 @@ class Detector:
 
     def _textured(self, cut: Tensor) -> Tensor:
         """:meth:`textured_tiles` of the tiles ``cut`` (n, 3, P, P)."""
-        if cut.dtype == torch.uint8:
-            scale, slack = 1.0, 0.0
-        else:
-            # A float image holds its levels to its dtype's rounding: up to eps of the value,
-            # i.e. 255 eps grey levels, by which a spread of exactly min_std (two levels
-            # alternating) can fall short of it; a uint8 copy of the image must decide alike.
-            scale, slack = 255.0, 255.0 * torch.finfo(cut.dtype).eps
-        textured = torch.empty(len(cut), dtype=torch.bool, device=cut.device)
-        # in chunks: a float64 copy of every tile of a large image at once took gigabytes
-        for start in range(0, len(cut), _BLANK_CHUNK):
-            part = cut[start : start + _BLANK_CHUNK].flatten(2).double()  # (n, channels, pixels)
-            spread = part.std(dim=2, correction=0).amax(dim=1) * scale
-            textured[start : start + len(part)] = spread >= self.min_std - slack
-        return textured
+        return textured_patches(cut, self.min_std)
 
     def probability(self, score: float, tiles: int = 1) -> float:
         """``P(fake)`` of the score of an image of ``tiles`` non-overlapping tiles: the map of
@@ -477,6 +464,35 @@ def _by_size(by_count: tuple[tuple[int, T], ...], tiles: int, default: T) -> T:
         if count <= tiles:
             chosen = value
     return chosen
+
+
+def textured_patches(patches: Tensor, min_std: float = BLANK_STD) -> Tensor:
+    """Which of ``patches`` (N, C, H, W; uint8, or float in [0, 1]) ``Detector`` scores: a bool
+    (N,), False for a blank one, whose pixels' standard deviation (0..255 units) is under
+    ``min_std`` in every channel. A detector of one's own calibrates on the patches it will
+    score: blank validation reals (a flat sky, a letterbox bar) get logits ``Detector`` never
+    computes, and counted in ``val_real_logits`` they move the threshold.
+
+    >>> flat = torch.full((1, 3, 32, 32), 0.5)
+    >>> textured_patches(torch.cat([flat, torch.rand(1, 3, 32, 32)])).tolist()
+    [False, True]
+    """
+    if patches.dim() != 4:
+        raise ValueError(f"patches must be (N, C, H, W), got {tuple(patches.shape)}")
+    if patches.dtype == torch.uint8:
+        scale, slack = 1.0, 0.0
+    else:
+        # A float image holds its levels to its dtype's rounding: up to eps of the value,
+        # i.e. 255 eps grey levels, by which a spread of exactly min_std (two levels
+        # alternating) can fall short of it; a uint8 copy of the image must decide alike.
+        scale, slack = 255.0, 255.0 * torch.finfo(patches.dtype).eps
+    textured = torch.empty(len(patches), dtype=torch.bool, device=patches.device)
+    # in chunks: a float64 copy of every tile of a large image at once took gigabytes
+    for start in range(0, len(patches), _BLANK_CHUNK):
+        part = patches[start : start + _BLANK_CHUNK].flatten(2).double()  # (n, channels, pixels)
+        spread = part.std(dim=2, correction=0).amax(dim=1) * scale
+        textured[start : start + len(part)] = spread >= min_std - slack
+    return textured
 
 
 def as_image_tensor(image: ImageInput) -> Tensor:
