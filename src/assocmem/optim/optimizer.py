@@ -228,6 +228,13 @@ class MemoryOptimizer(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Write the current gradients into the memories and step; returns the closure's loss."""
+        if torch.compiler.is_compiling() and _any_sharded(self.param_groups):
+            return _step_eagerly(self, closure)
+        return self._step(closure)
+
+    def _step(self, closure: Callable[[], float] | None) -> float | None:
+        """:meth:`step`'s body (torch wraps ``step`` itself with the step hooks, which a step
+        run eagerly from a compiled one must not call twice)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -621,6 +628,23 @@ def _uncompilable(
                     "Step such a model eagerly, or in float32."
                 )
     return None
+
+
+def _any_sharded(groups: list[Group]) -> bool:
+    """Whether a group holds a ``DTensor`` (FSDP2): read while dynamo traces only."""
+    return any(sharded.is_sharded(p) for group in groups for p in group["params"])
+
+
+# A compiled step of sharded parameters runs eagerly: torch 2.13's AOTAutograd cache keys the
+# graph that steps a DTensor's local piece by the DTensor (its global shape and placements),
+# not by the piece, which differs between ranks when a dimension does not split evenly. A
+# rank that found another rank's graph in the cache ran it on its own piece and failed
+# ("expected size 3==2"), the other rank waiting in a collective until gloo's timeout. The
+# step's cost under FSDP2 is its collectives and per-tensor work, which eager pays anyway.
+@torch.compiler.disable
+def _step_eagerly(opt: MemoryOptimizer, closure: Callable[[], float] | None) -> float | None:
+    with torch.no_grad():
+        return opt._step(closure)
 
 
 # Run eagerly from the compiled step: a raise inside the traced graph is only a graph break,
