@@ -218,3 +218,25 @@ def test_a_read_refuses_the_keys_a_write_refuses():
     # keys that keep the memory's dtype still read: a 0-d float64 key does not promote
     assert read(half, torch.tensor(2.0, dtype=torch.float64)).dtype == torch.float16
     assert read(M, torch.ones(2, 4)).shape == (2, 3)
+
+
+def test_a_batched_memory_names_keys_of_another_batch_shape():
+    """A batch of memories (4, v, k) with keys (5, n, k): torch's broadcasting error named
+    neither the memory nor the key; keys whose batch broadcasts (1, n, k) or has none still
+    work, one set of pairs per memory."""
+    import pytest
+
+    from assocmem.memory import delta_write
+
+    M = matrix_memory(3, 2, batch_shape=(4,))
+    keys, values = torch.ones(5, 7, 3), torch.ones(5, 7, 2)
+    for call in (
+        lambda: read(M, keys),
+        lambda: hebbian_write(M, keys, values),
+        lambda: delta_write(M, keys, values, lr=0.1),
+    ):
+        with pytest.raises(ValueError, match=r"batch shape \(4,\) cannot take keys \(5, 7, 3\)"):
+            call()
+    assert read(M, torch.ones(1, 7, 3)).shape == (4, 7, 2)
+    assert read(M, torch.ones(7, 3)).shape == (4, 7, 2)
+    assert hebbian_write(M, torch.ones(4, 7, 3), torch.ones(4, 7, 2), lr=1.0).M.shape == (4, 2, 3)

@@ -249,6 +249,18 @@ def test_numpy_scalar_hyperparameters_are_accepted_and_their_checkpoint_resumes(
         MemoryOptimizer(model.parameters(), "adam", lr=np.float32("nan"))
 
 
+def test_a_tensor_hyperparameter_other_than_lr_and_betas_is_told_so():
+    # torch takes a 0-d tensor weight_decay or momentum; the presets take Python numbers. The
+    # refusal read "must be a finite number >= 0, got tensor(0.1000)", a contradiction.
+    params = make_model().parameters
+    for memory, kw in (("adam", {"weight_decay": torch.tensor(0.1)}),
+                       ("momentum", {"momentum": torch.tensor(0.9)})):  # fmt: skip
+        with pytest.raises(ValueError, match="only lr and betas may be tensors"):
+            MemoryOptimizer(params(), memory, **kw)
+    with pytest.raises(ValueError, match=r"must be a finite number >= 0, got -1"):
+        MemoryOptimizer(params(), "adam", weight_decay=-1)  # a number's message as it was
+
+
 @pytest.mark.parametrize("memory", ["adam", "cms"])
 def test_checkpoint_with_an_overflowed_second_moment_loads(memory):
     # A finite gradient of 1e30 is not skipped, and overflows the second moment to +inf as it

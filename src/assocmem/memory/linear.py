@@ -54,11 +54,17 @@ def matrix_memory(
 
 
 def check_fit(
-    shape: tuple[int, ...], dtype: torch.dtype, key: Tensor, value: Tensor | None = None
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    key: Tensor,
+    value: Tensor | None = None,
+    batch: tuple[int, ...] = (),
 ) -> None:
     """Refuse a key (and value) that a map of ``shape`` ``(d_value, d_key)`` and ``dtype`` cannot
     take, named: torch's matmul errors name neither the memory nor what did not fit. Reads,
-    writes and the deep memory's key all pass through here, so all refuse alike."""
+    writes and the deep memory's key all pass through here, so all refuse alike. ``batch``: the
+    memory's batch shape, which the leading dimensions of a key ``(..., n, d_key)`` must
+    broadcast with."""
     d_value, d_key = shape
     taken = f"keys {tuple(key.shape)}" + (
         "" if value is None else f" and values {tuple(value.shape)}"
@@ -69,6 +75,14 @@ def check_fit(
         or (value is not None and (value.dim() == 0 or value.shape[-1] != d_value))
     ):
         raise ValueError(f"a memory mapping {d_key} -> {d_value} cannot take {taken}")
+    if batch and key.dim() > 2:
+        try:
+            torch.broadcast_shapes(batch, key.shape[:-2])
+        except RuntimeError:
+            raise ValueError(
+                f"a memory of batch shape {tuple(batch)} cannot take {taken}: their leading "
+                f"(batch) dimensions {tuple(key.shape[:-2])} do not broadcast with it"
+            ) from None
     if key.dtype != dtype or (value is not None and value.dtype != dtype):
         kinds = f"{key.dtype} keys" + ("" if value is None else f" and {value.dtype} values")
         raise ValueError(f"a {dtype} memory cannot take {kinds}")
@@ -87,7 +101,7 @@ def as_pairs(state: MatrixMemory, key: Tensor, value: Tensor) -> tuple[Tensor, T
             f"key and value must hold the same number of pairs, got {tuple(key.shape)} "
             f"and {tuple(value.shape)}"
         )
-    check_fit(state.M.shape[-2:], state.M.dtype, key, value)
+    check_fit(state.M.shape[-2:], state.M.dtype, key, value, state.M.shape[:-2])
     return key, value
 
 
@@ -146,5 +160,5 @@ def read(state: LinearMemory, key: Tensor | None = None) -> Tensor:
         return unpromoted(state.m, state.m * key, "the recall", "the key")
     if key is None:
         raise ValueError("a matrix memory needs a key to read")
-    check_fit(state.M.shape[-2:], state.M.dtype, key)
+    check_fit(state.M.shape[-2:], state.M.dtype, key, batch=state.M.shape[:-2])
     return state.M @ key if key.dim() == 1 else key @ state.M.mT

@@ -23,8 +23,16 @@ def _is_real(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _refusal(need: str, x: Any) -> str:
+    """The message for ``x``, which is not ``need``; a tensor is told that only ``lr`` and
+    ``betas`` take one (``tensor(0.1)`` "must be >= 0" read as a contradiction)."""
+    if isinstance(x, torch.Tensor):
+        return f"{need} given as a Python number (only lr and betas may be tensors), got {x!r}"
+    return f"{need}, got {x!r}"
+
+
 def non_negative(x: Any) -> str | None:
-    return None if _is_real(x) and x >= 0 else f"must be a finite number >= 0, got {x!r}"
+    return None if _is_real(x) and x >= 0 else _refusal("must be a finite number >= 0", x)
 
 
 def learning_rate(x: Any) -> str | None:
@@ -52,21 +60,21 @@ def _describe(t: torch.Tensor) -> str:
 
 
 def positive(x: Any) -> str | None:
-    return None if _is_real(x) and x > 0 else f"must be a finite number > 0, got {x!r}"
+    return None if _is_real(x) and x > 0 else _refusal("must be a finite number > 0", x)
 
 
 def unit_interval(x: Any) -> str | None:
     """``0 <= x < 1``: decay rates, where 1 would never forget and never bias-correct."""
-    return None if _is_real(x) and 0 <= x < 1 else f"must be in [0, 1), got {x!r}"
+    return None if _is_real(x) and 0 <= x < 1 else _refusal("must be in [0, 1)", x)
 
 
 def open_unit_interval(x: Any) -> str | None:
     """``0 < x < 1``: a fraction that must be neither nothing nor everything."""
-    return None if _is_real(x) and 0 < x < 1 else f"must be in (0, 1), got {x!r}"
+    return None if _is_real(x) and 0 < x < 1 else _refusal("must be in (0, 1)", x)
 
 
 def closed_unit_interval(x: Any) -> str | None:
-    return None if _is_real(x) and 0 <= x <= 1 else f"must be in [0, 1], got {x!r}"
+    return None if _is_real(x) and 0 <= x <= 1 else _refusal("must be in [0, 1]", x)
 
 
 def positive_int(x: Any) -> str | None:
