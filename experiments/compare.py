@@ -45,6 +45,7 @@ from experiments.step_cost import measure
 from experiments.validate_config import (
     ConfigError,
     check_dirs_before_hydra,
+    check_jobs_before_hydra,
     exit_on_error,
     validate_compare,
 )
@@ -206,9 +207,20 @@ def invocation() -> str:
     return " ".join([*env, "python -m experiments.compare", *map(shlex.quote, overrides)])
 
 
+# Whether the command line's config passed validate_compare before hydra started (then it is
+# not checked, and every task built, a second time).
+_CHECKED: list[bool] = []
+
+
+def _check(cfg: DictConfig) -> None:
+    validate_compare(cfg)
+    _CHECKED.append(True)
+
+
 @hydra.main(config_path="conf", config_name="compare", version_base=None)
 def main(cfg: DictConfig) -> None:
-    exit_on_error(validate_compare, cfg)  # every run's config, before the first one starts
+    if not _CHECKED:  # a command line check_jobs_before_hydra leaves to the job
+        exit_on_error(validate_compare, cfg)  # every run's config, before the first one starts
     command = cfg.report.get("command") or invocation()
     try:
         root = compare(cfg, command)
@@ -229,4 +241,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     check_dirs_before_hydra(sys.argv[1:], ("out_dir", "hydra.run.dir"))
+    # before hydra makes out_dir/.hydra-run: a refused comparison left that folder behind, or
+    # rewrote the .hydra/ record of a finished comparison in the same out_dir
+    check_jobs_before_hydra(sys.argv[1:], "compare", _check)
     main()

@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import statistics
 from collections.abc import Iterable
@@ -51,7 +52,7 @@ def load_runs(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
         raise ValueError(f"no comparison under {root} (no <task>/<optimizer>/protocol.json)")
     for protocol_file in protocols:
         opt_dir = protocol_file.parent
-        protocol = json.loads(protocol_file.read_text())
+        protocol = _read_json(protocol_file)
         runs = []
         # every lr diverged: nothing was evaluated (a comparison recorded before its protocol
         # named no seeds then still names them), and the table says "all diverged"
@@ -60,8 +61,8 @@ def load_runs(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
             seed_dir = opt_dir / f"seed{seed}"
             if not (seed_dir / "summary.json").is_file():
                 raise ValueError(f"{seed_dir}: the protocol names seed {seed} but it has no run")
-            summary = json.loads((seed_dir / "summary.json").read_text())
-            history = [json.loads(line) for line in (seed_dir / "metrics.jsonl").open()]
+            summary = _read_json(seed_dir / "summary.json")
+            history = _read_jsonl(seed_dir / "metrics.jsonl")
             runs.append((summary, history))
         tasks.setdefault(opt_dir.parent.name, {})[opt_dir.name] = {
             "protocol": protocol,
@@ -70,14 +71,35 @@ def load_runs(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
     files = [*protocols, *root.glob("*/step_cost.json")]
     if (root / PLAN).is_file():
         files.append(root / PLAN)
-        _check_complete(json.loads((root / PLAN).read_text()), tasks, root)
-    ids = {json.loads(f.read_text()).get("run_id") for f in files}
+        _check_complete(_read_json(root / PLAN), tasks, root)
+    ids = {_read_json(f).get("run_id") for f in files}
     if len(ids) > 1:
         raise ValueError(
             f"{root} holds the files of {len(ids)} comparisons (a re-run into the same out_dir, "
             "interrupted or changed): run the comparison again, into a fresh out_dir"
         )
     return tasks
+
+
+def _read_json(path: Path) -> Any:
+    """One record; a file that is not JSON is named (a comparison holds hundreds of records,
+    and json's "Expecting value: line 1 column 1" named none)."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON record ({e})") from None
+
+
+def _read_jsonl(path: Path) -> list[Any]:
+    """A run's metrics, one JSON object per line; a bad line is named by file and number."""
+    records = []
+    with path.open() as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                records.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{path}:{number}: not a readable JSON record ({e})") from None
+    return records
 
 
 def _check_complete(plan: dict[str, Any], tasks: dict[str, dict[str, Any]], root: Path) -> None:
@@ -96,7 +118,7 @@ def _check_complete(plan: dict[str, Any], tasks: dict[str, dict[str, Any]], root
 
 def load_step_costs(root: Path) -> dict[str, dict[str, Any]]:
     """``{task: step_cost.json}`` for the tasks whose step cost was measured."""
-    return {f.parent.name: json.loads(f.read_text()) for f in sorted(root.glob("*/step_cost.json"))}
+    return {f.parent.name: _read_json(f) for f in sorted(root.glob("*/step_cost.json"))}
 
 
 def _mean_std(values: list[float]) -> str:
@@ -135,6 +157,12 @@ def _cost_cell(cost: dict[str, Any] | None) -> str:
     return f"{1e3 * cost['median_s']:.3g} ({1e3 * cost['q1_s']:.3g}–{1e3 * cost['q3_s']:.3g})"
 
 
+def baseline_label(baseline: str) -> str:
+    """How the report names the baseline: "Adam" for ``adam`` (every section so far), else
+    the config's name; a ``baseline=delta`` comparison read as measured against Adam."""
+    return "Adam" if baseline == "adam" else f"`{baseline}`"
+
+
 def task_table(
     optimizers: dict[str, dict[str, Any]],
     baseline: str,
@@ -165,6 +193,7 @@ def task_table(
         return statistics.mean(values) if values else None
 
     base_steps, base_secs = reach(baseline) if baseline in optimizers else ([], [])
+    ratio = f"×{baseline_label(baseline)}"
     header = [
         "optimizer",
         "best lr",
@@ -173,9 +202,9 @@ def task_table(
         *extra,
         "reached target",
         "steps-to-target",
-        "×Adam",
+        ratio,
         "time-to-target s",
-        "×Adam",
+        ratio,
         "step ms (IQR)",
         "state B/param",
     ]
@@ -319,9 +348,27 @@ def section(markdown: Path, name: str) -> str:
     return text[text.index(begin) + len(begin) : text.index(end)].strip()
 
 
+# A section's name is in its markers (an HTML comment) and in its plots' file names: '-->'
+# closed the comment early (the marker then showed on the page), a '/' put a plot in a new
+# folder, an empty name headed a section "Comparison ``". Every name in docs/results.md fits.
+_SECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_section_name(name: str) -> str:
+    """``name`` if it can name a section (letters, digits, ``.``, ``_``, ``-``, not starting
+    with a punctuation mark), else a ``ValueError`` saying so."""
+    if not isinstance(name, str) or not _SECTION_NAME.fullmatch(name):
+        raise ValueError(
+            f"section name {name!r}: expected letters, digits, '.', '_' or '-' (first a letter "
+            "or digit); it names the section's markers and its plot files"
+        )
+    return name
+
+
 def _replaced(text: str, name: str, body: str) -> str:
     """``text`` with its section ``name`` (between its markers) holding ``body``; appended at
     the end if it has no such section."""
+    check_section_name(name)
     begin, end = f"<!-- report:{name}:begin -->", f"<!-- report:{name}:end -->"
     section = f"{begin}\n{body.rstrip()}\n{end}"
     counts = text.count(begin), text.count(end)
@@ -348,6 +395,14 @@ def read_record(
     if not isinstance(record, dict) or not all(record.get(k) for k in needed):
         parser.error(f"--from-json {path}: not a record of this command")
     return record
+
+
+def _name_argument(text: str) -> str:
+    """argparse ``type`` of ``--name``: :func:`check_section_name`'s rule, a usage error."""
+    try:
+        return check_section_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def output_path(text: str) -> Path:
@@ -473,7 +528,8 @@ def write_report(
         "grid's smallest or largest, one more tuning run a grid step beyond it, repeated while "
         "the best stays on an edge, up to the same bound for every optimizer (column *LR grid*: "
         "points, extensions, and *best at … edge* when the bound was reached first); then the "
-        "evaluation seeds at the best LR. Target = tuned Adam's mean final validation loss; "
+        f"evaluation seeds at the best LR. Target = tuned {baseline_label(baseline)}'s mean "
+        "final validation loss; "
         "steps-to-target counts the first evaluation at or below it.",
         "",
         "Time-to-target is not the runs' wall clock (runs made one after another absorb "
@@ -482,7 +538,8 @@ def write_report(
         "runs with all optimizers taking turns on the same model at their tuned LR "
         "(`experiments/step_cost.py`); *step ms* is that cost's median and interquartile range "
         "over the samples. Cells are mean ± std over the evaluation seeds (over those that "
-        "reached the target, for steps and time); ×Adam is the ratio of the means.",
+        f"reached the target, for steps and time); ×{baseline_label(baseline)} is the ratio of "
+        "the means.",
     ]
     for task, optimizers in tasks.items():
         cost = costs.get(task)
@@ -523,7 +580,7 @@ def main() -> None:
         "into a markdown file, with the baseline and command the comparison recorded"
     )
     parser.add_argument("root", type=Path)
-    parser.add_argument("--name", required=True)
+    parser.add_argument("--name", required=True, type=_name_argument)
     parser.add_argument(
         "--markdown", type=output_path, default=DEFAULT_MARKDOWN,
         help=f"default {DEFAULT_MARKDOWN}",

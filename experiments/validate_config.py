@@ -211,15 +211,19 @@ def _names(cfg: DictConfig, key: str, allowed: set[str] | tuple[str, ...]) -> li
 
 
 def _writable_dir(key: str, value: Any, directory: Path | None = None) -> None:
-    """Create the directory ``value`` (or ``directory``, where ``value`` is a file to be written
-    there) if needed, and write a temporary file in it."""
+    """The directory ``value`` (or ``directory``, where ``value`` is a file to be written there)
+    can be written, or made where its nearest existing parent can be written: a temporary file
+    written there and removed. Nothing is created: a refused comparison left its report's
+    folders (``docs/results``) behind in the working directory."""
     what = "a writable directory" if directory is None else "a path in a writable directory"
     try:
-        path = Path(directory if directory is not None else value).expanduser()
-        if path.exists() and not path.is_dir():
-            raise ConfigError(key, value, f"{what} ({path} is a file)")
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        path = Path(directory if directory is not None else value).expanduser().absolute()
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ConfigError(key, value, f"{what} ({existing} is a file)")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except (OSError, TypeError, ValueError) as e:
         if isinstance(e, ConfigError):
@@ -278,6 +282,14 @@ def protocol_key(key: str, run: DictConfig | None = None) -> str | None:
     if run is None:
         return None
     plain = OmegaConf.to_container(run, resolve=False)
+    node = _raw(plain, key)
+    if isinstance(node, dict):
+        # a whole node (optimizer.factory={...}) replaces every key under it: the tuned lr's
+        # ${..lr} too, which the run then never saw while the report printed the tuned one
+        for sub in node:
+            if (target := protocol_key(f"{key}.{sub}", run)) is not None:
+                return target
+        return None
     for _ in range(16):  # a chain of interpolations, never a cycle
         match = _INTERPOLATION.match(str(_raw(plain, key))) if key else None
         if match is None:
@@ -293,10 +305,15 @@ def protocol_key(key: str, run: DictConfig | None = None) -> str | None:
 def _check_override_keys(overrides: Iterable[str], run: DictConfig | None = None) -> None:
     for o in overrides:
         key = o.split("=", 1)[0].lstrip("+~")
+        if key == "hydra" or key.startswith("hydra."):
+            # each run is composed, never launched by hydra: hydra.run.dir=... did nothing
+            raise ConfigError(
+                "overrides", o, "keys of a run's config (hydra's own settings are not used)"
+            )
         if (target := protocol_key(key, run)) is not None:
             # the protocol sets these per run (the tuned lr, each seed, each optimizer); an
             # override would win over them in every run and the report would not say so
-            via = "" if target == key else f"; {key} is {target}"
+            via = "" if target == key else f"; overriding {key} overrides {target}"
             raise ConfigError(
                 "overrides", o, f"overrides of keys the protocol does not set {PROTOCOL_KEYS}{via}"
             )
@@ -432,6 +449,14 @@ def validate_compare(cfg: DictConfig) -> None:
     Must run inside a hydra app (``compose`` needs the initialised config search path)."""
     from hydra import compose
 
+    from experiments.report import check_section_name
+
+    try:
+        check_section_name(_get(cfg, "name"))
+    except ValueError:
+        raise ConfigError(
+            "name", _get(cfg, "name"), "letters, digits, '.', '_' or '-' (a section's name)"
+        ) from None
     tasks = _names(cfg, "tasks", _group_names("task"))
     variants = _variants(cfg)
     optimizers = _names(cfg, "optimizers", _group_names("optimizer") | set(variants))
@@ -500,3 +525,12 @@ def validate_compare(cfg: DictConfig) -> None:
                     e.expected,
                     refused=e.refused,
                 ) from None
+        # the task itself, once: a value only its constructor refuses (task.build.dim=1 on
+        # rosenbrock) ended the sweep after every earlier task's runs (a user audit); one build
+        # more per task than the sweep makes anyway (one per run)
+        try:
+            build_task(compose(config_name="config", overrides=[f"task={task}", *overrides]))
+        except ConfigError as e:
+            raise ConfigError(
+                f"{e.key} (task={task})", e.value, e.expected, refused=e.refused
+            ) from None

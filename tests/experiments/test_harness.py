@@ -411,3 +411,38 @@ def test_an_output_path_that_cannot_be_written_is_a_usage_error_before_any_work(
            "--json", str(tmp_path)]  # fmt: skip
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "is a directory" in run.stderr
+
+
+def test_a_refused_comparison_writes_nothing_and_checks_every_tasks_build(tmp_path):
+    # A value only a later task's constructor refuses (rosenbrock's dim) ended the sweep after
+    # the earlier tasks' runs, and a refused comparison left out_dir/.hydra-run and the
+    # report's docs/results folders behind in the working directory (a user audit).
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run(
+        [sys.executable, "-m", "experiments.compare", "+experiment=smoke",
+         "tasks=[quadratic,rosenbrock]", 'overrides=["task.steps=5","task.build.dim=1"]'],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines() == [
+        "config error: task.build (task=rosenbrock) = {'_target_': "
+        "'experiments.tasks.classic.Rosenbrock', 'dim': 1, 'jitter': 0.1}: refused: rosenbrock: "
+        "dim must be an integer >= 2, got 1"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_report_names_its_baseline(tmp_path):
+    # baseline=delta: the target was delta's loss but the text said "tuned Adam's" and the
+    # ratio columns "×Adam" (a user audit)
+    from experiments.compare import compare
+    from experiments.report import write_report
+
+    overrides = ["+experiment=smoke", f"out_dir={tmp_path}", "baseline=delta", "variants={}",
+                 "optimizers=[delta,adam]", "lr_extensions=0", "step_cost.samples=1"]  # fmt: skip
+    with initialize_config_dir(str(CONF), version_base=None):
+        root = compare(compose("compare", overrides=overrides), command="cmd")
+    text = write_report(root, tmp_path / "r.md", tmp_path / "plots", "smoke").read_text()
+    assert "Target = tuned `delta`'s mean final validation loss" in text
+    assert "| steps-to-target | ×`delta` | time-to-target s | ×`delta` |" in text
+    assert "Adam" not in text.replace("| adam |", "")

@@ -4,9 +4,17 @@ the list of contents following the headings."""
 from __future__ import annotations
 
 import doctest
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 import experiments.report as report
 from experiments.report import anchor, contents, replace_section
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_anchor_examples_run():
@@ -80,3 +88,38 @@ def test_a_band_that_reaches_zero_is_plotted_on_a_scale_that_shows_it(tmp_path, 
     assert ax.get_yscale() != "log" and ax.get_ylim()[0] <= -0.5
     report.plot_task("t", {"adam": _entry([[2.0, 1.0], [1.0, 0.5]])}, tmp_path / "b.png")
     assert figures[-1].axes[0].get_yscale() == "log"  # all positive: log, as before
+
+
+def test_a_section_name_must_fit_its_markers_and_plot_files(tmp_path):
+    # '-->' closed the marker's comment early, '/' put a plot in a new folder, '' headed a
+    # section "Comparison ``" (a user audit); every name in docs/results.md fits the rule
+    import re
+
+    from experiments.report import check_section_name, replace_section
+
+    names = re.findall(r"<!-- report:(.*?):begin -->", (REPO / "docs" / "results.md").read_text())
+    assert len(names) > 40 and all(check_section_name(n) == n for n in names)
+    for bad in ("", "bad -->name", "a/b", "-x", "a b"):
+        with pytest.raises(ValueError, match="section name"):
+            replace_section(tmp_path / "r.md", bad, "body")
+    assert not (tmp_path / "r.md").exists()
+    run = subprocess.run(
+        [sys.executable, "-m", "experiments.report", str(tmp_path), "--name", "a/b"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2 and "section name 'a/b'" in run.stderr
+
+
+def test_a_record_that_is_not_json_is_named(tmp_path):
+    from experiments.report import load_runs
+
+    seed = tmp_path / "quadratic" / "adam" / "seed1"
+    seed.mkdir(parents=True)
+    (seed.parent / "protocol.json").write_text(json.dumps({"best_lr": 0.1, "seeds": [1]}))
+    (seed / "summary.json").write_text(json.dumps({"status": "ok"}))
+    (seed / "metrics.jsonl").write_text('{"step": 1}\ngarbage\n')
+    with pytest.raises(ValueError, match=r"seed1/metrics.jsonl:2: not a readable JSON record"):
+        load_runs(tmp_path)
+    (seed / "summary.json").write_text("{")
+    with pytest.raises(ValueError, match=r"seed1/summary.json: not a readable JSON record"):
+        load_runs(tmp_path)

@@ -151,6 +151,15 @@ def test_every_shipped_optimizer_config_is_valid(optimizer):
             "overrides = 'optimizer.factory.lr=0.001': expected overrides of keys the protocol",
         ),
         (['overrides=["++optimizer.factory.lr=1"]'], "overrides = '++optimizer.factory.lr=1'"),
+        # each run is composed, not launched by hydra: this did nothing (a user audit)
+        (['overrides=["hydra.run.dir=/tmp/x"]'], "overrides = 'hydra.run.dir=/tmp/x': expected"),
+        # a whole node replaced: its lr was fixed, every tuning run alike, and the report
+        # printed a "best lr" (a user audit)
+        (
+            ['overrides=["optimizer.factory={_target_:torch.optim.Adam,_partial_:true,lr:1e-5}"]'],
+            "overrides = 'optimizer.factory={_target_:torch.optim.Adam,_partial_:true,lr:1e-5}': "
+            "expected overrides of keys the protocol does not set",
+        ),
     ],
 )
 def test_bad_compare_override_is_named(tmp_path, overrides, message):
@@ -175,6 +184,7 @@ def test_a_key_that_interpolates_a_protocol_key_is_one_the_protocol_sets():
     assert protocol_key("b.c", run) == "optimizer.lr"  # relative, from a nested key
     assert protocol_key("adam.factory.lr") == "optimizer.lr"  # any factory's lr, no config
     assert protocol_key("seed") == "seed"
+    assert protocol_key("optimizer.factory", run) == "optimizer.lr"  # a node holding it
     for free in ("optimizer.factory.gamma", "optimizer.split.rest_lr_ratio", "task.steps"):
         assert protocol_key(free, run) is None
 

@@ -340,3 +340,20 @@ def test_a_non_finite_first_evaluation_ends_the_run_before_any_step():
     )  # fmt: skip
     assert result.diverged and result.steps == 0 and "before any step" in result.message
     assert torch.equal(w.detach(), before)
+
+
+def test_a_step_whose_scalars_overflow_ends_the_run_as_diverged():
+    # lr 1e300 on float32 weights: torch cannot convert the step's alpha to float32 and raises
+    # "value cannot be converted to type float without overflow", which ended a comparison's
+    # sweep with a traceback (a user audit); a run that far past divergence has diverged.
+    w, loss = quadratic()
+    result = fit([w], loss, itertools.count(1), lambda ps: torch.optim.SGD(ps, lr=1e300), steps=5)
+    assert result.status == "diverged" and "overflowed" in result.message
+    # any other error of the step is the caller's to see
+    with pytest.raises(RuntimeError, match="boom"):
+
+        class Broken(torch.optim.SGD):
+            def step(self, closure=None):
+                raise RuntimeError("boom")
+
+        fit([w], loss, itertools.count(1), lambda ps: Broken(ps, lr=0.1), steps=2)

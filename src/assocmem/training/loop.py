@@ -4,7 +4,9 @@ One record per step goes to ``log`` and into ``TrainResult.history``: ``step``, 
 seconds of training since the start, evaluations excluded, so it compares across evaluation
 schedules), ``train_loss``, plus whatever ``evaluate()`` returns (at least ``val_loss``) at step
 0 (no ``train_loss``), every ``eval_every`` steps and at the last step. A non-finite training or
-validation loss ends the run with ``status="diverged"`` instead of raising. A non-finite
+validation loss ends the run with ``status="diverged"`` instead of raising, and so does a step
+whose scalars overflow the parameters' dtype (an lr of 1e38: torch's "cannot be converted to
+type float without overflow"; that step may have written some tensors). A non-finite
 training loss takes no step, and the forward that produced it leaves nothing behind either:
 the BatchNorm running statistics it updated are put back, so the model is that of the last
 step taken (``TrainResult.steps``), unless early stopping restores its best evaluation's
@@ -339,7 +341,19 @@ def fit(
             if math.isfinite(train_loss):
                 loss.backward()
                 t0 = time.perf_counter()
-                opt.step()
+                try:
+                    opt.step()
+                except RuntimeError as e:
+                    # torch's "value cannot be converted to type float without overflow": the
+                    # step's scalars (lr x a bias correction, say) exceed the parameters' dtype,
+                    # an lr far past divergence (1e38). A diverged run, as a non-finite loss
+                    # is, where it ended a sweep with a traceback.
+                    if "without overflow" not in str(e):
+                        raise
+                    status = "diverged"
+                    message = f"the step at step {step} overflowed its dtype's range ({e})"
+                    record({"step": step, "time": elapsed(), "train_loss": train_loss})
+                    break
                 opt_time += time.perf_counter() - t0
             else:  # the forward ran on the batch that diverged: undo what it wrote
                 with torch.no_grad():
