@@ -357,3 +357,79 @@ def test_a_step_whose_scalars_overflow_ends_the_run_as_diverged():
                 raise RuntimeError("boom")
 
         fit([w], loss, itertools.count(1), lambda ps: Broken(ps, lr=0.1), steps=2)
+
+
+def test_a_second_linear_decay_starts_from_the_rate_the_run_starts_at():
+    # torch's LambdaLR starts from the initial_lr an earlier scheduler left in the group: a
+    # second fit with this optimizer, its rates set to 0.01, decayed from the first run's 1.0
+    w, plain = quadratic()
+    opt = torch.optim.SGD([w], lr=1.0)
+    seen = []
+
+    def loss(batch):  # the rate the coming step takes
+        seen.append(opt.param_groups[0]["lr"])
+        return plain(batch)
+
+    fit([w], loss, itertools.count(1), opt, steps=4, lr_decay="linear")
+    assert seen == [1.0, 0.75, 0.5, 0.25]
+    opt.param_groups[0]["lr"] = 0.01
+    seen.clear()
+    fit([w], loss, itertools.count(1), opt, steps=4, lr_decay="linear")
+    assert seen == pytest.approx([0.01, 0.0075, 0.005, 0.0025], rel=1e-12)
+
+
+def test_batches_that_run_out_end_the_run_with_its_result_and_best_weights():
+    # a bare StopIteration escaped: no result, the best weights not restored (a user audit)
+    w = torch.zeros(1, requires_grad=True)
+    evals = iter([3.0, 1.0, 2.0, 2.5, 2.7])
+    result = fit(
+        [w], lambda b: (w - b).pow(2).sum(), iter([1.0] * 7),
+        lambda ps: torch.optim.SGD(ps, lr=0.1), steps=100, eval_every=2,
+        evaluate=lambda: {"val_loss": next(evals)}, patience=5,
+    )  # fmt: skip
+    assert result.status == "ok" and result.steps == 7
+    assert "the batches ran out after step 7 of 100" in result.message
+    assert result.best_step == 2  # and its weights are back: those after two steps
+    assert w.item() == pytest.approx(1 - 0.8**2, rel=1e-6)
+
+
+def test_evaluate_that_raises_leaves_the_raw_weights_not_the_average():
+    # an exception in evaluate (Ctrl-C, a KeyError) left the averaged weights in the model
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    calls = []
+
+    averaged = {}
+
+    def evaluate():  # runs on the averaged weights, swapped in
+        calls.append(1)
+        if len(calls) == 3:
+            averaged.update({k: v.clone() for k, v in model.state_dict().items()})
+            raise KeyboardInterrupt
+        return {"val_loss": 1.0 / len(calls)}
+
+    x = torch.randn(8, 2)
+
+    def step_loss(_batch):
+        return model(x).pow(2).mean()
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, step_loss, itertools.count(1), lambda ps: torch.optim.SGD(ps, lr=0.1),
+            steps=20, eval_every=2, evaluate=evaluate, average=0.9)  # fmt: skip
+    # the raw weights of step 4 are back, not the average the interrupted evaluation saw
+    assert not torch.equal(model.weight, averaged["weight"])
+    with pytest.raises(ValueError, match="'val_loss'"):
+        fit(model, step_loss, itertools.count(1), lambda ps: torch.optim.SGD(ps, lr=0.1),
+            steps=2, evaluate=lambda: {"acc": 1.0})  # fmt: skip
+
+
+def test_whole_number_arguments_take_numpy_integers_and_refuse_bools():
+    np = pytest.importorskip("numpy")
+    w, loss = quadratic()
+    opt = lambda ps: torch.optim.SGD(ps, lr=0.1)  # noqa: E731
+    assert fit([w], loss, itertools.count(1), opt, steps=np.int64(3)).steps == 3
+    for kw in ({"steps": True}, {"steps": 3, "eval_every": True}, {"steps": 3, "lr_drops": True}):
+        with pytest.raises(ValueError):
+            fit([w], loss, itertools.count(1), opt, **kw)
+    nan = fit([w], loss, itertools.count(1), opt, steps=3, evaluate=lambda: {"val_loss": math.nan})
+    assert nan.status == "diverged" and math.isnan(nan.best_val_loss)  # no best: NaN, not inf

@@ -136,7 +136,9 @@ def zero_shot_report(
         ``{"threshold", "target_fpr", "val_real_fpr", "test_real_fpr", "test_real_fpr_0.5",
         "scale", "seen": per-family metrics, "heldout": per-family metrics}``, each family's
         metrics with ``tpr`` and ``fpr`` at the threshold added (``"mean"`` averages them too);
-        ``scale`` is the one used (``"auto"`` resolved). ``per_photo=True`` adds
+        ``scale`` is the one used (``"auto"`` resolved). A group without families (no held-out
+        ones: a ceiling study's) has no key: ``"heldout" in report`` says whether it was
+        scored. ``per_photo=True`` adds
         ``"per_photo"``: :func:`per_photo_metrics` of the test split at the same threshold.
     """
     if scale not in SCALES:

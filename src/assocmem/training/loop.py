@@ -6,7 +6,10 @@ schedules), ``train_loss``, plus whatever ``evaluate()`` returns (at least ``val
 0 (no ``train_loss``), every ``eval_every`` steps and at the last step. A non-finite training or
 validation loss ends the run with ``status="diverged"`` instead of raising, and so does a step
 whose scalars overflow the parameters' dtype (an lr of 1e38: torch's "cannot be converted to
-type float without overflow"; that step may have written some tensors). A non-finite
+type float without overflow"; that step may have written some tensors). An iterator of
+batches that runs out ends the run there. An exception (Ctrl-C included) propagates; one
+raised inside ``evaluate`` leaves the raw weights in the model, never the average it was
+shown. A non-finite
 training loss takes no step, and the forward that produced it leaves nothing behind either:
 the BatchNorm running statistics it updated are put back, so the model is that of the last
 step taken (``TrainResult.steps``), unless early stopping restores its best evaluation's
@@ -51,7 +54,7 @@ import copy
 import math
 import numbers
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,6 +179,12 @@ def _averager(model: Trainable, decay: float | None) -> Any:
     return AveragedModel(model, multi_avg_fn=warmed_decay(decay), use_buffers=True)
 
 
+def _count_at_least(x: Any, least: int) -> bool:
+    """``x`` a whole number ``>= least``: an int or numpy integer, not a bool (``True`` ran one
+    step where ``patience=True`` was refused)."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= least
+
+
 def _progress(steps: int, enabled: bool, desc: str) -> Any:
     if not enabled:
         return None
@@ -208,7 +217,9 @@ def fit(
     Args:
         model: an ``nn.Module`` or a list of tensors (its ``requires_grad`` ones train).
         step_loss: the training loss of one batch (a scalar tensor to backpropagate).
-        batches: an endless iterator of batches (``itertools.count(1)`` for step-indexed tasks).
+        batches: an iterator of batches (``itertools.count(1)`` for step-indexed tasks); one that
+            runs out ends the run there (status ``"ok"``, the message says so; the last
+            evaluation is the one before).
         optimizer: a factory ``params -> Optimizer`` or a built optimizer.
         evaluate: returns metrics with ``val_loss``; ``None`` runs without evaluations (then
             ``patience`` and ``restore_best`` do not apply and ``final_val_loss`` is NaN).
@@ -220,18 +231,13 @@ def fit(
         lr_decay: ``"linear"`` decays every group's learning rate to 0 at ``steps`` (module
             docstring); ``None`` keeps it.
     """
-    if not (isinstance(steps, int) and steps >= 0) or not (
-        isinstance(eval_every, int) and eval_every >= 1
-    ):
+    if not (_count_at_least(steps, 0) and _count_at_least(eval_every, 1)):
         raise ValueError(f"need steps >= 0 and eval_every >= 1, got {steps!r}, {eval_every!r}")
-    if patience is not None and (
-        evaluate is None or isinstance(patience, bool) or not isinstance(patience, numbers.Integral)
-        or patience < 1
-    ):  # fmt: skip
+    if patience is not None and (evaluate is None or not _count_at_least(patience, 1)):
         raise ValueError(
             f"patience must be None or >= 1 evaluations (with an evaluate), got {patience!r}"
         )
-    if not (isinstance(lr_drops, int) and lr_drops >= 0) or not 0.0 < lr_drop_factor < 1.0:
+    if not _count_at_least(lr_drops, 0) or not 0.0 < lr_drop_factor < 1.0:
         raise ValueError(
             f"need lr_drops >= 0 and 0 < lr_drop_factor < 1, got {lr_drops!r}, {lr_drop_factor!r}"
         )
@@ -280,7 +286,20 @@ def fit(
         if averaged is not None:  # evaluate the average: swap it in, then the raw weights back
             raw = _snapshot(model)
             _restore(model, averaged.module.state_dict())
-        metrics = evaluate()  # type: ignore[misc]
+        try:
+            metrics = evaluate()  # type: ignore[misc]
+        except BaseException:
+            # the raw weights back whatever evaluate raised (Ctrl-C included): they were lost,
+            # the average left in the model
+            if raw is not None:
+                _restore(model, raw)
+            raise
+        if not isinstance(metrics, Mapping) or "val_loss" not in metrics:
+            if raw is not None:
+                _restore(model, raw)
+            raise ValueError(
+                f"evaluate() must return a mapping with 'val_loss', got {metrics!r:.200}"
+            )
         loss = metrics["val_loss"]
         if loss < best["val_loss"]:
             best.update(step=step, val_loss=loss, stale=0)
@@ -308,7 +327,13 @@ def fit(
     statistics = _running_statistics(model)
     needs_closure = isinstance(opt, torch.optim.LBFGS)
     for step in range(1, last + 1):
-        batch = next(batches)
+        try:
+            batch = next(batches)
+        except StopIteration:
+            # a finite iterator: the run ends as one of its length would, early stopping's best
+            # weights restored (a bare StopIteration escaped, the result and the best lost)
+            message = f"the batches ran out after step {step - 1} of {steps}"
+            break
         if needs_closure:
             # A line search moves the weights between its evaluations, so a non-finite one
             # (the first, or one at a trial point) is undone from a copy of the weights, their
@@ -403,7 +428,9 @@ def fit(
         _restore(model, averaged.module.state_dict())
     return TrainResult(
         status, done, train_loss, val_loss, time.perf_counter() - start, history, message,
-        best_step=best["step"], best_val_loss=best["val_loss"] if evaluate else math.nan,
+        best_step=best["step"],
+        # NaN where no evaluation was finite (inf read as a best that was never measured)
+        best_val_loss=best["val_loss"] if math.isfinite(best["val_loss"]) else math.nan,
         stopped_early=stopped_early, optimizer_seconds=opt_time, lr_drop_steps=drop_steps,
         optimizer=opt,
     )  # fmt: skip
@@ -416,4 +443,10 @@ def _lr_schedule(
     runs at ``lr (1 - (t - 1) / steps)``: the first at the full rate, the last at ``lr / steps``."""
     if lr_decay is None or steps == 0:
         return None
+    for group in opt.param_groups:
+        # from the rate the run starts at: torch's schedulers start from an ``initial_lr`` an
+        # earlier scheduler left in the group (a second fit with this optimizer, its rates set
+        # to 0.01 in between, decayed from the first run's 1.0)
+        lr = group["lr"]
+        group["initial_lr"] = lr.clone() if isinstance(lr, Tensor) else lr
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda done: max(0.0, 1.0 - done / steps))
