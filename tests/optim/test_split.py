@@ -215,3 +215,41 @@ def test_the_split_changes_what_muon_does_to_the_head():
         # differ by a few ulps of that move and of the bias itself (|b| < 1: ulp <= 1.2e-7).
         torch.testing.assert_close(plain[i].bias, split[i].bias, rtol=0, atol=2.5e-7)
     assert not torch.allclose(plain[5].weight, split[5].weight)
+
+
+def test_a_rest_group_given_only_its_lr_stays_on_adam():
+    # rest={"lr": ...} replaced the default {"memory": "adam"}: the tied embedding and head,
+    # norms and biases were orthogonalised by the optimizer's muon (a user audit)
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 10))
+    groups = param_groups(model, rest={"lr": 2e-3})
+    assert [(g["name"], g.get("memory"), g.get("lr")) for g in groups] == [
+        ("hidden", None, None), ("rest", "adam", 2e-3)
+    ]  # fmt: skip
+    assert param_groups(model, rest={"memory": "muon"})[1]["memory"] == "muon"  # when asked
+
+
+def test_a_model_without_an_output_layer_has_no_head():
+    # the last block's FFN matrix was the "head" (Adam) while the same layer one block earlier
+    # was hidden: an encoder, a language model whose logits are F.linear of the embedding
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32), num_layers=2)
+    roles = param_roles(encoder)
+    assert "head" not in roles.values()
+    assert roles["layers.0.linear2.weight"] == roles["layers.1.linear2.weight"] == "hidden"
+    # a head after repeated blocks, and the last layer of a plain Sequential, are heads
+    with_head = nn.Sequential(encoder, nn.Linear(16, 3))
+    assert param_roles(with_head)["1.weight"] == "head"
+    assert param_roles(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))[
+        "2.weight"
+    ] == "head"  # fmt: skip
+
+
+def test_grouped_and_depthwise_conv_weights_are_not_orthogonalised():
+    # a depthwise conv is C independent filters: orthogonalised as one (C, 9) matrix, channel
+    # 0's update moved with channel 5's gradient (a user audit)
+    model = nn.Sequential(
+        nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 4, 1),
+        nn.Flatten(), nn.Linear(4, 2),
+    )  # fmt: skip
+    roles = param_roles(model)
+    assert roles["0.weight"] == roles["1.weight"] == "other"
+    assert roles["2.weight"] == "hidden"

@@ -13,16 +13,23 @@ of a layer that maps a dense input to a dense output. That reading does not fit:
 - ``bias``: biases (vectors: nothing to orthogonalise);
 - ``other``: every other parameter: vectors and scalars (layer scales, the quadratic's point),
   and matrices that are not the weight of a linear, conv or attention layer (learned positions,
-  class tokens, recurrent weights that stack their gates), which are tables or stacks, not maps.
+  class tokens, the weights of ``nn.RNN``/``LSTM``/``GRU``, gated or not, their projections
+  included), and the weights of grouped and depthwise convs (``groups > 1``: a stack of
+  independent maps, one per group), which are tables or stacks, not single maps.
 
 Each parameter gets exactly one role (:func:`param_roles`); :func:`param_groups` puts the
 ``hidden`` ones in one param group and every other role in a second one, by default stepped by
 the ``adam`` preset. ``hidden`` is the weight of an ``nn.Linear``, ``nn.Bilinear``, ``nn.Conv*``,
 ``nn.ConvTranspose*`` or ``nn.MultiheadAttention`` (its ``*_weight`` matrices) that is not the
 head, an input layer on dense data included (the first ``Linear`` of an MLP, a ViT's patch
-projection, a conv stem). The head is the last such layer in the order the model registers its
-modules (``model.modules()``), frozen or not. Both rules are heuristics: ``roles=`` overrides
-them by name pattern or predicate.
+projection, a conv stem). ``nn.MultiheadAttention``'s packed ``in_proj_weight`` (Q, K and V
+stacked, ``3E x E``) is orthogonalised as one matrix, as ``torch.optim.Muon`` and Muon's
+reference treat any 2-D tensor (with ``kdim``/``vdim`` set torch stores the three apart, each
+then its own). The head is the last such layer in the order the model registers its modules
+(``model.modules()``), frozen or not, unless it belongs to a repeated block (``layers.1.ff``
+beside ``layers.0.ff``): a model without an output layer of its own (an
+``nn.TransformerEncoder``, logits as ``F.linear`` of a tied embedding) has no head. Both rules
+are heuristics: ``roles=`` overrides them by name pattern or predicate.
 
 A parameter shared by several modules (tied embedding and head) is one parameter and lands in
 one group: it is ``embedding`` if any owner is an embedding, else ``head`` if any owner is the
@@ -123,7 +130,8 @@ def param_groups(
     Args:
         model: the module whose parameters are split.
         hidden: extra entries of the hidden group (e.g. ``{"lr": 0.02}``).
-        rest: entries of the rest group, replacing the default ``{"memory": "adam"}``.
+        rest: entries of the rest group, over the default ``{"memory": "adam"}`` (a rest
+            group without its own ``memory`` is Adam; name one to step it otherwise).
         roles: overrides of the automatic roles (see :func:`param_roles`).
         trainable_only: leave out parameters with ``requires_grad=False``.
 
@@ -136,7 +144,9 @@ def param_groups(
         [('hidden', 1), ('rest', 3)]
         >>> opt = MemoryOptimizer(groups, memory="muon", lr=0.02)
     """
-    rest = {"memory": "adam"} if rest is None else dict(rest)
+    # merged into the default: rest={"lr": 2e-3}, what the docs invite, put the tied
+    # embedding and head, norms and biases on the optimizer's Muon (a user audit)
+    rest = {"memory": "adam", **(rest or {})}
     options = {"hidden": dict(hidden or {}), "rest": rest}
     for group, entries in options.items():
         if "params" in entries or "name" in entries:
@@ -171,13 +181,36 @@ def _is_map_weight(module: nn.Module, attr: str) -> bool:
         return False
     if isinstance(module, nn.MultiheadAttention):
         return attr.endswith("_weight")  # in_proj_weight or q/k/v_proj_weight
+    if getattr(module, "groups", 1) > 1:
+        # a grouped (depthwise) conv's weight is a stack of independent maps, one per group:
+        # orthogonalised as one matrix, a channel's update moved with another's gradient
+        return False
     return attr == "weight"
 
 
 def _head(model: nn.Module) -> nn.Module | None:
-    """The output layer: the last linear/conv/attention layer in registration order."""
-    layers = [m for m in model.modules() if isinstance(m, _MAPS)]
-    return layers[-1] if layers else None
+    """The output layer: the last linear/conv/attention layer in registration order, unless
+    that layer belongs to a repeated block (its name, block indices aside, names another layer:
+    ``layers.1.linear2`` beside ``layers.0.linear2``). A model without an output layer of its
+    own (an ``nn.TransformerEncoder``, a language model whose logits are ``F.linear`` of the
+    tied embedding) then has no head: its last block's layer is as hidden as the others' (it
+    was put on Adam as the head)."""
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, _MAPS)]
+    if not layers:
+        return None
+    name, last = layers[-1]
+    pattern = _block_pattern(name)
+    if any(_block_pattern(other) == pattern for other, _ in layers[:-1]):
+        return None
+    return last
+
+
+def _block_pattern(name: str) -> tuple[str, ...]:
+    """A module name with its block indices (a number followed by more of the name) as ``#``:
+    ``layers.1.linear2`` -> ``layers.#.linear2``; a last number stays (``2`` in a
+    ``Sequential`` is the third layer, not a block)."""
+    parts = name.split(".")
+    return tuple("#" if p.isdigit() and i < len(parts) - 1 else p for i, p in enumerate(parts))
 
 
 def _auto_role(param: Tensor, owners: list[tuple[str, nn.Module, str]], head) -> str:
