@@ -207,19 +207,14 @@ def invocation() -> str:
     return " ".join([*env, "python -m experiments.compare", *map(shlex.quote, overrides)])
 
 
-# Whether the command line's config passed validate_compare before hydra started (then it is
-# not checked, and every task built, a second time).
-_CHECKED: list[bool] = []
-
-
-def _check(cfg: DictConfig) -> None:
-    validate_compare(cfg)
-    _CHECKED.append(True)
+# Whether the command line's config passed validate_compare before hydra started (set below;
+# then it is not checked, and every task built, a second time).
+_VALIDATED_BEFORE_HYDRA = False
 
 
 @hydra.main(config_path="conf", config_name="compare", version_base=None)
 def main(cfg: DictConfig) -> None:
-    if not _CHECKED:  # a command line check_jobs_before_hydra leaves to the job
+    if not _VALIDATED_BEFORE_HYDRA:  # a command line check_jobs_before_hydra leaves to the job
         exit_on_error(validate_compare, cfg)  # every run's config, before the first one starts
     command = cfg.report.get("command") or invocation()
     try:
@@ -243,5 +238,5 @@ if __name__ == "__main__":
     check_dirs_before_hydra(sys.argv[1:], ("out_dir", "hydra.run.dir"))
     # before hydra makes out_dir/.hydra-run: a refused comparison left that folder behind, or
     # rewrote the .hydra/ record of a finished comparison in the same out_dir
-    check_jobs_before_hydra(sys.argv[1:], "compare", _check)
+    _VALIDATED_BEFORE_HYDRA = check_jobs_before_hydra(sys.argv[1:], "compare", validate_compare)
     main()

@@ -96,14 +96,15 @@ def check_dirs_before_hydra(argv: Sequence[str], keys: Sequence[str]) -> None:
 
 def check_jobs_before_hydra(
     argv: Sequence[str], config_name: str, check: Callable[[DictConfig], None]
-) -> None:
+) -> bool:
     """Run ``check`` on the config of every job the command line names (each combination of a
     ``-m`` sweep's values), composed from ``experiments/conf``, and exit with its config error
     before hydra starts: hydra creates each job's folder (and writes its ``.hydra/`` files)
     before the job's own checks run, so a refused value left a stray folder, or rewrote the
     ``.hydra/`` files of an earlier run in the same folder, and in a sweep the jobs before the
     bad one had run. A command line this does not read (hydra flags other than ``-m``, sweeps
-    it cannot list, such as an optuna interval) is left to the jobs' own checks."""
+    it cannot list, such as an optuna interval) is left to the jobs' own checks. Returns whether
+    every job was checked."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -111,7 +112,7 @@ def check_jobs_before_hydra(
 
     overrides = [a for a in argv if a not in ("-m", "--multirun")]
     if any(a.startswith("-") for a in overrides):
-        return
+        return False
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
         choices = [
@@ -122,14 +123,15 @@ def check_jobs_before_hydra(
             if not o.key_or_group.startswith("hydra")  # hydra's own keys: not the job's
         ]
     except (HydraException, OmegaConfBaseException, ValueError):
-        return  # hydra says what is wrong with the command line itself
+        return False  # hydra says what is wrong with the command line itself
     with initialize_config_dir(str(Path(__file__).with_name("conf")), version_base=None):
         for job in itertools.product(*choices):
             try:
                 cfg = compose(config_name, overrides=list(job))
             except (HydraException, OmegaConfBaseException):
-                return  # an unknown group or key: hydra's own error, as it starts
+                return False  # an unknown group or key: hydra's own error, as it starts
             exit_on_error(check, cfg)
+    return True
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -343,7 +343,7 @@ class Detector:
         24-megapixel photo is ~23 000 tiles, minutes on a CPU)."""
         x = as_image_tensor(image)
         cut = self._tiles(x)  # cut once: the blank test and the network read the same tiles
-        textured = self._textured(cut)
+        textured = textured_patches(cut, self.min_std)
         blank = int((~textured).sum())
         tile_logits = self._logits(cut[textured], progress)
         _, h, w = x.shape
@@ -373,11 +373,7 @@ class Detector:
         for a blank tile, one whose pixels' standard deviation (0..255 units) is below
         :attr:`min_std` (:data:`BLANK_STD`) in every channel: no texture, no evidence either
         way (a flat colour, grey or not). They are left out of the mean."""
-        return self._textured(self._tiles(as_image_tensor(image)))
-
-    def _textured(self, cut: Tensor) -> Tensor:
-        """:meth:`textured_tiles` of the tiles ``cut`` (n, 3, P, P)."""
-        return textured_patches(cut, self.min_std)
+        return textured_patches(self._tiles(as_image_tensor(image)), self.min_std)
 
     def probability(self, score: float, tiles: int = 1) -> float:
         """``P(fake)`` of the score of an image of ``tiles`` non-overlapping tiles: the map of

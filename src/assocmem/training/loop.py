@@ -288,27 +288,22 @@ def fit(
             _restore(model, averaged.module.state_dict())
         try:
             metrics = evaluate()  # type: ignore[misc]
-        except BaseException:
-            # the raw weights back whatever evaluate raised (Ctrl-C included): they were lost,
-            # the average left in the model
+            if not isinstance(metrics, Mapping) or "val_loss" not in metrics:
+                raise ValueError(
+                    f"evaluate() must return a mapping with 'val_loss', got {metrics!r:.200}"
+                )
+            loss = metrics["val_loss"]
+            if loss < best["val_loss"]:
+                best.update(step=step, val_loss=loss, stale=0)
+                if restore_best:
+                    best["state"] = _snapshot(model)
+            else:
+                best["stale"] += 1
+        finally:
+            # the raw weights back whatever happened, Ctrl-C in evaluate included (the average
+            # was left in the model)
             if raw is not None:
                 _restore(model, raw)
-            raise
-        if not isinstance(metrics, Mapping) or "val_loss" not in metrics:
-            if raw is not None:
-                _restore(model, raw)
-            raise ValueError(
-                f"evaluate() must return a mapping with 'val_loss', got {metrics!r:.200}"
-            )
-        loss = metrics["val_loss"]
-        if loss < best["val_loss"]:
-            best.update(step=step, val_loss=loss, stale=0)
-            if restore_best:
-                best["state"] = _snapshot(model)
-        else:
-            best["stale"] += 1
-        if raw is not None:
-            _restore(model, raw)
         eval_time += time.perf_counter() - t0
         _train_mode(model)
         return metrics
