@@ -35,7 +35,11 @@ Choices and why:
   never moved again); now the spike is remembered as Adam's ``v`` remembers one: ordinary
   gradients read ~0 until ``r`` has decayed, about ``ln(r_spike / r_before) / (1 - rho)`` steps
   (~9000 after a 1e20 spike at ``rho = 0.99``; Adam at ``beta2 = 0.999`` takes ~10x longer),
-  while the momentum carries the normalised spike meanwhile.
+  while the momentum carries the normalised spike meanwhile. The spike's own ``g_hat`` is
+  taken in units of ``a = max|g|`` where the gradient was scaled, ``(g / a) / (sqrt(r' /
+  (1 - rho^t)) + eps / a)`` with ``r' = rho r / a^2 + (1 - rho) mean((g / a)^2)``, so it is
+  the equation's O(1) value even where ``r`` itself saturates (a saturated ``r`` divided
+  ``g`` by a root too small: a 1e30 gradient read ~5e10 and moved a weight by ~1e8).
 - The inner write rate is divided by the mean squared key (+1 for the bias input): that bounds
   the linear part's inner curvature, so a gradient spike cannot blow the memory up (NLMS).
 - Retention pulls ``phi`` toward its initial weights (``retention_target="init"``), i.e.
@@ -108,15 +112,27 @@ def _correction(retention: float, t: Count, like: Tensor) -> float | Tensor:
     return counts.like(counts.corrections(retention, [t]), [like])[0]
 
 
-def _rms(r: Tensor, t: Count, group: Group) -> Tensor:
-    return corrected_root(r, _correction(group["rms_beta"], t, r)) + group["eps"]
+def _rms(r: Tensor, t: Count, group: Group, scale: Tensor) -> Tensor:
+    """The root that divides ``g / scale`` (``r`` in units of ``scale^2``, see
+    :func:`_in_gradient_units`): ``sqrt(r / (1 - rho^t)) + eps / scale``."""
+    return corrected_root(r, _correction(group["rms_beta"], t, r)) + group["eps"] / scale
+
+
+def _in_gradient_units(kept: Tensor, value: Tensor, scale: Tensor, written: Tensor) -> Tensor:
+    """The RMS memory after this write in units of ``scale^2`` (``scale = max|g|`` where the
+    gradient was scaled to square it, else 1): ``kept / scale / scale + value``, with ``kept``
+    the retained ``rho r`` and ``value`` the scaled write ``(1 - rho) mean((g / scale)^2)``.
+    Where the gradient was not scaled, ``written`` itself (its bits). Finite where ``written``
+    saturated: the step's ``g_hat`` is read from it, not from the clipped memory."""
+    return torch.where(scale > 1, kept / scale / scale + value, written)
 
 
 def _mean_square_values(
     grads: list[Tensor], sizes: list[int], rate: float, *, over_shards: bool
-) -> list[Tensor]:
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
     """``rate mean(g^2)`` of each gradient: the value the RMS memory ``r`` is written with
-    (``rate = 1 - rho``, the write then at rate 1).
+    (``rate = 1 - rho``, the write then at rate 1); and its parts, ``rate mean((g / a)^2)``
+    and ``a`` (1 unless scaled, below), from which the step reads its ``g_hat``.
 
     ``mean(g^2)`` overflows long before the RMS does: its squares from ``|g| = sqrt(max)``
     (1.8e19 in float32), its sum over ``n`` coordinates from ``sqrt(max / n)`` (1.8e16 for a
@@ -148,17 +164,17 @@ def _mean_square_values(
         top = torch.finfo(m.dtype).max
         return torch.where(m > math.sqrt(top / (2 * n)), m, 1.0).clamp_(max=top)
 
-    def value(mean: Tensor, a: Tensor) -> Tensor:
-        return mean * rate * a * a  # ((rate mean) a) a
-
     one_kind = len({(m.dtype, m.device) for m in maxima}) == 1  # the usual: a few ops in all
     scales = list(scale(torch.stack(maxima)).unbind()) if one_kind else list(map(scale, maxima))
     squares = torch._foreach_div(grads, scales)
     torch._foreach_pow_(squares, 2)
     means = sharded.means(squares) if over_shards else [x.mean() for x in squares]
     if one_kind:
-        return list(value(torch.stack(means), torch.stack(scales)).unbind())
-    return list(map(value, means, scales))
+        scaled = torch.stack(means) * rate
+        values = (scaled * torch.stack(scales) * torch.stack(scales)).unbind()  # ((rate mean) a) a
+        return list(values), list(scaled.unbind()), scales
+    scaled = [mean * rate for mean in means]
+    return [w * a * a for w, a in zip(scaled, scales, strict=True)], scaled, scales
 
 
 def _saturate_(r: list[Tensor]) -> None:
@@ -239,10 +255,13 @@ class Deep(Preset):
     def reference_step(self, param: Tensor, grad: Tensor, state: State, group: Group) -> None:
         beta, rho, t = group["beta"], group["rms_beta"], _count(state)
         # the write's rate in its value: (1 - rho) mean(g^2), computed without overflow
-        (value,) = _mean_square_values([grad], [grad.numel()], 1 - rho, over_shards=False)
+        ((value,), (scaled,), (a,)) = _mean_square_values(
+            [grad], [grad.numel()], 1 - rho, over_shards=False
+        )
         r = hebbian_write(ElementwiseMemory(state["grad_sq"]), None, value, lr=1.0, retention=rho)
         _saturate_([r.m])
-        grad_hat = grad / _rms(read(r), t, group)
+        units = _in_gradient_units(state["grad_sq"] * rho, scaled, a, read(r))
+        grad_hat = grad / a / _rms(units, t, group, a)
         mlp = _memory(state)
         on_device = isinstance(t, Tensor)
         if on_device or t > 1:
@@ -281,8 +300,11 @@ class Deep(Preset):
         torch._foreach_mul_(grad_sq, rho)
         sizes = [sharded.whole_numel(p) for p in params]
         # over the whole tensor if sharded
-        torch._foreach_add_(grad_sq, _mean_square_values(grads, sizes, 1 - rho, over_shards=True))
+        values, scaled, scales = _mean_square_values(grads, sizes, 1 - rho, over_shards=True)
+        kept = [x.clone() for x in grad_sq]
+        torch._foreach_add_(grad_sq, values)
         _saturate_(grad_sq)
+        units = list(map(_in_gradient_units, kept, scaled, scales, grad_sq))
         alone = list(range(len(params)))
         if not sharded.active():
             # Tensors of one size at one step count (a deep model's repeated layers) step as
@@ -292,11 +314,12 @@ class Deep(Preset):
                 if len(index) == 1:
                     alone += index
                     continue
-                _batched_step(*([xs[i] for i in index] for xs in (params, grads, states)), group)
+                lists = (params, grads, states, units, scales)
+                _batched_step(*([xs[i] for i in index] for xs in lists), group)
         for i in alone:
-            p, g, s = params[i], grads[i], states[i]
+            p, g, s, a = params[i], grads[i], states[i], scales[i]
             t = _count(s)
-            grad_hat = g / _rms(s["grad_sq"], t, group)
+            grad_hat = g / a / _rms(units[i], t, group, a)
             if isinstance(t, Tensor):  # sync_free: write, then keep the old memory at step 1
                 written = [s["inner_loss"], *(s["mlp_" + f] for f in _FIELDS)]
                 saved = [x.clone() for x in written]
@@ -332,18 +355,27 @@ def _same_size_and_count(params: list[Tensor], states: list[State]) -> list[list
 
 
 def _batched_step(
-    params: list[Tensor], grads: list[Tensor], states: list[State], group: Group
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[State],
+    units: list[Tensor],
+    scales: list[Tensor],
+    group: Group,
 ) -> None:
     """:meth:`Deep.foreach_step`'s per-tensor step for ``B`` tensors of one size at once:
     keys ``(B, 2, n)``, the MLPs' weights stacked along ``B``, ``bmm`` for ``addmm``. The same
     sums over each tensor's coordinates, so the same numbers to rounding. With the counts on
     the device (``sync_free``) the write always runs and step 1's is undone by a select, as
-    in the per-tensor path; corrections are then per tensor, ``(B, 1)``."""
+    in the per-tensor path; corrections are then per tensor, ``(B, 1)``. ``units``, ``scales``:
+    each RMS memory in units of its ``scales^2`` (:func:`_in_gradient_units`)."""
     beta = group["beta"]
     ts = [_count(s) for s in states]
-    grad_sq = torch.stack([s["grad_sq"] for s in states])
-    scale = corrected_root(grad_sq, _corrections(group["rms_beta"], ts, grad_sq)).add_(group["eps"])
-    grad_hat = torch.stack([g.reshape(-1) for g in grads]).div_(scale[:, None])  # (B, n)
+    grad_sq = torch.stack(units)
+    a = torch.stack(scales)
+    root = corrected_root(grad_sq, _corrections(group["rms_beta"], ts, grad_sq))
+    scale = root.add_(group["eps"] / a)
+    grad_hat = torch.stack([g.reshape(-1) for g in grads]).div_(a[:, None])
+    grad_hat.div_(scale[:, None])  # (B, n)
     momentum = [s["momentum"].view(-1) for s in states]
     prev = [s["prev_grad"].view(-1) for s in states]
     mlp = {f: torch.stack([s["mlp_" + f] for s in states]) for f in _FIELDS}
