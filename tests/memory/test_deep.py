@@ -155,3 +155,15 @@ def test_keys_that_do_not_fit_the_deep_memory_are_refused():
             deep_write(state, keys, values, lr=0.1)
         with pytest.raises(ValueError, match=match):
             deep_read(state, keys)
+
+
+@pytest.mark.parametrize("d_key, d_value, hidden", [(2, 3, 4096), (512, 64, 64)])
+def test_a_fresh_memory_draws_its_weights_at_the_documented_scales(d_key, d_value, hidden):
+    # W1 ~ N(0, 1/d_key), W2 ~ N(0, 1/hidden), biases and skip zero. Widths unequal, so a
+    # scale taken from the wrong width differs by 45x / 2.8x. Tolerance: the sample std of
+    # N >= 4096 normals is within 3 standard errors (1 / sqrt(2N) <= 1.1 %) of the truth with
+    # probability > 0.99; 5 % allows that with the fixed seed on any CPU (randn is portable).
+    m = deep_memory(d_key, d_value, hidden, seed=0)
+    assert abs(float(m.w1.std()) * d_key**0.5 - 1) < 0.05
+    assert abs(float(m.w2.std()) * hidden**0.5 - 1) < 0.05
+    assert not m.b1.any() and not m.b2.any() and not m.skip.any()

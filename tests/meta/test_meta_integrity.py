@@ -216,6 +216,63 @@ def test_a_state_dict_saved_before_the_digest_was_recorded_still_loads(tmp_path)
     _train(_model(), opt2, 0)
 
 
+def test_a_state_dict_resumes_with_its_memory_file_moved_elsewhere(tmp_path):
+    # Shipped to another folder (machine, user), the state's path is gone: the optimizer's
+    # own file with the recorded digest resumes it bit for bit; another memory is refused by
+    # a ValueError that names both files (a FileNotFoundError of the old path before).
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    path = _saved(tmp_path / "a" / "m.safetensors")
+    model = _model()
+    opt = MemoryOptimizer(model.parameters(), "learned", checkpoint=str(path))
+    _train(model, opt, 2)
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    _train(model, opt, 2)
+    expected = [p.detach().clone() for p in model.parameters()]
+    moved = path.rename(tmp_path / "b" / "m.safetensors")
+    other = _saved(tmp_path / "b" / "other.safetensors", seed=1)
+    refused = MemoryOptimizer(_model().parameters(), "learned", checkpoint=str(other))
+    before = repr(refused.state_dict())
+    with pytest.raises(ValueError, match=r"does not exist here.*other\.safetensors is not"):
+        refused.load_state_dict(saved_opt)
+    assert repr(refused.state_dict()) == before
+    resumed = _model()
+    resumed.load_state_dict(saved_model)
+    opt2 = MemoryOptimizer(resumed.parameters(), "learned", checkpoint=str(moved))
+    opt2.load_state_dict(saved_opt)
+    assert opt2.param_groups[0]["checkpoint"] == str(moved)
+    _train(resumed, opt2, 2)
+    assert all(torch.equal(a, b) for a, b in zip(expected, resumed.parameters(), strict=True))
+
+
+def test_a_memory_file_replaced_with_its_mtime_kept_is_not_read_from_the_cache(tmp_path):
+    # `cp -p` / `rsync -t` carry the old file's mtime over: the cache, keyed by mtime alone,
+    # ran the old memory, and a step did not notice the file had changed
+    import os
+
+    path = _saved(tmp_path / "m.safetensors")
+    stamp = path.stat().st_mtime_ns
+    model = _model()
+    opt = MemoryOptimizer(model.parameters(), "learned", checkpoint=str(path))
+    _train(model, opt, 1)
+    replacement = _saved(tmp_path / "new.safetensors", seed=1)
+    os.utime(replacement, ns=(stamp, stamp))
+    replacement.replace(path)
+    assert path.stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="changed during training"):
+        _train(model, opt, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.complex64])
+def test_save_checkpoint_refuses_what_load_checkpoint_would_refuse(tmp_path, dtype):
+    path = _saved(tmp_path / "m.safetensors")
+    original = path.read_bytes()
+    meta = {k: v.to(dtype) for k, v in load_checkpoint(path).meta_params.items()}
+    with pytest.raises(ValueError, match="must be floating point.*nothing was written"):
+        save_checkpoint(path, meta, SQUARE)
+    assert path.read_bytes() == original
+
+
 def test_a_memory_file_replaced_during_training_is_refused_at_the_next_step(tmp_path):
     path = _saved(tmp_path / "m.safetensors")
     model = _model()

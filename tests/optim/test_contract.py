@@ -230,6 +230,35 @@ def test_add_param_group_refuses_a_non_dict_with_a_type_error():
         opt.add_param_group([torch.nn.Parameter(torch.ones(2))])
 
 
+@pytest.mark.parametrize("memory", MEMORIES)
+def test_a_group_listing_one_tensor_twice_is_refused_and_changes_nothing(memory):
+    # torch warns ("in future, this will cause an error"); stepped twice a step, the fast and
+    # reference paths disagreed by up to 0.1 after three steps
+    w, b = torch.nn.Parameter(torch.ones(3, 2)), torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match=r"same tensor twice \(params\[0\] and params\[2\]\)"):
+        MemoryOptimizer([w, b, w], memory)
+    opt = MemoryOptimizer([b], memory)
+    with pytest.raises(ValueError, match="same tensor twice"):
+        opt.add_param_group({"params": [("w", w), ("w2", w)]})
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["params"] == [b]
+
+
+def test_skipped_steps_survive_a_state_dict_without_its_assocmem_entry():
+    # DCP's get/set_optimizer_state_dict keep only state and param_groups: the count rides in
+    # the first group and must come back (the FSDP2 test is slow; this is the fast check)
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = MemoryOptimizer([w], "adam")
+    for g in (torch.tensor([1.0, float("nan"), 0.0]), torch.ones(3), torch.full((3,), math.inf)):
+        w.grad = g
+        opt.step()
+    assert opt.skipped_steps == 2
+    sd = opt.state_dict()
+    del sd["assocmem"]
+    fresh = MemoryOptimizer([torch.nn.Parameter(torch.ones(3))], "adam")
+    fresh.load_state_dict(sd)
+    assert fresh.skipped_steps == 2
+
+
 def test_numpy_scalar_hyperparameters_are_accepted_and_their_checkpoint_resumes():
     # A LambdaLR whose table is np.float32 puts an np.float32 into group["lr"]; torch
     # accepts it, so the run's own checkpoint must load back.

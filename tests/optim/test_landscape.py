@@ -569,6 +569,7 @@ def test_lr_zero_writes_no_curvature():
         (dict(period=0), "period"),
         (dict(period=2.5), "period"),
         (dict(form="weak", period=2), "period"),
+        (dict(form="lowrank", rho=0.5), "rho"),  # it was silently ignored
         (dict(form="weak", sigma=0.0), "sigma"),
     ],
 )

@@ -108,7 +108,8 @@ def test_vectors_and_scalars_follow_the_adam_fallback(foreach):
             opt.zero_grad()
             loss(ps, t).backward()
             opt.step()
-    # Same numbers up to the decoupled decay factor (lr * wd is 2e-3 in both).
+    # Same numbers up to the decoupled decay factor (lr * wd is 2e-3 in both). (adam_eps is
+    # pinned by the eps test below: 1e-6 against 1e-8 is below these tolerances.)
     for p, q in zip(a, b, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
     assert set(muon.state[a[0]]) == {"step", "exp_avg", "exp_avg_sq"}
@@ -253,3 +254,58 @@ def test_adam_fallback_reference_stays_finite_where_torchs_adam_does(sync_free):
     torch.testing.assert_close(ref_v, fast_v)
     for a, b in zip(ref_p, fast_p, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("size", [1e10, 1e20, 1e30])
+def test_newton_schulz_is_scale_free_across_the_float_range(size):
+    # (Where the norm is within ~1e4 of eps = 1e-7, eps shows, by design: 0 maps to 0.)
+    # The Frobenius norm of a float32 matrix overflows from entries ~1.8e19 / sqrt(n): the
+    # normalised input was 0 (a zero step) and its orthogonalisation 0. Scale-free maps give
+    # the same matrix; tolerance: float32 rounding of the division by the largest entry and
+    # its propagation through five quintics (measured ~1e-6; the result is O(1)).
+    g = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+    expected = zeropower_via_newtonschulz5(g)
+    torch.testing.assert_close(zeropower_via_newtonschulz5(g * size), expected, rtol=0, atol=1e-5)
+    stacked = torch.stack([g * size, g])  # one huge matrix beside an ordinary one: each its own
+    torch.testing.assert_close(
+        zeropower_via_newtonschulz5(stacked), torch.stack([expected, expected]), rtol=0, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("gamma", [0.0, 0.5])
+def test_muon_steps_on_gradients_near_the_float_range(foreach, gamma):
+    # The momentum sum m = beta m + g settles near 20 g: past 1.7e37 it overflowed to inf,
+    # the step wrote NaN into the weight (nothing skipped) and the state would not load. Now
+    # 1e30 gradients step as ordinary ones do (Newton-Schulz is scale-free) and 3e38 ones keep
+    # the weight finite with a loadable state.
+    def run(size: float) -> tuple[torch.Tensor, dict]:
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(8, 5))
+        opt = MemoryOptimizer([p], "muon", lr=0.02, gamma=gamma, foreach=foreach)
+        g = torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
+        for _ in range(40):
+            p.grad = g * size
+            opt.step()
+        return p.detach(), opt.state_dict()
+
+    ordinary, _ = run(1.0)
+    huge, _ = run(1e30)
+    torch.testing.assert_close(huge, ordinary, rtol=0, atol=1e-4)
+    top, state = run(3e38)
+    assert torch.isfinite(top).all()
+    fresh = MemoryOptimizer([torch.nn.Parameter(top.clone())], "muon", gamma=gamma)
+    fresh.load_state_dict(state)  # finite: loads
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_the_adam_fallback_takes_adam_eps(foreach):
+    # eps 0.1 on unit gradients halves the first step; an ignored adam_eps (the default 1e-8)
+    # would step lr * adam_lr_ratio * 1
+    b, s = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(()))
+    opt = MemoryOptimizer([b, s], "muon", lr=0.2, adam_eps=0.1, adam_lr_ratio=0.5, foreach=foreach)
+    b.grad, s.grad = torch.full((3,), 0.1), torch.tensor(0.1)
+    opt.step()
+    # Adam's first step: lr m_hat / (sqrt(v_hat) + eps) = 0.1 * 0.1 / (0.1 + 0.1) = 0.05
+    torch.testing.assert_close(b.detach(), torch.full((3,), -0.05))
+    torch.testing.assert_close(s.detach(), torch.tensor(-0.05))

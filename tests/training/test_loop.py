@@ -82,6 +82,22 @@ def test_a_plateau_drops_the_learning_rate_before_it_stops_the_run():
     torch.testing.assert_close(w, torch.full((2,), 3.1))
 
 
+def test_a_drop_gives_the_new_rate_its_own_patience():
+    # Validation losses 5, 4, 4, 4, 4, 3, ...: with patience 2 and two drops, the plateau drops
+    # the lr at step 3; the new rate gets two evaluations of its own (steps 4, 5) before the
+    # next drop could come, and step 5 improves. A counter left at the plateau's count dropped
+    # again at step 4, one evaluation into the new rate.
+    w = torch.zeros(2, requires_grad=True)
+    curve = iter([5.0, 4.0, 4.0, 4.0, 4.0, 3.0] + [3.0] * 20)
+    opt = torch.optim.SGD([w], lr=1.0)
+    result = fit(
+        [w], lambda _b: -w.sum(), itertools.count(1), opt, steps=30,
+        eval_every=1, evaluate=lambda: {"val_loss": next(curve)}, patience=2, lr_drops=2,
+    )  # fmt: skip
+    assert result.lr_drop_steps == [3, 7]
+    assert result.best_step == 5
+
+
 def test_lr_drops_need_patience_and_a_factor_below_one():
     w, loss = quadratic()
     opt = lambda ps: torch.optim.SGD(ps, lr=0.1)  # noqa: E731

@@ -97,9 +97,15 @@ def save_checkpoint(
 ) -> None:
     """Write ``meta_params`` (and optional ``extra`` tensors) with their config, atomically.
 
-    Non-finite meta-parameters are refused here, as :func:`load_checkpoint` would refuse
-    them: a file is never written that cannot be read back."""
+    Meta-parameters that are not floating point (integer, complex) or not finite are refused
+    here, as :func:`load_checkpoint` would refuse them: a file is never written that cannot be
+    read back."""
     _check_shapes(meta_params, config)
+    kinds = {k: v.dtype for k, v in meta_params.items() if not v.is_floating_point()}
+    if kinds:
+        raise ValueError(
+            f"meta-parameters must be floating point, got {kinds}; nothing was written"
+        )
     bad = sorted(k for k, v in meta_params.items() if not bool(torch.isfinite(v).all()))
     if bad:
         raise ValueError(f"meta-parameters {bad} hold NaN or inf; nothing was written")

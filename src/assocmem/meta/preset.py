@@ -42,7 +42,8 @@ from assocmem.meta.step import learned_step
 from assocmem.optim import sync_free
 from assocmem.optim.registry import Group, Hyper, Preset, State, register
 
-# (path, mtime, dtype, device) -> (meta-parameters cast, config, the file's network digest)
+# (path, file version, dtype, device) -> (meta-parameters cast, config, the file's network
+# digest)
 _CACHE: dict[tuple[Any, ...], tuple[MetaParams, LearnedConfig, str]] = {}
 # The group key under which a learned group records the network digest of its memory file
 # (its first step writes it); a state dict then carries it, and a load whose file has another
@@ -62,7 +63,11 @@ def _loaded(
     path = Path(DEFAULT_CHECKPOINT if checkpoint is None else checkpoint).resolve()
     if not path.exists():
         raise FileNotFoundError(f"learned memory checkpoint {path} does not exist")
-    key = (str(path), path.stat().st_mtime_ns, dtype, str(device))
+    # A file replaced in place changes its ctime (which no copy can preserve, unlike mtime:
+    # `cp -p` and `rsync -t` carry it over), or its inode or size
+    info = path.stat()
+    version = (info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev, info.st_size)
+    key = (str(path), version, dtype, str(device))
     if key not in _CACHE:
         # Loading checks the tensors' shapes against a freshly initialised network, which
         # draws from torch's global RNG: fork it, so building an optimizer leaves a seeded
@@ -131,6 +136,34 @@ class Learned(Preset):
             "directory at every step); None = shipped",
         ),
     }
+
+    def loaded_group(self, loaded: Group, live: Group) -> Group:
+        # A state dict names the memory file by the path it had when saved. Shipped elsewhere
+        # (another folder, machine or user), that path is gone while this optimizer's group
+        # names the file where it is now: the recorded digest tells whether it is the same
+        # memory, and then the state resumes with it.
+        saved = loaded.get("checkpoint")
+        if not isinstance(saved, (str, os.PathLike)):  # None (shipped), or refused by its check
+            return loaded
+        if Path(saved).exists() or saved == live.get("checkpoint"):
+            return loaded
+        recorded = _recorded_digest(loaded)
+        here = live.get("checkpoint")
+        try:
+            _, digest = _checked(live)
+        except (OSError, ValueError):
+            digest = None
+        # (no digest recorded: saved before the group's first step, so no state ran any memory)
+        if recorded is None or digest == recorded:
+            return {**loaded, "checkpoint": here}
+        raise ValueError(
+            f"the state was saved with learned memory checkpoint {saved}, which does not exist "
+            f"here, and this optimizer's memory file {here or DEFAULT_CHECKPOINT} is not that "
+            f"memory (recorded {DIGEST_KEY} {recorded[:16]}..., the file's "
+            f"{'unreadable' if digest is None else digest[:16] + '...'}): build the optimizer "
+            "with checkpoint= the moved file, or set the state dict's param group 'checkpoint' "
+            "to it"
+        )
 
     def check_group(self, group: Group) -> None:
         # Fail at construction, not at the first step, on a missing or mismatched file; and at

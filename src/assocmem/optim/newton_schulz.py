@@ -15,6 +15,8 @@ Shapes legend: ``... r c`` a batch of ``r x c`` matrices.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -106,6 +108,7 @@ def zeropower_via_newtonschulz5(
     transposed = X.size(-2) > X.size(-1)
     if transposed:
         X = X.mT
+    X = _in_range(X)
     norm = torch.linalg.matrix_norm(X, keepdim=True)
     # factor 1 (jordan) skips the multiply, so the default stays bit-identical to before
     X = X / ((norm if factor == 1.0 else norm * factor) + eps)
@@ -122,3 +125,20 @@ def zeropower_via_newtonschulz5(
     if transposed:
         X = X.mT
     return X.to(G.dtype)
+
+
+def _in_range(X: Tensor) -> Tensor:
+    """``X`` scaled so that its Frobenius norm cannot overflow; the map is scale-free, so the
+    result is the same up to ``eps``'s share. A sum of squares overflows from entries near
+    ``sqrt(max / n)`` (1.8e19 / sqrt(n) in float32): its norm was inf and the step 0, or NaN
+    where an entry was itself inf (a momentum read ``g + beta m`` past float32's range). So
+    infinities are read as the largest float, and where the largest entry could overflow the
+    sum the matrix is divided by it first. Elsewhere ``X`` itself (its bits): two selects and
+    a maximum, cheap beside the iteration's matrix products."""
+    if X.numel() == 0:
+        return X
+    top_float = torch.finfo(X.dtype).max
+    X = X.clamp(-top_float, top_float)
+    top = X.abs().amax(dim=(-2, -1), keepdim=True)
+    bound = math.sqrt(top_float / (2 * X.size(-2) * X.size(-1)))
+    return X / torch.where(top > bound, top, 1.0)

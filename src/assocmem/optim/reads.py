@@ -41,16 +41,33 @@ def momentum_read(
 
 
 def foreach_momentum_(
-    buffers: list[Tensor], grads: list[Tensor], *, beta: float, nesterov: bool
-) -> list[Tensor]:
+    buffers: list[Tensor], grads: list[Tensor], *, beta: float, nesterov: bool,
+    saturate: bool = False,
+) -> list[Tensor]:  # fmt: skip
     """The fast path of ``m <- beta m + g`` (in place on ``buffers``) then :func:`momentum_read`.
 
     torch's ``SGD(momentum=beta)`` operation order, so ``momentum`` equals it to the bit.
-    Returns the reads (the buffers themselves when not Nesterov).
+    Returns the reads (the buffers themselves when not Nesterov). ``saturate``: the written
+    buffers are clamped into the dtype's finite range before the read
+    (:func:`saturate_`).
     """
     torch._foreach_mul_(buffers, beta)
     torch._foreach_add_(buffers, grads)
+    if saturate:
+        saturate_(buffers)
     return torch._foreach_add(grads, buffers, alpha=beta) if nesterov else buffers
+
+
+def saturate_(buffers: list[Tensor]) -> list[Tensor]:
+    """Each buffer clamped into its dtype's finite range, in place: a sum ``beta m + g`` that
+    settles near ``g / (1 - beta)`` overflows for gradients 1 / (1 - beta) below the largest
+    float; held at the top of the range, the memory stays finite (a checkpoint of it loads)
+    and decays from there. Its bits elsewhere."""
+    for top in {torch.finfo(b.dtype).max for b in buffers}:
+        same = [b for b in buffers if torch.finfo(b.dtype).max == top]
+        torch._foreach_clamp_max_(same, top)
+        torch._foreach_clamp_min_(same, -top)
+    return buffers
 
 
 def as_matrix(t: Tensor) -> Tensor:

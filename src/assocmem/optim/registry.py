@@ -164,6 +164,13 @@ class Preset:
     def check_group(self, group: Group) -> None:
         """Cross-argument checks beyond the per-argument validators (override if needed)."""
 
+    def loaded_group(self, loaded: Group, live: Group) -> Group:
+        """The group ``load_state_dict`` takes from a state dict's ``loaded`` over the
+        optimizer's ``live`` one, before :meth:`check_group` checks it: the checkpoint's keys
+        (as in torch) by default. A preset whose group names something outside the state
+        (a file that may have moved since) reconciles the two here."""
+        return loaded
+
     def check_step(self, params: list[Tensor], state: Mapping[Tensor, State], group: Group) -> None:
         """Raise if ``group`` cannot be stepped now, before the step changes anything (its step
         counts, decay, memories): e.g. a file the preset reads at every step went missing.

@@ -23,7 +23,8 @@ set, the weak form a moving average of decay 0.9 (``beta=None``: each form's own
   ``|y_i| > y_tol * max(|g_t,i|, |g_{t-1},i|)`` (``y`` is not float cancellation noise); ``H`` is
   clamped into ``[h_min, h_max]``; it starts at ``h0``.
 - ``"lowrank"``: per tensor, on the flattened coordinates, ``H = h0 I + U V^T`` of rank at most
-  ``rank``, kept as the last ``rank`` pairs ``(S, Y)`` (rows). ``H`` is the memory that all of
+  ``rank``, kept as the last ``rank`` pairs ``(S, Y)`` (rows; each pair is kept whole, so
+  ``rho`` does not apply and must be 1). ``H`` is the memory that all of
   them write with the delta rule to convergence from ``h0 I``: the smallest change of ``h0 I``
   (Frobenius) with ``H y_j = s_j`` for every stored pair,
 
@@ -251,7 +252,11 @@ class Landscape(Preset):
         ),
         "h_max": Hyper(1e2, validate.positive, "upper bound on H (diag, scalar) / |Hg|/|g|"),
         "rank": Hyper(4, validate.positive_int, "number of secant pairs kept (lowrank)"),
-        "rho": Hyper(1.0, validate.closed_unit_interval, "fraction of the secant error written"),
+        "rho": Hyper(
+            1.0,
+            validate.closed_unit_interval,
+            "fraction of the secant error written (lowrank keeps whole pairs: must be 1)",
+        ),
         "beta": Hyper(
             None,
             validate.optional(validate.unit_interval),
@@ -443,6 +448,12 @@ class Landscape(Preset):
         if group["form"] == "weak" and group["period"] != 1:
             raise ValueError(
                 f"invalid period: the weak form writes every step, got period={group['period']}"
+            )
+        if group["form"] == "lowrank" and group["rho"] != 1:
+            # its memory is the pairs themselves, each kept whole: nothing is written in part
+            raise ValueError(
+                f"invalid rho: the lowrank form keeps whole secant pairs (rho does not apply "
+                f"and must be 1), got rho={group['rho']}"
             )
         if group["compile"] and group["form"] not in ("diagonal", "weak"):
             raise ValueError("invalid compile: landscape compiles its diagonal and weak forms only")

@@ -23,7 +23,11 @@ the output head on Adam: ``assocmem.optim.param_groups(model)`` puts those, norm
 a param group with ``memory="adam"``.
 
 Since NS normalises its input, the momentum's scale is irrelevant: Muon's EMA form
-``m <- lerp(m, g, 1 - beta)``, ``u = lerp(g, m, beta)`` gives the same update.
+``m <- lerp(m, g, 1 - beta)``, ``u = lerp(g, m, beta)`` gives the same update. The sum form
+settles near ``g / (1 - beta)``, so it leaves float32's range for gradients ~20x below its
+largest float: ``m`` is then held at the top of the range (finite, its checkpoint loads) and
+NS divides a read whose norm would overflow by its largest entry first (scale-free: a 1e30
+gradient steps as a unit one).
 
 Options (all off by default, so the default is Keller Jordan's Muon):
 
@@ -70,6 +74,7 @@ from assocmem.optim.reads import (
     momentum_read,
     orthogonal_read,
     orthogonal_reads,
+    saturate_,
     spectral_scale,
 )
 from assocmem.optim.registry import Group, Hyper, Preset, State, get_preset, register
@@ -179,6 +184,8 @@ class Muon(Preset):
             memory = hebbian_write(
                 ElementwiseMemory(state["momentum"]), None, grad, lr=1.0, retention=beta
             )
+        # the sum settles near g / (1 - beta): held finite past the dtype's range
+        memory = ElementwiseMemory(saturate_([memory.m.clone()])[0])
         state["momentum"].copy_(memory.m)
         u = momentum_read(memory, grad, beta=beta, nesterov=group["nesterov"])
         ortho, scale = orthogonal_read(
@@ -215,7 +222,7 @@ class Muon(Preset):
             updates = _foreach_delta_momentum_(bufs, gs, group)
         else:
             updates = foreach_momentum_(
-                bufs, gs, beta=group["momentum"], nesterov=group["nesterov"]
+                bufs, gs, beta=group["momentum"], nesterov=group["nesterov"], saturate=True
             )
         if sharded.active() and group["ns_placement"] == "owner":
             _orthogonal_steps_by_owner(ps, updates, group)
@@ -280,4 +287,5 @@ def _foreach_delta_momentum_(bufs: list[Tensor], grads: list[Tensor], group: Gro
     the gradient's write rate, as in the ``delta`` preset), in place, then the momentum read."""
     beta = group["momentum"]
     delta_write_(bufs, grads, alpha=beta, gamma=group["gamma"], eta=1.0, erase=group["erase"])
+    saturate_(bufs)
     return torch._foreach_add(grads, bufs, alpha=beta) if group["nesterov"] else bufs
