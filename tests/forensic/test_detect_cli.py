@@ -13,6 +13,7 @@ import pytest
 import tomllib
 import torch
 from detector_support import save_tiny_detector
+from hang_support import deadline
 from PIL import Image
 
 from assocmem.forensic import Detector
@@ -383,6 +384,53 @@ def test_folder_scan_follows_symlinked_folders_and_skips_hidden_ones(weights, fo
     assert main([str(root), "--weights", str(weights), "--csv", str(out_csv)]) == EXIT_OK
     names = sorted(Path(p).relative_to(root).as_posix() for p in _labels(out_csv))
     assert names == ["link/linked.png", "top.png"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs symlinks and FIFOs")
+def test_a_dead_link_or_fifo_named_as_an_image_is_reported_unreadable(weights, folder, tmp_path):
+    # They were passed over without a word ("1 of 1 images scored", exit 0): a link to a photo
+    # that has moved is what a user needs to hear about. The other names stay left out.
+    import os
+
+    root = tmp_path / "dead"
+    _copy(folder, root, {"": ["good.png"]})
+    (root / "photo.jpg").symlink_to(tmp_path / "moved.jpg")
+    os.mkfifo(root / "pipe.png")
+    os.mkfifo(root / "pipe.txt")
+    out_csv = tmp_path / "d.csv"
+    with deadline(60):
+        code = main([str(root), "--weights", str(weights), "--csv", str(out_csv)])
+    assert code == EXIT_UNREADABLE
+    with out_csv.open(newline="") as f:
+        status = {Path(r["path"]).name: r["status"] for r in csv.DictReader(f)}
+    assert status == {"good.png": "ok", "photo.jpg": "unreadable", "pipe.png": "unreadable"}
+
+
+def test_a_manifest_path_keeps_spaces_that_are_part_of_its_name(weights, folder, tmp_path):
+    # '" lead space.png",0' named a file whose name starts with a space; the path was stripped
+    # (and not found), while 'b.png , 1' (spaces around a plain name) still reads as b.png
+    _copy(folder, tmp_path, {"": [" lead space.png", "trail.png ", "b.png"]})
+    manifest = tmp_path / "m.csv"
+    manifest.write_text('" lead space.png",0\n"trail.png ",1\n b.png , 1\n')
+    out_csv = tmp_path / "s.csv"
+    assert main([str(manifest), "--weights", str(weights), "--csv", str(out_csv)]) == EXIT_OK
+    names = sorted(Path(p).name for p in _labels(out_csv))
+    assert names == [" lead space.png", "b.png", "trail.png "]
+
+
+def test_the_table_aligns_names_with_wide_characters(weights, folder, tmp_path, capsys):
+    _copy(folder, tmp_path / "w", {"": ["图像.png", "ab.png"]})
+    assert main([str(tmp_path / "w"), "--weights", str(weights)]) == EXIT_OK
+    rows = [r for r in capsys.readouterr().out.splitlines() if ".png" in r]
+    # the same cells after the names: rows aligned iff they take the same terminal columns
+    # (a wide character takes two; padding by len() made the 图像 row two columns longer)
+    import unicodedata
+
+    def columns(text: str) -> int:
+        return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+    assert len(rows) == 2 and rows[0].split(".png")[1] != rows[1].split(".png")[1]
+    assert columns(rows[0]) == columns(rows[1])
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="needs a file system that takes any bytes")

@@ -3,10 +3,8 @@ and named; no layout is silently dropped; the labels an epoch yields never chang
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import struct
 import subprocess
 import sys
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hang_support import deadline
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader
 
@@ -30,22 +29,6 @@ from assocmem.forensic.data import (
 )
 
 LOADERS = Path(__file__).resolve().parents[2] / "src/assocmem/forensic/data/loaders.py"
-
-
-@contextlib.contextmanager
-def deadline(seconds: int):
-    """Turn a hang (e.g. opening a FIFO) into a test failure instead of a stuck suite."""
-
-    def _raise(*_):
-        raise TimeoutError(f"still blocked after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, _raise)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _noise(w: int, h: int, seed: int = 0) -> np.ndarray:

@@ -58,6 +58,7 @@ import csv
 import io
 import os
 import sys
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -123,7 +124,9 @@ def collect(path: Path) -> Found:
     if not path.is_dir():
         return Found([Item(path, None, None)], [], [])  # named explicitly: tried whatever it is
     scan = scan_folder(path)
-    every = scan.images
+    # a dead link or FIFO with an image extension is tried like any image, so that it is
+    # reported unreadable (with why) rather than passed over without a word
+    every = sorted(scan.images + scan.not_regular)
 
     def found(items: list[Item]) -> Found:
         return Found(items, scan.not_images, scan.unreadable)
@@ -151,6 +154,15 @@ def collect(path: Path) -> Found:
             + [Item(p, None, None) for p in every if p not in labelled]
         )
     return found([Item(p, None, None) for p in every])
+
+
+def _columns(text: str) -> int:
+    """The columns ``text`` takes in a terminal: wide (CJK) characters two, combining marks
+    none (``len`` counts characters: a name with wide ones shifted its row's columns)."""
+    return sum(
+        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        for ch in text
+    )
 
 
 # each labelled layout and the folder names that mark a folder as meant to be one
@@ -229,12 +241,11 @@ def _table(rows: list[dict[str, Any]], labelled: bool) -> str:
     ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
     shown = [_shown(r["path"]) for r in ok]
-    path_w = max(len("path"), *map(len, shown))
+    path_w = max(len("path"), *map(_columns, shown))
 
     def line(path: str, values: list[str]) -> str:
-        return "  ".join(
-            [f"{path:<{path_w}}"] + [f"{v:>{w}}" for v, w in zip(values, widths, strict=True)]
-        )
+        padded = path + " " * (path_w - _columns(path))
+        return "  ".join([padded] + [f"{v:>{w}}" for v, w in zip(values, widths, strict=True)])
 
     lines = [line("path", head)] + [line(p, c) for p, c in zip(shown, cells, strict=True)]
     if any(r["undersized"] for r in ok):

@@ -117,6 +117,9 @@ class FolderScan(NamedTuple):
     images: list[Path]  # files with an image extension (IMAGE_EXTENSIONS)
     not_images: list[Path]  # the other files, left out by their extension
     unreadable: list[tuple[Path, str]]  # folders that could not be listed, and why
+    # names with an image extension that are no regular file (a dead link, a FIFO, a socket):
+    # no image can be read from them, which a caller reporting on every image should say
+    not_regular: list[Path]
 
 
 def scan_folder(folder: str | os.PathLike[str]) -> FolderScan:
@@ -126,10 +129,12 @@ def scan_folder(folder: str | os.PathLike[str]) -> FolderScan:
 
     Symlinked folders are followed (``Path.rglob`` before Python 3.13 does not), each real
     folder once, so a link loop ends; hidden files and folders (a name starting with ``.``,
-    e.g. ``.thumbs/``) are left out, and so are entries that are not regular files (a dead
-    link, a FIFO, a socket)."""
+    e.g. ``.thumbs/``) are left out, and entries that are not regular files (a dead link, a
+    FIFO, a socket) are not images: those with an image extension are listed apart
+    (``not_regular``), the others left out."""
     found: list[Path] = []
     others: list[Path] = []
+    not_regular: list[Path] = []
     unreadable: list[tuple[Path, str]] = []
     seen = set()
 
@@ -154,9 +159,12 @@ def scan_folder(folder: str | os.PathLike[str]) -> FolderScan:
             if name.startswith("."):
                 continue
             path = Path(root, name)
+            image = path.suffix.lower() in IMAGE_EXTENSIONS
             if path.is_file():  # not a dead link, a FIFO or a socket
-                (found if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
-    return FolderScan(sorted(found), sorted(others), sorted(unreadable))
+                (found if image else others).append(path)
+            elif image:
+                not_regular.append(path)
+    return FolderScan(sorted(found), sorted(others), sorted(unreadable), sorted(not_regular))
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -296,7 +304,8 @@ def manifest_samples(csv_path: str | os.PathLike[str]) -> list[Sample]:
     """UTF-8 CSV rows ``path,label[,family]``; a header row (first cell ``path``) is optional.
 
     A byte-order mark is ignored. Listed paths are not opened here: a missing or unreadable one
-    (or a FIFO) is skipped and counted by ``ImageFileDataset``.
+    (or a FIFO) is skipped and counted by ``ImageFileDataset``. Spaces around a path are
+    dropped unless the name with them is a file (a quoted ``" lead space.png"``).
     """
     manifest = Path(csv_path)
     if not manifest.exists():
@@ -330,19 +339,26 @@ def manifest_samples(csv_path: str | os.PathLike[str]) -> list[Sample]:
                 )
             label = _LABELS[row[1].strip().lower()]
             family = row[2].strip() if len(row) > 2 and row[2].strip() else None
-            p = Path(row[0].strip())
-            samples.append(
-                Sample(
-                    p if p.is_absolute() else manifest.parent / p,
-                    label,
-                    family or ("fake" if label else "real"),
-                )
-            )
+            family = family or ("fake" if label else "real")
+            samples.append(Sample(_listed_path(manifest, row[0]), label, family))
     except csv.Error as e:
         raise ValueError(f"{manifest}:{line_no + 1}: not a readable CSV ({e})") from None
     if not samples:
         raise ValueError(f"manifest {manifest} lists no images")
     return samples
+
+
+def _listed_path(manifest: Path, cell: str) -> Path:
+    """A manifest row's path, relative to the manifest's folder unless absolute. Spaces around
+    it are dropped (``a.png , 1``) unless the name as written, spaces and all, is a file
+    (a quoted ``" lead.png"``: the csv module keeps no quoting to tell the two apart)."""
+
+    def placed(text: str) -> Path:
+        p = Path(text)
+        return p if p.is_absolute() else manifest.parent / p
+
+    as_written = placed(cell)
+    return as_written if cell != cell.strip() and as_written.exists() else placed(cell.strip())
 
 
 def require_regular_file(path: str | os.PathLike[str]) -> None:
