@@ -59,6 +59,19 @@ def test_same_seed_same_clips_from_cache_and_rebuilt_other_seed_differs(bench, c
     assert CLEAN.key() != dataclasses.replace(CLEAN, seed=1).key()
 
 
+def test_equal_configs_share_one_cache_key_and_hash():
+    # np.int64(8) was hashed as the string "8" and an int zoom as "1" (a cache miss: the clip
+    # benchmark rebuilt); a list pair (as from a YAML config) made the frozen config unhashable
+    plain = ClipConfig.tiny()
+    for same in (
+        ClipConfig.tiny(frames=np.int64(8), seed=np.int32(0)),
+        ClipConfig.tiny(zoom=(1, 1.5), fake_fraction=1, pan=np.float32(0.5)),
+        ClipConfig.tiny(zoom=[1.0, 1.5], noise_std=[1, 3]),
+    ):
+        assert same == plain and same.key() == plain.key() and hash(same) == hash(plain)
+    assert type(ClipConfig.tiny(frames=np.int64(4)).frames) is int
+
+
 def test_split_by_photo_as_the_image_benchmark(bench, cache):
     images = build_benchmark(CLEAN.images, cache, progress=False)
     assert bench.meta["split_of_group"] == images.meta["split_of_group"]

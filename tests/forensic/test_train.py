@@ -212,6 +212,16 @@ def test_training_inputs_a_detector_cannot_read_are_refused():
         train(batch_size=8.0)
     with pytest.raises(ValueError, match="one class only"):
         train(train_images=x[:8], train_labels=y[:8])  # the reals of synthetic() alone
+    # NaN/inf pixels ended the run as "diverged" with the untrained weights, blaming the loss;
+    # 0-255 floats trained without a word (scoring refuses and warns of the same tensors)
+    spoiled = x.clone()
+    spoiled[3, 0, 5, 5] = math.inf
+    with pytest.raises(ValueError, match="train_images hold NaN or inf pixels"):
+        train(train_images=spoiled)
+    with pytest.raises(ValueError, match="val_images hold NaN or inf pixels"):
+        train(val_images=torch.where(xv > 0.5, math.nan, xv))
+    with pytest.warns(UserWarning, match=r"train_images should be in \[0, 1\]"):
+        train(train_images=x * 255)
 
 
 def test_a_loaders_batches_are_checked_as_a_tensor_set_is():
@@ -234,6 +244,10 @@ def test_a_loaders_batches_are_checked_as_a_tensor_set_is():
         train(x, torch.where(torch.arange(len(y)) == 0, 2, y))  # a family code among them
     with pytest.warns(UserWarning, match="holds real images only"):
         train(x[:8], y[:8], steps=2)
+    spoiled = x.clone()
+    spoiled[0, 1, 2, 2] = math.nan
+    with pytest.raises(ValueError, match="train batch images hold NaN or inf pixels"):
+        train(spoiled, y)
 
 
 def test_a_float64_detector_trains_and_scores_on_float32_images():

@@ -243,6 +243,17 @@ def test_a_group_listing_one_tensor_twice_is_refused_and_changes_nothing(memory)
     assert len(opt.param_groups) == 1 and opt.param_groups[0]["params"] == [b]
 
 
+@pytest.mark.parametrize("memory", ["momentum", "muon", "cms", "landscape", "deep"])
+def test_a_step_on_a_device_type_autocast_does_not_know_runs(memory):
+    # torch.is_autocast_enabled("meta") raises: every step over meta-device parameters failed
+    # in the autocast guard, before any maths (shape-only dry runs, custom backends)
+    p = torch.nn.Parameter(torch.ones(4, 3, device="meta"))
+    opt = MemoryOptimizer([p], memory, nonfinite="ignore")
+    p.grad = torch.ones(4, 3, device="meta")
+    opt.step()
+    assert opt.state[p]["step"] is not None
+
+
 def test_skipped_steps_survive_a_state_dict_without_its_assocmem_entry():
     # DCP's get/set_optimizer_state_dict keep only state and param_groups: the count rides in
     # the first group and must come back (the FSDP2 test is slow; this is the fast check)

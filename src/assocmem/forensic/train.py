@@ -291,6 +291,10 @@ def train_detector(
         if train_labels is None or train_images.shape[0] != train_labels.shape[0]:
             raise ValueError("train_images and train_labels differ in length")
         _check_images_and_labels("train", train_images, train_labels)
+        if len(train_images):
+            # as scoring checks them: NaN/inf pixels made the first loss NaN and the run end as
+            # "diverged" with the untrained weights; 0-255 floats trained without a word
+            _require_unit_range("train_images", train_images)
         if len(train_labels) and len(train_labels.unique()) < 2:
             raise ValueError(
                 "train_labels hold one class only: a detector needs reals (0) and fakes (1)"
@@ -305,6 +309,7 @@ def train_detector(
     if val_images.shape[0] == 0:
         raise ValueError("the validation set is empty: early stopping and val_loss need images")
     _check_images_and_labels("val", val_images, val_labels)
+    _require_unit_range("val_images", val_images)
     if attribution is not None and attribution.detector is not detector:
         raise ValueError("attribution must wrap the detector being trained")
     device = _model_device(detector)
@@ -320,6 +325,8 @@ def train_detector(
     def step_loss(batch: Any) -> Tensor:
         if from_loader:  # a tensor set was checked whole above; a loader's batches one by one
             _check_images_and_labels("train", batch[0], batch[1])
+            if len(batch[0]):
+                _require_unit_range("train batch images", batch[0])
             classes_seen.update(int(v) for v in batch[1].unique().tolist())
         return detector_loss(
             detector,

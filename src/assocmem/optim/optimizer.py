@@ -750,7 +750,11 @@ def _without_autocast(grads: list[Tensor]) -> Iterator[None]:
     leaves alone; the closure, run before, keeps the caller's autocast."""
     with contextlib.ExitStack() as stack:
         for device_type in sorted({g.device.type for g in grads}):
-            if torch.is_autocast_enabled(device_type):
+            try:
+                enabled = torch.is_autocast_enabled(device_type)
+            except RuntimeError:  # a device type autocast does not know ("meta"): never on
+                continue
+            if enabled:
                 stack.enter_context(torch.autocast(device_type, enabled=False))
         yield
 

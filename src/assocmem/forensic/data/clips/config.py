@@ -88,6 +88,21 @@ class ClipConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not (_number(self.fake_fraction) and 0.0 < self.fake_fraction <= 1.0):
             raise ValueError(f"fake_fraction must be in (0, 1], got {self.fake_fraction!r}")
+        # Equal configs, one cache key and one hash: numpy integers, ints given for floats and
+        # lists for pairs are stored as the plain types (np.int64(8) was hashed as the string
+        # "8", 1 as "1" not "1.0", and a list made the frozen config unhashable).
+        plain: dict[str, object] = {
+            "frames": int(self.frames),
+            "clips_per_photo": int(self.clips_per_photo),
+            "seed": int(self.seed),
+            "fake_fraction": float(self.fake_fraction),
+        }
+        for name in ("zoom", "noise_std", "pattern_std"):
+            plain[name] = tuple(float(v) for v in getattr(self, name))
+        for name in ("zoom_change", "pan", "shake", "splice_jitter"):
+            plain[name] = float(getattr(self, name))
+        for name, value in plain.items():
+            object.__setattr__(self, name, value)
 
     @property
     def families(self) -> tuple[str, ...]:
