@@ -180,14 +180,20 @@ def _train(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int) -> No
         opt.step()
 
 
-def test_a_state_dict_does_not_resume_with_a_replaced_memory_file(tmp_path):
-    path = _saved(tmp_path / "m.safetensors")
+def _trained_and_saved(path: Path) -> tuple[dict, dict, list[torch.Tensor]]:
+    """Two learned steps, the model's and optimizer's state dicts then, and the weights two
+    steps later (what a resume from those states must reach)."""
     model = _model()
     opt = MemoryOptimizer(model.parameters(), "learned", checkpoint=str(path))
     _train(model, opt, 2)
     saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
     _train(model, opt, 2)
-    expected = [p.detach().clone() for p in model.parameters()]
+    return saved_model, saved_opt, [p.detach().clone() for p in model.parameters()]
+
+
+def test_a_state_dict_does_not_resume_with_a_replaced_memory_file(tmp_path):
+    path = _saved(tmp_path / "m.safetensors")
+    saved_model, saved_opt, expected = _trained_and_saved(path)
     original = path.read_bytes()
     _saved(path, seed=1)  # the same config, other meta-parameters
     resumed = _model()
@@ -223,12 +229,7 @@ def test_a_state_dict_resumes_with_its_memory_file_moved_elsewhere(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     path = _saved(tmp_path / "a" / "m.safetensors")
-    model = _model()
-    opt = MemoryOptimizer(model.parameters(), "learned", checkpoint=str(path))
-    _train(model, opt, 2)
-    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-    _train(model, opt, 2)
-    expected = [p.detach().clone() for p in model.parameters()]
+    saved_model, saved_opt, expected = _trained_and_saved(path)
     moved = path.rename(tmp_path / "b" / "m.safetensors")
     other = _saved(tmp_path / "b" / "other.safetensors", seed=1)
     refused = MemoryOptimizer(_model().parameters(), "learned", checkpoint=str(other))
