@@ -86,6 +86,16 @@ def test_linear_probe_freezes_the_encoder():
         assert torch.equal(v, before[k])
 
 
+def test_a_fine_tune_after_a_probe_of_the_same_encoder_trains_the_encoder():
+    # the probe froze the encoder in place and freeze=False never undid it: the "full
+    # fine-tune" then trained the head alone (0 of the encoder's parameters trainable)
+    enc = ViTEncoder()
+    linear_probe(enc)
+    det = fine_tune(enc)
+    det(torch.rand(2, 3, 32, 32)).sum().backward()
+    assert all(p.requires_grad and p.grad is not None for p in enc.parameters())
+
+
 def test_fine_tune_and_mlp_head_train_everything():
     det = fine_tune(ViTEncoder())
     det(torch.rand(2, 3, 32, 32)).sum().backward()

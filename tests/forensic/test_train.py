@@ -280,6 +280,41 @@ def test_pretraining_refuses_images_it_would_read_wrongly():
     # an image of another size with as many tokens: read on another grid's positions
     with pytest.raises(ValueError, match="built for"):
         ViTEncoder()(torch.rand(2, 3, SIZE * 2, SIZE // 2))
+    # as train_detector: a NaN pixel ended the run as "diverged" blaming the optimizer, 0-255
+    # floats pretrained without a word
+    spoiled = x.clone()
+    spoiled[1, 2, 3, 4] = math.nan
+    with pytest.raises(ValueError, match="train_images hold NaN or inf pixels"):
+        run(spoiled, x)
+    with pytest.raises(ValueError, match="val_images hold NaN or inf pixels"):
+        run(x, spoiled)
+    with pytest.warns(UserWarning, match=r"train_images should be in \[0, 1\]"):
+        run(x * 255, x)
+    with pytest.raises(ValueError, match="train batch images hold NaN or inf pixels"):
+        run([spoiled[:4], spoiled[4:]], x)  # a loader's batches
+
+
+def test_a_float64_pretrainer_takes_float32_images():
+    # "mat1 and mat2 must have the same dtype": the images follow the model's dtype, as in
+    # train_detector
+    torch.manual_seed(0)
+    pre = MaskedPretrainer(ViTEncoder(), FrequencyMasker("spectral", 0.5), loss="both").double()
+    x = torch.rand(8, 3, SIZE, SIZE)
+    result = pretrain(pre, x, x, adam(1e-3), steps=2, batch_size=4, eval_every=1)
+    assert result.status == "ok" and math.isfinite(result.best_val_loss)
+
+
+def test_pretraining_val_loss_is_the_same_whatever_the_batch_size():
+    # a band mask's loss is normalised per chunk: evaluation chunked by the batch size (above
+    # 256) gave another val_loss for the same weights
+    torch.manual_seed(0)
+    pre = MaskedPretrainer(ViTEncoder(), FrequencyMasker("band"), loss="both")
+    x = torch.rand(300, 3, SIZE, SIZE)
+    losses = [
+        pretrain(pre, x, x, adam(0.0), steps=1, batch_size=b, eval_every=1).best_val_loss
+        for b in (8, 300)
+    ]
+    assert losses[0] == losses[1]
 
 
 def test_scoring_refuses_non_finite_pixels_warns_of_0_255_and_takes_no_images():

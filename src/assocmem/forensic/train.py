@@ -85,10 +85,10 @@ def pretrain_val_loss(pretrainer: MaskedPretrainer, images: Tensor, batch_size: 
     was_training = pretrainer.training
     pretrainer.eval()
     gen = torch.Generator().manual_seed(VAL_MASK_SEED)
-    device = _model_device(pretrainer)
+    device, dtype = _model_device(pretrainer), _model_dtype(pretrainer)
     total = 0.0
     for sl in _chunks(images.shape[0], batch_size):
-        x = images[sl].to(device)
+        x = images[sl].to(device=device, dtype=dtype)
         total += float(pretrainer.loss(x, gen)) * x.shape[0]
     pretrainer.train(was_training)
     return total / images.shape[0]
@@ -137,24 +137,40 @@ def pretrain(
     """Masked-reconstruction pretraining for ``steps`` optimizer steps.
 
     Batches and training masks both come from ``generator``; validation uses fixed masks
-    (:data:`VAL_MASK_SEED`), so ``val_loss`` is comparable across steps and runs.
+    (:data:`VAL_MASK_SEED`) in fixed chunks of 256, so ``val_loss`` is comparable across steps
+    and runs. Images are floating point in [0, 1]: non-finite pixels are refused, values
+    outside the range warned of (as :func:`train_detector` does), and they are cast to the
+    pretrainer's dtype.
     ``train_images`` is an (N, C, H, W) tensor or a DataLoader-like iterable of image batches
     (``batch_size`` then unused; a ``(images, labels)`` batch is accepted and its labels ignored).
     ``average``: evaluate, stop on and return an exponential moving average of the weights with
     this decay (:func:`assocmem.training.fit`). ``lr_decay``: ``"linear"`` decays the learning
     rate to 0 at ``steps`` (:func:`assocmem.training.fit`).
     """
-    device = _model_device(pretrainer)
+    device, dtype = _model_device(pretrainer), _model_dtype(pretrainer)
+    # Checked as train_detector checks its images: NaN/inf pixels ended the run as "diverged"
+    # (blaming the optimizer), 0-255 floats pretrained without a word
+    from_loader = not isinstance(train_images, Tensor)
+    if not from_loader:
+        pretrainer.check_images(train_images)
+        _require_unit_range("train_images", train_images)
+    pretrainer.check_images(val_images)
+    _require_unit_range("val_images", val_images)
 
     def masked_batches() -> Iterator[MaskedBatch]:
         # Masks are drawn once per step, so a closure re-evaluation sees the same ones.
         for batch in _stream(train_images, batch_size, generator):
             images = batch[0] if isinstance(batch, tuple | list) else batch
             pretrainer.check_images(images)  # a loader's batches too
-            yield pretrainer.masker(images.to(device), generator)
+            if from_loader:
+                _require_unit_range("train batch images", images)
+            # in the model's dtype: a float64 pretrainer refused float32 images (and back)
+            yield pretrainer.masker(images.to(device=device, dtype=dtype), generator)
 
     def evaluate() -> dict[str, float]:
-        return {"val_loss": pretrain_val_loss(pretrainer, val_images, max(batch_size, 256))}
+        # one chunking for every run: a band mask's loss is normalised per chunk, so the value
+        # depended on the chunk (batch sizes above 256 chunked by themselves)
+        return {"val_loss": pretrain_val_loss(pretrainer, val_images)}
 
     return fit(
         pretrainer, pretrainer.loss_on, masked_batches(), optimizer_factory, steps=steps,

@@ -6,7 +6,12 @@ images, applies a checkpoint's threshold and views, and may hold any detector ne
 ``EncoderDetector(encoder, head, freeze=True)`` is the probe protocol: the encoder's parameters
 get ``requires_grad=False``, its forward runs under ``no_grad`` and it stays in eval mode even
 when the detector is put in train mode, so only the head learns. ``freeze=False`` is full
-fine-tuning. Every detector returns one logit per image, ``(N,)``; ``sigmoid(logit) = P(fake)``.
+fine-tuning: the encoder's parameters get ``requires_grad=True`` (a probe built on the same
+encoder before had frozen them, and a fine-tune then trained the head alone). Freezing is in
+place, on the encoder itself: one shared with a pretrainer trains again only after
+``encoder.requires_grad_(True)`` (or a ``fine_tune`` of it); probe a copy
+(``linear_probe(copy.deepcopy(encoder))``) to look at features mid-pretraining. Every detector
+returns one logit per image, ``(N,)``; ``sigmoid(logit) = P(fake)``.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ class EncoderDetector(nn.Module):
         self.encoder = encoder
         self.head = head
         self.freeze = freeze
+        # both ways on purpose: the encoder may have been frozen (or not) by an earlier detector
+        self.encoder.requires_grad_(not freeze)
         if freeze:
-            self.encoder.requires_grad_(False)
             self.encoder.eval()
 
     def train(self, mode: bool = True) -> EncoderDetector:
