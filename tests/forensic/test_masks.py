@@ -181,3 +181,16 @@ def test_a_band_with_a_nan_bound_is_refused():
     # (nan, 1.0) passed "lo > hi" (False for NaN) and removed nothing
     with pytest.raises(ValueError, match="lo <= hi"):
         FrequencyMasker("band", bands=((math.nan, 1.0),))
+
+
+def test_an_asymmetric_mask_is_refused():
+    # a bin removed while its mirror is kept: the real part of the inverse half-keeps both, so
+    # 'removed' held half of what the mask removes, without a word
+    x = torch.rand(2, 3, 8, 8)
+    m = torch.ones(8, 8)
+    m[1, 2] = 0.0  # its mirror in the centred frame, (7, 6), stays kept
+    with pytest.raises(ValueError, match="Hermitian-symmetric"):
+        apply_frequency_mask(x, m)
+    m[7, 6] = 0.0
+    masked, removed = apply_frequency_mask(x, m)
+    torch.testing.assert_close(masked + removed, x)

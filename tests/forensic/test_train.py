@@ -10,7 +10,14 @@ import torch
 from assocmem import MemoryOptimizer
 from assocmem.forensic.masks import FrequencyMasker
 from assocmem.forensic.metrics import detection_metrics, per_family_metrics
-from assocmem.forensic.models import MaskedPretrainer, MesoNet4, SmallCNN, ViTEncoder, linear_probe
+from assocmem.forensic.models import (
+    CNNEncoder,
+    MaskedPretrainer,
+    MesoNet4,
+    SmallCNN,
+    ViTEncoder,
+    linear_probe,
+)
 from assocmem.forensic.train import fake_probability, pretrain, score, train_detector
 
 SIZE = 32
@@ -292,6 +299,10 @@ def test_pretraining_refuses_images_it_would_read_wrongly():
         run(x * 255, x)
     with pytest.raises(ValueError, match="train batch images hold NaN or inf pixels"):
         run([spoiled[:4], spoiled[4:]], x)  # a loader's batches
+    cnn = MaskedPretrainer(CNNEncoder(), FrequencyMasker("spectral", 0.5), loss="both")
+    odd = torch.rand(4, 3, 30, 30)  # stride 8: a broadcast error ("size 32 vs 30") before
+    with pytest.raises(ValueError, match="multiples of 8"):
+        pretrain(cnn, odd, odd, adam(1e-3), steps=1, batch_size=4)
 
 
 def test_a_float64_pretrainer_takes_float32_images():

@@ -238,8 +238,22 @@ def apply_frequency_mask(
 
     Args:
         images: (..., H, W) real tensor, e.g. (N, C, H, W).
-        mask: keep mask (H, W), (N, H, W) or (N, 1, H, W), Hermitian-symmetric.
+        mask: keep mask (H, W), (N, H, W) or (N, 1, H, W), Hermitian-symmetric (refused
+            otherwise: ``masked`` is the real part, so a bin kept without its mirror was half
+            kept, and ``removed`` was not what the mask removes).
     """
+    if not is_hermitian_symmetric(mask.float(), atol=1e-6):
+        raise ValueError(
+            "mask must be Hermitian-symmetric (mask[u, v] == mask[-u, -v] in the centred "
+            "frame), as the masks of this module are: see mirror()"
+        )
+    return _split_by_frequency(images, mask, clip=clip)
+
+
+def _split_by_frequency(
+    images: Tensor, mask: Tensor, *, clip: bool = False
+) -> tuple[Tensor, Tensor]:
+    """:func:`apply_frequency_mask` of a mask known to be symmetric (built here)."""
     # Shift the (real, one-channel) mask to the uncentred FFT layout rather than shifting the
     # complex spectra: same product, a fraction of the memory traffic.
     m = torch.fft.ifftshift(_broadcastable(mask, images), dim=(-2, -1))
@@ -308,12 +322,12 @@ class FrequencyMasker:
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> MaskedBatch:
         mask = self.masks(images, generator).to(images.device)[:, None]
-        masked, removed = apply_frequency_mask(images, mask)
+        masked, removed = _split_by_frequency(images, mask)  # symmetric by construction
         return MaskedBatch(masked, removed, mask, torch.ones_like(mask), 1.0 - mask)
 
     def project(self, prediction: Tensor, batch: MaskedBatch) -> Tensor:
         """Keep only the removed frequencies of a prediction (the loss-on-masked-only analogue)."""
-        return apply_frequency_mask(prediction, batch.mask)[1]
+        return _split_by_frequency(prediction, batch.mask)[1]
 
 
 @dataclass

@@ -116,7 +116,8 @@ class MaskedPretrainer(nn.Module):
     def check_images(self, images: Tensor) -> None:
         """Refuse what the reconstruction would read wrongly without a word: integer pixels
         (uint8 trained at 255 times the scale, "ok"), another channel count than the decoder's
-        (broadcast against the prediction), an empty batch (an FFT error, or a loss of 0)."""
+        (broadcast against the prediction), an empty batch (an FFT error, or a loss of 0), a
+        side that is no multiple of the encoder's stride."""
         if not images.is_floating_point():
             raise ValueError(
                 f"images must be floating point in [0, 1] (uint8 pixels / 255), got {images.dtype}"
@@ -125,6 +126,13 @@ class MaskedPretrainer(nn.Module):
             raise ValueError(
                 f"images must be a non-empty batch (b, {self.channels}, H, W), got "
                 f"{tuple(images.shape)}"
+            )
+        stride = self.encoder.stride  # the decoder up-samples the feature map by it
+        if images.shape[-2] % stride or images.shape[-1] % stride:
+            raise ValueError(
+                f"images of {images.shape[-2]}x{images.shape[-1]}: the encoder down-samples by "
+                f"{stride}, so height and width must be multiples of {stride} to be "
+                "reconstructed (a broadcast error of the loss before)"
             )
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
