@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -635,8 +636,22 @@ def test_a_sidecar_that_disagrees_is_refused(ckpt: Path, tmp_path: Path):
     copy.with_suffix(".json").write_text("{oops")
     with pytest.raises(ValueError, match="not readable JSON"):
         load_detector(copy)
+    copy.with_suffix(".json").write_text("[" * 100_000)  # a RecursionError escaped
+    with pytest.raises(ValueError, match="not readable JSON"):
+        load_detector(copy)
     copy.with_suffix(".json").unlink()
     assert load_detector(copy).patch_size == 32  # the header inside the file is the checkpoint
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_sidecar_that_is_a_fifo_is_refused_not_waited_on(ckpt: Path, tmp_path: Path):
+    from hang_support import deadline
+
+    copy = tmp_path / "c.safetensors"
+    copy.write_bytes(ckpt.read_bytes())
+    os.mkfifo(copy.with_suffix(".json"))  # read_text blocked for ever
+    with deadline(10), pytest.raises(ValueError, match="not a regular file"):
+        load_detector(copy)
 
 
 def test_not_a_checkpoint_is_refused(tmp_path: Path):

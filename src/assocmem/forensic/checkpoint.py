@@ -88,7 +88,13 @@ from assocmem.forensic.models.baselines import SmallCNN
 from assocmem.forensic.models.ensemble import LogitEnsemble
 from assocmem.forensic.models.npr import NPR, NPRWithDCT, NPRWithPixels
 from assocmem.forensic.views import VIEWS
-from assocmem.storage import read_safetensors, sidecar_path, strict_json, write_safetensors
+from assocmem.storage import (
+    read_regular_bytes,
+    read_safetensors,
+    sidecar_path,
+    strict_json,
+    write_safetensors,
+)
 from assocmem.storage.digest import bound_digest, weights_digest
 
 __all__ = [
@@ -339,8 +345,10 @@ def save_detector(
     header["network_sha256"] = network_digest(header["weights_sha256"], header)  # as read back
     _check_header(header, Path(path))
     path = Path(path)
-    write_safetensors(path, tensors, header)
-    sidecar_path(path).write_text(strict_json.dumps(header, indent=1, sort_keys=True) + "\n")
+    # the sidecar is written with the checkpoint (both files first, then both moved into
+    # place): a full disk or a crash while writing leaves the previous pair, which loads
+    sidecar = strict_json.dumps(header, indent=1, sort_keys=True) + "\n"
+    write_safetensors(path, tensors, header, beside=[(sidecar_path(path), sidecar.encode())])
     return header
 
 
@@ -362,7 +370,7 @@ def load_detector(path: str | os.PathLike[str] | None = None) -> DetectorCheckpo
         raise ValueError(f"{path} is not an assocmem detector checkpoint (no header)")
     try:
         header = json.loads(metadata["assocmem"])
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # malformed, too deep, a 5000-digit number
         raise ValueError(f"{path}: the checkpoint's header is not JSON ({e})") from None
     image_probability = _check_header(header, path)
     _check_sidecar(path, header)
@@ -583,11 +591,14 @@ def _check_probability(cal: dict[str, Any], real_logits: list[float], path: Path
 
 def _check_sidecar(path: Path, header: dict[str, Any]) -> None:
     sidecar = sidecar_path(path)
-    if not sidecar.exists():
+    try:
+        # read as the checkpoint is (one open file; a FIFO refused, not waited on)
+        raw = read_regular_bytes(sidecar, "the checkpoint's sidecar")
+    except FileNotFoundError:
         return  # the header inside the .safetensors file is the checkpoint; the sidecar is a copy
     try:
-        text = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError among them
         raise ValueError(
             f"{sidecar}: the checkpoint's sidecar is not readable JSON ({e})"
         ) from None

@@ -151,7 +151,7 @@ def load_checkpoint(
         raise ValueError(f"{path} is not an assocmem learned-memory checkpoint (no header)")
     try:
         header = json.loads(metadata["assocmem"])
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # malformed, too deep, a 5000-digit number
         raise ValueError(f"{path}: the checkpoint's JSON header is malformed ({e})") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: the checkpoint's header is {type(header).__name__}, not a dict")

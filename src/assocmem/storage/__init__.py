@@ -7,6 +7,18 @@ tokens) of every JSON file the project writes (:mod:`assocmem.storage.strict_jso
 nothing of ours.
 """
 
-from assocmem.storage.safetensors_file import read_safetensors, sidecar_path, write_safetensors
+from assocmem.storage.safetensors_file import (
+    read_regular_bytes,
+    read_safetensors,
+    sidecar_path,
+    write_atomically,
+    write_safetensors,
+)
 
-__all__ = ["read_safetensors", "sidecar_path", "write_safetensors"]
+__all__ = [
+    "read_regular_bytes",
+    "read_safetensors",
+    "sidecar_path",
+    "write_atomically",
+    "write_safetensors",
+]
