@@ -212,8 +212,11 @@ def test_thresholds_from_another_fpr_or_given(detector: Detector):
     assert given_.threshold == 1.5 and given_.target_fpr is None
 
 
-def _rewrite(src: Path, dst: Path, edit_header=None, edit_tensors=None, raw_header=None) -> Path:
-    """Copy a checkpoint with its header and/or tensors edited (no sidecar)."""
+def _rewrite(
+    src: Path, dst: Path, edit_header=None, edit_tensors=None, raw_header=None, duplicate=None
+) -> Path:
+    """Copy a checkpoint with its header and/or tensors edited (no sidecar); ``duplicate``: a
+    ``"key": value`` written into the header a second time."""
     from safetensors import safe_open
 
     with safe_open(str(src), framework="pt") as f:
@@ -225,6 +228,8 @@ def _rewrite(src: Path, dst: Path, edit_header=None, edit_tensors=None, raw_head
     if edit_tensors:
         edit_tensors(tensors)
     text = raw_header if raw_header is not None else json.dumps(header)
+    if duplicate:  # a key written before the header's own one (which json keeps)
+        text = "{" + duplicate + ", " + text[1:]
     save_file(tensors, str(dst), metadata={"assocmem": text})
     return dst
 
@@ -267,8 +272,15 @@ TAMPERED = {
         "sorted",
     ),
     "shapes": (dict(edit_header=_set(["arch_kwargs", "widths"], [4, 16])), "expects"),
-    "unknown architecture": (dict(edit_header=_set(["architecture"], "resnet")), "unknown"),
-    "bad constructor args": (dict(edit_header=_set(["arch_kwargs", "depth"], 3)), "built"),
+    # the errors of building the network name the file (they did not)
+    "unknown architecture": (
+        dict(edit_header=_set(["architecture"], "resnet")),
+        r"bad\.safetensors: unknown",
+    ),
+    "bad constructor args": (
+        dict(edit_header=_set(["arch_kwargs", "depth"], 3)),
+        r"bad\.safetensors: .*built",
+    ),
     "odd patch": (dict(edit_header=_set(["patch_size"], 31)), "patch_size"),
     # a Detector tiles a blank image of the patch size: 200000 asked for 160 GB
     "huge patch": (dict(edit_header=_set(["patch_size"], 200_000)), r"patch_size must be"),
@@ -277,6 +289,8 @@ TAMPERED = {
     "edited patch size": (dict(edit_header=_set(["patch_size"], 64)), "network_sha256"),
     "edited gain": (dict(edit_header=_set(["arch_kwargs", "gain"], 100.0)), "network_sha256"),
     "not JSON": (dict(raw_header="{not json"), "not JSON"),
+    # Python's json keeps the last of two values without a word
+    "a key twice": (dict(duplicate='"patch_size": 64'), "appears twice"),
     "not a dict": (dict(raw_header="[1, 2]"), "not a dict"),
     "NaN weight": (
         dict(edit_tensors=lambda t: t["model.fc.bias"].fill_(float("nan"))),

@@ -142,3 +142,20 @@ def test_a_header_nested_too_deep_is_a_clear_error(tmp_path):
     save_file({"w": torch.ones(1)}, str(path), metadata={"assocmem": "[" * 100_000})
     with pytest.raises(ValueError, match="malformed"):
         load_checkpoint(path)
+
+
+def test_a_learned_header_naming_a_key_twice_is_refused(tmp_path):
+    # json keeps the last of two values without a word: an edit appended to a header loaded
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from assocmem.meta import LearnedConfig, init_meta_params, load_checkpoint, save_checkpoint
+
+    config = LearnedConfig(hidden=(4,))
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, init_meta_params(config, torch.Generator().manual_seed(0)), config)
+    with safe_open(str(path), "pt") as f:
+        text = f.metadata()["assocmem"]
+    save_file(load_file(str(path)), str(path), metadata={"assocmem": '{"version": 1, ' + text[1:]})
+    with pytest.raises(ValueError, match="appears twice"):
+        load_checkpoint(path)

@@ -369,7 +369,7 @@ def load_detector(path: str | os.PathLike[str] | None = None) -> DetectorCheckpo
     if "assocmem" not in metadata:
         raise ValueError(f"{path} is not an assocmem detector checkpoint (no header)")
     try:
-        header = json.loads(metadata["assocmem"])
+        header = json.loads(metadata["assocmem"], object_pairs_hook=strict_json.unique_keys)
     except (ValueError, RecursionError) as e:  # malformed, too deep, a 5000-digit number
         raise ValueError(f"{path}: the checkpoint's header is not JSON ({e})") from None
     image_probability = _check_header(header, path)
@@ -380,7 +380,11 @@ def load_detector(path: str | os.PathLike[str] | None = None) -> DetectorCheckpo
         raise ValueError(f"{path}: unexpected tensors {stray} (expected model.*)")
     # The header's shapes are checked on the meta device first (no memory), so an edited
     # header asking for huge widths is refused before anything that size is allocated.
-    _check_tensors(saved, _shapes(header["architecture"], header["arch_kwargs"]), str(path))
+    try:
+        shapes = _shapes(header["architecture"], header["arch_kwargs"])
+    except ValueError as e:  # an architecture or arguments that build nothing: name the file
+        raise ValueError(f"{path}: {e}") from None
+    _check_tensors(saved, shapes, str(path))
     if "weights_sha256" in header and weights_digest(tensors) != header["weights_sha256"]:
         raise ValueError(
             f"{path}: the weights are not the ones the header was calibrated on (their SHA-256 "
@@ -597,7 +601,7 @@ def _check_sidecar(path: Path, header: dict[str, Any]) -> None:
     except FileNotFoundError:
         return  # the header inside the .safetensors file is the checkpoint; the sidecar is a copy
     try:
-        text = json.loads(raw.decode("utf-8"))
+        text = json.loads(raw.decode("utf-8"), object_pairs_hook=strict_json.unique_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError among them
         raise ValueError(
             f"{sidecar}: the checkpoint's sidecar is not readable JSON ({e})"

@@ -49,7 +49,7 @@ from torch import Tensor
 
 from assocmem.meta.config import LearnedConfig
 from assocmem.meta.network import MetaParams, init_meta_params
-from assocmem.storage import read_safetensors, write_safetensors
+from assocmem.storage import read_safetensors, strict_json, write_safetensors
 from assocmem.storage.digest import bound_digest, weights_digest
 
 FORMAT = "assocmem.learned_memory"
@@ -150,7 +150,7 @@ def load_checkpoint(
     if "assocmem" not in metadata:
         raise ValueError(f"{path} is not an assocmem learned-memory checkpoint (no header)")
     try:
-        header = json.loads(metadata["assocmem"])
+        header = json.loads(metadata["assocmem"], object_pairs_hook=strict_json.unique_keys)
     except (ValueError, RecursionError) as e:  # malformed, too deep, a 5000-digit number
         raise ValueError(f"{path}: the checkpoint's JSON header is malformed ({e})") from None
     if not isinstance(header, dict):

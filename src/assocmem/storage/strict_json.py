@@ -52,3 +52,15 @@ def loads(text: str) -> Any:
         raise ValueError(f"not JSON: the non-standard token {token}")
 
     return json.loads(text, parse_constant=refuse)
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An ``object_pairs_hook`` for ``json.loads`` that refuses an object naming one key twice
+    (Python keeps the last value without a word: a checkpoint header edited by appending a
+    second ``"threshold"`` loaded with it)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r} appears twice in one JSON object")
+        out[key] = value
+    return out
