@@ -142,13 +142,12 @@ class Learned(Preset):
         # (another folder, machine or user), that path is gone while this optimizer's group
         # names the file where it is now: the recorded digest tells whether it is the same
         # memory, and then the state resumes with it.
-        saved = loaded.get("checkpoint")
+        saved, here = loaded.get("checkpoint"), live.get("checkpoint")
         if not isinstance(saved, (str, os.PathLike)):  # None (shipped), or refused by its check
             return loaded
-        if Path(saved).exists() or saved == live.get("checkpoint"):
+        if Path(saved).exists() or saved == here:
             return loaded
         recorded = _recorded_digest(loaded)
-        here = live.get("checkpoint")
         try:
             _, digest = _checked(live)
         except (OSError, ValueError):

@@ -55,7 +55,6 @@ def write_safetensors(
         OSError: a file could not be written (its message names it); the temporary files are
             removed and the previous files at ``path`` and beside it are left as they were.
     """
-    _check_target(path)
     data = save(tensors, metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
     write_atomically([(path, data), *beside])
 
@@ -80,7 +79,10 @@ def write_atomically(files: Sequence[tuple[Path, bytes]]) -> None:
     ``os.replace``. A failure while writing (a full disk, no permission) removes the temporary
     files and replaces nothing, so files saved together stay a pair; only a crash between the
     replaces (microseconds) can part them. A new file gets the mode ``open()`` gives one (the
-    umask applies); a file written over keeps its mode."""
+    umask applies); a file written over keeps its mode. Every target is checked first (no
+    directory, FIFO or device: see :func:`write_safetensors`), so a refused one writes nothing."""
+    for path, _ in files:
+        _check_target(path)
     written: list[tuple[Path, Path]] = []
     try:
         for path, data in files:
@@ -105,7 +107,7 @@ def _written_beside(path: Path, data: bytes) -> Path:
         except FileExistsError:
             continue
         except OSError as e:
-            raise type(e)(e.errno, f"cannot save {path}: {e.strerror}") from None
+            raise _naming(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -116,9 +118,15 @@ def _written_beside(path: Path, data: bytes) -> Path:
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and e.errno is not None:
-            raise type(e)(e.errno, f"cannot save {path}: {e.strerror}") from None
+            raise _naming(path, e) from None
         raise
     return tmp
+
+
+def _naming(path: Path, error: OSError) -> OSError:
+    """``error`` (its type and errno) with a message that names the file being saved (not
+    its temporary file)."""
+    return type(error)(error.errno, f"cannot save {path}: {error.strerror}")
 
 
 def read_regular_bytes(path: Path, what: str) -> bytes:

@@ -185,7 +185,7 @@ class Muon(Preset):
                 ElementwiseMemory(state["momentum"]), None, grad, lr=1.0, retention=beta
             )
         # the sum settles near g / (1 - beta): held finite past the dtype's range
-        memory = ElementwiseMemory(saturate_([memory.m.clone()])[0])
+        saturate_([memory.m])  # in place: both writes return a new tensor
         state["momentum"].copy_(memory.m)
         u = momentum_read(memory, grad, beta=beta, nesterov=group["nesterov"])
         ortho, scale = orthogonal_read(
