@@ -58,6 +58,23 @@ ARMS: dict[str, dict[str, Any] | None] = {
     },
     "pixel": {"masker": {"domain": "pixel", "ratio": 0.75, "patch": 4}, "loss": "pixel"},
     "none": None,
+    # The domain alone: frequency masks at the pixel arm's ratio and loss, DC removable as in
+    # "frequency" (whose ratio and loss differ from "pixel"'s) or always kept (keep_dc: the
+    # removed mean colour otherwise dominates the pixel target with content).
+    "frequency-matched": {
+        "masker": {"domain": "frequency", "kind": "spectral", "ratio": 0.75, "patch": 4},
+        "loss": "pixel",
+    },
+    "frequency-matched-keepdc": {
+        "masker": {
+            "domain": "frequency",
+            "kind": "spectral",
+            "ratio": 0.75,
+            "patch": 4,
+            "keep_dc": True,
+        },
+        "loss": "pixel",
+    },
 }
 
 

@@ -157,3 +157,23 @@ def test_the_residual_encoder_is_what_the_pretrainer_reconstructs_from():
     model = MaskedPretrainer(npr, FrequencyMasker(ratio=0.5), loss="both")
     model.loss(x, torch.Generator().manual_seed(0)).backward()
     assert npr.encoder.stages[0][0].weight.grad.abs().sum() > 0  # the encoder learns
+
+
+def test_matched_frequency_arms_differ_from_the_pixel_arm_only_in_domain_and_dc():
+    """The clean test of the masking domain: same ratio, patch and loss as the pixel arm; the
+    keep-DC arm's masks never remove an image's mean colour."""
+    import torch
+
+    from experiments.pretraining_study import ARMS, pretrainer_model
+
+    pixel = ARMS["pixel"]
+    for arm in ("frequency-matched", "frequency-matched-keepdc"):
+        spec = ARMS[arm]
+        assert spec["loss"] == pixel["loss"] and spec["masker"]["domain"] == "frequency"
+        assert spec["masker"]["ratio"] == pixel["masker"]["ratio"]
+        assert spec["masker"]["patch"] == pixel["masker"]["patch"]
+    x = torch.rand(32, 3, 32, 32)
+    kept = pretrainer_model("frequency-matched-keepdc", 32).masker(x, torch.Generator())
+    assert torch.all(kept.mask[:, 0, 16, 16] == 1)
+    plain = pretrainer_model("frequency-matched", 32).masker(x, torch.Generator().manual_seed(1))
+    assert torch.any(plain.mask[:, 0, 16, 16] == 0)

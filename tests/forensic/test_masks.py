@@ -54,6 +54,39 @@ def test_random_spectral_mask_is_symmetric_binary_and_honours_ratio(size, ratio,
     assert (removed - ratio).abs().max() <= tol
 
 
+@given(sizes, ratios, st.integers(1, 5), seeds)
+def test_keep_dc_never_removes_the_mean_and_keeps_ratio_and_symmetry(size, ratio, patch, seed):
+    h, w = size
+    m = random_spectral_mask(size, ratio, patch, torch.Generator().manual_seed(seed), 4, True)
+    assert torch.all(m[:, h // 2, w // 2] == 1)
+    assert is_hermitian_symmetric(m)
+    removed = 1.0 - m.mean(dim=(1, 2))
+    # DC set aside costs at most its one bin beyond the whole-group rounding (2 patch^2 bins)
+    target = min(ratio, 1 - 1 / (h * w))
+    assert (removed - target).abs().max() <= (2 * patch * patch + 1) / (h * w) + 1e-6
+    # the priorities are drawn as without keep_dc: a mask that kept DC anyway is unchanged
+    plain = random_spectral_mask(size, ratio, patch, torch.Generator().manual_seed(seed), 4)
+    for with_dc, without in zip(m, plain, strict=True):
+        if without[h // 2, w // 2] == 1:
+            assert torch.equal(with_dc, without)
+
+
+def test_keep_dc_masker_keeps_every_images_mean_and_band_masks_refuse_it():
+    x = torch.rand(64, 3, 16, 16)
+    batch = FrequencyMasker(ratio=0.75, keep_dc=True)(x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(batch.masked.mean(dim=(-2, -1)), x.mean(dim=(-2, -1)))
+    torch.testing.assert_close(
+        batch.removed.mean(dim=(-2, -1)), torch.zeros(64, 3), atol=1e-6, rtol=0
+    )
+    plain = FrequencyMasker(ratio=0.75)(x, torch.Generator().manual_seed(0))
+    lost = (plain.mask[:, 0, 8, 8] == 0).sum()
+    assert lost > 0  # without keep_dc some images lose their mean (the confound it removes)
+    with pytest.raises(ValueError, match="spectral"):
+        FrequencyMasker(kind="band", keep_dc=True)
+    with pytest.raises(TypeError, match="keep_dc"):
+        FrequencyMasker(keep_dc="yes")
+
+
 @given(sizes, ratios, st.integers(1, 4), seeds)
 def test_frequency_masked_image_is_real_and_split_is_exact(size, ratio, patch, seed):
     h, w = size
