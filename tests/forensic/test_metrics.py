@@ -149,3 +149,21 @@ def test_per_family_metrics():
 def test_false_positive_rate():
     assert false_positive_rate([0.1, 0.5, 0.7, 0.9], 0.5) == 0.75
     assert false_positive_rate(torch.tensor([0.1, 0.2]), 0.5) == 0.0
+
+
+def test_false_positive_rate_refuses_non_finite_scores():
+    # a NaN is never >= a threshold: it counted as a real kept (1/3 here, not undefined)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        false_positive_rate([math.nan, math.nan, 0.9], 0.5)
+
+
+def test_threshold_allowing_refuses_counts_outside_the_scores_and_non_finite_scores():
+    from assocmem.forensic.calibration import threshold_allowing
+
+    s = [0.1, 0.2, 0.3, 0.4]
+    assert threshold_allowing(s, 1) == math.nextafter(0.3, math.inf)
+    for k in (-1, 4, 2.0, True):  # -1 wrapped to the lowest score; 4 and 2.0 an IndexError
+        with pytest.raises(ValueError, match="false_positives"):
+            threshold_allowing(s, k)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        threshold_allowing([0.1, math.nan], 0)

@@ -283,3 +283,15 @@ def test_npr_with_pixels_sees_both_the_residual_and_the_image():
     out = model(flat)
     assert out.shape == (2,) and out[0] != out[1]
     assert torch.equal(neighbouring_pixel_residual(flat), torch.zeros_like(flat))
+
+
+def test_texture_features_of_a_one_position_feature_map_are_refused_with_the_cause():
+    # std over one position is NaN; sklearn then said "Input X contains NaN"
+    from assocmem.forensic.protocol import texture_features
+
+    class OnePosition(torch.nn.Module):
+        def feature_map(self, x):
+            return x.mean(dim=(-2, -1), keepdim=True)
+
+    with pytest.raises(ValueError, match="at least 2 positions"):
+        texture_features(OnePosition(), torch.rand(4, 3, 32, 32))

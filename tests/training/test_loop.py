@@ -449,3 +449,21 @@ def test_whole_number_arguments_take_numpy_integers_and_refuse_bools():
             fit([w], loss, itertools.count(1), opt, **kw)
     nan = fit([w], loss, itertools.count(1), opt, steps=3, evaluate=lambda: {"val_loss": math.nan})
     assert nan.status == "diverged" and math.isnan(nan.best_val_loss)  # no best: NaN, not inf
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -math.inf, math.inf])
+def test_a_non_finite_validation_loss_is_never_the_best_and_the_best_finite_one_is_restored(bad):
+    # -inf passed `loss < best` and became the "best" weights that the diverged run restored
+    w = torch.zeros(1, requires_grad=True)
+    losses = iter([5.0, 2.0, bad, 1.0])
+    snapshots = []
+
+    def evaluate():
+        snapshots.append(w.detach().clone())
+        return {"val_loss": next(losses)}
+
+    opt = torch.optim.SGD([w], lr=0.1)
+    result = fit([w], lambda _b: -w.sum(), itertools.count(1), opt, steps=3, eval_every=1,
+                 evaluate=evaluate, patience=5)  # fmt: skip
+    assert result.diverged and result.best_step == 1 and result.best_val_loss == 2.0
+    assert torch.equal(w.detach(), snapshots[1])  # the weights evaluated at step 1

@@ -79,9 +79,23 @@ def threshold_at_fpr(real_scores: ArrayLike, target_fpr: float = 0.05) -> float:
 def threshold_allowing(real_scores: ArrayLike, false_positives: int) -> float:
     """The smallest float above the ``(k + 1)``-th highest of ``real_scores`` (``k`` the
     ``false_positives`` allowed, ``0 <= k < n``): exactly the ``k`` highest score at or above
-    it, fewer where scores tie. :func:`threshold_at_fpr` with ``k`` given."""
-    highest_first = np.sort(_np(real_scores))[::-1]
-    return float(np.nextafter(highest_first[false_positives], np.inf))
+    it, fewer where scores tie. :func:`threshold_at_fpr` with ``k`` given.
+
+    Raises:
+        ValueError: ``k`` not an integer in ``[0, n)`` (a negative one used to wrap around to
+            the lowest score), or non-finite scores.
+    """
+    s = _np(real_scores)
+    k = false_positives
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < s.size:
+        raise ValueError(
+            f"false_positives must be an integer in [0, {s.size}) (the number of real scores), "
+            f"got {k!r}"
+        )
+    if not np.isfinite(s).all():
+        raise ValueError("real scores contain NaN or inf")
+    highest_first = np.sort(s)[::-1]
+    return float(np.nextafter(highest_first[k], np.inf))
 
 
 def size_thresholds(

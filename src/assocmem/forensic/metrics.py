@@ -138,8 +138,15 @@ def per_family_metrics(
 
 
 def false_positive_rate(scores_on_reals: ArrayLike, threshold: float) -> float:
-    """Fraction of real images called fake, ``mean(score >= threshold)``."""
+    """Fraction of real images called fake, ``mean(score >= threshold)``.
+
+    Raises:
+        ValueError: no scores, or a NaN or inf score (a NaN is never ``>=`` a threshold, so it
+            would count as a real kept, understating the rate).
+    """
     s = _np(scores_on_reals)
     if s.size == 0:
         raise ValueError("no scores given")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or inf; a false-positive rate over them is undefined")
     return float(np.mean(s >= threshold))

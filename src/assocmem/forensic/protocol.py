@@ -247,6 +247,12 @@ def texture_features(encoder: nn.Module, images: Tensor, batch_size: int = 512) 
     out = []
     for start in range(0, len(images), batch_size):
         fmap = encoder.feature_map(images[start : start + batch_size]).flatten(2)
+        if fmap.shape[2] < 2:  # std over one position is NaN: say so, not sklearn's "NaN in X"
+            raise ValueError(
+                f"texture features need a feature map of at least 2 positions; the encoder's "
+                f"is {fmap.shape[2]} for images of side {images.shape[-1]} (too many stride-2 "
+                "stages for this image size?)"
+            )
         out.append(torch.cat([fmap.mean(2), fmap.std(2)], dim=1))
     encoder.train(was_training)
     return torch.cat(out)

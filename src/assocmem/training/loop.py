@@ -293,7 +293,8 @@ def fit(
                     f"evaluate() must return a mapping with 'val_loss', got {metrics!r:.200}"
                 )
             loss = metrics["val_loss"]
-            if loss < best["val_loss"]:
+            # finite only: -inf passed `<` and became the "best" weights a diverged run restored
+            if math.isfinite(loss) and loss < best["val_loss"]:
                 best.update(step=step, val_loss=loss, stale=0)
                 if restore_best:
                     best["state"] = _snapshot(model)
