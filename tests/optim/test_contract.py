@@ -572,3 +572,28 @@ def test_step_inside_autocast_is_the_step_outside_it(memory, options):
             assert torch.is_autocast_enabled("cpu")  # the caller's autocast is back
         b.step()
     assert torch.equal(inside, outside)
+
+
+@pytest.mark.parametrize("memory", ["adam", "momentum", "delta"])
+def test_torch_adams_kernel_options_at_off_are_accepted_and_change_nothing(memory):
+    # a config written for torch.optim.Adam spells out its defaults (amsgrad: false, ...)
+    off = dict(amsgrad=False, fused=None, capturable=False, differentiable=False)
+    results = []
+    for extra in ({}, off, {**off, "fused": False}):
+        torch.manual_seed(0)
+        model = make_model()
+        opt = MemoryOptimizer(model.parameters(), memory=memory, lr=1e-2, **extra)
+        train(model, opt, range(3))
+        assert set(opt.param_groups[0]).isdisjoint(off)  # dropped, not kept in the groups
+        results.append(flat_params(model))
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+
+
+@pytest.mark.parametrize(
+    "option", [dict(amsgrad=True), dict(fused=True), dict(capturable=True),
+               dict(differentiable=True), dict(amsgrad=None)],
+)  # fmt: skip
+def test_torch_adams_kernel_options_asking_for_something_are_refused_saying_why(option):
+    (name,) = option
+    with pytest.raises(ValueError, match=f"{name}=.* is not supported: .*; leave {name} out"):
+        MemoryOptimizer(make_model().parameters(), memory="adam", **option)

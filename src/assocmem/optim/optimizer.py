@@ -41,6 +41,18 @@ _COMMON = {
     "compile": validate.boolean,
 }
 NONFINITE_POLICIES = ("skip", "raise", "ignore")
+# torch.optim.Adam's options that pick its kernels or a variant no preset has, with the value
+# that turns each off: accepted at it (a config written for torch.optim.Adam spells them out,
+# ``amsgrad: false``) and dropped, refused at any other value (what it would ask of us).
+_TORCH_OFF = {
+    "amsgrad": (False, "no preset keeps AMSGrad's running maximum of the second moment"),
+    "fused": (None, "the preset picks its kernels (adam takes torch's fused one where it can)"),
+    "capturable": (False, "see sync_free= for steps without host reads on an accelerator"),
+    "differentiable": (
+        False,
+        "steps are not differentiable through (torch.func for meta-learning)",
+    ),
+}
 # Stepped through an fp32 master copy: fp16 cannot hold eps = 1e-8 or a squared gradient above
 # 256, bf16's 8-bit mantissa loses the sums (norms) the memories are built from, and steps
 # below half an ulp of the parameter vanish, which leaves landscape's secant pairs
@@ -137,6 +149,7 @@ class MemoryOptimizer(Optimizer):
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         if sync_free is not None and not isinstance(sync_free, bool):
             raise ValueError(f"sync_free must be a bool or None, got {sync_free!r}")
+        _drop_torch_off_options(hyper)
         _reject_unknown(hyper, preset, memory)
         defaults = {name: h.default for name, h in preset.hyper.items()}
         defaults.update(_plain_values(hyper))
@@ -656,6 +669,18 @@ def _step_eagerly(opt: MemoryOptimizer, closure: Callable[[], float] | None) -> 
 @torch.compiler.disable
 def _refuse(reason: str) -> None:
     raise RuntimeError(reason)
+
+
+def _drop_torch_off_options(hyper: dict[str, Any]) -> None:
+    """Remove torch.optim.Adam's kernel/variant options set to off (``fused=False`` too) from
+    ``hyper``; refuse one that asks for something (``amsgrad=True``), saying why."""
+    for name, (off, why) in _TORCH_OFF.items():
+        if name not in hyper:
+            continue
+        value = hyper.pop(name)
+        if value is off or value is False:
+            continue
+        raise ValueError(f"{name}={value!r} is not supported: {why}; leave {name} out")
 
 
 def _reject_unknown(hyper: dict[str, Any], preset: Preset, memory: str) -> None:
