@@ -30,7 +30,7 @@ from torch import nn
 from assocmem import MemoryOptimizer, available_memories
 from assocmem.storage import strict_json
 from experiments.loop import state_bytes_per_param
-from experiments.report import replace_section
+from experiments.report import output_path, replace_section
 from experiments.step_cost import Steppable, round_robin_samples
 
 # Layer widths giving ~0.1M and ~5M parameters, with biases (1-D) beside the matrices (2-D);
@@ -319,7 +319,7 @@ def main() -> None:
     parser.add_argument("--record", type=Path, help=argparse.SUPPRESS)  # a --processes child
     parser.add_argument(
         "--write",
-        type=Path,
+        type=output_path,
         help="markdown file whose step-cost section (step-cost-DEVICE off the CPU) to refresh",
     )
     args = parser.parse_args()

@@ -23,7 +23,6 @@ import math
 import statistics
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +32,7 @@ from assocmem.meta.checkpoint import load_checkpoint
 from assocmem.meta.tasks import FAMILIES, HELD_OUT_FAMILIES, sample_task
 from assocmem.optim import MemoryOptimizer
 from assocmem.training import fit
-from experiments.report import replace_section
+from experiments.report import output_path, replace_section
 
 ADAM_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
 LEARNED_MULTIPLIERS = (0.3, 1.0, 3.0, 10.0)
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         "--long-steps", type=int, default=None, help="the long runs' steps (default: 10x horizon)"
     )
     parser.add_argument(
-        "--write", type=Path, help="markdown file whose learned-classic section to refresh"
+        "--write", type=output_path, help="markdown file whose learned-classic section to refresh"
     )
     args = parser.parse_args(argv)
     # refused here, before the memory loads: 0 read as "the default" (the horizon, 10x it),

@@ -17,7 +17,9 @@ import os
 import re
 import shlex
 import statistics
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from assocmem.storage import write_atomically  # noqa: E402
 from experiments.budget import budget_verdict, tail_fall  # noqa: E402
 from experiments.loop import first_reaching  # noqa: E402
 from experiments.step_cost import time_to_target  # noqa: E402
@@ -356,19 +359,29 @@ _SECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 def check_section_name(name: str) -> str:
     """``name`` if it can name a section (letters, digits, ``.``, ``_``, ``-``, not starting
-    with a punctuation mark), else a ``ValueError`` saying so."""
+    with a punctuation mark, not the reserved ``contents``), else a ``ValueError`` saying so."""
     if not isinstance(name, str) or not _SECTION_NAME.fullmatch(name):
         raise ValueError(
             f"section name {name!r}: expected letters, digits, '.', '_' or '-' (first a letter "
             "or digit); it names the section's markers and its plot files"
         )
+    if name == CONTENTS:  # the list of contents is rewritten over it after every write
+        raise ValueError(f"section name {name!r} is reserved for the file's list of contents")
     return name
+
+
+def check_markers(markdown: Path, name: str) -> None:
+    """A ``ValueError`` now if section ``name`` of ``markdown`` (when it exists) could not be
+    replaced later (lone or repeated markers): before a sweep, not after it."""
+    if markdown.is_file():
+        _replaced(markdown.read_text(), name, "")
 
 
 def _replaced(text: str, name: str, body: str) -> str:
     """``text`` with its section ``name`` (between its markers) holding ``body``; appended at
     the end if it has no such section."""
-    check_section_name(name)
+    if name != CONTENTS:
+        check_section_name(name)
     begin, end = f"<!-- report:{name}:begin -->", f"<!-- report:{name}:end -->"
     section = f"{begin}\n{body.rstrip()}\n{end}"
     counts = text.count(begin), text.count(end)
@@ -434,13 +447,38 @@ def _plots_dir(text: str) -> Path:
 
 def replace_section(markdown: Path, name: str, body: str) -> None:
     """Write ``body`` into the section ``name`` of ``markdown``, leaving the rest alone but for
-    its list of contents (:func:`contents`), if it has one, which follows the new headings."""
-    text = markdown.read_text() if markdown.exists() else "# Results\n"
-    text = _replaced(text, name, body)
-    if CONTENTS_BEGIN in text:
-        text = _replaced(text, CONTENTS, contents(text))
+    its list of contents (:func:`contents`), if it has one, which follows the new headings.
+
+    The file is replaced whole (a new file beside it, then ``os.replace``): a write that fails
+    (a full disk) leaves the old file as it was, where an in-place rewrite left it cut short.
+    Writers of one folder take turns (an exclusive lock on the folder, where the platform has
+    ``fcntl``): two experiments refreshing their sections of one file at once lost one's
+    section or doubled the other's markers."""
+    check_section_name(name)
     markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.write_text(text)
+    with _folder_lock(markdown.parent):
+        text = markdown.read_text() if markdown.exists() else "# Results\n"
+        text = _replaced(text, name, body)
+        if CONTENTS_BEGIN in text:
+            text = _replaced(text, CONTENTS, contents(text))
+        write_atomically([(markdown, text.encode())])
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` (no lock file left behind; waits for another
+    holder). Without ``fcntl`` (Windows) it does nothing."""
+    if sys.platform == "win32":
+        yield
+        return
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # The section that lists the others; a file without its markers has none.
@@ -551,6 +589,15 @@ def write_report(
             "",
             f"### {task} (target val_loss {target:.4g})",
             "",
+            *(
+                []
+                if math.isfinite(target)
+                else [
+                    f"No target: the baseline ({baseline_label(baseline)}) diverged on every "
+                    "evaluation seed, so no steps or time to it are given.",
+                    "",
+                ]
+            ),
             *lines,
             "",
             *(recommended + [""] if (recommended := recommended_lines(optimizers)) else []),
@@ -587,6 +634,9 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--plots-dir", type=_plots_dir, default=DEFAULT_PLOTS_DIR)
     args = parser.parse_args()
+    if args.markdown.resolve().is_relative_to(args.root.resolve()):
+        # it would write into the comparison's own records (plan.json, a run's summary)
+        parser.error(f"--markdown {args.markdown} lies inside the runs' folder {args.root}")
     try:
         report = write_report(args.root, args.markdown, args.plots_dir, args.name)
     except ValueError as e:

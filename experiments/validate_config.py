@@ -451,13 +451,15 @@ def validate_compare(cfg: DictConfig) -> None:
     Must run inside a hydra app (``compose`` needs the initialised config search path)."""
     from hydra import compose
 
-    from experiments.report import check_section_name
+    from experiments.report import check_markers, check_section_name
 
     try:
         check_section_name(_get(cfg, "name"))
     except ValueError:
         raise ConfigError(
-            "name", _get(cfg, "name"), "letters, digits, '.', '_' or '-' (a section's name)"
+            "name",
+            _get(cfg, "name"),
+            "letters, digits, '.', '_' or '-' (a section's name), not 'contents'",
         ) from None
     tasks = _names(cfg, "tasks", _group_names("task"))
     variants = _variants(cfg)
@@ -504,6 +506,12 @@ def validate_compare(cfg: DictConfig) -> None:
     markdown = _get(cfg, "report.markdown")
     _writable_dir("report.markdown", markdown, Path(str(markdown)).parent)
     _writable_file("report.markdown", markdown)
+    try:  # markers the report could not replace ended the sweep in a traceback, after it
+        check_markers(Path(str(markdown)).expanduser(), _get(cfg, "name"))
+    except ValueError as e:
+        raise ConfigError(
+            "report.markdown", markdown, f"a file whose section can be replaced ({e})"
+        ) from None
     _writable_dir("report.plots_dir", _get(cfg, "report.plots_dir"))
     for task in tasks:
         configs = [c for o in [baseline, *optimizers] for c in variants.get(o, [o])]
@@ -518,6 +526,16 @@ def validate_compare(cfg: DictConfig) -> None:
                 raise ConfigError(
                     "overrides", list(overrides), f"valid overrides ({first})"
                 ) from None
+            base_lr = run_cfg.optimizer.lr
+            # compare.tune runs the lr base * factor at 6 significant digits: two factors that
+            # round together ran one lr twice into one folder and shrank the grid (an audit)
+            if len({f"{base_lr * float(f):.6g}" for f in factors}) != len(factors):
+                raise ConfigError(
+                    "lr_factors",
+                    list(factors),
+                    f"factors whose learning rates differ at 6 significant digits ({optimizer}'s "
+                    f"base lr is {base_lr})",
+                )
             try:
                 validate_run(run_cfg)
             except ConfigError as e:

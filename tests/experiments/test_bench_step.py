@@ -1,10 +1,16 @@
 """The step-cost benchmark runs and reports every preset against torch's Adam."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from assocmem import available_memories
 from experiments import bench_step, step_cost
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_table_has_every_preset_and_ratios_to_torch_adam(monkeypatch):
@@ -178,3 +184,13 @@ def test_each_process_measures_in_a_child_and_hands_back_its_record(monkeypatch)
     assert "in each of 2 processes" in table
     row = next(line for line in table.splitlines() if line.startswith("| torch Adam (foreach)"))
     assert row.split("|")[3].strip() == "1.00 (1.00–1.00)"
+
+
+@pytest.mark.parametrize("module", ["experiments.bench_step", "experiments.meta_evaluate"])
+def test_a_write_path_that_is_a_folder_is_a_usage_error_before_any_work(tmp_path, module):
+    # checked after the benchmark (30 s and more) before: an IsADirectoryError traceback
+    run = subprocess.run(
+        [sys.executable, "-m", module, "--write", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2 and "is a directory" in run.stderr

@@ -446,3 +446,17 @@ def test_a_report_names_its_baseline(tmp_path):
     assert "Target = tuned `delta`'s mean final validation loss" in text
     assert "| steps-to-target | ×`delta` | time-to-target s | ×`delta` |" in text
     assert "Adam" not in text.replace("| adam |", "")
+
+
+def test_a_baseline_that_diverged_everywhere_is_said_to_leave_no_target(tmp_path):
+    # the heading read "target val_loss nan" and every ratio "—", without a word why
+    from experiments.compare import compare
+    from experiments.report import write_report
+
+    overrides = ["+experiment=smoke", f"out_dir={tmp_path}", "lr_factors=[1000,3000]",
+                 "lr_extensions=0", "optimizers=[adam]", "baseline=delta",
+                 "step_cost.samples=1"]  # fmt: skip
+    with initialize_config_dir(str(CONF), version_base=None):
+        root = compare(compose("compare", overrides=overrides), command="cmd")
+    text = write_report(root, tmp_path / "r.md", tmp_path / "plots", "smoke").read_text()
+    assert "No target: the baseline (`delta`) diverged on every evaluation seed" in text

@@ -98,6 +98,7 @@ def test_a_section_name_must_fit_its_markers_and_plot_files(tmp_path):
     from experiments.report import check_section_name, replace_section
 
     names = re.findall(r"<!-- report:(.*?):begin -->", (REPO / "docs" / "results.md").read_text())
+    names = [n for n in names if n != "contents"]  # the file's list of contents, reserved
     assert len(names) > 40 and all(check_section_name(n) == n for n in names)
     for bad in ("", "bad -->name", "a/b", "-x", "a b"):
         with pytest.raises(ValueError, match="section name"):
@@ -123,3 +124,71 @@ def test_a_record_that_is_not_json_is_named(tmp_path):
     (seed / "summary.json").write_text("{")
     with pytest.raises(ValueError, match=r"seed1/summary.json: not a readable JSON record"):
         load_runs(tmp_path)
+
+
+def test_contents_is_not_a_section_name_a_report_may_take(tmp_path):
+    # accepted before, then overwritten by the list of contents: the table vanished
+    from experiments.report import check_section_name
+
+    with pytest.raises(ValueError, match="reserved"):
+        check_section_name("contents")
+    md = tmp_path / "r.md"
+    md.write_text("# R\n\n<!-- report:contents:begin -->\n<!-- report:contents:end -->\n")
+    with pytest.raises(ValueError, match="reserved"):
+        replace_section(md, "contents", "## Comparison `contents`\ntable")
+    replace_section(md, "a", "## A\ntable")  # the list itself is still refreshed
+    assert "- [A](#a)" in md.read_text()
+
+
+def test_a_write_that_fails_leaves_the_file_as_it_was(tmp_path):
+    # the file was rewritten in place: a full disk (here a file-size limit) cut it in half
+    import resource
+    import signal
+
+    md = tmp_path / "r.md"
+    replace_section(md, "a", "## A\n" + "x" * 20_000)
+    before = md.read_bytes()
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) // 2, limits[1]))
+    try:
+        with pytest.raises(OSError):
+            replace_section(md, "b", "## B\ntable")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert md.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["r.md"]  # no temporary file left
+
+
+def _write_many(md: str, name: str, times: int) -> None:
+    for i in range(times):
+        replace_section(Path(md), name, f"## {name}\nvalue {i}")
+
+
+def test_two_processes_writing_sections_of_one_file_keep_both(tmp_path):
+    # read-modify-write raced: one writer's section was lost or its markers doubled
+    import multiprocessing
+
+    md = tmp_path / "r.md"
+    md.write_text("# R\n")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_write_many, args=(str(md), n, 40)) for n in ("x", "y")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    text = md.read_text()
+    for name in ("x", "y"):
+        assert text.count(f"<!-- report:{name}:begin -->") == 1
+        assert f"## {name}\nvalue 39" in text
+
+
+def test_the_report_refuses_to_write_into_the_runs_folder(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "experiments.report", str(tmp_path), "--name", "x",
+         "--markdown", str(tmp_path / "plan.json")],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2 and "inside the runs' folder" in run.stderr

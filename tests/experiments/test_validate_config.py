@@ -200,6 +200,19 @@ def test_compare_report_path_must_be_writable(tmp_path, not_a_dir):
     _compare_refuses(tmp_path, f"report.plots_dir={not_a_dir}", "^report.plots_dir = ")
 
 
+def test_compare_refuses_a_report_file_whose_markers_it_could_not_replace(tmp_path):
+    # checked after the whole sweep before: every run made, then a traceback
+    md = tmp_path / "r.md"
+    pair = "<!-- report:smoke:begin -->\na\n<!-- report:smoke:end -->\n"
+    md.write_text("# R\n" + pair + pair)
+    _compare_refuses(tmp_path, f"report.markdown={md}", "^report.markdown = .*2 begin and 2 end")
+
+
+def test_compare_refuses_lr_factors_that_round_to_one_learning_rate(tmp_path):
+    # compare.tune runs base * factor at 6 significant digits: one lr ran twice, one folder
+    _compare_refuses(tmp_path, "lr_factors=[1.0,1.0000001]", "^lr_factors = .*6 significant")
+
+
 def test_compare_report_markdown_must_be_a_writable_file(tmp_path):
     # checked before the sweep: the report is written after every run has finished
     folder = tmp_path / "a_folder.md"
