@@ -194,3 +194,28 @@ def test_hf_energy_baseline_runs(bench):
     assert set(res) == {*FAMILY_NAMES, "all"}
     for m in res.values():
         assert 0.0 <= m["auc"] <= 1.0 and 0.0 <= m["acc"] <= 1.0 and m["n_test"] > 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"resize_scale": (0.5, 0.8)},  # a zoom-out cropped past the image: black borders
+        {"resize_scale": (1.5, 1.1)},  # reversed: failed at the first batch, even at p = 0
+        {"blur_sigma": (-2.0, -1.0)},  # blurred anyway
+        {"jpeg_quality": (0, 120)},  # Pillow clamped it silently
+        {"jpeg_quality": (60.5, 90)},
+        {"jpeg_quality": 90},
+    ],
+)
+def test_post_processing_ranges_are_checked_when_configured(bad):
+    (name,) = bad
+    with pytest.raises(ValueError, match=name):
+        PostProcessConfig(**bad)
+
+
+def test_post_processing_names_a_batch_that_is_not_uint8():
+    # Pillow said "Cannot handle this data type"
+    with pytest.raises(TypeError, match="uint8"):
+        postprocess(
+            np.zeros((2, 3, 8, 8), np.float32), PostProcessConfig(), np.random.default_rng(0)
+        )

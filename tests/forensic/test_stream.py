@@ -116,6 +116,9 @@ def test_held_out_families_are_refused_or_absent(bench):
     ("kwargs", "match"),
     [
         ({"families": "double_jpeg"}, "sequence of names"),  # not its letters
+        # a set's order changes with the hash seed: one seed, another stream per process
+        ({"families": {"splice", "double_jpeg"}}, "a set has no fixed order"),
+        ({"batch_size": 2.0}, "whole number >= 2"),  # said ">= 0", the minimum is 2
         ({"families": ("splice", "splice", "double_jpeg")}, "twice"),  # doubled its share
         ({"seed": -1}, "seed"),
         ({"seed": 1.5}, "seed"),

@@ -13,6 +13,8 @@ Images are uint8 (3, P, P) arrays; PIL does the work so the codecs match what us
 from __future__ import annotations
 
 import io
+import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,11 +75,33 @@ class PostProcessConfig:
             raise ValueError(
                 f"final_jpeg_quality must be in [1, 100], got {self.final_jpeg_quality}"
             )
+        # The ranges each step draws from (every draw is made, whatever its probability: a
+        # reversed range failed at the first batch even with p = 0): a zoom below 1 cropped
+        # past the image (black borders in both classes), a quality outside [1, 100] was
+        # clamped by Pillow, a negative sigma blurred anyway.
+        _check_range("resize_scale", self.resize_scale, 1.0, math.inf)
+        _check_range("blur_sigma", self.blur_sigma, 0.0, math.inf)
+        _check_range("jpeg_quality", self.jpeg_quality, 1, 100, whole=True)
 
     @classmethod
     def none(cls) -> PostProcessConfig:
         """No post-processing at all (for tests that compare a fake with its source)."""
         return cls(p_resize=0.0, p_blur=0.0, p_jpeg=0.0)
+
+
+def _check_range(name: str, value: object, low: float, high: float, *, whole: bool = False) -> None:
+    """``value`` is a ``(lo, hi)`` pair with ``low <= lo <= hi <= high`` (integers if
+    ``whole``), else a ``ValueError`` naming ``name``."""
+    kinds = numbers.Integral if whole else numbers.Real
+    ok = (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, kinds) and not isinstance(v, bool) for v in value)
+        and low <= value[0] <= value[1] <= high
+    )
+    if not ok:
+        kind = "integers" if whole else "numbers"
+        raise ValueError(f"{name} must be two {kind} lo <= hi in [{low}, {high}], got {value!r}")
 
 
 def _to_pil(chw: np.ndarray) -> Image.Image:
@@ -114,6 +138,12 @@ def postprocess(
     The coin flips are drawn for all N images up front, independently of anything else about the
     image, so the label cannot influence which images are processed.
     """
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        raise TypeError(
+            "postprocess takes a (N, 3, P, P) uint8 array, got "
+            + (f"{images.dtype} of shape {images.shape}" if isinstance(images, np.ndarray)
+               else type(images).__name__)
+        )  # fmt: skip
     n = len(images)
     u = rng.random((n, 3))
     scales = rng.uniform(*config.resize_scale, size=n)

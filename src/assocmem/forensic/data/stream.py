@@ -121,11 +121,17 @@ class TrainStream(IterableDataset):
         self.real_twins = bool(real_twins)
         self.post = bench.config.post if post is None else post
         self.trace_strength = None if trace_strength is None else checked_strength(trace_strength)
-        if isinstance(families, str):  # tuple("splice") would be its letters
-            raise ValueError(f"families must be a sequence of names, got {families!r}")
-        for name, value in (("batch_size", batch_size), ("seed", seed)):
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+        # tuple("splice") would be its letters; a set's order changes with the process's hash
+        # seed, and the family draw indexes that order: one seed, another stream per process
+        if isinstance(families, str) or not isinstance(families, Sequence):
+            raise ValueError(
+                f"families must be a sequence of names (a list or tuple: a set has no fixed "
+                f"order), got {families!r}"
+            )
+        for name, value, least in (("batch_size", batch_size, 2), ("seed", seed, 0)):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
+                why = " (half real, half fake)" if name == "batch_size" else ""
+                raise ValueError(f"{name} must be a whole number >= {least}{why}, got {value!r}")
         fams = tuple(families)
         if len(set(fams)) != len(fams):  # a repeat silently doubled that family's share
             raise ValueError(f"families names a family twice: {fams}")
@@ -134,8 +140,6 @@ class TrainStream(IterableDataset):
             raise ValueError(
                 f"families must be a non-empty subset of {bench.config.families}, got {fams}"
             )
-        if batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (half real, half fake), got {batch_size}")
         self.crops = PhotoCrops(bench, "train")
         self.config = bench.config
         self.families = fams
