@@ -167,3 +167,40 @@ def test_a_fresh_memory_draws_its_weights_at_the_documented_scales(d_key, d_valu
     assert abs(float(m.w1.std()) * d_key**0.5 - 1) < 0.05
     assert abs(float(m.w2.std()) * hidden**0.5 - 1) < 0.05
     assert not m.b1.any() and not m.b2.any() and not m.skip.any()
+
+
+def test_a_tensor_rate_that_would_grow_or_promote_the_memory_is_refused():
+    # retain_and_step broadcast it silently: float64 fields, or biases with new dims
+    D = deep_memory(4, 3, 8, seed=0)
+    k, v = pairs(5)
+    with pytest.raises(ValueError, match="lr and retention"):
+        deep_write(D, k, v, lr=0.1, retention=torch.tensor([0.9], dtype=torch.float64))
+    with pytest.raises(ValueError, match="lr and retention"):
+        deep_write(D, k, v, lr=torch.full((2, 1, 1), 0.1))
+    same = deep_write(D, k, v, lr=torch.tensor(0.1), retention=torch.tensor(0.9))
+    assert all(getattr(same, f).shape == getattr(D, f).shape for f in ("w1", "b1", "w2", "b2"))
+
+
+@pytest.mark.parametrize(
+    ("keys", "values"),
+    [
+        (torch.randn(2, 5, 4), torch.randn(2, 5, 3)),  # one grad per batch, not per key
+        (torch.randn(4), torch.randn(3)),  # a single pair: vmap over its coordinates
+        (torch.randn(0, 4), torch.randn(0, 3)),  # IndexError inside vmap
+        (torch.randn(5, 4), torch.randn(4, 3)),
+    ],
+)
+def test_per_key_grads_takes_a_non_empty_batch_of_pairs(keys, values):
+    with pytest.raises(ValueError, match=r"non-empty batch of pairs \(n, k\), \(n, v\)"):
+        per_key_grads(deep_memory(4, 3, 8, seed=0), keys, values)
+
+
+def test_a_memory_of_another_kind_is_named():
+    from assocmem.memory import matrix_memory, read
+
+    with pytest.raises(TypeError, match="expected a DeepMemory, got MatrixMemory"):
+        deep_read(matrix_memory(4, 3), torch.randn(4))
+    with pytest.raises(TypeError, match="ElementwiseMemory or a MatrixMemory, got DeepMemory"):
+        read(deep_memory(4, 3, 8, seed=0), torch.randn(4))
+    with pytest.raises(TypeError, match="got Tensor"):
+        read(torch.zeros(3, 4), torch.randn(4))

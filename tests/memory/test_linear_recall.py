@@ -240,3 +240,31 @@ def test_a_batched_memory_names_keys_of_another_batch_shape():
     assert read(M, torch.ones(1, 7, 3)).shape == (4, 7, 2)
     assert read(M, torch.ones(7, 3)).shape == (4, 7, 2)
     assert hebbian_write(M, torch.ones(4, 7, 3), torch.ones(4, 7, 2), lr=1.0).M.shape == (4, 2, 3)
+
+
+def test_unbroadcastable_elementwise_keys_and_rate_tensors_are_named():
+    import pytest
+
+    m = elementwise_memory(torch.zeros(4))
+    with pytest.raises(ValueError, match=r"cannot take a key of shape \(3,\).*do not broadcast"):
+        hebbian_write(m, torch.ones(3), torch.ones(4))
+    # the culprit is lr, not "key and value"
+    M = matrix_memory(4, 3)
+    with pytest.raises(ValueError, match="key, value, lr and retention"):
+        hebbian_write(
+            M, torch.randn(4), torch.randn(3), lr=torch.tensor([0.5], dtype=torch.float64)
+        )
+
+
+def test_complex_memories_are_refused_not_recalled_wrongly():
+    # the delta write used k^T: at lr 1/k.k-bar a complex memory missed v by 0.5
+    import pytest
+
+    k = torch.randn(4, dtype=torch.complex64)
+    v = torch.randn(3, dtype=torch.complex64)
+    M = matrix_memory(4, 3, dtype=torch.complex64)
+    for write in (delta_write, hebbian_write):
+        with pytest.raises(ValueError, match="real view"):
+            write(M, k, v)
+    with pytest.raises(ValueError, match="real view"):
+        read(ElementwiseMemory(torch.zeros(3, dtype=torch.complex64)))

@@ -112,6 +112,8 @@ def _activation(activation: Activation) -> Callable[[Tensor], Tensor]:
 
 def _params(state: DeepMemory) -> dict[str, Tensor]:
     # torch.func transforms take tensors only; an absent skip is simply not a parameter.
+    if not isinstance(state, DeepMemory):  # a MatrixMemory failed with KeyError: 'w2'
+        raise TypeError(f"expected a DeepMemory, got {type(state).__name__}")
     return {name: t for name, t in state._asdict().items() if t is not None}
 
 
@@ -196,6 +198,13 @@ def per_key_grads(
     (Titans) weigh.
     """
     act, fn = _activation(activation), loss or _l2
+    # vmap maps the first dim: (b, n, k) keys gave one grad per batch (its n keys averaged),
+    # one pair (k,) mapped over coordinates, an empty batch failed inside vmap
+    if keys.dim() != 2 or values.dim() != 2 or len(keys) != len(values) or len(keys) == 0:
+        raise ValueError(
+            "per_key_grads takes a non-empty batch of pairs (n, k), (n, v); got keys "
+            f"{tuple(keys.shape)} and values {tuple(values.shape)}"
+        )
 
     def one(k: Tensor, v: Tensor) -> dict[str, Tensor]:
         return torch.func.grad(_loss)(_params(state), k[None], v[None], act, fn)
@@ -233,6 +242,14 @@ def retain_and_step(
                 )
             kept = p0 + retention * (p - p0)
         new[name] = kept - lr * g
+        # a tensor lr or retention of another shape or a wider dtype grew or promoted every
+        # field silently (the linear memories refuse both: linear.kept)
+        if new[name].shape != p.shape or new[name].dtype != p.dtype:
+            raise ValueError(
+                f"the write would turn the memory's {name!r} ({p.dtype} {tuple(p.shape)}) into "
+                f"{new[name].dtype} {tuple(new[name].shape)}: lr and retention must be floats or "
+                "tensors that keep its shape and dtype"
+            )
     return DeepMemory(**new)
 
 

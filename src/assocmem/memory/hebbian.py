@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from assocmem.memory.linear import ElementwiseMemory, LinearMemory, MatrixMemory, as_pairs, kept
+from assocmem.memory.linear import (
+    ElementwiseMemory,
+    LinearMemory,
+    MatrixMemory,
+    as_pairs,
+    kept,
+    same_shape,
+)
 
 
 def hebbian_write(
@@ -46,6 +53,10 @@ def hebbian_write(
         [1.0, 1.0, 1.0]
     """
     if isinstance(state, ElementwiseMemory):
+        # named here: value * key of unbroadcastable shapes was torch's unnamed size error
+        same_shape(state.m, value, "value")
+        if key is not None:
+            same_shape(state.m, key, "key")
         signal = value if key is None else value * key
         return ElementwiseMemory(kept(state, state.m * retention + lr * signal))
     if key is None:

@@ -92,6 +92,7 @@ def as_pairs(state: MatrixMemory, key: Tensor, value: Tensor) -> tuple[Tensor, T
     """``(key, value)`` as the batch of pairs ``state`` takes: a single pair ``(k,), (v,)`` viewed
     as a batch of one ``(1, k), (1, v)``. Keys and values that do not fit ``state``'s map
     ``(d_value, d_key)`` or its dtype are refused (:func:`check_fit`)."""
+    memory_tensor(state)  # a memory of another kind, or complex, refused by name
     if key.dim() == 1:
         key = key.unsqueeze(0)
     if value.dim() == 1:
@@ -118,14 +119,36 @@ def unpromoted(held: Tensor, new: Tensor, made: str, fix: str) -> Tensor:
 
 def kept(state: LinearMemory, new: Tensor) -> Tensor:
     """``new``, the written state, if it has ``state``'s shape and dtype: a write never grows a
-    memory by broadcasting a key or value of another shape, nor promotes its dtype."""
-    old = state.m if isinstance(state, ElementwiseMemory) else state.M
+    memory by broadcasting a key, value or rate of another shape, nor promotes its dtype."""
+    old = memory_tensor(state)
     if new.shape != old.shape:
         raise ValueError(
             f"the write would turn a memory of shape {tuple(old.shape)} into one of shape "
-            f"{tuple(new.shape)}: key and value must match it"
+            f"{tuple(new.shape)}: key, value, lr and retention must match it"
         )
-    return unpromoted(old, new, "the write", "key and value")
+    return unpromoted(old, new, "the write", "key, value, lr and retention")
+
+
+def memory_tensor(state: LinearMemory) -> Tensor:
+    """The tensor a linear memory holds; a ``TypeError`` for anything else (a deep memory or a
+    bare tensor failed with an ``AttributeError`` naming a field), and a ``ValueError`` for a
+    complex one: the writes are real-valued gradient steps (``k^T``, not ``k^H``), so a complex
+    memory did not recall what it stored; step the real view (``torch.view_as_real``), as the
+    optimizers do."""
+    if isinstance(state, ElementwiseMemory):
+        tensor = state.m
+    elif isinstance(state, MatrixMemory):
+        tensor = state.M
+    else:
+        raise TypeError(
+            f"expected an ElementwiseMemory or a MatrixMemory, got {type(state).__name__}"
+        )
+    if tensor.is_complex():
+        raise ValueError(
+            f"a {tensor.dtype} memory is not supported: its writes are real gradient steps; "
+            "use the real view (torch.view_as_real)"
+        )
+    return tensor
 
 
 def same_shape(held: Tensor, x: Tensor, name: str) -> None:
@@ -135,11 +158,15 @@ def same_shape(held: Tensor, x: Tensor, name: str) -> None:
     ``h k``) and a scalar key are their own shapes broadcast, and read."""
     if x.shape == held.shape:
         return
-    shape = torch.broadcast_shapes(held.shape, x.shape)
-    if shape != held.shape and shape != x.shape:
+    try:
+        shape = torch.broadcast_shapes(held.shape, x.shape)
+    except RuntimeError:  # torch's "Attempting to broadcast a dimension" named neither
+        shape = None
+    if shape is None or (shape != held.shape and shape != x.shape):
+        together = "do not broadcast" if shape is None else f"broadcast to {tuple(shape)}"
         raise ValueError(
             f"an elementwise memory of shape {tuple(held.shape)} cannot take a {name} of "
-            f"shape {tuple(x.shape)}: together they broadcast to {tuple(shape)}"
+            f"shape {tuple(x.shape)}: together they {together}"
         )
 
 
@@ -153,11 +180,12 @@ def read(state: LinearMemory, key: Tensor | None = None) -> Tensor:
     or ``(..., n, v)``; a key of another size or dtype is refused. A read refuses what a write
     with the same key refuses, by the same checks.
     """
+    memory = memory_tensor(state)
     if isinstance(state, ElementwiseMemory):
         if key is None:
-            return state.m
-        same_shape(state.m, key, "key")
-        return unpromoted(state.m, state.m * key, "the recall", "the key")
+            return memory
+        same_shape(memory, key, "key")
+        return unpromoted(memory, memory * key, "the recall", "the key")
     if key is None:
         raise ValueError("a matrix memory needs a key to read")
     check_fit(state.M.shape[-2:], state.M.dtype, key, batch=state.M.shape[:-2])
