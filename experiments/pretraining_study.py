@@ -65,6 +65,18 @@ ARMS: dict[str, dict[str, Any] | None] = {
         "masker": {"domain": "frequency", "kind": "spectral", "ratio": 0.75, "patch": 4},
         "loss": "pixel",
     },
+    # "frequency" (ratio 0.5, pixel + log-amplitude loss) with DC always kept: whether its
+    # margin needed the removed mean colour in its target.
+    "frequency-keepdc": {
+        "masker": {
+            "domain": "frequency",
+            "kind": "spectral",
+            "ratio": 0.5,
+            "patch": 4,
+            "keep_dc": True,
+        },
+        "loss": "both",
+    },
     "frequency-matched-keepdc": {
         "masker": {
             "domain": "frequency",
@@ -224,6 +236,17 @@ def _flattening(curve: list[list[float]]) -> float:
     return (half - last) / half
 
 
+def arm_recipe(arm: str) -> str:
+    """``arm``'s masking recipe in words: domain, ratio, DC, loss (``none``: no pretraining)."""
+    spec = ARMS.get(arm)
+    if spec is None:
+        return f"`{arm}` no pretraining" if arm in ARMS else f"`{arm}` (not an arm of this code)"
+    m = spec["masker"]
+    dc = ", DC always kept" if m.get("keep_dc") else ""
+    loss = {"pixel": "pixel L2", "freq": "log-amplitude", "both": "pixel L2 + log-amplitude"}
+    return f"`{arm}` {m['domain']} masks, ratio {m['ratio']}{dc}, loss {loss[spec['loss']]}"
+
+
 def markdown(runs: list[dict[str, Any]], command: str) -> str:
     arms: dict[str, list[dict[str, Any]]] = {}
     for r in runs:  # a weight-averaged run is another recipe: its own row
@@ -240,6 +263,10 @@ def markdown(runs: list[dict[str, Any]], command: str) -> str:
         "the frozen features. Fine-tune: encoder + linear head on the stream, Adam, "
         "early-stopped on validation. Threshold on validation reals for 5 % FPR; test split. "
         f"Seen: {', '.join(SEEN)}; held out: {', '.join(HELDOUT)}. Mean ± std over seeds.",
+        "",
+        "Arms: "
+        + "; ".join(arm_recipe(arm) for arm in dict.fromkeys(r["arm"] for r in runs))
+        + ".",
         "",
         "| pretraining | seeds | pretrain steps (val loss drop over 2nd half) | probe seen AUC "
         "| probe held-out AUC | fine-tuned seen AUC | fine-tuned held-out AUC | test-real FPR "
