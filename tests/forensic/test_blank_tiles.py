@@ -236,3 +236,54 @@ def test_textured_patches_is_detectors_rule_and_calibrates_ones_own_detector(tmp
     assert [bool(d.textured_tiles(x)[0]) for x in reals] == keep.tolist()
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         textured_patches(reals[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_images_decide_blank_tiles_as_their_uint8_copy(dtype):
+    # a slack of 255 eps grey levels (2 for bfloat16) made every bfloat16 tile textured: flat
+    # images were scored, and called fake
+    d = Detector(model=torch.nn.Identity(), patch_size=32, threshold=0.0, stride=32)
+    for level in (0, 128, 200, 255):
+        flat = torch.full((3, 32, 32), level, dtype=torch.uint8)
+        assert d.textured_tiles(flat.to(dtype) / 255).tolist() == [False], level
+    three = torch.full((3, 32, 32), 100, dtype=torch.uint8)  # three levels, spread 0.82: blank
+    three[:, ::3] = 101
+    three[:, 1::3] = 99
+    assert d.textured_tiles(three).tolist() == [False]
+    assert d.textured_tiles(three.to(dtype) / 255).tolist() == [False]
+    stripes = torch.full((3, 32, 32), 100, dtype=torch.uint8)
+    stripes[:, :, ::2] = 102  # spread one level: textured
+    assert d.textured_tiles(stripes.to(dtype) / 255).tolist() == [True]
+
+
+def test_an_image_without_blank_tiles_takes_its_sizes_threshold_at_every_stride():
+    # stride^2 / P^2 per overlapping tile counted 56 of a 256 px image's 64 tiles at stride 16:
+    # decided at the 128 px threshold
+    image = textured(256, 256)
+    thresholds = {s: Detector.load(stride=s).score_one(image).threshold for s in (32, 16, 8)}
+    assert thresholds[16] == thresholds[8] == thresholds[32] == Detector.load().threshold_for(64)
+
+
+def test_an_image_thinner_than_min_side_is_refused_naming_why(detector: Detector):
+    from assocmem.forensic.detector import MIN_SIDE
+
+    for h, w in ((1, 300), (300, MIN_SIDE - 1)):
+        with pytest.raises(ValueError, match=f"too thin to score: sides under {MIN_SIDE} px"):
+            detector.score_one(textured(h, w))
+    assert detector.score_one(textured(MIN_SIDE, 300)).tiles > 0
+
+
+def test_a_float64_detector_scores_in_its_own_dtype():
+    # tiles were always cast to float32: "Input type (float) and bias type (double)"
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(0)).double()  # fmt: skip
+    d = Detector(model=model, patch_size=32, threshold=0.0, stride=32)
+    image = textured(64, 64)
+    expected = model(tiles(image, 32, 32).double() / 255).mean()
+    # pixels are divided by 255 in float32 and tile logits kept as float32: float32 rounding
+    assert d.score_one(image).score == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_a_meta_tensor_is_refused_as_an_image(detector: Detector):
+    with pytest.raises(ValueError, match="meta device"):
+        detector.score_one(torch.empty(3, 64, 64, device="meta"))

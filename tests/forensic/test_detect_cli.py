@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # name -> (width, height) as the detector reads it; tiles = the padded grid of 32 x 32 tiles
 GOOD = {
     "good.png": ((77, 100), 3 * 4),  # 78 -> 0, 32, 46; 100 -> 0, 32, 64, 68
-    "huge.png": ((5000, 2), 157),  # 2 rows reflected to 32; 5000 -> 156 regular + 1 edge
+    "huge.png": ((5000, 4), 157),  # 4 rows reflected to 32; 5000 -> 156 regular + 1 edge
     "tiny.png": ((7, 5), 1),
     "gray.png": ((40, 40), 4),
     "cmyk.jpg": ((40, 40), 4),
@@ -54,7 +54,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return rng.integers(0, high, shape, dtype=dtype)
 
     Image.fromarray(noise(100, 77, 3)).save(d / "good.png")
-    Image.fromarray(noise(2, 5000, 3)).save(d / "huge.png")  # 10 kpixels: cheap, extreme shape
+    Image.fromarray(noise(4, 5000, 3)).save(d / "huge.png")  # 20 kpixels: cheap, extreme shape
     Image.fromarray(noise(5, 7, 3)).save(d / "tiny.png")
     Image.fromarray(noise(40, 40)).save(d / "gray.png")
     Image.fromarray(noise(40, 40, 4), "RGBA").convert("CMYK").save(d / "cmyk.jpg")

@@ -95,6 +95,11 @@ T = TypeVar("T")
 # level, against 6-18 % under 4, and under 4 a whole 64 px fake (smoothed by its family)
 # escaped with no score at all.
 BLANK_STD = 1.0
+# The shortest side an image may have. Tiles of a thinner image are mostly reflected copies of
+# its one to three rows, which is the trace of up-sampling the detector looks for: the shipped
+# detector flagged 75 %, 25 % and 25 % of 1, 2 and 3 px strips of the fresh real photos, and
+# none of 4 to 16 px ones (80 strips each, 2026-12-07).
+MIN_SIDE = 4
 _BLANK_CHUNK = 4096  # tiles whose spreads are computed at once (~100 MB of float64 at 32 px)
 
 ImageInput = Union[str, os.PathLike, Image.Image, Tensor]  # noqa: UP007 (a runtime alias)
@@ -299,7 +304,14 @@ class Detector:
         return self._logits(self._tiles(as_image_tensor(image)))
 
     def _tiles(self, image: Tensor) -> Tensor:
-        """``image``'s tiles (n, 3, P, P), in ``tiling.tile_grid`` order."""
+        """``image``'s tiles (n, 3, P, P), in ``tiling.tile_grid`` order; an image with a side
+        under ``MIN_SIDE`` is refused (its tiles would be reflected copies of its rows)."""
+        if min(image.shape[-2:]) < MIN_SIDE:
+            raise ValueError(
+                f"an image of {image.shape[-2]} x {image.shape[-1]} px is too thin to score: "
+                f"sides under {MIN_SIDE} px are filled by reflecting their rows, which reads as "
+                "up-sampling (most real strips of 1-3 px were called fake)"
+            )
         return tiles(image, self.patch_size, self.stride, self.alignment)
 
     def _logits(self, cut: Tensor, progress: Callable[[int, int], None] | None = None) -> Tensor:
@@ -309,13 +321,15 @@ class Detector:
         was_training = self.model.training
         self.model.eval()  # BatchNorm's running statistics: a tile's score ignores its batch
         try:
-            device = next(self.model.parameters()).device
+            weight = next(self.model.parameters())
             out = []
             for start in range(0, len(cut), self.batch_size):
                 batch = cut[start : start + self.batch_size]
-                # the benchmark's convention: uint8 pixels / 255, float32
+                # the benchmark's convention: uint8 pixels / 255, in the network's dtype (a
+                # float64 detector failed on the float32 tiles it was given)
                 x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
-                out.append(self._view_mean(x.to(device)).float().cpu())
+                x = x.to(device=weight.device, dtype=weight.dtype)
+                out.append(self._view_mean(x).float().cpu())
                 if progress is not None:
                     progress(start + len(batch), len(cut))
         finally:
@@ -347,13 +361,13 @@ class Detector:
         blank = int((~textured).sum())
         tile_logits = self._logits(cut[textured], progress)
         _, h, w = x.shape
-        # the count a threshold is chosen by: whole tiles less the blank ones (a mean over fewer
-        # tiles varies more: a higher threshold). At a stride under the tile size the tiles
-        # overlap, and each brings stride^2 new pixels of a tile's P^2: so many textured tiles
-        # are that many P^2-tiles' worth (counted as they were, every textured overlapping tile
-        # one whole tile, blank areas never lowered the count below the grid's)
-        worth = len(tile_logits) * self.stride**2 // self.patch_size**2
-        area = max(1, min(self.area_tiles(h, w), worth))
+        # the count a threshold is chosen by: the whole tiles that fit, less the blank ones'
+        # share (a mean over fewer tiles varies more: a higher threshold). As a share of the
+        # tiles cut, it holds at any stride: with no blank tile it is the image's whole-tile
+        # count (stride^2 / P^2 per overlapping tile undercounted the edges' tiles, and put an
+        # image with no blank tile at a smaller size's threshold at strides under P)
+        worth = self.area_tiles(h, w) * len(tile_logits) // len(cut)
+        area = max(1, worth)
         threshold = self.threshold_for(area)
         logit = combine_logits(tile_logits) if len(tile_logits) else math.nan
         return ImageScore(
@@ -475,7 +489,11 @@ def textured_patches(patches: Tensor, min_std: float = BLANK_STD) -> Tensor:
     """
     if patches.dim() != 4:
         raise ValueError(f"patches must be (N, C, H, W), got {tuple(patches.shape)}")
-    if patches.dtype == torch.uint8:
+    quantised = patches.dtype in (torch.float16, torch.bfloat16)
+    if patches.dtype == torch.uint8 or quantised:
+        # half precision rounds a level by up to 0.25 (float16) or 2 (bfloat16) grey levels, a
+        # slack of that size made every bfloat16 tile textured: read its nearest grey levels
+        # instead, as its uint8 copy would be read
         scale, slack = 1.0, 0.0
     else:
         # A float image holds its levels to its dtype's rounding: up to eps of the value,
@@ -486,6 +504,8 @@ def textured_patches(patches: Tensor, min_std: float = BLANK_STD) -> Tensor:
     # in chunks: a float64 copy of every tile of a large image at once took gigabytes
     for start in range(0, len(patches), _BLANK_CHUNK):
         part = patches[start : start + _BLANK_CHUNK].flatten(2).double()  # (n, channels, pixels)
+        if quantised:
+            part = (part * 255.0).round()
         spread = part.std(dim=2, correction=0).amax(dim=1) * scale
         textured[start : start + len(part)] = spread >= min_std - slack
     return textured
@@ -502,6 +522,8 @@ def as_image_tensor(image: ImageInput) -> Tensor:
     if isinstance(image, Image.Image):  # as given: its EXIF tag is not applied either
         return torch.from_numpy(np.asarray(to_rgb(image)).copy()).permute(2, 0, 1)
     if isinstance(image, Tensor):
+        if image.device.type == "meta":  # failed later with a RuntimeError of the tiles
+            raise ValueError("an image tensor on the meta device holds no pixels to score")
         if image.dim() != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
             raise ValueError(f"an image tensor must be (3, H, W), got {tuple(image.shape)}")
         if image.dtype == torch.uint8:
