@@ -494,3 +494,21 @@ def test_a_large_image_reports_its_tiles_as_they_are_scored(weights):
     bar(64, _TILE_PROGRESS_FROM - 1)  # a small image: no bar
     assert bar.bar is None
     bar.close()
+
+
+def test_without_the_forensic_extra_the_command_names_what_to_install(monkeypatch, capsys):
+    # a plain `pip install assocmem` ran the console script into "No module named 'PIL'"
+    import importlib.util
+
+    import assocmem.forensic as forensic
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "PIL" else real(name, *a)
+    )
+    assert forensic.detect_main(["--help"]) == 1
+    assert "pip install 'assocmem[forensic]' (missing: pillow)" in capsys.readouterr().err
+    with pytest.raises(ModuleNotFoundError, match=r"assocmem\[forensic\]"):
+        forensic.__getattr__("Detector")
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    assert forensic.detect_main(["--help"]) == 0
