@@ -312,7 +312,7 @@ def test_ctrl_c_keeps_what_was_scored(weights, folder, tmp_path, capsys, monkeyp
 
 def test_console_script_and_shipped_files_are_declared():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert project["project"]["scripts"]["assocmem-detect"] == "assocmem.forensic.detect:main"
+    assert project["project"]["scripts"]["assocmem-detect"] == "assocmem.forensic:detect_main"
     shipped = project["tool"]["setuptools"]["package-data"]["assocmem"]
     assert {"forensic/checkpoints/*.safetensors", "forensic/checkpoints/*.json"} <= set(shipped)
 
