@@ -77,6 +77,19 @@ ARMS: dict[str, dict[str, Any] | None] = {
         },
         "loss": "both",
     },
+    # One factor each from "frequency-keepdc": its loss without the log-amplitude term, and
+    # the pixel arm with that term (is it the loss rather than the domain?).
+    "frequency-keepdc-pixelloss": {
+        "masker": {
+            "domain": "frequency",
+            "kind": "spectral",
+            "ratio": 0.5,
+            "patch": 4,
+            "keep_dc": True,
+        },
+        "loss": "pixel",
+    },
+    "pixel-both": {"masker": {"domain": "pixel", "ratio": 0.75, "patch": 4}, "loss": "both"},
     "frequency-matched-keepdc": {
         "masker": {
             "domain": "frequency",
