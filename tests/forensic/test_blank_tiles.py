@@ -287,3 +287,22 @@ def test_a_float64_detector_scores_in_its_own_dtype():
 def test_a_meta_tensor_is_refused_as_an_image(detector: Detector):
     with pytest.raises(ValueError, match="meta device"):
         detector.score_one(torch.empty(3, 64, 64, device="meta"))
+
+
+def test_a_large_image_is_cut_a_chunk_of_tiles_at_a_time_with_the_same_bits(monkeypatch):
+    # every tile was cut at once: 9x a large image's pixels at stride 32, 82x at stride 8
+    import assocmem.forensic.detector as det
+
+    d = Detector.load(stride=16, batch_size=5)
+    image = textured(150, 230)
+    image[:, :60, :100] = 128  # blank tiles among textured ones
+    whole = d.score_one(image)
+    seen = []
+    real = det.textured_patches
+    monkeypatch.setattr(det, "_TILE_CHUNK", 7)
+    monkeypatch.setattr(det, "textured_patches", lambda p, s: seen.append(len(p)) or real(p, s))
+    calls = []
+    chunked = d.score_one(image, progress=lambda done, total: calls.append((done, total)))
+    assert max(seen) <= 7 and sum(seen) == 126  # the 126 tiles of this image at stride 16
+    assert chunked == whole  # same batches through the network: same bits
+    assert calls[-1] == (126, 126) and [c for c, _ in calls] == sorted(c for c, _ in calls)

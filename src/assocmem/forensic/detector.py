@@ -75,7 +75,7 @@ from assocmem.forensic.calibration import (
 )
 from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT, load_detector
 from assocmem.forensic.data.loaders import load_rgb, to_rgb
-from assocmem.forensic.tiling import combine_logits, tiles
+from assocmem.forensic.tiling import combine_logits, pad, tile_grid, tiles
 from assocmem.forensic.views import VIEWS, view_mean
 
 __all__ = ["Detector", "ImageInput", "ImageScore", "as_image_tensor", "textured_patches"]
@@ -101,6 +101,10 @@ BLANK_STD = 1.0
 # none of 4 to 16 px ones (80 strips each, 2026-12-07).
 MIN_SIDE = 4
 _BLANK_CHUNK = 4096  # tiles whose spreads are computed at once (~100 MB of float64 at 32 px)
+# Tiles cut from an image at once by score_one (12 MB as uint8 at 32 px): all of a large image's
+# tiles at once held 9x its pixels at stride 32 and 82x at stride 8 (a 24 MP float image at
+# stride 8: ~9 GB)
+_TILE_CHUNK = 4096
 
 ImageInput = Union[str, os.PathLike, Image.Image, Tensor]  # noqa: UP007 (a runtime alias)
 
@@ -304,15 +308,58 @@ class Detector:
         return self._logits(self._tiles(as_image_tensor(image)))
 
     def _tiles(self, image: Tensor) -> Tensor:
-        """``image``'s tiles (n, 3, P, P), in ``tiling.tile_grid`` order; an image with a side
-        under ``MIN_SIDE`` is refused (its tiles would be reflected copies of its rows)."""
+        """``image``'s tiles (n, 3, P, P), in ``tiling.tile_grid`` order (:meth:`_check_side`)."""
+        self._check_side(image)
+        return tiles(image, self.patch_size, self.stride, self.alignment)
+
+    @staticmethod
+    def _check_side(image: Tensor) -> None:
+        """Refuse an image with a side under ``MIN_SIDE`` (its tiles would be reflected copies
+        of its rows)."""
         if min(image.shape[-2:]) < MIN_SIDE:
             raise ValueError(
                 f"an image of {image.shape[-2]} x {image.shape[-1]} px is too thin to score: "
                 f"sides under {MIN_SIDE} px are filled by reflecting their rows, which reads as "
                 "up-sampling (most real strips of 1-3 px were called fake)"
             )
-        return tiles(image, self.patch_size, self.stride, self.alignment)
+
+    def _textured_logits(
+        self, image: Tensor, progress: Callable[[int, int], None] | None
+    ) -> tuple[Tensor, int, int]:
+        """``(logits of the textured tiles, blank tiles, all tiles)`` of ``image``, its tiles cut
+        ``_TILE_CHUNK`` at a time (not all at once). The network sees the batches it saw when
+        every tile was cut first: textured tiles queue until a whole ``batch_size`` is there,
+        so a score keeps its bits."""
+        p, a = self.patch_size, self.alignment
+        padded = pad(image, p, a)
+        grid = tile_grid(image.shape[1], image.shape[2], p, self.stride, a)
+        out: list[Tensor] = []
+        queued = image.new_empty((0, image.shape[0], p, p))
+        blank = done = 0
+        for start in range(0, len(grid), _TILE_CHUNK):
+            cut = torch.stack(
+                [padded[:, t : t + p, c : c + p] for t, c in grid[start : start + _TILE_CHUNK]]
+            )
+            textured = textured_patches(cut, self.min_std)
+            blank += int((~textured).sum())
+            done += int((~textured).sum())
+            queued = torch.cat([queued, cut[textured]])
+            last = start + _TILE_CHUNK >= len(grid)
+            ready = len(queued) if last else len(queued) - len(queued) % self.batch_size
+            if ready:
+                base = done
+
+                def report(scored: int, _: int, base: int = base) -> None:
+                    if progress is not None:
+                        progress(base + scored, len(grid))
+
+                out.append(self._logits(queued[:ready], report))
+                done += ready
+                queued = queued[ready:]
+            elif progress is not None:
+                progress(done, len(grid))
+        logits = torch.cat(out) if out else torch.zeros(0)
+        return logits, blank, len(grid)
 
     def _logits(self, cut: Tensor, progress: Callable[[int, int], None] | None = None) -> Tensor:
         """The logits of the tiles ``cut`` (n, 3, P, P), each the mean over the views."""
@@ -353,20 +400,19 @@ class Detector:
         self, image: ImageInput, *, progress: Callable[[int, int], None] | None = None
     ) -> ImageScore:
         """One image (a path, a PIL image, or a tensor (3, H, W): uint8, or float in [0, 1]).
-        ``progress(done, total)`` is called with the tiles scored so far after each batch (a
-        24-megapixel photo is ~23 000 tiles, minutes on a CPU)."""
+        ``progress(done, total)`` is called after each batch with the image's tiles done so far
+        (scored, or found blank) of all of them (a 24-megapixel photo is ~23 000 tiles, minutes
+        on a CPU)."""
         x = as_image_tensor(image)
-        cut = self._tiles(x)  # cut once: the blank test and the network read the same tiles
-        textured = textured_patches(cut, self.min_std)
-        blank = int((~textured).sum())
-        tile_logits = self._logits(cut[textured], progress)
+        self._check_side(x)
         _, h, w = x.shape
+        tile_logits, blank, cut_count = self._textured_logits(x, progress)
         # the count a threshold is chosen by: the whole tiles that fit, less the blank ones'
         # share (a mean over fewer tiles varies more: a higher threshold). As a share of the
         # tiles cut, it holds at any stride: with no blank tile it is the image's whole-tile
         # count (stride^2 / P^2 per overlapping tile undercounted the edges' tiles, and put an
         # image with no blank tile at a smaller size's threshold at strides under P)
-        worth = self.area_tiles(h, w) * len(tile_logits) // len(cut)
+        worth = self.area_tiles(h, w) * len(tile_logits) // cut_count
         area = max(1, worth)
         threshold = self.threshold_for(area)
         logit = combine_logits(tile_logits) if len(tile_logits) else math.nan
