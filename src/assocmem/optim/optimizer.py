@@ -115,7 +115,7 @@ class MemoryOptimizer(Optimizer):
     with fp32 state: the parameter is the fp32 trajectory rounded to its dtype, and a change
     made to it outside the optimizer is picked up at the next step. A complex parameter is
     stepped as its real view ``torch.view_as_real(p)`` (so it equals optimizing that real
-    view; its state is real). Empty parameters are left alone. Parameters sharded by FSDP2
+    view; its state is real). Empty parameters are not moved. Parameters sharded by FSDP2
     (``fully_shard``, ``DTensor``) are stepped shard by shard, and the state goes through
     ``torch.distributed.checkpoint`` (docs/api.md, "Sharded training").
 
