@@ -50,6 +50,19 @@ from experiments.report import output_path, replace_section
 from experiments.tasks.forensic import build_encoder, build_masker
 
 ENCODER = {"arch": "vit", "patch": 4, "dim": 64, "depth": 2, "heads": 4}
+
+
+def _spectral(ratio: float, keep_dc: bool = False) -> dict[str, Any]:
+    """The masker of a study arm with spectral frequency masks (4-bin blocks) at ``ratio``."""
+    return {
+        "domain": "frequency",
+        "kind": "spectral",
+        "ratio": ratio,
+        "patch": 4,
+        "keep_dc": keep_dc,
+    }
+
+
 # The maskers and losses of task/freqmask_pretrain.yaml and task/pixelmask_pretrain.yaml.
 ARMS: dict[str, dict[str, Any] | None] = {
     "frequency": {
@@ -61,45 +74,15 @@ ARMS: dict[str, dict[str, Any] | None] = {
     # The domain alone: frequency masks at the pixel arm's ratio and loss, DC removable as in
     # "frequency" (whose ratio and loss differ from "pixel"'s) or always kept (keep_dc: the
     # removed mean colour otherwise dominates the pixel target with content).
-    "frequency-matched": {
-        "masker": {"domain": "frequency", "kind": "spectral", "ratio": 0.75, "patch": 4},
-        "loss": "pixel",
-    },
+    "frequency-matched": {"masker": _spectral(0.75), "loss": "pixel"},
+    "frequency-matched-keepdc": {"masker": _spectral(0.75, keep_dc=True), "loss": "pixel"},
     # "frequency" (ratio 0.5, pixel + log-amplitude loss) with DC always kept: whether its
     # margin needed the removed mean colour in its target.
-    "frequency-keepdc": {
-        "masker": {
-            "domain": "frequency",
-            "kind": "spectral",
-            "ratio": 0.5,
-            "patch": 4,
-            "keep_dc": True,
-        },
-        "loss": "both",
-    },
+    "frequency-keepdc": {"masker": _spectral(0.5, keep_dc=True), "loss": "both"},
     # One factor each from "frequency-keepdc": its loss without the log-amplitude term, and
     # the pixel arm with that term (is it the loss rather than the domain?).
-    "frequency-keepdc-pixelloss": {
-        "masker": {
-            "domain": "frequency",
-            "kind": "spectral",
-            "ratio": 0.5,
-            "patch": 4,
-            "keep_dc": True,
-        },
-        "loss": "pixel",
-    },
+    "frequency-keepdc-pixelloss": {"masker": _spectral(0.5, keep_dc=True), "loss": "pixel"},
     "pixel-both": {"masker": {"domain": "pixel", "ratio": 0.75, "patch": 4}, "loss": "both"},
-    "frequency-matched-keepdc": {
-        "masker": {
-            "domain": "frequency",
-            "kind": "spectral",
-            "ratio": 0.75,
-            "patch": 4,
-            "keep_dc": True,
-        },
-        "loss": "pixel",
-    },
 }
 
 
