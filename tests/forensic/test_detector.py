@@ -210,6 +210,10 @@ def test_thresholds_from_another_fpr_or_given(detector: Detector):
         detector.with_fpr(0.5 / n)  # below one real in n
     given_ = detector.with_threshold(1.5)
     assert given_.threshold == 1.5 and given_.target_fpr is None
+    for not_a_number in ("3", True, b"3"):  # read as the numbers 3 and 1 before
+        with pytest.raises(TypeError, match="threshold must be a number"):
+            detector.with_threshold(not_a_number)
+    assert detector.with_threshold(np.float32(2.0)).threshold == 2.0
 
 
 def _rewrite(

@@ -251,7 +251,10 @@ class Detector:
 
     def with_threshold(self, threshold: float) -> Detector:
         """The same detector deciding at ``threshold`` (logit scale; no calibration claimed), for
-        images of every size."""
+        images of every size. A string or bool is refused (``"3"`` and ``True`` were read as the
+        numbers 3 and 1)."""
+        if isinstance(threshold, (str, bytes, bool)):
+            raise TypeError(f"threshold must be a number (a logit), got {threshold!r}")
         return replace(self, threshold=float(threshold), target_fpr=None, image_thresholds=())
 
     def with_fpr(self, fpr: float) -> Detector:
