@@ -841,6 +841,10 @@ def bad_training_options(args: argparse.Namespace, lrs: list[float]) -> str | No
         return f"--seeds must be >= 0, got {args.seeds}"
     if len(set(args.seeds)) != len(args.seeds):  # one run counted twice: a spread of 0
         return f"--seeds must be distinct, got {args.seeds}"
+    for option in ("models", "views"):  # as a repeated seed: one run counted as two seeds
+        named = getattr(args, option, None) or []
+        if len(set(named)) != len(named):
+            return f"--{option} must be distinct, got {named}"
     # an optimizer named twice at one lr runs the same seeds twice, counted as more seeds of
     # one row (a spread of 0); at two lrs it is two recipes, two rows
     recipes = [f"{name} (lr {lr:g})" for name, lr in zip(args.optimizers, lrs, strict=True)]

@@ -83,6 +83,14 @@ def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
     families = family_split(config)
     if args.members:
         recipe, model = ensemble_of(args.members)
+        if tuple(recipe["seen"]) not in (SEEN, families.seen):
+            # the checkpoint's table, threshold and probability map assume the default split:
+            # members trained on others (--seen) shipped with a family they trained on listed
+            # as held out, and families they never saw as "trained on"
+            raise ValueError(
+                f"the members were trained on {list(recipe['seen'])}, not the default seen "
+                f"families {list(families.seen)}; a shipped detector is trained on those"
+            )
         if recipe["model"] not in SHIPPABLE:
             raise ValueError(f"{recipe['model']!r} is not a detector a checkpoint can hold")
         if recipe["patch_size"] != config.patch_size:

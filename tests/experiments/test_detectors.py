@@ -635,6 +635,18 @@ def test_one_optimizer_at_two_learning_rates_is_two_recipes():
     assert "more than once" in bad_training_options(args, [1e-3, 1e-3])
 
 
+@pytest.mark.parametrize("option", ["models", "views"])
+def test_a_model_or_view_named_twice_is_refused(option):
+    # counted as two seeds of one run, every spread 0, and --from-json then refused the records
+    import argparse
+
+    from experiments.detectors import bad_training_options
+
+    named = {"models": ["npr", "npr"], "views": ["one", "one"]}[option]
+    args = argparse.Namespace(optimizers=["adam"], seeds=[0], max_steps=1, **{option: named})
+    assert bad_training_options(args, [1e-3]) == f"--{option} must be distinct, got {named}"
+
+
 @pytest.mark.parametrize(
     "content", ["[]", "{}", "not json", '[{"model": "gru", "optimizer": "adam", "seed": 0}]']
 )

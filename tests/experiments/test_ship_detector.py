@@ -318,3 +318,18 @@ def test_blank_crops_are_left_out_of_the_image_calibration(monkeypatch):
     monkeypatch.setattr(ship, "real_image_scores", lambda *a, **k: np.full(5, np.nan))
     with pytest.warns(UserWarning, match="every real crop is blank"):
         assert ship.image_calibration(torch.nn.Identity(), bench, ["splice"], args) == {}
+
+
+@pytest.mark.slow  # builds the tiny benchmark: ~10 s
+def test_members_trained_on_another_split_are_refused(tmp_path, monkeypatch, capsys):
+    # shipped with a family they trained on listed as held out, and unseen ones as "trained on"
+    import experiments.ship_detector as ship_detector
+
+    recipe = {"seen": ["ae_transconv", "ae_bilinear"], "model": "npr", "patch_size": 32}
+    monkeypatch.setattr(ship_detector, "ensemble_of", lambda members: (recipe, None))
+    out = tmp_path / "x.safetensors"
+    with pytest.raises(SystemExit) as err:
+        main(["--tiny", "--cache-dir", str(tmp_path / "cache"), "--members", "m.safetensors",
+              "--out", str(out), *SMALL])  # fmt: skip
+    assert err.value.code == 2 and not out.exists()
+    assert "not the default seen families" in capsys.readouterr().err
