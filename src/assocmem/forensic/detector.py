@@ -75,7 +75,7 @@ from assocmem.forensic.calibration import (
 )
 from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT, load_detector
 from assocmem.forensic.data.loaders import load_rgb, to_rgb
-from assocmem.forensic.tiling import combine_logits, pad, tile_grid, tiles
+from assocmem.forensic.tiling import combine_logits, tile_batches, tile_grid, tiles
 from assocmem.forensic.views import VIEWS, view_mean
 
 __all__ = ["Detector", "ImageInput", "ImageScore", "as_image_tensor", "textured_patches"]
@@ -334,35 +334,31 @@ class Detector:
         every tile was cut first: textured tiles queue until a whole ``batch_size`` is there,
         so a score keeps its bits."""
         p, a = self.patch_size, self.alignment
-        padded = pad(image, p, a)
-        grid = tile_grid(image.shape[1], image.shape[2], p, self.stride, a)
+        total = len(tile_grid(image.shape[1], image.shape[2], p, self.stride, a))
         out: list[Tensor] = []
         queued = image.new_empty((0, image.shape[0], p, p))
-        blank = done = 0
-        for start in range(0, len(grid), _TILE_CHUNK):
-            cut = torch.stack(
-                [padded[:, t : t + p, c : c + p] for t, c in grid[start : start + _TILE_CHUNK]]
-            )
+        blank = cut_so_far = 0
+        for cut in tile_batches(image, p, self.stride, a, size=_TILE_CHUNK):
             textured = textured_patches(cut, self.min_std)
-            blank += int((~textured).sum())
-            done += int((~textured).sum())
+            blank += len(cut) - int(textured.sum())
+            cut_so_far += len(cut)
             queued = torch.cat([queued, cut[textured]])
-            last = start + _TILE_CHUNK >= len(grid)
+            last = cut_so_far == total
             ready = len(queued) if last else len(queued) - len(queued) % self.batch_size
+            # tiles done: the blank ones found and the textured ones scored so far
+            base = blank + sum(len(o) for o in out)
             if ready:
-                base = done
 
                 def report(scored: int, _: int, base: int = base) -> None:
                     if progress is not None:
-                        progress(base + scored, len(grid))
+                        progress(base + scored, total)
 
                 out.append(self._logits(queued[:ready], report))
-                done += ready
                 queued = queued[ready:]
             elif progress is not None:
-                progress(done, len(grid))
+                progress(base, total)
         logits = torch.cat(out) if out else torch.zeros(0)
-        return logits, blank, len(grid)
+        return logits, blank, total
 
     def _logits(self, cut: Tensor, progress: Callable[[int, int], None] | None = None) -> Tensor:
         """The logits of the tiles ``cut`` (n, 3, P, P), each the mean over the views."""

@@ -34,6 +34,7 @@ that reads the JPEG grid):
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -121,11 +122,23 @@ def pad(image: Tensor, patch: int, align: int = 2) -> Tensor:
 def tiles(image: Tensor, patch: int, stride: int, align: int = 2) -> Tensor:
     """All tiles of ``image`` (C, H, W) as (n, C, patch, patch), in :func:`tile_grid` order,
     same dtype as ``image``."""
+    (every,) = tile_batches(image, patch, stride, align, size=None)
+    return every
+
+
+def tile_batches(
+    image: Tensor, patch: int, stride: int, align: int = 2, size: int | None = 4096
+) -> Iterator[Tensor]:
+    """:func:`tiles` of ``image`` cut ``size`` at a time (``None``: all at once), in the same
+    order: a large image's tiles need not all be held at once."""
     if image.dim() != 3:
         raise ValueError(f"expected one image (C, H, W), got shape {tuple(image.shape)}")
     grid = tile_grid(image.shape[1], image.shape[2], patch, stride, align)
     padded = pad(image, patch, align)
-    return torch.stack([padded[:, t : t + patch, c : c + patch] for t, c in grid])
+    step = len(grid) if size is None else size
+    for start in range(0, len(grid), step):
+        part = grid[start : start + step]
+        yield torch.stack([padded[:, t : t + patch, c : c + patch] for t, c in part])
 
 
 def combine_logits(tile_logits: Tensor) -> float:
