@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file
 from torch import nn
 
 from assocmem import MemoryOptimizer, available_memories
@@ -46,8 +45,8 @@ from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
 from assocmem.forensic.train import fake_probability, train_detector
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.optim import param_groups
-from assocmem.storage import strict_json, write_safetensors
-from experiments.report import output_path, replace_section
+from assocmem.storage import read_safetensors, strict_json, write_safetensors
+from experiments.report import check_markers, output_path, replace_section
 from experiments.validate_config import CONF, output_clash
 
 
@@ -368,20 +367,21 @@ def train_one(
 ) -> dict[str, Any]:
     """Train ``model`` in place on the stream of ``families.seen`` to early stopping; the run's
     record without its test report (``experiments.ship_detector`` reuses it)."""
-    strength = getattr(args, "trace_strength", None)
-    consistency = getattr(args, "real_consistency", 0.0) or 0.0
+    recipe = run_recipe(args, families, optimizer, lr, seed)
+    strength = recipe["trace_strength"]
+    consistency = recipe["real_consistency"]
     stream = TrainStream(
         bench,
         families.seen,
         batch_size=args.batch_size,
         seed=seed,
         trace_strength=tuple(strength) if strength else None,
-        paired=getattr(args, "paired", False),
-        post=TRAIN_POSTPROCESS[trained_postprocess(vars(args))](bench),
+        paired=recipe["paired"],
+        post=TRAIN_POSTPROCESS[recipe["train_postprocess"]](bench),
         real_twins=bool(consistency),
     )
     x_val, y_val = balanced(bench.split("val", families.seen), seed=1000 + seed)
-    weight = getattr(args, "attribution", 0.0) or 0.0
+    weight = recipe["attribution"]
     attribution = (
         FamilyAttribution(model, list(stream.family_codes.values()), weight) if weight else None
     )
@@ -397,8 +397,8 @@ def train_one(
         eval_every=args.eval_every,
         patience=args.patience,
         progress=args.progress,
-        lr_drops=getattr(args, "lr_drops", 0),
-        average=getattr(args, "average", None),
+        lr_drops=recipe["lr_drops"],
+        average=recipe["average"],
         attribution=attribution,
         real_consistency=consistency,
     )
@@ -408,28 +408,40 @@ def train_one(
     # between detectors trained on different losses (a one-class head's margin)
     kept = [r for r in result.history if r.get("step") == result.best_step and "val_auc" in r]
     return {
-        "optimizer": optimizer,
-        "lr": lr,
-        "seed": seed,
-        "seen": list(families.seen),
+        **recipe,
         "status": result.status,
         "steps": result.steps,
         "best_step": result.best_step,
         "best_val_loss": result.best_val_loss,
         "best_val_auc": kept[-1]["val_auc"] if kept else None,
         "stopped_early": result.stopped_early,
-        "lr_drops": getattr(args, "lr_drops", 0),
         "lr_drop_steps": result.lr_drop_steps,
+        "seconds": round(seconds, 1),
+        "val_curve": curve,
+    }
+
+
+def run_recipe(
+    args: argparse.Namespace, families: FamilySplit, optimizer: str, lr: float, seed: int
+) -> dict[str, Any]:
+    """How a run of this command is trained, as its record holds it: :func:`train_one`'s record
+    without the outcome, known before training (the weights' name and header are planned
+    from it, :func:`weights_clash`)."""
+    strength = getattr(args, "trace_strength", None)
+    return {
+        "optimizer": optimizer,
+        "lr": lr,
+        "seed": seed,
+        "seen": list(families.seen),
+        "lr_drops": getattr(args, "lr_drops", 0),
         "average": getattr(args, "average", None),
         "eval_every": args.eval_every,
         "patience": args.patience,
         "trace_strength": list(strength) if strength else None,
         "paired": getattr(args, "paired", False),
         "train_postprocess": trained_postprocess(vars(args)),
-        "real_consistency": consistency,
-        "attribution": weight,
-        "seconds": round(seconds, 1),
-        "val_curve": curve,
+        "real_consistency": getattr(args, "real_consistency", 0.0) or 0.0,
+        "attribution": getattr(args, "attribution", 0.0) or 0.0,
     }
 
 
@@ -501,10 +513,18 @@ def initial_residual(model: nn.Module, template: str, seed: int) -> str:
     """Load the pretrained residual encoder of ``seed`` (``template`` with ``{seed}`` filled in)
     into ``model``'s NPR branch; the path loaded. Every tensor must match: an encoder of another
     shape or architecture is an error, not a partial start."""
-    path = template.format(seed=seed)
+    try:
+        path = template.format(seed=seed)
+    except (KeyError, IndexError, ValueError):  # {other}, {0} or a lone brace
+        raise ValueError(
+            f"--init-residual {template!r}: a file name with {{seed}} as its only field"
+        ) from None
     if not hasattr(model, "residual"):
-        raise ValueError(f"--init-residual needs a detector with an NPR branch, not {model}")
-    model.residual.load_state_dict(load_file(path), strict=True)
+        raise ValueError(
+            f"--init-residual needs a detector with an NPR branch, not {type(model).__name__}"
+        )
+    _, tensors = read_safetensors(Path(path), "residual encoder")
+    model.residual.load_state_dict(tensors, strict=True)
     return path
 
 
@@ -517,16 +537,76 @@ def save_weights(
     Returns the file's path."""
     path = Path(directory) / weights_name(model_name, run)
     header = {
-        **{k: run.get(k) for k in WEIGHTS_RECIPE},
-        "model": model_name,
-        "patch_size": bench.config.patch_size,
-        "seen": list(run.get("seen", SEEN)),
+        **weights_recipe(model_name, bench.config.patch_size, run),
         **{k: run[k] for k in ("seed", "best_step", "steps")},
-        "attribution": run.get("attribution", 0.0),
     }
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     write_safetensors(path, tensors, header)
     return path
+
+
+def weights_recipe(model_name: str, patch_size: int, run: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`WEIGHTS_RECIPE` entries of a weights file's header for ``run``."""
+    return {
+        **{k: run.get(k) for k in WEIGHTS_RECIPE},
+        "model": model_name,
+        "patch_size": patch_size,
+        "seen": list(run.get("seen", SEEN)),
+        "attribution": run.get("attribution", 0.0),
+    }
+
+
+def weights_clash(
+    folder: Path, patch_size: int, planned: Sequence[tuple[str, Mapping[str, Any]]]
+) -> str | None:
+    """Why ``--save-weights`` would replace weights of another recipe, or ``None``: a file name
+    holds the model, optimizer, lr, average, seed and the options that name a row
+    (:func:`weights_name`), not every :data:`WEIGHTS_RECIPE` entry (patience, lr drops, the
+    patch size), so two commands that differ only there wrote the same file, the second
+    silently over the first. ``planned``: each run's (model, :func:`run_recipe`). A file there
+    of the same recipe (a rerun) is replaced; checked before training."""
+    for model_name, run in planned:
+        path = folder / weights_name(model_name, run)
+        if not path.exists():
+            continue
+        try:
+            metadata, _ = read_safetensors(path, "detector weights")
+            header = json.loads(metadata["assocmem"])
+        except (OSError, ValueError, KeyError):
+            return f"--save-weights would replace {path}, which is not a --save-weights file"
+        # as the header would hold it (JSON: tuples are lists)
+        wanted = json.loads(json.dumps(weights_recipe(model_name, patch_size, run)))
+        differ = [k for k in WEIGHTS_RECIPE if header.get(k, LEGACY_DEFAULTS.get(k)) != wanted[k]]
+        if differ:
+            was = ", ".join(f"{k} {header.get(k)!r} (now {wanted[k]!r})" for k in differ)
+            return (
+                f"--save-weights would replace {path}, weights of another recipe ({was}); "
+                "give this command another folder"
+            )
+    return None
+
+
+def bad_models(args: argparse.Namespace, patch_size: int) -> str | None:
+    """Why a named model cannot be trained as the options ask, or ``None``; checked on a
+    network built for the purpose before the benchmark: these used to fail when that model's
+    turn came, after the runs before it. ``--attribution`` needs a detector with ``embed`` and
+    a linear ``fc``; ``--init-residual`` an NPR branch and, for every seed, a file whose
+    tensors fit it."""
+    weight = getattr(args, "attribution", 0.0) or 0.0
+    template = getattr(args, "init_residual", None)
+    for name in args.models:
+        model = MODELS[name](patch_size)
+        if weight:
+            try:
+                FamilyAttribution(model, [1], weight)
+            except (TypeError, ValueError) as error:
+                return f"--attribution {weight:g} with --models {name}: {error}"
+        for seed in args.seeds if template else ():
+            try:
+                initial_residual(model, template, seed)
+            except (OSError, RuntimeError, ValueError) as error:  # no file, or not its tensors
+                return f"--models {name}, seed {seed}: {error}"
+    return None
 
 
 def _ms(values: list[float], digits: int = 3) -> str:
@@ -632,15 +712,16 @@ def markdown(runs: list[dict[str, Any]], command: str, target_fpr: float) -> str
         # one row per recipe: the same optimizer at another learning rate is another row
         groups.setdefault((run_label(r), f"{r['optimizer']} (lr {r['lr']:g})"), []).append(r)
     pct = f"{100 * target_fpr:g} %"
+    trained, heldout = split_prose(runs)
     lines = [
         "## Forensic detectors (training stream, early stopping, calibrated threshold)",
         "",
         f"Regenerate: {command}",
         "",
-        f"Trained on the seen families {', '.join(SEEN)} (fresh stream batches of the train "
-        f"photos), early-stopped on the validation split, threshold set on the validation reals "
-        f"for a {pct} false-positive rate; scored on the test split (unseen photos). Held-out "
-        f"families {', '.join(HELDOUT)} are never trained on, stopped on or calibrated on. "
+        f"Trained on {trained} (fresh stream batches of the train photos), early-stopped on "
+        f"the validation split, threshold set on the validation reals for a {pct} "
+        f"false-positive rate; scored on the test split (unseen photos). {heldout} are never "
+        "trained on, stopped on or calibrated on. "
         'Mean ± std over seeds. TPR and FPR are at the calibrated threshold; "FPR at 0.5" '
         "flags a real patch when `sigmoid(logit) >= 0.5`, which is a decision only for a "
         "logit trained as log-odds (the linear heads), not for a one-class head's "
@@ -665,6 +746,18 @@ def markdown(runs: list[dict[str, Any]], command: str, target_fpr: float) -> str
         )
     lines += per_family_table(groups)
     return "\n".join(lines) + "\n"
+
+
+def split_prose(runs: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    """Who the runs of a table trained on and who they held out, in words: the default split's
+    families by name, or each row's (``--seen``) when a run trained on others (the text named
+    the default split whatever the runs had seen)."""
+    if all(is_default_split(run) for run in runs):
+        return f"the seen families {', '.join(SEEN)}", f"Held-out families {', '.join(HELDOUT)}"
+    return (
+        f"the families its row names (without a name: {', '.join(SEEN)})",
+        f"Held-out families (those of {', '.join(HELDOUT)} a row did not train on)",
+    )
 
 
 def per_family_table(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
@@ -857,6 +950,34 @@ def bad_training_options(args: argparse.Namespace, lrs: list[float]) -> str | No
     return bad_run_options(args)
 
 
+def bad_image_batch(args: argparse.Namespace) -> str | None:
+    """Why ``--batch-size`` cannot make an image detector's training batch, or ``None``: a
+    batch is half real, half fake (``TrainStream``'s least is 2; 1 was a traceback once the
+    benchmark was built). The clip detectors' batch has its own least."""
+    if args.batch_size < 2:
+        return f"--batch-size must be >= 2 (half real, half fake), got {args.batch_size}"
+    return None
+
+
+def from_json_target(runs: list[dict[str, Any]], asked: float, default: float) -> float:
+    """The false-positive rate the ``--from-json`` runs were calibrated for, which the section
+    states: theirs, one for all of them (a table of runs at 5 % and 1 % beside each other
+    compared thresholds of two kinds under one heading), and ``asked`` only where it is theirs
+    or left at ``default``. A ``ValueError`` otherwise."""
+    targets = sorted({run["report"].get("target_fpr", default) for run in runs})
+    if len(targets) != 1:
+        raise ValueError(
+            f"--from-json mixes runs calibrated for different false-positive rates {targets}; "
+            "write a section per rate"
+        )
+    if asked not in (targets[0], default):
+        raise ValueError(
+            f"--target-fpr {asked:g}: the --from-json runs were calibrated for {targets[0]:g} "
+            "(the table cannot recalibrate them)"
+        )
+    return targets[0]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -883,9 +1004,15 @@ def main(argv: list[str] | None = None) -> None:
                 f"--from-json holds the same run ({', '.join(RUN_IDENTITY)}) more than once "
                 f"(a file named twice, or a copy): {twice}"
             )
+        try:
+            target = from_json_target(runs, args.target_fpr, parser.get_default("target_fpr"))
+            if args.write:
+                check_markers(args.write, "detectors")
+        except ValueError as error:
+            parser.error(str(error))
         made_by = sorted({run.get("command", "?") for run in runs})
         sources = " and ".join(f"`{c}`" for c in made_by)
-        text = markdown(runs, f"{sources}, then `{command.strip()}`", args.target_fpr)
+        text = markdown(runs, f"{sources}, then `{command.strip()}`", target)
         print(text)
         if args.write:
             replace_section(args.write, "detectors", text)
@@ -893,7 +1020,8 @@ def main(argv: list[str] | None = None) -> None:
     if len(args.lr) not in (1, len(args.optimizers)):
         parser.error("--lr takes one value, or one per optimizer")
     lrs = args.lr * len(args.optimizers) if len(args.lr) == 1 else args.lr
-    problem = bad_training_options(args, lrs)  # before the benchmark and any run: no run lost
+    # before the benchmark and any run: no run lost
+    problem = bad_training_options(args, lrs) or bad_image_batch(args)
     if problem:
         parser.error(problem)
     if args.trace_strength is not None:  # refused before the benchmark is built
@@ -910,8 +1038,24 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--patch-size: {error}")
     try:
         families = family_split(config, args.seen)
+        if args.write:  # markers a replacement would refuse: found now, not after training
+            check_markers(args.write, "detectors")
     except ValueError as error:
         parser.error(str(error))
+    problem = bad_models(args, config.patch_size)
+    if not problem and args.save_weights:
+        planned = [
+            (model, run_recipe(args, families, opt, lr, seed))
+            for model in args.models
+            for seed in args.seeds
+            for opt, lr in zip(args.optimizers, lrs, strict=True)
+        ]
+        if args.init_residual:
+            for _, run in planned:
+                run["init_residual"] = args.init_residual.format(seed=run["seed"])
+        problem = weights_clash(args.save_weights, config.patch_size, planned)
+    if problem:
+        parser.error(problem)
     torch.set_num_threads(args.threads)
     bench = build_benchmark(config, args.cache_dir, progress=args.progress)
     runs = []

@@ -610,12 +610,22 @@ def test_a_pretrained_residual_encoder_starts_the_npr_branch_and_labels_its_row(
         (["--optimizers", "adam", "adam"], "more than once"),
         (["--optimizers", "adam", "muon", "adam"], "adam (lr 0.001)"),
         (["--optimizers", "adam", "adam", "--lr", "1e-3", "0.001"], "more than once"),
+        # each of these failed once the benchmark was built, after the models or seeds before
+        # the one it named had trained (a traceback, their runs lost)
+        (["--batch-size", "1"], "--batch-size must be >= 2 (half real, half fake)"),
+        (["--models", "npr_bn", "smallcnn", "--attribution", "1"], "--models smallcnn: SmallCNN"),
+        (["--models", "npr_dct", "--init-residual", "{tmp}/e-{seed}"], "e-0 does not exist"),
+        (["--models", "smallcnn", "--init-residual", "{tmp}/e"], "smallcnn, seed 0: --init"),
+        (["--models", "npr_dct", "--init-residual", "{tmp}/e-{sed}"], "as its only field"),
+        (["--models", "npr_dct", "--init-residual", "{tmp}/afile"], "not a readable"),
+        (["--write", "{tmp}/broken.md"], "1 begin and 0 end markers"),
     ],
 )
 def test_training_options_are_checked_before_any_run(tmp_path, capsys, argv, message):
     from experiments.detectors import main
 
     (tmp_path / "afile").write_text("")
+    (tmp_path / "broken.md").write_text("<!-- report:detectors:begin -->\n")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     with pytest.raises(SystemExit) as exit_:
         main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", *argv])
@@ -660,3 +670,65 @@ def test_from_json_refuses_what_is_not_a_detector_run(tmp_path, capsys, content)
     with pytest.raises(SystemExit):
         main(["--from-json", str(record), "--write", str(md)])
     assert md.read_text() == "# R\n"
+
+
+def test_saved_weights_never_replace_weights_of_another_recipe(tmp_path, capsys):
+    """A weights file's name holds the options that make a row of their own, not patience or lr
+    drops: a second command with another patience wrote the same file over the first one's
+    weights. It is refused before training; the same recipe again (a rerun) replaces them."""
+    from experiments.detectors import main
+
+    weights = tmp_path / "w"
+    common = ["--tiny", "--cache-dir", str(tmp_path / "cache"), "--models", "npr_bn",
+              "--seeds", "0", "--max-steps", "2", "--eval-every", "1", "--batch-size", "8",
+              "--workers", "0", "--save-weights", str(weights)]  # fmt: skip
+    main([*common, "--patience", "2"])
+    (saved,) = weights.iterdir()
+    before = saved.read_bytes()
+    for other in (["--patience", "3"], ["--patience", "2", "--lr-drops", "1"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*common, *other, "--json", str(tmp_path / "runs.json")])
+        assert exit_.value.code == 2
+        assert "weights of another recipe" in capsys.readouterr().err
+        assert saved.read_bytes() == before and not (tmp_path / "runs.json").exists()
+    saved.write_bytes(b"not weights")
+    with pytest.raises(SystemExit):
+        main([*common, "--patience", "2"])
+    assert "not a --save-weights file" in capsys.readouterr().err
+    saved.write_bytes(before)
+    main([*common, "--patience", "2", "--seeds", "0", "1"])  # its own recipe: a rerun
+    assert len(list(weights.iterdir())) == 2
+
+
+def test_a_table_from_records_states_the_rate_they_were_calibrated_for(tmp_path, capsys):
+    """``--from-json`` titled its table with ``--target-fpr``'s default whatever the runs were
+    calibrated for, and put runs at 5 % and 1 % under one heading."""
+    import json
+
+    from experiments.detectors import from_json_target, main
+
+    def record(seed: int, fpr: float) -> dict:
+        return {"command": "c", "model": "npr", "optimizer": "adam", "lr": 1e-3, "seed": seed,
+                "report": {"target_fpr": fpr}}  # fmt: skip
+
+    assert from_json_target([record(0, 0.01), record(1, 0.01)], 0.05, 0.05) == 0.01
+    assert from_json_target([record(0, 0.01)], 0.01, 0.05) == 0.01
+    with pytest.raises(ValueError, match="calibrated for 0.01"):
+        from_json_target([record(0, 0.01)], 0.1, 0.05)
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps([record(0, 0.05), record(1, 0.01)]))
+    with pytest.raises(SystemExit):
+        main(["--from-json", str(mixed)])
+    assert "different false-positive rates [0.01, 0.05]" in capsys.readouterr().err
+
+
+def test_the_section_text_names_the_split_the_runs_trained_on():
+    """The text said "Trained on the seen families ae_transconv, …" above runs trained with
+    ``--seen`` on others (a ceiling run on every family among them)."""
+    from experiments.detectors import HELDOUT, SEEN, split_prose
+
+    trained, heldout = split_prose([{"seen": list(SEEN)}, {}])
+    assert trained == f"the seen families {', '.join(SEEN)}"
+    assert heldout == f"Held-out families {', '.join(HELDOUT)}"
+    trained, heldout = split_prose([{"seen": list(SEEN)}, {"seen": [*SEEN, *HELDOUT]}])
+    assert "the families its row names" in trained and "a row did not train on" in heldout

@@ -275,12 +275,20 @@ def test_the_regenerate_line_says_what_writing_the_shipped_checkpoint_takes(tmp_
         (["--workers", "-1"], "--workers"),
         (["--batch-size", "0"], "--batch-size"),
         (["--lr-drops", "-1"], "--lr-drops"),
+        # the stream's least batch (half real, half fake): a traceback once the benchmark was built
+        (["--batch-size", "1"], "--batch-size must be >= 2"),
+        # lr 0 trained to its patience, learning nothing, and shipped the result
+        (["--lr", "0"], "--lr must be finite and > 0"),
+        (["--lr", "nan"], "--lr must be finite and > 0"),
+        # markers replace_section refuses: found after training before
+        (["--write", "{tmp}/broken.md"], "1 begin and 0 end markers"),
     ],
 )
 def test_options_are_refused_before_training(tmp_path, capsys, argv, expected):
     """Each of these used to fail after the whole training run (a traceback, the work lost) or,
     for ``--image-sizes 64 80``, store 80 px crops as the 4-tile calibration in place of 64 px."""
     (tmp_path / "afile").write_text("")
+    (tmp_path / "broken.md").write_text("<!-- report:shipped-detector:begin -->\n")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     out = ["--out", str(tmp_path / "ok.safetensors")] if "--out" not in argv else []
     with pytest.raises(SystemExit) as exit_:
