@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from experiments.report import output_path, replace_section
+from experiments.report import output_path, refuse_unreplaceable, replace_section
 
 # Matrices of the stack: square, tall, wide and one whose rows do not divide by W.
 LAYERS = [(512, 512), (512, 1024), (1024, 512), (512, 510), (510, 512)]
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
+    refuse_unreplaceable(parser, args.write, SECTION)
     results = {w: measure(w, args.steps) for w in args.worlds}
     body = table(results, args.steps)
     print(body)

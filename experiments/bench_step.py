@@ -30,7 +30,7 @@ from torch import nn
 from assocmem import MemoryOptimizer, available_memories
 from assocmem.storage import strict_json
 from experiments.loop import state_bytes_per_param
-from experiments.report import output_path, replace_section
+from experiments.report import output_path, refuse_unreplaceable, replace_section
 from experiments.step_cost import Steppable, round_robin_samples
 
 # Layer widths giving ~0.1M and ~5M parameters, with biases (1-D) beside the matrices (2-D);
@@ -323,6 +323,7 @@ def main() -> None:
         help="markdown file whose step-cost section (step-cost-DEVICE off the CPU) to refresh",
     )
     args = parser.parse_args()
+    refuse_unreplaceable(parser, args.write, section_name(args.device))
     if args.processes < 1:
         parser.error(f"--processes must be at least 1, got {args.processes}")
     if args.samples is not None and args.samples < 2:  # a median and a range need two

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.stream import TrainStream, stream_loader
 from experiments.detectors import MODELS, SEEN
-from experiments.report import output_path, replace_section
+from experiments.report import output_path, refuse_unreplaceable, replace_section
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--write", type=output_path)
     args = parser.parse_args(argv)
+    refuse_unreplaceable(parser, args.write, "stream")
     torch.set_num_threads(1)
     bench = build_benchmark(
         BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig(), progress=False

@@ -42,7 +42,7 @@ from experiments.detectors import (
     optimizer_factory,
     per_family_table,
 )
-from experiments.report import output_path, replace_section
+from experiments.report import output_path, refuse_unreplaceable, replace_section
 from experiments.validate_config import output_clash
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=output_path, help="write every run's report here")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
+    refuse_unreplaceable(parser, args.write, "clip-detectors")
     command = "python -m experiments.clip_detectors " + " ".join(
         sys.argv[1:] if argv is None else argv
     )

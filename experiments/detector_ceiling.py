@@ -30,7 +30,7 @@ from experiments.detectors import (
     is_default_split,
     run_label,
 )
-from experiments.report import output_path, replace_section
+from experiments.report import output_path, refuse_unreplaceable, replace_section
 
 SECTION = "detector-ceiling"
 
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--views", default="one", help="which records of the runs to compare")
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
+    refuse_unreplaceable(parser, args.write, SECTION)
     command = "python -m experiments.detector_ceiling " + " ".join(
         sys.argv[1:] if argv is None else argv
     )

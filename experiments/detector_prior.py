@@ -70,7 +70,7 @@ from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.storage import read_safetensors, strict_json
 from experiments.detector_ensemble import RECIPE, ensemble_of, load_member
 from experiments.detectors import HELDOUT, SEEN, _ms, family_split
-from experiments.report import output_path, read_record, replace_section
+from experiments.report import output_path, read_record, refuse_unreplaceable, replace_section
 from experiments.score_cache import ScoreCache
 
 SECTION = "detector-prior"
@@ -534,6 +534,7 @@ def main(argv: list[str] | None = None) -> None:
         "patience 8'; a record's own note unless given)",
     )
     args = parser.parse_args(argv)
+    refuse_unreplaceable(parser, args.write, args.section)
     # shlex.join: an argument with spaces (a --note) comes back quoted, ready to paste
     command = "`python -m experiments.detector_prior " + shlex.join(
         sys.argv[1:] if argv is None else argv

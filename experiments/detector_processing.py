@@ -51,7 +51,7 @@ from assocmem.forensic.metrics import false_positive_rate
 from assocmem.forensic.views import VIEWS, view_logits
 from experiments.detector_ensemble import add_records_option, ensemble_of, records_by_weights
 from experiments.detectors import SEEN, family_split, run_label
-from experiments.report import output_path, replace_section
+from experiments.report import output_path, refuse_unreplaceable, replace_section
 
 SECTION = "detector-processing"
 
@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
+    refuse_unreplaceable(parser, args.write, SECTION)
     command = "python -m experiments.detector_processing " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )

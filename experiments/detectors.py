@@ -46,7 +46,7 @@ from assocmem.forensic.train import fake_probability, train_detector
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.optim import param_groups
 from assocmem.storage import read_safetensors, strict_json, write_safetensors
-from experiments.report import check_markers, output_path, replace_section
+from experiments.report import output_path, refuse_unreplaceable, replace_section
 from experiments.validate_config import CONF, output_clash
 
 
@@ -981,6 +981,7 @@ def from_json_target(runs: list[dict[str, Any]], asked: float, default: float) -
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    refuse_unreplaceable(parser, args.write, "detectors")
     command = "python -m experiments.detectors " + " ".join(sys.argv[1:] if argv is None else argv)
     clash = output_clash(
         [("--json", args.json), ("--write", args.write)],
@@ -1006,8 +1007,6 @@ def main(argv: list[str] | None = None) -> None:
             )
         try:
             target = from_json_target(runs, args.target_fpr, parser.get_default("target_fpr"))
-            if args.write:
-                check_markers(args.write, "detectors")
         except ValueError as error:
             parser.error(str(error))
         made_by = sorted({run.get("command", "?") for run in runs})
@@ -1038,8 +1037,6 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--patch-size: {error}")
     try:
         families = family_split(config, args.seen)
-        if args.write:  # markers a replacement would refuse: found now, not after training
-            check_markers(args.write, "detectors")
     except ValueError as error:
         parser.error(str(error))
     problem = bad_models(args, config.patch_size)

@@ -33,7 +33,7 @@ from assocmem.forensic.data.fresh import with_fresh_test
 from assocmem.forensic.image_level import image_level_report
 from assocmem.storage import sidecar_path, strict_json
 from experiments.detectors import HELDOUT, SEEN, bad_run_options, family_split
-from experiments.report import output_path, read_record, replace_section
+from experiments.report import output_path, read_record, refuse_unreplaceable, replace_section
 from experiments.validate_config import output_clash
 
 SECTION = "image-level"
@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     parser.add_argument("--section", default=SECTION, help="its name in that file")
     args = parser.parse_args(argv)
+    refuse_unreplaceable(parser, args.write, args.section)
     weights = DEFAULT_CHECKPOINT if args.weights is None else args.weights
     clash = output_clash(
         [("--json", args.json), ("--write", args.write)],

@@ -32,7 +32,7 @@ from assocmem.meta.checkpoint import load_checkpoint
 from assocmem.meta.tasks import FAMILIES, HELD_OUT_FAMILIES, sample_task
 from assocmem.optim import MemoryOptimizer
 from assocmem.training import fit
-from experiments.report import output_path, replace_section
+from experiments.report import output_path, refuse_unreplaceable, replace_section
 
 ADAM_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
 LEARNED_MULTIPLIERS = (0.3, 1.0, 3.0, 10.0)
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         "--write", type=output_path, help="markdown file whose learned-classic section to refresh"
     )
     args = parser.parse_args(argv)
+    refuse_unreplaceable(parser, args.write, SECTION)
     # refused here, before the memory loads: 0 read as "the default" (the horizon, 10x it),
     # no seeds ended in a StatisticsError, negative steps in fit's ValueError
     for name in ("steps", "long_steps", "seeds"):

@@ -25,7 +25,7 @@ import sys
 import torch
 
 from assocmem.optim.newton_schulz import zeropower_via_newtonschulz5
-from experiments.report import output_path, replace_section
+from experiments.report import output_path, refuse_unreplaceable, replace_section
 
 SHAPES = ((64, 64), (256, 64), (64, 256), (256, 256))
 SPECTRA = ("gaussian", "decaying")
@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args()
+    refuse_unreplaceable(parser, args.write, "ns-orthogonality")
     if args.seeds < 2:  # each cell is a mean and a spread over seeds
         parser.error(f"--seeds must be at least 2, got {args.seeds}")
     torch.set_num_threads(1)  # deterministic and light; the sizes are small

@@ -46,7 +46,7 @@ from assocmem.forensic.protocol import FamilySplit, balanced, linear_probe_score
 from assocmem.forensic.train import pretrain, score
 from assocmem.storage import strict_json
 from experiments.detectors import HELDOUT, MODELS, SEEN, optimizer_factory, train_one
-from experiments.report import output_path, replace_section
+from experiments.report import output_path, refuse_unreplaceable, replace_section
 from experiments.tasks.forensic import build_encoder, build_masker
 
 ENCODER = {"arch": "vit", "patch": 4, "dim": 64, "depth": 2, "heads": 4}
@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--from-json", type=Path, nargs="+")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
+    refuse_unreplaceable(parser, args.write, "pretraining")
     command = "python -m experiments.pretraining_study " + " ".join(
         sys.argv[1:] if argv is None else argv
     )

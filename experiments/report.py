@@ -377,6 +377,19 @@ def check_markers(markdown: Path, name: str) -> None:
         _replaced(markdown.read_text(), name, "")
 
 
+def refuse_unreplaceable(parser: argparse.ArgumentParser, markdown: Path | None, name: str) -> None:
+    """``parser.error`` now if a ``--write`` file's section ``name`` could not be replaced after
+    the command's work (:func:`check_markers`: a lone or repeated marker, a bad name). Every
+    command that measures or trains before it writes a section calls this first; the error
+    used to come when the work was done, and the work was lost."""
+    if markdown is None:
+        return
+    try:
+        check_markers(Path(markdown), name)
+    except ValueError as error:
+        parser.error(str(error))
+
+
 def _replaced(text: str, name: str, body: str) -> str:
     """``text`` with its section ``name`` (between its markers) holding ``body``; appended at
     the end if it has no such section."""

@@ -70,7 +70,7 @@ from experiments.detectors import (
     family_split,
     train_one,
 )
-from experiments.report import check_markers, output_path, replace_section
+from experiments.report import output_path, refuse_unreplaceable, replace_section
 from experiments.score_cache import memoized
 from experiments.validate_config import output_clash, same_file
 
@@ -548,14 +548,10 @@ TABLE_ONLY_READS = frozenset({"table_only", "out", "write", "progress", "tiny", 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    refuse_unreplaceable(parser, args.write, "shipped-detector")
     problem = bad_run_options(args) or bad_image_batch(args) or bad_image_sizes(args)
     if not (math.isfinite(args.lr) and args.lr > 0):  # lr 0 trained to patience, learning nothing
         problem = f"--lr must be finite and > 0, got {args.lr}"
-    if not problem and args.write:  # markers a replacement would refuse: now, not after training
-        try:
-            check_markers(args.write, "shipped-detector")
-        except ValueError as error:
-            problem = str(error)
     if problem:  # before the benchmark is built and the detector trained: no work lost
         parser.error(problem)
     if args.image_n < 1:

@@ -31,7 +31,7 @@ from assocmem.forensic.data.photos import FRESH_PHOTO_NAMES
 from assocmem.forensic.protocol import FamilySplit, zero_shot_report
 from assocmem.forensic.views import view_logits
 from assocmem.storage import strict_json
-from experiments.report import output_path, read_record, replace_section
+from experiments.report import output_path, read_record, refuse_unreplaceable, replace_section
 from experiments.score_cache import memoized
 
 SECTION = "shipped-detector-fresh"
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--from-json", type=Path, help="render a record written before")
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
+    refuse_unreplaceable(parser, args.write, SECTION)
     command = "python -m experiments.shipped_fresh " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )

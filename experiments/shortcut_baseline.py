@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark, hf_energy_baseline
-from experiments.report import output_path, replace_section
+from experiments.report import output_path, refuse_unreplaceable, replace_section
 
 
 def table() -> str:
@@ -32,6 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", type=output_path, help="markdown file to refresh the section of")
     args = parser.parse_args()
+    refuse_unreplaceable(parser, args.write, "shortcut-baseline")
     text = table()
     print(text)
     if args.write:

@@ -192,3 +192,48 @@ def test_the_report_refuses_to_write_into_the_runs_folder(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert run.returncode == 2 and "inside the runs' folder" in run.stderr
+
+
+# every command that measures or trains before it writes a section: module -> its section
+WRITING_COMMANDS = {
+    "bench_ns_comm": "ns-communication",
+    "bench_step": "step-cost",
+    "bench_stream": "stream",
+    "clip_detectors": "clip-detectors",
+    "detector_ceiling": "detector-ceiling",
+    "detector_prior": "detector-prior",
+    "detector_processing": "detector-processing",
+    "detectors": "detectors",
+    "image_level": "image-level",
+    "meta_evaluate": "learned-classic",
+    "ns_orthogonality": "ns-orthogonality",
+    "pretraining_study": "pretraining",
+    "ship_detector": "shipped-detector",
+    "shipped_fresh": "shipped-detector-fresh",
+    "shortcut_baseline": "shortcut-baseline",
+}
+# the arguments a command requires (files it would read only after the check)
+REQUIRED = {
+    "detector_ceiling": ["--zero-shot", "a.json", "--ceiling", "b.json"],
+    "detector_processing": ["--group", "A"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(WRITING_COMMANDS))
+def test_a_section_that_could_not_be_replaced_is_refused_before_the_work(
+    tmp_path, monkeypatch, capsys, module
+):
+    """A lone marker made ``replace_section`` refuse once the command's runs or timings were
+    done (all of them lost); each command now says so before it starts."""
+    import importlib
+    import inspect
+
+    markdown = tmp_path / "results.md"
+    markdown.write_text(f"# R\n<!-- report:{WRITING_COMMANDS[module]}:begin -->\n")
+    main = importlib.import_module(f"experiments.{module}").main
+    argv = [*REQUIRED.get(module, []), "--write", str(markdown)]
+    monkeypatch.setattr("sys.argv", [module, *argv])
+    with pytest.raises(SystemExit) as exit_:
+        main(argv) if inspect.signature(main).parameters else main()
+    assert exit_.value.code == 2
+    assert "1 begin and 0 end markers" in capsys.readouterr().err
