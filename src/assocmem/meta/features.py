@@ -171,12 +171,15 @@ def features_batch(
         _mean_squares(sig, q, r)
         for sig, q, r in zip(signals.unbind(), p.unbind(), root_v.unbind(), strict=True)
     ]
-    ms_signals, ms_param, ms_root_v = (torch.stack(m) for m in zip(*means, strict=True))
+    ms_signals, ms_param, ms_root_v, stalled = (torch.stack(m) for m in zip(*means, strict=True))
     rms_normalised = signals * torch.rsqrt(ms_signals + _TINY)
     param_feature = p * torch.rsqrt(ms_param.view(rows, 1, 1) + _TINY)
     curvature = (root_v * torch.rsqrt(ms_root_v.view(rows, 1) + _TINY)).view(rows, 1, n)
     time = time.view(1, -1, 1).expand(rows, -1, n)
     x = torch.cat([adam_normalised, rms_normalised, param_feature, curvature, time], dim=1)
+    # a coordinate with a non-finite square stalls (NaN features: its update is zeroed and
+    # counted, as when the tensor-wide means took it in), and only that coordinate
+    x = x.masked_fill(stalled.view(rows, 1, n), math.nan)
     x = x.clamp(-config.feature_clip, config.feature_clip)
     return [xi.T for xi in x.unbind()]
 
@@ -201,28 +204,33 @@ def _stacked(tensors: list[Tensor]) -> Tensor:
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
-def _mean_squares(signals: Tensor, p: Tensor, root_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _mean_squares(
+    signals: Tensor, p: Tensor, root_v: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The tensor-wide mean squares under the RMS features: of each signal ``(1 + B, 1)``, of
-    the parameter and of ``sqrt(v_hat)``.
+    the parameter and of ``sqrt(v_hat)``, over their **finite** squares only; and which
+    coordinates have a square that is not ``(n,)``, which :func:`features_batch` stalls.
+
+    One coordinate whose square is not finite (a NaN under ``nonfinite="ignore"``, or a finite
+    gradient over ~1.8e19 in float32, whose square, and then ``v``, overflow for good) made the
+    mean ``inf`` or NaN and every other coordinate's RMS features 0 or NaN: the whole tensor
+    stalled or drifted, where Adam loses that coordinate only. Over finite squares the bits are
+    those of ``mean`` when every square is finite (a sum over ``n``).
 
     When the optimizer steps an FSDP2 shard (:mod:`assocmem.optim.sharded`), the rank's sums
-    of squares and its element count are all-reduced (``B + 4`` floats per tensor) so every
-    shard is normalised by the whole tensor's RMS, as in one process.
+    of finite squares and their counts are all-reduced (``2 (B + 3)`` floats per tensor) so
+    every shard is normalised by the whole tensor's RMS, as in one process.
     """
-    if not sharded.active():
-        return (
-            signals.square().mean(dim=1, keepdim=True),
-            p.square().mean(),
-            root_v.square().mean(),
-        )
+    squares = [signals.square(), p.square().view(1, -1), root_v.square().view(1, -1)]
+    finite = [torch.isfinite(sq) for sq in squares]
     sums = torch.cat(
-        [
-            signals.square().sum(dim=1),
-            p.square().sum().view(1),
-            root_v.square().sum().view(1),
-            p.new_full((1,), p.numel()),
-        ]
+        [torch.where(ok, sq, 0).sum(dim=1) for sq, ok in zip(squares, finite, strict=True)]
     )
-    sums = sharded.all_sum(sums)
-    means = sums[:-1] / sums[-1]
-    return means[:-2].view(-1, 1), means[-2], means[-1]
+    counts = torch.cat([ok.sum(dim=1) for ok in finite]).to(sums.dtype)
+    if sharded.active():
+        both = sharded.all_sum(torch.cat([sums, counts]))
+        sums, counts = both[: len(sums)], both[len(sums) :]
+    # a tensor without a finite square (or an empty one) gets 0, and the floor _TINY
+    means = sums / counts.clamp(min=1)
+    stalled = ~torch.cat(finite).all(dim=0)
+    return means[:-2].view(-1, 1), means[-2], means[-1], stalled

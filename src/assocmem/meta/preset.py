@@ -14,7 +14,9 @@ The network comes from a checkpoint (``checkpoint=None`` is the one shipped in
 meta-trained at ``lr = config.lr`` (1e-3 for the shipped checkpoint, equal to
 ``MemoryOptimizer``'s default), so the default reproduces meta-training and ``lr=2e-3`` doubles
 every step. The reference path runs the MLP per tensor; the fast path batches every coordinate
-of the group into one (chunked) MLP call. Rows are independent, so both give the same numbers.
+of the group into one (chunked) MLP call. Rows are independent, so both give the same numbers
+to float rounding (the batched matrix products may split their sums differently: an audit
+measured 2.4e-7 apart in float32).
 
 A group's first step records the memory file's ``network_sha256`` (its meta-parameters and
 config, :func:`assocmem.meta.checkpoint.network_digest`) under the group key
