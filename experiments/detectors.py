@@ -913,21 +913,29 @@ def bad_run_options(args: argparse.Namespace) -> str | None:
     return None
 
 
+def bad_optimizer_name(name: str) -> str | None:
+    """Why :func:`optimizer_factory` cannot build optimizer ``name``, or ``None``: ``adam``
+    (torch's), a preset or a configuration in ``conf/optimizer``, each optionally ``/split``."""
+    if name == "adam":
+        return None
+    named, _, split = name.partition("/")
+    if split not in ("", "split"):
+        return f"optimizer {name!r}: expected PRESET or PRESET/split"
+    try:
+        named_configuration(named)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def bad_training_options(args: argparse.Namespace, lrs: list[float]) -> str | None:
     """Why the training options cannot all run, or ``None``: checked before anything is built,
     so a typo in the last optimizer never costs the runs before it (``--json`` and ``--write``
     are checked by their argparse type, ``report.output_path``, and against the inputs by
     ``validate_config.output_clash``)."""
     for name in args.optimizers:
-        if name == "adam":
-            continue
-        named, _, split = name.partition("/")
-        if split not in ("", "split"):
-            return f"optimizer {name!r}: expected PRESET or PRESET/split"
-        try:
-            named_configuration(named)
-        except ValueError as e:
-            return str(e)
+        if problem := bad_optimizer_name(name):
+            return problem
     if any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
         return f"--lr must be finite and > 0, got {lrs}"
     if any(seed < 0 for seed in args.seeds):

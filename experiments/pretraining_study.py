@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -36,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.stream import TrainStream, stream_loader
@@ -44,10 +44,21 @@ from assocmem.forensic.models.heads import fine_tune
 from assocmem.forensic.models.pretrain import MaskedPretrainer
 from assocmem.forensic.protocol import FamilySplit, balanced, linear_probe_scorer, zero_shot_report
 from assocmem.forensic.train import pretrain, score
-from assocmem.storage import strict_json
-from experiments.detectors import HELDOUT, MODELS, SEEN, optimizer_factory, train_one
+from assocmem.storage import read_safetensors, strict_json, write_safetensors
+from experiments.detectors import (
+    HELDOUT,
+    MODELS,
+    SEEN,
+    average_decay,
+    bad_image_batch,
+    bad_optimizer_name,
+    bad_run_options,
+    optimizer_factory,
+    train_one,
+)
 from experiments.report import output_path, refuse_unreplaceable, replace_section
 from experiments.tasks.forensic import build_encoder, build_masker
+from experiments.validate_config import output_clash
 
 ENCODER = {"arch": "vit", "patch": 4, "dim": 64, "depth": 2, "heads": 4}
 
@@ -172,7 +183,7 @@ def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -
     }
     start = time.perf_counter()
     if args.encoder is not None:  # a given pretrained encoder: the fine-tuning task alone
-        encoder.load_state_dict(load_file(args.encoder))
+        load_encoder(encoder, args.encoder)
         out["encoder"] = str(args.encoder)
     elif ARMS[arm] is not None:
         pretrainer = pretrainer_for(arm, encoder)
@@ -195,14 +206,23 @@ def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -
             pretrain_lr=args.pretrain_lr,
             pretrain_lr_decay=getattr(args, "pretrain_lr_decay", None),
         )
-        if args.save_encoders is not None:
-            args.save_encoders.mkdir(parents=True, exist_ok=True)
-            save_file(encoder.state_dict(), args.save_encoders / f"{arm}-seed{seed}.safetensors")
+        if args.save_encoders is not None and result.status == "ok":
+            # a diverged encoder is not written: under its usual name a later --init-residual
+            # or --encoder would fine-tune it unawares
+            path = args.save_encoders / encoder_name(arm, seed)
+            write_safetensors(
+                path,
+                {k: v.detach().contiguous() for k, v in encoder.state_dict().items()},
+                encoder_header(args, arm, seed, bench.config.patch_size),
+            )
         if args.pretrain_only:
             out["pretrain_seconds"] = round(time.perf_counter() - start, 1)
             ran = result.history[-1]["step"] if result.history else 0
             record = pretraining_record(arm, curve, args, ran)
             return {**out, **record, "status": result.status}
+        if result.status != "ok":  # nothing to probe or fine-tune: recorded, not scored
+            out["pretrain_seconds"] = round(time.perf_counter() - start, 1)
+            return {**out, "status": "pretraining diverged"}
     out["pretrain_seconds"] = round(time.perf_counter() - start, 1)
     if not args.no_probe:
         x, y = balanced(bench.split("train", families.seen), 0)
@@ -218,7 +238,150 @@ def run_one(bench: Any, families: FamilySplit, arm: str, seed: int, args: Any) -
     return out
 
 
+def encoder_name(arm: str, seed: int) -> str:
+    """The file ``--save-encoders`` writes for ``arm`` and ``seed`` (``ARM-seedS``, the name
+    ``experiments.detectors --init-residual`` templates)."""
+    return f"{arm}-seed{seed}.safetensors"
+
+
+def encoder_header(args: Any, arm: str, seed: int, patch_size: int) -> dict[str, Any]:
+    """What a saved encoder's header records of how it was pretrained: the file name holds the
+    arm and the seed only, so this is what tells two pretrainings apart (:func:`encoder_clash`)."""
+    return {
+        "arch": getattr(args, "arch", "vit"),
+        "arm": arm,
+        "seed": seed,
+        "patch_size": patch_size,
+        "pretrain_optimizer": args.pretrain_optimizer,
+        "pretrain_lr": args.pretrain_lr,
+        "pretrain_lr_decay": getattr(args, "pretrain_lr_decay", None),
+        "pretrain_steps": args.pretrain_steps,
+        "eval_every": args.eval_every,
+        "batch_size": args.batch_size,
+        "average": getattr(args, "average", None),
+    }
+
+
+def encoder_clash(args: Any, patch_size: int) -> str | None:
+    """Why ``--save-encoders`` would replace an encoder of another pretraining, or ``None``:
+    the name holds the arm and seed, not the architecture or the budget, so an ``--arch npr``
+    run and a ViT run (or another ``--pretrain-lr``) wrote the same file, the second over the
+    first. A file of the same pretraining (a rerun) is replaced. Checked before any work."""
+    for arm in args.arms:
+        for seed in args.seeds:
+            path = args.save_encoders / encoder_name(arm, seed)
+            if ARMS.get(arm) is None or not path.exists():
+                continue
+            try:
+                metadata, _ = read_safetensors(path, "saved encoder")
+                header = json.loads(metadata["assocmem"])
+            except (OSError, ValueError, KeyError):
+                return f"--save-encoders would replace {path}, which it did not write"
+            wanted = json.loads(json.dumps(encoder_header(args, arm, seed, patch_size)))
+            differ = [k for k in wanted if header.get(k) != wanted[k]]
+            if differ:
+                was = ", ".join(f"{k} {header.get(k)!r} (now {wanted[k]!r})" for k in differ)
+                return (
+                    f"--save-encoders would replace {path}, an encoder of another pretraining "
+                    f"({was}); give this command another folder"
+                )
+    return None
+
+
+def load_encoder(encoder: torch.nn.Module, path: Path) -> None:
+    """``path``'s tensors into ``encoder``, every one (strict); a ``ValueError`` naming the
+    file when it is unreadable, not safetensors, or another architecture's."""
+    _, tensors = read_safetensors(Path(path), "encoder")
+    try:
+        encoder.load_state_dict(tensors, strict=True)
+    except RuntimeError as error:
+        missing = sorted(set(encoder.state_dict()) - set(tensors))
+        extra = sorted(set(tensors) - set(encoder.state_dict()))
+        raise ValueError(
+            f"{path} is not an encoder of this study's architecture ({len(missing)} of its "
+            f"tensors missing, {len(extra)} others present; e.g. {(missing or extra)[:3]})"
+            if missing or extra
+            else f"{path}: its tensors do not fit the encoder ({str(error).splitlines()[-1]})"
+        ) from None
+
+
+def bad_study_options(args: argparse.Namespace, patch_size: int) -> str | None:
+    """Why a study command cannot run as given, or ``None``; checked before the benchmark is
+    built, where these used to fail after pretraining (an optimizer name, a target rate), in a
+    traceback, or not at all (an option that writes nothing was silently ignored)."""
+    if any(seed < 0 for seed in args.seeds) or len(set(args.seeds)) != len(args.seeds):
+        # a repeated seed ran twice and its table said "± 0.000 over 2 seeds"
+        return f"--seeds must be distinct and >= 0, got {args.seeds}"
+    if len(set(args.arms)) != len(args.arms):
+        return f"--arms must be distinct, got {args.arms}"
+    for option in ("optimizer", "pretrain_optimizer"):
+        if problem := bad_optimizer_name(getattr(args, option)):
+            return f"--{option.replace('_', '-')}: {problem}"
+    for option in ("lr", "pretrain_lr"):
+        value = getattr(args, option)
+        if not (math.isfinite(value) and value > 0):
+            return f"--{option.replace('_', '-')} must be finite and > 0, got {value}"
+    if args.pretrain_steps < 1:
+        return f"--pretrain-steps must be >= 1, got {args.pretrain_steps}"
+    if problem := bad_run_options(args) or bad_image_batch(args):
+        return problem
+    not_the_study = args.no_probe or args.pretrain_only or args.encoder is not None
+    if args.write and not_the_study:
+        return (
+            "--write refreshes the study's section, which runs with --no-probe, --pretrain-only "
+            "or --encoder do not make (write it from their --json with --from-json)"
+        )
+    if args.save_encoders is not None:
+        if args.encoder is not None:
+            return "--save-encoders with --encoder: nothing is pretrained, nothing to save"
+        if all(ARMS[arm] is None for arm in args.arms):
+            return f"--save-encoders: the arms {args.arms} do not pretrain, nothing to save"
+        if problem := encoder_clash(args, patch_size):
+            return problem
+    if args.encoder is not None:
+        try:
+            load_encoder(study_encoder(args.arch, patch_size), args.encoder)
+        except (OSError, ValueError) as error:
+            return f"--encoder: {error}"
+    return None
+
+
+def study_records(paths: list[Path]) -> list[dict[str, Any]]:
+    """The study runs of ``--from-json`` files, or a ``ValueError`` saying why not: each a run
+    with its arm, seed and fine-tuned report (or a recorded divergence), none twice."""
+    runs = []
+    for path in paths:
+        try:
+            records = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"--from-json {path}: {error}") from None
+        if not isinstance(records, list):
+            raise ValueError(f"--from-json {path}: expected a list of runs")
+        for i, run in enumerate(records):
+            if not (isinstance(run, dict) and {"arm", "seed"} <= set(run)):
+                raise ValueError(f"--from-json {path}: entry {i} is not a run of this study")
+            if "report" not in run and run.get("status") != "pretraining diverged":
+                kind = (
+                    "a --pretrain-only record (a race's, not the study's)"
+                    if str(run.get("model", "")).endswith(PRETRAIN_SUFFIX)
+                    else "a run without a fine-tuned report"
+                )
+                raise ValueError(f"--from-json {path}: entry {i} is {kind}")
+            runs.append(run)
+    if not runs:
+        raise ValueError("--from-json holds no runs: the section would be empty tables")
+    keys = [json.dumps([r.get(k) for k in ("command", "arm", "seed", "average")]) for r in runs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(
+            "--from-json holds the same run (command, arm, seed, average) more than once "
+            "(a file named twice, or a copy): each seed would be counted twice"
+        )
+    return runs
+
+
 def _ms(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return "–"
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
@@ -245,7 +408,10 @@ def arm_recipe(arm: str) -> str:
 
 def markdown(runs: list[dict[str, Any]], command: str) -> str:
     arms: dict[str, list[dict[str, Any]]] = {}
+    diverged = [r for r in runs if "report" not in r]
     for r in runs:  # a weight-averaged run is another recipe: its own row
+        if "report" not in r:
+            continue
         label = r["arm"] + (f" (EMA {r['average']:g})" if r.get("average") else "")
         arms.setdefault(label, []).append(r)
     lines = [
@@ -275,7 +441,8 @@ def markdown(runs: list[dict[str, Any]], command: str) -> str:
             budget = f"{rs[0]['pretrain_curve'][-1][0]} ({_ms([100 * d for d in drops], 1)} %)"
         else:
             budget = "0"
-        probe, tuned = [r["probe"] for r in rs], [r["report"] for r in rs]
+        # runs with --no-probe have none: "–" where no run of the row has one
+        probe, tuned = [r["probe"] for r in rs if "probe" in r], [r["report"] for r in rs]
         lines.append(
             f"| {arm} | {len(rs)} | {budget} "
             f"| {_ms([p['seen']['mean']['auc'] for p in probe])} "
@@ -301,6 +468,13 @@ def markdown(runs: list[dict[str, Any]], command: str) -> str:
             group = "heldout" if f in HELDOUT else "seen"
             cells.append(_ms([r["report"][group][f]["auc"] for r in rs]))
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    if diverged:
+        lines += [
+            "",
+            "Not in the tables (pretraining diverged, nothing probed or fine-tuned): "
+            + ", ".join(f"{r['arm']} seed {r['seed']}" for r in diverged)
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -331,7 +505,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--pretrain-only",
         action="store_true",
-        help="stop after pretraining: one race record per run (experiments.detector_race)",
+        help="stop after pretraining: one record per run (experiments.detector_race reads "
+        "the --arch vit ones)",
     )
     parser.add_argument("--max-steps", type=int, default=1500, help="fine-tuning cap")
     parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning lr")
@@ -354,7 +529,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--average",
-        type=float,
+        type=average_decay,
         default=None,
         help="evaluate, early-stop on and keep the weights' exponential moving average of this "
         "decay, in pretraining and fine-tuning (experiments.detectors --average)",
@@ -376,8 +551,17 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m experiments.pretraining_study " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
+    clash = output_clash(  # before anything is read or run: an output never replaces an input
+        [("--json", args.json), ("--write", args.write)],
+        [("--encoder", args.encoder), *(("--from-json", path) for path in args.from_json or ())],
+    )
+    if clash:
+        parser.error(clash)
     if args.from_json:
-        runs = [run for path in args.from_json for run in json.loads(path.read_text())]
+        try:
+            runs = study_records(args.from_json)
+        except ValueError as error:
+            parser.error(str(error))
         made_by = " and ".join(f"`{c}`" for c in sorted({r.get("command", "?") for r in runs}))
         text = markdown(runs, f"{made_by}, then `{command.strip()}`")
         print(text)
@@ -391,8 +575,11 @@ def main(argv: list[str] | None = None) -> None:
             f"--arch {args.arch} only pretrains (--pretrain-only): its detector is fine-tuned "
             "by experiments.detectors --init-residual"
         )
-    torch.set_num_threads(args.threads)
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
+    problem = bad_study_options(args, config.patch_size)
+    if problem:  # before the benchmark and any run: no work lost
+        parser.error(problem)
+    torch.set_num_threads(args.threads)
     bench = build_benchmark(config, args.cache_dir, progress=args.progress)
     families = FamilySplit(
         tuple(f for f in SEEN if f in config.families),
@@ -407,9 +594,12 @@ def main(argv: list[str] | None = None) -> None:
             if args.json:  # after every run: a long study keeps what it finished
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(strict_json.dumps(runs, indent=1, default=float))
-            if args.pretrain_only:
-                print(f"{arm} seed {seed}: best validation loss {run['best_val_loss']:.4f} "
-                      f"at step {run['best_step']}", flush=True)  # fmt: skip
+            if args.pretrain_only or "report" not in run:
+                best = run.get("best_val_loss")
+                print(f"{arm} seed {seed}: " + (
+                    f"best validation loss {best:.4f} at step {run['best_step']}"
+                    if best is not None else f"pretraining diverged ({run['pretrain_status']})"
+                ), flush=True)  # fmt: skip
                 continue
             probe = f"{run['probe']['heldout']['mean']['auc']:.3f}" if "probe" in run else "-"
             print(

@@ -177,3 +177,135 @@ def test_matched_frequency_arms_differ_from_the_pixel_arm_only_in_domain_and_dc(
     assert torch.all(kept.mask[:, 0, 16, 16] == 1)
     plain = pretrainer_model("frequency-matched", 32).masker(x, torch.Generator().manual_seed(1))
     assert torch.any(plain.mask[:, 0, 16, 16] == 0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # a repeated seed ran twice and its table said "± 0.000 over 2 seeds"
+        (["--seeds", "0", "0"], "--seeds must be distinct"),
+        (["--arms", "pixel", "pixel"], "--arms must be distinct"),
+        # each of these failed after pretraining (or fine-tuning), in a traceback
+        (["--optimizer", "bogus"], "--optimizer: optimizer 'bogus'"),
+        (["--pretrain-optimizer", "bogus"], "--pretrain-optimizer: optimizer 'bogus'"),
+        (["--target-fpr", "2"], "--target-fpr"),
+        (["--eval-every", "0"], "--eval-every"),
+        (["--pretrain-steps", "-5"], "--pretrain-steps must be >= 1"),
+        (["--pretrain-lr", "0"], "--pretrain-lr must be finite and > 0"),
+        (["--lr", "nan"], "--lr must be finite and > 0"),
+        (["--batch-size", "1"], "--batch-size must be >= 2"),
+        (["--average", "1.5"], "expected a decay in (0, 1)"),
+        (["--encoder", "{tmp}/missing.safetensors"], "does not exist"),
+        (["--encoder", "{tmp}/afile"], "not a readable safetensors file"),
+        # accepted and silently ignored: nothing was written or saved
+        (["--no-probe", "--write", "{tmp}/r.md"], "--write refreshes the study's section"),
+        (["--arms", "pixel", "--pretrain-only", "--write", "{tmp}/r.md"], "--write refreshes"),
+        (["--encoder", "{tmp}/afile", "--save-encoders", "{tmp}/e"], "nothing to save"),
+        (["--arms", "none", "--save-encoders", "{tmp}/e"], "do not pretrain, nothing to save"),
+        # an output that is an input: the records were overwritten with markdown
+        (["--from-json", "{tmp}/runs.json", "--write", "{tmp}/runs.json"], "is also --from-json"),
+        (["--from-json", "{tmp}/runs.json", "--json", "{tmp}/runs.json"], "is also --from-json"),
+    ],
+)
+def test_study_options_are_refused_before_any_work(tmp_path, capsys, argv, message):
+    from experiments.pretraining_study import main
+
+    (tmp_path / "afile").write_text("not safetensors")
+    records = tmp_path / "runs.json"
+    records.write_text("[]")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        main(["--tiny", "--cache-dir", str(tmp_path / "cache"), *argv])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists() and records.read_text() == "[]"
+    assert not (tmp_path / "e").exists()
+
+
+def test_an_encoder_of_another_architecture_is_named_as_such(tmp_path):
+    from safetensors.torch import save_file
+
+    from experiments.pretraining_study import load_encoder, study_encoder
+
+    npr = tmp_path / "npr.safetensors"
+    save_file(study_encoder("npr", 32).state_dict(), npr)
+    with pytest.raises(ValueError, match="not an encoder of this study's architecture"):
+        load_encoder(study_encoder("vit", 32), npr)
+
+
+def test_a_diverged_pretraining_is_recorded_not_fine_tuned_or_saved(tmp_path, capsys):
+    """An lr that diverges before the first evaluation: ``--pretrain-only`` crashed formatting
+    its ``None`` loss (the seeds after it never ran), the study fine-tuned the diverged encoder
+    into a traceback (the record lost), and ``--save-encoders`` wrote it under its usual name."""
+    import json
+
+    from experiments.pretraining_study import main, markdown
+
+    common = ["--tiny", "--cache-dir", str(tmp_path / "cache"), "--batch-size", "8",
+              "--eval-every", "2", "--seeds", "0", "1", "--arms", "frequency", "--workers", "0",
+              "--pretrain-steps", "6", "--pretrain-lr", "1e9", "--pretrain-optimizer",
+              "momentum", "--save-encoders", str(tmp_path / "enc")]  # fmt: skip
+    race = tmp_path / "race.json"
+    main([*common, "--pretrain-only", "--json", str(race)])
+    assert [(r["seed"], r["best_val_loss"]) for r in json.loads(race.read_text())] == [
+        (0, None),
+        (1, None),
+    ]
+    assert "pretraining diverged" in capsys.readouterr().out
+    study = tmp_path / "study.json"
+    main([*common, "--max-steps", "2", "--no-probe", "--json", str(study)])
+    runs = json.loads(study.read_text())
+    assert [r["status"] for r in runs] == ["pretraining diverged"] * 2
+    assert all("report" not in r for r in runs) and not (tmp_path / "enc").exists()
+    table = markdown([*runs, run("pixel", 0, 0.8)], "`c`")
+    assert "Not in the tables (pretraining diverged" in table and "frequency seed 1" in table
+
+
+def test_saved_encoders_never_replace_another_pretrainings(tmp_path, capsys):
+    """The file name holds arm and seed: an ``--arch npr`` run and a ViT run into one folder
+    wrote the same file, the second over the first, with nothing recorded of either."""
+    import json
+
+    from safetensors import safe_open
+
+    from experiments.pretraining_study import main
+
+    enc = tmp_path / "enc"
+    common = ["--tiny", "--cache-dir", str(tmp_path / "cache"), "--arms", "pixel", "--seeds",
+              "0", "--pretrain-steps", "2", "--eval-every", "2", "--batch-size", "8",
+              "--workers", "0", "--pretrain-only", "--save-encoders", str(enc)]  # fmt: skip
+    main([*common, "--arch", "npr"])
+    saved = enc / "pixel-seed0.safetensors"
+    with safe_open(saved, "pt") as f:
+        header = json.loads(f.metadata()["assocmem"])
+    assert header["arch"] == "npr" and header["pretrain_steps"] == 2
+    before = saved.read_bytes()
+    for other in (["--arch", "vit"], ["--arch", "npr", "--pretrain-lr", "1e-3"]):
+        with pytest.raises(SystemExit):
+            main([*common, *other])
+        assert "an encoder of another pretraining" in capsys.readouterr().err
+        assert saved.read_bytes() == before
+    main([*common, "--arch", "npr"])  # the same pretraining again: replaced
+
+
+def test_from_json_refuses_records_that_are_not_study_runs(tmp_path, capsys):
+    import json
+
+    from experiments.pretraining_study import main
+
+    race = {"arm": "frequency", "seed": 0, "model": "vit/frequency-pretrain", "best_val_loss": 1}
+    cases = {
+        "race.json": ([race], "a --pretrain-only record"),
+        "empty.json": ([], "holds no runs"),
+        "twice.json": ([run("pixel", 0, 0.8), run("pixel", 0, 0.8)], "more than once"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_text(json.dumps(content))
+        with pytest.raises(SystemExit) as exit_:
+            main(["--from-json", str(tmp_path / name)])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    # runs without a probe (--no-probe) make a table, "–" in the probe's columns
+    no_probe = {k: v for k, v in run("pixel", 0, 0.8).items() if k != "probe"}
+    (tmp_path / "noprobe.json").write_text(json.dumps([no_probe]))
+    main(["--from-json", str(tmp_path / "noprobe.json")])
+    assert "| pixel | 1 | 0 | – | – | 0.800 | 0.700 |" in capsys.readouterr().out
