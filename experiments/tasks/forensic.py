@@ -10,7 +10,10 @@ zero-shot generalisation.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import pickle
+import warnings
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
@@ -48,6 +51,7 @@ from assocmem.forensic.protocol import (
     zero_shot_report,
 )
 from assocmem.forensic.train import logits, pretrain, pretrain_val_loss, score
+from assocmem.storage import write_atomically
 
 _BENCHMARKS: dict[str, ForensicBenchmark] = {}
 
@@ -148,29 +152,43 @@ def pretrained_encoder(data: dict, spec: dict[str, Any]) -> nn.Module:
     """An encoder pretrained with a fixed Adam recipe, cached on disk by its config.
 
     Detection tasks start from it so that every optimizer under test trains the same head on
-    the same features.
+    the same features. It draws from a fork of the global RNG, which it leaves as it was: it
+    seeded the global generator with 0, and a cache miss drew the decoder from it where a hit
+    did not, so every seed's head started alike after it and a seed's head differed between a
+    cold cache and a warm one. A cache file that cannot be read is rebuilt (with a warning that
+    names it), and a new one is written atomically (a concurrent reader never sees half).
     """
     bench = load_benchmark(data)
     recipe = {"data": {k: data[k] for k in ("tiny", "patch_size", "seed", "train_families")}}
     recipe.update(spec)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(data.get("cache_dir") or default_cache_dir()) / "encoders" / f"{key}.pt"
-    torch.manual_seed(0)
-    encoder = build_encoder(spec["encoder"], bench.config.patch_size)
-    if path.exists():
-        encoder.load_state_dict(torch.load(path, weights_only=True))
-        return encoder
-    model = MaskedPretrainer(encoder, build_masker(spec["masker"]), loss=spec["loss"])
-    train = bench.split("train", data["train_families"]).images
-    val = bench.split("val", data["train_families"]).images[:512]
-    result = pretrain(
-        model, train, val, partial(torch.optim.Adam, lr=spec["lr"]), spec["steps"],
-        generator=torch.Generator().manual_seed(0), eval_every=spec["steps"],
-    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = build_encoder(spec["encoder"], bench.config.patch_size)
+        if path.exists():
+            try:
+                encoder.load_state_dict(torch.load(path, weights_only=True))
+                return encoder
+            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+                warnings.warn(
+                    f"cached encoder {path} cannot be read ({error}); pretraining it again",
+                    stacklevel=2,
+                )
+                torch.manual_seed(0)  # the draw a cold cache makes
+                encoder = build_encoder(spec["encoder"], bench.config.patch_size)
+        model = MaskedPretrainer(encoder, build_masker(spec["masker"]), loss=spec["loss"])
+        train = bench.split("train", data["train_families"]).images
+        val = bench.split("val", data["train_families"]).images[:512]
+        result = pretrain(
+            model, train, val, partial(torch.optim.Adam, lr=spec["lr"]), spec["steps"],
+            generator=torch.Generator().manual_seed(0), eval_every=spec["steps"],
+        )  # fmt: skip
     if result.diverged:
         raise RuntimeError(f"reference encoder pretraining diverged: {result.message}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(encoder.state_dict(), path)
+    buffer = io.BytesIO()
+    torch.save(encoder.state_dict(), buffer)
+    write_atomically([(path, buffer.getvalue())])
     return encoder
 
 

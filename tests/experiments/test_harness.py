@@ -460,3 +460,29 @@ def test_a_baseline_that_diverged_everywhere_is_said_to_leave_no_target(tmp_path
         root = compare(compose("compare", overrides=overrides), command="cmd")
     text = write_report(root, tmp_path / "r.md", tmp_path / "plots", "smoke").read_text()
     assert "No target: the baseline (`delta`) diverged on every evaluation seed" in text
+
+
+def test_the_cached_encoder_leaves_each_seed_its_own_head_cold_or_warm(tmp_path_factory):
+    """``pretrained_encoder`` seeded the global generator with 0 (every seed's head then
+    started alike) and drew a decoder from it on a cache miss only (one seed, two heads, by
+    the cache's state). A truncated cache file (a crash mid-save) was a traceback for good."""
+    cache = tmp_path_factory.getbasetemp() / "encoder-cache"
+    overrides = ["task=detect_head", "data=tiny", f"data.cache_dir={cache}", "progress=false"]
+    with initialize_config_dir(str(CONF), version_base=None):
+        cfg = compose("config", overrides=overrides)
+    build = cfg.task.build
+    build.pretrained.steps = 2
+
+    def head(seed: int) -> torch.Tensor:
+        task = instantiate(build, seed=seed)
+        return torch.cat([p.detach().flatten() for p in task.parameters()])
+
+    cold = head(0)  # pretrains and caches the encoder
+    assert torch.equal(head(0), cold)  # from the cache: the same head
+    assert not torch.equal(head(1), cold)  # another seed, another head
+    (path,) = (cache / "encoders").glob("*.pt")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match="cannot be read"):
+        assert torch.equal(head(0), cold)  # rebuilt as a cold cache builds it
+    assert path.read_bytes() == data
