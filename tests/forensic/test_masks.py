@@ -228,3 +228,48 @@ def test_an_asymmetric_mask_is_refused():
     m[7, 6] = 0.0
     masked, removed = apply_frequency_mask(x, m)
     torch.testing.assert_close(masked + removed, x)
+
+
+def test_per_image_masks_need_a_batch_of_as_many_images():
+    """A per-image mask on images without a channel axis, or a masker given one (C, H, W)
+    image, broadcast silently: (4, 16, 16) images and masks gave a (4, 4, 16, 16) product,
+    and a masker took an image's 3 channels for 3 images."""
+    g = torch.Generator().manual_seed(0)
+    masks = random_spectral_mask(16, 0.5, 4, g, n=4)
+    for split in (apply_frequency_mask, apply_pixel_mask):
+        with pytest.raises(ValueError, match="needs an \\(N, C, H, W\\) batch of N images"):
+            split(torch.rand(4, 16, 16), masks)
+        with pytest.raises(ValueError, match="batch of N images"):
+            split(torch.rand(2, 3, 16, 16), masks)  # 4 masks, 2 images
+        with pytest.raises(ValueError, match="differ in \\(H, W\\)"):
+            split(torch.rand(4, 3, 8, 8), masks)
+        masked, removed = split(torch.rand(4, 3, 16, 16), masks)  # as before
+        assert masked.shape == removed.shape == (4, 3, 16, 16)
+        shared, _ = split(torch.rand(5, 16, 16), masks[0])  # one (H, W) mask: any leading shape
+        assert shared.shape == (5, 16, 16)
+    for masker in (FrequencyMasker(), PixelMasker()):
+        with pytest.raises(ValueError, match="takes an \\(N, C, H, W\\) batch"):
+            masker(torch.rand(3, 16, 16))
+    with pytest.raises(ValueError, match="patch must be an integer"):
+        random_spectral_mask(16, 0.5, 2.5)
+
+
+def test_half_precision_and_empty_batches_split_by_frequency():
+    """float16/bfloat16 images failed in the FFT ("Unsupported dtype"), an empty batch in MKL
+    ("DFTI ERROR"); both split now, the half ones in float32 and back."""
+    images = torch.rand(2, 3, 16, 16)
+    mask = random_spectral_mask(16, 0.5, 4, torch.Generator().manual_seed(0), n=2)
+    exact, _ = apply_frequency_mask(images, mask)
+    for dtype in (torch.float16, torch.bfloat16):
+        masked, removed = apply_frequency_mask(images.to(dtype), mask)
+        assert masked.dtype == removed.dtype == dtype
+        # the input's rounding, then one rounding of the result: a few of dtype's ulps at 1
+        eps = torch.finfo(dtype).eps
+        assert (masked.float() - exact).abs().max() <= 4 * eps
+        # removed = images - masked in dtype: the sum is back within a rounding of each
+        assert (
+            (masked.float() + removed.float()) - images.to(dtype).float()
+        ).abs().max() <= 2 * eps
+    batch = FrequencyMasker()(torch.rand(0, 3, 8, 8))
+    masked, removed = batch.masked, batch.removed
+    assert masked.shape == removed.shape == (0, 3, 8, 8)

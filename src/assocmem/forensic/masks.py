@@ -52,6 +52,16 @@ def _check_patch(patch: int) -> None:
         raise ValueError(f"patch must be an integer >= 1, got {patch!r}")
 
 
+def _check_batch(images: Tensor) -> None:
+    # a masker draws one mask per image of an (N, C, H, W) batch: a single (C, H, W) image was
+    # taken for C images, and its masked output was (C, C, H, W)
+    if images.dim() != 4:
+        raise ValueError(
+            f"a masker takes an (N, C, H, W) batch, got {tuple(images.shape)} (one image: "
+            "images[None])"
+        )
+
+
 # ---------------------------------------------------------------- spectrum and symmetry
 
 
@@ -180,8 +190,7 @@ def random_spectral_mask(
         (True, True)
     """
     _check_ratio(ratio)
-    if patch < 1:
-        raise ValueError(f"patch must be >= 1, got {patch}")
+    _check_patch(patch)  # 2.5 or True failed inside repeat_interleave
     h, w = _hw(size)
     count = 1 if n is None else n
     bh, bw = math.ceil(h / patch), math.ceil(w / patch)
@@ -237,9 +246,30 @@ def pixel_patch_mask(
 
 
 def _broadcastable(mask: Tensor, images: Tensor) -> Tensor:
-    # (H, W) -> shared; (N, H, W) -> per image; (N, 1|C, H, W) as given.
-    if mask.dim() == 3:
-        mask = mask[:, None]
+    """``mask`` shaped to multiply ``images``: (H, W) shared by images of any leading shape;
+    (N, H, W) and (N, 1|C, H, W) one per image of an (N, C, H, W) batch. Anything else is
+    refused: a per-image mask on images without a channel axis, or on a single (C, H, W)
+    image, broadcast to an (N, N, H, W) or (C, C, H, W) product without a word."""
+    if mask.shape[-2:] != images.shape[-2:]:
+        raise ValueError(
+            f"mask {tuple(mask.shape)} and images {tuple(images.shape)} differ in (H, W)"
+        )
+    if mask.dim() in (3, 4):
+        per_image = mask.dim() == 3 or mask.shape[1] in (
+            1,
+            images.shape[1] if images.dim() == 4 else 0,
+        )
+        if images.dim() != 4 or mask.shape[0] != images.shape[0] or not per_image:
+            raise ValueError(
+                f"a per-image mask {tuple(mask.shape)} needs an (N, C, H, W) batch of N "
+                f"images, got {tuple(images.shape)} (a mask shared by all images is (H, W))"
+            )
+        if mask.dim() == 3:
+            mask = mask[:, None]
+    elif mask.dim() != 2:
+        raise ValueError(
+            f"mask must be (H, W), (N, H, W) or (N, 1|C, H, W), got {tuple(mask.shape)}"
+        )
     return mask.to(device=images.device, dtype=images.dtype).clamp(0.0, 1.0)
 
 
@@ -254,7 +284,8 @@ def apply_frequency_mask(
     spectral split, which is what reconstruction targets need.
 
     Args:
-        images: (..., H, W) real tensor, e.g. (N, C, H, W).
+        images: (..., H, W) real tensor, e.g. (N, C, H, W); an (N, C, H, W) batch of as many
+            images as the mask has when the mask is per image.
         mask: keep mask (H, W), (N, H, W) or (N, 1, H, W), Hermitian-symmetric (refused
             otherwise: ``masked`` is the real part, so a bin kept without its mirror was half
             kept, and ``removed`` was not what the mask removes).
@@ -273,7 +304,13 @@ def _split_by_frequency(
     """:func:`apply_frequency_mask` of a mask known to be symmetric (built here)."""
     # Shift the (real, one-channel) mask to the uncentred FFT layout rather than shifting the
     # complex spectra: same product, a fraction of the memory traffic.
+    if images.dtype in (torch.float16, torch.bfloat16):  # no half FFT on the CPU: in float32
+        masked, _ = _split_by_frequency(images.float(), mask, clip=clip)
+        masked = masked.to(images.dtype)
+        return masked, images - masked
     m = torch.fft.ifftshift(_broadcastable(mask, images), dim=(-2, -1))
+    if images.numel() == 0:  # MKL refuses a transform of no images ("DFTI ERROR")
+        return images.clone(), torch.zeros_like(images)
     masked = torch.fft.ifft2(torch.fft.fft2(images, norm="ortho") * m, norm="ortho").real
     if clip:
         masked = masked.clamp(0.0, 1.0)
@@ -345,6 +382,7 @@ class FrequencyMasker:
         raise ValueError(f"kind must be 'spectral' or 'band', got {self.kind!r}")
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> MaskedBatch:
+        _check_batch(images)
         mask = self.masks(images, generator).to(images.device)[:, None]
         masked, removed = _split_by_frequency(images, mask)  # symmetric by construction
         return MaskedBatch(masked, removed, mask, torch.ones_like(mask), 1.0 - mask)
@@ -366,6 +404,7 @@ class PixelMasker:
         _check_patch(self.patch)
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> MaskedBatch:
+        _check_batch(images)
         n, (h, w) = images.shape[0], images.shape[-2:]
         mask = pixel_patch_mask((h, w), self.ratio, self.patch, generator, n=n)
         mask = mask.to(images.device)[:, None]
