@@ -219,3 +219,143 @@ def test_post_processing_names_a_batch_that_is_not_uint8():
         postprocess(
             np.zeros((2, 3, 8, 8), np.float32), PostProcessConfig(), np.random.default_rng(0)
         )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"stride": 0},  # built silently as the patch size, under another key
+        {"scales": ()},
+        {"scales": (2.0,)},
+        {"photos": ()},
+        {"photos": ("astronaut", "astronaut", "coffee")},
+        {"photos": ("no_such_photo",)},
+        {"max_patches_per_photo": 0},
+        {"min_std": -1.0},
+        {"split_fractions": (1.2, -0.1, -0.1)},  # sums to 1, built silently
+        {"seed": -1},
+        {"seed": 1.5},
+        {"patch_size": 8.0},
+        {"families": ("double_jpeg", "splice", "double_jpeg")},  # counted as one family
+    ],
+)
+def test_a_config_that_cannot_build_what_it_says_is_refused_when_made(overrides):
+    with pytest.raises(ValueError, match=next(iter(overrides))):
+        BenchmarkConfig(**overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"ae_steps": -1},
+        {"ae_width": 0},
+        {"ae_crop": 0},
+        {"denoiser_noise": -1.0},
+        # a reversed range failed after every generator was fitted (minutes at full size)
+        {"jpeg_first_quality": (90, 10)},
+        {"jpeg_second_quality": (0, 200)},
+        {"resample_scale": (1.5, 2.0)},  # an upscale is no "resample" family
+        {"splice_radius": (-1.0, 0.0)},
+    ],
+)
+def test_generator_settings_are_checked_when_made(overrides):
+    from assocmem.forensic.data.families import GeneratorSettings
+
+    with pytest.raises(ValueError, match=next(iter(overrides))):
+        GeneratorSettings(**overrides)
+
+
+def test_a_damaged_cache_entry_is_rebuilt_not_served(tmp_path):
+    """An entry whose files were truncated, or edited (labels, dtypes, rows, another key's
+    meta), was served as it was, or failed in numpy's zip or JSON reader without its path."""
+    import json
+    import shutil
+
+    config = BenchmarkConfig.tiny(families=("double_jpeg",))
+    first = build_benchmark(config, tmp_path, progress=False)
+    entry = tmp_path / "forensic" / config.key()
+    pristine = tmp_path / "pristine"
+    shutil.copytree(entry, pristine)
+
+    def damage_arrays(edit) -> None:
+        with np.load(pristine / "arrays.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        edit(arrays)
+        np.savez_compressed(entry / "arrays.npz", **arrays)
+
+    data = (pristine / "arrays.npz").read_bytes()
+    meta = json.loads((pristine / "meta.json").read_text())
+    damages = {
+        "truncated arrays": lambda: (entry / "arrays.npz").write_bytes(data[: len(data) // 2]),
+        "empty arrays": lambda: (entry / "arrays.npz").write_bytes(b""),
+        "truncated meta": lambda: (entry / "meta.json").write_text('{"key": '),
+        "another key": lambda: (entry / "meta.json").write_text(
+            json.dumps({**meta, "key": "0" * 16})
+        ),
+        "labels": lambda: damage_arrays(lambda a: a["val/labels"].fill(0)),
+        "rows": lambda: damage_arrays(lambda a: a.update({"test/labels": a["test/labels"][:5]})),
+        "dtype": lambda: damage_arrays(
+            lambda a: a.update({"train/images": a["train/images"].astype(np.float32)})
+        ),
+    }
+    for name, damage in damages.items():
+        damage()
+        with pytest.warns(UserWarning, match=f"cache entry {entry}"):
+            again = build_benchmark(config, tmp_path, progress=False)
+        assert again.meta["loaded_from_cache"] is False, name
+        assert torch.equal(again.arrays("val").images, first.arrays("val").images), name
+        served = build_benchmark(config, tmp_path, progress=False)  # the rebuilt entry
+        assert served.meta["loaded_from_cache"] is True, name
+
+
+def test_a_cache_that_cannot_be_written_is_said_before_the_build(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OSError, match="cannot be made"):
+        build_benchmark(BenchmarkConfig.tiny(), tmp_path / "a_file", progress=False)
+
+
+def test_the_build_is_the_same_under_any_torch_thread_count(tmp_path):
+    """The generators' training reduced in an order set by the thread count: one key built
+    different fakes under 1 and 2 threads. The build now runs on BUILD_THREADS, whatever the
+    caller's count, which it gets back."""
+    config = BenchmarkConfig.tiny(families=("ae_transconv", "denoiser"))
+    threads = torch.get_num_threads()
+    try:
+        built = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            bench = build_benchmark(config, use_cache=False, progress=False)
+            assert torch.get_num_threads() == count
+            built.append(bench)
+    finally:
+        torch.set_num_threads(threads)
+    # the generators' weights (5 steps: their images still round alike at this size; at 150
+    # steps 24 of 36 test fakes differed) and the images
+    for family, model in built[0].generators.items():
+        other = built[1].generators[family].state_dict()
+        assert all(torch.equal(t, other[k]) for k, t in model.state_dict().items()), family
+    assert torch.equal(built[0].arrays("test").images, built[1].arrays("test").images)
+
+
+def test_a_new_cache_entry_is_readable_as_the_umask_allows(tmp_path):
+    import os
+    import stat
+
+    build_benchmark(BenchmarkConfig.tiny(families=("double_jpeg",)), tmp_path, progress=False)
+    (entry,) = (tmp_path / "forensic").iterdir()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o777 & ~umask  # mkdtemp's was 0700
+
+
+def test_the_clipped_values_feature_is_the_share_at_0_or_255():
+    from assocmem.forensic.data.baseline import saturation_feature
+
+    images = torch.full((3, 3, 4, 4), 128, dtype=torch.uint8)
+    images[1, 0, 0, :2] = 0  # 2 of 48 values
+    images[2] = 255
+    assert saturation_feature(images).tolist() == [0.0, 2 / 48, 1.0]
+    # float images in [0, 1]: their uint8 levels
+    assert saturation_feature(images.float() / 255).tolist() == [0.0, 2 / 48, 1.0]
+    with pytest.raises(ValueError, match="expected \\(N, C, H, W\\)"):
+        saturation_feature(images[0])

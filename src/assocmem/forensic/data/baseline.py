@@ -1,14 +1,17 @@
-"""One-feature shortcut baseline: high-frequency energy + logistic regression.
+"""One-feature shortcut baselines: one number per patch + logistic regression.
 
 If a single scalar (how much of a patch's spectral energy sits at high frequency) separates
 reals from a family's fakes, a detector's score on that family says little about learned
 forensic traces: blur, sharpening and JPEG all move this one number. Report it next to every
 detector so a reader can see how far from trivial each family is (AUC 0.5 = no shortcut).
+The second scalar, :func:`saturation_feature`, measures a cue of the value range: the
+autoencoder families' sigmoid output reaches 0 or 255 only through post-processing, where
+real photos keep clipped highlights and shadows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +19,13 @@ from torch import Tensor
 
 from assocmem.forensic.data.patches import as_float_images
 
-__all__ = ["gray_power_spectrum", "hf_energy_baseline", "hf_energy_feature"]
+__all__ = [
+    "gray_power_spectrum",
+    "hf_energy_baseline",
+    "hf_energy_feature",
+    "one_feature_baseline",
+    "saturation_feature",
+]
 
 
 def gray_power_spectrum(images: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
@@ -50,6 +59,19 @@ def hf_energy_feature(images: Tensor | np.ndarray, cutoff: float = 0.5) -> np.nd
     return torch.log(frac + 1e-8).double().numpy()
 
 
+def saturation_feature(images: Tensor | np.ndarray) -> np.ndarray:
+    """The share of a patch's values at 0 or 255 (clipped), per image; float64 (N,).
+
+    ``images``: (N, C, H, W) uint8, or float in [0, 1] (rounded to uint8 levels)."""
+    x = torch.as_tensor(images)
+    if x.dtype != torch.uint8:
+        x = x.float().mul(255.0).round().clamp(0, 255).to(torch.uint8)
+    if x.ndim != 4:
+        raise ValueError(f"expected (N, C, H, W) images, got shape {tuple(x.shape)}")
+    clipped = (x == 0) | (x == 255)
+    return clipped.flatten(1).double().mean(dim=1).numpy()
+
+
 def _fit_eval(
     x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
 ) -> dict[str, float]:
@@ -72,8 +94,19 @@ def hf_energy_baseline(
     test: object,
     families: Sequence[str] | None = None,
 ) -> dict[str, dict[str, float]]:
+    """:func:`one_feature_baseline` of :func:`hf_energy_feature`."""
+    return one_feature_baseline(train, test, hf_energy_feature, families)
+
+
+def one_feature_baseline(
+    train: object,
+    test: object,
+    feature: Callable[[Tensor], np.ndarray],
+    families: Sequence[str] | None = None,
+) -> dict[str, dict[str, float]]:
     """Per family: fit on train reals + that family's train fakes, score test reals + that
-    family's test fakes. Key ``"all"``: fit and score on every family at once.
+    family's test fakes, on the one number ``feature`` gives each image. Key ``"all"``: fit
+    and score on every family at once.
 
     ``train``/``test`` are ``ForensicSubset``s (anything with ``images_uint8``, ``labels``,
     ``family`` and ``family_names``). Returns ``{family: {"auc", "ap", "acc", "n_test"}}``.
@@ -81,7 +114,7 @@ def hf_energy_baseline(
     feats = {}
     for name, sub in (("train", train), ("test", test)):
         feats[name] = (
-            hf_energy_feature(sub.images_uint8),  # type: ignore[attr-defined]
+            feature(sub.images_uint8),  # type: ignore[attr-defined]
             sub.labels.numpy(),  # type: ignore[attr-defined]
             sub.family.numpy(),  # type: ignore[attr-defined]
         )

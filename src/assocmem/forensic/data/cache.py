@@ -12,6 +12,8 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,12 @@ from assocmem.forensic.data.autoencoders import make_generator
 from assocmem.forensic.data.config import FORMAT_VERSION, SPLITS, BenchmarkConfig
 from assocmem.forensic.data.families import LEARNED_FAMILIES
 from assocmem.forensic.data.photos import load_photos
-from assocmem.forensic.data.pipeline import _clean_reals, _generate_benchmark, fit_families
+from assocmem.forensic.data.pipeline import (
+    _clean_reals,
+    _generate_benchmark,
+    build_threads,
+    fit_families,
+)
 from assocmem.forensic.data.splits import ForensicBenchmark, SplitArrays
 
 __all__ = ["build_benchmark", "cached_build", "default_cache_dir", "fitted_generators"]
@@ -42,6 +49,11 @@ _FIELDS = ("images", "labels", "family", "source", "parent", "post")
 def _save(bench: ForensicBenchmark, directory: Path, build_seconds: float) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".tmp-"))
+    # mkdtemp makes it 0700: under a shared $ASSOCMEM_CACHE other users could not read the
+    # entry; it gets the mode a folder made here gets (the umask's)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         arrays = {
             f"{s}/{f}": getattr(a, f).numpy() for s, a in bench.splits.items() for f in _FIELDS
@@ -71,16 +83,62 @@ def _save(bench: ForensicBenchmark, directory: Path, build_seconds: float) -> No
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load(config: BenchmarkConfig, directory: Path) -> ForensicBenchmark:
-    meta = json.loads((directory / "meta.json").read_text())
-    with np.load(directory / "arrays.npz") as z:
-        splits = {
-            s: SplitArrays(**{f: torch.from_numpy(z[f"{s}/{f}"]) for f in _FIELDS}) for s in SPLITS
-        }
+class DamagedEntry(ValueError):
+    """A cache entry that cannot be read, or is not what its key says (rebuilt, not served)."""
+
+
+def _load(config: Any, directory: Path) -> ForensicBenchmark:
+    """The entry at ``directory``, checked: its meta names this config's key and format
+    version, and every split's arrays are whole (uint8 images, one row each in every field,
+    labels that say fake exactly where the family does). A ``DamagedEntry`` naming the entry
+    otherwise: a truncated or edited file was served as it was, or failed in numpy's zip or
+    JSON reader without a path."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        with np.load(directory / "arrays.npz") as z:
+            splits = {
+                s: SplitArrays(**{f: torch.from_numpy(z[f"{s}/{f}"]) for f in _FIELDS})
+                for s in SPLITS
+            }
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        # zlib.error is an Exception of its own: a flipped bit in the compressed arrays
+        raise DamagedEntry(f"cache entry {directory} cannot be read ({error!r})") from None
+    except Exception as error:
+        if type(error).__module__ != "zlib":
+            raise
+        raise DamagedEntry(f"cache entry {directory} cannot be read ({error!r})") from None
+    version = getattr(config, "FORMAT_VERSION", FORMAT_VERSION)
+    problems = []
+    if not isinstance(meta, dict):
+        problems.append("its meta.json is not a mapping")
+        meta = {}
+    if meta.get("key") != config.key() or meta.get("format_version") != version:
+        problems.append(
+            f"its meta.json names key {meta.get('key')!r}, format {meta.get('format_version')!r}"
+        )
+    for name, split in splits.items():
+        rows = {f: len(getattr(split, f)) for f in _FIELDS}
+        if split.images.dtype != torch.uint8 or len(set(rows.values())) != 1:
+            problems.append(f"{name}: {split.images.dtype} images, rows {rows}")
+        elif not torch.equal(split.labels.bool(), split.family > 0):
+            problems.append(f"{name}: labels that disagree with the families")
+    if problems:
+        raise DamagedEntry(f"cache entry {directory} is not this config's: {'; '.join(problems)}")
     extra = {k: meta[k] for k in ("split_of_group", "gray_sources", "source_formats") if k in meta}
     extra["build_seconds"] = meta.get("build_seconds")
     extra["loaded_from_cache"] = True
     return ForensicBenchmark(config, splits, meta["family_names"], meta["source_names"], extra)
+
+
+def _set_aside(directory: Path) -> None:
+    """Move a damaged entry out of its key's place (``_save`` then writes the new one there
+    with one rename), and remove it."""
+    aside = directory.with_name(f".damaged-{directory.name}-{os.getpid()}")
+    try:
+        directory.rename(aside)
+    except OSError:  # another process set it aside first, or rebuilt it already
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 _GENERATORS = "generators.safetensors"
@@ -164,11 +222,32 @@ def cached_build(
     image benchmark's ``BenchmarkConfig`` (kind ``forensic``) or the clip benchmark's."""
     directory = Path(cache_dir or default_cache_dir()) / kind / config.key()
     if use_cache and (directory / "meta.json").exists():
-        bench = _load(config, directory)
-        bench.cache_entry = directory
-        return bench
+        try:
+            bench = _load(config, directory)
+        except DamagedEntry as error:
+            # a cache: rebuilt beside it, and the damaged entry replaced once the new one is
+            # whole (never served, never left half-replaced)
+            warnings.warn(f"{error}; building it again", stacklevel=3)
+            _set_aside(directory)
+        else:
+            bench.cache_entry = directory
+            return bench
+    if use_cache:  # a folder that cannot hold the entry: said now, not after the build
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OSError(
+                f"the benchmark cache {directory.parent} cannot be made ({error}); give "
+                "another cache_dir (or $ASSOCMEM_CACHE), or use_cache=False"
+            ) from error
+        if not os.access(directory.parent, os.W_OK | os.X_OK):
+            raise PermissionError(
+                f"the benchmark cache {directory.parent} is not writable; give another "
+                "cache_dir (or $ASSOCMEM_CACHE), or use_cache=False"
+            )
     start = time.perf_counter()
-    bench = generate()
+    with build_threads():
+        bench = generate()
     seconds = time.perf_counter() - start
     bench.meta["build_seconds"] = round(seconds, 2)
     bench.meta["loaded_from_cache"] = False

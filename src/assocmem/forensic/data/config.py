@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 
-from assocmem.forensic.data.families import FAMILY_NAMES, GeneratorSettings
+from assocmem.forensic.data.families import FAMILY_NAMES, GeneratorSettings, whole_number
+from assocmem.forensic.data.photos import PHOTO_NAMES
 from assocmem.forensic.data.postprocess import PostProcessConfig
 
 __all__ = ["FORMAT_VERSION", "REAL", "SPLITS", "BenchmarkConfig"]
@@ -36,19 +38,49 @@ class BenchmarkConfig:
     post: PostProcessConfig = field(default_factory=PostProcessConfig)
 
     def __post_init__(self) -> None:
-        if self.patch_size < 8 or self.patch_size % 4:
+        # Checked when built: each of these used to build silently (stride 0 as the patch size
+        # under another key, fractions of 1.2 and -0.1), or fail deep in the build without
+        # naming the field (no patches to train a generator on, numpy's negative seed).
+        if not whole_number(self.patch_size, 8) or self.patch_size % 4:
             raise ValueError(f"patch_size must be a multiple of 4 and >= 8, got {self.patch_size}")
+        if self.stride is not None and not whole_number(self.stride, 1):
+            raise ValueError(f"stride must be a whole number >= 1 or None, got {self.stride!r}")
+        if not self.scales or not all(0.0 < s <= 1.0 for s in self.scales):
+            raise ValueError(f"scales must be pyramid levels in (0, 1], got {self.scales}")
+        if self.photos is not None:
+            unknown = [p for p in self.photos if p not in PHOTO_NAMES]
+            if not self.photos or unknown or len(set(self.photos)) != len(self.photos):
+                raise ValueError(
+                    f"photos must be distinct names of {PHOTO_NAMES} (None: all), got {self.photos}"
+                )
+        if self.max_patches_per_photo is not None and not whole_number(
+            self.max_patches_per_photo, 1
+        ):
+            raise ValueError(
+                f"max_patches_per_photo must be >= 1 or None, got {self.max_patches_per_photo!r}"
+            )
+        if not 0.0 <= self.min_std < math.inf:
+            raise ValueError(f"min_std must be a finite number >= 0, got {self.min_std}")
         unknown = [f for f in self.families if f not in FAMILY_NAMES]
         if unknown or not self.families:
             raise ValueError(
                 f"families must be a non-empty subset of {FAMILY_NAMES}, got {unknown}"
             )
-        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1.0) > 1e-6:
+        if len(set(self.families)) != len(self.families):  # counted and split as one family
+            raise ValueError(f"families names a family twice: {self.families}")
+        fractions = self.split_fractions
+        if (
+            len(fractions) != 3
+            or not all(0.0 < f < 1.0 for f in fractions)
+            or abs(sum(fractions) - 1.0) > 1e-6
+        ):
             raise ValueError(
-                f"split_fractions must be 3 numbers summing to 1, got {self.split_fractions}"
+                f"split_fractions must be 3 numbers in (0, 1) summing to 1, got {fractions}"
             )
         if not 0.0 < self.fake_fraction <= 1.0:
             raise ValueError(f"fake_fraction must be in (0, 1], got {self.fake_fraction}")
+        if not whole_number(self.seed, 0):
+            raise ValueError(f"seed must be a whole number >= 0, got {self.seed!r}")
 
     @classmethod
     def tiny(cls, **overrides: object) -> BenchmarkConfig:

@@ -17,6 +17,7 @@ its parent real share content and differ only by the family's trace:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -70,6 +71,41 @@ class GeneratorSettings:
     resample_scale: tuple[float, float] = (0.5, 0.8)
     splice_radius: tuple[float, float] = (0.2, 0.45)  # ellipse semi-axes, fraction of P
     splice_feather: tuple[float, float] = (1.0, 3.0)  # soft-edge width in pixels
+
+    def __post_init__(self) -> None:
+        # checked when built: a reversed JPEG range failed after every generator was fitted
+        # (minutes), others built silently (an upscaling "resample", a negative noise)
+        for name, least in (("ae_steps", 0), ("ae_width", 1), ("denoiser_steps", 0)):
+            if not whole_number(getattr(self, name), least):
+                raise ValueError(
+                    f"{name} must be a whole number >= {least}, got {getattr(self, name)!r}"
+                )
+        if self.ae_crop is not None and not whole_number(self.ae_crop, 1):
+            raise ValueError(f"ae_crop must be a whole number >= 1 or None, got {self.ae_crop!r}")
+        if not 0.0 <= self.denoiser_noise < float("inf"):
+            raise ValueError(
+                f"denoiser_noise must be a finite number >= 0, got {self.denoiser_noise}"
+            )
+        ranges = {
+            "jpeg_first_quality": (1, 100),
+            "jpeg_second_quality": (1, 100),
+            "resample_scale": (0.0, 1.0),
+            "splice_radius": (0.0, 1.0),
+            "splice_feather": (0.0, float("inf")),
+        }
+        for name, (lo, hi) in ranges.items():
+            a, b = getattr(self, name)
+            if not lo <= a <= b <= hi or (name in ("resample_scale", "splice_radius") and a <= 0):
+                raise ValueError(
+                    f"{name} must be a range low <= high within [{lo}, {hi}], got {(a, b)}"
+                )
+        if self.resample_scale[1] >= 1.0:
+            raise ValueError(f"resample_scale must downscale (high < 1), got {self.resample_scale}")
+
+
+def whole_number(value: object, least: int) -> bool:
+    """Whether ``value`` is an integer (not a bool) of at least ``least``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
 
 
 def _to_float(patches: np.ndarray) -> torch.Tensor:
