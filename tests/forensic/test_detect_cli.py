@@ -512,3 +512,58 @@ def test_without_the_forensic_extra_the_command_names_what_to_install(monkeypatc
         forensic.__getattr__("Detector")
     monkeypatch.setattr(importlib.util, "find_spec", real)
     assert forensic.detect_main(["--help"]) == 0
+
+
+def test_ctrl_c_before_any_image_rewrites_the_reports_empty(
+    weights, folder, tmp_path, capsys, monkeypatch
+):
+    """Interrupted before the first image was scored, the command returned before writing the
+    reports: an earlier run's CSV at the path then read as this run's result, though stderr
+    said the reports held what was scored."""
+
+    def interrupted(self, image, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Detector, "score_one", interrupted)
+    out_csv, out_json = tmp_path / "r.csv", tmp_path / "r.json"
+    out_csv.write_text("path,decision\nOLD_RUN_image.png,fake\n")
+    out_json.write_text('{"images": [{"path": "OLD_RUN_image.png"}]}')
+    argv = [str(folder / "good.png"), "--weights", str(weights), "--csv", str(out_csv)]
+    assert main([*argv, "--json", str(out_json)]) == EXIT_INTERRUPTED
+    assert "interrupted after 0 of 1" in capsys.readouterr().err
+    assert out_csv.read_text().splitlines()[0].startswith("path,label,family,status")
+    assert len(out_csv.read_text().splitlines()) == 1  # the header alone
+    report = json.loads(out_json.read_text())
+    assert report["images"] == [] and report["summary"]["scored"] == 0
+
+
+def test_an_image_named_twice_is_scored_once(weights, folder, tmp_path, capsys):
+    """A folder and a file in it, or a path and a link to it, gave one row per naming: the
+    summary counted the image twice (and a labelled run's rates weighed it twice)."""
+    link = tmp_path / "link.png"
+    link.symlink_to(folder / "good.png")
+    out_json = tmp_path / "r.json"
+    argv = [str(folder / "sub"), str(folder / "sub" / "deeper.png"), str(folder / "good.png"),
+            str(link), "--weights", str(weights), "--json", str(out_json)]  # fmt: skip
+    assert main(argv) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "2 image(s) named more than once" in err
+    rows = json.loads(out_json.read_text())["images"]
+    assert [Path(r["path"]).name for r in rows] == ["deeper.png", "good.png"]
+
+
+def test_postscript_is_no_image_extension_without_ghostscript(monkeypatch):
+    """Pillow reads EPS through Ghostscript: without it every .eps in a scanned folder was an
+    unreadable file (exit 3) instead of a file that is not an image."""
+    from assocmem.forensic.data import loaders
+
+    monkeypatch.setattr(loaders, "_has_ghostscript", lambda: False)
+    assert not {".eps", ".ps"} & loaders._readable_extensions()
+    monkeypatch.setattr(loaders, "_has_ghostscript", lambda: True)
+    assert {".eps", ".ps"} <= loaders._readable_extensions()
+
+
+def test_a_thin_image_is_refused_with_its_width_first(weights, tmp_path):
+    Image.fromarray(np.zeros((40, 3, 3), np.uint8)).save(tmp_path / "strip.png")  # 3 wide
+    with pytest.raises(ValueError, match="an image of 3 x 40 px"):
+        Detector.load(weights).score_one(tmp_path / "strip.png")

@@ -261,7 +261,8 @@ def _table(rows: list[dict[str, Any]], labelled: bool) -> str:
 def _shown(path: str) -> str:
     """``path`` as the table prints it, one line of the width it takes: a byte that is not
     UTF-8 as its escape (``\\udcff``, as stdout writes it) and a control character (a newline
-    in a file name) as its Python escape; the CSV and JSON keep the name itself."""
+    in a file name) as its Python escape; the JSON keeps the name itself, the CSV its control
+    characters (quoted) and a byte that is not UTF-8 as its escape, as here."""
     text = path.encode("utf-8", "backslashreplace").decode("utf-8")
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
@@ -396,7 +397,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         found = [collect(p) for p in args.paths]
     except (FileNotFoundError, ValueError) as e:
         return usage(str(e))
-    items = [item for f in found for item in f.items]
+    # one row per image: a file named twice (a folder and a file in it, a path and a link to
+    # it) was scored twice, which counted it twice in the summary and the rates
+    unique: dict[Path, Item] = {}
+    for item in (item for f in found for item in f.items):
+        unique.setdefault(item.path.resolve(), item)
+    items = list(unique.values())
+    repeated = sum(len(f.items) for f in found) - len(items)
     not_images = [p for f in found for p in f.not_images]
     # folders that could not be listed: unreadable rows of their own, as unreadable files are
     folder_rows = [
@@ -455,13 +462,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: keep what was scored (the table and the reports)
         interrupted = True
         bar.close()
+        # the reports are written even for none: an earlier run's report at the path would
+        # otherwise read as this run's result
         print(
             f"assocmem-detect: interrupted after {len(rows)} of {len(items)} images; the "
             "table and reports hold those",
             file=sys.stderr,
         )
-        if not rows and not folder_rows:
-            return EXIT_INTERRUPTED
     labelled = any(item.label is not None for item in items)
     summary = _summary(rows, len(items), len(not_images), len(folder_rows))
     rows += folder_rows  # in the reports too, after the images
@@ -476,7 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [r for r in rows if r["status"] != "ok"]
     # The reports first: a closed or full stdout (``| head``) must not lose them. A report
     # that cannot be written (a full disk) does not lose the table either.
-    unwritten = _write_reports(args.csv, args.json, rows, detector, summary)
+    fields = list(_row(items[0] if items else Item(Path(), None, None), None, "").keys())
+    unwritten = _write_reports(args.csv, args.json, rows, detector, summary, fields)
     try:
         if table:
             print(table)
@@ -502,6 +510,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"assocmem-detect: {len(not_images)} file(s) under the folders not scored, not an "
             f"image extension ({named}{more}); name one as a PATH to try it",
+            file=sys.stderr,
+        )
+    if repeated:
+        print(
+            f"assocmem-detect: {repeated} image(s) named more than once (a folder and a file "
+            "in it, or a link), scored once each",
             file=sys.stderr,
         )
     for message in unwritten:
@@ -542,15 +556,19 @@ def _write_reports(
     rows: list[dict[str, Any]],
     detector: Detector,
     summary: dict[str, Any],
+    fields: list[str],
 ) -> list[str]:
-    """Write the ``--csv`` and ``--json`` reports; returns why each that failed could not be
-    written (a full disk, a folder removed meanwhile), for stderr after the table."""
+    """Write the ``--csv`` and ``--json`` reports (``fields``: the CSV's columns, a header alone
+    when no row was scored); returns why each that failed could not be written (a full disk, a
+    folder removed meanwhile), for stderr after the table."""
     failed = []
     if csv_path:
         try:
-            # a file name that is not valid UTF-8 is written with backslash escapes (\udcff)
+            # a file name that is not valid UTF-8 is written with backslash escapes (\udcff), so
+            # the CSV stays UTF-8; a name that holds such an escape literally reads alike here
+            # (the JSON keeps every name exactly)
             with csv_path.open("w", newline="", encoding="utf-8", errors="backslashreplace") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer = csv.DictWriter(f, fieldnames=fields)
                 writer.writeheader()
                 writer.writerows(rows)
         except OSError as e:

@@ -321,7 +321,8 @@ class Detector:
         of its rows)."""
         if min(image.shape[-2:]) < MIN_SIDE:
             raise ValueError(
-                f"an image of {image.shape[-2]} x {image.shape[-1]} px is too thin to score: "
+                # width x height, as the command's table writes sizes
+                f"an image of {image.shape[-1]} x {image.shape[-2]} px is too thin to score: "
                 f"sides under {MIN_SIDE} px are filled by reflecting their rows, which reads as "
                 "up-sampling (most real strips of 1-3 px were called fake)"
             )

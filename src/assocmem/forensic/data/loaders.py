@@ -64,11 +64,17 @@ __all__ = [
 ]
 
 
+def _has_ghostscript() -> bool:
+    from PIL import EpsImagePlugin
+
+    return bool(EpsImagePlugin.has_ghostscript())
+
+
 def _readable_extensions() -> frozenset[str]:
     """The file extensions of the formats this Pillow opens and decodes: those registered
     (``Image.registered_extensions``) with an open plugin, less the ones it only identifies
-    (MPEG: no decoder) and the stubs that need a handler nobody registered (HDF5, GRIB, BUFR,
-    WMF off Windows), whose every file would fail to load."""
+    (MPEG: no decoder), the stubs that need a handler nobody registered (HDF5, GRIB, BUFR,
+    WMF off Windows) and PostScript without Ghostscript, whose every file would fail to load."""
     extensions = set()
     for ext, fmt in Image.registered_extensions().items():
         if fmt not in Image.OPEN or fmt == "MPEG":
@@ -76,6 +82,8 @@ def _readable_extensions() -> frozenset[str]:
         factory = Image.OPEN[fmt][0]
         stub = isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)
         if stub and getattr(sys.modules.get(factory.__module__), "_handler", None) is None:
+            continue
+        if fmt == "EPS" and not _has_ghostscript():  # Pillow reads PostScript through it
             continue
         extensions.add(ext.lower())
     return frozenset(extensions)
