@@ -567,23 +567,33 @@ def weights_clash(
     of the same recipe (a rerun) is replaced; checked before training."""
     for model_name, run in planned:
         path = folder / weights_name(model_name, run)
-        if not path.exists():
-            continue
-        try:
-            metadata, _ = read_safetensors(path, "detector weights")
-            header = json.loads(metadata["assocmem"])
-        except (OSError, ValueError, KeyError):
-            return f"--save-weights would replace {path}, which is not a --save-weights file"
-        # as the header would hold it (JSON: tuples are lists)
-        wanted = json.loads(json.dumps(weights_recipe(model_name, patch_size, run)))
-        differ = [k for k in WEIGHTS_RECIPE if header.get(k, LEGACY_DEFAULTS.get(k)) != wanted[k]]
-        if differ:
-            was = ", ".join(f"{k} {header.get(k)!r} (now {wanted[k]!r})" for k in differ)
-            return (
-                f"--save-weights would replace {path}, weights of another recipe ({was}); "
-                "give this command another folder"
-            )
+        wanted = weights_recipe(model_name, patch_size, run)
+        what = "weights of another recipe"
+        if problem := recipe_clash("--save-weights", path, wanted, what, WEIGHTS_RECIPE):
+            return problem
     return None
+
+
+def recipe_clash(
+    option: str, path: Path, wanted: Mapping[str, Any], what: str, keys: Sequence[str] = ()
+) -> str | None:
+    """Why ``option`` must not write over ``path``, or ``None``: there is no file there, or
+    the recipe in its ``assocmem`` header is ``wanted`` (a rerun: replaced). ``keys``: the
+    entries compared (default: every entry of ``wanted``); an entry a header lacks is compared
+    as :data:`LEGACY_DEFAULTS` has it. ``what`` names a file of another recipe."""
+    if not path.exists():
+        return None
+    try:
+        metadata, _ = read_safetensors(path, "saved file")
+        header = json.loads(metadata["assocmem"])
+    except (OSError, ValueError, KeyError):
+        return f"{option} would replace {path}, which is not a file {option} wrote"
+    wanted = json.loads(json.dumps(dict(wanted)))  # as a header holds it (tuples are lists)
+    differ = [k for k in keys or wanted if header.get(k, LEGACY_DEFAULTS.get(k)) != wanted[k]]
+    if not differ:
+        return None
+    was = ", ".join(f"{k} {header.get(k)!r} (now {wanted[k]!r})" for k in differ)
+    return f"{option} would replace {path}, {what} ({was}); give this command another folder"
 
 
 def bad_models(args: argparse.Namespace, patch_size: int) -> str | None:

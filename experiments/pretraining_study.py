@@ -54,6 +54,7 @@ from experiments.detectors import (
     bad_optimizer_name,
     bad_run_options,
     optimizer_factory,
+    recipe_clash,
     train_one,
 )
 from experiments.report import output_path, refuse_unreplaceable, replace_section
@@ -269,22 +270,13 @@ def encoder_clash(args: Any, patch_size: int) -> str | None:
     first. A file of the same pretraining (a rerun) is replaced. Checked before any work."""
     for arm in args.arms:
         for seed in args.seeds:
-            path = args.save_encoders / encoder_name(arm, seed)
-            if ARMS.get(arm) is None or not path.exists():
+            if ARMS.get(arm) is None:
                 continue
-            try:
-                metadata, _ = read_safetensors(path, "saved encoder")
-                header = json.loads(metadata["assocmem"])
-            except (OSError, ValueError, KeyError):
-                return f"--save-encoders would replace {path}, which it did not write"
-            wanted = json.loads(json.dumps(encoder_header(args, arm, seed, patch_size)))
-            differ = [k for k in wanted if header.get(k) != wanted[k]]
-            if differ:
-                was = ", ".join(f"{k} {header.get(k)!r} (now {wanted[k]!r})" for k in differ)
-                return (
-                    f"--save-encoders would replace {path}, an encoder of another pretraining "
-                    f"({was}); give this command another folder"
-                )
+            path = args.save_encoders / encoder_name(arm, seed)
+            wanted = encoder_header(args, arm, seed, patch_size)
+            what = "an encoder of another pretraining"
+            if problem := recipe_clash("--save-encoders", path, wanted, what):
+                return problem
     return None
 
 

@@ -694,7 +694,7 @@ def test_saved_weights_never_replace_weights_of_another_recipe(tmp_path, capsys)
     saved.write_bytes(b"not weights")
     with pytest.raises(SystemExit):
         main([*common, "--patience", "2"])
-    assert "not a --save-weights file" in capsys.readouterr().err
+    assert "which is not a file --save-weights wrote" in capsys.readouterr().err
     saved.write_bytes(before)
     main([*common, "--patience", "2", "--seeds", "0", "1"])  # its own recipe: a rerun
     assert len(list(weights.iterdir())) == 2
