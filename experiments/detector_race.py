@@ -46,7 +46,7 @@ from assocmem.forensic.detector_loss import detector_loss
 from assocmem.forensic.models.attribution import FamilyAttribution
 from assocmem.storage import strict_json
 from experiments.lr_grid import edge_side
-from experiments.report import output_path, replace_section
+from experiments.report import output_path, refuse_unreplaceable, replace_section
 from experiments.step_cost import measure, time_to_target
 
 BASELINE = "adam"
@@ -78,13 +78,15 @@ def select(
     A run scored with several test-time view sets (``experiments.detectors --views one d4``)
     has one record per set, of the same training and validation curve: the race reads its
     single-view record."""
+    from experiments.detectors import lr_drops_of
+
     return [
         r
         for r in runs
         if r.get("views", "one") == "one"
         and r["model"] == model
         and r["optimizer"] == optimizer
-        and r.get("lr_drops", 0) == lr_drops
+        and lr_drops_of(r) == lr_drops  # its record's entry, else its command's --lr-drops
         and r.get("average") == average
         and r.get("lr_decay") is None
     ]
@@ -183,6 +185,8 @@ def tune(
         grid[lr] = math.inf if r["best_val_loss"] is None else float(r["best_val_loss"])
     if not grid:
         raise ValueError(f"no run on the tuning seed {seed}")
+    if all(math.isinf(loss) for loss in grid.values()):  # inf was then "the best"
+        raise ValueError(f"every run on the tuning seed {seed} diverged ({sorted(grid)}): no lr")
     best = min(grid, key=lambda lr: (grid[lr], lr))
     return best, grid, edge_side(grid) if len(grid) > 1 else None
 
@@ -248,7 +252,10 @@ def race(
                 f"seed {seed}: the baseline is evaluated every {interval} steps, the candidate "
                 f"every {evaluation_interval(c)}: race runs of one resolution"
             )
+        if b["best_val_loss"] is None:  # diverged before an evaluation: no target to race
+            continue  # named by unraced_seeds
         target = float(b["best_val_loss"])
+        best = c["best_val_loss"]
         rows.append(
             {
                 "seed": seed,
@@ -257,11 +264,53 @@ def race(
                 "baseline_run": int(b["steps"]),
                 "candidate_steps": steps_to_target(c["val_curve"], target),
                 "candidate_run": int(c["steps"]),
-                "candidate_best": float(c["best_val_loss"]),
+                # None: diverged before its first evaluation (it never reached the target)
+                "candidate_best": None if best is None else float(best),
                 "interval": interval,
             }
         )
     return rows
+
+
+def _loss(value: float | None) -> str:
+    """A best validation loss as the table writes it; ``diverged`` for a run without one."""
+    return "diverged" if value is None else f"{value:.4g}"
+
+
+def unraced_seeds(
+    baseline: Sequence[Mapping[str, Any]],
+    candidate: Sequence[Mapping[str, Any]],
+    baseline_lr: float,
+    candidate_lr: float,
+) -> list[str]:
+    """Why each seed that :func:`race` leaves out is left out, one line each: a seed that one
+    optimizer ran at its tuned lr and the other did not, or whose baseline run diverged before
+    an evaluation (no target). A race used to drop them without a word, and its mean and
+    "spreads apart" were then of fewer seeds than the records hold."""
+    base = {r["seed"]: r for r in baseline if float(r["lr"]) == baseline_lr}
+    cand = {r["seed"]: r for r in candidate if float(r["lr"]) == candidate_lr}
+    out = []
+    for seed in sorted(set(base) | set(cand)):
+        if seed not in cand:
+            out.append(f"seed {seed}: no candidate run at lr {candidate_lr:g}")
+        elif seed not in base:
+            out.append(f"seed {seed}: no Adam run at lr {baseline_lr:g}")
+        elif base[seed]["best_val_loss"] is None:
+            out.append(f"seed {seed}: Adam's run diverged before an evaluation (no target)")
+    return out
+
+
+def capped_runs(raced: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The raced runs that ended at their step cap without stopping early and were still at
+    their best there: where the cap cut them, not early stopping, set their best (a target,
+    or a step count) that the section calls "to early stopping"."""
+    return [
+        f"{r['optimizer']} seed {r['seed']} ({r['steps']} steps)"
+        for r in raced
+        if r.get("stopped_early") is False
+        and r.get("best_step") is not None
+        and int(r["best_step"]) == int(r["steps"])
+    ]
 
 
 def summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -370,6 +419,8 @@ def step_costs(
     trains the attribution head beside the detector, the reals' logit pairing adds their twin
     views, paired batches and the training post-processing make the batches, as in the
     runs."""
+    import dataclasses
+
     from assocmem.forensic.data import BenchmarkConfig, build_benchmark
     from assocmem.forensic.data.stream import TrainStream
     from experiments.detectors import (
@@ -382,6 +433,9 @@ def step_costs(
 
     recipe = recipe or {}
     config = BenchmarkConfig.tiny() if tiny else BenchmarkConfig()
+    # the runs' patch size (a 64 px race was costed on 32 px patches)
+    patch = recipe.get("patch_size") or config.patch_size
+    config = dataclasses.replace(config, patch_size=int(patch))
     bench = build_benchmark(config, cache_dir)
     post = TRAIN_POSTPROCESS[trained_postprocess(recipe)](bench)
     paired = bool(recipe.get("paired"))
@@ -597,7 +651,7 @@ def markdown(
         cs = r["candidate_steps"] if r["candidate_steps"] is not None else "never"
         out.append(
             f"| {r['seed']} | {r['target']:.4g} | {r['baseline_steps']} ({r['baseline_run']}) | "
-            f"{cs} ({r['candidate_run']}) | {ratio} | {r['candidate_best']:.4g} |"
+            f"{cs} ({r['candidate_run']}) | {ratio} | {_loss(r['candidate_best'])} |"
         )
     s = summary(rows)
     mean_ratio = "n/a" if s["mean_ratio"] is None else f"{s['mean_ratio']:.2f}×"
@@ -759,10 +813,22 @@ def main(argv: list[str] | None = None) -> None:
         recipe = recipe_details(raced)
         if args.budget is not None:
             check_budget([r for rs in chosen.values() for r in rs], args.budget)
-        rows = race(chosen[BASELINE], chosen[args.candidate], lrs[BASELINE], lrs[args.candidate])
+            for name, rs in chosen.items():  # the section says they are not re-tuned here
+                if len({float(r["lr"]) for r in rs}) > 1:
+                    raise ValueError(
+                        f"a --budget race takes each optimizer's runs at one lr (the one its "
+                        f"early-stopped race tuned); {name} has {sorted({r['lr'] for r in rs})}"
+                    )
+        pair = (chosen[BASELINE], chosen[args.candidate], lrs[BASELINE], lrs[args.candidate])
+        rows = race(*pair)
+        if not rows:
+            raise ValueError(f"no seed to race: {'; '.join(unraced_seeds(*pair))}")
         interval = race_interval(rows)
     except ValueError as e:
         parser.error(str(e))
+    # its section's markers, before the step cost is measured (minutes with --processes)
+    name = section_name(args.model, args.candidate, args.average, interval, args.budget)
+    refuse_unreplaceable(parser, args.write, name)
     costs = None
     if args.costs_from is not None:
         try:
@@ -793,13 +859,22 @@ def main(argv: list[str] | None = None) -> None:
         args.model, args.candidate, grids, rows, costs, f"`{command}`", args.tuning_seed,
         args.average, args.budget, recipe,
     )  # fmt: skip
+    notes = []
+    if left_out := unraced_seeds(*pair):
+        notes.append("Seeds not raced: " + "; ".join(left_out) + ".")
+    if args.budget is None and (capped := capped_runs(raced)):
+        notes.append(
+            "Raced runs that ended at their step cap still at their best, not stopped early "
+            "(the cap, not early stopping, set their best): " + ", ".join(capped) + "."
+        )
+    if notes:
+        text = text.rstrip("\n") + "\n\n" + "\n\n".join(notes) + "\n"
     print(text)
     if args.json:
         args.json.write_text(
             strict_json.dumps({"rows": rows, "costs": costs}, indent=1, default=float)
         )
     if args.write:
-        name = section_name(args.model, args.candidate, args.average, interval, args.budget)
         replace_section(args.write, name, text)
 
 

@@ -482,3 +482,53 @@ def test_the_section_says_the_race_without_the_tuning_seed_and_unequal_grids(tmp
     record.write_text(json.dumps({"rows": [], "costs": {"optimizers": {"adam": {}}}}))
     with pytest.raises(SystemExit):
         main(["--runs", str(path), "--costs-from", str(record)])
+
+
+def test_seeds_a_race_leaves_out_are_named_and_diverged_runs_are_counted():
+    """A seed one optimizer lacked at its tuned lr was dropped without a word (the mean then of
+    fewer seeds), and a raced run that diverged before an evaluation was a traceback."""
+    from experiments.detector_race import unraced_seeds
+
+    curve = [(0, 0.7), (250, 0.5), (500, 0.4)]
+    adam = [_run("adam", 1e-3, s, curve) for s in (0, 1, 2, 3)]
+    adam[3] = {**adam[3], "best_val_loss": None, "best_step": None}  # no target
+    cand = [_run("muon", 5e-3, s, [(0, 0.7), (250, 0.39)]) for s in (0, 1, 3)]
+    cand[1] = {**cand[1], "best_val_loss": None, "val_curve": [(0, 0.7), (250, None)]}
+    rows = race(adam, cand, 1e-3, 5e-3)
+    assert [r["seed"] for r in rows] == [0, 1]
+    assert rows[1]["candidate_steps"] is None and rows[1]["candidate_best"] is None
+    assert unraced_seeds(adam, cand, 1e-3, 5e-3) == [
+        "seed 2: no candidate run at lr 0.005",
+        "seed 3: Adam's run diverged before an evaluation (no target)",
+    ]
+    with pytest.raises(ValueError, match="every run on the tuning seed 0 diverged"):
+        tune([{**_run("adam", 1e-3, 0, curve), "best_val_loss": None}], seed=0)
+
+
+def test_a_run_whose_command_had_lr_drops_is_not_raced_as_constant_lr():
+    from experiments.detector_race import capped_runs
+
+    old = {**_run("adam", 1e-3, 1, [(0, 0.7), (250, 0.4)]), "command": "x --lr-drops 2"}
+    del old["lr_drops"]  # records made before the entry: the command says it
+    assert select([old], "npr_bn", "adam") == []
+    assert select([old], "npr_bn", "adam", lr_drops=2) == [old]
+    # a run stopped by its cap at its best: named, its best is where the cap cut it
+    capped = {**_run("adam", 1e-3, 0, [(0, 0.7), (250, 0.4)]), "stopped_early": False}
+    stopped = {**capped, "seed": 1, "stopped_early": True}
+    assert capped_runs([capped, stopped]) == ["adam seed 0 (250 steps)"]
+
+
+def test_a_section_that_could_not_be_replaced_is_refused_before_the_step_cost(
+    tmp_path, capsys, monkeypatch
+):
+    import experiments.detector_race as module
+
+    curve = [(0, 0.7), (250, 0.5), (500, 0.4)]
+    runs = [_run("adam", 1e-3, 0, curve), _run("muon/split", 5e-3, 0, curve)]
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    (tmp_path / "r.md").write_text("<!-- report:race-npr_bn:begin -->\n")
+    measured = []
+    monkeypatch.setattr(module, "step_costs", lambda *a, **k: measured.append(1))
+    with pytest.raises(SystemExit):
+        main(["--runs", str(tmp_path / "runs.json"), "--write", str(tmp_path / "r.md")])
+    assert "1 begin and 0 end markers" in capsys.readouterr().err and not measured
