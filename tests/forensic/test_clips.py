@@ -189,6 +189,10 @@ def test_frame_independent_draws_flicker_and_the_splice_jitters():
         ({"clips_per_photo": 1.5}, "clips_per_photo"),
         ({"seed": -1}, "seed"),
         ({"seed": 1.5}, "seed"),
+        # accepted, and its "fake" clips were byte-identical to their real parents
+        ({"splice_jitter": 1e6}, "splice_jitter"),
+        ({"noise_std": (1.0, 1e6)}, "noise_std"),
+        ({"pattern_std": (0.5, 300.0)}, "pattern_std"),
     ],
 )
 def test_bad_config_is_refused(overrides, match):
@@ -201,3 +205,33 @@ def test_bad_config_is_refused(overrides, match):
 def test_photos_fit_a_camera_path():
     need = min_level_side(ClipConfig())
     assert min(min(p.pixels.shape[:2]) for p in load_photos()) >= need
+
+
+def test_a_camera_path_no_photo_fits_is_refused_before_the_image_build(tmp_path):
+    """It was refused after the image benchmark was built and cached (its generators fitted)."""
+    config = ClipConfig.tiny(zoom=(1.0, 50.0))
+    with pytest.raises(ValueError, match="smaller than a camera path"):
+        build_clip_benchmark(config, tmp_path, progress=False)
+    assert not (tmp_path / "forensic").exists()
+
+
+def test_a_clip_entry_of_another_shape_is_rebuilt_and_the_key_follows_the_image_format(
+    tmp_path, monkeypatch
+):
+    from assocmem.forensic.data import config as image_config
+    from assocmem.forensic.data.clips import config as clip_config
+
+    config = ClipConfig.tiny(images=BenchmarkConfig.tiny(families=("double_jpeg",)))
+    built = build_clip_benchmark(config, tmp_path, progress=False)
+    entry = tmp_path / "clips" / config.key()
+    with np.load(entry / "arrays.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    for split in SPLITS:  # 3 frames of 16 x 16, meta.json kept: it was served as it was
+        arrays[f"{split}/images"] = arrays[f"{split}/images"][:, :3, :, :16, :16].copy()
+    np.savez_compressed(entry / "arrays.npz", **arrays)
+    with pytest.warns(UserWarning, match="items of"):
+        again = build_clip_benchmark(config, tmp_path, progress=False)
+    assert torch.equal(again.arrays("test").images, built.arrays("test").images)
+    key = config.key()
+    monkeypatch.setattr(clip_config, "FORMAT_VERSION", image_config.FORMAT_VERSION + 1)
+    assert config.key() != key  # clips are cut from the image benchmark's format

@@ -116,10 +116,15 @@ def _load(config: Any, directory: Path) -> ForensicBenchmark:
         problems.append(
             f"its meta.json names key {meta.get('key')!r}, format {meta.get('format_version')!r}"
         )
+    # an image (3, P, P); a clip (T, 3, P, P)
+    patch = int(config.patch_size)
+    shape = (*((int(config.frames),) if hasattr(config, "frames") else ()), 3, patch, patch)
     for name, split in splits.items():
         rows = {f: len(getattr(split, f)) for f in _FIELDS}
         if split.images.dtype != torch.uint8 or len(set(rows.values())) != 1:
             problems.append(f"{name}: {split.images.dtype} images, rows {rows}")
+        elif tuple(split.images.shape[1:]) != shape:
+            problems.append(f"{name}: items of {tuple(split.images.shape[1:])}, not {shape}")
         elif not torch.equal(split.labels.bool(), split.family > 0):
             problems.append(f"{name}: labels that disagree with the families")
     if problems:

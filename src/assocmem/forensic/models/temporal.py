@@ -43,6 +43,8 @@ def check_clips(x: Tensor, channels: int) -> None:
         )
     if shape[0] < 1:
         raise ValueError(f"expected at least one clip, got shape {shape}")
+    # (B, C, T, H, W) is caught by its channel axis in third place, except at T == C (3
+    # frames), where the two layouts share a shape: such clips are read as (B, T, C, H, W)
     if shape[2] != channels:
         hint = (
             " (this looks like (B, C, T, H, W), the Conv3d layout: pass x.transpose(1, 2))"

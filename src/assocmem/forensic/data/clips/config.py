@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from assocmem.forensic.data.config import BenchmarkConfig
+from assocmem.forensic.data.config import FORMAT_VERSION, BenchmarkConfig
 
 __all__ = ["CLIP_FORMAT_VERSION", "ClipConfig"]
 
@@ -86,6 +86,19 @@ class ClipConfig:
             value = getattr(self, name)
             if not (_number(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        # upper bounds: a region jittered by ~P/4 per frame leaves the patch, and its "fake"
+        # clips came out byte-identical to their real parents (1e6: 18 of 18); noise of 64
+        # grey levels and more clips most pixels to 0 or 255
+        if self.splice_jitter > self.images.patch_size / 4:
+            raise ValueError(
+                f"splice_jitter must be at most a quarter of the patch "
+                f"({self.images.patch_size / 4:g} px), got {self.splice_jitter!r}"
+            )
+        for name in ("noise_std", "pattern_std"):
+            if getattr(self, name)[1] > 64:
+                raise ValueError(
+                    f"{name} must stay within 64 grey levels, got {getattr(self, name)}"
+                )
         if not (_number(self.fake_fraction) and 0.0 < self.fake_fraction <= 1.0):
             raise ValueError(f"fake_fraction must be in (0, 1], got {self.fake_fraction!r}")
         # Equal configs, one cache key and one hash: numpy integers, ints given for floats and
@@ -129,6 +142,9 @@ class ClipConfig:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        """Hash of the config (the image benchmark's included) and the storage format."""
-        blob = json.dumps({"v": CLIP_FORMAT_VERSION, **self.to_dict()}, sort_keys=True, default=str)
+        """Hash of the config (the image benchmark's included) and both storage formats: the
+        clips are cut from the image benchmark's split with its generators, so its format's
+        version is part of what they are."""
+        versions = {"v": CLIP_FORMAT_VERSION, "image_v": FORMAT_VERSION}
+        blob = json.dumps({**versions, **self.to_dict()}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

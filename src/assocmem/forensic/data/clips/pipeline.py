@@ -28,7 +28,7 @@ from assocmem.forensic.data.clips.fakes import fake_clips
 from assocmem.forensic.data.config import REAL, SPLITS
 from assocmem.forensic.data.families import LEARNED_FAMILIES
 from assocmem.forensic.data.patches import rescale
-from assocmem.forensic.data.photos import load_photos
+from assocmem.forensic.data.photos import Photo, load_photos
 from assocmem.forensic.data.pipeline import _progress, gray_where
 from assocmem.forensic.data.postprocess import PostProcessConfig, postprocess
 from assocmem.forensic.data.splits import ForensicBenchmark, SplitArrays
@@ -51,14 +51,10 @@ def postprocess_clips(
     return out, flags
 
 
-def _generate(config: ClipConfig, images: ForensicBenchmark, progress: bool) -> ForensicBenchmark:
-    seed, frames, size = config.seed, config.frames, config.patch_size
-    photos = load_photos(config.images.photos)
-    split_of_group = images.meta.get("split_of_group")
-    if not split_of_group:
-        raise ValueError("the image benchmark has no photo split (meta['split_of_group'])")
-    learned = [f for f in config.families if f in LEARNED_FAMILIES]
-    models = fitted_generators(images) if learned else {}
+def camera_levels(config: ClipConfig, photos: list[Photo]) -> list[list[np.ndarray]]:
+    """Each photo's pyramid levels on which every camera path of ``config`` fits; a
+    ``ValueError`` naming a photo on which none does (checked before the image benchmark is
+    built: it came after, its generators fitted for nothing)."""
     need = min_level_side(config)
     levels = []
     for photo in photos:
@@ -70,6 +66,18 @@ def _generate(config: ClipConfig, images: ForensicBenchmark, progress: bool) -> 
         if not fits:
             raise ValueError(f"photo {photo.name!r} is smaller than a camera path ({need:.0f} px)")
         levels.append(fits)
+    return levels
+
+
+def _generate(config: ClipConfig, images: ForensicBenchmark, progress: bool) -> ForensicBenchmark:
+    seed, frames, size = config.seed, config.frames, config.patch_size
+    photos = load_photos(config.images.photos)
+    split_of_group = images.meta.get("split_of_group")
+    if not split_of_group:
+        raise ValueError("the image benchmark has no photo split (meta['split_of_group'])")
+    learned = [f for f in config.families if f in LEARNED_FAMILIES]
+    models = fitted_generators(images) if learned else {}
+    levels = camera_levels(config, photos)
     bar = _progress(len(SPLITS) * (len(config.families) + 2), progress)
     splits: dict[str, SplitArrays] = {}
     for s_idx, split in enumerate(SPLITS):
@@ -142,6 +150,7 @@ def build_clip_benchmark(
     config = config or ClipConfig()
 
     def generate() -> ForensicBenchmark:
+        camera_levels(config, load_photos(config.images.photos))  # before the image build
         images = build_benchmark(config.images, cache_dir, progress=progress, use_cache=use_cache)
         return _generate(config, images, progress)
 
