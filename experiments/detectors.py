@@ -938,6 +938,25 @@ def bad_optimizer_name(name: str) -> str | None:
     return None
 
 
+def bad_lr(option: str, values: float | Sequence[float]) -> str | None:
+    """Why ``option``'s learning rate(s) cannot train, or ``None``: each finite and > 0 (an lr
+    of 0 trained to its patience, learning nothing)."""
+    rates = [values] if isinstance(values, (int, float)) else list(values)
+    if any(not (math.isfinite(lr) and lr > 0) for lr in rates):
+        return f"{option} must be finite and > 0, got {values}"
+    return None
+
+
+def bad_seeds(seeds: Sequence[int]) -> str | None:
+    """Why ``--seeds`` cannot be the seeds of one table, or ``None``: each >= 0, none twice (a
+    run counted twice gave its row a spread of 0)."""
+    if any(seed < 0 for seed in seeds):
+        return f"--seeds must be >= 0, got {seeds}"
+    if len(set(seeds)) != len(seeds):
+        return f"--seeds must be distinct, got {seeds}"
+    return None
+
+
 def bad_training_options(args: argparse.Namespace, lrs: list[float]) -> str | None:
     """Why the training options cannot all run, or ``None``: checked before anything is built,
     so a typo in the last optimizer never costs the runs before it (``--json`` and ``--write``
@@ -946,12 +965,8 @@ def bad_training_options(args: argparse.Namespace, lrs: list[float]) -> str | No
     for name in args.optimizers:
         if problem := bad_optimizer_name(name):
             return problem
-    if any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
-        return f"--lr must be finite and > 0, got {lrs}"
-    if any(seed < 0 for seed in args.seeds):
-        return f"--seeds must be >= 0, got {args.seeds}"
-    if len(set(args.seeds)) != len(args.seeds):  # one run counted twice: a spread of 0
-        return f"--seeds must be distinct, got {args.seeds}"
+    if problem := bad_lr("--lr", lrs) or bad_seeds(args.seeds):
+        return problem
     for option in ("models", "views"):  # as a repeated seed: one run counted as two seeds
         named = getattr(args, option, None) or []
         if len(set(named)) != len(named):

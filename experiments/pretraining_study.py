@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -51,8 +50,10 @@ from experiments.detectors import (
     SEEN,
     average_decay,
     bad_image_batch,
+    bad_lr,
     bad_optimizer_name,
     bad_run_options,
+    bad_seeds,
     optimizer_factory,
     recipe_clash,
     train_one,
@@ -301,18 +302,16 @@ def bad_study_options(args: argparse.Namespace, patch_size: int) -> str | None:
     """Why a study command cannot run as given, or ``None``; checked before the benchmark is
     built, where these used to fail after pretraining (an optimizer name, a target rate), in a
     traceback, or not at all (an option that writes nothing was silently ignored)."""
-    if any(seed < 0 for seed in args.seeds) or len(set(args.seeds)) != len(args.seeds):
-        # a repeated seed ran twice and its table said "± 0.000 over 2 seeds"
-        return f"--seeds must be distinct and >= 0, got {args.seeds}"
+    # a repeated seed ran twice and its table said "± 0.000 over 2 seeds"
+    if problem := bad_seeds(args.seeds):
+        return problem
     if len(set(args.arms)) != len(args.arms):
         return f"--arms must be distinct, got {args.arms}"
     for option in ("optimizer", "pretrain_optimizer"):
         if problem := bad_optimizer_name(getattr(args, option)):
             return f"--{option.replace('_', '-')}: {problem}"
-    for option in ("lr", "pretrain_lr"):
-        value = getattr(args, option)
-        if not (math.isfinite(value) and value > 0):
-            return f"--{option.replace('_', '-')} must be finite and > 0, got {value}"
+    if problem := bad_lr("--lr", args.lr) or bad_lr("--pretrain-lr", args.pretrain_lr):
+        return problem
     if args.pretrain_steps < 1:
         return f"--pretrain-steps must be >= 1, got {args.pretrain_steps}"
     if problem := bad_run_options(args) or bad_image_batch(args):

@@ -29,7 +29,6 @@ same calibration and table.
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 import warnings
@@ -66,6 +65,7 @@ from experiments.detectors import (
     SHIPPABLE,
     add_training_options,
     bad_image_batch,
+    bad_lr,
     bad_run_options,
     family_split,
     train_one,
@@ -549,9 +549,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     refuse_unreplaceable(parser, args.write, "shipped-detector")
-    problem = bad_run_options(args) or bad_image_batch(args) or bad_image_sizes(args)
-    if not (math.isfinite(args.lr) and args.lr > 0):  # lr 0 trained to patience, learning nothing
-        problem = f"--lr must be finite and > 0, got {args.lr}"
+    problem = (
+        bad_run_options(args)
+        or bad_image_batch(args)
+        or bad_image_sizes(args)
+        or bad_lr("--lr", args.lr)
+    )
     if problem:  # before the benchmark is built and the detector trained: no work lost
         parser.error(problem)
     if args.image_n < 1:

@@ -423,12 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     outputs = [(out, out.resolve()) for out in (args.csv, args.json) if out is not None]
     if len({where for _, where in outputs}) < len(outputs):
         return usage(f"--csv and --json are the same file ({args.csv}); give each its own")
-    # every input resolved (a syscall each) only where there is a report to compare it with
-    inputs = (
-        {p.resolve() for p in args.paths} | {item.path.resolve() for item in items}
-        if outputs
-        else set()
-    )
+    # the images are resolved already (one row each); the named paths only where there is a
+    # report to compare them with (a syscall each)
+    inputs = ({p.resolve() for p in args.paths} | set(unique)) if outputs else set()
     for out, where in outputs:
         if where in protected:
             return usage(f"{out} is the detector checkpoint or its sidecar; write elsewhere")
@@ -483,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [r for r in rows if r["status"] != "ok"]
     # The reports first: a closed or full stdout (``| head``) must not lose them. A report
     # that cannot be written (a full disk) does not lose the table either.
-    fields = list(_row(items[0] if items else Item(Path(), None, None), None, "").keys())
+    fields = list(_row(Item(Path(), None, None), None))  # every row's keys, in their order
     unwritten = _write_reports(args.csv, args.json, rows, detector, summary, fields)
     try:
         if table:

@@ -255,11 +255,12 @@ def _broadcastable(mask: Tensor, images: Tensor) -> Tensor:
             f"mask {tuple(mask.shape)} and images {tuple(images.shape)} differ in (H, W)"
         )
     if mask.dim() in (3, 4):
-        per_image = mask.dim() == 3 or mask.shape[1] in (
-            1,
-            images.shape[1] if images.dim() == 4 else 0,
+        fits = (
+            images.dim() == 4
+            and mask.shape[0] == images.shape[0]
+            and (mask.dim() == 3 or mask.shape[1] in (1, images.shape[1]))
         )
-        if images.dim() != 4 or mask.shape[0] != images.shape[0] or not per_image:
+        if not fits:
             raise ValueError(
                 f"a per-image mask {tuple(mask.shape)} needs an (N, C, H, W) batch of N "
                 f"images, got {tuple(images.shape)} (a mask shared by all images is (H, W))"

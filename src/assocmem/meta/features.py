@@ -208,8 +208,8 @@ def _mean_squares(
     signals: Tensor, p: Tensor, root_v: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The tensor-wide mean squares under the RMS features: of each signal ``(1 + B, 1)``, of
-    the parameter and of ``sqrt(v_hat)``, over their **finite** squares only; and which
-    coordinates have a square that is not ``(n,)``, which :func:`features_batch` stalls.
+    the parameter and of ``sqrt(v_hat)``, over their **finite** squares only; and ``(n,)``, which
+    coordinates have a square that is not finite (:func:`features_batch` stalls them).
 
     One coordinate whose square is not finite (a NaN under ``nonfinite="ignore"``, or a finite
     gradient over ~1.8e19 in float32, whose square, and then ``v``, overflow for good) made the

@@ -14,6 +14,7 @@ import tempfile
 import time
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ _FIELDS = ("images", "labels", "family", "source", "parent", "post")
 
 
 def _save(bench: ForensicBenchmark, directory: Path, build_seconds: float) -> None:
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    # directory.parent exists: cached_build made it before the build
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".tmp-"))
     # mkdtemp makes it 0700: under a shared $ASSOCMEM_CACHE other users could not read the
     # entry; it gets the mode a folder made here gets (the umask's)
@@ -100,12 +101,8 @@ def _load(config: Any, directory: Path) -> ForensicBenchmark:
                 s: SplitArrays(**{f: torch.from_numpy(z[f"{s}/{f}"]) for f in _FIELDS})
                 for s in SPLITS
             }
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        # zlib.error is an Exception of its own: a flipped bit in the compressed arrays
-        raise DamagedEntry(f"cache entry {directory} cannot be read ({error!r})") from None
-    except Exception as error:
-        if type(error).__module__ != "zlib":
-            raise
+    # zlib.error: a flipped bit in the compressed arrays
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise DamagedEntry(f"cache entry {directory} cannot be read ({error!r})") from None
     version = getattr(config, "FORMAT_VERSION", FORMAT_VERSION)
     problems = []

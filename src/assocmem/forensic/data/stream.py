@@ -45,7 +45,6 @@ int64 (B,)[, twins float32 (R, 3, P, P)])``, ``family`` coding into ``bench.fami
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -55,7 +54,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from assocmem.forensic.data.benchmark import ForensicBenchmark, fitted_generators
 from assocmem.forensic.data.crops import PhotoCrops, augment
-from assocmem.forensic.data.families import LEARNED_FAMILIES, generate
+from assocmem.forensic.data.families import LEARNED_FAMILIES, generate, whole_number
 from assocmem.forensic.data.pipeline import gray_where
 from assocmem.forensic.data.postprocess import PostProcessConfig, postprocess
 
@@ -129,7 +128,7 @@ class TrainStream(IterableDataset):
                 f"order), got {families!r}"
             )
         for name, value, least in (("batch_size", batch_size, 2), ("seed", seed, 0)):
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
+            if not whole_number(value, least):
                 why = " (half real, half fake)" if name == "batch_size" else ""
                 raise ValueError(f"{name} must be a whole number >= {least}{why}, got {value!r}")
         fams = tuple(families)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from assocmem.forensic.data.config import FORMAT_VERSION, BenchmarkConfig
+from assocmem.forensic.data.families import whole_number
 
 __all__ = ["CLIP_FORMAT_VERSION", "ClipConfig"]
 
@@ -29,7 +30,7 @@ def _number(value: object) -> bool:
 
 
 def _integer(name: str, value: object, low: int) -> None:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+    if not whole_number(value, low):
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 

@@ -69,15 +69,21 @@ def camera_levels(config: ClipConfig, photos: list[Photo]) -> list[list[np.ndarr
     return levels
 
 
-def _generate(config: ClipConfig, images: ForensicBenchmark, progress: bool) -> ForensicBenchmark:
+def _generate(
+    config: ClipConfig,
+    images: ForensicBenchmark,
+    progress: bool,
+    photos: list[Photo],
+    levels: list[list[np.ndarray]],
+) -> ForensicBenchmark:
+    """The clips of ``config`` from the image benchmark ``images``; ``photos`` and their
+    ``levels`` (:func:`camera_levels`) as ``build_clip_benchmark`` checked them."""
     seed, frames, size = config.seed, config.frames, config.patch_size
-    photos = load_photos(config.images.photos)
     split_of_group = images.meta.get("split_of_group")
     if not split_of_group:
         raise ValueError("the image benchmark has no photo split (meta['split_of_group'])")
     learned = [f for f in config.families if f in LEARNED_FAMILIES]
     models = fitted_generators(images) if learned else {}
-    levels = camera_levels(config, photos)
     bar = _progress(len(SPLITS) * (len(config.families) + 2), progress)
     splits: dict[str, SplitArrays] = {}
     for s_idx, split in enumerate(SPLITS):
@@ -150,8 +156,9 @@ def build_clip_benchmark(
     config = config or ClipConfig()
 
     def generate() -> ForensicBenchmark:
-        camera_levels(config, load_photos(config.images.photos))  # before the image build
+        photos = load_photos(config.images.photos)
+        levels = camera_levels(config, photos)  # refused before the image build, not after it
         images = build_benchmark(config.images, cache_dir, progress=progress, use_cache=use_cache)
-        return _generate(config, images, progress)
+        return _generate(config, images, progress, photos, levels)
 
     return cached_build(config, "clips", generate, cache_dir, use_cache)
