@@ -17,6 +17,7 @@ from hang_support import deadline
 from PIL import Image
 
 from assocmem.forensic import Detector
+from assocmem.forensic import detect as detect_module
 from assocmem.forensic.detect import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -567,3 +568,25 @@ def test_a_thin_image_is_refused_with_its_width_first(weights, tmp_path):
     Image.fromarray(np.zeros((40, 3, 3), np.uint8)).save(tmp_path / "strip.png")  # 3 wide
     with pytest.raises(ValueError, match="an image of 3 x 40 px"):
         Detector.load(weights).score_one(tmp_path / "strip.png")
+
+
+@pytest.mark.parametrize("where", ["load", "collect"])
+def test_ctrl_c_during_start_up_exits_130_without_a_traceback(
+    where, weights, folder, tmp_path, capsys, monkeypatch
+):
+    """A Ctrl-C while the checkpoint loaded or the folders were walked ended in a traceback
+    (exit status 130 from Python, but no word on what was written)."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "load":
+        monkeypatch.setattr(Detector, "load", interrupted)
+    else:
+        monkeypatch.setattr(detect_module, "collect", interrupted)
+    out_csv = tmp_path / "r.csv"
+    argv = [str(folder / "good.png"), "--weights", str(weights), "--csv", str(out_csv)]
+    assert main(argv) == EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "interrupted before any image was scored; no report was written" in err
+    assert not out_csv.exists()

@@ -365,6 +365,22 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns its exit status (module docstring)."""
+    scoring: list[bool] = []  # set once scoring begins (it reports its own interruption)
+    try:
+        return _run(argv, scoring)
+    except KeyboardInterrupt:  # a traceback from the checkpoint load or a folder walk, before
+        if scoring:  # a second Ctrl-C while the reports of the first were being written
+            print("assocmem-detect: interrupted again while writing the reports", file=sys.stderr)
+        else:
+            print(
+                "assocmem-detect: interrupted before any image was scored; no report was "
+                "written (a file at --csv/--json is an earlier run's)",
+                file=sys.stderr,
+            )
+        return EXIT_INTERRUPTED
+
+
+def _run(argv: Sequence[str] | None, scoring: list[bool]) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -440,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     rows = []
+    scoring.append(True)
     bar = tqdm(items, desc="scoring", unit="image", file=sys.stderr,
                disable=True if len(items) < _PROGRESS_FROM else None)  # fmt: skip
     interrupted = False
