@@ -32,8 +32,8 @@ def main(cfg: DictConfig) -> None:
         learned,
         train,
         checkpoint=cfg.checkpoint,
-        resume=bool(cfg.resume),
-        progress=bool(cfg.progress),
+        resume=cfg.resume,  # booleans: validate_meta_train
+        progress=cfg.progress,
         info={"command": command},
     )
     tail = result.history[-20:]

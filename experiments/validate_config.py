@@ -419,14 +419,25 @@ def _variants(cfg: DictConfig) -> dict[str, list[str]]:
 
 
 def validate_meta_train(cfg: DictConfig) -> None:
-    """The output paths of ``conf/meta_train.yaml``, checked before meta-training starts: the
-    export was written only after the whole run, so an ``export`` ending in ``.json`` (its own
-    sidecar) or naming a folder ended the run there (with ``checkpoint=null``, its result lost),
-    and an ``export`` at the ``checkpoint`` path replaced the training state with an export, so
-    the same command could no longer resume."""
+    """The switches and output paths of ``conf/meta_train.yaml``, checked before meta-training
+    starts: the export was written only after the whole run, so an ``export`` ending in
+    ``.json`` (its own sidecar) or naming a folder, or whose sidecar is a folder, ended the run
+    there (with ``checkpoint=null``, its result lost); a ``checkpoint`` that could not be
+    written failed at the first save, ``train.checkpoint_every`` meta-steps in; an ``export`` at
+    the ``checkpoint`` path replaced the training state with an export, so the same command
+    could no longer resume. ``resume`` and ``progress`` must be booleans: ``resume=no`` (a
+    string to Hydra) resumed."""
     from assocmem.storage import sidecar_path
 
+    _bool(cfg, "resume")
+    _bool(cfg, "progress")
+    _int(cfg, "threads", 1)
     export, checkpoint = _get(cfg, "export"), _get(cfg, "checkpoint")
+    if checkpoint:
+        where = Path(str(checkpoint)).expanduser()
+        if where.is_dir():
+            raise ConfigError("checkpoint", checkpoint, f"a file path ({where} is a directory)")
+        _writable_dir("checkpoint", checkpoint, where.parent)
     if not export:
         return
     path = Path(str(export)).expanduser()
@@ -435,6 +446,9 @@ def validate_meta_train(cfg: DictConfig) -> None:
                           "sidecar")  # fmt: skip
     if path.is_dir():
         raise ConfigError("export", export, f"a file path ({path} is a directory)")
+    if sidecar_path(path).is_dir():
+        raise ConfigError("export", export, f"a path whose sidecar {sidecar_path(path)} is no "
+                          "directory")  # fmt: skip
     _writable_dir("export", export, path.parent)
     clash = output_clash(
         [("export", path), ("export's sidecar", sidecar_path(path))],

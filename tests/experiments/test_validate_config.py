@@ -336,9 +336,12 @@ def test_cli_a_run_folder_that_is_a_file_is_a_config_error(tmp_path, module, key
         ("{tmp}/mem.json", "would be its own sidecar"),
         ("{tmp}", "is a directory"),
         ("{tmp}/ck.safetensors", "is also checkpoint"),
+        # the memory was written, then its sidecar failed: IsADirectoryError after the run
+        ("{tmp}/sc/m.safetensors", "whose sidecar"),
     ],
 )
 def test_meta_train_refuses_an_export_path_before_training(tmp_path, export, message):
+    (tmp_path / "sc" / "m.json").mkdir(parents=True)
     # checked only after the whole meta-training run before (its result lost with
     # checkpoint=null), and an export onto the checkpoint replaced the training state
     done = _cli(
@@ -350,4 +353,33 @@ def test_meta_train_refuses_an_export_path_before_training(tmp_path, export, mes
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("config error: export = ") and message in line
+    assert not (tmp_path / "ck.safetensors").exists()  # no meta-step was run
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "wanted"),
+    [
+        ("checkpoint={tmp}/afile/ck.safetensors", "checkpoint", "is a file"),
+        ("checkpoint={tmp}", "checkpoint", "is a directory"),
+        ("resume=no", "resume", "true or false"),  # bool("no"): it resumed
+        ("progress=maybe", "progress", "true or false"),
+        ("threads=0", "threads", "an integer >= 1"),  # torch's RuntimeError, no key named
+        ("threads=2.9", "threads", "an integer >= 1"),  # ran on 2
+    ],
+)
+def test_meta_train_refuses_bad_switches_and_checkpoint_paths_before_training(
+    tmp_path, override, key, wanted
+):
+    # a checkpoint path that cannot be written failed at the first save (checkpoint_every
+    # meta-steps in); resume and progress took any string as true
+    (tmp_path / "afile").write_text("")
+    done = _cli(
+        "experiments.meta_train", "progress=false", "train.meta_steps=4", "train.unroll=2",
+        "train.horizon=4", "train.tasks_per_step=1", "train.families=[quadratic,logistic]",
+        f"checkpoint={tmp_path}/ck.safetensors", override.format(tmp=tmp_path),
+        f"hydra.run.dir={tmp_path}/run",
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"config error: {key} = ") and wanted in line, line
     assert not (tmp_path / "ck.safetensors").exists()  # no meta-step was run

@@ -263,9 +263,19 @@ TAMPERED = {
     "format": (dict(edit_header=_set(["format"], "other")), "format"),
     "missing calibration": (dict(edit_header=_drop("calibration")), "lacks"),
     "missing arch_kwargs": (dict(edit_header=_drop("arch_kwargs")), "lacks"),
+    # save_detector writes strict JSON: a NaN token is an edit, refused as not JSON (in
+    # arch_kwargs it failed in the network digest, naming neither the file nor the field)
     "NaN threshold": (
         dict(edit_header=_set(["calibration", "threshold"], float("nan"))),
-        "finite",
+        r"bad\.safetensors: .*not JSON.*non-standard token NaN",
+    ),
+    "NaN constructor arg": (
+        dict(edit_header=_set(["arch_kwargs", "gain"], float("nan"))),
+        r"bad\.safetensors: .*not JSON.*non-standard token NaN",
+    ),
+    "infinite constructor arg": (
+        dict(edit_header=_set(["arch_kwargs", "gain"], float("inf"))),
+        r"bad\.safetensors: .*not JSON.*non-standard token Infinity",
     ),
     "edited threshold": (
         dict(edit_header=_set(["calibration", "threshold"], -100.0)),
@@ -347,7 +357,7 @@ TAMPERED = {
     ),
     "NaN fake": (
         dict(edit_header=_set(["calibration", "val_fake_logits"], [float("nan")])),
-        "val_fake_logits must be finite",
+        "non-standard token NaN",
     ),
     # finite, same names, shapes and dtypes, header untouched: decided at a threshold set
     # for other logits, it loaded without a word before the header held the weights' digest
@@ -826,3 +836,43 @@ def test_checkpoints_named_with_dots_keep_sidecars_of_their_own(tmp_path: Path):
     assert [
         load_detector(tmp_path / n).info["seed"] for n in ("detector_v1.0", "detector_v1.1")
     ] == [0, 1]
+
+
+def test_a_checkpoint_never_takes_over_the_sidecar_of_another_beside_it(tmp_path: Path):
+    """``a`` and ``a.safetensors`` share ``a.json``: saving the second replaced the first's
+    sidecar, and the first then refused to load as if it had been edited."""
+    from assocmem.forensic.checkpoint import build_model
+
+    kwargs = {"widths": [4, 8], "hidden": 8, "embed": 4}
+    model = build_model("npr_dct", kwargs).eval()
+    with torch.no_grad():
+        val = model(torch.rand(20, 3, 32, 32))
+    common = dict(architecture="npr_dct", arch_kwargs=kwargs, patch_size=32, val_real_logits=val)
+    save_detector(tmp_path / "a.safetensors", model, **common)
+    for other in ("a", "a.SAFETENSORS"):
+        with pytest.raises(ValueError, match=r"a\.safetensors beside it has the same sidecar"):
+            save_detector(tmp_path / other, model, **common, target_fpr=0.1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.safetensors"]
+    assert load_detector(tmp_path / "a.safetensors").target_fpr == 0.05
+    # a sidecar overwritten by another tool is still refused, and the message names the sharer
+    (tmp_path / "a").write_bytes((tmp_path / "a.safetensors").read_bytes())
+    (tmp_path / "a.json").write_text("{}")
+    with pytest.raises(ValueError, match="also the sidecar of a"):
+        load_detector(tmp_path / "a.safetensors")
+
+
+def test_a_float64_detector_scores_in_float64():
+    """The tiles and the logits were rounded to float32 on the way (a 5.6e-9 difference)."""
+    from assocmem.forensic.checkpoint import build_model
+
+    torch.manual_seed(0)
+    model = build_model("npr", {}).double().eval()
+    det = Detector(model=model, patch_size=32, threshold=0.0, stride=32)
+    x = torch.rand(3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        direct = model(x[None]).item()
+    assert det.score_one(x).score == direct  # the same float64 computation, bit for bit
+    pixels = (x * 255).round().to(torch.uint8)
+    with torch.no_grad():
+        direct = model(pixels[None].double() / 255).item()
+    assert det.score_one(pixels).score == direct

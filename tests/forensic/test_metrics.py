@@ -155,6 +155,11 @@ def test_false_positive_rate_refuses_non_finite_scores():
     # a NaN is never >= a threshold: it counted as a real kept (1/3 here, not undefined)
     with pytest.raises(ValueError, match="NaN or inf"):
         false_positive_rate([math.nan, math.nan, 0.9], 0.5)
+    # nothing is >= NaN: the rate read 0.0
+    with pytest.raises(ValueError, match="not NaN"):
+        false_positive_rate([1.0, 2.0, 3.0], math.nan)
+    assert false_positive_rate([1.0, 2.0], math.inf) == 0.0  # a decision: flag nothing
+    assert false_positive_rate([1.0, 2.0], -math.inf) == 1.0
 
 
 def test_threshold_allowing_refuses_counts_outside_the_scores_and_non_finite_scores():

@@ -333,6 +333,44 @@ def test_export_refuses_a_json_path(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_an_export_never_takes_over_the_sidecar_of_another_beside_it(tmp_path):
+    """``mem`` and ``mem.safetensors`` share ``mem.json``: the second export replaced the
+    first's record."""
+    from assocmem.meta.train import export
+
+    meta = init_meta_params(TINY, torch.Generator().manual_seed(0))
+    export(tmp_path / "mem.safetensors", meta, TINY, info={"seed": 0})
+    with pytest.raises(ValueError, match=r"mem\.safetensors beside it has the same sidecar"):
+        export(tmp_path / "mem", meta, TINY, info={"seed": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mem.json", "mem.safetensors"]
+    assert json.loads((tmp_path / "mem.json").read_text())["seed"] == 0
+
+
+def test_an_export_and_its_sidecar_are_written_as_a_pair(tmp_path):
+    """The memory was written, then its sidecar (a folder at its path here) failed: a new
+    memory beside an old or missing record."""
+    from assocmem.meta.train import export
+
+    meta = init_meta_params(TINY, torch.Generator().manual_seed(0))
+    (tmp_path / "mem.json").mkdir()
+    with pytest.raises(IsADirectoryError):
+        export(tmp_path / "mem.safetensors", meta, TINY, info={})
+    assert [p.name for p in tmp_path.iterdir()] == ["mem.json"]  # no memory written
+
+
+def test_a_non_finite_info_value_is_null_in_the_checkpoint_header(tmp_path):
+    """A diverged loss in ``info`` was a NaN token in the header, which RFC 8259 readers
+    refuse (the sidecar already wrote null)."""
+    meta = init_meta_params(TINY, torch.Generator().manual_seed(0))
+    save_checkpoint(tmp_path / "m.safetensors", meta, TINY, info={"loss": float("nan")})
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:
+        text = f.metadata()["assocmem"]
+    assert "NaN" not in text and json.loads(text)["info"] == {"loss": None}
+    assert load_checkpoint(tmp_path / "m.safetensors").info["loss"] is None
+
+
 def test_exports_named_with_dots_keep_sidecars_of_their_own(tmp_path):
     """``mem_v1.0`` and ``mem_v1.1`` both wrote ``mem_v1.json`` (the last suffix replaced):
     the second export's record replaced the first's. Each name now keeps its own."""

@@ -143,6 +143,10 @@ def test_a_corrupt_record_of_skips_is_refused_on_resume(tmp_path, bad):
             ]}},
             "group 0 lr: ",
         ),
+        # read unchecked: a traceback from float() naming no file, or Nones summed by the CLI
+        (lambda info: {**info, "history": ["a", 0.1]}, "history entries must be numbers"),
+        (lambda info: {**info, "seconds": "abc"}, "seconds must be a finite number >= 0"),
+        (lambda info: {**info, "seconds": -1.0}, "seconds must be a finite number >= 0"),
     ],
 )  # fmt: skip
 def test_an_edited_training_record_is_refused_on_resume(tmp_path, edit, match):
@@ -154,6 +158,20 @@ def test_an_edited_training_record_is_refused_on_resume(tmp_path, edit, match):
     save_checkpoint(path, ckpt.meta_params, TINY, info=edit(ckpt.info), extra=ckpt.extra)
     with pytest.raises(ValueError, match=match):
         meta_train(TINY, _small(), checkpoint=path, progress=False)
+
+
+def test_a_non_finite_meta_loss_in_the_history_survives_a_resume(tmp_path):
+    """The header stores a non-finite number as null (strict JSON); a resume reads it back as
+    NaN, not None (which the command's summary could not add up)."""
+    path = tmp_path / "a.safetensors"
+    meta_train(TINY, _small(meta_steps=2), checkpoint=path, progress=False)
+    ckpt = load_checkpoint(path)
+    info = {**ckpt.info, "history": [math.inf, ckpt.info["history"][1]]}
+    save_checkpoint(path, ckpt.meta_params, TINY, info=info, extra=ckpt.extra)
+    assert load_checkpoint(path).info["history"][0] is None
+    resumed = meta_train(TINY, _small(), checkpoint=path, progress=False)
+    assert math.isnan(resumed.history[0]) and resumed.history[1] == ckpt.info["history"][1]
+    assert all(isinstance(h, float) for h in resumed.history)
 
 
 # -- empty betas / time_scales --------------------------------------------------------------

@@ -49,7 +49,8 @@ Layout of a ``<name>.safetensors`` file:
 ``<name>.json``), the same header indented for people.
 
 :func:`load_detector` refuses with a ``ValueError`` naming the problem: a path that is no regular
-file (never opened), a file that is not safetensors, a missing or non-JSON header, another format
+file (never opened), a file that is not safetensors, a missing or non-JSON header (a ``NaN`` or
+``Infinity`` token is not JSON: :func:`save_detector` never writes one), another format
 or a version outside :data:`READABLE_VERSIONS`, missing keys, ``views`` that are not in
 ``views.VIEWS`` (or named by a version-1 header), an unknown architecture or constructor
 arguments it rejects, a bad patch size, a non-finite or inconsistent calibration (the threshold
@@ -91,6 +92,8 @@ from assocmem.forensic.views import VIEWS
 from assocmem.storage import (
     read_regular_bytes,
     read_safetensors,
+    refuse_shared_sidecar,
+    sharing_sidecar,
     sidecar_path,
     strict_json,
     write_safetensors,
@@ -345,6 +348,7 @@ def save_detector(
     header["network_sha256"] = network_digest(header["weights_sha256"], header)  # as read back
     _check_header(header, Path(path))
     path = Path(path)
+    refuse_shared_sidecar(path)
     # the sidecar is written with the checkpoint (both files first, then both moved into
     # place): a full disk or a crash while writing leaves the previous pair, which loads
     sidecar = strict_json.dumps(header, indent=1, sort_keys=True) + "\n"
@@ -369,7 +373,9 @@ def load_detector(path: str | os.PathLike[str] | None = None) -> DetectorCheckpo
     if "assocmem" not in metadata:
         raise ValueError(f"{path} is not an assocmem detector checkpoint (no header)")
     try:
-        header = json.loads(metadata["assocmem"], object_pairs_hook=strict_json.unique_keys)
+        # strict: save_detector writes no NaN/Infinity token, and one in arch_kwargs failed
+        # later in the network digest with json's own message, naming neither file nor field
+        header = strict_json.loads(metadata["assocmem"], object_pairs_hook=strict_json.unique_keys)
     except (ValueError, RecursionError) as e:  # malformed, too deep, a 5000-digit number
         raise ValueError(f"{path}: the checkpoint's header is not JSON ({e})") from None
     image_probability = _check_header(header, path)
@@ -601,7 +607,7 @@ def _check_sidecar(path: Path, header: dict[str, Any]) -> None:
     except FileNotFoundError:
         return  # the header inside the .safetensors file is the checkpoint; the sidecar is a copy
     try:
-        text = json.loads(raw.decode("utf-8"), object_pairs_hook=strict_json.unique_keys)
+        text = strict_json.loads(raw.decode("utf-8"), object_pairs_hook=strict_json.unique_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError among them
         raise ValueError(
             f"{sidecar}: the checkpoint's sidecar is not readable JSON ({e})"
@@ -612,9 +618,11 @@ def _check_sidecar(path: Path, header: dict[str, Any]) -> None:
             for k in set(text) | set(header)
             if not isinstance(text, dict) or text.get(k) != header.get(k)
         )
+        shared = [p.name for p in sharing_sidecar(path)]
+        also = f" (it is also the sidecar of {', '.join(shared)}: saved last?)" if shared else ""
         raise ValueError(
             f"{sidecar} differs from the header inside {path.name} (keys {keys}); one of them was "
-            "edited: restore it or delete the sidecar"
+            f"edited{also}: restore it or delete the sidecar"
         )
 
 

@@ -373,10 +373,13 @@ class Detector:
             for start in range(0, len(cut), self.batch_size):
                 batch = cut[start : start + self.batch_size]
                 # the benchmark's convention: uint8 pixels / 255, in the network's dtype (a
-                # float64 detector failed on the float32 tiles it was given)
-                x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
-                x = x.to(device=weight.device, dtype=weight.dtype)
-                out.append(self._view_mean(x).float().cpu())
+                # float64 detector failed on the float32 tiles it was given; rounding them to
+                # float32 on the way, and its logits after, scored it in float32)
+                x = batch.to(device=weight.device, dtype=weight.dtype)
+                if batch.dtype == torch.uint8:
+                    x = x.div_(255.0)
+                logits = self._view_mean(x)
+                out.append((logits if logits.dtype == torch.float64 else logits.float()).cpu())
                 if progress is not None:
                     progress(start + len(batch), len(cut))
         finally:

@@ -142,8 +142,12 @@ def false_positive_rate(scores_on_reals: ArrayLike, threshold: float) -> float:
 
     Raises:
         ValueError: no scores, or a NaN or inf score (a NaN is never ``>=`` a threshold, so it
-            would count as a real kept, understating the rate).
+            would count as a real kept, understating the rate), or a NaN threshold (nothing is
+            ``>=`` it: the rate read 0). An infinite threshold is a decision (``+inf`` flags
+            nothing, ``-inf`` everything).
     """
+    if isinstance(threshold, (str, bytes)) or np.isnan(threshold):
+        raise ValueError(f"the threshold must be a number, not NaN: got {threshold!r}")
     s = _np(scores_on_reals)
     if s.size == 0:
         raise ValueError("no scores given")

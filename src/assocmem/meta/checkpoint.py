@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -94,12 +94,15 @@ def save_checkpoint(
     *,
     info: dict[str, Any] | None = None,
     extra: dict[str, Tensor] | None = None,
+    beside: Sequence[tuple[Path, bytes]] = (),
 ) -> None:
-    """Write ``meta_params`` (and optional ``extra`` tensors) with their config, atomically.
+    """Write ``meta_params`` (and optional ``extra`` tensors) with their config, atomically;
+    ``beside``: other files written as a pair with it (a sidecar: ``write_safetensors``).
 
     Meta-parameters that are not floating point (integer, complex) or not finite are refused
     here, as :func:`load_checkpoint` would refuse them: a file is never written that cannot be
-    read back."""
+    read back. A non-finite number in ``info`` (a diverged loss) is stored as ``null``, as in
+    every JSON the project writes (``storage.strict_json``)."""
     _check_shapes(meta_params, config)
     kinds = {k: v.dtype for k, v in meta_params.items() if not v.is_floating_point()}
     if kinds:
@@ -120,12 +123,12 @@ def save_checkpoint(
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "config": config.to_dict(),
-        "info": info or {},
+        "info": strict_json.finite_or_null(info or {}),
         "network_sha256": network_digest(_unprefixed(meta_tensors), config),
         "extra_sha256": weights_digest(extra_tensors),
     }
     path = Path(path)
-    write_safetensors(path, tensors, header)
+    write_safetensors(path, tensors, header, beside=beside)
 
 
 def load_checkpoint(

@@ -57,7 +57,7 @@ from assocmem.meta.tasks import (
     Task,
     sample_task,
 )
-from assocmem.storage import sidecar_path, strict_json
+from assocmem.storage import refuse_shared_sidecar, sidecar_path, strict_json
 
 # TrainConfig fields that may change between an interrupted run and its resumption.
 _RESUMABLE_CHANGES = {"meta_steps", "checkpoint_every"}
@@ -287,6 +287,14 @@ def _resume_state(ckpt: Checkpoint, train: TrainConfig, path: Any) -> tuple[int,
             f"{path}: meta_step {step} with {len(history) if isinstance(history, list) else None}"
             " history entries (one per meta-step): edited or corrupted"
         )
+    if "history" in info:
+        if not all(v is None or _is_real(v) for v in history):
+            raise ValueError(f"{path}: history entries must be numbers: edited or corrupted")
+        # a non-finite meta-loss (a skipped step) is stored as null (strict JSON)
+        info = {**info, "history": [math.nan if v is None else v for v in history]}
+    seconds = info.get("seconds", 0.0)
+    if not _is_real(seconds) or not 0 <= seconds < math.inf:
+        raise ValueError(f"{path}: seconds must be a finite number >= 0, got {seconds!r}")
     skipped = info.get("skipped", [])  # absent from checkpoints written before it was kept
     if not isinstance(skipped, list) or not all(_is_index(s, step) for s in skipped):
         raise ValueError(f"{path}: skipped must be a list of meta-steps < {step}, got {skipped!r}")
@@ -311,6 +319,10 @@ def _group_diff(saved: Any, fresh: list[dict[str, Any]]) -> str:
         for k in sorted(set(s) | set(f) if isinstance(s, dict) else f)
         if not isinstance(s, dict) or s.get(k) != f.get(k)
     )
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_index(value: Any, bound: int) -> bool:
@@ -499,10 +511,13 @@ def export(
     """Write a meta-parameters-only checkpoint and a ``.json`` sidecar with ``info``.
 
     Raises ``ValueError`` for a ``path`` ending in ``.json``: it would be its own sidecar (the
-    memory written, then replaced by the sidecar, without a word)."""
+    memory written, then replaced by the sidecar, without a word); and for one whose sidecar
+    another file beside it has (``a`` and ``a.safetensors``: ``storage.sharing_sidecar``)."""
     if Path(path).suffix.lower() == ".json":
         raise ValueError(f"{path}: a learned memory ending in .json would be its own sidecar")
-    save_checkpoint(path, meta_params, config, info=info)
-    sidecar = sidecar_path(path)
+    refuse_shared_sidecar(path)
     record = {"config": config.to_dict(), **info}  # a diverged loss in info is null: strict JSON
-    sidecar.write_text(strict_json.dumps(record, indent=2) + "\n")
+    # written as a pair (both files first, then both moved into place): a sidecar that could
+    # not be written (a folder at its path) left a new memory beside an old record
+    sidecar = (sidecar_path(path), (strict_json.dumps(record, indent=2) + "\n").encode())
+    save_checkpoint(path, meta_params, config, info=info, beside=[sidecar])

@@ -10,6 +10,8 @@ nothing of ours.
 from assocmem.storage.safetensors_file import (
     read_regular_bytes,
     read_safetensors,
+    refuse_shared_sidecar,
+    sharing_sidecar,
     sidecar_path,
     write_atomically,
     write_safetensors,
@@ -18,6 +20,8 @@ from assocmem.storage.safetensors_file import (
 __all__ = [
     "read_regular_bytes",
     "read_safetensors",
+    "refuse_shared_sidecar",
+    "sharing_sidecar",
     "sidecar_path",
     "write_atomically",
     "write_safetensors",

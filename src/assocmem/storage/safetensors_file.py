@@ -38,6 +38,39 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def sharing_sidecar(path: str | os.PathLike[str]) -> list[Path]:
+    """The files beside ``path`` (other than it) whose sidecar is ``path``'s: ``a`` and
+    ``a.safetensors`` (any case of the suffix) both have ``a.json``, so saving one replaced the
+    other's sidecar and the other then refused to load, as if edited."""
+    path = Path(path)
+    sidecar = sidecar_path(path)
+    stem = sidecar.name[: -len(".json")]
+    names = {stem.lower(), stem.lower() + ".safetensors"}
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:  # a folder not there yet (or unreadable): nothing beside it to clash with
+        return []
+    return sorted(
+        e
+        for e in entries
+        if e.name.lower() in names
+        and e.name != path.name
+        and sidecar_path(e) == sidecar
+        and e.is_file()
+    )
+
+
+def refuse_shared_sidecar(path: str | os.PathLike[str]) -> None:
+    """Raise ``ValueError`` if a checkpoint saved at ``path`` would share its sidecar with a
+    file beside it (:func:`sharing_sidecar`)."""
+    if others := sharing_sidecar(path):
+        raise ValueError(
+            f"cannot save to {path}: {others[0].name} beside it has the same sidecar "
+            f"{sidecar_path(path).name}, which this save would replace (and {others[0].name} "
+            "would then refuse to load); give another name"
+        )
+
+
 def write_safetensors(
     path: Path,
     tensors: dict[str, Tensor],

@@ -44,14 +44,15 @@ def dumps(value: Any, *, default: Callable[[Any], Any] | None = None, **kwargs: 
     return json.dumps(finite_or_null(value), allow_nan=False, default=default, **kwargs)
 
 
-def loads(text: str) -> Any:
+def loads(text: str | bytes, **kwargs: Any) -> Any:
     """``json.loads`` as RFC 8259 reads JSON: a ``NaN``/``Infinity``/``-Infinity`` token raises
-    ``ValueError`` (Python's own reader accepts them, which is how such files go unnoticed)."""
+    ``ValueError`` (Python's own reader accepts them, which is how such files go unnoticed).
+    ``kwargs`` go to ``json.loads`` (e.g. ``object_pairs_hook=unique_keys``)."""
 
     def refuse(token: str) -> Any:
         raise ValueError(f"not JSON: the non-standard token {token}")
 
-    return json.loads(text, parse_constant=refuse)
+    return json.loads(text, parse_constant=refuse, **kwargs)
 
 
 def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
