@@ -88,6 +88,8 @@ def train_run(
         "train_seconds": history[-1]["wall"],
         "mean_step_ms": 1e3 * result.optimizer_seconds / max(result.steps, 1),
         "state_bytes_per_param": state_bytes_per_param(opt),
+        # why a diverged run ended (the loop's message: which loss, at which step); "" if ok
+        "message": result.message,
         # Process-wide peak resident memory (KiB on Linux), as torch has no CPU allocator stats.
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

@@ -55,7 +55,7 @@ def load_runs(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
         raise ValueError(f"no comparison under {root} (no <task>/<optimizer>/protocol.json)")
     for protocol_file in protocols:
         opt_dir = protocol_file.parent
-        protocol = _read_json(protocol_file)
+        protocol = _read_record(protocol_file)
         runs = []
         # every lr diverged: nothing was evaluated (a comparison recorded before its protocol
         # named no seeds then still names them), and the table says "all diverged"
@@ -64,8 +64,10 @@ def load_runs(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
             seed_dir = opt_dir / f"seed{seed}"
             if not (seed_dir / "summary.json").is_file():
                 raise ValueError(f"{seed_dir}: the protocol names seed {seed} but it has no run")
-            summary = _read_json(seed_dir / "summary.json")
+            summary = _read_summary(seed_dir / "summary.json")
             history = _read_jsonl(seed_dir / "metrics.jsonl")
+            if not history:  # a run writes its first record before its summary
+                raise ValueError(f"{seed_dir / 'metrics.jsonl'}: no records (damaged?)")
             runs.append((summary, history))
         tasks.setdefault(opt_dir.parent.name, {})[opt_dir.name] = {
             "protocol": protocol,
@@ -74,8 +76,8 @@ def load_runs(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
     files = [*protocols, *root.glob("*/step_cost.json")]
     if (root / PLAN).is_file():
         files.append(root / PLAN)
-        _check_complete(_read_json(root / PLAN), tasks, root)
-    ids = {_read_json(f).get("run_id") for f in files}
+        _check_complete(_read_record(root / PLAN), tasks, root)
+    ids = {_read_record(f).get("run_id") for f in files}
     if len(ids) > 1:
         raise ValueError(
             f"{root} holds the files of {len(ids)} comparisons (a re-run into the same out_dir, "
@@ -86,22 +88,56 @@ def load_runs(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
 
 def _read_json(path: Path) -> Any:
     """One record; a file that is not JSON is named (a comparison holds hundreds of records,
-    and json's "Expecting value: line 1 column 1" named none)."""
+    and json's "Expecting value: line 1 column 1" named none), as is one that cannot be read
+    (missing, a folder)."""
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a readable JSON record ({e})") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """:func:`_read_json` of a file that must hold a JSON object (a protocol, a plan, a step
+    cost): ``[]`` or ``null`` there ended the report in an AttributeError."""
+    record = _read_json(path)
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: a JSON object expected, got {type(record).__name__}")
+    return record
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    """A run's ``summary.json`` with the fields the tables read (``status``, ``final``'s
+    ``val_loss``): an emptied one ended the report in a KeyError."""
+    summary = _read_record(path)
+    final = summary.get("final")
+    if summary.get("status") not in ("ok", "diverged") or not (
+        isinstance(final, dict) and "val_loss" in final
+    ):
+        raise ValueError(
+            f"{path}: not a run's summary (status 'ok' or 'diverged' and a final val_loss "
+            "expected; damaged?)"
+        )
+    return summary
 
 
 def _read_jsonl(path: Path) -> list[Any]:
-    """A run's metrics, one JSON object per line; a bad line is named by file and number."""
+    """A run's metrics, one JSON object per line; a bad line is named by file and number, as
+    is a file that cannot be read."""
     records = []
-    with path.open() as f:
-        for number, line in enumerate(f, start=1):
-            try:
-                records.append(json.loads(line))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ValueError(f"{path}:{number}: not a readable JSON record ({e})") from None
+    try:
+        with path.open() as f:
+            for number, line in enumerate(f, start=1):
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise ValueError(f"{path}:{number}: not a readable JSON record ({e})") from None
+                if not isinstance(record, dict):
+                    raise ValueError(f"{path}:{number}: a JSON object expected")
+                records.append(record)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
     return records
 
 
@@ -121,7 +157,7 @@ def _check_complete(plan: dict[str, Any], tasks: dict[str, dict[str, Any]], root
 
 def load_step_costs(root: Path) -> dict[str, dict[str, Any]]:
     """``{task: step_cost.json}`` for the tasks whose step cost was measured."""
-    return {f.parent.name: _read_json(f) for f in sorted(root.glob("*/step_cost.json"))}
+    return {f.parent.name: _read_record(f) for f in sorted(root.glob("*/step_cost.json"))}
 
 
 def _mean_std(values: list[float]) -> str:
@@ -468,6 +504,8 @@ def replace_section(markdown: Path, name: str, body: str) -> None:
     ``fcntl``): two experiments refreshing their sections of one file at once lost one's
     section or doubled the other's markers."""
     check_section_name(name)
+    if markdown.is_symlink():  # the file it links to is the one to update (os.replace
+        markdown = markdown.resolve()  # replaced the link with a file, the target unchanged)
     markdown.parent.mkdir(parents=True, exist_ok=True)
     with _folder_lock(markdown.parent):
         text = markdown.read_text() if markdown.exists() else "# Results\n"
@@ -562,7 +600,11 @@ def write_report(
 ) -> Path:
     """Write the ``name`` section of ``markdown`` (tables + plots) from the runs under ``root``;
     ``baseline`` and ``command`` default to what the comparison recorded in its protocols
-    (``adam`` and none for one recorded before them)."""
+    (``adam`` and none for one recorded before them).
+
+    The section's markers are checked first: a refusal came after the plots were replaced,
+    which then showed other runs than the section's tables."""
+    check_markers(markdown, name)
     tasks = load_runs(root)
     recorded = next(iter(next(iter(tasks.values())).values()))["protocol"]
     baseline = baseline or recorded.get("baseline", "adam")

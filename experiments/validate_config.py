@@ -458,6 +458,10 @@ def validate_meta_train(cfg: DictConfig) -> None:
         raise ConfigError("export", export, "", refused=clash)
 
 
+# what a comparison writes under its out_dir besides the report: its records
+RECORD_SUFFIXES = (".json", ".jsonl", ".yaml")
+
+
 def validate_compare(cfg: DictConfig) -> None:
     """Checks of ``conf/compare.yaml``, then of every run it will make (composed with its
     overrides), so a bad value fails now rather than hours into the sweep.
@@ -518,6 +522,17 @@ def validate_compare(cfg: DictConfig) -> None:
     _check_override_keys(overrides)
     _writable_dir("out_dir", _get(cfg, "out_dir"))
     markdown = _get(cfg, "report.markdown")
+    where = Path(str(markdown)).expanduser().resolve()
+    out_dir = Path(str(_get(cfg, "out_dir"))).expanduser().resolve()
+    if where.is_relative_to(out_dir) and where.suffix in RECORD_SUFFIXES:
+        # the report was written into the comparison's own records (plan.json, a run's
+        # summary), which the report command then could not read
+        raise ConfigError(
+            "report.markdown",
+            markdown,
+            f"a markdown file, not one of the runs' records under "
+            f"out_dir ({', '.join(RECORD_SUFFIXES)})",
+        )
     _writable_dir("report.markdown", markdown, Path(str(markdown)).parent)
     _writable_file("report.markdown", markdown)
     try:  # markers the report could not replace ended the sweep in a traceback, after it
@@ -550,6 +565,23 @@ def validate_compare(cfg: DictConfig) -> None:
                     f"factors whose learning rates differ at 6 significant digits ({optimizer}'s "
                     f"base lr is {base_lr})",
                 )
+            if extensions:
+                # an extension multiplies the edge factor by the grid's outer ratio each time:
+                # factors [1e-200, 1] passed here, then ran a tuning run at lr 0 and ended the
+                # sweep in a traceback
+                fs = sorted(map(float, factors))
+                ends = (fs[0] * (fs[0] / fs[1]) ** extensions,
+                        fs[-1] * (fs[-1] / fs[-2]) ** extensions)  # fmt: skip
+                for side, end in zip(("smallest", "largest"), ends, strict=True):
+                    lr = base_lr * end
+                    if not (math.isfinite(lr) and float(f"{lr:.6g}") > 0):
+                        raise ConfigError(
+                            "lr_factors",
+                            list(factors),
+                            f"a grid whose {extensions} extension(s) keep the lr a finite "
+                            f"number > 0 (its {side} lr would be {lr:.6g} for {optimizer}, "
+                            f"base lr {base_lr})",
+                        )
             try:
                 validate_run(run_cfg)
             except ConfigError as e:

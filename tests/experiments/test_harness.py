@@ -196,6 +196,8 @@ def test_divergence_ends_the_run_cleanly(tmp_path):
     saved = strict_json.loads((tmp_path / "summary.json").read_text())
     assert saved["status"] == "diverged"
     assert saved["final"]["val_loss"] is None and saved["best_val_loss"] is None
+    # README: "its status says so and its message why" (the loop's message was dropped)
+    assert saved["message"].startswith("non-finite ") and " at step " in saved["message"]
     for line in (tmp_path / "metrics.jsonl").open():
         strict_json.loads(line)  # the diverged step's loss is null
 
@@ -486,3 +488,77 @@ def test_the_cached_encoder_leaves_each_seed_its_own_head_cold_or_warm(tmp_path_
     with pytest.warns(UserWarning, match="cannot be read"):
         assert torch.equal(head(0), cold)  # rebuilt as a cold cache builds it
     assert path.read_bytes() == data
+
+
+@pytest.fixture(scope="module")
+def small_comparison(tmp_path_factory):
+    """A finished smoke comparison (adam only, one lr, no extension), shared read-only."""
+    from experiments.compare import compare
+
+    out = tmp_path_factory.mktemp("cmp") / "runs"
+    overrides = ["+experiment=smoke", f"out_dir={out}", "lr_extensions=0", "variants={}",
+                 "optimizers=[adam]", "lr_factors=[1.0]", "step_cost.samples=1",
+                 f"report.markdown={out.parent}/r.md"]  # fmt: skip
+    with initialize_config_dir(str(CONF), version_base=None):
+        return compare(compose("compare", overrides=overrides), command="cmd")
+
+
+def _seed_dir(root: Path) -> Path:
+    return next((root / "quadratic" / "adam").glob("seed*"))
+
+
+DAMAGE = {
+    # a JSON file of the wrong shape, or a file missing: a traceback (KeyError, AttributeError,
+    # FileNotFoundError, IsADirectoryError) instead of the file named
+    "summary emptied": (lambda r: (_seed_dir(r) / "summary.json").write_text("{}"),
+                        r"summary.json: not a run's summary"),
+    "metrics removed": (lambda r: (_seed_dir(r) / "metrics.jsonl").unlink(),
+                        r"metrics.jsonl: cannot be read"),
+    "metrics a folder": (lambda r: ((_seed_dir(r) / "metrics.jsonl").unlink(),
+                                    (_seed_dir(r) / "metrics.jsonl").mkdir()),
+                         r"metrics.jsonl: cannot be read"),
+    # read as a run with no evaluation: its row and the budget line changed without a word
+    "metrics emptied": (lambda r: (_seed_dir(r) / "metrics.jsonl").write_text(""),
+                        r"metrics.jsonl: no records"),
+    "protocol a list": (lambda r: (r / "quadratic" / "adam" / "protocol.json").write_text("[]"),
+                        r"protocol.json: a JSON object expected, got list"),
+    "step cost null": (lambda r: (r / "quadratic" / "step_cost.json").write_text("null"),
+                       r"step_cost.json: a JSON object expected, got NoneType"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_records_are_named_not_a_traceback(small_comparison, tmp_path, damage):
+    import shutil
+
+    from experiments.report import write_report
+
+    root = tmp_path / "runs"
+    shutil.copytree(small_comparison, root)
+    edit, match = DAMAGE[damage]
+    edit(root)
+    with pytest.raises(ValueError, match=match):
+        write_report(root, tmp_path / "r.md", tmp_path / "plots", "smoke")
+
+
+def test_a_section_it_cannot_replace_leaves_the_plots_as_they_were(small_comparison, tmp_path):
+    # the plots were replaced first, then the markers refused: the old section's tables
+    # pointed at plots of other runs
+    from experiments.report import write_report
+
+    markdown = tmp_path / "lone.md"
+    markdown.write_text("# R\n<!-- report:smoke:begin -->\nold\n")
+    with pytest.raises(ValueError, match="1 begin and 0 end markers"):
+        write_report(small_comparison, markdown, tmp_path / "plots", "smoke")
+    assert not (tmp_path / "plots").exists()
+
+
+def test_a_linked_markdown_file_updates_the_file_it_links_to(small_comparison, tmp_path):
+    # os.replace replaced the link with a file of its own; the linked file kept the old text
+    from experiments.report import write_report
+
+    target, link = tmp_path / "target.md", tmp_path / "link.md"
+    target.write_text("# R\n")
+    link.symlink_to(target)
+    write_report(small_comparison, link, tmp_path / "plots", "smoke")
+    assert link.is_symlink() and "<!-- report:smoke:begin -->" in target.read_text()

@@ -117,7 +117,7 @@ def test_a_record_that_is_not_json_is_named(tmp_path):
     seed = tmp_path / "quadratic" / "adam" / "seed1"
     seed.mkdir(parents=True)
     (seed.parent / "protocol.json").write_text(json.dumps({"best_lr": 0.1, "seeds": [1]}))
-    (seed / "summary.json").write_text(json.dumps({"status": "ok"}))
+    (seed / "summary.json").write_text(json.dumps({"status": "ok", "final": {"val_loss": 1}}))
     (seed / "metrics.jsonl").write_text('{"step": 1}\ngarbage\n')
     with pytest.raises(ValueError, match=r"seed1/metrics.jsonl:2: not a readable JSON record"):
         load_runs(tmp_path)

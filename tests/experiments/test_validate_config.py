@@ -208,6 +208,23 @@ def test_compare_refuses_a_report_file_whose_markers_it_could_not_replace(tmp_pa
     _compare_refuses(tmp_path, f"report.markdown={md}", "^report.markdown = .*2 begin and 2 end")
 
 
+def test_compare_refuses_a_report_onto_the_runs_records(tmp_path):
+    # the report went into plan.json (exit 0), which the report command could then not read
+    _compare_refuses(
+        tmp_path, f"report.markdown={tmp_path}/plan.json", "^report.markdown = .*runs' records"
+    )
+
+
+def test_compare_refuses_lr_factors_whose_extensions_leave_the_numbers(tmp_path):
+    # factors [1e-200, 1] extended to 1e-400: a tuning run at lr 0, then a traceback
+    _compare_refuses(
+        tmp_path, "lr_factors=[1e-200,1.0]", "^lr_factors = .*extension.*smallest lr would be 0"
+    )
+    _compare_refuses(
+        tmp_path, "lr_factors=[1.0,1e200]", "^lr_factors = .*extension.*largest lr would be inf"
+    )
+
+
 def test_compare_refuses_lr_factors_that_round_to_one_learning_rate(tmp_path):
     # compare.tune runs base * factor at 6 significant digits: one lr ran twice, one folder
     _compare_refuses(tmp_path, "lr_factors=[1.0,1.0000001]", "^lr_factors = .*6 significant")
