@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -268,3 +269,28 @@ def test_complex_memories_are_refused_not_recalled_wrongly():
             write(M, k, v)
     with pytest.raises(ValueError, match="real view"):
         read(ElementwiseMemory(torch.zeros(3, dtype=torch.complex64)))
+
+
+@pytest.mark.parametrize("write", [hebbian_write, delta_write])
+@pytest.mark.parametrize("rate", ["lr", "retention"])
+def test_a_rate_tensor_that_does_not_fit_the_memory_is_named(write, rate):
+    # a rate that cannot broadcast failed in torch first: "The size of tensor a (5) must
+    # match the size of tensor b (4)", naming neither the rate nor the memory
+    with pytest.raises(ValueError, match=rf"{rate} of shape \(5,\) does not broadcast"):
+        write(matrix_memory(4, 3), torch.ones(4), torch.ones(3), **{rate: torch.ones(5)})
+    memory = elementwise_memory(torch.zeros(4))
+    with pytest.raises(ValueError, match=rf"{rate} of shape \(5,\) does not broadcast"):
+        write(memory, None, torch.ones(4), **{rate: torch.ones(5)})
+    per_row = torch.full((3, 1), 0.5)  # one rate per value coordinate: fits
+    written = write(matrix_memory(4, 3), torch.ones(4), torch.ones(3), **{rate: per_row})
+    assert written.M.shape == (3, 4)
+
+
+def test_a_memory_saved_with_torch_save_loads_with_torchs_defaults(tmp_path):
+    # torch.load's weights_only=True refused the state types (UnpicklingError)
+    for state in (matrix_memory(4, 3), elementwise_memory(torch.ones(5))):
+        torch.save(state, tmp_path / "m.pt")
+        loaded = torch.load(tmp_path / "m.pt")
+        assert type(loaded) is type(state) and all(
+            torch.equal(a, b) for a, b in zip(loaded, state, strict=True)
+        )

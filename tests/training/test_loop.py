@@ -467,3 +467,45 @@ def test_a_non_finite_validation_loss_is_never_the_best_and_the_best_finite_one_
                  evaluate=evaluate, patience=5)  # fmt: skip
     assert result.diverged and result.best_step == 1 and result.best_val_loss == 2.0
     assert torch.equal(w.detach(), snapshots[1])  # the weights evaluated at step 1
+
+
+def test_early_stopping_restores_the_best_tensors_given_as_a_generator():
+    # model.parameters(), torch's idiom: the generator was used up listing the trainable
+    # tensors, and the best weights were snapshot and restored as an empty list
+    layer = torch.nn.Linear(3, 1, bias=False)
+    torch.nn.init.zeros_(layer.weight)
+    seen = {}
+
+    def evaluate():
+        step = len(seen)
+        seen[step] = layer.weight.detach().clone()
+        return {"val_loss": float((step - 2) ** 2)}
+
+    result = fit(
+        layer.parameters(), lambda _b: -layer.weight.sum(), itertools.count(1),
+        lambda ps: torch.optim.SGD(ps, lr=1.0), steps=10, eval_every=1, evaluate=evaluate,
+        patience=2,
+    )  # fmt: skip
+    assert result.stopped_early and result.best_step == 2
+    assert torch.equal(layer.weight, seen[2]) and not torch.equal(layer.weight, seen[4])
+
+
+@pytest.mark.parametrize(
+    ("metrics", "match"),
+    [
+        # the loop's own fields: an evaluate's full-set train_loss replaced the batch loss
+        ({"val_loss": 0.5, "train_loss": 123.0}, r"returned \['train_loss'\]"),
+        ({"val_loss": 0.5, "step": -1}, r"returned \['step'\]"),
+        # a tensor or a bool became best_val_loss; a string failed in math.isfinite, unnamed
+        ({"val_loss": torch.tensor(0.5)}, "val_loss must be a real number .* got Tensor"),
+        ({"val_loss": True}, "val_loss must be a real number .* got bool"),
+        ({"val_loss": "0.5"}, "val_loss must be a real number .* got str"),
+        ({"val_loss": None}, "val_loss must be a real number .* got NoneType"),
+    ],
+)
+def test_an_evaluate_that_returns_what_the_loop_cannot_record_is_refused(metrics, match):
+    w, loss = quadratic()
+    with pytest.raises(ValueError, match=match):
+        fit([w], loss, itertools.count(1), lambda ps: torch.optim.SGD(ps, lr=0.1), steps=2,
+            evaluate=lambda: metrics)  # fmt: skip
+    assert torch.equal(w, torch.zeros(4))  # refused at step 0, before any step

@@ -3,6 +3,8 @@
 ``write(state, key, value, *, lr, retention) -> state`` and ``read(state, key) -> value``.
 """
 
+import torch
+
 from assocmem.memory.deep import (
     DeepMemory,
     deep_memory,
@@ -22,6 +24,10 @@ from assocmem.memory.linear import (
     matrix_memory,
     read,
 )
+
+# torch.load reads only allow-listed types by default (weights_only=True): a memory saved
+# with torch.save could not be loaded back. These are tuples of tensors, nothing executable.
+torch.serialization.add_safe_globals([ElementwiseMemory, MatrixMemory, DeepMemory])
 
 __all__ = [
     "DeepMemory",

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from assocmem.memory.linear import check_fit
+from assocmem.memory.linear import check_fit, rates_fit
 
 Activation = str | Callable[[Tensor], Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -228,6 +228,7 @@ def retain_and_step(
         if p is None:
             new[name] = None
             continue
+        rates_fit(p.shape, f"the memory's {name!r}", lr=lr, retention=retention)
         if anchor is None:
             kept = p * retention
         else:

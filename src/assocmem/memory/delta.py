@@ -20,6 +20,8 @@ from assocmem.memory.linear import (
     MatrixMemory,
     as_pairs,
     kept,
+    memory_tensor,
+    rates_fit,
     read,
     same_shape,
 )
@@ -59,6 +61,7 @@ def delta_write(
         >>> torch.allclose(read(M, k), v)
         True
     """
+    rates_fit(memory_tensor(state).shape, "the memory", lr=lr, retention=retention)
     if isinstance(state, ElementwiseMemory):
         error = surprise(state, key, value)
         grad = error if key is None else error * key

@@ -20,6 +20,8 @@ from assocmem.memory.linear import (
     MatrixMemory,
     as_pairs,
     kept,
+    memory_tensor,
+    rates_fit,
     same_shape,
 )
 
@@ -52,6 +54,7 @@ def hebbian_write(
         >>> read(m).tolist()
         [1.0, 1.0, 1.0]
     """
+    rates_fit(memory_tensor(state).shape, "the memory", lr=lr, retention=retention)
     if isinstance(state, ElementwiseMemory):
         # named here: value * key of unbroadcastable shapes was torch's unnamed size error
         same_shape(state.m, value, "value")

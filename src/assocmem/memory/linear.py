@@ -117,6 +117,24 @@ def unpromoted(held: Tensor, new: Tensor, made: str, fix: str) -> Tensor:
     return new
 
 
+def rates_fit(shape: torch.Size, what: str, **rates: float | Tensor) -> None:
+    """A ``ValueError`` naming the rate (``lr``, ``retention``) that is a tensor which does not
+    broadcast to ``shape`` unchanged: one that cannot broadcast at all failed in torch with its
+    unnamed size error, before :func:`kept` could name it."""
+    for name, rate in rates.items():
+        if not isinstance(rate, Tensor):
+            continue
+        try:
+            fits = torch.broadcast_shapes(rate.shape, shape) == shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"{name} of shape {tuple(rate.shape)} does not broadcast to {what} of shape "
+                f"{tuple(shape)}: a float, or a tensor that keeps that shape"
+            )
+
+
 def kept(state: LinearMemory, new: Tensor) -> Tensor:
     """``new``, the written state, if it has ``state``'s shape and dtype: a write never grows a
     memory by broadcasting a key, value or rate of another shape, nor promotes its dtype."""

@@ -19,7 +19,9 @@ Early stopping: with ``patience=k`` the run ends once ``k`` evaluations in a row
 the best validation loss, and the model leaves with the weights of its best evaluation whether
 it stopped early or ran out of steps (``restore_best``: default on with ``patience``, off for a
 fixed budget, whose final weights are the point). ``best_step``/``best_val_loss`` are recorded
-either way.
+either way. Only the weights (and buffers) go back: ``TrainResult.optimizer`` keeps the state of
+the last step taken (a copy of it at every improvement would double the memory a run holds), so
+a second ``fit`` with it starts from the best weights with the last step's memories.
 
 Learning-rate drops on a plateau (``lr_drops=n``, CNNDetection's recipe): when ``patience``
 evaluations in a row have not improved, the run does not end while drops remain; every group's
@@ -65,6 +67,8 @@ OptimizerFactory = Callable[[Iterable[Tensor]], torch.optim.Optimizer]
 LR_DECAYS = (None, "linear")
 Logger = Callable[[dict[str, Any]], None]
 Trainable = nn.Module | Sequence[Tensor]
+# the fields every record gets from the loop; evaluate() may not return them
+RECORD_FIELDS = frozenset({"step", "time", "train_loss"})
 
 
 @dataclass
@@ -194,7 +198,7 @@ def _progress(steps: int, enabled: bool, desc: str) -> Any:
 
 
 def fit(
-    model: Trainable,
+    model: Trainable | Iterable[Tensor],
     step_loss: Callable[[Any], Tensor],
     batches: Iterator[Any],
     optimizer: torch.optim.Optimizer | OptimizerFactory,
@@ -215,7 +219,8 @@ def fit(
     """Train ``model`` for up to ``steps`` steps of ``step_loss(next(batches))``.
 
     Args:
-        model: an ``nn.Module`` or a list of tensors (its ``requires_grad`` ones train).
+        model: an ``nn.Module`` or tensors (its ``requires_grad`` ones train): a list, or an
+            iterable such as ``module.parameters()``, listed once.
         step_loss: the training loss of one batch (a scalar tensor to backpropagate).
         batches: an iterator of batches (``itertools.count(1)`` for step-indexed tasks); one that
             runs out ends the run there (status ``"ok"``, the message says so; the last
@@ -249,6 +254,10 @@ def fit(
         raise ValueError("lr_decay and lr_drops both set the learning rate: use one")
     if restore_best is None:  # early stopping restores the best weights; a fixed budget does not
         restore_best = patience is not None
+    if not isinstance(model, (nn.Module, Sequence)):
+        # model.parameters(), torch's idiom, is a generator: trainable_parameters used it up,
+        # and the best weights were snapshot and restored as an empty list (nothing restored)
+        model = list(model)
     params = trainable_parameters(model)
     if not params:
         raise ValueError("the model has no trainable parameters")
@@ -292,7 +301,20 @@ def fit(
                 raise ValueError(
                     f"evaluate() must return a mapping with 'val_loss', got {metrics!r:.200}"
                 )
+            # the loop's own fields: an evaluate's "train_loss" (a full-set loss) replaced the
+            # batch loss in the record, and gave step 0 one
+            if taken := sorted(RECORD_FIELDS & set(metrics)):
+                raise ValueError(
+                    f"evaluate() returned {taken}, which the loop records itself; name them "
+                    "otherwise (e.g. 'full_train_loss')"
+                )
             loss = metrics["val_loss"]
+            # a tensor or a bool became TrainResult's best_val_loss; a string failed in isfinite
+            if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
+                raise ValueError(
+                    f"evaluate()'s val_loss must be a real number (a tensor's .item()), got "
+                    f"{type(loss).__name__} {loss!r:.50}"
+                )
             # finite only: -inf passed `<` and became the "best" weights a diverged run restored
             if math.isfinite(loss) and loss < best["val_loss"]:
                 best.update(step=step, val_loss=loss, stale=0)
