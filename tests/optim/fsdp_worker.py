@@ -184,7 +184,35 @@ def run_memory(memory: str, ckpt: str) -> dict[str, object]:
         "received": dict(zip(kinds, received.tolist(), strict=True)),
         **from_one_process(memory),
         "refused_on": refused_on(opt2),
+        **(nonfinite_counts(memory) if memory.startswith("learned") else {}),
     }
+
+
+OVERFLOW = 1e300  # finite, but its square overflows float64: learned zeroes that update
+
+
+def nonfinite_counts(memory: str) -> dict[str, object]:
+    """``learned``'s ``nonfinite_updates`` of ``fc.weight`` on each rank, after one step whose
+    gradient overflows at one coordinate of rank 1's shard, and in one process at the same
+    coordinate: each rank counted its own rows (rank 0 read 0), and DCP kept one rank's."""
+    counts = []
+    for sharded in (False, True):
+        net = model(sharded)
+        opt = optimizer(net, memory)
+        opt.zero_grad()
+        loss_at(net, 0).backward()
+        grad = net.fc.weight.grad
+        if sharded:
+            if dist.get_rank() == 1:
+                grad.to_local()[0, 0] = OVERFLOW
+        else:
+            grad[(grad.shape[0] + 1) // 2, 0] = OVERFLOW  # rank 1's first row (3 = 2 + 1)
+        opt.step()
+        counts.append(int(opt.state[net.fc.weight]["nonfinite_updates"]))
+    single, local = counts
+    each = [None] * WORLD
+    dist.all_gather_object(each, local)
+    return {"nonfinite_single": single, "nonfinite_per_rank": tuple(each)}
 
 
 def clean_train(net: nn.Module, opt: MemoryOptimizer, steps: range) -> None:

@@ -94,6 +94,15 @@ def test_sharded_training_equals_one_process_and_resumes_bit_exactly(results, ca
     assert result["skipped"] == (1, 1)
 
 
+def test_learned_counts_non_finite_updates_over_the_whole_tensor_on_every_rank(results):
+    # each rank counted its own rows: rank 0 read 0 for a tensor whose update was zeroed,
+    # and a DCP resume (a plain 0-d tensor is saved as replicated) kept another rank's count
+    result = results["learned"]
+    assert "error" not in result, result.get("error")
+    single = result["nonfinite_single"]
+    assert single >= 1 and result["nonfinite_per_rank"] == (single, single)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_a_one_process_state_dict_loads_into_the_sharded_optimizer(results, case):
     # each rank keeps its slice of the whole state (loaded whole, the fused kernels read rows

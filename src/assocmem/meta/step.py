@@ -107,6 +107,11 @@ def learned_step(
         for (u, _), p, t in zip(pieces, params, steps, strict=True)
     ]
     nonfinite = [(~finite).sum() for _, finite in pieces]
+    if sharded.active() and nonfinite:
+        # each rank counted its own rows: summed over the shards (one all-reduce), every rank
+        # holds the tensor's count, as one process would (a per-rank count read 0 on rank 0,
+        # and DCP, which saves a plain 0-d tensor as replicated, resumed another rank's)
+        nonfinite = list(sharded.all_sum(torch.stack(nonfinite)).unbind(0))
     return LearnedStep(updates, written, nonfinite)
 
 
