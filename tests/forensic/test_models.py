@@ -46,6 +46,15 @@ def test_vit_tokens_and_64px():
     assert ViTEncoder(image_size=64, patch=8)(torch.rand(2, 3, 64, 64)).shape == (2, 64)
 
 
+@pytest.mark.parametrize(("name", "other"), [("mesonet4", 64), ("mesonet4", 40), ("f3net", 64)])
+def test_a_baseline_names_the_size_it_was_built_for(name, other):
+    # F3-Net failed in a matrix product with torch's shapes only; MesoNet-4 raised in its
+    # classifier at 64 px and read 40 px images pooled to its 2 x 2 grid without a word
+    model = BASELINES[name](image_size=32)
+    with pytest.raises(ValueError, match=r"built for 32 x 32 images, got shape \(2, 3, "):
+        model(torch.rand(2, 3, other, other))
+
+
 @pytest.mark.parametrize("name", BASELINES)
 @pytest.mark.parametrize("size", [32, 64])
 def test_baselines_return_logits(name, size):

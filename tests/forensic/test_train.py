@@ -114,6 +114,25 @@ def test_divergence_stops_cleanly():
     assert not math.isfinite(res.history[-1]["train_loss"])
 
 
+def test_a_one_image_tail_joins_the_batch_before_it():
+    """65 images in batches of 64 left a batch of one at each epoch's end: a BatchNorm1d
+    model raised mid-run (the result and history lost), other norms trained on one image's
+    batch statistics."""
+    from assocmem.forensic.models.npr import NPRWithSpectrum
+    from assocmem.forensic.train import batch_indices
+
+    sizes = [len(b) for _, b in zip(range(4), batch_indices(65, 64, None), strict=False)]
+    assert sizes == [65, 65, 65, 65]
+    assert [len(b) for _, b in zip(range(3), batch_indices(9, 4, None), strict=False)] == [4, 5, 4]
+    assert [len(b) for _, b in zip(range(2), batch_indices(3, 1, None), strict=False)] == [1, 1]
+    assert [len(b) for _, b in zip(range(2), batch_indices(1, 4, None), strict=False)] == [1, 1]
+    x, y, _ = synthetic(66, seed=5)
+    torch.manual_seed(0)
+    res = train_detector(NPRWithSpectrum(), x[:65], y[:65], x, y, adam(1e-3), steps=3,
+                         batch_size=32, eval_every=3)  # fmt: skip
+    assert res.status == "ok" and res.steps == 3
+
+
 def test_baseline_trained_from_scratch_learns_the_trace():
     x, y, _ = synthetic(128, seed=4)
     xv, yv, _ = synthetic(64, seed=5)

@@ -53,12 +53,23 @@ VAL_MASK_SEED = 12345
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[Tensor]:
-    """Endless batches of indices: each epoch a fresh permutation, the last partial batch kept."""
+    """Endless batches of indices: each epoch a fresh permutation, the last partial batch kept;
+    a tail of one index joins the batch before it (one image's batch statistics: BatchNorm1d
+    raised mid-run, other norms trained on them), unless ``batch_size`` is 1 or ``n`` is.
+
+    Example:
+        >>> import itertools
+        >>> [len(b) for b in itertools.islice(batch_indices(9, 4, None), 3)]
+        [4, 5, 4]
+    """
     if n < 1 or batch_size < 1:
         raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
     while True:
         perm = torch.randperm(n, generator=generator)
-        yield from perm.split(batch_size)
+        batches = list(perm.split(batch_size))
+        if len(batches) > 1 and len(batches[-1]) == 1 < batch_size:
+            batches[-2:] = [torch.cat(batches[-2:])]
+        yield from batches
 
 
 def _chunks(n: int, batch_size: int) -> Iterator[slice]:

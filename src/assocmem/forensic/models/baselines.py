@@ -21,6 +21,16 @@ from torch import Tensor, nn
 from assocmem.forensic.models.cnn import CNNEncoder
 
 
+def check_side(x: Tensor, side: int, model: str) -> None:
+    """A ``ValueError`` naming the size ``model`` was built for unless ``x`` is a batch
+    ``(N, C, side, side)``: another size failed in a matrix product with torch's shapes only
+    (F3-Net), or was pooled to the classifier's grid and read anyway (MesoNet-4 at 40 px)."""
+    if x.dim() != 4 or x.shape[-2:] != (side, side):
+        raise ValueError(
+            f"{model} was built for {side} x {side} images, got shape {tuple(x.shape)}"
+        )
+
+
 class MesoNet4(nn.Module):
     """MesoNet-4 for small inputs. ``width=2`` (16/16/32/32 channels) gives ~0.05M parameters."""
 
@@ -28,6 +38,7 @@ class MesoNet4(nn.Module):
         super().__init__()
         if image_size % 16 or image_size < 32:
             raise ValueError(f"image_size must be a multiple of 16 and >= 32, got {image_size}")
+        self.image_size = image_size
         c1, c2 = 8 * width, 16 * width
 
         def block(c_in: int, c_out: int, k: int, pool: int) -> nn.Sequential:
@@ -54,6 +65,7 @@ class MesoNet4(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        check_side(x, self.image_size, "MesoNet-4")
         return self.classifier(self.features(x)).squeeze(-1)
 
 
@@ -95,6 +107,7 @@ class FADHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         d = self.dct
+        check_side(x, d.shape[0], "F3-Net's frequency head")
         freq = d @ x @ d.T  # (N, C, H, W)
         filters = self.base + (2 * torch.sigmoid(self.learnable) - 1)  # (4, H, W)
         bands = d.T @ (freq[:, None] * filters[None, :, None]) @ d  # (N, 4, C, H, W)
