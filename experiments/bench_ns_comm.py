@@ -189,6 +189,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
     refuse_unreplaceable(parser, args.write, SECTION)
+    # checked before the ranks are spawned: --steps 0 divided by zero after them, --worlds 0
+    # ended in a missing file naming neither option
+    if any(w < 2 for w in args.worlds):
+        parser.error(f"--worlds must be at least 2 ranks each, got {args.worlds}")
+    if args.steps < 2:  # step 0 is dropped (first-call set-up), so one more is needed
+        parser.error(f"--steps must be at least 2, got {args.steps}")
     results = {w: measure(w, args.steps) for w in args.worlds}
     body = table(results, args.steps)
     print(body)

@@ -63,7 +63,10 @@ def time_round_robin(
 ) -> dict[str, float]:
     """Median seconds per ``step()`` of each candidate (:func:`round_robin_samples`); on an
     accelerator each sample waits for the device's queue before and after it."""
-    wait = None if torch.device(device).type == "cpu" else torch.accelerator.synchronize
+    where = torch.device(device)
+    # the device measured, not the current one: synchronize() alone waits for cuda:0's queue,
+    # so --device cuda:1 timed how fast the host queued the work
+    wait = None if where.type == "cpu" else (lambda: torch.accelerator.synchronize(where))
     times = round_robin_samples(optimizers, samples, span, warmup, wait=wait)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
@@ -323,11 +326,16 @@ def main() -> None:
         help="markdown file whose step-cost section (step-cost-DEVICE off the CPU) to refresh",
     )
     args = parser.parse_args()
+    try:  # a bad name or a device this torch lacks: torch's RuntimeError or AssertionError
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as e:
+        parser.error(f"--device {args.device}: {str(e).splitlines()[0] if str(e) else e!r}")
     refuse_unreplaceable(parser, args.write, section_name(args.device))
     if args.processes < 1:
         parser.error(f"--processes must be at least 1, got {args.processes}")
     if args.samples is not None and args.samples < 2:  # a median and a range need two
         parser.error(f"--samples must be at least 2, got {args.samples}")
+
     if args.record:
         measured = [
             measure(size, args.samples, not args.no_compile, args.device) for size in args.sizes

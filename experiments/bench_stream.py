@@ -4,7 +4,9 @@ Measures, in turns (stream batch, train step, stream batch, ...) so a busy spell
 hits both alike: the seconds to make one stream batch in-process, and one optimizer step of a
 detector on such a batch (forward, backward, Adam). With ``k`` loader workers the stream keeps
 up when ``batch_seconds / k <= step_seconds``; the ratio is printed. Then, for each worker count,
-the rate at which a training loop (same step) actually runs with the DataLoader.
+the rate at which a training loop (same step) actually runs with the DataLoader: one count after
+another, not in turns (a loader's workers prefetch in the background, so loaders alive at once
+would compete for the cores), which the section says.
 
     python -m experiments.bench_stream                    # npr_bn, batch 64, workers 0 1 2
     python -m experiments.bench_stream --write docs/results.md
@@ -13,7 +15,9 @@ the rate at which a training loop (same step) actually runs with the DataLoader.
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -37,6 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", type=output_path)
     args = parser.parse_args(argv)
     refuse_unreplaceable(parser, args.write, "stream")
+    # checked before the benchmark is built and measured (each failed after, in a traceback)
+    for flag, value, least in (("--batch-size", args.batch_size, 2), ("--samples", args.samples,
+                               1), ("--loop-steps", args.loop_steps, 1)):  # fmt: skip
+        if value < least:
+            parser.error(f"{flag} must be at least {least}, got {value}")
+    if any(k < 0 for k in args.workers):
+        parser.error(f"--workers must be counts >= 0, got {args.workers}")
     torch.set_num_threads(1)
     bench = build_benchmark(
         BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig(), progress=False
@@ -69,7 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "## Training stream throughput",
         "",
-        "Regenerate: `python -m experiments.bench_stream --write docs/results.md`",
+        # the arguments given (a fixed line named the defaults whatever was measured)
+        "Regenerate: `python -m experiments.bench_stream "
+        + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+        + "`",
         "",
         f"{args.model}, batch {args.batch_size}, 1 torch thread, medians of {args.samples} "
         "interleaved samples:",
@@ -79,6 +93,10 @@ def main(argv: list[str] | None = None) -> None:
         f"- one training step on it (forward, backward, Adam): {1e3 * step_s:.1f} ms",
         f"- batch / step = {make_s / step_s:.2f}: the stream keeps up with k workers when this "
         "is at most k",
+        "",
+        "The loader rows are measured one worker count after another, not in turns: a "
+        "loader's workers prefetch in the background, so loaders alive at once would compete "
+        "for the cores; a busy spell of the machine moves one row, not all.",
         "",
         "| loader workers | training steps/s with the loader | ms per step |",
         "|---|---|---|",

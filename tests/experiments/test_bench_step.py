@@ -194,3 +194,51 @@ def test_a_write_path_that_is_a_folder_is_a_usage_error_before_any_work(tmp_path
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 2 and "is a directory" in run.stderr
+
+
+def test_an_accelerator_sample_waits_for_the_device_measured(monkeypatch):
+    # synchronize() without a device waits for the current one (cuda:0): --device cuda:1 timed
+    # how fast the host queued its work
+    waited = []
+    monkeypatch.setattr(torch.accelerator, "synchronize", lambda *a: waited.append(a))
+
+    class Queued:
+        def step(self):
+            pass
+
+    bench_step.time_round_robin({"a": Queued()}, 2, span=1, warmup=0, device="cuda:1")
+    assert waited and all(a == (torch.device("cuda:1"),) for a in waited)
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "match"),
+    [
+        ("experiments.bench_step", ["--device", "foo"], "--device foo: "),
+        ("experiments.bench_stream", ["--samples", "0"], "--samples must be at least 1"),
+        ("experiments.bench_stream", ["--loop-steps", "0"], "--loop-steps must be at least 1"),
+        ("experiments.bench_stream", ["--batch-size", "1"], "--batch-size must be at least 2"),
+        ("experiments.bench_stream", ["--workers", "-1"], "--workers must be counts >= 0"),
+        ("experiments.bench_ns_comm", ["--steps", "0"], "--steps must be at least 2"),
+        ("experiments.bench_ns_comm", ["--worlds", "0"], "--worlds must be at least 2"),
+    ],
+)
+def test_bad_benchmark_options_are_usage_errors_before_any_work(module, args, match):
+    # each failed after the benchmark was built, the ranks spawned or the samples taken: a
+    # ZeroDivisionError, a StatisticsError, a missing file naming no option
+    run = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2 and match in run.stderr, run.stderr[-500:]
+    assert "Traceback" not in run.stderr
+
+
+def test_the_stream_section_names_the_command_that_made_it(tmp_path):
+    # a fixed line named the defaults (workers 0 1 2) over a table of other arguments
+    from experiments import bench_stream
+
+    args = ["--tiny", "--samples", "1", "--loop-steps", "1", "--workers", "0", "--batch-size", "4"]
+    bench_stream.main([*args, "--write", str(tmp_path / "r.md")])
+    text = (tmp_path / "r.md").read_text()
+    assert f"`python -m experiments.bench_stream {' '.join(args)} --write {tmp_path}/r.md`" in text
+    assert "one worker count after another, not in turns" in text
