@@ -24,19 +24,32 @@ from typing import Any
 
 from experiments.detectors import (
     HELDOUT,
+    LEGACY_DEFAULTS,
     SEEN,
+    WEIGHTS_RECIPE,
     _ms,
     family_metric,
     is_default_split,
     run_label,
 )
 from experiments.report import output_path, refuse_unreplaceable, replace_section
+from experiments.validate_config import output_clash
 
 SECTION = "detector-ceiling"
 
 
 def _load(paths: list[Path], views: str) -> list[dict[str, Any]]:
-    runs = [run for path in paths for run in json.loads(path.read_text())]
+    """The runs of ``views`` in the records files ``paths`` (``experiments.detectors --json``);
+    a file that is not such a list is a ``ValueError`` naming it (a traceback before)."""
+    runs = []
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:  # missing, unreadable, not JSON
+            raise ValueError(f"{path}: not a readable records file ({e})") from None
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise ValueError(f"{path}: not a list of run records (experiments.detectors --json)")
+        runs += data
     return [r for r in runs if r.get("views", "one") == views]
 
 
@@ -51,9 +64,19 @@ def check_groups(zero_shot: list[dict[str, Any]], ceiling: list[dict[str, Any]])
     every = {*SEEN, *HELDOUT}
     if not all(set(r.get("seen", ())) >= every for r in ceiling):
         raise ValueError("--ceiling runs must train on every family (--seen with all eight)")
-    recipe = {(r["model"], r["optimizer"], r["lr"], r.get("average")) for r in zero_shot + ceiling}
+    # every field of the recipe but the families and the patience (the ceiling's all-family
+    # curve has a long plateau: its runs may wait longer, which the section's reading says);
+    # model, optimizer, lr and average alone let a --paired ceiling pass as "the same recipe"
+    fields = [f for f in WEIGHTS_RECIPE if f not in ("seen", "patience")]
+    recipe = {
+        tuple(repr(r.get(f, LEGACY_DEFAULTS.get(f))) for f in fields) for r in zero_shot + ceiling
+    }
     if len(recipe) != 1:
-        raise ValueError(f"both sides must be one recipe, got {sorted(recipe, key=str)}")
+        differ = [f for i, f in enumerate(fields) if len({key[i] for key in recipe}) > 1]
+        raise ValueError(f"both sides must be one recipe; the runs differ in {differ}")
+    if ensembles := sorted({str(r["seed"]) for r in zero_shot + ceiling if "ensemble" in r}):
+        # its members' seeds are among the runs: an ensemble is no independent seed
+        raise ValueError(f"ensemble records are not runs of one seed: {ensembles}")
     for side, runs in (("--zero-shot", zero_shot), ("--ceiling", ceiling)):
         seeds = [r["seed"] for r in runs]
         if len(set(seeds)) != len(seeds):
@@ -110,6 +133,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
     refuse_unreplaceable(parser, args.write, SECTION)
+    clash = output_clash(  # --write onto a records file appended markdown to it
+        [("--write", args.write)],
+        [*(("--zero-shot", p) for p in args.zero_shot), *(("--ceiling", p) for p in args.ceiling)],
+    )
+    if clash:
+        parser.error(clash)
     command = "python -m experiments.detector_ceiling " + " ".join(
         sys.argv[1:] if argv is None else argv
     )

@@ -38,7 +38,7 @@ from assocmem.forensic.models.one_class import margin_bce, margin_of
 from assocmem.forensic.protocol import balanced, zero_shot_report
 from assocmem.forensic.train import fake_probability, logits
 from assocmem.forensic.views import VIEWS, view_logits
-from assocmem.storage import read_safetensors, strict_json
+from assocmem.storage import read_safetensors
 from experiments.detectors import (
     LEGACY_DEFAULTS,
     MODELS,
@@ -48,7 +48,8 @@ from experiments.detectors import (
     group_mean,
     recipe_of,
 )
-from experiments.report import output_path
+from experiments.report import output_path, write_json
+from experiments.validate_config import output_clash
 
 # What every member must share: an ensemble row stands for one recipe.
 RECIPE = WEIGHTS_RECIPE
@@ -111,7 +112,14 @@ def load_member(
     if not (isinstance(seen, list) and seen and all(isinstance(f, str) for f in seen)):
         raise ValueError(f"{path}: its training families are not a list of names: {seen!r}")
     model = MODELS[header["model"]](header["patch_size"])
-    model.load_state_dict(tensors, strict=True)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:  # another network's tensors: a traceback the commands passed on
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(
+            f"{path}: its tensors are not a {header['model']} at patch {header['patch_size']} "
+            f"({first})"
+        ) from None
     return header, model.eval()
 
 
@@ -171,6 +179,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--json", type=output_path, help="write the records here")
     args = parser.parse_args(argv)
+    # before anything is read: --json onto a member wrote the records over its weights
+    clash = output_clash(
+        [("--json", args.json)],
+        [*(("--members", p) for p in args.members), *(("--records", p) for p in args.records)],
+    )
+    if clash:
+        parser.error(clash)
+    if len({p.resolve() for p in args.members}) < len(args.members):
+        parser.error(f"--members names one twice: {[str(p) for p in args.members]}")
+    if len(set(args.views)) < len(args.views):  # scored twice, records detectors then refused
+        parser.error(f"--views names one twice: {args.views}")
     command = "python -m experiments.detector_ensemble " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
@@ -219,8 +238,7 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(strict_json.dumps(records, indent=1, default=float))
+        write_json(args.json, records)
 
 
 if __name__ == "__main__":

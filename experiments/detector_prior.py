@@ -67,11 +67,18 @@ from assocmem.forensic.data.validation_test import with_validation_test
 from assocmem.forensic.models.blind_spot import BlindSpotPredictor, coding_surprise, fit_blind_spot
 from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.views import VIEWS, view_logits
-from assocmem.storage import read_safetensors, strict_json
+from assocmem.storage import read_safetensors
 from experiments.detector_ensemble import RECIPE, ensemble_of, load_member
 from experiments.detectors import HELDOUT, SEEN, _ms, family_split
-from experiments.report import output_path, read_record, refuse_unreplaceable, replace_section
+from experiments.report import (
+    output_path,
+    read_record,
+    refuse_unreplaceable,
+    replace_section,
+    write_json,
+)
 from experiments.score_cache import ScoreCache
+from experiments.validate_config import output_clash
 
 SECTION = "detector-prior"
 TEST_PHOTOS = ("benchmark", "fresh", "validation")  # what the members are scored on (--test-photos)
@@ -535,6 +542,24 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     refuse_unreplaceable(parser, args.write, args.section)
+    # before anything is read: --write onto the --from-json record appended markdown to it,
+    # --json onto a member wrote over its weights
+    clash = output_clash(
+        [("--json", args.json), ("--write", args.write)],
+        [
+            ("--from-json", args.from_json),
+            *(("--fold", path) for _, path in args.fold),
+            *(("--members", p) for p in args.members),
+            *(("--ensemble", p) for e in args.ensemble for p in e),
+        ],
+    )
+    if clash:
+        parser.error(clash)
+    # a network named twice was two members, its spread over itself reported as 0
+    for flag, names in (("--members", [str(p.resolve()) for p in args.members]),
+                        ("--views", args.views)):  # fmt: skip
+        if len(set(names)) < len(names):
+            parser.error(f"{flag} names one twice: {names}")
     # shlex.join: an argument with spaces (a --note) comes back quoted, ready to paste
     command = "`python -m experiments.detector_prior " + shlex.join(
         sys.argv[1:] if argv is None else argv
@@ -551,8 +576,7 @@ def main(argv: list[str] | None = None) -> None:
             record["note"] = args.note
         command = command.strip() + "`"
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(strict_json.dumps(record, indent=1, default=float))
+            write_json(args.json, record)
     text = markdown(record, command)
     print(text)
     if args.write:

@@ -52,6 +52,7 @@ from assocmem.forensic.views import VIEWS, view_logits
 from experiments.detector_ensemble import add_records_option, ensemble_of, records_by_weights
 from experiments.detectors import SEEN, family_split, run_label
 from experiments.report import output_path, refuse_unreplaceable, replace_section
+from experiments.validate_config import output_clash
 
 SECTION = "detector-processing"
 
@@ -201,6 +202,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
     refuse_unreplaceable(parser, args.write, SECTION)
+    clash = output_clash(  # --write onto a records file appended markdown to it
+        [("--write", args.write)],
+        [
+            *(("--group", Path(p)) for _, *paths in args.group for p in paths),
+            *(("--records", p) for p in args.records),
+        ],
+    )
+    if clash:
+        parser.error(clash)
     command = "python -m experiments.detector_processing " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )

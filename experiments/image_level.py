@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from assocmem.forensic import Detector
-from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT
+from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT, load_detector
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.fresh import with_fresh_test
 from assocmem.forensic.image_level import image_level_report
@@ -43,10 +43,20 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
     """Every size's report, with the checkpoint and the command that made them."""
     torch.set_num_threads(args.threads)
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
+    detector = Detector.load(args.weights)
+    # the benchmark the checkpoint was trained on, where its header says (ship_detector's do):
+    # another one splits the photos otherwise, and its "test" crops were the tiny benchmark's
+    # test photo but the full one's training photo for the shipped checkpoint (an audit)
+    trained_on = (load_detector(args.weights).info.get("data") or {}).get("key")
+    if trained_on is not None and trained_on != config.key():
+        raise ValueError(
+            f"the checkpoint was trained on the benchmark of key {trained_on}, this run builds "
+            f"{config.key()} ({'--tiny' if args.tiny else 'the built-in one'}): its test "
+            "photos may be ones the checkpoint trained on; score it on its own benchmark"
+        )
     bench = build_benchmark(config, args.cache_dir, progress=False)
     if args.test_photos == "fresh":  # crops of the fresh photos; validation unchanged
         bench = with_fresh_test(bench)
-    detector = Detector.load(args.weights)
     if args.patch_calibration:  # the rule before checkpoints stored image calibrations
         detector = dataclasses.replace(detector, image_thresholds=(), image_probability=())
     families = family_split(config)

@@ -28,7 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from assocmem.storage import write_atomically  # noqa: E402
+from assocmem.storage import strict_json, write_atomically  # noqa: E402
 from experiments.budget import budget_verdict, tail_fall  # noqa: E402
 from experiments.loop import first_reaching  # noqa: E402
 from experiments.step_cost import time_to_target  # noqa: E402
@@ -411,6 +411,13 @@ def check_markers(markdown: Path, name: str) -> None:
     replaced later (lone or repeated markers): before a sweep, not after it."""
     if markdown.is_file():
         _replaced(markdown.read_text(), name, "")
+
+
+def write_json(path: Path, record: Any) -> None:
+    """``record`` as strict JSON at ``path``, atomically (parents made): an interrupted write
+    leaves the previous file, where ``write_text`` left it cut short."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically([(path, strict_json.dumps(record, indent=1, default=float).encode())])
 
 
 def refuse_unreplaceable(parser: argparse.ArgumentParser, markdown: Path | None, name: str) -> None:

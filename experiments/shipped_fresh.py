@@ -30,9 +30,16 @@ from assocmem.forensic.data.fresh import with_fresh_test
 from assocmem.forensic.data.photos import FRESH_PHOTO_NAMES
 from assocmem.forensic.protocol import FamilySplit, zero_shot_report
 from assocmem.forensic.views import view_logits
-from assocmem.storage import strict_json
-from experiments.report import output_path, read_record, refuse_unreplaceable, replace_section
+from assocmem.storage import sidecar_path
+from experiments.report import (
+    output_path,
+    read_record,
+    refuse_unreplaceable,
+    replace_section,
+    write_json,
+)
 from experiments.score_cache import memoized
+from experiments.validate_config import output_clash
 
 SECTION = "shipped-detector-fresh"
 
@@ -140,6 +147,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
     refuse_unreplaceable(parser, args.write, SECTION)
+    checkpoint = DEFAULT_CHECKPOINT if args.checkpoint is None else args.checkpoint
+    clash = output_clash(  # before anything is read: --write onto --from-json appended to it
+        [("--json", args.json), ("--write", args.write)],
+        [
+            ("--from-json", args.from_json),
+            ("the checkpoint", checkpoint),
+            ("the checkpoint's sidecar", sidecar_path(checkpoint)),
+        ],
+    )
+    if clash:
+        parser.error(clash)
     command = "python -m experiments.shipped_fresh " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
@@ -154,8 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         record["command"] = command.strip()
         shown = f"`{record['command']}`"
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(strict_json.dumps(record, indent=1, default=float))
+            write_json(args.json, record)
     text = markdown(record, shown)
     print(text)
     if args.write:

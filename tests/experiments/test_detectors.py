@@ -383,6 +383,28 @@ def test_the_ceiling_table_refuses_what_is_not_a_like_for_like_comparison():
         markdown(zero, [ceiling[0], ceiling[0]], "cmd")
     with pytest.raises(ValueError, match="both sides"):
         markdown(zero, [], "cmd")
+    # an audit: a --paired ceiling (or another patch size, post-processing, ...) passed as
+    # "the same recipe", and an ensemble record as a third seed built from the other two
+    with pytest.raises(ValueError, match=r"differ in \['paired'\]"):
+        markdown(zero, [{**c, "paired": True} for c in ceiling], "cmd")
+    with pytest.raises(ValueError, match=r"differ in \['patch_size'\]"):
+        markdown(zero, [{**c, "patch_size": 64} for c in ceiling], "cmd")
+    ensemble = {**zero[0], "seed": "0+1", "ensemble": [0, 1]}
+    with pytest.raises(ValueError, match="ensemble records are not runs of one seed"):
+        markdown([*zero, ensemble], ceiling, "cmd")
+    # the patience may differ (the ceiling's all-family curve plateaus), as the section says
+    assert "held-out mean" in markdown(zero, [{**c, "patience": 8} for c in ceiling], "cmd")
+
+
+def test_the_ceiling_command_names_a_records_file_it_cannot_read(tmp_path, capsys):
+    # a JSON object ended in AttributeError, a missing file in FileNotFoundError
+    from experiments.detector_ceiling import main
+
+    (tmp_path / "obj.json").write_text('{"model": "npr"}')
+    for bad, match in (("obj.json", "not a list of run records"), ("none.json", "not a readable")):
+        with pytest.raises(SystemExit):
+            main(["--zero-shot", str(tmp_path / bad), "--ceiling", str(tmp_path / bad)])
+        assert match in capsys.readouterr().err
 
 
 def test_a_run_on_every_family_records_its_split_and_reports_no_held_out_group(tmp_path):

@@ -137,3 +137,121 @@ def test_ship_detector_table_only_never_writes_over_the_checkpoint_it_reads(tmp_
     assert out.read_bytes() == b"checkpoint" and sidecar_path(out).read_text() == "{}"
     # a checkpoint that is not there is a usage error, not a traceback
     _refused(main, ["--table-only", "--out", str(tmp_path / "none.safetensors")], capsys, "--out")
+
+
+REPO_RESULTS = __import__("pathlib").Path(__file__).resolve().parents[2] / "docs" / "results"
+ZERO_SHOT = [f"detectors-npr_dct_dropout-muondeltasplit-ema0.995-seed{s}.json" for s in range(3)]
+CEILING = [
+    f"detectors-ceiling-npr_dct_dropout-muondeltasplit-ema0.995-seed{s}.json" for s in range(3)
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """Two tiny runs' weights files (experiments.detectors --save-weights) and their cache."""
+    from detector_support import train_tiny_runs
+
+    root = tmp_path_factory.mktemp("tiny")
+    runs = train_tiny_runs(root, seeds=(0, 1))
+    return root, [run["weights"] for run in runs]
+
+
+def _copies(tmp_path, names):
+    import shutil
+
+    return [str(shutil.copy(REPO_RESULTS / name, tmp_path / name)) for name in names]
+
+
+def _readers(tmp_path, tiny_weights):
+    """Commands that had no clash check (an audit), each given valid inputs and an output onto
+    one of them: ``(argv, the input written over, the option the refusal names)``. Before, each
+    exited 0 having replaced its input: --json onto a member wrote the records over its weights
+    (reloading them failed), --write onto a record appended markdown to it."""
+    import shutil
+
+    cache, (w0, w1) = tiny_weights
+    records = str(shutil.copy(cache / "runs.json", tmp_path / "runs.json"))
+    prior = _copies(tmp_path, ["detector-prior-fresh.json"])[0]
+    fresh = _copies(tmp_path, ["shipped-detector-fresh.json"])[0]
+    zero_shot, ceiling = _copies(tmp_path, ZERO_SHOT), _copies(tmp_path, CEILING)
+    tiny = ["--tiny", "--cache-dir", str(cache)]
+    return {
+        "detector_ensemble": ([*tiny, "--members", w0, w1, "--json", w0], w0, "--members"),
+        "detector_processing": (
+            [*tiny, "--group", "A", w0, w1, "--records", records, "--write", records],
+            records,
+            "--records",
+        ),
+        "detector_prior": (["--from-json", prior, "--write", prior], prior, "--from-json"),
+        "shipped_fresh": (["--from-json", fresh, "--write", fresh], fresh, "--from-json"),
+        "detector_ceiling": (
+            ["--zero-shot", *zero_shot, "--ceiling", *ceiling, "--write", ceiling[0]],
+            ceiling[0],
+            "--ceiling",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["detector_ensemble", "detector_processing", "detector_prior", "shipped_fresh",
+     "detector_ceiling"],
+)  # fmt: skip
+def test_an_output_never_replaces_what_the_command_reads(tmp_path, capsys, tiny_weights, command):
+    import importlib
+    from pathlib import Path
+
+    main = importlib.import_module(f"experiments.{command}").main
+    argv, written_over, names = _readers(tmp_path, tiny_weights)[command]
+    before = _digest(Path(written_over))
+    _refused(main, argv, capsys, f"is also {names}")
+    assert _digest(Path(written_over)) == before
+
+
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [
+        ("detector_prior", ["--members", "{a}", "{a}"]),  # one network, a spread of 0 over "two"
+        ("detector_prior", ["--members", "{a}", "--views", "one", "one"]),
+        ("detector_ensemble", ["--members", "{a}", "{a}"]),
+        ("detector_ensemble", ["--members", "{a}", "--views", "one", "one"]),  # records refused
+    ],
+)
+def test_a_member_or_view_named_twice_is_refused(tmp_path, capsys, command, argv):
+    import importlib
+
+    main = importlib.import_module(f"experiments.{command}").main
+    a = tmp_path / "a"
+    a.write_text("weights")
+    _refused(main, [arg.format(a=a) for arg in argv], capsys, "names one twice")
+
+
+def test_a_weights_file_of_another_network_is_a_usage_error(tmp_path, capsys, tiny_weights):
+    # load_state_dict's RuntimeError passed the commands' ValueError/OSError catch: a traceback
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from experiments.detector_ensemble import main
+
+    _, (w0, _) = tiny_weights
+    with safe_open(w0, framework="pt") as f:
+        header = json.loads(f.metadata()["assocmem"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open's API)
+    other = tmp_path / "other.safetensors"
+    save_file(
+        tensors, str(other), metadata={"assocmem": json.dumps({**header, "model": "npr_dct"})}
+    )
+    _refused(main, ["--members", str(other)], capsys, "its tensors are not a npr_dct")
+
+
+def test_image_level_refuses_a_benchmark_the_checkpoint_was_not_trained_on(tmp_path, capsys):
+    # --tiny with the shipped checkpoint: the tiny benchmark's test photo is one the full
+    # benchmark trained the checkpoint on, and its "unseen" crops were scored as such
+    from experiments.image_level import main
+
+    cache = tmp_path / "cache"
+    argv = ["--tiny", "--cache-dir", str(cache), "--sizes", "64", "--n", "2"]
+    _refused(main, argv, capsys, "the checkpoint was trained on the benchmark of key")
+    assert not cache.exists()  # refused before the benchmark was built
