@@ -11,6 +11,7 @@ or the threshold.
     python -m experiments.clip_detectors --tiny --max-steps 20            # a smoke run
     python -m experiments.clip_detectors --models gru frames --optimizers adam muon
     python -m experiments.clip_detectors --write docs/results.md          # refresh that section
+    python -m experiments.clip_detectors --from-json runs.json --write docs/results.md  # no runs
 
 Models: ``gru`` / ``lstm`` (``TemporalDetector``: per-frame CNN -> 2-layer RNN -> logit) and
 ``frames`` (``FrameDetector``: the same per-frame CNN, the mean of per-frame logits).
@@ -19,10 +20,12 @@ Models: ``gru`` / ``lstm`` (``TemporalDetector``: per-frame CNN -> 2-layer RNN -
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,7 +45,7 @@ from experiments.detectors import (
     optimizer_factory,
     per_family_table,
 )
-from experiments.report import output_path, refuse_unreplaceable, replace_section
+from experiments.report import output_path, refuse_unreplaceable, replace_section, write_json
 from experiments.validate_config import output_clash
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
@@ -98,9 +101,52 @@ def run_one(
     }
 
 
+# what the section's text reads from the command line; kept in every run record, so that
+# --from-json renders the section without the runs' command line
+RECORDED_OPTIONS = ("tiny", "frames", "threads", "batch_size", "max_steps", "target_fpr")
+
+
+def from_records(
+    parser: argparse.ArgumentParser, path: Path
+) -> tuple[list[dict[str, Any]], str, argparse.Namespace]:
+    """The runs of a ``--json`` file, the command that made them and its recorded options (a
+    usage error, naming the file, for one that is not such a record)."""
+    try:
+        runs = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        parser.error(f"--from-json {path}: {e}")
+    if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) for r in runs):
+        parser.error(f"--from-json {path}: not a list of this command's runs")
+    made = {(r.get("command"), strict_json.dumps(r.get("options"), sort_keys=True)) for r in runs}
+    if len(made) != 1 or None in next(iter(made)) or "null" in next(iter(made)):
+        parser.error(
+            f"--from-json {path}: its runs do not name one command and its options (records "
+            "written before they were kept cannot be rendered; run the command again)"
+        )
+    options = runs[0]["options"]
+    if not isinstance(options, dict) or set(options) != set(RECORDED_OPTIONS):
+        parser.error(f"--from-json {path}: its options are not {list(RECORDED_OPTIONS)}")
+    return runs, runs[0]["command"], argparse.Namespace(**options)
+
+
 def config_of(args: argparse.Namespace) -> ClipConfig:
     """The clip benchmark the command line asks for (``ValueError`` for one that cannot be)."""
     return (ClipConfig.tiny if args.tiny else ClipConfig)(frames=args.frames)
+
+
+# what each model is, for the section's text (the models that ran, in their order)
+MODEL_TEXT = {
+    "gru": "per-frame CNN -> 2-layer GRU -> logit",
+    "lstm": "per-frame CNN -> 2-layer LSTM -> logit",
+    "frames": "the same per-frame CNN, mean of per-frame logits",
+}
+
+
+def describe_models(runs: list[dict[str, Any]]) -> str:
+    """``gru``: ...; ``frames``: ... for the models among ``runs`` (the text named ``gru``
+    whatever ran)."""
+    names = dict.fromkeys(r["model"] for r in runs)
+    return "; ".join(f"`{m}`: {MODEL_TEXT[m]}" for m in names) + "."
 
 
 def markdown(runs: list[dict[str, Any]], command: str, args: argparse.Namespace) -> str:
@@ -125,8 +171,7 @@ def markdown(runs: list[dict[str, Any]], command: str, args: argparse.Namespace)
         f"families {', '.join(SEEN)}, early-stopped on the validation split, threshold set on "
         f"the validation reals for a {100 * args.target_fpr:g} % false-positive rate, scored on "
         f"the test split (unseen photos); held-out families {', '.join(HELDOUT)} are never "
-        "trained on, stopped on or calibrated on. `gru`: per-frame CNN -> 2-layer GRU -> logit; "
-        "`frames`: the same per-frame CNN, mean of per-frame logits. Batch "
+        f"trained on, stopped on or calibrated on. {describe_models(runs)} Batch "
         f"{args.batch_size} clips, at most {args.max_steps} steps, {threads}; "
         f"{total / 60:.1f} min of training and scoring in all. Mean ± std over seeds; TPR and "
         "FPR at the calibrated threshold.",
@@ -170,14 +215,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     parser.add_argument("--json", type=output_path, help="write every run's report here")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--from-json", type=Path, help="no runs: render these records")
     args = parser.parse_args(argv)
     refuse_unreplaceable(parser, args.write, "clip-detectors")
     command = "python -m experiments.clip_detectors " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    clash = output_clash([("--json", args.json), ("--write", args.write)])
+    clash = output_clash(
+        [("--json", args.json), ("--write", args.write)], [("--from-json", args.from_json)]
+    )
     if clash:
         parser.error(clash)
+    if args.from_json:
+        if args.json:
+            parser.error("--json with --from-json would write the same records again")
+        runs, made_by, recorded = from_records(parser, args.from_json)
+        text = markdown(runs, f"`{made_by}`, then `{command.strip()}`", recorded)
+        print(text)
+        if args.write:
+            replace_section(args.write, "clip-detectors", text)
+        return
     if len(args.lr) not in (1, len(args.optimizers)):
         parser.error("--lr takes one value, or one per optimizer")
     lrs = args.lr * len(args.optimizers) if len(args.lr) == 1 else args.lr
@@ -196,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             for opt, lr in zip(args.optimizers, lrs, strict=True):
                 run = run_one(bench, families, model, opt, lr, seed, args)
+                run["command"] = command.strip()
+                run["options"] = {k: getattr(args, k) for k in RECORDED_OPTIONS}
                 runs.append(run)
                 rep = run["report"]
                 print(
@@ -208,8 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(runs, f"`{command.strip()}`", args)
     print(text)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(strict_json.dumps(runs, indent=1, default=float))
+        write_json(args.json, runs)
     if args.write:
         replace_section(args.write, "clip-detectors", text)
 

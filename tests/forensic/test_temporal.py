@@ -44,6 +44,11 @@ def test_wrong_layouts_are_refused_with_the_expected_one():
         FrameDetector()(torch.rand(2, 8, 4, 32, 32))
     with pytest.raises(ValueError, match="cell"):
         TemporalDetector(cell="rnn")
+    # through the scoring entry point too: aminmax's "empty dimension" error came first
+    from assocmem.forensic.train import score
+
+    with pytest.raises(ValueError, match="at least one frame per clip"):
+        score(model, torch.rand(2, 0, 3, 32, 32))
 
 
 def test_frame_only_baseline_is_blind_to_frame_order_and_the_temporal_one_is_not():
