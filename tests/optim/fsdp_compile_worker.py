@@ -58,9 +58,10 @@ def rank_main(rank: int, out: str, port: int, memory: str) -> None:
         eager, _ = train(memory, compiled=False)
         compiled, hooks = train(memory, compiled=True)
         diff = max(float((a - b).abs().max()) for a, b in zip(eager, compiled, strict=True))
-        if rank == 0:
-            with open(out, "w") as f:
+        if rank == 0:  # whole or absent: written aside, then renamed into place
+            with open(out + ".partial", "w") as f:
                 json.dump({"max_diff": diff, "hooks": hooks, "steps": STEPS}, f)
+            os.replace(out + ".partial", out)
     finally:
         dist.destroy_process_group()
 
