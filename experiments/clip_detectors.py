@@ -20,7 +20,6 @@ Models: ``gru`` / ``lstm`` (``TemporalDetector``: per-frame CNN -> 2-layer RNN -
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -45,7 +44,13 @@ from experiments.detectors import (
     optimizer_factory,
     per_family_table,
 )
-from experiments.report import output_path, refuse_unreplaceable, replace_section, write_json
+from experiments.report import (
+    output_path,
+    read_runs,
+    refuse_unreplaceable,
+    replace_section,
+    write_json,
+)
 from experiments.validate_config import output_clash
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
@@ -112,11 +117,11 @@ def from_records(
     """The runs of a ``--json`` file, the command that made them and its recorded options (a
     usage error, naming the file, for one that is not such a record)."""
     try:
-        runs = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        parser.error(f"--from-json {path}: {e}")
-    if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) for r in runs):
-        parser.error(f"--from-json {path}: not a list of this command's runs")
+        runs = read_runs(path)
+    except ValueError as e:
+        parser.error(f"--from-json {e}")
+    if not runs:
+        parser.error(f"--from-json {path}: holds no runs")
     made = {(r.get("command"), strict_json.dumps(r.get("options"), sort_keys=True)) for r in runs}
     if len(made) != 1 or None in next(iter(made)) or "null" in next(iter(made)):
         parser.error(

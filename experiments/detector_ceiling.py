@@ -16,7 +16,6 @@ choice of the zero-shot recipe is made from them.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ from experiments.detectors import (
     is_default_split,
     run_label,
 )
-from experiments.report import output_path, refuse_unreplaceable, replace_section
+from experiments.report import output_path, read_runs, refuse_unreplaceable, replace_section
 from experiments.validate_config import output_clash
 
 SECTION = "detector-ceiling"
@@ -41,15 +40,7 @@ SECTION = "detector-ceiling"
 def _load(paths: list[Path], views: str) -> list[dict[str, Any]]:
     """The runs of ``views`` in the records files ``paths`` (``experiments.detectors --json``);
     a file that is not such a list is a ``ValueError`` naming it (a traceback before)."""
-    runs = []
-    for path in paths:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as e:  # missing, unreadable, not JSON
-            raise ValueError(f"{path}: not a readable records file ({e})") from None
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise ValueError(f"{path}: not a list of run records (experiments.detectors --json)")
-        runs += data
+    runs = [run for path in paths for run in read_runs(path)]
     return [r for r in runs if r.get("views", "one") == views]
 
 

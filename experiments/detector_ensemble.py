@@ -48,7 +48,7 @@ from experiments.detectors import (
     group_mean,
     recipe_of,
 )
-from experiments.report import output_path, write_json
+from experiments.report import output_path, read_runs, write_json
 from experiments.validate_config import output_clash
 
 # What every member must share: an ensemble row stands for one recipe.
@@ -59,14 +59,10 @@ ALWAYS_RECORDED = ("model", "patch_size", "optimizer", "lr", "average", "seed")
 
 def records_by_weights(paths: list[Path]) -> dict[Path, dict[str, Any]]:
     """The run records in the JSON files ``paths`` that name a weights file, keyed by its
-    resolved path."""
+    resolved path (a ``ValueError`` naming a file that holds none)."""
     found: dict[Path, dict[str, Any]] = {}
     for path in paths:
-        data = json.loads(Path(path).read_text())
-        records = data if isinstance(data, list) else [data]
-        if not all(isinstance(record, dict) for record in records):
-            raise ValueError(f"{path}: not run records (a list of objects)")
-        for record in records:
+        for record in read_runs(path, lone=True):
             if record.get("weights"):
                 found[Path(record["weights"]).resolve()] = record
     return found

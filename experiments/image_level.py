@@ -31,9 +31,15 @@ from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT, load_detector
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.fresh import with_fresh_test
 from assocmem.forensic.image_level import image_level_report
-from assocmem.storage import sidecar_path, strict_json
+from assocmem.storage import sidecar_path
 from experiments.detectors import HELDOUT, SEEN, bad_run_options, family_split
-from experiments.report import output_path, read_record, refuse_unreplaceable, replace_section
+from experiments.report import (
+    output_path,
+    read_record,
+    refuse_unreplaceable,
+    replace_section,
+    write_json,
+)
 from experiments.validate_config import output_clash
 
 SECTION = "image-level"
@@ -43,17 +49,20 @@ def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
     """Every size's report, with the checkpoint and the command that made them."""
     torch.set_num_threads(args.threads)
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()
-    detector = Detector.load(args.weights)
+    ckpt = load_detector(args.weights)  # read once: its header and its network
     # the benchmark the checkpoint was trained on, where its header says (ship_detector's do):
     # another one splits the photos otherwise, and its "test" crops were the tiny benchmark's
     # test photo but the full one's training photo for the shipped checkpoint (an audit)
-    trained_on = (load_detector(args.weights).info.get("data") or {}).get("key")
+    trained_on = (ckpt.info.get("data") or {}).get("key")
     if trained_on is not None and trained_on != config.key():
         raise ValueError(
             f"the checkpoint was trained on the benchmark of key {trained_on}, this run builds "
             f"{config.key()} ({'--tiny' if args.tiny else 'the built-in one'}): its test "
             "photos may be ones the checkpoint trained on; score it on its own benchmark"
         )
+    detector = Detector.from_checkpoint(
+        ckpt, source=DEFAULT_CHECKPOINT if args.weights is None else args.weights
+    )
     bench = build_benchmark(config, args.cache_dir, progress=False)
     if args.test_photos == "fresh":  # crops of the fresh photos; validation unchanged
         bench = with_fresh_test(bench)
@@ -248,8 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         except (ValueError, FileNotFoundError) as e:
             parser.error(str(e))
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(strict_json.dumps(record, indent=1) + "\n")
+            write_json(args.json, record)
     text = markdown(record)
     print(text)
     if args.write:

@@ -451,6 +451,22 @@ def _replaced(text: str, name: str, body: str) -> str:
     return text.rstrip() + "\n\n" + section + "\n"
 
 
+def read_runs(path: Path, *, lone: bool = False) -> list[dict[str, Any]]:
+    """The run records of the JSON file ``path`` (a list of objects, as the training commands'
+    ``--json`` writes; with ``lone``, one object is a list of one): a ``ValueError`` naming the
+    file for one that is missing, unreadable, not JSON, or not such a list. The commands that
+    read records (``detector_ceiling``, ``detector_ensemble --records``, ``clip_detectors
+    --from-json``) each had their own reader, and not all of them named the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable records file ({e})") from None
+    runs = [data] if lone and isinstance(data, dict) else data
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise ValueError(f"{path}: not a list of run records (objects)")
+    return runs
+
+
 def read_record(
     parser: argparse.ArgumentParser, path: Path, needed: Iterable[str]
 ) -> dict[str, Any]:

@@ -286,8 +286,12 @@ def test_an_ensemble_holds_its_members_whole_recipe_and_scores_them_on_their_spl
     with pytest.raises(ValueError, match=r"run record differ in \['lr'\]"):
         ensemble_of([legacy], records_by_weights([tmp_path / "wrong.json"]))
     (tmp_path / "bad.json").write_text(json.dumps(["not a record"]))
-    with pytest.raises(ValueError, match="not run records"):
+    with pytest.raises(ValueError, match="bad.json: not a list of run records"):
         records_by_weights([tmp_path / "bad.json"])
+    # a file that is not JSON is named (json's own message named only a line and column)
+    (tmp_path / "cut.json").write_text('[{"weights": ')
+    with pytest.raises(ValueError, match="cut.json: not a readable records file"):
+        records_by_weights([tmp_path / "cut.json"])
     write_safetensors(legacy, tensors, {**header, "seen": "splice"})  # a tampered header
     with pytest.raises(ValueError, match="not a list of names"):
         ensemble_of([legacy])

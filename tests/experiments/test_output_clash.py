@@ -255,3 +255,22 @@ def test_image_level_refuses_a_benchmark_the_checkpoint_was_not_trained_on(tmp_p
     argv = ["--tiny", "--cache-dir", str(cache), "--sizes", "64", "--n", "2"]
     _refused(main, argv, capsys, "the checkpoint was trained on the benchmark of key")
     assert not cache.exists()  # refused before the benchmark was built
+
+
+def test_image_level_reads_its_checkpoint_once(tmp_path, capsys, monkeypatch):
+    # Detector.load and then load_detector for the header read (and hashed) the file twice
+    import assocmem.forensic.detector as detector_module
+    import experiments.image_level as image_level
+    from assocmem.forensic.checkpoint import load_detector
+
+    reads = []
+
+    def counted(path=None):
+        reads.append(path)
+        return load_detector(path)
+
+    monkeypatch.setattr(detector_module, "load_detector", counted)
+    monkeypatch.setattr(image_level, "load_detector", counted)
+    argv = ["--tiny", "--cache-dir", str(tmp_path / "cache"), "--sizes", "64", "--n", "2"]
+    _refused(image_level.main, argv, capsys, "the checkpoint was trained on the benchmark of key")
+    assert reads == [None]

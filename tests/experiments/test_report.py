@@ -237,3 +237,29 @@ def test_a_section_that_could_not_be_replaced_is_refused_before_the_work(
         main(argv) if inspect.signature(main).parameters else main()
     assert exit_.value.code == 2
     assert "1 begin and 0 end markers" in capsys.readouterr().err
+
+
+def test_read_runs_names_the_file_it_cannot_read_as_run_records(tmp_path):
+    from experiments.report import read_runs
+
+    runs = tmp_path / "runs.json"
+    runs.write_text('[{"seed": 0}, {"seed": 1}]')
+    assert read_runs(runs) == [{"seed": 0}, {"seed": 1}]
+    lone = tmp_path / "lone.json"
+    lone.write_text('{"seed": 0}')
+    assert read_runs(lone, lone=True) == [{"seed": 0}]
+    with pytest.raises(ValueError, match="lone.json: not a list of run records"):
+        read_runs(lone)  # a lone record only where the caller takes one
+    for name, text in (("cut.json", "[{"), ("bytes.json", None), ("list.json", "[1, 2]")):
+        path = tmp_path / name
+        if text is None:
+            path.write_bytes(b"\xff\xfe[]")
+        else:
+            path.write_text(text)
+        with pytest.raises(ValueError, match=f"{name}: not a"):
+            read_runs(path)
+    with pytest.raises(ValueError, match="missing.json: not a readable records file"):
+        read_runs(tmp_path / "missing.json")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ValueError, match="folder: not a readable records file"):
+        read_runs(tmp_path / "folder")

@@ -73,7 +73,7 @@ from assocmem.forensic.calibration import (
     size_thresholds,
     threshold_at_fpr,
 )
-from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT, load_detector
+from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT, DetectorCheckpoint, load_detector
 from assocmem.forensic.data.loaders import load_rgb, to_rgb
 from assocmem.forensic.tiling import combine_logits, tile_batches, tile_grid, tiles
 from assocmem.forensic.views import VIEWS, view_mean
@@ -231,8 +231,34 @@ class Detector:
         There is no ``views`` argument on purpose: the threshold (and the validation logits
         :meth:`with_fpr` recalibrates on) hold for logits under the checkpoint's views only.
         """
-        where = _available_device(device)  # before the checkpoint is read: a typo fails fast
-        ckpt = load_detector(path)
+        _available_device(device)  # before the checkpoint is read: a typo fails fast
+        return cls.from_checkpoint(
+            load_detector(path),
+            source=Path(DEFAULT_CHECKPOINT if path is None else path),
+            stride=stride,
+            batch_size=batch_size,
+            device=device,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        ckpt: DetectorCheckpoint,
+        *,
+        source: str | os.PathLike[str] = "",
+        stride: int | None = None,
+        batch_size: int = 256,
+        device: str | torch.device | None = None,
+    ) -> Detector:
+        """The detector of a checkpoint already read with
+        :func:`~assocmem.forensic.checkpoint.load_detector` (whose ``info`` a caller may want
+        too), as :meth:`load` builds it; ``source`` names where it came from. The detector's
+        network is the checkpoint's, moved to ``device`` in place (``nn.Module.to``), not a copy.
+
+        Raises:
+            ValueError: ``device`` is not a device name, or not one this machine has.
+        """
+        where = _available_device(device)
         return cls(
             model=ckpt.model.to(where),
             patch_size=ckpt.patch_size,
@@ -241,7 +267,7 @@ class Detector:
             target_fpr=ckpt.target_fpr,
             val_real_logits=ckpt.val_real_logits,
             batch_size=batch_size,
-            source=str(Path(DEFAULT_CHECKPOINT if path is None else path)),
+            source=str(source),
             views=ckpt.views,
             probability_scaling=ckpt.probability,
             image_real_scores=ckpt.image_real_scores,
