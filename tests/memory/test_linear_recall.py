@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from assocmem.memory import (
     ElementwiseMemory,
+    MatrixMemory,
     delta_write,
     elementwise_memory,
     hebbian_write,
@@ -294,3 +295,18 @@ def test_a_memory_saved_with_torch_save_loads_with_torchs_defaults(tmp_path):
         assert type(loaded) is type(state) and all(
             torch.equal(a, b) for a, b in zip(loaded, state, strict=True)
         )
+
+
+def test_a_matrix_memory_of_fewer_than_two_dimensions_is_named():
+    import pytest
+
+    # a vector M failed in every read and write with "not enough values to unpack"
+    for M in (torch.ones(4), torch.tensor(1.0)):
+        memory = MatrixMemory(M)
+        for call in (
+            lambda m=memory: read(m, torch.ones(4)),
+            lambda m=memory: hebbian_write(m, torch.ones(4), torch.ones(1)),
+            lambda m=memory: delta_write(m, torch.ones(1), torch.ones(1)),
+        ):
+            with pytest.raises(ValueError, match=r"M has shape \(\.\.\., d_value, d_key\)"):
+                call()

@@ -460,3 +460,38 @@ def test_one_non_finite_coordinate_stalls_itself_not_its_tensor():
     opt.step()
     assert w[0] == before[0] and int(opt.state[w]["nonfinite_updates"]) == 2
     assert (w[1:] != before[1:]).all()
+
+
+def test_the_learned_step_refuses_lists_that_do_not_pair_up_and_dtypes_it_cannot_run_in():
+    from assocmem.meta.step import learned_step
+
+    config = LearnedConfig()
+    meta = init_meta_params(config, torch.Generator().manual_seed(0))
+    params, grads = _tensors([(3,), (7,)], 0), _tensors([(3,), (7,)], 1)
+    memories = [init_memory(p, config) for p in params]
+    # one param with two grads and memories: the extra ones were dropped without a word
+    with pytest.raises(ValueError, match="one grad, memory and step per param"):
+        learned_step(meta, config, params[:1], grads, memories, [1.0])
+    with pytest.raises(ValueError, match="one grad, memory and step per param"):  # IndexError
+        learned_step(meta, config, params, grads[:1], memories, [1.0, 1.0])
+    # float64 tensors and float32 meta-parameters: torch's "mat1 and mat2" from inside the MLP
+    doubles = [p.double() for p in params]
+    with pytest.raises(ValueError, match="tensor 0 is torch.float64"):
+        learned_step(meta, config, doubles, [g.double() for g in grads], memories, [1.0, 1.0])
+    # float16 throughout: every update came out non-finite and was zeroed
+    half_meta = {k: w.half() for k, w in meta.items()}
+    halves = [p.half() for p in params]
+    with pytest.raises(ValueError, match="float32 or float64"):
+        learned_step(half_meta, config, halves, [g.half() for g in grads], memories, [1.0] * 2)
+    # what the message says to do works
+    cast = {k: w.double() for k, w in meta.items()}
+    doubled = [init_memory(p, config) for p in doubles]
+    step = learned_step(cast, config, doubles, [g.double() for g in grads], doubled, [1.0] * 2)
+    assert [u.dtype for u in step.updates] == [torch.float64] * 2
+
+
+def test_loading_with_a_config_that_is_not_a_learned_config_is_a_type_error():
+    # a dict was "'dict' object has no attribute 'to_dict'" after the file was read
+    with pytest.raises(TypeError, match="LearnedConfig.from_dict"):
+        load_checkpoint(config=LearnedConfig().to_dict())
+    assert load_checkpoint(config=load_checkpoint().config).config == load_checkpoint().config

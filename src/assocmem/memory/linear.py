@@ -65,6 +65,11 @@ def check_fit(
     writes and the deep memory's key all pass through here, so all refuse alike. ``batch``: the
     memory's batch shape, which the leading dimensions of a key ``(..., n, d_key)`` must
     broadcast with."""
+    if len(shape) != 2:  # a vector M was Python's "not enough values to unpack"
+        raise ValueError(
+            f"a matrix memory's M has shape (..., d_value, d_key), got {tuple(shape)}: an "
+            "elementwise memory is ElementwiseMemory"
+        )
     d_value, d_key = shape
     taken = f"keys {tuple(key.shape)}" + (
         "" if value is None else f" and values {tuple(value.shape)}"

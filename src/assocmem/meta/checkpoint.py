@@ -147,7 +147,14 @@ def load_checkpoint(
             invalid config (see :class:`LearnedConfig`: e.g. non-finite bounds, non-positive
             time scales), a config different from ``config``, or tensors whose names, shapes,
             dtypes or values (non-finite) do not fit the config.
+        TypeError: ``config`` is not a :class:`LearnedConfig` (a dict was an AttributeError
+            after the file was read).
     """
+    if config is not None and not isinstance(config, LearnedConfig):
+        raise TypeError(
+            f"config must be a LearnedConfig or None, got {type(config).__name__} (for a dict, "
+            "LearnedConfig.from_dict(d))"
+        )
     path = Path(DEFAULT_CHECKPOINT if path is None else path)
     metadata, tensors = read_safetensors(path, "learned-memory checkpoint")
     if "assocmem" not in metadata:

@@ -47,6 +47,33 @@ class LearnedStep(NamedTuple):
     nonfinite: list[Tensor]  # per tensor: how many coordinates' u was non-finite (zeroed)
 
 
+def _check_inputs(
+    meta_params: MetaParams,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    memories: Sequence[MemoryState],
+    steps: Sequence[float | Tensor],
+) -> None:
+    """Refuse lists that do not pair up, and dtypes the step cannot run in, by name."""
+    lengths = {"params": len(params), "grads": len(grads), "memories": len(memories)}
+    lengths["steps"] = len(steps)
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"learned_step needs one grad, memory and step per param, got {lengths}")
+    dtype = next(iter(meta_params.values())).dtype if meta_params else None
+    if dtype not in (torch.float32, torch.float64):
+        # in float16 the second moment and eps^2 underflow to 0: every u came out NaN, zeroed
+        raise ValueError(
+            f"learned_step runs in float32 or float64, the meta-parameters are {dtype}; step "
+            "float32 copies of lower-precision tensors (as the learned preset does)"
+        )
+    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+        if p.dtype != dtype or g.dtype != dtype:
+            raise ValueError(
+                f"tensor {i} is {p.dtype} (its grad {g.dtype}) and the meta-parameters {dtype}: "
+                "cast one to the other ({k: w.to(p.dtype) for k, w in meta_params.items()})"
+            )
+
+
 def learned_step(
     meta_params: MetaParams,
     config: LearnedConfig,
@@ -78,7 +105,13 @@ def learned_step(
         ``(updates, memories, nonfinite)``: ``u`` shaped like each parameter, the written
         memories, and per tensor the number of coordinates whose ``u`` was non-finite and was
         zeroed (0-dim int64 tensors: counted on the device, no host sync).
+
+    Raises:
+        ValueError: the four lists differ in length (extra entries were dropped, a short
+            list was an ``IndexError``), or a tensor's dtype is not the meta-parameters', or
+            that dtype is not float32/float64.
     """
+    _check_inputs(meta_params, params, grads, memories, steps)
     written: list[MemoryState] = [{}] * len(params)
     xs: list[Tensor] = [torch.empty(0)] * len(params)
     for index in _batches(params, steps):
