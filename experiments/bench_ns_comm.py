@@ -33,7 +33,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from experiments.report import output_path, refuse_unreplaceable, replace_section
+from experiments.cli_files import output_path
+from experiments.report import refuse_unreplaceable, replace_section
 
 # Matrices of the stack: square, tall, wide and one whose rows do not divide by W.
 LAYERS = [(512, 512), (512, 1024), (1024, 512), (512, 510), (510, 512)]

@@ -29,8 +29,9 @@ from torch import nn
 
 from assocmem import MemoryOptimizer, available_memories
 from assocmem.storage import strict_json
+from experiments.cli_files import output_path, refuse_clashes
 from experiments.loop import state_bytes_per_param
-from experiments.report import output_path, refuse_unreplaceable, replace_section
+from experiments.report import refuse_unreplaceable, replace_section
 from experiments.step_cost import Steppable, round_robin_samples
 
 # Layer widths giving ~0.1M and ~5M parameters, with biases (1-D) beside the matrices (2-D);
@@ -319,13 +320,15 @@ def main() -> None:
         help="measure in this many fresh processes, one after another, and report the median "
         "and range of their ratios (a kernel's speed varies per process)",
     )
-    parser.add_argument("--record", type=Path, help=argparse.SUPPRESS)  # a --processes child
+    # a --processes child writes its record here
+    parser.add_argument("--record", type=output_path, help=argparse.SUPPRESS)
     parser.add_argument(
         "--write",
         type=output_path,
         help="markdown file whose step-cost section (step-cost-DEVICE off the CPU) to refresh",
     )
     args = parser.parse_args()
+    refuse_clashes(parser, args)  # --record (a child's) onto --write
     try:  # a bad name or a device this torch lacks: torch's RuntimeError or AssertionError
         torch.empty(0, device=args.device)
     except (RuntimeError, AssertionError) as e:

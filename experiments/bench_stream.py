@@ -26,8 +26,9 @@ import torch.nn.functional as F
 
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.stream import TrainStream, stream_loader
+from experiments.cli_files import output_path
 from experiments.detectors import MODELS, SEEN
-from experiments.report import output_path, refuse_unreplaceable, replace_section
+from experiments.report import refuse_unreplaceable, replace_section
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,6 +35,7 @@ from assocmem.forensic.models.temporal import FrameDetector, TemporalDetector
 from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
 from assocmem.forensic.train import score, train_detector
 from assocmem.storage import strict_json
+from experiments.cli_files import input_path, output_path, refuse_clashes
 from experiments.detectors import (
     HELDOUT,
     SEEN,
@@ -44,14 +45,7 @@ from experiments.detectors import (
     optimizer_factory,
     per_family_table,
 )
-from experiments.report import (
-    output_path,
-    read_runs,
-    refuse_unreplaceable,
-    replace_section,
-    write_json,
-)
-from experiments.validate_config import output_clash
+from experiments.report import read_runs, refuse_unreplaceable, replace_section, write_json
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "gru": lambda: TemporalDetector(cell="gru"),
@@ -220,17 +214,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     parser.add_argument("--json", type=output_path, help="write every run's report here")
     parser.add_argument("--progress", action="store_true")
-    parser.add_argument("--from-json", type=Path, help="no runs: render these records")
+    parser.add_argument("--from-json", type=input_path, help="no runs: render these records")
     args = parser.parse_args(argv)
     refuse_unreplaceable(parser, args.write, "clip-detectors")
     command = "python -m experiments.clip_detectors " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    clash = output_clash(
-        [("--json", args.json), ("--write", args.write)], [("--from-json", args.from_json)]
-    )
-    if clash:
-        parser.error(clash)
+    refuse_clashes(parser, args)
     if args.from_json:
         if args.json:
             parser.error("--json with --from-json would write the same records again")

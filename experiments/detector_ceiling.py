@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from experiments.cli_files import input_path, output_path, refuse_clashes
 from experiments.detectors import (
     HELDOUT,
     LEGACY_DEFAULTS,
@@ -31,8 +32,7 @@ from experiments.detectors import (
     is_default_split,
     run_label,
 )
-from experiments.report import output_path, read_runs, refuse_unreplaceable, replace_section
-from experiments.validate_config import output_clash
+from experiments.report import read_runs, refuse_unreplaceable, replace_section
 
 SECTION = "detector-ceiling"
 
@@ -118,18 +118,13 @@ def markdown(zero_shot: list[dict[str, Any]], ceiling: list[dict[str, Any]], com
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--zero-shot", type=Path, nargs="+", required=True)
-    parser.add_argument("--ceiling", type=Path, nargs="+", required=True)
+    parser.add_argument("--zero-shot", type=input_path, nargs="+", required=True)
+    parser.add_argument("--ceiling", type=input_path, nargs="+", required=True)
     parser.add_argument("--views", default="one", help="which records of the runs to compare")
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
     refuse_unreplaceable(parser, args.write, SECTION)
-    clash = output_clash(  # --write onto a records file appended markdown to it
-        [("--write", args.write)],
-        [*(("--zero-shot", p) for p in args.zero_shot), *(("--ceiling", p) for p in args.ceiling)],
-    )
-    if clash:
-        parser.error(clash)
+    refuse_clashes(parser, args)  # --write onto a records file appended markdown to it
     command = "python -m experiments.detector_ceiling " + " ".join(
         sys.argv[1:] if argv is None else argv
     )

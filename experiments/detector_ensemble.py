@@ -39,6 +39,7 @@ from assocmem.forensic.protocol import balanced, zero_shot_report
 from assocmem.forensic.train import fake_probability, logits
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.storage import read_safetensors
+from experiments.cli_files import input_path, output_path, refuse_clashes
 from experiments.detectors import (
     LEGACY_DEFAULTS,
     MODELS,
@@ -48,8 +49,7 @@ from experiments.detectors import (
     group_mean,
     recipe_of,
 )
-from experiments.report import output_path, read_runs, write_json
-from experiments.validate_config import output_clash
+from experiments.report import read_runs, write_json
 
 # What every member must share: an ensemble row stands for one recipe.
 RECIPE = WEIGHTS_RECIPE
@@ -73,7 +73,7 @@ def add_records_option(parser: argparse.ArgumentParser) -> None:
     (read by :func:`records_by_weights`), for every command that loads members by recipe."""
     parser.add_argument(
         "--records",
-        type=Path,
+        type=input_path,
         nargs="+",
         default=[],
         help="the members' run records (experiments.detectors --json), for weights whose header "
@@ -166,7 +166,7 @@ def validation_scores(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--members", type=Path, nargs="+", required=True)
+    parser.add_argument("--members", type=input_path, nargs="+", required=True)
     add_records_option(parser)
     parser.add_argument("--views", nargs="+", default=["one"], choices=VIEWS)
     parser.add_argument("--target-fpr", type=float, default=0.05)
@@ -176,12 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=output_path, help="write the records here")
     args = parser.parse_args(argv)
     # before anything is read: --json onto a member wrote the records over its weights
-    clash = output_clash(
-        [("--json", args.json)],
-        [*(("--members", p) for p in args.members), *(("--records", p) for p in args.records)],
-    )
-    if clash:
-        parser.error(clash)
+    refuse_clashes(parser, args)
     if len({p.resolve() for p in args.members}) < len(args.members):
         parser.error(f"--members names one twice: {[str(p) for p in args.members]}")
     if len(set(args.views)) < len(args.views):  # scored twice, records detectors then refused

@@ -68,17 +68,11 @@ from assocmem.forensic.models.blind_spot import BlindSpotPredictor, coding_surpr
 from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.storage import read_safetensors
+from experiments.cli_files import input_path, output_path, reads_files, refuse_clashes
 from experiments.detector_ensemble import RECIPE, ensemble_of, load_member
 from experiments.detectors import HELDOUT, SEEN, _ms, family_split
-from experiments.report import (
-    output_path,
-    read_record,
-    refuse_unreplaceable,
-    replace_section,
-    write_json,
-)
+from experiments.report import read_record, refuse_unreplaceable, replace_section, write_json
 from experiments.score_cache import ScoreCache
-from experiments.validate_config import output_clash
 
 SECTION = "detector-prior"
 TEST_PHOTOS = ("benchmark", "fresh", "validation")  # what the members are scored on (--test-photos)
@@ -319,6 +313,7 @@ def choose(folds: Mapping[str, Mapping[str, Mapping[float, float]]]) -> tuple[st
     return name, best[name]
 
 
+@reads_files
 def _fold_spec(text: str) -> tuple[str, Path]:
     family, sep, path = text.partition("=")
     if not sep or family not in SEEN:
@@ -492,6 +487,7 @@ def _member_table(members: list[dict[str, Any]], chosen: dict[str, Any]) -> list
     return lines
 
 
+@reads_files
 def _ensemble_spec(text: str) -> list[Path]:
     paths = [Path(p) for p in text.split(",") if p]
     if len(paths) < 2:
@@ -502,7 +498,7 @@ def _ensemble_spec(text: str) -> list[Path]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fold", type=_fold_spec, nargs="+", default=[], metavar="FAMILY=PATH")
-    parser.add_argument("--members", type=Path, nargs="+", default=[])
+    parser.add_argument("--members", type=input_path, nargs="+", default=[])
     parser.add_argument(
         "--ensemble",
         type=_ensemble_spec,
@@ -527,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
         "validation either way",
     )
     parser.add_argument("--json", type=output_path, help="write the record here")
-    parser.add_argument("--from-json", type=Path, help="render a record written before")
+    parser.add_argument("--from-json", type=input_path, help="render a record written before")
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     parser.add_argument(
         "--section",
@@ -544,17 +540,7 @@ def main(argv: list[str] | None = None) -> None:
     refuse_unreplaceable(parser, args.write, args.section)
     # before anything is read: --write onto the --from-json record appended markdown to it,
     # --json onto a member wrote over its weights
-    clash = output_clash(
-        [("--json", args.json), ("--write", args.write)],
-        [
-            ("--from-json", args.from_json),
-            *(("--fold", path) for _, path in args.fold),
-            *(("--members", p) for p in args.members),
-            *(("--ensemble", p) for e in args.ensemble for p in e),
-        ],
-    )
-    if clash:
-        parser.error(clash)
+    refuse_clashes(parser, args)
     # a network named twice was two members, its spread over itself reported as 0
     for flag, names in (("--members", [str(p.resolve()) for p in args.members]),
                         ("--views", args.views)):  # fmt: skip

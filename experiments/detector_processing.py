@@ -49,10 +49,10 @@ from assocmem.forensic.data.benchmark import ForensicSubset
 from assocmem.forensic.data.postprocess import processing_kinds
 from assocmem.forensic.metrics import false_positive_rate
 from assocmem.forensic.views import VIEWS, view_logits
+from experiments.cli_files import output_path, refuse_clashes
 from experiments.detector_ensemble import add_records_option, ensemble_of, records_by_weights
 from experiments.detectors import SEEN, family_split, run_label
-from experiments.report import output_path, refuse_unreplaceable, replace_section
-from experiments.validate_config import output_clash
+from experiments.report import refuse_unreplaceable, replace_section
 
 SECTION = "detector-processing"
 
@@ -202,15 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
     refuse_unreplaceable(parser, args.write, SECTION)
-    clash = output_clash(  # --write onto a records file appended markdown to it
-        [("--write", args.write)],
-        [
-            *(("--group", Path(p)) for _, *paths in args.group for p in paths),
-            *(("--records", p) for p in args.records),
-        ],
-    )
-    if clash:
-        parser.error(clash)
+    # --write onto a records file appended markdown to it; --group's label comes first
+    refuse_clashes(parser, args, inputs=[("--group", Path(p)) for _, *ps in args.group for p in ps])
     command = "python -m experiments.detector_processing " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )

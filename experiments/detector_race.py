@@ -45,8 +45,9 @@ from torch import Tensor, nn
 from assocmem.forensic.detector_loss import detector_loss
 from assocmem.forensic.models.attribution import FamilyAttribution
 from assocmem.storage import strict_json
+from experiments.cli_files import input_path, output_path, refuse_clashes
 from experiments.lr_grid import edge_side
-from experiments.report import output_path, refuse_unreplaceable, replace_section
+from experiments.report import refuse_unreplaceable, replace_section
 from experiments.step_cost import measure, time_to_target
 
 BASELINE = "adam"
@@ -747,7 +748,7 @@ def section_name(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, nargs="+", required=True)
+    parser.add_argument("--runs", type=input_path, nargs="+", required=True)
     parser.add_argument("--model", default="npr_bn")
     parser.add_argument("--candidate", default=FIRST_CANDIDATE)
     parser.add_argument(
@@ -778,7 +779,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-step-cost", action="store_true")
     parser.add_argument(
         "--costs-from",
-        type=Path,
+        type=input_path,
         default=None,
         help="take the step costs from this race record (--json) instead of measuring them: "
         "re-render a section with the costs it was written with",
@@ -788,6 +789,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=output_path, help="write the rows and step costs here")
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
+    # before anything is read or measured: --json onto a --runs record wrote over it
+    refuse_clashes(parser, args)
     if args.processes < 1:
         parser.error(f"--processes must be >= 1, got {args.processes}")
     try:  # a missing or malformed record, or a name with no runs, is a usage error

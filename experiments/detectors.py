@@ -46,8 +46,9 @@ from assocmem.forensic.train import fake_probability, train_detector
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.optim import param_groups
 from assocmem.storage import read_safetensors, strict_json, write_safetensors
-from experiments.report import output_path, refuse_unreplaceable, replace_section
-from experiments.validate_config import CONF, output_clash
+from experiments.cli_files import input_path, output_path, refuse_clashes
+from experiments.report import refuse_unreplaceable, replace_section
+from experiments.validate_config import CONF
 
 
 def _shippable(name: str, size: int) -> nn.Module:
@@ -856,7 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--progress", action="store_true")
     parser.add_argument(
         "--from-json",
-        type=Path,
+        type=input_path,
         nargs="+",
         help="only write the table, from the --json files of earlier runs (e.g. run in parallel)",
     )
@@ -960,8 +961,8 @@ def bad_seeds(seeds: Sequence[int]) -> str | None:
 def bad_training_options(args: argparse.Namespace, lrs: list[float]) -> str | None:
     """Why the training options cannot all run, or ``None``: checked before anything is built,
     so a typo in the last optimizer never costs the runs before it (``--json`` and ``--write``
-    are checked by their argparse type, ``report.output_path``, and against the inputs by
-    ``validate_config.output_clash``)."""
+    are checked by their argparse type, ``cli_files.output_path``, and against the inputs by
+    ``cli_files.refuse_clashes``)."""
     for name in args.optimizers:
         if problem := bad_optimizer_name(name):
             return problem
@@ -1016,12 +1017,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     refuse_unreplaceable(parser, args.write, "detectors")
     command = "python -m experiments.detectors " + " ".join(sys.argv[1:] if argv is None else argv)
-    clash = output_clash(
-        [("--json", args.json), ("--write", args.write)],
-        [("--from-json", path) for path in args.from_json or ()],
-    )
-    if clash:  # before anything is read or run: an output never replaces an input
-        parser.error(clash)
+    refuse_clashes(parser, args)  # before anything is read or run
     if args.from_json:
         try:
             runs = [run for path in args.from_json for run in _records(path)]

@@ -32,15 +32,9 @@ from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.fresh import with_fresh_test
 from assocmem.forensic.image_level import image_level_report
 from assocmem.storage import sidecar_path
+from experiments.cli_files import input_path, output_path, refuse_clashes
 from experiments.detectors import HELDOUT, SEEN, bad_run_options, family_split
-from experiments.report import (
-    output_path,
-    read_record,
-    refuse_unreplaceable,
-    replace_section,
-    write_json,
-)
-from experiments.validate_config import output_clash
+from experiments.report import read_record, refuse_unreplaceable, replace_section, write_json
 
 SECTION = "image-level"
 
@@ -206,7 +200,7 @@ def _share(entry: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, default=None, help="default: the shipped one")
+    parser.add_argument("--weights", type=input_path, default=None, help="default: the shipped one")
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--n", type=int, default=200, help="real crops per size")
     parser.add_argument("--seed", type=int, default=0)
@@ -227,22 +221,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--json", type=output_path, help="write the record here")
-    parser.add_argument("--from-json", type=Path, help="no scoring: render this record")
+    parser.add_argument("--from-json", type=input_path, help="no scoring: render this record")
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     parser.add_argument("--section", default=SECTION, help="its name in that file")
     args = parser.parse_args(argv)
     refuse_unreplaceable(parser, args.write, args.section)
     weights = DEFAULT_CHECKPOINT if args.weights is None else args.weights
-    clash = output_clash(
-        [("--json", args.json), ("--write", args.write)],
-        [
-            ("--from-json", args.from_json),
+    refuse_clashes(  # before anything is read or scored: an output never replaces an input
+        parser,
+        args,
+        inputs=[
             ("the checkpoint (--weights)", weights),
             ("the checkpoint's sidecar", sidecar_path(weights)),
         ],
     )
-    if clash:  # before anything is read or scored: an output never replaces an input
-        parser.error(clash)
     if args.from_json:
         record = read_record(parser, args.from_json, ("command", "reports"))
     else:

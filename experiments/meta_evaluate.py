@@ -32,7 +32,8 @@ from assocmem.meta.checkpoint import load_checkpoint
 from assocmem.meta.tasks import FAMILIES, HELD_OUT_FAMILIES, sample_task
 from assocmem.optim import MemoryOptimizer
 from assocmem.training import fit
-from experiments.report import output_path, refuse_unreplaceable, replace_section
+from experiments.cli_files import output_path
+from experiments.report import refuse_unreplaceable, replace_section
 
 ADAM_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
 LEARNED_MULTIPLIERS = (0.3, 1.0, 3.0, 10.0)

@@ -25,7 +25,8 @@ import sys
 import torch
 
 from assocmem.optim.newton_schulz import zeropower_via_newtonschulz5
-from experiments.report import output_path, refuse_unreplaceable, replace_section
+from experiments.cli_files import output_path
+from experiments.report import refuse_unreplaceable, replace_section
 
 SHAPES = ((64, 64), (256, 64), (64, 256), (256, 256))
 SPECTRA = ("gaussian", "decaying")

@@ -44,6 +44,7 @@ from assocmem.forensic.models.pretrain import MaskedPretrainer
 from assocmem.forensic.protocol import FamilySplit, balanced, linear_probe_scorer, zero_shot_report
 from assocmem.forensic.train import pretrain, score
 from assocmem.storage import read_safetensors, strict_json, write_safetensors
+from experiments.cli_files import input_path, output_path, refuse_clashes
 from experiments.detectors import (
     HELDOUT,
     MODELS,
@@ -58,9 +59,8 @@ from experiments.detectors import (
     recipe_clash,
     train_one,
 )
-from experiments.report import output_path, refuse_unreplaceable, replace_section
+from experiments.report import refuse_unreplaceable, replace_section
 from experiments.tasks.forensic import build_encoder, build_masker
-from experiments.validate_config import output_clash
 
 ENCODER = {"arch": "vit", "patch": 4, "dim": 64, "depth": 2, "heads": 4}
 
@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--encoder",
-        type=Path,
+        type=input_path,
         help="fine-tune this pretrained encoder (safetensors from --save-encoders) instead of "
         "pretraining one; --arms then only labels the runs",
     )
@@ -535,19 +535,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--json", type=output_path)
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
-    parser.add_argument("--from-json", type=Path, nargs="+")
+    parser.add_argument("--from-json", type=input_path, nargs="+")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     refuse_unreplaceable(parser, args.write, "pretraining")
     command = "python -m experiments.pretraining_study " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    clash = output_clash(  # before anything is read or run: an output never replaces an input
-        [("--json", args.json), ("--write", args.write)],
-        [("--encoder", args.encoder), *(("--from-json", path) for path in args.from_json or ())],
-    )
-    if clash:
-        parser.error(clash)
+    refuse_clashes(parser, args)  # before anything is read or run
     if args.from_json:
         try:
             runs = study_records(args.from_json)

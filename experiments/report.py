@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from assocmem.storage import strict_json, write_atomically  # noqa: E402
 from experiments.budget import budget_verdict, tail_fall  # noqa: E402
+from experiments.cli_files import output_path  # noqa: E402
 from experiments.loop import first_reaching  # noqa: E402
 from experiments.step_cost import time_to_target  # noqa: E402
 
@@ -488,23 +489,6 @@ def _name_argument(text: str) -> str:
         return check_section_name(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def output_path(text: str) -> Path:
-    """argparse ``type`` of a file a command writes when its work is done (``--json``,
-    ``--write``): a folder, a path under a regular file or in a folder that cannot be written is
-    a usage error at once, not a traceback after the work."""
-    path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{path} is a directory")
-    for folder in (path.parent, *path.parent.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise argparse.ArgumentTypeError(f"{path}: {folder} is a file, not a folder")
-            if not os.access(folder, os.W_OK):
-                raise argparse.ArgumentTypeError(f"{path}: cannot write in {folder}")
-            break
-    return path
 
 
 def _plots_dir(text: str) -> Path:

@@ -58,6 +58,7 @@ from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.size_calibration import without_blank
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.storage import sidecar_path
+from experiments.cli_files import input_path, output_path, refuse_clashes
 from experiments.detector_ensemble import ensemble_of
 from experiments.detectors import (
     HELDOUT,
@@ -70,9 +71,9 @@ from experiments.detectors import (
     family_split,
     train_one,
 )
-from experiments.report import output_path, refuse_unreplaceable, replace_section
+from experiments.report import refuse_unreplaceable, replace_section
 from experiments.score_cache import memoized
-from experiments.validate_config import output_clash, same_file
+from experiments.validate_config import same_file
 
 
 def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
@@ -455,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--members",
-        type=Path,
+        type=input_path,
         nargs="+",
         help="no training: ship the deep ensemble of these weights files (written by "
         "experiments.detectors --save-weights from runs of one recipe)",
@@ -499,12 +500,11 @@ def bad_image_sizes(args: argparse.Namespace) -> str | None:
 
 
 def bad_out(args: argparse.Namespace) -> str | None:
-    """Why the checkpoint cannot be written to ``--out`` (with its sidecar, and ``--write``), or
-    ``None``; checked before any work. ``--out`` must be a file name (not a folder, not under a
-    file, not ``.json``: its own sidecar), neither it nor its sidecar another input or output
-    (a member's weights, the ``--write`` file: ``validate_config.output_clash``), and the
-    package's shipped checkpoint is written only with ``--replace-shipped``, never by a
-    ``--tiny`` run."""
+    """Why the checkpoint cannot be written to ``--out`` (with its sidecar), or ``None``; checked
+    before any work. ``--out`` must be a file name (not a folder, not under a file, not
+    ``.json``: its own sidecar), and the package's shipped checkpoint is written only with
+    ``--replace-shipped``, never by a ``--tiny`` run. That neither it nor its sidecar is another
+    input or output (a member's weights, the ``--write`` file) is :func:`refuse_out_clashes`'."""
     out = args.out
     try:
         output_path(str(out))
@@ -526,18 +526,26 @@ def bad_out(args: argparse.Namespace) -> str | None:
         )
     if args.replace_shipped and not shipped:
         return f"--replace-shipped writes the shipped checkpoint, not --out {out}: drop one"
-    protected = (
-        []
-        if shipped
-        else [
+    return None
+
+
+def refuse_out_clashes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``parser.error`` if an output would replace an input or another output. ``--out`` is
+    written by a run and read by ``--table-only``, so its role is passed here, not typed; the
+    shipped checkpoint is an input unless it is ``--out`` (``--replace-shipped``)."""
+    out, shipped = (
+        args.out,
+        [
             ("the shipped checkpoint", DEFAULT_CHECKPOINT),
             ("the shipped checkpoint's sidecar", sidecar_path(DEFAULT_CHECKPOINT)),
-        ]
+        ],
     )
-    return output_clash(
-        [("--out", out), ("--out's sidecar", sidecar_path(out)), ("--write", args.write)],
-        [*(("--members", member) for member in args.members or ()), *protected],
-    )
+    checkpoint = [("--out", out), ("--out's sidecar", sidecar_path(out))]
+    if args.table_only:
+        refuse_clashes(parser, args, inputs=[*checkpoint, *shipped])
+    else:
+        replaced = same_file(out, DEFAULT_CHECKPOINT)
+        refuse_clashes(parser, args, outputs=checkpoint, inputs=[] if replaced else shipped)
 
 
 # What --table-only reads: the checkpoint (--out) and where the section goes; the rest of these
@@ -567,6 +575,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if not args.table_only and (problem := bad_out(args)):
         parser.error(problem)
+    refuse_out_clashes(parser, args)
     if args.table_only:
         # the table is the checkpoint's own record: an option that would shape the detector is
         # not read, so a command that sets one is refused rather than answered from --out
@@ -580,17 +589,6 @@ def main(argv: list[str] | None = None) -> None:
                 f"--table-only writes the table of --out as it was shipped; it does not read "
                 f"{', '.join(ignored)} (ship first, without --table-only)"
             )
-        clash = output_clash(
-            [("--write", args.write)],
-            [
-                ("--out", args.out),
-                ("--out's sidecar", sidecar_path(args.out)),
-                ("the shipped checkpoint", DEFAULT_CHECKPOINT),
-                ("the shipped checkpoint's sidecar", sidecar_path(DEFAULT_CHECKPOINT)),
-            ],
-        )
-        if clash:
-            parser.error(clash)
         try:
             header = load_detector(args.out).header
         except (ValueError, OSError) as e:  # no checkpoint there, or not one

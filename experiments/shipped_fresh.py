@@ -31,15 +31,9 @@ from assocmem.forensic.data.photos import FRESH_PHOTO_NAMES
 from assocmem.forensic.protocol import FamilySplit, zero_shot_report
 from assocmem.forensic.views import view_logits
 from assocmem.storage import sidecar_path
-from experiments.report import (
-    output_path,
-    read_record,
-    refuse_unreplaceable,
-    replace_section,
-    write_json,
-)
+from experiments.cli_files import input_path, output_path, refuse_clashes
+from experiments.report import read_record, refuse_unreplaceable, replace_section, write_json
 from experiments.score_cache import memoized
-from experiments.validate_config import output_clash
 
 SECTION = "shipped-detector-fresh"
 
@@ -139,25 +133,23 @@ def markdown(record: dict[str, Any], command: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, help="default: the shipped one")
+    parser.add_argument("--checkpoint", type=input_path, help="default: the shipped one")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--json", type=output_path, help="write the record here")
-    parser.add_argument("--from-json", type=Path, help="render a record written before")
+    parser.add_argument("--from-json", type=input_path, help="render a record written before")
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
     refuse_unreplaceable(parser, args.write, SECTION)
     checkpoint = DEFAULT_CHECKPOINT if args.checkpoint is None else args.checkpoint
-    clash = output_clash(  # before anything is read: --write onto --from-json appended to it
-        [("--json", args.json), ("--write", args.write)],
-        [
-            ("--from-json", args.from_json),
+    refuse_clashes(  # before anything is read: --write onto --from-json appended to it
+        parser,
+        args,
+        inputs=[
             ("the checkpoint", checkpoint),
             ("the checkpoint's sidecar", sidecar_path(checkpoint)),
         ],
     )
-    if clash:
-        parser.error(clash)
     command = "python -m experiments.shipped_fresh " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )

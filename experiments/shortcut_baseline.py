@@ -19,7 +19,8 @@ from assocmem.forensic.data.baseline import (
     one_feature_baseline,
     saturation_feature,
 )
-from experiments.report import output_path, refuse_unreplaceable, replace_section
+from experiments.cli_files import output_path
+from experiments.report import refuse_unreplaceable, replace_section
 
 # the features, by the words a table names them with
 FEATURES = {

@@ -396,7 +396,7 @@ def test_forensic_task_trains_and_reports_zero_shot(task, tmp_path_factory):
 def test_an_output_path_that_cannot_be_written_is_a_usage_error_before_any_work(tmp_path):
     import argparse
 
-    from experiments.report import output_path
+    from experiments.cli_files import output_path
 
     (tmp_path / "a_file").write_text("")
     for bad in (tmp_path, tmp_path / "a_file" / "out.json"):

@@ -96,9 +96,9 @@ def test_image_level_never_writes_over_the_checkpoint_it_scores(tmp_path, capsys
     weights = tmp_path / "d.safetensors"
     weights.write_bytes(b"weights")
     sidecar_path(weights).write_text("{}")
-    for out in (weights, sidecar_path(weights)):
+    for out, named in ((weights, "--weights"), (sidecar_path(weights), "the checkpoint's sidecar")):
         argv = ["--tiny", "--weights", str(weights), "--json", str(out)]
-        _refused(main, [*argv, "--cache-dir", str(tmp_path / "cache")], capsys, "checkpoint")
+        _refused(main, [*argv, "--cache-dir", str(tmp_path / "cache")], capsys, f"is also {named}")
     assert weights.read_bytes() == b"weights" and sidecar_path(weights).read_text() == "{}"
     # the default --weights is the shipped checkpoint: its sidecar is protected too
     from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT
@@ -274,3 +274,75 @@ def test_image_level_reads_its_checkpoint_once(tmp_path, capsys, monkeypatch):
     argv = ["--tiny", "--cache-dir", str(tmp_path / "cache"), "--sizes", "64", "--n", "2"]
     _refused(image_level.main, argv, capsys, "the checkpoint was trained on the benchmark of key")
     assert reads == [None]
+
+
+def test_detector_race_never_writes_over_its_runs(tmp_path, capsys):
+    # it had no check: --json onto a --runs record replaced the runs with the race, exit 0
+    from experiments.detector_race import main
+
+    runs = tmp_path / "runs.json"
+    runs.write_text("[]")
+    before = _digest(runs)
+    argv = ["--runs", str(runs), "--json", str(runs), "--no-step-cost"]
+    _refused(main, argv, capsys, f"--json {runs} is also --runs")
+    argv = ["--runs", str(runs), "--costs-from", str(tmp_path / "c.json")]
+    _refused(main, [*argv, "--write", str(tmp_path / "c.json")], capsys, "is also --costs-from")
+    assert _digest(runs) == before
+
+
+class _Parsed(Exception):
+    """Raised instead of parsing: the test wants the command's parser, not a run."""
+
+
+def _commands():
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "experiments"
+    return sorted(
+        path.stem
+        for path in root.glob("*.py")
+        if "def main(" in (text := path.read_text())
+        and ("argparse.ArgumentParser(" in text or "build_parser()" in text)
+    )
+
+
+# options that name folders: an output file is never one (cli_files.output_path refuses a
+# folder), so they take no part in the clash check
+FOLDER_OPTIONS = {"cache_dir", "save_encoders", "root", "plots_dir"}
+# options whose role depends on another option, passed to refuse_clashes by their command:
+# ship_detector's --out is written by a run and read by --table-only (refuse_out_clashes)
+EITHER_ROLE = {("ship_detector", "out")}
+
+
+@pytest.mark.parametrize("name", _commands())
+def test_every_file_option_declares_its_role_and_the_command_refuses_clashes(name, monkeypatch):
+    # an option typed a plain Path escapes refuse_clashes: each command listed its own files,
+    # five had missed an input (--json onto a member) and detector_race had no check at all
+    import argparse
+    import importlib
+    import inspect
+    from pathlib import Path
+
+    from experiments.cli_files import input_path, output_path
+
+    module = importlib.import_module(f"experiments.{name}")
+    parsers = []
+
+    def capture(self, args=None, namespace=None):
+        parsers.append(self)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(_Parsed):
+        module.main([]) if inspect.signature(module.main).parameters else module.main()
+    actions = parsers[0]._actions
+    plain = [
+        a.dest
+        for a in actions
+        if a.type is Path and a.dest not in FOLDER_OPTIONS and (name, a.dest) not in EITHER_ROLE
+    ]
+    assert not plain, f"{name}: type these input_path or output_path: {plain}"
+    outputs = [a for a in actions if a.type is output_path]
+    inputs = [a for a in actions if a.type is input_path or getattr(a.type, "reads_files", 0)]
+    if len(outputs) > 1 or (outputs and inputs):
+        assert "refuse_clashes(" in inspect.getsource(module), name
