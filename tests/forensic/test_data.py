@@ -256,6 +256,11 @@ def test_a_config_that_cannot_build_what_it_says_is_refused_when_made(overrides)
         {"jpeg_second_quality": (0, 200)},
         {"resample_scale": (1.5, 2.0)},  # an upscale is no "resample" family
         {"splice_radius": (-1.0, 0.0)},
+        # qualities are integers: 50.5 was truncated by the draw, under a cache key of its own
+        {"jpeg_first_quality": (50.5, 80.5)},
+        {"jpeg_second_quality": (True, 95)},
+        # a feather of 0 divided by zero in every splice's mask (NaN weights cast to uint8)
+        {"splice_feather": (0.0, 0.0)},
     ],
 )
 def test_generator_settings_are_checked_when_made(overrides):
@@ -291,6 +296,20 @@ def test_a_damaged_cache_entry_is_rebuilt_not_served(tmp_path):
         "truncated meta": lambda: (entry / "meta.json").write_text('{"key": '),
         "another key": lambda: (entry / "meta.json").write_text(
             json.dumps({**meta, "key": "0" * 16})
+        ),
+        # a partial removal: every later build failed in _save's rename, "Directory not empty"
+        "no meta": lambda: (entry / "meta.json").unlink(),
+        "a file in the entry's place": lambda: (shutil.rmtree(entry), entry.write_text("x")),
+        # edits to the meta that were served: names swapped (every per-family result
+        # mislabelled), a validation photo moved to train (the stream cropped it), or a KeyError
+        "swapped families": lambda: (entry / "meta.json").write_text(
+            json.dumps({**meta, "family_names": meta["family_names"][::-1]})
+        ),
+        "no family names": lambda: (entry / "meta.json").write_text(
+            json.dumps({k: v for k, v in meta.items() if k != "family_names"})
+        ),
+        "a photo moved to train": lambda: (entry / "meta.json").write_text(
+            json.dumps({**meta, "split_of_group": {g: "train" for g in meta["split_of_group"]}})
         ),
         "labels": lambda: damage_arrays(lambda a: a["val/labels"].fill(0)),
         "rows": lambda: damage_arrays(lambda a: a.update({"test/labels": a["test/labels"][:5]})),
@@ -346,6 +365,30 @@ def test_a_new_cache_entry_is_readable_as_the_umask_allows(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(entry.stat().st_mode) == 0o777 & ~umask  # mkdtemp's was 0700
+    # every file too: safetensors wrote the generators 0600, unreadable to the cache's others
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in entry.iterdir()}
+    assert "generators.safetensors" in modes
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)
+
+
+def test_damaged_generators_are_fitted_again_not_failed_on(tmp_path):
+    # a cut-short generators.safetensors failed every later stream in safetensors' reader,
+    # naming neither the file nor the cache
+    from assocmem.forensic.data.cache import fitted_generators
+
+    config = BenchmarkConfig.tiny(families=("ae_transconv",))
+    build_benchmark(config, tmp_path, progress=False)
+    path = tmp_path / "forensic" / config.key() / "generators.safetensors"
+    whole = path.read_bytes()
+    for damaged in (whole[: len(whole) // 2], b""):
+        path.write_bytes(damaged)
+        bench = build_benchmark(config, tmp_path, progress=False)
+        assert bench.meta["loaded_from_cache"] is True and bench.generators is None
+        with pytest.warns(UserWarning, match="generators.safetensors cannot be read"):
+            models = fitted_generators(bench)
+        assert set(models) == {"ae_transconv"}
+        reread = build_benchmark(config, tmp_path, progress=False)
+        assert set(fitted_generators(reread)) == {"ae_transconv"}  # saved whole again
 
 
 def test_the_clipped_values_feature_is_the_share_at_0_or_255():
@@ -359,3 +402,22 @@ def test_the_clipped_values_feature_is_the_share_at_0_or_255():
     assert saturation_feature(images.float() / 255).tolist() == [0.0, 2 / 48, 1.0]
     with pytest.raises(ValueError, match="expected \\(N, C, H, W\\)"):
         saturation_feature(images[0])
+
+
+@pytest.mark.parametrize("quality", [True, 90.5, 0, 101])
+def test_the_final_jpeg_quality_is_an_integer_from_1_to_100(quality):
+    # True was a quality-1 JPEG of every image
+    with pytest.raises(ValueError, match="final_jpeg_quality must be an integer"):
+        PostProcessConfig(final_jpeg_quality=quality)
+    assert PostProcessConfig(final_jpeg_quality=90).final_jpeg_quality == 90
+
+
+def test_every_family_makes_no_fakes_of_no_patches():
+    # double_jpeg raised "need at least one array to stack"; the others return (0, 3, P, P)
+    from assocmem.forensic.data.families import GeneratorSettings, generate
+
+    empty = np.zeros((0, 3, 16, 16), np.uint8)
+    rng = np.random.default_rng(0)
+    for family in ("double_jpeg", "resample"):
+        out = generate(family, empty, rng=rng, settings=GeneratorSettings(), models={})
+        assert out.shape == (0, 3, 16, 16) and out.dtype == np.uint8, family

@@ -84,6 +84,7 @@ from assocmem.forensic.calibration import (
     threshold_allowing,
     threshold_at_fpr,
 )
+from assocmem.forensic.checks import whole_number
 from assocmem.forensic.metrics import false_positive_rate
 from assocmem.forensic.models.baselines import SmallCNN
 from assocmem.forensic.models.ensemble import LogitEnsemble
@@ -334,7 +335,7 @@ def save_detector(
     ):
         if by_count:
             for k in by_count:  # 4.7 was stored as 4; a str beside an int failed to sort
-                if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 2:
+                if not whole_number(k, 2):
                     raise ValueError(f"{key}: a tile count must be an integer > 1, got {k!r}")
             header["calibration"][key] = {
                 str(int(k)): _sorted_floats(scores) for k, scores in sorted(by_count.items())

@@ -74,6 +74,7 @@ from assocmem.forensic.calibration import (
     threshold_at_fpr,
 )
 from assocmem.forensic.checkpoint import DEFAULT_CHECKPOINT, DetectorCheckpoint, load_detector
+from assocmem.forensic.checks import whole_number
 from assocmem.forensic.data.loaders import load_rgb, to_rgb
 from assocmem.forensic.tiling import combine_logits, tile_batches, tile_grid, tiles
 from assocmem.forensic.views import VIEWS, view_mean
@@ -192,7 +193,7 @@ class Detector:
         if not (isinstance(self.min_std, numbers.Real) and 0.0 <= self.min_std < math.inf):
             raise ValueError(f"min_std must be a finite number >= 0, got {self.min_std!r}")
         b = self.batch_size  # 2.5 failed at the first score, True was taken as 1
-        if not isinstance(b, numbers.Integral) or isinstance(b, bool) or b < 1:
+        if not whole_number(b, 1):
             raise ValueError(f"batch_size must be an integer >= 1, got {b!r}")
         tiles(
             torch.zeros(1, self.patch_size, self.patch_size),

@@ -21,7 +21,6 @@ user's script) measures the same thing:
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from assocmem.forensic.calibration import rates_at_threshold, threshold_at_fpr
+from assocmem.forensic.checks import whole_number
 from assocmem.forensic.data.benchmark import ForensicBenchmark, ForensicSubset
 from assocmem.forensic.metrics import false_positive_rate, per_family_metrics
 
@@ -84,7 +84,7 @@ def balanced(subset: ForensicSubset, seed: int) -> tuple[Tensor, Tensor]:
     (one family at the benchmark's default fake fraction of one half), all its fakes and as
     many reals, drawn at random, so the set is balanced either way. Raises ``ValueError`` for
     a subset without reals or without fakes, or a seed that is not an integer >= 0."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    if not whole_number(seed, 0):
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     g = torch.Generator().manual_seed(int(seed))  # a numpy integer is no int to torch
     reals = torch.nonzero(subset.labels == 0).squeeze(1)

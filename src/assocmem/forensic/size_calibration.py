@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 
 from assocmem.forensic.calibration import platt_scaling
+from assocmem.forensic.checks import whole_number
 from assocmem.forensic.data.loaders import require_regular_file
 from assocmem.forensic.detector import Detector, ImageInput, as_image_tensor
 
@@ -123,9 +124,9 @@ def crop_scores(
 
     Raises ``ValueError`` for ``n < 1``, ``size < 1``, an unreadable image (named) or when no
     image holds such a crop; ``TypeError`` for what ``Detector`` does not take."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+    if not whole_number(n, 1):
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+    if not whole_number(size, 1):
         raise ValueError(f"size must be an integer >= 1, got {size!r}")
     images = _checked_images(images)
     shapes = _shapes(images)

@@ -19,7 +19,6 @@ bit-identical on CPU.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from assocmem.forensic.checks import whole_number
 from assocmem.forensic.detector_loss import detector_loss
 from assocmem.forensic.masks import MaskedBatch
 from assocmem.forensic.models.attribution import FamilyAttribution
@@ -310,11 +310,7 @@ def train_detector(
     """
     from sklearn.metrics import roc_auc_score
 
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, numbers.Integral)
-        or batch_size < 1
-    ):
+    if not whole_number(batch_size, 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if isinstance(train_images, Tensor):
         if train_labels is None or train_images.shape[0] != train_labels.shape[0]:

@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from assocmem.forensic.data.autoencoders import make_generator
-from assocmem.forensic.data.config import FORMAT_VERSION, SPLITS, BenchmarkConfig
+from assocmem.forensic.data.config import FORMAT_VERSION, REAL, SPLITS, BenchmarkConfig
 from assocmem.forensic.data.families import LEARNED_FAMILIES
-from assocmem.forensic.data.photos import load_photos
+from assocmem.forensic.data.photos import PHOTO_GROUP, load_photos
 from assocmem.forensic.data.pipeline import (
     _clean_reals,
     _generate_benchmark,
@@ -124,12 +125,48 @@ def _load(config: Any, directory: Path) -> ForensicBenchmark:
             problems.append(f"{name}: items of {tuple(split.images.shape[1:])}, not {shape}")
         elif not torch.equal(split.labels.bool(), split.family > 0):
             problems.append(f"{name}: labels that disagree with the families")
+    if not problems:
+        problems += _meta_problems(config, meta, splits)
     if problems:
         raise DamagedEntry(f"cache entry {directory} is not this config's: {'; '.join(problems)}")
     extra = {k: meta[k] for k in ("split_of_group", "gray_sources", "source_formats") if k in meta}
     extra["build_seconds"] = meta.get("build_seconds")
     extra["loaded_from_cache"] = True
     return ForensicBenchmark(config, splits, meta["family_names"], meta["source_names"], extra)
+
+
+def _meta_problems(config: Any, meta: dict[str, Any], splits: dict[str, SplitArrays]) -> list[str]:
+    """What in ``meta`` disagrees with the config or the arrays: the family names the build
+    gives (swapped names mislabelled every per-family result), photo names that number every
+    row's source, and a photo split under which every row lies in its own split (a photo moved
+    from val to train in ``split_of_group`` was cropped by the training stream)."""
+    families = meta.get("family_names")
+    if families != [REAL, *config.families]:
+        return [f"its family names {families!r} are not {[REAL, *config.families]}"]
+    sources, split_of_group = meta.get("source_names"), meta.get("split_of_group")
+    if (
+        not isinstance(sources, list)
+        or not all(isinstance(n, str) and n in PHOTO_GROUP for n in sources)
+        or len(set(sources)) != len(sources)
+    ):
+        return [f"its photo names {sources!r} are not distinct names of built photos"]
+    if not isinstance(split_of_group, dict) or not set(split_of_group.values()) <= set(SPLITS):
+        return [f"its split_of_group {split_of_group!r} does not map groups to {SPLITS}"]
+    missing = sorted({PHOTO_GROUP[n] for n in sources} - set(split_of_group))
+    if missing:
+        return [f"its split_of_group lacks the groups {missing}"]
+    problems = []
+    for name, split in splits.items():
+        codes = split.source.unique().tolist()
+        if codes and not 0 <= min(codes) <= max(codes) < len(sources):
+            problems.append(f"{name}: source codes outside its {len(sources)} photo names")
+            continue
+        elsewhere = sorted(
+            sources[c] for c in codes if split_of_group[PHOTO_GROUP[sources[c]]] != name
+        )
+        if elsewhere:
+            problems.append(f"{name}: rows of {elsewhere}, which split_of_group puts elsewhere")
+    return problems
 
 
 def _set_aside(directory: Path) -> None:
@@ -140,7 +177,10 @@ def _set_aside(directory: Path) -> None:
         directory.rename(aside)
     except OSError:  # another process set it aside first, or rebuilt it already
         return
-    shutil.rmtree(aside, ignore_errors=True)
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:  # a file or a link where the entry's folder belongs
+        aside.unlink(missing_ok=True)
 
 
 _GENERATORS = "generators.safetensors"
@@ -155,6 +195,11 @@ def _save_generators(models: dict[str, nn.Module], path: Path) -> None:
         for name, t in model.state_dict().items()
     }
     save_file(tensors, str(path))
+    # safetensors writes 0600: under a shared $ASSOCMEM_CACHE the stream of another user could
+    # not read the models the rest of the entry (0644 under umask 022) names
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def _load_generators(config: BenchmarkConfig, path: Path) -> dict[str, nn.Module]:
@@ -182,8 +227,13 @@ def fitted_generators(bench: ForensicBenchmark) -> dict[str, nn.Module]:
         return bench.generators
     path = bench.cache_entry / _GENERATORS if bench.cache_entry is not None else None
     if path is not None and path.exists():
-        bench.generators = _load_generators(bench.config, path)
-        return bench.generators
+        try:
+            bench.generators = _load_generators(bench.config, path)
+            return bench.generators
+        except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+            # damaged (cut short, not safetensors, another network's tensors): refit as for
+            # an entry without them, never fail every later run on the same file
+            warnings.warn(f"{path} cannot be read ({error}); fitting them again", stacklevel=2)
     config = bench.config
     _, _, reals = _clean_reals(config, load_photos(config.photos))
     bench.generators = fit_families(config, reals["train"][0])
@@ -223,7 +273,10 @@ def cached_build(
     there (atomically). ``config`` is any frozen config with ``key()`` and ``to_dict()``: the
     image benchmark's ``BenchmarkConfig`` (kind ``forensic``) or the clip benchmark's."""
     directory = Path(cache_dir or default_cache_dir()) / kind / config.key()
-    if use_cache and (directory / "meta.json").exists():
+    # an entry is whole or absent (_save renames it into place): anything at its path without
+    # a readable meta.json is damaged, and set aside (a folder left without it by a partial
+    # removal made every build fail in the rename, "Directory not empty")
+    if use_cache and (directory.exists() or directory.is_symlink()):
         try:
             bench = _load(config, directory)
         except DamagedEntry as error:

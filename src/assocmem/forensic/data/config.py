@@ -8,7 +8,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from assocmem.forensic.data.families import FAMILY_NAMES, GeneratorSettings, whole_number
+from assocmem.forensic.checks import whole_number
+from assocmem.forensic.data.families import FAMILY_NAMES, GeneratorSettings
 from assocmem.forensic.data.photos import PHOTO_NAMES
 from assocmem.forensic.data.postprocess import PostProcessConfig
 

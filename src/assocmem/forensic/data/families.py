@@ -17,7 +17,6 @@ its parent real share content and differ only by the family's trace:
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from assocmem.forensic.checks import check_range, whole_number
 from assocmem.forensic.data.autoencoders import apply_model, make_generator, train_autoencoder
 from assocmem.forensic.data.postprocess import jpeg
 
@@ -86,26 +86,15 @@ class GeneratorSettings:
             raise ValueError(
                 f"denoiser_noise must be a finite number >= 0, got {self.denoiser_noise}"
             )
-        ranges = {
-            "jpeg_first_quality": (1, 100),
-            "jpeg_second_quality": (1, 100),
-            "resample_scale": (0.0, 1.0),
-            "splice_radius": (0.0, 1.0),
-            "splice_feather": (0.0, float("inf")),
-        }
-        for name, (lo, hi) in ranges.items():
-            a, b = getattr(self, name)
-            if not lo <= a <= b <= hi or (name in ("resample_scale", "splice_radius") and a <= 0):
-                raise ValueError(
-                    f"{name} must be a range low <= high within [{lo}, {hi}], got {(a, b)}"
-                )
+        # qualities are integers (50.5 was truncated by the draw, under another cache key);
+        # a feather of 0 divided by zero in every splice's mask
+        check_range("jpeg_first_quality", self.jpeg_first_quality, 1, 100, whole=True)
+        check_range("jpeg_second_quality", self.jpeg_second_quality, 1, 100, whole=True)
+        check_range("resample_scale", self.resample_scale, 0.0, 1.0, above_low=True)
+        check_range("splice_radius", self.splice_radius, 0.0, 1.0, above_low=True)
+        check_range("splice_feather", self.splice_feather, 0.0, float("inf"), above_low=True)
         if self.resample_scale[1] >= 1.0:
             raise ValueError(f"resample_scale must downscale (high < 1), got {self.resample_scale}")
-
-
-def whole_number(value: object, least: int) -> bool:
-    """Whether ``value`` is an integer (not a bool) of at least ``least``."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
 
 
 def _to_float(patches: np.ndarray) -> torch.Tensor:
@@ -133,9 +122,10 @@ def fit_generator(
 def _double_jpeg(patches: np.ndarray, rng: np.random.Generator, s: GeneratorSettings) -> np.ndarray:
     q1 = rng.integers(s.jpeg_first_quality[0], s.jpeg_first_quality[1] + 1, size=len(patches))
     q2 = rng.integers(s.jpeg_second_quality[0], s.jpeg_second_quality[1] + 1, size=len(patches))
-    return np.stack(
-        [jpeg(jpeg(p, int(a)), int(b)) for p, a, b in zip(patches, q1, q2, strict=True)]
-    )
+    out = np.empty_like(patches)  # no patches: no fakes (np.stack of none raised)
+    for k, (p, a, b) in enumerate(zip(patches, q1, q2, strict=True)):
+        out[k] = jpeg(jpeg(p, int(a)), int(b))
+    return out
 
 
 _DOWN = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)

@@ -35,6 +35,7 @@ from PIL import Image
 
 __all__ = [
     "FRESH_PHOTO_NAMES",
+    "PHOTO_GROUP",
     "PHOTO_NAMES",
     "Photo",
     "available_photos",
@@ -118,6 +119,8 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
 }
 
 PHOTO_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+# each photo's scene group (the unit the split assigns), by name
+PHOTO_GROUP: dict[str, str] = {name: group for name, (group, _, _) in _REGISTRY.items()}
 
 # The fresh test photos (module docstring): never in a split of the built benchmark.
 _FRESH_REGISTRY: dict[str, tuple[str, str, str]] = {

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import io
 import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+from assocmem.forensic.checks import check_range, whole_number
 
 __all__ = [
     "POST_BLUR",
@@ -71,37 +72,21 @@ class PostProcessConfig:
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {p}")
-        if self.final_jpeg_quality is not None and not 1 <= self.final_jpeg_quality <= 100:
-            raise ValueError(
-                f"final_jpeg_quality must be in [1, 100], got {self.final_jpeg_quality}"
-            )
+        q = self.final_jpeg_quality  # True was a quality-1 JPEG of every image, 90.5 truncated
+        if q is not None and not (whole_number(q, 1) and q <= 100):
+            raise ValueError(f"final_jpeg_quality must be an integer in [1, 100], got {q!r}")
         # The ranges each step draws from (every draw is made, whatever its probability: a
         # reversed range failed at the first batch even with p = 0): a zoom below 1 cropped
         # past the image (black borders in both classes), a quality outside [1, 100] was
         # clamped by Pillow, a negative sigma blurred anyway.
-        _check_range("resize_scale", self.resize_scale, 1.0, math.inf)
-        _check_range("blur_sigma", self.blur_sigma, 0.0, math.inf)
-        _check_range("jpeg_quality", self.jpeg_quality, 1, 100, whole=True)
+        check_range("resize_scale", self.resize_scale, 1.0, math.inf)
+        check_range("blur_sigma", self.blur_sigma, 0.0, math.inf)
+        check_range("jpeg_quality", self.jpeg_quality, 1, 100, whole=True)
 
     @classmethod
     def none(cls) -> PostProcessConfig:
         """No post-processing at all (for tests that compare a fake with its source)."""
         return cls(p_resize=0.0, p_blur=0.0, p_jpeg=0.0)
-
-
-def _check_range(name: str, value: object, low: float, high: float, *, whole: bool = False) -> None:
-    """``value`` is a ``(lo, hi)`` pair with ``low <= lo <= hi <= high`` (integers if
-    ``whole``), else a ``ValueError`` naming ``name``."""
-    kinds = numbers.Integral if whole else numbers.Real
-    ok = (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, kinds) and not isinstance(v, bool) for v in value)
-        and low <= value[0] <= value[1] <= high
-    )
-    if not ok:
-        kind = "integers" if whole else "numbers"
-        raise ValueError(f"{name} must be two {kind} lo <= hi in [{low}, {high}], got {value!r}")
 
 
 def _to_pil(chw: np.ndarray) -> Image.Image:

@@ -52,9 +52,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
+from assocmem.forensic.checks import whole_number
 from assocmem.forensic.data.benchmark import ForensicBenchmark, fitted_generators
 from assocmem.forensic.data.crops import PhotoCrops, augment
-from assocmem.forensic.data.families import LEARNED_FAMILIES, generate, whole_number
+from assocmem.forensic.data.families import LEARNED_FAMILIES, generate
 from assocmem.forensic.data.pipeline import gray_where
 from assocmem.forensic.data.postprocess import PostProcessConfig, postprocess
 

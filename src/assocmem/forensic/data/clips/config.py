@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from assocmem.forensic.checks import whole_number
 from assocmem.forensic.data.config import FORMAT_VERSION, BenchmarkConfig
-from assocmem.forensic.data.families import whole_number
 
 __all__ = ["CLIP_FORMAT_VERSION", "ClipConfig"]
 
