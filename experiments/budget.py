@@ -50,18 +50,39 @@ def tail_fall(history: Sequence[dict[str, Any]], tail: float = TAIL) -> float | 
     return before[-1] - last
 
 
-def budget_verdict(falls: Sequence[float], finals: Sequence[float]) -> str:
-    """One sentence: the mean tail fall against the seed spread (std) of the final loss."""
+def tail_window(history: Sequence[dict[str, Any]], tail: float = TAIL) -> float | None:
+    """The share of the run's steps that :func:`tail_fall` measures over: ``tail`` when an
+    evaluation falls on the window's start, more when the evaluations are sparse (evaluations at
+    steps 0 and 20 only: the whole run); ``None`` where ``tail_fall`` is.
+
+    >>> tail_window([{"step": 0, "val_loss": 3.0}, {"step": 100, "val_loss": 1.0}])
+    1.0
+    """
+    if tail_fall(history, tail) is None:
+        return None
+    steps = [r["step"] for r in history if "val_loss" in r]
+    start = max(s for s in steps[:-1] if s <= (1 - tail) * steps[-1])
+    return 1.0 - start / steps[-1] if steps[-1] else 1.0
+
+
+def budget_verdict(falls: Sequence[float], finals: Sequence[float], window: float = TAIL) -> str:
+    """One sentence: the mean tail fall against the seed spread (std) of the final loss.
+    ``window``: the widest share of the steps the falls were measured over
+    (:func:`tail_window`); the sentence names it, and says so where it is wider than the tail
+    (it read "the last 20 %" of a run whose only evaluations were its first and last)."""
     if not falls:
         return "has no evaluation curve to judge the budget by"
     fall = statistics.mean(falls)
-    text = f"fell {fall:.3g} over the last {TAIL:.0%} of its steps (mean over {len(falls)} seeds)"
+    over = f"the last {window:.0%} of its steps" + (
+        f" (its evaluations are too sparse for the last {TAIL:.0%})" if window > TAIL + 1e-9 else ""
+    )
+    text = f"fell {fall:.3g} over {over} (mean over {len(falls)} seeds)"
     if len(finals) < 2:
         return text + "; one seed, so no spread to compare it with"
     spread = statistics.stdev(finals)
     if fall < -spread:  # not flattened either: the curve turned up (the sign was ignored)
         return (
-            f"rose {-fall:.3g} over the last {TAIL:.0%} of its steps (mean over {len(falls)} "
+            f"rose {-fall:.3g} over {over} (mean over {len(falls)} "
             f"seeds), more than the seed spread of its final loss ({spread:.3g}): not converged "
             "(rising at the end: overfitting or an unstable lr), the target is not its best loss"
         )

@@ -20,12 +20,14 @@ never stops the sweep.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shlex
 import statistics
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,13 +153,43 @@ def compare(cfg: DictConfig, command: str | None = None) -> Path:
     # come from several invocations (a re-run into the same out_dir, interrupted or with other
     # seeds, leaves the last one's runs beside this one's).
     run_id = uuid.uuid4().hex
+    root.mkdir(parents=True, exist_ok=True)
+    with _sole_writer(root):
+        return _compare(cfg, command, root, run_id)
+
+
+@contextlib.contextmanager
+def _sole_writer(root: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``root`` while this comparison writes into it, and refuse
+    (a ``ConfigError``: exit 2, nothing touched) one that another comparison holds: two at once
+    wrote into the same ``metrics.jsonl`` files, and both ended after all their runs in a
+    traceback. Without ``fcntl`` (Windows) nothing is held."""
+    if sys.platform == "win32":
+        yield
+        return
+    import fcntl
+
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                "out_dir", str(root), "", refused="another comparison is writing into it now; "
+                "give this one its own out_dir"
+            ) from None  # fmt: skip
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _compare(cfg: DictConfig, command: str | None, root: Path, run_id: str) -> Path:
     for stale in (*root.glob("*/*/protocol.json"), *root.glob("*/step_cost.json")):
         stale.unlink()  # a re-run's old records must not outlive its new runs
     optimizers = [cfg.baseline] + [o for o in cfg.optimizers if o != cfg.baseline]
     # What this invocation will write, and (rewritten at the end) that it did: a report of a
     # comparison interrupted (Ctrl-C) halfway is refused, not shown as a complete one.
     plan = {"run_id": run_id, "tasks": list(cfg.tasks), "optimizers": optimizers}
-    root.mkdir(parents=True, exist_ok=True)
     (root / PLAN).write_text(strict_json.dumps({**plan, "complete": False}, indent=2))
     per_task = sum(
         len(configurations(o, cfg.variants)) * len(cfg.lr_factors) + len(cfg.seeds)
@@ -238,5 +270,7 @@ if __name__ == "__main__":
     check_dirs_before_hydra(sys.argv[1:], ("out_dir", "hydra.run.dir"))
     # before hydra makes out_dir/.hydra-run: a refused comparison left that folder behind, or
     # rewrote the .hydra/ record of a finished comparison in the same out_dir
-    _VALIDATED_BEFORE_HYDRA = check_jobs_before_hydra(sys.argv[1:], "compare", validate_compare)
+    _VALIDATED_BEFORE_HYDRA = check_jobs_before_hydra(
+        sys.argv[1:], "compare", validate_compare, distinct="out_dir"
+    )
     main()

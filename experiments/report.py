@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from assocmem.storage import strict_json, write_atomically  # noqa: E402
-from experiments.budget import budget_verdict, tail_fall  # noqa: E402
+from experiments.budget import TAIL, budget_verdict, tail_fall, tail_window  # noqa: E402
 from experiments.cli_files import output_path  # noqa: E402
 from experiments.loop import first_reaching  # noqa: E402
 from experiments.step_cost import time_to_target  # noqa: E402
@@ -143,17 +143,27 @@ def _read_jsonl(path: Path) -> list[Any]:
 
 
 def _check_complete(plan: dict[str, Any], tasks: dict[str, dict[str, Any]], root: Path) -> None:
-    if plan.get("complete") is True:
-        return
+    """Refuse a comparison that did not finish, and a finished one whose records are not all
+    there: every task and optimizer of the plan has its protocol, every task its step cost
+    (a removed protocol dropped its row, the baseline's read "the baseline diverged", and a
+    removed step cost "not measured", all with exit 0)."""
     missing = [
         f"{t}/{o}" for t in plan.get("tasks", []) for o in plan.get("optimizers", [])
         if o not in tasks.get(t, {})
     ]  # fmt: skip
-    raise ValueError(
-        f"{root}: the comparison did not finish (interrupted?); "
-        + (f"missing {', '.join(missing)}" if missing else "its step costs were not measured")
-        + ": run it again, into a fresh out_dir"
-    )
+    no_cost = [t for t in plan.get("tasks", []) if not (root / t / "step_cost.json").is_file()]
+    if plan.get("complete") is not True:
+        raise ValueError(
+            f"{root}: the comparison did not finish (interrupted?); "
+            + (f"missing {', '.join(missing)}" if missing else "its step costs were not measured")
+            + ": run it again, into a fresh out_dir"
+        )
+    if missing or no_cost:
+        lost = [f"{m}/protocol.json" for m in missing] + [f"{t}/step_cost.json" for t in no_cost]
+        raise ValueError(
+            f"{root}: the comparison finished but {', '.join(lost)} "
+            f"{'is' if len(lost) == 1 else 'are'} missing (removed?): run it again"
+        )
 
 
 def load_step_costs(root: Path) -> dict[str, dict[str, Any]]:
@@ -307,8 +317,10 @@ def budget_line(optimizers: dict[str, dict[str, Any]], baseline: str) -> str:
         (s, h) for s, h in optimizers.get(baseline, {"runs": []})["runs"] if s["status"] == "ok"
     ]
     falls = [f for _, h in runs if (f := tail_fall(h)) is not None]
+    window = max((w for _, h in runs if (w := tail_window(h)) is not None), default=TAIL)
     finals = [s["final"]["val_loss"] for s, _ in runs]
-    return f"Budget: tuned `{baseline}`'s validation loss {budget_verdict(falls, finals)}."
+    verdict = budget_verdict(falls, finals, window)
+    return f"Budget: tuned `{baseline}`'s validation loss {verdict}."
 
 
 def zero_shot_table(optimizers: dict[str, dict[str, Any]]) -> list[str]:

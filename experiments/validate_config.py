@@ -95,7 +95,10 @@ def check_dirs_before_hydra(argv: Sequence[str], keys: Sequence[str]) -> None:
 
 
 def check_jobs_before_hydra(
-    argv: Sequence[str], config_name: str, check: Callable[[DictConfig], None]
+    argv: Sequence[str],
+    config_name: str,
+    check: Callable[[DictConfig], None],
+    distinct: str | None = None,
 ) -> bool:
     """Run ``check`` on the config of every job the command line names (each combination of a
     ``-m`` sweep's values), composed from ``experiments/conf``, and exit with its config error
@@ -103,8 +106,10 @@ def check_jobs_before_hydra(
     before the job's own checks run, so a refused value left a stray folder, or rewrote the
     ``.hydra/`` files of an earlier run in the same folder, and in a sweep the jobs before the
     bad one had run. A command line this does not read (hydra flags other than ``-m``, sweeps
-    it cannot list, such as an optuna interval) is left to the jobs' own checks. Returns whether
-    every job was checked."""
+    it cannot list, such as an optuna interval) is left to the jobs' own checks. ``distinct``:
+    a key whose value no two jobs may share (``out_dir`` of ``compare``: the second job of a
+    sweep wiped the first one's records and wrote its report section over the first's).
+    Returns whether every job was checked."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -124,13 +129,29 @@ def check_jobs_before_hydra(
         ]
     except (HydraException, OmegaConfBaseException, ValueError):
         return False  # hydra says what is wrong with the command line itself
+    taken: dict[str, int] = {}
     with initialize_config_dir(str(Path(__file__).with_name("conf")), version_base=None):
-        for job in itertools.product(*choices):
+        for number, job in enumerate(itertools.product(*choices)):
             try:
                 cfg = compose(config_name, overrides=list(job))
             except (HydraException, OmegaConfBaseException):
                 return False  # an unknown group or key: hydra's own error, as it starts
             exit_on_error(check, cfg)
+            if distinct is None:
+                continue
+            try:
+                where = str(Path(str(_get(cfg, distinct))).expanduser().resolve())
+            except ConfigError:
+                return False  # resolved only by hydra (${hydra:job.num}): distinct per job
+            if where in taken:
+                print(
+                    f"config error: {distinct} = {where!r}: refused: jobs {taken[where]} and "
+                    f"{number} of the sweep both write it (the second would wipe the first's "
+                    f"records); give each job its own {distinct}",
+                    file=sys.stderr,
+                )
+                raise SystemExit(2)
+            taken[where] = number
     return True
 
 
@@ -321,6 +342,21 @@ def _check_override_keys(overrides: Iterable[str], run: DictConfig | None = None
             )
 
 
+def _check_unknown_keys(cfg: DictConfig, config_name: str) -> None:
+    """Refuse a top-level key the config file does not have (``+lr_factor=[1,2]`` for
+    ``lr_factors``, ``+step=5``): hydra adds a key given with ``+``, and the run went on with
+    the defaults, exit 0. Keys inside a group (``optimizer.factory.*``: a preset refuses what
+    it does not take) and ``variants`` (free by design) are not this check's."""
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / f"{config_name}.yaml"))
+    groups = [next(iter(d)) for d in raw.pop("defaults", []) if isinstance(d, dict)]
+    known = set(raw) | set(groups)
+    if extra := sorted(set(cfg) - known - {"hydra"}):
+        raise ConfigError(
+            extra[0], _get(cfg, extra[0]), "", refused=f"not a key of conf/{config_name}.yaml "
+            f"(a typo? its keys: {', '.join(sorted(known))})"
+        )  # fmt: skip
+
+
 def _group_names(group: str) -> set[str]:
     return {p.stem for p in (CONF / group).glob("*.yaml")}
 
@@ -338,7 +374,18 @@ def validate_run(cfg: DictConfig) -> None:
         or not math.isfinite(target)
     ):
         raise ConfigError("target", target, "null or a finite number")
-    _positive("optimizer.lr", _get(cfg, "optimizer.lr"))
+    lr = _positive("optimizer.lr", _get(cfg, "optimizer.lr"))
+    factory_lr = _get(cfg, "optimizer.factory.lr")
+    if factory_lr is not None and factory_lr != lr:
+        # the run trained at factory.lr and named optimizer.lr in its folder, log and summary
+        raise ConfigError(
+            "optimizer.factory.lr",
+            factory_lr,
+            "",
+            refused=f"it is ${{..lr}} (optimizer.lr = {lr}, which the run's folder and records "
+            "name): set optimizer.lr",
+        )
+    _check_unknown_keys(cfg, "config")
     _check_optimizer(cfg)
     if _get(cfg, "task.build.data") is not None:  # a forensic task: it reads cfg.data
         _check_data(cfg)
@@ -479,6 +526,7 @@ def validate_compare(cfg: DictConfig) -> None:
             _get(cfg, "name"),
             "letters, digits, '.', '_' or '-' (a section's name), not 'contents'",
         ) from None
+    _check_unknown_keys(cfg, "compare")
     tasks = _names(cfg, "tasks", _group_names("task"))
     variants = _variants(cfg)
     optimizers = _names(cfg, "optimizers", _group_names("optimizer") | set(variants))
@@ -555,6 +603,11 @@ def validate_compare(cfg: DictConfig) -> None:
                 raise ConfigError(
                     "overrides", list(overrides), f"valid overrides ({first})"
                 ) from None
+            if _get(run_cfg, "task.steps") == 0:  # every lr tied, and a "best" was chosen
+                raise ConfigError(
+                    "overrides", list(overrides), "task.steps >= 1 in a comparison (0 steps: "
+                    f"every lr of task {task} ties on the untrained model)"
+                )  # fmt: skip
             base_lr = run_cfg.optimizer.lr
             # compare.tune runs the lr base * factor at 6 significant digits: two factors that
             # round together ran one lr twice into one folder and shrank the grid (an audit)

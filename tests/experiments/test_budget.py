@@ -51,3 +51,18 @@ def test_a_loss_that_rose_beyond_the_seed_spread_is_not_called_flattened():
     assert "more than the seed spread of its final loss (0.0707): not converged" in verdict
     # a rise within the seed spread is noise, as a fall within it is
     assert budget_verdict([-0.05, -0.07], [1.0, 1.2, 1.1]).endswith("flattened")
+
+
+def test_the_verdict_names_the_window_it_measured_over():
+    # evaluations at steps 0 and 20 only: the fall is the whole run's, and the report read
+    # "over the last 20% of its steps ... still falling" (an audit)
+    from experiments.budget import tail_window
+
+    sparse = [{"step": 0, "val_loss": 3.0}, {"step": 20, "val_loss": 1.0}]
+    assert tail_window(sparse) == 1.0
+    assert tail_window(curve([3.0, 2.0, 1.0, 0.5, 0.4, 0.3])) == pytest.approx(0.2)
+    assert tail_window(curve([2.0])) is None
+    verdict = budget_verdict([2.0, 2.1], [1.0, 1.2], window=1.0)
+    assert verdict.startswith("fell 2.05 over the last 100% of its steps (its evaluations are")
+    assert "too sparse for the last 20%" in verdict
+    assert "sparse" not in budget_verdict([2.0, 2.1], [1.0, 1.2])  # the tail itself

@@ -345,6 +345,17 @@ def test_a_rerun_into_the_same_folder_reports_only_its_own_runs(tmp_path):
     with pytest.raises(ValueError, match="did not finish"):
         load_runs(tmp_path)
     plan_file.write_text(json.dumps(plan))
+    # a finished comparison with a record removed: the row was dropped, the baseline's read
+    # "the baseline diverged", the step cost "not measured", each with exit 0 (an audit)
+    for lost in ("quadratic/delta/protocol.json", "quadratic/adam/protocol.json",
+                 "quadratic/step_cost.json"):  # fmt: skip
+        record = tmp_path / lost
+        saved = record.read_text()
+        record.unlink()
+        with pytest.raises(ValueError, match=f"finished but {lost} is missing"):
+            load_runs(tmp_path)
+        record.write_text(saved)
+    load_runs(tmp_path)
     # an interrupted re-run: one optimizer's protocol from another invocation
     delta = tmp_path / "quadratic" / "delta" / "protocol.json"
     delta.write_text(json.dumps({**json.loads(delta.read_text()), "run_id": "another"}))
@@ -562,3 +573,36 @@ def test_a_linked_markdown_file_updates_the_file_it_links_to(small_comparison, t
     link.symlink_to(target)
     write_report(small_comparison, link, tmp_path / "plots", "smoke")
     assert link.is_symlink() and "<!-- report:smoke:begin -->" in target.read_text()
+
+
+def test_a_sweep_whose_jobs_share_an_out_dir_is_refused_before_any_run(tmp_path):
+    # the second job wiped the first one's protocols and wrote its report section over the
+    # first's, exit 0 (an audit)
+    cmd = [sys.executable, "-m", "experiments.compare", "-m", "+experiment=smoke",
+           f"out_dir={tmp_path / 'one'}", "seeds=[0,1],[2,3]"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "jobs 0 and 1 of the sweep both write it" in done.stderr
+    assert not (tmp_path / "one").exists()
+
+
+def test_a_comparison_refuses_an_out_dir_another_one_is_writing(tmp_path):
+    # two at once wrote into the same metrics.jsonl files and both ended in a traceback
+    import fcntl
+
+    from hydra import compose, initialize_config_dir
+
+    from experiments.compare import compare
+    from experiments.validate_config import ConfigError
+
+    with initialize_config_dir(str(REPO / "experiments" / "conf"), version_base=None):
+        cfg = compose("compare", overrides=["+experiment=smoke", f"out_dir={tmp_path}"])
+    (tmp_path / "plan.json").write_text('{"kept": true}')
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the other comparison
+        with pytest.raises(ConfigError, match="another comparison is writing into it now"):
+            compare(cfg, "cmd")
+    finally:
+        os.close(fd)
+    assert (tmp_path / "plan.json").read_text() == '{"kept": true}'  # nothing touched

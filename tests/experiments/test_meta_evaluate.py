@@ -77,6 +77,7 @@ def test_a_family_the_shipped_checkpoint_was_trained_on_is_refused(monkeypatch, 
         (["--long-steps", "0"], "--long-steps must be >= 1"),  # was 10x the horizon
         (["--seeds", "0"], "--seeds must be >= 1"),  # a StatisticsError after the runs
         (["--steps", "-3"], "--steps must be >= 1, got -3"),  # fit's ValueError
+        (["--lr-extensions", "-1"], "--lr-extensions must be >= 0"),
     ],
 )
 def test_counts_below_one_are_usage_errors(monkeypatch, capsys, argv, message):
@@ -133,3 +134,27 @@ def test_without_a_record_nothing_is_claimed_held_out(tmp_path, monkeypatch, cap
     assert "horizons on" not in text  # no made-up provenance
     # logistic has no eval_loss: said, not printed as nan
     assert "no validation loss for this family" in text and "nan ±" not in text
+
+
+def test_a_best_lr_on_the_grids_edge_is_tuned_past_it_and_said(monkeypatch):
+    # Adam's best was the top of its grid (0.03, unextended) and the table called it tuned
+    # Adam (an audit); the sweep now extends past an edge as the comparisons do, and says where
+    # its best lies
+    tried = []
+
+    def fake(family, seed, make, steps):
+        lr = make
+        tried.append(lr)
+        return {"train_loss": (lr - 0.1) ** 2}  # the optimum, 0.1, lies past 0.03
+
+    monkeypatch.setattr(meta_evaluate, "evaluate_on_task", fake)
+    grid = (1e-3, 3e-3, 1e-2, 3e-2)
+    best, runs, note = meta_evaluate._sweep("f", [0], 5, "adam", lambda lr: lr, grid, 2)
+    assert sorted(set(tried)) == [1e-3, 3e-3, 1e-2, 3e-2, 0.09, 0.27]
+    assert best == 0.09 and runs == [{"train_loss": (0.09 - 0.1) ** 2}]
+    assert note == "adam: best lr 0.09 of 6 tried (2 past the grid's edges)"
+    tried.clear()
+    best, _, note = meta_evaluate._sweep("f", [0], 5, "adam", lambda lr: lr, grid, 1)
+    assert best == 0.09 and note.endswith("still at the high edge: a better lr may lie beyond it")
+    best, _, note = meta_evaluate._sweep("f", [0], 5, "adam", lambda lr: lr, (0.05, 0.1, 0.3), 2)
+    assert best == 0.1 and note == "adam: best lr 0.1 of 3 tried (0 past the grid's edges)"

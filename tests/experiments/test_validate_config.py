@@ -58,6 +58,10 @@ BAD_RUNS = [
     # The rest group's own options are checked by the optimizer, before the task is built.
     (["optimizer=muon", "optimizer.split.rest.memory=nope"], "optimizer.factory = 'muon': refused"),
     (["optimizer=muon", "+optimizer.split.rest.momentum=0.9"], "optimizer.factory = 'muon'"),
+    # trained at lr 5 while the folder, log and summary said 0.01 (an audit)
+    (["optimizer.factory.lr=5"], "optimizer.factory.lr = 5: refused: it is ${..lr}"),
+    # a key hydra added with "+" and the run ignored, exit 0 (an audit)
+    (["+step=5"], "step = 5: refused: not a key of conf/config.yaml"),
 ]
 
 
@@ -160,6 +164,9 @@ def test_every_shipped_optimizer_config_is_valid(optimizer):
             "overrides = 'optimizer.factory={_target_:torch.optim.Adam,_partial_:true,lr:1e-5}': "
             "expected overrides of keys the protocol does not set",
         ),
+        # 0 steps: every lr tied on the untrained model, and a "best" was chosen (an audit)
+        (['overrides=["task.steps=0"]'], "overrides = ['task.steps=0']: expected task.steps >= 1"),
+        (["+lr_factor=[1,2]"], "lr_factor = [1, 2]: refused: not a key of conf/compare.yaml"),
     ],
 )
 def test_bad_compare_override_is_named(tmp_path, overrides, message):
