@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from experiments.validate_config import Named, output_clash
 
-__all__ = ["input_path", "output_path", "reads_files", "refuse_clashes"]
+__all__ = ["input_path", "output_folder", "output_path", "reads_files", "refuse_clashes"]
 
 T = TypeVar("T", bound=Callable[..., Any])
 
@@ -40,6 +40,17 @@ def output_path(text: str) -> Path:
             if not os.access(folder, os.W_OK):
                 raise argparse.ArgumentTypeError(f"{path}: cannot write in {folder}")
             break
+    return path
+
+
+def output_folder(text: str) -> Path:
+    """argparse ``type`` of a folder a command writes files into as it goes (``--save-weights``,
+    ``--save-encoders``): one that is a file, or lies under a file or in a folder that cannot be
+    written, is a usage error at once, not a traceback when the first run's training is done."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder")
+    output_path(str(path / "file"))  # the folders above it
     return path
 
 

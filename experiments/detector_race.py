@@ -49,6 +49,7 @@ from experiments.cli_files import input_path, output_path, refuse_clashes
 from experiments.lr_grid import edge_side
 from experiments.report import refuse_unreplaceable, replace_section
 from experiments.step_cost import measure, time_to_target
+from experiments.validate_config import same_file
 
 BASELINE = "adam"
 # The evaluation interval of the first races (the runs' CLIs' default); others name their
@@ -789,10 +790,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=output_path, help="write the rows and step costs here")
     parser.add_argument("--write", type=output_path, help="markdown file whose section to refresh")
     args = parser.parse_args(argv)
-    # before anything is read or measured: --json onto a --runs record wrote over it
-    refuse_clashes(parser, args)
-    if args.processes < 1:
-        parser.error(f"--processes must be >= 1, got {args.processes}")
+    # before anything is read or measured: --json onto a --runs record wrote over it. --json
+    # may be --costs-from: a re-render reads the costs and writes them back (the documented
+    # Regenerate lines of docs/results.md do that)
+    checked = argparse.Namespace(**vars(args))
+    if args.json and args.costs_from and same_file(args.json, args.costs_from):
+        checked.costs_from = None
+    refuse_clashes(parser, checked)
+    for option in ("processes", "samples", "span", "threads"):  # after the work, tracebacks
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} must be >= 1, got {getattr(args, option)}")
     try:  # a missing or malformed record, or a name with no runs, is a usage error
         runs = load_runs(args.runs)
         chosen = {
@@ -826,6 +833,12 @@ def main(argv: list[str] | None = None) -> None:
         rows = race(*pair)
         if not rows:
             raise ValueError(f"no seed to race: {'; '.join(unraced_seeds(*pair))}")
+        if at_zero := [r["seed"] for r in rows if r["baseline_steps"] == 0]:
+            # the ratio divided by zero, after the step cost was measured
+            raise ValueError(
+                f"seeds {at_zero}: Adam's best validation loss is at step 0, before any "
+                "training: there is no target to race to (check those runs' lr and curves)"
+            )
         interval = race_interval(rows)
     except ValueError as e:
         parser.error(str(e))

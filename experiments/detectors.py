@@ -46,7 +46,7 @@ from assocmem.forensic.train import fake_probability, train_detector
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.optim import param_groups
 from assocmem.storage import read_safetensors, strict_json, write_safetensors
-from experiments.cli_files import input_path, output_path, refuse_clashes
+from experiments.cli_files import input_path, output_folder, output_path, refuse_clashes
 from experiments.report import refuse_unreplaceable, replace_section
 from experiments.validate_config import CONF
 
@@ -851,7 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=output_path, help="write every run's report here")
     parser.add_argument(
         "--save-weights",
-        type=weights_folder,
+        type=output_folder,
         help="write each run's kept weights to this folder (for experiments.detector_ensemble)",
     )
     parser.add_argument("--progress", action="store_true")
@@ -862,17 +862,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="only write the table, from the --json files of earlier runs (e.g. run in parallel)",
     )
     return parser
-
-
-def weights_folder(text: str) -> Path:
-    """argparse ``type`` of ``--save-weights``: a folder that is a file, or lies under a file or
-    in a folder that cannot be written, is a usage error at once, not a traceback when the
-    first run's training is done (``report.output_path``'s checks, for a folder)."""
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder")
-    output_path(str(path / "weights.safetensors"))  # the folders above it
-    return path
 
 
 def _records(path: Path) -> list[dict[str, Any]]:

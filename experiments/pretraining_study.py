@@ -44,7 +44,7 @@ from assocmem.forensic.models.pretrain import MaskedPretrainer
 from assocmem.forensic.protocol import FamilySplit, balanced, linear_probe_scorer, zero_shot_report
 from assocmem.forensic.train import pretrain, score
 from assocmem.storage import read_safetensors, strict_json, write_safetensors
-from experiments.cli_files import input_path, output_path, refuse_clashes
+from experiments.cli_files import input_path, output_folder, output_path, refuse_clashes
 from experiments.detectors import (
     HELDOUT,
     MODELS,
@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
         "pretraining one; --arms then only labels the runs",
     )
     parser.add_argument(
-        "--save-encoders", type=Path, help="write each pretrained encoder here (ARM-seedS)"
+        "--save-encoders", type=output_folder, help="write each pretrained encoder here (ARM-seedS)"
     )
     parser.add_argument(
         "--no-probe", action="store_true", help="skip the probe (fine-tuning runs only)"

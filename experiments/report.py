@@ -419,11 +419,33 @@ def check_section_name(name: str) -> str:
     return name
 
 
+# files a section is never written into: the records, weights and tables the commands write
+NOT_MARKDOWN = (".json", ".jsonl", ".yaml", ".yml", ".safetensors", ".npz", ".pt", ".csv")
+
+
 def check_markers(markdown: Path, name: str) -> None:
     """A ``ValueError`` now if section ``name`` of ``markdown`` (when it exists) could not be
-    replaced later (lone or repeated markers): before a sweep, not after it."""
+    replaced later (lone or repeated markers), or if ``markdown`` is no markdown file (a
+    record's suffix, or JSON inside): before a sweep, not after it."""
+    _refuse_non_markdown(markdown, markdown.read_text() if markdown.is_file() else "")
     if markdown.is_file():
         _replaced(markdown.read_text(), name, "")
+
+
+def _refuse_non_markdown(markdown: Path, text: str) -> None:
+    """``--write`` onto a ``--json`` record appended a section to it, exit 0, and the record
+    no longer parsed (an audit: one swapped flag, hours of records)."""
+    if Path(markdown).suffix.lower() in NOT_MARKDOWN:
+        raise ValueError(
+            f"{markdown}: a {Path(markdown).suffix} file is a record, not markdown; write the "
+            "section into a .md file"
+        )
+    if text.lstrip()[:1] in ("[", "{"):
+        try:
+            json.loads(text)
+        except ValueError:
+            return
+        raise ValueError(f"{markdown} holds JSON (a record?), not markdown; write into a .md file")
 
 
 def write_json(path: Path, record: Any) -> None:
@@ -528,6 +550,7 @@ def replace_section(markdown: Path, name: str, body: str) -> None:
     markdown.parent.mkdir(parents=True, exist_ok=True)
     with _folder_lock(markdown.parent):
         text = markdown.read_text() if markdown.exists() else "# Results\n"
+        _refuse_non_markdown(markdown, text)
         text = _replaced(text, name, body)
         if CONTENTS_BEGIN in text:
             text = _replaced(text, CONTENTS, contents(text))

@@ -532,3 +532,46 @@ def test_a_section_that_could_not_be_replaced_is_refused_before_the_step_cost(
     with pytest.raises(SystemExit):
         main(["--runs", str(tmp_path / "runs.json"), "--write", str(tmp_path / "r.md")])
     assert "1 begin and 0 end markers" in capsys.readouterr().err and not measured
+
+
+def test_a_race_adam_won_at_step_0_and_bad_counts_are_usage_errors(tmp_path, capsys, monkeypatch):
+    # the ratio divided by zero after the step cost was measured; --samples/--span/--threads 0
+    # were tracebacks after the records were read (an audit)
+    import experiments.detector_race as detector_race
+
+    runs = [
+        _run("adam", 3e-3, 0, [(0, 0.7), (500, 0.41)]),
+        _run("muon/split", 2e-2, 0, [(0, 0.7), (500, 0.38)]),
+    ]
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps(runs))
+    for option in ("--samples", "--span", "--threads", "--processes"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--runs", str(path), option, "0"])
+        assert exit_info.value.code == 2
+        assert f"{option} must be >= 1, got 0" in capsys.readouterr().err
+    real_race = detector_race.race
+    monkeypatch.setattr(
+        detector_race,
+        "race",
+        lambda *a: [{**row, "baseline_steps": 0} for row in real_race(*a)],
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--runs", str(path), "--no-step-cost"])
+    assert exit_info.value.code == 2
+    assert "seeds [0]: Adam's best validation loss is at step 0" in capsys.readouterr().err
+
+
+def test_a_rerender_may_write_its_record_over_the_costs_it_read(tmp_path):
+    # the documented Regenerate lines pass one file to --json and --costs-from; the clash
+    # check refused them
+    runs = [
+        _run("adam", 3e-3, 0, [(0, 0.7), (500, 0.41)]),
+        _run("muon/split", 2e-2, 0, [(0, 0.7), (500, 0.38)]),
+    ]
+    path, record = tmp_path / "runs.json", tmp_path / "race.json"
+    path.write_text(json.dumps(runs))
+    main(["--runs", str(path), "--no-step-cost", "--json", str(record)])
+    first = json.loads(record.read_text())
+    main(["--runs", str(path), "--json", str(record), "--costs-from", str(record)])
+    assert json.loads(record.read_text())["rows"] == first["rows"]

@@ -203,7 +203,7 @@ def test_matched_frequency_arms_differ_from_the_pixel_arm_only_in_domain_and_dc(
         (["--encoder", "{tmp}/afile", "--save-encoders", "{tmp}/e"], "nothing to save"),
         (["--arms", "none", "--save-encoders", "{tmp}/e"], "do not pretrain, nothing to save"),
         # an output that is an input: the records were overwritten with markdown
-        (["--from-json", "{tmp}/runs.json", "--write", "{tmp}/runs.json"], "is also --from-json"),
+        (["--from-json", "{tmp}/runs.json", "--write", "{tmp}/runs.json"], "not markdown"),
         (["--from-json", "{tmp}/runs.json", "--json", "{tmp}/runs.json"], "is also --from-json"),
     ],
 )
@@ -309,3 +309,15 @@ def test_from_json_refuses_records_that_are_not_study_runs(tmp_path, capsys):
     (tmp_path / "noprobe.json").write_text(json.dumps([no_probe]))
     main(["--from-json", str(tmp_path / "noprobe.json")])
     assert "| pixel | 1 | 0 | – | – | 0.800 | 0.700 |" in capsys.readouterr().out
+
+
+def test_save_encoders_onto_a_file_is_refused_before_pretraining(tmp_path, capsys):
+    # a NotADirectoryError traceback once pretraining had finished (an audit)
+    from experiments.pretraining_study import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--tiny", "--save-encoders", str(afile)])
+    assert exit_.value.code == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -263,3 +263,26 @@ def test_read_runs_names_the_file_it_cannot_read_as_run_records(tmp_path):
     (tmp_path / "folder").mkdir()
     with pytest.raises(ValueError, match="folder: not a readable records file"):
         read_runs(tmp_path / "folder")
+
+
+def test_a_section_is_never_written_into_a_record(tmp_path):
+    # --write onto a --json record appended a section to it, exit 0, and the record no longer
+    # parsed (an audit: one swapped flag)
+    from experiments.report import check_markers
+
+    record = tmp_path / "runs.json"
+    record.write_text('[{"seed": 0}]')
+    disguised = tmp_path / "runs.txt"  # JSON under another name
+    disguised.write_text('[{"seed": 0}]\n')
+    for path, match in ((record, "a .json file is a record"), (disguised, "holds JSON")):
+        with pytest.raises(ValueError, match=match):
+            check_markers(path, "a")
+        with pytest.raises(ValueError, match=match):
+            replace_section(path, "a", "body")
+    assert record.read_text() == '[{"seed": 0}]' and disguised.read_text() == '[{"seed": 0}]\n'
+    with pytest.raises(ValueError, match="a .safetensors file is a record"):
+        check_markers(tmp_path / "w.safetensors", "a")  # not there yet: refused by its name
+    prose = tmp_path / "notes.txt"  # text that is not JSON takes a section
+    prose.write_text("[draft] notes\n")
+    replace_section(prose, "a", "body")
+    assert "<!-- report:a:begin -->" in prose.read_text()
