@@ -717,11 +717,32 @@ def family_metric(report: dict[str, Any], family: str, key: str = "auc") -> floa
     return math.nan
 
 
+def _row_key(run: dict[str, Any]) -> tuple[str, str]:
+    # one row per recipe: the same optimizer at another learning rate is another row
+    return run_label(run), f"{run['optimizer']} (lr {run['lr']:g})"
+
+
+def seed_twice_in_a_row(runs: list[dict[str, Any]]) -> str | None:
+    """Why ``runs`` cannot make the table, or ``None``: a row (one recipe) holding a seed twice.
+    Records of two commands that differ only in what a record does not hold (batch size, step
+    cap) shared a row, one seed counted twice in its mean and spread (an audit)."""
+    seen: dict[tuple[tuple[str, str], Any, str], str] = {}
+    for run in runs:
+        key = (_row_key(run), run.get("seed"), run.get("views", "one"))
+        if key in seen:
+            return (
+                f"--from-json: the row {key[0][0]} / {key[0][1]} holds seed {key[1]} twice (from "
+                f"`{seen[key]}` and `{run.get('command', '?')}`): a row is one recipe, each "
+                "seed once; render those runs apart"
+            )
+        seen[key] = run.get("command", "?")
+    return None
+
+
 def markdown(runs: list[dict[str, Any]], command: str, target_fpr: float) -> str:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in runs:
-        # one row per recipe: the same optimizer at another learning rate is another row
-        groups.setdefault((run_label(r), f"{r['optimizer']} (lr {r['lr']:g})"), []).append(r)
+        groups.setdefault(_row_key(r), []).append(r)
     pct = f"{100 * target_fpr:g} %"
     trained, heldout = split_prose(runs)
     lines = [
@@ -1023,6 +1044,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"--from-json holds the same run ({', '.join(RUN_IDENTITY)}) more than once "
                 f"(a file named twice, or a copy): {twice}"
             )
+        if problem := seed_twice_in_a_row(runs):
+            parser.error(problem)
         try:
             target = from_json_target(runs, args.target_fpr, parser.get_default("target_fpr"))
         except ValueError as error:

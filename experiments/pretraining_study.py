@@ -367,6 +367,18 @@ def study_records(paths: list[Path]) -> list[dict[str, Any]]:
             "--from-json holds the same run (command, arm, seed, average) more than once "
             "(a file named twice, or a copy): each seed would be counted twice"
         )
+    # runs of two commands share a row by arm (and average): one seed twice there was counted
+    # twice in its mean and spread (an audit)
+    rows: dict[tuple[Any, Any, Any], Any] = {}
+    for r in runs:
+        key = (r["arm"], r.get("average"), r["seed"])
+        if key in rows:
+            raise ValueError(
+                f"--from-json: the {r['arm']} row holds seed {r['seed']} twice (from "
+                f"`{rows[key]}` and `{r.get('command', '?')}`): a row is one recipe, each seed "
+                "once; render those runs apart"
+            )
+        rows[key] = r.get("command", "?")
     return runs
 
 

@@ -93,6 +93,13 @@ def test_a_table_from_records_refuses_to_count_a_run_twice(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["--from-json", *map(str, paths)])
         assert says in capsys.readouterr().err
+    # seed 0 of another command (a batch size or step cap the record does not hold) shared
+    # the row and was counted as a third seed (an audit)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{**run, "command": "python -m experiments.detectors --seeds 0"}]))
+    with pytest.raises(SystemExit):
+        main(["--from-json", str(a), str(other)])
+    assert "holds seed 0 twice" in capsys.readouterr().err
 
 
 def test_the_same_optimizer_at_another_lr_is_another_row():

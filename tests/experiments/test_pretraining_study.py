@@ -298,6 +298,11 @@ def test_from_json_refuses_records_that_are_not_study_runs(tmp_path, capsys):
         "race.json": ([race], "a --pretrain-only record"),
         "empty.json": ([], "holds no runs"),
         "twice.json": ([run("pixel", 0, 0.8), run("pixel", 0, 0.8)], "more than once"),
+        # seed 0 of another command shared the pixel row and counted as a second seed (an audit)
+        "two_commands.json": (
+            [run("pixel", 0, 0.8), {**run("pixel", 0, 0.7), "command": "another"}],
+            "the pixel row holds seed 0 twice",
+        ),
     }
     for name, (content, message) in cases.items():
         (tmp_path / name).write_text(json.dumps(content))
