@@ -102,6 +102,10 @@ TRAIN_POSTPROCESS: dict[str, Callable[[Any], PostProcessConfig]] = {
     "none": lambda bench: PostProcessConfig.none(),
 }
 # what tells two runs of a --from-json table apart: a file copied or named twice repeats all of it
+# What --from-json reads besides the records: where the section goes, and the rate the runs
+# were calibrated for (checked against theirs); --progress shows nothing there and is harmless
+FROM_JSON_READS = frozenset({"from_json", "write", "target_fpr", "progress"})
+
 RUN_IDENTITY = ("command", "model", "optimizer", "lr", "seed", "views", "seen", "patch_size")
 
 # The detectors a checkpoint can hold: name -> (architecture in the checkpoint format's
@@ -1029,6 +1033,17 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m experiments.detectors " + " ".join(sys.argv[1:] if argv is None else argv)
     refuse_clashes(parser, args)  # before anything is read or run
     if args.from_json:
+        # no training: an option that would shape the runs, or --json / --save-weights, was
+        # accepted and ignored (and written into the section's "then" command)
+        ignored = [
+            "--" + dest.replace("_", "-")
+            for dest, value in vars(args).items()
+            if dest not in FROM_JSON_READS and value != parser.get_default(dest)
+        ]
+        if ignored:
+            parser.error(
+                f"--from-json renders the runs it is given; it does not read {', '.join(ignored)}"
+            )
         try:
             runs = [run for path in args.from_json for run in _records(path)]
         except (OSError, ValueError) as error:

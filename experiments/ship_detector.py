@@ -548,6 +548,14 @@ def refuse_out_clashes(parser: argparse.ArgumentParser, args: argparse.Namespace
         refuse_clashes(parser, args, outputs=checkpoint, inputs=[] if replaced else shipped)
 
 
+# What only a training run reads: with --members (an ensemble of trained weights, no training)
+# a command that sets one shipped the members and recorded the flag in its Regenerate line
+TRAINING_ONLY = (
+    "model", "optimizer", "lr", "seed", "max_steps", "eval_every", "patience", "average",
+    "attribution", "lr_drops", "paired", "train_postprocess", "real_consistency", "batch_size",
+    "workers",
+)  # fmt: skip
+
 # What --table-only reads: the checkpoint (--out) and where the section goes; the rest of these
 # shape nothing in the table (the benchmark is not built).
 TABLE_ONLY_READS = frozenset({"table_only", "out", "write", "progress", "tiny", "cache_dir"})
@@ -575,6 +583,17 @@ def main(argv: list[str] | None = None) -> None:
         )
     if not args.table_only and (problem := bad_out(args)):
         parser.error(problem)
+    if args.members and (
+        ignored := [
+            "--" + dest.replace("_", "-")
+            for dest in TRAINING_ONLY
+            if getattr(args, dest, None) != parser.get_default(dest)
+        ]
+    ):
+        parser.error(
+            f"--members ships those weights as they were trained; it does not read "
+            f"{', '.join(ignored)} (their recipe is the members' own)"
+        )
     refuse_out_clashes(parser, args)
     if args.table_only:
         # the table is the checkpoint's own record: an option that would shape the detector is

@@ -765,3 +765,25 @@ def test_the_section_text_names_the_split_the_runs_trained_on():
     assert heldout == f"Held-out families {', '.join(HELDOUT)}"
     trained, heldout = split_prose([{"seen": list(SEEN)}, {"seen": [*SEEN, *HELDOUT]}])
     assert "the families its row names" in trained and "a row did not train on" in heldout
+
+
+def test_from_json_refuses_the_options_it_would_ignore(tmp_path, capsys):
+    # --json wrote nothing, --save-weights saved nothing, --models/--seeds rendered the records
+    # anyway, and each went into the section's "then" command (an audit)
+    import json
+
+    from experiments.detectors import main
+
+    run = {"command": "c", "model": "npr_bn", "optimizer": "adam", "lr": 1e-3, "seed": 0,
+           "views": "one", "report": {}}  # fmt: skip
+    records = tmp_path / "runs.json"
+    records.write_text(json.dumps([run]))
+    for extra in (["--json", str(tmp_path / "merged.json")], ["--save-weights", str(tmp_path)],
+                  ["--seeds", "5"], ["--average", "0.5"]):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            main(["--from-json", str(records), *extra])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "--from-json renders the runs it is given; it does not read" in err
+        assert extra[0] in err
+    assert not (tmp_path / "merged.json").exists()

@@ -341,3 +341,19 @@ def test_members_trained_on_another_split_are_refused(tmp_path, monkeypatch, cap
               "--out", str(out), *SMALL])  # fmt: skip
     assert err.value.code == 2 and not out.exists()
     assert "not the default seen families" in capsys.readouterr().err
+
+
+def test_members_with_training_options_are_refused_before_any_work(tmp_path, capsys):
+    # --members ships trained weights: --lr, --seed, --model, ... were accepted, ignored, and
+    # written into the section's Regenerate line (an audit)
+    members = [str(tmp_path / f"m{i}.safetensors") for i in range(2)]
+    out = tmp_path / "ens.safetensors"
+    for extra in (["--lr", "0.3"], ["--seed", "7", "--model", "smallcnn"], ["--paired"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--tiny", "--cache-dir", str(tmp_path / "c"), "--members", *members, *extra,
+                  "--out", str(out)])  # fmt: skip
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "--members ships those weights as they were trained" in err
+        assert extra[0] in err
+    assert not out.exists() and not (tmp_path / "c").exists()
