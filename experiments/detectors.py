@@ -45,9 +45,9 @@ from assocmem.forensic.protocol import FamilySplit, balanced, zero_shot_report
 from assocmem.forensic.train import fake_probability, train_detector
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.optim import param_groups
-from assocmem.storage import read_safetensors, strict_json, write_safetensors
+from assocmem.storage import read_safetensors, write_safetensors
 from experiments.cli_files import input_path, output_folder, output_path, refuse_clashes
-from experiments.report import refuse_unreplaceable, replace_section
+from experiments.report import refuse_unreplaceable, replace_section, write_json
 from experiments.validate_config import CONF
 
 
@@ -1117,7 +1117,9 @@ def main(argv: list[str] | None = None) -> None:
             # optimizers interleaved per seed, so a slow spell of the machine hits all alike
             for opt, lr in zip(args.optimizers, lrs, strict=True):
                 for run in run_one(bench, families, model, opt, lr, seed, args):
-                    runs.append(run)
+                    runs.append({**run, "command": command.strip()})
+                    if args.json:  # after every run: an interrupted sweep keeps what finished
+                        write_json(args.json, runs)
                     rep = run["report"]
                     heldout = group_mean(rep, "heldout")
                     print(
@@ -1128,13 +1130,10 @@ def main(argv: list[str] | None = None) -> None:
                         f"{run['steps']}, {run['seconds']:.0f} s)",
                         flush=True,
                     )
-    for run in runs:
-        run["command"] = command.strip()
     text = markdown(runs, f"`{command.strip()}`", args.target_fpr)
     print(text)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(strict_json.dumps(runs, indent=1, default=float))
+        write_json(args.json, runs)
     if args.write:
         replace_section(args.write, "detectors", text)
 

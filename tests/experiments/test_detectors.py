@@ -787,3 +787,27 @@ def test_from_json_refuses_the_options_it_would_ignore(tmp_path, capsys):
         assert "--from-json renders the runs it is given; it does not read" in err
         assert extra[0] in err
     assert not (tmp_path / "merged.json").exists()
+
+
+def test_an_interrupted_sweep_keeps_the_records_of_the_runs_it_finished(tmp_path, monkeypatch):
+    # --json was written only at the end: a sweep stopped after hours kept its weights and
+    # lost every report (an audit)
+    import json
+
+    import experiments.detectors as detectors
+
+    def one_run(bench, families, model, opt, lr, seed, args):
+        if seed == 1:
+            raise KeyboardInterrupt  # Ctrl-C in the second run
+        mean = {"mean": {"auc": 0.9, "tpr": 0.5}}
+        yield {"model": model, "optimizer": opt, "lr": lr, "seed": seed, "views": "one",
+               "best_step": 2, "steps": 4, "seconds": 1.0,
+               "report": {"seen": mean, "heldout": mean, "test_real_fpr": 0.05}}  # fmt: skip
+
+    monkeypatch.setattr(detectors, "run_one", one_run)
+    out = tmp_path / "runs.json"
+    with pytest.raises(KeyboardInterrupt):
+        detectors.main(["--tiny", "--cache-dir", str(tmp_path / "cache"), "--models", "npr_bn",
+                        "--seeds", "0", "1", "--json", str(out)])  # fmt: skip
+    (kept,) = json.loads(out.read_text())
+    assert kept["seed"] == 0 and kept["command"].startswith("python -m experiments.detectors")
