@@ -379,7 +379,28 @@ def study_records(paths: list[Path]) -> list[dict[str, Any]]:
                 "once; render those runs apart"
             )
         rows[key] = r.get("command", "?")
+    study_recipe(runs)  # one recipe per section: the text states it
     return runs
+
+
+def study_recipe(runs: list[dict[str, Any]]) -> tuple[str, str, float]:
+    """The pretraining optimizer, the fine-tuning optimizer and the calibrated FPR that the
+    section's text states (records written before they were kept: ``adam``, ``adam``, 5 %),
+    or a ``ValueError`` for runs that differ in them: the rows group by arm, and the text said
+    "Adam" and "5 % FPR" above runs of another optimizer and rate (an audit)."""
+    scored = [r for r in runs if "report" in r]
+    pre = {r.get("pretrain_optimizer", "adam") for r in runs if "pretrain_curve" in r}
+    fine = {f"{r.get('optimizer', 'adam')} (lr {r.get('lr', 1e-3):g})" for r in scored}
+    fprs = {r["report"].get("target_fpr", 0.05) for r in scored}
+    for what, values in (("pretraining optimizer", pre), ("fine-tuning recipe", fine),
+                         ("calibrated FPR", fprs)):  # fmt: skip
+        if len(values) > 1:
+            raise ValueError(
+                f"--from-json: the runs differ in their {what} ({sorted(values, key=str)}); a "
+                "section is one recipe: render them apart"
+            )
+    fine_opt = next(iter(fine), "adam (lr 0.001)")
+    return next(iter(pre), "adam"), fine_opt, next(iter(fprs), 0.05)
 
 
 def _ms(values: list[float], digits: int = 3) -> str:
@@ -409,7 +430,14 @@ def arm_recipe(arm: str) -> str:
     return f"`{arm}` {m['domain']} masks, ratio {m['ratio']}{dc}, loss {loss[spec['loss']]}"
 
 
+def _named(optimizer: str) -> str:
+    """An optimizer as the section's text names it: torch's Adam at the study's default lr as
+    "Adam" (the text before it named any other), else its name and lr."""
+    return "Adam" if optimizer in ("adam", "adam (lr 0.001)") else f"`{optimizer}`"
+
+
 def markdown(runs: list[dict[str, Any]], command: str) -> str:
+    pre, fine, fpr = study_recipe(runs)
     arms: dict[str, list[dict[str, Any]]] = {}
     diverged = [r for r in runs if "report" not in r]
     for r in runs:  # a weight-averaged run is another recipe: its own row
@@ -424,9 +452,10 @@ def markdown(runs: list[dict[str, Any]], command: str) -> str:
         "",
         "ViT encoder (dim 64, depth 2, 4×4 patches). Pretraining: masked reconstruction on "
         "fresh stream crops of the train photos (seen families and reals, labels unused), "
-        "Adam, the same number of steps for both masking arms. Probe: logistic regression on "
-        "the frozen features. Fine-tune: encoder + linear head on the stream, Adam, "
-        "early-stopped on validation. Threshold on validation reals for 5 % FPR; test split. "
+        f"{_named(pre)}, the same number of steps for both masking arms. Probe: logistic "
+        f"regression on the frozen features. Fine-tune: encoder + linear head on the stream, "
+        f"{_named(fine)}, early-stopped on validation. Threshold on validation reals for "
+        f"{100 * fpr:g} % FPR; test split. "
         f"Seen: {', '.join(SEEN)}; held out: {', '.join(HELDOUT)}. Mean ± std over seeds.",
         "",
         "Arms: "

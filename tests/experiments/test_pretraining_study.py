@@ -326,3 +326,23 @@ def test_save_encoders_onto_a_file_is_refused_before_pretraining(tmp_path, capsy
         main(["--tiny", "--save-encoders", str(afile)])
     assert exit_.value.code == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_the_section_names_the_recipe_its_runs_had(tmp_path):
+    # the text said "Adam" and "5 % FPR" above runs fine-tuned with muon_delta/split and
+    # calibrated for 25 %, and runs of two recipes shared a row (an audit)
+    from experiments.pretraining_study import markdown, study_recipe
+
+    def tuned(seed, optimizer="muon_delta/split", fpr=0.25):
+        r = run("pixel", seed, 0.8)
+        r["report"] = {**r["report"], "target_fpr": fpr}
+        return {**r, "optimizer": optimizer, "lr": 5e-3}
+
+    text = markdown([tuned(0), tuned(1)], "cmd")
+    assert "Fine-tune: encoder + linear head on the stream, `muon_delta/split (lr 0.005)`" in text
+    assert "Threshold on validation reals for 25 % FPR" in text
+    legacy = markdown([run("pixel", 0, 0.8)], "cmd")  # records before the recipe was kept
+    assert "on the stream, Adam, early-stopped" in legacy and "for 5 % FPR" in legacy
+    for mixed in ([tuned(0), tuned(1, optimizer="adam")], [tuned(0), tuned(1, fpr=0.05)]):
+        with pytest.raises(ValueError, match="a section is one recipe"):
+            study_recipe(mixed)
