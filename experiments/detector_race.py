@@ -800,6 +800,10 @@ def main(argv: list[str] | None = None) -> None:
     for option in ("processes", "samples", "span", "threads"):  # after the work, tracebacks
         if getattr(args, option) < 1:
             parser.error(f"--{option} must be >= 1, got {getattr(args, option)}")
+    if args.candidate == BASELINE:  # a section of Adam against itself, ratio 1.00, exit 0
+        parser.error(f"--candidate {BASELINE} races the baseline against itself")
+    if args.costs_from is not None and args.no_step_cost:  # the costs file silently won
+        parser.error("--costs-from and --no-step-cost: give one (costs from a record, or none)")
     try:  # a missing or malformed record, or a name with no runs, is a usage error
         runs = load_runs(args.runs)
         chosen = {

@@ -550,6 +550,12 @@ def test_a_race_adam_won_at_step_0_and_bad_counts_are_usage_errors(tmp_path, cap
             main(["--runs", str(path), option, "0"])
         assert exit_info.value.code == 2
         assert f"{option} must be >= 1, got 0" in capsys.readouterr().err
+    # Adam against itself (ratio 1.00), and two sources of step costs (the file won)
+    for argv, says in ((["--candidate", "adam"], "races the baseline against itself"),
+                       (["--costs-from", str(path), "--no-step-cost"], "give one")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--runs", str(path), *argv])
+        assert exit_info.value.code == 2 and says in capsys.readouterr().err
     real_race = detector_race.race
     monkeypatch.setattr(
         detector_race,
