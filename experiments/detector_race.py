@@ -833,6 +833,11 @@ def main(argv: list[str] | None = None) -> None:
                         f"a --budget race takes each optimizer's runs at one lr (the one its "
                         f"early-stopped race tuned); {name} has {sorted({r['lr'] for r in rs})}"
                     )
+        from experiments.detectors import batch_size_of
+
+        batches = {batch_size_of(r) for r in raced}
+        if len(batches) > 1:  # the step cost was measured at 64 whatever the runs used
+            raise ValueError(f"the raced runs differ in batch size {sorted(batches)}")
         pair = (chosen[BASELINE], chosen[args.candidate], lrs[BASELINE], lrs[args.candidate])
         rows = race(*pair)
         if not rows:
@@ -865,6 +870,7 @@ def main(argv: list[str] | None = None) -> None:
         options = {
             "samples": args.samples, "span": args.span, "tiny": args.tiny,
             "cache_dir": args.cache_dir, "recipe": shared_recipe(raced),
+            "batch_size": batch_size_of(raced[0]),  # the runs' own (it was 64 whatever they had)
         }  # fmt: skip
         if args.processes > 1:
             costs = step_costs_in_processes(

@@ -414,6 +414,9 @@ def train_one(
     kept = [r for r in result.history if r.get("step") == result.best_step and "val_auc" in r]
     return {
         **recipe,
+        # what the recipe does not name but a race's step cost and a section's text need
+        "batch_size": args.batch_size,
+        "max_steps": getattr(args, "max_steps", None),
         "status": result.status,
         "steps": result.steps,
         "best_step": result.best_step,
@@ -644,6 +647,11 @@ def recorded_option(run: Mapping[str, Any], key: str, flag: str, default: Any) -
         return run[key]
     words = str(run.get("command", "")).split()
     return words[words.index(flag) + 1] if flag in words else default
+
+
+def batch_size_of(run: Mapping[str, Any]) -> int:
+    """The training batch of ``run`` (:func:`recorded_option`; 64, the commands' default)."""
+    return int(recorded_option(run, "batch_size", "--batch-size", 64))
 
 
 def lr_drops_of(run: dict[str, Any]) -> int:

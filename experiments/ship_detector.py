@@ -120,6 +120,7 @@ def ship(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 k: getattr(args, k)
                 for k in ("batch_size", "max_steps", "eval_every", "patience", "lr_drops")
             },
+            "threads": args.threads,  # the section's "s on N threads"
         }
     val = bench.split("val", families.seen)
     # the views the checkpoint will score with: the calibration and the table use the same
@@ -290,8 +291,13 @@ def training_sentence(header: dict[str, Any]) -> str:
         )
         + f"best validation loss at step {train['best_step']} of {train['steps']} run "
         f"({'stopped early' if train['stopped_early'] else 'step cap'}; {train['seconds']:.0f} s "
-        "on one thread)."
+        f"on {_threads(train.get('threads', 1))})."
     )
+
+
+def _threads(count: int) -> str:
+    # a checkpoint written before its header held the count trained on one (the default)
+    return "one thread" if count == 1 else f"{count} threads"
 
 
 def markdown(header: dict[str, Any], path: Path) -> str:

@@ -581,3 +581,35 @@ def test_a_rerender_may_write_its_record_over_the_costs_it_read(tmp_path):
     first = json.loads(record.read_text())
     main(["--runs", str(path), "--json", str(record), "--costs-from", str(record)])
     assert json.loads(record.read_text())["rows"] == first["rows"]
+
+
+def test_the_step_cost_is_measured_at_the_runs_batch_size(tmp_path, capsys, monkeypatch):
+    # it was measured at 64 whatever the runs trained with, and runs of two batch sizes were
+    # raced against each other (an audit)
+    import experiments.detector_race as detector_race
+
+    runs = [
+        {**_run("adam", 3e-3, 0, [(0, 0.7), (500, 0.41)]), "batch_size": 8},
+        {**_run("muon/split", 2e-2, 0, [(0, 0.7), (500, 0.38)]), "batch_size": 8},
+    ]
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps(runs))
+    measured = {}
+
+    def costs(model, lrs, **options):
+        measured.update(options)
+        return {"method": "m", "optimizers": {name: {"median_s": 0.01} for name in lrs}}
+
+    monkeypatch.setattr(detector_race, "step_costs", costs)
+    main(["--runs", str(path)])
+    assert measured["batch_size"] == 8
+    runs[1]["batch_size"] = 64
+    path.write_text(json.dumps(runs))
+    with pytest.raises(SystemExit):
+        main(["--runs", str(path)])
+    assert "the raced runs differ in batch size [8, 64]" in capsys.readouterr().err
+    # records from before the entry: the command's --batch-size, else the default 64
+    from experiments.detectors import batch_size_of
+
+    assert batch_size_of({"command": "x --batch-size 16"}) == 16
+    assert batch_size_of({"command": "x"}) == 64

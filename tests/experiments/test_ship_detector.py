@@ -357,3 +357,17 @@ def test_members_with_training_options_are_refused_before_any_work(tmp_path, cap
         assert "--members ships those weights as they were trained" in err
         assert extra[0] in err
     assert not out.exists() and not (tmp_path / "c").exists()
+
+
+def test_the_training_sentence_names_the_thread_count_the_run_had():
+    # it said "on one thread" whatever --threads was (an audit); the shipped checkpoint's
+    # header predates the entry: one thread, as it was trained
+    import copy
+
+    from experiments.ship_detector import training_sentence
+
+    header = load_detector().header
+    assert "s on one thread)." in training_sentence(header)
+    four = copy.deepcopy(header)
+    four["info"]["train"]["threads"] = 4
+    assert "s on 4 threads)." in training_sentence(four)
