@@ -15,13 +15,20 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from experiments.validate_config import Named, output_clash
 
-__all__ = ["input_path", "output_folder", "output_path", "reads_files", "refuse_clashes"]
+__all__ = [
+    "input_path",
+    "options_set",
+    "output_folder",
+    "output_path",
+    "reads_files",
+    "refuse_clashes",
+]
 
 T = TypeVar("T", bound=Callable[..., Any])
 
@@ -106,3 +113,23 @@ def refuse_clashes(
     clash = output_clash([*found_outputs, *outputs], [*found_inputs, *inputs])
     if clash:
         parser.error(clash)
+
+
+def options_set(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    *,
+    among: Iterable[str] | None = None,
+    besides: Iterable[str] = (),
+) -> list[str]:
+    """The options (``--flag`` names) set away from their defaults, of ``among`` (every one if
+    ``None``) but ``besides``: what a mode that does not read them (``--from-json``,
+    ``--table-only``, ``--members``) names in its refusal, rather than accepting them, ignoring
+    them and writing them into its section's command."""
+    dests = vars(args) if among is None else among
+    skip = set(besides)
+    return [
+        "--" + dest.replace("_", "-")
+        for dest in dests
+        if dest not in skip and getattr(args, dest, None) != parser.get_default(dest)
+    ]

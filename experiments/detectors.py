@@ -46,7 +46,13 @@ from assocmem.forensic.train import fake_probability, train_detector
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.optim import param_groups
 from assocmem.storage import read_safetensors, write_safetensors
-from experiments.cli_files import input_path, output_folder, output_path, refuse_clashes
+from experiments.cli_files import (
+    input_path,
+    options_set,
+    output_folder,
+    output_path,
+    refuse_clashes,
+)
 from experiments.report import refuse_unreplaceable, replace_section, write_json
 from experiments.validate_config import CONF
 
@@ -1043,12 +1049,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.from_json:
         # no training: an option that would shape the runs, or --json / --save-weights, was
         # accepted and ignored (and written into the section's "then" command)
-        ignored = [
-            "--" + dest.replace("_", "-")
-            for dest, value in vars(args).items()
-            if dest not in FROM_JSON_READS and value != parser.get_default(dest)
-        ]
-        if ignored:
+        if ignored := options_set(parser, args, besides=FROM_JSON_READS):
             parser.error(
                 f"--from-json renders the runs it is given; it does not read {', '.join(ignored)}"
             )

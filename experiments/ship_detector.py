@@ -58,7 +58,7 @@ from assocmem.forensic.protocol import zero_shot_report
 from assocmem.forensic.size_calibration import without_blank
 from assocmem.forensic.views import VIEWS, view_logits
 from assocmem.storage import sidecar_path
-from experiments.cli_files import input_path, output_path, refuse_clashes
+from experiments.cli_files import input_path, options_set, output_path, refuse_clashes
 from experiments.detector_ensemble import ensemble_of
 from experiments.detectors import (
     HELDOUT,
@@ -589,13 +589,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if not args.table_only and (problem := bad_out(args)):
         parser.error(problem)
-    if args.members and (
-        ignored := [
-            "--" + dest.replace("_", "-")
-            for dest in TRAINING_ONLY
-            if getattr(args, dest, None) != parser.get_default(dest)
-        ]
-    ):
+    if args.members and (ignored := options_set(parser, args, among=TRAINING_ONLY)):
         parser.error(
             f"--members ships those weights as they were trained; it does not read "
             f"{', '.join(ignored)} (their recipe is the members' own)"
@@ -604,12 +598,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.table_only:
         # the table is the checkpoint's own record: an option that would shape the detector is
         # not read, so a command that sets one is refused rather than answered from --out
-        ignored = [
-            "--" + dest.replace("_", "-")
-            for dest, value in vars(args).items()
-            if dest not in TABLE_ONLY_READS and value != parser.get_default(dest)
-        ]
-        if ignored:
+        if ignored := options_set(parser, args, besides=TABLE_ONLY_READS):
             parser.error(
                 f"--table-only writes the table of --out as it was shipped; it does not read "
                 f"{', '.join(ignored)} (ship first, without --table-only)"
