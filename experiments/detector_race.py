@@ -94,6 +94,23 @@ def select(
     ]
 
 
+def no_runs(runs: Sequence[Mapping[str, Any]], model: str, optimizer: str, average: Any) -> str:
+    """Why :func:`select` found no run: the optimizer is not there, or (its runs are) none was
+    evaluated as ``--average`` asks (the message named the optimizers alone, the one asked for
+    among them, an audit)."""
+    theirs = {r.get("average") for r in runs if (r["model"], r["optimizer"]) == (model, optimizer)}
+    if not theirs:
+        return (
+            f"no run of {model} with {optimizer} in --runs (optimizers there: "
+            f"{sorted({str(r.get('optimizer')) for r in runs})})"
+        )
+    asked = "on its weights" if average is None else f"on a weight average of decay {average:g}"
+    return (
+        f"no run of {model} with {optimizer} evaluated {asked} (--average); theirs were "
+        + ", ".join("the weights" if a is None else f"decay {a:g}" for a in sorted(theirs, key=str))
+    )
+
+
 # What the runs of one race must share besides the model and the weight average (which
 # ``select`` matches): the rest of the recipe, so that a race never sets runs trained on other
 # families, batches, losses or stopping rules against each other. Patience is asked of the
@@ -812,10 +829,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         for name, rs in chosen.items():
             if not rs:
-                raise ValueError(
-                    f"no run of {args.model} with {name} in --runs (optimizers there: "
-                    f"{sorted({str(r.get('optimizer')) for r in runs})})"
-                )
+                raise ValueError(no_runs(runs, args.model, name, args.average))
             check_distinct(rs)  # a rerun of a seed beside its first run: keep one
         grids = {name: tune(rs, args.tuning_seed) for name, rs in chosen.items()}
     except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError

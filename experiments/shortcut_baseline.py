@@ -12,6 +12,9 @@ forensic features.
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
+from pathlib import Path
 
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.baseline import (
@@ -29,8 +32,8 @@ FEATURES = {
 }
 
 
-def table() -> str:
-    bench = build_benchmark(BenchmarkConfig())
+def table(cache_dir: Path | None = None) -> str:
+    bench = build_benchmark(BenchmarkConfig(), cache_dir)
     train, test = bench.split("train"), bench.split("test")
     names = list(FEATURES)
     results = {name: one_feature_baseline(train, test, f) for name, f in FEATURES.items()}
@@ -50,17 +53,26 @@ def table() -> str:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", type=output_path, help="markdown file to refresh the section of")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="the benchmark cache (default: $ASSOCMEM_CACHE, else ~/.cache/assocmem)",
+    )
+    args = parser.parse_args(argv)
     refuse_unreplaceable(parser, args.write, "shortcut-baseline")
-    text = table()
+    command = "python -m experiments.shortcut_baseline " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    text = table(args.cache_dir)
     print(text)
     if args.write:
         body = (
             "## Shortcut check: one high-frequency-energy feature (and one of clipped values)\n\n"
-            "Command: `python -m experiments.shortcut_baseline --write docs/results.md`. "
+            f"Command: `{command}`. "
             "Logistic regression on one feature, per family, fit on train and scored on the test "
             "split; test reals outnumber each family's fakes 2:1, so read AUC, not accuracy. "
             "The clipped-values feature (added 2026-12-07, after an audit) measures a cue of the "

@@ -613,3 +613,20 @@ def test_the_step_cost_is_measured_at_the_runs_batch_size(tmp_path, capsys, monk
 
     assert batch_size_of({"command": "x --batch-size 16"}) == 16
     assert batch_size_of({"command": "x"}) == 64
+
+
+def test_runs_of_another_weight_average_are_named_as_such(tmp_path, capsys):
+    # "no run ... with adam (optimizers there: ['adam'])" named the optimizers alone, the one
+    # asked for among them, when --average matched none of its runs (an audit)
+    runs = [_run("adam", 3e-3, 0, [(0, 0.7), (500, 0.41)]),
+            _run("muon/split", 2e-2, 0, [(0, 0.7), (500, 0.38)])]  # fmt: skip
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps(runs))
+    with pytest.raises(SystemExit):
+        main(["--runs", str(path), "--average", "0.995", "--no-step-cost"])
+    err = capsys.readouterr().err
+    assert "no run of npr_bn with adam evaluated on a weight average of decay 0.995" in err
+    assert "theirs were the weights" in err
+    with pytest.raises(SystemExit):
+        main(["--runs", str(path), "--candidate", "muon", "--no-step-cost"])
+    assert "no run of npr_bn with muon in --runs (optimizers there" in capsys.readouterr().err

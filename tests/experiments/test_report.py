@@ -286,3 +286,22 @@ def test_a_section_is_never_written_into_a_record(tmp_path):
     prose.write_text("[draft] notes\n")
     replace_section(prose, "a", "body")
     assert "<!-- report:a:begin -->" in prose.read_text()
+
+
+def test_the_shortcut_check_takes_a_cache_dir_and_records_its_command(tmp_path, monkeypatch):
+    # it always read ~/.cache/assocmem, and its section named a fixed command (an audit)
+    import experiments.shortcut_baseline as shortcut
+
+    asked = []
+
+    class Built(Exception):
+        pass
+
+    def build(config, cache_dir=None, **kwargs):
+        asked.append(cache_dir)
+        raise Built
+
+    monkeypatch.setattr(shortcut, "build_benchmark", build)
+    with pytest.raises(Built):
+        shortcut.main(["--cache-dir", str(tmp_path)])
+    assert asked == [tmp_path]
