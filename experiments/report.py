@@ -33,6 +33,7 @@ from experiments.budget import TAIL, budget_verdict, tail_fall, tail_window  # n
 from experiments.cli_files import output_path  # noqa: E402
 from experiments.loop import first_reaching  # noqa: E402
 from experiments.step_cost import time_to_target  # noqa: E402
+from experiments.validate_config import RECORD_SUFFIXES  # noqa: E402
 
 # ``experiments.compare`` writes what it will run here first and marks it complete at the end.
 PLAN = "plan.json"
@@ -420,16 +421,17 @@ def check_section_name(name: str) -> str:
 
 
 # files a section is never written into: the records, weights and tables the commands write
-NOT_MARKDOWN = (".json", ".jsonl", ".yaml", ".yml", ".safetensors", ".npz", ".pt", ".csv")
+NOT_MARKDOWN = (*RECORD_SUFFIXES, ".yml", ".safetensors", ".npz", ".pt", ".csv")
 
 
 def check_markers(markdown: Path, name: str) -> None:
     """A ``ValueError`` now if section ``name`` of ``markdown`` (when it exists) could not be
     replaced later (lone or repeated markers), or if ``markdown`` is no markdown file (a
     record's suffix, or JSON inside): before a sweep, not after it."""
-    _refuse_non_markdown(markdown, markdown.read_text() if markdown.is_file() else "")
-    if markdown.is_file():
-        _replaced(markdown.read_text(), name, "")
+    text = markdown.read_text() if markdown.is_file() else None
+    _refuse_non_markdown(markdown, text or "")
+    if text is not None:
+        _replaced(text, name, "")
 
 
 def _refuse_non_markdown(markdown: Path, text: str) -> None:

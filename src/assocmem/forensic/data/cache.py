@@ -48,14 +48,19 @@ def default_cache_dir() -> Path:
 _FIELDS = ("images", "labels", "family", "source", "parent", "post")
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def _save(bench: ForensicBenchmark, directory: Path, build_seconds: float) -> None:
     # directory.parent exists: cached_build made it before the build
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".tmp-"))
     # mkdtemp makes it 0700: under a shared $ASSOCMEM_CACHE other users could not read the
     # entry; it gets the mode a folder made here gets (the umask's)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
+    tmp.chmod(0o777 & ~_umask())
     try:
         arrays = {
             f"{s}/{f}": getattr(a, f).numpy() for s, a in bench.splits.items() for f in _FIELDS
@@ -197,9 +202,7 @@ def _save_generators(models: dict[str, nn.Module], path: Path) -> None:
     save_file(tensors, str(path))
     # safetensors writes 0600: under a shared $ASSOCMEM_CACHE the stream of another user could
     # not read the models the rest of the entry (0644 under umask 022) names
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
+    path.chmod(0o666 & ~_umask())
 
 
 def _load_generators(config: BenchmarkConfig, path: Path) -> dict[str, nn.Module]:
