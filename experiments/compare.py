@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from assocmem.storage import strict_json
 from experiments.lr_grid import best_factor, edge_side, next_factor
-from experiments.report import PLAN, section, write_report
+from experiments.report import PLAN, folder_lock, section, write_report
 from experiments.run import execute, optimizer_factory
 from experiments.step_cost import measure
 from experiments.validate_config import (
@@ -160,27 +160,19 @@ def compare(cfg: DictConfig, command: str | None = None) -> Path:
 
 @contextlib.contextmanager
 def _sole_writer(root: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``root`` while this comparison writes into it, and refuse
-    (a ``ConfigError``: exit 2, nothing touched) one that another comparison holds: two at once
-    wrote into the same ``metrics.jsonl`` files, and both ended after all their runs in a
-    traceback. Without ``fcntl`` (Windows) nothing is held."""
-    if sys.platform == "win32":
-        yield
-        return
-    import fcntl
-
-    fd = os.open(root, os.O_RDONLY)
-    try:
+    """Hold ``root``'s lock (``report.folder_lock``) while this comparison writes into it, and
+    refuse (a ``ConfigError``: exit 2, nothing touched) one that another comparison holds: two
+    at once wrote into the same ``metrics.jsonl`` files, and both ended after all their runs in
+    a traceback."""
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.enter_context(folder_lock(root, wait=False))
         except BlockingIOError:
             raise ConfigError(
                 "out_dir", str(root), "", refused="another comparison is writing into it now; "
                 "give this one its own out_dir"
             ) from None  # fmt: skip
         yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _compare(cfg: DictConfig, command: str | None, root: Path, run_id: str) -> Path:

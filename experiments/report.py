@@ -550,7 +550,7 @@ def replace_section(markdown: Path, name: str, body: str) -> None:
     if markdown.is_symlink():  # the file it links to is the one to update (os.replace
         markdown = markdown.resolve()  # replaced the link with a file, the target unchanged)
     markdown.parent.mkdir(parents=True, exist_ok=True)
-    with _folder_lock(markdown.parent):
+    with folder_lock(markdown.parent):
         text = markdown.read_text() if markdown.exists() else "# Results\n"
         _refuse_non_markdown(markdown, text)
         text = _replaced(text, name, body)
@@ -560,9 +560,10 @@ def replace_section(markdown: Path, name: str, body: str) -> None:
 
 
 @contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``folder`` (no lock file left behind; waits for another
-    holder). Without ``fcntl`` (Windows) it does nothing."""
+def folder_lock(folder: Path, *, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` (no lock file left behind): waits for another
+    holder, or with ``wait=False`` raises ``BlockingIOError`` at once. Without ``fcntl``
+    (Windows) it does nothing."""
     if sys.platform == "win32":
         yield
         return
@@ -570,7 +571,7 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         yield
     finally:
         os.close(fd)  # releases the lock
