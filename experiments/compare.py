@@ -47,6 +47,7 @@ from experiments.step_cost import measure
 from experiments.validate_config import (
     ConfigError,
     check_dirs_before_hydra,
+    check_job_overrides,
     check_jobs_before_hydra,
     exit_on_error,
     validate_compare,
@@ -240,6 +241,7 @@ _VALIDATED_BEFORE_HYDRA = False
 def main(cfg: DictConfig) -> None:
     if not _VALIDATED_BEFORE_HYDRA:  # a command line check_jobs_before_hydra leaves to the job
         exit_on_error(validate_compare, cfg)  # every run's config, before the first one starts
+        exit_on_error(check_job_overrides("compare"), cfg)
     command = cfg.report.get("command") or invocation()
     try:
         root = compare(cfg, command)

@@ -18,11 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from assocmem.meta.config import LearnedConfig
 from assocmem.meta.network import num_meta_params
 from assocmem.meta.train import TrainConfig, export, meta_train
-from experiments.validate_config import exit_on_error, validate_meta_train
+from experiments.validate_config import check_job_overrides, exit_on_error, validate_meta_train
 
 
 @hydra.main(config_path="conf", config_name="meta_train", version_base=None)
 def main(cfg: DictConfig) -> None:
+    exit_on_error(check_job_overrides("meta_train"), cfg)  # +train.meta_step=...: a typo
     exit_on_error(validate_meta_train, cfg)  # the export path, before hours of meta-training
     torch.set_num_threads(int(cfg.threads))
     learned = LearnedConfig.from_dict(OmegaConf.to_container(cfg.learned, resolve=True))

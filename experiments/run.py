@@ -33,6 +33,7 @@ from experiments.validate_config import (
     ConfigError,
     build_task,
     check_dirs_before_hydra,
+    check_job_overrides,
     check_jobs_before_hydra,
     exit_on_error,
     validate_run,
@@ -107,6 +108,7 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> float:
     exit_on_error(validate_run, cfg)  # before anything is built: one line naming a bad key
+    exit_on_error(check_job_overrides("config"), cfg)
     try:
         summary = execute(cfg, Path(HydraConfig.get().runtime.output_dir))
     except ConfigError as e:  # the task refused a value: nothing written

@@ -130,6 +130,10 @@ def check_jobs_before_hydra(
     except (HydraException, OmegaConfBaseException, ValueError):
         return False  # hydra says what is wrong with the command line itself
     taken: dict[str, int] = {}
+
+    def compose_in(job: list[str]) -> DictConfig:
+        return compose(config_name, overrides=job)
+
     with initialize_config_dir(str(Path(__file__).with_name("conf")), version_base=None):
         for number, job in enumerate(itertools.product(*choices)):
             try:
@@ -137,6 +141,9 @@ def check_jobs_before_hydra(
             except (HydraException, OmegaConfBaseException):
                 return False  # an unknown group or key: hydra's own error, as it starts
             exit_on_error(check, cfg)
+            exit_on_error(
+                lambda _, job=list(job): check_added_keys(job, config_name, compose_in), cfg
+            )
             if distinct is None:
                 continue
             try:
@@ -357,6 +364,78 @@ def _check_unknown_keys(cfg: DictConfig, config_name: str) -> None:
         )  # fmt: skip
 
 
+# Nodes whose keys their reader checks, so an override may add one: a preset's keyword arguments
+# and a split's rest-group options (the optimizer refuses what it does not take, _check_optimizer),
+# a task's constructor arguments (build_task: an unknown one is a TypeError), a split (whole:
+# _check_split), ``variants`` (free by design), hydra's own settings; and ``report.command``,
+# which compare reads when set (conf/experiment/demo.yaml sets it).
+ADDABLE = {
+    "config": ("optimizer.factory", "optimizer.split", "task.build", "hydra"),
+    "compare": ("variants", "report.command", "hydra"),
+    "meta_train": ("hydra",),
+}
+
+
+_ABSENT = object()
+
+
+def check_added_keys(
+    overrides: Iterable[str],
+    config_name: str,
+    compose_without: Callable[[list[str]], DictConfig] | None = None,
+) -> None:
+    """Refuse an override that adds a nested key the config does not have (``+task.step=5`` for
+    ``task.steps``, ``+data.photo=...``): hydra adds a key given with ``+`` and the run went on
+    with the default, exit 0. A key given with ``+`` is new by hydra's rule (it refuses ``+``
+    on an existing key); one given with ``++`` (add or override) is new when the config
+    composed from the other overrides (``compose_without``) lacks it. Top-level keys are
+    :func:`_check_unknown_keys`'s (a group such as ``+experiment=demo`` is one); keys under
+    :data:`ADDABLE` are their readers'."""
+    overrides = [str(o) for o in overrides]
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if not key.startswith("+"):
+            continue
+        forced, key = key.startswith("++"), key.lstrip("+")
+        if "." not in key or any(
+            key == node or key.startswith(f"{node}.") for node in ADDABLE.get(config_name, ())
+        ):
+            continue
+        base = (
+            None
+            if compose_without is None
+            else compose_without([x for x in overrides if x is not o])
+        )
+        if forced and (base is None or OmegaConf.select(base, key, default=_ABSENT) is not _ABSENT):
+            continue  # ++ overrode a key the config has (or cannot be told apart from that)
+        node = None if base is None else OmegaConf.select(base, key.rsplit(".", 1)[0], default=None)
+        keys = f" (its keys: {', '.join(map(str, node))})" if isinstance(node, DictConfig) else ""
+        raise ConfigError(
+            key, value, "", refused=f"adds a key conf/{config_name}.yaml and its groups do not "
+            f"have{keys}: a typo? hydra adds it and nothing reads it"
+        )  # fmt: skip
+
+
+def check_job_overrides(config_name: str) -> Callable[[DictConfig], None]:
+    """:func:`check_added_keys` on the overrides of the hydra job running now, for
+    :func:`exit_on_error`: a command line :func:`check_jobs_before_hydra` leaves to the job
+    (hydra flags) is checked there."""
+
+    def check(cfg: DictConfig) -> None:
+        from hydra import compose
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():  # main called as a function: no command line
+            return
+        check_added_keys(
+            HydraConfig.get().overrides.task,
+            config_name,
+            lambda job: compose(config_name, overrides=job),
+        )
+
+    return check
+
+
 def _group_names(group: str) -> set[str]:
     return {p.stem for p in (CONF / group).glob("*.yaml")}
 
@@ -474,8 +553,17 @@ def validate_meta_train(cfg: DictConfig) -> None:
     the ``checkpoint`` path replaced the training state with an export, so the same command
     could no longer resume. ``resume`` and ``progress`` must be booleans: ``resume=no`` (a
     string to Hydra) resumed."""
+    from assocmem.meta import LearnedConfig
+    from assocmem.meta.train import TrainConfig
     from assocmem.storage import sidecar_path
 
+    _check_unknown_keys(cfg, "meta_train")  # +resum=false: it resumed, exit 0
+    for key, kind in (("learned", LearnedConfig), ("train", TrainConfig)):
+        node = _get(cfg, key)
+        try:  # an unknown or bad field ended the job in a traceback
+            kind.from_dict(OmegaConf.to_container(node, resolve=True))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(key, "{...}", "", refused=str(e).splitlines()[0]) from None
     _bool(cfg, "resume")
     _bool(cfg, "progress")
     _int(cfg, "threads", 1)
@@ -596,6 +684,9 @@ def validate_compare(cfg: DictConfig) -> None:
             run = [f"task={task}", f"optimizer={optimizer}", *overrides]
             # a key that is an interpolation of one the protocol sets, in this run's config
             _check_override_keys(overrides, compose(config_name="config", overrides=run[:2]))
+            check_added_keys(
+                overrides, "config", lambda job, g=run[:2]: compose("config", overrides=g + job)
+            )
             try:
                 run_cfg = compose(config_name="config", overrides=run)
             except Exception as e:  # noqa: BLE001 (hydra's override grammar and key errors)

@@ -407,3 +407,102 @@ def test_meta_train_refuses_bad_switches_and_checkpoint_paths_before_training(
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"config error: {key} = ") and wanted in line, line
     assert not (tmp_path / "ck.safetensors").exists()  # no meta-step was run
+
+
+# --- keys an override adds inside a node -----------------------------------------------------
+
+
+def _compose_in(config_name: str, base: list[str]):
+    def compose_job(job: list[str]):
+        return compose(config_name, overrides=base + job)
+
+    return compose_job
+
+
+@pytest.mark.parametrize(
+    ("config_name", "base", "added", "key"),
+    [
+        # the run trained its default 600 steps, exit 0 (an audit)
+        ("config", ["task=quadratic"], "+task.step=5", "task.step"),
+        ("config", ["task=quadratic"], "++task.step=5", "task.step"),  # ++: add or override
+        ("config", ["optimizer=adam"], "+optimizer.betas=[0.5,0.9]", "optimizer.betas"),
+        ("config", [], "+data.photos=3", "data.photos"),
+        ("compare", [], "+report.markdwn=x.md", "report.markdwn"),
+        ("compare", [], "+step_cost.sample=3", "step_cost.sample"),
+        ("meta_train", [], "+train.meta_step=1", "train.meta_step"),
+    ],
+)
+def test_an_override_that_adds_a_nested_key_is_refused(config_name, base, added, key):
+    from experiments.validate_config import check_added_keys
+
+    with initialize_config_dir(str(CONF), version_base=None), pytest.raises(ConfigError) as err:
+        check_added_keys([added], config_name, _compose_in(config_name, base))
+    line = str(err.value)
+    assert line.startswith(f"{key} = ") and "a typo?" in line, line
+    # the node's own keys, so the typo can be seen
+    assert "its keys: " in line
+
+
+@pytest.mark.parametrize(
+    ("config_name", "added"),
+    [
+        ("config", "++task.steps=5"),  # overrides a key the task has
+        ("config", "+optimizer.factory.weight_decay=0.1"),  # the preset checks its arguments
+        ("config", "+task.build.hidden=8"),  # the task's constructor checks its own
+        ("config", "+optimizer.split.rest.momentum=0.9"),  # the optimizer checks the group's
+        ("config", "+experiment=smoke"),  # a group, top level
+        ("compare", "+variants.delta=[delta,momentum]"),  # free by design
+        ("compare", "+report.command=make demo"),  # compare reads it when set
+        ("config", "task.steps=5"),  # no addition at all
+    ],
+)
+def test_an_override_that_adds_a_key_its_reader_checks_is_left_to_it(config_name, added):
+    from experiments.validate_config import check_added_keys
+
+    with initialize_config_dir(str(CONF), version_base=None):
+        check_added_keys([added], config_name, _compose_in(config_name, []))
+
+
+def test_compare_refuses_a_run_override_that_adds_a_nested_key(tmp_path):
+    with initialize_config_dir(str(CONF), version_base=None):
+        cfg = compose(
+            "compare",
+            overrides=["+experiment=smoke", f"out_dir={tmp_path}", "overrides=['+task.step=3']"],
+        )
+        with pytest.raises(ConfigError) as err:
+            validate_compare(cfg)
+    assert str(err.value).startswith("task.step = '3': refused: adds a key"), str(err.value)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],  # checked before hydra starts
+        ["--config-name", "config"],  # a hydra flag: left to the job, which checks it too
+        ["-m", "+task.step=2,3"],  # each job of a sweep
+    ],
+    ids=["before-hydra", "in-the-job", "sweep"],
+)
+def test_cli_run_refuses_an_added_nested_key_before_training(tmp_path, extra):
+    added = [] if "-m" in extra else ["+task.step=5"]
+    done = _cli(
+        "experiments.run", "task=quadratic", *added, "progress=false",
+        f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep", *extra,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("config error: task.step = ")
+    assert not list(tmp_path.glob("**/summary.json"))
+
+
+def test_meta_train_refuses_an_unknown_top_level_key_before_training(tmp_path):
+    # +resum=false (for resume): hydra added the key and the run resumed its checkpoint, exit 0
+    done = _cli(
+        "experiments.meta_train", "progress=false", "train.meta_steps=4", "train.unroll=2",
+        "train.horizon=4", "train.tasks_per_step=1", "train.families=[quadratic,logistic]",
+        f"checkpoint={tmp_path}/ck.safetensors", "+resum=false",
+        f"hydra.run.dir={tmp_path}/run",
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("config error: resum = False: refused: not a key of conf/meta_train")
+    assert not (tmp_path / "ck.safetensors").exists()
