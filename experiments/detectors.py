@@ -53,7 +53,7 @@ from experiments.cli_files import (
     output_path,
     refuse_clashes,
 )
-from experiments.report import refuse_unreplaceable, replace_section, write_json
+from experiments.report import read_runs, refuse_unreplaceable, replace_section, write_json
 from experiments.validate_config import CONF
 
 
@@ -906,11 +906,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _records(path: Path) -> list[dict[str, Any]]:
     """The image-detector runs of a ``--json`` file, or a ``ValueError`` saying why not."""
     try:
-        runs = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--from-json {path}: not JSON ({e})") from None
-    if not isinstance(runs, list):
-        raise ValueError(f"--from-json {path}: expected a list of runs, got {type(runs).__name__}")
+        runs = read_runs(path)
+    except ValueError as e:
+        raise ValueError(f"--from-json {e}") from None
     for i, run in enumerate(runs):
         ok = isinstance(run, dict) and {"command", "model", "optimizer", "seed", "report"} <= set(
             run
@@ -1055,7 +1053,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         try:
             runs = [run for path in args.from_json for run in _records(path)]
-        except (OSError, ValueError) as error:
+        except ValueError as error:  # read_runs: an unreadable file too
             parser.error(str(error))
         if not runs:
             parser.error("--from-json holds no runs: the section would be empty tables")

@@ -59,7 +59,7 @@ from experiments.detectors import (
     recipe_clash,
     train_one,
 )
-from experiments.report import refuse_unreplaceable, replace_section
+from experiments.report import read_runs, refuse_unreplaceable, replace_section
 from experiments.tasks.forensic import build_encoder, build_masker
 
 ENCODER = {"arch": "vit", "patch": 4, "dim": 64, "depth": 2, "heads": 4}
@@ -343,13 +343,11 @@ def study_records(paths: list[Path]) -> list[dict[str, Any]]:
     runs = []
     for path in paths:
         try:
-            records = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"--from-json {path}: {error}") from None
-        if not isinstance(records, list):
-            raise ValueError(f"--from-json {path}: expected a list of runs")
+            records = read_runs(path)
+        except ValueError as error:
+            raise ValueError(f"--from-json {error}") from None
         for i, run in enumerate(records):
-            if not (isinstance(run, dict) and {"arm", "seed"} <= set(run)):
+            if not {"arm", "seed"} <= set(run):
                 raise ValueError(f"--from-json {path}: entry {i} is not a run of this study")
             if "report" not in run and run.get("status") != "pretraining diverged":
                 kind = (

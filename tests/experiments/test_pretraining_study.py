@@ -346,3 +346,20 @@ def test_the_section_names_the_recipe_its_runs_had(tmp_path):
     for mixed in ([tuned(0), tuned(1, optimizer="adam")], [tuned(0), tuned(1, fpr=0.05)]):
         with pytest.raises(ValueError, match="a section is one recipe"):
             study_recipe(mixed)
+
+
+@pytest.mark.parametrize("module", ["detectors", "pretraining_study"])
+def test_from_json_reads_records_with_the_shared_reader(tmp_path, capsys, module):
+    # one reader (report.read_runs) for every command's records: a folder or a file that is not
+    # UTF-8 is named with the option, not a bare OSError or codec message
+    import importlib
+
+    main = importlib.import_module(f"experiments.{module}").main
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "latin1.json").write_bytes(b'[{"arm": "caf\xe9"}]')
+    for name in ("folder.json", "latin1.json"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--from-json", str(tmp_path / name)])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2
+        assert f"--from-json {tmp_path / name}: not a readable records file" in err, err
