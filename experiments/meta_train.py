@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from pathlib import Path
 
 import hydra
 import torch
@@ -29,14 +30,25 @@ def main(cfg: DictConfig) -> None:
     learned = LearnedConfig.from_dict(OmegaConf.to_container(cfg.learned, resolve=True))
     train = TrainConfig.from_dict(OmegaConf.to_container(cfg.train, resolve=True))
     command = "python -m experiments.meta_train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    result = meta_train(
-        learned,
-        train,
-        checkpoint=cfg.checkpoint,
-        resume=cfg.resume,  # booleans: validate_meta_train
-        progress=cfg.progress,
-        info={"command": command},
-    )
+    # "~" expanded as validate_meta_train does: the checks ran on ~/ck.safetensors and the run
+    # wrote ./~/ck.safetensors (an audit)
+    checkpoint = Path(str(cfg.checkpoint)).expanduser() if cfg.checkpoint else None
+    try:
+        result = meta_train(
+            learned,
+            train,
+            checkpoint=checkpoint,
+            resume=cfg.resume,  # booleans: validate_meta_train
+            progress=cfg.progress,
+            info={"command": command},
+        )
+    except ValueError as e:
+        if checkpoint is None or not str(e).startswith(str(checkpoint)):
+            raise
+        # a checkpoint that cannot be resumed (another config, a longer run, an edited file):
+        # one line saying why, before any meta-step, as a bad value gets
+        print(f"config error: checkpoint = {str(cfg.checkpoint)!r}: refused: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     tail = result.history[-20:]
     summary = {
         "meta_step": result.meta_step,
@@ -56,7 +68,7 @@ def main(cfg: DictConfig) -> None:
             "skipped": result.skipped,
             "torch": torch.__version__,
         }
-        export(cfg.export, result.meta_params, learned, info)
+        export(Path(str(cfg.export)).expanduser(), result.meta_params, learned, info)
         print(f"exported {cfg.export}")
 
 

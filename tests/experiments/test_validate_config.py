@@ -506,3 +506,32 @@ def test_meta_train_refuses_an_unknown_top_level_key_before_training(tmp_path):
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("config error: resum = False: refused: not a key of conf/meta_train")
     assert not (tmp_path / "ck.safetensors").exists()
+
+
+def test_meta_train_expands_home_as_its_checks_do_and_refuses_resumes_in_one_line(tmp_path):
+    import os
+
+    home = tmp_path / "home"
+    home.mkdir()
+    tiny = ["experiments.meta_train", "progress=false", "train.meta_steps=2", "train.unroll=2",
+            "train.horizon=2", "train.tasks_per_step=1", "train.families=[quadratic,logistic]",
+            "learned.hidden=[4]", f"hydra.run.dir={tmp_path}/run"]  # fmt: skip
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", *tiny, "checkpoint='~/ck.safetensors'", "export='~/ex.safetensors'"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # written where the checks looked (they expanded "~"), not into ./~/ (an audit)
+    assert {p.name for p in home.iterdir()} == {"ck.safetensors", "ex.safetensors", "ex.json"}
+    assert not (tmp_path / "~").exists()
+    # a checkpoint that cannot be resumed: one line, exit 2, not hydra's traceback
+    done = subprocess.run(
+        [sys.executable, "-m", *tiny, "checkpoint='~/ck.safetensors'", "train.seed=3"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("config error: checkpoint = '~/ck.safetensors': refused: ") and (
+        "the training config differs" in line
+    ), line

@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import sys
+import warnings
 
 import pytest
 import torch
@@ -285,10 +286,13 @@ def test_a_checkpoint_that_cannot_be_resumed_is_refused_with_the_reason(tmp_path
     from assocmem.meta.train import export
     from assocmem.storage import strict_json
 
-    # a run that ends inside a task (2 meta-steps per task): warned, and its file refused
-    with pytest.warns(UserWarning, match="ends inside a task"):
-        meta_train(TINY, _small(meta_steps=3), checkpoint=tmp_path / "m.safetensors",
-                   progress=False)  # fmt: skip
+    # a file written inside a task (2 meta-steps per task; made by editing a boundary's header,
+    # as the run itself now keeps the last boundary): refused
+    two = meta_train(TINY, _small(meta_steps=2), checkpoint=tmp_path / "m.safetensors",
+                     progress=False)  # fmt: skip
+    ckpt = load_checkpoint(tmp_path / "m.safetensors")
+    info = {**ckpt.info, "meta_step": 3, "history": [*ckpt.info["history"], 0.0]}
+    save_checkpoint(tmp_path / "m.safetensors", two.meta_params, TINY, info=info, extra=ckpt.extra)
     with pytest.raises(ValueError, match="inside a task"):
         meta_train(TINY, _small(meta_steps=5), checkpoint=tmp_path / "m.safetensors",
                    progress=False)  # fmt: skip
@@ -313,9 +317,77 @@ def test_a_checkpoint_that_cannot_be_resumed_is_refused_with_the_reason(tmp_path
             meta_train(TINY, _small(meta_steps=6), checkpoint=path, progress=False)
 
 
+def test_a_run_that_ends_inside_a_task_keeps_its_last_boundary_resumable(tmp_path):
+    # it wrote its final (unresumable) state over the last resumable one, so the next run of
+    # the same command could only start again (an audit)
+    path = tmp_path / "m.safetensors"
+    with pytest.warns(UserWarning, match="keeps meta-step 2, the last task boundary"):
+        three = meta_train(TINY, _small(meta_steps=3), checkpoint=path, progress=False)
+    assert three.meta_step == 3 and len(three.history) == 3
+    from assocmem.meta.checkpoint import load_checkpoint
+
+    assert load_checkpoint(path).info["meta_step"] == 2
+    # the same command again, and a longer run, resume from it and match uninterrupted runs
+    for steps in (3, 6):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            resumed = meta_train(TINY, _small(meta_steps=steps), checkpoint=path, progress=False)
+            whole = meta_train(TINY, _small(meta_steps=steps), progress=False)
+        assert resumed.history == whole.history
+        for k, v in whole.meta_params.items():
+            assert torch.equal(v, resumed.meta_params[k]), k
+    assert load_checkpoint(path).info["meta_step"] == 6
+    # shorter than one task: the run's start (meta-step 0) is kept
+    with pytest.warns(UserWarning, match="keeps meta-step 0"):
+        meta_train(TINY, _small(meta_steps=1), checkpoint=tmp_path / "one.safetensors",
+                   progress=False)  # fmt: skip
+    assert load_checkpoint(tmp_path / "one.safetensors").info["meta_step"] == 0
+
+
+def _edited(tmp_path, ckpt, info=None, extra=None):
+    from assocmem.meta.checkpoint import save_checkpoint
+
+    path = tmp_path / "edited.safetensors"  # re-saved: every digest matches the edit
+    save_checkpoint(path, ckpt.meta_params, TINY, info=info or ckpt.info,
+                    extra=ckpt.extra if extra is None else extra)  # fmt: skip
+    return path
+
+
+def test_a_training_state_whose_counters_disagree_is_refused(tmp_path):
+    """The header's meta_step and skipped list are checked against Adam's step counts and the
+    tensors present: an edited meta_step resumed at that step with the Adam bias correction and
+    task stream of another one, exit 0 (an audit)."""
+    from assocmem.meta.checkpoint import load_checkpoint
+
+    meta_train(TINY, _small(), checkpoint=tmp_path / "a.safetensors", progress=False)
+    ckpt = load_checkpoint(tmp_path / "a.safetensors")
+    info, extra = ckpt.info, dict(ckpt.extra)
+    assert info["meta_step"] == 4 and not info["skipped"]
+    n = len([k for k in extra if k.endswith(".step")])
+    step0, moment = extra["optim.0.step"], extra["optim.0.exp_avg_sq"]
+    cases = {
+        "meta_step 2": ({**info, "meta_step": 2, "history": info["history"][:2]}, extra),
+        "skipped [0]": ({**info, "skipped": [0]}, extra),
+        "one step 2": (info, {**extra, "optim.0.step": torch.full_like(step0, 2.0)}),
+        "a state missing": (info, {k: v for k, v in extra.items() if not k.startswith("optim.1.")}),
+        "its step missing": (info, {k: v for k, v in extra.items() if k != "optim.0.step"}),
+        "an unknown state": (info, {**extra, f"optim.{n - 1}.max_exp_avg_sq": moment.clone()}),
+        "an unknown tensor": (info, {**extra, "rng.other": extra["rng.tasks"].clone()}),
+        "a negative moment": (info, {**extra, "optim.0.exp_avg_sq": -moment - 1}),
+    }  # fmt: skip
+    for name, (bad_info, bad_extra) in cases.items():
+        path = _edited(tmp_path, ckpt, bad_info, bad_extra)
+        with pytest.raises(ValueError, match="edited or corrupted|unknown training-state") as e:
+            meta_train(TINY, _small(meta_steps=6), checkpoint=path, progress=False)
+        assert str(e.value).startswith(str(path)), (name, str(e.value))
+    # unedited, it resumes
+    meta_train(TINY, _small(meta_steps=6), checkpoint=_edited(tmp_path, ckpt), progress=False)
+
+
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
+        ({"seed": 2**63}, "seed must be an integer < 2"),  # an OverflowError in torch later
         ({"families": "quadratic"}, "sequence of names"),
         ({"families": ()}, "at least one"),
         ({"tasks_per_step": 0}, "tasks_per_step"),

@@ -100,6 +100,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        if self.seed >= 2**63:  # torch.Generator.manual_seed's bound: an OverflowError later
+            raise ValueError(f"seed must be an integer < 2**63, got {self.seed!r}")
         for name in ("meta_lr", "clip"):
             value = getattr(self, name)
             real = isinstance(value, numbers.Real) and not isinstance(value, bool)
@@ -262,6 +264,42 @@ def _load_optim(opt: torch.optim.Optimizer, extra: dict[str, Tensor], groups: An
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+# The Adam state of each meta-parameter once it has stepped (torch.optim.Adam, amsgrad off).
+_ADAM_STATE = ("exp_avg", "exp_avg_sq", "step")
+
+
+def _check_adam_state(extra: dict[str, Tensor], n_params: int, steps: int) -> None:
+    """Refuse a meta-optimizer state that the run recorded beside it could not have left: Adam
+    steps once per meta-step not skipped, so each meta-parameter holds its moments and a step
+    count of ``steps`` (none at all when ``steps`` is 0), the second moment is >= 0, and the
+    file holds nothing else. The header's ``meta_step``, ``skipped`` and the tensors are
+    checked against each other because no digest covers the header: an edited ``meta_step``
+    resumed at that step with Adam's bias correction and the task stream of another one."""
+    unknown = sorted(k for k in extra if not (k == "rng.tasks" or k.startswith("optim.")))
+    if unknown:
+        raise ValueError(f"unknown training-state tensors {unknown}")
+    wanted = (
+        {f"optim.{i}.{key}" for i in range(n_params) for key in _ADAM_STATE} if steps else set()
+    )
+    have = {k for k in extra if k.startswith("optim.")}
+    if have != wanted:
+        missing, other = sorted(wanted - have), sorted(have - wanted)
+        raise ValueError(
+            f"the meta-optimizer state does not match {steps} Adam steps (meta_step minus the "
+            f"skipped ones): missing {missing[:4]}{' ...' if len(missing) > 4 else ''}, "
+            f"unexpected {other[:4]}{' ...' if len(other) > 4 else ''}; edited or corrupted"
+        )
+    for i in range(n_params if steps else 0):
+        step = extra[f"optim.{i}.step"]
+        if step.numel() != 1 or float(step) != steps:
+            raise ValueError(
+                f"optim.{i}.step is {step.tolist()}, not the {steps} Adam steps the record "
+                "implies (meta_step minus the skipped ones); edited or corrupted"
+            )
+        if bool((extra[f"optim.{i}.exp_avg_sq"] < 0).any()):
+            raise ValueError(f"optim.{i}.exp_avg_sq holds negative values; edited or corrupted")
+
+
 def _resume_state(ckpt: Checkpoint, train: TrainConfig, path: Any) -> tuple[int, dict[str, Any]]:
     """The meta-step a checkpoint resumes at and its training record, checked: a file without
     a training state (``export``), one written inside a task, or a corrupt one is refused with
@@ -344,7 +382,9 @@ def meta_train(
         config: the learned memory's features and network.
         train: the meta-training hyperparameters.
         checkpoint: a ``.safetensors`` path written every ``checkpoint_every`` meta-steps
-            (rounded up to a task boundary) and at the end; ``None`` keeps nothing.
+            (rounded up to a task boundary) and at the end, or, when ``meta_steps`` ends
+            inside a task, at the last task boundary (only a boundary can be resumed; a
+            warning says so); ``None`` keeps nothing.
         resume: continue from ``checkpoint`` if it exists (it must hold the same ``config``
             and the same ``train`` up to ``meta_steps``/``checkpoint_every``, and no more than
             ``meta_steps`` meta-steps: a longer run is refused with a ``ValueError``).
@@ -385,6 +425,7 @@ def meta_train(
                     f"train): {_group_diff(saved['optim']['param_groups'], fresh)}; edited or "
                     "corrupted"
                 )
+            _check_adam_state(ckpt.extra, len(leaves), start - len(saved.get("skipped", [])))
             _load_optim(opt, ckpt.extra, saved["optim"]["param_groups"])
             rng.set_state(ckpt.extra["rng.tasks"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
@@ -417,10 +458,16 @@ def meta_train(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=train.meta_steps, initial=start, desc="meta-train", dynamic_ncols=True)
-    if train.meta_steps % train.truncations and checkpoint is not None:
+    # The tasks in flight are not saved, so only a task boundary can be resumed: a run that
+    # ends inside a task leaves the checkpoint at its last boundary (it wrote its final,
+    # unresumable state over the last resumable one, and the next run could only restart)
+    boundary = train.meta_steps - train.meta_steps % train.truncations
+    if boundary != train.meta_steps and checkpoint is not None:
         warnings.warn(
             f"meta_steps={train.meta_steps} ends inside a task (each runs "
-            f"{train.truncations} meta-steps): the final checkpoint will not be resumable",
+            f"{train.truncations} meta-steps): the checkpoint keeps meta-step "
+            f"{max(boundary, start)}, the last task boundary, so that it can be resumed; the "
+            "final meta-parameters are only returned (export them)",
             stacklevel=2,
         )
     every = max(1, math.ceil(train.checkpoint_every / train.truncations)) * train.truncations
@@ -429,7 +476,9 @@ def meta_train(
     for step in range(start, train.meta_steps):
         t0 = time.perf_counter()
         if step % train.truncations == 0:
-            if step > start and step % every == 0:
+            if (step > start and step % every == 0) or (
+                step == boundary and (step > start or step == 0)
+            ):
                 save(step)
             workers = [_new_worker(train, config, rng) for _ in range(train.tasks_per_step)]
         meta_loss = torch.zeros(())
@@ -481,7 +530,8 @@ def meta_train(
     if bar is not None:
         bar.close()
     final = train.meta_steps  # >= start: a longer saved run is refused above
-    save(final)
+    if final == boundary:
+        save(final)
     meta_params = {k: v.detach().clone() for k, v in meta.items()}
     return TrainResult(meta_params, final, history, seconds, skipped)
 
