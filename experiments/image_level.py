@@ -95,7 +95,7 @@ def _checkpoint_name(weights: str) -> str:
     return "The shipped checkpoint (`Detector.load()`)" if weights == SHIPPED else f"`{weights}`"
 
 
-def markdown(record: dict[str, Any]) -> str:
+def markdown(record: dict[str, Any], rendered_by: str | None = None) -> str:
     """The results section of a :func:`measure` record."""
     reports = record["reports"]
     first = reports[0]
@@ -124,7 +124,9 @@ def markdown(record: dict[str, Any]) -> str:
         + ("the patch threshold for every size)" if not by_size else "thresholds by size)")
         + (" on the fresh test photos" if record.get("test_photos") == "fresh" else ""),
         "",
-        f"Regenerate: `{record['command']}`.",
+        f"Regenerate: `{record['command']}`"
+        + (f", then `{rendered_by}`" if rendered_by else "")
+        + ".",
         "",
         f"{_checkpoint_name(record['weights'])} (views `{record['views']}`), scored as "
         f"`Detector` scores images: non-overlapping tiles, the mean tile logit, {rule}. "
@@ -235,22 +237,26 @@ def main(argv: list[str] | None = None) -> None:
             ("the checkpoint's sidecar", sidecar_path(weights)),
         ],
     )
+    argv_text = shlex.join(sys.argv[1:] if argv is None else argv)
+    command = f"python -m experiments.image_level {argv_text}"
+    rendered_by = None
     if args.from_json:
         record = read_record(parser, args.from_json, ("command", "reports"))
+        # the section says how it was rendered from the record, as shipped_fresh's does: the
+        # scoring command alone re-scores, and wrote its record outside the repository
+        rendered_by = command
     else:
         if args.n < 1 or any(s < 1 for s in args.sizes):
             parser.error("--n and --sizes must be positive")
         if problem := bad_run_options(args):  # --threads 0: as the training commands
             parser.error(problem)
-        argv_text = shlex.join(sys.argv[1:] if argv is None else argv)
-        command = f"python -m experiments.image_level {argv_text}"
         try:
             record = measure(args, command)
         except (ValueError, FileNotFoundError) as e:
             parser.error(str(e))
         if args.json:
             write_json(args.json, record)
-    text = markdown(record)
+    text = markdown(record, rendered_by)
     print(text)
     if args.write:
         replace_section(args.write, args.section, text)
