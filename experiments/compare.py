@@ -21,6 +21,7 @@ never stops the sweep.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shlex
@@ -148,7 +149,12 @@ def step_costs(task: str, tuned: dict[str, tuple[str, float]], cfg: DictConfig) 
     }
 
 
-def compare(cfg: DictConfig, command: str | None = None) -> Path:
+def compare(
+    cfg: DictConfig, command: str | None = None, sweep: dict[str, Any] | None = None
+) -> Path:
+    """Run the comparison ``cfg`` into ``cfg.out_dir``. ``sweep``: this job's place in a hydra
+    ``-m`` sweep (:func:`sweep_job`), kept in the plan so that a later job of the same sweep
+    is refused the folder."""
     root = Path(cfg.out_dir)
     # Every file this invocation writes carries its id: a report refuses a folder whose files
     # come from several invocations (a re-run into the same out_dir, interrupted or with other
@@ -156,7 +162,39 @@ def compare(cfg: DictConfig, command: str | None = None) -> Path:
     run_id = uuid.uuid4().hex
     root.mkdir(parents=True, exist_ok=True)
     with _sole_writer(root):
-        return _compare(cfg, command, root, run_id)
+        _refuse_a_sibling_jobs_folder(root, sweep)
+        return _compare(cfg, command, root, run_id, sweep)
+
+
+def sweep_job() -> dict[str, Any] | None:
+    """This hydra job's place in a ``-m`` sweep, ``{"dir": sweep folder, "job": number}``, or
+    ``None`` outside one."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hc = HydraConfig.get()
+    return {"dir": str(Path(hc.sweep.dir).expanduser().resolve()), "job": int(hc.job.num)}
+
+
+def _refuse_a_sibling_jobs_folder(root: Path, sweep: dict[str, Any] | None) -> None:
+    """Refuse ``root`` when another job of this sweep wrote its comparison there: a command line
+    ``check_jobs_before_hydra`` does not read (a hydra flag) reaches the jobs unchecked, and
+    the second job wiped the first one's records (as the check before hydra refuses)."""
+    if sweep is None or not (root / PLAN).is_file():
+        return
+    try:
+        earlier = json.loads((root / PLAN).read_text()).get("sweep")
+    except (OSError, ValueError, AttributeError):
+        return  # not a plan this code wrote: the run replaces it, as any re-run does
+    same_sweep = isinstance(earlier, dict) and earlier.get("dir") == sweep["dir"]
+    if same_sweep and earlier.get("job") != sweep["job"]:
+        raise ConfigError(
+            "out_dir", str(root), "", refused=f"job {earlier.get('job')} of this sweep wrote its "
+            f"comparison there and job {sweep['job']} would wipe its records; give each job its "
+            "own out_dir"
+        )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -176,13 +214,17 @@ def _sole_writer(root: Path) -> Iterator[None]:
         yield
 
 
-def _compare(cfg: DictConfig, command: str | None, root: Path, run_id: str) -> Path:
+def _compare(
+    cfg: DictConfig, command: str | None, root: Path, run_id: str, sweep: dict[str, Any] | None
+) -> Path:
     for stale in (*root.glob("*/*/protocol.json"), *root.glob("*/step_cost.json")):
         stale.unlink()  # a re-run's old records must not outlive its new runs
     optimizers = [cfg.baseline] + [o for o in cfg.optimizers if o != cfg.baseline]
     # What this invocation will write, and (rewritten at the end) that it did: a report of a
     # comparison interrupted (Ctrl-C) halfway is refused, not shown as a complete one.
     plan = {"run_id": run_id, "tasks": list(cfg.tasks), "optimizers": optimizers}
+    if sweep is not None:
+        plan["sweep"] = sweep
     (root / PLAN).write_text(strict_json.dumps({**plan, "complete": False}, indent=2))
     per_task = sum(
         len(configurations(o, cfg.variants)) * len(cfg.lr_factors) + len(cfg.seeds)
@@ -244,7 +286,7 @@ def main(cfg: DictConfig) -> None:
         exit_on_error(check_job_overrides("compare"), cfg)
     command = cfg.report.get("command") or invocation()
     try:
-        root = compare(cfg, command)
+        root = compare(cfg, command, sweep_job())
     except ConfigError as e:  # a task refused a value (task.build): its run wrote nothing
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -586,6 +586,47 @@ def test_a_sweep_whose_jobs_share_an_out_dir_is_refused_before_any_run(tmp_path)
     assert not (tmp_path / "one").exists()
 
 
+def test_a_sweep_job_refuses_the_out_dir_an_earlier_job_of_its_sweep_wrote(tmp_path):
+    # a command line the check before hydra does not read (a hydra flag) reached the jobs, and
+    # the second wiped the first one's records, exit 0
+    from hydra import compose, initialize_config_dir
+
+    from experiments.compare import compare
+    from experiments.validate_config import ConfigError
+
+    with initialize_config_dir(str(REPO / "experiments" / "conf"), version_base=None):
+        cfg = compose("compare", overrides=["+experiment=smoke", f"out_dir={tmp_path}"])
+    plan = '{"complete": true, "sweep": {"dir": "/s", "job": 0}}'
+    (tmp_path / "plan.json").write_text(plan)
+    with pytest.raises(ConfigError, match="job 0 of this sweep wrote its comparison there"):
+        compare(cfg, "cmd", {"dir": "/s", "job": 1})
+    assert (tmp_path / "plan.json").read_text() == plan  # nothing touched
+    # the same job again (a re-run of the sweep), or another sweep, may replace it
+    from experiments import compare as compare_module
+
+    seen = []
+    real = compare_module._compare
+    compare_module._compare = lambda *a: seen.append(a[-1]) or tmp_path
+    try:
+        compare(cfg, "cmd", {"dir": "/s", "job": 0})
+        compare(cfg, "cmd", {"dir": "/other", "job": 1})
+        compare(cfg, "cmd")
+    finally:
+        compare_module._compare = real
+    assert seen == [{"dir": "/s", "job": 0}, {"dir": "/other", "job": 1}, None]
+
+
+def test_a_sweep_with_a_hydra_flag_keeps_the_first_jobs_records(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.compare", "-m", "+experiment=smoke",
+           f"out_dir={tmp_path / 'one'}", "seeds=[0],[2]", "lr_factors=[1.0]", "lr_extensions=0",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}", "--config-name", "compare"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "job 0 of this sweep wrote its comparison there" in done.stderr, done.stderr[-2000:]
+    plan = json.loads((tmp_path / "one" / "plan.json").read_text())
+    assert plan["complete"] is True and plan["sweep"]["job"] == 0
+
+
 def test_a_comparison_refuses_an_out_dir_another_one_is_writing(tmp_path):
     # two at once wrote into the same metrics.jsonl files and both ended in a traceback
     import fcntl
