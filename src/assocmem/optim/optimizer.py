@@ -266,6 +266,15 @@ class MemoryOptimizer(Optimizer):
         for group, (params, _) in zip(self.param_groups, gathered, strict=True):
             if params:
                 get_preset(group["memory"]).check_step(params, self.state, group)
+        if not self.state and _makes_state_only(self.param_groups, gathered):
+            # torch.distributed.checkpoint's get_optimizer_state_dict on an optimizer that has
+            # not stepped makes its state with a step at lr 0 on zero gradients
+            # (_init_optim_state). The parameters stayed, but the memories counted that step and
+            # wrote the zeros: a run saved before its first step drifted from one never saved
+            # (`learned` by 0.5 in 4 steps, as far as it moved in all). Only the state is made.
+            for group, (params, _) in zip(self.param_groups, gathered, strict=True):
+                self._init_states(group, params)
+            return loss
         all_grads = [_real(g) for _, grads in gathered for g in grads]
         on_device = self.sync_free
         if on_device is None:  # a host read costs nothing on the CPU: nothing is queued
@@ -322,6 +331,14 @@ class MemoryOptimizer(Optimizer):
             skipped = skipped + self._skipped_on_device.to(flag.device)
         self._skipped_on_device = skipped
 
+    def _init_states(self, group: Group, params: list[Tensor]) -> None:
+        """The state of each of ``params`` that has none, as its first step makes it."""
+        preset = get_preset(group["memory"])
+        for p in params:
+            if not self.state[p]:
+                _check_param(p, group, preset)
+                self.state[p].update(_first_state(preset, p, group, self.sync_free))
+
     def _step_group(
         self,
         group: Group,
@@ -334,8 +351,7 @@ class MemoryOptimizer(Optimizer):
         for p in params:
             state = self.state[p]
             if not state:
-                _check_param(p, group, preset)
-                state.update(_first_state(preset, p, group, self.sync_free))
+                self._init_states(group, [p])
             elif (MASTER in state) != (p.dtype in LOW_PRECISION):
                 _match_precision(state, _real(p))  # model.half() / .float() after a step
             elif MASTER in state:  # the parameter may have been changed outside the optimizer
@@ -1195,6 +1211,22 @@ def _overlaps_itself(t: Tensor) -> bool:
     """Whether two elements of ``t`` are one memory location (a stride 0 over a dimension of
     size > 1, as ``expand`` makes)."""
     return any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape, strict=True))
+
+
+def _makes_state_only(
+    groups: list[Group], gathered: list[tuple[list[Tensor], list[Tensor]]]
+) -> bool:
+    """Whether a step on an optimizer without state is torch's state-making one: every group's
+    lr is 0 and every gradient is zero (``_init_optim_state`` sets both). Read once, before the
+    first step; every rank of a sharded model decides together (its own shards, then a flag
+    all-reduced over their meshes), so no rank steps while another only makes state."""
+    if torch.compiler.is_compiling() or not any(params for params, _ in gathered):
+        return False
+    if any(float(group["lr"]) != 0.0 for group in groups):  # a tensor lr: one read, once
+        return False
+    grads = [g for _, gs in gathered for g in gs]
+    moved = any(bool(sharded.local(_real(g)).any()) for g in grads)
+    return not sharded.any_rank(moved, grads)
 
 
 def _nonfinite_flags(
