@@ -167,15 +167,20 @@ def compare(
 
 
 def sweep_job() -> dict[str, Any] | None:
-    """This hydra job's place in a ``-m`` sweep, ``{"dir": sweep folder, "job": number}``, or
-    ``None`` outside one."""
+    """This hydra job's place in a ``-m`` sweep, ``{"dir": sweep folder, "launch": when the
+    sweep started, "job": number}``, or ``None`` outside one."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     hc = HydraConfig.get()
-    return {"dir": str(Path(hc.sweep.dir).expanduser().resolve()), "job": int(hc.job.num)}
+    where = Path(hc.sweep.dir).expanduser().resolve()
+    try:  # the sweeper writes it as it starts: a later sweep into a fixed sweep.dir is another
+        launch = (where / "multirun.yaml").stat().st_mtime_ns
+    except OSError:
+        launch = None
+    return {"dir": str(where), "launch": launch, "job": int(hc.job.num)}
 
 
 def _refuse_a_sibling_jobs_folder(root: Path, sweep: dict[str, Any] | None) -> None:
@@ -188,7 +193,9 @@ def _refuse_a_sibling_jobs_folder(root: Path, sweep: dict[str, Any] | None) -> N
         earlier = json.loads((root / PLAN).read_text()).get("sweep")
     except (OSError, ValueError, AttributeError):
         return  # not a plan this code wrote: the run replaces it, as any re-run does
-    same_sweep = isinstance(earlier, dict) and earlier.get("dir") == sweep["dir"]
+    same_sweep = isinstance(earlier, dict) and all(
+        earlier.get(k) == sweep.get(k) for k in ("dir", "launch")
+    )
     if same_sweep and earlier.get("job") != sweep["job"]:
         raise ConfigError(
             "out_dir", str(root), "", refused=f"job {earlier.get('job')} of this sweep wrote its "

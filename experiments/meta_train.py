@@ -43,8 +43,8 @@ def main(cfg: DictConfig) -> None:
             info={"command": command},
         )
     except ValueError as e:
-        if checkpoint is None or not str(e).startswith(str(checkpoint)):
-            raise
+        if checkpoint is None or str(checkpoint) not in str(e):
+            raise  # not about the checkpoint (the loader's messages name it, not always first)
         # a checkpoint that cannot be resumed (another config, a longer run, an edited file):
         # one line saying why, before any meta-step, as a bad value gets
         print(f"config error: checkpoint = {str(cfg.checkpoint)!r}: refused: {e}", file=sys.stderr)

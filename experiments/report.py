@@ -495,7 +495,7 @@ def read_runs(path: Path, *, lone: bool = False) -> list[dict[str, Any]]:
     read records (``detector_ceiling``, ``detector_ensemble --records``, ``clip_detectors
     --from-json``) each had their own reader, and not all of them named the file."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a readable records file ({e})") from None
     runs = [data] if lone and isinstance(data, dict) else data
@@ -511,7 +511,7 @@ def read_record(
     is unreadable, not JSON, or not an object with the ``needed`` keys set (a falsy value, an
     empty list of reports say, counts as missing)."""
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         parser.error(f"--from-json {path}: {e}")
     if not isinstance(record, dict) or not all(record.get(k) for k in needed):

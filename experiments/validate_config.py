@@ -382,38 +382,80 @@ _ABSENT = object()
 def check_added_keys(
     overrides: Iterable[str],
     config_name: str,
-    compose_without: Callable[[list[str]], DictConfig] | None = None,
+    compose_with: Callable[[list[str]], DictConfig] | None = None,
 ) -> None:
     """Refuse an override that adds a nested key the config does not have (``+task.step=5`` for
-    ``task.steps``, ``+data.photo=...``): hydra adds a key given with ``+`` and the run went on
-    with the default, exit 0. A key given with ``+`` is new by hydra's rule (it refuses ``+``
-    on an existing key); one given with ``++`` (add or override) is new when the config
-    composed from the other overrides (``compose_without``) lacks it. Top-level keys are
+    ``task.steps``, ``++data.photo=...``, ``++task={stepz: 3}``): hydra adds a key given with
+    ``+`` or ``++`` and the run went on with the default, exit 0. A key given with ``+`` is new
+    by hydra's rule (it refuses ``+`` on an existing key); one given with ``++`` (add or
+    override) is new when the config composed from the other overrides lacks it, and a mapping
+    given with ``++`` adds the keys its node composed without it lacks (``compose_with`` composes
+    a list of overrides; without it only ``+`` keys are checked). Top-level keys are
     :func:`_check_unknown_keys`'s (a group such as ``+experiment=demo`` is one); keys under
     :data:`ADDABLE` are their readers'."""
     overrides = [str(o) for o in overrides]
+    addable = ADDABLE.get(config_name, ())
+
+    def free(key: str) -> bool:
+        return any(key == node or key.startswith(f"{node}.") for node in addable)
+
+    def compose(job: list[str]) -> DictConfig | None:
+        if compose_with is None:
+            return None
+        try:
+            return compose_with(job)
+        except Exception:  # noqa: BLE001 (hydra's own error for these overrides, as it starts)
+            return None
+
     for o in overrides:
         key, _, value = o.partition("=")
         if not key.startswith("+"):
             continue
         forced, key = key.startswith("++"), key.lstrip("+")
-        if "." not in key or any(
-            key == node or key.startswith(f"{node}.") for node in ADDABLE.get(config_name, ())
-        ):
+        if free(key) or any(x.split("=", 1)[0] == f"~{key}" for x in overrides):
+            continue  # a reader checks it, or ~key deleted it and ++key sets it again
+        base = compose([x for x in overrides if x is not o])
+        there = None if base is None else OmegaConf.select(base, key, default=_ABSENT)
+        if forced and (base is None or there is not _ABSENT):
+            # ++ overrode a key the config has (or cannot be told apart from that): a mapping
+            # may still add keys inside it
+            full = compose(overrides) if base is not None else None
+            added = _added_keys(
+                None if full is None else OmegaConf.select(full, key, default=None),
+                there, key, free,
+            )  # fmt: skip
+            if added:
+                raise ConfigError(added[0], value, "", refused=_added(config_name, there))
             continue
-        base = (
-            None
-            if compose_without is None
-            else compose_without([x for x in overrides if x is not o])
-        )
-        if forced and (base is None or OmegaConf.select(base, key, default=_ABSENT) is not _ABSENT):
-            continue  # ++ overrode a key the config has (or cannot be told apart from that)
+        if "." not in key or there not in (None, _ABSENT):
+            continue  # top level: _check_unknown_keys; + on a key there: hydra refuses it
         node = None if base is None else OmegaConf.select(base, key.rsplit(".", 1)[0], default=None)
-        keys = f" (its keys: {', '.join(map(str, node))})" if isinstance(node, DictConfig) else ""
-        raise ConfigError(
-            key, value, "", refused=f"adds a key conf/{config_name}.yaml and its groups do not "
-            f"have{keys}: a typo? hydra adds it and nothing reads it"
-        )  # fmt: skip
+        raise ConfigError(key, value, "", refused=_added(config_name, node))
+
+
+def _added(config_name: str, node: Any) -> str:
+    keys = f" (its keys: {', '.join(map(str, node))})" if isinstance(node, DictConfig) else ""
+    return (
+        f"adds a key conf/{config_name}.yaml and its groups do not have{keys}: a typo? hydra "
+        "adds it and nothing reads it"
+    )
+
+
+def _added_keys(new: Any, old: Any, prefix: str, free: Callable[[str], bool]) -> list[str]:
+    """The keys under ``new`` (a composed node) that ``old`` (the same node without the
+    override) lacks, outside the ``free`` ones, depth first."""
+    if not isinstance(new, DictConfig) or not isinstance(old, DictConfig):
+        return []
+    out = []
+    for k in new:
+        path = f"{prefix}.{k}"
+        if free(path):
+            continue
+        if k not in old:
+            out.append(path)
+        else:
+            out += _added_keys(new._get_node(k), old._get_node(k), path, free)
+    return out
 
 
 def check_job_overrides(config_name: str) -> Callable[[DictConfig], None]:

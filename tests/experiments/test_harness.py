@@ -596,10 +596,10 @@ def test_a_sweep_job_refuses_the_out_dir_an_earlier_job_of_its_sweep_wrote(tmp_p
 
     with initialize_config_dir(str(REPO / "experiments" / "conf"), version_base=None):
         cfg = compose("compare", overrides=["+experiment=smoke", f"out_dir={tmp_path}"])
-    plan = '{"complete": true, "sweep": {"dir": "/s", "job": 0}}'
+    plan = '{"complete": true, "sweep": {"dir": "/s", "launch": 7, "job": 0}}'
     (tmp_path / "plan.json").write_text(plan)
     with pytest.raises(ConfigError, match="job 0 of this sweep wrote its comparison there"):
-        compare(cfg, "cmd", {"dir": "/s", "job": 1})
+        compare(cfg, "cmd", {"dir": "/s", "launch": 7, "job": 1})
     assert (tmp_path / "plan.json").read_text() == plan  # nothing touched
     # the same job again (a re-run of the sweep), or another sweep, may replace it
     from experiments import compare as compare_module
@@ -608,12 +608,14 @@ def test_a_sweep_job_refuses_the_out_dir_an_earlier_job_of_its_sweep_wrote(tmp_p
     real = compare_module._compare
     compare_module._compare = lambda *a: seen.append(a[-1]) or tmp_path
     try:
-        compare(cfg, "cmd", {"dir": "/s", "job": 0})
-        compare(cfg, "cmd", {"dir": "/other", "job": 1})
+        compare(cfg, "cmd", {"dir": "/s", "launch": 7, "job": 0})
+        compare(cfg, "cmd", {"dir": "/other", "launch": 7, "job": 1})
+        # a later sweep into the same fixed sweep folder (a review)
+        compare(cfg, "cmd", {"dir": "/s", "launch": 8, "job": 1})
         compare(cfg, "cmd")
     finally:
         compare_module._compare = real
-    assert seen == [{"dir": "/s", "job": 0}, {"dir": "/other", "job": 1}, None]
+    assert [s and s["job"] for s in seen] == [0, 1, 1, None]
 
 
 def test_a_sweep_with_a_hydra_flag_keeps_the_first_jobs_records(tmp_path):
@@ -625,6 +627,7 @@ def test_a_sweep_with_a_hydra_flag_keeps_the_first_jobs_records(tmp_path):
     assert "job 0 of this sweep wrote its comparison there" in done.stderr, done.stderr[-2000:]
     plan = json.loads((tmp_path / "one" / "plan.json").read_text())
     assert plan["complete"] is True and plan["sweep"]["job"] == 0
+    assert isinstance(plan["sweep"]["launch"], int)  # the sweeper's multirun.yaml was read
 
 
 def test_a_comparison_refuses_an_out_dir_another_one_is_writing(tmp_path):

@@ -430,6 +430,10 @@ def _compose_in(config_name: str, base: list[str]):
         ("compare", [], "+report.markdwn=x.md", "report.markdwn"),
         ("compare", [], "+step_cost.sample=3", "step_cost.sample"),
         ("meta_train", [], "+train.meta_step=1", "train.meta_step"),
+        # a mapping merged into a node adds its keys (a review)
+        ("config", ["task=quadratic"], "++task={stepz: 3}", "task.stepz"),
+        ("config", [], "++data={photo: 1}", "data.photo"),
+        ("compare", [], "++report={markdwn: x.md}", "report.markdwn"),
     ],
 )
 def test_an_override_that_adds_a_nested_key_is_refused(config_name, base, added, key):
@@ -454,6 +458,8 @@ def test_an_override_that_adds_a_nested_key_is_refused(config_name, base, added,
         ("compare", "+variants.delta=[delta,momentum]"),  # free by design
         ("compare", "+report.command=make demo"),  # compare reads it when set
         ("config", "task.steps=5"),  # no addition at all
+        ("config", "++task={steps: 5}"),  # a mapping of keys the node has
+        ("config", "++task.build={hidden: 8}"),  # under a node its reader checks
     ],
 )
 def test_an_override_that_adds_a_key_its_reader_checks_is_left_to_it(config_name, added):
@@ -461,6 +467,21 @@ def test_an_override_that_adds_a_key_its_reader_checks_is_left_to_it(config_name
 
     with initialize_config_dir(str(CONF), version_base=None):
         check_added_keys([added], config_name, _compose_in(config_name, []))
+
+
+def test_added_keys_that_compose_only_with_others_are_told_apart():
+    from experiments.validate_config import check_added_keys
+
+    with initialize_config_dir(str(CONF), version_base=None):
+        compose_job = _compose_in("config", [])
+        # ~key then ++key sets a key the config has: not an addition
+        check_added_keys(["~data.seed", "++data.seed=3"], "config", compose_job)
+        # the other overrides do not compose without it: still an addition (hydra's + rule),
+        # named, not a traceback
+        with pytest.raises(ConfigError, match="task.extra = '1': refused: adds a key"):
+            check_added_keys(["+task.extra=1", "task.extra=2"], "config", compose_job)
+        # + on a key the config has is hydra's to refuse, not called an addition
+        check_added_keys(["+task.steps=5"], "config", compose_job)
 
 
 def test_compare_refuses_a_run_override_that_adds_a_nested_key(tmp_path):
@@ -535,3 +556,13 @@ def test_meta_train_expands_home_as_its_checks_do_and_refuses_resumes_in_one_lin
     assert line.startswith("config error: checkpoint = '~/ck.safetensors': refused: ") and (
         "the training config differs" in line
     ), line
+    # the loader names the file in the middle of its message ("learned-memory checkpoint X
+    # is not a regular file"): one line too, not a traceback (a review)
+    os.mkfifo(home / "fifo.safetensors")
+    done = subprocess.run(
+        [sys.executable, "-m", *tiny, "checkpoint='~/fifo.safetensors'"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("config error: checkpoint = '~/fifo.safetensors': refused: "), line

@@ -135,7 +135,9 @@ class Learned(Preset):
             None,
             _checkpoint_or_none,
             "safetensors file of the learned memory (a relative path is found from the working "
-            "directory at every step); None = shipped",
+            "directory at every step); None = shipped. The step is lr * d * e^s: the file's "
+            "config.lr reproduces its meta-training, and the default lr (1e-3) is the shipped "
+            "file's, so pass a custom file's own",
         ),
     }
 

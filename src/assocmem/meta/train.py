@@ -73,7 +73,11 @@ LOSS_FLOOR = 1e-6
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Meta-training hyperparameters (see the module docstring for the objective)."""
+    """Meta-training hyperparameters (see the module docstring for the objective).
+
+    The defaults are a small run, not the shipped memory's recipe: that one is
+    ``experiments/conf/meta_train.yaml`` (``meta_steps=3000``, ``horizon=1000``,
+    ``objective="validation"``), recorded in the shipped checkpoint's ``default.json``."""
 
     meta_steps: int = 600
     unroll: int = 20
@@ -100,8 +104,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-        if self.seed >= 2**63:  # torch.Generator.manual_seed's bound: an OverflowError later
-            raise ValueError(f"seed must be an integer < 2**63, got {self.seed!r}")
+        if self.seed >= 2**64:  # manual_seed refuses it ("Overflow when unpacking"), mid-run
+            raise ValueError(f"seed must be an integer < 2**64, got {self.seed!r}")
         for name in ("meta_lr", "clip"):
             value = getattr(self, name)
             real = isinstance(value, numbers.Real) and not isinstance(value, bool)
