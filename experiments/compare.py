@@ -21,7 +21,6 @@ never stops the sweep.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shlex
@@ -190,7 +189,7 @@ def _refuse_a_sibling_jobs_folder(root: Path, sweep: dict[str, Any] | None) -> N
     if sweep is None or not (root / PLAN).is_file():
         return
     try:
-        earlier = json.loads((root / PLAN).read_text()).get("sweep")
+        earlier = strict_json.loads((root / PLAN).read_text()).get("sweep")  # as _compare wrote it
     except (OSError, ValueError, AttributeError):
         return  # not a plan this code wrote: the run replaces it, as any re-run does
     same_sweep = isinstance(earlier, dict) and all(

@@ -142,7 +142,7 @@ def check_jobs_before_hydra(
                 return False  # an unknown group or key: hydra's own error, as it starts
             exit_on_error(check, cfg)
             exit_on_error(
-                lambda _, job=list(job): check_added_keys(job, config_name, compose_in), cfg
+                lambda cfg, job=list(job): check_added_keys(job, config_name, compose_in, cfg), cfg
             )
             if distinct is None:
                 continue
@@ -383,6 +383,7 @@ def check_added_keys(
     overrides: Iterable[str],
     config_name: str,
     compose_with: Callable[[list[str]], DictConfig] | None = None,
+    composed: DictConfig | None = None,
 ) -> None:
     """Refuse an override that adds a nested key the config does not have (``+task.step=5`` for
     ``task.steps``, ``++data.photo=...``, ``++task={stepz: 3}``): hydra adds a key given with
@@ -390,7 +391,8 @@ def check_added_keys(
     by hydra's rule (it refuses ``+`` on an existing key); one given with ``++`` (add or
     override) is new when the config composed from the other overrides lacks it, and a mapping
     given with ``++`` adds the keys its node composed without it lacks (``compose_with`` composes
-    a list of overrides; without it only ``+`` keys are checked). Top-level keys are
+    a list of overrides; without it only ``+`` keys are checked; ``composed``: the config of all
+    of ``overrides``, where the caller has it). Top-level keys are
     :func:`_check_unknown_keys`'s (a group such as ``+experiment=demo`` is one); keys under
     :data:`ADDABLE` are their readers'."""
     overrides = [str(o) for o in overrides]
@@ -419,7 +421,9 @@ def check_added_keys(
         if forced and (base is None or there is not _ABSENT):
             # ++ overrode a key the config has (or cannot be told apart from that): a mapping
             # may still add keys inside it
-            full = compose(overrides) if base is not None else None
+            full = (
+                None if base is None else composed if composed is not None else compose(overrides)
+            )
             added = _added_keys(
                 None if full is None else OmegaConf.select(full, key, default=None),
                 there, key, free,
@@ -473,6 +477,7 @@ def check_job_overrides(config_name: str) -> Callable[[DictConfig], None]:
             HydraConfig.get().overrides.task,
             config_name,
             lambda job: compose(config_name, overrides=job),
+            cfg,  # the job's config: all of its overrides
         )
 
     return check

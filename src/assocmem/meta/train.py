@@ -249,59 +249,55 @@ def _optim_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[
     return tensors, {"param_groups": sd["param_groups"]}
 
 
-def _load_optim(opt: torch.optim.Optimizer, extra: dict[str, Tensor], groups: Any) -> None:
-    params = [p for group in opt.param_groups for p in group["params"]]
-    state: dict[int, dict[str, Tensor]] = {}
-    for name, value in extra.items():
-        if name.startswith("optim."):
-            _, i, key = name.split(".", 2)
-            if value.is_floating_point() and not bool(value.isfinite().all()):
-                raise ValueError(f"the saved meta-optimizer state {name!r} holds NaN or inf")
-            if not 0 <= int(i) < len(params):
-                raise ValueError(f"the saved meta-optimizer state {name!r} names no parameter")
-            if value.dim() and value.shape != params[int(i)].shape:  # torch's load casts only
-                raise ValueError(
-                    f"the saved meta-optimizer state {name!r} has shape {tuple(value.shape)}, "
-                    f"its parameter {tuple(params[int(i)].shape)}"
-                )
-            state.setdefault(int(i), {})[key] = value
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
 # The Adam state of each meta-parameter once it has stepped (torch.optim.Adam, amsgrad off).
 _ADAM_STATE = ("exp_avg", "exp_avg_sq", "step")
 
 
-def _check_adam_state(extra: dict[str, Tensor], n_params: int, steps: int) -> None:
-    """Refuse a meta-optimizer state that the run recorded beside it could not have left: Adam
-    steps once per meta-step not skipped, so each meta-parameter holds its moments and a step
-    count of ``steps`` (none at all when ``steps`` is 0), the second moment is >= 0, and the
-    file holds nothing else. The header's ``meta_step``, ``skipped`` and the tensors are
-    checked against each other because no digest covers the header: an edited ``meta_step``
+def _load_optim(
+    opt: torch.optim.Optimizer, extra: dict[str, Tensor], groups: Any, steps: int
+) -> None:
+    """Load the meta-optimizer state of a checkpoint's ``extra`` tensors into ``opt``, refusing
+    one that the run recorded beside it could not have left: Adam steps once per meta-step not
+    skipped (``steps``), so each meta-parameter holds its moments and a step count of ``steps``
+    (none at all when ``steps`` is 0), shaped like its parameter, finite, the second moment
+    >= 0, and the file holds nothing else. The header's ``meta_step`` and ``skipped`` are
+    checked against the tensors because no digest covers the header: an edited ``meta_step``
     resumed at that step with Adam's bias correction and the task stream of another one."""
+    params = [p for group in opt.param_groups for p in group["params"]]
     unknown = sorted(k for k in extra if not (k == "rng.tasks" or k.startswith("optim.")))
     if unknown:
         raise ValueError(f"unknown training-state tensors {unknown}")
     wanted = (
-        {f"optim.{i}.{key}" for i in range(n_params) for key in _ADAM_STATE} if steps else set()
+        {f"optim.{i}.{key}" for i in range(len(params)) for key in _ADAM_STATE} if steps else set()
     )
     have = {k for k in extra if k.startswith("optim.")}
-    if have != wanted:
+    if have != wanted:  # so every name below is optim.<index of a parameter>.<an Adam key>
         missing, other = sorted(wanted - have), sorted(have - wanted)
         raise ValueError(
             f"the meta-optimizer state does not match {steps} Adam steps (meta_step minus the "
             f"skipped ones): missing {missing[:4]}{' ...' if len(missing) > 4 else ''}, "
             f"unexpected {other[:4]}{' ...' if len(other) > 4 else ''}; edited or corrupted"
         )
-    for i in range(n_params if steps else 0):
-        step = extra[f"optim.{i}.step"]
-        if step.numel() != 1 or float(step) != steps:
+    state: dict[int, dict[str, Tensor]] = {}
+    for name in sorted(have):
+        value = extra[name]
+        _, i, key = name.split(".", 2)
+        if value.is_floating_point() and not bool(value.isfinite().all()):
+            raise ValueError(f"the saved meta-optimizer state {name!r} holds NaN or inf")
+        if key == "step" and (value.numel() != 1 or float(value) != steps):
             raise ValueError(
-                f"optim.{i}.step is {step.tolist()}, not the {steps} Adam steps the record "
-                "implies (meta_step minus the skipped ones); edited or corrupted"
+                f"{name} is {value.tolist()}, not the {steps} Adam steps the record implies "
+                "(meta_step minus the skipped ones); edited or corrupted"
             )
-        if bool((extra[f"optim.{i}.exp_avg_sq"] < 0).any()):
-            raise ValueError(f"optim.{i}.exp_avg_sq holds negative values; edited or corrupted")
+        if key == "exp_avg_sq" and bool((value < 0).any()):
+            raise ValueError(f"{name} holds negative values; edited or corrupted")
+        if value.dim() and value.shape != params[int(i)].shape:  # torch's load casts only
+            raise ValueError(
+                f"the saved meta-optimizer state {name!r} has shape {tuple(value.shape)}, "
+                f"its parameter {tuple(params[int(i)].shape)}"
+            )
+        state.setdefault(int(i), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def _resume_state(ckpt: Checkpoint, train: TrainConfig, path: Any) -> tuple[int, dict[str, Any]]:
@@ -429,8 +425,8 @@ def meta_train(
                     f"train): {_group_diff(saved['optim']['param_groups'], fresh)}; edited or "
                     "corrupted"
                 )
-            _check_adam_state(ckpt.extra, len(leaves), start - len(saved.get("skipped", [])))
-            _load_optim(opt, ckpt.extra, saved["optim"]["param_groups"])
+            steps = start - len(saved.get("skipped", []))  # Adam's: one per meta-step taken
+            _load_optim(opt, ckpt.extra, saved["optim"]["param_groups"], steps)
             rng.set_state(ckpt.extra["rng.tasks"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{checkpoint}: its training state cannot be resumed: {e}") from None
