@@ -124,6 +124,7 @@ SHARED = (
     "train_postprocess",
     "real_consistency",
     "trace_strength",
+    "spectral_mask",
     "patience",
 )
 TUNING_SHARED = tuple(k for k in SHARED if k != "patience")
@@ -140,7 +141,8 @@ def shared_recipe(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
 def recipe_details(runs: Sequence[Mapping[str, Any]], keys: Sequence[str] = SHARED) -> list[str]:
     """What the runs of a race share of ``keys`` that their title should say (family
     attribution, paired batches, training batches without post-processing, the reals' logit
-    pairing, a patience other than the default, another training split, blended fakes);
+    pairing, a patience other than the default, another training split, blended fakes,
+    frequency-masked training images);
     ``ValueError`` naming the entry if they do not all share it."""
     from experiments.detectors import DEFAULT_PATIENCE, SEEN, recipe_of, trained_postprocess
 
@@ -165,6 +167,9 @@ def recipe_details(runs: Sequence[Mapping[str, Any]], keys: Sequence[str] = SHAR
     if shared["trace_strength"]:
         low, high = shared["trace_strength"]
         details.append(f"trace strength {low:g}–{high:g}")
+    if shared["spectral_mask"]:
+        p, ratio = shared["spectral_mask"]
+        details.append(f"frequency masking {ratio:g} of the bins, p {p:g}")
     if shared["seen"] is not None and tuple(shared["seen"]) != SEEN:
         details.append("trained on " + "+".join(shared["seen"]))
     return details

@@ -37,6 +37,7 @@ from assocmem import MemoryOptimizer, available_memories
 from assocmem.forensic.checkpoint import build_model
 from assocmem.forensic.data import BenchmarkConfig, build_benchmark
 from assocmem.forensic.data.postprocess import PostProcessConfig
+from assocmem.forensic.data.spectral_augment import checked_spectral_mask
 from assocmem.forensic.data.stream import TrainStream, checked_strength, stream_loader
 from assocmem.forensic.models import F3Net, MesoNet4
 from assocmem.forensic.models.attribution import FamilyAttribution
@@ -83,6 +84,7 @@ WEIGHTS_RECIPE = (
     "train_postprocess",
     "real_consistency",
     "trace_strength",
+    "spectral_mask",
     "lr_drops",
     "patience",
     "init_residual",
@@ -98,6 +100,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "train_postprocess": "shared",
     "real_consistency": 0.0,
     "trace_strength": None,
+    "spectral_mask": None,
     "lr_drops": 0,
     "patience": None,
     "init_residual": None,
@@ -380,6 +383,7 @@ def train_one(
     record without its test report (``experiments.ship_detector`` reuses it)."""
     recipe = run_recipe(args, families, optimizer, lr, seed)
     strength = recipe["trace_strength"]
+    masking = recipe["spectral_mask"]
     consistency = recipe["real_consistency"]
     stream = TrainStream(
         bench,
@@ -390,6 +394,7 @@ def train_one(
         paired=recipe["paired"],
         post=TRAIN_POSTPROCESS[recipe["train_postprocess"]](bench),
         real_twins=bool(consistency),
+        spectral_mask=tuple(masking) if masking else None,
     )
     x_val, y_val = balanced(bench.split("val", families.seen), seed=1000 + seed)
     weight = recipe["attribution"]
@@ -442,6 +447,7 @@ def run_recipe(
     without the outcome, known before training (the weights' name and header are planned
     from it, :func:`weights_clash`)."""
     strength = getattr(args, "trace_strength", None)
+    masking = getattr(args, "spectral_mask", None)
     return {
         "optimizer": optimizer,
         "lr": lr,
@@ -452,6 +458,7 @@ def run_recipe(
         "eval_every": args.eval_every,
         "patience": args.patience,
         "trace_strength": list(strength) if strength else None,
+        "spectral_mask": list(masking) if masking else None,
         "paired": getattr(args, "paired", False),
         "train_postprocess": trained_postprocess(vars(args)),
         "real_consistency": getattr(args, "real_consistency", 0.0) or 0.0,
@@ -506,6 +513,8 @@ def weights_name(model_name: str, run: dict[str, Any]) -> str:
     trained = "" if is_default_split(run) else "-seen-" + "+".join(run["seen"])
     strength = run.get("trace_strength")
     traces = f"-trace{strength[0]:g}-{strength[1]:g}" if strength else ""
+    masking = run.get("spectral_mask")
+    traces += f"-fmask{masking[0]:g}-{masking[1]:g}" if masking else ""
     paired = "-paired" if run.get("paired") else ""
     post = "-nopost" if trained_postprocess(run) == "none" else ""
     post += f"-rc{run['real_consistency']:g}" if run.get("real_consistency") else ""
@@ -683,7 +692,8 @@ def run_label(run: dict[str, Any]) -> str:
     """The detector column: the model, its patch size when not the default benchmark's, its lr
     drops when it had any (a different recipe), its weight average's decay when it was
     evaluated on one, its early stopping's patience when not the default, its training fakes'
-    trace strength when they were blended, whether its batches were real/fake pairs, the
+    trace strength when they were blended, its training images' frequency masking when they
+    had it, whether its batches were real/fake pairs, the
     weight of its reals' logit pairing when it had one, the
     weight of its family-attribution loss when it had one, its member count when it is an
     ensemble (``experiments.detector_ensemble``), and its test-time views
@@ -693,6 +703,7 @@ def run_label(run: dict[str, Any]) -> str:
     views = run.get("views", "one")
     size = run.get("patch_size", DEFAULT_PATCH)
     strength = run.get("trace_strength")
+    masking = run.get("spectral_mask")
     return (
         run["model"]
         + (f" ({size} px)" if size != DEFAULT_PATCH else "")
@@ -700,6 +711,7 @@ def run_label(run: dict[str, Any]) -> str:
         + (f" (patience {patience})" if patience != DEFAULT_PATIENCE else "")
         + (f" (EMA {run['average']:g})" if run.get("average") else "")
         + (f" (trace strength {strength[0]:g}–{strength[1]:g})" if strength else "")
+        + (f" (frequency masking {masking[1]:g} of the bins, p {masking[0]:g})" if masking else "")
         + (" (paired)" if run.get("paired") else "")
         + (" (trained without post-processing)" if trained_postprocess(run) == "none" else "")
         + (
@@ -853,6 +865,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("LO", "HI"),
         help="train on fakes blended with their real crop at a strength drawn from [LO, HI] "
         "(TrainStream's trace_strength); validation and test fakes stay at full strength",
+    )
+    parser.add_argument(
+        "--spectral-mask",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("P", "RATIO"),
+        help="frequency masking as a training augmentation: with probability P each training "
+        "image, real or fake, loses a random fraction RATIO of its frequency bins (DC kept) "
+        "(TrainStream's spectral_mask; Doloriel and Cheung 2024 used 0.5 and 0.15); "
+        "validation and test images are never masked",
     )
     parser.add_argument(
         "--seen",
@@ -1089,6 +1112,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.trace_strength is not None:  # refused before the benchmark is built
         try:
             checked_strength(args.trace_strength)
+        except ValueError as error:
+            parser.error(str(error))
+    if args.spectral_mask is not None:
+        try:
+            checked_spectral_mask(args.spectral_mask)
         except ValueError as error:
             parser.error(str(error))
     config = BenchmarkConfig.tiny() if args.tiny else BenchmarkConfig()

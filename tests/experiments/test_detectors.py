@@ -457,6 +457,31 @@ def test_a_trace_strength_run_records_it_and_gets_its_own_row_and_weights(tmp_pa
               "--max-steps", "2", "--workers", "0", "--trace-strength", "0", "1"])  # fmt: skip
 
 
+def test_a_spectral_mask_run_records_it_and_gets_its_own_row_weights_and_race(tmp_path):
+    import json
+
+    from experiments.detector_race import recipe_details
+    from experiments.detectors import main, recipe_of, run_label, weights_name
+
+    out = tmp_path / "runs.json"
+    main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0",
+          "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--workers", "0",
+          "--spectral-mask", "0.5", "0.15", "--json", str(out)])  # fmt: skip
+    (run,) = json.loads(out.read_text())
+    assert run["spectral_mask"] == [0.5, 0.15] and recipe_of(run)["spectral_mask"] == [0.5, 0.15]
+    assert run_label(run) == "npr_bn (frequency masking 0.15 of the bins, p 0.5)"
+    unmasked = {k: v for k, v in run.items() if k != "spectral_mask"}  # records made before it
+    assert run_label(unmasked) == "npr_bn" and recipe_of(unmasked)["spectral_mask"] is None
+    assert "-fmask0.5-0.15-" in weights_name("npr_bn", run)
+    assert "fmask" not in weights_name("npr_bn", unmasked)
+    assert "frequency masking 0.15 of the bins, p 0.5" in recipe_details([run])
+    with pytest.raises(ValueError, match="spectral_mask"):  # a race never mixes the two
+        recipe_details([run, unmasked])
+    with pytest.raises(SystemExit):  # a ratio of 1 is refused before any build
+        main(["--tiny", "--cache-dir", str(tmp_path), "--models", "npr_bn", "--seeds", "0",
+              "--max-steps", "2", "--workers", "0", "--spectral-mask", "0.5", "1"])  # fmt: skip
+
+
 def test_a_paired_run_records_it_and_gets_its_own_row_and_weights(tmp_path):
     import json
 

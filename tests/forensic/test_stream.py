@@ -298,3 +298,36 @@ def test_real_twins_are_each_real_crop_again_and_leave_the_batch_as_it_was(bench
     assert (own < other).all()
     again = take(TrainStream(bench, SEEN, **kw), 1)[0]
     assert torch.equal(again[3], twins)
+
+
+def test_spectral_masking_changes_the_pixels_and_nothing_else(bench):
+    """The masks have a generator of their own (``[seed, worker, 3]``): the stream's crops,
+    families and labels are the same with and without them, and each batch is exactly
+    ``mask_spectra`` of the unmasked batch under that generator."""
+    from assocmem.forensic.data.spectral_augment import mask_spectra
+
+    plain = take(TrainStream(bench, SEEN, batch_size=12, seed=4), 2)
+    masked = take(TrainStream(bench, SEEN, batch_size=12, seed=4, spectral_mask=(0.5, 0.2)), 2)
+    masks = np.random.default_rng([4, 0, 3])
+    to_u8 = lambda x: (x * 255).round().to(torch.uint8).numpy()  # noqa: E731
+    for p, m in zip(plain, masked, strict=True):
+        assert torch.equal(p[1], m[1]) and torch.equal(p[2], m[2])
+        assert np.array_equal(to_u8(m[0]), mask_spectra(to_u8(p[0]), 0.5, 0.2, masks))
+    assert not all(torch.equal(p[0], m[0]) for p, m in zip(plain, masked, strict=True))
+
+
+def test_a_pair_loses_the_same_frequency_bins(bench):
+    """Fakes blended back to their crops (strength 1e-6: the fake *is* its crop) and every
+    image masked: the halves of a paired batch are equal only if both lost the same bins."""
+    stream = TrainStream(bench, SEEN, batch_size=16, seed=2, paired=True,
+                         trace_strength=(1e-6, 1e-6), spectral_mask=(1.0, 0.3))  # fmt: skip
+    images = take(stream, 1)[0][0]
+    unmasked = take(TrainStream(bench, SEEN, batch_size=16, seed=2, paired=True,
+                                trace_strength=(1e-6, 1e-6)), 1)[0][0]  # fmt: skip
+    assert torch.equal(images[:8], images[8:]) and not torch.equal(images, unmasked)
+
+
+@pytest.mark.parametrize("bad", [(0.0, 0.2), (0.5, 1.0), (0.5,)])
+def test_bad_spectral_masks_are_refused(bench, bad):
+    with pytest.raises(ValueError, match="spectral_mask"):
+        TrainStream(bench, SEEN, spectral_mask=bad)

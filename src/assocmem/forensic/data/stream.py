@@ -29,6 +29,13 @@ only difference within a pair is then the family's trace, so the gradient of a p
 no content and no processing difference (unpaired, a fake's content and processing differ
 from every real of its batch); the price is half as many distinct crops per batch.
 
+With ``spectral_mask=(p, ratio)`` each image of a batch, real or fake, loses with probability
+``p`` a random fraction ``ratio`` of its frequency bins after the post-processing
+(:mod:`assocmem.forensic.data.spectral_augment`: frequency masking as an augmentation, Doloriel
+and Cheung 2024), drawn from a generator of its own, so the batch is otherwise the same as
+without it; in a paired batch a crop's real and its fake lose the same bins. Validation and test
+images are never masked.
+
 With ``real_twins=True`` a batch also carries, as a fourth tensor, a second view of each of its
 reals (in row order): the same crop through an independent draw of the same post-processing,
 from a generator of its own, so the batch itself is the same as without it. A training loss
@@ -58,6 +65,7 @@ from assocmem.forensic.data.crops import PhotoCrops, augment
 from assocmem.forensic.data.families import LEARNED_FAMILIES, generate
 from assocmem.forensic.data.pipeline import gray_where
 from assocmem.forensic.data.postprocess import PostProcessConfig, postprocess
+from assocmem.forensic.data.spectral_augment import checked_spectral_mask, mask_spectra
 
 __all__ = ["TrainStream", "augment", "blend", "checked_strength", "stream_loader"]
 
@@ -99,6 +107,8 @@ class TrainStream(IterableDataset):
         post: the post-processing of training batches (step 4); ``None``: the benchmark's
             (``bench.config.post``), which its validation and test sets went through.
         real_twins: each batch also carries a second post-processed view of each real (above).
+        spectral_mask: ``(p, ratio)``: with probability ``p`` an image of a batch loses a random
+            fraction ``ratio`` of its frequency bins (above); ``None``: no masking.
 
     Use it with ``DataLoader(stream, batch_size=None, num_workers=k)``: each worker draws from its
     own generator ``(seed, worker id)``, and the loader interleaves workers in a fixed order.
@@ -115,8 +125,10 @@ class TrainStream(IterableDataset):
         paired: bool = False,
         post: PostProcessConfig | None = None,
         real_twins: bool = False,
+        spectral_mask: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
+        self.spectral_mask = None if spectral_mask is None else checked_spectral_mask(spectral_mask)
         self.paired = bool(paired)
         self.real_twins = bool(real_twins)
         self.post = bench.config.post if post is None else post
@@ -160,17 +172,20 @@ class TrainStream(IterableDataset):
         rng: np.random.Generator,
         strengths: np.random.Generator | None = None,
         twins: np.random.Generator | None = None,
+        masks: np.random.Generator | None = None,
     ) -> tuple[Tensor, ...]:
         """One batch drawn from ``rng`` (the iterator calls this with its worker's generator).
 
-        Trace strengths come from ``strengths`` and the reals' twin views' post-processing from
-        ``twins`` (default: ``rng``, each); the iterator keeps both on generators of their own,
-        so every crop, family and post-processing draw is the same with and without
-        ``trace_strength`` and ``real_twins``."""
+        Trace strengths come from ``strengths``, the reals' twin views' post-processing from
+        ``twins`` and the spectral masks from ``masks`` (default: ``rng``, each); the iterator
+        keeps all three on generators of their own, so every crop, family and post-processing
+        draw is the same with and without ``trace_strength``, ``real_twins`` and
+        ``spectral_mask``."""
         strengths = rng if strengths is None else strengths
         twins = rng if twins is None else twins
+        masks = rng if masks is None else masks
         if self.paired:
-            return self._paired_batch(rng, strengths, twins)
+            return self._paired_batch(rng, strengths, twins, masks)
         n = self.batch_size
         crops, photos = zip(*(self._crop(rng) for _ in range(n)), strict=True)
         images = np.stack(crops)
@@ -181,10 +196,15 @@ class TrainStream(IterableDataset):
         self._make_fakes(images, sources, family, fake_rows, rng, strengths)
         extra = self._twins(images[family == 0], twins)
         images, _ = postprocess(images, self.post, rng)
+        images = self._masked(images, masks)
         return _tensors(images, family) + extra
 
     def _paired_batch(
-        self, rng: np.random.Generator, strengths: np.random.Generator, twins: np.random.Generator
+        self,
+        rng: np.random.Generator,
+        strengths: np.random.Generator,
+        twins: np.random.Generator,
+        masks: np.random.Generator,
     ) -> tuple[Tensor, ...]:
         """``batch_size // 2`` crops, each as its real and its fake, the pair post-processed
         by the same draws (``paired=True``); reals first, then their fakes in the same order."""
@@ -200,12 +220,23 @@ class TrainStream(IterableDataset):
         seed = int(rng.integers(2**63))
         reals, _ = postprocess(reals, self.post, np.random.default_rng(seed))
         fakes, _ = postprocess(fakes, self.post, np.random.default_rng(seed))
+        if self.spectral_mask is not None:  # one seed again: a pair loses the same bins
+            seed = int(masks.integers(2**63))
+            reals = self._masked(reals, np.random.default_rng(seed))
+            fakes = self._masked(fakes, np.random.default_rng(seed))
         return (
             _tensors(
                 np.concatenate([reals, fakes]), np.concatenate([np.zeros_like(family), family])
             )
             + extra
         )
+
+    def _masked(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``images`` with ``spectral_mask``'s bins removed (drawn from ``rng``), or as they are
+        without it."""
+        if self.spectral_mask is None:
+            return images
+        return mask_spectra(images, *self.spectral_mask, rng)
 
     def _twins(self, reals: np.ndarray, rng: np.random.Generator) -> tuple[Tensor, ...]:
         """``(twin views,)`` of ``reals`` (unprocessed crops) under post-processing drawn from
@@ -260,8 +291,9 @@ class TrainStream(IterableDataset):
         rng = np.random.default_rng([self.seed, worker])
         strengths = np.random.default_rng([self.seed, worker, 1])
         twins = np.random.default_rng([self.seed, worker, 2])
+        masks = np.random.default_rng([self.seed, worker, 3])
         while True:
-            yield self.batch(rng, strengths, twins)
+            yield self.batch(rng, strengths, twins, masks)
 
 
 def _tensors(images: np.ndarray, family: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
