@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from assocmem.meta.config import LearnedConfig
 from assocmem.meta.network import num_meta_params
-from assocmem.meta.train import TrainConfig, export, meta_train
+from assocmem.meta.train import CheckpointRefused, TrainConfig, export, meta_train
 from experiments.validate_config import check_job_overrides, exit_on_error, validate_meta_train
 
 
@@ -42,9 +42,7 @@ def main(cfg: DictConfig) -> None:
             progress=cfg.progress,
             info={"command": command},
         )
-    except ValueError as e:
-        if checkpoint is None or str(checkpoint) not in str(e):
-            raise  # not about the checkpoint (the loader's messages name it, not always first)
+    except CheckpointRefused as e:
         # a checkpoint that cannot be resumed (another config, a longer run, an edited file):
         # one line saying why, before any meta-step, as a bad value gets
         print(f"config error: checkpoint = {str(cfg.checkpoint)!r}: refused: {e}", file=sys.stderr)

@@ -24,7 +24,7 @@ from assocmem.meta import (
 )
 from assocmem.meta.checkpoint import UnverifiedCheckpointWarning
 from assocmem.meta.tasks import FAMILIES, sample_task
-from assocmem.meta.train import TrainConfig, meta_train
+from assocmem.meta.train import CheckpointRefused, TrainConfig, meta_train
 
 # two hidden layers of 8: two biases of one shape (swappable) and a square weight (transposable)
 SQUARE = LearnedConfig(hidden=(8, 8), warmup=10.0)
@@ -300,7 +300,7 @@ def _small(**changes: Any) -> TrainConfig:
 def test_resuming_a_longer_run_with_fewer_meta_steps_is_refused(tmp_path):
     path = tmp_path / "run.safetensors"
     meta_train(TINY, _small(meta_steps=4), checkpoint=path, progress=False)
-    with pytest.raises(ValueError, match="already trained for 4 meta-steps, more than meta_st"):
+    with pytest.raises(CheckpointRefused, match="already trained for 4 meta-steps, more than"):
         meta_train(TINY, _small(meta_steps=2), checkpoint=path, progress=False)
     assert meta_train(TINY, _small(meta_steps=4), checkpoint=path, progress=False).meta_step == 4
 

@@ -71,6 +71,13 @@ OBJECTIVES = ("train", "validation")
 LOSS_FLOOR = 1e-6
 
 
+class CheckpointRefused(ValueError):
+    """:func:`meta_train` was asked to resume a checkpoint it cannot resume (unreadable, not a
+    checkpoint, another config, a longer run, edited). A ``ValueError``, so that callers
+    catching that still do; a command tells it apart from a bad argument by its type, not by
+    the words of its message."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Meta-training hyperparameters (see the module docstring for the objective).
@@ -387,7 +394,8 @@ def meta_train(
             warning says so); ``None`` keeps nothing.
         resume: continue from ``checkpoint`` if it exists (it must hold the same ``config``
             and the same ``train`` up to ``meta_steps``/``checkpoint_every``, and no more than
-            ``meta_steps`` meta-steps: a longer run is refused with a ``ValueError``).
+            ``meta_steps`` meta-steps: a longer run is refused with a :class:`CheckpointRefused`,
+            as is any checkpoint that cannot be read or resumed).
         progress: show a tqdm bar.
         info: extra JSON-able metadata stored in the checkpoints (e.g. the command).
 
@@ -403,12 +411,15 @@ def meta_train(
     opt = torch.optim.Adam(leaves, lr=train.meta_lr)
     start, history, seconds, skipped = 0, [], 0.0, []
     if checkpoint is not None and resume and Path(checkpoint).exists():
-        ckpt = load_checkpoint(checkpoint, config)
-        start, saved = _resume_state(ckpt, train, checkpoint)
+        try:
+            ckpt = load_checkpoint(checkpoint, config)
+            start, saved = _resume_state(ckpt, train, checkpoint)
+        except ValueError as e:  # the loader's and the header's checks: all about this file
+            raise CheckpointRefused(str(e)) from None
         if start > train.meta_steps:
             # the file's meta-parameters are those of meta-step ``start``: returning them for a
             # shorter run would silently hand back a longer run than asked for
-            raise ValueError(
+            raise CheckpointRefused(
                 f"{checkpoint}: already trained for {start} meta-steps, more than "
                 f"meta_steps={train.meta_steps}; its meta-parameters cannot be those of a "
                 f"{train.meta_steps}-step run. Ask for meta_steps >= {start} to continue it, "
@@ -429,7 +440,9 @@ def meta_train(
             _load_optim(opt, ckpt.extra, saved["optim"]["param_groups"], steps)
             rng.set_state(ckpt.extra["rng.tasks"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{checkpoint}: its training state cannot be resumed: {e}") from None
+            raise CheckpointRefused(
+                f"{checkpoint}: its training state cannot be resumed: {e}"
+            ) from None
         with torch.no_grad():
             for k in names:
                 meta[k].copy_(ckpt.meta_params[k])
